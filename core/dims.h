@@ -1,0 +1,25 @@
+// Tensor shapes. A dim of -1 is dynamic: its range comes from an optimization profile.
+#pragma once
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+using Dims = std::vector<int64_t>;
+
+constexpr int64_t kDynamic = -1;
+constexpr int kMaxRank = 8;
+
+std::string to_string(const Dims& d);  // "[2, -1, 64]"
+bool is_static(const Dims& d);
+// Element count of a static shape; throws on a dynamic dim or on overflow past 2^62.
+int64_t volume(const Dims& d);
+
+// NumPy-style broadcast of two shapes. Dynamic dims broadcast against 1 and against themselves;
+// returns false when the shapes cannot broadcast.
+bool broadcast_shapes(const Dims& a, const Dims& b, Dims* out);
+
+}  // namespace kiln

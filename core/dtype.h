@@ -1,0 +1,28 @@
+// Element types of engine tensors. The numeric values are part of the plan format: append only.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace kiln {
+
+enum class DataType : uint8_t {
+  kFloat32 = 0,
+  kFloat16 = 1,
+  kBFloat16 = 2,
+  kInt32 = 3,
+  kInt64 = 4,
+  kBool = 5,
+  kInt8 = 6,  // reserved for quantized engines
+};
+
+constexpr int kNumDataTypes = 7;
+
+size_t dtype_size(DataType t);
+const char* dtype_name(DataType t);            // "float32", "float16", ...
+DataType parse_dtype(const std::string& name);  // inverse of dtype_name
+bool is_floating(DataType t);
+bool is_valid_dtype(uint8_t raw);
+
+}  // namespace kiln

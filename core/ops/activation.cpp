@@ -1,0 +1,34 @@
+// activation: y = f(x) for f in relu, sigmoid, tanh, leaky_relu (slope `alpha`).
+#include "core/ops/activation.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "core/op_schema.h"
+#include "core/ops/ops.h"
+
+namespace kiln {
+
+const std::vector<std::string>& activation_types() {
+  static const std::vector<std::string> types = {"relu", "sigmoid", "tanh", "leaky_relu"};
+  return types;
+}
+
+namespace {
+
+std::vector<TensorDesc> infer_activation(const Layer& layer, const std::vector<TensorDesc>& in) {
+  const std::string who = describe(layer);
+  std::string type = layer.attrs.get_string("type", who);
+  const auto& types = activation_types();
+  KILN_CHECK(std::find(types.begin(), types.end(), type) != types.end(),
+             who << ": unknown activation '" << type << "'");
+  KILN_CHECK(is_floating(in[0].dtype),
+             who << ": input must be floating point, got " << dtype_name(in[0].dtype));
+  return {in[0]};
+}
+
+}  // namespace
+
+void register_activation_schema() { register_schema({"activation", 1, 1, infer_activation}); }
+
+}  // namespace kiln

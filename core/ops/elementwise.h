@@ -1,0 +1,11 @@
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+// The binary ops the elementwise layer accepts, in the order of their kernel enum.
+const std::vector<std::string>& elementwise_ops();
+
+}  // namespace kiln

@@ -1,0 +1,471 @@
+#include "core/plan.h"
+
+#include <algorithm>
+#include <fstream>
+#include <iterator>
+
+#include "core/byte_io.h"
+#include "core/error.h"
+#include "core/op_schema.h"
+
+namespace kiln {
+namespace {
+
+constexpr char kMagic[8] = {'K', 'I', 'L', 'N', 'P', 'L', 'A', 'N'};
+enum SectionTag : uint32_t { kNetwork = 1, kProfiles = 2, kMemory = 3, kKernels = 4 };
+constexpr int64_t kMaxArenaBytes = int64_t{1} << 40;
+constexpr int64_t kMaxPadding = 256;  // plan_memory's alignment
+
+// ---- attributes -------------------------------------------------------------------------------
+
+void put_attrs(ByteWriter& w, const Attributes& attrs) {
+  w.put<uint64_t>(attrs.values().size());
+  for (const auto& [name, value] : attrs.values()) {
+    w.put_string(name);
+    w.put<uint8_t>(static_cast<uint8_t>(value.index()));
+    std::visit(
+        [&w](const auto& v) {
+          using V = std::decay_t<decltype(v)>;
+          if constexpr (std::is_same_v<V, std::string>) {
+            w.put_string(v);
+          } else if constexpr (std::is_same_v<V, int64_t> || std::is_same_v<V, double>) {
+            w.put<V>(v);
+          } else {
+            w.put_vector(v);
+          }
+        },
+        value);
+  }
+}
+
+Attributes get_attrs(ByteReader& r) {
+  Attributes attrs;
+  uint64_t n = r.get_count(10);
+  for (uint64_t i = 0; i < n; ++i) {
+    std::string name = r.get_string();
+    uint8_t kind = r.get<uint8_t>();
+    switch (kind) {
+      case 0:
+        attrs.set(name, r.get<int64_t>());
+        break;
+      case 1:
+        attrs.set(name, r.get<double>());
+        break;
+      case 2:
+        attrs.set(name, r.get_vector<int64_t>());
+        break;
+      case 3:
+        attrs.set(name, r.get_vector<double>());
+        break;
+      case 4:
+        attrs.set(name, r.get_string());
+        break;
+      default:
+        KILN_FAIL(r.what() << ": attribute '" << name << "' has unknown kind " << int{kind});
+    }
+  }
+  return attrs;
+}
+
+// ---- sections -------------------------------------------------------------------------------
+
+void put_network(ByteWriter& w, const Network& net) {
+  w.put<uint64_t>(net.tensors().size());
+  for (const auto& t : net.tensors()) {
+    w.put_string(t.name);
+    w.put<uint8_t>(static_cast<uint8_t>(t.dtype));
+    w.put<uint8_t>(static_cast<uint8_t>(t.kind));
+    w.put_vector(t.dims);
+    if (t.kind == TensorKind::kConstant) w.put_bytes(t.data->data(), t.data->size());
+  }
+  w.put<uint64_t>(net.layers().size());
+  for (const auto& l : net.layers()) {
+    w.put_string(l.name);
+    w.put_string(l.op);
+    w.put_vector(l.inputs);
+    w.put_vector(l.outputs);
+    put_attrs(w, l.attrs);
+  }
+  w.put_vector(net.inputs());
+  w.put_vector(net.outputs());
+}
+
+Network get_network(ByteReader& r) {
+  Network net;
+  uint64_t nt = r.get_count(19);
+  for (uint64_t i = 0; i < nt; ++i) {
+    Tensor t;
+    t.name = r.get_string();
+    uint8_t dtype = r.get<uint8_t>();
+    KILN_CHECK(is_valid_dtype(dtype), r.what() << ": tensor '" << t.name << "' has unknown dtype " << int{dtype});
+    t.dtype = static_cast<DataType>(dtype);
+    uint8_t kind = r.get<uint8_t>();
+    KILN_CHECK(kind <= 2, r.what() << ": tensor '" << t.name << "' has unknown kind " << int{kind});
+    t.kind = static_cast<TensorKind>(kind);
+    t.dims = r.get_vector<int64_t>();
+    KILN_CHECK(t.dims.size() <= static_cast<size_t>(kMaxRank), r.what() << ": tensor '" << t.name << "' has rank " << t.dims.size());
+    if (t.kind == TensorKind::kConstant) {
+      t.data = std::make_shared<std::vector<uint8_t>>(r.get_bytes());
+    }
+    net.restore_tensor(std::move(t));
+  }
+  uint64_t nl = r.get_count(48);
+  for (uint64_t i = 0; i < nl; ++i) {
+    Layer l;
+    l.name = r.get_string();
+    l.op = r.get_string();
+    l.inputs = r.get_vector<TensorId>();
+    l.outputs = r.get_vector<TensorId>();
+    l.attrs = get_attrs(r);
+    net.restore_layer(std::move(l));
+  }
+  auto inputs = r.get_vector<TensorId>();
+  auto outputs = r.get_vector<TensorId>();
+  net.restore_io(std::move(inputs), std::move(outputs));
+  net.revalidate();  // ids in range, shapes re-inferred, constants sized, names unique
+  return net;
+}
+
+void put_profiles(ByteWriter& w, const std::vector<OptimizationProfile>& profiles) {
+  w.put<uint64_t>(profiles.size());
+  for (const auto& p : profiles) {
+    w.put<uint64_t>(p.inputs.size());
+    for (const auto& [name, range] : p.inputs) {
+      w.put_string(name);
+      w.put_vector(range.min);
+      w.put_vector(range.opt);
+      w.put_vector(range.max);
+    }
+  }
+}
+
+std::vector<OptimizationProfile> get_profiles(ByteReader& r) {
+  std::vector<OptimizationProfile> profiles(r.get_count(8));
+  for (auto& p : profiles) {
+    uint64_t n = r.get_count(32);
+    for (uint64_t i = 0; i < n; ++i) {
+      std::string name = r.get_string();
+      ShapeRange range;
+      range.min = r.get_vector<int64_t>();
+      range.opt = r.get_vector<int64_t>();
+      range.max = r.get_vector<int64_t>();
+      p.inputs[name] = std::move(range);
+    }
+  }
+  return profiles;
+}
+
+ByteReader section_reader(const std::map<uint32_t, std::pair<const uint8_t*, size_t>>& sections,
+                          uint32_t tag, const char* name) {
+  auto it = sections.find(tag);
+  KILN_CHECK(it != sections.end(), "plan: the " << name << " section is missing; the plan is corrupt");
+  return ByteReader(it->second.first, it->second.second, std::string("plan ") + name + " section");
+}
+
+void expect_consumed(const ByteReader& r) {
+  KILN_CHECK(r.remaining() == 0, r.what() << ": " << r.remaining() << " unexpected trailing bytes; the plan is corrupt");
+}
+
+std::string version_text(uint32_t v) {
+  return std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100);
+}
+
+}  // namespace
+
+uint32_t kiln_version_number() {
+  return KILN_VERSION_MAJOR * 10000 + KILN_VERSION_MINOR * 100 + KILN_VERSION_PATCH;
+}
+
+std::string kiln_version_string() { return version_text(kiln_version_number()); }
+
+uint64_t plan_checksum(const uint8_t* data, size_t size) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a, 64 bit
+  for (size_t i = 0; i < size; ++i) {
+    h ^= data[i];
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+std::vector<uint8_t> Plan::serialize() const {
+  ByteWriter payload;
+  auto section = [&payload](uint32_t tag, const std::vector<uint8_t>& bytes) {
+    payload.put<uint32_t>(tag);
+    payload.put_bytes(bytes.data(), bytes.size());
+  };
+  {
+    ByteWriter w;
+    put_network(w, network);
+    section(kNetwork, w.buffer());
+  }
+  {
+    ByteWriter w;
+    put_profiles(w, profiles);
+    section(kProfiles, w.buffer());
+  }
+  {
+    ByteWriter w;
+    w.put_vector(memory.offsets);
+    w.put_vector(memory.sizes);
+    w.put<int64_t>(memory.arena_bytes);
+    w.put<int64_t>(memory.workspace_bytes);
+    section(kMemory, w.buffer());
+  }
+  {
+    ByteWriter w;
+    w.put<uint64_t>(kernels.size());
+    for (const auto& k : kernels) w.put_string(k);
+    section(kKernels, w.buffer());
+  }
+  ByteWriter out;
+  for (char c : kMagic) out.put<char>(c);
+  out.put<uint32_t>(header.format_version);
+  out.put<uint32_t>(header.kiln_version);
+  out.put<uint32_t>(header.cuda_version);
+  out.put<uint32_t>(header.cublaslt_version);
+  out.put<uint32_t>(header.cudnn_version);
+  out.put<uint32_t>(header.sm_arch);
+  const auto& body = payload.buffer();
+  out.put<uint64_t>(body.size());
+  out.put<uint64_t>(plan_checksum(body.data(), body.size()));
+  auto& bytes = out.buffer();
+  bytes.insert(bytes.end(), body.begin(), body.end());
+  return bytes;
+}
+
+Plan Plan::deserialize(const uint8_t* data, size_t size, bool verify_checksum) {
+  KILN_CHECK(data != nullptr || size == 0, "plan: no data");
+  ByteReader r(data, size, "plan header");
+  KILN_CHECK(size >= sizeof(kMagic) && std::equal(kMagic, kMagic + 8, reinterpret_cast<const char*>(data)),
+             "plan: not a Kiln plan (bad magic bytes); pass the bytes that Plan.serialize() wrote");
+  r.skip(sizeof(kMagic));
+  Plan plan;
+  PlanHeader& h = plan.header;
+  h.format_version = r.get<uint32_t>();
+  KILN_CHECK(h.format_version == kPlanFormatVersion,
+             "plan: format version " << h.format_version << " is not supported by Kiln "
+                                     << kiln_version_string() << " (it reads version " << kPlanFormatVersion
+                                     << "); rebuild the plan with this Kiln");
+  h.kiln_version = r.get<uint32_t>();
+  h.cuda_version = r.get<uint32_t>();
+  h.cublaslt_version = r.get<uint32_t>();
+  h.cudnn_version = r.get<uint32_t>();
+  h.sm_arch = r.get<uint32_t>();
+  uint64_t payload_size = r.get<uint64_t>();
+  uint64_t checksum = r.get<uint64_t>();
+  KILN_CHECK(payload_size == r.remaining(),
+             "plan: header announces " << payload_size << " payload bytes but " << r.remaining()
+                                       << " follow; the plan is truncated or corrupt");
+  const uint8_t* body = r.position();
+  KILN_CHECK(!verify_checksum || plan_checksum(body, payload_size) == checksum,
+             "plan: checksum mismatch; the plan is corrupt (re-serialize or rebuild it)");
+
+  std::map<uint32_t, std::pair<const uint8_t*, size_t>> sections;
+  ByteReader s(body, payload_size, "plan payload");
+  while (s.remaining() > 0) {
+    uint32_t tag = s.get<uint32_t>();
+    uint64_t len = s.get_count(1);
+    KILN_CHECK(sections.count(tag) == 0, "plan: section " << tag << " appears twice; the plan is corrupt");
+    sections[tag] = {s.position(), static_cast<size_t>(len)};
+    s.skip(len);
+  }
+
+  ByteReader rn = section_reader(sections, kNetwork, "network");
+  plan.network = get_network(rn);
+  expect_consumed(rn);
+
+  ByteReader rp = section_reader(sections, kProfiles, "profiles");
+  plan.profiles = get_profiles(rp);
+  expect_consumed(rp);
+  validate_profiles(plan.network, plan.profiles);
+
+  ByteReader rm = section_reader(sections, kMemory, "memory");
+  plan.memory.offsets = rm.get_vector<int64_t>();
+  plan.memory.sizes = rm.get_vector<int64_t>();
+  plan.memory.arena_bytes = rm.get<int64_t>();
+  plan.memory.workspace_bytes = rm.get<int64_t>();
+  KILN_CHECK(plan.memory.workspace_bytes >= 0 && plan.memory.workspace_bytes <= kMaxArenaBytes,
+             "plan memory section: workspace size " << plan.memory.workspace_bytes << " is out of range; the plan is corrupt");
+  expect_consumed(rm);
+  validate_memory_plan(plan.network, plan.profiles, plan.memory);
+
+  ByteReader rk = section_reader(sections, kKernels, "kernels");
+  uint64_t nk = rk.get_count(8);
+  for (uint64_t i = 0; i < nk; ++i) plan.kernels.push_back(rk.get_string());
+  expect_consumed(rk);
+  KILN_CHECK(plan.kernels.size() == plan.network.layers().size(),
+             "plan: " << plan.kernels.size() << " kernel entries for " << plan.network.layers().size()
+                      << " layers; the plan is corrupt");
+  return plan;
+}
+
+void Plan::save(const std::string& path) const {
+  std::vector<uint8_t> bytes = serialize();
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  KILN_CHECK(f.good(), "cannot open '" << path << "' for writing");
+  f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  KILN_CHECK(f.good(), "writing the plan to '" << path << "' failed");
+}
+
+Plan Plan::load(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  KILN_CHECK(f.good(), "cannot open plan file '" << path << "'");
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  return deserialize(bytes);
+}
+
+// ---- profiles and shapes ------------------------------------------------------------------------
+
+void validate_profiles(const Network& net, const std::vector<OptimizationProfile>& profiles) {
+  bool dynamic = false;
+  for (TensorId id : net.inputs()) dynamic |= !is_static(net.tensor(id).dims);
+  KILN_CHECK(!dynamic || !profiles.empty(),
+             "the network has dynamic inputs but no optimization profile: add one with a "
+             "min/opt/max shape for every dynamic input");
+  for (size_t pi = 0; pi < profiles.size(); ++pi) {
+    const auto& p = profiles[pi];
+    for (const auto& [name, range] : p.inputs) {
+      TensorId id = net.find_tensor(name);
+      KILN_CHECK(id >= 0 && net.tensor(id).kind == TensorKind::kInput,
+                 "profile " << pi << ": '" << name << "' is not a network input");
+    }
+    for (TensorId id : net.inputs()) {
+      const Tensor& t = net.tensor(id);
+      auto it = p.inputs.find(t.name);
+      if (it == p.inputs.end()) {
+        KILN_CHECK(is_static(t.dims), "profile " << pi << ": dynamic input '" << t.name << "' "
+                                                 << to_string(t.dims) << " has no shape range");
+        continue;
+      }
+      const ShapeRange& r = it->second;
+      for (const Dims* d : {&r.min, &r.opt, &r.max}) {
+        KILN_CHECK(d->size() == t.dims.size(), "profile " << pi << ", input '" << t.name << "': shape "
+                                                          << to_string(*d) << " has rank " << d->size()
+                                                          << ", the input has rank " << t.dims.size());
+      }
+      for (size_t i = 0; i < t.dims.size(); ++i) {
+        KILN_CHECK(r.min[i] >= 0 && r.min[i] <= r.opt[i] && r.opt[i] <= r.max[i],
+                   "profile " << pi << ", input '" << t.name << "', dim " << i
+                              << ": need 0 <= min <= opt <= max, got min " << to_string(r.min)
+                              << ", opt " << to_string(r.opt) << ", max " << to_string(r.max));
+        KILN_CHECK(t.dims[i] == kDynamic || (r.min[i] == t.dims[i] && r.max[i] == t.dims[i]),
+                   "profile " << pi << ", input '" << t.name << "', dim " << i << " is static ("
+                              << t.dims[i] << ") but the profile gives " << r.min[i] << ".." << r.max[i]);
+      }
+    }
+  }
+}
+
+std::map<std::string, Dims> profile_shapes(const Network& net, const OptimizationProfile& p,
+                                           const std::string& corner) {
+  std::map<std::string, Dims> shapes;
+  for (TensorId id : net.inputs()) {
+    const Tensor& t = net.tensor(id);
+    auto it = p.inputs.find(t.name);
+    if (it == p.inputs.end()) {
+      shapes[t.name] = t.dims;
+    } else {
+      shapes[t.name] = corner == "min" ? it->second.min : corner == "opt" ? it->second.opt : it->second.max;
+    }
+  }
+  return shapes;
+}
+
+std::vector<Dims> infer_shapes(const Network& net, const std::map<std::string, Dims>& input_shapes) {
+  std::vector<Dims> dims(net.tensors().size());
+  for (const auto& t : net.tensors()) {
+    if (t.kind == TensorKind::kConstant) dims[t.id] = t.dims;
+  }
+  for (TensorId id : net.inputs()) {
+    const Tensor& t = net.tensor(id);
+    auto it = input_shapes.find(t.name);
+    KILN_CHECK(it != input_shapes.end(), "no shape given for input '" << t.name << "'");
+    dims[id] = it->second;
+  }
+  for (const auto& l : net.layers()) {
+    std::vector<TensorDesc> in;
+    for (TensorId t : l.inputs) in.push_back({net.tensor(t).dtype, dims[t]});
+    std::vector<TensorDesc> out = infer_layer(l, in);
+    for (size_t i = 0; i < out.size(); ++i) {
+      KILN_CHECK(is_static(out[i].dims), describe(l) << ": output shape " << to_string(out[i].dims)
+                                                     << " is not concrete for the given input shapes");
+      dims[l.outputs[i]] = out[i].dims;
+    }
+  }
+  return dims;
+}
+
+std::vector<Lifetime> activation_lifetimes(const Network& net) {
+  std::vector<Lifetime> life(net.tensors().size());
+  const auto& layers = net.layers();
+  for (int i = 0; i < static_cast<int>(layers.size()); ++i) {
+    for (TensorId t : layers[i].outputs) {
+      if (!net.is_output(t)) life[t] = {true, i, i};
+    }
+    for (TensorId t : layers[i].inputs) {
+      if (life[t].in_arena) life[t].last = i;
+    }
+  }
+  return life;
+}
+
+std::vector<int64_t> max_tensor_bytes(const Network& net, const std::vector<OptimizationProfile>& profiles) {
+  std::vector<int64_t> bytes(net.tensors().size(), 0);
+  auto account = [&](const std::map<std::string, Dims>& shapes) {
+    std::vector<Dims> dims = infer_shapes(net, shapes);
+    for (const auto& t : net.tensors()) {
+      int64_t b = volume(dims[t.id]) * static_cast<int64_t>(dtype_size(t.dtype));
+      bytes[t.id] = std::max(bytes[t.id], b);
+    }
+  };
+  if (profiles.empty()) {
+    account(profile_shapes(net, OptimizationProfile{}, "max"));
+  }
+  for (const auto& p : profiles) {
+    for (const char* corner : {"min", "opt", "max"}) account(profile_shapes(net, p, corner));
+  }
+  return bytes;
+}
+
+void validate_memory_plan(const Network& net, const std::vector<OptimizationProfile>& profiles,
+                          const MemoryPlan& memory) {
+  const size_t n = net.tensors().size();
+  KILN_CHECK(memory.offsets.size() == n && memory.sizes.size() == n,
+             "plan memory section: " << memory.offsets.size() << " offsets for " << n << " tensors; the plan is corrupt");
+  KILN_CHECK(memory.arena_bytes >= 0 && memory.arena_bytes <= kMaxArenaBytes,
+             "plan memory section: arena size " << memory.arena_bytes << " is out of range; the plan is corrupt");
+  std::vector<Lifetime> life = activation_lifetimes(net);
+  std::vector<int64_t> need = max_tensor_bytes(net, profiles);
+  std::vector<size_t> placed;
+  int64_t total = 0;
+  for (size_t t = 0; t < n; ++t) {
+    if (!life[t].in_arena) {
+      KILN_CHECK(memory.offsets[t] == -1, "plan memory section: tensor '" << net.tensor(t).name
+                                                                         << "' must not live in the arena; the plan is corrupt");
+      continue;
+    }
+    int64_t off = memory.offsets[t], size = memory.sizes[t];
+    // plan_memory reserves the tensor's largest size rounded up to its alignment, never more.
+    KILN_CHECK(off >= 0 && size >= need[t] && size <= need[t] + kMaxPadding && size <= memory.arena_bytes &&
+                   off <= memory.arena_bytes - size,
+               "plan memory section: tensor '" << net.tensor(t).name << "' does not fit the arena; the plan is corrupt");
+    total += size;
+    placed.push_back(t);
+  }
+  KILN_CHECK(memory.arena_bytes <= total,
+             "plan memory section: arena of " << memory.arena_bytes << " bytes is larger than all its tensors together ("
+                                              << total << "); the plan is corrupt");
+  for (size_t i = 0; i < placed.size(); ++i) {
+    for (size_t j = i + 1; j < placed.size(); ++j) {
+      size_t a = placed[i], b = placed[j];
+      bool live_together = life[a].first <= life[b].last && life[b].first <= life[a].last;
+      bool overlap = memory.offsets[a] < memory.offsets[b] + memory.sizes[b] &&
+                     memory.offsets[b] < memory.offsets[a] + memory.sizes[a];
+      KILN_CHECK(!(live_together && overlap && memory.sizes[a] > 0 && memory.sizes[b] > 0),
+                 "plan memory section: tensors '" << net.tensor(a).name << "' and '" << net.tensor(b).name
+                                                  << "' overlap while both are live; the plan is corrupt");
+    }
+  }
+}
+
+}  // namespace kiln

@@ -1,0 +1,90 @@
+// Plan: the built engine as data, and its versioned binary format.
+//
+// Layout: header (magic "KILNPLAN", format version, Kiln / CUDA / cuBLASLt / cuDNN versions, GPU
+// architecture, payload length, payload checksum), then the payload as tagged sections
+// (network, profiles, memory plan, kernels). Deserialization checks every field it reads and
+// then re-validates the network, profiles and memory plan, so a truncated, corrupt or
+// mismatched plan ends in a kiln::Error, never a crash or a wrong result.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/network.h"
+
+namespace kiln {
+
+constexpr uint32_t kPlanFormatVersion = 1;
+
+struct ShapeRange {
+  Dims min, opt, max;
+};
+
+// One optimization profile: a range for every input (static inputs may be omitted).
+struct OptimizationProfile {
+  std::map<std::string, ShapeRange> inputs;
+};
+
+// Activation arena: where each activation tensor lives. Inputs, constants and network outputs
+// are bound elsewhere and have offset -1.
+struct MemoryPlan {
+  std::vector<int64_t> offsets;  // per tensor id
+  std::vector<int64_t> sizes;    // bytes reserved per tensor id (max over profiles)
+  int64_t arena_bytes = 0;
+  int64_t workspace_bytes = 0;   // scratch for kernels (cuBLASLt), from BuilderConfig
+};
+
+struct PlanHeader {
+  uint32_t format_version = kPlanFormatVersion;
+  uint32_t kiln_version = 0;     // major*10000 + minor*100 + patch
+  uint32_t cuda_version = 0;     // CUDART_VERSION Kiln was built with
+  uint32_t cublaslt_version = 0;
+  uint32_t cudnn_version = 0;
+  uint32_t sm_arch = 0;          // GPU the plan was built for (major*10+minor); 0: reference only
+};
+
+struct Plan {
+  PlanHeader header;
+  Network network;
+  std::vector<OptimizationProfile> profiles;
+  MemoryPlan memory;
+  std::vector<std::string> kernels;  // chosen implementation per layer (informational)
+
+  std::vector<uint8_t> serialize() const;
+  // `verify_checksum` = false exists for the fuzz test, to reach the parser behind the checksum.
+  static Plan deserialize(const uint8_t* data, size_t size, bool verify_checksum = true);
+  static Plan deserialize(const std::vector<uint8_t>& bytes) {
+    return deserialize(bytes.data(), bytes.size());
+  }
+  void save(const std::string& path) const;
+  static Plan load(const std::string& path);
+};
+
+uint32_t kiln_version_number();
+std::string kiln_version_string();
+uint64_t plan_checksum(const uint8_t* data, size_t size);
+
+// Shapes for one profile: the given corner ("min", "opt" or "max") of every dynamic input.
+std::map<std::string, Dims> profile_shapes(const Network& net, const OptimizationProfile& p,
+                                           const std::string& corner);
+// Checks profiles against the network's inputs: every dynamic input has a range, ranks match,
+// static dims agree and min <= opt <= max.
+void validate_profiles(const Network& net, const std::vector<OptimizationProfile>& profiles);
+// Concrete shapes of every tensor given concrete input shapes (by name).
+std::vector<Dims> infer_shapes(const Network& net, const std::map<std::string, Dims>& input_shapes);
+// Arena candidates: activation tensors that are not network outputs. Their lifetime is
+// [index of the producing layer, index of the last consuming layer].
+struct Lifetime {
+  bool in_arena = false;
+  int first = 0, last = 0;
+};
+std::vector<Lifetime> activation_lifetimes(const Network& net);
+// Bytes each tensor needs at most over every profile's min/opt/max corner.
+std::vector<int64_t> max_tensor_bytes(const Network& net, const std::vector<OptimizationProfile>& profiles);
+// Checks that a memory plan fits its arena and that no two simultaneously live tensors overlap.
+void validate_memory_plan(const Network& net, const std::vector<OptimizationProfile>& profiles,
+                          const MemoryPlan& memory);
+
+}  // namespace kiln

@@ -1,0 +1,50 @@
+// Device-side element types and float conversions shared by Kiln's own CUDA kernels.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "core/dtype.h"
+#include "core/error.h"
+
+namespace kiln {
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// Calls f(T{}) with T the device type of a floating dtype.
+template <typename F>
+void dispatch_floating(DataType t, const char* who, F&& f) {
+  switch (t) {
+    case DataType::kFloat32:
+      f(float{});
+      return;
+    case DataType::kFloat16:
+      f(__half{});
+      return;
+    case DataType::kBFloat16:
+      f(__nv_bfloat16{});
+      return;
+    default:
+      KILN_FAIL(who << ": no CUDA kernel for dtype " << dtype_name(t));
+  }
+}
+
+inline unsigned grid_for(int64_t n, int block) {
+  int64_t g = (n + block - 1) / block;
+  return static_cast<unsigned>(g < 65535 * 16 ? g : 65535 * 16);  // grid-stride loops cover the rest
+}
+
+}  // namespace kiln

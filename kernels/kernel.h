@@ -1,0 +1,50 @@
+// Kernel: one layer's implementation on one backend. Engines create one per layer at load time
+// and share it between execution contexts, so run() is const and keeps no per-call state.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/dims.h"
+#include "core/dtype.h"
+#include "core/network.h"
+
+namespace kiln {
+
+enum class Backend : uint8_t { kReference = 0, kCuda = 1 };
+
+const char* backend_name(Backend b);
+
+struct TensorView {
+  void* data = nullptr;  // host memory on the reference backend, device memory on CUDA
+  DataType dtype = DataType::kFloat32;
+  Dims dims;             // concrete
+};
+
+// Per-context resources a kernel may use while it runs.
+struct LaunchContext {
+  void* stream = nullptr;      // cudaStream_t; unused by the reference backend
+  void* cublaslt = nullptr;    // cublasLtHandle_t owned by the context
+  void* workspace = nullptr;   // scratch device memory owned by the context
+  size_t workspace_bytes = 0;
+};
+
+class Kernel {
+ public:
+  virtual ~Kernel() = default;
+  virtual void run(const std::vector<TensorView>& inputs, const std::vector<TensorView>& outputs,
+                   const LaunchContext& ctx) const = 0;
+  // Name of the implementation, shown by plan inspection ("cublaslt_matmul", "ref_matmul").
+  virtual std::string name() const = 0;
+};
+
+using KernelFactory = std::function<std::unique_ptr<Kernel>(const Layer&)>;
+
+void register_kernel(const std::string& op, Backend backend, KernelFactory factory);
+bool has_kernel(const std::string& op, Backend backend);
+// Throws a kiln::Error naming the layer when no kernel implements its op on `backend`.
+std::unique_ptr<Kernel> create_kernel(const Layer& layer, Backend backend);
+
+}  // namespace kiln

@@ -1,0 +1,50 @@
+#include <map>
+#include <mutex>
+
+#include "core/error.h"
+#include "core/op_schema.h"
+#include "kernels/kernel.h"
+#include "kernels/kernels.h"
+
+namespace kiln {
+namespace {
+
+std::map<std::pair<std::string, Backend>, KernelFactory>& registry() {
+  static std::map<std::pair<std::string, Backend>, KernelFactory> r;
+  return r;
+}
+
+std::once_flag g_builtin_once;
+
+void ensure_builtins() {
+  std::call_once(g_builtin_once, [] {
+    register_reference_kernels();
+    register_cuda_kernels();
+  });
+}
+
+}  // namespace
+
+const char* backend_name(Backend b) { return b == Backend::kCuda ? "cuda" : "reference"; }
+
+void register_kernel(const std::string& op, Backend backend, KernelFactory factory) {
+  auto key = std::make_pair(op, backend);
+  KILN_CHECK(registry().count(key) == 0,
+             "kernel for op '" << op << "' on " << backend_name(backend) << " registered twice");
+  registry().emplace(key, std::move(factory));
+}
+
+bool has_kernel(const std::string& op, Backend backend) {
+  ensure_builtins();
+  return registry().count({op, backend}) != 0;
+}
+
+std::unique_ptr<Kernel> create_kernel(const Layer& layer, Backend backend) {
+  ensure_builtins();
+  auto it = registry().find({layer.op, backend});
+  KILN_CHECK(it != registry().end(), describe(layer) << ": no " << backend_name(backend)
+                                                     << " kernel implements op '" << layer.op << "'");
+  return it->second(layer);
+}
+
+}  // namespace kiln

@@ -1,0 +1,19 @@
+#include "kernels/kernels.h"
+
+namespace kiln {
+
+void register_reference_kernels() {
+  register_identity_reference_kernel();
+  register_matmul_reference_kernel();
+  register_elementwise_reference_kernel();
+  register_activation_reference_kernel();
+}
+
+void register_cuda_kernels() {
+  register_identity_cuda_kernel();
+  register_matmul_cuda_kernel();
+  register_elementwise_cuda_kernel();
+  register_activation_cuda_kernel();
+}
+
+}  // namespace kiln

@@ -1,0 +1,20 @@
+// Registration of every built-in kernel, one function per op and backend
+// (kernels/reference/<op>.cpp, kernels/cuda/<op>.cu), called once by the kernel registry.
+#pragma once
+
+namespace kiln {
+
+void register_reference_kernels();
+void register_cuda_kernels();
+
+void register_identity_reference_kernel();
+void register_matmul_reference_kernel();
+void register_elementwise_reference_kernel();
+void register_activation_reference_kernel();
+
+void register_identity_cuda_kernel();
+void register_matmul_cuda_kernel();
+void register_elementwise_cuda_kernel();
+void register_activation_cuda_kernel();
+
+}  // namespace kiln

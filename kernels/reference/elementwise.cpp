@@ -1,0 +1,61 @@
+// Reference elementwise binary op with broadcasting, computed in double and stored per dtype.
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "kernels/broadcast.h"
+#include "kernels/kernel.h"
+#include "kernels/kernels.h"
+#include "kernels/reference/host_access.h"
+
+namespace kiln {
+namespace {
+
+double apply(const std::string& op, double a, double b, bool integral) {
+  if (op == "add") return a + b;
+  if (op == "sub") return a - b;
+  if (op == "mul") return a * b;
+  if (op == "div") return integral ? std::trunc(a / b) : a / b;  // C semantics for ints
+  if (op == "max") return std::max(a, b);
+  if (op == "min") return std::min(a, b);
+  if (op == "pow") return std::pow(a, b);
+  KILN_FAIL("elementwise: unknown op '" << op << "'");
+}
+
+class RefElementwise final : public Kernel {
+ public:
+  explicit RefElementwise(std::string op) : op_(std::move(op)) {}
+
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext&) const override {
+    const TensorView& y = out[0];
+    BroadcastIndexer ia = make_broadcast_indexer(in[0].dims, y.dims);
+    BroadcastIndexer ib = make_broadcast_indexer(in[1].dims, y.dims);
+    bool integral = !is_floating(y.dtype);
+    int64_t n = volume(y.dims);
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t oa = 0, ob = 0, rem = i;
+      for (int d = ia.rank - 1; d >= 0; --d) {
+        int64_t idx = rem % ia.out_dims[d];
+        rem /= ia.out_dims[d];
+        oa += idx * ia.in_strides[d];
+        ob += idx * ib.in_strides[d];
+      }
+      store_element(y, i, apply(op_, load_element(in[0], oa), load_element(in[1], ob), integral));
+    }
+  }
+  std::string name() const override { return "ref_elementwise_" + op_; }
+
+ private:
+  std::string op_;
+};
+
+}  // namespace
+
+void register_elementwise_reference_kernel() {
+  register_kernel("elementwise", Backend::kReference, [](const Layer& l) {
+    return std::make_unique<RefElementwise>(l.attrs.get_string("op", l.name));
+  });
+}
+
+}  // namespace kiln

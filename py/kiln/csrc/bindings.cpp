@@ -1,0 +1,288 @@
+// kiln._C: Python bindings of the engine. Handles are plain ids and names here; py/kiln wraps
+// them into the Pythonic API (numpy arrays and torch tensors in, Tensor/Layer objects out).
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+
+#include "core/builder.h"
+#include "core/engine.h"
+#include "core/error.h"
+#include "core/logging.h"
+#include "core/op_schema.h"
+#include "kernels/device.h"
+
+namespace py = pybind11;
+using namespace kiln;
+
+namespace {
+
+Attributes to_attrs(const py::dict& d) {
+  Attributes attrs;
+  for (auto item : d) {
+    std::string name = py::str(item.first);
+    py::handle v = item.second;
+    if (py::isinstance<py::bool_>(v) || py::isinstance<py::int_>(v)) {
+      attrs.set(name, v.cast<int64_t>());
+    } else if (py::isinstance<py::float_>(v)) {
+      attrs.set(name, v.cast<double>());
+    } else if (py::isinstance<py::str>(v)) {
+      attrs.set(name, v.cast<std::string>());
+    } else if (py::isinstance<py::sequence>(v)) {
+      py::sequence seq = v.cast<py::sequence>();
+      bool all_int = true;
+      for (auto x : seq) all_int &= py::isinstance<py::int_>(x);
+      if (all_int) {
+        attrs.set(name, v.cast<std::vector<int64_t>>());
+      } else {
+        attrs.set(name, v.cast<std::vector<double>>());
+      }
+    } else {
+      KILN_FAIL("attribute '" << name << "': unsupported Python type " << std::string(py::str(v.get_type())));
+    }
+  }
+  return attrs;
+}
+
+py::dict from_attrs(const Attributes& attrs) {
+  py::dict d;
+  for (const auto& [name, value] : attrs.values()) {
+    std::visit([&](const auto& v) { d[py::str(name)] = py::cast(v); }, value);
+  }
+  return d;
+}
+
+std::string numpy_dtype_name(DataType t) {
+  switch (t) {
+    case DataType::kBool:
+      return "bool";
+    case DataType::kBFloat16:
+      KILN_FAIL("bfloat16 has no numpy dtype: pass torch tensors for bfloat16 bindings");
+    default:
+      return dtype_name(t);
+  }
+}
+
+// Runs the engine on host arrays: copies in, runs, copies out, synchronizes. Works on both
+// backends; the torch-tensor path in py/kiln avoids the copies.
+py::dict execute_host(ExecutionContext& ctx, const py::dict& feed) {
+  const Engine& engine = ctx.engine();
+  const bool cuda = engine.backend() == Backend::kCuda;
+  std::vector<py::array> keep;
+  std::vector<void*> device_buffers;
+  auto cleanup = [&] {
+    for (void* p : device_buffers) device_free(p);
+  };
+  try {
+    for (const auto& name : engine.input_names()) {
+      KILN_CHECK(feed.contains(name), "missing input '" << name << "'");
+      const Tensor& t = engine.binding(name);
+      py::array arr = py::array::ensure(feed[py::str(name)], py::array::c_style);
+      KILN_CHECK(arr, "input '" << name << "' is not array-like");
+      py::dtype want = py::dtype(numpy_dtype_name(t.dtype));
+      KILN_CHECK(arr.dtype().is(want) || arr.dtype().equal(want),
+                 "input '" << name << "' has dtype " << std::string(py::str(arr.dtype())) << ", the engine expects "
+                           << dtype_name(t.dtype) << "; convert it first (e.g. x.astype(np." << numpy_dtype_name(t.dtype) << "))");
+      Dims dims(arr.shape(), arr.shape() + arr.ndim());
+      if (!is_static(t.dims) || dims != t.dims) ctx.set_input_shape(name, dims);
+      keep.push_back(arr);
+      size_t bytes = static_cast<size_t>(arr.nbytes());
+      if (cuda) {
+        void* d = device_alloc(bytes);
+        device_buffers.push_back(d);
+        copy_to_device(d, arr.data(), bytes);
+        ctx.set_tensor_address(name, d);
+      } else {
+        ctx.set_tensor_address(name, const_cast<void*>(arr.data()));
+      }
+    }
+    for (auto item : feed) {
+      std::string name = py::str(item.first);
+      auto in = engine.input_names();
+      KILN_CHECK(std::find(in.begin(), in.end(), name) != in.end(), "'" << name << "' is not an input of this engine");
+    }
+    py::dict result;
+    std::vector<std::pair<py::array, void*>> outs;
+    for (const auto& name : engine.output_names()) {
+      const Tensor& t = engine.binding(name);
+      Dims dims = ctx.tensor_shape(name);
+      py::array arr(py::dtype(numpy_dtype_name(t.dtype)), std::vector<py::ssize_t>(dims.begin(), dims.end()));
+      void* target = arr.mutable_data();
+      if (cuda) {
+        target = device_alloc(static_cast<size_t>(arr.nbytes()));
+        device_buffers.push_back(target);
+      }
+      ctx.set_tensor_address(name, target);
+      outs.push_back({arr, target});
+      result[py::str(name)] = arr;
+    }
+    {
+      py::gil_scoped_release release;
+      ctx.enqueue(nullptr);
+      if (cuda) synchronize_stream(nullptr);
+    }
+    if (cuda) {
+      for (auto& [arr, d] : outs) copy_to_host(arr.mutable_data(), d, static_cast<size_t>(arr.nbytes()));
+    }
+    cleanup();
+    return result;
+  } catch (...) {
+    cleanup();
+    throw;
+  }
+}
+
+Backend parse_backend(const std::string& s) {
+  if (s == "cuda") return Backend::kCuda;
+  if (s == "reference" || s == "cpu") return Backend::kReference;
+  KILN_FAIL("unknown backend '" << s << "': use 'cuda' or 'reference'");
+}
+
+BuildTarget parse_target(const std::string& s) {
+  if (s == "auto") return BuildTarget::kAuto;
+  if (s == "cuda") return BuildTarget::kCuda;
+  if (s == "reference" || s == "cpu") return BuildTarget::kReference;
+  KILN_FAIL("unknown build target '" << s << "': use 'auto', 'cuda' or 'reference'");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "Kiln engine bindings (torch-free core)";
+  py::register_exception<kiln::Error>(m, "KilnError", PyExc_RuntimeError);
+
+  m.def("version", &kiln_version_string);
+  m.def("cuda_device_count", &cuda_device_count);
+  m.def("cuda_device_arch", [](int device) { return cuda_device_arch(device); }, py::arg("device") = -1);
+  m.def("registered_ops", &registered_ops);
+  m.def("has_kernel", [](const std::string& op, const std::string& backend) { return has_kernel(op, parse_backend(backend)); });
+  m.def("set_log_level", [](const std::string& level) { set_log_level(parse_severity(level)); });
+  m.def("log_level", [] { return std::string(severity_name(log_level())); });
+  m.def("set_log_sink", [](py::object fn) {
+    if (fn.is_none()) {
+      set_log_sink(nullptr);
+      return;
+    }
+    auto holder = std::make_shared<py::object>(std::move(fn));
+    set_log_sink([holder](Severity s, const std::string& msg) {
+      if (!Py_IsInitialized()) return;
+      py::gil_scoped_acquire gil;
+      try {
+        (*holder)(std::string(severity_name(s)), msg);
+      } catch (py::error_already_set& e) {
+        e.discard_as_unraisable("kiln log sink");
+      }
+    });
+  });
+  m.def("log", [](const std::string& level, const std::string& msg) { log_message(parse_severity(level), msg); });
+
+  py::class_<Network, std::shared_ptr<Network>>(m, "Network")
+      .def(py::init<>())
+      .def("add_input", [](Network& n, const std::string& name, const std::string& dtype, const Dims& dims) {
+        return n.add_input(name, parse_dtype(dtype), dims);
+      })
+      .def("add_constant", [](Network& n, const std::string& name, const std::string& dtype, const Dims& dims, py::buffer data) {
+        py::buffer_info info = data.request();
+        size_t bytes = static_cast<size_t>(info.size * info.itemsize);
+        return n.add_constant(name, parse_dtype(dtype), dims, info.ptr, bytes);
+      })
+      .def("add_layer", [](Network& n, const std::string& op, const std::vector<TensorId>& inputs, const py::dict& attrs, const std::string& name) {
+        Layer& l = n.add_layer(op, inputs, to_attrs(attrs), name);
+        return py::make_tuple(l.name, l.outputs);
+      })
+      .def("mark_output", &Network::mark_output, py::arg("tensor"), py::arg("name") = "")
+      .def("tensor_info", [](const Network& n, TensorId id) {
+        const Tensor& t = n.tensor(id);
+        const char* kind = t.kind == TensorKind::kInput ? "input" : t.kind == TensorKind::kConstant ? "constant" : "activation";
+        return py::make_tuple(t.name, std::string(dtype_name(t.dtype)), t.dims, std::string(kind));
+      })
+      .def("find_tensor", &Network::find_tensor)
+      .def_property_readonly("num_tensors", [](const Network& n) { return n.tensors().size(); })
+      .def_property_readonly("inputs", &Network::inputs)
+      .def_property_readonly("outputs", &Network::outputs)
+      .def("layers", [](const Network& n) {
+        py::list out;
+        for (const auto& l : n.layers()) out.append(py::make_tuple(l.name, l.op, l.inputs, l.outputs, from_attrs(l.attrs)));
+        return out;
+      });
+
+  py::class_<BuilderConfig>(m, "BuilderConfig")
+      .def(py::init<>())
+      .def_readwrite("workspace_bytes", &BuilderConfig::workspace_bytes)
+      .def_readwrite("optimization_level", &BuilderConfig::optimization_level)
+      .def_property("target",
+                    [](const BuilderConfig& c) {
+                      return std::string(c.target == BuildTarget::kCuda ? "cuda" : c.target == BuildTarget::kReference ? "reference" : "auto");
+                    },
+                    [](BuilderConfig& c, const std::string& s) { c.target = parse_target(s); })
+      .def("add_optimization_profile", [](BuilderConfig& c, const std::map<std::string, std::tuple<Dims, Dims, Dims>>& ranges) {
+        OptimizationProfile p;
+        for (const auto& [name, r] : ranges) p.inputs[name] = {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+        c.profiles.push_back(std::move(p));
+        return static_cast<int>(c.profiles.size()) - 1;
+      })
+      .def_property_readonly("num_profiles", [](const BuilderConfig& c) { return c.profiles.size(); });
+
+  py::class_<Plan, std::shared_ptr<Plan>>(m, "Plan")
+      .def("serialize", [](const Plan& p) {
+        std::vector<uint8_t> bytes = p.serialize();
+        return py::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+      })
+      .def_static("deserialize", [](py::buffer b) {
+        py::buffer_info info = b.request();
+        const auto* data = static_cast<const uint8_t*>(info.ptr);
+        size_t size = static_cast<size_t>(info.size * info.itemsize);
+        py::gil_scoped_release release;
+        return std::make_shared<Plan>(Plan::deserialize(data, size));
+      })
+      .def("save", &Plan::save)
+      .def_static("load", [](const std::string& path) { return std::make_shared<Plan>(Plan::load(path)); })
+      .def_property_readonly("header", [](const Plan& p) {
+        py::dict d;
+        d["format_version"] = p.header.format_version;
+        d["kiln_version"] = p.header.kiln_version;
+        d["cuda_version"] = p.header.cuda_version;
+        d["cublaslt_version"] = p.header.cublaslt_version;
+        d["cudnn_version"] = p.header.cudnn_version;
+        d["sm_arch"] = p.header.sm_arch;
+        return d;
+      })
+      .def_property_readonly("kernels", [](const Plan& p) { return p.kernels; })
+      .def_property_readonly("arena_bytes", [](const Plan& p) { return p.memory.arena_bytes; })
+      .def_property_readonly("num_layers", [](const Plan& p) { return p.network.layers().size(); });
+
+  py::class_<Builder>(m, "Builder")
+      .def(py::init<>())
+      .def("build", [](const Builder& b, const Network& n, const BuilderConfig& c) {
+        py::gil_scoped_release release;
+        return std::make_shared<Plan>(b.build(n, c));
+      });
+
+  py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine")
+      .def(py::init([](const Plan& plan, const std::string& backend) { return Engine::create(plan, parse_backend(backend)); }))
+      .def_property_readonly("backend", [](const Engine& e) { return std::string(backend_name(e.backend())); })
+      .def_property_readonly("input_names", &Engine::input_names)
+      .def_property_readonly("output_names", &Engine::output_names)
+      .def_property_readonly("num_profiles", &Engine::num_profiles)
+      .def("binding", [](const Engine& e, const std::string& name) {
+        const Tensor& t = e.binding(name);
+        return py::make_tuple(std::string(dtype_name(t.dtype)), t.dims);
+      })
+      .def("describe_layers", &Engine::describe_layers)
+      .def("create_execution_context", &Engine::create_execution_context);
+
+  py::class_<ExecutionContext>(m, "ExecutionContext")
+      .def("set_optimization_profile", &ExecutionContext::set_optimization_profile)
+      .def("set_input_shape", &ExecutionContext::set_input_shape)
+      .def("tensor_shape", &ExecutionContext::tensor_shape)
+      .def("set_tensor_address", [](ExecutionContext& c, const std::string& name, uintptr_t ptr) {
+        c.set_tensor_address(name, reinterpret_cast<void*>(ptr));
+      })
+      .def("enqueue", [](ExecutionContext& c, uintptr_t stream) {
+        py::gil_scoped_release release;
+        c.enqueue(reinterpret_cast<void*>(stream));
+      })
+      .def("execute_host", &execute_host);
+}

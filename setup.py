@@ -1,0 +1,69 @@
+"""Builds Kiln through CMake against the installed torch/Python and packages py/kiln.
+
+`pip install --no-build-isolation -e .` (or `python setup.py build_ext --inplace`) configures
+CMake in build/ (kept between runs, so rebuilds are incremental; ninja and ccache are used when
+present) and copies the built libraries next to the Python sources.
+
+Environment: KILN_CUDA_ARCHS (default "90;80"), KILN_BUILD_TYPE (default Release),
+KILN_BUILD_DIR (default build/), CMAKE_BUILD_PARALLEL_LEVEL (default: all cores).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name):
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    def run(self):
+        build_dir = Path(os.environ.get("KILN_BUILD_DIR", ROOT / "build"))
+        build_dir.mkdir(parents=True, exist_ok=True)
+        build_type = os.environ.get("KILN_BUILD_TYPE", "Release")
+        if not (build_dir / "CMakeCache.txt").exists():
+            cmd = [
+                "cmake",
+                "-S",
+                str(ROOT),
+                "-B",
+                str(build_dir),
+                f"-DCMAKE_BUILD_TYPE={build_type}",
+                f"-DPython3_EXECUTABLE={sys.executable}",
+            ]
+            if shutil.which("ninja"):
+                cmd += ["-G", "Ninja"]
+            subprocess.check_call(cmd)
+        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
+        subprocess.check_call(["cmake", "--build", str(build_dir), "--parallel", jobs])
+        for ext in self.extensions:
+            dest = Path(self.get_ext_fullpath(ext.name)).parent
+            for target in (dest, ROOT / "py" / "kiln"):
+                target.mkdir(parents=True, exist_ok=True)
+                for lib in [build_dir / "core" / "libkiln_core.so", *build_dir.glob("py/_C*.so")]:
+                    if (target / lib.name).resolve() != lib.resolve():
+                        shutil.copy2(lib, target / lib.name)
+
+
+setup(
+    name="kiln",
+    version="0.1.0",
+    description="PyTorch inference compiler with its own GPU engine",
+    package_dir={"": "py"},
+    packages=find_packages("py"),
+    ext_modules=[CMakeExtension("kiln._C")],
+    cmdclass={"build_ext": CMakeBuild},
+    python_requires=">=3.10",
+    install_requires=["numpy"],
+    entry_points={"console_scripts": ["kiln=kiln.cli:main"]},
+    zip_safe=False,
+)

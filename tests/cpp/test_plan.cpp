@@ -1,0 +1,168 @@
+// Plan format: round trip, version/architecture checks, and a fuzz of mutated bytes in which
+// every case must end in a clean kiln::Error or a plan that still runs correctly.
+#include <random>
+
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+Network small_network() {
+  Network net;
+  auto w = test::random_floats(6 * 4, 7);
+  auto b = test::random_floats(4, 8);
+  TensorId x = net.add_input("x", DataType::kFloat32, {-1, 6});
+  TensorId tw = net.add_constant("w", DataType::kFloat32, {6, 4}, w.data(), w.size() * 4);
+  TensorId tb = net.add_constant("b", DataType::kFloat32, {4}, b.data(), b.size() * 4);
+  TensorId y = net.add_matmul(x, tw).outputs[0];
+  y = net.add_elementwise(y, tb, "add").outputs[0];
+  y = net.add_activation(y, "leaky_relu", 0.1).outputs[0];
+  net.mark_output(y, "y");
+  return net;
+}
+
+BuilderConfig reference_config() {
+  BuilderConfig c;
+  c.target = BuildTarget::kReference;
+  c.profiles.push_back({{{"x", {{1, 6}, {2, 6}, {3, 6}}}}});
+  return c;
+}
+
+TEST(Plan, RoundTripIsBitIdentical) {
+  Plan plan = Builder().build(small_network(), reference_config());
+  std::vector<uint8_t> bytes = plan.serialize();
+  Plan again = Plan::deserialize(bytes);
+  EXPECT_EQ(again.serialize(), bytes);
+  auto x = test::random_floats(3 * 6, 9);
+  auto a = test::run_float(Engine::create(plan, Backend::kReference), {{"x", {{3, 6}, x}}});
+  auto b = test::run_float(Engine::create(again, Backend::kReference), {{"x", {{3, 6}, x}}});
+  EXPECT_EQ(a, b);
+}
+
+TEST(Plan, RejectsWrongMagicVersionAndTruncation) {
+  std::vector<uint8_t> bytes = Builder().build(small_network(), reference_config()).serialize();
+  auto expect_error = [](std::vector<uint8_t> b, const std::string& needle) {
+    try {
+      Plan::deserialize(b);
+      FAIL() << "accepted a bad plan; expected an error containing '" << needle << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  auto bad = bytes;
+  bad[0] = 'X';
+  expect_error(bad, "bad magic");
+  bad = bytes;
+  bad[8] = 99;  // format version
+  expect_error(bad, "format version 99");
+  expect_error(std::vector<uint8_t>(bytes.begin(), bytes.begin() + bytes.size() / 2), "truncated");
+  expect_error({}, "bad magic");
+  bad = bytes;
+  bad[bytes.size() - 3] ^= 0x40;
+  expect_error(bad, "checksum");
+}
+
+TEST(Plan, RejectsOtherGpuArchitecture) {
+  KILN_REQUIRE_GPU();
+  BuilderConfig c = reference_config();
+  c.target = BuildTarget::kCuda;
+  Plan plan = Builder().build(small_network(), c);
+  plan.header.sm_arch = plan.header.sm_arch == 80 ? 90 : 80;
+  try {
+    Engine::create(Plan::deserialize(plan.serialize()), Backend::kCuda);
+    FAIL() << "a plan for another GPU architecture was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rebuild the plan on this GPU"), std::string::npos) << e.what();
+  }
+}
+
+// Mutates bytes behind the checksum (which is not verified here, so the parser itself is
+// exercised) and before it (header). Every case ends in an Error or a plan whose engine still
+// produces finite outputs of the right shape.
+TEST(Plan, FuzzMutatedBytesEndCleanly) {
+  std::vector<uint8_t> bytes = Builder().build(small_network(), reference_config()).serialize();
+  std::mt19937 gen(1234);
+  auto x = test::random_floats(2 * 6, 10);
+  int errors = 0, ran = 0;
+  const int kCases = 12000;
+  for (int i = 0; i < kCases; ++i) {
+    std::vector<uint8_t> b = bytes;
+    int mode = i % 4;
+    if (mode == 0) {  // flip 1-4 random bytes
+      int n = 1 + gen() % 4;
+      for (int j = 0; j < n; ++j) b[gen() % b.size()] = static_cast<uint8_t>(gen());
+    } else if (mode == 1) {  // truncate
+      b.resize(gen() % b.size());
+    } else if (mode == 2) {  // overwrite a 64-bit field with a large or negative value
+      size_t at = gen() % (b.size() - 8);
+      uint64_t v = (gen() % 2) ? ~uint64_t{0} - (gen() % 16) : (uint64_t{1} << (gen() % 63));
+      std::memcpy(b.data() + at, &v, 8);
+    } else {  // insert or delete a run
+      size_t at = gen() % b.size();
+      if (gen() % 2) {
+        b.insert(b.begin() + at, 1 + gen() % 16, static_cast<uint8_t>(gen()));
+      } else {
+        b.erase(b.begin() + at, b.begin() + std::min(b.size(), at + 1 + gen() % 16));
+      }
+    }
+    try {
+      Plan p = Plan::deserialize(b.data(), b.size(), /*verify_checksum=*/false);
+      auto engine = Engine::create(std::move(p), Backend::kReference);
+      auto ctx = engine->create_execution_context();
+      // The plan parsed and validated: run it on inputs its own profile accepts.
+      for (const auto& name : engine->input_names()) {
+        Dims d = engine->binding(name).dims;
+        for (auto& v : d) v = v < 0 ? 2 : v;
+        ctx->set_input_shape(name, d);
+      }
+      std::vector<std::vector<uint8_t>> buffers;
+      for (const auto& name : engine->input_names()) {
+        const Tensor& t = engine->binding(name);
+        buffers.emplace_back(volume(ctx->tensor_shape(name)) * dtype_size(t.dtype), 0x3c);
+        ctx->set_tensor_address(name, buffers.back().data());
+      }
+      for (const auto& name : engine->output_names()) {
+        const Tensor& t = engine->binding(name);
+        buffers.emplace_back(volume(ctx->tensor_shape(name)) * dtype_size(t.dtype));
+        ctx->set_tensor_address(name, buffers.back().data());
+      }
+      ctx->enqueue(nullptr);
+      ++ran;
+    } catch (const Error&) {
+      ++errors;
+    }
+  }
+  EXPECT_EQ(errors + ran, kCases);
+  EXPECT_GT(errors, kCases / 2);  // most mutations must be detected
+  std::cout << "fuzz: " << errors << " clean errors, " << ran << " plans still valid and run\n";
+}
+
+// With the checksum verified (the normal path), a mutated plan either is refused or runs and
+// gives exactly the original outputs (mutations confined to informational header fields).
+TEST(Plan, FuzzWithChecksumGivesErrorOrCorrectResult) {
+  Plan plan = Builder().build(small_network(), reference_config());
+  std::vector<uint8_t> bytes = plan.serialize();
+  auto x = test::random_floats(2 * 6, 11);
+  auto want = test::run_float(Engine::create(plan, Backend::kReference), {{"x", {{2, 6}, x}}});
+  std::mt19937 gen(99);
+  int errors = 0, correct = 0;
+  const int kCases = 10000;
+  for (int i = 0; i < kCases; ++i) {
+    std::vector<uint8_t> b = bytes;
+    int n = 1 + gen() % 3;
+    for (int j = 0; j < n; ++j) b[gen() % b.size()] ^= static_cast<uint8_t>(1 + gen() % 255);
+    if (i % 5 == 0) b.resize(gen() % b.size());
+    try {
+      auto got = test::run_float(Engine::create(Plan::deserialize(b), Backend::kReference), {{"x", {{2, 6}, x}}});
+      ASSERT_EQ(got, want) << "case " << i << ": a mutated plan ran and gave a different result";
+      ++correct;
+    } catch (const Error&) {
+      ++errors;
+    }
+  }
+  EXPECT_EQ(errors + correct, kCases);
+  std::cout << "fuzz (checksum on): " << errors << " clean errors, " << correct << " correct results\n";
+}
+
+}  // namespace
+}  // namespace kiln
