@@ -176,7 +176,10 @@ PYBIND11_MODULE(_C, m) {
       }
     });
   });
-  m.def("log", [](const std::string& level, const std::string& msg) { log_message(parse_severity(level), msg); });
+  m.def("log", [](const std::string& level, const std::string& msg) {
+    Severity s = parse_severity(level);
+    if (log_enabled(s)) log_message(s, msg);
+  });
 
   py::class_<Network, std::shared_ptr<Network>>(m, "Network")
       .def(py::init<>())

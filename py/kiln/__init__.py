@@ -1,0 +1,43 @@
+"""Kiln: a PyTorch inference compiler with a GPU engine of its own.
+
+This release carries the engine core and its native network-building API:
+
+    import kiln, numpy as np
+    net = kiln.Network()
+    x = net.add_input("x", "float32", (-1, 64))
+    y = net.add_matmul(x, net.add_constant(np.random.rand(64, 32).astype(np.float32)))
+    net.mark_output(net.add_activation(y, "relu"), "y")
+    config = kiln.BuilderConfig()
+    config.add_optimization_profile({"x": ((1, 64), (8, 64), (32, 64))})
+    engine = kiln.Engine(kiln.Builder().build(net, config))
+    out = engine.create_execution_context().execute({"x": np.random.rand(4, 64).astype(np.float32)})
+"""
+
+from kiln import _C
+from kiln._C import KilnError, Plan
+from kiln.engine import Engine, ExecutionContext
+from kiln.log import set_log_level, set_log_sink
+from kiln.network import Builder, BuilderConfig, Layer, Network, Tensor
+
+__version__ = _C.version()
+
+
+def cuda_available() -> bool:
+    """True when a CUDA GPU is visible to Kiln's engine."""
+    return _C.cuda_device_count() > 0
+
+
+__all__ = [
+    "Builder",
+    "BuilderConfig",
+    "Engine",
+    "ExecutionContext",
+    "KilnError",
+    "Layer",
+    "Network",
+    "Plan",
+    "Tensor",
+    "cuda_available",
+    "set_log_level",
+    "set_log_sink",
+]

@@ -1,0 +1,120 @@
+"""Engine and ExecutionContext: running a built plan from Python.
+
+``ExecutionContext.execute(feed)`` takes a dict of inputs and returns a dict of outputs:
+- torch CUDA tensors on a CUDA engine: zero-copy; outputs are allocated through torch's caching
+  allocator and the work is enqueued on torch's current stream (no synchronization);
+- numpy arrays (or CPU torch tensors) on either backend: copied in, run, copied out; outputs come
+  back as numpy arrays (torch tensors if torch tensors went in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from kiln import _C
+from kiln.dtypes import as_numpy, torch_dtype
+
+
+def _is_torch(value) -> bool:
+    return type(value).__module__.startswith("torch")
+
+
+class Engine:
+    """A plan ready to run. backend: "cuda" (default when a GPU is visible) or "reference"."""
+
+    def __init__(self, plan: _C.Plan | bytes, backend: str | None = None):
+        if isinstance(plan, bytes | bytearray | memoryview):
+            plan = _C.Plan.deserialize(plan)
+        if backend is None:
+            backend = "cuda" if plan.header["sm_arch"] and _C.cuda_device_count() > 0 else "reference"
+        self._engine = _C.Engine(plan, backend)
+        self.plan = plan
+
+    backend = property(lambda self: self._engine.backend)
+    input_names = property(lambda self: self._engine.input_names)
+    output_names = property(lambda self: self._engine.output_names)
+    num_profiles = property(lambda self: self._engine.num_profiles)
+
+    def binding(self, name: str) -> tuple[str, list[int]]:
+        """(dtype, dims with -1 for dynamic) of an input or output."""
+        return self._engine.binding(name)
+
+    def describe_layers(self) -> list[str]:
+        return self._engine.describe_layers()
+
+    def create_execution_context(self) -> ExecutionContext:
+        return ExecutionContext(self, self._engine.create_execution_context())
+
+
+class ExecutionContext:
+    """Per-stream execution state of an Engine. Use one context per thread/stream."""
+
+    def __init__(self, engine: Engine, ctx):
+        self.engine = engine
+        self._ctx = ctx
+
+    def set_optimization_profile(self, index: int) -> None:
+        self._ctx.set_optimization_profile(index)
+
+    def set_input_shape(self, name: str, shape) -> None:
+        self._ctx.set_input_shape(name, list(shape))
+
+    def tensor_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._ctx.tensor_shape(name))
+
+    def set_tensor_address(self, name: str, ptr: int) -> None:
+        self._ctx.set_tensor_address(name, ptr)
+
+    def enqueue(self, stream: int = 0) -> None:
+        """Launch on `stream` (a cudaStream_t as int) without synchronizing."""
+        self._ctx.enqueue(stream)
+
+    def execute(self, feed: Mapping[str, object]) -> dict[str, object]:
+        values = list(feed.values())
+        if self.engine.backend == "cuda" and values and all(_is_torch(v) and v.is_cuda for v in values):
+            return self._execute_torch_cuda(feed)
+        arrays = {}
+        for name, value in feed.items():
+            want = self.engine.binding(name)[0] if name in self.engine.input_names else None
+            try:
+                arr, dtype = as_numpy(value)
+            except TypeError as e:
+                raise TypeError(f"input {name!r}: {e}; the engine expects {want}") from None
+            if want is not None and dtype != want:
+                raise TypeError(f"input {name!r} is {dtype}, the engine expects {want}")
+            arrays[name] = arr
+        out = self._ctx.execute_host(arrays)
+        if any(_is_torch(v) for v in values):
+            import torch
+
+            return {k: torch.from_numpy(v) for k, v in out.items()}
+        return out
+
+    def _execute_torch_cuda(self, feed: Mapping[str, object]) -> dict[str, object]:
+        import torch
+
+        missing = set(self.engine.input_names) - set(feed)
+        if missing:
+            raise ValueError(f"missing inputs: {sorted(missing)}")
+        device = None
+        keep = []  # contiguous copies must outlive the enqueue
+        for name, t in feed.items():
+            if name not in self.engine.input_names:
+                raise ValueError(f"{name!r} is not an input of this engine (inputs: {self.engine.input_names})")
+            want = self.engine.binding(name)[0]
+            if t.dtype != torch_dtype(want):
+                raise TypeError(f"input {name!r} is {t.dtype}, the engine expects torch.{want}")
+            device = t.device
+            t = t.contiguous()
+            keep.append(t)
+            self._ctx.set_input_shape(name, list(t.shape))
+            self._ctx.set_tensor_address(name, t.data_ptr())
+        outputs = {}
+        for name in self.engine.output_names:
+            dtype = torch_dtype(self.engine.binding(name)[0])
+            out = torch.empty(self.tensor_shape(name), dtype=dtype, device=device)
+            self._ctx.set_tensor_address(name, out.data_ptr())
+            outputs[name] = out
+        with torch.cuda.device(device):
+            self._ctx.enqueue(torch.cuda.current_stream(device).cuda_stream)
+        return outputs

@@ -1,0 +1,16 @@
+import pytest
+
+import kiln
+
+
+def pytest_collection_modifyitems(config, items):
+    if kiln.cuda_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU visible (GPU test)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_report_header(config):
+    return f"kiln {kiln.__version__}; CUDA GPUs visible to Kiln: {kiln._C.cuda_device_count()}"
