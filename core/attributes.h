@@ -10,8 +10,7 @@
 
 namespace kiln {
 
-using AttrValue =
-    std::variant<int64_t, double, std::vector<int64_t>, std::vector<double>, std::string>;
+using AttrValue = std::variant<int64_t, double, std::vector<int64_t>, std::vector<double>, std::string>;
 
 class Attributes {
  public:

@@ -15,8 +15,9 @@ Backend resolve_target(BuildTarget target) {
   bool gpu = cuda_device_count() > 0;
   switch (target) {
     case BuildTarget::kCuda:
-      KILN_CHECK(gpu, "build target is cuda but no CUDA GPU is visible; build for the reference "
-                      "backend or run on a machine with a GPU");
+      KILN_CHECK(gpu,
+                 "build target is cuda but no CUDA GPU is visible; build for the reference "
+                 "backend or run on a machine with a GPU");
       return Backend::kCuda;
     case BuildTarget::kReference:
       return Backend::kReference;
@@ -67,7 +68,8 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   plan.header.sm_arch = backend == Backend::kCuda ? static_cast<uint32_t>(cuda_device_arch()) : 0;
   KILN_LOG(kInfo, "builder: " << net.layers().size() << " layers, arena " << plan.memory.arena_bytes
                               << " bytes, target " << backend_name(backend)
-                              << (plan.header.sm_arch ? " sm_" + std::to_string(plan.header.sm_arch) : std::string()));
+                              << (plan.header.sm_arch ? " sm_" + std::to_string(plan.header.sm_arch)
+                                                      : std::string()));
   return plan;
 }
 

@@ -23,8 +23,7 @@ int64_t volume(const Dims& d) {
   int64_t n = 1;
   for (int64_t x : d) {
     KILN_CHECK(x >= 0, "volume of shape " << to_string(d) << ": dim is dynamic");
-    KILN_CHECK(x == 0 || n <= (int64_t{1} << 62) / x,
-               "shape " << to_string(d) << " has too many elements");
+    KILN_CHECK(x == 0 || n <= (int64_t{1} << 62) / x, "shape " << to_string(d) << " has too many elements");
     n *= x;
   }
   return n;

@@ -46,8 +46,7 @@ DataType parse_dtype(const std::string& name) {
     auto t = static_cast<DataType>(i);
     if (name == dtype_name(t)) return t;
   }
-  KILN_FAIL("unknown dtype '" << name
-                              << "': use float32, float16, bfloat16, int32, int64, bool or int8");
+  KILN_FAIL("unknown dtype '" << name << "': use float32, float16, bfloat16, int32, int64, bool or int8");
 }
 
 bool is_floating(DataType t) {

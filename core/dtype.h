@@ -20,7 +20,7 @@ enum class DataType : uint8_t {
 constexpr int kNumDataTypes = 7;
 
 size_t dtype_size(DataType t);
-const char* dtype_name(DataType t);            // "float32", "float16", ...
+const char* dtype_name(DataType t);             // "float32", "float16", ...
 DataType parse_dtype(const std::string& name);  // inverse of dtype_name
 bool is_floating(DataType t);
 bool is_valid_dtype(uint8_t raw);

@@ -22,15 +22,16 @@ std::shared_ptr<Engine> Engine::create(const std::vector<uint8_t>& plan_bytes, B
 Engine::Engine(Plan plan, Backend backend) : plan_(std::move(plan)), backend_(backend) {
   const Network& net = plan_.network;
   if (backend_ == Backend::kCuda) {
-    KILN_CHECK(cuda_device_count() > 0, "cannot create a CUDA engine: no CUDA GPU is visible "
-                                        "(use the reference backend to run on the CPU)");
+    KILN_CHECK(cuda_device_count() > 0,
+               "cannot create a CUDA engine: no CUDA GPU is visible "
+               "(use the reference backend to run on the CPU)");
     KILN_CHECK(plan_.header.sm_arch != 0,
                "this plan was built for the reference backend; rebuild it with target cuda on the GPU "
                "that will run it");
     int arch = cuda_device_arch();
     KILN_CHECK(static_cast<int>(plan_.header.sm_arch) == arch,
-               "this plan was built for sm_" << plan_.header.sm_arch << " but the current GPU is sm_"
-                                             << arch << "; rebuild the plan on this GPU");
+               "this plan was built for sm_" << plan_.header.sm_arch << " but the current GPU is sm_" << arch
+                                             << "; rebuild the plan on this GPU");
     device_ = current_device();
   }
   constants_.assign(net.tensors().size(), nullptr);
@@ -77,14 +78,13 @@ std::vector<std::string> Engine::output_names() const {
 
 const Tensor& Engine::binding(const std::string& name) const {
   TensorId id = network().find_tensor(name);
-  KILN_CHECK(id >= 0 && (network().tensor(id).kind == TensorKind::kInput || network().is_output(id)),
-             "'" << name << "' is not an input or output of this engine (inputs: "
-                 << [&] {
-                      std::string s;
-                      for (const auto& n : input_names()) s += (s.empty() ? "" : ", ") + n;
-                      return s;
-                    }()
-                 << ")");
+  KILN_CHECK(
+      id >= 0 && (network().tensor(id).kind == TensorKind::kInput || network().is_output(id)),
+      "'" << name << "' is not an input or output of this engine (inputs: " << [&] {
+        std::string s;
+        for (const auto& n : input_names()) s += (s.empty() ? "" : ", ") + n;
+        return s;
+      }() << ")");
   return network().tensor(id);
 }
 
@@ -123,7 +123,8 @@ ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine) : engin
     try {
       host_arena_.resize(static_cast<size_t>(plan.memory.arena_bytes));
     } catch (const std::bad_alloc&) {
-      KILN_FAIL("cannot allocate " << plan.memory.arena_bytes << " bytes of host memory for the activation arena; "
+      KILN_FAIL("cannot allocate " << plan.memory.arena_bytes
+                                   << " bytes of host memory for the activation arena; "
                                    << "lower the profile's max shapes");
     }
   }
@@ -158,8 +159,8 @@ void ExecutionContext::set_input_shape(const std::string& name, const Dims& dims
   }
   for (size_t i = 0; i < dims.size(); ++i) {
     if (t.dims[i] != kDynamic) {
-      KILN_CHECK(dims[i] == t.dims[i], "input '" << name << "': shape " << to_string(dims) << " does not match the static shape "
-                                                 << to_string(t.dims));
+      KILN_CHECK(dims[i] == t.dims[i], "input '" << name << "': shape " << to_string(dims)
+                                                 << " does not match the static shape " << to_string(t.dims));
     } else {
       KILN_CHECK(range != nullptr && dims[i] >= range->min[i] && dims[i] <= range->max[i],
                  "input '" << name << "': shape " << to_string(dims) << " is outside optimization profile "
@@ -184,8 +185,10 @@ void ExecutionContext::infer_current_shapes() {
   for (const auto& t : net.tensors()) {
     if (mem.offsets[t.id] < 0) continue;
     int64_t bytes = volume(shapes_[t.id]) * static_cast<int64_t>(dtype_size(t.dtype));
-    KILN_CHECK(bytes <= mem.sizes[t.id], "tensor '" << t.name << "' needs " << bytes << " bytes for these input shapes, the plan reserved "
-                                                   << mem.sizes[t.id] << "; use input shapes inside the profile");
+    KILN_CHECK(bytes <= mem.sizes[t.id], "tensor '" << t.name << "' needs " << bytes
+                                                    << " bytes for these input shapes, the plan reserved "
+                                                    << mem.sizes[t.id]
+                                                    << "; use input shapes inside the profile");
   }
   shapes_dirty_ = false;
 }
@@ -210,7 +213,8 @@ void ExecutionContext::enqueue(void* stream) {
   for (const auto& t : net.tensors()) {
     if (t.kind == TensorKind::kConstant) ptr[t.id] = e.constants_[t.id];
     int64_t off = e.plan().memory.offsets[t.id];
-    if (off >= 0) ptr[t.id] = static_cast<uint8_t*>(cuda ? arena_ : static_cast<void*>(host_arena_.data())) + off;
+    if (off >= 0)
+      ptr[t.id] = static_cast<uint8_t*>(cuda ? arena_ : static_cast<void*>(host_arena_.data())) + off;
   }
   auto bind = [&](TensorId id) {
     const Tensor& t = net.tensor(id);

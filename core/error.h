@@ -16,13 +16,13 @@ class Error : public std::runtime_error {
 }  // namespace kiln
 
 // KILN_CHECK(cond, "conv " << layer.name << ": groups must divide C") throws kiln::Error.
-#define KILN_CHECK(cond, msg)                      \
-  do {                                             \
-    if (!(cond)) {                                 \
-      std::ostringstream kiln_check_stream_;       \
-      kiln_check_stream_ << msg;                   \
+#define KILN_CHECK(cond, msg)                        \
+  do {                                               \
+    if (!(cond)) {                                   \
+      std::ostringstream kiln_check_stream_;         \
+      kiln_check_stream_ << msg;                     \
       throw ::kiln::Error(kiln_check_stream_.str()); \
-    }                                              \
+    }                                                \
   } while (0)
 
 #define KILN_FAIL(msg) KILN_CHECK(false, msg)

@@ -24,11 +24,11 @@ void log_message(Severity s, const std::string& message);
 
 }  // namespace kiln
 
-#define KILN_LOG(severity, msg)                          \
-  do {                                                   \
-    if (::kiln::log_enabled(::kiln::Severity::severity)) { \
-      std::ostringstream kiln_log_stream_;               \
-      kiln_log_stream_ << msg;                           \
+#define KILN_LOG(severity, msg)                                                \
+  do {                                                                         \
+    if (::kiln::log_enabled(::kiln::Severity::severity)) {                     \
+      std::ostringstream kiln_log_stream_;                                     \
+      kiln_log_stream_ << msg;                                                 \
       ::kiln::log_message(::kiln::Severity::severity, kiln_log_stream_.str()); \
-    }                                                    \
+    }                                                                          \
   } while (0)

@@ -41,8 +41,8 @@ TensorId Network::add_input(const std::string& name, DataType dtype, const Dims&
   return id;
 }
 
-TensorId Network::add_constant(const std::string& name, DataType dtype, const Dims& dims,
-                               const void* data, size_t bytes) {
+TensorId Network::add_constant(const std::string& name, DataType dtype, const Dims& dims, const void* data,
+                               size_t bytes) {
   auto buf = std::make_shared<std::vector<uint8_t>>(static_cast<const uint8_t*>(data),
                                                     static_cast<const uint8_t*>(data) + bytes);
   return add_constant(name, dtype, dims, std::move(buf));
@@ -54,10 +54,9 @@ TensorId Network::add_constant(const std::string& name, DataType dtype, const Di
   check_dims("constant '" + n + "'", dims, /*allow_dynamic=*/false);
   KILN_CHECK(data != nullptr, "constant '" << n << "': no data");
   size_t expected = static_cast<size_t>(volume(dims)) * dtype_size(dtype);
-  KILN_CHECK(data->size() == expected, "constant '" << n << "': " << data->size()
-                                                    << " bytes given, shape " << to_string(dims)
-                                                    << " of " << dtype_name(dtype) << " needs "
-                                                    << expected);
+  KILN_CHECK(data->size() == expected, "constant '" << n << "': " << data->size() << " bytes given, shape "
+                                                    << to_string(dims) << " of " << dtype_name(dtype)
+                                                    << " needs " << expected);
   Tensor t;
   t.name = n;
   t.dtype = dtype;
@@ -75,8 +74,8 @@ std::string Network::unique_layer_name(const std::string& op) {
   return n;
 }
 
-Layer& Network::add_layer(const std::string& op, const std::vector<TensorId>& inputs,
-                          Attributes attrs, const std::string& name) {
+Layer& Network::add_layer(const std::string& op, const std::vector<TensorId>& inputs, Attributes attrs,
+                          const std::string& name) {
   Layer layer;
   layer.op = op;
   layer.name = name.empty() ? unique_layer_name(op) : name;
@@ -112,15 +111,13 @@ Layer& Network::add_matmul(TensorId a, TensorId b, bool transpose_a, bool transp
   return add_layer("matmul", {a, b}, std::move(attrs), name);
 }
 
-Layer& Network::add_elementwise(TensorId a, TensorId b, const std::string& op,
-                                const std::string& name) {
+Layer& Network::add_elementwise(TensorId a, TensorId b, const std::string& op, const std::string& name) {
   Attributes attrs;
   attrs.set("op", op);
   return add_layer("elementwise", {a, b}, std::move(attrs), name);
 }
 
-Layer& Network::add_activation(TensorId x, const std::string& type, double alpha,
-                               const std::string& name) {
+Layer& Network::add_activation(TensorId x, const std::string& type, double alpha, const std::string& name) {
   Attributes attrs;
   attrs.set("type", type).set("alpha", alpha);
   return add_layer("activation", {x}, std::move(attrs), name);
@@ -220,7 +217,8 @@ void Network::revalidate() {
   }
   for (TensorId t : inputs_) {
     KILN_CHECK(t >= 0 && static_cast<size_t>(t) < n, "network input id " << t << " out of range");
-    KILN_CHECK(tensors_[t].kind == TensorKind::kInput, "tensor '" << tensors_[t].name << "' is listed as an input but is not one");
+    KILN_CHECK(tensors_[t].kind == TensorKind::kInput,
+               "tensor '" << tensors_[t].name << "' is listed as an input but is not one");
     check_dims("input '" + tensors_[t].name + "'", tensors_[t].dims, true);
     defined[t] = true;
   }
@@ -232,8 +230,8 @@ void Network::revalidate() {
     std::vector<TensorDesc> in;
     for (TensorId t : l.inputs) {
       KILN_CHECK(t >= 0 && static_cast<size_t>(t) < n, describe(l) << ": input id " << t << " out of range");
-      KILN_CHECK(defined[t], describe(l) << ": input '" << tensors_[t].name
-                                         << "' is used before it is produced");
+      KILN_CHECK(defined[t], describe(l)
+                                 << ": input '" << tensors_[t].name << "' is used before it is produced");
       in.push_back({tensors_[t].dtype, tensors_[t].dims});
     }
     std::vector<TensorDesc> out = infer_layer(l, in);

@@ -47,9 +47,7 @@ std::vector<std::string> registered_ops() {
   return names;
 }
 
-std::string describe(const Layer& layer) {
-  return "layer '" + layer.name + "' (" + layer.op + ")";
-}
+std::string describe(const Layer& layer) { return "layer '" + layer.name + "' (" + layer.op + ")"; }
 
 std::vector<TensorDesc> infer_layer(const Layer& layer, const std::vector<TensorDesc>& inputs) {
   const OpSchema* schema = find_schema(layer.op);

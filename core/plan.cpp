@@ -97,13 +97,15 @@ Network get_network(ByteReader& r) {
     Tensor t;
     t.name = r.get_string();
     uint8_t dtype = r.get<uint8_t>();
-    KILN_CHECK(is_valid_dtype(dtype), r.what() << ": tensor '" << t.name << "' has unknown dtype " << int{dtype});
+    KILN_CHECK(is_valid_dtype(dtype), r.what()
+                                          << ": tensor '" << t.name << "' has unknown dtype " << int{dtype});
     t.dtype = static_cast<DataType>(dtype);
     uint8_t kind = r.get<uint8_t>();
     KILN_CHECK(kind <= 2, r.what() << ": tensor '" << t.name << "' has unknown kind " << int{kind});
     t.kind = static_cast<TensorKind>(kind);
     t.dims = r.get_vector<int64_t>();
-    KILN_CHECK(t.dims.size() <= static_cast<size_t>(kMaxRank), r.what() << ": tensor '" << t.name << "' has rank " << t.dims.size());
+    KILN_CHECK(t.dims.size() <= static_cast<size_t>(kMaxRank),
+               r.what() << ": tensor '" << t.name << "' has rank " << t.dims.size());
     if (t.kind == TensorKind::kConstant) {
       t.data = std::make_shared<std::vector<uint8_t>>(r.get_bytes());
     }
@@ -155,15 +157,16 @@ std::vector<OptimizationProfile> get_profiles(ByteReader& r) {
   return profiles;
 }
 
-ByteReader section_reader(const std::map<uint32_t, std::pair<const uint8_t*, size_t>>& sections,
-                          uint32_t tag, const char* name) {
+ByteReader section_reader(const std::map<uint32_t, std::pair<const uint8_t*, size_t>>& sections, uint32_t tag,
+                          const char* name) {
   auto it = sections.find(tag);
   KILN_CHECK(it != sections.end(), "plan: the " << name << " section is missing; the plan is corrupt");
   return ByteReader(it->second.first, it->second.second, std::string("plan ") + name + " section");
 }
 
 void expect_consumed(const ByteReader& r) {
-  KILN_CHECK(r.remaining() == 0, r.what() << ": " << r.remaining() << " unexpected trailing bytes; the plan is corrupt");
+  KILN_CHECK(r.remaining() == 0,
+             r.what() << ": " << r.remaining() << " unexpected trailing bytes; the plan is corrupt");
 }
 
 std::string version_text(uint32_t v) {
@@ -253,9 +256,9 @@ Plan Plan::deserialize(const uint8_t* data, size_t size, bool verify_checksum) {
   h.sm_arch = r.get<uint32_t>();
   uint64_t payload_size = r.get<uint64_t>();
   uint64_t checksum = r.get<uint64_t>();
-  KILN_CHECK(payload_size == r.remaining(),
-             "plan: header announces " << payload_size << " payload bytes but " << r.remaining()
-                                       << " follow; the plan is truncated or corrupt");
+  KILN_CHECK(payload_size == r.remaining(), "plan: header announces "
+                                                << payload_size << " payload bytes but " << r.remaining()
+                                                << " follow; the plan is truncated or corrupt");
   const uint8_t* body = r.position();
   KILN_CHECK(!verify_checksum || plan_checksum(body, payload_size) == checksum,
              "plan: checksum mismatch; the plan is corrupt (re-serialize or rebuild it)");
@@ -285,7 +288,8 @@ Plan Plan::deserialize(const uint8_t* data, size_t size, bool verify_checksum) {
   plan.memory.arena_bytes = rm.get<int64_t>();
   plan.memory.workspace_bytes = rm.get<int64_t>();
   KILN_CHECK(plan.memory.workspace_bytes >= 0 && plan.memory.workspace_bytes <= kMaxArenaBytes,
-             "plan memory section: workspace size " << plan.memory.workspace_bytes << " is out of range; the plan is corrupt");
+             "plan memory section: workspace size " << plan.memory.workspace_bytes
+                                                    << " is out of range; the plan is corrupt");
   expect_consumed(rm);
   validate_memory_plan(plan.network, plan.profiles, plan.memory);
 
@@ -346,11 +350,11 @@ void validate_profiles(const Network& net, const std::vector<OptimizationProfile
       for (size_t i = 0; i < t.dims.size(); ++i) {
         KILN_CHECK(r.min[i] >= 0 && r.min[i] <= r.opt[i] && r.opt[i] <= r.max[i],
                    "profile " << pi << ", input '" << t.name << "', dim " << i
-                              << ": need 0 <= min <= opt <= max, got min " << to_string(r.min)
-                              << ", opt " << to_string(r.opt) << ", max " << to_string(r.max));
+                              << ": need 0 <= min <= opt <= max, got min " << to_string(r.min) << ", opt "
+                              << to_string(r.opt) << ", max " << to_string(r.max));
         KILN_CHECK(t.dims[i] == kDynamic || (r.min[i] == t.dims[i] && r.max[i] == t.dims[i]),
-                   "profile " << pi << ", input '" << t.name << "', dim " << i << " is static ("
-                              << t.dims[i] << ") but the profile gives " << r.min[i] << ".." << r.max[i]);
+                   "profile " << pi << ", input '" << t.name << "', dim " << i << " is static (" << t.dims[i]
+                              << ") but the profile gives " << r.min[i] << ".." << r.max[i]);
       }
     }
   }
@@ -431,30 +435,35 @@ void validate_memory_plan(const Network& net, const std::vector<OptimizationProf
                           const MemoryPlan& memory) {
   const size_t n = net.tensors().size();
   KILN_CHECK(memory.offsets.size() == n && memory.sizes.size() == n,
-             "plan memory section: " << memory.offsets.size() << " offsets for " << n << " tensors; the plan is corrupt");
-  KILN_CHECK(memory.arena_bytes >= 0 && memory.arena_bytes <= kMaxArenaBytes,
-             "plan memory section: arena size " << memory.arena_bytes << " is out of range; the plan is corrupt");
+             "plan memory section: " << memory.offsets.size() << " offsets for " << n
+                                     << " tensors; the plan is corrupt");
+  KILN_CHECK(
+      memory.arena_bytes >= 0 && memory.arena_bytes <= kMaxArenaBytes,
+      "plan memory section: arena size " << memory.arena_bytes << " is out of range; the plan is corrupt");
   std::vector<Lifetime> life = activation_lifetimes(net);
   std::vector<int64_t> need = max_tensor_bytes(net, profiles);
   std::vector<size_t> placed;
   int64_t total = 0;
   for (size_t t = 0; t < n; ++t) {
     if (!life[t].in_arena) {
-      KILN_CHECK(memory.offsets[t] == -1, "plan memory section: tensor '" << net.tensor(t).name
-                                                                         << "' must not live in the arena; the plan is corrupt");
+      KILN_CHECK(memory.offsets[t] == -1, "plan memory section: tensor '"
+                                              << net.tensor(t).name
+                                              << "' must not live in the arena; the plan is corrupt");
       continue;
     }
     int64_t off = memory.offsets[t], size = memory.sizes[t];
     // plan_memory reserves the tensor's largest size rounded up to its alignment, never more.
     KILN_CHECK(off >= 0 && size >= need[t] && size <= need[t] + kMaxPadding && size <= memory.arena_bytes &&
                    off <= memory.arena_bytes - size,
-               "plan memory section: tensor '" << net.tensor(t).name << "' does not fit the arena; the plan is corrupt");
+               "plan memory section: tensor '" << net.tensor(t).name
+                                               << "' does not fit the arena; the plan is corrupt");
     total += size;
     placed.push_back(t);
   }
-  KILN_CHECK(memory.arena_bytes <= total,
-             "plan memory section: arena of " << memory.arena_bytes << " bytes is larger than all its tensors together ("
-                                              << total << "); the plan is corrupt");
+  KILN_CHECK(memory.arena_bytes <= total, "plan memory section: arena of "
+                                              << memory.arena_bytes
+                                              << " bytes is larger than all its tensors together (" << total
+                                              << "); the plan is corrupt");
   for (size_t i = 0; i < placed.size(); ++i) {
     for (size_t j = i + 1; j < placed.size(); ++j) {
       size_t a = placed[i], b = placed[j];

@@ -33,16 +33,16 @@ struct MemoryPlan {
   std::vector<int64_t> offsets;  // per tensor id
   std::vector<int64_t> sizes;    // bytes reserved per tensor id (max over profiles)
   int64_t arena_bytes = 0;
-  int64_t workspace_bytes = 0;   // scratch for kernels (cuBLASLt), from BuilderConfig
+  int64_t workspace_bytes = 0;  // scratch for kernels (cuBLASLt), from BuilderConfig
 };
 
 struct PlanHeader {
   uint32_t format_version = kPlanFormatVersion;
-  uint32_t kiln_version = 0;     // major*10000 + minor*100 + patch
-  uint32_t cuda_version = 0;     // CUDART_VERSION Kiln was built with
+  uint32_t kiln_version = 0;  // major*10000 + minor*100 + patch
+  uint32_t cuda_version = 0;  // CUDART_VERSION Kiln was built with
   uint32_t cublaslt_version = 0;
   uint32_t cudnn_version = 0;
-  uint32_t sm_arch = 0;          // GPU the plan was built for (major*10+minor); 0: reference only
+  uint32_t sm_arch = 0;  // GPU the plan was built for (major*10+minor); 0: reference only
 };
 
 struct Plan {

@@ -3,12 +3,12 @@
 
 namespace kiln {
 
-int cuda_device_count();                  // 0 when there is no usable GPU
-int cuda_device_arch(int device = -1);    // compute capability as major*10+minor; -1: current
-int current_device();                     // cudaGetDevice
-int cuda_runtime_version();               // the CUDA runtime Kiln was built against
-int cublaslt_version();                   // likewise cuBLASLt
-int cudnn_version();                      // likewise cuDNN (headers only until cuDNN kernels land)
+int cuda_device_count();                // 0 when there is no usable GPU
+int cuda_device_arch(int device = -1);  // compute capability as major*10+minor; -1: current
+int current_device();                   // cudaGetDevice
+int cuda_runtime_version();             // the CUDA runtime Kiln was built against
+int cublaslt_version();                 // likewise cuBLASLt
+int cudnn_version();                    // likewise cuDNN (headers only until cuDNN kernels land)
 
 }  // namespace kiln
 

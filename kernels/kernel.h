@@ -20,14 +20,14 @@ const char* backend_name(Backend b);
 struct TensorView {
   void* data = nullptr;  // host memory on the reference backend, device memory on CUDA
   DataType dtype = DataType::kFloat32;
-  Dims dims;             // concrete
+  Dims dims;  // concrete
 };
 
 // Per-context resources a kernel may use while it runs.
 struct LaunchContext {
-  void* stream = nullptr;      // cudaStream_t; unused by the reference backend
-  void* cublaslt = nullptr;    // cublasLtHandle_t owned by the context
-  void* workspace = nullptr;   // scratch device memory owned by the context
+  void* stream = nullptr;     // cudaStream_t; unused by the reference backend
+  void* cublaslt = nullptr;   // cublasLtHandle_t owned by the context
+  void* workspace = nullptr;  // scratch device memory owned by the context
   size_t workspace_bytes = 0;
 };
 

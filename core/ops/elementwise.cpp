@@ -27,9 +27,9 @@ std::vector<TensorDesc> infer_elementwise(const Layer& layer, const std::vector<
   KILN_CHECK(in[0].dtype != DataType::kBool && in[0].dtype != DataType::kInt8,
              who << ": " << dtype_name(in[0].dtype) << " operands are not supported");
   Dims out;
-  KILN_CHECK(broadcast_shapes(in[0].dims, in[1].dims, &out),
-             who << ": shapes " << to_string(in[0].dims) << " and " << to_string(in[1].dims)
-                 << " do not broadcast");
+  KILN_CHECK(broadcast_shapes(in[0].dims, in[1].dims, &out), who << ": shapes " << to_string(in[0].dims)
+                                                                 << " and " << to_string(in[1].dims)
+                                                                 << " do not broadcast");
   return {{in[0].dtype, out}};
 }
 

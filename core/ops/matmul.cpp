@@ -28,9 +28,9 @@ std::vector<TensorDesc> infer_matmul(const Layer& layer, const std::vector<Tenso
                  << ", B is " << to_string(b.dims) << (tb ? " (transposed)" : ""));
   Dims batch;
   Dims batch_a(a.dims.begin(), a.dims.end() - 2), batch_b(b.dims.begin(), b.dims.end() - 2);
-  KILN_CHECK(broadcast_shapes(batch_a, batch_b, &batch),
-             who << ": batch dims " << to_string(batch_a) << " and " << to_string(batch_b)
-                 << " do not broadcast");
+  KILN_CHECK(broadcast_shapes(batch_a, batch_b, &batch), who << ": batch dims " << to_string(batch_a)
+                                                             << " and " << to_string(batch_b)
+                                                             << " do not broadcast");
   batch.push_back(m);
   batch.push_back(n);
   return {{a.dtype, batch}};

@@ -7,18 +7,18 @@
 
 #include "core/error.h"
 
-#define KILN_CUDA_CHECK(expr)                                                                  \
-  do {                                                                                         \
-    cudaError_t kiln_cuda_err_ = (expr);                                                       \
-    KILN_CHECK(kiln_cuda_err_ == cudaSuccess, #expr << " failed: " << cudaGetErrorName(kiln_cuda_err_) \
+#define KILN_CUDA_CHECK(expr)                                                                              \
+  do {                                                                                                     \
+    cudaError_t kiln_cuda_err_ = (expr);                                                                   \
+    KILN_CHECK(kiln_cuda_err_ == cudaSuccess, #expr << " failed: " << cudaGetErrorName(kiln_cuda_err_)     \
                                                     << " (" << cudaGetErrorString(kiln_cuda_err_) << ")"); \
   } while (0)
 
-#define KILN_CUBLAS_CHECK(expr)                                                                \
-  do {                                                                                         \
-    cublasStatus_t kiln_cublas_st_ = (expr);                                                   \
-    KILN_CHECK(kiln_cublas_st_ == CUBLAS_STATUS_SUCCESS,                                       \
-               #expr << " failed: cuBLAS status " << static_cast<int>(kiln_cublas_st_));      \
+#define KILN_CUBLAS_CHECK(expr)                                                          \
+  do {                                                                                   \
+    cublasStatus_t kiln_cublas_st_ = (expr);                                             \
+    KILN_CHECK(kiln_cublas_st_ == CUBLAS_STATUS_SUCCESS,                                 \
+               #expr << " failed: cuBLAS status " << static_cast<int>(kiln_cublas_st_)); \
   } while (0)
 
 // After a kernel launch: reports a bad launch configuration at once (does not synchronize).

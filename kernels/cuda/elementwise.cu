@@ -94,8 +94,8 @@ __device__ __forceinline__ __nv_bfloat16 store_c<__nv_bfloat16>(float x) {
 }
 
 template <typename T>
-__global__ void binary_same_shape(int op, const T* __restrict__ a, const T* __restrict__ b,
-                                  T* __restrict__ y, int64_t n) {
+__global__ void binary_same_shape(int op, const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ y,
+                                  int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     y[i] = store_c<T>(apply_op(op, load_c(a[i]), load_c(b[i])));
@@ -104,8 +104,7 @@ __global__ void binary_same_shape(int op, const T* __restrict__ a, const T* __re
 
 template <typename T>
 __global__ void binary_broadcast(int op, const T* __restrict__ a, BroadcastIndexer ia,
-                                 const T* __restrict__ b, BroadcastIndexer ib, T* __restrict__ y,
-                                 int64_t n) {
+                                 const T* __restrict__ b, BroadcastIndexer ib, T* __restrict__ y, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     int64_t oa = 0, ob = 0, rem = i;

@@ -48,10 +48,10 @@ struct LtDescriptors {
 };
 
 void set_batch(cublasLtMatrixLayout_t layout, int32_t count, int64_t stride) {
-  KILN_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
-                                                     &count, sizeof(count)));
-  KILN_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
-      layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
+  KILN_CUBLAS_CHECK(
+      cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+  KILN_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                                     &stride, sizeof(stride)));
 }
 
 class CublasLtMatmul final : public Kernel {
@@ -89,8 +89,10 @@ class CublasLtMatmul final : public Kernel {
     KILN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&d.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     cublasOperation_t op_first = tb_ ? CUBLAS_OP_T : CUBLAS_OP_N;   // B^T as the first operand
     cublasOperation_t op_second = ta_ ? CUBLAS_OP_T : CUBLAS_OP_N;  // A^T as the second
-    KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
-    KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
+    KILN_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
+    KILN_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
     // Stored (pre-op) column-major shapes of the row-major buffers.
     KILN_CUBLAS_CHECK(tb_ ? cublasLtMatrixLayoutCreate(&d.a, type, k, n, k)
                           : cublasLtMatrixLayoutCreate(&d.a, type, n, k, n));
@@ -105,30 +107,34 @@ class CublasLtMatmul final : public Kernel {
 
     KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&d.pref));
     uint64_t ws = ctx.workspace_bytes;
-    KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-        d.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                           &ws, sizeof(ws)));
     uint32_t al_a = alignment_of(b.data), al_b = alignment_of(a.data), al_c = alignment_of(c.data);
     if (!one_call) {  // per-batch pointers are offset by whole matrices
       al_a = std::min(al_a, alignment_of(reinterpret_cast<void*>(k * n * esize)));
       al_b = std::min(al_b, alignment_of(reinterpret_cast<void*>(m * k * esize)));
       al_c = std::min(al_c, alignment_of(reinterpret_cast<void*>(m * n * esize)));
     }
-    KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)));
-    KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)));
-    KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
-    KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
+    KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                                           &al_a, sizeof(al_a)));
+    KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                                           &al_b, sizeof(al_b)));
+    KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                           &al_c, sizeof(al_c)));
+    KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                                           &al_c, sizeof(al_c)));
 
     auto handle = static_cast<cublasLtHandle_t>(ctx.cublaslt);
     cublasLtMatmulHeuristicResult_t heuristic{};
     int found = 0;
-    KILN_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, d.op, d.a, d.b, d.c, d.c, d.pref, 1,
-                                                     &heuristic, &found));
-    KILN_CHECK(found > 0, "layer '" << layer_ << "' (matmul): cuBLASLt has no algorithm for "
-                                    << m << "x" << k << "x" << n << " " << dtype_name(c.dtype));
+    KILN_CUBLAS_CHECK(
+        cublasLtMatmulAlgoGetHeuristic(handle, d.op, d.a, d.b, d.c, d.c, d.pref, 1, &heuristic, &found));
+    KILN_CHECK(found > 0, "layer '" << layer_ << "' (matmul): cuBLASLt has no algorithm for " << m << "x" << k
+                                    << "x" << n << " " << dtype_name(c.dtype));
     const float alpha = 1.f, beta = 0.f;
     auto gemm = [&](const void* pa, const void* pb, void* pc) {
-      KILN_CUBLAS_CHECK(cublasLtMatmul(handle, d.op, &alpha, pb, d.a, pa, d.b, &beta, pc, d.c, pc,
-                                       d.c, &heuristic.algo, ctx.workspace, ctx.workspace_bytes, stream));
+      KILN_CUBLAS_CHECK(cublasLtMatmul(handle, d.op, &alpha, pb, d.a, pa, d.b, &beta, pc, d.c, pc, d.c,
+                                       &heuristic.algo, ctx.workspace, ctx.workspace_bytes, stream));
     };
     if (one_call) {
       gemm(a.data, b.data, c.data);

@@ -19,7 +19,8 @@ class RefIdentity final : public Kernel {
 }  // namespace
 
 void register_identity_reference_kernel() {
-  register_kernel("identity", Backend::kReference, [](const Layer&) { return std::make_unique<RefIdentity>(); });
+  register_kernel("identity", Backend::kReference,
+                  [](const Layer&) { return std::make_unique<RefIdentity>(); });
 }
 
 }  // namespace kiln

@@ -8,7 +8,9 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kiln", description="Kiln inference compiler")
-    parser.add_argument("--log-level", choices=["error", "warning", "info", "verbose"], default=None)
+    parser.add_argument(
+        "--log-level", choices=["error", "warning", "info", "verbose"], default=None
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="build and run a small network with the native API")
     demo.add_argument("--batch", type=int, default=32)

@@ -51,9 +51,13 @@ def run(batch: int = 32, seed: int = 0) -> int:
         x = rng.standard_normal((batch, d_in), dtype=np.float32)
         y = ctx.execute({"x": x})["y"]
         err = float(np.max(np.abs(y - reference(x))))
-        rows.append((target, plan.num_layers, plan.arena_bytes, build_ms, err, ", ".join(plan.kernels)))
+        rows.append(
+            (target, plan.num_layers, plan.arena_bytes, build_ms, err, ", ".join(plan.kernels))
+        )
     print(f"Kiln {kiln.__version__} demo: MLP 256-512-128, batch {batch}, float32")
-    print(f"{'backend':<10} {'layers':>6} {'arena B':>8} {'build ms':>9} {'max abs err':>12}  kernels")
+    print(
+        f"{'backend':<10} {'layers':>6} {'arena B':>8} {'build ms':>9} {'max abs err':>12}  kernels"
+    )
     ok = True
     for target, layers, arena, build_ms, err, kernels in rows:
         print(f"{target:<10} {layers:>6} {arena:>8} {build_ms:>9.2f} {err:>12.2e}  {kernels}")

@@ -19,7 +19,9 @@ def dtype_name(dtype) -> str:
         raise TypeError(f"{text} is not supported by Kiln engines; use one of {', '.join(NAMES)}")
     name = np.dtype(dtype).name
     if name not in NAMES:
-        raise TypeError(f"numpy dtype {name} is not supported by Kiln engines; use one of {', '.join(NAMES)}")
+        raise TypeError(
+            f"numpy dtype {name} is not supported by Kiln engines; use one of {', '.join(NAMES)}"
+        )
     return name
 
 

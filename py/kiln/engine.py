@@ -26,7 +26,9 @@ class Engine:
         if isinstance(plan, bytes | bytearray | memoryview):
             plan = _C.Plan.deserialize(plan)
         if backend is None:
-            backend = "cuda" if plan.header["sm_arch"] and _C.cuda_device_count() > 0 else "reference"
+            backend = (
+                "cuda" if plan.header["sm_arch"] and _C.cuda_device_count() > 0 else "reference"
+            )
         self._engine = _C.Engine(plan, backend)
         self.plan = plan
 
@@ -71,7 +73,11 @@ class ExecutionContext:
 
     def execute(self, feed: Mapping[str, object]) -> dict[str, object]:
         values = list(feed.values())
-        if self.engine.backend == "cuda" and values and all(_is_torch(v) and v.is_cuda for v in values):
+        if (
+            self.engine.backend == "cuda"
+            and values
+            and all(_is_torch(v) and v.is_cuda for v in values)
+        ):
             return self._execute_torch_cuda(feed)
         arrays = {}
         for name, value in feed.items():
@@ -100,7 +106,9 @@ class ExecutionContext:
         keep = []  # contiguous copies must outlive the enqueue
         for name, t in feed.items():
             if name not in self.engine.input_names:
-                raise ValueError(f"{name!r} is not an input of this engine (inputs: {self.engine.input_names})")
+                raise ValueError(
+                    f"{name!r} is not an input of this engine (inputs: {self.engine.input_names})"
+                )
             want = self.engine.binding(name)[0]
             if t.dtype != torch_dtype(want):
                 raise TypeError(f"input {name!r} is {t.dtype}, the engine expects torch.{want}")

@@ -28,7 +28,7 @@ def log_level() -> str:
 
 
 def set_log_sink(sink: Callable[[str, str], None] | None) -> None:
-    """Send every message that passes the level to `sink(severity, message)`; None restores stderr."""
+    """Send messages that pass the level to `sink(severity, message)`; None restores stderr."""
     _C.set_log_sink(sink)
 
 

@@ -51,7 +51,9 @@ class Layer:
     @property
     def output(self) -> Tensor:
         if len(self.outputs) != 1:
-            raise ValueError(f"layer {self.name!r} has {len(self.outputs)} outputs; use .outputs[i]")
+            raise ValueError(
+                f"layer {self.name!r} has {len(self.outputs)} outputs; use .outputs[i]"
+            )
         return self.outputs[0]
 
     def __repr__(self) -> str:
@@ -68,7 +70,7 @@ class Network:
         self._net = _C.Network()
 
     def _id(self, t) -> int:
-        """Tensor id of a Tensor or single-output Layer; arrays and torch tensors become constants."""
+        """Id of a Tensor or single-output Layer; arrays and torch tensors become constants."""
         if isinstance(t, Layer):
             t = t.output
         if isinstance(t, Tensor):
@@ -77,7 +79,9 @@ class Network:
             return t.id
         if hasattr(t, "__array__") or hasattr(t, "__array_interface__"):
             return self.add_constant(t).id
-        raise TypeError(f"expected a Tensor, a Layer, a numpy array or a torch tensor, got {type(t).__name__}")
+        raise TypeError(
+            f"expected a Tensor, a Layer, a numpy array or a torch tensor, got {type(t).__name__}"
+        )
 
     def add_input(self, name: str, dtype, shape: Sequence[int]) -> Tensor:
         """An input binding; a dim of -1 is dynamic and needs an optimization profile."""
@@ -86,16 +90,34 @@ class Network:
     def add_constant(self, value, name: str = "") -> Tensor:
         """Weights from a numpy array, a torch tensor, or anything numpy can convert."""
         arr, dtype = as_numpy(value)
-        return Tensor(self, self._net.add_constant(name, dtype, list(arr.shape), arr.reshape(-1).view("uint8")))
+        return Tensor(
+            self,
+            self._net.add_constant(name, dtype, list(arr.shape), arr.reshape(-1).view("uint8")),
+        )
 
-    def add_layer(self, op: str, inputs: Sequence[TensorLike], attrs: Mapping | None = None, name: str = "") -> Layer:
+    def add_layer(
+        self, op: str, inputs: Sequence[TensorLike], attrs: Mapping | None = None, name: str = ""
+    ) -> Layer:
         """Any registered op by name, with its attributes (see docs/ops.md)."""
-        layer_name, outputs = self._net.add_layer(op, [self._id(t) for t in inputs], dict(attrs or {}), name)
+        layer_name, outputs = self._net.add_layer(
+            op, [self._id(t) for t in inputs], dict(attrs or {}), name
+        )
         return Layer(self, layer_name, op, outputs)
 
-    def add_matmul(self, a: TensorLike, b: TensorLike, transpose_a: bool = False, transpose_b: bool = False,
-                   name: str = "") -> Layer:
-        return self.add_layer("matmul", [a, b], {"transpose_a": int(transpose_a), "transpose_b": int(transpose_b)}, name)
+    def add_matmul(
+        self,
+        a: TensorLike,
+        b: TensorLike,
+        transpose_a: bool = False,
+        transpose_b: bool = False,
+        name: str = "",
+    ) -> Layer:
+        return self.add_layer(
+            "matmul",
+            [a, b],
+            {"transpose_a": int(transpose_a), "transpose_b": int(transpose_b)},
+            name,
+        )
 
     def add_elementwise(self, a: TensorLike, b: TensorLike, op: str, name: str = "") -> Layer:
         """op: "add", "sub", "mul", "div", "max", "min" or "pow"; NumPy broadcasting."""
@@ -135,8 +157,13 @@ class BuilderConfig(_C.BuilderConfig):
     "reference".
     """
 
-    def __init__(self, *, target: str = "auto", workspace_bytes: int | None = None,
-                 optimization_level: int | None = None):
+    def __init__(
+        self,
+        *,
+        target: str = "auto",
+        workspace_bytes: int | None = None,
+        optimization_level: int | None = None,
+    ):
         super().__init__()
         self.target = target
         if workspace_bytes is not None:

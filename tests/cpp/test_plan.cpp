@@ -153,7 +153,8 @@ TEST(Plan, FuzzWithChecksumGivesErrorOrCorrectResult) {
     for (int j = 0; j < n; ++j) b[gen() % b.size()] ^= static_cast<uint8_t>(1 + gen() % 255);
     if (i % 5 == 0) b.resize(gen() % b.size());
     try {
-      auto got = test::run_float(Engine::create(Plan::deserialize(b), Backend::kReference), {{"x", {{2, 6}, x}}});
+      auto got =
+          test::run_float(Engine::create(Plan::deserialize(b), Backend::kReference), {{"x", {{2, 6}, x}}});
       ASSERT_EQ(got, want) << "case " << i << ": a mutated plan ran and gave a different result";
       ++correct;
     } catch (const Error&) {

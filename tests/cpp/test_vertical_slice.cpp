@@ -59,7 +59,9 @@ void check_slice(BuildTarget target, Backend backend) {
   }
 }
 
-TEST(VerticalSlice, ReferenceBackendMatchesLoop) { check_slice(BuildTarget::kReference, Backend::kReference); }
+TEST(VerticalSlice, ReferenceBackendMatchesLoop) {
+  check_slice(BuildTarget::kReference, Backend::kReference);
+}
 
 TEST(VerticalSlice, CudaMatchesLoop) {
   KILN_REQUIRE_GPU();
@@ -73,7 +75,8 @@ TEST(VerticalSlice, CudaPlanRunsOnReferenceBackend) {
 
 TEST(VerticalSlice, ShapeOutsideProfileIsRefused) {
   Mlp mlp;
-  auto engine = Engine::create(Builder().build(mlp.network(), mlp.config(BuildTarget::kReference)), Backend::kReference);
+  auto engine = Engine::create(Builder().build(mlp.network(), mlp.config(BuildTarget::kReference)),
+                               Backend::kReference);
   auto ctx = engine->create_execution_context();
   try {
     ctx->set_input_shape("x", {65, mlp.k});

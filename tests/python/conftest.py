@@ -1,11 +1,14 @@
-import pytest
+import os
 
 import kiln
+import pytest
 
 
 def pytest_collection_modifyitems(config, items):
     if kiln.cuda_available():
         return
+    if os.environ.get("KILN_REQUIRE_GPU") == "1":
+        raise pytest.UsageError("KILN_REQUIRE_GPU=1 but no CUDA GPU is visible to Kiln")
     skip = pytest.mark.skip(reason="no CUDA GPU visible (GPU test)")
     for item in items:
         if "gpu" in item.keywords:

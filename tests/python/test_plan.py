@@ -1,6 +1,5 @@
-import pytest
-
 import kiln
+import pytest
 
 
 def tiny_plan(target="reference"):

@@ -2,22 +2,25 @@
 Network (inputs, weights, matmul, bias add, relu) -> Builder -> Plan bytes -> Engine ->
 ExecutionContext, on the CPU reference backend and on the GPU."""
 
+import kiln
 import numpy as np
 import pytest
 import torch
 
-import kiln
-
 
 def make_mlp(d_in=48, d_hidden=33, d_out=17, seed=0):
     g = torch.Generator().manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(d_in, d_hidden), torch.nn.ReLU(), torch.nn.Linear(d_hidden, d_out))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(d_in, d_hidden), torch.nn.ReLU(), torch.nn.Linear(d_hidden, d_out)
+    )
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
     net = kiln.Network()
     x = net.add_input("x", torch.float32, (-1, d_in))
-    h = net.add_matmul(x, model[0].weight, transpose_b=True, name="fc1")  # torch weights are [out, in]
+    h = net.add_matmul(
+        x, model[0].weight, transpose_b=True, name="fc1"
+    )  # torch weights are [out, in]
     h = net.add_elementwise(h, model[0].bias, "add", name="fc1_bias")
     h = net.add_activation(h, "relu", name="relu")
     y = net.add_matmul(h, model[2].weight, transpose_b=True, name="fc2")
@@ -82,7 +85,11 @@ def test_cuda_matches_torch(batch):
     assert y.is_cuda
     torch.cuda.synchronize()
     # Pure FP32 GEMMs (no TF32) on both sides; different summation orders: ~1e-6 apart.
-    with torch.backends.cuda.matmul.flags(allow_tf32=False) if hasattr(torch.backends.cuda.matmul, "flags") else torch.no_grad():
+    with (
+        torch.backends.cuda.matmul.flags(allow_tf32=False)
+        if hasattr(torch.backends.cuda.matmul, "flags")
+        else torch.no_grad()
+    ):
         torch.backends.cuda.matmul.allow_tf32 = False
         want = model.cuda()(x).detach()
     torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)

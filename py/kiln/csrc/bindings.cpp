@@ -83,8 +83,9 @@ py::dict execute_host(ExecutionContext& ctx, const py::dict& feed) {
       KILN_CHECK(arr, "input '" << name << "' is not array-like");
       py::dtype want = py::dtype(numpy_dtype_name(t.dtype));
       KILN_CHECK(arr.dtype().is(want) || arr.dtype().equal(want),
-                 "input '" << name << "' has dtype " << std::string(py::str(arr.dtype())) << ", the engine expects "
-                           << dtype_name(t.dtype) << "; convert it first (e.g. x.astype(np." << numpy_dtype_name(t.dtype) << "))");
+                 "input '" << name << "' has dtype " << std::string(py::str(arr.dtype()))
+                           << ", the engine expects " << dtype_name(t.dtype)
+                           << "; convert it first (e.g. x.astype(np." << numpy_dtype_name(t.dtype) << "))");
       Dims dims(arr.shape(), arr.shape() + arr.ndim());
       if (!is_static(t.dims) || dims != t.dims) ctx.set_input_shape(name, dims);
       keep.push_back(arr);
@@ -101,7 +102,8 @@ py::dict execute_host(ExecutionContext& ctx, const py::dict& feed) {
     for (auto item : feed) {
       std::string name = py::str(item.first);
       auto in = engine.input_names();
-      KILN_CHECK(std::find(in.begin(), in.end(), name) != in.end(), "'" << name << "' is not an input of this engine");
+      KILN_CHECK(std::find(in.begin(), in.end(), name) != in.end(),
+                 "'" << name << "' is not an input of this engine");
     }
     py::dict result;
     std::vector<std::pair<py::array, void*>> outs;
@@ -155,9 +157,12 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("version", &kiln_version_string);
   m.def("cuda_device_count", &cuda_device_count);
-  m.def("cuda_device_arch", [](int device) { return cuda_device_arch(device); }, py::arg("device") = -1);
+  m.def(
+      "cuda_device_arch", [](int device) { return cuda_device_arch(device); }, py::arg("device") = -1);
   m.def("registered_ops", &registered_ops);
-  m.def("has_kernel", [](const std::string& op, const std::string& backend) { return has_kernel(op, parse_backend(backend)); });
+  m.def("has_kernel", [](const std::string& op, const std::string& backend) {
+    return has_kernel(op, parse_backend(backend));
+  });
   m.def("set_log_level", [](const std::string& level) { set_log_level(parse_severity(level)); });
   m.def("log_level", [] { return std::string(severity_name(log_level())); });
   m.def("set_log_sink", [](py::object fn) {
@@ -183,31 +188,38 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<Network, std::shared_ptr<Network>>(m, "Network")
       .def(py::init<>())
-      .def("add_input", [](Network& n, const std::string& name, const std::string& dtype, const Dims& dims) {
-        return n.add_input(name, parse_dtype(dtype), dims);
-      })
-      .def("add_constant", [](Network& n, const std::string& name, const std::string& dtype, const Dims& dims, py::buffer data) {
-        py::buffer_info info = data.request();
-        size_t bytes = static_cast<size_t>(info.size * info.itemsize);
-        return n.add_constant(name, parse_dtype(dtype), dims, info.ptr, bytes);
-      })
-      .def("add_layer", [](Network& n, const std::string& op, const std::vector<TensorId>& inputs, const py::dict& attrs, const std::string& name) {
-        Layer& l = n.add_layer(op, inputs, to_attrs(attrs), name);
-        return py::make_tuple(l.name, l.outputs);
-      })
+      .def("add_input", [](Network& n, const std::string& name, const std::string& dtype,
+                           const Dims& dims) { return n.add_input(name, parse_dtype(dtype), dims); })
+      .def("add_constant",
+           [](Network& n, const std::string& name, const std::string& dtype, const Dims& dims,
+              py::buffer data) {
+             py::buffer_info info = data.request();
+             size_t bytes = static_cast<size_t>(info.size * info.itemsize);
+             return n.add_constant(name, parse_dtype(dtype), dims, info.ptr, bytes);
+           })
+      .def("add_layer",
+           [](Network& n, const std::string& op, const std::vector<TensorId>& inputs, const py::dict& attrs,
+              const std::string& name) {
+             Layer& l = n.add_layer(op, inputs, to_attrs(attrs), name);
+             return py::make_tuple(l.name, l.outputs);
+           })
       .def("mark_output", &Network::mark_output, py::arg("tensor"), py::arg("name") = "")
-      .def("tensor_info", [](const Network& n, TensorId id) {
-        const Tensor& t = n.tensor(id);
-        const char* kind = t.kind == TensorKind::kInput ? "input" : t.kind == TensorKind::kConstant ? "constant" : "activation";
-        return py::make_tuple(t.name, std::string(dtype_name(t.dtype)), t.dims, std::string(kind));
-      })
+      .def("tensor_info",
+           [](const Network& n, TensorId id) {
+             const Tensor& t = n.tensor(id);
+             const char* kind = t.kind == TensorKind::kInput      ? "input"
+                                : t.kind == TensorKind::kConstant ? "constant"
+                                                                  : "activation";
+             return py::make_tuple(t.name, std::string(dtype_name(t.dtype)), t.dims, std::string(kind));
+           })
       .def("find_tensor", &Network::find_tensor)
       .def_property_readonly("num_tensors", [](const Network& n) { return n.tensors().size(); })
       .def_property_readonly("inputs", &Network::inputs)
       .def_property_readonly("outputs", &Network::outputs)
       .def("layers", [](const Network& n) {
         py::list out;
-        for (const auto& l : n.layers()) out.append(py::make_tuple(l.name, l.op, l.inputs, l.outputs, from_attrs(l.attrs)));
+        for (const auto& l : n.layers())
+          out.append(py::make_tuple(l.name, l.op, l.inputs, l.outputs, from_attrs(l.attrs)));
         return out;
       });
 
@@ -215,43 +227,51 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init<>())
       .def_readwrite("workspace_bytes", &BuilderConfig::workspace_bytes)
       .def_readwrite("optimization_level", &BuilderConfig::optimization_level)
-      .def_property("target",
-                    [](const BuilderConfig& c) {
-                      return std::string(c.target == BuildTarget::kCuda ? "cuda" : c.target == BuildTarget::kReference ? "reference" : "auto");
-                    },
-                    [](BuilderConfig& c, const std::string& s) { c.target = parse_target(s); })
-      .def("add_optimization_profile", [](BuilderConfig& c, const std::map<std::string, std::tuple<Dims, Dims, Dims>>& ranges) {
-        OptimizationProfile p;
-        for (const auto& [name, r] : ranges) p.inputs[name] = {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
-        c.profiles.push_back(std::move(p));
-        return static_cast<int>(c.profiles.size()) - 1;
-      })
+      .def_property(
+          "target",
+          [](const BuilderConfig& c) {
+            return std::string(c.target == BuildTarget::kCuda        ? "cuda"
+                               : c.target == BuildTarget::kReference ? "reference"
+                                                                     : "auto");
+          },
+          [](BuilderConfig& c, const std::string& s) { c.target = parse_target(s); })
+      .def("add_optimization_profile",
+           [](BuilderConfig& c, const std::map<std::string, std::tuple<Dims, Dims, Dims>>& ranges) {
+             OptimizationProfile p;
+             for (const auto& [name, r] : ranges)
+               p.inputs[name] = {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+             c.profiles.push_back(std::move(p));
+             return static_cast<int>(c.profiles.size()) - 1;
+           })
       .def_property_readonly("num_profiles", [](const BuilderConfig& c) { return c.profiles.size(); });
 
   py::class_<Plan, std::shared_ptr<Plan>>(m, "Plan")
-      .def("serialize", [](const Plan& p) {
-        std::vector<uint8_t> bytes = p.serialize();
-        return py::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-      })
-      .def_static("deserialize", [](py::buffer b) {
-        py::buffer_info info = b.request();
-        const auto* data = static_cast<const uint8_t*>(info.ptr);
-        size_t size = static_cast<size_t>(info.size * info.itemsize);
-        py::gil_scoped_release release;
-        return std::make_shared<Plan>(Plan::deserialize(data, size));
-      })
+      .def("serialize",
+           [](const Plan& p) {
+             std::vector<uint8_t> bytes = p.serialize();
+             return py::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+           })
+      .def_static("deserialize",
+                  [](py::buffer b) {
+                    py::buffer_info info = b.request();
+                    const auto* data = static_cast<const uint8_t*>(info.ptr);
+                    size_t size = static_cast<size_t>(info.size * info.itemsize);
+                    py::gil_scoped_release release;
+                    return std::make_shared<Plan>(Plan::deserialize(data, size));
+                  })
       .def("save", &Plan::save)
       .def_static("load", [](const std::string& path) { return std::make_shared<Plan>(Plan::load(path)); })
-      .def_property_readonly("header", [](const Plan& p) {
-        py::dict d;
-        d["format_version"] = p.header.format_version;
-        d["kiln_version"] = p.header.kiln_version;
-        d["cuda_version"] = p.header.cuda_version;
-        d["cublaslt_version"] = p.header.cublaslt_version;
-        d["cudnn_version"] = p.header.cudnn_version;
-        d["sm_arch"] = p.header.sm_arch;
-        return d;
-      })
+      .def_property_readonly("header",
+                             [](const Plan& p) {
+                               py::dict d;
+                               d["format_version"] = p.header.format_version;
+                               d["kiln_version"] = p.header.kiln_version;
+                               d["cuda_version"] = p.header.cuda_version;
+                               d["cublaslt_version"] = p.header.cublaslt_version;
+                               d["cudnn_version"] = p.header.cudnn_version;
+                               d["sm_arch"] = p.header.sm_arch;
+                               return d;
+                             })
       .def_property_readonly("kernels", [](const Plan& p) { return p.kernels; })
       .def_property_readonly("arena_bytes", [](const Plan& p) { return p.memory.arena_bytes; })
       .def_property_readonly("num_layers", [](const Plan& p) { return p.network.layers().size(); });
@@ -264,15 +284,19 @@ PYBIND11_MODULE(_C, m) {
       });
 
   py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine")
-      .def(py::init([](const Plan& plan, const std::string& backend) { return Engine::create(plan, parse_backend(backend)); }))
-      .def_property_readonly("backend", [](const Engine& e) { return std::string(backend_name(e.backend())); })
+      .def(py::init([](const Plan& plan, const std::string& backend) {
+        return Engine::create(plan, parse_backend(backend));
+      }))
+      .def_property_readonly("backend",
+                             [](const Engine& e) { return std::string(backend_name(e.backend())); })
       .def_property_readonly("input_names", &Engine::input_names)
       .def_property_readonly("output_names", &Engine::output_names)
       .def_property_readonly("num_profiles", &Engine::num_profiles)
-      .def("binding", [](const Engine& e, const std::string& name) {
-        const Tensor& t = e.binding(name);
-        return py::make_tuple(std::string(dtype_name(t.dtype)), t.dims);
-      })
+      .def("binding",
+           [](const Engine& e, const std::string& name) {
+             const Tensor& t = e.binding(name);
+             return py::make_tuple(std::string(dtype_name(t.dtype)), t.dims);
+           })
       .def("describe_layers", &Engine::describe_layers)
       .def("create_execution_context", &Engine::create_execution_context);
 
@@ -280,12 +304,14 @@ PYBIND11_MODULE(_C, m) {
       .def("set_optimization_profile", &ExecutionContext::set_optimization_profile)
       .def("set_input_shape", &ExecutionContext::set_input_shape)
       .def("tensor_shape", &ExecutionContext::tensor_shape)
-      .def("set_tensor_address", [](ExecutionContext& c, const std::string& name, uintptr_t ptr) {
-        c.set_tensor_address(name, reinterpret_cast<void*>(ptr));
-      })
-      .def("enqueue", [](ExecutionContext& c, uintptr_t stream) {
-        py::gil_scoped_release release;
-        c.enqueue(reinterpret_cast<void*>(stream));
-      })
+      .def("set_tensor_address",
+           [](ExecutionContext& c, const std::string& name, uintptr_t ptr) {
+             c.set_tensor_address(name, reinterpret_cast<void*>(ptr));
+           })
+      .def("enqueue",
+           [](ExecutionContext& c, uintptr_t stream) {
+             py::gil_scoped_release release;
+             c.enqueue(reinterpret_cast<void*>(stream));
+           })
       .def("execute_host", &execute_host);
 }

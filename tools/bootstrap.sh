@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what building and testing Kiln needs on a fresh machine of the project's kind
+# (Debian, python3 + pip, CUDA 13 toolkit present, no GPU). Idempotent: skips what is there.
+set -euo pipefail
+
+TORCH_VERSION="${KILN_TORCH_VERSION:-2.11.0}"
+PY="${PYTHON:-python3}"
+
+need_pip=()
+"$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null ||
+  need_pip+=("torch==$TORCH_VERSION")
+for mod in numpy pybind11 pytest ruff wheel; do
+  "$PY" -c "import $mod" 2>/dev/null || need_pip+=("$mod")
+done
+if [ ${#need_pip[@]} -gt 0 ]; then
+  echo "bootstrap: pip install ${need_pip[*]}"
+  "$PY" -m pip install -q "${need_pip[@]}"
+fi
+
+need_apt=()
+command -v ninja >/dev/null || need_apt+=(ninja-build)
+command -v ccache >/dev/null || need_apt+=(ccache)
+command -v clang-format >/dev/null || need_apt+=(clang-format)
+[ -f /usr/include/gtest/gtest.h ] || need_apt+=(libgtest-dev)
+if [ ${#need_apt[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+  echo "bootstrap: apt-get install ${need_apt[*]}"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null) ||
+    echo "bootstrap: apt-get failed; continuing (ccache is optional)"
+fi

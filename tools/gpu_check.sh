@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# GPU check: on a machine with an NVIDIA GPU, python3 + torch, CMake and nvcc (no network needed),
+# builds Kiln from source with all cores, runs every test (GPU tests must run, not skip), then
+# the benchmark when there is one, and prints a short summary last.
+#
+# GoogleTest: the system's, or a source tree in $KILN_GTEST_SOURCE_DIR (default .deps/googletest,
+# which tools/prepare_gpu_carry.sh fills from this machine's /usr/src/googletest).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export KILN_REQUIRE_GPU=1
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+[ -z "${KILN_GTEST_SOURCE_DIR:-}" ] && [ -d .deps/googletest ] && export KILN_GTEST_SOURCE_DIR="$PWD/.deps/googletest"
+OUT_DIR="${OUT:-/tmp/kiln_gpu_check}"
+mkdir -p "$OUT_DIR"
+summary=()
+
+gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
+torch_v=$(python3 -c "import torch; print(torch.__version__, 'cuda', torch.version.cuda)" 2>/dev/null)
+summary+=("machine: ${gpu:-no GPU found}; $(nproc) cores; torch ${torch_v:-missing}; $(nvcc --version | tail -1)")
+
+t0=$(date +%s)
+if python3 setup.py -q build_ext --inplace >"$OUT_DIR/build.log" 2>&1; then
+  summary+=("build: ok in $(( $(date +%s) - t0 )) s (archs ${KILN_CUDA_ARCHS:-90;80})")
+else
+  tail -40 "$OUT_DIR/build.log"
+  echo "GPU CHECK: build FAILED"
+  exit 1
+fi
+export PYTHONPATH="$PWD/py${PYTHONPATH:+:$PYTHONPATH}"
+
+(cd build && ctest --output-on-failure --timeout 600 >"$OUT_DIR/ctest.log" 2>&1)
+ctest_rc=$?
+summary+=("ctest: $(grep -E 'tests passed|tests failed' "$OUT_DIR/ctest.log" | tail -1) (rc $ctest_rc)")
+grep -E "^fuzz" build/Testing/Temporary/LastTest.log 2>/dev/null | sed 's/^/  /' >"$OUT_DIR/fuzz.txt"
+
+python3 -m pytest -rs -q tests/python >"$OUT_DIR/pytest.log" 2>&1
+pytest_rc=$?
+summary+=("pytest: $(tail -1 "$OUT_DIR/pytest.log") (rc $pytest_rc)")
+
+python3 -m kiln demo >"$OUT_DIR/demo.log" 2>&1
+demo_rc=$?
+
+bench_rc=0
+if [ -f bench/run.py ]; then
+  python3 bench/run.py --out "$OUT_DIR" >"$OUT_DIR/bench.log" 2>&1
+  bench_rc=$?
+  summary+=("bench: rc $bench_rc (table in bench.log)")
+fi
+
+[ $ctest_rc -ne 0 ] && grep -E "Failed|FAILED|Error" "$OUT_DIR/ctest.log" | head -30
+[ $pytest_rc -ne 0 ] && tail -40 "$OUT_DIR/pytest.log"
+echo
+echo "== kiln demo =="
+cat "$OUT_DIR/demo.log"
+[ -f "$OUT_DIR/bench.log" ] && { echo "== bench =="; tail -30 "$OUT_DIR/bench.log"; }
+echo
+echo "== GPU check summary =="
+printf '%s\n' "${summary[@]}"
+cat "$OUT_DIR/fuzz.txt" 2>/dev/null
+if [ $ctest_rc -eq 0 ] && [ $pytest_rc -eq 0 ] && [ $demo_rc -eq 0 ] && [ $bench_rc -eq 0 ]; then
+  echo "GPU CHECK: PASS"
+else
+  echo "GPU CHECK: FAIL"
+  exit 1
+fi
