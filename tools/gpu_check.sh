@@ -11,6 +11,12 @@ export KILN_REQUIRE_GPU=1
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 [ -z "${KILN_GTEST_SOURCE_DIR:-}" ] && [ -d .deps/googletest ] && export KILN_GTEST_SOURCE_DIR="$PWD/.deps/googletest"
 OUT_DIR="${OUT:-/tmp/kiln_gpu_check}"
+# The GPU image's default g++ (/opt/gcc) links libstdc++ statically into shared libraries; a
+# Python extension built that way crashes in libstdc++'s locale code once another libstdc++ is in
+# the process. Build with the distribution's g++ (the one torch's ABI matches) unless told otherwise.
+if [ -x /usr/bin/g++ ]; then
+  export CC="${KILN_CC:-/usr/bin/gcc}" CXX="${KILN_CXX:-/usr/bin/g++}" CUDAHOSTCXX="${KILN_CXX:-/usr/bin/g++}"
+fi
 mkdir -p "$OUT_DIR"
 summary=()
 
@@ -24,6 +30,11 @@ if python3 setup.py -q build_ext --inplace >"$OUT_DIR/build.log" 2>&1; then
 else
   tail -40 "$OUT_DIR/build.log"
   echo "GPU CHECK: build FAILED"
+  exit 1
+fi
+if ! readelf -d py/kiln/libkiln_core.so | grep -q 'libstdc++.so'; then
+  echo "GPU CHECK: libkiln_core.so does not link libstdc++ dynamically (compiler: ${CXX:-default});"
+  echo "           build with a g++ that links libstdc++ as a shared library (set KILN_CXX)."
   exit 1
 fi
 export PYTHONPATH="$PWD/py${PYTHONPATH:+:$PYTHONPATH}"

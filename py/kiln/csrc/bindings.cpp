@@ -19,6 +19,50 @@ using namespace kiln;
 
 namespace {
 
+// The GIL is handled with the plain CPython API, not pybind11's helpers: torch loads its own
+// pybind11 into the process, and pybind11's GIL bookkeeping lives in state the two may share.
+
+// Releases the GIL for the scope (long C++ work that never touches Python objects).
+class GilRelease {
+ public:
+  GilRelease() : state_(PyEval_SaveThread()) {}
+  ~GilRelease() { PyEval_RestoreThread(state_); }
+  GilRelease(const GilRelease&) = delete;
+  GilRelease& operator=(const GilRelease&) = delete;
+
+ private:
+  PyThreadState* state_;
+};
+
+// A Python callable that C++ may call from any thread, with or without the GIL held.
+class PyCallable {
+ public:
+  explicit PyCallable(PyObject* fn) : fn_(fn) { Py_INCREF(fn_); }
+  ~PyCallable() {
+    if (!Py_IsInitialized()) return;
+    PyGILState_STATE g = PyGILState_Ensure();
+    Py_DECREF(fn_);
+    PyGILState_Release(g);
+  }
+  PyCallable(const PyCallable&) = delete;
+  PyCallable& operator=(const PyCallable&) = delete;
+
+  void call(const char* severity, const std::string& message) const {
+    if (!Py_IsInitialized()) return;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject* r = PyObject_CallFunction(fn_, "ss", severity, message.c_str());
+    if (r == nullptr) {
+      PyErr_WriteUnraisable(fn_);
+    } else {
+      Py_DECREF(r);
+    }
+    PyGILState_Release(g);
+  }
+
+ private:
+  PyObject* fn_;
+};
+
 Attributes to_attrs(const py::dict& d) {
   Attributes attrs;
   for (auto item : d) {
@@ -121,7 +165,7 @@ py::dict execute_host(ExecutionContext& ctx, const py::dict& feed) {
       result[py::str(name)] = arr;
     }
     {
-      py::gil_scoped_release release;
+      GilRelease release;
       ctx.enqueue(nullptr);
       if (cuda) synchronize_stream(nullptr);
     }
@@ -170,16 +214,8 @@ PYBIND11_MODULE(_C, m) {
       set_log_sink(nullptr);
       return;
     }
-    auto holder = std::make_shared<py::object>(std::move(fn));
-    set_log_sink([holder](Severity s, const std::string& msg) {
-      if (!Py_IsInitialized()) return;
-      py::gil_scoped_acquire gil;
-      try {
-        (*holder)(std::string(severity_name(s)), msg);
-      } catch (py::error_already_set& e) {
-        e.discard_as_unraisable("kiln log sink");
-      }
-    });
+    auto callable = std::make_shared<PyCallable>(fn.ptr());
+    set_log_sink([callable](Severity s, const std::string& msg) { callable->call(severity_name(s), msg); });
   });
   m.def("log", [](const std::string& level, const std::string& msg) {
     Severity s = parse_severity(level);
@@ -256,7 +292,7 @@ PYBIND11_MODULE(_C, m) {
                     py::buffer_info info = b.request();
                     const auto* data = static_cast<const uint8_t*>(info.ptr);
                     size_t size = static_cast<size_t>(info.size * info.itemsize);
-                    py::gil_scoped_release release;
+                    GilRelease release;
                     return std::make_shared<Plan>(Plan::deserialize(data, size));
                   })
       .def("save", &Plan::save)
@@ -279,7 +315,7 @@ PYBIND11_MODULE(_C, m) {
   py::class_<Builder>(m, "Builder")
       .def(py::init<>())
       .def("build", [](const Builder& b, const Network& n, const BuilderConfig& c) {
-        py::gil_scoped_release release;
+        GilRelease release;
         return std::make_shared<Plan>(b.build(n, c));
       });
 
@@ -310,7 +346,7 @@ PYBIND11_MODULE(_C, m) {
            })
       .def("enqueue",
            [](ExecutionContext& c, uintptr_t stream) {
-             py::gil_scoped_release release;
+             GilRelease release;
              c.enqueue(reinterpret_cast<void*>(stream));
            })
       .def("execute_host", &execute_host);
