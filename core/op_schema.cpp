@@ -23,6 +23,7 @@ void ensure_builtins() {
     register_matmul_schema();
     register_elementwise_schema();
     register_activation_schema();
+    register_unary_schema();
   });
 }
 

@@ -9,7 +9,9 @@ import torch
 
 import kiln
 
-model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)).eval()
+model = torch.nn.Sequential(
+    torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
+).eval()
 
 net = kiln.Network()
 x = net.add_input("x", torch.float32, (-1, 64))  # dynamic batch
@@ -29,6 +31,7 @@ inp = torch.randn(16, 64, device=device)
 out = engine.create_execution_context().execute({"x": inp})["logits"]
 with torch.no_grad():
     want = model.to(device)(inp)
-print(f"backend {engine.backend}: max abs error vs torch {(out.cpu() - want.cpu()).abs().max().item():.2e}")
+err = (out.cpu() - want.cpu()).abs().max().item()
+print(f"backend {engine.backend}: max abs error vs torch {err:.2e}")
 for line in engine.describe_layers():
     print("  ", line)

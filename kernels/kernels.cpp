@@ -7,6 +7,7 @@ void register_reference_kernels() {
   register_matmul_reference_kernel();
   register_elementwise_reference_kernel();
   register_activation_reference_kernel();
+  register_unary_reference_kernel();
 }
 
 void register_cuda_kernels() {
@@ -14,6 +15,7 @@ void register_cuda_kernels() {
   register_matmul_cuda_kernel();
   register_elementwise_cuda_kernel();
   register_activation_cuda_kernel();
+  register_unary_cuda_kernel();
 }
 
 }  // namespace kiln

@@ -9,9 +9,12 @@ PY="${PYTHON:-python3}"
 need_pip=()
 "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null ||
   need_pip+=("torch==$TORCH_VERSION")
-for mod in numpy pybind11 pytest ruff wheel; do
+for mod in numpy pybind11 pytest wheel; do
   "$PY" -c "import $mod" 2>/dev/null || need_pip+=("$mod")
 done
+# ruff is pinned: its formatter's output changes between versions.
+RUFF_VERSION=0.17.6
+"$PY" -m ruff --version 2>/dev/null | grep -q " $RUFF_VERSION" || need_pip+=("ruff==$RUFF_VERSION")
 if [ ${#need_pip[@]} -gt 0 ]; then
   echo "bootstrap: pip install ${need_pip[*]}"
   "$PY" -m pip install -q "${need_pip[@]}"

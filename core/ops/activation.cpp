@@ -1,4 +1,6 @@
-// activation: y = f(x) for f in relu, sigmoid, tanh, leaky_relu (slope `alpha`).
+// activation: y = f(x), elementwise, for the activation functions of the core set.
+// Attributes: `type`; `alpha` (leaky_relu slope, elu alpha, clip min), `beta` (clip max,
+// softplus beta), `threshold` (softplus: linear above beta*x > threshold, default 20).
 #include "core/ops/activation.h"
 
 #include <algorithm>
@@ -10,7 +12,9 @@
 namespace kiln {
 
 const std::vector<std::string>& activation_types() {
-  static const std::vector<std::string> types = {"relu", "sigmoid", "tanh", "leaky_relu"};
+  static const std::vector<std::string> types = {"relu",      "sigmoid", "tanh",      "leaky_relu",  "gelu",
+                                                 "gelu_tanh", "silu",    "hardswish", "hardsigmoid", "elu",
+                                                 "softplus",  "mish",    "clip"};
   return types;
 }
 
@@ -24,6 +28,13 @@ std::vector<TensorDesc> infer_activation(const Layer& layer, const std::vector<T
              who << ": unknown activation '" << type << "'");
   KILN_CHECK(is_floating(in[0].dtype),
              who << ": input must be floating point, got " << dtype_name(in[0].dtype));
+  if (type == "clip") {
+    KILN_CHECK(layer.attrs.get_float("alpha", 0.0) <= layer.attrs.get_float("beta", 0.0),
+               who << ": clip needs alpha (min) <= beta (max)");
+  }
+  if (type == "softplus") {
+    KILN_CHECK(layer.attrs.get_float("beta", 1.0) != 0.0, who << ": softplus beta must not be 0");
+  }
   return {in[0]};
 }
 

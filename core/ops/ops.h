@@ -7,5 +7,6 @@ void register_identity_schema();
 void register_matmul_schema();
 void register_elementwise_schema();
 void register_activation_schema();
+void register_unary_schema();
 
 }  // namespace kiln

@@ -1,4 +1,5 @@
-// Activations, one thread per element (grid-stride), math in float.
+// Activations, one thread per element (grid-stride), math in float with the accurate (non-
+// intrinsic) functions. Codes follow activation_types() in core/ops/activation.cpp.
 #include <algorithm>
 
 #include "core/ops/activation.h"
@@ -10,34 +11,76 @@
 namespace kiln {
 namespace {
 
-enum ActivationType : int { kRelu, kSigmoid, kTanh, kLeakyRelu };
+enum ActivationType : int {
+  kRelu,
+  kSigmoid,
+  kTanh,
+  kLeakyRelu,
+  kGelu,
+  kGeluTanh,
+  kSilu,
+  kHardswish,
+  kHardsigmoid,
+  kElu,
+  kSoftplus,
+  kMish,
+  kClip
+};
 
-__device__ __forceinline__ float activate(int type, float x, float alpha) {
-  switch (type) {
+struct ActivationParams {
+  int type;
+  float alpha, beta, threshold;
+};
+
+__device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + expf(-x)); }
+__device__ __forceinline__ float relu6f(float x) { return fminf(fmaxf(x, 0.f), 6.f); }
+__device__ __forceinline__ float softplusf(float x, float beta, float threshold) {
+  return beta * x > threshold ? x : log1pf(expf(beta * x)) / beta;
+}
+
+__device__ __forceinline__ float activate(const ActivationParams& p, float x) {
+  switch (p.type) {
     case kRelu:
       return x > 0.f ? x : 0.f;
     case kSigmoid:
-      return 1.f / (1.f + __expf(-x));
+      return sigmoidf(x);
     case kTanh:
       return tanhf(x);
+    case kLeakyRelu:
+      return x >= 0.f ? x : p.alpha * x;
+    case kGelu:
+      return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
+    case kGeluTanh:
+      return 0.5f * x * (1.f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+    case kSilu:
+      return x * sigmoidf(x);
+    case kHardswish:
+      return x * relu6f(x + 3.f) / 6.f;
+    case kHardsigmoid:
+      return relu6f(x + 3.f) / 6.f;
+    case kElu:
+      return x > 0.f ? x : p.alpha * expm1f(x);
+    case kSoftplus:
+      return softplusf(x, p.beta, p.threshold);
+    case kMish:
+      return x * tanhf(softplusf(x, 1.f, 20.f));
     default:
-      return x >= 0.f ? x : alpha * x;
+      return fminf(fmaxf(x, p.alpha), p.beta);
   }
 }
 
 template <typename T>
-__global__ void activation_kernel(int type, float alpha, const T* __restrict__ x, T* __restrict__ y,
-                                  int64_t n) {
+__global__ void activation_kernel(ActivationParams p, const T* __restrict__ x, T* __restrict__ y, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
-    y[i] = from_float<T>(activate(type, to_float(x[i]), alpha));
+    y[i] = from_float<T>(activate(p, to_float(x[i])));
   }
 }
 
 class CudaActivation final : public Kernel {
  public:
-  CudaActivation(int type, std::string type_name, float alpha)
-      : type_(type), type_name_(std::move(type_name)), alpha_(alpha) {}
+  CudaActivation(ActivationParams params, std::string type_name)
+      : params_(params), type_name_(std::move(type_name)) {}
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
@@ -47,16 +90,15 @@ class CudaActivation final : public Kernel {
     dispatch_floating(in[0].dtype, "activation", [&](auto tag) {
       using T = decltype(tag);
       activation_kernel<T><<<grid_for(n, kBlock), kBlock, 0, static_cast<cudaStream_t>(ctx.stream)>>>(
-          type_, alpha_, static_cast<const T*>(in[0].data), static_cast<T*>(out[0].data), n);
+          params_, static_cast<const T*>(in[0].data), static_cast<T*>(out[0].data), n);
     });
     KILN_CUDA_CHECK_LAUNCH();
   }
   std::string name() const override { return "cuda_" + type_name_; }
 
  private:
-  int type_;
+  ActivationParams params_;
   std::string type_name_;
-  float alpha_;
 };
 
 }  // namespace
@@ -65,8 +107,14 @@ void register_activation_cuda_kernel() {
   register_kernel("activation", Backend::kCuda, [](const Layer& l) {
     std::string type = l.attrs.get_string("type", l.name);
     const auto& types = activation_types();
-    int code = static_cast<int>(std::find(types.begin(), types.end(), type) - types.begin());
-    return std::make_unique<CudaActivation>(code, type, static_cast<float>(l.attrs.get_float("alpha", 0.0)));
+    ActivationParams p;
+    p.type = static_cast<int>(std::find(types.begin(), types.end(), type) - types.begin());
+    p.alpha = static_cast<float>(l.attrs.get_float("alpha", type == "clip"  ? 0.0
+                                                            : type == "elu" ? 1.0
+                                                                            : 0.01));
+    p.beta = static_cast<float>(l.attrs.get_float("beta", 1.0));
+    p.threshold = static_cast<float>(l.attrs.get_float("threshold", 20.0));
+    return std::make_unique<CudaActivation>(p, type);
   });
 }
 

@@ -1,6 +1,7 @@
 // Elementwise binary ops with broadcasting. One thread per output element (grid-stride);
 // same-shape operands take a path without index arithmetic. Math in float for float16/bfloat16.
 #include <algorithm>
+#include <type_traits>
 
 #include "core/ops/elementwise.h"
 #include "kernels/broadcast.h"
@@ -12,10 +13,29 @@
 namespace kiln {
 namespace {
 
-enum BinaryOp : int { kAdd, kSub, kMul, kDiv, kMax, kMin, kPow };
+enum BinaryOp : int {
+  kAdd,
+  kSub,
+  kMul,
+  kDiv,
+  kFloorDiv,
+  kPow,
+  kMax,
+  kMin,
+  kEq,
+  kNe,
+  kLt,
+  kLe,
+  kGt,
+  kGe,
+  kAnd,
+  kOr,
+  kXor
+};
 
+// Arithmetic in the compute type C (float for floating dtypes, the integer type otherwise).
 template <typename C>
-__device__ __forceinline__ C apply_op(int op, C a, C b) {
+__device__ __forceinline__ C arith(int op, C a, C b) {
   switch (op) {
     case kAdd:
       return a + b;
@@ -25,6 +45,10 @@ __device__ __forceinline__ C apply_op(int op, C a, C b) {
       return a * b;
     case kDiv:
       return a / b;
+    case kFloorDiv: {
+      C q = a / b;  // truncated; step down when the remainder's sign differs from the divisor's
+      return (a % b != 0 && ((a % b < 0) != (b < 0))) ? q - 1 : q;
+    }
     case kMax:
       return a > b ? a : b;
     case kMin:
@@ -35,7 +59,7 @@ __device__ __forceinline__ C apply_op(int op, C a, C b) {
 }
 
 template <>
-__device__ __forceinline__ float apply_op<float>(int op, float a, float b) {
+__device__ __forceinline__ float arith<float>(int op, float a, float b) {
   switch (op) {
     case kAdd:
       return a + b;
@@ -45,6 +69,8 @@ __device__ __forceinline__ float apply_op<float>(int op, float a, float b) {
       return a * b;
     case kDiv:
       return a / b;
+    case kFloorDiv:
+      return floorf(a / b);
     case kMax:
       return fmaxf(a, b);
     case kMin:
@@ -52,6 +78,28 @@ __device__ __forceinline__ float apply_op<float>(int op, float a, float b) {
     default:
       return powf(a, b);
   }
+}
+
+template <typename C>
+__device__ __forceinline__ bool compare(int op, C a, C b) {
+  switch (op) {
+    case kEq:
+      return a == b;
+    case kNe:
+      return a != b;
+    case kLt:
+      return a < b;
+    case kLe:
+      return a <= b;
+    case kGt:
+      return a > b;
+    default:
+      return a >= b;
+  }
+}
+
+__device__ __forceinline__ bool logical(int op, bool a, bool b) {
+  return op == kAnd ? (a && b) : op == kOr ? (a || b) : (a != b);
 }
 
 template <typename T>
@@ -93,18 +141,31 @@ __device__ __forceinline__ __nv_bfloat16 store_c<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
-template <typename T>
-__global__ void binary_same_shape(int op, const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ y,
-                                  int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    y[i] = store_c<T>(apply_op(op, load_c(a[i]), load_c(b[i])));
+// Out = U: T for arithmetic, uint8_t (bool) for comparisons and logical ops.
+template <typename T, typename U>
+__device__ __forceinline__ U apply(int op, T a, T b) {
+  using C = typename Compute<T>::type;
+  if constexpr (std::is_same_v<T, uint8_t>) {
+    return op >= kAnd ? logical(op, a != 0, b != 0) : compare(op, a, b);
+  } else if constexpr (std::is_same_v<U, uint8_t>) {
+    return compare(op, load_c(a), load_c(b));
+  } else {
+    return store_c<T>(arith<C>(op, load_c(a), load_c(b)));
   }
 }
 
-template <typename T>
+template <typename T, typename U>
+__global__ void binary_same_shape(int op, const T* __restrict__ a, const T* __restrict__ b, U* __restrict__ y,
+                                  int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    y[i] = apply<T, U>(op, a[i], b[i]);
+  }
+}
+
+template <typename T, typename U>
 __global__ void binary_broadcast(int op, const T* __restrict__ a, BroadcastIndexer ia,
-                                 const T* __restrict__ b, BroadcastIndexer ib, T* __restrict__ y, int64_t n) {
+                                 const T* __restrict__ b, BroadcastIndexer ib, U* __restrict__ y, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     int64_t oa = 0, ob = 0, rem = i;
@@ -114,7 +175,7 @@ __global__ void binary_broadcast(int op, const T* __restrict__ a, BroadcastIndex
       oa += idx * ia.in_strides[d];
       ob += idx * ib.in_strides[d];
     }
-    y[i] = store_c<T>(apply_op(op, load_c(a[oa]), load_c(b[ob])));
+    y[i] = apply<T, U>(op, a[oa], b[ob]);
   }
 }
 
@@ -124,25 +185,29 @@ class CudaElementwise final : public Kernel {
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
-    switch (out[0].dtype) {
+    const bool to_bool = out[0].dtype == DataType::kBool;
+    switch (in[0].dtype) {
       case DataType::kFloat32:
-        return launch<float>(in, out, ctx);
+        return to_bool ? launch<float, uint8_t>(in, out, ctx) : launch<float, float>(in, out, ctx);
       case DataType::kFloat16:
-        return launch<__half>(in, out, ctx);
+        return to_bool ? launch<__half, uint8_t>(in, out, ctx) : launch<__half, __half>(in, out, ctx);
       case DataType::kBFloat16:
-        return launch<__nv_bfloat16>(in, out, ctx);
+        return to_bool ? launch<__nv_bfloat16, uint8_t>(in, out, ctx)
+                       : launch<__nv_bfloat16, __nv_bfloat16>(in, out, ctx);
       case DataType::kInt32:
-        return launch<int32_t>(in, out, ctx);
+        return to_bool ? launch<int32_t, uint8_t>(in, out, ctx) : launch<int32_t, int32_t>(in, out, ctx);
       case DataType::kInt64:
-        return launch<int64_t>(in, out, ctx);
+        return to_bool ? launch<int64_t, uint8_t>(in, out, ctx) : launch<int64_t, int64_t>(in, out, ctx);
+      case DataType::kBool:
+        return launch<uint8_t, uint8_t>(in, out, ctx);
       default:
-        KILN_FAIL("elementwise: no CUDA kernel for dtype " << dtype_name(out[0].dtype));
+        KILN_FAIL("elementwise: no CUDA kernel for dtype " << dtype_name(in[0].dtype));
     }
   }
   std::string name() const override { return "cuda_elementwise_" + op_name_; }
 
  private:
-  template <typename T>
+  template <typename T, typename U>
   void launch(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
               const LaunchContext& ctx) const {
     int64_t n = volume(out[0].dims);
@@ -151,11 +216,11 @@ class CudaElementwise final : public Kernel {
     auto stream = static_cast<cudaStream_t>(ctx.stream);
     const T* a = static_cast<const T*>(in[0].data);
     const T* b = static_cast<const T*>(in[1].data);
-    T* y = static_cast<T*>(out[0].data);
+    U* y = static_cast<U*>(out[0].data);
     if (in[0].dims == out[0].dims && in[1].dims == out[0].dims) {
-      binary_same_shape<T><<<grid_for(n, kBlock), kBlock, 0, stream>>>(op_, a, b, y, n);
+      binary_same_shape<T, U><<<grid_for(n, kBlock), kBlock, 0, stream>>>(op_, a, b, y, n);
     } else {
-      binary_broadcast<T><<<grid_for(n, kBlock), kBlock, 0, stream>>>(
+      binary_broadcast<T, U><<<grid_for(n, kBlock), kBlock, 0, stream>>>(
           op_, a, make_broadcast_indexer(in[0].dims, out[0].dims), b,
           make_broadcast_indexer(in[1].dims, out[0].dims), y, n);
     }

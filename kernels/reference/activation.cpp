@@ -1,5 +1,7 @@
-// Reference activations, computed in double.
+// Reference activations, computed in double from their textbook definitions.
+#include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "core/error.h"
 #include "kernels/kernel.h"
@@ -9,36 +11,64 @@
 namespace kiln {
 namespace {
 
+using Fn = std::function<double(double)>;
+
+double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+double softplus(double x, double beta, double threshold) {
+  return beta * x > threshold ? x : std::log1p(std::exp(beta * x)) / beta;
+}
+double relu6(double x) { return std::min(std::max(x, 0.0), 6.0); }
+
+Fn activation_fn(const std::string& type, double alpha, double beta, double threshold) {
+  if (type == "relu") return [](double x) { return x > 0 ? x : 0.0; };
+  if (type == "sigmoid") return sigmoid;
+  if (type == "tanh") return [](double x) { return std::tanh(x); };
+  if (type == "leaky_relu") return [alpha](double x) { return x >= 0 ? x : alpha * x; };
+  if (type == "gelu") return [](double x) { return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0))); };
+  if (type == "gelu_tanh") {
+    return [](double x) {
+      const double k = std::sqrt(2.0 / M_PI);
+      return 0.5 * x * (1.0 + std::tanh(k * (x + 0.044715 * x * x * x)));
+    };
+  }
+  if (type == "silu") return [](double x) { return x * sigmoid(x); };
+  if (type == "hardswish") return [](double x) { return x * relu6(x + 3.0) / 6.0; };
+  if (type == "hardsigmoid") return [](double x) { return relu6(x + 3.0) / 6.0; };
+  if (type == "elu") return [alpha](double x) { return x > 0 ? x : alpha * (std::exp(x) - 1.0); };
+  if (type == "softplus") return [beta, threshold](double x) { return softplus(x, beta, threshold); };
+  if (type == "mish") return [](double x) { return x * std::tanh(softplus(x, 1.0, 20.0)); };
+  if (type == "clip") return [alpha, beta](double x) { return std::min(std::max(x, alpha), beta); };
+  KILN_FAIL("activation: unknown type '" << type << "'");
+}
+
 class RefActivation final : public Kernel {
  public:
-  RefActivation(std::string type, double alpha) : type_(std::move(type)), alpha_(alpha) {}
+  RefActivation(std::string type, Fn fn) : type_(std::move(type)), fn_(std::move(fn)) {}
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext&) const override {
     int64_t n = volume(in[0].dims);
-    for (int64_t i = 0; i < n; ++i) store_element(out[0], i, apply(load_element(in[0], i)));
+    for (int64_t i = 0; i < n; ++i) store_element(out[0], i, fn_(load_element(in[0], i)));
   }
   std::string name() const override { return "ref_" + type_; }
 
  private:
-  double apply(double x) const {
-    if (type_ == "relu") return x > 0 ? x : 0.0;
-    if (type_ == "sigmoid") return 1.0 / (1.0 + std::exp(-x));
-    if (type_ == "tanh") return std::tanh(x);
-    if (type_ == "leaky_relu") return x >= 0 ? x : alpha_ * x;
-    KILN_FAIL("activation: unknown type '" << type_ << "'");
-  }
-
   std::string type_;
-  double alpha_;
+  Fn fn_;
 };
 
 }  // namespace
 
 void register_activation_reference_kernel() {
   register_kernel("activation", Backend::kReference, [](const Layer& l) {
-    return std::make_unique<RefActivation>(l.attrs.get_string("type", l.name),
-                                           l.attrs.get_float("alpha", 0.0));
+    std::string type = l.attrs.get_string("type", l.name);
+    bool clip = type == "clip";
+    return std::make_unique<RefActivation>(
+        type, activation_fn(type,
+                            l.attrs.get_float("alpha", clip            ? 0.0
+                                                       : type == "elu" ? 1.0
+                                                                       : 0.01),
+                            l.attrs.get_float("beta", 1.0), l.attrs.get_float("threshold", 20.0)));
   });
 }
 

@@ -15,10 +15,20 @@ double apply(const std::string& op, double a, double b, bool integral) {
   if (op == "add") return a + b;
   if (op == "sub") return a - b;
   if (op == "mul") return a * b;
-  if (op == "div") return integral ? std::trunc(a / b) : a / b;  // C semantics for ints
+  if (op == "div") return integral ? (b == 0 ? 0 : std::trunc(a / b)) : a / b;  // C semantics for ints
+  if (op == "floor_div") return integral && b == 0 ? 0 : std::floor(a / b);
+  if (op == "pow") return std::pow(a, b);
   if (op == "max") return std::max(a, b);
   if (op == "min") return std::min(a, b);
-  if (op == "pow") return std::pow(a, b);
+  if (op == "eq") return a == b;
+  if (op == "ne") return a != b;
+  if (op == "lt") return a < b;
+  if (op == "le") return a <= b;
+  if (op == "gt") return a > b;
+  if (op == "ge") return a >= b;
+  if (op == "and") return (a != 0) && (b != 0);
+  if (op == "or") return (a != 0) || (b != 0);
+  if (op == "xor") return (a != 0) != (b != 0);
   KILN_FAIL("elementwise: unknown op '" << op << "'");
 }
 
@@ -31,7 +41,7 @@ class RefElementwise final : public Kernel {
     const TensorView& y = out[0];
     BroadcastIndexer ia = make_broadcast_indexer(in[0].dims, y.dims);
     BroadcastIndexer ib = make_broadcast_indexer(in[1].dims, y.dims);
-    bool integral = !is_floating(y.dtype);
+    bool integral = !is_floating(in[0].dtype);
     int64_t n = volume(y.dims);
     for (int64_t i = 0; i < n; ++i) {
       int64_t oa = 0, ob = 0, rem = i;

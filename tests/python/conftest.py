@@ -1,7 +1,8 @@
 import os
 
-import kiln
 import pytest
+
+import kiln
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 import kiln
 from kiln import _C
 
@@ -35,7 +37,14 @@ def test_documented_attribute_values_are_accepted():
     rows = documented_ops()
     net = kiln.Network()
     x = net.add_input("x", "float32", (2, 3))
+    flag = net.add_input("flag", "bool", (2, 3))
     for value in re.findall(r"[a-z_]+", rows["elementwise"][1].split(":", 1)[1]):
-        net.add_elementwise(x, x, value)
+        operand = flag if value in ("and", "or", "xor") else x
+        net.add_elementwise(operand, operand, value)
     for value in re.findall(r"[a-z_]+", rows["activation"][1].split(";")[0].split(":", 1)[1]):
         net.add_activation(x, value)
+    for value in re.findall(r"[a-z_]+", rows["unary"][1].split(":", 1)[1]):
+        if value != "not":  # bool-only
+            net.add_layer("unary", [x], {"op": value})
+    with pytest.raises(kiln.KilnError):
+        net.add_activation(x, "not_an_activation")

@@ -1,5 +1,6 @@
-import kiln
 import pytest
+
+import kiln
 
 
 def tiny_plan(target="reference"):

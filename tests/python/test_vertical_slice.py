@@ -2,10 +2,11 @@
 Network (inputs, weights, matmul, bias add, relu) -> Builder -> Plan bytes -> Engine ->
 ExecutionContext, on the CPU reference backend and on the GPU."""
 
-import kiln
 import numpy as np
 import pytest
 import torch
+
+import kiln
 
 
 def make_mlp(d_in=48, d_hidden=33, d_out=17, seed=0):
