@@ -11,9 +11,9 @@
 namespace kiln {
 
 const std::vector<std::string>& unary_ops() {
-  static const std::vector<std::string> ops = {"exp",  "log",   "sqrt",  "rsqrt", "abs",        "neg",  "erf",
-                                               "sin",  "cos",   "floor", "ceil",  "round",      "reciprocal",
-                                               "sign", "not"};
+  static const std::vector<std::string> ops = {"exp",  "log",   "sqrt",       "rsqrt", "abs",
+                                               "neg",  "erf",   "sin",        "cos",   "floor",
+                                               "ceil", "round", "reciprocal", "sign",  "not"};
   return ops;
 }
 

@@ -33,6 +33,20 @@ enum BinaryOp : int {
   kXor
 };
 
+// Exact integer power by squaring (a double pow can land just below an integer and truncate).
+// Negative exponents follow integer division: only |a| == 1 gives a non-zero result.
+template <typename C>
+__device__ __forceinline__ C int_pow(C a, C b) {
+  if (b < 0) return a == 1 ? 1 : a == -1 ? ((b & 1) ? -1 : 1) : 0;
+  C r = 1;
+  while (b) {
+    if (b & 1) r *= a;
+    a *= a;
+    b >>= 1;
+  }
+  return r;
+}
+
 // Arithmetic in the compute type C (float for floating dtypes, the integer type otherwise).
 template <typename C>
 __device__ __forceinline__ C arith(int op, C a, C b) {
@@ -54,7 +68,7 @@ __device__ __forceinline__ C arith(int op, C a, C b) {
     case kMin:
       return a < b ? a : b;
     default:
-      return static_cast<C>(pow(static_cast<double>(a), static_cast<double>(b)));
+      return int_pow(a, b);
   }
 }
 

@@ -64,21 +64,24 @@ __device__ __forceinline__ float unary_float(int op, float x) {
 
 template <typename T>
 __global__ void unary_float_kernel(int op, const T* __restrict__ x, T* __restrict__ y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     y[i] = from_float<T>(unary_float(op, to_float(x[i])));
   }
 }
 
 template <typename T>
 __global__ void unary_int_kernel(int op, const T* __restrict__ x, T* __restrict__ y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     T v = x[i];
     y[i] = op == kAbs ? (v < 0 ? -v : v) : op == kNeg ? -v : static_cast<T>((v > 0) - (v < 0));
   }
 }
 
 __global__ void not_kernel(const uint8_t* __restrict__ x, uint8_t* __restrict__ y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     y[i] = x[i] == 0;
   }
 }
@@ -100,15 +103,15 @@ class CudaUnary final : public Kernel {
                                               static_cast<uint8_t*>(out[0].data), n);
     } else if (t == DataType::kInt32) {
       unary_int_kernel<int32_t><<<grid, kBlock, 0, stream>>>(op_, static_cast<const int32_t*>(in[0].data),
-                                                              static_cast<int32_t*>(out[0].data), n);
+                                                             static_cast<int32_t*>(out[0].data), n);
     } else if (t == DataType::kInt64) {
       unary_int_kernel<int64_t><<<grid, kBlock, 0, stream>>>(op_, static_cast<const int64_t*>(in[0].data),
-                                                              static_cast<int64_t*>(out[0].data), n);
+                                                             static_cast<int64_t*>(out[0].data), n);
     } else {
       dispatch_floating(t, "unary", [&](auto tag) {
         using T = decltype(tag);
         unary_float_kernel<T><<<grid, kBlock, 0, stream>>>(op_, static_cast<const T*>(in[0].data),
-                                                            static_cast<T*>(out[0].data), n);
+                                                           static_cast<T*>(out[0].data), n);
       });
     }
     KILN_CUDA_CHECK_LAUNCH();
@@ -126,7 +129,8 @@ void register_unary_cuda_kernel() {
   register_kernel("unary", Backend::kCuda, [](const Layer& l) {
     std::string op = l.attrs.get_string("op", l.name);
     const auto& ops = unary_ops();
-    return std::make_unique<CudaUnary>(static_cast<int>(std::find(ops.begin(), ops.end(), op) - ops.begin()), op);
+    return std::make_unique<CudaUnary>(static_cast<int>(std::find(ops.begin(), ops.end(), op) - ops.begin()),
+                                       op);
   });
 }
 

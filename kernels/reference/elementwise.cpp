@@ -17,7 +17,10 @@ double apply(const std::string& op, double a, double b, bool integral) {
   if (op == "mul") return a * b;
   if (op == "div") return integral ? (b == 0 ? 0 : std::trunc(a / b)) : a / b;  // C semantics for ints
   if (op == "floor_div") return integral && b == 0 ? 0 : std::floor(a / b);
-  if (op == "pow") return std::pow(a, b);
+  if (op == "pow") {
+    if (integral && b < 0) return a == 1 ? 1 : a == -1 ? (std::fmod(b, 2) != 0 ? -1 : 1) : 0;
+    return std::pow(a, b);
+  }
   if (op == "max") return std::max(a, b);
   if (op == "min") return std::min(a, b);
   if (op == "eq") return a == b;

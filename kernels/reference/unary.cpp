@@ -50,8 +50,9 @@ class RefUnary final : public Kernel {
 }  // namespace
 
 void register_unary_reference_kernel() {
-  register_kernel("unary", Backend::kReference,
-                  [](const Layer& l) { return std::make_unique<RefUnary>(l.attrs.get_string("op", l.name)); });
+  register_kernel("unary", Backend::kReference, [](const Layer& l) {
+    return std::make_unique<RefUnary>(l.attrs.get_string("op", l.name));
+  });
 }
 
 }  // namespace kiln
