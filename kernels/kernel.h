@@ -40,6 +40,10 @@ class Kernel {
   virtual std::string name() const = 0;
 };
 
+// Position of `name` in an op's list of variants (elementwise_ops(), unary_ops(), ...): the code
+// its kernel switches on. Schemas have validated the name before a kernel is created.
+int variant_code(const std::vector<std::string>& variants, const std::string& name);
+
 using KernelFactory = std::function<std::unique_ptr<Kernel>(const Layer&)>;
 
 void register_kernel(const std::string& op, Backend backend, KernelFactory factory);

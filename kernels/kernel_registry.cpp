@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <map>
 #include <mutex>
 
@@ -24,6 +25,12 @@ void ensure_builtins() {
 }
 
 }  // namespace
+
+int variant_code(const std::vector<std::string>& variants, const std::string& name) {
+  auto it = std::find(variants.begin(), variants.end(), name);
+  KILN_CHECK(it != variants.end(), "unknown op variant '" << name << "'");
+  return static_cast<int>(it - variants.begin());
+}
 
 const char* backend_name(Backend b) { return b == Backend::kCuda ? "cuda" : "reference"; }
 

@@ -106,9 +106,8 @@ class CudaActivation final : public Kernel {
 void register_activation_cuda_kernel() {
   register_kernel("activation", Backend::kCuda, [](const Layer& l) {
     std::string type = l.attrs.get_string("type", l.name);
-    const auto& types = activation_types();
     ActivationParams p;
-    p.type = static_cast<int>(std::find(types.begin(), types.end(), type) - types.begin());
+    p.type = variant_code(activation_types(), type);
     p.alpha = static_cast<float>(l.attrs.get_float("alpha", type == "clip"  ? 0.0
                                                             : type == "elu" ? 1.0
                                                                             : 0.01));

@@ -250,9 +250,7 @@ class CudaElementwise final : public Kernel {
 void register_elementwise_cuda_kernel() {
   register_kernel("elementwise", Backend::kCuda, [](const Layer& l) {
     std::string op = l.attrs.get_string("op", l.name);
-    const auto& ops = elementwise_ops();
-    int code = static_cast<int>(std::find(ops.begin(), ops.end(), op) - ops.begin());
-    return std::make_unique<CudaElementwise>(code, op);
+    return std::make_unique<CudaElementwise>(variant_code(elementwise_ops(), op), op);
   });
 }
 

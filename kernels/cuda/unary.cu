@@ -128,9 +128,7 @@ class CudaUnary final : public Kernel {
 void register_unary_cuda_kernel() {
   register_kernel("unary", Backend::kCuda, [](const Layer& l) {
     std::string op = l.attrs.get_string("op", l.name);
-    const auto& ops = unary_ops();
-    return std::make_unique<CudaUnary>(static_cast<int>(std::find(ops.begin(), ops.end(), op) - ops.begin()),
-                                       op);
+    return std::make_unique<CudaUnary>(variant_code(unary_ops(), op), op);
   });
 }
 

@@ -41,34 +41,18 @@ Fn activation_fn(const std::string& type, double alpha, double beta, double thre
   KILN_FAIL("activation: unknown type '" << type << "'");
 }
 
-class RefActivation final : public Kernel {
- public:
-  RefActivation(std::string type, Fn fn) : type_(std::move(type)), fn_(std::move(fn)) {}
-
-  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
-           const LaunchContext&) const override {
-    int64_t n = volume(in[0].dims);
-    for (int64_t i = 0; i < n; ++i) store_element(out[0], i, fn_(load_element(in[0], i)));
-  }
-  std::string name() const override { return "ref_" + type_; }
-
- private:
-  std::string type_;
-  Fn fn_;
-};
-
 }  // namespace
 
 void register_activation_reference_kernel() {
   register_kernel("activation", Backend::kReference, [](const Layer& l) {
     std::string type = l.attrs.get_string("type", l.name);
     bool clip = type == "clip";
-    return std::make_unique<RefActivation>(
-        type, activation_fn(type,
-                            l.attrs.get_float("alpha", clip            ? 0.0
-                                                       : type == "elu" ? 1.0
-                                                                       : 0.01),
-                            l.attrs.get_float("beta", 1.0), l.attrs.get_float("threshold", 20.0)));
+    return std::make_unique<RefPointwise>(
+        "ref_" + type, activation_fn(type,
+                                     l.attrs.get_float("alpha", clip            ? 0.0
+                                                                : type == "elu" ? 1.0
+                                                                                : 0.01),
+                                     l.attrs.get_float("beta", 1.0), l.attrs.get_float("threshold", 20.0)));
   });
 }
 

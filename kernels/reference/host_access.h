@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <string>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -120,5 +122,22 @@ inline void store_element(const TensorView& t, int64_t i, double v) {
   }
   KILN_FAIL("store_element: unknown dtype");
 }
+
+// A reference kernel applying f to every element of its one input (activations, unary math).
+class RefPointwise final : public Kernel {
+ public:
+  RefPointwise(std::string name, std::function<double(double)> f)
+      : name_(std::move(name)), f_(std::move(f)) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext&) const override {
+    int64_t n = volume(in[0].dims);
+    for (int64_t i = 0; i < n; ++i) store_element(out[0], i, f_(load_element(in[0], i)));
+  }
+  std::string name() const override { return name_; }
+
+ private:
+  std::string name_;
+  std::function<double(double)> f_;
+};
 
 }  // namespace kiln

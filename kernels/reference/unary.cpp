@@ -31,27 +31,12 @@ Fn unary_fn(const std::string& op) {
   KILN_FAIL("unary: unknown op '" << op << "'");
 }
 
-class RefUnary final : public Kernel {
- public:
-  explicit RefUnary(std::string op) : op_(op), fn_(unary_fn(op)) {}
-
-  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
-           const LaunchContext&) const override {
-    int64_t n = volume(in[0].dims);
-    for (int64_t i = 0; i < n; ++i) store_element(out[0], i, fn_(load_element(in[0], i)));
-  }
-  std::string name() const override { return "ref_" + op_; }
-
- private:
-  std::string op_;
-  Fn fn_;
-};
-
 }  // namespace
 
 void register_unary_reference_kernel() {
   register_kernel("unary", Backend::kReference, [](const Layer& l) {
-    return std::make_unique<RefUnary>(l.attrs.get_string("op", l.name));
+    std::string op = l.attrs.get_string("op", l.name);
+    return std::make_unique<RefPointwise>("ref_" + op, unary_fn(op));
   });
 }
 
