@@ -35,6 +35,7 @@ Engine::Engine(Plan plan, Backend backend) : plan_(std::move(plan)), backend_(ba
     device_ = current_device();
   }
   constants_.assign(net.tensors().size(), nullptr);
+  producer_ = net.producers();
   try {
     for (const auto& t : net.tensors()) {
       if (t.kind != TensorKind::kConstant) continue;
@@ -225,7 +226,7 @@ void ExecutionContext::enqueue(void* stream) {
     return it == addresses_.end() ? nullptr : it->second;
   };
   for (TensorId id : net.inputs()) ptr[id] = bind(id);
-  const std::vector<int> producer = net.producers();
+  const std::vector<int>& producer = e.producer_;
   std::vector<void*> out_ptr;
   for (TensorId id : net.outputs()) out_ptr.push_back(bind(id));
   // A layer writing a network output writes straight into the caller's buffer.

@@ -48,6 +48,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   int device_ = -1;
   std::vector<std::unique_ptr<Kernel>> kernels_;  // one per layer
   std::vector<void*> constants_;                  // per tensor id: constant data on the backend
+  std::vector<int> producer_;                     // per tensor id: producing layer, -1 if none
 };
 
 class ExecutionContext {

@@ -86,13 +86,13 @@ def test_cuda_matches_torch(batch):
     assert y.is_cuda
     torch.cuda.synchronize()
     # Pure FP32 GEMMs (no TF32) on both sides; different summation orders: ~1e-6 apart.
-    with (
-        torch.backends.cuda.matmul.flags(allow_tf32=False)
-        if hasattr(torch.backends.cuda.matmul, "flags")
-        else torch.no_grad()
-    ):
-        torch.backends.cuda.matmul.allow_tf32 = False
-        want = model.cuda()(x).detach()
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            want = model.cuda()(x)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
 
 

@@ -143,9 +143,9 @@ py::dict execute_host(ExecutionContext& ctx, const py::dict& feed) {
         ctx.set_tensor_address(name, const_cast<void*>(arr.data()));
       }
     }
+    const std::vector<std::string> in = engine.input_names();
     for (auto item : feed) {
       std::string name = py::str(item.first);
-      auto in = engine.input_names();
       KILN_CHECK(std::find(in.begin(), in.end(), name) != in.end(),
                  "'" << name << "' is not an input of this engine");
     }
