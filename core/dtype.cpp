@@ -53,6 +53,8 @@ bool is_floating(DataType t) {
   return t == DataType::kFloat32 || t == DataType::kFloat16 || t == DataType::kBFloat16;
 }
 
+bool is_integral(DataType t) { return !is_floating(t); }
+
 bool is_valid_dtype(uint8_t raw) { return raw < kNumDataTypes; }
 
 }  // namespace kiln

@@ -23,6 +23,7 @@ size_t dtype_size(DataType t);
 const char* dtype_name(DataType t);             // "float32", "float16", ...
 DataType parse_dtype(const std::string& name);  // inverse of dtype_name
 bool is_floating(DataType t);
+bool is_integral(DataType t);  // int8/int32/int64 and bool
 bool is_valid_dtype(uint8_t raw);
 
 }  // namespace kiln

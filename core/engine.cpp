@@ -46,7 +46,10 @@ Engine::Engine(Plan plan, Backend backend) : plan_(std::move(plan)), backend_(ba
         constants_[t.id] = const_cast<uint8_t*>(t.data->data());
       }
     }
-    for (const auto& l : net.layers()) kernels_.push_back(create_kernel(l, backend_));
+    for (const auto& l : net.layers()) {
+      kernels_.push_back(create_kernel(l, backend_));
+      uses_cudnn_ |= kernels_.back()->uses_cudnn();
+    }
   } catch (...) {
     if (backend_ == Backend::kCuda) {
       for (void* p : constants_) device_free(p);
@@ -115,7 +118,9 @@ ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine) : engin
       arena_ = device_alloc(static_cast<size_t>(plan.memory.arena_bytes));
       workspace_ = device_alloc(static_cast<size_t>(plan.memory.workspace_bytes));
       cublaslt_ = create_cublaslt_handle();
+      if (engine_->uses_cudnn_) cudnn_ = create_cudnn_handle();
     } catch (...) {
+      destroy_cublaslt_handle(cublaslt_);
       device_free(arena_);
       device_free(workspace_);
       throw;
@@ -133,6 +138,7 @@ ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine) : engin
 
 ExecutionContext::~ExecutionContext() {
   if (engine_->backend() == Backend::kCuda) {
+    destroy_cudnn_handle(cudnn_);
     destroy_cublaslt_handle(cublaslt_);
     device_free(workspace_);
     device_free(arena_);
@@ -238,6 +244,7 @@ void ExecutionContext::enqueue(void* stream) {
   LaunchContext launch;
   launch.stream = stream;
   launch.cublaslt = cublaslt_;
+  launch.cudnn = cudnn_;
   launch.workspace = workspace_;
   launch.workspace_bytes = static_cast<size_t>(e.plan().memory.workspace_bytes);
   std::unique_ptr<DeviceGuard> guard;

@@ -49,6 +49,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   std::vector<std::unique_ptr<Kernel>> kernels_;  // one per layer
   std::vector<void*> constants_;                  // per tensor id: constant data on the backend
   std::vector<int> producer_;                     // per tensor id: producing layer, -1 if none
+  bool uses_cudnn_ = false;                       // some kernel needs a cuDNN handle
 };
 
 class ExecutionContext {
@@ -85,6 +86,7 @@ class ExecutionContext {
   void* arena_ = nullptr;
   void* workspace_ = nullptr;
   void* cublaslt_ = nullptr;
+  void* cudnn_ = nullptr;
   std::vector<uint8_t> host_arena_;
 };
 

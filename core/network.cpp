@@ -1,6 +1,7 @@
 #include "core/network.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "core/error.h"
 #include "core/op_schema.h"
@@ -19,6 +20,51 @@ void check_dims(const std::string& who, const Dims& dims, bool allow_dynamic) {
 }
 
 }  // namespace
+
+ShapeValues constant_values(DataType dtype, const Dims& dims, const std::vector<uint8_t>& data) {
+  if (!is_integral(dtype) || !is_static(dims) || volume(dims) > kMaxShapeValues) return nullptr;
+  const int64_t n = volume(dims);
+  if (data.size() != static_cast<size_t>(n) * dtype_size(dtype)) return nullptr;
+  std::vector<int64_t> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const uint8_t* p = data.data() + i * dtype_size(dtype);
+    switch (dtype) {
+      case DataType::kInt64:
+        std::memcpy(&v[i], p, 8);
+        break;
+      case DataType::kInt32: {
+        int32_t x;
+        std::memcpy(&x, p, 4);
+        v[i] = x;
+        break;
+      }
+      case DataType::kInt8:
+        v[i] = static_cast<int8_t>(*p);
+        break;
+      default:
+        v[i] = *p != 0;
+        break;  // bool
+    }
+  }
+  return make_values(std::move(v));
+}
+
+bool fully_known(const ShapeValues& v) {
+  if (!v) return false;
+  for (int64_t x : *v) {
+    if (x == kUnknownValue) return false;
+  }
+  return true;
+}
+
+ShapeValues make_values(std::vector<int64_t> v) {
+  return std::make_shared<const std::vector<int64_t>>(std::move(v));
+}
+
+TensorDesc Network::desc(TensorId id) const {
+  const Tensor& t = tensor(id);
+  return {t.dtype, t.dims, t.values};
+}
 
 TensorId Network::new_tensor(Tensor t) {
   KILN_CHECK(!t.name.empty(), "tensor names must not be empty");
@@ -63,6 +109,7 @@ TensorId Network::add_constant(const std::string& name, DataType dtype, const Di
   t.dims = dims;
   t.kind = TensorKind::kConstant;
   t.data = std::move(data);
+  t.values = constant_values(t.dtype, t.dims, *t.data);
   return new_tensor(std::move(t));
 }
 
@@ -88,7 +135,7 @@ Layer& Network::add_layer(const std::string& op, const std::vector<TensorId>& in
   for (TensorId t : inputs) {
     KILN_CHECK(t >= 0 && static_cast<size_t>(t) < tensors_.size(),
                describe(layer) << ": input tensor id " << t << " does not belong to this network");
-    in.push_back({tensors_[t].dtype, tensors_[t].dims});
+    in.push_back(desc(t));
   }
   std::vector<TensorDesc> out = infer_layer(layer, in);
   for (size_t i = 0; i < out.size(); ++i) {
@@ -97,6 +144,7 @@ Layer& Network::add_layer(const std::string& op, const std::vector<TensorId>& in
     if (by_name_.count(t.name)) t.name = unique_layer_name(layer.name);
     t.dtype = out[i].dtype;
     t.dims = out[i].dims;
+    t.values = out[i].values;
     t.kind = TensorKind::kActivation;
     layer.outputs.push_back(new_tensor(std::move(t)));
   }
@@ -212,6 +260,7 @@ void Network::revalidate() {
       check_dims("constant '" + t.name + "'", t.dims, false);
       KILN_CHECK(t.data && t.data->size() == static_cast<size_t>(volume(t.dims)) * dtype_size(t.dtype),
                  "constant '" << t.name << "': data size does not match its shape");
+      tensors_[t.id].values = constant_values(t.dtype, t.dims, *t.data);
       defined[t.id] = true;
     }
   }
@@ -232,7 +281,7 @@ void Network::revalidate() {
       KILN_CHECK(t >= 0 && static_cast<size_t>(t) < n, describe(l) << ": input id " << t << " out of range");
       KILN_CHECK(defined[t], describe(l)
                                  << ": input '" << tensors_[t].name << "' is used before it is produced");
-      in.push_back({tensors_[t].dtype, tensors_[t].dims});
+      in.push_back(desc(t));
     }
     std::vector<TensorDesc> out = infer_layer(l, in);
     KILN_CHECK(out.size() == l.outputs.size(),
@@ -247,6 +296,7 @@ void Network::revalidate() {
                  describe(l) << ": output '" << tensors_[t].name << "' is recorded as "
                              << dtype_name(tensors_[t].dtype) << to_string(tensors_[t].dims)
                              << " but infers as " << dtype_name(out[i].dtype) << to_string(out[i].dims));
+      tensors_[t].values = out[i].values;
       defined[t] = true;
     }
   }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -17,6 +18,14 @@ namespace kiln {
 
 using TensorId = int32_t;
 
+// Host-known values of a small integer tensor: shape arithmetic (shape-of -> gather -> mul ->
+// concat -> reshape) is evaluated on the host during shape inference, so a reshape can depend on
+// dynamic dims. An entry kUnknownValue is not known until run time (a dynamic dim at build time);
+// nullptr means the tensor's values are not tracked at all (data computed on the device).
+using ShapeValues = std::shared_ptr<const std::vector<int64_t>>;
+constexpr int64_t kUnknownValue = std::numeric_limits<int64_t>::min();
+constexpr int64_t kMaxShapeValues = 64;  // larger tensors are never tracked
+
 enum class TensorKind : uint8_t { kInput = 0, kConstant = 1, kActivation = 2 };
 
 struct Tensor {
@@ -26,6 +35,7 @@ struct Tensor {
   Dims dims;
   TensorKind kind = TensorKind::kActivation;
   std::shared_ptr<const std::vector<uint8_t>> data;  // constants only: host bytes, row-major
+  ShapeValues values;  // derived, never serialized: see ShapeValues (recomputed by revalidate)
 };
 
 struct Layer {
@@ -39,7 +49,14 @@ struct Layer {
 struct TensorDesc {
   DataType dtype;
   Dims dims;
+  ShapeValues values = nullptr;  // see ShapeValues; schemas of shape-arithmetic ops propagate it
 };
+
+// The tracked values of an integer or bool constant with at most kMaxShapeValues elements.
+ShapeValues constant_values(DataType dtype, const Dims& dims, const std::vector<uint8_t>& data);
+// True when `v` is tracked and every entry is known.
+bool fully_known(const ShapeValues& v);
+ShapeValues make_values(std::vector<int64_t> v);
 
 class Network {
  public:
@@ -66,6 +83,7 @@ class Network {
   // Marks a tensor as a network output; a non-empty name renames it (it becomes its binding name).
   void mark_output(TensorId t, const std::string& name = "");
 
+  TensorDesc desc(TensorId id) const;  // dtype, dims and tracked values of a tensor
   const Tensor& tensor(TensorId id) const;
   Tensor& tensor(TensorId id);
   TensorId find_tensor(const std::string& name) const;  // -1 when absent

@@ -375,27 +375,33 @@ std::map<std::string, Dims> profile_shapes(const Network& net, const Optimizatio
   return shapes;
 }
 
-std::vector<Dims> infer_shapes(const Network& net, const std::map<std::string, Dims>& input_shapes) {
-  std::vector<Dims> dims(net.tensors().size());
+std::vector<TensorDesc> infer_descs(const Network& net, const std::map<std::string, Dims>& input_shapes) {
+  std::vector<TensorDesc> desc(net.tensors().size());
   for (const auto& t : net.tensors()) {
-    if (t.kind == TensorKind::kConstant) dims[t.id] = t.dims;
+    if (t.kind == TensorKind::kConstant) desc[t.id] = net.desc(t.id);
   }
   for (TensorId id : net.inputs()) {
     const Tensor& t = net.tensor(id);
     auto it = input_shapes.find(t.name);
     KILN_CHECK(it != input_shapes.end(), "no shape given for input '" << t.name << "'");
-    dims[id] = it->second;
+    desc[id] = {t.dtype, it->second, nullptr};
   }
   for (const auto& l : net.layers()) {
     std::vector<TensorDesc> in;
-    for (TensorId t : l.inputs) in.push_back({net.tensor(t).dtype, dims[t]});
+    for (TensorId t : l.inputs) in.push_back(desc[t]);
     std::vector<TensorDesc> out = infer_layer(l, in);
     for (size_t i = 0; i < out.size(); ++i) {
       KILN_CHECK(is_static(out[i].dims), describe(l) << ": output shape " << to_string(out[i].dims)
                                                      << " is not concrete for the given input shapes");
-      dims[l.outputs[i]] = out[i].dims;
+      desc[l.outputs[i]] = std::move(out[i]);
     }
   }
+  return desc;
+}
+
+std::vector<Dims> infer_shapes(const Network& net, const std::map<std::string, Dims>& input_shapes) {
+  std::vector<Dims> dims;
+  for (auto& d : infer_descs(net, input_shapes)) dims.push_back(std::move(d.dims));
   return dims;
 }
 

@@ -74,6 +74,8 @@ std::map<std::string, Dims> profile_shapes(const Network& net, const Optimizatio
 void validate_profiles(const Network& net, const std::vector<OptimizationProfile>& profiles);
 // Concrete shapes of every tensor given concrete input shapes (by name).
 std::vector<Dims> infer_shapes(const Network& net, const std::map<std::string, Dims>& input_shapes);
+// Likewise, with each tensor's tracked shape values (see ShapeValues in network.h).
+std::vector<TensorDesc> infer_descs(const Network& net, const std::map<std::string, Dims>& input_shapes);
 // Arena candidates: activation tensors that are not network outputs. Their lifetime is
 // [index of the producing layer, index of the last consuming layer].
 struct Lifetime {

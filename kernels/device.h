@@ -8,7 +8,7 @@ int cuda_device_arch(int device = -1);  // compute capability as major*10+minor;
 int current_device();                   // cudaGetDevice
 int cuda_runtime_version();             // the CUDA runtime Kiln was built against
 int cublaslt_version();                 // likewise cuBLASLt
-int cudnn_version();                    // likewise cuDNN (headers only until cuDNN kernels land)
+int cudnn_version();                    // likewise cuDNN
 
 }  // namespace kiln
 
@@ -25,6 +25,9 @@ void copy_device_async(void* dst, const void* src, size_t bytes, void* stream);
 void synchronize_stream(void* stream);
 void* create_cublaslt_handle();
 void destroy_cublaslt_handle(void* handle) noexcept;
+void* create_cudnn_handle();
+void destroy_cudnn_handle(void* handle) noexcept;
+int cudnn_runtime_version();  // the cuDNN library loaded at run time
 
 // Makes `device` current for the guard's lifetime and restores the caller's device after.
 class DeviceGuard {

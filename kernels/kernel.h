@@ -27,6 +27,7 @@ struct TensorView {
 struct LaunchContext {
   void* stream = nullptr;     // cudaStream_t; unused by the reference backend
   void* cublaslt = nullptr;   // cublasLtHandle_t owned by the context
+  void* cudnn = nullptr;      // cudnnHandle_t owned by the context (when a kernel uses cuDNN)
   void* workspace = nullptr;  // scratch device memory owned by the context
   size_t workspace_bytes = 0;
 };
@@ -38,6 +39,8 @@ class Kernel {
                    const LaunchContext& ctx) const = 0;
   // Name of the implementation, shown by plan inspection ("cublaslt_matmul", "ref_matmul").
   virtual std::string name() const = 0;
+  // True when run() needs LaunchContext::cudnn; contexts create a cuDNN handle only then.
+  virtual bool uses_cudnn() const { return false; }
 };
 
 // Position of `name` in an op's list of variants (elementwise_ops(), unary_ops(), ...): the code

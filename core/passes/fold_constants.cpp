@@ -1,7 +1,10 @@
-// fold_constants: a layer whose inputs are all constants is evaluated at build time on the
-// reference backend and its outputs become constants (f(c1, c2) -> c). Safe for every op with a
-// reference kernel, since the reference backend defines each op's result. Outputs that are
-// larger than kMaxFoldBytes stay computed at run time, to keep plans small.
+// fold_constants: a layer whose inputs are all constants (or that has none) is evaluated at build
+// time on the reference backend and its outputs become constants (f(c1, c2) -> c). Safe for every
+// op with a reference kernel, since the reference backend defines each op's result. Outputs that
+// are larger than kMaxFoldBytes stay computed at run time, to keep plans small.
+// Shape arithmetic whose values are fully known at build time (shape-of a static tensor, and what
+// is computed from it) becomes constants too, whatever its inputs.
+#include <cstring>
 #include <memory>
 
 #include "core/passes/passes.h"
@@ -10,17 +13,59 @@
 namespace kiln {
 namespace {
 constexpr int64_t kMaxFoldBytes = int64_t{64} << 20;
+
+bool outputs_known(const Network& net, const Layer& l) {
+  for (TensorId t : l.outputs) {
+    if (!fully_known(net.tensor(t).values)) return false;
+  }
+  return !l.outputs.empty();
 }
+
+std::shared_ptr<std::vector<uint8_t>> encode_values(DataType dtype, const std::vector<int64_t>& v) {
+  auto bytes = std::make_shared<std::vector<uint8_t>>(v.size() * dtype_size(dtype));
+  for (size_t i = 0; i < v.size(); ++i) {
+    uint8_t* p = bytes->data() + i * dtype_size(dtype);
+    switch (dtype) {
+      case DataType::kInt64:
+        std::memcpy(p, &v[i], 8);
+        break;
+      case DataType::kInt32: {
+        int32_t x = static_cast<int32_t>(v[i]);
+        std::memcpy(p, &x, 4);
+        break;
+      }
+      case DataType::kInt8:
+        *p = static_cast<uint8_t>(static_cast<int8_t>(v[i]));
+        break;
+      default:
+        *p = v[i] != 0;
+        break;  // bool
+    }
+  }
+  return bytes;
+}
+
+}  // namespace
 
 bool fold_constants(Network& net) {
   bool changed = false;
   auto& layers = net.mutable_layers();
   std::vector<Layer> kept;
   for (auto& l : layers) {
-    bool all_const = !l.inputs.empty();
+    if (outputs_known(net, l)) {
+      for (TensorId t : l.outputs) {
+        Tensor& o = net.tensor(t);
+        o.kind = TensorKind::kConstant;
+        o.data = encode_values(o.dtype, *o.values);
+      }
+      changed = true;
+      continue;
+    }
+    bool all_const = true;
     for (TensorId t : l.inputs) all_const &= net.tensor(t).kind == TensorKind::kConstant;
     int64_t out_bytes = 0;
-    if (all_const) {  // outputs of all-constant layers have static shapes
+    for (TensorId t : l.outputs) all_const &= is_static(net.tensor(t).dims);
+    if (all_const) {
       for (TensorId t : l.outputs) out_bytes += volume(net.tensor(t).dims) * dtype_size(net.tensor(t).dtype);
     }
     if (!all_const || out_bytes > kMaxFoldBytes || !has_kernel(l.op, Backend::kReference)) {

@@ -2,7 +2,7 @@
 
 #include <cublasLt.h>
 #include <cuda_runtime.h>
-#include <cudnn_version.h>
+#include <cudnn.h>
 
 #include "kernels/cuda/cuda_check.h"
 
@@ -79,6 +79,18 @@ void* create_cublaslt_handle() {
 void destroy_cublaslt_handle(void* handle) noexcept {
   if (handle) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle));
 }
+
+void* create_cudnn_handle() {
+  cudnnHandle_t h = nullptr;
+  KILN_CUDNN_CHECK(cudnnCreate(&h));
+  return h;
+}
+
+void destroy_cudnn_handle(void* handle) noexcept {
+  if (handle) cudnnDestroy(static_cast<cudnnHandle_t>(handle));
+}
+
+int cudnn_runtime_version() { return static_cast<int>(cudnnGetVersion()); }
 
 DeviceGuard::DeviceGuard(int device) {
   KILN_CUDA_CHECK(cudaGetDevice(&previous_));
