@@ -2,6 +2,8 @@
 // slot in between canonicalization and memory planning, in the order DESIGN.md gives.
 #include "core/builder.h"
 
+#include <functional>
+
 #include "core/error.h"
 #include "core/logging.h"
 #include "core/passes/passes.h"
@@ -27,7 +29,7 @@ Backend resolve_target(BuildTarget target) {
   return gpu ? Backend::kCuda : Backend::kReference;
 }
 
-void run_pass(const char* name, bool (*pass)(Network&), Network& net) {
+void run_pass(const char* name, const std::function<bool(Network&)>& pass, Network& net) {
   size_t before = net.layers().size();
   bool changed = pass(net);
   KILN_LOG(kVerbose, "builder: " << name << (changed ? " changed the network (" : " changed nothing (")
@@ -53,10 +55,21 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
     run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
   }
 
-  // 3. choose kernels: one implementation per layer on the target backend.
+  // 3. (fusion passes land here.)
+  // 4. assign precision per layer: reduced precision where the flags allow it, TF32 marks.
+  for (const auto& kv : config.precision.layer_precisions) {
+    bool found = false;
+    for (const auto& l : network.layers()) found |= l.name == kv.first;
+    KILN_CHECK(found, "layer precision set for '" << kv.first << "', but the network has no such layer");
+  }
+  run_pass(
+      "assign_precision", [&](Network& n) { return assign_precision(n, config.precision); }, net);
+  if (config.optimization_level > 0) run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
+
+  // 6. choose kernels: one implementation per layer on the target backend.
   for (const auto& l : net.layers()) plan.kernels.push_back(create_kernel(l, backend)->name());
 
-  // 4. plan memory: tensor lifetimes -> offsets in one activation arena.
+  // 7. plan memory: tensor lifetimes -> offsets in one activation arena.
   plan.profiles = config.profiles;
   plan.memory = plan_memory(net, plan.profiles);
   plan.memory.workspace_bytes = static_cast<int64_t>(config.workspace_bytes);

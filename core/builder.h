@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstddef>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "core/network.h"
@@ -15,8 +17,19 @@ enum class BuildTarget : uint8_t {
   kReference = 2,  // portable plan for the CPU reference backend
 };
 
+// Precisions the builder may use inside the engine. FP32 is always allowed; the declared dtypes
+// of inputs and outputs never change.
+struct PrecisionConfig {
+  bool fp16 = false;  // float32 layers may run in float16 (chosen over bfloat16 when both are on)
+  bool bf16 = false;  // float32 layers may run in bfloat16
+  bool tf32 = false;  // float32 GEMMs and convolutions may use TF32 tensor cores
+  // Per-layer override by layer name: float32, float16 or bfloat16, whatever the flags say.
+  std::map<std::string, DataType> layer_precisions;
+};
+
 struct BuilderConfig {
   std::vector<OptimizationProfile> profiles;
+  PrecisionConfig precision;
   size_t workspace_bytes = size_t{32} << 20;
   int optimization_level = 3;  // 0 skips the optional (canonicalizing) passes
   BuildTarget target = BuildTarget::kAuto;

@@ -1,5 +1,12 @@
-// matmul: C = op(A) @ op(B), op = optional transpose of the last two dims. Both operands have
-// rank >= 2; leading (batch) dims broadcast NumPy-style. A and B share one floating dtype.
+// matmul: torch.matmul semantics. C = op(A) @ op(B), op = optional transpose of the last two dims
+// of an operand of rank >= 2. A 1-D A is a row vector [1, K] and a 1-D B a column vector [K, 1],
+// and the added dim is dropped from the result (1-D @ 1-D is a 0-d dot product). Leading (batch)
+// dims broadcast NumPy-style. A and B share one floating dtype.
+//
+// fully_connected: torch.nn.Linear. x [..., K] @ weight[N, K]^T (+ bias [N]) -> [..., N].
+//
+// Both accept `allow_tf32` (0/1): float32 GEMMs may use TF32 tensor cores. The builder sets it
+// from BuilderConfig's TF32 flag; it is off by default, so FP32 means FP32.
 #include "core/error.h"
 #include "core/op_schema.h"
 #include "core/ops/ops.h"
@@ -7,37 +14,73 @@
 namespace kiln {
 namespace {
 
+bool compatible(int64_t a, int64_t b) { return a == b || a == kDynamic || b == kDynamic; }
+
+void check_operands(const std::string& who, const TensorDesc& a, const TensorDesc& b) {
+  KILN_CHECK(is_floating(a.dtype), who << ": operands must be floating point, got " << dtype_name(a.dtype));
+  KILN_CHECK(a.dtype == b.dtype, who << ": operand dtypes differ (" << dtype_name(a.dtype) << " vs "
+                                     << dtype_name(b.dtype) << "); insert a cast");
+}
+
 std::vector<TensorDesc> infer_matmul(const Layer& layer, const std::vector<TensorDesc>& in) {
   const TensorDesc& a = in[0];
   const TensorDesc& b = in[1];
   const std::string who = describe(layer);
-  KILN_CHECK(is_floating(a.dtype), who << ": operands must be floating point, got " << dtype_name(a.dtype));
-  KILN_CHECK(a.dtype == b.dtype, who << ": operand dtypes differ (" << dtype_name(a.dtype) << " vs "
-                                     << dtype_name(b.dtype) << "); insert a cast");
-  KILN_CHECK(a.dims.size() >= 2 && b.dims.size() >= 2,
-             who << ": operands need rank >= 2, got " << to_string(a.dims) << " and " << to_string(b.dims));
-  bool ta = layer.attrs.get_int("transpose_a", int64_t{0}) != 0;
-  bool tb = layer.attrs.get_int("transpose_b", int64_t{0}) != 0;
-  size_t ra = a.dims.size(), rb = b.dims.size();
-  int64_t m = ta ? a.dims[ra - 1] : a.dims[ra - 2];
-  int64_t ka = ta ? a.dims[ra - 2] : a.dims[ra - 1];
-  int64_t kb = tb ? b.dims[rb - 1] : b.dims[rb - 2];
-  int64_t n = tb ? b.dims[rb - 2] : b.dims[rb - 1];
-  KILN_CHECK(ka == kb || ka == kDynamic || kb == kDynamic,
-             who << ": inner dims differ: A is " << to_string(a.dims) << (ta ? " (transposed)" : "")
-                 << ", B is " << to_string(b.dims) << (tb ? " (transposed)" : ""));
+  check_operands(who, a, b);
+  KILN_CHECK(!a.dims.empty() && !b.dims.empty(),
+             who << ": operands need rank >= 1, got " << to_string(a.dims) << " and " << to_string(b.dims));
+  const bool vec_a = a.dims.size() == 1, vec_b = b.dims.size() == 1;
+  // Transposes apply to matrices only; a vector operand is already oriented.
+  const bool ta = !vec_a && layer.attrs.get_int("transpose_a", int64_t{0}) != 0;
+  const bool tb = !vec_b && layer.attrs.get_int("transpose_b", int64_t{0}) != 0;
+  Dims da = vec_a ? Dims{1, a.dims[0]} : a.dims;
+  Dims db = vec_b ? Dims{b.dims[0], 1} : b.dims;
+  size_t ra = da.size(), rb = db.size();
+  int64_t m = ta ? da[ra - 1] : da[ra - 2];
+  int64_t ka = ta ? da[ra - 2] : da[ra - 1];
+  int64_t kb = tb ? db[rb - 1] : db[rb - 2];
+  int64_t n = tb ? db[rb - 2] : db[rb - 1];
+  KILN_CHECK(compatible(ka, kb), who << ": inner dims differ: A is " << to_string(a.dims)
+                                     << (ta ? " (transposed)" : "") << ", B is " << to_string(b.dims)
+                                     << (tb ? " (transposed)" : ""));
   Dims batch;
-  Dims batch_a(a.dims.begin(), a.dims.end() - 2), batch_b(b.dims.begin(), b.dims.end() - 2);
+  Dims batch_a(da.begin(), da.end() - 2), batch_b(db.begin(), db.end() - 2);
   KILN_CHECK(broadcast_shapes(batch_a, batch_b, &batch), who << ": batch dims " << to_string(batch_a)
                                                              << " and " << to_string(batch_b)
                                                              << " do not broadcast");
-  batch.push_back(m);
-  batch.push_back(n);
+  if (!vec_a) batch.push_back(m);
+  if (!vec_b) batch.push_back(n);
   return {{a.dtype, batch}};
+}
+
+std::vector<TensorDesc> infer_fully_connected(const Layer& layer, const std::vector<TensorDesc>& in) {
+  const TensorDesc& x = in[0];
+  const TensorDesc& w = in[1];
+  const std::string who = describe(layer);
+  check_operands(who, x, w);
+  KILN_CHECK(!x.dims.empty(), who << ": input must have rank >= 1 (features last), got a scalar");
+  KILN_CHECK(w.dims.size() == 2,
+             who << ": weight must be [out_features, in_features], got " << to_string(w.dims));
+  KILN_CHECK(compatible(x.dims.back(), w.dims[1]), who << ": input has " << x.dims.back()
+                                                       << " features but the weight " << to_string(w.dims)
+                                                       << " expects " << w.dims[1]);
+  if (in.size() == 3) {
+    const TensorDesc& bias = in[2];
+    KILN_CHECK(bias.dtype == x.dtype,
+               who << ": bias dtype " << dtype_name(bias.dtype) << " differs from " << dtype_name(x.dtype));
+    KILN_CHECK(bias.dims.size() == 1 && compatible(bias.dims[0], w.dims[0]),
+               who << ": bias must be [" << w.dims[0] << "], got " << to_string(bias.dims));
+  }
+  Dims out = x.dims;
+  out.back() = w.dims[0];
+  return {{x.dtype, out}};
 }
 
 }  // namespace
 
-void register_matmul_schema() { register_schema({"matmul", 2, 2, infer_matmul}); }
+void register_matmul_schema() {
+  register_schema({"matmul", 2, 2, infer_matmul});
+  register_schema({"fully_connected", 2, 3, infer_fully_connected});
+}
 
 }  // namespace kiln

@@ -4,6 +4,7 @@
 
 #include <vector>
 
+#include "core/builder.h"
 #include "core/network.h"
 #include "core/plan.h"
 
@@ -15,6 +16,7 @@ void validate_network(Network& net, const std::vector<OptimizationProfile>& prof
 bool fold_constants(Network& net);
 bool remove_noops(Network& net);
 bool eliminate_dead_layers(Network& net);
+bool assign_precision(Network& net, const PrecisionConfig& config);
 MemoryPlan plan_memory(const Network& net, const std::vector<OptimizationProfile>& profiles);
 
 }  // namespace kiln

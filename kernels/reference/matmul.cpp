@@ -1,7 +1,8 @@
-// Reference matmul: naive triple loop per batch, accumulating in double.
+// Reference matmul and fully_connected: naive triple loops, accumulating in double.
 #include "kernels/broadcast.h"
 #include "kernels/kernel.h"
 #include "kernels/kernels.h"
+#include "kernels/matmul_views.h"
 #include "kernels/reference/host_access.h"
 
 namespace kiln {
@@ -13,10 +14,10 @@ class RefMatmul final : public Kernel {
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext&) const override {
-    const TensorView &a = in[0], &b = in[1], &c = out[0];
-    size_t ra = a.dims.size(), rc = c.dims.size();
-    int64_t m = c.dims[rc - 2], n = c.dims[rc - 1];
-    int64_t k = ta_ ? a.dims[ra - 2] : a.dims[ra - 1];
+    const MatmulProblem p = matmul_problem(in[0], in[1], out[0], ta_, tb_);
+    const TensorView &a = p.a, &b = p.b, &c = p.c;
+    const bool ta = p.ta, tb = p.tb;
+    const int64_t m = p.m, n = p.n, k = p.k;
     Dims batch_c(c.dims.begin(), c.dims.end() - 2);
     Dims batch_a(a.dims.begin(), a.dims.end() - 2), batch_b(b.dims.begin(), b.dims.end() - 2);
     BroadcastIndexer ia = make_broadcast_indexer(batch_a, batch_c);
@@ -35,9 +36,9 @@ class RefMatmul final : public Kernel {
       for (int64_t i = 0; i < m; ++i) {
         for (int64_t j = 0; j < n; ++j) {
           double acc = 0;
-          for (int64_t p = 0; p < k; ++p) {
-            double x = load_element(a, oa + (ta_ ? p * m + i : i * k + p));
-            double y = load_element(b, ob + (tb_ ? j * k + p : p * n + j));
+          for (int64_t q = 0; q < k; ++q) {
+            double x = load_element(a, oa + (ta ? q * m + i : i * k + q));
+            double y = load_element(b, ob + (tb ? j * k + q : q * n + j));
             acc += x * y;
           }
           store_element(c, bi * m * n + i * n + j, acc);
@@ -51,9 +52,30 @@ class RefMatmul final : public Kernel {
   bool ta_, tb_;
 };
 
+// x [..., K] @ weight[N, K]^T + bias.
+class RefFullyConnected final : public Kernel {
+ public:
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext&) const override {
+    const TensorView &x = in[0], &w = in[1], &y = out[0];
+    const int64_t k = x.dims.back(), n = w.dims[0], rows = volume(x.dims) / (k ? k : 1);
+    const int64_t m = k ? rows : volume(y.dims) / (n ? n : 1);
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j) {
+        double acc = in.size() == 3 ? load_element(in[2], j) : 0.0;
+        for (int64_t q = 0; q < k; ++q) acc += load_element(x, i * k + q) * load_element(w, j * k + q);
+        store_element(y, i * n + j, acc);
+      }
+    }
+  }
+  std::string name() const override { return "ref_fully_connected"; }
+};
+
 }  // namespace
 
 void register_matmul_reference_kernel() {
+  register_kernel("fully_connected", Backend::kReference,
+                  [](const Layer&) { return std::make_unique<RefFullyConnected>(); });
   register_kernel("matmul", Backend::kReference, [](const Layer& l) {
     return std::make_unique<RefMatmul>(l.attrs.get_int("transpose_a", int64_t{0}) != 0,
                                        l.attrs.get_int("transpose_b", int64_t{0}) != 0);

@@ -112,12 +112,20 @@ class Network:
         transpose_b: bool = False,
         name: str = "",
     ) -> Layer:
+        """torch.matmul: batched, broadcasting; 1-D operands are vectors (their dim is dropped)."""
         return self.add_layer(
             "matmul",
             [a, b],
             {"transpose_a": int(transpose_a), "transpose_b": int(transpose_b)},
             name,
         )
+
+    def add_fully_connected(
+        self, x: TensorLike, weight: TensorLike, bias: TensorLike | None = None, name: str = ""
+    ) -> Layer:
+        """torch.nn.Linear: x [..., in] @ weight[out, in]^T (+ bias[out]) -> [..., out]."""
+        inputs = [x, weight] + ([bias] if bias is not None else [])
+        return self.add_layer("fully_connected", inputs, {}, name)
 
     def add_elementwise(self, a: TensorLike, b: TensorLike, op: str, name: str = "") -> Layer:
         """op: "add", "sub", "mul", "div", "max", "min" or "pow"; NumPy broadcasting."""
@@ -150,26 +158,54 @@ class Network:
         return self._net.layers()
 
 
+_PRECISION_ALIASES = {
+    "float32": "fp32",
+    "float16": "fp16",
+    "half": "fp16",
+    "bfloat16": "bf16",
+    "torch.float32": "fp32",
+    "torch.float16": "fp16",
+    "torch.bfloat16": "bf16",
+}
+
+
+def _precision_name(p) -> str:
+    name = str(p)
+    return _PRECISION_ALIASES.get(name, name)
+
+
 class BuilderConfig(_C.BuilderConfig):
     """Build options: optimization profiles, workspace limit, optimization level, target.
 
     target: "auto" (the GPU when one is visible, else the CPU reference backend), "cuda" or
     "reference".
+
+    precisions: what the engine may use inside, besides FP32: any of "tf32", "fp16", "bf16" (or
+    torch.float16 / torch.bfloat16). Declared input and output dtypes never change. FP16 wins
+    over BF16 when both are given. ``set_layer_precision(name, "float32")`` pins one layer.
     """
 
     def __init__(
         self,
         *,
         target: str = "auto",
+        precisions=None,
         workspace_bytes: int | None = None,
         optimization_level: int | None = None,
     ):
         super().__init__()
         self.target = target
+        if precisions is not None:
+            self.precisions = [_precision_name(p) for p in precisions]
         if workspace_bytes is not None:
             self.workspace_bytes = workspace_bytes
         if optimization_level is not None:
             self.optimization_level = optimization_level
+
+    def set_layer_precision(self, layer, dtype) -> None:
+        """Runs `layer` (a Layer or its name) in `dtype` (float32, float16 or bfloat16)."""
+        name = layer.name if isinstance(layer, Layer) else layer
+        super().set_layer_precision(name, dtype_name(dtype))
 
     def add_optimization_profile(self, ranges: Mapping[str, Sequence[Sequence[int]]]) -> int:
         """ranges: input name -> (min_shape, opt_shape, max_shape). Returns the profile index."""

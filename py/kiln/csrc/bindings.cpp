@@ -264,6 +264,39 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("workspace_bytes", &BuilderConfig::workspace_bytes)
       .def_readwrite("optimization_level", &BuilderConfig::optimization_level)
       .def_property(
+          "precisions",
+          [](const BuilderConfig& c) {
+            std::vector<std::string> p{"fp32"};
+            if (c.precision.tf32) p.push_back("tf32");
+            if (c.precision.fp16) p.push_back("fp16");
+            if (c.precision.bf16) p.push_back("bf16");
+            return p;
+          },
+          [](BuilderConfig& c, const std::vector<std::string>& names) {
+            c.precision.fp16 = c.precision.bf16 = c.precision.tf32 = false;
+            for (const auto& n : names) {
+              if (n == "fp16")
+                c.precision.fp16 = true;
+              else if (n == "bf16")
+                c.precision.bf16 = true;
+              else if (n == "tf32")
+                c.precision.tf32 = true;
+              else
+                KILN_CHECK(n == "fp32", "unknown precision '" << n << "' (use fp32, tf32, fp16, bf16)");
+            }
+          })
+      .def("set_layer_precision",
+           [](BuilderConfig& c, const std::string& layer, const std::string& dtype) {
+             c.precision.layer_precisions[layer] = parse_dtype(dtype);
+           })
+      .def_property_readonly("layer_precisions",
+                             [](const BuilderConfig& c) {
+                               std::map<std::string, std::string> m;
+                               for (const auto& kv : c.precision.layer_precisions)
+                                 m[kv.first] = dtype_name(kv.second);
+                               return m;
+                             })
+      .def_property(
           "target",
           [](const BuilderConfig& c) {
             return std::string(c.target == BuildTarget::kCuda        ? "cuda"
@@ -297,6 +330,32 @@ PYBIND11_MODULE(_C, m) {
                   })
       .def("save", &Plan::save)
       .def_static("load", [](const std::string& path) { return std::make_shared<Plan>(Plan::load(path)); })
+      .def("layers",
+           [](const Plan& p) {
+             // The optimized layer list: op, chosen kernel, attributes, and (name, dtype, dims) of
+             // every input and output (-1 for dynamic dims).
+             const Network& n = p.network;
+             auto describe_tensor = [&](TensorId id) {
+               const Tensor& t = n.tensor(id);
+               return py::make_tuple(t.name, std::string(dtype_name(t.dtype)), t.dims);
+             };
+             py::list out;
+             for (size_t i = 0; i < n.layers().size(); ++i) {
+               const Layer& l = n.layers()[i];
+               py::dict d;
+               d["name"] = l.name;
+               d["op"] = l.op;
+               d["kernel"] = i < p.kernels.size() ? p.kernels[i] : std::string();
+               d["attrs"] = from_attrs(l.attrs);
+               py::list ins, outs;
+               for (TensorId t : l.inputs) ins.append(describe_tensor(t));
+               for (TensorId t : l.outputs) outs.append(describe_tensor(t));
+               d["inputs"] = ins;
+               d["outputs"] = outs;
+               out.append(d);
+             }
+             return out;
+           })
       .def_property_readonly("header",
                              [](const Plan& p) {
                                py::dict d;

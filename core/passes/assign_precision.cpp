@@ -1,0 +1,164 @@
+// assign_precision: runs float32 layers in a reduced precision where the config allows it, while
+// the network's declared input and output dtypes stay as they are.
+//
+// The network is rebuilt layer by layer. Each layer gets a compute precision: its per-layer
+// override, else the config's reduced type (FP16 before BF16 when both are enabled), else
+// float32. Its floating inputs are brought to that precision — float32 weights are converted
+// once at build time, activations through a `cast` layer (one per tensor and dtype, shared by all
+// consumers). A layer that does not accept the reduced dtype keeps float32. Network outputs whose
+// dtype changed get a final cast back, so bindings keep their names and dtypes.
+//
+// Float inputs that were declared float16/bfloat16 are left alone unless an override asks
+// otherwise; `cast` layers keep their input as is (casting first would lose precision).
+// With TF32 enabled, float32 GEMMs and convolutions get `allow_tf32` = 1.
+#include <map>
+#include <set>
+#include <utility>
+
+#include "core/error.h"
+#include "core/logging.h"
+#include "core/op_schema.h"
+#include "core/passes/passes.h"
+#include "kernels/reference/host_access.h"
+
+namespace kiln {
+namespace {
+
+const std::set<std::string> kTf32Ops = {"matmul", "fully_connected", "convolution", "deconvolution"};
+
+std::shared_ptr<std::vector<uint8_t>> convert_constant(const Tensor& c, DataType to) {
+  const int64_t n = volume(c.dims);
+  auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(n) * dtype_size(to));
+  TensorView src{const_cast<uint8_t*>(c.data->data()), c.dtype, c.dims};
+  TensorView dst{bytes->data(), to, c.dims};
+  for (int64_t i = 0; i < n; ++i) store_element(dst, i, load_element(src, i));
+  return bytes;
+}
+
+class PrecisionRewriter {
+ public:
+  PrecisionRewriter(const Network& in, const PrecisionConfig& config) : in_(in), config_(config) {
+    if (config.fp16) reduced_ = DataType::kFloat16;
+    else if (config.bf16) reduced_ = DataType::kBFloat16;
+  }
+
+  Network run() {
+    for (TensorId id : in_.inputs()) {
+      const Tensor& t = in_.tensor(id);
+      map_[{id, t.dtype}] = out_.add_input(t.name, t.dtype, t.dims);
+      current_[id] = t.dtype;
+    }
+    for (const Layer& l : in_.layers()) rewrite(l);
+    for (TensorId id : in_.outputs()) finish_output(id);
+    return std::move(out_);
+  }
+
+ private:
+  DataType precision_of(const Layer& l) const {
+    auto it = config_.layer_precisions.find(l.name);
+    if (it != config_.layer_precisions.end()) return it->second;
+    return reduced_;
+  }
+
+  // The id in out_ of old tensor `id` as `dtype` (a float dtype), creating it on first use.
+  TensorId as(TensorId id, DataType dtype) {
+    auto key = std::make_pair(id, dtype);
+    auto it = map_.find(key);
+    if (it != map_.end()) return it->second;
+    const Tensor& t = in_.tensor(id);
+    TensorId made;
+    if (t.kind == TensorKind::kConstant) {
+      std::string name = dtype == t.dtype ? t.name : t.name + "/" + dtype_name(dtype);
+      made = t.dtype == dtype ? out_.add_constant(name, dtype, t.dims, t.data)
+                              : out_.add_constant(name, dtype, t.dims, convert_constant(t, dtype));
+    } else {
+      TensorId src = map_.at({id, current_.at(id)});
+      Attributes attrs;
+      attrs.set("to", std::string(dtype_name(dtype)));
+      made = out_.add_layer("cast", {src}, std::move(attrs), t.name + "/to_" + dtype_name(dtype)).outputs[0];
+    }
+    map_[key] = made;
+    return made;
+  }
+
+  DataType dtype_now(TensorId id) const {
+    const Tensor& t = in_.tensor(id);
+    if (t.kind == TensorKind::kConstant) return t.dtype;
+    return current_.at(id);
+  }
+
+  bool try_add(const Layer& l, DataType precision) {
+    std::vector<TensorId> inputs;
+    for (TensorId t : l.inputs) {
+      DataType now = dtype_now(t);
+      bool convert = is_floating(now) && now != precision && l.op != "cast" &&
+                     (now == DataType::kFloat32 || config_.layer_precisions.count(l.name));
+      inputs.push_back(convert ? as(t, precision) : as(t, now));
+    }
+    Attributes attrs = l.attrs;
+    if (config_.tf32 && precision == DataType::kFloat32 && kTf32Ops.count(l.op)) {
+      attrs.set("allow_tf32", int64_t{1});
+    }
+    try {
+      const Layer& added = out_.add_layer(l.op, inputs, std::move(attrs), l.name);
+      for (size_t i = 0; i < l.outputs.size(); ++i) {
+        DataType d = out_.tensor(added.outputs[i]).dtype;
+        map_[{l.outputs[i], d}] = added.outputs[i];
+        current_[l.outputs[i]] = d;
+      }
+      return true;
+    } catch (const Error& e) {
+      if (precision == DataType::kFloat32) throw;
+      KILN_LOG(kVerbose, "assign_precision: " << describe(l) << " stays float32 (" << e.what() << ")");
+      return false;
+    }
+  }
+
+  void rewrite(const Layer& l) {
+    DataType p = precision_of(l);
+    if (p != DataType::kFloat32 && try_add(l, p)) return;
+    try_add(l, DataType::kFloat32);
+  }
+
+  void finish_output(TensorId id) {
+    const Tensor& t = in_.tensor(id);
+    if (t.kind == TensorKind::kInput || t.kind == TensorKind::kConstant) {
+      out_.mark_output(as(id, t.dtype));
+      return;
+    }
+    DataType now = current_.at(id);
+    TensorId made = map_.at({id, now});
+    if (now != t.dtype) {
+      // The binding keeps its name: the reduced tensor is renamed, the cast back takes the name.
+      out_.tensor(made).name = t.name + "/" + dtype_name(now);
+      out_.reindex();
+      made = as(id, t.dtype);
+    }
+    out_.mark_output(made, t.name);
+  }
+
+  const Network& in_;
+  const PrecisionConfig& config_;
+  DataType reduced_ = DataType::kFloat32;
+  Network out_;
+  std::map<std::pair<TensorId, DataType>, TensorId> map_;
+  std::map<TensorId, DataType> current_;  // activations and inputs: dtype of their newest version
+};
+
+}  // namespace
+
+bool assign_precision(Network& net, const PrecisionConfig& config) {
+  for (const auto& kv : config.layer_precisions) {
+    KILN_CHECK(is_floating(kv.second), "layer precision for '" << kv.first << "' must be a floating dtype, got "
+                                                               << dtype_name(kv.second));
+  }
+  const bool reduce = config.fp16 || config.bf16 || !config.layer_precisions.empty();
+  if (!reduce && !config.tf32) return false;
+  Network rewritten = PrecisionRewriter(net, config).run();
+  bool changed = rewritten.layers().size() != net.layers().size() || config.tf32;
+  net = std::move(rewritten);
+  net.revalidate();
+  return changed;
+}
+
+}  // namespace kiln
