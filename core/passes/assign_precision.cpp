@@ -38,8 +38,10 @@ std::shared_ptr<std::vector<uint8_t>> convert_constant(const Tensor& c, DataType
 class PrecisionRewriter {
  public:
   PrecisionRewriter(const Network& in, const PrecisionConfig& config) : in_(in), config_(config) {
-    if (config.fp16) reduced_ = DataType::kFloat16;
-    else if (config.bf16) reduced_ = DataType::kBFloat16;
+    if (config.fp16)
+      reduced_ = DataType::kFloat16;
+    else if (config.bf16)
+      reduced_ = DataType::kBFloat16;
   }
 
   Network run() {
@@ -149,7 +151,8 @@ class PrecisionRewriter {
 
 bool assign_precision(Network& net, const PrecisionConfig& config) {
   for (const auto& kv : config.layer_precisions) {
-    KILN_CHECK(is_floating(kv.second), "layer precision for '" << kv.first << "' must be a floating dtype, got "
+    KILN_CHECK(is_floating(kv.second), "layer precision for '" << kv.first
+                                                               << "' must be a floating dtype, got "
                                                                << dtype_name(kv.second));
   }
   const bool reduce = config.fp16 || config.bf16 || !config.layer_precisions.empty();
