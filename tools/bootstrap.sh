@@ -9,7 +9,7 @@ PY="${PYTHON:-python3}"
 need_pip=()
 "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null ||
   need_pip+=("torch==$TORCH_VERSION")
-for mod in numpy pybind11 pytest wheel; do
+for mod in numpy pybind11 pytest wheel safetensors; do
   "$PY" -c "import $mod" 2>/dev/null || need_pip+=("$mod")
 done
 # ruff is pinned: its formatter's output changes between versions.

@@ -70,7 +70,8 @@ void check_profiles(BuildTarget target, Backend backend) {
         try {
           ctx->set_input_shape("x", {40, net.k});
         } catch (const Error& e) {
-          EXPECT_NE(std::string(e.what()).find("outside optimization profile 0"), std::string::npos) << e.what();
+          EXPECT_NE(std::string(e.what()).find("outside optimization profile 0"), std::string::npos)
+              << e.what();
           throw;
         }
       },
