@@ -138,6 +138,30 @@ class Network:
     def add_identity(self, x: TensorLike, name: str = "") -> Layer:
         return self.add_layer("identity", [x], {}, name)
 
+    def add_attention(
+        self,
+        q: TensorLike,
+        k: TensorLike,
+        v: TensorLike,
+        mask: TensorLike | None = None,
+        causal: bool = False,
+        scale: float | None = None,
+        name: str = "",
+    ) -> Layer:
+        """Scaled dot-product attention, as torch's ``scaled_dot_product_attention``.
+
+        q [B..., Hq, Sq, D], k [B..., Hkv, Sk, D], v [B..., Hkv, Sk, Dv] (rank >= 3, one floating
+        dtype); Hq must be a multiple of Hkv (grouped-query attention). ``mask`` (optional)
+        broadcasts to [B..., Hq, Sq, Sk]: bool (True = attend) or q's dtype (added to the scores);
+        it cannot be combined with ``causal`` (query i sees keys j <= i). ``scale`` defaults to
+        1/sqrt(D). Rows whose keys are all masked give zeros. Output [B..., Hq, Sq, Dv].
+        """
+        attrs = {"causal": int(causal)}
+        if scale is not None:
+            attrs["scale"] = float(scale)
+        inputs = [q, k, v] if mask is None else [q, k, v, mask]
+        return self.add_layer("attention", inputs, attrs, name)
+
     def mark_output(self, t: TensorLike, name: str = "") -> Tensor:
         """Makes `t` a network output; `name` (optional) becomes its binding name."""
         tid = self._id(t)

@@ -1,0 +1,282 @@
+// Attention on CUDA: a flash-attention-style kernel without tensor cores (correctness first).
+// One block per (batch * query head, tile of kBlockM query rows); each of its warps owns
+// kRowsPerWarp rows. Key/value tiles of kBlockN keys stream through shared memory (as float);
+// lane l computes the scores of key l for the warp's rows, a warp-wide online softmax (running
+// max and sum, float32) rescales the output accumulators, which live in registers: lane l holds
+// output columns l, l + 32, ... of each row. Causal layers stop at the tile's last visible key.
+// No scratch memory. A row whose keys are all masked gets zeros, like the reference.
+#include <algorithm>
+#include <cmath>
+
+#include "core/ops/attention.h"
+#include "kernels/broadcast.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/dtype_traits.cuh"
+#include "kernels/kernel.h"
+#include "kernels/kernels.h"
+
+namespace kiln {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kRowsPerWarp = 4;
+constexpr int kBlockM = kWarps * kRowsPerWarp;  // query rows per block
+constexpr int kBlockN = 32;                     // keys per tile: one per lane
+constexpr int kThreads = kWarps * 32;
+constexpr int64_t kMaxHeadDim = 256;  // 8 output columns per lane and row
+constexpr unsigned kFullMask = 0xffffffffu;
+
+enum MaskKind : int { kNoMask = 0, kBoolMask = 1, kAddMask = 2 };
+
+struct AttentionParams {
+  int64_t sq, sk, d, dv;
+  int64_t hq, hkv, group;  // group = hq / hkv query heads per kv head
+  int64_t m_tiles;         // query tiles per head
+  int64_t tiles;           // heads * m_tiles
+  float scale;
+  bool causal;
+  int mask_kind;
+  // Mask strides, 0 where broadcast: lead dims are [B..., Hq] (the flattened head index bh).
+  int lead_rank;
+  int64_t lead_dims[kMaxRank];
+  int64_t lead_strides[kMaxRank];
+  int64_t mask_sq_stride, mask_sk_stride;
+};
+
+__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+__device__ __forceinline__ float warp_max(float x) {
+  for (int o = 16; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, o));
+  return x;
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+  for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(kFullMask, x, o);
+  return x;
+}
+
+// Shared-memory layout, in floats: Q tile [kBlockM][d], K tile [kBlockN][kstride], V tile
+// [kBlockN][dv]. kstride = d | 1 is odd, so lanes reading their own key row hit distinct banks.
+__host__ __device__ inline int64_t k_stride(int64_t d) { return d | 1; }
+inline size_t smem_bytes(int64_t d, int64_t dv) {
+  return sizeof(float) * static_cast<size_t>(kBlockM * d + kBlockN * k_stride(d) + kBlockN * dv);
+}
+
+template <typename T, int kChunks>
+__global__ void __launch_bounds__(kThreads)
+    attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                     const uint8_t* __restrict__ mask_bool, const T* __restrict__ mask_add,
+                     T* __restrict__ out, AttentionParams p) {
+  extern __shared__ float smem[];
+  const int d = static_cast<int>(p.d), dv = static_cast<int>(p.dv), ks = static_cast<int>(k_stride(p.d));
+  float* q_tile = smem;
+  float* k_tile = q_tile + kBlockM * d;
+  float* v_tile = k_tile + kBlockN * ks;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const float neg_inf = -INFINITY;
+
+  for (int64_t tile = blockIdx.x; tile < p.tiles; tile += gridDim.x) {
+    const int64_t bh = tile / p.m_tiles;
+    const int64_t m0 = (tile % p.m_tiles) * kBlockM;
+    const int64_t kv = (bh / p.hq) * p.hkv + (bh % p.hq) / p.group;
+    const T* qb = q + (bh * p.sq + m0) * p.d;
+    const T* kb = k + kv * p.sk * p.d;
+    const T* vb = v + kv * p.sk * p.dv;
+    int64_t mask_base = 0;
+    if (p.mask_kind != kNoMask) {
+      int64_t rem = bh;
+      for (int i = p.lead_rank - 1; i >= 0; --i) {
+        mask_base += (rem % p.lead_dims[i]) * p.lead_strides[i];
+        rem /= p.lead_dims[i];
+      }
+    }
+    const int rows = static_cast<int>(min64(kBlockM, p.sq - m0));
+
+    __syncthreads();  // the previous tile's readers are done with shared memory
+    for (int i = threadIdx.x; i < kBlockM * d; i += kThreads) {
+      q_tile[i] = i / d < rows ? to_float(qb[i]) : 0.f;
+    }
+
+    float m_run[kRowsPerWarp], l_run[kRowsPerWarp], acc[kRowsPerWarp][kChunks];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      m_run[r] = neg_inf;
+      l_run[r] = 0.f;
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) acc[r][c] = 0.f;
+    }
+
+    // Causal: keys past the tile's last row are masked for every row of the tile.
+    const int64_t n_end = p.causal ? min64(p.sk, m0 + kBlockM) : p.sk;
+    for (int64_t n0 = 0; n0 < n_end; n0 += kBlockN) {
+      __syncthreads();  // the Q tile is written, the previous K/V tile consumed
+      const int keys = static_cast<int>(min64(kBlockN, p.sk - n0));
+      const T* kt = kb + n0 * p.d;
+      const T* vt = vb + n0 * p.dv;
+      for (int i = threadIdx.x; i < kBlockN * d; i += kThreads) {
+        const int r = i / d;
+        k_tile[r * ks + (i - r * d)] = r < keys ? to_float(kt[i]) : 0.f;
+      }
+      for (int i = threadIdx.x; i < kBlockN * dv; i += kThreads) {
+        v_tile[i] = i / dv < keys ? to_float(vt[i]) : 0.f;
+      }
+      __syncthreads();
+
+      // Scores of key n0 + lane against the warp's rows.
+      float s[kRowsPerWarp];
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) s[r] = 0.f;
+      const float* k_row = k_tile + lane * ks;
+      const float* q_rows = q_tile + warp * kRowsPerWarp * d;
+      for (int c = 0; c < d; ++c) {
+        const float kc = k_row[c];
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r) s[r] = fmaf(q_rows[r * d + c], kc, s[r]);
+      }
+
+      // Online softmax: s[r] becomes the row's unnormalized probability of this lane's key.
+      const int64_t j = n0 + lane;
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) {
+        const int64_t i = m0 + warp * kRowsPerWarp + r;
+        float x = s[r] * p.scale;
+        bool live = j < p.sk && i < p.sq && !(p.causal && j > i);
+        if (live && p.mask_kind != kNoMask) {
+          const int64_t off = mask_base + i * p.mask_sq_stride + j * p.mask_sk_stride;
+          if (p.mask_kind == kBoolMask) {
+            live = mask_bool[off] != 0;
+          } else {
+            x += to_float(mask_add[off]);
+          }
+        }
+        x = live ? x : neg_inf;
+        const float m_new = fmaxf(m_run[r], warp_max(x));
+        float prob = 0.f, alpha = 1.f;
+        if (m_new != neg_inf) {  // else every key so far is masked: nothing accumulated yet
+          prob = expf(x - m_new);
+          alpha = expf(m_run[r] - m_new);
+        }
+        l_run[r] = l_run[r] * alpha + warp_sum(prob);
+        m_run[r] = m_new;
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c) acc[r][c] *= alpha;
+        s[r] = prob;
+      }
+
+      // acc[r][c] += sum over the tile's keys of prob(r, key) * v[key][lane + 32 c].
+      for (int jj = 0; jj < keys; ++jj) {
+        const float* v_row = v_tile + jj * dv;
+        float vv[kChunks];
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c) {
+          const int col = lane + 32 * c;
+          vv[c] = col < dv ? v_row[col] : 0.f;
+        }
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r) {
+          const float pj = __shfl_sync(kFullMask, s[r], jj);
+#pragma unroll
+          for (int c = 0; c < kChunks; ++c) acc[r][c] = fmaf(pj, vv[c], acc[r][c]);
+        }
+      }
+    }
+
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const int64_t i = m0 + warp * kRowsPerWarp + r;
+      if (i >= p.sq) continue;
+      const float inv = l_run[r] > 0.f ? 1.f / l_run[r] : 0.f;  // all keys masked: zeros
+      T* o = out + (bh * p.sq + i) * p.dv;
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) {
+        const int col = lane + 32 * c;
+        if (col < dv) o[col] = from_float<T>(acc[r][c] * inv);
+      }
+    }
+  }
+}
+
+template <typename T, int kChunks>
+void launch(const std::vector<TensorView>& in, T* out, const AttentionParams& p, cudaStream_t stream) {
+  const uint8_t* mask_bool = p.mask_kind == kBoolMask ? static_cast<const uint8_t*>(in[3].data) : nullptr;
+  const T* mask_add = p.mask_kind == kAddMask ? static_cast<const T*>(in[3].data) : nullptr;
+  const size_t smem = smem_bytes(p.d, p.dv);
+  auto kernel = attention_kernel<T, kChunks>;
+  if (smem > 48 * 1024) {  // above the default limit a kernel must opt in
+    KILN_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  }
+  const unsigned grid =
+      static_cast<unsigned>(std::min<int64_t>(p.tiles, int64_t{1} << 24));  // loop covers the rest
+  kernel<<<grid, kThreads, smem, stream>>>(static_cast<const T*>(in[0].data),
+                                           static_cast<const T*>(in[1].data),
+                                           static_cast<const T*>(in[2].data), mask_bool, mask_add, out, p);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+class CudaAttention final : public Kernel {
+ public:
+  CudaAttention(std::string layer, AttentionAttrs attrs) : layer_(std::move(layer)), attrs_(attrs) {}
+
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const TensorView &q = in[0], &k = in[1], &v = in[2], &o = out[0];
+    const size_t rank = q.dims.size();
+    AttentionParams p{};
+    p.hq = q.dims[rank - 3];
+    p.sq = q.dims[rank - 2];
+    p.d = q.dims[rank - 1];
+    p.hkv = k.dims[rank - 3];
+    p.sk = k.dims[rank - 2];
+    p.dv = v.dims[rank - 1];
+    KILN_CHECK(p.d <= kMaxHeadDim && p.dv <= kMaxHeadDim,
+               "layer '" << layer_ << "' (attention): the CUDA kernel supports head sizes up to "
+                         << kMaxHeadDim << ", got D=" << p.d << ", Dv=" << p.dv
+                         << "; split the head dim or run this layer on the reference backend");
+    if (volume(o.dims) == 0) return;
+    const int64_t heads = volume(Dims(q.dims.begin(), q.dims.end() - 2));
+    p.group = p.hq / p.hkv;
+    p.m_tiles = (p.sq + kBlockM - 1) / kBlockM;
+    p.tiles = heads * p.m_tiles;
+    p.scale = static_cast<float>(attention_scale(attrs_, p.d));
+    p.causal = attrs_.causal;
+    p.mask_kind = kNoMask;
+    if (in.size() == 4) {
+      const TensorView& mask = in[3];
+      p.mask_kind = mask.dtype == DataType::kBool ? kBoolMask : kAddMask;
+      Dims scores(q.dims.begin(), q.dims.end() - 1);
+      scores.push_back(p.sk);
+      BroadcastIndexer mi = make_broadcast_indexer(mask.dims, scores);
+      p.lead_rank = static_cast<int>(rank) - 2;
+      for (int i = 0; i < p.lead_rank; ++i) {
+        p.lead_dims[i] = mi.out_dims[i];
+        p.lead_strides[i] = mi.in_strides[i];
+      }
+      p.mask_sq_stride = mi.in_strides[rank - 2];
+      p.mask_sk_stride = mi.in_strides[rank - 1];
+    }
+    auto stream = static_cast<cudaStream_t>(ctx.stream);
+    dispatch_floating(q.dtype, "attention", [&](auto tag) {
+      using T = decltype(tag);
+      T* y = static_cast<T*>(o.data);
+      if (p.dv <= 32) return launch<T, 1>(in, y, p, stream);
+      if (p.dv <= 64) return launch<T, 2>(in, y, p, stream);
+      if (p.dv <= 128) return launch<T, 4>(in, y, p, stream);
+      return launch<T, 8>(in, y, p, stream);
+    });
+  }
+  std::string name() const override { return "cuda_attention"; }
+
+ private:
+  std::string layer_;
+  AttentionAttrs attrs_;
+};
+
+}  // namespace
+
+void register_attention_cuda_kernel() {
+  register_kernel("attention", Backend::kCuda,
+                  [](const Layer& l) { return std::make_unique<CudaAttention>(l.name, attention_attrs(l)); });
+}
+
+}  // namespace kiln

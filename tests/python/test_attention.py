@@ -1,0 +1,362 @@
+"""attention layer (scaled dot-product attention): reference backend vs eager torch (CPU), CUDA vs
+torch (GPU), with torch.nn.functional.scaled_dot_product_attention in float64 as the oracle."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from layer_util import TOLERANCE, run_layer
+
+import kiln
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+REF_DTYPES = [torch.float32, torch.float16]  # host execution has no numpy bfloat16
+
+# Tolerances against the float64 oracle on the same (already rounded) inputs.
+# Reference: computes in double and rounds once to the output dtype (via float32), so float32 is
+# off by half an ulp (TOLERANCE is a few ulp) and float16/bfloat16 by half an ulp of their own.
+# CUDA float32: the dot products (D terms), the exponentials and the weighted sum (Sk terms) are
+# float32 sums, worst case about (D + Sk) * 2^-24 ~ 2e-5 relative to the inputs' magnitude (O(1));
+# outputs near 0 (cancellation in the weighted sum) need the absolute term.
+# CUDA float16/bfloat16: float32 math as above, far below one rounding of the output (ulp 2^-10 /
+# 2^-7), so TOLERANCE's two ulp of the output dtype hold.
+CUDA_TOLERANCE = {**TOLERANCE, torch.float32: {"rtol": 1e-4, "atol": 3e-5}}
+
+
+def make_inputs(shape_q, hkv, sk, dv=None, mask=None, dtype=torch.float32, fully_masked_rows=False):
+    """q, k, v (and a mask) for q of `shape_q` = [B..., Hq, Sq, D]; k/v share q's batch dims.
+
+    mask: None, ("bool" | "float", shape) with shape broadcastable to [B..., Hq, Sq, Sk]. Key 0 is
+    always attended unless fully_masked_rows, so no row is fully masked by accident.
+    """
+    *batch, hq, sq, d = shape_q
+    dv = d if dv is None else dv
+    kv_lead = [*batch, hkv] if len(shape_q) >= 4 else [hkv]
+    q = torch.randn(shape_q).to(dtype)
+    k = torch.randn([*kv_lead, sk, d]).to(dtype)
+    v = torch.randn([*kv_lead, sk, dv]).to(dtype)
+    inputs = [q, k, v]
+    if mask is not None:
+        kind, mshape = mask
+        keep = torch.rand(mshape) > 0.3
+        if not fully_masked_rows and mshape[-1] > 0:
+            keep[..., 0] = True
+        if kind == "bool":
+            inputs.append(keep)
+        else:  # additive: random offsets, -inf where not kept
+            bias = torch.randn(mshape) * 2
+            inputs.append(torch.where(keep, bias, torch.full_like(bias, float("-inf"))).to(dtype))
+    return inputs
+
+
+def torch_attention(inputs, causal=False, scale=None):
+    """The oracle: torch's SDPA in float64 on the given (rounded) inputs."""
+    q, k, v = (t.double() for t in inputs[:3])
+    mask = None
+    if len(inputs) == 4:
+        mask = inputs[3] if inputs[3].dtype == torch.bool else inputs[3].double()
+        if mask.dim() < 2:  # torch wants a matrix at least; Kiln broadcasts any rank
+            mask = mask.unsqueeze(0)
+    gqa = q.shape[-3] != k.shape[-3]
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa
+    )
+
+
+def build(causal=False, scale=None, name="attn"):
+    def add(net, q, k, v, mask=None):
+        return net.add_attention(q, k, v, mask, causal=causal, scale=scale, name=name)
+
+    return add
+
+
+def run_dynamic_batch(add_layer, inputs, target):
+    """Like run_layer(..., dynamic=True), but dim 0 is dynamic in q, k, v and in a mask whose dim 0
+    is not broadcast (run_layer makes only the first input dynamic, and the batch dims of q, k and
+    v must agree for every shape of the profile)."""
+    net = kiln.Network()
+    tensors, profile = [], {}
+    for i, t in enumerate(inputs):
+        shape = list(t.shape)
+        if i < 3 or (t.dim() == inputs[0].dim() and shape[0] != 1):
+            profile[f"in{i}"] = ([1, *shape[1:]], list(shape), [2 * shape[0], *shape[1:]])
+            shape[0] = -1
+        tensors.append(net.add_input(f"in{i}", t.dtype, shape))
+    net.mark_output(add_layer(net, *tensors), "out")
+    config = kiln.BuilderConfig(target=target)
+    config.add_optimization_profile(profile)
+    engine = kiln.Engine(kiln.Builder().build(net, config), backend=target)
+    device = "cuda" if target == "cuda" else "cpu"
+    ctx = engine.create_execution_context()
+    out = ctx.execute({f"in{i}": t.to(device) for i, t in enumerate(inputs)})["out"]
+    if target == "cuda":
+        torch.cuda.synchronize()
+    return out.cpu()
+
+
+def check(target, inputs, causal=False, scale=None, dynamic=False, tolerance=None):
+    if dynamic:
+        got = run_dynamic_batch(build(causal, scale), inputs, target)
+    else:
+        got = run_layer(build(causal, scale), inputs, target)
+    want = torch_attention(inputs, causal, scale)
+    assert got.dtype == inputs[0].dtype
+    assert got.shape == want.shape
+    tol = tolerance or TOLERANCE[inputs[0].dtype]
+    torch.testing.assert_close(got.double(), want, **tol)
+
+
+# --- reference backend (CPU): small sizes, every option ------------------------------------------
+
+REF_SIZES = [  # (Sq, Sk, D): single rows/keys, tails, Sq != Sk both ways
+    (1, 1, 16),
+    (7, 9, 16),
+    (1, 33, 80),
+    (20, 9, 64),
+    (64, 33, 16),
+    (13, 128, 24),
+]
+
+
+@pytest.mark.parametrize("sq,sk,d", REF_SIZES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_reference_rank4(sq, sk, d, causal):
+    check("reference", make_inputs((2, 3, sq, d), 3, sk), causal=causal)
+
+
+@pytest.mark.parametrize("sq,sk,d", [(7, 9, 16), (9, 7, 16), (5, 5, 80)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_reference_rank3(sq, sk, d, causal):
+    check("reference", make_inputs((3, sq, d), 3, sk), causal=causal)
+
+
+@pytest.mark.parametrize("dtype", REF_DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_reference_dtypes(dtype, causal):
+    check("reference", make_inputs((2, 2, 11, 32), 2, 19, dtype=dtype), causal=causal)
+
+
+def test_reference_value_head_size_differs():
+    check("reference", make_inputs((2, 2, 7, 64), 2, 9, dv=24))
+
+
+def test_reference_scale():
+    check("reference", make_inputs((1, 2, 7, 16), 2, 9), scale=0.3)
+    check("reference", make_inputs((1, 2, 7, 16), 2, 9), causal=True, scale=1.7)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("rank", [3, 4])
+def test_reference_grouped_query(causal, rank):
+    shape = (2, 8, 7, 16) if rank == 4 else (8, 7, 16)
+    check("reference", make_inputs(shape, 2, 9), causal=causal)
+
+
+MASKS = [  # (kind, mask shape) for q [2, 4, Sq=7, D] and Sk=9
+    ("bool", (2, 1, 1, 9)),  # padding mask
+    ("bool", (7, 9)),
+    ("bool", (2, 4, 7, 9)),
+    ("float", (2, 1, 1, 9)),
+    ("float", (7, 9)),
+    ("float", (9,)),
+    ("float", (4, 1, 9)),
+    ("float", (2, 4, 7, 9)),
+]
+
+
+@pytest.mark.parametrize("kind,mshape", MASKS)
+@pytest.mark.parametrize("dtype", REF_DTYPES)
+def test_reference_mask(kind, mshape, dtype):
+    check("reference", make_inputs((2, 4, 7, 16), 4, 9, mask=(kind, mshape), dtype=dtype))
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_reference_mask_grouped_query_rank3(kind):
+    check("reference", make_inputs((2, 8, 7, 16), 2, 9, mask=(kind, (8, 1, 9))))
+    check("reference", make_inputs((4, 7, 16), 4, 9, mask=(kind, (7, 9))))
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+@pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_fully_masked_rows_are_zero(kind, target):
+    # Kiln's documented result (torch's math backend agrees): zeros for a row with no visible key.
+    inputs = make_inputs((2, 2, 5, 16), 2, 40, mask=(kind, (2, 1, 5, 40)), fully_masked_rows=True)
+    keep = inputs[3] if kind == "bool" else inputs[3] != float("-inf")
+    keep[0, 0, 1] = False
+    keep[1, 0, 4] = False
+    if kind == "float":
+        inputs[3] = torch.where(keep, inputs[3], torch.full_like(inputs[3], float("-inf")))
+    got = run_layer(build(), inputs, target)
+    dead = ~keep.any(-1).expand(2, 2, 5)
+    assert dead.sum() >= 2
+    assert torch.equal(got[dead], torch.zeros_like(got[dead]))
+    want = torch_attention(inputs)  # its fully masked rows are not compared
+    torch.testing.assert_close(got[~dead].double(), want[~dead], **CUDA_TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("mask", [None, ("bool", (3, 1, 1, 9)), ("float", (7, 9))])
+@pytest.mark.parametrize("causal", [False, True])
+def test_dynamic_batch(target, mask, causal):
+    if mask is not None and causal:
+        pytest.skip("causal and a mask are exclusive")
+    inputs = make_inputs((3, 4, 7, 16), 2, 9, mask=mask)
+    check(target, inputs, causal=causal, dynamic=True, tolerance=CUDA_TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_dynamic_batch_rank3_grouped_query(target):
+    check(
+        target, make_inputs((8, 5, 16), 2, 9), dynamic=True, tolerance=CUDA_TOLERANCE[torch.float32]
+    )
+
+
+@pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize(
+    "shape_q,hkv,sk",
+    [((2, 2, 0, 16), 2, 9), ((0, 2, 7, 16), 2, 9), ((2, 2, 7, 16), 2, 0)],
+)
+def test_empty(target, shape_q, hkv, sk):
+    # Sk == 0: softmax over nothing; torch (and Kiln) give zeros.
+    check(target, make_inputs(shape_q, hkv, sk), tolerance=CUDA_TOLERANCE[torch.float32])
+
+
+def test_network_records_attributes():
+    net = kiln.Network()
+    q = net.add_input("q", "float32", (1, 2, 3, 4))
+    k = net.add_input("k", "float32", (1, 2, 5, 4))
+    v = net.add_input("v", "float32", (1, 2, 5, 6))
+    layer = net.add_attention(q, k, v, causal=True, scale=0.5, name="sdpa")
+    assert layer.output.shape == (1, 2, 3, 6)
+    assert layer.output.dtype == "float32"
+    (_, op, _, _, attrs) = net.layers[-1]
+    assert op == "attention" and attrs == {"causal": 1, "scale": 0.5}
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def add_to_network(shapes, dtypes=None, attrs=None):
+    net = kiln.Network()
+    dtypes = dtypes or ["float32"] * len(shapes)
+    ins = [
+        net.add_input(f"in{i}", dt, s) for i, (s, dt) in enumerate(zip(shapes, dtypes, strict=True))
+    ]
+    return net.add_layer("attention", ins, attrs or {}, name="attn")
+
+
+Q, K, V = (2, 8, 5, 16), (2, 2, 7, 16), (2, 2, 7, 32)
+
+
+@pytest.mark.parametrize(
+    "shapes,dtypes,attrs,match",
+    [
+        ([Q, (2, 2, 7, 8), V], None, None, "same head size"),
+        ([(2, 6, 5, 16), (2, 4, 7, 16), (2, 4, 7, 16)], None, None, "multiple of key/value heads"),
+        ([Q, K, (2, 2, 6, 32)], None, None, "same sequence length"),
+        ([Q, K, (2, 4, 7, 32)], None, None, "same number of heads"),
+        ([Q, (3, 2, 7, 16), (3, 2, 7, 32)], None, None, "batch dims"),
+        ([Q, K, V, (5, 8)], None, None, "does not broadcast"),
+        ([Q, K, V, (2, 8, 5, 7, 1)], None, None, "does not broadcast"),
+        ([Q, K, V, (3, 1, 1, 7)], None, None, "does not broadcast"),
+        ([Q, K, V], ["int32"] * 3, None, "floating point"),
+        ([Q, K, V], ["float32", "float16", "float32"], None, "share one dtype"),
+        ([Q, K, V, (5, 7)], ["float32"] * 3 + ["int32"], None, "mask must be bool"),
+        ([Q, K, V, (5, 7)], ["float32"] * 3 + ["float16"], None, "mask must be bool"),
+        ([Q, K, V, (5, 7)], ["float32"] * 3 + ["bool"], {"causal": 1}, "causal=1 together"),
+        ([(5, 16), (7, 16), (7, 32)], None, None, "rank >= 3"),
+        ([Q, K[1:], V], None, None, "rank >= 3"),
+        ([Q, K, V], None, {"causal": 2}, "causal must be 0 or 1"),
+        ([Q, K, V], None, {"causal": 0.5}, "'causal' must be an int"),
+        ([Q, K, V], None, {"scale": "big"}, "'scale' must be a float"),
+        ([Q, K], None, None, "takes 3 to 4 inputs"),
+    ],
+)
+def test_errors_name_the_layer(shapes, dtypes, attrs, match):
+    with pytest.raises(kiln.KilnError, match=rf"layer 'attn' \(attention\).*{match}"):
+        add_to_network(shapes, dtypes, attrs)
+
+
+def test_dynamic_dims_are_accepted_at_build_time():
+    layer = add_to_network([(-1, 8, -1, 16), (-1, 2, 7, 16), (-1, 2, 7, 32), (-1, 1, 1, 7)])
+    assert layer.output.shape == (-1, 8, -1, 32)
+
+
+# --- CUDA (GPU): bigger sizes, the full option matrix ---------------------------------------------
+
+GPU_SQ, GPU_SK, GPU_D = [1, 7, 64, 130], [1, 9, 128, 257], [16, 64, 80, 128]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sq,sk,d", list(itertools.product(GPU_SQ, GPU_SK, GPU_D)))
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_rank4(sq, sk, d, causal, dtype):
+    inputs = make_inputs((2, 3, sq, d), 3, sk, dtype=dtype)
+    check("cuda", inputs, causal=causal, tolerance=CUDA_TOLERANCE[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sq,sk", [(7, 9), (130, 257), (64, 1)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_rank3(sq, sk, causal, dtype):
+    inputs = make_inputs((3, sq, 64), 3, sk, dtype=dtype)
+    check("cuda", inputs, causal=causal, tolerance=CUDA_TOLERANCE[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d,dv", [(64, 32), (16, 80), (128, 256), (256, 256), (256, 8), (1, 1)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_head_sizes(d, dv, dtype):
+    # (256, 256) takes more than 48 KiB of shared memory (the opt-in path).
+    inputs = make_inputs((2, 2, 70, d), 2, 100, dv=dv, dtype=dtype)
+    check("cuda", inputs, causal=True, tolerance=CUDA_TOLERANCE[dtype])
+    check("cuda", inputs, tolerance=CUDA_TOLERANCE[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rank", [3, 4])
+def test_cuda_grouped_query_and_scale(causal, dtype, rank):
+    shape = (2, 8, 67, 64) if rank == 4 else (8, 67, 64)
+    inputs = make_inputs(shape, 2, 129, dtype=dtype)
+    check("cuda", inputs, causal=causal, tolerance=CUDA_TOLERANCE[dtype])
+    check("cuda", inputs, causal=causal, scale=0.05, tolerance=CUDA_TOLERANCE[dtype])
+
+
+GPU_MASKS = [  # for q [2, 4, Sq=130, D] and Sk=257
+    ("bool", (2, 1, 1, 257)),
+    ("bool", (130, 257)),
+    ("bool", (2, 4, 130, 257)),
+    ("float", (2, 1, 1, 257)),
+    ("float", (130, 257)),
+    ("float", (257,)),
+    ("float", (4, 1, 257)),
+    ("float", (2, 4, 130, 257)),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind,mshape", GPU_MASKS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hkv", [4, 2])
+def test_cuda_mask(kind, mshape, dtype, hkv):
+    inputs = make_inputs((2, 4, 130, 80), hkv, 257, mask=(kind, mshape), dtype=dtype)
+    check("cuda", inputs, tolerance=CUDA_TOLERANCE[dtype])
+
+
+@pytest.mark.gpu
+def test_cuda_many_heads_and_long_keys():
+    # More blocks than one wave and several hundred key tiles per block.
+    inputs = make_inputs((16, 16, 33, 64), 4, 2049, dtype=torch.float16)
+    check("cuda", inputs, causal=False, tolerance=CUDA_TOLERANCE[torch.float16])
+
+
+@pytest.mark.gpu
+def test_cuda_refuses_head_size_above_256():
+    inputs = make_inputs((1, 1, 4, 272), 1, 4)
+    with pytest.raises(kiln.KilnError, match=r"layer 'attn' \(attention\).*up to 256"):
+        run_layer(build(), inputs, "cuda")
