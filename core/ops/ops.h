@@ -8,5 +8,9 @@ void register_matmul_schema();
 void register_elementwise_schema();
 void register_activation_schema();
 void register_unary_schema();
+void register_cast_schema();
+void register_where_schema();
+void register_generate_schema();
+void register_resize_schema();
 
 }  // namespace kiln
