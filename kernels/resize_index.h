@@ -61,7 +61,8 @@ struct LinearTap {
   float w0, w1;
 };
 
-KILN_RESIZE_HD LinearTap linear_source(float ratio, int64_t dst, int64_t in, int64_t out, bool align_corners) {
+KILN_RESIZE_HD LinearTap linear_source(float ratio, int64_t dst, int64_t in, int64_t out,
+                                       bool align_corners) {
   if (in == out) return {dst, dst, 1.f, 0.f};
   float r = align_corners ? resize_mul(ratio, static_cast<float>(dst))
                           : resize_add(resize_mul(ratio, resize_add(static_cast<float>(dst), 0.5f)), -0.5f);

@@ -26,7 +26,8 @@ DataType parse_dtype_attr(const Layer& layer, const std::string& who, const char
     auto t = static_cast<DataType>(i);
     if (name == dtype_name(t)) return t;
   }
-  KILN_FAIL(who << ": unknown dtype '" << name << "': use float32, float16, bfloat16, int32, int64, bool or int8");
+  KILN_FAIL(who << ": unknown dtype '" << name
+                << "': use float32, float16, bfloat16, int32, int64, bool or int8");
 }
 
 // An attribute read as an exact integer: ints as they are, floats only when integral.
@@ -66,9 +67,10 @@ const std::vector<int64_t>& tracked_input(const TensorDesc& in, const char* what
     KILN_CHECK(in.dims.size() == 1 && in.dims[0] >= 0,
                who << ": " << what << " input must be 1-D with a static length, got " << to_string(in.dims));
   }
-  KILN_CHECK(in.values != nullptr, who << ": " << what
-                                       << " input must be computed from shapes or constants (tracked values); "
-                                          "a tensor computed on the device cannot set an output shape");
+  KILN_CHECK(in.values != nullptr,
+             who << ": " << what
+                 << " input must be computed from shapes or constants (tracked values); "
+                    "a tensor computed on the device cannot set an output shape");
   return *in.values;
 }
 
@@ -86,7 +88,8 @@ std::vector<TensorDesc> infer_arange(const Layer& layer, const std::vector<Tenso
   double end = 0;
   int64_t end_int = 0;
   if (!in.empty()) {
-    KILN_CHECK(!layer.attrs.has("end"), who << ": give `end` either as an attribute or as an input, not both");
+    KILN_CHECK(!layer.attrs.has("end"),
+               who << ": give `end` either as an attribute or as an input, not both");
     const auto& v = tracked_input(in[0], "end", /*scalar=*/true, who);
     end_known = v[0] != kUnknownValue;
     end_int = v[0];
@@ -108,8 +111,8 @@ std::vector<TensorDesc> infer_arange(const Layer& layer, const std::vector<Tenso
     n = (end_int - p.start_int + p.step_int - sgn) / p.step_int;  // exact ceil of the quotient
   } else {
     KILN_CHECK((p.step > 0 && end >= p.start) || (p.step < 0 && end <= p.start),
-               who << ": end " << end << " is on the wrong side of start " << p.start << " for step " << p.step
-                   << " (torch.arange refuses this too)");
+               who << ": end " << end << " is on the wrong side of start " << p.start << " for step "
+                   << p.step << " (torch.arange refuses this too)");
     double size = std::ceil((end - p.start) / p.step);
     KILN_CHECK(size < 9.0e18, who << ": " << size << " elements is too many");
     n = static_cast<int64_t>(size);
@@ -128,9 +131,11 @@ std::vector<TensorDesc> infer_fill(const Layer& layer, const std::vector<TensorD
   FillParams p = fill_params(layer);
   Dims dims;
   if (!in.empty()) {
-    KILN_CHECK(!layer.attrs.has("shape"), who << ": give the shape either as attribute `shape` or as an input, not both");
+    KILN_CHECK(!layer.attrs.has("shape"),
+               who << ": give the shape either as attribute `shape` or as an input, not both");
     const auto& v = tracked_input(in[0], "shape", /*scalar=*/false, who);
-    KILN_CHECK(v.size() <= static_cast<size_t>(kMaxRank), who << ": rank " << v.size() << " exceeds " << kMaxRank);
+    KILN_CHECK(v.size() <= static_cast<size_t>(kMaxRank),
+               who << ": rank " << v.size() << " exceeds " << kMaxRank);
     for (int64_t d : v) {
       KILN_CHECK(d == kUnknownValue || d >= 0, who << ": negative dim " << d << " in the shape input");
       dims.push_back(d == kUnknownValue ? kDynamic : d);
@@ -138,12 +143,14 @@ std::vector<TensorDesc> infer_fill(const Layer& layer, const std::vector<TensorD
   } else {
     KILN_CHECK(layer.attrs.has("shape"), who << ": missing attribute 'shape' (or a shape input)");
     dims = layer.attrs.get_ints("shape", who);
-    KILN_CHECK(dims.size() <= static_cast<size_t>(kMaxRank), who << ": rank " << dims.size() << " exceeds " << kMaxRank);
+    KILN_CHECK(dims.size() <= static_cast<size_t>(kMaxRank),
+               who << ": rank " << dims.size() << " exceeds " << kMaxRank);
     for (int64_t d : dims) KILN_CHECK(d >= 0, who << ": negative dim in shape " << to_string(dims));
   }
   TensorDesc out{p.dtype, dims, nullptr};
   if (is_integral(p.dtype) && is_static(dims) && volume(dims) <= kMaxShapeValues) {
-    out.values = make_values(std::vector<int64_t>(static_cast<size_t>(volume(dims)), stored_int(p.int_value, p.dtype)));
+    out.values = make_values(
+        std::vector<int64_t>(static_cast<size_t>(volume(dims)), stored_int(p.int_value, p.dtype)));
   }
   return {out};
 }

@@ -22,8 +22,8 @@ namespace {
 std::vector<double> float_list(const Layer& layer, const std::string& name, const std::string& who) {
   const AttrValue& v = layer.attrs.values().at(name);
   if (std::holds_alternative<std::vector<double>>(v)) return std::get<std::vector<double>>(v);
-  KILN_CHECK(std::holds_alternative<std::vector<int64_t>>(v), who << ": attribute '" << name
-                                                                  << "' must be a list of numbers");
+  KILN_CHECK(std::holds_alternative<std::vector<int64_t>>(v),
+             who << ": attribute '" << name << "' must be a list of numbers");
   const auto& ints = std::get<std::vector<int64_t>>(v);
   return std::vector<double>(ints.begin(), ints.end());
 }
@@ -79,8 +79,9 @@ ResizeAttrs resize_attrs(const Layer& layer, int spatial) {
   KILN_CHECK(!a.align_corners || a.mode == ResizeMode::kLinear,
              who << ": align_corners applies to linear mode only (torch refuses it for " << mode << ")");
   bool has_sizes = layer.attrs.has("sizes"), has_scales = layer.attrs.has("scales");
-  KILN_CHECK(has_sizes != has_scales, who << ": give exactly one of `sizes` (output spatial sizes) or `scales`"
-                                          << (has_sizes ? ", not both" : ""));
+  KILN_CHECK(has_sizes != has_scales,
+             who << ": give exactly one of `sizes` (output spatial sizes) or `scales`"
+                 << (has_sizes ? ", not both" : ""));
   if (has_sizes) {
     a.sizes = layer.attrs.get_ints("sizes", who);
     KILN_CHECK(spatial < 0 || static_cast<int>(a.sizes.size()) == spatial,

@@ -47,7 +47,8 @@ __device__ __forceinline__ D convert(S s) {
 
 template <typename S, typename D>
 __global__ void cast_kernel(const S* __restrict__ x, D* __restrict__ y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     y[i] = convert<D>(x[i]);
   }
 }
@@ -82,7 +83,8 @@ class CudaCast final : public Kernel {
     if (n == 0) return;
     auto stream = static_cast<cudaStream_t>(ctx.stream);
     if (in[0].dtype == out[0].dtype) {
-      KILN_CUDA_CHECK(cudaMemcpyAsync(out[0].data, in[0].data, static_cast<size_t>(n) * dtype_size(in[0].dtype),
+      KILN_CUDA_CHECK(cudaMemcpyAsync(out[0].data, in[0].data,
+                                      static_cast<size_t>(n) * dtype_size(in[0].dtype),
                                       cudaMemcpyDeviceToDevice, stream));
       return;
     }

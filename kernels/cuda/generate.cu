@@ -14,21 +14,24 @@ namespace {
 // reference backend does). Integer dtypes: exact int64 arithmetic, then the dtype's width.
 template <typename T>
 __global__ void arange_float(double start, double step, T* __restrict__ y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     y[i] = from_float<T>(static_cast<float>(start + step * static_cast<double>(i)));
   }
 }
 
 template <typename T>
 __global__ void arange_int(int64_t start, int64_t step, T* __restrict__ y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     y[i] = static_cast<T>(start + step * i);
   }
 }
 
 template <typename U>
 __global__ void fill_kernel(U value, U* __restrict__ y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     y[i] = value;
   }
 }
@@ -46,10 +49,12 @@ class CudaArange final : public Kernel {
     const unsigned grid = grid_for(n, kBlock);
     switch (out[0].dtype) {
       case DataType::kInt64:
-        arange_int<<<grid, kBlock, 0, stream>>>(p_.start_int, p_.step_int, static_cast<int64_t*>(out[0].data), n);
+        arange_int<<<grid, kBlock, 0, stream>>>(p_.start_int, p_.step_int, static_cast<int64_t*>(out[0].data),
+                                                n);
         break;
       case DataType::kInt32:
-        arange_int<<<grid, kBlock, 0, stream>>>(p_.start_int, p_.step_int, static_cast<int32_t*>(out[0].data), n);
+        arange_int<<<grid, kBlock, 0, stream>>>(p_.start_int, p_.step_int, static_cast<int32_t*>(out[0].data),
+                                                n);
         break;
       default:
         dispatch_floating(out[0].dtype, "arange", [&](auto tag) {
@@ -76,15 +81,16 @@ class CudaFill final : public Kernel {
     const unsigned grid = grid_for(n, kBlock);
     switch (dtype_size(out[0].dtype)) {
       case 1:
-        fill_kernel<<<grid, kBlock, 0, stream>>>(static_cast<uint8_t>(bits_), static_cast<uint8_t*>(out[0].data), n);
+        fill_kernel<<<grid, kBlock, 0, stream>>>(static_cast<uint8_t>(bits_),
+                                                 static_cast<uint8_t*>(out[0].data), n);
         break;
       case 2:
-        fill_kernel<<<grid, kBlock, 0, stream>>>(static_cast<uint16_t>(bits_), static_cast<uint16_t*>(out[0].data),
-                                                 n);
+        fill_kernel<<<grid, kBlock, 0, stream>>>(static_cast<uint16_t>(bits_),
+                                                 static_cast<uint16_t*>(out[0].data), n);
         break;
       case 4:
-        fill_kernel<<<grid, kBlock, 0, stream>>>(static_cast<uint32_t>(bits_), static_cast<uint32_t*>(out[0].data),
-                                                 n);
+        fill_kernel<<<grid, kBlock, 0, stream>>>(static_cast<uint32_t>(bits_),
+                                                 static_cast<uint32_t*>(out[0].data), n);
         break;
       default:
         fill_kernel<<<grid, kBlock, 0, stream>>>(bits_, static_cast<uint64_t*>(out[0].data), n);
@@ -100,8 +106,10 @@ class CudaFill final : public Kernel {
 }  // namespace
 
 void register_generate_cuda_kernel() {
-  register_kernel("arange", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaArange>(arange_params(l)); });
-  register_kernel("fill", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaFill>(fill_params(l)); });
+  register_kernel("arange", Backend::kCuda,
+                  [](const Layer& l) { return std::make_unique<CudaArange>(arange_params(l)); });
+  register_kernel("fill", Backend::kCuda,
+                  [](const Layer& l) { return std::make_unique<CudaFill>(fill_params(l)); });
 }
 
 }  // namespace kiln

@@ -36,7 +36,8 @@ __device__ __forceinline__ float lerp(const T* src, const LinearTap* taps, const
 
 template <typename T, int D>
 __global__ void resize_kernel(const T* __restrict__ x, T* __restrict__ y, ResizeGeometry g, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     int64_t rem = i;
     int64_t pos[D];
     for (int d = D - 1; d >= 0; --d) {
@@ -46,13 +47,15 @@ __global__ void resize_kernel(const T* __restrict__ x, T* __restrict__ y, Resize
     const T* src = x + rem * g.in_plane;  // rem is now the (n, c) plane
     if (g.mode == static_cast<int>(ResizeMode::kLinear)) {
       LinearTap taps[D];
-      for (int d = 0; d < D; ++d) taps[d] = linear_source(g.ratio[d], pos[d], g.in[d], g.out[d], g.align_corners);
+      for (int d = 0; d < D; ++d)
+        taps[d] = linear_source(g.ratio[d], pos[d], g.in[d], g.out[d], g.align_corners);
       y[i] = from_float<T>(lerp<T, D, 0>(src, taps, g));
     } else {
       int64_t offset = 0;
       for (int d = 0; d < D; ++d) {
-        int64_t s = g.mode == static_cast<int>(ResizeMode::kNearest) ? nearest_source(g.ratio[d], pos[d], g.in[d])
-                                                                     : nearest_exact_source(g.ratio[d], pos[d], g.in[d]);
+        int64_t s = g.mode == static_cast<int>(ResizeMode::kNearest)
+                        ? nearest_source(g.ratio[d], pos[d], g.in[d])
+                        : nearest_exact_source(g.ratio[d], pos[d], g.in[d]);
         offset = offset * g.in[d] + s;
       }
       y[i] = src[offset];
@@ -110,7 +113,8 @@ class CudaResize final : public Kernel {
 }  // namespace
 
 void register_resize_cuda_kernel() {
-  register_kernel("resize", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaResize>(resize_attrs(l)); });
+  register_kernel("resize", Backend::kCuda,
+                  [](const Layer& l) { return std::make_unique<CudaResize>(resize_attrs(l)); });
 }
 
 }  // namespace kiln

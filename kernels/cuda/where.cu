@@ -13,16 +13,18 @@ namespace {
 template <typename U>
 __global__ void where_same_shape(const uint8_t* __restrict__ cond, const U* __restrict__ a,
                                  const U* __restrict__ b, U* __restrict__ y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     y[i] = cond[i] ? a[i] : b[i];
   }
 }
 
 template <typename U>
-__global__ void where_broadcast(const uint8_t* __restrict__ cond, BroadcastIndexer ic, const U* __restrict__ a,
-                                BroadcastIndexer ia, const U* __restrict__ b, BroadcastIndexer ib,
-                                U* __restrict__ y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+__global__ void where_broadcast(const uint8_t* __restrict__ cond, BroadcastIndexer ic,
+                                const U* __restrict__ a, BroadcastIndexer ia, const U* __restrict__ b,
+                                BroadcastIndexer ib, U* __restrict__ y, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     int64_t oc = 0, oa = 0, ob = 0, rem = i;
     for (int d = ic.rank - 1; d >= 0; --d) {
       int64_t idx = rem % ic.out_dims[d];

@@ -34,7 +34,8 @@ class RefResize final : public Kernel {
         if (a_.mode == ResizeMode::kLinear) {
           taps[d].push_back(linear_source(ratio, o, is, os, a_.align_corners));
         } else {
-          int64_t s = a_.mode == ResizeMode::kNearest ? nearest_source(ratio, o, is) : nearest_exact_source(ratio, o, is);
+          int64_t s = a_.mode == ResizeMode::kNearest ? nearest_source(ratio, o, is)
+                                                      : nearest_exact_source(ratio, o, is);
           taps[d].push_back({s, s, 1.f, 0.f});
         }
       }
@@ -72,9 +73,8 @@ class RefResize final : public Kernel {
 }  // namespace
 
 void register_resize_reference_kernel() {
-  register_kernel("resize", Backend::kReference, [](const Layer& l) {
-    return std::make_unique<RefResize>(resize_attrs(l));
-  });
+  register_kernel("resize", Backend::kReference,
+                  [](const Layer& l) { return std::make_unique<RefResize>(resize_attrs(l)); });
 }
 
 }  // namespace kiln

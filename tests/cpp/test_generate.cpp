@@ -32,7 +32,8 @@ TEST(Arange, EndFromUnknownTrackedValueGivesDynamicLength) {
 }
 
 TEST(Arange, FloatDtypeCarriesNoValues) {
-  Layer l = make_layer("arange", Attributes().set("end", 2.0).set("step", 0.5).set("dtype", std::string("float32")));
+  Layer l = make_layer("arange",
+                       Attributes().set("end", 2.0).set("step", 0.5).set("dtype", std::string("float32")));
   auto out = infer_layer(l, {});
   EXPECT_EQ(out[0].dims, (Dims{4}));
   EXPECT_EQ(out[0].values, nullptr);  // fold_constants encodes values as integers
@@ -48,8 +49,10 @@ TEST(Fill, UnknownShapeEntriesBecomeDynamicDims) {
 }
 
 TEST(Fill, IntegerOutputCarriesValues) {
-  Layer l = make_layer("fill", Attributes().set("value", int64_t{7}).set("dtype", std::string("int64")).set(
-                                   "shape", std::vector<int64_t>{2}));
+  Layer l = make_layer("fill", Attributes()
+                                   .set("value", int64_t{7})
+                                   .set("dtype", std::string("int64"))
+                                   .set("shape", std::vector<int64_t>{2}));
   auto out = infer_layer(l, {});
   ASSERT_NE(out[0].values, nullptr);
   EXPECT_EQ(*out[0].values, (std::vector<int64_t>{7, 7}));
