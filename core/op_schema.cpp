@@ -25,6 +25,10 @@ void ensure_builtins() {
     register_activation_schema();
     register_unary_schema();
     register_attention_schema();
+    register_cast_schema();
+    register_where_schema();
+    register_generate_schema();
+    register_resize_schema();
   });
 }
 

@@ -9,6 +9,10 @@ void register_reference_kernels() {
   register_activation_reference_kernel();
   register_unary_reference_kernel();
   register_attention_reference_kernel();
+  register_cast_reference_kernel();
+  register_where_reference_kernel();
+  register_generate_reference_kernel();
+  register_resize_reference_kernel();
 }
 
 void register_cuda_kernels() {
@@ -18,6 +22,10 @@ void register_cuda_kernels() {
   register_activation_cuda_kernel();
   register_unary_cuda_kernel();
   register_attention_cuda_kernel();
+  register_cast_cuda_kernel();
+  register_where_cuda_kernel();
+  register_generate_cuda_kernel();
+  register_resize_cuda_kernel();
 }
 
 }  // namespace kiln

@@ -13,6 +13,10 @@ void register_elementwise_reference_kernel();
 void register_activation_reference_kernel();
 void register_unary_reference_kernel();
 void register_attention_reference_kernel();
+void register_cast_reference_kernel();
+void register_where_reference_kernel();
+void register_generate_reference_kernel();
+void register_resize_reference_kernel();
 
 void register_identity_cuda_kernel();
 void register_matmul_cuda_kernel();
@@ -20,5 +24,9 @@ void register_elementwise_cuda_kernel();
 void register_activation_cuda_kernel();
 void register_unary_cuda_kernel();
 void register_attention_cuda_kernel();
+void register_cast_cuda_kernel();
+void register_where_cuda_kernel();
+void register_generate_cuda_kernel();
+void register_resize_cuda_kernel();
 
 }  // namespace kiln

@@ -9,5 +9,9 @@ void register_elementwise_schema();
 void register_activation_schema();
 void register_unary_schema();
 void register_attention_schema();
+void register_cast_schema();
+void register_where_schema();
+void register_generate_schema();
+void register_resize_schema();
 
 }  // namespace kiln

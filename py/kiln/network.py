@@ -63,6 +63,12 @@ class Layer:
 TensorLike = Tensor | Layer
 
 
+def _dtype_attr(dtype) -> str:
+    """A dtype attribute value: names pass through unchecked (the engine names the layer when
+    one is unknown), numpy and torch dtypes become Kiln's names."""
+    return dtype if isinstance(dtype, str) else dtype_name(dtype)
+
+
 class Network:
     """A network definition: inputs, constants, layers and marked outputs."""
 
@@ -161,6 +167,69 @@ class Network:
             attrs["scale"] = float(scale)
         inputs = [q, k, v] if mask is None else [q, k, v, mask]
         return self.add_layer("attention", inputs, attrs, name)
+    def add_cast(self, x: TensorLike, to, name: str = "") -> Layer:
+        """x converted to dtype `to` (a name, numpy or torch dtype), as torch's ``.to(dtype)``:
+        floating -> integer truncates, anything -> bool is ``!= 0``, rounding is to nearest even."""
+        return self.add_layer("cast", [x], {"to": _dtype_attr(to)}, name)
+
+    def add_where(self, cond: TensorLike, a: TensorLike, b: TensorLike, name: str = "") -> Layer:
+        """``cond ? a : b`` elementwise; cond is bool, a and b share a dtype; NumPy broadcasting."""
+        return self.add_layer("where", [cond, a, b], {}, name)
+
+    def add_arange(
+        self,
+        start: float = 0,
+        end: float | TensorLike | None = None,
+        step: float = 1,
+        dtype="int64",
+        name: str = "",
+    ) -> Layer:
+        """1-D ``start, start + step, ...`` up to (excluding) `end`, like torch.arange.
+
+        `end` is a number, or a 0-d / [1] int32/int64 tensor computed from shapes (its values
+        are tracked on the host), so the length can follow a dynamic dim.
+        """
+        attrs = {"start": start, "step": step, "dtype": _dtype_attr(dtype)}
+        if end is None:
+            raise ValueError("add_arange needs `end`")
+        if isinstance(end, Tensor | Layer):
+            return self.add_layer("arange", [end], attrs, name)
+        return self.add_layer("arange", [], {**attrs, "end": end}, name)
+
+    def add_fill(
+        self, shape: Sequence[int] | TensorLike, value: float = 0.0, dtype="float32", name: str = ""
+    ) -> Layer:
+        """A tensor of `shape` with every element `value` (zeros / ones / full).
+
+        `shape` is a list of ints, or a 1-D int32/int64 tensor computed from shapes (tracked
+        values); its unknown entries become dynamic dims.
+        """
+        attrs = {"value": value, "dtype": _dtype_attr(dtype)}
+        if isinstance(shape, Tensor | Layer):
+            return self.add_layer("fill", [shape], attrs, name)
+        return self.add_layer("fill", [], {**attrs, "shape": [int(d) for d in shape]}, name)
+
+    def add_resize(
+        self,
+        x: TensorLike,
+        mode: str = "nearest",
+        sizes: Sequence[int] | None = None,
+        scales: Sequence[float] | None = None,
+        align_corners: bool = False,
+        name: str = "",
+    ) -> Layer:
+        """Resizes the spatial dims of x [N, C, spatial...] like F.interpolate.
+
+        mode: "nearest", "nearest_exact" or "linear" (bilinear / trilinear by rank). Give
+        `sizes` (output spatial sizes) or `scales` (out = floor(in * scale), coordinates mapped
+        with 1/scale, as torch with recompute_scale_factor=False).
+        """
+        attrs = {"mode": mode, "align_corners": int(align_corners)}
+        if sizes is not None:
+            attrs["sizes"] = [int(s) for s in sizes]
+        if scales is not None:
+            attrs["scales"] = [float(s) for s in scales]
+        return self.add_layer("resize", [x], attrs, name)
 
     def mark_output(self, t: TensorLike, name: str = "") -> Tensor:
         """Makes `t` a network output; `name` (optional) becomes its binding name."""

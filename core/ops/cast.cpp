@@ -1,0 +1,57 @@
+// cast: y = x converted to dtype `to`, with torch's `.to(dtype)` semantics:
+//   floating -> integer truncates toward zero (out-of-range values are undefined, as in torch),
+//   anything -> bool is x != 0, bool -> number is 0/1, integer -> integer wraps (two's complement),
+//   -> float16/bfloat16 rounds to nearest even (integers pass through float32 first, as torch does).
+// Tracked shape values propagate through integer/bool -> integer/bool casts.
+#include <cstdint>
+
+#include "core/error.h"
+#include "core/op_schema.h"
+#include "core/ops/ops.h"
+
+namespace kiln {
+namespace {
+
+// The value an integer/bool `v` takes once stored as integer/bool dtype `to`.
+int64_t cast_value(int64_t v, DataType to) {
+  switch (to) {
+    case DataType::kBool:
+      return v != 0;
+    case DataType::kInt8:
+      return static_cast<int8_t>(v);
+    case DataType::kInt32:
+      return static_cast<int32_t>(v);
+    default:
+      return v;
+  }
+}
+
+DataType parse_target(const Layer& layer, const std::string& who) {
+  std::string name = layer.attrs.get_string("to", who);
+  for (int i = 0; i < kNumDataTypes; ++i) {
+    auto t = static_cast<DataType>(i);
+    if (name == dtype_name(t)) return t;
+  }
+  KILN_FAIL(who << ": unknown dtype '" << name
+                << "' for `to`: use float32, float16, bfloat16, int32, int64, bool or int8");
+}
+
+std::vector<TensorDesc> infer_cast(const Layer& layer, const std::vector<TensorDesc>& in) {
+  const std::string who = describe(layer);
+  DataType to = parse_target(layer, who);
+  TensorDesc out{to, in[0].dims, nullptr};
+  if (in[0].values && is_integral(in[0].dtype) && is_integral(to)) {
+    std::vector<int64_t> v = *in[0].values;
+    for (int64_t& x : v) {
+      if (x != kUnknownValue) x = cast_value(x, to);
+    }
+    out.values = make_values(std::move(v));
+  }
+  return {out};
+}
+
+}  // namespace
+
+void register_cast_schema() { register_schema({"cast", 1, 1, infer_cast}); }
+
+}  // namespace kiln
