@@ -29,6 +29,7 @@ void ensure_builtins() {
     register_where_schema();
     register_generate_schema();
     register_resize_schema();
+    register_indexing_schema();
   });
 }
 

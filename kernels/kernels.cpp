@@ -13,6 +13,7 @@ void register_reference_kernels() {
   register_where_reference_kernel();
   register_generate_reference_kernel();
   register_resize_reference_kernel();
+  register_indexing_reference_kernel();
 }
 
 void register_cuda_kernels() {
@@ -26,6 +27,7 @@ void register_cuda_kernels() {
   register_where_cuda_kernel();
   register_generate_cuda_kernel();
   register_resize_cuda_kernel();
+  register_indexing_cuda_kernel();
 }
 
 }  // namespace kiln

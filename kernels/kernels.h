@@ -17,6 +17,7 @@ void register_cast_reference_kernel();
 void register_where_reference_kernel();
 void register_generate_reference_kernel();
 void register_resize_reference_kernel();
+void register_indexing_reference_kernel();
 
 void register_identity_cuda_kernel();
 void register_matmul_cuda_kernel();
@@ -28,5 +29,6 @@ void register_cast_cuda_kernel();
 void register_where_cuda_kernel();
 void register_generate_cuda_kernel();
 void register_resize_cuda_kernel();
+void register_indexing_cuda_kernel();
 
 }  // namespace kiln

@@ -13,5 +13,6 @@ void register_cast_schema();
 void register_where_schema();
 void register_generate_schema();
 void register_resize_schema();
+void register_indexing_schema();
 
 }  // namespace kiln

@@ -230,6 +230,73 @@ class Network:
         if scales is not None:
             attrs["scales"] = [float(s) for s in scales]
         return self.add_layer("resize", [x], attrs, name)
+    def add_gather(
+        self, data: TensorLike, indices: TensorLike, axis: int = 0, name: str = ""
+    ) -> Layer:
+        """numpy.take / ONNX Gather: data.shape[:axis] + indices.shape + data.shape[axis+1:].
+
+        indices: int32/int64 of any rank (0-d removes the axis); negative ones count from the end.
+        """
+        return self.add_layer("gather", [data, indices], {"axis": int(axis)}, name)
+
+    def add_gather_elements(
+        self, data: TensorLike, index: TensorLike, axis: int = 0, name: str = ""
+    ) -> Layer:
+        """torch.gather: out[..., i, ...] = data[..., index[..., i, ...], ...] along `axis`."""
+        return self.add_layer("gather_elements", [data, index], {"axis": int(axis)}, name)
+
+    def add_embedding(self, weight: TensorLike, indices: TensorLike, name: str = "") -> Layer:
+        """Rows of weight [num, dim] picked by int32/int64 indices: indices.shape + [dim]."""
+        return self.add_layer("embedding", [weight, indices], {}, name)
+
+    def add_pad(
+        self,
+        x: TensorLike,
+        pads: Sequence[int],
+        mode: str = "constant",
+        value: float = 0.0,
+        name: str = "",
+    ) -> Layer:
+        """torch.nn.functional.pad: pads = (last_before, last_after, prev_before, ...).
+
+        mode: "constant" (fill with `value`), "reflect" or "replicate"; negative pads crop.
+        """
+        return self.add_layer(
+            "pad", [x], {"pads": [int(p) for p in pads], "mode": mode, "value": float(value)}, name
+        )
+
+    def add_cumsum(
+        self,
+        x: TensorLike,
+        axis: int,
+        exclusive: bool = False,
+        reverse: bool = False,
+        name: str = "",
+    ) -> Layer:
+        """Running sum along `axis` (ONNX CumSum); the output keeps x's dtype."""
+        return self.add_layer(
+            "cumsum",
+            [x],
+            {"axis": int(axis), "exclusive": int(exclusive), "reverse": int(reverse)},
+            name,
+        )
+
+    def add_topk(
+        self,
+        x: TensorLike,
+        k: int,
+        axis: int = -1,
+        largest: bool = True,
+        sorted: bool = True,  # noqa: A002
+        name: str = "",
+    ) -> Layer:
+        """torch.topk: a layer with two outputs, values (x's dtype) and indices (int64)."""
+        return self.add_layer(
+            "topk",
+            [x],
+            {"k": int(k), "axis": int(axis), "largest": int(largest), "sorted": int(sorted)},
+            name,
+        )
 
     def mark_output(self, t: TensorLike, name: str = "") -> Tensor:
         """Makes `t` a network output; `name` (optional) becomes its binding name."""

@@ -1,0 +1,522 @@
+// CUDA indexing ops (see core/ops/indexing.cpp).
+//   gather, embedding, gather_elements, pad: one thread per output element (grid-stride), elements
+//     moved as raw words of their size, so one instantiation serves every dtype of that size. An
+//     index out of range after wrapping negatives reads nothing and writes 0 (a kernel cannot raise
+//     without synchronizing; the reference backend reports it).
+//   cumsum: along the last axis one block per row scans tiles with warp shuffles and carries the
+//     running total; along other axes one thread per line walks the axis (coalesced across lines).
+//     float16/bfloat16/float32 accumulate in float32, int32/int64 in int64.
+//   topk: one block per row sorts the whole row (value, index) in shared memory with a bitonic sort
+//     and writes the first k, so results are always sorted; rows up to kMaxTopkAxis elements.
+#include <cstring>
+#include <type_traits>
+
+#include "core/op_schema.h"
+#include "core/ops/indexing.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/dtype_traits.cuh"
+#include "kernels/kernel.h"
+#include "kernels/kernels.h"
+#include "kernels/reference/host_access.h"  // host-side dtype rounding of the pad value
+
+namespace kiln {
+namespace {
+
+constexpr int kBlock = 256;
+constexpr int64_t kMaxTopkAxis = 4096;
+
+// Calls f(W{}) with W an unsigned word of `bytes` bytes: the raw element type of a dtype.
+template <typename F>
+void dispatch_word(size_t bytes, const char* who, F&& f) {
+  switch (bytes) {
+    case 1:
+      f(uint8_t{});
+      return;
+    case 2:
+      f(uint16_t{});
+      return;
+    case 4:
+      f(uint32_t{});
+      return;
+    case 8:
+      f(uint64_t{});
+      return;
+    default:
+      KILN_FAIL(who << ": no CUDA kernel for " << bytes << "-byte elements");
+  }
+}
+
+// Calls f(I{}) with I the index type of an int32/int64 tensor.
+template <typename F>
+void dispatch_index(DataType t, const char* who, F&& f) {
+  if (t == DataType::kInt32) {
+    f(int32_t{});
+  } else if (t == DataType::kInt64) {
+    f(int64_t{});
+  } else {
+    KILN_FAIL(who << ": indices must be int32 or int64, got " << dtype_name(t));
+  }
+}
+
+// Calls f(T{}) with T the device type of a float or int32/int64 dtype.
+template <typename F>
+void dispatch_numeric(DataType t, const char* who, F&& f) {
+  if (t == DataType::kInt32) {
+    f(int32_t{});
+  } else if (t == DataType::kInt64) {
+    f(int64_t{});
+  } else {
+    dispatch_floating(t, who, f);
+  }
+}
+
+template <typename T>
+constexpr bool is_float_type() {
+  return std::is_same_v<T, float> || std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
+}
+
+// The type a numeric T is accumulated / compared in: float for floating types, T otherwise.
+template <typename T>
+using Wide = std::conditional_t<is_float_type<T>(), float, T>;
+
+template <typename T>
+__device__ __forceinline__ Wide<T> widen(T x) {
+  if constexpr (is_float_type<T>()) {
+    return to_float(x);
+  } else {
+    return x;
+  }
+}
+
+template <typename T, typename A>
+__device__ __forceinline__ T narrow(A x) {
+  if constexpr (is_float_type<T>()) {
+    return from_float<T>(x);
+  } else {
+    return static_cast<T>(x);
+  }
+}
+
+int64_t axis_of(const Layer& l, int64_t fallback) { return l.attrs.get_int("axis", fallback); }
+
+// A tensor seen as [outer, n, inner] around `axis`.
+struct AxisView {
+  int64_t outer = 1, n = 1, inner = 1;
+};
+
+AxisView axis_view(const Dims& dims, int64_t axis) {
+  AxisView v;
+  for (int64_t d = 0; d < axis; ++d) v.outer *= dims[d];
+  v.n = dims[axis];
+  for (size_t d = axis + 1; d < dims.size(); ++d) v.inner *= dims[d];
+  return v;
+}
+
+// ---- gather / embedding ----
+
+template <typename W, typename I>
+__global__ void gather_kernel(const W* __restrict__ data, const I* __restrict__ idx, W* __restrict__ out,
+                              int64_t n, int64_t count, int64_t inner, int64_t total) {
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
+       e += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t k = e % inner;
+    const int64_t t = e / inner;
+    const int64_t p = t % count;
+    const int64_t o = t / count;
+    int64_t j = static_cast<int64_t>(idx[p]);
+    if (j < 0) j += n;
+    out[e] = (j >= 0 && j < n) ? data[(o * n + j) * inner + k] : W(0);
+  }
+}
+
+class CudaGather final : public Kernel {
+ public:
+  CudaGather(const Layer& l, int64_t axis) : who_(describe(l)), axis_(axis), name_("cuda_" + l.op) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const int64_t rank = static_cast<int64_t>(in[0].dims.size());
+    const AxisView v = axis_view(in[0].dims, indexing::normalize_axis(axis_, rank, who_));
+    const int64_t count = volume(in[1].dims);
+    const int64_t total = v.outer * count * v.inner;
+    if (total == 0) return;
+    auto stream = static_cast<cudaStream_t>(ctx.stream);
+    dispatch_word(dtype_size(in[0].dtype), who_.c_str(), [&](auto w) {
+      using W = decltype(w);
+      dispatch_index(in[1].dtype, who_.c_str(), [&](auto i) {
+        using I = decltype(i);
+        gather_kernel<W, I><<<grid_for(total, kBlock), kBlock, 0, stream>>>(
+            static_cast<const W*>(in[0].data), static_cast<const I*>(in[1].data), static_cast<W*>(out[0].data), v.n,
+            count, v.inner, total);
+        KILN_CUDA_CHECK_LAUNCH();
+      });
+    });
+  }
+  std::string name() const override { return name_; }
+
+ private:
+  std::string who_;
+  int64_t axis_;
+  std::string name_;
+};
+
+// ---- gather_elements ----
+
+struct ElementsIndexer {
+  int rank = 0;
+  int axis = 0;
+  int64_t index_dims[kMaxRank] = {};
+  int64_t data_strides[kMaxRank] = {};
+  int64_t axis_size = 0;
+};
+
+template <typename W, typename I>
+__global__ void gather_elements_kernel(const W* __restrict__ data, const I* __restrict__ idx, W* __restrict__ out,
+                                       ElementsIndexer g, int64_t total) {
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
+       e += int64_t{gridDim.x} * blockDim.x) {
+    int64_t rem = e, src = 0;
+    bool valid = true;
+    for (int d = g.rank - 1; d >= 0; --d) {
+      int64_t c = rem % g.index_dims[d];
+      rem /= g.index_dims[d];
+      if (d == g.axis) {
+        c = static_cast<int64_t>(idx[e]);
+        if (c < 0) c += g.axis_size;
+        valid = c >= 0 && c < g.axis_size;
+      }
+      src += c * g.data_strides[d];
+    }
+    out[e] = valid ? data[src] : W(0);
+  }
+}
+
+class CudaGatherElements final : public Kernel {
+ public:
+  explicit CudaGatherElements(const Layer& l) : who_(describe(l)), axis_(axis_of(l, 0)) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const Dims& data = in[0].dims;
+    const int rank = static_cast<int>(data.size());
+    ElementsIndexer g;
+    g.rank = rank;
+    g.axis = static_cast<int>(indexing::normalize_axis(axis_, rank, who_));
+    g.axis_size = data[g.axis];
+    int64_t stride = 1;
+    for (int d = rank - 1; d >= 0; --d) {
+      g.index_dims[d] = in[1].dims[d];
+      g.data_strides[d] = stride;
+      stride *= data[d];
+    }
+    const int64_t total = volume(in[1].dims);
+    if (total == 0) return;
+    auto stream = static_cast<cudaStream_t>(ctx.stream);
+    dispatch_word(dtype_size(in[0].dtype), who_.c_str(), [&](auto w) {
+      using W = decltype(w);
+      dispatch_index(in[1].dtype, who_.c_str(), [&](auto i) {
+        using I = decltype(i);
+        gather_elements_kernel<W, I><<<grid_for(total, kBlock), kBlock, 0, stream>>>(
+            static_cast<const W*>(in[0].data), static_cast<const I*>(in[1].data), static_cast<W*>(out[0].data), g,
+            total);
+        KILN_CUDA_CHECK_LAUNCH();
+      });
+    });
+  }
+  std::string name() const override { return "cuda_gather_elements"; }
+
+ private:
+  std::string who_;
+  int64_t axis_;
+};
+
+// ---- pad ----
+
+enum PadMode : int { kConstant, kReflect, kReplicate };
+
+struct PadIndexer {
+  int rank = 0;
+  int mode = kConstant;
+  int64_t out_dims[kMaxRank] = {};
+  int64_t in_dims[kMaxRank] = {};
+  int64_t before[kMaxRank] = {};
+};
+
+template <typename W>
+__global__ void pad_kernel(const W* __restrict__ x, W* __restrict__ y, PadIndexer p, W fill, int64_t total) {
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
+       e += int64_t{gridDim.x} * blockDim.x) {
+    int64_t rem = e, src = 0, stride = 1;
+    bool inside = true;
+    for (int d = p.rank - 1; d >= 0; --d) {
+      int64_t c = rem % p.out_dims[d] - p.before[d];
+      rem /= p.out_dims[d];
+      const int64_t n = p.in_dims[d];
+      if (c < 0 || c >= n) {
+        if (p.mode == kConstant) {
+          inside = false;
+        } else if (p.mode == kReflect) {
+          c = c < 0 ? -c : 2 * (n - 1) - c;
+        } else {
+          c = c < 0 ? 0 : n - 1;
+        }
+      }
+      src += c * stride;
+      stride *= n;
+    }
+    y[e] = inside ? x[src] : fill;
+  }
+}
+
+class CudaPad final : public Kernel {
+ public:
+  explicit CudaPad(const Layer& l)
+      : pads_(l.attrs.get_ints("pads", describe(l))),
+        mode_name_(l.attrs.has("mode") ? l.attrs.get_string("mode", describe(l)) : "constant"),
+        mode_(variant_code(indexing::pad_modes(), mode_name_)),
+        value_(l.attrs.get_float("value", 0.0)) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const int rank = static_cast<int>(in[0].dims.size());
+    const std::vector<int64_t> pads = indexing::resolve_pads(pads_, rank);
+    PadIndexer p;
+    p.rank = rank;
+    p.mode = mode_;
+    for (int d = 0; d < rank; ++d) {
+      p.out_dims[d] = out[0].dims[d];
+      p.in_dims[d] = in[0].dims[d];
+      p.before[d] = pads[2 * d];
+    }
+    const int64_t total = volume(out[0].dims);
+    if (total == 0) return;
+    uint64_t fill_bits = 0;  // the pad value rounded to the output dtype, as raw bytes
+    store_element({&fill_bits, out[0].dtype, {1}}, 0, value_);
+    auto stream = static_cast<cudaStream_t>(ctx.stream);
+    dispatch_word(dtype_size(in[0].dtype), "pad", [&](auto w) {
+      using W = decltype(w);
+      W fill;
+      std::memcpy(&fill, &fill_bits, sizeof(W));
+      pad_kernel<W><<<grid_for(total, kBlock), kBlock, 0, stream>>>(static_cast<const W*>(in[0].data),
+                                                                     static_cast<W*>(out[0].data), p, fill, total);
+      KILN_CUDA_CHECK_LAUNCH();
+    });
+  }
+  std::string name() const override { return "cuda_pad_" + mode_name_; }
+
+ private:
+  std::vector<int64_t> pads_;
+  std::string mode_name_;
+  int mode_;
+  double value_;
+};
+
+// ---- cumsum ----
+
+template <typename T>
+using Acc = std::conditional_t<is_float_type<T>(), float, int64_t>;
+
+// One thread per line (o, k) of a tensor seen as [outer, n, inner] with inner > 1.
+template <typename T>
+__global__ void cumsum_lines(const T* __restrict__ x, T* __restrict__ y, int64_t n, int64_t inner, int64_t lines,
+                             bool exclusive, bool reverse) {
+  for (int64_t line = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; line < lines;
+       line += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t base = (line / inner) * n * inner + line % inner;
+    Acc<T> sum = 0;
+    for (int64_t s = 0; s < n; ++s) {
+      const int64_t e = base + (reverse ? n - 1 - s : s) * inner;
+      const Acc<T> v = static_cast<Acc<T>>(widen(x[e]));
+      if (!exclusive) sum += v;
+      y[e] = narrow<T>(sum);
+      if (exclusive) sum += v;
+    }
+  }
+}
+
+// One block of kBlock threads per contiguous row: tiles of kBlock elements, each scanned with warp
+// shuffles and per-warp totals, offset by the total of the tiles before.
+template <typename T>
+__global__ void cumsum_rows(const T* __restrict__ x, T* __restrict__ y, int64_t n, int64_t rows, bool exclusive,
+                            bool reverse) {
+  using A = Acc<T>;
+  constexpr int kWarps = kBlock / 32;
+  __shared__ A warp_total[kWarps];
+  __shared__ A tile_incl[kBlock];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * n;
+    T* yr = y + r * n;
+    A carry = 0;
+    for (int64_t base = 0; base < n; base += kBlock) {
+      const int64_t s = base + threadIdx.x;
+      const int64_t j = reverse ? n - 1 - s : s;
+      A incl = s < n ? static_cast<A>(widen(xr[j])) : A(0);
+      for (int off = 1; off < 32; off <<= 1) {
+        A t = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += t;
+      }
+      if (lane == 31) warp_total[warp] = incl;
+      __syncthreads();
+      if (warp == 0) {
+        A w = lane < kWarps ? warp_total[lane] : A(0);
+        for (int off = 1; off < kWarps; off <<= 1) {
+          A t = __shfl_up_sync(0xffffffffu, w, off);
+          if (lane >= off) w += t;
+        }
+        if (lane < kWarps) warp_total[lane] = w;  // inclusive over warps
+      }
+      __syncthreads();
+      if (warp > 0) incl += warp_total[warp - 1];
+      tile_incl[threadIdx.x] = incl;
+      __syncthreads();
+      const A excl = threadIdx.x > 0 ? tile_incl[threadIdx.x - 1] : A(0);
+      if (s < n) yr[j] = narrow<T>(carry + (exclusive ? excl : incl));
+      carry += tile_incl[kBlock - 1];
+      __syncthreads();  // the next tile reuses warp_total and tile_incl
+    }
+  }
+}
+
+class CudaCumsum final : public Kernel {
+ public:
+  explicit CudaCumsum(const Layer& l)
+      : who_(describe(l)),
+        axis_(l.attrs.get_int("axis", who_)),
+        exclusive_(l.attrs.get_int("exclusive", int64_t{0}) != 0),
+        reverse_(l.attrs.get_int("reverse", int64_t{0}) != 0) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const int64_t rank = static_cast<int64_t>(in[0].dims.size());
+    const AxisView v = axis_view(in[0].dims, indexing::normalize_axis(axis_, rank, who_));
+    if (volume(in[0].dims) == 0) return;
+    auto stream = static_cast<cudaStream_t>(ctx.stream);
+    dispatch_numeric(in[0].dtype, "cumsum", [&](auto t) {
+      using T = decltype(t);
+      const T* x = static_cast<const T*>(in[0].data);
+      T* y = static_cast<T*>(out[0].data);
+      if (v.inner == 1) {
+        cumsum_rows<T><<<grid_for(v.outer, 1), kBlock, 0, stream>>>(x, y, v.n, v.outer, exclusive_, reverse_);
+      } else {
+        const int64_t lines = v.outer * v.inner;
+        cumsum_lines<T><<<grid_for(lines, kBlock), kBlock, 0, stream>>>(x, y, v.n, v.inner, lines, exclusive_,
+                                                                         reverse_);
+      }
+      KILN_CUDA_CHECK_LAUNCH();
+    });
+  }
+  std::string name() const override { return "cuda_cumsum"; }
+
+ private:
+  std::string who_;
+  int64_t axis_;
+  bool exclusive_, reverse_;
+};
+
+// ---- topk ----
+
+// Best first: larger (or smaller) value, NaN above every number as in torch, ties by lower index;
+// padding slots (index -1) after every element.
+template <typename K>
+__device__ __forceinline__ bool ranks_before(K a, int ia, K b, int ib, bool largest) {
+  if (ia < 0 || ib < 0) return ib < 0 && ia >= 0;
+  const bool na = a != a, nb = b != b;  // NaN tests; always false for integers
+  if (na || nb) {
+    if (na && nb) return ia < ib;
+    return largest ? na : nb;
+  }
+  if (a != b) return largest ? a > b : a < b;
+  return ia < ib;
+}
+
+template <typename T>
+__global__ void topk_rows(const T* __restrict__ x, T* __restrict__ values, int64_t* __restrict__ indices, int64_t n,
+                          int64_t inner, int64_t rows, int64_t k, int pow2, bool largest) {
+  using K = Wide<T>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  K* key = reinterpret_cast<K*>(smem);
+  int* idx = reinterpret_cast<int*>(smem + pow2 * sizeof(K));
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const int64_t o = r / inner, i = r % inner;
+    const T* xr = x + o * n * inner + i;
+    for (int j = threadIdx.x; j < pow2; j += blockDim.x) {
+      key[j] = j < n ? widen(xr[j * inner]) : K(0);
+      idx[j] = j < n ? j : -1;
+    }
+    __syncthreads();
+    for (int size = 2; size <= pow2; size <<= 1) {
+      for (int stride = size >> 1; stride > 0; stride >>= 1) {
+        for (int t = threadIdx.x; t < pow2; t += blockDim.x) {
+          const int u = t ^ stride;
+          if (u <= t) continue;
+          const bool forward = (t & size) == 0;  // this run sorts best first, the other best last
+          const bool swap = forward ? ranks_before(key[u], idx[u], key[t], idx[t], largest)
+                                    : ranks_before(key[t], idx[t], key[u], idx[u], largest);
+          if (swap) {
+            const K kt = key[t];
+            key[t] = key[u];
+            key[u] = kt;
+            const int it = idx[t];
+            idx[t] = idx[u];
+            idx[u] = it;
+          }
+        }
+        __syncthreads();
+      }
+    }
+    for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
+      const int64_t dst = (o * k + j) * inner + i;
+      values[dst] = xr[int64_t{idx[j]} * inner];
+      indices[dst] = idx[j];
+    }
+    __syncthreads();  // the next row overwrites key and idx
+  }
+}
+
+class CudaTopk final : public Kernel {
+ public:
+  explicit CudaTopk(const Layer& l)
+      : who_(describe(l)), axis_(axis_of(l, -1)), largest_(l.attrs.get_int("largest", int64_t{1}) != 0) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const int64_t rank = static_cast<int64_t>(in[0].dims.size());
+    const int64_t axis = indexing::normalize_axis(axis_, rank, who_);
+    const AxisView v = axis_view(in[0].dims, axis);
+    const int64_t k = out[0].dims[axis];
+    KILN_CHECK(k <= v.n, who_ << ": k = " << k << " exceeds the size " << v.n << " of axis " << axis);
+    if (volume(out[0].dims) == 0) return;
+    KILN_CHECK(v.n <= kMaxTopkAxis, who_ << ": the CUDA topk kernel sorts at most " << kMaxTopkAxis
+                                         << " elements along the axis, got " << v.n
+                                         << "; run this layer on the reference backend or split the axis");
+    int pow2 = 1;
+    while (pow2 < v.n) pow2 <<= 1;
+    const int threads = pow2 < 32 ? 32 : pow2 > 1024 ? 1024 : pow2;
+    const int64_t rows = v.outer * v.inner;
+    auto stream = static_cast<cudaStream_t>(ctx.stream);
+    dispatch_numeric(in[0].dtype, "topk", [&](auto t) {
+      using T = decltype(t);
+      const size_t smem = static_cast<size_t>(pow2) * (sizeof(Wide<T>) + sizeof(int));  // <= 48 KiB
+      topk_rows<T><<<grid_for(rows, 1), threads, smem, stream>>>(
+          static_cast<const T*>(in[0].data), static_cast<T*>(out[0].data), static_cast<int64_t*>(out[1].data), v.n,
+          v.inner, rows, k, pow2, largest_);
+      KILN_CUDA_CHECK_LAUNCH();
+    });
+  }
+  std::string name() const override { return "cuda_topk_bitonic"; }
+
+ private:
+  std::string who_;
+  int64_t axis_;
+  bool largest_;
+};
+
+}  // namespace
+
+void register_indexing_cuda_kernel() {
+  register_kernel("gather", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaGather>(l, axis_of(l, 0)); });
+  register_kernel("embedding", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaGather>(l, 0); });
+  register_kernel("gather_elements", Backend::kCuda,
+                  [](const Layer& l) { return std::make_unique<CudaGatherElements>(l); });
+  register_kernel("pad", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaPad>(l); });
+  register_kernel("cumsum", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaCumsum>(l); });
+  register_kernel("topk", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaTopk>(l); });
+}
+
+}  // namespace kiln
