@@ -73,16 +73,21 @@ class CudnnConvolution final : public Kernel {
     const AlgoChoice choice = choose(handle, x, xd, wd, cd, yd, ctx.workspace_bytes);
     KILN_CUDNN_CHECK(cudnnSetConvolutionMathType(cd.get(), choice.math));
     const float alpha = 1.f, beta = 0.f;
+    cudnnStatus_t st;
     if (transposed_) {
-      KILN_CUDNN_CHECK(
-          cudnnConvolutionBackwardData(handle, &alpha, wd.get(), w.data, xd.get(), x.data, cd.get(),
-                                       static_cast<cudnnConvolutionBwdDataAlgo_t>(choice.algo), ctx.workspace,
-                                       choice.workspace, &beta, yd.get(), y.data));
+      st = cudnnConvolutionBackwardData(handle, &alpha, wd.get(), w.data, xd.get(), x.data, cd.get(),
+                                        static_cast<cudnnConvolutionBwdDataAlgo_t>(choice.algo),
+                                        ctx.workspace, choice.workspace, &beta, yd.get(), y.data);
     } else {
-      KILN_CUDNN_CHECK(cudnnConvolutionForward(handle, &alpha, xd.get(), x.data, wd.get(), w.data, cd.get(),
-                                               static_cast<cudnnConvolutionFwdAlgo_t>(choice.algo),
-                                               ctx.workspace, choice.workspace, &beta, yd.get(), y.data));
+      st = cudnnConvolutionForward(handle, &alpha, xd.get(), x.data, wd.get(), w.data, cd.get(),
+                                   static_cast<cudnnConvolutionFwdAlgo_t>(choice.algo), ctx.workspace,
+                                   choice.workspace, &beta, yd.get(), y.data);
     }
+    KILN_CHECK(st == CUDNN_STATUS_SUCCESS,
+               who_ << ": cuDNN "
+                    << (transposed_ ? "cudnnConvolutionBackwardData" : "cudnnConvolutionForward")
+                    << " failed for " << dtype_name(x.dtype) << " input " << to_string(x.dims) << ": "
+                    << cudnnGetErrorString(st));
     if (in.size() > 2) add_bias(in[2], y, stream);
   }
 

@@ -167,8 +167,11 @@ class CudnnPooling final : public Kernel {
                                                  static_cast<int>(window.size()), window.data(), pads.data(),
                                                  strides.data()));
     const float alpha = 1.f, beta = 0.f;
-    KILN_CUDNN_CHECK(
-        cudnnPoolingForward(handle, pd.get(), &alpha, xd.get(), x.data, &beta, yd.get(), y.data));
+    cudnnStatus_t st =
+        cudnnPoolingForward(handle, pd.get(), &alpha, xd.get(), x.data, &beta, yd.get(), y.data);
+    KILN_CHECK(st == CUDNN_STATUS_SUCCESS, who_ << ": cudnnPoolingForward failed for " << dtype_name(x.dtype)
+                                                << " input " << to_string(x.dims) << ": "
+                                                << cudnnGetErrorString(st));
   }
   std::string name() const override { return "cudnn_pooling"; }
   bool uses_cudnn() const override { return true; }
