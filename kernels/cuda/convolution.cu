@@ -100,11 +100,9 @@ class CudnnConvolution final : public Kernel {
     return allow_tf32_ ? CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION : CUDNN_FMA_MATH;
   }
 
-  // An algorithm the heuristic lists as supported, whose workspace fits, and which keeps float32
-  // strict unless TF32 is allowed (tensor-op entries are skipped; the FMA math type stays set).
-  bool acceptable(cudnnStatus_t status, cudnnMathType_t math, size_t memory, size_t workspace_bytes,
-                  DataType t) const {
-    if (status != CUDNN_STATUS_SUCCESS || memory > workspace_bytes) return false;
+  // The heuristic's entries may carry a math type that would let float32 use TF32: those are
+  // skipped unless allow_tf32 (the FMA math type stays set for strict float32).
+  bool math_allowed(cudnnMathType_t math, DataType t) const {
     if (t == DataType::kFloat32 && !allow_tf32_) return math == CUDNN_FMA_MATH || math == CUDNN_DEFAULT_MATH;
     return true;
   }
@@ -122,12 +120,19 @@ class CudnnConvolution final : public Kernel {
     const bool strict = x.dtype == DataType::kFloat32 && !allow_tf32_;
     AlgoChoice choice;
     bool found = false;
-    auto pick = [&](const auto& perf, int returned) {
+    // First entry (the heuristic's order) that is supported, keeps the precision, and whose
+    // workspace, queried for that algorithm and math type (the heuristic's `memory` is not always
+    // filled in), fits the context's workspace.
+    auto pick = [&](const auto& perf, int returned, auto workspace_of) {
       for (int i = 0; i < returned && !found; ++i) {
-        if (!acceptable(perf[i].status, perf[i].mathType, perf[i].memory, workspace_bytes, x.dtype)) continue;
+        if (perf[i].status != CUDNN_STATUS_SUCCESS || !math_allowed(perf[i].mathType, x.dtype)) continue;
+        const cudnnMathType_t math = strict ? CUDNN_FMA_MATH : perf[i].mathType;
+        KILN_CUDNN_CHECK(cudnnSetConvolutionMathType(cd.get(), math));
+        size_t bytes = 0;
+        if (workspace_of(perf[i].algo, &bytes) != CUDNN_STATUS_SUCCESS || bytes > workspace_bytes) continue;
         choice.algo = static_cast<int>(perf[i].algo);
-        choice.math = strict ? CUDNN_FMA_MATH : perf[i].mathType;
-        choice.workspace = perf[i].memory;
+        choice.math = math;
+        choice.workspace = bytes;
         found = true;
       }
     };
@@ -137,13 +142,19 @@ class CudnnConvolution final : public Kernel {
       std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(static_cast<size_t>(max_count));
       KILN_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
           handle, wd.get(), xd.get(), cd.get(), yd.get(), max_count, &returned, perf.data()));
-      pick(perf, returned);
+      pick(perf, returned, [&](cudnnConvolutionBwdDataAlgo_t algo, size_t* bytes) {
+        return cudnnGetConvolutionBackwardDataWorkspaceSize(handle, wd.get(), xd.get(), cd.get(), yd.get(),
+                                                            algo, bytes);
+      });
     } else {
       KILN_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(handle, &max_count));
       std::vector<cudnnConvolutionFwdAlgoPerf_t> perf(static_cast<size_t>(max_count));
       KILN_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(handle, xd.get(), wd.get(), cd.get(), yd.get(),
                                                               max_count, &returned, perf.data()));
-      pick(perf, returned);
+      pick(perf, returned, [&](cudnnConvolutionFwdAlgo_t algo, size_t* bytes) {
+        return cudnnGetConvolutionForwardWorkspaceSize(handle, xd.get(), wd.get(), cd.get(), yd.get(), algo,
+                                                       bytes);
+      });
     }
     KILN_CHECK(found,
                who_ << ": cuDNN has no " << (strict ? "strict-FP32 " : "") << dtype_name(x.dtype)
