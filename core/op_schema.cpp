@@ -30,6 +30,8 @@ void ensure_builtins() {
     register_generate_schema();
     register_resize_schema();
     register_indexing_schema();
+    register_convolution_schema();
+    register_pooling_schema();
   });
 }
 

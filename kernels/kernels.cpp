@@ -14,6 +14,8 @@ void register_reference_kernels() {
   register_generate_reference_kernel();
   register_resize_reference_kernel();
   register_indexing_reference_kernel();
+  register_convolution_reference_kernel();
+  register_pooling_reference_kernel();
 }
 
 void register_cuda_kernels() {
@@ -28,6 +30,8 @@ void register_cuda_kernels() {
   register_generate_cuda_kernel();
   register_resize_cuda_kernel();
   register_indexing_cuda_kernel();
+  register_convolution_cuda_kernel();
+  register_pooling_cuda_kernel();
 }
 
 }  // namespace kiln

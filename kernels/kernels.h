@@ -18,6 +18,8 @@ void register_where_reference_kernel();
 void register_generate_reference_kernel();
 void register_resize_reference_kernel();
 void register_indexing_reference_kernel();
+void register_convolution_reference_kernel();
+void register_pooling_reference_kernel();
 
 void register_identity_cuda_kernel();
 void register_matmul_cuda_kernel();
@@ -30,5 +32,7 @@ void register_where_cuda_kernel();
 void register_generate_cuda_kernel();
 void register_resize_cuda_kernel();
 void register_indexing_cuda_kernel();
+void register_convolution_cuda_kernel();
+void register_pooling_cuda_kernel();
 
 }  // namespace kiln

@@ -14,5 +14,7 @@ void register_where_schema();
 void register_generate_schema();
 void register_resize_schema();
 void register_indexing_schema();
+void register_convolution_schema();
+void register_pooling_schema();
 
 }  // namespace kiln

@@ -297,6 +297,116 @@ class Network:
             {"k": int(k), "axis": int(axis), "largest": int(largest), "sorted": int(sorted)},
             name,
         )
+    def _spatial(self, x_id: int, value) -> list[int]:
+        """An int or a sequence of ints, as one int per spatial dim of tensor x_id ([N, C, ...])."""
+        rank = len(Tensor(self, x_id).shape) - 2
+        if isinstance(value, int):
+            return [value] * max(rank, 0)
+        return [int(v) for v in value]
+
+    def add_convolution(
+        self,
+        x: TensorLike,
+        weight: TensorLike,
+        bias: TensorLike | None = None,
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        allow_tf32: bool = False,
+        name: str = "",
+    ) -> Layer:
+        """torch's conv1d/2d/3d: x [N, C, *spatial], weight [K, C/groups, *kernel], bias [K].
+
+        stride / padding (symmetric) / dilation: an int for every spatial dim or one per dim.
+        allow_tf32: let float32 use TF32 tensor cores on the GPU (default: strict FP32).
+        """
+        xid = self._id(x)
+        inputs = [Tensor(self, xid), weight] + ([bias] if bias is not None else [])
+        attrs = {
+            "strides": self._spatial(xid, stride),
+            "pads": self._spatial(xid, padding),
+            "dilations": self._spatial(xid, dilation),
+            "groups": int(groups),
+            "allow_tf32": int(allow_tf32),
+        }
+        return self.add_layer("convolution", inputs, attrs, name)
+
+    def add_deconvolution(
+        self,
+        x: TensorLike,
+        weight: TensorLike,
+        bias: TensorLike | None = None,
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] = 0,
+        output_padding: int | Sequence[int] = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        allow_tf32: bool = False,
+        name: str = "",
+    ) -> Layer:
+        """torch's conv_transpose1d/2d/3d: x [N, C, *spatial], weight [C, K/groups, *kernel].
+
+        output_padding must be smaller than the stride.
+        """
+        xid = self._id(x)
+        inputs = [Tensor(self, xid), weight] + ([bias] if bias is not None else [])
+        attrs = {
+            "strides": self._spatial(xid, stride),
+            "pads": self._spatial(xid, padding),
+            "output_padding": self._spatial(xid, output_padding),
+            "dilations": self._spatial(xid, dilation),
+            "groups": int(groups),
+            "allow_tf32": int(allow_tf32),
+        }
+        return self.add_layer("deconvolution", inputs, attrs, name)
+
+    def add_pooling(
+        self,
+        x: TensorLike,
+        type: str,  # noqa: A002
+        kernel: int | Sequence[int],
+        stride: int | Sequence[int] | None = None,
+        padding: int | Sequence[int] = 0,
+        dilation: int | Sequence[int] = 1,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+        divisor_override: int | None = None,
+        name: str = "",
+    ) -> Layer:
+        """torch's max_pool / avg_pool (1d, 2d, 3d); type: "max" or "avg".
+
+        stride defaults to the kernel; dilation applies to max pooling, count_include_pad and
+        divisor_override to avg pooling.
+        """
+        xid = self._id(x)
+        attrs = {
+            "type": type,
+            "kernel": self._spatial(xid, kernel),
+            "pads": self._spatial(xid, padding),
+            "ceil_mode": int(ceil_mode),
+        }
+        if stride is not None:
+            attrs["strides"] = self._spatial(xid, stride)
+        if type == "max" or dilation != 1:  # a dilated avg pooling is refused by the schema
+            attrs["dilations"] = self._spatial(xid, dilation)
+        if type != "max":
+            attrs["count_include_pad"] = int(count_include_pad)
+        if divisor_override is not None:
+            attrs["divisor_override"] = int(divisor_override)
+        return self.add_layer("pooling", [Tensor(self, xid)], attrs, name)
+
+    def add_adaptive_pooling(
+        self,
+        x: TensorLike,
+        type: str,  # noqa: A002
+        output_size: int | Sequence[int],
+        name: str = "",
+    ) -> Layer:
+        """torch's adaptive_max_pool / adaptive_avg_pool (1d, 2d, 3d); type: "max" or "avg"."""
+        xid = self._id(x)
+        attrs = {"type": type, "output_size": self._spatial(xid, output_size)}
+        return self.add_layer("adaptive_pooling", [Tensor(self, xid)], attrs, name)
 
     def mark_output(self, t: TensorLike, name: str = "") -> Tensor:
         """Makes `t` a network output; `name` (optional) becomes its binding name."""

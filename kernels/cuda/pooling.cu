@@ -1,0 +1,227 @@
+// pooling: cuDNN (cudnnPoolingForward) where it computes torch's result exactly, otherwise an own
+// kernel. cuDNN's output size is the floor formula and its average divisor is either the full
+// window (count_include_pad) or the valid elements, so it covers layers without ceil_mode,
+// dilation or divisor_override. The own kernel (one thread per output element, 1d/2d as 3d with
+// leading dims of size 1) covers every case, and bfloat16 everywhere (cuDNN's legacy pooling
+// does not promise bfloat16). adaptive_pooling always runs the own kernel. Math in float; max
+// pooling propagates NaN like torch.
+#include <cfloat>
+
+#include "core/op_schema.h"
+#include "core/ops/pooling.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cudnn_util.h"
+#include "kernels/cuda/dtype_traits.cuh"
+#include "kernels/kernel.h"
+#include "kernels/kernels.h"
+
+namespace kiln {
+namespace {
+
+struct PoolParams {
+  int type;
+  bool adaptive;
+  bool count_include_pad;
+  int64_t divisor_override;  // 0: none
+  int64_t in[3], out[3];
+  int64_t kernel[3], stride[3], pad[3], dilation[3];
+  int64_t planes;  // N * C
+};
+
+template <typename T>
+__global__ void pooling_kernel(PoolParams p, const T* __restrict__ x, T* __restrict__ y) {
+  const int64_t out_size = p.out[0] * p.out[1] * p.out[2], in_size = p.in[0] * p.in[1] * p.in[2];
+  const int64_t n = p.planes * out_size;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t plane = i / out_size, o = i % out_size;
+    const int64_t op[3] = {o / (p.out[1] * p.out[2]), o / p.out[2] % p.out[1], o % p.out[2]};
+    int64_t lo[3], hi[3], step[3];
+    int64_t padded_count = 1, count = 1;
+    for (int d = 0; d < 3; ++d) {
+      if (p.adaptive) {  // [floor(o * in / out), ceil((o + 1) * in / out))
+        lo[d] = op[d] * p.in[d] / p.out[d];
+        hi[d] = ((op[d] + 1) * p.in[d] + p.out[d] - 1) / p.out[d];
+        step[d] = 1;
+        count *= hi[d] - lo[d];
+      } else if (p.type == kPoolMax) {  // taps start + j * dilation that fall inside the input
+        const int64_t start = op[d] * p.stride[d] - p.pad[d];
+        int64_t first = start < 0 ? (-start + p.dilation[d] - 1) / p.dilation[d] : 0;
+        int64_t last = start >= p.in[d] ? 0 : (p.in[d] - 1 - start) / p.dilation[d] + 1;
+        if (last > p.kernel[d]) last = p.kernel[d];
+        lo[d] = start + first * p.dilation[d];
+        hi[d] = first < last ? start + (last - 1) * p.dilation[d] + 1 : lo[d];
+        step[d] = p.dilation[d];
+      } else {  // torch avg_pool: the divisor counts padding up to the padded input's end
+        const int64_t start = op[d] * p.stride[d] - p.pad[d];
+        const int64_t end = min(start + p.kernel[d], p.in[d] + p.pad[d]);
+        padded_count *= end - start;
+        lo[d] = max(start, int64_t{0});
+        hi[d] = min(end, p.in[d]);
+        count *= hi[d] > lo[d] ? hi[d] - lo[d] : 0;
+        step[d] = 1;
+      }
+    }
+    const T* base = x + plane * in_size;
+    float acc = p.type == kPoolMax ? -INFINITY : 0.f;
+    for (int64_t a = lo[0]; a < hi[0]; a += step[0]) {
+      for (int64_t b = lo[1]; b < hi[1]; b += step[1]) {
+        for (int64_t c = lo[2]; c < hi[2]; c += step[2]) {
+          const float v = to_float(base[(a * p.in[1] + b) * p.in[2] + c]);
+          if (p.type == kPoolAvg) {
+            acc += v;
+          } else if (v > acc || isnan(v)) {
+            acc = v;
+          }
+        }
+      }
+    }
+    if (p.type == kPoolAvg) {
+      const int64_t divisor = p.adaptive               ? count
+                              : p.divisor_override > 0 ? p.divisor_override
+                              : p.count_include_pad    ? padded_count
+                                                       : count;
+      acc /= static_cast<float>(divisor);
+    }
+    y[i] = from_float<T>(acc);
+  }
+}
+
+// Spatial values padded in front to three dims with `fill`.
+void fill3(int64_t (&dst)[3], const std::vector<int64_t>& src, size_t first, int64_t fill) {
+  const size_t n = src.size() - first;
+  for (size_t i = 0; i < 3; ++i) dst[i] = i < 3 - n ? fill : src[first + i - (3 - n)];
+}
+
+void launch_pooling(const PoolParams& p, const TensorView& x, const TensorView& y, cudaStream_t stream,
+                    const char* who) {
+  const int64_t n = volume(y.dims);
+  if (n == 0) return;
+  constexpr int kBlock = 256;
+  dispatch_floating(x.dtype, who, [&](auto tag) {
+    using T = decltype(tag);
+    pooling_kernel<T><<<grid_for(n, kBlock), kBlock, 0, stream>>>(p, static_cast<const T*>(x.data),
+                                                                  static_cast<T*>(y.data));
+  });
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+PoolParams pool_params(const PoolGeometry& g, const Dims& x, const Dims& y) {
+  PoolParams p{};
+  p.type = g.type;
+  p.adaptive = false;
+  p.count_include_pad = g.count_include_pad;
+  p.divisor_override = g.divisor_override;
+  fill3(p.in, x, 2, 1);
+  fill3(p.out, y, 2, 1);
+  fill3(p.kernel, g.kernel, 0, 1);
+  fill3(p.stride, g.strides, 0, 1);
+  fill3(p.pad, g.pads, 0, 0);
+  fill3(p.dilation, g.dilations, 0, 1);
+  p.planes = x[0] * x[1];
+  return p;
+}
+
+class CudaPooling final : public Kernel {
+ public:
+  explicit CudaPooling(Layer layer) : layer_(std::move(layer)) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const PoolGeometry g = pool_geometry(layer_, static_cast<int>(in[0].dims.size()) - 2);
+    launch_pooling(pool_params(g, in[0].dims, out[0].dims), in[0], out[0],
+                   static_cast<cudaStream_t>(ctx.stream), "pooling");
+  }
+  std::string name() const override { return "cuda_pooling"; }
+
+ private:
+  Layer layer_;
+};
+
+class CudnnPooling final : public Kernel {
+ public:
+  explicit CudnnPooling(Layer layer) : layer_(std::move(layer)), who_(describe(layer_)) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const TensorView &x = in[0], &y = out[0];
+    const PoolGeometry g = pool_geometry(layer_, static_cast<int>(x.dims.size()) - 2);
+    auto stream = static_cast<cudaStream_t>(ctx.stream);
+    if (volume(y.dims) == 0) return;
+    if (x.dtype == DataType::kBFloat16) {
+      launch_pooling(pool_params(g, x.dims, y.dims), x, y, stream, "pooling");
+      return;
+    }
+    auto handle = static_cast<cudnnHandle_t>(ctx.cudnn);
+    KILN_CHECK(handle != nullptr, who_ << ": no cuDNN handle in the launch context");
+    KILN_CUDNN_CHECK(cudnnSetStream(handle, stream));
+    const cudnnDataType_t type = cudnn_type(x.dtype, who_);
+    TensorDescriptor xd, yd;
+    PoolingDescriptor pd;
+    set_packed(xd, type, cudnn_dims(x.dims, who_), who_);
+    set_packed(yd, type, cudnn_dims(y.dims, who_), who_);
+    std::vector<int> window = cudnn_spatial(g.kernel, 1), pads = cudnn_spatial(g.pads, 0),
+                     strides = cudnn_spatial(g.strides, 1);
+    const cudnnPoolingMode_t mode = g.type == kPoolMax    ? CUDNN_POOLING_MAX_DETERMINISTIC
+                                    : g.count_include_pad ? CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING
+                                                          : CUDNN_POOLING_AVERAGE_COUNT_EXCLUDE_PADDING;
+    KILN_CUDNN_CHECK(cudnnSetPoolingNdDescriptor(pd.get(), mode, CUDNN_PROPAGATE_NAN,
+                                                 static_cast<int>(window.size()), window.data(), pads.data(),
+                                                 strides.data()));
+    const float alpha = 1.f, beta = 0.f;
+    cudnnStatus_t st =
+        cudnnPoolingForward(handle, pd.get(), &alpha, xd.get(), x.data, &beta, yd.get(), y.data);
+    KILN_CHECK(st == CUDNN_STATUS_SUCCESS, who_ << ": cudnnPoolingForward failed for " << dtype_name(x.dtype)
+                                                << " input " << to_string(x.dims) << ": "
+                                                << cudnnGetErrorString(st));
+  }
+  std::string name() const override { return "cudnn_pooling"; }
+  bool uses_cudnn() const override { return true; }
+
+ private:
+  Layer layer_;
+  std::string who_;
+};
+
+class CudaAdaptivePooling final : public Kernel {
+ public:
+  explicit CudaAdaptivePooling(int type) : type_(type) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const TensorView &x = in[0], &y = out[0];
+    PoolParams p{};
+    p.type = type_;
+    p.adaptive = true;
+    fill3(p.in, x.dims, 2, 1);
+    fill3(p.out, y.dims, 2, 1);
+    p.planes = x.dims[0] * x.dims[1];
+    launch_pooling(p, x, y, static_cast<cudaStream_t>(ctx.stream), "adaptive_pooling");
+  }
+  std::string name() const override { return "cuda_adaptive_pooling"; }
+
+ private:
+  int type_;
+};
+
+// cuDNN computes the layer exactly when no option beyond its pooling modes is set (see the top).
+bool cudnn_expresses(const Layer& l) {
+  if (l.attrs.get_int("ceil_mode", int64_t{0}) != 0 || l.attrs.has("divisor_override")) return false;
+  if (l.attrs.has("dilations")) {
+    for (int64_t d : l.attrs.get_ints("dilations", describe(l))) {
+      if (d != 1) return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+void register_pooling_cuda_kernel() {
+  register_kernel("pooling", Backend::kCuda, [](const Layer& l) -> std::unique_ptr<Kernel> {
+    if (cudnn_expresses(l)) return std::make_unique<CudnnPooling>(l);
+    return std::make_unique<CudaPooling>(l);
+  });
+  register_kernel("adaptive_pooling", Backend::kCuda, [](const Layer& l) {
+    return std::make_unique<CudaAdaptivePooling>(adaptive_pool_type(l));
+  });
+}
+
+}  // namespace kiln

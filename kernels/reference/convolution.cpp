@@ -1,0 +1,100 @@
+// Reference convolution and transposed convolution: direct loops over every output element and its
+// window, accumulating in double. 1d and 2d run as 3d with leading spatial dims of size 1.
+#include <array>
+
+#include "core/ops/convolution.h"
+#include "kernels/kernel.h"
+#include "kernels/kernels.h"
+#include "kernels/reference/host_access.h"
+
+namespace kiln {
+namespace {
+
+// Spatial geometry padded to three dims (missing leading dims: size 1, kernel 1, stride 1, pad 0).
+struct Window3 {
+  std::array<int64_t, 3> in{1, 1, 1}, out{1, 1, 1}, kernel{1, 1, 1};
+  std::array<int64_t, 3> stride{1, 1, 1}, pad{0, 0, 0}, dilation{1, 1, 1};
+};
+
+Window3 window3(const ConvGeometry& g, const Dims& x, const Dims& w, const Dims& y) {
+  Window3 r;
+  for (int i = 0; i < g.spatial; ++i) {
+    int j = 3 - g.spatial + i;
+    r.in[j] = x[2 + i];
+    r.out[j] = y[2 + i];
+    r.kernel[j] = w[2 + i];
+    r.stride[j] = g.strides[i];
+    r.pad[j] = g.pads[i];
+    r.dilation[j] = g.dilations[i];
+  }
+  return r;
+}
+
+class RefConvolution final : public Kernel {
+ public:
+  RefConvolution(Layer layer, bool transposed) : layer_(std::move(layer)), transposed_(transposed) {}
+
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext&) const override {
+    const TensorView &x = in[0], &w = in[1], &y = out[0];
+    const TensorView* bias = in.size() > 2 ? &in[2] : nullptr;
+    const ConvGeometry g = conv_geometry(layer_, static_cast<int>(x.dims.size()) - 2);
+    const Window3 s = window3(g, x.dims, w.dims, y.dims);
+    const int64_t n = x.dims[0], c = x.dims[1], k = y.dims[1];
+    const int64_t cg = c / g.groups, kg = k / g.groups;  // channels per group
+    const int64_t in_size = s.in[0] * s.in[1] * s.in[2], out_size = s.out[0] * s.out[1] * s.out[2];
+    const int64_t taps = s.kernel[0] * s.kernel[1] * s.kernel[2];
+    for (int64_t b = 0; b < n; ++b) {
+      for (int64_t ko = 0; ko < k; ++ko) {
+        const int64_t group = ko / kg;
+        for (int64_t o = 0; o < out_size; ++o) {
+          const std::array<int64_t, 3> op = {o / (s.out[1] * s.out[2]), o / s.out[2] % s.out[1],
+                                             o % s.out[2]};
+          double acc = bias ? load_element(*bias, ko) : 0.0;
+          for (int64_t t = 0; t < taps; ++t) {
+            const std::array<int64_t, 3> tp = {t / (s.kernel[1] * s.kernel[2]), t / s.kernel[2] % s.kernel[1],
+                                               t % s.kernel[2]};
+            int64_t ip[3];
+            bool inside = true;
+            for (int d = 0; d < 3 && inside; ++d) {
+              if (transposed_) {  // output o receives input i where i*stride - pad + t*dilation == o
+                int64_t num = op[d] + s.pad[d] - tp[d] * s.dilation[d];
+                inside = num >= 0 && num % s.stride[d] == 0 && num / s.stride[d] < s.in[d];
+                ip[d] = inside ? num / s.stride[d] : 0;
+              } else {
+                ip[d] = op[d] * s.stride[d] - s.pad[d] + tp[d] * s.dilation[d];
+                inside = ip[d] >= 0 && ip[d] < s.in[d];
+              }
+            }
+            if (!inside) continue;
+            const int64_t pixel = (ip[0] * s.in[1] + ip[1]) * s.in[2] + ip[2];
+            for (int64_t ci = 0; ci < cg; ++ci) {
+              const int64_t channel = group * cg + ci;
+              // convolution weight [K, C/g, taps]; deconvolution weight [C, K/g, taps]
+              const int64_t widx =
+                  transposed_ ? (channel * kg + ko % kg) * taps + t : (ko * cg + ci) * taps + t;
+              acc += load_element(x, (b * c + channel) * in_size + pixel) * load_element(w, widx);
+            }
+          }
+          store_element(y, (b * k + ko) * out_size + o, acc);
+        }
+      }
+    }
+  }
+  std::string name() const override { return transposed_ ? "ref_deconvolution" : "ref_convolution"; }
+
+ private:
+  Layer layer_;
+  bool transposed_;
+};
+
+}  // namespace
+
+void register_convolution_reference_kernel() {
+  register_kernel("convolution", Backend::kReference,
+                  [](const Layer& l) { return std::make_unique<RefConvolution>(l, false); });
+  register_kernel("deconvolution", Backend::kReference,
+                  [](const Layer& l) { return std::make_unique<RefConvolution>(l, true); });
+}
+
+}  // namespace kiln
