@@ -24,6 +24,7 @@ void ensure_builtins() {
     register_elementwise_schema();
     register_activation_schema();
     register_unary_schema();
+    register_shape_schema();
   });
 }
 

@@ -8,5 +8,6 @@ void register_matmul_schema();
 void register_elementwise_schema();
 void register_activation_schema();
 void register_unary_schema();
+void register_shape_schema();
 
 }  // namespace kiln
