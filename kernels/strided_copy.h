@@ -105,7 +105,8 @@ inline StridedCopy expand_copy(const Dims& in, const Dims& out) {
 
 // The part of concat's output written by one input starting at `offset` along `axis`, or the part of
 // split's input read into one output: `part` is that input's / output's shape, `whole` the other side.
-inline StridedCopy part_copy(const Dims& part, const Dims& whole, int64_t axis, int64_t offset, bool part_is_dst) {
+inline StridedCopy part_copy(const Dims& part, const Dims& whole, int64_t axis, int64_t offset,
+                             bool part_is_dst) {
   std::vector<int64_t> part_strides = contiguous_strides(part);
   std::vector<int64_t> whole_strides = contiguous_strides(whole);
   int64_t whole_offset = offset * whole_strides[axis];

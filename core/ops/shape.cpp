@@ -27,7 +27,8 @@ namespace kiln {
 namespace {
 
 // The target shape of reshape / expand: attribute `shape`, or the tracked values of input 1.
-std::vector<int64_t> target_shape(const Layer& layer, const std::vector<TensorDesc>& in, const std::string& who) {
+std::vector<int64_t> target_shape(const Layer& layer, const std::vector<TensorDesc>& in,
+                                  const std::string& who) {
   if (in.size() < 2) {
     KILN_CHECK(layer.attrs.has("shape"),
                who << ": needs a target shape: set the `shape` attribute or pass a shape tensor as input 1");
@@ -79,8 +80,8 @@ Dims reshape_dims(const std::string& who, const Dims& in, const std::vector<int6
                                << values_string(target) << ": " << n << " is not a multiple of " << m);
     out[infer] = n / m;
   } else {
-    KILN_CHECK(volume(out) == n, who << ": cannot reshape " << to_string(in) << " (" << n << " elements) into "
-                                     << to_string(out) << " (" << volume(out)
+    KILN_CHECK(volume(out) == n, who << ": cannot reshape " << to_string(in) << " (" << n
+                                     << " elements) into " << to_string(out) << " (" << volume(out)
                                      << " elements); the element counts must match");
   }
   return out;
@@ -115,7 +116,8 @@ std::vector<TensorDesc> infer_flatten(const Layer& layer, const std::vector<Tens
   const int64_t rank = std::max<int64_t>(static_cast<int64_t>(x.size()), 1);  // a 0-d tensor flattens to [1]
   int64_t start = normalize_axis(layer.attrs.get_int("start_dim", 0), rank, who, "start_dim");
   int64_t end = normalize_axis(layer.attrs.get_int("end_dim", -1), rank, who, "end_dim");
-  KILN_CHECK(start <= end, who << ": start_dim (" << start << ") must not come after end_dim (" << end << ")");
+  KILN_CHECK(start <= end,
+             who << ": start_dim (" << start << ") must not come after end_dim (" << end << ")");
   if (x.empty()) return {{in[0].dtype, Dims{1}, same_values(in[0].values, Dims{1})}};
   int64_t merged = 1;
   bool dynamic = false;
@@ -166,7 +168,8 @@ std::vector<TensorDesc> infer_unsqueeze(const Layer& layer, const std::vector<Te
   const std::string who = describe(layer);
   const Dims& x = in[0].dims;
   const int64_t out_rank = static_cast<int64_t>(x.size() + layer.attrs.get_ints("axes", who).size());
-  KILN_CHECK(out_rank <= kMaxRank, who << ": the output rank " << out_rank << " exceeds the maximum of " << kMaxRank);
+  KILN_CHECK(out_rank <= kMaxRank,
+             who << ": the output rank " << out_rank << " exceeds the maximum of " << kMaxRank);
   std::vector<int64_t> axes = unique_axes(layer, "axes", out_rank, who);
   Dims out(static_cast<size_t>(out_rank), 1);
   std::vector<bool> is_new(static_cast<size_t>(out_rank), false);
@@ -233,7 +236,8 @@ std::vector<TensorDesc> infer_concat(const Layer& layer, const std::vector<Tenso
   const std::string who = describe(layer);
   const Dims& first = in[0].dims;
   KILN_CHECK(!first.empty(), who << ": cannot concatenate 0-d tensors; unsqueeze them to 1-D first");
-  const int64_t axis = normalize_axis(layer.attrs.get_int("axis", 0), static_cast<int64_t>(first.size()), who);
+  const int64_t axis =
+      normalize_axis(layer.attrs.get_int("axis", 0), static_cast<int64_t>(first.size()), who);
   Dims out = first;
   out[axis] = 0;
   for (size_t k = 0; k < in.size(); ++k) {
@@ -241,23 +245,25 @@ std::vector<TensorDesc> infer_concat(const Layer& layer, const std::vector<Tenso
     KILN_CHECK(in[k].dtype == in[0].dtype, who << ": input " << k << " is " << dtype_name(in[k].dtype)
                                                << ", input 0 is " << dtype_name(in[0].dtype)
                                                << "; all inputs need one dtype (insert a cast)");
-    KILN_CHECK(x.size() == first.size(), who << ": input " << k << " has shape " << to_string(x) << ", input 0 "
-                                             << to_string(first) << "; all inputs need the same rank");
+    KILN_CHECK(x.size() == first.size(), who << ": input " << k << " has shape " << to_string(x)
+                                             << ", input 0 " << to_string(first)
+                                             << "; all inputs need the same rank");
     for (size_t d = 0; d < x.size(); ++d) {
       if (static_cast<int64_t>(d) == axis) {
         out[d] = out[d] == kDynamic || x[d] == kDynamic ? kDynamic : out[d] + x[d];
       } else if (out[d] == kDynamic) {
         out[d] = x[d];  // a dynamic dim takes the other inputs' size; run-time shapes check it
       } else {
-        KILN_CHECK(x[d] == out[d] || x[d] == kDynamic,
-                   who << ": input " << k << " has shape " << to_string(x) << ", which differs from "
-                       << to_string(first) << " in dim " << d << "; only dim " << axis
-                       << " (the concat axis) may differ");
+        KILN_CHECK(x[d] == out[d] || x[d] == kDynamic, who << ": input " << k << " has shape " << to_string(x)
+                                                           << ", which differs from " << to_string(first)
+                                                           << " in dim " << d << "; only dim " << axis
+                                                           << " (the concat axis) may differ");
       }
     }
   }
   ShapeValues values = nullptr;
-  bool all_tracked = std::all_of(in.begin(), in.end(), [](const TensorDesc& t) { return t.values != nullptr; });
+  bool all_tracked =
+      std::all_of(in.begin(), in.end(), [](const TensorDesc& t) { return t.values != nullptr; });
   if (all_tracked && trackable(out)) {
     // Element i of the output comes from the input whose stretch of the concat axis holds it.
     std::vector<int64_t> v;
@@ -302,9 +308,10 @@ std::vector<TensorDesc> infer_split(const Layer& layer, const std::vector<Tensor
     KILN_CHECK(s <= (int64_t{1} << 62) - total, who << ": `sizes` " << values_string(sizes) << " overflows");
     total += s;
   }
-  KILN_CHECK(x[axis] == kDynamic || x[axis] == total,
-             who << ": `sizes` " << values_string(sizes) << " sum to " << total << " but dim " << axis << " of "
-                 << to_string(x) << " has size " << x[axis] << "; the sizes must cover the dim exactly");
+  KILN_CHECK(x[axis] == kDynamic || x[axis] == total, who << ": `sizes` " << values_string(sizes)
+                                                          << " sum to " << total << " but dim " << axis
+                                                          << " of " << to_string(x) << " has size " << x[axis]
+                                                          << "; the sizes must cover the dim exactly");
   std::vector<TensorDesc> outs;
   int64_t offset = 0;
   for (int64_t s : sizes) {
@@ -342,7 +349,8 @@ std::vector<int64_t> resolve_perm(const Layer& layer, int64_t rank) {
                                            << " is out of range)");
     if (p < 0) p += rank;
     KILN_CHECK(!seen[p], who << ": `perm` " << values_string(layer.attrs.get_ints("perm", who))
-                             << " is not a permutation of 0.." << rank - 1 << " (dim " << p << " appears twice)");
+                             << " is not a permutation of 0.." << rank - 1 << " (dim " << p
+                             << " appears twice)");
     seen[p] = true;
   }
   return perm;
@@ -358,7 +366,8 @@ SliceSpec resolve_slice(const Layer& layer, const Dims& in) {
       layer.attrs.has("steps") ? layer.attrs.get_ints("steps", who) : std::vector<int64_t>(axes.size(), 1);
   KILN_CHECK(starts.size() == axes.size() && ends.size() == axes.size() && steps.size() == axes.size(),
              who << ": `axes`, `starts`, `ends` and `steps` need one entry each per sliced axis (got "
-                 << axes.size() << ", " << starts.size() << ", " << ends.size() << ", " << steps.size() << ")");
+                 << axes.size() << ", " << starts.size() << ", " << ends.size() << ", " << steps.size()
+                 << ")");
   SliceSpec s;
   s.out = in;
   s.start.assign(in.size(), 0);

@@ -69,12 +69,14 @@ ShapeValues gather_values(const ShapeValues& in, const Dims& out_dims, F&& src) 
 // kUnknownValue, e.g. on overflow); an unknown operand entry gives an unknown result entry.
 template <typename F>
 ShapeValues broadcast_values(const TensorDesc& a, const TensorDesc& b, const Dims& out_dims, F&& f) {
-  if (!a.values || !b.values || !trackable(out_dims) || !is_static(a.dims) || !is_static(b.dims)) return nullptr;
+  if (!a.values || !b.values || !trackable(out_dims) || !is_static(a.dims) || !is_static(b.dims))
+    return nullptr;
   const int rank = static_cast<int>(out_dims.size());
   auto source = [&](const Dims& dims, const std::vector<int64_t>& index) {
     const int offset = rank - static_cast<int>(dims.size());
     int64_t flat = 0;
-    for (int d = offset; d < rank; ++d) flat = flat * dims[d - offset] + (dims[d - offset] == 1 ? 0 : index[d]);
+    for (int d = offset; d < rank; ++d)
+      flat = flat * dims[d - offset] + (dims[d - offset] == 1 ? 0 : index[d]);
     return flat;
   };
   const int64_t n = volume(out_dims);

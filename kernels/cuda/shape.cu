@@ -17,8 +17,10 @@ namespace kiln {
 namespace {
 
 template <typename T>
-__global__ void strided_copy_kernel(const T* __restrict__ src, T* __restrict__ dst, StridedCopy c, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+__global__ void strided_copy_kernel(const T* __restrict__ src, T* __restrict__ dst, StridedCopy c,
+                                    int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     int64_t s = c.src_offset, d = c.dst_offset, rem = i;
     for (int k = c.rank - 1; k >= 0; --k) {
       const int64_t idx = rem % c.dims[k];
@@ -30,7 +32,8 @@ __global__ void strided_copy_kernel(const T* __restrict__ src, T* __restrict__ d
   }
 }
 
-void launch_copy(const StridedCopy& c, const TensorView& src, const TensorView& dst, const LaunchContext& ctx) {
+void launch_copy(const StridedCopy& c, const TensorView& src, const TensorView& dst,
+                 const LaunchContext& ctx) {
   const int64_t n = copy_count(c);
   if (n == 0) return;
   auto stream = static_cast<cudaStream_t>(ctx.stream);
@@ -154,7 +157,8 @@ struct DimsArg {
 };
 
 __global__ void write_dims_kernel(DimsArg dims, int rank, int64_t* __restrict__ out) {
-  if (threadIdx.x < rank) out[threadIdx.x] = dims.v[threadIdx.x];
+  const int d = static_cast<int>(threadIdx.x);
+  if (d < rank) out[d] = dims.v[d];
 }
 
 class CudaShape final : public Kernel {
@@ -165,8 +169,8 @@ class CudaShape final : public Kernel {
     if (rank == 0) return;
     DimsArg dims{};
     for (int d = 0; d < rank; ++d) dims.v[d] = in[0].dims[d];
-    write_dims_kernel<<<1, kMaxRank, 0, static_cast<cudaStream_t>(ctx.stream)>>>(dims, rank,
-                                                                                 static_cast<int64_t*>(out[0].data));
+    write_dims_kernel<<<1, kMaxRank, 0, static_cast<cudaStream_t>(ctx.stream)>>>(
+        dims, rank, static_cast<int64_t*>(out[0].data));
     KILN_CUDA_CHECK_LAUNCH();
   }
   std::string name() const override { return "cuda_shape"; }

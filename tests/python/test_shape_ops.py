@@ -363,6 +363,38 @@ def test_values_propagate_through_reshape_and_transpose():
     torch.testing.assert_close(run_value_chain(build, x), x.reshape(3, 5, 4), rtol=0, atol=0)
 
 
+def test_values_propagate_through_split_expand_and_concat_axis_1():
+    x = fresh((3, 4, 5))
+
+    def build(net, xin):
+        b, rest = net.add_split(net.add_shape(xin), [1, 2]).outputs  # [B], [4, 5]
+        col = net.add_reshape(net.add_expand(b, [2]), [2, 1])  # [[B], [B]]
+        grid = net.add_concat([col, torch.tensor([[1], [2]])], 1)  # [[B, 1], [B, 2]]
+        b_again = net.add_slice(net.add_flatten(grid), [0], [2], [3])  # [B]
+        return net.add_concat([b_again, rest], 0)  # [B, 4, 5]
+
+    torch.testing.assert_close(run_value_chain(build, x), x, rtol=0, atol=0)
+
+
+def test_expand_to_a_dynamic_target():
+    net = kiln.Network()
+    xin = net.add_input("x", "float32", (-1, 1, 4))
+    batch = net.add_slice(net.add_shape(xin), [0], [0], [1])
+    out = net.add_expand(xin, net.add_concat([batch, torch.tensor([3, -1])], 0))
+    assert out.output.shape == (-1, 3, 4)
+    net.mark_output(out, "out")
+    config = kiln.BuilderConfig(target="reference")
+    config.add_optimization_profile({"x": ([1, 1, 4], [5, 1, 4], [9, 1, 4])})
+    ctx = kiln.Engine(
+        kiln.Builder().build(net, config), backend="reference"
+    ).create_execution_context()
+    for b in (5, 2):
+        xv = fresh((b, 1, 4))
+        torch.testing.assert_close(
+            ctx.execute({"x": xv})["out"], xv.expand(b, 3, 4), rtol=0, atol=0
+        )
+
+
 def test_values_propagate_through_int32_arithmetic():
     x = fresh((3, 4, 5))
     net = kiln.Network()
@@ -502,8 +534,7 @@ def test_cuda_split(shape, sizes, axis, dtype):
 
 @pytest.mark.gpu
 def test_cuda_large_transpose_and_slice():
-    # More elements than one grid covers (grid-stride loop) and offsets past 2^31 bytes are not
-    # needed for correctness here, but odd sizes exercise the tails.
+    # 2.5M elements of odd sizes: many blocks, uneven tails, a coalesced rank-3 walk.
     x = fresh((37, 1025, 67))
     got = run_layer(lambda n, t: n.add_transpose(t, [2, 0, 1]), [x], "cuda", dynamic=True)
     torch.testing.assert_close(got, x.permute(2, 0, 1), rtol=0, atol=0)
