@@ -2,6 +2,7 @@
 // slice, expand, concat (one launch per input) and split (one per output) run one generic strided
 // copy kernel over the coalesced description (kernels/strided_copy.h), moving elements as
 // 1/2/4/8-byte words with int64 indexing, or a cudaMemcpyAsync when the copy is contiguous.
+// A transpose that coalesces to a (batched) 2-D transpose takes a shared-memory tiled kernel.
 // shape writes the concrete dims, passed by value, with a one-block kernel (no host staging).
 #include <cstring>
 
@@ -81,12 +82,76 @@ class CudaCopy final : public Kernel {
   std::string name() const override { return "cuda_copy"; }
 };
 
+// Batched 2-D transpose through shared-memory tiles, so both the reads and the writes of a warp
+// touch consecutive addresses: dst[b][r][c] = src[b][c][r], dst of shape [batch, rows, cols].
+constexpr int kTile = 32;
+constexpr int kTileRows = 8;  // threads per block: kTile x kTileRows, each moving kTile / kTileRows elements
+
+template <typename T>
+__global__ void transpose_tiled_kernel(const T* __restrict__ src, T* __restrict__ dst, int64_t rows,
+                                       int64_t cols) {
+  __shared__ T tile[kTile][kTile + 1];  // +1: column reads hit distinct banks
+  const int64_t base = static_cast<int64_t>(blockIdx.z) * rows * cols;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTile, c0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  for (int k = threadIdx.y; k < kTile; k += kTileRows) {  // tile[k][x] = src row c0 + k, column r0 + x
+    const int64_t c = c0 + k, r = r0 + threadIdx.x;
+    if (c < cols && r < rows) tile[k][threadIdx.x] = src[base + c * rows + r];
+  }
+  __syncthreads();
+  for (int k = threadIdx.y; k < kTile; k += kTileRows) {  // dst[r0 + k][c0 + x] = src[c0 + x][r0 + k]
+    const int64_t r = r0 + k, c = c0 + threadIdx.x;
+    if (r < rows && c < cols) dst[base + r * cols + c] = tile[threadIdx.x][k];
+  }
+}
+
+// When the coalesced copy is a (batched) 2-D transpose, launches the tiled kernel and returns true.
+bool launch_tiled_transpose(const StridedCopy& c, const TensorView& src, const TensorView& dst,
+                            const LaunchContext& ctx) {
+  if (c.rank != 2 && c.rank != 3) return false;
+  const int i = c.rank - 2;  // [batch,] rows, cols of the output
+  const int64_t rows = c.dims[i], cols = c.dims[i + 1];
+  const int64_t batch = c.rank == 3 ? c.dims[0] : 1;
+  const bool is_2d_transpose =
+      c.dst_strides[i + 1] == 1 && c.dst_strides[i] == cols && c.src_strides[i] == 1 &&
+      c.src_strides[i + 1] == rows && c.src_offset == 0 && c.dst_offset == 0 &&
+      (c.rank == 2 || (c.src_strides[0] == rows * cols && c.dst_strides[0] == rows * cols));
+  const int64_t grid_y = (rows + kTile - 1) / kTile, grid_x = (cols + kTile - 1) / kTile;
+  if (!is_2d_transpose || batch > 65535 || grid_y > 65535 || grid_x > 0x7fffffff) return false;
+  const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y), static_cast<unsigned>(batch));
+  const dim3 block(kTile, kTileRows);
+  auto stream = static_cast<cudaStream_t>(ctx.stream);
+  switch (dtype_size(src.dtype)) {
+    case 1:
+      transpose_tiled_kernel<<<grid, block, 0, stream>>>(static_cast<const uint8_t*>(src.data),
+                                                         static_cast<uint8_t*>(dst.data), rows, cols);
+      break;
+    case 2:
+      transpose_tiled_kernel<<<grid, block, 0, stream>>>(static_cast<const uint16_t*>(src.data),
+                                                         static_cast<uint16_t*>(dst.data), rows, cols);
+      break;
+    case 4:
+      transpose_tiled_kernel<<<grid, block, 0, stream>>>(static_cast<const uint32_t*>(src.data),
+                                                         static_cast<uint32_t*>(dst.data), rows, cols);
+      break;
+    case 8:
+      transpose_tiled_kernel<<<grid, block, 0, stream>>>(static_cast<const uint64_t*>(src.data),
+                                                         static_cast<uint64_t*>(dst.data), rows, cols);
+      break;
+    default:
+      return false;
+  }
+  KILN_CUDA_CHECK_LAUNCH();
+  return true;
+}
+
 class CudaTranspose final : public Kernel {
  public:
   explicit CudaTranspose(std::vector<int64_t> perm) : perm_(std::move(perm)) {}
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
-    launch_copy(transpose_copy(in[0].dims, perm_), in[0], out[0], ctx);
+    StridedCopy c = transpose_copy(in[0].dims, perm_);
+    if (copy_count(c) == 0 || launch_tiled_transpose(c, in[0], out[0], ctx)) return;
+    launch_copy(c, in[0], out[0], ctx);
   }
   std::string name() const override { return "cuda_transpose"; }
 

@@ -534,10 +534,15 @@ def test_cuda_split(shape, sizes, axis, dtype):
 
 @pytest.mark.gpu
 def test_cuda_large_transpose_and_slice():
-    # 2.5M elements of odd sizes: many blocks, uneven tails, a coalesced rank-3 walk.
+    # 2.5M elements of odd sizes: many blocks, uneven tails; [2, 0, 1] coalesces to a 2-D transpose.
     x = fresh((37, 1025, 67))
     got = run_layer(lambda n, t: n.add_transpose(t, [2, 0, 1]), [x], "cuda", dynamic=True)
     torch.testing.assert_close(got, x.permute(2, 0, 1), rtol=0, atol=0)
+    got = run_layer(lambda n, t: n.add_transpose(t, [1, 0, 2]), [x], "cuda", dynamic=True)
+    torch.testing.assert_close(got, x.transpose(0, 1), rtol=0, atol=0)  # generic strided walk
+    y = fresh((3, 129, 257), torch.float16)  # batched 2-D transpose: the tiled path, partial tiles
+    got = run_layer(lambda n, t: n.add_transpose(t, [0, 2, 1]), [y], "cuda", dynamic=True)
+    torch.testing.assert_close(got, y.transpose(1, 2), rtol=0, atol=0)
     got = run_layer(
         lambda n, t: n.add_slice(t, [1, 2], [3, -60], [END, END], [5, 3]), [x], "cuda", dynamic=True
     )
