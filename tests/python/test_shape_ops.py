@@ -435,6 +435,43 @@ def test_static_shape_chain_is_folded():
     torch.testing.assert_close(got["flag"], torch.tensor([True]))
 
 
+VALUE_OPS = {
+    "add": torch.add,
+    "sub": torch.sub,
+    "mul": torch.mul,
+    "div": lambda a, b: torch.div(a, b, rounding_mode="trunc"),
+    "floor_div": lambda a, b: torch.div(a, b, rounding_mode="floor"),
+    "max": torch.maximum,
+    "min": torch.minimum,
+    "eq": torch.eq,
+    "ne": torch.ne,
+    "lt": torch.lt,
+    "le": torch.le,
+    "gt": torch.gt,
+    "ge": torch.ge,
+}
+
+
+@pytest.mark.parametrize("op", VALUE_OPS)
+def test_folded_values_match_torch(op):
+    # Host-side value arithmetic on shape-of a static input, broadcast against a [2, 1] constant
+    # with negative entries (so div/floor_div differ): folded to a constant, no layer left.
+    net = kiln.Network()
+    x = net.add_input("x", "float32", (3, 7, 4))
+    other = torch.tensor([[-2], [5]])
+    y = net.add_elementwise(net.add_shape(x), other, op)
+    net.mark_output(y, "y")
+    net.mark_output(net.add_identity(x), "x_out")  # keeps the engine non-trivial
+    engine = kiln.Engine(
+        kiln.Builder().build(net, kiln.BuilderConfig(target="reference")), backend="reference"
+    )
+    assert not any(
+        "[elementwise]" in line or "[shape]" in line for line in engine.describe_layers()
+    )
+    got = engine.create_execution_context().execute({"x": fresh((3, 7, 4))})["y"]
+    torch.testing.assert_close(got, VALUE_OPS[op](torch.tensor([3, 7, 4]), other))
+
+
 def test_squeeze_of_dynamic_dim_checked_against_the_profile():
     # A dynamic dim passes squeeze when the layer is added; concrete shapes (the profile's corners
     # when building, the set shapes when running) must then have size 1 there.
