@@ -32,6 +32,7 @@ void ensure_builtins() {
     register_indexing_schema();
     register_convolution_schema();
     register_pooling_schema();
+    register_shape_schema();
   });
 }
 

@@ -16,6 +16,7 @@ void register_reference_kernels() {
   register_indexing_reference_kernel();
   register_convolution_reference_kernel();
   register_pooling_reference_kernel();
+  register_shape_reference_kernel();
 }
 
 void register_cuda_kernels() {
@@ -32,6 +33,7 @@ void register_cuda_kernels() {
   register_indexing_cuda_kernel();
   register_convolution_cuda_kernel();
   register_pooling_cuda_kernel();
+  register_shape_cuda_kernel();
 }
 
 }  // namespace kiln

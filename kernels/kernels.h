@@ -20,6 +20,7 @@ void register_resize_reference_kernel();
 void register_indexing_reference_kernel();
 void register_convolution_reference_kernel();
 void register_pooling_reference_kernel();
+void register_shape_reference_kernel();
 
 void register_identity_cuda_kernel();
 void register_matmul_cuda_kernel();
@@ -34,5 +35,6 @@ void register_resize_cuda_kernel();
 void register_indexing_cuda_kernel();
 void register_convolution_cuda_kernel();
 void register_pooling_cuda_kernel();
+void register_shape_cuda_kernel();
 
 }  // namespace kiln

@@ -1,4 +1,5 @@
 // identity: y = x. Exists so that graphs can name a tensor twice; remove_noops drops it.
+// Tracked shape values pass through with the rest of the description.
 #include "core/op_schema.h"
 #include "core/ops/ops.h"
 

@@ -16,5 +16,6 @@ void register_resize_schema();
 void register_indexing_schema();
 void register_convolution_schema();
 void register_pooling_schema();
+void register_shape_schema();
 
 }  // namespace kiln

@@ -408,6 +408,80 @@ class Network:
         attrs = {"type": type, "output_size": self._spatial(xid, output_size)}
         return self.add_layer("adaptive_pooling", [Tensor(self, xid)], attrs, name)
 
+    def _shape_layer(self, op: str, x: TensorLike, shape, name: str) -> Layer:
+        """reshape / expand with the target shape as a list of ints or as a tracked int tensor."""
+        if isinstance(shape, Tensor | Layer):
+            return self.add_layer(op, [x, shape], {}, name)
+        return self.add_layer(op, [x], {"shape": [int(d) for d in shape]}, name)
+
+    def add_reshape(self, x: TensorLike, shape, name: str = "") -> Layer:
+        """torch.reshape. `shape`: ints (one -1 is inferred, 0 is a zero-size dim), or a 1-D
+        int32/int64 tensor computed from shapes and constants (shape, slice, concat, integer
+        elementwise), so the target may depend on dynamic dims."""
+        return self._shape_layer("reshape", x, shape, name)
+
+    def add_transpose(self, x: TensorLike, perm: Sequence[int], name: str = "") -> Layer:
+        """torch.permute: output dim d is input dim perm[d] (negatives count from the end)."""
+        return self.add_layer("transpose", [x], {"perm": [int(p) for p in perm]}, name)
+
+    def add_flatten(
+        self, x: TensorLike, start_dim: int = 0, end_dim: int = -1, name: str = ""
+    ) -> Layer:
+        """torch.flatten: dims start_dim..end_dim merged into one."""
+        return self.add_layer(
+            "flatten", [x], {"start_dim": int(start_dim), "end_dim": int(end_dim)}, name
+        )
+
+    def add_squeeze(self, x: TensorLike, axes: Sequence[int], name: str = "") -> Layer:
+        """Removes the size-1 dims `axes` (a dynamic one is checked when the engine runs)."""
+        return self.add_layer("squeeze", [x], {"axes": [int(a) for a in axes]}, name)
+
+    def add_unsqueeze(self, x: TensorLike, axes: Sequence[int], name: str = "") -> Layer:
+        """Inserts size-1 dims at `axes`, positions in the output (negative from its end)."""
+        return self.add_layer("unsqueeze", [x], {"axes": [int(a) for a in axes]}, name)
+
+    def add_expand(self, x: TensorLike, shape, name: str = "") -> Layer:
+        """torch.expand: -1 keeps a dim, new leading dims are allowed, size-1 dims broadcast.
+        `shape`: ints or a tracked 1-D int tensor, as for add_reshape."""
+        return self._shape_layer("expand", x, shape, name)
+
+    def add_shape(self, x: TensorLike, name: str = "") -> Layer:
+        """Shape-of: an int64 [rank] tensor of x's dims, tracked on the host for shape math."""
+        return self.add_layer("shape", [x], {}, name)
+
+    def add_concat(self, inputs: Sequence[TensorLike], axis: int = 0, name: str = "") -> Layer:
+        """torch.cat along `axis`: 1 to 1024 inputs of one dtype, other dims equal."""
+        return self.add_layer("concat", list(inputs), {"axis": int(axis)}, name)
+
+    def add_slice(
+        self,
+        x: TensorLike,
+        axes: Sequence[int],
+        starts: Sequence[int],
+        ends: Sequence[int],
+        steps: Sequence[int] | None = None,
+        name: str = "",
+    ) -> Layer:
+        """x[starts[i]:ends[i]:steps[i]] along axes[i], with Python slice semantics (negative
+        indices from the end, out-of-range values clamp; use 2**63 - 1 for "to the end").
+        Steps must be >= 1."""
+        attrs = {
+            "axes": [int(a) for a in axes],
+            "starts": [int(s) for s in starts],
+            "ends": [int(e) for e in ends],
+        }
+        if steps is not None:
+            attrs["steps"] = [int(s) for s in steps]
+        return self.add_layer("slice", [x], attrs, name)
+
+    def add_split(
+        self, x: TensorLike, sizes: Sequence[int], axis: int = 0, name: str = ""
+    ) -> Layer:
+        """torch.split with explicit sizes: output i has sizes[i] along `axis` (layer.outputs)."""
+        return self.add_layer(
+            "split", [x], {"axis": int(axis), "sizes": [int(s) for s in sizes]}, name
+        )
+
     def mark_output(self, t: TensorLike, name: str = "") -> Tensor:
         """Makes `t` a network output; `name` (optional) becomes its binding name."""
         tid = self._id(t)

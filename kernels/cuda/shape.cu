@@ -1,0 +1,263 @@
+// CUDA shape ops. reshape/flatten/squeeze/unsqueeze are one device-to-device copy; transpose,
+// slice, expand, concat (one launch per input) and split (one per output) run one generic strided
+// copy kernel over the coalesced description (kernels/strided_copy.h), moving elements as
+// 1/2/4/8-byte words with int64 indexing, or a cudaMemcpyAsync when the copy is contiguous.
+// A transpose that coalesces to a (batched) 2-D transpose takes a shared-memory tiled kernel.
+// shape writes the concrete dims, passed by value, with a one-block kernel (no host staging).
+#include <cstring>
+
+#include "core/op_schema.h"
+#include "core/ops/shape.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/dtype_traits.cuh"
+#include "kernels/kernel.h"
+#include "kernels/kernels.h"
+#include "kernels/strided_copy.h"
+
+namespace kiln {
+namespace {
+
+template <typename T>
+__global__ void strided_copy_kernel(const T* __restrict__ src, T* __restrict__ dst, StridedCopy c,
+                                    int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    int64_t s = c.src_offset, d = c.dst_offset, rem = i;
+    for (int k = c.rank - 1; k >= 0; --k) {
+      const int64_t idx = rem % c.dims[k];
+      rem /= c.dims[k];
+      s += idx * c.src_strides[k];
+      d += idx * c.dst_strides[k];
+    }
+    dst[d] = src[s];
+  }
+}
+
+void launch_copy(const StridedCopy& c, const TensorView& src, const TensorView& dst,
+                 const LaunchContext& ctx) {
+  const int64_t n = copy_count(c);
+  if (n == 0) return;
+  auto stream = static_cast<cudaStream_t>(ctx.stream);
+  const size_t size = dtype_size(src.dtype);
+  if (is_contiguous_copy(c)) {
+    KILN_CUDA_CHECK(cudaMemcpyAsync(static_cast<uint8_t*>(dst.data) + c.dst_offset * size,
+                                    static_cast<const uint8_t*>(src.data) + c.src_offset * size,
+                                    static_cast<size_t>(n) * size, cudaMemcpyDeviceToDevice, stream));
+    return;
+  }
+  constexpr int kBlock = 256;
+  const unsigned grid = grid_for(n, kBlock);
+  switch (size) {
+    case 1:
+      strided_copy_kernel<<<grid, kBlock, 0, stream>>>(static_cast<const uint8_t*>(src.data),
+                                                       static_cast<uint8_t*>(dst.data), c, n);
+      break;
+    case 2:
+      strided_copy_kernel<<<grid, kBlock, 0, stream>>>(static_cast<const uint16_t*>(src.data),
+                                                       static_cast<uint16_t*>(dst.data), c, n);
+      break;
+    case 4:
+      strided_copy_kernel<<<grid, kBlock, 0, stream>>>(static_cast<const uint32_t*>(src.data),
+                                                       static_cast<uint32_t*>(dst.data), c, n);
+      break;
+    case 8:
+      strided_copy_kernel<<<grid, kBlock, 0, stream>>>(static_cast<const uint64_t*>(src.data),
+                                                       static_cast<uint64_t*>(dst.data), c, n);
+      break;
+    default:
+      KILN_FAIL("strided copy: no CUDA kernel for " << size << "-byte elements");
+  }
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+class CudaCopy final : public Kernel {
+ public:
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    size_t bytes = static_cast<size_t>(volume(out[0].dims)) * dtype_size(out[0].dtype);
+    if (bytes == 0 || in[0].data == out[0].data) return;
+    KILN_CUDA_CHECK(cudaMemcpyAsync(out[0].data, in[0].data, bytes, cudaMemcpyDeviceToDevice,
+                                    static_cast<cudaStream_t>(ctx.stream)));
+  }
+  std::string name() const override { return "cuda_copy"; }
+};
+
+// Batched 2-D transpose through shared-memory tiles, so both the reads and the writes of a warp
+// touch consecutive addresses: dst[b][r][c] = src[b][c][r], dst of shape [batch, rows, cols].
+constexpr int kTile = 32;
+constexpr int kTileRows = 8;  // threads per block: kTile x kTileRows, each moving kTile / kTileRows elements
+
+template <typename T>
+__global__ void transpose_tiled_kernel(const T* __restrict__ src, T* __restrict__ dst, int64_t rows,
+                                       int64_t cols) {
+  __shared__ T tile[kTile][kTile + 1];  // +1: column reads hit distinct banks
+  const int64_t base = static_cast<int64_t>(blockIdx.z) * rows * cols;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTile, c0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  for (int k = threadIdx.y; k < kTile; k += kTileRows) {  // tile[k][x] = src row c0 + k, column r0 + x
+    const int64_t c = c0 + k, r = r0 + threadIdx.x;
+    if (c < cols && r < rows) tile[k][threadIdx.x] = src[base + c * rows + r];
+  }
+  __syncthreads();
+  for (int k = threadIdx.y; k < kTile; k += kTileRows) {  // dst[r0 + k][c0 + x] = src[c0 + x][r0 + k]
+    const int64_t r = r0 + k, c = c0 + threadIdx.x;
+    if (r < rows && c < cols) dst[base + r * cols + c] = tile[threadIdx.x][k];
+  }
+}
+
+// When the coalesced copy is a (batched) 2-D transpose, launches the tiled kernel and returns true.
+bool launch_tiled_transpose(const StridedCopy& c, const TensorView& src, const TensorView& dst,
+                            const LaunchContext& ctx) {
+  if (c.rank != 2 && c.rank != 3) return false;
+  const int i = c.rank - 2;  // [batch,] rows, cols of the output
+  const int64_t rows = c.dims[i], cols = c.dims[i + 1];
+  const int64_t batch = c.rank == 3 ? c.dims[0] : 1;
+  const bool is_2d_transpose =
+      c.dst_strides[i + 1] == 1 && c.dst_strides[i] == cols && c.src_strides[i] == 1 &&
+      c.src_strides[i + 1] == rows && c.src_offset == 0 && c.dst_offset == 0 &&
+      (c.rank == 2 || (c.src_strides[0] == rows * cols && c.dst_strides[0] == rows * cols));
+  const int64_t grid_y = (rows + kTile - 1) / kTile, grid_x = (cols + kTile - 1) / kTile;
+  if (!is_2d_transpose || batch > 65535 || grid_y > 65535 || grid_x > 0x7fffffff) return false;
+  const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y), static_cast<unsigned>(batch));
+  const dim3 block(kTile, kTileRows);
+  auto stream = static_cast<cudaStream_t>(ctx.stream);
+  switch (dtype_size(src.dtype)) {
+    case 1:
+      transpose_tiled_kernel<<<grid, block, 0, stream>>>(static_cast<const uint8_t*>(src.data),
+                                                         static_cast<uint8_t*>(dst.data), rows, cols);
+      break;
+    case 2:
+      transpose_tiled_kernel<<<grid, block, 0, stream>>>(static_cast<const uint16_t*>(src.data),
+                                                         static_cast<uint16_t*>(dst.data), rows, cols);
+      break;
+    case 4:
+      transpose_tiled_kernel<<<grid, block, 0, stream>>>(static_cast<const uint32_t*>(src.data),
+                                                         static_cast<uint32_t*>(dst.data), rows, cols);
+      break;
+    case 8:
+      transpose_tiled_kernel<<<grid, block, 0, stream>>>(static_cast<const uint64_t*>(src.data),
+                                                         static_cast<uint64_t*>(dst.data), rows, cols);
+      break;
+    default:
+      return false;
+  }
+  KILN_CUDA_CHECK_LAUNCH();
+  return true;
+}
+
+class CudaTranspose final : public Kernel {
+ public:
+  explicit CudaTranspose(std::vector<int64_t> perm) : perm_(std::move(perm)) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    StridedCopy c = transpose_copy(in[0].dims, perm_);
+    if (copy_count(c) == 0 || launch_tiled_transpose(c, in[0], out[0], ctx)) return;
+    launch_copy(c, in[0], out[0], ctx);
+  }
+  std::string name() const override { return "cuda_transpose"; }
+
+ private:
+  std::vector<int64_t> perm_;
+};
+
+class CudaSlice final : public Kernel {
+ public:
+  explicit CudaSlice(Layer layer) : layer_(std::move(layer)) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    launch_copy(slice_copy(in[0].dims, resolve_slice(layer_, in[0].dims)), in[0], out[0], ctx);
+  }
+  std::string name() const override { return "cuda_slice"; }
+
+ private:
+  Layer layer_;  // the start of a negative index depends on the run-time dim
+};
+
+class CudaExpand final : public Kernel {
+ public:
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    launch_copy(expand_copy(in[0].dims, out[0].dims), in[0], out[0], ctx);
+  }
+  std::string name() const override { return "cuda_expand"; }
+};
+
+class CudaConcat final : public Kernel {
+ public:
+  explicit CudaConcat(int64_t axis) : axis_(axis) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const int64_t axis = axis_ < 0 ? axis_ + static_cast<int64_t>(out[0].dims.size()) : axis_;
+    int64_t offset = 0;
+    for (const auto& x : in) {
+      launch_copy(part_copy(x.dims, out[0].dims, axis, offset, /*part_is_dst=*/false), x, out[0], ctx);
+      offset += x.dims[axis];
+    }
+  }
+  std::string name() const override { return "cuda_concat"; }
+
+ private:
+  int64_t axis_;
+};
+
+class CudaSplit final : public Kernel {
+ public:
+  explicit CudaSplit(int64_t axis) : axis_(axis) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const int64_t axis = axis_ < 0 ? axis_ + static_cast<int64_t>(in[0].dims.size()) : axis_;
+    int64_t offset = 0;
+    for (const auto& y : out) {
+      launch_copy(part_copy(y.dims, in[0].dims, axis, offset, /*part_is_dst=*/true), in[0], y, ctx);
+      offset += y.dims[axis];
+    }
+  }
+  std::string name() const override { return "cuda_split"; }
+
+ private:
+  int64_t axis_;
+};
+
+struct DimsArg {
+  int64_t v[kMaxRank];
+};
+
+__global__ void write_dims_kernel(DimsArg dims, int rank, int64_t* __restrict__ out) {
+  const int d = static_cast<int>(threadIdx.x);
+  if (d < rank) out[d] = dims.v[d];
+}
+
+class CudaShape final : public Kernel {
+ public:
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const int rank = static_cast<int>(in[0].dims.size());
+    if (rank == 0) return;
+    DimsArg dims{};
+    for (int d = 0; d < rank; ++d) dims.v[d] = in[0].dims[d];
+    write_dims_kernel<<<1, kMaxRank, 0, static_cast<cudaStream_t>(ctx.stream)>>>(
+        dims, rank, static_cast<int64_t*>(out[0].data));
+    KILN_CUDA_CHECK_LAUNCH();
+  }
+  std::string name() const override { return "cuda_shape"; }
+};
+
+}  // namespace
+
+void register_shape_cuda_kernel() {
+  for (const char* op : {"reshape", "flatten", "squeeze", "unsqueeze"}) {
+    register_kernel(op, Backend::kCuda, [](const Layer&) { return std::make_unique<CudaCopy>(); });
+  }
+  register_kernel("transpose", Backend::kCuda, [](const Layer& l) {
+    auto rank = static_cast<int64_t>(l.attrs.get_ints("perm", describe(l)).size());
+    return std::make_unique<CudaTranspose>(resolve_perm(l, rank));
+  });
+  register_kernel("slice", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaSlice>(l); });
+  register_kernel("expand", Backend::kCuda, [](const Layer&) { return std::make_unique<CudaExpand>(); });
+  register_kernel("concat", Backend::kCuda,
+                  [](const Layer& l) { return std::make_unique<CudaConcat>(l.attrs.get_int("axis", 0)); });
+  register_kernel("split", Backend::kCuda,
+                  [](const Layer& l) { return std::make_unique<CudaSplit>(l.attrs.get_int("axis", 0)); });
+  register_kernel("shape", Backend::kCuda, [](const Layer&) { return std::make_unique<CudaShape>(); });
+}
+
+}  // namespace kiln

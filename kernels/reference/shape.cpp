@@ -1,0 +1,140 @@
+// Reference shape ops: element copies in plain loops. reshape/flatten/squeeze/unsqueeze keep the
+// row-major order (one memcpy); the others walk a StridedCopy element by element.
+#include <cstring>
+
+#include "core/ops/shape.h"
+#include "core/ops/shape_values.h"
+#include "kernels/kernel.h"
+#include "kernels/kernels.h"
+#include "kernels/strided_copy.h"
+
+namespace kiln {
+namespace {
+
+void run_copy(const StridedCopy& c, const TensorView& src, const TensorView& dst) {
+  const size_t size = dtype_size(src.dtype);
+  const int64_t n = copy_count(c);
+  const auto* s = static_cast<const uint8_t*>(src.data);
+  auto* d = static_cast<uint8_t*>(dst.data);
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t so = c.src_offset, dof = c.dst_offset, rem = i;
+    for (int k = c.rank - 1; k >= 0; --k) {
+      int64_t idx = rem % c.dims[k];
+      rem /= c.dims[k];
+      so += idx * c.src_strides[k];
+      dof += idx * c.dst_strides[k];
+    }
+    std::memcpy(d + dof * size, s + so * size, size);
+  }
+}
+
+class RefCopy final : public Kernel {
+ public:
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext&) const override {
+    size_t bytes = static_cast<size_t>(volume(out[0].dims)) * dtype_size(out[0].dtype);
+    if (bytes) std::memcpy(out[0].data, in[0].data, bytes);
+  }
+  std::string name() const override { return "ref_copy"; }
+};
+
+class RefTranspose final : public Kernel {
+ public:
+  explicit RefTranspose(Layer layer) : layer_(std::move(layer)) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext&) const override {
+    auto perm = resolve_perm(layer_, static_cast<int64_t>(in[0].dims.size()));
+    run_copy(transpose_copy(in[0].dims, perm), in[0], out[0]);
+  }
+  std::string name() const override { return "ref_transpose"; }
+
+ private:
+  Layer layer_;
+};
+
+class RefSlice final : public Kernel {
+ public:
+  explicit RefSlice(Layer layer) : layer_(std::move(layer)) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext&) const override {
+    run_copy(slice_copy(in[0].dims, resolve_slice(layer_, in[0].dims)), in[0], out[0]);
+  }
+  std::string name() const override { return "ref_slice"; }
+
+ private:
+  Layer layer_;
+};
+
+class RefExpand final : public Kernel {
+ public:
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext&) const override {
+    run_copy(expand_copy(in[0].dims, out[0].dims), in[0], out[0]);
+  }
+  std::string name() const override { return "ref_expand"; }
+};
+
+class RefConcat final : public Kernel {
+ public:
+  explicit RefConcat(int64_t axis) : axis_(axis) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext&) const override {
+    const int64_t axis = axis_ < 0 ? axis_ + static_cast<int64_t>(out[0].dims.size()) : axis_;
+    int64_t offset = 0;
+    for (const auto& x : in) {
+      run_copy(part_copy(x.dims, out[0].dims, axis, offset, /*part_is_dst=*/false), x, out[0]);
+      offset += x.dims[axis];
+    }
+  }
+  std::string name() const override { return "ref_concat"; }
+
+ private:
+  int64_t axis_;
+};
+
+class RefSplit final : public Kernel {
+ public:
+  explicit RefSplit(int64_t axis) : axis_(axis) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext&) const override {
+    const int64_t axis = axis_ < 0 ? axis_ + static_cast<int64_t>(in[0].dims.size()) : axis_;
+    int64_t offset = 0;
+    for (const auto& y : out) {
+      run_copy(part_copy(y.dims, in[0].dims, axis, offset, /*part_is_dst=*/true), in[0], y);
+      offset += y.dims[axis];
+    }
+  }
+  std::string name() const override { return "ref_split"; }
+
+ private:
+  int64_t axis_;
+};
+
+class RefShape final : public Kernel {
+ public:
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext&) const override {
+    auto* y = static_cast<int64_t*>(out[0].data);
+    for (size_t d = 0; d < in[0].dims.size(); ++d) y[d] = in[0].dims[d];
+  }
+  std::string name() const override { return "ref_shape"; }
+};
+
+}  // namespace
+
+void register_shape_reference_kernel() {
+  for (const char* op : {"reshape", "flatten", "squeeze", "unsqueeze"}) {
+    register_kernel(op, Backend::kReference, [](const Layer&) { return std::make_unique<RefCopy>(); });
+  }
+  register_kernel("transpose", Backend::kReference,
+                  [](const Layer& l) { return std::make_unique<RefTranspose>(l); });
+  register_kernel("slice", Backend::kReference, [](const Layer& l) { return std::make_unique<RefSlice>(l); });
+  register_kernel("expand", Backend::kReference, [](const Layer&) { return std::make_unique<RefExpand>(); });
+  register_kernel("concat", Backend::kReference,
+                  [](const Layer& l) { return std::make_unique<RefConcat>(l.attrs.get_int("axis", 0)); });
+  register_kernel("split", Backend::kReference,
+                  [](const Layer& l) { return std::make_unique<RefSplit>(l.attrs.get_int("axis", 0)); });
+  register_kernel("shape", Backend::kReference, [](const Layer&) { return std::make_unique<RefShape>(); });
+}
+
+}  // namespace kiln
