@@ -76,8 +76,9 @@ class HeaderParser {
     t.dtype = parse_dtype_code(dtype, name);
     KILN_CHECK(has_shape && shape.size() <= static_cast<size_t>(kMaxRank),
                what_ << ": tensor '" << name << "' needs a shape of rank <= " << kMaxRank);
-    for (int64_t d : shape) KILN_CHECK(d >= 0 && d < (int64_t{1} << 40), what_ << ": tensor '" << name
-                                                                          << "' has an invalid dim " << d);
+    for (int64_t d : shape)
+      KILN_CHECK(d >= 0 && d < (int64_t{1} << 40),
+                 what_ << ": tensor '" << name << "' has an invalid dim " << d);
     t.dims = shape;
     KILN_CHECK(offsets.size() == 2 && offsets[0] <= offsets[1] && offsets[1] <= data_size,
                what_ << ": tensor '" << name << "' has data offsets outside the file's " << data_size
@@ -136,8 +137,8 @@ class HeaderParser {
         KILN_CHECK(x <= (UINT64_MAX - 9) / 10, what_ << ": number too large in the JSON header");
         x = x * 10 + static_cast<uint64_t>(s_[pos_++] - '0');
       }
-      KILN_CHECK(pos_ > start, what_ << ": expected a non-negative integer at byte " << start
-                                     << " of the JSON header");
+      KILN_CHECK(pos_ > start,
+                 what_ << ": expected a non-negative integer at byte " << start << " of the JSON header");
       v.push_back(x);
       KILN_CHECK(v.size() <= 64, what_ << ": array too long in the JSON header");
       if (peek() == ',') {
@@ -160,17 +161,28 @@ class HeaderParser {
         KILN_CHECK(pos_ < s_.size(), what_ << ": unterminated escape in the JSON header");
         char e = s_[pos_++];
         switch (e) {
-          case 'n': out += '\n'; break;
-          case 't': out += '\t'; break;
-          case 'r': out += '\r'; break;
-          case 'b': out += '\b'; break;
-          case 'f': out += '\f'; break;
+          case 'n':
+            out += '\n';
+            break;
+          case 't':
+            out += '\t';
+            break;
+          case 'r':
+            out += '\r';
+            break;
+          case 'b':
+            out += '\b';
+            break;
+          case 'f':
+            out += '\f';
+            break;
           case 'u':  // kept verbatim: names are compared, never displayed as Unicode
             KILN_CHECK(pos_ + 4 <= s_.size(), what_ << ": truncated \\u escape in the JSON header");
             out += "\\u" + s_.substr(pos_, 4);
             pos_ += 4;
             break;
-          default: out += e;
+          default:
+            out += e;
         }
       } else {
         out += c;
@@ -188,8 +200,8 @@ class HeaderParser {
     return s_[pos_];
   }
   void expect(char c) {
-    KILN_CHECK(peek() == c, what_ << ": expected '" << c << "' at byte " << pos_ << " of the JSON header, found '"
-                                  << s_[pos_] << "'");
+    KILN_CHECK(peek() == c, what_ << ": expected '" << c << "' at byte " << pos_
+                                  << " of the JSON header, found '" << s_[pos_] << "'");
     ++pos_;
   }
 
@@ -200,7 +212,8 @@ class HeaderParser {
 
 }  // namespace
 
-std::map<std::string, WeightTensor> parse_safetensors(const uint8_t* bytes, size_t size, const std::string& what) {
+std::map<std::string, WeightTensor> parse_safetensors(const uint8_t* bytes, size_t size,
+                                                      const std::string& what) {
   KILN_CHECK(size >= 8, what << ": " << size << " bytes is too short for a safetensors file");
   uint64_t header = 0;
   std::memcpy(&header, bytes, 8);

@@ -59,7 +59,7 @@ if [ -f bench/run.py ]; then
 fi
 
 [ $ctest_rc -ne 0 ] && grep -E "Failed|FAILED|Error" "$OUT_DIR/ctest.log" | head -30
-[ $pytest_rc -ne 0 ] && tail -40 "$OUT_DIR/pytest.log"
+[ $pytest_rc -ne 0 ] && { grep -E "^(FAILED|ERROR)" "$OUT_DIR/pytest.log" | cut -c1-220 | head -120; tail -3 "$OUT_DIR/pytest.log"; }
 echo
 echo "== kiln demo =="
 cat "$OUT_DIR/demo.log"

@@ -60,8 +60,9 @@ bool flag_attr(const Layer& layer, const std::string& name, bool fallback, const
 }
 
 void check_index_dtype(const TensorDesc& t, const char* what, const std::string& who) {
-  KILN_CHECK(t.dtype == DataType::kInt32 || t.dtype == DataType::kInt64,
-             who << ": " << what << " must be int32 or int64, got " << dtype_name(t.dtype) << "; insert a cast");
+  KILN_CHECK(
+      t.dtype == DataType::kInt32 || t.dtype == DataType::kInt64,
+      who << ": " << what << " must be int32 or int64, got " << dtype_name(t.dtype) << "; insert a cast");
 }
 
 // Index `i` of an axis of size `n` after wrapping negatives once; refuses one still out of range.
@@ -122,7 +123,8 @@ std::vector<TensorDesc> infer_gather_elements(const Layer& layer, const std::vec
   const int64_t rank = static_cast<int64_t>(data.dims.size());
   KILN_CHECK(rank >= 1, who << ": data must have rank >= 1, got a scalar");
   KILN_CHECK(index.dims.size() == data.dims.size(), who << ": index " << to_string(index.dims)
-                                                        << " must have the rank of data " << to_string(data.dims));
+                                                        << " must have the rank of data "
+                                                        << to_string(data.dims));
   const int64_t axis = normalize_axis(int_attr(layer, "axis", 0, who), rank, who);
   for (int64_t d = 0; d < rank; ++d) {
     int64_t i = index.dims[d], n = data.dims[d];
@@ -139,7 +141,8 @@ std::vector<TensorDesc> infer_embedding(const Layer& layer, const std::vector<Te
   const TensorDesc& weight = in[0];
   const TensorDesc& indices = in[1];
   check_index_dtype(indices, "indices", who);
-  KILN_CHECK(weight.dims.size() == 2, who << ": weight must be [num_embeddings, dim], got " << to_string(weight.dims));
+  KILN_CHECK(weight.dims.size() == 2,
+             who << ": weight must be [num_embeddings, dim], got " << to_string(weight.dims));
   Dims out = indices.dims;
   out.push_back(weight.dims[1]);
   KILN_CHECK(out.size() <= static_cast<size_t>(kMaxRank),
@@ -153,10 +156,11 @@ std::vector<TensorDesc> infer_pad(const Layer& layer, const std::vector<TensorDe
   const TensorDesc& x = in[0];
   const int64_t rank = static_cast<int64_t>(x.dims.size());
   const std::vector<int64_t> pads = layer.attrs.get_ints("pads", who);
-  KILN_CHECK(pads.size() % 2 == 0, who << ": pads must hold (before, after) pairs, got " << pads.size() << " values");
-  KILN_CHECK(static_cast<int64_t>(pads.size()) <= 2 * rank,
-             who << ": pads cover " << pads.size() / 2 << " dims but the input " << to_string(x.dims) << " has rank "
-                 << rank);
+  KILN_CHECK(pads.size() % 2 == 0,
+             who << ": pads must hold (before, after) pairs, got " << pads.size() << " values");
+  KILN_CHECK(static_cast<int64_t>(pads.size()) <= 2 * rank, who << ": pads cover " << pads.size() / 2
+                                                                << " dims but the input " << to_string(x.dims)
+                                                                << " has rank " << rank);
   std::string mode = layer.attrs.has("mode") ? layer.attrs.get_string("mode", who) : "constant";
   const auto& modes = indexing::pad_modes();
   KILN_CHECK(std::find(modes.begin(), modes.end(), mode) != modes.end(),
@@ -167,16 +171,16 @@ std::vector<TensorDesc> infer_pad(const Layer& layer, const std::vector<TensorDe
     int64_t before = p[2 * d], after = p[2 * d + 1], n = x.dims[d];
     if (n == kDynamic) continue;
     if (mode == "reflect") {
-      KILN_CHECK(before < n && after < n, who << ": reflect padding (" << before << ", " << after << ") of dim " << d
-                                              << " must be smaller than its size " << n
+      KILN_CHECK(before < n && after < n, who << ": reflect padding (" << before << ", " << after
+                                              << ") of dim " << d << " must be smaller than its size " << n
                                               << "; use replicate or constant padding");
     } else if (mode == "replicate") {
       KILN_CHECK(n > 0 || (before <= 0 && after <= 0),
                  who << ": replicate padding of dim " << d << " needs a non-empty dim");
     }
     out[d] = n + before + after;
-    KILN_CHECK(out[d] >= 0, who << ": pads (" << before << ", " << after << ") crop dim " << d << " of size " << n
-                                << " below zero");
+    KILN_CHECK(out[d] >= 0, who << ": pads (" << before << ", " << after << ") crop dim " << d << " of size "
+                                << n << " below zero");
   }
   return {{x.dtype, out}};
 }
@@ -184,8 +188,9 @@ std::vector<TensorDesc> infer_pad(const Layer& layer, const std::vector<TensorDe
 std::vector<TensorDesc> infer_cumsum(const Layer& layer, const std::vector<TensorDesc>& in) {
   const std::string who = describe(layer);
   const TensorDesc& x = in[0];
-  KILN_CHECK(is_floating(x.dtype) || x.dtype == DataType::kInt32 || x.dtype == DataType::kInt64,
-             who << ": input must be float32, float16, bfloat16, int32 or int64, got " << dtype_name(x.dtype));
+  KILN_CHECK(
+      is_floating(x.dtype) || x.dtype == DataType::kInt32 || x.dtype == DataType::kInt64,
+      who << ": input must be float32, float16, bfloat16, int32 or int64, got " << dtype_name(x.dtype));
   const int64_t rank = static_cast<int64_t>(x.dims.size());
   KILN_CHECK(rank >= 1, who << ": input must have rank >= 1, got a scalar");
   normalize_axis(layer.attrs.get_int("axis", who), rank, who);
@@ -197,8 +202,9 @@ std::vector<TensorDesc> infer_cumsum(const Layer& layer, const std::vector<Tenso
 std::vector<TensorDesc> infer_topk(const Layer& layer, const std::vector<TensorDesc>& in) {
   const std::string who = describe(layer);
   const TensorDesc& x = in[0];
-  KILN_CHECK(is_floating(x.dtype) || x.dtype == DataType::kInt32 || x.dtype == DataType::kInt64,
-             who << ": input must be float32, float16, bfloat16, int32 or int64, got " << dtype_name(x.dtype));
+  KILN_CHECK(
+      is_floating(x.dtype) || x.dtype == DataType::kInt32 || x.dtype == DataType::kInt64,
+      who << ": input must be float32, float16, bfloat16, int32 or int64, got " << dtype_name(x.dtype));
   const int64_t rank = static_cast<int64_t>(x.dims.size());
   KILN_CHECK(rank >= 1, who << ": input must have rank >= 1, got a scalar");
   const int64_t axis = normalize_axis(int_attr(layer, "axis", -1, who), rank, who);

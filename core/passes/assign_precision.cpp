@@ -93,8 +93,11 @@ class PrecisionRewriter {
     std::vector<TensorId> inputs;
     for (TensorId t : l.inputs) {
       DataType now = dtype_now(t);
-      bool convert = is_floating(now) && now != precision && l.op != "cast" &&
-                     (now == DataType::kFloat32 || config_.layer_precisions.count(l.name));
+      // Convert float32 inputs, and anything this pass changed; a tensor the network itself
+      // declares float16/bfloat16 stays unless the layer's precision is set explicitly.
+      bool convert =
+          is_floating(now) && now != precision && l.op != "cast" &&
+          (now == DataType::kFloat32 || now != in_.tensor(t).dtype || config_.layer_precisions.count(l.name));
       inputs.push_back(convert ? as(t, precision) : as(t, now));
     }
     Attributes attrs = l.attrs;

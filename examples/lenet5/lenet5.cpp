@@ -81,8 +81,8 @@ int run(const std::string& dir, const std::string& target) {
   config.profiles.push_back({{{"input", {{1, 1, 32, 32}, {4, 1, 32, 32}, {64, 1, 32, 32}}}}});
   kiln::Plan plan = kiln::Builder().build(build_network(weights), config);
   // Through bytes, as an application that saved the plan would load it.
-  auto engine = kiln::Engine::create(plan.serialize(), target == "cuda" ? kiln::Backend::kCuda
-                                                                         : kiln::Backend::kReference);
+  auto engine = kiln::Engine::create(plan.serialize(),
+                                     target == "cuda" ? kiln::Backend::kCuda : kiln::Backend::kReference);
   auto ctx = engine->create_execution_context();
   ctx->set_input_shape("input", input.dims);
   std::vector<float> out(static_cast<size_t>(kiln::volume(ctx->tensor_shape("logits"))));

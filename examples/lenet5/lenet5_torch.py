@@ -40,7 +40,9 @@ def write(out_dir, batch=4, seed=0):
     model = LeNet5().eval()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "lenet5.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, out / "lenet5.safetensors"
+    )
     x = torch.randn(batch, 1, 32, 32)
     with torch.no_grad():
         y = model(x)

@@ -145,8 +145,8 @@ class CudaGather final : public Kernel {
       dispatch_index(in[1].dtype, who_.c_str(), [&](auto i) {
         using I = decltype(i);
         gather_kernel<W, I><<<grid_for(total, kBlock), kBlock, 0, stream>>>(
-            static_cast<const W*>(in[0].data), static_cast<const I*>(in[1].data), static_cast<W*>(out[0].data), v.n,
-            count, v.inner, total);
+            static_cast<const W*>(in[0].data), static_cast<const I*>(in[1].data),
+            static_cast<W*>(out[0].data), v.n, count, v.inner, total);
         KILN_CUDA_CHECK_LAUNCH();
       });
     });
@@ -170,8 +170,8 @@ struct ElementsIndexer {
 };
 
 template <typename W, typename I>
-__global__ void gather_elements_kernel(const W* __restrict__ data, const I* __restrict__ idx, W* __restrict__ out,
-                                       ElementsIndexer g, int64_t total) {
+__global__ void gather_elements_kernel(const W* __restrict__ data, const I* __restrict__ idx,
+                                       W* __restrict__ out, ElementsIndexer g, int64_t total) {
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
        e += int64_t{gridDim.x} * blockDim.x) {
     int64_t rem = e, src = 0;
@@ -215,8 +215,8 @@ class CudaGatherElements final : public Kernel {
       dispatch_index(in[1].dtype, who_.c_str(), [&](auto i) {
         using I = decltype(i);
         gather_elements_kernel<W, I><<<grid_for(total, kBlock), kBlock, 0, stream>>>(
-            static_cast<const W*>(in[0].data), static_cast<const I*>(in[1].data), static_cast<W*>(out[0].data), g,
-            total);
+            static_cast<const W*>(in[0].data), static_cast<const I*>(in[1].data),
+            static_cast<W*>(out[0].data), g, total);
         KILN_CUDA_CHECK_LAUNCH();
       });
     });
@@ -294,8 +294,8 @@ class CudaPad final : public Kernel {
       using W = decltype(w);
       W fill;
       std::memcpy(&fill, &fill_bits, sizeof(W));
-      pad_kernel<W><<<grid_for(total, kBlock), kBlock, 0, stream>>>(static_cast<const W*>(in[0].data),
-                                                                     static_cast<W*>(out[0].data), p, fill, total);
+      pad_kernel<W><<<grid_for(total, kBlock), kBlock, 0, stream>>>(
+          static_cast<const W*>(in[0].data), static_cast<W*>(out[0].data), p, fill, total);
       KILN_CUDA_CHECK_LAUNCH();
     });
   }
@@ -315,8 +315,8 @@ using Acc = std::conditional_t<is_float_type<T>(), float, int64_t>;
 
 // One thread per line (o, k) of a tensor seen as [outer, n, inner] with inner > 1.
 template <typename T>
-__global__ void cumsum_lines(const T* __restrict__ x, T* __restrict__ y, int64_t n, int64_t inner, int64_t lines,
-                             bool exclusive, bool reverse) {
+__global__ void cumsum_lines(const T* __restrict__ x, T* __restrict__ y, int64_t n, int64_t inner,
+                             int64_t lines, bool exclusive, bool reverse) {
   for (int64_t line = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; line < lines;
        line += int64_t{gridDim.x} * blockDim.x) {
     const int64_t base = (line / inner) * n * inner + line % inner;
@@ -334,8 +334,8 @@ __global__ void cumsum_lines(const T* __restrict__ x, T* __restrict__ y, int64_t
 // One block of kBlock threads per contiguous row: tiles of kBlock elements, each scanned with warp
 // shuffles and per-warp totals, offset by the total of the tiles before.
 template <typename T>
-__global__ void cumsum_rows(const T* __restrict__ x, T* __restrict__ y, int64_t n, int64_t rows, bool exclusive,
-                            bool reverse) {
+__global__ void cumsum_rows(const T* __restrict__ x, T* __restrict__ y, int64_t n, int64_t rows,
+                            bool exclusive, bool reverse) {
   using A = Acc<T>;
   constexpr int kWarps = kBlock / 32;
   __shared__ A warp_total[kWarps];
@@ -396,8 +396,8 @@ class CudaCumsum final : public Kernel {
         cumsum_rows<T><<<grid_for(v.outer, 1), kBlock, 0, stream>>>(x, y, v.n, v.outer, exclusive_, reverse_);
       } else {
         const int64_t lines = v.outer * v.inner;
-        cumsum_lines<T><<<grid_for(lines, kBlock), kBlock, 0, stream>>>(x, y, v.n, v.inner, lines, exclusive_,
-                                                                         reverse_);
+        cumsum_lines<T>
+            <<<grid_for(lines, kBlock), kBlock, 0, stream>>>(x, y, v.n, v.inner, lines, exclusive_, reverse_);
       }
       KILN_CUDA_CHECK_LAUNCH();
     });
@@ -427,8 +427,8 @@ __device__ __forceinline__ bool ranks_before(K a, int ia, K b, int ib, bool larg
 }
 
 template <typename T>
-__global__ void topk_rows(const T* __restrict__ x, T* __restrict__ values, int64_t* __restrict__ indices, int64_t n,
-                          int64_t inner, int64_t rows, int64_t k, int pow2, bool largest) {
+__global__ void topk_rows(const T* __restrict__ x, T* __restrict__ values, int64_t* __restrict__ indices,
+                          int64_t n, int64_t inner, int64_t rows, int64_t k, int pow2, bool largest) {
   using K = Wide<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   K* key = reinterpret_cast<K*>(smem);
@@ -494,8 +494,8 @@ class CudaTopk final : public Kernel {
       using T = decltype(t);
       const size_t smem = static_cast<size_t>(pow2) * (sizeof(Wide<T>) + sizeof(int));  // <= 48 KiB
       topk_rows<T><<<grid_for(rows, 1), threads, smem, stream>>>(
-          static_cast<const T*>(in[0].data), static_cast<T*>(out[0].data), static_cast<int64_t*>(out[1].data), v.n,
-          v.inner, rows, k, pow2, largest_);
+          static_cast<const T*>(in[0].data), static_cast<T*>(out[0].data), static_cast<int64_t*>(out[1].data),
+          v.n, v.inner, rows, k, pow2, largest_);
       KILN_CUDA_CHECK_LAUNCH();
     });
   }
@@ -510,8 +510,10 @@ class CudaTopk final : public Kernel {
 }  // namespace
 
 void register_indexing_cuda_kernel() {
-  register_kernel("gather", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaGather>(l, axis_of(l, 0)); });
-  register_kernel("embedding", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaGather>(l, 0); });
+  register_kernel("gather", Backend::kCuda,
+                  [](const Layer& l) { return std::make_unique<CudaGather>(l, axis_of(l, 0)); });
+  register_kernel("embedding", Backend::kCuda,
+                  [](const Layer& l) { return std::make_unique<CudaGather>(l, 0); });
   register_kernel("gather_elements", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CudaGatherElements>(l); });
   register_kernel("pad", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaPad>(l); });

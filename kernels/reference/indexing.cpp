@@ -72,7 +72,8 @@ class RefGather final : public Kernel {
 
 class RefGatherElements final : public Kernel {
  public:
-  explicit RefGatherElements(const Layer& l) : who_(describe(l)), axis_(l.attrs.get_int("axis", int64_t{0})) {}
+  explicit RefGatherElements(const Layer& l)
+      : who_(describe(l)), axis_(l.attrs.get_int("axis", int64_t{0})) {}
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext&) const override {
     const Dims& data = in[0].dims;
@@ -216,7 +217,9 @@ bool ranks_before(K a, int64_t ia, K b, int64_t ib, bool largest) {
 class RefTopk final : public Kernel {
  public:
   explicit RefTopk(const Layer& l)
-      : who_(describe(l)), axis_(l.attrs.get_int("axis", int64_t{-1})), largest_(l.attrs.get_int("largest", int64_t{1}) != 0) {}
+      : who_(describe(l)),
+        axis_(l.attrs.get_int("axis", int64_t{-1})),
+        largest_(l.attrs.get_int("largest", int64_t{1}) != 0) {}
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext&) const override {
     const int64_t rank = static_cast<int64_t>(in[0].dims.size());
@@ -234,8 +237,8 @@ class RefTopk final : public Kernel {
 
  private:
   template <typename K, typename Load>
-  void select(const std::vector<TensorView>& in, const std::vector<TensorView>& out, const AxisView& v, int64_t k,
-              Load load) const {
+  void select(const std::vector<TensorView>& in, const std::vector<TensorView>& out, const AxisView& v,
+              int64_t k, Load load) const {
     std::vector<int64_t> order(static_cast<size_t>(v.n));
     std::vector<K> key(static_cast<size_t>(v.n));
     for (int64_t o = 0; o < v.outer; ++o) {
@@ -260,13 +263,16 @@ class RefTopk final : public Kernel {
 }  // namespace
 
 void register_indexing_reference_kernel() {
-  register_kernel("gather", Backend::kReference,
-                  [](const Layer& l) { return std::make_unique<RefGather>(l, l.attrs.get_int("axis", int64_t{0})); });
-  register_kernel("embedding", Backend::kReference, [](const Layer& l) { return std::make_unique<RefGather>(l, 0); });
+  register_kernel("gather", Backend::kReference, [](const Layer& l) {
+    return std::make_unique<RefGather>(l, l.attrs.get_int("axis", int64_t{0}));
+  });
+  register_kernel("embedding", Backend::kReference,
+                  [](const Layer& l) { return std::make_unique<RefGather>(l, 0); });
   register_kernel("gather_elements", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefGatherElements>(l); });
   register_kernel("pad", Backend::kReference, [](const Layer& l) { return std::make_unique<RefPad>(l); });
-  register_kernel("cumsum", Backend::kReference, [](const Layer& l) { return std::make_unique<RefCumsum>(l); });
+  register_kernel("cumsum", Backend::kReference,
+                  [](const Layer& l) { return std::make_unique<RefCumsum>(l); });
   register_kernel("topk", Backend::kReference, [](const Layer& l) { return std::make_unique<RefTopk>(l); });
 }
 

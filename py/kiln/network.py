@@ -167,6 +167,7 @@ class Network:
             attrs["scale"] = float(scale)
         inputs = [q, k, v] if mask is None else [q, k, v, mask]
         return self.add_layer("attention", inputs, attrs, name)
+
     def add_cast(self, x: TensorLike, to, name: str = "") -> Layer:
         """x converted to dtype `to` (a name, numpy or torch dtype), as torch's ``.to(dtype)``:
         floating -> integer truncates, anything -> bool is ``!= 0``, rounding is to nearest even."""
@@ -230,6 +231,7 @@ class Network:
         if scales is not None:
             attrs["scales"] = [float(s) for s in scales]
         return self.add_layer("resize", [x], attrs, name)
+
     def add_gather(
         self, data: TensorLike, indices: TensorLike, axis: int = 0, name: str = ""
     ) -> Layer:
@@ -297,6 +299,7 @@ class Network:
             {"k": int(k), "axis": int(axis), "largest": int(largest), "sorted": int(sorted)},
             name,
         )
+
     def _spatial(self, x_id: int, value) -> list[int]:
         """An int or a sequence of ints, as one int per spatial dim of tensor x_id ([N, C, ...])."""
         rank = len(Tensor(self, x_id).shape) - 2

@@ -53,10 +53,12 @@ TEST(Safetensors, RefusesBadFiles) {
   auto good = sample_file();
   expect_error(std::vector<uint8_t>(good.begin(), good.begin() + 5), "too short");
   expect_error(std::vector<uint8_t>(good.begin(), good.end() - 4), "outside the file");
-  expect_error(make_file(R"({"w":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", std::vector<uint8_t>(8)),
-               "dtype 'F64'");
-  expect_error(make_file(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", std::vector<uint8_t>(8)),
-               "needs 12");
+  expect_error(
+      make_file(R"({"w":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", std::vector<uint8_t>(8)),
+      "dtype 'F64'");
+  expect_error(
+      make_file(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", std::vector<uint8_t>(8)),
+      "needs 12");
   expect_error(make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
                          R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
                          std::vector<uint8_t>(12)),
@@ -79,7 +81,8 @@ TEST(Safetensors, FuzzNeverCrashes) {
     if (gen() % 8 == 0) f.resize(gen() % f.size());
     try {
       auto t = parse_safetensors(f.data(), f.size());
-      for (const auto& kv : t) ASSERT_EQ(kv.second.data->size(), volume(kv.second.dims) * dtype_size(kv.second.dtype));
+      for (const auto& kv : t)
+        ASSERT_EQ(kv.second.data->size(), volume(kv.second.dims) * dtype_size(kv.second.dtype));
       ++parsed;
     } catch (const Error&) {
       ++errors;
