@@ -44,7 +44,7 @@ ctest_rc=$?
 summary+=("ctest: $(grep -E 'tests passed|tests failed' "$OUT_DIR/ctest.log" | tail -1) (rc $ctest_rc)")
 grep -E "^fuzz" build/Testing/Temporary/LastTest.log 2>/dev/null | sed 's/^/  /' >"$OUT_DIR/fuzz.txt"
 
-python3 -m pytest -rs -q tests/python >"$OUT_DIR/pytest.log" 2>&1
+python3 -m pytest -rfs -q tests/python >"$OUT_DIR/pytest.log" 2>&1
 pytest_rc=$?
 summary+=("pytest: $(tail -1 "$OUT_DIR/pytest.log") (rc $pytest_rc)")
 

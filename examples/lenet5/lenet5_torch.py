@@ -35,7 +35,7 @@ class LeNet5(torch.nn.Module):
 
 
 def write(out_dir, batch=4, seed=0):
-    """Writes a seeded LeNet-5's state_dict and a sample batch with its outputs; returns the model."""
+    """Writes a seeded LeNet-5's state_dict and a sample batch with its outputs; returns it."""
     torch.manual_seed(seed)
     model = LeNet5().eval()
     out = Path(out_dir)
