@@ -24,6 +24,8 @@ void ensure_builtins() {
     register_elementwise_schema();
     register_activation_schema();
     register_unary_schema();
+    register_reduce_schema();
+    register_normalization_schema();
   });
 }
 

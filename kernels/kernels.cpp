@@ -8,6 +8,8 @@ void register_reference_kernels() {
   register_elementwise_reference_kernel();
   register_activation_reference_kernel();
   register_unary_reference_kernel();
+  register_reduce_reference_kernel();
+  register_normalization_reference_kernel();
 }
 
 void register_cuda_kernels() {
@@ -16,6 +18,8 @@ void register_cuda_kernels() {
   register_elementwise_cuda_kernel();
   register_activation_cuda_kernel();
   register_unary_cuda_kernel();
+  register_reduce_cuda_kernel();
+  register_normalization_cuda_kernel();
 }
 
 }  // namespace kiln

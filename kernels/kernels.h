@@ -12,11 +12,15 @@ void register_matmul_reference_kernel();
 void register_elementwise_reference_kernel();
 void register_activation_reference_kernel();
 void register_unary_reference_kernel();
+void register_reduce_reference_kernel();
+void register_normalization_reference_kernel();
 
 void register_identity_cuda_kernel();
 void register_matmul_cuda_kernel();
 void register_elementwise_cuda_kernel();
 void register_activation_cuda_kernel();
 void register_unary_cuda_kernel();
+void register_reduce_cuda_kernel();
+void register_normalization_cuda_kernel();
 
 }  // namespace kiln

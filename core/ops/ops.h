@@ -8,5 +8,7 @@ void register_matmul_schema();
 void register_elementwise_schema();
 void register_activation_schema();
 void register_unary_schema();
+void register_reduce_schema();
+void register_normalization_schema();
 
 }  // namespace kiln
