@@ -5,10 +5,10 @@ compared with torch in float64 at TOLERANCE[float32]. CUDA accumulates in float3
 error is bounded by (summation depth) * u * sum(|x|), u = 2^-24; CUDA's depth here (sequential adds
 per thread, then the shuffle tree) is at most ~33, hence sum and mean get an extra absolute term
 ACCUM_ATOL * sum(|x|) (mean: mean(|x|)) of the reduced row. prod and the two-pass var have a
-relative error of that order (~2e-6), inside rtol. float16/bfloat16 results are compared with torch's
-float64 result of the same (rounded) inputs, rounded to the dtype, at TOLERANCE[dtype] (about two
-ulp: one rounding that may land on either side) plus that term. Integer reductions and
-max/min/argmax/argmin are exact.
+relative error of that order (~2e-6), inside rtol. float16/bfloat16 results are compared with
+torch's float64 result of the same (rounded) inputs, rounded to the dtype, at TOLERANCE[dtype]
+(about two ulp: one rounding that may land on either side) plus that term. Integer reductions
+and max/min/argmax/argmin are exact.
 """
 
 import re
