@@ -33,6 +33,8 @@ void ensure_builtins() {
     register_convolution_schema();
     register_pooling_schema();
     register_shape_schema();
+    register_reduce_schema();
+    register_normalization_schema();
   });
 }
 

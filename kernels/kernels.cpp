@@ -17,6 +17,8 @@ void register_reference_kernels() {
   register_convolution_reference_kernel();
   register_pooling_reference_kernel();
   register_shape_reference_kernel();
+  register_reduce_reference_kernel();
+  register_normalization_reference_kernel();
 }
 
 void register_cuda_kernels() {
@@ -34,6 +36,8 @@ void register_cuda_kernels() {
   register_convolution_cuda_kernel();
   register_pooling_cuda_kernel();
   register_shape_cuda_kernel();
+  register_reduce_cuda_kernel();
+  register_normalization_cuda_kernel();
 }
 
 }  // namespace kiln

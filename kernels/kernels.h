@@ -21,6 +21,8 @@ void register_indexing_reference_kernel();
 void register_convolution_reference_kernel();
 void register_pooling_reference_kernel();
 void register_shape_reference_kernel();
+void register_reduce_reference_kernel();
+void register_normalization_reference_kernel();
 
 void register_identity_cuda_kernel();
 void register_matmul_cuda_kernel();
@@ -36,5 +38,7 @@ void register_indexing_cuda_kernel();
 void register_convolution_cuda_kernel();
 void register_pooling_cuda_kernel();
 void register_shape_cuda_kernel();
+void register_reduce_cuda_kernel();
+void register_normalization_cuda_kernel();
 
 }  // namespace kiln

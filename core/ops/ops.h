@@ -17,5 +17,7 @@ void register_indexing_schema();
 void register_convolution_schema();
 void register_pooling_schema();
 void register_shape_schema();
+void register_reduce_schema();
+void register_normalization_schema();
 
 }  // namespace kiln

@@ -483,6 +483,98 @@ class Network:
         """torch.split with explicit sizes: output i has sizes[i] along `axis` (layer.outputs)."""
         return self.add_layer(
             "split", [x], {"axis": int(axis), "sizes": [int(s) for s in sizes]}, name
+    def add_reduce(
+        self,
+        x: TensorLike,
+        op: str,
+        axes: Sequence[int] = (),
+        keepdim: bool = False,
+        correction: int | None = None,
+        name: str = "",
+    ) -> Layer:
+        """op: "sum", "mean", "max", "min", "prod" or "var" over `axes` (negative count from the
+        end; empty = all axes). `correction` (var only, default 1) as in torch.var."""
+        attrs = {"op": op, "axes": [int(a) for a in axes], "keepdim": int(keepdim)}
+        if correction is not None:
+            attrs["correction"] = int(correction)
+        return self.add_layer("reduce", [x], attrs, name)
+
+    def add_arg_reduce(
+        self, x: TensorLike, op: str, axis: int, keepdim: bool = False, name: str = ""
+    ) -> Layer:
+        """op: "argmax" or "argmin" along `axis`; int64 indices, the first one on ties."""
+        return self.add_layer(
+            "arg_reduce", [x], {"op": op, "axis": int(axis), "keepdim": int(keepdim)}, name
+        )
+
+    def add_softmax(
+        self, x: TensorLike, axis: int = -1, log: bool = False, name: str = ""
+    ) -> Layer:
+        """softmax (log=True: log_softmax) along `axis`."""
+        return self.add_layer("softmax", [x], {"axis": int(axis), "log": int(log)}, name)
+
+    def add_batch_norm(
+        self,
+        x: TensorLike,
+        scale: TensorLike,
+        bias: TensorLike,
+        mean: TensorLike,
+        var: TensorLike,
+        eps: float = 1e-5,
+        name: str = "",
+    ) -> Layer:
+        """Inference batch norm of x [N, C, ...] with per-channel scale, bias, mean and var [C]."""
+        return self.add_layer("batch_norm", [x, scale, bias, mean, var], {"eps": float(eps)}, name)
+
+    def add_layer_norm(
+        self,
+        x: TensorLike,
+        weight: TensorLike | None = None,
+        bias: TensorLike | None = None,
+        normalized_ndim: int = 1,
+        eps: float = 1e-5,
+        name: str = "",
+    ) -> Layer:
+        """Layer norm over the last `normalized_ndim` dims; a bias needs a weight."""
+        return self.add_layer(
+            "layer_norm",
+            _params(x, weight, bias),
+            {"normalized_ndim": int(normalized_ndim), "eps": float(eps)},
+            name,
+        )
+
+    def add_group_norm(
+        self,
+        x: TensorLike,
+        num_groups: int,
+        weight: TensorLike | None = None,
+        bias: TensorLike | None = None,
+        eps: float = 1e-5,
+        name: str = "",
+    ) -> Layer:
+        """Group norm of x [N, C, ...] with `num_groups` dividing C; weight/bias [C]."""
+        return self.add_layer(
+            "group_norm",
+            _params(x, weight, bias),
+            {"num_groups": int(num_groups), "eps": float(eps)},
+            name,
+        )
+
+    def add_rms_norm(
+        self,
+        x: TensorLike,
+        weight: TensorLike | None = None,
+        normalized_ndim: int = 1,
+        eps: float = 1e-6,
+        name: str = "",
+    ) -> Layer:
+        """RMS norm over the last `normalized_ndim` dims. eps defaults to 1e-6, not torch's
+        finfo(dtype).eps: pass torch's value explicitly to match F.rms_norm(eps=None)."""
+        return self.add_layer(
+            "rms_norm",
+            _params(x, weight),
+            {"normalized_ndim": int(normalized_ndim), "eps": float(eps)},
+            name,
         )
 
     def mark_output(self, t: TensorLike, name: str = "") -> Tensor:
@@ -519,6 +611,14 @@ _PRECISION_ALIASES = {
 def _precision_name(p) -> str:
     name = str(p)
     return _PRECISION_ALIASES.get(name, name)
+def _params(x, *optional):
+    """[x, p1, p2, ...] up to the last given optional parameter; a gap before it is an error."""
+    given = list(optional)
+    while given and given[-1] is None:
+        given.pop()
+    if any(p is None for p in given):
+        raise ValueError("a bias needs a weight: pass a weight of ones")
+    return [x, *given]
 
 
 class BuilderConfig(_C.BuilderConfig):

@@ -1,0 +1,240 @@
+// Normalizations, float32 math with accurate expf/sqrtf. Row kernels (one block per row, two-pass
+// statistics through block_reduce) for softmax along a contiguous axis and for layer_norm,
+// rms_norm and group_norm, whose rows are always contiguous; softmax along a strided axis with many
+// rows uses a thread per row (adjacent threads read adjacent addresses). batch_norm is pointwise.
+// Parameters (weight, bias, mean, var) are x's type or float (P).
+#include <cmath>
+
+#include "core/ops/normalization.h"
+#include "core/ops/reduce.h"
+#include "kernels/cuda/block_reduce.cuh"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/dtype_traits.cuh"
+#include "kernels/kernel.h"
+#include "kernels/kernels.h"
+#include "kernels/reduce_geometry.h"
+
+namespace kiln {
+namespace {
+
+// Below this many rows a thread per row leaves the GPU idle: use a block per row.
+constexpr int64_t kThreadPerRowMin = 1024;
+
+template <typename T>
+__global__ void softmax_block_kernel(AxisGeometry g, bool log, const T* __restrict__ x, T* __restrict__ y) {
+  __shared__ float shared[kMaxWarps];
+  const int64_t rows = g.outer * g.inner;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    int64_t base = (row / g.inner) * g.n * g.inner + row % g.inner;
+    float m = -INFINITY;
+    for (int64_t k = threadIdx.x; k < g.n; k += blockDim.x) m = MaxOp()(m, to_float(x[base + k * g.inner]));
+    m = block_reduce(m, -INFINITY, MaxOp(), shared);
+    float sum = 0.f;
+    for (int64_t k = threadIdx.x; k < g.n; k += blockDim.x) sum += expf(to_float(x[base + k * g.inner]) - m);
+    sum = block_reduce(sum, 0.f, SumOp(), shared);
+    float log_sum = logf(sum), inv_sum = 1.f / sum;
+    for (int64_t k = threadIdx.x; k < g.n; k += blockDim.x) {
+      float shifted = to_float(x[base + k * g.inner]) - m;
+      y[base + k * g.inner] = from_float<T>(log ? shifted - log_sum : expf(shifted) * inv_sum);
+    }
+  }
+}
+
+template <typename T>
+__global__ void softmax_thread_kernel(AxisGeometry g, bool log, const T* __restrict__ x, T* __restrict__ y) {
+  const int64_t rows = g.outer * g.inner;
+  for (int64_t row = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; row < rows;
+       row += int64_t{gridDim.x} * blockDim.x) {
+    int64_t base = (row / g.inner) * g.n * g.inner + row % g.inner;
+    float m = -INFINITY, sum = 0.f;
+    for (int64_t k = 0; k < g.n; ++k) m = MaxOp()(m, to_float(x[base + k * g.inner]));
+    for (int64_t k = 0; k < g.n; ++k) sum += expf(to_float(x[base + k * g.inner]) - m);
+    float log_sum = logf(sum), inv_sum = 1.f / sum;
+    for (int64_t k = 0; k < g.n; ++k) {
+      float shifted = to_float(x[base + k * g.inner]) - m;
+      y[base + k * g.inner] = from_float<T>(log ? shifted - log_sum : expf(shifted) * inv_sum);
+    }
+  }
+}
+
+class CudaSoftmax final : public Kernel {
+ public:
+  explicit CudaSoftmax(const Layer& l) : layer_(l), log_(l.attrs.get_int("log", int64_t{0}) != 0) {}
+
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const TensorView& x = in[0];
+    AxisGeometry g = make_axis_geometry(x.dims, resolve_axis(layer_, static_cast<int>(x.dims.size()), -1));
+    int64_t rows = g.outer * g.inner;
+    if (rows == 0 || g.n == 0) return;
+    auto stream = static_cast<cudaStream_t>(ctx.stream);
+    dispatch_floating(x.dtype, "softmax", [&](auto tag) {
+      using T = decltype(tag);
+      auto* px = static_cast<const T*>(x.data);
+      auto* py = static_cast<T*>(out[0].data);
+      if (g.inner > 1 && rows >= kThreadPerRowMin) {
+        constexpr int kBlock = 256;
+        softmax_thread_kernel<T><<<grid_for(rows, kBlock), kBlock, 0, stream>>>(g, log_, px, py);
+      } else {
+        softmax_block_kernel<T><<<grid_for(rows, 1), row_block_size(g.n), 0, stream>>>(g, log_, px, py);
+      }
+    });
+    KILN_CUDA_CHECK_LAUNCH();
+  }
+  std::string name() const override { return log_ ? "cuda_log_softmax" : "cuda_softmax"; }
+
+ private:
+  Layer layer_;
+  bool log_;
+};
+
+// Calls f(T{}, P{}): T the device type of x, P that of the parameters (x's type or float).
+template <typename F>
+void dispatch_norm(DataType x, bool params_float, const char* who, F&& f) {
+  dispatch_floating(x, who, [&](auto tag) {
+    using T = decltype(tag);
+    if (params_float) {
+      f(T{}, float{});
+    } else {
+      f(T{}, T{});
+    }
+  });
+}
+
+bool params_float(const std::vector<TensorView>& in) {
+  return in.size() < 2 || in[1].dtype == DataType::kFloat32;
+}
+
+template <typename T, typename P>
+__global__ void batch_norm_kernel(const T* __restrict__ x, const P* __restrict__ scale,
+                                  const P* __restrict__ bias, const P* __restrict__ mean,
+                                  const P* __restrict__ var, float eps, int64_t channels, int64_t inner,
+                                  int64_t n, T* __restrict__ y) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    int64_t c = (i / inner) % channels;
+    float a = to_float(scale[c]) / sqrtf(to_float(var[c]) + eps);
+    y[i] = from_float<T>((to_float(x[i]) - to_float(mean[c])) * a + to_float(bias[c]));
+  }
+}
+
+class CudaBatchNorm final : public Kernel {
+ public:
+  explicit CudaBatchNorm(const Layer& l)
+      : eps_(static_cast<float>(l.attrs.get_float("eps", kDefaultNormEps))) {}
+
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const Dims& d = in[0].dims;
+    int64_t n = volume(d);
+    if (n == 0) return;
+    int64_t inner = 1;
+    for (size_t i = 2; i < d.size(); ++i) inner *= d[i];
+    constexpr int kBlock = 256;
+    dispatch_norm(in[0].dtype, params_float(in), "batch_norm", [&](auto t, auto p) {
+      using T = decltype(t);
+      using P = decltype(p);
+      batch_norm_kernel<T, P><<<grid_for(n, kBlock), kBlock, 0, static_cast<cudaStream_t>(ctx.stream)>>>(
+          static_cast<const T*>(in[0].data), static_cast<const P*>(in[1].data),
+          static_cast<const P*>(in[2].data), static_cast<const P*>(in[3].data),
+          static_cast<const P*>(in[4].data), eps_, d[1], inner, n, static_cast<T*>(out[0].data));
+    });
+    KILN_CUDA_CHECK_LAUNCH();
+  }
+  std::string name() const override { return "cuda_batch_norm"; }
+
+ private:
+  float eps_;
+};
+
+// layer_norm, rms_norm and group_norm: `rows` contiguous rows of `len` elements; element j of row r
+// takes parameter (r % groups) * channels_per_group + j / spatial. weight/bias may be null.
+struct RowNormShape {
+  int64_t rows, len, groups, channels_per_group, spatial;
+};
+
+template <typename T, typename P>
+__global__ void row_norm_kernel(RowNormShape s, float eps, bool rms, const T* __restrict__ x,
+                                const P* __restrict__ weight, const P* __restrict__ bias, T* __restrict__ y) {
+  __shared__ float shared[kMaxWarps];
+  for (int64_t r = blockIdx.x; r < s.rows; r += gridDim.x) {
+    const T* row = x + r * s.len;
+    float mean = 0.f;
+    if (!rms) {
+      for (int64_t j = threadIdx.x; j < s.len; j += blockDim.x) mean += to_float(row[j]);
+      mean = block_reduce(mean, 0.f, SumOp(), shared) / static_cast<float>(s.len);
+    }
+    float m2 = 0.f;
+    for (int64_t j = threadIdx.x; j < s.len; j += blockDim.x) {
+      float d = to_float(row[j]) - mean;
+      m2 += d * d;
+    }
+    m2 = block_reduce(m2, 0.f, SumOp(), shared);
+    float inv = 1.f / sqrtf(m2 / static_cast<float>(s.len) + eps);
+    int64_t param_base = (r % s.groups) * s.channels_per_group;
+    for (int64_t j = threadIdx.x; j < s.len; j += blockDim.x) {
+      int64_t p = param_base + j / s.spatial;
+      float v = (to_float(row[j]) - mean) * inv;
+      if (weight) v *= to_float(weight[p]);
+      if (bias) v += to_float(bias[p]);
+      y[r * s.len + j] = from_float<T>(v);
+    }
+  }
+}
+
+class CudaRowNorm final : public Kernel {
+ public:
+  explicit CudaRowNorm(const Layer& l)
+      : op_(l.op),
+        rms_(l.op == "rms_norm"),
+        eps_(static_cast<float>(l.attrs.get_float("eps", rms_ ? kDefaultRmsNormEps : kDefaultNormEps))),
+        ndim_(l.attrs.get_int("normalized_ndim", int64_t{1})),
+        groups_(l.attrs.get_int("num_groups", int64_t{1})) {}
+
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const Dims& d = in[0].dims;
+    RowNormShape s;
+    if (op_ == "group_norm") {
+      int64_t spatial = 1;
+      for (size_t i = 2; i < d.size(); ++i) spatial *= d[i];
+      int64_t cpg = d[1] / groups_;
+      s = {d[0] * groups_, cpg * spatial, groups_, cpg, spatial};
+    } else {
+      int64_t len = 1;
+      for (size_t i = d.size() - static_cast<size_t>(ndim_); i < d.size(); ++i) len *= d[i];
+      s = {len == 0 ? 0 : volume(d) / len, len, 1, len, 1};
+    }
+    if (s.len == 0 || s.rows == 0) return;
+    dispatch_norm(in[0].dtype, params_float(in), op_.c_str(), [&](auto t, auto p) {
+      using T = decltype(t);
+      using P = decltype(p);
+      const P* weight = in.size() > 1 ? static_cast<const P*>(in[1].data) : nullptr;
+      const P* bias = in.size() > 2 ? static_cast<const P*>(in[2].data) : nullptr;
+      row_norm_kernel<T, P>
+          <<<grid_for(s.rows, 1), row_block_size(s.len), 0, static_cast<cudaStream_t>(ctx.stream)>>>(
+              s, eps_, rms_, static_cast<const T*>(in[0].data), weight, bias, static_cast<T*>(out[0].data));
+    });
+    KILN_CUDA_CHECK_LAUNCH();
+  }
+  std::string name() const override { return "cuda_" + op_; }
+
+ private:
+  std::string op_;
+  bool rms_;
+  float eps_;
+  int64_t ndim_, groups_;
+};
+
+}  // namespace
+
+void register_normalization_cuda_kernel() {
+  register_kernel("softmax", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaSoftmax>(l); });
+  register_kernel("batch_norm", Backend::kCuda,
+                  [](const Layer& l) { return std::make_unique<CudaBatchNorm>(l); });
+  for (const char* op : {"layer_norm", "group_norm", "rms_norm"}) {
+    register_kernel(op, Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaRowNorm>(l); });
+  }
+}
+
+}  // namespace kiln

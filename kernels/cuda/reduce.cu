@@ -1,0 +1,315 @@
+// Reductions and arg reductions. The reduced axes are coalesced into a ReduceGeometry (any axis
+// set, strided loads); two kernel shapes:
+//   block per output   threads stride over the reduced elements, then a shuffle/shared-memory
+//                      block reduction; used when reduced rows are contiguous or outputs are few
+//   thread per output  each thread walks its reduced elements; adjacent threads read adjacent
+//                      addresses, used when the innermost dim is kept and outputs are many
+// Floating types accumulate in float32, integers in int64 (wrapping); var is two-pass.
+// Codes follow reduce_ops() / arg_reduce_ops() in core/ops/reduce.cpp.
+#include <climits>
+#include <cmath>
+#include <type_traits>
+
+#include "core/ops/reduce.h"
+#include "kernels/cuda/block_reduce.cuh"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/dtype_traits.cuh"
+#include "kernels/kernel.h"
+#include "kernels/kernels.h"
+#include "kernels/reduce_geometry.h"
+
+namespace kiln {
+namespace {
+
+enum ReduceOp : int { kSum, kMean, kMax, kMin, kProd, kVar };
+enum ArgOp : int { kArgmax, kArgmin };
+
+// Below this many outputs a thread per output leaves the GPU idle: use a block per output.
+constexpr int64_t kThreadPerOutputMin = 1024;
+
+// The accumulator of an element type: float for floating types, long long for integers.
+template <typename T>
+struct Accum {
+  using type = float;
+  static __device__ __forceinline__ float load(T v) { return to_float(v); }
+  static __device__ __forceinline__ T store(float v) { return from_float<T>(v); }
+};
+template <>
+struct Accum<int32_t> {
+  using type = long long;
+  static __device__ __forceinline__ long long load(int32_t v) { return v; }
+  static __device__ __forceinline__ int32_t store(long long v) {
+    return static_cast<int32_t>(static_cast<unsigned int>(v));  // wraps, as the reference
+  }
+};
+template <>
+struct Accum<int64_t> {
+  using type = long long;
+  static __device__ __forceinline__ long long load(int64_t v) { return v; }
+  static __device__ __forceinline__ int64_t store(long long v) { return v; }
+};
+
+template <typename A>
+__device__ __forceinline__ A identity_of(int op);
+template <>
+__device__ __forceinline__ float identity_of<float>(int op) {
+  return op == kProd ? 1.f : op == kMax ? -INFINITY : op == kMin ? INFINITY : 0.f;
+}
+template <>
+__device__ __forceinline__ long long identity_of<long long>(int op) {
+  return op == kProd ? 1 : op == kMax ? LLONG_MIN : op == kMin ? LLONG_MAX : 0;
+}
+
+// One combine for every op, NaN-propagating max/min; integer sums and products wrap (computed
+// unsigned: signed overflow is undefined).
+__device__ __forceinline__ float combine(int op, float a, float b) {
+  switch (op) {
+    case kProd:
+      return a * b;
+    case kMax:
+      return (a != a || a > b) ? a : b;
+    case kMin:
+      return (a != a || a < b) ? a : b;
+    default:
+      return a + b;
+  }
+}
+__device__ __forceinline__ long long combine(int op, long long a, long long b) {
+  using U = unsigned long long;
+  switch (op) {
+    case kProd:
+      return static_cast<long long>(static_cast<U>(a) * static_cast<U>(b));
+    case kMax:
+      return a > b ? a : b;
+    case kMin:
+      return a < b ? a : b;
+    default:
+      return static_cast<long long>(static_cast<U>(a) + static_cast<U>(b));
+  }
+}
+
+struct ReduceParams {
+  int op;
+  float correction;
+};
+
+// mean and var finish with a division; var needs the mean first (its second pass).
+__device__ __forceinline__ float divisor(const ReduceParams& p, int64_t n) {
+  return p.op == kVar ? fmaxf(0.f, static_cast<float>(n) - p.correction) : static_cast<float>(n);
+}
+
+template <typename T>
+__global__ void reduce_block_kernel(ReduceParams p, ReduceGeometry g, const T* __restrict__ x,
+                                    T* __restrict__ y) {
+  using Acc = Accum<T>;
+  using A = typename Acc::type;
+  __shared__ A shared[kMaxWarps];
+  const int pass_op = p.op == kMean || p.op == kVar ? kSum : p.op;
+  auto op = [pass_op](A a, A b) { return combine(pass_op, a, b); };
+  for (int64_t o = blockIdx.x; o < g.num_out; o += gridDim.x) {
+    const T* row = x + axes_offset(g.kept, o);
+    A acc = identity_of<A>(pass_op);
+    for (int64_t r = threadIdx.x; r < g.num_red; r += blockDim.x) {
+      acc = combine(pass_op, acc, Acc::load(row[axes_offset(g.red, r)]));
+    }
+    acc = block_reduce(acc, identity_of<A>(pass_op), op, shared);
+    if constexpr (std::is_same<A, float>::value) {
+      if (p.op == kMean) acc /= static_cast<float>(g.num_red);  // 0/0 = NaN over an empty axis
+      if (p.op == kVar) {
+        float mean = acc / static_cast<float>(g.num_red), m2 = 0.f;
+        for (int64_t r = threadIdx.x; r < g.num_red; r += blockDim.x) {
+          float d = Acc::load(row[axes_offset(g.red, r)]) - mean;
+          m2 += d * d;
+        }
+        acc = block_reduce(m2, 0.f, op, shared) / divisor(p, g.num_red);
+      }
+    }
+    if (threadIdx.x == 0) y[o] = Acc::store(acc);
+  }
+}
+
+template <typename T>
+__global__ void reduce_thread_kernel(ReduceParams p, ReduceGeometry g, const T* __restrict__ x,
+                                     T* __restrict__ y) {
+  using Acc = Accum<T>;
+  using A = typename Acc::type;
+  const int pass_op = p.op == kMean || p.op == kVar ? kSum : p.op;
+  for (int64_t o = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; o < g.num_out;
+       o += int64_t{gridDim.x} * blockDim.x) {
+    const T* row = x + axes_offset(g.kept, o);
+    A acc = identity_of<A>(pass_op);
+    for (int64_t r = 0; r < g.num_red; ++r)
+      acc = combine(pass_op, acc, Acc::load(row[axes_offset(g.red, r)]));
+    if constexpr (std::is_same<A, float>::value) {
+      if (p.op == kMean) acc /= static_cast<float>(g.num_red);
+      if (p.op == kVar) {
+        float mean = acc / static_cast<float>(g.num_red), m2 = 0.f;
+        for (int64_t r = 0; r < g.num_red; ++r) {
+          float d = Acc::load(row[axes_offset(g.red, r)]) - mean;
+          m2 += d * d;
+        }
+        acc = m2 / divisor(p, g.num_red);
+      }
+    }
+    y[o] = Acc::store(acc);
+  }
+}
+
+// Calls f(T{}) for the element types reductions take.
+template <typename F>
+void dispatch_reducible(DataType t, const char* who, F&& f) {
+  if (t == DataType::kInt32) {
+    f(int32_t{});
+  } else if (t == DataType::kInt64) {
+    f(int64_t{});
+  } else {
+    dispatch_floating(t, who, f);
+  }
+}
+
+class CudaReduce final : public Kernel {
+ public:
+  explicit CudaReduce(const Layer& l)
+      : layer_(l),
+        params_{variant_code(reduce_ops(), l.attrs.get_string("op", l.name)),
+                static_cast<float>(l.attrs.get_int("correction", int64_t{1}))} {}
+
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const TensorView& x = in[0];
+    ReduceGeometry g = make_reduce_geometry(x.dims, reduced_axes(layer_, static_cast<int>(x.dims.size())));
+    if (g.num_out == 0) return;
+    auto stream = static_cast<cudaStream_t>(ctx.stream);
+    bool per_thread = !g.inner_reduced && g.num_out >= kThreadPerOutputMin;
+    dispatch_reducible(x.dtype, "reduce", [&](auto tag) {
+      using T = decltype(tag);
+      auto* px = static_cast<const T*>(x.data);
+      auto* py = static_cast<T*>(out[0].data);
+      if (per_thread) {
+        constexpr int kBlock = 256;
+        reduce_thread_kernel<T><<<grid_for(g.num_out, kBlock), kBlock, 0, stream>>>(params_, g, px, py);
+      } else {
+        int block = row_block_size(g.num_red);
+        reduce_block_kernel<T><<<grid_for(g.num_out, 1), block, 0, stream>>>(params_, g, px, py);
+      }
+    });
+    KILN_CUDA_CHECK_LAUNCH();
+  }
+  std::string name() const override { return "cuda_reduce_" + reduce_ops()[params_.op]; }
+
+ private:
+  Layer layer_;
+  ReduceParams params_;
+};
+
+// arg_reduce. A candidate (v, i) replaces the best (bv, bi): an index of -1 is "none yet"; the first
+// NaN beats everything (torch); otherwise a strictly better value, or an equal one at a smaller index.
+template <typename A>
+__device__ __forceinline__ bool arg_better(int op, A v, int64_t i, A bv, int64_t bi) {
+  if (i < 0) return false;
+  if (bi < 0) return true;
+  bool vn = v != v, bn = bv != bv;
+  if (vn || bn) return vn && (!bn || i < bi);
+  if (v == bv) return i < bi;
+  return op == kArgmax ? v > bv : v < bv;
+}
+
+template <typename T>
+__global__ void arg_reduce_block_kernel(int op, AxisGeometry g, const T* __restrict__ x,
+                                        int64_t* __restrict__ y) {
+  using Acc = Accum<T>;
+  using A = typename Acc::type;
+  __shared__ A shared_v[kMaxWarps];
+  __shared__ int64_t shared_i[kMaxWarps];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t rows = g.outer * g.inner;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* base = x + (row / g.inner) * g.n * g.inner + row % g.inner;
+    A best = A{};
+    int64_t bi = -1;
+    for (int64_t k = threadIdx.x; k < g.n; k += blockDim.x) {
+      A v = Acc::load(base[k * g.inner]);
+      if (arg_better(op, v, k, best, bi)) best = v, bi = k;
+    }
+    for (int level = 0; level < 2; ++level) {  // within each warp, then across the warps
+      for (int offset = 16; offset > 0; offset >>= 1) {
+        A v = __shfl_down_sync(0xffffffffu, best, offset);
+        int64_t i = __shfl_down_sync(0xffffffffu, bi, offset);
+        if (arg_better(op, v, i, best, bi)) best = v, bi = i;
+      }
+      if (level == 1) break;
+      if (lane == 0) shared_v[warp] = best, shared_i[warp] = bi;
+      __syncthreads();
+      if (warp == 0) {
+        bool has = lane < static_cast<int>(blockDim.x >> 5);
+        best = has ? shared_v[lane] : A{};
+        bi = has ? shared_i[lane] : -1;
+      } else {
+        bi = -1;
+      }
+    }
+    if (threadIdx.x == 0) y[row] = bi;
+    __syncthreads();  // shared_* are rewritten for the next row
+  }
+}
+
+template <typename T>
+__global__ void arg_reduce_thread_kernel(int op, AxisGeometry g, const T* __restrict__ x,
+                                         int64_t* __restrict__ y) {
+  using Acc = Accum<T>;
+  using A = typename Acc::type;
+  const int64_t rows = g.outer * g.inner;
+  for (int64_t row = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; row < rows;
+       row += int64_t{gridDim.x} * blockDim.x) {
+    const T* base = x + (row / g.inner) * g.n * g.inner + row % g.inner;
+    A best = Acc::load(base[0]);
+    int64_t bi = 0;
+    for (int64_t k = 1; k < g.n; ++k) {
+      A v = Acc::load(base[k * g.inner]);
+      if (arg_better(op, v, k, best, bi)) best = v, bi = k;
+    }
+    y[row] = bi;
+  }
+}
+
+class CudaArgReduce final : public Kernel {
+ public:
+  explicit CudaArgReduce(const Layer& l)
+      : layer_(l), op_(variant_code(arg_reduce_ops(), l.attrs.get_string("op", l.name))) {}
+
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const TensorView& x = in[0];
+    AxisGeometry g = make_axis_geometry(x.dims, resolve_axis(layer_, static_cast<int>(x.dims.size()), 0));
+    int64_t rows = g.outer * g.inner;
+    if (rows == 0) return;  // the schema refused an empty reduced axis
+    auto stream = static_cast<cudaStream_t>(ctx.stream);
+    dispatch_reducible(x.dtype, "arg_reduce", [&](auto tag) {
+      using T = decltype(tag);
+      auto* px = static_cast<const T*>(x.data);
+      auto* py = static_cast<int64_t*>(out[0].data);
+      if (g.inner > 1 && rows >= kThreadPerOutputMin) {
+        constexpr int kBlock = 256;
+        arg_reduce_thread_kernel<T><<<grid_for(rows, kBlock), kBlock, 0, stream>>>(op_, g, px, py);
+      } else {
+        arg_reduce_block_kernel<T><<<grid_for(rows, 1), row_block_size(g.n), 0, stream>>>(op_, g, px, py);
+      }
+    });
+    KILN_CUDA_CHECK_LAUNCH();
+  }
+  std::string name() const override { return "cuda_" + arg_reduce_ops()[op_]; }
+
+ private:
+  Layer layer_;
+  int op_;
+};
+
+}  // namespace
+
+void register_reduce_cuda_kernel() {
+  register_kernel("reduce", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaReduce>(l); });
+  register_kernel("arg_reduce", Backend::kCuda,
+                  [](const Layer& l) { return std::make_unique<CudaArgReduce>(l); });
+}
+
+}  // namespace kiln
