@@ -49,7 +49,12 @@ class CMakeBuild(build_ext):
             dest = Path(self.get_ext_fullpath(ext.name)).parent
             for target in (dest, ROOT / "py" / "kiln"):
                 target.mkdir(parents=True, exist_ok=True)
-                for lib in [build_dir / "core" / "libkiln_core.so", *build_dir.glob("py/_C*.so")]:
+                libs = [
+                    build_dir / "core" / "libkiln_core.so",
+                    *build_dir.glob("runtime/libkiln_runtime.so"),  # absent without torch
+                    *build_dir.glob("py/_C*.so"),
+                ]
+                for lib in libs:
                     if (target / lib.name).resolve() != lib.resolve():
                         shutil.copy2(lib, target / lib.name)
 

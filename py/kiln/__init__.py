@@ -13,6 +13,8 @@ This release carries the engine core and its native network-building API:
     out = engine.create_execution_context().execute({"x": np.random.rand(4, 64).astype(np.float32)})
 """
 
+import sys
+
 from kiln import _C
 from kiln._C import KilnError, Plan
 from kiln.engine import Engine, ExecutionContext
@@ -20,6 +22,19 @@ from kiln.log import set_log_level, set_log_sink
 from kiln.network import Builder, BuilderConfig, Layer, Network, Tensor
 
 __version__ = _C.version()
+
+if "torch" in sys.modules:
+    # Register torch.classes.kiln.Engine and torch.ops.kiln.execute_engine now, so that
+    # torch.jit.load / torch.export.load of saved Kiln modules work after `import torch, kiln`.
+    # Optional: without libkiln_runtime.so (or if it fails to load) kiln.runtime reports why
+    # on first use.
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        from kiln import runtime as _runtime
+
+        if _runtime.is_available():
+            _runtime.load_library()
 
 
 def cuda_available() -> bool:

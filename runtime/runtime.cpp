@@ -1,0 +1,350 @@
+// libkiln_runtime: Kiln engines inside torch.
+//
+// torch.classes.kiln.Engine holds a kiln::Engine built from plan bytes and pickles to a
+// versioned list of strings; torch.ops.kiln.execute_engine(Tensor[] inputs, Engine) runs it on
+// torch tensors. Outputs come from torch's allocator (the caching allocator on CUDA) and CUDA
+// work is enqueued on torch's current stream of the engine's device, never synchronized. The
+// fake (meta) implementation that lets torch.export trace the op lives in py/kiln/runtime.py.
+#include <torch/custom_class.h>
+#include <torch/library.h>
+
+#include <ATen/ops/empty.h>
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/engine.h"
+#include "core/error.h"
+#include "core/plan.h"
+#include "kernels/device.h"
+
+#ifdef KILN_RUNTIME_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace kiln::runtime {
+namespace {
+
+// Version of the pickled state below. Bump it when the list changes shape or meaning.
+// Format 1: [version, base64(plan bytes), backend, device index]. The plan is base64 text so
+// that the state survives Python pickling too (torch.export.save turns strings into str).
+constexpr int64_t kRuntimeFormatVersion = 1;
+
+const char kBase64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+std::string base64_encode(const std::vector<uint8_t>& in) {
+  std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
+  for (size_t i = 0; i < in.size(); i += 3) {
+    uint32_t v = uint32_t(in[i]) << 16;
+    if (i + 1 < in.size()) v |= uint32_t(in[i + 1]) << 8;
+    if (i + 2 < in.size()) v |= uint32_t(in[i + 2]);
+    out += kBase64[(v >> 18) & 63];
+    out += kBase64[(v >> 12) & 63];
+    out += i + 1 < in.size() ? kBase64[(v >> 6) & 63] : '=';
+    out += i + 2 < in.size() ? kBase64[v & 63] : '=';
+  }
+  return out;
+}
+
+std::vector<uint8_t> base64_decode(const std::string& in) {
+  KILN_CHECK(in.size() % 4 == 0,
+             "saved Kiln engine: the plan is not valid base64 (length " << in.size() << ")");
+  int table[256];
+  std::fill(table, table + 256, -1);
+  for (int i = 0; i < 64; ++i) table[static_cast<uint8_t>(kBase64[i])] = i;
+  std::vector<uint8_t> out;
+  out.reserve(in.size() / 4 * 3);
+  for (size_t i = 0; i < in.size(); i += 4) {
+    uint32_t v = 0;
+    int pad = 0;
+    for (size_t j = 0; j < 4; ++j) {
+      char c = in[i + j];
+      int d = table[static_cast<uint8_t>(c)];
+      bool ok = d >= 0 || (c == '=' && i + 4 == in.size() && j >= 2 && (j == 3 || in[i + 3] == '='));
+      KILN_CHECK(ok, "saved Kiln engine: the plan is not valid base64 (byte " << i + j << ")");
+      if (c == '=') ++pad;
+      v = (v << 6) | uint32_t(d < 0 ? 0 : d);
+    }
+    out.push_back(uint8_t(v >> 16));
+    if (pad < 2) out.push_back(uint8_t(v >> 8));
+    if (pad < 1) out.push_back(uint8_t(v));
+  }
+  return out;
+}
+
+Backend parse_backend(const std::string& s) {
+  if (s == "cuda") return Backend::kCuda;
+  if (s == "reference" || s == "cpu") return Backend::kReference;
+  KILN_FAIL("unknown Kiln backend '" << s << "': use 'cuda' or 'reference'");
+}
+
+at::ScalarType torch_dtype(DataType t) {
+  switch (t) {
+    case DataType::kFloat32:
+      return at::kFloat;
+    case DataType::kFloat16:
+      return at::kHalf;
+    case DataType::kBFloat16:
+      return at::kBFloat16;
+    case DataType::kInt32:
+      return at::kInt;
+    case DataType::kInt64:
+      return at::kLong;
+    case DataType::kBool:
+      return at::kBool;
+    case DataType::kInt8:
+      return at::kChar;
+  }
+  KILN_FAIL("dtype " << static_cast<int>(t) << " has no torch equivalent");
+}
+
+std::string torch_name(at::ScalarType t) { return "torch." + c10::getDtypeNames(t).first; }
+
+// Runs a callable and turns kiln::Error into a torch error carrying the same message, so that
+// Python sees RuntimeError (torch's c10::Error) with Kiln's text.
+template <typename F>
+auto rethrow_as_torch(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const kiln::Error& e) {
+    TORCH_CHECK(false, e.what());
+  }
+}
+
+class TorchEngine : public torch::CustomClassHolder {
+ public:
+  // `device` < 0: the current CUDA device (CUDA engines); ignored by the reference backend.
+  TorchEngine(const std::string& plan_bytes, const std::string& backend, int64_t device = -1) {
+    rethrow_as_torch([&] {
+      std::vector<uint8_t> bytes(plan_bytes.begin(), plan_bytes.end());
+      Backend b = parse_backend(backend);
+      if (b == Backend::kCuda && device >= 0) {
+        KILN_CHECK(device < cuda_device_count(), "cannot create a Kiln CUDA engine on device "
+                                                     << device << ": " << cuda_device_count()
+                                                     << " CUDA device(s) are visible");
+        DeviceGuard guard(static_cast<int>(device));
+        engine_ = Engine::create(bytes, b);
+      } else {
+        engine_ = Engine::create(bytes, b);
+      }
+      plan_bytes_ = std::move(bytes);
+      return 0;
+    });
+    input_names_ = engine_->input_names();
+    output_names_ = engine_->output_names();
+  }
+
+  std::vector<std::string> input_names() const { return input_names_; }
+  std::vector<std::string> output_names() const { return output_names_; }
+  std::string backend() const { return backend_name(engine_->backend()); }
+  int64_t device() const { return engine_->device(); }
+  std::vector<std::string> describe() const { return engine_->describe_layers(); }
+  std::vector<std::string> input_dtypes() const { return dtypes(input_names_); }
+  std::vector<std::string> output_dtypes() const { return dtypes(output_names_); }
+  // Binding dims as built, -1 for dynamic dims.
+  std::vector<std::vector<int64_t>> input_dims() const { return dims(input_names_); }
+  std::vector<std::vector<int64_t>> output_dims() const { return dims(output_names_); }
+
+  // Output shapes for concrete input shapes (the engine's shape inference; no profile check).
+  std::vector<std::vector<int64_t>> output_shapes(
+      const std::vector<std::vector<int64_t>>& input_shapes) const {
+    return rethrow_as_torch([&] {
+      KILN_CHECK(input_shapes.size() == input_names_.size(), "Kiln engine takes "
+                                                                 << input_names_.size() << " inputs, got "
+                                                                 << input_shapes.size() << " shapes");
+      std::map<std::string, Dims> shapes;
+      for (size_t i = 0; i < input_names_.size(); ++i) shapes[input_names_[i]] = input_shapes[i];
+      std::vector<Dims> all = infer_shapes(engine_->network(), shapes);
+      std::vector<std::vector<int64_t>> out;
+      for (const auto& name : output_names_) out.push_back(all[engine_->binding(name).id]);
+      return out;
+    });
+  }
+
+  std::vector<std::string> serialize() const {
+    return {std::to_string(kRuntimeFormatVersion), base64_encode(plan_bytes_), backend(),
+            std::to_string(engine_->device())};
+  }
+
+  static c10::intrusive_ptr<TorchEngine> deserialize(const std::vector<std::string>& state) {
+    TORCH_CHECK(!state.empty(), "saved Kiln engine: the state is empty");
+    int64_t version = -1;
+    try {
+      version = std::stoll(state[0]);
+    } catch (const std::exception&) {
+    }
+    TORCH_CHECK(version == kRuntimeFormatVersion, "this Kiln runtime reads engine format ",
+                kRuntimeFormatVersion, "; the saved module has format ", state[0],
+                ": load it with the Kiln version that saved it, or recompile the model with this one");
+    TORCH_CHECK(state.size() == 4, "saved Kiln engine (format ", kRuntimeFormatVersion, ") has ",
+                state.size(), " fields, expected 4: the file is corrupt");
+    std::vector<uint8_t> plan = rethrow_as_torch([&] { return base64_decode(state[1]); });
+    int64_t device = -1;
+    if (state[2] == "cuda") {
+      // Keep the saved device when it exists here, else take the current one.
+      int64_t saved = std::stoll(state[3]);
+      if (saved >= 0 && saved < cuda_device_count()) device = saved;
+    }
+    return c10::make_intrusive<TorchEngine>(std::string(plan.begin(), plan.end()), state[2], device);
+  }
+
+  std::vector<at::Tensor> execute(at::TensorList inputs) {
+    const bool cuda = engine_->backend() == Backend::kCuda;
+    TORCH_CHECK(inputs.size() == input_names_.size(), "Kiln engine takes ", input_names_.size(), " inputs (",
+                c10::Join(", ", input_names_), "), got ", inputs.size());
+    const at::Device device =
+        cuda ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(engine_->device())) : at::Device(at::kCPU);
+    std::vector<at::Tensor> args;  // contiguous inputs; they must outlive the enqueue
+    args.reserve(inputs.size());
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      const at::Tensor& t = inputs[i];
+      const std::string& name = input_names_[i];
+      const DataType want = engine_->binding(name).dtype;
+      TORCH_CHECK(t.scalar_type() == torch_dtype(want), "Kiln engine input '", name, "' has dtype ",
+                  torch_name(t.scalar_type()), ", the engine expects ", torch_name(torch_dtype(want)),
+                  "; convert it first (.to(", torch_name(torch_dtype(want)), "))");
+      TORCH_CHECK(t.device() == device, "Kiln engine input '", name, "' is on ", t.device(), ", the ",
+                  backend(), " engine runs on ", device, "; move it there first (.to(\"", device.str(),
+                  "\"))");
+      args.push_back(t.contiguous());
+    }
+
+#ifdef KILN_RUNTIME_CUDA
+    std::optional<c10::cuda::CUDAGuard> device_guard;
+    if (cuda) device_guard.emplace(device.index());
+#else
+    TORCH_CHECK(
+        !cuda, "this libkiln_runtime was built against a torch without CUDA; it runs only reference engines");
+#endif
+    ContextLease ctx(*this);
+    rethrow_as_torch([&] {
+      select_profile(*ctx, args);
+      return 0;
+    });
+    std::vector<at::Tensor> outputs;
+    rethrow_as_torch([&] {
+      for (size_t i = 0; i < args.size(); ++i) ctx->set_tensor_address(input_names_[i], args[i].data_ptr());
+      for (const auto& name : output_names_) {
+        Dims shape = ctx->tensor_shape(name);
+        at::Tensor out = at::empty(
+            shape, at::TensorOptions().dtype(torch_dtype(engine_->binding(name).dtype)).device(device));
+        ctx->set_tensor_address(name, out.data_ptr());
+        outputs.push_back(std::move(out));
+      }
+      void* stream = nullptr;
+#ifdef KILN_RUNTIME_CUDA
+      if (cuda) stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
+#endif
+      ctx->enqueue(stream);
+      return 0;
+    });
+    return outputs;
+  }
+
+ private:
+  // An execution context borrowed from the pool for one call: concurrent callers each hold
+  // their own, and a context goes back to the pool when the call ends (also on errors).
+  class ContextLease {
+   public:
+    explicit ContextLease(TorchEngine& owner) : owner_(owner) {
+      {
+        std::lock_guard<std::mutex> lock(owner_.mutex_);
+        if (!owner_.pool_.empty()) {
+          ctx_ = std::move(owner_.pool_.back());
+          owner_.pool_.pop_back();
+        }
+      }
+      if (!ctx_) ctx_ = rethrow_as_torch([&] { return owner_.engine_->create_execution_context(); });
+    }
+    ~ContextLease() {
+      std::lock_guard<std::mutex> lock(owner_.mutex_);
+      if (owner_.pool_.size() < kMaxPooledContexts) owner_.pool_.push_back(std::move(ctx_));
+    }
+    ExecutionContext* operator->() { return ctx_.get(); }
+    ExecutionContext& operator*() { return *ctx_; }
+
+   private:
+    TorchEngine& owner_;
+    std::unique_ptr<ExecutionContext> ctx_;
+  };
+
+  // Contexts kept for reuse; more concurrent callers than this still run, with fresh contexts.
+  static constexpr size_t kMaxPooledContexts = 8;
+
+  // Sets the input shapes in the first optimization profile that holds them all. When none
+  // does, the error is profile 0's (it names the input, its shape and the profile's range).
+  void select_profile(ExecutionContext& ctx, const std::vector<at::Tensor>& args) const {
+    const int profiles = std::max(1, engine_->num_profiles());
+    std::string first_error;
+    for (int p = 0; p < profiles; ++p) {
+      try {
+        ctx.set_optimization_profile(p);
+        for (size_t i = 0; i < args.size(); ++i) ctx.set_input_shape(input_names_[i], args[i].sizes().vec());
+        return;
+      } catch (const kiln::Error& e) {
+        if (p == 0) first_error = e.what();
+      }
+    }
+    throw kiln::Error(first_error);
+  }
+
+  std::vector<std::string> dtypes(const std::vector<std::string>& names) const {
+    std::vector<std::string> out;
+    for (const auto& n : names) out.push_back(dtype_name(engine_->binding(n).dtype));
+    return out;
+  }
+  std::vector<std::vector<int64_t>> dims(const std::vector<std::string>& names) const {
+    std::vector<std::vector<int64_t>> out;
+    for (const auto& n : names) out.push_back(engine_->binding(n).dims);
+    return out;
+  }
+
+  std::vector<uint8_t> plan_bytes_;
+  std::shared_ptr<Engine> engine_;
+  std::vector<std::string> input_names_, output_names_;
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<ExecutionContext>> pool_;
+};
+
+std::vector<at::Tensor> execute_engine(at::TensorList inputs, c10::intrusive_ptr<TorchEngine> engine) {
+  return engine->execute(inputs);
+}
+
+}  // namespace
+}  // namespace kiln::runtime
+
+using kiln::runtime::execute_engine;
+using kiln::runtime::kRuntimeFormatVersion;
+using kiln::runtime::TorchEngine;
+
+TORCH_LIBRARY(kiln, m) {
+  m.class_<TorchEngine>("Engine")
+      .def(torch::init<std::string, std::string>())
+      .def("input_names", &TorchEngine::input_names)
+      .def("output_names", &TorchEngine::output_names)
+      .def("input_dtypes", &TorchEngine::input_dtypes)
+      .def("output_dtypes", &TorchEngine::output_dtypes)
+      .def("input_dims", &TorchEngine::input_dims)
+      .def("output_dims", &TorchEngine::output_dims)
+      .def("output_shapes", &TorchEngine::output_shapes)
+      .def("backend", &TorchEngine::backend)
+      .def("device", &TorchEngine::device)
+      .def("describe", &TorchEngine::describe)
+      // torch.export traces with this real object (no fake class): the fake kernel of
+      // execute_engine asks it for dtypes and output shapes.
+      .def("tracing_mode", [](const c10::intrusive_ptr<TorchEngine>&) { return std::string("real"); })
+      .def_pickle([](const c10::intrusive_ptr<TorchEngine>& self) { return self->serialize(); },
+                  [](std::vector<std::string> state) { return TorchEngine::deserialize(state); });
+  m.def("execute_engine(Tensor[] inputs, __torch__.torch.classes.kiln.Engine engine) -> Tensor[]");
+  m.def("runtime_format_version() -> int", [] { return kRuntimeFormatVersion; });
+}
+
+TORCH_LIBRARY_IMPL(kiln, CPU, m) { m.impl("execute_engine", execute_engine); }
+TORCH_LIBRARY_IMPL(kiln, CUDA, m) { m.impl("execute_engine", execute_engine); }
