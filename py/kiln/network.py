@@ -483,6 +483,8 @@ class Network:
         """torch.split with explicit sizes: output i has sizes[i] along `axis` (layer.outputs)."""
         return self.add_layer(
             "split", [x], {"axis": int(axis), "sizes": [int(s) for s in sizes]}, name
+        )
+
     def add_reduce(
         self,
         x: TensorLike,
@@ -611,6 +613,8 @@ _PRECISION_ALIASES = {
 def _precision_name(p) -> str:
     name = str(p)
     return _PRECISION_ALIASES.get(name, name)
+
+
 def _params(x, *optional):
     """[x, p1, p2, ...] up to the last given optional parameter; a gap before it is an error."""
     given = list(optional)
