@@ -8,23 +8,10 @@
 #include "core/error.h"
 #include "core/op_schema.h"
 #include "core/ops/ops.h"
+#include "core/ops/shape_values.h"
 
 namespace kiln {
 namespace {
-
-// The value an integer/bool `v` takes once stored as integer/bool dtype `to`.
-int64_t cast_value(int64_t v, DataType to) {
-  switch (to) {
-    case DataType::kBool:
-      return v != 0;
-    case DataType::kInt8:
-      return static_cast<int8_t>(v);
-    case DataType::kInt32:
-      return static_cast<int32_t>(v);
-    default:
-      return v;
-  }
-}
 
 DataType parse_target(const Layer& layer, const std::string& who) {
   std::string name = layer.attrs.get_string("to", who);
@@ -43,7 +30,7 @@ std::vector<TensorDesc> infer_cast(const Layer& layer, const std::vector<TensorD
   if (in[0].values && is_integral(in[0].dtype) && is_integral(to)) {
     std::vector<int64_t> v = *in[0].values;
     for (int64_t& x : v) {
-      if (x != kUnknownValue) x = cast_value(x, to);
+      if (x != kUnknownValue) x = stored_int(x, to);
     }
     out.values = make_values(std::move(v));
   }

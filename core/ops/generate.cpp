@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/op_schema.h"
 #include "core/ops/ops.h"
+#include "core/ops/shape_values.h"
 
 namespace kiln {
 namespace {
@@ -39,20 +40,6 @@ int64_t exact_int(const Layer& layer, const std::string& name, int64_t fallback,
   KILN_CHECK(std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 9.2e18,
              who << ": attribute '" << name << "' = " << v << " must be an integer for an integer dtype");
   return static_cast<int64_t>(v);
-}
-
-// The value `v` takes once stored as integer/bool dtype `t` (two's-complement wrap, bool != 0).
-int64_t stored_int(int64_t v, DataType t) {
-  switch (t) {
-    case DataType::kBool:
-      return v != 0;
-    case DataType::kInt8:
-      return static_cast<int8_t>(v);
-    case DataType::kInt32:
-      return static_cast<int32_t>(v);
-    default:
-      return v;
-  }
 }
 
 // Checks a shape-carrying input (0-d or [n] of int32/int64) and returns its tracked values.

@@ -26,12 +26,6 @@ const std::vector<std::string>& pad_modes() {
   return modes;
 }
 
-int64_t normalize_axis(int64_t axis, int64_t rank, const std::string& who) {
-  KILN_CHECK(axis >= -rank && axis < rank, who << ": axis " << axis << " is out of range for rank " << rank
-                                               << " (use -" << rank << " to " << rank - 1 << ")");
-  return axis < 0 ? axis + rank : axis;
-}
-
 std::vector<int64_t> resolve_pads(const std::vector<int64_t>& pads, int64_t rank) {
   std::vector<int64_t> out(static_cast<size_t>(2 * rank), 0);
   for (size_t i = 0; i + 1 < pads.size(); i += 2) {

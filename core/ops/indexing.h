@@ -5,13 +5,14 @@
 #include <string>
 #include <vector>
 
+#include "core/ops/shape_values.h"
+
 namespace kiln::indexing {
 
 // The pad layer's `mode` values, in the order of their kernel codes.
 const std::vector<std::string>& pad_modes();
 
-// `axis` in [-rank, rank) as a non-negative axis; refuses others with a message naming `who`.
-int64_t normalize_axis(int64_t axis, int64_t rank, const std::string& who);
+using ::kiln::normalize_axis;  // core/ops/shape_values.h
 
 // torch.nn.functional.pad's `pads` (last dim first, (before, after) pairs, possibly fewer dims
 // than the rank) as (before, after) per dim in dim order: 2 * rank entries, 0 where not given.

@@ -17,6 +17,21 @@ namespace kiln {
 // True when a tensor of `dims` may carry tracked values: static, at most kMaxShapeValues elements.
 inline bool trackable(const Dims& dims) { return is_static(dims) && volume(dims) <= kMaxShapeValues; }
 
+// The value an integer `v` takes once stored as integer/bool dtype `t` (two's-complement wrap,
+// bool is v != 0).
+inline int64_t stored_int(int64_t v, DataType t) {
+  switch (t) {
+    case DataType::kBool:
+      return v != 0;
+    case DataType::kInt8:
+      return static_cast<int8_t>(v);
+    case DataType::kInt32:
+      return static_cast<int32_t>(v);
+    default:
+      return v;
+  }
+}
+
 // Row-major element strides of a static shape.
 inline std::vector<int64_t> row_major_strides(const Dims& dims) {
   std::vector<int64_t> s(dims.size(), 1);

@@ -48,6 +48,18 @@ void dispatch_floating(DataType t, const char* who, F&& f) {
   }
 }
 
+// Calls f(T{}) with T the device type of a floating, int32 or int64 dtype.
+template <typename F>
+void dispatch_numeric(DataType t, const char* who, F&& f) {
+  if (t == DataType::kInt32) {
+    f(int32_t{});
+  } else if (t == DataType::kInt64) {
+    f(int64_t{});
+  } else {
+    dispatch_floating(t, who, f);
+  }
+}
+
 inline unsigned grid_for(int64_t n, int block) {
   int64_t g = (n + block - 1) / block;
   return static_cast<unsigned>(g < 65535 * 16 ? g : 65535 * 16);  // grid-stride loops cover the rest

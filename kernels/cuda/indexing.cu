@@ -58,18 +58,6 @@ void dispatch_index(DataType t, const char* who, F&& f) {
   }
 }
 
-// Calls f(T{}) with T the device type of a float or int32/int64 dtype.
-template <typename F>
-void dispatch_numeric(DataType t, const char* who, F&& f) {
-  if (t == DataType::kInt32) {
-    f(int32_t{});
-  } else if (t == DataType::kInt64) {
-    f(int64_t{});
-  } else {
-    dispatch_floating(t, who, f);
-  }
-}
-
 template <typename T>
 constexpr bool is_float_type() {
   return std::is_same_v<T, float> || std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;

@@ -155,18 +155,6 @@ __global__ void reduce_thread_kernel(ReduceParams p, ReduceGeometry g, const T* 
   }
 }
 
-// Calls f(T{}) for the element types reductions take.
-template <typename F>
-void dispatch_reducible(DataType t, const char* who, F&& f) {
-  if (t == DataType::kInt32) {
-    f(int32_t{});
-  } else if (t == DataType::kInt64) {
-    f(int64_t{});
-  } else {
-    dispatch_floating(t, who, f);
-  }
-}
-
 class CudaReduce final : public Kernel {
  public:
   explicit CudaReduce(const Layer& l)
@@ -181,7 +169,7 @@ class CudaReduce final : public Kernel {
     if (g.num_out == 0) return;
     auto stream = static_cast<cudaStream_t>(ctx.stream);
     bool per_thread = !g.inner_reduced && g.num_out >= kThreadPerOutputMin;
-    dispatch_reducible(x.dtype, "reduce", [&](auto tag) {
+    dispatch_numeric(x.dtype, "reduce", [&](auto tag) {
       using T = decltype(tag);
       auto* px = static_cast<const T*>(x.data);
       auto* py = static_cast<T*>(out[0].data);
@@ -284,7 +272,7 @@ class CudaArgReduce final : public Kernel {
     int64_t rows = g.outer * g.inner;
     if (rows == 0) return;  // the schema refused an empty reduced axis
     auto stream = static_cast<cudaStream_t>(ctx.stream);
-    dispatch_reducible(x.dtype, "arg_reduce", [&](auto tag) {
+    dispatch_numeric(x.dtype, "arg_reduce", [&](auto tag) {
       using T = decltype(tag);
       auto* px = static_cast<const T*>(x.data);
       auto* py = static_cast<int64_t*>(out[0].data);
