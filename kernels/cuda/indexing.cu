@@ -22,6 +22,9 @@
 namespace kiln {
 namespace {
 
+using indexing::axis_view;
+using indexing::AxisView;
+
 constexpr int kBlock = 256;
 constexpr int64_t kMaxTopkAxis = 4096;
 
@@ -86,19 +89,6 @@ __device__ __forceinline__ T narrow(A x) {
 }
 
 int64_t axis_of(const Layer& l, int64_t fallback) { return l.attrs.get_int("axis", fallback); }
-
-// A tensor seen as [outer, n, inner] around `axis`.
-struct AxisView {
-  int64_t outer = 1, n = 1, inner = 1;
-};
-
-AxisView axis_view(const Dims& dims, int64_t axis) {
-  AxisView v;
-  for (int64_t d = 0; d < axis; ++d) v.outer *= dims[d];
-  v.n = dims[axis];
-  for (size_t d = axis + 1; d < dims.size(); ++d) v.inner *= dims[d];
-  return v;
-}
 
 // ---- gather / embedding ----
 

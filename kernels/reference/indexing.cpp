@@ -15,6 +15,9 @@
 namespace kiln {
 namespace {
 
+using indexing::axis_view;
+using indexing::AxisView;
+
 int64_t load_index(const TensorView& t, int64_t i) {
   return t.dtype == DataType::kInt32 ? static_cast<const int32_t*>(t.data)[i]
                                      : static_cast<const int64_t*>(t.data)[i];
@@ -24,19 +27,6 @@ int64_t wrap_or_fail(int64_t i, int64_t n, const std::string& who) {
   int64_t w = i < 0 ? i + n : i;
   KILN_CHECK(w >= 0 && w < n, who << ": index " << i << " is out of range for an axis of size " << n);
   return w;
-}
-
-// A tensor seen as [outer, n, inner] around `axis`.
-struct AxisView {
-  int64_t outer = 1, n = 1, inner = 1;
-};
-
-AxisView axis_view(const Dims& dims, int64_t axis) {
-  AxisView v;
-  for (int64_t d = 0; d < axis; ++d) v.outer *= dims[d];
-  v.n = dims[axis];
-  for (size_t d = axis + 1; d < dims.size(); ++d) v.inner *= dims[d];
-  return v;
 }
 
 void copy_element(const TensorView& dst, int64_t i, const TensorView& src, int64_t j) {
