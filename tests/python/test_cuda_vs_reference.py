@@ -24,7 +24,7 @@ def b(*shape):
 
 
 def distinct(*shape):
-    """Floats without ties (multiples of 1/8, exact in float16), so index outputs compare exactly."""
+    """Tie-free floats (multiples of 1/8, exact in float16): index outputs compare exactly."""
     return ("distinct", shape)
 
 
@@ -110,7 +110,7 @@ def make_inputs(specs, dtype):
 def build_and_run(op, specs, attrs, dtype, feeds, target):
     net = kiln.Network()
     inputs, profile = [], {}
-    for n, (spec, t) in enumerate(zip(specs, feeds)):
+    for n, (spec, t) in enumerate(zip(specs, feeds, strict=True)):
         if isinstance(spec, torch.Tensor):
             inputs.append(spec.to(dtype) if spec.is_floating_point() else spec)
             continue
@@ -151,7 +151,7 @@ def test_cuda_matches_reference(op, dtype):
     feeds = make_inputs(specs, dtype)
     ref = build_and_run(op, specs, attrs, dtype, feeds, "reference")
     got = build_and_run(op, specs, attrs, dtype, feeds, "cuda")
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=True):
         assert r.shape == g.shape and r.dtype == g.dtype, op
         if r.is_floating_point():
             torch.testing.assert_close(g, r, **TOL[dtype])
