@@ -2,7 +2,8 @@
 
 `pip install --no-build-isolation -e .` (or `python setup.py build_ext --inplace`) configures
 CMake in build/ (kept between runs, so rebuilds are incremental; ninja and ccache are used when
-present) and copies the built libraries next to the Python sources.
+present) and copies the built libraries next to the Python sources, with Kiln's CMake package
+(share/cmake/Kiln, for find_package(Kiln) in LibTorch apps) when the torch runtime was built.
 
 Environment: KILN_CUDA_ARCHS (default "90;80"), KILN_BUILD_TYPE (default Release),
 KILN_BUILD_DIR (default build/), CMAKE_BUILD_PARALLEL_LEVEL (default: all cores).
@@ -57,6 +58,15 @@ class CMakeBuild(build_ext):
                 for lib in libs:
                     if (target / lib.name).resolve() != lib.resolve():
                         shutil.copy2(lib, target / lib.name)
+                # find_package(Kiln) for LibTorch apps (kiln.cmake_prefix_path), with the runtime
+                package = target / "share" / "cmake" / "Kiln"
+                configs = sorted((build_dir / "cmake-package" / "python").glob("*.cmake"))
+                if configs:
+                    package.mkdir(parents=True, exist_ok=True)
+                    for config in configs:
+                        shutil.copy2(config, package / config.name)
+                else:
+                    shutil.rmtree(package, ignore_errors=True)
 
 
 setup(

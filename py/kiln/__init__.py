@@ -13,6 +13,7 @@ This release carries the engine core and its native network-building API:
     out = engine.create_execution_context().execute({"x": np.random.rand(4, 64).astype(np.float32)})
 """
 
+import os
 import sys
 
 from kiln import _C
@@ -22,6 +23,11 @@ from kiln.log import set_log_level, set_log_sink
 from kiln.network import Builder, BuilderConfig, Layer, Network, Tensor
 
 __version__ = _C.version()
+
+# CMAKE_PREFIX_PATH entry for find_package(Kiln) in a LibTorch app (Kiln::runtime), like
+# torch.utils.cmake_prefix_path: cmake -DCMAKE_PREFIX_PATH="<torch's>;<this>" ...
+# Its Kiln/KilnConfig.cmake exists when Kiln was built with its torch runtime.
+cmake_prefix_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "share", "cmake")
 
 if "torch" in sys.modules:
     # Register torch.classes.kiln.Engine and torch.ops.kiln.execute_engine now, so that
@@ -52,6 +58,7 @@ __all__ = [
     "Network",
     "Plan",
     "Tensor",
+    "cmake_prefix_path",
     "cuda_available",
     "set_log_level",
     "set_log_sink",

@@ -1,0 +1,27 @@
+# Kiln's CMake package (find_package(Kiln) in LibTorch apps; template cmake/KilnConfig.cmake.in),
+# generated twice, for the two places the libraries live:
+#   build/cmake-package/python/   -> kiln/share/cmake/Kiln/ in the Python package (setup.py copies
+#                                    it next to kiln/libkiln_*.so; kiln.cmake_prefix_path)
+#   build/cmake-package/install/  -> <prefix>/<libdir>/cmake/Kiln/ by `cmake --install`
+# plus KilnConfigVersion.cmake (0.x: the same minor version is compatible).
+include(CMakePackageConfigHelpers)
+include(GNUInstallDirs)
+
+set(_kiln_pkg "${PROJECT_BINARY_DIR}/cmake-package")
+write_basic_package_version_file("${_kiln_pkg}/KilnConfigVersion.cmake"
+  VERSION ${PROJECT_VERSION} COMPATIBILITY SameMinorVersion)
+
+set(KILN_CONFIG_TO_LIBDIR "../../..")  # kiln/share/cmake/Kiln -> kiln
+configure_file("${PROJECT_SOURCE_DIR}/cmake/KilnConfig.cmake.in"
+  "${_kiln_pkg}/python/KilnConfig.cmake" @ONLY)
+configure_file("${_kiln_pkg}/KilnConfigVersion.cmake"
+  "${_kiln_pkg}/python/KilnConfigVersion.cmake" COPYONLY)
+
+set(_kiln_cmake_dir "${CMAKE_INSTALL_LIBDIR}/cmake/Kiln")
+file(RELATIVE_PATH KILN_CONFIG_TO_LIBDIR "/root/${_kiln_cmake_dir}" "/root/${CMAKE_INSTALL_LIBDIR}")
+configure_file("${PROJECT_SOURCE_DIR}/cmake/KilnConfig.cmake.in"
+  "${_kiln_pkg}/install/KilnConfig.cmake" @ONLY)
+
+install(TARGETS kiln_core kiln_runtime LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}")
+install(FILES "${_kiln_pkg}/install/KilnConfig.cmake" "${_kiln_pkg}/KilnConfigVersion.cmake"
+  DESTINATION "${_kiln_cmake_dir}")
