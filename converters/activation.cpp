@@ -1,4 +1,6 @@
 // aten activations -> activation layers.
+#include <limits>
+
 #include "converters/converter_util.h"
 #include "converters/families.h"
 
@@ -42,6 +44,45 @@ void register_activation_converters() {
   };
   gelu.limits = "approximate 'none' (erf) or 'tanh'; floating dtypes";
   register_converter(std::move(gelu));
+
+  Converter leaky;
+  leaky.target = "aten.leaky_relu.default";
+  leaky.capability = [](const KGraph& g, const KNode& n) {
+    n.arg("negative_slope").as_double();
+    return require_floating(value_arg(g, n, "self"), "self");
+  };
+  leaky.convert = [](ConversionContext& ctx, const KNode& n) {
+    Attributes attrs;
+    attrs.set("type", std::string("leaky_relu")).set("alpha", n.arg("negative_slope").as_double());
+    ctx.set_output(n, 0, ctx.add(n, "activation", {ctx.tensor(n, "self")}, attrs).outputs[0]);
+  };
+  leaky.limits = "floating dtypes";
+  register_converter(std::move(leaky));
+
+  // clip(alpha = min, beta = max); a missing bound is +-float max.
+  auto register_clip = [](const std::string& target, const std::string& lo, const std::string& hi) {
+    Converter c;
+    c.target = target;
+    c.capability = [lo, hi](const KGraph& g, const KNode& n) -> std::string {
+      for (const std::string& name : {lo, hi}) {
+        const Arg& a = n.arg(name);
+        if (!a.is_none() && !a.is_number()) return name + " must be a number";
+      }
+      return require_floating(value_arg(g, n, "self"), "self");
+    };
+    c.convert = [lo, hi](ConversionContext& ctx, const KNode& n) {
+      const double big = std::numeric_limits<float>::max();
+      Attributes attrs;
+      attrs.set("type", std::string("clip"))
+          .set("alpha", n.arg(lo).is_none() ? -big : n.arg(lo).as_double())
+          .set("beta", n.arg(hi).is_none() ? big : n.arg(hi).as_double());
+      ctx.set_output(n, 0, ctx.add(n, "activation", {ctx.tensor(n, "self")}, attrs).outputs[0]);
+    };
+    c.limits = "number bounds; floating dtypes";
+    register_converter(std::move(c));
+  };
+  register_clip("aten.hardtanh.default", "min_val", "max_val");
+  register_clip("aten.clamp.default", "min", "max");
 }
 
 }  // namespace kiln

@@ -12,5 +12,9 @@ void register_normalization_converters();
 void register_pooling_converters();
 void register_reduce_converters();
 void register_shape_converters();
+void register_unary_converters();
+void register_indexing_converters();
+void register_cast_converters();
+void register_attention_converters();
 
 }  // namespace kiln

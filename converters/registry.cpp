@@ -24,6 +24,10 @@ void ensure_converters() {
     register_pooling_converters();
     register_reduce_converters();
     register_shape_converters();
+    register_unary_converters();
+    register_indexing_converters();
+    register_cast_converters();
+    register_attention_converters();
   });
 }
 

@@ -38,6 +38,10 @@ _DTYPES = {
 }
 
 
+# Ops lowering drops: checks that export already proved (no outputs, no effect on results).
+_REMOVED = {torch.ops.aten._assert_tensor_metadata.default}
+
+
 @dataclass
 class Fallback:
     """A node that runs in PyTorch, and why."""
@@ -160,7 +164,17 @@ def _export(module, specs: list[Input], device: torch.device):
             dynamic.append(dims or None)
         with torch.no_grad():
             program = torch.export.export(module, examples, dynamic_shapes=tuple(dynamic))
-    return program.run_decompositions()
+    return program.run_decompositions(_decompositions())
+
+
+def _decompositions():
+    """torch.export's default table, less the ops Kiln converts whole (scaled_dot_product_attention
+    becomes one fused attention layer instead of matmul/softmax/matmul)."""
+    table = torch.export.default_decompositions()
+    for op in list(table.keys()):
+        if _C.has_converter(str(op)):
+            del table[op]
+    return table
 
 
 # ---- 2. lower: FX -> KGraph -----------------------------------------------------------------
@@ -191,6 +205,8 @@ class _Lowering:
                     self._input(node, specs[len(self.user_inputs)])
                     self.user_inputs.append(node)
             elif node.op == "call_function":
+                if node.target in _REMOVED and not node.users:
+                    continue
                 if node.target is operator.getitem and node.args[0] in self.fx_nodes:
                     continue  # an output of a multi-output node: made with its producer
                 self._node(node)

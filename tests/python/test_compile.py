@@ -239,3 +239,64 @@ def test_exported_program_is_accepted():
     compiled = kiln.compile(program, [x], device="cpu", min_block_size=1)
     assert compiled.report.num_engines == 1
     torch.testing.assert_close(compiled(x), model(x), **TOL)
+
+
+class Mixed(nn.Module):
+    """One model touching most converters: SDPA (kept whole), slicing, pointwise math, clamps,
+    embedding, casts, concat, comparisons and where, number operands on either side."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 8)
+
+    def forward(self, x, ids):
+        q = x.view(2, 4, 3, 8)
+        a = F.scaled_dot_product_attention(q, q * 0.5, q, is_causal=True)
+        b = a[:, 1:, :2]
+        c = torch.exp(b) + torch.rsqrt(b.abs() + 1)
+        d = F.relu6(c) + F.leaky_relu(c, 0.2) + F.hardswish(c)
+        return (
+            d.mean(-1),
+            self.emb(ids),
+            x.to(torch.float16),
+            torch.cat([x, x], 1),
+            x.pow(2),
+            (x.abs() + 1e-3).sqrt(),
+            torch.where(x > 0, x, 0.0),
+            -x,
+            1 - x,
+            torch.clamp(x, min=-0.5),
+            torch.log_softmax(x, -1),
+            F.silu(x) + torch.tanh(x) - torch.sigmoid(x) / 2,
+        )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixed_model_converts_fully(device):
+    model = Mixed().eval().to(device)
+    x = torch.randn(2, 4, 24, device=device)
+    ids = torch.randint(0, 10, (2, 3), device=device)
+    compiled = kiln.compile(model, [x, ids], device=device, require_full_compilation=True)
+    ops = {op for s in compiled.report.segments for op in s["ops"]}
+    assert "aten.scaled_dot_product_attention.default" in ops  # not decomposed: one attention layer
+    assert compiled.report.num_engines == 1
+    for got, want in zip(compiled(x, ids), model(x, ids), strict=True):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, **TOL)
+
+
+def test_symbolic_sizes_across_segments():
+    # gelu forced to PyTorch splits the dynamic block: the view after it needs the batch and
+    # sequence sizes, which engines cannot hand over as tensors. The result must still be right.
+    torch.manual_seed(0)
+    model = Block().eval()
+    spec = kiln.Input(min_shape=(1, 2, 32), opt_shape=(2, 8, 32), max_shape=(4, 16, 32))
+    compiled = kiln.compile(
+        model, [spec], device="cpu", min_block_size=1, torch_executed_ops={"aten.gelu.default"}
+    )
+    assert compiled.report.num_engines >= 2
+    assert any(f.target == "aten.gelu.default" for f in compiled.report.fallbacks)
+    for shape in [(1, 2, 32), (3, 5, 32), (4, 16, 32)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), **TOL)

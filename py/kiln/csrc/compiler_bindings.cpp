@@ -100,6 +100,7 @@ void bind_compiler(py::module_& m) {
       out.emplace_back(c->target, c->dynamic_shapes, c->limits);
     return out;
   });
+  m.def("has_converter", [](const std::string& target) { return find_converter(target) != nullptr; });
   m.def(
       "partition",
       [](const KGraph& g, int64_t min_block_size, const std::vector<std::string>& torch_executed_ops,
