@@ -43,6 +43,19 @@ if "torch" in sys.modules:
             _runtime.load_library()
 
 
+def __getattr__(name: str):
+    # kiln.compile and kiln.Input need torch; import it only when they are used.
+    if name == "compile":
+        from kiln.compiler import compile
+
+        return compile
+    if name == "Input":
+        from kiln.inputs import Input
+
+        return Input
+    raise AttributeError(f"module 'kiln' has no attribute {name!r}")
+
+
 def cuda_available() -> bool:
     """True when a CUDA GPU is visible to Kiln's engine."""
     return _C.cuda_device_count() > 0
@@ -53,12 +66,14 @@ __all__ = [
     "BuilderConfig",
     "Engine",
     "ExecutionContext",
+    "Input",
     "KilnError",
     "Layer",
     "Network",
     "Plan",
     "Tensor",
     "cmake_prefix_path",
+    "compile",
     "cuda_available",
     "set_log_level",
     "set_log_sink",

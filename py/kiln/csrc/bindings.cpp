@@ -195,6 +195,9 @@ BuildTarget parse_target(const std::string& s) {
 
 }  // namespace
 
+// compiler_bindings.cpp: KGraph, converters, partitioner.
+void bind_compiler(py::module_& m);
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "Kiln engine bindings (torch-free core)";
   py::register_exception<kiln::Error>(m, "KilnError", PyExc_RuntimeError);
@@ -409,4 +412,6 @@ PYBIND11_MODULE(_C, m) {
              c.enqueue(reinterpret_cast<void*>(stream));
            })
       .def("execute_host", &execute_host);
+
+  bind_compiler(m);
 }

@@ -1,0 +1,88 @@
+// aten activations -> activation layers.
+#include <limits>
+
+#include "converters/converter_util.h"
+#include "converters/families.h"
+
+namespace kiln {
+namespace {
+
+void register_activation(const std::string& target, const std::string& type) {
+  Converter c;
+  c.target = target;
+  c.capability = [](const KGraph& g, const KNode& n) {
+    return require_floating(value_arg(g, n, "self"), "self");
+  };
+  c.convert = [type](ConversionContext& ctx, const KNode& n) {
+    ctx.set_output(
+        n, 0, ctx.add(n, "activation", {ctx.tensor(n, "self")}, Attributes().set("type", type)).outputs[0]);
+  };
+  c.limits = "floating dtypes";
+  register_converter(std::move(c));
+}
+
+}  // namespace
+
+void register_activation_converters() {
+  register_activation("aten.relu.default", "relu");
+  register_activation("aten.sigmoid.default", "sigmoid");
+  register_activation("aten.tanh.default", "tanh");
+  register_activation("aten.silu.default", "silu");
+
+  Converter gelu;
+  gelu.target = "aten.gelu.default";
+  gelu.capability = [](const KGraph& g, const KNode& n) {
+    const std::string approximate = n.arg("approximate").s;
+    if (approximate != "none" && approximate != "tanh")
+      return "approximate='" + approximate + "' is not supported";
+    return require_floating(value_arg(g, n, "self"), "self");
+  };
+  gelu.convert = [](ConversionContext& ctx, const KNode& n) {
+    const std::string type = n.arg("approximate").s == "tanh" ? "gelu_tanh" : "gelu";
+    ctx.set_output(
+        n, 0, ctx.add(n, "activation", {ctx.tensor(n, "self")}, Attributes().set("type", type)).outputs[0]);
+  };
+  gelu.limits = "approximate 'none' (erf) or 'tanh'; floating dtypes";
+  register_converter(std::move(gelu));
+
+  Converter leaky;
+  leaky.target = "aten.leaky_relu.default";
+  leaky.capability = [](const KGraph& g, const KNode& n) {
+    n.arg("negative_slope").as_double();
+    return require_floating(value_arg(g, n, "self"), "self");
+  };
+  leaky.convert = [](ConversionContext& ctx, const KNode& n) {
+    Attributes attrs;
+    attrs.set("type", std::string("leaky_relu")).set("alpha", n.arg("negative_slope").as_double());
+    ctx.set_output(n, 0, ctx.add(n, "activation", {ctx.tensor(n, "self")}, attrs).outputs[0]);
+  };
+  leaky.limits = "floating dtypes";
+  register_converter(std::move(leaky));
+
+  // clip(alpha = min, beta = max); a missing bound is +-float max.
+  auto register_clip = [](const std::string& target, const std::string& lo, const std::string& hi) {
+    Converter c;
+    c.target = target;
+    c.capability = [lo, hi](const KGraph& g, const KNode& n) -> std::string {
+      for (const std::string& name : {lo, hi}) {
+        const Arg& a = n.arg(name);
+        if (!a.is_none() && !a.is_number()) return name + " must be a number";
+      }
+      return require_floating(value_arg(g, n, "self"), "self");
+    };
+    c.convert = [lo, hi](ConversionContext& ctx, const KNode& n) {
+      const double big = std::numeric_limits<float>::max();
+      Attributes attrs;
+      attrs.set("type", std::string("clip"))
+          .set("alpha", n.arg(lo).is_none() ? -big : n.arg(lo).as_double())
+          .set("beta", n.arg(hi).is_none() ? big : n.arg(hi).as_double());
+      ctx.set_output(n, 0, ctx.add(n, "activation", {ctx.tensor(n, "self")}, attrs).outputs[0]);
+    };
+    c.limits = "number bounds; floating dtypes";
+    register_converter(std::move(c));
+  };
+  register_clip("aten.hardtanh.default", "min_val", "max_val");
+  register_clip("aten.clamp.default", "min", "max");
+}
+
+}  // namespace kiln

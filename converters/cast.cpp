@@ -1,0 +1,44 @@
+// dtype conversion: aten._to_copy (dtype only, same device) -> cast; aten.scalar_tensor -> a
+// rank-0 constant.
+#include "converters/converter_util.h"
+#include "converters/families.h"
+
+namespace kiln {
+
+void register_cast_converters() {
+  Converter to_copy;
+  to_copy.target = "aten._to_copy.default";
+  to_copy.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    value_arg(g, n, "self");
+    if (!n.arg("device").is_none()) return "a device change is not converted";
+    const Arg& dtype = n.arg("dtype");
+    if (!dtype.is_none()) parse_dtype(dtype.s);
+    return "";
+  };
+  to_copy.convert = [](ConversionContext& ctx, const KNode& n) {
+    TensorId x = ctx.tensor(n, "self");
+    const Arg& dtype = n.arg("dtype");
+    Layer& l = dtype.is_none() ? ctx.add(n, "identity", {x})
+                               : ctx.add(n, "cast", {x}, Attributes().set("to", dtype.s));
+    ctx.set_output(n, 0, l.outputs[0]);
+  };
+  to_copy.limits = "dtype changes only (no device argument)";
+  register_converter(std::move(to_copy));
+
+  Converter scalar;
+  scalar.target = "aten.scalar_tensor.default";
+  scalar.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    if (!n.arg("s").is_number()) return "the value must be a constant number";
+    const Arg& dtype = n.arg("dtype");
+    if (dtype.is_none()) return "needs a dtype";
+    parse_dtype(dtype.s);
+    return "";
+  };
+  scalar.convert = [](ConversionContext& ctx, const KNode& n) {
+    ctx.set_output(n, 0, ctx.scalar_or_tensor(n, "s", parse_dtype(n.arg("dtype").s)));
+  };
+  scalar.limits = "a constant number with a dtype";
+  register_converter(std::move(scalar));
+}
+
+}  // namespace kiln

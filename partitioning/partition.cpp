@@ -1,0 +1,246 @@
+#include "partitioning/partition.h"
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "converters/converter.h"
+#include "core/error.h"
+
+namespace kiln {
+namespace {
+
+std::string where(const KNode& n) { return n.location.empty() ? "" : " at " + n.location; }
+
+// Nodes that read no other node's output (only constants): a weight permute, say. They are
+// scheduled just before their first consumer so they join its segment.
+std::vector<bool> constant_only(const KGraph& graph) {
+  const std::vector<int> producer = graph.producers();
+  std::vector<bool> out;
+  for (const KNode& n : graph.nodes()) {
+    bool only = true;
+    for (ValueId v : KGraph::node_inputs(n)) only &= producer[v] < 0 && graph.value(v).is_constant();
+    out.push_back(only);
+  }
+  return out;
+}
+
+// A topological order that keeps runs of the same kind together: among the ready nodes it takes
+// one of the current kind (engine or torch) while there is one, and switches kind only when none
+// is left. Contiguous runs of this order are the segments, so they are acyclic by construction
+// and independent torch nodes no longer split an engine segment.
+std::vector<int> clustered_order(const KGraph& graph, const std::vector<bool>& engine) {
+  const auto& nodes = graph.nodes();
+  const std::vector<int> producer = graph.producers();
+  const std::vector<bool> lazy = constant_only(graph);
+  std::vector<int> pending(nodes.size(), 0);
+  std::vector<std::vector<int>> users(nodes.size());
+  std::vector<std::vector<int>> lazy_inputs(nodes.size());
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    std::set<int> deps;
+    for (ValueId v : KGraph::node_inputs(nodes[i])) {
+      if (producer[v] < 0) continue;
+      if (lazy[producer[v]]) {
+        lazy_inputs[i].push_back(producer[v]);
+      } else {
+        deps.insert(producer[v]);
+      }
+    }
+    pending[i] = static_cast<int>(deps.size());
+    for (int d : deps) users[d].push_back(static_cast<int>(i));
+  }
+  std::set<int> ready;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    if (pending[i] == 0 && !lazy[i]) ready.insert(static_cast<int>(i));
+  }
+  std::vector<int> order;
+  std::vector<bool> emitted(nodes.size(), false);
+  auto emit = [&](int n) {
+    emitted[n] = true;
+    order.push_back(n);
+  };
+  bool kind = !ready.empty() && engine[*ready.begin()];
+  while (!ready.empty()) {
+    auto it = std::find_if(ready.begin(), ready.end(), [&](int i) { return engine[i] == kind; });
+    if (it == ready.end()) {
+      kind = !kind;
+      continue;
+    }
+    int n = *it;
+    ready.erase(it);
+    for (int p : lazy_inputs[n]) {
+      if (!emitted[p]) emit(p);
+    }
+    emit(n);
+    for (int u : users[n]) {
+      if (--pending[u] == 0) ready.insert(u);
+    }
+  }
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    if (!emitted[i]) emit(static_cast<int>(i));  // constant-only nodes nobody reads
+  }
+  return order;
+}
+
+std::vector<Segment> form_segments(const KGraph& graph, const std::vector<bool>& engine) {
+  std::vector<Segment> segments;
+  for (int n : clustered_order(graph, engine)) {
+    if (segments.empty() || segments.back().engine != engine[n]) {
+      segments.emplace_back();
+      segments.back().engine = engine[n];
+    }
+    segments.back().nodes.push_back(n);
+  }
+  // Boundaries: a value crosses when it is read outside the segment that produces it.
+  std::vector<int> segment_of_value(graph.values().size(), -1);
+  for (size_t s = 0; s < segments.size(); ++s) {
+    for (int n : segments[s].nodes) {
+      for (ValueId v : graph.nodes()[n].outputs) {
+        if (v != kNoValue) segment_of_value[v] = static_cast<int>(s);
+      }
+    }
+  }
+  auto add_unique = [](std::vector<ValueId>& list, ValueId v) {
+    if (std::find(list.begin(), list.end(), v) == list.end()) list.push_back(v);
+  };
+  for (size_t s = 0; s < segments.size(); ++s) {
+    for (int n : segments[s].nodes) {
+      for (ValueId v : KGraph::node_inputs(graph.nodes()[n])) {
+        if (graph.value(v).is_constant() || segment_of_value[v] == static_cast<int>(s)) continue;
+        add_unique(segments[s].inputs, v);
+        if (segment_of_value[v] >= 0) add_unique(segments[segment_of_value[v]].outputs, v);
+      }
+    }
+  }
+  for (ValueId v : graph.outputs()) {
+    if (segment_of_value[v] >= 0) add_unique(segments[segment_of_value[v]].outputs, v);
+  }
+  return segments;
+}
+
+}  // namespace
+
+Partition partition_graph(const KGraph& graph, const PartitionOptions& options) {
+  const auto& nodes = graph.nodes();
+  const std::set<std::string> forced(options.torch_executed_ops.begin(), options.torch_executed_ops.end());
+  std::vector<std::string> reason(nodes.size());
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    reason[i] =
+        forced.count(nodes[i].target) ? "listed in torch_executed_ops" : check_convertible(graph, nodes[i]);
+  }
+
+  if (options.require_full_compilation) {
+    std::ostringstream os;
+    int count = 0;
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      if (reason[i].empty()) continue;
+      ++count;
+      os << "\n  " << nodes[i].describe() << where(nodes[i]) << ": " << reason[i];
+    }
+    KILN_CHECK(count == 0,
+               "require_full_compilation: " << count << " node" << (count == 1 ? "" : "s")
+                                            << " cannot run in a Kiln engine:" << os.str()
+                                            << "\nRemove these ops from the model, or compile with "
+                                               "require_full_compilation=False to run them in PyTorch.");
+  }
+
+  // Segments are formed, then nodes that cannot stay in an engine move to PyTorch, until stable:
+  //  - engine segments below min_block_size;
+  //  - a symbolic size (host scalar) crossing between an engine and another segment: engines
+  //    take and give device tensors only, so the reader (or, for PyTorch readers, the producer)
+  //    moves to PyTorch.
+  std::vector<bool> engine(nodes.size());
+  for (size_t i = 0; i < nodes.size(); ++i) engine[i] = reason[i].empty();
+  const std::vector<int> producer = graph.producers();
+  std::vector<Segment> segments;
+  for (bool changed = true; changed;) {
+    changed = false;
+    segments = form_segments(graph, engine);
+    std::vector<int> segment_of_node(nodes.size(), -1);
+    for (size_t s = 0; s < segments.size(); ++s) {
+      for (int n : segments[s].nodes) segment_of_node[n] = static_cast<int>(s);
+    }
+    auto move = [&](int n, const std::string& why) {
+      if (!engine[n]) return;
+      engine[n] = false;
+      reason[n] = why;
+      changed = true;
+    };
+    for (size_t s = 0; s < segments.size(); ++s) {
+      const Segment& seg = segments[s];
+      for (ValueId v : seg.inputs) {
+        if (!graph.value(v).host_scalar || producer[v] < 0) continue;
+        if (seg.engine) {
+          for (int n : seg.nodes) {
+            auto in = KGraph::node_inputs(nodes[n]);
+            if (std::find(in.begin(), in.end(), v) != in.end()) {
+              move(n,
+                   "reads symbolic size '" + graph.value(v).name + "' computed outside its engine segment");
+            }
+          }
+        } else {
+          move(producer[v], "its symbolic size is used by PyTorch code");
+        }
+      }
+      for (ValueId v : graph.outputs()) {
+        if (graph.value(v).host_scalar && producer[v] >= 0 && segments[segment_of_node[producer[v]]].engine) {
+          move(producer[v], "its symbolic size is a graph output");
+        }
+      }
+    }
+    // A constant-only node follows its readers: it is not worth an engine boundary.
+    const std::vector<bool> lazy = constant_only(graph);
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      if (!lazy[i] || !engine[i]) continue;
+      bool engine_reader = false;
+      for (size_t j = 0; j < nodes.size(); ++j) {
+        if (!engine[j]) continue;
+        for (ValueId v : KGraph::node_inputs(nodes[j])) engine_reader |= producer[v] == static_cast<int>(i);
+      }
+      if (!engine_reader) move(static_cast<int>(i), "reads only constants and only PyTorch code reads it");
+    }
+    if (changed) continue;
+    for (const Segment& seg : segments) {
+      if (!seg.engine || static_cast<int64_t>(seg.nodes.size()) >= options.min_block_size) continue;
+      for (int n : seg.nodes) {
+        move(n, "in an engine segment of " + std::to_string(seg.nodes.size()) +
+                    " nodes, below min_block_size " + std::to_string(options.min_block_size));
+      }
+    }
+  }
+
+  Partition p;
+  p.segments = std::move(segments);
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    if (!engine[i]) p.fallbacks.push_back({static_cast<int>(i), reason[i]});
+  }
+  return p;
+}
+
+std::string describe_partition(const KGraph& graph, const Partition& partition) {
+  std::ostringstream os;
+  int engines = 0;
+  for (const Segment& s : partition.segments) engines += s.engine ? 1 : 0;
+  os << graph.nodes().size() << " nodes: " << engines << " engine segment" << (engines == 1 ? "" : "s")
+     << ", " << partition.segments.size() - engines << " PyTorch segment"
+     << (partition.segments.size() - engines == 1 ? "" : "s") << ", " << partition.fallbacks.size() << " node"
+     << (partition.fallbacks.size() == 1 ? "" : "s") << " in PyTorch\n";
+  for (size_t s = 0; s < partition.segments.size(); ++s) {
+    const Segment& seg = partition.segments[s];
+    std::map<std::string, int> ops;
+    for (int n : seg.nodes) ops[graph.nodes()[n].target]++;
+    os << "  segment " << s << " (" << (seg.engine ? "kiln engine" : "pytorch") << "): " << seg.nodes.size()
+       << " node" << (seg.nodes.size() == 1 ? "" : "s") << ", " << seg.inputs.size() << " in, "
+       << seg.outputs.size() << " out:";
+    for (const auto& [op, count] : ops) os << " " << op << (count > 1 ? " x" + std::to_string(count) : "");
+    os << "\n";
+  }
+  for (const Fallback& f : partition.fallbacks) {
+    const KNode& n = graph.nodes()[f.node];
+    os << "  pytorch: " << n.describe() << where(n) << ": " << f.reason << "\n";
+  }
+  return os.str();
+}
+
+}  // namespace kiln

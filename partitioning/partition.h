@@ -1,0 +1,43 @@
+// Partitioning: KGraph -> ordered segments, each run either by one Kiln engine (every node
+// convertible) or by PyTorch. The partitioner asks the converter registry whether a node converts
+// and knows no op by name.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "lowering/kgraph.h"
+
+namespace kiln {
+
+struct PartitionOptions {
+  int64_t min_block_size = 5;                   // smaller engine segments run in PyTorch
+  std::vector<std::string> torch_executed_ops;  // op overloads ("aten.gelu.default") forced to PyTorch
+  bool require_full_compilation = false;        // unsupported nodes are an error listing them all
+};
+
+struct Segment {
+  bool engine = false;
+  std::vector<int> nodes;        // node indices, in an order valid for execution
+  std::vector<ValueId> inputs;   // values read from earlier segments or graph inputs (no constants)
+  std::vector<ValueId> outputs;  // values read by later segments or by the graph's outputs
+};
+
+struct Fallback {
+  int node = -1;
+  std::string reason;
+};
+
+struct Partition {
+  std::vector<Segment> segments;    // in execution order; segment i reads only graph inputs,
+                                    // constants and outputs of segments before it
+  std::vector<Fallback> fallbacks;  // every node running in PyTorch, with the reason
+};
+
+Partition partition_graph(const KGraph& graph, const PartitionOptions& options);
+
+// A human-readable report: the segments (kind, node count, ops) and every fallback with its reason
+// and source location.
+std::string describe_partition(const KGraph& graph, const Partition& partition);
+
+}  // namespace kiln

@@ -1,0 +1,477 @@
+"""kiln.compile: a PyTorch module -> a module whose supported parts run in Kiln engines.
+
+The pipeline, top to bottom:
+  1. export: torch.export.export (dynamic dims from kiln.Input ranges) and run_decompositions,
+     giving an aten-level FX graph;
+  2. lower: FX nodes -> KGraph (kiln._C), the torch-free graph the C++ converters read: each
+     node's op overload, its arguments by schema name, weights as bytes;
+  3. partition (C++): engine segments (every node has a converter that accepts it) and PyTorch
+     segments, honouring min_block_size, torch_executed_ops and require_full_compilation;
+  4. build: each engine segment -> Network (C++ converters) -> Builder -> plan -> EngineModule;
+  5. assemble: a torch.fx.GraphModule calling the engines, with the other nodes as they were.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx
+from torch.utils import _pytree as pytree
+
+from kiln import _C
+from kiln.inputs import Input
+from kiln.log import log
+from kiln.network import Builder, BuilderConfig, Network
+
+_DTYPES = {
+    torch.float32: "float32",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.int32: "int32",
+    torch.int64: "int64",
+    torch.bool: "bool",
+    torch.int8: "int8",
+}
+
+
+# Ops lowering drops: checks that export already proved (no outputs, no effect on results).
+_REMOVED = {torch.ops.aten._assert_tensor_metadata.default}
+
+
+@dataclass
+class Fallback:
+    """A node that runs in PyTorch, and why."""
+
+    node: str
+    target: str
+    reason: str
+
+
+@dataclass
+class CompileReport:
+    """What compile did (or, with dry_run, would do) with the graph."""
+
+    num_engines: int
+    segments: list[dict] = field(default_factory=list)  # kind, nodes (names), ops
+    fallbacks: list[Fallback] = field(default_factory=list)
+    text: str = ""
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class CompiledModule(torch.nn.Module):
+    """The result of kiln.compile: engines and PyTorch code in one FX GraphModule.
+
+    ``graph_module`` takes the flattened tensor inputs and returns the flattened outputs;
+    forward restores the original output structure. ``report`` says how the graph was split.
+    """
+
+    def __init__(self, graph_module: torch.fx.GraphModule, out_spec, report: CompileReport):
+        super().__init__()
+        self.graph_module = graph_module
+        self._out_spec = out_spec
+        self.report = report
+
+    def forward(self, *args):
+        flat = pytree.tree_leaves(args)
+        return pytree.tree_unflatten(list(self.graph_module(*flat)), self._out_spec)
+
+
+def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
+    module,
+    inputs: Sequence,
+    *,
+    ir: str = "auto",
+    enabled_precisions: Iterable = (torch.float32,),
+    min_block_size: int = 5,
+    torch_executed_ops: Iterable = (),
+    require_full_compilation: bool = False,
+    workspace_size: int | None = None,
+    optimization_level: int | None = None,
+    device=None,
+    dry_run: bool = False,
+    debug: bool = False,
+):
+    """Compiles ``module`` (an nn.Module or a torch.export.ExportedProgram) for ``inputs``.
+
+    inputs: one kiln.Input or example tensor per positional input. ir: "auto" or "export"
+    (torch.export); "torchscript" is not supported yet. enabled_precisions: torch dtypes the
+    engines may compute in (float32 always; float16, bfloat16). min_block_size: smaller engine
+    segments run in PyTorch. torch_executed_ops: op overloads (``torch.ops.aten.gelu.default`` or
+    "aten.gelu.default") that always run in PyTorch. require_full_compilation: raise a KilnError
+    listing every node that cannot run in an engine instead of running it in PyTorch.
+    workspace_size / optimization_level: builder options. device: "cuda" (the default when a GPU
+    is visible) or "cpu" (engines on the CPU reference backend). dry_run: partition only and
+    return a CompileReport. debug: log the KGraph and the report at level "info".
+    """
+    if ir not in ("auto", "export", "torchscript"):
+        raise ValueError(f"ir must be 'auto', 'export' or 'torchscript', got {ir!r}")
+    if ir == "torchscript":
+        raise NotImplementedError(
+            "kiln.compile(ir='torchscript') is not supported yet; use ir='export'"
+        )
+    device = torch.device(device if device is not None else ("cuda" if _cuda() else "cpu"))
+    specs = [i if isinstance(i, Input) else Input.from_tensor(i) for i in inputs]
+
+    program = _export(module, specs, device)
+    lowered = _Lowering(program, specs)
+    level = "info" if debug else "verbose"
+    log(level, "kiln.compile: KGraph\n" + lowered.graph.summary())
+
+    forced = sorted(_op_name(op) for op in torch_executed_ops)
+    partition = _C.partition(
+        lowered.graph, int(min_block_size), forced, bool(require_full_compilation)
+    )
+    report = _report(lowered, partition)
+    log(level, "kiln.compile: " + report.text)
+    if dry_run:
+        return report
+
+    config = dict(
+        precisions=[p for p in (_precision(d) for d in enabled_precisions) if p],
+        workspace_bytes=workspace_size,
+        optimization_level=optimization_level,
+        target="cuda" if device.type == "cuda" else "reference",
+    )
+    graph_module = _assemble(lowered, partition, config)
+    return CompiledModule(graph_module, program.call_spec.out_spec, report)
+
+
+# ---- 1. export ------------------------------------------------------------------------------
+
+
+def _cuda() -> bool:
+    return torch.cuda.is_available() and _C.cuda_device_count() > 0
+
+
+def _export(module, specs: list[Input], device: torch.device):
+    if isinstance(module, torch.export.ExportedProgram):
+        program = module
+    else:
+        module = module.eval()
+        examples = tuple(s.example(device) for s in specs)
+        dynamic = []
+        for k, s in enumerate(specs):
+            dims = {
+                d: torch.export.Dim(f"in{k}_d{d}", min=s.min_shape[d], max=s.max_shape[d])
+                for d in s.dynamic_dims
+            }
+            dynamic.append(dims or None)
+        with torch.no_grad():
+            program = torch.export.export(module, examples, dynamic_shapes=tuple(dynamic))
+    return program.run_decompositions(_decompositions())
+
+
+def _decompositions():
+    """torch.export's default table, less the ops Kiln converts whole (scaled_dot_product_attention
+    becomes one fused attention layer instead of matmul/softmax/matmul)."""
+    table = torch.export.default_decompositions()
+    for op in list(table.keys()):
+        if _C.has_converter(str(op)):
+            del table[op]
+    return table
+
+
+# ---- 2. lower: FX -> KGraph -----------------------------------------------------------------
+
+
+class _Lowering:
+    """Builds the KGraph of an exported program and remembers which FX node is which value."""
+
+    def __init__(self, program, specs: list[Input]):
+        self.program = program
+        self.fx = program.graph_module.graph
+        self.graph = _C.KGraph()
+        self.value_of: dict[torch.fx.Node, int] = {}  # FX node (getitem for multi-output) -> value
+        self.fx_of_value: dict[int, torch.fx.Node] = {}
+        self.fx_nodes: list[torch.fx.Node] = []  # KGraph node index -> FX node
+        self.exprs: dict[int, list] = {}  # value -> per-dim sympy expr (None for static dims)
+        self.params: dict[str, torch.Tensor] = {}  # placeholder name -> lifted parameter/buffer
+        self.user_inputs: list[torch.fx.Node] = []
+        self.ranges: dict = {}  # sympy symbol -> (min, opt, max)
+
+        lifted = self._lifted_tensors()
+        for node in self.fx.nodes:
+            if node.op == "placeholder":
+                if node.name in lifted:
+                    self.params[node.name] = lifted[node.name]
+                    self._constant(node, lifted[node.name])
+                else:
+                    self._input(node, specs[len(self.user_inputs)])
+                    self.user_inputs.append(node)
+            elif node.op == "call_function":
+                if node.target in _REMOVED and not node.users:
+                    continue
+                if node.target is operator.getitem and node.args[0] in self.fx_nodes:
+                    continue  # an output of a multi-output node: made with its producer
+                self._node(node)
+            elif node.op == "output":
+                for out in pytree.tree_leaves(node.args[0]):
+                    if isinstance(out, torch.fx.Node):
+                        self.graph.mark_output(self.value_of[out])
+            else:
+                raise _C.KilnError(f"kiln.compile: unexpected FX node {node.format_node()}")
+
+    def _lifted_tensors(self) -> dict[str, torch.Tensor]:
+        sig = self.program.graph_signature
+        out = {}
+        for spec in sig.input_specs:
+            if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT:
+                continue
+            if spec.target in self.program.state_dict:
+                out[spec.arg.name] = self.program.state_dict[spec.target]
+            else:
+                out[spec.arg.name] = self.program.constants[spec.target]
+        for spec in sig.output_specs:
+            if spec.kind != torch.export.graph_signature.OutputKind.USER_OUTPUT:
+                raise _C.KilnError(
+                    f"kiln.compile: the model mutates state ({spec.kind.name} of {spec.target})"
+                )
+        return out
+
+    def _input(self, node: torch.fx.Node, spec: Input) -> None:
+        val = node.meta["val"]
+        for d, size in enumerate(val.shape):
+            if isinstance(size, torch.SymInt):
+                self.ranges[size.node.expr] = (
+                    spec.min_shape[d],
+                    spec.opt_shape[d],
+                    spec.max_shape[d],
+                )
+        dims, exprs = _dims(val.shape)
+        v = self.graph.add_input(node.name, _dtype(val.dtype, node), dims)
+        self._bind(node, v, exprs)
+
+    def _constant(self, node: torch.fx.Node, t: torch.Tensor) -> None:
+        t = t.detach().contiguous().cpu()
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        v = self.graph.add_constant(node.name, _dtype(t.dtype, node), list(t.shape), data)
+        self._bind(node, v, [None] * t.dim())
+
+    def _bind(self, node: torch.fx.Node, v: int, exprs) -> None:
+        self.value_of[node] = v
+        self.fx_of_value[v] = node
+        self.exprs[v] = exprs
+
+    def _value(self, node: torch.fx.Node, val) -> int:
+        scalar = {torch.SymBool: "bool", bool: "bool", torch.SymInt: "int64", int: "int64"}
+        scalar |= {torch.SymFloat: "float32", float: "float32"}
+        if type(val) in scalar:  # a symbolic (or specialized) size, flag or float: host scalar
+            v = self.graph.add_value(node.name, scalar[type(val)], [], True)
+            self._bind(node, v, [])
+            return v
+        if isinstance(val, torch.Tensor):
+            dims, exprs = _dims(val.shape)
+            v = self.graph.add_value(node.name, _dtype(val.dtype, node), dims, False)
+            self._bind(node, v, exprs)
+            return v
+        return -1
+
+    def _node(self, node: torch.fx.Node) -> None:
+        val = node.meta.get("val")
+        outputs = []
+        if isinstance(val, list | tuple):
+            users = {u.args[1]: u for u in node.users if u.target is operator.getitem}
+            for k, item in enumerate(val):
+                outputs.append(self._value(users[k], item) if k in users else -1)
+        elif val is not None:
+            v = self._value(node, val)
+            outputs.append(v)
+        args = [(name, self._arg(a)) for name, a in _named_args(node)]
+        self.graph.add_node(node.name, _target_name(node.target), args, outputs, _location(node))
+        self.fx_nodes.append(node)
+
+    def _arg(self, a):
+        if isinstance(a, torch.fx.Node):
+            if a not in self.value_of:
+                raise _C.KilnError(f"kiln.compile: argument {a.name} has no tensor or size value")
+            return _C.ValueRef(self.value_of[a])
+        if isinstance(a, list | tuple):
+            return [self._arg(e) for e in a]
+        if isinstance(a, torch.dtype):
+            return _DTYPES.get(a, str(a))
+        if a is None or isinstance(a, bool | int | float | str):
+            return a
+        return str(a)  # device, layout, memory_format: informative only
+
+
+def _dims(shape) -> tuple[list[int], list]:
+    dims, exprs = [], []
+    for d in shape:
+        if isinstance(d, torch.SymInt):
+            dims.append(-1)
+            exprs.append(d.node.expr)
+        else:
+            dims.append(int(d))
+            exprs.append(None)
+    return dims, exprs
+
+
+def _dtype(dtype: torch.dtype, node: torch.fx.Node) -> str:
+    if dtype not in _DTYPES:
+        raise _C.KilnError(
+            f"kiln.compile: {node.name} has dtype {dtype}, which Kiln does not support"
+        )
+    return _DTYPES[dtype]
+
+
+def _target_name(target) -> str:
+    if isinstance(target, torch._ops.OpOverload):
+        return str(target)  # "aten.convolution.default"
+    module = getattr(target, "__module__", None) or ""
+    return f"{module}.{getattr(target, '__name__', str(target))}"
+
+
+def _op_name(op) -> str:
+    return op if isinstance(op, str) else _target_name(op)
+
+
+def _named_args(node: torch.fx.Node) -> list[tuple[str, object]]:
+    """Arguments by schema name; defaults filled in, so converters never guess."""
+    if isinstance(node.target, torch._ops.OpOverload):
+        named = []
+        for k, arg in enumerate(node.target._schema.arguments):
+            if k < len(node.args) and not arg.kwarg_only:
+                named.append((arg.name, node.args[k]))
+            elif arg.name in node.kwargs:
+                named.append((arg.name, node.kwargs[arg.name]))
+            elif arg.has_default_value():
+                named.append((arg.name, arg.default_value))
+            else:
+                named.append((arg.name, None))
+        return named
+    if node.target in (operator.add, operator.sub, operator.mul, operator.floordiv):
+        return [("a", node.args[0]), ("b", node.args[1])]
+    return [(f"arg{k}", a) for k, a in enumerate(node.args)] + list(node.kwargs.items())
+
+
+def _location(node: torch.fx.Node) -> str:
+    trace = node.meta.get("stack_trace") or ""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', trace)
+    if not frames:
+        return ""
+    # The innermost frame of model code, rather than torch.nn internals (linear.py).
+    own = [f for f in frames if "/site-packages/torch/" not in f[0]]
+    path, line, fn = (own or frames)[-1]
+    return f"{path}:{line} in {fn}"
+
+
+# ---- 3. partition report --------------------------------------------------------------------
+
+
+def _report(lowered: _Lowering, partition: dict) -> CompileReport:
+    g = lowered.graph
+    segments = [
+        {
+            "kind": "engine" if s["engine"] else "pytorch",
+            "nodes": [g.node_name(n) for n in s["nodes"]],
+            "ops": [g.node_target(n) for n in s["nodes"]],
+        }
+        for s in partition["segments"]
+    ]
+    fallbacks = [
+        Fallback(g.node_name(n), g.node_target(n), reason) for n, reason in partition["fallbacks"]
+    ]
+    return CompileReport(
+        num_engines=sum(s["engine"] for s in partition["segments"]),
+        segments=segments,
+        fallbacks=fallbacks,
+        text=partition["report"],
+    )
+
+
+# ---- 4. build and 5. assemble ---------------------------------------------------------------
+
+
+def _precision(dtype) -> str | None:
+    names = {torch.float32: None, torch.float16: "fp16", torch.bfloat16: "bf16", "tf32": "tf32"}
+    if dtype not in names:
+        raise ValueError(
+            f"enabled_precisions: {dtype} is not one of torch.float32/float16/bfloat16, 'tf32'"
+        )
+    return names[dtype]
+
+
+def _build_engine(lowered: _Lowering, segment: dict, config: dict):
+    from kiln import runtime
+
+    net = Network.__new__(Network)
+    net._net = _C.convert_segment(lowered.graph, segment)
+    builder_config = BuilderConfig(**config)
+    ranges = {}
+    for v in segment["inputs"]:
+        exprs = lowered.exprs[v]
+        if any(e is not None for e in exprs):
+            shape = lowered.fx_of_value[v].meta["val"].shape
+            ranges[lowered.graph.value_name(v)] = tuple(
+                [
+                    int(d) if e is None else _evaluate(e, lowered.ranges, k)
+                    for d, e in zip(shape, exprs, strict=True)
+                ]
+                for k in range(3)
+            )
+    if ranges:
+        builder_config.add_optimization_profile(ranges)
+    plan = Builder().build(net, builder_config)
+    return runtime.EngineModule(plan, config["target"])
+
+
+def _evaluate(expr, ranges: dict, k: int) -> int:
+    """A symbolic dim at the min (k=0), opt (1) or max (2) of the input ranges."""
+    free = expr.free_symbols - set(ranges)
+    if free:
+        raise _C.KilnError(
+            f"kiln.compile: dim {expr} depends on sizes with no input range ({free})"
+        )
+    return int(expr.subs({s: r[k] for s, r in ranges.items()}))
+
+
+def _assemble(lowered: _Lowering, partition: dict, config: dict) -> torch.fx.GraphModule:
+    root = torch.nn.Module()
+    graph = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {}
+    for node in lowered.user_inputs:
+        env[node] = graph.placeholder(node.name)
+    placeholders = {n.name: n for n in lowered.fx.nodes if n.op == "placeholder"}
+
+    def lookup(a: torch.fx.Node) -> torch.fx.Node:
+        if a not in env and a.name in lowered.params:  # a weight PyTorch code reads
+            attr = f"_kiln_param_{len(root._buffers)}"
+            root.register_buffer(attr, lowered.params[a.name].detach())
+            env[placeholders[a.name]] = graph.get_attr(attr)
+        return env[a]
+
+    engines = 0
+    for segment in partition["segments"]:
+        if not segment["engine"]:
+            for index in segment["nodes"]:
+                node = lowered.fx_nodes[index]
+                env[node] = graph.node_copy(node, lookup)
+                for user in node.users:
+                    if user.target is operator.getitem:
+                        env[user] = graph.node_copy(user, lookup)
+            continue
+        name = f"_kiln_engine_{engines}"
+        engines += 1
+        root.add_module(name, _build_engine(lowered, segment, config))
+        call = graph.call_module(
+            name, tuple(env[lowered.fx_of_value[v]] for v in segment["inputs"])
+        )
+        outputs = segment["outputs"]
+        for j, v in enumerate(outputs):
+            fx_node = lowered.fx_of_value[v]
+            env[fx_node] = (
+                call if len(outputs) == 1 else graph.call_function(operator.getitem, (call, j))
+            )
+
+    output = next(n for n in lowered.fx.nodes if n.op == "output")
+    flat = [
+        lookup(a) if isinstance(a, torch.fx.Node) else a for a in pytree.tree_leaves(output.args[0])
+    ]
+    graph.output(tuple(flat))
+    return torch.fx.GraphModule(root, graph, "KilnCompiledGraph")

@@ -1,0 +1,128 @@
+// kiln._C bindings of the torch-free compiler middle: KGraph, the converter registry, the
+// partitioner and segment conversion. py/kiln/compile.py builds the KGraph from torch.export.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+
+#include "converters/convert_segment.h"
+#include "converters/converter.h"
+#include "core/error.h"
+#include "lowering/kgraph.h"
+#include "partitioning/partition.h"
+
+namespace py = pybind11;
+using namespace kiln;
+
+namespace {
+
+// A reference to a KGraph value inside a node argument (plain ints are immediates).
+struct ValueRef {
+  ValueId id;
+};
+
+Arg to_arg(py::handle h) {
+  if (h.is_none()) return Arg::none();
+  if (py::isinstance<ValueRef>(h)) return Arg::of_value(h.cast<ValueRef>().id);
+  if (py::isinstance<py::bool_>(h)) return Arg::of_bool(h.cast<bool>());
+  if (py::isinstance<py::int_>(h)) return Arg::of_int(h.cast<int64_t>());
+  if (py::isinstance<py::float_>(h)) return Arg::of_float(h.cast<double>());
+  if (py::isinstance<py::str>(h)) return Arg::of_string(h.cast<std::string>());
+  if (py::isinstance<py::list>(h) || py::isinstance<py::tuple>(h)) {
+    std::vector<Arg> list;
+    for (py::handle e : h) list.push_back(to_arg(e));
+    return Arg::of_list(std::move(list));
+  }
+  KILN_FAIL("KGraph argument of unsupported Python type " << std::string(py::str(py::type::handle_of(h))));
+}
+
+py::dict segment_dict(const Segment& s) {
+  py::dict d;
+  d["engine"] = s.engine;
+  d["nodes"] = s.nodes;
+  d["inputs"] = s.inputs;
+  d["outputs"] = s.outputs;
+  return d;
+}
+
+Segment to_segment(const py::dict& d) {
+  Segment s;
+  s.engine = d["engine"].cast<bool>();
+  s.nodes = d["nodes"].cast<std::vector<int>>();
+  s.inputs = d["inputs"].cast<std::vector<ValueId>>();
+  s.outputs = d["outputs"].cast<std::vector<ValueId>>();
+  return s;
+}
+
+}  // namespace
+
+void bind_compiler(py::module_& m) {
+  py::class_<ValueRef>(m, "ValueRef").def(py::init<ValueId>()).def_readonly("id", &ValueRef::id);
+
+  py::class_<KGraph, std::shared_ptr<KGraph>>(m, "KGraph")
+      .def(py::init<>())
+      .def("add_input", [](KGraph& g, const std::string& name, const std::string& dtype,
+                           const Dims& dims) { return g.add_input(name, parse_dtype(dtype), dims); })
+      .def(
+          "add_constant",
+          [](KGraph& g, const std::string& name, const std::string& dtype, const Dims& dims, py::bytes data) {
+            std::string_view bytes = data;
+            return g.add_constant(name, parse_dtype(dtype), dims, bytes.data(), bytes.size());
+          })
+      .def("add_value",
+           [](KGraph& g, const std::string& name, const std::string& dtype, const Dims& dims,
+              bool host_scalar) { return g.add_value(name, parse_dtype(dtype), dims, host_scalar); })
+      .def("add_node",
+           [](KGraph& g, const std::string& name, const std::string& target, const py::list& args,
+              const std::vector<ValueId>& outputs, const std::string& location) {
+             KNode n;
+             n.name = name;
+             n.target = target;
+             for (py::handle item : args) {
+               py::tuple pair = item.cast<py::tuple>();
+               n.args.emplace_back(pair[0].cast<std::string>(), to_arg(pair[1]));
+             }
+             n.outputs = outputs;
+             n.location = location;
+             return g.add_node(std::move(n));
+           })
+      .def("mark_output", &KGraph::mark_output)
+      .def("num_nodes", [](const KGraph& g) { return g.nodes().size(); })
+      .def("node_name", [](const KGraph& g, size_t i) { return g.nodes().at(i).name; })
+      .def("node_target", [](const KGraph& g, size_t i) { return g.nodes().at(i).target; })
+      .def("value_name", [](const KGraph& g, ValueId v) { return g.value(v).name; })
+      .def("check_node", [](const KGraph& g, size_t i) { return check_convertible(g, g.nodes().at(i)); })
+      .def("summary", &KGraph::summary);
+
+  m.def("registered_converters", [] {
+    std::vector<std::tuple<std::string, bool, std::string>> out;
+    for (const Converter* c : registered_converters())
+      out.emplace_back(c->target, c->dynamic_shapes, c->limits);
+    return out;
+  });
+  m.def("has_converter", [](const std::string& target) { return find_converter(target) != nullptr; });
+  m.def(
+      "partition",
+      [](const KGraph& g, int64_t min_block_size, const std::vector<std::string>& torch_executed_ops,
+         bool require_full_compilation) {
+        PartitionOptions o;
+        o.min_block_size = min_block_size;
+        o.torch_executed_ops = torch_executed_ops;
+        o.require_full_compilation = require_full_compilation;
+        Partition p = partition_graph(g, o);
+        py::dict d;
+        py::list segments;
+        for (const Segment& s : p.segments) segments.append(segment_dict(s));
+        py::list fallbacks;
+        for (const Fallback& f : p.fallbacks) fallbacks.append(py::make_tuple(f.node, f.reason));
+        d["segments"] = segments;
+        d["fallbacks"] = fallbacks;
+        d["report"] = describe_partition(g, p);
+        return d;
+      },
+      py::arg("graph"), py::arg("min_block_size"), py::arg("torch_executed_ops"),
+      py::arg("require_full_compilation"));
+  m.def("convert_segment", [](const KGraph& g, const py::dict& segment) {
+    return std::make_shared<Network>(convert_segment(g, to_segment(segment)));
+  });
+}

@@ -1,0 +1,302 @@
+"""kiln.compile end to end: torch.export -> KGraph -> partition -> engines + PyTorch fallback.
+
+Every model is compared with eager PyTorch on fresh random inputs. The reference backend computes
+in float32 (float64 accumulation in places), so whole models match eager float32 to 1e-4; CUDA
+runs strict FP32 unless tf32 is enabled, and is compared at the same tolerance.
+"""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import kiln
+from kiln import runtime as rt
+
+pytestmark = pytest.mark.skipif(not rt.is_available(), reason="libkiln_runtime.so was not built")
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.MaxPool2d(2)
+        self.gap = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(8, 10)
+        with torch.no_grad():  # non-trivial running statistics
+            self.bn.running_mean.uniform_(-0.5, 0.5)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.bn(self.conv(x))))
+        return self.fc(torch.flatten(self.gap(x), 1))
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block written with explicit attention (matmul/softmax/matmul)."""
+
+    def __init__(self, dim=32, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x):
+        b, s, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)
+        q, k, v = (t.view(b, s, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        attn = torch.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5, dim=-1)
+        y = (attn @ v).transpose(1, 2).reshape(b, s, d)
+        x = x + self.drop(self.proj(y))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
+@torch.library.custom_op("kiln_test::odd_scale", mutates_args=())
+def odd_scale(x: torch.Tensor) -> torch.Tensor:
+    """An op Kiln has no converter for."""
+    return x * 1.5 + 0.25
+
+
+@odd_scale.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class WithCustomOp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 32)
+        self.b = nn.Linear(32, 8)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        h = odd_scale(h)
+        return torch.sigmoid(self.b(h)) * 2.0
+
+
+def _engines(compiled):
+    return [n for n in compiled.graph_module.graph.nodes if n.op == "call_module"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_small_cnn_is_one_engine(device):
+    model = SmallCNN().eval().to(device)
+    x = torch.randn(2, 3, 16, 16, device=device)
+    compiled = kiln.compile(model, [x], device=device, min_block_size=1)
+    assert len(_engines(compiled)) == 1
+    assert compiled.report.num_engines == 1 and compiled.report.fallbacks == []
+    for _ in range(2):
+        x = torch.randn(2, 3, 16, 16, device=device)
+        torch.testing.assert_close(compiled(x), model(x), **TOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_transformer_block_dynamic_batch_and_sequence(device):
+    torch.manual_seed(0)
+    model = Block().eval().to(device)
+    spec = kiln.Input(min_shape=(1, 2, 32), opt_shape=(2, 8, 32), max_shape=(4, 16, 32))
+    compiled = kiln.compile(model, [spec], device=device)
+    assert compiled.report.num_engines == 1, str(compiled.report)
+    assert compiled.report.fallbacks == []
+    for shape in [(1, 2, 32), (2, 8, 32), (3, 5, 32), (4, 16, 32)]:
+        x = torch.randn(*shape, device=device)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), **TOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unconvertible_op_falls_back_to_pytorch(device):
+    model = WithCustomOp().eval().to(device)
+    x = torch.randn(4, 16, device=device)
+    compiled = kiln.compile(model, [x], device=device, min_block_size=1)
+    report = compiled.report
+    assert report.num_engines == 2, str(report)
+    assert [f.target for f in report.fallbacks] == ["kiln_test.odd_scale.default"]
+    assert "no converter" in report.fallbacks[0].reason
+    assert len(_engines(compiled)) == 2
+    for _ in range(2):
+        x = torch.randn(4, 16, device=device)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), **TOL)
+
+
+def test_nonzero_in_the_middle_falls_back():
+    class M(nn.Module):
+        def forward(self, x):
+            y = torch.relu(x) * 2.0 + 1.0
+            count = torch.nonzero(y > 1.5).shape[0]
+            return y.sum(dim=1) + count
+
+    model = M().eval()
+    x = torch.randn(6, 5)
+    compiled = kiln.compile(model, [x], device="cpu", min_block_size=1)
+    assert compiled.report.fallbacks, str(compiled.report)
+    for _ in range(2):
+        x = torch.randn(6, 5)
+        torch.testing.assert_close(compiled(x), model(x), **TOL)
+
+
+def test_min_block_size_moves_small_segments_to_pytorch():
+    model = WithCustomOp().eval()
+    x = torch.randn(4, 16)
+    # Before odd_scale: permute, addmm, relu (3 nodes); after: permute, addmm, sigmoid, mul (4).
+    compiled = kiln.compile(model, [x], device="cpu", min_block_size=4)
+    assert compiled.report.num_engines == 1, str(compiled.report)
+    reasons = {f.target: f.reason for f in compiled.report.fallbacks}
+    assert "below min_block_size 4" in reasons["aten.relu.default"]
+    torch.testing.assert_close(compiled(x), model(x), **TOL)
+    none = kiln.compile(model, [x], device="cpu", min_block_size=100)
+    assert none.report.num_engines == 0 and _engines(none) == []
+    torch.testing.assert_close(none(x), model(x), **TOL)
+
+
+def test_torch_executed_ops_forces_ops_to_pytorch():
+    model = SmallCNN().eval()
+    x = torch.randn(2, 3, 16, 16)
+    compiled = kiln.compile(
+        model, [x], device="cpu", min_block_size=1, torch_executed_ops={torch.ops.aten.relu.default}
+    )
+    assert [f.target for f in compiled.report.fallbacks] == ["aten.relu.default"]
+    assert compiled.report.fallbacks[0].reason == "listed in torch_executed_ops"
+    assert compiled.report.num_engines == 2
+    torch.testing.assert_close(compiled(x), model(x), **TOL)
+    by_name = kiln.compile(
+        model, [x], device="cpu", min_block_size=1, torch_executed_ops={"aten.relu.default"}
+    )
+    assert [f.target for f in by_name.report.fallbacks] == ["aten.relu.default"]
+
+
+def test_require_full_compilation_lists_every_unsupported_node():
+    class M(nn.Module):
+        def forward(self, x):
+            return odd_scale(torch.relu(odd_scale(x)))
+
+    with pytest.raises(kiln.KilnError) as err:
+        kiln.compile(M(), [torch.randn(3, 4)], device="cpu", require_full_compilation=True)
+    message = str(err.value)
+    assert "2 nodes cannot run in a Kiln engine" in message
+    lines = [line for line in message.splitlines() if "(kiln_test.odd_scale.default)" in line]
+    assert len(lines) == 2
+    assert all("no converter for kiln_test.odd_scale.default" in line for line in lines)
+    assert "test_compile.py" in message  # the source location of each node
+    # A fully convertible model passes.
+    compiled = kiln.compile(
+        SmallCNN().eval(), [torch.randn(1, 3, 8, 8)], device="cpu", require_full_compilation=True
+    )
+    assert compiled.report.num_engines == 1
+
+
+def test_dry_run_reports_segments_without_building():
+    report = kiln.compile(
+        WithCustomOp().eval(), [torch.randn(4, 16)], device="cpu", dry_run=True, min_block_size=1
+    )
+    assert isinstance(report, kiln.compiler.CompileReport)
+    assert report.num_engines == 2
+    assert [s["kind"] for s in report.segments] == ["engine", "pytorch", "engine"]
+    assert report.segments[1]["ops"] == ["kiln_test.odd_scale.default"]
+    text = str(report)
+    assert "2 engine segments, 1 PyTorch segment" in text
+    assert "kiln_test.odd_scale.default" in text and "no converter" in text
+
+
+def test_debug_logs_the_report():
+    messages = []
+    kiln.set_log_sink(lambda severity, message: messages.append(message))
+    try:
+        kiln.set_log_level("info")
+        kiln.compile(
+            SmallCNN().eval(), [torch.randn(1, 3, 8, 8)], device="cpu", dry_run=True, debug=True
+        )
+    finally:
+        kiln.set_log_level("warning")
+        kiln.set_log_sink(None)
+    assert any("engine segment" in m for m in messages)
+    assert any("aten.convolution.default" in m for m in messages)
+
+
+def test_input_validation():
+    with pytest.raises(ValueError, match="either shape or"):
+        kiln.Input(shape=(1, 2), min_shape=(1, 2))
+    with pytest.raises(ValueError, match="min <= opt <= max"):
+        kiln.Input(min_shape=(4,), opt_shape=(2,), max_shape=(8,))
+    spec = kiln.Input(min_shape=(1, 3), opt_shape=(4, 3), max_shape=(8, 3))
+    assert spec.dynamic_dims == [0]
+    with pytest.raises(NotImplementedError, match="torchscript"):
+        kiln.compile(SmallCNN(), [torch.randn(1, 3, 8, 8)], ir="torchscript")
+
+
+def test_exported_program_is_accepted():
+    model = SmallCNN().eval()
+    x = torch.randn(2, 3, 16, 16)
+    program = torch.export.export(model, (x,))
+    compiled = kiln.compile(program, [x], device="cpu", min_block_size=1)
+    assert compiled.report.num_engines == 1
+    torch.testing.assert_close(compiled(x), model(x), **TOL)
+
+
+class Mixed(nn.Module):
+    """One model touching most converters: SDPA (kept whole), slicing, pointwise math, clamps,
+    embedding, casts, concat, comparisons and where, number operands on either side."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 8)
+
+    def forward(self, x, ids):
+        q = x.view(2, 4, 3, 8)
+        a = F.scaled_dot_product_attention(q, q * 0.5, q, is_causal=True)
+        b = a[:, 1:, :2]
+        c = torch.exp(b) + torch.rsqrt(b.abs() + 1)
+        d = F.relu6(c) + F.leaky_relu(c, 0.2) + F.hardswish(c)
+        return (
+            d.mean(-1),
+            self.emb(ids),
+            x.to(torch.float16),
+            torch.cat([x, x], 1),
+            x.pow(2),
+            (x.abs() + 1e-3).sqrt(),
+            torch.where(x > 0, x, 0.0),
+            -x,
+            1 - x,
+            torch.clamp(x, min=-0.5),
+            torch.log_softmax(x, -1),
+            F.silu(x) + torch.tanh(x) - torch.sigmoid(x) / 2,
+        )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixed_model_converts_fully(device):
+    model = Mixed().eval().to(device)
+    x = torch.randn(2, 4, 24, device=device)
+    ids = torch.randint(0, 10, (2, 3), device=device)
+    compiled = kiln.compile(model, [x, ids], device=device, require_full_compilation=True)
+    ops = {op for s in compiled.report.segments for op in s["ops"]}
+    assert "aten.scaled_dot_product_attention.default" in ops  # not decomposed: one attention layer
+    assert compiled.report.num_engines == 1
+    for got, want in zip(compiled(x, ids), model(x, ids), strict=True):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, **TOL)
+
+
+def test_symbolic_sizes_across_segments():
+    # gelu forced to PyTorch splits the dynamic block: the view after it needs the batch and
+    # sequence sizes, which engines cannot hand over as tensors. The result must still be right.
+    torch.manual_seed(0)
+    model = Block().eval()
+    spec = kiln.Input(min_shape=(1, 2, 32), opt_shape=(2, 8, 32), max_shape=(4, 16, 32))
+    compiled = kiln.compile(
+        model, [spec], device="cpu", min_block_size=1, torch_executed_ops={"aten.gelu.default"}
+    )
+    assert compiled.report.num_engines >= 2
+    assert any(f.target == "aten.gelu.default" for f in compiled.report.fallbacks)
+    for shape in [(1, 2, 32), (3, 5, 32), (4, 16, 32)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), **TOL)

@@ -1,0 +1,141 @@
+"""The partitioner on hand-built KGraphs: graph in, expected segments out (structure, no torch).
+
+"test.opaque" has no converter, so it stands for any op that must run in PyTorch.
+"""
+
+import struct
+
+import pytest
+
+import kiln
+from kiln import _C
+
+
+def unary(g, name, target, x, shape=(2, 3)):
+    out = g.add_value(name, "float32", list(shape), False)
+    g.add_node(name, target, [("self", _C.ValueRef(x))], [out], "")
+    return out
+
+
+def segments(g, min_block_size=1, forced=(), full=False):
+    p = _C.partition(g, min_block_size, list(forced), full)
+    names = [
+        ("engine" if s["engine"] else "pytorch", [g.node_name(n) for n in s["nodes"]])
+        for s in p["segments"]
+    ]
+    return names, p
+
+
+def test_all_convertible_is_one_engine_and_nothing_falls_back():
+    g = _C.KGraph()
+    x = g.add_input("x", "float32", [2, 3])
+    g.mark_output(unary(g, "b", "aten.sigmoid.default", unary(g, "a", "aten.relu.default", x)))
+    names, p = segments(g)
+    assert names == [("engine", ["a", "b"])]
+    assert p["fallbacks"] == []
+    assert p["segments"][0]["inputs"] == [x]
+
+
+def test_unconvertible_node_splits_and_says_why():
+    g = _C.KGraph()
+    x = g.add_input("x", "float32", [2, 3])
+    a = unary(g, "a", "aten.relu.default", x)
+    b = unary(g, "b", "test.opaque", a)
+    c = unary(g, "c", "aten.tanh.default", b)
+    g.mark_output(c)
+    names, p = segments(g)
+    assert names == [("engine", ["a"]), ("pytorch", ["b"]), ("engine", ["c"])]
+    assert p["fallbacks"] == [(1, "no converter for test.opaque")]
+    first, _, last = p["segments"]
+    assert first["outputs"] == [a] and last["inputs"] == [b] and last["outputs"] == [c]
+
+
+def test_independent_pytorch_node_does_not_split_an_engine():
+    g = _C.KGraph()
+    x = g.add_input("x", "float32", [2, 3])
+    a = unary(g, "a", "aten.relu.default", x)
+    side = unary(g, "side", "test.opaque", x)  # between a and c in program order
+    c = unary(g, "c", "aten.tanh.default", a)
+    g.mark_output(c)
+    g.mark_output(side)
+    names, _ = segments(g)
+    assert sorted(names) == [("engine", ["a", "c"]), ("pytorch", ["side"])]
+
+
+def test_min_block_size_and_forced_ops():
+    g = _C.KGraph()
+    x = g.add_input("x", "float32", [2, 3])
+    g.mark_output(unary(g, "b", "aten.sigmoid.default", unary(g, "a", "aten.relu.default", x)))
+    names, p = segments(g, min_block_size=3)
+    assert names == [("pytorch", ["a", "b"])]
+    assert "below min_block_size 3" in p["fallbacks"][0][1]
+    names, p = segments(g, forced=["aten.sigmoid.default"])
+    assert names == [("engine", ["a"]), ("pytorch", ["b"])]
+    assert p["fallbacks"] == [(1, "listed in torch_executed_ops")]
+
+
+def test_require_full_compilation_lists_every_node():
+    g = _C.KGraph()
+    x = g.add_input("x", "float32", [2, 3])
+    a = g.add_value("a", "float32", [2, 3], False)
+    g.add_node("a", "test.opaque", [("self", _C.ValueRef(x))], [a], "model.py:3 in forward")
+    b = unary(g, "b", "test.other", a)
+    g.mark_output(b)
+    with pytest.raises(kiln.KilnError) as err:
+        _C.partition(g, 1, [], True)
+    text = str(err.value)
+    assert "2 nodes cannot run" in text
+    assert "a (test.opaque) at model.py:3 in forward: no converter for test.opaque" in text
+    assert "b (test.other): no converter for test.other" in text
+
+
+def test_capability_reason_is_reported():
+    g = _C.KGraph()
+    x = g.add_input("x", "float32", [2, 3])
+    out = g.add_value("g", "float32", [2, 3], False)
+    g.add_node(
+        "g", "aten.gelu.default", [("self", _C.ValueRef(x)), ("approximate", "fancy")], [out], ""
+    )
+    g.mark_output(out)
+    assert g.check_node(0) == "approximate='fancy' is not supported"
+    _, p = segments(g)
+    assert p["fallbacks"] == [(0, "approximate='fancy' is not supported")]
+
+
+def test_constant_only_node_follows_its_pytorch_reader():
+    g = _C.KGraph()
+    x = g.add_input("x", "float32", [2, 3])
+    w = g.add_constant("w", "float32", [3, 2], struct.pack("6f", *range(6)))
+    wt = g.add_value("wt", "float32", [2, 3], False)
+    g.add_node("wt", "aten.permute.default", [("self", _C.ValueRef(w)), ("dims", [1, 0])], [wt], "")
+    out = g.add_value("y", "float32", [2, 3], False)
+    g.add_node(
+        "y", "test.opaque", [("self", _C.ValueRef(x)), ("other", _C.ValueRef(wt))], [out], ""
+    )
+    g.mark_output(out)
+    names, p = segments(g)
+    assert names == [("pytorch", ["wt", "y"])]
+    assert "reads only constants" in dict(p["fallbacks"])[0]
+
+
+def test_symbolic_size_never_crosses_an_engine_boundary():
+    g = _C.KGraph()
+    x = g.add_input("x", "float32", [-1, 3])
+    n = g.add_value("n", "int64", [], True)
+    g.add_node("n", "aten.sym_size.int", [("self", _C.ValueRef(x)), ("dim", 0)], [n], "")
+    y = g.add_value("y", "float32", [-1, 3], False)
+    g.add_node("y", "test.opaque", [("self", _C.ValueRef(x)), ("size", _C.ValueRef(n))], [y], "")
+    g.mark_output(y)
+    names, p = segments(g)
+    assert names == [("pytorch", ["n", "y"])]
+    assert "symbolic size is used by PyTorch" in dict(p["fallbacks"])[0]
+
+
+def test_segment_conversion_names_bindings_after_values():
+    g = _C.KGraph()
+    x = g.add_input("x", "float32", [2, 3])
+    g.mark_output(unary(g, "a", "aten.relu.default", x))
+    _, p = segments(g)
+    net = _C.convert_segment(g, p["segments"][0])
+    names = [name for name, *_ in net.layers()]
+    assert names == ["a"]
