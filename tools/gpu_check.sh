@@ -51,6 +51,14 @@ summary+=("pytest: $(tail -1 "$OUT_DIR/pytest.log") (rc $pytest_rc)")
 python3 -m kiln demo >"$OUT_DIR/demo.log" 2>&1
 demo_rc=$?
 
+# LeNet-5 from a PyTorch state_dict, native API in Python and C++, on the GPU (rtol/atol 1e-4).
+lenet_rc=0
+{ python3 examples/lenet5/lenet5_torch.py "$OUT_DIR/lenet5" &&
+  python3 examples/lenet5/lenet5.py "$OUT_DIR/lenet5" cuda &&
+  build/examples/kiln_lenet5 "$OUT_DIR/lenet5" cuda; } >"$OUT_DIR/lenet5.log" 2>&1 || lenet_rc=1
+while read -r line; do summary+=("  $line"); done < <(grep -E "^lenet5" "$OUT_DIR/lenet5.log")
+[ $lenet_rc -ne 0 ] && cat "$OUT_DIR/lenet5.log"
+
 bench_rc=0
 if [ -f bench/run.py ]; then
   python3 bench/run.py --out "$OUT_DIR" >"$OUT_DIR/bench.log" 2>&1
@@ -68,7 +76,7 @@ echo
 echo "== GPU check summary =="
 printf '%s\n' "${summary[@]}"
 cat "$OUT_DIR/fuzz.txt" 2>/dev/null
-if [ $ctest_rc -eq 0 ] && [ $pytest_rc -eq 0 ] && [ $demo_rc -eq 0 ] && [ $bench_rc -eq 0 ]; then
+if [ $ctest_rc -eq 0 ] && [ $pytest_rc -eq 0 ] && [ $demo_rc -eq 0 ] && [ $lenet_rc -eq 0 ] && [ $bench_rc -eq 0 ]; then
   echo "GPU CHECK: PASS"
 else
   echo "GPU CHECK: FAIL"
