@@ -44,11 +44,15 @@ if "torch" in sys.modules:
 
 
 def __getattr__(name: str):
-    # kiln.compile and kiln.Input need torch; import it only when they are used.
+    # kiln.compile, kiln.save/load and kiln.Input need torch; import it only when they are used.
     if name == "compile":
         from kiln.compiler import compile
 
         return compile
+    if name in ("save", "load"):
+        from kiln import serialize
+
+        return getattr(serialize, name)
     if name == "Input":
         from kiln.inputs import Input
 
@@ -75,6 +79,8 @@ __all__ = [
     "cmake_prefix_path",
     "compile",
     "cuda_available",
+    "load",
+    "save",
     "set_log_level",
     "set_log_sink",
 ]

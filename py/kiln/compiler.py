@@ -69,13 +69,24 @@ class CompiledModule(torch.nn.Module):
 
     ``graph_module`` takes the flattened tensor inputs and returns the flattened outputs;
     forward restores the original output structure. ``report`` says how the graph was split.
+    ``inputs`` are the kiln.Input specs it was compiled for and ``device`` the device its engines
+    run on (kiln.save exports with them by default).
     """
 
-    def __init__(self, graph_module: torch.fx.GraphModule, out_spec, report: CompileReport):
+    def __init__(
+        self,
+        graph_module: torch.fx.GraphModule,
+        out_spec,
+        report: CompileReport,
+        inputs: Sequence[Input] = (),
+        device: torch.device | None = None,
+    ):
         super().__init__()
         self.graph_module = graph_module
         self._out_spec = out_spec
         self.report = report
+        self.inputs = list(inputs)
+        self.device = device
 
     def forward(self, *args):
         flat = pytree.tree_leaves(args)
@@ -139,7 +150,7 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
         target="cuda" if device.type == "cuda" else "reference",
     )
     graph_module = _assemble(lowered, partition, config)
-    return CompiledModule(graph_module, program.call_spec.out_spec, report)
+    return CompiledModule(graph_module, program.call_spec.out_spec, report, specs, device)
 
 
 # ---- 1. export ------------------------------------------------------------------------------

@@ -1,0 +1,199 @@
+"""kiln.save / kiln.load: a compiled module to a file and back, as a torch archive.
+
+    compiled = kiln.compile(model, [kiln.Input(min_shape=..., opt_shape=..., max_shape=...)])
+    kiln.save(compiled, "model.pt2")                                   # an ExportedProgram
+    kiln.save(compiled, "model.ts", output_format="torchscript")       # a TorchScript module
+    module = kiln.load("model.pt2")                                    # either format
+
+The files are ordinary torch archives: the engines inside are ``torch.classes.kiln.Engine``
+objects (their plans pickled as described in runtime/README.md) called through
+``torch.ops.kiln.execute_engine``. So after ``import torch, kiln`` (which registers the class and
+the op) ``torch.export.load(path).module()`` and ``torch.jit.load(path)`` load them too, and a
+LibTorch app linked with ``Kiln::runtime`` loads the TorchScript file with ``torch::jit::load``.
+Ops that ran in PyTorch are saved as the ops they are: a custom op must be registered in the
+loading process as well.
+
+Formats:
+  * ``"exported_program"`` (default): ``torch.export.export`` of the compiled module, then
+    ``torch.export.save``. Dynamic dims come from ``inputs`` (kiln.Input ranges), by default the
+    inputs the module was compiled for; the loaded module (``.module()``) accepts every size in
+    those ranges and returns the original output structure. Name the file ``.pt2``
+    (torch.export.load warns about other names, then loads them anyway).
+  * ``"torchscript"``: ``torch.jit.script`` of the compiled FX graph (op overloads such as
+    ``aten.view.default`` are written as their packets, ``aten.view``, which TorchScript resolves
+    by argument types), then ``torch.jit.save``. Scripting keeps symbolic sizes symbolic, so
+    dynamic dims stay dynamic in the PyTorch parts too. Should scripting fail, a module whose
+    inputs are all static is traced instead (``torch.jit.trace`` with the example inputs: a
+    straight-line graph traces exactly at those shapes); a dynamic one raises a KilnError, since a
+    trace would fix the sizes the PyTorch parts compute with.
+
+``kiln.load`` tells the formats apart by the archive's entries: an ExportedProgram archive has
+``<name>/archive_format`` and ``<name>/models/``; a TorchScript archive ``<name>/constants.pkl``
+and ``<name>/code/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import zipfile
+from collections.abc import Sequence
+
+import torch
+import torch.fx
+from torch.utils import _pytree as pytree
+
+from kiln._C import KilnError
+from kiln.inputs import Input
+from kiln.log import log
+
+FORMATS = ("exported_program", "torchscript")
+
+
+def save(
+    module,
+    path: str | os.PathLike,
+    *,
+    output_format: str = "exported_program",
+    inputs: Sequence | None = None,
+) -> None:
+    """Saves a module from kiln.compile to ``path`` as ``output_format``.
+
+    output_format: "exported_program" (torch.export.save) or "torchscript" (torch.jit.save).
+    inputs: one kiln.Input or example tensor per positional input (a tensor stands for its static
+    shape), for export and for tracing; by default the inputs ``module`` was compiled for.
+    """
+    if output_format not in FORMATS:
+        raise ValueError(
+            f"kiln.save: output_format must be 'exported_program' or 'torchscript', "
+            f"got {output_format!r}"
+        )
+    from kiln.compiler import CompiledModule
+
+    if not isinstance(module, CompiledModule):
+        raise TypeError(
+            f"kiln.save takes the module kiln.compile returned, got {type(module).__name__}"
+        )
+    specs = _specs(module, inputs)
+    device = module.device or torch.device("cpu")
+    path = os.fspath(path)
+    if output_format == "exported_program":
+        torch.export.save(_export(module, specs, device), path)
+    else:
+        torch.jit.save(_script(module, specs, device), path)
+
+
+def load(path: str | os.PathLike):
+    """Loads a module saved by kiln.save (either format) and returns it, ready to call.
+
+    An ExportedProgram comes back as ``torch.export.load(path).module()``, a TorchScript module as
+    ``torch.jit.load(path)``.
+    """
+    from kiln import runtime
+
+    path = os.fspath(path)
+    fmt = archive_format(path)
+    runtime.load_library()  # torch.classes.kiln.Engine and torch.ops.kiln.execute_engine
+    if fmt == "exported_program":
+        return torch.export.load(path).module()
+    return torch.jit.load(path)
+
+
+def archive_format(path: str | os.PathLike) -> str:
+    """ "exported_program" or "torchscript": which kind of torch archive ``path`` is."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"kiln.load: {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise KilnError(
+            f"kiln.load: {path} is not a torch archive (not a zip file); kiln.load reads files "
+            "written by kiln.save, torch.export.save or torch.jit.save"
+        )
+    with zipfile.ZipFile(path) as archive:
+        entries = [name.split("/", 1)[1] for name in archive.namelist() if "/" in name]
+    if "archive_format" in entries or any(e.startswith("models/") for e in entries):
+        return "exported_program"
+    if "constants.pkl" in entries and any(e.startswith("code/") for e in entries):
+        return "torchscript"
+    what = "a torch.save file" if "data.pkl" in entries else "a zip file"
+    raise KilnError(
+        f"kiln.load: {path} is {what}, neither an ExportedProgram (torch.export.save) nor a "
+        "TorchScript module (torch.jit.save); save compiled modules with kiln.save"
+    )
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+
+
+def _specs(module, inputs: Sequence | None) -> list[Input]:
+    if inputs is None:
+        if not module.inputs:
+            raise ValueError(
+                "kiln.save: this module does not know its inputs; pass inputs= (kiln.Input or "
+                "example tensors, one per positional input)"
+            )
+        return list(module.inputs)
+    specs = [i if isinstance(i, Input) else Input.from_tensor(i) for i in inputs]
+    expected = len([n for n in module.graph_module.graph.nodes if n.op == "placeholder"])
+    if len(specs) != expected:
+        raise ValueError(f"kiln.save: the module takes {expected} inputs, got {len(specs)}")
+    return specs
+
+
+def _dynamic_shapes(specs: list[Input]):
+    dynamic = []
+    for k, s in enumerate(specs):
+        dims = {
+            d: torch.export.Dim(f"in{k}_d{d}", min=s.min_shape[d], max=s.max_shape[d])
+            for d in s.dynamic_dims
+        }
+        dynamic.append(dims or None)
+    return tuple(dynamic)
+
+
+# ---- exported_program -----------------------------------------------------------------------
+
+
+def _export(module, specs: list[Input], device: torch.device):
+    examples = tuple(s.example(device) for s in specs)
+    with torch.no_grad():
+        return torch.export.export(
+            # CompiledModule.forward(*args): one dynamic-shapes entry, for the args tuple.
+            module,
+            examples,
+            dynamic_shapes=(_dynamic_shapes(specs),),
+            strict=False,
+        )
+
+
+# ---- torchscript ----------------------------------------------------------------------------
+
+
+def _script(module, specs: list[Input], device: torch.device):
+    graph_module = _scriptable(module.graph_module, module._out_spec)
+    try:
+        return torch.jit.script(graph_module)
+    except Exception as error:  # noqa: BLE001 (TorchScript raises many kinds)
+        if any(s.dynamic_dims for s in specs):
+            raise KilnError(
+                "kiln.save(output_format='torchscript'): TorchScript cannot compile this graph, "
+                "and tracing would fix the dynamic sizes its PyTorch parts use; save it with "
+                f"output_format='exported_program'. TorchScript said: {error}"
+            ) from error
+        log("warning", f"kiln.save: torch.jit.script failed ({error}); tracing instead")
+        examples = tuple(s.example(device) for s in specs)
+        with torch.no_grad():
+            return torch.jit.trace(graph_module, examples, check_trace=False)
+
+
+def _scriptable(graph_module: torch.fx.GraphModule, out_spec) -> torch.fx.GraphModule:
+    """A copy of the compiled graph that torch.jit.script reads: op overloads become their
+    packets, and the output has the original structure (not the flat tuple)."""
+    gm = torch.fx.GraphModule(graph_module, copy.deepcopy(graph_module.graph), "KilnScripted")
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            node.target = node.target.overloadpacket
+        elif node.op == "output" and out_spec is not None:
+            node.args = (pytree.tree_unflatten(list(node.args[0]), out_spec),)
+    gm.recompile()
+    return gm
