@@ -79,6 +79,10 @@ setup(
     cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.10",
     install_requires=["numpy"],
-    entry_points={"console_scripts": ["kiln=kiln.cli:main"]},
+    entry_points={
+        "console_scripts": ["kiln=kiln.cli:main"],
+        # torch.compile(model, backend="kiln") without importing kiln first (kiln/dynamo.py)
+        "torch_dynamo_backends": ["kiln = kiln.dynamo:backend"],
+    },
     zip_safe=False,
 )

@@ -42,6 +42,10 @@ if "torch" in sys.modules:
         if _runtime.is_available():
             _runtime.load_library()
 
+    # torch.compile(model, backend="kiln"): register the torch._dynamo backend (kiln.dynamo).
+    with contextlib.suppress(Exception):
+        from kiln import dynamo as _dynamo  # noqa: F401 (registers on import)
+
 
 def __getattr__(name: str):
     # kiln.compile, kiln.save/load and kiln.Input need torch; import it only when they are used.

@@ -1,0 +1,361 @@
+"""torch.compile(model, backend="kiln"): Kiln as a torch._dynamo backend.
+
+Dynamo captures FX graphs from running Python code and hands each to this backend with example
+inputs. The backend compiles the graph with :func:`kiln.compile` (export -> KGraph -> partition ->
+engines) and returns a callable that runs the engines. Whatever Kiln cannot compile runs as
+dynamo captured it: eagerly, with a warning through Kiln's logger, so existing code never breaks.
+
+Options (``torch.compile(model, backend="kiln", options={...})``):
+  enabled_precisions (or precisions), min_block_size, torch_executed_ops,
+  require_full_compilation, workspace_size, optimization_level, device, debug: as kiln.compile.
+  max_dynamic_size: the largest size of every dynamic dim (default: 2x the example size).
+  fallback (default True): False raises Kiln's error instead of running the graph eagerly.
+
+Graphs that run eagerly (``fallback``): graphs that need autograd (grad mode on and an input or
+weight requires grad: the training step), graphs that mutate module state (BatchNorm in training
+mode), graphs with inputs on a device Kiln has no engine for, and graphs Kiln fails to compile.
+
+Weights. Kiln bakes weights into its engines as constants, but dynamo passes them to the graph on
+every call (with inline_inbuilt_nn_modules, parameters and buffers are graph inputs). The policy
+is *recompile on change*: per compiled graph the backend records, for each parameter and buffer
+that became a constant, the tensor object, its version counter (``t._version``, bumped by every
+in-place update: ``p.add_()``, optimizer steps, ``load_state_dict``) and its data pointer. Every
+call compares them (a few attribute reads per weight, microseconds for hundreds of weights); on
+any difference the engines are rebuilt from the current weights before the call runs, so a
+changed weight never gives a stale result. A rebuild costs a full kiln.compile of the graph
+(export, conversion, engine build: from a fraction of a second to seconds); in a training loop
+that evaluates after every N training steps this is one rebuild per evaluation phase, not one per
+call. Kiln has no refit yet. Not seen: writes through ``p.data`` (``p.data.copy_(w)``), which
+share the storage but not the version counter; call :func:`weights_changed` after such writes.
+
+Dynamic shapes. A dim dynamo made dynamic (a SymInt in the graph) becomes a kiln.Input range:
+min 1, opt the example size, max ``max_dynamic_size`` (default twice the example size). A call
+with a size past the range rebuilds the engines for it (opt and the range around the new size).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+
+import torch
+import torch.fx
+from torch.utils import _pytree as pytree
+
+from kiln.inputs import Input
+from kiln.log import log
+
+NAME = "kiln"
+
+_COMPILE_OPTIONS = (
+    "enabled_precisions",
+    "min_block_size",
+    "torch_executed_ops",
+    "require_full_compilation",
+    "workspace_size",
+    "optimization_level",
+    "device",
+    "debug",
+)
+_OPTIONS = (*_COMPILE_OPTIONS, "precisions", "max_dynamic_size", "fallback")
+
+_generation = 0  # bumped by weights_changed(): every compiled graph rebuilds on its next call
+
+
+def weights_changed() -> None:
+    """Makes every graph compiled by the "kiln" backend rebuild its engines on its next call.
+
+    Needed only after weight writes that bypass the version counter (``p.data.copy_(w)``)."""
+    global _generation
+    _generation += 1
+
+
+def backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = None, **_):
+    """The torch._dynamo backend: returns a callable with gm's signature."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise ValueError(f"kiln backend: unknown options {unknown}; known: {sorted(_OPTIONS)}")
+    return _KilnGraph(gm, list(example_inputs), options)
+
+
+class _KilnGraph:
+    """One dynamo graph: its engines, the weights they baked in, and the eager fallback."""
+
+    def __init__(self, gm: torch.fx.GraphModule, examples: list, options: dict):
+        self.gm = gm
+        self.options = options
+        self.fallback = bool(options.get("fallback", True))
+        self.placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self.weights = [i for i, n in enumerate(self.placeholders) if _is_weight(n, examples[i])]
+        # Python numbers dynamo passes as 0-dim tensors (dynamic=True makes BatchNorm's eps one):
+        # baked like weights, checked by value.
+        self.scalars = [i for i, n in enumerate(self.placeholders) if _is_scalar(n)]
+        self.compiled = None  # kiln CompiledModule, or None while running eagerly
+        # Built on the first call, outside dynamo's tracing (torch.export inside a dynamo backend
+        # leaks guards into the frame being compiled), with that call's real tensors.
+        reason = _eager_reason(examples)
+        self.pending = not reason
+        if reason:
+            log("info", f"kiln backend: graph runs in PyTorch: {reason}")
+
+    # ---- call ---------------------------------------------------------------------------------
+
+    def __call__(self, *args):
+        if self.pending:
+            self.pending = False
+            self._build(list(args))
+        if self.compiled is None:
+            return self.gm(*args)
+        if self._stale(args):
+            self._build(list(args))
+            if self.compiled is None:
+                return self.gm(*args)
+        try:
+            with _autocast_off():
+                return self.compiled(*(args[i] for i in self.user))
+        except Exception as e:  # noqa: BLE001 (never break the caller's code)
+            if not self.fallback:
+                raise
+            self._give_up(f"the engines failed at run time: {e}")
+            return self.gm(*args)
+
+    def _stale(self, args) -> bool:
+        if self.generation != _generation:
+            return True
+        for i, (t, version, ptr) in self.baked.items():
+            a = args[i]
+            if a is not t or a._version != version or a.data_ptr() != ptr:
+                return True
+        for i, value in self.baked_scalars.items():
+            if args[i].item() != value:
+                return True
+        for i, d, lo, hi in self.dynamic:
+            if not lo <= args[i].shape[d] <= hi:
+                return True
+        return False
+
+    # ---- build --------------------------------------------------------------------------------
+
+    def _build(self, args: list) -> None:
+        try:
+            self._compile(args)
+        except Exception as e:  # noqa: BLE001
+            if not self.fallback:
+                raise
+            self._give_up(f"Kiln could not compile it: {type(e).__name__}: {e}")
+
+    def _give_up(self, reason: str) -> None:
+        self.compiled = None
+        log("warning", f"kiln backend: graph runs in PyTorch (eager): {reason}")
+
+    def _compile(self, args: list) -> None:
+        from kiln.compiler import compile as kiln_compile
+
+        opts = self.options
+        weights = set(self.weights) | set(self.scalars)
+        sym_inputs = [
+            i for i, n in enumerate(self.placeholders) if isinstance(_meta(n), torch.SymInt)
+        ]
+        self.user = [i for i in range(len(args)) if i not in weights and i not in sym_inputs]
+        for i in self.user:
+            if not isinstance(args[i], torch.Tensor):
+                raise TypeError(f"input {self.placeholders[i].name} is not a tensor")
+        device = torch.device(opts.get("device") or _device(args))
+
+        # Dynamic dims: one export Dim per symbol (inputs that share a size share the Dim).
+        dims, specs, examples, export_dims, self.dynamic = {}, [], [], [], []
+        for i in self.user:
+            t = args[i]
+            fake = _meta(self.placeholders[i])
+            lo, opt, hi, shapes = list(t.shape), list(t.shape), list(t.shape), {}
+            for d, s in enumerate(getattr(fake, "shape", ())):
+                if not isinstance(s, torch.SymInt) or s.node.expr.is_number:
+                    continue  # static, or specialized by a guard
+                if not s.node.expr.is_symbol:
+                    raise TypeError(f"input {self.placeholders[i].name} has a size {s}")
+                size = int(t.shape[d])
+                top = int(opts.get("max_dynamic_size") or 2 * max(size, 1))
+                lo[d], hi[d] = 1, max(top, size, 2)
+                name = str(s.node.expr)
+                if name not in dims:
+                    dims[name] = (torch.export.Dim(f"kiln_{name}", min=lo[d], max=hi[d]), i, d)
+                shapes[d] = dims[name][0]
+                self.dynamic.append((i, d, lo[d], hi[d]))
+            spec = Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=t.dtype)
+            specs.append(spec)
+            small = any(t.shape[d] < 2 for d in shapes)  # export specializes a traced 0/1 size
+            examples.append((spec.example(device) if small else t.detach()).to(device))
+            export_dims.append(shapes or None)
+        syms = {}  # SymInt placeholder -> (user input position, dim) it is read from
+        for i in sym_inputs:
+            name = str(_meta(self.placeholders[i]).node.expr)
+            if name not in dims:
+                raise TypeError(f"size input {name} is not the size of any tensor input")
+            syms[i] = (self.user.index(dims[name][1]), dims[name][2])
+
+        autocast = {
+            dev: torch.get_autocast_dtype(dev)
+            for dev in ("cpu", "cuda")
+            if torch.is_autocast_enabled(dev)
+        }
+        gm = _bake_scalars(self.gm, {i: args[i].item() for i in self.scalars})
+        module = _GraphModule(gm, len(args), self.user, self.weights, syms, args, autocast)
+        with torch.no_grad(), _autocast_off():
+            program = torch.export.export(
+                module, tuple(examples), dynamic_shapes=tuple(export_dims)
+            )
+            precisions = opts.get("enabled_precisions", opts.get("precisions", (torch.float32,)))
+            kwargs = {k: opts[k] for k in _COMPILE_OPTIONS if k in opts and k != "device"}
+            kwargs["enabled_precisions"] = [_dtype(p) for p in precisions]
+            self.compiled = kiln_compile(program, specs, device=device, **kwargs)
+        self.baked = {i: (args[i], args[i]._version, args[i].data_ptr()) for i in self.weights}
+        self.baked_scalars = {i: args[i].item() for i in self.scalars}
+        self.generation = _generation
+        log("info", f"kiln backend: compiled a dynamo graph: {self.compiled.report}")
+
+
+class _GraphModule(torch.nn.Module):
+    """The dynamo graph as an nn.Module for torch.export: user tensors are forward arguments;
+    weights are buffers (so export lifts them and Kiln bakes them); size inputs are read from the
+    tensors; the autocast state of the call is entered explicitly (export turns it into casts)."""
+
+    def __init__(self, gm, num_args, user, weights, syms, args, autocast):
+        super().__init__()
+        self.gm = gm
+        self.num_args = num_args
+        self.user = user
+        self.syms = syms
+        self.autocast = autocast
+        self.weight_names = {}
+        for i in weights:
+            name = f"kiln_weight_{i}"
+            self.register_buffer(name, args[i].detach())
+            self.weight_names[i] = name
+        # torch.export needs named positional parameters, not *args.
+        names = [f"x{k}" for k in range(len(user))]
+        sig = inspect.Signature(
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+        )
+        self.forward = _with_signature(self._forward, sig)
+
+    def _forward(self, *user):
+        args = [None] * self.num_args
+        for i, name in self.weight_names.items():
+            args[i] = getattr(self, name)
+        for k, i in enumerate(self.user):
+            args[i] = user[k]
+        for i, (k, d) in self.syms.items():
+            args[i] = user[k].shape[d]
+        with contextlib.ExitStack() as stack:
+            for dev, dtype in self.autocast.items():
+                stack.enter_context(torch.autocast(dev, dtype=dtype))
+            return self.gm(*args)
+
+
+def _bake_scalars(gm: torch.fx.GraphModule, values: dict) -> torch.fx.GraphModule:
+    """A copy of gm where `scalar.item()` of the scalar inputs at these positions are constants
+    (export would treat them as data-dependent values)."""
+    if not values:
+        return gm
+    graph = copy.deepcopy(gm.graph)
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    for i, value in values.items():
+        for use in list(placeholders[i].users):
+            if use.op == "call_method" and use.target == "item":
+                for user in list(use.users):
+                    user.args = pytree.tree_map(
+                        lambda a, u=use, v=value: v if a is u else a, user.args
+                    )
+                    user.kwargs = pytree.tree_map(
+                        lambda a, u=use, v=value: v if a is u else a, user.kwargs
+                    )
+                graph.erase_node(use)
+    return torch.fx.GraphModule(gm, graph)
+
+
+def _with_signature(fn, sig):
+    def forward(*args):
+        return fn(*args)
+
+    forward.__signature__ = sig
+    return forward
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def _meta(node: torch.fx.Node):
+    return node.meta.get("example_value", node.meta.get("val"))
+
+
+def _is_weight(node: torch.fx.Node, example) -> bool:
+    """A parameter or buffer of a module (baked into the engines), not a per-call input."""
+    if not isinstance(example, torch.Tensor):
+        return False
+    if isinstance(example, torch.nn.Parameter):
+        return True
+    grapharg = node.meta.get("grapharg")
+    source = getattr(grapharg, "source", None)
+    name = getattr(source, "name", "")
+    name = name() if callable(name) else str(name)
+    return "._buffers[" in name or "._parameters[" in name
+
+
+def _is_scalar(node: torch.fx.Node) -> bool:
+    return bool(getattr(node.meta.get("grapharg"), "pass_arg_as_tensor", False))
+
+
+def _eager_reason(examples) -> str:
+    tensors = [e for e in examples if isinstance(e, torch.Tensor)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return "it needs autograd (grad mode is on and an input requires grad)"
+    devices = {t.device.type for t in tensors}
+    if "cuda" in devices:
+        from kiln import _C
+
+        if _C.cuda_device_count() == 0:
+            return "its tensors are on CUDA, and Kiln was built without CUDA or sees no GPU"
+    if devices - {"cpu", "cuda"}:
+        return f"its tensors are on {sorted(devices)}, and Kiln has engines for cpu and cuda"
+    return ""
+
+
+def _device(args) -> str:
+    return "cuda" if any(isinstance(a, torch.Tensor) and a.is_cuda for a in args) else "cpu"
+
+
+def _dtype(p):
+    names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16}
+    names |= {"float16": torch.float16, "half": torch.float16, "bf16": torch.bfloat16}
+    names |= {"bfloat16": torch.bfloat16}
+    return names.get(p, p) if isinstance(p, str) else p
+
+
+@contextlib.contextmanager
+def _autocast_off():
+    with contextlib.ExitStack() as stack:
+        for dev in ("cpu", "cuda"):
+            if torch.is_autocast_enabled(dev):
+                stack.enter_context(torch.autocast(dev, enabled=False))
+        yield
+
+
+def register() -> None:
+    """Registers the backend under "kiln" with torch._dynamo (idempotent).
+
+    Where an installed Kiln declares the ``torch_dynamo_backends`` entry point, torch loads the
+    backend from it on first use (and registers it then), so this leaves the name to it."""
+    from torch._dynamo.backends import registry
+
+    if NAME in registry._COMPILER_FNS:
+        return
+    with contextlib.suppress(Exception):
+        registry._discover_entrypoint_backends()
+    if registry._BACKENDS.get(NAME) is not None:
+        return
+    registry.register_backend(backend, name=NAME)
+
+
+register()
