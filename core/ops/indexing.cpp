@@ -179,14 +179,19 @@ std::vector<TensorDesc> infer_pad(const Layer& layer, const std::vector<TensorDe
   return {{x.dtype, out}};
 }
 
-std::vector<TensorDesc> infer_cumsum(const Layer& layer, const std::vector<TensorDesc>& in) {
-  const std::string who = describe(layer);
-  const TensorDesc& x = in[0];
+// cumsum and topk take a float32/float16/bfloat16/int32/int64 tensor of rank >= 1; returns the rank.
+int64_t check_numeric_tensor(const TensorDesc& x, const std::string& who) {
   KILN_CHECK(
       is_floating(x.dtype) || x.dtype == DataType::kInt32 || x.dtype == DataType::kInt64,
       who << ": input must be float32, float16, bfloat16, int32 or int64, got " << dtype_name(x.dtype));
-  const int64_t rank = static_cast<int64_t>(x.dims.size());
-  KILN_CHECK(rank >= 1, who << ": input must have rank >= 1, got a scalar");
+  KILN_CHECK(!x.dims.empty(), who << ": input must have rank >= 1, got a scalar");
+  return static_cast<int64_t>(x.dims.size());
+}
+
+std::vector<TensorDesc> infer_cumsum(const Layer& layer, const std::vector<TensorDesc>& in) {
+  const std::string who = describe(layer);
+  const TensorDesc& x = in[0];
+  const int64_t rank = check_numeric_tensor(x, who);
   normalize_axis(layer.attrs.get_int("axis", who), rank, who);
   flag_attr(layer, "exclusive", false, who);
   flag_attr(layer, "reverse", false, who);
@@ -196,11 +201,7 @@ std::vector<TensorDesc> infer_cumsum(const Layer& layer, const std::vector<Tenso
 std::vector<TensorDesc> infer_topk(const Layer& layer, const std::vector<TensorDesc>& in) {
   const std::string who = describe(layer);
   const TensorDesc& x = in[0];
-  KILN_CHECK(
-      is_floating(x.dtype) || x.dtype == DataType::kInt32 || x.dtype == DataType::kInt64,
-      who << ": input must be float32, float16, bfloat16, int32 or int64, got " << dtype_name(x.dtype));
-  const int64_t rank = static_cast<int64_t>(x.dims.size());
-  KILN_CHECK(rank >= 1, who << ": input must have rank >= 1, got a scalar");
+  const int64_t rank = check_numeric_tensor(x, who);
   const int64_t axis = normalize_axis(int_attr(layer, "axis", -1, who), rank, who);
   const int64_t k = layer.attrs.get_int("k", who);
   const int64_t n = x.dims[axis];
