@@ -41,6 +41,14 @@ class Kernel {
   virtual std::string name() const = 0;
   // True when run() needs LaunchContext::cudnn; contexts create a cuDNN handle only then.
   virtual bool uses_cudnn() const { return false; }
+  // Build-time tactic selection. A kernel with several implementations for its layer (cuDNN
+  // algorithms, cuBLASLt algorithms, own kernels) returns how many; its factory reads the
+  // layer's int attribute "tactic" (-1 or absent: its own heuristic choice, always valid) and
+  // implements tactic t in [0, num_tactics()). The builder times each tactic on the GPU at the
+  // profile's opt shapes, keeps the fastest in the layer's "tactic" attribute (so the plan
+  // stores it) and records it in the timing cache. A tactic that cannot run for the layer's
+  // shapes throws from run(); the builder skips it.
+  virtual int num_tactics() const { return 1; }
 };
 
 // Position of `name` in an op's list of variants (elementwise_ops(), unary_ops(), ...): the code

@@ -7,6 +7,7 @@ TORCH_VERSION="${KILN_TORCH_VERSION:-2.11.0}"
 PY="${PYTHON:-python3}"
 
 need_pip=()
+need_pip_nodeps=()
 "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null ||
   need_pip+=("torch==$TORCH_VERSION")
 for mod in numpy pybind11 pytest wheel safetensors; do
@@ -15,6 +16,15 @@ done
 # ruff is pinned: its formatter's output changes between versions.
 RUFF_VERSION=0.17.6
 "$PY" -m ruff --version 2>/dev/null | grep -q " $RUFF_VERSION" || need_pip+=("ruff==$RUFF_VERSION")
+# Model tests (tests/python/test_models.py, bench/models.py): the versions the GPU machine has.
+# torchvision without its dependencies, so pip never replaces the pinned torch.
+"$PY" -c "import torchvision" 2>/dev/null || need_pip_nodeps=("torchvision==${KILN_TORCHVISION_VERSION:-0.26.0}")
+"$PY" -c "import PIL" 2>/dev/null || need_pip+=("pillow")
+"$PY" -c "import transformers" 2>/dev/null || need_pip+=("transformers==${KILN_TRANSFORMERS_VERSION:-5.17.0}")
+if [ ${#need_pip_nodeps[@]} -gt 0 ]; then
+  echo "bootstrap: pip install --no-deps ${need_pip_nodeps[*]}"
+  "$PY" -m pip install -q --no-deps "${need_pip_nodeps[@]}"
+fi
 if [ ${#need_pip[@]} -gt 0 ]; then
   echo "bootstrap: pip install ${need_pip[*]}"
   "$PY" -m pip install -q "${need_pip[@]}"

@@ -1,0 +1,103 @@
+"""The model zoo shared by the benchmark (bench/run.py) and the model checks (tools/model_check.py).
+
+Each entry builds an eval-mode model with seeded random weights and makes its inputs for a batch
+size. Vision models take images (batch, 3, 224, 224); the transformer models take token ids
+(batch, seq) as int64 and return their last hidden state. ``dynamic`` says which input dims may
+vary (kiln.Input ranges built by ``input_specs``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    build: Callable[[], torch.nn.Module]
+    inputs: Callable[[int, torch.device], tuple]  # (batch, device) -> example inputs
+    dynamic: dict[int, tuple[int, ...]] = field(default_factory=dict)  # input -> dynamic dims
+    kind: str = "vision"
+
+
+def _vision(name: str) -> Callable[[], torch.nn.Module]:
+    def build() -> torch.nn.Module:
+        import torchvision
+
+        torch.manual_seed(0)
+        return getattr(torchvision.models, name)(weights=None).eval()
+
+    return build
+
+
+def _images(size: int = 224) -> Callable[[int, torch.device], tuple]:
+    def make(batch: int, device: torch.device) -> tuple:
+        g = torch.Generator().manual_seed(1)
+        return (torch.randn(batch, 3, size, size, generator=g).to(device),)
+
+    return make
+
+
+def _tokens(vocab: int, seq: int = 128) -> Callable[[int, torch.device], tuple]:
+    def make(batch: int, device: torch.device) -> tuple:
+        g = torch.Generator().manual_seed(1)
+        return (torch.randint(0, vocab, (batch, seq), generator=g).to(device),)
+
+    return make
+
+
+class LastHiddenState(torch.nn.Module):
+    """A transformers model called with input_ids only, returning last_hidden_state."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids).last_hidden_state
+
+
+def _bert() -> torch.nn.Module:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    return LastHiddenState(BertModel(BertConfig(), add_pooling_layer=False)).eval()
+
+
+def _gpt2() -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    return LastHiddenState(GPT2Model(GPT2Config(use_cache=False))).eval()
+
+
+def _t5_encoder() -> torch.nn.Module:
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    config = T5Config(d_model=512, d_ff=2048, num_layers=6, num_heads=8, d_kv=64)  # t5-small
+    return LastHiddenState(T5EncoderModel(config)).eval()
+
+
+MODELS: dict[str, ModelEntry] = {
+    e.name: e
+    for e in [
+        ModelEntry("resnet50", _vision("resnet50"), _images()),
+        ModelEntry("mobilenet_v3_large", _vision("mobilenet_v3_large"), _images()),
+        ModelEntry("efficientnet_b0", _vision("efficientnet_b0"), _images()),
+        ModelEntry("vit_b_16", _vision("vit_b_16"), _images()),
+        ModelEntry("densenet121", _vision("densenet121"), _images()),
+        ModelEntry("bert", _bert, _tokens(30522), {0: (0, 1)}, "transformer"),
+        ModelEntry("gpt2", _gpt2, _tokens(50257), {0: (0, 1)}, "transformer"),
+        ModelEntry("t5_encoder", _t5_encoder, _tokens(32128), {0: (0, 1)}, "transformer"),
+    ]
+}
+
+
+def get(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    return MODELS[name]
