@@ -28,7 +28,11 @@ def _vision(name: str) -> Callable[[], torch.nn.Module]:
         import torchvision
 
         torch.manual_seed(0)
-        return getattr(torchvision.models, name)(weights=None).eval()
+        model = getattr(torchvision.models, name)(weights=None).eval()
+        head = getattr(getattr(model, "heads", None), "head", None)
+        if head is not None:  # torchvision zero-initializes ViT's head: outputs would be all 0
+            torch.nn.init.normal_(head.weight, std=0.02)
+        return model
 
     return build
 
