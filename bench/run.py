@@ -463,6 +463,7 @@ def run_matrix(
                     )
                 except Exception as e:  # noqa: BLE001
                     row.systems["kiln"] = _error(e, args.verbose)
+                    model.cpu()  # when kiln.compile itself raised
                 del input_sets
                 free_memory(device)
             del model
@@ -510,7 +511,8 @@ def run_torch_compile(model, mode, input_sets, batch, args, device, budget, name
             # first few, so three calls count as the build.
             for i in range(3):
                 compiled(*input_sets[i % len(input_sets)])
-        torch.cuda.synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         compile_s = time.perf_counter() - t0
         budget.charge(name, compile_s)
         m = measure(compiled, input_sets, batch, args.runs, args.warmup, device, baseline)

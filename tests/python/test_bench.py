@@ -219,3 +219,41 @@ def test_unknown_model_and_precision(capsys):
     assert bench.main(["--models", "nope", "--device", "cpu"]) == 2
     assert "unknown model" in capsys.readouterr().err
     assert bench.main(["--models", "resnet50", "--precisions", "int4", "--device", "cpu"]) == 2
+
+
+@pytest.mark.gpu
+def test_main_cuda_all_systems(tiny_zoo, tmp_path):
+    """The GPU path end to end on the tiny model: every system measured, memory accounted."""
+    out = tmp_path / "out"
+    rc = bench.main(
+        [
+            "--models",
+            "tiny",
+            "--precisions",
+            "fp32,fp16",
+            "--batches",
+            "1",
+            "--runs",
+            "10",
+            "--warmup",
+            "2",
+            "--out",
+            str(out),
+            "--deadline",
+            "0",
+            "--compile-budget",
+            "0",
+        ]
+    )
+    data = json.loads((out / "results.json").read_text())
+    assert rc == 0, data
+    for r in data["rows"]:
+        for name in bench.SYSTEMS:
+            m = r["systems"][name]
+            assert m["status"] == "ok", (name, m)
+            assert m["latency_ms"] > 0 and m["peak_mem_mib"] > 0
+        k = r["systems"]["kiln"]["extra"]
+        assert k["engines"] == 1 and k["fallbacks"] == 0
+        assert k["external_mib"] >= 0 and k["plan_device_mib"] > 0
+        assert r["cosine"] > (0.9999 if r["precision"] == "fp32" else 0.999)
+        assert r["speedup"]["compile"] is not None
