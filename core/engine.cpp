@@ -1,5 +1,6 @@
 #include "core/engine.h"
 
+#include <chrono>
 #include <cstring>
 #include <sstream>
 
@@ -105,6 +106,15 @@ std::vector<std::string> Engine::describe_layers() const {
   return lines;
 }
 
+int64_t Engine::device_bytes() const {
+  if (backend_ != Backend::kCuda) return 0;
+  int64_t bytes = 0;
+  for (const auto& t : network().tensors()) {
+    if (t.kind == TensorKind::kConstant) bytes += static_cast<int64_t>(t.data->size());
+  }
+  return bytes;
+}
+
 // ---- ExecutionContext -----------------------------------------------------------------------------
 
 ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine) : engine_(std::move(engine)) {
@@ -137,6 +147,7 @@ ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine) : engin
 }
 
 ExecutionContext::~ExecutionContext() {
+  for (void* ev : events_) destroy_event(ev);
   if (engine_->backend() == Backend::kCuda) {
     destroy_cudnn_handle(cudnn_);
     destroy_cublaslt_handle(cublaslt_);
@@ -251,12 +262,25 @@ void ExecutionContext::enqueue(void* stream) {
   if (cuda) guard = std::make_unique<DeviceGuard>(e.device_);
 
   const auto& layers = net.layers();
+  if (profiling_) host_times_.assign(layers.size(), 0.0);
   for (size_t i = 0; i < layers.size(); ++i) {
     std::vector<TensorView> in, out;
     for (TensorId t : layers[i].inputs) in.push_back({ptr[t], net.tensor(t).dtype, shapes_[t]});
     for (TensorId t : layers[i].outputs) out.push_back({ptr[t], net.tensor(t).dtype, shapes_[t]});
-    e.kernels_[i]->run(in, out, launch);
+    if (!profiling_) {
+      e.kernels_[i]->run(in, out, launch);
+    } else if (cuda) {
+      record_event(events_[i], stream);
+      e.kernels_[i]->run(in, out, launch);
+    } else {
+      auto start = std::chrono::steady_clock::now();
+      e.kernels_[i]->run(in, out, launch);
+      host_times_[i] =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    }
   }
+  if (profiling_ && cuda) record_event(events_[layers.size()], stream);
+  profiled_ = profiling_;
   // Outputs nobody computes (a constant or an input marked as output) are copied.
   for (size_t i = 0; i < net.outputs().size(); ++i) {
     TensorId id = net.outputs()[i];
@@ -268,6 +292,37 @@ void ExecutionContext::enqueue(void* stream) {
       std::memcpy(out_ptr[i], ptr[id], bytes);
     }
   }
+}
+
+void ExecutionContext::set_profiling(bool on) {
+  if (on && engine_->backend() == Backend::kCuda && events_.empty()) {
+    DeviceGuard guard(engine_->device());
+    size_t n = engine_->network().layers().size() + 1;
+    try {
+      for (size_t i = 0; i < n; ++i) events_.push_back(create_event());
+    } catch (...) {
+      for (void* ev : events_) destroy_event(ev);
+      events_.clear();
+      throw;
+    }
+  }
+  profiling_ = on;
+  profiled_ = false;
+}
+
+std::vector<double> ExecutionContext::layer_times() {
+  KILN_CHECK(profiled_, "no profiled enqueue to report: call set_profiling(true), then enqueue");
+  if (engine_->backend() != Backend::kCuda) return host_times_;
+  DeviceGuard guard(engine_->device());
+  std::vector<double> times(engine_->network().layers().size());
+  for (size_t i = 0; i < times.size(); ++i) times[i] = event_elapsed_ms(events_[i], events_[i + 1]);
+  return times;
+}
+
+int64_t ExecutionContext::device_bytes() const {
+  if (engine_->backend() != Backend::kCuda) return 0;
+  const MemoryPlan& mem = engine_->plan().memory;
+  return mem.arena_bytes + mem.workspace_bytes;
 }
 
 }  // namespace kiln

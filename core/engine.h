@@ -38,6 +38,9 @@ class Engine : public std::enable_shared_from_this<Engine> {
   int num_profiles() const { return static_cast<int>(plan_.profiles.size()); }
   // One line per layer: name, op, kernel, output shapes (with -1 for dynamic dims).
   std::vector<std::string> describe_layers() const;
+  // Bytes of the constants (weights) this engine holds on its backend's device (0 on the
+  // reference backend, which reads them in place from the plan).
+  int64_t device_bytes() const;
 
  private:
   friend class ExecutionContext;
@@ -72,6 +75,17 @@ class ExecutionContext {
   // stream) without synchronizing. Reference: runs on the calling thread before returning.
   void enqueue(void* stream);
 
+  // Profiling mode: each enqueue times every layer's launch, with CUDA events around it on the
+  // CUDA backend (so the times are GPU times) and a host clock on the reference backend.
+  // layer_times() gives them in milliseconds, one per layer, for the last enqueue; on CUDA it
+  // waits for that enqueue to finish. A profiling enqueue launches layer by layer (never a CUDA
+  // graph) and is slower than a plain one.
+  void set_profiling(bool on);
+  bool profiling() const { return profiling_; }
+  std::vector<double> layer_times();
+  // Bytes this context holds on the device: activation arena + kernel workspace (CUDA backend).
+  int64_t device_bytes() const;
+
  private:
   friend class Engine;
   explicit ExecutionContext(std::shared_ptr<const Engine> engine);
@@ -88,6 +102,10 @@ class ExecutionContext {
   void* cublaslt_ = nullptr;
   void* cudnn_ = nullptr;
   std::vector<uint8_t> host_arena_;
+  bool profiling_ = false;
+  std::vector<void*> events_;       // CUDA: events_[i] before layer i, events_[n] after the last
+  std::vector<double> host_times_;  // reference: ms per layer of the last profiled enqueue
+  bool profiled_ = false;           // an enqueue ran since profiling was switched on
 };
 
 }  // namespace kiln

@@ -28,6 +28,12 @@ void destroy_cublaslt_handle(void* handle) noexcept;
 void* create_cudnn_handle();
 void destroy_cudnn_handle(void* handle) noexcept;
 int cudnn_runtime_version();  // the cuDNN library loaded at run time
+// CUDA events for timing (profiling mode of ExecutionContext).
+void* create_event();
+void destroy_event(void* event) noexcept;
+void record_event(void* event, void* stream);
+// Milliseconds between two recorded events; waits for `end` to complete.
+double event_elapsed_ms(void* start, void* end);
 
 // Makes `device` current for the guard's lifetime and restores the caller's device after.
 class DeviceGuard {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check: on a machine with an NVIDIA GPU, python3 + torch, CMake and nvcc (no network needed),
 # builds Kiln from source with all cores, runs every test (GPU tests must run, not skip), then
-# the benchmark when there is one, and prints a short summary last.
+# the model acceptance check (tools/model_check.py), the benchmark when there is one, and prints
+# a short summary last.
 #
 # GoogleTest: the system's, or a source tree in $KILN_GTEST_SOURCE_DIR (default .deps/googletest,
 # which tools/prepare_gpu_carry.sh fills from this machine's /usr/src/googletest).
@@ -59,6 +60,13 @@ lenet_rc=0
 while read -r line; do summary+=("  $line"); done < <(grep -E "^lenet5" "$OUT_DIR/lenet5.log")
 [ $lenet_rc -ne 0 ] && cat "$OUT_DIR/lenet5.log"
 
+# Every zoo model, FP32 and FP16: kiln.compile (1 engine, 0 fallbacks), accuracy vs eager,
+# save/load in both formats, the C++ app. Rows that would start after ~4 minutes are skipped.
+model_check_rc=0
+python3 tools/model_check.py --deadline 240 --out "$OUT_DIR" >"$OUT_DIR/model_check.log" 2>&1 || model_check_rc=$?
+summary+=("model_check: $(grep -E '^model_check:' "$OUT_DIR/model_check.log" | tail -1) (rc $model_check_rc)")
+while read -r line; do summary+=("  $line"); done < <(grep -E '^\|' "$OUT_DIR/model_check.log")
+
 bench_rc=0
 if [ -f bench/run.py ]; then
   python3 bench/run.py --out "$OUT_DIR" >"$OUT_DIR/bench.log" 2>&1
@@ -71,12 +79,13 @@ fi
 echo
 echo "== kiln demo =="
 cat "$OUT_DIR/demo.log"
+[ $model_check_rc -ne 0 ] && { echo "== model_check (last lines) =="; grep -vE '^\|' "$OUT_DIR/model_check.log" | tail -20; }
 [ -f "$OUT_DIR/bench.log" ] && { echo "== bench =="; tail -30 "$OUT_DIR/bench.log"; }
 echo
 echo "== GPU check summary =="
 printf '%s\n' "${summary[@]}"
 cat "$OUT_DIR/fuzz.txt" 2>/dev/null
-if [ $ctest_rc -eq 0 ] && [ $pytest_rc -eq 0 ] && [ $demo_rc -eq 0 ] && [ $lenet_rc -eq 0 ] && [ $bench_rc -eq 0 ]; then
+if [ $ctest_rc -eq 0 ] && [ $pytest_rc -eq 0 ] && [ $demo_rc -eq 0 ] && [ $lenet_rc -eq 0 ] && [ $model_check_rc -eq 0 ] && [ $bench_rc -eq 0 ]; then
   echo "GPU CHECK: PASS"
 else
   echo "GPU CHECK: FAIL"

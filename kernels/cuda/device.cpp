@@ -92,6 +92,27 @@ void destroy_cudnn_handle(void* handle) noexcept {
 
 int cudnn_runtime_version() { return static_cast<int>(cudnnGetVersion()); }
 
+void* create_event() {
+  cudaEvent_t ev = nullptr;
+  KILN_CUDA_CHECK(cudaEventCreate(&ev));
+  return ev;
+}
+
+void destroy_event(void* event) noexcept {
+  if (event) cudaEventDestroy(static_cast<cudaEvent_t>(event));
+}
+
+void record_event(void* event, void* stream) {
+  KILN_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream)));
+}
+
+double event_elapsed_ms(void* start, void* end) {
+  KILN_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(end)));
+  float ms = 0.f;
+  KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start), static_cast<cudaEvent_t>(end)));
+  return ms;
+}
+
 DeviceGuard::DeviceGuard(int device) {
   KILN_CUDA_CHECK(cudaGetDevice(&previous_));
   if (previous_ != device) KILN_CUDA_CHECK(cudaSetDevice(device));

@@ -19,6 +19,7 @@ import sys
 from kiln import _C
 from kiln._C import KilnError, Plan
 from kiln.engine import Engine, ExecutionContext
+from kiln.inspection import Inspection, inspect
 from kiln.log import set_log_level, set_log_sink
 from kiln.network import Builder, BuilderConfig, Layer, Network, Tensor
 
@@ -75,6 +76,7 @@ __all__ = [
     "Engine",
     "ExecutionContext",
     "Input",
+    "Inspection",
     "KilnError",
     "Layer",
     "Network",
@@ -83,6 +85,7 @@ __all__ = [
     "cmake_prefix_path",
     "compile",
     "cuda_available",
+    "inspect",
     "load",
     "save",
     "set_log_level",

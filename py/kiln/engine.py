@@ -44,6 +44,11 @@ class Engine:
     def describe_layers(self) -> list[str]:
         return self._engine.describe_layers()
 
+    @property
+    def device_bytes(self) -> int:
+        """Bytes of constants this engine holds on the GPU (0 on the reference backend)."""
+        return self._engine.device_bytes
+
     def create_execution_context(self) -> ExecutionContext:
         return ExecutionContext(self, self._engine.create_execution_context())
 
@@ -70,6 +75,20 @@ class ExecutionContext:
     def enqueue(self, stream: int = 0) -> None:
         """Launch on `stream` (a cudaStream_t as int) without synchronizing."""
         self._ctx.enqueue(stream)
+
+    def set_profiling(self, on: bool) -> None:
+        """Profiling mode: every enqueue times each layer (CUDA events around each launch on the
+        CUDA backend, a host clock on the reference backend); see layer_times()."""
+        self._ctx.set_profiling(bool(on))
+
+    def layer_times(self) -> list[float]:
+        """Milliseconds per layer of the last profiled enqueue (waits for it on CUDA)."""
+        return self._ctx.layer_times()
+
+    @property
+    def device_bytes(self) -> int:
+        """Bytes this context holds on the GPU: activation arena + workspace."""
+        return self._ctx.device_bytes
 
     def execute(self, feed: Mapping[str, object]) -> dict[str, object]:
         values = list(feed.values())

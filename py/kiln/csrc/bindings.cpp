@@ -371,7 +371,39 @@ PYBIND11_MODULE(_C, m) {
                                return d;
                              })
       .def_property_readonly("kernels", [](const Plan& p) { return p.kernels; })
+      .def_property_readonly("profiles",
+                             [](const Plan& p) {
+                               // Per optimization profile: input name -> (min, opt, max) dims.
+                               py::list out;
+                               for (const auto& prof : p.profiles) {
+                                 py::dict d;
+                                 for (const auto& [name, r] : prof.inputs)
+                                   d[py::str(name)] = py::make_tuple(r.min, r.opt, r.max);
+                                 out.append(d);
+                               }
+                               return out;
+                             })
       .def_property_readonly("arena_bytes", [](const Plan& p) { return p.memory.arena_bytes; })
+      .def_property_readonly(
+          "memory",
+          [](const Plan& p) {
+            // The memory plan: arena and workspace sizes, constant bytes, and
+            // (name, offset, bytes) of every activation in the arena.
+            py::dict d;
+            d["arena_bytes"] = p.memory.arena_bytes;
+            d["workspace_bytes"] = p.memory.workspace_bytes;
+            int64_t constant_bytes = 0;
+            py::list tensors;
+            for (const auto& t : p.network.tensors()) {
+              if (t.kind == TensorKind::kConstant) constant_bytes += static_cast<int64_t>(t.data->size());
+              size_t i = static_cast<size_t>(t.id);
+              if (i < p.memory.offsets.size() && p.memory.offsets[i] >= 0)
+                tensors.append(py::make_tuple(t.name, p.memory.offsets[i], p.memory.sizes[i]));
+            }
+            d["constant_bytes"] = constant_bytes;
+            d["tensors"] = tensors;
+            return d;
+          })
       .def_property_readonly("num_layers", [](const Plan& p) { return p.network.layers().size(); });
 
   py::class_<Builder>(m, "Builder")
@@ -396,6 +428,8 @@ PYBIND11_MODULE(_C, m) {
              return py::make_tuple(std::string(dtype_name(t.dtype)), t.dims);
            })
       .def("describe_layers", &Engine::describe_layers)
+      .def_property_readonly("device_bytes", &Engine::device_bytes)
+      .def_property_readonly("plan", [](const Engine& e) { return std::make_shared<Plan>(e.plan()); })
       .def("create_execution_context", &Engine::create_execution_context);
 
   py::class_<ExecutionContext>(m, "ExecutionContext")
@@ -411,7 +445,15 @@ PYBIND11_MODULE(_C, m) {
              GilRelease release;
              c.enqueue(reinterpret_cast<void*>(stream));
            })
-      .def("execute_host", &execute_host);
+      .def("execute_host", &execute_host)
+      .def("set_profiling", &ExecutionContext::set_profiling)
+      .def_property_readonly("profiling", &ExecutionContext::profiling)
+      .def("layer_times",
+           [](ExecutionContext& c) {
+             GilRelease release;
+             return c.layer_times();
+           })
+      .def_property_readonly("device_bytes", &ExecutionContext::device_bytes);
 
   bind_compiler(m);
 }

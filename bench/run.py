@@ -1,0 +1,754 @@
+"""Kiln benchmark: a model x precision x batch matrix, Kiln and its peers measured in one run.
+
+    python3 bench/run.py --out results/            # the default matrix (~4 minutes on an H100)
+    python3 bench/run.py --full --out results/     # every model, FP32 and FP16, batch 1 and 32
+    python3 bench/run.py --quick                   # one small row, a fast check
+
+Systems per row: eager PyTorch, torch.compile (default mode), torch.compile(mode=
+"reduce-overhead") and Kiln (kiln.compile; FP16 rows: model.half() and enabled_precisions=
+{torch.float16}; FP32 rows: TF32 off everywhere unless --tf32). Per system: median latency (CUDA
+events, each timed run synchronized, warm-up first, inputs rotated among a few pre-made input
+sets), throughput, peak GPU memory during inference, compile/build time; for Kiln also the max
+abs error and cosine similarity against FP32 eager PyTorch (the truth for FP16 rows too). See
+bench/README.md for the method, the memory accounting and the time budgets.
+
+Output (in --out): results.json, results.md (the tables printed last) and results.png.
+Exit status 0 when every row ran: eager and Kiln measured and no system failed (a torch.compile
+cell skipped by the time budget is not a failure; it is marked in the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import models as zoo  # noqa: E402 (bench/models.py, next to this file)
+
+SYSTEMS = ("eager", "compile", "reduce_overhead", "kiln")
+PEERS = ("eager", "compile", "reduce_overhead")
+LABELS = {
+    "eager": "eager",
+    "compile": "torch.compile",
+    "reduce_overhead": "compile r-o",
+    "kiln": "Kiln",
+}
+ALL_MODELS = ("resnet50", "mobilenet_v3_large", "vit_b_16", "bert", "gpt2")
+DEFAULT = dict(
+    models="resnet50,mobilenet_v3_large,bert", precisions="fp16", batches="1,32", deadline=230.0
+)
+FULL = dict(models=",".join(ALL_MODELS), precisions="fp32,fp16", batches="1,32", deadline=0.0)
+QUICK = dict(models="mobilenet_v3_large", precisions="fp16", batches="1", deadline=120.0)
+PLAN_ROWS = {("resnet50", "fp16", 1), ("bert", "fp16", 1)}  # plans saved for inspection
+NUM_INPUT_SETS = 3
+ERROR_CHARS = 200
+
+
+# ---- results -------------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    """One system on one row. status: "ok", "error" (message in error) or "skipped" (why)."""
+
+    status: str = "skipped"
+    error: str = ""
+    latency_ms: float | None = None  # median
+    latency_p10_ms: float | None = None
+    latency_p90_ms: float | None = None
+    throughput: float | None = None  # items/s at the median latency
+    peak_mem_mib: float | None = None
+    compile_s: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Row:
+    model: str
+    precision: str
+    batch: int
+    systems: dict[str, Measurement] = field(
+        default_factory=lambda: {s: Measurement() for s in SYSTEMS}
+    )
+    max_abs_err: float | None = None  # Kiln vs FP32 eager
+    cosine: float | None = None
+    eager_max_abs_err: float | None = None  # eager at this precision vs FP32 eager (for scale)
+    eager_cosine: float | None = None
+
+    def speedup(self, peer: str) -> float | None:
+        k, p = self.systems["kiln"], self.systems[peer]
+        if k.latency_ms and p.latency_ms:
+            return p.latency_ms / k.latency_ms
+        return None
+
+    def ran(self) -> bool:
+        """Eager and Kiln measured, and no system failed."""
+        ok = all(self.systems[s].status == "ok" for s in ("eager", "kiln"))
+        return ok and not any(m.status == "error" for m in self.systems.values())
+
+
+# ---- statistics and numerics ----------------------------------------------------------------
+
+
+def summarize(times_ms: Sequence[float], batch: int) -> dict:
+    """Median, 10th/90th percentile latency (ms) and the throughput (items/s) at the median."""
+    if not times_ms:
+        raise ValueError("no timed runs")
+    ordered = sorted(times_ms)
+    median = statistics.median(ordered)
+
+    def pct(p: float) -> float:
+        k = (len(ordered) - 1) * p
+        lo, hi = math.floor(k), math.ceil(k)
+        return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+    return dict(
+        latency_ms=median,
+        latency_p10_ms=pct(0.1),
+        latency_p90_ms=pct(0.9),
+        throughput=batch * 1000.0 / median if median > 0 else float("inf"),
+    )
+
+
+def compare(out: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
+    """(max abs error, cosine similarity) of out against truth, in float64 on the CPU."""
+    a = out.detach().double().cpu().reshape(-1)
+    b = truth.detach().double().cpu().reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"output shape {tuple(out.shape)} != truth {tuple(truth.shape)}")
+    if a.numel() == 0:
+        return 0.0, 1.0
+    max_abs = float((a - b).abs().max())
+    denom = float(a.norm() * b.norm())
+    cosine = float(a @ b) / denom if denom > 0 else float(torch.equal(a, b))
+    return max_abs, cosine
+
+
+def first_tensor(out) -> torch.Tensor:
+    while not isinstance(out, torch.Tensor):
+        out = out[0]
+    return out
+
+
+# ---- timing ---------------------------------------------------------------------------------
+
+
+def time_runs(
+    fn: Callable, input_sets: Sequence[tuple], runs: int, warmup: int, device: torch.device
+) -> list[float]:
+    """Per-run latency in ms. CUDA: events around each call, synchronized after each run, so a
+    run's time is its whole latency (launches included), not overlapped with the next one.
+    Inputs rotate among the pre-made sets."""
+    with torch.no_grad():
+        for i in range(warmup):
+            fn(*input_sets[i % len(input_sets)])
+        times = []
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            for i in range(runs):
+                args = input_sets[i % len(input_sets)]
+                start.record()
+                fn(*args)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+        else:
+            for i in range(runs):
+                args = input_sets[i % len(input_sets)]
+                t0 = time.perf_counter()
+                fn(*args)
+                times.append((time.perf_counter() - t0) * 1000.0)
+    return times
+
+
+def measure(
+    fn: Callable,
+    input_sets: Sequence[tuple],
+    batch: int,
+    runs: int,
+    warmup: int,
+    device: torch.device,
+    baseline_bytes: int = 0,
+    external_bytes: int = 0,
+) -> Measurement:
+    """Times fn and records its peak GPU memory: the most torch's allocator held during the
+    timed runs above `baseline_bytes` (what was allocated before the system's own state, its
+    weights included, went to the GPU: the input sets), plus `external_bytes` the system holds
+    outside torch's allocator."""
+    m = Measurement(status="ok")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    times = time_runs(fn, input_sets, runs, warmup, device)
+    for k, v in summarize(times, batch).items():
+        setattr(m, k, v)
+    if device.type == "cuda":
+        torch_peak = torch.cuda.max_memory_allocated(device) - baseline_bytes
+        m.peak_mem_mib = (torch_peak + external_bytes) / 2**20
+        m.extra["torch_peak_mib"] = torch_peak / 2**20
+        m.extra["external_mib"] = external_bytes / 2**20
+    return m
+
+
+def allocated(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 0
+    torch.cuda.synchronize(device)
+    return torch.cuda.memory_allocated(device)
+
+
+# ---- models and inputs ----------------------------------------------------------------------
+
+
+def make_input_sets(entry, batch: int, device: torch.device, precision: str) -> list[tuple]:
+    """NUM_INPUT_SETS input tuples: the zoo's inputs first, then fresh random ones like them.
+    Floating inputs are cast to the row's precision; token ids stay int64."""
+    first = entry.inputs(batch, torch.device("cpu"))
+    sets = [first]
+    for k in range(1, NUM_INPUT_SETS):
+        g = torch.Generator().manual_seed(100 + k)
+        item = []
+        for t in first:
+            if t.is_floating_point():
+                item.append(torch.randn(t.shape, generator=g, dtype=t.dtype))
+            else:
+                high = max(int(t.max()) + 1, 1)
+                item.append(torch.randint(0, high, t.shape, generator=g, dtype=t.dtype))
+        sets.append(tuple(item))
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    return [
+        tuple(t.to(device, dtype) if t.is_floating_point() else t.to(device) for t in s)
+        for s in sets
+    ]
+
+
+def truncate(text: str, n: int = ERROR_CHARS) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def set_tf32(enabled: bool) -> None:
+    with contextlib.suppress(Exception):
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+        torch.set_float32_matmul_precision("high" if enabled else "highest")
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def device_used_bytes(device: torch.device) -> int:
+    free, total = torch.cuda.mem_get_info(device)
+    return total - free
+
+
+# ---- Kiln -----------------------------------------------------------------------------------
+
+
+def engine_plans(compiled) -> list:
+    """The kiln.Plan of every engine in a module from kiln.compile (read back from each
+    engine's pickled state, format 1 of runtime/runtime.cpp)."""
+    import base64
+
+    from kiln import _C
+    from kiln.runtime import EngineModule
+
+    plans = []
+    for module in compiled.modules():
+        if isinstance(module, EngineModule):
+            # The engine's pickled state: ([format, base64(plan), backend, device], class name).
+            state = module.engine.__getstate__()
+            fields = state[0] if isinstance(state, tuple) else state
+            plans.append(_C.Plan.deserialize(base64.b64decode(fields[1])))
+    return plans
+
+
+def plan_device_bytes(plans: Sequence) -> int:
+    """What the engines hold outside torch's allocator by their plans: constants, and per
+    execution context one activation arena and one workspace."""
+    total = 0
+    for p in plans:
+        mem = p.memory
+        total += mem["constant_bytes"] + mem["arena_bytes"] + mem["workspace_bytes"]
+    return total
+
+
+def run_kiln(row: Row, model, input_sets, truth, args, device, baseline: int, plans_dir) -> None:
+    """Compiles `model` (on the GPU) with Kiln, moves the source model off the GPU and measures
+    the compiled one. The source model is back on the CPU afterwards."""
+    import kiln
+
+    precisions = {torch.float16} if row.precision == "fp16" else {torch.float32}
+    if row.precision == "fp32" and args.tf32:
+        precisions.add("tf32")
+    model.to(device)
+    free_memory(device)
+    used_before = device_used_bytes(device) if device.type == "cuda" else 0
+    reserved_before = torch.cuda.memory_reserved(device) if device.type == "cuda" else 0
+    t0 = time.perf_counter()
+    compiled = kiln.compile(
+        model, list(input_sets[0]), enabled_precisions=precisions, device=device.type
+    )
+    compile_s = time.perf_counter() - t0
+    try:
+        report = compiled.report
+        plans_error = ""
+        try:
+            plans = engine_plans(compiled)
+        except Exception as e:  # noqa: BLE001 (only the plan-based memory figure is lost)
+            plans, plans_error = None, truncate(str(e))
+        if plans and plans_dir is not None and (row.model, row.precision, row.batch) in PLAN_ROWS:
+            plans_dir.mkdir(parents=True, exist_ok=True)
+            for k, plan in enumerate(plans):
+                name = f"{row.model}_{row.precision}_b{row.batch}_engine{k}.plan"
+                plan.save(str(plans_dir / name))
+        # Only Kiln's own state stays on the GPU while it runs: the source model leaves.
+        model.cpu()
+        with torch.no_grad():
+            out = first_tensor(compiled(*input_sets[0]))
+        free_memory(device)
+        external = 0
+        if device.type == "cuda":
+            # Device memory that appeared outside torch's caching allocator since before the
+            # compile: engine constants, arenas, workspaces, library handles. Were Kiln's memory
+            # allocated through torch (an allocator hook), this is ~0 and torch's counter has it.
+            grown = device_used_bytes(device) - used_before
+            torch_grown = torch.cuda.memory_reserved(device) - reserved_before
+            external = max(0, grown - torch_grown)
+        row.max_abs_err, row.cosine = compare(out, truth)
+        del out
+        result = measure(
+            compiled, input_sets, row.batch, args.runs, args.warmup, device, baseline, external
+        )
+        result.compile_s = compile_s
+        result.extra.update(
+            engines=report.num_engines,
+            fallbacks=len(report.fallbacks),
+            fallback_ops=sorted({f.target for f in report.fallbacks})[:10],
+            plan_device_mib=plan_device_bytes(plans) / 2**20 if plans is not None else None,
+        )
+        if plans_error:
+            result.extra["plans_error"] = plans_error
+        row.systems["kiln"] = result
+    finally:
+        del compiled
+        model.cpu()
+        free_memory(device)
+
+
+# ---- the matrix -----------------------------------------------------------------------------
+
+
+class Budget:
+    """The run's deadline and each model's torch.compile budget. A torch.compile cell starts
+    only when its estimated compile time (the model's last one, or 30 s) still fits both."""
+
+    def __init__(self, deadline_s: float, per_model_s: float):
+        self.start = time.perf_counter()
+        self.deadline_s = deadline_s
+        self.per_model_s = per_model_s
+        self.spent: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def allows(self, model: str, estimate: float | None = None) -> str | None:
+        """None when the next step fits, else why not."""
+        est = estimate if estimate is not None else self.last.get(model, 30.0)
+        if self.deadline_s and self.elapsed() + est > self.deadline_s:
+            return f"time budget: the run's deadline ({self.deadline_s:.0f} s)"
+        if self.per_model_s and self.spent.get(model, 0.0) + est > self.per_model_s:
+            return f"time budget: {self.per_model_s:.0f} s of torch.compile per model"
+        return None
+
+    def charge(self, model: str, seconds: float) -> None:
+        self.spent[model] = self.spent.get(model, 0.0) + seconds
+        self.last[model] = seconds
+
+
+def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """The model at a row's precision, on the CPU (a copy for FP16: the FP32 weights stay)."""
+    return copy.deepcopy(model).half() if precision == "fp16" else model
+
+
+def _on(input_set: list[tuple], device: torch.device) -> list[tuple]:
+    return [tuple(t.to(device) for t in s) for s in input_set]
+
+
+def _error(e: BaseException, verbose: bool) -> Measurement:
+    if verbose:
+        traceback.print_exc()
+    return Measurement("error", truncate(f"{type(e).__name__}: {e}"))
+
+
+def run_matrix(
+    entries: Sequence,
+    precisions: Sequence[str],
+    batches: Sequence[int],
+    args,
+    device: torch.device,
+    log: Callable[[str], None] = print,
+) -> list[Row]:
+    """Runs the matrix. Pass 1, per model: FP32 truth, eager and Kiln for every row. Pass 2:
+    torch.compile and reduce-overhead, while the time budget allows (they compile slowest).
+    Only the measured system's weights and the row's input sets are on the GPU at a time."""
+    budget = Budget(args.deadline, args.compile_budget)
+    rows: dict[tuple, Row] = {}
+    plans_dir = Path(args.plans) if args.plans else None
+    bases = {}
+    for entry in entries:
+        base = bases[entry.name] = entry.build().eval()
+        truths = {}
+        set_tf32(False)
+        base.to(device)
+        with torch.no_grad():
+            for batch in batches:
+                x = _on(make_input_sets(entry, batch, torch.device("cpu"), "fp32")[:1], device)
+                truths[batch] = first_tensor(base(*x[0])).float().cpu()
+                del x
+        base.cpu()
+        free_memory(device)
+        for precision in precisions:
+            set_tf32(precision == "fp32" and args.tf32)
+            model = _cast(base, precision)
+            for batch in batches:
+                row = rows[(entry.name, precision, batch)] = Row(entry.name, precision, batch)
+                input_sets = _on(
+                    make_input_sets(entry, batch, torch.device("cpu"), precision), device
+                )
+                baseline = allocated(device)
+                log(f"[{budget.elapsed():6.1f}s] {entry.name} {precision} b{batch}: eager")
+                try:
+                    model.to(device)
+                    with torch.no_grad():
+                        out = first_tensor(model(*input_sets[0]))
+                    row.eager_max_abs_err, row.eager_cosine = compare(out, truths[batch])
+                    del out
+                    m = measure(model, input_sets, batch, args.runs, args.warmup, device, baseline)
+                    m.compile_s = 0.0
+                    row.systems["eager"] = m
+                except Exception as e:  # noqa: BLE001 (a failing row is reported, not fatal)
+                    row.systems["eager"] = _error(e, args.verbose)
+                model.cpu()
+                free_memory(device)
+                why = budget.allows(entry.name, 0.0) if args.deadline else None
+                if why:
+                    row.systems["kiln"] = Measurement("skipped", why)
+                    continue
+                log(f"[{budget.elapsed():6.1f}s] {entry.name} {precision} b{batch}: kiln")
+                try:
+                    run_kiln(
+                        row, model, input_sets, truths[batch], args, device, baseline, plans_dir
+                    )
+                except Exception as e:  # noqa: BLE001
+                    row.systems["kiln"] = _error(e, args.verbose)
+                    model.cpu()  # when kiln.compile itself raised
+                del input_sets
+                free_memory(device)
+            del model
+
+    # torch.compile cells in the order batch, mode, model, precision: within the time budget,
+    # every model gets its first cells before any model gets its last.
+    peers = not args.skip_peers and device.type == "cuda"
+    why_not = "--skip-peers" if args.skip_peers else "torch.compile runs on CUDA only"
+    modes = (("compile", None), ("reduce_overhead", "reduce-overhead"))
+    for batch in batches:
+        for system, mode in modes:
+            for entry in entries:
+                for precision in precisions:
+                    row = rows[(entry.name, precision, batch)]
+                    why = why_not if not peers else budget.allows(entry.name)
+                    if why:
+                        row.systems[system] = Measurement("skipped", why)
+                        continue
+                    set_tf32(precision == "fp32" and args.tf32)
+                    model = _cast(bases[entry.name], precision)
+                    cpu = torch.device("cpu")
+                    input_sets = _on(make_input_sets(entry, batch, cpu, precision), device)
+                    log(f"[{budget.elapsed():6.1f}s] {entry.name} {precision} b{batch}: {system}")
+                    row.systems[system] = run_torch_compile(
+                        model, mode, input_sets, batch, args, device, budget, entry.name
+                    )
+                    del model, input_sets
+                    free_memory(device)
+    return list(rows.values())
+
+
+def run_torch_compile(model, mode, input_sets, batch, args, device, budget, name) -> Measurement:
+    """torch.compile(model, mode=mode) with static shapes, measured like the others. The model
+    is on the GPU only while this runs."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    baseline = allocated(device)
+    t0 = time.perf_counter()
+    try:
+        model.to(device)
+        compiled = torch.compile(model, mode=mode, dynamic=False)
+        with torch.no_grad():
+            # Compiling happens on the first call; reduce-overhead records its CUDA graph in the
+            # first few, so three calls count as the build.
+            for i in range(3):
+                compiled(*input_sets[i % len(input_sets)])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        compile_s = time.perf_counter() - t0
+        budget.charge(name, compile_s)
+        m = measure(compiled, input_sets, batch, args.runs, args.warmup, device, baseline)
+        m.compile_s = compile_s
+        del compiled
+    except Exception as e:  # noqa: BLE001
+        budget.charge(name, time.perf_counter() - t0)
+        m = _error(e, args.verbose)
+    finally:
+        torch._dynamo.reset()
+        model.cpu()
+        free_memory(device)
+    return m
+
+
+# ---- output ---------------------------------------------------------------------------------
+
+
+def _fmt(v, spec: str = ".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _cell(m: Measurement, value) -> str:
+    if m.status == "ok":
+        return _fmt(value)
+    return "skip" if m.status == "skipped" else "ERR"
+
+
+def markdown(rows: Sequence[Row]) -> str:
+    """Two tables: latency with Kiln's speedups and accuracy; throughput, memory, build time."""
+    lines = [
+        "Median latency (ms), Kiln's speedup over each peer, Kiln's error vs FP32 eager:",
+        "",
+        "| model | prec | batch | eager | torch.compile | compile r-o | Kiln | "
+        "x eager | x compile | x r-o | max abs err | cosine | notes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        s = r.systems
+        notes = []
+        k = s["kiln"]
+        if k.status == "ok":
+            notes.append(
+                f"{k.extra.get('engines')} engine(s), {k.extra.get('fallbacks')} fallback(s)"
+            )
+        for name in SYSTEMS:
+            m = s[name]
+            if m.status == "error" or (m.status == "skipped" and m.error.startswith("time")):
+                notes.append(f"{LABELS[name]}: {m.error}")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r.model,
+                    r.precision,
+                    str(r.batch),
+                    *(_cell(s[n], s[n].latency_ms) for n in SYSTEMS),
+                    *(_fmt(r.speedup(p), ".2f") + ("x" if r.speedup(p) else "") for p in PEERS),
+                    _fmt(r.max_abs_err, ".2e"),
+                    _fmt(r.cosine, ".6f"),
+                    "; ".join(notes).replace("|", "/"),
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "Throughput (items/s), peak GPU memory during inference (MiB), compile/build time (s):",
+        "",
+        "| model | prec | batch | "
+        + " | ".join(f"{LABELS[n]} items/s" for n in SYSTEMS)
+        + " | "
+        + " | ".join(f"{LABELS[n]} MiB" for n in SYSTEMS)
+        + " | "
+        + " | ".join(f"{LABELS[n]} build s" for n in SYSTEMS[1:])
+        + " |",
+        "|---|---|---:|" + "---:|" * (3 * len(SYSTEMS) - 1),
+    ]
+    for r in rows:
+        s = r.systems
+        cells = [r.model, r.precision, str(r.batch)]
+        cells += [_cell(s[n], s[n].throughput) for n in SYSTEMS]
+        cells += [_cell(s[n], s[n].peak_mem_mib) for n in SYSTEMS]
+        cells += [_cell(s[n], s[n].compile_s) for n in SYSTEMS[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_json(rows: Sequence[Row], path: Path, meta: dict) -> None:
+    data = {
+        "meta": meta,
+        "rows": [
+            {
+                **asdict(r),
+                "speedup": {p: r.speedup(p) for p in PEERS},
+                "ran": r.ran(),
+            }
+            for r in rows
+        ],
+    }
+    path.write_text(json.dumps(data, indent=2, default=str))
+
+
+def write_chart(rows: Sequence[Row], path: Path) -> None:
+    """Grouped bars: median latency per row and system (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.model}\n{r.precision} b{r.batch}" for r in rows]
+    width = 0.8 / len(SYSTEMS)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows) + 2), 4.5))
+    for k, name in enumerate(SYSTEMS):
+        xs, ys = [], []
+        for i, r in enumerate(rows):
+            m = r.systems[name]
+            if m.status == "ok" and m.latency_ms:
+                xs.append(i + (k - (len(SYSTEMS) - 1) / 2) * width)
+                ys.append(m.latency_ms)
+        ax.bar(xs, ys, width, label=LABELS[name])
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("median latency (ms, log scale)")
+    ax.set_yscale("log")
+    ax.set_title("Kiln vs PyTorch: median latency (lower is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(rows: Sequence[Row], out: Path, meta: dict) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown(rows)
+    write_json(rows, out / "results.json", meta)
+    (out / "results.md").write_text(table + "\n")
+    write_chart(rows, out / "results.png")
+    return table
+
+
+# ---- command line ---------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--models", help=f"comma list (default {DEFAULT['models']}; zoo: bench/models.py)"
+    )
+    p.add_argument("--precisions", help=f"fp32,fp16 (default {DEFAULT['precisions']})")
+    p.add_argument("--batches", help=f"comma list (default {DEFAULT['batches']})")
+    p.add_argument("--runs", type=int, default=100, help="timed runs per system (>= 50)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs first")
+    p.add_argument("--out", default="bench_results", help="directory for results.{json,md,png}")
+    p.add_argument(
+        "--plans", help="save Kiln's resnet50/bert FP16 b1 plans here (default OUT/plans)"
+    )
+    p.add_argument("--full", action="store_true", help="every model, fp32+fp16, batch 1 and 32")
+    p.add_argument(
+        "--quick", action="store_true", help="one small row (mobilenet_v3_large fp16 b1)"
+    )
+    p.add_argument("--skip-peers", action="store_true", help="eager and Kiln only")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 in FP32 rows (torch and Kiln)")
+    p.add_argument(
+        "--deadline",
+        type=float,
+        help="seconds for the whole run; cells that would start past it are skipped "
+        "(0: none; default 230, none with --full)",
+    )
+    p.add_argument(
+        "--compile-budget",
+        type=float,
+        default=None,
+        help="seconds of torch.compile compiling per model (0: none; default 90, none with --full)",
+    )
+    p.add_argument("--device", default="cuda", help="cuda, or cpu (Kiln's reference backend)")
+    p.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
+    args = p.parse_args(argv)
+    preset = FULL if args.full else QUICK if args.quick else DEFAULT
+    args.models = args.models or preset["models"]
+    args.precisions = args.precisions or preset["precisions"]
+    args.batches = args.batches or preset["batches"]
+    if args.deadline is None:
+        args.deadline = preset["deadline"]
+    if args.compile_budget is None:
+        args.compile_budget = 0.0 if args.full else 90.0
+    if args.runs < 1:
+        p.error("--runs must be positive")
+    if args.plans is None:
+        args.plans = str(Path(args.out) / "plans")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(
+            "bench: no CUDA GPU visible; use --device cpu for the reference backend",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        entries = [zoo.get(m) for m in args.models.split(",") if m]
+    except KeyError as e:
+        print(f"bench: {e.args[0]}", file=sys.stderr)
+        return 2
+    precisions = [p for p in args.precisions.split(",") if p]
+    bad = set(precisions) - {"fp32", "fp16"}
+    if bad:
+        print(f"bench: unknown precision(s) {sorted(bad)}; use fp32, fp16", file=sys.stderr)
+        return 2
+    batches = [int(b) for b in args.batches.split(",") if b]
+    rows = run_matrix(entries, precisions, batches, args, device)
+    meta = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "input_sets": NUM_INPUT_SETS,
+        "tf32": args.tf32,
+        "truth": "FP32 eager PyTorch (TF32 off), for FP16 rows too",
+        "latency": "median of per-run CUDA event times, synchronized after each run",
+        "memory": "torch max_memory_allocated during the timed runs minus the input sets, plus "
+        "(Kiln) device memory held outside torch's allocator (cudaMemGetInfo delta)",
+        "argv": list(sys.argv[1:] if argv is None else argv),
+    }
+    table = write_outputs(rows, Path(args.out), meta)
+    failed = [r for r in rows if not r.ran()]
+    print(f"\nresults: {Path(args.out) / 'results.json'}, results.md, results.png")
+    print(f"bench: {len(rows) - len(failed)}/{len(rows)} rows ran")
+    print()
+    print(table)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

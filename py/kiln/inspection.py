@@ -1,0 +1,325 @@
+"""kiln.inspect: what a built plan holds, layer by layer, and where its time goes.
+
+    info = kiln.inspect("model.plan")          # a plan file, kiln.Plan, plan bytes or kiln.Engine
+    print(info)                                # the text rendering (also `kiln inspect PLAN`)
+    info.profile({"x": (1, 3, 224, 224)})      # per-layer times (`kiln inspect PLAN --profile`)
+    info.to_dict()                             # the same as plain data (JSON)
+
+Per layer: name, op, chosen kernel and its "tactic" attribute, dtypes in -> out, output shapes
+(-1 for dynamic dims), what was fused into it (the "fused" attribute: the original layer names),
+and after profile() its time. Plan-wide: header (versions, GPU architecture), bindings,
+optimization profiles and the memory plan (activation arena, workspace, constants, and the offset
+and size of every activation in the arena).
+
+profile() runs the plan in the engine's profiling mode (ExecutionContext.set_profiling): each
+layer's launch is timed with CUDA events on the CUDA backend (GPU time) or a host clock on the
+reference backend, several runs, median per layer.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from kiln import _C
+
+
+@dataclass
+class LayerInfo:
+    index: int
+    name: str
+    op: str
+    kernel: str
+    tactic: int | str | None
+    input_dtypes: list[str]
+    outputs: list[tuple[str, str, list[int]]]  # (name, dtype, dims)
+    fused: list[str]
+    attrs: dict
+    time_ms: float | None = None
+
+    @property
+    def dtypes(self) -> str:
+        ins = ",".join(dict.fromkeys(self.input_dtypes)) or "-"
+        outs = ",".join(dict.fromkeys(d for _, d, _ in self.outputs)) or "-"
+        return f"{ins}->{outs}"
+
+
+@dataclass
+class MemoryInfo:
+    arena_bytes: int
+    workspace_bytes: int
+    constant_bytes: int
+    tensors: list[tuple[str, int, int]]  # (name, offset, bytes) of each activation in the arena
+
+
+@dataclass
+class Inspection:
+    header: dict
+    inputs: list[tuple[str, str, list[int]]]
+    outputs: list[tuple[str, str, list[int]]]
+    profiles: list[dict]
+    layers: list[LayerInfo]
+    memory: MemoryInfo
+    profile_backend: str | None = None
+    profile_shapes: dict = field(default_factory=dict)
+    profile_runs: int = 0
+    _plan: object = field(default=None, repr=False, compare=False)
+
+    # ---- profiling ------------------------------------------------------------------------
+
+    def profile(
+        self,
+        shapes: dict | None = None,
+        runs: int = 10,
+        warmup: int = 2,
+        backend: str | None = None,
+    ) -> Inspection:
+        """Times every layer: the median over `runs` profiled runs (after `warmup`), on random
+        inputs of `shapes` (input name -> dims; by default static dims, and the first
+        profile's opt shape for dynamic inputs). backend: "cuda" (default when the plan was
+        built for a GPU and one is visible) or "reference". Returns self."""
+        from kiln.engine import Engine
+
+        engine = Engine(self._plan, backend)
+        ctx = engine.create_execution_context()
+        feed = {}
+        for name, dtype, dims in self.inputs:
+            shape = tuple(_input_shape(name, dims, shapes or {}, self.profiles))
+            ctx.set_input_shape(name, shape)
+            feed[name] = _random(dtype, shape, seed=len(feed))
+        ctx.set_profiling(True)
+        samples: list[list[float]] = []
+        for i in range(warmup + runs):
+            ctx.execute(feed)
+            if i >= warmup:
+                samples.append(ctx.layer_times())
+        for k, layer in enumerate(self.layers):
+            layer.time_ms = statistics.median(s[k] for s in samples) if samples else None
+        self.profile_backend = engine.backend
+        self.profile_shapes = {n: list(ctx.tensor_shape(n)) for n, _, _ in self.inputs}
+        self.profile_runs = runs
+        return self
+
+    @property
+    def total_ms(self) -> float | None:
+        times = [la.time_ms for la in self.layers if la.time_ms is not None]
+        return sum(times) if times else None
+
+    # ---- output ---------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        d = asdict(replace(self, _plan=None))  # the plan object itself is not plain data
+        d.pop("_plan")
+        d["total_ms"] = self.total_ms
+        return d
+
+    def text(self, arena: bool = True) -> str:
+        h = self.header
+        v = h.get("kiln_version", 0)
+        arch = f"sm_{h['sm_arch']}" if h.get("sm_arch") else "reference only"
+        lines = [
+            f"Kiln plan: format {h.get('format_version')}, built by kiln "
+            f"{_version3(v)} for {arch} "
+            f"(CUDA {_version(h.get('cuda_version', 0), 1000, 10)}, "
+            f"cuDNN {_version3(h.get('cudnn_version', 0))}, "
+            f"cuBLASLt {_version3(h.get('cublaslt_version', 0))})",
+            f"inputs:  {_bindings(self.inputs)}",
+            f"outputs: {_bindings(self.outputs)}",
+        ]
+        for k, p in enumerate(self.profiles):
+            ranges = ", ".join(
+                f"{n} min {_dims(a)} opt {_dims(b)} max {_dims(c)}" for n, (a, b, c) in p.items()
+            )
+            lines.append(f"profile {k}: {ranges}")
+        m = self.memory
+        lines.append(
+            f"memory: activation arena {_bytes(m.arena_bytes)} ({len(m.tensors)} tensors), "
+            f"workspace {_bytes(m.workspace_bytes)}, constants {_bytes(m.constant_bytes)}"
+        )
+        lines.append("")
+        timed = self.total_ms is not None
+        head = ["#", "layer", "op", "kernel", "tactic", "dtypes", "output shapes", "fused"]
+        if timed:
+            head += ["time ms", "%"]
+        rows = []
+        for la in self.layers:
+            row = [
+                str(la.index),
+                la.name,
+                la.op,
+                la.kernel,
+                "-" if la.tactic is None else str(la.tactic),
+                la.dtypes,
+                " ".join(_dims(d) for _, _, d in la.outputs),
+                ",".join(la.fused) if la.fused else "-",
+            ]
+            if timed:
+                t = la.time_ms or 0.0
+                row += [f"{t:.4f}", f"{100 * t / self.total_ms:.1f}" if self.total_ms else "-"]
+            rows.append(row)
+        lines += _table(head, rows)
+        if timed:
+            shapes = ", ".join(f"{n} {_dims(d)}" for n, d in self.profile_shapes.items())
+            lines.append("")
+            lines.append(
+                f"profile: {self.total_ms:.4f} ms summed over {len(self.layers)} layers "
+                f"(median of {self.profile_runs} runs per layer, {self.profile_backend} backend, "
+                f"{shapes}; "
+                + (
+                    "CUDA events around each launch)"
+                    if self.profile_backend == "cuda"
+                    else "host clock)"
+                )
+            )
+            slowest = sorted(self.layers, key=lambda la: -(la.time_ms or 0))[:5]
+            lines.append(
+                "slowest: " + ", ".join(f"{la.name} {la.time_ms:.4f} ms" for la in slowest)
+            )
+        if arena and m.tensors:
+            lines.append("")
+            lines.append("activation arena (offset, bytes):")
+            lines += _table(
+                ["tensor", "offset", "bytes"],
+                [[n, str(o), str(b)] for n, o, b in sorted(m.tensors, key=lambda t: t[1])],
+            )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.text()
+
+
+def inspect(source) -> Inspection:
+    """An Inspection of a plan: a kiln.Plan, plan bytes, a plan file's path, or a kiln.Engine."""
+    plan = _plan_of(source)
+    layers = []
+    for k, d in enumerate(plan.layers()):
+        attrs = dict(d["attrs"])
+        fused = attrs.get("fused")
+        layers.append(
+            LayerInfo(
+                index=k,
+                name=d["name"],
+                op=d["op"],
+                kernel=d["kernel"],
+                tactic=attrs.get("tactic"),
+                input_dtypes=[t[1] for t in d["inputs"]],
+                outputs=[(n, dt, list(dims)) for n, dt, dims in d["outputs"]],
+                fused=[s.strip() for s in fused.split(",") if s.strip()]
+                if isinstance(fused, str)
+                else [],
+                attrs=attrs,
+            )
+        )
+    engine = _C.Engine(plan, "reference")  # bindings only; the reference backend runs anywhere
+
+    def binding(name):
+        dtype, dims = engine.binding(name)
+        return (name, dtype, list(dims))
+
+    mem = plan.memory
+    return Inspection(
+        header=dict(plan.header),
+        inputs=[binding(n) for n in engine.input_names],
+        outputs=[binding(n) for n in engine.output_names],
+        profiles=[{n: tuple(list(x) for x in r) for n, r in p.items()} for p in plan.profiles],
+        layers=layers,
+        memory=MemoryInfo(
+            arena_bytes=mem["arena_bytes"],
+            workspace_bytes=mem["workspace_bytes"],
+            constant_bytes=mem["constant_bytes"],
+            tensors=[(n, int(o), int(b)) for n, o, b in mem["tensors"]],
+        ),
+        _plan=plan,
+    )
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def _plan_of(source):
+    from kiln.engine import Engine
+
+    if isinstance(source, _C.Plan):
+        return source
+    if isinstance(source, Engine):
+        return source.plan
+    if isinstance(source, _C.Engine):
+        return source.plan
+    if isinstance(source, bytes | bytearray | memoryview):
+        return _C.Plan.deserialize(bytes(source))
+    if isinstance(source, str | os.PathLike):
+        return _C.Plan.load(os.fspath(source))
+    raise TypeError(
+        f"kiln.inspect takes a kiln.Plan, plan bytes, a plan file or a kiln.Engine, "
+        f"got {type(source).__name__}"
+    )
+
+
+def parse_shapes(items) -> dict[str, tuple[int, ...]]:
+    """["x=1x3x224x224", ...] -> {"x": (1, 3, 224, 224)}."""
+    shapes = {}
+    for item in items or []:
+        name, sep, dims = item.rpartition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = tuple(int(d) for d in dims.lower().split("x")) if dims else ()
+        except ValueError:
+            raise ValueError(f"--shapes {item!r}: write NAME=DxDxD, e.g. x=1x3x224x224") from None
+    return shapes
+
+
+def _input_shape(name: str, dims: list[int], shapes: dict, profiles: list[dict]) -> list[int]:
+    if name in shapes:
+        return list(shapes[name])
+    if all(d >= 0 for d in dims):
+        return list(dims)
+    if profiles and name in profiles[0]:
+        return list(profiles[0][name][1])
+    raise ValueError(f"input {name!r} has dynamic dims {dims} and no profile: give its shape")
+
+
+def _random(dtype: str, shape: tuple, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if dtype in ("float32", "float16"):
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype == "bfloat16":
+        raise ValueError("profiling a plan with a bfloat16 input is not supported from Python")
+    # Integer inputs (token ids, indices) and flags: zeros are valid for every op that reads them.
+    return np.zeros(shape, dtype=np.bool_ if dtype == "bool" else dtype)
+
+
+def _dims(d) -> str:
+    return "[" + ",".join(str(x) for x in d) + "]"
+
+
+def _bindings(items) -> str:
+    return ", ".join(f"{n} {dt}{_dims(d)}" for n, dt, d in items) or "-"
+
+
+def _bytes(n: int) -> str:
+    if n >= 2**20:
+        return f"{n / 2**20:.2f} MiB"
+    if n >= 2**10:
+        return f"{n / 2**10:.1f} KiB"
+    return f"{n} B"
+
+
+def _version(v: int, major: int, minor: int) -> str:
+    return f"{v // major}.{v % major // minor}" if v else "none"
+
+
+def _version3(v: int) -> str:
+    """major*10000 + minor*100 + patch (Kiln, cuDNN 9, cuBLAS) as text."""
+    return f"{v // 10000}.{v // 100 % 100}.{v % 100}" if v else "none"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*head).rstrip(), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*r).rstrip() for r in rows]
+    return out

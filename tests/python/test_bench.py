@@ -1,0 +1,259 @@
+"""bench/run.py on the CPU: a tiny model through the whole matrix machinery (eager and Kiln on the
+reference backend), the statistics, the table/JSON/PNG writers, the time budget, and a Kiln
+compile failure that must still give a row."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import kiln
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load("kiln_bench_run", ROOT / "bench" / "run.py")
+zoo = sys.modules["models"]
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).mean(dim=(2, 3))
+        return self.fc(h)
+
+
+def _images(batch, device):
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(batch, 3, 8, 8, generator=g).to(device),)
+
+
+TINY = zoo.ModelEntry("tiny", lambda: Tiny().eval(), _images)
+
+
+@pytest.fixture
+def tiny_zoo(monkeypatch):
+    monkeypatch.setitem(zoo.MODELS, "tiny", TINY)
+
+
+def test_summarize_and_compare():
+    s = bench.summarize([4.0, 1.0, 3.0, 2.0, 5.0], batch=10)
+    assert s["latency_ms"] == 3.0
+    assert s["latency_p10_ms"] == pytest.approx(1.4)
+    assert s["latency_p90_ms"] == pytest.approx(4.6)
+    assert s["throughput"] == pytest.approx(10 * 1000 / 3.0)
+    assert bench.summarize([2.0, 4.0], batch=1)["latency_ms"] == 3.0
+    with pytest.raises(ValueError):
+        bench.summarize([], batch=1)
+
+    a = torch.tensor([1.0, 2.0, 3.0])
+    assert bench.compare(a, a) == (0.0, pytest.approx(1.0))
+    err, cos = bench.compare(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
+    assert err == 1.0 and cos == pytest.approx(0.0)
+    err, cos = bench.compare(
+        torch.tensor([1.0, 2.0], dtype=torch.float16), torch.tensor([1.0, 2.5])
+    )
+    assert err == pytest.approx(0.5) and 0.99 < cos < 1.0
+    with pytest.raises(ValueError, match="shape"):
+        bench.compare(torch.zeros(2), torch.zeros(3))
+
+
+def test_budget():
+    b = bench.Budget(deadline_s=0.0, per_model_s=10.0)
+    assert b.allows("m", 5.0) is None
+    b.charge("m", 6.0)
+    assert "per model" in b.allows("m")  # the estimate is the last compile: 6 + 6 > 10
+    assert b.allows("other") is None or "per model" in b.allows("other")
+    d = bench.Budget(deadline_s=1.0, per_model_s=0.0)
+    assert "deadline" in d.allows("m", 5.0)
+    assert d.allows("m", 0.0) is None
+
+
+def test_input_sets_rotate_and_cast():
+    sets = bench.make_input_sets(TINY, 2, torch.device("cpu"), "fp16")
+    assert len(sets) == bench.NUM_INPUT_SETS
+    assert all(s[0].dtype == torch.float16 and s[0].shape == (2, 3, 8, 8) for s in sets)
+    assert not torch.equal(sets[0][0], sets[1][0])
+    assert torch.equal(sets[0][0], _images(2, "cpu")[0].half())
+    tokens = zoo.ModelEntry("t", None, lambda b, d: (torch.randint(0, 50, (b, 4)),))
+    for s in bench.make_input_sets(tokens, 3, torch.device("cpu"), "fp16"):
+        assert s[0].dtype == torch.int64 and int(s[0].max()) < 50
+
+
+def test_main_cpu_writes_table_json_png(tiny_zoo, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = bench.main(
+        [
+            "--models",
+            "tiny",
+            "--precisions",
+            "fp32",
+            "--batches",
+            "1,2",
+            "--runs",
+            "5",
+            "--warmup",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--deadline",
+            "0",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    data = json.loads((out / "results.json").read_text())
+    assert [(r["model"], r["precision"], r["batch"]) for r in data["rows"]] == [
+        ("tiny", "fp32", 1),
+        ("tiny", "fp32", 2),
+    ]
+    for r in data["rows"]:
+        assert r["ran"]
+        assert r["systems"]["eager"]["status"] == "ok"
+        k = r["systems"]["kiln"]
+        assert k["status"] == "ok", k
+        assert k["extra"]["engines"] == 1 and k["extra"]["fallbacks"] == 0
+        assert k["latency_ms"] > 0 and k["compile_s"] > 0
+        assert k["throughput"] == pytest.approx(r["batch"] * 1000 / k["latency_ms"])
+        # The reference backend computes in FP32: close to eager.
+        assert r["cosine"] > 0.99999 and r["max_abs_err"] < 1e-4
+        assert r["systems"]["compile"]["status"] == "skipped"
+        assert r["speedup"]["eager"] == pytest.approx(
+            r["systems"]["eager"]["latency_ms"] / k["latency_ms"]
+        )
+    assert data["meta"]["truth"].startswith("FP32 eager")
+    png = (out / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "results.md").read_text()
+    assert md.count("| tiny | fp32 |") == 4  # two rows in each of the two tables
+    # The table is printed last.
+    assert printed.rstrip().endswith(md.rstrip().splitlines()[-1])
+    assert "2/2 rows ran" in printed
+
+
+def test_kiln_failure_still_gives_a_row(tiny_zoo, tmp_path, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise kiln.KilnError("converter exploded " + "x" * 500)
+
+    monkeypatch.setattr(kiln, "compile", broken, raising=False)
+    rc = bench.main(
+        [
+            "--models",
+            "tiny",
+            "--precisions",
+            "fp32",
+            "--batches",
+            "1",
+            "--runs",
+            "3",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+            "--skip-peers",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert rc == 1
+    row = json.loads((tmp_path / "results.json").read_text())["rows"][0]
+    assert not row["ran"]
+    assert row["systems"]["eager"]["status"] == "ok"
+    kiln_cell = row["systems"]["kiln"]
+    assert kiln_cell["status"] == "error"
+    assert "converter exploded" in kiln_cell["error"]
+    assert len(kiln_cell["error"]) <= bench.ERROR_CHARS
+    assert "Kiln: KilnError: converter exploded" in printed and "ERR" in printed
+    assert "0/1 rows ran" in printed
+
+
+def test_plan_rows_saved(tiny_zoo, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "PLAN_ROWS", {("tiny", "fp32", 1)})
+    rc = bench.main(
+        [
+            "--models",
+            "tiny",
+            "--precisions",
+            "fp32",
+            "--batches",
+            "1",
+            "--runs",
+            "2",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+            "--plans",
+            str(tmp_path / "plans"),
+        ]
+    )
+    assert rc == 0
+    plans = sorted((tmp_path / "plans").glob("*.plan"))
+    assert [p.name for p in plans] == ["tiny_fp32_b1_engine0.plan"]
+    info = kiln.inspect(plans[0])
+    assert any(la.op == "convolution" for la in info.layers)
+
+
+def test_unknown_model_and_precision(capsys):
+    assert bench.main(["--models", "nope", "--device", "cpu"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert bench.main(["--models", "resnet50", "--precisions", "int4", "--device", "cpu"]) == 2
+
+
+@pytest.mark.gpu
+def test_main_cuda_all_systems(tiny_zoo, tmp_path):
+    """The GPU path end to end on the tiny model: every system measured, memory accounted."""
+    out = tmp_path / "out"
+    rc = bench.main(
+        [
+            "--models",
+            "tiny",
+            "--precisions",
+            "fp32,fp16",
+            "--batches",
+            "1",
+            "--runs",
+            "10",
+            "--warmup",
+            "2",
+            "--out",
+            str(out),
+            "--deadline",
+            "0",
+            "--compile-budget",
+            "0",
+        ]
+    )
+    data = json.loads((out / "results.json").read_text())
+    assert rc == 0, data
+    for r in data["rows"]:
+        for name in bench.SYSTEMS:
+            m = r["systems"][name]
+            assert m["status"] == "ok", (name, m)
+            assert m["latency_ms"] > 0 and m["peak_mem_mib"] > 0
+        k = r["systems"]["kiln"]["extra"]
+        assert k["engines"] == 1 and k["fallbacks"] == 0
+        assert k["external_mib"] >= 0 and k["plan_device_mib"] > 0
+        assert r["cosine"] > (0.9999 if r["precision"] == "fp32" else 0.999)
+        assert r["speedup"]["compile"] is not None

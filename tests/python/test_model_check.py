@@ -1,0 +1,121 @@
+"""tools/model_check.py on the CPU: one small model through compile (reference backend), the
+comparison with eager, save/load in both formats and the table; the C++ app too when
+tests/python/test_cpp_deploy.py has already built it."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+mc = _load("kiln_model_check", ROOT / "tools" / "model_check.py")
+zoo = sys.modules["models"]
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+
+
+class Small(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 6, 3)
+        self.fc = torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def _inputs(batch, device):
+    return (torch.randn(batch, 3, 10, 10, generator=torch.Generator().manual_seed(3)).to(device),)
+
+
+SMALL = zoo.ModelEntry("small", lambda: Small().eval(), _inputs)
+
+
+def test_check_one_model_cpu(tmp_path):
+    r = mc.check(SMALL, "fp32", torch.device("cpu"), tmp_path, cpp_exe=None)
+    assert r.error == ""
+    assert (r.engines, r.fallbacks) == (1, 0)
+    assert r.cosine > 0.99999 and r.max_abs_err < 1e-4
+    assert r.save_load == "yes"
+    assert r.cpp == "skipped"
+    assert r.status == "PASS"
+    assert (tmp_path / "small_fp32.ts").exists() and (tmp_path / "small_fp32.pt2").exists()
+
+
+def test_decide_and_table():
+    r = mc.Result(
+        "m",
+        "fp16",
+        engines=2,
+        fallbacks=3,
+        fallback_ops=["aten.erf.default"],
+        cosine=0.9995,
+        max_abs_err=1e-2,
+        save_load="yes",
+        cpp="yes",
+    )
+    r.decide()
+    assert r.status == "FAIL"  # 2 engines, 3 fallbacks
+    r.engines, r.fallbacks = 1, 0
+    r.decide()
+    assert r.status == "PASS"  # 0.9995 >= 0.999 for FP16
+    r.precision = "fp32"
+    r.decide()
+    assert r.status == "FAIL"  # but not >= 0.9999 for FP32
+    table = mc.markdown([r])
+    assert table.splitlines()[0].startswith("| model | precision | engines | fallbacks")
+    assert "| m | fp32 | 1 | 0 | 0.999500 |" in table and "FAIL" in table
+    assert "cosine < 0.9999" in table
+
+
+def test_failure_is_reported_not_raised(tmp_path):
+    def boom():
+        raise RuntimeError("cannot build")
+
+    r = mc.check(zoo.ModelEntry("boom", boom, _inputs), "fp32", torch.device("cpu"), tmp_path, None)
+    assert r.status == "FAIL" and "cannot build" in r.error
+
+
+def test_main_cpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(zoo.MODELS, "small", SMALL)
+    rc = mc.main(
+        [
+            "--models",
+            "small",
+            "--precisions",
+            "fp32",
+            "--device",
+            "cpu",
+            "--no-cpp",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert out.rstrip().splitlines()[-1].startswith("| small | fp32 | 1 | 0 |")
+    assert json.loads((tmp_path / "model_check.json").read_text())[0]["status"] == "PASS"
+    assert mc.main(["--models", "nope", "--device", "cpu"]) == 2
+
+
+def test_cpp_app_when_built(tmp_path):
+    exe = mc.CPP_BUILD_DIR / "kiln_infer"
+    if not exe.exists():
+        pytest.skip("examples/cpp not built yet (tests/python/test_cpp_deploy.py builds it)")
+    r = mc.check(SMALL, "fp32", torch.device("cpu"), tmp_path, cpp_exe=exe)
+    assert r.cpp == "yes", r.cpp
+    assert r.status == "PASS"
