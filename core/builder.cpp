@@ -55,7 +55,12 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
     run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
   }
 
-  // 3. (fusion passes land here.)
+  // 3. fuse. GEMM epilogues first: horizontal GEMM fusion then merges finished fully_connected
+  //    layers, biases included (and leaves those with an activation or residual alone).
+  if (config.optimization_level > 0) {
+    run_pass("fuse_gemm_epilogue", fuse_gemm_epilogue, net);
+    run_pass("fuse_parallel_gemms", fuse_parallel_gemms, net);
+  }
   // 4. assign precision per layer: reduced precision where the flags allow it, TF32 marks.
   for (const auto& kv : config.precision.layer_precisions) {
     bool found = false;

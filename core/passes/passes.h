@@ -16,6 +16,8 @@ void validate_network(Network& net, const std::vector<OptimizationProfile>& prof
 bool fold_constants(Network& net);
 bool remove_noops(Network& net);
 bool eliminate_dead_layers(Network& net);
+bool fuse_gemm_epilogue(Network& net);
+bool fuse_parallel_gemms(Network& net);
 bool assign_precision(Network& net, const PrecisionConfig& config);
 MemoryPlan plan_memory(const Network& net, const std::vector<OptimizationProfile>& profiles);
 
