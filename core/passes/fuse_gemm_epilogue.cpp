@@ -7,6 +7,11 @@
 //   gemm + activation(type)             -> fully_connected(..., activation=type, alpha/beta/threshold)
 //   gemm + add(r, same shape as output) -> fully_connected(..., residual=r)
 //
+// A GEMM between two reshapes that only merge and split the leading dims (what torch's matmul
+// decomposition makes of a Linear on [B, S, K]: view -> mm -> view, then the bias add) runs on the
+// unreshaped input instead: reshape(x [L..., K] -> [M, K]) -> gemm -> reshape(-> [L..., N]) ->
+// fully_connected(x) (fully_connected takes any leading dims; rows are the same rows).
+//
 // in that order (the fully_connected semantics: y = act(x W^T + b) + r); each step is optional, and
 // a matmul becomes a fully_connected only when at least one step fuses. Safe because every tensor
 // inside the chain has exactly one consumer and is no network output, so no one else sees the
@@ -15,6 +20,7 @@
 // separated, in the string attribute "fused". Numerics: the intermediate values stay in FP32
 // inside the epilogue instead of being rounded to the tensor dtype between layers.
 #include <algorithm>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -61,8 +67,25 @@ bool is_gemm_head(const Network& net, const Layer& l) {
 
 // A constant holding a vector of n elements along the last dim ([n], [1, n], [1, 1, n], ...).
 bool is_bias_vector(const Tensor& t, int64_t n, DataType dtype) {
-  if (t.kind != TensorKind::kConstant || t.dtype != dtype || t.dims.empty() || t.dims.back() != n) return false;
+  if (t.kind != TensorKind::kConstant || t.dtype != dtype || t.dims.empty() || t.dims.back() != n)
+    return false;
   return volume(t.dims) == n;
+}
+
+// Whether two shapes have equal leading dims (all but the last): equal static dims, and at most one
+// dynamic dim, at the same position in both. Given that both hold the same number of rows, that
+// one dynamic dim is then equal too.
+bool same_leading_dims(const Dims& a, const Dims& b) {
+  if (a.size() != b.size() || a.empty()) return false;
+  int dynamic = 0;
+  for (size_t i = 0; i + 1 < a.size(); ++i) {
+    if (a[i] == kDynamic && b[i] == kDynamic) {
+      ++dynamic;
+    } else if (a[i] != b[i] || a[i] == kDynamic || b[i] == kDynamic) {
+      return false;
+    }
+  }
+  return dynamic <= 1;
 }
 
 // W [K, N] row-major -> W^T [N, K] as a new constant.
@@ -84,7 +107,7 @@ TensorId transposed_constant(Network& net, TensorId w) {
 
 }  // namespace
 
-bool fuse_gemm_epilogue(Network& net) {
+bool fuse_gemm_epilogue(Network& net, const std::set<std::string>& keep) {
   const std::vector<int> uses = count_uses(net);
   std::vector<int> consumer(net.tensors().size(), -1);  // the consumer of single-use tensors
   const auto& layers = net.layers();
@@ -92,51 +115,71 @@ bool fuse_gemm_epilogue(Network& net) {
     for (TensorId t : layers[i].inputs) consumer[t] = static_cast<int>(i);
   }
   // The single consumer of t, when t has one and is no output; else -1.
-  auto only_consumer = [&](TensorId t) { return uses[t] == 1 && !net.is_output(t) ? consumer[t] : -1; };
+  auto only_consumer = [&](TensorId t) {
+    const int c = uses[t] == 1 && !net.is_output(t) ? consumer[t] : -1;
+    return c >= 0 && keep.count(layers[c].name) ? -1 : c;
+  };
 
+  const std::vector<int> producer = net.producers();
   std::vector<bool> removed(layers.size(), false);
   std::unordered_map<int, Layer> replacement;  // index of a chain's last layer -> fused layer
   for (size_t i = 0; i < layers.size(); ++i) {
     const Layer& head = layers[i];
-    if (removed[i] || !is_gemm_head(net, head)) continue;
+    if (removed[i] || keep.count(head.name) || !is_gemm_head(net, head)) continue;
     const TensorDesc out = net.desc(head.outputs[0]);
     if (out.dims.empty()) continue;  // vector . vector: no rows to broadcast a bias over
     const int64_t n = out.dims.back();
     const bool has_bias = head.op == "fully_connected" && head.inputs.size() == 3;
     std::vector<int> chain;
     TensorId cur = head.outputs[0];
+    TensorId x = head.inputs[0];
     TensorId bias = -1, residual = -1;
     const Layer* act = nullptr;
-
-    // gemm + add(b): only onto a GEMM without a bias yet, and only a constant vector [.., N].
     int c = only_consumer(cur);
-    if (c >= 0 && !has_bias && n != kDynamic && is_elementwise_add(layers[c])) {
-      const Layer& add = layers[c];
-      TensorId other = add.inputs[0] == cur ? add.inputs[1] : add.inputs[0];
-      const TensorDesc sum = net.desc(add.outputs[0]);
-      if (other != cur && is_bias_vector(net.tensor(other), n, out.dtype) && sum.dims == out.dims) {
-        bias = other;
-        chain.push_back(c);
-        cur = add.outputs[0];
-        c = only_consumer(cur);
+    // The steps in their order (bias < activation < residual, the residual ends the chain); the
+    // leading-dim reshape may sit between any two of them, since bias and activation act per row
+    // and column alike whatever the rows' grouping.
+    enum Stage { kBias, kAct, kResidual, kDone } stage = has_bias ? kAct : kBias;
+    bool reshaped = false;
+    while (c >= 0 && stage != kDone) {
+      const Layer& l = layers[c];
+      const Dims cur_dims = net.desc(cur).dims;
+      const TensorId other = l.inputs.size() == 2 ? (l.inputs[0] == cur ? l.inputs[1] : l.inputs[0]) : -1;
+      if (!reshaped && l.op == "reshape" && out.dims.size() == 2) {
+        // reshape(x0 [L..., K] -> [M, K]) -> gemm ... -> reshape(-> [L..., N]): read x0 instead.
+        const int px = producer[x];
+        if (px < 0 || layers[px].op != "reshape") break;
+        const Dims x0 = net.desc(layers[px].inputs[0]).dims;
+        const Dims y0 = net.desc(l.outputs[0]).dims;
+        const int64_t k = net.desc(x).dims.back();
+        if (x0.empty() || x0.back() != k || k == kDynamic || y0.back() != n || !same_leading_dims(x0, y0))
+          break;
+        x = layers[px].inputs[0];
+        reshaped = true;
+      } else if (stage == kBias && n != kDynamic && is_elementwise_add(l) && other != cur &&
+                 is_bias_vector(net.tensor(other), n, out.dtype) && net.desc(l.outputs[0]).dims == cur_dims) {
+        bias = other;  // gemm + add(b [.., N] constant)
+        stage = kAct;
+      } else if (stage <= kAct && l.op == "activation") {
+        act = &l;
+        stage = kResidual;
+      } else if (is_elementwise_add(l) && other != cur && net.desc(other).dtype == out.dtype &&
+                 net.desc(other).dims == cur_dims && net.desc(l.outputs[0]).dims == cur_dims) {
+        residual = other;  // gemm ... + r (same shape)
+        stage = kDone;
+      } else {
+        break;
       }
-    }
-    if (c >= 0 && layers[c].op == "activation") {
-      act = &layers[c];
       chain.push_back(c);
-      cur = layers[c].outputs[0];
+      cur = l.outputs[0];
       c = only_consumer(cur);
     }
-    if (c >= 0 && is_elementwise_add(layers[c])) {
-      const Layer& add = layers[c];
-      TensorId other = add.inputs[0] == cur ? add.inputs[1] : add.inputs[0];
-      const TensorDesc r = net.desc(other);
-      const TensorDesc sum = net.desc(add.outputs[0]);
-      if (other != cur && r.dtype == out.dtype && r.dims == out.dims && sum.dims == out.dims) {
-        residual = other;
-        chain.push_back(c);
-        cur = add.outputs[0];
-      }
+    // A reshape alone is no reason to fuse: something of the epilogue must come with it. A trailing
+    // reshape is left in place (nothing after it fused).
+    if (!chain.empty() && layers[chain.back()].op == "reshape") {
+      chain.pop_back();
+      cur = chain.empty() ? head.outputs[0] : layers[chain.back()].outputs[0];
+      x = head.inputs[0];
     }
     if (chain.empty()) continue;
 
@@ -149,11 +192,13 @@ bool fuse_gemm_epilogue(Network& net) {
     if (head.op == "matmul") {  // matmul's transpose attributes do not apply to fully_connected
       const bool tb = head.attrs.get_int("transpose_b", int64_t{0}) != 0;
       TensorId w = tb ? head.inputs[1] : transposed_constant(net, head.inputs[1]);
-      fused.inputs = {head.inputs[0], w};
-      if (head.attrs.has("allow_tf32")) fused.attrs.set("allow_tf32", head.attrs.get_int("allow_tf32", head.name));
+      fused.inputs = {x, w};
+      if (head.attrs.has("allow_tf32"))
+        fused.attrs.set("allow_tf32", head.attrs.get_int("allow_tf32", head.name));
     } else {
       fused.attrs = head.attrs;
       fused.inputs = head.inputs;
+      fused.inputs[0] = x;
     }
     fused.attrs.set("fused", names);
     if (bias >= 0) {

@@ -56,13 +56,13 @@ std::string unique_name(const std::set<std::string>& used, const std::string& ba
 
 }  // namespace
 
-bool fuse_parallel_gemms(Network& net) {
+bool fuse_parallel_gemms(Network& net, const std::set<std::string>& keep) {
   // Groups by shared input, in order of first appearance; members in layer order.
   std::map<TensorId, std::vector<std::vector<int>>> groups;
   const auto& layers = net.layers();
   for (size_t i = 0; i < layers.size(); ++i) {
     const Layer& l = layers[i];
-    if (!plain_constant_fc(net, l)) continue;
+    if (keep.count(l.name) || !plain_constant_fc(net, l)) continue;
     auto& lists = groups[l.inputs[0]];
     bool placed = false;
     for (auto& g : lists) {
@@ -102,14 +102,15 @@ bool fuse_parallel_gemms(Network& net) {
       const int64_t k = w0.dims[1];
       const std::string base = unique_name(names, first.name + "_merged");
       names.insert(base);
-      std::vector<TensorId> inputs = {
-          first.inputs[0], net.add_constant(base + ".weight", wdtype, {total, k}, concat_bytes(net, weights))};
+      std::vector<TensorId> inputs = {first.inputs[0], net.add_constant(base + ".weight", wdtype, {total, k},
+                                                                        concat_bytes(net, weights))};
       if (bias) {
         const DataType bdtype = net.tensor(biases[0]).dtype;
         inputs.push_back(net.add_constant(base + ".bias", bdtype, {total}, concat_bytes(net, biases)));
       }
       Attributes attrs;
-      if (first.attrs.has("allow_tf32")) attrs.set("allow_tf32", first.attrs.get_int("allow_tf32", first.name));
+      if (first.attrs.has("allow_tf32"))
+        attrs.set("allow_tf32", first.attrs.get_int("allow_tf32", first.name));
       attrs.set("fused", fused_names);
       // add_layer infers the output and validates; the layer is then moved to its place.
       Layer fused = net.add_layer("fully_connected", inputs, attrs, base);

@@ -38,9 +38,7 @@ struct ActivationParams {
 inline ActivationParams activation_params(const std::string& type, const Attributes& attrs) {
   ActivationParams p;
   p.type = variant_code(activation_types(), type);
-  p.alpha = static_cast<float>(attrs.get_float("alpha", type == "clip"  ? 0.0
-                                                        : type == "elu" ? 1.0
-                                                                        : 0.01));
+  p.alpha = static_cast<float>(attrs.get_float("alpha", type == "clip" ? 0.0 : type == "elu" ? 1.0 : 0.01));
   p.beta = static_cast<float>(attrs.get_float("beta", 1.0));
   p.threshold = static_cast<float>(attrs.get_float("threshold", 20.0));
   return p;

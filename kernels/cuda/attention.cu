@@ -214,11 +214,11 @@ constexpr int kTcWarps = 2;
 constexpr int kTcRows = 16 * kTcWarps;  // query rows per block
 constexpr int kTcKeys = 64;             // keys per K/V tile
 constexpr int kTcDim = 64;
-constexpr int kTcLd = kTcDim + 8;  // half stride of K/V/P/Q tiles: rows start on distinct banks
+constexpr int kTcLd = kTcDim + 8;    // half stride of K/V/P/Q tiles: rows start on distinct banks
 constexpr int kTcLdS = kTcKeys + 4;  // float stride of S and O
 constexpr int kTcThreads = kTcWarps * 32;
 constexpr size_t kTcTileBytes = sizeof(uint16_t) * kTcKeys * kTcLd;  // one K or V tile
-constexpr size_t kTcWarpBytes = sizeof(float) * 16 * kTcLdS;        // one warp's S (or O)
+constexpr size_t kTcWarpBytes = sizeof(float) * 16 * kTcLdS;         // one warp's S (or O)
 constexpr size_t kTcSmemBytes = 2 * kTcTileBytes + 2 * kTcWarps * kTcWarpBytes;
 static_assert(kTcSmemBytes <= 48 * 1024, "the tensor-core attention tile must fit the default smem");
 static_assert(sizeof(uint16_t) * 16 * kTcLd <= kTcWarpBytes, "P and the Q staging alias S");
@@ -226,8 +226,8 @@ static_assert(sizeof(uint16_t) * 16 * kTcLd <= kTcWarpBytes, "P and the Q stagin
 // Copies `rows` rows of 64 16-bit elements (row stride 64 in global memory) into shared memory with
 // stride kTcLd, zero-filling rows [rows, total_rows). 16-byte vectors; `threads` cooperate.
 template <typename T>
-__device__ __forceinline__ void stage_rows(const T* __restrict__ src, int rows, int total_rows, T* dst, int tid,
-                                           int threads) {
+__device__ __forceinline__ void stage_rows(const T* __restrict__ src, int rows, int total_rows, T* dst,
+                                           int tid, int threads) {
   constexpr int kVecsPerRow = kTcDim * sizeof(T) / 16;
   for (int i = tid; i < total_rows * kVecsPerRow; i += threads) {
     const int r = i / kVecsPerRow, c = i % kVecsPerRow;
@@ -381,7 +381,8 @@ __global__ void __launch_bounds__(kTcThreads)
 }
 
 // Whether the tensor-core path takes this problem (see the file comment).
-bool tc_path_ok(const std::vector<TensorView>& in, const TensorView& out, const AttentionParams& p, int arch) {
+bool tc_path_ok(const std::vector<TensorView>& in, const TensorView& out, const AttentionParams& p,
+                int arch) {
   if (arch < 80 || p.d != kTcDim || p.dv != kTcDim) return false;
   if (out.dtype != DataType::kFloat16 && out.dtype != DataType::kBFloat16) return false;
   for (const void* ptr : std::initializer_list<const void*>{in[0].data, in[1].data, in[2].data, out.data}) {
@@ -467,7 +468,8 @@ class CudaAttention final : public Kernel {
     }
     auto stream = static_cast<cudaStream_t>(ctx.stream);
     if (tc_path_ok(in, o, p, arch_)) {
-      if (o.dtype == DataType::kFloat16) return launch_tc<__half>(in, static_cast<__half*>(o.data), p, stream);
+      if (o.dtype == DataType::kFloat16)
+        return launch_tc<__half>(in, static_cast<__half*>(o.data), p, stream);
       return launch_tc<__nv_bfloat16>(in, static_cast<__nv_bfloat16*>(o.data), p, stream);
     }
     dispatch_floating(q.dtype, "attention", [&](auto tag) {

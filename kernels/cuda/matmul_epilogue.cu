@@ -18,8 +18,9 @@ __device__ __forceinline__ float epilogue_value(float v, const ActivationParams&
 }
 
 template <typename T>
-__global__ void fc_epilogue_kernel(ActivationParams p, bool act, T* __restrict__ y, const T* __restrict__ bias,
-                                   const T* __restrict__ residual, int64_t total, int64_t n) {
+__global__ void fc_epilogue_kernel(ActivationParams p, bool act, T* __restrict__ y,
+                                   const T* __restrict__ bias, const T* __restrict__ residual, int64_t total,
+                                   int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
        i += int64_t{gridDim.x} * blockDim.x) {
     y[i] = from_float<T>(epilogue_value(to_float(y[i]), p, act, bias, i % n, residual, i));
@@ -28,8 +29,9 @@ __global__ void fc_epilogue_kernel(ActivationParams p, bool act, T* __restrict__
 
 template <typename T>
 __global__ void fc_epilogue_vec_kernel(ActivationParams p, bool act, Vec16<T>* __restrict__ y,
-                                       const Vec16<T>* __restrict__ bias, const Vec16<T>* __restrict__ residual,
-                                       int64_t total_vec, int64_t n_vec) {
+                                       const Vec16<T>* __restrict__ bias,
+                                       const Vec16<T>* __restrict__ residual, int64_t total_vec,
+                                       int64_t n_vec) {
   constexpr int V = Vec16<T>::kSize;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total_vec;
        i += int64_t{gridDim.x} * blockDim.x) {
@@ -63,14 +65,16 @@ void launch_fc_epilogue(const FcEpilogue& e, cudaStream_t stream) {
     auto* y = static_cast<T*>(e.y);
     auto* bias = static_cast<const T*>(e.bias);
     auto* residual = static_cast<const T*>(e.residual);
-    const bool vec = e.n % V == 0 && aligned16(y) && (!bias || aligned16(bias)) && (!residual || aligned16(residual));
+    const bool vec =
+        e.n % V == 0 && aligned16(y) && (!bias || aligned16(bias)) && (!residual || aligned16(residual));
     if (vec) {
       const int64_t total_vec = total / V;
       fc_epilogue_vec_kernel<T><<<grid_for(total_vec, kBlock), kBlock, 0, stream>>>(
           p, act, reinterpret_cast<Vec16<T>*>(y), reinterpret_cast<const Vec16<T>*>(bias),
           reinterpret_cast<const Vec16<T>*>(residual), total_vec, e.n / V);
     } else {
-      fc_epilogue_kernel<T><<<grid_for(total, kBlock), kBlock, 0, stream>>>(p, act, y, bias, residual, total, e.n);
+      fc_epilogue_kernel<T>
+          <<<grid_for(total, kBlock), kBlock, 0, stream>>>(p, act, y, bias, residual, total, e.n);
     }
   });
   KILN_CUDA_CHECK_LAUNCH();

@@ -13,11 +13,11 @@ namespace kiln {
 
 struct FcEpilogue {
   DataType dtype = DataType::kFloat32;
-  void* y = nullptr;                 // [rows, n], row-major, read and written
-  const void* bias = nullptr;        // [n] or null
-  const void* residual = nullptr;    // [rows, n] or null
+  void* y = nullptr;               // [rows, n], row-major, read and written
+  const void* bias = nullptr;      // [n] or null
+  const void* residual = nullptr;  // [rows, n] or null
   int64_t rows = 0, n = 0;
-  int act_type = -1;                 // a code of activation_types(), or -1 for none
+  int act_type = -1;  // a code of activation_types(), or -1 for none
   float alpha = 0.f, beta = 0.f, threshold = 0.f;
 };
 

@@ -400,7 +400,12 @@ def test_cuda_tensor_core_sizes(dtype, causal, sq, sk):
 @pytest.mark.parametrize("kind", ["bool", "float"])
 def test_cuda_tensor_core_fully_masked_rows(kind):
     inputs = make_inputs(
-        (2, 2, 5, 64), 2, 40, mask=(kind, (2, 1, 5, 40)), dtype=torch.float16, fully_masked_rows=True
+        (2, 2, 5, 64),
+        2,
+        40,
+        mask=(kind, (2, 1, 5, 40)),
+        dtype=torch.float16,
+        fully_masked_rows=True,
     )
     keep = inputs[3] if kind == "bool" else inputs[3] != float("-inf")
     keep[0, 0, 1] = False

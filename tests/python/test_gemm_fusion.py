@@ -162,6 +162,58 @@ def test_fuse_gemm_epilogue_matmul_bias_act_residual(transpose_b, bias_shape, bi
     assert [t[2] for t in layers[0]["inputs"]] == [[3, 5, 16], [16, 16], [16], [3, 5, 16]]
 
 
+@pytest.mark.parametrize("bias_first", [False, True])
+def test_fuse_gemm_epilogue_through_leading_dim_reshapes(bias_first):
+    # torch's Linear on [B, S, K] after decomposition: view -> mm -> view -> add(bias) -> gelu, or
+    # (addmm) view -> mm -> add(bias) -> view -> gelu.
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [2, 5, 16])
+    flat = net.add_layer("reshape", [x], {"shape": [10, 16]}, "r1")
+    y = net.add_matmul(flat, torch.randn(16, 8), name="mm")
+    b = torch.randn(8)
+    if bias_first:
+        y = net.add_elementwise(y, b, "add", name="add")
+    y = net.add_layer("reshape", [y], {"shape": [2, 5, 8]}, "r2")
+    if not bias_first:
+        y = net.add_elementwise(y, b, "add", name="add")
+    net.mark_output(net.add_activation(y, "gelu", name="act"), "y")
+    plan = assert_same_results(net, {"x": torch.randn(2, 5, 16)}, rtol=1e-5, atol=1e-5)
+    (layer,) = plan.layers()
+    order = "mm,add,r2,act" if bias_first else "mm,r2,add,act"
+    assert layer["op"] == "fully_connected" and layer["attrs"]["fused"] == order
+    assert layer["inputs"][0][2] == [2, 5, 16]
+    assert layer["outputs"][0][2] == [2, 5, 8]
+
+
+def test_fuse_gemm_epilogue_leaves_a_trailing_reshape():
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [2, 5, 16])
+    flat = net.add_layer("reshape", [x], {"shape": [10, 16]}, "r1")
+    y = net.add_elementwise(
+        net.add_matmul(flat, torch.randn(16, 8), name="mm"), torch.randn(8), "add"
+    )
+    net.mark_output(net.add_layer("reshape", [y], {"shape": [2, 5, 8]}, "r2"), "y")
+    plan = assert_same_results(net, {"x": torch.randn(2, 5, 16)}, rtol=1e-5, atol=1e-5)
+    assert [layer["op"] for layer in plan.layers()] == ["reshape", "fully_connected", "reshape"]
+
+
+def test_fuse_gemm_epilogue_keeps_other_reshapes():
+    # The second reshape regroups rows ([10, 8] -> [5, 16]): the GEMM output must stay as it is.
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [2, 5, 16])
+    flat = net.add_layer("reshape", [x], {"shape": [10, 16]}, "r1")
+    mm = net.add_matmul(flat, torch.randn(16, 8), name="mm")
+    back = net.add_layer("reshape", [mm], {"shape": [5, 16]}, "r2")
+    net.mark_output(net.add_elementwise(back, torch.randn(16), "add", name="add"), "y")
+    plan = assert_same_results(net, {"x": torch.randn(2, 5, 16)}, rtol=1e-5, atol=1e-5)
+    assert [layer["op"] for layer in plan.layers()] == [
+        "reshape",
+        "matmul",
+        "reshape",
+        "elementwise",
+    ]
+
+
 def test_fuse_gemm_epilogue_linear_then_relu():
     # fully_connected (nn.Linear with its bias) + relu: only the activation is left to fuse.
     net = kiln.Network()
