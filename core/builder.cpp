@@ -3,6 +3,8 @@
 #include "core/builder.h"
 
 #include <functional>
+#include <set>
+#include <string>
 
 #include "core/error.h"
 #include "core/logging.h"
@@ -55,7 +57,17 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
     run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
   }
 
-  // 3. (fusion passes land here.)
+  // 3. fuse. GEMM epilogues first: horizontal GEMM fusion then merges finished fully_connected
+  //    layers, biases included (and leaves those with an activation or residual alone).
+  //    Layers with a per-layer precision stay unfused, so the setting still has its layer.
+  if (config.optimization_level > 0) {
+    std::set<std::string> pinned;
+    for (const auto& kv : config.precision.layer_precisions) pinned.insert(kv.first);
+    run_pass(
+        "fuse_gemm_epilogue", [&](Network& n) { return fuse_gemm_epilogue(n, pinned); }, net);
+    run_pass(
+        "fuse_parallel_gemms", [&](Network& n) { return fuse_parallel_gemms(n, pinned); }, net);
+  }
   // 4. assign precision per layer: reduced precision where the flags allow it, TF32 marks.
   for (const auto& kv : config.precision.layer_precisions) {
     bool found = false;

@@ -3,12 +3,20 @@
 // and the added dim is dropped from the result (1-D @ 1-D is a 0-d dot product). Leading (batch)
 // dims broadcast NumPy-style. A and B share one floating dtype.
 //
-// fully_connected: torch.nn.Linear. x [..., K] @ weight[N, K]^T (+ bias [N]) -> [..., N].
+// fully_connected: torch.nn.Linear with a fused epilogue. Inputs x, weight, [bias], [residual]:
+//   y = activation(x [..., K] @ weight[N, K]^T (+ bias [N])) (+ residual [..., N]) -> [..., N].
+// `activation` (string, default "none") is any activation type of the activation op, with its
+// `alpha` / `beta` / `threshold` attributes; `residual` (0/1) says the last input is a residual of
+// y's shape, added after the activation. fuse_gemm_epilogue produces these from matmul + add +
+// activation + add chains and records the original layers in the string attribute `fused`.
 //
 // Both accept `allow_tf32` (0/1): float32 GEMMs may use TF32 tensor cores. The builder sets it
 // from BuilderConfig's TF32 flag; it is off by default, so FP32 means FP32.
+#include <algorithm>
+
 #include "core/error.h"
 #include "core/op_schema.h"
+#include "core/ops/activation.h"
 #include "core/ops/ops.h"
 
 namespace kiln {
@@ -64,7 +72,18 @@ std::vector<TensorDesc> infer_fully_connected(const Layer& layer, const std::vec
   KILN_CHECK(compatible(x.dims.back(), w.dims[1]), who << ": input has " << x.dims.back()
                                                        << " features but the weight " << to_string(w.dims)
                                                        << " expects " << w.dims[1]);
-  if (in.size() == 3) {
+  const bool residual = layer.attrs.get_int("residual", int64_t{0}) != 0;
+  KILN_CHECK(!residual || in.size() >= 3,
+             who << ": residual=1 needs a residual input after the weight (and bias)");
+  const size_t operands = in.size() - (residual ? 1 : 0);
+  KILN_CHECK(operands <= 3, who << ": 4 inputs (x, weight, bias, residual) need the attribute residual=1");
+  if (layer.attrs.has("activation")) {
+    std::string act = layer.attrs.get_string("activation", who);
+    const auto& types = activation_types();
+    KILN_CHECK(act == "none" || std::find(types.begin(), types.end(), act) != types.end(),
+               who << ": unknown activation '" << act << "'; use \"none\" or a type of the activation op");
+  }
+  if (operands == 3) {
     const TensorDesc& bias = in[2];
     KILN_CHECK(bias.dtype == x.dtype,
                who << ": bias dtype " << dtype_name(bias.dtype) << " differs from " << dtype_name(x.dtype));
@@ -73,6 +92,18 @@ std::vector<TensorDesc> infer_fully_connected(const Layer& layer, const std::vec
   }
   Dims out = x.dims;
   out.back() = w.dims[0];
+  if (residual) {
+    const TensorDesc& r = in.back();
+    KILN_CHECK(r.dtype == x.dtype,
+               who << ": residual dtype " << dtype_name(r.dtype) << " differs from " << dtype_name(x.dtype));
+    bool same = r.dims.size() == out.size();
+    for (size_t i = 0; same && i < out.size(); ++i) same = compatible(r.dims[i], out[i]);
+    KILN_CHECK(same, who << ": residual must have the output's shape " << to_string(out) << ", got "
+                         << to_string(r.dims));
+    for (size_t i = 0; i < out.size(); ++i) {
+      if (out[i] == kDynamic) out[i] = r.dims[i];
+    }
+  }
   return {{x.dtype, out}};
 }
 
@@ -80,7 +111,7 @@ std::vector<TensorDesc> infer_fully_connected(const Layer& layer, const std::vec
 
 void register_matmul_schema() {
   register_schema({"matmul", 2, 2, infer_matmul});
-  register_schema({"fully_connected", 2, 3, infer_fully_connected});
+  register_schema({"fully_connected", 2, 4, infer_fully_connected});
 }
 
 }  // namespace kiln

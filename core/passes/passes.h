@@ -2,6 +2,8 @@
 // each has its own file, header comment and test (tests/cpp/test_passes.cpp).
 #pragma once
 
+#include <set>
+#include <string>
 #include <vector>
 
 #include "core/builder.h"
@@ -16,6 +18,10 @@ void validate_network(Network& net, const std::vector<OptimizationProfile>& prof
 bool fold_constants(Network& net);
 bool remove_noops(Network& net);
 bool eliminate_dead_layers(Network& net);
+// The fusion passes leave the layers named in `keep` alone (layers with a per-layer precision:
+// fusing them away would drop the user's setting).
+bool fuse_gemm_epilogue(Network& net, const std::set<std::string>& keep = {});
+bool fuse_parallel_gemms(Network& net, const std::set<std::string>& keep = {});
 bool assign_precision(Network& net, const PrecisionConfig& config);
 MemoryPlan plan_memory(const Network& net, const std::vector<OptimizationProfile>& profiles);
 

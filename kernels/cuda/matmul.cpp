@@ -2,11 +2,20 @@
 // product C^T = B^T A^T, so B is cuBLASLt's first operand. Batches with a shared stride (or a broadcast
 // operand, stride 0) go in one strided-batched call; other broadcast patterns loop per batch.
 // Accumulation is FP32 for every dtype; float32 uses TF32 only when the layer allows it.
+// Descriptors and the heuristic's algorithm are built once per problem (GemmPlanCache), so a
+// steady-state call is a cache lookup and cublasLtMatmul. Tactics: the heuristic's ranked
+// algorithms (Kernel::num_tactics; the layer's "tactic" attribute picks one, -1 the first).
 #include <algorithm>
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
 
+#include "core/ops/activation.h"
 #include "kernels/broadcast.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/matmul_epilogue.h"
 #include "kernels/kernel.h"
 #include "kernels/kernels.h"
 #include "kernels/matmul_views.h"
@@ -55,8 +64,36 @@ void set_batch(cublasLtMatrixLayout_t layout, int32_t count, int64_t stride) {
                                                      &stride, sizeof(stride)));
 }
 
+// cuBLASLt epilogues the kernels use. cuBLASLt's GELU is the tanh approximation, so it serves
+// gelu_tanh only, and only for 16-bit outputs where its rounding is below the output's; everything
+// else goes through launch_fc_epilogue.
+enum class LtEpilogue : int { kNone, kBias, kReluBias, kRelu, kGeluBias, kGelu };
+
+cublasLtEpilogue_t lt_epilogue(LtEpilogue e) {
+  switch (e) {
+    case LtEpilogue::kBias:
+      return CUBLASLT_EPILOGUE_BIAS;
+    case LtEpilogue::kReluBias:
+      return CUBLASLT_EPILOGUE_RELU_BIAS;
+    case LtEpilogue::kRelu:
+      return CUBLASLT_EPILOGUE_RELU;
+    case LtEpilogue::kGeluBias:
+      return CUBLASLT_EPILOGUE_GELU_BIAS;
+    case LtEpilogue::kGelu:
+      return CUBLASLT_EPILOGUE_GELU;
+    default:
+      return CUBLASLT_EPILOGUE_DEFAULT;
+  }
+}
+
+bool has_bias(LtEpilogue e) {
+  return e == LtEpilogue::kBias || e == LtEpilogue::kReluBias || e == LtEpilogue::kGeluBias;
+}
+
 // One cuBLASLt GEMM (optionally strided-batched): row-major C[M,N] = op(A)[M,K] @ op(B)[K,N]
-// (+ bias[N] broadcast over rows through the BIAS epilogue).
+// (+ bias[N] broadcast over rows and an activation through the epilogue; + a residual R[M,N]
+// through beta = 1). Everything that selects descriptors or the algorithm is in the key, so a
+// cached plan is valid for every call with an equal Gemm.
 struct Gemm {
   int64_t m = 0, n = 0, k = 0;
   bool ta = false, tb = false;
@@ -64,9 +101,22 @@ struct Gemm {
   bool tf32 = false;
   int64_t batches = 1;                               // > 1: one strided-batched call
   int64_t stride_a = 0, stride_b = 0, stride_c = 0;  // elements; 0 broadcasts an operand
-  uint32_t align_a = 256, align_b = 256, align_c = 256;
-  const void* bias = nullptr;
+  uint32_t align_a = 256, align_b = 256, align_c = 256, align_r = 256;
+  LtEpilogue epilogue = LtEpilogue::kNone;
+  const void* bias = nullptr;  // a weight: its address is fixed for the engine's lifetime
+  bool residual = false;       // beta = 1 with C = the residual
+  int tactic = -1;             // index into the heuristic's ranked algorithms; -1 = its first
+  uint64_t workspace = 0;
+
+  auto key() const {
+    return std::make_tuple(m, n, k, ta, tb, dtype, tf32, batches, stride_a, stride_b, stride_c, align_a,
+                           align_b, align_c, align_r, epilogue, bias, residual, tactic, workspace);
+  }
+  bool operator<(const Gemm& o) const { return key() < o.key(); }
 };
+
+// Tactics of the cuBLASLt kernels: the heuristic's first kLtTactics algorithms, best first.
+constexpr int kLtTactics = 8;
 
 class LtGemmPlan {
  public:
@@ -79,10 +129,12 @@ class LtGemmPlan {
     cublasOperation_t op_second = g.ta ? CUBLAS_OP_T : CUBLAS_OP_N;  // A^T as the second
     set_desc(CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first));
     set_desc(CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second));
-    if (g.bias) {
-      // In the column-major view the bias runs along cuBLASLt's rows (our N): BIAS epilogue.
-      cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+    if (g.epilogue != LtEpilogue::kNone) {
+      // In the column-major view the bias runs along cuBLASLt's rows (our N).
+      cublasLtEpilogue_t epilogue = lt_epilogue(g.epilogue);
       set_desc(CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue));
+    }
+    if (has_bias(g.epilogue)) {
       set_desc(CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof(g.bias));
       cudaDataType_t bias_type = type;
       set_desc(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type));
@@ -100,24 +152,34 @@ class LtGemmPlan {
       set_batch(d_.c, static_cast<int32_t>(g.batches), g.stride_c);
     }
     KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&d_.pref));
-    uint64_t ws = ctx.workspace_bytes;
+    uint64_t ws = g.workspace;
     set_pref(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
-    uint32_t al_first = g.align_b, al_second = g.align_a, al_c = g.align_c;
+    uint32_t al_first = g.align_b, al_second = g.align_a, al_c = g.residual ? g.align_r : g.align_c,
+             al_d = g.align_c;
     set_pref(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_first, sizeof(al_first));
     set_pref(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_second, sizeof(al_second));
     set_pref(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c));
-    set_pref(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c));
+    set_pref(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d));
+    cublasLtMatmulHeuristicResult_t results[kLtTactics] = {};
+    const int wanted = g.tactic < 0 ? 1 : kLtTactics;
     int found = 0;
     KILN_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(static_cast<cublasLtHandle_t>(ctx.cublaslt), d_.op, d_.a,
-                                                     d_.b, d_.c, d_.c, d_.pref, 1, &heuristic_, &found));
+                                                     d_.b, d_.c, d_.c, d_.pref, wanted, results, &found));
     KILN_CHECK(found > 0, who << ": cuBLASLt has no algorithm for " << m << "x" << k << "x" << n << " "
                               << dtype_name(g.dtype));
+    const int pick = g.tactic < 0 ? 0 : g.tactic;
+    KILN_CHECK(pick < found, who << ": tactic " << g.tactic << " is not available for " << m << "x" << k
+                                 << "x" << n << " (cuBLASLt offers " << found << " algorithms)");
+    heuristic_ = results[pick];
+    beta_ = g.residual ? 1.f : 0.f;
   }
 
-  void run(const void* a, const void* b, void* c, const LaunchContext& ctx) const {
-    const float alpha = 1.f, beta = 0.f;
+  // c = epilogue(a @ b (+ r)); r is the residual when the plan has one, else unused.
+  void run(const void* a, const void* b, void* c, const void* r, const LaunchContext& ctx) const {
+    const float alpha = 1.f;
+    const void* c_in = beta_ != 0.f ? r : c;
     KILN_CUBLAS_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(ctx.cublaslt), d_.op, &alpha, b, d_.a, a,
-                                     d_.b, &beta, c, d_.c, c, d_.c, &heuristic_.algo, ctx.workspace,
+                                     d_.b, &beta_, c_in, d_.c, c, d_.c, &heuristic_.algo, ctx.workspace,
                                      ctx.workspace_bytes, static_cast<cudaStream_t>(ctx.stream)));
   }
 
@@ -131,7 +193,33 @@ class LtGemmPlan {
 
   LtDescriptors d_;
   cublasLtMatmulHeuristicResult_t heuristic_{};
+  float beta_ = 0.f;
 };
+
+// Plans by Gemm, so the steady state is one lookup and one cublasLtMatmul. Kernels are shared
+// between execution contexts (threads), hence the mutex; plans are immutable once built and
+// handed out as shared_ptr, so a plan in use survives the cache being cleared. Dynamic shapes can
+// produce many keys: past kMaxPlans the cache starts over rather than growing without bound.
+class GemmPlanCache {
+ public:
+  std::shared_ptr<const LtGemmPlan> get(const Gemm& g, const LaunchContext& ctx,
+                                        const std::string& who) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = plans_.find(g);
+    if (it != plans_.end()) return it->second;
+    if (plans_.size() >= kMaxPlans) plans_.clear();
+    auto plan = std::make_shared<const LtGemmPlan>(g, ctx, who);
+    plans_.emplace(g, plan);
+    return plan;
+  }
+
+ private:
+  static constexpr size_t kMaxPlans = 256;
+  mutable std::mutex mutex_;
+  mutable std::map<Gemm, std::shared_ptr<const LtGemmPlan>> plans_;
+};
+
+int activation_code(const std::string& type) { return variant_code(activation_types(), type); }
 
 // C = 0 when the inner dim is empty. Returns true when there is nothing left to compute.
 bool handle_degenerate(const TensorView& c, int64_t m, int64_t n, int64_t k, const LaunchContext& ctx) {
@@ -144,8 +232,12 @@ bool handle_degenerate(const TensorView& c, int64_t m, int64_t n, int64_t k, con
 
 class CublasLtMatmul final : public Kernel {
  public:
-  CublasLtMatmul(std::string layer, bool ta, bool tb, bool tf32)
-      : who_("layer '" + layer + "' (matmul)"), ta_(ta), tb_(tb), tf32_(tf32) {}
+  explicit CublasLtMatmul(const Layer& l)
+      : who_("layer '" + l.name + "' (matmul)"),
+        ta_(l.attrs.get_int("transpose_a", int64_t{0}) != 0),
+        tb_(l.attrs.get_int("transpose_b", int64_t{0}) != 0),
+        tf32_(l.attrs.get_int("allow_tf32", int64_t{0}) != 0),
+        tactic_(static_cast<int>(l.attrs.get_int("tactic", int64_t{-1}))) {}
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
@@ -169,6 +261,7 @@ class CublasLtMatmul final : public Kernel {
 
     Gemm g;
     g.m = m, g.n = n, g.k = k, g.ta = p.ta, g.tb = p.tb, g.dtype = c.dtype, g.tf32 = tf32_;
+    g.tactic = tactic_, g.workspace = ctx.workspace_bytes;
     g.align_a = alignment_of(a.data), g.align_b = alignment_of(b.data), g.align_c = alignment_of(c.data);
     if (one_call) {
       g.batches = batches;
@@ -180,9 +273,9 @@ class CublasLtMatmul final : public Kernel {
       g.align_b = std::min(g.align_b, alignment_of(reinterpret_cast<void*>(k * n * esize)));
       g.align_c = std::min(g.align_c, alignment_of(reinterpret_cast<void*>(m * n * esize)));
     }
-    LtGemmPlan plan(g, ctx, who_);
+    std::shared_ptr<const LtGemmPlan> plan = cache_.get(g, ctx, who_);
     if (one_call) {
-      plan.run(a.data, b.data, c.data, ctx);
+      plan->run(a.data, b.data, c.data, nullptr, ctx);
       return;
     }
     BroadcastIndexer ia = make_broadcast_indexer(batch_a, batch_c);
@@ -195,63 +288,105 @@ class CublasLtMatmul final : public Kernel {
         oa += idx * ia.in_strides[dim];
         ob += idx * ib.in_strides[dim];
       }
-      plan.run(static_cast<const char*>(a.data) + oa * m * k * esize,
-               static_cast<const char*>(b.data) + ob * k * n * esize,
-               static_cast<char*>(c.data) + bi * m * n * esize, ctx);
+      plan->run(static_cast<const char*>(a.data) + oa * m * k * esize,
+                static_cast<const char*>(b.data) + ob * k * n * esize,
+                static_cast<char*>(c.data) + bi * m * n * esize, nullptr, ctx);
     }
   }
   std::string name() const override { return "cublaslt_matmul"; }
+  int num_tactics() const override { return kLtTactics; }
 
  private:
   std::string who_;
   bool ta_, tb_, tf32_;
+  int tactic_;
+  GemmPlanCache cache_;
 };
 
-// fully_connected: rows of x [M, K] against weight [N, K] (B transposed), bias in the epilogue.
+// fully_connected: rows of x [M, K] against weight [N, K] (B transposed); bias, activation and
+// residual in cuBLASLt's epilogue where it has them, else in launch_fc_epilogue after the GEMM.
 class CublasLtFullyConnected final : public Kernel {
  public:
-  CublasLtFullyConnected(std::string layer, bool tf32)
-      : who_("layer '" + layer + "' (fully_connected)"), tf32_(tf32) {}
+  explicit CublasLtFullyConnected(const Layer& l)
+      : who_("layer '" + l.name + "' (fully_connected)"),
+        tf32_(l.attrs.get_int("allow_tf32", int64_t{0}) != 0),
+        residual_(l.attrs.get_int("residual", int64_t{0}) != 0),
+        tactic_(static_cast<int>(l.attrs.get_int("tactic", int64_t{-1}))) {
+    std::string act = l.attrs.has("activation") ? l.attrs.get_string("activation", l.name) : "none";
+    if (act != "none") {
+      act_ = activation_code(act);
+      alpha_ = static_cast<float>(l.attrs.get_float("alpha", act == "clip"  ? 0.0
+                                                             : act == "elu" ? 1.0
+                                                                            : 0.01));
+      beta_ = static_cast<float>(l.attrs.get_float("beta", 1.0));
+      threshold_ = static_cast<float>(l.attrs.get_float("threshold", 20.0));
+      relu_ = act == "relu";
+      gelu_tanh_ = act == "gelu_tanh";
+    }
+  }
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
     const TensorView &x = in[0], &w = in[1], &y = out[0];
+    const bool bias = in.size() - (residual_ ? 1 : 0) == 3;
+    const TensorView* residual = residual_ ? &in.back() : nullptr;
     const int64_t k = x.dims.back(), n = w.dims[0];
     const int64_t m = n ? volume(y.dims) / n : 0;
-    if (handle_degenerate(y, m, n, k, ctx)) {
-      if (m && n && in.size() == 3) {  // K = 0: the result is the bias on every row
-        for (int64_t i = 0; i < m; ++i) {
-          KILN_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(y.data) + i * n * dtype_size(y.dtype),
-                                          in[2].data, n * dtype_size(y.dtype), cudaMemcpyDeviceToDevice,
-                                          static_cast<cudaStream_t>(ctx.stream)));
-        }
-      }
+    auto stream = static_cast<cudaStream_t>(ctx.stream);
+    FcEpilogue post;  // what is left for our own epilogue kernel
+    post.dtype = y.dtype, post.y = y.data, post.rows = m, post.n = n;
+    post.act_type = act_, post.alpha = alpha_, post.beta = beta_, post.threshold = threshold_;
+    if (m == 0 || n == 0) return;
+    if (k == 0) {  // the product is 0: the result is the epilogue applied to zeros
+      KILN_CUDA_CHECK(cudaMemsetAsync(y.data, 0, static_cast<size_t>(m * n) * dtype_size(y.dtype), stream));
+      post.bias = bias ? in[2].data : nullptr;
+      post.residual = residual ? residual->data : nullptr;
+      launch_fc_epilogue(post, stream);
       return;
     }
     Gemm g;
     g.m = m, g.n = n, g.k = k, g.tb = true, g.dtype = y.dtype, g.tf32 = tf32_;
+    g.tactic = tactic_, g.workspace = ctx.workspace_bytes;
     g.align_a = alignment_of(x.data), g.align_b = alignment_of(w.data), g.align_c = alignment_of(y.data);
-    g.bias = in.size() == 3 ? in[2].data : nullptr;
-    LtGemmPlan(g, ctx, who_).run(x.data, w.data, y.data, ctx);
+    // cuBLASLt computes epilogue(A B + beta C): a residual can ride on beta only without an
+    // activation (ours adds it after the activation). GELU: see LtEpilogue.
+    const bool lt_act = relu_ || (gelu_tanh_ && y.dtype != DataType::kFloat32);
+    if (act_ < 0 || lt_act) {
+      g.epilogue = relu_                  ? (bias ? LtEpilogue::kReluBias : LtEpilogue::kRelu)
+                   : gelu_tanh_ && lt_act ? (bias ? LtEpilogue::kGeluBias : LtEpilogue::kGelu)
+                   : bias                 ? LtEpilogue::kBias
+                                          : LtEpilogue::kNone;
+      post.act_type = -1;
+      g.residual = residual && act_ < 0;
+    } else {
+      g.epilogue = bias ? LtEpilogue::kBias : LtEpilogue::kNone;
+    }
+    if (has_bias(g.epilogue)) g.bias = in[2].data;
+    if (g.residual) g.align_r = alignment_of(residual->data);
+    if (residual && !g.residual) post.residual = residual->data;
+    cache_.get(g, ctx, who_)->run(x.data, w.data, y.data, g.residual ? residual->data : nullptr, ctx);
+    if (post.act_type >= 0 || post.residual) launch_fc_epilogue(post, stream);
   }
   std::string name() const override { return "cublaslt_fully_connected"; }
+  int num_tactics() const override { return kLtTactics; }
 
  private:
   std::string who_;
-  bool tf32_;
+  bool tf32_, residual_;
+  int tactic_;
+  int act_ = -1;  // code of activation_types(); -1 = none
+  float alpha_ = 0.f, beta_ = 0.f, threshold_ = 0.f;
+  bool relu_ = false, gelu_tanh_ = false;
+  GemmPlanCache cache_;
 };
 
 }  // namespace
 
 void register_matmul_cuda_kernel() {
-  register_kernel("matmul", Backend::kCuda, [](const Layer& l) {
-    return std::make_unique<CublasLtMatmul>(l.name, l.attrs.get_int("transpose_a", int64_t{0}) != 0,
-                                            l.attrs.get_int("transpose_b", int64_t{0}) != 0,
-                                            l.attrs.get_int("allow_tf32", int64_t{0}) != 0);
-  });
-  register_kernel("fully_connected", Backend::kCuda, [](const Layer& l) {
-    return std::make_unique<CublasLtFullyConnected>(l.name, l.attrs.get_int("allow_tf32", int64_t{0}) != 0);
-  });
+  register_kernel("matmul", Backend::kCuda,
+                  [](const Layer& l) { return std::make_unique<CublasLtMatmul>(l); });
+  register_kernel("fully_connected", Backend::kCuda,
+                  [](const Layer& l) { return std::make_unique<CublasLtFullyConnected>(l); });
 }
 
 }  // namespace kiln

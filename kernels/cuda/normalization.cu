@@ -3,10 +3,17 @@
 // rms_norm and group_norm, whose rows are always contiguous; softmax along a strided axis with many
 // rows uses a thread per row (adjacent threads read adjacent addresses). batch_norm is pointwise.
 // Parameters (weight, bias, mean, var) are x's type or float (P).
+// Fast path for the transformer rows (layer_norm / rms_norm / softmax over a contiguous last axis
+// of up to kRegRowMax elements, a multiple of the 16-byte vector, 16-byte aligned): a block of
+// kRegBlock threads per row keeps the row in registers (16-byte loads), so x is read once and the
+// statistics come from registers (mean, then the centered sum of squares: no cancellation).
 #include <cmath>
+#include <initializer_list>
+#include <type_traits>
 
 #include "core/ops/normalization.h"
 #include "core/ops/reduce.h"
+#include "kernels/cuda/activation_math.cuh"
 #include "kernels/cuda/block_reduce.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dtype_traits.cuh"
@@ -19,6 +26,97 @@ namespace {
 
 // Below this many rows a thread per row leaves the GPU idle: use a block per row.
 constexpr int64_t kThreadPerRowMin = 1024;
+
+constexpr int kRegBlock = 128;
+constexpr int kRegRowMax = 4096;
+
+// The vectors-per-thread variant that holds rows of `nvec` 16-byte vectors, or 0 when none does.
+inline int reg_vecs_per_thread(int64_t nvec) {
+  for (int v : {1, 2, 4, 8}) {
+    if (nvec <= int64_t{v} * kRegBlock) return v;
+  }
+  return 0;
+}
+
+// Whether the register path applies to rows of `len` elements of T at these addresses.
+template <typename T>
+bool reg_row_ok(int64_t len, std::initializer_list<const void*> ptrs) {
+  if (len % Vec16<T>::kSize != 0 || len > kRegRowMax) return false;
+  for (const void* p : ptrs) {
+    if (p && !aligned16(p)) return false;
+  }
+  return reg_vecs_per_thread(len / Vec16<T>::kSize) > 0;
+}
+
+// Calls f(std::integral_constant<int, V>) for the vectors-per-thread variant V.
+template <typename F>
+void dispatch_reg_vecs(int v, F&& f) {
+  switch (v) {
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      return;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      return;
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      return;
+    default:
+      f(std::integral_constant<int, 8>{});
+      return;
+  }
+}
+
+// Softmax over contiguous rows of `len` elements, the row in registers (see the file comment).
+template <typename T, int kVecs>
+__global__ void __launch_bounds__(kRegBlock)
+    softmax_reg_kernel(int64_t rows, int64_t len, bool log, const T* __restrict__ x, T* __restrict__ y) {
+  constexpr int V = Vec16<T>::kSize;
+  __shared__ float shared[kMaxWarps];
+  const int64_t nvec = len / V;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const auto* xr = reinterpret_cast<const Vec16<T>*>(x + r * len);
+    float v[kVecs][V];
+    float m = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      const int64_t idx = threadIdx.x + int64_t{i} * kRegBlock;
+      if (idx < nvec) {
+        Vec16<T> a = xr[idx];
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          v[i][j] = to_float(a.v[j]);
+          m = MaxOp()(m, v[i][j]);
+        }
+      }
+    }
+    m = block_reduce(m, -INFINITY, MaxOp(), shared);
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      if (threadIdx.x + int64_t{i} * kRegBlock < nvec) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) sum += expf(v[i][j] - m);
+      }
+    }
+    sum = block_reduce(sum, 0.f, SumOp(), shared);
+    const float log_sum = logf(sum), inv_sum = 1.f / sum;
+    auto* yr = reinterpret_cast<Vec16<T>*>(y + r * len);
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      const int64_t idx = threadIdx.x + int64_t{i} * kRegBlock;
+      if (idx < nvec) {
+        Vec16<T> o;
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          const float shifted = v[i][j] - m;
+          o.v[j] = from_float<T>(log ? shifted - log_sum : expf(shifted) * inv_sum);
+        }
+        yr[idx] = o;
+      }
+    }
+  }
+}
 
 template <typename T>
 __global__ void softmax_block_kernel(AxisGeometry g, bool log, const T* __restrict__ x, T* __restrict__ y) {
@@ -72,7 +170,12 @@ class CudaSoftmax final : public Kernel {
       using T = decltype(tag);
       auto* px = static_cast<const T*>(x.data);
       auto* py = static_cast<T*>(out[0].data);
-      if (g.inner > 1 && rows >= kThreadPerRowMin) {
+      if (g.inner == 1 && reg_row_ok<T>(g.n, {px, py})) {
+        dispatch_reg_vecs(reg_vecs_per_thread(g.n / Vec16<T>::kSize), [&](auto vecs) {
+          softmax_reg_kernel<T, decltype(vecs)::value>
+              <<<grid_for(rows, 1), kRegBlock, 0, stream>>>(rows, g.n, log_, px, py);
+        });
+      } else if (g.inner > 1 && rows >= kThreadPerRowMin) {
         constexpr int kBlock = 256;
         softmax_thread_kernel<T><<<grid_for(rows, kBlock), kBlock, 0, stream>>>(g, log_, px, py);
       } else {
@@ -182,6 +285,64 @@ __global__ void row_norm_kernel(RowNormShape s, float eps, bool rms, const T* __
   }
 }
 
+// layer_norm / rms_norm (one parameter per element of the row), the row in registers.
+template <typename T, typename P, int kVecs>
+__global__ void __launch_bounds__(kRegBlock)
+    row_norm_reg_kernel(int64_t rows, int64_t len, float eps, bool rms, const T* __restrict__ x,
+                        const P* __restrict__ weight, const P* __restrict__ bias, T* __restrict__ y) {
+  constexpr int V = Vec16<T>::kSize;
+  __shared__ float shared[kMaxWarps];
+  const int64_t nvec = len / V;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const auto* xr = reinterpret_cast<const Vec16<T>*>(x + r * len);
+    float v[kVecs][V];
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      const int64_t idx = threadIdx.x + int64_t{i} * kRegBlock;
+      if (idx < nvec) {
+        Vec16<T> a = xr[idx];
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          v[i][j] = to_float(a.v[j]);
+          sum += v[i][j];
+        }
+      }
+    }
+    const float mean = rms ? 0.f : block_reduce(sum, 0.f, SumOp(), shared) / static_cast<float>(len);
+    float m2 = 0.f;
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      if (threadIdx.x + int64_t{i} * kRegBlock < nvec) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          const float d = v[i][j] - mean;
+          m2 += d * d;
+        }
+      }
+    }
+    m2 = block_reduce(m2, 0.f, SumOp(), shared);
+    const float inv = 1.f / sqrtf(m2 / static_cast<float>(len) + eps);
+    auto* yr = reinterpret_cast<Vec16<T>*>(y + r * len);
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      const int64_t idx = threadIdx.x + int64_t{i} * kRegBlock;
+      if (idx < nvec) {
+        Vec16<T> o;
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          const int64_t p = idx * V + j;
+          float f = (v[i][j] - mean) * inv;
+          if (weight) f *= to_float(weight[p]);
+          if (bias) f += to_float(bias[p]);
+          o.v[j] = from_float<T>(f);
+        }
+        yr[idx] = o;
+      }
+    }
+  }
+}
+
 class CudaRowNorm final : public Kernel {
  public:
   explicit CudaRowNorm(const Layer& l)
@@ -211,6 +372,16 @@ class CudaRowNorm final : public Kernel {
       using P = decltype(p);
       const P* weight = in.size() > 1 ? static_cast<const P*>(in[1].data) : nullptr;
       const P* bias = in.size() > 2 ? static_cast<const P*>(in[2].data) : nullptr;
+      auto* x = static_cast<const T*>(in[0].data);
+      auto* y = static_cast<T*>(out[0].data);
+      if (s.groups == 1 && reg_row_ok<T>(s.len, {x, y})) {
+        dispatch_reg_vecs(reg_vecs_per_thread(s.len / Vec16<T>::kSize), [&](auto vecs) {
+          row_norm_reg_kernel<T, P, decltype(vecs)::value>
+              <<<grid_for(s.rows, 1), kRegBlock, 0, static_cast<cudaStream_t>(ctx.stream)>>>(
+                  s.rows, s.len, eps_, rms_, x, weight, bias, y);
+        });
+        return;
+      }
       row_norm_kernel<T, P>
           <<<grid_for(s.rows, 1), row_block_size(s.len), 0, static_cast<cudaStream_t>(ctx.stream)>>>(
               s, eps_, rms_, static_cast<const T*>(in[0].data), weight, bias, static_cast<T*>(out[0].data));

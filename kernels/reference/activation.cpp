@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "kernels/kernel.h"
 #include "kernels/kernels.h"
+#include "kernels/reference/activation_fn.h"
 #include "kernels/reference/host_access.h"
 
 namespace kiln {
@@ -43,16 +44,18 @@ Fn activation_fn(const std::string& type, double alpha, double beta, double thre
 
 }  // namespace
 
+std::function<double(double)> reference_activation(const std::string& type, const Attributes& attrs) {
+  return activation_fn(type,
+                       attrs.get_float("alpha", type == "clip"  ? 0.0
+                                                : type == "elu" ? 1.0
+                                                                : 0.01),
+                       attrs.get_float("beta", 1.0), attrs.get_float("threshold", 20.0));
+}
+
 void register_activation_reference_kernel() {
   register_kernel("activation", Backend::kReference, [](const Layer& l) {
     std::string type = l.attrs.get_string("type", l.name);
-    bool clip = type == "clip";
-    return std::make_unique<RefPointwise>(
-        "ref_" + type, activation_fn(type,
-                                     l.attrs.get_float("alpha", clip            ? 0.0
-                                                                : type == "elu" ? 1.0
-                                                                                : 0.01),
-                                     l.attrs.get_float("beta", 1.0), l.attrs.get_float("threshold", 20.0)));
+    return std::make_unique<RefPointwise>("ref_" + type, reference_activation(type, l.attrs));
   });
 }
 

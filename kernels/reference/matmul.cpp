@@ -3,6 +3,7 @@
 #include "kernels/kernel.h"
 #include "kernels/kernels.h"
 #include "kernels/matmul_views.h"
+#include "kernels/reference/activation_fn.h"
 #include "kernels/reference/host_access.h"
 
 namespace kiln {
@@ -52,30 +53,44 @@ class RefMatmul final : public Kernel {
   bool ta_, tb_;
 };
 
-// x [..., K] @ weight[N, K]^T + bias.
+// y = activation(x [..., K] @ weight[N, K]^T + bias) + residual.
 class RefFullyConnected final : public Kernel {
  public:
+  explicit RefFullyConnected(const Layer& l)
+      : residual_(l.attrs.get_int("residual", int64_t{0}) != 0),
+        activation_(l.attrs.has("activation") ? l.attrs.get_string("activation", l.name) : "none") {
+    if (activation_ != "none") act_ = reference_activation(activation_, l.attrs);
+  }
+
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext&) const override {
     const TensorView &x = in[0], &w = in[1], &y = out[0];
     const int64_t k = x.dims.back(), n = w.dims[0], rows = volume(x.dims) / (k ? k : 1);
     const int64_t m = k ? rows : volume(y.dims) / (n ? n : 1);
+    const bool bias = in.size() - (residual_ ? 1 : 0) == 3;
     for (int64_t i = 0; i < m; ++i) {
       for (int64_t j = 0; j < n; ++j) {
-        double acc = in.size() == 3 ? load_element(in[2], j) : 0.0;
+        double acc = bias ? load_element(in[2], j) : 0.0;
         for (int64_t q = 0; q < k; ++q) acc += load_element(x, i * k + q) * load_element(w, j * k + q);
+        if (act_) acc = act_(acc);
+        if (residual_) acc += load_element(in.back(), i * n + j);
         store_element(y, i * n + j, acc);
       }
     }
   }
   std::string name() const override { return "ref_fully_connected"; }
+
+ private:
+  bool residual_;
+  std::string activation_;
+  std::function<double(double)> act_;
 };
 
 }  // namespace
 
 void register_matmul_reference_kernel() {
   register_kernel("fully_connected", Backend::kReference,
-                  [](const Layer&) { return std::make_unique<RefFullyConnected>(); });
+                  [](const Layer& l) { return std::make_unique<RefFullyConnected>(l); });
   register_kernel("matmul", Backend::kReference, [](const Layer& l) {
     return std::make_unique<RefMatmul>(l.attrs.get_int("transpose_a", int64_t{0}) != 0,
                                        l.attrs.get_int("transpose_b", int64_t{0}) != 0);

@@ -127,11 +127,30 @@ class Network:
         )
 
     def add_fully_connected(
-        self, x: TensorLike, weight: TensorLike, bias: TensorLike | None = None, name: str = ""
+        self,
+        x: TensorLike,
+        weight: TensorLike,
+        bias: TensorLike | None = None,
+        name: str = "",
+        activation: str = "none",
+        residual: TensorLike | None = None,
+        alpha: float | None = None,
     ) -> Layer:
-        """torch.nn.Linear: x [..., in] @ weight[out, in]^T (+ bias[out]) -> [..., out]."""
+        """torch.nn.Linear with a fused epilogue:
+        activation(x [..., in] @ weight[out, in]^T (+ bias[out])) (+ residual [..., out]).
+
+        activation: "none" or any type of the activation op (its parameter in `alpha`).
+        """
         inputs = [x, weight] + ([bias] if bias is not None else [])
-        return self.add_layer("fully_connected", inputs, {}, name)
+        attrs = {}
+        if activation != "none":
+            attrs["activation"] = activation
+        if alpha is not None:
+            attrs["alpha"] = float(alpha)
+        if residual is not None:
+            inputs.append(residual)
+            attrs["residual"] = 1
+        return self.add_layer("fully_connected", inputs, attrs, name)
 
     def add_elementwise(self, a: TensorLike, b: TensorLike, op: str, name: str = "") -> Layer:
         """op: "add", "sub", "mul", "div", "max", "min" or "pow"; NumPy broadcasting."""

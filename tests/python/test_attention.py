@@ -369,3 +369,59 @@ def test_cuda_refuses_head_size_above_256():
     inputs = make_inputs((1, 1, 4, 272), 1, 4)
     with pytest.raises(kiln.KilnError, match=r"layer 'attn' \(attention\).*up to 256"):
         run_layer(build(), inputs, "cuda")
+
+
+# Head size 64 in float16 / bfloat16 takes the tensor-core kernel (attention_tc_kernel), which
+# rounds the probabilities to the input dtype before P @ V (as flash attention does): an error of
+# one rounding of the weights, inside TOLERANCE's two ulp of the output dtype.
+TC_DTYPES = [torch.float16, torch.bfloat16]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind,mshape", GPU_MASKS)
+@pytest.mark.parametrize("dtype", TC_DTYPES)
+@pytest.mark.parametrize("hkv", [4, 2])
+def test_cuda_tensor_core_mask(kind, mshape, dtype, hkv):
+    inputs = make_inputs((2, 4, 130, 64), hkv, 257, mask=(kind, mshape), dtype=dtype)
+    check("cuda", inputs, tolerance=CUDA_TOLERANCE[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", TC_DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+# Rows and keys off the 16 / 32 / 64 tiles; BERT (128) and ViT (197) sequence lengths.
+@pytest.mark.parametrize("sq,sk", [(1, 1), (15, 17), (33, 65), (128, 128), (197, 197), (64, 300)])
+def test_cuda_tensor_core_sizes(dtype, causal, sq, sk):
+    inputs = make_inputs((2, 3, sq, 64), 3, sk, dtype=dtype)
+    check("cuda", inputs, causal=causal, tolerance=CUDA_TOLERANCE[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_cuda_tensor_core_fully_masked_rows(kind):
+    inputs = make_inputs(
+        (2, 2, 5, 64),
+        2,
+        40,
+        mask=(kind, (2, 1, 5, 40)),
+        dtype=torch.float16,
+        fully_masked_rows=True,
+    )
+    keep = inputs[3] if kind == "bool" else inputs[3] != float("-inf")
+    keep[0, 0, 1] = False
+    if kind == "float":
+        inputs[3] = torch.where(keep, inputs[3], torch.full_like(inputs[3], float("-inf")))
+    got = run_layer(build(), inputs, "cuda")
+    dead = ~keep.any(-1).expand(2, 2, 5)
+    assert torch.equal(got[dead], torch.zeros_like(got[dead]))
+    want = torch_attention(inputs)
+    torch.testing.assert_close(
+        got[~dead].double(), want[~dead].double(), **CUDA_TOLERANCE[torch.float16]
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", TC_DTYPES)
+def test_cuda_tensor_core_dynamic_grouped_query(dtype):
+    inputs = make_inputs((3, 8, 70, 64), 2, 90, dtype=dtype)
+    check("cuda", inputs, causal=True, dynamic=True, tolerance=CUDA_TOLERANCE[dtype])
