@@ -17,6 +17,11 @@ bool fold_constants(Network& net);
 bool remove_noops(Network& net);
 bool eliminate_dead_layers(Network& net);
 bool assign_precision(Network& net, const PrecisionConfig& config);
+// Pattern passes (fusion slot): decomposed GELU -> activation, T5-style RMS norm -> rms_norm.
+bool fuse_gelu(Network& net);
+bool fuse_rms_norm(Network& net);
+// Connected groups of pointwise layers -> one fused_pointwise layer each.
+bool fuse_pointwise(Network& net);
 MemoryPlan plan_memory(const Network& net, const std::vector<OptimizationProfile>& profiles);
 
 }  // namespace kiln
