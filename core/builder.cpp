@@ -57,12 +57,17 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
     run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
   }
 
-  // 3. fuse. GEMM epilogues first: horizontal GEMM fusion then merges finished fully_connected
-  //    layers, biases included (and leaves those with an activation or residual alone).
-  //    Layers with a per-layer precision stay unfused, so the setting still has its layer.
+  // 3. fuse. Pattern passes that turn decomposed ops into one layer (GELU, RMS norm) run
+  //    first, so a GELU written out as pointwise ops can then join a GEMM epilogue. GEMM
+  //    epilogues next: horizontal GEMM fusion then merges finished fully_connected layers, biases
+  //    included (and leaves those with an activation or residual alone). Layers with a per-layer
+  //    precision stay unfused by the GEMM passes, so the setting still has its layer. The generic
+  //    pointwise fusion runs after precision assignment (see 4b).
   if (config.optimization_level > 0) {
     std::set<std::string> pinned;
     for (const auto& kv : config.precision.layer_precisions) pinned.insert(kv.first);
+    run_pass("fuse_gelu", fuse_gelu, net);
+    run_pass("fuse_rms_norm", fuse_rms_norm, net);
     run_pass(
         "fuse_gemm_epilogue", [&](Network& n) { return fuse_gemm_epilogue(n, pinned); }, net);
     run_pass(
@@ -77,9 +82,20 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   run_pass(
       "assign_precision", [&](Network& n) { return assign_precision(n, config.precision); }, net);
   if (config.optimization_level > 0) run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
+  // 4b. fuse chains of pointwise layers into one generated kernel each. After precision
+  //     assignment on purpose: each layer's compute dtype, and the casts that pass inserted, are
+  //     then explicit in the graph and go into the program as they are, so per-layer precisions
+  //     hold inside fused kernels too.
+  if (config.optimization_level > 0) run_pass("fuse_pointwise", fuse_pointwise, net);
 
   // 6. choose kernels: one implementation per layer on the target backend.
-  for (const auto& l : net.layers()) plan.kernels.push_back(create_kernel(l, backend)->name());
+  //    A kernel that generated code keeps it in its layer (store_artifacts), so that loading the
+  //    plan does not generate it again.
+  for (auto& l : net.mutable_layers()) {
+    std::unique_ptr<Kernel> kernel = create_kernel(l, backend);
+    kernel->store_artifacts(l.attrs);
+    plan.kernels.push_back(kernel->name());
+  }
 
   // 7. plan memory: tensor lifetimes -> offsets in one activation arena.
   plan.profiles = config.profiles;

@@ -35,6 +35,7 @@ void ensure_builtins() {
     register_shape_schema();
     register_reduce_schema();
     register_normalization_schema();
+    register_fused_pointwise_schema();
   });
 }
 

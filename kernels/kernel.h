@@ -49,6 +49,10 @@ class Kernel {
   // stores it) and records it in the timing cache. A tactic that cannot run for the layer's
   // shapes throws from run(); the builder skips it.
   virtual int num_tactics() const { return 1; }
+  // Build time: a kernel that generated code when it was created (fused_pointwise compiles with
+  // NVRTC) records it in its layer's attributes, so that the plan carries it and a factory
+  // reading the plan can load it instead of generating it again.
+  virtual void store_artifacts(Attributes& attrs) const {}
 };
 
 // Position of `name` in an op's list of variants (elementwise_ops(), unary_ops(), ...): the code

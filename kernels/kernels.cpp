@@ -19,6 +19,7 @@ void register_reference_kernels() {
   register_shape_reference_kernel();
   register_reduce_reference_kernel();
   register_normalization_reference_kernel();
+  register_fused_pointwise_reference_kernel();
 }
 
 void register_cuda_kernels() {
@@ -38,6 +39,7 @@ void register_cuda_kernels() {
   register_shape_cuda_kernel();
   register_reduce_cuda_kernel();
   register_normalization_cuda_kernel();
+  register_fused_pointwise_cuda_kernel();
 }
 
 }  // namespace kiln

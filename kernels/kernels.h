@@ -23,6 +23,7 @@ void register_pooling_reference_kernel();
 void register_shape_reference_kernel();
 void register_reduce_reference_kernel();
 void register_normalization_reference_kernel();
+void register_fused_pointwise_reference_kernel();
 
 void register_identity_cuda_kernel();
 void register_matmul_cuda_kernel();
@@ -40,5 +41,6 @@ void register_pooling_cuda_kernel();
 void register_shape_cuda_kernel();
 void register_reduce_cuda_kernel();
 void register_normalization_cuda_kernel();
+void register_fused_pointwise_cuda_kernel();
 
 }  // namespace kiln

@@ -19,5 +19,6 @@ void register_pooling_schema();
 void register_shape_schema();
 void register_reduce_schema();
 void register_normalization_schema();
+void register_fused_pointwise_schema();
 
 }  // namespace kiln

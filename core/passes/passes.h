@@ -23,6 +23,11 @@ bool eliminate_dead_layers(Network& net);
 bool fuse_gemm_epilogue(Network& net, const std::set<std::string>& keep = {});
 bool fuse_parallel_gemms(Network& net, const std::set<std::string>& keep = {});
 bool assign_precision(Network& net, const PrecisionConfig& config);
+// Pattern passes (fusion slot): decomposed GELU -> activation, T5-style RMS norm -> rms_norm.
+bool fuse_gelu(Network& net);
+bool fuse_rms_norm(Network& net);
+// Connected groups of pointwise layers -> one fused_pointwise layer each.
+bool fuse_pointwise(Network& net);
 MemoryPlan plan_memory(const Network& net, const std::vector<OptimizationProfile>& profiles);
 
 }  // namespace kiln

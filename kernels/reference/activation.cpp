@@ -8,11 +8,10 @@
 #include "kernels/kernels.h"
 #include "kernels/reference/activation_fn.h"
 #include "kernels/reference/host_access.h"
+#include "kernels/reference/pointwise_math.h"
 
 namespace kiln {
 namespace {
-
-using Fn = std::function<double(double)>;
 
 double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 double softplus(double x, double beta, double threshold) {
@@ -20,7 +19,10 @@ double softplus(double x, double beta, double threshold) {
 }
 double relu6(double x) { return std::min(std::max(x, 0.0), 6.0); }
 
-Fn activation_fn(const std::string& type, double alpha, double beta, double threshold) {
+}  // namespace
+
+std::function<double(double)> activation_fn(const std::string& type, double alpha, double beta,
+                                            double threshold) {
   if (type == "relu") return [](double x) { return x > 0 ? x : 0.0; };
   if (type == "sigmoid") return sigmoid;
   if (type == "tanh") return [](double x) { return std::tanh(x); };
@@ -41,8 +43,6 @@ Fn activation_fn(const std::string& type, double alpha, double beta, double thre
   if (type == "clip") return [alpha, beta](double x) { return std::min(std::max(x, alpha), beta); };
   KILN_FAIL("activation: unknown type '" << type << "'");
 }
-
-}  // namespace
 
 std::function<double(double)> reference_activation(const std::string& type, const Attributes& attrs) {
   return activation_fn(type,

@@ -7,11 +7,11 @@
 #include "kernels/kernel.h"
 #include "kernels/kernels.h"
 #include "kernels/reference/host_access.h"
+#include "kernels/reference/pointwise_math.h"
 
 namespace kiln {
-namespace {
 
-double apply(const std::string& op, double a, double b, bool integral) {
+double elementwise_reference(const std::string& op, double a, double b, bool integral) {
   if (op == "add") return a + b;
   if (op == "sub") return a - b;
   if (op == "mul") return a * b;
@@ -35,6 +35,8 @@ double apply(const std::string& op, double a, double b, bool integral) {
   KILN_FAIL("elementwise: unknown op '" << op << "'");
 }
 
+namespace {
+
 class RefElementwise final : public Kernel {
  public:
   explicit RefElementwise(std::string op) : op_(std::move(op)) {}
@@ -54,7 +56,8 @@ class RefElementwise final : public Kernel {
         oa += idx * ia.in_strides[d];
         ob += idx * ib.in_strides[d];
       }
-      store_element(y, i, apply(op_, load_element(in[0], oa), load_element(in[1], ob), integral));
+      store_element(y, i,
+                    elementwise_reference(op_, load_element(in[0], oa), load_element(in[1], ob), integral));
     }
   }
   std::string name() const override { return "ref_elementwise_" + op_; }

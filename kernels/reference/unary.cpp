@@ -6,13 +6,11 @@
 #include "kernels/kernel.h"
 #include "kernels/kernels.h"
 #include "kernels/reference/host_access.h"
+#include "kernels/reference/pointwise_math.h"
 
 namespace kiln {
-namespace {
 
-using Fn = std::function<double(double)>;
-
-Fn unary_fn(const std::string& op) {
+std::function<double(double)> unary_fn(const std::string& op) {
   if (op == "exp") return [](double x) { return std::exp(x); };
   if (op == "log") return [](double x) { return std::log(x); };
   if (op == "sqrt") return [](double x) { return std::sqrt(x); };
@@ -30,8 +28,6 @@ Fn unary_fn(const std::string& op) {
   if (op == "not") return [](double x) { return x == 0 ? 1.0 : 0.0; };
   KILN_FAIL("unary: unknown op '" << op << "'");
 }
-
-}  // namespace
 
 void register_unary_reference_kernel() {
   register_kernel("unary", Backend::kReference, [](const Layer& l) {

@@ -83,7 +83,17 @@ CASES = {
     "layer_norm": ([f(3, 5, 48), torch.randn(48), torch.randn(48)], {}),
     "group_norm": ([f(3, 6, 10), torch.randn(6), torch.randn(6)], {"num_groups": 3}),
     "rms_norm": ([f(3, 5, 48), torch.randn(48)], {}),
+    # attributes that depend on the dtype under test: a callable of it
+    "fused_pointwise": (
+        [f(3, 1, 33), f(4, 33), b(4, 33)],
+        lambda dtype: {
+            "program": f"input 0 {DTYPE_NAMES[dtype]}; input 1 {DTYPE_NAMES[dtype]}; input 2 bool; "
+            "elementwise mul %0 %1; activation gelu 0 1 20 %3; where %2 %4 %0; cast float32 %5",
+            "outputs": [6, 3],
+        },
+    ),
 }
+DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16"}
 
 
 def test_every_registered_op_has_a_case():
@@ -120,6 +130,8 @@ def build_and_run(op, specs, attrs, dtype, feeds, target):
             profile[f"in{n}"] = ([1, *shape[1:]], list(shape), [6, *shape[1:]])
             shape[0] = -1
         inputs.append(net.add_input(f"in{n}", t.dtype, shape))
+    if callable(attrs):
+        attrs = attrs(dtype)
     layer = net.add_layer(op, inputs, attrs, name=op)
     for k, out in enumerate(layer.outputs):
         net.mark_output(out, f"out{k}")

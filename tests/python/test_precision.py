@@ -77,7 +77,9 @@ def test_layer_override_pins_float32():
 
 def test_layer_override_alone_reduces_one_layer():
     net, _ = mlp_network()
-    config = kiln.BuilderConfig(target="reference")
+    # optimization_level 0: fuse_pointwise would merge `act` with its casts (test_fused_pointwise
+    # checks that pinned precisions survive fusion)
+    config = kiln.BuilderConfig(target="reference", optimization_level=0)
     config.add_optimization_profile({"x": ([1, 16], [4, 16], [8, 16])})
     config.set_layer_precision("act", "bfloat16")
     dtypes = layer_dtypes(kiln.Builder().build(net, config))

@@ -13,6 +13,7 @@
 #include "core/logging.h"
 #include "core/op_schema.h"
 #include "kernels/device.h"
+#include "kernels/fused_pointwise_codegen.h"
 
 namespace py = pybind11;
 using namespace kiln;
@@ -224,6 +225,8 @@ PYBIND11_MODULE(_C, m) {
     Severity s = parse_severity(level);
     if (log_enabled(s)) log_message(s, msg);
   });
+  // How often this process compiled a generated kernel with NVRTC (tests: a reloaded plan must not).
+  m.def("nvrtc_compile_count", &nvrtc_compile_count);
 
   py::class_<Network, std::shared_ptr<Network>>(m, "Network")
       .def(py::init<>())
