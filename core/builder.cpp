@@ -55,7 +55,13 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
     run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
   }
 
-  // 3. (fusion passes land here.)
+  // 3. fuse.
+  if (config.optimization_level > 0) {
+    // BN folding first: it needs the conv without an epilogue, and leaves conv -> add -> act
+    // chains that the epilogue fusion then folds into the conv.
+    run_pass("fold_batch_norm", fold_batch_norm, net);
+    run_pass("fuse_conv_epilogue", fuse_conv_epilogue, net);
+  }
   // 4. assign precision per layer: reduced precision where the flags allow it, TF32 marks.
   for (const auto& kv : config.precision.layer_precisions) {
     bool found = false;
@@ -65,6 +71,10 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   run_pass(
       "assign_precision", [&](Network& n) { return assign_precision(n, config.precision); }, net);
   if (config.optimization_level > 0) run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
+
+  // 5. choose layouts: channels last for float16/bfloat16 convolutions (after precision, which
+  //    decides the dtypes), transposes only where a chain of channels-last layers ends.
+  if (config.optimization_level > 0) run_pass("assign_layouts", assign_layouts, net);
 
   // 6. choose kernels: one implementation per layer on the target backend.
   for (const auto& l : net.layers()) plan.kernels.push_back(create_kernel(l, backend)->name());

@@ -17,6 +17,9 @@ bool fold_constants(Network& net);
 bool remove_noops(Network& net);
 bool eliminate_dead_layers(Network& net);
 bool assign_precision(Network& net, const PrecisionConfig& config);
+bool fold_batch_norm(Network& net);
+bool fuse_conv_epilogue(Network& net);
+bool assign_layouts(Network& net);
 MemoryPlan plan_memory(const Network& net, const std::vector<OptimizationProfile>& profiles);
 
 }  // namespace kiln

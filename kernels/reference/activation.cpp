@@ -3,6 +3,8 @@
 #include <cmath>
 #include <functional>
 
+#include "kernels/reference/activation.h"
+
 #include "core/error.h"
 #include "kernels/kernel.h"
 #include "kernels/kernels.h"
@@ -11,15 +13,15 @@
 namespace kiln {
 namespace {
 
-using Fn = std::function<double(double)>;
-
 double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 double softplus(double x, double beta, double threshold) {
   return beta * x > threshold ? x : std::log1p(std::exp(beta * x)) / beta;
 }
 double relu6(double x) { return std::min(std::max(x, 0.0), 6.0); }
 
-Fn activation_fn(const std::string& type, double alpha, double beta, double threshold) {
+}  // namespace
+
+std::function<double(double)> activation_fn(const std::string& type, double alpha, double beta, double threshold) {
   if (type == "relu") return [](double x) { return x > 0 ? x : 0.0; };
   if (type == "sigmoid") return sigmoid;
   if (type == "tanh") return [](double x) { return std::tanh(x); };
@@ -40,8 +42,6 @@ Fn activation_fn(const std::string& type, double alpha, double beta, double thre
   if (type == "clip") return [alpha, beta](double x) { return std::min(std::max(x, alpha), beta); };
   KILN_FAIL("activation: unknown type '" << type << "'");
 }
-
-}  // namespace
 
 void register_activation_reference_kernel() {
   register_kernel("activation", Backend::kReference, [](const Layer& l) {
