@@ -11,8 +11,8 @@
 #include <algorithm>
 
 #include "core/error.h"
-#include "core/ops/activation.h"
 #include "core/op_schema.h"
+#include "core/ops/activation.h"
 #include "core/ops/ops.h"
 
 namespace kiln {
@@ -100,8 +100,8 @@ bool channels_last(const Layer& layer) {
   const std::string layout = layer.attrs.get_string("layout", describe(layer));
   KILN_CHECK(layout == "nchw" || layout == "nhwc",
              describe(layer) << ": layout must be nchw or nhwc, got '" << layout << "'");
-  KILN_CHECK(layout == "nchw" || layer.op == "convolution",
-             describe(layer) << ": only convolution takes layout nhwc");
+  KILN_CHECK(layout == "nchw" || layer.op == "convolution", describe(layer)
+                                                                << ": only convolution takes layout nhwc");
   return layout == "nhwc";
 }
 

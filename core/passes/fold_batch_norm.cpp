@@ -26,7 +26,8 @@ std::vector<double> read_constant(const Tensor& t) {
   return r;
 }
 
-std::shared_ptr<std::vector<uint8_t>> encode(const std::vector<double>& values, DataType dtype, const Dims& dims) {
+std::shared_ptr<std::vector<uint8_t>> encode(const std::vector<double>& values, DataType dtype,
+                                             const Dims& dims) {
   auto bytes = std::make_shared<std::vector<uint8_t>>(values.size() * dtype_size(dtype));
   TensorView v{bytes->data(), dtype, dims};
   for (size_t i = 0; i < values.size(); ++i) store_element(v, static_cast<int64_t>(i), values[i]);

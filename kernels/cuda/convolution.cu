@@ -126,10 +126,10 @@ class CudnnConvolution final : public Kernel {
       // y = act(conv(x) + alpha2 * z + bias); without a residual z is y itself with alpha2 = 0.
       const float alpha2 = residual ? 1.f : 0.f;
       const void* z = residual ? residual->data : y.data;
-      st = cudnnConvolutionBiasActivationForward(
-          handle, &one, p.xd.get(), x.data, p.wd.get(), w.data, p.cd.get(),
-          static_cast<cudnnConvolutionFwdAlgo_t>(p.algo), ctx.workspace, p.workspace, &alpha2, p.yd.get(), z,
-          p.bd.get(), bias->data, p.ad.get(), p.yd.get(), y.data);
+      st = cudnnConvolutionBiasActivationForward(handle, &one, p.xd.get(), x.data, p.wd.get(), w.data,
+                                                 p.cd.get(), static_cast<cudnnConvolutionFwdAlgo_t>(p.algo),
+                                                 ctx.workspace, p.workspace, &alpha2, p.yd.get(), z,
+                                                 p.bd.get(), bias->data, p.ad.get(), p.yd.get(), y.data);
       if (st == CUDNN_STATUS_SUCCESS) return;
       // cuDNN refuses some configurations of the fused call (before launching anything); the
       // plain convolution below reports any error that is not about the fusion.
@@ -172,8 +172,8 @@ class CudnnConvolution final : public Kernel {
     return true;
   }
 
-  const Prepared& prepared(cudnnHandle_t handle, const TensorView& x, const TensorView& w, const TensorView& y,
-                           bool has_bias, size_t workspace_bytes) const {
+  const Prepared& prepared(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
+                           const TensorView& y, bool has_bias, size_t workspace_bytes) const {
     std::vector<int64_t> key = x.dims;
     key.push_back(static_cast<int64_t>(workspace_bytes));
     {
@@ -212,8 +212,8 @@ class CudnnConvolution final : public Kernel {
                      dilations = cudnn_spatial(g.dilations, 1);
     // FP32 compute for every data type: fp16/bf16 inputs accumulate in float.
     KILN_CUDNN_CHECK(cudnnSetConvolutionNdDescriptor(p->cd.get(), static_cast<int>(pads.size()), pads.data(),
-                                                     strides.data(), dilations.data(), CUDNN_CROSS_CORRELATION,
-                                                     CUDNN_DATA_FLOAT));
+                                                     strides.data(), dilations.data(),
+                                                     CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
     KILN_CUDNN_CHECK(cudnnSetConvolutionGroupCount(p->cd.get(), static_cast<int>(g.groups)));
     KILN_CUDNN_CHECK(cudnnSetConvolutionMathType(p->cd.get(), requested_math(x.dtype)));
 
@@ -231,8 +231,9 @@ class CudnnConvolution final : public Kernel {
       bdims[1] = static_cast<int>(ydims[1]);
       set_packed(p->bd, type, bdims, who_);
       // NaN -> 0 like Kiln's relu (x > 0 ? x : 0).
-      KILN_CUDNN_CHECK(cudnnSetActivationDescriptor(
-          p->ad.get(), relu ? CUDNN_ACTIVATION_RELU : CUDNN_ACTIVATION_IDENTITY, CUDNN_NOT_PROPAGATE_NAN, 0.0));
+      KILN_CUDNN_CHECK(cudnnSetActivationDescriptor(p->ad.get(),
+                                                    relu ? CUDNN_ACTIVATION_RELU : CUDNN_ACTIVATION_IDENTITY,
+                                                    CUDNN_NOT_PROPAGATE_NAN, 0.0));
       p->cudnn_epilogue = true;
     }
     return p;
@@ -243,9 +244,9 @@ class CudnnConvolution final : public Kernel {
     size_t bytes = 0;
     cudnnStatus_t st;
     if (transposed_) {
-      st = cudnnGetConvolutionBackwardDataWorkspaceSize(handle, p.wd.get(), p.xd.get(), p.cd.get(), p.yd.get(),
-                                                        static_cast<cudnnConvolutionBwdDataAlgo_t>(tactic_),
-                                                        &bytes);
+      st = cudnnGetConvolutionBackwardDataWorkspaceSize(
+          handle, p.wd.get(), p.xd.get(), p.cd.get(), p.yd.get(),
+          static_cast<cudnnConvolutionBwdDataAlgo_t>(tactic_), &bytes);
     } else {
       st = cudnnGetConvolutionForwardWorkspaceSize(handle, p.xd.get(), p.wd.get(), p.cd.get(), p.yd.get(),
                                                    static_cast<cudnnConvolutionFwdAlgo_t>(tactic_), &bytes);
@@ -254,7 +255,8 @@ class CudnnConvolution final : public Kernel {
                                                 << ") does not support " << dtype_name(x.dtype) << " input "
                                                 << to_string(x.dims) << ": " << cudnnGetErrorString(st));
     KILN_CHECK(bytes <= workspace_bytes, who_ << ": tactic " << tactic_ << " needs " << bytes
-                                              << " workspace bytes, more than the limit of " << workspace_bytes);
+                                              << " workspace bytes, more than the limit of "
+                                              << workspace_bytes);
     p.algo = tactic_;
     p.workspace = bytes;
   }
@@ -281,8 +283,8 @@ class CudnnConvolution final : public Kernel {
     if (transposed_) {
       KILN_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(handle, &max_count));
       std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(static_cast<size_t>(max_count));
-      KILN_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(handle, p.wd.get(), p.xd.get(), p.cd.get(),
-                                                                   p.yd.get(), max_count, &returned, perf.data()));
+      KILN_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
+          handle, p.wd.get(), p.xd.get(), p.cd.get(), p.yd.get(), max_count, &returned, perf.data()));
       pick(perf, returned, [&](cudnnConvolutionBwdDataAlgo_t algo, size_t* bytes) {
         return cudnnGetConvolutionBackwardDataWorkspaceSize(handle, p.wd.get(), p.xd.get(), p.cd.get(),
                                                             p.yd.get(), algo, bytes);
@@ -322,10 +324,9 @@ class CudnnConvolution final : public Kernel {
     }
     dispatch_floating(y.dtype, "convolution epilogue", [&](auto tag) {
       using T = decltype(tag);
-      epilogue_kernel<T><<<grid, kBlock, 0, stream>>>(p, static_cast<T*>(y.data),
-                                                      bias ? static_cast<const T*>(bias->data) : nullptr,
-                                                      residual ? static_cast<const T*>(residual->data) : nullptr,
-                                                      n);
+      epilogue_kernel<T><<<grid, kBlock, 0, stream>>>(
+          p, static_cast<T*>(y.data), bias ? static_cast<const T*>(bias->data) : nullptr,
+          residual ? static_cast<const T*>(residual->data) : nullptr, n);
     });
     KILN_CUDA_CHECK_LAUNCH();
   }

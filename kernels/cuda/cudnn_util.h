@@ -85,8 +85,8 @@ inline void set_packed(const TensorDescriptor& desc, cudnnDataType_t type, const
 
 // A tensor descriptor for canonical dims [N, C, spatial...] (as cudnn_dims gives them) stored
 // channels last, [N, spatial..., C].
-inline void set_channels_last(const TensorDescriptor& desc, cudnnDataType_t type, const std::vector<int>& dims,
-                              const std::string& who) {
+inline void set_channels_last(const TensorDescriptor& desc, cudnnDataType_t type,
+                              const std::vector<int>& dims, const std::string& who) {
   const int r = static_cast<int>(dims.size());
   std::vector<int64_t> strides(dims.size(), 1);
   int64_t s = dims[1];

@@ -21,7 +21,8 @@ double relu6(double x) { return std::min(std::max(x, 0.0), 6.0); }
 
 }  // namespace
 
-std::function<double(double)> activation_fn(const std::string& type, double alpha, double beta, double threshold) {
+std::function<double(double)> activation_fn(const std::string& type, double alpha, double beta,
+                                            double threshold) {
   if (type == "relu") return [](double x) { return x > 0 ? x : 0.0; };
   if (type == "sigmoid") return sigmoid;
   if (type == "tanh") return [](double x) { return std::tanh(x); };

@@ -59,7 +59,8 @@ class RefConvolution final : public Kernel {
     const int64_t taps = s.kernel[0] * s.kernel[1] * s.kernel[2];
     // Offset of element (batch, channel, pixel) of a [batch, channels, pixels] tensor.
     auto at = [last](int64_t batch, int64_t channel, int64_t pixel, int64_t channels, int64_t pixels) {
-      return last ? (batch * pixels + pixel) * channels + channel : (batch * channels + channel) * pixels + pixel;
+      return last ? (batch * pixels + pixel) * channels + channel
+                  : (batch * channels + channel) * pixels + pixel;
     };
     for (int64_t b = 0; b < n; ++b) {
       for (int64_t ko = 0; ko < k; ++ko) {
@@ -88,7 +89,8 @@ class RefConvolution final : public Kernel {
             for (int64_t ci = 0; ci < cg; ++ci) {
               const int64_t channel = group * cg + ci;
               // convolution weight [K, C/g, taps]; deconvolution weight [C, K/g, taps]
-              const int64_t widx = transposed_ ? (channel * kg + ko % kg) * taps + t : at(ko, ci, t, cg, taps);
+              const int64_t widx =
+                  transposed_ ? (channel * kg + ko % kg) * taps + t : at(ko, ci, t, cg, taps);
               acc += load_element(x, at(b, channel, pixel, c, in_size)) * load_element(w, widx);
             }
           }

@@ -77,7 +77,9 @@ def test_fold_batch_norm_into_convolution(conv_bias):
 def test_fold_batch_norm_into_grouped_deconvolution_and_fully_connected():
     net = kiln.Network()
     x = net.add_input("x", "float32", [2, 4, 5, 5])
-    d = net.add_deconvolution(x, torch.randn(4, 3, 3, 3) / 3, torch.randn(6), stride=2, groups=2, name="deconv")
+    d = net.add_deconvolution(
+        x, torch.randn(4, 3, 3, 3) / 3, torch.randn(6), stride=2, groups=2, name="deconv"
+    )
     d = net.add_batch_norm(d, *bn_params(6), name="bn_d")
     f = net.add_flatten(d, 1)
     f = net.add_fully_connected(f, torch.randn(7, 6 * 11 * 11) / 26, name="fc")
@@ -198,7 +200,9 @@ def test_layouts_keep_fp16_conv_chain_channels_last():
     a = net.add_convolution(x, conv_weight(8, 4), torch.randn(8), padding=1, name="c1")
     a = net.add_activation(a, "relu", name="r1")
     b = net.add_convolution(a, conv_weight(8, 8), torch.randn(8), padding=1, name="c2")
-    gate = net.add_activation(net.add_convolution(a, conv_weight(8, 8, 1, 1), name="c_gate"), "sigmoid")
+    gate = net.add_activation(
+        net.add_convolution(a, conv_weight(8, 8, 1, 1), name="c_gate"), "sigmoid"
+    )
     b = net.add_elementwise(b, gate, "mul", name="mul")
     c = net.add_convolution(b, conv_weight(3, 8), padding=1, name="c3")
     f = net.add_flatten(c, 1)
@@ -215,7 +219,9 @@ def test_layouts_keep_fp16_conv_chain_channels_last():
     for batch in (1, 3):
         feed = {"x": torch.randn(batch, 4, 6, 6)}
         # Both compute in float16 with rounding at different points (fused epilogues round once).
-        torch.testing.assert_close(run(plan, feed)["y"], run(plain, feed)["y"], rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(
+            run(plan, feed)["y"], run(plain, feed)["y"], rtol=1e-2, atol=1e-2
+        )
 
 
 def test_layouts_leave_float32_convolutions_alone():

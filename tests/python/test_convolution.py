@@ -337,7 +337,9 @@ def epilogue_inputs(xs, ws, bias, residual, stride, padding, groups, dtype=torch
     return inputs
 
 
-def torch_epilogue(inputs, bias, residual, stride, padding, groups, activation, device="cpu", double=True):
+def torch_epilogue(
+    inputs, bias, residual, stride, padding, groups, activation, device="cpu", double=True
+):
     cast = (lambda t: t.double()) if double else (lambda t: t.float())
     x, w = cast(inputs[0]).to(device), cast(inputs[1]).to(device)
     b = cast(inputs[2]).to(device) if bias else None
@@ -358,7 +360,9 @@ def test_convolution_epilogue_reference_matches_torch(case, activation):
     _, xs, ws, stride, padding, groups, bias, residual = case
     inputs = epilogue_inputs(xs, ws, bias, residual, stride, padding, groups)
     attrs = epilogue_attrs(activation, residual, stride, padding, groups, len(xs))
-    got = run_layer(lambda net, *t: net.add_layer("convolution", list(t), attrs), inputs, "reference")
+    got = run_layer(
+        lambda net, *t: net.add_layer("convolution", list(t), attrs), inputs, "reference"
+    )
     want = torch_epilogue(inputs, bias, residual, stride, padding, groups, activation).float()
     torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
 
@@ -410,8 +414,12 @@ def test_convolution_residual_shape_error_names_the_layer():
     with pytest.raises(kiln.KilnError, match="res_conv.*residual .* must have the output's shape"):
         net.add_layer("convolution", [x, w, r], {"residual": 1}, "res_conv")
     with pytest.raises(kiln.KilnError, match="dec.*only convolution takes layout nhwc"):
-        net.add_layer("deconvolution", [x, net.add_input("wd", "float32", [2, 3, 3, 3])],
-                      {"layout": "nhwc"}, "dec")
+        net.add_layer(
+            "deconvolution",
+            [x, net.add_input("wd", "float32", [2, 3, 3, 3])],
+            {"layout": "nhwc"},
+            "dec",
+        )
 
 
 @pytest.mark.gpu
@@ -419,7 +427,9 @@ def test_convolution_residual_shape_error_names_the_layer():
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("activation", ["none", "relu", "silu", "hardswish", "clip"])
 @pytest.mark.parametrize("case", EPILOGUE_CASES, ids=[c[0] for c in EPILOGUE_CASES])
-def test_convolution_epilogue_cuda_matches_torch(case, activation, layout, dtype, strict_fp32_torch):
+def test_convolution_epilogue_cuda_matches_torch(
+    case, activation, layout, dtype, strict_fp32_torch
+):
     # Covers cuDNN's fused call (relu / none with a bias) and the own epilogue kernel (the rest),
     # channels first and last.
     _, xs, ws, stride, padding, groups, bias, residual = case
