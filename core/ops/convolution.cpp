@@ -100,8 +100,9 @@ bool channels_last(const Layer& layer) {
   const std::string layout = layer.attrs.get_string("layout", describe(layer));
   KILN_CHECK(layout == "nchw" || layout == "nhwc",
              describe(layer) << ": layout must be nchw or nhwc, got '" << layout << "'");
-  KILN_CHECK(layout == "nchw" || layer.op == "convolution", describe(layer)
-                                                                << ": only convolution takes layout nhwc");
+  KILN_CHECK(layout == "nchw" || layer.op == "convolution" || layer.op == "pooling" ||
+                 layer.op == "adaptive_pooling",
+             describe(layer) << ": only convolution and pooling take layout nhwc");
   return layout == "nhwc";
 }
 

@@ -34,7 +34,8 @@ struct ConvEpilogue {
 // The `layout` attribute of a convolution: "nchw" (the default) or "nhwc", channels last: x is
 // stored [N, spatial..., C], weight [K, kernel..., C/groups], y and the residual [N, spatial..., K]
 // (bias stays [K]). The result is the same; only the order of the stored dims differs. The
-// builder's assign_layouts pass sets it for tensor-core convolutions. Errors name the layer.
+// builder's assign_layouts pass sets it for tensor-core convolutions. pooling and
+// adaptive_pooling accept it too (x and y channels last). Errors name the layer.
 bool channels_last(const Layer& layer);
 // [N, spatial..., C] -> [N, C, spatial...] and back.
 Dims channels_first_dims(const Dims& d);

@@ -2,8 +2,8 @@
 // tensor-core convolutions are fastest, and keeps the pointwise layers between them channels last
 // too, so a chain conv -> pointwise -> conv needs no reformat. Transposes are inserted only at the
 // boundaries: into channels last where a channels-first tensor meets a channels-last layer, and
-// back where a channels-last tensor meets a layer that needs channels first (pooling, reshape,
-// fully_connected, network outputs, ...).
+// back where a channels-last tensor meets a layer that needs channels first (reshape, flatten,
+// fully_connected, batch_norm, network outputs, ...).
 //
 // Layout is invisible: every original tensor keeps its id, dims and name, and whenever a layer
 // reads it channels first it gets exactly those values (a transpose back writes into the
@@ -12,7 +12,8 @@
 // Channels-last layers:
 //   convolution, rank 4, float16/bfloat16, weight constant: x and residual go channels last, the
 //       weight [K, C/g, kh, kw] is permuted at build time to [K, kh, kw, C/g].
-//   activation, unary, cast, elementwise: when one of their inputs is only available channels last
+//   pooling, adaptive_pooling, rank 4: when their input was computed channels last.
+//   activation, unary, cast, elementwise: when one of their inputs was computed channels last
 //       and every input is rank 4 (constants are permuted at build time) or has all dims 1.
 //       Broadcasting commutes with a permutation applied to every operand.
 // Safe on every backend; the builder runs it after precision assignment (it needs the final dtypes).
@@ -83,6 +84,9 @@ class LayoutRewriter {
       if (x.dims.size() != 4 || channels_last(l) || w.kind != TensorKind::kConstant) return false;
       return x.dtype == DataType::kFloat16 || x.dtype == DataType::kBFloat16;
     }
+    if (l.op == "pooling" || l.op == "adaptive_pooling") {
+      return net_.tensor(l.inputs[0]).dims.size() == 4 && !channels_last(l) && is_tensor_last(l.inputs[0]);
+    }
     if (l.op != "activation" && l.op != "unary" && l.op != "cast" && l.op != "elementwise") return false;
     bool any_last = false;
     for (TensorId t : l.inputs) {
@@ -143,6 +147,9 @@ class LayoutRewriter {
         const bool weight = i == 1;
         inputs.push_back(activation_like || weight ? last_version(l.inputs[i]) : l.inputs[i]);
       }
+      attrs.set("layout", std::string("nhwc"));
+    } else if (l.op == "pooling" || l.op == "adaptive_pooling") {
+      inputs.push_back(last_version(l.inputs[0]));
       attrs.set("layout", std::string("nhwc"));
     } else {
       for (TensorId t : l.inputs) inputs.push_back(last_version(t));

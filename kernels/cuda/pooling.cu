@@ -4,10 +4,13 @@
 // dilation or divisor_override. The own kernel (one thread per output element, 1d/2d as 3d with
 // leading dims of size 1) covers every case, and bfloat16 everywhere (cuDNN's legacy pooling
 // does not promise bfloat16). adaptive_pooling always runs the own kernel. Math in float; max
-// pooling propagates NaN like torch.
+// pooling propagates NaN like torch. Channels-last layers (layout nhwc) run the own kernel with
+// one thread per output element in channel-fastest order, so neighbouring threads read
+// neighbouring channels.
 #include <cfloat>
 
 #include "core/op_schema.h"
+#include "core/ops/convolution.h"
 #include "core/ops/pooling.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cudnn_util.h"
@@ -26,6 +29,8 @@ struct PoolParams {
   int64_t in[3], out[3];
   int64_t kernel[3], stride[3], pad[3], dilation[3];
   int64_t planes;  // N * C
+  bool channels_last;
+  int64_t channels;
 };
 
 template <typename T>
@@ -34,7 +39,18 @@ __global__ void pooling_kernel(PoolParams p, const T* __restrict__ x, T* __restr
   const int64_t n = p.planes * out_size;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t plane = i / out_size, o = i % out_size;
+    // Element (pixel) of plane (sample, channel) is at base + pixel * stride; y[i] is the output.
+    int64_t o, base_offset, stride;
+    if (p.channels_last) {
+      const int64_t rest = i / p.channels;
+      o = rest % out_size;
+      base_offset = rest / out_size * in_size * p.channels + i % p.channels;
+      stride = p.channels;
+    } else {
+      o = i % out_size;
+      base_offset = i / out_size * in_size;
+      stride = 1;
+    }
     const int64_t op[3] = {o / (p.out[1] * p.out[2]), o / p.out[2] % p.out[1], o % p.out[2]};
     int64_t lo[3], hi[3], step[3];
     int64_t padded_count = 1, count = 1;
@@ -62,12 +78,12 @@ __global__ void pooling_kernel(PoolParams p, const T* __restrict__ x, T* __restr
         step[d] = 1;
       }
     }
-    const T* base = x + plane * in_size;
+    const T* base = x + base_offset;
     float acc = p.type == kPoolMax ? -INFINITY : 0.f;
     for (int64_t a = lo[0]; a < hi[0]; a += step[0]) {
       for (int64_t b = lo[1]; b < hi[1]; b += step[1]) {
         for (int64_t c = lo[2]; c < hi[2]; c += step[2]) {
-          const float v = to_float(base[(a * p.in[1] + b) * p.in[2] + c]);
+          const float v = to_float(base[((a * p.in[1] + b) * p.in[2] + c) * stride]);
           if (p.type == kPoolAvg) {
             acc += v;
           } else if (v > acc || isnan(v)) {
@@ -106,8 +122,14 @@ void launch_pooling(const PoolParams& p, const TensorView& x, const TensorView& 
   KILN_CUDA_CHECK_LAUNCH();
 }
 
-PoolParams pool_params(const PoolGeometry& g, const Dims& x, const Dims& y) {
+// Params of a pooling layer with (stored) dims x and y.
+PoolParams pool_params(const PoolGeometry& g, const Dims& stored_x, const Dims& stored_y,
+                       bool channels_last) {
+  const Dims x = channels_last ? channels_first_dims(stored_x) : stored_x;
+  const Dims y = channels_last ? channels_first_dims(stored_y) : stored_y;
   PoolParams p{};
+  p.channels_last = channels_last;
+  p.channels = x[1];
   p.type = g.type;
   p.adaptive = false;
   p.count_include_pad = g.count_include_pad;
@@ -124,17 +146,18 @@ PoolParams pool_params(const PoolGeometry& g, const Dims& x, const Dims& y) {
 
 class CudaPooling final : public Kernel {
  public:
-  explicit CudaPooling(Layer layer) : layer_(std::move(layer)) {}
+  explicit CudaPooling(Layer layer) : layer_(std::move(layer)), channels_last_(channels_last(layer_)) {}
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
     const PoolGeometry g = pool_geometry(layer_, static_cast<int>(in[0].dims.size()) - 2);
-    launch_pooling(pool_params(g, in[0].dims, out[0].dims), in[0], out[0],
+    launch_pooling(pool_params(g, in[0].dims, out[0].dims, channels_last_), in[0], out[0],
                    static_cast<cudaStream_t>(ctx.stream), "pooling");
   }
   std::string name() const override { return "cuda_pooling"; }
 
  private:
   Layer layer_;
+  bool channels_last_;
 };
 
 class CudnnPooling final : public Kernel {
@@ -147,7 +170,7 @@ class CudnnPooling final : public Kernel {
     auto stream = static_cast<cudaStream_t>(ctx.stream);
     if (volume(y.dims) == 0) return;
     if (x.dtype == DataType::kBFloat16) {
-      launch_pooling(pool_params(g, x.dims, y.dims), x, y, stream, "pooling");
+      launch_pooling(pool_params(g, x.dims, y.dims, false), x, y, stream, "pooling");
       return;
     }
     auto handle = static_cast<cudnnHandle_t>(ctx.cudnn);
@@ -183,26 +206,32 @@ class CudnnPooling final : public Kernel {
 
 class CudaAdaptivePooling final : public Kernel {
  public:
-  explicit CudaAdaptivePooling(int type) : type_(type) {}
+  CudaAdaptivePooling(int type, bool channels_last) : type_(type), channels_last_(channels_last) {}
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
     const TensorView &x = in[0], &y = out[0];
+    const Dims xd = channels_last_ ? channels_first_dims(x.dims) : x.dims;
+    const Dims yd = channels_last_ ? channels_first_dims(y.dims) : y.dims;
     PoolParams p{};
     p.type = type_;
     p.adaptive = true;
-    fill3(p.in, x.dims, 2, 1);
-    fill3(p.out, y.dims, 2, 1);
-    p.planes = x.dims[0] * x.dims[1];
+    p.channels_last = channels_last_;
+    p.channels = xd[1];
+    fill3(p.in, xd, 2, 1);
+    fill3(p.out, yd, 2, 1);
+    p.planes = xd[0] * xd[1];
     launch_pooling(p, x, y, static_cast<cudaStream_t>(ctx.stream), "adaptive_pooling");
   }
   std::string name() const override { return "cuda_adaptive_pooling"; }
 
  private:
   int type_;
+  bool channels_last_;
 };
 
 // cuDNN computes the layer exactly when no option beyond its pooling modes is set (see the top).
 bool cudnn_expresses(const Layer& l) {
+  if (channels_last(l)) return false;
   if (l.attrs.get_int("ceil_mode", int64_t{0}) != 0 || l.attrs.has("divisor_override")) return false;
   if (l.attrs.has("dilations")) {
     for (int64_t d : l.attrs.get_ints("dilations", describe(l))) {
@@ -220,7 +249,7 @@ void register_pooling_cuda_kernel() {
     return std::make_unique<CudaPooling>(l);
   });
   register_kernel("adaptive_pooling", Backend::kCuda, [](const Layer& l) {
-    return std::make_unique<CudaAdaptivePooling>(adaptive_pool_type(l));
+    return std::make_unique<CudaAdaptivePooling>(adaptive_pool_type(l), channels_last(l));
   });
 }
 

@@ -193,31 +193,34 @@ def test_fuse_conv_epilogue_no_change_cases():
 
 
 def test_layouts_keep_fp16_conv_chain_channels_last():
-    # conv-relu-conv-(SE-like broadcast mul)-conv, then flatten + fc: the chain runs channels
-    # last, with one transpose in (after the cast to float16) and one out (before flatten).
+    # conv-relu-maxpool-conv, an SE-like gate (global pool, 1x1 conv, sigmoid, broadcast mul),
+    # conv, global avg pool, then flatten + fc: everything up to the pool runs channels last, with
+    # one transpose in (after the cast to float16) and one out (before flatten).
     net = kiln.Network()
-    x = net.add_input("x", "float32", [-1, 4, 6, 6])
+    x = net.add_input("x", "float32", [-1, 4, 9, 9])
     a = net.add_convolution(x, conv_weight(8, 4), torch.randn(8), padding=1, name="c1")
     a = net.add_activation(a, "relu", name="r1")
+    a = net.add_pooling(a, "max", 3, 2, 1, name="maxpool")
     b = net.add_convolution(a, conv_weight(8, 8), torch.randn(8), padding=1, name="c2")
-    gate = net.add_activation(
-        net.add_convolution(a, conv_weight(8, 8, 1, 1), name="c_gate"), "sigmoid"
-    )
+    s = net.add_adaptive_pooling(b, "avg", 1, name="se_pool")
+    gate = net.add_convolution(s, conv_weight(8, 8, 1, 1), torch.randn(8), name="c_gate")
+    gate = net.add_activation(gate, "sigmoid", name="gate")
     b = net.add_elementwise(b, gate, "mul", name="mul")
     c = net.add_convolution(b, conv_weight(3, 8), padding=1, name="c3")
+    c = net.add_adaptive_pooling(c, "avg", 1, name="gap")
     f = net.add_flatten(c, 1)
-    net.mark_output(net.add_fully_connected(f, torch.randn(5, 108) / 10, name="fc"), "y")
-    profile = {"x": ([1, 4, 6, 6], [2, 4, 6, 6], [3, 4, 6, 6])}
+    net.mark_output(net.add_fully_connected(f, torch.randn(5, 3), name="fc"), "y")
+    profile = {"x": ([1, 4, 9, 9], [2, 4, 9, 9], [3, 4, 9, 9])}
     plan = build(net, precisions=["fp32", "fp16"], profile=profile)
-    convs = [layer for layer in plan.layers() if layer["op"] == "convolution"]
-    assert len(convs) == 4 and all(cv["attrs"]["layout"] == "nhwc" for cv in convs)
-    transposes = [layer for layer in plan.layers() if layer["op"] == "transpose"]
-    assert len(transposes) == 2
-    assert layer_named(plan, "mul")["outputs"][0][2] == [-1, 6, 6, 8]
+    for name in ["c1", "maxpool", "c2", "se_pool", "c_gate", "c3", "gap"]:
+        assert layer_named(plan, name)["attrs"]["layout"] == "nhwc", name
+    transposes = [layer["name"] for layer in plan.layers() if layer["op"] == "transpose"]
+    assert transposes == ["x/to_float16/to_nhwc", "gap/to_nchw"]
+    assert layer_named(plan, "mul")["outputs"][0][2] == [-1, 5, 5, 8]
     plain = build(net, level=0, precisions=["fp32", "fp16"], profile=profile)
     assert "transpose" not in ops(plain)
     for batch in (1, 3):
-        feed = {"x": torch.randn(batch, 4, 6, 6)}
+        feed = {"x": torch.randn(batch, 4, 9, 9)}
         # Both compute in float16 with rounding at different points (fused epilogues round once).
         torch.testing.assert_close(
             run(plan, feed)["y"], run(plain, feed)["y"], rtol=1e-2, atol=1e-2

@@ -413,7 +413,7 @@ def test_convolution_residual_shape_error_names_the_layer():
     r = net.add_input("r", "float32", [1, 3, 5, 5])  # the output is [1, 3, 3, 3]
     with pytest.raises(kiln.KilnError, match="res_conv.*residual .* must have the output's shape"):
         net.add_layer("convolution", [x, w, r], {"residual": 1}, "res_conv")
-    with pytest.raises(kiln.KilnError, match="dec.*only convolution takes layout nhwc"):
+    with pytest.raises(kiln.KilnError, match="dec.*only convolution and pooling take layout nhwc"):
         net.add_layer(
             "deconvolution",
             [x, net.add_input("wd", "float32", [2, 3, 3, 3])],
