@@ -3,15 +3,18 @@
 // window (count_include_pad) or the valid elements, so it covers layers without ceil_mode,
 // dilation or divisor_override. The own kernel (one thread per output element, 1d/2d as 3d with
 // leading dims of size 1) covers every case, and bfloat16 everywhere (cuDNN's legacy pooling
-// does not promise bfloat16). adaptive_pooling always runs the own kernel. Math in float; max
+// does not promise bfloat16). adaptive_pooling always runs the own kernel, or a reduction kernel
+// for global pooling (output size 1). Math in float; max
 // pooling propagates NaN like torch. Channels-last layers (layout nhwc) run the own kernel with
 // one thread per output element in channel-fastest order, so neighbouring threads read
 // neighbouring channels.
+#include <algorithm>
 #include <cfloat>
 
 #include "core/op_schema.h"
 #include "core/ops/convolution.h"
 #include "core/ops/pooling.h"
+#include "kernels/cuda/block_reduce.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cudnn_util.h"
 #include "kernels/cuda/dtype_traits.cuh"
@@ -101,6 +104,77 @@ __global__ void pooling_kernel(PoolParams p, const T* __restrict__ x, T* __restr
     }
     y[i] = from_float<T>(acc);
   }
+}
+
+// Global pooling (adaptive output size 1 along every spatial dim): one reduction per (sample,
+// channel) instead of one thread walking a whole plane. Max propagates NaN (MaxOp).
+// Channels first: one block per plane, threads stride over its pixels, then a block reduction.
+template <typename T>
+__global__ void global_pool_planes_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t planes,
+                                          int64_t pixels, bool avg) {
+  __shared__ float shared[kMaxWarps];
+  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
+    const T* base = x + plane * pixels;
+    float acc = avg ? 0.f : -INFINITY;
+    for (int64_t j = threadIdx.x; j < pixels; j += blockDim.x) {
+      const float v = to_float(base[j]);
+      acc = avg ? acc + v : MaxOp()(acc, v);
+    }
+    acc = avg ? block_reduce(acc, 0.f, SumOp(), shared) : block_reduce(acc, -INFINITY, MaxOp(), shared);
+    if (threadIdx.x == 0) y[plane] = from_float<T>(avg ? acc / static_cast<float>(pixels) : acc);
+  }
+}
+
+// Channels last: a block covers 32 neighbouring channels of one sample (threadIdx.x, coalesced
+// reads) and kGlobalPhases pixel phases (threadIdx.y), combined through shared memory.
+constexpr int kGlobalPhases = 8;
+template <typename T>
+__global__ void global_pool_channels_last_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t samples,
+                                                 int64_t channels, int64_t pixels, bool avg) {
+  __shared__ float partial[kGlobalPhases][33];
+  const int64_t c = blockIdx.x * int64_t{32} + threadIdx.x;
+  for (int64_t s = blockIdx.y; s < samples; s += gridDim.y) {
+    float acc = avg ? 0.f : -INFINITY;
+    if (c < channels) {
+      const T* base = x + s * pixels * channels + c;
+      for (int64_t j = threadIdx.y; j < pixels; j += kGlobalPhases) {
+        const float v = to_float(base[j * channels]);
+        acc = avg ? acc + v : MaxOp()(acc, v);
+      }
+    }
+    partial[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < channels) {
+      float r = partial[0][threadIdx.x];
+      for (int k = 1; k < kGlobalPhases; ++k)
+        r = avg ? r + partial[k][threadIdx.x] : MaxOp()(r, partial[k][threadIdx.x]);
+      y[s * channels + c] = from_float<T>(avg ? r / static_cast<float>(pixels) : r);
+    }
+    __syncthreads();
+  }
+}
+
+void launch_global_pooling(const PoolParams& p, const TensorView& x, const TensorView& y,
+                           cudaStream_t stream) {
+  const int64_t pixels = p.in[0] * p.in[1] * p.in[2];
+  const bool avg = p.type == kPoolAvg;
+  dispatch_floating(x.dtype, "adaptive_pooling", [&](auto tag) {
+    using T = decltype(tag);
+    const T* xs = static_cast<const T*>(x.data);
+    T* ys = static_cast<T*>(y.data);
+    if (p.channels_last) {
+      const int64_t samples = p.planes / p.channels;
+      dim3 grid(static_cast<unsigned>((p.channels + 31) / 32),
+                static_cast<unsigned>(std::min<int64_t>(samples, 65535)));
+      global_pool_channels_last_kernel<T>
+          <<<grid, dim3(32, kGlobalPhases), 0, stream>>>(xs, ys, samples, p.channels, pixels, avg);
+    } else {
+      const int block = row_block_size(pixels);
+      const unsigned grid = static_cast<unsigned>(std::min<int64_t>(p.planes, int64_t{1} << 30));
+      global_pool_planes_kernel<T><<<grid, block, 0, stream>>>(xs, ys, p.planes, pixels, avg);
+    }
+  });
+  KILN_CUDA_CHECK_LAUNCH();
 }
 
 // Spatial values padded in front to three dims with `fill`.
@@ -220,6 +294,11 @@ class CudaAdaptivePooling final : public Kernel {
     fill3(p.in, xd, 2, 1);
     fill3(p.out, yd, 2, 1);
     p.planes = xd[0] * xd[1];
+    if (volume(y.dims) == 0) return;
+    if (p.out[0] == 1 && p.out[1] == 1 && p.out[2] == 1) {
+      launch_global_pooling(p, x, y, static_cast<cudaStream_t>(ctx.stream));
+      return;
+    }
     launch_pooling(p, x, y, static_cast<cudaStream_t>(ctx.stream), "adaptive_pooling");
   }
   std::string name() const override { return "cuda_adaptive_pooling"; }

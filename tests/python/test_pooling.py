@@ -96,6 +96,10 @@ ADAPTIVE_CASES = [
     ("avg2d_global", "avg", (2, 5, 7, 6), 1),
     ("max2d_identity", "max", (1, 2, 5, 5), 5),
     ("avg2d_mixed", "avg", (2, 2, 13, 5), (5, 7)),
+    # global pooling (output size 1) runs a reduction kernel on CUDA; 37 channels leave a partial
+    # tile of 32 channels last, 300 pixels span several phases and warps.
+    ("max2d_global_odd_channels", "max", (3, 37, 15, 20), 1),
+    ("avg1d_global", "avg", (2, 3, 50), 1),
 ]
 TORCH_ADAPTIVE = {
     ("avg", 3): F.adaptive_avg_pool1d,
