@@ -42,32 +42,19 @@ struct EpilogueParams {
   int64_t channels, spatial;  // output channels and pixels per (sample, channel)
 };
 
-// y = act(y + bias[c] + residual), in float. Channels-first: blockIdx.y walks (sample, channel)
-// planes so the channel is known per block; channels last: the channel is i % channels.
-template <typename T>
+// y = act(y + bias[c] + residual), in float, one element per thread (grid-stride). Index is
+// int32_t when the tensor allows it: the channel's division is then cheap.
+template <typename T, typename Index>
 __global__ void epilogue_kernel(EpilogueParams p, T* __restrict__ y, const T* __restrict__ bias,
-                                const T* __restrict__ residual, int64_t n) {
-  auto finish = [&](int64_t i, int64_t c) {
+                                const T* __restrict__ residual, Index n) {
+  const Index channels = static_cast<Index>(p.channels), spatial = static_cast<Index>(p.spatial);
+  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<Index>(gridDim.x) * blockDim.x) {
     float v = to_float(y[i]);
-    if (bias) v += to_float(bias[c]);
+    if (bias) v += to_float(bias[p.channels_last ? i % channels : i / spatial % channels]);
     if (residual) v += to_float(residual[i]);
     if (p.activate) v = activate(p.act, v);
     y[i] = from_float<T>(v);
-  };
-  if (p.channels_last) {
-    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-         i += int64_t{gridDim.x} * blockDim.x) {
-      finish(i, i % p.channels);
-    }
-    return;
-  }
-  const int64_t planes = n / p.spatial;
-  for (int64_t plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-    const int64_t c = plane % p.channels, base = plane * p.spatial;
-    for (int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; j < p.spatial;
-         j += int64_t{gridDim.x} * blockDim.x) {
-      finish(base + j, c);
-    }
   }
 }
 
@@ -314,19 +301,18 @@ class CudnnConvolution final : public Kernel {
     p.channels = channels_last_ ? y.dims.back() : y.dims[1];
     p.spatial = n / (y.dims[0] * p.channels);
     constexpr int kBlock = 256;
-    dim3 grid;
-    if (channels_last_) {
-      grid = dim3(static_cast<unsigned>(grid_for(n, kBlock)));
-    } else {
-      const int64_t planes = n / p.spatial;
-      grid = dim3(static_cast<unsigned>(grid_for(p.spatial, kBlock)),
-                  static_cast<unsigned>(std::min<int64_t>(planes, 65535)));
-    }
+    const unsigned grid = grid_for(n, kBlock);
     dispatch_floating(y.dtype, "convolution epilogue", [&](auto tag) {
       using T = decltype(tag);
-      epilogue_kernel<T><<<grid, kBlock, 0, stream>>>(
-          p, static_cast<T*>(y.data), bias ? static_cast<const T*>(bias->data) : nullptr,
-          residual ? static_cast<const T*>(residual->data) : nullptr, n);
+      T* ys = static_cast<T*>(y.data);
+      const T* bs = bias ? static_cast<const T*>(bias->data) : nullptr;
+      const T* rs = residual ? static_cast<const T*>(residual->data) : nullptr;
+      // int32 indexing needs n plus one grid stride to stay below 2^31.
+      if (n + int64_t{grid} * kBlock < (int64_t{1} << 31)) {
+        epilogue_kernel<T, int32_t><<<grid, kBlock, 0, stream>>>(p, ys, bs, rs, static_cast<int32_t>(n));
+      } else {
+        epilogue_kernel<T, int64_t><<<grid, kBlock, 0, stream>>>(p, ys, bs, rs, n);
+      }
     });
     KILN_CUDA_CHECK_LAUNCH();
   }
