@@ -13,6 +13,8 @@
 //   convolution, rank 4, float16/bfloat16, weight constant: x and residual go channels last, the
 //       weight [K, C/g, kh, kw] is permuted at build time to [K, kh, kw, C/g].
 //   pooling, adaptive_pooling, rank 4: when their input was computed channels last.
+//   reduce with keepdim = 1 (squeeze-excitation's spatial mean), likewise: its axes are renumbered
+//       (NCHW axis 1 is NHWC axis 3, 2 is 1, 3 is 2), the kept rank-4 result stays channels last.
 //   activation, unary, cast, elementwise: when one of their inputs was computed channels last
 //       and every input is rank 4 (constants are permuted at build time) or has all dims 1.
 //       Broadcasting commutes with a permutation applied to every operand.
@@ -87,6 +89,10 @@ class LayoutRewriter {
     if (l.op == "pooling" || l.op == "adaptive_pooling") {
       return net_.tensor(l.inputs[0]).dims.size() == 4 && !channels_last(l) && is_tensor_last(l.inputs[0]);
     }
+    if (l.op == "reduce") {
+      return l.inputs.size() == 1 && net_.tensor(l.inputs[0]).dims.size() == 4 &&
+             l.attrs.get_int("keepdim", int64_t{0}) == 1 && is_tensor_last(l.inputs[0]);
+    }
     if (l.op != "activation" && l.op != "unary" && l.op != "cast" && l.op != "elementwise") return false;
     bool any_last = false;
     for (TensorId t : l.inputs) {
@@ -151,6 +157,13 @@ class LayoutRewriter {
     } else if (l.op == "pooling" || l.op == "adaptive_pooling") {
       inputs.push_back(last_version(l.inputs[0]));
       attrs.set("layout", std::string("nhwc"));
+    } else if (l.op == "reduce") {
+      inputs.push_back(last_version(l.inputs[0]));
+      if (l.attrs.has("axes")) {
+        std::vector<int64_t> axes = l.attrs.get_ints("axes", l.name);
+        for (int64_t& a : axes) a = kToFirst[static_cast<size_t>(a < 0 ? a + 4 : a)];
+        attrs.set("axes", axes);
+      }
     } else {
       for (TensorId t : l.inputs) inputs.push_back(last_version(t));
     }

@@ -227,6 +227,31 @@ def test_layouts_keep_fp16_conv_chain_channels_last():
         )
 
 
+def test_layouts_renumber_squeeze_excitation_mean():
+    # torchvision's SE blocks take mean(dims=[2, 3], keepdim=True): it stays channels last with
+    # its axes renumbered; a mean without keepdim goes back to channels first.
+    net = kiln.Network()
+    x = net.add_input("x", "float16", [2, 6, 5, 7])
+    b = net.add_convolution(x, conv_weight(6, 6).half(), padding=1, name="conv")
+    s = net.add_layer("reduce", [b], {"op": "mean", "axes": [-1, 2], "keepdim": 1}, "se_mean")
+    gate = net.add_activation(
+        net.add_convolution(s, conv_weight(6, 6, 1, 1).half(), name="fc1"), "sigmoid"
+    )
+    y = net.add_elementwise(b, gate, "mul", name="scale")
+    net.mark_output(net.add_layer("reduce", [y], {"op": "sum", "axes": [1]}, "flat_sum"), "y")
+    plan = build(net)
+    se_mean = layer_named(plan, "se_mean")
+    assert se_mean["attrs"]["axes"] == [2, 1] and se_mean["outputs"][0][2] == [2, 1, 1, 6]
+    assert layer_named(plan, "flat_sum")["attrs"]["axes"] == [1]
+    assert [layer["name"] for layer in plan.layers() if layer["op"] == "transpose"] == [
+        "x/to_nhwc",
+        "scale/to_nchw",
+    ]
+    feed = {"x": torch.randn(2, 6, 5, 7).half()}
+    want = run(build(net, level=0), feed)["y"]
+    torch.testing.assert_close(run(plan, feed)["y"], want, rtol=1e-2, atol=1e-2)
+
+
 def test_layouts_leave_float32_convolutions_alone():
     net = bottleneck_net(n=2)
     plan = build(net)
@@ -274,3 +299,49 @@ def test_resnet50_reference_matches_eager():
     half = kiln.compile(model, inputs=[x], device="cpu", enabled_precisions={torch.float16})
     # float16 activations through 50 layers: cosine similarity is the meaningful measure.
     assert cosine(half(x).float(), want) > 0.999
+
+
+def test_mobilenet_v3_fp16_reference_matches_eager():
+    # Squeeze-excitation means, hardswish/hardsigmoid epilogues and depthwise convs channels last.
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = calibrated(torchvision.models.mobilenet_v3_large(weights=None), size=64)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+    half = kiln.compile(model, inputs=[x], device="cpu", enabled_precisions={torch.float16})
+    assert cosine(half(x).float(), want) > 0.999
+
+
+def calibrated(model, size=224):
+    """The eval-mode model with batch-norm statistics of one random batch: with torchvision's
+    initial statistics (mean 0, var 1) the activations of mobilenet/efficientnet shrink to 1e-10,
+    which float16 cannot hold; calibrated ones stay O(1), so float16 results are comparable."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: one batch gives its own statistics
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, size, size))
+    return model.eval()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v3_large", "efficientnet_b0"])
+def test_vision_model_fp16_cuda_matches_eager(name):
+    # The whole conv path on the GPU: folded BN, fused epilogues, channels-last chains, global
+    # pooling, dynamic batch; cosine similarity against float32 eager.
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = calibrated(getattr(torchvision.models, name)(weights=None)).cuda()
+    spec = kiln.Input(
+        min_shape=(1, 3, 224, 224), opt_shape=(8, 3, 224, 224), max_shape=(16, 3, 224, 224)
+    )
+    compiled = kiln.compile(model, inputs=[spec], enabled_precisions={torch.float16})
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, 224, 224, device="cuda")
+        with torch.no_grad():
+            want = model(x)
+        got = compiled(x).float()
+        assert cosine(got, want) > 0.999
