@@ -57,17 +57,21 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
     run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
   }
 
-  // 3. fuse. Pattern passes that turn decomposed ops into one layer (GELU, RMS norm) run
-  //    first, so a GELU written out as pointwise ops can then join a GEMM epilogue. GEMM
-  //    epilogues next: horizontal GEMM fusion then merges finished fully_connected layers, biases
-  //    included (and leaves those with an activation or residual alone). Layers with a per-layer
-  //    precision stay unfused by the GEMM passes, so the setting still has its layer. The generic
-  //    pointwise fusion runs after precision assignment (see 4b).
+  // 3. fuse. BN folding first: it needs the conv/fully_connected without an epilogue, and
+  //    leaves conv -> add -> act chains that the epilogue fusion then folds into the conv.
+  //    Pattern passes that turn decomposed ops into one layer (GELU, RMS norm) come next, so a
+  //    GELU written out as pointwise ops can then join a GEMM epilogue. Horizontal GEMM fusion
+  //    then merges finished fully_connected layers, biases included (and leaves those with an
+  //    activation or residual alone). Layers with a per-layer precision stay unfused by the GEMM
+  //    passes, so the setting still has its layer. The generic pointwise fusion runs after
+  //    precision assignment and layouts (see 5b).
   if (config.optimization_level > 0) {
     std::set<std::string> pinned;
     for (const auto& kv : config.precision.layer_precisions) pinned.insert(kv.first);
+    run_pass("fold_batch_norm", fold_batch_norm, net);
     run_pass("fuse_gelu", fuse_gelu, net);
     run_pass("fuse_rms_norm", fuse_rms_norm, net);
+    run_pass("fuse_conv_epilogue", fuse_conv_epilogue, net);
     run_pass(
         "fuse_gemm_epilogue", [&](Network& n) { return fuse_gemm_epilogue(n, pinned); }, net);
     run_pass(
@@ -82,10 +86,13 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   run_pass(
       "assign_precision", [&](Network& n) { return assign_precision(n, config.precision); }, net);
   if (config.optimization_level > 0) run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
-  // 4b. fuse chains of pointwise layers into one generated kernel each. After precision
+  // 5. choose layouts: channels last for float16/bfloat16 convolutions (after precision, which
+  //    decides the dtypes), transposes only where a chain of channels-last layers ends.
+  if (config.optimization_level > 0) run_pass("assign_layouts", assign_layouts, net);
+  // 5b. fuse chains of pointwise layers into one generated kernel each. After precision
   //     assignment on purpose: each layer's compute dtype, and the casts that pass inserted, are
   //     then explicit in the graph and go into the program as they are, so per-layer precisions
-  //     hold inside fused kernels too.
+  //     hold inside fused kernels too. After layouts, so channels-last chains fuse as they are.
   if (config.optimization_level > 0) run_pass("fuse_pointwise", fuse_pointwise, net);
 
   // 6. choose kernels: one implementation per layer on the target backend.

@@ -3,10 +3,16 @@
 // deconvolution: transposed convolution, torch's ConvTranspose1d/2d/3d. x [N, C, spatial...],
 // weight [C, K/groups, kernel...], optional bias [K]; y [N, K, out...].
 // N and spatial dims may be dynamic; C and the weight's dims must be static.
+// Both take a fused epilogue (see ConvEpilogue): y = act(conv(x) + bias + residual), with the
+// residual as an optional last input; `fused` (a string, informational) lists the layers the
+// builder folded into this one.
 #include "core/ops/convolution.h"
+
+#include <algorithm>
 
 #include "core/error.h"
 #include "core/op_schema.h"
+#include "core/ops/activation.h"
 #include "core/ops/ops.h"
 
 namespace kiln {
@@ -57,9 +63,67 @@ int64_t deconv_output_dim(int64_t in, int64_t k, int64_t stride, int64_t pad, in
   return (in - 1) * stride - 2 * pad + dilation * (k - 1) + output_padding + 1;
 }
 
+double default_activation_alpha(const std::string& type) {
+  return type == "clip" ? 0.0 : type == "elu" ? 1.0 : 0.01;
+}
+
+ConvEpilogue conv_epilogue(const Layer& layer, size_t num_inputs) {
+  const std::string who = describe(layer);
+  ConvEpilogue e;
+  if (layer.attrs.has("activation")) e.activation = layer.attrs.get_string("activation", who);
+  const auto& types = activation_types();
+  KILN_CHECK(e.activation == "none" || std::find(types.begin(), types.end(), e.activation) != types.end(),
+             who << ": unknown activation '" << e.activation << "' (use none or an activation op type)");
+  e.alpha = layer.attrs.get_float("activation_alpha", default_activation_alpha(e.activation));
+  e.beta = layer.attrs.get_float("activation_beta", 1.0);
+  e.threshold = layer.attrs.get_float("activation_threshold", 20.0);
+  if (e.activation == "clip") {
+    KILN_CHECK(e.alpha <= e.beta, who << ": clip needs activation_alpha (min) <= activation_beta (max)");
+  }
+  if (e.activation == "softplus") {
+    KILN_CHECK(e.beta != 0.0, who << ": softplus activation_beta must not be 0");
+  }
+  const int64_t residual = layer.attrs.get_int("residual", int64_t{0});
+  KILN_CHECK(residual == 0 || residual == 1, who << ": residual must be 0 or 1, got " << residual);
+  e.residual = residual == 1;
+  KILN_CHECK(!e.residual || num_inputs >= 3,
+             who << ": residual = 1 needs the residual as the last input (x, weight, [bias], residual)");
+  KILN_CHECK(e.residual || num_inputs <= 3,
+             who << ": a fourth input is only accepted as the residual; set residual = 1");
+  e.has_bias = num_inputs == 4 || (num_inputs == 3 && !e.residual);
+  e.residual_input = e.residual ? static_cast<int>(num_inputs) - 1 : -1;
+  return e;
+}
+
+bool channels_last(const Layer& layer) {
+  if (!layer.attrs.has("layout")) return false;
+  const std::string layout = layer.attrs.get_string("layout", describe(layer));
+  KILN_CHECK(layout == "nchw" || layout == "nhwc",
+             describe(layer) << ": layout must be nchw or nhwc, got '" << layout << "'");
+  KILN_CHECK(layout == "nchw" || layer.op == "convolution" || layer.op == "pooling" ||
+                 layer.op == "adaptive_pooling",
+             describe(layer) << ": only convolution and pooling take layout nhwc");
+  return layout == "nhwc";
+}
+
+Dims channels_first_dims(const Dims& d) {
+  if (d.size() < 3) return d;
+  Dims r = {d[0], d.back()};
+  r.insert(r.end(), d.begin() + 1, d.end() - 1);
+  return r;
+}
+
+Dims channels_last_dims(const Dims& d) {
+  if (d.size() < 3) return d;
+  Dims r = {d[0]};
+  r.insert(r.end(), d.begin() + 2, d.end());
+  r.push_back(d[1]);
+  return r;
+}
+
 namespace {
 
-std::vector<TensorDesc> infer_conv(const Layer& layer, const std::vector<TensorDesc>& in) {
+std::vector<TensorDesc> infer_conv_channels_first(const Layer& layer, const std::vector<TensorDesc>& in) {
   const std::string who = describe(layer);
   const bool transposed = layer.op == "deconvolution";
   const TensorDesc &x = in[0], &w = in[1];
@@ -94,7 +158,8 @@ std::vector<TensorDesc> infer_conv(const Layer& layer, const std::vector<TensorD
                    << c / g.groups << " (input channels " << c << ", groups " << g.groups << ")");
   }
   KILN_CHECK(k >= 1, who << ": weight " << to_string(w.dims) << " gives no output channels");
-  if (in.size() > 2) {
+  const ConvEpilogue epilogue = conv_epilogue(layer, in.size());
+  if (epilogue.has_bias) {
     const TensorDesc& b = in[2];
     KILN_CHECK(b.dtype == x.dtype, who << ": bias dtype " << dtype_name(b.dtype)
                                        << " differs from input dtype " << dtype_name(x.dtype));
@@ -124,14 +189,38 @@ std::vector<TensorDesc> infer_conv(const Layer& layer, const std::vector<TensorD
       out.push_back(conv_output_dim(size, kernel, g.strides[i], g.pads[i], g.dilations[i]));
     }
   }
+  if (epilogue.residual) {
+    const TensorDesc& r = in[static_cast<size_t>(epilogue.residual_input)];
+    KILN_CHECK(r.dtype == x.dtype, who << ": residual dtype " << dtype_name(r.dtype)
+                                       << " differs from input dtype " << dtype_name(x.dtype));
+    bool same = r.dims.size() == out.size();
+    for (size_t i = 0; same && i < out.size(); ++i) {
+      same = r.dims[i] == out[i] || r.dims[i] == kDynamic || out[i] == kDynamic;
+    }
+    KILN_CHECK(same, who << ": residual " << to_string(r.dims) << " must have the output's shape "
+                         << to_string(out) << " (no broadcasting)");
+  }
   return {{x.dtype, out}};
+}
+
+std::vector<TensorDesc> infer_conv(const Layer& layer, const std::vector<TensorDesc>& in) {
+  if (!channels_last(layer)) return infer_conv_channels_first(layer, in);
+  // Validate and infer in the canonical order; the bias keeps its shape.
+  std::vector<TensorDesc> canonical = in;
+  const ConvEpilogue e = conv_epilogue(layer, in.size());
+  canonical[0].dims = channels_first_dims(in[0].dims);
+  canonical[1].dims = channels_first_dims(in[1].dims);
+  if (e.residual) canonical[e.residual_input].dims = channels_first_dims(in[e.residual_input].dims);
+  std::vector<TensorDesc> out = infer_conv_channels_first(layer, canonical);
+  out[0].dims = channels_last_dims(out[0].dims);
+  return out;
 }
 
 }  // namespace
 
 void register_convolution_schema() {
-  register_schema({"convolution", 2, 3, infer_conv});
-  register_schema({"deconvolution", 2, 3, infer_conv});
+  register_schema({"convolution", 2, 4, infer_conv});
+  register_schema({"deconvolution", 2, 4, infer_conv});
 }
 
 }  // namespace kiln

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/network.h"
@@ -15,6 +16,35 @@ struct ConvGeometry {
   std::vector<int64_t> output_padding;  // deconvolution only (zeros for convolution)
   int64_t groups = 1;
 };
+
+// The optional epilogue fused into a convolution or deconvolution layer (by the builder's
+// fuse_conv_epilogue pass, or set directly): y = act(conv(x) + bias + residual).
+// Attributes: `activation` ("none", the default, or an activation op type), its parameters
+// `activation_alpha`, `activation_beta`, `activation_threshold` (defaults as the activation op's
+// alpha/beta/threshold), and `residual` (0/1): the last input is a tensor of y's shape added
+// before the activation. Inputs are x, weight, [bias], [residual].
+struct ConvEpilogue {
+  std::string activation = "none";
+  double alpha = 0.0, beta = 1.0, threshold = 20.0;
+  bool residual = false;
+  bool has_bias = false;
+  int residual_input = -1;  // index of the residual input, -1 when none
+};
+
+// The `layout` attribute of a convolution: "nchw" (the default) or "nhwc", channels last: x is
+// stored [N, spatial..., C], weight [K, kernel..., C/groups], y and the residual [N, spatial..., K]
+// (bias stays [K]). The result is the same; only the order of the stored dims differs. The
+// builder's assign_layouts pass sets it for tensor-core convolutions. pooling and
+// adaptive_pooling accept it too (x and y channels last). Errors name the layer.
+bool channels_last(const Layer& layer);
+// [N, spatial..., C] -> [N, C, spatial...] and back.
+Dims channels_first_dims(const Dims& d);
+Dims channels_last_dims(const Dims& d);
+
+// Reads and validates the epilogue attributes of a layer with `num_inputs` inputs.
+ConvEpilogue conv_epilogue(const Layer& layer, size_t num_inputs);
+// The activation op's default `alpha` for `type` (clip: 0, elu: 1, others: 0.01).
+double default_activation_alpha(const std::string& type);
 
 // Reads and validates the attributes of a convolution or deconvolution layer whose input has
 // `spatial` spatial dims: `strides` (default 1), `pads` (symmetric, default 0), `dilations`

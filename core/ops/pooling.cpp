@@ -4,6 +4,7 @@
 // (avg, default 1), `divisor_override` (avg, > 0).
 // adaptive_pooling: torch's adaptive_{max,avg}_pool{1,2,3}d. Attributes `type`, `output_size`;
 // output i of a dim of size `in` covers [floor(i*in/out), ceil((i+1)*in/out)).
+// Both accept `layout` (nchw, or nhwc: x and y stored channels last, see channels_last()).
 #include "core/ops/pooling.h"
 
 #include <algorithm>
@@ -84,7 +85,7 @@ int64_t pool_output_dim(int64_t in, int64_t kernel, int64_t stride, int64_t pad,
 
 namespace {
 
-std::vector<TensorDesc> infer_pooling(const Layer& layer, const std::vector<TensorDesc>& in) {
+std::vector<TensorDesc> infer_pooling_channels_first(const Layer& layer, const std::vector<TensorDesc>& in) {
   const std::string who = describe(layer);
   const TensorDesc& x = in[0];
   const int rank = static_cast<int>(x.dims.size());
@@ -106,7 +107,8 @@ std::vector<TensorDesc> infer_pooling(const Layer& layer, const std::vector<Tens
   return {{x.dtype, out}};
 }
 
-std::vector<TensorDesc> infer_adaptive_pooling(const Layer& layer, const std::vector<TensorDesc>& in) {
+std::vector<TensorDesc> infer_adaptive_pooling_channels_first(const Layer& layer,
+                                                              const std::vector<TensorDesc>& in) {
   const std::string who = describe(layer);
   const TensorDesc& x = in[0];
   const int rank = static_cast<int>(x.dims.size());
@@ -127,11 +129,22 @@ std::vector<TensorDesc> infer_adaptive_pooling(const Layer& layer, const std::ve
   return {{x.dtype, out}};
 }
 
+// Channels-last layers are inferred in the canonical order.
+template <std::vector<TensorDesc> (*Infer)(const Layer&, const std::vector<TensorDesc>&)>
+std::vector<TensorDesc> with_layout(const Layer& layer, const std::vector<TensorDesc>& in) {
+  if (!channels_last(layer)) return Infer(layer, in);
+  std::vector<TensorDesc> canonical = in;
+  canonical[0].dims = channels_first_dims(in[0].dims);
+  std::vector<TensorDesc> out = Infer(layer, canonical);
+  out[0].dims = channels_last_dims(out[0].dims);
+  return out;
+}
+
 }  // namespace
 
 void register_pooling_schema() {
-  register_schema({"pooling", 1, 1, infer_pooling});
-  register_schema({"adaptive_pooling", 1, 1, infer_adaptive_pooling});
+  register_schema({"pooling", 1, 1, with_layout<infer_pooling_channels_first>});
+  register_schema({"adaptive_pooling", 1, 1, with_layout<infer_adaptive_pooling_channels_first>});
 }
 
 }  // namespace kiln

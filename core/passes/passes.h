@@ -28,6 +28,9 @@ bool fuse_gelu(Network& net);
 bool fuse_rms_norm(Network& net);
 // Connected groups of pointwise layers -> one fused_pointwise layer each.
 bool fuse_pointwise(Network& net);
+bool fold_batch_norm(Network& net);
+bool fuse_conv_epilogue(Network& net);
+bool assign_layouts(Network& net);
 MemoryPlan plan_memory(const Network& net, const std::vector<OptimizationProfile>& profiles);
 
 }  // namespace kiln

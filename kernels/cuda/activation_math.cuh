@@ -3,6 +3,8 @@
 // math is float with the accurate (non-intrinsic) functions.
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <string>
 
 #include "core/attributes.h"

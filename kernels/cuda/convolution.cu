@@ -1,14 +1,31 @@
 // convolution on cuDNN's legacy API (cudnnConvolutionForward) and deconvolution as its data
-// gradient (cudnnConvolutionBackwardData), both followed by an own bias kernel. 1d runs as 2d with
-// a height of 1. Accumulation is FP32 for every dtype; float32 is strict FMA math (no TF32) unless
-// the layer sets allow_tf32 = 1. The algorithm is cuDNN's first heuristic pick whose workspace
-// fits, cached per input shape; descriptors are created per call.
+// gradient (cudnnConvolutionBackwardData). 1d runs as 2d with a height of 1. Accumulation is FP32
+// for every dtype; float32 is strict FMA math (no TF32) unless the layer sets allow_tf32 = 1.
+//
+// Steady state is a lookup plus the cuDNN call: descriptors and the algorithm are prepared once
+// per input shape (and workspace size) and cached in the kernel (mutex-protected: kernels are
+// shared between execution contexts; cuDNN only reads the descriptors during a call).
+//
+// The epilogue y = act(conv + bias + residual) runs inside cudnnConvolutionBiasActivationForward
+// where cuDNN offers it (activation none or relu, with a bias; identity only with the
+// IMPLICIT_PRECOMP_GEMM algorithm, as cuDNN requires), otherwise as one own kernel after the
+// convolution (one read of y and the residual, one write of y). Channels-last layers (layout
+// nhwc) describe their tensors with NHWC strides and the filter as CUDNN_TENSOR_NHWC.
+//
+// Tactics: tactic t is cuDNN algorithm t (cudnnConvolutionFwdAlgo_t, or cudnnConvolutionBwdDataAlgo_t
+// for deconvolution); a tactic whose algorithm is unsupported for the shape or needs more than
+// the workspace throws from run(). Tactic -1 takes cuDNN's first heuristic pick that fits.
+#include <algorithm>
+#include <atomic>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <utility>
 
 #include "core/op_schema.h"
+#include "core/ops/activation.h"
 #include "core/ops/convolution.h"
+#include "kernels/cuda/activation_math.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cudnn_util.h"
 #include "kernels/cuda/dtype_traits.cuh"
@@ -18,20 +35,40 @@
 namespace kiln {
 namespace {
 
-template <typename T>
-__global__ void add_bias_kernel(T* __restrict__ y, const T* __restrict__ bias, int64_t n, int64_t channels,
-                                int64_t spatial) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    y[i] = from_float<T>(to_float(y[i]) + to_float(bias[i / spatial % channels]));
+struct EpilogueParams {
+  ActivationParams act;
+  bool activate;
+  bool channels_last;
+  int64_t channels, spatial;  // output channels and pixels per (sample, channel)
+};
+
+// y = act(y + bias[c] + residual), in float, one element per thread (grid-stride). Index is
+// int32_t when the tensor allows it: the channel's division is then cheap.
+template <typename T, typename Index>
+__global__ void epilogue_kernel(EpilogueParams p, T* __restrict__ y, const T* __restrict__ bias,
+                                const T* __restrict__ residual, Index n) {
+  const Index channels = static_cast<Index>(p.channels), spatial = static_cast<Index>(p.spatial);
+  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<Index>(gridDim.x) * blockDim.x) {
+    float v = to_float(y[i]);
+    if (bias) v += to_float(bias[p.channels_last ? i % channels : i / spatial % channels]);
+    if (residual) v += to_float(residual[i]);
+    if (p.activate) v = activate(p.act, v);
+    y[i] = from_float<T>(v);
   }
 }
 
-// The algorithm chosen for one input shape (and workspace limit).
-struct AlgoChoice {
+// Descriptors and algorithm for one input shape: built once, then only read.
+struct Prepared {
+  TensorDescriptor xd, yd, bd;
+  FilterDescriptor wd;
+  ConvolutionDescriptor cd;
+  ActivationDescriptor ad;
   int algo = 0;
-  cudnnMathType_t math = CUDNN_DEFAULT_MATH;
   size_t workspace = 0;
+  bool cudnn_epilogue = false;  // run cudnnConvolutionBiasActivationForward
+  // Set when cuDNN refused the fused call at run time; later calls take the own epilogue.
+  mutable std::atomic<bool> cudnn_epilogue_refused{false};
 };
 
 class CudnnConvolution final : public Kernel {
@@ -40,7 +77,21 @@ class CudnnConvolution final : public Kernel {
       : layer_(std::move(layer)),
         who_(describe(layer_)),
         transposed_(transposed),
-        allow_tf32_(layer_.attrs.get_int("allow_tf32", int64_t{0}) != 0) {}
+        allow_tf32_(layer_.attrs.get_int("allow_tf32", int64_t{0}) != 0),
+        channels_last_(channels_last(layer_)),
+        tactic_(static_cast<int>(layer_.attrs.get_int("tactic", int64_t{-1}))) {
+    KILN_CHECK(tactic_ >= -1 && tactic_ < num_tactics(),
+               who_ << ": tactic " << tactic_ << " is out of range (-1 or 0.." << num_tactics() - 1 << ")");
+    epilogue_ = conv_epilogue(layer_, layer_.inputs.size());
+    if (epilogue_.activation != "none") {
+      params_.act.type = variant_code(activation_types(), epilogue_.activation);
+      params_.act.alpha = static_cast<float>(epilogue_.alpha);
+      params_.act.beta = static_cast<float>(epilogue_.beta);
+      params_.act.threshold = static_cast<float>(epilogue_.threshold);
+    }
+    params_.activate = epilogue_.activation != "none";
+    params_.channels_last = channels_last_;
+  }
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
@@ -50,49 +101,50 @@ class CudnnConvolution final : public Kernel {
     auto handle = static_cast<cudnnHandle_t>(ctx.cudnn);
     KILN_CHECK(handle != nullptr, who_ << ": no cuDNN handle in the launch context");
     KILN_CUDNN_CHECK(cudnnSetStream(handle, stream));
+    const ConvEpilogue e = conv_epilogue(layer_, in.size());
+    const TensorView* bias = e.has_bias ? &in[2] : nullptr;
+    const TensorView* residual = e.residual ? &in[static_cast<size_t>(e.residual_input)] : nullptr;
+    const Prepared& p = prepared(handle, x, w, y, bias != nullptr, ctx.workspace_bytes);
 
-    const ConvGeometry g = conv_geometry(layer_, static_cast<int>(x.dims.size()) - 2);
-    const cudnnDataType_t type = cudnn_type(x.dtype, who_);
-    TensorDescriptor xd, yd;
-    FilterDescriptor wd;
-    ConvolutionDescriptor cd;
-    set_packed(xd, type, cudnn_dims(x.dims, who_), who_);
-    set_packed(yd, type, cudnn_dims(y.dims, who_), who_);
-    std::vector<int> wdims = cudnn_dims(w.dims, who_);
-    KILN_CUDNN_CHECK(cudnnSetFilterNdDescriptor(wd.get(), type, CUDNN_TENSOR_NCHW,
-                                                static_cast<int>(wdims.size()), wdims.data()));
-    std::vector<int> pads = cudnn_spatial(g.pads, 0), strides = cudnn_spatial(g.strides, 1),
-                     dilations = cudnn_spatial(g.dilations, 1);
-    // FP32 compute for every data type: fp16/bf16 inputs accumulate in float.
-    KILN_CUDNN_CHECK(cudnnSetConvolutionNdDescriptor(cd.get(), static_cast<int>(pads.size()), pads.data(),
-                                                     strides.data(), dilations.data(),
-                                                     CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
-    KILN_CUDNN_CHECK(cudnnSetConvolutionGroupCount(cd.get(), static_cast<int>(g.groups)));
-    KILN_CUDNN_CHECK(cudnnSetConvolutionMathType(cd.get(), requested_math(x.dtype)));
-
-    const AlgoChoice choice = choose(handle, x, xd, wd, cd, yd, ctx.workspace_bytes);
-    KILN_CUDNN_CHECK(cudnnSetConvolutionMathType(cd.get(), choice.math));
-    const float alpha = 1.f, beta = 0.f;
+    const float one = 1.f, zero = 0.f;
     cudnnStatus_t st;
-    if (transposed_) {
-      st = cudnnConvolutionBackwardData(handle, &alpha, wd.get(), w.data, xd.get(), x.data, cd.get(),
-                                        static_cast<cudnnConvolutionBwdDataAlgo_t>(choice.algo),
-                                        ctx.workspace, choice.workspace, &beta, yd.get(), y.data);
-    } else {
-      st = cudnnConvolutionForward(handle, &alpha, xd.get(), x.data, wd.get(), w.data, cd.get(),
-                                   static_cast<cudnnConvolutionFwdAlgo_t>(choice.algo), ctx.workspace,
-                                   choice.workspace, &beta, yd.get(), y.data);
+    const char* call;
+    if (p.cudnn_epilogue && !p.cudnn_epilogue_refused.load(std::memory_order_relaxed)) {
+      // y = act(conv(x) + alpha2 * z + bias); without a residual z is y itself with alpha2 = 0.
+      const float alpha2 = residual ? 1.f : 0.f;
+      const void* z = residual ? residual->data : y.data;
+      st = cudnnConvolutionBiasActivationForward(handle, &one, p.xd.get(), x.data, p.wd.get(), w.data,
+                                                 p.cd.get(), static_cast<cudnnConvolutionFwdAlgo_t>(p.algo),
+                                                 ctx.workspace, p.workspace, &alpha2, p.yd.get(), z,
+                                                 p.bd.get(), bias->data, p.ad.get(), p.yd.get(), y.data);
+      if (st == CUDNN_STATUS_SUCCESS) return;
+      // cuDNN refuses some configurations of the fused call (before launching anything); the
+      // plain convolution below reports any error that is not about the fusion.
+      p.cudnn_epilogue_refused.store(true, std::memory_order_relaxed);
     }
-    KILN_CHECK(st == CUDNN_STATUS_SUCCESS,
-               who_ << ": cuDNN "
-                    << (transposed_ ? "cudnnConvolutionBackwardData" : "cudnnConvolutionForward")
-                    << " failed for " << dtype_name(x.dtype) << " input " << to_string(x.dims) << ": "
-                    << cudnnGetErrorString(st));
-    if (in.size() > 2) add_bias(in[2], y, stream);
+    if (transposed_) {
+      call = "cudnnConvolutionBackwardData";
+      st = cudnnConvolutionBackwardData(handle, &one, p.wd.get(), w.data, p.xd.get(), x.data, p.cd.get(),
+                                        static_cast<cudnnConvolutionBwdDataAlgo_t>(p.algo), ctx.workspace,
+                                        p.workspace, &zero, p.yd.get(), y.data);
+    } else {
+      call = "cudnnConvolutionForward";
+      st = cudnnConvolutionForward(handle, &one, p.xd.get(), x.data, p.wd.get(), w.data, p.cd.get(),
+                                   static_cast<cudnnConvolutionFwdAlgo_t>(p.algo), ctx.workspace, p.workspace,
+                                   &zero, p.yd.get(), y.data);
+    }
+    KILN_CHECK(st == CUDNN_STATUS_SUCCESS, who_ << ": cuDNN " << call << " failed for " << dtype_name(x.dtype)
+                                                << " input " << to_string(x.dims) << ": "
+                                                << cudnnGetErrorString(st));
+    if (bias || residual || params_.activate) run_epilogue(y, bias, residual, stream);
   }
 
   std::string name() const override { return transposed_ ? "cudnn_deconvolution" : "cudnn_convolution"; }
   bool uses_cudnn() const override { return true; }
+  int num_tactics() const override {
+    return transposed_ ? static_cast<int>(CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT)
+                       : static_cast<int>(CUDNN_CONVOLUTION_FWD_ALGO_COUNT);
+  }
 
  private:
   cudnnMathType_t requested_math(DataType t) const {
@@ -107,18 +159,97 @@ class CudnnConvolution final : public Kernel {
     return true;
   }
 
-  AlgoChoice choose(cudnnHandle_t handle, const TensorView& x, const TensorDescriptor& xd,
-                    const FilterDescriptor& wd, const ConvolutionDescriptor& cd, const TensorDescriptor& yd,
-                    size_t workspace_bytes) const {
+  const Prepared& prepared(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
+                           const TensorView& y, bool has_bias, size_t workspace_bytes) const {
     std::vector<int64_t> key = x.dims;
     key.push_back(static_cast<int64_t>(workspace_bytes));
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = cache_.find(key);
-      if (it != cache_.end()) return it->second;
+      if (it != cache_.end()) return *it->second;
     }
+    // Built outside the lock; when two threads race for one shape, the first insert wins and
+    // both use it (the entries are equivalent).
+    std::unique_ptr<Prepared> p = prepare(handle, x, w, y, has_bias, workspace_bytes);
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto inserted = cache_.emplace(std::move(key), std::move(p));
+    return *inserted.first->second;
+  }
+
+  std::unique_ptr<Prepared> prepare(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
+                                    const TensorView& y, bool has_bias, size_t workspace_bytes) const {
+    auto p = std::make_unique<Prepared>();
+    const Dims xdims = channels_last_ ? channels_first_dims(x.dims) : x.dims;
+    const Dims wdims = channels_last_ ? channels_first_dims(w.dims) : w.dims;
+    const Dims ydims = channels_last_ ? channels_first_dims(y.dims) : y.dims;
+    const ConvGeometry g = conv_geometry(layer_, static_cast<int>(xdims.size()) - 2);
+    const cudnnDataType_t type = cudnn_type(x.dtype, who_);
+    if (channels_last_) {
+      set_channels_last(p->xd, type, cudnn_dims(xdims, who_), who_);
+      set_channels_last(p->yd, type, cudnn_dims(ydims, who_), who_);
+    } else {
+      set_packed(p->xd, type, cudnn_dims(xdims, who_), who_);
+      set_packed(p->yd, type, cudnn_dims(ydims, who_), who_);
+    }
+    std::vector<int> wd = cudnn_dims(wdims, who_);
+    KILN_CUDNN_CHECK(cudnnSetFilterNdDescriptor(p->wd.get(), type,
+                                                channels_last_ ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW,
+                                                static_cast<int>(wd.size()), wd.data()));
+    std::vector<int> pads = cudnn_spatial(g.pads, 0), strides = cudnn_spatial(g.strides, 1),
+                     dilations = cudnn_spatial(g.dilations, 1);
+    // FP32 compute for every data type: fp16/bf16 inputs accumulate in float.
+    KILN_CUDNN_CHECK(cudnnSetConvolutionNdDescriptor(p->cd.get(), static_cast<int>(pads.size()), pads.data(),
+                                                     strides.data(), dilations.data(),
+                                                     CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+    KILN_CUDNN_CHECK(cudnnSetConvolutionGroupCount(p->cd.get(), static_cast<int>(g.groups)));
+    KILN_CUDNN_CHECK(cudnnSetConvolutionMathType(p->cd.get(), requested_math(x.dtype)));
+
+    if (tactic_ >= 0) {
+      use_tactic(handle, x, *p, workspace_bytes);
+    } else {
+      choose(handle, x, *p, workspace_bytes);
+    }
+
+    // cuDNN's fused epilogue: relu or identity (identity needs IMPLICIT_PRECOMP_GEMM), with a bias.
+    const bool relu = epilogue_.activation == "relu";
+    if (!transposed_ && has_bias && (relu || epilogue_.activation == "none") &&
+        (relu || p->algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM)) {
+      std::vector<int> bdims(cudnn_dims(ydims, who_).size(), 1);
+      bdims[1] = static_cast<int>(ydims[1]);
+      set_packed(p->bd, type, bdims, who_);
+      // NaN -> 0 like Kiln's relu (x > 0 ? x : 0).
+      KILN_CUDNN_CHECK(cudnnSetActivationDescriptor(p->ad.get(),
+                                                    relu ? CUDNN_ACTIVATION_RELU : CUDNN_ACTIVATION_IDENTITY,
+                                                    CUDNN_NOT_PROPAGATE_NAN, 0.0));
+      p->cudnn_epilogue = true;
+    }
+    return p;
+  }
+
+  // Tactic t: cuDNN algorithm t with the layer's math type, if it is supported and fits.
+  void use_tactic(cudnnHandle_t handle, const TensorView& x, Prepared& p, size_t workspace_bytes) const {
+    size_t bytes = 0;
+    cudnnStatus_t st;
+    if (transposed_) {
+      st = cudnnGetConvolutionBackwardDataWorkspaceSize(
+          handle, p.wd.get(), p.xd.get(), p.cd.get(), p.yd.get(),
+          static_cast<cudnnConvolutionBwdDataAlgo_t>(tactic_), &bytes);
+    } else {
+      st = cudnnGetConvolutionForwardWorkspaceSize(handle, p.xd.get(), p.wd.get(), p.cd.get(), p.yd.get(),
+                                                   static_cast<cudnnConvolutionFwdAlgo_t>(tactic_), &bytes);
+    }
+    KILN_CHECK(st == CUDNN_STATUS_SUCCESS, who_ << ": tactic " << tactic_ << " (cuDNN algorithm " << tactic_
+                                                << ") does not support " << dtype_name(x.dtype) << " input "
+                                                << to_string(x.dims) << ": " << cudnnGetErrorString(st));
+    KILN_CHECK(bytes <= workspace_bytes, who_ << ": tactic " << tactic_ << " needs " << bytes
+                                              << " workspace bytes, more than the limit of "
+                                              << workspace_bytes);
+    p.algo = tactic_;
+    p.workspace = bytes;
+  }
+
+  void choose(cudnnHandle_t handle, const TensorView& x, Prepared& p, size_t workspace_bytes) const {
     const bool strict = x.dtype == DataType::kFloat32 && !allow_tf32_;
-    AlgoChoice choice;
     bool found = false;
     // First entry (the heuristic's order) that is supported, keeps the precision, and whose
     // workspace, queried for that algorithm and math type (the heuristic's `memory` is not always
@@ -127,12 +258,11 @@ class CudnnConvolution final : public Kernel {
       for (int i = 0; i < returned && !found; ++i) {
         if (perf[i].status != CUDNN_STATUS_SUCCESS || !math_allowed(perf[i].mathType, x.dtype)) continue;
         const cudnnMathType_t math = strict ? CUDNN_FMA_MATH : perf[i].mathType;
-        KILN_CUDNN_CHECK(cudnnSetConvolutionMathType(cd.get(), math));
+        KILN_CUDNN_CHECK(cudnnSetConvolutionMathType(p.cd.get(), math));
         size_t bytes = 0;
         if (workspace_of(perf[i].algo, &bytes) != CUDNN_STATUS_SUCCESS || bytes > workspace_bytes) continue;
-        choice.algo = static_cast<int>(perf[i].algo);
-        choice.math = math;
-        choice.workspace = bytes;
+        p.algo = static_cast<int>(perf[i].algo);
+        p.workspace = bytes;
         found = true;
       }
     };
@@ -141,19 +271,19 @@ class CudnnConvolution final : public Kernel {
       KILN_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(handle, &max_count));
       std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(static_cast<size_t>(max_count));
       KILN_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
-          handle, wd.get(), xd.get(), cd.get(), yd.get(), max_count, &returned, perf.data()));
+          handle, p.wd.get(), p.xd.get(), p.cd.get(), p.yd.get(), max_count, &returned, perf.data()));
       pick(perf, returned, [&](cudnnConvolutionBwdDataAlgo_t algo, size_t* bytes) {
-        return cudnnGetConvolutionBackwardDataWorkspaceSize(handle, wd.get(), xd.get(), cd.get(), yd.get(),
-                                                            algo, bytes);
+        return cudnnGetConvolutionBackwardDataWorkspaceSize(handle, p.wd.get(), p.xd.get(), p.cd.get(),
+                                                            p.yd.get(), algo, bytes);
       });
     } else {
       KILN_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(handle, &max_count));
       std::vector<cudnnConvolutionFwdAlgoPerf_t> perf(static_cast<size_t>(max_count));
-      KILN_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(handle, xd.get(), wd.get(), cd.get(), yd.get(),
-                                                              max_count, &returned, perf.data()));
+      KILN_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(handle, p.xd.get(), p.wd.get(), p.cd.get(),
+                                                              p.yd.get(), max_count, &returned, perf.data()));
       pick(perf, returned, [&](cudnnConvolutionFwdAlgo_t algo, size_t* bytes) {
-        return cudnnGetConvolutionForwardWorkspaceSize(handle, xd.get(), wd.get(), cd.get(), yd.get(), algo,
-                                                       bytes);
+        return cudnnGetConvolutionForwardWorkspaceSize(handle, p.xd.get(), p.wd.get(), p.cd.get(), p.yd.get(),
+                                                       algo, bytes);
       });
     }
     KILN_CHECK(found,
@@ -162,19 +292,27 @@ class CudnnConvolution final : public Kernel {
                     << workspace_bytes << " bytes"
                     << (x.dtype == DataType::kBFloat16 ? " (bfloat16 needs a GPU of sm_80 or newer)" : "")
                     << "; raise BuilderConfig.workspace_bytes or use another dtype");
-    std::lock_guard<std::mutex> lock(mutex_);
-    cache_[key] = choice;
-    return choice;
   }
 
-  void add_bias(const TensorView& bias, const TensorView& y, cudaStream_t stream) const {
-    const int64_t n = volume(y.dims), channels = y.dims[1];
-    const int64_t spatial = n / (y.dims[0] * channels);
+  void run_epilogue(const TensorView& y, const TensorView* bias, const TensorView* residual,
+                    cudaStream_t stream) const {
+    const int64_t n = volume(y.dims);
+    EpilogueParams p = params_;
+    p.channels = channels_last_ ? y.dims.back() : y.dims[1];
+    p.spatial = n / (y.dims[0] * p.channels);
     constexpr int kBlock = 256;
-    dispatch_floating(y.dtype, "convolution bias", [&](auto tag) {
+    const unsigned grid = grid_for(n, kBlock);
+    dispatch_floating(y.dtype, "convolution epilogue", [&](auto tag) {
       using T = decltype(tag);
-      add_bias_kernel<T><<<grid_for(n, kBlock), kBlock, 0, stream>>>(
-          static_cast<T*>(y.data), static_cast<const T*>(bias.data), n, channels, spatial);
+      T* ys = static_cast<T*>(y.data);
+      const T* bs = bias ? static_cast<const T*>(bias->data) : nullptr;
+      const T* rs = residual ? static_cast<const T*>(residual->data) : nullptr;
+      // int32 indexing needs n plus one grid stride to stay below 2^31.
+      if (n + int64_t{grid} * kBlock < (int64_t{1} << 31)) {
+        epilogue_kernel<T, int32_t><<<grid, kBlock, 0, stream>>>(p, ys, bs, rs, static_cast<int32_t>(n));
+      } else {
+        epilogue_kernel<T, int64_t><<<grid, kBlock, 0, stream>>>(p, ys, bs, rs, n);
+      }
     });
     KILN_CUDA_CHECK_LAUNCH();
   }
@@ -183,8 +321,12 @@ class CudnnConvolution final : public Kernel {
   std::string who_;
   bool transposed_;
   bool allow_tf32_;
+  bool channels_last_;
+  int tactic_;
+  ConvEpilogue epilogue_;
+  EpilogueParams params_{};
   mutable std::mutex mutex_;
-  mutable std::map<std::vector<int64_t>, AlgoChoice> cache_;
+  mutable std::map<std::vector<int64_t>, std::unique_ptr<Prepared>> cache_;
 };
 
 }  // namespace

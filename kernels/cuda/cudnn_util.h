@@ -33,6 +33,8 @@ using FilterDescriptor =
     CudnnDescriptor<cudnnFilterDescriptor_t, cudnnCreateFilterDescriptor, cudnnDestroyFilterDescriptor>;
 using ConvolutionDescriptor = CudnnDescriptor<cudnnConvolutionDescriptor_t, cudnnCreateConvolutionDescriptor,
                                               cudnnDestroyConvolutionDescriptor>;
+using ActivationDescriptor = CudnnDescriptor<cudnnActivationDescriptor_t, cudnnCreateActivationDescriptor,
+                                             cudnnDestroyActivationDescriptor>;
 using PoolingDescriptor =
     CudnnDescriptor<cudnnPoolingDescriptor_t, cudnnCreatePoolingDescriptor, cudnnDestroyPoolingDescriptor>;
 
@@ -79,6 +81,23 @@ inline void set_packed(const TensorDescriptor& desc, cudnnDataType_t type, const
   }
   KILN_CUDNN_CHECK(cudnnSetTensorNdDescriptor(desc.get(), type, static_cast<int>(dims.size()), dims.data(),
                                               strides.data()));
+}
+
+// A tensor descriptor for canonical dims [N, C, spatial...] (as cudnn_dims gives them) stored
+// channels last, [N, spatial..., C].
+inline void set_channels_last(const TensorDescriptor& desc, cudnnDataType_t type,
+                              const std::vector<int>& dims, const std::string& who) {
+  const int r = static_cast<int>(dims.size());
+  std::vector<int64_t> strides(dims.size(), 1);
+  int64_t s = dims[1];
+  for (int i = r - 1; i >= 2; --i) {
+    strides[i] = s;
+    s *= dims[i];
+  }
+  strides[0] = s;
+  KILN_CHECK(s <= INT_MAX, who << ": tensor is too large for cuDNN's 32-bit strides");
+  std::vector<int> st(strides.begin(), strides.end());
+  KILN_CUDNN_CHECK(cudnnSetTensorNdDescriptor(desc.get(), type, r, dims.data(), st.data()));
 }
 
 }  // namespace kiln

@@ -3,12 +3,18 @@
 // window (count_include_pad) or the valid elements, so it covers layers without ceil_mode,
 // dilation or divisor_override. The own kernel (one thread per output element, 1d/2d as 3d with
 // leading dims of size 1) covers every case, and bfloat16 everywhere (cuDNN's legacy pooling
-// does not promise bfloat16). adaptive_pooling always runs the own kernel. Math in float; max
-// pooling propagates NaN like torch.
+// does not promise bfloat16). adaptive_pooling always runs the own kernel, or a reduction kernel
+// for global pooling (output size 1). Math in float; max
+// pooling propagates NaN like torch. Channels-last layers (layout nhwc) run the own kernel with
+// one thread per output element in channel-fastest order, so neighbouring threads read
+// neighbouring channels.
+#include <algorithm>
 #include <cfloat>
 
 #include "core/op_schema.h"
+#include "core/ops/convolution.h"
 #include "core/ops/pooling.h"
+#include "kernels/cuda/block_reduce.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cudnn_util.h"
 #include "kernels/cuda/dtype_traits.cuh"
@@ -26,6 +32,8 @@ struct PoolParams {
   int64_t in[3], out[3];
   int64_t kernel[3], stride[3], pad[3], dilation[3];
   int64_t planes;  // N * C
+  bool channels_last;
+  int64_t channels;
 };
 
 template <typename T>
@@ -34,7 +42,18 @@ __global__ void pooling_kernel(PoolParams p, const T* __restrict__ x, T* __restr
   const int64_t n = p.planes * out_size;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t plane = i / out_size, o = i % out_size;
+    // Element (pixel) of plane (sample, channel) is at base + pixel * stride; y[i] is the output.
+    int64_t o, base_offset, stride;
+    if (p.channels_last) {
+      const int64_t rest = i / p.channels;
+      o = rest % out_size;
+      base_offset = rest / out_size * in_size * p.channels + i % p.channels;
+      stride = p.channels;
+    } else {
+      o = i % out_size;
+      base_offset = i / out_size * in_size;
+      stride = 1;
+    }
     const int64_t op[3] = {o / (p.out[1] * p.out[2]), o / p.out[2] % p.out[1], o % p.out[2]};
     int64_t lo[3], hi[3], step[3];
     int64_t padded_count = 1, count = 1;
@@ -62,12 +81,12 @@ __global__ void pooling_kernel(PoolParams p, const T* __restrict__ x, T* __restr
         step[d] = 1;
       }
     }
-    const T* base = x + plane * in_size;
+    const T* base = x + base_offset;
     float acc = p.type == kPoolMax ? -INFINITY : 0.f;
     for (int64_t a = lo[0]; a < hi[0]; a += step[0]) {
       for (int64_t b = lo[1]; b < hi[1]; b += step[1]) {
         for (int64_t c = lo[2]; c < hi[2]; c += step[2]) {
-          const float v = to_float(base[(a * p.in[1] + b) * p.in[2] + c]);
+          const float v = to_float(base[((a * p.in[1] + b) * p.in[2] + c) * stride]);
           if (p.type == kPoolAvg) {
             acc += v;
           } else if (v > acc || isnan(v)) {
@@ -85,6 +104,77 @@ __global__ void pooling_kernel(PoolParams p, const T* __restrict__ x, T* __restr
     }
     y[i] = from_float<T>(acc);
   }
+}
+
+// Global pooling (adaptive output size 1 along every spatial dim): one reduction per (sample,
+// channel) instead of one thread walking a whole plane. Max propagates NaN (MaxOp).
+// Channels first: one block per plane, threads stride over its pixels, then a block reduction.
+template <typename T>
+__global__ void global_pool_planes_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t planes,
+                                          int64_t pixels, bool avg) {
+  __shared__ float shared[kMaxWarps];
+  for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
+    const T* base = x + plane * pixels;
+    float acc = avg ? 0.f : -INFINITY;
+    for (int64_t j = threadIdx.x; j < pixels; j += blockDim.x) {
+      const float v = to_float(base[j]);
+      acc = avg ? acc + v : MaxOp()(acc, v);
+    }
+    acc = avg ? block_reduce(acc, 0.f, SumOp(), shared) : block_reduce(acc, -INFINITY, MaxOp(), shared);
+    if (threadIdx.x == 0) y[plane] = from_float<T>(avg ? acc / static_cast<float>(pixels) : acc);
+  }
+}
+
+// Channels last: a block covers 32 neighbouring channels of one sample (threadIdx.x, coalesced
+// reads) and kGlobalPhases pixel phases (threadIdx.y), combined through shared memory.
+constexpr int kGlobalPhases = 8;
+template <typename T>
+__global__ void global_pool_channels_last_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t samples,
+                                                 int64_t channels, int64_t pixels, bool avg) {
+  __shared__ float partial[kGlobalPhases][33];
+  const int64_t c = blockIdx.x * int64_t{32} + threadIdx.x;
+  for (int64_t s = blockIdx.y; s < samples; s += gridDim.y) {
+    float acc = avg ? 0.f : -INFINITY;
+    if (c < channels) {
+      const T* base = x + s * pixels * channels + c;
+      for (int64_t j = threadIdx.y; j < pixels; j += kGlobalPhases) {
+        const float v = to_float(base[j * channels]);
+        acc = avg ? acc + v : MaxOp()(acc, v);
+      }
+    }
+    partial[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < channels) {
+      float r = partial[0][threadIdx.x];
+      for (int k = 1; k < kGlobalPhases; ++k)
+        r = avg ? r + partial[k][threadIdx.x] : MaxOp()(r, partial[k][threadIdx.x]);
+      y[s * channels + c] = from_float<T>(avg ? r / static_cast<float>(pixels) : r);
+    }
+    __syncthreads();
+  }
+}
+
+void launch_global_pooling(const PoolParams& p, const TensorView& x, const TensorView& y,
+                           cudaStream_t stream) {
+  const int64_t pixels = p.in[0] * p.in[1] * p.in[2];
+  const bool avg = p.type == kPoolAvg;
+  dispatch_floating(x.dtype, "adaptive_pooling", [&](auto tag) {
+    using T = decltype(tag);
+    const T* xs = static_cast<const T*>(x.data);
+    T* ys = static_cast<T*>(y.data);
+    if (p.channels_last) {
+      const int64_t samples = p.planes / p.channels;
+      dim3 grid(static_cast<unsigned>((p.channels + 31) / 32),
+                static_cast<unsigned>(std::min<int64_t>(samples, 65535)));
+      global_pool_channels_last_kernel<T>
+          <<<grid, dim3(32, kGlobalPhases), 0, stream>>>(xs, ys, samples, p.channels, pixels, avg);
+    } else {
+      const int block = row_block_size(pixels);
+      const unsigned grid = static_cast<unsigned>(std::min<int64_t>(p.planes, int64_t{1} << 30));
+      global_pool_planes_kernel<T><<<grid, block, 0, stream>>>(xs, ys, p.planes, pixels, avg);
+    }
+  });
+  KILN_CUDA_CHECK_LAUNCH();
 }
 
 // Spatial values padded in front to three dims with `fill`.
@@ -106,8 +196,14 @@ void launch_pooling(const PoolParams& p, const TensorView& x, const TensorView& 
   KILN_CUDA_CHECK_LAUNCH();
 }
 
-PoolParams pool_params(const PoolGeometry& g, const Dims& x, const Dims& y) {
+// Params of a pooling layer with (stored) dims x and y.
+PoolParams pool_params(const PoolGeometry& g, const Dims& stored_x, const Dims& stored_y,
+                       bool channels_last) {
+  const Dims x = channels_last ? channels_first_dims(stored_x) : stored_x;
+  const Dims y = channels_last ? channels_first_dims(stored_y) : stored_y;
   PoolParams p{};
+  p.channels_last = channels_last;
+  p.channels = x[1];
   p.type = g.type;
   p.adaptive = false;
   p.count_include_pad = g.count_include_pad;
@@ -124,17 +220,18 @@ PoolParams pool_params(const PoolGeometry& g, const Dims& x, const Dims& y) {
 
 class CudaPooling final : public Kernel {
  public:
-  explicit CudaPooling(Layer layer) : layer_(std::move(layer)) {}
+  explicit CudaPooling(Layer layer) : layer_(std::move(layer)), channels_last_(channels_last(layer_)) {}
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
     const PoolGeometry g = pool_geometry(layer_, static_cast<int>(in[0].dims.size()) - 2);
-    launch_pooling(pool_params(g, in[0].dims, out[0].dims), in[0], out[0],
+    launch_pooling(pool_params(g, in[0].dims, out[0].dims, channels_last_), in[0], out[0],
                    static_cast<cudaStream_t>(ctx.stream), "pooling");
   }
   std::string name() const override { return "cuda_pooling"; }
 
  private:
   Layer layer_;
+  bool channels_last_;
 };
 
 class CudnnPooling final : public Kernel {
@@ -147,7 +244,7 @@ class CudnnPooling final : public Kernel {
     auto stream = static_cast<cudaStream_t>(ctx.stream);
     if (volume(y.dims) == 0) return;
     if (x.dtype == DataType::kBFloat16) {
-      launch_pooling(pool_params(g, x.dims, y.dims), x, y, stream, "pooling");
+      launch_pooling(pool_params(g, x.dims, y.dims, false), x, y, stream, "pooling");
       return;
     }
     auto handle = static_cast<cudnnHandle_t>(ctx.cudnn);
@@ -183,26 +280,37 @@ class CudnnPooling final : public Kernel {
 
 class CudaAdaptivePooling final : public Kernel {
  public:
-  explicit CudaAdaptivePooling(int type) : type_(type) {}
+  CudaAdaptivePooling(int type, bool channels_last) : type_(type), channels_last_(channels_last) {}
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
     const TensorView &x = in[0], &y = out[0];
+    const Dims xd = channels_last_ ? channels_first_dims(x.dims) : x.dims;
+    const Dims yd = channels_last_ ? channels_first_dims(y.dims) : y.dims;
     PoolParams p{};
     p.type = type_;
     p.adaptive = true;
-    fill3(p.in, x.dims, 2, 1);
-    fill3(p.out, y.dims, 2, 1);
-    p.planes = x.dims[0] * x.dims[1];
+    p.channels_last = channels_last_;
+    p.channels = xd[1];
+    fill3(p.in, xd, 2, 1);
+    fill3(p.out, yd, 2, 1);
+    p.planes = xd[0] * xd[1];
+    if (volume(y.dims) == 0) return;
+    if (p.out[0] == 1 && p.out[1] == 1 && p.out[2] == 1) {
+      launch_global_pooling(p, x, y, static_cast<cudaStream_t>(ctx.stream));
+      return;
+    }
     launch_pooling(p, x, y, static_cast<cudaStream_t>(ctx.stream), "adaptive_pooling");
   }
   std::string name() const override { return "cuda_adaptive_pooling"; }
 
  private:
   int type_;
+  bool channels_last_;
 };
 
 // cuDNN computes the layer exactly when no option beyond its pooling modes is set (see the top).
 bool cudnn_expresses(const Layer& l) {
+  if (channels_last(l)) return false;
   if (l.attrs.get_int("ceil_mode", int64_t{0}) != 0 || l.attrs.has("divisor_override")) return false;
   if (l.attrs.has("dilations")) {
     for (int64_t d : l.attrs.get_ints("dilations", describe(l))) {
@@ -220,7 +328,7 @@ void register_pooling_cuda_kernel() {
     return std::make_unique<CudaPooling>(l);
   });
   register_kernel("adaptive_pooling", Backend::kCuda, [](const Layer& l) {
-    return std::make_unique<CudaAdaptivePooling>(adaptive_pool_type(l));
+    return std::make_unique<CudaAdaptivePooling>(adaptive_pool_type(l), channels_last(l));
   });
 }
 

@@ -1,10 +1,14 @@
 // Reference convolution and transposed convolution: direct loops over every output element and its
 // window, accumulating in double. 1d and 2d run as 3d with leading spatial dims of size 1.
+// The fused epilogue (bias, residual, activation) is applied to the double sum before the one
+// rounding to the output dtype: this defines the fused layer's result.
 #include <array>
+#include <functional>
 
 #include "core/ops/convolution.h"
 #include "kernels/kernel.h"
 #include "kernels/kernels.h"
+#include "kernels/reference/pointwise_math.h"
 #include "kernels/reference/host_access.h"
 
 namespace kiln {
@@ -37,13 +41,27 @@ class RefConvolution final : public Kernel {
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext&) const override {
     const TensorView &x = in[0], &w = in[1], &y = out[0];
-    const TensorView* bias = in.size() > 2 ? &in[2] : nullptr;
-    const ConvGeometry g = conv_geometry(layer_, static_cast<int>(x.dims.size()) - 2);
-    const Window3 s = window3(g, x.dims, w.dims, y.dims);
-    const int64_t n = x.dims[0], c = x.dims[1], k = y.dims[1];
+    // Channels-last layers index the same canonical [N, C, spatial...] element at another offset.
+    const bool last = channels_last(layer_);
+    const Dims xd = last ? channels_first_dims(x.dims) : x.dims;
+    const Dims wd = last ? channels_first_dims(w.dims) : w.dims;
+    const Dims yd = last ? channels_first_dims(y.dims) : y.dims;
+    const ConvEpilogue e = conv_epilogue(layer_, in.size());
+    const TensorView* bias = e.has_bias ? &in[2] : nullptr;
+    const TensorView* residual = e.residual ? &in[static_cast<size_t>(e.residual_input)] : nullptr;
+    std::function<double(double)> act = [](double v) { return v; };
+    if (e.activation != "none") act = activation_fn(e.activation, e.alpha, e.beta, e.threshold);
+    const ConvGeometry g = conv_geometry(layer_, static_cast<int>(xd.size()) - 2);
+    const Window3 s = window3(g, xd, wd, yd);
+    const int64_t n = xd[0], c = xd[1], k = yd[1];
     const int64_t cg = c / g.groups, kg = k / g.groups;  // channels per group
     const int64_t in_size = s.in[0] * s.in[1] * s.in[2], out_size = s.out[0] * s.out[1] * s.out[2];
     const int64_t taps = s.kernel[0] * s.kernel[1] * s.kernel[2];
+    // Offset of element (batch, channel, pixel) of a [batch, channels, pixels] tensor.
+    auto at = [last](int64_t batch, int64_t channel, int64_t pixel, int64_t channels, int64_t pixels) {
+      return last ? (batch * pixels + pixel) * channels + channel
+                  : (batch * channels + channel) * pixels + pixel;
+    };
     for (int64_t b = 0; b < n; ++b) {
       for (int64_t ko = 0; ko < k; ++ko) {
         const int64_t group = ko / kg;
@@ -72,11 +90,13 @@ class RefConvolution final : public Kernel {
               const int64_t channel = group * cg + ci;
               // convolution weight [K, C/g, taps]; deconvolution weight [C, K/g, taps]
               const int64_t widx =
-                  transposed_ ? (channel * kg + ko % kg) * taps + t : (ko * cg + ci) * taps + t;
-              acc += load_element(x, (b * c + channel) * in_size + pixel) * load_element(w, widx);
+                  transposed_ ? (channel * kg + ko % kg) * taps + t : at(ko, ci, t, cg, taps);
+              acc += load_element(x, at(b, channel, pixel, c, in_size)) * load_element(w, widx);
             }
           }
-          store_element(y, (b * k + ko) * out_size + o, acc);
+          const int64_t yi = at(b, ko, o, k, out_size);
+          if (residual) acc += load_element(*residual, yi);
+          store_element(y, yi, act(acc));
         }
       }
     }

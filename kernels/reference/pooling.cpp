@@ -1,10 +1,12 @@
 // Reference pooling and adaptive pooling with torch's window and divisor rules, one output element
 // at a time, in double. 1d and 2d run as 3d with leading spatial dims of size 1. Max pooling
-// propagates NaN like torch.
+// propagates NaN like torch. Channels-last layers (layout nhwc) read and write the same canonical
+// elements at their channels-last offsets.
 #include <array>
 #include <cmath>
 #include <limits>
 
+#include "core/ops/convolution.h"
 #include "core/ops/pooling.h"
 #include "kernels/kernel.h"
 #include "kernels/kernels.h"
@@ -32,12 +34,25 @@ struct Window {
   Int3 lo, hi, step;
 };
 
-double reduce_window(const TensorView& x, int64_t plane, const Int3& in, const Window& w, int type) {
+// Offsets of (sample, channel) planes and of their pixels in a [N, C, pixels] tensor stored
+// channels first or last.
+struct PlaneLayout {
+  int64_t channels, pixels;
+  bool last;
+  int64_t base(int64_t plane) const {
+    return last ? plane / channels * pixels * channels + plane % channels : plane * pixels;
+  }
+  int64_t stride() const { return last ? channels : 1; }
+};
+
+double reduce_window(const TensorView& x, const PlaneLayout& layout, int64_t plane, const Int3& in,
+                     const Window& w, int type) {
+  const int64_t base = layout.base(plane), stride = layout.stride();
   double acc = type == kPoolMax ? -std::numeric_limits<double>::infinity() : 0.0;
   for (int64_t a = w.lo[0]; a < w.hi[0]; a += w.step[0]) {
     for (int64_t b = w.lo[1]; b < w.hi[1]; b += w.step[1]) {
       for (int64_t c = w.lo[2]; c < w.hi[2]; c += w.step[2]) {
-        double v = load_element(x, plane + (a * in[1] + b) * in[2] + c);
+        double v = load_element(x, base + ((a * in[1] + b) * in[2] + c) * stride);
         if (type == kPoolAvg) {
           acc += v;
         } else if (v > acc || std::isnan(v)) {
@@ -56,12 +71,16 @@ class RefPooling final : public Kernel {
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext&) const override {
     const TensorView &x = in[0], &y = out[0];
-    const PoolGeometry g = pool_geometry(layer_, static_cast<int>(x.dims.size()) - 2);
-    const Int3 isz = spatial3(x.dims, 2, 1), osz = spatial3(y.dims, 2, 1);
+    const bool last = channels_last(layer_);
+    const Dims xd = last ? channels_first_dims(x.dims) : x.dims,
+               yd = last ? channels_first_dims(y.dims) : y.dims;
+    const PoolGeometry g = pool_geometry(layer_, static_cast<int>(xd.size()) - 2);
+    const Int3 isz = spatial3(xd, 2, 1), osz = spatial3(yd, 2, 1);
     const Int3 k = spatial3(g.kernel, 0, 1), s = spatial3(g.strides, 0, 1), p = spatial3(g.pads, 0, 0),
                d = spatial3(g.dilations, 0, 1);
-    const int64_t planes = x.dims[0] * x.dims[1];
+    const int64_t planes = xd[0] * xd[1];
     const int64_t in_size = isz[0] * isz[1] * isz[2], out_size = osz[0] * osz[1] * osz[2];
+    const PlaneLayout xl{xd[1], in_size, last}, yl{xd[1], out_size, last};
     for (int64_t pl = 0; pl < planes; ++pl) {
       for (int64_t o = 0; o < out_size; ++o) {
         const Int3 op = unflatten(o, osz);
@@ -84,13 +103,13 @@ class RefPooling final : public Kernel {
             w.step[i] = 1;
           }
         }
-        double v = reduce_window(x, pl * in_size, isz, w, g.type);
+        double v = reduce_window(x, xl, pl, isz, w, g.type);
         if (g.type == kPoolAvg) {
           v /= static_cast<double>(g.divisor_override > 0 ? g.divisor_override
                                    : g.count_include_pad  ? padded_count
                                                           : count);
         }
-        store_element(y, pl * out_size + o, v);
+        store_element(y, yl.base(pl) + o * yl.stride(), v);
       }
     }
   }
@@ -102,14 +121,17 @@ class RefPooling final : public Kernel {
 
 class RefAdaptivePooling final : public Kernel {
  public:
-  explicit RefAdaptivePooling(int type) : type_(type) {}
+  RefAdaptivePooling(int type, bool last) : type_(type), last_(last) {}
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext&) const override {
     const TensorView &x = in[0], &y = out[0];
-    const Int3 isz = spatial3(x.dims, 2, 1), osz = spatial3(y.dims, 2, 1);
-    const int64_t planes = x.dims[0] * x.dims[1];
+    const Dims xd = last_ ? channels_first_dims(x.dims) : x.dims,
+               yd = last_ ? channels_first_dims(y.dims) : y.dims;
+    const Int3 isz = spatial3(xd, 2, 1), osz = spatial3(yd, 2, 1);
+    const int64_t planes = xd[0] * xd[1];
     const int64_t in_size = isz[0] * isz[1] * isz[2], out_size = osz[0] * osz[1] * osz[2];
+    const PlaneLayout xl{xd[1], in_size, last_}, yl{xd[1], out_size, last_};
     for (int64_t pl = 0; pl < planes; ++pl) {
       for (int64_t o = 0; o < out_size; ++o) {
         const Int3 op = unflatten(o, osz);
@@ -121,9 +143,9 @@ class RefAdaptivePooling final : public Kernel {
           w.step[i] = 1;
           count *= w.hi[i] - w.lo[i];
         }
-        double v = reduce_window(x, pl * in_size, isz, w, type_);
+        double v = reduce_window(x, xl, pl, isz, w, type_);
         if (type_ == kPoolAvg) v /= static_cast<double>(count);
-        store_element(y, pl * out_size + o, v);
+        store_element(y, yl.base(pl) + o * yl.stride(), v);
       }
     }
   }
@@ -131,6 +153,7 @@ class RefAdaptivePooling final : public Kernel {
 
  private:
   int type_;
+  bool last_;
 };
 
 }  // namespace
@@ -138,8 +161,9 @@ class RefAdaptivePooling final : public Kernel {
 void register_pooling_reference_kernel() {
   register_kernel("pooling", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefPooling>(l); });
-  register_kernel("adaptive_pooling", Backend::kReference,
-                  [](const Layer& l) { return std::make_unique<RefAdaptivePooling>(adaptive_pool_type(l)); });
+  register_kernel("adaptive_pooling", Backend::kReference, [](const Layer& l) {
+    return std::make_unique<RefAdaptivePooling>(adaptive_pool_type(l), channels_last(l));
+  });
 }
 
 }  // namespace kiln

@@ -110,5 +110,108 @@ TEST(PlanMemory, CorruptPlanIsRejected) {
   EXPECT_THROW(validate_memory_plan(net, {}, mem), Error);
 }
 
+// ---- convolution path: fold_batch_norm, fuse_conv_epilogue, assign_layouts ----------------------
+
+TensorId constant(Network& net, const std::string& name, const Dims& dims, std::vector<float> v) {
+  return net.add_constant(name, DataType::kFloat32, dims, v.data(), v.size() * sizeof(float));
+}
+
+// x [1, 1, 2, 2] -> conv 1x1 with 2 output channels (weights 2, -1, bias 1, 0) -> batch_norm.
+Network conv_bn_net(bool params_constant) {
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {1, 1, 2, 2});
+  TensorId w = constant(net, "w", {2, 1, 1, 1}, {2.f, -1.f});
+  TensorId b = constant(net, "b", {2}, {1.f, 0.f});
+  TensorId c = net.add_layer("convolution", {x, w, b}, Attributes(), "conv").outputs[0];
+  TensorId scale = constant(net, "scale", {2}, {3.f, 1.f});
+  TensorId shift = constant(net, "shift", {2}, {0.5f, -2.f});
+  TensorId mean = params_constant ? constant(net, "mean", {2}, {1.f, 4.f})
+                                  : net.add_input("mean", DataType::kFloat32, {2});
+  TensorId var = constant(net, "var", {2}, {3.f, 0.f});
+  Attributes eps;
+  eps.set("eps", 1.0);
+  net.mark_output(net.add_layer("batch_norm", {c, scale, shift, mean, var}, eps, "bn").outputs[0], "y");
+  return net;
+}
+
+TEST(FoldBatchNorm, FoldsIntoConvolutionWeightsAndBias) {
+  // s = scale / sqrt(var + eps) = (1.5, 1); w' = w * s = (3, -1); b' = (b - mean) * s + shift
+  // = (0 * 1.5 + 0.5, -4 * 1 - 2) = (0.5, -6).
+  Network net = conv_bn_net(true);
+  EXPECT_TRUE(fold_batch_norm(net));
+  ASSERT_EQ(ops_of(net), std::vector<std::string>{"convolution"});
+  const Layer& conv = net.layers()[0];
+  EXPECT_EQ(conv.attrs.get_string("fused", "conv"), "conv,bn");
+  EXPECT_EQ(net.tensor(conv.outputs[0]).name, "y");
+  const float* w = reinterpret_cast<const float*>(net.tensor(conv.inputs[1]).data->data());
+  const float* b = reinterpret_cast<const float*>(net.tensor(conv.inputs[2]).data->data());
+  EXPECT_FLOAT_EQ(w[0], 3.f);
+  EXPECT_FLOAT_EQ(w[1], -1.f);
+  EXPECT_FLOAT_EQ(b[0], 0.5f);
+  EXPECT_FLOAT_EQ(b[1], -6.f);
+  net.revalidate();
+}
+
+TEST(FoldBatchNorm, RuntimeStatisticsAreNotFolded) {
+  Network net = conv_bn_net(false);
+  EXPECT_FALSE(fold_batch_norm(net));
+  EXPECT_EQ(ops_of(net), (std::vector<std::string>{"convolution", "batch_norm"}));
+}
+
+TEST(FuseConvEpilogue, FusesResidualAddThenActivation) {
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {1, 2, 3, 3});
+  TensorId r = net.add_input("r", DataType::kFloat32, {1, 2, 3, 3});
+  TensorId w = constant(net, "w", {2, 2, 1, 1}, {1.f, 0.f, 0.f, 1.f});
+  TensorId c = net.add_layer("convolution", {x, w}, Attributes(), "conv").outputs[0];
+  TensorId s = net.add_elementwise(r, c, "add", "add").outputs[0];
+  net.mark_output(net.add_activation(s, "relu", 0, "relu").outputs[0], "y");
+  EXPECT_TRUE(fuse_conv_epilogue(net));
+  ASSERT_EQ(ops_of(net), std::vector<std::string>{"convolution"});
+  const Layer& conv = net.layers()[0];
+  EXPECT_EQ(conv.inputs.size(), 3u);  // x, w, residual
+  EXPECT_EQ(net.tensor(conv.inputs[2]).name, "r");
+  EXPECT_EQ(conv.attrs.get_int("residual", int64_t{0}), 1);
+  EXPECT_EQ(conv.attrs.get_string("activation", "conv"), "relu");
+  EXPECT_EQ(conv.attrs.get_string("fused", "conv"), "conv,add,relu");
+  net.revalidate();
+}
+
+TEST(FuseConvEpilogue, ActivationOfAnOutputStays) {
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {1, 2, 3, 3});
+  TensorId w = constant(net, "w", {2, 2, 1, 1}, {1.f, 0.f, 0.f, 1.f});
+  TensorId c = net.add_layer("convolution", {x, w}, Attributes(), "conv").outputs[0];
+  net.mark_output(c, "c");
+  net.mark_output(net.add_activation(c, "relu", 0, "relu").outputs[0], "y");
+  EXPECT_FALSE(fuse_conv_epilogue(net));
+  EXPECT_EQ(net.layers().size(), 2u);
+}
+
+TEST(AssignLayouts, HalfConvolutionRunsChannelsLast) {
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat16, {1, 3, 4, 5});
+  std::vector<uint16_t> half_w(2 * 3 * 3 * 3, 0x3c00);  // 1.0 in float16
+  TensorId w = net.add_constant("w", DataType::kFloat16, {2, 3, 3, 3}, half_w.data(), half_w.size() * 2);
+  Attributes attrs;
+  attrs.set("pads", std::vector<int64_t>{1, 1});
+  TensorId c = net.add_layer("convolution", {x, w}, attrs, "conv").outputs[0];
+  net.mark_output(net.add_activation(c, "relu", 0, "relu").outputs[0], "y");
+  EXPECT_TRUE(assign_layouts(net));
+  ASSERT_EQ(ops_of(net), (std::vector<std::string>{"transpose", "convolution", "activation", "transpose"}));
+  EXPECT_EQ(net.layers()[1].attrs.get_string("layout", "conv"), "nhwc");
+  EXPECT_EQ(net.tensor(net.layers()[1].inputs[1]).dims, (Dims{2, 3, 3, 3}));  // [K, kh, kw, C]
+  EXPECT_EQ(net.tensor(net.layers()[2].outputs[0]).dims, (Dims{1, 4, 5, 2}));
+  EXPECT_EQ(net.tensor(net.outputs()[0]).name, "y");
+  EXPECT_EQ(net.tensor(net.outputs()[0]).dims, (Dims{1, 2, 4, 5}));
+  net.revalidate();
+}
+
+TEST(AssignLayouts, Float32ConvolutionStays) {
+  Network net = conv_bn_net(true);
+  EXPECT_FALSE(assign_layouts(net));
+  EXPECT_EQ(ops_of(net), (std::vector<std::string>{"convolution", "batch_norm"}));
+}
+
 }  // namespace
 }  // namespace kiln

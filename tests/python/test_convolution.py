@@ -286,3 +286,197 @@ def test_convolution_cuda_kernel_names():
     )
     text = "\n".join(engine.describe_layers())
     assert "cudnn_convolution" in text and "cudnn_deconvolution" in text
+
+
+# ---- fused epilogue: y = act(conv(x) + bias + residual), and channels-last layout ---------------
+
+# (type, alpha, beta, torch function of the float64 pre-activation)
+ACTIVATIONS = {
+    "none": (None, None, lambda v: v),
+    "relu": (None, None, F.relu),
+    "silu": (None, None, F.silu),
+    "hardswish": (None, None, F.hardswish),
+    "sigmoid": (None, None, torch.sigmoid),
+    "leaky_relu": (0.2, None, lambda v: F.leaky_relu(v, 0.2)),
+    "clip": (0.0, 6.0, lambda v: v.clamp(0.0, 6.0)),
+    "gelu_tanh": (None, None, lambda v: F.gelu(v, approximate="tanh")),
+}
+
+# (name, x shape, weight shape, stride, padding, groups, bias, residual)
+EPILOGUE_CASES = [
+    ("2d_bias_residual", (2, 5, 7, 6), (6, 5, 3, 3), 1, 1, 1, True, True),
+    ("2d_residual_no_bias", (1, 3, 6, 5), (4, 3, 3, 3), 1, 1, 1, False, True),
+    ("2d_strided_bias", (3, 4, 9, 8), (7, 4, 3, 3), 2, 1, 1, True, False),
+    ("2d_depthwise_residual", (2, 6, 5, 5), (6, 1, 3, 3), 1, 1, 6, True, True),
+    ("1d_odd_channels", (2, 3, 11), (5, 3, 3), 1, 1, 1, True, True),
+]
+
+
+def epilogue_attrs(activation, residual, stride, padding, groups, rank, layout="nchw"):
+    alpha, beta, _ = ACTIVATIONS[activation]
+    attrs = {
+        "strides": [stride] * (rank - 2),
+        "pads": [padding] * (rank - 2),
+        "groups": groups,
+        "activation": activation,
+        "residual": int(residual),
+        "layout": layout,
+    }
+    if alpha is not None:
+        attrs["activation_alpha"] = alpha
+    if beta is not None:
+        attrs["activation_beta"] = beta
+    return attrs
+
+
+def epilogue_inputs(xs, ws, bias, residual, stride, padding, groups, dtype=torch.float32):
+    inputs = conv_inputs(xs, ws, bias, dtype)
+    if residual:
+        out = torch_conv([t.float() for t in inputs], stride, padding, 1, groups)
+        inputs.append(torch.randn(out.shape).to(dtype))
+    return inputs
+
+
+def torch_epilogue(
+    inputs, bias, residual, stride, padding, groups, activation, device="cpu", double=True
+):
+    cast = (lambda t: t.double()) if double else (lambda t: t.float())
+    x, w = cast(inputs[0]).to(device), cast(inputs[1]).to(device)
+    b = cast(inputs[2]).to(device) if bias else None
+    v = torch_conv([x, w] + ([b] if b is not None else []), stride, padding, 1, groups)
+    if residual:
+        v = v + cast(inputs[-1]).to(device)
+    return ACTIVATIONS[activation][2](v)
+
+
+def to_last(t):
+    """[N, C, spatial...] -> [N, spatial..., C] (contiguous)."""
+    return t.movedim(1, -1).contiguous()
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@pytest.mark.parametrize("case", EPILOGUE_CASES, ids=[c[0] for c in EPILOGUE_CASES])
+def test_convolution_epilogue_reference_matches_torch(case, activation):
+    _, xs, ws, stride, padding, groups, bias, residual = case
+    inputs = epilogue_inputs(xs, ws, bias, residual, stride, padding, groups)
+    attrs = epilogue_attrs(activation, residual, stride, padding, groups, len(xs))
+    got = run_layer(
+        lambda net, *t: net.add_layer("convolution", list(t), attrs), inputs, "reference"
+    )
+    want = torch_epilogue(inputs, bias, residual, stride, padding, groups, activation).float()
+    torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("case", EPILOGUE_CASES, ids=[c[0] for c in EPILOGUE_CASES])
+def test_convolution_channels_last_reference_matches_torch(case, dynamic):
+    # layout nhwc stores x, weight, residual and y channels last; the values are torch's.
+    _, xs, ws, stride, padding, groups, bias, residual = case
+    residual = residual and not dynamic  # run_layer makes only x's batch dynamic
+    inputs = epilogue_inputs(xs, ws, bias, residual, stride, padding, groups)
+    attrs = epilogue_attrs("relu", residual, stride, padding, groups, len(xs), layout="nhwc")
+    stored = [to_last(inputs[0]), to_last(inputs[1])] + inputs[2:]
+    if residual:
+        stored[-1] = to_last(inputs[-1])
+    add = lambda net, *t: net.add_layer("convolution", list(t), attrs)  # noqa: E731
+    got = run_layer(add, stored, "reference", dynamic=dynamic)
+    want = torch_epilogue(inputs, bias, residual, stride, padding, groups, "relu").float()
+    torch.testing.assert_close(got, to_last(want), **TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize(
+    "attrs, inputs, message",
+    [
+        ({"activation": "swish"}, 2, "unknown activation 'swish'"),
+        ({"residual": 1}, 2, "residual = 1 needs the residual"),
+        ({"residual": 2}, 3, "residual must be 0 or 1"),
+        ({}, 4, "fourth input is only accepted as the residual"),
+        ({"layout": "nchwc"}, 2, "layout must be nchw or nhwc"),
+        ({"activation": "clip", "activation_alpha": 2.0, "activation_beta": 1.0}, 2, "clip needs"),
+    ],
+)
+def test_convolution_epilogue_errors_name_the_layer(attrs, inputs, message):
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [1, 2, 5, 5])
+    w = net.add_input("w", "float32", [3, 2, 3, 3])
+    b = net.add_input("b", "float32", [3])
+    r = net.add_input("r", "float32", [1, 3, 5, 5])
+    given = [x, w, b, r][:inputs] if inputs < 3 else [x, w, r] if inputs == 3 else [x, w, b, r]
+    with pytest.raises(kiln.KilnError, match=f"fused_conv.*{message}"):
+        net.add_layer("convolution", given, {"pads": [1, 1], **attrs}, "fused_conv")
+
+
+def test_convolution_residual_shape_error_names_the_layer():
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [1, 2, 5, 5])
+    w = net.add_input("w", "float32", [3, 2, 3, 3])
+    r = net.add_input("r", "float32", [1, 3, 5, 5])  # the output is [1, 3, 3, 3]
+    with pytest.raises(kiln.KilnError, match="res_conv.*residual .* must have the output's shape"):
+        net.add_layer("convolution", [x, w, r], {"residual": 1}, "res_conv")
+    with pytest.raises(kiln.KilnError, match="dec.*only convolution and pooling take layout nhwc"):
+        net.add_layer(
+            "deconvolution",
+            [x, net.add_input("wd", "float32", [2, 3, 3, 3])],
+            {"layout": "nhwc"},
+            "dec",
+        )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("activation", ["none", "relu", "silu", "hardswish", "clip"])
+@pytest.mark.parametrize("case", EPILOGUE_CASES, ids=[c[0] for c in EPILOGUE_CASES])
+def test_convolution_epilogue_cuda_matches_torch(
+    case, activation, layout, dtype, strict_fp32_torch
+):
+    # Covers cuDNN's fused call (relu / none with a bias) and the own epilogue kernel (the rest),
+    # channels first and last.
+    _, xs, ws, stride, padding, groups, bias, residual = case
+    if layout == "nhwc" and len(xs) != 4:
+        pytest.skip("layout nhwc is exercised on 2d convolutions")
+    inputs = epilogue_inputs(xs, ws, bias, residual, stride, padding, groups, dtype)
+    attrs = epilogue_attrs(activation, residual, stride, padding, groups, len(xs), layout=layout)
+    stored = list(inputs)
+    if layout == "nhwc":
+        stored[0], stored[1] = to_last(inputs[0]), to_last(inputs[1])
+        if residual:
+            stored[-1] = to_last(inputs[-1])
+    add = lambda net, *t: net.add_layer("convolution", list(t), attrs)  # noqa: E731
+    # run_layer makes only x's batch dynamic, which a static residual would contradict.
+    for dynamic in (False,) if residual else (False, True):
+        got = run_layer(add, stored, "cuda", dynamic=dynamic)
+        assert got.dtype == dtype
+        want = torch_epilogue(
+            inputs, bias, residual, stride, padding, groups, activation, "cuda", double=False
+        ).cpu()
+        if layout == "nhwc":
+            want = to_last(want)
+        # The residual adds one O(1) term: one more rounding of the output dtype at most.
+        tol = gpu_tolerance(dtype, math.prod(ws[1:]))
+        torch.testing.assert_close(got.float(), want, **tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tactic", list(range(8)))
+def test_convolution_cuda_tactics_run_or_refuse(tactic, strict_fp32_torch):
+    # Each tactic is one cuDNN algorithm: it either computes the convolution or refuses with an
+    # error naming the layer (unsupported algorithm or workspace).
+    x, w = torch.randn(2, 8, 12, 12).half(), (torch.randn(16, 8, 3, 3) / 8).half()
+    attrs = {"pads": [1, 1], "tactic": tactic}
+    add = lambda net, *t: net.add_layer("convolution", list(t), attrs, "tac_conv")  # noqa: E731
+    try:
+        got = run_layer(add, [x, w], "cuda")
+    except kiln.KilnError as e:
+        assert "tac_conv" in str(e)
+        return
+    want = F.conv2d(x.float().cuda(), w.float().cuda(), None, 1, 1).cpu()
+    torch.testing.assert_close(got.float(), want, **gpu_tolerance(torch.float16, 72))
+
+
+@pytest.mark.gpu
+def test_convolution_cuda_tactic_out_of_range_is_refused():
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    add = lambda net, *t: net.add_layer("convolution", list(t), {"tactic": 99}, "tac99")  # noqa: E731
+    with pytest.raises(kiln.KilnError, match="tac99.*tactic 99 is out of range"):
+        run_layer(add, [x, w], "cuda")

@@ -96,6 +96,10 @@ ADAPTIVE_CASES = [
     ("avg2d_global", "avg", (2, 5, 7, 6), 1),
     ("max2d_identity", "max", (1, 2, 5, 5), 5),
     ("avg2d_mixed", "avg", (2, 2, 13, 5), (5, 7)),
+    # global pooling (output size 1) runs a reduction kernel on CUDA; 37 channels leave a partial
+    # tile of 32 channels last, 300 pixels span several phases and warps.
+    ("max2d_global_odd_channels", "max", (3, 37, 15, 20), 1),
+    ("avg1d_global", "avg", (2, 3, 50), 1),
 ]
 TORCH_ADAPTIVE = {
     ("avg", 3): F.adaptive_avg_pool1d,
@@ -279,3 +283,79 @@ def test_pooling_cuda_kernel_choice():
         "cuda_pooling",
         "cuda_adaptive_pooling",
     ]
+
+
+# ---- channels last (layout nhwc): x and y stored [N, spatial..., C], same values ----------------
+
+
+def to_last(t):
+    return t.movedim(1, -1).contiguous()
+
+
+def nhwc_pool_attrs(case, rank):
+    _, kind, _, kernel, stride, padding, dilation, ceil_mode, include_pad, divisor = case
+
+    def spatial(v):
+        return [v] * (rank - 2) if isinstance(v, int) else list(v)
+
+    attrs = {"type": kind, "kernel": spatial(kernel), "pads": spatial(padding)}
+    attrs.update({"ceil_mode": int(ceil_mode), "layout": "nhwc"})
+    if stride is not None:
+        attrs["strides"] = spatial(stride)
+    if kind == "max":
+        attrs["dilations"] = spatial(dilation)
+    else:
+        attrs["count_include_pad"] = int(include_pad)
+    if divisor is not None:
+        attrs["divisor_override"] = divisor
+    return attrs
+
+
+def run_nhwc_pool(case, x, target, dynamic=False):
+    attrs = nhwc_pool_attrs(case, x.dim())
+    add = lambda net, t: net.add_layer("pooling", [t], attrs)  # noqa: E731
+    return run_layer(add, [to_last(x)], target, dynamic=dynamic)
+
+
+def run_nhwc_adaptive(case, x, target, dynamic=False):
+    sizes = case[3] if isinstance(case[3], tuple) else (case[3],) * (x.dim() - 2)
+    attrs = {"type": case[1], "output_size": list(sizes), "layout": "nhwc"}
+    add = lambda net, t: net.add_layer("adaptive_pooling", [t], attrs)  # noqa: E731
+    return run_layer(add, [to_last(x)], target, dynamic=dynamic)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("case", POOL_CASES, ids=[c[0] for c in POOL_CASES])
+def test_pooling_channels_last_reference_matches_torch(case, dynamic):
+    x = torch.randn(case[2])
+    got = run_nhwc_pool(case, x, "reference", dynamic)
+    want = to_last(torch_pool(case, x.double()).float())
+    torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("case", ADAPTIVE_CASES, ids=[c[0] for c in ADAPTIVE_CASES])
+def test_adaptive_pooling_channels_last_reference_matches_torch(case):
+    x = torch.randn(case[2])
+    got = run_nhwc_adaptive(case, x, "reference", dynamic=True)
+    want = to_last(TORCH_ADAPTIVE[(case[1], x.dim())](x.double(), case[3]).float())
+    torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", POOL_CASES, ids=[c[0] for c in POOL_CASES])
+def test_pooling_channels_last_cuda_matches_torch(case, dtype):
+    x = torch.randn(case[2]).to(dtype)
+    got = run_nhwc_pool(case, x, "cuda", dynamic=True)
+    want = to_last(torch_pool(case, x.double()).to(dtype))
+    torch.testing.assert_close(got.double(), want.double(), **pool_tolerance(dtype))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", ADAPTIVE_CASES, ids=[c[0] for c in ADAPTIVE_CASES])
+def test_adaptive_pooling_channels_last_cuda_matches_torch(case, dtype):
+    x = torch.randn(case[2]).to(dtype)
+    got = run_nhwc_adaptive(case, x, "cuda", dynamic=True)
+    want = to_last(TORCH_ADAPTIVE[(case[1], x.dim())](x.double(), case[3]).to(dtype))
+    torch.testing.assert_close(got.double(), want.double(), **pool_tolerance(dtype))

@@ -1,0 +1,218 @@
+// assign_layouts: runs float16/bfloat16 2d convolutions channels last (layout nhwc), where
+// tensor-core convolutions are fastest, and keeps the pointwise layers between them channels last
+// too, so a chain conv -> pointwise -> conv needs no reformat. Transposes are inserted only at the
+// boundaries: into channels last where a channels-first tensor meets a channels-last layer, and
+// back where a channels-last tensor meets a layer that needs channels first (reshape, flatten,
+// fully_connected, batch_norm, network outputs, ...).
+//
+// Layout is invisible: every original tensor keeps its id, dims and name, and whenever a layer
+// reads it channels first it gets exactly those values (a transpose back writes into the
+// original tensor). Each tensor is transposed at most once per direction.
+//
+// Channels-last layers:
+//   convolution, rank 4, float16/bfloat16, weight constant: x and residual go channels last, the
+//       weight [K, C/g, kh, kw] is permuted at build time to [K, kh, kw, C/g].
+//   pooling, adaptive_pooling, rank 4: when their input was computed channels last.
+//   reduce with keepdim = 1 (squeeze-excitation's spatial mean), likewise: its axes are renumbered
+//       (NCHW axis 1 is NHWC axis 3, 2 is 1, 3 is 2), the kept rank-4 result stays channels last.
+//   activation, unary, cast, elementwise: when one of their inputs was computed channels last
+//       and every input is rank 4 (constants are permuted at build time) or has all dims 1.
+//       Broadcasting commutes with a permutation applied to every operand.
+// Safe on every backend; the builder runs it after precision assignment (it needs the final dtypes).
+#include <algorithm>
+#include <cstring>
+
+#include "core/ops/convolution.h"
+#include "core/passes/passes.h"
+
+namespace kiln {
+namespace {
+
+const std::vector<int64_t> kToLast = {0, 2, 3, 1};   // NCHW -> NHWC
+const std::vector<int64_t> kToFirst = {0, 3, 1, 2};  // NHWC -> NCHW
+
+bool all_ones(const Dims& d) {
+  return std::all_of(d.begin(), d.end(), [](int64_t x) { return x == 1; });
+}
+
+// Row-major bytes of a rank-4 constant permuted NCHW -> NHWC.
+std::shared_ptr<std::vector<uint8_t>> permute_to_last(const Tensor& t) {
+  const size_t e = dtype_size(t.dtype);
+  const int64_t n = t.dims[0], c = t.dims[1], h = t.dims[2], w = t.dims[3];
+  auto out = std::make_shared<std::vector<uint8_t>>(t.data->size());
+  const uint8_t* src = t.data->data();
+  for (int64_t a = 0; a < n; ++a)
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int64_t y = 0; y < h; ++y)
+        for (int64_t x = 0; x < w; ++x) {
+          const int64_t from = ((a * c + ch) * h + y) * w + x, to = ((a * h + y) * w + x) * c + ch;
+          std::memcpy(out->data() + to * e, src + from * e, e);
+        }
+  return out;
+}
+
+class LayoutRewriter {
+ public:
+  explicit LayoutRewriter(Network& net) : net_(net) {}
+
+  bool run() {
+    std::vector<Layer> old = std::move(net_.mutable_layers());
+    net_.mutable_layers().clear();
+    const size_t tensors = net_.tensors().size();
+    last_.assign(tensors, -1);
+    first_.assign(tensors, true);
+    native_.assign(tensors, false);
+    for (Layer& l : old) {
+      if (wants_last(l)) {
+        to_channels_last(l);
+      } else {
+        for (TensorId t : l.inputs) need_first(t);
+        layers_.push_back(std::move(l));
+      }
+    }
+    for (TensorId t : net_.outputs()) need_first(t);
+    net_.mutable_layers() = std::move(layers_);
+    if (changed_) net_.compact();
+    return changed_;
+  }
+
+ private:
+  // Produced by a channels-last layer (whether or not it was also transposed back).
+  bool is_tensor_last(TensorId t) const { return static_cast<size_t>(t) < native_.size() && native_[t]; }
+
+  bool wants_last(const Layer& l) const {
+    if (l.op == "convolution") {
+      const Tensor &x = net_.tensor(l.inputs[0]), &w = net_.tensor(l.inputs[1]);
+      if (x.dims.size() != 4 || channels_last(l) || w.kind != TensorKind::kConstant) return false;
+      return x.dtype == DataType::kFloat16 || x.dtype == DataType::kBFloat16;
+    }
+    if (l.op == "pooling" || l.op == "adaptive_pooling") {
+      return net_.tensor(l.inputs[0]).dims.size() == 4 && !channels_last(l) && is_tensor_last(l.inputs[0]);
+    }
+    if (l.op == "reduce") {
+      return l.inputs.size() == 1 && net_.tensor(l.inputs[0]).dims.size() == 4 &&
+             l.attrs.get_int("keepdim", int64_t{0}) == 1 && is_tensor_last(l.inputs[0]);
+    }
+    if (l.op != "activation" && l.op != "unary" && l.op != "cast" && l.op != "elementwise") return false;
+    bool any_last = false;
+    for (TensorId t : l.inputs) {
+      const Tensor& x = net_.tensor(t);
+      if (x.dims.size() != 4 && !(x.kind == TensorKind::kConstant && all_ones(x.dims))) return false;
+      any_last |= is_tensor_last(t);
+    }
+    for (TensorId t : l.outputs) {
+      if (net_.tensor(t).dims.size() != 4) return false;
+    }
+    return any_last;
+  }
+
+  // The channels-last version of tensor t, made on first use.
+  TensorId last_version(TensorId t) {
+    if (last_[t] >= 0) return last_[t];
+    const Tensor& x = net_.tensor(t);
+    TensorId made;
+    if (x.kind == TensorKind::kConstant) {
+      if (x.dims.size() != 4) return t;  // all-ones constants broadcast the same way
+      const std::string name = unique_name(x.name + "/nhwc");
+      Dims dims = channels_last_dims(x.dims);
+      made = net_.add_constant(name, x.dtype, dims, permute_to_last(net_.tensor(t)));
+      grow();
+    } else {
+      made = emit_transpose(t, kToLast, unique_layer(net_.tensor(t).name + "/to_nhwc"));
+    }
+    last_[t] = made;
+    return made;
+  }
+
+  // Makes the channels-first tensor t available: a transpose back writes into t itself.
+  void need_first(TensorId t) {
+    if (first_[t]) return;
+    emit_transpose(last_[t], kToFirst, unique_layer(net_.tensor(t).name + "/to_nchw"));
+    layers_.back().outputs[0] = t;
+    first_[t] = true;
+  }
+
+  TensorId emit_transpose(TensorId src, const std::vector<int64_t>& perm, const std::string& name) {
+    Attributes attrs;
+    attrs.set("perm", perm);
+    Layer& added = net_.add_layer("transpose", {src}, std::move(attrs), name);
+    layers_.push_back(std::move(added));
+    net_.mutable_layers().pop_back();
+    grow();
+    changed_ = true;
+    return layers_.back().outputs[0];
+  }
+
+  void to_channels_last(const Layer& l) {
+    std::vector<TensorId> inputs;
+    Attributes attrs = l.attrs;
+    if (l.op == "convolution") {
+      const ConvEpilogue e = conv_epilogue(l, l.inputs.size());
+      for (size_t i = 0; i < l.inputs.size(); ++i) {
+        const bool activation_like = i == 0 || static_cast<int>(i) == e.residual_input;
+        const bool weight = i == 1;
+        inputs.push_back(activation_like || weight ? last_version(l.inputs[i]) : l.inputs[i]);
+      }
+      attrs.set("layout", std::string("nhwc"));
+    } else if (l.op == "pooling" || l.op == "adaptive_pooling") {
+      inputs.push_back(last_version(l.inputs[0]));
+      attrs.set("layout", std::string("nhwc"));
+    } else if (l.op == "reduce") {
+      inputs.push_back(last_version(l.inputs[0]));
+      if (l.attrs.has("axes")) {
+        std::vector<int64_t> axes = l.attrs.get_ints("axes", l.name);
+        for (int64_t& a : axes) a = kToFirst[static_cast<size_t>(a < 0 ? a + 4 : a)];
+        attrs.set("axes", axes);
+      }
+    } else {
+      for (TensorId t : l.inputs) inputs.push_back(last_version(t));
+    }
+    // The original layer is not in the network while its replacement is added, so its name is free.
+    Layer& added = net_.add_layer(l.op, inputs, std::move(attrs), l.name);
+    layers_.push_back(std::move(added));
+    net_.mutable_layers().pop_back();
+    grow();
+    for (size_t i = 0; i < l.outputs.size(); ++i) {
+      last_[l.outputs[i]] = layers_.back().outputs[i];
+      first_[l.outputs[i]] = false;
+      native_[l.outputs[i]] = true;
+    }
+    changed_ = true;
+  }
+
+  void grow() {
+    last_.resize(net_.tensors().size(), -1);
+    first_.resize(net_.tensors().size(), true);
+    native_.resize(net_.tensors().size(), false);
+  }
+
+  std::string unique_name(const std::string& base) const {
+    std::string name = base;
+    for (int i = 1; net_.find_tensor(name) != -1; ++i) name = base + "_" + std::to_string(i);
+    return name;
+  }
+
+  // Layer names double as output tensor names; both must be unused.
+  std::string unique_layer(const std::string& base) const {
+    std::string name = base;
+    for (int i = 1;; ++i) {
+      bool used = net_.find_tensor(name) != -1;
+      for (const auto& l : layers_) used |= l.name == name;
+      if (!used) return name;
+      name = base + "_" + std::to_string(i);
+    }
+  }
+
+  Network& net_;
+  std::vector<Layer> layers_;
+  std::vector<TensorId> last_;  // channels-last version of each tensor, -1 when none
+  std::vector<bool> first_;     // whether the channels-first tensor holds its values
+  std::vector<bool> native_;    // original tensors computed by a channels-last layer
+  bool changed_ = false;
+};
+
+}  // namespace
+
+bool assign_layouts(Network& net) { return LayoutRewriter(net).run(); }
+
+}  // namespace kiln

@@ -1,0 +1,145 @@
+// fold_batch_norm: a convolution, deconvolution or fully_connected layer followed by an inference
+// batch_norm with constant parameters becomes that one layer with new constant weights and bias.
+// Per output channel k, with s = scale / sqrt(var + eps):
+//   bn(conv(x, w) + b) = (conv(x, w) + b - mean) * s + bn_bias
+//                      = conv(x, w * s[k]) + ((b - mean) * s + bn_bias)
+// Safe when the producer's output feeds only the batch_norm (and is no network output), its
+// weight and bias are constants, and it has no fused epilogue yet (an activation or residual would
+// sit between the two). fully_connected only with a rank-2 output, whose dim 1 is batch_norm's
+// channel dim. Channels-last convolutions are left alone (the pass runs before layouts anyway).
+// Math in double; the folded constants take the weight's dtype. The layer keeps its name and
+// lists the batch_norm in its `fused` attribute.
+#include <cmath>
+#include <string>
+
+#include "core/ops/convolution.h"
+#include "core/passes/passes.h"
+#include "kernels/reference/host_access.h"
+
+namespace kiln {
+namespace {
+
+std::vector<double> read_constant(const Tensor& t) {
+  TensorView v{const_cast<uint8_t*>(t.data->data()), t.dtype, t.dims};
+  std::vector<double> r(static_cast<size_t>(volume(t.dims)));
+  for (size_t i = 0; i < r.size(); ++i) r[i] = load_element(v, static_cast<int64_t>(i));
+  return r;
+}
+
+std::shared_ptr<std::vector<uint8_t>> encode(const std::vector<double>& values, DataType dtype,
+                                             const Dims& dims) {
+  auto bytes = std::make_shared<std::vector<uint8_t>>(values.size() * dtype_size(dtype));
+  TensorView v{bytes->data(), dtype, dims};
+  for (size_t i = 0; i < values.size(); ++i) store_element(v, static_cast<int64_t>(i), values[i]);
+  return bytes;
+}
+
+std::string unique_tensor_name(const Network& net, const std::string& base) {
+  std::string name = base;
+  for (int i = 1; net.find_tensor(name) != -1; ++i) name = base + "_" + std::to_string(i);
+  return name;
+}
+
+bool has_epilogue(const Layer& l) {
+  return (l.attrs.has("activation") && l.attrs.get_string("activation", l.name) != "none") ||
+         l.attrs.get_int("residual", int64_t{0}) != 0;
+}
+
+// Output channel of every weight element of `producer` (weight dims `w`, `channels` outputs).
+std::vector<int64_t> output_channel_of_weights(const Layer& producer, const Dims& w, int64_t channels) {
+  const int64_t n = volume(w);
+  std::vector<int64_t> ch(static_cast<size_t>(n));
+  if (producer.op == "deconvolution") {  // weight [C, K/groups, kernel...]
+    const int64_t groups = producer.attrs.get_int("groups", int64_t{1});
+    const int64_t kg = w[1], taps = n / (w[0] * w[1]), cg = w[0] / groups;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t c = i / (kg * taps), j = i / taps % kg;
+      ch[static_cast<size_t>(i)] = c / cg * kg + j;
+    }
+  } else {  // convolution [K, C/groups, kernel...], fully_connected [N, K]: output channel first
+    const int64_t per = n / channels;
+    for (int64_t i = 0; i < n; ++i) ch[static_cast<size_t>(i)] = i / per;
+  }
+  return ch;
+}
+
+bool all_constant(const Network& net, const std::vector<TensorId>& ids) {
+  for (TensorId t : ids) {
+    if (net.tensor(t).kind != TensorKind::kConstant) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool fold_batch_norm(Network& net) {
+  std::vector<int> uses(net.tensors().size(), 0);
+  for (const auto& l : net.layers()) {
+    for (TensorId t : l.inputs) ++uses[t];
+  }
+  const std::vector<int> producer_of = net.producers();
+  auto& layers = net.mutable_layers();
+  std::vector<bool> removed(layers.size(), false);
+  bool changed = false;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const Layer& bn = layers[i];
+    if (bn.op != "batch_norm") continue;
+    const TensorId x = bn.inputs[0];
+    const int pi = producer_of[x];
+    if (pi < 0 || uses[x] != 1 || net.is_output(x)) continue;
+    Layer& p = layers[static_cast<size_t>(pi)];
+    if (p.op != "convolution" && p.op != "deconvolution" && p.op != "fully_connected") continue;
+    if (has_epilogue(p) || (p.op == "convolution" && channels_last(p))) continue;
+    if (p.op == "fully_connected" && net.tensor(x).dims.size() != 2) continue;
+    if (p.inputs.size() > 3) continue;
+    std::vector<TensorId> params(bn.inputs.begin() + 1, bn.inputs.end());
+    std::vector<TensorId> weights(p.inputs.begin() + 1, p.inputs.end());
+    if (!all_constant(net, params) || !all_constant(net, weights)) continue;
+
+    // s = scale / sqrt(var + eps); shift = (b - mean) * s + bn_bias.
+    const double eps = bn.attrs.get_float("eps", 1e-5);
+    const std::vector<double> scale = read_constant(net.tensor(params[0])),
+                              beta = read_constant(net.tensor(params[1])),
+                              mean = read_constant(net.tensor(params[2])),
+                              var = read_constant(net.tensor(params[3]));
+    const int64_t channels = static_cast<int64_t>(scale.size());
+    const Tensor& w = net.tensor(p.inputs[1]);
+    std::vector<double> bias(static_cast<size_t>(channels), 0.0);
+    if (p.inputs.size() == 3) bias = read_constant(net.tensor(p.inputs[2]));
+    std::vector<double> s(static_cast<size_t>(channels)), shift(static_cast<size_t>(channels));
+    for (size_t k = 0; k < s.size(); ++k) {
+      s[k] = scale[k] / std::sqrt(var[k] + eps);
+      shift[k] = (bias[k] - mean[k]) * s[k] + beta[k];
+    }
+    std::vector<double> wv = read_constant(w);
+    const std::vector<int64_t> ch = output_channel_of_weights(p, w.dims, channels);
+    for (size_t j = 0; j < wv.size(); ++j) wv[j] *= s[static_cast<size_t>(ch[j])];
+
+    const DataType dtype = w.dtype;
+    const Dims wdims = w.dims;
+    const std::string wname = unique_tensor_name(net, p.name + "/weight_bn_folded");
+    const std::string bname = unique_tensor_name(net, p.name + "/bias_bn_folded");
+    const TensorId new_w = net.add_constant(wname, dtype, wdims, encode(wv, dtype, wdims));
+    const TensorId new_b = net.add_constant(bname, dtype, {channels}, encode(shift, dtype, {channels}));
+    p.inputs[1] = new_w;
+    if (p.inputs.size() == 3)
+      p.inputs[2] = new_b;
+    else
+      p.inputs.push_back(new_b);
+    p.outputs[0] = bn.outputs[0];
+    const std::string fused = p.attrs.has("fused") ? p.attrs.get_string("fused", p.name) : p.name;
+    p.attrs.set("fused", fused + "," + bn.name);
+    removed[i] = true;
+    changed = true;
+  }
+  if (!changed) return false;
+  std::vector<Layer> kept;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (!removed[i]) kept.push_back(std::move(layers[i]));
+  }
+  layers = std::move(kept);
+  net.compact();
+  return true;
+}
+
+}  // namespace kiln

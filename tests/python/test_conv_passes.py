@@ -1,0 +1,347 @@
+"""Builder passes of the convolution path: fold_batch_norm, fuse_conv_epilogue, assign_layouts.
+
+Structure: the built plan's layers (Plan.layers()) show what was folded, fused and reformatted,
+with a no-change case for each rule. Numbers: the optimized plan computes what the unoptimized
+plan (optimization_level 0: no canonicalization, fusion or layouts) computes, on the reference
+backend, and on the GPU against eager torch. A whole resnet50 through kiln.compile matches eager.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kiln
+
+# Folded weights are rounded once to float32 where the unfolded plan rounds the conv output and
+# the batch-norm result: a few float32 ulp of O(1) values.
+FOLD_TOL = {"rtol": 1e-5, "atol": 2e-6}
+
+
+def build(net, level=None, precisions=None, profile=None, target="reference"):
+    config = kiln.BuilderConfig(target=target)
+    if level is not None:
+        config.optimization_level = level
+    if precisions:
+        config.precisions = precisions
+    if profile:
+        config.add_optimization_profile(profile)
+    return kiln.Builder().build(net, config)
+
+
+def run(plan, feed, target="reference"):
+    device = "cuda" if target == "cuda" else "cpu"
+    ctx = kiln.Engine(plan, backend=target).create_execution_context()
+    out = ctx.execute({k: v.to(device) for k, v in feed.items()})
+    return {k: v.cpu() for k, v in out.items()}
+
+
+def ops(plan):
+    return [layer["op"] for layer in plan.layers()]
+
+
+def layer_named(plan, name):
+    return next(layer for layer in plan.layers() if layer["name"] == name)
+
+
+def bn_params(c):
+    return [torch.rand(c) + 0.5, torch.randn(c), torch.randn(c) * 0.1, torch.rand(c) + 0.5]
+
+
+def conv_weight(k, c, kh=3, kw=3):
+    return torch.randn(k, c, kh, kw) / math.sqrt(c * kh * kw)
+
+
+# ---- fold_batch_norm ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("conv_bias", [False, True])
+def test_fold_batch_norm_into_convolution(conv_bias):
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [2, 3, 8, 7])
+    b = torch.randn(5) if conv_bias else None
+    c = net.add_convolution(x, conv_weight(5, 3), b, padding=1, name="conv")
+    y = net.add_batch_norm(c, *bn_params(5), eps=1e-3, name="bn")
+    net.mark_output(y, "y")
+    folded, plain = build(net), build(net, level=0)
+    assert ops(folded) == ["convolution"]
+    assert ops(plain) == ["convolution", "batch_norm"]
+    conv = layer_named(folded, "conv")
+    assert conv["attrs"]["fused"] == "conv,bn"
+    assert len(conv["inputs"]) == 3  # the folded bias
+    feed = {"x": torch.randn(2, 3, 8, 7)}
+    torch.testing.assert_close(run(folded, feed)["y"], run(plain, feed)["y"], **FOLD_TOL)
+
+
+def test_fold_batch_norm_into_grouped_deconvolution_and_fully_connected():
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [2, 4, 5, 5])
+    d = net.add_deconvolution(
+        x, torch.randn(4, 3, 3, 3) / 3, torch.randn(6), stride=2, groups=2, name="deconv"
+    )
+    d = net.add_batch_norm(d, *bn_params(6), name="bn_d")
+    f = net.add_flatten(d, 1)
+    f = net.add_fully_connected(f, torch.randn(7, 6 * 11 * 11) / 26, name="fc")
+    net.mark_output(net.add_batch_norm(f, *bn_params(7), name="bn_f"), "y")
+    folded, plain = build(net), build(net, level=0)
+    assert "batch_norm" not in ops(folded)
+    assert layer_named(folded, "deconv")["attrs"]["fused"] == "deconv,bn_d"
+    assert layer_named(folded, "fc")["attrs"]["fused"] == "fc,bn_f"
+    feed = {"x": torch.randn(2, 4, 5, 5)}
+    torch.testing.assert_close(run(folded, feed)["y"], run(plain, feed)["y"], **FOLD_TOL)
+
+
+def test_fold_batch_norm_leaves_shared_or_runtime_inputs():
+    # No change: the conv output is also a network output, and a batch norm whose statistics are
+    # network inputs (not constants) cannot be folded.
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [1, 2, 5, 5])
+    c = net.add_convolution(x, conv_weight(3, 2), padding=1, name="conv")
+    net.mark_output(c, "c")
+    net.mark_output(net.add_batch_norm(c, *bn_params(3), name="bn"), "y")
+    mean = net.add_input("mean", "float32", [3])
+    c2 = net.add_convolution(x, conv_weight(3, 2), name="conv2")
+    p = bn_params(3)
+    net.mark_output(net.add_batch_norm(c2, p[0], p[1], mean, p[3], name="bn2"), "y2")
+    plan = build(net)
+    assert ops(plan).count("batch_norm") == 2
+    assert "fused" not in layer_named(plan, "conv")["attrs"]
+
+
+# ---- fuse_conv_epilogue -------------------------------------------------------------------------
+
+
+def bottleneck_net(n=-1, c=8, hw=6, dtype="float32"):
+    """A resnet bottleneck with a downsample branch: conv-bn-relu, conv-bn, and a residual add
+    whose other operand (the downsample conv) comes later in layer order, then relu."""
+    net = kiln.Network()
+    x = net.add_input("x", dtype, [n, c, hw, hw])
+    a = net.add_convolution(x, conv_weight(c, c), padding=1, name="conv1")
+    a = net.add_batch_norm(a, *bn_params(c), name="bn1")
+    a = net.add_activation(a, "relu", name="relu1")
+    a = net.add_convolution(a, conv_weight(2 * c, c), stride=2, padding=1, name="conv2")
+    a = net.add_batch_norm(a, *bn_params(2 * c), name="bn2")
+    d = net.add_convolution(x, conv_weight(2 * c, c, 1, 1), stride=2, name="down")
+    d = net.add_batch_norm(d, *bn_params(2 * c), name="bn_down")
+    s = net.add_elementwise(a, d, "add", name="add")
+    net.mark_output(net.add_activation(s, "relu", name="relu2"), "y")
+    return net
+
+
+def test_fuse_bottleneck_into_three_convolutions():
+    net = bottleneck_net()
+    profile = {"x": ([1, 8, 6, 6], [2, 8, 6, 6], [3, 8, 6, 6])}
+    fused, plain = build(net, profile=profile), build(net, level=0, profile=profile)
+    assert ops(fused) == ["convolution"] * 3
+    conv1, conv2 = layer_named(fused, "conv1"), layer_named(fused, "conv2")
+    assert conv1["attrs"]["activation"] == "relu" and conv1["attrs"]["fused"] == "conv1,bn1,relu1"
+    # conv2 absorbed the add, so it now comes after the downsample conv that computes its residual.
+    assert [layer["name"] for layer in fused.layers()] == ["conv1", "down", "conv2"]
+    assert conv2["attrs"]["residual"] == 1 and conv2["attrs"]["activation"] == "relu"
+    assert conv2["attrs"]["fused"] == "conv2,bn2,add,relu2"
+    for batch in (1, 3):  # dynamic batch
+        feed = {"x": torch.randn(batch, 8, 6, 6)}
+        torch.testing.assert_close(run(fused, feed)["y"], run(plain, feed)["y"], **FOLD_TOL)
+
+
+@pytest.mark.parametrize("activation", ["silu", "hardswish", "sigmoid", "leaky_relu"])
+def test_fuse_activation_keeps_its_parameters(activation):
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [2, 3, 5, 5])
+    c = net.add_convolution(x, conv_weight(4, 3), torch.randn(4), padding=1, name="conv")
+    net.mark_output(net.add_activation(c, activation, alpha=0.3, name="act"), "y")
+    fused, plain = build(net), build(net, level=0)
+    assert ops(fused) == ["convolution"]
+    attrs = layer_named(fused, "conv")["attrs"]
+    assert attrs["activation"] == activation and attrs["activation_alpha"] == pytest.approx(0.3)
+    feed = {"x": torch.randn(2, 3, 5, 5)}
+    torch.testing.assert_close(run(fused, feed)["y"], run(plain, feed)["y"], **FOLD_TOL)
+
+
+def test_fuse_conv_epilogue_no_change_cases():
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [2, 3, 5, 5])
+    # 1. the conv output is also a network output: the activation stays.
+    c1 = net.add_convolution(x, conv_weight(3, 3), padding=1, name="conv_out")
+    net.mark_output(c1, "c1")
+    net.mark_output(net.add_activation(c1, "relu", name="relu_kept"), "y1")
+    # 2. the add broadcasts its other operand: no residual.
+    c2 = net.add_convolution(x, conv_weight(3, 3), padding=1, name="conv_bcast")
+    net.mark_output(net.add_elementwise(c2, torch.randn(1, 3, 1, 1), "add", name="add_bcast"), "y2")
+    # 3. relu before the add: the add would come after the activation, so only relu fuses.
+    c3 = net.add_convolution(x, conv_weight(3, 3), padding=1, name="conv_relu_add")
+    r3 = net.add_activation(c3, "relu", name="relu3")
+    net.mark_output(net.add_elementwise(r3, x, "add", name="add3"), "y3")
+    # 4. two consumers of the conv output.
+    c4 = net.add_convolution(x, conv_weight(3, 3), padding=1, name="conv_two")
+    net.mark_output(net.add_activation(c4, "tanh", name="tanh4"), "y4")
+    net.mark_output(net.add_activation(c4, "sigmoid", name="sig4"), "y5")
+    plan = build(net)
+    names = [layer["name"] for layer in plan.layers()]
+    for kept in ["relu_kept", "add_bcast", "add3", "tanh4", "sig4"]:
+        assert kept in names
+    assert "relu3" not in names
+    assert layer_named(plan, "conv_relu_add")["attrs"]["fused"] == "conv_relu_add,relu3"
+    feed = {"x": torch.randn(2, 3, 5, 5)}
+    got, want = run(plan, feed), run(build(net, level=0), feed)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], **FOLD_TOL)
+
+
+# ---- assign_layouts -----------------------------------------------------------------------------
+
+
+def test_layouts_keep_fp16_conv_chain_channels_last():
+    # conv-relu-maxpool-conv, an SE-like gate (global pool, 1x1 conv, sigmoid, broadcast mul),
+    # conv, global avg pool, then flatten + fc: everything up to the pool runs channels last, with
+    # one transpose in (after the cast to float16) and one out (before flatten).
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [-1, 4, 9, 9])
+    a = net.add_convolution(x, conv_weight(8, 4), torch.randn(8), padding=1, name="c1")
+    a = net.add_activation(a, "relu", name="r1")
+    a = net.add_pooling(a, "max", 3, 2, 1, name="maxpool")
+    b = net.add_convolution(a, conv_weight(8, 8), torch.randn(8), padding=1, name="c2")
+    s = net.add_adaptive_pooling(b, "avg", 1, name="se_pool")
+    gate = net.add_convolution(s, conv_weight(8, 8, 1, 1), torch.randn(8), name="c_gate")
+    gate = net.add_activation(gate, "sigmoid", name="gate")
+    b = net.add_elementwise(b, gate, "mul", name="mul")
+    c = net.add_convolution(b, conv_weight(3, 8), padding=1, name="c3")
+    c = net.add_adaptive_pooling(c, "avg", 1, name="gap")
+    f = net.add_flatten(c, 1)
+    net.mark_output(net.add_fully_connected(f, torch.randn(5, 3), name="fc"), "y")
+    profile = {"x": ([1, 4, 9, 9], [2, 4, 9, 9], [3, 4, 9, 9])}
+    plan = build(net, precisions=["fp32", "fp16"], profile=profile)
+    for name in ["c1", "maxpool", "c2", "se_pool", "c_gate", "c3", "gap"]:
+        assert layer_named(plan, name)["attrs"]["layout"] == "nhwc", name
+    transposes = [layer["name"] for layer in plan.layers() if layer["op"] == "transpose"]
+    assert transposes == ["x/to_float16/to_nhwc", "gap/to_nchw"]
+    assert layer_named(plan, "mul")["outputs"][0][2] == [-1, 5, 5, 8]
+    plain = build(net, level=0, precisions=["fp32", "fp16"], profile=profile)
+    assert "transpose" not in ops(plain)
+    for batch in (1, 3):
+        feed = {"x": torch.randn(batch, 4, 9, 9)}
+        # Both compute in float16 with rounding at different points (fused epilogues round once).
+        torch.testing.assert_close(
+            run(plan, feed)["y"], run(plain, feed)["y"], rtol=1e-2, atol=1e-2
+        )
+
+
+def test_layouts_renumber_squeeze_excitation_mean():
+    # torchvision's SE blocks take mean(dims=[2, 3], keepdim=True): it stays channels last with
+    # its axes renumbered; a mean without keepdim goes back to channels first.
+    net = kiln.Network()
+    x = net.add_input("x", "float16", [2, 6, 5, 7])
+    b = net.add_convolution(x, conv_weight(6, 6).half(), padding=1, name="conv")
+    s = net.add_layer("reduce", [b], {"op": "mean", "axes": [-1, 2], "keepdim": 1}, "se_mean")
+    gate = net.add_activation(
+        net.add_convolution(s, conv_weight(6, 6, 1, 1).half(), name="fc1"), "sigmoid"
+    )
+    y = net.add_elementwise(b, gate, "mul", name="scale")
+    net.mark_output(net.add_layer("reduce", [y], {"op": "sum", "axes": [1]}, "flat_sum"), "y")
+    plan = build(net)
+    se_mean = layer_named(plan, "se_mean")
+    assert se_mean["attrs"]["axes"] == [2, 1] and se_mean["outputs"][0][2] == [2, 1, 1, 6]
+    assert layer_named(plan, "flat_sum")["attrs"]["axes"] == [1]
+    assert [layer["name"] for layer in plan.layers() if layer["op"] == "transpose"] == [
+        "x/to_nhwc",
+        "scale/to_nchw",
+    ]
+    feed = {"x": torch.randn(2, 6, 5, 7).half()}
+    want = run(build(net, level=0), feed)["y"]
+    torch.testing.assert_close(run(plan, feed)["y"], want, rtol=1e-2, atol=1e-2)
+
+
+def test_layouts_leave_float32_convolutions_alone():
+    net = bottleneck_net(n=2)
+    plan = build(net)
+    assert "transpose" not in ops(plan)
+    assert all(layer["attrs"].get("layout", "nchw") == "nchw" for layer in plan.layers())
+
+
+# ---- GPU ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precisions", [["fp32"], ["fp32", "fp16"]])
+def test_fused_bottleneck_cuda_matches_reference(precisions):
+    torch.backends.cudnn.allow_tf32 = False
+    net = bottleneck_net(c=13, hw=9)  # odd channel counts
+    profile = {"x": ([1, 13, 9, 9], [2, 13, 9, 9], [4, 13, 9, 9])}
+    gpu = build(net, precisions=precisions, profile=profile, target="cuda")
+    ref = build(net, level=0, profile=profile)
+    if "fp16" in precisions:
+        assert any(layer["attrs"].get("layout") == "nhwc" for layer in gpu.layers())
+    tol = {"rtol": 1e-4, "atol": 1e-4} if precisions == ["fp32"] else {"rtol": 2e-2, "atol": 2e-2}
+    for batch in (1, 4):
+        feed = {"x": torch.randn(batch, 13, 9, 9)}
+        torch.testing.assert_close(run(gpu, feed, "cuda")["y"], run(ref, feed)["y"], **tol)
+
+
+# ---- whole model --------------------------------------------------------------------------------
+
+
+def cosine(a, b):
+    return F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
+
+
+def test_resnet50_reference_matches_eager():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None).eval()
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        want = model(x)
+    compiled = kiln.compile(model, inputs=[x], device="cpu")
+    got = compiled(x)
+    # BN folded into 53 convolutions: float32 rounding of the folded weights only.
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+    half = kiln.compile(model, inputs=[x], device="cpu", enabled_precisions={torch.float16})
+    # float16 activations through 50 layers: cosine similarity is the meaningful measure.
+    assert cosine(half(x).float(), want) > 0.999
+
+
+def test_mobilenet_v3_fp16_reference_matches_eager():
+    # Squeeze-excitation means, hardswish/hardsigmoid epilogues and depthwise convs channels last.
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = calibrated(torchvision.models.mobilenet_v3_large(weights=None), size=64)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+    half = kiln.compile(model, inputs=[x], device="cpu", enabled_precisions={torch.float16})
+    assert cosine(half(x).float(), want) > 0.999
+
+
+def calibrated(model, size=224):
+    """The eval-mode model with batch-norm statistics of one random batch: with torchvision's
+    initial statistics (mean 0, var 1) the activations of mobilenet/efficientnet shrink to 1e-10,
+    which float16 cannot hold; calibrated ones stay O(1), so float16 results are comparable."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: one batch gives its own statistics
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, size, size))
+    return model.eval()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v3_large", "efficientnet_b0"])
+def test_vision_model_fp16_cuda_matches_eager(name):
+    # The whole conv path on the GPU: folded BN, fused epilogues, channels-last chains, global
+    # pooling, dynamic batch; cosine similarity against float32 eager.
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = calibrated(getattr(torchvision.models, name)(weights=None)).cuda()
+    spec = kiln.Input(
+        min_shape=(1, 3, 224, 224), opt_shape=(8, 3, 224, 224), max_shape=(16, 3, 224, 224)
+    )
+    compiled = kiln.compile(model, inputs=[spec], enabled_precisions={torch.float16})
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, 224, 224, device="cuda")
+        with torch.no_grad():
+            want = model(x)
+        got = compiled(x).float()
+        assert cosine(got, want) > 0.999
