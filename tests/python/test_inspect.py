@@ -34,8 +34,9 @@ def _network(fused: bool = True) -> kiln.Network:
     return net
 
 
-def _plan(target: str = "reference"):
-    config = kiln.BuilderConfig(target=target)
+def _plan(target: str = "reference", optimization_level: int = 0):
+    # Level 0 keeps the layers as written (no fusion), so the test can name them.
+    config = kiln.BuilderConfig(target=target, optimization_level=optimization_level)
     config.add_optimization_profile({"x": ((1, 16), (4, 16), (8, 16))})
     return kiln.Builder().build(_network(), config)
 
@@ -187,3 +188,13 @@ def test_profile_cuda(tmp_path):
     out = _cli(path, "--profile", "--runs", "3")
     assert out.returncode == 0, out.stderr
     assert "cuda backend" in out.stdout
+
+
+def test_inspect_shows_what_the_builder_fused():
+    """At the default optimization level the GEMM epilogue pass folds bias1 and relu1 into mm1;
+    inspection names the layers it absorbed."""
+    layers = {la.name: la for la in kiln.inspect(_plan(optimization_level=2)).layers}
+    assert set(layers) == {"mm1", "mm2"}
+    assert layers["mm1"].op == "fully_connected"
+    assert layers["mm1"].fused == ["mm1", "bias1", "relu1"]
+    assert layers["mm2"].fused == []
