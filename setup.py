@@ -53,6 +53,7 @@ class CMakeBuild(build_ext):
                 libs = [
                     build_dir / "core" / "libkiln_core.so",
                     *build_dir.glob("runtime/libkiln_runtime.so"),  # absent without torch
+                    *build_dir.glob("torchscript/libkiln_torchscript.so"),
                     *build_dir.glob("py/_C*.so"),
                 ]
                 for lib in libs:
