@@ -16,7 +16,8 @@ void register_flatten_converters() {
     return "";
   };
   c.convert = [](ConversionContext& ctx, const KNode& n) {
-    Attributes attrs = Attributes().set("start_dim", int_arg(n, "start_dim")).set("end_dim", int_arg(n, "end_dim"));
+    Attributes attrs =
+        Attributes().set("start_dim", int_arg(n, "start_dim")).set("end_dim", int_arg(n, "end_dim"));
     ctx.set_output(n, 0, ctx.add(n, "flatten", {ctx.tensor(n, "self")}, attrs).outputs[0]);
   };
   c.limits = "constant start_dim/end_dim";

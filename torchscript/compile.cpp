@@ -54,12 +54,13 @@ Precision parse_precision(const std::string& name) {
 
 c10::ScalarType parse_dtype(const std::string& name) {
   static const std::map<std::string, c10::ScalarType> dtypes = {
-      {"float32", c10::kFloat}, {"float", c10::kFloat}, {"float16", c10::kHalf}, {"half", c10::kHalf},
-      {"bfloat16", c10::kBFloat16}, {"int32", c10::kInt}, {"int64", c10::kLong}, {"long", c10::kLong},
-      {"bool", c10::kBool}, {"int8", c10::kChar}};
+      {"float32", c10::kFloat},     {"float", c10::kFloat}, {"float16", c10::kHalf}, {"half", c10::kHalf},
+      {"bfloat16", c10::kBFloat16}, {"int32", c10::kInt},   {"int64", c10::kLong},   {"long", c10::kLong},
+      {"bool", c10::kBool},         {"int8", c10::kChar}};
   auto it = dtypes.find(name);
   KILN_CHECK(it != dtypes.end(), "unknown input dtype '"
-                                     << name << "': use float32, float16, bfloat16, int32, int64, bool or int8");
+                                     << name
+                                     << "': use float32, float16, bfloat16, int32, int64, bool or int8");
   return it->second;
 }
 
@@ -84,7 +85,8 @@ std::string json_string(const std::string& s) {
         break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
-          os << "\\u00" << "0123456789abcdef"[(c >> 4) & 15] << "0123456789abcdef"[c & 15];
+          os << "\\u00"
+             << "0123456789abcdef"[(c >> 4) & 15] << "0123456789abcdef"[c & 15];
         } else {
           os << c;
         }
@@ -123,9 +125,10 @@ void check_spec(const CompileSpec& spec) {
                "input " << k << ": min/opt/max shapes differ in rank (" << shape_text(in.min_shape) << ", "
                         << shape_text(in.opt_shape) << ", " << shape_text(in.max_shape) << ")");
     for (size_t d = 0; d < in.min_shape.size(); ++d) {
-      KILN_CHECK(0 <= in.min_shape[d] && in.min_shape[d] <= in.opt_shape[d] && in.opt_shape[d] <= in.max_shape[d],
-                 "input " << k << ": dim " << d << " needs 0 <= min <= opt <= max, got " << in.min_shape[d] << ", "
-                          << in.opt_shape[d] << ", " << in.max_shape[d]);
+      KILN_CHECK(
+          0 <= in.min_shape[d] && in.min_shape[d] <= in.opt_shape[d] && in.opt_shape[d] <= in.max_shape[d],
+          "input " << k << ": dim " << d << " needs 0 <= min <= opt <= max, got " << in.min_shape[d] << ", "
+                   << in.opt_shape[d] << ", " << in.max_shape[d]);
     }
   }
   KILN_CHECK(spec.min_block_size >= 1, "min_block_size must be at least 1, got " << spec.min_block_size);
@@ -195,8 +198,9 @@ Lowered lower_and_partition(const torch::jit::Module& module, const CompileSpec&
   l.module = lower_module(moved);
   l.graph = l.module.get_method("forward").graph();
   KILN_CHECK(l.graph->inputs().size() == spec.inputs.size() + 1,
-             "the module's forward takes " << l.graph->inputs().size() - 1 << " inputs, the compile spec gives "
-                                           << spec.inputs.size() << "; give one input spec per forward argument");
+             "the module's forward takes " << l.graph->inputs().size() - 1
+                                           << " inputs, the compile spec gives " << spec.inputs.size()
+                                           << "; give one input spec per forward argument");
   // 2. record
   try {
     l.record = record_values(l.graph, l.module._ivalue(), sample_runs(spec, l.device));
@@ -205,10 +209,11 @@ Lowered lower_and_partition(const torch::jit::Module& module, const CompileSpec&
     for (const InputSpec& in : spec.inputs)
       shapes << " [" << shape_text(in.min_shape) << " .. " << shape_text(in.max_shape) << " "
              << c10::toString(in.dtype) << "]";
-    KILN_FAIL("running the module on random inputs of the specs'" << shapes.str()
-                                                                 << " failed; check the input shapes and dtypes. "
-                                                                    "PyTorch said: "
-                                                                 << e.what_without_backtrace());
+    KILN_FAIL("running the module on random inputs of the specs'"
+              << shapes.str()
+              << " failed; check the input shapes and dtypes. "
+                 "PyTorch said: "
+              << e.what_without_backtrace());
   }
   // 3. fold
   if (fold_static_values(*l.graph, l.record)) simplify(l.graph);
@@ -315,13 +320,14 @@ std::string CompileReport::to_json() const {
   os << "{\"num_engines\": " << num_engines << ", \"segments\": [";
   for (size_t i = 0; i < segments.size(); ++i) {
     os << (i ? ", " : "") << "{\"kind\": " << json_string(segments[i].engine ? "engine" : "pytorch")
-       << ", \"nodes\": " << json_strings(segments[i].nodes) << ", \"ops\": " << json_strings(segments[i].ops) << "}";
+       << ", \"nodes\": " << json_strings(segments[i].nodes) << ", \"ops\": " << json_strings(segments[i].ops)
+       << "}";
   }
   os << "], \"fallbacks\": [";
   for (size_t i = 0; i < fallbacks.size(); ++i) {
     os << (i ? ", " : "") << "{\"node\": " << json_string(fallbacks[i].node)
-       << ", \"target\": " << json_string(fallbacks[i].target) << ", \"reason\": " << json_string(fallbacks[i].reason)
-       << "}";
+       << ", \"target\": " << json_string(fallbacks[i].target)
+       << ", \"reason\": " << json_string(fallbacks[i].reason) << "}";
   }
   os << "], \"text\": " << json_string(text) << "}";
   return os.str();

@@ -4,10 +4,9 @@
 // wherever libkiln_runtime is loaded (Python after `import kiln`, C++ apps linking Kiln::runtime).
 //
 //   kiln::torchscript::CompileSpec spec;
-//   spec.inputs = {kiln::torchscript::InputSpec::range({1, 3, 224, 224}, {8, 3, 224, 224}, {32, 3, 224, 224})};
-//   spec.enabled_precisions = {kiln::torchscript::Precision::kFP16};
-//   torch::jit::Module compiled = kiln::torchscript::compile(torch::jit::load("model.ts"), spec);
-//   compiled.save("model_kiln.ts");
+//   spec.inputs = {kiln::torchscript::InputSpec::range({1, 3, 224, 224}, {8, 3, 224, 224}, {32, 3, 224,
+//   224})}; spec.enabled_precisions = {kiln::torchscript::Precision::kFP16}; torch::jit::Module compiled =
+//   kiln::torchscript::compile(torch::jit::load("model.ts"), spec); compiled.save("model_kiln.ts");
 //
 // Errors (bad specs, unsupported models with require_full_compilation) throw kiln::Error.
 #pragma once
@@ -35,12 +34,12 @@ struct InputSpec {
 enum class Precision { kFP32, kFP16, kBF16, kTF32 };
 
 struct CompileSpec {
-  std::vector<InputSpec> inputs;                          // one per forward argument after self
+  std::vector<InputSpec> inputs;                             // one per forward argument after self
   std::set<Precision> enabled_precisions{Precision::kFP32};  // FP32 is always allowed
-  int64_t min_block_size = 5;                   // smaller engine segments run in PyTorch
-  std::vector<std::string> torch_executed_ops;  // "aten.gelu.default": always PyTorch
-  bool require_full_compilation = false;        // unsupported nodes are an error listing them
-  std::string device = "cuda";                  // "cuda[:N]": CUDA engines; "cpu": reference backend
+  int64_t min_block_size = 5;                                // smaller engine segments run in PyTorch
+  std::vector<std::string> torch_executed_ops;               // "aten.gelu.default": always PyTorch
+  bool require_full_compilation = false;                     // unsupported nodes are an error listing them
+  std::string device = "cuda";  // "cuda[:N]": CUDA engines; "cpu": reference backend
   size_t workspace_bytes = size_t{32} << 20;
   int optimization_level = 3;
 };

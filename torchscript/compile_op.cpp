@@ -95,7 +95,8 @@ CompileSpec parse_spec(const std::string& text, bool* dry) {
   return spec;
 }
 
-std::string compile_torchscript(const std::string& in_path, const std::string& out_path, const std::string& spec_text) {
+std::string compile_torchscript(const std::string& in_path, const std::string& out_path,
+                                const std::string& spec_text) {
   try {
     bool dry = false;
     CompileSpec spec = parse_spec(spec_text, &dry);

@@ -30,7 +30,8 @@ std::unordered_set<const Value*> size_derived(Graph& graph) {
   std::unordered_set<const Value*> derived;
   for (Node* n : graph.nodes()) {
     bool from_sizes = false;
-    if (n->kind() == c10::aten::size || n->kind() == c10::aten::dim || n->kind() == c10::Symbol::fromQualString("aten::numel")) {
+    if (n->kind() == c10::aten::size || n->kind() == c10::aten::dim ||
+        n->kind() == c10::Symbol::fromQualString("aten::numel")) {
       from_sizes = true;
     } else if (n->kind() != c10::prim::Constant && n->blocks().empty() && !n->inputs().empty() &&
                !n->hasSideEffects() && !n->isNondeterministic()) {
@@ -151,7 +152,8 @@ bool fold_static_values(Graph& graph, const ValueRecord& record) {
       auto it = record.find(v);
       if (!derived.count(v) || it == record.end() || !same_everywhere(it->second) || !v->hasUses()) continue;
       WithInsertPoint guard(n);
-      std::optional<Value*> c = torch::jit::tryInsertConstant(graph, it->second[0].value, std::nullopt, n->scope());
+      std::optional<Value*> c =
+          torch::jit::tryInsertConstant(graph, it->second[0].value, std::nullopt, n->scope());
       if (!c) continue;
       v->replaceAllUsesWith(*c);
       changed = true;

@@ -79,7 +79,8 @@ class Translator {
     const auto& in = graph_->inputs();
     KILN_CHECK(in.size() == inputs.size() + 1, "the module's forward takes "
                                                    << in.size() - 1 << " inputs, the compile spec gives "
-                                                   << inputs.size() << "; give one input spec per forward argument");
+                                                   << inputs.size()
+                                                   << "; give one input spec per forward argument");
     for (size_t k = 1; k < in.size(); ++k) {
       Value* v = in[k];
       KILN_CHECK(v->type()->kind() == c10::TypeKind::TensorType,
@@ -87,9 +88,10 @@ class Translator {
                                       << "; Kiln compiles modules whose forward takes tensors only");
       const InputSpec& spec = inputs[k - 1];
       std::optional<DataType> dtype = kiln_dtype(spec.dtype);
-      KILN_CHECK(dtype, "input " << k - 1 << " ('" << v->debugName() << "') has dtype " << c10::toString(spec.dtype)
-                                 << ", which Kiln does not support (float32, float16, bfloat16, int32, int64, "
-                                    "bool, int8)");
+      KILN_CHECK(dtype,
+                 "input " << k - 1 << " ('" << v->debugName() << "') has dtype " << c10::toString(spec.dtype)
+                          << ", which Kiln does not support (float32, float16, bfloat16, int32, int64, "
+                             "bool, int8)");
       Dims dims;
       for (size_t d = 0; d < spec.min_shape.size(); ++d)
         dims.push_back(spec.min_shape[d] == spec.max_shape[d] ? spec.min_shape[d] : -1);
@@ -112,20 +114,26 @@ class Translator {
   // A KGraph value for a node output, from its type and the record.
   ValueId add_output(Value* v) {
     const c10::TypeKind kind = v->type()->kind();
-    if (kind == c10::TypeKind::IntType) return bound(v, t_.graph.add_value(v->debugName(), DataType::kInt64, {}, true));
+    if (kind == c10::TypeKind::IntType)
+      return bound(v, t_.graph.add_value(v->debugName(), DataType::kInt64, {}, true));
     if (kind == c10::TypeKind::FloatType)
       return bound(v, t_.graph.add_value(v->debugName(), DataType::kFloat32, {}, true));
-    if (kind == c10::TypeKind::BoolType) return bound(v, t_.graph.add_value(v->debugName(), DataType::kBool, {}, true));
-    if (kind != c10::TypeKind::TensorType) return opaque(v, "is a " + v->type()->repr_str() + ", not a tensor or a number");
+    if (kind == c10::TypeKind::BoolType)
+      return bound(v, t_.graph.add_value(v->debugName(), DataType::kBool, {}, true));
+    if (kind != c10::TypeKind::TensorType)
+      return opaque(v, "is a " + v->type()->repr_str() + ", not a tensor or a number");
     auto it = record_.find(v);
-    if (it == record_.end() || it->second.size() != kNumRuns) return opaque(v, "was not observed when recording shapes");
+    if (it == record_.end() || it->second.size() != kNumRuns)
+      return opaque(v, "was not observed when recording shapes");
     const std::vector<Observed>& runs = it->second;
     for (const Observed& o : runs) {
       if (!o.is_tensor || o.dtype != runs[0].dtype || o.shape.size() != runs[0].shape.size())
         return opaque(v, "changes dtype or rank between runs");
     }
     std::optional<DataType> dtype = kiln_dtype(runs[0].dtype);
-    if (!dtype) return opaque(v, "has dtype " + std::string(c10::toString(runs[0].dtype)) + ", which Kiln does not support");
+    if (!dtype)
+      return opaque(
+          v, "has dtype " + std::string(c10::toString(runs[0].dtype)) + ", which Kiln does not support");
     Dims dims = runs[0].shape;
     for (const Observed& o : runs) {
       for (size_t d = 0; d < dims.size(); ++d)
@@ -159,7 +167,8 @@ class Translator {
       at::Tensor t = iv.toTensor().detach().contiguous().cpu();
       std::optional<DataType> dtype = kiln_dtype(t.scalar_type());
       if (!dtype)
-        return Arg::of_value(opaque(v, "is a constant of dtype " + std::string(c10::toString(t.scalar_type())) +
+        return Arg::of_value(opaque(v, "is a constant of dtype " +
+                                           std::string(c10::toString(t.scalar_type())) +
                                            ", which Kiln does not support"));
       ValueId id = t_.graph.add_constant(v->debugName(), *dtype, t.sizes().vec(), t.data_ptr(), t.nbytes());
       return Arg::of_value(bound(v, id));
@@ -180,11 +189,16 @@ class Translator {
       std::vector<Arg> list;
       auto items = iv.isList() ? iv.toListRef().vec() : iv.toTupleRef().elements().vec();
       for (const c10::IValue& e : items) {
-        if (e.isInt()) list.push_back(Arg::of_int(e.toInt()));
-        else if (e.isDouble()) list.push_back(Arg::of_float(e.toDouble()));
-        else if (e.isBool()) list.push_back(Arg::of_bool(e.toBool()));
-        else if (e.isNone()) list.push_back(Arg::none());
-        else list.push_back(Arg::of_string(e.tagKind()));
+        if (e.isInt())
+          list.push_back(Arg::of_int(e.toInt()));
+        else if (e.isDouble())
+          list.push_back(Arg::of_float(e.toDouble()));
+        else if (e.isBool())
+          list.push_back(Arg::of_bool(e.toBool()));
+        else if (e.isNone())
+          list.push_back(Arg::none());
+        else
+          list.push_back(Arg::of_string(e.tagKind()));
       }
       return Arg::of_list(std::move(list));
     }
@@ -206,7 +220,8 @@ class Translator {
   }
 
   static bool inside(const Node* inner, const Node* n) {
-    for (const Node* p = inner; p != nullptr; p = p->owningBlock() ? p->owningBlock()->owningNode() : nullptr) {
+    for (const Node* p = inner; p != nullptr;
+         p = p->owningBlock() ? p->owningBlock()->owningNode() : nullptr) {
       if (p == n) return true;
     }
     return false;
@@ -233,12 +248,13 @@ class Translator {
 
   void add_node(Node* n) {
     const c10::Symbol kind = n->kind();
-    if (kind == c10::prim::Constant || kind == c10::prim::ListConstruct || kind == c10::prim::TupleConstruct ||
-        folded_.count(n))
+    if (kind == c10::prim::Constant || kind == c10::prim::ListConstruct ||
+        kind == c10::prim::TupleConstruct || folded_.count(n))
       return;
     KNode k;
-    k.name = n->outputs().empty() ? std::string(kind.toUnqualString()) + "_" + std::to_string(t_.graph.nodes().size())
-                                  : n->output(0)->debugName();
+    k.name = n->outputs().empty()
+                 ? std::string(kind.toUnqualString()) + "_" + std::to_string(t_.graph.nodes().size())
+                 : n->output(0)->debugName();
     k.target = target_of(n);
     k.location = location_of(n);
     const c10::FunctionSchema* schema = n->maybeSchema();
@@ -246,13 +262,15 @@ class Translator {
       for (size_t i = 0; i < n->inputs().size(); ++i)
         k.args.emplace_back(schema->arguments()[i].name(), arg(n->input(i), &schema->arguments()[i]));
     } else {
-      for (size_t i = 0; i < n->inputs().size(); ++i) k.args.emplace_back("arg" + std::to_string(i), arg(n->input(i), nullptr));
+      for (size_t i = 0; i < n->inputs().size(); ++i)
+        k.args.emplace_back("arg" + std::to_string(i), arg(n->input(i), nullptr));
       std::vector<Value*> free = captured(n);
-      for (size_t i = 0; i < free.size(); ++i) k.args.emplace_back("captured" + std::to_string(i), arg(free[i], nullptr));
+      for (size_t i = 0; i < free.size(); ++i)
+        k.args.emplace_back("captured" + std::to_string(i), arg(free[i], nullptr));
     }
     Node* unpack = nullptr;
-    if (n->outputs().size() == 1 && n->output()->type()->cast<c10::ListType>() && n->output()->uses().size() == 1 &&
-        n->output()->uses()[0].user->kind() == c10::prim::ListUnpack) {
+    if (n->outputs().size() == 1 && n->output()->type()->cast<c10::ListType>() &&
+        n->output()->uses().size() == 1 && n->output()->uses()[0].user->kind() == c10::prim::ListUnpack) {
       unpack = n->output()->uses()[0].user;
       folded_.insert(unpack);
       for (Value* o : unpack->outputs()) k.outputs.push_back(add_output(o));
@@ -304,15 +322,15 @@ class Translator {
     } else if (op == "aten::_convolution") {
       k.target = "aten.convolution.default";
       k.args.resize(9);  // input .. groups; benchmark/deterministic/cudnn flags do not change results
-    } else if (op == "aten::batch_norm" && get(k, "training").kind == Arg::Kind::kBool && !get(k, "training").b) {
-      rebuild("aten._native_batch_norm_legit_no_training.default",
-              {{"input", get(k, "input")},
-               {"weight", get(k, "weight")},
-               {"bias", get(k, "bias")},
-               {"running_mean", get(k, "running_mean")},
-               {"running_var", get(k, "running_var")},
-               {"momentum", get(k, "momentum")},
-               {"eps", get(k, "eps")}});
+    } else if (op == "aten::batch_norm" && get(k, "training").kind == Arg::Kind::kBool &&
+               !get(k, "training").b) {
+      rebuild("aten._native_batch_norm_legit_no_training.default", {{"input", get(k, "input")},
+                                                                    {"weight", get(k, "weight")},
+                                                                    {"bias", get(k, "bias")},
+                                                                    {"running_mean", get(k, "running_mean")},
+                                                                    {"running_var", get(k, "running_var")},
+                                                                    {"momentum", get(k, "momentum")},
+                                                                    {"eps", get(k, "eps")}});
       k.outputs.resize(3, kNoValue);  // save_mean, save_invstd: nobody reads them
     } else if (op == "aten::layer_norm") {
       rebuild("aten.native_layer_norm.default", {{"input", get(k, "input")},
@@ -326,25 +344,29 @@ class Translator {
       k.outputs.resize(2, kNoValue);  // indices
     } else if (op == "aten::adaptive_avg_pool2d") {
       k.target = "aten._adaptive_avg_pool2d.default";
-    } else if ((op == "aten::softmax" || op == "aten::log_softmax") && overload == "int" && get(k, "dtype").is_none()) {
+    } else if ((op == "aten::softmax" || op == "aten::log_softmax") && overload == "int" &&
+               get(k, "dtype").is_none()) {
       rebuild(op == "aten::softmax" ? "aten._softmax.default" : "aten._log_softmax.default",
               {{"self", get(k, "self")}, {"dim", get(k, "dim")}, {"half_to_float", Arg::of_bool(false)}});
     } else if (op == "aten::size" && overload == "int") {
       k.target = "aten.sym_size.int";
     } else if (op == "aten::contiguous") {
       rebuild("aten.clone.default", {{"self", get(k, "self")}, {"memory_format", Arg::none()}});
-    } else if ((op == "aten::dropout" || op == "aten::feature_dropout") && get(k, "train").kind == Arg::Kind::kBool &&
-               !get(k, "train").b) {
+    } else if ((op == "aten::dropout" || op == "aten::feature_dropout") &&
+               get(k, "train").kind == Arg::Kind::kBool && !get(k, "train").b) {
       rebuild("aten.clone.default", {{"self", get(k, "input")}, {"memory_format", Arg::none()}});
-    } else if (op == "aten::t" && get(k, "self").is_value() && t_.graph.value(get(k, "self").value).dims.size() == 2) {
-      rebuild("aten.transpose.int", {{"self", get(k, "self")}, {"dim0", Arg::of_int(0)}, {"dim1", Arg::of_int(1)}});
+    } else if (op == "aten::t" && get(k, "self").is_value() &&
+               t_.graph.value(get(k, "self").value).dims.size() == 2) {
+      rebuild("aten.transpose.int",
+              {{"self", get(k, "self")}, {"dim0", Arg::of_int(0)}, {"dim1", Arg::of_int(1)}});
     } else if ((op == "aten::chunk" || (op == "aten::split" && overload == "Tensor")) &&
                k.outputs.size() != 1) {
       const int64_t dim = get(k, "dim").i;
       const int64_t size = static_dim(k, "self", dim);
       if (size >= 0) {
-        int64_t piece = op == "aten::chunk" ? (size + get(k, "chunks").i - 1) / std::max<int64_t>(get(k, "chunks").i, 1)
-                                           : get(k, "split_size").i;
+        int64_t piece = op == "aten::chunk"
+                            ? (size + get(k, "chunks").i - 1) / std::max<int64_t>(get(k, "chunks").i, 1)
+                            : get(k, "split_size").i;
         std::vector<Arg> sizes;
         for (int64_t start = 0; piece > 0 && start < size; start += piece)
           sizes.push_back(Arg::of_int(std::min(piece, size - start)));
