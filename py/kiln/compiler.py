@@ -112,14 +112,15 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
 
     inputs: one kiln.Input or example tensor per positional input. ir: "export" (torch.export),
     "torchscript" (a torch.jit.ScriptModule, compiled by the C++ TorchScript frontend; returns a
-    ScriptModule) or "auto" (torchscript for a ScriptModule, else export). enabled_precisions:
-    torch dtypes the engines may compute in (float32 always; float16, bfloat16). min_block_size:
-    smaller engine segments run in PyTorch. torch_executed_ops: op overloads
-    (``torch.ops.aten.gelu.default`` or "aten.gelu.default") that always run in PyTorch. require_full_compilation: raise a KilnError
-    listing every node that cannot run in an engine instead of running it in PyTorch.
-    workspace_size / optimization_level: builder options. device: "cuda" (the default when a GPU
-    is visible) or "cpu" (engines on the CPU reference backend). dry_run: partition only and
-    return a CompileReport. debug: log the KGraph and the report at level "info".
+    ScriptModule) or "auto" (torchscript for a ScriptModule, else export).
+    enabled_precisions: torch dtypes the engines may compute in (float32 always; float16,
+    bfloat16). min_block_size: smaller engine segments run in PyTorch. torch_executed_ops: op
+    overloads (``torch.ops.aten.gelu.default`` or "aten.gelu.default") that always run in
+    PyTorch. require_full_compilation: raise a KilnError listing every node that cannot run in an
+    engine instead of running it in PyTorch. workspace_size / optimization_level: builder
+    options. device: "cuda" (the default when a GPU is visible) or "cpu" (engines on the CPU
+    reference backend). dry_run: partition only and return a CompileReport. debug: log the
+    KGraph and the report at level "info".
     """
     if ir not in ("auto", "export", "torchscript"):
         raise ValueError(f"ir must be 'auto', 'export' or 'torchscript', got {ir!r}")
