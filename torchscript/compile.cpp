@@ -204,16 +204,16 @@ Lowered lower_and_partition(const torch::jit::Module& module, const CompileSpec&
   // 2. record
   try {
     l.record = record_values(l.graph, l.module._ivalue(), sample_runs(spec, l.device));
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
+    // c10::Error, or the interpreter's own exceptions for errors raised by TorchScript code.
+    const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
     std::ostringstream shapes;
     for (const InputSpec& in : spec.inputs)
       shapes << " [" << shape_text(in.min_shape) << " .. " << shape_text(in.max_shape) << " "
              << c10::toString(in.dtype) << "]";
     KILN_FAIL("running the module on random inputs of the specs'"
-              << shapes.str()
-              << " failed; check the input shapes and dtypes. "
-                 "PyTorch said: "
-              << e.what_without_backtrace());
+              << shapes.str() << " failed; check the input shapes and dtypes. PyTorch said: "
+              << (c10_error != nullptr ? c10_error->what_without_backtrace() : e.what()));
   }
   // 3. fold
   if (fold_static_values(*l.graph, l.record)) simplify(l.graph);

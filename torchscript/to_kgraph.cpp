@@ -165,11 +165,17 @@ class Translator {
     c10::IValue iv = *torch::jit::toIValue(v);
     if (iv.isTensor()) {
       at::Tensor t = iv.toTensor().detach().contiguous().cpu();
+      // A 0-d float64 constant (a traced `x * 2.0`) never sets the result dtype of an op with a
+      // float tensor (torch computes in the tensor's dtype), so it is held as float32.
+      if (t.dim() == 0 && t.scalar_type() == c10::kDouble) t = t.to(c10::kFloat);
       std::optional<DataType> dtype = kiln_dtype(t.scalar_type());
-      if (!dtype)
-        return Arg::of_value(opaque(v, "is a constant of dtype " +
-                                           std::string(c10::toString(t.scalar_type())) +
-                                           ", which Kiln does not support"));
+      if (!dtype) {
+        // Kept as an empty placeholder constant: every reader runs in PyTorch (force_opaque_readers).
+        ValueId id = t_.graph.add_constant(v->debugName(), DataType::kInt8, {0}, nullptr, 0);
+        opaque_[id] = "'" + v->debugName() + "' is a constant of dtype " +
+                      std::string(c10::toString(t.scalar_type())) + ", which Kiln does not support";
+        return Arg::of_value(bound(v, id));
+      }
       ValueId id = t_.graph.add_constant(v->debugName(), *dtype, t.sizes().vec(), t.data_ptr(), t.nbytes());
       return Arg::of_value(bound(v, id));
     }
