@@ -59,6 +59,12 @@ class CMakeBuild(build_ext):
                 for lib in libs:
                     if (target / lib.name).resolve() != lib.resolve():
                         shutil.copy2(lib, target / lib.name)
+                # the TorchScript C++ API header, for Kiln::torchscript
+                if (build_dir / "torchscript").exists():
+                    (target / "include" / "torchscript").mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(
+                        ROOT / "torchscript" / "compile.h", target / "include" / "torchscript"
+                    )
                 # find_package(Kiln) for LibTorch apps (kiln.cmake_prefix_path), with the runtime
                 package = target / "share" / "cmake" / "Kiln"
                 configs = sorted((build_dir / "cmake-package" / "python").glob("*.cmake"))
