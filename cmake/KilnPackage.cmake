@@ -12,6 +12,7 @@ write_basic_package_version_file("${_kiln_pkg}/KilnConfigVersion.cmake"
   VERSION ${PROJECT_VERSION} COMPATIBILITY SameMinorVersion)
 
 set(KILN_CONFIG_TO_LIBDIR "../../..")  # kiln/share/cmake/Kiln -> kiln
+set(KILN_CONFIG_TO_INCLUDEDIR "../../../include")  # kiln/include (setup.py copies the headers)
 configure_file("${PROJECT_SOURCE_DIR}/cmake/KilnConfig.cmake.in"
   "${_kiln_pkg}/python/KilnConfig.cmake" @ONLY)
 configure_file("${_kiln_pkg}/KilnConfigVersion.cmake"
@@ -19,9 +20,13 @@ configure_file("${_kiln_pkg}/KilnConfigVersion.cmake"
 
 set(_kiln_cmake_dir "${CMAKE_INSTALL_LIBDIR}/cmake/Kiln")
 file(RELATIVE_PATH KILN_CONFIG_TO_LIBDIR "/root/${_kiln_cmake_dir}" "/root/${CMAKE_INSTALL_LIBDIR}")
+file(RELATIVE_PATH KILN_CONFIG_TO_INCLUDEDIR "/root/${_kiln_cmake_dir}" "/root/${CMAKE_INSTALL_INCLUDEDIR}/kiln")
 configure_file("${PROJECT_SOURCE_DIR}/cmake/KilnConfig.cmake.in"
   "${_kiln_pkg}/install/KilnConfig.cmake" @ONLY)
 
-install(TARGETS kiln_core kiln_runtime LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}")
+install(TARGETS kiln_core kiln_runtime kiln_torchscript LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}")
+# The TorchScript C++ API: torchscript/compile.h (it includes only torch headers).
+install(FILES "${PROJECT_SOURCE_DIR}/torchscript/compile.h"
+  DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/kiln/torchscript")
 install(FILES "${_kiln_pkg}/install/KilnConfig.cmake" "${_kiln_pkg}/KilnConfigVersion.cmake"
   DESTINATION "${_kiln_cmake_dir}")

@@ -126,8 +126,10 @@ Partition partition_graph(const KGraph& graph, const PartitionOptions& options) 
   const std::set<std::string> forced(options.torch_executed_ops.begin(), options.torch_executed_ops.end());
   std::vector<std::string> reason(nodes.size());
   for (size_t i = 0; i < nodes.size(); ++i) {
-    reason[i] =
-        forced.count(nodes[i].target) ? "listed in torch_executed_ops" : check_convertible(graph, nodes[i]);
+    auto own = options.torch_nodes.find(static_cast<int>(i));
+    reason[i] = forced.count(nodes[i].target)      ? "listed in torch_executed_ops"
+                : own != options.torch_nodes.end() ? own->second
+                                                   : check_convertible(graph, nodes[i]);
   }
 
   if (options.require_full_compilation) {

@@ -3,6 +3,7 @@
 // and knows no op by name.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,9 @@ struct PartitionOptions {
   int64_t min_block_size = 5;                   // smaller engine segments run in PyTorch
   std::vector<std::string> torch_executed_ops;  // op overloads ("aten.gelu.default") forced to PyTorch
   bool require_full_compilation = false;        // unsupported nodes are an error listing them all
+  // Nodes a frontend keeps in PyTorch whatever the converters say (index -> reason), e.g. the
+  // TorchScript nodes that read or return lists, objects or dtypes Kiln does not hold.
+  std::map<int, std::string> torch_nodes;
 };
 
 struct Segment {

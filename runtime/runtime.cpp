@@ -22,6 +22,7 @@
 #include "core/error.h"
 #include "core/plan.h"
 #include "kernels/device.h"
+#include "runtime/runtime.h"
 
 #ifdef KILN_RUNTIME_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -318,6 +319,14 @@ std::vector<at::Tensor> execute_engine(at::TensorList inputs, c10::intrusive_ptr
 }
 
 }  // namespace
+
+c10::IValue make_engine(const std::vector<uint8_t>& plan, const std::string& backend, int64_t device) {
+  return c10::IValue(
+      c10::make_intrusive<TorchEngine>(std::string(plan.begin(), plan.end()), backend, device));
+}
+
+c10::ClassTypePtr engine_type() { return torch::getCustomClass("__torch__.torch.classes.kiln.Engine"); }
+
 }  // namespace kiln::runtime
 
 using kiln::runtime::execute_engine;

@@ -110,24 +110,37 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
 ):
     """Compiles ``module`` (an nn.Module or a torch.export.ExportedProgram) for ``inputs``.
 
-    inputs: one kiln.Input or example tensor per positional input. ir: "auto" or "export"
-    (torch.export); "torchscript" is not supported yet. enabled_precisions: torch dtypes the
-    engines may compute in (float32 always; float16, bfloat16). min_block_size: smaller engine
-    segments run in PyTorch. torch_executed_ops: op overloads (``torch.ops.aten.gelu.default`` or
-    "aten.gelu.default") that always run in PyTorch. require_full_compilation: raise a KilnError
-    listing every node that cannot run in an engine instead of running it in PyTorch.
-    workspace_size / optimization_level: builder options. device: "cuda" (the default when a GPU
-    is visible) or "cpu" (engines on the CPU reference backend). dry_run: partition only and
-    return a CompileReport. debug: log the KGraph and the report at level "info".
+    inputs: one kiln.Input or example tensor per positional input. ir: "export" (torch.export),
+    "torchscript" (a torch.jit.ScriptModule, compiled by the C++ TorchScript frontend; returns a
+    ScriptModule) or "auto" (torchscript for a ScriptModule, else export).
+    enabled_precisions: torch dtypes the engines may compute in (float32 always; float16,
+    bfloat16). min_block_size: smaller engine segments run in PyTorch. torch_executed_ops: op
+    overloads (``torch.ops.aten.gelu.default`` or "aten.gelu.default") that always run in
+    PyTorch. require_full_compilation: raise a KilnError listing every node that cannot run in an
+    engine instead of running it in PyTorch. workspace_size / optimization_level: builder
+    options. device: "cuda" (the default when a GPU is visible) or "cpu" (engines on the CPU
+    reference backend). dry_run: partition only and return a CompileReport. debug: log the
+    KGraph and the report at level "info".
     """
     if ir not in ("auto", "export", "torchscript"):
         raise ValueError(f"ir must be 'auto', 'export' or 'torchscript', got {ir!r}")
-    if ir == "torchscript":
-        raise NotImplementedError(
-            "kiln.compile(ir='torchscript') is not supported yet; use ir='export'"
-        )
     device = torch.device(device if device is not None else ("cuda" if _cuda() else "cpu"))
     specs = [i if isinstance(i, Input) else Input.from_tensor(i) for i in inputs]
+    if ir == "torchscript" or (ir == "auto" and isinstance(module, torch.jit.ScriptModule)):
+        from kiln import torchscript
+
+        return torchscript.compile(
+            module,
+            specs,
+            device=device,
+            dry_run=dry_run,
+            enabled_precisions=enabled_precisions,
+            min_block_size=min_block_size,
+            torch_executed_ops=torch_executed_ops,
+            require_full_compilation=require_full_compilation,
+            workspace_size=workspace_size,
+            optimization_level=optimization_level,
+        )
 
     program = _export(module, specs, device)
     lowered = _Lowering(program, specs)

@@ -70,6 +70,14 @@ def save(
         )
     from kiln.compiler import CompiledModule
 
+    if isinstance(module, torch.jit.ScriptModule):  # kiln.compile(ir="torchscript")'s result
+        if output_format != "torchscript":
+            raise ValueError(
+                "kiln.save: a TorchScript module (from kiln.compile with ir='torchscript') saves "
+                "with output_format='torchscript'"
+            )
+        torch.jit.save(module, os.fspath(path))
+        return
     if not isinstance(module, CompiledModule):
         raise TypeError(
             f"kiln.save takes the module kiln.compile returned, got {type(module).__name__}"

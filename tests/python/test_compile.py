@@ -228,7 +228,7 @@ def test_input_validation():
         kiln.Input(min_shape=(4,), opt_shape=(2,), max_shape=(8,))
     spec = kiln.Input(min_shape=(1, 3), opt_shape=(4, 3), max_shape=(8, 3))
     assert spec.dynamic_dims == [0]
-    with pytest.raises(NotImplementedError, match="torchscript"):
+    with pytest.raises(TypeError, match="torch.jit.ScriptModule"):
         kiln.compile(SmallCNN(), [torch.randn(1, 3, 8, 8)], ir="torchscript")
 
 
