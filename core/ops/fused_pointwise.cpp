@@ -92,8 +92,9 @@ PointwiseProgram parse_pointwise_program(const Layer& layer) {
   const std::string who = describe(layer);
   PointwiseProgram p;
   std::vector<std::string> lines = split(layer.attrs.get_string("program", who), ';');
-  KILN_CHECK(static_cast<int>(lines.size()) <= kMaxFusedInstructions,
-             who << ": the program has " << lines.size() << " instructions, at most " << kMaxFusedInstructions);
+  KILN_CHECK(
+      static_cast<int>(lines.size()) <= kMaxFusedInstructions,
+      who << ": the program has " << lines.size() << " instructions, at most " << kMaxFusedInstructions);
   for (const std::string& line : lines) {
     const int index = static_cast<int>(p.code.size());
     std::vector<std::string> t = tokens(line);
@@ -101,8 +102,8 @@ PointwiseProgram parse_pointwise_program(const Layer& layer) {
     PointwiseInstr ins;
     ins.kind = t[0];
     auto expect = [&](size_t n) {
-      KILN_CHECK(t.size() == n, who << ": instruction " << index << " '" << line << "' takes " << n - 1
-                                    << " operands");
+      KILN_CHECK(t.size() == n,
+                 who << ": instruction " << index << " '" << line << "' takes " << n - 1 << " operands");
     };
     auto reg = [&](size_t i) { return parse_register(who, t[i], index); };
     if (ins.kind == "input") {
@@ -192,8 +193,8 @@ std::vector<TensorDesc> infer_pointwise_registers(const Layer& layer, const Poin
     TensorDesc d;
     if (ins.kind == "input") {
       KILN_CHECK(ins.input < static_cast<int>(in.size()), who << ": instruction " << i << " loads input "
-                                                              << ins.input << " but the layer has " << in.size()
-                                                              << " inputs");
+                                                              << ins.input << " but the layer has "
+                                                              << in.size() << " inputs");
       KILN_CHECK(in[ins.input].dtype == parse_instr_dtype(who, ins, i),
                  who << ": input " << ins.input << " is " << dtype_name(in[ins.input].dtype)
                      << " but the program loads it as " << ins.op);

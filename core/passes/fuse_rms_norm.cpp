@@ -28,8 +28,8 @@ bool normalized(const PatternMatcher& m, const Network& net, TensorId t, TensorI
       if (!m.constant_value(add->inputs[1 - a], &e) || !(e >= 0)) continue;
       const Layer* mean = m.layer_with(add->inputs[a], "reduce", "op", "mean");
       if (!mean || mean->attrs.get_int("keepdim", int64_t{0}) != 1) continue;
-      std::vector<int64_t> axes = mean->attrs.has("axes") ? mean->attrs.get_ints("axes", describe(*mean))
-                                                           : std::vector<int64_t>{};
+      std::vector<int64_t> axes =
+          mean->attrs.has("axes") ? mean->attrs.get_ints("axes", describe(*mean)) : std::vector<int64_t>{};
       const int64_t rank = static_cast<int64_t>(net.tensor(cand).dims.size());
       if (axes.size() != 1 || (axes[0] != -1 && axes[0] != rank - 1)) continue;
       TensorId sq = mean->inputs[0], base;
@@ -56,7 +56,8 @@ bool fuse_rms_norm(Network& net) {
     for (int side = 0; side < 2; ++side) {
       TensorId w = l.inputs[side], h = l.inputs[1 - side], xf;
       double eps = 0;
-      if (const Layer* back = m.producer(h); back && back->op == "cast" && m.single_use(h)) h = back->inputs[0];
+      if (const Layer* back = m.producer(h); back && back->op == "cast" && m.single_use(h))
+        h = back->inputs[0];
       if (!normalized(m, net, h, &xf, &eps)) continue;
       TensorId x = xf;
       if (const Layer* up = m.producer(xf);
@@ -68,8 +69,10 @@ bool fuse_rms_norm(Network& net) {
       const Tensor& y = net.tensor(l.outputs[0]);
       if (!is_floating(xt.dtype) || xt.dims.empty() || xt.dims.back() == kDynamic) continue;
       if (y.dtype != xt.dtype || y.dims != xt.dims) continue;
-      if (wt.dims != Dims{xt.dims.back()} || (wt.dtype != xt.dtype && wt.dtype != DataType::kFloat32)) continue;
-      replace_layer(net, i, "rms_norm", {x, w}, Attributes().set("eps", eps).set("normalized_ndim", int64_t{1}));
+      if (wt.dims != Dims{xt.dims.back()} || (wt.dtype != xt.dtype && wt.dtype != DataType::kFloat32))
+        continue;
+      replace_layer(net, i, "rms_norm", {x, w},
+                    Attributes().set("eps", eps).set("normalized_ndim", int64_t{1}));
       changed = true;
       break;
     }

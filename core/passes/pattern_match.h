@@ -43,7 +43,8 @@ class PatternMatcher {
     return false;
   }
   // `t` = a single-use layer of `op` with attribute `key` == `value` (a string attribute).
-  const Layer* layer_with(TensorId t, const std::string& op, const std::string& key, const std::string& value) const;
+  const Layer* layer_with(TensorId t, const std::string& op, const std::string& key,
+                          const std::string& value) const;
 
  private:
   const Network& net_;

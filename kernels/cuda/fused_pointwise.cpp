@@ -181,8 +181,8 @@ std::string activation_expr(const PointwiseInstr& ins, const std::string& x) {
   if (t == "leaky_relu") return "(" + x + " >= 0.f ? " + x + " : " + alpha + " * " + x + ")";
   if (t == "gelu") return "(0.5f * " + x + " * (1.f + erff(" + x + " * 0.70710678118654752f)))";
   if (t == "gelu_tanh") {
-    return "(0.5f * " + x + " * (1.f + tanhf(0.79788456080286536f * (" + x + " + 0.044715f * " + x + " * " + x +
-           " * " + x + "))))";
+    return "(0.5f * " + x + " * (1.f + tanhf(0.79788456080286536f * (" + x + " + 0.044715f * " + x + " * " +
+           x + " * " + x + "))))";
   }
   if (t == "silu") return "(" + x + " * ksigmoid(" + x + "))";
   if (t == "hardswish") return "(" + x + " * krelu6(" + x + " + 3.f) / 6.f)";
@@ -202,9 +202,12 @@ std::string unary_expr(const std::string& op, DataType t, const std::string& x) 
     if (op == "sign") return "((" + x + " > 0) - (" + x + " < 0))";
   }
   static const std::map<std::string, std::string> f = {
-      {"exp", "expf(#)"},     {"log", "logf(#)"},     {"sqrt", "sqrtf(#)"},   {"rsqrt", "(1.f / sqrtf(#))"},
-      {"abs", "fabsf(#)"},    {"neg", "(-#)"},        {"erf", "erff(#)"},     {"sin", "sinf(#)"},
-      {"cos", "cosf(#)"},     {"floor", "floorf(#)"}, {"ceil", "ceilf(#)"},   {"round", "rintf(#)"},
+      {"exp", "expf(#)"},          {"log", "logf(#)"},
+      {"sqrt", "sqrtf(#)"},        {"rsqrt", "(1.f / sqrtf(#))"},
+      {"abs", "fabsf(#)"},         {"neg", "(-#)"},
+      {"erf", "erff(#)"},          {"sin", "sinf(#)"},
+      {"cos", "cosf(#)"},          {"floor", "floorf(#)"},
+      {"ceil", "ceilf(#)"},        {"round", "rintf(#)"},
       {"reciprocal", "(1.f / #)"}, {"sign", "(float)((# > 0.f) - (# < 0.f))"}};
   auto it = f.find(op);
   KILN_CHECK(it != f.end(), "fused_pointwise: no CUDA code for unary '" << op << "'");
@@ -248,7 +251,8 @@ struct Signature {
 };
 
 // The per-element function: kiln_compute(x0, .., y0&, ..) over storage values.
-std::string compute_function(const PointwiseProgram& p, const std::vector<DataType>& regs, const Signature& sig) {
+std::string compute_function(const PointwiseProgram& p, const std::vector<DataType>& regs,
+                             const Signature& sig) {
   std::ostringstream s;
   s << "__device__ __forceinline__ void kiln_compute(";
   std::string sep;
@@ -269,7 +273,7 @@ std::string compute_function(const PointwiseProgram& p, const std::vector<DataTy
     if (ins.kind == "input") {
       e = load_expr(t, "x" + std::to_string(ins.input));
     } else if (ins.kind == "const") {
-      e = is_floating(t) ? float_literal(ins.value)
+      e = is_floating(t)          ? float_literal(ins.value)
           : t == DataType::kInt32 ? "(" + std::to_string(static_cast<long long>(ins.value)) + ")"
                                   : (ins.value != 0 ? "true" : "false");
     } else if (ins.kind == "elementwise") {
@@ -293,10 +297,11 @@ std::string compute_function(const PointwiseProgram& p, const std::vector<DataTy
   return s.str();
 }
 
-std::string generate_source(const PointwiseProgram& p, const std::vector<DataType>& regs, const Signature& sig) {
+std::string generate_source(const PointwiseProgram& p, const std::vector<DataType>& regs,
+                            const Signature& sig) {
   char prelude[4096];
-  std::snprintf(prelude, sizeof(prelude), kPrelude, kMaxFusedInputs, kMaxFusedOutputs, kMaxRank, kMaxFusedInputs,
-                kMaxRank, kMaxFusedOutputs, kMaxRank);
+  std::snprintf(prelude, sizeof(prelude), kPrelude, kMaxFusedInputs, kMaxFusedOutputs, kMaxRank,
+                kMaxFusedInputs, kMaxRank, kMaxFusedOutputs, kMaxRank);
   std::ostringstream s;
   s << prelude << compute_function(p, regs, sig);
   const size_t ni = sig.inputs.size(), no = sig.outputs.size();
@@ -307,13 +312,14 @@ std::string generate_source(const PointwiseProgram& p, const std::vector<DataTyp
         << storage_type(sig.inputs[k]) << "*)P.in[" << k << "];\n";
     }
     for (size_t j = 0; j < no; ++j) {
-      d << "  " << storage_type(sig.outputs[j]) << "* __restrict__ q" << j << " = (" << storage_type(sig.outputs[j])
-        << "*)P.out[" << j << "];\n";
+      d << "  " << storage_type(sig.outputs[j]) << "* __restrict__ q" << j << " = ("
+        << storage_type(sig.outputs[j]) << "*)P.out[" << j << "];\n";
     }
     return d.str();
   };
   // One call of kiln_compute with operand k at offset `in(k)` and output j at `out(j)`.
-  auto call = [&](const std::function<std::string(size_t)>& in, const std::function<std::string(size_t)>& out) {
+  auto call = [&](const std::function<std::string(size_t)>& in,
+                  const std::function<std::string(size_t)>& out) {
     std::ostringstream c;
     c << "kiln_compute(";
     std::string sep;
@@ -359,12 +365,12 @@ std::string generate_source(const PointwiseProgram& p, const std::vector<DataTyp
        "  const long long nv = P.n / 4;\n"
        "  for (long long v = first; v < nv; v += stride) {\n";
   for (size_t k = 0; k < ni; ++k) {
-    s << "    union { " << vector_type(sig.inputs[k]) << " v; " << storage_type(sig.inputs[k]) << " e[4]; } a" << k
-      << ";\n    a" << k << ".v = ((const " << vector_type(sig.inputs[k]) << "*)p" << k << ")[v];\n";
+    s << "    union { " << vector_type(sig.inputs[k]) << " v; " << storage_type(sig.inputs[k]) << " e[4]; } a"
+      << k << ";\n    a" << k << ".v = ((const " << vector_type(sig.inputs[k]) << "*)p" << k << ")[v];\n";
   }
   for (size_t j = 0; j < no; ++j) {
-    s << "    union { " << vector_type(sig.outputs[j]) << " v; " << storage_type(sig.outputs[j]) << " e[4]; } b" << j
-      << ";\n";
+    s << "    union { " << vector_type(sig.outputs[j]) << " v; " << storage_type(sig.outputs[j])
+      << " e[4]; } b" << j << ";\n";
   }
   s << "#pragma unroll\n    for (int e = 0; e < 4; ++e) "
     << call([](size_t k) { return "a" + std::to_string(k) + ".e[e]"; },
@@ -452,9 +458,9 @@ struct Module {
   cudaKernel_t bcast = nullptr, flat = nullptr, vec4 = nullptr;
 };
 
-#define KILN_NVRTC_CHECK(expr)                                                                     \
-  do {                                                                                             \
-    nvrtcResult kiln_nvrtc_r_ = (expr);                                                            \
+#define KILN_NVRTC_CHECK(expr)                                                                              \
+  do {                                                                                                      \
+    nvrtcResult kiln_nvrtc_r_ = (expr);                                                                     \
     KILN_CHECK(kiln_nvrtc_r_ == NVRTC_SUCCESS, #expr << " failed: " << nvrtcGetErrorString(kiln_nvrtc_r_)); \
   } while (0)
 
@@ -471,7 +477,9 @@ std::vector<char> compile_with_nvrtc(const std::string& source, int arch, const 
     if (log_size) nvrtcGetProgramLog(prog, &log[0]);
     nvrtcDestroyProgram(&prog);
     KILN_FAIL(who << ": NVRTC could not compile the generated kernel (a Kiln bug): " << nvrtcGetErrorString(r)
-                  << "\n" << log << "\nsource:\n" << source);
+                  << "\n"
+                  << log << "\nsource:\n"
+                  << source);
   }
   size_t size = 0;
   KILN_NVRTC_CHECK(nvrtcGetCUBINSize(prog, &size));
@@ -479,14 +487,16 @@ std::vector<char> compile_with_nvrtc(const std::string& source, int arch, const 
   KILN_NVRTC_CHECK(nvrtcGetCUBIN(prog, cubin.data()));
   nvrtcDestroyProgram(&prog);
   g_compilations.fetch_add(1);
-  KILN_LOG(kVerbose, "fused_pointwise: NVRTC compiled " << who << " for sm_" << arch << " (" << size << " bytes)");
+  KILN_LOG(kVerbose,
+           "fused_pointwise: NVRTC compiled " << who << " for sm_" << arch << " (" << size << " bytes)");
   return cubin;
 }
 
 std::shared_ptr<const Module> load_module(std::vector<char> cubin) {
   auto m = std::make_shared<Module>();
   m->cubin = std::move(cubin);
-  KILN_CUDA_CHECK(cudaLibraryLoadData(&m->library, m->cubin.data(), nullptr, nullptr, 0, nullptr, nullptr, 0));
+  KILN_CUDA_CHECK(
+      cudaLibraryLoadData(&m->library, m->cubin.data(), nullptr, nullptr, 0, nullptr, nullptr, 0));
   KILN_CUDA_CHECK(cudaLibraryGetKernel(&m->bcast, m->library, "kiln_fp_bcast"));
   KILN_CUDA_CHECK(cudaLibraryGetKernel(&m->flat, m->library, "kiln_fp_flat"));
   KILN_CUDA_CHECK(cudaLibraryGetKernel(&m->vec4, m->library, "kiln_fp_vec4"));
@@ -566,8 +576,9 @@ class CudaFusedPointwise final : public Kernel {
     int64_t work = kernel == module_->vec4 ? std::max<int64_t>(n / 4, 1) : n;
     int64_t blocks = std::min<int64_t>((work + kBlock - 1) / kBlock, 65535 * 16);
     void* args[] = {&params};
-    KILN_CUDA_CHECK(cudaLaunchKernel(reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(blocks)),
-                                     dim3(kBlock), args, 0, static_cast<cudaStream_t>(ctx.stream)));
+    KILN_CUDA_CHECK(cudaLaunchKernel(reinterpret_cast<const void*>(kernel),
+                                     dim3(static_cast<unsigned>(blocks)), dim3(kBlock), args, 0,
+                                     static_cast<cudaStream_t>(ctx.stream)));
     KILN_CUDA_CHECK_LAUNCH();
   }
 

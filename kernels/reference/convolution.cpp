@@ -8,8 +8,8 @@
 #include "core/ops/convolution.h"
 #include "kernels/kernel.h"
 #include "kernels/kernels.h"
-#include "kernels/reference/pointwise_math.h"
 #include "kernels/reference/host_access.h"
+#include "kernels/reference/pointwise_math.h"
 
 namespace kiln {
 namespace {

@@ -74,7 +74,8 @@ class RefFusedPointwise final : public Kernel {
       }
       for (size_t j = 0; j < program_.code.size(); ++j) {
         const PointwiseInstr& ins = program_.code[j];
-        double v = ins.kind == "input" ? load_element(in[ins.input], in_off[ins.input]) : steps[j].eval(r.data());
+        double v =
+            ins.kind == "input" ? load_element(in[ins.input], in_off[ins.input]) : steps[j].eval(r.data());
         r[j] = round_to(regs[j].dtype, v);
       }
       for (size_t k = 0; k < out.size(); ++k) store_element(out[k], out_off[k], r[program_.outputs[k]]);
@@ -96,13 +97,16 @@ class RefFusedPointwise final : public Kernel {
       } else if (ins.kind == "elementwise") {
         bool integral = !is_floating(regs[a[0]].dtype);
         std::string op = ins.op;
-        s.eval = [op, integral, a](const double* r) { return elementwise_reference(op, r[a[0]], r[a[1]], integral); };
+        s.eval = [op, integral, a](const double* r) {
+          return elementwise_reference(op, r[a[0]], r[a[1]], integral);
+        };
       } else if (ins.kind == "activation" || ins.kind == "unary") {
-        auto f = ins.kind == "activation" ? activation_fn(ins.op, ins.alpha, ins.beta, ins.threshold) : unary_fn(ins.op);
+        auto f = ins.kind == "activation" ? activation_fn(ins.op, ins.alpha, ins.beta, ins.threshold)
+                                          : unary_fn(ins.op);
         s.eval = [f, a](const double* r) { return f(r[a[0]]); };
       } else if (ins.kind == "cast") {
         s.eval = [a](const double* r) { return r[a[0]]; };  // rounded to the target dtype by run()
-      } else {  // where
+      } else {                                              // where
         s.eval = [a](const double* r) { return r[a[0]] != 0 ? r[a[1]] : r[a[2]]; };
       }
       steps.push_back(std::move(s));
