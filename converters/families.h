@@ -16,5 +16,6 @@ void register_unary_converters();
 void register_indexing_converters();
 void register_cast_converters();
 void register_attention_converters();
+void register_generate_converters();
 
 }  // namespace kiln

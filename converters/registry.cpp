@@ -28,6 +28,7 @@ void ensure_converters() {
     register_indexing_converters();
     register_cast_converters();
     register_attention_converters();
+    register_generate_converters();
   });
 }
 
