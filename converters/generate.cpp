@@ -20,7 +20,9 @@ std::string output_dtype_ok(const KGraph& g, const KNode& n) {
   return "";
 }
 
-DataType output_dtype(const ConversionContext& ctx, const KNode& n) { return ctx.graph().value(n.outputs.at(0)).dtype; }
+DataType output_dtype(const ConversionContext& ctx, const KNode& n) {
+  return ctx.graph().value(n.outputs.at(0)).dtype;
+}
 
 }  // namespace
 
@@ -34,7 +36,8 @@ void register_generate_converters() {
     if (end.is_value() ? !g.value(end.value).host_scalar || g.value(end.value).dtype != DataType::kInt64
                        : !end.is_number())
       return "end must be a number or a symbolic integer size";
-    if (n.outputs.at(0) != kNoValue && g.value(n.outputs[0]).dtype == DataType::kBool) return "bool is not converted";
+    if (n.outputs.at(0) != kNoValue && g.value(n.outputs[0]).dtype == DataType::kBool)
+      return "bool is not converted";
     return output_dtype_ok(g, n);
   };
   arange.convert = [](ConversionContext& ctx, const KNode& n) {
@@ -70,7 +73,8 @@ void register_generate_converters() {
   full.convert = [](ConversionContext& ctx, const KNode& n) {
     if (n.outputs.at(0) == kNoValue) return;
     Attributes attrs;
-    attrs.set("value", number_attr(n.arg("fill_value"))).set("dtype", std::string(dtype_name(output_dtype(ctx, n))));
+    attrs.set("value", number_attr(n.arg("fill_value")))
+        .set("dtype", std::string(dtype_name(output_dtype(ctx, n))));
     TensorId shape = ctx.size_tensor(n, "size");
     if (shape < 0) {
       attrs.set("shape", ints_arg(n, "size"));
@@ -93,7 +97,8 @@ void register_generate_converters() {
     if (n.outputs.at(0) == kNoValue) return;
     TensorId x = ctx.tensor(n, "self");
     Attributes attrs;
-    attrs.set("value", number_attr(n.arg("fill_value"))).set("dtype", std::string(dtype_name(output_dtype(ctx, n))));
+    attrs.set("value", number_attr(n.arg("fill_value")))
+        .set("dtype", std::string(dtype_name(output_dtype(ctx, n))));
     const Dims& dims = ctx.net().tensor(x).dims;
     if (is_static(dims)) {
       attrs.set("shape", std::vector<int64_t>(dims.begin(), dims.end()));
