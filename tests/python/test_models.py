@@ -94,7 +94,9 @@ def small_model(name):
         vit.heads = torch.nn.Identity()  # torchvision zero-initializes the head: compare features
         return vit.eval()
     cnn = getattr(torchvision.models, name)(weights=None)
-    cnn.classifier = torch.nn.Identity()  # the random head squashes logits to ~1e-16: compare features
+    cnn.classifier = (
+        torch.nn.Identity()
+    )  # the random head squashes logits to ~1e-16: compare features
     return cnn.eval()
 
 
