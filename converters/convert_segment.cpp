@@ -14,7 +14,9 @@ Network convert_segment(const KGraph& graph, const Segment& segment) {
     KILN_CHECK(!kv.host_scalar, "engine segment input '" << kv.name << "' is a symbolic size, not a tensor");
     ctx.bind(v, net.add_input(kv.name, kv.dtype, kv.dims));
   }
-  for (int index : segment.nodes) {
+  std::vector<int> nodes = segment.recompute;  // symbolic sizes recomputed here come first
+  nodes.insert(nodes.end(), segment.nodes.begin(), segment.nodes.end());
+  for (int index : nodes) {
     const KNode& node = graph.nodes().at(index);
     const std::string reason = check_convertible(graph, node);
     KILN_CHECK(reason.empty(), node.describe() << ": cannot convert: " << reason);

@@ -1,6 +1,7 @@
 // Small helpers shared by the converter families: typed argument access for capability checks.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,84 @@ inline std::string require_floating(const KValue& v, const std::string& arg_name
 // Normalizes a possibly negative axis against a rank.
 inline int64_t wrap_axis(int64_t axis, size_t rank) {
   return axis < 0 ? axis + static_cast<int64_t>(rank) : axis;
+}
+
+// ---- torch type promotion (torch.result_type) ----------------------------------------------
+// Operands are dim tensors (rank >= 1), zero-dim tensors, or numbers (immediates and symbolic
+// sizes). The result category (bool < integer < floating) is the highest over all operands; within
+// it, dim tensors decide over zero-dim tensors, which decide over numbers (int -> int64, float ->
+// float32, the default dtype). So int64 tensor * 0.5 is float32, float16 tensor * float32 0-d
+// tensor is float16, bool tensor + 1 is int64.
+
+inline int dtype_category(DataType t) { return t == DataType::kBool ? 0 : is_floating(t) ? 2 : 1; }
+
+// torch.promote_types over the dtypes Kiln has.
+inline DataType promote_types(DataType a, DataType b) {
+  if (a == b) return a;
+  if (a == DataType::kBool) return b;
+  if (b == DataType::kBool) return a;
+  const bool fa = is_floating(a), fb = is_floating(b);
+  if (fa != fb) return fa ? a : b;
+  if (fa) return DataType::kFloat32;  // float16 with bfloat16, or either with float32
+  auto width = [](DataType t) { return dtype_size(t); };
+  return width(a) >= width(b) ? a : b;
+}
+
+inline DataType result_type(const KGraph& g, const KNode& n, const std::vector<std::string>& names) {
+  std::optional<DataType> level[3];  // 0: numbers, 1: zero-dim tensors, 2: dim tensors
+  for (const std::string& name : names) {
+    const Arg& a = n.arg(name);
+    if (a.is_none()) continue;
+    DataType t;
+    int rank;
+    if (a.is_value()) {
+      const KValue& v = g.value(a.value);
+      t = v.dtype;
+      rank = v.host_scalar ? 0 : v.dims.empty() ? 1 : 2;
+    } else {
+      KILN_CHECK(a.is_number(),
+                 "argument '" << name << "' must be a tensor or a number, got " << a.describe());
+      t = a.kind == Arg::Kind::kBool  ? DataType::kBool
+          : a.kind == Arg::Kind::kInt ? DataType::kInt64
+                                      : DataType::kFloat32;
+      rank = 0;
+    }
+    level[rank] = level[rank] ? promote_types(*level[rank], t) : t;
+  }
+  // c10 combine_categories(higher, lower): a higher level keeps its dtype unless a lower level
+  // has a higher category.
+  auto combine = [](std::optional<DataType> higher, std::optional<DataType> lower) {
+    if (!higher) return lower;
+    if (!lower || is_floating(*higher)) return higher;
+    if (*higher == DataType::kBool || is_floating(*lower)) {
+      if (dtype_category(*lower) > dtype_category(*higher)) return std::optional<DataType>(*lower);
+      return std::optional<DataType>(*higher);
+    }
+    return higher;
+  };
+  std::optional<DataType> r = combine(level[2], combine(level[1], level[0]));
+  KILN_CHECK(r.has_value(), n.describe() << ": no operands to promote");
+  return *r;
+}
+
+// A tensor or number argument as a tensor of `dtype`: tensors of another dtype get a cast
+// (named "<node>/<arg>_to_<dtype>"), numbers become constants.
+inline TensorId operand_as(ConversionContext& ctx, const KNode& n, const std::string& name, DataType dtype) {
+  const Arg& a = n.arg(name);
+  if (!a.is_value()) return ctx.scalar_or_tensor(n, name, dtype);
+  TensorId t = ctx.tensor(a.value);
+  if (ctx.net().tensor(t).dtype == dtype) return t;
+  return ctx
+      .add(n, "cast", {t}, Attributes().set("to", std::string(dtype_name(dtype))),
+           name + "_to_" + dtype_name(dtype))
+      .outputs[0];
+}
+
+// A tensor as `dtype` (a cast when it differs).
+inline TensorId cast_to(ConversionContext& ctx, const KNode& n, TensorId t, DataType dtype,
+                        const std::string& suffix) {
+  if (ctx.net().tensor(t).dtype == dtype) return t;
+  return ctx.add(n, "cast", {t}, Attributes().set("to", std::string(dtype_name(dtype))), suffix).outputs[0];
 }
 
 }  // namespace kiln

@@ -17,5 +17,6 @@ void register_indexing_converters();
 void register_cast_converters();
 void register_attention_converters();
 void register_flatten_converters();
+void register_generate_converters();
 
 }  // namespace kiln

@@ -1,4 +1,10 @@
-// Indexing: aten.embedding -> embedding; aten.slice.Tensor -> slice.
+// Indexing: aten.embedding -> embedding; aten.slice.Tensor -> slice (constant bounds) or gather
+// with an arange (symbolic bounds); aten.select.int -> gather (0-d index); aten.gather ->
+// gather_elements; aten.index.Tensor (integer indices on the leading dims) -> flatten + gather of
+// the linear index; aten.cumsum -> cumsum.
+//
+// Index arithmetic stays int64 (the engine's gather/arange/elementwise take int64), so no index
+// is narrowed; symbolic sizes become tracked 0-d int64 tensors.
 #include <limits>
 
 #include "converters/converter_util.h"
@@ -11,6 +17,44 @@ namespace {
 int64_t bound(const KNode& n, const std::string& name, int64_t none) {
   const Arg& a = n.arg(name);
   return a.is_none() ? none : int_arg(n, name);
+}
+
+bool is_symbolic(const KGraph& g, const Arg& a) { return a.is_value() && g.value(a.value).host_scalar; }
+
+// The size of `x` along `axis` as a 0-d int64 tensor: a constant for a static dim, otherwise
+// shape -> gather (a tracked value, known when the engine runs).
+TensorId dim_size(ConversionContext& ctx, const KNode& n, TensorId x, int64_t axis, const std::string& tag) {
+  const Dims& dims = ctx.net().tensor(x).dims;
+  if (dims.at(axis) != kDynamic) return ctx.constant_i64(n, {dims[axis]}, {}, tag);
+  TensorId shape = ctx.add(n, "shape", {x}, {}, tag + "_shape").outputs[0];
+  TensorId index = ctx.constant_i64(n, {axis}, {}, tag + "_axis");
+  return ctx.add(n, "gather", {shape, index}, Attributes().set("axis", int64_t{0}), tag).outputs[0];
+}
+
+TensorId binary(ConversionContext& ctx, const KNode& n, const std::string& op, TensorId a, TensorId b,
+                const std::string& tag) {
+  return ctx.add(n, "elementwise", {a, b}, Attributes().set("op", op), tag).outputs[0];
+}
+
+// i < 0 ? i + size : i, computed as i + size * int64(i < 0) so tracked values follow.
+TensorId wrap_index(ConversionContext& ctx, const KNode& n, TensorId i, TensorId size,
+                    const std::string& tag) {
+  TensorId zero = ctx.constant_i64(n, {0}, {}, tag + "_zero");
+  TensorId negative = binary(ctx, n, "lt", i, zero, tag + "_neg");
+  negative = cast_to(ctx, n, negative, DataType::kInt64, tag + "_neg_i64");
+  return binary(ctx, n, "add", i, binary(ctx, n, "mul", size, negative, tag + "_shift"), tag);
+}
+
+// A slice bound as a 0-d int64 tensor, wrapped and clamped to [0, size] as torch does.
+TensorId bound_tensor(ConversionContext& ctx, const KNode& n, const std::string& name, int64_t none,
+                      TensorId size) {
+  const Arg& a = n.arg(name);
+  if (a.is_none()) return none == 0 ? ctx.constant_i64(n, {0}, {}, name) : size;
+  TensorId v = a.is_value() ? ctx.tensor(a.value) : ctx.constant_i64(n, {int_arg(n, name)}, {}, name);
+  v = cast_to(ctx, n, v, DataType::kInt64, name + "_i64");
+  v = wrap_index(ctx, n, v, size, name + "_wrapped");
+  v = binary(ctx, n, "max", v, ctx.constant_i64(n, {0}, {}, name + "_lo"), name + "_min0");
+  return binary(ctx, n, "min", v, size, name + "_clamped");
 }
 
 }  // namespace
@@ -38,12 +82,35 @@ void register_indexing_converters() {
   slice.capability = [](const KGraph& g, const KNode& n) -> std::string {
     value_arg(g, n, "self");
     int_arg(n, "dim");
-    bound(n, "start", 0);
-    bound(n, "end", 0);
+    for (const char* name : {"start", "end"}) {
+      if (!is_symbolic(g, n.arg(name))) bound(n, name, 0);
+    }
     if (int_arg(n, "step") < 1) return "step must be at least 1";
     return "";
   };
   slice.convert = [](ConversionContext& ctx, const KNode& n) {
+    if (is_symbolic(ctx.graph(), n.arg("start")) || is_symbolic(ctx.graph(), n.arg("end"))) {
+      // x.index_select(dim, arange(start, end, step)): the engine's slice takes constant bounds.
+      TensorId x = ctx.tensor(n, "self");
+      const int64_t axis = wrap_axis(int_arg(n, "dim"), ctx.net().tensor(x).dims.size());
+      TensorId size = dim_size(ctx, n, x, axis, "size");
+      TensorId start = bound_tensor(ctx, n, "start", 0, size);
+      TensorId end = bound_tensor(ctx, n, "end", std::numeric_limits<int64_t>::max(), size);
+      const int64_t step = int_arg(n, "step");
+      // count = max(0, ceil((end - start) / step)); index = start + step * arange(count)
+      TensorId count = binary(ctx, n, "sub", end, start, "span");
+      if (step > 1) {
+        count = binary(ctx, n, "add", count, ctx.constant_i64(n, {step - 1}, {}, "round_up"), "span_up");
+        count = binary(ctx, n, "floor_div", count, ctx.constant_i64(n, {step}, {}, "step"), "count");
+      }
+      count = binary(ctx, n, "max", count, ctx.constant_i64(n, {0}, {}, "zero"), "count_pos");
+      TensorId index = ctx.add(n, "arange", {count}, {}, "arange").outputs[0];
+      if (step > 1)
+        index = binary(ctx, n, "mul", index, ctx.constant_i64(n, {step}, {}, "stride"), "stepped");
+      index = binary(ctx, n, "add", index, start, "index");
+      ctx.set_output(n, 0, ctx.add(n, "gather", {x, index}, Attributes().set("axis", axis)).outputs[0]);
+      return;
+    }
     Attributes attrs;
     attrs.set("axes", std::vector<int64_t>{int_arg(n, "dim")})
         .set("starts", std::vector<int64_t>{bound(n, "start", 0)})
@@ -51,8 +118,141 @@ void register_indexing_converters() {
         .set("steps", std::vector<int64_t>{int_arg(n, "step")});
     ctx.set_output(n, 0, ctx.add(n, "slice", {ctx.tensor(n, "self")}, attrs).outputs[0]);
   };
-  slice.limits = "constant start, end and step (step ≥ 1)";
+  slice.limits = "constant step ≥ 1; constant start/end, or symbolic ones (then a gather of an arange)";
   register_converter(std::move(slice));
+
+  Converter select;
+  select.target = "aten.select.int";
+  select.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    const KValue& x = value_arg(g, n, "self");
+    if (x.dims.empty()) return "self must have rank ≥ 1";
+    int_arg(n, "dim");
+    int_arg(n, "index");
+    return "";
+  };
+  select.convert = [](ConversionContext& ctx, const KNode& n) {
+    TensorId x = ctx.tensor(n, "self");
+    const Dims& dims = ctx.net().tensor(x).dims;
+    const int64_t axis = wrap_axis(int_arg(n, "dim"), dims.size());
+    int64_t i = int_arg(n, "index");
+    TensorId index;
+    if (i >= 0 || dims[axis] != kDynamic) {
+      index = ctx.constant_i64(n, {i < 0 ? i + dims[axis] : i}, {}, "index");
+    } else {
+      index = binary(ctx, n, "add", ctx.constant_i64(n, {i}, {}, "index"), dim_size(ctx, n, x, axis, "size"),
+                     "wrapped");
+    }
+    ctx.set_output(n, 0, ctx.add(n, "gather", {x, index}, Attributes().set("axis", axis)).outputs[0]);
+  };
+  select.limits = "a constant index (negative wraps)";
+  register_converter(std::move(select));
+
+  Converter gather;
+  gather.target = "aten.gather.default";
+  gather.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    const KValue& x = value_arg(g, n, "self");
+    const KValue& index = value_arg(g, n, "index");
+    if (index.dtype != DataType::kInt32 && index.dtype != DataType::kInt64)
+      return "index must be int32/int64";
+    if (index.dims.size() != x.dims.size()) return "index and self differ in rank";
+    const int64_t axis = wrap_axis(int_arg(n, "dim"), x.dims.size());
+    for (size_t d = 0; d < x.dims.size(); ++d) {
+      if (static_cast<int64_t>(d) == axis) continue;
+      const bool dynamic = x.dims[d] == kDynamic || index.dims[d] == kDynamic;
+      if (dynamic ? x.dims[d] != index.dims[d] : index.dims[d] > x.dims[d])
+        return "index dim " + std::to_string(d) + " must match self's (or be a smaller static size)";
+    }
+    return "";
+  };
+  gather.convert = [](ConversionContext& ctx, const KNode& n) {
+    TensorId x = ctx.tensor(n, "self");
+    TensorId index = ctx.tensor(n, "index");
+    const Dims xd = ctx.net().tensor(x).dims;
+    const Dims id = ctx.net().tensor(index).dims;
+    const int64_t axis = wrap_axis(int_arg(n, "dim"), xd.size());
+    // torch lets index be smaller than self outside the axis: cut self to index's extent there.
+    std::vector<int64_t> axes, starts, ends;
+    for (size_t d = 0; d < xd.size(); ++d) {
+      if (static_cast<int64_t>(d) != axis && id[d] != kDynamic && id[d] < xd[d]) {
+        axes.push_back(static_cast<int64_t>(d));
+        starts.push_back(0);
+        ends.push_back(id[d]);
+      }
+    }
+    if (!axes.empty()) {
+      Attributes attrs;
+      attrs.set("axes", axes).set("starts", starts).set("ends", ends);
+      x = ctx.add(n, "slice", {x}, attrs, "cut").outputs[0];
+    }
+    ctx.set_output(n, 0,
+                   ctx.add(n, "gather_elements", {x, index}, Attributes().set("axis", axis)).outputs[0]);
+  };
+  gather.limits =
+      "int32/int64 index of self's rank; outside dim, index dims equal self's or are smaller static sizes";
+  register_converter(std::move(gather));
+
+  Converter index;
+  index.target = "aten.index.Tensor";
+  index.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    const KValue& x = value_arg(g, n, "self");
+    const Arg& indices = n.arg("indices");
+    if (indices.kind != Arg::Kind::kList || indices.list.empty()) return "indices must be a non-empty list";
+    if (indices.list.size() > x.dims.size()) return "more indices than dims";
+    for (const Arg& i : indices.list) {
+      if (!i.is_value()) return "None entries (indexing later dims) are not converted";
+      const DataType t = g.value(i.value).dtype;
+      if (t != DataType::kInt32 && t != DataType::kInt64) return "only integer index tensors are converted";
+    }
+    return "";
+  };
+  index.convert = [](ConversionContext& ctx, const KNode& n) {
+    // x[i0, ..., ik-1] = flatten(x, 0, k-1)[sum_j wrap(ij) * stride_j], stride_j = prod(D_j+1..D_k-1);
+    // the index tensors broadcast against each other in the elementwise ops.
+    TensorId x = ctx.tensor(n, "self");
+    const auto& list = n.arg("indices").list;
+    const size_t k = list.size();
+    TensorId linear = -1;
+    TensorId stride = -1;
+    for (size_t j = k; j-- > 0;) {
+      const std::string tag = "i" + std::to_string(j);
+      TensorId size = dim_size(ctx, n, x, static_cast<int64_t>(j), tag + "_size");
+      TensorId i = cast_to(ctx, n, ctx.tensor(list[j].value), DataType::kInt64, tag + "_i64");
+      i = wrap_index(ctx, n, i, size, tag + "_wrapped");
+      if (stride >= 0) i = binary(ctx, n, "mul", i, stride, tag + "_scaled");
+      linear = linear < 0 ? i : binary(ctx, n, "add", linear, i, tag + "_sum");
+      if (j > 0) stride = stride < 0 ? size : binary(ctx, n, "mul", stride, size, tag + "_stride");
+    }
+    if (k > 1) {
+      Attributes attrs;
+      attrs.set("start_dim", int64_t{0}).set("end_dim", static_cast<int64_t>(k - 1));
+      x = ctx.add(n, "flatten", {x}, attrs, "flatten").outputs[0];
+    }
+    ctx.set_output(n, 0, ctx.add(n, "gather", {x, linear}, Attributes().set("axis", int64_t{0})).outputs[0]);
+  };
+  index.limits = "integer index tensors on the leading dims (no None entries, no bool masks)";
+  register_converter(std::move(index));
+
+  Converter cumsum;
+  cumsum.target = "aten.cumsum.default";
+  cumsum.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    const KValue& x = value_arg(g, n, "self");
+    if (x.dims.empty()) return "self must have rank ≥ 1";
+    int_arg(n, "dim");
+    if (n.outputs.at(0) != kNoValue && g.value(n.outputs[0]).dtype == DataType::kInt8)
+      return "int8 is not converted";
+    return "";
+  };
+  cumsum.convert = [](ConversionContext& ctx, const KNode& n) {
+    // torch: the dtype argument, else int64 for integer/bool input, else the input's dtype.
+    if (n.outputs.at(0) == kNoValue) return;
+    const DataType out = ctx.graph().value(n.outputs[0]).dtype;
+    TensorId x = ctx.tensor(n, "self");
+    x = cast_to(ctx, n, x, out, "cast");
+    const int64_t axis = wrap_axis(int_arg(n, "dim"), ctx.net().tensor(x).dims.size());
+    ctx.set_output(n, 0, ctx.add(n, "cumsum", {x}, Attributes().set("axis", axis)).outputs[0]);
+  };
+  cumsum.limits = "constant dim; bool/integer input accumulates in int64 (torch's result dtype)";
+  register_converter(std::move(cumsum));
 }
 
 }  // namespace kiln

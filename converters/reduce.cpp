@@ -1,4 +1,4 @@
-// Reductions over dims: aten.mean.dim, aten.sum.dim_IntList -> reduce.
+// Reductions over dims: aten.mean.dim, aten.sum.dim_IntList -> reduce; aten.any -> reduce max.
 #include "converters/converter_util.h"
 #include "converters/families.h"
 
@@ -26,11 +26,41 @@ void register_reduction(const std::string& target, const std::string& op) {
   register_converter(std::move(c));
 }
 
+// any(x) = max(int32(x != 0)) != 0 over the dims: the reduce op has no bool form.
+void register_any(const std::string& target) {
+  Converter c;
+  c.target = target;
+  c.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    const KValue& x = value_arg(g, n, "self");
+    if (x.dtype == DataType::kInt8) return "int8 is not converted";
+    if (const Arg* dim = n.find("dim"); dim && !dim->is_none()) int_arg(n, "dim");
+    return "";
+  };
+  c.convert = [](ConversionContext& ctx, const KNode& n) {
+    TensorId x = cast_to(ctx, n, ctx.tensor(n, "self"), DataType::kBool, "nonzero");
+    x = cast_to(ctx, n, x, DataType::kInt32, "as_int");
+    Attributes attrs;
+    attrs.set("op", std::string("max"));
+    if (const Arg* dim = n.find("dim"); dim && !dim->is_none()) {
+      attrs.set("axes", std::vector<int64_t>{int_arg(n, "dim")})
+          .set("keepdim", int64_t{bool_arg(n, "keepdim")});
+    } else {
+      attrs.set("axes", std::vector<int64_t>{});
+    }
+    TensorId r = ctx.add(n, "reduce", {x}, attrs, "max").outputs[0];
+    ctx.set_output(n, 0, cast_to(ctx, n, r, DataType::kBool, "to_bool"));
+  };
+  c.limits = "all dims, or one constant dim; as max over int32(x != 0)";
+  register_converter(std::move(c));
+}
+
 }  // namespace
 
 void register_reduce_converters() {
   register_reduction("aten.mean.dim", "mean");
   register_reduction("aten.sum.dim_IntList", "sum");
+  register_any("aten.any.default");
+  register_any("aten.any.dim");
 }
 
 }  // namespace kiln

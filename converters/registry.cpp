@@ -29,6 +29,7 @@ void ensure_converters() {
     register_cast_converters();
     register_attention_converters();
     register_flatten_converters();
+    register_generate_converters();
   });
 }
 

@@ -119,6 +119,86 @@ std::vector<Segment> form_segments(const KGraph& graph, const std::vector<bool>&
   return segments;
 }
 
+// The nodes that compute host scalar `v` from tensors (through other host scalars), in graph
+// order, when all of them convert, there are at most kMaxRecompute, and every tensor they read is
+// a graph input or already an input of `segment`; otherwise empty. An engine that reads `v`
+// converts these nodes again instead of receiving `v` (a symbolic size is computed from shapes,
+// so recomputing it costs no device work). Graph inputs carry profile ranges for their dims; a
+// size of a tensor PyTorch computed (nonzero's count) may not, so such tensors are not pulled in.
+constexpr size_t kMaxRecompute = 16;
+
+std::vector<int> recompute_chain(const KGraph& graph, const std::vector<int>& producer,
+                                 const std::vector<bool>& convertible, const Segment& segment, ValueId v) {
+  auto available = [&](ValueId t) {
+    const auto& in = graph.inputs();
+    return graph.value(t).is_constant() || std::find(in.begin(), in.end(), t) != in.end() ||
+           std::find(segment.inputs.begin(), segment.inputs.end(), t) != segment.inputs.end();
+  };
+  std::set<int> chain;
+  std::vector<ValueId> todo = {v};
+  while (!todo.empty()) {
+    ValueId u = todo.back();
+    todo.pop_back();
+    const int p = producer[u];
+    if (p < 0 || !convertible[p]) return {};
+    if (!chain.insert(p).second) continue;
+    if (chain.size() > kMaxRecompute) return {};
+    for (ValueId in : KGraph::node_inputs(graph.nodes()[p])) {
+      if (graph.value(in).host_scalar) {
+        todo.push_back(in);
+      } else if (!available(in)) {
+        return {};
+      }
+    }
+  }
+  return {chain.begin(), chain.end()};  // node indices are a topological order
+}
+
+// Gives each engine segment the chains of the symbolic sizes it reads from outside: the sizes
+// leave its inputs, the tensors the chains read join them (and the outputs of the segments that
+// produce those tensors).
+void recompute_symbolic_sizes(const KGraph& graph, const std::vector<bool>& convertible,
+                              std::vector<Segment>& segments) {
+  const std::vector<int> producer = graph.producers();
+  std::vector<int> segment_of_node(graph.nodes().size(), -1);
+  for (size_t s = 0; s < segments.size(); ++s) {
+    for (int n : segments[s].nodes) segment_of_node[n] = static_cast<int>(s);
+  }
+  auto add_unique = [](std::vector<ValueId>& list, ValueId v) {
+    if (std::find(list.begin(), list.end(), v) == list.end()) list.push_back(v);
+  };
+  for (size_t s = 0; s < segments.size(); ++s) {
+    Segment& seg = segments[s];
+    if (!seg.engine) continue;
+    std::set<int> nodes;
+    std::vector<ValueId> inputs;
+    for (ValueId v : seg.inputs) {
+      if (!graph.value(v).host_scalar) {
+        inputs.push_back(v);
+        continue;
+      }
+      for (int n : recompute_chain(graph, producer, convertible, seg, v)) nodes.insert(n);
+    }
+    for (int n : nodes) {
+      for (ValueId in : KGraph::node_inputs(graph.nodes()[n])) {
+        const KValue& kv = graph.value(in);
+        if (kv.host_scalar || kv.is_constant()) continue;
+        add_unique(inputs, in);
+        if (producer[in] >= 0) add_unique(segments[segment_of_node[producer[in]]].outputs, in);
+      }
+    }
+    seg.inputs = inputs;
+    seg.recompute.assign(nodes.begin(), nodes.end());
+  }
+  // Engine readers recompute and PyTorch readers never read an engine's size (the loop moved
+  // those producers), so no engine hands a size over.
+  for (Segment& seg : segments) {
+    if (!seg.engine) continue;
+    auto host = [&](ValueId v) { return graph.value(v).host_scalar; };
+    seg.outputs.erase(std::remove_if(seg.outputs.begin(), seg.outputs.end(), host), seg.outputs.end());
+  }
+}
+
 }  // namespace
 
 Partition partition_graph(const KGraph& graph, const PartitionOptions& options) {
@@ -150,10 +230,12 @@ Partition partition_graph(const KGraph& graph, const PartitionOptions& options) 
   // Segments are formed, then nodes that cannot stay in an engine move to PyTorch, until stable:
   //  - engine segments below min_block_size;
   //  - a symbolic size (host scalar) crossing between an engine and another segment: engines
-  //    take and give device tensors only, so the reader (or, for PyTorch readers, the producer)
-  //    moves to PyTorch.
+  //    take and give device tensors only. An engine reader recomputes the size from tensors
+  //    (recompute_chain) when it can, otherwise it moves to PyTorch; for PyTorch readers the
+  //    producer moves to PyTorch.
   std::vector<bool> engine(nodes.size());
   for (size_t i = 0; i < nodes.size(); ++i) engine[i] = reason[i].empty();
+  const std::vector<bool> convertible = engine;
   const std::vector<int> producer = graph.producers();
   std::vector<Segment> segments;
   for (bool changed = true; changed;) {
@@ -174,6 +256,7 @@ Partition partition_graph(const KGraph& graph, const PartitionOptions& options) 
       for (ValueId v : seg.inputs) {
         if (!graph.value(v).host_scalar || producer[v] < 0) continue;
         if (seg.engine) {
+          if (!recompute_chain(graph, producer, convertible, seg, v).empty()) continue;
           for (int n : seg.nodes) {
             auto in = KGraph::node_inputs(nodes[n]);
             if (std::find(in.begin(), in.end(), v) != in.end()) {
@@ -212,6 +295,7 @@ Partition partition_graph(const KGraph& graph, const PartitionOptions& options) 
     }
   }
 
+  recompute_symbolic_sizes(graph, convertible, segments);
   Partition p;
   p.segments = std::move(segments);
   for (size_t i = 0; i < nodes.size(); ++i) {

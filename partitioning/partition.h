@@ -25,6 +25,11 @@ struct Segment {
   std::vector<int> nodes;        // node indices, in an order valid for execution
   std::vector<ValueId> inputs;   // values read from earlier segments or graph inputs (no constants)
   std::vector<ValueId> outputs;  // values read by later segments or by the graph's outputs
+  // Engine segments: nodes of other segments that compute symbolic sizes (host scalars) this
+  // segment reads, in execution order. They are converted again at the start of this segment
+  // from tensors it receives (their tensor arguments are in `inputs`), because engines take and
+  // give device tensors only: a size is recomputed rather than handed over.
+  std::vector<int> recompute;
 };
 
 struct Fallback {

@@ -38,6 +38,13 @@ _DTYPES = {
 }
 
 
+# float64 has no engine dtype: float64 values, constants and dtype arguments are narrowed to
+# float32 inside engines (with a warning); the FX glue casts at engine boundaries so the module's
+# own inputs and outputs keep their declared dtypes. int64 is not narrowed: the engine computes
+# int64 natively (index arithmetic, gather, embedding, cumsum, arange), so no range proof is
+# needed and every value stays exact.
+_NARROWED = {torch.float64: torch.float32}
+
 # Ops lowering drops: checks that export already proved (no outputs, no effect on results).
 _REMOVED = {torch.ops.aten._assert_tensor_metadata.default}
 
@@ -218,6 +225,7 @@ class _Lowering:
         self.params: dict[str, torch.Tensor] = {}  # placeholder name -> lifted parameter/buffer
         self.user_inputs: list[torch.fx.Node] = []
         self.ranges: dict = {}  # sympy symbol -> (min, opt, max)
+        self.narrowed: list[str] = []  # names of float64 values computed as float32
 
         lifted = self._lifted_tensors()
         for node in self.fx.nodes:
@@ -268,13 +276,16 @@ class _Lowering:
                     spec.max_shape[d],
                 )
         dims, exprs = _dims(val.shape)
-        v = self.graph.add_input(node.name, _dtype(val.dtype, node), dims)
+        v = self.graph.add_input(node.name, self._dtype(val.dtype, node), dims)
         self._bind(node, v, exprs)
 
     def _constant(self, node: torch.fx.Node, t: torch.Tensor) -> None:
         t = t.detach().contiguous().cpu()
+        if t.dtype in _NARROWED:
+            self._dtype(t.dtype, node)
+            t = t.to(_NARROWED[t.dtype])
         data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        v = self.graph.add_constant(node.name, _dtype(t.dtype, node), list(t.shape), data)
+        v = self.graph.add_constant(node.name, self._dtype(t.dtype, node), list(t.shape), data)
         self._bind(node, v, [None] * t.dim())
 
     def _bind(self, node: torch.fx.Node, v: int, exprs) -> None:
@@ -291,7 +302,7 @@ class _Lowering:
             return v
         if isinstance(val, torch.Tensor):
             dims, exprs = _dims(val.shape)
-            v = self.graph.add_value(node.name, _dtype(val.dtype, node), dims, False)
+            v = self.graph.add_value(node.name, self._dtype(val.dtype, node), dims, False)
             self._bind(node, v, exprs)
             return v
         return -1
@@ -318,10 +329,22 @@ class _Lowering:
         if isinstance(a, list | tuple):
             return [self._arg(e) for e in a]
         if isinstance(a, torch.dtype):
-            return _DTYPES.get(a, str(a))
+            return _DTYPES.get(_NARROWED.get(a, a), str(a))
         if a is None or isinstance(a, bool | int | float | str):
             return a
         return str(a)  # device, layout, memory_format: informative only
+
+    def _dtype(self, dtype: torch.dtype, node: torch.fx.Node) -> str:
+        if dtype in _NARROWED:
+            if not self.narrowed:
+                log(
+                    "warning",
+                    f"kiln.compile: {node.name} is {dtype}; float64 values run as float32 in "
+                    "Kiln engines (inputs and outputs keep their dtype at the module boundary)",
+                )
+            self.narrowed.append(node.name)
+            dtype = _NARROWED[dtype]
+        return _dtype(dtype, node)
 
 
 def _dims(shape) -> tuple[list[int], list]:
@@ -455,6 +478,22 @@ def _evaluate(expr, ranges: dict, k: int) -> int:
     return int(expr.subs({s: r[k] for s, r in ranges.items()}))
 
 
+def _narrow(graph: torch.fx.Graph, node: torch.fx.Node, fx_node: torch.fx.Node) -> torch.fx.Node:
+    """A float64 value handed to an engine, as the float32 the engine was built for."""
+    dtype = getattr(fx_node.meta.get("val"), "dtype", None)
+    if dtype not in _NARROWED:
+        return node
+    return graph.call_method("to", (node, _NARROWED[dtype]))
+
+
+def _widen(graph: torch.fx.Graph, out: torch.fx.Node, fx_node: torch.fx.Node) -> torch.fx.Node:
+    """An engine output back in the dtype PyTorch code expects (float32 -> float64)."""
+    dtype = getattr(fx_node.meta.get("val"), "dtype", None)
+    if dtype not in _NARROWED:
+        return out
+    return graph.call_method("to", (out, dtype))
+
+
 def _assemble(lowered: _Lowering, partition: dict, config: dict) -> torch.fx.GraphModule:
     root = torch.nn.Module()
     graph = torch.fx.Graph()
@@ -484,14 +523,17 @@ def _assemble(lowered: _Lowering, partition: dict, config: dict) -> torch.fx.Gra
         engines += 1
         root.add_module(name, _build_engine(lowered, segment, config))
         call = graph.call_module(
-            name, tuple(env[lowered.fx_of_value[v]] for v in segment["inputs"])
+            name,
+            tuple(
+                _narrow(graph, env[lowered.fx_of_value[v]], lowered.fx_of_value[v])
+                for v in segment["inputs"]
+            ),
         )
         outputs = segment["outputs"]
         for j, v in enumerate(outputs):
             fx_node = lowered.fx_of_value[v]
-            env[fx_node] = (
-                call if len(outputs) == 1 else graph.call_function(operator.getitem, (call, j))
-            )
+            out = call if len(outputs) == 1 else graph.call_function(operator.getitem, (call, j))
+            env[fx_node] = _widen(graph, out, fx_node)
 
     output = next(n for n in lowered.fx.nodes if n.op == "output")
     flat = [

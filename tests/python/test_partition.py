@@ -131,6 +131,29 @@ def test_symbolic_size_never_crosses_an_engine_boundary():
     assert "symbolic size is used by PyTorch" in dict(p["fallbacks"])[0]
 
 
+def test_symbolic_size_is_recomputed_in_the_engine_that_reads_it():
+    # n = x.shape[0] feeds a reshape after a PyTorch node: the second engine converts sym_size
+    # again from x (a graph input) instead of being split or receiving n.
+    g = _C.KGraph()
+    x = g.add_input("x", "float32", [-1, 3])
+    n = g.add_value("n", "int64", [], True)
+    g.add_node("n", "aten.sym_size.int", [("self", _C.ValueRef(x)), ("dim", 0)], [n], "")
+    a = unary(g, "a", "aten.relu.default", x, (-1, 3))
+    b = unary(g, "b", "test.opaque", a, (-1, 3))
+    c = g.add_value("c", "float32", [-1, 3], False)
+    size = [_C.ValueRef(n), 3]
+    g.add_node("c", "aten.view.default", [("self", _C.ValueRef(b)), ("size", size)], [c], "")
+    g.mark_output(c)
+    names, p = segments(g)
+    assert names == [("engine", ["n", "a"]), ("pytorch", ["b"]), ("engine", ["c"])]
+    last = p["segments"][2]
+    assert [g.node_name(i) for i in last["recompute"]] == ["n"]
+    assert sorted(last["inputs"]) == sorted([x, b])
+    assert n not in p["segments"][0]["outputs"]
+    net = _C.convert_segment(g, last)
+    assert [name for name, *_ in net.layers()][-1] == "c"
+
+
 def test_segment_conversion_names_bindings_after_values():
     g = _C.KGraph()
     x = g.add_input("x", "float32", [2, 3])

@@ -42,6 +42,7 @@ py::dict segment_dict(const Segment& s) {
   d["nodes"] = s.nodes;
   d["inputs"] = s.inputs;
   d["outputs"] = s.outputs;
+  d["recompute"] = s.recompute;
   return d;
 }
 
@@ -51,6 +52,7 @@ Segment to_segment(const py::dict& d) {
   s.nodes = d["nodes"].cast<std::vector<int>>();
   s.inputs = d["inputs"].cast<std::vector<ValueId>>();
   s.outputs = d["outputs"].cast<std::vector<ValueId>>();
+  if (d.contains("recompute")) s.recompute = d["recompute"].cast<std::vector<int>>();
   return s;
 }
 
