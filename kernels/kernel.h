@@ -49,6 +49,13 @@ class Kernel {
   // stores it) and records it in the timing cache. A tactic that cannot run for the layer's
   // shapes throws from run(); the builder skips it.
   virtual int num_tactics() const { return 1; }
+  // True when run() may be recorded into a CUDA graph: it only enqueues work on ctx.stream
+  // (kernels, cudaMemcpyAsync/cudaMemsetAsync between device buffers, cuBLASLt/cuDNN calls with
+  // ctx.workspace) and its launches depend on nothing but the shapes and addresses it is given.
+  // No cudaMalloc, synchronization, blocking copies, host reads of device data or legacy default
+  // stream. A kernel that breaks this returns false and its engines launch plainly. Host-side
+  // caches filled on first run are fine: contexts run every shape set once before capturing.
+  virtual bool capturable() const { return true; }
 };
 
 // Position of `name` in an op's list of variants (elementwise_ops(), unary_ops(), ...): the code
