@@ -328,8 +328,8 @@ void ExecutionContext::set_tensor_address(int index, void* data) {
 void ExecutionContext::set_cuda_graphs(bool enabled) {
   bool on = enabled && engine_->backend() == Backend::kCuda && engine_->capturable_;
   if (on == graphs_enabled_) return;
+  // Captured graphs stay (until the context goes): turning graphs back on replays them.
   graphs_enabled_ = on;
-  if (!on) release_graphs();
   table_dirty_ = true;  // staging applies only with graphs
 }
 

@@ -104,8 +104,8 @@ std::vector<uint8_t> timing_input(const Network& net, TensorId id, const TensorD
   const int64_t n = volume(d.dims);
   std::vector<uint8_t> bytes(static_cast<size_t>(n) * dtype_size(d.dtype), 0);
   TensorView view{bytes.data(), d.dtype, d.dims};
-  const bool floating = d.dtype == DataType::kFloat32 || d.dtype == DataType::kFloat16 ||
-                        d.dtype == DataType::kBFloat16;
+  const bool floating =
+      d.dtype == DataType::kFloat32 || d.dtype == DataType::kFloat16 || d.dtype == DataType::kBFloat16;
   if (fully_known(d.values) && static_cast<int64_t>(d.values->size()) == n) {
     for (int64_t i = 0; i < n; ++i) store_element(view, i, static_cast<double>((*d.values)[i]));
   } else if (floating) {
@@ -149,7 +149,8 @@ TacticTimer cuda_tactic_timer(const Network& net, size_t workspace_bytes) {
       in.push_back({buffers.back()->p, in_desc[i].dtype, in_desc[i].dims});
     }
     for (const auto& d : out_desc) {
-      buffers.push_back(std::make_unique<DeviceBuffer>(static_cast<size_t>(volume(d.dims)) * dtype_size(d.dtype)));
+      buffers.push_back(
+          std::make_unique<DeviceBuffer>(static_cast<size_t>(volume(d.dims)) * dtype_size(d.dtype)));
       out.push_back({buffers.back()->p, d.dtype, d.dims});
     }
     DeviceBuffer workspace(workspace_bytes);

@@ -19,9 +19,9 @@ namespace kiln {
 
 // Times every tactic of one layer: element t is tactic t's time in milliseconds, or nullopt
 // when the tactic cannot run for these shapes. `inputs`/`outputs` have concrete dims.
-using TacticTimer = std::function<std::vector<std::optional<double>>(
-    const Layer& layer, int num_tactics, const std::vector<TensorDesc>& inputs,
-    const std::vector<TensorDesc>& outputs)>;
+using TacticTimer = std::function<std::vector<std::optional<double>>(const Layer& layer, int num_tactics,
+                                                                     const std::vector<TensorDesc>& inputs,
+                                                                     const std::vector<TensorDesc>& outputs)>;
 
 struct TacticStats {
   int layers = 0;      // layers with several tactics

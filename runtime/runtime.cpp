@@ -210,6 +210,28 @@ class TorchEngine : public torch::CustomClassHolder {
   void set_cuda_graphs(bool enabled) { cuda_graphs_ = enabled; }
   bool cuda_graphs() const { return cuda_graphs_; }
 
+  // ExecutionContext::GraphStats summed over the pooled contexts (contexts in use right now are
+  // not counted): how the calls so far ran.
+  c10::Dict<std::string, int64_t> graph_stats() {
+    ExecutionContext::GraphStats sum;
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& ctx : pool_) {
+      const auto& s = ctx->graph_stats();
+      sum.captures += s.captures;
+      sum.instantiations += s.instantiations;
+      sum.updates += s.updates;
+      sum.replays += s.replays;
+      sum.plain += s.plain;
+    }
+    c10::Dict<std::string, int64_t> d;
+    d.insert("captures", sum.captures);
+    d.insert("instantiations", sum.instantiations);
+    d.insert("updates", sum.updates);
+    d.insert("replays", sum.replays);
+    d.insert("plain", sum.plain);
+    return d;
+  }
+
   std::vector<std::string> input_names() const { return input_names_; }
   std::vector<std::string> output_names() const { return output_names_; }
   std::string backend() const { return backend_name(engine_->backend()); }
@@ -432,6 +454,7 @@ TORCH_LIBRARY(kiln, m) {
       .def("describe", &TorchEngine::describe)
       .def("set_cuda_graphs", &TorchEngine::set_cuda_graphs)
       .def("cuda_graphs", &TorchEngine::cuda_graphs)
+      .def("graph_stats", &TorchEngine::graph_stats)
       // torch.export traces with this real object (no fake class): the fake kernel of
       // execute_engine asks it for dtypes and output shapes.
       .def("tracing_mode", [](const c10::intrusive_ptr<TorchEngine>&) { return std::string("real"); })

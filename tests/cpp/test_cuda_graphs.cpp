@@ -219,7 +219,10 @@ TEST(CudaGraphs, AllocatorHookHoldsWeightsArenaWorkspaceAndStaging) {
     EXPECT_EQ(alloc->live, 1);
     // A context may use its own allocator.
     auto other = std::make_shared<CountingAllocator>();
-    { auto ctx = engine->create_execution_context(other); EXPECT_EQ(other->live, 2); }
+    {
+      auto ctx = engine->create_execution_context(other);
+      EXPECT_EQ(other->live, 2);
+    }
     EXPECT_EQ(other->live, 0);
   }
   EXPECT_EQ(alloc->live, 0);
@@ -251,7 +254,8 @@ std::shared_ptr<Engine> sync_copy_engine(bool declared) {
     register_schema({"test_sync_copy", 1, 1, [](const Layer&, const std::vector<TensorDesc>& in) {
                        return std::vector<TensorDesc>{{in[0].dtype, in[0].dims}};
                      }});
-    register_kernel("test_sync_copy", Backend::kCuda, [](const Layer& l) { return std::make_unique<SyncCopy>(l); });
+    register_kernel("test_sync_copy", Backend::kCuda,
+                    [](const Layer& l) { return std::make_unique<SyncCopy>(l); });
   });
   Network net;
   TensorId x = net.add_input("x", DataType::kFloat32, {-1, 48});

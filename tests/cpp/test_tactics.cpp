@@ -23,7 +23,8 @@ std::vector<int> g_created_tactics;  // "tactic" of every TacticRelu created, in
 
 class TacticRelu final : public Kernel {
  public:
-  TacticRelu(const Layer& l, Backend backend) : tactic_(static_cast<int>(l.attrs.get_int("tactic", int64_t{-1}))) {
+  TacticRelu(const Layer& l, Backend backend)
+      : tactic_(static_cast<int>(l.attrs.get_int("tactic", int64_t{-1}))) {
     Layer relu;
     relu.name = l.name;
     relu.op = "activation";
@@ -52,7 +53,8 @@ void register_test_op() {
                        return std::vector<TensorDesc>{{in[0].dtype, in[0].dims}};
                      }});
     for (Backend b : {Backend::kReference, Backend::kCuda}) {
-      register_kernel("test_tactic_relu", b, [b](const Layer& l) { return std::make_unique<TacticRelu>(l, b); });
+      register_kernel("test_tactic_relu", b,
+                      [b](const Layer& l) { return std::make_unique<TacticRelu>(l, b); });
     }
   });
 }
@@ -83,7 +85,8 @@ TEST(Tactics, PicksTheFastestAndSkipsFailures) {
   };
   TimingCache cache;
   TacticStats stats;
-  EXPECT_TRUE(choose_tactics(net, profiles(), Backend::kReference, timer, &cache, TimingEnvironment{}, &stats));
+  EXPECT_TRUE(
+      choose_tactics(net, profiles(), Backend::kReference, timer, &cache, TimingEnvironment{}, &stats));
   EXPECT_EQ(calls, 1) << "the second layer has the same key: answered by the cache of this build";
   EXPECT_EQ(stats.layers, 2);
   EXPECT_EQ(stats.timed, 1);
@@ -97,7 +100,8 @@ TEST(Tactics, PicksTheFastestAndSkipsFailures) {
 
 TEST(Tactics, AllFailingKeepsTheHeuristic) {
   Network net = tactic_network();
-  TacticTimer timer = [&](const Layer&, int n, const std::vector<TensorDesc>&, const std::vector<TensorDesc>&) {
+  TacticTimer timer = [&](const Layer&, int n, const std::vector<TensorDesc>&,
+                          const std::vector<TensorDesc>&) {
     return std::vector<std::optional<double>>(static_cast<size_t>(n));
   };
   TimingCache cache;
@@ -114,7 +118,8 @@ TEST(Tactics, CacheFromAnotherEnvironmentIsNotUsed) {
   };
   choose_tactics(net, profiles(), Backend::kReference, first, &cache, TimingEnvironment{90, 1, 1, 1});
   int calls = 0;
-  TacticTimer second = [&](const Layer&, int, const std::vector<TensorDesc>&, const std::vector<TensorDesc>&) {
+  TacticTimer second = [&](const Layer&, int, const std::vector<TensorDesc>&,
+                           const std::vector<TensorDesc>&) {
     ++calls;
     return std::vector<std::optional<double>>{0.3, 0.1, 0.2};
   };
@@ -152,7 +157,8 @@ TEST(Tactics, TacticAttributeSurvivesPlanSerialization) {
 // GPU: the builder times the test kernel for real: tactic 1 runs 50 relus, tactic 2 throws.
 TEST(Tactics, CudaBuilderTimesAndCaches) {
   KILN_REQUIRE_GPU();
-  const std::string cache_path = ::testing::TempDir() + "kiln_tactics_" + std::to_string(::getpid()) + ".cache";
+  const std::string cache_path =
+      ::testing::TempDir() + "kiln_tactics_" + std::to_string(::getpid()) + ".cache";
   std::remove(cache_path.c_str());
   BuilderConfig config;
   config.target = BuildTarget::kCuda;
