@@ -115,18 +115,35 @@ std::vector<uint8_t> timing_input(const Network& net, TensorId id, const TensorD
   return bytes;
 }
 
-struct Resources {
+// Stream, handles, events and workspace shared by every timing of one build (created on first
+// use: cuDNN handle creation alone can take milliseconds).
+struct TimerResources {
   void* stream = nullptr;
   void* cublaslt = nullptr;
   void* cudnn = nullptr;
   void* start = nullptr;
   void* stop = nullptr;
-  ~Resources() {
+  std::unique_ptr<DeviceBuffer> workspace;
+  explicit TimerResources(size_t workspace_bytes) {
+    try {
+      workspace = std::make_unique<DeviceBuffer>(workspace_bytes);
+      stream = create_stream();
+      cublaslt = create_cublaslt_handle();
+      start = create_event();
+      stop = create_event();
+    } catch (...) {
+      release();
+      throw;
+    }
+  }
+  ~TimerResources() { release(); }
+  void release() noexcept {
     destroy_event(start);
     destroy_event(stop);
     destroy_cudnn_handle(cudnn);
     destroy_cublaslt_handle(cublaslt);
     destroy_stream(stream);
+    start = stop = cudnn = cublaslt = stream = nullptr;
   }
 };
 
@@ -137,8 +154,12 @@ constexpr int kRunsPerRound = 5;
 }  // namespace
 
 TacticTimer cuda_tactic_timer(const Network& net, size_t workspace_bytes) {
-  return [&net, workspace_bytes](const Layer& layer, int num_tactics, const std::vector<TensorDesc>& in_desc,
-                                 const std::vector<TensorDesc>& out_desc) {
+  auto shared = std::make_shared<std::unique_ptr<TimerResources>>();
+  return [&net, workspace_bytes, shared](const Layer& layer, int num_tactics,
+                                         const std::vector<TensorDesc>& in_desc,
+                                         const std::vector<TensorDesc>& out_desc) {
+    if (!*shared) *shared = std::make_unique<TimerResources>(workspace_bytes);
+    TimerResources& r = **shared;
     std::mt19937 gen(1234);
     std::vector<std::unique_ptr<DeviceBuffer>> buffers;
     std::vector<TensorView> in, out;
@@ -153,16 +174,10 @@ TacticTimer cuda_tactic_timer(const Network& net, size_t workspace_bytes) {
           std::make_unique<DeviceBuffer>(static_cast<size_t>(volume(d.dims)) * dtype_size(d.dtype)));
       out.push_back({buffers.back()->p, d.dtype, d.dims});
     }
-    DeviceBuffer workspace(workspace_bytes);
-    Resources r;
-    r.stream = create_stream();
-    r.cublaslt = create_cublaslt_handle();
-    r.start = create_event();
-    r.stop = create_event();
     LaunchContext launch;
     launch.stream = r.stream;
     launch.cublaslt = r.cublaslt;
-    launch.workspace = workspace.p;
+    launch.workspace = r.workspace->p;
     launch.workspace_bytes = workspace_bytes;
     std::vector<std::optional<double>> times(static_cast<size_t>(num_tactics));
     for (int t = 0; t < num_tactics; ++t) {
@@ -183,11 +198,12 @@ TacticTimer cuda_tactic_timer(const Network& net, size_t workspace_bytes) {
           if (round == 0 || ms < best) best = ms;
         }
         times[t] = best;
-      } catch (const Error& e) {
+      } catch (const std::exception& e) {
         KILN_LOG(kVerbose, "builder: " << describe(layer) << ": tactic " << t << " skipped: " << e.what());
         synchronize_stream(r.stream);
       }
     }
+    synchronize_stream(r.stream);  // the buffers go now
     return times;
   };
 }
