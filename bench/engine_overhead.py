@@ -6,7 +6,10 @@
   torch.ops.kiln.execute_engine (lease, shapes, addresses, output allocation) around it.
 
 Run: PYTHONPATH=py python3 bench/engine_overhead.py [--skip-resnet]
-On a GPU machine, --device cuda times the same on the CUDA backend (graphs included).
+On a GPU machine, --device cuda times the same on the CUDA backend (graphs included), and
+--model NAME (a bench/models.py entry, e.g. resnet50, bert, vit_b_16) reports the FP16 batch-1
+build time (cold and with a warm timing cache), latency with CUDA graphs on and off, and peak
+GPU memory next to eager PyTorch.
 """
 
 from __future__ import annotations
@@ -108,12 +111,87 @@ def per_call(device: str, n: int = 20000) -> None:
     )
 
 
+def model_report(name: str) -> None:
+    import os
+    import sys
+    import tempfile
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import models
+
+    entry = models.get(name)
+    model = entry.build().cuda().half()
+    inputs = tuple(
+        t.cuda().half() if t.is_floating_point() else t.cuda()
+        for t in entry.inputs(1, torch.device("cuda"))
+    )
+    cache = os.path.join(tempfile.mkdtemp(), "timing.cache")
+    times = {}
+    for label in ("cold", "warm cache"):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        t = time.perf_counter()
+        compiled = kiln.compile(
+            model, list(inputs), enabled_precisions={torch.float16}, timing_cache=cache
+        )
+        times[label] = time.perf_counter() - t
+        torch.cuda.synchronize()
+        kiln_static = torch.cuda.memory_allocated() - before  # weights (+ torch-side leftovers)
+    print(
+        f"{name} FP16 build: cold {times['cold']:.1f} s, "
+        f"warm timing cache {times['warm cache']:.1f} s"
+    )
+
+    def latency_ms(fn, iters: int = 200) -> float:
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            fn()
+        stop.record()
+        stop.synchronize()
+        return start.elapsed_time(stop) / iters
+
+    def peak_above(fn) -> int:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+
+    engines = [m.engine for m in compiled.modules() if isinstance(m, runtime.EngineModule)]
+    with torch.no_grad():
+        # Kiln: its weights, then arena/workspace/staging of the first call and its outputs.
+        kiln_peak = kiln_static + peak_above(lambda: compiled(*inputs))
+        weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        eager_peak = weights + peak_above(lambda: model(*inputs))
+        print(
+            f"  peak GPU memory: kiln {kiln_peak / 2**20:.1f} MiB, "
+            f"eager {eager_peak / 2**20:.1f} MiB"
+        )
+        for graphs in (True, False):
+            for e in engines:
+                e.set_cuda_graphs(graphs)
+            ms = latency_ms(lambda: compiled(*inputs))
+            print(f"  kiln, CUDA graphs {'on ' if graphs else 'off'}: {ms:.3f} ms")
+        print(f"  eager: {latency_ms(lambda: model(*inputs)):.3f} ms")
+        for e in engines:
+            print(f"  engine graph stats: {dict(e.graph_stats())}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--skip-resnet", action="store_true")
+    p.add_argument("--model", help="bench/models.py entry: FP16 batch-1 build, latency, memory")
     args = p.parse_args()
     runtime.load_library()
+    if args.model:
+        model_report(args.model)
+        return
     per_call(args.device)
     if not args.skip_resnet:
         plan_load(args.device)

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -423,7 +424,7 @@ class TorchEngine : public torch::CustomClassHolder {
   std::shared_ptr<Engine> engine_;
   std::vector<std::string> input_names_, output_names_;
   std::vector<at::ScalarType> input_types_, output_types_;
-  bool cuda_graphs_ = true;
+  std::atomic<bool> cuda_graphs_{true};  // read by every call, set rarely
   std::mutex mutex_;
   std::vector<std::unique_ptr<ExecutionContext>> pool_;
 };
