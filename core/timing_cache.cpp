@@ -13,6 +13,7 @@
 #include "core/dims.h"
 #include "core/error.h"
 #include "core/logging.h"
+#include "core/plan.h"
 #include "kernels/device.h"
 
 namespace kiln {
@@ -97,6 +98,7 @@ TimingEnvironment TimingEnvironment::current() {
   env.sm_arch = cuda_device_count() > 0 ? cuda_device_arch() : 0;
   env.cuda_version = ::kiln::cuda_runtime_version();
   env.cublaslt_version = ::kiln::cublaslt_version();
+  env.kiln_version = static_cast<int>(kiln_version_number());
   env.cudnn_version = cuda_device_count() > 0 ? ::kiln::cudnn_runtime_version() : ::kiln::cudnn_version();
   return env;
 }
@@ -114,7 +116,7 @@ std::string timing_cache_key(const Layer& layer, const std::string& kernel_name,
   s << "|";
   for (const auto& d : inputs) s << dtype_name(d.dtype) << to_string(d.dims) << ";";
   s << "|sm" << env.sm_arch << "|cuda" << env.cuda_version << "|cublaslt" << env.cublaslt_version << "|cudnn"
-    << env.cudnn_version;
+    << env.cudnn_version << "|kiln" << env.kiln_version;
   return s.str();
 }
 

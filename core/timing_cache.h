@@ -1,9 +1,9 @@
 // TimingCache: build-time tactic timings that persist across builds, so a rebuild (or a build
 // of another model with the same layer shapes) skips timing what it has timed before.
 //
-// Key: op, kernel name, attributes except "tactic", input dtypes and dims, GPU architecture and
-// the CUDA / cuBLASLt / cuDNN versions (a tactic's speed, and its validity, depend on all of
-// them). Value: the fastest tactic and its time.
+// Key: op, kernel name, attributes except "tactic", input dtypes and dims, GPU architecture, the
+// CUDA / cuBLASLt / cuDNN versions and Kiln's (a tactic's speed, and what its number means,
+// depend on all of them). Value: the fastest tactic and its time.
 //
 // File: text, first line "KILN-TIMING-CACHE <version>", then one entry per line:
 // "<key>\t<tactic>\t<milliseconds>" with \\, \t and \n escaped in the key. load() never fails a
@@ -28,6 +28,7 @@ struct TimingEnvironment {
   int cuda_version = 0;
   int cublaslt_version = 0;
   int cudnn_version = 0;
+  int kiln_version = 0;                // tactic numbers belong to one Kiln version's kernels
   static TimingEnvironment current();  // the current GPU; the versions Kiln runs with
 };
 

@@ -116,7 +116,7 @@ TEST(Tactics, CacheFromAnotherEnvironmentIsNotUsed) {
   TacticTimer first = [&](const Layer&, int, const std::vector<TensorDesc>&, const std::vector<TensorDesc>&) {
     return std::vector<std::optional<double>>{0.1, 0.2, 0.3};
   };
-  choose_tactics(net, profiles(), Backend::kReference, first, &cache, TimingEnvironment{90, 1, 1, 1});
+  choose_tactics(net, profiles(), Backend::kReference, first, &cache, TimingEnvironment{90, 1, 1, 1, 1});
   int calls = 0;
   TacticTimer second = [&](const Layer&, int, const std::vector<TensorDesc>&,
                            const std::vector<TensorDesc>&) {
@@ -125,12 +125,12 @@ TEST(Tactics, CacheFromAnotherEnvironmentIsNotUsed) {
   };
   // Same GPU and libraries: from the cache, the timer is not called.
   Network again = tactic_network();
-  choose_tactics(again, profiles(), Backend::kReference, second, &cache, TimingEnvironment{90, 1, 1, 1});
+  choose_tactics(again, profiles(), Backend::kReference, second, &cache, TimingEnvironment{90, 1, 1, 1, 1});
   EXPECT_EQ(calls, 0);
   EXPECT_EQ(again.layers()[0].attrs.get_int("tactic", int64_t{-1}), 0);
   // Another GPU: timed again.
   Network other = tactic_network();
-  choose_tactics(other, profiles(), Backend::kReference, second, &cache, TimingEnvironment{80, 1, 1, 1});
+  choose_tactics(other, profiles(), Backend::kReference, second, &cache, TimingEnvironment{80, 1, 1, 1, 1});
   EXPECT_EQ(calls, 1);
   EXPECT_EQ(other.layers()[0].attrs.get_int("tactic", int64_t{-1}), 1);
 }

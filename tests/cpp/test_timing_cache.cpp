@@ -113,7 +113,7 @@ TEST(TimingCache, KeyDependsOnEverythingButTheTactic) {
   l.op = "convolution";
   l.attrs.set("pads", std::vector<int64_t>{1, 1}).set("groups", int64_t{1}).set("alpha", 0.5);
   std::vector<TensorDesc> in = {{DataType::kFloat16, {1, 64, 56, 56}}, {DataType::kFloat16, {64, 64, 3, 3}}};
-  TimingEnvironment env{90, 13000, 130000, 91900};
+  TimingEnvironment env{90, 13000, 130000, 91900, 100};
   const std::string base = timing_cache_key(l, "cudnn_convolution", in, env);
 
   Layer renamed = l;
@@ -162,6 +162,9 @@ TEST(TimingCache, KeyDependsOnEverythingButTheTactic) {
   e = env;
   e.cudnn_version = 90100;
   differs(timing_cache_key(l, "cudnn_convolution", in, e), "cuDNN version");
+  e = env;
+  e.kiln_version = 200;
+  differs(timing_cache_key(l, "cudnn_convolution", in, e), "Kiln version");
 }
 
 }  // namespace
