@@ -1,5 +1,5 @@
-// The build pipeline, read top to bottom. Later stages (fusion, precision, layouts, tactics)
-// slot in between canonicalization and memory planning, in the order DESIGN.md gives.
+// The build pipeline, read top to bottom. Later stages (fusion, layouts) slot in between
+// canonicalization and memory planning, in the order DESIGN.md gives.
 #include "core/builder.h"
 
 #include <functional>
@@ -9,6 +9,8 @@
 #include "core/error.h"
 #include "core/logging.h"
 #include "core/passes/passes.h"
+#include "core/tactics.h"
+#include "core/timing_cache.h"
 #include "kernels/device.h"
 #include "kernels/kernel.h"
 
@@ -36,6 +38,31 @@ void run_pass(const char* name, const std::function<bool(Network&)>& pass, Netwo
   bool changed = pass(net);
   KILN_LOG(kVerbose, "builder: " << name << (changed ? " changed the network (" : " changed nothing (")
                                  << before << " -> " << net.layers().size() << " layers)");
+}
+
+void choose_tactics_with_cache(Network& net, const BuilderConfig& config) {
+  const std::string& path = config.timing_cache_path;
+  TimingCache cache = path.empty() ? TimingCache() : TimingCache::load(path);
+  const size_t known = cache.size();
+  TacticStats stats;
+  run_pass(
+      "choose_tactics",
+      [&](Network& n) {
+        return choose_tactics(n, config.profiles, Backend::kCuda,
+                              cuda_tactic_timer(n, config.workspace_bytes), &cache,
+                              TimingEnvironment::current(), &stats);
+      },
+      net);
+  if (stats.layers) {
+    KILN_LOG(kInfo, "builder: tactics for " << stats.layers << " layers: " << stats.timed << " timed, "
+                                            << stats.cache_hits << " from the timing cache");
+  }
+  if (path.empty() || cache.size() == known) return;
+  try {
+    cache.save(path);
+  } catch (const Error& e) {
+    KILN_LOG(kWarning, e.what() << "; the build goes on without saving its timings");
+  }
 }
 
 }  // namespace
@@ -95,9 +122,11 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   //     hold inside fused kernels too. After layouts, so channels-last chains fuse as they are.
   if (config.optimization_level > 0) run_pass("fuse_pointwise", fuse_pointwise, net);
 
-  // 6. choose kernels: one implementation per layer on the target backend.
-  //    A kernel that generated code keeps it in its layer (store_artifacts), so that loading the
-  //    plan does not generate it again.
+  // 6. choose tactics: time the candidate implementations of layers that have several (CUDA),
+  //    through the timing cache; then one kernel per layer on the target backend. A kernel that
+  //    generated code keeps it in its layer (store_artifacts), so that loading the plan does not
+  //    generate it again.
+  if (backend == Backend::kCuda && config.tactic_timing) choose_tactics_with_cache(net, config);
   for (auto& l : net.mutable_layers()) {
     std::unique_ptr<Kernel> kernel = create_kernel(l, backend);
     kernel->store_artifacts(l.attrs);

@@ -33,6 +33,12 @@ struct BuilderConfig {
   size_t workspace_bytes = size_t{32} << 20;
   int optimization_level = 3;  // 0 skips the optional (canonicalizing) passes
   BuildTarget target = BuildTarget::kAuto;
+  // Step 6, CUDA only: time the tactics of layers whose kernels offer several. Off: every
+  // kernel uses its heuristic choice (faster builds, maybe slower engines).
+  bool tactic_timing = true;
+  // Persistent timing cache (core/timing_cache.h) read before and written after step 6. Empty:
+  // none (the C++ default; kiln.compile defaults to $XDG_CACHE_HOME/kiln/timing.cache).
+  std::string timing_cache_path;
 };
 
 class Builder {

@@ -1,10 +1,14 @@
 #include "core/engine.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <sstream>
 
 #include "core/error.h"
+#include "core/logging.h"
 #include "core/op_schema.h"
 #include "kernels/device.h"
 
@@ -12,15 +16,28 @@ namespace kiln {
 
 // ---- Engine ------------------------------------------------------------------------------------
 
-std::shared_ptr<Engine> Engine::create(Plan plan, Backend backend) {
-  return std::shared_ptr<Engine>(new Engine(std::move(plan), backend));
+namespace {
+constexpr size_t kWeightAlignment = 256;
+size_t align_up(size_t x) { return (x + kWeightAlignment - 1) / kWeightAlignment * kWeightAlignment; }
+
+bool graphs_enabled_by_env() {
+  const char* v = std::getenv("KILN_CUDA_GRAPHS");
+  return !(v && std::string(v) == "0");
+}
+}  // namespace
+
+std::shared_ptr<Engine> Engine::create(Plan plan, Backend backend,
+                                       std::shared_ptr<DeviceAllocator> allocator) {
+  return std::shared_ptr<Engine>(new Engine(std::move(plan), backend, std::move(allocator)));
 }
 
-std::shared_ptr<Engine> Engine::create(const std::vector<uint8_t>& plan_bytes, Backend backend) {
-  return create(Plan::deserialize(plan_bytes), backend);
+std::shared_ptr<Engine> Engine::create(const std::vector<uint8_t>& plan_bytes, Backend backend,
+                                       std::shared_ptr<DeviceAllocator> allocator) {
+  return create(Plan::deserialize(plan_bytes), backend, std::move(allocator));
 }
 
-Engine::Engine(Plan plan, Backend backend) : plan_(std::move(plan)), backend_(backend) {
+Engine::Engine(Plan plan, Backend backend, std::shared_ptr<DeviceAllocator> allocator)
+    : plan_(std::move(plan)), backend_(backend) {
   const Network& net = plan_.network;
   if (backend_ == Backend::kCuda) {
     KILN_CHECK(cuda_device_count() > 0,
@@ -34,39 +51,85 @@ Engine::Engine(Plan plan, Backend backend) : plan_(std::move(plan)), backend_(ba
                "this plan was built for sm_" << plan_.header.sm_arch << " but the current GPU is sm_" << arch
                                              << "; rebuild the plan on this GPU");
     device_ = current_device();
+    allocator_ = allocator ? std::move(allocator) : default_device_allocator();
   }
   constants_.assign(net.tensors().size(), nullptr);
   producer_ = net.producers();
+  for (TensorId id : net.inputs()) binding_ids_.push_back(id);
+  for (TensorId id : net.outputs()) binding_ids_.push_back(id);
+  for (size_t i = 0; i < binding_ids_.size(); ++i) {
+    binding_index_.emplace(net.tensor(binding_ids_[i]).name, static_cast<int>(i));
+  }
   try {
-    for (const auto& t : net.tensors()) {
-      if (t.kind != TensorKind::kConstant) continue;
-      if (backend_ == Backend::kCuda) {
-        constants_[t.id] = device_alloc(t.data->size());
-        copy_to_device(constants_[t.id], t.data->data(), t.data->size());
-      } else {
-        constants_[t.id] = const_cast<uint8_t*>(t.data->data());
-      }
-    }
+    upload_constants();
     for (const auto& l : net.layers()) {
       kernels_.push_back(create_kernel(l, backend_));
       uses_cudnn_ |= kernels_.back()->uses_cudnn();
+      capturable_ &= kernels_.back()->capturable();
     }
   } catch (...) {
-    if (backend_ == Backend::kCuda) {
-      for (void* p : constants_) device_free(p);
-    }
+    if (weights_) allocator_->deallocate(weights_);
     throw;
   }
 }
 
-Engine::~Engine() {
-  if (backend_ == Backend::kCuda) {
-    for (void* p : constants_) device_free(p);
+// CUDA: every constant goes into one allocation, packed at aligned offsets on the host and
+// uploaded with one copy (a copy per weight costs a synchronous round trip each).
+void Engine::upload_constants() {
+  const Network& net = plan_.network;
+  if (backend_ != Backend::kCuda) {
+    for (const auto& t : net.tensors()) {
+      if (t.kind == TensorKind::kConstant) constants_[t.id] = const_cast<uint8_t*>(t.data->data());
+    }
+    return;
+  }
+  // Constants sharing one host buffer (a weight used by several layers) are stored once.
+  std::vector<size_t> offset(net.tensors().size(), 0);
+  std::unordered_map<const std::vector<uint8_t>*, size_t> placed;
+  std::vector<TensorId> unique;
+  size_t total = 0;
+  for (const auto& t : net.tensors()) {
+    if (t.kind != TensorKind::kConstant || t.data->empty()) continue;
+    auto [it, inserted] = placed.emplace(t.data.get(), total);
+    offset[t.id] = it->second;
+    if (!inserted) continue;
+    unique.push_back(t.id);
+    total = align_up(total + t.data->size());
+  }
+  if (total == 0) return;
+  std::vector<uint8_t> packed(total);
+  for (TensorId id : unique) {
+    const Tensor& t = net.tensor(id);
+    std::memcpy(packed.data() + offset[id], t.data->data(), t.data->size());
+  }
+  weights_ = allocator_->allocate(total);
+  copy_to_device(weights_, packed.data(), total);
+  for (const auto& t : net.tensors()) {
+    if (t.kind == TensorKind::kConstant && !t.data->empty()) {
+      constants_[t.id] = static_cast<uint8_t*>(weights_) + offset[t.id];
+    }
   }
 }
 
-std::unique_ptr<ExecutionContext> Engine::create_execution_context() const {
-  return std::unique_ptr<ExecutionContext>(new ExecutionContext(shared_from_this()));
+Engine::~Engine() {
+  if (weights_) allocator_->deallocate(weights_);
+}
+
+std::unique_ptr<ExecutionContext> Engine::create_execution_context(
+    std::shared_ptr<DeviceAllocator> allocator) const {
+  return std::unique_ptr<ExecutionContext>(new ExecutionContext(shared_from_this(), std::move(allocator)));
+}
+
+int Engine::binding_index(const std::string& name) const {
+  auto it = binding_index_.find(name);
+  return it == binding_index_.end() ? -1 : it->second;
+}
+
+const Tensor& Engine::binding(int index) const {
+  KILN_CHECK(index >= 0 && index < num_bindings(), "binding index " << index
+                                                                    << " is out of range; the engine has "
+                                                                    << num_bindings() << " bindings");
+  return network().tensor(binding_ids_[index]);
 }
 
 std::vector<std::string> Engine::input_names() const {
@@ -82,15 +145,14 @@ std::vector<std::string> Engine::output_names() const {
 }
 
 const Tensor& Engine::binding(const std::string& name) const {
-  TensorId id = network().find_tensor(name);
+  int index = binding_index(name);
   KILN_CHECK(
-      id >= 0 && (network().tensor(id).kind == TensorKind::kInput || network().is_output(id)),
-      "'" << name << "' is not an input or output of this engine (inputs: " << [&] {
+      index >= 0, "'" << name << "' is not an input or output of this engine (inputs: " << [&] {
         std::string s;
         for (const auto& n : input_names()) s += (s.empty() ? "" : ", ") + n;
         return s;
       }() << ")");
-  return network().tensor(id);
+  return network().tensor(binding_ids_[index]);
 }
 
 std::vector<std::string> Engine::describe_layers() const {
@@ -117,22 +179,33 @@ int64_t Engine::device_bytes() const {
 
 // ---- ExecutionContext -----------------------------------------------------------------------------
 
-ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine) : engine_(std::move(engine)) {
+ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine,
+                                   std::shared_ptr<DeviceAllocator> allocator)
+    : engine_(std::move(engine)) {
   const Plan& plan = engine_->plan();
-  for (TensorId id : plan.network.inputs()) {
-    const Tensor& t = plan.network.tensor(id);
-    if (is_static(t.dims)) input_shapes_[t.name] = t.dims;
+  const Network& net = plan.network;
+  input_shapes_.resize(net.inputs().size());
+  input_checked_.assign(net.inputs().size(), 0);
+  for (size_t i = 0; i < net.inputs().size(); ++i) {
+    const Tensor& t = net.tensor(net.inputs()[i]);
+    if (is_static(t.dims)) {
+      input_shapes_[i] = t.dims;
+      input_checked_[i] = 1;
+    }
   }
+  addresses_.assign(static_cast<size_t>(engine_->num_bindings()), nullptr);
   if (engine_->backend() == Backend::kCuda) {
+    allocator_ = allocator ? std::move(allocator) : engine_->allocator_;
+    graphs_enabled_ = engine_->capturable_ && graphs_enabled_by_env();
     try {
-      arena_ = device_alloc(static_cast<size_t>(plan.memory.arena_bytes));
-      workspace_ = device_alloc(static_cast<size_t>(plan.memory.workspace_bytes));
+      arena_ = allocator_->allocate(static_cast<size_t>(plan.memory.arena_bytes));
+      workspace_ = allocator_->allocate(static_cast<size_t>(plan.memory.workspace_bytes));
       cublaslt_ = create_cublaslt_handle();
       if (engine_->uses_cudnn_) cudnn_ = create_cudnn_handle();
     } catch (...) {
       destroy_cublaslt_handle(cublaslt_);
-      device_free(arena_);
-      device_free(workspace_);
+      allocator_->deallocate(arena_);
+      allocator_->deallocate(workspace_);
       throw;
     }
   } else {
@@ -149,24 +222,44 @@ ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine) : engin
 ExecutionContext::~ExecutionContext() {
   for (void* ev : events_) destroy_event(ev);
   if (engine_->backend() == Backend::kCuda) {
+    release_graphs();
+    destroy_stream(capture_stream_);
     destroy_cudnn_handle(cudnn_);
     destroy_cublaslt_handle(cublaslt_);
-    device_free(workspace_);
-    device_free(arena_);
+    for (void* p : staging_buffers_) allocator_->deallocate(p);
+    allocator_->deallocate(workspace_);
+    allocator_->deallocate(arena_);
   }
 }
 
 void ExecutionContext::set_optimization_profile(int index) {
+  if (index == profile_) return;
   int n = engine_->num_profiles();
   KILN_CHECK(index >= 0 && (index < n || (n == 0 && index == 0)),
              "optimization profile " << index << " does not exist; the engine has " << n);
   profile_ = index;
+  // Dynamic shapes must be re-checked against the new profile's ranges.
+  const Network& net = engine_->network();
+  for (size_t i = 0; i < net.inputs().size(); ++i) {
+    if (!is_static(net.tensor(net.inputs()[i]).dims)) input_checked_[i] = 0;
+  }
   shapes_dirty_ = true;
 }
 
 void ExecutionContext::set_input_shape(const std::string& name, const Dims& dims) {
-  const Tensor& t = engine_->binding(name);
+  int index = engine_->binding_index(name);
+  const Tensor& t = engine_->binding(name);  // names the engine's inputs when `name` is none
   KILN_CHECK(t.kind == TensorKind::kInput, "'" << name << "' is an output; only input shapes can be set");
+  set_input_shape(index, dims);
+}
+
+void ExecutionContext::set_input_shape(int index, const Dims& dims) {
+  KILN_CHECK(index >= 0 && index < engine_->num_inputs(), "input index "
+                                                              << index << " is out of range; the engine has "
+                                                              << engine_->num_inputs() << " inputs");
+  if (input_checked_[index] && input_shapes_[index] == dims) return;
+  const Tensor& t = engine_->binding(index);
+  const std::string& name = t.name;
   KILN_CHECK(dims.size() == t.dims.size(), "input '" << name << "': shape " << to_string(dims) << " has rank "
                                                      << dims.size() << ", expected " << to_string(t.dims));
   const auto& profiles = engine_->plan().profiles;
@@ -187,18 +280,22 @@ void ExecutionContext::set_input_shape(const std::string& name, const Dims& dims
                            << "); rebuild with a wider profile or pick another profile");
     }
   }
-  input_shapes_[name] = dims;
+  input_checked_[index] = 1;
+  if (input_shapes_[index] == dims) return;
+  input_shapes_[index] = dims;
   shapes_dirty_ = true;
 }
 
 void ExecutionContext::infer_current_shapes() {
   if (!shapes_dirty_) return;
   const Network& net = engine_->network();
-  for (TensorId id : net.inputs()) {
-    const std::string& name = net.tensor(id).name;
-    KILN_CHECK(input_shapes_.count(name), "input '" << name << "' is dynamic: call set_input_shape first");
+  std::map<std::string, Dims> by_name;
+  for (size_t i = 0; i < net.inputs().size(); ++i) {
+    const std::string& name = net.tensor(net.inputs()[i]).name;
+    KILN_CHECK(input_checked_[i], "input '" << name << "' is dynamic: call set_input_shape first");
+    by_name[name] = input_shapes_[i];
   }
-  shapes_ = infer_shapes(net, input_shapes_);
+  shapes_ = infer_shapes(net, by_name);
   const MemoryPlan& mem = engine_->plan().memory;
   for (const auto& t : net.tensors()) {
     if (mem.offsets[t.id] < 0) continue;
@@ -209,6 +306,8 @@ void ExecutionContext::infer_current_shapes() {
                                                     << "; use input shapes inside the profile");
   }
   shapes_dirty_ = false;
+  table_dirty_ = true;
+  current_graph_ = -1;
 }
 
 Dims ExecutionContext::tensor_shape(const std::string& name) {
@@ -217,81 +316,292 @@ Dims ExecutionContext::tensor_shape(const std::string& name) {
   return shapes_[t.id];
 }
 
-void ExecutionContext::set_tensor_address(const std::string& name, void* data) {
-  engine_->binding(name);
-  addresses_[name] = data;
+const Dims& ExecutionContext::tensor_shape(int index) {
+  const Tensor& t = engine_->binding(index);
+  infer_current_shapes();
+  return shapes_[t.id];
 }
 
-void ExecutionContext::enqueue(void* stream) {
-  infer_current_shapes();
+void ExecutionContext::set_tensor_address(const std::string& name, void* data) {
+  engine_->binding(name);  // refuses an unknown name, listing the bindings
+  set_tensor_address(engine_->binding_index(name), data);
+}
+
+void ExecutionContext::set_tensor_address(int index, void* data) {
+  KILN_CHECK(index >= 0 && index < engine_->num_bindings(),
+             "binding index " << index << " is out of range; the engine has " << engine_->num_bindings()
+                              << " bindings");
+  if (addresses_[index] == data) return;
+  addresses_[index] = data;
+  pointers_dirty_ = true;
+}
+
+void ExecutionContext::set_cuda_graphs(bool enabled) {
+  bool on = enabled && engine_->backend() == Backend::kCuda && engine_->capturable_;
+  if (on == graphs_enabled_) return;
+  // Captured graphs stay (until the context goes): turning graphs back on replays them.
+  graphs_enabled_ = on;
+  table_dirty_ = true;  // staging applies only with graphs
+}
+
+void ExecutionContext::set_binding_staging(bool enabled) {
+  if (enabled == staging_) return;
+  staging_ = enabled;
+  release_graphs();  // graphs captured against the other addresses
+  table_dirty_ = true;
+}
+
+bool ExecutionContext::staged() const { return staging_ && graphs_enabled_; }
+
+// Buffers big enough for each binding at every profile's largest shapes.
+void ExecutionContext::allocate_staging() {
+  if (!staging_buffers_.empty()) return;
+  const Network& net = engine_->network();
+  std::vector<int64_t> bytes = max_tensor_bytes(net, engine_->plan().profiles);
+  std::vector<void*> buffers(static_cast<size_t>(engine_->num_bindings()), nullptr);
+  try {
+    for (size_t b = 0; b < buffers.size(); ++b) {
+      buffers[b] = allocator_->allocate(static_cast<size_t>(bytes[engine_->binding_ids_[b]]));
+    }
+  } catch (...) {
+    for (void* p : buffers) allocator_->deallocate(p);
+    throw;
+  }
+  staging_buffers_ = std::move(buffers);
+  staging_bytes_.clear();
+  for (TensorId id : engine_->binding_ids_) staging_bytes_.push_back(bytes[id]);
+}
+
+void ExecutionContext::build_launch_table() {
   const Engine& e = *engine_;
   const Network& net = e.network();
   const bool cuda = e.backend() == Backend::kCuda;
-  std::vector<void*> ptr(net.tensors().size(), nullptr);
+  if (staged()) allocate_staging();
+  ptr_.assign(net.tensors().size(), nullptr);
+  uint8_t* arena = static_cast<uint8_t*>(cuda ? arena_ : static_cast<void*>(host_arena_.data()));
   for (const auto& t : net.tensors()) {
-    if (t.kind == TensorKind::kConstant) ptr[t.id] = e.constants_[t.id];
+    if (t.kind == TensorKind::kConstant) ptr_[t.id] = e.constants_[t.id];
     int64_t off = e.plan().memory.offsets[t.id];
-    if (off >= 0)
-      ptr[t.id] = static_cast<uint8_t*>(cuda ? arena_ : static_cast<void*>(host_arena_.data())) + off;
+    if (off >= 0) ptr_[t.id] = arena + off;
   }
-  auto bind = [&](TensorId id) {
-    const Tensor& t = net.tensor(id);
-    auto it = addresses_.find(t.name);
-    bool empty = volume(shapes_[id]) == 0;
-    KILN_CHECK((it != addresses_.end() && it->second != nullptr) || empty,
-               "no address set for '" << t.name << "': call set_tensor_address before enqueue");
-    return it == addresses_.end() ? nullptr : it->second;
-  };
-  for (TensorId id : net.inputs()) ptr[id] = bind(id);
-  const std::vector<int>& producer = e.producer_;
-  std::vector<void*> out_ptr;
-  for (TensorId id : net.outputs()) out_ptr.push_back(bind(id));
-  // A layer writing a network output writes straight into the caller's buffer.
+  const auto& layers = net.layers();
+  layer_in_.resize(layers.size());
+  layer_out_.resize(layers.size());
+  for (size_t i = 0; i < layers.size(); ++i) {
+    layer_in_[i].clear();
+    layer_out_[i].clear();
+    for (TensorId t : layers[i].inputs) layer_in_[i].push_back({nullptr, net.tensor(t).dtype, shapes_[t]});
+    for (TensorId t : layers[i].outputs) layer_out_[i].push_back({nullptr, net.tensor(t).dtype, shapes_[t]});
+  }
+  // Outputs nobody computes (a constant or an input marked as output) are copied.
+  output_copies_.clear();
+  const int first_output = e.num_inputs();
   for (size_t i = 0; i < net.outputs().size(); ++i) {
     TensorId id = net.outputs()[i];
-    if (producer[id] >= 0) ptr[id] = out_ptr[i];
+    if (e.producer_[id] < 0) output_copies_.push_back({first_output + static_cast<int>(i), id});
   }
+  table_dirty_ = false;
+  pointers_dirty_ = true;
+}
 
+void ExecutionContext::refresh_pointers() {
+  const Engine& e = *engine_;
+  const Network& net = e.network();
+  const bool stage = staged();
+  for (int b = 0; b < e.num_bindings(); ++b) {
+    TensorId id = e.binding_ids_[b];
+    // An output that is also an input or a constant keeps its source; the copy fills the output.
+    if (b >= e.num_inputs() && e.producer_[id] < 0) continue;
+    ptr_[id] = stage ? staging_buffers_[b] : addresses_[b];
+  }
+  for (int b = 0; b < e.num_bindings(); ++b) {
+    KILN_CHECK(addresses_[b] != nullptr || volume(shapes_[e.binding_ids_[b]]) == 0,
+               "no address set for '" << net.tensor(e.binding_ids_[b]).name
+                                      << "': call set_tensor_address before enqueue");
+  }
+  const auto& layers = net.layers();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    for (size_t j = 0; j < layers[i].inputs.size(); ++j) layer_in_[i][j].data = ptr_[layers[i].inputs[j]];
+    for (size_t j = 0; j < layers[i].outputs.size(); ++j) layer_out_[i][j].data = ptr_[layers[i].outputs[j]];
+  }
+  pointers_dirty_ = false;
+}
+
+void ExecutionContext::prepare() {
+  infer_current_shapes();
+  if (table_dirty_) build_launch_table();
+  if (pointers_dirty_) refresh_pointers();
+}
+
+void ExecutionContext::run_layer(size_t i, const LaunchContext& launch) const {
+  engine_->kernels_[i]->run(layer_in_[i], layer_out_[i], launch);
+}
+
+// Every layer in order, then the copies of outputs nobody computes. Also what a capture records.
+void ExecutionContext::run_layers(void* stream) {
+  const Engine& e = *engine_;
+  const Network& net = e.network();
   LaunchContext launch;
   launch.stream = stream;
   launch.cublaslt = cublaslt_;
   launch.cudnn = cudnn_;
   launch.workspace = workspace_;
   launch.workspace_bytes = static_cast<size_t>(e.plan().memory.workspace_bytes);
-  std::unique_ptr<DeviceGuard> guard;
-  if (cuda) guard = std::make_unique<DeviceGuard>(e.device_);
-
-  const auto& layers = net.layers();
-  if (profiling_) host_times_.assign(layers.size(), 0.0);
-  for (size_t i = 0; i < layers.size(); ++i) {
-    std::vector<TensorView> in, out;
-    for (TensorId t : layers[i].inputs) in.push_back({ptr[t], net.tensor(t).dtype, shapes_[t]});
-    for (TensorId t : layers[i].outputs) out.push_back({ptr[t], net.tensor(t).dtype, shapes_[t]});
-    if (!profiling_) {
-      e.kernels_[i]->run(in, out, launch);
-    } else if (cuda) {
-      record_event(events_[i], stream);
-      e.kernels_[i]->run(in, out, launch);
-    } else {
-      auto start = std::chrono::steady_clock::now();
-      e.kernels_[i]->run(in, out, launch);
-      host_times_[i] =
-          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  const bool cuda = e.backend() == Backend::kCuda;
+  if (!profiling_) {
+    for (size_t i = 0; i < layer_in_.size(); ++i) run_layer(i, launch);
+  } else {
+    // Profiling: CUDA events around each launch (GPU times), a host clock on the reference backend.
+    host_times_.assign(layer_in_.size(), 0.0);
+    for (size_t i = 0; i < layer_in_.size(); ++i) {
+      if (cuda) {
+        record_event(events_[i], stream);
+        run_layer(i, launch);
+      } else {
+        auto start = std::chrono::steady_clock::now();
+        run_layer(i, launch);
+        host_times_[i] =
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+      }
     }
+    if (cuda) record_event(events_[layer_in_.size()], stream);
   }
-  if (profiling_ && cuda) record_event(events_[layers.size()], stream);
   profiled_ = profiling_;
-  // Outputs nobody computes (a constant or an input marked as output) are copied.
-  for (size_t i = 0; i < net.outputs().size(); ++i) {
-    TensorId id = net.outputs()[i];
-    if (producer[id] >= 0 || ptr[id] == out_ptr[i]) continue;
+  const bool stage = staged();
+  for (const auto& [b, id] : output_copies_) {
+    void* dst = stage ? staging_buffers_[b] : addresses_[b];
     size_t bytes = static_cast<size_t>(volume(shapes_[id])) * dtype_size(net.tensor(id).dtype);
-    if (cuda) {
-      copy_device_async(out_ptr[i], ptr[id], bytes, stream);
-    } else if (bytes) {
-      std::memcpy(out_ptr[i], ptr[id], bytes);
+    if (dst == ptr_[id] || bytes == 0) continue;
+    if (e.backend() == Backend::kCuda) {
+      copy_device_async(dst, ptr_[id], bytes, stream);
+    } else {
+      std::memcpy(dst, ptr_[id], bytes);
     }
   }
+}
+
+// Staged bindings: caller's inputs into the context's buffers, or its outputs back out.
+void ExecutionContext::copy_staged(bool inputs, void* stream) {
+  const Engine& e = *engine_;
+  const Network& net = e.network();
+  const int begin = inputs ? 0 : e.num_inputs(), end = inputs ? e.num_inputs() : e.num_bindings();
+  for (int b = begin; b < end; ++b) {
+    TensorId id = e.binding_ids_[b];
+    size_t bytes = static_cast<size_t>(volume(shapes_[id])) * dtype_size(net.tensor(id).dtype);
+    if (bytes == 0) continue;
+    if (inputs) {
+      copy_device_async(staging_buffers_[b], addresses_[b], bytes, stream);
+    } else {
+      copy_device_async(addresses_[b], staging_buffers_[b], bytes, stream);
+    }
+  }
+}
+
+void ExecutionContext::enqueue(void* stream) {
+  prepare();
+  if (engine_->backend() != Backend::kCuda) {
+    run_layers(stream);
+    ++stats_.plain;
+    return;
+  }
+  DeviceGuard guard(engine_->device_);
+  const bool stage = staged();
+  if (stage) copy_staged(true, stream);
+  if (profiling_ || !(graphs_enabled_ && launch_graph_for_shapes(stream))) {
+    run_layers(stream);
+    ++stats_.plain;
+  }
+  if (stage) copy_staged(false, stream);
+}
+
+ExecutionContext::Graph& ExecutionContext::graph_for_shapes() {
+  if (current_graph_ >= 0) return graphs_[current_graph_];
+  for (size_t i = 0; i < graphs_.size(); ++i) {
+    if (graphs_[i].profile == profile_ && graphs_[i].shapes == input_shapes_) {
+      current_graph_ = static_cast<int>(i);
+      return graphs_[i];
+    }
+  }
+  if (graphs_.size() >= kMaxGraphs) {
+    auto lru = std::min_element(graphs_.begin(), graphs_.end(),
+                                [](const Graph& a, const Graph& b) { return a.last_used < b.last_used; });
+    destroy_graph_exec(lru->exec);
+    graphs_.erase(lru);
+  }
+  Graph g;
+  g.profile = profile_;
+  g.shapes = input_shapes_;
+  graphs_.push_back(std::move(g));
+  current_graph_ = static_cast<int>(graphs_.size()) - 1;
+  return graphs_.back();
+}
+
+// Replays (capturing first when needed) the graph of the current shapes on `stream`. False when
+// this enqueue must launch plainly instead: warm-up, a failed capture, or a capturing caller.
+bool ExecutionContext::launch_graph_for_shapes(void* stream) {
+  // Inside the caller's capture our plain launches become part of its graph.
+  if (stream_is_capturing(stream)) return false;
+  Graph& g = graph_for_shapes();
+  g.last_used = ++clock_;
+  if (!g.capturable) return false;
+  const bool stage = staged();
+  if (g.exec && (stage || g.addresses == addresses_)) {
+    launch_graph(g.exec, stream);
+    ++stats_.replays;
+    return true;
+  }
+  if (g.warmups < 1) {
+    ++g.warmups;
+    return false;
+  }
+  // Capture on the context's own stream: the caller's may be the legacy default stream, which
+  // cannot be captured. Nothing executes during a capture, so no fences are needed; the graph
+  // is then launched on the caller's stream, ordered with its other work.
+  if (!capture_stream_) capture_stream_ = create_stream();
+  // A call that is illegal during capture fails (and a kernel checking it throws) or
+  // invalidates the capture. Either way nothing ran: these shapes then launch plainly, where a
+  // real error shows again.
+  begin_capture(capture_stream_);
+  std::string failure;
+  try {
+    run_layers(capture_stream_);
+  } catch (const std::exception& e) {
+    failure = e.what();
+  }
+  void* graph = end_capture(capture_stream_);
+  if (!graph || !failure.empty()) {
+    destroy_graph(graph);
+    g.capturable = false;
+    KILN_LOG(kWarning, "CUDA graph capture failed for these input shapes of profile "
+                           << profile_ << (failure.empty() ? std::string() : " (" + failure + ")")
+                           << "; they run without a graph");
+    return false;
+  }
+  try {
+    if (g.exec && update_graph_exec(g.exec, graph)) {
+      ++stats_.updates;
+    } else {
+      destroy_graph_exec(g.exec);
+      g.exec = nullptr;
+      g.exec = instantiate_graph(graph);
+      ++stats_.instantiations;
+    }
+  } catch (...) {
+    destroy_graph(graph);
+    throw;
+  }
+  destroy_graph(graph);
+  ++stats_.captures;
+  g.addresses = stage ? std::vector<void*>() : addresses_;
+  launch_graph(g.exec, stream);
+  ++stats_.replays;
+  return true;
+}
+
+void ExecutionContext::release_graphs() noexcept {
+  for (auto& g : graphs_) destroy_graph_exec(g.exec);
+  graphs_.clear();
+  current_graph_ = -1;
 }
 
 void ExecutionContext::set_profiling(bool on) {
@@ -322,7 +632,9 @@ std::vector<double> ExecutionContext::layer_times() {
 int64_t ExecutionContext::device_bytes() const {
   if (engine_->backend() != Backend::kCuda) return 0;
   const MemoryPlan& mem = engine_->plan().memory;
-  return mem.arena_bytes + mem.workspace_bytes;
+  int64_t staging = 0;
+  for (int64_t b : staging_bytes_) staging += b;
+  return mem.arena_bytes + mem.workspace_bytes + staging;
 }
 
 }  // namespace kiln

@@ -1,14 +1,26 @@
 // Engine: a deserialized plan ready to run on one backend. Immutable after construction and
 // shareable across threads. ExecutionContext: per-stream state (activation arena, workspace,
-// cuBLASLt handle, bound addresses, current shapes); one context serves one stream at a time,
-// and several contexts of one engine run concurrently.
+// cuBLASLt handle, bound addresses, current shapes, CUDA graphs); one context serves one stream
+// at a time, and several contexts of one engine run concurrently.
+//
+// CUDA graphs: a CUDA context captures its launches into a CUDA graph per set of input shapes
+// (and optimization profile) and replays it on later enqueues with the same shapes; the first
+// enqueue of a shape set runs plainly (warm-up: kernels fill their caches, load their modules).
+// When only binding addresses change, the context re-captures and updates the instantiated
+// graph in place (cudaGraphExecUpdate), re-instantiating only when CUDA refuses the update. With
+// binding staging on, the graph reads and writes context-owned copies of the bindings instead,
+// so changing addresses cost two copies rather than a re-capture. Plain launches are used when
+// graphs are off (set_cuda_graphs(false) or KILN_CUDA_GRAPHS=0), a kernel is not capturable,
+// a capture failed, or the caller's stream is itself being captured (torch.cuda.graph).
 #pragma once
 
 #include <map>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
+#include "core/allocator.h"
 #include "core/plan.h"
 #include "kernels/kernel.h"
 
@@ -20,13 +32,19 @@ class Engine : public std::enable_shared_from_this<Engine> {
  public:
   // Checks that the plan can run on `backend` here: a CUDA plan needs a GPU of the architecture
   // it was built for; the reference backend runs any plan.
-  static std::shared_ptr<Engine> create(Plan plan, Backend backend);
-  static std::shared_ptr<Engine> create(const std::vector<uint8_t>& plan_bytes, Backend backend);
+  // `allocator` (CUDA only; nullptr: cudaMalloc) holds the weights and is the default for the
+  // engine's contexts.
+  static std::shared_ptr<Engine> create(Plan plan, Backend backend,
+                                        std::shared_ptr<DeviceAllocator> allocator = nullptr);
+  static std::shared_ptr<Engine> create(const std::vector<uint8_t>& plan_bytes, Backend backend,
+                                        std::shared_ptr<DeviceAllocator> allocator = nullptr);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  std::unique_ptr<ExecutionContext> create_execution_context() const;
+  // `allocator` (nullptr: the engine's) holds the context's arena, workspace and staging buffers.
+  std::unique_ptr<ExecutionContext> create_execution_context(
+      std::shared_ptr<DeviceAllocator> allocator = nullptr) const;
 
   const Plan& plan() const { return plan_; }
   const Network& network() const { return plan_.network; }
@@ -35,6 +53,11 @@ class Engine : public std::enable_shared_from_this<Engine> {
   std::vector<std::string> input_names() const;
   std::vector<std::string> output_names() const;
   const Tensor& binding(const std::string& name) const;  // an input or output, by name
+  // Bindings by index: inputs 0..num_inputs()-1, then outputs. -1 when `name` is none.
+  int num_bindings() const { return static_cast<int>(binding_ids_.size()); }
+  int num_inputs() const { return static_cast<int>(network().inputs().size()); }
+  int binding_index(const std::string& name) const;
+  const Tensor& binding(int index) const;
   int num_profiles() const { return static_cast<int>(plan_.profiles.size()); }
   // One line per layer: name, op, kernel, output shapes (with -1 for dynamic dims).
   std::vector<std::string> describe_layers() const;
@@ -44,15 +67,21 @@ class Engine : public std::enable_shared_from_this<Engine> {
 
  private:
   friend class ExecutionContext;
-  Engine(Plan plan, Backend backend);
+  Engine(Plan plan, Backend backend, std::shared_ptr<DeviceAllocator> allocator);
+  void upload_constants();
 
   Plan plan_;
   Backend backend_;
   int device_ = -1;
+  std::shared_ptr<DeviceAllocator> allocator_;    // CUDA only
+  void* weights_ = nullptr;                       // CUDA: every constant, in one allocation
   std::vector<std::unique_ptr<Kernel>> kernels_;  // one per layer
   std::vector<void*> constants_;                  // per tensor id: constant data on the backend
   std::vector<int> producer_;                     // per tensor id: producing layer, -1 if none
-  bool uses_cudnn_ = false;                       // some kernel needs a cuDNN handle
+  std::vector<TensorId> binding_ids_;             // per binding index
+  std::unordered_map<std::string, int> binding_index_;
+  bool uses_cudnn_ = false;  // some kernel needs a cuDNN handle
+  bool capturable_ = true;   // every kernel may be captured in a CUDA graph
 };
 
 class ExecutionContext {
@@ -65,12 +94,16 @@ class ExecutionContext {
 
   void set_optimization_profile(int index);
   int optimization_profile() const { return profile_; }
-  // Shape of a dynamic input for the next enqueue; must lie inside the active profile.
+  // Shape of a dynamic input for the next enqueue; must lie inside the active profile. Setting
+  // the shape it already has costs nothing (shape inference reruns only when a shape changes).
   void set_input_shape(const std::string& name, const Dims& dims);
+  void set_input_shape(int input_index, const Dims& dims);
   // Current shape of any binding: inputs as set, outputs as inferred from the input shapes.
   Dims tensor_shape(const std::string& name);
+  const Dims& tensor_shape(int binding_index);
   // Device memory (CUDA) or host memory (reference) for an input or output.
   void set_tensor_address(const std::string& name, void* data);
+  void set_tensor_address(int binding_index, void* data);
   // Runs the engine. CUDA: enqueued on `stream` (a cudaStream_t; nullptr is the legacy default
   // stream) without synchronizing. Reference: runs on the calling thread before returning.
   void enqueue(void* stream);
@@ -85,18 +118,66 @@ class ExecutionContext {
   std::vector<double> layer_times();
   // Bytes this context holds on the device: activation arena + kernel workspace (CUDA backend).
   int64_t device_bytes() const;
+  // CUDA graphs (see the top of this file). On by default for CUDA contexts unless the
+  // environment sets KILN_CUDA_GRAPHS=0; no effect on the reference backend.
+  void set_cuda_graphs(bool enabled);
+  bool cuda_graphs() const { return graphs_enabled_; }
+  // Graph replays see bindings through context-owned buffers (sized for the profiles' max
+  // shapes): each enqueue copies inputs in and outputs out, and new addresses never force a
+  // re-capture. For callers whose buffers move on every call (libkiln_runtime). Off by default.
+  void set_binding_staging(bool enabled);
+  // Counters for tests and benchmarks.
+  struct GraphStats {
+    int64_t captures = 0;        // successful captures
+    int64_t instantiations = 0;  // cudaGraphInstantiate
+    int64_t updates = 0;         // in-place cudaGraphExecUpdate after an address change
+    int64_t replays = 0;         // enqueues served by a graph
+    int64_t plain = 0;           // enqueues that launched layer by layer
+  };
+  const GraphStats& graph_stats() const { return stats_; }
+  static constexpr size_t kMaxGraphs = 16;  // shape sets kept per context (least recently used go)
 
  private:
   friend class Engine;
-  explicit ExecutionContext(std::shared_ptr<const Engine> engine);
+  struct Graph {
+    int profile = 0;
+    std::vector<Dims> shapes;      // per input
+    std::vector<void*> addresses;  // per binding, as captured (empty when staged)
+    void* exec = nullptr;          // cudaGraphExec_t; nullptr until captured
+    int warmups = 0;               // plain runs so far
+    bool capturable = true;        // false after a failed capture: this shape set runs plainly
+    uint64_t last_used = 0;
+  };
+
+  ExecutionContext(std::shared_ptr<const Engine> engine, std::shared_ptr<DeviceAllocator> allocator);
   void infer_current_shapes();
+  void prepare();             // shapes, then the launch table, when stale
+  void build_launch_table();  // per-layer views for the current shapes
+  void refresh_pointers();    // binding addresses into the launch table
+  bool staged() const;
+  void allocate_staging();
+  void copy_staged(bool inputs, void* stream);
+  void run_layers(void* stream);
+  void run_layer(size_t i, const LaunchContext& launch) const;
+  bool launch_graph_for_shapes(void* stream);
+  Graph& graph_for_shapes();
+  void release_graphs() noexcept;
 
   std::shared_ptr<const Engine> engine_;
+  std::shared_ptr<DeviceAllocator> allocator_;
   int profile_ = 0;
-  std::map<std::string, Dims> input_shapes_;
-  std::vector<Dims> shapes_;  // per tensor id, valid when !shapes_dirty_
+  std::vector<Dims> input_shapes_;   // per input index
+  std::vector<char> input_checked_;  // per input: shape set and checked against the profile
+  std::vector<Dims> shapes_;         // per tensor id, valid when !shapes_dirty_
   bool shapes_dirty_ = true;
-  std::map<std::string, void*> addresses_;
+  std::vector<void*> addresses_;  // per binding index, as set by the caller
+  bool table_dirty_ = true;       // launch table must be rebuilt (shapes changed)
+  bool pointers_dirty_ = true;    // binding addresses changed
+  // Launch table: per tensor id its address, per layer its input/output views. Built when
+  // shapes change so that an enqueue allocates nothing and looks nothing up by name.
+  std::vector<void*> ptr_;
+  std::vector<std::vector<TensorView>> layer_in_, layer_out_;
+  std::vector<std::pair<int, TensorId>> output_copies_;  // (output binding, source tensor)
   void* arena_ = nullptr;
   void* workspace_ = nullptr;
   void* cublaslt_ = nullptr;
@@ -106,6 +187,16 @@ class ExecutionContext {
   std::vector<void*> events_;       // CUDA: events_[i] before layer i, events_[n] after the last
   std::vector<double> host_times_;  // reference: ms per layer of the last profiled enqueue
   bool profiled_ = false;           // an enqueue ran since profiling was switched on
+  // CUDA graphs.
+  bool graphs_enabled_ = false;
+  bool staging_ = false;
+  std::vector<void*> staging_buffers_;  // per binding, when staged
+  std::vector<int64_t> staging_bytes_;
+  void* capture_stream_ = nullptr;  // captures run here: the legacy default stream cannot
+  std::vector<Graph> graphs_;
+  int current_graph_ = -1;  // index in graphs_ for the current shapes, -1: look up
+  uint64_t clock_ = 0;
+  GraphStats stats_;
 };
 
 }  // namespace kiln

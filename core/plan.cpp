@@ -1,6 +1,7 @@
 #include "core/plan.h"
 
 #include <algorithm>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 
@@ -181,13 +182,26 @@ uint32_t kiln_version_number() {
 
 std::string kiln_version_string() { return version_text(kiln_version_number()); }
 
+// Four independent lanes over 8-byte words, so that a 100 MB plan checksums in a few
+// milliseconds (byte-wise FNV-1a, format 1, took ~1.3 ns per byte: most of a resnet50 load).
+// Each step (lane ^ word) * prime, then lane ^= lane >> 29, is a bijection of the lane for a
+// fixed word and of the word for a fixed lane: any single changed word changes the result.
 uint64_t plan_checksum(const uint8_t* data, size_t size) {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a, 64 bit
-  for (size_t i = 0; i < size; ++i) {
-    h ^= data[i];
-    h *= 1099511628211ull;
+  constexpr uint64_t kBasis = 1469598103934665603ull, kPrime = 1099511628211ull;
+  uint64_t lane[4] = {kBasis, kBasis ^ 1, kBasis ^ 2, kBasis ^ 3};
+  size_t i = 0;
+  for (; i + 32 <= size; i += 32) {
+    for (int k = 0; k < 4; ++k) {
+      uint64_t w;
+      std::memcpy(&w, data + i + 8 * k, sizeof(w));
+      lane[k] = (lane[k] ^ w) * kPrime;
+      lane[k] ^= lane[k] >> 29;
+    }
   }
-  return h;
+  uint64_t h = kBasis;
+  for (uint64_t l : lane) h = (h ^ l) * kPrime;
+  for (; i < size; ++i) h = (h ^ data[i]) * kPrime;
+  return (h ^ static_cast<uint64_t>(size)) * kPrime;
 }
 
 std::vector<uint8_t> Plan::serialize() const {

@@ -16,7 +16,8 @@
 
 namespace kiln {
 
-constexpr uint32_t kPlanFormatVersion = 1;
+// 2: word-wise payload checksum (plan_checksum), for fast loads.
+constexpr uint32_t kPlanFormatVersion = 2;
 
 struct ShapeRange {
   Dims min, opt, max;

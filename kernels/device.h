@@ -28,12 +28,30 @@ void destroy_cublaslt_handle(void* handle) noexcept;
 void* create_cudnn_handle();
 void destroy_cudnn_handle(void* handle) noexcept;
 int cudnn_runtime_version();  // the cuDNN library loaded at run time
-// CUDA events for timing (profiling mode of ExecutionContext).
+
+// Streams, events and CUDA graphs for execution contexts (graph capture and replay) and for the
+// builder's tactic timing. Handles are the CUDA types behind void*.
+void* create_stream();  // a non-blocking stream of the current device
+void destroy_stream(void* stream) noexcept;
+// True when `stream` is being captured into a graph (by the caller, e.g. torch.cuda.graph): then
+// a context launches plainly so that its work becomes part of the caller's graph.
+bool stream_is_capturing(void* stream);
+// Starts capturing `stream` (thread-local capture mode: only this thread's illegal calls break
+// it). end_capture returns the graph, or nullptr when the capture was invalidated (an
+// operation that is illegal during capture happened); the sticky error is cleared then.
+void begin_capture(void* stream);
+void* end_capture(void* stream) noexcept;
+void destroy_graph(void* graph) noexcept;
+void* instantiate_graph(void* graph);  // cudaGraphExec_t
+// Updates an instantiated graph in place to the topology-equal `graph` (new kernel arguments,
+// e.g. other binding addresses). False when CUDA refuses; the exec is then unchanged.
+bool update_graph_exec(void* exec, void* graph) noexcept;
+void launch_graph(void* exec, void* stream);
+void destroy_graph_exec(void* exec) noexcept;
 void* create_event();
 void destroy_event(void* event) noexcept;
 void record_event(void* event, void* stream);
-// Milliseconds between two recorded events; waits for `end` to complete.
-double event_elapsed_ms(void* start, void* end);
+float event_elapsed_ms(void* start, void* end);  // synchronizes on `end`
 
 // Makes `device` current for the guard's lifetime and restores the caller's device after.
 class DeviceGuard {

@@ -53,6 +53,13 @@ class Kernel {
   // NVRTC) records it in its layer's attributes, so that the plan carries it and a factory
   // reading the plan can load it instead of generating it again.
   virtual void store_artifacts(Attributes& attrs) const {}
+  // True when run() may be recorded into a CUDA graph: it only enqueues work on ctx.stream
+  // (kernels, cudaMemcpyAsync/cudaMemsetAsync between device buffers, cuBLASLt/cuDNN calls with
+  // ctx.workspace) and its launches depend on nothing but the shapes and addresses it is given.
+  // No cudaMalloc, synchronization, blocking copies, host reads of device data or legacy default
+  // stream. A kernel that breaks this returns false and its engines launch plainly. Host-side
+  // caches filled on first run are fine: contexts run every shape set once before capturing.
+  virtual bool capturable() const { return true; }
 };
 
 // Position of `name` in an op's list of variants (elementwise_ops(), unary_ops(), ...): the code

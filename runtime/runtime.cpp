@@ -11,6 +11,8 @@
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -25,6 +27,8 @@
 #include "runtime/runtime.h"
 
 #ifdef KILN_RUNTIME_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -39,43 +43,66 @@ constexpr int64_t kRuntimeFormatVersion = 1;
 
 const char kBase64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-std::string base64_encode(const std::vector<uint8_t>& in) {
-  std::string out;
-  out.reserve((in.size() + 2) / 3 * 4);
-  for (size_t i = 0; i < in.size(); i += 3) {
+std::string base64_encode(const std::string& text) {
+  const auto* in = reinterpret_cast<const uint8_t*>(text.data());
+  const size_t size = text.size();
+  std::string out((size + 2) / 3 * 4, '=');
+  size_t o = 0, i = 0;
+  for (; i + 3 <= size; i += 3) {
+    const uint32_t v = (uint32_t(in[i]) << 16) | (uint32_t(in[i + 1]) << 8) | uint32_t(in[i + 2]);
+    out[o++] = kBase64[(v >> 18) & 63];
+    out[o++] = kBase64[(v >> 12) & 63];
+    out[o++] = kBase64[(v >> 6) & 63];
+    out[o++] = kBase64[v & 63];
+  }
+  if (i < size) {  // 1 or 2 bytes left: '=' padding stays in place
     uint32_t v = uint32_t(in[i]) << 16;
-    if (i + 1 < in.size()) v |= uint32_t(in[i + 1]) << 8;
-    if (i + 2 < in.size()) v |= uint32_t(in[i + 2]);
-    out += kBase64[(v >> 18) & 63];
-    out += kBase64[(v >> 12) & 63];
-    out += i + 1 < in.size() ? kBase64[(v >> 6) & 63] : '=';
-    out += i + 2 < in.size() ? kBase64[v & 63] : '=';
+    if (i + 1 < size) v |= uint32_t(in[i + 1]) << 8;
+    out[o++] = kBase64[(v >> 18) & 63];
+    out[o++] = kBase64[(v >> 12) & 63];
+    if (i + 1 < size) out[o] = kBase64[(v >> 6) & 63];
   }
   return out;
 }
 
-std::vector<uint8_t> base64_decode(const std::string& in) {
+// One pass over 4-character groups with a table; validity is accumulated and only a bad input
+// is scanned again, for the position in the message (plans are ~100 MB: this runs at load).
+std::string base64_decode(const std::string& in) {
   KILN_CHECK(in.size() % 4 == 0,
              "saved Kiln engine: the plan is not valid base64 (length " << in.size() << ")");
-  int table[256];
-  std::fill(table, table + 256, -1);
-  for (int i = 0; i < 64; ++i) table[static_cast<uint8_t>(kBase64[i])] = i;
-  std::vector<uint8_t> out;
-  out.reserve(in.size() / 4 * 3);
-  for (size_t i = 0; i < in.size(); i += 4) {
-    uint32_t v = 0;
-    int pad = 0;
-    for (size_t j = 0; j < 4; ++j) {
-      char c = in[i + j];
-      int d = table[static_cast<uint8_t>(c)];
-      bool ok = d >= 0 || (c == '=' && i + 4 == in.size() && j >= 2 && (j == 3 || in[i + 3] == '='));
-      KILN_CHECK(ok, "saved Kiln engine: the plan is not valid base64 (byte " << i + j << ")");
-      if (c == '=') ++pad;
-      v = (v << 6) | uint32_t(d < 0 ? 0 : d);
-    }
-    out.push_back(uint8_t(v >> 16));
-    if (pad < 2) out.push_back(uint8_t(v >> 8));
-    if (pad < 1) out.push_back(uint8_t(v));
+  static const std::array<int, 256> table = [] {
+    std::array<int, 256> t;
+    t.fill(-1);
+    for (int i = 0; i < 64; ++i) t[static_cast<uint8_t>(kBase64[i])] = i;
+    return t;
+  }();
+  auto at = [&](size_t i) { return table[static_cast<uint8_t>(in[i])]; };
+  size_t pad = 0;
+  if (!in.empty() && in.back() == '=') pad = in[in.size() - 2] == '=' ? 2 : 1;
+  const size_t full = pad ? in.size() - 4 : in.size();  // groups without padding
+  std::string out(in.size() / 4 * 3 - pad, '\0');
+  int bad = 0;
+  size_t o = 0;
+  for (size_t i = 0; i < full; i += 4) {
+    const int a = at(i), b = at(i + 1), c = at(i + 2), d = at(i + 3);
+    bad |= a | b | c | d;  // negative when any character is not base64
+    const uint32_t v = (uint32_t(a) << 18) | (uint32_t(b) << 12) | (uint32_t(c) << 6) | uint32_t(d);
+    out[o++] = static_cast<char>(v >> 16);
+    out[o++] = static_cast<char>(v >> 8);
+    out[o++] = static_cast<char>(v);
+  }
+  if (pad) {
+    const size_t i = full;
+    const int a = at(i), b = at(i + 1), c = pad == 1 ? at(i + 2) : 0;
+    bad |= a | b | c;
+    const uint32_t v = (uint32_t(a) << 18) | (uint32_t(b) << 12) | (uint32_t(c) << 6);
+    out[o++] = static_cast<char>(v >> 16);
+    if (pad == 1) out[o++] = static_cast<char>(v >> 8);
+  }
+  if (bad < 0) {
+    size_t i = 0;
+    while (i < in.size() && (at(i) >= 0 || (in[i] == '=' && i >= in.size() - pad))) ++i;
+    KILN_FAIL("saved Kiln engine: the plan is not valid base64 (byte " << i << ")");
   }
   return out;
 }
@@ -119,27 +146,92 @@ auto rethrow_as_torch(F&& f) -> decltype(f()) {
   }
 }
 
+#ifdef KILN_RUNTIME_CUDA
+// Engine weights, activation arenas, workspaces and staging buffers come from torch's CUDA
+// caching allocator: they count in torch.cuda.memory_allocated()/max_memory_allocated() and
+// share torch's pool instead of holding cudaMalloc memory beside it.
+class TorchCudaAllocator final : public DeviceAllocator {
+ public:
+  void* allocate(size_t bytes) override {
+    if (bytes == 0) return nullptr;
+    return c10::cuda::CUDACachingAllocator::raw_alloc(bytes);
+  }
+  void deallocate(void* p) noexcept override {
+    if (!p) return;
+    // The block goes straight back to torch's pool, while work enqueued on any stream may still
+    // use it: wait for the device first (engines and contexts are freed rarely).
+    try {
+      c10::cuda::device_synchronize();
+      c10::cuda::CUDACachingAllocator::raw_delete(p);
+    } catch (...) {
+      // At interpreter exit CUDA may be gone already; the memory goes with the process.
+    }
+  }
+};
+
+std::shared_ptr<DeviceAllocator> torch_cuda_allocator() {
+  static std::shared_ptr<DeviceAllocator> a = std::make_shared<TorchCudaAllocator>();
+  return a;
+}
+#else
+std::shared_ptr<DeviceAllocator> torch_cuda_allocator() { return nullptr; }
+#endif
+
 class TorchEngine : public torch::CustomClassHolder {
  public:
   // `device` < 0: the current CUDA device (CUDA engines); ignored by the reference backend.
-  TorchEngine(const std::string& plan_bytes, const std::string& backend, int64_t device = -1) {
+  TorchEngine(std::string plan_bytes, const std::string& backend, int64_t device = -1) {
+    // The bytes are kept for pickling; the plan is read from them in place (no second copy).
+    plan_bytes_ = std::move(plan_bytes);
     rethrow_as_torch([&] {
-      std::vector<uint8_t> bytes(plan_bytes.begin(), plan_bytes.end());
       Backend b = parse_backend(backend);
+      auto load = [&] {
+        Plan plan =
+            Plan::deserialize(reinterpret_cast<const uint8_t*>(plan_bytes_.data()), plan_bytes_.size());
+        return Engine::create(std::move(plan), b, b == Backend::kCuda ? torch_cuda_allocator() : nullptr);
+      };
       if (b == Backend::kCuda && device >= 0) {
         KILN_CHECK(device < cuda_device_count(), "cannot create a Kiln CUDA engine on device "
                                                      << device << ": " << cuda_device_count()
                                                      << " CUDA device(s) are visible");
         DeviceGuard guard(static_cast<int>(device));
-        engine_ = Engine::create(bytes, b);
+        engine_ = load();
       } else {
-        engine_ = Engine::create(bytes, b);
+        engine_ = load();
       }
-      plan_bytes_ = std::move(bytes);
       return 0;
     });
     input_names_ = engine_->input_names();
     output_names_ = engine_->output_names();
+    for (const auto& n : input_names_) input_types_.push_back(torch_dtype(engine_->binding(n).dtype));
+    for (const auto& n : output_names_) output_types_.push_back(torch_dtype(engine_->binding(n).dtype));
+  }
+
+  // CUDA graphs for this engine's calls (default on; KILN_CUDA_GRAPHS=0 turns them off
+  // process-wide). A runtime option: not saved with the engine.
+  void set_cuda_graphs(bool enabled) { cuda_graphs_ = enabled; }
+  bool cuda_graphs() const { return cuda_graphs_; }
+
+  // ExecutionContext::GraphStats summed over the pooled contexts (contexts in use right now are
+  // not counted): how the calls so far ran.
+  c10::Dict<std::string, int64_t> graph_stats() {
+    ExecutionContext::GraphStats sum;
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& ctx : pool_) {
+      const auto& s = ctx->graph_stats();
+      sum.captures += s.captures;
+      sum.instantiations += s.instantiations;
+      sum.updates += s.updates;
+      sum.replays += s.replays;
+      sum.plain += s.plain;
+    }
+    c10::Dict<std::string, int64_t> d;
+    d.insert("captures", sum.captures);
+    d.insert("instantiations", sum.instantiations);
+    d.insert("updates", sum.updates);
+    d.insert("replays", sum.replays);
+    d.insert("plain", sum.plain);
+    return d;
   }
 
   std::vector<std::string> input_names() const { return input_names_; }
@@ -186,16 +278,18 @@ class TorchEngine : public torch::CustomClassHolder {
                 ": load it with the Kiln version that saved it, or recompile the model with this one");
     TORCH_CHECK(state.size() == 4, "saved Kiln engine (format ", kRuntimeFormatVersion, ") has ",
                 state.size(), " fields, expected 4: the file is corrupt");
-    std::vector<uint8_t> plan = rethrow_as_torch([&] { return base64_decode(state[1]); });
+    std::string plan = rethrow_as_torch([&] { return base64_decode(state[1]); });
     int64_t device = -1;
     if (state[2] == "cuda") {
       // Keep the saved device when it exists here, else take the current one.
       int64_t saved = std::stoll(state[3]);
       if (saved >= 0 && saved < cuda_device_count()) device = saved;
     }
-    return c10::make_intrusive<TorchEngine>(std::string(plan.begin(), plan.end()), state[2], device);
+    return c10::make_intrusive<TorchEngine>(std::move(plan), state[2], device);
   }
 
+  // The per-call path: no lookups by name, shape inference only when input shapes change, and
+  // (CUDA) a graph replay with the bindings staged through the context's own buffers.
   std::vector<at::Tensor> execute(at::TensorList inputs) {
     const bool cuda = engine_->backend() == Backend::kCuda;
     TORCH_CHECK(inputs.size() == input_names_.size(), "Kiln engine takes ", input_names_.size(), " inputs (",
@@ -206,14 +300,7 @@ class TorchEngine : public torch::CustomClassHolder {
     args.reserve(inputs.size());
     for (size_t i = 0; i < inputs.size(); ++i) {
       const at::Tensor& t = inputs[i];
-      const std::string& name = input_names_[i];
-      const DataType want = engine_->binding(name).dtype;
-      TORCH_CHECK(t.scalar_type() == torch_dtype(want), "Kiln engine input '", name, "' has dtype ",
-                  torch_name(t.scalar_type()), ", the engine expects ", torch_name(torch_dtype(want)),
-                  "; convert it first (.to(", torch_name(torch_dtype(want)), "))");
-      TORCH_CHECK(t.device() == device, "Kiln engine input '", name, "' is on ", t.device(), ", the ",
-                  backend(), " engine runs on ", device, "; move it there first (.to(\"", device.str(),
-                  "\"))");
+      if (C10_UNLIKELY(t.scalar_type() != input_types_[i] || t.device() != device)) check_input(i, t, device);
       args.push_back(t.contiguous());
     }
 
@@ -225,18 +312,18 @@ class TorchEngine : public torch::CustomClassHolder {
         !cuda, "this libkiln_runtime was built against a torch without CUDA; it runs only reference engines");
 #endif
     ContextLease ctx(*this);
+    std::vector<at::Tensor> outputs;
+    outputs.reserve(output_names_.size());
     rethrow_as_torch([&] {
       select_profile(*ctx, args);
-      return 0;
-    });
-    std::vector<at::Tensor> outputs;
-    rethrow_as_torch([&] {
-      for (size_t i = 0; i < args.size(); ++i) ctx->set_tensor_address(input_names_[i], args[i].data_ptr());
-      for (const auto& name : output_names_) {
-        Dims shape = ctx->tensor_shape(name);
-        at::Tensor out = at::empty(
-            shape, at::TensorOptions().dtype(torch_dtype(engine_->binding(name).dtype)).device(device));
-        ctx->set_tensor_address(name, out.data_ptr());
+      if (cuda) ctx->set_cuda_graphs(cuda_graphs_);
+      const int num_inputs = static_cast<int>(args.size());
+      for (int i = 0; i < num_inputs; ++i) ctx->set_tensor_address(i, args[i].data_ptr());
+      for (size_t o = 0; o < output_names_.size(); ++o) {
+        const int b = num_inputs + static_cast<int>(o);
+        at::Tensor out =
+            at::empty(ctx->tensor_shape(b), at::TensorOptions().dtype(output_types_[o]).device(device));
+        ctx->set_tensor_address(b, out.data_ptr());
         outputs.push_back(std::move(out));
       }
       void* stream = nullptr;
@@ -262,7 +349,12 @@ class TorchEngine : public torch::CustomClassHolder {
           owner_.pool_.pop_back();
         }
       }
-      if (!ctx_) ctx_ = rethrow_as_torch([&] { return owner_.engine_->create_execution_context(); });
+      if (!ctx_) {
+        ctx_ = rethrow_as_torch([&] { return owner_.engine_->create_execution_context(); });
+        // Torch hands a fresh output tensor (and often fresh inputs) to every call: staging
+        // keeps graph replays valid without a re-capture per call, for two small copies.
+        ctx_->set_binding_staging(true);
+      }
     }
     ~ContextLease() {
       std::lock_guard<std::mutex> lock(owner_.mutex_);
@@ -279,21 +371,43 @@ class TorchEngine : public torch::CustomClassHolder {
   // Contexts kept for reuse; more concurrent callers than this still run, with fresh contexts.
   static constexpr size_t kMaxPooledContexts = 8;
 
-  // Sets the input shapes in the first optimization profile that holds them all. When none
-  // does, the error is profile 0's (it names the input, its shape and the profile's range).
+  // Sets the input shapes in the context's current profile when it holds them (the common
+  // case: no exception, nothing re-inferred), else in the first profile that holds them all.
+  // When none does, the error is profile 0's (it names the input, its shape and the range).
   void select_profile(ExecutionContext& ctx, const std::vector<at::Tensor>& args) const {
-    const int profiles = std::max(1, engine_->num_profiles());
+    auto try_profile = [&](int p) {
+      ctx.set_optimization_profile(p);
+      for (size_t i = 0; i < args.size(); ++i) {
+        ctx.set_input_shape(static_cast<int>(i), Dims(args[i].sizes().begin(), args[i].sizes().end()));
+      }
+    };
+    const int current = ctx.optimization_profile();
     std::string first_error;
-    for (int p = 0; p < profiles; ++p) {
+    try {
+      try_profile(current);
+      return;
+    } catch (const kiln::Error& e) {
+      if (current == 0) first_error = e.what();
+    }
+    for (int p = 0; p < engine_->num_profiles(); ++p) {
+      if (p == current) continue;
       try {
-        ctx.set_optimization_profile(p);
-        for (size_t i = 0; i < args.size(); ++i) ctx.set_input_shape(input_names_[i], args[i].sizes().vec());
+        try_profile(p);
         return;
       } catch (const kiln::Error& e) {
         if (p == 0) first_error = e.what();
       }
     }
     throw kiln::Error(first_error);
+  }
+
+  void check_input(size_t i, const at::Tensor& t, const at::Device& device) const {
+    const std::string& name = input_names_[i];
+    TORCH_CHECK(t.scalar_type() == input_types_[i], "Kiln engine input '", name, "' has dtype ",
+                torch_name(t.scalar_type()), ", the engine expects ", torch_name(input_types_[i]),
+                "; convert it first (.to(", torch_name(input_types_[i]), "))");
+    TORCH_CHECK(t.device() == device, "Kiln engine input '", name, "' is on ", t.device(), ", the ",
+                backend(), " engine runs on ", device, "; move it there first (.to(\"", device.str(), "\"))");
   }
 
   std::vector<std::string> dtypes(const std::vector<std::string>& names) const {
@@ -307,9 +421,11 @@ class TorchEngine : public torch::CustomClassHolder {
     return out;
   }
 
-  std::vector<uint8_t> plan_bytes_;
+  std::string plan_bytes_;
   std::shared_ptr<Engine> engine_;
   std::vector<std::string> input_names_, output_names_;
+  std::vector<at::ScalarType> input_types_, output_types_;
+  std::atomic<bool> cuda_graphs_{true};  // read by every call, set rarely
   std::mutex mutex_;
   std::vector<std::unique_ptr<ExecutionContext>> pool_;
 };
@@ -346,6 +462,9 @@ TORCH_LIBRARY(kiln, m) {
       .def("backend", &TorchEngine::backend)
       .def("device", &TorchEngine::device)
       .def("describe", &TorchEngine::describe)
+      .def("set_cuda_graphs", &TorchEngine::set_cuda_graphs)
+      .def("cuda_graphs", &TorchEngine::cuda_graphs)
+      .def("graph_stats", &TorchEngine::graph_stats)
       // torch.export traces with this real object (no fake class): the fake kernel of
       // execute_engine asks it for dtypes and output shapes.
       .def("tracing_mode", [](const c10::intrusive_ptr<TorchEngine>&) { return std::string("real"); })

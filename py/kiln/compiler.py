@@ -14,6 +14,7 @@ The pipeline, top to bottom:
 from __future__ import annotations
 
 import operator
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -114,6 +115,9 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     device=None,
     dry_run: bool = False,
     debug: bool = False,
+    timing_cache=True,
+    tactic_timing: bool = True,
+    cuda_graphs: bool = True,
 ):
     """Compiles ``module`` (an nn.Module or a torch.export.ExportedProgram) for ``inputs``.
 
@@ -128,6 +132,12 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     options. device: "cuda" (the default when a GPU is visible) or "cpu" (engines on the CPU
     reference backend). dry_run: partition only and return a CompileReport. debug: log the
     KGraph and the report at level "info".
+    timing_cache: the persistent tactic timing cache of CUDA builds: True (the default) uses
+    ``$XDG_CACHE_HOME/kiln/timing.cache`` (``~/.cache/kiln/timing.cache``), a path uses that
+    file, False/None uses none. tactic_timing: time layers' alternative kernels (default True).
+    cuda_graphs: CUDA engines capture and replay CUDA graphs per input shapes (default True; a
+    runtime setting, not saved: loaded modules use the default, and KILN_CUDA_GRAPHS=0 turns
+    graphs off process-wide).
     """
     if ir not in ("auto", "export", "torchscript"):
         raise ValueError(f"ir must be 'auto', 'export' or 'torchscript', got {ir!r}")
@@ -168,6 +178,9 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
         workspace_bytes=workspace_size,
         optimization_level=optimization_level,
         target="cuda" if device.type == "cuda" else "reference",
+        tactic_timing=bool(tactic_timing),
+        timing_cache=_timing_cache_path(timing_cache),
+        cuda_graphs=bool(cuda_graphs),
     )
     graph_module = _assemble(lowered, partition, config)
     return CompiledModule(graph_module, program.call_spec.out_spec, report, specs, device)
@@ -435,6 +448,20 @@ def _report(lowered: _Lowering, partition: dict) -> CompileReport:
 # ---- 4. build and 5. assemble ---------------------------------------------------------------
 
 
+def default_timing_cache_path() -> str:
+    """Where kiln.compile keeps tactic timings by default: $XDG_CACHE_HOME/kiln/timing.cache."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "kiln", "timing.cache")
+
+
+def _timing_cache_path(timing_cache) -> str | None:
+    if timing_cache is True:
+        return default_timing_cache_path()
+    if timing_cache is None or timing_cache is False:
+        return None
+    return os.fspath(timing_cache)
+
+
 def _precision(dtype) -> str | None:
     names = {torch.float32: None, torch.float16: "fp16", torch.bfloat16: "bf16", "tf32": "tf32"}
     if dtype not in names:
@@ -449,7 +476,9 @@ def _build_engine(lowered: _Lowering, segment: dict, config: dict):
 
     net = Network.__new__(Network)
     net._net = _C.convert_segment(lowered.graph, segment)
-    builder_config = BuilderConfig(**config)
+    options = dict(config)
+    cuda_graphs = options.pop("cuda_graphs", True)
+    builder_config = BuilderConfig(**options)
     ranges = {}
     for v in segment["inputs"]:
         exprs = lowered.exprs[v]
@@ -465,7 +494,10 @@ def _build_engine(lowered: _Lowering, segment: dict, config: dict):
     if ranges:
         builder_config.add_optimization_profile(ranges)
     plan = Builder().build(net, builder_config)
-    return runtime.EngineModule(plan, config["target"])
+    module = runtime.EngineModule(plan, config["target"])
+    if not cuda_graphs:
+        module.engine.set_cuda_graphs(False)
+    return module
 
 
 def _evaluate(expr, ranges: dict, k: int) -> int:

@@ -7,7 +7,8 @@ dynamo captured it: eagerly, with a warning through Kiln's logger, so existing c
 
 Options (``torch.compile(model, backend="kiln", options={...})``):
   enabled_precisions (or precisions), min_block_size, torch_executed_ops,
-  require_full_compilation, workspace_size, optimization_level, device, debug: as kiln.compile.
+  require_full_compilation, workspace_size, optimization_level, device, debug, timing_cache,
+  tactic_timing, cuda_graphs: as kiln.compile.
   max_dynamic_size: the largest size of every dynamic dim (default: 2x the example size).
   fallback (default True): False raises Kiln's error instead of running the graph eagerly.
 
@@ -57,6 +58,9 @@ _COMPILE_OPTIONS = (
     "optimization_level",
     "device",
     "debug",
+    "timing_cache",
+    "tactic_timing",
+    "cuda_graphs",
 )
 _OPTIONS = (*_COMPILE_OPTIONS, "precisions", "max_dynamic_size", "fallback")
 

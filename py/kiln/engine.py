@@ -63,6 +63,25 @@ class ExecutionContext:
     def set_optimization_profile(self, index: int) -> None:
         self._ctx.set_optimization_profile(index)
 
+    @property
+    def cuda_graphs(self) -> bool:
+        """CUDA graph capture and replay per input shapes (CUDA contexts; default on unless
+        KILN_CUDA_GRAPHS=0). Setting it has no effect on the reference backend."""
+        return self._ctx.cuda_graphs
+
+    @cuda_graphs.setter
+    def cuda_graphs(self, enabled: bool) -> None:
+        self._ctx.cuda_graphs = bool(enabled)
+
+    def set_binding_staging(self, enabled: bool) -> None:
+        """Graph replays read/write context-owned copies of the bindings (see core/engine.h)."""
+        self._ctx.set_binding_staging(bool(enabled))
+
+    @property
+    def graph_stats(self) -> dict[str, int]:
+        """Counters: captures, instantiations, updates, replays, plain (layer-by-layer) runs."""
+        return dict(self._ctx.graph_stats)
+
     def set_input_shape(self, name: str, shape) -> None:
         self._ctx.set_input_shape(name, list(shape))
 

@@ -6,6 +6,7 @@ expected, a single-output Layer may be passed instead of ``layer.output``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 from kiln import _C
@@ -653,6 +654,11 @@ class BuilderConfig(_C.BuilderConfig):
     precisions: what the engine may use inside, besides FP32: any of "tf32", "fp16", "bf16" (or
     torch.float16 / torch.bfloat16). Declared input and output dtypes never change. FP16 wins
     over BF16 when both are given. ``set_layer_precision(name, "float32")`` pins one layer.
+
+    tactic_timing: on CUDA, time the implementations ("tactics") of layers whose kernels offer
+    several and keep the fastest (default True; False: heuristic choices, faster builds).
+    timing_cache: path of a persistent timing cache that builds read and update (default None:
+    no file). A corrupt or foreign file is ignored with a warning and rewritten.
     """
 
     def __init__(
@@ -662,9 +668,14 @@ class BuilderConfig(_C.BuilderConfig):
         precisions=None,
         workspace_bytes: int | None = None,
         optimization_level: int | None = None,
+        tactic_timing: bool = True,
+        timing_cache: str | os.PathLike | None = None,
     ):
         super().__init__()
         self.target = target
+        self.tactic_timing = bool(tactic_timing)
+        if timing_cache is not None:
+            self.timing_cache_path = os.fspath(timing_cache)
         if precisions is not None:
             self.precisions = [_precision_name(p) for p in precisions]
         if workspace_bytes is not None:

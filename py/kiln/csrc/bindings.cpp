@@ -269,6 +269,8 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init<>())
       .def_readwrite("workspace_bytes", &BuilderConfig::workspace_bytes)
       .def_readwrite("optimization_level", &BuilderConfig::optimization_level)
+      .def_readwrite("tactic_timing", &BuilderConfig::tactic_timing)
+      .def_readwrite("timing_cache_path", &BuilderConfig::timing_cache_path)
       .def_property(
           "precisions",
           [](const BuilderConfig& c) {
@@ -433,12 +435,13 @@ PYBIND11_MODULE(_C, m) {
       .def("describe_layers", &Engine::describe_layers)
       .def_property_readonly("device_bytes", &Engine::device_bytes)
       .def_property_readonly("plan", [](const Engine& e) { return std::make_shared<Plan>(e.plan()); })
-      .def("create_execution_context", &Engine::create_execution_context);
+      .def("create_execution_context", [](const Engine& e) { return e.create_execution_context(); });
 
   py::class_<ExecutionContext>(m, "ExecutionContext")
       .def("set_optimization_profile", &ExecutionContext::set_optimization_profile)
-      .def("set_input_shape", &ExecutionContext::set_input_shape)
-      .def("tensor_shape", &ExecutionContext::tensor_shape)
+      .def("set_input_shape", [](ExecutionContext& c, const std::string& name,
+                                 const Dims& dims) { c.set_input_shape(name, dims); })
+      .def("tensor_shape", [](ExecutionContext& c, const std::string& name) { return c.tensor_shape(name); })
       .def("set_tensor_address",
            [](ExecutionContext& c, const std::string& name, uintptr_t ptr) {
              c.set_tensor_address(name, reinterpret_cast<void*>(ptr));
@@ -456,7 +459,21 @@ PYBIND11_MODULE(_C, m) {
              GilRelease release;
              return c.layer_times();
            })
-      .def_property_readonly("device_bytes", &ExecutionContext::device_bytes);
+      .def_property_readonly("device_bytes", &ExecutionContext::device_bytes)
+      .def_property("cuda_graphs", &ExecutionContext::cuda_graphs, &ExecutionContext::set_cuda_graphs,
+                    "Capture and replay CUDA graphs per input shapes (CUDA only; default on unless "
+                    "KILN_CUDA_GRAPHS=0)")
+      .def("set_binding_staging", &ExecutionContext::set_binding_staging)
+      .def_property_readonly("graph_stats", [](const ExecutionContext& c) {
+        const auto& s = c.graph_stats();
+        py::dict d;
+        d["captures"] = s.captures;
+        d["instantiations"] = s.instantiations;
+        d["updates"] = s.updates;
+        d["replays"] = s.replays;
+        d["plain"] = s.plain;
+        return d;
+      });
 
   bind_compiler(m);
 }

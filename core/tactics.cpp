@@ -1,0 +1,211 @@
+#include "core/tactics.h"
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/logging.h"
+#include "core/op_schema.h"
+#include "kernels/device.h"
+#include "kernels/reference/host_access.h"
+
+namespace kiln {
+
+bool choose_tactics(Network& net, const std::vector<OptimizationProfile>& profiles, Backend backend,
+                    const TacticTimer& timer, TimingCache* cache, const TimingEnvironment& env,
+                    TacticStats* stats) {
+  TacticStats local;
+  TacticStats& st = stats ? *stats : local;
+  // Which layers have a choice at all; most have one implementation and cost nothing here.
+  std::vector<std::pair<size_t, int>> candidates;  // (layer, num_tactics)
+  std::vector<std::string> kernel_names(net.layers().size());
+  for (size_t i = 0; i < net.layers().size(); ++i) {
+    Layer l = net.layers()[i];
+    l.attrs.set("tactic", int64_t{-1});  // the heuristic kernel reports the tactic count
+    auto k = create_kernel(l, backend);
+    if (k->num_tactics() > 1) {
+      candidates.push_back({i, k->num_tactics()});
+      kernel_names[i] = k->name();
+    }
+  }
+  if (candidates.empty()) return false;
+  const OptimizationProfile none;
+  const std::vector<TensorDesc> desc =
+      infer_descs(net, profile_shapes(net, profiles.empty() ? none : profiles[0], "opt"));
+  bool changed = false;
+  for (const auto& [index, count] : candidates) {
+    Layer& layer = net.mutable_layers()[index];
+    ++st.layers;
+    std::vector<TensorDesc> in, out;
+    for (TensorId t : layer.inputs) in.push_back(desc[t]);
+    for (TensorId t : layer.outputs) out.push_back(desc[t]);
+    const std::string key = timing_cache_key(layer, kernel_names[index], in, env);
+    int best = -1;
+    double best_ms = 0.0;
+    const TimingCache::Entry* hit = cache ? cache->find(key) : nullptr;
+    if (hit && hit->tactic < count) {
+      best = hit->tactic;
+      best_ms = hit->ms;
+      ++st.cache_hits;
+      KILN_LOG(kVerbose, "builder: " << describe(layer) << ": tactic " << best << " of " << count
+                                     << " from the timing cache (" << best_ms << " ms)");
+    } else {
+      ++st.timed;
+      std::vector<std::optional<double>> times = timer(layer, count, in, out);
+      std::ostringstream all;
+      for (int t = 0; t < count && t < static_cast<int>(times.size()); ++t) {
+        all << (t ? ", " : "") << t << ": ";
+        if (!times[t]) {
+          all << "failed";
+          continue;
+        }
+        all << *times[t] << " ms";
+        if (best < 0 || *times[t] < best_ms) {
+          best = t;
+          best_ms = *times[t];
+        }
+      }
+      if (best < 0) {
+        KILN_LOG(kWarning, "builder: " << describe(layer) << ": none of its " << count
+                                       << " tactics ran; keeping the kernel's heuristic choice");
+        continue;
+      }
+      KILN_LOG(kInfo, "builder: " << describe(layer) << " [" << kernel_names[index] << "]: tactic " << best
+                                  << " (" << all.str() << ")");
+      if (cache) cache->insert(key, {best, best_ms});
+    }
+    if (layer.attrs.get_int("tactic", int64_t{-1}) != best) {
+      layer.attrs.set("tactic", int64_t{best});
+      changed = true;
+    }
+  }
+  return changed;
+}
+
+namespace {
+
+// Device memory owned for one timing.
+struct DeviceBuffer {
+  void* p = nullptr;
+  explicit DeviceBuffer(size_t bytes) : p(device_alloc(bytes)) {}
+  ~DeviceBuffer() { device_free(p); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+};
+
+// Host bytes for a timing input: the weights of a constant, the tracked values of a shape
+// tensor, zeros for other integer tensors (safe as indices), uniform [-1, 1) floats otherwise.
+std::vector<uint8_t> timing_input(const Network& net, TensorId id, const TensorDesc& d, std::mt19937& gen) {
+  const Tensor& t = net.tensor(id);
+  if (t.kind == TensorKind::kConstant) return *t.data;
+  const int64_t n = volume(d.dims);
+  std::vector<uint8_t> bytes(static_cast<size_t>(n) * dtype_size(d.dtype), 0);
+  TensorView view{bytes.data(), d.dtype, d.dims};
+  const bool floating =
+      d.dtype == DataType::kFloat32 || d.dtype == DataType::kFloat16 || d.dtype == DataType::kBFloat16;
+  if (fully_known(d.values) && static_cast<int64_t>(d.values->size()) == n) {
+    for (int64_t i = 0; i < n; ++i) store_element(view, i, static_cast<double>((*d.values)[i]));
+  } else if (floating) {
+    std::uniform_real_distribution<float> dist(-1.f, 1.f);
+    for (int64_t i = 0; i < n; ++i) store_element(view, i, dist(gen));
+  }
+  return bytes;
+}
+
+// Stream, handles, events and workspace shared by every timing of one build (created on first
+// use: cuDNN handle creation alone can take milliseconds).
+struct TimerResources {
+  void* stream = nullptr;
+  void* cublaslt = nullptr;
+  void* cudnn = nullptr;
+  void* start = nullptr;
+  void* stop = nullptr;
+  std::unique_ptr<DeviceBuffer> workspace;
+  explicit TimerResources(size_t workspace_bytes) {
+    try {
+      workspace = std::make_unique<DeviceBuffer>(workspace_bytes);
+      stream = create_stream();
+      cublaslt = create_cublaslt_handle();
+      start = create_event();
+      stop = create_event();
+    } catch (...) {
+      release();
+      throw;
+    }
+  }
+  ~TimerResources() { release(); }
+  void release() noexcept {
+    destroy_event(start);
+    destroy_event(stop);
+    destroy_cudnn_handle(cudnn);
+    destroy_cublaslt_handle(cublaslt);
+    destroy_stream(stream);
+    start = stop = cudnn = cublaslt = stream = nullptr;
+  }
+};
+
+constexpr int kWarmupRuns = 3;
+constexpr int kTimedRounds = 3;
+constexpr int kRunsPerRound = 5;
+
+}  // namespace
+
+TacticTimer cuda_tactic_timer(const Network& net, size_t workspace_bytes) {
+  auto shared = std::make_shared<std::unique_ptr<TimerResources>>();
+  return [&net, workspace_bytes, shared](const Layer& layer, int num_tactics,
+                                         const std::vector<TensorDesc>& in_desc,
+                                         const std::vector<TensorDesc>& out_desc) {
+    if (!*shared) *shared = std::make_unique<TimerResources>(workspace_bytes);
+    TimerResources& r = **shared;
+    std::mt19937 gen(1234);
+    std::vector<std::unique_ptr<DeviceBuffer>> buffers;
+    std::vector<TensorView> in, out;
+    for (size_t i = 0; i < in_desc.size(); ++i) {
+      std::vector<uint8_t> host = timing_input(net, layer.inputs[i], in_desc[i], gen);
+      buffers.push_back(std::make_unique<DeviceBuffer>(host.size()));
+      copy_to_device(buffers.back()->p, host.data(), host.size());
+      in.push_back({buffers.back()->p, in_desc[i].dtype, in_desc[i].dims});
+    }
+    for (const auto& d : out_desc) {
+      buffers.push_back(
+          std::make_unique<DeviceBuffer>(static_cast<size_t>(volume(d.dims)) * dtype_size(d.dtype)));
+      out.push_back({buffers.back()->p, d.dtype, d.dims});
+    }
+    LaunchContext launch;
+    launch.stream = r.stream;
+    launch.cublaslt = r.cublaslt;
+    launch.workspace = r.workspace->p;
+    launch.workspace_bytes = workspace_bytes;
+    std::vector<std::optional<double>> times(static_cast<size_t>(num_tactics));
+    for (int t = 0; t < num_tactics; ++t) {
+      Layer variant = layer;
+      variant.attrs.set("tactic", int64_t{t});
+      try {
+        auto kernel = create_kernel(variant, Backend::kCuda);
+        if (kernel->uses_cudnn() && !r.cudnn) r.cudnn = create_cudnn_handle();
+        launch.cudnn = r.cudnn;
+        for (int i = 0; i < kWarmupRuns; ++i) kernel->run(in, out, launch);
+        synchronize_stream(r.stream);
+        double best = 0.0;
+        for (int round = 0; round < kTimedRounds; ++round) {
+          record_event(r.start, r.stream);
+          for (int i = 0; i < kRunsPerRound; ++i) kernel->run(in, out, launch);
+          record_event(r.stop, r.stream);
+          double ms = event_elapsed_ms(r.start, r.stop) / kRunsPerRound;
+          if (round == 0 || ms < best) best = ms;
+        }
+        times[t] = best;
+      } catch (const std::exception& e) {
+        KILN_LOG(kVerbose, "builder: " << describe(layer) << ": tactic " << t << " skipped: " << e.what());
+        synchronize_stream(r.stream);
+      }
+    }
+    synchronize_stream(r.stream);  // the buffers go now
+    return times;
+  };
+}
+
+}  // namespace kiln

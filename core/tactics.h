@@ -1,0 +1,42 @@
+// choose_tactics: build step 6. For every layer whose kernel on the target backend reports
+// num_tactics() > 1 (kernels/kernel.h), time each tactic at the first optimization profile's opt
+// shapes and store the fastest in the layer's int attribute "tactic", which the plan keeps and
+// the kernel's factory reads at load time. Tactics that throw are skipped; when every tactic
+// fails, the layer keeps the kernel's heuristic (no attribute). A timing cache (timing_cache.h)
+// answers layers timed before, in this build or an earlier one, without running anything.
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <vector>
+
+#include "core/network.h"
+#include "core/plan.h"
+#include "core/timing_cache.h"
+#include "kernels/kernel.h"
+
+namespace kiln {
+
+// Times every tactic of one layer: element t is tactic t's time in milliseconds, or nullopt
+// when the tactic cannot run for these shapes. `inputs`/`outputs` have concrete dims.
+using TacticTimer = std::function<std::vector<std::optional<double>>(const Layer& layer, int num_tactics,
+                                                                     const std::vector<TensorDesc>& inputs,
+                                                                     const std::vector<TensorDesc>& outputs)>;
+
+struct TacticStats {
+  int layers = 0;      // layers with several tactics
+  int timed = 0;       // of them, timed in this build
+  int cache_hits = 0;  // of them, answered by the timing cache
+};
+
+// Returns whether any layer's "tactic" attribute changed. `cache` may be null.
+bool choose_tactics(Network& net, const std::vector<OptimizationProfile>& profiles, Backend backend,
+                    const TacticTimer& timer, TimingCache* cache, const TimingEnvironment& env,
+                    TacticStats* stats = nullptr);
+
+// The real timer: runs the layer alone on the current GPU, on its own stream, with random
+// inputs (constants: the layer's real weights), a workspace of `workspace_bytes`, a few warm-up
+// runs and CUDA-event timing of the rest.
+TacticTimer cuda_tactic_timer(const Network& net, size_t workspace_bytes);
+
+}  // namespace kiln

@@ -1,0 +1,200 @@
+// Build step 6 (choose_tactics): picks the fastest tactic, skips failing ones, answers from the
+// timing cache, and the choice survives plan serialization. The selection logic runs on the CPU
+// with a test op whose reference kernel has tactics and a scripted timer; the GPU tests time a
+// test CUDA kernel for real through the Builder.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+
+#include "core/logging.h"
+#include "core/op_schema.h"
+#include "core/tactics.h"
+#include "core/timing_cache.h"
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+// "test_tactic_relu": y = max(x, 0), registered only in this test. Its kernels offer three
+// tactics on both backends. CUDA tactic 0 runs the built-in relu once, tactic 1 runs it 50 times
+// (same result, honestly slower), tactic 2 throws (cannot run).
+std::vector<int> g_created_tactics;  // "tactic" of every TacticRelu created, in order
+
+class TacticRelu final : public Kernel {
+ public:
+  TacticRelu(const Layer& l, Backend backend)
+      : tactic_(static_cast<int>(l.attrs.get_int("tactic", int64_t{-1}))) {
+    Layer relu;
+    relu.name = l.name;
+    relu.op = "activation";
+    relu.attrs.set("type", std::string("relu")).set("alpha", 0.0);
+    relu_ = create_kernel(relu, backend);
+    g_created_tactics.push_back(tactic_);
+  }
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    KILN_CHECK(tactic_ != 2, "test_tactic_relu: tactic 2 cannot run");
+    const int repeats = tactic_ == 1 ? 50 : 1;
+    for (int i = 0; i < repeats; ++i) relu_->run(in, out, ctx);
+  }
+  std::string name() const override { return "test_tactic_relu"; }
+  int num_tactics() const override { return 3; }
+
+ private:
+  int tactic_;
+  std::unique_ptr<Kernel> relu_;
+};
+
+void register_test_op() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    register_schema({"test_tactic_relu", 1, 1, [](const Layer&, const std::vector<TensorDesc>& in) {
+                       return std::vector<TensorDesc>{{in[0].dtype, in[0].dims}};
+                     }});
+    for (Backend b : {Backend::kReference, Backend::kCuda}) {
+      register_kernel("test_tactic_relu", b,
+                      [b](const Layer& l) { return std::make_unique<TacticRelu>(l, b); });
+    }
+  });
+}
+
+// x [-1, 300] -> test_tactic_relu -> y, plus a second identical layer (same timing key).
+Network tactic_network() {
+  register_test_op();
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {-1, 300});
+  TensorId h = net.add_layer("test_tactic_relu", {x}, {}, "first").outputs[0];
+  TensorId y = net.add_layer("test_tactic_relu", {h}, {}, "second").outputs[0];
+  net.mark_output(y, "y");
+  return net;
+}
+
+std::vector<OptimizationProfile> profiles() { return {{{{"x", {{1, 300}, {64, 300}, {128, 300}}}}}}; }
+
+TEST(Tactics, PicksTheFastestAndSkipsFailures) {
+  Network net = tactic_network();
+  int calls = 0;
+  TacticTimer timer = [&](const Layer& l, int n, const std::vector<TensorDesc>& in,
+                          const std::vector<TensorDesc>& out) {
+    ++calls;
+    EXPECT_EQ(n, 3);
+    EXPECT_EQ(in[0].dims, (Dims{64, 300})) << "timed at the profile's opt shapes";
+    EXPECT_EQ(out[0].dims, (Dims{64, 300}));
+    return std::vector<std::optional<double>>{0.5, std::nullopt, 0.25};
+  };
+  TimingCache cache;
+  TacticStats stats;
+  EXPECT_TRUE(
+      choose_tactics(net, profiles(), Backend::kReference, timer, &cache, TimingEnvironment{}, &stats));
+  EXPECT_EQ(calls, 1) << "the second layer has the same key: answered by the cache of this build";
+  EXPECT_EQ(stats.layers, 2);
+  EXPECT_EQ(stats.timed, 1);
+  EXPECT_EQ(stats.cache_hits, 1);
+  for (const auto& l : net.layers()) EXPECT_EQ(l.attrs.get_int("tactic", int64_t{-7}), 2) << l.name;
+  EXPECT_EQ(cache.size(), 1u);
+  // Nothing changes the second time.
+  EXPECT_FALSE(choose_tactics(net, profiles(), Backend::kReference, timer, &cache, TimingEnvironment{}));
+  EXPECT_EQ(calls, 1);
+}
+
+TEST(Tactics, AllFailingKeepsTheHeuristic) {
+  Network net = tactic_network();
+  TacticTimer timer = [&](const Layer&, int n, const std::vector<TensorDesc>&,
+                          const std::vector<TensorDesc>&) {
+    return std::vector<std::optional<double>>(static_cast<size_t>(n));
+  };
+  TimingCache cache;
+  EXPECT_FALSE(choose_tactics(net, profiles(), Backend::kReference, timer, &cache, TimingEnvironment{}));
+  for (const auto& l : net.layers()) EXPECT_FALSE(l.attrs.has("tactic")) << l.name;
+  EXPECT_EQ(cache.size(), 0u);
+}
+
+TEST(Tactics, CacheFromAnotherEnvironmentIsNotUsed) {
+  Network net = tactic_network();
+  TimingCache cache;
+  TacticTimer first = [&](const Layer&, int, const std::vector<TensorDesc>&, const std::vector<TensorDesc>&) {
+    return std::vector<std::optional<double>>{0.1, 0.2, 0.3};
+  };
+  choose_tactics(net, profiles(), Backend::kReference, first, &cache, TimingEnvironment{90, 1, 1, 1, 1});
+  int calls = 0;
+  TacticTimer second = [&](const Layer&, int, const std::vector<TensorDesc>&,
+                           const std::vector<TensorDesc>&) {
+    ++calls;
+    return std::vector<std::optional<double>>{0.3, 0.1, 0.2};
+  };
+  // Same GPU and libraries: from the cache, the timer is not called.
+  Network again = tactic_network();
+  choose_tactics(again, profiles(), Backend::kReference, second, &cache, TimingEnvironment{90, 1, 1, 1, 1});
+  EXPECT_EQ(calls, 0);
+  EXPECT_EQ(again.layers()[0].attrs.get_int("tactic", int64_t{-1}), 0);
+  // Another GPU: timed again.
+  Network other = tactic_network();
+  choose_tactics(other, profiles(), Backend::kReference, second, &cache, TimingEnvironment{80, 1, 1, 1, 1});
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(other.layers()[0].attrs.get_int("tactic", int64_t{-1}), 1);
+}
+
+TEST(Tactics, TacticAttributeSurvivesPlanSerialization) {
+  Network net = tactic_network();
+  net.mutable_layers()[0].attrs.set("tactic", int64_t{1});
+  BuilderConfig config;
+  config.target = BuildTarget::kReference;
+  config.profiles = profiles();
+  Plan plan = Builder().build(net, config);
+  Plan back = Plan::deserialize(plan.serialize());
+  ASSERT_EQ(back.network.layers().size(), 2u);
+  EXPECT_EQ(back.network.layers()[0].attrs.get_int("tactic", int64_t{-1}), 1);
+  EXPECT_FALSE(back.network.layers()[1].attrs.has("tactic"));
+  // And the kernel of the loaded engine is created with it.
+  g_created_tactics.clear();
+  auto engine = Engine::create(back, Backend::kReference);
+  EXPECT_EQ(g_created_tactics, (std::vector<int>{1, -1}));
+  auto out = test::run_float(engine, {{"x", {{2, 300}, test::random_floats(600, 3)}}});
+  for (float v : out["y"]) EXPECT_GE(v, 0.f);
+}
+
+// GPU: the builder times the test kernel for real: tactic 1 runs 50 relus, tactic 2 throws.
+TEST(Tactics, CudaBuilderTimesAndCaches) {
+  KILN_REQUIRE_GPU();
+  const std::string cache_path =
+      ::testing::TempDir() + "kiln_tactics_" + std::to_string(::getpid()) + ".cache";
+  std::remove(cache_path.c_str());
+  BuilderConfig config;
+  config.target = BuildTarget::kCuda;
+  config.profiles = profiles();
+  config.timing_cache_path = cache_path;
+  Plan plan = Builder().build(tactic_network(), config);
+  for (const auto& l : plan.network.layers()) {
+    EXPECT_EQ(l.attrs.get_int("tactic", int64_t{-1}), 0) << l.name << ": 1 relu beats 50, tactic 2 throws";
+  }
+  TimingCache cache = TimingCache::load(cache_path);
+  EXPECT_EQ(cache.size(), 1u);
+  // A rebuild reads the cache: the log says so and nothing is timed.
+  std::vector<std::string> lines;
+  std::mutex mutex;
+  set_log_level(Severity::kVerbose);
+  set_log_sink([&](Severity, const std::string& m) {
+    std::lock_guard<std::mutex> lock(mutex);
+    lines.push_back(m);
+  });
+  Plan again = Builder().build(tactic_network(), config);
+  set_log_sink(nullptr);
+  set_log_level(Severity::kWarning);
+  bool from_cache = false;
+  for (const auto& m : lines) from_cache |= m.find("2 from the timing cache") != std::string::npos;
+  EXPECT_TRUE(from_cache);
+  EXPECT_EQ(again.network.layers()[0].attrs.get_int("tactic", int64_t{-1}), 0);
+  // Timing off: heuristics only, no attribute.
+  config.tactic_timing = false;
+  Plan heuristic = Builder().build(tactic_network(), config);
+  EXPECT_FALSE(heuristic.network.layers()[0].attrs.has("tactic"));
+  auto engine = Engine::create(plan, Backend::kCuda);
+  auto x = test::random_floats(64 * 300, 9);
+  auto out = test::run_float(engine, {{"x", {{64, 300}, x}}});
+  for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(out["y"][i], std::max(x[i], 0.f)) << i;
+  std::remove(cache_path.c_str());
+}
+
+}  // namespace
+}  // namespace kiln
