@@ -85,7 +85,8 @@ Attributes to_attrs(const py::dict& d) {
         attrs.set(name, v.cast<std::vector<double>>());
       }
     } else {
-      KILN_FAIL("attribute '" << name << "': unsupported Python type " << std::string(py::str(v.get_type())));
+      KILN_FAIL("attribute '" << name << "': unsupported Python type "
+                              << std::string(py::str(py::type::handle_of(v))));
     }
   }
   return attrs;
