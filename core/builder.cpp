@@ -2,6 +2,7 @@
 // canonicalization and memory planning, in the order DESIGN.md gives.
 #include "core/builder.h"
 
+#include <cstdlib>
 #include <functional>
 #include <set>
 #include <string>
@@ -66,6 +67,11 @@ void choose_tactics_with_cache(Network& net, const BuilderConfig& config) {
 }
 
 }  // namespace
+
+bool tactic_timing_default() {
+  const char* v = std::getenv("KILN_TACTIC_TIMING");
+  return !(v && std::string(v) == "0");
+}
 
 Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   Backend backend = resolve_target(config.target);

@@ -27,6 +27,9 @@ struct PrecisionConfig {
   std::map<std::string, DataType> layer_precisions;
 };
 
+// false when the environment sets KILN_TACTIC_TIMING=0.
+bool tactic_timing_default();
+
 struct BuilderConfig {
   std::vector<OptimizationProfile> profiles;
   PrecisionConfig precision;
@@ -34,8 +37,9 @@ struct BuilderConfig {
   int optimization_level = 3;  // 0 skips the optional (canonicalizing) passes
   BuildTarget target = BuildTarget::kAuto;
   // Step 6, CUDA only: time the tactics of layers whose kernels offer several. Off: every
-  // kernel uses its heuristic choice (faster builds, maybe slower engines).
-  bool tactic_timing = true;
+  // kernel uses its heuristic choice (faster builds, maybe slower engines). The default is on
+  // unless the environment sets KILN_TACTIC_TIMING=0 (the test suite does, for fast builds).
+  bool tactic_timing = tactic_timing_default();
   // Persistent timing cache (core/timing_cache.h) read before and written after step 6. Empty:
   // none (the C++ default; kiln.compile defaults to $XDG_CACHE_HOME/kiln/timing.cache).
   std::string timing_cache_path;

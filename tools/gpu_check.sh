@@ -54,9 +54,24 @@ if want tests; then
   summary+=("ctest: $(grep -E 'tests passed|tests failed' "$OUT_DIR/ctest.log" | tail -1) (rc $ctest_rc)")
   grep -E "^fuzz" build/Testing/Temporary/LastTest.log 2>/dev/null | sed 's/^/  /' >"$OUT_DIR/fuzz.txt"
 
-  python3 -m pytest -rfs -q tests/python >"$OUT_DIR/pytest.log" 2>&1
-  pytest_rc=$?
-  summary+=("pytest: $(tail -1 "$OUT_DIR/pytest.log") (rc $pytest_rc)")
+  # In parallel (pytest-xdist, one worker per test file) when the machine has it; the tests that
+  # build the C++ examples share build directories, so they run afterwards in one process.
+  serial="tests/python/test_cpp_deploy.py tests/python/test_torchscript_cpp.py tests/python/test_model_check.py"
+  if python3 -c "import xdist" 2>/dev/null; then
+    ignore=$(for f in $serial; do printf -- "--ignore=%s " "$f"; done)
+    # shellcheck disable=SC2086
+    python3 -m pytest -rfEs -q -n "${KILN_PYTEST_WORKERS:-8}" --dist loadfile $ignore tests/python >"$OUT_DIR/pytest.log" 2>&1
+    pytest_rc=$?
+    summary+=("pytest: $(tail -1 "$OUT_DIR/pytest.log") (rc $pytest_rc)")
+    # shellcheck disable=SC2086
+    python3 -m pytest -rfEs -q $serial >"$OUT_DIR/pytest_serial.log" 2>&1 || pytest_rc=1
+    summary+=("pytest (C++ example tests, serial): $(tail -1 "$OUT_DIR/pytest_serial.log")")
+    cat "$OUT_DIR/pytest_serial.log" >>"$OUT_DIR/pytest.log"
+  else
+    python3 -m pytest -rfEs -q tests/python >"$OUT_DIR/pytest.log" 2>&1
+    pytest_rc=$?
+    summary+=("pytest: $(tail -1 "$OUT_DIR/pytest.log") (rc $pytest_rc)")
+  fi
 fi
 
 python3 -m kiln demo >"$OUT_DIR/demo.log" 2>&1

@@ -116,7 +116,7 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     dry_run: bool = False,
     debug: bool = False,
     timing_cache=True,
-    tactic_timing: bool = True,
+    tactic_timing: bool | None = None,
     cuda_graphs: bool = True,
 ):
     """Compiles ``module`` (an nn.Module or a torch.export.ExportedProgram) for ``inputs``.
@@ -134,7 +134,8 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     KGraph and the report at level "info".
     timing_cache: the persistent tactic timing cache of CUDA builds: True (the default) uses
     ``$XDG_CACHE_HOME/kiln/timing.cache`` (``~/.cache/kiln/timing.cache``), a path uses that
-    file, False/None uses none. tactic_timing: time layers' alternative kernels (default True).
+    file, False/None uses none. tactic_timing: time layers' alternative kernels (default None: on unless
+    KILN_TACTIC_TIMING=0).
     cuda_graphs: CUDA engines capture and replay CUDA graphs per input shapes (default True; a
     runtime setting, not saved: loaded modules use the default, and KILN_CUDA_GRAPHS=0 turns
     graphs off process-wide).
@@ -178,7 +179,7 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
         workspace_bytes=workspace_size,
         optimization_level=optimization_level,
         target="cuda" if device.type == "cuda" else "reference",
-        tactic_timing=bool(tactic_timing),
+        tactic_timing=None if tactic_timing is None else bool(tactic_timing),
         timing_cache=_timing_cache_path(timing_cache),
         cuda_graphs=bool(cuda_graphs),
     )

@@ -656,7 +656,8 @@ class BuilderConfig(_C.BuilderConfig):
     over BF16 when both are given. ``set_layer_precision(name, "float32")`` pins one layer.
 
     tactic_timing: on CUDA, time the implementations ("tactics") of layers whose kernels offer
-    several and keep the fastest (default True; False: heuristic choices, faster builds).
+    several and keep the fastest (default None: on, unless the environment sets
+    KILN_TACTIC_TIMING=0; False: heuristic choices, faster builds).
     timing_cache: path of a persistent timing cache that builds read and update (default None:
     no file). A corrupt or foreign file is ignored with a warning and rewritten.
     """
@@ -668,12 +669,13 @@ class BuilderConfig(_C.BuilderConfig):
         precisions=None,
         workspace_bytes: int | None = None,
         optimization_level: int | None = None,
-        tactic_timing: bool = True,
+        tactic_timing: bool | None = None,
         timing_cache: str | os.PathLike | None = None,
     ):
         super().__init__()
         self.target = target
-        self.tactic_timing = bool(tactic_timing)
+        if tactic_timing is not None:
+            self.tactic_timing = bool(tactic_timing)
         if timing_cache is not None:
             self.timing_cache_path = os.fspath(timing_cache)
         if precisions is not None:

@@ -1,8 +1,13 @@
 import os
 
-import pytest
+# Builds in tests use the kernels' heuristic choices: timing every tactic of every GEMM and
+# convolution would make the GPU suite several times slower. Tests of tactic selection ask for it
+# explicitly (BuilderConfig(tactic_timing=True)).
+os.environ.setdefault("KILN_TACTIC_TIMING", "0")
 
-import kiln
+import pytest  # noqa: E402
+
+import kiln  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

@@ -68,7 +68,9 @@ def two_profile_plan(target):
 
 def test_builder_config_tactic_options(tmp_path):
     config = kiln.BuilderConfig()
-    assert config.tactic_timing is True
+    # On by default; conftest sets KILN_TACTIC_TIMING=0, which turns the default off.
+    assert config.tactic_timing is (os.environ.get("KILN_TACTIC_TIMING") != "0")
+    assert kiln.BuilderConfig(tactic_timing=True).tactic_timing is True
     assert config.timing_cache_path == ""  # the C++/BuilderConfig default: no file
     config = kiln.BuilderConfig(tactic_timing=False, timing_cache=tmp_path / "t.cache")
     assert config.tactic_timing is False
