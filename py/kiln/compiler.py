@@ -134,8 +134,8 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     KGraph and the report at level "info".
     timing_cache: the persistent tactic timing cache of CUDA builds: True (the default) uses
     ``$XDG_CACHE_HOME/kiln/timing.cache`` (``~/.cache/kiln/timing.cache``), a path uses that
-    file, False/None uses none. tactic_timing: time layers' alternative kernels (default None: on unless
-    KILN_TACTIC_TIMING=0).
+    file, False/None uses none. tactic_timing: time layers' alternative kernels (default None:
+    on unless KILN_TACTIC_TIMING=0).
     cuda_graphs: CUDA engines capture and replay CUDA graphs per input shapes (default True; a
     runtime setting, not saved: loaded modules use the default, and KILN_CUDA_GRAPHS=0 turns
     graphs off process-wide).
