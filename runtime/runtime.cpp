@@ -27,6 +27,7 @@
 #include "runtime/runtime.h"
 
 #ifdef KILN_RUNTIME_CUDA
+#include <ATen/Context.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -154,6 +155,9 @@ class TorchCudaAllocator final : public DeviceAllocator {
  public:
   void* allocate(size_t bytes) override {
     if (bytes == 0) return nullptr;
+    // A process that loads a compiled module before touching CUDA through torch (torch.jit.load
+    // in a fresh process, a C++ app) has no caching allocator yet: initialize torch's CUDA first.
+    at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);
     return c10::cuda::CUDACachingAllocator::raw_alloc(bytes);
   }
   void deallocate(void* p) noexcept override {
