@@ -31,7 +31,9 @@ def main() -> None:
         print("  slowest layers:")
         for la in sorted(info.layers, key=lambda la: -(la.time_ms or 0.0))[: args.top]:
             shapes = " ".join("x".join(map(str, o[2])) for o in la.outputs)
-            print(f"  {la.time_ms:8.3f} ms  {la.name:40.40s} {la.op:16s} {la.kernel:28.28s} {shapes}")
+            print(
+                f"  {la.time_ms:8.3f} ms  {la.name:40.40s} {la.op:16s} {la.kernel:28.28s} {shapes}"
+            )
 
 
 if __name__ == "__main__":
