@@ -8,10 +8,32 @@ vary (kiln.Input ranges built by ``input_specs``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+
+
+@contextlib.contextmanager
+def torch_tf32(enabled: bool) -> Iterator[None]:
+    """Whether eager PyTorch may use TF32 for float32 convolutions (cuDNN) and matmuls (cuBLAS)
+    inside the block; the previous flags come back after it.
+
+    torch lets cuDNN convolutions use TF32 by default (``torch.backends.cudnn.allow_tf32``),
+    while Kiln's float32 is strict unless its "tf32" precision is enabled: an FP32 reference
+    computed with torch's defaults differs from strict FP32 by TF32's 10-bit mantissa (ResNet-50
+    on an H100: cosine ~0.9998). FP32 truths (tests/python/test_models.py, tools/model_check.py,
+    bench/run.py) are computed under ``torch_tf32(False)``.
+    """
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = enabled
+    matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ Systems per row: eager PyTorch, torch.compile (default mode), torch.compile(mode
 "reduce-overhead") and Kiln (kiln.compile; FP16 rows: model.half() and enabled_precisions=
 {torch.float16}; FP32 rows: TF32 off everywhere unless --tf32). Per system: median latency (CUDA
 events, each timed run synchronized, warm-up first, inputs rotated among a few pre-made input
-sets), throughput, peak GPU memory during inference, compile/build time; for Kiln also the max
-abs error and cosine similarity against FP32 eager PyTorch (the truth for FP16 rows too). See
-bench/README.md for the method, the memory accounting and the time budgets.
+sets), throughput, peak GPU memory (resident state + inference), compile/build time; for Kiln
+also the max abs error and cosine similarity against FP32 eager PyTorch (the truth for FP16 rows
+too). See bench/README.md for the method, the memory accounting and the time budgets.
 
 Output (in --out): results.json, results.md (the tables printed last) and results.png.
 Exit status 0 when every row ran: eager and Kiln measured and no system failed (a torch.compile
@@ -20,7 +20,6 @@ cell skipped by the time budget is not a failure; it is marked in the table).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import gc
 import json
@@ -148,14 +147,21 @@ def first_tensor(out) -> torch.Tensor:
 
 
 def time_runs(
-    fn: Callable, input_sets: Sequence[tuple], runs: int, warmup: int, device: torch.device
+    fn: Callable,
+    input_sets: Sequence[tuple],
+    runs: int,
+    warmup: int,
+    device: torch.device,
+    before_timing: Callable[[], None] | None = None,
 ) -> list[float]:
     """Per-run latency in ms. CUDA: events around each call, synchronized after each run, so a
     run's time is its whole latency (launches included), not overlapped with the next one.
-    Inputs rotate among the pre-made sets."""
+    Inputs rotate among the pre-made sets. `before_timing` runs between warm-up and timing."""
     with torch.no_grad():
         for i in range(warmup):
             fn(*input_sets[i % len(input_sets)])
+        if before_timing is not None:
+            before_timing()
         times = []
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -185,32 +191,59 @@ def measure(
     warmup: int,
     device: torch.device,
     baseline_bytes: int = 0,
-    external_bytes: int = 0,
 ) -> Measurement:
-    """Times fn and records its peak GPU memory: the most torch's allocator held during the
-    timed runs above `baseline_bytes` (what was allocated before the system's own state, its
-    weights included, went to the GPU: the input sets), plus `external_bytes` the system holds
-    outside torch's allocator."""
+    """Times fn and records its GPU memory through torch's allocator (bench/README.md, "Peak
+    memory"), in two parts that are each >= 0 by construction:
+
+    - resident: what the allocator held when the timed runs began (after the warm-up) above
+      `baseline_bytes` (baseline(): the row's input sets alone): the system's weights and the
+      state it keeps between calls (Kiln's constants, activation arena and workspace; CUDA-graph
+      pools; cuBLAS workspaces its warm-up created);
+    - inference: the most the allocator held above that during the timed runs (activations and
+      outputs, transient workspaces), after reset_peak_memory_stats() at their start.
+
+    peak_mem_mib = resident + inference: the system's own peak footprint during inference."""
     m = Measurement(status="ok")
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    times = time_runs(fn, input_sets, runs, warmup, device)
+    start = {}
+
+    def before_timing() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            start["bytes"] = torch.cuda.memory_allocated(device)
+
+    times = time_runs(fn, input_sets, runs, warmup, device, before_timing)
     for k, v in summarize(times, batch).items():
         setattr(m, k, v)
     if device.type == "cuda":
-        torch_peak = torch.cuda.max_memory_allocated(device) - baseline_bytes
-        m.peak_mem_mib = (torch_peak + external_bytes) / 2**20
-        m.extra["torch_peak_mib"] = torch_peak / 2**20
-        m.extra["external_mib"] = external_bytes / 2**20
+        torch.cuda.synchronize(device)
+        inference = torch.cuda.max_memory_allocated(device) - start["bytes"]
+        resident = start["bytes"] - baseline_bytes
+        if resident < 0:
+            # Memory counted in the baseline was freed by the system's setup (baseline() clears
+            # what it knows of, e.g. cuBLAS workspaces): say so rather than report less.
+            m.extra["baseline_freed_mib"] = -resident / 2**20
+            resident = 0
+        m.peak_mem_mib = (resident + inference) / 2**20
+        m.extra["resident_mib"] = resident / 2**20
+        m.extra["inference_mib"] = inference / 2**20
     return m
 
 
-def allocated(device: torch.device) -> int:
+def baseline(device: torch.device) -> int:
+    """What torch's allocator holds with nothing but the row's input sets on the GPU: measured
+    after free_memory(), so no earlier system's leftovers (or shared cuBLAS workspaces, which a
+    later system may free) are counted in it."""
     if device.type != "cuda":
         return 0
-    torch.cuda.synchronize(device)
+    free_memory(device)
     return torch.cuda.memory_allocated(device)
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of a model's parameters and buffers (what eager and torch.compile keep resident)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 # ---- models and inputs ----------------------------------------------------------------------
@@ -243,17 +276,17 @@ def truncate(text: str, n: int = ERROR_CHARS) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def set_tf32(enabled: bool) -> None:
-    with contextlib.suppress(Exception):
-        torch.backends.cuda.matmul.allow_tf32 = enabled
-        torch.backends.cudnn.allow_tf32 = enabled
-        torch.set_float32_matmul_precision("high" if enabled else "highest")
-
-
 def free_memory(device: torch.device) -> None:
+    """Collects garbage and returns the caching allocator's free blocks to the device. cuBLAS
+    workspaces (allocated through torch's allocator by the first matmul on a stream and kept)
+    are dropped too: CUDA-graph capture (reduce-overhead) drops them itself, so left in a
+    baseline they would be subtracted from a system that never held them."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+        clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+        if clear is not None:
+            clear()
         torch.cuda.empty_cache()
 
 
@@ -293,7 +326,7 @@ def plan_device_bytes(plans: Sequence) -> int:
     return total
 
 
-def run_kiln(row: Row, model, input_sets, truth, args, device, baseline: int, plans_dir) -> None:
+def run_kiln(row: Row, model, input_sets, truth, args, device, base: int, plans_dir) -> None:
     """Compiles `model` (on the GPU) with Kiln, moves the source model off the GPU and measures
     the compiled one. The source model is back on the CPU afterwards."""
     import kiln
@@ -330,22 +363,28 @@ def run_kiln(row: Row, model, input_sets, truth, args, device, baseline: int, pl
         external = 0
         if device.type == "cuda":
             # Device memory that appeared outside torch's caching allocator since before the
-            # compile: engine constants, arenas, workspaces, library handles. Were Kiln's memory
-            # allocated through torch (an allocator hook), this is ~0 and torch's counter has it.
+            # compile. The runtime allocates the engines' constants, arenas and workspaces through
+            # torch's allocator (runtime/runtime.cpp), so this is what is left: library handles
+            # (cuDNN, cuBLASLt) and loaded kernel code, mostly once per process. Reported, not
+            # added to the peak (eager's own handles are not counted either).
             grown = device_used_bytes(device) - used_before
             torch_grown = torch.cuda.memory_reserved(device) - reserved_before
             external = max(0, grown - torch_grown)
         row.max_abs_err, row.cosine = compare(out, truth)
         del out
-        result = measure(
-            compiled, input_sets, row.batch, args.runs, args.warmup, device, baseline, external
-        )
+        result = measure(compiled, input_sets, row.batch, args.runs, args.warmup, device, base)
         result.compile_s = compile_s
+        result.extra["external_mib"] = external / 2**20
         result.extra.update(
             engines=report.num_engines,
             fallbacks=len(report.fallbacks),
             fallback_ops=sorted({f.target for f in report.fallbacks})[:10],
             plan_device_mib=plan_device_bytes(plans) / 2**20 if plans is not None else None,
+            weights_mib=(
+                sum(p.memory["constant_bytes"] for p in plans) / 2**20
+                if plans is not None
+                else None
+            ),
         )
         if plans_error:
             result.extra["plans_error"] = plans_error
@@ -420,9 +459,8 @@ def run_matrix(
     for entry in entries:
         base = bases[entry.name] = entry.build().eval()
         truths = {}
-        set_tf32(False)
         base.to(device)
-        with torch.no_grad():
+        with torch.no_grad(), zoo.torch_tf32(False):  # strict FP32, as Kiln's FP32
             for batch in batches:
                 x = _on(make_input_sets(entry, batch, torch.device("cpu"), "fp32")[:1], device)
                 truths[batch] = first_tensor(base(*x[0])).float().cpu()
@@ -430,42 +468,13 @@ def run_matrix(
         base.cpu()
         free_memory(device)
         for precision in precisions:
-            set_tf32(precision == "fp32" and args.tf32)
             model = _cast(base, precision)
-            for batch in batches:
-                row = rows[(entry.name, precision, batch)] = Row(entry.name, precision, batch)
-                input_sets = _on(
-                    make_input_sets(entry, batch, torch.device("cpu"), precision), device
-                )
-                baseline = allocated(device)
-                log(f"[{budget.elapsed():6.1f}s] {entry.name} {precision} b{batch}: eager")
-                try:
-                    model.to(device)
-                    with torch.no_grad():
-                        out = first_tensor(model(*input_sets[0]))
-                    row.eager_max_abs_err, row.eager_cosine = compare(out, truths[batch])
-                    del out
-                    m = measure(model, input_sets, batch, args.runs, args.warmup, device, baseline)
-                    m.compile_s = 0.0
-                    row.systems["eager"] = m
-                except Exception as e:  # noqa: BLE001 (a failing row is reported, not fatal)
-                    row.systems["eager"] = _error(e, args.verbose)
-                model.cpu()
-                free_memory(device)
-                why = budget.allows(entry.name, 0.0) if args.deadline else None
-                if why:
-                    row.systems["kiln"] = Measurement("skipped", why)
-                    continue
-                log(f"[{budget.elapsed():6.1f}s] {entry.name} {precision} b{batch}: kiln")
-                try:
-                    run_kiln(
-                        row, model, input_sets, truths[batch], args, device, baseline, plans_dir
+            with zoo.torch_tf32(precision == "fp32" and args.tf32):
+                for batch in batches:
+                    row = rows[(entry.name, precision, batch)] = Row(entry.name, precision, batch)
+                    _eager_and_kiln(
+                        row, entry, model, truths[batch], args, device, budget, plans_dir, log
                     )
-                except Exception as e:  # noqa: BLE001
-                    row.systems["kiln"] = _error(e, args.verbose)
-                    model.cpu()  # when kiln.compile itself raised
-                del input_sets
-                free_memory(device)
             del model
 
     # torch.compile cells in the order batch, mode, model, precision: within the time budget,
@@ -482,17 +491,51 @@ def run_matrix(
                     if why:
                         row.systems[system] = Measurement("skipped", why)
                         continue
-                    set_tf32(precision == "fp32" and args.tf32)
                     model = _cast(bases[entry.name], precision)
                     cpu = torch.device("cpu")
                     input_sets = _on(make_input_sets(entry, batch, cpu, precision), device)
                     log(f"[{budget.elapsed():6.1f}s] {entry.name} {precision} b{batch}: {system}")
-                    row.systems[system] = run_torch_compile(
-                        model, mode, input_sets, batch, args, device, budget, entry.name
-                    )
+                    with zoo.torch_tf32(precision == "fp32" and args.tf32):
+                        row.systems[system] = run_torch_compile(
+                            model, mode, input_sets, batch, args, device, budget, entry.name
+                        )
                     del model, input_sets
                     free_memory(device)
     return list(rows.values())
+
+
+def _eager_and_kiln(row: Row, entry, model, truth, args, device, budget, plans_dir, log) -> None:
+    """Pass 1 of one row: eager, then Kiln, on the same input sets and baseline."""
+    cpu = torch.device("cpu")
+    input_sets = _on(make_input_sets(entry, row.batch, cpu, row.precision), device)
+    base = baseline(device)
+    log(f"[{budget.elapsed():6.1f}s] {entry.name} {row.precision} b{row.batch}: eager")
+    try:
+        model.to(device)
+        with torch.no_grad():
+            out = first_tensor(model(*input_sets[0]))
+        row.eager_max_abs_err, row.eager_cosine = compare(out, truth)
+        del out
+        m = measure(model, input_sets, row.batch, args.runs, args.warmup, device, base)
+        m.compile_s = 0.0
+        m.extra["weights_mib"] = weight_bytes(model) / 2**20
+        row.systems["eager"] = m
+    except Exception as e:  # noqa: BLE001 (a failing row is reported, not fatal)
+        row.systems["eager"] = _error(e, args.verbose)
+    model.cpu()
+    free_memory(device)
+    why = budget.allows(entry.name, 0.0) if args.deadline else None
+    if why:
+        row.systems["kiln"] = Measurement("skipped", why)
+        return
+    log(f"[{budget.elapsed():6.1f}s] {entry.name} {row.precision} b{row.batch}: kiln")
+    try:
+        run_kiln(row, model, input_sets, truth, args, device, base, plans_dir)
+    except Exception as e:  # noqa: BLE001
+        row.systems["kiln"] = _error(e, args.verbose)
+        model.cpu()  # when kiln.compile itself raised
+    del input_sets
+    free_memory(device)
 
 
 def run_torch_compile(model, mode, input_sets, batch, args, device, budget, name) -> Measurement:
@@ -501,7 +544,7 @@ def run_torch_compile(model, mode, input_sets, batch, args, device, budget, name
     import torch._dynamo
 
     torch._dynamo.reset()
-    baseline = allocated(device)
+    base = baseline(device)
     t0 = time.perf_counter()
     try:
         model.to(device)
@@ -515,8 +558,9 @@ def run_torch_compile(model, mode, input_sets, batch, args, device, budget, name
             torch.cuda.synchronize(device)
         compile_s = time.perf_counter() - t0
         budget.charge(name, compile_s)
-        m = measure(compiled, input_sets, batch, args.runs, args.warmup, device, baseline)
+        m = measure(compiled, input_sets, batch, args.runs, args.warmup, device, base)
         m.compile_s = compile_s
+        m.extra["weights_mib"] = weight_bytes(model) / 2**20
         del compiled
     except Exception as e:  # noqa: BLE001
         budget.charge(name, time.perf_counter() - t0)
@@ -736,8 +780,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tf32": args.tf32,
         "truth": "FP32 eager PyTorch (TF32 off), for FP16 rows too",
         "latency": "median of per-run CUDA event times, synchronized after each run",
-        "memory": "torch max_memory_allocated during the timed runs minus the input sets, plus "
-        "(Kiln) device memory held outside torch's allocator (cudaMemGetInfo delta)",
+        "memory": "through torch's allocator (Kiln's engines allocate through it): resident "
+        "(allocated when the timed runs begin, minus the input sets alone) + inference "
+        "(max_memory_allocated during the timed runs above that, after reset_peak_memory_stats)",
         "argv": list(sys.argv[1:] if argv is None else argv),
     }
     table = write_outputs(rows, Path(args.out), meta)

@@ -93,14 +93,6 @@ def first_tensor(out) -> torch.Tensor:
     return out
 
 
-def set_tf32(enabled: bool) -> None:
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = enabled
-        torch.backends.cudnn.allow_tf32 = enabled
-    except Exception:  # noqa: BLE001 (older/newer torch: the flags are advisory here)
-        pass
-
-
 # ---- the C++ app ----------------------------------------------------------------------------
 
 
@@ -160,14 +152,20 @@ def check(
     batch: int = 1,
     verbose: bool = False,
 ) -> Result:
-    """Runs the four checks for one model and precision; never raises."""
+    """Runs the four checks for one model and precision; never raises. Eager PyTorch (the
+    truth, and any part of the compiled module that runs in PyTorch) computes FP32 strictly
+    (TF32 off), like Kiln's FP32."""
+    with zoo.torch_tf32(False):
+        return _check(entry, precision, device, workdir, cpp_exe, batch, verbose)
+
+
+def _check(entry, precision, device, workdir, cpp_exe, batch, verbose) -> Result:
     import kiln
 
     r = Result(entry.name, precision)
     t0 = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        set_tf32(False)
         model = entry.build().eval()
         x32 = entry.inputs(batch, torch.device("cpu"))
         model.to(device)

@@ -285,7 +285,8 @@ __global__ void row_norm_kernel(RowNormShape s, float eps, bool rms, const T* __
   }
 }
 
-// layer_norm / rms_norm (one parameter per element of the row), the row in registers.
+// layer_norm / rms_norm (one parameter per element of the row, parameter index = position in the
+// row), the row in registers. Not for group_norm with spatial > 1 or groups > 1 (see the dispatch).
 template <typename T, typename P, int kVecs>
 __global__ void __launch_bounds__(kRegBlock)
     row_norm_reg_kernel(int64_t rows, int64_t len, float eps, bool rms, const T* __restrict__ x,
@@ -374,7 +375,11 @@ class CudaRowNorm final : public Kernel {
       const P* bias = in.size() > 2 ? static_cast<const P*>(in[2].data) : nullptr;
       auto* x = static_cast<const T*>(in[0].data);
       auto* y = static_cast<T*>(out[0].data);
-      if (s.groups == 1 && reg_row_ok<T>(s.len, {x, y})) {
+      // The register kernel indexes parameters by the element's position in the row: right for
+      // layer_norm/rms_norm, and for group_norm only when each row is one group of channels with no
+      // spatial extent (otherwise a parameter belongs to a channel, i.e. to `spatial` elements).
+      const bool param_per_element = s.groups == 1 && s.spatial == 1;
+      if (param_per_element && reg_row_ok<T>(s.len, {x, y})) {
         dispatch_reg_vecs(reg_vecs_per_thread(s.len / Vec16<T>::kSize), [&](auto vecs) {
           row_norm_reg_kernel<T, P, decltype(vecs)::value>
               <<<grid_for(s.rows, 1), kRegBlock, 0, static_cast<cudaStream_t>(ctx.stream)>>>(

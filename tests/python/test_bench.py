@@ -52,6 +52,57 @@ def tiny_zoo(monkeypatch):
     monkeypatch.setitem(zoo.MODELS, "tiny", TINY)
 
 
+class FakeCudaMemory:
+    """torch.cuda's memory counters, driven by the test: `allocated` now, the peak since the
+    last reset. measure() is called with a fake time_runs that allocates and frees."""
+
+    def __init__(self, monkeypatch, allocated):
+        self.allocated, self.peak = allocated, allocated
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: self.allocated)
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: self.peak)
+        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", self.reset)
+
+    def reset(self, device=None):
+        self.peak = self.allocated
+
+    def change(self, nbytes):
+        self.allocated += nbytes
+        self.peak = max(self.peak, self.allocated)
+
+
+MIB = 2**20
+
+
+@pytest.mark.parametrize(
+    "setup,transient,resident,freed",
+    [
+        (300 * MIB, 50 * MIB, 300, None),  # weights/state 300 MiB, activations 50 MiB
+        (-33 * MIB, 4 * MIB, 0, 33),  # setup freed 33 MiB of the baseline: not a negative peak
+        (0, 0, 0, None),
+    ],
+)
+def test_measure_memory_parts(monkeypatch, setup, transient, resident, freed):
+    mem = FakeCudaMemory(monkeypatch, allocated=100 * MIB)  # the input sets
+    base = torch.cuda.memory_allocated()
+    mem.change(setup)
+
+    def fake_time_runs(fn, input_sets, runs, warmup, device, before_timing=None):
+        mem.change(7 * MIB)  # a warm-up call's transient memory, freed before timing
+        mem.change(-7 * MIB)
+        before_timing()
+        mem.change(transient)
+        mem.change(-transient)
+        return [1.0] * runs
+
+    monkeypatch.setattr(bench, "time_runs", fake_time_runs)
+    m = bench.measure(None, [()], 1, 5, 1, torch.device("cuda"), base)
+    assert m.extra["resident_mib"] == resident
+    assert m.extra["inference_mib"] == transient / MIB
+    assert m.peak_mem_mib == resident + transient / MIB >= 0
+    assert m.extra.get("baseline_freed_mib") == freed
+
+
 def test_summarize_and_compare():
     s = bench.summarize([4.0, 1.0, 3.0, 2.0, 5.0], batch=10)
     assert s["latency_ms"] == 3.0
@@ -255,5 +306,9 @@ def test_main_cuda_all_systems(tiny_zoo, tmp_path):
         k = r["systems"]["kiln"]["extra"]
         assert k["engines"] == 1 and k["fallbacks"] == 0
         assert k["external_mib"] >= 0 and k["plan_device_mib"] > 0
+        for name in bench.SYSTEMS:
+            extra = r["systems"][name]["extra"]
+            assert extra["resident_mib"] > 0 and extra["inference_mib"] >= 0, (name, extra)
+            assert "baseline_freed_mib" not in extra, (name, extra)
         assert r["cosine"] > (0.9999 if r["precision"] == "fp32" else 0.999)
         assert r["speedup"]["compile"] is not None

@@ -301,3 +301,109 @@ def test_symbolic_sizes_across_segments():
         x = torch.randn(*shape)
         with torch.no_grad():
             torch.testing.assert_close(compiled(x), model(x), **TOL)
+
+
+# ---- export of dynamic dims: guards torch cannot prove --------------------------------------
+
+
+class UnprovableGuard(nn.Module):
+    """Branches on s*(8 + s - s % 8) > 1, true for every s >= 1: the guard GPT-2 on CUDA puts on
+    its sequence length (the attention mask padded to a multiple of 8), which torch's solver
+    cannot prove over a Dim range, so a strict Dim export raises a constraint violation."""
+
+    def forward(self, x):
+        s = x.shape[1]
+        y = x * 2
+        if s * (8 + s - s % 8) > 1:
+            y = y + 1
+        return y
+
+
+class NarrowingBranch(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.shape[1] > 100 else x - 1
+
+
+class SpecializingBranch(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.shape[1] == 16 else x - 1
+
+
+class GuardFailsInRange(nn.Module):
+    """Branches on s*s - 20*s + 99 > 0, false only for s in 9..11: neither provable nor a range,
+    so the Dim.DYNAMIC export keeps it as a call-time guard (which Kiln's engines do not run)."""
+
+    def forward(self, x):
+        s = x.shape[1]
+        return x * 2 if s * s - 20 * s + 99 > 0 else x - 1
+
+
+class ModuloBranch(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.shape[1] % 8 == 0 else x - 1
+
+
+SEQ_SPEC = kiln.Input(min_shape=(2, 8), opt_shape=(2, 16), max_shape=(2, 512))
+
+
+def _warnings_of(fn):
+    messages = []
+    kiln.set_log_sink(lambda severity, message: messages.append((severity, message)))
+    try:
+        result = fn()
+    finally:
+        kiln.set_log_sink(None)
+    return result, [m for s, m in messages if s.lower().startswith("warn")]
+
+
+def test_unprovable_guard_retries_with_dynamic_hints():
+    with pytest.raises(Exception, match="Not all values"):  # the strict export alone refuses
+        torch.export.export(
+            UnprovableGuard(),
+            (torch.randn(2, 16),),
+            dynamic_shapes=({1: torch.export.Dim("s", min=8, max=512)},),
+        )
+    compiled, warnings = _warnings_of(
+        lambda: kiln.compile(UnprovableGuard(), [SEQ_SPEC], device="cpu", min_block_size=1)
+    )
+    assert any("Dim.DYNAMIC" in m and "% 8" in m for m in warnings), warnings
+    assert compiled.report.num_engines == 1
+    for n in (8, 37, 512):  # the whole requested range still runs, with the branch taken
+        x = torch.randn(2, n)
+        torch.testing.assert_close(compiled(x), x * 2 + 1, **TOL)
+
+
+def test_retry_refuses_a_narrowed_range():
+    with pytest.raises(kiln.KilnError, match=r"input 0 \(x\) dim 1 dynamic only over 8\.\.100"):
+        kiln.compile(NarrowingBranch(), [SEQ_SPEC], device="cpu", min_block_size=1)
+
+
+def test_retry_refuses_a_specialized_dim():
+    with pytest.raises(kiln.KilnError, match="cannot keep the requested dynamic dims.*16"):
+        kiln.compile(SpecializingBranch(), [SEQ_SPEC], device="cpu", min_block_size=1)
+
+
+def test_dim_range_starting_at_one_is_covered():
+    # torch reports a lower bound of 0 or 1 as 2 after a Dim.DYNAMIC export: not a narrowing.
+    spec = kiln.Input(min_shape=(2, 1), opt_shape=(2, 16), max_shape=(2, 512))
+    compiled = kiln.compile(UnprovableGuard(), [spec], device="cpu", min_block_size=1)
+    for n in (1, 9):
+        x = torch.randn(2, n)
+        torch.testing.assert_close(compiled(x), x * 2 + 1, **TOL)
+
+
+@pytest.mark.parametrize(
+    "model,guard,size",
+    [(GuardFailsInRange(), r"\+ 99|99 \+", 9), (ModuloBranch(), r"% 8\) == 0", 9)],
+    ids=["quadratic", "modulo"],
+)
+def test_retry_refuses_a_guard_that_fails_inside_the_range(model, guard, size):
+    # The traced branch is wrong at `size`: an engine for 8..512 would silently compute it there.
+    with pytest.raises(kiln.KilnError, match=rf"guard .*({guard}).* fails at x dim 1 = {size}"):
+        kiln.compile(model, [SEQ_SPEC], device="cpu", min_block_size=1)
+    # Where the guard holds over the whole range, the same model compiles.
+    spec = kiln.Input(min_shape=(2, 12), opt_shape=(2, 16), max_shape=(2, 64))
+    if isinstance(model, GuardFailsInRange):
+        compiled = kiln.compile(model, [spec], device="cpu", min_block_size=1)
+        x = torch.randn(2, 13)
+        torch.testing.assert_close(compiled(x), x * 2, **TOL)

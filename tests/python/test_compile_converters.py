@@ -129,7 +129,8 @@ def test_index_with_broadcast_integer_indices(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_slice_with_symbolic_bounds(device):
-    table = rand(1, 40, seed=5)
+    # Created on the compile device: a CPU table would make eager's result a CPU tensor.
+    table = rand(1, 40, seed=5).to(device)
 
     def fn(ids):
         s = ids.shape[1]
@@ -150,11 +151,13 @@ def test_cumsum(device, dtype):
 def test_arange_full_full_like_follow_dynamic_dims(device):
     def fn(x):
         s = x.shape[1]
-        pos = torch.arange(0, s, dtype=torch.int64)
-        steps = torch.arange(1, s, 2).to(torch.float32)
-        ones = torch.full([x.shape[0], s], 3, dtype=torch.int64)
+        # Factories on x's device, as a model must write them to run on CUDA eagerly.
+        pos = torch.arange(0, s, dtype=torch.int64, device=x.device)
+        steps = torch.arange(1, s, 2, device=x.device).to(torch.float32)
+        ones = torch.full([x.shape[0], s], 3, dtype=torch.int64, device=x.device)
         fill = torch.full_like(x, 0.25)
-        return x + pos + fill, ones * pos, steps * 0.5, torch.full([], True) & (pos >= 0)
+        true = torch.full([], True, device=x.device)
+        return x + pos + fill, ones * pos, steps * 0.5, true & (pos >= 0)
 
     spec = kiln.Input(min_shape=(1, 4), opt_shape=(2, 6), max_shape=(4, 20))
     check(fn, [rand(2, 6)], device, specs=[spec], shapes=[[rand(3, 17)], [rand(1, 4)]])
@@ -165,8 +168,9 @@ def test_minimum_maximum_bitwise_clamp_isinf_any(device):
     def fn(a, b, m, n):
         c = torch.minimum(a, b) + torch.maximum(a, b.half())  # promotes to float32
         logic = (m & n) | (m ^ n)
-        lo = torch.tensor(-0.5)
-        clamped = torch.clamp(a, lo, torch.tensor(0.75, dtype=torch.float64).float())
+        lo = torch.tensor(-0.5, device=a.device)
+        hi = torch.tensor(0.75, dtype=torch.float64, device=a.device).float()
+        clamped = torch.clamp(a, lo, hi)
         inf = torch.isinf(a / (b > 0).float())
         return c, logic, clamped, inf, torch.any(inf), torch.any(m, dim=1)
 

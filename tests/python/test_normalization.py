@@ -241,7 +241,8 @@ def test_cuda_row_norms(op, shape, k, affine, dtype, param_dtype):
 GROUP_CASES = [
     ((2, 6, 5, 7), 3),
     ((1, 32, 127), 8),
-    ((3, 4, 1000), 1),
+    ((3, 4, 1000), 1),  # one group of 4000 elements: must not take the per-element register path
+    ((5, 64), 1),  # spatial 1, one group: the register path (parameter index = row position)
     ((2, 4, 3, 3), 4),
     ((2, 6), 2),
     ((3, 5, 4097), 5),
