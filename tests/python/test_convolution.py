@@ -422,19 +422,27 @@ def test_convolution_residual_shape_error_names_the_layer():
         )
 
 
+# Layout nhwc exists for 2d convolutions only: the other cases run channels first.
+EPILOGUE_LAYOUT_CASES = [
+    (case, layout)
+    for case in EPILOGUE_CASES
+    for layout in ("nchw", "nhwc")
+    if layout == "nchw" or len(case[1]) == 4
+]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("activation", ["none", "relu", "silu", "hardswish", "clip"])
-@pytest.mark.parametrize("case", EPILOGUE_CASES, ids=[c[0] for c in EPILOGUE_CASES])
+@pytest.mark.parametrize(
+    "case,layout", EPILOGUE_LAYOUT_CASES, ids=[f"{c[0]}-{lay}" for c, lay in EPILOGUE_LAYOUT_CASES]
+)
 def test_convolution_epilogue_cuda_matches_torch(
     case, activation, layout, dtype, strict_fp32_torch
 ):
     # Covers cuDNN's fused call (relu / none with a bias) and the own epilogue kernel (the rest),
     # channels first and last.
     _, xs, ws, stride, padding, groups, bias, residual = case
-    if layout == "nhwc" and len(xs) != 4:
-        pytest.skip("layout nhwc is exercised on 2d convolutions")
     inputs = epilogue_inputs(xs, ws, bias, residual, stride, padding, groups, dtype)
     attrs = epilogue_attrs(activation, residual, stride, padding, groups, len(xs), layout=layout)
     stored = list(inputs)
