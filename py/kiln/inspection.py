@@ -12,8 +12,12 @@ optimization profiles and the memory plan (activation arena, workspace, constant
 and size of every activation in the arena).
 
 profile() runs the plan in the engine's profiling mode (ExecutionContext.set_profiling): each
-layer's launch is timed with CUDA events on the CUDA backend (GPU time) or a host clock on the
-reference backend, several runs, median per layer.
+layer's launch is timed with CUDA events on the CUDA backend or a host clock on the reference
+backend, several runs, median per layer. Known limit: the events measure the GPU timeline between
+launches, so where the host issues a layer more slowly than the GPU runs it (small layers at batch
+1; cuDNN calls cost tens of microseconds of host time), that layer's time includes the gap. The
+engine itself replays CUDA graphs without those gaps, so the profile's total can exceed the
+engine's latency.
 """
 
 from __future__ import annotations
