@@ -20,6 +20,7 @@ RUFF_VERSION=0.17.6
 # torchvision without its dependencies, so pip never replaces the pinned torch.
 "$PY" -c "import torchvision" 2>/dev/null || need_pip_nodeps=("torchvision==${KILN_TORCHVISION_VERSION:-0.26.0}")
 "$PY" -c "import PIL" 2>/dev/null || need_pip+=("pillow")
+"$PY" -c "import matplotlib" 2>/dev/null || need_pip+=("matplotlib")  # bench/run.py's chart
 "$PY" -c "import transformers" 2>/dev/null || need_pip+=("transformers==${KILN_TRANSFORMERS_VERSION:-5.17.0}")
 if [ ${#need_pip_nodeps[@]} -gt 0 ]; then
   echo "bootstrap: pip install --no-deps ${need_pip_nodeps[*]}"
