@@ -37,9 +37,12 @@ class SmallCNN(nn.Module):
 
 
 class Block(nn.Module):
-    """A pre-norm transformer block written with explicit attention (matmul/softmax/matmul)."""
+    """A pre-norm transformer block written with explicit attention (matmul/softmax/matmul).
 
-    def __init__(self, dim=32, heads=4):
+    Written so that TorchScript compiles it too (no generator expression): test_torchscript
+    scripts and traces the same block."""
+
+    def __init__(self, dim: int = 32, heads: int = 4):
         super().__init__()
         self.heads = heads
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
@@ -50,9 +53,12 @@ class Block(nn.Module):
 
     def forward(self, x):
         b, s, d = x.shape
+        h = d // self.heads
         q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)
-        q, k, v = (t.view(b, s, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
-        attn = torch.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5, dim=-1)
+        q = q.view(b, s, self.heads, h).transpose(1, 2)
+        k = k.view(b, s, self.heads, h).transpose(1, 2)
+        v = v.view(b, s, self.heads, h).transpose(1, 2)
+        attn = torch.softmax(q @ k.transpose(-2, -1) / h**0.5, dim=-1)
         y = (attn @ v).transpose(1, 2).reshape(b, s, d)
         x = x + self.drop(self.proj(y))
         return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import kiln
 from kiln import runtime as rt
@@ -31,32 +30,7 @@ KINDS = ["script", "trace"]
 TOL = dict(rtol=1e-4, atol=1e-4)
 PY_DIR = Path(kiln.__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from test_compile import SmallCNN  # noqa: E402
-
-
-class Block(nn.Module):
-    """test_compile.Block written so that TorchScript compiles it (no generator expression)."""
-
-    def __init__(self, dim: int = 32, heads: int = 4):
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
-        self.drop = nn.Dropout(0.1)
-
-    def forward(self, x):
-        b, s, d = x.shape
-        h = d // self.heads
-        q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)
-        q = q.view(b, s, self.heads, h).transpose(1, 2)
-        k = k.view(b, s, self.heads, h).transpose(1, 2)
-        v = v.view(b, s, self.heads, h).transpose(1, 2)
-        attn = torch.softmax(q @ k.transpose(-2, -1) / h**0.5, dim=-1)
-        y = (attn @ v).transpose(1, 2).reshape(b, s, d)
-        x = x + self.drop(self.proj(y))
-        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+from test_compile import Block, SmallCNN  # noqa: E402
 
 
 class WithRoll(nn.Module):
