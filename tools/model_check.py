@@ -21,10 +21,8 @@ start after --deadline seconds are reported as skipped (not failed).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import gc
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,13 +36,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tools"))
 import models as zoo  # noqa: E402 (bench/models.py)
 
 COSINE_MIN = {"fp32": 0.9999, "fp16": 0.999}
 FORMATS = ("torchscript", "exported_program")
-EXAMPLE = ROOT / "examples" / "cpp"
-CPP_BUILD_DIR = ROOT / "build" / "examples_cpp"
-BUILD_LOCK = "/tmp/kiln-build.lock"
 
 
 @dataclass
@@ -97,31 +93,11 @@ def first_tensor(out) -> torch.Tensor:
 
 
 def build_cpp_app() -> Path:
-    """examples/cpp's kiln_infer built against this checkout (configure once, then incremental),
-    under the machine-wide build lock. Raises RuntimeError with the build's tail on failure."""
-    import kiln
+    """examples/cpp's kiln_infer built against this checkout (tools/cpp_example.py). Raises
+    RuntimeError with the build's tail on failure."""
+    from cpp_example import build_example
 
-    prefix_path = f"{torch.utils.cmake_prefix_path};{kiln.cmake_prefix_path}"
-    cache = CPP_BUILD_DIR / "CMakeCache.txt"
-    CPP_BUILD_DIR.parent.mkdir(parents=True, exist_ok=True)
-
-    def run(cmd: list[str], what: str) -> None:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{what} failed: {(proc.stdout + proc.stderr)[-1500:]}")
-
-    with open(BUILD_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        wanted = f"CMAKE_PREFIX_PATH:UNINITIALIZED={prefix_path}"
-        if not cache.exists() or wanted not in cache.read_text().splitlines():
-            shutil.rmtree(CPP_BUILD_DIR, ignore_errors=True)
-            cmd = ["cmake", "-S", str(EXAMPLE), "-B", str(CPP_BUILD_DIR)]
-            cmd += [f"-DCMAKE_PREFIX_PATH={prefix_path}", "-DCMAKE_BUILD_TYPE=Release"]
-            if shutil.which("ninja"):
-                cmd += ["-G", "Ninja"]
-            run(cmd, "configuring examples/cpp")
-        run(["cmake", "--build", str(CPP_BUILD_DIR)], "building examples/cpp")
-    return CPP_BUILD_DIR / "kiln_infer"
+    return build_example("cpp") / "kiln_infer"
 
 
 def run_cpp(exe: Path, model: Path, inputs: tuple, device: torch.device, workdir: Path):

@@ -8,7 +8,6 @@ so it never overlaps another build on this machine; the first build takes a minu
 headers). The engine runs on the reference backend with CPU tensors (CI) and on CUDA (gpu).
 """
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -28,50 +27,19 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "cpp"
-BUILD_DIR = ROOT / "build" / "examples_cpp"
-BUILD_LOCK = "/tmp/kiln-build.lock"
+sys.path.insert(0, str(ROOT / "tools"))
+from cpp_example import build_example  # noqa: E402 (tools/cpp_example.py)
+
 PY_DIR = Path(kiln.__file__).resolve().parent.parent
 TARGETS = ["reference", pytest.param("cuda", marks=pytest.mark.gpu)]
-
-
-def _cmake_prefix_path() -> str:
-    return f"{torch.utils.cmake_prefix_path};{kiln.cmake_prefix_path}"
-
-
-def _configured(prefix_path: str) -> bool:
-    cache = BUILD_DIR / "CMakeCache.txt"
-    if not cache.exists():
-        return False
-    return f"CMAKE_PREFIX_PATH:UNINITIALIZED={prefix_path}" in cache.read_text().splitlines()
 
 
 @pytest.fixture(scope="module")
 def kiln_infer() -> Path:
     """examples/cpp built against this Kiln: the path of its kiln_infer executable."""
-    config = Path(kiln.cmake_prefix_path) / "Kiln" / "KilnConfig.cmake"
-    assert config.exists(), f"{config} is missing: rebuild Kiln (tools/dev_build.sh)"
-    prefix_path = _cmake_prefix_path()
-    BUILD_DIR.parent.mkdir(parents=True, exist_ok=True)
-    with open(BUILD_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time on this machine
-        if not _configured(prefix_path):
-            shutil.rmtree(BUILD_DIR, ignore_errors=True)
-            cmd = ["cmake", "-S", str(EXAMPLE), "-B", str(BUILD_DIR)]
-            cmd += [f"-DCMAKE_PREFIX_PATH={prefix_path}", "-DCMAKE_BUILD_TYPE=Release"]
-            if shutil.which("ninja"):
-                cmd += ["-G", "Ninja"]
-            if shutil.which("ccache"):
-                cmd += ["-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
-            _run(cmd, "configuring examples/cpp")
-        _run(["cmake", "--build", str(BUILD_DIR)], "building examples/cpp")
-    exe = BUILD_DIR / "kiln_infer"
+    exe = build_example("cpp") / "kiln_infer"
     assert exe.exists()
     return exe
-
-
-def _run(cmd, what):
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, f"{what} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
 
 
 def _infer(exe, model, inputs, output, device="cpu"):

@@ -112,10 +112,8 @@ def test_main_cpu(tmp_path, monkeypatch, capsys):
     assert mc.main(["--models", "nope", "--device", "cpu"]) == 2
 
 
-def test_cpp_app_when_built(tmp_path):
-    exe = mc.CPP_BUILD_DIR / "kiln_infer"
-    if not exe.exists():
-        pytest.skip("examples/cpp not built yet (tests/python/test_cpp_deploy.py builds it)")
+def test_cpp_app(tmp_path):
+    exe = mc.build_cpp_app()  # incremental when test_cpp_deploy built it already
     r = mc.check(SMALL, "fp32", torch.device("cpu"), tmp_path, cpp_exe=exe)
     assert r.cpp == "yes", r.cpp
     assert r.status == "PASS"

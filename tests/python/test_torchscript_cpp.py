@@ -5,8 +5,6 @@ result loads in Python and matches what kiln.compile(ir="torchscript") gives for
 builds examples/cpp, under the machine-wide build lock.
 """
 
-import fcntl
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,39 +21,16 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "cpp_compile"
-BUILD_DIR = ROOT / "build" / "examples_cpp_compile"
-BUILD_LOCK = "/tmp/kiln-build.lock"
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(ROOT / "tools"))
+from cpp_example import build_example  # noqa: E402 (tools/cpp_example.py)
 from test_compile import SmallCNN  # noqa: E402
-
-
-def _run(cmd, what):
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, f"{what} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
 
 
 @pytest.fixture(scope="module")
 def compiler() -> Path:
-    prefix_path = f"{torch.utils.cmake_prefix_path};{kiln.cmake_prefix_path}"
-    BUILD_DIR.parent.mkdir(parents=True, exist_ok=True)
-    with open(BUILD_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        cache = BUILD_DIR / "CMakeCache.txt"
-        if (
-            not cache.exists()
-            or f"CMAKE_PREFIX_PATH:UNINITIALIZED={prefix_path}" not in cache.read_text()
-        ):
-            shutil.rmtree(BUILD_DIR, ignore_errors=True)
-            cmd = ["cmake", "-S", str(EXAMPLE), "-B", str(BUILD_DIR)]
-            cmd += [f"-DCMAKE_PREFIX_PATH={prefix_path}", "-DCMAKE_BUILD_TYPE=Release"]
-            if shutil.which("ninja"):
-                cmd += ["-G", "Ninja"]
-            if shutil.which("ccache"):
-                cmd += ["-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
-            _run(cmd, "configuring examples/cpp_compile")
-        _run(["cmake", "--build", str(BUILD_DIR)], "building examples/cpp_compile")
-    return BUILD_DIR / "kiln_compile_ts"
+    """examples/cpp_compile built against this Kiln: the path of its kiln_compile_ts."""
+    return build_example("cpp_compile") / "kiln_compile_ts"
 
 
 def test_cpp_compile_matches_python(compiler, tmp_path):
