@@ -150,3 +150,26 @@ def get(name: str) -> ModelEntry:
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     return MODELS[name]
+
+
+# ---- accuracy (bench/run.py and tools/model_check.py) ----------------------------------------
+
+
+def compare(out: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
+    """(max abs error, cosine similarity) of out against truth, in float64 on the CPU."""
+    a = out.detach().double().cpu().reshape(-1)
+    b = truth.detach().double().cpu().reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"output shape {tuple(out.shape)} != truth {tuple(truth.shape)}")
+    if a.numel() == 0:
+        return 0.0, 1.0
+    max_abs = float((a - b).abs().max())
+    denom = float(a.norm() * b.norm())
+    cosine = float(a @ b) / denom if denom > 0 else float(torch.equal(a, b))
+    return max_abs, cosine
+
+
+def first_tensor(out) -> torch.Tensor:
+    while not isinstance(out, torch.Tensor):
+        out = out[0]
+    return out

@@ -37,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models as zoo  # noqa: E402 (bench/models.py, next to this file)
+from models import compare, first_tensor  # noqa: E402
 
 SYSTEMS = ("eager", "compile", "reduce_overhead", "kiln")
 PEERS = ("eager", "compile", "reduce_overhead")
@@ -121,26 +122,6 @@ def summarize(times_ms: Sequence[float], batch: int) -> dict:
         latency_p90_ms=pct(0.9),
         throughput=batch * 1000.0 / median if median > 0 else float("inf"),
     )
-
-
-def compare(out: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
-    """(max abs error, cosine similarity) of out against truth, in float64 on the CPU."""
-    a = out.detach().double().cpu().reshape(-1)
-    b = truth.detach().double().cpu().reshape(-1)
-    if a.shape != b.shape:
-        raise ValueError(f"output shape {tuple(out.shape)} != truth {tuple(truth.shape)}")
-    if a.numel() == 0:
-        return 0.0, 1.0
-    max_abs = float((a - b).abs().max())
-    denom = float(a.norm() * b.norm())
-    cosine = float(a @ b) / denom if denom > 0 else float(torch.equal(a, b))
-    return max_abs, cosine
-
-
-def first_tensor(out) -> torch.Tensor:
-    while not isinstance(out, torch.Tensor):
-        out = out[0]
-    return out
 
 
 # ---- timing ---------------------------------------------------------------------------------

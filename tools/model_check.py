@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tools"))
 import models as zoo  # noqa: E402 (bench/models.py)
+from models import compare, first_tensor  # noqa: E402
 
 COSINE_MIN = {"fp32": 0.9999, "fp16": 0.999}
 FORMATS = ("torchscript", "exported_program")
@@ -68,25 +69,6 @@ class Result:
 def truncate(text: str, n: int = 160) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= n else text[: n - 3] + "..."
-
-
-def compare(out: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
-    """(max abs error, cosine similarity) in float64 on the CPU."""
-    a = out.detach().double().cpu().reshape(-1)
-    b = truth.detach().double().cpu().reshape(-1)
-    if a.shape != b.shape:
-        raise ValueError(f"output shape {tuple(out.shape)} != eager {tuple(truth.shape)}")
-    if a.numel() == 0:
-        return 0.0, 1.0
-    denom = float(a.norm() * b.norm())
-    cosine = float(a @ b) / denom if denom > 0 else float(torch.equal(a, b))
-    return float((a - b).abs().max()), cosine
-
-
-def first_tensor(out) -> torch.Tensor:
-    while not isinstance(out, torch.Tensor):
-        out = out[0]
-    return out
 
 
 # ---- the C++ app ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "core/ops/convolution.h"
+#include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 #include "kernels/reference/host_access.h"
 
@@ -127,8 +128,7 @@ bool fold_batch_norm(Network& net) {
     else
       p.inputs.push_back(new_b);
     p.outputs[0] = bn.outputs[0];
-    const std::string fused = p.attrs.has("fused") ? p.attrs.get_string("fused", p.name) : p.name;
-    p.attrs.set("fused", fused + "," + bn.name);
+    add_fused_name(p, bn.name);
     removed[i] = true;
     changed = true;
   }

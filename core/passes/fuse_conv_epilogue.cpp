@@ -13,6 +13,7 @@
 // Dynamic dims: dims compare as declared (-1 == -1); a residual that would broadcast at run time
 // is refused then by the layer's shape check.
 #include "core/ops/convolution.h"
+#include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 
 namespace kiln {
@@ -22,11 +23,6 @@ bool is_conv(const Layer& l) { return l.op == "convolution" || l.op == "deconvol
 
 bool has_activation(const Layer& l) {
   return l.attrs.has("activation") && l.attrs.get_string("activation", l.name) != "none";
-}
-
-void add_fused_name(Layer& conv, const std::string& name) {
-  const std::string fused = conv.attrs.has("fused") ? conv.attrs.get_string("fused", conv.name) : conv.name;
-  conv.attrs.set("fused", fused + "," + name);
 }
 
 }  // namespace

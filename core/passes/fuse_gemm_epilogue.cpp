@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "core/ops/activation.h"
+#include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 
 namespace kiln {
@@ -187,7 +188,7 @@ bool fuse_gemm_epilogue(Network& net, const std::set<std::string>& keep) {
     fused.name = head.name;
     fused.op = "fully_connected";
     // A head that is itself a fusion result (fuse_parallel_gemms) keeps its list of originals.
-    std::string names = head.attrs.has("fused") ? head.attrs.get_string("fused", head.name) : head.name;
+    std::string names = fused_names(head);
     for (int idx : chain) names += "," + layers[idx].name;
     if (head.op == "matmul") {  // matmul's transpose attributes do not apply to fully_connected
       const bool tb = head.attrs.get_int("transpose_b", int64_t{0}) != 0;

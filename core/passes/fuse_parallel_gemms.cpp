@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 
 namespace kiln {
@@ -86,14 +87,13 @@ bool fuse_parallel_gemms(Network& net, const std::set<std::string>& keep) {
       const bool bias = first.inputs.size() == 3;
       std::vector<TensorId> weights, biases;
       std::vector<int64_t> sizes;
-      std::string fused_names;
+      std::string absorbed;
       for (int i : g) {
         const Layer& l = layers[i];
         weights.push_back(l.inputs[1]);
         if (bias) biases.push_back(l.inputs[2]);
         sizes.push_back(net.tensor(l.inputs[1]).dims[0]);
-        fused_names += (fused_names.empty() ? "" : ",") +
-                       (l.attrs.has("fused") ? l.attrs.get_string("fused", l.name) : l.name);
+        absorbed += (absorbed.empty() ? "" : ",") + fused_names(l);
       }
       int64_t total = 0;
       for (int64_t s : sizes) total += s;
@@ -111,7 +111,7 @@ bool fuse_parallel_gemms(Network& net, const std::set<std::string>& keep) {
       Attributes attrs;
       if (first.attrs.has("allow_tf32"))
         attrs.set("allow_tf32", first.attrs.get_int("allow_tf32", first.name));
-      attrs.set("fused", fused_names);
+      attrs.set("fused", absorbed);
       // add_layer infers the output and validates; the layer is then moved to its place.
       Layer fused = net.add_layer("fully_connected", inputs, attrs, base);
       net.mutable_layers().pop_back();
