@@ -133,6 +133,9 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   //    generated code keeps it in its layer (store_artifacts), so that loading the plan does not
   //    generate it again.
   if (backend == Backend::kCuda && config.tactic_timing) choose_tactics_with_cache(net, config);
+  // Views (reshape, flatten, squeeze, unsqueeze) become aliases of their input: no kernel, no
+  // memory of their own (alias_views). After tactic timing, which runs layers on scratch buffers.
+  if (config.optimization_level > 0) run_pass("alias_views", alias_views, net);
   for (auto& l : net.mutable_layers()) {
     std::unique_ptr<Kernel> kernel = create_kernel(l, backend);
     kernel->store_artifacts(l.attrs);

@@ -78,6 +78,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   std::vector<std::unique_ptr<Kernel>> kernels_;  // one per layer
   std::vector<void*> constants_;                  // per tensor id: constant data on the backend
   std::vector<int> producer_;                     // per tensor id: producing layer, -1 if none
+  std::vector<std::pair<TensorId, TensorId>> views_;  // (output, input) of each alias layer, in order
   std::vector<TensorId> binding_ids_;             // per binding index
   std::unordered_map<std::string, int> binding_index_;
   bool uses_cudnn_ = false;  // some kernel needs a cuDNN handle
@@ -112,7 +113,8 @@ class ExecutionContext {
   // CUDA backend (so the times are GPU times) and a host clock on the reference backend.
   // layer_times() gives them in milliseconds, one per layer, for the last enqueue; on CUDA it
   // waits for that enqueue to finish. A profiling enqueue launches layer by layer (never a CUDA
-  // graph) and is slower than a plain one.
+  // graph) and is slower than a plain one. On CUDA a delay kernel holds the stream first while the
+  // host enqueues the layers, so the times are GPU times without host launch gaps.
   void set_profiling(bool on);
   bool profiling() const { return profiling_; }
   std::vector<double> layer_times();

@@ -419,18 +419,53 @@ std::vector<Dims> infer_shapes(const Network& net, const std::map<std::string, D
   return dims;
 }
 
+bool is_alias_layer(const Layer& layer) {
+  return layer.attrs.has("alias") && layer.attrs.get_int("alias", layer.name) != 0;
+}
+
+std::vector<TensorId> alias_roots(const Network& net) {
+  std::vector<TensorId> root(net.tensors().size());
+  for (size_t t = 0; t < root.size(); ++t) root[t] = static_cast<TensorId>(t);
+  for (const auto& l : net.layers()) {
+    if (is_alias_layer(l)) root[l.outputs[0]] = root[l.inputs[0]];
+  }
+  return root;
+}
+
 std::vector<Lifetime> activation_lifetimes(const Network& net) {
   std::vector<Lifetime> life(net.tensors().size());
+  std::vector<TensorId> root = alias_roots(net);
   const auto& layers = net.layers();
   for (int i = 0; i < static_cast<int>(layers.size()); ++i) {
-    for (TensorId t : layers[i].outputs) {
-      if (!net.is_output(t)) life[t] = {true, i, i};
+    if (!is_alias_layer(layers[i])) {
+      for (TensorId t : layers[i].outputs) {
+        if (!net.is_output(t)) life[t] = {true, i, i};
+      }
     }
     for (TensorId t : layers[i].inputs) {
-      if (life[t].in_arena) life[t].last = i;
+      if (life[root[t]].in_arena) life[root[t]].last = i;
     }
   }
   return life;
+}
+
+namespace {
+bool is_view_op(const std::string& op) {
+  return op == "reshape" || op == "flatten" || op == "squeeze" || op == "unsqueeze";
+}
+}  // namespace
+
+void validate_aliases(const Network& net) {
+  for (const auto& l : net.layers()) {
+    if (!is_alias_layer(l)) continue;
+    KILN_CHECK(is_view_op(l.op) && l.outputs.size() == 1 && !l.inputs.empty(),
+               describe(l) << ": only reshape, flatten, squeeze and unsqueeze layers can be views (alias = 1); "
+                              "the plan is corrupt");
+    KILN_CHECK(!net.is_output(l.outputs[0]),
+               describe(l) << ": a network output cannot be a view (alias = 1); the plan is corrupt");
+    KILN_CHECK(net.tensor(l.inputs[0]).dtype == net.tensor(l.outputs[0]).dtype,
+               describe(l) << ": a view (alias = 1) must keep its input's dtype; the plan is corrupt");
+  }
 }
 
 std::vector<int64_t> max_tensor_bytes(const Network& net, const std::vector<OptimizationProfile>& profiles) {
@@ -460,6 +495,7 @@ void validate_memory_plan(const Network& net, const std::vector<OptimizationProf
   KILN_CHECK(
       memory.arena_bytes >= 0 && memory.arena_bytes <= kMaxArenaBytes,
       "plan memory section: arena size " << memory.arena_bytes << " is out of range; the plan is corrupt");
+  validate_aliases(net);
   std::vector<Lifetime> life = activation_lifetimes(net);
   std::vector<int64_t> need = max_tensor_bytes(net, profiles);
   std::vector<size_t> placed;

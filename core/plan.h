@@ -77,8 +77,17 @@ void validate_profiles(const Network& net, const std::vector<OptimizationProfile
 std::vector<Dims> infer_shapes(const Network& net, const std::map<std::string, Dims>& input_shapes);
 // Likewise, with each tensor's tracked shape values (see ShapeValues in network.h).
 std::vector<TensorDesc> infer_descs(const Network& net, const std::map<std::string, Dims>& input_shapes);
-// Arena candidates: activation tensors that are not network outputs. Their lifetime is
-// [index of the producing layer, index of the last consuming layer].
+// Views: a reshape/flatten/squeeze/unsqueeze layer marked `alias` = 1 (the builder's alias_views
+// pass) computes nothing. Its output is its input's bytes under another shape (tensors are dense
+// row-major, so this is exact): the output has no arena slot, the engine points it at the input's
+// memory and launches nothing, and the input stays live until the view's last reader.
+bool is_alias_layer(const Layer& layer);
+// Per tensor: the tensor whose memory it is (itself unless it is the output of a view).
+std::vector<TensorId> alias_roots(const Network& net);
+// Refuses `alias` on a layer that is not a view op, or on a view that writes a network output.
+void validate_aliases(const Network& net);
+// Arena candidates: activation tensors that are not network outputs nor views. Their lifetime is
+// [index of the producing layer, index of the last layer reading it or a view of it].
 struct Lifetime {
   bool in_arena = false;
   int first = 0, last = 0;

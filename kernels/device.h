@@ -52,6 +52,8 @@ void* create_event();
 void destroy_event(void* event) noexcept;
 void record_event(void* event, void* stream);
 float event_elapsed_ms(void* start, void* end);  // synchronizes on `end`
+// Occupies `stream` for about `microseconds` (one spinning thread): later launches queue behind it.
+void gpu_delay(double microseconds, void* stream);
 
 // Makes `device` current for the guard's lifetime and restores the caller's device after.
 class DeviceGuard {

@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "core/op_schema.h"
+#include "core/plan.h"
 #include "kernels/kernel.h"
 #include "kernels/kernels.h"
 
@@ -46,8 +47,18 @@ bool has_kernel(const std::string& op, Backend backend) {
   return registry().count({op, backend}) != 0;
 }
 
+namespace {
+// A view layer (alias = 1): the engine points its output at its input's memory; nothing to run.
+class AliasKernel final : public Kernel {
+ public:
+  void run(const std::vector<TensorView>&, const std::vector<TensorView>&, const LaunchContext&) const override {}
+  std::string name() const override { return "alias (no copy)"; }
+};
+}  // namespace
+
 std::unique_ptr<Kernel> create_kernel(const Layer& layer, Backend backend) {
   ensure_builtins();
+  if (is_alias_layer(layer)) return std::make_unique<AliasKernel>();
   auto it = registry().find({layer.op, backend});
   KILN_CHECK(it != registry().end(), describe(layer) << ": no " << backend_name(backend)
                                                      << " kernel implements op '" << layer.op << "'");

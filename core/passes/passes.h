@@ -31,6 +31,8 @@ bool fuse_pointwise(Network& net);
 bool fold_batch_norm(Network& net);
 bool fuse_conv_epilogue(Network& net);
 bool assign_layouts(Network& net);
+// reshape/flatten/squeeze/unsqueeze -> views without a copy (alias = 1; see core/plan.h).
+bool alias_views(Network& net);
 MemoryPlan plan_memory(const Network& net, const std::vector<OptimizationProfile>& profiles);
 
 }  // namespace kiln

@@ -13,11 +13,11 @@ and size of every activation in the arena).
 
 profile() runs the plan in the engine's profiling mode (ExecutionContext.set_profiling): each
 layer's launch is timed with CUDA events on the CUDA backend or a host clock on the reference
-backend, several runs, median per layer. Known limit: the events measure the GPU timeline between
-launches, so where the host issues a layer more slowly than the GPU runs it (small layers at batch
-1; cuDNN calls cost tens of microseconds of host time), that layer's time includes the gap. The
-engine itself replays CUDA graphs without those gaps, so the profile's total can exceed the
-engine's latency.
+backend, several runs, median per layer. On CUDA a delay kernel holds the stream while the host
+enqueues every layer (ExecutionContext's profiling mode), so the events measure GPU time only,
+not the host's launch gaps; a layer whose host call takes longer than the delay covers (about
+40 us per layer + 2 ms) would show part of that gap again. The events themselves cost a little GPU
+time, so the profile's total slightly exceeds the engine's CUDA-graph latency.
 """
 
 from __future__ import annotations

@@ -110,6 +110,61 @@ TEST(PlanMemory, CorruptPlanIsRejected) {
   EXPECT_THROW(validate_memory_plan(net, {}, mem), Error);
 }
 
+// x -> relu a1 -> reshape v1 -> reshape v2 -> relu a2 -> relu a3 -> reshape (output y).
+Network view_chain_net() {
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {-1, 64});
+  TensorId a1 = net.add_activation(x, "relu", 0, "a1").outputs[0];
+  TensorId v1 = net.add_layer("reshape", {a1}, Attributes().set("shape", std::vector<int64_t>{-1, 8, 8}), "v1")
+                    .outputs[0];
+  TensorId v2 = net.add_layer("reshape", {v1}, Attributes().set("shape", std::vector<int64_t>{-1, 64}), "v2")
+                    .outputs[0];
+  TensorId a2 = net.add_activation(v2, "relu", 0, "a2").outputs[0];
+  TensorId a3 = net.add_activation(a2, "relu", 0, "a3").outputs[0];
+  TensorId y =
+      net.add_layer("reshape", {a3}, Attributes().set("shape", std::vector<int64_t>{-1, 8, 8}), "v3").outputs[0];
+  net.mark_output(y, "y");
+  return net;
+}
+
+TEST(AliasViews, ViewsTakeNoMemoryAndKeepTheirSourceLive) {
+  Network net = view_chain_net();
+  ASSERT_TRUE(alias_views(net));
+  std::vector<std::string> aliased;
+  for (const auto& l : net.layers()) {
+    if (is_alias_layer(l)) aliased.push_back(l.name);
+  }
+  EXPECT_EQ(aliased, (std::vector<std::string>{"v1", "v2"}));  // v3 writes the output: stays a copy
+  std::vector<TensorId> root = alias_roots(net);
+  EXPECT_EQ(root[net.find_tensor("v2")], net.find_tensor("a1"));
+  std::vector<OptimizationProfile> profiles = {{{{"x", {{1, 64}, {2, 64}, {4, 64}}}}}};
+  MemoryPlan mem = plan_memory(net, profiles);
+  EXPECT_NO_THROW(validate_memory_plan(net, profiles, mem));
+  EXPECT_EQ(mem.offsets[net.find_tensor("v1")], -1);
+  EXPECT_EQ(mem.offsets[net.find_tensor("v2")], -1);
+  // a2 is computed from a1's bytes (through the views): they must not share memory.
+  EXPECT_NE(mem.offsets[net.find_tensor("a1")], mem.offsets[net.find_tensor("a2")]);
+  EXPECT_FALSE(alias_views(net));  // nothing left to mark
+}
+
+TEST(AliasViews, AliasOnANonViewLayerIsACorruptPlan) {
+  for (const char* layer : {"a2", "v3"}) {  // not a view op; a view that writes the network output
+    Network net = view_chain_net();
+    std::vector<OptimizationProfile> profiles = {{{{"x", {{1, 64}, {1, 64}, {2, 64}}}}}};
+    MemoryPlan mem = plan_memory(net, profiles);
+    EXPECT_NO_THROW(validate_memory_plan(net, profiles, mem));
+    for (auto& l : net.mutable_layers()) {
+      if (l.name == layer) l.attrs.set("alias", int64_t{1});
+    }
+    try {
+      validate_memory_plan(net, profiles, mem);
+      ADD_FAILURE() << "alias on " << layer << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("alias = 1"), std::string::npos) << e.what();
+    }
+  }
+}
+
 // ---- convolution path: fold_batch_norm, fuse_conv_epilogue, assign_layouts ----------------------
 
 TensorId constant(Network& net, const std::string& name, const Dims& dims, std::vector<float> v) {

@@ -1,0 +1,64 @@
+"""Views: the builder turns reshape/flatten/squeeze/unsqueeze into aliases of their input (no
+kernel, no memory of their own; alias_views in core/passes). The source must stay intact while
+a view is still read, on the reference backend (CPU, CI) and on CUDA."""
+
+import pytest
+import torch
+
+import kiln
+
+ALIAS = "alias (no copy)"
+
+
+def _network() -> kiln.Network:
+    """a = relu(x) is read through four views only at the very end, after b, c, d were computed:
+    if a view did not keep its source live, the planner would give a's bytes to b, c or d."""
+    net = kiln.Network()
+    x = net.add_input("x", "float32", (-1, 6, 8))
+    a = net.add_activation(x, "relu", name="a").outputs[0]
+    v = net.add_reshape(a, (-1, 48), name="v1").outputs[0]
+    v = net.add_unsqueeze(v, [1], name="v2").outputs[0]
+    v = net.add_squeeze(v, [1], name="v3").outputs[0]
+    b = net.add_activation(x, "tanh", name="b").outputs[0]
+    c = net.add_activation(b, "sigmoid", name="c").outputs[0]
+    d = net.add_flatten(c, 1, -1, name="v4").outputs[0]  # [-1, 48]
+    d = net.add_activation(d, "relu", name="d").outputs[0]
+    y = net.add_elementwise(v, d, "mul", name="y").outputs[0]
+    net.mark_output(y, "y")
+    net.mark_output(net.add_reshape(y, (-1, 6, 8), name="out_view").outputs[0], "y3")
+    return net
+
+
+def _expected(x: torch.Tensor) -> torch.Tensor:
+    return torch.relu(x).reshape(-1, 48) * torch.relu(torch.sigmoid(torch.tanh(x))).reshape(-1, 48)
+
+
+@pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_views_alias_their_input_and_keep_it_live(target):
+    config = kiln.BuilderConfig(target=target)
+    config.add_optimization_profile({"x": ((1, 6, 8), (3, 6, 8), (5, 6, 8))})
+    plan = kiln.Builder().build(_network(), config)
+    info = kiln.inspect(plan)
+    kernels = {la.name: la.kernel for la in info.layers}
+    assert all(kernels[n] == ALIAS for n in ("v1", "v2", "v3")), kernels
+    assert kernels["out_view"] != ALIAS  # writes a network output: stays a copy
+    ctx = kiln.Engine(plan, backend=target).create_execution_context()
+    device = "cuda" if target == "cuda" else "cpu"
+    for batch in (1, 5, 3):
+        x = torch.randn(batch, 6, 8)
+        out = ctx.execute({"x": x.to(device)})
+        want = _expected(x)
+        torch.testing.assert_close(torch.as_tensor(out["y"]).cpu(), want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.as_tensor(out["y3"]).cpu(), want.reshape(-1, 6, 8), rtol=1e-5, atol=1e-6)
+
+
+def test_views_take_no_arena_memory():
+    config = kiln.BuilderConfig()
+    config.add_optimization_profile({"x": ((1, 6, 8), (3, 6, 8), (5, 6, 8))})
+    info = kiln.inspect(kiln.Builder().build(_network(), config))
+    in_arena = {name for name, _, _ in info.memory.tensors}
+    views = [la for la in info.layers if la.kernel == ALIAS]
+    assert len(views) >= 3
+    for la in views:
+        assert la.outputs[0][0] not in in_arena, la.name
+    assert "a" in in_arena  # the views' source has the memory
