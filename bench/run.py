@@ -53,7 +53,8 @@ DEFAULT = dict(
 )
 FULL = dict(models=",".join(ALL_MODELS), precisions="fp32,fp16", batches="1,32", deadline=0.0)
 QUICK = dict(models="mobilenet_v3_large", precisions="fp16", batches="1", deadline=120.0)
-PLAN_ROWS = {("resnet50", "fp16", 1), ("bert", "fp16", 1)}  # plans saved for inspection
+# Plans saved for inspection (--plans): the FP16 target rows.
+PLAN_ROWS = {(m, "fp16", b) for m in ("resnet50", "bert", "vit_b_16") for b in (1, 32)}
 NUM_INPUT_SETS = 3
 ERROR_CHARS = 200
 
@@ -693,7 +694,8 @@ def parse_args(argv: Sequence[str] | None = None):
     p.add_argument("--warmup", type=int, default=10, help="untimed runs first")
     p.add_argument("--out", default="bench_results", help="directory for results.{json,md,png}")
     p.add_argument(
-        "--plans", help="save Kiln's resnet50/bert FP16 b1 plans here (default OUT/plans)"
+        "--plans",
+        help="save Kiln's resnet50/bert/vit_b_16 FP16 plans here (default OUT/plans)",
     )
     p.add_argument("--full", action="store_true", help="every model, fp32+fp16, batch 1 and 32")
     p.add_argument(

@@ -97,9 +97,18 @@ fi
 
 bench_rc=0
 if want bench && [ -f bench/run.py ]; then
-  python3 bench/run.py --out "$OUT_DIR" >"$OUT_DIR/bench.log" 2>&1
+  # KILN_BENCH_ARGS: other rows or options (e.g. "--models bert --batches 32 --skip-peers").
+  # The plans (weights included, too big to fetch back) stay outside $OUT_DIR; their per-layer
+  # profile goes into profile.log.
+  plans=/tmp/kiln_bench_plans
+  # shellcheck disable=SC2086
+  python3 bench/run.py ${KILN_BENCH_ARGS:-} --plans "$plans" --out "$OUT_DIR" >"$OUT_DIR/bench.log" 2>&1
   bench_rc=$?
   summary+=("bench: rc $bench_rc (table in bench.log)")
+  if ls "$plans"/*.plan >/dev/null 2>&1; then
+    python3 tools/profile_plans.py "$plans"/*.plan --top "${KILN_PROFILE_TOP:-6}" >"$OUT_DIR/profile.log" 2>&1
+    for f in "$plans"/*.plan; do python3 -m kiln inspect "$f" >"$OUT_DIR/inspect_$(basename "$f" .plan).txt" 2>&1; done
+  fi
 fi
 
 [ $ctest_rc -ne 0 ] && grep -E "Failed|FAILED|Error" "$OUT_DIR/ctest.log" | head -30
@@ -108,6 +117,7 @@ echo
 echo "== kiln demo =="
 cat "$OUT_DIR/demo.log"
 [ $model_check_rc -ne 0 ] && { echo "== model_check (last lines) =="; grep -vE '^\|' "$OUT_DIR/model_check.log" | tail -20; }
+[ -f "$OUT_DIR/profile.log" ] && { echo "== per-layer profile of the saved plans =="; cat "$OUT_DIR/profile.log"; }
 [ -f "$OUT_DIR/bench.log" ] && { echo "== bench =="; tail -30 "$OUT_DIR/bench.log"; }
 echo
 echo "== GPU check summary (stages: $stages) =="
