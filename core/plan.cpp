@@ -458,9 +458,10 @@ bool is_view_op(const std::string& op) {
 void validate_aliases(const Network& net) {
   for (const auto& l : net.layers()) {
     if (!is_alias_layer(l)) continue;
-    KILN_CHECK(is_view_op(l.op) && l.outputs.size() == 1 && !l.inputs.empty(),
-               describe(l) << ": only reshape, flatten, squeeze and unsqueeze layers can be views (alias = 1); "
-                              "the plan is corrupt");
+    KILN_CHECK(
+        is_view_op(l.op) && l.outputs.size() == 1 && !l.inputs.empty(),
+        describe(l) << ": only reshape, flatten, squeeze and unsqueeze layers can be views (alias = 1); "
+                       "the plan is corrupt");
     KILN_CHECK(!net.is_output(l.outputs[0]),
                describe(l) << ": a network output cannot be a view (alias = 1); the plan is corrupt");
     KILN_CHECK(net.tensor(l.inputs[0]).dtype == net.tensor(l.outputs[0]).dtype,

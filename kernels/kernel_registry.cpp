@@ -51,7 +51,8 @@ namespace {
 // A view layer (alias = 1): the engine points its output at its input's memory; nothing to run.
 class AliasKernel final : public Kernel {
  public:
-  void run(const std::vector<TensorView>&, const std::vector<TensorView>&, const LaunchContext&) const override {}
+  void run(const std::vector<TensorView>&, const std::vector<TensorView>&,
+           const LaunchContext&) const override {}
   std::string name() const override { return "alias (no copy)"; }
 };
 }  // namespace

@@ -115,14 +115,15 @@ Network view_chain_net() {
   Network net;
   TensorId x = net.add_input("x", DataType::kFloat32, {-1, 64});
   TensorId a1 = net.add_activation(x, "relu", 0, "a1").outputs[0];
-  TensorId v1 = net.add_layer("reshape", {a1}, Attributes().set("shape", std::vector<int64_t>{-1, 8, 8}), "v1")
-                    .outputs[0];
+  TensorId v1 =
+      net.add_layer("reshape", {a1}, Attributes().set("shape", std::vector<int64_t>{-1, 8, 8}), "v1")
+          .outputs[0];
   TensorId v2 = net.add_layer("reshape", {v1}, Attributes().set("shape", std::vector<int64_t>{-1, 64}), "v2")
                     .outputs[0];
   TensorId a2 = net.add_activation(v2, "relu", 0, "a2").outputs[0];
   TensorId a3 = net.add_activation(a2, "relu", 0, "a3").outputs[0];
-  TensorId y =
-      net.add_layer("reshape", {a3}, Attributes().set("shape", std::vector<int64_t>{-1, 8, 8}), "v3").outputs[0];
+  TensorId y = net.add_layer("reshape", {a3}, Attributes().set("shape", std::vector<int64_t>{-1, 8, 8}), "v3")
+                   .outputs[0];
   net.mark_output(y, "y");
   return net;
 }

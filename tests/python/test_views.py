@@ -49,7 +49,9 @@ def test_views_alias_their_input_and_keep_it_live(target):
         out = ctx.execute({"x": x.to(device)})
         want = _expected(x)
         torch.testing.assert_close(torch.as_tensor(out["y"]).cpu(), want, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(torch.as_tensor(out["y3"]).cpu(), want.reshape(-1, 6, 8), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            torch.as_tensor(out["y3"]).cpu(), want.reshape(-1, 6, 8), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_views_take_no_arena_memory():
