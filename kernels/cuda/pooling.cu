@@ -7,7 +7,8 @@
 // for global pooling (output size 1). Math in float; max
 // pooling propagates NaN like torch. Channels-last layers (layout nhwc) run the own kernel with
 // one thread per output element in channel-fastest order, so neighbouring threads read
-// neighbouring channels.
+// neighbouring channels; 2-D ones whose channels fill 16-byte vectors take a vectorized variant
+// (one thread per pixel and 8 float16 channels, 32-bit indexing).
 #include <algorithm>
 #include <cfloat>
 
@@ -183,11 +184,104 @@ void fill3(int64_t (&dst)[3], const std::vector<int64_t>& src, size_t first, int
   for (size_t i = 0; i < 3; ++i) dst[i] = i < 3 - n ? fill : src[first + i - (3 - n)];
 }
 
+// 2-D channels-last pooling (not adaptive) with channels a multiple of a 16-byte vector: one
+// thread per output pixel and vector of channels, 32-bit indexing, 16-byte loads and stores.
+// The window and divisor rules are the generic kernel's (pooling_kernel above).
+template <typename T>
+__global__ void pool2d_nhwc_vec_kernel(PoolParams p, const T* __restrict__ x, T* __restrict__ y, uint32_t n) {
+  constexpr int kVec = 16 / sizeof(T);
+  const uint32_t cv = static_cast<uint32_t>(p.channels / kVec), ow_n = static_cast<uint32_t>(p.out[2]),
+                 oh_n = static_cast<uint32_t>(p.out[1]);
+  const int ih_n = static_cast<int>(p.in[1]), iw_n = static_cast<int>(p.in[2]);
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    uint32_t rest = i / cv;
+    const uint32_t c = i - rest * cv;
+    const uint32_t ow = rest % ow_n;
+    rest /= ow_n;
+    const uint32_t oh = rest % oh_n, sample = rest / oh_n;
+    int lo[2], hi[2], step[2];
+    int padded_count = 1, count = 1;
+    const uint32_t o[2] = {oh, ow};
+    const int in_dim[2] = {ih_n, iw_n};
+    for (int d = 0; d < 2; ++d) {
+      const int k = static_cast<int>(p.kernel[d + 1]), s = static_cast<int>(p.stride[d + 1]),
+                pad = static_cast<int>(p.pad[d + 1]), dil = static_cast<int>(p.dilation[d + 1]);
+      const int start = static_cast<int>(o[d]) * s - pad;
+      if (p.type == kPoolMax) {
+        const int first = start < 0 ? (-start + dil - 1) / dil : 0;
+        int last = start >= in_dim[d] ? 0 : (in_dim[d] - 1 - start) / dil + 1;
+        if (last > k) last = k;
+        lo[d] = start + first * dil;
+        hi[d] = first < last ? start + (last - 1) * dil + 1 : lo[d];
+        step[d] = dil;
+      } else {
+        const int end = min(start + k, in_dim[d] + pad);
+        padded_count *= end - start;
+        lo[d] = max(start, 0);
+        hi[d] = min(end, in_dim[d]);
+        count *= hi[d] > lo[d] ? hi[d] - lo[d] : 0;
+        step[d] = 1;
+      }
+    }
+    float acc[kVec];
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) acc[v] = p.type == kPoolMax ? -INFINITY : 0.f;
+    const T* base =
+        x + static_cast<size_t>(sample) * ih_n * iw_n * p.channels + static_cast<size_t>(c) * kVec;
+    for (int a = lo[0]; a < hi[0]; a += step[0]) {
+      for (int b = lo[1]; b < hi[1]; b += step[1]) {
+        const uint4 raw =
+            *reinterpret_cast<const uint4*>(base + (static_cast<size_t>(a) * iw_n + b) * p.channels);
+        const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+        for (int v = 0; v < kVec; ++v) {
+          const float val = to_float(e[v]);
+          if (p.type == kPoolAvg) {
+            acc[v] += val;
+          } else if (val > acc[v] || isnan(val)) {
+            acc[v] = val;
+          }
+        }
+      }
+    }
+    if (p.type == kPoolAvg) {
+      const float divisor = static_cast<float>(p.divisor_override > 0 ? p.divisor_override
+                                               : p.count_include_pad  ? padded_count
+                                                                      : count);
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) acc[v] /= divisor;
+    }
+    uint4 out;
+    T* oe = reinterpret_cast<T*>(&out);
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) oe[v] = from_float<T>(acc[v]);
+    *reinterpret_cast<uint4*>(y + static_cast<size_t>(i) * kVec) = out;
+  }
+}
+
+bool vec_nhwc_ok(const PoolParams& p, const TensorView& x, const TensorView& y) {
+  const int64_t vec = 16 / static_cast<int64_t>(dtype_size(x.dtype));
+  return p.channels_last && !p.adaptive && p.in[0] == 1 && p.out[0] == 1 && p.kernel[0] == 1 &&
+         p.channels % vec == 0 && reinterpret_cast<uintptr_t>(x.data) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(y.data) % 16 == 0 && volume(x.dims) < (int64_t{1} << 31) &&
+         volume(y.dims) < (int64_t{1} << 31);
+}
+
 void launch_pooling(const PoolParams& p, const TensorView& x, const TensorView& y, cudaStream_t stream,
                     const char* who) {
   const int64_t n = volume(y.dims);
   if (n == 0) return;
   constexpr int kBlock = 256;
+  if (vec_nhwc_ok(p, x, y)) {
+    dispatch_floating(x.dtype, who, [&](auto tag) {
+      using T = decltype(tag);
+      const int64_t threads = n / (16 / static_cast<int64_t>(sizeof(T)));
+      pool2d_nhwc_vec_kernel<T><<<grid_for(threads, kBlock), kBlock, 0, stream>>>(
+          p, static_cast<const T*>(x.data), static_cast<T*>(y.data), static_cast<uint32_t>(threads));
+    });
+    KILN_CUDA_CHECK_LAUNCH();
+    return;
+  }
   dispatch_floating(x.dtype, who, [&](auto tag) {
     using T = decltype(tag);
     pooling_kernel<T><<<grid_for(n, kBlock), kBlock, 0, stream>>>(p, static_cast<const T*>(x.data),

@@ -359,3 +359,25 @@ def test_adaptive_pooling_channels_last_cuda_matches_torch(case, dtype):
     got = run_nhwc_adaptive(case, x, "cuda", dynamic=True)
     want = to_last(TORCH_ADAPTIVE[(case[1], x.dim())](x.double(), case[3]).to(dtype))
     torch.testing.assert_close(got.double(), want.double(), **pool_tolerance(dtype))
+
+
+# The 1d/2d cases again with 16 and 24 channels: channels-last 2-D pooling whose channels fill
+# 16-byte vectors takes the vectorized kernel (8 float16/bfloat16 or 4 float32 channels a thread).
+VEC_CASES = [
+    (c[0] + f"_c{ch}", *c[1:2], (c[2][0], ch, *c[2][2:]), *c[3:])
+    for c in POOL_CASES
+    if len(c[2]) in (3, 4)
+    for ch in (16, 24)
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", VEC_CASES, ids=[c[0] for c in VEC_CASES])
+def test_pooling_channels_last_vectorized_cuda_matches_torch(case, dtype):
+    x = torch.randn(case[2]).to(dtype)
+    if case[1] == "max":  # NaN propagates, as in torch
+        x.view(-1)[::97] = float("nan")
+    got = run_nhwc_pool(case, x, "cuda", dynamic=True)
+    want = to_last(torch_pool(case, x.double()).to(dtype))
+    torch.testing.assert_close(got.double(), want.double(), equal_nan=True, **pool_tolerance(dtype))

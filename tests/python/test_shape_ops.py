@@ -592,6 +592,56 @@ def test_cuda_large_transpose_and_slice():
     torch.testing.assert_close(got, x[:, 3::5, -60::3], rtol=0, atol=0)
 
 
+# Copies whose innermost dim is contiguous on both sides move words of up to 16 bytes: heads
+# transposes (inner 64 halves: 16-byte words), inner runs that allow 8 or 4 bytes, offsets that
+# break the alignment (slices starting at an odd column), and NCHW <-> NHWC with 3 channels.
+WORD_CASES = {
+    "heads_fp16": ((2, 77, 12, 64), torch.float16, lambda n, t: n.add_transpose(t, [0, 2, 1, 3])),
+    "heads_fp32": ((3, 5, 4, 32), torch.float32, lambda n, t: n.add_transpose(t, [0, 2, 1, 3])),
+    "inner6_fp16": ((4, 7, 3, 6), torch.float16, lambda n, t: n.add_transpose(t, [2, 0, 1, 3])),
+    "inner2_int8ish": ((5, 3, 9, 2), torch.bool, lambda n, t: n.add_transpose(t, [1, 0, 2, 3])),
+    "nchw_to_nhwc_c3": (
+        (2, 3, 33, 35),
+        torch.float16,
+        lambda n, t: n.add_transpose(t, [0, 2, 3, 1]),
+    ),
+    "nhwc_to_nchw_c3": (
+        (2, 33, 35, 3),
+        torch.float16,
+        lambda n, t: n.add_transpose(t, [0, 3, 1, 2]),
+    ),
+    "slice_odd_start": ((6, 40), torch.float16, lambda n, t: n.add_slice(t, [1], [1], [33])),
+    "slice_even_start": ((6, 40), torch.float16, lambda n, t: n.add_slice(t, [1], [8], [40])),
+}
+WORD_REFS = {
+    "heads_fp16": lambda x: x.transpose(1, 2),
+    "heads_fp32": lambda x: x.transpose(1, 2),
+    "inner6_fp16": lambda x: x.permute(2, 0, 1, 3),
+    "inner2_int8ish": lambda x: x.transpose(0, 1),
+    "nchw_to_nhwc_c3": lambda x: x.permute(0, 2, 3, 1),
+    "nhwc_to_nchw_c3": lambda x: x.permute(0, 3, 1, 2),
+    "slice_odd_start": lambda x: x[:, 1:33],
+    "slice_even_start": lambda x: x[:, 8:40],
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", WORD_CASES)
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_cuda_copies_in_words(case, dynamic):
+    shape, dtype, add = WORD_CASES[case]
+    x = fresh(shape, dtype)
+    got = run_layer(add, [x], "cuda", dynamic=dynamic)
+    torch.testing.assert_close(got, WORD_REFS[case](x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", WORD_CASES)
+def test_reference_word_cases(case):
+    shape, dtype, add = WORD_CASES[case]
+    x = fresh(shape, dtype)
+    torch.testing.assert_close(run_layer(add, [x], "reference"), WORD_REFS[case](x), rtol=0, atol=0)
+
+
 @pytest.mark.gpu
 def test_cuda_shape_of():
     x = fresh((4, 3, 5))
