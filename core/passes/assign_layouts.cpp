@@ -11,7 +11,8 @@
 //
 // Channels-last layers:
 //   convolution, rank 4, float16/bfloat16, weight constant: x and residual go channels last, the
-//       weight [K, C/g, kh, kw] is permuted at build time to [K, kh, kw, C/g].
+//       weight [K, C/g, kh, kw] is permuted at build time to [K, kh, kw, C/g]. With fewer than 8
+//       input channels (and groups 1) x is zero-padded to 8 channels and the weight likewise.
 //   pooling, adaptive_pooling, rank 4: when their input was computed channels last.
 //   reduce with keepdim = 1 (squeeze-excitation's spatial mean), likewise: its axes are renumbered
 //       (NCHW axis 1 is NHWC axis 3, 2 is 1, 3 is 2), the kept rank-4 result stays channels last.
@@ -153,6 +154,7 @@ class LayoutRewriter {
         const bool weight = i == 1;
         inputs.push_back(activation_like || weight ? last_version(l.inputs[i]) : l.inputs[i]);
       }
+      pad_few_channels(l, inputs);
       attrs.set("layout", std::string("nhwc"));
     } else if (l.op == "pooling" || l.op == "adaptive_pooling") {
       inputs.push_back(last_version(l.inputs[0]));
@@ -178,6 +180,35 @@ class LayoutRewriter {
       native_[l.outputs[i]] = true;
     }
     changed_ = true;
+  }
+
+  // A convolution with fewer than kMinChannels input channels (an image's 3) runs badly on tensor
+  // cores: its channels-last input is zero-padded to kMinChannels (a pad layer) and its weight
+  // gets zero rows for the new channels, which adds nothing to any output.
+  void pad_few_channels(const Layer& l, std::vector<TensorId>& inputs) {
+    constexpr int64_t kMinChannels = 8;
+    const Tensor& x = net_.tensor(inputs[0]);
+    const Tensor& w = net_.tensor(inputs[1]);
+    const int64_t c = x.dims[3];
+    if (c <= 0 || c >= kMinChannels || l.attrs.get_int("groups", int64_t{1}) != 1 || w.dims[3] != c) return;
+    Attributes attrs;
+    attrs.set("pads", std::vector<int64_t>{0, kMinChannels - c});  // torch order: last dim first
+    Layer& pad = net_.add_layer("pad", {inputs[0]}, std::move(attrs), unique_layer(l.name + "/pad_channels"));
+    layers_.push_back(std::move(pad));
+    net_.mutable_layers().pop_back();
+    grow();
+    inputs[0] = layers_.back().outputs[0];
+    const size_t e = dtype_size(w.dtype);
+    const int64_t rows = volume(w.dims) / c;  // K * kh * kw rows of c channels
+    auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(rows * kMinChannels) * e, 0);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(bytes->data() + r * kMinChannels * e, w.data->data() + r * c * e, c * e);
+    }
+    Dims dims = w.dims;
+    dims[3] = kMinChannels;
+    const std::string name = unique_name(w.name + "/pad_channels");
+    inputs[1] = net_.add_constant(name, w.dtype, dims, std::move(bytes));
+    grow();
   }
 
   void grow() {

@@ -218,15 +218,17 @@ struct PadIndexer {
   int64_t before[kMaxRank] = {};
 };
 
-template <typename W>
-__global__ void pad_kernel(const W* __restrict__ x, W* __restrict__ y, PadIndexer p, W fill, int64_t total) {
-  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
+// I: the index type, 32-bit when every index fits (cheaper divisions).
+template <typename W, typename I>
+__global__ void pad_kernel(const W* __restrict__ x, W* __restrict__ y, PadIndexer p, W fill, I total) {
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < static_cast<int64_t>(total);
        e += int64_t{gridDim.x} * blockDim.x) {
-    int64_t rem = e, src = 0, stride = 1;
+    I rem = static_cast<I>(e), src = 0, stride = 1;
     bool inside = true;
     for (int d = p.rank - 1; d >= 0; --d) {
-      int64_t c = rem % p.out_dims[d] - p.before[d];
-      rem /= p.out_dims[d];
+      const I out_dim = static_cast<I>(p.out_dims[d]), q = rem / out_dim;
+      int64_t c = static_cast<int64_t>(rem - q * out_dim) - p.before[d];
+      rem = q;
       const int64_t n = p.in_dims[d];
       if (c < 0 || c >= n) {
         if (p.mode == kConstant) {
@@ -237,8 +239,8 @@ __global__ void pad_kernel(const W* __restrict__ x, W* __restrict__ y, PadIndexe
           c = c < 0 ? 0 : n - 1;
         }
       }
-      src += c * stride;
-      stride *= n;
+      src += static_cast<I>(c) * stride;
+      stride *= static_cast<I>(n);
     }
     y[e] = inside ? x[src] : fill;
   }
@@ -272,8 +274,14 @@ class CudaPad final : public Kernel {
       using W = decltype(w);
       W fill;
       std::memcpy(&fill, &fill_bits, sizeof(W));
-      pad_kernel<W><<<grid_for(total, kBlock), kBlock, 0, stream>>>(
-          static_cast<const W*>(in[0].data), static_cast<W*>(out[0].data), p, fill, total);
+      const auto* x = static_cast<const W*>(in[0].data);
+      auto* y = static_cast<W*>(out[0].data);
+      if (total < (int64_t{1} << 31) && volume(in[0].dims) < (int64_t{1} << 31)) {
+        pad_kernel<W, uint32_t>
+            <<<grid_for(total, kBlock), kBlock, 0, stream>>>(x, y, p, fill, static_cast<uint32_t>(total));
+      } else {
+        pad_kernel<W, int64_t><<<grid_for(total, kBlock), kBlock, 0, stream>>>(x, y, p, fill, total);
+      }
       KILN_CUDA_CHECK_LAUNCH();
     });
   }

@@ -345,3 +345,39 @@ def test_vision_model_fp16_cuda_matches_eager(name):
             want = model(x)
         got = compiled(x).float()
         assert cosine(got, want) > 0.999
+
+
+@pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("channels", [1, 3, 8])
+def test_layouts_pad_few_input_channels(target, channels):
+    # An image's 3 channels: the channels-last input is zero-padded to 8 channels (pad layer) and
+    # the weight gets zero channels; 8 channels need no padding. Same values as the plain plan.
+    net = kiln.Network()
+    x = net.add_input("x", "float16", [-1, channels, 20, 19])
+    a = net.add_convolution(
+        x,
+        conv_weight(16, channels, 7, 7).half(),
+        torch.randn(16).half(),
+        stride=2,
+        padding=3,
+        name="stem",
+    )
+    net.mark_output(net.add_activation(a, "relu", name="r"), "y")
+    profile = {"x": ([1, channels, 20, 19], [2, channels, 20, 19], [3, channels, 20, 19])}
+    plan = build(net, profile=profile, target=target)
+    pads = [layer for layer in plan.layers() if layer["op"] == "pad"]
+    stem = layer_named(plan, "stem")
+    assert stem["attrs"]["layout"] == "nhwc"
+    if channels < 8:
+        assert len(pads) == 1 and pads[0]["outputs"][0][2] == [-1, 20, 19, 8]
+    else:
+        assert not pads
+    plain = build(net, level=0, profile=profile)
+    for batch in (1, 3):
+        feed = {"x": torch.randn(batch, channels, 20, 19).half()}
+        torch.testing.assert_close(
+            run(plan, feed, target)["y"].float(),
+            run(plain, feed)["y"].float(),
+            rtol=1e-2,
+            atol=1e-2,
+        )
