@@ -56,7 +56,7 @@ Engine::Engine(Plan plan, Backend backend, std::shared_ptr<DeviceAllocator> allo
   constants_.assign(net.tensors().size(), nullptr);
   producer_ = net.producers();
   for (const auto& l : net.layers()) {
-    if (is_alias_layer(l)) views_.push_back({l.outputs[0], l.inputs[0]});
+    if (is_alias_layer(l)) views_.push_back({l.outputs[0], l.inputs[0], alias_offset(net, l)});
   }
   for (TensorId id : net.inputs()) binding_ids_.push_back(id);
   for (TensorId id : net.outputs()) binding_ids_.push_back(id);
@@ -417,7 +417,8 @@ void ExecutionContext::refresh_pointers() {
     if (b >= e.num_inputs() && e.producer_[id] < 0) continue;
     ptr_[id] = stage ? staging_buffers_[b] : addresses_[b];
   }
-  for (const auto& [view, source] : e.views_) ptr_[view] = ptr_[source];  // views: no memory of their own
+  for (const auto& v : e.views_)
+    ptr_[v.view] = static_cast<uint8_t*>(ptr_[v.source]) + v.offset;  // no memory of their own
   for (int b = 0; b < e.num_bindings(); ++b) {
     KILN_CHECK(addresses_[b] != nullptr || volume(shapes_[e.binding_ids_[b]]) == 0,
                "no address set for '" << net.tensor(e.binding_ids_[b]).name

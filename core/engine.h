@@ -73,13 +73,17 @@ class Engine : public std::enable_shared_from_this<Engine> {
   Plan plan_;
   Backend backend_;
   int device_ = -1;
-  std::shared_ptr<DeviceAllocator> allocator_;        // CUDA only
-  void* weights_ = nullptr;                           // CUDA: every constant, in one allocation
-  std::vector<std::unique_ptr<Kernel>> kernels_;      // one per layer
-  std::vector<void*> constants_;                      // per tensor id: constant data on the backend
-  std::vector<int> producer_;                         // per tensor id: producing layer, -1 if none
-  std::vector<std::pair<TensorId, TensorId>> views_;  // (output, input) of each alias layer, in order
-  std::vector<TensorId> binding_ids_;                 // per binding index
+  std::shared_ptr<DeviceAllocator> allocator_;    // CUDA only
+  void* weights_ = nullptr;                       // CUDA: every constant, in one allocation
+  std::vector<std::unique_ptr<Kernel>> kernels_;  // one per layer
+  std::vector<void*> constants_;                  // per tensor id: constant data on the backend
+  std::vector<int> producer_;                     // per tensor id: producing layer, -1 if none
+  struct View {
+    TensorId view, source;
+    int64_t offset;  // bytes into the source
+  };
+  std::vector<View> views_;            // every alias layer, in order
+  std::vector<TensorId> binding_ids_;  // per binding index
   std::unordered_map<std::string, int> binding_index_;
   bool uses_cudnn_ = false;  // some kernel needs a cuDNN handle
   bool capturable_ = true;   // every kernel may be captured in a CUDA graph

@@ -455,13 +455,46 @@ bool is_view_op(const std::string& op) {
 }
 }  // namespace
 
+int64_t slab_view_offset(const Network& net, const Layer& l) {
+  if (l.op != "gather" || l.inputs.size() != 2 || l.outputs.size() != 1) return -1;
+  const Tensor &x = net.tensor(l.inputs[0]), &index = net.tensor(l.inputs[1]);
+  if (index.kind != TensorKind::kConstant || volume(index.dims) != 1 || !index.data) return -1;
+  if (index.dtype != DataType::kInt64 && index.dtype != DataType::kInt32) return -1;
+  if (!is_static(x.dims) || x.dims.empty()) return -1;
+  const auto rank = static_cast<int64_t>(x.dims.size());
+  int64_t axis = l.attrs.has("axis") ? l.attrs.get_int("axis", l.name) : 0;
+  if (axis < 0) axis += rank;
+  if (axis < 0 || axis >= rank) return -1;
+  for (int64_t d = 0; d < axis; ++d) {
+    if (x.dims[d] != 1) return -1;
+  }
+  int64_t i = 0;
+  if (index.dtype == DataType::kInt64) {
+    std::memcpy(&i, index.data->data(), sizeof(int64_t));
+  } else {
+    int32_t v = 0;
+    std::memcpy(&v, index.data->data(), sizeof(int32_t));
+    i = v;
+  }
+  if (i < 0) i += x.dims[axis];
+  if (i < 0 || i >= x.dims[axis]) return -1;
+  int64_t inner = 1;
+  for (int64_t d = axis + 1; d < rank; ++d) inner *= x.dims[d];
+  const int64_t bytes = i * inner * static_cast<int64_t>(dtype_size(x.dtype));
+  return bytes % 256 == 0 ? bytes : -1;  // keeps the 256-byte alignment kernels may rely on
+}
+
+int64_t alias_offset(const Network& net, const Layer& l) {
+  return l.op == "gather" ? slab_view_offset(net, l) : 0;
+}
+
 void validate_aliases(const Network& net) {
   for (const auto& l : net.layers()) {
     if (!is_alias_layer(l)) continue;
     KILN_CHECK(
-        is_view_op(l.op) && l.outputs.size() == 1 && !l.inputs.empty(),
-        describe(l) << ": only reshape, flatten, squeeze and unsqueeze layers can be views (alias = 1); "
-                       "the plan is corrupt");
+        (is_view_op(l.op) || slab_view_offset(net, l) >= 0) && l.outputs.size() == 1 && !l.inputs.empty(),
+        describe(l) << ": only reshape, flatten, squeeze and unsqueeze layers, and gathers of one "
+                       "leading slab, can be views (alias = 1); the plan is corrupt");
     KILN_CHECK(!net.is_output(l.outputs[0]),
                describe(l) << ": a network output cannot be a view (alias = 1); the plan is corrupt");
     KILN_CHECK(net.tensor(l.inputs[0]).dtype == net.tensor(l.outputs[0]).dtype,

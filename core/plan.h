@@ -84,6 +84,13 @@ std::vector<TensorDesc> infer_descs(const Network& net, const std::map<std::stri
 bool is_alias_layer(const Layer& layer);
 // Per tensor: the tensor whose memory it is (itself unless it is the output of a view).
 std::vector<TensorId> alias_roots(const Network& net);
+// A gather of one constant index along an axis with only size-1 dims before it (select(0, i) of
+// [3, S, B, E]) reads one contiguous slab: it can be a view at this byte offset into its input.
+// -1 when the layer is not such a gather (or the dims are dynamic, or the offset is not a multiple
+// of 256 bytes).
+int64_t slab_view_offset(const Network& net, const Layer& layer);
+// Byte offset of an alias layer's output into its input's memory (0 for reshapes and the like).
+int64_t alias_offset(const Network& net, const Layer& layer);
 // Refuses `alias` on a layer that is not a view op, or on a view that writes a network output.
 void validate_aliases(const Network& net);
 // Arena candidates: activation tensors that are not network outputs nor views. Their lifetime is

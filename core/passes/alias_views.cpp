@@ -2,7 +2,9 @@
 // they cost nothing at run time: the output is the input's memory under another shape (see
 // is_alias_layer in core/plan.h). Exact because every tensor of a network is dense row-major;
 // channels-last layouts never reach a view (assign_layouts transposes back before one).
-// A view that writes a network output stays a copy: the output lives in the caller's buffer.
+// A gather of one leading slab (select(0, i) of [3, S, B, E]: torch's MultiheadAttention picks q,
+// k and v so) is a view too, at a byte offset (slab_view_offset in core/plan.h). A view that
+// writes a network output stays a copy: the output lives in the caller's buffer.
 // The builder runs this last, after tactics and right before memory planning.
 #include "core/passes/passes.h"
 
@@ -11,7 +13,8 @@ namespace kiln {
 bool alias_views(Network& net) {
   bool changed = false;
   for (auto& l : net.mutable_layers()) {
-    bool view_op = l.op == "reshape" || l.op == "flatten" || l.op == "squeeze" || l.op == "unsqueeze";
+    bool view_op = l.op == "reshape" || l.op == "flatten" || l.op == "squeeze" || l.op == "unsqueeze" ||
+                   slab_view_offset(net, l) >= 0;
     if (!view_op || is_alias_layer(l) || l.outputs.size() != 1 || net.is_output(l.outputs[0])) continue;
     if (net.tensor(l.inputs[0]).dtype != net.tensor(l.outputs[0]).dtype) continue;
     l.attrs.set("alias", int64_t{1});

@@ -64,3 +64,33 @@ def test_views_take_no_arena_memory():
     for la in views:
         assert la.outputs[0][0] not in in_arena, la.name
     assert "a" in in_arena  # the views' source has the memory
+
+
+@pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize(
+    "shape,axis,index,aliased",
+    [
+        ((3, 4, 16), 0, 1, True),  # select(0, 1) of [3, S, E]: q/k/v of torch's MultiheadAttention
+        ((3, 4, 16), 0, -1, True),
+        ((1, 3, 64), 1, 2, True),  # size-1 dims before the axis still give one slab
+        ((3, 4, 8), 0, 1, False),  # 128-byte offset: not 256-aligned, stays a copy
+        ((4, 3, 16), 1, 1, False),  # strided: a real gather
+    ],
+)
+def test_gather_of_a_leading_slab_is_a_view(target, shape, axis, index, aliased):
+    net = kiln.Network()
+    x = net.add_input("x", "float32", shape)
+    a = net.add_activation(x, "relu", name="a").outputs[0]
+    idx = net.add_constant(torch.tensor(index, dtype=torch.int64))
+    s = net.add_gather(a, idx, axis, name="select").outputs[0]
+    b = net.add_activation(x, "tanh", name="b").outputs[0]  # computed while the slab is live
+    b = net.add_gather(b, idx, axis, name="select_b").outputs[0]
+    net.mark_output(net.add_elementwise(s, b, "add", name="y").outputs[0], "y")
+    plan = kiln.Builder().build(net, kiln.BuilderConfig(target=target))
+    kernels = {la.name: la.kernel for la in kiln.inspect(plan).layers}
+    assert (kernels["select"] == ALIAS) == aliased, kernels
+    device = "cuda" if target == "cuda" else "cpu"
+    xv = torch.randn(shape)
+    out = kiln.Engine(plan, backend=target).create_execution_context().execute({"x": xv.to(device)})
+    want = torch.relu(xv).select(axis, index) + torch.tanh(xv).select(axis, index)
+    torch.testing.assert_close(torch.as_tensor(out["y"]).cpu(), want, rtol=1e-5, atol=1e-6)
