@@ -254,10 +254,13 @@ TEST(AssignLayouts, HalfConvolutionRunsChannelsLast) {
   TensorId c = net.add_layer("convolution", {x, w}, attrs, "conv").outputs[0];
   net.mark_output(net.add_activation(c, "relu", 0, "relu").outputs[0], "y");
   EXPECT_TRUE(assign_layouts(net));
-  ASSERT_EQ(ops_of(net), (std::vector<std::string>{"transpose", "convolution", "activation", "transpose"}));
-  EXPECT_EQ(net.layers()[1].attrs.get_string("layout", "conv"), "nhwc");
-  EXPECT_EQ(net.tensor(net.layers()[1].inputs[1]).dims, (Dims{2, 3, 3, 3}));  // [K, kh, kw, C]
-  EXPECT_EQ(net.tensor(net.layers()[2].outputs[0]).dims, (Dims{1, 4, 5, 2}));
+  // 3 input channels are padded to 8 (pad layer; the weight gets zero channels).
+  ASSERT_EQ(ops_of(net),
+            (std::vector<std::string>{"transpose", "pad", "convolution", "activation", "transpose"}));
+  EXPECT_EQ(net.tensor(net.layers()[1].outputs[0]).dims, (Dims{1, 4, 5, 8}));
+  EXPECT_EQ(net.layers()[2].attrs.get_string("layout", "conv"), "nhwc");
+  EXPECT_EQ(net.tensor(net.layers()[2].inputs[1]).dims, (Dims{2, 3, 3, 8}));  // [K, kh, kw, C padded]
+  EXPECT_EQ(net.tensor(net.layers()[3].outputs[0]).dims, (Dims{1, 4, 5, 2}));
   EXPECT_EQ(net.tensor(net.outputs()[0]).name, "y");
   EXPECT_EQ(net.tensor(net.outputs()[0]).dims, (Dims{1, 2, 4, 5}));
   net.revalidate();
