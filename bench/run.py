@@ -1,6 +1,6 @@
 """Kiln benchmark: a model x precision x batch matrix, Kiln and its peers measured in one run.
 
-    python3 bench/run.py --out results/            # the default matrix: issue 5's target rows (~9 minutes on an H100)
+    python3 bench/run.py --out results/            # the target rows, FP16 (~9 minutes on an H100)
     python3 bench/run.py --full --out results/     # every model, FP32 and FP16, batch 1 and 32
     python3 bench/run.py --quick                   # one small row, a fast check
 
@@ -711,7 +711,8 @@ def parse_args(argv: Sequence[str] | None = None):
         "--compile-budget",
         type=float,
         default=None,
-        help="seconds of torch.compile compiling per model (0: none; default 150, none with --full)",
+        help="seconds of torch.compile compiling per model "
+        "(0: none; default 150, none with --full)",
     )
     p.add_argument("--device", default="cuda", help="cuda, or cpu (Kiln's reference backend)")
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
