@@ -53,10 +53,10 @@ __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? 
 
 template <int D>
 struct Tile {
-  static constexpr int kLd = D + 8;                // padded row, in elements
-  static constexpr int kElems = kBlockN * kLd;     // one K or V tile
-  static constexpr int kVecs = D / 8;              // 16-byte vectors per row
-  static constexpr int kSmemElems = 4 * kElems;    // K and V, two stages
+  static constexpr int kLd = D + 8;              // padded row, in elements
+  static constexpr int kElems = kBlockN * kLd;   // one K or V tile
+  static constexpr int kVecs = D / 8;            // 16-byte vectors per row
+  static constexpr int kSmemElems = 4 * kElems;  // K and V, two stages
   static_assert(kBlockN * kVecs % kThreads == 0 && 16 * kVecs % 32 == 0, "whole copy rounds");
 };
 
@@ -272,7 +272,7 @@ __global__ void __launch_bounds__(kThreads)
       load_tile_async<D>(stage, kg + n1 * ks, ks, keys);
       load_tile_async<D>(stage + L::kElems, vg + n1 * vs, vs, keys);
     }
-    cp_async_commit();  // possibly empty: keeps the group count uniform
+    cp_async_commit();   // possibly empty: keeps the group count uniform
     cp_async_wait<1>();  // tile `it` has landed (this thread's copies)
     __syncthreads();     // ... and every thread's
 
@@ -387,7 +387,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int nt = 0; nt < D / 8; ++nt) {
     const int col = nt * 8 + 2 * quad;
-    *reinterpret_cast<uint32_t*>(ow + (lane / 4) * kLd + col) = pack2<T>(o_acc[nt][0] * inv[0], o_acc[nt][1] * inv[0]);
+    *reinterpret_cast<uint32_t*>(ow + (lane / 4) * kLd + col) =
+        pack2<T>(o_acc[nt][0] * inv[0], o_acc[nt][1] * inv[0]);
     *reinterpret_cast<uint32_t*>(ow + (lane / 4 + 8) * kLd + col) =
         pack2<T>(o_acc[nt][2] * inv[1], o_acc[nt][3] * inv[1]);
   }
@@ -412,7 +413,8 @@ void launch(const MmaAttentionParams& p, cudaStream_t stream) {
   const size_t smem = sizeof(T) * Tile<D>::kSmemElems;
   auto kernel = mma_attention_kernel<T, D, kMask>;
   if (smem > 48 * 1024) {  // above the default limit a kernel must opt in
-    KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    KILN_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   }
   const float scale_log2 = static_cast<float>(static_cast<double>(p.scale) * 1.4426950408889634);
   kernel<<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(p, m_tiles, scale_log2);
@@ -442,7 +444,8 @@ bool mma_attention_supports(const MmaAttentionParams& p, DataType dtype, int64_t
   for (const void* ptr : std::initializer_list<const void*>{p.q, p.k, p.v, p.o}) {
     if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
   }
-  for (const int64_t* strides : std::initializer_list<const int64_t*>{p.q_strides, p.k_strides, p.v_strides, p.o_strides}) {
+  for (const int64_t* strides :
+       std::initializer_list<const int64_t*>{p.q_strides, p.k_strides, p.v_strides, p.o_strides}) {
     for (int i = 0; i < 3; ++i) {
       if (strides[i] % 8 != 0) return false;
     }
