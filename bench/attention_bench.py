@@ -108,7 +108,12 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     stream = torch.cuda.current_stream().cuda_stream
     print(f"{torch.cuda.get_device_name()}, {args.dtype}, {args.runs} runs")
-    header = f"{'shape':38s} {'kiln us':>9s} {'layer us':>9s} {'torch us':>9s} {'TFLOPS':>7s} {'max err':>8s}"
+    columns = ("kiln us", "layer us", "torch us")
+    header = (
+        f"{'shape':38s} "
+        + " ".join(f"{c:>9s}" for c in columns)
+        + f" {'TFLOPS':>7s} {'max err':>8s}"
+    )
     print(header)
     print("-" * len(header))
     for name, b, hq, hkv, sq, sk, d, causal, mask in SHAPES:
