@@ -6,22 +6,15 @@
 // output columns l, l + 32, ... of each row. Causal layers stop at the tile's last visible key.
 // No scratch memory. A row whose keys are all masked gets zeros, like the reference.
 //
-// Fast path (attention_tc_kernel): head size 64 (D = Dv = 64), float16/bfloat16, 16-byte aligned
-// q/k/v/out, sm_80+. Tensor cores through WMMA (16x16x16, FP32 accumulation): a block of kTcWarps
-// warps takes 16 query rows per warp; 64-key K/V tiles are staged in shared memory (16-byte loads)
-// and shared by the warps. Per tile, a warp computes S = Q K^T (tensor cores) into shared memory,
-// two lanes per row run the online softmax on S in FP32 (scale, causal, bool/additive mask
-// broadcast, GQA as the generic kernel), rescale the FP32 output rows in shared memory and write
-// P in the input dtype, and O += P V runs on tensor cores again. Everything else (other head
-// sizes, float32) takes the generic kernel above.
-#include <mma.h>
-
+// Fast path: float16/bfloat16 with head size D = Dv in {32, 64, 128} on sm_80+ (16-byte aligned
+// tensors) takes the tensor-core flash-attention kernel of attention_mma.cu; everything else (other
+// head sizes, float32, misaligned views) takes the kernel here.
 #include <algorithm>
 #include <cmath>
-#include <initializer_list>
 
 #include "core/ops/attention.h"
 #include "kernels/broadcast.h"
+#include "kernels/cuda/attention_mma.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/device.h"
@@ -209,202 +202,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// ---- Tensor-core path for head size 64 (see the file comment). ----
-constexpr int kTcWarps = 2;
-constexpr int kTcRows = 16 * kTcWarps;  // query rows per block
-constexpr int kTcKeys = 64;             // keys per K/V tile
-constexpr int kTcDim = 64;
-constexpr int kTcLd = kTcDim + 8;    // half stride of K/V/P/Q tiles: rows start on distinct banks
-constexpr int kTcLdS = kTcKeys + 4;  // float stride of S and O
-constexpr int kTcThreads = kTcWarps * 32;
-constexpr size_t kTcTileBytes = sizeof(uint16_t) * kTcKeys * kTcLd;  // one K or V tile
-constexpr size_t kTcWarpBytes = sizeof(float) * 16 * kTcLdS;         // one warp's S (or O)
-constexpr size_t kTcSmemBytes = 2 * kTcTileBytes + 2 * kTcWarps * kTcWarpBytes;
-static_assert(kTcSmemBytes <= 48 * 1024, "the tensor-core attention tile must fit the default smem");
-static_assert(sizeof(uint16_t) * 16 * kTcLd <= kTcWarpBytes, "P and the Q staging alias S");
-
-// Copies `rows` rows of 64 16-bit elements (row stride 64 in global memory) into shared memory with
-// stride kTcLd, zero-filling rows [rows, total_rows). 16-byte vectors; `threads` cooperate.
-template <typename T>
-__device__ __forceinline__ void stage_rows(const T* __restrict__ src, int rows, int total_rows, T* dst,
-                                           int tid, int threads) {
-  constexpr int kVecsPerRow = kTcDim * sizeof(T) / 16;
-  for (int i = tid; i < total_rows * kVecsPerRow; i += threads) {
-    const int r = i / kVecsPerRow, c = i % kVecsPerRow;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (r < rows) val = reinterpret_cast<const uint4*>(src + int64_t{r} * kTcDim)[c];
-    *reinterpret_cast<uint4*>(dst + r * kTcLd + c * (16 / sizeof(T))) = val;
-  }
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kTcThreads)
-    attention_tc_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                        const uint8_t* __restrict__ mask_bool, const T* __restrict__ mask_add,
-                        T* __restrict__ out, AttentionParams p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  using namespace nvcuda;
-  extern __shared__ __align__(128) unsigned char tc_smem[];
-  T* k_tile = reinterpret_cast<T*>(tc_smem);
-  T* v_tile = reinterpret_cast<T*>(tc_smem + kTcTileBytes);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float* s_buf = reinterpret_cast<float*>(tc_smem + 2 * kTcTileBytes + warp * kTcWarpBytes);
-  float* o_buf = reinterpret_cast<float*>(tc_smem + 2 * kTcTileBytes + (kTcWarps + warp) * kTcWarpBytes);
-  T* p_buf = reinterpret_cast<T*>(s_buf);  // P (and the Q staging) alias S: see the syncs below
-  const float neg_inf = -INFINITY;
-  // Two lanes per query row: lane owns row `r` of the warp's 16, columns [half * 32, half * 32 + 32).
-  const int r = lane >> 1, half = lane & 1;
-
-  for (int64_t tile = blockIdx.x; tile < p.tiles; tile += gridDim.x) {
-    const int64_t bh = tile / p.m_tiles;
-    const int64_t m0 = (tile % p.m_tiles) * kTcRows;
-    const int64_t kv = (bh / p.hq) * p.hkv + (bh % p.hq) / p.group;
-    const int64_t w0 = m0 + warp * 16;  // the warp's first query row
-    const T* kb = k + kv * p.sk * kTcDim;
-    const T* vb = v + kv * p.sk * kTcDim;
-    int64_t mask_base = 0;
-    if (p.mask_kind != kNoMask) {
-      int64_t rem = bh;
-      for (int i = p.lead_rank - 1; i >= 0; --i) {
-        mask_base += (rem % p.lead_dims[i]) * p.lead_strides[i];
-        rem /= p.lead_dims[i];
-      }
-    }
-
-    // Q fragments, staged through the warp's S buffer (zero rows past Sq).
-    const int q_rows = w0 < p.sq ? static_cast<int>(min64(16, p.sq - w0)) : 0;
-    stage_rows(q + (bh * p.sq + min64(w0, p.sq)) * kTcDim, q_rows, 16, p_buf, lane, 32);
-    __syncwarp();
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> q_frag[kTcDim / 16];
-#pragma unroll
-    for (int kk = 0; kk < kTcDim / 16; ++kk) wmma::load_matrix_sync(q_frag[kk], p_buf + kk * 16, kTcLd);
-    for (int c = 0; c < 32; ++c) o_buf[r * kTcLdS + half * 32 + c] = 0.f;
-    float m_run = neg_inf, l_run = 0.f;
-
-    const int64_t n_end = p.causal ? min64(p.sk, m0 + kTcRows) : p.sk;
-    for (int64_t n0 = 0; n0 < n_end; n0 += kTcKeys) {
-      const int keys = static_cast<int>(min64(kTcKeys, p.sk - n0));
-      __syncthreads();  // every warp is done with the previous K/V tile
-      stage_rows(kb + n0 * kTcDim, keys, kTcKeys, k_tile, threadIdx.x, kTcThreads);
-      stage_rows(vb + n0 * kTcDim, keys, kTcKeys, v_tile, threadIdx.x, kTcThreads);
-      __syncthreads();
-
-      // S[16, 64] = Q K^T: K stored [key][dim] is K^T in column-major.
-#pragma unroll
-      for (int nt = 0; nt < kTcKeys / 16; ++nt) {
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> s_frag;
-        wmma::fill_fragment(s_frag, 0.f);
-#pragma unroll
-        for (int kk = 0; kk < kTcDim / 16; ++kk) {
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> k_frag;
-          wmma::load_matrix_sync(k_frag, k_tile + nt * 16 * kTcLd + kk * 16, kTcLd);
-          wmma::mma_sync(s_frag, q_frag[kk], k_frag, s_frag);
-        }
-        __syncwarp();  // (first tile) the Q staging in the aliased buffer has been read
-        wmma::store_matrix_sync(s_buf + nt * 16, s_frag, kTcLdS, wmma::mem_row_major);
-      }
-      __syncwarp();
-
-      // Online softmax of row r over this lane's 32 keys; the partner lane (lane ^ 1) has the rest.
-      const int64_t i = w0 + r;
-      float x[32];
-      float mx = neg_inf;
-#pragma unroll
-      for (int c = 0; c < 32; ++c) {
-        const int64_t j = n0 + half * 32 + c;
-        float val = s_buf[r * kTcLdS + half * 32 + c] * p.scale;
-        bool live = j < p.sk && i < p.sq && !(p.causal && j > i);
-        if (live && p.mask_kind != kNoMask) {
-          const int64_t off = mask_base + i * p.mask_sq_stride + j * p.mask_sk_stride;
-          if (p.mask_kind == kBoolMask) {
-            live = mask_bool[off] != 0;
-          } else {
-            val += to_float(mask_add[off]);
-          }
-        }
-        x[c] = live ? val : neg_inf;
-        mx = fmaxf(mx, x[c]);
-      }
-      mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
-      const float m_new = fmaxf(m_run, mx);
-      float alpha = 1.f, sum = 0.f;
-      if (m_new != neg_inf) {  // else every key so far is masked: nothing accumulated yet
-        alpha = expf(m_run - m_new);
-#pragma unroll
-        for (int c = 0; c < 32; ++c) {
-          x[c] = expf(x[c] - m_new);
-          sum += x[c];
-        }
-      } else {
-#pragma unroll
-        for (int c = 0; c < 32; ++c) x[c] = 0.f;
-      }
-      sum += __shfl_xor_sync(kFullMask, sum, 1);
-      l_run = l_run * alpha + sum;
-      m_run = m_new;
-      __syncwarp();  // all of S is read before P overwrites it
-#pragma unroll
-      for (int c = 0; c < 32; ++c) {
-        p_buf[r * kTcLd + half * 32 + c] = from_float<T>(x[c]);
-        o_buf[r * kTcLdS + half * 32 + c] *= alpha;
-      }
-      __syncwarp();
-
-      // O[16, 64] += P[16, 64 keys] V[64 keys, 64].
-#pragma unroll
-      for (int nt = 0; nt < kTcDim / 16; ++nt) {
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> o_frag;
-        wmma::load_matrix_sync(o_frag, o_buf + nt * 16, kTcLdS, wmma::mem_row_major);
-#pragma unroll
-        for (int kk = 0; kk < kTcKeys / 16; ++kk) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> p_frag;
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> v_frag;
-          wmma::load_matrix_sync(p_frag, p_buf + kk * 16, kTcLd);
-          wmma::load_matrix_sync(v_frag, v_tile + kk * 16 * kTcLd + nt * 16, kTcLd);
-          wmma::mma_sync(o_frag, p_frag, v_frag, o_frag);
-        }
-        wmma::store_matrix_sync(o_buf + nt * 16, o_frag, kTcLdS, wmma::mem_row_major);
-      }
-      __syncwarp();  // O is complete before the next tile rescales it; P is consumed
-    }
-
-    const int64_t i = w0 + r;
-    if (i < p.sq) {
-      const float inv = l_run > 0.f ? 1.f / l_run : 0.f;  // all keys masked: zeros
-      T* o = out + (bh * p.sq + i) * kTcDim + half * 32;
-#pragma unroll
-      for (int c = 0; c < 32; ++c) o[c] = from_float<T>(o_buf[r * kTcLdS + half * 32 + c] * inv);
-    }
-    __syncwarp();  // o_buf and the S/P buffer are free before the next tile's Q staging
-  }
-#endif
-}
-
-// Whether the tensor-core path takes this problem (see the file comment).
-bool tc_path_ok(const std::vector<TensorView>& in, const TensorView& out, const AttentionParams& p,
-                int arch) {
-  if (arch < 80 || p.d != kTcDim || p.dv != kTcDim) return false;
-  if (out.dtype != DataType::kFloat16 && out.dtype != DataType::kBFloat16) return false;
-  for (const void* ptr : std::initializer_list<const void*>{in[0].data, in[1].data, in[2].data, out.data}) {
-    if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
-  }
-  return true;
-}
-
-template <typename T>
-void launch_tc(const std::vector<TensorView>& in, T* out, AttentionParams p, cudaStream_t stream) {
-  const uint8_t* mask_bool = p.mask_kind == kBoolMask ? static_cast<const uint8_t*>(in[3].data) : nullptr;
-  const T* mask_add = p.mask_kind == kAddMask ? static_cast<const T*>(in[3].data) : nullptr;
-  const int64_t heads = p.tiles / p.m_tiles;
-  p.m_tiles = (p.sq + kTcRows - 1) / kTcRows;
-  p.tiles = heads * p.m_tiles;
-  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(p.tiles, int64_t{1} << 24));
-  attention_tc_kernel<T><<<grid, kTcThreads, kTcSmemBytes, stream>>>(
-      static_cast<const T*>(in[0].data), static_cast<const T*>(in[1].data), static_cast<const T*>(in[2].data),
-      mask_bool, mask_add, out, p);
-  KILN_CUDA_CHECK_LAUNCH();
-}
-
 template <typename T, int kChunks>
 void launch(const std::vector<TensorView>& in, T* out, const AttentionParams& p, cudaStream_t stream) {
   const uint8_t* mask_bool = p.mask_kind == kBoolMask ? static_cast<const uint8_t*>(in[3].data) : nullptr;
@@ -421,6 +218,42 @@ void launch(const std::vector<TensorView>& in, T* out, const AttentionParams& p,
                                            static_cast<const T*>(in[1].data),
                                            static_cast<const T*>(in[2].data), mask_bool, mask_add, out, p);
   KILN_CUDA_CHECK_LAUNCH();
+}
+
+// The tensor-core kernel's view of a dense [B..., H, S, D] problem: strides of (batch, head, seq).
+MmaAttentionParams mma_params(const std::vector<TensorView>& in, const TensorView& out,
+                              const AttentionParams& p, int64_t heads) {
+  MmaAttentionParams m;
+  m.q = in[0].data;
+  m.k = in[1].data;
+  m.v = in[2].data;
+  m.o = out.data;
+  auto dense = [](int64_t(&strides)[3], int64_t h, int64_t s, int64_t d) {
+    strides[0] = h * s * d;
+    strides[1] = s * d;
+    strides[2] = d;
+  };
+  dense(m.q_strides, p.hq, p.sq, p.d);
+  dense(m.k_strides, p.hkv, p.sk, p.d);
+  dense(m.v_strides, p.hkv, p.sk, p.dv);
+  dense(m.o_strides, p.hq, p.sq, p.dv);
+  m.batch = p.hq > 0 ? heads / p.hq : 0;
+  m.hq = p.hq;
+  m.hkv = p.hkv;
+  m.sq = p.sq;
+  m.sk = p.sk;
+  m.mask = p.mask_kind != kNoMask ? in[3].data : nullptr;
+  m.mask_kind = p.mask_kind;
+  m.mask_lead_rank = p.lead_rank;
+  for (int i = 0; i < p.lead_rank; ++i) {
+    m.mask_lead_dims[i] = p.lead_dims[i];
+    m.mask_lead_strides[i] = p.lead_strides[i];
+  }
+  m.mask_sq_stride = p.mask_sq_stride;
+  m.mask_sk_stride = p.mask_sk_stride;
+  m.scale = p.scale;
+  m.causal = p.causal;
+  return m;
 }
 
 class CudaAttention final : public Kernel {
@@ -467,11 +300,9 @@ class CudaAttention final : public Kernel {
       p.mask_sk_stride = mi.in_strides[rank - 1];
     }
     auto stream = static_cast<cudaStream_t>(ctx.stream);
-    if (tc_path_ok(in, o, p, arch_)) {
-      if (o.dtype == DataType::kFloat16)
-        return launch_tc<__half>(in, static_cast<__half*>(o.data), p, stream);
-      return launch_tc<__nv_bfloat16>(in, static_cast<__nv_bfloat16*>(o.data), p, stream);
-    }
+    const MmaAttentionParams mp = mma_params(in, o, p, heads);
+    if (mma_attention_supports(mp, o.dtype, p.d, p.dv, arch_))
+      return launch_mma_attention(mp, o.dtype, p.d, stream);
     dispatch_floating(q.dtype, "attention", [&](auto tag) {
       using T = decltype(tag);
       T* y = static_cast<T*>(o.data);

@@ -1,0 +1,466 @@
+// Flash attention (FlashAttention-2 style) on tensor cores: mma.sync m16n8k16, float16/bfloat16
+// in, FP32 accumulation and softmax, head size D = Dv in {32, 64, 128}, sm_80+.
+//
+// One block per (batch, query head, tile of kBlockM = 16 * kWarps query rows); warp w owns rows
+// [16 w, 16 w + 16) of the tile. Its Q fragments are loaded once (ldmatrix) and stay in registers.
+// Key/value tiles of kBlockN keys stream through shared memory with cp.async, double buffered:
+// tile t + 1 is in flight while tile t is computed. Per tile, a warp
+//   1. computes S = Q K^T [16 x kBlockN] into registers (K rows are the "col" B operand: plain
+//      ldmatrix);
+//   2. scales S by scale * log2(e), applies bounds, causal and the mask (-inf), and runs the online
+//      softmax in FP32: the running row max and the (per-lane partial) row sum are rescaled by
+//      exp2(m_old - m_new), row maxima are reduced over the 4 lanes of a quad (__shfl_xor 1, 2);
+//   3. converts P = exp2(S - m) to the input dtype in registers: the accumulators of two adjacent
+//      n8 tiles are exactly one k16 A fragment;
+//   4. accumulates O += P V in registers (V rows are the row-major B operand: ldmatrix.trans).
+// At the end the row sums are reduced over the quad, O / l goes through shared memory to 16-byte
+// global stores. A row whose keys are all masked (or Sk == 0) has l == 0 and gets zeros.
+//
+// Fragment layouts (PTX ISA, mma.m16n8k16 with 16-bit A/B): with g = lane / 4, c = lane % 4,
+//   A (16x16, row): a0 = (g, 2c..2c+1), a1 = (g+8, 2c..), a2 = (g, 2c+8..), a3 = (g+8, 2c+8..);
+//   B (16x8, col):  b0 = (k 2c..2c+1, n g), b1 = (k 2c+8..2c+9, n g);
+//   C (16x8, f32):  c0, c1 = (g, 2c), (g, 2c+1); c2, c3 = (g+8, 2c), (g+8, 2c+1).
+// ldmatrix.x4: lanes 8i..8i+7 give the row addresses of matrix i; register i of a lane holds row
+// g, elements 2c, 2c+1 of matrix i (.trans: elements (2c, g), (2c+1, g)).
+//
+// Shared memory rows are padded to D + 8 elements: the 8 rows an ldmatrix phase reads then start
+// 16 bytes apart modulo 128, on distinct banks. Tails: rows past Sq / keys past Sk are zero-filled
+// by cp.async (src-size 0) and never read from global memory; keys past Sk get -inf scores.
+#include "kernels/cuda/attention_mma.h"
+
+#include <climits>
+#include <initializer_list>
+#include <type_traits>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/dtype_traits.cuh"
+
+namespace kiln {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kBlockM = 16 * kWarps;  // query rows per block
+constexpr int kBlockN = 64;           // keys per K/V tile
+constexpr int kThreads = 32 * kWarps;
+constexpr float kLog2e = 1.4426950408889634f;
+// The Q tile is staged in a K tile buffer and the output tile in another one.
+static_assert(kBlockM == kBlockN, "Q and O staging reuse the K/V tile buffers");
+
+enum MaskKind : int { kNoMask = 0, kBoolMask = 1, kAddMask = 2 };
+
+__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+__device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+template <int D>
+struct Tile {
+  static constexpr int kLd = D + 8;              // padded row, in elements
+  static constexpr int kElems = kBlockN * kLd;   // one K or V tile
+  static constexpr int kVecs = D / 8;            // 16-byte vectors per row
+  static constexpr int kSmemElems = 4 * kElems;  // K and V, two stages
+  static_assert(kBlockN * kVecs % kThreads == 0 && 16 * kVecs % 32 == 0, "whole copy rounds");
+};
+
+// ---- PTX wrappers (sm_80+) ----
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, bypassing L1; zero-fills the destination when !fill (reads nothing).
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool fill) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const int src_bytes = fill ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(src_bytes));
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Waits until at most `kPending` of this thread's committed groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+#endif
+}
+
+// c += a (16x16) * b (16x8), FP32 accumulators.
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+#endif
+}
+
+// Two floats as one 32-bit register of T: `lo` in the low half (the lower column of a fragment).
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+}
+
+// Stages a tile of kBlockN rows of D elements (row stride `stride` elements in global memory) into
+// shared memory with row stride D + 8; rows [rows, kBlockN) are zero-filled without a global read.
+// Thread i copies vector i % kVecs of rows i / kVecs + j * kRowStep, j = 0, 1, ...
+template <int D, typename T>
+__device__ __forceinline__ void load_tile_async(T* dst, const T* src, int64_t stride, int rows) {
+  using L = Tile<D>;
+  constexpr int kRowStep = kThreads / L::kVecs;
+  const int r0 = threadIdx.x / L::kVecs, c = threadIdx.x % L::kVecs;  // powers of two: shifts
+  const T* from = src + r0 * stride + c * 8;
+  T* to = dst + r0 * L::kLd + c * 8;
+#pragma unroll
+  for (int j = 0; j < kBlockN / kRowStep; ++j) {
+    const bool fill = r0 + j * kRowStep < rows;
+    cp_async_16(to + j * kRowStep * L::kLd, fill ? from : src, fill);
+    from += kRowStep * stride;
+  }
+}
+
+// Applies a mask to one tile of scores (log2 units) of the lane's two rows: bool (false -> -inf) or
+// additive (+ value * log2 e). mask_rows[r] points at the row's mask element of key 0; along the
+// keys the mask has stride 1 (kAlongKeys) or 0 (one value per row). Keys at or past limit[r] are
+// not read (past Sk).
+template <int kMask, bool kAlongKeys, typename M>
+__device__ __forceinline__ void apply_mask(float (&s)[kBlockN / 8][4], const M* const (&mask_rows)[2],
+                                           const int (&limit)[2], int64_t n0, int quad) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const M* m = mask_rows[r] + (kAlongKeys ? n0 + 2 * quad : 0);
+    float row_add = 0.f;
+    bool row_keep = true;
+    if (!kAlongKeys && limit[r] > 0) {
+      if constexpr (kMask == kBoolMask) row_keep = m[0] != 0;
+      if constexpr (kMask == kAddMask) row_add = to_float(m[0]) * kLog2e;
+    }
+#pragma unroll
+    for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+      for (int e = 2 * r; e < 2 * r + 2; ++e) {
+        const int off = nt * 8 + (e & 1);  // key n0 + 2 quad + off
+        float add = row_add;
+        bool keep = row_keep;
+        if (kAlongKeys && off + 2 * quad < limit[r]) {
+          if constexpr (kMask == kBoolMask) keep = m[off] != 0;
+          if constexpr (kMask == kAddMask) add = to_float(m[off]) * kLog2e;
+        }
+        s[nt][e] = keep ? s[nt][e] + add : -INFINITY;
+      }
+    }
+  }
+}
+
+template <typename T, int D, int kMask>
+__global__ void __launch_bounds__(kThreads)
+    mma_attention_kernel(MmaAttentionParams p, int64_t m_tiles, float scale_log2) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using L = Tile<D>;
+  constexpr int kLd = L::kLd;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* smem = reinterpret_cast<T*>(smem_raw);  // stage s: K at 2 s kElems, V at (2 s + 1) kElems
+  T* q_stage = smem + 2 * L::kElems;         // stage 1's K buffer, free until tile 1 is loaded
+  T* o_stage = smem;                         // stage 0's K buffer, free after the last tile
+  const float neg_inf = -INFINITY;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int quad = lane % 4;  // c in the fragment layouts; g = lane / 4
+
+  // Which tile: blocks of one head are adjacent (K/V stay in L2); causal runs the longest first.
+  const int64_t bh = blockIdx.x / m_tiles;
+  int64_t mt = blockIdx.x - bh * m_tiles;
+  if (p.causal) mt = m_tiles - 1 - mt;
+  const int64_t b = bh / p.hq, h = bh - b * p.hq;
+  const int64_t hk = h / (p.hq / p.hkv);
+  const int64_t m0 = mt * kBlockM;
+  const T* qg = static_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1] + m0 * p.q_strides[2];
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_strides[0] + hk * p.k_strides[1];
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_strides[0] + hk * p.v_strides[1];
+  T* og = static_cast<T*>(p.o) + b * p.o_strides[0] + h * p.o_strides[1] + m0 * p.o_strides[2];
+
+  const int64_t ks = p.k_strides[2], vs = p.v_strides[2];
+  const int64_t n_end = p.causal ? min64(p.sk, m0 + kBlockM) : p.sk;  // later keys: masked for all rows
+  const int n_tiles = static_cast<int>((n_end + kBlockN - 1) / kBlockN);
+
+  // Prologue: Q (group 0) and K/V tile 0 (group 1) in flight; Q into registers.
+  load_tile_async<D>(q_stage, qg, p.q_strides[2], static_cast<int>(min64(kBlockM, p.sq - m0)));
+  cp_async_commit();
+  if (n_tiles > 0) {
+    const int keys = static_cast<int>(min64(kBlockN, p.sk));
+    load_tile_async<D>(smem, kg, ks, keys);
+    load_tile_async<D>(smem + L::kElems, vg, vs, keys);
+  }
+  cp_async_commit();
+  cp_async_wait<1>();
+  __syncthreads();
+
+  // Lane offsets of the ldmatrix row addresses. Q and V (x4 over a 16x16 block, matrices ordered
+  // rows 0-7 / rows 8-15 / rows 0-7 + 8 cols / rows 8-15 + 8 cols): for Q that is a0..a3, for V
+  // (trans) b0, b1 of n8 tile nt and b0, b1 of tile nt + 1. K (x4 over 8 rows x 32 cols): b0, b1 of
+  // k16 step kk and b0, b1 of step kk + 1.
+  const int qv_off = ((lane & 7) + ((lane >> 3) & 1) * 8) * kLd + (lane >> 4) * 8;
+  const int k_off = (lane & 7) * kLd + (lane >> 3) * 8;
+
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qf[kk], q_stage + warp * 16 * kLd + qv_off + kk * 16);
+  __syncthreads();  // every warp has its Q before tile 1 overwrites the staging buffer
+
+  float o_acc[D / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt) o_acc[nt][0] = o_acc[nt][1] = o_acc[nt][2] = o_acc[nt][3] = 0.f;
+  float m_run[2] = {neg_inf, neg_inf}, l_run[2] = {0.f, 0.f};  // rows g and g + 8; l: this lane's part
+
+  const int64_t w0 = m0 + warp * 16;  // the warp's first row
+  const int64_t rows[2] = {w0 + lane / 4, w0 + lane / 4 + 8};
+  // Mask pointers of the lane's rows at key 0 (rows clamped: rows past Sq are computed, never stored).
+  using M = std::conditional_t<kMask == kBoolMask, uint8_t, T>;
+  const M* mask_rows[2] = {nullptr, nullptr};
+  if constexpr (kMask != kNoMask) {
+    int64_t base = 0, rem = bh;
+    for (int i = p.mask_lead_rank - 1; i >= 0; --i) {
+      base += (rem % p.mask_lead_dims[i]) * p.mask_lead_strides[i];
+      rem /= p.mask_lead_dims[i];
+    }
+    for (int r = 0; r < 2; ++r) {
+      mask_rows[r] = static_cast<const M*>(p.mask) + base + min64(rows[r], p.sq - 1) * p.mask_sq_stride;
+    }
+  }
+
+  for (int it = 0; it < n_tiles; ++it) {
+    if (it + 1 < n_tiles) {  // into the other stage, consumed in iteration it - 1
+      const int64_t n1 = int64_t{it + 1} * kBlockN;
+      const int keys = static_cast<int>(min64(kBlockN, p.sk - n1));
+      T* stage = smem + ((it + 1) & 1) * 2 * L::kElems;
+      load_tile_async<D>(stage, kg + n1 * ks, ks, keys);
+      load_tile_async<D>(stage + L::kElems, vg + n1 * vs, vs, keys);
+    }
+    cp_async_commit();   // possibly empty: keeps the group count uniform
+    cp_async_wait<1>();  // tile `it` has landed (this thread's copies)
+    __syncthreads();     // ... and every thread's
+
+    const int64_t n0 = int64_t{it} * kBlockN;
+    // Warp-uniform skips: no live rows, or (causal) every key of the tile is after every row.
+    if (w0 < p.sq && !(p.causal && n0 > w0 + 15)) {
+      const T* k_tile = smem + (it & 1) * 2 * L::kElems;
+      const T* v_tile = k_tile + L::kElems;
+
+      // 1. S = Q K^T.
+      float s[kBlockN / 8][4];
+#pragma unroll
+      for (int nt = 0; nt < kBlockN / 8; ++nt) {
+        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk += 2) {
+          uint32_t kf[4];
+          ldmatrix_x4(kf, k_tile + nt * 8 * kLd + k_off + kk * 16);
+          mma_16816<T>(s[nt], qf[kk], kf[0], kf[1]);
+          mma_16816<T>(s[nt], qf[kk + 1], kf[2], kf[3]);
+        }
+      }
+
+      // 2. Scale to log2 units; -inf past Sk, after the row (causal) or where the mask says so.
+      // limit[r]: the first key (tile-relative) that row r does not see, in [0, kBlockN].
+      int limit[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        int64_t lim = min64(kBlockN, p.sk - n0);
+        if (p.causal) lim = min64(lim, rows[r] - n0 + 1);
+        limit[r] = static_cast<int>(max64(lim, 0)) - 2 * quad;  // compared with the lane-free offset
+      }
+#pragma unroll
+      for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[nt][e] = nt * 8 + (e & 1) < limit[e / 2] ? s[nt][e] * scale_log2 : neg_inf;
+        }
+      }
+      if constexpr (kMask != kNoMask) {
+        // The mask's key stride is its innermost stride: 1, or 0 where it broadcasts over keys.
+        const int lane_limit[2] = {limit[0] + 2 * quad, limit[1] + 2 * quad};
+        if (p.mask_sk_stride == 0) {
+          apply_mask<kMask, false>(s, mask_rows, lane_limit, n0, quad);
+        } else {
+          apply_mask<kMask, true>(s, mask_rows, lane_limit, n0, quad);
+        }
+      }
+
+      // Online softmax: new row maxima over the quad, rescale factors, probabilities, partial sums.
+      float alpha[2], base[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float mx = m_run[r];
+#pragma unroll
+        for (int nt = 0; nt < kBlockN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        base[r] = mx == neg_inf ? 0.f : mx;  // all keys so far masked: exp2(-inf - 0) = 0, no NaN
+        alpha[r] = exp2f(m_run[r] - base[r]);
+        m_run[r] = mx;
+      }
+      float sum[2] = {0.f, 0.f};
+#pragma unroll
+      for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[nt][e] = exp2f(s[nt][e] - base[e / 2]);
+          sum[e / 2] += s[nt][e];
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) l_run[r] = l_run[r] * alpha[r] + sum[r];
+#pragma unroll
+      for (int nt = 0; nt < D / 8; ++nt) {
+        o_acc[nt][0] *= alpha[0];
+        o_acc[nt][1] *= alpha[0];
+        o_acc[nt][2] *= alpha[1];
+        o_acc[nt][3] *= alpha[1];
+      }
+
+      // 3./4. O += P V, P from the S accumulators of n8 tiles 2 kk and 2 kk + 1 (keys 16 kk..).
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        const uint32_t pf[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                                pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt += 2) {
+          uint32_t vf[4];
+          ldmatrix_x4_trans(vf, v_tile + kk * 16 * kLd + qv_off + nt * 8);
+          mma_16816<T>(o_acc[nt], pf, vf[0], vf[1]);
+          mma_16816<T>(o_acc[nt + 1], pf, vf[2], vf[3]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with this stage before iteration it + 1 refills it
+  }
+
+  // Epilogue: O / l (zeros for rows without a visible key), through shared memory to 16-byte stores.
+  cp_async_wait<0>();
+  __syncthreads();
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = l_run[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    inv[r] = l > 0.f ? 1.f / l : 0.f;
+  }
+  T* ow = o_stage + warp * 16 * kLd;
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt) {
+    const int col = nt * 8 + 2 * quad;
+    *reinterpret_cast<uint32_t*>(ow + (lane / 4) * kLd + col) =
+        pack2<T>(o_acc[nt][0] * inv[0], o_acc[nt][1] * inv[0]);
+    *reinterpret_cast<uint32_t*>(ow + (lane / 4 + 8) * kLd + col) =
+        pack2<T>(o_acc[nt][2] * inv[1], o_acc[nt][3] * inv[1]);
+  }
+  __syncwarp();
+  const int64_t os = p.o_strides[2];
+#pragma unroll
+  for (int round = 0; round < 16 * L::kVecs / 32; ++round) {
+    const int i = lane + round * 32;
+    const int r = i / L::kVecs, c = i % L::kVecs;
+    if (w0 + r < p.sq) {
+      *reinterpret_cast<uint4*>(og + (warp * 16 + r) * os + c * 8) =
+          *reinterpret_cast<const uint4*>(ow + r * kLd + c * 8);
+    }
+  }
+#endif
+}
+
+template <typename T, int D, int kMask>
+void launch(const MmaAttentionParams& p, cudaStream_t stream) {
+  const int64_t m_tiles = (p.sq + kBlockM - 1) / kBlockM;
+  const int64_t blocks = p.batch * p.hq * m_tiles;
+  const size_t smem = sizeof(T) * Tile<D>::kSmemElems;
+  auto kernel = mma_attention_kernel<T, D, kMask>;
+  if (smem > 48 * 1024) {  // above the default limit a kernel must opt in
+    KILN_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  }
+  const float scale_log2 = static_cast<float>(static_cast<double>(p.scale) * 1.4426950408889634);
+  kernel<<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(p, m_tiles, scale_log2);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T, int D>
+void launch_for_mask(const MmaAttentionParams& p, cudaStream_t stream) {
+  if (p.mask_kind == kBoolMask) return launch<T, D, kBoolMask>(p, stream);
+  if (p.mask_kind == kAddMask) return launch<T, D, kAddMask>(p, stream);
+  launch<T, D, kNoMask>(p, stream);
+}
+
+template <typename T>
+void launch_for_dtype(const MmaAttentionParams& p, int64_t d, cudaStream_t stream) {
+  if (d == 32) return launch_for_mask<T, 32>(p, stream);
+  if (d == 64) return launch_for_mask<T, 64>(p, stream);
+  if (d == 128) return launch_for_mask<T, 128>(p, stream);
+  KILN_FAIL("mma attention: unsupported head size " << d);
+}
+
+}  // namespace
+
+bool mma_attention_supports(const MmaAttentionParams& p, DataType dtype, int64_t d, int64_t dv, int arch) {
+  if (arch < 80 || d != dv || (d != 32 && d != 64 && d != 128)) return false;
+  if (dtype != DataType::kFloat16 && dtype != DataType::kBFloat16) return false;
+  for (const void* ptr : std::initializer_list<const void*>{p.q, p.k, p.v, p.o}) {
+    if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
+  }
+  for (const int64_t* strides :
+       std::initializer_list<const int64_t*>{p.q_strides, p.k_strides, p.v_strides, p.o_strides}) {
+    for (int i = 0; i < 3; ++i) {
+      if (strides[i] % 8 != 0) return false;
+    }
+  }
+  if (p.hkv <= 0 || p.hq % p.hkv != 0) return false;
+  if (p.mask_kind != kNoMask && p.mask_sk_stride != 0 && p.mask_sk_stride != 1) return false;
+  const int64_t blocks = p.batch * p.hq * ((p.sq + kBlockM - 1) / kBlockM);
+  return blocks <= INT_MAX;  // one block per tile, grid.x
+}
+
+void launch_mma_attention(const MmaAttentionParams& p, DataType dtype, int64_t d, cudaStream_t stream) {
+  if (p.batch == 0 || p.hq == 0 || p.sq == 0) return;
+  if (dtype == DataType::kFloat16) return launch_for_dtype<__half>(p, d, stream);
+  KILN_CHECK(dtype == DataType::kBFloat16, "mma attention: float16 or bfloat16 expected");
+  launch_for_dtype<__nv_bfloat16>(p, d, stream);
+}
+
+}  // namespace kiln
