@@ -117,6 +117,12 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
         "fuse_gemm_epilogue", [&](Network& n) { return fuse_gemm_epilogue(n, pinned); }, net);
     run_pass(
         "fuse_parallel_gemms", [&](Network& n) { return fuse_parallel_gemms(n, pinned); }, net);
+    // Attention: constant masks that hide nothing go; the transposes around attention fold into
+    // its bshd layout, which leaves q, k, v as reshapes of the split the horizontal GEMM fusion
+    // just made; those become one packed_attention reading the fused QKV projection.
+    run_pass("drop_trivial_attention_masks", drop_trivial_attention_masks, net);
+    run_pass("fold_attention_transposes", fold_attention_transposes, net);
+    run_pass("pack_qkv_attention", pack_qkv_attention, net);
   }
   // 4. assign precision per layer: reduced precision where the flags allow it, TF32 marks.
   for (const auto& kv : config.precision.layer_precisions) {
