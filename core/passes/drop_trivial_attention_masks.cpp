@@ -42,7 +42,8 @@ bool drop_trivial_attention_masks(Network& net) {
   bool changed = false;
   for (auto& l : net.mutable_layers()) {
     const size_t mask_at = l.op == "attention" ? 3 : l.op == "packed_attention" ? 1 : 0;
-    if (mask_at == 0 || l.inputs.size() != mask_at + 1 || !hides_nothing(net.tensor(l.inputs[mask_at]))) continue;
+    if (mask_at == 0 || l.inputs.size() != mask_at + 1 || !hides_nothing(net.tensor(l.inputs[mask_at])))
+      continue;
     l.inputs.pop_back();
     changed = true;
   }

@@ -47,7 +47,7 @@ bool fold_attention_transposes(Network& net) {
   std::set<std::string> names;
   for (const auto& l : net.layers()) names.insert(l.name);
 
-  std::set<int> input_transposes, removed;  // layer indices
+  std::set<int> input_transposes, removed;   // layer indices
   std::vector<std::pair<int, Layer>> after;  // transposes to insert after attention layer i
   bool changed = false;
   for (size_t i = 0; i < net.layers().size(); ++i) {
@@ -82,7 +82,8 @@ bool fold_attention_transposes(Network& net) {
       removed.insert(reader);
     } else {
       // A fresh [B, S, H, Dv] output (add_layer infers it), then a transpose back to `out`.
-      Layer probe = net.add_layer("attention", folded.inputs, folded.attrs, unique_name(names, l.name + "_bshd"));
+      Layer probe =
+          net.add_layer("attention", folded.inputs, folded.attrs, unique_name(names, l.name + "_bshd"));
       net.mutable_layers().pop_back();
       folded.outputs[0] = probe.outputs[0];
       Layer back;

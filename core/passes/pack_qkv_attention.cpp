@@ -46,7 +46,8 @@ struct Trace {
 
 class Matcher {
  public:
-  explicit Matcher(const Network& net) : net_(net), producer_(net.producers()), uses_(net.tensors().size(), 0) {
+  explicit Matcher(const Network& net)
+      : net_(net), producer_(net.producers()), uses_(net.tensors().size(), 0) {
     for (const auto& l : net.layers()) {
       for (TensorId t : l.inputs) ++uses_[t];
     }
@@ -123,7 +124,8 @@ bool pack_qkv_attention(Network& net) {
     const std::vector<int64_t> sizes = split.attrs.get_ints("sizes", split.name);
     int64_t axis = split.attrs.get_int("axis", int64_t{0});
     if (axis < 0) axis += rank;
-    if (split.outputs.size() != 3 || axis != rank - 1 || sizes[0] != sizes[1] || sizes[0] != sizes[2]) continue;
+    if (split.outputs.size() != 3 || axis != rank - 1 || sizes[0] != sizes[1] || sizes[0] != sizes[2])
+      continue;
     const Dims q = net.tensor(att.inputs[0]).dims;
     if (net.tensor(att.inputs[1]).dims != q || net.tensor(att.inputs[2]).dims != q) continue;
     const int64_t heads = q[2], head_dim = q[3];
@@ -151,8 +153,9 @@ bool pack_qkv_attention(Network& net) {
       std::string tail_name = base + ".tail";
       for (int k = 1; net.find_tensor(tail_name) >= 0; ++k) tail_name = base + ".tail_" + std::to_string(k);
       const TensorId tail_t = net.add_constant(tail_name, it, {3}, tail.data(), tail.size());
-      const Layer& target = net.add_layer("concat", {added.back().outputs[0], tail_t},
-                                          Attributes().set("axis", int64_t{0}), unique_name(names, base + "_shape"));
+      const Layer& target =
+          net.add_layer("concat", {added.back().outputs[0], tail_t}, Attributes().set("axis", int64_t{0}),
+                        unique_name(names, base + "_shape"));
       added.push_back(target);
       reshape_inputs.push_back(added.back().outputs[0]);
     } else {
