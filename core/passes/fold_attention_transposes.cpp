@@ -57,7 +57,8 @@ bool fold_attention_transposes(Network& net) {
     std::vector<int> sources;
     for (int j = 0; j < 3; ++j) {
       const int p = producer[l.inputs[j]];
-      if (p >= 0 && swaps_head_and_seq(net, net.layers()[p])) sources.push_back(p);
+      // (Not a transpose this pass already folded into an earlier attention's output.)
+      if (p >= 0 && !removed.count(p) && swaps_head_and_seq(net, net.layers()[p])) sources.push_back(p);
     }
     if (sources.size() != 3) continue;
 

@@ -8,14 +8,15 @@
 // output columns l, l + 32, ... of each row. Causal layers stop at the tile's last visible key.
 // No scratch memory. A row whose keys are all masked gets zeros, like the reference.
 //
-// Fast path (attention_tc_kernel): head size 64 (D = Dv = 64), float16/bfloat16, sm_80+, every row
-// of q/k/v starting on 16 bytes (aligned buffers, offsets and strides multiples of 8 elements). Tensor cores
-// through WMMA (16x16x16, FP32 accumulation): a block of kTcWarps warps takes 16 query rows per warp; 64-key
-// K/V tiles are staged in shared memory (16-byte loads) and shared by the warps. Per tile, a warp computes S
-// = Q K^T (tensor cores) into shared memory, two lanes per row run the online softmax on S in FP32 (scale,
-// causal, bool/additive mask broadcast, GQA as the generic kernel), rescale the FP32 output rows in shared
-// memory and write P in the input dtype, and O += P V runs on tensor cores again. Everything else (other head
-// sizes, float32) takes the generic kernel above.
+// Fast path (attention_tc_kernel): head size 64 (D = Dv = 64), float16/bfloat16, sm_80+, every
+// row of q/k/v starting on 16 bytes (aligned buffers; offsets and strides whole multiples of 8
+// elements, which every layout of a 64-wide head satisfies). Tensor cores through WMMA (16x16x16,
+// FP32 accumulation): a block of kTcWarps warps takes 16 query rows per warp; 64-key K/V tiles
+// are staged in shared memory (16-byte loads) and shared by the warps. Per tile, a warp computes
+// S = Q K^T (tensor cores) into shared memory, two lanes per row run the online softmax on S in
+// FP32 (scale, causal, bool/additive mask broadcast, GQA as the generic kernel), rescale the FP32
+// output rows in shared memory and write P in the input dtype, and O += P V runs on tensor cores
+// again. Everything else (other head sizes, float32) takes the generic kernel above.
 #include <mma.h>
 
 #include <algorithm>

@@ -169,6 +169,24 @@ def test_fold_attention_transposes_keeps_a_transpose_used_elsewhere():
     assert plan.layers()[1]["attrs"]["layout"] == "bshd"
 
 
+def test_fold_attention_transposes_chained_attention():
+    # attn1's transposed output is attn2's q (read as bhsd): attn1 takes that transpose over, and
+    # attn2 must then not fold it again as if it were still a transpose.
+    net = kiln.Network()
+    feed = {n: torch.randn(2, 4, 4, 8) for n in ("q", "k", "v", "k2", "v2")}
+    t = {
+        n: net.add_layer("transpose", [net.add_input(n, "float32", [2, 4, 4, 8])], {"perm": SWAP})
+        for n in feed
+    }
+    a1 = net.add_attention(t["q"], t["k"], t["v"], name="attn1")
+    q2 = net.add_layer("transpose", [a1], {"perm": SWAP}, "t_mid")
+    net.mark_output(net.add_attention(q2, t["k2"], t["v2"], name="attn2"), "y")
+    plan = optimized(net, feed)
+    by_name = {layer["name"]: layer for layer in plan.layers()}
+    assert by_name["attn1"]["attrs"]["layout"] == "bshd" and "t_mid" not in by_name
+    assert "layout" not in by_name["attn2"]["attrs"]
+
+
 def test_fold_attention_transposes_nothing_to_fold():
     # Another permutation (k stored [B, H, D, S], transposed (2, 3)) is not the bshd layout.
     feed = {n: torch.randn(2, 4, 16, 7 if n == "q" else 9) for n in "qkv"}
@@ -210,10 +228,10 @@ def self_attention_block(
     q_also_output=False,
     mask=None,
 ):
-    """x [B, S, E] -> Linear q/k/v -> view [B, S, H, D] -> transpose(1, 2) -> SDPA -> transpose(1, 2)
-    -> view [B, S, E] -> Linear: torch's multi-head self-attention as exported (each projection
-    reshapes the input on its own; the view targets are attributes or shape tensors computed
-    from x's shape, as the converters emit them for dynamic dims)."""
+    """x [B, S, E] -> Linear q/k/v -> view [B, S, H, D] -> transpose(1, 2) -> SDPA ->
+    transpose(1, 2) -> view [B, S, E] -> Linear: torch's multi-head self-attention as exported
+    (each projection reshapes the input on its own; the view targets are attributes, or shape
+    tensors computed from x's shape as the converters emit them for dynamic dims)."""
     e = heads * head_dim
     net = kiln.Network()
     x = net.add_input("x", "float32", [-1 if dynamic else batch, seq, e])
