@@ -168,7 +168,7 @@ bool pack_qkv_attention(Network& net) {
 
     Layer& l = net.mutable_layers()[i];
     Attributes attrs;
-    for (const char* key : {"causal", "scale"}) {
+    for (const char* key : {"causal", "scale", "fused"}) {
       auto it = l.attrs.values().find(key);
       if (it != l.attrs.values().end()) attrs.set(key, it->second);
     }

@@ -286,6 +286,7 @@ def test_pack_qkv_attention(causal):
     assert qkv_fc["outputs"][0][2] == [14, 192]
     assert packed_view["outputs"][0][2] == [2, 7, 3, 4, 16]
     assert packed["name"] == "attn" and packed["attrs"]["causal"] == int(causal)
+    assert packed["attrs"]["fused"] == "attn,t_out"  # the output transpose it took over
     assert packed["outputs"][0][2] == [2, 7, 4, 16]
 
 
