@@ -82,11 +82,21 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   // 1. validate: layers, shapes and profiles.
   validate_network(net, config.profiles);
 
+  // Layers with a per-layer precision: the passes that would merge or fuse them away leave them.
+  std::set<std::string> pinned;
+  for (const auto& kv : config.precision.layer_precisions) pinned.insert(kv.first);
+
   // 2. canonicalize. Folding first turns constant subgraphs into weights; no-op removal then
-  //    reroutes around identities, and dead-layer elimination collects what both left unused.
+  //    reroutes around identities, so that common-subexpression elimination sees repeated
+  //    layers on the same tensors (BERT's three reshapes of one LayerNorm output become one, and
+  //    the Q/K/V projections then share their input for fuse_parallel_gemms); dead-layer
+  //    elimination collects what all three left unused.
   if (config.optimization_level > 0) {
     run_pass("fold_constants", fold_constants, net);
     run_pass("remove_noops", remove_noops, net);
+    run_pass(
+        "eliminate_common_subexpressions",
+        [&](Network& n) { return eliminate_common_subexpressions(n, pinned); }, net);
     run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
   }
 
@@ -99,8 +109,6 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   //    passes, so the setting still has its layer. The generic pointwise fusion runs after
   //    precision assignment and layouts (see 5b).
   if (config.optimization_level > 0) {
-    std::set<std::string> pinned;
-    for (const auto& kv : config.precision.layer_precisions) pinned.insert(kv.first);
     run_pass("fold_batch_norm", fold_batch_norm, net);
     run_pass("fuse_gelu", fuse_gelu, net);
     run_pass("fuse_rms_norm", fuse_rms_norm, net);
@@ -109,6 +117,12 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
         "fuse_gemm_epilogue", [&](Network& n) { return fuse_gemm_epilogue(n, pinned); }, net);
     run_pass(
         "fuse_parallel_gemms", [&](Network& n) { return fuse_parallel_gemms(n, pinned); }, net);
+    // Attention: constant masks that hide nothing go; the transposes around attention fold into
+    // its bshd layout, which leaves q, k, v as reshapes of the split the horizontal GEMM fusion
+    // just made; those become one packed_attention reading the fused QKV projection.
+    run_pass("drop_trivial_attention_masks", drop_trivial_attention_masks, net);
+    run_pass("fold_attention_transposes", fold_attention_transposes, net);
+    run_pass("pack_qkv_attention", pack_qkv_attention, net);
   }
   // 4. assign precision per layer: reduced precision where the flags allow it, TF32 marks.
   for (const auto& kv : config.precision.layer_precisions) {

@@ -6,12 +6,21 @@
 // broadcastable to [B..., Hq, Sq, Sk]: bool (true = attend) or q's dtype (added to the scores).
 // Grouped-query attention: Hq a multiple of Hkv, query head h reads kv head h / (Hq / Hkv).
 // Attributes: `causal` (0/1, query i sees keys j <= i, aligned top-left like torch's is_causal),
-// `scale` (> 0; absent or <= 0 means 1/sqrt(D)). causal together with a mask is refused, as torch
-// does. A row whose keys are all masked (or Sk == 0) gives zeros, as torch's math backend does.
-// Output [B..., Hq, Sq, Dv] in q's dtype.
+// `scale` (> 0; absent or <= 0 means 1/sqrt(D)), `layout` ("bhsd", the default, as above; or
+// "bshd": rank 4 with q [B, Sq, Hq, D], k [B, Sk, Hkv, D], v [B, Sk, Hkv, Dv] and output
+// [B, Sq, Hq, Dv], the projections' layout before torch's transpose(1, 2); the mask keeps its
+// [B, Hq, Sq, Sk] meaning). causal together with a mask is refused, as torch does. A row whose keys
+// are all masked (or Sk == 0) gives zeros, as torch's math backend does.
+// Output [B..., Hq, Sq, Dv] in q's dtype (bhsd).
+//
+// packed_attention: the same attention with q, k and v read from one tensor qkv [B, S, 3, H, D]
+// (per token q, k, v one after another, as a fused QKV projection writes them), an optional mask
+// as attention's and the attributes `causal` and `scale`. Output [B, S, H, D] in qkv's dtype.
 #include "core/ops/attention.h"
 
 #include <cmath>
+#include <string>
+#include <utility>
 
 #include "core/error.h"
 #include "core/op_schema.h"
@@ -24,6 +33,9 @@ AttentionAttrs attention_attrs(const Layer& layer) {
   AttentionAttrs a;
   a.causal = layer.attrs.has("causal") && layer.attrs.get_int("causal", who) != 0;
   a.scale = layer.attrs.has("scale") ? layer.attrs.get_float("scale", who) : 0.0;
+  if (layer.attrs.has("layout") && layer.attrs.get_string("layout", who) == "bshd") {
+    a.layout = AttentionLayout::kBSHD;
+  }
   return a;
 }
 
@@ -32,14 +44,73 @@ double attention_scale(const AttentionAttrs& attrs, int64_t d) {
   return d > 0 ? 1.0 / std::sqrt(static_cast<double>(d)) : 1.0;
 }
 
+AttentionGeometry attention_geometry(AttentionLayout layout, const Dims& q, const Dims& k, const Dims& v) {
+  const size_t rank = q.size();
+  AttentionGeometry g;
+  // Positions of the head and sequence dims: bhsd [..., H, S, D], bshd [B, S, H, D].
+  const size_t h_dim = layout == AttentionLayout::kBSHD ? rank - 2 : rank - 3;
+  const size_t s_dim = layout == AttentionLayout::kBSHD ? rank - 3 : rank - 2;
+  g.batch = volume(Dims(q.begin(), q.end() - 3));
+  g.hq = q[h_dim];
+  g.sq = q[s_dim];
+  g.d = q[rank - 1];
+  g.hkv = k[h_dim];
+  g.sk = k[s_dim];
+  g.dv = v[rank - 1];
+  auto operand = [&](const Dims& x) {
+    AttentionOperand o;
+    o.seq = layout == AttentionLayout::kBSHD ? x[h_dim] * x[rank - 1] : x[rank - 1];
+    o.head = layout == AttentionLayout::kBSHD ? x[rank - 1] : x[s_dim] * x[rank - 1];
+    o.batch = x[h_dim] * x[s_dim] * x[rank - 1];
+    return o;
+  };
+  g.q = operand(q);
+  g.k = operand(k);
+  g.v = operand(v);
+  Dims out = q;
+  out[rank - 1] = g.dv;
+  g.out = operand(out);
+  g.scores = Dims(q.begin(), q.end() - 3);
+  for (int64_t d : {g.hq, g.sq, g.sk}) g.scores.push_back(d);
+  return g;
+}
+
+AttentionGeometry packed_attention_geometry(const Dims& qkv) {
+  AttentionGeometry g;
+  g.batch = qkv[0];
+  g.sq = g.sk = qkv[1];
+  g.hq = g.hkv = qkv[3];
+  g.d = g.dv = qkv[4];
+  const int64_t token = 3 * g.hq * g.d;  // one token's q, k and v
+  for (int t = 0; t < 3; ++t) {
+    AttentionOperand& o = t == 0 ? g.q : t == 1 ? g.k : g.v;
+    o.offset = t * g.hq * g.d;
+    o.batch = g.sq * token;
+    o.head = g.d;
+    o.seq = token;
+  }
+  g.out = {0, g.sq * g.hq * g.d, g.d, g.hq * g.d};
+  g.scores = {g.batch, g.hq, g.sq, g.sk};
+  return g;
+}
+
 namespace {
 
 bool dims_match(int64_t a, int64_t b) { return a == b || a == kDynamic || b == kDynamic; }
 int64_t known_of(int64_t a, int64_t b) { return a != kDynamic ? a : b; }
 
-std::vector<TensorDesc> infer_attention(const Layer& layer, const std::vector<TensorDesc>& in) {
-  const std::string who = describe(layer);
-  const TensorDesc &q = in[0], &k = in[1], &v = in[2];
+// The causal / scale attributes, shared by attention and packed_attention.
+void check_common_attrs(const Layer& layer, const std::string& who) {
+  if (layer.attrs.has("causal")) {
+    int64_t c = layer.attrs.get_int("causal", who);
+    KILN_CHECK(c == 0 || c == 1, who << ": causal must be 0 or 1, got " << c);
+  }
+  if (layer.attrs.has("scale")) layer.attrs.get_float("scale", who);  // type check
+}
+
+// Validates q, k, v (and the mask) given in bhsd order and returns the output dims in bhsd order.
+Dims check_attention(const std::string& who, const AttentionAttrs& attrs, const TensorDesc& q,
+                     const TensorDesc& k, const TensorDesc& v, const TensorDesc* mask) {
   KILN_CHECK(is_floating(q.dtype), who << ": q must be floating point, got " << dtype_name(q.dtype));
   KILN_CHECK(k.dtype == q.dtype && v.dtype == q.dtype,
              who << ": q, k and v must share one dtype, got " << dtype_name(q.dtype) << ", "
@@ -48,12 +119,6 @@ std::vector<TensorDesc> infer_attention(const Layer& layer, const std::vector<Te
   KILN_CHECK(rank >= 3 && k.dims.size() == rank && v.dims.size() == rank,
              who << ": q, k and v need one rank >= 3 ([B..., H, S, D]), got " << to_string(q.dims) << ", "
                  << to_string(k.dims) << ", " << to_string(v.dims));
-  if (layer.attrs.has("causal")) {
-    int64_t c = layer.attrs.get_int("causal", who);
-    KILN_CHECK(c == 0 || c == 1, who << ": causal must be 0 or 1, got " << c);
-  }
-  if (layer.attrs.has("scale")) layer.attrs.get_float("scale", who);  // type check
-  const AttentionAttrs attrs = attention_attrs(layer);
 
   Dims out(q.dims.begin(), q.dims.end());
   for (size_t i = 0; i + 3 < rank; ++i) {
@@ -77,29 +142,78 @@ std::vector<TensorDesc> infer_attention(const Layer& layer, const std::vector<Te
                  << " and " << to_string(v.dims));
   out[rank - 1] = v.dims[rank - 1];
 
-  if (in.size() == 4) {
-    const TensorDesc& mask = in[3];
+  if (mask) {
     KILN_CHECK(!attrs.causal, who << ": causal=1 together with an explicit mask is not supported (torch "
                                      "refuses it too); fold the causal pattern into the mask");
-    KILN_CHECK(mask.dtype == DataType::kBool || mask.dtype == q.dtype,
+    KILN_CHECK(mask->dtype == DataType::kBool || mask->dtype == q.dtype,
                who << ": mask must be bool (true = attend) or q's dtype " << dtype_name(q.dtype)
-                   << " (added to the scores), got " << dtype_name(mask.dtype));
+                   << " (added to the scores), got " << dtype_name(mask->dtype));
     Dims scores(q.dims.begin(), q.dims.end() - 1);
     scores.push_back(k.dims[rank - 2]);
     for (size_t i = 0; i + 3 < rank; ++i) scores[i] = out[i];
-    bool ok = mask.dims.size() <= scores.size();
-    for (size_t i = 0; ok && i < mask.dims.size(); ++i) {
-      int64_t m = mask.dims[mask.dims.size() - 1 - i], s = scores[scores.size() - 1 - i];
+    bool ok = mask->dims.size() <= scores.size();
+    for (size_t i = 0; ok && i < mask->dims.size(); ++i) {
+      int64_t m = mask->dims[mask->dims.size() - 1 - i], s = scores[scores.size() - 1 - i];
       ok = m == 1 || dims_match(m, s);
     }
-    KILN_CHECK(ok, who << ": mask " << to_string(mask.dims) << " does not broadcast to the scores' shape "
+    KILN_CHECK(ok, who << ": mask " << to_string(mask->dims) << " does not broadcast to the scores' shape "
                        << to_string(scores) << " ([B..., Hq, Sq, Sk])");
   }
-  return {{q.dtype, out}};
+  return out;
+}
+
+// [B, S, H, D] <-> [B, H, S, D] (rank 4).
+TensorDesc swap_head_and_seq(TensorDesc t) {
+  std::swap(t.dims[1], t.dims[2]);
+  return t;
+}
+
+std::vector<TensorDesc> infer_attention(const Layer& layer, const std::vector<TensorDesc>& in) {
+  std::string who = describe(layer);
+  check_common_attrs(layer, who);
+  if (layer.attrs.has("layout")) {
+    const std::string layout = layer.attrs.get_string("layout", who);
+    KILN_CHECK(layout == "bhsd" || layout == "bshd",
+               who << ": layout must be \"bhsd\" ([B..., H, S, D]) or \"bshd\" ([B, S, H, D]), got \""
+                   << layout << "\"");
+  }
+  const AttentionAttrs attrs = attention_attrs(layer);
+  const TensorDesc* mask = in.size() == 4 ? &in[3] : nullptr;
+  if (attrs.layout == AttentionLayout::kBHSD) {
+    return {{in[0].dtype, check_attention(who, attrs, in[0], in[1], in[2], mask)}};
+  }
+  KILN_CHECK(in[0].dims.size() == 4 && in[1].dims.size() == 4 && in[2].dims.size() == 4,
+             who << ": layout \"bshd\" needs rank-4 q, k and v ([B, S, H, D]), got " << to_string(in[0].dims)
+                 << ", " << to_string(in[1].dims) << ", " << to_string(in[2].dims));
+  who += " (layout bshd; shapes shown as [B, H, S, D])";
+  Dims out = check_attention(who, attrs, swap_head_and_seq(in[0]), swap_head_and_seq(in[1]),
+                             swap_head_and_seq(in[2]), mask);
+  std::swap(out[1], out[2]);
+  return {{in[0].dtype, out}};
+}
+
+std::vector<TensorDesc> infer_packed_attention(const Layer& layer, const std::vector<TensorDesc>& in) {
+  const std::string who = describe(layer);
+  check_common_attrs(layer, who);
+  KILN_CHECK(!layer.attrs.has("layout"),
+             who << ": packed_attention has no layout attribute (qkv is always [B, S, 3, H, D])");
+  const TensorDesc& qkv = in[0];
+  KILN_CHECK(qkv.dims.size() == 5 && dims_match(qkv.dims[2], 3),
+             who << ": qkv must be [B, S, 3, H, D] (q, k and v of each token one after another), got "
+                 << to_string(qkv.dims));
+  const Dims& x = qkv.dims;
+  const TensorDesc per_head{qkv.dtype, {x[0], x[3], x[1], x[4]}};  // q, k and v in bhsd order
+  Dims out = check_attention(who, attention_attrs(layer), per_head, per_head, per_head,
+                             in.size() == 2 ? &in[1] : nullptr);
+  std::swap(out[1], out[2]);
+  return {{qkv.dtype, out}};
 }
 
 }  // namespace
 
-void register_attention_schema() { register_schema({"attention", 3, 4, infer_attention}); }
+void register_attention_schema() {
+  register_schema({"attention", 3, 4, infer_attention});
+  register_schema({"packed_attention", 1, 2, infer_packed_attention});
+}
 
 }  // namespace kiln

@@ -18,6 +18,8 @@ void validate_network(Network& net, const std::vector<OptimizationProfile>& prof
 bool fold_constants(Network& net);
 bool remove_noops(Network& net);
 bool eliminate_dead_layers(Network& net);
+// Layers with the same op, inputs and attributes -> the first of them (layers in `keep` stay).
+bool eliminate_common_subexpressions(Network& net, const std::set<std::string>& keep = {});
 // The fusion passes leave the layers named in `keep` alone (layers with a per-layer precision:
 // fusing them away would drop the user's setting).
 bool fuse_gemm_epilogue(Network& net, const std::set<std::string>& keep = {});
@@ -33,6 +35,12 @@ bool fuse_conv_epilogue(Network& net);
 bool assign_layouts(Network& net);
 // reshape/flatten/squeeze/unsqueeze -> views without a copy (alias = 1; see core/plan.h).
 bool alias_views(Network& net);
+// Attention patterns (fusion slot, after fuse_parallel_gemms): transposes around attention ->
+// its "bshd" layout; bshd attention on one fused QKV GEMM -> packed_attention; constant
+// all-attend masks dropped.
+bool fold_attention_transposes(Network& net);
+bool pack_qkv_attention(Network& net);
+bool drop_trivial_attention_masks(Network& net);
 MemoryPlan plan_memory(const Network& net, const std::vector<OptimizationProfile>& profiles);
 
 }  // namespace kiln

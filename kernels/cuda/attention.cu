@@ -1,4 +1,6 @@
-// Attention on CUDA: a flash-attention-style kernel without tensor cores (correctness first).
+// Attention on CUDA (attention in both layouts and packed_attention, one set of kernels: q, k, v
+// and the output are addressed through the strides of AttentionGeometry, core/ops/attention.h).
+// A flash-attention-style kernel without tensor cores (correctness first).
 // One block per (batch * query head, tile of kBlockM query rows); each of its warps owns
 // kRowsPerWarp rows. Key/value tiles of kBlockN keys stream through shared memory (as float);
 // lane l computes the scores of key l for the warp's rows, a warp-wide online softmax (running
@@ -11,7 +13,9 @@
 // head sizes, float32, misaligned views) takes the kernel here.
 #include <algorithm>
 #include <cmath>
+#include <string>
 
+#include "core/op_schema.h"
 #include "core/ops/attention.h"
 #include "kernels/broadcast.h"
 #include "kernels/cuda/attention_mma.h"
@@ -36,13 +40,14 @@ enum MaskKind : int { kNoMask = 0, kBoolMask = 1, kAddMask = 2 };
 
 struct AttentionParams {
   int64_t sq, sk, d, dv;
-  int64_t hq, hkv, group;  // group = hq / hkv query heads per kv head
-  int64_t m_tiles;         // query tiles per head
-  int64_t tiles;           // heads * m_tiles
+  AttentionOperand q_at, k_at, v_at, out_at;  // element (b, h, s, c) of each buffer
+  int64_t hq, hkv, group;                     // group = hq / hkv query heads per kv head
+  int64_t m_tiles;                            // query tiles per head
+  int64_t tiles;                              // heads * m_tiles
   float scale;
   bool causal;
   int mask_kind;
-  // Mask strides, 0 where broadcast: lead dims are [B..., Hq] (the flattened head index bh).
+  // Mask strides, 0 where broadcast: lead dims are [B..., Hq] (the flattened index bh = b * hq + h).
   int lead_rank;
   int64_t lead_dims[kMaxRank];
   int64_t lead_strides[kMaxRank];
@@ -84,10 +89,10 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t tile = blockIdx.x; tile < p.tiles; tile += gridDim.x) {
     const int64_t bh = tile / p.m_tiles;
     const int64_t m0 = (tile % p.m_tiles) * kBlockM;
-    const int64_t kv = (bh / p.hq) * p.hkv + (bh % p.hq) / p.group;
-    const T* qb = q + (bh * p.sq + m0) * p.d;
-    const T* kb = k + kv * p.sk * p.d;
-    const T* vb = v + kv * p.sk * p.dv;
+    const int64_t b = bh / p.hq, h = bh % p.hq, kvh = h / p.group;
+    const T* qb = q + p.q_at.offset + b * p.q_at.batch + h * p.q_at.head + m0 * p.q_at.seq;
+    const T* kb = k + p.k_at.offset + b * p.k_at.batch + kvh * p.k_at.head;
+    const T* vb = v + p.v_at.offset + b * p.v_at.batch + kvh * p.v_at.head;
     int64_t mask_base = 0;
     if (p.mask_kind != kNoMask) {
       int64_t rem = bh;
@@ -100,7 +105,8 @@ __global__ void __launch_bounds__(kThreads)
 
     __syncthreads();  // the previous tile's readers are done with shared memory
     for (int i = threadIdx.x; i < kBlockM * d; i += kThreads) {
-      q_tile[i] = i / d < rows ? to_float(qb[i]) : 0.f;
+      const int r = i / d;
+      q_tile[i] = r < rows ? to_float(qb[r * p.q_at.seq + (i - r * d)]) : 0.f;
     }
 
     float m_run[kRowsPerWarp], l_run[kRowsPerWarp], acc[kRowsPerWarp][kChunks];
@@ -117,14 +123,15 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t n0 = 0; n0 < n_end; n0 += kBlockN) {
       __syncthreads();  // the Q tile is written, the previous K/V tile consumed
       const int keys = static_cast<int>(min64(kBlockN, p.sk - n0));
-      const T* kt = kb + n0 * p.d;
-      const T* vt = vb + n0 * p.dv;
+      const T* kt = kb + n0 * p.k_at.seq;
+      const T* vt = vb + n0 * p.v_at.seq;
       for (int i = threadIdx.x; i < kBlockN * d; i += kThreads) {
         const int r = i / d;
-        k_tile[r * ks + (i - r * d)] = r < keys ? to_float(kt[i]) : 0.f;
+        k_tile[r * ks + (i - r * d)] = r < keys ? to_float(kt[r * p.k_at.seq + (i - r * d)]) : 0.f;
       }
       for (int i = threadIdx.x; i < kBlockN * dv; i += kThreads) {
-        v_tile[i] = i / dv < keys ? to_float(vt[i]) : 0.f;
+        const int r = i / dv;
+        v_tile[i] = r < keys ? to_float(vt[r * p.v_at.seq + (i - r * dv)]) : 0.f;
       }
       __syncthreads();
 
@@ -192,7 +199,7 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t i = m0 + warp * kRowsPerWarp + r;
       if (i >= p.sq) continue;
       const float inv = l_run[r] > 0.f ? 1.f / l_run[r] : 0.f;  // all keys masked: zeros
-      T* o = out + (bh * p.sq + i) * p.dv;
+      T* o = out + p.out_at.offset + b * p.out_at.batch + h * p.out_at.head + i * p.out_at.seq;
 #pragma unroll
       for (int c = 0; c < kChunks; ++c) {
         const int col = lane + 32 * c;
@@ -202,10 +209,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The buffers of one attention problem: q, k and v (one buffer for packed_attention), an optional
+// mask, the output.
+struct AttentionBuffers {
+  const void *q, *k, *v;
+  const TensorView* mask;  // nullptr: none
+  void* out;
+};
+
 template <typename T, int kChunks>
-void launch(const std::vector<TensorView>& in, T* out, const AttentionParams& p, cudaStream_t stream) {
-  const uint8_t* mask_bool = p.mask_kind == kBoolMask ? static_cast<const uint8_t*>(in[3].data) : nullptr;
-  const T* mask_add = p.mask_kind == kAddMask ? static_cast<const T*>(in[3].data) : nullptr;
+void launch(const AttentionBuffers& buf, const AttentionParams& p, cudaStream_t stream) {
+  const uint8_t* mask_bool = p.mask_kind == kBoolMask ? static_cast<const uint8_t*>(buf.mask->data) : nullptr;
+  const T* mask_add = p.mask_kind == kAddMask ? static_cast<const T*>(buf.mask->data) : nullptr;
   const size_t smem = smem_bytes(p.d, p.dv);
   auto kernel = attention_kernel<T, kChunks>;
   if (smem > 48 * 1024) {  // above the default limit a kernel must opt in
@@ -214,35 +229,40 @@ void launch(const std::vector<TensorView>& in, T* out, const AttentionParams& p,
   }
   const unsigned grid =
       static_cast<unsigned>(std::min<int64_t>(p.tiles, int64_t{1} << 24));  // loop covers the rest
-  kernel<<<grid, kThreads, smem, stream>>>(static_cast<const T*>(in[0].data),
-                                           static_cast<const T*>(in[1].data),
-                                           static_cast<const T*>(in[2].data), mask_bool, mask_add, out, p);
+  kernel<<<grid, kThreads, smem, stream>>>(static_cast<const T*>(buf.q), static_cast<const T*>(buf.k),
+                                           static_cast<const T*>(buf.v), mask_bool, mask_add,
+                                           static_cast<T*>(buf.out), p);
   KILN_CUDA_CHECK_LAUNCH();
 }
 
-// The tensor-core kernel's view of a dense [B..., H, S, D] problem: strides of (batch, head, seq).
-MmaAttentionParams mma_params(const std::vector<TensorView>& in, const TensorView& out,
-                              const AttentionParams& p, int64_t heads) {
-  MmaAttentionParams m;
-  m.q = in[0].data;
-  m.k = in[1].data;
-  m.v = in[2].data;
-  m.o = out.data;
-  auto dense = [](int64_t(&strides)[3], int64_t h, int64_t s, int64_t d) {
-    strides[0] = h * s * d;
-    strides[1] = s * d;
-    strides[2] = d;
+// The tensor-core kernel's view of the problem: each operand's base pointer moved to its offset,
+// its (batch, head, seq) strides from the geometry; the mask as the generic kernel reads it.
+MmaAttentionParams mma_params(const AttentionGeometry& g, const AttentionBuffers& buf, const AttentionParams& p,
+                              DataType dtype) {
+  const size_t e = dtype_size(dtype);
+  auto at = [e](const void* base, const AttentionOperand& o) {
+    return static_cast<const void*>(static_cast<const uint8_t*>(base) + o.offset * static_cast<int64_t>(e));
   };
-  dense(m.q_strides, p.hq, p.sq, p.d);
-  dense(m.k_strides, p.hkv, p.sk, p.d);
-  dense(m.v_strides, p.hkv, p.sk, p.dv);
-  dense(m.o_strides, p.hq, p.sq, p.dv);
-  m.batch = p.hq > 0 ? heads / p.hq : 0;
-  m.hq = p.hq;
-  m.hkv = p.hkv;
-  m.sq = p.sq;
-  m.sk = p.sk;
-  m.mask = p.mask_kind != kNoMask ? in[3].data : nullptr;
+  auto strides = [](int64_t(&dst)[3], const AttentionOperand& o) {
+    dst[0] = o.batch;
+    dst[1] = o.head;
+    dst[2] = o.seq;
+  };
+  MmaAttentionParams m;
+  m.q = at(buf.q, g.q);
+  m.k = at(buf.k, g.k);
+  m.v = at(buf.v, g.v);
+  m.o = const_cast<void*>(at(buf.out, g.out));
+  strides(m.q_strides, g.q);
+  strides(m.k_strides, g.k);
+  strides(m.v_strides, g.v);
+  strides(m.o_strides, g.out);
+  m.batch = g.batch;
+  m.hq = g.hq;
+  m.hkv = g.hkv;
+  m.sq = g.sq;
+  m.sk = g.sk;
+  m.mask = buf.mask ? buf.mask->data : nullptr;
   m.mask_kind = p.mask_kind;
   m.mask_lead_rank = p.lead_rank;
   for (int i = 0; i < p.lead_rank; ++i) {
@@ -256,67 +276,80 @@ MmaAttentionParams mma_params(const std::vector<TensorView>& in, const TensorVie
   return m;
 }
 
+// One attention problem of layer `who` ("layer 'x' (op)"): parameters from the geometry, then the
+// tensor-core or the generic kernel.
+void run_attention(const std::string& who, const AttentionAttrs& attrs, const AttentionGeometry& g,
+                   const AttentionBuffers& buf, DataType dtype, int arch, cudaStream_t stream) {
+  KILN_CHECK(g.d <= kMaxHeadDim && g.dv <= kMaxHeadDim,
+             who << ": the CUDA kernel supports head sizes up to " << kMaxHeadDim << ", got D=" << g.d
+                 << ", Dv=" << g.dv << "; split the head dim or run this layer on the reference backend");
+  const int64_t heads = g.batch * g.hq;
+  if (heads == 0 || g.sq == 0 || g.dv == 0) return;
+  AttentionParams p{};
+  p.sq = g.sq;
+  p.sk = g.sk;
+  p.d = g.d;
+  p.dv = g.dv;
+  p.q_at = g.q;
+  p.k_at = g.k;
+  p.v_at = g.v;
+  p.out_at = g.out;
+  p.hq = g.hq;
+  p.hkv = g.hkv;
+  p.group = g.hq / g.hkv;
+  p.m_tiles = (p.sq + kBlockM - 1) / kBlockM;
+  p.tiles = heads * p.m_tiles;
+  p.scale = static_cast<float>(attention_scale(attrs, p.d));
+  p.causal = attrs.causal;
+  p.mask_kind = kNoMask;
+  if (buf.mask) {
+    p.mask_kind = buf.mask->dtype == DataType::kBool ? kBoolMask : kAddMask;
+    BroadcastIndexer mi = make_broadcast_indexer(buf.mask->dims, g.scores);
+    p.lead_rank = static_cast<int>(g.scores.size()) - 2;
+    for (int i = 0; i < p.lead_rank; ++i) {
+      p.lead_dims[i] = mi.out_dims[i];
+      p.lead_strides[i] = mi.in_strides[i];
+    }
+    p.mask_sq_stride = mi.in_strides[p.lead_rank];
+    p.mask_sk_stride = mi.in_strides[p.lead_rank + 1];
+  }
+  const MmaAttentionParams mp = mma_params(g, buf, p, dtype);
+  if (mma_attention_supports(mp, dtype, p.d, p.dv, arch)) return launch_mma_attention(mp, dtype, p.d, stream);
+  dispatch_floating(dtype, "attention", [&](auto tag) {
+    using T = decltype(tag);
+    if (p.dv <= 32) return launch<T, 1>(buf, p, stream);
+    if (p.dv <= 64) return launch<T, 2>(buf, p, stream);
+    if (p.dv <= 128) return launch<T, 4>(buf, p, stream);
+    return launch<T, 8>(buf, p, stream);
+  });
+}
+
 class CudaAttention final : public Kernel {
  public:
   // Kernels are created on the engine's device: its architecture decides the tensor-core path.
-  CudaAttention(std::string layer, AttentionAttrs attrs)
-      : layer_(std::move(layer)), attrs_(attrs), arch_(cuda_device_arch()) {}
+  CudaAttention(const Layer& layer, bool packed)
+      : who_(describe(layer)), attrs_(attention_attrs(layer)), packed_(packed), arch_(cuda_device_arch()) {}
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
-    const TensorView &q = in[0], &k = in[1], &v = in[2], &o = out[0];
-    const size_t rank = q.dims.size();
-    AttentionParams p{};
-    p.hq = q.dims[rank - 3];
-    p.sq = q.dims[rank - 2];
-    p.d = q.dims[rank - 1];
-    p.hkv = k.dims[rank - 3];
-    p.sk = k.dims[rank - 2];
-    p.dv = v.dims[rank - 1];
-    KILN_CHECK(p.d <= kMaxHeadDim && p.dv <= kMaxHeadDim,
-               "layer '" << layer_ << "' (attention): the CUDA kernel supports head sizes up to "
-                         << kMaxHeadDim << ", got D=" << p.d << ", Dv=" << p.dv
-                         << "; split the head dim or run this layer on the reference backend");
-    if (volume(o.dims) == 0) return;
-    const int64_t heads = volume(Dims(q.dims.begin(), q.dims.end() - 2));
-    p.group = p.hq / p.hkv;
-    p.m_tiles = (p.sq + kBlockM - 1) / kBlockM;
-    p.tiles = heads * p.m_tiles;
-    p.scale = static_cast<float>(attention_scale(attrs_, p.d));
-    p.causal = attrs_.causal;
-    p.mask_kind = kNoMask;
-    if (in.size() == 4) {
-      const TensorView& mask = in[3];
-      p.mask_kind = mask.dtype == DataType::kBool ? kBoolMask : kAddMask;
-      Dims scores(q.dims.begin(), q.dims.end() - 1);
-      scores.push_back(p.sk);
-      BroadcastIndexer mi = make_broadcast_indexer(mask.dims, scores);
-      p.lead_rank = static_cast<int>(rank) - 2;
-      for (int i = 0; i < p.lead_rank; ++i) {
-        p.lead_dims[i] = mi.out_dims[i];
-        p.lead_strides[i] = mi.in_strides[i];
-      }
-      p.mask_sq_stride = mi.in_strides[rank - 2];
-      p.mask_sk_stride = mi.in_strides[rank - 1];
-    }
     auto stream = static_cast<cudaStream_t>(ctx.stream);
-    const MmaAttentionParams mp = mma_params(in, o, p, heads);
-    if (mma_attention_supports(mp, o.dtype, p.d, p.dv, arch_))
-      return launch_mma_attention(mp, o.dtype, p.d, stream);
-    dispatch_floating(q.dtype, "attention", [&](auto tag) {
-      using T = decltype(tag);
-      T* y = static_cast<T*>(o.data);
-      if (p.dv <= 32) return launch<T, 1>(in, y, p, stream);
-      if (p.dv <= 64) return launch<T, 2>(in, y, p, stream);
-      if (p.dv <= 128) return launch<T, 4>(in, y, p, stream);
-      return launch<T, 8>(in, y, p, stream);
-    });
+    if (packed_) {
+      const AttentionBuffers buf{in[0].data, in[0].data, in[0].data, in.size() == 2 ? &in[1] : nullptr,
+                                 out[0].data};
+      return run_attention(who_, attrs_, packed_attention_geometry(in[0].dims), buf, in[0].dtype, arch_,
+                           stream);
+    }
+    const AttentionBuffers buf{in[0].data, in[1].data, in[2].data, in.size() == 4 ? &in[3] : nullptr,
+                               out[0].data};
+    run_attention(who_, attrs_, attention_geometry(attrs_.layout, in[0].dims, in[1].dims, in[2].dims), buf,
+                  in[0].dtype, arch_, stream);
   }
-  std::string name() const override { return "cuda_attention"; }
+  std::string name() const override { return packed_ ? "cuda_packed_attention" : "cuda_attention"; }
 
  private:
-  std::string layer_;
+  std::string who_;
   AttentionAttrs attrs_;
+  bool packed_;
   int arch_;
 };
 
@@ -324,7 +357,9 @@ class CudaAttention final : public Kernel {
 
 void register_attention_cuda_kernel() {
   register_kernel("attention", Backend::kCuda,
-                  [](const Layer& l) { return std::make_unique<CudaAttention>(l.name, attention_attrs(l)); });
+                  [](const Layer& l) { return std::make_unique<CudaAttention>(l, false); });
+  register_kernel("packed_attention", Backend::kCuda,
+                  [](const Layer& l) { return std::make_unique<CudaAttention>(l, true); });
 }
 
 }  // namespace kiln

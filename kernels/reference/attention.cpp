@@ -1,6 +1,7 @@
-// Reference attention: for each (batch, query head, query row) the scores against every key in
-// double, masked, a softmax with the row maximum subtracted, then the weighted sum of v. A row
-// whose keys are all masked (or Sk == 0) is written as zeros (torch's math backend does the same).
+// Reference attention (attention and packed_attention): for each (batch, query head, query row)
+// the scores against every key in double, masked, a softmax with the row maximum subtracted, then
+// the weighted sum of v. A row whose keys are all masked (or Sk == 0) is written as zeros (torch's
+// math backend does the same). Layouts differ only in the strides of AttentionGeometry.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -14,48 +15,43 @@
 namespace kiln {
 namespace {
 
-class RefAttention final : public Kernel {
- public:
-  explicit RefAttention(AttentionAttrs attrs) : attrs_(attrs) {}
+// q, k, v and out are views of the buffers `g` indexes (for packed_attention q, k and v are one).
+void attend(const AttentionAttrs& attrs, const AttentionGeometry& g, const TensorView& q, const TensorView& k,
+            const TensorView& v, const TensorView* mask, const TensorView& o) {
+  if (g.batch * g.hq == 0 || g.sq == 0 || g.dv == 0) return;
+  const int64_t group = g.hq / g.hkv;
+  const double scale = attention_scale(attrs, g.d);
+  const double neg_inf = -std::numeric_limits<double>::infinity();
+  const size_t lead_rank = g.scores.size() - 2;  // [B..., Hq]: indexed by the flat b * hq + h
 
-  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
-           const LaunchContext&) const override {
-    const TensorView &q = in[0], &k = in[1], &v = in[2], &o = out[0];
-    const TensorView* mask = in.size() == 4 ? &in[3] : nullptr;
-    const size_t rank = q.dims.size();
-    const int64_t hq = q.dims[rank - 3], sq = q.dims[rank - 2], d = q.dims[rank - 1];
-    const int64_t hkv = k.dims[rank - 3], sk = k.dims[rank - 2], dv = v.dims[rank - 1];
-    const int64_t heads = volume(Dims(q.dims.begin(), q.dims.end() - 2));  // batch * hq
-    if (heads == 0 || sq == 0 || dv == 0) return;
-    const int64_t group = hq / hkv;
-    const double scale = attention_scale(attrs_, d);
-    const double neg_inf = -std::numeric_limits<double>::infinity();
+  BroadcastIndexer mi;
+  if (mask) mi = make_broadcast_indexer(mask->dims, g.scores);
 
-    Dims scores_dims(q.dims.begin(), q.dims.end() - 1);
-    scores_dims.push_back(sk);
-    BroadcastIndexer mi;
-    if (mask) mi = make_broadcast_indexer(mask->dims, scores_dims);
-
-    std::vector<double> s(static_cast<size_t>(sk)), acc(static_cast<size_t>(dv));
-    for (int64_t bh = 0; bh < heads; ++bh) {
-      const int64_t kv = (bh / hq) * hkv + (bh % hq) / group;
-      int64_t mask_base = 0, rem = bh;
-      for (int i = static_cast<int>(rank) - 3; mask && i >= 0; --i) {
+  std::vector<double> s(static_cast<size_t>(g.sk)), acc(static_cast<size_t>(g.dv));
+  for (int64_t b = 0; b < g.batch; ++b) {
+    for (int64_t h = 0; h < g.hq; ++h) {
+      const int64_t kvh = h / group;
+      const int64_t qb = g.q.offset + b * g.q.batch + h * g.q.head;
+      const int64_t kb = g.k.offset + b * g.k.batch + kvh * g.k.head;
+      const int64_t vb = g.v.offset + b * g.v.batch + kvh * g.v.head;
+      const int64_t ob = g.out.offset + b * g.out.batch + h * g.out.head;
+      int64_t mask_base = 0, rem = b * g.hq + h;
+      for (int i = static_cast<int>(lead_rank) - 1; mask && i >= 0; --i) {
         mask_base += (rem % mi.out_dims[i]) * mi.in_strides[i];
         rem /= mi.out_dims[i];
       }
-      for (int64_t i = 0; i < sq; ++i) {
+      for (int64_t i = 0; i < g.sq; ++i) {
         double row_max = neg_inf;
-        for (int64_t j = 0; j < sk; ++j) {
+        for (int64_t j = 0; j < g.sk; ++j) {
           double dot = 0;
-          for (int64_t c = 0; c < d; ++c) {
-            dot += load_element(q, (bh * sq + i) * d + c) * load_element(k, (kv * sk + j) * d + c);
+          for (int64_t c = 0; c < g.d; ++c) {
+            dot += load_element(q, qb + i * g.q.seq + c) * load_element(k, kb + j * g.k.seq + c);
           }
           double score = dot * scale;
-          if (attrs_.causal && j > i) score = neg_inf;
+          if (attrs.causal && j > i) score = neg_inf;
           if (mask) {
-            double m =
-                load_element(*mask, mask_base + i * mi.in_strides[rank - 2] + j * mi.in_strides[rank - 1]);
+            double m = load_element(
+                *mask, mask_base + i * mi.in_strides[lead_rank] + j * mi.in_strides[lead_rank + 1]);
             score = mask->dtype == DataType::kBool ? (m != 0 ? score : neg_inf) : score + m;
           }
           s[j] = score;
@@ -64,18 +60,44 @@ class RefAttention final : public Kernel {
         std::fill(acc.begin(), acc.end(), 0.0);
         double sum = 0;
         if (row_max != neg_inf) {  // else every key is masked: zeros
-          for (int64_t j = 0; j < sk; ++j) {
+          for (int64_t j = 0; j < g.sk; ++j) {
             double p = std::exp(s[j] - row_max);
             sum += p;
-            for (int64_t c = 0; c < dv; ++c) acc[c] += p * load_element(v, (kv * sk + j) * dv + c);
+            for (int64_t c = 0; c < g.dv; ++c) acc[c] += p * load_element(v, vb + j * g.v.seq + c);
           }
         }
-        for (int64_t c = 0; c < dv; ++c)
-          store_element(o, (bh * sq + i) * dv + c, sum > 0 ? acc[c] / sum : 0.0);
+        for (int64_t c = 0; c < g.dv; ++c)
+          store_element(o, ob + i * g.out.seq + c, sum > 0 ? acc[c] / sum : 0.0);
       }
     }
   }
+}
+
+class RefAttention final : public Kernel {
+ public:
+  explicit RefAttention(AttentionAttrs attrs) : attrs_(attrs) {}
+
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext&) const override {
+    const AttentionGeometry g = attention_geometry(attrs_.layout, in[0].dims, in[1].dims, in[2].dims);
+    attend(attrs_, g, in[0], in[1], in[2], in.size() == 4 ? &in[3] : nullptr, out[0]);
+  }
   std::string name() const override { return "ref_attention"; }
+
+ private:
+  AttentionAttrs attrs_;
+};
+
+class RefPackedAttention final : public Kernel {
+ public:
+  explicit RefPackedAttention(AttentionAttrs attrs) : attrs_(attrs) {}
+
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext&) const override {
+    const AttentionGeometry g = packed_attention_geometry(in[0].dims);
+    attend(attrs_, g, in[0], in[0], in[0], in.size() == 2 ? &in[1] : nullptr, out[0]);
+  }
+  std::string name() const override { return "ref_packed_attention"; }
 
  private:
   AttentionAttrs attrs_;
@@ -86,6 +108,8 @@ class RefAttention final : public Kernel {
 void register_attention_reference_kernel() {
   register_kernel("attention", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefAttention>(attention_attrs(l)); });
+  register_kernel("packed_attention", Backend::kReference,
+                  [](const Layer& l) { return std::make_unique<RefPackedAttention>(attention_attrs(l)); });
 }
 
 }  // namespace kiln

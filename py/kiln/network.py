@@ -173,6 +173,7 @@ class Network:
         causal: bool = False,
         scale: float | None = None,
         name: str = "",
+        layout: str = "bhsd",
     ) -> Layer:
         """Scaled dot-product attention, as torch's ``scaled_dot_product_attention``.
 
@@ -181,10 +182,14 @@ class Network:
         broadcasts to [B..., Hq, Sq, Sk]: bool (True = attend) or q's dtype (added to the scores);
         it cannot be combined with ``causal`` (query i sees keys j <= i). ``scale`` defaults to
         1/sqrt(D). Rows whose keys are all masked give zeros. Output [B..., Hq, Sq, Dv].
+        ``layout="bshd"``: rank-4 q [B, Sq, Hq, D], k [B, Sk, Hkv, D], v [B, Sk, Hkv, Dv] and
+        output [B, Sq, Hq, Dv] (the mask keeps its [B, Hq, Sq, Sk] meaning).
         """
         attrs = {"causal": int(causal)}
         if scale is not None:
             attrs["scale"] = float(scale)
+        if layout != "bhsd":
+            attrs["layout"] = layout
         inputs = [q, k, v] if mask is None else [q, k, v, mask]
         return self.add_layer("attention", inputs, attrs, name)
 
@@ -598,6 +603,23 @@ class Network:
             {"normalized_ndim": int(normalized_ndim), "eps": float(eps)},
             name,
         )
+
+    def add_packed_attention(
+        self,
+        qkv: TensorLike,
+        mask: TensorLike | None = None,
+        causal: bool = False,
+        scale: float | None = None,
+        name: str = "",
+    ) -> Layer:
+        """Attention on a fused QKV projection: qkv [B, S, 3, H, D] holds q, k and v of each token
+        one after another (``qkv[:, :, 0]`` is q in [B, S, H, D]). ``mask``, ``causal`` and
+        ``scale`` as in :meth:`add_attention`. Output [B, S, H, D]."""
+        attrs = {"causal": int(causal)}
+        if scale is not None:
+            attrs["scale"] = float(scale)
+        inputs = [qkv] if mask is None else [qkv, mask]
+        return self.add_layer("packed_attention", inputs, attrs, name)
 
     def mark_output(self, t: TensorLike, name: str = "") -> Tensor:
         """Makes `t` a network output; `name` (optional) becomes its binding name."""

@@ -47,16 +47,19 @@ def make_inputs(shape_q, hkv, sk, dv=None, mask=None, dtype=torch.float32, fully
     v = torch.randn([*kv_lead, sk, dv]).to(dtype)
     inputs = [q, k, v]
     if mask is not None:
-        kind, mshape = mask
-        keep = torch.rand(mshape) > 0.3
-        if not fully_masked_rows and mshape[-1] > 0:
-            keep[..., 0] = True
-        if kind == "bool":
-            inputs.append(keep)
-        else:  # additive: random offsets, -inf where not kept
-            bias = torch.randn(mshape) * 2
-            inputs.append(torch.where(keep, bias, torch.full_like(bias, float("-inf"))).to(dtype))
+        inputs.append(make_mask(*mask, dtype=dtype, fully_masked_rows=fully_masked_rows))
     return inputs
+
+
+def make_mask(kind, mshape, dtype=torch.float32, fully_masked_rows=False):
+    """A random bool (True = attend) or additive ("float": offsets, -inf where hidden) mask."""
+    keep = torch.rand(mshape) > 0.3
+    if not fully_masked_rows and mshape[-1] > 0:
+        keep[..., 0] = True
+    if kind == "bool":
+        return keep
+    bias = torch.randn(mshape) * 2
+    return torch.where(keep, bias, torch.full_like(bias, float("-inf"))).to(dtype)
 
 
 def torch_attention(inputs, causal=False, scale=None):
@@ -80,15 +83,16 @@ def build(causal=False, scale=None, name="attn"):
     return add
 
 
-def run_dynamic_batch(add_layer, inputs, target):
-    """Like run_layer(..., dynamic=True), but dim 0 is dynamic in q, k, v and in a mask whose dim 0
-    is not broadcast (run_layer makes only the first input dynamic, and the batch dims of q, k and
-    v must agree for every shape of the profile)."""
+def run_dynamic_batch(add_layer, inputs, target, batched=3):
+    """Like run_layer(..., dynamic=True), but dim 0 is dynamic in the first `batched` inputs (q, k,
+    v) and in a mask whose dim 0 is a batch dim that is not broadcast (run_layer makes only the
+    first input dynamic, and the batch dims of q, k and v must agree for every shape of the
+    profile)."""
     net = kiln.Network()
     tensors, profile = [], {}
     for i, t in enumerate(inputs):
         shape = list(t.shape)
-        if i < 3 or (t.dim() == inputs[0].dim() and shape[0] != 1):
+        if i < batched or (t.dim() == 4 and shape[0] != 1):
             profile[f"in{i}"] = ([1, *shape[1:]], list(shape), [2 * shape[0], *shape[1:]])
             shape[0] = -1
         tensors.append(net.add_input(f"in{i}", t.dtype, shape))
@@ -505,3 +509,247 @@ def test_cuda_mma_large_scores(dtype):
     # Scores far from 0 (|s| up to ~50): exp2 of scores minus the running max must stay in range.
     q, k, v = make_inputs((2, 2, 77, 64), 2, 197, dtype=dtype)
     check_mma([(q.float() * 12).to(dtype), k, v])
+@pytest.mark.parametrize("dtype", TC_DTYPES)
+def test_cuda_tensor_core_dynamic_grouped_query(dtype):
+    inputs = make_inputs((3, 8, 70, 64), 2, 90, dtype=dtype)
+    check("cuda", inputs, causal=True, dynamic=True, tolerance=CUDA_TOLERANCE[dtype])
+
+
+# --- layout "bshd" and packed_attention -----------------------------------------------------------
+# The same problems as above, laid out as the projections write them: bshd q/k/v/out are the bhsd
+# tensors transposed (1, 2); packed_attention reads q, k, v from qkv[:, :, 0..2] of one
+# [B, S, 3, H, D] tensor. The oracle is the bhsd SDPA on the same values, so the tolerances are
+# the bhsd ones (the kernels differ only in the strides they address).
+
+
+def bshd(t):
+    return t.transpose(1, 2).contiguous()
+
+
+def check_bshd(target, inputs, causal=False, scale=None, dynamic=False, tolerance=None):
+    def add(net, q, k, v, mask=None):
+        return net.add_attention(
+            q, k, v, mask, causal=causal, scale=scale, name="attn", layout="bshd"
+        )
+
+    laid_out = [bshd(t) for t in inputs[:3]] + inputs[3:]
+    if dynamic:
+        got = run_dynamic_batch(add, laid_out, target)
+    else:
+        got = run_layer(add, laid_out, target)
+    want = torch_attention(inputs, causal, scale).transpose(1, 2)
+    assert got.dtype == inputs[0].dtype and got.shape == want.shape
+    torch.testing.assert_close(got.double(), want, **(tolerance or TOLERANCE[inputs[0].dtype]))
+
+
+def make_packed(b, s, h, d, mask=None, dtype=torch.float32):
+    """qkv [B, S, 3, H, D] (and a mask as make_inputs draws it)."""
+    inputs = [torch.randn(b, s, 3, h, d).to(dtype)]
+    if mask is not None:
+        inputs.append(make_mask(*mask, dtype=dtype))
+    return inputs
+
+
+def check_packed(target, inputs, causal=False, scale=None, dynamic=False, tolerance=None):
+    def add(net, qkv, mask=None):
+        return net.add_packed_attention(qkv, mask, causal=causal, scale=scale, name="attn")
+
+    if dynamic:
+        got = run_dynamic_batch(add, inputs, target, batched=1)
+    else:
+        got = run_layer(add, inputs, target)
+    qkv = inputs[0]
+    per_head = [qkv[:, :, i].transpose(1, 2) for i in range(3)]
+    want = torch_attention(per_head + inputs[1:], causal, scale).transpose(1, 2)
+    assert got.dtype == qkv.dtype and got.shape == want.shape
+    torch.testing.assert_close(got.double(), want, **(tolerance or TOLERANCE[qkv.dtype]))
+
+
+@pytest.mark.parametrize("sq,sk,d", REF_SIZES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_reference_bshd(sq, sk, d, causal):
+    check_bshd("reference", make_inputs((2, 3, sq, d), 3, sk), causal=causal)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_reference_bshd_grouped_query_value_size_scale(causal):
+    check_bshd("reference", make_inputs((2, 8, 7, 16), 2, 9, dv=24), causal=causal, scale=0.3)
+
+
+@pytest.mark.parametrize("kind,mshape", MASKS)
+@pytest.mark.parametrize("dtype", REF_DTYPES)
+def test_reference_bshd_mask(kind, mshape, dtype):
+    check_bshd("reference", make_inputs((2, 4, 7, 16), 4, 9, mask=(kind, mshape), dtype=dtype))
+
+
+@pytest.mark.parametrize("mask", DYNAMIC_MASKS)
+def test_reference_bshd_dynamic_batch(mask):
+    check_bshd("reference", make_inputs((3, 4, 7, 16), 2, 9, mask=mask), dynamic=True)
+
+
+def test_reference_bshd_empty():
+    check_bshd("reference", make_inputs((2, 2, 7, 16), 2, 0))
+    check_bshd("reference", make_inputs((0, 2, 7, 16), 2, 9))
+
+
+PACKED_MASKS = [  # for [B=2, H=4, S=7, S=7] scores
+    ("bool", (2, 1, 1, 7)),
+    ("bool", (7, 7)),
+    ("float", (2, 4, 7, 7)),
+    ("float", (7,)),
+]
+
+
+@pytest.mark.parametrize("s,d", [(1, 16), (7, 16), (77, 24), (33, 64)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_reference_packed(s, d, causal):
+    check_packed("reference", make_packed(2, s, 3, d), causal=causal)
+
+
+@pytest.mark.parametrize("kind,mshape", PACKED_MASKS)
+@pytest.mark.parametrize("dtype", REF_DTYPES)
+def test_reference_packed_mask(kind, mshape, dtype):
+    check_packed("reference", make_packed(2, 7, 4, 16, mask=(kind, mshape), dtype=dtype))
+
+
+def test_reference_packed_scale_and_dynamic_batch():
+    check_packed("reference", make_packed(2, 9, 2, 16), scale=0.25)
+    check_packed("reference", make_packed(3, 9, 2, 16), causal=True, dynamic=True)
+    check_packed("reference", make_packed(3, 7, 4, 16, mask=("bool", (3, 1, 1, 7))), dynamic=True)
+
+
+def test_reference_packed_empty():
+    check_packed("reference", make_packed(0, 7, 2, 16))
+    check_packed("reference", make_packed(2, 0, 2, 16))
+
+
+def test_network_records_layout_and_packed():
+    net = kiln.Network()
+    q = net.add_input("q", "float32", (1, 3, 2, 4))
+    k = net.add_input("k", "float32", (1, 5, 2, 4))
+    v = net.add_input("v", "float32", (1, 5, 2, 6))
+    layer = net.add_attention(q, k, v, layout="bshd", name="sdpa")
+    assert layer.output.shape == (1, 3, 2, 6)
+    assert net.layers[-1][4] == {"causal": 0, "layout": "bshd"}
+    qkv = net.add_input("qkv", "float16", (-1, 7, 3, 2, 8))
+    packed = net.add_packed_attention(qkv, causal=True, scale=0.5, name="packed")
+    assert packed.output.shape == (-1, 7, 2, 8) and packed.output.dtype == "float16"
+    assert net.layers[-1][1] == "packed_attention"
+    assert net.layers[-1][4] == {"causal": 1, "scale": 0.5}
+
+
+QB, KB, VB = (2, 5, 8, 16), (2, 7, 2, 16), (2, 7, 2, 32)  # bshd
+
+
+@pytest.mark.parametrize(
+    "shapes,attrs,match",
+    [
+        ([QB, KB, VB], {"layout": "bsdh"}, 'layout must be "bhsd"'),
+        ([(5, 8, 16), (7, 2, 16), (7, 2, 32)], {"layout": "bshd"}, "needs rank-4"),
+        ([QB, (2, 7, 2, 8), VB], {"layout": "bshd"}, "layout bshd.*same head size"),
+        ([QB, KB, (2, 6, 2, 32)], {"layout": "bshd"}, "layout bshd.*same sequence length"),
+        ([QB, (2, 7, 3, 16), (2, 7, 3, 32)], {"layout": "bshd"}, "multiple of key/value heads"),
+        ([QB, KB, VB, (5, 8, 7)], {"layout": "bshd"}, "does not broadcast"),
+    ],
+)
+def test_bshd_errors_name_the_layer(shapes, attrs, match):
+    with pytest.raises(kiln.KilnError, match=rf"layer 'attn' \(attention\).*{match}"):
+        add_to_network(shapes, None, attrs)
+
+
+def test_bshd_mask_keeps_its_bhsd_meaning():
+    # [B, Hq, Sq, Sk] = [2, 8, 5, 7] for bshd q [2, 5, 8, 16]: a per-head mask is accepted.
+    layer = add_to_network([QB, KB, VB, (8, 5, 7)], ["float32"] * 3 + ["bool"], {"layout": "bshd"})
+    assert layer.output.shape == (2, 5, 8, 32)
+
+
+@pytest.mark.parametrize(
+    "shapes,dtypes,attrs,match",
+    [
+        ([(2, 7, 3, 4, 16)], ["int32"], None, "floating point"),
+        ([(2, 7, 2, 4, 16)], None, None, r"qkv must be \[B, S, 3, H, D\]"),
+        ([(7, 3, 4, 16)], None, None, r"qkv must be \[B, S, 3, H, D\]"),
+        ([(2, 7, 3, 4, 16), (2, 4, 7, 8)], None, None, "does not broadcast"),
+        ([(2, 7, 3, 4, 16), (7, 7)], None, {"causal": 1}, "causal=1 together"),
+        ([(2, 7, 3, 4, 16)], None, {"layout": "bshd"}, "no layout attribute"),
+    ],
+)
+def test_packed_errors_name_the_layer(shapes, dtypes, attrs, match):
+    net = kiln.Network()
+    dtypes = dtypes or ["float32"] * len(shapes)
+    ins = [
+        net.add_input(f"in{i}", dt, s) for i, (s, dt) in enumerate(zip(shapes, dtypes, strict=True))
+    ]
+    if len(ins) == 2 and dtypes[1] == "float32" and len(shapes[1]) == 2:
+        ins[1] = net.add_input("m", "bool", shapes[1])
+    with pytest.raises(kiln.KilnError, match=rf"layer 'attn' \(packed_attention\).*{match}"):
+        net.add_layer("packed_attention", ins, attrs or {}, name="attn")
+
+
+# CUDA: both kernels (head size 64 in float16/bfloat16 takes the tensor-core path, whose 16-byte
+# loads then run on the strided rows of bshd and packed tensors), tails (77, 130), masks, causal,
+# grouped-query, dynamic batch.
+GPU_LAYOUT_D = [16, 64, 80]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sq,sk", [(1, 1), (77, 77), (128, 128), (130, 257)])
+@pytest.mark.parametrize("d", GPU_LAYOUT_D)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_bshd(sq, sk, d, causal, dtype):
+    inputs = make_inputs((2, 3, sq, d), 3, sk, dtype=dtype)
+    check_bshd("cuda", inputs, causal=causal, tolerance=CUDA_TOLERANCE[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind,mshape", GPU_MASKS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hkv", [4, 2])
+@pytest.mark.parametrize("d", [64, 80])
+def test_cuda_bshd_mask(kind, mshape, dtype, hkv, d):
+    inputs = make_inputs((2, 4, 130, d), hkv, 257, mask=(kind, mshape), dtype=dtype)
+    check_bshd("cuda", inputs, tolerance=CUDA_TOLERANCE[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [16, 64])
+def test_cuda_bshd_dynamic_batch(dtype, d):
+    inputs = make_inputs((3, 8, 70, d), 2, 90, mask=("bool", (3, 1, 1, 90)), dtype=dtype)
+    check_bshd("cuda", inputs, dynamic=True, tolerance=CUDA_TOLERANCE[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("s", [1, 17, 77, 128, 197])
+@pytest.mark.parametrize("d", GPU_LAYOUT_D)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_packed(s, d, causal, dtype):
+    check_packed(
+        "cuda",
+        make_packed(2, s, 12, d, dtype=dtype),
+        causal=causal,
+        tolerance=CUDA_TOLERANCE[dtype],
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "kind,mshape", [("bool", (2, 1, 1, 77)), ("float", (77, 77)), ("float", (2, 4, 77, 77))]
+)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [64, 80])
+def test_cuda_packed_mask(kind, mshape, dtype, d):
+    inputs = make_packed(2, 77, 4, d, mask=(kind, mshape), dtype=dtype)
+    check_packed("cuda", inputs, tolerance=CUDA_TOLERANCE[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_packed_dynamic_batch_and_scale(dtype):
+    inputs = make_packed(3, 77, 4, 64, mask=("bool", (3, 1, 1, 77)), dtype=dtype)
+    check_packed("cuda", inputs, dynamic=True, tolerance=CUDA_TOLERANCE[dtype])
+    check_packed(
+        "cuda", inputs[:1], causal=True, scale=0.05, dynamic=True, tolerance=CUDA_TOLERANCE[dtype]
+    )

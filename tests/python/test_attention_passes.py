@@ -1,0 +1,426 @@
+"""Builder passes around attention: eliminate_common_subexpressions, drop_trivial_attention_masks,
+fold_attention_transposes and pack_qkv_attention. Structure through Plan.layers(); numbers: the
+optimized plan against the plan built at optimization level 0 (no passes) and, for the BERT
+blocks through kiln.compile, against eager PyTorch."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import kiln
+
+# The passes reorder nothing numerically except where attention reads its operands (same math,
+# other strides) and the fused QKV GEMM (one GEMM of 3N columns instead of three of N: the same
+# float64 dot products on the reference backend). The reference backend rounds once to float32,
+# so the two plans agree to float32 rounding.
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def build(net, level, profile=None):
+    config = kiln.BuilderConfig(target="reference", optimization_level=level)
+    if profile:
+        config.add_optimization_profile(profile)
+    return kiln.Builder().build(net, config)
+
+
+def run_plan(plan, feed):
+    return kiln.Engine(plan, backend="reference").create_execution_context().execute(feed)
+
+
+def optimized(net, feed, profile=None):
+    """The level-1 plan, after checking that it computes what the unoptimized plan computes."""
+    fused, plain = build(net, 1, profile), build(net, 0, profile)
+    got, want = run_plan(fused, feed), run_plan(plain, feed)
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], **TOL)
+    return fused
+
+
+def ops(plan):
+    return [layer["op"] for layer in plan.layers()]
+
+
+SWAP = [0, 2, 1, 3]  # transpose(1, 2) of a rank-4 tensor
+
+
+# --- eliminate_common_subexpressions ----------------------------------------------------------
+
+
+def test_cse_merges_duplicates_and_their_consumers():
+    # r1 == r2 (same op, input, attrs) and then s1 == s2 (same op on the merged tensor): one chain.
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [2, 3, 8])
+    r1 = net.add_layer("reshape", [x], {"shape": [6, 8]}, "r1")
+    r2 = net.add_layer("reshape", [x], {"shape": [6, 8]}, "r2")
+    s1 = net.add_layer("softmax", [r1], {"axis": -1}, "s1")
+    s2 = net.add_layer("softmax", [r2], {"axis": -1}, "s2")
+    # Equal targets given as two separate constant shape tensors merge too.
+    c1 = net.add_layer("reshape", [s1, torch.tensor([3, 16])], {}, "c1")
+    c2 = net.add_layer("reshape", [s2, torch.tensor([3, 16])], {}, "c2")
+    net.mark_output(net.add_elementwise(c1, c2, "sub", name="diff"), "y")
+    plan = optimized(net, {"x": torch.randn(2, 3, 8)})
+    names = [layer["name"] for layer in plan.layers()]
+    assert "r2" not in names and "s2" not in names and "c2" not in names
+    assert names[:3] == ["r1", "s1", "c1"]
+    assert ops(plan).count("softmax") == 1
+
+
+def test_cse_keeps_attribute_differences_and_network_outputs():
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [4, 8])
+    a = net.add_layer("softmax", [x], {"axis": -1}, "a")
+    b = net.add_layer("softmax", [x], {"axis": 0}, "b")  # other attributes: not a duplicate
+    c = net.add_layer("softmax", [x], {"axis": -1}, "c")  # duplicate of a, but a network output
+    d = net.add_layer("softmax", [x], {"axis": -1}, "d")  # duplicate of a: goes
+    net.mark_output(a, "ya")
+    net.mark_output(b, "yb")
+    net.mark_output(c, "yc")
+    net.mark_output(net.add_elementwise(d, b, "mul", name="m"), "yd")
+    x_val = torch.randn(4, 8)
+    plan = optimized(net, {"x": x_val})
+    names = [layer["name"] for layer in plan.layers() if layer["op"] == "softmax"]
+    assert names == ["a", "b", "c"]
+    out = run_plan(plan, {"x": x_val})
+    torch.testing.assert_close(out["yc"], torch.softmax(x_val, -1), **TOL)
+    torch.testing.assert_close(out["yd"], torch.softmax(x_val, -1) * torch.softmax(x_val, 0), **TOL)
+
+
+def test_cse_nothing_to_merge():
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [4, 8])
+    y = net.add_input("y", "float32", [4, 8])
+    sx = net.add_layer("softmax", [x], {"axis": -1}, "sx")
+    sy = net.add_layer("softmax", [y], {"axis": -1}, "sy")  # same op and attrs, other input
+    net.mark_output(net.add_elementwise(sx, sy, "add", name="add"), "z")
+    plan = optimized(net, {"x": torch.randn(4, 8), "y": torch.randn(4, 8)})
+    assert [layer["name"] for layer in plan.layers()][:2] == ["sx", "sy"]
+
+
+# --- drop_trivial_attention_masks ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mask,dropped",
+    [
+        (torch.ones(1, 1, 5, 5, dtype=torch.bool), True),
+        (torch.zeros(5, 5), True),
+        (-torch.zeros(5), True),  # -0.0 adds nothing either
+        (torch.ones(5, 5, dtype=torch.bool).tril(), False),
+        (torch.full((5, 5), 1e-3), False),
+    ],
+)
+def test_drop_trivial_attention_masks(mask, dropped):
+    net = kiln.Network()
+    q, k, v = (net.add_input(n, "float32", [2, 3, 5, 8]) for n in "qkv")
+    net.mark_output(net.add_attention(q, k, v, net.add_constant(mask), name="attn"), "y")
+    feed = {n: torch.randn(2, 3, 5, 8) for n in "qkv"}
+    plan = optimized(net, feed)
+    (layer,) = plan.layers()
+    assert len(layer["inputs"]) == (3 if dropped else 4)
+
+
+# --- fold_attention_transposes --------------------------------------------------------------------
+
+
+def transposed_attention(out_transpose=True, causal=False, hkv=4, extra_use=False):
+    """q/k/v inputs [B, S, H, D] -> transpose(1, 2) -> attention [-> transpose(1, 2)]."""
+    net = kiln.Network()
+    shapes = {"q": [2, 7, 4, 16], "k": [2, 9, hkv, 16], "v": [2, 9, hkv, 8]}
+    xs = {n: net.add_input(n, "float32", s) for n, s in shapes.items()}
+    ts = {n: net.add_layer("transpose", [x], {"perm": SWAP}, f"t_{n}") for n, x in xs.items()}
+    att = net.add_attention(ts["q"], ts["k"], ts["v"], causal=causal, name="attn")
+    y = net.add_layer("transpose", [att], {"perm": SWAP}, "t_out") if out_transpose else att
+    net.mark_output(y, "y")
+    if extra_use:
+        net.mark_output(net.add_layer("softmax", [ts["k"]], {"axis": -1}, "other"), "k_softmax")
+    feed = {n: torch.randn(s) for n, s in shapes.items()}
+    return net, feed
+
+
+@pytest.mark.parametrize("causal,hkv", [(False, 4), (True, 4), (False, 2), (True, 1)])
+def test_fold_attention_transposes(causal, hkv):
+    net, feed = transposed_attention(causal=causal, hkv=hkv)
+    plan = optimized(net, feed)
+    (layer,) = plan.layers()
+    assert layer["op"] == "attention" and layer["attrs"]["layout"] == "bshd"
+    assert layer["attrs"]["fused"] == "attn,t_out"
+    assert [t[2] for t in layer["inputs"]] == [[2, 7, 4, 16], [2, 9, hkv, 16], [2, 9, hkv, 8]]
+    assert layer["outputs"][0][2] == [2, 7, 4, 8]
+
+
+def test_fold_attention_transposes_output_read_as_bhsd():
+    # The attention output itself is the network output: one transpose back instead of three in.
+    net, feed = transposed_attention(out_transpose=False)
+    plan = optimized(net, feed)
+    assert ops(plan) == ["attention", "transpose"]
+    assert plan.layers()[0]["attrs"]["layout"] == "bshd"
+    assert plan.layers()[1]["outputs"][0][2] == [2, 4, 7, 8]
+
+
+def test_fold_attention_transposes_keeps_a_transpose_used_elsewhere():
+    net, feed = transposed_attention(extra_use=True)
+    plan = optimized(net, feed)
+    assert ops(plan) == ["transpose", "attention", "softmax"]
+    assert [layer["name"] for layer in plan.layers()][0] == "t_k"
+    assert plan.layers()[1]["attrs"]["layout"] == "bshd"
+
+
+def test_fold_attention_transposes_chained_attention():
+    # attn1's transposed output is attn2's q (read as bhsd): attn1 takes that transpose over, and
+    # attn2 must then not fold it again as if it were still a transpose.
+    net = kiln.Network()
+    feed = {n: torch.randn(2, 4, 4, 8) for n in ("q", "k", "v", "k2", "v2")}
+    t = {
+        n: net.add_layer("transpose", [net.add_input(n, "float32", [2, 4, 4, 8])], {"perm": SWAP})
+        for n in feed
+    }
+    a1 = net.add_attention(t["q"], t["k"], t["v"], name="attn1")
+    q2 = net.add_layer("transpose", [a1], {"perm": SWAP}, "t_mid")
+    net.mark_output(net.add_attention(q2, t["k2"], t["v2"], name="attn2"), "y")
+    plan = optimized(net, feed)
+    by_name = {layer["name"]: layer for layer in plan.layers()}
+    assert by_name["attn1"]["attrs"]["layout"] == "bshd" and "t_mid" not in by_name
+    assert "layout" not in by_name["attn2"]["attrs"]
+
+
+def test_fold_attention_transposes_nothing_to_fold():
+    # Another permutation (k stored [B, H, D, S], transposed (2, 3)) is not the bshd layout.
+    feed = {n: torch.randn(2, 4, 16, 7 if n == "q" else 9) for n in "qkv"}
+    net = kiln.Network()
+    xs = {n: net.add_input(n, "float32", list(t.shape)) for n, t in feed.items()}
+    ts = {
+        n: net.add_layer("transpose", [x], {"perm": [0, 1, 3, 2]}, f"t_{n}") for n, x in xs.items()
+    }
+    net.mark_output(net.add_attention(ts["q"], ts["k"], ts["v"], name="attn"), "y")
+    plan = optimized(net, feed)
+    assert ops(plan) == ["transpose"] * 3 + ["attention"]
+    assert "layout" not in plan.layers()[3]["attrs"]
+    # Only two of q, k, v transposed: unchanged too.
+    net = kiln.Network()
+    q = net.add_layer("transpose", [net.add_input("q", "float32", [2, 7, 4, 16])], {"perm": SWAP})
+    k = net.add_layer("transpose", [net.add_input("k", "float32", [2, 9, 4, 16])], {"perm": SWAP})
+    v = net.add_input("v", "float32", [2, 4, 9, 16])
+    net.mark_output(net.add_attention(q, k, v, name="attn"), "y")
+    feed = {
+        "q": torch.randn(2, 7, 4, 16),
+        "k": torch.randn(2, 9, 4, 16),
+        "v": torch.randn(2, 4, 9, 16),
+    }
+    plan = optimized(net, feed)
+    assert ops(plan) == ["transpose", "transpose", "attention"]
+
+
+# --- pack_qkv_attention (with CSE, the parallel GEMM fusion and the transpose folding) ---------
+
+
+def self_attention_block(
+    batch=2,
+    seq=7,
+    heads=4,
+    head_dim=16,
+    dynamic=False,
+    shape_tensors=False,
+    causal=False,
+    q_also_output=False,
+    mask=None,
+):
+    """x [B, S, E] -> Linear q/k/v -> view [B, S, H, D] -> transpose(1, 2) -> SDPA ->
+    transpose(1, 2) -> view [B, S, E] -> Linear: torch's multi-head self-attention as exported
+    (each projection reshapes the input on its own; the view targets are attributes, or shape
+    tensors computed from x's shape as the converters emit them for dynamic dims)."""
+    e = heads * head_dim
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [-1 if dynamic else batch, seq, e])
+    profile = {"x": ([1, seq, e], [batch, seq, e], [2 * batch, seq, e])} if dynamic else None
+
+    def target(tail):
+        if not shape_tensors:
+            return {"shape": [-1 if dynamic else batch, seq, *tail]}, []
+        lead = net.add_layer(
+            "slice", [net.add_layer("shape", [x], {})], {"axes": [0], "starts": [0], "ends": [2]}
+        )
+        return {}, [net.add_layer("concat", [lead, torch.tensor(tail)], {"axis": 0})]
+
+    heads_out = []
+    for n in "qkv":
+        flat = net.add_layer("reshape", [x], {"shape": [-1, e]}, f"flat_{n}")
+        proj = net.add_fully_connected(
+            flat, torch.randn(e, e) / e**0.5, torch.randn(e), name=f"{n}_proj"
+        )
+        attrs, extra = target([heads, head_dim])
+        split_heads = net.add_layer("reshape", [proj, *extra], attrs, f"view_{n}")
+        heads_out.append(net.add_layer("transpose", [split_heads], {"perm": SWAP}, f"t_{n}"))
+        if n == "q" and q_also_output:
+            net.mark_output(proj, "q_proj")
+    m = None if mask is None else net.add_constant(mask)
+    att = net.add_attention(*heads_out, m, causal=causal, name="attn")
+    merged = net.add_layer("transpose", [att], {"perm": SWAP}, "t_out")
+    attrs, extra = target([e])
+    merged = net.add_layer("reshape", [merged, *extra], attrs, "merge_heads")
+    net.mark_output(net.add_fully_connected(merged, torch.randn(e, e) / e**0.5, name="o_proj"), "y")
+    return net, {"x": torch.randn(batch, seq, e)}, profile
+
+
+# x's reshape to [B * S, E] (one, after CSE), the QKV GEMM, its view as [B, S, 3, H, D], attention,
+# the merge of the heads, the output projection.
+PACKED_OPS = [
+    "reshape",
+    "fully_connected",
+    "reshape",
+    "packed_attention",
+    "reshape",
+    "fully_connected",
+]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_pack_qkv_attention(causal):
+    net, feed, _ = self_attention_block(causal=causal)
+    plan = optimized(net, feed)
+    assert ops(plan) == PACKED_OPS
+    qkv_fc, packed_view, packed = plan.layers()[1:4]
+    assert qkv_fc["outputs"][0][2] == [14, 192]
+    assert packed_view["outputs"][0][2] == [2, 7, 3, 4, 16]
+    assert packed["name"] == "attn" and packed["attrs"]["causal"] == int(causal)
+    assert packed["attrs"]["fused"] == "attn,t_out"  # the output transpose it took over
+    assert packed["outputs"][0][2] == [2, 7, 4, 16]
+
+
+def test_pack_qkv_attention_with_an_all_true_mask():
+    # BERT's exported padding mask without padding: a constant all-true bool [B, 1, 1, S] goes.
+    net, feed, _ = self_attention_block(mask=torch.ones(2, 1, 1, 7, dtype=torch.bool))
+    plan = optimized(net, feed)
+    assert ops(plan) == PACKED_OPS
+    assert len(plan.layers()[3]["inputs"]) == 1
+
+
+def test_pack_qkv_attention_keeps_a_real_mask():
+    mask = torch.rand(2, 1, 1, 7) > 0.3
+    mask[..., 0] = True
+    net, feed, _ = self_attention_block(mask=mask)
+    plan = optimized(net, feed)
+    assert ops(plan) == PACKED_OPS
+    assert len(plan.layers()[3]["inputs"]) == 2
+
+
+@pytest.mark.parametrize("shape_tensors", [False, True])
+def test_pack_qkv_attention_dynamic_batch(shape_tensors):
+    net, feed, profile = self_attention_block(dynamic=True, shape_tensors=shape_tensors)
+    plan = optimized(net, feed, profile)
+    got_ops = ops(plan)
+    assert "packed_attention" in got_ops and got_ops.count("fully_connected") == 2
+    assert "transpose" not in got_ops and "split" not in got_ops and "attention" not in got_ops
+    packed = plan.layers()[got_ops.index("packed_attention")]
+    assert packed["outputs"][0][2] == [-1, 7, 4, 16]
+    for batch in (1, 3, 4):  # other batch sizes than the one `optimized` ran
+        x = {"x": torch.randn(batch, 7, 64)}
+        got, want = run_plan(plan, x), run_plan(build(net, 0, profile), x)
+        torch.testing.assert_close(got["y"], want["y"], **TOL)
+
+
+def test_pack_qkv_attention_not_when_a_projection_is_used_elsewhere():
+    # The q projection is also a network output: the split output it became has a second reader,
+    # so the split stays and attention reads the reshapes (still in bshd, no transposes).
+    net, feed, _ = self_attention_block(q_also_output=True)
+    plan = optimized(net, feed)
+    got_ops = ops(plan)
+    assert "packed_attention" not in got_ops and "split" in got_ops
+    assert "transpose" not in got_ops
+    assert plan.layers()[got_ops.index("attention")]["attrs"]["layout"] == "bshd"
+
+
+def test_pack_qkv_attention_not_on_grouped_query():
+    # k/v projections narrower than q (grouped-query attention): the split is not three equal
+    # parts, nothing is packed; transposes still fold.
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [2, 7, 64])
+    flat = net.add_layer("reshape", [x], {"shape": [-1, 64]})
+    hs = []
+    for n, heads in (("q", 4), ("k", 2), ("v", 2)):
+        proj = net.add_fully_connected(flat, torch.randn(heads * 16, 64) / 8, name=f"{n}_proj")
+        view = net.add_layer("reshape", [proj], {"shape": [2, 7, heads, 16]})
+        hs.append(net.add_layer("transpose", [view], {"perm": SWAP}))
+    att = net.add_attention(*hs, name="attn")
+    net.mark_output(net.add_layer("transpose", [att], {"perm": SWAP}), "y")
+    plan = optimized(net, {"x": torch.randn(2, 7, 64)})
+    got_ops = ops(plan)
+    assert "packed_attention" not in got_ops and "split" in got_ops and "transpose" not in got_ops
+
+
+# --- through kiln.compile: BERT blocks ------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench_run():
+    name = "kiln_bench_run"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / "run.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def bert(hidden, heads, layers):
+    from transformers import BertConfig, BertModel
+
+    zoo = _bench_run().zoo  # bench/models.py
+    torch.manual_seed(0)
+    config = BertConfig(
+        num_hidden_layers=layers,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        vocab_size=500,
+        max_position_embeddings=64,
+    )
+    return zoo.LastHiddenState(BertModel(config, add_pooling_layer=False)).eval()
+
+
+@pytest.mark.parametrize(
+    "hidden,heads,layers,seq",
+    [(64, 4, 2, 13), (128, 2, 1, 33)],  # head sizes 16 and 64 (the tensor-core size on CUDA)
+)
+def test_compile_bert_packs_attention(hidden, heads, layers, seq):
+    run = _bench_run()
+    model = bert(hidden, heads, layers)
+    x = torch.randint(0, 500, (2, seq))
+    compiled = kiln.compile(model, inputs=[x], device="cpu")
+    (plan,) = run.engine_plans(compiled)
+    got_ops = ops(plan)
+    # Per layer: the QKV GEMM, the output projection and the two MLP GEMMs.
+    assert got_ops.count("fully_connected") == 4 * layers
+    assert got_ops.count("packed_attention") == layers
+    for absent in ("attention", "transpose", "split"):
+        assert absent not in got_ops, kiln.inspect(plan).text(arena=False)
+    for layer in plan.layers():
+        if layer["op"] == "packed_attention":
+            assert len(layer["inputs"]) == 1  # the all-true padding mask is gone
+            assert layer["inputs"][0][2] == [2, seq, 3, heads, hidden // heads]
+    with torch.no_grad():
+        want = model(x)
+        got = compiled(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_compile_bert_dynamic_batch():
+    # With a dynamic batch the exported head split is view(B, S, -1, D): the head count is not
+    # known when building (B is a run-time value), so pack_qkv_attention cannot prove that a
+    # token is one row of the QKV GEMM and leaves the attention in bshd on the split. CSE still
+    # merges the three input reshapes (and their shape arithmetic), so Q, K, V are one GEMM.
+    model = bert(64, 4, 1)
+    spec = kiln.Input(min_shape=(1, 16), opt_shape=(2, 16), max_shape=(4, 16), dtype=torch.int64)
+    compiled = kiln.compile(model, inputs=[spec], device="cpu")
+    (plan,) = _bench_run().engine_plans(compiled)
+    got_ops = ops(plan)
+    assert got_ops.count("fully_connected") == 4
+    assert "transpose" not in got_ops
+    for batch in (1, 3):
+        x = torch.randint(0, 500, (batch, 16))
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
