@@ -237,8 +237,8 @@ void launch(const AttentionBuffers& buf, const AttentionParams& p, cudaStream_t 
 
 // The tensor-core kernel's view of the problem: each operand's base pointer moved to its offset,
 // its (batch, head, seq) strides from the geometry; the mask as the generic kernel reads it.
-MmaAttentionParams mma_params(const AttentionGeometry& g, const AttentionBuffers& buf, const AttentionParams& p,
-                              DataType dtype) {
+MmaAttentionParams mma_params(const AttentionGeometry& g, const AttentionBuffers& buf,
+                              const AttentionParams& p, DataType dtype) {
   const size_t e = dtype_size(dtype);
   auto at = [e](const void* base, const AttentionOperand& o) {
     return static_cast<const void*>(static_cast<const uint8_t*>(base) + o.offset * static_cast<int64_t>(e));

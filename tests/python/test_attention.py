@@ -509,7 +509,10 @@ def test_cuda_mma_large_scores(dtype):
     # Scores far from 0 (|s| up to ~50): exp2 of scores minus the running max must stay in range.
     q, k, v = make_inputs((2, 2, 77, 64), 2, 197, dtype=dtype)
     check_mma([(q.float() * 12).to(dtype), k, v])
-@pytest.mark.parametrize("dtype", TC_DTYPES)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", MMA_DTYPES)
 def test_cuda_tensor_core_dynamic_grouped_query(dtype):
     inputs = make_inputs((3, 8, 70, 64), 2, 90, dtype=dtype)
     check("cuda", inputs, causal=True, dynamic=True, tolerance=CUDA_TOLERANCE[dtype])
