@@ -449,11 +449,9 @@ std::vector<Lifetime> activation_lifetimes(const Network& net) {
   return life;
 }
 
-namespace {
 bool is_view_op(const std::string& op) {
   return op == "reshape" || op == "flatten" || op == "squeeze" || op == "unsqueeze";
 }
-}  // namespace
 
 int64_t slab_view_offset(const Network& net, const Layer& l) {
   if (l.op != "gather" || l.inputs.size() != 2 || l.outputs.size() != 1) return -1;

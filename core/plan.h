@@ -82,6 +82,8 @@ std::vector<TensorDesc> infer_descs(const Network& net, const std::map<std::stri
 // row-major, so this is exact): the output has no arena slot, the engine points it at the input's
 // memory and launches nothing, and the input stays live until the view's last reader.
 bool is_alias_layer(const Layer& layer);
+// reshape, flatten, squeeze, unsqueeze: the ops whose output is always a view of their input.
+bool is_view_op(const std::string& op);
 // Per tensor: the tensor whose memory it is (itself unless it is the output of a view).
 std::vector<TensorId> alias_roots(const Network& net);
 // A gather of one constant index along an axis with only size-1 dims before it (select(0, i) of

@@ -13,8 +13,7 @@ namespace kiln {
 bool alias_views(Network& net) {
   bool changed = false;
   for (auto& l : net.mutable_layers()) {
-    bool view_op = l.op == "reshape" || l.op == "flatten" || l.op == "squeeze" || l.op == "unsqueeze" ||
-                   slab_view_offset(net, l) >= 0;
+    const bool view_op = is_view_op(l.op) || slab_view_offset(net, l) >= 0;
     if (!view_op || is_alias_layer(l) || l.outputs.size() != 1 || net.is_output(l.outputs[0])) continue;
     if (net.tensor(l.inputs[0]).dtype != net.tensor(l.outputs[0]).dtype) continue;
     l.attrs.set("alias", int64_t{1});
