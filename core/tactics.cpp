@@ -152,6 +152,9 @@ struct TimerResources {
 constexpr int kWarmupRuns = 3;
 constexpr int kTimedRounds = 3;
 constexpr int kRunsPerRound = 5;
+constexpr double kAbandonFactor = 20.0;
+constexpr double kAbandonMinMs = 0.05;
+constexpr double kWarmupDelayUs = 500.0;
 
 // Milliseconds per run of `run_once`, from replays of a CUDA graph holding kRunsPerRound runs
 // (best of kTimedRounds replays); nullopt when the runs cannot be captured (then the caller times
@@ -221,6 +224,7 @@ TacticTimer cuda_tactic_timer(const Network& net, size_t workspace_bytes) {
     launch.workspace = r.workspace->p;
     launch.workspace_bytes = workspace_bytes;
     std::vector<std::optional<double>> times(static_cast<size_t>(num_tactics));
+    std::optional<double> best_so_far;
     for (int t = 0; t < num_tactics; ++t) {
       Layer variant = layer;
       variant.attrs.set("tactic", int64_t{t});
@@ -228,8 +232,21 @@ TacticTimer cuda_tactic_timer(const Network& net, size_t workspace_bytes) {
         auto kernel = create_kernel(variant, Backend::kCuda);
         if (kernel->uses_cudnn() && !r.cudnn) r.cudnn = create_cudnn_handle();
         launch.cudnn = r.cudnn;
-        for (int i = 0; i < kWarmupRuns; ++i) kernel->run(in, out, launch);
+        kernel->run(in, out, launch);  // first run: lazy module loading, descriptor set-up
         synchronize_stream(r.stream);
+        // The other warm-up runs are timed behind a GPU delay, so that the host's launch time is
+        // hidden. A tactic whose warm-up runs are many times slower than the best one so far
+        // cannot win: its warm-up time is its time, and pathological tactics do not get captured
+        // and replayed.
+        gpu_delay(kWarmupDelayUs, r.stream);
+        record_event(r.start, r.stream);
+        for (int i = 1; i < kWarmupRuns; ++i) kernel->run(in, out, launch);
+        record_event(r.stop, r.stream);
+        const double warm_ms = event_elapsed_ms(r.start, r.stop) / (kWarmupRuns - 1);
+        if (best_so_far && warm_ms > kAbandonFactor * *best_so_far && warm_ms > kAbandonMinMs) {
+          times[t] = warm_ms;
+          continue;
+        }
         // GPU time, not launch overhead: a tactic whose host call is slow (cuDNN's legacy API
         // costs tens of microseconds per call) would otherwise look slow however fast its
         // kernels are, and engines replay CUDA graphs where host time does not count.
@@ -247,6 +264,7 @@ TacticTimer cuda_tactic_timer(const Network& net, size_t workspace_bytes) {
           }
         }
         times[t] = best;
+        if (!best_so_far || best < *best_so_far) best_so_far = best;
       } catch (const std::exception& e) {
         KILN_LOG(kVerbose, "builder: " << describe(layer) << ": tactic " << t << " skipped: " << e.what());
         synchronize_stream(r.stream);

@@ -483,6 +483,22 @@ def test_convolution_cuda_tactics_run_or_refuse(tactic, strict_fp32_torch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("tactic", [4, 5, 7])
+def test_grouped_convolution_refuses_per_group_algorithms(tactic, strict_fp32_torch):
+    # cuDNN's FFT and non-fused Winograd algorithms grow with the group count (milliseconds on a
+    # depthwise layer); grouped convolutions refuse them, and the other tactics stay available.
+    x, w = torch.randn(1, 32, 14, 14), torch.randn(32, 1, 3, 3) / 3
+    attrs = {"pads": [1, 1], "groups": 32, "tactic": tactic}
+    add = lambda net, *t: net.add_layer("convolution", list(t), attrs, "dw")  # noqa: E731
+    with pytest.raises(kiln.KilnError, match="dw.*runs once per group"):
+        run_layer(add, [x, w], "cuda")
+    attrs["tactic"] = 1
+    got = run_layer(add, [x, w], "cuda")
+    want = F.conv2d(x.cuda(), w.cuda(), None, 1, 1, 1, 32).cpu()
+    torch.testing.assert_close(got, want, **gpu_tolerance(torch.float32, 9))
+
+
+@pytest.mark.gpu
 def test_convolution_cuda_tactic_out_of_range_is_refused():
     x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
     add = lambda net, *t: net.add_layer("convolution", list(t), {"tactic": 99}, "tac99")  # noqa: E731
