@@ -110,6 +110,8 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   //    precision assignment and layouts (see 5b).
   if (config.optimization_level > 0) {
     run_pass("fold_batch_norm", fold_batch_norm, net);
+    run_pass("patchify_convolutions", patchify_convolutions, net);
+    run_pass("collapse_transposes", collapse_transposes, net);
     run_pass("fuse_gelu", fuse_gelu, net);
     run_pass("fuse_rms_norm", fuse_rms_norm, net);
     run_pass("fuse_conv_epilogue", fuse_conv_epilogue, net);
@@ -119,10 +121,12 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
         "fuse_parallel_gemms", [&](Network& n) { return fuse_parallel_gemms(n, pinned); }, net);
     // Attention: constant masks that hide nothing go; the transposes around attention fold into
     // its bshd layout, which leaves q, k, v as reshapes of the split the horizontal GEMM fusion
-    // just made; those become one packed_attention reading the fused QKV projection.
+    // just made; those become one packed_attention reading the fused QKV projection. Attention
+    // on view chains of one QKV projection (torch's MultiheadAttention) reads it the same way.
     run_pass("drop_trivial_attention_masks", drop_trivial_attention_masks, net);
     run_pass("fold_attention_transposes", fold_attention_transposes, net);
     run_pass("pack_qkv_attention", pack_qkv_attention, net);
+    run_pass("pack_attention_views", pack_attention_views, net);
   }
   // 4. assign precision per layer: reduced precision where the flags allow it, TF32 marks.
   for (const auto& kv : config.precision.layer_precisions) {

@@ -8,6 +8,7 @@
 #include "core/byte_io.h"
 #include "core/error.h"
 #include "core/op_schema.h"
+#include "core/ops/shape.h"
 
 namespace kiln {
 namespace {
@@ -482,6 +483,23 @@ int64_t slab_view_offset(const Network& net, const Layer& l) {
   return bytes % 256 == 0 ? bytes : -1;  // keeps the 256-byte alignment kernels may rely on
 }
 
+bool moves_only_unit_dims(const Network& net, const Layer& l) {
+  if (l.op != "transpose" || l.inputs.size() != 1 || l.outputs.size() != 1) return false;
+  const Dims& x = net.tensor(l.inputs[0]).dims;
+  const std::vector<int64_t> perm = resolve_perm(l, static_cast<int64_t>(x.size()));
+  int64_t last = -1;  // the input position of the previous dim that is not 1
+  for (int64_t p : perm) {
+    if (x[p] == 1) continue;  // kDynamic counts as not 1
+    if (p < last) return false;
+    last = p;
+  }
+  return true;
+}
+
+bool can_be_view(const Network& net, const Layer& l) {
+  return is_view_op(l.op) || moves_only_unit_dims(net, l) || slab_view_offset(net, l) >= 0;
+}
+
 int64_t alias_offset(const Network& net, const Layer& l) {
   return l.op == "gather" ? slab_view_offset(net, l) : 0;
 }
@@ -489,10 +507,10 @@ int64_t alias_offset(const Network& net, const Layer& l) {
 void validate_aliases(const Network& net) {
   for (const auto& l : net.layers()) {
     if (!is_alias_layer(l)) continue;
-    KILN_CHECK(
-        (is_view_op(l.op) || slab_view_offset(net, l) >= 0) && l.outputs.size() == 1 && !l.inputs.empty(),
-        describe(l) << ": only reshape, flatten, squeeze and unsqueeze layers, and gathers of one "
-                       "leading slab, can be views (alias = 1); the plan is corrupt");
+    KILN_CHECK(can_be_view(net, l) && l.outputs.size() == 1 && !l.inputs.empty(),
+               describe(l) << ": only reshape, flatten, squeeze and unsqueeze layers, transposes that move "
+                              "only size-1 dims, and gathers of one leading slab, can be views (alias = 1); "
+                              "the plan is corrupt");
     KILN_CHECK(!net.is_output(l.outputs[0]),
                describe(l) << ": a network output cannot be a view (alias = 1); the plan is corrupt");
     KILN_CHECK(net.tensor(l.inputs[0]).dtype == net.tensor(l.outputs[0]).dtype,

@@ -91,6 +91,11 @@ std::vector<TensorId> alias_roots(const Network& net);
 // -1 when the layer is not such a gather (or the dims are dynamic, or the offset is not a multiple
 // of 256 bytes).
 int64_t slab_view_offset(const Network& net, const Layer& layer);
+// A transpose that moves only dims of size 1 (the others keep their order) leaves the bytes where
+// they are: [1, S, E] -> [S, 1, E] at batch 1.
+bool moves_only_unit_dims(const Network& net, const Layer& layer);
+// The layer can be a view of its input: a view op, a unit-dim transpose or a leading-slab gather.
+bool can_be_view(const Network& net, const Layer& layer);
 // Byte offset of an alias layer's output into its input's memory (0 for reshapes and the like).
 int64_t alias_offset(const Network& net, const Layer& layer);
 // Refuses `alias` on a layer that is not a view op, or on a view that writes a network output.

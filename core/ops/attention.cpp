@@ -16,6 +16,8 @@
 // packed_attention: the same attention with q, k and v read from one tensor qkv [B, S, 3, H, D]
 // (per token q, k, v one after another, as a fused QKV projection writes them), an optional mask
 // as attention's and the attributes `causal` and `scale`. Output [B, S, H, D] in qkv's dtype.
+// With `layout` "sbhd" the tokens are sequence-first: qkv [S, B, 3, H, D], output [S, B, H, D]
+// (torch's MultiheadAttention projects and attends in this order).
 #include "core/ops/attention.h"
 
 #include <cmath>
@@ -33,8 +35,10 @@ AttentionAttrs attention_attrs(const Layer& layer) {
   AttentionAttrs a;
   a.causal = layer.attrs.has("causal") && layer.attrs.get_int("causal", who) != 0;
   a.scale = layer.attrs.has("scale") ? layer.attrs.get_float("scale", who) : 0.0;
-  if (layer.attrs.has("layout") && layer.attrs.get_string("layout", who) == "bshd") {
-    a.layout = AttentionLayout::kBSHD;
+  if (layer.attrs.has("layout")) {
+    const std::string layout = layer.attrs.get_string("layout", who);
+    if (layout == "bshd") a.layout = AttentionLayout::kBSHD;
+    if (layout == "sbhd") a.layout = AttentionLayout::kSBHD;
   }
   return a;
 }
@@ -75,21 +79,24 @@ AttentionGeometry attention_geometry(AttentionLayout layout, const Dims& q, cons
   return g;
 }
 
-AttentionGeometry packed_attention_geometry(const Dims& qkv) {
+AttentionGeometry packed_attention_geometry(AttentionLayout layout, const Dims& qkv) {
+  const bool seq_first = layout == AttentionLayout::kSBHD;
   AttentionGeometry g;
-  g.batch = qkv[0];
-  g.sq = g.sk = qkv[1];
+  g.batch = seq_first ? qkv[1] : qkv[0];
+  g.sq = g.sk = seq_first ? qkv[0] : qkv[1];
   g.hq = g.hkv = qkv[3];
   g.d = g.dv = qkv[4];
   const int64_t token = 3 * g.hq * g.d;  // one token's q, k and v
   for (int t = 0; t < 3; ++t) {
     AttentionOperand& o = t == 0 ? g.q : t == 1 ? g.k : g.v;
     o.offset = t * g.hq * g.d;
-    o.batch = g.sq * token;
+    o.batch = seq_first ? token : g.sq * token;
     o.head = g.d;
-    o.seq = token;
+    o.seq = seq_first ? g.batch * token : token;
   }
-  g.out = {0, g.sq * g.hq * g.d, g.d, g.hq * g.d};
+  const int64_t row = g.hq * g.d;  // one token's output
+  g.out =
+      seq_first ? AttentionOperand{0, row, g.d, g.batch * row} : AttentionOperand{0, g.sq * row, g.d, row};
   g.scores = {g.batch, g.hq, g.sq, g.sk};
   return g;
 }
@@ -195,18 +202,26 @@ std::vector<TensorDesc> infer_attention(const Layer& layer, const std::vector<Te
 std::vector<TensorDesc> infer_packed_attention(const Layer& layer, const std::vector<TensorDesc>& in) {
   const std::string who = describe(layer);
   check_common_attrs(layer, who);
-  KILN_CHECK(!layer.attrs.has("layout"),
-             who << ": packed_attention has no layout attribute (qkv is always [B, S, 3, H, D])");
+  bool seq_first = false;
+  if (layer.attrs.has("layout")) {
+    const std::string layout = layer.attrs.get_string("layout", who);
+    KILN_CHECK(layout == "bshd" || layout == "sbhd",
+               who << ": packed_attention's layout must be \"bshd\" (qkv [B, S, 3, H, D]) or \"sbhd\" (qkv "
+                      "[S, B, 3, H, D]), got \""
+                   << layout << "\"");
+    seq_first = layout == "sbhd";
+  }
   const TensorDesc& qkv = in[0];
   KILN_CHECK(qkv.dims.size() == 5 && dims_match(qkv.dims[2], 3),
-             who << ": qkv must be [B, S, 3, H, D] (q, k and v of each token one after another), got "
-                 << to_string(qkv.dims));
+             who << ": qkv must be " << (seq_first ? "[S, B, 3, H, D]" : "[B, S, 3, H, D]")
+                 << " (q, k and v of each token one after another), got " << to_string(qkv.dims));
   const Dims& x = qkv.dims;
-  const TensorDesc per_head{qkv.dtype, {x[0], x[3], x[1], x[4]}};  // q, k and v in bhsd order
-  Dims out = check_attention(who, attention_attrs(layer), per_head, per_head, per_head,
-                             in.size() == 2 ? &in[1] : nullptr);
-  std::swap(out[1], out[2]);
-  return {{qkv.dtype, out}};
+  const int64_t b = seq_first ? x[1] : x[0], s = seq_first ? x[0] : x[1];
+  const TensorDesc per_head{qkv.dtype, {b, x[3], s, x[4]}};  // q, k and v in bhsd order
+  const Dims out = check_attention(who, attention_attrs(layer), per_head, per_head, per_head,
+                                   in.size() == 2 ? &in[1] : nullptr);
+  return {
+      {qkv.dtype, seq_first ? Dims{out[2], out[0], out[1], out[3]} : Dims{out[0], out[2], out[1], out[3]}}};
 }
 
 }  // namespace

@@ -10,7 +10,9 @@ namespace kiln {
 
 // How attention's q, k, v and output lay out their heads: "bhsd" [B..., H, S, D] (torch's SDPA)
 // or "bshd" [B, S, H, D] (rank 4: the projections' layout before torch's transpose(1, 2)).
-enum class AttentionLayout : uint8_t { kBHSD = 0, kBSHD = 1 };
+// packed_attention takes "bshd" (qkv [B, S, 3, H, D], the default) or "sbhd" (qkv [S, B, 3, H, D]
+// and output [S, B, H, D]: torch's MultiheadAttention, which works sequence-first).
+enum class AttentionLayout : uint8_t { kBHSD = 0, kBSHD = 1, kSBHD = 2 };
 
 // The attention / packed_attention layer's attributes, read once for both backends. The schema
 // has validated them.
@@ -43,7 +45,8 @@ struct AttentionGeometry {
 
 // attention's geometry for concrete q, k, v dims in `layout`.
 AttentionGeometry attention_geometry(AttentionLayout layout, const Dims& q, const Dims& k, const Dims& v);
-// packed_attention's geometry for a concrete qkv [B, S, 3, H, D] (q, k, v all read from it).
-AttentionGeometry packed_attention_geometry(const Dims& qkv);
+// packed_attention's geometry for a concrete qkv (q, k, v all read from it): [B, S, 3, H, D] in
+// layout bshd, [S, B, 3, H, D] in layout sbhd.
+AttentionGeometry packed_attention_geometry(AttentionLayout layout, const Dims& qkv);
 
 }  // namespace kiln

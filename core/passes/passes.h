@@ -31,6 +31,10 @@ bool fuse_rms_norm(Network& net);
 // Connected groups of pointwise layers -> one fused_pointwise layer each.
 bool fuse_pointwise(Network& net);
 bool fold_batch_norm(Network& net);
+// Convolutions with stride == kernel (ViT's patch embedding) -> patch transpose + one GEMM.
+bool patchify_convolutions(Network& net);
+// Transposes that, through the views before them, read a tensor in its own order -> reshapes.
+bool collapse_transposes(Network& net);
 bool fuse_conv_epilogue(Network& net);
 bool assign_layouts(Network& net);
 // reshape/flatten/squeeze/unsqueeze -> views without a copy (alias = 1; see core/plan.h).
@@ -40,6 +44,9 @@ bool alias_views(Network& net);
 // all-attend masks dropped.
 bool fold_attention_transposes(Network& net);
 bool pack_qkv_attention(Network& net);
+// Attention whose q, k, v are views (reshape/transpose/select chains) of one fused QKV
+// projection -> packed_attention reading it (torch's MultiheadAttention, static shapes).
+bool pack_attention_views(Network& net);
 bool drop_trivial_attention_masks(Network& net);
 MemoryPlan plan_memory(const Network& net, const std::vector<OptimizationProfile>& profiles);
 

@@ -336,8 +336,8 @@ class CudaAttention final : public Kernel {
     if (packed_) {
       const AttentionBuffers buf{in[0].data, in[0].data, in[0].data, in.size() == 2 ? &in[1] : nullptr,
                                  out[0].data};
-      return run_attention(who_, attrs_, packed_attention_geometry(in[0].dims), buf, in[0].dtype, arch_,
-                           stream);
+      return run_attention(who_, attrs_, packed_attention_geometry(attrs_.layout, in[0].dims), buf,
+                           in[0].dtype, arch_, stream);
     }
     const AttentionBuffers buf{in[0].data, in[1].data, in[2].data, in.size() == 4 ? &in[3] : nullptr,
                                out[0].data};

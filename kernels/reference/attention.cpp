@@ -94,7 +94,7 @@ class RefPackedAttention final : public Kernel {
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext&) const override {
-    const AttentionGeometry g = packed_attention_geometry(in[0].dims);
+    const AttentionGeometry g = packed_attention_geometry(attrs_.layout, in[0].dims);
     attend(attrs_, g, in[0], in[0], in[0], in.size() == 2 ? &in[1] : nullptr, out[0]);
   }
   std::string name() const override { return "ref_packed_attention"; }

@@ -611,13 +611,17 @@ class Network:
         causal: bool = False,
         scale: float | None = None,
         name: str = "",
+        layout: str = "bshd",
     ) -> Layer:
         """Attention on a fused QKV projection: qkv [B, S, 3, H, D] holds q, k and v of each token
         one after another (``qkv[:, :, 0]`` is q in [B, S, H, D]). ``mask``, ``causal`` and
-        ``scale`` as in :meth:`add_attention`. Output [B, S, H, D]."""
+        ``scale`` as in :meth:`add_attention`. Output [B, S, H, D]. ``layout="sbhd"``: the tokens
+        are sequence-first, qkv [S, B, 3, H, D] and output [S, B, H, D]."""
         attrs = {"causal": int(causal)}
         if scale is not None:
             attrs["scale"] = float(scale)
+        if layout != "bshd":
+            attrs["layout"] = layout
         inputs = [qkv] if mask is None else [qkv, mask]
         return self.add_layer("packed_attention", inputs, attrs, name)
 

@@ -553,15 +553,26 @@ def make_packed(b, s, h, d, mask=None, dtype=torch.float32):
     return inputs
 
 
-def check_packed(target, inputs, causal=False, scale=None, dynamic=False, tolerance=None):
-    def add(net, qkv, mask=None):
-        return net.add_packed_attention(qkv, mask, causal=causal, scale=scale, name="attn")
+def check_packed(
+    target, inputs, causal=False, scale=None, dynamic=False, tolerance=None, layout="bshd"
+):
+    """layout "sbhd": the same problem with qkv given sequence-first, [S, B, 3, H, D]; the output
+    comes back [S, B, H, D]."""
+    seq_first = layout == "sbhd"
 
-    if dynamic:
-        got = run_dynamic_batch(add, inputs, target, batched=1)
-    else:
-        got = run_layer(add, inputs, target)
+    def add(net, qkv, mask=None):
+        return net.add_packed_attention(
+            qkv, mask, causal=causal, scale=scale, name="attn", layout=layout
+        )
+
     qkv = inputs[0]
+    laid_out = [qkv.transpose(0, 1).contiguous()] + inputs[1:] if seq_first else inputs
+    if dynamic:
+        got = run_dynamic_batch(add, laid_out, target, batched=1)
+    else:
+        got = run_layer(add, laid_out, target)
+    if seq_first:
+        got = got.transpose(0, 1)
     per_head = [qkv[:, :, i].transpose(1, 2) for i in range(3)]
     want = torch_attention(per_head + inputs[1:], causal, scale).transpose(1, 2)
     assert got.dtype == qkv.dtype and got.shape == want.shape
@@ -621,6 +632,14 @@ def test_reference_packed_scale_and_dynamic_batch():
     check_packed("reference", make_packed(3, 7, 4, 16, mask=("bool", (3, 1, 1, 7))), dynamic=True)
 
 
+@pytest.mark.parametrize("b,s", [(2, 7), (1, 9), (3, 1)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_reference_packed_sequence_first(b, s, causal):
+    check_packed("reference", make_packed(b, s, 3, 16), causal=causal, layout="sbhd")
+    mask = ("float", (b, 1, s, s))
+    check_packed("reference", make_packed(b, s, 2, 8, mask=mask), layout="sbhd")
+
+
 def test_reference_packed_empty():
     check_packed("reference", make_packed(0, 7, 2, 16))
     check_packed("reference", make_packed(2, 0, 2, 16))
@@ -639,6 +658,10 @@ def test_network_records_layout_and_packed():
     assert packed.output.shape == (-1, 7, 2, 8) and packed.output.dtype == "float16"
     assert net.layers[-1][1] == "packed_attention"
     assert net.layers[-1][4] == {"causal": 1, "scale": 0.5}
+    qkv = net.add_input("qkv_sb", "float32", (7, -1, 3, 2, 8))
+    packed = net.add_packed_attention(qkv, layout="sbhd", name="packed_sb")
+    assert packed.output.shape == (7, -1, 2, 8)
+    assert net.layers[-1][4] == {"causal": 0, "layout": "sbhd"}
 
 
 QB, KB, VB = (2, 5, 8, 16), (2, 7, 2, 16), (2, 7, 2, 32)  # bshd
@@ -674,7 +697,8 @@ def test_bshd_mask_keeps_its_bhsd_meaning():
         ([(7, 3, 4, 16)], None, None, r"qkv must be \[B, S, 3, H, D\]"),
         ([(2, 7, 3, 4, 16), (2, 4, 7, 8)], None, None, "does not broadcast"),
         ([(2, 7, 3, 4, 16), (7, 7)], None, {"causal": 1}, "causal=1 together"),
-        ([(2, 7, 3, 4, 16)], None, {"layout": "bshd"}, "no layout attribute"),
+        ([(2, 7, 3, 4, 16)], None, {"layout": "bhsd"}, 'layout must be "bshd".*or "sbhd"'),
+        ([(7, 2, 2, 4, 16)], None, {"layout": "sbhd"}, r"qkv must be \[S, B, 3, H, D\]"),
     ],
 )
 def test_packed_errors_name_the_layer(shapes, dtypes, attrs, match):
@@ -735,6 +759,18 @@ def test_cuda_packed(s, d, causal, dtype):
         causal=causal,
         tolerance=CUDA_TOLERANCE[dtype],
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,s", [(1, 197), (2, 77), (3, 128)])
+@pytest.mark.parametrize("d", [64, 80])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_packed_sequence_first(b, s, d, dtype):
+    # torch's MultiheadAttention order (ViT): the batch stride is one token, the sequence stride
+    # B tokens.
+    inputs = make_packed(b, s, 12, d, dtype=dtype)
+    check_packed("cuda", inputs, layout="sbhd", tolerance=CUDA_TOLERANCE[dtype])
+    check_packed("cuda", inputs, causal=True, layout="sbhd", tolerance=CUDA_TOLERANCE[dtype])
 
 
 @pytest.mark.gpu

@@ -1,12 +1,13 @@
 """Builder passes around attention: eliminate_common_subexpressions, drop_trivial_attention_masks,
-fold_attention_transposes and pack_qkv_attention. Structure through Plan.layers(); numbers: the
-optimized plan against the plan built at optimization level 0 (no passes) and, for the BERT
-blocks through kiln.compile, against eager PyTorch."""
+fold_attention_transposes, pack_qkv_attention and pack_attention_views. Structure through
+Plan.layers(); numbers: the optimized plan against the plan built at optimization level 0 (no
+passes) and, for the BERT and ViT blocks through kiln.compile, against eager PyTorch."""
 
 import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -352,6 +353,135 @@ def test_pack_qkv_attention_not_on_grouped_query():
 
 
 # --- through kiln.compile: BERT blocks ------------------------------------------------------------
+
+# --- pack_attention_views -----------------------------------------------------------------------
+# torch's MultiheadAttention, as torch.export writes it: the packed in-projection y [S, B, 3E] is
+# viewed [S, B, 3, E], unsqueezed, transposed and squeezed to [3, S, B, E]; q, k, v are select(0, i)
+# of that, viewed [S, B*H, D], transposed to [B*H, S, D] and viewed [B, H, S, D]. The attention
+# output is permuted to [S, B, H, D] and flattened for the out-projection.
+
+
+def mha_views(b, s, h, d, batch_first=False, out_perm=(2, 0, 1, 3), picks=(0, 1, 2), mask=False):
+    e = h * d
+    net = kiln.Network()
+    if batch_first:  # rows of y in (b, s) order: the bshd packing
+        y = net.add_input("y", "float32", [b, s, 3 * e])
+        y4 = net.add_layer("reshape", [y], {"shape": [b, s, 3, e]}, "y4")
+        qkv = net.add_layer("transpose", [y4], {"perm": [2, 0, 1, 3]}, "qkv")  # [3, B, S, E]
+    else:
+        y = net.add_input("y", "float32", [s, b, 3 * e])
+        y4 = net.add_layer("reshape", [y], {"shape": [s, b, 3, e]}, "y4")
+        u = net.add_layer("unsqueeze", [y4], {"axes": [0]}, "u")
+        t = net.add_layer("transpose", [u], {"perm": [3, 1, 2, 0, 4]}, "t")
+        qkv = net.add_layer("squeeze", [t], {"axes": [3]}, "qkv")  # [3, S, B, E]
+    heads = []
+    for j, i in enumerate(picks):
+        index = net.add_constant(np.array(i, dtype=np.int64), f"i{j}")
+        g = net.add_layer("gather", [qkv, index], {"axis": 0}, f"g{j}")
+        if batch_first:
+            r = net.add_layer("reshape", [g], {"shape": [b, s, h, d]}, f"r{j}")
+            heads.append(net.add_layer("transpose", [r], {"perm": SWAP}, f"h{j}"))
+        else:
+            r = net.add_layer("reshape", [g], {"shape": [s, b * h, d]}, f"r{j}")
+            tr = net.add_layer("transpose", [r], {"perm": [1, 0, 2]}, f"t{j}")
+            heads.append(net.add_layer("reshape", [tr], {"shape": [b, h, s, d]}, f"h{j}"))
+    inputs = heads
+    if mask:
+        inputs = heads + [net.add_input("m", "bool", [b, 1, 1, s])]
+    o = net.add_attention(*inputs, name="attn")
+    if out_perm is not None:
+        o = net.add_layer("transpose", [o], {"perm": list(out_perm)}, "o_perm")
+    net.mark_output(o, "out")
+    feed = {"y": torch.randn(*(net.inputs[0].shape))}
+    if mask:
+        feed["m"] = torch.rand(b, 1, 1, s) > 0.3
+        feed["m"][..., 0] = True
+    return net, feed
+
+
+def packed_layers(plan):
+    return [layer for layer in plan.layers() if layer["op"] == "packed_attention"]
+
+
+@pytest.mark.parametrize("b,s,h,d", [(2, 7, 3, 8), (1, 9, 2, 16), (3, 1, 4, 8)])
+def test_pack_attention_views_sequence_first(b, s, h, d):
+    net, feed = mha_views(b, s, h, d)
+    plan = optimized(net, feed)
+    (packed,) = packed_layers(plan)
+    # (With B == 1 both packings read the same memory; the output permute decides.)
+    assert packed["attrs"]["layout"] == "sbhd"
+    assert "attention" not in ops(plan) and "gather" not in ops(plan)
+    assert [op for op in ops(plan) if op != "reshape"] == ["packed_attention"]
+
+
+def test_pack_attention_views_batch_first_and_mask():
+    net, feed = mha_views(2, 7, 3, 8, batch_first=True, out_perm=SWAP, mask=True)
+    plan = optimized(net, feed)
+    (packed,) = packed_layers(plan)
+    assert packed["attrs"]["layout"] == "bshd" and len(packed["inputs"]) == 2
+    assert [op for op in ops(plan) if op != "reshape"] == ["packed_attention"]
+
+
+@pytest.mark.parametrize("out_perm", [None, (0, 2, 1, 3)])
+def test_pack_attention_views_output_transposed_back(out_perm):
+    # The attention output is read as [B, H, S, D] (or permuted otherwise): packed_attention
+    # writes [S, B, H, D] and one transpose restores the order.
+    net, feed = mha_views(2, 5, 2, 8, out_perm=out_perm)
+    plan = optimized(net, feed)
+    assert len(packed_layers(plan)) == 1
+    assert "attention" not in ops(plan)
+
+
+@pytest.mark.parametrize("picks", [(1, 0, 2), (0, 0, 2)])
+def test_pack_attention_views_not_when_q_k_v_are_not_one_token(picks):
+    # q and k swapped, or k reading q's slab: not packed_attention's reading of y.
+    net, feed = mha_views(2, 5, 2, 8, picks=picks)
+    plan = optimized(net, feed)
+    assert not packed_layers(plan) and "attention" in ops(plan)
+
+
+def test_pack_attention_views_not_on_dynamic_shapes():
+    net, feed = mha_views(2, 5, 2, 8)
+    dyn = kiln.Network()
+    y = dyn.add_input("y", "float32", [5, -1, 48])
+    h = [dyn.add_layer("reshape", [y], {"shape": [-1, 2, 5, 8]}, f"h{j}") for j in range(3)]
+    dyn.mark_output(dyn.add_attention(*h, name="attn"), "out")
+    profile = {"y": ([5, 1, 48], [5, 2, 48], [5, 4, 48])}
+    plan = optimized(dyn, feed, profile)
+    assert not packed_layers(plan)
+
+
+def encoder_block(hidden, heads):
+    from torchvision.models.vision_transformer import EncoderBlock
+
+    torch.manual_seed(0)
+    return EncoderBlock(heads, hidden, 2 * hidden, 0.0, 0.0).eval()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_compile_multihead_attention_packs_views(batch):
+    # torchvision's ViT encoder block (nn.MultiheadAttention, batch_first=True): one QKV GEMM and
+    # one packed_attention; no gathers, and no copies left at batch 1 (the transposes between
+    # batch- and sequence-first only move the size-1 batch dim there, so they are views).
+    run = _bench_run()
+    model = encoder_block(64, 4)
+    x = torch.randn(batch, 13, 64)
+    compiled = kiln.compile(model, inputs=[x], device="cpu")
+    (plan,) = run.engine_plans(compiled)
+    (packed,) = packed_layers(plan)
+    assert packed["attrs"]["layout"] == "sbhd"
+    got_ops = ops(plan)
+    assert "attention" not in got_ops and "gather" not in got_ops
+    assert got_ops.count("fully_connected") == 4
+    copies = [
+        layer["name"]
+        for layer in plan.layers()
+        if layer["op"] == "transpose" and not layer["attrs"].get("alias")
+    ]
+    assert len(copies) == (0 if batch == 1 else 2), kiln.inspect(plan).text(arena=False)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
 
 ROOT = Path(__file__).resolve().parents[2]
 

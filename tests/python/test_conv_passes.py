@@ -6,7 +6,10 @@ plan (optimization_level 0: no canonicalization, fusion or layouts) computes, on
 backend, and on the GPU against eager torch. A whole resnet50 through kiln.compile matches eager.
 """
 
+import importlib.util
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -381,3 +384,80 @@ def test_layouts_pad_few_input_channels(target, channels):
             rtol=1e-2,
             atol=1e-2,
         )
+
+
+# ---- patchify_convolutions, collapse_transposes -------------------------------------------------
+
+
+def patch_net(hw=(16, 12), k=4, bias=True, dtype="float32", batch=-1):
+    net = kiln.Network()
+    x = net.add_input("x", dtype, [batch, 3, *hw])
+    w = conv_weight(8, 3, k, k)
+    b = torch.randn(8) if bias else None
+    if dtype == "float16":
+        w, b = w.half(), (b.half() if bias else None)
+    a = net.add_convolution(x, w, b, stride=k, name="patch")
+    net.mark_output(net.add_activation(a, "relu", name="r"), "y")
+    return net
+
+
+@pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_patchify_convolution_is_one_gemm(target, bias):
+    # stride == kernel, no padding: the patches are disjoint, one GEMM computes the convolution.
+    net = patch_net(bias=bias)
+    profile = {"x": ([1, 3, 16, 12], [2, 3, 16, 12], [3, 3, 16, 12])}
+    plan = build(net, profile=profile, target=target)
+    got_ops = ops(plan)
+    assert "convolution" not in got_ops and got_ops.count("fully_connected") == 1, got_ops
+    plain = build(net, level=0, profile=profile)
+    for batch in (1, 3):
+        feed = {"x": torch.randn(batch, 3, 16, 12)}
+        torch.testing.assert_close(run(plan, feed, target)["y"], run(plain, feed)["y"], **FOLD_TOL)
+
+
+@pytest.mark.parametrize(
+    "hw,k,stride,padding",
+    [((14, 12), 4, 4, 0), ((16, 12), 4, 2, 0), ((16, 12), 4, 4, 1), ((16, 12), 1, 1, 0)],
+)
+def test_patchify_convolution_no_change_cases(hw, k, stride, padding):
+    # A spatial size that is not a multiple of the kernel, overlapping windows, padding, 1x1.
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [2, 3, *hw])
+    net.mark_output(
+        net.add_convolution(x, conv_weight(8, 3, k, k), stride=stride, padding=padding), "y"
+    )
+    assert "convolution" in ops(build(net))
+
+
+def test_patch_embedding_transposes_cancel():
+    # ViT's patch embedding: conv -> flatten(2) -> transpose(1, 2). The GEMM's rows are already
+    # [N, patches, E]: the NCHW transpose and the model's transpose cancel (one patch transpose
+    # of the image stays).
+    class PatchEmbed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Conv2d(3, 32, 8, stride=8)
+
+        def forward(self, x):
+            return self.proj(x).flatten(2).transpose(1, 2)
+
+    model = PatchEmbed().eval()
+    x = torch.randn(2, 3, 32, 40)
+    compiled = kiln.compile(model, inputs=[x], device="cpu", min_block_size=1)
+    (plan,) = bench_run().engine_plans(compiled)
+    got_ops = ops(plan)
+    assert got_ops.count("transpose") == 1 and "convolution" not in got_ops, got_ops
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def bench_run():
+    """bench/run.py as a module (its engine_plans reads the plans out of a compiled module)."""
+    name = "kiln_bench_run"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[2] / "bench" / "run.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]

@@ -94,3 +94,35 @@ def test_gather_of_a_leading_slab_is_a_view(target, shape, axis, index, aliased)
     out = kiln.Engine(plan, backend=target).create_execution_context().execute({"x": xv.to(device)})
     want = torch.relu(xv).select(axis, index) + torch.tanh(xv).select(axis, index)
     torch.testing.assert_close(torch.as_tensor(out["y"]).cpu(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize(
+    "shape,perm,aliased",
+    [
+        (
+            (1, 5, 16),
+            (1, 0, 2),
+            True,
+        ),  # [1, S, E] -> [S, 1, E]: batch-first to sequence-first at B=1
+        ((4, 1, 1, 8), (0, 2, 3, 1), True),  # NCHW -> NHWC of a 1x1 map
+        ((2, 5, 16), (1, 0, 2), False),  # a real transpose
+        ((1, 5, 16), (0, 2, 1), False),
+    ],
+)
+def test_transpose_of_size_one_dims_is_a_view(target, shape, perm, aliased):
+    net = kiln.Network()
+    x = net.add_input("x", "float32", shape)
+    a = net.add_activation(x, "relu", name="a").outputs[0]
+    t = net.add_layer("transpose", [a], {"perm": list(perm)}, "t").outputs[0]
+    b = net.add_activation(x, "tanh", name="b").outputs[0]
+    b = net.add_layer("transpose", [b], {"perm": list(perm)}, "tb").outputs[0]
+    net.mark_output(net.add_elementwise(t, b, "add", name="y").outputs[0], "y")
+    plan = kiln.Builder().build(net, kiln.BuilderConfig(target=target))
+    kernels = {la.name: la.kernel for la in kiln.inspect(plan).layers}
+    assert (kernels["t"] == ALIAS) == aliased, kernels
+    device = "cuda" if target == "cuda" else "cpu"
+    xv = torch.randn(shape)
+    out = kiln.Engine(plan, backend=target).create_execution_context().execute({"x": xv.to(device)})
+    want = (torch.relu(xv) + torch.tanh(xv)).permute(*perm)
+    torch.testing.assert_close(torch.as_tensor(out["y"]).cpu(), want, rtol=1e-5, atol=1e-6)

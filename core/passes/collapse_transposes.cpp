@@ -1,0 +1,28 @@
+// collapse_transposes: a transpose whose output, seen through the view layers before it, reads a
+// tensor in that tensor's own row-major order is a reshape of that tensor (the transposes cancel):
+//   transpose(reshape(transpose(y, [0, 3, 1, 2]), [N, K, Ho * Wo]), [0, 2, 1]) == reshape(y, ...)
+// (patchify_convolutions' NHWC -> NCHW transpose against ViT's flatten(2).transpose(1, 2)).
+// Static shapes only (ViewTracer). The layers it skipped are left to eliminate_dead_layers.
+#include "core/passes/passes.h"
+#include "core/passes/strided_view.h"
+
+namespace kiln {
+
+bool collapse_transposes(Network& net) {
+  const ViewTracer tracer(net);
+  bool changed = false;
+  for (auto& l : net.mutable_layers()) {
+    if (l.op != "transpose" || l.outputs.size() != 1) continue;
+    StridedView v;
+    if (!tracer.trace(l.outputs[0], &v) || v.root == l.outputs[0]) continue;
+    const Tensor& root = net.tensor(v.root);
+    if (root.dtype != net.tensor(l.outputs[0]).dtype || !is_row_major(v, volume(root.dims))) continue;
+    l.op = "reshape";
+    l.inputs = {v.root};
+    l.attrs = Attributes().set("shape", net.tensor(l.outputs[0]).dims);
+    changed = true;
+  }
+  return changed;
+}
+
+}  // namespace kiln

@@ -1,0 +1,207 @@
+// pack_attention_views: attention whose q, k and v are views of one fused QKV projection reads
+// them from it as packed_attention, without the copies the views cost:
+//
+//   y = fully_connected(...)                              [..., 3 * H * D] (rows = tokens)
+//   q, k, v = view chains of y (reshape, transpose, squeeze, unsqueeze, select)   [B, H, S, D]
+//   o = attention(q, k, v)                                                        [B, H, S, D]
+//     -> o' = packed_attention(reshape(y, [S, B, 3, H, D]); layout = "sbhd")     [S, B, H, D]
+//        (or [B, S, 3, H, D] with layout "bshd" when y's rows are batch-first)
+//
+// torch's MultiheadAttention (torchvision's ViT, nn.TransformerEncoder) exports this: its packed
+// in-projection is viewed as [S, B, 3, E], unsqueezed, transposed and squeezed to [3, S, B, E],
+// selected per q/k/v, viewed as [S, B * H, D], transposed to [B * H, S, D] and viewed as
+// [B, H, S, D]. Each view chain is traced as strides over y's row-major memory; the pass fires
+// when q, k and v are exactly the q, k and v of each token of a [S, B, 3, H, D] (or
+// [B, S, 3, H, D]) reading of y. Then packed_attention computes the same attention from the same
+// elements. The output: when its only reader transposes it to [S, B, H, D] (torch's
+// permute(2, 0, 1, 3) before the out-projection; or [B, S, H, D] for bshd), packed_attention writes
+// that tensor; otherwise a transpose back to [B, H, S, D] follows it.
+// Static shapes only (the strides depend on B and S); attention with a layout other than bhsd,
+// grouped-query attention and differing q/k/v shapes are left alone. The view chains are left to
+// eliminate_dead_layers. After pack_qkv_attention, which handles the split-based pattern.
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/ops/attention.h"
+#include "core/ops/shape.h"
+#include "core/passes/fused_names.h"
+#include "core/passes/passes.h"
+#include "core/passes/strided_view.h"
+
+namespace kiln {
+namespace {
+
+// `v` [B, H, S, D] has these strides where its dims are larger than 1 (a size-1 dim's stride never
+// matters).
+bool has_strides(const StridedView& v, const Dims& dims, const std::vector<int64_t>& strides) {
+  for (size_t i = 0; i < dims.size(); ++i) {
+    int64_t stride = 0;
+    if (dims[i] > 1 && (!dim_stride(v.dims[i], &stride) || stride != strides[i])) return false;
+  }
+  return true;
+}
+
+std::string unique_name(std::set<std::string>& used, const std::string& base) {
+  std::string name = base;
+  for (int i = 1; used.count(name); ++i) name = base + "_" + std::to_string(i);
+  used.insert(name);
+  return name;
+}
+
+// The layouts (bshd, sbhd) in which q, k, v [B, H, S, D] are the three parts of each token of
+// their root: none, one, or both (with B == 1 the two readings are the same memory).
+std::vector<AttentionLayout> packed_layouts(const StridedView (&v)[3], const Dims& q, const Network& net) {
+  const int64_t b = q[0], h = q[1], s = q[2], d = q[3], hd = h * d;
+  if (volume(net.tensor(v[0].root).dims) != 3 * b * s * hd) return {};
+  for (int j = 0; j < 3; ++j) {
+    if (v[j].root != v[0].root || v[j].offset != j * hd) return {};
+  }
+  std::vector<AttentionLayout> found;
+  for (AttentionLayout layout : {AttentionLayout::kBSHD, AttentionLayout::kSBHD}) {
+    const std::vector<int64_t> want = layout == AttentionLayout::kBSHD
+                                          ? std::vector<int64_t>{s * 3 * hd, d, 3 * hd, 1}
+                                          : std::vector<int64_t>{3 * hd, d, b * 3 * hd, 1};
+    bool all = true;
+    for (int j = 0; j < 3; ++j) all = all && has_strides(v[j], q, want);
+    if (all) found.push_back(layout);
+  }
+  return found;
+}
+
+// Dims in the order `to` (a string of b, h, s, d) from the order `from`: a transpose's perm.
+std::vector<int64_t> reorder(const std::string& from, const std::string& to) {
+  std::vector<int64_t> perm;
+  for (char c : to) perm.push_back(static_cast<int64_t>(from.find(c)));
+  return perm;
+}
+
+}  // namespace
+
+bool pack_attention_views(Network& net) {
+  const ViewTracer tracer(net);
+  std::vector<int> uses(net.tensors().size(), 0);
+  for (const auto& l : net.layers()) {
+    for (TensorId t : l.inputs) ++uses[t];
+  }
+  std::set<std::string> names;
+  for (const auto& l : net.layers()) names.insert(l.name);
+
+  std::map<int, std::vector<Layer>> before, after;  // layers to insert around layer i
+  std::set<int> removed;
+  for (size_t i = 0; i < net.layers().size(); ++i) {
+    const Layer& att = net.layers()[i];
+    if (att.op != "attention" || net.tensor(att.inputs[0]).dims.size() != 4) continue;
+    // The attention's own order (fold_attention_transposes may have made it bshd) and q in bhsd.
+    const std::string order = attention_attrs(att).layout == AttentionLayout::kBSHD ? "bshd" : "bhsd";
+    const std::vector<int64_t> to_bhsd = reorder(order, "bhsd");
+    const Dims& q_own = net.tensor(att.inputs[0]).dims;
+    Dims q;
+    for (int64_t p : to_bhsd) q.push_back(q_own[p]);
+    if (!is_static(q) || volume(q) == 0) continue;
+    StridedView v[3];
+    bool ok = true;
+    for (int j = 0; j < 3 && ok; ++j) {
+      ok = net.tensor(att.inputs[j]).dims == q_own && tracer.trace(att.inputs[j], &v[j]);
+      if (ok) {
+        const auto dims = v[j].dims;
+        for (int d = 0; d < 4; ++d) v[j].dims[d] = dims[to_bhsd[d]];
+      }
+    }
+    if (!ok) continue;
+    const std::vector<AttentionLayout> layouts = packed_layouts(v, q, net);
+    if (layouts.empty()) continue;
+    auto packed_order = [](AttentionLayout l) { return std::string(l == AttentionLayout::kSBHD ? "sbhd" : "bshd"); };
+
+    // The output, in packed_attention's order: the attention's own tensor when that is its order;
+    // else taken over from a transpose to that order that is the attention's only reader; else
+    // a transpose back follows.
+    const TensorId out = att.outputs[0];
+    int reader = -1;
+    AttentionLayout layout = layouts[0];
+    bool direct = false;
+    for (AttentionLayout candidate : layouts) {
+      if (!direct && packed_order(candidate) == order) {
+        layout = candidate;
+        direct = true;
+      }
+    }
+    if (!direct && !net.is_output(out) && uses[out] == 1) {
+      for (size_t r = i + 1; r < net.layers().size() && reader < 0; ++r) {
+        for (TensorId t : net.layers()[r].inputs) {
+          if (t == out) reader = static_cast<int>(r);
+        }
+      }
+      const Layer* t = reader >= 0 ? &net.layers()[reader] : nullptr;
+      bool taken = false;
+      if (t && t->op == "transpose" && !removed.count(reader)) {
+        const std::vector<int64_t> perm = resolve_perm(*t, 4);
+        for (AttentionLayout candidate : layouts) {
+          if (!taken && perm == reorder(order, packed_order(candidate))) {
+            layout = candidate;
+            taken = true;
+          }
+        }
+      }
+      if (!taken) reader = -1;
+    }
+    const bool seq_first = layout == AttentionLayout::kSBHD;
+    const int64_t b = q[0], h = q[1], s = q[2], d = q[3];
+
+    const Layer original = att;  // add_layer below may move the layer list
+    const std::string base = original.name + "_qkv";
+    const Dims packed_dims = seq_first ? Dims{s, b, 3, h, d} : Dims{b, s, 3, h, d};
+    std::vector<Layer> added;
+    added.push_back(net.add_layer("reshape", {v[0].root}, Attributes().set("shape", packed_dims),
+                                  unique_name(names, base)));
+    Attributes attrs;
+    for (const char* key : {"causal", "scale", "fused"}) {
+      auto it = original.attrs.values().find(key);
+      if (it != original.attrs.values().end()) attrs.set(key, it->second);
+    }
+    attrs.set("layout", std::string(seq_first ? "sbhd" : "bshd"));
+    std::vector<TensorId> inputs = {added.back().outputs[0]};
+    if (original.inputs.size() == 4) inputs.push_back(original.inputs[3]);
+    Layer packed = net.add_layer("packed_attention", inputs, attrs, unique_name(names, original.name + "_packed"));
+    net.mutable_layers().resize(net.mutable_layers().size() - 2);  // placed below
+    packed.name = original.name;
+    if (direct) {
+      packed.outputs[0] = out;
+    } else if (reader >= 0) {
+      const Layer& t = net.layers()[reader];
+      packed.outputs[0] = t.outputs[0];
+      add_fused_name(packed, t.name);
+      removed.insert(reader);
+    } else {
+      Layer back;
+      back.name = unique_name(names, original.name + "_to_" + order);
+      back.op = "transpose";
+      back.inputs = {packed.outputs[0]};
+      back.outputs = {out};
+      back.attrs.set("perm", reorder(packed_order(layout), order));
+      after[static_cast<int>(i)].push_back(std::move(back));
+    }
+    net.mutable_layers()[i] = std::move(packed);
+    before[static_cast<int>(i)] = std::move(added);
+  }
+  if (before.empty()) return false;
+
+  std::vector<Layer> kept;
+  auto& layers = net.mutable_layers();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const auto idx = static_cast<int>(i);
+    if (before.count(idx)) {
+      for (auto& l : before[idx]) kept.push_back(std::move(l));
+    }
+    if (!removed.count(idx)) kept.push_back(std::move(layers[i]));
+    if (after.count(idx)) {
+      for (auto& l : after[idx]) kept.push_back(std::move(l));
+    }
+  }
+  layers = std::move(kept);
+  net.compact();
+  return true;
+}
+
+}  // namespace kiln

@@ -1,0 +1,143 @@
+#include "core/passes/strided_view.h"
+
+#include <cstring>
+
+#include "core/ops/shape.h"
+
+namespace kiln {
+namespace {
+
+StridedView row_major(TensorId root, const Dims& dims) {
+  StridedView v;
+  v.root = root;
+  int64_t stride = 1;
+  v.dims.resize(dims.size());
+  for (size_t i = dims.size(); i-- > 0;) {
+    if (dims[i] != 1) v.dims[i].push_back({dims[i], stride});
+    stride *= dims[i];
+  }
+  return v;
+}
+
+// `v` reshaped to `dims` (same element count, row-major order): the atoms regrouped, an atom split
+// where a new dim boundary falls inside it. False when a boundary does not divide an atom.
+bool reshape_view(const StridedView& v, const Dims& dims, StridedView* out) {
+  std::vector<Atom> atoms;
+  for (const auto& d : v.dims) atoms.insert(atoms.end(), d.begin(), d.end());
+  *out = {v.root, v.offset, std::vector<std::vector<Atom>>(dims.size())};
+  size_t next = 0;
+  for (size_t i = 0; i < dims.size(); ++i) {
+    int64_t need = dims[i];
+    while (need > 1) {
+      if (next >= atoms.size()) return false;
+      Atom& a = atoms[next];
+      if (a.size <= need) {
+        if (need % a.size != 0) return false;
+        out->dims[i].push_back(a);
+        need /= a.size;
+        ++next;
+      } else {
+        if (a.size % need != 0) return false;
+        out->dims[i].push_back({need, a.stride * (a.size / need)});  // the outer part
+        a.size /= need;
+        need = 1;
+      }
+    }
+  }
+  return next == atoms.size();
+}
+
+// The value of a one-element int32/int64 constant.
+bool constant_index(const Tensor& t, int64_t* value) {
+  if (t.kind != TensorKind::kConstant || volume(t.dims) != 1 || !t.data) return false;
+  if (t.dtype == DataType::kInt64) {
+    std::memcpy(value, t.data->data(), sizeof(int64_t));
+    return true;
+  }
+  if (t.dtype == DataType::kInt32) {
+    int32_t v = 0;
+    std::memcpy(&v, t.data->data(), sizeof(int32_t));
+    *value = v;
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+bool dim_stride(const std::vector<Atom>& atoms, int64_t* stride) {
+  if (atoms.empty()) return false;
+  for (size_t k = 0; k + 1 < atoms.size(); ++k) {
+    if (atoms[k].stride != atoms[k + 1].size * atoms[k + 1].stride) return false;
+  }
+  *stride = atoms.back().stride;
+  return true;
+}
+
+bool is_row_major(const StridedView& v, int64_t root_volume) {
+  if (v.offset != 0) return false;
+  int64_t expect = 1, count = 1;  // the next atom's stride in row-major order; elements so far
+  for (size_t d = v.dims.size(); d-- > 0;) {
+    for (size_t k = v.dims[d].size(); k-- > 0;) {
+      const Atom& a = v.dims[d][k];
+      if (a.stride != expect) return false;
+      expect *= a.size;
+      count *= a.size;
+    }
+  }
+  return count == root_volume;
+}
+
+ViewTracer::ViewTracer(const Network& net) : net_(net), producer_(net.producers()) {}
+
+bool ViewTracer::trace(TensorId t, StridedView* v) const {
+  const Tensor& x = net_.tensor(t);
+  if (!is_static(x.dims)) return false;
+  const int p = t < static_cast<TensorId>(producer_.size()) ? producer_[t] : -1;
+  if (p >= 0 && step(net_.layers()[p], t, v)) return true;
+  *v = row_major(t, x.dims);
+  return true;
+}
+
+// `out` (the output of view layer `l`) as a view of what l's input is a view of.
+bool ViewTracer::step(const Layer& l, TensorId out, StridedView* v) const {
+  const bool reshaping = l.op == "reshape" || l.op == "flatten" || l.op == "squeeze" || l.op == "unsqueeze";
+  if (!reshaping && l.op != "transpose" && l.op != "gather") return false;
+  if (l.outputs.size() != 1 || net_.tensor(l.inputs[0]).dtype != net_.tensor(out).dtype) return false;
+  StridedView in;
+  if (!trace(l.inputs[0], &in)) return false;
+  const Dims& in_dims = net_.tensor(l.inputs[0]).dims;
+  const Dims& dims = net_.tensor(out).dims;
+  const auto rank = static_cast<int64_t>(in_dims.size());
+  if (reshaping) return reshape_view(in, dims, v);
+  if (l.op == "transpose") {
+    const std::vector<int64_t> perm = resolve_perm(l, rank);
+    *v = {in.root, in.offset, {}};
+    for (int64_t d = 0; d < rank; ++d) v->dims.push_back(in.dims[perm[d]]);
+    return true;
+  }
+  // gather of one constant index: select (the axis goes) or a one-element index list (it stays).
+  int64_t index = 0;
+  if (l.inputs.size() != 2 || !constant_index(net_.tensor(l.inputs[1]), &index)) return false;
+  int64_t axis = l.attrs.has("axis") ? l.attrs.get_int("axis", l.name) : 0;
+  if (axis < 0) axis += rank;
+  if (axis < 0 || axis >= rank) return false;
+  if (index < 0) index += in_dims[axis];
+  if (index < 0 || index >= in_dims[axis]) return false;
+  *v = in;
+  const std::vector<Atom>& atoms = in.dims[axis];
+  for (size_t k = atoms.size(); k-- > 0;) {  // the index's mixed-radix digits, innermost first
+    v->offset += (index % atoms[k].size) * atoms[k].stride;
+    index /= atoms[k].size;
+  }
+  if (static_cast<int64_t>(dims.size()) == rank - 1) {
+    v->dims.erase(v->dims.begin() + axis);
+  } else if (static_cast<int64_t>(dims.size()) == rank) {
+    v->dims[axis].clear();
+  } else {
+    return false;
+  }
+  return true;
+}
+
+}  // namespace kiln

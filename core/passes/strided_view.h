@@ -1,0 +1,48 @@
+// Strided views for the passes that see through chains of view layers (reshape, flatten,
+// squeeze, unsqueeze, transpose, select by a constant index): a tensor as element strides over
+// the row-major memory of the first tensor up its producers that no view layer made.
+// Used by pack_attention_views and collapse_transposes. Static shapes only.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/network.h"
+
+namespace kiln {
+
+// Each dim is a list of (size, stride) atoms, outermost first, so that reshapes that merge dims of
+// different strides (torch's view [S, B, E] -> [S, B * H, D] of a select from a packed
+// projection) and later split them again stay exact: an element's offset is `offset` plus, per
+// dim, the digits of its index in the mixed radix of the atom sizes times the atoms' strides.
+// Size-1 atoms are dropped.
+struct Atom {
+  int64_t size = 1, stride = 0;
+};
+struct StridedView {
+  TensorId root = -1;
+  int64_t offset = 0;
+  std::vector<std::vector<Atom>> dims;
+};
+
+// The stride of a dim of size > 1 whose atoms are contiguous with each other; false otherwise.
+bool dim_stride(const std::vector<Atom>& atoms, int64_t* stride);
+
+// `v` reads its root's elements in the root's own row-major order from offset 0 (whatever its
+// dims): a reshape of the root would give the same tensor.
+bool is_row_major(const StridedView& v, int64_t root_volume);
+
+class ViewTracer {
+ public:
+  explicit ViewTracer(const Network& net);
+  // `t` as a strided view; false when `t` has dynamic dims.
+  bool trace(TensorId t, StridedView* v) const;
+
+ private:
+  bool step(const Layer& l, TensorId out, StridedView* v) const;
+
+  const Network& net_;
+  std::vector<int> producer_;
+};
+
+}  // namespace kiln
