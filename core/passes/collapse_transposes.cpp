@@ -4,6 +4,7 @@
 // (patchify_convolutions' NHWC -> NCHW transpose against ViT's flatten(2).transpose(1, 2)).
 // Static shapes only (ViewTracer). The layers it skipped are left to eliminate_dead_layers.
 #include "core/passes/passes.h"
+#include "core/plan.h"
 #include "core/passes/strided_view.h"
 
 namespace kiln {
@@ -12,7 +13,9 @@ bool collapse_transposes(Network& net) {
   const ViewTracer tracer(net);
   bool changed = false;
   for (auto& l : net.mutable_layers()) {
-    if (l.op != "transpose" || l.outputs.size() != 1) continue;
+    // (A transpose of size-1 dims alone stays: the attention patterns match it, and alias_views
+    // makes it a view in the end.)
+    if (l.op != "transpose" || l.outputs.size() != 1 || moves_only_unit_dims(net, l)) continue;
     StridedView v;
     if (!tracer.trace(l.outputs[0], &v) || v.root == l.outputs[0]) continue;
     const Tensor& root = net.tensor(v.root);
