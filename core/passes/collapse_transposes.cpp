@@ -4,8 +4,8 @@
 // (patchify_convolutions' NHWC -> NCHW transpose against ViT's flatten(2).transpose(1, 2)).
 // Static shapes only (ViewTracer). The layers it skipped are left to eliminate_dead_layers.
 #include "core/passes/passes.h"
-#include "core/plan.h"
 #include "core/passes/strided_view.h"
+#include "core/plan.h"
 
 namespace kiln {
 

@@ -112,7 +112,9 @@ bool pack_attention_views(Network& net) {
     if (!ok) continue;
     const std::vector<AttentionLayout> layouts = packed_layouts(v, q, net);
     if (layouts.empty()) continue;
-    auto packed_order = [](AttentionLayout l) { return std::string(l == AttentionLayout::kSBHD ? "sbhd" : "bshd"); };
+    auto packed_order = [](AttentionLayout l) {
+      return std::string(l == AttentionLayout::kSBHD ? "sbhd" : "bshd");
+    };
 
     // The output, in packed_attention's order: the attention's own tensor when that is its order;
     // else taken over from a transpose to that order that is the attention's only reader; else
@@ -163,7 +165,8 @@ bool pack_attention_views(Network& net) {
     attrs.set("layout", std::string(seq_first ? "sbhd" : "bshd"));
     std::vector<TensorId> inputs = {added.back().outputs[0]};
     if (original.inputs.size() == 4) inputs.push_back(original.inputs[3]);
-    Layer packed = net.add_layer("packed_attention", inputs, attrs, unique_name(names, original.name + "_packed"));
+    Layer packed =
+        net.add_layer("packed_attention", inputs, attrs, unique_name(names, original.name + "_packed"));
     net.mutable_layers().resize(net.mutable_layers().size() - 2);  // placed below
     packed.name = original.name;
     if (direct) {

@@ -71,7 +71,8 @@ bool patchify_convolutions(Network& net) {
     const TensorId split =
         add("reshape", {l.inputs[0]}, Attributes().set("shape", Dims{-1, c, ho, kh, wo, kw}), "patches");
     const TensorId patches =
-        add("transpose", {split}, Attributes().set("perm", std::vector<int64_t>{0, 2, 4, 1, 3, 5}), "patch_order");
+        add("transpose", {split}, Attributes().set("perm", std::vector<int64_t>{0, 2, 4, 1, 3, 5}),
+            "patch_order");
     const TensorId rows = add("reshape", {patches}, Attributes().set("shape", Dims{-1, c * kh * kw}), "rows");
     std::string wname = l.name + "/weight_matrix";
     for (int n = 1; net.find_tensor(wname) >= 0; ++n) wname = l.name + "/weight_matrix_" + std::to_string(n);
@@ -83,8 +84,9 @@ bool patchify_convolutions(Network& net) {
     fc_attrs.set("fused", l.name);
     const TensorId gemm = add("fully_connected", fc_inputs, fc_attrs, "gemm");
     const TensorId nhwc = add("reshape", {gemm}, Attributes().set("shape", Dims{-1, ho, wo, k}), "nhwc");
-    Layer& back = net.add_layer("transpose", {nhwc}, Attributes().set("perm", std::vector<int64_t>{0, 3, 1, 2}),
-                                unique_name(names, base + "/to_nchw"));
+    Layer& back =
+        net.add_layer("transpose", {nhwc}, Attributes().set("perm", std::vector<int64_t>{0, 3, 1, 2}),
+                      unique_name(names, base + "/to_nchw"));
     back.outputs[0] = l.outputs[0];  // the convolution's output tensor, for its readers
     auto& layers = net.mutable_layers();
     replacement[i].assign(std::make_move_iterator(layers.begin() + static_cast<std::ptrdiff_t>(first)),
