@@ -127,6 +127,11 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
     run_pass("fold_attention_transposes", fold_attention_transposes, net);
     run_pass("pack_qkv_attention", pack_qkv_attention, net);
     run_pass("pack_attention_views", pack_attention_views, net);
+    // Again: pack_attention_views can leave an out-projection followed directly by its residual
+    // add (the transpose between them gone), once the layers it bypassed are gone.
+    run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
+    run_pass(
+        "fuse_gemm_epilogue", [&](Network& n) { return fuse_gemm_epilogue(n, pinned); }, net);
   }
   // 4. assign precision per layer: reduced precision where the flags allow it, TF32 marks.
   for (const auto& kv : config.precision.layer_precisions) {

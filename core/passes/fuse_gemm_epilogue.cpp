@@ -10,7 +10,9 @@
 // A GEMM between two reshapes that only merge and split the leading dims (what torch's matmul
 // decomposition makes of a Linear on [B, S, K]: view -> mm -> view, then the bias add) runs on the
 // unreshaped input instead: reshape(x [L..., K] -> [M, K]) -> gemm -> reshape(-> [L..., N]) ->
-// fully_connected(x) (fully_connected takes any leading dims; rows are the same rows).
+// fully_connected(x) (fully_connected takes any leading dims; rows are the same rows). When the
+// GEMM's input is not such a reshape (static shapes), a reshape of its [M, K] input to
+// [L..., K] (a view) is added in front of the fused layer instead.
 //
 // in that order (the fully_connected semantics: y = act(x W^T + b) + r); each step is optional, and
 // a matmul becomes a fully_connected only when at least one step fuses. Safe because every tensor
@@ -124,6 +126,7 @@ bool fuse_gemm_epilogue(Network& net, const std::set<std::string>& keep) {
   const std::vector<int> producer = net.producers();
   std::vector<bool> removed(layers.size(), false);
   std::unordered_map<int, Layer> replacement;  // index of a chain's last layer -> fused layer
+  std::unordered_map<int, Layer> before;       // a reshape the fused layer reads, placed before it
   for (size_t i = 0; i < layers.size(); ++i) {
     const Layer& head = layers[i];
     if (removed[i] || keep.count(head.name) || !is_gemm_head(net, head)) continue;
@@ -135,6 +138,7 @@ bool fuse_gemm_epilogue(Network& net, const std::set<std::string>& keep) {
     TensorId cur = head.outputs[0];
     TensorId x = head.inputs[0];
     TensorId bias = -1, residual = -1;
+    Dims x_rows;  // when set, the fused layer reads reshape(x, x_rows)
     const Layer* act = nullptr;
     int c = only_consumer(cur);
     // The steps in their order (bias < activation < residual, the residual ends the chain); the
@@ -149,13 +153,19 @@ bool fuse_gemm_epilogue(Network& net, const std::set<std::string>& keep) {
       if (!reshaped && l.op == "reshape" && out.dims.size() == 2) {
         // reshape(x0 [L..., K] -> [M, K]) -> gemm ... -> reshape(-> [L..., N]): read x0 instead.
         const int px = producer[x];
-        if (px < 0 || layers[px].op != "reshape") break;
-        const Dims x0 = net.desc(layers[px].inputs[0]).dims;
         const Dims y0 = net.desc(l.outputs[0]).dims;
         const int64_t k = net.desc(x).dims.back();
-        if (x0.empty() || x0.back() != k || k == kDynamic || y0.back() != n || !same_leading_dims(x0, y0))
+        if (k == kDynamic || y0.empty() || y0.back() != n) break;
+        const Dims x0 = px >= 0 && layers[px].op == "reshape" ? net.desc(layers[px].inputs[0]).dims : Dims{};
+        if (!x0.empty() && x0.back() == k && same_leading_dims(x0, y0)) {
+          x = layers[px].inputs[0];
+        } else if (is_static(y0) && is_static(net.desc(x).dims)) {
+          // x's rows are not a reshape of [y0's leading dims..., K]: a reshape to that (a view).
+          x_rows = Dims(y0.begin(), y0.end() - 1);
+          x_rows.push_back(k);
+        } else {
           break;
-        x = layers[px].inputs[0];
+        }
         reshaped = true;
       } else if (stage == kBias && n != kDynamic && is_elementwise_add(l) && other != cur &&
                  is_bias_vector(net.tensor(other), n, out.dtype) && net.desc(l.outputs[0]).dims == cur_dims) {
@@ -181,6 +191,7 @@ bool fuse_gemm_epilogue(Network& net, const std::set<std::string>& keep) {
       chain.pop_back();
       cur = chain.empty() ? head.outputs[0] : layers[chain.back()].outputs[0];
       x = head.inputs[0];
+      x_rows.clear();
     }
     if (chain.empty()) continue;
 
@@ -223,6 +234,16 @@ bool fuse_gemm_epilogue(Network& net, const std::set<std::string>& keep) {
       fused.attrs.set("residual", int64_t{1});
     }
     fused.outputs = {cur};
+    if (!x_rows.empty()) {
+      std::set<std::string> taken;
+      for (const auto& other : layers) taken.insert(other.name);
+      std::string name = head.name + "/rows";
+      for (int k = 1; taken.count(name); ++k) name = head.name + "/rows_" + std::to_string(k);
+      Layer rows = net.add_layer("reshape", {fused.inputs[0]}, Attributes().set("shape", x_rows), name);
+      net.mutable_layers().pop_back();  // placed before the fused layer below
+      fused.inputs[0] = rows.outputs[0];
+      before[chain.back()] = std::move(rows);
+    }
     removed[i] = true;
     for (int idx : chain) removed[idx] = true;
     replacement[chain.back()] = std::move(fused);
@@ -233,6 +254,8 @@ bool fuse_gemm_epilogue(Network& net, const std::set<std::string>& keep) {
   auto& all = net.mutable_layers();
   for (size_t i = 0; i < all.size(); ++i) {
     auto it = replacement.find(static_cast<int>(i));
+    auto rows = before.find(static_cast<int>(i));
+    if (rows != before.end()) kept.push_back(std::move(rows->second));
     if (it != replacement.end()) {
       kept.push_back(std::move(it->second));
     } else if (!removed[i]) {

@@ -16,6 +16,10 @@
 // elements. The output: when its only reader transposes it to [S, B, H, D] (torch's
 // permute(2, 0, 1, 3) before the out-projection; or [B, S, H, D] for bshd), packed_attention writes
 // that tensor; otherwise a transpose back to [B, H, S, D] follows it.
+// With a batch-first input (x [B, S, E] transposed to [S, B, E] before the QKV projection and the
+// out-projection's result transposed back), and projections that read and write nothing else,
+// both transposes go too: the QKV GEMM reads x's rows in (b, s) order, the attention runs in
+// layout bshd and the out-projection writes [B, S, N] rows (match_batch_first).
 // Static shapes only (the strides depend on B and S); attention with a layout other than bhsd,
 // grouped-query attention and differing q/k/v shapes are left alone. The view chains are left to
 // eliminate_dead_layers. After pack_qkv_attention, which handles the split-based pattern.
@@ -77,10 +81,112 @@ std::vector<int64_t> reorder(const std::string& from, const std::string& to) {
   return perm;
 }
 
+// torch's MultiheadAttention with batch-first input transposes x [B, S, E] to [S, B, E] before
+// the QKV projection and the out-projection's result back after it. Between the transposes every
+// layer works on token rows: GEMMs are row-wise, and reshapes that keep the S * B tokens apart
+// from the features only relabel rows. So the rows may as well be in (b, s) order: the first
+// transpose becomes a reshape (x's bytes read as [S, B, E]), the attention reads the QKV rows as
+// [B, S, 3, H, D] (bshd), the permute after it becomes a reshape of its [B, S, H, D] output, and
+// the last transpose a reshape to [B, S, N]. Every one of them is then a view.
+struct BatchFirst {
+  int t_in = -1, permute = -1, t_out = -1;
+};
+
+class Readers {
+ public:
+  explicit Readers(const Network& net) : net_(net), readers_(net.tensors().size()) {
+    for (size_t i = 0; i < net.layers().size(); ++i) {
+      for (TensorId t : net.layers()[i].inputs) readers_[t].push_back(static_cast<int>(i));
+    }
+  }
+  // The one layer reading `t` (not a network output), or -1.
+  int only(TensorId t) const {
+    if (t >= static_cast<TensorId>(readers_.size()) || net_.is_output(t) || readers_[t].size() != 1)
+      return -1;
+    return readers_[t][0];
+  }
+  // Everything derived from `t` goes through view layers into layer `sink` only.
+  bool views_only_into(TensorId t, int sink) const {
+    if (net_.is_output(t)) return false;
+    for (int r : readers_[t]) {
+      if (r == sink) continue;
+      const Layer& l = net_.layers()[r];
+      const bool view = l.op == "reshape" || l.op == "flatten" || l.op == "squeeze" || l.op == "unsqueeze" ||
+                        l.op == "transpose" || l.op == "gather";
+      if (!view || l.inputs[0] != t || !views_only_into(l.outputs[0], sink)) return false;
+    }
+    return true;
+  }
+
+ private:
+  const Network& net_;
+  std::vector<std::vector<int>> readers_;
+};
+
+// Some leading dims of `d` (not all of them) hold exactly `tokens` elements.
+bool token_rows(const Dims& d, int64_t tokens) {
+  int64_t n = 1;
+  for (size_t k = 0; k + 1 < d.size(); ++k) {
+    n *= d[k];
+    if (n == tokens) return true;
+  }
+  return false;
+}
+
+// From `t`, through single-reader token-row reshapes and exactly one GEMM without a residual,
+// to `until` (a tensor) or to a layer `stop` accepts (returned); -1 when the chain is another.
+template <typename Stop>
+int token_chain(const Network& net, const Readers& readers, TensorId t, int64_t tokens, TensorId until,
+                Stop stop) {
+  int gemms = 0;
+  while (true) {
+    if (t == until) return gemms == 1 ? 0 : -1;
+    const int r = readers.only(t);
+    if (r < 0) return -1;
+    const Layer& l = net.layers()[r];
+    if (l.inputs[0] != t) return -1;
+    if (stop(l)) return gemms == 1 ? r : -1;
+    const bool residual = l.attrs.has("residual") && l.attrs.get_int("residual", l.name) != 0;
+    if (l.op == "fully_connected" && !residual && token_rows(net.tensor(t).dims, tokens)) {
+      ++gemms;
+    } else if (l.op != "reshape" || l.inputs.size() != 1 || !token_rows(net.tensor(t).dims, tokens) ||
+               !token_rows(net.tensor(l.outputs[0]).dims, tokens)) {
+      return -1;
+    }
+    t = l.outputs[0];
+  }
+}
+
+bool swaps_first_two(const Network& net, const Layer& l) {
+  return l.op == "transpose" && net.tensor(l.inputs[0]).dims.size() == 3 &&
+         resolve_perm(l, 3) == std::vector<int64_t>{1, 0, 2};
+}
+
+bool match_batch_first(const Network& net, const std::vector<int>& producer, const Readers& readers,
+                       TensorId root, int attention, int permute, int64_t tokens, BatchFirst* m) {
+  if (!readers.views_only_into(root, attention)) return false;
+  // Up from the root: the transpose of x that starts the token chain.
+  TensorId t = root;
+  int p = producer[t];
+  while (p >= 0 && (net.layers()[p].op == "reshape" || net.layers()[p].op == "fully_connected")) {
+    t = net.layers()[p].inputs[0];
+    p = producer[t];
+  }
+  if (p < 0 || !swaps_first_two(net, net.layers()[p])) return false;
+  m->t_in = p;
+  if (token_chain(net, readers, t, tokens, root, [](const Layer&) { return false; }) != 0) return false;
+  m->permute = permute;
+  m->t_out = token_chain(net, readers, net.layers()[permute].outputs[0], tokens, -1,
+                         [&](const Layer& l) { return swaps_first_two(net, l); });
+  return m->t_out > 0;
+}
+
 }  // namespace
 
 bool pack_attention_views(Network& net) {
   const ViewTracer tracer(net);
+  const Readers readers(net);
+  const std::vector<int> producer = net.producers();
   std::vector<int> uses(net.tensors().size(), 0);
   for (const auto& l : net.layers()) {
     for (TensorId t : l.inputs) ++uses[t];
@@ -148,6 +254,11 @@ bool pack_attention_views(Network& net) {
       }
       if (!taken) reader = -1;
     }
+    BatchFirst bf;
+    const bool batch_first =
+        layout == AttentionLayout::kSBHD && reader >= 0 &&
+        match_batch_first(net, producer, readers, v[0].root, static_cast<int>(i), reader, q[0] * q[2], &bf);
+    if (batch_first) layout = AttentionLayout::kBSHD;
     const bool seq_first = layout == AttentionLayout::kSBHD;
     const int64_t b = q[0], h = q[1], s = q[2], d = q[3];
 
@@ -169,7 +280,24 @@ bool pack_attention_views(Network& net) {
         net.add_layer("packed_attention", inputs, attrs, unique_name(names, original.name + "_packed"));
     net.mutable_layers().resize(net.mutable_layers().size() - 2);  // placed below
     packed.name = original.name;
-    if (direct) {
+    if (batch_first) {
+      // The two transposes and the permute become reshapes (views); packed writes [B, S, H, D].
+      auto& layers = net.mutable_layers();
+      for (int r : {bf.t_in, bf.permute, bf.t_out}) {
+        Layer& l = layers[r];
+        l.op = "reshape";
+        l.attrs = Attributes().set("shape", net.tensor(l.outputs[0]).dims);
+      }
+      layers[bf.permute].inputs[0] = packed.outputs[0];
+      // The last reshape reads the out-projection's output itself (not through the reshape before
+      // it), so that fuse_gemm_epilogue sees GEMM -> reshape -> residual add.
+      for (int p = producer[layers[bf.t_out].inputs[0]];
+           p >= 0 && layers[p].op == "reshape" && layers[p].inputs.size() == 1 &&
+           uses[layers[p].outputs[0]] == 1;
+           p = producer[layers[bf.t_out].inputs[0]]) {
+        layers[bf.t_out].inputs[0] = layers[p].inputs[0];
+      }
+    } else if (direct) {
       packed.outputs[0] = out;
     } else if (reader >= 0) {
       const Layer& t = net.layers()[reader];
