@@ -167,11 +167,17 @@ def test_main_cpu_writes_table_json_png(tiny_zoo, tmp_path, capsys):
             str(out),
             "--deadline",
             "0",
+            "--warm-build",
+            "tiny",
         ]
     )
     printed = capsys.readouterr().out
     assert rc == 0, printed
     data = json.loads((out / "results.json").read_text())
+    for r in data["rows"]:  # plan load and a second build, reported per Kiln row
+        assert r["systems"]["kiln"]["extra"]["load_ms"] > 0
+        assert r["systems"]["kiln"]["extra"]["warm_build_s"] > 0
+    assert "Kiln plan load ms" in (out / "results.md").read_text()
     assert [(r["model"], r["precision"], r["batch"]) for r in data["rows"]] == [
         ("tiny", "fp32", 1),
         ("tiny", "fp32", 2),
