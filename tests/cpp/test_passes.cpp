@@ -1,5 +1,6 @@
 // Builder passes: structure in, expected structure out, plus a no-change case for each.
 #include "core/passes/passes.h"
+#include "core/passes/strided_view.h"
 
 #include "test_util.h"
 
@@ -164,6 +165,91 @@ TEST(AliasViews, AliasOnANonViewLayerIsACorruptPlan) {
       EXPECT_NE(std::string(e.what()).find("alias = 1"), std::string::npos) << e.what();
     }
   }
+}
+
+// ---- ViewTracer (strided views through view chains) -------------------------------------------
+
+// The element offset of index `idx` in view `v`.
+int64_t element_offset(const StridedView& v, const Dims& dims, const std::vector<int64_t>& idx) {
+  int64_t off = v.offset;
+  for (size_t d = 0; d < dims.size(); ++d) {
+    int64_t i = idx[d];
+    for (size_t k = v.dims[d].size(); k-- > 0;) {
+      off += (i % v.dims[d][k].size) * v.dims[d][k].stride;
+      i /= v.dims[d][k].size;
+    }
+  }
+  return off;
+}
+
+TEST(ViewTracer, MultiheadAttentionChainIsStridedIntoTheProjection) {
+  // y [S=5, B=2, 3E] (E = H * D = 2 * 4) -> [S, B, 3, E] -> unsqueeze -> transpose(0, -2) ->
+  // squeeze -> select(0, 1) (k) -> [S, B * H, D] -> transpose(0, 1) -> [B, H, S, D]: element
+  // (b, h, s, d) is y[s, b, E + h * D + d]. The [S, B * H, D] step is no strided view of its input
+  // by itself (B and H have different strides); the atoms keep it exact.
+  const int64_t S = 5, B = 2, H = 2, D = 4, E = H * D;
+  Network net;
+  TensorId y = net.add_input("y", DataType::kFloat32, {S, B, 3 * E});
+  auto layer = [&](const std::string& op, std::vector<TensorId> in, Attributes a) {
+    return net.add_layer(op, in, std::move(a), op + std::to_string(net.layers().size())).outputs[0];
+  };
+  TensorId t = layer("reshape", {y}, Attributes().set("shape", Dims{S, B, 3, E}));
+  t = layer("unsqueeze", {t}, Attributes().set("axes", std::vector<int64_t>{0}));
+  t = layer("transpose", {t}, Attributes().set("perm", std::vector<int64_t>{3, 1, 2, 0, 4}));
+  t = layer("squeeze", {t}, Attributes().set("axes", std::vector<int64_t>{3}));
+  int64_t one = 1;
+  TensorId index = net.add_constant("one", DataType::kInt64, {}, &one, sizeof(one));
+  t = layer("gather", {t, index}, Attributes().set("axis", int64_t{0}));
+  t = layer("reshape", {t}, Attributes().set("shape", Dims{S, B * H, D}));
+  t = layer("transpose", {t}, Attributes().set("perm", std::vector<int64_t>{1, 0, 2}));
+  t = layer("reshape", {t}, Attributes().set("shape", Dims{B, H, S, D}));
+
+  StridedView v;
+  ASSERT_TRUE(ViewTracer(net).trace(t, &v));
+  EXPECT_EQ(v.root, y);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t s = 0; s < S; ++s) {
+        for (int64_t d = 0; d < D; ++d) {
+          EXPECT_EQ(element_offset(v, {B, H, S, D}, {b, h, s, d}), (s * B + b) * 3 * E + E + h * D + d);
+        }
+      }
+    }
+  }
+  int64_t stride = 0;
+  ASSERT_TRUE(dim_stride(v.dims[0], &stride));
+  EXPECT_EQ(stride, 3 * E);  // b: one token
+  EXPECT_FALSE(is_row_major(v, S * B * 3 * E));
+}
+
+TEST(ViewTracer, CancellingTransposesAreRowMajor) {
+  // [N, Ho, Wo, K] -> NCHW -> [N, K, Ho * Wo] -> transpose(1, 2): y's own order again.
+  Network net;
+  TensorId y = net.add_input("y", DataType::kFloat32, {2, 3, 4, 5});
+  TensorId t =
+      net.add_layer("transpose", {y}, Attributes().set("perm", std::vector<int64_t>{0, 3, 1, 2}), "nchw")
+          .outputs[0];
+  t = net.add_layer("reshape", {t}, Attributes().set("shape", Dims{2, 5, 12}), "flat").outputs[0];
+  TensorId back =
+      net.add_layer("transpose", {t}, Attributes().set("perm", std::vector<int64_t>{0, 2, 1}), "back")
+          .outputs[0];
+  StridedView v;
+  ASSERT_TRUE(ViewTracer(net).trace(back, &v));
+  EXPECT_TRUE(is_row_major(v, 2 * 3 * 4 * 5));
+  ASSERT_TRUE(ViewTracer(net).trace(t, &v));
+  EXPECT_FALSE(is_row_major(v, 2 * 3 * 4 * 5));
+  ASSERT_TRUE(collapse_transposes(net));
+  EXPECT_EQ(net.layers().back().op, "reshape");
+  EXPECT_EQ(net.layers().back().inputs[0], y);
+  EXPECT_EQ(net.layers()[0].op, "transpose");  // nchw itself is a real transpose
+}
+
+TEST(ViewTracer, DynamicShapesAreNotTraced) {
+  Network net;
+  TensorId y = net.add_input("y", DataType::kFloat32, {-1, 8});
+  TensorId t = net.add_layer("reshape", {y}, Attributes().set("shape", Dims{-1, 2, 4}), "r").outputs[0];
+  StridedView v;
+  EXPECT_FALSE(ViewTracer(net).trace(t, &v));
 }
 
 // ---- convolution path: fold_batch_norm, fuse_conv_epilogue, assign_layouts ----------------------
