@@ -29,13 +29,6 @@ bool swaps_head_and_seq(const Network& net, const Layer& l) {
   return resolve_perm(l, 4) == std::vector<int64_t>{0, 2, 1, 3};
 }
 
-std::string unique_name(std::set<std::string>& used, const std::string& base) {
-  std::string name = base;
-  for (int i = 1; used.count(name); ++i) name = base + "_" + std::to_string(i);
-  used.insert(name);
-  return name;
-}
-
 }  // namespace
 
 bool fold_attention_transposes(Network& net) {

@@ -237,8 +237,7 @@ bool fuse_gemm_epilogue(Network& net, const std::set<std::string>& keep) {
     if (!x_rows.empty()) {
       std::set<std::string> taken;
       for (const auto& other : layers) taken.insert(other.name);
-      std::string name = head.name + "/rows";
-      for (int k = 1; taken.count(name); ++k) name = head.name + "/rows_" + std::to_string(k);
+      const std::string name = unique_name(taken, head.name + "/rows");
       Layer rows = net.add_layer("reshape", {fused.inputs[0]}, Attributes().set("shape", x_rows), name);
       net.mutable_layers().pop_back();  // placed before the fused layer below
       fused.inputs[0] = rows.outputs[0];

@@ -1,7 +1,9 @@
 // The "fused" layer attribute: the original layer names a fused layer computes, comma-separated,
-// shown by plan inspection. Every fusion pass records what it absorbed through these helpers.
+// shown by plan inspection. Every fusion pass records what it absorbed through these helpers, and
+// names the layers it adds with unique_name.
 #pragma once
 
+#include <set>
 #include <string>
 
 #include "core/network.h"
@@ -16,6 +18,15 @@ inline std::string fused_names(const Layer& l) {
 // Records that `l` now also computes layer `absorbed`.
 inline void add_fused_name(Layer& l, const std::string& absorbed) {
   l.attrs.set("fused", fused_names(l) + "," + absorbed);
+}
+
+// `base`, or `base_1`, `base_2`, ... : the first name not in `used` (which then holds it). Passes
+// that add layers name them so.
+inline std::string unique_name(std::set<std::string>& used, const std::string& base) {
+  std::string name = base;
+  for (int i = 1; used.count(name); ++i) name = base + "_" + std::to_string(i);
+  used.insert(name);
+  return name;
 }
 
 }  // namespace kiln

@@ -47,13 +47,6 @@ bool has_strides(const StridedView& v, const Dims& dims, const std::vector<int64
   return true;
 }
 
-std::string unique_name(std::set<std::string>& used, const std::string& base) {
-  std::string name = base;
-  for (int i = 1; used.count(name); ++i) name = base + "_" + std::to_string(i);
-  used.insert(name);
-  return name;
-}
-
 // The layouts (bshd, sbhd) in which q, k, v [B, H, S, D] are the three parts of each token of
 // their root: none, one, or both (with B == 1 the two readings are the same memory).
 std::vector<AttentionLayout> packed_layouts(const StridedView (&v)[3], const Dims& q, const Network& net) {

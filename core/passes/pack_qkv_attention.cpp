@@ -24,17 +24,11 @@
 #include <vector>
 
 #include "core/ops/attention.h"
+#include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 
 namespace kiln {
 namespace {
-
-std::string unique_name(std::set<std::string>& used, const std::string& base) {
-  std::string name = base;
-  for (int i = 1; used.count(name); ++i) name = base + "_" + std::to_string(i);
-  used.insert(name);
-  return name;
-}
 
 // A q/k/v operand traced back to the split: the split layer, which of its outputs, the reshape
 // chain (layer indices, the one next to the attention first).

@@ -18,17 +18,11 @@
 #include <vector>
 
 #include "core/ops/convolution.h"
+#include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 
 namespace kiln {
 namespace {
-
-std::string unique_name(std::set<std::string>& used, const std::string& base) {
-  std::string name = base;
-  for (int i = 1; used.count(name); ++i) name = base + "_" + std::to_string(i);
-  used.insert(name);
-  return name;
-}
 
 bool is_patch_convolution(const Network& net, const Layer& l) {
   if (l.op != "convolution" || l.inputs.size() < 2 || l.inputs.size() > 3 || channels_last(l)) return false;
