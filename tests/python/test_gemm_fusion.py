@@ -185,6 +185,25 @@ def test_fuse_gemm_epilogue_through_leading_dim_reshapes(bias_first):
     assert layer["outputs"][0][2] == [2, 5, 8]
 
 
+def test_fuse_gemm_epilogue_reads_rows_through_a_view():
+    # The GEMM's input [10, 16] comes from [2, 5, 4, 4] (heads merged back, as after attention):
+    # no reshape of [2, 5, 16] to read instead, so the fused layer reads a view of its input as
+    # [2, 5, 16] and the residual add joins the epilogue.
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [2, 5, 4, 4])
+    r = net.add_input("r", "float32", [2, 5, 8])
+    flat = net.add_layer("reshape", [x], {"shape": [10, 16]}, "merge")
+    y = net.add_matmul(flat, torch.randn(16, 8), name="mm")
+    y = net.add_layer("reshape", [y], {"shape": [2, 5, 8]}, "split")
+    net.mark_output(net.add_elementwise(y, r, "add", name="res"), "y")
+    feed = {"x": torch.randn(2, 5, 4, 4), "r": torch.randn(2, 5, 8)}
+    plan = assert_same_results(net, feed, rtol=1e-5, atol=1e-5)
+    assert [layer["op"] for layer in plan.layers()] == ["reshape", "reshape", "fully_connected"]
+    fc = plan.layers()[-1]
+    assert fc["attrs"]["residual"] == 1 and fc["attrs"]["fused"] == "mm,split,res"
+    assert fc["inputs"][0][2] == [2, 5, 16]
+
+
 def test_fuse_gemm_epilogue_leaves_a_trailing_reshape():
     net = kiln.Network()
     x = net.add_input("x", "float32", [2, 5, 16])
