@@ -34,11 +34,13 @@ Backend resolve_target(BuildTarget target) {
   return gpu ? Backend::kCuda : Backend::kReference;
 }
 
-void run_pass(const char* name, const std::function<bool(Network&)>& pass, Network& net) {
+// Runs `pass` on `net` and logs what it did; returns whether it changed the network.
+bool run_pass(const char* name, const std::function<bool(Network&)>& pass, Network& net) {
   size_t before = net.layers().size();
   bool changed = pass(net);
   KILN_LOG(kVerbose, "builder: " << name << (changed ? " changed the network (" : " changed nothing (")
                                  << before << " -> " << net.layers().size() << " layers)");
+  return changed;
 }
 
 void choose_tactics_with_cache(Network& net, const BuilderConfig& config) {
@@ -109,14 +111,14 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   //    passes, so the setting still has its layer. The generic pointwise fusion runs after
   //    precision assignment and layouts (see 5b).
   if (config.optimization_level > 0) {
+    const auto gemm_epilogue = [&](Network& n) { return fuse_gemm_epilogue(n, pinned); };
     run_pass("fold_batch_norm", fold_batch_norm, net);
     run_pass("patchify_convolutions", patchify_convolutions, net);
     run_pass("collapse_transposes", collapse_transposes, net);
     run_pass("fuse_gelu", fuse_gelu, net);
     run_pass("fuse_rms_norm", fuse_rms_norm, net);
     run_pass("fuse_conv_epilogue", fuse_conv_epilogue, net);
-    run_pass(
-        "fuse_gemm_epilogue", [&](Network& n) { return fuse_gemm_epilogue(n, pinned); }, net);
+    run_pass("fuse_gemm_epilogue", gemm_epilogue, net);
     run_pass(
         "fuse_parallel_gemms", [&](Network& n) { return fuse_parallel_gemms(n, pinned); }, net);
     // Attention: constant masks that hide nothing go; the transposes around attention fold into
@@ -126,12 +128,12 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
     run_pass("drop_trivial_attention_masks", drop_trivial_attention_masks, net);
     run_pass("fold_attention_transposes", fold_attention_transposes, net);
     run_pass("pack_qkv_attention", pack_qkv_attention, net);
-    run_pass("pack_attention_views", pack_attention_views, net);
-    // Again: pack_attention_views can leave an out-projection followed directly by its residual
-    // add (the transpose between them gone), once the layers it bypassed are gone.
-    run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
-    run_pass(
-        "fuse_gemm_epilogue", [&](Network& n) { return fuse_gemm_epilogue(n, pinned); }, net);
+    // When pack_attention_views fired, an out-projection may now be followed directly by its
+    // residual add (the transpose between them gone), once the layers it bypassed are gone.
+    if (run_pass("pack_attention_views", pack_attention_views, net)) {
+      run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
+      run_pass("fuse_gemm_epilogue", gemm_epilogue, net);
+    }
   }
   // 4. assign precision per layer: reduced precision where the flags allow it, TF32 marks.
   for (const auto& kv : config.precision.layer_precisions) {

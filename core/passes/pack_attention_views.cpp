@@ -180,10 +180,6 @@ bool pack_attention_views(Network& net) {
   const ViewTracer tracer(net);
   const Readers readers(net);
   const std::vector<int> producer = net.producers();
-  std::vector<int> uses(net.tensors().size(), 0);
-  for (const auto& l : net.layers()) {
-    for (TensorId t : l.inputs) ++uses[t];
-  }
   std::set<std::string> names;
   for (const auto& l : net.layers()) names.insert(l.name);
 
@@ -228,12 +224,8 @@ bool pack_attention_views(Network& net) {
         direct = true;
       }
     }
-    if (!direct && !net.is_output(out) && uses[out] == 1) {
-      for (size_t r = i + 1; r < net.layers().size() && reader < 0; ++r) {
-        for (TensorId t : net.layers()[r].inputs) {
-          if (t == out) reader = static_cast<int>(r);
-        }
-      }
+    if (!direct) {
+      reader = readers.only(out);
       const Layer* t = reader >= 0 ? &net.layers()[reader] : nullptr;
       bool taken = false;
       if (t && t->op == "transpose" && !removed.count(reader)) {
@@ -286,7 +278,7 @@ bool pack_attention_views(Network& net) {
       // it), so that fuse_gemm_epilogue sees GEMM -> reshape -> residual add.
       for (int p = producer[layers[bf.t_out].inputs[0]];
            p >= 0 && layers[p].op == "reshape" && layers[p].inputs.size() == 1 &&
-           uses[layers[p].outputs[0]] == 1;
+           readers.only(layers[p].outputs[0]) >= 0;
            p = producer[layers[bf.t_out].inputs[0]]) {
         layers[bf.t_out].inputs[0] = layers[p].inputs[0];
       }

@@ -66,6 +66,27 @@ def test_views_take_no_arena_memory():
     assert "a" in in_arena  # the views' source has the memory
 
 
+def check_view_of_a_live_source(target, shape, view, name, aliased, want_fn):
+    """y = view(relu(x)) + view(tanh(x)): the tanh branch is computed while relu(x) is still read
+    through the view `name`, which must (or must not) be an alias; y matches want_fn(x)."""
+    net = kiln.Network()
+    x = net.add_input("x", "float32", shape)
+    a = net.add_activation(x, "relu", name="a").outputs[0]
+    s = view(net, a, name)
+    b = net.add_activation(x, "tanh", name="b").outputs[
+        0
+    ]  # computed while the view's source is live
+    b = view(net, b, name + "_b")
+    net.mark_output(net.add_elementwise(s, b, "add", name="y").outputs[0], "y")
+    plan = kiln.Builder().build(net, kiln.BuilderConfig(target=target))
+    kernels = {la.name: la.kernel for la in kiln.inspect(plan).layers}
+    assert (kernels[name] == ALIAS) == aliased, kernels
+    device = "cuda" if target == "cuda" else "cpu"
+    xv = torch.randn(shape)
+    out = kiln.Engine(plan, backend=target).create_execution_context().execute({"x": xv.to(device)})
+    torch.testing.assert_close(torch.as_tensor(out["y"]).cpu(), want_fn(xv), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize(
     "shape,axis,index,aliased",
@@ -78,51 +99,39 @@ def test_views_take_no_arena_memory():
     ],
 )
 def test_gather_of_a_leading_slab_is_a_view(target, shape, axis, index, aliased):
-    net = kiln.Network()
-    x = net.add_input("x", "float32", shape)
-    a = net.add_activation(x, "relu", name="a").outputs[0]
-    idx = net.add_constant(torch.tensor(index, dtype=torch.int64))
-    s = net.add_gather(a, idx, axis, name="select").outputs[0]
-    b = net.add_activation(x, "tanh", name="b").outputs[0]  # computed while the slab is live
-    b = net.add_gather(b, idx, axis, name="select_b").outputs[0]
-    net.mark_output(net.add_elementwise(s, b, "add", name="y").outputs[0], "y")
-    plan = kiln.Builder().build(net, kiln.BuilderConfig(target=target))
-    kernels = {la.name: la.kernel for la in kiln.inspect(plan).layers}
-    assert (kernels["select"] == ALIAS) == aliased, kernels
-    device = "cuda" if target == "cuda" else "cpu"
-    xv = torch.randn(shape)
-    out = kiln.Engine(plan, backend=target).create_execution_context().execute({"x": xv.to(device)})
-    want = torch.relu(xv).select(axis, index) + torch.tanh(xv).select(axis, index)
-    torch.testing.assert_close(torch.as_tensor(out["y"]).cpu(), want, rtol=1e-5, atol=1e-6)
+    def select(net, t, name):
+        idx = net.add_constant(torch.tensor(index, dtype=torch.int64))
+        return net.add_gather(t, idx, axis, name=name).outputs[0]
+
+    check_view_of_a_live_source(
+        target,
+        shape,
+        select,
+        "select",
+        aliased,
+        lambda x: torch.relu(x).select(axis, index) + torch.tanh(x).select(axis, index),
+    )
 
 
 @pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize(
     "shape,perm,aliased",
     [
-        (
-            (1, 5, 16),
-            (1, 0, 2),
-            True,
-        ),  # [1, S, E] -> [S, 1, E]: batch-first to sequence-first at B=1
+        ((1, 5, 16), (1, 0, 2), True),  # [1, S, E] -> [S, 1, E]: sequence-first at B=1
         ((4, 1, 1, 8), (0, 2, 3, 1), True),  # NCHW -> NHWC of a 1x1 map
         ((2, 5, 16), (1, 0, 2), False),  # a real transpose
         ((1, 5, 16), (0, 2, 1), False),
     ],
 )
 def test_transpose_of_size_one_dims_is_a_view(target, shape, perm, aliased):
-    net = kiln.Network()
-    x = net.add_input("x", "float32", shape)
-    a = net.add_activation(x, "relu", name="a").outputs[0]
-    t = net.add_layer("transpose", [a], {"perm": list(perm)}, "t").outputs[0]
-    b = net.add_activation(x, "tanh", name="b").outputs[0]
-    b = net.add_layer("transpose", [b], {"perm": list(perm)}, "tb").outputs[0]
-    net.mark_output(net.add_elementwise(t, b, "add", name="y").outputs[0], "y")
-    plan = kiln.Builder().build(net, kiln.BuilderConfig(target=target))
-    kernels = {la.name: la.kernel for la in kiln.inspect(plan).layers}
-    assert (kernels["t"] == ALIAS) == aliased, kernels
-    device = "cuda" if target == "cuda" else "cpu"
-    xv = torch.randn(shape)
-    out = kiln.Engine(plan, backend=target).create_execution_context().execute({"x": xv.to(device)})
-    want = (torch.relu(xv) + torch.tanh(xv)).permute(*perm)
-    torch.testing.assert_close(torch.as_tensor(out["y"]).cpu(), want, rtol=1e-5, atol=1e-6)
+    def transpose(net, t, name):
+        return net.add_layer("transpose", [t], {"perm": list(perm)}, name).outputs[0]
+
+    check_view_of_a_live_source(
+        target,
+        shape,
+        transpose,
+        "t",
+        aliased,
+        lambda x: (torch.relu(x) + torch.tanh(x)).permute(*perm),
+    )
