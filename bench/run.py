@@ -347,7 +347,8 @@ def run_kiln(row: Row, model, input_sets, truth, args, device, base: int, plans_
             plans = engine_plans(compiled)
         except Exception as e:  # noqa: BLE001 (only the plan-based memory figure is lost)
             plans, plans_error = None, truncate(str(e))
-        if plans and plans_dir is not None and (row.model, row.precision, row.batch) in PLAN_ROWS:
+        wanted = args.all_plans or (row.model, row.precision, row.batch) in PLAN_ROWS
+        if plans and plans_dir is not None and wanted:
             plans_dir.mkdir(parents=True, exist_ok=True)
             for k, plan in enumerate(plans):
                 name = f"{row.model}_{row.precision}_b{row.batch}_engine{k}.plan"
@@ -727,6 +728,7 @@ def parse_args(argv: Sequence[str] | None = None):
         "--plans",
         help="save Kiln's resnet50/bert/vit_b_16 FP16 plans here (default OUT/plans)",
     )
+    p.add_argument("--all-plans", action="store_true", help="save every row's plans (--plans)")
     p.add_argument("--full", action="store_true", help="every model, fp32+fp16, batch 1 and 32")
     p.add_argument(
         "--quick", action="store_true", help="one small row (mobilenet_v3_large fp16 b1)"

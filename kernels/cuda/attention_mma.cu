@@ -1,5 +1,8 @@
-// Flash attention (FlashAttention-2 style) on tensor cores: mma.sync m16n8k16, float16/bfloat16
-// in, FP32 accumulation and softmax, head size D = Dv in {32, 64, 128}, sm_80+.
+// Flash attention (FlashAttention-2 style) on tensor cores, sm_80+, FP32 accumulation and softmax:
+//   float16/bfloat16, head size D = Dv in {32, 64, 128}: mma.sync m16n8k16;
+//   float32, D = Dv in {32, 64}: mma.sync m16n8k8 on TF32 operands, each product as three of them
+//     ("3xTF32", see below), so the result keeps FP32 accuracy while running on tensor cores (what
+//     PyTorch's memory-efficient attention does for float32 too).
 //
 // One block per (batch, query head, tile of kBlockM = 16 * kWarps query rows); warp w owns rows
 // [16 w, 16 w + 16) of the tile. Its Q fragments are loaded once (ldmatrix) and stay in registers.
@@ -23,9 +26,20 @@
 // ldmatrix.x4: lanes 8i..8i+7 give the row addresses of matrix i; register i of a lane holds row
 // g, elements 2c, 2c+1 of matrix i (.trans: elements (2c, g), (2c+1, g)).
 //
-// Shared memory rows are padded to D + 8 elements: the 8 rows an ldmatrix phase reads then start
-// 16 bytes apart modulo 128, on distinct banks. Tails: rows past Sq / keys past Sk are zero-filled
+// Shared memory rows are padded by 16 bytes (D + 8 elements): the 8 rows an ldmatrix phase reads then
+// start 16 bytes apart modulo 128, on distinct banks. Tails: rows past Sq / keys past Sk are zero-filled
 // by cp.async (src-size 0) and never read from global memory; keys past Sk get -inf scores.
+//
+// float32 (3xTF32). A float x splits into big = tf32(x) and small = tf32(x - big); a * b is taken
+// as a.small * b.big + a.big * b.small + a.big * b.big (the small * small term is below FP32's
+// rounding). Fragments of mma.m16n8k8 with TF32 A/B (PTX ISA; g = lane / 4, c = lane % 4):
+//   A (16x8, row): a0 = (g, c), a1 = (g+8, c), a2 = (g, c+4), a3 = (g+8, c+4);
+//   B (8x8, col):  b0 = (k c, n g), b1 = (k c+4, n g);   C as above.
+// The operands are read from shared memory one float per lane (no ldmatrix for 32-bit elements);
+// rows are padded to D + 4 floats, so the reads below hit 32 distinct banks. P @ V reads P straight
+// from the S accumulators: in the k8 step over keys 8kk..8kk+7, logical k = c is key 2c and
+// k = c + 4 is key 2c + 1 (a sum over keys may take them in any order), so a = (s0, s2, s1, s3)
+// of n8 tile kk and V's B fragment is rows 2c and 2c + 1.
 #include "kernels/cuda/attention_mma.h"
 
 #include <climits>
@@ -51,12 +65,13 @@ enum MaskKind : int { kNoMask = 0, kBoolMask = 1, kAddMask = 2 };
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-template <int D>
+template <typename T, int D>
 struct Tile {
-  static constexpr int kLd = D + 8;              // padded row, in elements
-  static constexpr int kElems = kBlockN * kLd;   // one K or V tile
-  static constexpr int kVecs = D / 8;            // 16-byte vectors per row
-  static constexpr int kSmemElems = 4 * kElems;  // K and V, two stages
+  static constexpr int kVecElems = 16 / sizeof(T);  // elements per 16-byte vector
+  static constexpr int kLd = D + kVecElems;         // padded row, in elements
+  static constexpr int kElems = kBlockN * kLd;      // one K or V tile
+  static constexpr int kVecs = D / kVecElems;       // 16-byte vectors per row
+  static constexpr int kSmemElems = 4 * kElems;     // K and V, two stages
   static_assert(kBlockN * kVecs % kThreads == 0 && 16 * kVecs % 32 == 0, "whole copy rounds");
 };
 
@@ -137,16 +152,64 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   }
 }
 
+// ---- 3xTF32 (float32) ----
+
+__device__ __forceinline__ uint32_t tf32_round(float x) {
+  uint32_t r = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+#endif
+  return r;
+}
+
+__device__ __forceinline__ void split_tf32(float x, uint32_t& big, uint32_t& small) {
+  big = tf32_round(x);
+  small = tf32_round(x - __uint_as_float(big));
+}
+
+// c += a (16x8) * b (8x8) on TF32 operands, FP32 accumulators.
+__device__ __forceinline__ void mma_1688_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+// c += a * b in FP32 accuracy: a given split (big, small), b0 and b1 split here.
+__device__ __forceinline__ void mma_1688_3xtf32(float (&c)[4], const uint32_t (&a_big)[4],
+                                                const uint32_t (&a_small)[4], float b0, float b1) {
+  uint32_t b0_big, b0_small, b1_big, b1_small;
+  split_tf32(b0, b0_big, b0_small);
+  split_tf32(b1, b1_big, b1_small);
+  mma_1688_tf32(c, a_small, b0_big, b1_big);
+  mma_1688_tf32(c, a_big, b0_small, b1_small);
+  mma_1688_tf32(c, a_big, b0_big, b1_big);
+}
+
+// The warp's Q rows as A fragments, loaded once: 16-bit types as k16 fragments (ldmatrix), float32
+// as k8 fragments split into TF32 big and small parts.
+template <typename T, int D>
+struct QFragments {
+  uint32_t f[D / 16][4];
+};
+template <int D>
+struct QFragments<float, D> {
+  uint32_t big[D / 8][4], small[D / 8][4];
+};
+
 // Stages a tile of kBlockN rows of D elements (row stride `stride` elements in global memory) into
 // shared memory with row stride D + 8; rows [rows, kBlockN) are zero-filled without a global read.
 // Thread i copies vector i % kVecs of rows i / kVecs + j * kRowStep, j = 0, 1, ...
 template <int D, typename T>
 __device__ __forceinline__ void load_tile_async(T* dst, const T* src, int64_t stride, int rows) {
-  using L = Tile<D>;
+  using L = Tile<T, D>;
   constexpr int kRowStep = kThreads / L::kVecs;
   const int r0 = threadIdx.x / L::kVecs, c = threadIdx.x % L::kVecs;  // powers of two: shifts
-  const T* from = src + r0 * stride + c * 8;
-  T* to = dst + r0 * L::kLd + c * 8;
+  const T* from = src + r0 * stride + c * L::kVecElems;
+  T* to = dst + r0 * L::kLd + c * L::kVecElems;
 #pragma unroll
   for (int j = 0; j < kBlockN / kRowStep; ++j) {
     const bool fill = r0 + j * kRowStep < rows;
@@ -188,11 +251,112 @@ __device__ __forceinline__ void apply_mask(float (&s)[kBlockN / 8][4], const M* 
   }
 }
 
+// Lane offsets of the ldmatrix row addresses (16-bit types). Q and V (x4 over a 16x16 block,
+// matrices ordered rows 0-7 / rows 8-15 / rows 0-7 + 8 cols / rows 8-15 + 8 cols): for Q that is
+// a0..a3, for V (trans) b0, b1 of n8 tile nt and b0, b1 of tile nt + 1. K (x4 over 8 rows x 32
+// cols): b0, b1 of k16 step kk and b0, b1 of step kk + 1.
+template <int kLd>
+__device__ __forceinline__ int qv_offset(int lane) {
+  return ((lane & 7) + ((lane >> 3) & 1) * 8) * kLd + (lane >> 4) * 8;
+}
+template <int kLd>
+__device__ __forceinline__ int k_offset(int lane) {
+  return (lane & 7) * kLd + (lane >> 3) * 8;
+}
+
+// The warp's 16 Q rows (q_warp: row 0 of them in shared memory) into A fragments.
+template <typename T, int D>
+__device__ __forceinline__ void load_q(QFragments<T, D>& qf, const T* q_warp, int lane) {
+  constexpr int kLd = Tile<T, D>::kLd;
+  if constexpr (std::is_same_v<T, float>) {
+    const float* q = q_warp + (lane / 4) * kLd + lane % 4;
+#pragma unroll
+    for (int kk = 0; kk < D / 8; ++kk) {
+      split_tf32(q[kk * 8], qf.big[kk][0], qf.small[kk][0]);
+      split_tf32(q[8 * kLd + kk * 8], qf.big[kk][1], qf.small[kk][1]);
+      split_tf32(q[kk * 8 + 4], qf.big[kk][2], qf.small[kk][2]);
+      split_tf32(q[8 * kLd + kk * 8 + 4], qf.big[kk][3], qf.small[kk][3]);
+    }
+  } else {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qf.f[kk], q_warp + qv_offset<kLd>(lane) + kk * 16);
+  }
+}
+
+// s = Q K^T over one K tile (keys in the n dimension).
+template <typename T, int D>
+__device__ __forceinline__ void tile_scores(float (&s)[kBlockN / 8][4], const QFragments<T, D>& qf,
+                                            const T* k_tile, int lane) {
+  constexpr int kLd = Tile<T, D>::kLd;
+#pragma unroll
+  for (int nt = 0; nt < kBlockN / 8; ++nt) {
+    s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+    if constexpr (std::is_same_v<T, float>) {
+      const float* k = k_tile + (nt * 8 + lane / 4) * kLd + lane % 4;  // key g, column c
+#pragma unroll
+      for (int kk = 0; kk < D / 8; ++kk) mma_1688_3xtf32(s[nt], qf.big[kk], qf.small[kk], k[kk * 8], k[kk * 8 + 4]);
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk += 2) {
+        uint32_t kf[4];
+        ldmatrix_x4(kf, k_tile + nt * 8 * kLd + k_offset<kLd>(lane) + kk * 16);
+        mma_16816<T>(s[nt], qf.f[kk], kf[0], kf[1]);
+        mma_16816<T>(s[nt], qf.f[kk + 1], kf[2], kf[3]);
+      }
+    }
+  }
+}
+
+// o += P V over one V tile, P = the probabilities in the S accumulators.
+template <typename T, int D>
+__device__ __forceinline__ void tile_pv(float (&o)[D / 8][4], const float (&s)[kBlockN / 8][4], const T* v_tile,
+                                        int lane) {
+  constexpr int kLd = Tile<T, D>::kLd;
+  if constexpr (std::is_same_v<T, float>) {
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 8; ++kk) {
+      uint32_t p_big[4], p_small[4];  // logical k = c: key 2c, k = c + 4: key 2c + 1
+      split_tf32(s[kk][0], p_big[0], p_small[0]);
+      split_tf32(s[kk][2], p_big[1], p_small[1]);
+      split_tf32(s[kk][1], p_big[2], p_small[2]);
+      split_tf32(s[kk][3], p_big[3], p_small[3]);
+      const float* v = v_tile + (kk * 8 + 2 * (lane % 4)) * kLd + lane / 4;  // key 2c, column g
+#pragma unroll
+      for (int nt = 0; nt < D / 8; ++nt) mma_1688_3xtf32(o[nt], p_big, p_small, v[nt * 8], v[kLd + nt * 8]);
+    }
+  } else {
+    // P from the S accumulators of n8 tiles 2 kk and 2 kk + 1 (keys 16 kk..): one k16 A fragment.
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      const uint32_t pf[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                              pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int nt = 0; nt < D / 8; nt += 2) {
+        uint32_t vf[4];
+        ldmatrix_x4_trans(vf, v_tile + kk * 16 * kLd + qv_offset<kLd>(lane) + nt * 8);
+        mma_16816<T>(o[nt], pf, vf[0], vf[1]);
+        mma_16816<T>(o[nt + 1], pf, vf[2], vf[3]);
+      }
+    }
+  }
+}
+
+// Two adjacent output elements (lo at `at`) into the staging tile.
+template <typename T>
+__device__ __forceinline__ void stage2(T* at, float lo, float hi) {
+  if constexpr (std::is_same_v<T, float>) {
+    *reinterpret_cast<float2*>(at) = make_float2(lo, hi);
+  } else {
+    *reinterpret_cast<uint32_t*>(at) = pack2<T>(lo, hi);
+  }
+}
+
 template <typename T, int D, int kMask>
 __global__ void __launch_bounds__(kThreads)
     mma_attention_kernel(MmaAttentionParams p, int64_t m_tiles, float scale_log2) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  using L = Tile<D>;
+  using L = Tile<T, D>;
   constexpr int kLd = L::kLd;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* smem = reinterpret_cast<T*>(smem_raw);  // stage s: K at 2 s kElems, V at (2 s + 1) kElems
@@ -231,16 +395,8 @@ __global__ void __launch_bounds__(kThreads)
   cp_async_wait<1>();
   __syncthreads();
 
-  // Lane offsets of the ldmatrix row addresses. Q and V (x4 over a 16x16 block, matrices ordered
-  // rows 0-7 / rows 8-15 / rows 0-7 + 8 cols / rows 8-15 + 8 cols): for Q that is a0..a3, for V
-  // (trans) b0, b1 of n8 tile nt and b0, b1 of tile nt + 1. K (x4 over 8 rows x 32 cols): b0, b1 of
-  // k16 step kk and b0, b1 of step kk + 1.
-  const int qv_off = ((lane & 7) + ((lane >> 3) & 1) * 8) * kLd + (lane >> 4) * 8;
-  const int k_off = (lane & 7) * kLd + (lane >> 3) * 8;
-
-  uint32_t qf[D / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qf[kk], q_stage + warp * 16 * kLd + qv_off + kk * 16);
+  QFragments<T, D> qf;
+  load_q<T, D>(qf, q_stage + warp * 16 * kLd, lane);
   __syncthreads();  // every warp has its Q before tile 1 overwrites the staging buffer
 
   float o_acc[D / 8][4];
@@ -284,17 +440,7 @@ __global__ void __launch_bounds__(kThreads)
 
       // 1. S = Q K^T.
       float s[kBlockN / 8][4];
-#pragma unroll
-      for (int nt = 0; nt < kBlockN / 8; ++nt) {
-        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk += 2) {
-          uint32_t kf[4];
-          ldmatrix_x4(kf, k_tile + nt * 8 * kLd + k_off + kk * 16);
-          mma_16816<T>(s[nt], qf[kk], kf[0], kf[1]);
-          mma_16816<T>(s[nt], qf[kk + 1], kf[2], kf[3]);
-        }
-      }
+      tile_scores<T, D>(s, qf, k_tile, lane);
 
       // 2. Scale to log2 units; -inf past Sk, after the row (causal) or where the mask says so.
       // limit[r]: the first key (tile-relative) that row r does not see, in [0, kBlockN].
@@ -354,20 +500,8 @@ __global__ void __launch_bounds__(kThreads)
         o_acc[nt][3] *= alpha[1];
       }
 
-      // 3./4. O += P V, P from the S accumulators of n8 tiles 2 kk and 2 kk + 1 (keys 16 kk..).
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        const uint32_t pf[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                                pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-        for (int nt = 0; nt < D / 8; nt += 2) {
-          uint32_t vf[4];
-          ldmatrix_x4_trans(vf, v_tile + kk * 16 * kLd + qv_off + nt * 8);
-          mma_16816<T>(o_acc[nt], pf, vf[0], vf[1]);
-          mma_16816<T>(o_acc[nt + 1], pf, vf[2], vf[3]);
-        }
-      }
+      // 3./4. O += P V.
+      tile_pv<T, D>(o_acc, s, v_tile, lane);
     }
     __syncthreads();  // every warp is done with this stage before iteration it + 1 refills it
   }
@@ -387,10 +521,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int nt = 0; nt < D / 8; ++nt) {
     const int col = nt * 8 + 2 * quad;
-    *reinterpret_cast<uint32_t*>(ow + (lane / 4) * kLd + col) =
-        pack2<T>(o_acc[nt][0] * inv[0], o_acc[nt][1] * inv[0]);
-    *reinterpret_cast<uint32_t*>(ow + (lane / 4 + 8) * kLd + col) =
-        pack2<T>(o_acc[nt][2] * inv[1], o_acc[nt][3] * inv[1]);
+    stage2<T>(ow + (lane / 4) * kLd + col, o_acc[nt][0] * inv[0], o_acc[nt][1] * inv[0]);
+    stage2<T>(ow + (lane / 4 + 8) * kLd + col, o_acc[nt][2] * inv[1], o_acc[nt][3] * inv[1]);
   }
   __syncwarp();
   const int64_t os = p.o_strides[2];
@@ -399,8 +531,8 @@ __global__ void __launch_bounds__(kThreads)
     const int i = lane + round * 32;
     const int r = i / L::kVecs, c = i % L::kVecs;
     if (w0 + r < p.sq) {
-      *reinterpret_cast<uint4*>(og + (warp * 16 + r) * os + c * 8) =
-          *reinterpret_cast<const uint4*>(ow + r * kLd + c * 8);
+      *reinterpret_cast<uint4*>(og + (warp * 16 + r) * os + c * L::kVecElems) =
+          *reinterpret_cast<const uint4*>(ow + r * kLd + c * L::kVecElems);
     }
   }
 #endif
@@ -410,7 +542,7 @@ template <typename T, int D, int kMask>
 void launch(const MmaAttentionParams& p, cudaStream_t stream) {
   const int64_t m_tiles = (p.sq + kBlockM - 1) / kBlockM;
   const int64_t blocks = p.batch * p.hq * m_tiles;
-  const size_t smem = sizeof(T) * Tile<D>::kSmemElems;
+  const size_t smem = sizeof(T) * Tile<T, D>::kSmemElems;
   auto kernel = mma_attention_kernel<T, D, kMask>;
   if (smem > 48 * 1024) {  // above the default limit a kernel must opt in
     KILN_CUDA_CHECK(
@@ -432,22 +564,31 @@ template <typename T>
 void launch_for_dtype(const MmaAttentionParams& p, int64_t d, cudaStream_t stream) {
   if (d == 32) return launch_for_mask<T, 32>(p, stream);
   if (d == 64) return launch_for_mask<T, 64>(p, stream);
-  if (d == 128) return launch_for_mask<T, 128>(p, stream);
+  if constexpr (!std::is_same_v<T, float>) {  // float32 fragments of D = 128 would not fit in registers
+    if (d == 128) return launch_for_mask<T, 128>(p, stream);
+  }
   KILN_FAIL("mma attention: unsupported head size " << d);
 }
 
 }  // namespace
 
 bool mma_attention_supports(const MmaAttentionParams& p, DataType dtype, int64_t d, int64_t dv, int arch) {
-  if (arch < 80 || d != dv || (d != 32 && d != 64 && d != 128)) return false;
-  if (dtype != DataType::kFloat16 && dtype != DataType::kBFloat16) return false;
+  if (arch < 80 || d != dv) return false;
+  if (dtype == DataType::kFloat32) {
+    if (d != 32 && d != 64) return false;
+  } else if (dtype == DataType::kFloat16 || dtype == DataType::kBFloat16) {
+    if (d != 32 && d != 64 && d != 128) return false;
+  } else {
+    return false;
+  }
+  const int64_t vec = 16 / static_cast<int64_t>(dtype_size(dtype));  // elements per 16-byte vector
   for (const void* ptr : std::initializer_list<const void*>{p.q, p.k, p.v, p.o}) {
     if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
   }
   for (const int64_t* strides :
        std::initializer_list<const int64_t*>{p.q_strides, p.k_strides, p.v_strides, p.o_strides}) {
     for (int i = 0; i < 3; ++i) {
-      if (strides[i] % 8 != 0) return false;
+      if (strides[i] % vec != 0) return false;
     }
   }
   if (p.hkv <= 0 || p.hq % p.hkv != 0) return false;
@@ -459,7 +600,8 @@ bool mma_attention_supports(const MmaAttentionParams& p, DataType dtype, int64_t
 void launch_mma_attention(const MmaAttentionParams& p, DataType dtype, int64_t d, cudaStream_t stream) {
   if (p.batch == 0 || p.hq == 0 || p.sq == 0) return;
   if (dtype == DataType::kFloat16) return launch_for_dtype<__half>(p, d, stream);
-  KILN_CHECK(dtype == DataType::kBFloat16, "mma attention: float16 or bfloat16 expected");
+  if (dtype == DataType::kFloat32) return launch_for_dtype<float>(p, d, stream);
+  KILN_CHECK(dtype == DataType::kBFloat16, "mma attention: float32, float16 or bfloat16 expected");
   launch_for_dtype<__nv_bfloat16>(p, d, stream);
 }
 

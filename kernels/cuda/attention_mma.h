@@ -1,5 +1,6 @@
 // The tensor-core flash-attention kernel (attention_mma.cu) behind the attention layer's CUDA
-// kernel (attention.cu), for float16/bfloat16, head size D = Dv in {32, 64, 128}, sm_80+.
+// kernel (attention.cu), sm_80+: float16/bfloat16 with head size D = Dv in {32, 64, 128}, float32
+// (3xTF32, FP32-accurate) with D = Dv in {32, 64}.
 // Inputs and output are addressed through base pointers and element strides (batch, head,
 // sequence; the head dim is contiguous), so dense [B..., H, S, D] tensors, [B, S, H, D] layouts and
 // views into a packed qkv tensor all take the same kernel. `batch` is the flattened B... .
@@ -33,8 +34,9 @@ struct MmaAttentionParams {
   bool causal = false;
 };
 
-// Whether the kernel takes this problem: sm_80+, float16/bfloat16, d == dv in {32, 64, 128},
-// 16-byte aligned base pointers, every q/k/v/o stride a multiple of 8 elements (16-byte vectors),
+// Whether the kernel takes this problem: sm_80+, float16/bfloat16 with d == dv in {32, 64, 128} or
+// float32 with d == dv in {32, 64}, 16-byte aligned base pointers, every q/k/v/o stride a multiple
+// of 16 bytes (whole 16-byte vectors),
 // and a mask (if any) with key stride 0 or 1.
 bool mma_attention_supports(const MmaAttentionParams& p, DataType dtype, int64_t d, int64_t dv, int arch);
 

@@ -15,6 +15,9 @@
 // Tactics: tactic t is cuDNN algorithm t (cudnnConvolutionFwdAlgo_t, or cudnnConvolutionBwdDataAlgo_t
 // for deconvolution); a tactic whose algorithm is unsupported for the shape or needs more than
 // the workspace throws from run(). Tactic -1 takes cuDNN's first heuristic pick that fits.
+// Convolution has one more tactic, kDepthwiseTactic (= CUDNN_CONVOLUTION_FWD_ALGO_COUNT): Kiln's
+// own depthwise kernel (depthwise_convolution.cu, epilogue fused), for 2d layers with one filter
+// per channel; other layers refuse it.
 #include <algorithm>
 #include <atomic>
 #include <map>
@@ -28,12 +31,16 @@
 #include "kernels/cuda/activation_math.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cudnn_util.h"
+#include "kernels/cuda/depthwise_convolution.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/kernel.h"
 #include "kernels/kernels.h"
 
 namespace kiln {
 namespace {
+
+constexpr int kDepthwiseTactic = static_cast<int>(CUDNN_CONVOLUTION_FWD_ALGO_COUNT);
+constexpr int64_t kDepthwiseMaxTaps = 256;  // its weights per channel vector fit shared memory
 
 struct EpilogueParams {
   ActivationParams act;
@@ -98,12 +105,13 @@ class CudnnConvolution final : public Kernel {
     const TensorView &x = in[0], &w = in[1], &y = out[0];
     if (volume(y.dims) == 0) return;
     auto stream = static_cast<cudaStream_t>(ctx.stream);
-    auto handle = static_cast<cudnnHandle_t>(ctx.cudnn);
-    KILN_CHECK(handle != nullptr, who_ << ": no cuDNN handle in the launch context");
-    KILN_CUDNN_CHECK(cudnnSetStream(handle, stream));
     const ConvEpilogue e = conv_epilogue(layer_, in.size());
     const TensorView* bias = e.has_bias ? &in[2] : nullptr;
     const TensorView* residual = e.residual ? &in[static_cast<size_t>(e.residual_input)] : nullptr;
+    if (tactic_ == kDepthwiseTactic) return run_depthwise(x, w, y, bias, residual, stream);
+    auto handle = static_cast<cudnnHandle_t>(ctx.cudnn);
+    KILN_CHECK(handle != nullptr, who_ << ": no cuDNN handle in the launch context");
+    KILN_CUDNN_CHECK(cudnnSetStream(handle, stream));
     const Prepared& p = prepared(handle, x, w, y, bias != nullptr, ctx.workspace_bytes);
 
     const float one = 1.f, zero = 0.f;
@@ -139,14 +147,52 @@ class CudnnConvolution final : public Kernel {
     if (bias || residual || params_.activate) run_epilogue(y, bias, residual, stream);
   }
 
-  std::string name() const override { return transposed_ ? "cudnn_deconvolution" : "cudnn_convolution"; }
-  bool uses_cudnn() const override { return true; }
+  std::string name() const override {
+    if (transposed_) return "cudnn_deconvolution";
+    return tactic_ == kDepthwiseTactic ? "cuda_depthwise_convolution" : "cudnn_convolution";
+  }
+  bool uses_cudnn() const override { return tactic_ != kDepthwiseTactic; }
   int num_tactics() const override {
-    return transposed_ ? static_cast<int>(CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT)
-                       : static_cast<int>(CUDNN_CONVOLUTION_FWD_ALGO_COUNT);
+    return transposed_ ? static_cast<int>(CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT) : kDepthwiseTactic + 1;
   }
 
  private:
+  // The depthwise tactic: x [N, C, H, W] (or channels last) with weight [C, 1, kh, kw] and groups
+  // = C; anything else is refused with what the tactic needs.
+  void run_depthwise(const TensorView& x, const TensorView& w, const TensorView& y, const TensorView* bias,
+                     const TensorView* residual, cudaStream_t stream) const {
+    const Dims xd = channels_last_ ? channels_first_dims(x.dims) : x.dims;
+    const Dims wd = channels_last_ ? channels_first_dims(w.dims) : w.dims;
+    const Dims yd = channels_last_ ? channels_first_dims(y.dims) : y.dims;
+    const bool two_d = xd.size() == 4;
+    const ConvGeometry g = conv_geometry(layer_, static_cast<int>(xd.size()) - 2);
+    KILN_CHECK(two_d && g.groups == xd[1] && wd[0] == xd[1] && wd[1] == 1 && wd[2] * wd[3] <= kDepthwiseMaxTaps,
+               who_ << ": tactic " << kDepthwiseTactic << " (Kiln's depthwise kernel) needs a 2d convolution "
+                    << "with one filter per channel (groups = input channels = output channels) of at most "
+                    << kDepthwiseMaxTaps << " taps; got input " << to_string(x.dims) << ", weight "
+                    << to_string(w.dims) << ", groups " << g.groups << "; take another tactic");
+    DepthwiseParams p;
+    p.n = xd[0];
+    p.c = xd[1];
+    p.h = xd[2];
+    p.w = xd[3];
+    p.oh = yd[2];
+    p.ow = yd[3];
+    p.kh = static_cast<int>(wd[2]);
+    p.kw = static_cast<int>(wd[3]);
+    p.stride_h = static_cast<int>(g.strides[0]);
+    p.stride_w = static_cast<int>(g.strides[1]);
+    p.pad_h = static_cast<int>(g.pads[0]);
+    p.pad_w = static_cast<int>(g.pads[1]);
+    p.dil_h = static_cast<int>(g.dilations[0]);
+    p.dil_w = static_cast<int>(g.dilations[1]);
+    p.channels_last = channels_last_;
+    p.act = params_.act;
+    p.activate = params_.activate;
+    launch_depthwise_convolution(p, x.dtype, x.data, w.data, bias ? bias->data : nullptr,
+                                 residual ? residual->data : nullptr, y.data, stream);
+  }
+
   cudnnMathType_t requested_math(DataType t) const {
     if (t != DataType::kFloat32) return CUDNN_TENSOR_OP_MATH;
     return allow_tf32_ ? CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION : CUDNN_FMA_MATH;

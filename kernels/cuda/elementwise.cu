@@ -177,20 +177,47 @@ __global__ void binary_same_shape(int op, const T* __restrict__ a, const T* __re
   }
 }
 
-template <typename T, typename U>
+// Index: int32_t when the output (and one grid stride past it) stays below 2^31, so the per-element
+// divisions are 32-bit ones; input offsets are below the output's size.
+template <typename T, typename U, typename Index>
 __global__ void binary_broadcast(int op, const T* __restrict__ a, BroadcastIndexer ia,
-                                 const T* __restrict__ b, BroadcastIndexer ib, U* __restrict__ y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    int64_t oa = 0, ob = 0, rem = i;
+                                 const T* __restrict__ b, BroadcastIndexer ib, U* __restrict__ y, Index n) {
+  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<Index>(gridDim.x) * blockDim.x) {
+    Index oa = 0, ob = 0, rem = i;
     for (int d = ia.rank - 1; d >= 0; --d) {
-      int64_t idx = rem % ia.out_dims[d];
-      rem /= ia.out_dims[d];
-      oa += idx * ia.in_strides[d];
-      ob += idx * ib.in_strides[d];
+      const Index size = static_cast<Index>(ia.out_dims[d]);
+      const Index idx = rem % size;
+      rem /= size;
+      oa += idx * static_cast<Index>(ia.in_strides[d]);
+      ob += idx * static_cast<Index>(ib.in_strides[d]);
     }
     y[i] = apply<T, U>(op, a[oa], b[ob]);
   }
+}
+
+// Drops size-1 output dims and merges adjacent ones that both inputs walk alike (contiguously, or
+// both broadcast): x [32, 28, 28, 120] * s [32, 1, 1, 120] indexes as [32, 784, 120], two
+// divisions per element instead of three.
+void coalesce(BroadcastIndexer& a, BroadcastIndexer& b) {
+  int r = 0;
+  for (int d = 0; d < a.rank; ++d) {
+    if (a.out_dims[d] == 1) continue;
+    const bool merge = r > 0 && a.in_strides[r - 1] == a.in_strides[d] * a.out_dims[d] &&
+                       b.in_strides[r - 1] == b.in_strides[d] * b.out_dims[d];
+    if (merge) {
+      a.out_dims[r - 1] *= a.out_dims[d];
+      b.out_dims[r - 1] = a.out_dims[r - 1];
+      a.in_strides[r - 1] = a.in_strides[d];
+      b.in_strides[r - 1] = b.in_strides[d];
+      continue;
+    }
+    a.out_dims[r] = b.out_dims[r] = a.out_dims[d];
+    a.in_strides[r] = a.in_strides[d];
+    b.in_strides[r] = b.in_strides[d];
+    ++r;
+  }
+  a.rank = b.rank = r;
 }
 
 class CudaElementwise final : public Kernel {
@@ -234,9 +261,16 @@ class CudaElementwise final : public Kernel {
     if (in[0].dims == out[0].dims && in[1].dims == out[0].dims) {
       binary_same_shape<T, U><<<grid_for(n, kBlock), kBlock, 0, stream>>>(op_, a, b, y, n);
     } else {
-      binary_broadcast<T, U><<<grid_for(n, kBlock), kBlock, 0, stream>>>(
-          op_, a, make_broadcast_indexer(in[0].dims, out[0].dims), b,
-          make_broadcast_indexer(in[1].dims, out[0].dims), y, n);
+      BroadcastIndexer ia = make_broadcast_indexer(in[0].dims, out[0].dims);
+      BroadcastIndexer ib = make_broadcast_indexer(in[1].dims, out[0].dims);
+      coalesce(ia, ib);
+      const unsigned grid = grid_for(n, kBlock);
+      if (n + int64_t{grid} * kBlock < (int64_t{1} << 31)) {
+        binary_broadcast<T, U, int32_t>
+            <<<grid, kBlock, 0, stream>>>(op_, a, ia, b, ib, y, static_cast<int32_t>(n));
+      } else {
+        binary_broadcast<T, U, int64_t><<<grid, kBlock, 0, stream>>>(op_, a, ia, b, ib, y, n);
+      }
     }
     KILN_CUDA_CHECK_LAUNCH();
   }

@@ -4,6 +4,12 @@
 //                      block reduction; used when reduced rows are contiguous or outputs are few
 //   thread per output  each thread walks its reduced elements; adjacent threads read adjacent
 //                      addresses, used when the innermost dim is kept and outputs are many
+//   column tile        the innermost dim is kept and the reduction is long (a spatial mean of a
+//                      channels-last [N, H, W, C]): a block of 32 x kTileRows threads owns 32
+//                      adjacent outputs; each of its rows walks every kTileRows-th reduced
+//                      element (coalesced over the 32 outputs), then through shared memory one
+//                      warp per output combines the rows' partials (a shuffle tree). Not for var
+//                      (two passes).
 // Floating types accumulate in float32, integers in int64 (wrapping); var is two-pass.
 // Codes follow reduce_ops() / arg_reduce_ops() in core/ops/reduce.cpp.
 #include <climits>
@@ -26,6 +32,9 @@ enum ArgOp : int { kArgmax, kArgmin };
 
 // Below this many outputs a thread per output leaves the GPU idle: use a block per output.
 constexpr int64_t kThreadPerOutputMin = 1024;
+// From this many reduced elements per output on, a kept innermost dim takes the column tile.
+constexpr int64_t kColumnTileMinReduced = 64;
+constexpr int kTileRows = 32;
 
 // The accumulator of an element type: float for floating types, long long for integers.
 template <typename T>
@@ -155,6 +164,35 @@ __global__ void reduce_thread_kernel(ReduceParams p, ReduceGeometry g, const T* 
   }
 }
 
+template <typename T>
+__global__ void __launch_bounds__(32 * kTileRows)
+    reduce_column_tile_kernel(ReduceParams p, ReduceGeometry g, const T* __restrict__ x, T* __restrict__ y) {
+  using Acc = Accum<T>;
+  using A = typename Acc::type;
+  __shared__ A partial[kTileRows][33];
+  const int pass_op = p.op == kMean ? kSum : p.op;
+  const int64_t o = int64_t{blockIdx.x} * 32 + threadIdx.x;
+  A acc = identity_of<A>(pass_op);
+  if (o < g.num_out) {
+    const T* row = x + axes_offset(g.kept, o);
+    for (int64_t r = threadIdx.y; r < g.num_red; r += kTileRows)
+      acc = combine(pass_op, acc, Acc::load(row[axes_offset(g.red, r)]));
+  }
+  partial[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  // Warp w combines output w's kTileRows partials as a shuffle tree.
+  static_assert(kTileRows == 32, "one warp per output column");
+  const int64_t out = int64_t{blockIdx.x} * 32 + threadIdx.y;
+  acc = partial[threadIdx.x][threadIdx.y];
+  for (int offset = 16; offset > 0; offset >>= 1)
+    acc = combine(pass_op, acc, __shfl_down_sync(0xffffffffu, acc, offset));
+  if (threadIdx.x != 0 || out >= g.num_out) return;
+  if constexpr (std::is_same<A, float>::value) {
+    if (p.op == kMean) acc /= static_cast<float>(g.num_red);
+  }
+  y[out] = Acc::store(acc);
+}
+
 class CudaReduce final : public Kernel {
  public:
   explicit CudaReduce(const Layer& l)
@@ -168,12 +206,16 @@ class CudaReduce final : public Kernel {
     ReduceGeometry g = make_reduce_geometry(x.dims, reduced_axes(layer_, static_cast<int>(x.dims.size())));
     if (g.num_out == 0) return;
     auto stream = static_cast<cudaStream_t>(ctx.stream);
-    bool per_thread = !g.inner_reduced && g.num_out >= kThreadPerOutputMin;
+    const bool column_tile = !g.inner_reduced && g.num_red >= kColumnTileMinReduced && params_.op != kVar;
+    const bool per_thread = !g.inner_reduced && g.num_out >= kThreadPerOutputMin;
     dispatch_numeric(x.dtype, "reduce", [&](auto tag) {
       using T = decltype(tag);
       auto* px = static_cast<const T*>(x.data);
       auto* py = static_cast<T*>(out[0].data);
-      if (per_thread) {
+      if (column_tile) {
+        const unsigned grid = static_cast<unsigned>((g.num_out + 31) / 32);
+        reduce_column_tile_kernel<T><<<grid, dim3(32, kTileRows), 0, stream>>>(params_, g, px, py);
+      } else if (per_thread) {
         constexpr int kBlock = 256;
         reduce_thread_kernel<T><<<grid_for(g.num_out, kBlock), kBlock, 0, stream>>>(params_, g, px, py);
       } else {

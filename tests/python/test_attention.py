@@ -388,7 +388,9 @@ def test_cuda_refuses_head_size_above_256():
 # (attention_mma.cu; CUDA_TOLERANCE says why its tolerance is wider). Its tiles: 64 query rows
 # (16 per warp) and 64 keys, so the sizes below cover single rows/keys, partial warps, partial
 # blocks, several key tiles with a partial last one, and Sq != Sk both ways (decoder-style Sq = 1).
-MMA_DTYPES = [torch.float16, torch.bfloat16]
+# float32 takes the tensor-core kernel too (3xTF32, head sizes 32 and 64; 128 takes the generic
+# kernel): its products keep FP32 accuracy, so CUDA_TOLERANCE[float32] holds for both.
+MMA_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 MMA_SIZES = [  # (Sq, Sk)
     (1, 1),
     (16, 16),

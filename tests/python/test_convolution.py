@@ -466,10 +466,11 @@ def test_convolution_epilogue_cuda_matches_torch(
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tactic", list(range(8)))
+@pytest.mark.parametrize("tactic", list(range(9)))
 def test_convolution_cuda_tactics_run_or_refuse(tactic, strict_fp32_torch):
-    # Each tactic is one cuDNN algorithm: it either computes the convolution or refuses with an
-    # error naming the layer (unsupported algorithm or workspace).
+    # Tactics 0-7 are cuDNN's algorithms, 8 Kiln's depthwise kernel: each either computes the
+    # convolution or refuses with an error naming the layer (unsupported algorithm, workspace, or
+    # not a depthwise layer).
     x, w = torch.randn(2, 8, 12, 12).half(), (torch.randn(16, 8, 3, 3) / 8).half()
     attrs = {"pads": [1, 1], "tactic": tactic}
     add = lambda net, *t: net.add_layer("convolution", list(t), attrs, "tac_conv")  # noqa: E731
@@ -496,6 +497,81 @@ def test_grouped_convolution_refuses_per_group_algorithms(tactic, strict_fp32_to
     got = run_layer(add, [x, w], "cuda")
     want = F.conv2d(x.cuda(), w.cuda(), None, 1, 1, 1, 32).cpu()
     torch.testing.assert_close(got, want, **gpu_tolerance(torch.float32, 9))
+
+
+# (x shape, kernel, stride, padding, dilation): channel counts that take 16-byte vectors (16, 72,
+# 120 in float16), 8-byte ones (6) and single elements (5) channels last; 3x3/5x5, strides 1 and 2,
+# dilation, 1x1; more pixels than one block row.
+DEPTHWISE_CASES = [
+    ((2, 16, 13, 11), 3, 1, 1, 1),
+    ((2, 72, 14, 14), 5, 2, 2, 1),
+    ((1, 120, 9, 7), 3, 2, 1, 1),
+    ((3, 5, 10, 12), 3, 1, 2, 2),
+    ((1, 6, 8, 8), 1, 1, 0, 1),
+    ((4, 8, 40, 40), 3, 1, 1, 1),
+]
+DEPTHWISE_TACTIC = 8  # after cuDNN's 8 forward algorithms
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", DEPTHWISE_CASES, ids=[str(c[0]) for c in DEPTHWISE_CASES])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("epilogue", ["none", "bias_hardswish", "bias_residual_relu"])
+def test_depthwise_tactic_matches_torch(case, layout, dtype, epilogue, strict_fp32_torch):
+    xs, k, stride, padding, dilation = case
+    c = xs[1]
+    x = torch.randn(xs).to(dtype)
+    w = (torch.randn(c, 1, k, k) / k).to(dtype)
+    attrs = {"strides": [stride] * 2, "pads": [padding] * 2, "dilations": [dilation] * 2}
+    attrs.update(groups=c, layout=layout, tactic=DEPTHWISE_TACTIC)
+    inputs = [x, w]
+    want = F.conv2d(x.double(), w.double(), None, stride, padding, dilation, c)
+    if epilogue != "none":
+        b = torch.randn(c).to(dtype)
+        inputs.append(b)
+        want = want + b.double().view(1, c, 1, 1)
+    if epilogue == "bias_residual_relu":
+        r = torch.randn(want.shape).to(dtype)
+        inputs.append(r)
+        want = F.relu(want + r.double())
+        attrs.update(activation="relu", residual=1)
+    elif epilogue == "bias_hardswish":
+        want = F.hardswish(want)
+        attrs["activation"] = "hardswish"
+    stored = list(inputs)
+    if layout == "nhwc":
+        stored[0], stored[1] = to_last(inputs[0]), to_last(inputs[1])
+        if epilogue == "bias_residual_relu":
+            stored[-1] = to_last(inputs[-1])
+        want = to_last(want)
+    add = lambda net, *t: net.add_layer("convolution", list(t), attrs, "dw")  # noqa: E731
+    got = run_layer(add, stored, "cuda")
+    assert got.dtype == dtype
+    tol = gpu_tolerance(dtype, k * k)
+    torch.testing.assert_close(got.double(), want.to(dtype).double(), **tol)
+
+
+@pytest.mark.gpu
+def test_depthwise_tactic_refuses_other_convolutions():
+    x, w = torch.randn(1, 4, 6, 6), torch.randn(8, 2, 3, 3)
+    attrs = {"groups": 2, "tactic": DEPTHWISE_TACTIC}
+    add = lambda net, *t: net.add_layer("convolution", list(t), attrs, "grouped")  # noqa: E731
+    with pytest.raises(kiln.KilnError, match="grouped.*depthwise kernel.*one filter per channel"):
+        run_layer(add, [x, w], "cuda")
+
+
+@pytest.mark.gpu
+def test_depthwise_tactic_kernel_name():
+    net = kiln.Network()
+    x = net.add_input("x", "float16", [1, 8, 5, 5])
+    w = net.add_constant(torch.randn(8, 1, 3, 3).half(), "w")
+    attrs = {"groups": 8, "pads": [1, 1], "tactic": DEPTHWISE_TACTIC}
+    y = net.add_layer("convolution", [x, w], attrs).output
+    net.mark_output(y, "y")
+    config = kiln.BuilderConfig(target="cuda", tactic_timing=False)  # keeps the layer's tactic
+    engine = kiln.Engine(kiln.Builder().build(net, config), backend="cuda")
+    assert "cuda_depthwise_convolution" in "\n".join(engine.describe_layers())
 
 
 @pytest.mark.gpu

@@ -1,0 +1,30 @@
+// Kiln's own depthwise convolution (depthwise_convolution.cu): 2d, one filter per channel (groups =
+// C in = C out), any kernel size, stride, padding and dilation, channels first or last, with the
+// convolution epilogue y = act(conv + bias + residual) fused. The convolution kernel
+// (convolution.cu) offers it as one more tactic next to cuDNN's algorithms: on mobilenet_v3's
+// depthwise layers cuDNN's grouped kernels were the slowest part of the model in float16 NHWC.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/dtype.h"
+#include "kernels/cuda/activation_math.cuh"
+
+namespace kiln {
+
+struct DepthwiseParams {
+  int64_t n = 0, c = 0, h = 0, w = 0, oh = 0, ow = 0;  // channels-first sizes of x and y
+  int kh = 0, kw = 0, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
+  bool channels_last = false;  // x, y and the residual stored [N, H, W, C]; else [N, C, H, W]
+  ActivationParams act{};
+  bool activate = false;
+};
+
+// x [C, 1, kh, kw] weights (channels last: [C, kh, kw, 1], the same bytes); bias [C] or null;
+// residual shaped like y or null. float32, float16 or bfloat16; accumulation in float.
+void launch_depthwise_convolution(const DepthwiseParams& p, DataType dtype, const void* x, const void* w,
+                                  const void* bias, const void* residual, void* y, cudaStream_t stream);
+
+}  // namespace kiln
