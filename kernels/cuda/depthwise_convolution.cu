@@ -4,7 +4,10 @@
 // Channels last: threadIdx.x walks the channels in vectors of V elements (up to 16 bytes: one
 // load per tap covers V channels, and adjacent threads read adjacent vectors), threadIdx.y and the
 // grid walk the output pixels. The block's weights sit in shared memory as float, [tap][j][x]
-// (vector element j of thread x), so the reads are conflict-free.
+// (vector element j of thread x), so the reads are conflict-free. Square 3x3 and 5x5 filters with
+// stride 1 or 2 and no dilation (mobilenet's) take a register-blocked variant: a thread computes
+// kPixels adjacent output pixels of a row; per filter row it loads the input segment they share
+// once (converted to float once) and each weight vector once for all of them.
 // Channels first: one block per (sample, channel, tile of output pixels); threads walk the pixels,
 // the channel's weights are in shared memory.
 // Both finish with the epilogue in float: + bias[c], + residual, activation.
@@ -34,14 +37,12 @@ __device__ __forceinline__ float finish(const DepthwiseParams& p, float acc, con
   return p.activate ? activate(p.act, acc) : acc;
 }
 
+constexpr int kPixels = 4;  // output pixels per thread in the register-blocked kernel
+
 template <typename T, int V>
-__global__ void __launch_bounds__(kThreads)
-    depthwise_nhwc_kernel(DepthwiseParams p, const T* __restrict__ x, const T* __restrict__ w,
-                          const T* __restrict__ bias, const T* __restrict__ residual, T* __restrict__ y) {
-  extern __shared__ float w_smem[];  // [tap][j][threadIdx.x]
+__device__ __forceinline__ void load_weights_nhwc(const DepthwiseParams& p, const T* __restrict__ w, float* w_smem,
+                                                  int64_t v0) {
   const int taps = p.kh * p.kw, bx = blockDim.x;
-  const int64_t vecs = p.c / V;
-  const int64_t v0 = int64_t{blockIdx.y} * bx;  // the block's first channel vector
   const int tid = threadIdx.y * bx + threadIdx.x;
   for (int i = tid; i < taps * V * bx; i += bx * blockDim.y) {
     const int tx = i % bx, j = i / bx % V, tap = i / (bx * V);
@@ -49,6 +50,87 @@ __global__ void __launch_bounds__(kThreads)
     w_smem[i] = c < p.c ? to_float(w[c * taps + tap]) : 0.f;
   }
   __syncthreads();
+}
+
+// K x K filter, stride S, dilation 1; thread (x, y) computes channel vector x of kPixels adjacent
+// output pixels [ox0, ox0 + kPixels) of one output row.
+template <typename T, int V, int K, int S>
+__global__ void __launch_bounds__(kThreads)
+    depthwise_nhwc_blocked_kernel(DepthwiseParams p, const T* __restrict__ x, const T* __restrict__ w,
+                                  const T* __restrict__ bias, const T* __restrict__ residual, T* __restrict__ y) {
+  constexpr int kSegment = (kPixels - 1) * S + K;  // input columns the thread's pixels read per row
+  extern __shared__ float w_smem[];                // [tap][j][threadIdx.x]
+  const int bx = blockDim.x;
+  const int64_t v0 = int64_t{blockIdx.y} * bx;
+  load_weights_nhwc<T, V>(p, w, w_smem, v0);
+  const int64_t vec = v0 + threadIdx.x;
+  if (vec >= p.c / V) return;
+  const int64_t groups_per_row = (p.ow + kPixels - 1) / kPixels;
+  const int64_t groups = p.n * p.oh * groups_per_row;
+  for (int64_t gi = int64_t{blockIdx.x} * blockDim.y + threadIdx.y; gi < groups;
+       gi += int64_t{gridDim.x} * blockDim.y) {
+    const int64_t ox0 = gi % groups_per_row * kPixels, rest = gi / groups_per_row;
+    const int64_t oy = rest % p.oh, n = rest / p.oh;
+    float acc[kPixels][V];
+#pragma unroll
+    for (int q = 0; q < kPixels; ++q) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) acc[q][j] = 0.f;
+    }
+    const int64_t ix0 = ox0 * S - p.pad_w;
+#pragma unroll 1
+    for (int r = 0; r < K; ++r) {
+      const int64_t iy = oy * S - p.pad_h + r;
+      if (iy < 0 || iy >= p.h) continue;
+      const T* row = x + ((n * p.h + iy) * p.w) * p.c + vec * V;
+      float seg[kSegment][V];
+#pragma unroll
+      for (int l = 0; l < kSegment; ++l) {
+        const int64_t ix = ix0 + l;
+        if (ix >= 0 && ix < p.w) {
+          const Pack<T, V> in = *reinterpret_cast<const Pack<T, V>*>(row + ix * p.c);
+#pragma unroll
+          for (int j = 0; j < V; ++j) seg[l][j] = to_float(in.v[j]);
+        } else {
+#pragma unroll
+          for (int j = 0; j < V; ++j) seg[l][j] = 0.f;
+        }
+      }
+#pragma unroll
+      for (int s = 0; s < K; ++s) {
+        const float* wt = w_smem + (r * K + s) * V * bx + threadIdx.x;
+        float wv[V];
+#pragma unroll
+        for (int j = 0; j < V; ++j) wv[j] = wt[j * bx];
+#pragma unroll
+        for (int q = 0; q < kPixels; ++q) {
+#pragma unroll
+          for (int j = 0; j < V; ++j) acc[q][j] = fmaf(seg[q * S + s][j], wv[j], acc[q][j]);
+        }
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < kPixels; ++q) {
+      if (ox0 + q >= p.ow) break;
+      const int64_t at = (((n * p.oh + oy) * p.ow) + ox0 + q) * p.c + vec * V;
+      Pack<T, V> out;
+#pragma unroll
+      for (int j = 0; j < V; ++j)
+        out.v[j] = from_float<T>(finish(p, acc[q][j], bias, residual, vec * V + j, at + j));
+      *reinterpret_cast<Pack<T, V>*>(y + at) = out;
+    }
+  }
+}
+
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads)
+    depthwise_nhwc_kernel(DepthwiseParams p, const T* __restrict__ x, const T* __restrict__ w,
+                          const T* __restrict__ bias, const T* __restrict__ residual, T* __restrict__ y) {
+  extern __shared__ float w_smem[];  // [tap][j][threadIdx.x]
+  const int bx = blockDim.x;
+  const int64_t vecs = p.c / V;
+  const int64_t v0 = int64_t{blockIdx.y} * bx;  // the block's first channel vector
+  load_weights_nhwc<T, V>(p, w, w_smem, v0);
   const int64_t vec = v0 + threadIdx.x;
   if (vec >= vecs) return;
   const int64_t pixels = p.n * p.oh * p.ow;
@@ -116,11 +198,22 @@ void launch_nhwc(const DepthwiseParams& p, const T* x, const T* w, const T* bias
   int bx = static_cast<int>(std::min<int64_t>(vecs, 32));
   while (bx > 1 && sizeof(float) * taps * V * bx > kMaxSmem) bx /= 2;
   const int by = kThreads / bx;
-  const int64_t pixels = p.n * p.oh * p.ow;
-  const dim3 grid(static_cast<unsigned>(std::min<int64_t>((pixels + by - 1) / by, 65535)),
-                  static_cast<unsigned>((vecs + bx - 1) / bx));
+  const size_t smem = sizeof(float) * taps * V * bx;
+  const unsigned channel_blocks = static_cast<unsigned>((vecs + bx - 1) / bx);
+  auto grid_for_items = [&](int64_t items) {
+    return dim3(static_cast<unsigned>(std::min<int64_t>((items + by - 1) / by, 65535)), channel_blocks);
+  };
+  const bool plain = p.kh == p.kw && p.dil_h == 1 && p.dil_w == 1 && p.stride_h == p.stride_w;
+  const int64_t row_groups = p.n * p.oh * ((p.ow + kPixels - 1) / kPixels);
+  auto blocked = [&](auto kernel) {
+    kernel<<<grid_for_items(row_groups), dim3(bx, by), smem, stream>>>(p, x, w, bias, residual, y);
+  };
+  if (plain && p.kh == 3 && p.stride_h == 1) return blocked(depthwise_nhwc_blocked_kernel<T, V, 3, 1>);
+  if (plain && p.kh == 3 && p.stride_h == 2) return blocked(depthwise_nhwc_blocked_kernel<T, V, 3, 2>);
+  if (plain && p.kh == 5 && p.stride_h == 1) return blocked(depthwise_nhwc_blocked_kernel<T, V, 5, 1>);
+  if (plain && p.kh == 5 && p.stride_h == 2) return blocked(depthwise_nhwc_blocked_kernel<T, V, 5, 2>);
   depthwise_nhwc_kernel<T, V>
-      <<<grid, dim3(bx, by), sizeof(float) * taps * V * bx, stream>>>(p, x, w, bias, residual, y);
+      <<<grid_for_items(p.n * p.oh * p.ow), dim3(bx, by), smem, stream>>>(p, x, w, bias, residual, y);
 }
 
 template <typename T>

@@ -33,7 +33,7 @@ enum ArgOp : int { kArgmax, kArgmin };
 // Below this many outputs a thread per output leaves the GPU idle: use a block per output.
 constexpr int64_t kThreadPerOutputMin = 1024;
 // From this many reduced elements per output on, a kept innermost dim takes the column tile.
-constexpr int64_t kColumnTileMinReduced = 64;
+constexpr int64_t kColumnTileMinReduced = 32;
 constexpr int kTileRows = 32;
 
 // The accumulator of an element type: float for floating types, long long for integers.
