@@ -187,9 +187,8 @@ class LayoutRewriter {
   // gets zero rows for the new channels, which adds nothing to any output.
   void pad_few_channels(const Layer& l, std::vector<TensorId>& inputs) {
     constexpr int64_t kMinChannels = 8;
-    const Tensor& x = net_.tensor(inputs[0]);
-    const Tensor& w = net_.tensor(inputs[1]);
-    const int64_t c = x.dims[3];
+    const int64_t c = net_.tensor(inputs[0]).dims[3];
+    const Tensor w = net_.tensor(inputs[1]);  // a copy: add_layer below may move the tensor list
     if (c <= 0 || c >= kMinChannels || l.attrs.get_int("groups", int64_t{1}) != 1 || w.dims[3] != c) return;
     Attributes attrs;
     attrs.set("pads", std::vector<int64_t>{0, kMinChannels - c});  // torch order: last dim first

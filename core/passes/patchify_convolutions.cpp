@@ -1,6 +1,8 @@
 // patchify_convolutions: a 2-D convolution whose stride equals its kernel (no padding, dilation
 // or groups, the input's spatial dims multiples of the kernel) cuts the image into disjoint
-// patches: it is one GEMM over the patches (ViT's patch embedding, 16x16 stride 16).
+// patches: it is one GEMM over the patches (ViT's patch embedding, 16x16 stride 16). A 1x1
+// convolution of a 1x1 image (squeeze-and-excitation's) is the degenerate case: a GEMM over the
+// batch, its transposes move only unit dims (views).
 //
 //   y = convolution(x [N, C, H, W], w [K, C, kh, kw], bias)
 //     -> p = transpose(reshape(x, [N, C, Ho, kh, Wo, kw]), [0, 2, 4, 1, 3, 5])   [N, Ho, Wo, C, kh, kw]
@@ -34,7 +36,11 @@ bool is_patch_convolution(const Network& net, const Layer& l) {
   if (g.groups != 1) return false;
   for (int d = 0; d < 2; ++d) {
     const int64_t k = w[2 + d], in = x[2 + d];
-    if (k <= 1 || g.strides[d] != k || g.pads[d] != 0 || g.dilations[d] != 1) return false;
+    // 1x1 only on a 1x1 image (squeeze-and-excitation): elsewhere cuDNN's pointwise convolution
+    // needs no layout change and the GEMM would.
+    if ((k <= 1 && !(k == 1 && in == 1)) || g.strides[d] != k || g.pads[d] != 0 || g.dilations[d] != 1) {
+      return false;
+    }
     if (in == kDynamic || in % k != 0) return false;
   }
   return x[1] == w[1] && x[1] != kDynamic;

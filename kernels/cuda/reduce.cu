@@ -175,8 +175,16 @@ __global__ void __launch_bounds__(32 * kTileRows)
   A acc = identity_of<A>(pass_op);
   if (o < g.num_out) {
     const T* row = x + axes_offset(g.kept, o);
-    for (int64_t r = threadIdx.y; r < g.num_red; r += kTileRows)
-      acc = combine(pass_op, acc, Acc::load(row[axes_offset(g.red, r)]));
+    // Four loads in flight per thread (a dependent load-add chain would wait on each one).
+    int64_t r = threadIdx.y;
+    for (; r + 3 * kTileRows < g.num_red; r += 4 * kTileRows) {
+      A v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) v[u] = Acc::load(row[axes_offset(g.red, r + u * kTileRows)]);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) acc = combine(pass_op, acc, v[u]);
+    }
+    for (; r < g.num_red; r += kTileRows) acc = combine(pass_op, acc, Acc::load(row[axes_offset(g.red, r)]));
   }
   partial[threadIdx.y][threadIdx.x] = acc;
   __syncthreads();

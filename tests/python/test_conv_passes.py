@@ -198,7 +198,8 @@ def test_fuse_conv_epilogue_no_change_cases():
 def test_layouts_keep_fp16_conv_chain_channels_last():
     # conv-relu-maxpool-conv, an SE-like gate (global pool, 1x1 conv, sigmoid, broadcast mul),
     # conv, global avg pool, then flatten + fc: everything up to the pool runs channels last, with
-    # one transpose in (after the cast to float16) and one out (before flatten).
+    # one transpose in (after the cast to float16) and one out (before flatten, a view: the pooled
+    # image is 1x1).
     net = kiln.Network()
     x = net.add_input("x", "float32", [-1, 4, 9, 9])
     a = net.add_convolution(x, conv_weight(8, 4), torch.randn(8), padding=1, name="c1")
@@ -215,10 +216,16 @@ def test_layouts_keep_fp16_conv_chain_channels_last():
     net.mark_output(net.add_fully_connected(f, torch.randn(5, 3), name="fc"), "y")
     profile = {"x": ([1, 4, 9, 9], [2, 4, 9, 9], [3, 4, 9, 9])}
     plan = build(net, precisions=["fp32", "fp16"], profile=profile)
-    for name in ["c1", "maxpool", "c2", "se_pool", "c_gate", "c3", "gap"]:
+    for name in ["c1", "maxpool", "c2", "se_pool", "c3", "gap"]:
         assert layer_named(plan, name)["attrs"]["layout"] == "nhwc", name
-    transposes = [layer["name"] for layer in plan.layers() if layer["op"] == "transpose"]
-    assert transposes == ["x/to_float16/to_nhwc", "gap/to_nchw"]
+    # The gate's 1x1 convolution of a 1x1 image is a GEMM (patchify_convolutions); its unit-dim
+    # transposes are views.
+    assert ops(plan).count("fully_connected") == 2
+    # One transpose copies (in, after the cast to float16); the others move only unit dims (the
+    # pooled [N, 1, 1, C] tensors) and are views.
+    transposes = [layer for layer in plan.layers() if layer["op"] == "transpose"]
+    assert [t["name"] for t in transposes if not t["attrs"].get("alias")] == ["x/to_float16/to_nhwc"]
+    assert "gap/to_nchw" in [t["name"] for t in transposes]
     assert layer_named(plan, "mul")["outputs"][0][2] == [-1, 5, 5, 8]
     plain = build(net, level=0, precisions=["fp32", "fp16"], profile=profile)
     assert "transpose" not in ops(plain)
@@ -246,10 +253,10 @@ def test_layouts_renumber_squeeze_excitation_mean():
     se_mean = layer_named(plan, "se_mean")
     assert se_mean["attrs"]["axes"] == [2, 1] and se_mean["outputs"][0][2] == [2, 1, 1, 6]
     assert layer_named(plan, "flat_sum")["attrs"]["axes"] == [1]
-    assert [layer["name"] for layer in plan.layers() if layer["op"] == "transpose"] == [
-        "x/to_nhwc",
-        "scale/to_nchw",
-    ]
+    # Copies in and out; the gate (fc1 became a GEMM) moves only unit dims: views.
+    transposes = [layer for layer in plan.layers() if layer["op"] == "transpose"]
+    copies = [t["name"] for t in transposes if not t["attrs"].get("alias")]
+    assert copies == ["x/to_nhwc", "scale/to_nchw"], copies
     feed = {"x": torch.randn(2, 6, 5, 7).half()}
     want = run(build(net, level=0), feed)["y"]
     torch.testing.assert_close(run(plan, feed)["y"], want, rtol=1e-2, atol=1e-2)
@@ -428,6 +435,23 @@ def test_patchify_convolution_no_change_cases(hw, k, stride, padding):
         net.add_convolution(x, conv_weight(8, 3, k, k), stride=stride, padding=padding), "y"
     )
     assert "convolution" in ops(build(net))
+
+
+@pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_squeeze_excitation_convolutions_become_gemms(target):
+    # A 1x1 convolution of a 1x1 image (the squeeze-and-excitation MLP) is a GEMM over the batch;
+    # its reshapes and unit-dim transposes are views.
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [3, 8, 1, 1])
+    h = net.add_activation(net.add_convolution(x, conv_weight(4, 8, 1, 1), torch.randn(4)), "relu")
+    g = net.add_activation(net.add_convolution(h, conv_weight(8, 4, 1, 1), torch.randn(8)), "hardsigmoid")
+    net.mark_output(g, "y")
+    plan = build(net, target=target)
+    got_ops = ops(plan)
+    assert "convolution" not in got_ops and got_ops.count("fully_connected") == 2, got_ops
+    feed = {"x": torch.randn(3, 8, 1, 1)}
+    want = run(build(net, level=0), feed)["y"]
+    torch.testing.assert_close(run(plan, feed, target)["y"], want, **FOLD_TOL)
 
 
 def test_patch_embedding_transposes_cancel():

@@ -33,6 +33,7 @@ SHAPES = [
     ((5, 0, 3), (1, 3)),
     ((2, 3, 1, 1), (1, 1, 4, 5)),
     ((4, 6, 7, 10), (4, 1, 1, 10)),  # channels-last scale: the CUDA kernel merges dims 1-2
+    ((2, 5, 3, 16), (2, 1, 1, 16)),  # ... and reads 16-byte vectors (C a multiple of 8)
     ((3, 1, 1, 2, 5), (1, 4, 6, 2, 1)),
 ]
 
