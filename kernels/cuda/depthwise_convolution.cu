@@ -42,12 +42,15 @@ constexpr int kPixels = 4;  // output pixels per thread in the register-blocked 
 template <typename T, int V>
 __device__ __forceinline__ void load_weights_nhwc(const DepthwiseParams& p, const T* __restrict__ w, float* w_smem,
                                                   int64_t v0) {
+  // The block's channels' weights are one contiguous run of the weight tensor: read it in order
+  // (coalesced) and scatter into the [tap][j][x] layout.
   const int taps = p.kh * p.kw, bx = blockDim.x;
   const int tid = threadIdx.y * bx + threadIdx.x;
+  const int64_t c0 = v0 * V;
   for (int i = tid; i < taps * V * bx; i += bx * blockDim.y) {
-    const int tx = i % bx, j = i / bx % V, tap = i / (bx * V);
-    const int64_t c = (v0 + tx) * V + j;
-    w_smem[i] = c < p.c ? to_float(w[c * taps + tap]) : 0.f;
+    const int local = i / taps, tap = i - local * taps;  // channel c0 + local
+    const int tx = local / V, j = local - tx * V;
+    w_smem[(tap * V + j) * bx + tx] = c0 + local < p.c ? to_float(w[c0 * taps + i]) : 0.f;
   }
   __syncthreads();
 }
@@ -200,8 +203,14 @@ void launch_nhwc(const DepthwiseParams& p, const T* x, const T* w, const T* bias
   const int by = kThreads / bx;
   const size_t smem = sizeof(float) * taps * V * bx;
   const unsigned channel_blocks = static_cast<unsigned>((vecs + bx - 1) / bx);
+  // Up to kItemsPerThread work items per thread (the block's weight staging is paid once for
+  // them), unless that leaves fewer than kMinBlocks blocks.
+  constexpr int64_t kItemsPerThread = 4, kMinBlocks = 512;
   auto grid_for_items = [&](int64_t items) {
-    return dim3(static_cast<unsigned>(std::min<int64_t>((items + by - 1) / by, 65535)), channel_blocks);
+    const int64_t one_each = (items + by - 1) / by;
+    const int64_t spread = std::max<int64_t>((one_each + kItemsPerThread - 1) / kItemsPerThread,
+                                             (kMinBlocks + channel_blocks - 1) / channel_blocks);
+    return dim3(static_cast<unsigned>(std::min<int64_t>({one_each, spread, 65535})), channel_blocks);
   };
   const bool plain = p.kh == p.kw && p.dil_h == 1 && p.dil_w == 1 && p.stride_h == p.stride_w;
   const int64_t row_groups = p.n * p.oh * ((p.ow + kPixels - 1) / kPixels);
