@@ -168,7 +168,8 @@ __device__ __forceinline__ void split_tf32(float x, uint32_t& big, uint32_t& sma
 }
 
 // c += a (16x8) * b (8x8) on TF32 operands, FP32 accumulators.
-__device__ __forceinline__ void mma_1688_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+__device__ __forceinline__ void mma_1688_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                              uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile(
       "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
@@ -294,7 +295,8 @@ __device__ __forceinline__ void tile_scores(float (&s)[kBlockN / 8][4], const QF
     if constexpr (std::is_same_v<T, float>) {
       const float* k = k_tile + (nt * 8 + lane / 4) * kLd + lane % 4;  // key g, column c
 #pragma unroll
-      for (int kk = 0; kk < D / 8; ++kk) mma_1688_3xtf32(s[nt], qf.big[kk], qf.small[kk], k[kk * 8], k[kk * 8 + 4]);
+      for (int kk = 0; kk < D / 8; ++kk)
+        mma_1688_3xtf32(s[nt], qf.big[kk], qf.small[kk], k[kk * 8], k[kk * 8 + 4]);
     } else {
 #pragma unroll
       for (int kk = 0; kk < D / 16; kk += 2) {
@@ -309,8 +311,8 @@ __device__ __forceinline__ void tile_scores(float (&s)[kBlockN / 8][4], const QF
 
 // o += P V over one V tile, P = the probabilities in the S accumulators.
 template <typename T, int D>
-__device__ __forceinline__ void tile_pv(float (&o)[D / 8][4], const float (&s)[kBlockN / 8][4], const T* v_tile,
-                                        int lane) {
+__device__ __forceinline__ void tile_pv(float (&o)[D / 8][4], const float (&s)[kBlockN / 8][4],
+                                        const T* v_tile, int lane) {
   constexpr int kLd = Tile<T, D>::kLd;
   if constexpr (std::is_same_v<T, float>) {
 #pragma unroll

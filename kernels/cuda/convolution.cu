@@ -166,11 +166,12 @@ class CudnnConvolution final : public Kernel {
     const Dims yd = channels_last_ ? channels_first_dims(y.dims) : y.dims;
     const bool two_d = xd.size() == 4;
     const ConvGeometry g = conv_geometry(layer_, static_cast<int>(xd.size()) - 2);
-    KILN_CHECK(two_d && g.groups == xd[1] && wd[0] == xd[1] && wd[1] == 1 && wd[2] * wd[3] <= kDepthwiseMaxTaps,
-               who_ << ": tactic " << kDepthwiseTactic << " (Kiln's depthwise kernel) needs a 2d convolution "
-                    << "with one filter per channel (groups = input channels = output channels) of at most "
-                    << kDepthwiseMaxTaps << " taps; got input " << to_string(x.dims) << ", weight "
-                    << to_string(w.dims) << ", groups " << g.groups << "; take another tactic");
+    KILN_CHECK(
+        two_d && g.groups == xd[1] && wd[0] == xd[1] && wd[1] == 1 && wd[2] * wd[3] <= kDepthwiseMaxTaps,
+        who_ << ": tactic " << kDepthwiseTactic << " (Kiln's depthwise kernel) needs a 2d convolution "
+             << "with one filter per channel (groups = input channels = output channels) of at most "
+             << kDepthwiseMaxTaps << " taps; got input " << to_string(x.dims) << ", weight "
+             << to_string(w.dims) << ", groups " << g.groups << "; take another tactic");
     DepthwiseParams p;
     p.n = xd[0];
     p.c = xd[1];

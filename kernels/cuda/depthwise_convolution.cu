@@ -40,8 +40,8 @@ __device__ __forceinline__ float finish(const DepthwiseParams& p, float acc, con
 constexpr int kPixels = 4;  // output pixels per thread in the register-blocked kernel
 
 template <typename T, int V>
-__device__ __forceinline__ void load_weights_nhwc(const DepthwiseParams& p, const T* __restrict__ w, float* w_smem,
-                                                  int64_t v0) {
+__device__ __forceinline__ void load_weights_nhwc(const DepthwiseParams& p, const T* __restrict__ w,
+                                                  float* w_smem, int64_t v0) {
   // The block's channels' weights are one contiguous run of the weight tensor: read it in order
   // (coalesced) and scatter into the [tap][j][x] layout.
   const int taps = p.kh * p.kw, bx = blockDim.x;
@@ -60,7 +60,8 @@ __device__ __forceinline__ void load_weights_nhwc(const DepthwiseParams& p, cons
 template <typename T, int V, int K, int S>
 __global__ void __launch_bounds__(kThreads)
     depthwise_nhwc_blocked_kernel(DepthwiseParams p, const T* __restrict__ x, const T* __restrict__ w,
-                                  const T* __restrict__ bias, const T* __restrict__ residual, T* __restrict__ y) {
+                                  const T* __restrict__ bias, const T* __restrict__ residual,
+                                  T* __restrict__ y) {
   constexpr int kSegment = (kPixels - 1) * S + K;  // input columns the thread's pixels read per row
   extern __shared__ float w_smem[];                // [tap][j][threadIdx.x]
   const int bx = blockDim.x;
@@ -150,7 +151,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int s = 0; s < p.kw; ++s) {
         const int64_t ix = ox * p.stride_w - p.pad_w + int64_t{s} * p.dil_w;
         if (ix < 0 || ix >= p.w) continue;
-        const Pack<T, V> in = *reinterpret_cast<const Pack<T, V>*>(x + ((n * p.h + iy) * p.w + ix) * p.c + vec * V);
+        const Pack<T, V> in =
+            *reinterpret_cast<const Pack<T, V>*>(x + ((n * p.h + iy) * p.w + ix) * p.c + vec * V);
         const float* wt = w_smem + (r * p.kw + s) * V * bx + threadIdx.x;
 #pragma unroll
         for (int j = 0; j < V; ++j) acc[j] = fmaf(to_float(in.v[j]), wt[j * bx], acc[j]);
@@ -159,7 +161,8 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t at = pix * p.c + vec * V;
     Pack<T, V> out;
 #pragma unroll
-    for (int j = 0; j < V; ++j) out.v[j] = from_float<T>(finish(p, acc[j], bias, residual, vec * V + j, at + j));
+    for (int j = 0; j < V; ++j)
+      out.v[j] = from_float<T>(finish(p, acc[j], bias, residual, vec * V + j, at + j));
     *reinterpret_cast<Pack<T, V>*>(y + at) = out;
   }
 }
@@ -236,7 +239,8 @@ void launch_typed(const DepthwiseParams& p, const void* xv, const void* wv, cons
     constexpr int kWide = 16 / sizeof(T);
     auto fits = [&](int v) {
       const size_t bytes = sizeof(T) * v;
-      return p.c % v == 0 && aligned(x, bytes) && aligned(y, bytes) && (!residual || aligned(residual, bytes));
+      return p.c % v == 0 && aligned(x, bytes) && aligned(y, bytes) &&
+             (!residual || aligned(residual, bytes));
     };
     if (fits(kWide)) return launch_nhwc<T, kWide>(p, x, w, bias, residual, y, stream);
     if (fits(2)) return launch_nhwc<T, 2>(p, x, w, bias, residual, y, stream);

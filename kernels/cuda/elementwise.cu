@@ -200,8 +200,9 @@ __global__ void binary_broadcast(int op, const T* __restrict__ a, BroadcastIndex
 // Sixteen bytes of output per thread: both inputs run contiguously along the innermost dim, whose
 // size is a multiple of the vector (x [N, H*W, C] * s [N, 1, C]); offsets are computed per vector.
 template <typename T>
-__global__ void binary_broadcast_vec(int op, const T* __restrict__ a, BroadcastIndexer ia, const T* __restrict__ b,
-                                     BroadcastIndexer ib, T* __restrict__ y, int32_t vectors) {
+__global__ void binary_broadcast_vec(int op, const T* __restrict__ a, BroadcastIndexer ia,
+                                     const T* __restrict__ b, BroadcastIndexer ib, T* __restrict__ y,
+                                     int32_t vectors) {
   using V = Vec16<T>;
   for (int32_t i = blockIdx.x * static_cast<int32_t>(blockDim.x) + threadIdx.x; i < vectors;
        i += static_cast<int32_t>(gridDim.x) * blockDim.x) {
@@ -292,8 +293,8 @@ class CudaElementwise final : public Kernel {
       constexpr int kVec = 16 / sizeof(T);
       const int r = ia.rank;
       const bool vec = std::is_same_v<T, U> && sizeof(T) <= 4 && r > 0 && ia.out_dims[r - 1] % kVec == 0 &&
-                       ia.in_strides[r - 1] == 1 && ib.in_strides[r - 1] == 1 && aligned16(a) && aligned16(b) &&
-                       aligned16(y) && n < (int64_t{1} << 30);
+                       ia.in_strides[r - 1] == 1 && ib.in_strides[r - 1] == 1 && aligned16(a) &&
+                       aligned16(b) && aligned16(y) && n < (int64_t{1} << 30);
       const unsigned grid = grid_for(n, kBlock);
       if (vec) {
         if constexpr (std::is_same_v<T, U> && sizeof(T) <= 4) {

@@ -224,7 +224,9 @@ def test_layouts_keep_fp16_conv_chain_channels_last():
     # One transpose copies (in, after the cast to float16); the others move only unit dims (the
     # pooled [N, 1, 1, C] tensors) and are views.
     transposes = [layer for layer in plan.layers() if layer["op"] == "transpose"]
-    assert [t["name"] for t in transposes if not t["attrs"].get("alias")] == ["x/to_float16/to_nhwc"]
+    assert [t["name"] for t in transposes if not t["attrs"].get("alias")] == [
+        "x/to_float16/to_nhwc"
+    ]
     assert "gap/to_nchw" in [t["name"] for t in transposes]
     assert layer_named(plan, "mul")["outputs"][0][2] == [-1, 5, 5, 8]
     plain = build(net, level=0, precisions=["fp32", "fp16"], profile=profile)
@@ -444,7 +446,9 @@ def test_squeeze_excitation_convolutions_become_gemms(target):
     net = kiln.Network()
     x = net.add_input("x", "float32", [3, 8, 1, 1])
     h = net.add_activation(net.add_convolution(x, conv_weight(4, 8, 1, 1), torch.randn(4)), "relu")
-    g = net.add_activation(net.add_convolution(h, conv_weight(8, 4, 1, 1), torch.randn(8)), "hardsigmoid")
+    g = net.add_activation(
+        net.add_convolution(h, conv_weight(8, 4, 1, 1), torch.randn(8)), "hardsigmoid"
+    )
     net.mark_output(g, "y")
     plan = build(net, target=target)
     got_ops = ops(plan)
