@@ -52,19 +52,20 @@ class CMakeBuild(build_ext):
                 target.mkdir(parents=True, exist_ok=True)
                 libs = [
                     build_dir / "core" / "libkiln_core.so",
+                    build_dir / "driver" / "libkiln_compiler.so",
                     *build_dir.glob("runtime/libkiln_runtime.so"),  # absent without torch
                     *build_dir.glob("torchscript/libkiln_torchscript.so"),
                     *build_dir.glob("py/_C*.so"),
+                    *build_dir.glob("py/_torchscript*.so"),  # absent without torch
                 ]
                 for lib in libs:
                     if (target / lib.name).resolve() != lib.resolve():
                         shutil.copy2(lib, target / lib.name)
-                # the TorchScript C++ API header, for Kiln::torchscript
+                # the TorchScript C++ API headers, for Kiln::torchscript
                 if (build_dir / "torchscript").exists():
-                    (target / "include" / "torchscript").mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(
-                        ROOT / "torchscript" / "compile.h", target / "include" / "torchscript"
-                    )
+                    for header in ("torchscript/compile.h", "driver/compile_options.h"):
+                        (target / "include" / header).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(ROOT / header, target / "include" / header)
                 # find_package(Kiln) for LibTorch apps (kiln.cmake_prefix_path), with the runtime
                 package = target / "share" / "cmake" / "Kiln"
                 configs = sorted((build_dir / "cmake-package" / "python").glob("*.cmake"))

@@ -24,9 +24,12 @@ file(RELATIVE_PATH KILN_CONFIG_TO_INCLUDEDIR "/root/${_kiln_cmake_dir}" "/root/$
 configure_file("${PROJECT_SOURCE_DIR}/cmake/KilnConfig.cmake.in"
   "${_kiln_pkg}/install/KilnConfig.cmake" @ONLY)
 
-install(TARGETS kiln_core kiln_runtime kiln_torchscript LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}")
-# The TorchScript C++ API: torchscript/compile.h (it includes only torch headers).
+install(TARGETS kiln_core kiln_compiler kiln_runtime kiln_torchscript LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}")
+# The TorchScript C++ API: torchscript/compile.h (it includes torch headers and
+# driver/compile_options.h, which includes only standard headers).
 install(FILES "${PROJECT_SOURCE_DIR}/torchscript/compile.h"
   DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/kiln/torchscript")
+install(FILES "${PROJECT_SOURCE_DIR}/driver/compile_options.h"
+  DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/kiln/driver")
 install(FILES "${_kiln_pkg}/install/KilnConfig.cmake" "${_kiln_pkg}/KilnConfigVersion.cmake"
   DESTINATION "${_kiln_cmake_dir}")

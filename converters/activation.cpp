@@ -2,7 +2,7 @@
 #include <limits>
 
 #include "converters/converter_util.h"
-#include "converters/families.h"
+#include "converters/converter.h"
 
 namespace kiln {
 namespace {
@@ -23,11 +23,13 @@ void register_activation(const std::string& target, const std::string& type) {
 
 }  // namespace
 
-void register_activation_converters() {
+// Registered when the library loads; no central list names this file.
+const ConverterRegistration kRegistered([] {
   register_activation("aten.relu.default", "relu");
   register_activation("aten.sigmoid.default", "sigmoid");
   register_activation("aten.tanh.default", "tanh");
   register_activation("aten.silu.default", "silu");
+  register_activation("aten.selu.default", "selu");
 
   Converter gelu;
   gelu.target = "aten.gelu.default";
@@ -83,6 +85,6 @@ void register_activation_converters() {
   };
   register_clip("aten.hardtanh.default", "min_val", "max_val");
   register_clip("aten.clamp.default", "min", "max");
-}
+});
 
 }  // namespace kiln

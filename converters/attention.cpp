@@ -1,11 +1,12 @@
 // aten.scaled_dot_product_attention -> attention (kept out of the decompositions because a
 // converter exists, see py/kiln/compiler.py).
 #include "converters/converter_util.h"
-#include "converters/families.h"
+#include "converters/converter.h"
 
 namespace kiln {
 
-void register_attention_converters() {
+// Registered when the library loads; no central list names this file.
+const ConverterRegistration kRegistered([] {
   Converter c;
   c.target = "aten.scaled_dot_product_attention.default";
   c.capability = [](const KGraph& g, const KNode& n) -> std::string {
@@ -27,6 +28,6 @@ void register_attention_converters() {
   };
   c.limits = "dropout_p = 0; bool or additive mask, or is_causal; equal batch dims; D ≤ 256 on CUDA";
   register_converter(std::move(c));
-}
+});
 
 }  // namespace kiln

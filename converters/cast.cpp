@@ -1,11 +1,12 @@
 // dtype conversion: aten._to_copy (dtype only, same device) -> cast; aten.scalar_tensor -> a
 // rank-0 constant.
 #include "converters/converter_util.h"
-#include "converters/families.h"
+#include "converters/converter.h"
 
 namespace kiln {
 
-void register_cast_converters() {
+// Registered when the library loads; no central list names this file.
+const ConverterRegistration kRegistered([] {
   Converter to_copy;
   to_copy.target = "aten._to_copy.default";
   to_copy.capability = [](const KGraph& g, const KNode& n) -> std::string {
@@ -39,6 +40,6 @@ void register_cast_converters() {
   };
   scalar.limits = "a constant number with a dtype";
   register_converter(std::move(scalar));
-}
+});
 
 }  // namespace kiln

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "core/network.h"
+#include "ir/network.h"
 #include "lowering/kgraph.h"
 
 namespace kiln {
@@ -64,6 +64,12 @@ struct Converter {
 };
 
 void register_converter(Converter c);
+
+// A converter file's registration entry: runs `register_all` (its register_converter calls) when
+// the library loads, so no central list names converter files.
+struct ConverterRegistration {
+  explicit ConverterRegistration(void (*register_all)()) { register_all(); }
+};
 const Converter* find_converter(const std::string& target);
 std::vector<const Converter*> registered_converters();  // sorted by target
 

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "converters/converter.h"
-#include "core/error.h"
+#include "ir/error.h"
 
 namespace kiln {
 

@@ -1,10 +1,11 @@
 // aten.convolution -> convolution / deconvolution layers.
 #include "converters/converter_util.h"
-#include "converters/families.h"
+#include "converters/converter.h"
 
 namespace kiln {
 
-void register_convolution_converters() {
+// Registered when the library loads; no central list names this file.
+const ConverterRegistration kRegistered([] {
   Converter c;
   c.target = "aten.convolution.default";
   c.capability = [](const KGraph& g, const KNode& n) -> std::string {
@@ -35,6 +36,6 @@ void register_convolution_converters() {
   };
   c.limits = "1d/2d/3d, transposed too; static channel dim; floating dtypes";
   register_converter(std::move(c));
-}
+});
 
 }  // namespace kiln

@@ -3,7 +3,7 @@
 // constant of the promoted dtype) and Python's operator.add/sub/mul/floordiv on symbolic sizes (host scalars,
 // evaluated through tracked shape values).
 #include "converters/converter_util.h"
-#include "converters/families.h"
+#include "converters/converter.h"
 
 namespace kiln {
 namespace {
@@ -112,7 +112,8 @@ void register_promoted_binary(const std::string& target, const std::string& op, 
 
 }  // namespace
 
-void register_elementwise_converters() {
+// Registered when the library loads; no central list names this file.
+const ConverterRegistration kRegistered([] {
   const std::string same_dtype = "torch type promotion (casts inserted); a number operand becomes a constant";
   register_tensor_op("aten.add.Tensor", "add", same_dtype + "; alpha = 1");
   register_tensor_op("aten.sub.Tensor", "sub", same_dtype + "; alpha = 1");
@@ -198,6 +199,6 @@ void register_elementwise_converters() {
   };
   clamp.limits = "tensor bounds (either may be None); torch type promotion (casts inserted)";
   register_converter(std::move(clamp));
-}
+});
 
 }  // namespace kiln

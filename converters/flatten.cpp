@@ -2,11 +2,12 @@
 // dynamic). TorchScript graphs hold it as written; torch.export keeps it too now that a converter
 // takes it whole (compiler.py drops ops with converters from its decomposition table).
 #include "converters/converter_util.h"
-#include "converters/families.h"
+#include "converters/converter.h"
 
 namespace kiln {
 
-void register_flatten_converters() {
+// Registered when the library loads; no central list names this file.
+const ConverterRegistration kRegistered([] {
   Converter c;
   c.target = "aten.flatten.using_ints";
   c.capability = [](const KGraph& g, const KNode& n) -> std::string {
@@ -22,6 +23,6 @@ void register_flatten_converters() {
   };
   c.limits = "constant start_dim/end_dim";
   register_converter(std::move(c));
-}
+});
 
 }  // namespace kiln

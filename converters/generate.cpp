@@ -3,7 +3,7 @@
 // Symbolic sizes (an arange end, a full size list, full_like's input shape) become tracked shape
 // values, so the output follows dynamic dims.
 #include "converters/converter_util.h"
-#include "converters/families.h"
+#include "converters/converter.h"
 
 namespace kiln {
 namespace {
@@ -26,7 +26,8 @@ DataType output_dtype(const ConversionContext& ctx, const KNode& n) {
 
 }  // namespace
 
-void register_generate_converters() {
+// Registered when the library loads; no central list names this file.
+const ConverterRegistration kRegistered([] {
   Converter arange;
   arange.target = "aten.arange.start_step";
   arange.capability = [](const KGraph& g, const KNode& n) -> std::string {
@@ -110,6 +111,6 @@ void register_generate_converters() {
   };
   full_like.limits = "a constant fill value (memory_format ignored)";
   register_converter(std::move(full_like));
-}
+});
 
 }  // namespace kiln

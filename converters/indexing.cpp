@@ -8,7 +8,7 @@
 #include <limits>
 
 #include "converters/converter_util.h"
-#include "converters/families.h"
+#include "converters/converter.h"
 
 namespace kiln {
 namespace {
@@ -59,7 +59,8 @@ TensorId bound_tensor(ConversionContext& ctx, const KNode& n, const std::string&
 
 }  // namespace
 
-void register_indexing_converters() {
+// Registered when the library loads; no central list names this file.
+const ConverterRegistration kRegistered([] {
   Converter embedding;
   embedding.target = "aten.embedding.default";
   embedding.capability = [](const KGraph& g, const KNode& n) -> std::string {
@@ -253,6 +254,6 @@ void register_indexing_converters() {
   };
   cumsum.limits = "constant dim; bool/integer input accumulates in int64 (torch's result dtype)";
   register_converter(std::move(cumsum));
-}
+});
 
 }  // namespace kiln

@@ -1,6 +1,6 @@
 // Matrix products: aten.mm / bmm / matmul -> matmul; aten.addmm -> matmul + add.
 #include "converters/converter_util.h"
-#include "converters/families.h"
+#include "converters/converter.h"
 
 namespace kiln {
 namespace {
@@ -23,7 +23,8 @@ void register_product(const std::string& target, const char* a, const char* b, c
 
 }  // namespace
 
-void register_matmul_converters() {
+// Registered when the library loads; no central list names this file.
+const ConverterRegistration kRegistered([] {
   register_product("aten.mm.default", "self", "mat2", "floating dtypes");
   register_product("aten.bmm.default", "self", "mat2", "floating dtypes");
   register_product("aten.matmul.default", "self", "other", "floating dtypes; broadcasting batch dims");
@@ -45,6 +46,6 @@ void register_matmul_converters() {
   };
   addmm.limits = "beta = alpha = 1; floating dtypes";
   register_converter(std::move(addmm));
-}
+});
 
 }  // namespace kiln

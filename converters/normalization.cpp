@@ -1,6 +1,6 @@
 // Normalizations and softmax: batch norm (inference), layer norm, softmax / log_softmax.
 #include "converters/converter_util.h"
-#include "converters/families.h"
+#include "converters/converter.h"
 
 namespace kiln {
 namespace {
@@ -35,7 +35,8 @@ void register_softmax(const std::string& target, bool log) {
 
 }  // namespace
 
-void register_normalization_converters() {
+// Registered when the library loads; no central list names this file.
+const ConverterRegistration kRegistered([] {
   Converter bn;
   bn.target = "aten._native_batch_norm_legit_no_training.default";
   bn.capability = [](const KGraph& g, const KNode& n) -> std::string {
@@ -86,6 +87,6 @@ void register_normalization_converters() {
 
   register_softmax("aten._softmax.default", false);
   register_softmax("aten._log_softmax.default", true);
-}
+});
 
 }  // namespace kiln

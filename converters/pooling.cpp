@@ -1,6 +1,6 @@
 // 2-D pooling: max_pool2d_with_indices (values only), avg_pool2d, _adaptive_avg_pool2d.
 #include "converters/converter_util.h"
-#include "converters/families.h"
+#include "converters/converter.h"
 
 namespace kiln {
 namespace {
@@ -20,7 +20,8 @@ std::string rank4_floating(const KGraph& g, const KNode& n) {
 
 }  // namespace
 
-void register_pooling_converters() {
+// Registered when the library loads; no central list names this file.
+const ConverterRegistration kRegistered([] {
   Converter maxpool;
   maxpool.target = "aten.max_pool2d_with_indices.default";
   maxpool.capability = [](const KGraph& g, const KNode& n) -> std::string {
@@ -87,6 +88,6 @@ void register_pooling_converters() {
   };
   adaptive.limits = "4-D input; constant output size";
   register_converter(std::move(adaptive));
-}
+});
 
 }  // namespace kiln

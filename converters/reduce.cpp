@@ -1,6 +1,6 @@
 // Reductions over dims: aten.mean.dim, aten.sum.dim_IntList -> reduce; aten.any -> reduce max.
 #include "converters/converter_util.h"
-#include "converters/families.h"
+#include "converters/converter.h"
 
 namespace kiln {
 namespace {
@@ -56,11 +56,12 @@ void register_any(const std::string& target) {
 
 }  // namespace
 
-void register_reduce_converters() {
+// Registered when the library loads; no central list names this file.
+const ConverterRegistration kRegistered([] {
   register_reduction("aten.mean.dim", "mean");
   register_reduction("aten.sum.dim_IntList", "sum");
   register_any("aten.any.default");
   register_any("aten.any.dim");
-}
+});
 
 }  // namespace kiln

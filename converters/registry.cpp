@@ -1,9 +1,7 @@
 #include <algorithm>
-#include <mutex>
 
 #include "converters/converter.h"
-#include "converters/families.h"
-#include "core/error.h"
+#include "ir/error.h"
 
 namespace kiln {
 namespace {
@@ -11,26 +9,6 @@ namespace {
 std::map<std::string, Converter>& table() {
   static std::map<std::string, Converter> t;
   return t;
-}
-
-void ensure_converters() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    register_activation_converters();
-    register_convolution_converters();
-    register_elementwise_converters();
-    register_matmul_converters();
-    register_normalization_converters();
-    register_pooling_converters();
-    register_reduce_converters();
-    register_shape_converters();
-    register_unary_converters();
-    register_indexing_converters();
-    register_cast_converters();
-    register_attention_converters();
-    register_flatten_converters();
-    register_generate_converters();
-  });
 }
 
 bool has_dynamic_dims(const KGraph& graph, const KNode& node) {
@@ -52,13 +30,11 @@ void register_converter(Converter c) {
 }
 
 const Converter* find_converter(const std::string& target) {
-  ensure_converters();
   auto it = table().find(target);
   return it == table().end() ? nullptr : &it->second;
 }
 
 std::vector<const Converter*> registered_converters() {
-  ensure_converters();
   std::vector<const Converter*> out;
   for (const auto& [name, c] : table()) out.push_back(&c);
   return out;

@@ -3,7 +3,7 @@
 // Size lists may hold symbolic sizes: they become tracked int64 shape tensors (see
 // ConversionContext::size_tensor), so a reshape can follow dynamic dims.
 #include "converters/converter_util.h"
-#include "converters/families.h"
+#include "converters/converter.h"
 
 namespace kiln {
 namespace {
@@ -57,7 +57,8 @@ void register_simple(const std::string& target, const std::string& op,
 
 }  // namespace
 
-void register_shape_converters() {
+// Registered when the library loads; no central list names this file.
+const ConverterRegistration kRegistered([] {
   register_reshape("aten.view.default", "size");
   register_reshape("aten._unsafe_view.default", "size");
   register_reshape("aten.reshape.default", "shape");
@@ -174,6 +175,6 @@ void register_shape_converters() {
   };
   sym_size.limits = "a symbolic size (host-tracked value)";
   register_converter(std::move(sym_size));
-}
+});
 
 }  // namespace kiln

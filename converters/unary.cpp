@@ -3,7 +3,7 @@
 #include <limits>
 
 #include "converters/converter_util.h"
-#include "converters/families.h"
+#include "converters/converter.h"
 
 namespace kiln {
 namespace {
@@ -25,7 +25,8 @@ void register_unary(const std::string& target, const std::string& op, bool integ
 
 }  // namespace
 
-void register_unary_converters() {
+// Registered when the library loads; no central list names this file.
+const ConverterRegistration kRegistered([] {
   register_unary("aten.exp.default", "exp", false);
   register_unary("aten.log.default", "log", false);
   register_unary("aten.sqrt.default", "sqrt", false);
@@ -63,6 +64,6 @@ void register_unary_converters() {
   };
   isinf.limits = "floating dtypes (abs(x) == inf); integer and bool inputs give false";
   register_converter(std::move(isinf));
-}
+});
 
 }  // namespace kiln

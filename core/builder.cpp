@@ -7,8 +7,8 @@
 #include <set>
 #include <string>
 
-#include "core/error.h"
-#include "core/logging.h"
+#include "ir/error.h"
+#include "ir/logging.h"
 #include "core/passes/passes.h"
 #include "core/tactics.h"
 #include "core/timing_cache.h"
@@ -16,6 +16,38 @@
 #include "kernels/kernel.h"
 
 namespace kiln {
+
+void enable_precision(PrecisionConfig& config, const std::string& name) {
+  if (name == "fp32" || name == "float32") return;
+  if (name == "fp16" || name == "float16" || name == "half") {
+    config.fp16 = true;
+  } else if (name == "bf16" || name == "bfloat16") {
+    config.bf16 = true;
+  } else if (name == "tf32") {
+    config.tf32 = true;
+  } else {
+    KILN_FAIL("unknown precision '" << name << "': use fp32, tf32, fp16 or bf16");
+  }
+}
+
+std::vector<std::string> precision_names(const PrecisionConfig& config) {
+  std::vector<std::string> names{"fp32"};
+  if (config.tf32) names.push_back("tf32");
+  if (config.fp16) names.push_back("fp16");
+  if (config.bf16) names.push_back("bf16");
+  return names;
+}
+
+BuildTarget parse_device(const std::string& name) {
+  if (name == "auto") return BuildTarget::kAuto;
+  if (name == "cpu" || name == "reference") return BuildTarget::kReference;
+  if (name == "cuda" || name.rfind("cuda:", 0) == 0) return BuildTarget::kCuda;
+  KILN_FAIL("unknown device '" << name << "': use 'cuda', 'cuda:N', 'cpu' or 'auto'");
+}
+
+const char* device_name(BuildTarget target) {
+  return target == BuildTarget::kCuda ? "cuda" : target == BuildTarget::kReference ? "cpu" : "auto";
+}
 namespace {
 
 Backend resolve_target(BuildTarget target) {

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "core/network.h"
+#include "ir/network.h"
 #include "core/plan.h"
 
 namespace kiln {
@@ -26,6 +26,17 @@ struct PrecisionConfig {
   // Per-layer override by layer name: float32, float16 or bfloat16, whatever the flags say.
   std::map<std::string, DataType> layer_precisions;
 };
+
+// The one C++ table of precision names: "fp32" ("float32"), "fp16" ("float16", "half"), "bf16"
+// ("bfloat16"), "tf32". enable_precision turns one on (fp32 is always on); it throws a
+// kiln::Error listing the names for anything else. precision_names lists what is on, fp32 first.
+void enable_precision(PrecisionConfig& config, const std::string& name);
+std::vector<std::string> precision_names(const PrecisionConfig& config);
+
+// Where engines run, by the one word users see: "cuda" (or "cuda:N"), "cpu" (the reference
+// backend), "auto"; the older "reference" still means "cpu". Throws on anything else.
+BuildTarget parse_device(const std::string& name);
+const char* device_name(BuildTarget target);  // "auto", "cuda", "cpu"
 
 // false when the environment sets KILN_TACTIC_TIMING=0.
 bool tactic_timing_default();

@@ -7,9 +7,9 @@
 #include <optional>
 #include <sstream>
 
-#include "core/error.h"
-#include "core/logging.h"
-#include "core/op_schema.h"
+#include "ir/error.h"
+#include "ir/logging.h"
+#include "ir/op_schema.h"
 #include "kernels/device.h"
 
 namespace kiln {

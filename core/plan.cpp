@@ -5,10 +5,10 @@
 #include <fstream>
 #include <iterator>
 
-#include "core/byte_io.h"
-#include "core/error.h"
-#include "core/op_schema.h"
-#include "core/ops/shape.h"
+#include "ir/byte_io.h"
+#include "ir/error.h"
+#include "ir/op_schema.h"
+#include "ir/ops/shape.h"
 
 namespace kiln {
 namespace {
@@ -420,10 +420,6 @@ std::vector<Dims> infer_shapes(const Network& net, const std::map<std::string, D
   return dims;
 }
 
-bool is_alias_layer(const Layer& layer) {
-  return layer.attrs.has("alias") && layer.attrs.get_int("alias", layer.name) != 0;
-}
-
 std::vector<TensorId> alias_roots(const Network& net) {
   std::vector<TensorId> root(net.tensors().size());
   for (size_t t = 0; t < root.size(); ++t) root[t] = static_cast<TensorId>(t);
@@ -450,9 +446,7 @@ std::vector<Lifetime> activation_lifetimes(const Network& net) {
   return life;
 }
 
-bool is_view_op(const std::string& op) {
-  return op == "reshape" || op == "flatten" || op == "squeeze" || op == "unsqueeze";
-}
+bool is_view_op(const std::string& op) { return has_trait(op, kView); }
 
 int64_t slab_view_offset(const Network& net, const Layer& l) {
   if (l.op != "gather" || l.inputs.size() != 2 || l.outputs.size() != 1) return -1;

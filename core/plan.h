@@ -12,7 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "core/network.h"
+#include "ir/network.h"
+#include "ir/op_schema.h"
 
 namespace kiln {
 
@@ -77,12 +78,11 @@ void validate_profiles(const Network& net, const std::vector<OptimizationProfile
 std::vector<Dims> infer_shapes(const Network& net, const std::map<std::string, Dims>& input_shapes);
 // Likewise, with each tensor's tracked shape values (see ShapeValues in network.h).
 std::vector<TensorDesc> infer_descs(const Network& net, const std::map<std::string, Dims>& input_shapes);
-// Views: a reshape/flatten/squeeze/unsqueeze layer marked `alias` = 1 (the builder's alias_views
-// pass) computes nothing. Its output is its input's bytes under another shape (tensors are dense
-// row-major, so this is exact): the output has no arena slot, the engine points it at the input's
-// memory and launches nothing, and the input stays live until the view's last reader.
-bool is_alias_layer(const Layer& layer);
-// reshape, flatten, squeeze, unsqueeze: the ops whose output is always a view of their input.
+// Views: a layer marked `alias` = 1 (the builder's alias_views pass; is_alias_layer in
+// ir/op_schema.h) computes nothing. Its output is its input's bytes under another shape (tensors
+// are dense row-major, so this is exact): the output has no arena slot, the engine points it at
+// the input's memory and launches nothing, and the input stays live until the view's last reader.
+// The ops whose output is always a view of their input: those with the schema trait kView.
 bool is_view_op(const std::string& op);
 // Per tensor: the tensor whose memory it is (itself unless it is the output of a view).
 std::vector<TensorId> alias_roots(const Network& net);

@@ -4,7 +4,7 @@
 #include <fstream>
 #include <iterator>
 
-#include "core/error.h"
+#include "ir/error.h"
 
 namespace kiln {
 namespace {

@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "core/dims.h"
-#include "core/dtype.h"
+#include "ir/dims.h"
+#include "ir/dtype.h"
 
 namespace kiln {
 

@@ -8,9 +8,9 @@
 #include <random>
 #include <sstream>
 
-#include "core/error.h"
-#include "core/logging.h"
-#include "core/op_schema.h"
+#include "ir/error.h"
+#include "ir/logging.h"
+#include "ir/op_schema.h"
 #include "kernels/device.h"
 #include "kernels/reference/host_access.h"
 

@@ -10,7 +10,7 @@
 #include <optional>
 #include <vector>
 
-#include "core/network.h"
+#include "ir/network.h"
 #include "core/plan.h"
 #include "core/timing_cache.h"
 #include "kernels/kernel.h"

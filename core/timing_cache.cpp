@@ -10,9 +10,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/dims.h"
-#include "core/error.h"
-#include "core/logging.h"
+#include "ir/dims.h"
+#include "ir/error.h"
+#include "ir/logging.h"
 #include "core/plan.h"
 #include "kernels/device.h"
 

@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "core/network.h"
+#include "ir/network.h"
 
 namespace kiln {
 

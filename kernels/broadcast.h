@@ -3,7 +3,7 @@
 
 #include <cstdint>
 
-#include "core/dims.h"
+#include "ir/dims.h"
 
 namespace kiln {
 

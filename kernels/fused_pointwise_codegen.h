@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string>
 
-#include "core/network.h"
+#include "ir/network.h"
 
 namespace kiln {
 

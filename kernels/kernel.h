@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "core/dims.h"
-#include "core/dtype.h"
-#include "core/network.h"
+#include "ir/dims.h"
+#include "ir/dtype.h"
+#include "ir/network.h"
 
 namespace kiln {
 
@@ -69,6 +69,12 @@ int variant_code(const std::vector<std::string>& variants, const std::string& na
 using KernelFactory = std::function<std::unique_ptr<Kernel>(const Layer&)>;
 
 void register_kernel(const std::string& op, Backend backend, KernelFactory factory);
+
+// A kernel file's registration entry: runs `register_all` (its register_kernel calls) when the
+// library loads, so no central list names kernel files.
+struct KernelRegistration {
+  explicit KernelRegistration(void (*register_all)()) { register_all(); }
+};
 bool has_kernel(const std::string& op, Backend backend);
 // Throws a kiln::Error naming the layer when no kernel implements its op on `backend`.
 std::unique_ptr<Kernel> create_kernel(const Layer& layer, Backend backend);

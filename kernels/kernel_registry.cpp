@@ -1,12 +1,9 @@
 #include <algorithm>
 #include <map>
-#include <mutex>
 
-#include "core/error.h"
-#include "core/op_schema.h"
-#include "core/plan.h"
+#include "ir/error.h"
+#include "ir/op_schema.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 
 namespace kiln {
 namespace {
@@ -14,15 +11,6 @@ namespace {
 std::map<std::pair<std::string, Backend>, KernelFactory>& registry() {
   static std::map<std::pair<std::string, Backend>, KernelFactory> r;
   return r;
-}
-
-std::once_flag g_builtin_once;
-
-void ensure_builtins() {
-  std::call_once(g_builtin_once, [] {
-    register_reference_kernels();
-    register_cuda_kernels();
-  });
 }
 
 }  // namespace
@@ -43,7 +31,6 @@ void register_kernel(const std::string& op, Backend backend, KernelFactory facto
 }
 
 bool has_kernel(const std::string& op, Backend backend) {
-  ensure_builtins();
   return registry().count({op, backend}) != 0;
 }
 
@@ -58,7 +45,6 @@ class AliasKernel final : public Kernel {
 }  // namespace
 
 std::unique_ptr<Kernel> create_kernel(const Layer& layer, Backend backend) {
-  ensure_builtins();
   if (is_alias_layer(layer)) return std::make_unique<AliasKernel>();
   auto it = registry().find({layer.op, backend});
   KILN_CHECK(it != registry().end(), describe(layer) << ": no " << backend_name(backend)

@@ -5,7 +5,7 @@
 #include <utility>
 #include <vector>
 
-#include "core/dims.h"
+#include "ir/dims.h"
 
 namespace kiln {
 

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "core/dtype.h"
+#include "ir/dtype.h"
 #include "kernels/reference/host_access.h"
 
 namespace kiln {

@@ -8,8 +8,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/dims.h"
-#include "core/ops/shape.h"
+#include "ir/dims.h"
+#include "ir/ops/shape.h"
 
 namespace kiln {
 

@@ -4,7 +4,7 @@
 #include <cstring>
 #include <sstream>
 
-#include "core/error.h"
+#include "ir/error.h"
 
 namespace kiln {
 

@@ -13,8 +13,8 @@
 #include <utility>
 #include <vector>
 
-#include "core/dims.h"
-#include "core/dtype.h"
+#include "ir/dims.h"
+#include "ir/dtype.h"
 
 namespace kiln {
 

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <atomic>
 #include <map>
 #include <memory>
@@ -21,10 +22,12 @@
 #include <vector>
 
 #include "core/engine.h"
-#include "core/error.h"
+#include "ir/error.h"
 #include "core/plan.h"
 #include "kernels/device.h"
 #include "runtime/runtime.h"
+
+#include "ir/base64.h"
 
 #ifdef KILN_RUNTIME_CUDA
 #include <ATen/Context.h>
@@ -42,96 +45,21 @@ namespace {
 // that the state survives Python pickling too (torch.export.save turns strings into str).
 constexpr int64_t kRuntimeFormatVersion = 1;
 
-const char kBase64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-std::string base64_encode(const std::string& text) {
-  const auto* in = reinterpret_cast<const uint8_t*>(text.data());
-  const size_t size = text.size();
-  std::string out((size + 2) / 3 * 4, '=');
-  size_t o = 0, i = 0;
-  for (; i + 3 <= size; i += 3) {
-    const uint32_t v = (uint32_t(in[i]) << 16) | (uint32_t(in[i + 1]) << 8) | uint32_t(in[i + 2]);
-    out[o++] = kBase64[(v >> 18) & 63];
-    out[o++] = kBase64[(v >> 12) & 63];
-    out[o++] = kBase64[(v >> 6) & 63];
-    out[o++] = kBase64[v & 63];
-  }
-  if (i < size) {  // 1 or 2 bytes left: '=' padding stays in place
-    uint32_t v = uint32_t(in[i]) << 16;
-    if (i + 1 < size) v |= uint32_t(in[i + 1]) << 8;
-    out[o++] = kBase64[(v >> 18) & 63];
-    out[o++] = kBase64[(v >> 12) & 63];
-    if (i + 1 < size) out[o] = kBase64[(v >> 6) & 63];
-  }
-  return out;
-}
-
-// One pass over 4-character groups with a table; validity is accumulated and only a bad input
-// is scanned again, for the position in the message (plans are ~100 MB: this runs at load).
-std::string base64_decode(const std::string& in) {
-  KILN_CHECK(in.size() % 4 == 0,
-             "saved Kiln engine: the plan is not valid base64 (length " << in.size() << ")");
-  static const std::array<int, 256> table = [] {
-    std::array<int, 256> t;
-    t.fill(-1);
-    for (int i = 0; i < 64; ++i) t[static_cast<uint8_t>(kBase64[i])] = i;
-    return t;
-  }();
-  auto at = [&](size_t i) { return table[static_cast<uint8_t>(in[i])]; };
-  size_t pad = 0;
-  if (!in.empty() && in.back() == '=') pad = in[in.size() - 2] == '=' ? 2 : 1;
-  const size_t full = pad ? in.size() - 4 : in.size();  // groups without padding
-  std::string out(in.size() / 4 * 3 - pad, '\0');
-  int bad = 0;
-  size_t o = 0;
-  for (size_t i = 0; i < full; i += 4) {
-    const int a = at(i), b = at(i + 1), c = at(i + 2), d = at(i + 3);
-    bad |= a | b | c | d;  // negative when any character is not base64
-    const uint32_t v = (uint32_t(a) << 18) | (uint32_t(b) << 12) | (uint32_t(c) << 6) | uint32_t(d);
-    out[o++] = static_cast<char>(v >> 16);
-    out[o++] = static_cast<char>(v >> 8);
-    out[o++] = static_cast<char>(v);
-  }
-  if (pad) {
-    const size_t i = full;
-    const int a = at(i), b = at(i + 1), c = pad == 1 ? at(i + 2) : 0;
-    bad |= a | b | c;
-    const uint32_t v = (uint32_t(a) << 18) | (uint32_t(b) << 12) | (uint32_t(c) << 6);
-    out[o++] = static_cast<char>(v >> 16);
-    if (pad == 1) out[o++] = static_cast<char>(v >> 8);
-  }
-  if (bad < 0) {
-    size_t i = 0;
-    while (i < in.size() && (at(i) >= 0 || (in[i] == '=' && i >= in.size() - pad))) ++i;
-    KILN_FAIL("saved Kiln engine: the plan is not valid base64 (byte " << i << ")");
-  }
-  return out;
+// The plan of a saved engine, decoded from its base64 text.
+std::string decode_plan(const std::string& text) {
+  size_t bad_at = 0;
+  std::optional<std::string> plan = base64_decode(text, &bad_at);
+  KILN_CHECK(plan.has_value(), "saved Kiln engine: the plan is not valid base64 ("
+                                   << (bad_at == text.size() ? "length " + std::to_string(text.size())
+                                                             : "byte " + std::to_string(bad_at))
+                                   << ")");
+  return std::move(*plan);
 }
 
 Backend parse_backend(const std::string& s) {
   if (s == "cuda") return Backend::kCuda;
   if (s == "reference" || s == "cpu") return Backend::kReference;
   KILN_FAIL("unknown Kiln backend '" << s << "': use 'cuda' or 'reference'");
-}
-
-at::ScalarType torch_dtype(DataType t) {
-  switch (t) {
-    case DataType::kFloat32:
-      return at::kFloat;
-    case DataType::kFloat16:
-      return at::kHalf;
-    case DataType::kBFloat16:
-      return at::kBFloat16;
-    case DataType::kInt32:
-      return at::kInt;
-    case DataType::kInt64:
-      return at::kLong;
-    case DataType::kBool:
-      return at::kBool;
-    case DataType::kInt8:
-      return at::kChar;
-  }
-  KILN_FAIL("dtype " << static_cast<int>(t) << " has no torch equivalent");
 }
 
 std::string torch_name(at::ScalarType t) { return "torch." + c10::getDtypeNames(t).first; }
@@ -243,6 +171,12 @@ class TorchEngine : public torch::CustomClassHolder {
   std::string backend() const { return backend_name(engine_->backend()); }
   int64_t device() const { return engine_->device(); }
   std::vector<std::string> describe() const { return engine_->describe_layers(); }
+  // The plan's bytes as a CPU uint8 tensor (kiln.plans reads it; no base64 to decode).
+  at::Tensor serialized_plan() const {
+    at::Tensor t = at::empty({static_cast<int64_t>(plan_bytes_.size())}, at::TensorOptions().dtype(at::kByte));
+    std::memcpy(t.data_ptr(), plan_bytes_.data(), plan_bytes_.size());
+    return t;
+  }
   std::vector<std::string> input_dtypes() const { return dtypes(input_names_); }
   std::vector<std::string> output_dtypes() const { return dtypes(output_names_); }
   // Binding dims as built, -1 for dynamic dims.
@@ -266,7 +200,7 @@ class TorchEngine : public torch::CustomClassHolder {
   }
 
   std::vector<std::string> serialize() const {
-    return {std::to_string(kRuntimeFormatVersion), base64_encode(plan_bytes_), backend(),
+    return {std::to_string(kRuntimeFormatVersion), base64_encode(plan_bytes_.data(), plan_bytes_.size()), backend(),
             std::to_string(engine_->device())};
   }
 
@@ -282,7 +216,7 @@ class TorchEngine : public torch::CustomClassHolder {
                 ": load it with the Kiln version that saved it, or recompile the model with this one");
     TORCH_CHECK(state.size() == 4, "saved Kiln engine (format ", kRuntimeFormatVersion, ") has ",
                 state.size(), " fields, expected 4: the file is corrupt");
-    std::string plan = rethrow_as_torch([&] { return base64_decode(state[1]); });
+    std::string plan = rethrow_as_torch([&] { return decode_plan(state[1]); });
     int64_t device = -1;
     if (state[2] == "cuda") {
       // Keep the saved device when it exists here, else take the current one.
@@ -426,6 +360,7 @@ class TorchEngine : public torch::CustomClassHolder {
   }
 
   std::string plan_bytes_;
+
   std::shared_ptr<Engine> engine_;
   std::vector<std::string> input_names_, output_names_;
   std::vector<at::ScalarType> input_types_, output_types_;
@@ -440,9 +375,33 @@ std::vector<at::Tensor> execute_engine(at::TensorList inputs, c10::intrusive_ptr
 
 }  // namespace
 
-c10::IValue make_engine(const std::vector<uint8_t>& plan, const std::string& backend, int64_t device) {
-  return c10::IValue(
-      c10::make_intrusive<TorchEngine>(std::string(plan.begin(), plan.end()), backend, device));
+c10::IValue make_engine(const std::vector<uint8_t>& plan, const std::string& backend, int64_t device,
+                        bool cuda_graphs) {
+  auto engine = c10::make_intrusive<TorchEngine>(std::string(plan.begin(), plan.end()), backend, device);
+  if (!cuda_graphs) engine->set_cuda_graphs(false);
+  return c10::IValue(std::move(engine));
+}
+
+namespace {
+// Kiln dtypes and their torch scalar types: the one C++ table of the pair.
+constexpr std::pair<DataType, at::ScalarType> kDtypePairs[] = {
+    {DataType::kFloat32, at::kFloat}, {DataType::kFloat16, at::kHalf}, {DataType::kBFloat16, at::kBFloat16},
+    {DataType::kInt32, at::kInt},     {DataType::kInt64, at::kLong},   {DataType::kBool, at::kBool},
+    {DataType::kInt8, at::kChar}};
+}  // namespace
+
+at::ScalarType torch_dtype(DataType t) {
+  for (const auto& [kiln, torch] : kDtypePairs) {
+    if (kiln == t) return torch;
+  }
+  KILN_FAIL("dtype " << static_cast<int>(t) << " has no torch equivalent");
+}
+
+std::optional<DataType> kiln_dtype(at::ScalarType t) {
+  for (const auto& [kiln, torch] : kDtypePairs) {
+    if (torch == t) return kiln;
+  }
+  return std::nullopt;
 }
 
 c10::ClassTypePtr engine_type() { return torch::getCustomClass("__torch__.torch.classes.kiln.Engine"); }
@@ -466,6 +425,7 @@ TORCH_LIBRARY(kiln, m) {
       .def("backend", &TorchEngine::backend)
       .def("device", &TorchEngine::device)
       .def("describe", &TorchEngine::describe)
+      .def("serialized_plan", &TorchEngine::serialized_plan)
       .def("set_cuda_graphs", &TorchEngine::set_cuda_graphs)
       .def("cuda_graphs", &TorchEngine::cuda_graphs)
       .def("graph_stats", &TorchEngine::graph_stats)

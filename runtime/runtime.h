@@ -6,15 +6,26 @@
 #include <ATen/core/ivalue.h>
 #include <ATen/core/jit_type.h>
 
+#include "ir/dtype.h"
+
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace kiln::runtime {
 
+using kiln::DataType;
+
 // A torch.classes.kiln.Engine running `plan` on `backend` ("cuda" or "reference"); `device` < 0
 // is the current CUDA device. Throws c10::Error with Kiln's message when the plan does not load.
-c10::IValue make_engine(const std::vector<uint8_t>& plan, const std::string& backend, int64_t device = -1);
+// `cuda_graphs` false: the engine launches plainly instead of replaying CUDA graphs.
+c10::IValue make_engine(const std::vector<uint8_t>& plan, const std::string& backend, int64_t device = -1,
+                        bool cuda_graphs = true);
+
+// Kiln's dtypes and torch's scalar types, both ways (nullopt: a torch dtype Kiln lacks).
+at::ScalarType torch_dtype(DataType t);
+std::optional<DataType> kiln_dtype(at::ScalarType t);
 
 // The TorchScript type of those objects (__torch__.torch.classes.kiln.Engine).
 c10::ClassTypePtr engine_type();

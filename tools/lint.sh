@@ -13,4 +13,5 @@ else
   python3 -m ruff format --check .
   python3 -m ruff check .
 fi
+python3 tools/check_layers.py
 echo "lint: clean"

@@ -20,9 +20,9 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "converters/convert_segment.h"
 #include "core/builder.h"
-#include "core/error.h"
+#include "driver/compile.h"
+#include "ir/error.h"
 #include "partitioning/partition.h"
 #include "runtime/runtime.h"
 #include "torchscript/lower.h"
@@ -44,63 +44,7 @@ InputSpec InputSpec::range(std::vector<int64_t> min_shape, std::vector<int64_t> 
   return {std::move(min_shape), std::move(opt_shape), std::move(max_shape), dtype};
 }
 
-Precision parse_precision(const std::string& name) {
-  if (name == "fp32" || name == "float32") return Precision::kFP32;
-  if (name == "fp16" || name == "float16" || name == "half") return Precision::kFP16;
-  if (name == "bf16" || name == "bfloat16") return Precision::kBF16;
-  if (name == "tf32") return Precision::kTF32;
-  KILN_FAIL("unknown precision '" << name << "': use fp32, fp16, bf16 or tf32");
-}
-
-c10::ScalarType parse_dtype(const std::string& name) {
-  static const std::map<std::string, c10::ScalarType> dtypes = {
-      {"float32", c10::kFloat},     {"float", c10::kFloat}, {"float16", c10::kHalf}, {"half", c10::kHalf},
-      {"bfloat16", c10::kBFloat16}, {"int32", c10::kInt},   {"int64", c10::kLong},   {"long", c10::kLong},
-      {"bool", c10::kBool},         {"int8", c10::kChar}};
-  auto it = dtypes.find(name);
-  KILN_CHECK(it != dtypes.end(), "unknown input dtype '"
-                                     << name
-                                     << "': use float32, float16, bfloat16, int32, int64, bool or int8");
-  return it->second;
-}
-
 namespace {
-
-std::string json_string(const std::string& s) {
-  std::ostringstream os;
-  os << '"';
-  for (char c : s) {
-    switch (c) {
-      case '"':
-        os << "\\\"";
-        break;
-      case '\\':
-        os << "\\\\";
-        break;
-      case '\n':
-        os << "\\n";
-        break;
-      case '\t':
-        os << "\\t";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          os << "\\u00"
-             << "0123456789abcdef"[(c >> 4) & 15] << "0123456789abcdef"[c & 15];
-        } else {
-          os << c;
-        }
-    }
-  }
-  os << '"';
-  return os.str();
-}
-
-std::string json_strings(const std::vector<std::string>& list) {
-  std::string out = "[";
-  for (size_t i = 0; i < list.size(); ++i) out += (i ? ", " : "") + json_string(list[i]);
-  return out + "]";
-}
 
 std::string shape_text(const std::vector<int64_t>& s) {
   std::string out;
@@ -131,7 +75,6 @@ void check_spec(const CompileSpec& spec) {
                    << in.opt_shape[d] << ", " << in.max_shape[d]);
     }
   }
-  KILN_CHECK(spec.min_block_size >= 1, "min_block_size must be at least 1, got " << spec.min_block_size);
 }
 
 at::Tensor random_input(const std::vector<int64_t>& shape, c10::ScalarType dtype, at::Generator& gen,
@@ -166,29 +109,12 @@ struct Lowered {
   ValueRecord record;
   Translation t;
   Partition partition;
+  std::vector<Plan> plans;  // one per engine segment, in order
   CompileReport report;
   at::Device device{at::kCPU};
 };
 
-CompileReport make_report(const KGraph& g, const Partition& p) {
-  CompileReport r;
-  for (const Segment& s : p.segments) {
-    CompileReport::SegmentInfo info;
-    info.engine = s.engine;
-    for (int n : s.nodes) {
-      info.nodes.push_back(g.nodes()[n].name);
-      info.ops.push_back(g.nodes()[n].target);
-    }
-    r.num_engines += s.engine ? 1 : 0;
-    r.segments.push_back(std::move(info));
-  }
-  for (const Fallback& f : p.fallbacks)
-    r.fallbacks.push_back({g.nodes()[f.node].name, g.nodes()[f.node].target, f.reason});
-  r.text = describe_partition(g, p);
-  return r;
-}
-
-Lowered lower_and_partition(const torch::jit::Module& module, const CompileSpec& spec) {
+Lowered lower_and_compile(const torch::jit::Module& module, const CompileSpec& spec, bool dry_run) {
   check_spec(spec);
   Lowered l;
   l.device = parse_device(spec.device);
@@ -219,45 +145,26 @@ Lowered lower_and_partition(const torch::jit::Module& module, const CompileSpec&
   if (fold_static_values(*l.graph, l.record)) simplify(l.graph);
   // 4. translate
   l.t = to_kgraph(l.graph, l.record, spec.inputs);
-  // 5. partition
-  PartitionOptions options;
-  options.min_block_size = spec.min_block_size;
-  options.torch_executed_ops = spec.torch_executed_ops;
-  options.require_full_compilation = spec.require_full_compilation;
-  options.torch_nodes = l.t.torch_nodes;
-  l.partition = partition_graph(l.t.graph, options);
-  l.report = make_report(l.t.graph, l.partition);
-  return l;
-}
-
-// 6. build one engine segment.
-c10::IValue build_engine(const Lowered& l, const Segment& segment, const CompileSpec& spec) {
-  Network net = convert_segment(l.t.graph, segment);
-  BuilderConfig config;
-  config.precision.fp16 = spec.enabled_precisions.count(Precision::kFP16) != 0;
-  config.precision.bf16 = spec.enabled_precisions.count(Precision::kBF16) != 0;
-  config.precision.tf32 = spec.enabled_precisions.count(Precision::kTF32) != 0;
-  config.workspace_bytes = spec.workspace_bytes;
-  config.optimization_level = spec.optimization_level;
-  const bool cuda = l.device.is_cuda();
-  config.target = cuda ? BuildTarget::kCuda : BuildTarget::kReference;
-  OptimizationProfile profile;
-  for (ValueId v : segment.inputs) {
-    const KValue& kv = l.t.graph.value(v);
-    if (is_static(kv.dims)) continue;
+  // 5. partition and 6. build, by the driver shared with the export path. A segment input's
+  // range is what the recorded runs saw.
+  auto range = [&l](ValueId v) {
     const std::vector<Observed>& runs = l.record.at(l.t.ts_value.at(v));
-    ShapeRange range{runs[kOptRun].shape, runs[kOptRun].shape, runs[kOptRun].shape};
+    ShapeRange r{runs[kOptRun].shape, runs[kOptRun].shape, runs[kOptRun].shape};
     for (const Observed& o : runs) {
       for (size_t d = 0; d < o.shape.size(); ++d) {
-        range.min[d] = std::min(range.min[d], o.shape[d]);
-        range.max[d] = std::max(range.max[d], o.shape[d]);
+        r.min[d] = std::min(r.min[d], o.shape[d]);
+        r.max[d] = std::max(r.max[d], o.shape[d]);
       }
     }
-    profile.inputs[kv.name] = range;
-  }
-  if (!profile.inputs.empty()) config.profiles.push_back(profile);
-  const std::vector<uint8_t> plan = Builder().build(net, config).serialize();
-  return runtime::make_engine(plan, cuda ? "cuda" : "reference", cuda ? l.device.index() : -1);
+    return r;
+  };
+  CompileOptions options = spec;  // the options part of the spec
+  options.dry_run = dry_run;
+  CompileResult result = compile_graph(l.t.graph, options, range, l.t.torch_nodes);
+  l.partition = std::move(result.partition);
+  l.plans = std::move(result.plans);
+  l.report = std::move(result.report);
+  return l;
 }
 
 // 7. rewrite the forward graph in segment order.
@@ -295,7 +202,10 @@ void rewrite(Lowered& l, const CompileSpec& spec) {
       continue;
     }
     const std::string name = "_kiln_engine_" + std::to_string(engines++);
-    l.module.register_attribute(name, runtime::engine_type(), build_engine(l, segment, spec));
+    const bool cuda = l.device.is_cuda();
+    l.module.register_attribute(name, runtime::engine_type(),
+                                runtime::make_engine(l.plans.at(engines - 1).serialize(), cuda ? "cuda" : "reference",
+                                                     cuda ? l.device.index() : -1, spec.cuda_graphs));
     std::vector<Value*> inputs;
     for (ValueId v : segment.inputs) inputs.push_back(map(l.t.ts_value.at(v)));
     Value* list = g.insertNode(g.createList(c10::TensorType::get(), inputs))->output();
@@ -315,33 +225,15 @@ void rewrite(Lowered& l, const CompileSpec& spec) {
 
 }  // namespace
 
-std::string CompileReport::to_json() const {
-  std::ostringstream os;
-  os << "{\"num_engines\": " << num_engines << ", \"segments\": [";
-  for (size_t i = 0; i < segments.size(); ++i) {
-    os << (i ? ", " : "") << "{\"kind\": " << json_string(segments[i].engine ? "engine" : "pytorch")
-       << ", \"nodes\": " << json_strings(segments[i].nodes) << ", \"ops\": " << json_strings(segments[i].ops)
-       << "}";
-  }
-  os << "], \"fallbacks\": [";
-  for (size_t i = 0; i < fallbacks.size(); ++i) {
-    os << (i ? ", " : "") << "{\"node\": " << json_string(fallbacks[i].node)
-       << ", \"target\": " << json_string(fallbacks[i].target)
-       << ", \"reason\": " << json_string(fallbacks[i].reason) << "}";
-  }
-  os << "], \"text\": " << json_string(text) << "}";
-  return os.str();
-}
-
 torch::jit::Module compile(const torch::jit::Module& module, const CompileSpec& spec, CompileReport* report) {
-  Lowered l = lower_and_partition(module, spec);
+  Lowered l = lower_and_compile(module, spec, /*dry_run=*/false);
   rewrite(l, spec);
   if (report != nullptr) *report = l.report;
   return l.module;
 }
 
 CompileReport dry_run(const torch::jit::Module& module, const CompileSpec& spec) {
-  return lower_and_partition(module, spec).report;
+  return lower_and_compile(module, spec, /*dry_run=*/true).report;
 }
 
 }  // namespace kiln::torchscript

@@ -4,17 +4,20 @@
 // wherever libkiln_runtime is loaded (Python after `import kiln`, C++ apps linking Kiln::runtime).
 //
 //   kiln::torchscript::CompileSpec spec;
-//   spec.inputs = {kiln::torchscript::InputSpec::range({1, 3, 224, 224}, {8, 3, 224, 224}, {32, 3, 224,
-//   224})}; spec.enabled_precisions = {kiln::torchscript::Precision::kFP16}; torch::jit::Module compiled =
-//   kiln::torchscript::compile(torch::jit::load("model.ts"), spec); compiled.save("model_kiln.ts");
+//   spec.inputs = {kiln::torchscript::InputSpec::range({1, 3, 224, 224}, {8, 3, 224, 224}, {32, 3, 224, 224})};
+//   spec.enabled_precisions = {kiln::Precision::kFP16};
+//   torch::jit::Module compiled = kiln::torchscript::compile(torch::jit::load("model.ts"), spec);
+//   compiled.save("model_kiln.ts");
 //
 // Errors (bad specs, unsupported models with require_full_compilation) throw kiln::Error.
 #pragma once
 
 #include <torch/script.h>
 
+#include "driver/compile_options.h"
+
 #include <cstdint>
-#include <set>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,33 +34,14 @@ struct InputSpec {
                          std::vector<int64_t> max_shape, c10::ScalarType dtype = c10::kFloat);
 };
 
-enum class Precision { kFP32, kFP16, kBF16, kTF32 };
+using kiln::CompileReport;
+using kiln::Precision;
 
-struct CompileSpec {
-  std::vector<InputSpec> inputs;                             // one per forward argument after self
-  std::set<Precision> enabled_precisions{Precision::kFP32};  // FP32 is always allowed
-  int64_t min_block_size = 5;                                // smaller engine segments run in PyTorch
-  std::vector<std::string> torch_executed_ops;               // "aten.gelu.default": always PyTorch
-  bool require_full_compilation = false;                     // unsupported nodes are an error listing them
-  std::string device = "cuda";  // "cuda[:N]": CUDA engines; "cpu": reference backend
-  size_t workspace_bytes = size_t{32} << 20;
-  int optimization_level = 3;
-};
-
-struct CompileReport {
-  struct SegmentInfo {
-    bool engine = false;
-    std::vector<std::string> nodes, ops;
-  };
-  struct FallbackInfo {
-    std::string node, target, reason;
-  };
-  int num_engines = 0;
-  std::vector<SegmentInfo> segments;
-  std::vector<FallbackInfo> fallbacks;
-  std::string text;  // the partition report, as the export path prints it
-
-  std::string to_json() const;
+// The compile options every frontend shares (driver/compile_options.h: precisions,
+// min_block_size, torch_executed_ops, require_full_compilation, device, workspace_size, ...), plus
+// one input spec per forward argument after self.
+struct CompileSpec : CompileOptions {
+  std::vector<InputSpec> inputs;
 };
 
 // Compiles `module` (not modified). `report`, when given, receives how the graph was split.
@@ -66,10 +50,5 @@ torch::jit::Module compile(const torch::jit::Module& module, const CompileSpec& 
 
 // Lowers and partitions only: what compile would do, without building engines.
 CompileReport dry_run(const torch::jit::Module& module, const CompileSpec& spec);
-
-// "fp32", "fp16", "bf16", "tf32" (also "float32", "float16", "bfloat16"); throws otherwise.
-Precision parse_precision(const std::string& name);
-// "float32", "float16", "bfloat16", "int32", "int64", "bool", "int8"; throws otherwise.
-c10::ScalarType parse_dtype(const std::string& name);
 
 }  // namespace kiln::torchscript

@@ -10,7 +10,7 @@
 
 #include <unordered_set>
 
-#include "core/error.h"
+#include "ir/error.h"
 
 namespace kiln::torchscript {
 

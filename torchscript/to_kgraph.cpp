@@ -1,12 +1,14 @@
 #include "torchscript/to_kgraph.h"
 
+#include "runtime/runtime.h"
+
 #include <torch/csrc/jit/ir/constants.h>
 
 #include <functional>
 #include <sstream>
 #include <unordered_set>
 
-#include "core/error.h"
+#include "ir/error.h"
 
 namespace kiln::torchscript {
 
@@ -15,26 +17,7 @@ using torch::jit::Value;
 
 namespace {
 
-std::optional<DataType> kiln_dtype(c10::ScalarType t) {
-  switch (t) {
-    case c10::kFloat:
-      return DataType::kFloat32;
-    case c10::kHalf:
-      return DataType::kFloat16;
-    case c10::kBFloat16:
-      return DataType::kBFloat16;
-    case c10::kInt:
-      return DataType::kInt32;
-    case c10::kLong:
-      return DataType::kInt64;
-    case c10::kBool:
-      return DataType::kBool;
-    case c10::kChar:
-      return DataType::kInt8;
-    default:
-      return std::nullopt;
-  }
-}
+using runtime::kiln_dtype;
 
 // "aten.transpose.int", "aten.relu.default", "prim.If.default"
 std::string target_of(const Node* n) {

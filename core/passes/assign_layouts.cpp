@@ -16,14 +16,15 @@
 //   pooling, adaptive_pooling, rank 4: when their input was computed channels last.
 //   reduce with keepdim = 1 (squeeze-excitation's spatial mean), likewise: its axes are renumbered
 //       (NCHW axis 1 is NHWC axis 3, 2 is 1, 3 is 2), the kept rank-4 result stays channels last.
-//   activation, unary, cast, elementwise: when one of their inputs was computed channels last
+//   ops with the schema trait kLayoutTransparent (activation, unary, cast, elementwise): when one
+//       of their inputs was computed channels last
 //       and every input is rank 4 (constants are permuted at build time) or has all dims 1.
 //       Broadcasting commutes with a permutation applied to every operand.
 // Safe on every backend; the builder runs it after precision assignment (it needs the final dtypes).
 #include <algorithm>
 #include <cstring>
 
-#include "core/ops/convolution.h"
+#include "ir/ops/convolution.h"
 #include "core/passes/passes.h"
 
 namespace kiln {
@@ -94,7 +95,7 @@ class LayoutRewriter {
       return l.inputs.size() == 1 && net_.tensor(l.inputs[0]).dims.size() == 4 &&
              l.attrs.get_int("keepdim", int64_t{0}) == 1 && is_tensor_last(l.inputs[0]);
     }
-    if (l.op != "activation" && l.op != "unary" && l.op != "cast" && l.op != "elementwise") return false;
+    if (!has_trait(l.op, kLayoutTransparent)) return false;
     bool any_last = false;
     for (TensorId t : l.inputs) {
       const Tensor& x = net_.tensor(t);

@@ -15,16 +15,15 @@
 #include <set>
 #include <utility>
 
-#include "core/error.h"
-#include "core/logging.h"
-#include "core/op_schema.h"
+#include "ir/error.h"
+#include "ir/logging.h"
+#include "ir/op_schema.h"
 #include "core/passes/passes.h"
 #include "kernels/reference/host_access.h"
 
 namespace kiln {
 namespace {
 
-const std::set<std::string> kTf32Ops = {"matmul", "fully_connected", "convolution", "deconvolution"};
 
 std::shared_ptr<std::vector<uint8_t>> convert_constant(const Tensor& c, DataType to) {
   const int64_t n = volume(c.dims);
@@ -101,7 +100,7 @@ class PrecisionRewriter {
       inputs.push_back(convert ? as(t, precision) : as(t, now));
     }
     Attributes attrs = l.attrs;
-    if (config_.tf32 && precision == DataType::kFloat32 && kTf32Ops.count(l.op)) {
+    if (config_.tf32 && precision == DataType::kFloat32 && has_trait(l.op, kTf32Capable)) {
       attrs.set("allow_tf32", int64_t{1});
     }
     try {

@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "core/ops/attention.h"
-#include "core/ops/shape.h"
+#include "ir/ops/attention.h"
+#include "ir/ops/shape.h"
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 

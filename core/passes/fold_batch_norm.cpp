@@ -12,7 +12,8 @@
 #include <cmath>
 #include <string>
 
-#include "core/ops/convolution.h"
+#include "ir/ops/convolution.h"
+#include "ir/ops/normalization.h"
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 #include "kernels/reference/host_access.h"
@@ -98,7 +99,7 @@ bool fold_batch_norm(Network& net) {
     if (!all_constant(net, params) || !all_constant(net, weights)) continue;
 
     // s = scale / sqrt(var + eps); shift = (b - mean) * s + bn_bias.
-    const double eps = bn.attrs.get_float("eps", 1e-5);
+    const double eps = bn.attrs.get_float("eps", kDefaultNormEps);
     const std::vector<double> scale = read_constant(net.tensor(params[0])),
                               beta = read_constant(net.tensor(params[1])),
                               mean = read_constant(net.tensor(params[2])),

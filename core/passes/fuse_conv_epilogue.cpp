@@ -12,7 +12,8 @@
 // the conv's name and lists the absorbed layers in its `fused` attribute.
 // Dynamic dims: dims compare as declared (-1 == -1); a residual that would broadcast at run time
 // is refused then by the layer's shape check.
-#include "core/ops/convolution.h"
+#include "ir/ops/activation.h"
+#include "ir/ops/convolution.h"
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 
@@ -75,10 +76,11 @@ bool fuse_conv_epilogue(Network& net) {
       // act(conv) -> conv with activation; the activation op's parameters carry over with their
       // defaults made explicit.
       const std::string type = l.attrs.get_string("type", l.name);
+      const ActivationAttrs act = activation_attrs(type, l.attrs);
       conv.attrs.set("activation", type)
-          .set("activation_alpha", l.attrs.get_float("alpha", default_activation_alpha(type)))
-          .set("activation_beta", l.attrs.get_float("beta", 1.0))
-          .set("activation_threshold", l.attrs.get_float("threshold", 20.0));
+          .set("activation_alpha", act.alpha)
+          .set("activation_beta", act.beta)
+          .set("activation_threshold", act.threshold);
     }
     conv.outputs[0] = l.outputs[0];
     add_fused_name(conv, l.name);

@@ -27,7 +27,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "core/ops/activation.h"
+#include "ir/ops/activation.h"
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 

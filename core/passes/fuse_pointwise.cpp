@@ -2,7 +2,7 @@
 // activation, unary, cast, where) by one fused_pointwise layer whose program replays them in
 // order, so a chain runs as one generated kernel and its intermediates never touch memory.
 //
-// Safe because every instruction keeps its layer's semantics (see core/ops/fused_pointwise.h).
+// Safe because every instruction keeps its layer's semantics (see ir/ops/fused_pointwise.h).
 // Grouping rules:
 //   - a layer joins a group through a producer -> consumer edge; groups only merge when the
 //     result stays acyclic (no path leaves the merged group and comes back into it);
@@ -20,19 +20,18 @@
 #include <queue>
 #include <set>
 
-#include "core/error.h"
-#include "core/op_schema.h"
-#include "core/ops/fused_pointwise.h"
+#include "ir/error.h"
+#include "ir/op_schema.h"
+#include "ir/ops/fused_pointwise.h"
 #include "core/passes/passes.h"
 #include "kernels/reference/host_access.h"
 
 namespace kiln {
 namespace {
 
-const std::set<std::string> kPointwiseOps = {"elementwise", "activation", "unary", "cast", "where"};
 
 bool is_candidate(const Network& net, const Layer& l) {
-  if (!kPointwiseOps.count(l.op) || l.outputs.size() != 1) return false;
+  if (!has_trait(l.op, kPointwise) || l.outputs.size() != 1) return false;
   for (TensorId t : l.inputs) {
     const Tensor& x = net.tensor(t);
     if (!fusable_pointwise_dtype(x.dtype)) return false;

@@ -28,8 +28,8 @@
 #include <string>
 #include <vector>
 
-#include "core/ops/attention.h"
-#include "core/ops/shape.h"
+#include "ir/ops/attention.h"
+#include "ir/ops/shape.h"
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 #include "core/passes/strided_view.h"

@@ -23,7 +23,7 @@
 #include <string>
 #include <vector>
 
-#include "core/ops/attention.h"
+#include "ir/ops/attention.h"
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 

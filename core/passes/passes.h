@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "core/builder.h"
-#include "core/network.h"
+#include "ir/network.h"
 #include "core/plan.h"
 
 namespace kiln {

@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "core/ops/convolution.h"
+#include "ir/ops/convolution.h"
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 

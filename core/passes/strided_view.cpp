@@ -2,7 +2,7 @@
 
 #include <cstring>
 
-#include "core/ops/shape.h"
+#include "ir/ops/shape.h"
 
 namespace kiln {
 namespace {

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/network.h"
+#include "ir/network.h"
 
 namespace kiln {
 

@@ -14,7 +14,7 @@
 
 #include "core/builder.h"
 #include "core/engine.h"
-#include "core/error.h"
+#include "ir/error.h"
 #include "core/safetensors.h"
 #include "kernels/device.h"
 

@@ -3,12 +3,11 @@
 // and stores) with a scalar tail.
 #include <algorithm>
 
-#include "core/ops/activation.h"
+#include "ir/ops/activation.h"
 #include "kernels/cuda/activation_math.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 
 namespace kiln {
 namespace {
@@ -73,11 +72,12 @@ class CudaActivation final : public Kernel {
 
 }  // namespace
 
-void register_activation_cuda_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("activation", Backend::kCuda, [](const Layer& l) {
     std::string type = l.attrs.get_string("type", l.name);
     return std::make_unique<CudaActivation>(activation_params(type, l.attrs), type);
   });
-}
+});
 
 }  // namespace kiln

@@ -1,5 +1,5 @@
 // Device-side activation functions, shared by the activation kernel and the fully_connected
-// epilogue (matmul_epilogue.cu). Codes follow activation_types() in core/ops/activation.cpp; the
+// epilogue (matmul_epilogue.cu). Codes follow activation_types() in ir/ops/activation.cpp; the
 // math is float with the accurate (non-intrinsic) functions.
 #pragma once
 
@@ -7,8 +7,8 @@
 
 #include <string>
 
-#include "core/attributes.h"
-#include "core/ops/activation.h"
+#include "ir/attributes.h"
+#include "ir/ops/activation.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/kernel.h"
 
@@ -27,7 +27,8 @@ enum ActivationType : int {
   kElu,
   kSoftplus,
   kMish,
-  kClip
+  kClip,
+  kSelu
 };
 
 struct ActivationParams {
@@ -40,9 +41,10 @@ struct ActivationParams {
 inline ActivationParams activation_params(const std::string& type, const Attributes& attrs) {
   ActivationParams p;
   p.type = variant_code(activation_types(), type);
-  p.alpha = static_cast<float>(attrs.get_float("alpha", type == "clip" ? 0.0 : type == "elu" ? 1.0 : 0.01));
-  p.beta = static_cast<float>(attrs.get_float("beta", 1.0));
-  p.threshold = static_cast<float>(attrs.get_float("threshold", 20.0));
+  const ActivationAttrs a = activation_attrs(type, attrs);
+  p.alpha = static_cast<float>(a.alpha);
+  p.beta = static_cast<float>(a.beta);
+  p.threshold = static_cast<float>(a.threshold);
   return p;
 }
 
@@ -78,6 +80,8 @@ __device__ __forceinline__ float activate(const ActivationParams& p, float x) {
       return softplusf(x, p.beta, p.threshold);
     case kMish:
       return x * tanhf(softplusf(x, 1.f, 20.f));
+    case kSelu:
+      return static_cast<float>(kSeluScale) * (x > 0.f ? x : static_cast<float>(kSeluAlpha) * expm1f(x));
     default:
       return fminf(fmaxf(x, p.alpha), p.beta);
   }

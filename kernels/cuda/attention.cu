@@ -1,5 +1,5 @@
 // Attention on CUDA (attention in both layouts and packed_attention, one set of kernels: q, k, v
-// and the output are addressed through the strides of AttentionGeometry, core/ops/attention.h).
+// and the output are addressed through the strides of AttentionGeometry, ir/ops/attention.h).
 // A flash-attention-style kernel without tensor cores (correctness first).
 // One block per (batch * query head, tile of kBlockM query rows); each of its warps owns
 // kRowsPerWarp rows. Key/value tiles of kBlockN keys stream through shared memory (as float);
@@ -15,15 +15,14 @@
 #include <cmath>
 #include <string>
 
-#include "core/op_schema.h"
-#include "core/ops/attention.h"
+#include "ir/op_schema.h"
+#include "ir/ops/attention.h"
 #include "kernels/broadcast.h"
 #include "kernels/cuda/attention_mma.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/device.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 
 namespace kiln {
 namespace {
@@ -355,11 +354,12 @@ class CudaAttention final : public Kernel {
 
 }  // namespace
 
-void register_attention_cuda_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("attention", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CudaAttention>(l, false); });
   register_kernel("packed_attention", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CudaAttention>(l, true); });
-}
+});
 
 }  // namespace kiln

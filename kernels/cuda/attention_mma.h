@@ -10,8 +10,8 @@
 
 #include <cstdint>
 
-#include "core/dims.h"
-#include "core/dtype.h"
+#include "ir/dims.h"
+#include "ir/dtype.h"
 
 namespace kiln {
 

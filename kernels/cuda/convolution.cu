@@ -25,16 +25,15 @@
 #include <mutex>
 #include <utility>
 
-#include "core/op_schema.h"
-#include "core/ops/activation.h"
-#include "core/ops/convolution.h"
+#include "ir/op_schema.h"
+#include "ir/ops/activation.h"
+#include "ir/ops/convolution.h"
 #include "kernels/cuda/activation_math.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cudnn_util.h"
 #include "kernels/cuda/depthwise_convolution.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 
 namespace kiln {
 namespace {
@@ -397,11 +396,12 @@ class CudnnConvolution final : public Kernel {
 
 }  // namespace
 
-void register_convolution_cuda_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("convolution", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CudnnConvolution>(l, false); });
   register_kernel("deconvolution", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CudnnConvolution>(l, true); });
-}
+});
 
 }  // namespace kiln

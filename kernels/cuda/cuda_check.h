@@ -6,7 +6,7 @@
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
-#include "core/error.h"
+#include "ir/error.h"
 
 #define KILN_CUDA_CHECK(expr)                                                                              \
   do {                                                                                                     \

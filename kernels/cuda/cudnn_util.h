@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "core/dims.h"
-#include "core/dtype.h"
+#include "ir/dims.h"
+#include "ir/dtype.h"
 #include "kernels/cuda/cuda_check.h"
 
 namespace kiln {

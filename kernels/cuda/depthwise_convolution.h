@@ -9,7 +9,7 @@
 
 #include <cstdint>
 
-#include "core/dtype.h"
+#include "ir/dtype.h"
 #include "kernels/cuda/activation_math.cuh"
 
 namespace kiln {

@@ -6,8 +6,8 @@
 
 #include <cstdint>
 
-#include "core/dtype.h"
-#include "core/error.h"
+#include "ir/dtype.h"
+#include "ir/error.h"
 
 namespace kiln {
 

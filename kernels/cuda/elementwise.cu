@@ -3,13 +3,12 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "core/ops/elementwise.h"
+#include "ir/ops/elementwise.h"
 #include "kernels/broadcast.h"
 #include "kernels/cuda/activation_math.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 
 namespace kiln {
 namespace {
@@ -318,11 +317,12 @@ class CudaElementwise final : public Kernel {
 
 }  // namespace
 
-void register_elementwise_cuda_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("elementwise", Backend::kCuda, [](const Layer& l) {
     std::string op = l.attrs.get_string("op", l.name);
     return std::make_unique<CudaElementwise>(variant_code(elementwise_ops(), op), op);
   });
-}
+});
 
 }  // namespace kiln

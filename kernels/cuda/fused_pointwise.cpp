@@ -27,16 +27,17 @@
 #include <mutex>
 #include <sstream>
 
-#include "core/error.h"
-#include "core/logging.h"
-#include "core/op_schema.h"
-#include "core/ops/fused_pointwise.h"
+#include "ir/base64.h"
+#include "ir/error.h"
+#include "ir/logging.h"
+#include "ir/op_schema.h"
+#include "ir/ops/activation.h"
+#include "ir/ops/fused_pointwise.h"
 #include "kernels/broadcast.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/device.h"
 #include "kernels/fused_pointwise_codegen.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 
 namespace kiln {
 namespace {
@@ -191,6 +192,10 @@ std::string activation_expr(const PointwiseInstr& ins, const std::string& x) {
   if (t == "softplus") return "ksoftplus(" + x + ", " + beta + ", " + float_literal(ins.threshold) + ")";
   if (t == "mish") return "(" + x + " * tanhf(ksoftplus(" + x + ", 1.f, 20.f)))";
   if (t == "clip") return "fminf(fmaxf(" + x + ", " + alpha + "), " + beta + ")";
+  if (t == "selu") {
+    return "(" + float_literal(kSeluScale) + " * (" + x + " > 0.f ? " + x + " : " + float_literal(kSeluAlpha) +
+           " * expm1f(" + x + ")))";
+  }
   KILN_FAIL("fused_pointwise: no CUDA code for activation '" << t << "'");
 }
 
@@ -400,56 +405,6 @@ std::string hex(uint64_t v) {
   return buf;
 }
 
-// ---- base64 (plans keep the cubin in a string attribute; text keeps plan inspection printable) --
-
-const char kB64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-std::string base64_encode(const std::vector<char>& in) {
-  std::string out;
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    uint32_t v = uint32_t(uint8_t(in[i])) << 16 | uint32_t(uint8_t(in[i + 1])) << 8 | uint8_t(in[i + 2]);
-    for (int s = 18; s >= 0; s -= 6) out += kB64[(v >> s) & 63];
-  }
-  if (i < in.size()) {
-    uint32_t v = uint32_t(uint8_t(in[i])) << 16 | (i + 1 < in.size() ? uint32_t(uint8_t(in[i + 1])) << 8 : 0);
-    out += kB64[(v >> 18) & 63];
-    out += kB64[(v >> 12) & 63];
-    out += i + 1 < in.size() ? kB64[(v >> 6) & 63] : '=';
-    out += '=';
-  }
-  return out;
-}
-
-// Returns false on malformed input.
-bool base64_decode(const std::string& in, std::vector<char>* out) {
-  if (in.size() % 4 != 0) return false;
-  auto val = [](char c) -> int {
-    const char* p = std::strchr(kB64, c);
-    return c != 0 && p ? static_cast<int>(p - kB64) : -1;
-  };
-  for (size_t i = 0; i < in.size(); i += 4) {
-    int v[4];
-    int pad = 0;
-    for (int k = 0; k < 4; ++k) {
-      char c = in[i + k];
-      if (c == '=' && i + 4 == in.size() && k >= 2) {
-        v[k] = 0;
-        ++pad;
-      } else {
-        if (pad) return false;
-        v[k] = val(c);
-        if (v[k] < 0) return false;
-      }
-    }
-    uint32_t w = uint32_t(v[0]) << 18 | uint32_t(v[1]) << 12 | uint32_t(v[2]) << 6 | uint32_t(v[3]);
-    out->push_back(static_cast<char>(w >> 16));
-    if (pad < 2) out->push_back(static_cast<char>((w >> 8) & 255));
-    if (pad < 1) out->push_back(static_cast<char>(w & 255));
-  }
-  return true;
-}
-
 // ---- modules -------------------------------------------------------------------------------------
 
 struct Module {
@@ -534,8 +489,12 @@ class CudaFusedPointwise final : public Kernel {
     arch_ = cuda_device_arch();
     std::vector<char> stored;
     bool reuse = layer.attrs.get_int("cubin_arch", int64_t{-1}) == arch_ && layer.attrs.has("cubin") &&
-                 layer.attrs.has("cubin_key") && layer.attrs.get_string("cubin_key", who_) == key_ &&
-                 base64_decode(layer.attrs.get_string("cubin", who_), &stored) && !stored.empty();
+                 layer.attrs.has("cubin_key") && layer.attrs.get_string("cubin_key", who_) == key_;
+    if (reuse) {
+      std::optional<std::string> bytes = base64_decode(layer.attrs.get_string("cubin", who_));
+      reuse = bytes.has_value() && !bytes->empty();
+      if (reuse) stored.assign(bytes->begin(), bytes->end());
+    }
     module_ = module_for(source_, arch_, reuse ? &stored : nullptr, who_);
   }
 
@@ -585,7 +544,7 @@ class CudaFusedPointwise final : public Kernel {
   std::string name() const override { return "cuda_fused_pointwise"; }
 
   void store_artifacts(Attributes& attrs) const override {
-    attrs.set("cubin", base64_encode(module_->cubin));
+    attrs.set("cubin", base64_encode(module_->cubin.data(), module_->cubin.size()));
     attrs.set("cubin_arch", static_cast<int64_t>(arch_));
     attrs.set("cubin_key", key_);
   }
@@ -614,9 +573,10 @@ std::string fused_pointwise_cuda_source(const Layer& layer) {
   return generate_source(p, regs, sig);
 }
 
-void register_fused_pointwise_cuda_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("fused_pointwise", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CudaFusedPointwise>(l); });
-}
+});
 
 }  // namespace kiln

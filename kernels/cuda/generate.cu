@@ -1,10 +1,9 @@
 // arange and fill. Element counts come from the output shape; shape-carrying inputs are not read
 // (their values were known on the host when the shapes were inferred).
-#include "core/ops/generate.h"
+#include "ir/ops/generate.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/scalar_bytes.h"
 
 namespace kiln {
@@ -105,11 +104,12 @@ class CudaFill final : public Kernel {
 
 }  // namespace
 
-void register_generate_cuda_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("arange", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CudaArange>(arange_params(l)); });
   register_kernel("fill", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CudaFill>(fill_params(l)); });
-}
+});
 
 }  // namespace kiln

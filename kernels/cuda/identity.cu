@@ -1,6 +1,5 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 
 namespace kiln {
 namespace {
@@ -19,8 +18,9 @@ class CudaIdentity final : public Kernel {
 
 }  // namespace
 
-void register_identity_cuda_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("identity", Backend::kCuda, [](const Layer&) { return std::make_unique<CudaIdentity>(); });
-}
+});
 
 }  // namespace kiln

@@ -1,4 +1,4 @@
-// CUDA indexing ops (see core/ops/indexing.cpp).
+// CUDA indexing ops (see ir/ops/indexing.cpp).
 //   gather, embedding, gather_elements, pad: one thread per output element (grid-stride), elements
 //     moved as raw words of their size, so one instantiation serves every dtype of that size. An
 //     index out of range after wrapping negatives reads nothing and writes 0 (a kernel cannot raise
@@ -11,12 +11,11 @@
 #include <cstring>
 #include <type_traits>
 
-#include "core/op_schema.h"
-#include "core/ops/indexing.h"
+#include "ir/op_schema.h"
+#include "ir/ops/indexing.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/reference/host_access.h"  // host-side dtype rounding of the pad value
 
 namespace kiln {
@@ -514,7 +513,8 @@ class CudaTopk final : public Kernel {
 
 }  // namespace
 
-void register_indexing_cuda_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("gather", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CudaGather>(l, axis_of(l, 0)); });
   register_kernel("embedding", Backend::kCuda,
@@ -524,6 +524,6 @@ void register_indexing_cuda_kernel() {
   register_kernel("pad", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaPad>(l); });
   register_kernel("cumsum", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaCumsum>(l); });
   register_kernel("topk", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaTopk>(l); });
-}
+});
 
 }  // namespace kiln

@@ -12,12 +12,11 @@
 #include <mutex>
 #include <tuple>
 
-#include "core/ops/activation.h"
+#include "ir/ops/activation.h"
 #include "kernels/broadcast.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/matmul_epilogue.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/matmul_views.h"
 
 namespace kiln {
@@ -315,11 +314,10 @@ class CublasLtFullyConnected final : public Kernel {
     std::string act = l.attrs.has("activation") ? l.attrs.get_string("activation", l.name) : "none";
     if (act != "none") {
       act_ = activation_code(act);
-      alpha_ = static_cast<float>(l.attrs.get_float("alpha", act == "clip"  ? 0.0
-                                                             : act == "elu" ? 1.0
-                                                                            : 0.01));
-      beta_ = static_cast<float>(l.attrs.get_float("beta", 1.0));
-      threshold_ = static_cast<float>(l.attrs.get_float("threshold", 20.0));
+      const ActivationAttrs a = activation_attrs(act, l.attrs);
+      alpha_ = static_cast<float>(a.alpha);
+      beta_ = static_cast<float>(a.beta);
+      threshold_ = static_cast<float>(a.threshold);
       relu_ = act == "relu";
       gelu_tanh_ = act == "gelu_tanh";
     }
@@ -382,11 +380,12 @@ class CublasLtFullyConnected final : public Kernel {
 
 }  // namespace
 
-void register_matmul_cuda_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("matmul", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CublasLtMatmul>(l); });
   register_kernel("fully_connected", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CublasLtFullyConnected>(l); });
-}
+});
 
 }  // namespace kiln

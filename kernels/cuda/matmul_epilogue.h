@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "core/dtype.h"
+#include "ir/dtype.h"
 
 namespace kiln {
 

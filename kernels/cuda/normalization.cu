@@ -11,14 +11,13 @@
 #include <initializer_list>
 #include <type_traits>
 
-#include "core/ops/normalization.h"
-#include "core/ops/reduce.h"
+#include "ir/ops/normalization.h"
+#include "ir/ops/reduce.h"
 #include "kernels/cuda/activation_math.cuh"
 #include "kernels/cuda/block_reduce.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/reduce_geometry.h"
 
 namespace kiln {
@@ -404,13 +403,14 @@ class CudaRowNorm final : public Kernel {
 
 }  // namespace
 
-void register_normalization_cuda_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("softmax", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaSoftmax>(l); });
   register_kernel("batch_norm", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CudaBatchNorm>(l); });
   for (const char* op : {"layer_norm", "group_norm", "rms_norm"}) {
     register_kernel(op, Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaRowNorm>(l); });
   }
-}
+});
 
 }  // namespace kiln

@@ -12,15 +12,14 @@
 #include <algorithm>
 #include <cfloat>
 
-#include "core/op_schema.h"
-#include "core/ops/convolution.h"
-#include "core/ops/pooling.h"
+#include "ir/op_schema.h"
+#include "ir/ops/convolution.h"
+#include "ir/ops/pooling.h"
 #include "kernels/cuda/block_reduce.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cudnn_util.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 
 namespace kiln {
 namespace {
@@ -416,7 +415,8 @@ bool cudnn_expresses(const Layer& l) {
 
 }  // namespace
 
-void register_pooling_cuda_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("pooling", Backend::kCuda, [](const Layer& l) -> std::unique_ptr<Kernel> {
     if (cudnn_expresses(l)) return std::make_unique<CudnnPooling>(l);
     return std::make_unique<CudaPooling>(l);
@@ -424,6 +424,6 @@ void register_pooling_cuda_kernel() {
   register_kernel("adaptive_pooling", Backend::kCuda, [](const Layer& l) {
     return std::make_unique<CudaAdaptivePooling>(adaptive_pool_type(l), channels_last(l));
   });
-}
+});
 
 }  // namespace kiln

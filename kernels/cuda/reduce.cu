@@ -11,17 +11,16 @@
 //                      warp per output combines the rows' partials (a shuffle tree). Not for var
 //                      (two passes).
 // Floating types accumulate in float32, integers in int64 (wrapping); var is two-pass.
-// Codes follow reduce_ops() / arg_reduce_ops() in core/ops/reduce.cpp.
+// Codes follow reduce_ops() / arg_reduce_ops() in ir/ops/reduce.cpp.
 #include <climits>
 #include <cmath>
 #include <type_traits>
 
-#include "core/ops/reduce.h"
+#include "ir/ops/reduce.h"
 #include "kernels/cuda/block_reduce.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/reduce_geometry.h"
 
 namespace kiln {
@@ -344,10 +343,11 @@ class CudaArgReduce final : public Kernel {
 
 }  // namespace
 
-void register_reduce_cuda_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("reduce", Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaReduce>(l); });
   register_kernel("arg_reduce", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CudaArgReduce>(l); });
-}
+});
 
 }  // namespace kiln

@@ -2,11 +2,10 @@
 // computed per element with the same float32 arithmetic as the reference backend
 // (kernels/resize_index.h); interpolation runs in float, outer spatial dim outermost, as torch's
 // CPU kernels nest it.
-#include "core/ops/resize.h"
+#include "ir/ops/resize.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/resize_index.h"
 
 namespace kiln {
@@ -112,9 +111,10 @@ class CudaResize final : public Kernel {
 
 }  // namespace
 
-void register_resize_cuda_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("resize", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CudaResize>(resize_attrs(l)); });
-}
+});
 
 }  // namespace kiln

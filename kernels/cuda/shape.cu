@@ -7,12 +7,11 @@
 // shape writes the concrete dims, passed by value, with a one-block kernel (no host staging).
 #include <cstring>
 
-#include "core/op_schema.h"
-#include "core/ops/shape.h"
+#include "ir/op_schema.h"
+#include "ir/ops/shape.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/strided_copy.h"
 
 namespace kiln {
@@ -304,7 +303,8 @@ class CudaShape final : public Kernel {
 
 }  // namespace
 
-void register_shape_cuda_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   for (const char* op : {"reshape", "flatten", "squeeze", "unsqueeze"}) {
     register_kernel(op, Backend::kCuda, [](const Layer&) { return std::make_unique<CudaCopy>(); });
   }
@@ -319,6 +319,6 @@ void register_shape_cuda_kernel() {
   register_kernel("split", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CudaSplit>(l.attrs.get_int("axis", 0)); });
   register_kernel("shape", Backend::kCuda, [](const Layer&) { return std::make_unique<CudaShape>(); });
-}
+});
 
 }  // namespace kiln

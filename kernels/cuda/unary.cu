@@ -2,11 +2,10 @@
 // sign on int32/int64 and not on bool compute in their own type. Codes follow unary_ops().
 #include <algorithm>
 
-#include "core/ops/unary.h"
+#include "ir/ops/unary.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 
 namespace kiln {
 namespace {
@@ -125,11 +124,12 @@ class CudaUnary final : public Kernel {
 
 }  // namespace
 
-void register_unary_cuda_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("unary", Backend::kCuda, [](const Layer& l) {
     std::string op = l.attrs.get_string("op", l.name);
     return std::make_unique<CudaUnary>(variant_code(unary_ops(), op), op);
   });
-}
+});
 
 }  // namespace kiln

@@ -5,7 +5,6 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 
 namespace kiln {
 namespace {
@@ -80,8 +79,9 @@ class CudaWhere final : public Kernel {
 
 }  // namespace
 
-void register_where_cuda_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("where", Backend::kCuda, [](const Layer&) { return std::make_unique<CudaWhere>(); });
-}
+});
 
 }  // namespace kiln

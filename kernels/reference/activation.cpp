@@ -3,9 +3,9 @@
 #include <cmath>
 #include <functional>
 
-#include "core/error.h"
+#include "ir/error.h"
+#include "ir/ops/activation.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/reference/activation_fn.h"
 #include "kernels/reference/host_access.h"
 #include "kernels/reference/pointwise_math.h"
@@ -40,23 +40,24 @@ std::function<double(double)> activation_fn(const std::string& type, double alph
   if (type == "elu") return [alpha](double x) { return x > 0 ? x : alpha * (std::exp(x) - 1.0); };
   if (type == "softplus") return [beta, threshold](double x) { return softplus(x, beta, threshold); };
   if (type == "mish") return [](double x) { return x * std::tanh(softplus(x, 1.0, 20.0)); };
+  if (type == "selu") {
+    return [](double x) { return kSeluScale * (x > 0 ? x : kSeluAlpha * (std::exp(x) - 1.0)); };
+  }
   if (type == "clip") return [alpha, beta](double x) { return std::min(std::max(x, alpha), beta); };
   KILN_FAIL("activation: unknown type '" << type << "'");
 }
 
 std::function<double(double)> reference_activation(const std::string& type, const Attributes& attrs) {
-  return activation_fn(type,
-                       attrs.get_float("alpha", type == "clip"  ? 0.0
-                                                : type == "elu" ? 1.0
-                                                                : 0.01),
-                       attrs.get_float("beta", 1.0), attrs.get_float("threshold", 20.0));
+  const ActivationAttrs a = activation_attrs(type, attrs);
+  return activation_fn(type, a.alpha, a.beta, a.threshold);
 }
 
-void register_activation_reference_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("activation", Backend::kReference, [](const Layer& l) {
     std::string type = l.attrs.get_string("type", l.name);
     return std::make_unique<RefPointwise>("ref_" + type, reference_activation(type, l.attrs));
   });
-}
+});
 
 }  // namespace kiln

@@ -5,7 +5,7 @@
 #include <functional>
 #include <string>
 
-#include "core/attributes.h"
+#include "ir/attributes.h"
 
 namespace kiln {
 

@@ -6,10 +6,9 @@
 #include <cmath>
 #include <limits>
 
-#include "core/ops/attention.h"
+#include "ir/ops/attention.h"
 #include "kernels/broadcast.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/reference/host_access.h"
 
 namespace kiln {
@@ -105,11 +104,12 @@ class RefPackedAttention final : public Kernel {
 
 }  // namespace
 
-void register_attention_reference_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("attention", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefAttention>(attention_attrs(l)); });
   register_kernel("packed_attention", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefPackedAttention>(attention_attrs(l)); });
-}
+});
 
 }  // namespace kiln

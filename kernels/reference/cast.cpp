@@ -5,7 +5,6 @@
 #include <type_traits>
 
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/reference/host_access.h"
 
 namespace kiln {
@@ -115,8 +114,9 @@ class RefCast final : public Kernel {
 
 }  // namespace
 
-void register_cast_reference_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("cast", Backend::kReference, [](const Layer&) { return std::make_unique<RefCast>(); });
-}
+});
 
 }  // namespace kiln

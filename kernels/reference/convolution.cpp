@@ -5,9 +5,8 @@
 #include <array>
 #include <functional>
 
-#include "core/ops/convolution.h"
+#include "ir/ops/convolution.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/reference/host_access.h"
 #include "kernels/reference/pointwise_math.h"
 
@@ -110,11 +109,12 @@ class RefConvolution final : public Kernel {
 
 }  // namespace
 
-void register_convolution_reference_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("convolution", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefConvolution>(l, false); });
   register_kernel("deconvolution", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefConvolution>(l, true); });
-}
+});
 
 }  // namespace kiln

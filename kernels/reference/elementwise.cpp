@@ -2,10 +2,9 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/error.h"
+#include "ir/error.h"
 #include "kernels/broadcast.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/reference/host_access.h"
 #include "kernels/reference/pointwise_math.h"
 
@@ -68,10 +67,11 @@ class RefElementwise final : public Kernel {
 
 }  // namespace
 
-void register_elementwise_reference_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("elementwise", Backend::kReference, [](const Layer& l) {
     return std::make_unique<RefElementwise>(l.attrs.get_string("op", l.name));
   });
-}
+});
 
 }  // namespace kiln

@@ -4,12 +4,11 @@
 // layers one after another on the reference backend.
 #include <functional>
 
-#include "core/error.h"
-#include "core/op_schema.h"
-#include "core/ops/fused_pointwise.h"
+#include "ir/error.h"
+#include "ir/op_schema.h"
+#include "ir/ops/fused_pointwise.h"
 #include "kernels/broadcast.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/reference/host_access.h"
 #include "kernels/reference/pointwise_math.h"
 
@@ -120,9 +119,10 @@ class RefFusedPointwise final : public Kernel {
 
 }  // namespace
 
-void register_fused_pointwise_reference_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("fused_pointwise", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefFusedPointwise>(l); });
-}
+});
 
 }  // namespace kiln

@@ -2,9 +2,8 @@
 // optional shape-carrying inputs are not read.
 #include <cstring>
 
-#include "core/ops/generate.h"
+#include "ir/ops/generate.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/reference/host_access.h"
 #include "kernels/scalar_bytes.h"
 
@@ -52,11 +51,12 @@ class RefFill final : public Kernel {
 
 }  // namespace
 
-void register_generate_reference_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("arange", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefArange>(arange_params(l)); });
   register_kernel("fill", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefFill>(fill_params(l)); });
-}
+});
 
 }  // namespace kiln

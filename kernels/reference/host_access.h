@@ -8,8 +8,8 @@
 #include <functional>
 #include <string>
 
-#include "core/dtype.h"
-#include "core/error.h"
+#include "ir/dtype.h"
+#include "ir/error.h"
 #include "kernels/kernel.h"
 
 namespace kiln {

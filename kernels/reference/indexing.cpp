@@ -1,15 +1,14 @@
-// Reference indexing ops (see core/ops/indexing.cpp). Elements are moved as raw bytes, so every
+// Reference indexing ops (see ir/ops/indexing.cpp). Elements are moved as raw bytes, so every
 // dtype is exact; an index out of range after wrapping negatives is an error naming the layer.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
 
-#include "core/error.h"
-#include "core/op_schema.h"
-#include "core/ops/indexing.h"
+#include "ir/error.h"
+#include "ir/op_schema.h"
+#include "ir/ops/indexing.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/reference/host_access.h"
 
 namespace kiln {
@@ -252,7 +251,8 @@ class RefTopk final : public Kernel {
 
 }  // namespace
 
-void register_indexing_reference_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("gather", Backend::kReference, [](const Layer& l) {
     return std::make_unique<RefGather>(l, l.attrs.get_int("axis", int64_t{0}));
   });
@@ -264,6 +264,6 @@ void register_indexing_reference_kernel() {
   register_kernel("cumsum", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefCumsum>(l); });
   register_kernel("topk", Backend::kReference, [](const Layer& l) { return std::make_unique<RefTopk>(l); });
-}
+});
 
 }  // namespace kiln

@@ -1,7 +1,6 @@
 // Reference matmul and fully_connected: naive triple loops, accumulating in double.
 #include "kernels/broadcast.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/matmul_views.h"
 #include "kernels/reference/activation_fn.h"
 #include "kernels/reference/host_access.h"
@@ -88,13 +87,14 @@ class RefFullyConnected final : public Kernel {
 
 }  // namespace
 
-void register_matmul_reference_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("fully_connected", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefFullyConnected>(l); });
   register_kernel("matmul", Backend::kReference, [](const Layer& l) {
     return std::make_unique<RefMatmul>(l.attrs.get_int("transpose_a", int64_t{0}) != 0,
                                        l.attrs.get_int("transpose_b", int64_t{0}) != 0);
   });
-}
+});
 
 }  // namespace kiln

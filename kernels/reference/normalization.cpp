@@ -2,11 +2,10 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/error.h"
-#include "core/ops/normalization.h"
-#include "core/ops/reduce.h"
+#include "ir/error.h"
+#include "ir/ops/normalization.h"
+#include "ir/ops/reduce.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/reduce_geometry.h"
 #include "kernels/reference/host_access.h"
 
@@ -136,7 +135,8 @@ class RefRowNorm final : public Kernel {
 
 }  // namespace
 
-void register_normalization_reference_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("softmax", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefSoftmax>(l); });
   register_kernel("batch_norm", Backend::kReference,
@@ -144,6 +144,6 @@ void register_normalization_reference_kernel() {
   for (const char* op : {"layer_norm", "group_norm", "rms_norm"}) {
     register_kernel(op, Backend::kReference, [](const Layer& l) { return std::make_unique<RefRowNorm>(l); });
   }
-}
+});
 
 }  // namespace kiln

@@ -6,10 +6,9 @@
 #include <cmath>
 #include <limits>
 
-#include "core/ops/convolution.h"
-#include "core/ops/pooling.h"
+#include "ir/ops/convolution.h"
+#include "ir/ops/pooling.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/reference/host_access.h"
 
 namespace kiln {
@@ -158,12 +157,13 @@ class RefAdaptivePooling final : public Kernel {
 
 }  // namespace
 
-void register_pooling_reference_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("pooling", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefPooling>(l); });
   register_kernel("adaptive_pooling", Backend::kReference, [](const Layer& l) {
     return std::make_unique<RefAdaptivePooling>(adaptive_pool_type(l), channels_last(l));
   });
-}
+});
 
 }  // namespace kiln

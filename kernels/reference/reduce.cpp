@@ -4,10 +4,9 @@
 #include <cmath>
 #include <limits>
 
-#include "core/error.h"
-#include "core/ops/reduce.h"
+#include "ir/error.h"
+#include "ir/ops/reduce.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/reduce_geometry.h"
 #include "kernels/reference/host_access.h"
 
@@ -137,11 +136,12 @@ class RefArgReduce final : public Kernel {
 
 }  // namespace
 
-void register_reduce_reference_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("reduce", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefReduce>(l); });
   register_kernel("arg_reduce", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefArgReduce>(l); });
-}
+});
 
 }  // namespace kiln

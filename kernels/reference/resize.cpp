@@ -3,9 +3,8 @@
 // in double.
 #include <vector>
 
-#include "core/ops/resize.h"
+#include "ir/ops/resize.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/reference/host_access.h"
 #include "kernels/resize_index.h"
 
@@ -72,9 +71,10 @@ class RefResize final : public Kernel {
 
 }  // namespace
 
-void register_resize_reference_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("resize", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefResize>(resize_attrs(l)); });
-}
+});
 
 }  // namespace kiln

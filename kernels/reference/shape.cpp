@@ -2,10 +2,9 @@
 // row-major order (one memcpy); the others walk a StridedCopy element by element.
 #include <cstring>
 
-#include "core/ops/shape.h"
-#include "core/ops/shape_values.h"
+#include "ir/ops/shape.h"
+#include "ir/ops/shape_values.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/strided_copy.h"
 
 namespace kiln {
@@ -122,7 +121,8 @@ class RefShape final : public Kernel {
 
 }  // namespace
 
-void register_shape_reference_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   for (const char* op : {"reshape", "flatten", "squeeze", "unsqueeze"}) {
     register_kernel(op, Backend::kReference, [](const Layer&) { return std::make_unique<RefCopy>(); });
   }
@@ -135,6 +135,6 @@ void register_shape_reference_kernel() {
   register_kernel("split", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefSplit>(l.attrs.get_int("axis", 0)); });
   register_kernel("shape", Backend::kReference, [](const Layer&) { return std::make_unique<RefShape>(); });
-}
+});
 
 }  // namespace kiln

@@ -2,9 +2,8 @@
 #include <cmath>
 #include <functional>
 
-#include "core/error.h"
+#include "ir/error.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 #include "kernels/reference/host_access.h"
 #include "kernels/reference/pointwise_math.h"
 
@@ -29,11 +28,12 @@ std::function<double(double)> unary_fn(const std::string& op) {
   KILN_FAIL("unary: unknown op '" << op << "'");
 }
 
-void register_unary_reference_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("unary", Backend::kReference, [](const Layer& l) {
     std::string op = l.attrs.get_string("op", l.name);
     return std::make_unique<RefPointwise>("ref_" + op, unary_fn(op));
   });
-}
+});
 
 }  // namespace kiln

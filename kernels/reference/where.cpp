@@ -4,7 +4,6 @@
 
 #include "kernels/broadcast.h"
 #include "kernels/kernel.h"
-#include "kernels/kernels.h"
 
 namespace kiln {
 namespace {
@@ -41,8 +40,9 @@ class RefWhere final : public Kernel {
 
 }  // namespace
 
-void register_where_reference_kernel() {
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
   register_kernel("where", Backend::kReference, [](const Layer&) { return std::make_unique<RefWhere>(); });
-}
+});
 
 }  // namespace kiln

@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <mutex>
 
-#include "core/op_schema.h"
+#include "ir/op_schema.h"
 #include "test_util.h"
 
 namespace kiln {

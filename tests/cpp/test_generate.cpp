@@ -2,7 +2,7 @@
 // flowing through shape arithmetic). Python cannot make such values without a shape-of op, so
 // the schemas are called directly: once as the builder does (value unknown -> dynamic dim) and
 // once as the engine does at run time (value known -> concrete dim).
-#include "core/op_schema.h"
+#include "ir/op_schema.h"
 #include "test_util.h"
 
 namespace kiln {

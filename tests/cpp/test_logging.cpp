@@ -1,10 +1,10 @@
-#include "core/logging.h"
+#include "ir/logging.h"
 
 #include <gtest/gtest.h>
 
 #include <vector>
 
-#include "core/error.h"
+#include "ir/error.h"
 
 namespace kiln {
 namespace {

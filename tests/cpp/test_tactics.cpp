@@ -7,8 +7,8 @@
 #include <cstdlib>
 #include <mutex>
 
-#include "core/logging.h"
-#include "core/op_schema.h"
+#include "ir/logging.h"
+#include "ir/op_schema.h"
 #include "core/tactics.h"
 #include "core/timing_cache.h"
 #include "test_util.h"

@@ -6,7 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/logging.h"
+#include "ir/logging.h"
 #include "core/timing_cache.h"
 #include "test_util.h"
 

@@ -248,3 +248,10 @@ def test_converter_refusals_say_why():
 
     report = kiln.compile(module(fn, 1), [rand(3, 4)], device="cpu", dry_run=True)
     assert report.fallbacks
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_selu(device):
+    # aten.selu stays whole (a converter takes it, so export does not decompose it into elu).
+    compiled = check(lambda x: torch.selu(x * 3), [rand(4, 33)], device)
+    assert "aten.selu.default" in compiled.report.segments[0]["ops"]

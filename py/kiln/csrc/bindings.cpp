@@ -9,9 +9,9 @@
 
 #include "core/builder.h"
 #include "core/engine.h"
-#include "core/error.h"
-#include "core/logging.h"
-#include "core/op_schema.h"
+#include "ir/error.h"
+#include "ir/logging.h"
+#include "ir/op_schema.h"
 #include "kernels/device.h"
 #include "kernels/fused_pointwise_codegen.h"
 
@@ -188,12 +188,6 @@ Backend parse_backend(const std::string& s) {
   KILN_FAIL("unknown backend '" << s << "': use 'cuda' or 'reference'");
 }
 
-BuildTarget parse_target(const std::string& s) {
-  if (s == "auto") return BuildTarget::kAuto;
-  if (s == "cuda") return BuildTarget::kCuda;
-  if (s == "reference" || s == "cpu") return BuildTarget::kReference;
-  KILN_FAIL("unknown build target '" << s << "': use 'auto', 'cuda' or 'reference'");
-}
 
 }  // namespace
 
@@ -209,6 +203,29 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "cuda_device_arch", [](int device) { return cuda_device_arch(device); }, py::arg("device") = -1);
   m.def("registered_ops", &registered_ops);
+  // The schema of an op: its declared attributes (name, type, default or None, doc) and traits.
+  m.def("op_attributes", [](const std::string& op) {
+    const OpSchema* schema = find_schema(op);
+    KILN_CHECK(schema != nullptr, "unknown op '" << op << "'");
+    py::list out;
+    for (const AttrSpec& a : schema->attributes) {
+      py::object dflt = py::none();
+      if (a.default_value.has_value()) dflt = std::visit([](const auto& v) { return py::cast(v); }, *a.default_value);
+      out.append(py::make_tuple(a.name, attr_type_name(a.type), dflt, a.doc));
+    }
+    return out;
+  });
+  m.def("op_traits", [](const std::string& op) {
+    const OpSchema* schema = find_schema(op);
+    KILN_CHECK(schema != nullptr, "unknown op '" << op << "'");
+    std::vector<std::string> traits;
+    for (auto [trait, name] : {std::pair{kPointwise, "pointwise"}, std::pair{kView, "view"},
+                               std::pair{kLayoutTransparent, "layout_transparent"},
+                               std::pair{kTf32Capable, "tf32_capable"}}) {
+      if (schema->traits & trait) traits.push_back(name);
+    }
+    return traits;
+  });
   m.def("has_kernel", [](const std::string& op, const std::string& backend) {
     return has_kernel(op, parse_backend(backend));
   });
@@ -274,25 +291,10 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("timing_cache_path", &BuilderConfig::timing_cache_path)
       .def_property(
           "precisions",
-          [](const BuilderConfig& c) {
-            std::vector<std::string> p{"fp32"};
-            if (c.precision.tf32) p.push_back("tf32");
-            if (c.precision.fp16) p.push_back("fp16");
-            if (c.precision.bf16) p.push_back("bf16");
-            return p;
-          },
+          [](const BuilderConfig& c) { return precision_names(c.precision); },
           [](BuilderConfig& c, const std::vector<std::string>& names) {
             c.precision.fp16 = c.precision.bf16 = c.precision.tf32 = false;
-            for (const auto& n : names) {
-              if (n == "fp16")
-                c.precision.fp16 = true;
-              else if (n == "bf16")
-                c.precision.bf16 = true;
-              else if (n == "tf32")
-                c.precision.tf32 = true;
-              else
-                KILN_CHECK(n == "fp32", "unknown precision '" << n << "' (use fp32, tf32, fp16, bf16)");
-            }
+            for (const auto& n : names) enable_precision(c.precision, n);
           })
       .def("set_layer_precision",
            [](BuilderConfig& c, const std::string& layer, const std::string& dtype) {
@@ -312,7 +314,7 @@ PYBIND11_MODULE(_C, m) {
                                : c.target == BuildTarget::kReference ? "reference"
                                                                      : "auto");
           },
-          [](BuilderConfig& c, const std::string& s) { c.target = parse_target(s); })
+          [](BuilderConfig& c, const std::string& s) { c.target = parse_device(s); })
       .def("add_optimization_profile",
            [](BuilderConfig& c, const std::map<std::string, std::tuple<Dims, Dims, Dims>>& ranges) {
              OptimizationProfile p;

@@ -1,13 +1,15 @@
 // kiln._C bindings of the torch-free compiler middle: KGraph, the converter registry, the
 // partitioner and segment conversion. py/kiln/compile.py builds the KGraph from torch.export.
 #include <pybind11/pybind11.h>
+#include <pybind11/functional.h>
 #include <pybind11/stl.h>
 
 #include <memory>
 
-#include "converters/convert_segment.h"
+#include "driver/compile.h"
+#include "driver/convert_segment.h"
 #include "converters/converter.h"
-#include "core/error.h"
+#include "ir/error.h"
 #include "lowering/kgraph.h"
 #include "partitioning/partition.h"
 
@@ -124,6 +126,67 @@ void bind_compiler(py::module_& m) {
       },
       py::arg("graph"), py::arg("min_block_size"), py::arg("torch_executed_ops"),
       py::arg("require_full_compilation"));
+  py::class_<CompileOptions>(m, "CompileOptions",
+                             "The options of one compilation (driver/compile.h), the same for both frontends.")
+      .def(py::init<>())
+      .def_property(
+          "precisions",
+          [](const CompileOptions& o) {
+            std::vector<std::string> names;
+            for (Precision p : o.enabled_precisions) names.push_back(precision_name(p));
+            return names;
+          },
+          [](CompileOptions& o, const std::vector<std::string>& names) {
+            o.enabled_precisions = {Precision::kFP32};
+            for (const std::string& n : names) o.enabled_precisions.insert(parse_precision(n));
+          })
+      .def_readwrite("min_block_size", &CompileOptions::min_block_size)
+      .def_readwrite("torch_executed_ops", &CompileOptions::torch_executed_ops)
+      .def_readwrite("require_full_compilation", &CompileOptions::require_full_compilation)
+      .def_property(
+          "device", [](const CompileOptions& o) { return o.device; },
+          [](CompileOptions& o, const std::string& d) {
+            parse_device(d);  // refused here, by name, rather than at build time
+            o.device = d;
+          })
+      .def_readwrite("workspace_size", &CompileOptions::workspace_size)
+      .def_readwrite("optimization_level", &CompileOptions::optimization_level)
+      .def_readwrite("timing_cache_path", &CompileOptions::timing_cache_path)
+      .def_readwrite("tactic_timing", &CompileOptions::tactic_timing)
+      .def_readwrite("cuda_graphs", &CompileOptions::cuda_graphs)
+      .def_readwrite("dry_run", &CompileOptions::dry_run);
+
+  py::class_<CompileReport::SegmentInfo>(m, "SegmentInfo")
+      .def_property_readonly("kind", [](const CompileReport::SegmentInfo& s) { return s.engine ? "engine" : "pytorch"; })
+      .def_readonly("nodes", &CompileReport::SegmentInfo::nodes)
+      .def_readonly("ops", &CompileReport::SegmentInfo::ops);
+  py::class_<CompileReport::FallbackInfo>(m, "FallbackInfo")
+      .def_readonly("node", &CompileReport::FallbackInfo::node)
+      .def_readonly("target", &CompileReport::FallbackInfo::target)
+      .def_readonly("reason", &CompileReport::FallbackInfo::reason);
+  py::class_<CompileReport>(m, "CompileReport")
+      .def_readonly("num_engines", &CompileReport::num_engines)
+      .def_readonly("segments", &CompileReport::segments)
+      .def_readonly("fallbacks", &CompileReport::fallbacks)
+      .def_readonly("text", &CompileReport::text);
+
+  // compile_graph(graph, options, range) -> (segments as dicts, report, [Plan]); `range(value)`
+  // gives ((min), (opt), (max)) of a segment input with dynamic dims.
+  m.def(
+      "compile_graph",
+      [](const KGraph& g, const CompileOptions& o, const std::function<py::tuple(ValueId)>& range) {
+        InputRange input_range = [&range](ValueId v) {
+          py::tuple t = range(v);
+          return ShapeRange{t[0].cast<Dims>(), t[1].cast<Dims>(), t[2].cast<Dims>()};
+        };
+        CompileResult r = compile_graph(g, o, input_range);
+        py::list segments, plans;
+        for (const Segment& s : r.partition.segments) segments.append(segment_dict(s));
+        for (Plan& p : r.plans) plans.append(py::cast(std::move(p)));
+        return py::make_tuple(segments, r.report, plans);
+      },
+      py::arg("graph"), py::arg("options"), py::arg("range"));
+
   m.def("convert_segment", [](const KGraph& g, const py::dict& segment) {
     return std::make_shared<Network>(convert_segment(g, to_segment(segment)));
   });

@@ -1,0 +1,104 @@
+#include "driver/compile.h"
+
+#include "driver/convert_segment.h"
+#include "ir/error.h"
+#include "ir/logging.h"
+
+namespace kiln {
+
+Precision parse_precision(const std::string& name) {
+  PrecisionConfig c;
+  enable_precision(c, name);  // the one table of names; throws listing them
+  return c.fp16 ? Precision::kFP16 : c.bf16 ? Precision::kBF16 : c.tf32 ? Precision::kTF32 : Precision::kFP32;
+}
+
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::kFP16:
+      return "fp16";
+    case Precision::kBF16:
+      return "bf16";
+    case Precision::kTF32:
+      return "tf32";
+    case Precision::kFP32:
+      break;
+  }
+  return "fp32";
+}
+
+BuilderConfig builder_config(const CompileOptions& options) {
+  BuilderConfig config;
+  for (Precision p : options.enabled_precisions) enable_precision(config.precision, precision_name(p));
+  config.workspace_bytes = options.workspace_size;
+  config.optimization_level = options.optimization_level;
+  config.target = parse_device(options.device);
+  if (options.tactic_timing.has_value()) config.tactic_timing = *options.tactic_timing;
+  config.timing_cache_path = options.timing_cache_path;
+  return config;
+}
+
+PartitionOptions partition_options(const CompileOptions& options, std::map<int, std::string> torch_nodes) {
+  KILN_CHECK(options.min_block_size >= 1,
+             "min_block_size must be at least 1, got " << options.min_block_size);
+  PartitionOptions p;
+  p.min_block_size = options.min_block_size;
+  p.torch_executed_ops = options.torch_executed_ops;
+  p.require_full_compilation = options.require_full_compilation;
+  p.torch_nodes = std::move(torch_nodes);
+  return p;
+}
+
+CompileReport make_report(const KGraph& graph, const Partition& partition) {
+  CompileReport r;
+  for (const Segment& s : partition.segments) {
+    CompileReport::SegmentInfo info;
+    info.engine = s.engine;
+    for (int n : s.nodes) {
+      info.nodes.push_back(graph.nodes()[n].name);
+      info.ops.push_back(graph.nodes()[n].target);
+    }
+    r.num_engines += s.engine ? 1 : 0;
+    r.segments.push_back(std::move(info));
+  }
+  for (const Fallback& f : partition.fallbacks)
+    r.fallbacks.push_back({graph.nodes()[f.node].name, graph.nodes()[f.node].target, f.reason});
+  r.text = describe_partition(graph, partition);
+  return r;
+}
+
+namespace {
+
+BuilderConfig segment_config(const KGraph& graph, const Segment& segment, const CompileOptions& options,
+                             const InputRange& range) {
+  BuilderConfig config = builder_config(options);
+  OptimizationProfile profile;
+  for (ValueId v : segment.inputs) {
+    const KValue& kv = graph.value(v);
+    if (is_static(kv.dims)) continue;
+    KILN_CHECK(range, "input '" << kv.name << "' of an engine has dynamic dims but no shape range was given");
+    profile.inputs[kv.name] = range(v);
+  }
+  if (!profile.inputs.empty()) config.profiles.push_back(std::move(profile));
+  return config;
+}
+
+}  // namespace
+
+CompileResult compile_graph(const KGraph& graph, const CompileOptions& options, const InputRange& range,
+                            std::map<int, std::string> torch_nodes) {
+  const BuildTarget target = parse_device(options.device);  // refuses an unknown device before any work
+  KILN_CHECK(target != BuildTarget::kAuto, "compile: device must be 'cuda', 'cuda:N' or 'cpu', not 'auto'");
+  CompileResult result;
+  result.partition = partition_graph(graph, partition_options(options, std::move(torch_nodes)));
+  result.report = make_report(graph, result.partition);
+  KILN_LOG(kVerbose, "compile: " << result.report.text);
+  if (options.dry_run) return result;
+  for (const Segment& segment : result.partition.segments) {
+    if (!segment.engine) continue;
+    Network net = convert_segment(graph, segment);
+    result.plans.push_back(Builder().build(net, segment_config(graph, segment, options, range)));
+  }
+  return result;
+}
+
+}  // namespace kiln

@@ -1,0 +1,90 @@
+// The op registry: one OpSchema per IR op — the single definition of the op. It holds the
+// op's input count, its typed attributes with their defaults, its traits (what passes may
+// assume of it), and the function that validates a layer and infers its outputs. Validation
+// errors name the layer. Called with dynamic dims (-1) at build time and with concrete dims at
+// run time, so a schema must accept both.
+//
+// Each op file registers its schemas itself, at load time, with one local entry:
+//   const SchemaRegistration kRegistered{{"where", 3, 3, infer_where, {}, kPointwise}};
+// There is no central list of ops.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ir/network.h"
+
+namespace kiln {
+
+enum class AttrType : uint8_t { kInt, kFloat, kInts, kFloats, kString };
+const char* attr_type_name(AttrType t);
+
+// One attribute of an op: its name, type and default (none: the attribute is required, or
+// optional with a meaning when absent that `doc` states).
+struct AttrSpec {
+  std::string name;
+  AttrType type;
+  std::optional<AttrValue> default_value;
+  std::string doc;
+};
+
+// Traits: facts about an op that passes rely on. Passes ask the schema (`has_trait`), they do
+// not keep lists of op names.
+enum OpTrait : uint32_t {
+  kNoTraits = 0,
+  // Elementwise over broadcast inputs; fuse_pointwise may merge it into a fused_pointwise kernel.
+  kPointwise = 1u << 0,
+  // Its output is its input's bytes under another shape (reshape-like); alias_views may make it
+  // a view (alias = 1) that runs no kernel.
+  kView = 1u << 1,
+  // Commutes with a permutation of every operand's dims: assign_layouts keeps it channels last
+  // between channels-last layers.
+  kLayoutTransparent = 1u << 2,
+  // A GEMM or convolution that may run on TF32 tensor cores when BuilderConfig allows TF32.
+  kTf32Capable = 1u << 3,
+};
+
+struct OpSchema {
+  using InferFn = std::function<std::vector<TensorDesc>(const Layer&, const std::vector<TensorDesc>&)>;
+  std::string name;
+  int min_inputs = 1;
+  int max_inputs = 1;
+  InferFn infer;
+  std::vector<AttrSpec> attributes;  // documented attributes with their defaults
+  uint32_t traits = kNoTraits;
+
+  const AttrSpec* attribute(const std::string& attr) const;  // nullptr when not declared
+};
+
+void register_schema(OpSchema schema);
+const OpSchema* find_schema(const std::string& op);  // nullptr when unknown
+std::vector<std::string> registered_ops();
+
+// Registers an op file's schemas when its library loads (a namespace-scope object per file).
+struct SchemaRegistration {
+  SchemaRegistration(std::initializer_list<OpSchema> schemas);
+};
+
+// True when `op` is registered and has trait `t`.
+bool has_trait(const std::string& op, OpTrait t);
+
+// The schema's default of attribute `attr` of `op`; throws when the op declares no such
+// attribute or it has no default (a programming error).
+double default_float(const std::string& op, const std::string& attr);
+int64_t default_int(const std::string& op, const std::string& attr);
+
+// Validates `layer` against its schema and returns its output descriptions.
+std::vector<TensorDesc> infer_layer(const Layer& layer, const std::vector<TensorDesc>& inputs);
+
+// A short "layer 'fc1' (matmul)" for messages.
+std::string describe(const Layer& layer);
+
+// A layer the builder turned into a view of its input (attribute `alias` = 1): no kernel runs,
+// its output shares its input's memory (core/plan.h has the rules).
+bool is_alias_layer(const Layer& layer);
+
+}  // namespace kiln

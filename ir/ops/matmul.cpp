@@ -1,0 +1,148 @@
+// matmul: torch.matmul semantics. C = op(A) @ op(B), op = optional transpose of the last two dims
+// of an operand of rank >= 2. A 1-D A is a row vector [1, K] and a 1-D B a column vector [K, 1],
+// and the added dim is dropped from the result (1-D @ 1-D is a 0-d dot product). Leading (batch)
+// dims broadcast NumPy-style. A and B share one floating dtype.
+//
+// fully_connected: torch.nn.Linear with a fused epilogue. Inputs x, weight, [bias], [residual]:
+//   y = activation(x [..., K] @ weight[N, K]^T (+ bias [N])) (+ residual [..., N]) -> [..., N].
+// `activation` (string, default "none") is any activation type of the activation op, with its
+// `alpha` / `beta` / `threshold` attributes; `residual` (0/1) says the last input is a residual of
+// y's shape, added after the activation. fuse_gemm_epilogue produces these from matmul + add +
+// activation + add chains and records the original layers in the string attribute `fused`.
+//
+// Both accept `allow_tf32` (0/1): float32 GEMMs may use TF32 tensor cores. The builder sets it
+// from BuilderConfig's TF32 flag; it is off by default, so FP32 means FP32.
+#include <algorithm>
+
+#include "ir/error.h"
+#include "ir/op_schema.h"
+#include "ir/ops/activation.h"
+
+namespace kiln {
+namespace {
+
+bool compatible(int64_t a, int64_t b) { return a == b || a == kDynamic || b == kDynamic; }
+
+void check_operands(const std::string& who, const TensorDesc& a, const TensorDesc& b) {
+  KILN_CHECK(is_floating(a.dtype), who << ": operands must be floating point, got " << dtype_name(a.dtype));
+  KILN_CHECK(a.dtype == b.dtype, who << ": operand dtypes differ (" << dtype_name(a.dtype) << " vs "
+                                     << dtype_name(b.dtype) << "); insert a cast");
+}
+
+std::vector<TensorDesc> infer_matmul(const Layer& layer, const std::vector<TensorDesc>& in) {
+  const TensorDesc& a = in[0];
+  const TensorDesc& b = in[1];
+  const std::string who = describe(layer);
+  check_operands(who, a, b);
+  KILN_CHECK(!a.dims.empty() && !b.dims.empty(),
+             who << ": operands need rank >= 1, got " << to_string(a.dims) << " and " << to_string(b.dims));
+  const bool vec_a = a.dims.size() == 1, vec_b = b.dims.size() == 1;
+  // Transposes apply to matrices only; a vector operand is already oriented.
+  const bool ta = !vec_a && layer.attrs.get_int("transpose_a", int64_t{0}) != 0;
+  const bool tb = !vec_b && layer.attrs.get_int("transpose_b", int64_t{0}) != 0;
+  Dims da = vec_a ? Dims{1, a.dims[0]} : a.dims;
+  Dims db = vec_b ? Dims{b.dims[0], 1} : b.dims;
+  size_t ra = da.size(), rb = db.size();
+  int64_t m = ta ? da[ra - 1] : da[ra - 2];
+  int64_t ka = ta ? da[ra - 2] : da[ra - 1];
+  int64_t kb = tb ? db[rb - 1] : db[rb - 2];
+  int64_t n = tb ? db[rb - 2] : db[rb - 1];
+  KILN_CHECK(compatible(ka, kb), who << ": inner dims differ: A is " << to_string(a.dims)
+                                     << (ta ? " (transposed)" : "") << ", B is " << to_string(b.dims)
+                                     << (tb ? " (transposed)" : ""));
+  Dims batch;
+  Dims batch_a(da.begin(), da.end() - 2), batch_b(db.begin(), db.end() - 2);
+  KILN_CHECK(broadcast_shapes(batch_a, batch_b, &batch), who << ": batch dims " << to_string(batch_a)
+                                                             << " and " << to_string(batch_b)
+                                                             << " do not broadcast");
+  if (!vec_a) batch.push_back(m);
+  if (!vec_b) batch.push_back(n);
+  return {{a.dtype, batch}};
+}
+
+std::vector<TensorDesc> infer_fully_connected(const Layer& layer, const std::vector<TensorDesc>& in) {
+  const TensorDesc& x = in[0];
+  const TensorDesc& w = in[1];
+  const std::string who = describe(layer);
+  check_operands(who, x, w);
+  KILN_CHECK(!x.dims.empty(), who << ": input must have rank >= 1 (features last), got a scalar");
+  KILN_CHECK(w.dims.size() == 2,
+             who << ": weight must be [out_features, in_features], got " << to_string(w.dims));
+  KILN_CHECK(compatible(x.dims.back(), w.dims[1]), who << ": input has " << x.dims.back()
+                                                       << " features but the weight " << to_string(w.dims)
+                                                       << " expects " << w.dims[1]);
+  const bool residual = layer.attrs.get_int("residual", int64_t{0}) != 0;
+  KILN_CHECK(!residual || in.size() >= 3,
+             who << ": residual=1 needs a residual input after the weight (and bias)");
+  const size_t operands = in.size() - (residual ? 1 : 0);
+  KILN_CHECK(operands <= 3, who << ": 4 inputs (x, weight, bias, residual) need the attribute residual=1");
+  if (layer.attrs.has("activation")) {
+    std::string act = layer.attrs.get_string("activation", who);
+    const auto& types = activation_types();
+    KILN_CHECK(act == "none" || std::find(types.begin(), types.end(), act) != types.end(),
+               who << ": unknown activation '" << act << "'; use \"none\" or a type of the activation op");
+  }
+  if (operands == 3) {
+    const TensorDesc& bias = in[2];
+    KILN_CHECK(bias.dtype == x.dtype,
+               who << ": bias dtype " << dtype_name(bias.dtype) << " differs from " << dtype_name(x.dtype));
+    KILN_CHECK(bias.dims.size() == 1 && compatible(bias.dims[0], w.dims[0]),
+               who << ": bias must be [" << w.dims[0] << "], got " << to_string(bias.dims));
+  }
+  Dims out = x.dims;
+  out.back() = w.dims[0];
+  if (residual) {
+    const TensorDesc& r = in.back();
+    KILN_CHECK(r.dtype == x.dtype,
+               who << ": residual dtype " << dtype_name(r.dtype) << " differs from " << dtype_name(x.dtype));
+    bool same = r.dims.size() == out.size();
+    for (size_t i = 0; same && i < out.size(); ++i) same = compatible(r.dims[i], out[i]);
+    KILN_CHECK(same, who << ": residual must have the output's shape " << to_string(out) << ", got "
+                         << to_string(r.dims));
+    for (size_t i = 0; i < out.size(); ++i) {
+      if (out[i] == kDynamic) out[i] = r.dims[i];
+    }
+  }
+  return {{x.dtype, out}};
+}
+
+}  // namespace
+
+namespace {
+
+const ActivationAttrs kActivationDefaults{};
+
+const std::vector<AttrSpec> kMatmulAttributes = {
+    {"transpose_a", AttrType::kInt, AttrValue{int64_t{0}}, "0/1: transpose A's last two dims (matrices only)"},
+    {"transpose_b", AttrType::kInt, AttrValue{int64_t{0}}, "0/1: transpose B's last two dims (matrices only)"},
+    {"allow_tf32", AttrType::kInt, AttrValue{int64_t{0}},
+     "set by the builder (assign_precision, from BuilderConfig's TF32 flag): 0/1, float32 may use TF32"},
+    {"tactic", AttrType::kInt, AttrValue{int64_t{-1}},
+     "set by the builder (choose_tactics): the cuBLASLt algorithm, -1 the heuristic's"},
+};
+
+const std::vector<AttrSpec> kFullyConnectedAttributes = {
+    {"activation", AttrType::kString, AttrValue{std::string("none")},
+     "none or an activation type of the activation op (fuse_gemm_epilogue sets it)"},
+    {"alpha", AttrType::kFloat, std::nullopt,
+     "the activation's alpha; absent: depends on `activation` (default_activation_alpha)"},
+    {"beta", AttrType::kFloat, AttrValue{kActivationDefaults.beta}, "the activation's beta (clip max, softplus beta)"},
+    {"threshold", AttrType::kFloat, AttrValue{kActivationDefaults.threshold}, "the activation's threshold (softplus)"},
+    {"residual", AttrType::kInt, AttrValue{int64_t{0}}, "0/1: the last input is added after the activation"},
+    {"allow_tf32", AttrType::kInt, AttrValue{int64_t{0}},
+     "set by the builder (assign_precision, from BuilderConfig's TF32 flag): 0/1, float32 may use TF32"},
+    {"tactic", AttrType::kInt, AttrValue{int64_t{-1}},
+     "set by the builder (choose_tactics): the cuBLASLt algorithm, -1 the heuristic's"},
+    {"fused", AttrType::kString, std::nullopt,
+     "set by the builder (fuse_gemm_epilogue, fuse_parallel_gemms, patchify_convolutions, fold_batch_norm): "
+     "the original layer names, informational; absent: the layer's own name"},
+};
+
+const SchemaRegistration kRegistered{
+    {"matmul", 2, 2, infer_matmul, kMatmulAttributes, kTf32Capable},
+    {"fully_connected", 2, 4, infer_fully_connected, kFullyConnectedAttributes, kTf32Capable},
+};
+
+}  // namespace
+
+}  // namespace kiln

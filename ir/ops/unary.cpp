@@ -1,0 +1,52 @@
+// unary: y = f(x) for the pointwise math functions (activations live in `activation`).
+// dtypes: abs, neg, sign also take int32/int64; not takes bool; the rest are floating only.
+#include "ir/ops/unary.h"
+
+#include <algorithm>
+
+#include "ir/error.h"
+#include "ir/op_schema.h"
+
+namespace kiln {
+
+const std::vector<std::string>& unary_ops() {
+  static const std::vector<std::string> ops = {"exp",  "log",   "sqrt",       "rsqrt", "abs",
+                                               "neg",  "erf",   "sin",        "cos",   "floor",
+                                               "ceil", "round", "reciprocal", "sign",  "not"};
+  return ops;
+}
+
+namespace {
+
+std::vector<TensorDesc> infer_unary(const Layer& layer, const std::vector<TensorDesc>& in) {
+  const std::string who = describe(layer);
+  std::string op = layer.attrs.get_string("op", who);
+  const auto& ops = unary_ops();
+  KILN_CHECK(std::find(ops.begin(), ops.end(), op) != ops.end(), who << ": unknown unary op '" << op << "'");
+  DataType t = in[0].dtype;
+  if (op == "not") {
+    KILN_CHECK(t == DataType::kBool, who << ": not takes bool, got " << dtype_name(t));
+  } else if (op == "abs" || op == "neg" || op == "sign") {
+    KILN_CHECK(is_floating(t) || t == DataType::kInt32 || t == DataType::kInt64,
+               who << ": " << op << " takes floating or int32/int64 input, got " << dtype_name(t));
+  } else {
+    KILN_CHECK(is_floating(t), who << ": " << op << " takes floating input, got " << dtype_name(t));
+  }
+  return {in[0]};
+}
+
+}  // namespace
+
+namespace {
+
+const std::vector<AttrSpec> kUnaryAttributes = {
+    {"op", AttrType::kString, std::nullopt, "required: exp, log, sqrt, ... (unary_ops())"},
+};
+
+const SchemaRegistration kRegistered{
+    {"unary", 1, 1, infer_unary, kUnaryAttributes, kPointwise | kLayoutTransparent},
+};
+
+}  // namespace
+
+}  // namespace kiln
