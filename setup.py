@@ -56,7 +56,7 @@ class CMakeBuild(build_ext):
                     *build_dir.glob("runtime/libkiln_runtime.so"),  # absent without torch
                     *build_dir.glob("torchscript/libkiln_torchscript.so"),
                     *build_dir.glob("py/_C*.so"),
-                    *build_dir.glob("py/_torchscript*.so"),  # absent without torch
+                    *build_dir.glob("py/_torch.*.so"),  # absent without torch
                 ]
                 for lib in libs:
                     if (target / lib.name).resolve() != lib.resolve():

@@ -165,9 +165,11 @@ Layer& Network::add_elementwise(TensorId a, TensorId b, const std::string& op, c
   return add_layer("elementwise", {a, b}, std::move(attrs), name);
 }
 
-Layer& Network::add_activation(TensorId x, const std::string& type, double alpha, const std::string& name) {
+Layer& Network::add_activation(TensorId x, const std::string& type, std::optional<double> alpha,
+                               const std::string& name) {
   Attributes attrs;
-  attrs.set("type", type).set("alpha", alpha);
+  attrs.set("type", type);
+  if (alpha.has_value()) attrs.set("alpha", *alpha);
   return add_layer("activation", {x}, std::move(attrs), name);
 }
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -76,7 +77,8 @@ class Network {
   Layer& add_matmul(TensorId a, TensorId b, bool transpose_a = false, bool transpose_b = false,
                     const std::string& name = "");
   Layer& add_elementwise(TensorId a, TensorId b, const std::string& op, const std::string& name = "");
-  Layer& add_activation(TensorId x, const std::string& type, double alpha = 0.0,
+  // alpha (leaky_relu slope, elu alpha, clip min): unset keeps the op's default for the type.
+  Layer& add_activation(TensorId x, const std::string& type, std::optional<double> alpha = std::nullopt,
                         const std::string& name = "");
   Layer& add_identity(TensorId x, const std::string& name = "");
 

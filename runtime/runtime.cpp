@@ -112,14 +112,18 @@ std::shared_ptr<DeviceAllocator> torch_cuda_allocator() { return nullptr; }
 class TorchEngine : public torch::CustomClassHolder {
  public:
   // `device` < 0: the current CUDA device (CUDA engines); ignored by the reference backend.
-  TorchEngine(std::string plan_bytes, const std::string& backend, int64_t device = -1) {
-    // The bytes are kept for pickling; the plan is read from them in place (no second copy).
-    plan_bytes_ = std::move(plan_bytes);
+  TorchEngine(const std::string& plan_bytes, const std::string& backend, int64_t device = -1)
+      : TorchEngine(rethrow_as_torch([&] {
+                      return Plan::deserialize(reinterpret_cast<const uint8_t*>(plan_bytes.data()), plan_bytes.size());
+                    }),
+                    backend, device) {}
+
+  // From a plan in memory (a build that just finished): nothing is serialized or parsed. The
+  // engine keeps the plan; pickling serializes it then.
+  TorchEngine(Plan plan, const std::string& backend, int64_t device = -1) {
     rethrow_as_torch([&] {
       Backend b = parse_backend(backend);
       auto load = [&] {
-        Plan plan =
-            Plan::deserialize(reinterpret_cast<const uint8_t*>(plan_bytes_.data()), plan_bytes_.size());
         return Engine::create(std::move(plan), b, b == Backend::kCuda ? torch_cuda_allocator() : nullptr);
       };
       if (b == Backend::kCuda && device >= 0) {
@@ -173,8 +177,9 @@ class TorchEngine : public torch::CustomClassHolder {
   std::vector<std::string> describe() const { return engine_->describe_layers(); }
   // The plan's bytes as a CPU uint8 tensor (kiln.plans reads it; no base64 to decode).
   at::Tensor serialized_plan() const {
-    at::Tensor t = at::empty({static_cast<int64_t>(plan_bytes_.size())}, at::TensorOptions().dtype(at::kByte));
-    std::memcpy(t.data_ptr(), plan_bytes_.data(), plan_bytes_.size());
+    const std::vector<uint8_t> bytes = engine_->plan().serialize();
+    at::Tensor t = at::empty({static_cast<int64_t>(bytes.size())}, at::TensorOptions().dtype(at::kByte));
+    std::memcpy(t.data_ptr(), bytes.data(), bytes.size());
     return t;
   }
   std::vector<std::string> input_dtypes() const { return dtypes(input_names_); }
@@ -200,7 +205,7 @@ class TorchEngine : public torch::CustomClassHolder {
   }
 
   std::vector<std::string> serialize() const {
-    return {std::to_string(kRuntimeFormatVersion), base64_encode(plan_bytes_.data(), plan_bytes_.size()), backend(),
+    return {std::to_string(kRuntimeFormatVersion), plan_text(), backend(),
             std::to_string(engine_->device())};
   }
 
@@ -359,7 +364,10 @@ class TorchEngine : public torch::CustomClassHolder {
     return out;
   }
 
-  std::string plan_bytes_;
+  std::string plan_text() const {
+    const std::vector<uint8_t> bytes = engine_->plan().serialize();
+    return base64_encode(bytes.data(), bytes.size());
+  }
 
   std::shared_ptr<Engine> engine_;
   std::vector<std::string> input_names_, output_names_;
@@ -375,9 +383,8 @@ std::vector<at::Tensor> execute_engine(at::TensorList inputs, c10::intrusive_ptr
 
 }  // namespace
 
-c10::IValue make_engine(const std::vector<uint8_t>& plan, const std::string& backend, int64_t device,
-                        bool cuda_graphs) {
-  auto engine = c10::make_intrusive<TorchEngine>(std::string(plan.begin(), plan.end()), backend, device);
+c10::IValue make_engine(Plan plan, const std::string& backend, int64_t device, bool cuda_graphs) {
+  auto engine = c10::make_intrusive<TorchEngine>(std::move(plan), backend, device);
   if (!cuda_graphs) engine->set_cuda_graphs(false);
   return c10::IValue(std::move(engine));
 }

@@ -6,6 +6,7 @@
 #include <ATen/core/ivalue.h>
 #include <ATen/core/jit_type.h>
 
+#include "core/plan.h"
 #include "ir/dtype.h"
 
 #include <cstdint>
@@ -16,12 +17,13 @@
 namespace kiln::runtime {
 
 using kiln::DataType;
+using kiln::Plan;
 
 // A torch.classes.kiln.Engine running `plan` on `backend` ("cuda" or "reference"); `device` < 0
 // is the current CUDA device. Throws c10::Error with Kiln's message when the plan does not load.
 // `cuda_graphs` false: the engine launches plainly instead of replaying CUDA graphs.
-c10::IValue make_engine(const std::vector<uint8_t>& plan, const std::string& backend, int64_t device = -1,
-                        bool cuda_graphs = true);
+// Built from the plan in memory: no serialize/parse round trip.
+c10::IValue make_engine(Plan plan, const std::string& backend, int64_t device = -1, bool cuda_graphs = true);
 
 // Kiln's dtypes and torch's scalar types, both ways (nullopt: a torch dtype Kiln lacks).
 at::ScalarType torch_dtype(DataType t);

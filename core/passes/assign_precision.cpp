@@ -149,6 +149,25 @@ class PrecisionRewriter {
   std::map<TensorId, DataType> current_;  // activations and inputs: dtype of their newest version
 };
 
+// The rewrite builds a fresh network; it changed something when a layer differs in op,
+// attributes (TF32 marks) or the dtypes it reads and writes (casts added, weights converted).
+bool same_precisions(const Network& a, const Network& b) {
+  if (a.layers().size() != b.layers().size()) return false;
+  auto dtypes = [](const Network& n, const std::vector<TensorId>& ids) {
+    std::vector<DataType> out;
+    for (TensorId t : ids) out.push_back(n.tensor(t).dtype);
+    return out;
+  };
+  for (size_t i = 0; i < a.layers().size(); ++i) {
+    const Layer &la = a.layers()[i], &lb = b.layers()[i];
+    if (la.op != lb.op || !(la.attrs == lb.attrs) || dtypes(a, la.inputs) != dtypes(b, lb.inputs) ||
+        dtypes(a, la.outputs) != dtypes(b, lb.outputs)) {
+      return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 bool assign_precision(Network& net, const PrecisionConfig& config) {
@@ -160,10 +179,10 @@ bool assign_precision(Network& net, const PrecisionConfig& config) {
   const bool reduce = config.fp16 || config.bf16 || !config.layer_precisions.empty();
   if (!reduce && !config.tf32) return false;
   Network rewritten = PrecisionRewriter(net, config).run();
-  bool changed = rewritten.layers().size() != net.layers().size() || config.tf32;
+  if (same_precisions(net, rewritten)) return false;
   net = std::move(rewritten);
   net.revalidate();
-  return changed;
+  return true;
 }
 
 }  // namespace kiln

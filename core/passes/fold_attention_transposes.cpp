@@ -81,7 +81,7 @@ bool fold_attention_transposes(Network& net) {
       net.mutable_layers().pop_back();
       folded.outputs[0] = probe.outputs[0];
       Layer back;
-      back.name = unique_name(names, l.name + "_to_bhsd");
+      back.name = unique_name(names, folded.name + "_to_bhsd");  // `l` may dangle after add_layer
       back.op = "transpose";
       back.inputs = {probe.outputs[0]};
       back.outputs = {out};

@@ -12,10 +12,10 @@
 #include <cmath>
 #include <string>
 
-#include "ir/ops/convolution.h"
-#include "ir/ops/normalization.h"
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
+#include "ir/op_schema.h"
+#include "ir/ops/convolution.h"
 #include "kernels/reference/host_access.h"
 
 namespace kiln {
@@ -99,7 +99,7 @@ bool fold_batch_norm(Network& net) {
     if (!all_constant(net, params) || !all_constant(net, weights)) continue;
 
     // s = scale / sqrt(var + eps); shift = (b - mean) * s + bn_bias.
-    const double eps = bn.attrs.get_float("eps", kDefaultNormEps);
+    const double eps = bn.attrs.get_float("eps", default_float("batch_norm", "eps"));
     const std::vector<double> scale = read_constant(net.tensor(params[0])),
                               beta = read_constant(net.tensor(params[1])),
                               mean = read_constant(net.tensor(params[2])),

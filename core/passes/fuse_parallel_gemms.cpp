@@ -49,12 +49,6 @@ std::shared_ptr<std::vector<uint8_t>> concat_bytes(const Network& net, const std
   return bytes;
 }
 
-std::string unique_name(const std::set<std::string>& used, const std::string& base) {
-  std::string name = base;
-  for (int i = 1; used.count(name); ++i) name = base + "_" + std::to_string(i);
-  return name;
-}
-
 }  // namespace
 
 bool fuse_parallel_gemms(Network& net, const std::set<std::string>& keep) {

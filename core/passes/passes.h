@@ -1,5 +1,5 @@
 // Builder passes. Each rewrites the network in place and returns whether it changed anything;
-// each has its own file, header comment and test (tests/cpp/test_passes.cpp).
+// each has its own file, header comment and graph-in/graph-out test (tests/cpp/test_passes*.cpp).
 #pragma once
 
 #include <set>

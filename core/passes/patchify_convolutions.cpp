@@ -81,7 +81,7 @@ bool patchify_convolutions(Network& net) {
     if (l.inputs.size() == 3) fc_inputs.push_back(l.inputs[2]);
     Attributes fc_attrs;
     if (l.attrs.has("allow_tf32")) fc_attrs.set("allow_tf32", l.attrs.get_int("allow_tf32", l.name));
-    fc_attrs.set("fused", l.name);
+    fc_attrs.set("fused", fused_names(l));  // keeps what the convolution absorbed (batch norm)
     const TensorId gemm = add("fully_connected", fc_inputs, fc_attrs, "gemm");
     const TensorId nhwc = add("reshape", {gemm}, Attributes().set("shape", Dims{-1, ho, wo, k}), "nhwc");
     Layer& back =

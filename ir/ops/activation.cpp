@@ -21,7 +21,8 @@ double default_activation_alpha(const std::string& type) {
   return type == "clip" ? 0.0 : type == "elu" ? 1.0 : 0.01;
 }
 
-ActivationAttrs activation_attrs(const std::string& type, const Attributes& attrs, const std::string& prefix) {
+ActivationAttrs activation_attrs(const std::string& type, const Attributes& attrs,
+                                 const std::string& prefix) {
   ActivationAttrs a;
   a.alpha = attrs.get_float(prefix + "alpha", default_activation_alpha(type));
   a.beta = attrs.get_float(prefix + "beta", a.beta);
@@ -41,8 +42,7 @@ std::vector<TensorDesc> infer_activation(const Layer& layer, const std::vector<T
              who << ": input must be floating point, got " << dtype_name(in[0].dtype));
   if (type == "clip") {
     const ActivationAttrs a = activation_attrs(type, layer.attrs);
-    KILN_CHECK(a.alpha <= a.beta,
-               who << ": clip needs alpha (min) <= beta (max)");
+    KILN_CHECK(a.alpha <= a.beta, who << ": clip needs alpha (min) <= beta (max)");
   }
   if (type == "softplus") {
     KILN_CHECK(activation_attrs(type, layer.attrs).beta != 0.0, who << ": softplus beta must not be 0");

@@ -228,8 +228,10 @@ std::vector<TensorDesc> infer_packed_attention(const Layer& layer, const std::ve
 namespace {
 
 const std::vector<AttrSpec> kAttentionAttributes = {
-    {"causal", AttrType::kInt, AttrValue{int64_t{0}}, "0/1: query i sees keys j <= i (top-left aligned); not with a mask"},
-    {"scale", AttrType::kFloat, std::nullopt, "the factor on q @ k^T; absent or <= 0: 1/sqrt(D) (attention_scale)"},
+    {"causal", AttrType::kInt, AttrValue{int64_t{0}},
+     "0/1: query i sees keys j <= i (top-left aligned); not with a mask"},
+    {"scale", AttrType::kFloat, std::nullopt,
+     "the factor on q @ k^T; absent or <= 0: 1/sqrt(D) (attention_scale)"},
     {"layout", AttrType::kString, AttrValue{std::string("bhsd")},
      "bhsd [B..., H, S, D] or bshd (rank 4, [B, S, H, D]; fold_attention_transposes sets it)"},
     {"fused", AttrType::kString, std::nullopt,

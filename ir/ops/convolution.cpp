@@ -222,7 +222,8 @@ std::vector<AttrSpec> conv_attributes(bool transposed) {
   const ActivationAttrs act;  // the activation op's defaults
   std::vector<AttrSpec> attrs = {
       {"strides", AttrType::kInts, std::nullopt, "one per spatial dim, >= 1; absent: 1 for every dim"},
-      {"pads", AttrType::kInts, std::nullopt, "symmetric, one per spatial dim, >= 0; absent: 0 for every dim"},
+      {"pads", AttrType::kInts, std::nullopt,
+       "symmetric, one per spatial dim, >= 0; absent: 0 for every dim"},
       {"dilations", AttrType::kInts, std::nullopt, "one per spatial dim, >= 1; absent: 1 for every dim"},
   };
   if (transposed) {
@@ -238,7 +239,8 @@ std::vector<AttrSpec> conv_attributes(bool transposed) {
       {"activation_alpha", AttrType::kFloat, std::nullopt,
        "the epilogue activation's alpha; absent: depends on `activation` (default_activation_alpha)"},
       {"activation_beta", AttrType::kFloat, AttrValue{act.beta}, "the epilogue activation's beta"},
-      {"activation_threshold", AttrType::kFloat, AttrValue{act.threshold}, "the epilogue activation's threshold"},
+      {"activation_threshold", AttrType::kFloat, AttrValue{act.threshold},
+       "the epilogue activation's threshold"},
       {"residual", AttrType::kInt, AttrValue{int64_t{0}},
        "0/1: the last input is added before the activation (fuse_conv_epilogue sets it)"},
       transposed ? AttrSpec{"layout", AttrType::kString, AttrValue{std::string("nchw")},

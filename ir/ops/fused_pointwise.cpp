@@ -239,8 +239,24 @@ std::vector<DataType> pointwise_register_dtypes(const Layer& layer, const Pointw
 
 namespace {
 
+const std::vector<AttrSpec> kFusedPointwiseAttributes = {
+    {"program", AttrType::kString, std::nullopt,
+     "required: ';'-separated instructions (see fused_pointwise.h)"},
+    {"outputs", AttrType::kInts, std::nullopt, "required: the register of each layer output (1 to 8)"},
+    {"fused", AttrType::kString, std::nullopt,
+     "set by the builder (fuse_pointwise): the original layer names, informational; absent: the layer's own "
+     "name"},
+    {"cubin", AttrType::kString, std::nullopt,
+     "set by the builder (cuda_fused_pointwise, in CUDA plans): the compiled kernel, base64"},
+    {"cubin_arch", AttrType::kInt, AttrValue{int64_t{-1}},
+     "set by the builder (cuda_fused_pointwise, in CUDA plans): the sm `cubin` was built for; -1 none"},
+    {"cubin_key", AttrType::kString, std::nullopt,
+     "set by the builder (cuda_fused_pointwise, in CUDA plans): the hash of the source `cubin` was compiled "
+     "from"},
+};
+
 const SchemaRegistration kRegistered{
-    {"fused_pointwise", 1, kMaxFusedInputs, infer_fused_pointwise},
+    {"fused_pointwise", 1, kMaxFusedInputs, infer_fused_pointwise, kFusedPointwiseAttributes},
 };
 
 }  // namespace

@@ -175,9 +175,24 @@ FillParams fill_params(const Layer& layer) {
 
 namespace {
 
+const std::vector<AttrSpec> kArangeAttributes = {
+    {"start", AttrType::kFloat, AttrValue{0.0},
+     "the first element (an int, or an integral float, for integer dtypes)"},
+    {"end", AttrType::kFloat, std::nullopt, "exclusive end; required unless the end comes as input 0"},
+    {"step", AttrType::kFloat, AttrValue{1.0}, "not 0 (an int, or an integral float, for integer dtypes)"},
+    {"dtype", AttrType::kString, AttrValue{std::string("int64")},
+     "float32, float16, bfloat16, int32 or int64"},
+};
+
+const std::vector<AttrSpec> kFillAttributes = {
+    {"value", AttrType::kFloat, AttrValue{0.0}, "every element's value (an int is exact for integer dtypes)"},
+    {"dtype", AttrType::kString, AttrValue{std::string("float32")}, "the output's dtype"},
+    {"shape", AttrType::kInts, std::nullopt, "the output shape; required unless the shape comes as input 0"},
+};
+
 const SchemaRegistration kRegistered{
-    {"arange", 0, 1, infer_arange},
-    {"fill", 0, 1, infer_fill},
+    {"arange", 0, 1, infer_arange, kArangeAttributes},
+    {"fill", 0, 1, infer_fill, kFillAttributes},
 };
 
 }  // namespace

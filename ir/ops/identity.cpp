@@ -8,9 +8,8 @@ namespace {
 
 // identity has no attributes.
 const SchemaRegistration kRegistered{
-    {"identity", 1, 1, [](const Layer&, const std::vector<TensorDesc>& in) {
-                     return std::vector<TensorDesc>{in[0]};
-                   }},
+    {"identity", 1, 1,
+     [](const Layer&, const std::vector<TensorDesc>& in) { return std::vector<TensorDesc>{in[0]}; }},
 };
 
 }  // namespace

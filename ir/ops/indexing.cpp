@@ -217,13 +217,43 @@ std::vector<TensorDesc> infer_topk(const Layer& layer, const std::vector<TensorD
 
 namespace {
 
+const std::vector<AttrSpec> kGatherAttributes = {
+    {"axis", AttrType::kInt, AttrValue{int64_t{0}}, "the gathered axis, negative counts from the end"},
+    {"alias", AttrType::kInt, AttrValue{int64_t{0}},
+     "set by the builder (alias_views): 1 makes a gather of one leading slab a view"},
+};
+
+const std::vector<AttrSpec> kGatherElementsAttributes = {
+    {"axis", AttrType::kInt, AttrValue{int64_t{0}}, "the gathered axis, negative counts from the end"},
+};
+
+const std::vector<AttrSpec> kPadAttributes = {
+    {"pads", AttrType::kInts, std::nullopt,
+     "required: (before, after) pairs, last dim first (torch F.pad order); negative values crop"},
+    {"mode", AttrType::kString, AttrValue{std::string("constant")}, "constant, reflect or replicate"},
+    {"value", AttrType::kFloat, AttrValue{0.0}, "the constant mode's fill value"},
+};
+
+const std::vector<AttrSpec> kCumsumAttributes = {
+    {"axis", AttrType::kInt, std::nullopt, "required: the summed axis, negative counts from the end"},
+    {"exclusive", AttrType::kInt, AttrValue{int64_t{0}}, "0/1: element i sums the elements before i"},
+    {"reverse", AttrType::kInt, AttrValue{int64_t{0}}, "0/1: sum from the end of the axis"},
+};
+
+const std::vector<AttrSpec> kTopkAttributes = {
+    {"k", AttrType::kInt, std::nullopt, "required: 0 <= k <= the axis size"},
+    {"axis", AttrType::kInt, AttrValue{int64_t{-1}}, "the selected axis, negative counts from the end"},
+    {"largest", AttrType::kInt, AttrValue{int64_t{1}}, "0/1: the k largest (1) or smallest (0)"},
+    {"sorted", AttrType::kInt, AttrValue{int64_t{1}}, "0/1, checked only: results are always sorted"},
+};
+
 const SchemaRegistration kRegistered{
-    {"gather", 2, 2, infer_gather},
-    {"gather_elements", 2, 2, infer_gather_elements},
-    {"embedding", 2, 2, infer_embedding},
-    {"pad", 1, 1, infer_pad},
-    {"cumsum", 1, 1, infer_cumsum},
-    {"topk", 1, 1, infer_topk},
+    {"gather", 2, 2, infer_gather, kGatherAttributes},
+    {"gather_elements", 2, 2, infer_gather_elements, kGatherElementsAttributes},
+    {"embedding", 2, 2, infer_embedding, {} /* no attributes */},
+    {"pad", 1, 1, infer_pad, kPadAttributes},
+    {"cumsum", 1, 1, infer_cumsum, kCumsumAttributes},
+    {"topk", 1, 1, infer_topk, kTopkAttributes},
 };
 
 }  // namespace

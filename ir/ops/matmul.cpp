@@ -113,8 +113,10 @@ namespace {
 const ActivationAttrs kActivationDefaults{};
 
 const std::vector<AttrSpec> kMatmulAttributes = {
-    {"transpose_a", AttrType::kInt, AttrValue{int64_t{0}}, "0/1: transpose A's last two dims (matrices only)"},
-    {"transpose_b", AttrType::kInt, AttrValue{int64_t{0}}, "0/1: transpose B's last two dims (matrices only)"},
+    {"transpose_a", AttrType::kInt, AttrValue{int64_t{0}},
+     "0/1: transpose A's last two dims (matrices only)"},
+    {"transpose_b", AttrType::kInt, AttrValue{int64_t{0}},
+     "0/1: transpose B's last two dims (matrices only)"},
     {"allow_tf32", AttrType::kInt, AttrValue{int64_t{0}},
      "set by the builder (assign_precision, from BuilderConfig's TF32 flag): 0/1, float32 may use TF32"},
     {"tactic", AttrType::kInt, AttrValue{int64_t{-1}},
@@ -126,8 +128,10 @@ const std::vector<AttrSpec> kFullyConnectedAttributes = {
      "none or an activation type of the activation op (fuse_gemm_epilogue sets it)"},
     {"alpha", AttrType::kFloat, std::nullopt,
      "the activation's alpha; absent: depends on `activation` (default_activation_alpha)"},
-    {"beta", AttrType::kFloat, AttrValue{kActivationDefaults.beta}, "the activation's beta (clip max, softplus beta)"},
-    {"threshold", AttrType::kFloat, AttrValue{kActivationDefaults.threshold}, "the activation's threshold (softplus)"},
+    {"beta", AttrType::kFloat, AttrValue{kActivationDefaults.beta},
+     "the activation's beta (clip max, softplus beta)"},
+    {"threshold", AttrType::kFloat, AttrValue{kActivationDefaults.threshold},
+     "the activation's threshold (softplus)"},
     {"residual", AttrType::kInt, AttrValue{int64_t{0}}, "0/1: the last input is added after the activation"},
     {"allow_tf32", AttrType::kInt, AttrValue{int64_t{0}},
      "set by the builder (assign_precision, from BuilderConfig's TF32 flag): 0/1, float32 may use TF32"},

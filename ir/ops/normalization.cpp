@@ -120,12 +120,37 @@ std::vector<TensorDesc> infer_rms_norm(const Layer& layer, const std::vector<Ten
 
 namespace {
 
+const std::vector<AttrSpec> kSoftmaxAttributes = {
+    {"axis", AttrType::kInt, AttrValue{int64_t{-1}}, "the softmax axis, negative counts from the end"},
+    {"log", AttrType::kInt, AttrValue{int64_t{0}}, "0/1: 1 gives log_softmax"},
+};
+
+const std::vector<AttrSpec> kBatchNormAttributes = {
+    {"eps", AttrType::kFloat, AttrValue{kDefaultNormEps}, "added to var, >= 0"},
+};
+
+const std::vector<AttrSpec> kLayerNormAttributes = {
+    {"normalized_ndim", AttrType::kInt, AttrValue{int64_t{1}}, "normalize over the last k dims"},
+    {"eps", AttrType::kFloat, AttrValue{kDefaultNormEps}, "added to the variance, >= 0"},
+};
+
+const std::vector<AttrSpec> kGroupNormAttributes = {
+    {"num_groups", AttrType::kInt, std::nullopt, "required: divides C"},
+    {"eps", AttrType::kFloat, AttrValue{kDefaultNormEps}, "added to the variance, >= 0"},
+};
+
+const std::vector<AttrSpec> kRmsNormAttributes = {
+    {"normalized_ndim", AttrType::kInt, AttrValue{int64_t{1}}, "normalize over the last k dims"},
+    {"eps", AttrType::kFloat, AttrValue{kDefaultRmsNormEps},
+     "added to mean(x^2), >= 0 (not torch's finfo(dtype).eps: converters pass that explicitly)"},
+};
+
 const SchemaRegistration kRegistered{
-    {"softmax", 1, 1, infer_softmax},
-    {"batch_norm", 5, 5, infer_batch_norm},
-    {"layer_norm", 1, 3, infer_layer_norm},
-    {"group_norm", 1, 3, infer_group_norm},
-    {"rms_norm", 1, 2, infer_rms_norm},
+    {"softmax", 1, 1, infer_softmax, kSoftmaxAttributes},
+    {"batch_norm", 5, 5, infer_batch_norm, kBatchNormAttributes},
+    {"layer_norm", 1, 3, infer_layer_norm, kLayerNormAttributes},
+    {"group_norm", 1, 3, infer_group_norm, kGroupNormAttributes},
+    {"rms_norm", 1, 2, infer_rms_norm, kRmsNormAttributes},
 };
 
 }  // namespace

@@ -147,7 +147,8 @@ const std::vector<AttrSpec> kPoolingAttributes = {
     {"type", AttrType::kString, std::nullopt, "required: max or avg (pooling_types())"},
     {"kernel", AttrType::kInts, std::nullopt, "required: the window size, one per spatial dim"},
     {"strides", AttrType::kInts, std::nullopt, "one per spatial dim; absent: the kernel"},
-    {"pads", AttrType::kInts, std::nullopt, "symmetric, one per spatial dim, <= kernel / 2; absent: 0 for every dim"},
+    {"pads", AttrType::kInts, std::nullopt,
+     "symmetric, one per spatial dim, <= kernel / 2; absent: 0 for every dim"},
     {"dilations", AttrType::kInts, std::nullopt, "max only, one per spatial dim; absent: 1 for every dim"},
     {"ceil_mode", AttrType::kInt, AttrValue{int64_t{0}}, "0/1: torch's ceil_mode"},
     {"count_include_pad", AttrType::kInt, AttrValue{int64_t{1}}, "avg, 0/1: the divisor counts padding"},
@@ -165,7 +166,8 @@ const std::vector<AttrSpec> kAdaptivePoolingAttributes = {
 
 const SchemaRegistration kRegistered{
     {"pooling", 1, 1, with_layout<infer_pooling_channels_first>, kPoolingAttributes},
-    {"adaptive_pooling", 1, 1, with_layout<infer_adaptive_pooling_channels_first>, kAdaptivePoolingAttributes},
+    {"adaptive_pooling", 1, 1, with_layout<infer_adaptive_pooling_channels_first>,
+     kAdaptivePoolingAttributes},
 };
 
 }  // namespace

@@ -128,9 +128,22 @@ std::vector<TensorDesc> infer_arg_reduce(const Layer& layer, const std::vector<T
 
 namespace {
 
+const std::vector<AttrSpec> kReduceAttributes = {
+    {"op", AttrType::kString, std::nullopt, "required: sum, mean, max, min, prod or var (reduce_ops())"},
+    {"axes", AttrType::kInts, std::nullopt, "negative counts from the end; absent or empty: every axis"},
+    {"keepdim", AttrType::kInt, AttrValue{int64_t{0}}, "0/1: keep reduced axes with size 1"},
+    {"correction", AttrType::kInt, AttrValue{int64_t{1}}, "var only, >= 0: divide by max(0, N - correction)"},
+};
+
+const std::vector<AttrSpec> kArgReduceAttributes = {
+    {"op", AttrType::kString, std::nullopt, "required: argmax or argmin (arg_reduce_ops())"},
+    {"axis", AttrType::kInt, std::nullopt, "required: the reduced axis, negative counts from the end"},
+    {"keepdim", AttrType::kInt, AttrValue{int64_t{0}}, "0/1: keep the reduced axis with size 1"},
+};
+
 const SchemaRegistration kRegistered{
-    {"reduce", 1, 1, infer_reduce},
-    {"arg_reduce", 1, 1, infer_arg_reduce},
+    {"reduce", 1, 1, infer_reduce, kReduceAttributes},
+    {"arg_reduce", 1, 1, infer_arg_reduce, kArgReduceAttributes},
 };
 
 }  // namespace

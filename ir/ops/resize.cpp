@@ -99,8 +99,18 @@ ResizeAttrs resize_attrs(const Layer& layer, int spatial) {
 
 namespace {
 
+const std::vector<AttrSpec> kResizeAttributes = {
+    {"mode", AttrType::kString, std::nullopt, "required: nearest, nearest_exact or linear"},
+    {"align_corners", AttrType::kInt, AttrValue{int64_t{0}}, "0/1, linear only"},
+    {"sizes", AttrType::kInts, std::nullopt,
+     "output spatial sizes; exactly one of `sizes` and `scales` is given"},
+    {"scales", AttrType::kFloats, std::nullopt,
+     "per spatial dim, out = floor(in * scale) (ints accepted); exactly one of `sizes` and `scales` is "
+     "given"},
+};
+
 const SchemaRegistration kRegistered{
-    {"resize", 1, 1, infer_resize},
+    {"resize", 1, 1, infer_resize, kResizeAttributes},
 };
 
 }  // namespace

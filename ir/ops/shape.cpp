@@ -394,17 +394,71 @@ SliceSpec resolve_slice(const Layer& layer, const Dims& in) {
 
 namespace {
 
+// `alias`, which the builder's alias_views pass sets on layers it turns into views.
+const AttrSpec kAlias = {"alias", AttrType::kInt, AttrValue{int64_t{0}},
+                         "set by the builder (alias_views): 1 makes the layer a view of its input"};
+
+const std::vector<AttrSpec> kReshapeAttributes = {
+    {"shape", AttrType::kInts, std::nullopt,
+     "the target shape (one -1 inferred, 0 a zero-size dim); required unless the shape comes as input 1"},
+    kAlias,
+};
+
+const std::vector<AttrSpec> kTransposeAttributes = {
+    {"perm", AttrType::kInts, std::nullopt, "required: a permutation of 0..rank-1, negatives allowed"},
+    {"alias", AttrType::kInt, AttrValue{int64_t{0}},
+     "set by the builder (alias_views): 1 makes a transpose that moves only size-1 dims a view"},
+};
+
+const std::vector<AttrSpec> kFlattenAttributes = {
+    {"start_dim", AttrType::kInt, AttrValue{int64_t{0}},
+     "the first merged dim, negative counts from the end"},
+    {"end_dim", AttrType::kInt, AttrValue{int64_t{-1}}, "the last merged dim, negative counts from the end"},
+    kAlias,
+};
+
+const std::vector<AttrSpec> kSqueezeAttributes = {
+    {"axes", AttrType::kInts, std::nullopt, "required: the size-1 dims removed"},
+    kAlias,
+};
+
+const std::vector<AttrSpec> kUnsqueezeAttributes = {
+    {"axes", AttrType::kInts, std::nullopt, "required: the positions of the new size-1 dims in the output"},
+    kAlias,
+};
+
+const std::vector<AttrSpec> kExpandAttributes = {
+    {"shape", AttrType::kInts, std::nullopt,
+     "the target shape (-1 keeps a dim); required unless the shape comes as input 1"},
+};
+
+const std::vector<AttrSpec> kConcatAttributes = {
+    {"axis", AttrType::kInt, AttrValue{int64_t{0}}, "the joined axis, negative counts from the end"},
+};
+
+const std::vector<AttrSpec> kSliceAttributes = {
+    {"axes", AttrType::kInts, std::nullopt, "required: the sliced axes"},
+    {"starts", AttrType::kInts, std::nullopt, "required: one per axis (Python slice start)"},
+    {"ends", AttrType::kInts, std::nullopt, "required: one per axis (Python slice end)"},
+    {"steps", AttrType::kInts, std::nullopt, "one per axis, >= 1; absent: 1 for every axis"},
+};
+
+const std::vector<AttrSpec> kSplitAttributes = {
+    {"axis", AttrType::kInt, AttrValue{int64_t{0}}, "the split axis, negative counts from the end"},
+    {"sizes", AttrType::kInts, std::nullopt, "required: one size per output, summing to the dim"},
+};
+
 const SchemaRegistration kRegistered{
-    {"reshape", 1, 2, infer_reshape, {}, kView},
-    {"transpose", 1, 1, infer_transpose},
-    {"flatten", 1, 1, infer_flatten, {}, kView},
-    {"squeeze", 1, 1, infer_squeeze, {}, kView},
-    {"unsqueeze", 1, 1, infer_unsqueeze, {}, kView},
-    {"expand", 1, 2, infer_expand},
-    {"shape", 1, 1, infer_shape},
-    {"concat", 1, 1024, infer_concat},
-    {"slice", 1, 1, infer_slice},
-    {"split", 1, 1, infer_split},
+    {"reshape", 1, 2, infer_reshape, kReshapeAttributes, kView},
+    {"transpose", 1, 1, infer_transpose, kTransposeAttributes},
+    {"flatten", 1, 1, infer_flatten, kFlattenAttributes, kView},
+    {"squeeze", 1, 1, infer_squeeze, kSqueezeAttributes, kView},
+    {"unsqueeze", 1, 1, infer_unsqueeze, kUnsqueezeAttributes, kView},
+    {"expand", 1, 2, infer_expand, kExpandAttributes},
+    {"shape", 1, 1, infer_shape, {} /* no attributes */},
+    {"concat", 1, 1024, infer_concat, kConcatAttributes},
+    {"slice", 1, 1, infer_slice, kSliceAttributes},
+    {"split", 1, 1, infer_split, kSplitAttributes},
 };
 
 }  // namespace

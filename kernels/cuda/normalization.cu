@@ -11,7 +11,7 @@
 #include <initializer_list>
 #include <type_traits>
 
-#include "ir/ops/normalization.h"
+#include "ir/op_schema.h"
 #include "ir/ops/reduce.h"
 #include "kernels/cuda/activation_math.cuh"
 #include "kernels/cuda/block_reduce.cuh"
@@ -156,7 +156,8 @@ __global__ void softmax_thread_kernel(AxisGeometry g, bool log, const T* __restr
 
 class CudaSoftmax final : public Kernel {
  public:
-  explicit CudaSoftmax(const Layer& l) : layer_(l), log_(l.attrs.get_int("log", int64_t{0}) != 0) {}
+  explicit CudaSoftmax(const Layer& l)
+      : layer_(l), log_(l.attrs.get_int("log", default_int(l.op, "log")) != 0) {}
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
@@ -223,7 +224,7 @@ __global__ void batch_norm_kernel(const T* __restrict__ x, const P* __restrict__
 class CudaBatchNorm final : public Kernel {
  public:
   explicit CudaBatchNorm(const Layer& l)
-      : eps_(static_cast<float>(l.attrs.get_float("eps", kDefaultNormEps))) {}
+      : eps_(static_cast<float>(l.attrs.get_float("eps", default_float(l.op, "eps")))) {}
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
@@ -348,7 +349,7 @@ class CudaRowNorm final : public Kernel {
   explicit CudaRowNorm(const Layer& l)
       : op_(l.op),
         rms_(l.op == "rms_norm"),
-        eps_(static_cast<float>(l.attrs.get_float("eps", rms_ ? kDefaultRmsNormEps : kDefaultNormEps))),
+        eps_(static_cast<float>(l.attrs.get_float("eps", default_float(l.op, "eps")))),
         ndim_(l.attrs.get_int("normalized_ndim", int64_t{1})),
         groups_(l.attrs.get_int("num_groups", int64_t{1})) {}
 

@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "ir/error.h"
-#include "ir/ops/normalization.h"
+#include "ir/op_schema.h"
 #include "ir/ops/reduce.h"
 #include "kernels/kernel.h"
 #include "kernels/reduce_geometry.h"
@@ -14,7 +14,8 @@ namespace {
 
 class RefSoftmax final : public Kernel {
  public:
-  explicit RefSoftmax(const Layer& l) : layer_(l), log_(l.attrs.get_int("log", int64_t{0}) != 0) {}
+  explicit RefSoftmax(const Layer& l)
+      : layer_(l), log_(l.attrs.get_int("log", default_int(l.op, "log")) != 0) {}
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext&) const override {
@@ -43,7 +44,7 @@ class RefSoftmax final : public Kernel {
 
 class RefBatchNorm final : public Kernel {
  public:
-  explicit RefBatchNorm(const Layer& l) : eps_(l.attrs.get_float("eps", kDefaultNormEps)) {}
+  explicit RefBatchNorm(const Layer& l) : eps_(l.attrs.get_float("eps", default_float(l.op, "eps"))) {}
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext&) const override {
@@ -105,7 +106,7 @@ class RefRowNorm final : public Kernel {
   explicit RefRowNorm(const Layer& l)
       : op_(l.op),
         rms_(l.op == "rms_norm"),
-        eps_(l.attrs.get_float("eps", rms_ ? kDefaultRmsNormEps : kDefaultNormEps)),
+        eps_(l.attrs.get_float("eps", default_float(l.op, "eps"))),
         ndim_(l.attrs.get_int("normalized_ndim", int64_t{1})),
         groups_(l.attrs.get_int("num_groups", int64_t{1})) {}
 

@@ -221,6 +221,19 @@ TEST(AssignPrecision, DeclaredHalfNetworkStaysUnderFp16) {
   EXPECT_EQ(graph_text(net), before);
 }
 
+TEST(AssignPrecision, Tf32WithoutGemmsChangesNothing) {
+  // TF32 marks only GEMMs and convolutions: a network without them is left as it was, and the
+  // pass says so (it used to report a change whenever the TF32 flag was on).
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {2, 4});
+  net.mark_output(net.add_activation(x, "relu", 0, "act").outputs[0], "y");
+  const std::string before = graph_text(net);
+  PrecisionConfig config;
+  config.tf32 = true;
+  EXPECT_FALSE(assign_precision(net, config));
+  EXPECT_EQ(graph_text(net), before);
+}
+
 TEST(AssignPrecision, NonFloatingLayerPrecisionIsRefused) {
   Network net = fc_relu_net();
   PrecisionConfig config;

@@ -3,16 +3,22 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <random>
+#include <sstream>
+#include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <variant>
 #include <vector>
 
 #include "core/builder.h"
 #include "core/engine.h"
-#include "core/error.h"
+#include "ir/error.h"
+#include "ir/network.h"
 #include "kernels/device.h"
 
 namespace kiln::test {
@@ -74,6 +80,97 @@ inline std::map<std::string, std::vector<float>> run_float(
   }
   for (void* p : device) device_free(p);
   return out;
+}
+
+// ---- pass tests: graph in, graph out ------------------------------------------------------------
+
+inline std::vector<std::string> ops_of(const Network& net) {
+  std::vector<std::string> ops;
+  for (const auto& l : net.layers()) ops.push_back(l.op);
+  return ops;
+}
+
+inline std::vector<std::string> layer_names(const Network& net) {
+  std::vector<std::string> names;
+  for (const auto& l : net.layers()) names.push_back(l.name);
+  return names;
+}
+
+// The layer called `name`, or nullptr.
+inline const Layer* find_layer(const Network& net, const std::string& name) {
+  for (const auto& l : net.layers()) {
+    if (l.name == name) return &l;
+  }
+  return nullptr;
+}
+
+// The layer called `name`; throws (the test fails) when there is none.
+inline const Layer& layer_named(const Network& net, const std::string& name) {
+  const Layer* l = find_layer(net, name);
+  if (!l) throw std::out_of_range("the network has no layer '" + name + "'");
+  return *l;
+}
+
+// The names of the tensors `l` reads.
+inline std::vector<std::string> input_names(const Network& net, const Layer& l) {
+  std::vector<std::string> names;
+  for (TensorId t : l.inputs) names.push_back(net.tensor(t).name);
+  return names;
+}
+
+inline TensorId float_constant(Network& net, const std::string& name, const Dims& dims,
+                               const std::vector<float>& v) {
+  return net.add_constant(name, DataType::kFloat32, dims, v.data(), v.size() * sizeof(float));
+}
+
+inline std::vector<float> float_values(const Tensor& t) {
+  std::vector<float> v(t.data ? t.data->size() / sizeof(float) : 0);
+  if (!v.empty()) std::memcpy(v.data(), t.data->data(), v.size() * sizeof(float));
+  return v;
+}
+
+// Everything a pass could change, as text: each tensor (name, kind, dtype, dims, constant bytes),
+// each layer in order (name, op, inputs, outputs, attributes) and the bindings. Equal text: the
+// same graph. A "nothing changes" case compares it before and after the pass.
+inline std::string graph_text(const Network& net) {
+  std::ostringstream s;
+  for (const Tensor& t : net.tensors()) {
+    s << "tensor " << t.id << " " << t.name << " kind=" << static_cast<int>(t.kind) << " "
+      << dtype_name(t.dtype) << to_string(t.dims);
+    if (t.data) {
+      s << " bytes=";
+      for (uint8_t b : *t.data) s << static_cast<int>(b) << ",";
+    }
+    s << "\n";
+  }
+  auto names = [&](const std::vector<TensorId>& ids) {
+    std::string out;
+    for (TensorId t : ids) out += net.tensor(t).name + ",";
+    return out;
+  };
+  for (const Layer& l : net.layers()) {
+    s << "layer " << l.name << " " << l.op << " (" << names(l.inputs) << ") -> (" << names(l.outputs) << ")";
+    for (const auto& [key, value] : l.attrs.values()) {
+      s << " " << key << "=";
+      std::visit(
+          [&](const auto& v) {
+            using V = std::decay_t<decltype(v)>;
+            if constexpr (std::is_same_v<V, int64_t> || std::is_same_v<V, std::string>) {
+              s << v;
+            } else if constexpr (std::is_same_v<V, double>) {
+              char buf[32];
+              std::snprintf(buf, sizeof(buf), "%.17g", v);
+              s << buf;
+            } else {
+              for (const auto& x : v) s << x << ",";
+            }
+          },
+          value);
+    }
+    s << "\n";
+  }
+  s << "inputs " << names(net.inputs()) << "\noutputs " << names(net.outputs()) << "\n";
+  return s.str();
 }
 
 }  // namespace kiln::test

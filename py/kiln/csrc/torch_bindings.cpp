@@ -1,7 +1,9 @@
-// kiln._torchscript: the TorchScript frontend (torchscript/compile.h), called in process. Takes
-// the ScriptModule itself and kiln._C's CompileOptions (one pybind11 for both modules: see
-// py/CMakeLists.txt) and returns the compiled module with the driver's CompileReport. No file,
-// no option format crosses the boundary.
+// kiln._torch: the bindings that need torch's Python types, over kiln._C's (one pybind11 for
+// both modules: see py/CMakeLists.txt, so kiln._C's Plan, CompileOptions and CompileReport pass
+// through as they are):
+//   compile_torchscript: the TorchScript frontend (torchscript/compile.h) in process, the
+//     ScriptModule itself in and out; no file, no option format crosses the boundary;
+//   make_engine: a torch.classes.kiln.Engine from a kiln._C.Plan, with no serialize/parse trip.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <torch/csrc/jit/python/module_python.h>
@@ -34,13 +36,14 @@ kiln::torchscript::CompileSpec make_spec(const std::vector<InputTuple>& inputs, 
 
 }  // namespace
 
-PYBIND11_MODULE(_torchscript, m) {
-  m.doc() = "Kiln's TorchScript frontend, in process (used by kiln.compile with ir='torchscript').";
+PYBIND11_MODULE(_torch, m) {
+  m.doc() = "Kiln's torch-linked bindings: the TorchScript frontend and engines from plans.";
   py::module_::import("kiln._C");  // CompileOptions and CompileReport are kiln._C's types
 
-  // compile(module, inputs, options) -> (compiled torch._C.ScriptModule or None with dry_run, report)
+  // compile_torchscript(module, inputs, options) -> (compiled ScriptModule, or None with
+  // dry_run; report)
   m.def(
-      "compile",
+      "compile_torchscript",
       [](py::handle module, const std::vector<InputTuple>& inputs, const kiln::CompileOptions& options) {
         std::optional<torch::jit::Module> script = torch::jit::as_module(py::reinterpret_borrow<py::object>(module));
         KILN_CHECK(script.has_value(), "kiln.compile(ir='torchscript') takes a torch.jit.ScriptModule (torch.jit.script "
@@ -52,4 +55,12 @@ PYBIND11_MODULE(_torchscript, m) {
         return py::make_tuple(py::cast(compiled), report);
       },
       py::arg("module"), py::arg("inputs"), py::arg("options"));
+
+  // make_engine(plan, backend, device_index, cuda_graphs) -> torch.classes.kiln.Engine
+  m.def(
+      "make_engine",
+      [](const kiln::Plan& plan, const std::string& backend, int64_t device_index, bool cuda_graphs) {
+        return torch::jit::toPyObject(kiln::runtime::make_engine(plan, backend, device_index, cuda_graphs));
+      },
+      py::arg("plan"), py::arg("backend"), py::arg("device_index") = -1, py::arg("cuda_graphs") = true);
 }
