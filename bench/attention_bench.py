@@ -57,7 +57,7 @@ def kiln_context(tensors, causal):
     ins = [net.add_input(n, t.dtype, list(t.shape)) for n, t in zip(names, tensors, strict=True)]
     net.mark_output(net.add_attention(*ins, causal=causal, name="attn"), "out")
     engine = kiln.Engine(
-        kiln.Builder().build(net, kiln.BuilderConfig(target="cuda")), backend="cuda"
+        kiln.Builder().build(net, kiln.BuilderConfig(device="cuda")), device="cuda"
     )
     ctx = engine.create_execution_context()
     q, v = tensors[0], tensors[2]

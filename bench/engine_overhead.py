@@ -22,6 +22,7 @@ import torch
 
 import kiln
 from kiln import _C, runtime
+from kiln.dtypes import backend_name
 from kiln.network import Builder, BuilderConfig, Network
 
 
@@ -58,7 +59,7 @@ def resnet50_plan_bytes() -> bytes:
 
 def plan_load(device: str) -> None:
     data = resnet50_plan_bytes()
-    backend = "cuda" if device == "cuda" else "reference"
+    backend = backend_name(device)  # the engine core's word: "cuda" or "reference"
     deserialize = _best_of(lambda: _C.Plan.deserialize(data), 5)
     plan = _C.Plan.deserialize(data)
     create = _best_of(lambda: _C.Engine(plan, backend), 5)
@@ -75,13 +76,13 @@ def trivial_engine(device: str):
     net = Network()
     x = net.add_input("x", "float32", (1, 8))
     net.mark_output(net.add_activation(x, "relu"), "y")
-    cfg = BuilderConfig(target="cuda" if device == "cuda" else "reference")
+    cfg = BuilderConfig(device="cuda" if device == "cuda" else "cpu")
     return Builder().build(net, cfg)
 
 
 def per_call(device: str, n: int = 20000) -> None:
     plan = trivial_engine(device)
-    backend = "cuda" if device == "cuda" else "reference"
+    backend = backend_name(device)  # the engine core's word: "cuda" or "reference"
     engine = _C.Engine(plan, backend)
     ctx = engine.create_execution_context()
     x = torch.randn(1, 8, device=device)
@@ -96,7 +97,7 @@ def per_call(device: str, n: int = 20000) -> None:
     t = _best_of(loop, 3)
     print(f"ExecutionContext.enqueue (pybind call included): {t / n * 1e6:.2f} us/call")
 
-    module = runtime.EngineModule(plan, backend)
+    module = runtime.EngineModule(plan, device)
     eng = module.engine
     op = torch.ops.kiln.execute_engine
 

@@ -244,7 +244,7 @@ def make_input_sets(entry, batch: int, device: torch.device, precision: str) -> 
                 high = max(int(t.max()) + 1, 1)
                 item.append(torch.randint(0, high, t.shape, generator=g, dtype=t.dtype))
         sets.append(tuple(item))
-    dtype = torch.float16 if precision == "fp16" else torch.float32
+    dtype = _dtype(precision)
     return [
         tuple(t.to(device, dtype) if t.is_floating_point() else t.to(device) for t in s)
         for s in sets
@@ -296,17 +296,19 @@ def engine_plans(compiled) -> list:
     return plans
 
 
-def plan_load_ms(plans: Sequence, backend: str, repeats: int = 3) -> float:
-    """Loading the engines from their serialized plans: Plan.deserialize and Engine creation
-    (constants uploaded, kernels created), best of `repeats`, all engines together."""
+def plan_load_ms(plans: Sequence, device: str, repeats: int = 3) -> float:
+    """Loading the engines from their serialized plans on `device` ("cuda" or "cpu"):
+    Plan.deserialize and Engine creation (constants uploaded, kernels created), best of
+    `repeats`, all engines together."""
     from kiln import _C
+    from kiln.dtypes import backend_name
 
     blobs = [p.serialize() for p in plans]
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        engines = [_C.Engine(_C.Plan.deserialize(b), backend) for b in blobs]
-        if backend == "cuda":
+        engines = [_C.Engine(_C.Plan.deserialize(b), backend_name(device)) for b in blobs]
+        if device == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
         del engines
@@ -328,7 +330,7 @@ def run_kiln(row: Row, model, input_sets, truth, args, device, base: int, plans_
     the compiled one. The source model is back on the CPU afterwards."""
     import kiln
 
-    precisions = {torch.float16} if row.precision == "fp16" else {torch.float32}
+    precisions = {row.precision}
     if row.precision == "fp32" and args.tf32:
         precisions.add("tf32")
     model.to(device)
@@ -387,9 +389,7 @@ def run_kiln(row: Row, model, input_sets, truth, args, device, base: int, plans_
         if plans_error:
             result.extra["plans_error"] = plans_error
         if plans:
-            result.extra["load_ms"] = plan_load_ms(
-                plans, "cuda" if device.type == "cuda" else "reference"
-            )
+            result.extra["load_ms"] = plan_load_ms(plans, device.type)
         if row.model in args.warm_build:
             # The same build again: the timing cache now holds every tactic timing it needs.
             model.to(device)
@@ -439,7 +439,15 @@ class Budget:
 
 def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     """The model at a row's precision, on the CPU (a copy for FP16: the FP32 weights stay)."""
-    return copy.deepcopy(model).half() if precision == "fp16" else model
+    dtype = _dtype(precision)
+    return copy.deepcopy(model).to(dtype) if dtype != torch.float32 else model
+
+
+def _dtype(precision: str) -> torch.dtype:
+    """The dtype of a row's model and inputs (kiln.dtypes' table: fp16 -> torch.float16)."""
+    from kiln.dtypes import precision_dtype, torch_dtype
+
+    return torch_dtype(precision_dtype(precision))
 
 
 def _on(input_set: list[tuple], device: torch.device) -> list[tuple]:
@@ -778,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print(
-            "bench: no CUDA GPU visible; use --device cpu for the reference backend",
+            "bench: no CUDA GPU visible; use --device cpu (Kiln's CPU reference backend)",
             file=sys.stderr,
         )
         return 2
@@ -787,10 +795,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyError as e:
         print(f"bench: {e.args[0]}", file=sys.stderr)
         return 2
-    precisions = [p for p in args.precisions.split(",") if p]
+    from kiln.dtypes import precision_name
+
+    try:  # the row names are the canonical ones ("half" -> "fp16")
+        precisions = [precision_name(p) for p in args.precisions.split(",") if p]
+    except ValueError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
     bad = set(precisions) - {"fp32", "fp16"}
     if bad:
-        print(f"bench: unknown precision(s) {sorted(bad)}; use fp32, fp16", file=sys.stderr)
+        print(f"bench: unsupported precision(s) {sorted(bad)}; use fp32, fp16", file=sys.stderr)
         return 2
     batches = [int(b) for b in args.batches.split(",") if b]
     rows = run_matrix(entries, precisions, batches, args, device)

@@ -1,8 +1,8 @@
 // aten activations -> activation layers.
 #include <limits>
 
-#include "converters/converter_util.h"
 #include "converters/converter.h"
+#include "converters/converter_util.h"
 
 namespace kiln {
 namespace {
@@ -30,6 +30,8 @@ const ConverterRegistration kRegistered([] {
   register_activation("aten.tanh.default", "tanh");
   register_activation("aten.silu.default", "silu");
   register_activation("aten.selu.default", "selu");
+  register_activation("aten.hardswish.default", "hardswish");
+  register_activation("aten.hardsigmoid.default", "hardsigmoid");
 
   Converter gelu;
   gelu.target = "aten.gelu.default";

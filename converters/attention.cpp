@@ -1,7 +1,7 @@
 // aten.scaled_dot_product_attention -> attention (kept out of the decompositions because a
 // converter exists, see py/kiln/compiler.py).
-#include "converters/converter_util.h"
 #include "converters/converter.h"
+#include "converters/converter_util.h"
 
 namespace kiln {
 

@@ -1,7 +1,7 @@
 // dtype conversion: aten._to_copy (dtype only, same device) -> cast; aten.scalar_tensor -> a
 // rank-0 constant.
-#include "converters/converter_util.h"
 #include "converters/converter.h"
+#include "converters/converter_util.h"
 
 namespace kiln {
 

@@ -1,6 +1,6 @@
 // aten.convolution -> convolution / deconvolution layers.
-#include "converters/converter_util.h"
 #include "converters/converter.h"
+#include "converters/converter_util.h"
 
 namespace kiln {
 

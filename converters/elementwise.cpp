@@ -2,8 +2,8 @@
 // bool, where, clamp with tensor bounds, all with torch type promotion (a number operand becomes a
 // constant of the promoted dtype) and Python's operator.add/sub/mul/floordiv on symbolic sizes (host scalars,
 // evaluated through tracked shape values).
-#include "converters/converter_util.h"
 #include "converters/converter.h"
+#include "converters/converter_util.h"
 
 namespace kiln {
 namespace {

@@ -1,8 +1,8 @@
 // aten.flatten.using_ints: one flatten layer (dynamic dims inside the flattened range stay
 // dynamic). TorchScript graphs hold it as written; torch.export keeps it too now that a converter
 // takes it whole (compiler.py drops ops with converters from its decomposition table).
-#include "converters/converter_util.h"
 #include "converters/converter.h"
+#include "converters/converter_util.h"
 
 namespace kiln {
 

@@ -2,8 +2,8 @@
 // is the one torch.export recorded for the node's output (torch's default-dtype rules applied).
 // Symbolic sizes (an arange end, a full size list, full_like's input shape) become tracked shape
 // values, so the output follows dynamic dims.
-#include "converters/converter_util.h"
 #include "converters/converter.h"
+#include "converters/converter_util.h"
 
 namespace kiln {
 namespace {

@@ -7,8 +7,8 @@
 // is narrowed; symbolic sizes become tracked 0-d int64 tensors.
 #include <limits>
 
-#include "converters/converter_util.h"
 #include "converters/converter.h"
+#include "converters/converter_util.h"
 
 namespace kiln {
 namespace {

@@ -1,6 +1,6 @@
 // Matrix products: aten.mm / bmm / matmul -> matmul; aten.addmm -> matmul + add.
-#include "converters/converter_util.h"
 #include "converters/converter.h"
+#include "converters/converter_util.h"
 
 namespace kiln {
 namespace {

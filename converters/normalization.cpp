@@ -1,6 +1,6 @@
 // Normalizations and softmax: batch norm (inference), layer norm, softmax / log_softmax.
-#include "converters/converter_util.h"
 #include "converters/converter.h"
+#include "converters/converter_util.h"
 
 namespace kiln {
 namespace {

@@ -1,6 +1,6 @@
 // 2-D pooling: max_pool2d_with_indices (values only), avg_pool2d, _adaptive_avg_pool2d.
-#include "converters/converter_util.h"
 #include "converters/converter.h"
+#include "converters/converter_util.h"
 
 namespace kiln {
 namespace {

@@ -1,6 +1,6 @@
 // Reductions over dims: aten.mean.dim, aten.sum.dim_IntList -> reduce; aten.any -> reduce max.
-#include "converters/converter_util.h"
 #include "converters/converter.h"
+#include "converters/converter_util.h"
 
 namespace kiln {
 namespace {

@@ -2,8 +2,10 @@
 // squeeze, cat, split_with_sizes, and aten.sym_size.int (shape -> gather: a host scalar).
 // Size lists may hold symbolic sizes: they become tracked int64 shape tensors (see
 // ConversionContext::size_tensor), so a reshape can follow dynamic dims.
-#include "converters/converter_util.h"
+#include <algorithm>
+
 #include "converters/converter.h"
+#include "converters/converter_util.h"
 
 namespace kiln {
 namespace {
@@ -55,6 +57,18 @@ void register_simple(const std::string& target, const std::string& op,
   register_converter(std::move(c));
 }
 
+// squeeze's axes: the given dims (wrapped) that are 1; torch leaves the others as they are.
+Attributes squeeze_attrs(const KValue& x, const std::vector<int64_t>& dims) {
+  std::vector<int64_t> axes;
+  for (int64_t d : dims) {
+    int64_t a = wrap_axis(d, x.dims.size());
+    KILN_CHECK(a >= 0 && static_cast<size_t>(a) < x.dims.size(), "dim " << d << " is out of range");
+    KILN_CHECK(x.dims[a] != kDynamic, "squeezing a dynamic dim is not supported");
+    if (x.dims[a] == 1) axes.push_back(a);
+  }
+  return Attributes().set("axes", axes);
+}
+
 }  // namespace
 
 // Registered when the library loads; no central list names this file.
@@ -92,17 +106,40 @@ const ConverterRegistration kRegistered([] {
   register_simple(
       "aten.squeeze.dims", "squeeze",
       [](const KGraph& g, const KNode& n) {
-        const KValue& x = value_arg(g, n, "self");
-        std::vector<int64_t> axes;
-        for (int64_t d : ints_arg(n, "dim")) {
-          int64_t a = wrap_axis(d, x.dims.size());
-          KILN_CHECK(a >= 0 && static_cast<size_t>(a) < x.dims.size(), "dim " << d << " is out of range");
-          if (x.dims[a] == 1) axes.push_back(a);  // torch leaves dims that are not 1
-          KILN_CHECK(x.dims[a] != kDynamic, "squeezing a dynamic dim is not supported");
-        }
-        return Attributes().set("axes", axes);
+        return squeeze_attrs(value_arg(g, n, "self"), ints_arg(n, "dim"));
       },
       "constant, static dims");
+  register_simple(
+      "aten.squeeze.dim", "squeeze",
+      [](const KGraph& g, const KNode& n) {
+        return squeeze_attrs(value_arg(g, n, "self"), {int_arg(n, "dim")});
+      },
+      "constant, static dim");
+  // unflatten(x, dim, sizes) -> reshape: x's dims with `dim` replaced by `sizes`. A dynamic dim
+  // outside `dim` becomes the one inferred (-1) entry, so it may be dynamic when sizes has no -1.
+  register_simple(
+      "aten.unflatten.int", "reshape",
+      [](const KGraph& g, const KNode& n) {
+        const KValue& x = value_arg(g, n, "self");
+        const int64_t dim = wrap_axis(int_arg(n, "dim"), x.dims.size());
+        KILN_CHECK(dim >= 0 && static_cast<size_t>(dim) < x.dims.size(), "dim is out of range");
+        const std::vector<int64_t> sizes = ints_arg(n, "sizes");
+        const bool sizes_infer = std::count(sizes.begin(), sizes.end(), int64_t{-1}) > 0;
+        KILN_CHECK(x.dims[dim] != kDynamic || sizes_infer, "unflattening a dynamic dim needs a -1 in sizes");
+        int unknown = sizes_infer ? 1 : 0;  // reshape infers one -1
+        std::vector<int64_t> shape;
+        for (size_t k = 0; k < x.dims.size(); ++k) {
+          if (static_cast<int64_t>(k) == dim) {
+            shape.insert(shape.end(), sizes.begin(), sizes.end());
+          } else {
+            unknown += x.dims[k] == kDynamic ? 1 : 0;
+            shape.push_back(x.dims[k]);  // a dynamic dim is the -1 reshape infers
+          }
+        }
+        KILN_CHECK(unknown <= 1, "more than one dim would be inferred (dynamic dims or -1 sizes)");
+        return Attributes().set("shape", shape);
+      },
+      "constant dim and sizes; at most one dynamic or -1 dim");
 
   Converter expand;
   expand.target = "aten.expand.default";

@@ -2,8 +2,8 @@
 // reciprocal -> unary layers; aten.isinf -> |x| == inf.
 #include <limits>
 
-#include "converters/converter_util.h"
 #include "converters/converter.h"
+#include "converters/converter_util.h"
 
 namespace kiln {
 namespace {

@@ -7,11 +7,11 @@
 #include <set>
 #include <string>
 
-#include "ir/error.h"
-#include "ir/logging.h"
 #include "core/passes/passes.h"
 #include "core/tactics.h"
 #include "core/timing_cache.h"
+#include "ir/error.h"
+#include "ir/logging.h"
 #include "kernels/device.h"
 #include "kernels/kernel.h"
 

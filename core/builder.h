@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "ir/network.h"
 #include "core/plan.h"
+#include "ir/network.h"
 
 namespace kiln {
 

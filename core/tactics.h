@@ -10,9 +10,9 @@
 #include <optional>
 #include <vector>
 
-#include "ir/network.h"
 #include "core/plan.h"
 #include "core/timing_cache.h"
+#include "ir/network.h"
 #include "kernels/kernel.h"
 
 namespace kiln {

@@ -10,10 +10,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/plan.h"
 #include "ir/dims.h"
 #include "ir/error.h"
 #include "ir/logging.h"
-#include "core/plan.h"
 #include "kernels/device.h"
 
 namespace kiln {

@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "core/builder.h"
-#include "driver/compile_options.h"
 #include "core/plan.h"
+#include "driver/compile_options.h"
 #include "lowering/kgraph.h"
 #include "partitioning/partition.h"
 
@@ -39,7 +39,8 @@ struct CompileResult {
 using InputRange = std::function<ShapeRange(ValueId)>;
 
 // PartitionOptions from the compile options, plus the nodes a frontend keeps in PyTorch.
-PartitionOptions partition_options(const CompileOptions& options, std::map<int, std::string> torch_nodes = {});
+PartitionOptions partition_options(const CompileOptions& options,
+                                   std::map<int, std::string> torch_nodes = {});
 
 CompileReport make_report(const KGraph& graph, const Partition& partition);
 

@@ -26,12 +26,12 @@ plan = kiln.Builder().build(net, config)
 plan.save("/tmp/mlp.plan")  # versioned bytes; kiln.Plan.load() reads them back
 
 engine = kiln.Engine(kiln.Plan.load("/tmp/mlp.plan"))
-device = "cuda" if engine.backend == "cuda" else "cpu"
+device = engine.device  # "cuda" or "cpu"
 inp = torch.randn(16, 64, device=device)
 out = engine.create_execution_context().execute({"x": inp})["logits"]
 with torch.no_grad():
     want = model.to(device)(inp)
 err = (out.cpu() - want.cpu()).abs().max().item()
-print(f"backend {engine.backend}: max abs error vs torch {err:.2e}")
-for line in engine.describe_layers():
+print(f"device {engine.device}: max abs error vs torch {err:.2e}")
+for line in engine.describe():
     print("  ", line)

@@ -30,9 +30,7 @@ void register_kernel(const std::string& op, Backend backend, KernelFactory facto
   registry().emplace(key, std::move(factory));
 }
 
-bool has_kernel(const std::string& op, Backend backend) {
-  return registry().count({op, backend}) != 0;
-}
+bool has_kernel(const std::string& op, Backend backend) { return registry().count({op, backend}) != 0; }
 
 namespace {
 // A view layer (alias = 1): the engine points its output at its input's memory; nothing to run.

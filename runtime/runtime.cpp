@@ -12,8 +12,8 @@
 
 #include <algorithm>
 #include <array>
-#include <cstring>
 #include <atomic>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -22,8 +22,8 @@
 #include <vector>
 
 #include "core/engine.h"
-#include "ir/error.h"
 #include "core/plan.h"
+#include "ir/error.h"
 #include "kernels/device.h"
 #include "runtime/runtime.h"
 
@@ -114,7 +114,8 @@ class TorchEngine : public torch::CustomClassHolder {
   // `device` < 0: the current CUDA device (CUDA engines); ignored by the reference backend.
   TorchEngine(const std::string& plan_bytes, const std::string& backend, int64_t device = -1)
       : TorchEngine(rethrow_as_torch([&] {
-                      return Plan::deserialize(reinterpret_cast<const uint8_t*>(plan_bytes.data()), plan_bytes.size());
+                      return Plan::deserialize(reinterpret_cast<const uint8_t*>(plan_bytes.data()),
+                                               plan_bytes.size());
                     }),
                     backend, device) {}
 
@@ -205,8 +206,7 @@ class TorchEngine : public torch::CustomClassHolder {
   }
 
   std::vector<std::string> serialize() const {
-    return {std::to_string(kRuntimeFormatVersion), plan_text(), backend(),
-            std::to_string(engine_->device())};
+    return {std::to_string(kRuntimeFormatVersion), plan_text(), backend(), std::to_string(engine_->device())};
   }
 
   static c10::intrusive_ptr<TorchEngine> deserialize(const std::vector<std::string>& state) {

@@ -58,7 +58,9 @@ def violations(root: Path = ROOT) -> list[str]:
     found = []
     for layer, allowed in ALLOWED.items():
         base = root / layer
-        paths = [base] if base.is_file() else [p for pat in SOURCES for p in sorted(base.rglob(pat))]
+        paths = (
+            [base] if base.is_file() else [p for pat in SOURCES for p in sorted(base.rglob(pat))]
+        )
         for path in paths:
             rel = path.relative_to(root).as_posix()
             if layer_of(rel) != layer:

@@ -119,6 +119,7 @@ def check(
 
 def _check(entry, precision, device, workdir, cpp_exe, batch, verbose) -> Result:
     import kiln
+    from kiln.dtypes import precision_dtype, torch_dtype
 
     r = Result(entry.name, precision)
     t0 = time.perf_counter()
@@ -129,13 +130,12 @@ def _check(entry, precision, device, workdir, cpp_exe, batch, verbose) -> Result
         model.to(device)
         with torch.no_grad():
             truth = first_tensor(model(*(t.to(device) for t in x32))).float().cpu()
-        if precision == "fp16":
-            model = model.half()
-        cast = torch.float16 if precision == "fp16" else torch.float32
+        cast = torch_dtype(precision_dtype(precision))  # fp16: model.half(), float16 inputs
+        if cast != torch.float32:
+            model = model.to(cast)
         x = tuple(t.to(device, cast) if t.is_floating_point() else t.to(device) for t in x32)
 
-        precisions = {torch.float16} if precision == "fp16" else {torch.float32}
-        compiled = kiln.compile(model, list(x), enabled_precisions=precisions, device=device.type)
+        compiled = kiln.compile(model, list(x), enabled_precisions={precision}, device=device.type)
         r.engines = compiled.report.num_engines
         r.fallbacks = len(compiled.report.fallbacks)
         r.fallback_ops = sorted({f.target for f in compiled.report.fallbacks})
@@ -238,7 +238,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyError as e:
         print(f"model_check: {e.args[0]}", file=sys.stderr)
         return 2
-    precisions = [q for q in args.precisions.split(",") if q]
+    from kiln.dtypes import precision_name
+
+    try:  # the row names are the canonical ones ("half" -> "fp16")
+        precisions = [precision_name(q) for q in args.precisions.split(",") if q]
+    except ValueError as e:
+        print(f"model_check: {e}", file=sys.stderr)
+        return 2
     if set(precisions) - set(COSINE_MIN):
         print("model_check: --precisions takes fp32,fp16", file=sys.stderr)
         return 2

@@ -203,9 +203,10 @@ void rewrite(Lowered& l, const CompileSpec& spec) {
     }
     const std::string name = "_kiln_engine_" + std::to_string(engines++);
     const bool cuda = l.device.is_cuda();
-    l.module.register_attribute(name, runtime::engine_type(),
-                                runtime::make_engine(std::move(l.plans.at(engines - 1)), cuda ? "cuda" : "reference",
-                                                     cuda ? l.device.index() : -1, spec.cuda_graphs));
+    l.module.register_attribute(
+        name, runtime::engine_type(),
+        runtime::make_engine(std::move(l.plans.at(engines - 1)), cuda ? "cuda" : "reference",
+                             cuda ? l.device.index() : -1, spec.cuda_graphs));
     std::vector<Value*> inputs;
     for (ValueId v : segment.inputs) inputs.push_back(map(l.t.ts_value.at(v)));
     Value* list = g.insertNode(g.createList(c10::TensorType::get(), inputs))->output();

@@ -4,10 +4,9 @@
 // wherever libkiln_runtime is loaded (Python after `import kiln`, C++ apps linking Kiln::runtime).
 //
 //   kiln::torchscript::CompileSpec spec;
-//   spec.inputs = {kiln::torchscript::InputSpec::range({1, 3, 224, 224}, {8, 3, 224, 224}, {32, 3, 224, 224})};
-//   spec.enabled_precisions = {kiln::Precision::kFP16};
-//   torch::jit::Module compiled = kiln::torchscript::compile(torch::jit::load("model.ts"), spec);
-//   compiled.save("model_kiln.ts");
+//   spec.inputs = {kiln::torchscript::InputSpec::range({1, 3, 224, 224}, {8, 3, 224, 224}, {32, 3, 224,
+//   224})}; spec.enabled_precisions = {kiln::Precision::kFP16}; torch::jit::Module compiled =
+//   kiln::torchscript::compile(torch::jit::load("model.ts"), spec); compiled.save("model_kiln.ts");
 //
 // Errors (bad specs, unsupported models with require_full_compilation) throw kiln::Error.
 #pragma once

@@ -24,8 +24,8 @@
 #include <algorithm>
 #include <cstring>
 
-#include "ir/ops/convolution.h"
 #include "core/passes/passes.h"
+#include "ir/ops/convolution.h"
 
 namespace kiln {
 namespace {

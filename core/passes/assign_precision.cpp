@@ -15,15 +15,14 @@
 #include <set>
 #include <utility>
 
+#include "core/passes/passes.h"
 #include "ir/error.h"
 #include "ir/logging.h"
 #include "ir/op_schema.h"
-#include "core/passes/passes.h"
 #include "kernels/reference/host_access.h"
 
 namespace kiln {
 namespace {
-
 
 std::shared_ptr<std::vector<uint8_t>> convert_constant(const Tensor& c, DataType to) {
   const int64_t n = volume(c.dims);

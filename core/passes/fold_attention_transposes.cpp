@@ -15,10 +15,10 @@
 #include <string>
 #include <vector>
 
-#include "ir/ops/attention.h"
-#include "ir/ops/shape.h"
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
+#include "ir/ops/attention.h"
+#include "ir/ops/shape.h"
 
 namespace kiln {
 namespace {

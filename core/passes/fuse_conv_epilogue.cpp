@@ -12,10 +12,10 @@
 // the conv's name and lists the absorbed layers in its `fused` attribute.
 // Dynamic dims: dims compare as declared (-1 == -1); a residual that would broadcast at run time
 // is refused then by the layer's shape check.
-#include "ir/ops/activation.h"
-#include "ir/ops/convolution.h"
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
+#include "ir/ops/activation.h"
+#include "ir/ops/convolution.h"
 
 namespace kiln {
 namespace {

@@ -8,9 +8,9 @@
 // one kernel (float math for float16/bfloat16, with one rounding instead of one per step).
 #include <cmath>
 
-#include "ir/op_schema.h"
 #include "core/passes/passes.h"
 #include "core/passes/pattern_match.h"
+#include "ir/op_schema.h"
 
 namespace kiln {
 namespace {

@@ -27,9 +27,9 @@
 #include <unordered_map>
 #include <vector>
 
-#include "ir/ops/activation.h"
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
+#include "ir/ops/activation.h"
 
 namespace kiln {
 namespace {

@@ -20,15 +20,14 @@
 #include <queue>
 #include <set>
 
+#include "core/passes/passes.h"
 #include "ir/error.h"
 #include "ir/op_schema.h"
 #include "ir/ops/fused_pointwise.h"
-#include "core/passes/passes.h"
 #include "kernels/reference/host_access.h"
 
 namespace kiln {
 namespace {
-
 
 bool is_candidate(const Network& net, const Layer& l) {
   if (!has_trait(l.op, kPointwise) || l.outputs.size() != 1) return false;

@@ -6,9 +6,9 @@
 // and shape, weight must be [D] (D = x's last dim) of x's dtype or float32, and every intermediate
 // must have no other use; otherwise nothing changes. rms_norm computes the statistics in float32,
 // as the cast in the pattern asks for.
-#include "ir/op_schema.h"
 #include "core/passes/passes.h"
 #include "core/passes/pattern_match.h"
+#include "ir/op_schema.h"
 
 namespace kiln {
 namespace {

@@ -28,11 +28,11 @@
 #include <string>
 #include <vector>
 
-#include "ir/ops/attention.h"
-#include "ir/ops/shape.h"
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 #include "core/passes/strided_view.h"
+#include "ir/ops/attention.h"
+#include "ir/ops/shape.h"
 
 namespace kiln {
 namespace {

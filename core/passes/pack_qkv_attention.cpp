@@ -23,9 +23,9 @@
 #include <string>
 #include <vector>
 
-#include "ir/ops/attention.h"
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
+#include "ir/ops/attention.h"
 
 namespace kiln {
 namespace {

@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "core/builder.h"
-#include "ir/network.h"
 #include "core/plan.h"
+#include "ir/network.h"
 
 namespace kiln {
 

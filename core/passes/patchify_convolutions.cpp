@@ -19,9 +19,9 @@
 #include <string>
 #include <vector>
 
-#include "ir/ops/convolution.h"
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
+#include "ir/ops/convolution.h"
 
 namespace kiln {
 namespace {

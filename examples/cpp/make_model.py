@@ -1,6 +1,6 @@
 """Builds a small Kiln engine with the native API and saves it as TorchScript for kiln_infer.
 
-    python examples/cpp/make_model.py OUT_DIR [--backend reference|cuda] [--batch N]
+    python examples/cpp/make_model.py OUT_DIR [--device cpu|cuda] [--batch N]
 
 The network is a small CNN (convolution + relu + max pooling + flatten + fully_connected) with a
 dynamic batch (1..16), its weights from a seeded torch model. It is wrapped in
@@ -31,7 +31,7 @@ def torch_model() -> torch.nn.Sequential:
     ).eval()
 
 
-def build_plan(model: torch.nn.Sequential, backend: str) -> kiln.Plan:
+def build_plan(model: torch.nn.Sequential, device: str) -> kiln.Plan:
     conv, fc = model[0], model[4]
     net = kiln.Network()
     x = net.add_input("x", torch.float32, (-1, 3, 16, 16))  # dynamic batch
@@ -40,7 +40,7 @@ def build_plan(model: torch.nn.Sequential, backend: str) -> kiln.Plan:
     h = net.add_flatten(h, start_dim=1)
     y = net.add_fully_connected(h, fc.weight.detach(), fc.bias.detach())
     net.mark_output(y, "logits")
-    config = kiln.BuilderConfig(target=backend)
+    config = kiln.BuilderConfig(device=device)
     config.add_optimization_profile({"x": ((1, 3, 16, 16), (4, 3, 16, 16), (16, 3, 16, 16))})
     return kiln.Builder().build(net, config)
 
@@ -48,14 +48,14 @@ def build_plan(model: torch.nn.Sequential, backend: str) -> kiln.Plan:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--backend", choices=["reference", "cuda"], default="reference")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--batch", type=int, default=3)
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    device = "cuda" if args.backend == "cuda" else "cpu"
+    device = args.device
 
     model = torch_model()
-    module = kiln.runtime.EngineModule(build_plan(model, args.backend), args.backend)
+    module = kiln.runtime.EngineModule(build_plan(model, device), device)
     torch.jit.save(torch.jit.script(module), str(args.out_dir / "model.ts"))
 
     x = torch.randn(args.batch, 3, 16, 16, generator=torch.Generator().manual_seed(1))
@@ -66,7 +66,7 @@ def main() -> None:
     torch.save(expected, args.out_dir / "expected.pt")
     diff = (expected - eager).abs().max().item()
     print(
-        f"wrote {args.out_dir}/model.ts, input.pt, expected.pt ({args.backend} backend, "
+        f"wrote {args.out_dir}/model.ts, input.pt, expected.pt (device {device}, "
         f"output {list(expected.shape)}, max |kiln - eager torch| = {diff:.2e})"
     )
 

@@ -14,8 +14,8 @@
 
 #include "core/builder.h"
 #include "core/engine.h"
-#include "ir/error.h"
 #include "core/safetensors.h"
+#include "ir/error.h"
 #include "kernels/device.h"
 
 namespace {

@@ -33,21 +33,21 @@ def build_network(weights):
     return net
 
 
-def run(data_dir, target="reference"):
+def run(data_dir, target="cpu"):
     """Builds and runs LeNet-5 on `target`; returns (kiln output, PyTorch output)."""
     data = Path(data_dir)
     net = build_network(load_file(data / "lenet5.safetensors"))
     io = load_file(data / "lenet5_io.safetensors")
-    config = kiln.BuilderConfig(target=target)
+    config = kiln.BuilderConfig(device=target)
     config.add_optimization_profile({"input": ((1, 1, 32, 32), (4, 1, 32, 32), (64, 1, 32, 32))})
-    engine = kiln.Engine(kiln.Builder().build(net, config), backend=target)
+    engine = kiln.Engine(kiln.Builder().build(net, config), device=target)
     device = "cuda" if target == "cuda" else "cpu"
     out = engine.create_execution_context().execute({"input": io["input"].to(device)})["logits"]
     return out.cpu(), io["output"]
 
 
 if __name__ == "__main__":
-    target = sys.argv[2] if len(sys.argv) > 2 else "reference"
+    target = sys.argv[2] if len(sys.argv) > 2 else "cpu"
     got, want = run(sys.argv[1], target)
     err = (got - want).abs().max().item()
     ok = torch.allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -193,8 +193,8 @@ std::string activation_expr(const PointwiseInstr& ins, const std::string& x) {
   if (t == "mish") return "(" + x + " * tanhf(ksoftplus(" + x + ", 1.f, 20.f)))";
   if (t == "clip") return "fminf(fmaxf(" + x + ", " + alpha + "), " + beta + ")";
   if (t == "selu") {
-    return "(" + float_literal(kSeluScale) + " * (" + x + " > 0.f ? " + x + " : " + float_literal(kSeluAlpha) +
-           " * expm1f(" + x + ")))";
+    return "(" + float_literal(kSeluScale) + " * (" + x + " > 0.f ? " + x + " : " +
+           float_literal(kSeluAlpha) + " * expm1f(" + x + ")))";
   }
   KILN_FAIL("fused_pointwise: no CUDA code for activation '" << t << "'");
 }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kiln.dtypes import DEVICES, NAMES, device_name, device_of_backend, dtype_name, precision_name
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kiln", description="Kiln inference compiler")
@@ -29,7 +31,14 @@ def main(argv: list[str] | None = None) -> int:
         "(default: static dims, profile 0's opt)",
     )
     insp.add_argument("--runs", type=int, default=10, help="profiled runs (default 10)")
-    insp.add_argument("--backend", choices=["cuda", "reference"], default=None)
+    insp.add_argument(
+        "--device",
+        choices=list(DEVICES),
+        default=None,
+        help="where --profile runs (default: cuda for a GPU plan when one is visible, else cpu)",
+    )
+    # Deprecated (one release): --backend cuda|reference, the old name of --device.
+    insp.add_argument("--backend", choices=["cuda", "reference"], help=argparse.SUPPRESS)
     insp.add_argument("--json", action="store_true", help="print JSON instead of text")
     insp.add_argument("--no-arena", action="store_true", help="leave out the arena tensor list")
     _add_compile_parser(sub)
@@ -78,10 +87,15 @@ def _inspect(args) -> int:
     if shapes and not args.profile:
         print("kiln: error: --shapes is for --profile", file=sys.stderr)
         return 2
+    device = args.device
+    if args.backend is not None:
+        print("kiln: warning: --backend is deprecated; use --device cuda|cpu", file=sys.stderr)
+        if device is None:
+            device = device_of_backend(args.backend)
     info = kiln.inspect(args.plan)
     if args.profile:
         try:
-            info.profile(shapes, runs=max(1, args.runs), backend=args.backend)
+            info.profile(shapes, runs=max(1, args.runs), device=device)
         except ValueError as e:
             print(f"kiln: error: {e}", file=sys.stderr)
             return 2
@@ -117,15 +131,14 @@ def _add_compile_parser(sub) -> None:
         "--dtype",
         action="append",
         default=[],
-        help="dtype per input in order (float32, float16, bfloat16, int32, int64, bool, int8; "
-        "default float32)",
+        help=f"dtype per input in order ({', '.join(NAMES)}; default float32)",
     )
     p.add_argument(
         "--precision",
         action="append",
         default=[],
-        choices=["fp32", "fp16", "bf16", "tf32"],
-        help="precision the engines may use (repeatable)",
+        help="precision the engines may use, repeatable: fp32, fp16, bf16, tf32 (also float32, "
+        "float16, half, bfloat16)",
     )
     p.add_argument("--min-block-size", type=int, default=5)
     p.add_argument("--torch-executed-op", action="append", default=[], metavar="OP")
@@ -145,7 +158,12 @@ def _shape(text: str) -> list[int]:
 def _compile(args) -> int:
     import os
 
-    from kiln import _C, torchscript
+    import torch
+
+    import kiln
+    from kiln import _C
+    from kiln.dtypes import torch_dtype
+    from kiln.inputs import Input
 
     if not os.path.isfile(args.input_module):
         print(f"kiln compile: error: {args.input_module} does not exist", file=sys.stderr)
@@ -153,7 +171,6 @@ def _compile(args) -> int:
     # Inputs in command-line order: --input and --input-range may be mixed.
     order = _input_order(sys.argv if args.argv is None else args.argv)
     shapes, ranges = list(args.input), list(args.input_range)
-    lines = []
     try:
         specs = []
         for kind in order:
@@ -173,24 +190,38 @@ def _compile(args) -> int:
             raise ValueError(
                 f"{len(args.dtype)} --dtype for {len(specs)} inputs: give one per input"
             )
-        dtypes = args.dtype or ["float32"] * len(specs)
-        for (lo, opt, hi), dtype in zip(specs, dtypes, strict=True):
-            dims = " ".join("x".join(map(str, s)) or "scalar" for s in (lo, opt, hi))
-            lines.append(f"input {dtype} {dims}")
-    except ValueError as e:
+        dtypes = [dtype_name(d) for d in args.dtype] or ["float32"] * len(specs)
+        inputs = [
+            Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=torch_dtype(dtype))
+            for (lo, opt, hi), dtype in zip(specs, dtypes, strict=True)
+        ]
+        precisions = [precision_name(p) for p in args.precision]
+        device = device_name(args.device or ("cuda" if _C.cuda_device_count() > 0 else "cpu"))
+    except (ValueError, TypeError) as e:
         print(f"kiln compile: error: {e}", file=sys.stderr)
         return 2
-    for p in args.precision:
-        lines.append(f"precision {p}")
-    lines.append(f"min_block_size {args.min_block_size}")
-    lines += [f"torch_executed_op {op}" for op in args.torch_executed_op]
-    lines.append(f"require_full_compilation {int(args.require_full_compilation)}")
-    device = args.device or ("cuda" if _C.cuda_device_count() > 0 else "cpu")
-    lines.append(f"device {device}")
-    if args.workspace_size is not None:
-        lines.append(f"workspace_bytes {args.workspace_size}")
-    lines.append(f"dry_run {int(args.dry_run)}")
-    report = torchscript.compile_file(args.input_module, args.output_module, "\n".join(lines))
+    try:
+        module = torch.jit.load(args.input_module, map_location="cpu")
+    except Exception as error:  # noqa: BLE001 (torch raises several kinds for a bad file)
+        raise kiln.KilnError(
+            f"cannot load TorchScript module {args.input_module}: {error}".split("\n")[0]
+        ) from None
+    # The same kiln.compile (and so the same options and driver) as the Python API.
+    result = kiln.compile(
+        module,
+        inputs,
+        ir="torchscript",
+        enabled_precisions=precisions or ["fp32"],
+        min_block_size=args.min_block_size,
+        torch_executed_ops=args.torch_executed_op,
+        require_full_compilation=args.require_full_compilation,
+        device=device,
+        workspace_size=args.workspace_size,
+        dry_run=args.dry_run,
+    )
+    report = result if args.dry_run else result.report
+    if not args.dry_run:
+        kiln.save(result, args.output_module, output_format="torchscript")
     print(report.text, end="")
     if not args.dry_run:
         print(f"wrote {args.output_module}")

@@ -1,7 +1,7 @@
 """`kiln demo`: the vertical slice end to end.
 
 Builds a small MLP (input -> matmul -> bias add -> relu -> matmul -> bias add) with the native
-network API, builds a plan, round-trips it through bytes, runs it on every available backend and
+network API, builds a plan, round-trips it through bytes, runs it on every available device and
 compares with numpy (float64).
 """
 
@@ -38,29 +38,29 @@ def build_mlp(rng: np.random.Generator, d_in=256, d_hidden=512, d_out=128):
 def run(batch: int = 32, seed: int = 0) -> int:
     rng = np.random.default_rng(seed)
     net, reference, d_in = build_mlp(rng)
-    targets = ["reference"] + (["cuda"] if kiln.cuda_available() else [])
+    devices = ["cpu"] + (["cuda"] if kiln.cuda_available() else [])
     rows = []
-    for target in targets:
-        config = kiln.BuilderConfig(target=target)
+    for device in devices:
+        config = kiln.BuilderConfig(device=device)
         config.add_optimization_profile({"x": ((1, d_in), (batch, d_in), (4 * batch, d_in))})
         t0 = time.perf_counter()
         plan = kiln.Builder().build(net, config)
         build_ms = (time.perf_counter() - t0) * 1e3
-        engine = kiln.Engine(kiln.Plan.deserialize(plan.serialize()), backend=target)
+        engine = kiln.Engine(kiln.Plan.deserialize(plan.serialize()), device=device)
         ctx = engine.create_execution_context()
         x = rng.standard_normal((batch, d_in), dtype=np.float32)
         y = ctx.execute({"x": x})["y"]
         err = float(np.max(np.abs(y - reference(x))))
         rows.append(
-            (target, plan.num_layers, plan.arena_bytes, build_ms, err, ", ".join(plan.kernels))
+            (device, plan.num_layers, plan.arena_bytes, build_ms, err, ", ".join(plan.kernels))
         )
     print(f"Kiln {kiln.__version__} demo: MLP 256-512-128, batch {batch}, float32")
     print(
-        f"{'backend':<10} {'layers':>6} {'arena B':>8} {'build ms':>9} {'max abs err':>12}  kernels"
+        f"{'device':<10} {'layers':>6} {'arena B':>8} {'build ms':>9} {'max abs err':>12}  kernels"
     )
     ok = True
-    for target, layers, arena, build_ms, err, kernels in rows:
-        print(f"{target:<10} {layers:>6} {arena:>8} {build_ms:>9.2f} {err:>12.2e}  {kernels}")
+    for device, layers, arena, build_ms, err, kernels in rows:
+        print(f"{device:<10} {layers:>6} {arena:>8} {build_ms:>9.2f} {err:>12.2e}  {kernels}")
         ok &= err < 1e-4
     if not kiln.cuda_available():
         print("(no CUDA GPU visible: ran on the CPU reference backend only)")

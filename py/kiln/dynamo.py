@@ -44,6 +44,7 @@ import torch
 import torch.fx
 from torch.utils import _pytree as pytree
 
+from kiln.dtypes import device_name
 from kiln.inputs import Input
 from kiln.log import log
 
@@ -166,7 +167,7 @@ class _KilnGraph:
         for i in self.user:
             if not isinstance(args[i], torch.Tensor):
                 raise TypeError(f"input {self.placeholders[i].name} is not a tensor")
-        device = torch.device(opts.get("device") or _device(args))
+        device = torch.device(device_name(opts.get("device") or _device(args)))
 
         # Dynamic dims: one export Dim per symbol (inputs that share a size share the Dim).
         dims, specs, examples, export_dims, self.dynamic = {}, [], [], [], []
@@ -212,7 +213,7 @@ class _KilnGraph:
             )
             precisions = opts.get("enabled_precisions", opts.get("precisions", (torch.float32,)))
             kwargs = {k: opts[k] for k in _COMPILE_OPTIONS if k in opts and k != "device"}
-            kwargs["enabled_precisions"] = [_dtype(p) for p in precisions]
+            kwargs["enabled_precisions"] = precisions  # every spelling kiln.dtypes knows
             self.compiled = kiln_compile(program, specs, device=device, **kwargs)
         self.baked = {i: (args[i], args[i]._version, args[i].data_ptr()) for i in self.weights}
         self.baked_scalars = {i: args[i].item() for i in self.scalars}
@@ -328,13 +329,6 @@ def _eager_reason(examples) -> str:
 
 def _device(args) -> str:
     return "cuda" if any(isinstance(a, torch.Tensor) and a.is_cuda for a in args) else "cpu"
-
-
-def _dtype(p):
-    names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16}
-    names |= {"float16": torch.float16, "half": torch.float16, "bf16": torch.bfloat16}
-    names |= {"bfloat16": torch.bfloat16}
-    return names.get(p, p) if isinstance(p, str) else p
 
 
 @contextlib.contextmanager

@@ -3,7 +3,7 @@
 ``ExecutionContext.execute(feed)`` takes a dict of inputs and returns a dict of outputs:
 - torch CUDA tensors on a CUDA engine: zero-copy; outputs are allocated through torch's caching
   allocator and the work is enqueued on torch's current stream (no synchronization);
-- numpy arrays (or CPU torch tensors) on either backend: copied in, run, copied out; outputs come
+- numpy arrays (or CPU torch tensors) on either device: copied in, run, copied out; outputs come
   back as numpy arrays (torch tensors if torch tensors went in).
 """
 
@@ -12,7 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from kiln import _C
-from kiln.dtypes import as_numpy, torch_dtype
+from kiln.dtypes import (
+    as_numpy,
+    backend_name,
+    deprecated,
+    device_name,
+    device_of_backend,
+    renamed,
+    torch_dtype,
+)
 
 
 def _is_torch(value) -> bool:
@@ -20,33 +28,58 @@ def _is_torch(value) -> bool:
 
 
 class Engine:
-    """A plan ready to run. backend: "cuda" (default when a GPU is visible) or "reference"."""
+    """A plan ready to run.
 
-    def __init__(self, plan: _C.Plan | bytes, backend: str | None = None):
+    device: "cuda" (the default when the plan was built for a GPU and one is visible; the
+    current CUDA device) or "cpu" (the CPU reference backend). ``backend=`` ("reference" for
+    "cpu") is its deprecated name.
+    """
+
+    def __init__(
+        self, plan: _C.Plan | bytes, device: str | None = None, *, backend: str | None = None
+    ):
         if isinstance(plan, bytes | bytearray | memoryview):
             plan = _C.Plan.deserialize(plan)
-        if backend is None:
-            backend = (
-                "cuda" if plan.header["sm_arch"] and _C.cuda_device_count() > 0 else "reference"
-            )
-        self._engine = _C.Engine(plan, backend)
+        if backend is not None:
+            backend = device_of_backend(backend)
+        device = renamed("kiln.Engine", "backend", "device", backend, device)
+        if device is None:
+            device = "cuda" if plan.header["sm_arch"] and _C.cuda_device_count() > 0 else "cpu"
+        device = device_name(device, allow_index=False)
+        self._engine = _C.Engine(plan, backend_name(device))
         self.plan = plan
 
-    backend = property(lambda self: self._engine.backend)
     input_names = property(lambda self: self._engine.input_names)
     output_names = property(lambda self: self._engine.output_names)
     num_profiles = property(lambda self: self._engine.num_profiles)
+
+    @property
+    def device(self) -> str:
+        """Where the engine runs: "cuda" or "cpu"."""
+        return device_of_backend(self._engine.backend)
+
+    @property
+    def backend(self) -> str:
+        """Deprecated: the device in the old words ("cuda", "reference")."""
+        deprecated("kiln.Engine.backend", "kiln.Engine.device")
+        return self._engine.backend
 
     def binding(self, name: str) -> tuple[str, list[int]]:
         """(dtype, dims with -1 for dynamic) of an input or output."""
         return self._engine.binding(name)
 
-    def describe_layers(self) -> list[str]:
+    def describe(self) -> list[str]:
+        """One line per layer: its name, op, kernel and output shapes."""
         return self._engine.describe_layers()
+
+    def describe_layers(self) -> list[str]:
+        """Deprecated: describe()."""
+        deprecated("kiln.Engine.describe_layers()", "kiln.Engine.describe()")
+        return self.describe()
 
     @property
     def device_bytes(self) -> int:
-        """Bytes of constants this engine holds on the GPU (0 on the reference backend)."""
+        """Bytes of constants this engine holds on the GPU (0 on the CPU)."""
         return self._engine.device_bytes
 
     def create_execution_context(self) -> ExecutionContext:
@@ -66,7 +99,7 @@ class ExecutionContext:
     @property
     def cuda_graphs(self) -> bool:
         """CUDA graph capture and replay per input shapes (CUDA contexts; default on unless
-        KILN_CUDA_GRAPHS=0). Setting it has no effect on the reference backend."""
+        KILN_CUDA_GRAPHS=0). Setting it has no effect on the CPU."""
         return self._ctx.cuda_graphs
 
     @cuda_graphs.setter
@@ -97,7 +130,7 @@ class ExecutionContext:
 
     def set_profiling(self, on: bool) -> None:
         """Profiling mode: every enqueue times each layer (CUDA events around each launch on the
-        CUDA backend, a host clock on the reference backend); see layer_times()."""
+        CUDA device, a host clock on the CPU); see layer_times()."""
         self._ctx.set_profiling(bool(on))
 
     def layer_times(self) -> list[float]:
@@ -112,7 +145,7 @@ class ExecutionContext:
     def execute(self, feed: Mapping[str, object]) -> dict[str, object]:
         values = list(feed.values())
         if (
-            self.engine.backend == "cuda"
+            self.engine.device == "cuda"
             and values
             and all(_is_torch(v) and v.is_cuda for v in values)
         ):

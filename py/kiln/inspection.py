@@ -12,12 +12,12 @@ optimization profiles and the memory plan (activation arena, workspace, constant
 and size of every activation in the arena).
 
 profile() runs the plan in the engine's profiling mode (ExecutionContext.set_profiling): each
-layer's launch is timed with CUDA events on the CUDA backend or a host clock on the reference
-backend, several runs, median per layer. On CUDA a delay kernel holds the stream while the host
-enqueues every layer (ExecutionContext's profiling mode), so the events measure GPU time only,
-not the host's launch gaps; a layer whose host call takes longer than the delay covers (about
-40 us per layer + 2 ms) would show part of that gap again. The events themselves cost a little GPU
-time, so the profile's total slightly exceeds the engine's CUDA-graph latency.
+layer's launch is timed with CUDA events on device "cuda" or a host clock on device "cpu" (the
+CPU reference backend), several runs, median per layer. On CUDA a delay kernel holds the stream
+while the host enqueues every layer (ExecutionContext's profiling mode), so the events measure
+GPU time only, not the host's launch gaps; a layer whose host call takes longer than the delay
+covers (about 40 us per layer + 2 ms) would show part of that gap again. The events themselves
+cost a little GPU time, so the profile's total slightly exceeds the engine's CUDA-graph latency.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from kiln import _C
+from kiln.dtypes import backend_name, deprecated, device_of_backend, renamed
 
 
 @dataclass
@@ -67,7 +68,7 @@ class Inspection:
     profiles: list[dict]
     layers: list[LayerInfo]
     memory: MemoryInfo
-    profile_backend: str | None = None
+    profile_device: str | None = None  # "cuda" or "cpu", once profiled
     profile_shapes: dict = field(default_factory=dict)
     profile_runs: int = 0
     _plan: object = field(default=None, repr=False, compare=False)
@@ -79,15 +80,21 @@ class Inspection:
         shapes: dict | None = None,
         runs: int = 10,
         warmup: int = 2,
+        device: str | None = None,
+        *,
         backend: str | None = None,
     ) -> Inspection:
         """Times every layer: the median over `runs` profiled runs (after `warmup`), on random
         inputs of `shapes` (input name -> dims; by default static dims, and the first
-        profile's opt shape for dynamic inputs). backend: "cuda" (default when the plan was
-        built for a GPU and one is visible) or "reference". Returns self."""
+        profile's opt shape for dynamic inputs). device: "cuda" (default when the plan was
+        built for a GPU and one is visible) or "cpu" (``backend=`` is its deprecated name).
+        Returns self."""
         from kiln.engine import Engine
 
-        engine = Engine(self._plan, backend)
+        if backend is not None:
+            backend = device_of_backend(backend)
+        device = renamed("Inspection.profile", "backend", "device", backend, device)
+        engine = Engine(self._plan, device)
         ctx = engine.create_execution_context()
         feed = {}
         for name, dtype, dims in self.inputs:
@@ -102,10 +109,16 @@ class Inspection:
                 samples.append(ctx.layer_times())
         for k, layer in enumerate(self.layers):
             layer.time_ms = statistics.median(s[k] for s in samples) if samples else None
-        self.profile_backend = engine.backend
+        self.profile_device = engine.device
         self.profile_shapes = {n: list(ctx.tensor_shape(n)) for n, _, _ in self.inputs}
         self.profile_runs = runs
         return self
+
+    @property
+    def profile_backend(self) -> str | None:
+        """Deprecated: profile_device in the old words ("cuda", "reference")."""
+        deprecated("Inspection.profile_backend", "Inspection.profile_device")
+        return None if self.profile_device is None else backend_name(self.profile_device)
 
     @property
     def total_ms(self) -> float | None:
@@ -118,6 +131,8 @@ class Inspection:
         d = asdict(replace(self, _plan=None))  # the plan object itself is not plain data
         d.pop("_plan")
         d["total_ms"] = self.total_ms
+        # Deprecated key, kept one release for readers of `kiln inspect --json`.
+        d["profile_backend"] = d["profile_device"] and backend_name(d["profile_device"])
         return d
 
     def text(self, arena: bool = True) -> str:
@@ -170,11 +185,11 @@ class Inspection:
             lines.append("")
             lines.append(
                 f"profile: {self.total_ms:.4f} ms summed over {len(self.layers)} layers "
-                f"(median of {self.profile_runs} runs per layer, {self.profile_backend} backend, "
+                f"(median of {self.profile_runs} runs per layer, device {self.profile_device}, "
                 f"{shapes}; "
                 + (
                     "CUDA events around each launch)"
-                    if self.profile_backend == "cuda"
+                    if self.profile_device == "cuda"
                     else "host clock)"
                 )
             )
@@ -217,7 +232,8 @@ def inspect(source) -> Inspection:
                 attrs=attrs,
             )
         )
-    engine = _C.Engine(plan, "reference")  # bindings only; the reference backend runs anywhere
+    # Bindings only: the CPU reference backend runs any plan.
+    engine = _C.Engine(plan, backend_name("cpu"))
 
     def binding(name):
         dtype, dims = engine.binding(name)

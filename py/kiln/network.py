@@ -10,7 +10,16 @@ import os
 from collections.abc import Mapping, Sequence
 
 from kiln import _C
-from kiln.dtypes import as_numpy, dtype_name
+from kiln.dtypes import (
+    as_numpy,
+    backend_name,
+    deprecated,
+    device_name,
+    device_of_backend,
+    dtype_name,
+    precision_names,
+    renamed,
+)
 
 
 class Tensor:
@@ -157,9 +166,18 @@ class Network:
         """op: "add", "sub", "mul", "div", "max", "min" or "pow"; NumPy broadcasting."""
         return self.add_layer("elementwise", [a, b], {"op": op}, name)
 
-    def add_activation(self, x: TensorLike, type: str, alpha: float = 0.0, name: str = "") -> Layer:  # noqa: A002
-        """type: "relu", "sigmoid", "tanh" or "leaky_relu" (slope `alpha`)."""
-        return self.add_layer("activation", [x], {"type": type, "alpha": float(alpha)}, name)
+    def add_activation(
+        self,
+        x: TensorLike,
+        type: str,  # noqa: A002
+        alpha: float | None = None,
+        name: str = "",
+    ) -> Layer:
+        """type: any activation of docs/ops.md ("relu", "leaky_relu", "elu", "clip", ...).
+        alpha: leaky_relu slope, elu alpha, clip min; None keeps the op's default for the type
+        (leaky_relu 0.01, elu 1, clip 0)."""
+        attrs = {"type": type} if alpha is None else {"type": type, "alpha": float(alpha)}
+        return self.add_layer("activation", [x], attrs, name)
 
     def add_identity(self, x: TensorLike, name: str = "") -> Layer:
         return self.add_layer("identity", [x], {}, name)
@@ -645,22 +663,6 @@ class Network:
         return self._net.layers()
 
 
-_PRECISION_ALIASES = {
-    "float32": "fp32",
-    "float16": "fp16",
-    "half": "fp16",
-    "bfloat16": "bf16",
-    "torch.float32": "fp32",
-    "torch.float16": "fp16",
-    "torch.bfloat16": "bf16",
-}
-
-
-def _precision_name(p) -> str:
-    name = str(p)
-    return _PRECISION_ALIASES.get(name, name)
-
-
 def _params(x, *optional):
     """[x, p1, p2, ...] up to the last given optional parameter; a gap before it is an error."""
     given = list(optional)
@@ -672,44 +674,115 @@ def _params(x, *optional):
 
 
 class BuilderConfig(_C.BuilderConfig):
-    """Build options: optimization profiles, workspace limit, optimization level, target.
+    """Build options: optimization profiles, workspace limit, optimization level, device.
 
-    target: "auto" (the GPU when one is visible, else the CPU reference backend), "cuda" or
-    "reference".
+    device: where the engine will run: "auto" (the GPU when one is visible, else the CPU
+    reference backend), "cuda" or "cpu".
 
     precisions: what the engine may use inside, besides FP32: any of "tf32", "fp16", "bf16" (or
-    torch.float16 / torch.bfloat16). Declared input and output dtypes never change. FP16 wins
-    over BF16 when both are given. ``set_layer_precision(name, "float32")`` pins one layer.
+    torch.float16 / torch.bfloat16, "float16", "half", "bfloat16"; see kiln.dtypes). Declared
+    input and output dtypes never change. FP16 wins over BF16 when both are given.
+    ``set_layer_precision(name, "float32")`` pins one layer.
+
+    workspace_size: the most bytes of scratch memory a layer may use (None: the default).
 
     tactic_timing: on CUDA, time the implementations ("tactics") of layers whose kernels offer
     several and keep the fastest (default None: on, unless the environment sets
     KILN_TACTIC_TIMING=0; False: heuristic choices, faster builds).
     timing_cache: path of a persistent timing cache that builds read and update (default None:
     no file). A corrupt or foreign file is ignored with a warning and rewritten.
+
+    Deprecated (one release): ``target=`` / ``.target`` ("reference" for "cpu") and
+    ``workspace_bytes=`` / ``.workspace_bytes``.
     """
 
     def __init__(
         self,
         *,
-        target: str = "auto",
+        device: str | None = None,
         precisions=None,
-        workspace_bytes: int | None = None,
+        workspace_size: int | None = None,
         optimization_level: int | None = None,
         tactic_timing: bool | None = None,
         timing_cache: str | os.PathLike | None = None,
+        target: str | None = None,
+        workspace_bytes: int | None = None,
     ):
         super().__init__()
-        self.target = target
+        if target is not None:
+            target = device_of_backend(target)
+        device = renamed("kiln.BuilderConfig", "target", "device", target, device)
+        workspace_size = renamed(
+            "kiln.BuilderConfig",
+            "workspace_bytes",
+            "workspace_size",
+            workspace_bytes,
+            workspace_size,
+        )
+        self._set_device(device_name(device or "auto", allow_auto=True, allow_index=False))
         if tactic_timing is not None:
             self.tactic_timing = bool(tactic_timing)
         if timing_cache is not None:
             self.timing_cache_path = os.fspath(timing_cache)
         if precisions is not None:
-            self.precisions = [_precision_name(p) for p in precisions]
-        if workspace_bytes is not None:
-            self.workspace_bytes = workspace_bytes
+            self.precisions = precisions
+        if workspace_size is not None:
+            self.workspace_size = workspace_size
         if optimization_level is not None:
             self.optimization_level = optimization_level
+
+    @property
+    def device(self) -> str:
+        """Where the engine will run: "auto", "cuda" or "cpu"."""
+        return device_of_backend(_C.BuilderConfig.target.__get__(self))
+
+    @device.setter
+    def device(self, device) -> None:
+        self._set_device(device_name(device, allow_auto=True, allow_index=False))
+
+    def _set_device(self, name: str) -> None:
+        # The binding takes the engine core's words ("auto", "cuda", "reference").
+        _C.BuilderConfig.target.__set__(self, backend_name(name))
+
+    @property
+    def target(self) -> str:
+        """Deprecated: the device in the old words ("auto", "cuda", "reference")."""
+        deprecated("kiln.BuilderConfig.target", "kiln.BuilderConfig.device")
+        return _C.BuilderConfig.target.__get__(self)
+
+    @target.setter
+    def target(self, target: str) -> None:
+        deprecated("kiln.BuilderConfig.target", "kiln.BuilderConfig.device")
+        self._set_device(device_name(device_of_backend(target), allow_auto=True, allow_index=False))
+
+    @property
+    def workspace_size(self) -> int:
+        """The most bytes of scratch memory a layer may use."""
+        return _C.BuilderConfig.workspace_bytes.__get__(self)
+
+    @workspace_size.setter
+    def workspace_size(self, size: int) -> None:
+        _C.BuilderConfig.workspace_bytes.__set__(self, int(size))
+
+    @property
+    def workspace_bytes(self) -> int:
+        """Deprecated: workspace_size."""
+        deprecated("kiln.BuilderConfig.workspace_bytes", "kiln.BuilderConfig.workspace_size")
+        return self.workspace_size
+
+    @workspace_bytes.setter
+    def workspace_bytes(self, size: int) -> None:
+        deprecated("kiln.BuilderConfig.workspace_bytes", "kiln.BuilderConfig.workspace_size")
+        self.workspace_size = size
+
+    @property
+    def precisions(self) -> list[str]:
+        """Canonical names of the precisions the engine may use ("fp32" always first)."""
+        return _C.BuilderConfig.precisions.__get__(self)
+
+    @precisions.setter
+    def precisions(self, precisions) -> None:
+        _C.BuilderConfig.precisions.__set__(self, precision_names(precisions))
 
     def set_layer_precision(self, layer, dtype) -> None:
         """Runs `layer` (a Layer or its name) in `dtype` (float32, float16 or bfloat16)."""

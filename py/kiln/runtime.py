@@ -5,12 +5,12 @@ is present. It is loaded once, on first use (``TorchEngine``, ``EngineModule``, 
 and by ``import kiln`` when torch is already imported, so that ``torch.jit.load`` and
 ``torch.export.load`` of saved modules work after ``import torch, kiln``.
 
-    engine = kiln.runtime.TorchEngine(plan, "cuda")      # plan: kiln.Plan or its bytes
+    engine = kiln.runtime.TorchEngine(plan, "cuda")      # plan: kiln.Plan or its bytes; or "cpu"
     module = kiln.runtime.EngineModule(engine)           # forward(*inputs), one arg per input
     y = module(x)                                        # torch tensors in, torch tensors out
 
 ``execute_engine`` allocates outputs through torch's caching allocator and enqueues on torch's
-current CUDA stream without synchronizing; reference-backend engines take CPU tensors. The fake
+current CUDA stream without synchronizing; engines on the CPU take CPU tensors. The fake
 implementation here lets ``torch.export`` trace modules that call the op.
 """
 
@@ -23,6 +23,8 @@ import typing
 from pathlib import Path
 
 import torch
+
+from kiln.dtypes import backend_name, device_name, device_of_backend, renamed, torch_dtype
 
 LIBRARY_PATH = Path(__file__).with_name("libkiln_runtime.so")
 
@@ -52,24 +54,81 @@ def load_library() -> None:
         _loaded = True
 
 
-def TorchEngine(plan, backend: str | None = None):  # noqa: N802 (reads as the class it returns)
-    """A ``torch.classes.kiln.Engine`` from a kiln.Plan or plan bytes.
+def TorchEngine(plan, device: str | None = None, *, backend: str | None = None):  # noqa: N802
+    """A ``torch.classes.kiln.Engine`` from a kiln.Plan or plan bytes (the name reads as the
+    class it returns).
 
-    backend: "cuda" (default when the plan was built for a GPU and one is visible) or
-    "reference". A CUDA engine lives on the current CUDA device.
+    device: "cuda" (the default when the plan was built for a GPU and one is visible: the current
+    CUDA device), "cuda:N" or "cpu" (the CPU reference backend); a torch.device too.
+    ``backend=`` ("reference" for "cpu") is its deprecated name.
     """
     load_library()
     from kiln import _C
 
     if isinstance(plan, bytes | bytearray | memoryview):
         plan = _C.Plan.deserialize(bytes(plan))
-    if backend is None:
-        backend = "cuda" if plan.header["sm_arch"] and _C.cuda_device_count() > 0 else "reference"
-    return torch.classes.kiln.Engine(plan.serialize(), backend)
+    if backend is not None:
+        backend = device_of_backend(backend)
+    device = renamed("kiln.runtime.TorchEngine", "backend", "device", backend, device)
+    if device is None:
+        device = "cuda" if plan.header["sm_arch"] and _C.cuda_device_count() > 0 else "cpu"
+    return engine_from_plan(plan, torch.device(device_name(device)))
+
+
+def engine_from_plan(plan, device: torch.device, *, cuda_graphs: bool = True):
+    """A ``torch.classes.kiln.Engine`` made from a kiln.Plan in memory (kiln._torch): nothing is
+    serialized or parsed; the engine serializes its plan only when it is pickled (saved)."""
+    load_library()
+    from kiln import _torch
+
+    index = -1 if device.index is None else device.index
+    return _torch.make_engine(plan, backend_name(device.type), index, cuda_graphs)
+
+
+ENGINE_CLASS = "__torch__.torch.classes.kiln.Engine"
+
+
+def is_engine(value) -> bool:
+    """True for a torch.classes.kiln.Engine object."""
+    return isinstance(value, torch.ScriptObject) and value._type().qualified_name() == ENGINE_CLASS
+
+
+def engines(module) -> list:
+    """The torch.classes.kiln.Engine objects a module runs: a module from kiln.compile (either
+    frontend), kiln.load, torch.jit.load or torch.export.load(...).module()."""
+    load_library()
+    from kiln import _torch
+
+    found, seen = [], set()
+
+    def visit(m) -> None:
+        if id(m) in seen:
+            return
+        seen.add(id(m))
+        if isinstance(m, torch.jit.ScriptModule):
+            found.extend(_torch.script_engines(m))  # its submodules' engines too
+            return
+        found.extend(v for v in vars(m).values() if is_engine(v))
+        for child in m.children():
+            visit(child)
+
+    visit(module)
+    return found
+
+
+def plans(module) -> list:
+    """The kiln.Plan of every engine a compiled or loaded module runs (kiln.inspect them, or
+    save them with Plan.save)."""
+    from kiln import _C
+
+    return [_C.Plan.deserialize(e.serialized_plan().numpy().tobytes()) for e in engines(module)]
 
 
 class EngineModule(torch.nn.Module):
     """An nn.Module running one Kiln engine through ``torch.ops.kiln.execute_engine``.
+
+    ``engine``: a ``torch.classes.kiln.Engine``, or a plan (kiln.Plan or bytes) made into one on
+    ``device`` (as :func:`TorchEngine`; ``backend=`` is its deprecated name).
 
     ``forward`` takes one tensor per engine input, in the engine's input order, and returns one
     tensor (one output) or a tuple. The module scripts (``torch.jit.script``: its forward is
@@ -77,10 +136,13 @@ class EngineModule(torch.nn.Module):
     ``torch.export``.
     """
 
-    def __init__(self, engine, backend: str | None = None):
+    def __init__(self, engine, device: str | None = None, *, backend: str | None = None):
         super().__init__()
+        if backend is not None:
+            backend = device_of_backend(backend)
+        device = renamed("kiln.runtime.EngineModule", "backend", "device", backend, device)
         if not isinstance(engine, torch.ScriptObject):
-            engine = TorchEngine(engine, backend)
+            engine = TorchEngine(engine, device)
         load_library()
         self.engine = engine
         self.__class__ = _module_class(engine.input_names(), len(engine.output_names()))
@@ -151,7 +213,7 @@ def _fake_execute_engine(inputs, engine):
             f"Kiln engine takes {len(names)} inputs ({', '.join(names)}), got {len(inputs)}"
         )
     for t, name, want in zip(inputs, names, engine.input_dtypes(), strict=True):
-        if t.dtype != getattr(torch, want):
+        if t.dtype != torch_dtype(want):
             raise RuntimeError(
                 f"Kiln engine input '{name}' has dtype {t.dtype}, the engine expects torch.{want}"
             )
@@ -161,7 +223,7 @@ def _fake_execute_engine(inputs, engine):
         device = torch.device("cpu")
     shapes = _output_shapes([list(t.shape) for t in inputs], engine)
     return [
-        torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+        torch.empty(shape, dtype=torch_dtype(dtype), device=device)
         for shape, dtype in zip(shapes, engine.output_dtypes(), strict=True)
     ]
 

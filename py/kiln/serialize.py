@@ -27,6 +27,11 @@ Formats:
     straight-line graph traces exactly at those shapes); a dynamic one raises a KilnError, since a
     trace would fix the sizes the PyTorch parts compute with.
 
+Both formats carry the module's CompileReport as an extra file, ``kiln_report.json``
+(``CompileReport.to_dict()``); ``kiln.load`` sets it back as ``module.report``. Files written
+without it (by torch.jit.save / torch.export.save, or by older Kilns) load with
+``report = None``.
+
 ``kiln.load`` tells the formats apart by the archive's entries: an ExportedProgram archive has
 ``<name>/archive_format`` and ``<name>/models/``; a TorchScript archive ``<name>/constants.pkl``
 and ``<name>/code/``.
@@ -35,6 +40,7 @@ and ``<name>/code/``.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import zipfile
 from collections.abc import Sequence
@@ -48,6 +54,9 @@ from kiln.inputs import Input
 from kiln.log import log
 
 FORMATS = ("exported_program", "torchscript")
+
+# The archive's extra file holding CompileReport.to_dict() as JSON.
+REPORT_FILE = "kiln_report.json"
 
 
 def save(
@@ -76,7 +85,7 @@ def save(
                 "kiln.save: a TorchScript module (from kiln.compile with ir='torchscript') saves "
                 "with output_format='torchscript'"
             )
-        torch.jit.save(module, os.fspath(path))
+        torch.jit.save(module, os.fspath(path), _extra_files=_report_file(module))
         return
     if not isinstance(module, CompiledModule):
         raise TypeError(
@@ -85,26 +94,32 @@ def save(
     specs = _specs(module, inputs)
     device = module.device or torch.device("cpu")
     path = os.fspath(path)
+    extra = _report_file(module)
     if output_format == "exported_program":
-        torch.export.save(_export(module, specs, device), path)
+        torch.export.save(_export(module, specs, device), path, extra_files=extra)
     else:
-        torch.jit.save(_script(module, specs, device), path)
+        torch.jit.save(_script(module, specs, device), path, _extra_files=extra)
 
 
 def load(path: str | os.PathLike):
     """Loads a module saved by kiln.save (either format) and returns it, ready to call.
 
     An ExportedProgram comes back as ``torch.export.load(path).module()``, a TorchScript module as
-    ``torch.jit.load(path)``.
+    ``torch.jit.load(path)``. ``module.report`` is the kiln.compiler.CompileReport kiln.save
+    stored, or None for a file without one.
     """
     from kiln import runtime
 
     path = os.fspath(path)
     fmt = archive_format(path)
     runtime.load_library()  # torch.classes.kiln.Engine and torch.ops.kiln.execute_engine
+    extra = {REPORT_FILE: ""}  # the loaders fill in what the archive holds ("" when absent)
     if fmt == "exported_program":
-        return torch.export.load(path).module()
-    return torch.jit.load(path)
+        module = torch.export.load(path, extra_files=extra).module()
+    else:
+        module = torch.jit.load(path, _extra_files=extra)
+    module.report = _read_report(extra[REPORT_FILE])
+    return module
 
 
 def archive_format(path: str | os.PathLike) -> str:
@@ -128,6 +143,23 @@ def archive_format(path: str | os.PathLike) -> str:
         f"kiln.load: {path} is {what}, neither an ExportedProgram (torch.export.save) nor a "
         "TorchScript module (torch.jit.save); save compiled modules with kiln.save"
     )
+
+
+# ---- report ---------------------------------------------------------------------------------
+
+
+def _report_file(module) -> dict[str, str]:
+    """The extra files holding the module's CompileReport (none when it has no report)."""
+    report = getattr(module, "report", None)
+    return {REPORT_FILE: json.dumps(report.to_dict())} if report is not None else {}
+
+
+def _read_report(data: str | bytes):
+    if not data:
+        return None
+    from kiln.compiler import CompileReport
+
+    return CompileReport.from_dict(json.loads(data))
 
 
 # ---- inputs ---------------------------------------------------------------------------------

@@ -7,10 +7,10 @@
 #include <cstdlib>
 #include <mutex>
 
-#include "ir/logging.h"
-#include "ir/op_schema.h"
 #include "core/tactics.h"
 #include "core/timing_cache.h"
+#include "ir/logging.h"
+#include "ir/op_schema.h"
 #include "test_util.h"
 
 namespace kiln {

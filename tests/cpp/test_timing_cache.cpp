@@ -6,8 +6,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "ir/logging.h"
 #include "core/timing_cache.h"
+#include "ir/logging.h"
 #include "test_util.h"
 
 namespace kiln {

@@ -22,10 +22,10 @@ def run_layer(add_layer, inputs, target, dynamic=False):
             shape[0] = -1
         tensors.append(net.add_input(name, t.dtype, shape))
     net.mark_output(add_layer(net, *tensors), "out")
-    config = kiln.BuilderConfig(target=target)
+    config = kiln.BuilderConfig(device=target)
     if profile:
         config.add_optimization_profile(profile)
-    engine = kiln.Engine(kiln.Builder().build(net, config), backend=target)
+    engine = kiln.Engine(kiln.Builder().build(net, config), device=target)
     device = "cuda" if target == "cuda" else "cpu"
     feed = {f"in{i}": t.to(device) for i, t in enumerate(inputs)}
     out = engine.create_execution_context().execute(feed)["out"]

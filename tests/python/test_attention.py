@@ -97,9 +97,9 @@ def run_dynamic_batch(add_layer, inputs, target, batched=3):
             shape[0] = -1
         tensors.append(net.add_input(f"in{i}", t.dtype, shape))
     net.mark_output(add_layer(net, *tensors), "out")
-    config = kiln.BuilderConfig(target=target)
+    config = kiln.BuilderConfig(device=target)
     config.add_optimization_profile(profile)
-    engine = kiln.Engine(kiln.Builder().build(net, config), backend=target)
+    engine = kiln.Engine(kiln.Builder().build(net, config), device=target)
     device = "cuda" if target == "cuda" else "cpu"
     ctx = engine.create_execution_context()
     out = ctx.execute({f"in{i}": t.to(device) for i, t in enumerate(inputs)})["out"]
@@ -135,35 +135,35 @@ REF_SIZES = [  # (Sq, Sk, D): single rows/keys, tails, Sq != Sk both ways
 @pytest.mark.parametrize("sq,sk,d", REF_SIZES)
 @pytest.mark.parametrize("causal", [False, True])
 def test_reference_rank4(sq, sk, d, causal):
-    check("reference", make_inputs((2, 3, sq, d), 3, sk), causal=causal)
+    check("cpu", make_inputs((2, 3, sq, d), 3, sk), causal=causal)
 
 
 @pytest.mark.parametrize("sq,sk,d", [(7, 9, 16), (9, 7, 16), (5, 5, 80)])
 @pytest.mark.parametrize("causal", [False, True])
 def test_reference_rank3(sq, sk, d, causal):
-    check("reference", make_inputs((3, sq, d), 3, sk), causal=causal)
+    check("cpu", make_inputs((3, sq, d), 3, sk), causal=causal)
 
 
 @pytest.mark.parametrize("dtype", REF_DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
 def test_reference_dtypes(dtype, causal):
-    check("reference", make_inputs((2, 2, 11, 32), 2, 19, dtype=dtype), causal=causal)
+    check("cpu", make_inputs((2, 2, 11, 32), 2, 19, dtype=dtype), causal=causal)
 
 
 def test_reference_value_head_size_differs():
-    check("reference", make_inputs((2, 2, 7, 64), 2, 9, dv=24))
+    check("cpu", make_inputs((2, 2, 7, 64), 2, 9, dv=24))
 
 
 def test_reference_scale():
-    check("reference", make_inputs((1, 2, 7, 16), 2, 9), scale=0.3)
-    check("reference", make_inputs((1, 2, 7, 16), 2, 9), causal=True, scale=1.7)
+    check("cpu", make_inputs((1, 2, 7, 16), 2, 9), scale=0.3)
+    check("cpu", make_inputs((1, 2, 7, 16), 2, 9), causal=True, scale=1.7)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("rank", [3, 4])
 def test_reference_grouped_query(causal, rank):
     shape = (2, 8, 7, 16) if rank == 4 else (8, 7, 16)
-    check("reference", make_inputs(shape, 2, 9), causal=causal)
+    check("cpu", make_inputs(shape, 2, 9), causal=causal)
 
 
 MASKS = [  # (kind, mask shape) for q [2, 4, Sq=7, D] and Sk=9
@@ -181,17 +181,17 @@ MASKS = [  # (kind, mask shape) for q [2, 4, Sq=7, D] and Sk=9
 @pytest.mark.parametrize("kind,mshape", MASKS)
 @pytest.mark.parametrize("dtype", REF_DTYPES)
 def test_reference_mask(kind, mshape, dtype):
-    check("reference", make_inputs((2, 4, 7, 16), 4, 9, mask=(kind, mshape), dtype=dtype))
+    check("cpu", make_inputs((2, 4, 7, 16), 4, 9, mask=(kind, mshape), dtype=dtype))
 
 
 @pytest.mark.parametrize("kind", ["bool", "float"])
 def test_reference_mask_grouped_query_rank3(kind):
-    check("reference", make_inputs((2, 8, 7, 16), 2, 9, mask=(kind, (8, 1, 9))))
-    check("reference", make_inputs((4, 7, 16), 4, 9, mask=(kind, (7, 9))))
+    check("cpu", make_inputs((2, 8, 7, 16), 2, 9, mask=(kind, (8, 1, 9))))
+    check("cpu", make_inputs((4, 7, 16), 4, 9, mask=(kind, (7, 9))))
 
 
 @pytest.mark.parametrize("kind", ["bool", "float"])
-@pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_fully_masked_rows_are_zero(kind, target):
     # Kiln's documented result (torch's math backend agrees): zeros for a row with no visible key.
     inputs = make_inputs((2, 2, 5, 16), 2, 40, mask=(kind, (2, 1, 5, 40)), fully_masked_rows=True)
@@ -211,7 +211,7 @@ def test_fully_masked_rows_are_zero(kind, target):
 DYNAMIC_MASKS = [None, ("bool", (3, 1, 1, 9)), ("float", (7, 9))]
 
 
-@pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize(
     "mask,causal",
     # causal and a mask are exclusive (refused: test_errors_name_the_layer), so no such pair.
@@ -227,14 +227,14 @@ def test_dynamic_batch(target, mask, causal):
     check(target, inputs, causal=causal, dynamic=True, tolerance=CUDA_TOLERANCE[torch.float32])
 
 
-@pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_dynamic_batch_rank3_grouped_query(target):
     check(
         target, make_inputs((8, 5, 16), 2, 9), dynamic=True, tolerance=CUDA_TOLERANCE[torch.float32]
     )
 
 
-@pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize(
     "shape_q,hkv,sk",
     [((2, 2, 0, 16), 2, 9), ((0, 2, 7, 16), 2, 9), ((2, 2, 7, 16), 2, 0)],
@@ -584,28 +584,28 @@ def check_packed(
 @pytest.mark.parametrize("sq,sk,d", REF_SIZES)
 @pytest.mark.parametrize("causal", [False, True])
 def test_reference_bshd(sq, sk, d, causal):
-    check_bshd("reference", make_inputs((2, 3, sq, d), 3, sk), causal=causal)
+    check_bshd("cpu", make_inputs((2, 3, sq, d), 3, sk), causal=causal)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_reference_bshd_grouped_query_value_size_scale(causal):
-    check_bshd("reference", make_inputs((2, 8, 7, 16), 2, 9, dv=24), causal=causal, scale=0.3)
+    check_bshd("cpu", make_inputs((2, 8, 7, 16), 2, 9, dv=24), causal=causal, scale=0.3)
 
 
 @pytest.mark.parametrize("kind,mshape", MASKS)
 @pytest.mark.parametrize("dtype", REF_DTYPES)
 def test_reference_bshd_mask(kind, mshape, dtype):
-    check_bshd("reference", make_inputs((2, 4, 7, 16), 4, 9, mask=(kind, mshape), dtype=dtype))
+    check_bshd("cpu", make_inputs((2, 4, 7, 16), 4, 9, mask=(kind, mshape), dtype=dtype))
 
 
 @pytest.mark.parametrize("mask", DYNAMIC_MASKS)
 def test_reference_bshd_dynamic_batch(mask):
-    check_bshd("reference", make_inputs((3, 4, 7, 16), 2, 9, mask=mask), dynamic=True)
+    check_bshd("cpu", make_inputs((3, 4, 7, 16), 2, 9, mask=mask), dynamic=True)
 
 
 def test_reference_bshd_empty():
-    check_bshd("reference", make_inputs((2, 2, 7, 16), 2, 0))
-    check_bshd("reference", make_inputs((0, 2, 7, 16), 2, 9))
+    check_bshd("cpu", make_inputs((2, 2, 7, 16), 2, 0))
+    check_bshd("cpu", make_inputs((0, 2, 7, 16), 2, 9))
 
 
 PACKED_MASKS = [  # for [B=2, H=4, S=7, S=7] scores
@@ -619,32 +619,32 @@ PACKED_MASKS = [  # for [B=2, H=4, S=7, S=7] scores
 @pytest.mark.parametrize("s,d", [(1, 16), (7, 16), (77, 24), (33, 64)])
 @pytest.mark.parametrize("causal", [False, True])
 def test_reference_packed(s, d, causal):
-    check_packed("reference", make_packed(2, s, 3, d), causal=causal)
+    check_packed("cpu", make_packed(2, s, 3, d), causal=causal)
 
 
 @pytest.mark.parametrize("kind,mshape", PACKED_MASKS)
 @pytest.mark.parametrize("dtype", REF_DTYPES)
 def test_reference_packed_mask(kind, mshape, dtype):
-    check_packed("reference", make_packed(2, 7, 4, 16, mask=(kind, mshape), dtype=dtype))
+    check_packed("cpu", make_packed(2, 7, 4, 16, mask=(kind, mshape), dtype=dtype))
 
 
 def test_reference_packed_scale_and_dynamic_batch():
-    check_packed("reference", make_packed(2, 9, 2, 16), scale=0.25)
-    check_packed("reference", make_packed(3, 9, 2, 16), causal=True, dynamic=True)
-    check_packed("reference", make_packed(3, 7, 4, 16, mask=("bool", (3, 1, 1, 7))), dynamic=True)
+    check_packed("cpu", make_packed(2, 9, 2, 16), scale=0.25)
+    check_packed("cpu", make_packed(3, 9, 2, 16), causal=True, dynamic=True)
+    check_packed("cpu", make_packed(3, 7, 4, 16, mask=("bool", (3, 1, 1, 7))), dynamic=True)
 
 
 @pytest.mark.parametrize("b,s", [(2, 7), (1, 9), (3, 1)])
 @pytest.mark.parametrize("causal", [False, True])
 def test_reference_packed_sequence_first(b, s, causal):
-    check_packed("reference", make_packed(b, s, 3, 16), causal=causal, layout="sbhd")
+    check_packed("cpu", make_packed(b, s, 3, 16), causal=causal, layout="sbhd")
     mask = ("float", (b, 1, s, s))
-    check_packed("reference", make_packed(b, s, 2, 8, mask=mask), layout="sbhd")
+    check_packed("cpu", make_packed(b, s, 2, 8, mask=mask), layout="sbhd")
 
 
 def test_reference_packed_empty():
-    check_packed("reference", make_packed(0, 7, 2, 16))
-    check_packed("reference", make_packed(2, 0, 2, 16))
+    check_packed("cpu", make_packed(0, 7, 2, 16))
+    check_packed("cpu", make_packed(2, 0, 2, 16))
 
 
 def test_network_records_layout_and_packed():

@@ -21,14 +21,14 @@ TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
 def build(net, level, profile=None):
-    config = kiln.BuilderConfig(target="reference", optimization_level=level)
+    config = kiln.BuilderConfig(device="cpu", optimization_level=level)
     if profile:
         config.add_optimization_profile(profile)
     return kiln.Builder().build(net, config)
 
 
 def run_plan(plan, feed):
-    return kiln.Engine(plan, backend="reference").create_execution_context().execute(feed)
+    return kiln.Engine(plan, device="cpu").create_execution_context().execute(feed)
 
 
 def optimized(net, feed, profile=None):

@@ -11,7 +11,7 @@ def test_demo_runs_and_matches():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("OK")
-    assert "reference" in out.stdout
+    assert "\ncpu " in out.stdout  # the row of the CPU reference backend
 
 
 def test_info_lists_ops():

@@ -22,8 +22,8 @@ import kiln
 FOLD_TOL = {"rtol": 1e-5, "atol": 2e-6}
 
 
-def build(net, level=None, precisions=None, profile=None, target="reference"):
-    config = kiln.BuilderConfig(target=target)
+def build(net, level=None, precisions=None, profile=None, target="cpu"):
+    config = kiln.BuilderConfig(device=target)
     if level is not None:
         config.optimization_level = level
     if precisions:
@@ -33,9 +33,9 @@ def build(net, level=None, precisions=None, profile=None, target="reference"):
     return kiln.Builder().build(net, config)
 
 
-def run(plan, feed, target="reference"):
+def run(plan, feed, target="cpu"):
     device = "cuda" if target == "cuda" else "cpu"
-    ctx = kiln.Engine(plan, backend=target).create_execution_context()
+    ctx = kiln.Engine(plan, device=target).create_execution_context()
     out = ctx.execute({k: v.to(device) for k, v in feed.items()})
     return {k: v.cpu() for k, v in out.items()}
 
@@ -359,7 +359,7 @@ def test_vision_model_fp16_cuda_matches_eager(name):
         assert cosine(got, want) > 0.999
 
 
-@pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("channels", [1, 3, 8])
 def test_layouts_pad_few_input_channels(target, channels):
     # An image's 3 channels: the channels-last input is zero-padded to 8 channels (pad layer) and
@@ -410,7 +410,7 @@ def patch_net(hw=(16, 12), k=4, bias=True, dtype="float32", batch=-1):
     return net
 
 
-@pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_patchify_convolution_is_one_gemm(target, bias):
     # stride == kernel, no padding: the patches are disjoint, one GEMM computes the convolution.
@@ -439,7 +439,7 @@ def test_patchify_convolution_no_change_cases(hw, k, stride, padding):
     assert "convolution" in ops(build(net))
 
 
-@pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_squeeze_excitation_convolutions_become_gemms(target):
     # A 1x1 convolution of a 1x1 image (the squeeze-and-excitation MLP) is a GEMM over the batch;
     # its reshapes and unit-dim transposes are views.

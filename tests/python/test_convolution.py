@@ -84,9 +84,7 @@ def torch_deconv(inputs, stride, padding, output_padding, dilation, groups):
 def test_convolution_reference_matches_torch(case, dynamic):
     _, xs, ws, stride, padding, dilation, groups, bias = case
     inputs = conv_inputs(xs, ws, bias)
-    got = run_layer(
-        add_conv(stride, padding, dilation, groups), inputs, "reference", dynamic=dynamic
-    )
+    got = run_layer(add_conv(stride, padding, dilation, groups), inputs, "cpu", dynamic=dynamic)
     # torch in float64 is the exact answer; the reference accumulates in double and rounds once.
     want = torch_conv([t.double() for t in inputs], stride, padding, dilation, groups).float()
     torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
@@ -98,7 +96,7 @@ def test_deconvolution_reference_matches_torch(case, dynamic):
     _, xs, ws, stride, padding, out_pad, dilation, groups, bias = case
     inputs = deconv_inputs(xs, ws, groups, bias)
     add = add_deconv(stride, padding, out_pad, dilation, groups)
-    got = run_layer(add, inputs, "reference", dynamic=dynamic)
+    got = run_layer(add, inputs, "cpu", dynamic=dynamic)
     want = torch_deconv([t.double() for t in inputs], stride, padding, out_pad, dilation, groups)
     torch.testing.assert_close(got, want.float(), **TOLERANCE[torch.float32])
 
@@ -110,11 +108,9 @@ def test_convolution_dynamic_spatial_dims_reference():
     layer = net.add_convolution(x, w, stride=2, padding=1)
     assert layer.output.shape == (-1, 4, -1, -1)
     net.mark_output(layer, "y")
-    config = kiln.BuilderConfig(target="reference")
+    config = kiln.BuilderConfig(device="cpu")
     config.add_optimization_profile({"x": ([1, 3, 3, 3], [2, 3, 8, 8], [2, 3, 16, 16])})
-    ctx = kiln.Engine(
-        kiln.Builder().build(net, config), backend="reference"
-    ).create_execution_context()
+    ctx = kiln.Engine(kiln.Builder().build(net, config), device="cpu").create_execution_context()
     for shape in [(2, 3, 9, 7), (1, 3, 16, 3)]:
         xv = torch.randn(shape)
         got = ctx.execute({"x": xv})["y"]
@@ -123,7 +119,7 @@ def test_convolution_dynamic_spatial_dims_reference():
 
 def test_convolution_empty_batch_reference():
     x, w = torch.randn(0, 3, 5, 5), torch.randn(4, 3, 3, 3)
-    got = run_layer(add_conv(1, 1, 1, 1), [x, w], "reference")
+    got = run_layer(add_conv(1, 1, 1, 1), [x, w], "cpu")
     assert got.shape == (0, 4, 5, 5)
 
 
@@ -182,7 +178,7 @@ def test_convolution_profile_below_kernel_names_the_layer():
     net = kiln.Network()
     x = net.add_input("x", "float32", [1, 1, -1])
     net.mark_output(net.add_convolution(x, torch.randn(1, 1, 5), name="late_conv"), "y")
-    config = kiln.BuilderConfig(target="reference")
+    config = kiln.BuilderConfig(device="cpu")
     config.add_optimization_profile({"x": ([1, 1, 1], [1, 1, 8], [1, 1, 8])})
     with pytest.raises(kiln.KilnError, match="late_conv.*larger than the padded input"):
         kiln.Builder().build(net, config)
@@ -282,9 +278,9 @@ def test_convolution_cuda_kernel_names():
     c = net.add_convolution(x, torch.randn(2, 2, 3, 3))
     net.mark_output(net.add_deconvolution(c, torch.randn(2, 2, 3, 3)), "y")
     engine = kiln.Engine(
-        kiln.Builder().build(net, kiln.BuilderConfig(target="cuda")), backend="cuda"
+        kiln.Builder().build(net, kiln.BuilderConfig(device="cuda")), device="cuda"
     )
-    text = "\n".join(engine.describe_layers())
+    text = "\n".join(engine.describe())
     assert "cudnn_convolution" in text and "cudnn_deconvolution" in text
 
 
@@ -360,9 +356,7 @@ def test_convolution_epilogue_reference_matches_torch(case, activation):
     _, xs, ws, stride, padding, groups, bias, residual = case
     inputs = epilogue_inputs(xs, ws, bias, residual, stride, padding, groups)
     attrs = epilogue_attrs(activation, residual, stride, padding, groups, len(xs))
-    got = run_layer(
-        lambda net, *t: net.add_layer("convolution", list(t), attrs), inputs, "reference"
-    )
+    got = run_layer(lambda net, *t: net.add_layer("convolution", list(t), attrs), inputs, "cpu")
     want = torch_epilogue(inputs, bias, residual, stride, padding, groups, activation).float()
     torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
 
@@ -379,7 +373,7 @@ def test_convolution_channels_last_reference_matches_torch(case, dynamic):
     if residual:
         stored[-1] = to_last(inputs[-1])
     add = lambda net, *t: net.add_layer("convolution", list(t), attrs)  # noqa: E731
-    got = run_layer(add, stored, "reference", dynamic=dynamic)
+    got = run_layer(add, stored, "cpu", dynamic=dynamic)
     want = torch_epilogue(inputs, bias, residual, stride, padding, groups, "relu").float()
     torch.testing.assert_close(got, to_last(want), **TOLERANCE[torch.float32])
 
@@ -572,9 +566,9 @@ def test_depthwise_tactic_kernel_name():
     attrs = {"groups": 8, "pads": [1, 1], "tactic": DEPTHWISE_TACTIC}
     y = net.add_layer("convolution", [x, w], attrs).output
     net.mark_output(y, "y")
-    config = kiln.BuilderConfig(target="cuda", tactic_timing=False)  # keeps the layer's tactic
-    engine = kiln.Engine(kiln.Builder().build(net, config), backend="cuda")
-    assert "cuda_depthwise_convolution" in "\n".join(engine.describe_layers())
+    config = kiln.BuilderConfig(device="cuda", tactic_timing=False)  # keeps the layer's tactic
+    engine = kiln.Engine(kiln.Builder().build(net, config), device="cuda")
+    assert "cuda_depthwise_convolution" in "\n".join(engine.describe())
 
 
 @pytest.mark.gpu

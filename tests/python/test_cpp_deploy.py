@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from cpp_example import build_example  # noqa: E402 (tools/cpp_example.py)
 
 PY_DIR = Path(kiln.__file__).resolve().parent.parent
-TARGETS = ["reference", pytest.param("cuda", marks=pytest.mark.gpu)]
+TARGETS = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +49,13 @@ def _infer(exe, model, inputs, output, device="cpu"):
 
 @pytest.fixture(scope="module", params=TARGETS)
 def saved(request, tmp_path_factory):
-    """(backend, directory) with make_model.py's model.ts, input.pt and expected.pt."""
+    """(device, directory) with make_model.py's model.ts, input.pt and expected.pt."""
     rt.load_library()  # for torch.jit.load here (conftest imported kiln before torch)
     out = tmp_path_factory.mktemp(f"cpp_deploy_{request.param}")
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(PY_DIR), os.environ.get("PYTHONPATH", "")])
     )
-    cmd = [sys.executable, str(EXAMPLE / "make_model.py"), str(out), "--backend", request.param]
+    cmd = [sys.executable, str(EXAMPLE / "make_model.py"), str(out), "--device", request.param]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return request.param, out
@@ -71,8 +71,7 @@ def test_app_links_the_runtime(kiln_infer):
 
 
 def test_cpp_output_equals_python(kiln_infer, saved, tmp_path):
-    backend, out = saved
-    device = "cuda" if backend == "cuda" else "cpu"
+    device, out = saved
     x = torch.load(out / "input.pt")
     proc = _infer(kiln_infer, out / "model.ts", out / "input.pt", tmp_path / "output.pt", device)
     assert proc.returncode == 0, proc.stderr
@@ -90,8 +89,7 @@ def test_cpp_output_equals_python(kiln_infer, saved, tmp_path):
 
 def test_cpp_other_batch_and_tuple_input(kiln_infer, saved, tmp_path):
     """Another batch size of the dynamic profile, given as a one-element tuple of inputs."""
-    backend, out = saved
-    device = "cuda" if backend == "cuda" else "cpu"
+    device, out = saved
     x = torch.randn(7, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     torch.save((x,), tmp_path / "input.pt")
     proc = _infer(kiln_infer, out / "model.ts", tmp_path / "input.pt", tmp_path / "out.pt", device)
@@ -103,8 +101,7 @@ def test_cpp_other_batch_and_tuple_input(kiln_infer, saved, tmp_path):
 
 def test_cpp_errors(kiln_infer, saved, tmp_path):
     """Failures exit non-zero with a message: missing model, input outside the profile."""
-    _, out = saved
-    device = "cuda" if saved[0] == "cuda" else "cpu"
+    device, out = saved
     proc = _infer(kiln_infer, tmp_path / "missing.ts", out / "input.pt", tmp_path / "o.pt", device)
     assert proc.returncode != 0
     assert "kiln_infer:" in proc.stderr and "missing.ts" in proc.stderr

@@ -64,7 +64,7 @@ def torch_ref(op, a, b):
 @pytest.mark.parametrize("shapes", SHAPES)
 def test_reference_matches_torch(op, shapes):
     a, b = operands(op, *shapes)
-    got = run_layer(add(op), [a, b], "reference")
+    got = run_layer(add(op), [a, b], "cpu")
     torch.testing.assert_close(got, torch_ref(op, a, b), **TOLERANCE[torch.float32])
 
 
@@ -74,18 +74,18 @@ def test_reference_integer_ops(op, dtype):
     a, b = operands(op, (4, 6), (6,), dtype)
     if op == "pow":  # exact powers up to 6^4; torch refuses negative integer exponents
         a, b = a.abs(), b.abs().clamp(max=4)
-    torch.testing.assert_close(run_layer(add(op), [a, b], "reference"), torch_ref(op, a, b))
+    torch.testing.assert_close(run_layer(add(op), [a, b], "cpu"), torch_ref(op, a, b))
 
 
 @pytest.mark.parametrize("op", LOGICAL)
 def test_reference_logical_ops(op):
     a, b = torch.rand(3, 1, 4) > 0.5, torch.rand(5, 4) > 0.5
-    torch.testing.assert_close(run_layer(add(op), [a, b], "reference"), LOGICAL[op](a, b))
+    torch.testing.assert_close(run_layer(add(op), [a, b], "cpu"), LOGICAL[op](a, b))
 
 
 def test_reference_dynamic_batch():
     a, b = operands("add", (6, 5), (5,))
-    got = run_layer(add("mul"), [a, b], "reference", dynamic=True)
+    got = run_layer(add("mul"), [a, b], "cpu", dynamic=True)
     torch.testing.assert_close(got, a * b, **TOLERANCE[torch.float32])
 
 

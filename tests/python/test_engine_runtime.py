@@ -57,7 +57,7 @@ def two_profile_plan(target):
     net = kiln.Network()
     x = net.add_input("x", "float32", (-1, 16))
     net.mark_output(net.add_activation(net.add_fully_connected(x, w.numpy()), "relu"), "y")
-    config = kiln.BuilderConfig(target=target)
+    config = kiln.BuilderConfig(device=target)
     config.add_optimization_profile({"x": ((1, 16), (2, 16), (4, 16))})
     config.add_optimization_profile({"x": ((5, 16), (16, 16), (64, 16))})
     return kiln.Builder().build(net, config), lambda t: torch.relu(t.cpu() @ w.T)
@@ -100,8 +100,8 @@ def test_compile_options_on_the_reference_backend(tmp_path):
 
 
 def test_runtime_switches_profiles_per_call():
-    plan, ref = two_profile_plan("reference")
-    module = rt.EngineModule(plan, "reference")
+    plan, ref = two_profile_plan("cpu")
+    module = rt.EngineModule(plan, "cpu")
     # Alternating profiles: each call keeps the current profile when it fits, else finds one.
     for batch in (3, 3, 40, 40, 1, 64, 4, 5):
         x = torch.randn(batch, 16)
@@ -114,8 +114,8 @@ def test_runtime_switches_profiles_per_call():
 
 
 def test_execution_context_graph_api_on_reference():
-    plan, _ = two_profile_plan("reference")
-    ctx = kiln.Engine(plan, "reference").create_execution_context()
+    plan, _ = two_profile_plan("cpu")
+    ctx = kiln.Engine(plan, "cpu").create_execution_context()
     assert ctx.cuda_graphs is False
     ctx.cuda_graphs = True  # no effect off CUDA
     assert ctx.cuda_graphs is False
@@ -201,7 +201,7 @@ def test_engine_memory_comes_from_torchs_caching_allocator():
     net = kiln.Network()
     x = net.add_input("x", "float32", (4, n))
     net.mark_output(net.add_fully_connected(x, w.numpy()), "y")
-    plan = kiln.Builder().build(net, kiln.BuilderConfig(target="cuda"))
+    plan = kiln.Builder().build(net, kiln.BuilderConfig(device="cuda"))
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     module = rt.EngineModule(plan, "cuda")

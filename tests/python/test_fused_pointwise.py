@@ -21,8 +21,8 @@ import kiln
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-def build(net, target="reference", level=None, profile=None, precisions=None, pin=None):
-    config = kiln.BuilderConfig(target=target, optimization_level=level, precisions=precisions)
+def build(net, target="cpu", level=None, profile=None, precisions=None, pin=None):
+    config = kiln.BuilderConfig(device=target, optimization_level=level, precisions=precisions)
     if profile:
         config.add_optimization_profile(profile)
     for name, dtype in (pin or {}).items():
@@ -30,9 +30,9 @@ def build(net, target="reference", level=None, profile=None, precisions=None, pi
     return kiln.Builder().build(net, config)
 
 
-def run(plan, feed, target="reference"):
+def run(plan, feed, target="cpu"):
     device = "cuda" if target == "cuda" else "cpu"
-    ctx = kiln.Engine(plan, backend=target).create_execution_context()
+    ctx = kiln.Engine(plan, device=target).create_execution_context()
     out = ctx.execute({k: v.to(device) for k, v in feed.items()})
     if target == "cuda":
         torch.cuda.synchronize()
@@ -466,7 +466,7 @@ def test_cuda_plan_reload_does_not_recompile(tmp_path):
         import torch, kiln
         from kiln import _C
         plan = _C.Plan.load({str(path)!r})
-        ctx = kiln.Engine(plan, backend="cuda").create_execution_context()
+        ctx = kiln.Engine(plan, device="cuda").create_execution_context()
         y = ctx.execute({{"x": torch.load({str(tmp_path / "x.pt")!r}).cuda()}})["y"]
         torch.cuda.synchronize()
         torch.save(y.cpu(), {str(tmp_path / "y.pt")!r})

@@ -63,7 +63,7 @@ def test_fully_connected_epilogue_reference(shape, act, bias, residual):
     x = torch.randn(shape)
     r = torch.randn(*shape[:-1], 7)
     inputs = [x, r] if residual else [x]
-    got = run_layer(fc_layer(w, b, act, residual), inputs, "reference")
+    got = run_layer(fc_layer(w, b, act, residual), inputs, "cpu")
     want = eager_fc(x, w, b, act, r if residual else None).float()
     torch.testing.assert_close(got, want, **TOL[torch.float32])
 
@@ -105,15 +105,15 @@ def test_fully_connected_epilogue_cuda(dtype, act, bias, residual, m, n, k, dyna
 # Passes.
 
 
-def build(net, level, target="reference", profile=None):
-    config = kiln.BuilderConfig(target=target, optimization_level=level)
+def build(net, level, target="cpu", profile=None):
+    config = kiln.BuilderConfig(device=target, optimization_level=level)
     if profile:
         config.add_optimization_profile(profile)
     return kiln.Builder().build(net, config)
 
 
-def run_plan(plan, feed, target="reference"):
-    engine = kiln.Engine(plan, backend=target)
+def run_plan(plan, feed, target="cpu"):
+    engine = kiln.Engine(plan, device=target)
     device = "cuda" if target == "cuda" else "cpu"
     out = engine.create_execution_context().execute({k: v.to(device) for k, v in feed.items()})
     return {k: v.cpu() for k, v in out.items()}
@@ -139,7 +139,7 @@ def mlp_block(act="gelu", transpose_b=False, bias_shape=(16,), bias_first=False)
     return net
 
 
-def assert_same_results(net, feed, target="reference", profile=None, **tol):
+def assert_same_results(net, feed, target="cpu", profile=None, **tol):
     fused = build(net, 1, target, profile)
     plain = build(net, 0, target, profile)
     got, want = run_plan(fused, feed, target), run_plan(plain, feed, target)
@@ -331,7 +331,7 @@ def test_fuse_parallel_gemms_nothing_to_fuse():
 def test_fused_passes_cuda(precision):
     net = mlp_block("gelu")
     feed = {"x": torch.randn(3, 5, 16)}
-    config = kiln.BuilderConfig(target="cuda", precisions=[precision] if precision else None)
+    config = kiln.BuilderConfig(device="cuda", precisions=[precision] if precision else None)
     fused = kiln.Builder().build(net, config)
     got = run_plan(fused, feed, "cuda")["y"]
     want = run_plan(build(net, 0), feed)["y"]

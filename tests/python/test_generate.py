@@ -19,8 +19,8 @@ def run_network(build, target, optimization_level=None):
     out = build(net)
     bf16 = out.output.dtype == "bfloat16"
     net.mark_output(net.add_cast(out, "float32") if bf16 else out, "out")
-    config = kiln.BuilderConfig(target=target, optimization_level=optimization_level)
-    engine = kiln.Engine(kiln.Builder().build(net, config), backend=target)
+    config = kiln.BuilderConfig(device=target, optimization_level=optimization_level)
+    engine = kiln.Engine(kiln.Builder().build(net, config), device=target)
     t = torch.from_numpy(np.array(engine.create_execution_context().execute({})["out"]))
     return t.to(torch.bfloat16) if bf16 else t
 
@@ -68,7 +68,7 @@ def check_arange(got, start, end, step, dtype):
 @pytest.mark.parametrize("case", ARANGE_CASES, ids=str)
 def test_arange_reference_matches_torch(case, level):
     start, end, step, dtype = case
-    got = run_network(lambda net: net.add_arange(start, end, step, NAME[dtype]), "reference", level)
+    got = run_network(lambda net: net.add_arange(start, end, step, NAME[dtype]), "cpu", level)
     check_arange(got, start, end, step, dtype)
 
 
@@ -80,7 +80,7 @@ def test_arange_end_from_tensor(end_shape, end_dtype, level):
         end = net.add_constant(np.full(end_shape, 9, dtype=end_dtype))
         return net.add_arange(1, end, 2)
 
-    check_arange(run_network(build, "reference", level), 1, 9, 2, torch.int64)
+    check_arange(run_network(build, "cpu", level), 1, 9, 2, torch.int64)
 
 
 def test_arange_values_are_tracked():
@@ -130,7 +130,7 @@ FILL_CASES = [  # shape, value, dtype
 @pytest.mark.parametrize("case", FILL_CASES, ids=str)
 def test_fill_reference_matches_torch(case, level):
     shape, value, dtype = case
-    got = run_network(lambda net: net.add_fill(shape, value, NAME[dtype]), "reference", level)
+    got = run_network(lambda net: net.add_fill(shape, value, NAME[dtype]), "cpu", level)
     want = torch.full(shape, value, dtype=torch.float64 if dtype == torch.int32 else dtype)
     torch.testing.assert_close(got, want.to(dtype), rtol=0, atol=0)
 
@@ -140,7 +140,7 @@ def test_fill_shape_from_tensor(level):
     def build(net):
         return net.add_fill(net.add_constant(np.array([2, 3, 4], dtype=np.int32)), 0.25)
 
-    torch.testing.assert_close(run_network(build, "reference", level), torch.full((2, 3, 4), 0.25))
+    torch.testing.assert_close(run_network(build, "cpu", level), torch.full((2, 3, 4), 0.25))
 
 
 def test_fill_refuses_bad_shapes():

@@ -16,7 +16,7 @@ GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int32, torch.i
 # The host path of the reference engine has no bfloat16 (numpy has none); CUDA covers it.
 REF_DTYPES = [torch.float32, torch.float16, torch.int32, torch.int64]
 TARGETS = [
-    pytest.param("reference", id="reference"),
+    pytest.param("cpu", id="cpu"),
     pytest.param("cuda", id="cuda", marks=pytest.mark.gpu),
 ]
 
@@ -50,10 +50,10 @@ def run_net(build, inputs, target, dynamic=()):
     outputs = build(net, *tensors)
     for i, o in enumerate(outputs):
         net.mark_output(o, f"out{i}")
-    config = kiln.BuilderConfig(target=target)
+    config = kiln.BuilderConfig(device=target)
     if profile:
         config.add_optimization_profile(profile)
-    engine = kiln.Engine(kiln.Builder().build(net, config), backend=target)
+    engine = kiln.Engine(kiln.Builder().build(net, config), device=target)
     device = "cuda" if target == "cuda" else "cpu"
     got = engine.create_execution_context().execute(
         {f"in{i}": t.to(device) for i, t in enumerate(inputs)}
@@ -112,7 +112,7 @@ def test_gather_with_constant_indices(target):
 def test_gather_out_of_range_index_is_refused_by_reference():
     data, idx = torch.randn(3, 4), torch.tensor([1, 4])
     with pytest.raises(kiln.KilnError, match=r"layer 'g' \(gather\): index 4 is out of range"):
-        run_layer(lambda net, d, i: net.add_gather(d, i, 1, name="g"), [data, idx], "reference")
+        run_layer(lambda net, d, i: net.add_gather(d, i, 1, name="g"), [data, idx], "cpu")
 
 
 @pytest.mark.gpu
@@ -335,9 +335,7 @@ def test_topk_matches_torch(target, largest, case):
 
 def test_topk_unsorted_gives_the_same_set():
     x = permutation((4, 50), -1, torch.float32)
-    got_v, got_i = run_net(
-        lambda net, t: net.add_topk(t, 7, sorted=False).outputs, [x], "reference"
-    )
+    got_v, got_i = run_net(lambda net, t: net.add_topk(t, 7, sorted=False).outputs, [x], "cpu")
     want_v, want_i = torch.topk(x, 7, sorted=False)
     assert torch.equal(got_v.sort(-1).values, want_v.sort(-1).values)
     assert torch.equal(got_i.sort(-1).values, want_i.sort(-1).values)
@@ -457,7 +455,7 @@ def test_reflect_pad_too_large_for_a_dynamic_dim_is_refused_at_run_time():
         kiln.KilnError, match=r"layer 'p' \(pad\): reflect padding \(3, 3\) of dim 0"
     ):
         run_layer(
-            lambda net, t: net.add_pad(t, [0, 0, 3, 3], "reflect", name="p"), [x], "reference", True
+            lambda net, t: net.add_pad(t, [0, 0, 3, 3], "reflect", name="p"), [x], "cpu", True
         )
 
 
@@ -499,8 +497,8 @@ def test_topk_k_above_a_dynamic_dim_is_refused_at_run_time():
     layer = net.add_topk(t, 6, name="t")
     net.mark_output(layer.outputs[0], "v")
     net.mark_output(layer.outputs[1], "i")
-    config = kiln.BuilderConfig(target="reference")
+    config = kiln.BuilderConfig(device="cpu")
     config.add_optimization_profile({"x": ([3, 1], [3, 8], [3, 8])})
     with pytest.raises(kiln.KilnError, match=r"layer 't' \(topk\): k = 6"):
-        engine = kiln.Engine(kiln.Builder().build(net, config), backend="reference")
+        engine = kiln.Engine(kiln.Builder().build(net, config), device="cpu")
         engine.create_execution_context().execute({"x": x})

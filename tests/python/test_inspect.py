@@ -34,9 +34,9 @@ def _network(fused: bool = True) -> kiln.Network:
     return net
 
 
-def _plan(target: str = "reference", optimization_level: int = 0):
+def _plan(target: str = "cpu", optimization_level: int = 0):
     # Level 0 keeps the layers as written (no fusion), so the test can name them.
-    config = kiln.BuilderConfig(target=target, optimization_level=optimization_level)
+    config = kiln.BuilderConfig(device=target, optimization_level=optimization_level)
     config.add_optimization_profile({"x": ((1, 16), (4, 16), (8, 16))})
     return kiln.Builder().build(_network(), config)
 
@@ -87,7 +87,7 @@ def test_inspect_accepts_plan_bytes_and_engine(plan_file):
     plan = kiln.Plan.load(str(plan_file))
     a = kiln.inspect(plan).to_dict()
     b = kiln.inspect(plan.serialize()).to_dict()
-    c = kiln.inspect(kiln.Engine(plan, "reference")).to_dict()
+    c = kiln.inspect(kiln.Engine(plan, "cpu")).to_dict()
     assert a == b == c
     json.dumps(a)  # plain data
     with pytest.raises(TypeError, match="kiln.inspect takes"):
@@ -95,8 +95,8 @@ def test_inspect_accepts_plan_bytes_and_engine(plan_file):
 
 
 def test_profile_reference(plan_file):
-    info = kiln.inspect(plan_file).profile({"x": (3, 16)}, runs=3, backend="reference")
-    assert info.profile_backend == "reference"
+    info = kiln.inspect(plan_file).profile({"x": (3, 16)}, runs=3, device="cpu")
+    assert info.profile_device == "cpu"
     assert info.profile_shapes == {"x": [3, 16]}
     assert all(la.time_ms is not None and la.time_ms >= 0 for la in info.layers)
     assert info.total_ms == pytest.approx(sum(la.time_ms for la in info.layers))
@@ -105,12 +105,12 @@ def test_profile_reference(plan_file):
     # Default shapes: profile 0's opt shape.
     assert kiln.inspect(plan_file).profile(runs=1).profile_shapes == {"x": [4, 16]}
     with pytest.raises(kiln.KilnError, match="outside optimization profile"):
-        kiln.inspect(plan_file).profile({"x": (9, 16)}, runs=1, backend="reference")
+        kiln.inspect(plan_file).profile({"x": (9, 16)}, runs=1, device="cpu")
 
 
 def test_profiling_mode_of_the_context():
     """set_profiling/layer_times on the engine itself; results unchanged by profiling."""
-    engine = kiln.Engine(_plan(), "reference")
+    engine = kiln.Engine(_plan(), "cpu")
     ctx = engine.create_execution_context()
     x = np.random.default_rng(1).standard_normal((5, 16)).astype(np.float32)
     with pytest.raises(kiln.KilnError, match="set_profiling"):
@@ -170,8 +170,8 @@ def test_cli_inspect_errors(plan_file, tmp_path):
 def test_profile_cuda(tmp_path):
     """CUDA events around each layer: every layer takes GPU time; results match a plain run."""
     plan = _plan("cuda")
-    info = kiln.inspect(plan).profile({"x": (8, 16)}, runs=5, backend="cuda")
-    assert info.profile_backend == "cuda"
+    info = kiln.inspect(plan).profile({"x": (8, 16)}, runs=5, device="cuda")
+    assert info.profile_device == "cuda"
     assert all(la.time_ms is not None and la.time_ms > 0 for la in info.layers)
     assert "CUDA events" in info.text()
     engine = kiln.Engine(plan, "cuda")
@@ -187,7 +187,7 @@ def test_profile_cuda(tmp_path):
     plan.save(str(path))
     out = _cli(path, "--profile", "--runs", "3")
     assert out.returncode == 0, out.stderr
-    assert "cuda backend" in out.stdout
+    assert "device cuda" in out.stdout
 
 
 def test_inspect_shows_what_the_builder_fused():

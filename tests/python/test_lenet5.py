@@ -41,11 +41,11 @@ def check_cpp(data_dir, target):
 
 
 def test_python_reference(data_dir):
-    check_python(data_dir, "reference")
+    check_python(data_dir, "cpu")
 
 
 def test_cpp_reference(data_dir):
-    check_cpp(data_dir, "reference")
+    check_cpp(data_dir, "reference")  # the C++ example's word for the CPU reference backend
 
 
 def test_cpp_reports_missing_weights(tmp_path):

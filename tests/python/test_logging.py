@@ -10,7 +10,7 @@ def test_sink_receives_engine_messages_at_level():
         net = kiln.Network()
         x = net.add_input("x", "float32", (2, 2))
         net.mark_output(net.add_activation(x, "relu"), "y")
-        kiln.Builder().build(net, kiln.BuilderConfig(target="reference"))
+        kiln.Builder().build(net, kiln.BuilderConfig(device="cpu"))
         kiln.set_log_level("error")
         log.log("warning", "filtered out")
     finally:

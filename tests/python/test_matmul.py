@@ -32,7 +32,7 @@ def expected(fn, inputs, dtype):
 @pytest.mark.parametrize("sa,sb", MATMUL_SHAPES)
 def test_matmul_reference(sa, sb):
     a, b = torch.randn(sa), torch.randn(sb)
-    got = run_layer(lambda net, x, y: net.add_matmul(x, y), [a, b], "reference")
+    got = run_layer(lambda net, x, y: net.add_matmul(x, y), [a, b], "cpu")
     torch.testing.assert_close(
         got, expected(torch.matmul, [a, b], torch.float32), **TOL[torch.float32]
     )
@@ -43,7 +43,7 @@ def test_matmul_transpose_ignored_for_vectors():
     got = run_layer(
         lambda net, x, y: net.add_matmul(x, y, transpose_a=True, transpose_b=True),
         [a, b],
-        "reference",
+        "cpu",
     )
     torch.testing.assert_close(got, expected(lambda x, y: x @ y.T, [a, b], torch.float32))
 
@@ -58,7 +58,7 @@ def test_fully_connected_reference(shape, bias):
             t, lin.weight.detach(), lin.bias.detach() if bias else None
         ),
         [x],
-        "reference",
+        "cpu",
         dynamic=len(shape) > 1,
     )
     with torch.no_grad():

@@ -62,13 +62,13 @@ def add_softmax(axis, log):
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_reference_softmax(shape, axis, log, dynamic):
     x = torch.randn(shape) * 4 + 30  # an offset that overflows exp without the max subtraction
-    got = run_layer(add_softmax(axis, log), [x], "reference", dynamic=dynamic)
+    got = run_layer(add_softmax(axis, log), [x], "cpu", dynamic=dynamic)
     check_reference(got, torch_softmax(x.double(), axis, log))
 
 
 def test_reference_softmax_default_axis_is_last():
     x = torch.randn(3, 5, 7)
-    got = run_layer(lambda net, t: net.add_layer("softmax", [t], {}), [x], "reference")
+    got = run_layer(lambda net, t: net.add_layer("softmax", [t], {}), [x], "cpu")
     check_reference(got, torch_softmax(x.double(), -1, False))
 
 
@@ -108,7 +108,7 @@ def add_batch_norm(eps):
 def test_reference_batch_norm(shape, eps, dynamic):
     x = torch.randn(shape) * 2
     params = bn_params(shape[1], torch.float32)
-    got = run_layer(add_batch_norm(eps), [x, *params], "reference", dynamic=dynamic)
+    got = run_layer(add_batch_norm(eps), [x, *params], "cpu", dynamic=dynamic)
     check_reference(got, torch_batch_norm(x, *params, eps))
 
 
@@ -117,7 +117,7 @@ def test_reference_batch_norm(shape, eps, dynamic):
 def test_reference_batch_norm_low_precision(dtype, param_dtype):
     x = (torch.randn(4, 6, 5) * 2).to(dtype)
     params = bn_params(6, dtype if param_dtype == "same" else param_dtype)
-    got = run_layer(add_batch_norm(1e-5), [x, *params], "reference")
+    got = run_layer(add_batch_norm(1e-5), [x, *params], "cpu")
     torch.testing.assert_close(
         got.double(), torch_batch_norm(x, *params, 1e-5).to(dtype).double(), **TOLERANCE[dtype]
     )
@@ -188,7 +188,7 @@ def test_reference_layer_norm(shape, k, affine, dynamic):
     x, params = row_inputs(shape, k, affine, torch.float32)
     # A dynamic normalized dim cannot match a fixed-size weight: only dim 0 of longer shapes.
     dynamic = dynamic and (len(shape) > k or not params)
-    got = run_layer(add_layer_norm(k, 1e-5), [x, *params], "reference", dynamic=dynamic)
+    got = run_layer(add_layer_norm(k, 1e-5), [x, *params], "cpu", dynamic=dynamic)
     check_reference(got, torch_layer_norm(x, params, k, 1e-5))
 
 
@@ -199,16 +199,16 @@ def test_reference_rms_norm(shape, k, affine, dynamic):
     x, params = row_inputs(shape, k, affine, torch.float32)
     # A dynamic normalized dim cannot match a fixed-size weight: only dim 0 of longer shapes.
     dynamic = dynamic and (len(shape) > k or not params)
-    got = run_layer(add_rms_norm(k, 1e-6), [x, *params], "reference", dynamic=dynamic)
+    got = run_layer(add_rms_norm(k, 1e-6), [x, *params], "cpu", dynamic=dynamic)
     check_reference(got, torch_rms_norm(x, params, k, 1e-6))
 
 
 def test_reference_norm_defaults():
     # layer_norm: eps 1e-5, last dim; rms_norm: eps 1e-6 (Kiln's choice, not torch's finfo.eps).
     x = torch.randn(4, 6) * 0.01  # small values make eps visible
-    got = run_layer(lambda net, t: net.add_layer("layer_norm", [t], {}), [x], "reference")
+    got = run_layer(lambda net, t: net.add_layer("layer_norm", [t], {}), [x], "cpu")
     check_reference(got, torch_layer_norm(x, [], 1, 1e-5))
-    got = run_layer(lambda net, t: net.add_layer("rms_norm", [t], {}), [x], "reference")
+    got = run_layer(lambda net, t: net.add_layer("rms_norm", [t], {}), [x], "cpu")
     check_reference(got, torch_rms_norm(x, [], 1, 1e-6))
     with pytest.raises(AssertionError):
         check_reference(got, torch_rms_norm(x, [], 1, torch.finfo(torch.float32).eps))
@@ -278,7 +278,7 @@ def add_group_norm(groups, eps):
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_reference_group_norm(shape, groups, affine, dynamic):
     x, params = group_inputs(shape, affine, torch.float32)
-    got = run_layer(add_group_norm(groups, 1e-5), [x, *params], "reference", dynamic=dynamic)
+    got = run_layer(add_group_norm(groups, 1e-5), [x, *params], "cpu", dynamic=dynamic)
     check_reference(got, torch_group_norm(x, params, groups, 1e-5))
 
 
@@ -374,11 +374,9 @@ def test_group_norm_dynamic_channels_checked_at_run_time():
     net = kiln.Network()
     x = net.add_input("x", "float32", (2, -1, 4))
     net.mark_output(net.add_group_norm(x, 4, name="n1"), "out")
-    config = kiln.BuilderConfig(target="reference")
+    config = kiln.BuilderConfig(device="cpu")
     config.add_optimization_profile({"x": ([2, 4, 4], [2, 8, 4], [2, 12, 4])})
-    ctx = kiln.Engine(
-        kiln.Builder().build(net, config), backend="reference"
-    ).create_execution_context()
+    ctx = kiln.Engine(kiln.Builder().build(net, config), device="cpu").create_execution_context()
     x8 = torch.randn(2, 8, 4)
     check_reference(ctx.execute({"x": x8})["out"], torch_group_norm(x8, [], 4, 1e-5))
     with layer_error("group_norm", "num_groups 4 does not divide the 6 channels"):

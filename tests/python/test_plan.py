@@ -3,11 +3,11 @@ import pytest
 import kiln
 
 
-def tiny_plan(target="reference"):
+def tiny_plan(target="cpu"):
     net = kiln.Network()
     x = net.add_input("x", "float32", (2, 3))
     net.mark_output(net.add_activation(x, "sigmoid"), "y")
-    return kiln.Builder().build(net, kiln.BuilderConfig(target=target))
+    return kiln.Builder().build(net, kiln.BuilderConfig(device=target))
 
 
 def test_round_trip_bytes_and_file(tmp_path):

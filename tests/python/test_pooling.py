@@ -62,7 +62,7 @@ def torch_pool(case, x):
 @pytest.mark.parametrize("case", POOL_CASES, ids=[c[0] for c in POOL_CASES])
 def test_pooling_reference_matches_torch(case, dynamic):
     x = torch.randn(case[2])
-    got = run_layer(add_pool(case), [x], "reference", dynamic=dynamic)
+    got = run_layer(add_pool(case), [x], "cpu", dynamic=dynamic)
     # float64 torch is exact; the reference sums in double and rounds once.
     torch.testing.assert_close(
         got, torch_pool(case, x.double()).float(), **TOLERANCE[torch.float32]
@@ -73,14 +73,14 @@ def test_max_pooling_ignores_padding_reference():
     # All inputs negative: a padding value taken as 0 would win every border window.
     x = -(torch.rand(2, 3, 7, 6) + 0.1)
     add = lambda net, t: net.add_pooling(t, "max", 3, 2, 1)  # noqa: E731
-    torch.testing.assert_close(run_layer(add, [x], "reference"), F.max_pool2d(x, 3, 2, 1))
+    torch.testing.assert_close(run_layer(add, [x], "cpu"), F.max_pool2d(x, 3, 2, 1))
 
 
 def test_max_pooling_propagates_nan_reference():
     x = torch.randn(1, 1, 6, 6)
     x[0, 0, 2, 3] = float("nan")
     add = lambda net, t: net.add_pooling(t, "max", 2)  # noqa: E731
-    got = run_layer(add, [x], "reference")
+    got = run_layer(add, [x], "cpu")
     torch.testing.assert_close(got, F.max_pool2d(x, 2), equal_nan=True)
     assert torch.isnan(got[0, 0, 1, 1])
 
@@ -117,7 +117,7 @@ def add_adaptive(case):
 @pytest.mark.parametrize("case", ADAPTIVE_CASES, ids=[c[0] for c in ADAPTIVE_CASES])
 def test_adaptive_pooling_reference_matches_torch(case, dynamic):
     x = torch.randn(case[2])
-    got = run_layer(add_adaptive(case), [x], "reference", dynamic=dynamic)
+    got = run_layer(add_adaptive(case), [x], "cpu", dynamic=dynamic)
     want = TORCH_ADAPTIVE[case[1], x.dim()](x.double(), case[3]).float()
     torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
 
@@ -127,11 +127,9 @@ def test_pooling_dynamic_spatial_dims_reference():
     x = net.add_input("x", "float32", [-1, 2, -1, -1])
     layer = net.add_pooling(x, "avg", 3, 2, 1, ceil_mode=True, count_include_pad=False)
     net.mark_output(layer, "y")
-    config = kiln.BuilderConfig(target="reference")
+    config = kiln.BuilderConfig(device="cpu")
     config.add_optimization_profile({"x": ([1, 2, 2, 2], [2, 2, 8, 8], [2, 2, 12, 12])})
-    ctx = kiln.Engine(
-        kiln.Builder().build(net, config), backend="reference"
-    ).create_execution_context()
+    ctx = kiln.Engine(kiln.Builder().build(net, config), device="cpu").create_execution_context()
     for shape in [(2, 2, 10, 9), (1, 2, 3, 12)]:
         xv = torch.randn(shape)
         want = F.avg_pool2d(xv, 3, 2, 1, ceil_mode=True, count_include_pad=False)
@@ -139,9 +137,7 @@ def test_pooling_dynamic_spatial_dims_reference():
 
 
 def test_pooling_empty_batch_reference():
-    got = run_layer(
-        lambda net, t: net.add_pooling(t, "max", 2), [torch.randn(0, 3, 4, 4)], "reference"
-    )
+    got = run_layer(lambda net, t: net.add_pooling(t, "max", 2), [torch.randn(0, 3, 4, 4)], "cpu")
     assert got.shape == (0, 3, 2, 2)
 
 
@@ -274,7 +270,7 @@ def test_pooling_cuda_kernel_choice():
     ]
     for i, layer in enumerate(layers):
         net.mark_output(layer, f"y{i}")
-    plan = kiln.Builder().build(net, kiln.BuilderConfig(target="cuda"))
+    plan = kiln.Builder().build(net, kiln.BuilderConfig(device="cuda"))
     assert list(plan.kernels) == [
         "cudnn_pooling",
         "cudnn_pooling",
@@ -328,7 +324,7 @@ def run_nhwc_adaptive(case, x, target, dynamic=False):
 @pytest.mark.parametrize("case", POOL_CASES, ids=[c[0] for c in POOL_CASES])
 def test_pooling_channels_last_reference_matches_torch(case, dynamic):
     x = torch.randn(case[2])
-    got = run_nhwc_pool(case, x, "reference", dynamic)
+    got = run_nhwc_pool(case, x, "cpu", dynamic)
     want = to_last(torch_pool(case, x.double()).float())
     torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
 
@@ -336,7 +332,7 @@ def test_pooling_channels_last_reference_matches_torch(case, dynamic):
 @pytest.mark.parametrize("case", ADAPTIVE_CASES, ids=[c[0] for c in ADAPTIVE_CASES])
 def test_adaptive_pooling_channels_last_reference_matches_torch(case):
     x = torch.randn(case[2])
-    got = run_nhwc_adaptive(case, x, "reference", dynamic=True)
+    got = run_nhwc_adaptive(case, x, "cpu", dynamic=True)
     want = to_last(TORCH_ADAPTIVE[(case[1], x.dim())](x.double(), case[3]).float())
     torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
 

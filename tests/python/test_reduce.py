@@ -110,7 +110,7 @@ def valid_cases(ops, cases):
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_reference_matches_torch(op, shape, axes, keepdim, dynamic):
     x = sample(op, shape)
-    got = run_layer(add_reduce(op, axes, keepdim), [x], "reference", dynamic=dynamic)
+    got = run_layer(add_reduce(op, axes, keepdim), [x], "cpu", dynamic=dynamic)
     want = torch_reduce(op, x.double(), axes, keepdim).float()
     torch.testing.assert_close(got, want, equal_nan=True, **TOLERANCE[torch.float32])
 
@@ -119,7 +119,7 @@ def test_reference_matches_torch(op, shape, axes, keepdim, dynamic):
 @pytest.mark.parametrize("shape,axes", [((5, 127), [1]), ((2, 1), [1]), ((4, 6, 3), [0, 2])])
 def test_reference_var_correction(correction, shape, axes):
     x = sample("var", shape)
-    got = run_layer(add_reduce("var", axes, False, correction=correction), [x], "reference")
+    got = run_layer(add_reduce("var", axes, False, correction=correction), [x], "cpu")
     want = torch_reduce("var", x.double(), axes, False, correction).float()
     torch.testing.assert_close(got, want, equal_nan=True, **TOLERANCE[torch.float32])
 
@@ -151,7 +151,7 @@ def torch_int_reduce(op, x, axes, keepdim):
 @pytest.mark.parametrize("keepdim", [False, True])
 def test_reference_integer(op, dtype, shape, axes, keepdim):
     x = int_sample(op, shape, dtype)
-    got = run_layer(add_reduce(op, axes, keepdim), [x], "reference", dynamic=True)
+    got = run_layer(add_reduce(op, axes, keepdim), [x], "cpu", dynamic=True)
     assert got.dtype == dtype
     assert torch.equal(got, torch_int_reduce(op, x, axes, keepdim))
 
@@ -160,7 +160,7 @@ def test_reference_nan_propagates_through_max_min():
     x = torch.randn(4, 9)
     x[1, 3] = float("nan")
     for op in ("max", "min", "sum"):
-        got = run_layer(add_reduce(op, [1], False), [x], "reference")
+        got = run_layer(add_reduce(op, [1], False), [x], "cpu")
         torch.testing.assert_close(got, torch_reduce(op, x, [1], False), equal_nan=True)
 
 
@@ -238,7 +238,7 @@ def arg_sample(shape, dtype):
 @pytest.mark.parametrize("keepdim", [False, True])
 def test_reference_arg_matches_torch(op, dtype, shape, axis, keepdim):
     x = arg_sample(shape, dtype)
-    got = run_layer(add_arg(op, axis, keepdim), [x], "reference", dynamic=len(shape) > 1)
+    got = run_layer(add_arg(op, axis, keepdim), [x], "cpu", dynamic=len(shape) > 1)
     assert got.dtype == torch.int64
     assert torch.equal(got, torch_arg(op, x, axis, keepdim))
 
@@ -247,7 +247,7 @@ def test_reference_arg_matches_torch(op, dtype, shape, axis, keepdim):
 def test_reference_arg_nan_is_extreme(op):
     x = torch.randn(6, 50)
     x[2, 7] = x[2, 30] = x[4, 0] = float("nan")  # first NaN of each row wins
-    got = run_layer(add_arg(op, -1, False), [x], "reference")
+    got = run_layer(add_arg(op, -1, False), [x], "cpu")
     assert torch.equal(got, torch_arg(op, x, -1, False))
 
 
@@ -314,7 +314,7 @@ def test_max_over_empty_axis_is_refused(op):
         net.add_reduce(x, op, [1], name="r1")
     # A dynamic dim that is 0 at run time: refused when the shapes are known.
     with pytest.raises(kiln.KilnError, match=rf"\({'reduce'}\).*{op} over axis 0 of size 0"):
-        run_layer(add_reduce(op, [0], False), [torch.empty(0, 4)], "reference", dynamic=True)
+        run_layer(add_reduce(op, [0], False), [torch.empty(0, 4)], "cpu", dynamic=True)
 
 
 @pytest.mark.parametrize("op", ["max", "min"])

@@ -66,7 +66,7 @@ def check(got, want, mode, dtype):
 def test_reference_matches_torch(case, mode, align):
     shape, sizes, scales = case
     x = torch.randn(shape)
-    got = run_layer(resize_layer(mode, align, sizes, scales), [x], "reference")
+    got = run_layer(resize_layer(mode, align, sizes, scales), [x], "cpu")
     check(got, torch_resize(x, mode, align, sizes, scales), mode, torch.float32)
 
 
@@ -75,7 +75,7 @@ def test_reference_matches_torch(case, mode, align):
 )
 def test_reference_dynamic_batch(mode, align):
     x = torch.randn(3, 2, 5, 6)
-    got = run_layer(resize_layer(mode, align, None, (1.5, 0.7)), [x], "reference", dynamic=True)
+    got = run_layer(resize_layer(mode, align, None, (1.5, 0.7)), [x], "cpu", dynamic=True)
     check(got, torch_resize(x, mode, align, None, (1.5, 0.7)), mode, torch.float32)
 
 
@@ -85,14 +85,14 @@ def build_dynamic_spatial(target, scales, mode):
     layer = net.add_resize(x, mode, scales=scales)
     assert layer.output.shape == (-1, 2, -1, -1)
     net.mark_output(layer, "out")
-    config = kiln.BuilderConfig(target=target)
+    config = kiln.BuilderConfig(device=target)
     config.add_optimization_profile({"x": ([1, 2, 2, 2], [2, 2, 6, 6], [3, 2, 12, 12])})
-    return kiln.Engine(kiln.Builder().build(net, config), backend=target).create_execution_context()
+    return kiln.Engine(kiln.Builder().build(net, config), device=target).create_execution_context()
 
 
 @pytest.mark.parametrize("mode", ["nearest", "linear"])
 def test_reference_dynamic_spatial_dims_with_scales(mode):
-    ctx = build_dynamic_spatial("reference", [1.5, 0.7], mode)
+    ctx = build_dynamic_spatial("cpu", [1.5, 0.7], mode)
     for shape in [(2, 2, 5, 7), (1, 2, 12, 3), (3, 2, 4, 11)]:  # one engine, several shapes
         x = torch.randn(shape)
         got = ctx.execute({"x": x})["out"]
@@ -101,7 +101,7 @@ def test_reference_dynamic_spatial_dims_with_scales(mode):
 
 def test_empty_batch():
     x = torch.randn(0, 3, 4, 4)
-    assert run_layer(resize_layer("linear", False, (7, 3), None), [x], "reference").shape == (
+    assert run_layer(resize_layer("linear", False, (7, 3), None), [x], "cpu").shape == (
         0,
         3,
         7,

@@ -23,7 +23,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning"),
 ]
 
-TARGETS = ["reference", pytest.param("cuda", marks=pytest.mark.gpu)]
+TARGETS = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 # Float32 results of a 16-term dot product: the engine and torch may sum in another order or
 # with FMA, a few float32 ulp apart on values of magnitude ~10.
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -42,7 +42,7 @@ def build_single(target, seed=0):
     net.mark_output(
         net.add_activation(net.add_fully_connected(x, w.numpy(), b.numpy()), "relu"), "y"
     )
-    config = kiln.BuilderConfig(target=target)
+    config = kiln.BuilderConfig(device=target)
     config.add_optimization_profile({"x": ((1, 16), (4, 16), (32, 16))})
     plan = kiln.Builder().build(net, config)
     return plan, lambda t: torch.relu(t.cpu() @ w.T + b)
@@ -56,7 +56,7 @@ def build_pair(target):
     fc = net.add_fully_connected(a, w.numpy())
     net.mark_output(net.add_elementwise(fc, c, "add"), "sum")
     net.mark_output(net.add_activation(c, "sigmoid"), "gate")
-    config = kiln.BuilderConfig(target=target)
+    config = kiln.BuilderConfig(device=target)
     config.add_optimization_profile(
         {"a": ((1, 16), (4, 16), (16, 16)), "c": ((1, 8), (4, 8), (16, 8))}
     )
@@ -87,7 +87,7 @@ class Wrapper(torch.nn.Module):
 
 
 def test_engine_metadata():
-    plan, _ = build_single("reference")
+    plan, _ = build_single("cpu")
     engine = rt.TorchEngine(plan)  # a reference plan picks the reference backend
     assert isinstance(engine, torch.ScriptObject)
     assert engine.input_names() == ["x"] and engine.output_names() == ["y"]
@@ -98,11 +98,11 @@ def test_engine_metadata():
     layers = engine.describe()
     assert any("fully_connected" in line for line in layers), layers
     # Bytes in and kiln.Plan in build the same engine.
-    assert rt.TorchEngine(bytes(plan.serialize()), "reference").describe() == layers
+    assert rt.TorchEngine(bytes(plan.serialize()), "cpu").describe() == layers
 
 
 def test_unknown_backend_and_bad_plan():
-    plan, _ = build_single("reference")
+    plan, _ = build_single("cpu")
     with pytest.raises(RuntimeError, match="unknown Kiln backend 'tpu'"):
         torch.classes.kiln.Engine(plan.serialize(), "tpu")
     with pytest.raises(RuntimeError, match="(?i)plan"):
@@ -110,7 +110,7 @@ def test_unknown_backend_and_bad_plan():
 
 
 def test_pickle_round_trip():
-    plan, ref = build_single("reference")
+    plan, ref = build_single("cpu")
     module = rt.EngineModule(plan)
     clone = pickle.loads(pickle.dumps(module))
     x = torch.randn(3, 16)
@@ -119,8 +119,8 @@ def test_pickle_round_trip():
 
 
 def test_pickle_version_mismatch():
-    plan, _ = build_single("reference")
-    engine = rt.TorchEngine(plan, "reference")
+    plan, _ = build_single("cpu")
+    engine = rt.TorchEngine(plan, "cpu")
     (state, qualified_name) = engine.__getstate__()
     assert state[0] == str(torch.ops.kiln.runtime_format_version())
     assert state[2:] == ["reference", "-1"]
@@ -193,8 +193,8 @@ def test_script_save_load(target, tmp_path):
 
 
 def test_wrong_dtype():
-    plan, _ = build_single("reference")
-    module = rt.EngineModule(plan, "reference")
+    plan, _ = build_single("cpu")
+    module = rt.EngineModule(plan, "cpu")
     with pytest.raises(
         RuntimeError, match=r"input 'x' has dtype torch.float16, the engine expects torch.float32"
     ):
@@ -202,8 +202,8 @@ def test_wrong_dtype():
 
 
 def test_wrong_input_count():
-    plan, _ = build_single("reference")
-    engine = rt.TorchEngine(plan, "reference")
+    plan, _ = build_single("cpu")
+    engine = rt.TorchEngine(plan, "cpu")
     x = torch.randn(4, 16)
     with pytest.raises(RuntimeError, match=r"Kiln engine takes 1 inputs \(x\), got 2"):
         torch.ops.kiln.execute_engine([x, x], engine)
@@ -212,8 +212,8 @@ def test_wrong_input_count():
 
 
 def test_shape_errors():
-    plan, _ = build_single("reference")
-    module = rt.EngineModule(plan, "reference")
+    plan, _ = build_single("cpu")
+    module = rt.EngineModule(plan, "cpu")
     with pytest.raises(
         RuntimeError,
         match=r"shape \[33, 16\] is outside optimization profile 0 "
@@ -316,8 +316,8 @@ def test_fake_output_shapes_with_static_input():
     """Under FakeTensorMode with concrete shapes the engine's own shape inference is used."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    plan, _ = build_single("reference")
-    engine = rt.TorchEngine(plan, "reference")
+    plan, _ = build_single("cpu")
+    engine = rt.TorchEngine(plan, "cpu")
     with FakeTensorMode():
         (y,) = torch.ops.kiln.execute_engine([torch.empty(5, 16)], engine)
     assert y.shape == (5, 8) and y.dtype == torch.float32
@@ -346,12 +346,12 @@ import kiln.runtime as rt
 assert not rt.is_available()
 net = kiln.Network()
 net.mark_output(net.add_activation(net.add_input("x", "float32", (2, 3)), "relu"), "y")
-plan = kiln.Builder().build(net, kiln.BuilderConfig(target="reference"))
-ctx = kiln.Engine(plan, "reference").create_execution_context()
+plan = kiln.Builder().build(net, kiln.BuilderConfig(device="cpu"))
+ctx = kiln.Engine(plan, "cpu").create_execution_context()
 out = ctx.execute({"x": np.ones((2, 3), np.float32)})
 assert out["y"].shape == (2, 3)
 try:
-    rt.TorchEngine(plan, "reference")
+    rt.TorchEngine(plan, "cpu")
 except RuntimeError as e:
     print(e)
 """
@@ -381,8 +381,8 @@ def test_wrong_device_cuda_engine():
 
 @pytest.mark.gpu
 def test_wrong_device_reference_engine():
-    plan, _ = build_single("reference")
-    module = rt.EngineModule(plan, "reference")
+    plan, _ = build_single("cpu")
+    module = rt.EngineModule(plan, "cpu")
     with pytest.raises(
         RuntimeError, match=r"input 'x' is on cuda:0, the reference engine runs on cpu"
     ):

@@ -172,7 +172,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int32, torch.int64
 def test_reference_matches_torch(case, dynamic):
     shape, add, ref, _ = CASES[case]
     x = fresh(shape)
-    got = run_layer(add, [x], "reference", dynamic=dynamic)
+    got = run_layer(add, [x], "cpu", dynamic=dynamic)
     torch.testing.assert_close(got, ref(x), rtol=0, atol=0)
 
 
@@ -181,7 +181,7 @@ def test_reference_matches_torch(case, dynamic):
 def test_reference_other_dtypes(case, dtype):
     shape, add, ref, _ = CASES[case]
     x = fresh(shape, dtype)
-    torch.testing.assert_close(run_layer(add, [x], "reference"), ref(x), rtol=0, atol=0)
+    torch.testing.assert_close(run_layer(add, [x], "cpu"), ref(x), rtol=0, atol=0)
 
 
 CONCAT_CASES = [
@@ -200,27 +200,27 @@ def add_concat(axis):
 @pytest.mark.parametrize("shapes,axis", CONCAT_CASES)
 def test_reference_concat(shapes, axis):
     xs = [fresh(s) for s in shapes]
-    got = run_layer(add_concat(axis), xs, "reference")
+    got = run_layer(add_concat(axis), xs, "cpu")
     torch.testing.assert_close(got, torch.cat(xs, axis), rtol=0, atol=0)
 
 
 def test_reference_concat_dynamic_axis():
     xs = [fresh((5, 3)), fresh((2, 3))]  # input 0 has a dynamic batch; the axis sum is dynamic
-    got = run_layer(add_concat(0), xs, "reference", dynamic=True)
+    got = run_layer(add_concat(0), xs, "cpu", dynamic=True)
     torch.testing.assert_close(got, torch.cat(xs), rtol=0, atol=0)
 
 
 def run_split(x, sizes, axis, target, dynamic=False):
     net = kiln.Network()
     shape = list(x.shape)
-    config = kiln.BuilderConfig(target=target)
+    config = kiln.BuilderConfig(device=target)
     if dynamic:
         config.add_optimization_profile({"x": ([1, *shape[1:]], shape, [2 * shape[0], *shape[1:]])})
         shape[0] = -1
     layer = net.add_split(net.add_input("x", x.dtype, shape), sizes, axis)
     for i, t in enumerate(layer.outputs):
         net.mark_output(t, f"out{i}")
-    engine = kiln.Engine(kiln.Builder().build(net, config), backend=target)
+    engine = kiln.Engine(kiln.Builder().build(net, config), device=target)
     device = "cuda" if target == "cuda" else "cpu"
     out = engine.create_execution_context().execute({"x": x.to(device)})
     if target == "cuda":
@@ -240,14 +240,14 @@ SPLIT_CASES = [
 def test_reference_split(shape, sizes, axis):
     x = fresh(shape)
     for got, want in zip(
-        run_split(x, sizes, axis, "reference"), torch.split(x, sizes, axis), strict=True
+        run_split(x, sizes, axis, "cpu"), torch.split(x, sizes, axis), strict=True
     ):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_reference_split_dynamic_batch():
     x = fresh((5, 7))
-    outs = run_split(x, [3, 4], 1, "reference", dynamic=True)
+    outs = run_split(x, [3, 4], 1, "cpu", dynamic=True)
     for got, want in zip(outs, torch.split(x, [3, 4], 1), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
@@ -256,7 +256,7 @@ def test_reference_split_dynamic_batch():
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_reference_shape_of(dtype, dynamic):
     x = fresh((4, 3, 5), dtype)
-    got = run_layer(lambda n, t: n.add_shape(t), [x], "reference", dynamic=dynamic)
+    got = run_layer(lambda n, t: n.add_shape(t), [x], "cpu", dynamic=dynamic)
     assert got.dtype == torch.int64
     torch.testing.assert_close(got, torch.tensor(x.shape))
 
@@ -266,7 +266,7 @@ def test_reference_reshape_shape_input_constant():
     for dtype in (torch.int32, torch.int64):
         target = torch.tensor([3, -1, 2], dtype=dtype)
         got = run_layer(
-            lambda n, t, target=target: n.add_reshape(t, n.add_constant(target)), [x], "reference"
+            lambda n, t, target=target: n.add_reshape(t, n.add_constant(target)), [x], "cpu"
         )
         torch.testing.assert_close(got, x.reshape(3, -1, 2), rtol=0, atol=0)
 
@@ -274,7 +274,7 @@ def test_reference_reshape_shape_input_constant():
 def test_reference_expand_shape_input():
     x = fresh((3, 1))
     target = torch.tensor([2, 3, 4])
-    got = run_layer(lambda n, t: n.add_expand(t, n.add_constant(target)), [x], "reference")
+    got = run_layer(lambda n, t: n.add_expand(t, n.add_constant(target)), [x], "cpu")
     torch.testing.assert_close(got, x.expand(2, 3, 4), rtol=0, atol=0)
 
 
@@ -292,14 +292,14 @@ def build_dynamic_reshape(target, profile=((1, 3, 4), (2, 3, 4), (8, 3, 4))):
     out = net.add_reshape(x, shape)
     assert out.output.shape == (-1, -1)  # both dims depend on the dynamic batch
     net.mark_output(out, "out")
-    config = kiln.BuilderConfig(target=target)
+    config = kiln.BuilderConfig(device=target)
     config.add_optimization_profile({"x": profile})
-    return kiln.Engine(kiln.Builder().build(net, config), backend=target)
+    return kiln.Engine(kiln.Builder().build(net, config), device=target)
 
 
 def check_dynamic_reshape(target):
     engine = build_dynamic_reshape(target)
-    assert any("[shape]" in line for line in engine.describe_layers())  # computed at run time
+    assert any("[shape]" in line for line in engine.describe())  # computed at run time
     ctx = engine.create_execution_context()
     device = "cuda" if target == "cuda" else "cpu"
     for batch in (3, 8, 1):
@@ -313,7 +313,7 @@ def check_dynamic_reshape(target):
 
 
 def test_reference_dynamic_shape_arithmetic():
-    check_dynamic_reshape("reference")
+    check_dynamic_reshape("cpu")
 
 
 def run_value_chain(build, x):
@@ -321,10 +321,10 @@ def run_value_chain(build, x):
     net = kiln.Network()
     xin = net.add_input("x", "float32", (-1, *x.shape[1:]))
     net.mark_output(net.add_reshape(xin, build(net, xin)), "out")
-    config = kiln.BuilderConfig(target="reference")
+    config = kiln.BuilderConfig(device="cpu")
     shape = list(x.shape)
     config.add_optimization_profile({"x": ([1, *shape[1:]], shape, [2 * shape[0], *shape[1:]])})
-    engine = kiln.Engine(kiln.Builder().build(net, config), backend="reference")
+    engine = kiln.Engine(kiln.Builder().build(net, config), device="cpu")
     return engine.create_execution_context().execute({"x": x})["out"]
 
 
@@ -389,11 +389,9 @@ def test_expand_to_a_dynamic_target():
     out = net.add_expand(xin, net.add_concat([batch, torch.tensor([3, -1])], 0))
     assert out.output.shape == (-1, 3, 4)
     net.mark_output(out, "out")
-    config = kiln.BuilderConfig(target="reference")
+    config = kiln.BuilderConfig(device="cpu")
     config.add_optimization_profile({"x": ([1, 1, 4], [5, 1, 4], [9, 1, 4])})
-    ctx = kiln.Engine(
-        kiln.Builder().build(net, config), backend="reference"
-    ).create_execution_context()
+    ctx = kiln.Engine(kiln.Builder().build(net, config), device="cpu").create_execution_context()
     for b in (5, 2):
         xv = fresh((b, 1, 4))
         torch.testing.assert_close(
@@ -410,9 +408,7 @@ def test_values_propagate_through_int32_arithmetic():
     out = net.add_reshape(xin, target)
     assert out.output.shape == (3, 20)
     net.mark_output(out, "out")
-    engine = kiln.Engine(
-        kiln.Builder().build(net, kiln.BuilderConfig(target="reference")), backend="reference"
-    )
+    engine = kiln.Engine(kiln.Builder().build(net, kiln.BuilderConfig(device="cpu")), device="cpu")
     got = engine.create_execution_context().execute({"x": x})["out"]
     torch.testing.assert_close(got, x.reshape(3, 20), rtol=0, atol=0)
 
@@ -429,9 +425,9 @@ def test_static_shape_chain_is_folded():
     assert out.output.shape == (3, 20, 1)  # fully known at build time
     net.mark_output(out, "out")
     net.mark_output(is_three, "flag")
-    config = kiln.BuilderConfig(target="reference")
-    engine = kiln.Engine(kiln.Builder().build(net, config), backend="reference")
-    layers = engine.describe_layers()
+    config = kiln.BuilderConfig(device="cpu")
+    engine = kiln.Engine(kiln.Builder().build(net, config), device="cpu")
+    layers = engine.describe()
     assert len(layers) == 1 and "[reshape]" in layers[0], (
         layers
     )  # shape, slice, mul, eq, concat folded
@@ -468,12 +464,8 @@ def test_folded_values_match_torch(op):
     y = net.add_elementwise(net.add_shape(x), other, op)
     net.mark_output(y, "y")
     net.mark_output(net.add_identity(x), "x_out")  # keeps the engine non-trivial
-    engine = kiln.Engine(
-        kiln.Builder().build(net, kiln.BuilderConfig(target="reference")), backend="reference"
-    )
-    assert not any(
-        "[elementwise]" in line or "[shape]" in line for line in engine.describe_layers()
-    )
+    engine = kiln.Engine(kiln.Builder().build(net, kiln.BuilderConfig(device="cpu")), device="cpu")
+    assert not any("[elementwise]" in line or "[shape]" in line for line in engine.describe())
     got = engine.create_execution_context().execute({"x": fresh((3, 7, 4))})["y"]
     torch.testing.assert_close(got, VALUE_OPS[op](torch.tensor([3, 7, 4]), other))
 
@@ -485,17 +477,15 @@ def test_squeeze_of_dynamic_dim_checked_against_the_profile():
     x = net.add_input("x", "float32", (-1, 4))
     net.mark_output(net.add_squeeze(x, [0], name="sq"), "out")
     assert net.outputs[0].shape == (4,)
-    config = kiln.BuilderConfig(target="reference")
+    config = kiln.BuilderConfig(device="cpu")
     config.add_optimization_profile({"x": ([1, 4], [1, 4], [3, 4])})
     with pytest.raises(
         kiln.KilnError, match=r"layer 'sq' \(squeeze\).*has size 3, only size-1 dims"
     ):
         kiln.Builder().build(net, config)
-    config = kiln.BuilderConfig(target="reference")
+    config = kiln.BuilderConfig(device="cpu")
     config.add_optimization_profile({"x": ([1, 4], [1, 4], [1, 4])})
-    ctx = kiln.Engine(
-        kiln.Builder().build(net, config), backend="reference"
-    ).create_execution_context()
+    ctx = kiln.Engine(kiln.Builder().build(net, config), device="cpu").create_execution_context()
     xv = fresh((1, 4))
     torch.testing.assert_close(ctx.execute({"x": xv})["out"], xv[0], rtol=0, atol=0)
 
@@ -639,7 +629,7 @@ def test_cuda_copies_in_words(case, dynamic):
 def test_reference_word_cases(case):
     shape, dtype, add = WORD_CASES[case]
     x = fresh(shape, dtype)
-    torch.testing.assert_close(run_layer(add, [x], "reference"), WORD_REFS[case](x), rtol=0, atol=0)
+    torch.testing.assert_close(run_layer(add, [x], "cpu"), WORD_REFS[case](x), rtol=0, atol=0)
 
 
 @pytest.mark.gpu

@@ -90,7 +90,7 @@ def test_small_cnn(kind, device, tmp_path):
     x = torch.randn(2, 3, 16, 16, device=device)
     compiled = kiln.compile(_script(model, kind, x), [x], device=device, min_block_size=1)
     assert isinstance(compiled, torch.jit.ScriptModule)
-    assert compiled.kiln_report.num_engines == 1 and compiled.kiln_report.fallbacks == []
+    assert compiled.report.num_engines == 1 and compiled.report.fallbacks == []
     assert len(_engines(compiled)) == 1
     with torch.no_grad():
         for _ in range(2):
@@ -110,7 +110,7 @@ def test_transformer_block_dynamic_batch_and_sequence(kind, device, tmp_path):
     spec = kiln.Input(min_shape=(1, 2, 32), opt_shape=(2, 8, 32), max_shape=(4, 16, 32))
     scripted = _script(model, kind, torch.randn(2, 8, 32, device=device))
     compiled = kiln.compile(scripted, [spec], device=device)
-    report = compiled.kiln_report
+    report = compiled.report
     assert report.num_engines == 1 and report.fallbacks == [], str(report)
     with torch.no_grad():
         for shape in [(1, 2, 32), (2, 8, 32), (3, 5, 32), (4, 16, 32)]:
@@ -129,7 +129,7 @@ def test_unconvertible_op_falls_back_to_torchscript(kind, device, tmp_path):
     model = WithRoll().eval().to(device)
     x = torch.randn(4, 16, device=device)
     compiled = kiln.compile(_script(model, kind, x), [x], device=device, min_block_size=1)
-    report = compiled.kiln_report
+    report = compiled.report
     assert report.num_engines == 2, str(report)
     assert [f.target for f in report.fallbacks] == ["aten.roll.default"]
     assert "no converter" in report.fallbacks[0].reason
@@ -149,7 +149,7 @@ def test_data_dependent_size_stays_in_pytorch():
     model = Nonzero().eval()
     x = torch.randn(6, 5)
     compiled = kiln.compile(torch.jit.script(model), [x], device="cpu", min_block_size=1)
-    assert compiled.kiln_report.fallbacks, str(compiled.kiln_report)
+    assert compiled.report.fallbacks, str(compiled.report)
     for _ in range(3):
         x = torch.randn(6, 5)
         torch.testing.assert_close(compiled(x), model(x), **TOL)
@@ -174,7 +174,7 @@ def test_require_full_compilation_lists_every_unsupported_node():
         device="cpu",
         require_full_compilation=True,
     )
-    assert compiled.kiln_report.num_engines == 1
+    assert compiled.report.num_engines == 1
 
 
 def test_torch_executed_ops_forces_ops_to_pytorch():
@@ -187,7 +187,7 @@ def test_torch_executed_ops_forces_ops_to_pytorch():
         min_block_size=1,
         torch_executed_ops={torch.ops.aten.relu.default},
     )
-    report = compiled.kiln_report
+    report = compiled.report
     assert [f.target for f in report.fallbacks] == ["aten.relu.default"]
     assert report.fallbacks[0].reason == "listed in torch_executed_ops"
     assert report.num_engines == 2

@@ -31,16 +31,16 @@ def make_mlp(d_in=48, d_hidden=33, d_out=17, seed=0):
 
 
 def build(net, d_in, target):
-    config = kiln.BuilderConfig(target=target)
+    config = kiln.BuilderConfig(device=target)
     config.add_optimization_profile({"x": ((1, d_in), (8, d_in), (64, d_in))})
     plan = kiln.Builder().build(net, config)
-    return kiln.Engine(kiln.Plan.deserialize(plan.serialize()), backend=target)
+    return kiln.Engine(kiln.Plan.deserialize(plan.serialize()), device=target)
 
 
 @pytest.mark.parametrize("batch", [1, 7, 64])
 def test_reference_backend_matches_torch(batch):
     model, net, d_in = make_mlp()
-    engine = build(net, d_in, "reference")
+    engine = build(net, d_in, "cpu")
     x = torch.randn(batch, d_in)
     y = engine.create_execution_context().execute({"x": x})["y"]
     # float32 end to end; the reference accumulates in double, torch in float32: ~1e-6 apart.
@@ -49,7 +49,7 @@ def test_reference_backend_matches_torch(batch):
 
 def test_reference_accepts_numpy_and_returns_numpy():
     model, net, d_in = make_mlp()
-    engine = build(net, d_in, "reference")
+    engine = build(net, d_in, "cpu")
     x = np.random.default_rng(1).standard_normal((5, d_in)).astype(np.float32)
     y = engine.create_execution_context().execute({"x": x})["y"]
     assert isinstance(y, np.ndarray) and y.shape == (5, 17)
@@ -58,7 +58,7 @@ def test_reference_accepts_numpy_and_returns_numpy():
 
 def test_wrong_dtype_and_out_of_profile_shapes_are_refused():
     _, net, d_in = make_mlp()
-    ctx = build(net, d_in, "reference").create_execution_context()
+    ctx = build(net, d_in, "cpu").create_execution_context()
     with pytest.raises(TypeError, match="expects float32"):
         ctx.execute({"x": np.zeros((2, d_in), dtype=np.float64)})
     with pytest.raises(kiln.KilnError, match="outside optimization profile"):
@@ -80,7 +80,7 @@ def test_bad_layer_is_refused_with_its_name():
 def test_cuda_matches_torch(batch):
     model, net, d_in = make_mlp()
     engine = build(net, d_in, "cuda")
-    assert engine.backend == "cuda"
+    assert engine.device == "cuda"
     x = torch.randn(batch, d_in, device="cuda")
     y = engine.create_execution_context().execute({"x": x})["y"]
     assert y.is_cuda
@@ -101,7 +101,7 @@ def test_cuda_numpy_path_and_reference_agree():
     _, net, d_in = make_mlp()
     x = np.random.default_rng(2).standard_normal((9, d_in)).astype(np.float32)
     y_gpu = build(net, d_in, "cuda").create_execution_context().execute({"x": x})["y"]
-    y_ref = build(net, d_in, "reference").create_execution_context().execute({"x": x})["y"]
+    y_ref = build(net, d_in, "cpu").create_execution_context().execute({"x": x})["y"]
     np.testing.assert_allclose(y_gpu, y_ref, rtol=1e-5, atol=1e-5)
 
 
@@ -115,9 +115,9 @@ def test_cuda_half_precision_slice(dtype):
     x = net.add_input("x", dtype, (-1, 40))
     y = net.add_activation(net.add_elementwise(net.add_matmul(x, w), b, "add"), "relu")
     net.mark_output(y, "y")
-    config = kiln.BuilderConfig(target="cuda")
+    config = kiln.BuilderConfig(device="cuda")
     config.add_optimization_profile({"x": ((1, 40), (16, 40), (32, 40))})
-    engine = kiln.Engine(kiln.Builder().build(net, config), backend="cuda")
+    engine = kiln.Engine(kiln.Builder().build(net, config), device="cuda")
     xv = torch.randn(31, 40, device="cuda").to(dtype)
     out = engine.create_execution_context().execute({"x": xv})["y"]
     want = torch.relu(xv.float() @ w.cuda().float() + b.cuda().float())

@@ -188,7 +188,6 @@ Backend parse_backend(const std::string& s) {
   KILN_FAIL("unknown backend '" << s << "': use 'cuda' or 'reference'");
 }
 
-
 }  // namespace
 
 // compiler_bindings.cpp: KGraph, converters, partitioner.
@@ -210,7 +209,8 @@ PYBIND11_MODULE(_C, m) {
     py::list out;
     for (const AttrSpec& a : schema->attributes) {
       py::object dflt = py::none();
-      if (a.default_value.has_value()) dflt = std::visit([](const auto& v) { return py::cast(v); }, *a.default_value);
+      if (a.default_value.has_value())
+        dflt = std::visit([](const auto& v) { return py::cast(v); }, *a.default_value);
       out.append(py::make_tuple(a.name, attr_type_name(a.type), dflt, a.doc));
     }
     return out;
@@ -219,9 +219,9 @@ PYBIND11_MODULE(_C, m) {
     const OpSchema* schema = find_schema(op);
     KILN_CHECK(schema != nullptr, "unknown op '" << op << "'");
     std::vector<std::string> traits;
-    for (auto [trait, name] : {std::pair{kPointwise, "pointwise"}, std::pair{kView, "view"},
-                               std::pair{kLayoutTransparent, "layout_transparent"},
-                               std::pair{kTf32Capable, "tf32_capable"}}) {
+    for (auto [trait, name] :
+         {std::pair{kPointwise, "pointwise"}, std::pair{kView, "view"},
+          std::pair{kLayoutTransparent, "layout_transparent"}, std::pair{kTf32Capable, "tf32_capable"}}) {
       if (schema->traits & trait) traits.push_back(name);
     }
     return traits;
@@ -290,8 +290,7 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("tactic_timing", &BuilderConfig::tactic_timing)
       .def_readwrite("timing_cache_path", &BuilderConfig::timing_cache_path)
       .def_property(
-          "precisions",
-          [](const BuilderConfig& c) { return precision_names(c.precision); },
+          "precisions", [](const BuilderConfig& c) { return precision_names(c.precision); },
           [](BuilderConfig& c, const std::vector<std::string>& names) {
             c.precision.fp16 = c.precision.bf16 = c.precision.tf32 = false;
             for (const auto& n : names) enable_precision(c.precision, n);

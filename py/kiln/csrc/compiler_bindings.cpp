@@ -1,14 +1,14 @@
 // kiln._C bindings of the torch-free compiler middle: KGraph, the converter registry, the
 // partitioner and segment conversion. py/kiln/compile.py builds the KGraph from torch.export.
-#include <pybind11/pybind11.h>
 #include <pybind11/functional.h>
+#include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <memory>
 
+#include "converters/converter.h"
 #include "driver/compile.h"
 #include "driver/convert_segment.h"
-#include "converters/converter.h"
 #include "ir/error.h"
 #include "lowering/kgraph.h"
 #include "partitioning/partition.h"
@@ -126,8 +126,8 @@ void bind_compiler(py::module_& m) {
       },
       py::arg("graph"), py::arg("min_block_size"), py::arg("torch_executed_ops"),
       py::arg("require_full_compilation"));
-  py::class_<CompileOptions>(m, "CompileOptions",
-                             "The options of one compilation (driver/compile.h), the same for both frontends.")
+  py::class_<CompileOptions>(
+      m, "CompileOptions", "The options of one compilation (driver/compile.h), the same for both frontends.")
       .def(py::init<>())
       .def_property(
           "precisions",
@@ -157,7 +157,8 @@ void bind_compiler(py::module_& m) {
       .def_readwrite("dry_run", &CompileOptions::dry_run);
 
   py::class_<CompileReport::SegmentInfo>(m, "SegmentInfo")
-      .def_property_readonly("kind", [](const CompileReport::SegmentInfo& s) { return s.engine ? "engine" : "pytorch"; })
+      .def_property_readonly(
+          "kind", [](const CompileReport::SegmentInfo& s) { return s.engine ? "engine" : "pytorch"; })
       .def_readonly("nodes", &CompileReport::SegmentInfo::nodes)
       .def_readonly("ops", &CompileReport::SegmentInfo::ops);
   py::class_<CompileReport::FallbackInfo>(m, "FallbackInfo")

@@ -24,7 +24,8 @@ namespace {
 // One forward input: (Kiln dtype name, min shape, opt shape, max shape).
 using InputTuple = std::tuple<std::string, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>>;
 
-kiln::torchscript::CompileSpec make_spec(const std::vector<InputTuple>& inputs, const kiln::CompileOptions& options) {
+kiln::torchscript::CompileSpec make_spec(const std::vector<InputTuple>& inputs,
+                                         const kiln::CompileOptions& options) {
   kiln::torchscript::CompileSpec spec;
   static_cast<kiln::CompileOptions&>(spec) = options;
   for (const auto& [dtype, lo, opt, hi] : inputs) {
@@ -45,9 +46,11 @@ PYBIND11_MODULE(_torch, m) {
   m.def(
       "compile_torchscript",
       [](py::handle module, const std::vector<InputTuple>& inputs, const kiln::CompileOptions& options) {
-        std::optional<torch::jit::Module> script = torch::jit::as_module(py::reinterpret_borrow<py::object>(module));
-        KILN_CHECK(script.has_value(), "kiln.compile(ir='torchscript') takes a torch.jit.ScriptModule (torch.jit.script "
-                                       "or torch.jit.trace)");
+        std::optional<torch::jit::Module> script =
+            torch::jit::as_module(py::reinterpret_borrow<py::object>(module));
+        KILN_CHECK(script.has_value(),
+                   "kiln.compile(ir='torchscript') takes a torch.jit.ScriptModule (torch.jit.script "
+                   "or torch.jit.trace)");
         const kiln::torchscript::CompileSpec spec = make_spec(inputs, options);
         if (options.dry_run) return py::make_tuple(py::none(), kiln::torchscript::dry_run(*script, spec));
         kiln::CompileReport report;
@@ -55,6 +58,24 @@ PYBIND11_MODULE(_torch, m) {
         return py::make_tuple(py::cast(compiled), report);
       },
       py::arg("module"), py::arg("inputs"), py::arg("options"));
+
+  // script_engines(module) -> the torch.classes.kiln.Engine attributes of a ScriptModule and its
+  // submodules, in attribute order.
+  m.def(
+      "script_engines",
+      [](py::handle module) {
+        std::optional<torch::jit::Module> script =
+            torch::jit::as_module(py::reinterpret_borrow<py::object>(module));
+        KILN_CHECK(script.has_value(), "script_engines takes a torch.jit.ScriptModule");
+        const c10::ClassTypePtr engine = kiln::runtime::engine_type();
+        py::list out;
+        for (const auto& attr : script->named_attributes(/*recurse=*/true)) {
+          if (attr.value.isObject() && attr.value.type() == engine)
+            out.append(torch::jit::toPyObject(attr.value));
+        }
+        return out;
+      },
+      py::arg("module"));
 
   // make_engine(plan, backend, device_index, cuda_graphs) -> torch.classes.kiln.Engine
   m.def(

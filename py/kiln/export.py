@@ -1,0 +1,230 @@
+"""Stage 1 of kiln.compile's export frontend: torch.export.
+
+``export_program(module, specs, device)``: torch.export.export with each kiln.Input's dynamic
+dims (strict ranges first; Dim.DYNAMIC hints with every kept guard checked over the ranges when
+torch cannot prove one), then run_decompositions with the default table minus the ops a Kiln
+converter takes whole (``aten.scaled_dot_product_attention`` stays one node).
+"""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+import itertools
+import math
+import re
+
+import torch
+
+from kiln import _C
+from kiln.inputs import Input
+from kiln.log import log
+
+
+def export_program(module, specs: list[Input], device: torch.device):
+    """torch.export with each kiln.Input's dynamic dims, then run_decompositions.
+
+    First with strict ``torch.export.Dim`` ranges: torch proves that every guard the model's
+    code puts on a dynamic size holds over the whole range. Its solver cannot prove some guards
+    that do hold (GPT-2 on CUDA: ``s*(8 + s - s % 8) > 1`` from padding the attention mask to a
+    multiple of 8) and raises a constraint violation; then the export is retried with
+    ``Dim.DYNAMIC(min=..., max=...)`` hints (a warning names the guard). With hints torch
+    accepts the guards instead of refusing: it narrows a range, specializes a dim, or keeps the
+    guard as a check that only ``program.module()`` runs at call time, and the graph it traced
+    is right only where the guards hold; Kiln's engines do not run those checks. So after the
+    retry, (1) each requested dynamic dim must still be symbolic with a range covering the
+    requested one (torch reports a lower bound of 0 or 1 as 2, as it specializes sizes 0 and 1
+    only when an example has them: that counts as covering), and (2) every guard must hold at
+    every size in the requested ranges (evaluated exhaustively over the dims it names;
+    _check_guards_hold). Otherwise this raises a KilnError naming the input dim, the guard and a
+    size where it fails, rather than building an engine that is wrong for part of the range it
+    was asked for: narrow the kiln.Input range or make the dim static.
+    """
+    if isinstance(module, torch.export.ExportedProgram):
+        return module.run_decompositions(_decompositions())
+    module = module.eval()
+    examples = tuple(s.example(device) for s in specs)
+    strict_dims = _dynamic_shapes(
+        specs, lambda k, d, lo, hi: torch.export.Dim(f"in{k}_d{d}", min=lo, max=hi)
+    )
+    with torch.no_grad():
+        try:
+            program = torch.export.export(module, examples, dynamic_shapes=strict_dims)
+        except Exception as error:  # noqa: BLE001 (only constraint violations are retried)
+            if not _is_constraint_violation(error):
+                raise
+            guard = _first_violation(error)
+            log(
+                "warning",
+                "kiln.compile: torch.export could not prove a guard on a dynamic dim over its "
+                f"range ({guard}); exporting again with Dim.DYNAMIC hints of the same ranges",
+            )
+            hints = _dynamic_shapes(
+                specs, lambda k, d, lo, hi: torch.export.Dim.DYNAMIC(min=lo, max=hi)
+            )
+            try:
+                program = torch.export.export(module, examples, dynamic_shapes=hints)
+            except Exception as retry_error:  # noqa: BLE001
+                if not _is_constraint_violation(retry_error):
+                    raise
+                raise _C.KilnError(
+                    "kiln.compile: torch.export cannot keep the requested dynamic dims: "
+                    f"{_first_violation(retry_error).rstrip('.')}. Make that dim static in the "
+                    "kiln.Input, "
+                    "or change the code that depends on its value."
+                ) from retry_error
+            _check_dynamic_kept(program, specs)
+            _check_guards_hold(program, module, specs)
+    return program.run_decompositions(_decompositions())
+
+
+# Guards name input sizes as L['<forward argument>'].size()[<dim>].
+_GUARD_SIZE = re.compile(r"L\['([^']+)'\]\.size\(\)\[(\d+)\]")
+# Most size combinations one guard is evaluated at (each evaluation is about a microsecond).
+_MAX_GUARD_POINTS = 1 << 18
+
+
+class _Sizes:
+    """What a guard reads of an input: its sizes, and the strides of a contiguous tensor (the
+    layout Kiln's engines take)."""
+
+    def __init__(self, shape: list[int]):
+        self.shape = tuple(shape)
+
+    def size(self):
+        return self.shape
+
+    def dim(self):
+        return len(self.shape)
+
+    def stride(self):
+        strides, step = [], 1
+        for n in reversed(self.shape):
+            strides.append(step)
+            step *= max(n, 1)
+        return tuple(reversed(strides))
+
+    def storage_offset(self):
+        return 0
+
+
+def _check_guards_hold(program, module, specs: list[Input]) -> None:
+    """Raises a KilnError unless every guard torch.export kept for the program (its
+    ``_guards_code``: Python expressions over L['<argument>'].size()[d]) holds at every
+    combination of sizes, within the kiln.Input ranges, of the input dims the guard names (the
+    other dims at their opt sizes). This is the proof the strict export could not do, done by
+    enumeration; torch's own ``program.module()`` evaluates the same expressions per call."""
+    guards = getattr(program, "_guards_code", None)
+    if guards is None:
+        raise _C.KilnError(
+            "kiln.compile: this torch version's ExportedProgram has no _guards_code, so the "
+            "guards of the Dim.DYNAMIC export cannot be checked over the kiln.Input ranges; "
+            "narrow the ranges until the strict export succeeds, or make the dims static"
+        )
+    params = list(inspect.signature(module.forward).parameters)[: len(specs)]
+    index = {name: k for k, name in enumerate(params)}
+    names = {"abs": abs, "min": min, "max": max, "int": int, "float": float, "math": math}
+    for guard in guards:
+        axes = []
+        for name, d in sorted(set(_GUARD_SIZE.findall(guard))):
+            if name not in index or int(d) >= len(specs[index[name]].min_shape):
+                raise _C.KilnError(f"kiln.compile: cannot check the export guard {guard}")
+            s, d = specs[index[name]], int(d)
+            axes.append((name, index[name], d, range(s.min_shape[d], s.max_shape[d] + 1)))
+        points = math.prod(len(a[3]) for a in axes)
+        if points > _MAX_GUARD_POINTS:
+            raise _C.KilnError(
+                f"kiln.compile: the export guard {guard} would have to be checked at {points} "
+                "size combinations; narrow the kiln.Input ranges"
+            )
+        code = builtins.compile(guard, "<torch.export guard>", "eval")  # (kiln's is compile)
+        for values in itertools.product(*(a[3] for a in axes)):
+            shapes = [list(s.opt_shape) for s in specs]
+            for (_, k, d, _), v in zip(axes, values, strict=True):
+                shapes[k][d] = v
+            sizes = {name: _Sizes(shapes[k]) for name, k in index.items()}
+            try:
+                # torch's own guard code, evaluated as program.module() does, on sizes only.
+                holds = eval(code, {"__builtins__": names}, {"L": sizes})  # noqa: S307
+            except Exception as error:  # noqa: BLE001
+                raise _C.KilnError(
+                    f"kiln.compile: cannot check the export guard {guard}: {error}"
+                ) from error
+            if not holds:
+                at = ", ".join(
+                    f"{n} dim {d} = {v}" for (n, _, d, _), v in zip(axes, values, strict=True)
+                )
+                raise _C.KilnError(
+                    f"kiln.compile: torch.export traced the model under the guard {guard}, which "
+                    f"fails at {at} inside the kiln.Input ranges: the model's code branches on "
+                    "these sizes. Narrow the ranges to where the guard holds, or make the dims "
+                    "static."
+                )
+
+
+def _dynamic_shapes(specs: list[Input], make) -> tuple:
+    """export's dynamic_shapes: per input, {dim: make(input, dim, min, max)} or None."""
+    dynamic = []
+    for k, s in enumerate(specs):
+        dims = {d: make(k, d, s.min_shape[d], s.max_shape[d]) for d in s.dynamic_dims}
+        dynamic.append(dims or None)
+    return tuple(dynamic)
+
+
+def _is_constraint_violation(error: BaseException) -> bool:
+    from torch.fx.experimental.symbolic_shapes import ConstraintViolationError
+
+    if isinstance(error, ConstraintViolationError):
+        return True
+    from torch._dynamo.exc import UserError, UserErrorType
+
+    return isinstance(error, UserError) and error.error_type == UserErrorType.CONSTRAINT_VIOLATION
+
+
+def _first_violation(error: BaseException) -> str:
+    """The first "- ..." line of torch's constraint-violation message (the guard), else its
+    first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("- "):
+            return line[2:]
+    return lines[0] if lines else type(error).__name__
+
+
+def _check_dynamic_kept(program, specs: list[Input]) -> None:
+    """Raises a KilnError when export specialized a requested dynamic dim or narrowed its range
+    (see _export)."""
+    user = set(program.graph_signature.user_inputs)
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in user]
+    for k, (node, spec) in enumerate(zip(placeholders, specs, strict=True)):
+        shape = node.meta["val"].shape
+        for d in spec.dynamic_dims:
+            lo, hi = spec.min_shape[d], spec.max_shape[d]
+            size = shape[d]
+            where = f"input {k} ({node.name}) dim {d}"
+            if not isinstance(size, torch.SymInt):
+                raise _C.KilnError(
+                    f"kiln.compile: torch.export specialized {where} to {size}, but the kiln.Input "
+                    f"asks for {lo}..{hi}: the model's code fixes this size. Make the dim static "
+                    "in the kiln.Input, or change the code that depends on its value."
+                )
+            vr = program.range_constraints.get(size.node.expr)
+            if vr is None:
+                continue  # an expression of other symbols: their ranges are checked themselves
+            got_lo, got_hi = int(vr.lower), vr.upper
+            if got_lo > max(lo, 2) or got_hi < hi:
+                raise _C.KilnError(
+                    f"kiln.compile: torch.export kept {where} dynamic only over "
+                    f"{got_lo}..{got_hi}, but the kiln.Input asks for {lo}..{hi}: the model's code "
+                    "branches on this size. Ask for a range inside the one torch kept."
+                )
+
+
+def _decompositions():
+    """torch.export's default table, less the ops Kiln converts whole (scaled_dot_product_attention
+    becomes one fused attention layer instead of matmul/softmax/matmul)."""
+    table = torch.export.default_decompositions()
+    for op in list(table.keys()):
+        if _C.has_converter(str(op)):
+            del table[op]
+    return table

@@ -1,0 +1,247 @@
+"""Stage 2 of kiln.compile's export frontend: the exported FX graph -> KGraph (kiln._C).
+
+``FxLowering(program, specs)`` builds the torch-free graph the C++ driver reads: each node's op
+overload, its arguments by schema name (defaults filled in), weights as bytes, symbolic sizes as
+host scalars; it remembers which FX node is which value, so assembly can put the engines back,
+and gives the driver the shape range of any value with dynamic dims (``range``).
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+
+import torch
+import torch.fx
+from torch.utils import _pytree as pytree
+
+from kiln import _C
+from kiln.dtypes import find_dtype_name
+from kiln.inputs import Input
+from kiln.log import log
+
+# float64 has no engine dtype: float64 values, constants and dtype arguments are narrowed to
+# float32 inside engines (with a warning); the FX glue casts at engine boundaries so the module's
+# own inputs and outputs keep their declared dtypes. int64 is not narrowed: the engine computes
+# int64 natively (index arithmetic, gather, embedding, cumsum, arange), so no range proof is
+# needed and every value stays exact.
+NARROWED = {torch.float64: torch.float32}
+
+# Ops lowering drops: checks that export already proved (no outputs, no effect on results).
+_REMOVED = {torch.ops.aten._assert_tensor_metadata.default}
+
+
+class FxLowering:
+    """Builds the KGraph of an exported program and remembers which FX node is which value."""
+
+    def __init__(self, program, specs: list[Input]):
+        self.program = program
+        self.fx = program.graph_module.graph
+        self.graph = _C.KGraph()
+        self.value_of: dict[torch.fx.Node, int] = {}  # FX node (getitem for multi-output) -> value
+        self.fx_of_value: dict[int, torch.fx.Node] = {}
+        self.fx_nodes: list[torch.fx.Node] = []  # KGraph node index -> FX node
+        self.exprs: dict[int, list] = {}  # value -> per-dim sympy expr (None for static dims)
+        self.params: dict[str, torch.Tensor] = {}  # placeholder name -> lifted parameter/buffer
+        self.user_inputs: list[torch.fx.Node] = []
+        self.ranges: dict = {}  # sympy symbol -> (min, opt, max)
+        self.narrowed: list[str] = []  # names of float64 values computed as float32
+
+        lifted = self._lifted_tensors()
+        for node in self.fx.nodes:
+            if node.op == "placeholder":
+                if node.name in lifted:
+                    self.params[node.name] = lifted[node.name]
+                    self._constant(node, lifted[node.name])
+                else:
+                    self._input(node, specs[len(self.user_inputs)])
+                    self.user_inputs.append(node)
+            elif node.op == "call_function":
+                if node.target in _REMOVED and not node.users:
+                    continue
+                if node.target is operator.getitem and node.args[0] in self.fx_nodes:
+                    continue  # an output of a multi-output node: made with its producer
+                self._node(node)
+            elif node.op == "output":
+                for out in pytree.tree_leaves(node.args[0]):
+                    if isinstance(out, torch.fx.Node):
+                        self.graph.mark_output(self.value_of[out])
+            else:
+                raise _C.KilnError(f"kiln.compile: unexpected FX node {node.format_node()}")
+
+    def range(self, v: int) -> tuple[list[int], list[int], list[int]]:
+        """(min, opt, max) shape of value v over the kiln.Input ranges: what the driver asks of
+        an engine input with dynamic dims."""
+        shape = self.fx_of_value[v].meta["val"].shape
+        return tuple(
+            [
+                int(d) if e is None else _evaluate(e, self.ranges, k)
+                for d, e in zip(shape, self.exprs[v], strict=True)
+            ]
+            for k in range(3)
+        )
+
+    def _lifted_tensors(self) -> dict[str, torch.Tensor]:
+        sig = self.program.graph_signature
+        out = {}
+        for spec in sig.input_specs:
+            if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT:
+                continue
+            if spec.target in self.program.state_dict:
+                out[spec.arg.name] = self.program.state_dict[spec.target]
+            else:
+                out[spec.arg.name] = self.program.constants[spec.target]
+        for spec in sig.output_specs:
+            if spec.kind != torch.export.graph_signature.OutputKind.USER_OUTPUT:
+                raise _C.KilnError(
+                    f"kiln.compile: the model mutates state ({spec.kind.name} of {spec.target})"
+                )
+        return out
+
+    def _input(self, node: torch.fx.Node, spec: Input) -> None:
+        val = node.meta["val"]
+        for d, size in enumerate(val.shape):
+            if isinstance(size, torch.SymInt):
+                self.ranges[size.node.expr] = (
+                    spec.min_shape[d],
+                    spec.opt_shape[d],
+                    spec.max_shape[d],
+                )
+        dims, exprs = _dims(val.shape)
+        v = self.graph.add_input(node.name, self._dtype(val.dtype, node), dims)
+        self._bind(node, v, exprs)
+
+    def _constant(self, node: torch.fx.Node, t: torch.Tensor) -> None:
+        t = t.detach().contiguous().cpu()
+        if t.dtype in NARROWED:
+            self._dtype(t.dtype, node)
+            t = t.to(NARROWED[t.dtype])
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        v = self.graph.add_constant(node.name, self._dtype(t.dtype, node), list(t.shape), data)
+        self._bind(node, v, [None] * t.dim())
+
+    def _bind(self, node: torch.fx.Node, v: int, exprs) -> None:
+        self.value_of[node] = v
+        self.fx_of_value[v] = node
+        self.exprs[v] = exprs
+
+    def _value(self, node: torch.fx.Node, val) -> int:
+        scalar = {torch.SymBool: "bool", bool: "bool", torch.SymInt: "int64", int: "int64"}
+        scalar |= {torch.SymFloat: "float32", float: "float32"}
+        if type(val) in scalar:  # a symbolic (or specialized) size, flag or float: host scalar
+            v = self.graph.add_value(node.name, scalar[type(val)], [], True)
+            self._bind(node, v, [])
+            return v
+        if isinstance(val, torch.Tensor):
+            dims, exprs = _dims(val.shape)
+            v = self.graph.add_value(node.name, self._dtype(val.dtype, node), dims, False)
+            self._bind(node, v, exprs)
+            return v
+        return -1
+
+    def _node(self, node: torch.fx.Node) -> None:
+        val = node.meta.get("val")
+        outputs = []
+        if isinstance(val, list | tuple):
+            users = {u.args[1]: u for u in node.users if u.target is operator.getitem}
+            for k, item in enumerate(val):
+                outputs.append(self._value(users[k], item) if k in users else -1)
+        elif val is not None:
+            v = self._value(node, val)
+            outputs.append(v)
+        args = [(name, self._arg(a)) for name, a in _named_args(node)]
+        self.graph.add_node(node.name, target_name(node.target), args, outputs, _location(node))
+        self.fx_nodes.append(node)
+
+    def _arg(self, a):
+        if isinstance(a, torch.fx.Node):
+            if a not in self.value_of:
+                raise _C.KilnError(f"kiln.compile: argument {a.name} has no tensor or size value")
+            return _C.ValueRef(self.value_of[a])
+        if isinstance(a, list | tuple):
+            return [self._arg(e) for e in a]
+        if isinstance(a, torch.dtype):
+            return find_dtype_name(NARROWED.get(a, a)) or str(a)
+        if a is None or isinstance(a, bool | int | float | str):
+            return a
+        return str(a)  # device, layout, memory_format: informative only
+
+    def _dtype(self, dtype: torch.dtype, node: torch.fx.Node) -> str:
+        if dtype in NARROWED:
+            if not self.narrowed:
+                log(
+                    "warning",
+                    f"kiln.compile: {node.name} is {dtype}; float64 values run as float32 in "
+                    "Kiln engines (inputs and outputs keep their dtype at the module boundary)",
+                )
+            self.narrowed.append(node.name)
+            dtype = NARROWED[dtype]
+        return _dtype(dtype, node)
+
+
+def _dims(shape) -> tuple[list[int], list]:
+    dims, exprs = [], []
+    for d in shape:
+        if isinstance(d, torch.SymInt):
+            dims.append(-1)
+            exprs.append(d.node.expr)
+        else:
+            dims.append(int(d))
+            exprs.append(None)
+    return dims, exprs
+
+
+def _dtype(dtype: torch.dtype, node: torch.fx.Node) -> str:
+    name = find_dtype_name(dtype)
+    if name is None:
+        raise _C.KilnError(
+            f"kiln.compile: {node.name} has dtype {dtype}, which Kiln does not support"
+        )
+    return name
+
+
+def target_name(target) -> str:
+    if isinstance(target, torch._ops.OpOverload):
+        return str(target)  # "aten.convolution.default"
+    module = getattr(target, "__module__", None) or ""
+    return f"{module}.{getattr(target, '__name__', str(target))}"
+
+
+def _named_args(node: torch.fx.Node) -> list[tuple[str, object]]:
+    """Arguments by schema name; defaults filled in, so converters never guess."""
+    if isinstance(node.target, torch._ops.OpOverload):
+        named = []
+        for k, arg in enumerate(node.target._schema.arguments):
+            if k < len(node.args) and not arg.kwarg_only:
+                named.append((arg.name, node.args[k]))
+            elif arg.name in node.kwargs:
+                named.append((arg.name, node.kwargs[arg.name]))
+            elif arg.has_default_value():
+                named.append((arg.name, arg.default_value))
+            else:
+                named.append((arg.name, None))
+        return named
+    if node.target in (operator.add, operator.sub, operator.mul, operator.floordiv):
+        return [("a", node.args[0]), ("b", node.args[1])]
+    return [(f"arg{k}", a) for k, a in enumerate(node.args)] + list(node.kwargs.items())
+
+
+def _location(node: torch.fx.Node) -> str:
+    trace = node.meta.get("stack_trace") or ""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', trace)
+    if not frames:
+        return ""
+    # The innermost frame of model code, rather than torch.nn internals (linear.py).
+    own = [f for f in frames if "/site-packages/torch/" not in f[0]]
+    path, line, fn = (own or frames)[-1]
+    return f"{path}:{line} in {fn}"
+
+
+def _evaluate(expr, ranges: dict, k: int) -> int:
+    """A symbolic dim at the min (k=0), opt (1) or max (2) of the input ranges."""
+    free = expr.free_symbols - set(ranges)
+    if free:
+        raise _C.KilnError(
+            f"kiln.compile: dim {expr} depends on sizes with no input range ({free})"
+        )
+    return int(expr.subs({s: r[k] for s, r in ranges.items()}))
