@@ -279,21 +279,10 @@ def device_used_bytes(device: torch.device) -> int:
 
 
 def engine_plans(compiled) -> list:
-    """The kiln.Plan of every engine in a module from kiln.compile (read back from each
-    engine's pickled state, format 1 of runtime/runtime.cpp)."""
-    import base64
+    """The kiln.Plan of every engine in a module from kiln.compile (kiln.plans)."""
+    import kiln
 
-    from kiln import _C
-    from kiln.runtime import EngineModule
-
-    plans = []
-    for module in compiled.modules():
-        if isinstance(module, EngineModule):
-            # The engine's pickled state: ([format, base64(plan), backend, device], class name).
-            state = module.engine.__getstate__()
-            fields = state[0] if isinstance(state, tuple) else state
-            plans.append(_C.Plan.deserialize(base64.b64decode(fields[1])))
-    return plans
+    return kiln.plans(compiled)
 
 
 def plan_load_ms(plans: Sequence, device: str, repeats: int = 3) -> float:

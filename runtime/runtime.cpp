@@ -173,6 +173,11 @@ class TorchEngine : public torch::CustomClassHolder {
 
   std::vector<std::string> input_names() const { return input_names_; }
   std::vector<std::string> output_names() const { return output_names_; }
+  // Where the engine runs, in the words kiln.Engine uses too: "cuda" or "cpu", and the CUDA
+  // device index (-1 on the CPU reference backend).
+  std::string device_type() const { return engine_->backend() == Backend::kCuda ? "cuda" : "cpu"; }
+  int64_t device_index() const { return engine_->backend() == Backend::kCuda ? engine_->device() : -1; }
+  // The older names (the engine core's words): "cuda"/"reference" and the device index.
   std::string backend() const { return backend_name(engine_->backend()); }
   int64_t device() const { return engine_->device(); }
   std::vector<std::string> describe() const { return engine_->describe_layers(); }
@@ -429,6 +434,8 @@ TORCH_LIBRARY(kiln, m) {
       .def("input_dims", &TorchEngine::input_dims)
       .def("output_dims", &TorchEngine::output_dims)
       .def("output_shapes", &TorchEngine::output_shapes)
+      .def("device_type", &TorchEngine::device_type)
+      .def("device_index", &TorchEngine::device_index)
       .def("backend", &TorchEngine::backend)
       .def("device", &TorchEngine::device)
       .def("describe", &TorchEngine::describe)

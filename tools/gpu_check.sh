@@ -9,7 +9,8 @@
 #
 # Stages: `bash tools/gpu_check.sh [tests] [models] [bench]` runs only those (default: all three),
 # so that a device session can split the check over calls of at most 10 minutes. The build, the
-# demo and LeNet-5 always run.
+# demo and LeNet-5 always run. KILN_PYTEST_ARGS narrows the Python tests (e.g. "-m gpu": only the
+# GPU tests, when the CPU ones already ran elsewhere).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stages="${*:-tests models bench}"
@@ -60,11 +61,11 @@ if want tests; then
   if python3 -c "import xdist" 2>/dev/null; then
     ignore=$(for f in $serial; do printf -- "--ignore=%s " "$f"; done)
     # shellcheck disable=SC2086
-    python3 -m pytest -rfEs -q -n "${KILN_PYTEST_WORKERS:-8}" --dist loadfile $ignore tests/python >"$OUT_DIR/pytest.log" 2>&1
+    python3 -m pytest -rfEs -q -n "${KILN_PYTEST_WORKERS:-8}" --dist loadfile $ignore ${KILN_PYTEST_ARGS:-} tests/python >"$OUT_DIR/pytest.log" 2>&1
     pytest_rc=$?
     summary+=("pytest: $(tail -1 "$OUT_DIR/pytest.log") (rc $pytest_rc)")
     # shellcheck disable=SC2086
-    python3 -m pytest -rfEs -q $serial >"$OUT_DIR/pytest_serial.log" 2>&1 || pytest_rc=1
+    python3 -m pytest -rfEs -q ${KILN_PYTEST_ARGS:-} $serial >"$OUT_DIR/pytest_serial.log" 2>&1 || pytest_rc=1
     summary+=("pytest (C++ example tests, serial): $(tail -1 "$OUT_DIR/pytest_serial.log")")
     cat "$OUT_DIR/pytest_serial.log" >>"$OUT_DIR/pytest.log"
   else

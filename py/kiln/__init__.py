@@ -58,6 +58,10 @@ def __getattr__(name: str):
         from kiln import serialize
 
         return getattr(serialize, name)
+    if name == "plans":
+        from kiln.runtime import plans
+
+        return plans
     if name == "Input":
         from kiln.inputs import Input
 
@@ -87,6 +91,7 @@ __all__ = [
     "cuda_available",
     "inspect",
     "load",
+    "plans",
     "save",
     "set_log_level",
     "set_log_sink",

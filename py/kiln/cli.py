@@ -20,7 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     insp = sub.add_parser(
         "inspect", help="show a plan's optimized layers, memory plan and (--profile) layer times"
     )
-    insp.add_argument("plan", help="a plan file (kiln.Plan.save)")
+    insp.add_argument(
+        "plan",
+        help="a plan file (kiln.Plan.save), or a saved compiled module (kiln.save): each engine",
+    )
     insp.add_argument("--profile", action="store_true", help="time every layer (median of runs)")
     insp.add_argument(
         "--shapes",
@@ -92,15 +95,38 @@ def _inspect(args) -> int:
         print("kiln: warning: --backend is deprecated; use --device cuda|cpu", file=sys.stderr)
         if device is None:
             device = device_of_backend(args.backend)
-    info = kiln.inspect(args.plan)
-    if args.profile:
-        try:
-            info.profile(shapes, runs=max(1, args.runs), device=device)
-        except ValueError as e:
-            print(f"kiln: error: {e}", file=sys.stderr)
-            return 2
-    print(json.dumps(info.to_dict(), indent=2) if args.json else info.text(not args.no_arena))
+    infos = [kiln.inspect(plan) for plan in _plans(args.plan)]
+    for info in infos:
+        if args.profile:
+            try:
+                info.profile(shapes, runs=max(1, args.runs), device=device)
+            except ValueError as e:
+                print(f"kiln: error: {e}", file=sys.stderr)
+                return 2
+    if args.json:
+        data = [info.to_dict() for info in infos]
+        print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+        return 0
+    for k, info in enumerate(infos):
+        if len(infos) > 1:
+            print(f"== engine {k} of {len(infos)}")
+        print(info.text(not args.no_arena))
     return 0
+
+
+def _plans(path: str) -> list:
+    """The plans to inspect: the plan file itself, or every engine's plan of a module saved with
+    kiln.save / torch.jit.save / torch.export.save (a torch archive: a zip file)."""
+    import zipfile
+
+    import kiln
+
+    if not zipfile.is_zipfile(path):
+        return [path]
+    plans = kiln.plans(kiln.load(path))
+    if not plans:
+        raise kiln.KilnError(f"{path} is a saved module with no Kiln engine in it")
+    return plans
 
 
 def _add_compile_parser(sub) -> None:

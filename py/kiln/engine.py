@@ -53,15 +53,18 @@ class Engine:
     output_names = property(lambda self: self._engine.output_names)
     num_profiles = property(lambda self: self._engine.num_profiles)
 
-    @property
-    def device(self) -> str:
-        """Where the engine runs: "cuda" or "cpu"."""
+    def device_type(self) -> str:
+        """Where the engine runs: "cuda" or "cpu" (the same method as torch.classes.kiln.Engine)."""
         return device_of_backend(self._engine.backend)
+
+    def device_index(self) -> int:
+        """The CUDA device the engine runs on; -1 on the CPU."""
+        return self._engine.device if self.device_type() == "cuda" else -1
 
     @property
     def backend(self) -> str:
         """Deprecated: the device in the old words ("cuda", "reference")."""
-        deprecated("kiln.Engine.backend", "kiln.Engine.device")
+        deprecated("kiln.Engine.backend", "kiln.Engine.device_type()")
         return self._engine.backend
 
     def binding(self, name: str) -> tuple[str, list[int]]:
@@ -145,7 +148,7 @@ class ExecutionContext:
     def execute(self, feed: Mapping[str, object]) -> dict[str, object]:
         values = list(feed.values())
         if (
-            self.engine.device == "cuda"
+            self.engine.device_type() == "cuda"
             and values
             and all(_is_torch(v) and v.is_cuda for v in values)
         ):

@@ -109,7 +109,7 @@ class Inspection:
                 samples.append(ctx.layer_times())
         for k, layer in enumerate(self.layers):
             layer.time_ms = statistics.median(s[k] for s in samples) if samples else None
-        self.profile_device = engine.device
+        self.profile_device = engine.device_type()
         self.profile_shapes = {n: list(ctx.tensor_shape(n)) for n, _, _ in self.inputs}
         self.profile_runs = runs
         return self

@@ -217,8 +217,8 @@ def _fake_execute_engine(inputs, engine):
             raise RuntimeError(
                 f"Kiln engine input '{name}' has dtype {t.dtype}, the engine expects torch.{want}"
             )
-    if engine.backend() == "cuda":
-        device = torch.device("cuda", engine.device())
+    if engine.device_type() == "cuda":
+        device = torch.device("cuda", engine.device_index())
     else:
         device = torch.device("cpu")
     shapes = _output_shapes([list(t.shape) for t in inputs], engine)

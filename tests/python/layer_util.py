@@ -1,37 +1,107 @@
-"""Build a one-layer network around torch tensors and run it on a backend."""
+"""Build and run plans in tests: a Network with a BuilderConfig on a device, run on torch inputs,
+outputs back as CPU torch tensors; and the backends a test runs on, as pytest parameters."""
 
+import numpy as np
+import pytest
 import torch
 
 import kiln
 
+# The backends a per-backend test runs on: the CPU reference backend, and CUDA (marked gpu: it
+# skips visibly where no GPU is visible and runs on the GPU machine).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
-def run_layer(add_layer, inputs, target, dynamic=False):
-    """add_layer(net, *input_tensors) -> Layer; returns the layer's output as a CPU torch tensor.
 
-    dynamic=True declares dim 0 of the first input dynamic (when its rank is >= 1), with a profile
-    from 1 to twice the given size, so the engine runs with shapes resolved at run time.
+def per_device(cpu=(), cuda=()):
+    """pytest parameter sets (device, *case) for a test whose backends run different cases: `cpu`
+    and `cuda` list each backend's cases (a tuple per case, or one value); the CUDA ones carry the
+    gpu mark, as in DEVICES."""
+
+    def row(device, case, marks=()):
+        return pytest.param(device, *(case if isinstance(case, tuple) else (case,)), marks=marks)
+
+    return [row("cpu", c) for c in cpu] + [row("cuda", c, pytest.mark.gpu) for c in cuda]
+
+
+def device_of(target):
+    """The torch device that feeds an engine built for `target`."""
+    return "cuda" if target == "cuda" else "cpu"
+
+
+def builder_config(target="cpu", level=None, profile=None, precisions=None, pin=None, **options):
+    """A BuilderConfig for `target`. level: the optimization level (None: the default); profile: an
+    optimization profile ({input: (min, opt, max)}) or a list of them; precisions as
+    BuilderConfig takes them; pin: {layer name: dtype} for set_layer_precision; options: any other
+    BuilderConfig keyword (tactic_timing, workspace_size, ...)."""
+    config = kiln.BuilderConfig(
+        device=target, optimization_level=level, precisions=precisions, **options
+    )
+    for p in [profile] if isinstance(profile, dict) else profile or []:
+        config.add_optimization_profile(p)
+    for name, dtype in (pin or {}).items():
+        config.set_layer_precision(name, dtype)
+    return config
+
+
+def build_plan(net, target="cpu", **config):
+    """The Plan of `net` for `target`; `config`: builder_config's keywords."""
+    return kiln.Builder().build(net, builder_config(target, **config))
+
+
+def build_engine(net, target="cpu", **config):
+    """An Engine on `target` for `net` (build_plan's keywords)."""
+    return kiln.Engine(build_plan(net, target, **config), device=target)
+
+
+def as_cpu_tensor(value):
+    """An engine output (a torch tensor on either device, or a numpy array) as a CPU torch tensor."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    return torch.from_numpy(np.array(value))
+
+
+def run_plan(plan, feed, target="cpu"):
+    """Runs `plan` on `target` with `feed` ({input: torch tensor}, moved to the target's device);
+    returns {output: CPU torch tensor}."""
+    ctx = kiln.Engine(plan, device=target).create_execution_context()
+    out = ctx.execute({k: v.to(device_of(target)) for k, v in feed.items()})
+    if target == "cuda":
+        torch.cuda.synchronize()
+    return {k: as_cpu_tensor(v) for k, v in out.items()}
+
+
+def run_network(net, feed, target="cpu", **config):
+    """build_plan(net, target, **config), run on `feed` (run_plan)."""
+    return run_plan(build_plan(net, target, **config), feed, target)
+
+
+def run_layer(add_layer, inputs, target, dynamic=False, **config):
+    """add_layer(net, *input_tensors) -> the output (a Layer or Tensor) or a list of outputs; builds
+    the network around `inputs` (torch tensors, named in0, in1, ...) and returns the output as a
+    CPU torch tensor, or a list of them.
+
+    dynamic: True declares dim 0 of the first input dynamic (when its rank is >= 1); a collection
+    of indices does so for those inputs. Each gets a profile from 1 to twice the given size, so the
+    engine runs with shapes resolved at run time. config: builder_config's keywords (level, ...).
     """
+    dynamic_inputs = {0} if dynamic is True else set(dynamic or ())
     net = kiln.Network()
     tensors, profile = [], {}
     for i, t in enumerate(inputs):
         name = f"in{i}"
         shape = list(t.shape)
-        if dynamic and shape and i == 0:
+        if shape and i in dynamic_inputs:
             lo, hi = min(1, shape[0]), max(1, 2 * shape[0])
             profile[name] = ([lo, *shape[1:]], list(shape), [hi, *shape[1:]])
             shape[0] = -1
         tensors.append(net.add_input(name, t.dtype, shape))
-    net.mark_output(add_layer(net, *tensors), "out")
-    config = kiln.BuilderConfig(device=target)
-    if profile:
-        config.add_optimization_profile(profile)
-    engine = kiln.Engine(kiln.Builder().build(net, config), device=target)
-    device = "cuda" if target == "cuda" else "cpu"
-    feed = {f"in{i}": t.to(device) for i, t in enumerate(inputs)}
-    out = engine.create_execution_context().execute(feed)["out"]
-    if target == "cuda":
-        torch.cuda.synchronize()
-    return out.cpu()
+    outputs = add_layer(net, *tensors)
+    several = isinstance(outputs, (list, tuple))
+    names = [f"out{k}" for k in range(len(outputs))] if several else ["out"]
+    for name, out in zip(names, outputs if several else [outputs], strict=True):
+        net.mark_output(out, name)
+    got = run_network(net, {f"in{i}": t for i, t in enumerate(inputs)}, target, profile=profile, **config)
+    return [got[name] for name in names] if several else got["out"]
 
 
 # Tolerances for a result computed in float32 and rounded once to the output dtype. float32:

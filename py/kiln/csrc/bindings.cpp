@@ -426,6 +426,7 @@ PYBIND11_MODULE(_C, m) {
       }))
       .def_property_readonly("backend",
                              [](const Engine& e) { return std::string(backend_name(e.backend())); })
+      .def_property_readonly("device", [](const Engine& e) { return e.device(); })
       .def_property_readonly("input_names", &Engine::input_names)
       .def_property_readonly("output_names", &Engine::output_names)
       .def_property_readonly("num_profiles", &Engine::num_profiles)
