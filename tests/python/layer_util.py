@@ -37,7 +37,8 @@ def builder_config(target="cpu", level=None, profile=None, precisions=None, pin=
         device=target, optimization_level=level, precisions=precisions, **options
     )
     for p in [profile] if isinstance(profile, dict) else profile or []:
-        config.add_optimization_profile(p)
+        if p:
+            config.add_optimization_profile(p)
     for name, dtype in (pin or {}).items():
         config.set_layer_precision(name, dtype)
     return config

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from layer_util import build_plan, run_plan
 
 import kiln
 
@@ -20,20 +21,9 @@ import kiln
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
-def build(net, level, profile=None):
-    config = kiln.BuilderConfig(device="cpu", optimization_level=level)
-    if profile:
-        config.add_optimization_profile(profile)
-    return kiln.Builder().build(net, config)
-
-
-def run_plan(plan, feed):
-    return kiln.Engine(plan, device="cpu").create_execution_context().execute(feed)
-
-
 def optimized(net, feed, profile=None):
     """The level-1 plan, after checking that it computes what the unoptimized plan computes."""
-    fused, plain = build(net, 1, profile), build(net, 0, profile)
+    fused, plain = build_plan(net, level=1, profile=profile), build_plan(net, level=0, profile=profile)
     got, want = run_plan(fused, feed), run_plan(plain, feed)
     assert got.keys() == want.keys()
     for name in want:
@@ -320,7 +310,7 @@ def test_pack_qkv_attention_dynamic_batch(shape_tensors):
     assert packed["outputs"][0][2] == [-1, 7, 4, 16]
     for batch in (1, 3, 4):  # other batch sizes than the one `optimized` ran
         x = {"x": torch.randn(batch, 7, 64)}
-        got, want = run_plan(plan, x), run_plan(build(net, 0, profile), x)
+        got, want = run_plan(plan, x), run_plan(build_plan(net, level=0, profile=profile), x)
         torch.testing.assert_close(got["y"], want["y"], **TOL)
 
 

@@ -14,30 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from layer_util import build_plan, run_plan
 
 import kiln
 
 # Folded weights are rounded once to float32 where the unfolded plan rounds the conv output and
 # the batch-norm result: a few float32 ulp of O(1) values.
 FOLD_TOL = {"rtol": 1e-5, "atol": 2e-6}
-
-
-def build(net, level=None, precisions=None, profile=None, target="cpu"):
-    config = kiln.BuilderConfig(device=target)
-    if level is not None:
-        config.optimization_level = level
-    if precisions:
-        config.precisions = precisions
-    if profile:
-        config.add_optimization_profile(profile)
-    return kiln.Builder().build(net, config)
-
-
-def run(plan, feed, target="cpu"):
-    device = "cuda" if target == "cuda" else "cpu"
-    ctx = kiln.Engine(plan, device=target).create_execution_context()
-    out = ctx.execute({k: v.to(device) for k, v in feed.items()})
-    return {k: v.cpu() for k, v in out.items()}
 
 
 def ops(plan):
@@ -67,14 +50,14 @@ def test_fold_batch_norm_into_convolution(conv_bias):
     c = net.add_convolution(x, conv_weight(5, 3), b, padding=1, name="conv")
     y = net.add_batch_norm(c, *bn_params(5), eps=1e-3, name="bn")
     net.mark_output(y, "y")
-    folded, plain = build(net), build(net, level=0)
+    folded, plain = build_plan(net), build_plan(net, level=0)
     assert ops(folded) == ["convolution"]
     assert ops(plain) == ["convolution", "batch_norm"]
     conv = layer_named(folded, "conv")
     assert conv["attrs"]["fused"] == "conv,bn"
     assert len(conv["inputs"]) == 3  # the folded bias
     feed = {"x": torch.randn(2, 3, 8, 7)}
-    torch.testing.assert_close(run(folded, feed)["y"], run(plain, feed)["y"], **FOLD_TOL)
+    torch.testing.assert_close(run_plan(folded, feed)["y"], run_plan(plain, feed)["y"], **FOLD_TOL)
 
 
 def test_fold_batch_norm_into_grouped_deconvolution_and_fully_connected():
@@ -87,12 +70,12 @@ def test_fold_batch_norm_into_grouped_deconvolution_and_fully_connected():
     f = net.add_flatten(d, 1)
     f = net.add_fully_connected(f, torch.randn(7, 6 * 11 * 11) / 26, name="fc")
     net.mark_output(net.add_batch_norm(f, *bn_params(7), name="bn_f"), "y")
-    folded, plain = build(net), build(net, level=0)
+    folded, plain = build_plan(net), build_plan(net, level=0)
     assert "batch_norm" not in ops(folded)
     assert layer_named(folded, "deconv")["attrs"]["fused"] == "deconv,bn_d"
     assert layer_named(folded, "fc")["attrs"]["fused"] == "fc,bn_f"
     feed = {"x": torch.randn(2, 4, 5, 5)}
-    torch.testing.assert_close(run(folded, feed)["y"], run(plain, feed)["y"], **FOLD_TOL)
+    torch.testing.assert_close(run_plan(folded, feed)["y"], run_plan(plain, feed)["y"], **FOLD_TOL)
 
 
 def test_fold_batch_norm_leaves_shared_or_runtime_inputs():
@@ -107,7 +90,7 @@ def test_fold_batch_norm_leaves_shared_or_runtime_inputs():
     c2 = net.add_convolution(x, conv_weight(3, 2), name="conv2")
     p = bn_params(3)
     net.mark_output(net.add_batch_norm(c2, p[0], p[1], mean, p[3], name="bn2"), "y2")
-    plan = build(net)
+    plan = build_plan(net)
     assert ops(plan).count("batch_norm") == 2
     assert "fused" not in layer_named(plan, "conv")["attrs"]
 
@@ -135,7 +118,7 @@ def bottleneck_net(n=-1, c=8, hw=6, dtype="float32"):
 def test_fuse_bottleneck_into_three_convolutions():
     net = bottleneck_net()
     profile = {"x": ([1, 8, 6, 6], [2, 8, 6, 6], [3, 8, 6, 6])}
-    fused, plain = build(net, profile=profile), build(net, level=0, profile=profile)
+    fused, plain = build_plan(net, profile=profile), build_plan(net, level=0, profile=profile)
     assert ops(fused) == ["convolution"] * 3
     conv1, conv2 = layer_named(fused, "conv1"), layer_named(fused, "conv2")
     assert conv1["attrs"]["activation"] == "relu" and conv1["attrs"]["fused"] == "conv1,bn1,relu1"
@@ -145,7 +128,7 @@ def test_fuse_bottleneck_into_three_convolutions():
     assert conv2["attrs"]["fused"] == "conv2,bn2,add,relu2"
     for batch in (1, 3):  # dynamic batch
         feed = {"x": torch.randn(batch, 8, 6, 6)}
-        torch.testing.assert_close(run(fused, feed)["y"], run(plain, feed)["y"], **FOLD_TOL)
+        torch.testing.assert_close(run_plan(fused, feed)["y"], run_plan(plain, feed)["y"], **FOLD_TOL)
 
 
 @pytest.mark.parametrize("activation", ["silu", "hardswish", "sigmoid", "leaky_relu"])
@@ -154,12 +137,12 @@ def test_fuse_activation_keeps_its_parameters(activation):
     x = net.add_input("x", "float32", [2, 3, 5, 5])
     c = net.add_convolution(x, conv_weight(4, 3), torch.randn(4), padding=1, name="conv")
     net.mark_output(net.add_activation(c, activation, alpha=0.3, name="act"), "y")
-    fused, plain = build(net), build(net, level=0)
+    fused, plain = build_plan(net), build_plan(net, level=0)
     assert ops(fused) == ["convolution"]
     attrs = layer_named(fused, "conv")["attrs"]
     assert attrs["activation"] == activation and attrs["activation_alpha"] == pytest.approx(0.3)
     feed = {"x": torch.randn(2, 3, 5, 5)}
-    torch.testing.assert_close(run(fused, feed)["y"], run(plain, feed)["y"], **FOLD_TOL)
+    torch.testing.assert_close(run_plan(fused, feed)["y"], run_plan(plain, feed)["y"], **FOLD_TOL)
 
 
 def test_fuse_conv_epilogue_no_change_cases():
@@ -180,14 +163,14 @@ def test_fuse_conv_epilogue_no_change_cases():
     c4 = net.add_convolution(x, conv_weight(3, 3), padding=1, name="conv_two")
     net.mark_output(net.add_activation(c4, "tanh", name="tanh4"), "y4")
     net.mark_output(net.add_activation(c4, "sigmoid", name="sig4"), "y5")
-    plan = build(net)
+    plan = build_plan(net)
     names = [layer["name"] for layer in plan.layers()]
     for kept in ["relu_kept", "add_bcast", "add3", "tanh4", "sig4"]:
         assert kept in names
     assert "relu3" not in names
     assert layer_named(plan, "conv_relu_add")["attrs"]["fused"] == "conv_relu_add,relu3"
     feed = {"x": torch.randn(2, 3, 5, 5)}
-    got, want = run(plan, feed), run(build(net, level=0), feed)
+    got, want = run_plan(plan, feed), run_plan(build_plan(net, level=0), feed)
     for k in want:
         torch.testing.assert_close(got[k], want[k], **FOLD_TOL)
 
@@ -215,7 +198,7 @@ def test_layouts_keep_fp16_conv_chain_channels_last():
     f = net.add_flatten(c, 1)
     net.mark_output(net.add_fully_connected(f, torch.randn(5, 3), name="fc"), "y")
     profile = {"x": ([1, 4, 9, 9], [2, 4, 9, 9], [3, 4, 9, 9])}
-    plan = build(net, precisions=["fp32", "fp16"], profile=profile)
+    plan = build_plan(net, precisions=["fp32", "fp16"], profile=profile)
     for name in ["c1", "maxpool", "c2", "se_pool", "c3", "gap"]:
         assert layer_named(plan, name)["attrs"]["layout"] == "nhwc", name
     # The gate's 1x1 convolution of a 1x1 image is a GEMM (patchify_convolutions); its unit-dim
@@ -229,13 +212,13 @@ def test_layouts_keep_fp16_conv_chain_channels_last():
     ]
     assert "gap/to_nchw" in [t["name"] for t in transposes]
     assert layer_named(plan, "mul")["outputs"][0][2] == [-1, 5, 5, 8]
-    plain = build(net, level=0, precisions=["fp32", "fp16"], profile=profile)
+    plain = build_plan(net, level=0, precisions=["fp32", "fp16"], profile=profile)
     assert "transpose" not in ops(plain)
     for batch in (1, 3):
         feed = {"x": torch.randn(batch, 4, 9, 9)}
         # Both compute in float16 with rounding at different points (fused epilogues round once).
         torch.testing.assert_close(
-            run(plan, feed)["y"], run(plain, feed)["y"], rtol=1e-2, atol=1e-2
+            run_plan(plan, feed)["y"], run_plan(plain, feed)["y"], rtol=1e-2, atol=1e-2
         )
 
 
@@ -251,7 +234,7 @@ def test_layouts_renumber_squeeze_excitation_mean():
     )
     y = net.add_elementwise(b, gate, "mul", name="scale")
     net.mark_output(net.add_layer("reduce", [y], {"op": "sum", "axes": [1]}, "flat_sum"), "y")
-    plan = build(net)
+    plan = build_plan(net)
     se_mean = layer_named(plan, "se_mean")
     assert se_mean["attrs"]["axes"] == [2, 1] and se_mean["outputs"][0][2] == [2, 1, 1, 6]
     assert layer_named(plan, "flat_sum")["attrs"]["axes"] == [1]
@@ -260,13 +243,13 @@ def test_layouts_renumber_squeeze_excitation_mean():
     copies = [t["name"] for t in transposes if not t["attrs"].get("alias")]
     assert copies == ["x/to_nhwc", "scale/to_nchw"], copies
     feed = {"x": torch.randn(2, 6, 5, 7).half()}
-    want = run(build(net, level=0), feed)["y"]
-    torch.testing.assert_close(run(plan, feed)["y"], want, rtol=1e-2, atol=1e-2)
+    want = run_plan(build_plan(net, level=0), feed)["y"]
+    torch.testing.assert_close(run_plan(plan, feed)["y"], want, rtol=1e-2, atol=1e-2)
 
 
 def test_layouts_leave_float32_convolutions_alone():
     net = bottleneck_net(n=2)
-    plan = build(net)
+    plan = build_plan(net)
     assert "transpose" not in ops(plan)
     assert all(layer["attrs"].get("layout", "nchw") == "nchw" for layer in plan.layers())
 
@@ -280,14 +263,14 @@ def test_fused_bottleneck_cuda_matches_reference(precisions):
     torch.backends.cudnn.allow_tf32 = False
     net = bottleneck_net(c=13, hw=9)  # odd channel counts
     profile = {"x": ([1, 13, 9, 9], [2, 13, 9, 9], [4, 13, 9, 9])}
-    gpu = build(net, precisions=precisions, profile=profile, target="cuda")
-    ref = build(net, level=0, profile=profile)
+    gpu = build_plan(net, precisions=precisions, profile=profile, target="cuda")
+    ref = build_plan(net, level=0, profile=profile)
     if "fp16" in precisions:
         assert any(layer["attrs"].get("layout") == "nhwc" for layer in gpu.layers())
     tol = {"rtol": 1e-4, "atol": 1e-4} if precisions == ["fp32"] else {"rtol": 2e-2, "atol": 2e-2}
     for batch in (1, 4):
         feed = {"x": torch.randn(batch, 13, 9, 9)}
-        torch.testing.assert_close(run(gpu, feed, "cuda")["y"], run(ref, feed)["y"], **tol)
+        torch.testing.assert_close(run_plan(gpu, feed, "cuda")["y"], run_plan(ref, feed)["y"], **tol)
 
 
 # ---- whole model --------------------------------------------------------------------------------
@@ -376,7 +359,7 @@ def test_layouts_pad_few_input_channels(target, channels):
     )
     net.mark_output(net.add_activation(a, "relu", name="r"), "y")
     profile = {"x": ([1, channels, 20, 19], [2, channels, 20, 19], [3, channels, 20, 19])}
-    plan = build(net, profile=profile, target=target)
+    plan = build_plan(net, profile=profile, target=target)
     pads = [layer for layer in plan.layers() if layer["op"] == "pad"]
     stem = layer_named(plan, "stem")
     assert stem["attrs"]["layout"] == "nhwc"
@@ -384,12 +367,12 @@ def test_layouts_pad_few_input_channels(target, channels):
         assert len(pads) == 1 and pads[0]["outputs"][0][2] == [-1, 20, 19, 8]
     else:
         assert not pads
-    plain = build(net, level=0, profile=profile)
+    plain = build_plan(net, level=0, profile=profile)
     for batch in (1, 3):
         feed = {"x": torch.randn(batch, channels, 20, 19).half()}
         torch.testing.assert_close(
-            run(plan, feed, target)["y"].float(),
-            run(plain, feed)["y"].float(),
+            run_plan(plan, feed, target)["y"].float(),
+            run_plan(plain, feed)["y"].float(),
             rtol=1e-2,
             atol=1e-2,
         )
@@ -416,13 +399,13 @@ def test_patchify_convolution_is_one_gemm(target, bias):
     # stride == kernel, no padding: the patches are disjoint, one GEMM computes the convolution.
     net = patch_net(bias=bias)
     profile = {"x": ([1, 3, 16, 12], [2, 3, 16, 12], [3, 3, 16, 12])}
-    plan = build(net, profile=profile, target=target)
+    plan = build_plan(net, profile=profile, target=target)
     got_ops = ops(plan)
     assert "convolution" not in got_ops and got_ops.count("fully_connected") == 1, got_ops
-    plain = build(net, level=0, profile=profile)
+    plain = build_plan(net, level=0, profile=profile)
     for batch in (1, 3):
         feed = {"x": torch.randn(batch, 3, 16, 12)}
-        torch.testing.assert_close(run(plan, feed, target)["y"], run(plain, feed)["y"], **FOLD_TOL)
+        torch.testing.assert_close(run_plan(plan, feed, target)["y"], run_plan(plain, feed)["y"], **FOLD_TOL)
 
 
 @pytest.mark.parametrize(
@@ -436,7 +419,7 @@ def test_patchify_convolution_no_change_cases(hw, k, stride, padding):
     net.mark_output(
         net.add_convolution(x, conv_weight(8, 3, k, k), stride=stride, padding=padding), "y"
     )
-    assert "convolution" in ops(build(net))
+    assert "convolution" in ops(build_plan(net))
 
 
 @pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
@@ -450,12 +433,12 @@ def test_squeeze_excitation_convolutions_become_gemms(target):
         net.add_convolution(h, conv_weight(8, 4, 1, 1), torch.randn(8)), "hardsigmoid"
     )
     net.mark_output(g, "y")
-    plan = build(net, target=target)
+    plan = build_plan(net, target=target)
     got_ops = ops(plan)
     assert "convolution" not in got_ops and got_ops.count("fully_connected") == 2, got_ops
     feed = {"x": torch.randn(3, 8, 1, 1)}
-    want = run(build(net, level=0), feed)["y"]
-    torch.testing.assert_close(run(plan, feed, target)["y"], want, **FOLD_TOL)
+    want = run_plan(build_plan(net, level=0), feed)["y"]
+    torch.testing.assert_close(run_plan(plan, feed, target)["y"], want, **FOLD_TOL)
 
 
 def test_patch_embedding_transposes_cancel():

@@ -14,29 +14,11 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from layer_util import TOLERANCE
+from layer_util import TOLERANCE, build_plan, run_plan
 
 import kiln
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def build(net, target="cpu", level=None, profile=None, precisions=None, pin=None):
-    config = kiln.BuilderConfig(device=target, optimization_level=level, precisions=precisions)
-    if profile:
-        config.add_optimization_profile(profile)
-    for name, dtype in (pin or {}).items():
-        config.set_layer_precision(name, dtype)
-    return kiln.Builder().build(net, config)
-
-
-def run(plan, feed, target="cpu"):
-    device = "cuda" if target == "cuda" else "cpu"
-    ctx = kiln.Engine(plan, device=target).create_execution_context()
-    out = ctx.execute({k: v.to(device) for k, v in feed.items()})
-    if target == "cuda":
-        torch.cuda.synchronize()
-    return {k: v.cpu() for k, v in out.items()}
 
 
 def ops(plan):
@@ -60,10 +42,10 @@ def assert_same(a, b):
 
 def assert_fusion_is_exact(net, feed, **kwargs):
     """Unfused (level 0) and fused plans agree bit for bit; returns the fused plan."""
-    plain = build(net, level=0, **kwargs)
-    fast = build(net, **kwargs)
+    plain = build_plan(net, level=0, **kwargs)
+    fast = build_plan(net, **kwargs)
     assert "fused_pointwise" not in ops(plain)
-    assert_same(run(plain, feed), run(fast, feed))
+    assert_same(run_plan(plain, feed), run_plan(fast, feed))
     return fast
 
 
@@ -117,7 +99,7 @@ def test_fused_matches_torch():
     h = net.add_elementwise(x, b, "add")
     net.mark_output(net.add_activation(net.add_layer("unary", [h], {"op": "exp"}), "tanh"), "y")
     xv = torch.randn(4, 9)
-    got = run(build(net), {"x": xv})["y"]
+    got = run_plan(build_plan(net), {"x": xv})["y"]
     torch.testing.assert_close(got, torch.tanh(torch.exp(xv + b)), **TOLERANCE[torch.float32])
 
 
@@ -126,19 +108,19 @@ def test_dynamic_dims(dtype):
     torch.manual_seed(0)
     net = chain_net(dtype, dynamic=True)
     profile = {"x": ([1, 7, 13], [3, 7, 13], [6, 7, 13])}
-    plain, fast = build(net, level=0, profile=profile), build(net, profile=profile)
+    plain, fast = build_plan(net, level=0, profile=profile), build_plan(net, profile=profile)
     assert len(fused(fast)) == 1
     for batch in (1, 5, 6):
         feed = {"x": torch.randn(batch, 7, 13).to(dtype)}
-        assert_same(run(plain, feed), run(fast, feed))
+        assert_same(run_plan(plain, feed), run_plan(fast, feed))
 
 
 def test_empty_tensor():
     net = chain_net(torch.float32, dynamic=True)
     profile = {"x": ([0, 7, 13], [3, 7, 13], [6, 7, 13])}
-    fast = build(net, profile=profile)
+    fast = build_plan(net, profile=profile)
     assert len(fused(fast)) == 1
-    assert run(fast, {"x": torch.randn(0, 7, 13)})["y"].shape == (0, 7, 13)
+    assert run_plan(fast, {"x": torch.randn(0, 7, 13)})["y"].shape == (0, 7, 13)
 
 
 def test_intermediate_with_outside_consumers_stays_an_output():
@@ -228,7 +210,7 @@ def test_program_op_directly_and_its_errors():
     net.mark_output(layer.outputs[0], "y")
     net.mark_output(layer.outputs[1], "p")
     xv, bv = torch.randn(2, 3), torch.randn(3)
-    out = run(build(net), {"x": xv, "b": bv})
+    out = run_plan(build_plan(net), {"x": xv, "b": bv})
     torch.testing.assert_close(out["y"], (xv * bv).clamp(-0.5, 0.5) + 2)
     torch.testing.assert_close(out["p"], xv * bv)
 
@@ -260,10 +242,10 @@ def test_shape_arithmetic_is_not_fused():
     doubled = net.add_elementwise(half, np.array([2, 1], dtype=np.int32), "mul")
     y = net.add_reshape(x, net.add_cast(doubled, "int64"))
     net.mark_output(net.add_activation(y, "relu"), "y")
-    plan = build(net, profile={"x": ([1, 6], [2, 6], [4, 6])})
+    plan = build_plan(net, profile={"x": ([1, 6], [2, 6], [4, 6])})
     assert not fused(plan)
     xv = torch.randn(2, 6)
-    torch.testing.assert_close(run(plan, {"x": xv})["y"], xv.reshape(4, 3).relu())
+    torch.testing.assert_close(run_plan(plan, {"x": xv})["y"], xv.reshape(4, 3).relu())
 
 
 # ---- patterns -----------------------------------------------------------------------------------
@@ -309,20 +291,20 @@ def activation_types(plan):
 
 @pytest.mark.parametrize("use_div", [False, True])
 def test_gelu_erf_pattern(use_div):
-    plan = build(gelu_erf_net(use_div=use_div))
+    plan = build_plan(gelu_erf_net(use_div=use_div))
     assert ops(plan) == ["activation"] and activation_types(plan) == ["gelu"]
     xv = torch.randn(4, 33) * 3
     torch.testing.assert_close(
-        run(plan, {"x": xv})["y"], torch.nn.functional.gelu(xv), **TOLERANCE[torch.float32]
+        run_plan(plan, {"x": xv})["y"], torch.nn.functional.gelu(xv), **TOLERANCE[torch.float32]
     )
 
 
 def test_gelu_tanh_pattern():
-    plan = build(gelu_tanh_net())
+    plan = build_plan(gelu_tanh_net())
     assert ops(plan) == ["activation"] and activation_types(plan) == ["gelu_tanh"]
     xv = torch.randn(4, 33) * 3
     want = torch.nn.functional.gelu(xv, approximate="tanh")
-    torch.testing.assert_close(run(plan, {"x": xv})["y"], want, **TOLERANCE[torch.float32])
+    torch.testing.assert_close(run_plan(plan, {"x": xv})["y"], want, **TOLERANCE[torch.float32])
 
 
 @pytest.mark.parametrize(
@@ -335,7 +317,7 @@ def test_gelu_tanh_pattern():
     ],
 )
 def test_gelu_near_misses_do_not_fire(net):
-    plan = build(net)
+    plan = build_plan(net)
     assert not {"gelu", "gelu_tanh"} & set(activation_types(plan))
 
 
@@ -358,14 +340,14 @@ def rms_net(axis=-1, exponent=2.0, reduce_op="mean", eps=1e-6, x_dtype="float32"
 @pytest.mark.parametrize("x_dtype", ["float32", "float16"])
 def test_rms_norm_pattern(x_dtype):
     net, _ = rms_net(x_dtype=x_dtype)
-    plan = build(net)
+    plan = build_plan(net)
     assert ops(plan) == ["rms_norm"]
     (layer,) = plan.layers()
     assert layer["attrs"]["eps"] == pytest.approx(1e-6, rel=1e-6)
     dtype = getattr(torch, x_dtype)
     xv = torch.randn(3, 5, 16).to(dtype)
-    unfused = run(build(net, level=0), {"x": xv})["y"]
-    torch.testing.assert_close(run(plan, {"x": xv})["y"], unfused, **TOLERANCE[dtype])
+    unfused = run_plan(build_plan(net, level=0), {"x": xv})["y"]
+    torch.testing.assert_close(run_plan(plan, {"x": xv})["y"], unfused, **TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize(
@@ -374,7 +356,7 @@ def test_rms_norm_pattern(x_dtype):
 )
 def test_rms_norm_near_misses_do_not_fire(kwargs):
     net, _ = rms_net(**kwargs)
-    assert "rms_norm" not in ops(build(net))
+    assert "rms_norm" not in ops(build_plan(net))
 
 
 # ---- GPU ----------------------------------------------------------------------------------------
@@ -399,16 +381,16 @@ def test_cuda_matches_torch(dtype, shape, bias_shape):
     h = net.add_elementwise(net.add_elementwise(x, b, "mul"), const(0.5, dtype), "add")
     h = net.add_elementwise(net.add_activation(h, "gelu"), x, "sub")
     net.mark_output(net.add_activation(h, "sigmoid"), "y")
-    plan = build(net, target="cuda")
+    plan = build_plan(net, target="cuda")
     assert [layer["kernel"] for layer in fused(plan)] == ["cuda_fused_pointwise"]
     xv = torch.randn(shape).to(dtype)
-    got = run(plan, {"x": xv}, target="cuda")["y"]
+    got = run_plan(plan, {"x": xv}, target="cuda")["y"]
     # one rounding per step (five steps) in float16/bfloat16: a few ulp, so twice the one-step
     # tolerance
     tol = {k: 2 * v for k, v in TOLERANCE[dtype].items()}
     torch.testing.assert_close(got.double(), torch_chain(xv, b).to(dtype).double(), **tol)
     # and the fused CUDA kernel against the unfused CUDA layers
-    plain = run(build(net, target="cuda", level=0), {"x": xv}, target="cuda")["y"]
+    plain = run_plan(build_plan(net, target="cuda", level=0), {"x": xv}, target="cuda")["y"]
     torch.testing.assert_close(got.double(), plain.double(), **tol)
 
 
@@ -426,8 +408,8 @@ def test_cuda_bool_int_where_and_unaligned_views():
     z = net.add_elementwise(y, net.add_cast(ki, "float16"), "add")
     net.mark_output(net.add_cast(z, "float32"), "z")
     feed = {"x": torch.randn(6, 7).half(), "k": torch.randint(-50, 50, (7,), dtype=torch.int32)}
-    got = run(build(net, target="cuda"), feed, target="cuda")["z"]
-    want = run(build(net, target="cuda", level=0), feed, target="cuda")["z"]
+    got = run_plan(build_plan(net, target="cuda"), feed, target="cuda")["z"]
+    want = run_plan(build_plan(net, target="cuda", level=0), feed, target="cuda")["z"]
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
@@ -437,14 +419,14 @@ def test_cuda_dynamic_and_vector_tails():
     net = chain_net(torch.float32, shape=(3, 7, 13), dynamic=True)
     profile = {"x": ([1, 7, 13], [3, 7, 13], [9, 7, 13])}
     plan, plain = (
-        build(net, target="cuda", profile=profile),
-        build(net, target="cuda", level=0, profile=profile),
+        build_plan(net, target="cuda", profile=profile),
+        build_plan(net, target="cuda", level=0, profile=profile),
     )
     for batch in (1, 4, 9):  # 91, 364, 819 elements: vector path with and without a tail
         feed = {"x": torch.randn(batch, 7, 13)}
         torch.testing.assert_close(
-            run(plan, feed, target="cuda")["y"],
-            run(plain, feed, target="cuda")["y"],
+            run_plan(plan, feed, target="cuda")["y"],
+            run_plan(plain, feed, target="cuda")["y"],
             **TOLERANCE[torch.float32],
         )
 
@@ -452,13 +434,13 @@ def test_cuda_dynamic_and_vector_tails():
 @pytest.mark.gpu
 def test_cuda_plan_reload_does_not_recompile(tmp_path):
     torch.manual_seed(0)
-    plan = build(chain_net(torch.float16), target="cuda")
+    plan = build_plan(chain_net(torch.float16), target="cuda")
     (layer,) = fused(plan)
     assert layer["attrs"]["cubin"] and layer["attrs"]["cubin_arch"] > 0
     path = tmp_path / "plan.kiln"
     plan.save(str(path))
     xv = torch.randn(3, 7, 13).half()
-    want = run(plan, {"x": xv}, target="cuda")["y"]
+    want = run_plan(plan, {"x": xv}, target="cuda")["y"]
     torch.save(xv, tmp_path / "x.pt")
     # A fresh process has an empty module cache: only the stored cubin can spare it NVRTC.
     script = textwrap.dedent(

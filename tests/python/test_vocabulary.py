@@ -195,7 +195,7 @@ def test_builder_config_device():
     assert kiln.BuilderConfig().device == "auto"
     for device in ("auto", "cuda", "cpu"):
         assert kiln.BuilderConfig(device=device).device == device
-    assert kiln.BuilderConfig(device=torch.device("cpu")).device_type() == "cpu"
+    assert kiln.BuilderConfig(device=torch.device("cpu")).device == "cpu"
     config = kiln.BuilderConfig()
     config.device = "cpu"
     assert config.device == "cpu"
@@ -215,7 +215,7 @@ def test_builder_config_target_is_deprecated():
         config.target = "cuda"
     assert config.device == "cuda"
     with pytest.warns(DeprecationWarning, match="'reference' is deprecated"):
-        assert kiln.BuilderConfig(device="reference").device_type() == "cpu"
+        assert kiln.BuilderConfig(device="reference").device == "cpu"
     with pytest.raises(TypeError, match="pass device= only"):
         kiln.BuilderConfig(device="cpu", target="reference")
 
