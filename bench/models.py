@@ -152,6 +152,19 @@ def get(name: str) -> ModelEntry:
     return MODELS[name]
 
 
+def parse_matrix(models: str, precisions: str) -> tuple[list[ModelEntry], list[str]]:
+    """The models and precisions of a comma-separated --models / --precisions pair (bench/run.py
+    and tools/model_check.py): zoo entries and canonical precision names ("half" -> "fp16").
+    Raises ValueError naming an unknown model or precision."""
+    from kiln.dtypes import precision_name
+
+    try:
+        entries = [get(m) for m in models.split(",") if m]
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    return entries, [precision_name(p) for p in precisions.split(",") if p]
+
+
 # ---- accuracy (bench/run.py and tools/model_check.py) ----------------------------------------
 
 

@@ -780,14 +780,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     try:
-        entries = [zoo.get(m) for m in args.models.split(",") if m]
-    except KeyError as e:
-        print(f"bench: {e.args[0]}", file=sys.stderr)
-        return 2
-    from kiln.dtypes import precision_name
-
-    try:  # the row names are the canonical ones ("half" -> "fp16")
-        precisions = [precision_name(p) for p in args.precisions.split(",") if p]
+        entries, precisions = zoo.parse_matrix(args.models, args.precisions)
     except ValueError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 2

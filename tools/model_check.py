@@ -234,14 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("model_check: no CUDA GPU visible (use --device cpu)", file=sys.stderr)
         return 2
     try:
-        entries = [zoo.get(m) for m in args.models.split(",") if m]
-    except KeyError as e:
-        print(f"model_check: {e.args[0]}", file=sys.stderr)
-        return 2
-    from kiln.dtypes import precision_name
-
-    try:  # the row names are the canonical ones ("half" -> "fp16")
-        precisions = [precision_name(q) for q in args.precisions.split(",") if q]
+        entries, precisions = zoo.parse_matrix(args.models, args.precisions)
     except ValueError as e:
         print(f"model_check: {e}", file=sys.stderr)
         return 2

@@ -116,18 +116,21 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
         raise ValueError(f"ir must be 'auto', 'export' or 'torchscript', got {ir!r}")
     device = device_name("auto" if device is None else device, allow_auto=True)
     device = torch.device(("cuda" if _cuda() else "cpu") if device == "auto" else device)
-    options = compile_options(  # a ValueError names a bad precision or device up front
-        device=device,
-        enabled_precisions=enabled_precisions,
-        min_block_size=min_block_size,
-        torch_executed_ops=torch_executed_ops,
-        require_full_compilation=require_full_compilation,
-        workspace_size=workspace_size,
-        optimization_level=optimization_level,
-        timing_cache=timing_cache,
-        tactic_timing=tactic_timing,
-        cuda_graphs=cuda_graphs,
-        dry_run=dry_run,
+    # One CompileOptions for either frontend; a ValueError names a bad precision up front.
+    options = compile_options(
+        device,
+        {
+            "enabled_precisions": enabled_precisions,
+            "min_block_size": min_block_size,
+            "torch_executed_ops": torch_executed_ops,
+            "require_full_compilation": require_full_compilation,
+            "workspace_size": workspace_size,
+            "optimization_level": optimization_level,
+            "timing_cache": timing_cache,
+            "tactic_timing": tactic_timing,
+            "cuda_graphs": cuda_graphs,
+            "dry_run": dry_run,
+        },
     )
     specs = [i if isinstance(i, Input) else Input.from_tensor(i) for i in inputs]
     level = "info" if debug else "verbose"

@@ -565,11 +565,11 @@ class Network:
         bias: TensorLike,
         mean: TensorLike,
         var: TensorLike,
-        eps: float = 1e-5,
+        eps: float | None = None,
         name: str = "",
     ) -> Layer:
         """Inference batch norm of x [N, C, ...] with per-channel scale, bias, mean and var [C]."""
-        return self.add_layer("batch_norm", [x, scale, bias, mean, var], {"eps": float(eps)}, name)
+        return self.add_layer("batch_norm", [x, scale, bias, mean, var], _eps({}, eps), name)
 
     def add_layer_norm(
         self,
@@ -577,14 +577,14 @@ class Network:
         weight: TensorLike | None = None,
         bias: TensorLike | None = None,
         normalized_ndim: int = 1,
-        eps: float = 1e-5,
+        eps: float | None = None,
         name: str = "",
     ) -> Layer:
         """Layer norm over the last `normalized_ndim` dims; a bias needs a weight."""
         return self.add_layer(
             "layer_norm",
             _params(x, weight, bias),
-            {"normalized_ndim": int(normalized_ndim), "eps": float(eps)},
+            _eps({"normalized_ndim": int(normalized_ndim)}, eps),
             name,
         )
 
@@ -594,14 +594,14 @@ class Network:
         num_groups: int,
         weight: TensorLike | None = None,
         bias: TensorLike | None = None,
-        eps: float = 1e-5,
+        eps: float | None = None,
         name: str = "",
     ) -> Layer:
         """Group norm of x [N, C, ...] with `num_groups` dividing C; weight/bias [C]."""
         return self.add_layer(
             "group_norm",
             _params(x, weight, bias),
-            {"num_groups": int(num_groups), "eps": float(eps)},
+            _eps({"num_groups": int(num_groups)}, eps),
             name,
         )
 
@@ -610,15 +610,15 @@ class Network:
         x: TensorLike,
         weight: TensorLike | None = None,
         normalized_ndim: int = 1,
-        eps: float = 1e-6,
+        eps: float | None = None,
         name: str = "",
     ) -> Layer:
-        """RMS norm over the last `normalized_ndim` dims. eps defaults to 1e-6, not torch's
-        finfo(dtype).eps: pass torch's value explicitly to match F.rms_norm(eps=None)."""
+        """RMS norm over the last `normalized_ndim` dims. eps None: the op's default (1e-6, not
+        torch's finfo(dtype).eps: pass torch's value explicitly to match F.rms_norm(eps=None))."""
         return self.add_layer(
             "rms_norm",
             _params(x, weight),
-            {"normalized_ndim": int(normalized_ndim), "eps": float(eps)},
+            _eps({"normalized_ndim": int(normalized_ndim)}, eps),
             name,
         )
 
@@ -804,3 +804,8 @@ class Builder:
 
     def build(self, network: Network, config: BuilderConfig | None = None) -> _C.Plan:
         return _C.Builder().build(network._net, config if config is not None else BuilderConfig())
+
+
+def _eps(attrs: dict, eps: float | None) -> dict:
+    """attrs with `eps` when given; None leaves the op's schema default (docs/ops.md)."""
+    return attrs if eps is None else {**attrs, "eps": float(eps)}

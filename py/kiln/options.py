@@ -8,7 +8,6 @@ the same on both paths.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 
 import torch
 
@@ -41,33 +40,22 @@ def op_name(op) -> str:
     return f"{module}.{getattr(op, '__name__', str(op))}"
 
 
-def compile_options(
-    *,
-    device: torch.device,
-    enabled_precisions: Iterable = (torch.float32,),
-    min_block_size: int = 5,
-    torch_executed_ops: Iterable = (),
-    require_full_compilation: bool = False,
-    workspace_size: int | None = None,
-    optimization_level: int | None = None,
-    timing_cache=True,
-    tactic_timing: bool | None = None,
-    cuda_graphs: bool = True,
-    dry_run: bool = False,
-) -> _C.CompileOptions:
-    """kiln.compile's options as the driver's CompileOptions (kiln.compile documents each)."""
+def compile_options(device: torch.device, options: dict) -> _C.CompileOptions:
+    """kiln.compile's keyword arguments (`options`, by their kiln.compile names and with its
+    defaults, which kiln.compile documents) as the driver's CompileOptions for `device`."""
     o = _C.CompileOptions()
-    o.precisions = precision_names(enabled_precisions)
-    o.min_block_size = int(min_block_size)
-    o.torch_executed_ops = sorted(op_name(op) for op in torch_executed_ops)
-    o.require_full_compilation = bool(require_full_compilation)
+    o.precisions = precision_names(options["enabled_precisions"])
+    o.min_block_size = int(options["min_block_size"])
+    o.torch_executed_ops = sorted(op_name(op) for op in options["torch_executed_ops"])
+    o.require_full_compilation = bool(options["require_full_compilation"])
     o.device = str(device)
-    if workspace_size is not None:
-        o.workspace_size = int(workspace_size)
-    if optimization_level is not None:
-        o.optimization_level = int(optimization_level)
-    o.timing_cache_path = timing_cache_path(timing_cache)
+    if options["workspace_size"] is not None:
+        o.workspace_size = int(options["workspace_size"])
+    if options["optimization_level"] is not None:
+        o.optimization_level = int(options["optimization_level"])
+    o.timing_cache_path = timing_cache_path(options["timing_cache"])
+    tactic_timing = options["tactic_timing"]
     o.tactic_timing = None if tactic_timing is None else bool(tactic_timing)
-    o.cuda_graphs = bool(cuda_graphs)
-    o.dry_run = bool(dry_run)
+    o.cuda_graphs = bool(options["cuda_graphs"])
+    o.dry_run = bool(options["dry_run"])
     return o
