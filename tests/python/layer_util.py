@@ -15,10 +15,12 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 def per_device(cpu=(), cuda=()):
     """pytest parameter sets (device, *case) for a test whose backends run different cases: `cpu`
     and `cuda` list each backend's cases (a tuple per case, or one value); the CUDA ones carry the
-    gpu mark, as in DEVICES."""
+    gpu mark, as in DEVICES. Ids read "cuda-float16-(3, 65)"."""
 
     def row(device, case, marks=()):
-        return pytest.param(device, *(case if isinstance(case, tuple) else (case,)), marks=marks)
+        values = (device, *(case if isinstance(case, tuple) else (case,)))
+        name = "-".join(str(v).removeprefix("torch.") for v in values)
+        return pytest.param(*values, marks=marks, id=name)
 
     return [row("cpu", c) for c in cpu] + [row("cuda", c, pytest.mark.gpu) for c in cuda]
 
@@ -55,7 +57,7 @@ def build_engine(net, target="cpu", **config):
 
 
 def as_cpu_tensor(value):
-    """An engine output (a torch tensor on either device, or a numpy array) as a CPU torch tensor."""
+    """An engine output (a torch tensor on either device, or a numpy array): a CPU torch tensor."""
     if isinstance(value, torch.Tensor):
         return value.cpu()
     return torch.from_numpy(np.array(value))
@@ -101,7 +103,9 @@ def run_layer(add_layer, inputs, target, dynamic=False, **config):
     names = [f"out{k}" for k in range(len(outputs))] if several else ["out"]
     for name, out in zip(names, outputs if several else [outputs], strict=True):
         net.mark_output(out, name)
-    got = run_network(net, {f"in{i}": t for i, t in enumerate(inputs)}, target, profile=profile, **config)
+    got = run_network(
+        net, {f"in{i}": t for i, t in enumerate(inputs)}, target, profile=profile, **config
+    )
     return [got[name] for name in names] if several else got["out"]
 
 

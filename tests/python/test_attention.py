@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from layer_util import TOLERANCE, run_layer
+from layer_util import DEVICES, TOLERANCE, run_layer
 
 import kiln
 
@@ -84,28 +84,11 @@ def build(causal=False, scale=None, name="attn"):
 
 
 def run_dynamic_batch(add_layer, inputs, target, batched=3):
-    """Like run_layer(..., dynamic=True), but dim 0 is dynamic in the first `batched` inputs (q, k,
-    v) and in a mask whose dim 0 is a batch dim that is not broadcast (run_layer makes only the
-    first input dynamic, and the batch dims of q, k and v must agree for every shape of the
-    profile)."""
-    net = kiln.Network()
-    tensors, profile = [], {}
-    for i, t in enumerate(inputs):
-        shape = list(t.shape)
-        if i < batched or (t.dim() == 4 and shape[0] != 1):
-            profile[f"in{i}"] = ([1, *shape[1:]], list(shape), [2 * shape[0], *shape[1:]])
-            shape[0] = -1
-        tensors.append(net.add_input(f"in{i}", t.dtype, shape))
-    net.mark_output(add_layer(net, *tensors), "out")
-    config = kiln.BuilderConfig(device=target)
-    config.add_optimization_profile(profile)
-    engine = kiln.Engine(kiln.Builder().build(net, config), device=target)
-    device = "cuda" if target == "cuda" else "cpu"
-    ctx = engine.create_execution_context()
-    out = ctx.execute({f"in{i}": t.to(device) for i, t in enumerate(inputs)})["out"]
-    if target == "cuda":
-        torch.cuda.synchronize()
-    return out.cpu()
+    """run_layer with dim 0 dynamic in the first `batched` inputs (q, k, v) and in a mask whose dim
+    0 is a batch dim that is not broadcast (dynamic=True makes only the first input dynamic, and
+    the batch dims of q, k and v must agree for every shape of the profile)."""
+    dynamic = [i for i, t in enumerate(inputs) if i < batched or (t.dim() == 4 and t.shape[0] != 1)]
+    return run_layer(add_layer, inputs, target, dynamic=dynamic)
 
 
 def check(target, inputs, causal=False, scale=None, dynamic=False, tolerance=None):
@@ -191,7 +174,7 @@ def test_reference_mask_grouped_query_rank3(kind):
 
 
 @pytest.mark.parametrize("kind", ["bool", "float"])
-@pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("target", DEVICES)
 def test_fully_masked_rows_are_zero(kind, target):
     # Kiln's documented result (torch's math backend agrees): zeros for a row with no visible key.
     inputs = make_inputs((2, 2, 5, 16), 2, 40, mask=(kind, (2, 1, 5, 40)), fully_masked_rows=True)
@@ -211,7 +194,7 @@ def test_fully_masked_rows_are_zero(kind, target):
 DYNAMIC_MASKS = [None, ("bool", (3, 1, 1, 9)), ("float", (7, 9))]
 
 
-@pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("target", DEVICES)
 @pytest.mark.parametrize(
     "mask,causal",
     # causal and a mask are exclusive (refused: test_errors_name_the_layer), so no such pair.
@@ -227,14 +210,14 @@ def test_dynamic_batch(target, mask, causal):
     check(target, inputs, causal=causal, dynamic=True, tolerance=CUDA_TOLERANCE[torch.float32])
 
 
-@pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("target", DEVICES)
 def test_dynamic_batch_rank3_grouped_query(target):
     check(
         target, make_inputs((8, 5, 16), 2, 9), dynamic=True, tolerance=CUDA_TOLERANCE[torch.float32]
     )
 
 
-@pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("target", DEVICES)
 @pytest.mark.parametrize(
     "shape_q,hkv,sk",
     [((2, 2, 0, 16), 2, 9), ((0, 2, 7, 16), 2, 9), ((2, 2, 7, 16), 2, 0)],
@@ -516,8 +499,7 @@ def test_cuda_mma_large_scores(dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", MMA_DTYPES)
 def test_cuda_tensor_core_dynamic_grouped_query(dtype):
-    inputs = make_inputs((3, 8, 70, 64), 2, 90, dtype=dtype)
-    check("cuda", inputs, causal=True, dynamic=True, tolerance=CUDA_TOLERANCE[dtype])
+    check_mma(make_inputs((3, 8, 70, 64), 2, 90, dtype=dtype), causal=True, dynamic=True)
 
 
 # --- layout "bshd" and packed_attention -----------------------------------------------------------

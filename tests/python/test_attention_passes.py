@@ -23,7 +23,10 @@ TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 def optimized(net, feed, profile=None):
     """The level-1 plan, after checking that it computes what the unoptimized plan computes."""
-    fused, plain = build_plan(net, level=1, profile=profile), build_plan(net, level=0, profile=profile)
+    fused, plain = (
+        build_plan(net, level=1, profile=profile),
+        build_plan(net, level=0, profile=profile),
+    )
     got, want = run_plan(fused, feed), run_plan(plain, feed)
     assert got.keys() == want.keys()
     for name in want:

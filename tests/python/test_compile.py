@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from layer_util import DEVICES
 
 import kiln
 from kiln import runtime as rt
 
 pytestmark = pytest.mark.skipif(not rt.is_available(), reason="libkiln_runtime.so was not built")
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 

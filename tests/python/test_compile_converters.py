@@ -11,13 +11,13 @@ the reference backend sometimes accumulating in double).
 import pytest
 import torch
 import torch.nn as nn
+from layer_util import DEVICES
 
 import kiln
 from kiln import runtime as rt
 
 pytestmark = pytest.mark.skipif(not rt.is_available(), reason="libkiln_runtime.so was not built")
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from layer_util import build_plan, run_plan
+from layer_util import DEVICES, build_plan, run_plan
 
 import kiln
 
@@ -128,7 +128,9 @@ def test_fuse_bottleneck_into_three_convolutions():
     assert conv2["attrs"]["fused"] == "conv2,bn2,add,relu2"
     for batch in (1, 3):  # dynamic batch
         feed = {"x": torch.randn(batch, 8, 6, 6)}
-        torch.testing.assert_close(run_plan(fused, feed)["y"], run_plan(plain, feed)["y"], **FOLD_TOL)
+        torch.testing.assert_close(
+            run_plan(fused, feed)["y"], run_plan(plain, feed)["y"], **FOLD_TOL
+        )
 
 
 @pytest.mark.parametrize("activation", ["silu", "hardswish", "sigmoid", "leaky_relu"])
@@ -270,7 +272,9 @@ def test_fused_bottleneck_cuda_matches_reference(precisions):
     tol = {"rtol": 1e-4, "atol": 1e-4} if precisions == ["fp32"] else {"rtol": 2e-2, "atol": 2e-2}
     for batch in (1, 4):
         feed = {"x": torch.randn(batch, 13, 9, 9)}
-        torch.testing.assert_close(run_plan(gpu, feed, "cuda")["y"], run_plan(ref, feed)["y"], **tol)
+        torch.testing.assert_close(
+            run_plan(gpu, feed, "cuda")["y"], run_plan(ref, feed)["y"], **tol
+        )
 
 
 # ---- whole model --------------------------------------------------------------------------------
@@ -342,7 +346,7 @@ def test_vision_model_fp16_cuda_matches_eager(name):
         assert cosine(got, want) > 0.999
 
 
-@pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("target", DEVICES)
 @pytest.mark.parametrize("channels", [1, 3, 8])
 def test_layouts_pad_few_input_channels(target, channels):
     # An image's 3 channels: the channels-last input is zero-padded to 8 channels (pad layer) and
@@ -393,7 +397,7 @@ def patch_net(hw=(16, 12), k=4, bias=True, dtype="float32", batch=-1):
     return net
 
 
-@pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("target", DEVICES)
 @pytest.mark.parametrize("bias", [False, True])
 def test_patchify_convolution_is_one_gemm(target, bias):
     # stride == kernel, no padding: the patches are disjoint, one GEMM computes the convolution.
@@ -405,7 +409,9 @@ def test_patchify_convolution_is_one_gemm(target, bias):
     plain = build_plan(net, level=0, profile=profile)
     for batch in (1, 3):
         feed = {"x": torch.randn(batch, 3, 16, 12)}
-        torch.testing.assert_close(run_plan(plan, feed, target)["y"], run_plan(plain, feed)["y"], **FOLD_TOL)
+        torch.testing.assert_close(
+            run_plan(plan, feed, target)["y"], run_plan(plain, feed)["y"], **FOLD_TOL
+        )
 
 
 @pytest.mark.parametrize(
@@ -422,7 +428,7 @@ def test_patchify_convolution_no_change_cases(hw, k, stride, padding):
     assert "convolution" in ops(build_plan(net))
 
 
-@pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("target", DEVICES)
 def test_squeeze_excitation_convolutions_become_gemms(target):
     # A 1x1 convolution of a 1x1 image (the squeeze-and-excitation MLP) is a GEMM over the batch;
     # its reshapes and unit-dim transposes are views.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from layer_util import DEVICES
 
 import kiln
 import kiln.runtime as rt
@@ -31,7 +32,6 @@ sys.path.insert(0, str(ROOT / "tools"))
 from cpp_example import build_example  # noqa: E402 (tools/cpp_example.py)
 
 PY_DIR = Path(kiln.__file__).resolve().parent.parent
-TARGETS = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def _infer(exe, model, inputs, output, device="cpu"):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module", params=TARGETS)
+@pytest.fixture(scope="module", params=DEVICES)
 def saved(request, tmp_path_factory):
     """(device, directory) with make_model.py's model.ts, input.pt and expected.pt."""
     rt.load_library()  # for torch.jit.load here (conftest imported kiln before torch)

@@ -6,8 +6,8 @@ this one checks the two backends against each other directly and that no op lack
 import numpy as np
 import pytest
 import torch
+from layer_util import run_layer
 
-import kiln
 from kiln import _C
 
 
@@ -120,36 +120,27 @@ def make_inputs(specs, dtype):
 
 
 def build_and_run(op, specs, attrs, dtype, feeds, target):
-    net = kiln.Network()
-    inputs, profile = [], {}
-    for n, (spec, t) in enumerate(zip(specs, feeds, strict=True)):
-        if isinstance(spec, torch.Tensor):
-            inputs.append(spec.to(dtype) if spec.is_floating_point() else spec)
-            continue
-        shape = list(t.shape)
-        # Dynamic dim 0 for the first input (and every input sharing its batch of 3).
-        if shape and shape[0] == 3 and op not in ("embedding",):
-            profile[f"in{n}"] = ([1, *shape[1:]], list(shape), [6, *shape[1:]])
-            shape[0] = -1
-        inputs.append(net.add_input(f"in{n}", t.dtype, shape))
+    """The op's layer on `target` at optimization_level 0 (the kernels run, nothing is folded):
+    tensor specs are constants, the others are fed (`feeds`); dim 0 is dynamic in every fed input
+    whose dim 0 is the batch of 3 (not for embedding). Returns every output."""
+    fed = [t for t in feeds if t is not None]
+    dynamic = [
+        n for n, t in enumerate(fed) if t.dim() and t.shape[0] == 3 and op not in ("embedding",)
+    ]
     if callable(attrs):
         attrs = attrs(dtype)
-    layer = net.add_layer(op, inputs, attrs, name=op)
-    for k, out in enumerate(layer.outputs):
-        net.mark_output(out, f"out{k}")
-    config = kiln.BuilderConfig(device=target, optimization_level=0)  # run the kernels, no folding
-    if profile:
-        config.add_optimization_profile(profile)
-    engine = kiln.Engine(kiln.Builder().build(net, config), device=target)
-    device = "cuda" if target == "cuda" else "cpu"
-    feed = {f"in{n}": t.to(device) for n, t in enumerate(feeds) if t is not None}
-    outs = engine.create_execution_context().execute(feed)
-    if target == "cuda":
-        torch.cuda.synchronize()
-    results = [outs[f"out{k}"] for k in range(len(layer.outputs))]
-    return [
-        r.cpu() if isinstance(r, torch.Tensor) else torch.as_tensor(np.asarray(r)) for r in results
-    ]
+
+    def add(net, *tensors):
+        given = iter(tensors)
+        inputs = [
+            (spec.to(dtype) if spec.is_floating_point() else spec)
+            if isinstance(spec, torch.Tensor)
+            else next(given)
+            for spec in specs
+        ]
+        return net.add_layer(op, inputs, attrs, name=op).outputs
+
+    return run_layer(add, fed, target, dynamic, level=0)
 
 
 # float32: kernels sum in different orders (a few ulp per reduction step); float16: both

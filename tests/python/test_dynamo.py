@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch._dynamo
 import torch.nn as nn
+from layer_util import DEVICES
 
 import kiln
 import kiln.compiler
@@ -22,7 +23,6 @@ from kiln import runtime as rt
 
 pytestmark = pytest.mark.skipif(not rt.is_available(), reason="libkiln_runtime.so was not built")
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 TOL = dict(rtol=1e-4, atol=1e-4)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -3,7 +3,7 @@ vs eager torch (CPU), CUDA vs torch (GPU)."""
 
 import pytest
 import torch
-from layer_util import TOLERANCE, run_layer
+from layer_util import DEVICES, TOLERANCE, per_device, run_layer
 
 import kiln
 
@@ -68,19 +68,23 @@ def test_reference_matches_torch(op, shapes):
     torch.testing.assert_close(got, torch_ref(op, a, b), **TOLERANCE[torch.float32])
 
 
-@pytest.mark.parametrize("op", [*ARITH, "lt"])
+INT_SHAPES = {"cpu": ((4, 6), (6,)), "cuda": ((4, 1, 6), (3, 6))}  # operand shapes per backend
+
+
+@pytest.mark.parametrize("target,op", per_device(cpu=[*ARITH, "lt"], cuda=[*ARITH, "lt", "eq"]))
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
-def test_reference_integer_ops(op, dtype):
-    a, b = operands(op, (4, 6), (6,), dtype)
+def test_integer_ops(target, op, dtype):
+    a, b = operands(op, *INT_SHAPES[target], dtype)
     if op == "pow":  # exact powers up to 6^4; torch refuses negative integer exponents
         a, b = a.abs(), b.abs().clamp(max=4)
-    torch.testing.assert_close(run_layer(add(op), [a, b], "cpu"), torch_ref(op, a, b))
+    torch.testing.assert_close(run_layer(add(op), [a, b], target), torch_ref(op, a, b))
 
 
+@pytest.mark.parametrize("target", DEVICES)
 @pytest.mark.parametrize("op", LOGICAL)
-def test_reference_logical_ops(op):
+def test_logical_ops(target, op):
     a, b = torch.rand(3, 1, 4) > 0.5, torch.rand(5, 4) > 0.5
-    torch.testing.assert_close(run_layer(add(op), [a, b], "cpu"), LOGICAL[op](a, b))
+    torch.testing.assert_close(run_layer(add(op), [a, b], target), LOGICAL[op](a, b))
 
 
 def test_reference_dynamic_batch():
@@ -115,20 +119,3 @@ def test_cuda_matches_torch(op, dtype, shapes):
         torch.testing.assert_close(got.double(), want.double(), **TOLERANCE[dtype])
     else:
         torch.testing.assert_close(got, want)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("op", [*ARITH, "lt", "eq"])
-@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
-def test_cuda_integer_ops(op, dtype):
-    a, b = operands(op, (4, 1, 6), (3, 6), dtype)
-    if op == "pow":
-        a, b = a.abs(), b.abs().clamp(max=4)
-    torch.testing.assert_close(run_layer(add(op), [a, b], "cuda"), torch_ref(op, a, b))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("op", LOGICAL)
-def test_cuda_logical_ops(op):
-    a, b = torch.rand(3, 1, 4) > 0.5, torch.rand(5, 4) > 0.5
-    torch.testing.assert_close(run_layer(add(op), [a, b], "cuda"), LOGICAL[op](a, b))

@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from layer_util import build_plan
 
 import kiln
 import kiln.runtime as rt
@@ -57,10 +58,8 @@ def two_profile_plan(target):
     net = kiln.Network()
     x = net.add_input("x", "float32", (-1, 16))
     net.mark_output(net.add_activation(net.add_fully_connected(x, w.numpy()), "relu"), "y")
-    config = kiln.BuilderConfig(device=target)
-    config.add_optimization_profile({"x": ((1, 16), (2, 16), (4, 16))})
-    config.add_optimization_profile({"x": ((5, 16), (16, 16), (64, 16))})
-    return kiln.Builder().build(net, config), lambda t: torch.relu(t.cpu() @ w.T)
+    profiles = [{"x": ((1, 16), (2, 16), (4, 16))}, {"x": ((5, 16), (16, 16), (64, 16))}]
+    return build_plan(net, target, profile=profiles), lambda t: torch.relu(t.cpu() @ w.T)
 
 
 # ---- options (CPU) -------------------------------------------------------------------------

@@ -4,7 +4,7 @@ the plan with the passes equals the plan without them)."""
 
 import pytest
 import torch
-from layer_util import run_layer
+from layer_util import build_plan, run_layer, run_plan
 
 import kiln
 
@@ -105,20 +105,6 @@ def test_fully_connected_epilogue_cuda(dtype, act, bias, residual, m, n, k, dyna
 # Passes.
 
 
-def build(net, level, target="cpu", profile=None):
-    config = kiln.BuilderConfig(device=target, optimization_level=level)
-    if profile:
-        config.add_optimization_profile(profile)
-    return kiln.Builder().build(net, config)
-
-
-def run_plan(plan, feed, target="cpu"):
-    engine = kiln.Engine(plan, device=target)
-    device = "cuda" if target == "cuda" else "cpu"
-    out = engine.create_execution_context().execute({k: v.to(device) for k, v in feed.items()})
-    return {k: v.cpu() for k, v in out.items()}
-
-
 def mlp_block(act="gelu", transpose_b=False, bias_shape=(16,), bias_first=False):
     """x -> matmul(W const) -> + b -> act -> + x (residual): the addmm pattern of the models."""
     net = kiln.Network()
@@ -140,8 +126,8 @@ def mlp_block(act="gelu", transpose_b=False, bias_shape=(16,), bias_first=False)
 
 
 def assert_same_results(net, feed, target="cpu", profile=None, **tol):
-    fused = build(net, 1, target, profile)
-    plain = build(net, 0, target, profile)
+    fused = build_plan(net, target, level=1, profile=profile)
+    plain = build_plan(net, target, level=0, profile=profile)
     got, want = run_plan(fused, feed, target), run_plan(plain, feed, target)
     for name in want:
         torch.testing.assert_close(got[name], want[name], **tol)
@@ -259,7 +245,7 @@ def test_fuse_gemm_epilogue_nothing_to_fuse():
     net.mark_output(net.add_activation(mm2, "relu"), "y3")
     mm3 = net.add_matmul(a, torch.randn(6, 5), name="mm3")
     net.mark_output(net.add_elementwise(mm3, torch.randn(4, 1), "add", name="add3"), "y4")
-    plan = build(net, 1)
+    plan = build_plan(net, level=1)
     ops = [layer["op"] for layer in plan.layers()]
     assert ops.count("matmul") == 3 and "fully_connected" not in ops
     assert not any("fused" in layer["attrs"] for layer in plan.layers())
@@ -322,7 +308,7 @@ def test_fuse_parallel_gemms_nothing_to_fuse():
     y = net.add_input("y", "float32", [2, 16])
     net.mark_output(net.add_fully_connected(x, torch.randn(4, 16), name="a"), "a")
     net.mark_output(net.add_fully_connected(y, torch.randn(4, 16), name="b"), "b")
-    plan = build(net, 1)
+    plan = build_plan(net, level=1)
     assert [layer["op"] for layer in plan.layers()] == ["fully_connected", "fully_connected"]
 
 
@@ -331,10 +317,9 @@ def test_fuse_parallel_gemms_nothing_to_fuse():
 def test_fused_passes_cuda(precision):
     net = mlp_block("gelu")
     feed = {"x": torch.randn(3, 5, 16)}
-    config = kiln.BuilderConfig(device="cuda", precisions=[precision] if precision else None)
-    fused = kiln.Builder().build(net, config)
+    fused = build_plan(net, "cuda", precisions=[precision] if precision else None)
     got = run_plan(fused, feed, "cuda")["y"]
-    want = run_plan(build(net, 0), feed)["y"]
+    want = run_plan(build_plan(net, level=0), feed)["y"]
     tol = TOL[torch.float16] if precision else TOL[torch.float32]
     torch.testing.assert_close(got, want, **tol)
     net = qkv_network()
@@ -354,7 +339,7 @@ def test_fully_connected_tactics_cuda():
         fc = net.add_layer("fully_connected", [t, w, b], {"activation": "relu", "tactic": tactic})
         net.mark_output(fc, "y")
         try:
-            got = run_plan(build(net, 1, "cuda"), {"x": x}, "cuda")["y"]
+            got = run_plan(build_plan(net, "cuda", level=1), {"x": x}, "cuda")["y"]
         except kiln.KilnError as e:
             assert "tactic" in str(e)
             continue

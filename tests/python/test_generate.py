@@ -7,25 +7,25 @@ case also runs with optimization_level=0, where the target backend's kernel runs
 import numpy as np
 import pytest
 import torch
-from layer_util import TOLERANCE
+from layer_util import TOLERANCE, per_device, run_network
 
 import kiln
 
 
-def run_network(build, target, optimization_level=None):
+def run_generated(build, target, optimization_level=None):
     """build(net) -> Layer; returns the output of a network without inputs. numpy has no
     bfloat16, so a bfloat16 result is cast to float32 in the network (exact) and back here."""
     net = kiln.Network()
     out = build(net)
     bf16 = out.output.dtype == "bfloat16"
     net.mark_output(net.add_cast(out, "float32") if bf16 else out, "out")
-    config = kiln.BuilderConfig(device=target, optimization_level=optimization_level)
-    engine = kiln.Engine(kiln.Builder().build(net, config), device=target)
-    t = torch.from_numpy(np.array(engine.create_execution_context().execute({})["out"]))
+    t = run_network(net, {}, target, level=optimization_level)["out"]
     return t.to(torch.bfloat16) if bf16 else t
 
 
 TARGETS = [None, 0]  # default pipeline (folded), and no folding
+# (device, level): the reference backend at both levels; CUDA at level 0, where its kernel runs.
+DEVICE_LEVELS = per_device(cpu=TARGETS, cuda=[0])
 
 ARANGE_CASES = [  # start, end, step, dtype
     (0, 10, 1, torch.int64),
@@ -64,11 +64,11 @@ def check_arange(got, start, end, step, dtype):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("level", TARGETS)
+@pytest.mark.parametrize("target,level", DEVICE_LEVELS)
 @pytest.mark.parametrize("case", ARANGE_CASES, ids=str)
-def test_arange_reference_matches_torch(case, level):
+def test_arange_matches_torch(case, target, level):
     start, end, step, dtype = case
-    got = run_network(lambda net: net.add_arange(start, end, step, NAME[dtype]), "cpu", level)
+    got = run_generated(lambda net: net.add_arange(start, end, step, NAME[dtype]), target, level)
     check_arange(got, start, end, step, dtype)
 
 
@@ -80,7 +80,7 @@ def test_arange_end_from_tensor(end_shape, end_dtype, level):
         end = net.add_constant(np.full(end_shape, 9, dtype=end_dtype))
         return net.add_arange(1, end, 2)
 
-    check_arange(run_network(build, "cpu", level), 1, 9, 2, torch.int64)
+    check_arange(run_generated(build, "cpu", level), 1, 9, 2, torch.int64)
 
 
 def test_arange_values_are_tracked():
@@ -126,11 +126,11 @@ FILL_CASES = [  # shape, value, dtype
 ]
 
 
-@pytest.mark.parametrize("level", TARGETS)
+@pytest.mark.parametrize("target,level", DEVICE_LEVELS)
 @pytest.mark.parametrize("case", FILL_CASES, ids=str)
-def test_fill_reference_matches_torch(case, level):
+def test_fill_matches_torch(case, target, level):
     shape, value, dtype = case
-    got = run_network(lambda net: net.add_fill(shape, value, NAME[dtype]), "cpu", level)
+    got = run_generated(lambda net: net.add_fill(shape, value, NAME[dtype]), target, level)
     want = torch.full(shape, value, dtype=torch.float64 if dtype == torch.int32 else dtype)
     torch.testing.assert_close(got, want.to(dtype), rtol=0, atol=0)
 
@@ -140,7 +140,7 @@ def test_fill_shape_from_tensor(level):
     def build(net):
         return net.add_fill(net.add_constant(np.array([2, 3, 4], dtype=np.int32)), 0.25)
 
-    torch.testing.assert_close(run_network(build, "cpu", level), torch.full((2, 3, 4), 0.25))
+    torch.testing.assert_close(run_generated(build, "cpu", level), torch.full((2, 3, 4), 0.25))
 
 
 def test_fill_refuses_bad_shapes():
@@ -160,33 +160,16 @@ def test_fill_refuses_bad_shapes():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", ARANGE_CASES, ids=str)
-def test_arange_cuda_matches_torch(case):
-    start, end, step, dtype = case
-    got = run_network(lambda net: net.add_arange(start, end, step, NAME[dtype]), "cuda", 0)
-    check_arange(got, start, end, step, dtype)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", FILL_CASES, ids=str)
-def test_fill_cuda_matches_torch(case):
-    shape, value, dtype = case
-    got = run_network(lambda net: net.add_fill(shape, value, NAME[dtype]), "cuda", 0)
-    want = torch.full(shape, value, dtype=torch.float64 if dtype == torch.int32 else dtype)
-    torch.testing.assert_close(got, want.to(dtype), rtol=0, atol=0)
-
-
-@pytest.mark.gpu
 def test_generate_cuda_with_shape_inputs():
     def build(net):
         end = net.add_constant(np.array([9], dtype=np.int64))
         return net.add_arange(1, end, 2)
 
-    check_arange(run_network(build, "cuda", 0), 1, 9, 2, torch.int64)
+    check_arange(run_generated(build, "cuda", 0), 1, 9, 2, torch.int64)
 
     def full(net):
         return net.add_fill(net.add_constant(np.array([2, 3], dtype=np.int64)), 4.5, "float16")
 
     torch.testing.assert_close(
-        run_network(full, "cuda", 0), torch.full((2, 3), 4.5, dtype=torch.float16)
+        run_generated(full, "cuda", 0), torch.full((2, 3), 4.5, dtype=torch.float16)
     )

@@ -8,17 +8,13 @@ exactly. cumsum accumulates in float32 (tolerances at its tests).
 import pytest
 import torch
 import torch.nn.functional as F
-from layer_util import TOLERANCE, run_layer
+from layer_util import DEVICES, TOLERANCE, run_layer
 
 import kiln
 
 GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int32, torch.int64]
 # The host path of the reference engine has no bfloat16 (numpy has none); CUDA covers it.
 REF_DTYPES = [torch.float32, torch.float16, torch.int32, torch.int64]
-TARGETS = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param("cuda", id="cuda", marks=pytest.mark.gpu),
-]
 
 
 def random_data(shape, dtype):
@@ -34,33 +30,6 @@ def random_indices(shape, n, dtype):
 
 def dtypes_for(target):
     return GPU_DTYPES if target == "cuda" else REF_DTYPES
-
-
-def run_net(build, inputs, target, dynamic=()):
-    """Like run_layer for layers with several outputs or dynamic inputs besides the first:
-    build(net, *inputs) -> list of outputs; `dynamic` lists the inputs whose dim 0 is dynamic."""
-    net = kiln.Network()
-    tensors, profile = [], {}
-    for i, t in enumerate(inputs):
-        shape = list(t.shape)
-        if i in dynamic:
-            profile[f"in{i}"] = ([1, *shape[1:]], list(shape), [2 * shape[0], *shape[1:]])
-            shape[0] = -1
-        tensors.append(net.add_input(f"in{i}", t.dtype, shape))
-    outputs = build(net, *tensors)
-    for i, o in enumerate(outputs):
-        net.mark_output(o, f"out{i}")
-    config = kiln.BuilderConfig(device=target)
-    if profile:
-        config.add_optimization_profile(profile)
-    engine = kiln.Engine(kiln.Builder().build(net, config), device=target)
-    device = "cuda" if target == "cuda" else "cpu"
-    got = engine.create_execution_context().execute(
-        {f"in{i}": t.to(device) for i, t in enumerate(inputs)}
-    )
-    if target == "cuda":
-        torch.cuda.synchronize()
-    return [got[f"out{i}"].cpu() for i in range(len(outputs))]
 
 
 # ---- gather ----
@@ -85,7 +54,7 @@ def torch_take(data, indices, axis):
     return out.reshape(data.shape[:axis] + indices.shape + data.shape[axis + 1 :])
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DEVICES)
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("case", GATHER_CASES)
 def test_gather_matches_torch(target, index_dtype, case):
@@ -99,7 +68,7 @@ def test_gather_matches_torch(target, index_dtype, case):
         assert torch.equal(got, torch_take(data, idx, axis)), dtype
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DEVICES)
 def test_gather_with_constant_indices(target):
     data = torch.randn(6, 9)
     idx = torch.tensor([[8, -9], [0, 4]])
@@ -143,7 +112,7 @@ GATHER_ELEMENTS_CASES = [
 ]
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DEVICES)
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("case", GATHER_ELEMENTS_CASES)
 def test_gather_elements_matches_torch(target, index_dtype, case):
@@ -155,7 +124,7 @@ def test_gather_elements_matches_torch(target, index_dtype, case):
         want = torch.gather(data, axis, torch.where(idx < 0, idx + n, idx).long())
         # data and index share a dynamic dim 0 where they have the same dim 0
         dynamic = (0, 1) if len(data_shape) > 1 and idx_shape[0] == data_shape[0] else ()
-        (got,) = run_net(
+        (got,) = run_layer(
             lambda net, d, i: [net.add_gather_elements(d, i, axis)], [data, idx], target, dynamic
         )
         assert torch.equal(got, want), dtype
@@ -164,7 +133,7 @@ def test_gather_elements_matches_torch(target, index_dtype, case):
 # ---- embedding ----
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DEVICES)
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("idx_shape", [(), (5,), (2, 3), (0, 4)])
 def test_embedding_matches_torch(target, index_dtype, idx_shape):
@@ -175,7 +144,7 @@ def test_embedding_matches_torch(target, index_dtype, idx_shape):
         assert torch.equal(got, F.embedding(idx.long(), weight)), dtype
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DEVICES)
 def test_embedding_with_dynamic_batch_of_indices(target):
     idx = torch.randint(-10, 10, (5, 3))
     weight = torch.randn(10, 33)
@@ -198,7 +167,7 @@ PAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DEVICES)
 @pytest.mark.parametrize("mode", ["constant", "reflect", "replicate"])
 @pytest.mark.parametrize("case", PAD_CASES)
 def test_pad_matches_torch(target, mode, case):
@@ -215,7 +184,7 @@ def test_pad_matches_torch(target, mode, case):
 
 # Constant padding of the last dim only (a channels-last input padded to 8 channels: CUDA takes a
 # two-level kernel), with pads torch's other modes would refuse.
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DEVICES)
 @pytest.mark.parametrize("case", [((2, 4, 6, 3), (0, 5)), ((3, 5, 2), (3, 1)), ((4, 1), (2, 0))])
 def test_pad_constant_last_dim(target, case):
     shape, pads = case
@@ -225,7 +194,7 @@ def test_pad_constant_last_dim(target, case):
         assert torch.equal(got, F.pad(x, pads)), dtype
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DEVICES)
 def test_pad_constant_of_empty_dim_and_bool(target):
     x = torch.randn(0, 3)
     got = run_layer(lambda net, t: net.add_pad(t, [1, 1, 2, 0], value=-2.0), [x], target)
@@ -260,7 +229,7 @@ def torch_cumsum(x, axis, exclusive, reverse):
     return s.flip(axis) if reverse else s
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DEVICES)
 @pytest.mark.parametrize("flags", FLAGS)
 @pytest.mark.parametrize("case", CUMSUM_CASES)
 def test_cumsum_matches_torch(target, flags, case):
@@ -314,14 +283,14 @@ def permutation(shape, axis, dtype):
     return x / 4 if dtype.is_floating_point else x
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DEVICES)
 @pytest.mark.parametrize("largest", [1, 0])
 @pytest.mark.parametrize("case", TOPK_CASES)
 def test_topk_matches_torch(target, largest, case):
     shape, k, axis = case
     for dtype in dtypes_for(target):
         x = permutation(shape, axis, dtype)
-        got_v, got_i = run_net(
+        got_v, got_i = run_layer(
             lambda net, t: net.add_topk(t, k, axis, bool(largest)).outputs,
             [x],
             target,
@@ -335,17 +304,17 @@ def test_topk_matches_torch(target, largest, case):
 
 def test_topk_unsorted_gives_the_same_set():
     x = permutation((4, 50), -1, torch.float32)
-    got_v, got_i = run_net(lambda net, t: net.add_topk(t, 7, sorted=False).outputs, [x], "cpu")
+    got_v, got_i = run_layer(lambda net, t: net.add_topk(t, 7, sorted=False).outputs, [x], "cpu")
     want_v, want_i = torch.topk(x, 7, sorted=False)
     assert torch.equal(got_v.sort(-1).values, want_v.sort(-1).values)
     assert torch.equal(got_i.sort(-1).values, want_i.sort(-1).values)
     assert torch.equal(x.gather(-1, got_i), got_v)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DEVICES)
 def test_topk_orders_nan_first_like_torch(target):
     x = torch.tensor([[1.0, float("nan"), 3.0, -2.0], [0.5, -1.0, 2.0, 7.0]])
-    got_v, got_i = run_net(lambda net, t: net.add_topk(t, 2).outputs, [x], target)
+    got_v, got_i = run_layer(lambda net, t: net.add_topk(t, 2).outputs, [x], target)
     want_v, want_i = torch.topk(x, 2)
     torch.testing.assert_close(got_v, want_v, equal_nan=True)
     assert torch.equal(got_i, want_i)
@@ -354,7 +323,7 @@ def test_topk_orders_nan_first_like_torch(target):
 @pytest.mark.gpu
 def test_topk_cuda_at_the_largest_supported_axis():
     x = torch.randperm(4096 * 3).reshape(3, 4096).float()
-    got_v, got_i = run_net(lambda net, t: net.add_topk(t, 100).outputs, [x], "cuda")
+    got_v, got_i = run_layer(lambda net, t: net.add_topk(t, 100).outputs, [x], "cuda")
     want_v, want_i = torch.topk(x, 100)
     assert torch.equal(got_v, want_v) and torch.equal(got_i, want_i)
 
@@ -365,7 +334,7 @@ def test_topk_cuda_refuses_an_axis_above_4096():
     with pytest.raises(
         kiln.KilnError, match=r"layer 't' \(topk\): the CUDA topk kernel sorts at most 4096"
     ):
-        run_net(lambda net, t: net.add_topk(t, 3, name="t").outputs, [x], "cuda")
+        run_layer(lambda net, t: net.add_topk(t, 3, name="t").outputs, [x], "cuda")
 
 
 # ---- errors ----

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from layer_util import build_plan
 
 import kiln
 
@@ -36,9 +37,8 @@ def _network(fused: bool = True) -> kiln.Network:
 
 def _plan(target: str = "cpu", optimization_level: int = 0):
     # Level 0 keeps the layers as written (no fusion), so the test can name them.
-    config = kiln.BuilderConfig(device=target, optimization_level=optimization_level)
-    config.add_optimization_profile({"x": ((1, 16), (4, 16), (8, 16))})
-    return kiln.Builder().build(_network(), config)
+    profile = {"x": ((1, 16), (4, 16), (8, 16))}
+    return build_plan(_network(), target, level=optimization_level, profile=profile)
 
 
 @pytest.fixture(scope="module")

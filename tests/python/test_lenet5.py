@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from layer_util import DEVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples" / "lenet5"))
@@ -40,24 +41,18 @@ def check_cpp(data_dir, target):
     assert f"lenet5 c++ {target}: max abs err" in run.stdout and "OK" in run.stdout
 
 
-def test_python_reference(data_dir):
-    check_python(data_dir, "cpu")
+# CUDA too is compared with the PyTorch outputs computed on the CPU in FP32.
+@pytest.mark.parametrize("target", DEVICES)
+def test_python(data_dir, target):
+    check_python(data_dir, target)
 
 
-def test_cpp_reference(data_dir):
-    check_cpp(data_dir, "reference")  # the C++ example's word for the CPU reference backend
+# "reference": the C++ example's word for the CPU reference backend
+@pytest.mark.parametrize("target", ["reference", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_cpp(data_dir, target):
+    check_cpp(data_dir, target)
 
 
 def test_cpp_reports_missing_weights(tmp_path):
     run = subprocess.run([str(PROGRAM), str(tmp_path)], capture_output=True, text=True)
     assert run.returncode == 2 and "cannot open weights file" in run.stderr
-
-
-@pytest.mark.gpu
-def test_python_cuda(data_dir):
-    check_python(data_dir, "cuda")  # the PyTorch outputs were computed on the CPU in FP32
-
-
-@pytest.mark.gpu
-def test_cpp_cuda(data_dir):
-    check_cpp(data_dir, "cuda")

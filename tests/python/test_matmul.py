@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from layer_util import run_layer
+from layer_util import per_device, run_layer
 
 import kiln
 
@@ -29,13 +29,21 @@ def expected(fn, inputs, dtype):
     return fn(*[t.double() for t in inputs]).to(dtype)
 
 
-@pytest.mark.parametrize("sa,sb", MATMUL_SHAPES)
-def test_matmul_reference(sa, sb):
-    a, b = torch.randn(sa), torch.randn(sb)
-    got = run_layer(lambda net, x, y: net.add_matmul(x, y), [a, b], "cpu")
-    torch.testing.assert_close(
-        got, expected(torch.matmul, [a, b], torch.float32), **TOL[torch.float32]
-    )
+@pytest.mark.parametrize(
+    "target,dtype,sa,sb",
+    per_device(
+        cpu=[(torch.float32, sa, sb) for sa, sb in MATMUL_SHAPES],
+        cuda=[
+            (dtype, sa, sb)
+            for dtype in [torch.float32, torch.float16, torch.bfloat16]
+            for sa, sb in MATMUL_SHAPES + [((3, 65, 127), (127, 33))]
+        ],
+    ),
+)
+def test_matmul(target, dtype, sa, sb, strict_fp32):
+    a, b = torch.randn(sa).to(dtype), torch.randn(sb).to(dtype)
+    got = run_layer(lambda net, x, y: net.add_matmul(x, y), [a, b], target)
+    torch.testing.assert_close(got, expected(torch.matmul, [a, b], dtype), **TOL[dtype])
 
 
 def test_matmul_transpose_ignored_for_vectors():
@@ -85,15 +93,6 @@ def strict_fp32():
     torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("sa,sb", MATMUL_SHAPES + [((3, 65, 127), (127, 33))])
-def test_matmul_cuda(sa, sb, dtype, strict_fp32):
-    a, b = torch.randn(sa).to(dtype), torch.randn(sb).to(dtype)
-    got = run_layer(lambda net, x, y: net.add_matmul(x, y), [a, b], "cuda")
-    torch.testing.assert_close(got, expected(torch.matmul, [a, b], dtype), **TOL[dtype])
 
 
 @pytest.mark.gpu

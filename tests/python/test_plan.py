@@ -1,4 +1,5 @@
 import pytest
+from layer_util import build_plan
 
 import kiln
 
@@ -7,7 +8,7 @@ def tiny_plan(target="cpu"):
     net = kiln.Network()
     x = net.add_input("x", "float32", (2, 3))
     net.mark_output(net.add_activation(x, "sigmoid"), "y")
-    return kiln.Builder().build(net, kiln.BuilderConfig(device=target))
+    return build_plan(net, target)
 
 
 def test_round_trip_bytes_and_file(tmp_path):

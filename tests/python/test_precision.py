@@ -4,6 +4,7 @@ layer's result to that dtype, so the numerics of a reduced-precision plan show o
 
 import pytest
 import torch
+from layer_util import build_plan, builder_config, run_plan
 
 import kiln
 
@@ -20,54 +21,44 @@ def mlp_network():
     return net, model
 
 
-def build(net, target, **kwargs):
-    config = kiln.BuilderConfig(device=target, **kwargs)
-    config.add_optimization_profile({"x": ([1, 16], [4, 16], [8, 16])})
-    return config, kiln.Builder().build(net, config)
+PROFILE = {"x": ([1, 16], [4, 16], [8, 16])}
 
 
 def layer_dtypes(plan):
     return {layer["name"]: layer["outputs"][0][1] for layer in plan.layers()}
 
 
-def run(plan, target, x):
-    device = "cuda" if target == "cuda" else "cpu"
-    engine = kiln.Engine(plan, device=target)
-    out = engine.create_execution_context().execute({"x": x.to(device)})["y"]
-    return out.cpu()
-
-
 @pytest.mark.parametrize("precision,dtype", [("fp16", "float16"), ("bf16", "bfloat16")])
 def test_reduced_precision_keeps_bindings(precision, dtype):
     net, model = mlp_network()
-    _, plan = build(net, "cpu", precisions=[precision])
+    plan = build_plan(net, "cpu", precisions=[precision], profile=PROFILE)
     dtypes = layer_dtypes(plan)
     # The GELU is fused into fc1 (fuse_gemm_epilogue).
     assert dtypes["fc1"] == dtype and "act" not in dtypes and dtypes["fc2"] == dtype
     casts = [layer for layer in plan.layers() if layer["op"] == "cast"]
     assert {c["attrs"]["to"] for c in casts} == {dtype, "float32"}  # x in, y out
     x = torch.randn(5, 16)
-    got = run(plan, "cpu", x)
+    got = run_plan(plan, {"x": x})["y"]
     assert got.dtype == torch.float32
     with torch.no_grad():
         want = model(x)
     tol = 2e-2 if precision == "fp16" else 1e-1
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
     # It really ran reduced: the float32 plan is much closer to torch.
-    _, plan32 = build(net, "cpu")
-    err32 = (run(plan32, "cpu", x) - want).abs().max()
+    plan32 = build_plan(net, "cpu", profile=PROFILE)
+    err32 = (run_plan(plan32, {"x": x})["y"] - want).abs().max()
     assert err32 < 1e-5 < (got - want).abs().max()
 
 
 def test_fp16_wins_over_bf16():
     net, _ = mlp_network()
-    _, plan = build(net, "cpu", precisions=["fp16", "bf16"])
+    plan = build_plan(net, "cpu", precisions=["fp16", "bf16"], profile=PROFILE)
     assert layer_dtypes(plan)["fc1"] == "float16"
 
 
 def test_layer_override_pins_float32():
     net, _ = mlp_network()
-    config, _ = build(net, "cpu", precisions=[torch.float16])
+    config = builder_config("cpu", precisions=[torch.float16], profile=PROFILE)
     config.set_layer_precision("fc2", torch.float32)
     plan = kiln.Builder().build(net, config)
     dtypes = layer_dtypes(plan)
@@ -79,16 +70,14 @@ def test_layer_override_alone_reduces_one_layer():
     net, _ = mlp_network()
     # optimization_level 0: fuse_pointwise would merge `act` with its casts (test_fused_pointwise
     # checks that pinned precisions survive fusion)
-    config = kiln.BuilderConfig(device="cpu", optimization_level=0)
-    config.add_optimization_profile({"x": ([1, 16], [4, 16], [8, 16])})
-    config.set_layer_precision("act", "bfloat16")
-    dtypes = layer_dtypes(kiln.Builder().build(net, config))
+    plan = build_plan(net, "cpu", level=0, profile=PROFILE, pin={"act": "bfloat16"})
+    dtypes = layer_dtypes(plan)
     assert dtypes == {**dtypes, "fc1": "float32", "act": "bfloat16", "fc2": "float32"}
 
 
 def test_unknown_layer_and_precision_refused():
     net, _ = mlp_network()
-    config, _ = build(net, "cpu")
+    config = builder_config("cpu", profile=PROFILE)
     config.set_layer_precision("nope", "float16")
     with pytest.raises(kiln.KilnError, match="no such layer"):
         kiln.Builder().build(net, config)
@@ -98,11 +87,11 @@ def test_unknown_layer_and_precision_refused():
 
 def test_tf32_marks_float32_gemms_only():
     net, _ = mlp_network()
-    _, plan = build(net, "cpu", precisions=["tf32"])
+    plan = build_plan(net, "cpu", precisions=["tf32"], profile=PROFILE)
     marks = {layer["name"]: layer["attrs"].get("allow_tf32") for layer in plan.layers()}
     assert marks["fc1"] == 1 and marks["fc2"] == 1
     assert all(mark is None for name, mark in marks.items() if name not in ("fc1", "fc2"))
-    _, plan = build(net, "cpu")
+    plan = build_plan(net, "cpu", profile=PROFILE)
     assert all("allow_tf32" not in layer["attrs"] for layer in plan.layers())
 
 
@@ -110,9 +99,9 @@ def test_tf32_marks_float32_gemms_only():
 @pytest.mark.parametrize("precision", ["fp16", "bf16", "tf32"])
 def test_cuda_reduced_precision(precision):
     net, model = mlp_network()
-    _, plan = build(net, "cuda", precisions=[precision])
+    plan = build_plan(net, "cuda", precisions=[precision], profile=PROFILE)
     x = torch.randn(7, 16)
-    got = run(plan, "cuda", x)
+    got = run_plan(plan, {"x": x}, "cuda")["y"]
     with torch.no_grad():
         want = model(x)
     tol = {"fp16": 2e-2, "bf16": 1e-1, "tf32": 5e-3}[precision]

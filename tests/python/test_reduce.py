@@ -16,7 +16,7 @@ import re
 
 import pytest
 import torch
-from layer_util import TOLERANCE, run_layer
+from layer_util import TOLERANCE, per_device, run_layer
 from test_ops_doc import documented_ops
 
 import kiln
@@ -148,10 +148,10 @@ def torch_int_reduce(op, x, axes, keepdim):
 
 @pytest.mark.parametrize("op,shape,axes", valid_cases(INT_OPS, INT_CASES))
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
-@pytest.mark.parametrize("keepdim", [False, True])
-def test_reference_integer(op, dtype, shape, axes, keepdim):
+@pytest.mark.parametrize("target,keepdim", per_device(cpu=[False, True], cuda=[False]))
+def test_integer(op, dtype, shape, axes, target, keepdim):
     x = int_sample(op, shape, dtype)
-    got = run_layer(add_reduce(op, axes, keepdim), [x], "cpu", dynamic=True)
+    got = run_layer(add_reduce(op, axes, keepdim), [x], target, dynamic=True)
     assert got.dtype == dtype
     assert torch.equal(got, torch_int_reduce(op, x, axes, keepdim))
 
@@ -175,16 +175,6 @@ def test_cuda_matches_torch(op, dtype, shape, axes, keepdim):
     tol = dict(TOLERANCE[dtype])
     tol["atol"] += accum_atol(op, x, axes)
     torch.testing.assert_close(got.double(), want.double(), equal_nan=True, **tol)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("op,shape,axes", valid_cases(INT_OPS, INT_CASES))
-@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
-def test_cuda_integer(op, dtype, shape, axes):
-    x = int_sample(op, shape, dtype)
-    got = run_layer(add_reduce(op, axes, False), [x], "cuda", dynamic=True)
-    assert got.dtype == dtype
-    assert torch.equal(got, torch_int_reduce(op, x, axes, False))
 
 
 @pytest.mark.gpu

@@ -9,7 +9,7 @@ compared with torch on the same input in float32, rounded once: TOLERANCE of tha
 import pytest
 import torch
 import torch.nn.functional as F
-from layer_util import TOLERANCE, run_layer
+from layer_util import DEVICES, TOLERANCE, build_engine, device_of, run_layer
 
 import kiln
 
@@ -85,18 +85,20 @@ def build_dynamic_spatial(target, scales, mode):
     layer = net.add_resize(x, mode, scales=scales)
     assert layer.output.shape == (-1, 2, -1, -1)
     net.mark_output(layer, "out")
-    config = kiln.BuilderConfig(device=target)
-    config.add_optimization_profile({"x": ([1, 2, 2, 2], [2, 2, 6, 6], [3, 2, 12, 12])})
-    return kiln.Engine(kiln.Builder().build(net, config), device=target).create_execution_context()
+    profile = {"x": ([1, 2, 2, 2], [2, 2, 6, 6], [3, 2, 12, 12])}
+    return build_engine(net, target, profile=profile).create_execution_context()
 
 
+@pytest.mark.parametrize("target", DEVICES)
 @pytest.mark.parametrize("mode", ["nearest", "linear"])
-def test_reference_dynamic_spatial_dims_with_scales(mode):
-    ctx = build_dynamic_spatial("cpu", [1.5, 0.7], mode)
+def test_dynamic_spatial_dims_with_scales(target, mode):
+    ctx = build_dynamic_spatial(target, [1.5, 0.7], mode)
     for shape in [(2, 2, 5, 7), (1, 2, 12, 3), (3, 2, 4, 11)]:  # one engine, several shapes
         x = torch.randn(shape)
-        got = ctx.execute({"x": x})["out"]
-        check(got, torch_resize(x, mode, False, None, (1.5, 0.7)), mode, torch.float32)
+        got = ctx.execute({"x": x.to(device_of(target))})["out"]
+        if target == "cuda":
+            torch.cuda.synchronize()
+        check(got.cpu(), torch_resize(x, mode, False, None, (1.5, 0.7)), mode, torch.float32)
 
 
 def test_empty_batch():
@@ -150,14 +152,3 @@ def test_cuda_matches_torch(case, mode, align, dtype):
     got = run_layer(resize_layer(mode, align, sizes, scales), [x], "cuda", dynamic=True)
     want = torch_resize(x.float(), mode, align, sizes, scales).to(dtype)
     check(got, want, mode, dtype)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["nearest", "linear"])
-def test_cuda_dynamic_spatial_dims_with_scales(mode):
-    ctx = build_dynamic_spatial("cuda", [1.5, 0.7], mode)
-    for shape in [(2, 2, 5, 7), (1, 2, 12, 3), (3, 2, 4, 11)]:
-        x = torch.randn(shape)
-        got = ctx.execute({"x": x.cuda()})["out"]
-        torch.cuda.synchronize()
-        check(got.cpu(), torch_resize(x, mode, False, None, (1.5, 0.7)), mode, torch.float32)

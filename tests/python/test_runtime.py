@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from layer_util import DEVICES, build_plan, device_of
 
 import kiln
 import kiln.runtime as rt
@@ -23,15 +24,10 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning"),
 ]
 
-TARGETS = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 # Float32 results of a 16-term dot product: the engine and torch may sum in another order or
 # with FMA, a few float32 ulp apart on values of magnitude ~10.
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 PY_DIR = Path(kiln.__file__).resolve().parent.parent
-
-
-def device_of(target):
-    return "cuda" if target == "cuda" else "cpu"
 
 
 def build_single(target, seed=0):
@@ -42,9 +38,7 @@ def build_single(target, seed=0):
     net.mark_output(
         net.add_activation(net.add_fully_connected(x, w.numpy(), b.numpy()), "relu"), "y"
     )
-    config = kiln.BuilderConfig(device=target)
-    config.add_optimization_profile({"x": ((1, 16), (4, 16), (32, 16))})
-    plan = kiln.Builder().build(net, config)
+    plan = build_plan(net, target, profile={"x": ((1, 16), (4, 16), (32, 16))})
     return plan, lambda t: torch.relu(t.cpu() @ w.T + b)
 
 
@@ -56,11 +50,8 @@ def build_pair(target):
     fc = net.add_fully_connected(a, w.numpy())
     net.mark_output(net.add_elementwise(fc, c, "add"), "sum")
     net.mark_output(net.add_activation(c, "sigmoid"), "gate")
-    config = kiln.BuilderConfig(device=target)
-    config.add_optimization_profile(
-        {"a": ((1, 16), (4, 16), (16, 16)), "c": ((1, 8), (4, 8), (16, 8))}
-    )
-    return kiln.Builder().build(net, config), lambda a, c: (
+    profile = {"a": ((1, 16), (4, 16), (16, 16)), "c": ((1, 8), (4, 8), (16, 8))}
+    return build_plan(net, target, profile=profile), lambda a, c: (
         a.cpu() @ w.T + c.cpu(),
         torch.sigmoid(c.cpu()),
     )
@@ -138,7 +129,7 @@ def test_pickle_version_mismatch():
 # ---- execute_engine ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DEVICES)
 def test_module_matches_torch(target):
     plan, ref = build_single(target)
     module = rt.EngineModule(plan, target)
@@ -150,7 +141,7 @@ def test_module_matches_torch(target):
         torch.testing.assert_close(y.cpu(), ref(x), **TOL)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DEVICES)
 def test_two_inputs_two_outputs(target):
     plan, ref = build_pair(target)
     module = rt.EngineModule(plan, target)
@@ -163,7 +154,7 @@ def test_two_inputs_two_outputs(target):
     torch.testing.assert_close(gate.cpu(), want_gate, **TOL)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DEVICES)
 def test_non_contiguous_input(target):
     plan, ref = build_single(target)
     module = rt.EngineModule(plan, target)
@@ -174,7 +165,7 @@ def test_non_contiguous_input(target):
     torch.testing.assert_close(y.cpu(), ref(x), **TOL)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DEVICES)
 def test_script_save_load(target, tmp_path):
     plan, ref = build_single(target)
     scripted = torch.jit.script(rt.EngineModule(plan, target))
@@ -229,7 +220,7 @@ def test_shape_errors():
     assert module(x).shape == (2, 8)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DEVICES)
 def test_concurrent_threads(target):
     plan, ref = build_single(target)
     module = rt.EngineModule(plan, target)
@@ -265,7 +256,7 @@ def test_concurrent_threads(target):
 # ---- torch.export --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DEVICES)
 def test_export(target, tmp_path):
     plan, ref = build_single(target)
     device = device_of(target)
@@ -372,21 +363,19 @@ except RuntimeError as e:
 
 
 @pytest.mark.gpu
-def test_wrong_device_cuda_engine():
-    plan, _ = build_single("cuda")
-    module = rt.EngineModule(plan, "cuda")
-    with pytest.raises(RuntimeError, match=r"input 'x' is on cpu, the cuda engine runs on cuda:0"):
-        module(torch.randn(4, 16))
-
-
-@pytest.mark.gpu
-def test_wrong_device_reference_engine():
-    plan, _ = build_single("cpu")
-    module = rt.EngineModule(plan, "cpu")
-    with pytest.raises(
-        RuntimeError, match=r"input 'x' is on cuda:0, the reference engine runs on cpu"
-    ):
-        module(torch.randn(4, 16, device="cuda"))
+@pytest.mark.parametrize(
+    "target,other,match",
+    [
+        ("cuda", "cpu", r"input 'x' is on cpu, the cuda engine runs on cuda:0"),
+        ("cpu", "cuda", r"input 'x' is on cuda:0, the reference engine runs on cpu"),
+    ],
+    ids=["cuda_engine", "reference_engine"],
+)
+def test_wrong_device(target, other, match):
+    plan, _ = build_single(target)
+    module = rt.EngineModule(plan, target)
+    with pytest.raises(RuntimeError, match=match):
+        module(torch.randn(4, 16, device=other))
 
 
 @pytest.mark.gpu

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from layer_util import DEVICES
 from test_compile import Block, SmallCNN, WithCustomOp
 
 import kiln
@@ -26,7 +27,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning"),
 ]
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 FORMATS = {"exported_program": "pt2", "torchscript": "ts"}
 PY_DIR = Path(kiln.__file__).resolve().parent.parent
 BLOCK_SPEC = dict(min_shape=(1, 2, 32), opt_shape=(2, 8, 32), max_shape=(4, 16, 32))

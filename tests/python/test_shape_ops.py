@@ -7,7 +7,7 @@ Every op only moves elements, so results must equal torch's exactly (no toleranc
 
 import pytest
 import torch
-from layer_util import run_layer
+from layer_util import DEVICES, build_engine, per_device, run_layer
 
 import kiln
 
@@ -160,19 +160,23 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int32, torch.int64
 
 
 @pytest.mark.parametrize(
-    "case,dynamic",
-    # A dynamic dim 0 only where the case allows one (elsewhere the target shape fixes dim 0).
-    [
-        (case, dynamic)
-        for case in CASES
-        for dynamic in (False, True)
-        if CASES[case][3] or not dynamic
-    ],
+    "target,case,dtype,dynamic",
+    # A dynamic dim 0 only where the case allows one (elsewhere the target shape fixes dim 0): on
+    # the reference backend float32 with and without, on CUDA every dtype with it where allowed.
+    per_device(
+        cpu=[
+            (case, torch.float32, dynamic)
+            for case in CASES
+            for dynamic in (False, True)
+            if CASES[case][3] or not dynamic
+        ],
+        cuda=[(case, dtype, CASES[case][3]) for case in CASES for dtype in DTYPES],
+    ),
 )
-def test_reference_matches_torch(case, dynamic):
+def test_matches_torch(target, case, dtype, dynamic):
     shape, add, ref, _ = CASES[case]
-    x = fresh(shape)
-    got = run_layer(add, [x], "cpu", dynamic=dynamic)
+    x = fresh(shape, dtype)
+    got = run_layer(add, [x], target, dynamic=dynamic)
     torch.testing.assert_close(got, ref(x), rtol=0, atol=0)
 
 
@@ -198,9 +202,13 @@ def add_concat(axis):
 
 
 @pytest.mark.parametrize("shapes,axis", CONCAT_CASES)
-def test_reference_concat(shapes, axis):
-    xs = [fresh(s) for s in shapes]
-    got = run_layer(add_concat(axis), xs, "cpu")
+@pytest.mark.parametrize(
+    "target,dtype",
+    per_device(cpu=[torch.float32], cuda=[torch.float32, torch.bfloat16, torch.int64, torch.bool]),
+)
+def test_concat(shapes, axis, target, dtype):
+    xs = [fresh(s, dtype) for s in shapes]
+    got = run_layer(add_concat(axis), xs, target)
     torch.testing.assert_close(got, torch.cat(xs, axis), rtol=0, atol=0)
 
 
@@ -211,21 +219,7 @@ def test_reference_concat_dynamic_axis():
 
 
 def run_split(x, sizes, axis, target, dynamic=False):
-    net = kiln.Network()
-    shape = list(x.shape)
-    config = kiln.BuilderConfig(device=target)
-    if dynamic:
-        config.add_optimization_profile({"x": ([1, *shape[1:]], shape, [2 * shape[0], *shape[1:]])})
-        shape[0] = -1
-    layer = net.add_split(net.add_input("x", x.dtype, shape), sizes, axis)
-    for i, t in enumerate(layer.outputs):
-        net.mark_output(t, f"out{i}")
-    engine = kiln.Engine(kiln.Builder().build(net, config), device=target)
-    device = "cuda" if target == "cuda" else "cpu"
-    out = engine.create_execution_context().execute({"x": x.to(device)})
-    if target == "cuda":
-        torch.cuda.synchronize()
-    return [out[f"out{i}"].cpu() for i in range(len(sizes))]
+    return run_layer(lambda net, t: net.add_split(t, sizes, axis).outputs, [x], target, dynamic)
 
 
 SPLIT_CASES = [
@@ -237,10 +231,14 @@ SPLIT_CASES = [
 
 
 @pytest.mark.parametrize("shape,sizes,axis", SPLIT_CASES)
-def test_reference_split(shape, sizes, axis):
-    x = fresh(shape)
+@pytest.mark.parametrize(
+    "target,dtype",
+    per_device(cpu=[torch.float32], cuda=[torch.float32, torch.float16, torch.int32]),
+)
+def test_split(shape, sizes, axis, target, dtype):
+    x = fresh(shape, dtype)
     for got, want in zip(
-        run_split(x, sizes, axis, "cpu"), torch.split(x, sizes, axis), strict=True
+        run_split(x, sizes, axis, target), torch.split(x, sizes, axis), strict=True
     ):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
@@ -292,9 +290,7 @@ def build_dynamic_reshape(target, profile=((1, 3, 4), (2, 3, 4), (8, 3, 4))):
     out = net.add_reshape(x, shape)
     assert out.output.shape == (-1, -1)  # both dims depend on the dynamic batch
     net.mark_output(out, "out")
-    config = kiln.BuilderConfig(device=target)
-    config.add_optimization_profile({"x": profile})
-    return kiln.Engine(kiln.Builder().build(net, config), device=target)
+    return build_engine(net, target, profile={"x": profile})
 
 
 def check_dynamic_reshape(target):
@@ -312,20 +308,15 @@ def check_dynamic_reshape(target):
         torch.testing.assert_close(got.cpu(), x.cpu().reshape(2 * batch, -1), rtol=0, atol=0)
 
 
-def test_reference_dynamic_shape_arithmetic():
-    check_dynamic_reshape("cpu")
+@pytest.mark.parametrize("target", DEVICES)
+def test_dynamic_shape_arithmetic(target):
+    check_dynamic_reshape(target)
 
 
 def run_value_chain(build, x):
-    """build(net, x) -> a 1-D int tensor; reshape x to it and run on the reference backend."""
-    net = kiln.Network()
-    xin = net.add_input("x", "float32", (-1, *x.shape[1:]))
-    net.mark_output(net.add_reshape(xin, build(net, xin)), "out")
-    config = kiln.BuilderConfig(device="cpu")
-    shape = list(x.shape)
-    config.add_optimization_profile({"x": ([1, *shape[1:]], shape, [2 * shape[0], *shape[1:]])})
-    engine = kiln.Engine(kiln.Builder().build(net, config), device="cpu")
-    return engine.create_execution_context().execute({"x": x})["out"]
+    """build(net, x) -> a 1-D int tensor; reshape x (dim 0 dynamic) to it and run on the reference
+    backend."""
+    return run_layer(lambda net, xin: net.add_reshape(xin, build(net, xin)), [x], "cpu", True)
 
 
 def test_values_propagate_through_shape_and_int_ops():
@@ -535,37 +526,6 @@ def test_errors_name_the_layer():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_cuda_matches_torch(case, dtype):
-    shape, add, ref, dynamic_ok = CASES[case]
-    x = fresh(shape, dtype)
-    got = run_layer(add, [x], "cuda", dynamic=dynamic_ok)
-    torch.testing.assert_close(got, ref(x), rtol=0, atol=0)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("shapes,axis", CONCAT_CASES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64, torch.bool])
-def test_cuda_concat(shapes, axis, dtype):
-    xs = [fresh(s, dtype) for s in shapes]
-    torch.testing.assert_close(
-        run_layer(add_concat(axis), xs, "cuda"), torch.cat(xs, axis), rtol=0, atol=0
-    )
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("shape,sizes,axis", SPLIT_CASES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int32])
-def test_cuda_split(shape, sizes, axis, dtype):
-    x = fresh(shape, dtype)
-    for got, want in zip(
-        run_split(x, sizes, axis, "cuda"), torch.split(x, sizes, axis), strict=True
-    ):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
-
-
-@pytest.mark.gpu
 def test_cuda_large_transpose_and_slice():
     # 2.5M elements of odd sizes: many blocks, uneven tails; [2, 0, 1] coalesces to a 2-D transpose.
     x = fresh((37, 1025, 67))
@@ -615,21 +575,13 @@ WORD_REFS = {
 }
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("case", WORD_CASES)
-@pytest.mark.parametrize("dynamic", [False, True])
-def test_cuda_copies_in_words(case, dynamic):
+@pytest.mark.parametrize("target,dynamic", per_device(cpu=[False], cuda=[False, True]))
+def test_copies_in_words(case, target, dynamic):
     shape, dtype, add = WORD_CASES[case]
     x = fresh(shape, dtype)
-    got = run_layer(add, [x], "cuda", dynamic=dynamic)
+    got = run_layer(add, [x], target, dynamic=dynamic)
     torch.testing.assert_close(got, WORD_REFS[case](x), rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("case", WORD_CASES)
-def test_reference_word_cases(case):
-    shape, dtype, add = WORD_CASES[case]
-    x = fresh(shape, dtype)
-    torch.testing.assert_close(run_layer(add, [x], "cpu"), WORD_REFS[case](x), rtol=0, atol=0)
 
 
 @pytest.mark.gpu
@@ -637,8 +589,3 @@ def test_cuda_shape_of():
     x = fresh((4, 3, 5))
     got = run_layer(lambda n, t: n.add_shape(t), [x], "cuda", dynamic=True)
     torch.testing.assert_close(got, torch.tensor([4, 3, 5]))
-
-
-@pytest.mark.gpu
-def test_cuda_dynamic_shape_arithmetic():
-    check_dynamic_reshape("cuda")

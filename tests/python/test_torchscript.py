@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from layer_util import DEVICES
 
 import kiln
 from kiln import runtime as rt
@@ -25,7 +26,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning"),
 ]
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 KINDS = ["script", "trace"]
 TOL = dict(rtol=1e-4, atol=1e-4)
 PY_DIR = Path(kiln.__file__).resolve().parent.parent

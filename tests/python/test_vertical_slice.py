@@ -5,6 +5,7 @@ ExecutionContext, on the CPU reference backend and on the GPU."""
 import numpy as np
 import pytest
 import torch
+from layer_util import build_plan
 
 import kiln
 
@@ -31,9 +32,7 @@ def make_mlp(d_in=48, d_hidden=33, d_out=17, seed=0):
 
 
 def build(net, d_in, target):
-    config = kiln.BuilderConfig(device=target)
-    config.add_optimization_profile({"x": ((1, d_in), (8, d_in), (64, d_in))})
-    plan = kiln.Builder().build(net, config)
+    plan = build_plan(net, target, profile={"x": ((1, d_in), (8, d_in), (64, d_in))})
     return kiln.Engine(kiln.Plan.deserialize(plan.serialize()), device=target)
 
 

@@ -4,6 +4,7 @@ a view is still read, on the reference backend (CPU, CI) and on CUDA."""
 
 import pytest
 import torch
+from layer_util import DEVICES, build_plan, device_of, run_plan
 
 import kiln
 
@@ -33,17 +34,15 @@ def _expected(x: torch.Tensor) -> torch.Tensor:
     return torch.relu(x).reshape(-1, 48) * torch.relu(torch.sigmoid(torch.tanh(x))).reshape(-1, 48)
 
 
-@pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("target", DEVICES)
 def test_views_alias_their_input_and_keep_it_live(target):
-    config = kiln.BuilderConfig(device=target)
-    config.add_optimization_profile({"x": ((1, 6, 8), (3, 6, 8), (5, 6, 8))})
-    plan = kiln.Builder().build(_network(), config)
+    plan = build_plan(_network(), target, profile={"x": ((1, 6, 8), (3, 6, 8), (5, 6, 8))})
     info = kiln.inspect(plan)
     kernels = {la.name: la.kernel for la in info.layers}
     assert all(kernels[n] == ALIAS for n in ("v1", "v2", "v3")), kernels
     assert kernels["out_view"] != ALIAS  # writes a network output: stays a copy
     ctx = kiln.Engine(plan, device=target).create_execution_context()
-    device = "cuda" if target == "cuda" else "cpu"
+    device = device_of(target)
     for batch in (1, 5, 3):
         x = torch.randn(batch, 6, 8)
         out = ctx.execute({"x": x.to(device)})
@@ -78,16 +77,15 @@ def check_view_of_a_live_source(target, shape, view, name, aliased, want_fn):
     ]  # computed while the view's source is live
     b = view(net, b, name + "_b")
     net.mark_output(net.add_elementwise(s, b, "add", name="y").outputs[0], "y")
-    plan = kiln.Builder().build(net, kiln.BuilderConfig(device=target))
+    plan = build_plan(net, target)
     kernels = {la.name: la.kernel for la in kiln.inspect(plan).layers}
     assert (kernels[name] == ALIAS) == aliased, kernels
-    device = "cuda" if target == "cuda" else "cpu"
     xv = torch.randn(shape)
-    out = kiln.Engine(plan, device=target).create_execution_context().execute({"x": xv.to(device)})
-    torch.testing.assert_close(torch.as_tensor(out["y"]).cpu(), want_fn(xv), rtol=1e-5, atol=1e-6)
+    out = run_plan(plan, {"x": xv}, target)
+    torch.testing.assert_close(out["y"], want_fn(xv), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("target", DEVICES)
 @pytest.mark.parametrize(
     "shape,axis,index,aliased",
     [
@@ -113,7 +111,7 @@ def test_gather_of_a_leading_slab_is_a_view(target, shape, axis, index, aliased)
     )
 
 
-@pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("target", DEVICES)
 @pytest.mark.parametrize(
     "shape,perm,aliased",
     [
