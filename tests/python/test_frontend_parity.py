@@ -29,15 +29,12 @@ pytestmark = [
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_compile import Block, SmallCNN  # noqa: E402
+from test_torchscript import WithRoll  # noqa: E402
 
 
-class WithSort(nn.Module):
-    """torch.sort has no converter (and no decomposition): it runs in PyTorch between engines."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(16, 32)
-        self.b = nn.Linear(32, 8)
+class WithSort(WithRoll):
+    """torch.sort has no converter and, unlike torch.roll, no decomposition in torch.export, so
+    both frontends run the same op in PyTorch between the two engines."""
 
     def forward(self, x):
         h = torch.relu(self.a(x))
