@@ -143,3 +143,24 @@ def test_converter_cases_partition_and_outputs_match(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_model_partition_and_outputs_match(name):
     _check(_vision(name), MODELS[name], {"require_full_compilation": True}, atol=1e-3)
+
+
+@pytest.mark.parametrize("ir", ["export", "torchscript"])
+def test_runtime_and_debug_options_reach_both_frontends(ir):
+    # ir="torchscript" used to drop cuda_graphs, timing_cache, tactic_timing and debug.
+    model = Block().eval()
+    x = torch.randn(2, 10, 32)
+    module = torch.jit.trace(model, (x,), check_trace=False) if ir == "torchscript" else model
+    lines, level = [], kiln.log.log_level()
+    kiln.set_log_sink(lambda severity, message: lines.append((severity, message)))
+    kiln.set_log_level("info")  # debug=True logs the report at info
+    try:
+        compiled = kiln.compile(
+            module, [x], ir=ir, device="cpu", cuda_graphs=False, debug=True, timing_cache=False
+        )
+    finally:
+        kiln.set_log_level(level)
+        kiln.set_log_sink(None)
+    engines = rt.engines(compiled)
+    assert engines and all(not e.cuda_graphs() for e in engines)
+    assert any(s == "INFO" and "engine segment" in m for s, m in lines), lines
