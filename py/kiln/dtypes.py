@@ -92,35 +92,28 @@ def as_numpy(value) -> tuple[np.ndarray, str]:
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 
-# Every accepted spelling -> its canonical name. Torch dtypes arrive as their text (torch.half
-# is torch.float16, whose text is "torch.float16").
-_PRECISION_SPELLINGS = {
-    "fp32": "fp32",
-    "float32": "fp32",
-    "torch.float32": "fp32",
-    "tf32": "tf32",
-    "fp16": "fp16",
-    "float16": "fp16",
-    "half": "fp16",
-    "torch.float16": "fp16",
-    "bf16": "bf16",
-    "bfloat16": "bf16",
-    "torch.bfloat16": "bf16",
-}
-
 
 def precision_name(precision) -> str:
     """The canonical name ("fp32", "tf32", "fp16", "bf16") of a precision given as one of those,
     a torch dtype (torch.float32 / float16 / bfloat16) or "float32" / "float16" / "half" /
-    "bfloat16". Raises ValueError listing the accepted spellings."""
-    name = _PRECISION_SPELLINGS.get(_text(precision))
-    if name is None:
-        raise ValueError(
-            f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}, "
-            "torch.float32 / torch.float16 / torch.bfloat16, or 'float32', 'float16', 'half', "
-            "'bfloat16'"
-        )
-    return name
+    "bfloat16". Raises ValueError listing the accepted spellings.
+
+    The spellings are the C++ table's (core/builder.cpp enable_precision, via kiln._C), so the
+    Python API, the CLI and the C++ API accept the same words."""
+    from kiln import _C
+
+    text = _text(precision)
+    if text is not None:
+        text = text.removeprefix("torch.")  # torch.float16 -> "float16"
+        try:
+            return _C.precision_name(text)
+        except _C.KilnError:
+            pass
+    raise ValueError(
+        f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}, "
+        "torch.float32 / torch.float16 / torch.bfloat16, or 'float32', 'float16', 'half', "
+        "'bfloat16'"
+    )
 
 
 # The dtype a model runs in at each precision (tf32 computes float32 values on tensor cores).
