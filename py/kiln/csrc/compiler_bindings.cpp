@@ -126,6 +126,11 @@ void bind_compiler(py::module_& m) {
       },
       py::arg("graph"), py::arg("min_block_size"), py::arg("torch_executed_ops"),
       py::arg("require_full_compilation"));
+  // The canonical name of a precision spelling ("half" -> "fp16"), through the one C++ table;
+  // kiln.dtypes.precision_name (every Python API) asks it.
+  m.def("precision_name",
+        [](const std::string& name) { return std::string(precision_name(parse_precision(name))); });
+
   py::class_<CompileOptions>(
       m, "CompileOptions", "The options of one compilation (driver/compile.h), the same for both frontends.")
       .def(py::init<>())
