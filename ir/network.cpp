@@ -180,6 +180,11 @@ Layer& Network::add_identity(TensorId x, const std::string& name) {
 void Network::mark_output(TensorId t, const std::string& name) {
   KILN_CHECK(t >= 0 && static_cast<size_t>(t) < tensors_.size(),
              "mark_output: tensor id " << t << " does not belong to this network");
+  // An input's name is its input binding, and engines bind outputs to memory their layers write:
+  // an input cannot also be an output (it used to be renamed silently, and then not run).
+  KILN_CHECK(tensors_[t].kind != TensorKind::kInput,
+             "mark_output: '" << tensors_[t].name << "' is a network input; an output must be computed by a "
+                              << "layer: mark add_identity of it instead");
   if (!name.empty() && name != tensors_[t].name) {
     KILN_CHECK(by_name_.count(name) == 0,
                "mark_output: name '" << name << "' is already used by another tensor");

@@ -42,7 +42,18 @@ def export_program(module, specs: list[Input], device: torch.device):
     """
     if isinstance(module, torch.export.ExportedProgram):
         return module.run_decompositions(_decompositions())
-    module = module.eval()
+    # Exported in eval mode (inference: dropout off, batch norm statistics fixed); the caller's
+    # module gets its own modes back, submodule by submodule.
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        return _export_eval(module, specs, device)
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _export_eval(module, specs: list[Input], device: torch.device):
     examples = tuple(s.example(device) for s in specs)
     strict_dims = _dynamic_shapes(
         specs, lambda k, d, lo, hi: torch.export.Dim(f"in{k}_d{d}", min=lo, max=hi)

@@ -101,17 +101,26 @@ def save(
         torch.jit.save(_script(module, specs, device), path, _extra_files=extra)
 
 
-def load(path: str | os.PathLike):
+def load(path: str | os.PathLike, *, trusted: bool = False):
     """Loads a module saved by kiln.save (either format) and returns it, ready to call.
 
     An ExportedProgram comes back as ``torch.export.load(path).module()``, a TorchScript module as
     ``torch.jit.load(path)``. ``module.report`` is the kiln.compiler.CompileReport kiln.save
     stored, or None for a file without one.
+
+    Safe by default: an ExportedProgram archive whose pickles would call anything but the
+    rebuilding of tensors and Kiln engines is refused with a KilnError naming the entry
+    (torch.export.load would run it). ``trusted=True`` skips that check for files whose origin
+    you trust (docs/security.md).
     """
     from kiln import runtime
 
     path = os.fspath(path)
     fmt = archive_format(path)
+    if fmt == "exported_program" and not trusted:
+        from kiln.trust import check_archive
+
+        check_archive(path)
     runtime.load_library()  # torch.classes.kiln.Engine and torch.ops.kiln.execute_engine
     extra = {REPORT_FILE: ""}  # the loaders fill in what the archive holds ("" when absent)
     if fmt == "exported_program":

@@ -1,0 +1,125 @@
+"""Regressions from the reliability review (issue 14), each named after what it broke. CPU
+reference backend; each failed before its fix."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import kiln
+from kiln import runtime as rt
+
+needs_runtime = pytest.mark.skipif(not rt.is_available(), reason="libkiln_runtime.so was not built")
+
+
+@needs_runtime
+def test_compile_leaves_the_callers_training_modes_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Dropout(0.5), nn.Linear(16, 4))
+    model.train()
+    model[1].eval()  # a mix of modes, as fine-tuning code leaves them
+    before = [m.training for m in model.modules()]
+    x = torch.randn(6, 8)
+    compiled = kiln.compile(model, [x], device="cpu", min_block_size=1)
+    assert [m.training for m in model.modules()] == before
+    # The engine computes the inference forward (dropout off, running statistics).
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_mark_output_of_an_input_is_refused_not_renamed():
+    # It used to rename the input to the output's name (the input binding "x" was gone), and an
+    # input marked as output failed at execute time ("no address set").
+    net = kiln.Network()
+    x = net.add_input("x", "float32", (2, 3))
+    for name in ("y", ""):
+        with pytest.raises(kiln.KilnError, match="'x' is a network input.*add_identity"):
+            net.mark_output(x, name)
+    net.mark_output(net.add_identity(x), "x_out")
+    net.mark_output(net.add_activation(x, "relu"), "y")
+    plan = kiln.Builder().build(net, kiln.BuilderConfig(device="cpu"))
+    engine = kiln.Engine(plan, "cpu")
+    assert engine.input_names == ["x"]
+    out = engine.create_execution_context().execute({"x": -np.ones((2, 3), np.float32)})
+    np.testing.assert_array_equal(out["x_out"], -np.ones((2, 3), np.float32))
+    np.testing.assert_array_equal(out["y"], np.zeros((2, 3), np.float32))
+
+
+class _Payload:
+    """A pickle that, when loaded, creates a file: proof that loading ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _saved_pt2(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    compiled = kiln.compile(model, [torch.randn(2, 8)], device="cpu", min_block_size=1)
+    path = tmp_path / "good.pt2"
+    kiln.save(compiled, path)
+    return path
+
+
+def _with_pickled_weight(src, dst, payload: bytes):
+    """A copy of the archive with one more weight marked use_pickle, holding `payload`."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith("data/weights/model_weights_config.json"):
+                config = json.loads(data)
+                config["config"]["extra"] = {
+                    "path_name": "weight_extra",
+                    "is_param": False,
+                    "use_pickle": True,
+                    "tensor_meta": None,
+                }
+                data = json.dumps(config).encode()
+                folder = item.filename.rsplit("/", 1)[0]
+            zout.writestr(item, data)
+        zout.writestr(f"{folder}/weight_extra", payload)
+
+
+@needs_runtime
+def test_load_refuses_a_pt2_whose_pickle_runs_code(tmp_path):
+    # torch.export.load unpickles use_pickle weights with the full unpickler: this file used to
+    # load normally and create the marker on the way.
+    import io
+
+    marker = tmp_path / "ran"
+    buffer = io.BytesIO()
+    torch.save(_Payload(marker), buffer)
+    evil = tmp_path / "evil.pt2"
+    _with_pickled_weight(_saved_pt2(tmp_path), evil, buffer.getvalue())
+    with pytest.raises(kiln.KilnError, match=r"weight_extra .*calls io.open.*trusted=True"):
+        kiln.load(evil)
+    assert not marker.exists()
+    kiln.load(evil, trusted=True)  # the caller's word: torch loads it, payload and all
+    assert marker.exists()
+
+
+@needs_runtime
+def test_load_refuses_a_raw_protocol_4_pickle(tmp_path):
+    # Not torch.save's zip format: a bare pickle whose STACK_GLOBAL names the callable.
+    import pickle
+
+    payload = pickle.dumps(_Payload(tmp_path / "ran"), protocol=4)
+    evil = tmp_path / "evil.pt2"
+    _with_pickled_weight(_saved_pt2(tmp_path), evil, payload)
+    with pytest.raises(kiln.KilnError, match="weight_extra is a pickle that calls"):
+        kiln.load(evil)
+    assert not (tmp_path / "ran").exists()
+
+
+@needs_runtime
+def test_kiln_saved_files_pass_the_check(tmp_path):
+    from kiln.trust import check_archive
+
+    check_archive(str(_saved_pt2(tmp_path)))  # raises on anything it does not allow
