@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "converters/converter.h"
+#include "ir/op_schema.h"
 #include "converters/converter_util.h"
 
 namespace kiln {
@@ -162,6 +163,10 @@ const ConverterRegistration kRegistered([] {
   cat.capability = [](const KGraph& g, const KNode& n) -> std::string {
     const Arg& tensors = n.arg("tensors");
     if (tensors.kind != Arg::Kind::kList || tensors.list.empty()) return "tensors must be a non-empty list";
+    const size_t most = static_cast<size_t>(find_schema("concat")->max_inputs);
+    if (tensors.list.size() > most)
+      return "cat of " + std::to_string(tensors.list.size()) + " tensors: an engine concat takes at most " +
+             std::to_string(most);
     for (const Arg& t : tensors.list) {
       if (!t.is_value() || g.value(t.value).host_scalar) return "every entry of tensors must be a tensor";
     }
@@ -174,7 +179,7 @@ const ConverterRegistration kRegistered([] {
     ctx.set_output(n, 0,
                    ctx.add(n, "concat", inputs, Attributes().set("axis", int_arg(n, "dim"))).outputs[0]);
   };
-  cat.limits = "constant dim";
+  cat.limits = "constant dim; at most 1024 tensors (the concat op's input limit)";
   register_converter(std::move(cat));
 
   Converter split;

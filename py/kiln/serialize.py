@@ -123,12 +123,35 @@ def load(path: str | os.PathLike, *, trusted: bool = False):
         check_archive(path)
     runtime.load_library()  # torch.classes.kiln.Engine and torch.ops.kiln.execute_engine
     extra = {REPORT_FILE: ""}  # the loaders fill in what the archive holds ("" when absent)
-    if fmt == "exported_program":
-        module = torch.export.load(path, extra_files=extra).module()
-    else:
-        module = torch.jit.load(path, _extra_files=extra)
+    try:
+        if fmt == "exported_program":
+            module = torch.export.load(path, extra_files=extra).module()
+        else:
+            module = torch.jit.load(path, _extra_files=extra)
+    except Exception as error:  # noqa: BLE001 (torch raises many kinds; its message hides the cause)
+        raise KilnError(
+            f"kiln.load: {path} is {_ARCHIVE_NAMES[fmt]} archive that torch cannot load: "
+            f"{_root_cause(error)}"
+        ) from error
     module.report = _read_report(extra[REPORT_FILE])
     return module
+
+
+_ARCHIVE_NAMES = {"exported_program": "an ExportedProgram", "torchscript": "a TorchScript"}
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost error of a chain, as "Type: message" (torch.export.load wraps every failure
+    in "We ran into an error when deserializing the saved file")."""
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = error.__cause__ or error.__context__
+        if inner is None:
+            break
+        error = inner
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
 def archive_format(path: str | os.PathLike) -> str:

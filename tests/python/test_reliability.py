@@ -123,3 +123,36 @@ def test_kiln_saved_files_pass_the_check(tmp_path):
     from kiln.trust import check_archive
 
     check_archive(str(_saved_pt2(tmp_path)))  # raises on anything it does not allow
+
+
+@needs_runtime
+def test_load_names_the_cause_of_a_broken_archive(tmp_path):
+    # torch.export.load reported every failure as "We ran into an error when deserializing the
+    # saved file", with the cause hidden in the chain.
+    import zipfile
+
+    good = _saved_pt2(tmp_path)
+    broken = tmp_path / "broken.pt2"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(broken, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith("models/model.json"):
+                data = data[: len(data) // 2]  # truncated JSON
+            zout.writestr(item, data)
+    with pytest.raises(kiln.KilnError, match=r"torch cannot load: \w+Error: ") as info:
+        kiln.load(broken)
+    assert "We ran into an error" not in str(info.value).split("torch cannot load: ")[1]
+
+
+@needs_runtime
+def test_cat_of_more_tensors_than_an_engine_takes_falls_back():
+    # It failed compilation ("takes 1 to 1024 inputs") instead of running the cat in PyTorch.
+    class ManyCat(nn.Module):
+        def forward(self, x):
+            return torch.cat([x * (k % 7) for k in range(1100)], dim=0).relu()
+
+    x = torch.randn(2, 3)
+    compiled = kiln.compile(ManyCat().eval(), [x], device="cpu", min_block_size=1)
+    reasons = [f.reason for f in compiled.report.fallbacks if f.target == "aten.cat.default"]
+    assert reasons and "at most 1024" in reasons[0]
+    torch.testing.assert_close(compiled(x), ManyCat()(x))
