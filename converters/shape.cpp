@@ -5,8 +5,8 @@
 #include <algorithm>
 
 #include "converters/converter.h"
-#include "ir/op_schema.h"
 #include "converters/converter_util.h"
+#include "ir/op_schema.h"
 
 namespace kiln {
 namespace {
