@@ -65,7 +65,26 @@ class CompiledModule(torch.nn.Module):
 
     def forward(self, *args):
         flat = pytree.tree_leaves(args)
+        check_tensor_inputs(flat)
         return pytree.tree_unflatten(list(self.graph_module(*flat)), self._out_spec)
+
+
+def check_tensor_inputs(values) -> None:
+    """Refuses, with a message that says what to pass, a numpy input (it used to fail deep
+    inside torch: "'int' object is not callable") and a meta-device input."""
+    for k, v in enumerate(values):
+        if isinstance(v, torch.Tensor):
+            # A meta tensor has no data: engines used to return an uninitialized CPU tensor.
+            if v.device.type == "meta" and not isinstance(v, torch._subclasses.FakeTensor):
+                raise _C.KilnError(
+                    f"input {k} is on the meta device, which holds no data for an engine to read; "
+                    "pass a CPU or CUDA tensor"
+                )
+        elif type(v).__module__.startswith("numpy"):
+            raise _C.KilnError(
+                f"input {k} is a {type(v).__module__}.{type(v).__name__}; Kiln modules take torch "
+                "tensors: pass torch.from_numpy(x) (kiln.Engine.execute takes numpy arrays)"
+            )
 
 
 def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)

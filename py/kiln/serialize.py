@@ -134,6 +134,13 @@ def load(path: str | os.PathLike, *, trusted: bool = False):
             f"{_root_cause(error)}"
         ) from error
     module.report = _read_report(extra[REPORT_FILE])
+    if fmt == "exported_program":
+        from kiln.compiler import check_tensor_inputs
+
+        # torch's unlifted module fails obscurely on a numpy input: say what to pass instead.
+        module.register_forward_pre_hook(
+            lambda _, args: check_tensor_inputs(pytree.tree_leaves(args))
+        )
     return module
 
 

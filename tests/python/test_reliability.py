@@ -156,3 +156,27 @@ def test_cat_of_more_tensors_than_an_engine_takes_falls_back():
     reasons = [f.reason for f in compiled.report.fallbacks if f.target == "aten.cat.default"]
     assert reasons and "at most 1024" in reasons[0]
     torch.testing.assert_close(compiled(x), ManyCat()(x))
+
+
+@needs_runtime
+@pytest.mark.parametrize("where", ["compiled", "loaded"])
+def test_numpy_input_gets_a_message_that_says_what_to_pass(where, tmp_path):
+    # A numpy array passed to a loaded module used to raise TypeError("'int' object is not
+    # callable") from inside torch.
+    path = _saved_pt2(tmp_path)
+    module = kiln.load(path)
+    if where == "compiled":
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+        module = kiln.compile(model, [torch.randn(2, 8)], device="cpu", min_block_size=1)
+    with pytest.raises(kiln.KilnError, match=r"input 0 is a numpy.ndarray.*torch.from_numpy"):
+        module(np.zeros((2, 8), np.float32))
+    assert module(torch.zeros(2, 8)).shape == (2, 4)
+
+
+@needs_runtime
+def test_meta_input_is_refused(tmp_path):
+    # It returned an uninitialized CPU tensor.
+    for module in (kiln.load(_saved_pt2(tmp_path)),):
+        with pytest.raises(kiln.KilnError, match="meta device"):
+            module(torch.zeros(2, 8, device="meta"))
