@@ -227,12 +227,17 @@ class TorchEngine : public torch::CustomClassHolder {
     TORCH_CHECK(state.size() == 4, "saved Kiln engine (format ", kRuntimeFormatVersion, ") has ",
                 state.size(), " fields, expected 4: the file is corrupt");
     std::string plan = rethrow_as_torch([&] { return decode_plan(state[1]); });
-    int64_t device = -1;
-    if (state[2] == "cuda") {
-      // Keep the saved device when it exists here, else take the current one.
-      int64_t saved = std::stoll(state[3]);
-      if (saved >= 0 && saved < cuda_device_count()) device = saved;
+    int64_t saved = -2;
+    try {
+      size_t used = 0;
+      saved = std::stoll(state[3], &used);
+      if (used != state[3].size()) saved = -2;
+    } catch (const std::exception&) {  // std::stoll's invalid_argument / out_of_range
     }
+    TORCH_CHECK(saved >= -1, "saved Kiln engine: the device field '", state[3],
+                "' is not a device index: the file is corrupt");
+    // Keep the saved CUDA device when it exists here, else take the current one.
+    const int64_t device = state[2] == "cuda" && saved >= 0 && saved < cuda_device_count() ? saved : -1;
     return c10::make_intrusive<TorchEngine>(std::move(plan), state[2], device);
   }
 

@@ -124,6 +124,12 @@ def test_pickle_version_mismatch():
         fresh.__setstate__((["7", *state[1:]], qualified_name))
     with pytest.raises(RuntimeError, match="not valid base64"):
         rebuild(*args).__setstate__((["1", "not*base64", "reference", "-1"], qualified_name))
+    # A device field that is no integer: it raised ValueError("stoll") (issue 14).
+    for device in ("x", "1x", "99999999999999999999999", "-5"):
+        with pytest.raises(
+            RuntimeError, match=f"the device field '{device}' is not a device index"
+        ):
+            rebuild(*args).__setstate__((["1", state[1], "reference", device], qualified_name))
 
 
 # ---- execute_engine ------------------------------------------------------------------------
