@@ -302,7 +302,7 @@ void ExecutionContext::infer_current_shapes() {
   const MemoryPlan& mem = engine_->plan().memory;
   for (const auto& t : net.tensors()) {
     if (mem.offsets[t.id] < 0) continue;
-    int64_t bytes = volume(shapes_[t.id]) * static_cast<int64_t>(dtype_size(t.dtype));
+    int64_t bytes = tensor_bytes(shapes_[t.id], dtype_size(t.dtype));
     KILN_CHECK(bytes <= mem.sizes[t.id], "tensor '" << t.name << "' needs " << bytes
                                                     << " bytes for these input shapes, the plan reserved "
                                                     << mem.sizes[t.id]
@@ -478,7 +478,7 @@ void ExecutionContext::run_layers(void* stream) {
   const bool stage = staged();
   for (const auto& [b, id] : output_copies_) {
     void* dst = stage ? staging_buffers_[b] : addresses_[b];
-    size_t bytes = static_cast<size_t>(volume(shapes_[id])) * dtype_size(net.tensor(id).dtype);
+    size_t bytes = static_cast<size_t>(tensor_bytes(shapes_[id], dtype_size(net.tensor(id).dtype)));
     if (dst == ptr_[id] || bytes == 0) continue;
     if (e.backend() == Backend::kCuda) {
       copy_device_async(dst, ptr_[id], bytes, stream);
@@ -495,7 +495,7 @@ void ExecutionContext::copy_staged(bool inputs, void* stream) {
   const int begin = inputs ? 0 : e.num_inputs(), end = inputs ? e.num_inputs() : e.num_bindings();
   for (int b = begin; b < end; ++b) {
     TensorId id = e.binding_ids_[b];
-    size_t bytes = static_cast<size_t>(volume(shapes_[id])) * dtype_size(net.tensor(id).dtype);
+    size_t bytes = static_cast<size_t>(tensor_bytes(shapes_[id], dtype_size(net.tensor(id).dtype)));
     if (bytes == 0) continue;
     if (inputs) {
       copy_device_async(staging_buffers_[b], addresses_[b], bytes, stream);

@@ -517,7 +517,7 @@ std::vector<int64_t> max_tensor_bytes(const Network& net, const std::vector<Opti
   auto account = [&](const std::map<std::string, Dims>& shapes) {
     std::vector<Dims> dims = infer_shapes(net, shapes);
     for (const auto& t : net.tensors()) {
-      int64_t b = volume(dims[t.id]) * static_cast<int64_t>(dtype_size(t.dtype));
+      int64_t b = tensor_bytes(dims[t.id], dtype_size(t.dtype));
       bytes[t.id] = std::max(bytes[t.id], b);
     }
   };

@@ -83,7 +83,7 @@ class HeaderParser {
     KILN_CHECK(offsets.size() == 2 && offsets[0] <= offsets[1] && offsets[1] <= data_size,
                what_ << ": tensor '" << name << "' has data offsets outside the file's " << data_size
                      << " data bytes (the file is truncated or corrupt)");
-    const uint64_t bytes = static_cast<uint64_t>(volume(shape)) * dtype_size(t.dtype);
+    const uint64_t bytes = static_cast<uint64_t>(tensor_bytes(shape, dtype_size(t.dtype)));
     KILN_CHECK(offsets[1] - offsets[0] == bytes, what_ << ": tensor '" << name << "' has "
                                                        << offsets[1] - offsets[0] << " data bytes, its shape "
                                                        << to_string(shape) << " needs " << bytes);

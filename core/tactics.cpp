@@ -215,7 +215,7 @@ TacticTimer cuda_tactic_timer(const Network& net, size_t workspace_bytes) {
     }
     for (const auto& d : out_desc) {
       buffers.push_back(
-          std::make_unique<DeviceBuffer>(static_cast<size_t>(volume(d.dims)) * dtype_size(d.dtype)));
+          std::make_unique<DeviceBuffer>(static_cast<size_t>(tensor_bytes(d.dims, dtype_size(d.dtype)))));
       out.push_back({buffers.back()->p, d.dtype, d.dims});
     }
     LaunchContext launch;

@@ -29,6 +29,16 @@ int64_t volume(const Dims& d) {
   return n;
 }
 
+int64_t tensor_bytes(const Dims& d, size_t element_size) {
+  const int64_t n = volume(d);
+  int64_t bytes = 0;
+  KILN_CHECK(
+      !__builtin_mul_overflow(n, static_cast<int64_t>(element_size), &bytes) && bytes <= (int64_t{1} << 62),
+      "shape " << to_string(d) << " of " << element_size << "-byte elements is too large (" << n
+               << " elements)");
+  return bytes;
+}
+
 bool broadcast_shapes(const Dims& a, const Dims& b, Dims* out) {
   size_t rank = std::max(a.size(), b.size());
   Dims r(rank);

@@ -17,6 +17,10 @@ std::string to_string(const Dims& d);  // "[2, -1, 64]"
 bool is_static(const Dims& d);
 // Element count of a static shape; throws on a dynamic dim or on overflow past 2^62.
 int64_t volume(const Dims& d);
+// Bytes of a dense tensor of `d` with `element_size`-byte elements: volume x element size,
+// overflow-checked (throws past 2^62 bytes). The one place a byte count is computed from a shape:
+// shapes come from files (plans, safetensors) and users, and an unchecked product wraps.
+int64_t tensor_bytes(const Dims& d, size_t element_size);
 
 // NumPy-style broadcast of two shapes. Dynamic dims broadcast against 1 and against themselves;
 // returns false when the shapes cannot broadcast.

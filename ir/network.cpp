@@ -99,7 +99,7 @@ TensorId Network::add_constant(const std::string& name, DataType dtype, const Di
   std::string n = name.empty() ? "const_" + std::to_string(name_counter_++) : name;
   check_dims("constant '" + n + "'", dims, /*allow_dynamic=*/false);
   KILN_CHECK(data != nullptr, "constant '" << n << "': no data");
-  size_t expected = static_cast<size_t>(volume(dims)) * dtype_size(dtype);
+  const size_t expected = static_cast<size_t>(tensor_bytes(dims, dtype_size(dtype)));
   KILN_CHECK(data->size() == expected, "constant '" << n << "': " << data->size() << " bytes given, shape "
                                                     << to_string(dims) << " of " << dtype_name(dtype)
                                                     << " needs " << expected);
@@ -265,7 +265,7 @@ void Network::revalidate() {
   for (const auto& t : tensors_) {
     if (t.kind == TensorKind::kConstant) {
       check_dims("constant '" + t.name + "'", t.dims, false);
-      KILN_CHECK(t.data && t.data->size() == static_cast<size_t>(volume(t.dims)) * dtype_size(t.dtype),
+      KILN_CHECK(t.data && t.data->size() == static_cast<size_t>(tensor_bytes(t.dims, dtype_size(t.dtype))),
                  "constant '" << t.name << "': data size does not match its shape");
       tensors_[t.id].values = constant_values(t.dtype, t.dims, *t.data);
       defined[t.id] = true;

@@ -66,7 +66,10 @@ bool fold_constants(Network& net) {
     int64_t out_bytes = 0;
     for (TensorId t : l.outputs) all_const &= is_static(net.tensor(t).dims);
     if (all_const) {
-      for (TensorId t : l.outputs) out_bytes += volume(net.tensor(t).dims) * dtype_size(net.tensor(t).dtype);
+      for (TensorId t : l.outputs) {  // each term capped: the sum of huge outputs must not wrap
+        out_bytes += std::min<int64_t>(tensor_bytes(net.tensor(t).dims, dtype_size(net.tensor(t).dtype)),
+                                       kMaxFoldBytes + 1);
+      }
     }
     if (!all_const || out_bytes > kMaxFoldBytes || !has_kernel(l.op, Backend::kReference)) {
       kept.push_back(std::move(l));
@@ -80,7 +83,7 @@ bool fold_constants(Network& net) {
     std::vector<std::shared_ptr<std::vector<uint8_t>>> buffers;
     for (TensorId t : l.outputs) {
       const Tensor& o = net.tensor(t);
-      buffers.push_back(std::make_shared<std::vector<uint8_t>>(volume(o.dims) * dtype_size(o.dtype)));
+      buffers.push_back(std::make_shared<std::vector<uint8_t>>(tensor_bytes(o.dims, dtype_size(o.dtype))));
       out.push_back({buffers.back()->data(), o.dtype, o.dims});
     }
     create_kernel(l, Backend::kReference)->run(in, out, LaunchContext{});

@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "core/passes/passes.h"
+#include "ir/error.h"
 
 namespace kiln {
 namespace {
@@ -36,11 +37,16 @@ MemoryPlan plan_memory(const Network& net, const std::vector<OptimizationProfile
       }
     }
     std::sort(busy.begin(), busy.end());
+    // Sizes are at most 2^62 (tensor_bytes), offsets below 2^62 (checked as each is placed): the
+    // sums here cannot wrap.
     int64_t offset = 0;
     for (const auto& [begin, end] : busy) {
       if (offset + size <= begin) break;
       offset = std::max(offset, align_up(end));
     }
+    KILN_CHECK(offset + size <= (int64_t{1} << 62), "the activation arena would exceed 2^62 bytes (tensor '"
+                                                        << net.tensor(static_cast<TensorId>(t)).name << "', "
+                                                        << size << " bytes)");
     plan.offsets[t] = offset;
     plan.sizes[t] = size;
     plan.arena_bytes = std::max(plan.arena_bytes, offset + size);
