@@ -104,6 +104,10 @@ def check_archive(path: str) -> None:
     with zipfile.ZipFile(path) as archive:
         pickled = _pickled_entries(archive)
         for entry in archive.namelist():
+            with archive.open(entry) as f:
+                head = f.read(2)
+            if head != b"PK" and entry not in pickled:
+                continue  # raw tensor bytes, JSON, text: torch reads them without unpickling
             data = archive.read(entry)
             for where, payload in _pickles(entry, data, entry in pickled):
                 try:
