@@ -117,3 +117,23 @@ TOLERANCE = {
     torch.float16: {"rtol": 2e-3, "atol": 1e-3},
     torch.bfloat16: {"rtol": 1.6e-2, "atol": 1e-2},
 }
+
+
+def run_kiln_cli(*args, timeout: float | None = None):
+    """`python -m kiln ARGS` in a fresh process that imports this checkout's kiln."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import kiln
+
+    py_dir = str(Path(kiln.__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([py_dir, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run(
+        [sys.executable, "-m", "kiln", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from layer_util import DEVICES
+from layer_util import DEVICES, run_kiln_cli
 
 import kiln
 from kiln import runtime as rt
@@ -232,12 +232,7 @@ def test_errors():
 
 
 def _cli(*args):
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(PY_DIR), os.environ.get("PYTHONPATH", "")])
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "kiln", *map(str, args)], capture_output=True, text=True, env=env
-    )
+    return run_kiln_cli(*args)
 
 
 def test_cli_compile(tmp_path):

@@ -14,15 +14,12 @@ Everything runs on the CPU reference backend.
 """
 
 import json
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from layer_util import run_kiln_cli
 
 import kiln
 from kiln import cli, dtypes
@@ -47,7 +44,6 @@ PRECISIONS = {
     torch.bfloat16: "bf16",
 }
 REJECTED = ["fp8", "float64", "double", "FP16", "", torch.float64, torch.int8, 16, None]
-PY_DIR = Path(kiln.__file__).resolve().parent.parent
 
 
 def _mlp() -> torch.nn.Sequential:
@@ -315,12 +311,7 @@ def test_inspection_profile_device(tmp_path):
 
 
 def _cli(*args):
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(PY_DIR), os.environ.get("PYTHONPATH", "")])
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "kiln", *map(str, args)], capture_output=True, text=True, env=env
-    )
+    return run_kiln_cli(*args)
 
 
 def test_cli_inspect_device(tmp_path):
