@@ -26,18 +26,22 @@ bool graphs_enabled_by_env() {
 }
 }  // namespace
 
-std::shared_ptr<Engine> Engine::create(Plan plan, Backend backend,
-                                       std::shared_ptr<DeviceAllocator> allocator) {
-  return std::shared_ptr<Engine>(new Engine(std::move(plan), backend, std::move(allocator)));
+std::shared_ptr<Engine> Engine::create(Plan plan, Backend backend, std::shared_ptr<DeviceAllocator> allocator,
+                                       bool allow_minor_version_mismatch) {
+  return std::shared_ptr<Engine>(
+      new Engine(std::move(plan), backend, std::move(allocator), allow_minor_version_mismatch));
 }
 
 std::shared_ptr<Engine> Engine::create(const std::vector<uint8_t>& plan_bytes, Backend backend,
-                                       std::shared_ptr<DeviceAllocator> allocator) {
-  return create(Plan::deserialize(plan_bytes), backend, std::move(allocator));
+                                       std::shared_ptr<DeviceAllocator> allocator,
+                                       bool allow_minor_version_mismatch) {
+  return create(Plan::deserialize(plan_bytes), backend, std::move(allocator), allow_minor_version_mismatch);
 }
 
-Engine::Engine(Plan plan, Backend backend, std::shared_ptr<DeviceAllocator> allocator)
+Engine::Engine(Plan plan, Backend backend, std::shared_ptr<DeviceAllocator> allocator,
+               bool allow_minor_version_mismatch)
     : plan_(std::move(plan)), backend_(backend) {
+  check_plan_compatibility(plan_.header, backend_ == Backend::kCuda, allow_minor_version_mismatch);
   const Network& net = plan_.network;
   if (backend_ == Backend::kCuda) {
     KILN_CHECK(cuda_device_count() > 0,
@@ -63,6 +67,7 @@ Engine::Engine(Plan plan, Backend backend, std::shared_ptr<DeviceAllocator> allo
   for (size_t i = 0; i < binding_ids_.size(); ++i) {
     binding_index_.emplace(net.tensor(binding_ids_[i]).name, static_cast<int>(i));
   }
+  conflicts_ = arena_conflicts(net);
   try {
     upload_constants();
     for (const auto& l : net.layers()) {
@@ -118,9 +123,10 @@ Engine::~Engine() {
   if (weights_) allocator_->deallocate(weights_);
 }
 
-std::unique_ptr<ExecutionContext> Engine::create_execution_context(
-    std::shared_ptr<DeviceAllocator> allocator) const {
-  return std::unique_ptr<ExecutionContext>(new ExecutionContext(shared_from_this(), std::move(allocator)));
+std::unique_ptr<ExecutionContext> Engine::create_execution_context(std::shared_ptr<DeviceAllocator> allocator,
+                                                                   MemoryAllocation memory) const {
+  return std::unique_ptr<ExecutionContext>(
+      new ExecutionContext(shared_from_this(), std::move(allocator), memory));
 }
 
 int Engine::binding_index(const std::string& name) const {
@@ -182,9 +188,28 @@ int64_t Engine::device_bytes() const {
 
 // ---- ExecutionContext -----------------------------------------------------------------------------
 
+// Every public call of a context holds this for its duration: a second thread entering the same
+// context meanwhile gets an error instead of racing on its state.
+class ExecutionContext::Exclusive {
+ public:
+  Exclusive(const ExecutionContext& context, const char* call) : busy_(context.busy_) {
+    KILN_CHECK(!busy_.exchange(true, std::memory_order_acquire),
+               "ExecutionContext::" << call
+                                    << ": another thread is using this execution context right now; a "
+                                       "context serves one thread at a time: create one per thread "
+                                       "(engine.create_execution_context())");
+  }
+  ~Exclusive() { busy_.store(false, std::memory_order_release); }
+  Exclusive(const Exclusive&) = delete;
+  Exclusive& operator=(const Exclusive&) = delete;
+
+ private:
+  std::atomic<bool>& busy_;
+};
+
 ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine,
-                                   std::shared_ptr<DeviceAllocator> allocator)
-    : engine_(std::move(engine)) {
+                                   std::shared_ptr<DeviceAllocator> allocator, MemoryAllocation memory)
+    : engine_(std::move(engine)), memory_(memory) {
   const Plan& plan = engine_->plan();
   const Network& net = plan.network;
   input_shapes_.resize(net.inputs().size());
@@ -197,29 +222,90 @@ ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine,
     }
   }
   addresses_.assign(static_cast<size_t>(engine_->num_bindings()), nullptr);
-  if (engine_->backend() == Backend::kCuda) {
+  const bool cuda = engine_->backend() == Backend::kCuda;
+  if (cuda) {
     allocator_ = allocator ? std::move(allocator) : engine_->allocator_;
     graphs_enabled_ = engine_->capturable_ && graphs_enabled_by_env();
-    try {
-      arena_ = allocator_->allocate(static_cast<size_t>(plan.memory.arena_bytes));
-      workspace_ = allocator_->allocate(static_cast<size_t>(plan.memory.workspace_bytes));
+  }
+  try {
+    if (cuda) {
       cublaslt_ = create_cublaslt_handle();
       if (engine_->uses_cudnn_) cudnn_ = create_cudnn_handle();
-    } catch (...) {
+    }
+    if (memory_ == MemoryAllocation::kProfileMax) {
+      reserve_arena(plan.memory.arena_bytes);
+      if (cuda) workspace_ = allocator_->allocate(static_cast<size_t>(plan.memory.workspace_bytes));
+    }
+  } catch (...) {
+    if (cuda) {
+      destroy_cudnn_handle(cudnn_);
       destroy_cublaslt_handle(cublaslt_);
       allocator_->deallocate(arena_);
-      allocator_->deallocate(workspace_);
-      throw;
     }
+    throw;
+  }
+}
+
+// Grows the arena to at least `bytes` (never shrinks). Graphs captured against the old arena
+// are released; the launch table is rebuilt by the caller.
+void ExecutionContext::reserve_arena(int64_t bytes) {
+  if (bytes <= arena_capacity_) return;
+  if (engine_->backend() == Backend::kCuda) {
+    DeviceGuard guard(engine_->device());
+    release_graphs();
+    allocator_->deallocate(arena_);
+    arena_ = nullptr;
+    arena_capacity_ = 0;
+    arena_ = allocator_->allocate(static_cast<size_t>(bytes));
   } else {
     try {
-      host_arena_.resize(static_cast<size_t>(plan.memory.arena_bytes));
+      host_arena_.resize(static_cast<size_t>(bytes));
     } catch (const std::bad_alloc&) {
-      KILN_FAIL("cannot allocate " << plan.memory.arena_bytes
-                                   << " bytes of host memory for the activation arena; "
-                                   << "lower the profile's max shapes");
+      KILN_FAIL("cannot allocate " << bytes << " bytes of host memory for the activation arena; "
+                                   << "use smaller input shapes");
     }
   }
+  arena_capacity_ = bytes;
+}
+
+// The arena offsets for the current shapes: the plan's (kProfileMax), else a layout placed for
+// these shapes, cached per input shapes.
+void ExecutionContext::lay_out_arena() {
+  const Engine& e = *engine_;
+  const Network& net = e.network();
+  if (memory_ == MemoryAllocation::kProfileMax) {
+    const MemoryPlan& mem = e.plan().memory;
+    for (const auto& t : net.tensors()) {
+      if (mem.offsets[t.id] < 0) continue;
+      int64_t bytes = tensor_bytes(shapes_[t.id], dtype_size(t.dtype));
+      KILN_CHECK(bytes <= mem.sizes[t.id], "tensor '" << t.name << "' needs " << bytes
+                                                      << " bytes for these input shapes, the plan reserved "
+                                                      << mem.sizes[t.id]
+                                                      << "; use input shapes inside the profile");
+    }
+    offsets_ = &mem.offsets;
+    return;
+  }
+  Layout* layout = nullptr;
+  for (auto& l : layouts_) {
+    if (l.shapes == input_shapes_) layout = &l;
+  }
+  if (!layout) {
+    if (layouts_.size() >= kMaxGraphs) {
+      layouts_.erase(std::min_element(layouts_.begin(), layouts_.end(), [](const Layout& a, const Layout& b) {
+        return a.last_used < b.last_used;
+      }));
+    }
+    std::vector<int64_t> bytes(net.tensors().size(), 0);
+    for (TensorId t : e.conflicts_.tensors)
+      bytes[t] = tensor_bytes(shapes_[t], dtype_size(net.tensor(t).dtype));
+    MemoryPlan placed = place_in_arena(net, e.conflicts_, bytes);
+    layouts_.push_back({input_shapes_, std::move(placed.offsets), placed.arena_bytes, 0});
+    layout = &layouts_.back();
+  }
+  layout->last_used = ++clock_;
+  reserve_arena(layout->arena_bytes);
+  offsets_ = &layout->offsets;
 }
 
 ExecutionContext::~ExecutionContext() {
@@ -236,6 +322,7 @@ ExecutionContext::~ExecutionContext() {
 }
 
 void ExecutionContext::set_optimization_profile(int index) {
+  Exclusive lock(*this, "set_optimization_profile");
   if (index == profile_) return;
   int n = engine_->num_profiles();
   KILN_CHECK(index >= 0 && (index < n || (n == 0 && index == 0)),
@@ -250,13 +337,19 @@ void ExecutionContext::set_optimization_profile(int index) {
 }
 
 void ExecutionContext::set_input_shape(const std::string& name, const Dims& dims) {
+  Exclusive lock(*this, "set_input_shape");
   int index = engine_->binding_index(name);
   const Tensor& t = engine_->binding(name);  // names the engine's inputs when `name` is none
   KILN_CHECK(t.kind == TensorKind::kInput, "'" << name << "' is an output; only input shapes can be set");
-  set_input_shape(index, dims);
+  set_input_shape_unguarded(index, dims);
 }
 
 void ExecutionContext::set_input_shape(int index, const Dims& dims) {
+  Exclusive lock(*this, "set_input_shape");
+  set_input_shape_unguarded(index, dims);
+}
+
+void ExecutionContext::set_input_shape_unguarded(int index, const Dims& dims) {
   KILN_CHECK(index >= 0 && index < engine_->num_inputs(), "input index "
                                                               << index << " is out of range; the engine has "
                                                               << engine_->num_inputs() << " inputs");
@@ -299,38 +392,38 @@ void ExecutionContext::infer_current_shapes() {
     by_name[name] = input_shapes_[i];
   }
   shapes_ = infer_shapes(net, by_name);
-  const MemoryPlan& mem = engine_->plan().memory;
-  for (const auto& t : net.tensors()) {
-    if (mem.offsets[t.id] < 0) continue;
-    int64_t bytes = tensor_bytes(shapes_[t.id], dtype_size(t.dtype));
-    KILN_CHECK(bytes <= mem.sizes[t.id], "tensor '" << t.name << "' needs " << bytes
-                                                    << " bytes for these input shapes, the plan reserved "
-                                                    << mem.sizes[t.id]
-                                                    << "; use input shapes inside the profile");
-  }
+  lay_out_arena();
   shapes_dirty_ = false;
   table_dirty_ = true;
   current_graph_ = -1;
 }
 
 Dims ExecutionContext::tensor_shape(const std::string& name) {
+  Exclusive lock(*this, "tensor_shape");
   const Tensor& t = engine_->binding(name);
   infer_current_shapes();
   return shapes_[t.id];
 }
 
 const Dims& ExecutionContext::tensor_shape(int index) {
+  Exclusive lock(*this, "tensor_shape");
   const Tensor& t = engine_->binding(index);
   infer_current_shapes();
   return shapes_[t.id];
 }
 
 void ExecutionContext::set_tensor_address(const std::string& name, void* data) {
+  Exclusive lock(*this, "set_tensor_address");
   engine_->binding(name);  // refuses an unknown name, listing the bindings
-  set_tensor_address(engine_->binding_index(name), data);
+  set_tensor_address_unguarded(engine_->binding_index(name), data);
 }
 
 void ExecutionContext::set_tensor_address(int index, void* data) {
+  Exclusive lock(*this, "set_tensor_address");
+  set_tensor_address_unguarded(index, data);
+}
+
+void ExecutionContext::set_tensor_address_unguarded(int index, void* data) {
   KILN_CHECK(index >= 0 && index < engine_->num_bindings(),
              "binding index " << index << " is out of range; the engine has " << engine_->num_bindings()
                               << " bindings");
@@ -340,6 +433,7 @@ void ExecutionContext::set_tensor_address(int index, void* data) {
 }
 
 void ExecutionContext::set_cuda_graphs(bool enabled) {
+  Exclusive lock(*this, "set_cuda_graphs");
   bool on = enabled && engine_->backend() == Backend::kCuda && engine_->capturable_;
   if (on == graphs_enabled_) return;
   // Captured graphs stay (until the context goes): turning graphs back on replays them.
@@ -348,6 +442,7 @@ void ExecutionContext::set_cuda_graphs(bool enabled) {
 }
 
 void ExecutionContext::set_binding_staging(bool enabled) {
+  Exclusive lock(*this, "set_binding_staging");
   if (enabled == staging_) return;
   staging_ = enabled;
   release_graphs();  // graphs captured against the other addresses
@@ -356,23 +451,33 @@ void ExecutionContext::set_binding_staging(bool enabled) {
 
 bool ExecutionContext::staged() const { return staging_ && graphs_enabled_; }
 
-// Buffers big enough for each binding at every profile's largest shapes.
+// Buffers big enough for each binding at the current shapes (kShapesInUse) or at every
+// profile's largest shapes (kProfileMax). They grow when larger shapes come; graphs captured
+// against the old buffers are released then.
 void ExecutionContext::allocate_staging() {
-  if (!staging_buffers_.empty()) return;
-  const Network& net = engine_->network();
-  std::vector<int64_t> bytes = max_tensor_bytes(net, engine_->plan().profiles);
-  std::vector<void*> buffers(static_cast<size_t>(engine_->num_bindings()), nullptr);
-  try {
-    for (size_t b = 0; b < buffers.size(); ++b) {
-      buffers[b] = allocator_->allocate(static_cast<size_t>(bytes[engine_->binding_ids_[b]]));
+  const Engine& e = *engine_;
+  const Network& net = e.network();
+  std::vector<int64_t> need(static_cast<size_t>(e.num_bindings()), 0);
+  if (memory_ == MemoryAllocation::kProfileMax) {
+    std::vector<int64_t> max_bytes = max_tensor_bytes(net, e.plan().profiles);
+    for (size_t b = 0; b < need.size(); ++b) need[b] = max_bytes[e.binding_ids_[b]];
+  } else {
+    for (size_t b = 0; b < need.size(); ++b) {
+      TensorId id = e.binding_ids_[b];
+      need[b] = tensor_bytes(shapes_[id], dtype_size(net.tensor(id).dtype));
     }
-  } catch (...) {
-    for (void* p : buffers) allocator_->deallocate(p);
-    throw;
   }
-  staging_buffers_ = std::move(buffers);
-  staging_bytes_.clear();
-  for (TensorId id : engine_->binding_ids_) staging_bytes_.push_back(bytes[id]);
+  staging_buffers_.resize(need.size(), nullptr);
+  staging_bytes_.resize(need.size(), 0);
+  for (size_t b = 0; b < need.size(); ++b) {
+    if (need[b] <= staging_bytes_[b] && (staging_buffers_[b] || need[b] == 0)) continue;
+    release_graphs();
+    allocator_->deallocate(staging_buffers_[b]);
+    staging_buffers_[b] = nullptr;
+    staging_bytes_[b] = 0;
+    staging_buffers_[b] = allocator_->allocate(static_cast<size_t>(need[b]));
+    staging_bytes_[b] = need[b];
+  }
 }
 
 void ExecutionContext::build_launch_table() {
@@ -380,11 +485,14 @@ void ExecutionContext::build_launch_table() {
   const Network& net = e.network();
   const bool cuda = e.backend() == Backend::kCuda;
   if (staged()) allocate_staging();
+  if (cuda && !workspace_ && e.plan().memory.workspace_bytes > 0) {
+    workspace_ = allocator_->allocate(static_cast<size_t>(e.plan().memory.workspace_bytes));
+  }
   ptr_.assign(net.tensors().size(), nullptr);
   uint8_t* arena = static_cast<uint8_t*>(cuda ? arena_ : static_cast<void*>(host_arena_.data()));
   for (const auto& t : net.tensors()) {
     if (t.kind == TensorKind::kConstant) ptr_[t.id] = e.constants_[t.id];
-    int64_t off = e.plan().memory.offsets[t.id];
+    int64_t off = (*offsets_)[t.id];
     if (off >= 0) ptr_[t.id] = arena + off;
   }
   const auto& layers = net.layers();
@@ -506,13 +614,15 @@ void ExecutionContext::copy_staged(bool inputs, void* stream) {
 }
 
 void ExecutionContext::enqueue(void* stream) {
-  prepare();
+  Exclusive lock(*this, "enqueue");
   if (engine_->backend() != Backend::kCuda) {
+    prepare();
     run_layers(stream);
     ++stats_.plain;
     return;
   }
   DeviceGuard guard(engine_->device_);
+  prepare();  // may allocate (arena, workspace, staging) on the engine's device
   const bool stage = staged();
   if (stage) copy_staged(true, stream);
   if (profiling_ || !(graphs_enabled_ && launch_graph_for_shapes(stream))) {
@@ -613,6 +723,7 @@ void ExecutionContext::release_graphs() noexcept {
 }
 
 void ExecutionContext::set_profiling(bool on) {
+  Exclusive lock(*this, "set_profiling");
   if (on && engine_->backend() == Backend::kCuda && events_.empty()) {
     DeviceGuard guard(engine_->device());
     size_t n = engine_->network().layers().size() + 1;
@@ -629,6 +740,7 @@ void ExecutionContext::set_profiling(bool on) {
 }
 
 std::vector<double> ExecutionContext::layer_times() {
+  Exclusive lock(*this, "layer_times");
   KILN_CHECK(profiled_, "no profiled enqueue to report: call set_profiling(true), then enqueue");
   if (engine_->backend() != Backend::kCuda) return host_times_;
   DeviceGuard guard(engine_->device());
@@ -639,10 +751,9 @@ std::vector<double> ExecutionContext::layer_times() {
 
 int64_t ExecutionContext::device_bytes() const {
   if (engine_->backend() != Backend::kCuda) return 0;
-  const MemoryPlan& mem = engine_->plan().memory;
   int64_t staging = 0;
   for (int64_t b : staging_bytes_) staging += b;
-  return mem.arena_bytes + mem.workspace_bytes + staging;
+  return arena_capacity_ + (workspace_ ? engine_->plan().memory.workspace_bytes : 0) + staging;
 }
 
 }  // namespace kiln

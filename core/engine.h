@@ -1,7 +1,13 @@
 // Engine: a deserialized plan ready to run on one backend. Immutable after construction and
 // shareable across threads. ExecutionContext: per-stream state (activation arena, workspace,
 // cuBLASLt handle, bound addresses, current shapes, CUDA graphs); one context serves one stream
-// at a time, and several contexts of one engine run concurrently.
+// at a time, and several contexts of one engine run concurrently. A context used from two threads
+// at once refuses the second call with a kiln::Error (it is never corrupted): use one per thread.
+//
+// Activation memory: by default a context allocates nothing up front; its arena is laid out and
+// allocated for the input shapes in use (place_in_arena), grows when larger shapes come, and
+// never shrinks. MemoryAllocation::kProfileMax allocates the plan's arena for the profiles'
+// largest shapes at creation instead (no allocation ever happens in enqueue then).
 //
 // CUDA graphs: a CUDA context captures its launches into a CUDA graph per set of input shapes
 // (and optimization profile) and replays it on later enqueues with the same shapes; the first
@@ -14,6 +20,7 @@
 // a capture failed, or the caller's stream is itself being captured (torch.cuda.graph).
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <string>
@@ -28,23 +35,33 @@ namespace kiln {
 
 class ExecutionContext;
 
+enum class MemoryAllocation {
+  kShapesInUse,  // the arena fits the shapes in use; allocated (or grown) when shapes change
+  kProfileMax,   // the plan's arena for every profile's largest shapes, allocated at creation
+};
+
 class Engine : public std::enable_shared_from_this<Engine> {
  public:
   // Checks that the plan can run on `backend` here: a CUDA plan needs a GPU of the architecture
   // it was built for; the reference backend runs any plan.
   // `allocator` (CUDA only; nullptr: cudaMalloc) holds the weights and is the default for the
   // engine's contexts.
+  // It also refuses a plan of another Kiln (or CUDA library) major.minor version
+  // (check_plan_compatibility); `allow_minor_version_mismatch` accepts another minor version.
   static std::shared_ptr<Engine> create(Plan plan, Backend backend,
-                                        std::shared_ptr<DeviceAllocator> allocator = nullptr);
+                                        std::shared_ptr<DeviceAllocator> allocator = nullptr,
+                                        bool allow_minor_version_mismatch = false);
   static std::shared_ptr<Engine> create(const std::vector<uint8_t>& plan_bytes, Backend backend,
-                                        std::shared_ptr<DeviceAllocator> allocator = nullptr);
+                                        std::shared_ptr<DeviceAllocator> allocator = nullptr,
+                                        bool allow_minor_version_mismatch = false);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
   // `allocator` (nullptr: the engine's) holds the context's arena, workspace and staging buffers.
   std::unique_ptr<ExecutionContext> create_execution_context(
-      std::shared_ptr<DeviceAllocator> allocator = nullptr) const;
+      std::shared_ptr<DeviceAllocator> allocator = nullptr,
+      MemoryAllocation memory = MemoryAllocation::kShapesInUse) const;
 
   const Plan& plan() const { return plan_; }
   const Network& network() const { return plan_.network; }
@@ -67,7 +84,8 @@ class Engine : public std::enable_shared_from_this<Engine> {
 
  private:
   friend class ExecutionContext;
-  Engine(Plan plan, Backend backend, std::shared_ptr<DeviceAllocator> allocator);
+  Engine(Plan plan, Backend backend, std::shared_ptr<DeviceAllocator> allocator,
+         bool allow_minor_version_mismatch);
   void upload_constants();
 
   Plan plan_;
@@ -85,8 +103,9 @@ class Engine : public std::enable_shared_from_this<Engine> {
   std::vector<View> views_;            // every alias layer, in order
   std::vector<TensorId> binding_ids_;  // per binding index
   std::unordered_map<std::string, int> binding_index_;
-  bool uses_cudnn_ = false;  // some kernel needs a cuDNN handle
-  bool capturable_ = true;   // every kernel may be captured in a CUDA graph
+  ArenaConflicts conflicts_;  // for laying out the arena for the shapes in use
+  bool uses_cudnn_ = false;   // some kernel needs a cuDNN handle
+  bool capturable_ = true;    // every kernel may be captured in a CUDA graph
 };
 
 class ExecutionContext {
@@ -122,8 +141,12 @@ class ExecutionContext {
   void set_profiling(bool on);
   bool profiling() const { return profiling_; }
   std::vector<double> layer_times();
-  // Bytes this context holds on the device: activation arena + kernel workspace (CUDA backend).
+  // Bytes this context holds on the device: activation arena + kernel workspace + staging
+  // buffers (CUDA backend).
   int64_t device_bytes() const;
+  // Bytes of the activation arena allocated now (either backend).
+  int64_t arena_bytes() const { return arena_capacity_; }
+  MemoryAllocation memory_allocation() const { return memory_; }
   // CUDA graphs (see the top of this file). On by default for CUDA contexts unless the
   // environment sets KILN_CUDA_GRAPHS=0; no effect on the reference backend.
   void set_cuda_graphs(bool enabled);
@@ -155,8 +178,15 @@ class ExecutionContext {
     uint64_t last_used = 0;
   };
 
-  ExecutionContext(std::shared_ptr<const Engine> engine, std::shared_ptr<DeviceAllocator> allocator);
+  class Exclusive;  // refuses a call while another thread is inside the context
+
+  ExecutionContext(std::shared_ptr<const Engine> engine, std::shared_ptr<DeviceAllocator> allocator,
+                   MemoryAllocation memory);
+  void set_input_shape_unguarded(int input_index, const Dims& dims);
+  void set_tensor_address_unguarded(int binding_index, void* data);
   void infer_current_shapes();
+  void lay_out_arena();  // offsets_ for the current shapes; the arena grown to fit them
+  void reserve_arena(int64_t bytes);
   void prepare();             // shapes, then the launch table, when stale
   void build_launch_table();  // per-layer views for the current shapes
   void refresh_pointers();    // binding addresses into the launch table
@@ -171,6 +201,8 @@ class ExecutionContext {
 
   std::shared_ptr<const Engine> engine_;
   std::shared_ptr<DeviceAllocator> allocator_;
+  MemoryAllocation memory_;
+  mutable std::atomic<bool> busy_{false};  // a thread is inside a call (Exclusive)
   int profile_ = 0;
   std::vector<Dims> input_shapes_;   // per input index
   std::vector<char> input_checked_;  // per input: shape set and checked against the profile
@@ -184,7 +216,18 @@ class ExecutionContext {
   std::vector<void*> ptr_;
   std::vector<std::vector<TensorView>> layer_in_, layer_out_;
   std::vector<std::pair<int, TensorId>> output_copies_;  // (output binding, source tensor)
-  void* arena_ = nullptr;
+  void* arena_ = nullptr;                                // CUDA; the reference backend's is host_arena_
+  int64_t arena_capacity_ = 0;                           // bytes allocated for the arena
+  // Arena offset per tensor id for the current shapes: the plan's (kProfileMax) or a layout for
+  // the shapes in use, cached per input shapes (least recently used go past kMaxGraphs).
+  const std::vector<int64_t>* offsets_ = nullptr;
+  struct Layout {
+    std::vector<Dims> shapes;  // per input
+    std::vector<int64_t> offsets;
+    int64_t arena_bytes = 0;
+    uint64_t last_used = 0;
+  };
+  std::vector<Layout> layouts_;
   void* workspace_ = nullptr;
   void* cublaslt_ = nullptr;
   void* cudnn_ = nullptr;

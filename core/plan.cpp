@@ -1,6 +1,7 @@
 #include "core/plan.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -9,6 +10,7 @@
 #include "ir/error.h"
 #include "ir/op_schema.h"
 #include "ir/ops/shape.h"
+#include "kernels/device.h"
 
 namespace kiln {
 namespace {
@@ -175,7 +177,52 @@ std::string version_text(uint32_t v) {
   return std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100);
 }
 
+// Bytes from the magic up to (not including) the checksum field: magic, six version fields and
+// the payload size.
+constexpr size_t kHeaderBytes = sizeof(kMagic) + 6 * sizeof(uint32_t) + sizeof(uint64_t);
+
+// The checksum field covers the header too (format 3): a changed version or architecture field
+// is caught like a changed body byte.
+uint64_t header_checksum(const uint8_t* header, uint64_t body_checksum) {
+  uint8_t bytes[kHeaderBytes + sizeof(uint64_t)];
+  std::memcpy(bytes, header, kHeaderBytes);
+  std::memcpy(bytes + kHeaderBytes, &body_checksum, sizeof(body_checksum));
+  return plan_checksum(bytes, sizeof(bytes));
+}
+
+// A library version as "major.minor" parts. CUDART_VERSION is major*1000 + minor*10; Kiln,
+// cuBLAS(Lt) and cuDNN 9 are major*10000 + minor*100 + patch.
+struct MajorMinor {
+  uint32_t major, minor;
+};
+MajorMinor cuda_parts(uint32_t v) { return {v / 1000, v / 10 % 100}; }
+MajorMinor library_parts(uint32_t v) { return {v / 10000, v / 100 % 100}; }
+std::string text(MajorMinor v) { return std::to_string(v.major) + "." + std::to_string(v.minor); }
+
+void check_version(const char* what, MajorMinor plan, MajorMinor here, bool allow_minor) {
+  KILN_CHECK(plan.major == here.major && (plan.minor == here.minor || allow_minor),
+             "this plan was built with "
+                 << what << " " << text(plan) << " but this Kiln runs with " << what << " " << text(here)
+                 << "; rebuild the plan with this Kiln"
+                 << (plan.major == here.major ? " (or, to accept a plan of another minor version, pass "
+                                                "allow_minor_version_mismatch=True or set "
+                                                "KILN_ALLOW_MINOR_VERSION_MISMATCH=1)"
+                                              : ""));
+}
+
 }  // namespace
+
+void check_plan_compatibility(const PlanHeader& header, bool cuda, bool allow_minor_version_mismatch) {
+  if (const char* env = std::getenv("KILN_ALLOW_MINOR_VERSION_MISMATCH")) {
+    allow_minor_version_mismatch |= std::string(env) == "1";
+  }
+  const bool allow = allow_minor_version_mismatch;
+  check_version("Kiln", library_parts(header.kiln_version), library_parts(kiln_version_number()), allow);
+  if (!cuda) return;
+  check_version("CUDA", cuda_parts(header.cuda_version), cuda_parts(cuda_runtime_version()), allow);
+  check_version("cuBLASLt", library_parts(header.cublaslt_version), library_parts(cublaslt_version()), allow);
+  check_version("cuDNN", library_parts(header.cudnn_version), library_parts(cudnn_version()), allow);
+}
 
 uint32_t kiln_version_number() {
   return KILN_VERSION_MAJOR * 10000 + KILN_VERSION_MINOR * 100 + KILN_VERSION_PATCH;
@@ -245,7 +292,7 @@ std::vector<uint8_t> Plan::serialize() const {
   out.put<uint32_t>(header.sm_arch);
   const auto& body = payload.buffer();
   out.put<uint64_t>(body.size());
-  out.put<uint64_t>(plan_checksum(body.data(), body.size()));
+  out.put<uint64_t>(header_checksum(out.buffer().data(), plan_checksum(body.data(), body.size())));
   auto& bytes = out.buffer();
   bytes.insert(bytes.end(), body.begin(), body.end());
   return bytes;
@@ -275,7 +322,7 @@ Plan Plan::deserialize(const uint8_t* data, size_t size, bool verify_checksum) {
                                                 << payload_size << " payload bytes but " << r.remaining()
                                                 << " follow; the plan is truncated or corrupt");
   const uint8_t* body = r.position();
-  KILN_CHECK(!verify_checksum || plan_checksum(body, payload_size) == checksum,
+  KILN_CHECK(!verify_checksum || header_checksum(data, plan_checksum(body, payload_size)) == checksum,
              "plan: checksum mismatch; the plan is corrupt (re-serialize or rebuild it)");
 
   std::map<uint32_t, std::pair<const uint8_t*, size_t>> sections;
@@ -444,6 +491,67 @@ std::vector<Lifetime> activation_lifetimes(const Network& net) {
     }
   }
   return life;
+}
+
+ArenaConflicts arena_conflicts(const Network& net) {
+  std::vector<Lifetime> life = activation_lifetimes(net);
+  ArenaConflicts c;
+  c.live_with.resize(net.tensors().size());
+  for (size_t t = 0; t < life.size(); ++t) {
+    if (life[t].in_arena) c.tensors.push_back(static_cast<TensorId>(t));
+  }
+  // Sweep in order of birth: the tensors still alive when one is born are exactly those it
+  // overlaps among the earlier-born (ties included).
+  std::vector<TensorId> by_birth = c.tensors;
+  std::stable_sort(by_birth.begin(), by_birth.end(),
+                   [&](TensorId a, TensorId b) { return life[a].first < life[b].first; });
+  std::vector<TensorId> alive;
+  for (TensorId t : by_birth) {
+    alive.erase(
+        std::remove_if(alive.begin(), alive.end(), [&](TensorId a) { return life[a].last < life[t].first; }),
+        alive.end());
+    for (TensorId a : alive) {
+      c.live_with[t].push_back(a);
+      c.live_with[a].push_back(t);
+    }
+    alive.push_back(t);
+  }
+  return c;
+}
+
+MemoryPlan place_in_arena(const Network& net, const ArenaConflicts& conflicts,
+                          const std::vector<int64_t>& bytes) {
+  constexpr int64_t kAlignment = 256;
+  auto align_up = [](int64_t x) { return (x + kAlignment - 1) / kAlignment * kAlignment; };
+  const size_t n = net.tensors().size();
+  MemoryPlan plan;
+  plan.offsets.assign(n, -1);
+  plan.sizes.assign(n, 0);
+  std::vector<TensorId> order = conflicts.tensors;
+  std::stable_sort(order.begin(), order.end(), [&](TensorId a, TensorId b) { return bytes[a] > bytes[b]; });
+  std::vector<std::pair<int64_t, int64_t>> busy;
+  for (TensorId t : order) {
+    int64_t size = align_up(std::max<int64_t>(bytes[t], 1));
+    // Busy intervals of the already placed tensors live at the same time, by offset.
+    busy.clear();
+    for (TensorId p : conflicts.live_with[t]) {
+      if (plan.offsets[p] >= 0) busy.push_back({plan.offsets[p], plan.offsets[p] + plan.sizes[p]});
+    }
+    std::sort(busy.begin(), busy.end());
+    // Sizes are at most 2^62 (tensor_bytes), offsets below 2^62 (checked as each is placed): the
+    // sums here cannot wrap.
+    int64_t offset = 0;
+    for (const auto& [begin, end] : busy) {
+      if (offset + size <= begin) break;
+      offset = std::max(offset, align_up(end));
+    }
+    KILN_CHECK(offset + size <= (int64_t{1} << 62), "the activation arena would exceed 2^62 bytes (tensor '"
+                                                        << net.tensor(t).name << "', " << size << " bytes)");
+    plan.offsets[t] = offset;
+    plan.sizes[t] = size;
+    plan.arena_bytes = std::max(plan.arena_bytes, offset + size);
+  }
+  return plan;
 }
 
 bool is_view_op(const std::string& op) { return has_trait(op, kView); }

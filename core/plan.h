@@ -1,7 +1,7 @@
 // Plan: the built engine as data, and its versioned binary format.
 //
 // Layout: header (magic "KILNPLAN", format version, Kiln / CUDA / cuBLASLt / cuDNN versions, GPU
-// architecture, payload length, payload checksum), then the payload as tagged sections
+// architecture, payload length, checksum of header and payload), then the payload as tagged sections
 // (network, profiles, memory plan, kernels). Deserialization checks every field it reads and
 // then re-validates the network, profiles and memory plan, so a truncated, corrupt or
 // mismatched plan ends in a kiln::Error, never a crash or a wrong result.
@@ -17,8 +17,8 @@
 
 namespace kiln {
 
-// 2: word-wise payload checksum (plan_checksum), for fast loads.
-constexpr uint32_t kPlanFormatVersion = 2;
+// 2: word-wise payload checksum (plan_checksum), for fast loads. 3: the checksum covers the header.
+constexpr uint32_t kPlanFormatVersion = 3;
 
 struct ShapeRange {
   Dims min, opt, max;
@@ -46,6 +46,13 @@ struct PlanHeader {
   uint32_t cudnn_version = 0;
   uint32_t sm_arch = 0;  // GPU the plan was built for (major*10+minor); 0: reference only
 };
+
+// Refuses, by name, a plan built by another Kiln major.minor version or (CUDA plans) against
+// another CUDA, cuBLASLt or cuDNN major.minor version than this Kiln's: its kernels and tactic
+// choices belong to those versions. Patch versions may differ. `allow_minor_version_mismatch`
+// (or KILN_ALLOW_MINOR_VERSION_MISMATCH=1 in the environment) accepts another minor version of
+// the same major; a different major version is always refused.
+void check_plan_compatibility(const PlanHeader& header, bool cuda, bool allow_minor_version_mismatch = false);
 
 struct Plan {
   PlanHeader header;
@@ -107,6 +114,18 @@ struct Lifetime {
   int first = 0, last = 0;
 };
 std::vector<Lifetime> activation_lifetimes(const Network& net);
+// The arena tensors and, for each, the arena tensors whose lifetimes overlap its own: computed
+// once per network so that placing the tensors for new sizes costs about O(n log n).
+struct ArenaConflicts {
+  std::vector<TensorId> tensors;                 // arena tensors, by id
+  std::vector<std::vector<TensorId>> live_with;  // per tensor id (empty for others)
+};
+ArenaConflicts arena_conflicts(const Network& net);
+// Places the arena tensors of these sizes (bytes per tensor id): largest first, each at the
+// lowest 256-byte-aligned offset free during its lifetime. Deterministic: the same sizes give the
+// same offsets. workspace_bytes is left 0.
+MemoryPlan place_in_arena(const Network& net, const ArenaConflicts& conflicts,
+                          const std::vector<int64_t>& bytes);
 // Bytes each tensor needs at most over every profile's min/opt/max corner.
 std::vector<int64_t> max_tensor_bytes(const Network& net, const std::vector<OptimizationProfile>& profiles);
 // Checks that a memory plan fits its arena and that no two simultaneously live tensors overlap.

@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 
 from kiln import _C
+from kiln._C import KilnError
 from kiln.dtypes import (
     as_numpy,
     backend_name,
@@ -33,10 +35,19 @@ class Engine:
     device: "cuda" (the default when the plan was built for a GPU and one is visible; the
     current CUDA device) or "cpu" (the CPU reference backend). ``backend=`` ("reference" for
     "cpu") is its deprecated name.
+
+    A plan built by another Kiln major.minor version (or, for the GPU, against other CUDA,
+    cuBLASLt or cuDNN major.minor versions) is refused; ``allow_minor_version_mismatch=True``
+    accepts one of another minor version of the same major (docs/reliability.md).
     """
 
     def __init__(
-        self, plan: _C.Plan | bytes, device: str | None = None, *, backend: str | None = None
+        self,
+        plan: _C.Plan | bytes,
+        device: str | None = None,
+        *,
+        backend: str | None = None,
+        allow_minor_version_mismatch: bool = False,
     ):
         if isinstance(plan, bytes | bytearray | memoryview):
             plan = _C.Plan.deserialize(plan)
@@ -46,7 +57,7 @@ class Engine:
         if device is None:
             device = "cuda" if plan.header["sm_arch"] and _C.cuda_device_count() > 0 else "cpu"
         device = device_name(device, allow_index=False)
-        self._engine = _C.Engine(plan, backend_name(device))
+        self._engine = _C.Engine(plan, backend_name(device), allow_minor_version_mismatch)
         self.plan = plan
 
     input_names = property(lambda self: self._engine.input_names)
@@ -85,16 +96,22 @@ class Engine:
         """Bytes of constants this engine holds on the GPU (0 on the CPU)."""
         return self._engine.device_bytes
 
-    def create_execution_context(self) -> ExecutionContext:
-        return ExecutionContext(self, self._engine.create_execution_context())
+    def create_execution_context(self, memory: str = "shapes_in_use") -> ExecutionContext:
+        """A new context (one per thread or stream). memory: "shapes_in_use" (default) lays out
+        and allocates the activation arena for the input shapes of each call, growing it when
+        larger shapes come; "profile_max" allocates it at once for the profiles' largest shapes,
+        so that no call allocates."""
+        return ExecutionContext(self, self._engine.create_execution_context(memory))
 
 
 class ExecutionContext:
-    """Per-stream execution state of an Engine. Use one context per thread/stream."""
+    """Per-stream execution state of an Engine. Use one context per thread/stream: a context
+    that another thread is using refuses the call with a KilnError (it is never corrupted)."""
 
     def __init__(self, engine: Engine, ctx):
         self.engine = engine
         self._ctx = ctx
+        self._busy = threading.Lock()  # held by execute(): its calls must not interleave
 
     def set_optimization_profile(self, index: int) -> None:
         self._ctx.set_optimization_profile(index)
@@ -142,10 +159,28 @@ class ExecutionContext:
 
     @property
     def device_bytes(self) -> int:
-        """Bytes this context holds on the GPU: activation arena + workspace."""
+        """Bytes this context holds on the GPU: activation arena + workspace + staging."""
         return self._ctx.device_bytes
 
+    @property
+    def arena_bytes(self) -> int:
+        """Bytes of activation arena allocated now (on the engine's device, or host memory)."""
+        return self._ctx.arena_bytes
+
     def execute(self, feed: Mapping[str, object]) -> dict[str, object]:
+        """Runs the engine on `feed` (input name -> array or tensor); see the module docstring."""
+        if not self._busy.acquire(blocking=False):
+            raise KilnError(
+                "ExecutionContext.execute: another thread is using this execution context right "
+                "now; a context serves one thread at a time: create one per thread "
+                "(engine.create_execution_context())"
+            )
+        try:
+            return self._execute(feed)
+        finally:
+            self._busy.release()
+
+    def _execute(self, feed: Mapping[str, object]) -> dict[str, object]:
         values = list(feed.values())
         if (
             self.engine.device_type() == "cuda"

@@ -39,6 +39,7 @@ and ``<name>/code/``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -101,7 +102,9 @@ def save(
         torch.jit.save(_script(module, specs, device), path, _extra_files=extra)
 
 
-def load(path: str | os.PathLike, *, trusted: bool = False):
+def load(
+    path: str | os.PathLike, *, trusted: bool = False, allow_minor_version_mismatch: bool = False
+):
     """Loads a module saved by kiln.save (either format) and returns it, ready to call.
 
     An ExportedProgram comes back as ``torch.export.load(path).module()``, a TorchScript module as
@@ -112,6 +115,11 @@ def load(path: str | os.PathLike, *, trusted: bool = False):
     rebuilding of tensors and Kiln engines is refused with a KilnError naming the entry
     (torch.export.load would run it). ``trusted=True`` skips that check for files whose origin
     you trust (docs/security.md).
+
+    Engines built by another Kiln major.minor version (or against other CUDA, cuBLASLt or cuDNN
+    major.minor versions) are refused; ``allow_minor_version_mismatch=True`` accepts those of
+    another minor version of the same major (the environment variable
+    KILN_ALLOW_MINOR_VERSION_MISMATCH=1 does the same for every load, also in C++ apps).
     """
     from kiln import runtime
 
@@ -124,10 +132,11 @@ def load(path: str | os.PathLike, *, trusted: bool = False):
     runtime.load_library()  # torch.classes.kiln.Engine and torch.ops.kiln.execute_engine
     extra = {REPORT_FILE: ""}  # the loaders fill in what the archive holds ("" when absent)
     try:
-        if fmt == "exported_program":
-            module = torch.export.load(path, extra_files=extra).module()
-        else:
-            module = torch.jit.load(path, _extra_files=extra)
+        with _minor_version_mismatch_allowed(allow_minor_version_mismatch):
+            if fmt == "exported_program":
+                module = torch.export.load(path, extra_files=extra).module()
+            else:
+                module = torch.jit.load(path, _extra_files=extra)
     except Exception as error:  # noqa: BLE001 (torch raises many kinds; its message hides the cause)
         raise KilnError(
             f"kiln.load: {path} is {_ARCHIVE_NAMES[fmt]} archive that torch cannot load: "
@@ -142,6 +151,24 @@ def load(path: str | os.PathLike, *, trusted: bool = False):
             lambda _, args: check_tensor_inputs(pytree.tree_leaves(args))
         )
     return module
+
+
+@contextlib.contextmanager
+def _minor_version_mismatch_allowed(allow: bool):
+    """The engines of a loading archive are created inside torch's loader, which passes no options:
+    the engine reads KILN_ALLOW_MINOR_VERSION_MISMATCH (core/plan.h), set here for the load."""
+    name = "KILN_ALLOW_MINOR_VERSION_MISMATCH"
+    before = os.environ.get(name)
+    if allow:
+        os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        if allow:
+            if before is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = before
 
 
 _ARCHIVE_NAMES = {"exported_program": "an ExportedProgram", "torchscript": "a TorchScript"}

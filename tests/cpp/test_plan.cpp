@@ -60,6 +60,38 @@ TEST(Plan, RejectsWrongMagicVersionAndTruncation) {
   bad = bytes;
   bad[bytes.size() - 3] ^= 0x40;
   expect_error(bad, "checksum");
+  // Format 3: the checksum covers the header. Each version field and the architecture (bytes
+  // 12..35: Kiln, CUDA, cuBLASLt, cuDNN, sm_arch) changed alone is caught.
+  for (size_t at : {12, 16, 20, 24, 28}) {
+    bad = bytes;
+    bad[at] ^= 0x01;
+    expect_error(bad, "checksum");
+  }
+}
+
+// A plan that claims another Kiln version in its (checksummed) header: another major is always
+// refused, another minor only without allow_minor_version_mismatch, another patch is fine.
+TEST(Plan, RefusesOtherKilnVersionByName) {
+  Plan plan = Builder().build(small_network(), reference_config());
+  const uint32_t here = plan.header.kiln_version;
+  ASSERT_EQ(here, kiln_version_number());
+  auto create = [&](uint32_t version, bool allow) {
+    Plan p = plan;
+    p.header.kiln_version = version;
+    return Engine::create(Plan::deserialize(p.serialize()), Backend::kReference, nullptr, allow);
+  };
+  auto expect_refused = [&](uint32_t version, bool allow, const std::string& needle) {
+    try {
+      create(version, allow);
+      FAIL() << "a plan of Kiln version " << version << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  EXPECT_NO_THROW(create(here + 1, false));                           // patch
+  expect_refused(here + 100, false, "allow_minor_version_mismatch");  // minor
+  EXPECT_NO_THROW(create(here + 100, true));
+  expect_refused(here + 10000, true, "built with Kiln " + std::to_string(here / 10000 + 1) + ".");  // major
 }
 
 TEST(Plan, RejectsOtherGpuArchitecture) {
@@ -73,6 +105,32 @@ TEST(Plan, RejectsOtherGpuArchitecture) {
     FAIL() << "a plan for another GPU architecture was accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("rebuild the plan on this GPU"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Plan, RefusesOtherCudaLibraryVersions) {
+  KILN_REQUIRE_GPU();
+  BuilderConfig c = reference_config();
+  c.target = BuildTarget::kCuda;
+  Plan plan = Builder().build(small_network(), c);
+  struct Case {
+    uint32_t PlanHeader::*field;
+    uint32_t minor_step;
+    const char* name;
+  };
+  for (const Case& k :
+       {Case{&PlanHeader::cuda_version, 10, "CUDA"}, Case{&PlanHeader::cublaslt_version, 100, "cuBLASLt"},
+        Case{&PlanHeader::cudnn_version, 100, "cuDNN"}}) {
+    Plan p = plan;
+    p.header.*k.field += k.minor_step;
+    try {
+      Engine::create(Plan::deserialize(p.serialize()), Backend::kCuda);
+      FAIL() << "a plan built against another " << k.name << " minor version was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("built with ") + k.name), std::string::npos)
+          << e.what();
+    }
+    EXPECT_NO_THROW(Engine::create(Plan::deserialize(p.serialize()), Backend::kCuda, nullptr, true));
   }
 }
 

@@ -182,7 +182,11 @@ def test_profile_cuda(tmp_path):
     np.testing.assert_array_equal(ctx.execute({"x": x})["y"], plain)
     assert len(ctx.layer_times()) == len(info.layers)
     assert engine.device_bytes == info.memory.constant_bytes
-    assert ctx.device_bytes == info.memory.arena_bytes + info.memory.workspace_bytes
+    # The arena fits the shapes in use (at most the plan's); "profile_max" holds the plan's.
+    assert 0 < ctx.arena_bytes <= info.memory.arena_bytes
+    assert ctx.device_bytes == ctx.arena_bytes + info.memory.workspace_bytes
+    full = engine.create_execution_context(memory="profile_max")
+    assert full.device_bytes == info.memory.arena_bytes + info.memory.workspace_bytes
     path = tmp_path / "net.plan"
     plan.save(str(path))
     out = _cli(path, "--profile", "--runs", "3")

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from layer_util import DEVICES, as_cpu_tensor, build_plan, device_of
 
 import kiln
 from kiln import runtime as rt
@@ -180,3 +181,134 @@ def test_meta_input_is_refused(tmp_path):
     for module in (kiln.load(_saved_pt2(tmp_path)),):
         with pytest.raises(kiln.KilnError, match="meta device"):
             module(torch.zeros(2, 8, device="meta"))
+
+
+def _relu_add_net(width):
+    """y = relu(x) + 1 over x [-1, width] (float32): one arena tensor between input and output."""
+    net = kiln.Network()
+    x = net.add_input("x", "float32", (-1, width))
+    r = net.add_activation(x, "relu")
+    net.mark_output(
+        net.add_elementwise(r, net.add_constant(np.ones((1, width), np.float32)), "add"), "y"
+    )
+    return net
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_context_allocates_for_the_shapes_in_use_not_the_profile_max(device):
+    # A plan of a few KB whose profile allows [2^20, 1024] float32 (4 GiB per activation): a new
+    # context used to allocate (and, on the CPU, zero) the whole arena up front.
+    net = _relu_add_net(1024)
+    plan = build_plan(net, device, level=0, profile={"x": ((1, 1024), (2, 1024), (1 << 20, 1024))})
+    assert len(plan.serialize()) < 70_000 and plan.memory["arena_bytes"] >= 4 << 30
+    engine = kiln.Engine(plan, device=device)
+    ctx = engine.create_execution_context()
+    assert ctx.arena_bytes == 0  # nothing before the first call
+    for rows in (2, 8, 3):
+        x = torch.randn(rows, 1024, device=device_of(device))
+        y = as_cpu_tensor(ctx.execute({"x": x})["y"])
+        torch.testing.assert_close(y, x.cpu().relu() + 1)
+    assert ctx.arena_bytes == 8 * 1024 * 4  # grew to the largest shape used, then stayed
+    with pytest.raises(kiln.KilnError, match="not an allocation strategy"):
+        engine.create_execution_context(memory="everything")
+
+
+def test_profile_max_context_allocates_at_creation():
+    plan = build_plan(
+        _relu_add_net(16), "cpu", level=0, profile={"x": ((1, 16), (2, 16), (64, 16))}
+    )
+    ctx = kiln.Engine(plan, device="cpu").create_execution_context(memory="profile_max")
+    assert ctx.arena_bytes == plan.memory["arena_bytes"] >= 64 * 16 * 4
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(ctx.execute({"x": x})["y"], x.relu() + 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_context_shared_by_threads_refuses_instead_of_corrupting(device):
+    # Two threads calling execute on one context used to corrupt the heap (double free): the
+    # calls release the GIL. Now the second concurrent caller gets a KilnError; every call that
+    # ran returned the right answer.
+    import threading
+
+    plan = build_plan(_relu_add_net(256), device, profile={"x": ((1, 256), (64, 256), (512, 256))})
+    ctx = kiln.Engine(plan, device=device).create_execution_context()
+    results = {"ok": 0, "refused": 0, "wrong": 0, "other": []}
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def work(seed):
+        g = torch.Generator().manual_seed(seed)
+        start.wait()
+        for _ in range(150):
+            x = torch.randn(int(torch.randint(1, 512, (1,), generator=g)), 256, generator=g)
+            try:
+                y = ctx.execute({"x": x.to(device_of(device))})["y"]
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                key = "ok" if torch.equal(as_cpu_tensor(y), x.relu() + 1) else "wrong"
+            except kiln.KilnError as e:
+                key = (
+                    "refused"
+                    if "another thread is using this execution context" in str(e)
+                    else None
+                )
+                if key is None:
+                    with lock:
+                        results["other"].append(str(e))
+                    continue
+            with lock:
+                results[key] += 1
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results["other"] == [] and results["wrong"] == 0
+    assert results["ok"] > 0 and results["ok"] + results["refused"] == 8 * 150
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_eight_threads_with_a_context_each_all_correct(device):
+    # The supported way: one engine, a context per thread, all running at once.
+    import threading
+
+    plan = build_plan(_relu_add_net(256), device, profile={"x": ((1, 256), (64, 256), (512, 256))})
+    engine = kiln.Engine(plan, device=device)
+    failures = []
+
+    def work(seed):
+        ctx = engine.create_execution_context()
+        g = torch.Generator().manual_seed(seed)
+        stream = torch.cuda.Stream() if device == "cuda" else None
+        for _ in range(200):
+            x = torch.randn(int(torch.randint(1, 512, (1,), generator=g)), 256, generator=g)
+            if stream is not None:
+                with torch.cuda.stream(stream):
+                    y = ctx.execute({"x": x.cuda()})["y"]
+                stream.synchronize()
+            else:
+                y = ctx.execute({"x": x})["y"]
+            if not torch.equal(as_cpu_tensor(y), x.relu() + 1):
+                failures.append(seed)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+def test_plan_header_is_covered_by_the_checksum():
+    # The checksum covered only the body: a header edited in place (another Kiln version, GPU
+    # architecture) loaded. The version checks themselves: tests/cpp/test_plan.cpp.
+    plan = build_plan(_relu_add_net(4), "cpu", profile={"x": ((1, 4), (2, 4), (8, 4))})
+    assert plan.header["format_version"] == 3
+    engine = kiln.Engine(plan, device="cpu", allow_minor_version_mismatch=True)
+    engine.create_execution_context().execute({"x": np.ones((2, 4), np.float32)})
+    for at in (12, 16, 20, 24, 28):  # kiln, cuda, cublaslt, cudnn versions, sm_arch
+        data = bytearray(plan.serialize())
+        data[at] ^= 1
+        with pytest.raises(kiln.KilnError, match="checksum mismatch"):
+            kiln.Plan.deserialize(bytes(data))

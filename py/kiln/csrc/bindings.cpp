@@ -421,9 +421,10 @@ PYBIND11_MODULE(_C, m) {
       });
 
   py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine")
-      .def(py::init([](const Plan& plan, const std::string& backend) {
-        return Engine::create(plan, parse_backend(backend));
-      }))
+      .def(py::init([](const Plan& plan, const std::string& backend, bool allow_minor_version_mismatch) {
+             return Engine::create(plan, parse_backend(backend), nullptr, allow_minor_version_mismatch);
+           }),
+           py::arg("plan"), py::arg("backend"), py::arg("allow_minor_version_mismatch") = false)
       .def_property_readonly("backend",
                              [](const Engine& e) { return std::string(backend_name(e.backend())); })
       .def_property_readonly("device", [](const Engine& e) { return e.device(); })
@@ -438,7 +439,18 @@ PYBIND11_MODULE(_C, m) {
       .def("describe_layers", &Engine::describe_layers)
       .def_property_readonly("device_bytes", &Engine::device_bytes)
       .def_property_readonly("plan", [](const Engine& e) { return std::make_shared<Plan>(e.plan()); })
-      .def("create_execution_context", [](const Engine& e) { return e.create_execution_context(); });
+      .def(
+          "create_execution_context",
+          [](const Engine& e, const std::string& memory) {
+            KILN_CHECK(memory == "shapes_in_use" || memory == "profile_max",
+                       "memory='" << memory << "' is not an allocation strategy; pass 'shapes_in_use' (the "
+                                  << "default: the activation arena fits the shapes in use) or 'profile_max' "
+                                  << "(allocated at creation for the profiles' largest shapes)");
+            return e.create_execution_context(nullptr, memory == "profile_max"
+                                                           ? MemoryAllocation::kProfileMax
+                                                           : MemoryAllocation::kShapesInUse);
+          },
+          py::arg("memory") = "shapes_in_use");
 
   py::class_<ExecutionContext>(m, "ExecutionContext")
       .def("set_optimization_profile", &ExecutionContext::set_optimization_profile)
@@ -463,6 +475,7 @@ PYBIND11_MODULE(_C, m) {
              return c.layer_times();
            })
       .def_property_readonly("device_bytes", &ExecutionContext::device_bytes)
+      .def_property_readonly("arena_bytes", &ExecutionContext::arena_bytes)
       .def_property("cuda_graphs", &ExecutionContext::cuda_graphs, &ExecutionContext::set_cuda_graphs,
                     "Capture and replay CUDA graphs per input shapes (CUDA only; default on unless "
                     "KILN_CUDA_GRAPHS=0)")
