@@ -8,7 +8,11 @@
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
 
 #include <algorithm>
 #include <array>
@@ -391,6 +395,44 @@ std::vector<at::Tensor> execute_engine(at::TensorList inputs, c10::intrusive_ptr
   return engine->execute(inputs);
 }
 
+// The backward of an engine call, attached to its outputs when an input requires grad: engines
+// compute the forward pass only, so asking for gradients through one is an error, not a
+// silently missing .grad.
+struct EngineBackward final : torch::autograd::Node {
+  torch::autograd::variable_list apply(torch::autograd::variable_list&&) override {
+    TORCH_CHECK(false,
+                "Kiln: gradients cannot flow through a Kiln engine (kiln::execute_engine computes the "
+                "forward pass only). Differentiate the original PyTorch module instead, or compile with "
+                "torch.compile(backend=\"kiln\"), which runs calls that need autograd in eager PyTorch.");
+  }
+  std::string name() const override { return "KilnEngineBackward"; }
+};
+
+// Autograd kernel: runs the call below autograd; outputs get an EngineBackward history only when
+// grad mode is on and an input requires grad (then .backward() raises, naming Kiln).
+std::vector<at::Tensor> execute_engine_autograd(c10::DispatchKeySet keys, at::TensorList inputs,
+                                                c10::intrusive_ptr<TorchEngine> engine) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("kiln::execute_engine", "")
+          .typed<std::vector<at::Tensor>(at::TensorList, c10::intrusive_ptr<TorchEngine>)>();
+  std::vector<at::Tensor> outputs;
+  {
+    at::AutoDispatchBelowADInplaceOrView below;
+    outputs = op.redispatch(keys & c10::after_autograd_keyset, inputs, std::move(engine));
+  }
+  if (!at::GradMode::is_enabled() ||
+      std::none_of(inputs.begin(), inputs.end(), [](const at::Tensor& t) { return t.requires_grad(); })) {
+    return outputs;
+  }
+  auto node = std::shared_ptr<EngineBackward>(new EngineBackward(), torch::autograd::deleteNode);
+  node->set_next_edges(torch::autograd::collect_next_edges(inputs));
+  for (auto& out : outputs) {
+    if (at::isFloatingType(out.scalar_type())) torch::autograd::set_history(out, node);
+  }
+  return outputs;
+}
+
 }  // namespace
 
 c10::IValue make_engine(Plan plan, const std::string& backend, int64_t device, bool cuda_graphs) {
@@ -426,6 +468,7 @@ c10::ClassTypePtr engine_type() { return torch::getCustomClass("__torch__.torch.
 }  // namespace kiln::runtime
 
 using kiln::runtime::execute_engine;
+using kiln::runtime::execute_engine_autograd;
 using kiln::runtime::kRuntimeFormatVersion;
 using kiln::runtime::TorchEngine;
 
@@ -459,3 +502,4 @@ TORCH_LIBRARY(kiln, m) {
 
 TORCH_LIBRARY_IMPL(kiln, CPU, m) { m.impl("execute_engine", execute_engine); }
 TORCH_LIBRARY_IMPL(kiln, CUDA, m) { m.impl("execute_engine", execute_engine); }
+TORCH_LIBRARY_IMPL(kiln, Autograd, m) { m.impl("execute_engine", execute_engine_autograd); }

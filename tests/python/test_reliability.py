@@ -312,3 +312,25 @@ def test_plan_header_is_covered_by_the_checksum():
         data[at] ^= 1
         with pytest.raises(kiln.KilnError, match="checksum mismatch"):
             kiln.Plan.deserialize(bytes(data))
+
+
+@needs_runtime
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradients_through_an_engine_raise_instead_of_vanishing(device, tmp_path):
+    # Outputs came back with requires_grad=True and backward() left x.grad None, silently.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval().to(device)
+    compiled = kiln.compile(
+        model, [torch.randn(2, 8, device=device)], device=device, min_block_size=1
+    )
+    kiln.save(compiled, tmp_path / "m.ts", output_format="torchscript")
+    for module in (compiled, kiln.load(tmp_path / "m.ts")):
+        x = torch.randn(2, 8, device=device, requires_grad=True)
+        y = module(x)
+        assert y.requires_grad
+        with pytest.raises(RuntimeError, match="gradients cannot flow through a Kiln engine"):
+            y.sum().backward()
+        assert x.grad is None
+        with torch.no_grad():
+            assert not module(x).requires_grad
+        torch.testing.assert_close(module(x.detach()), model(x.detach()), rtol=1e-4, atol=1e-4)
