@@ -104,6 +104,7 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     timing_cache=True,
     tactic_timing: bool | None = None,
     cuda_graphs: bool = True,
+    truncate_double: bool = False,
 ):
     """Compiles ``module`` (an nn.Module or a torch.export.ExportedProgram) for ``inputs``.
 
@@ -130,6 +131,11 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     cuda_graphs: CUDA engines capture and replay CUDA graphs per input shapes (default True; a
     runtime setting, not saved: loaded modules use the default, and KILN_CUDA_GRAPHS=0 turns
     graphs off process-wide).
+    truncate_double: Kiln engines compute in float32 at most. By default every op that computes in
+    float64 runs in PyTorch (the report says so); True runs those ops in engines in float32
+    (inputs and outputs keep their float64 dtype at the module boundary), as
+    torch_tensorrt's truncate_double does. The TorchScript frontend always keeps float64 in
+    PyTorch.
     """
     if ir not in ("auto", "export", "torchscript"):
         raise ValueError(f"ir must be 'auto', 'export' or 'torchscript', got {ir!r}")
@@ -162,9 +168,11 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
         return result
 
     program = export_program(module, specs, device)
-    lowered = FxLowering(program, specs)
+    lowered = FxLowering(program, specs, truncate_double=truncate_double)
     log(level, "kiln.compile: KGraph\n" + lowered.graph.summary())
-    segments, driver_report, plans = _C.compile_graph(lowered.graph, options, lowered.range)
+    segments, driver_report, plans = _C.compile_graph(
+        lowered.graph, options, lowered.range, lowered.torch_nodes
+    )
     report = CompileReport.from_driver(driver_report)
     log(level, "kiln.compile: " + report.text)
     if dry_run:

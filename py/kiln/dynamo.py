@@ -8,7 +8,7 @@ dynamo captured it: eagerly, with a warning through Kiln's logger, so existing c
 Options (``torch.compile(model, backend="kiln", options={...})``):
   enabled_precisions (or precisions), min_block_size, torch_executed_ops,
   require_full_compilation, workspace_size, optimization_level, device, debug, timing_cache,
-  tactic_timing, cuda_graphs: as kiln.compile.
+  tactic_timing, cuda_graphs, truncate_double: as kiln.compile.
   max_dynamic_size: the largest size of every dynamic dim (default: 2x the example size).
   fallback (default True): False raises Kiln's error instead of running the graph eagerly.
 
@@ -62,6 +62,7 @@ _COMPILE_OPTIONS = (
     "timing_cache",
     "tactic_timing",
     "cuda_graphs",
+    "truncate_double",
 )
 _OPTIONS = (*_COMPILE_OPTIONS, "precisions", "max_dynamic_size", "fallback")
 

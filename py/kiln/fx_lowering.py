@@ -20,12 +20,22 @@ from kiln.dtypes import find_dtype_name
 from kiln.inputs import Input
 from kiln.log import log
 
-# float64 has no engine dtype: float64 values, constants and dtype arguments are narrowed to
-# float32 inside engines (with a warning); the FX glue casts at engine boundaries so the module's
-# own inputs and outputs keep their declared dtypes. int64 is not narrowed: the engine computes
-# int64 natively (index arithmetic, gather, embedding, cumsum, arange), so no range proof is
-# needed and every value stays exact.
+# float64 has no engine dtype. By default every node that reads or makes a float64 value (or
+# takes a float64 dtype argument) runs in PyTorch (FxLowering.torch_nodes), so float64 results
+# stay exact. With truncate_double=True such values, constants and dtype arguments are narrowed
+# to float32 inside engines instead (with a warning); the FX glue casts at engine boundaries so
+# the module's own inputs and outputs keep their declared dtypes. int64 is not narrowed: the
+# engine computes int64 natively (index arithmetic, gather, embedding, cumsum, arange), so no
+# range proof is needed and every value stays exact.
 NARROWED = {torch.float64: torch.float32}
+
+# Dtype conversions (Tensor.to / .float() / .type as export writes them).
+_CASTS = {
+    torch.ops.aten._to_copy.default,
+    torch.ops.aten.to.dtype,
+    torch.ops.aten.to.dtype_layout,
+    torch.ops.prims.convert_element_type.default,
+}
 
 # Ops lowering drops: checks that export already proved (no outputs, no effect on results).
 _REMOVED = {torch.ops.aten._assert_tensor_metadata.default}
@@ -34,8 +44,11 @@ _REMOVED = {torch.ops.aten._assert_tensor_metadata.default}
 class FxLowering:
     """Builds the KGraph of an exported program and remembers which FX node is which value."""
 
-    def __init__(self, program, specs: list[Input]):
+    def __init__(self, program, specs: list[Input], truncate_double: bool = False):
         self.program = program
+        self.truncate_double = truncate_double
+        # KGraph node index -> why it must run in PyTorch (float64 without truncate_double).
+        self.torch_nodes: dict[int, str] = {}
         self.fx = program.graph_module.graph
         self.graph = _C.KGraph()
         self.value_of: dict[torch.fx.Node, int] = {}  # FX node (getitem for multi-output) -> value
@@ -149,7 +162,13 @@ class FxLowering:
         elif val is not None:
             v = self._value(node, val)
             outputs.append(v)
-        args = [(name, self._arg(a)) for name, a in _named_args(node)]
+        named = _named_args(node)
+        if not self.truncate_double and _touches_float64(node, named):
+            self.torch_nodes[len(self.fx_nodes)] = (
+                "it computes in float64, which Kiln engines do not (they would compute in "
+                "float32); compile with truncate_double=True to run it in float32"
+            )
+        args = [(name, self._arg(a)) for name, a in named]
         self.graph.add_node(node.name, target_name(node.target), args, outputs, _location(node))
         self.fx_nodes.append(node)
 
@@ -168,7 +187,7 @@ class FxLowering:
 
     def _dtype(self, dtype: torch.dtype, node: torch.fx.Node) -> str:
         if dtype in NARROWED:
-            if not self.narrowed:
+            if not self.narrowed and self.truncate_double:
                 log(
                     "warning",
                     f"kiln.compile: {node.name} is {dtype}; float64 values run as float32 in "
@@ -177,6 +196,26 @@ class FxLowering:
             self.narrowed.append(node.name)
             dtype = NARROWED[dtype]
         return _dtype(dtype, node)
+
+
+def _touches_float64(node: torch.fx.Node, named_args) -> bool:
+    """Whether `node` reads or makes a float64 tensor, or takes float64 as a dtype argument. A
+    cast from float64 to another dtype does not count: rounding once gives the same result in an
+    engine as in PyTorch."""
+    val = node.meta.get("val")
+    if node.target in _CASTS and getattr(val, "dtype", torch.float64) not in NARROWED:
+        return False
+
+    def is_double(v) -> bool:
+        if isinstance(v, torch.fx.Node):
+            v = v.meta.get("val")
+        if isinstance(v, list | tuple):
+            return any(is_double(e) for e in v)
+        return (
+            v in NARROWED if isinstance(v, torch.dtype) else getattr(v, "dtype", None) in NARROWED
+        )
+
+    return is_double(val) or any(is_double(a) for _, a in named_args)
 
 
 def _dims(shape) -> tuple[list[int], list]:

@@ -58,12 +58,18 @@ def module(fn, arity):
     return [Fn1, Fn2, Fn3, Fn4, Fn5][arity - 1](fn).eval()
 
 
-def check(fn, inputs, device="cpu", specs=None, shapes=None, engines=1):
-    """Compiles fn fully (one engine) and compares with eager on `inputs` (and more shapes)."""
+def check(fn, inputs, device="cpu", specs=None, shapes=None, engines=1, **options):
+    """Compiles fn fully (one engine) and compares with eager on `inputs` (and more shapes);
+    `options`: more kiln.compile keywords."""
     model = module(fn, len(inputs))
     inputs = [t.to(device) for t in inputs]
     compiled = kiln.compile(
-        model, specs or inputs, device=device, min_block_size=1, require_full_compilation=True
+        model,
+        specs or inputs,
+        device=device,
+        min_block_size=1,
+        require_full_compilation=True,
+        **options,
     )
     assert compiled.report.num_engines == engines, str(compiled.report)
     for xs in [inputs] + [[t.to(device) for t in s] for s in (shapes or [])]:
@@ -180,7 +186,8 @@ def test_minimum_maximum_bitwise_clamp_isinf_any(device):
         rand(4, 5, dtype=torch.bool),
         rand(4, 5, dtype=torch.bool, seed=2),
     ]
-    check(fn, inputs, device)
+    # The float64 constant's clone is float64 data movement: in one engine only when truncated.
+    check(fn, inputs, device, truncate_double=True)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -208,7 +215,25 @@ def test_type_promotion_matches_eager(device):
     check(fn, inputs, device)
 
 
-def test_float64_is_narrowed_and_module_dtypes_kept():
+def test_float64_runs_in_pytorch_unless_truncate_double():
+    # float64 arithmetic used to run in float32 with only a warning: (x + 1e-9) - x gave 0.
+    class Tiny(nn.Module):
+        def forward(self, x):
+            return ((x + 1e-9) - x) * 2
+
+    fn = Tiny().eval()
+    x = torch.ones(3, 4, dtype=torch.float64)
+    compiled = kiln.compile(fn, [x], device="cpu", min_block_size=1)
+    assert compiled.report.num_engines == 0
+    assert all("truncate_double=True" in f.reason for f in compiled.report.fallbacks)
+    torch.testing.assert_close(compiled(x), fn(x), rtol=0, atol=0)
+    assert compiled(x).abs().min() > 0
+    truncated = kiln.compile(fn, [x], device="cpu", min_block_size=1, truncate_double=True)
+    assert truncated.report.num_engines == 1 and truncated(x).dtype == torch.float64
+    assert truncated(x).abs().max() == 0  # what float32 gives: the user asked for it
+
+
+def test_truncate_double_narrows_float64_and_keeps_module_dtypes():
     class M(nn.Module):
         def __init__(self):
             super().__init__()
@@ -222,7 +247,7 @@ def test_float64_is_narrowed_and_module_dtypes_kept():
     try:
         model = M().eval()
         x, d = rand(4, 3), rand(4, 3, dtype=torch.float64)
-        compiled = kiln.compile(model, [x, d], device="cpu", min_block_size=1)
+        compiled = kiln.compile(model, [x, d], device="cpu", min_block_size=1, truncate_double=True)
     finally:
         kiln.set_log_sink(None)
     assert compiled.report.num_engines == 1 and not compiled.report.fallbacks

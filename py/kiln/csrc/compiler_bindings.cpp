@@ -176,22 +176,25 @@ void bind_compiler(py::module_& m) {
       .def_readonly("fallbacks", &CompileReport::fallbacks)
       .def_readonly("text", &CompileReport::text);
 
-  // compile_graph(graph, options, range) -> (segments as dicts, report, [Plan]); `range(value)`
-  // gives ((min), (opt), (max)) of a segment input with dynamic dims.
+  // compile_graph(graph, options, range, torch_nodes) -> (segments as dicts, report, [Plan]);
+  // `range(value)` gives ((min), (opt), (max)) of a segment input with dynamic dims; torch_nodes
+  // maps node indices that must run in PyTorch to the reason.
   m.def(
       "compile_graph",
-      [](const KGraph& g, const CompileOptions& o, const std::function<py::tuple(ValueId)>& range) {
+      [](const KGraph& g, const CompileOptions& o, const std::function<py::tuple(ValueId)>& range,
+         std::map<int, std::string> torch_nodes) {
         InputRange input_range = [&range](ValueId v) {
           py::tuple t = range(v);
           return ShapeRange{t[0].cast<Dims>(), t[1].cast<Dims>(), t[2].cast<Dims>()};
         };
-        CompileResult r = compile_graph(g, o, input_range);
+        CompileResult r = compile_graph(g, o, input_range, std::move(torch_nodes));
         py::list segments, plans;
         for (const Segment& s : r.partition.segments) segments.append(segment_dict(s));
         for (Plan& p : r.plans) plans.append(py::cast(std::move(p)));
         return py::make_tuple(segments, r.report, plans);
       },
-      py::arg("graph"), py::arg("options"), py::arg("range"));
+      py::arg("graph"), py::arg("options"), py::arg("range"),
+      py::arg("torch_nodes") = std::map<int, std::string>{});
 
   m.def("convert_segment", [](const KGraph& g, const py::dict& segment) {
     return std::make_shared<Network>(convert_segment(g, to_segment(segment)));
