@@ -75,7 +75,9 @@ auto rethrow_as_torch(F&& f) -> decltype(f()) {
   try {
     return f();
   } catch (const kiln::Error& e) {
-    TORCH_CHECK(false, e.what());
+    // "Kiln: ..." so that callers (kiln.compile's modules) can tell Kiln's errors from torch's.
+    const char* what = e.what();
+    TORCH_CHECK(false, std::strncmp(what, "Kiln", 4) == 0 ? "" : "Kiln: ", what);
   }
 }
 

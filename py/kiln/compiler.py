@@ -66,7 +66,14 @@ class CompiledModule(torch.nn.Module):
     def forward(self, *args):
         flat = pytree.tree_leaves(args)
         check_tensor_inputs(flat)
-        return pytree.tree_unflatten(list(self.graph_module(*flat)), self._out_spec)
+        try:
+            outputs = self.graph_module(*flat)
+        except RuntimeError as error:
+            # An engine's error crosses torch's op dispatch as a RuntimeError("Kiln...").
+            if isinstance(error, _C.KilnError) or not str(error).startswith("Kiln"):
+                raise
+            raise _C.KilnError(str(error)) from error
+        return pytree.tree_unflatten(list(outputs), self._out_spec)
 
 
 def check_tensor_inputs(values) -> None:

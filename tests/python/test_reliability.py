@@ -334,3 +334,13 @@ def test_gradients_through_an_engine_raise_instead_of_vanishing(device, tmp_path
         with torch.no_grad():
             assert not module(x).requires_grad
         torch.testing.assert_close(module(x.detach()), model(x.detach()), rtol=1e-4, atol=1e-4)
+
+
+@needs_runtime
+def test_engine_errors_from_a_compiled_module_are_kiln_errors():
+    # They crossed torch's op dispatch as plain RuntimeErrors.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    compiled = kiln.compile(model, [torch.randn(2, 8)], device="cpu", min_block_size=1)
+    with pytest.raises(kiln.KilnError, match="Kiln engine input .* has dtype"):
+        compiled(torch.randn(2, 8, dtype=torch.float16))
