@@ -63,7 +63,8 @@ const ConverterRegistration kRegistered([] {
   leaky.limits = "floating dtypes";
   register_converter(std::move(leaky));
 
-  // clip(alpha = min, beta = max); a missing bound is +-float max.
+  // clip(alpha = min, beta = max); a missing bound is -inf / +inf, so infinities pass through as
+  // in torch (clamp(inf, min=0) = inf; a float-max bound would turn it into 3.4e38).
   auto register_clip = [](const std::string& target, const std::string& lo, const std::string& hi) {
     Converter c;
     c.target = target;
@@ -75,7 +76,7 @@ const ConverterRegistration kRegistered([] {
       return require_floating(value_arg(g, n, "self"), "self");
     };
     c.convert = [lo, hi](ConversionContext& ctx, const KNode& n) {
-      const double big = std::numeric_limits<float>::max();
+      const double big = std::numeric_limits<double>::infinity();
       Attributes attrs;
       attrs.set("type", std::string("clip"))
           .set("alpha", n.arg(lo).is_none() ? -big : n.arg(lo).as_double())

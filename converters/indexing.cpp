@@ -1,7 +1,11 @@
 // Indexing: aten.embedding -> embedding; aten.slice.Tensor -> slice (constant bounds) or gather
 // with an arange (symbolic bounds); aten.select.int -> gather (0-d index); aten.gather ->
-// gather_elements; aten.index.Tensor (integer indices on the leading dims) -> flatten + gather of
-// the linear index; aten.cumsum -> cumsum.
+// gather_elements; aten.index.Tensor (integer indices on the leading dims) -> gather, or flatten +
+// gather of the linear index; aten.cumsum -> cumsum.
+//
+// Out-of-range indices behave as in torch, never as another element: embedding and gather
+// refuse negative ones (embedding never wraps, gather_elements gets wrap = 0), index and select
+// wrap each index once and no more (docs/ops.md, "Out-of-range indices").
 //
 // Index arithmetic stays int64 (the engine's gather/arange/elementwise take int64), so no index
 // is narrowed; symbolic sizes become tracked 0-d int64 tensors.
@@ -75,7 +79,9 @@ const ConverterRegistration kRegistered([] {
     TensorId out = ctx.add(n, "embedding", {ctx.tensor(n, "weight"), ctx.tensor(n, "indices")}).outputs[0];
     ctx.set_output(n, 0, out);
   };
-  embedding.limits = "2-D weight; padding_idx ignored (inference); out-of-range indices read 0 on CUDA";
+  embedding.limits =
+      "2-D weight; padding_idx ignored (inference); an index < 0 or ≥ num_embeddings raises on the reference "
+      "backend and gives a NaN row on CUDA";
   register_converter(std::move(embedding));
 
   Converter slice;
@@ -143,7 +149,10 @@ const ConverterRegistration kRegistered([] {
       index = binary(ctx, n, "add", ctx.constant_i64(n, {i}, {}, "index"), dim_size(ctx, n, x, axis, "size"),
                      "wrapped");
     }
-    ctx.set_output(n, 0, ctx.add(n, "gather", {x, index}, Attributes().set("axis", axis)).outputs[0]);
+    // The index is wrapped here already: a second wrap in the gather would hide one below -size.
+    Attributes attrs;
+    attrs.set("axis", axis).set("wrap", int64_t{0});
+    ctx.set_output(n, 0, ctx.add(n, "gather", {x, index}, attrs).outputs[0]);
   };
   select.limits = "a constant index (negative wraps)";
   register_converter(std::move(select));
@@ -185,8 +194,10 @@ const ConverterRegistration kRegistered([] {
       attrs.set("axes", axes).set("starts", starts).set("ends", ends);
       x = ctx.add(n, "slice", {x}, attrs, "cut").outputs[0];
     }
-    ctx.set_output(n, 0,
-                   ctx.add(n, "gather_elements", {x, index}, Attributes().set("axis", axis)).outputs[0]);
+    // torch.gather refuses negative indices (no wrap), unlike ONNX GatherElements.
+    Attributes attrs;
+    attrs.set("axis", axis).set("wrap", int64_t{0});
+    ctx.set_output(n, 0, ctx.add(n, "gather_elements", {x, index}, attrs).outputs[0]);
   };
   gather.limits =
       "int32/int64 index of self's rank; outside dim, index dims equal self's or are smaller static sizes";
@@ -207,28 +218,43 @@ const ConverterRegistration kRegistered([] {
     return "";
   };
   index.convert = [](ConversionContext& ctx, const KNode& n) {
-    // x[i0, ..., ik-1] = flatten(x, 0, k-1)[sum_j wrap(ij) * stride_j], stride_j = prod(D_j+1..D_k-1);
-    // the index tensors broadcast against each other in the elementwise ops.
+    // torch wraps each index once (-size <= i < size) and raises for any other. One index tensor:
+    // a gather that wraps. Several: x[i0, ..., ik-1] = flatten(x, 0, k-1)[sum_j wrap(ij) * stride_j],
+    // stride_j = prod(D_j+1..D_k-1), the index tensors broadcasting against each other in the
+    // elementwise ops. A component out of range could still land on a valid flat position, so
+    // such positions become -1 and the gather does not wrap: it refuses them (reference backend)
+    // or writes NaN (CUDA) instead of returning another element.
     TensorId x = ctx.tensor(n, "self");
     const auto& list = n.arg("indices").list;
     const size_t k = list.size();
-    TensorId linear = -1;
-    TensorId stride = -1;
+    if (k == 1) {
+      TensorId i = cast_to(ctx, n, ctx.tensor(list[0].value), DataType::kInt64, "i0_i64");
+      ctx.set_output(n, 0, ctx.add(n, "gather", {x, i}, Attributes().set("axis", int64_t{0})).outputs[0]);
+      return;
+    }
+    TensorId linear = -1, stride = -1, valid = -1;
+    TensorId zero = ctx.constant_i64(n, {0}, {}, "zero");
     for (size_t j = k; j-- > 0;) {
       const std::string tag = "i" + std::to_string(j);
       TensorId size = dim_size(ctx, n, x, static_cast<int64_t>(j), tag + "_size");
       TensorId i = cast_to(ctx, n, ctx.tensor(list[j].value), DataType::kInt64, tag + "_i64");
       i = wrap_index(ctx, n, i, size, tag + "_wrapped");
+      // 0 <= i < size after the wrap
+      TensorId ok = binary(ctx, n, "and", binary(ctx, n, "ge", i, zero, tag + "_ge0"),
+                           binary(ctx, n, "lt", i, size, tag + "_lt_size"), tag + "_in_range");
+      valid = valid < 0 ? ok : binary(ctx, n, "and", valid, ok, tag + "_all_in_range");
       if (stride >= 0) i = binary(ctx, n, "mul", i, stride, tag + "_scaled");
       linear = linear < 0 ? i : binary(ctx, n, "add", linear, i, tag + "_sum");
       if (j > 0) stride = stride < 0 ? size : binary(ctx, n, "mul", stride, size, tag + "_stride");
     }
-    if (k > 1) {
-      Attributes attrs;
-      attrs.set("start_dim", int64_t{0}).set("end_dim", static_cast<int64_t>(k - 1));
-      x = ctx.add(n, "flatten", {x}, attrs, "flatten").outputs[0];
-    }
-    ctx.set_output(n, 0, ctx.add(n, "gather", {x, linear}, Attributes().set("axis", int64_t{0})).outputs[0]);
+    TensorId outside = ctx.constant_i64(n, {-1}, {}, "out_of_range");
+    linear = ctx.add(n, "where", {valid, linear, outside}, {}, "checked").outputs[0];
+    Attributes flat;
+    flat.set("start_dim", int64_t{0}).set("end_dim", static_cast<int64_t>(k - 1));
+    x = ctx.add(n, "flatten", {x}, flat, "flatten").outputs[0];
+    Attributes attrs;
+    attrs.set("axis", int64_t{0}).set("wrap", int64_t{0});
+    ctx.set_output(n, 0, ctx.add(n, "gather", {x, linear}, attrs).outputs[0]);
   };
   index.limits = "integer index tensors on the leading dims (no None entries, no bool masks)";
   register_converter(std::move(index));

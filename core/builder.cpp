@@ -12,6 +12,7 @@
 #include "core/timing_cache.h"
 #include "ir/error.h"
 #include "ir/logging.h"
+#include "ir/op_schema.h"
 #include "kernels/device.h"
 #include "kernels/kernel.h"
 
@@ -196,6 +197,7 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   for (auto& l : net.mutable_layers()) {
     std::unique_ptr<Kernel> kernel = create_kernel(l, backend);
     kernel->store_artifacts(l.attrs);
+    check_attributes(l);  // what the passes and kernels set is declared too, so the plan loads
     plan.kernels.push_back(kernel->name());
   }
 

@@ -10,6 +10,7 @@
 #include "ir/error.h"
 #include "ir/op_schema.h"
 #include "ir/ops/shape.h"
+#include "ir/utf8.h"
 #include "kernels/device.h"
 
 namespace kiln {
@@ -47,6 +48,7 @@ Attributes get_attrs(ByteReader& r) {
   uint64_t n = r.get_count(10);
   for (uint64_t i = 0; i < n; ++i) {
     std::string name = r.get_string();
+    check_utf8(name, r.what() + ": attribute name");
     uint8_t kind = r.get<uint8_t>();
     switch (kind) {
       case 0:
@@ -100,6 +102,7 @@ Network get_network(ByteReader& r) {
   for (uint64_t i = 0; i < nt; ++i) {
     Tensor t;
     t.name = r.get_string();
+    check_utf8(t.name, r.what() + ": tensor name");
     uint8_t dtype = r.get<uint8_t>();
     KILN_CHECK(is_valid_dtype(dtype), r.what()
                                           << ": tensor '" << t.name << "' has unknown dtype " << int{dtype});
@@ -119,7 +122,9 @@ Network get_network(ByteReader& r) {
   for (uint64_t i = 0; i < nl; ++i) {
     Layer l;
     l.name = r.get_string();
+    check_utf8(l.name, r.what() + ": layer name");
     l.op = r.get_string();
+    check_utf8(l.op, r.what() + ": op name");
     l.inputs = r.get_vector<TensorId>();
     l.outputs = r.get_vector<TensorId>();
     l.attrs = get_attrs(r);
@@ -151,6 +156,7 @@ std::vector<OptimizationProfile> get_profiles(ByteReader& r) {
     uint64_t n = r.get_count(32);
     for (uint64_t i = 0; i < n; ++i) {
       std::string name = r.get_string();
+      check_utf8(name, r.what() + ": input name");
       ShapeRange range;
       range.min = r.get_vector<int64_t>();
       range.opt = r.get_vector<int64_t>();
@@ -357,7 +363,10 @@ Plan Plan::deserialize(const uint8_t* data, size_t size, bool verify_checksum) {
 
   ByteReader rk = section_reader(sections, kKernels, "kernels");
   uint64_t nk = rk.get_count(8);
-  for (uint64_t i = 0; i < nk; ++i) plan.kernels.push_back(rk.get_string());
+  for (uint64_t i = 0; i < nk; ++i) {
+    plan.kernels.push_back(rk.get_string());
+    check_utf8(plan.kernels.back(), rk.what() + ": kernel name");
+  }
   expect_consumed(rk);
   KILN_CHECK(plan.kernels.size() == plan.network.layers().size(),
              "plan: " << plan.kernels.size() << " kernel entries for " << plan.network.layers().size()
@@ -376,7 +385,12 @@ void Plan::save(const std::string& path) const {
 Plan Plan::load(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   KILN_CHECK(f.good(), "cannot open plan file '" << path << "'");
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::vector<uint8_t> bytes;
+  try {
+    bytes.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  } catch (const std::exception& e) {  // std::ios_base::failure: a directory, an I/O error
+    KILN_FAIL("cannot read plan file '" << path << "': " << e.what());
+  }
   return deserialize(bytes);
 }
 

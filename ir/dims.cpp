@@ -39,6 +39,16 @@ int64_t tensor_bytes(const Dims& d, size_t element_size) {
   return bytes;
 }
 
+bool dims_product_fits(const Dims& d) {
+  int64_t n = 1;
+  for (int64_t x : d) {
+    if (x <= 0) continue;
+    if (n > (int64_t{1} << 62) / x) return false;
+    n *= x;
+  }
+  return true;
+}
+
 bool broadcast_shapes(const Dims& a, const Dims& b, Dims* out) {
   size_t rank = std::max(a.size(), b.size());
   Dims r(rank);

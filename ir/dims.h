@@ -22,6 +22,11 @@ int64_t volume(const Dims& d);
 // shapes come from files (plans, safetensors) and users, and an unchecked product wraps.
 int64_t tensor_bytes(const Dims& d, size_t element_size);
 
+// True when the dims, zero and dynamic ones aside, multiply to at most 2^62. Every shape a layer
+// reads or writes must (infer_layer checks): kernels multiply dims into strides and row counts
+// also for an empty tensor, and [0, 2^62, 8] has volume 0 but strides past int64.
+bool dims_product_fits(const Dims& d);
+
 // NumPy-style broadcast of two shapes. Dynamic dims broadcast against 1 and against themselves;
 // returns false when the shapes cannot broadcast.
 bool broadcast_shapes(const Dims& a, const Dims& b, Dims* out);

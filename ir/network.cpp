@@ -5,6 +5,7 @@
 
 #include "ir/error.h"
 #include "ir/op_schema.h"
+#include "ir/utf8.h"
 
 namespace kiln {
 namespace {
@@ -68,6 +69,7 @@ TensorDesc Network::desc(TensorId id) const {
 
 TensorId Network::new_tensor(Tensor t) {
   KILN_CHECK(!t.name.empty(), "tensor names must not be empty");
+  check_utf8(t.name, "tensor name");
   KILN_CHECK(by_name_.count(t.name) == 0, "tensor name '" << t.name << "' is already used");
   t.id = static_cast<TensorId>(tensors_.size());
   by_name_[t.name] = t.id;
@@ -123,6 +125,8 @@ std::string Network::unique_layer_name(const std::string& op) {
 
 Layer& Network::add_layer(const std::string& op, const std::vector<TensorId>& inputs, Attributes attrs,
                           const std::string& name) {
+  check_utf8(op, "op name");
+  check_utf8(name, "layer name");
   Layer layer;
   layer.op = op;
   layer.name = name.empty() ? unique_layer_name(op) : name;
@@ -137,6 +141,7 @@ Layer& Network::add_layer(const std::string& op, const std::vector<TensorId>& in
                describe(layer) << ": input tensor id " << t << " does not belong to this network");
     in.push_back(desc(t));
   }
+  check_attributes(layer);
   std::vector<TensorDesc> out = infer_layer(layer, in);
   for (size_t i = 0; i < out.size(); ++i) {
     Tensor t;
@@ -186,6 +191,7 @@ void Network::mark_output(TensorId t, const std::string& name) {
              "mark_output: '" << tensors_[t].name << "' is a network input; an output must be computed by a "
                               << "layer: mark add_identity of it instead");
   if (!name.empty() && name != tensors_[t].name) {
+    check_utf8(name, "mark_output: output name");
     KILN_CHECK(by_name_.count(name) == 0,
                "mark_output: name '" << name << "' is already used by another tensor");
     by_name_.erase(tensors_[t].name);
@@ -262,6 +268,7 @@ void Network::reindex() {
 void Network::revalidate() {
   const size_t n = tensors_.size();
   std::vector<bool> defined(n, false);
+  for (const auto& t : tensors_) check_utf8(t.name, "tensor name");
   for (const auto& t : tensors_) {
     if (t.kind == TensorKind::kConstant) {
       check_dims("constant '" + t.name + "'", t.dims, false);
@@ -283,6 +290,9 @@ void Network::revalidate() {
                "input tensor '" << t.name << "' is not listed among the network inputs");
   }
   for (const auto& l : layers_) {
+    check_utf8(l.op, "op name");
+    check_utf8(l.name, "layer name");
+    check_attributes(l);
     std::vector<TensorDesc> in;
     for (TensorId t : l.inputs) {
       KILN_CHECK(t >= 0 && static_cast<size_t>(t) < n, describe(l) << ": input id " << t << " out of range");

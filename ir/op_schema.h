@@ -54,11 +54,19 @@ struct OpSchema {
   int min_inputs = 1;
   int max_inputs = 1;
   InferFn infer;
-  std::vector<AttrSpec> attributes;  // documented attributes with their defaults
+  // Every attribute the op accepts, with its type and default: those a user gives and those the
+  // builder sets (tactic, fused, alias, layout, cubin, ...). check_attributes refuses the rest.
+  std::vector<AttrSpec> attributes;
   uint32_t traits = kNoTraits;
 
   const AttrSpec* attribute(const std::string& attr) const;  // nullptr when not declared
 };
+
+// Attributes every op accepts besides its own: engine-wide annotations that no kernel reads.
+//   fused (string): the original layer names a layer computes, comma-separated (fusion passes
+//                   set it; kiln.inspect shows it); informational, on any layer.
+// An op may declare one too (with its own doc), where a builder pass sets it on that op.
+const std::vector<AttrSpec>& engine_attributes();
 
 void register_schema(OpSchema schema);
 const OpSchema* find_schema(const std::string& op);  // nullptr when unknown
@@ -79,6 +87,14 @@ int64_t default_int(const std::string& op, const std::string& attr);
 
 // Validates `layer` against its schema and returns its output descriptions.
 std::vector<TensorDesc> infer_layer(const Layer& layer, const std::vector<TensorDesc>& inputs);
+
+// Refuses an attribute of `layer` that neither its op's schema declares nor engine_attributes()
+// holds (naming the closest declared one and listing them all), a value of another type, and a
+// name or string value that is not UTF-8. An int is accepted where a float is declared (and an
+// int list for a float list): the getters widen it; a float is never accepted for an int.
+// Network::add_layer and Network::revalidate (so plan loading too) call it, and the builder on
+// what it built.
+void check_attributes(const Layer& layer);
 
 // A short "layer 'fc1' (matmul)" for messages.
 std::string describe(const Layer& layer);

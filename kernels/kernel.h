@@ -47,11 +47,12 @@ class Kernel {
   // implements tactic t in [0, num_tactics()). The builder times each tactic on the GPU at the
   // profile's opt shapes, keeps the fastest in the layer's "tactic" attribute (so the plan
   // stores it) and records it in the timing cache. A tactic that cannot run for the layer's
-  // shapes throws from run(); the builder skips it.
+  // shapes throws from run(); the builder skips it. The op's schema declares "tactic" (an int,
+  // default -1), as every attribute the builder sets: check_attributes refuses undeclared ones.
   virtual int num_tactics() const { return 1; }
   // Build time: a kernel that generated code when it was created (fused_pointwise compiles with
   // NVRTC) records it in its layer's attributes, so that the plan carries it and a factory
-  // reading the plan can load it instead of generating it again.
+  // reading the plan can load it instead of generating it again. The op's schema declares them.
   virtual void store_artifacts(Attributes& attrs) const {}
   // True when run() may be recorded into a CUDA graph: it only enqueues work on ctx.stream
   // (kernels, cudaMemcpyAsync/cudaMemsetAsync between device buffers, cuBLASLt/cuDNN calls with

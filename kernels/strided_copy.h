@@ -64,7 +64,12 @@ inline StridedCopy make_strided_copy(const Dims& dims, const std::vector<int64_t
   return c;
 }
 
+// Row-major strides. An empty tensor (a zero dim) addresses no element, and the product of its
+// other dims is bounded by nothing (volume [0, 2^62, 2] is 0): its strides are all 0.
 inline std::vector<int64_t> contiguous_strides(const Dims& dims) {
+  for (int64_t d : dims) {
+    if (d == 0) return std::vector<int64_t>(dims.size(), 0);
+  }
   std::vector<int64_t> s(dims.size(), 1);
   for (int i = static_cast<int>(dims.size()) - 2; i >= 0; --i) s[i] = s[i + 1] * dims[i + 1];
   return s;
@@ -88,7 +93,9 @@ inline StridedCopy slice_copy(const Dims& in, const SliceSpec& s) {
   std::vector<int64_t> src(in.size());
   int64_t offset = 0;
   for (size_t d = 0; d < in.size(); ++d) {
-    src[d] = in_strides[d] * s.step[d];
+    // A dim sliced to one element is never stepped: its step may be any size (the product would
+    // overflow), else step < the dim and the product stays within the input's volume.
+    src[d] = s.out[d] == 1 ? 0 : in_strides[d] * s.step[d];
     offset += s.start[d] * in_strides[d];
   }
   return make_strided_copy(s.out, src, contiguous_strides(s.out), offset, 0);

@@ -1,5 +1,5 @@
 // The TorchScript pipeline, top to bottom:
-//   1. lower: clone, move to the device, eval, freeze, inline, remove dropout, functionalize,
+//   1. lower: clone, move to the device, eval, inline, freeze, remove dropout, functionalize,
 //      simplify, shape-free rewrites (lower.h);
 //   2. record: run the lowered graph on random inputs at the min / opt / max shapes and record
 //      every value's dtype and shape (record_values.h);
@@ -90,6 +90,34 @@ at::Tensor random_input(const std::vector<int64_t>& shape, c10::ScalarType dtype
   return t.to(device);
 }
 
+// The error for a recorded run that failed in PyTorch: which input shapes the module cannot
+// take, then PyTorch's message (its last line, the error itself, first; then the TorchScript
+// traceback that says where).
+std::string run_failure_message(const CompileSpec& spec, size_t run, const std::string& torch_message) {
+  bool ranges = false;
+  for (const InputSpec& in : spec.inputs) ranges |= in.min_shape != in.max_shape;
+  std::ostringstream s;
+  s << "the TorchScript module cannot run on ";
+  for (size_t k = 0; k < spec.inputs.size(); ++k) {
+    const InputSpec& in = spec.inputs[k];
+    const auto& shape = run == kMinRun ? in.min_shape : run == kMaxRun ? in.max_shape : in.opt_shape;
+    s << (k ? ", " : "") << "input " << k << " of shape " << shape_text(shape) << " ("
+      << c10::toString(in.dtype) << ")";
+  }
+  if (ranges)
+    s << " (the " << (run == kMinRun ? "min" : run == kMaxRun ? "max" : "opt") << " shapes of the specs)";
+  s << ": " << (spec.inputs.size() == 1 ? "this input shape does" : "these input shapes do")
+    << " not fit the model; give input specs (kiln.Input, --input) of shapes the model accepts.";
+  std::string last;
+  std::istringstream lines(torch_message);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find_first_not_of(" \t") != std::string::npos) last = line;
+  }
+  s << " PyTorch said: " << last;
+  if (last.size() + 1 < torch_message.size()) s << "\n" << torch_message;
+  return s.str();
+}
+
 // Inputs for each recorded run (see record_values.h).
 std::vector<std::vector<at::Tensor>> sample_runs(const CompileSpec& spec, const at::Device& device) {
   std::vector<std::vector<at::Tensor>> runs(kNumRuns);
@@ -130,16 +158,11 @@ Lowered lower_and_compile(const torch::jit::Module& module, const CompileSpec& s
   // 2. record
   try {
     l.record = record_values(l.graph, l.module._ivalue(), sample_runs(spec, l.device));
-  } catch (const std::exception& e) {
-    // c10::Error, or the interpreter's own exceptions for errors raised by TorchScript code.
-    const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
-    std::ostringstream shapes;
-    for (const InputSpec& in : spec.inputs)
-      shapes << " [" << shape_text(in.min_shape) << " .. " << shape_text(in.max_shape) << " "
-             << c10::toString(in.dtype) << "]";
-    KILN_FAIL("running the module on random inputs of the specs'"
-              << shapes.str() << " failed; check the input shapes and dtypes. PyTorch said: "
-              << (c10_error != nullptr ? c10_error->what_without_backtrace() : e.what()));
+  } catch (const RunFailure& e) {
+    KILN_FAIL(run_failure_message(spec, e.run, e.what()));
+  } catch (const c10::Error& e) {  // preparing the runs (the graph's code, the random inputs)
+    KILN_FAIL(
+        "preparing to run the module on inputs of the specs' shapes failed: " << e.what_without_backtrace());
   }
   // 3. fold
   if (fold_static_values(*l.graph, l.record)) simplify(l.graph);

@@ -77,8 +77,16 @@ bool same_everywhere(const std::vector<Observed>& runs) {
 torch::jit::Module lower_module(const torch::jit::Module& module) {
   torch::jit::Module m = module.clone();
   m.eval();
-  // Weights become constants and calls are inlined. optimize_numerics=false keeps the model's
-  // ops as written (no conv-bn folding here: the Kiln builder folds batch norms itself).
+  // Calls are inlined before freezing, into this clone's forward. An inlined node keeps a raw
+  // pointer to each function it came from (its call stack, which error messages print), and
+  // freezing deletes the frozen module's methods other than forward once it has inlined them
+  // (helpers such as ResNet's _forward_impl): the interpreter's stack trace then read freed
+  // memory when the graph raised, a SIGSEGV in InterpreterStateImpl::callstack() for a model run
+  // at a shape it cannot take. Inlined here, the call stacks point at this clone's methods, which
+  // freezing leaves in the compilation unit.
+  torch::jit::Inline(*m.get_method("forward").graph());
+  // Weights become constants. optimize_numerics=false keeps the model's ops as written (no
+  // conv-bn folding here: the Kiln builder folds batch norms itself).
   m = torch::jit::freeze(m, std::nullopt, /*optimize_numerics=*/false);
   std::shared_ptr<Graph> graph = m.get_method("forward").graph();
   torch::jit::Inline(*graph);

@@ -9,7 +9,7 @@
 
 namespace kiln::torchscript {
 
-// Clone, eval, freeze (weights become constants, methods are inlined), then the graph passes
+// Clone, eval, inline, freeze (weights become constants), then the graph passes
 // below. The result's forward graph is lowered; `module` is not modified.
 torch::jit::Module lower_module(const torch::jit::Module& module);
 

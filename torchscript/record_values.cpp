@@ -48,10 +48,16 @@ ValueRecord record_values(const std::shared_ptr<torch::jit::Graph>& graph, const
 
   ValueRecord record;
   torch::NoGradGuard no_grad;
-  for (const auto& inputs : runs) {
+  for (size_t run = 0; run < runs.size(); ++run) {
     torch::jit::Stack stack{self};
-    for (const at::Tensor& t : inputs) stack.emplace_back(t);
-    torch::jit::InterpreterState(code).run(stack);
+    for (const at::Tensor& t : runs[run]) stack.emplace_back(t);
+    try {
+      torch::jit::InterpreterState(code).run(stack);
+    } catch (const c10::Error& e) {
+      throw RunFailure(run, e.what_without_backtrace());
+    } catch (const std::exception& e) {  // the interpreter's own, for errors raised by TorchScript code
+      throw RunFailure(run, e.what());
+    }
     const size_t first = stack.size() - watched.size();
     for (size_t k = 0; k < watched.size(); ++k) record[watched[k]].push_back(observe(stack[first + k]));
   }

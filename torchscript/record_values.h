@@ -7,6 +7,8 @@
 
 #include <torch/script.h>
 
+#include <stdexcept>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -28,8 +30,16 @@ enum Run { kMinRun = 0, kOptRun = 1, kMaxRun = 2, kOptRerun = 3, kNumRuns = 4 };
 
 using ValueRecord = std::unordered_map<const torch::jit::Value*, std::vector<Observed>>;
 
+// What record_values throws when the graph fails on the inputs of one run (the module cannot
+// take those shapes or dtypes): the run's index (a Run) and PyTorch's message.
+struct RunFailure : std::runtime_error {
+  RunFailure(size_t run, const std::string& message) : std::runtime_error(message), run(run) {}
+  size_t run;
+};
+
 // Runs `graph` (its first input is `self`) once per entry of `runs` (the forward inputs) and
-// records every top-level value. The graph is left as it was.
+// records every top-level value; throws RunFailure for a run that fails. The graph is left as
+// it was.
 ValueRecord record_values(const std::shared_ptr<torch::jit::Graph>& graph, const c10::IValue& self,
                           const std::vector<std::vector<at::Tensor>>& runs);
 

@@ -94,8 +94,9 @@ bool fold_attention_transposes(Network& net) {
   }
   if (!changed) return false;
 
-  // Input transposes nobody reads any more go.
-  std::fill(uses.begin(), uses.end(), 0);
+  // Input transposes nobody reads any more go. (Recounted over every tensor: the outputs the
+  // probes above added are past the end of the first count.)
+  uses.assign(net.tensors().size(), 0);
   for (size_t i = 0; i < net.layers().size(); ++i) {
     if (removed.count(static_cast<int>(i))) continue;
     for (TensorId t : net.layers()[i].inputs) ++uses[t];

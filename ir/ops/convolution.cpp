@@ -22,6 +22,12 @@ std::vector<int64_t> spatial_ints(const Layer& layer, const char* name, int spat
   KILN_CHECK(static_cast<int>(v.size()) == spatial,
              describe(layer) << ": attribute '" << name << "' needs " << spatial
                              << " value(s), one per spatial dim, got " << to_string(v));
+  // Window geometry is int32 in the kernels, and the bound keeps shape inference's products of
+  // two of these (dilation x kernel) inside int64.
+  for (int64_t x : v) {
+    KILN_CHECK(x > -kMaxGeometry && x < kMaxGeometry,
+               describe(layer) << ": attribute '" << name << "' value " << x << " is out of range");
+  }
   return v;
 }
 
@@ -35,7 +41,7 @@ ConvGeometry conv_geometry(const Layer& layer, int spatial) {
   g.output_padding = layer.op == "deconvolution" ? spatial_ints(layer, "output_padding", spatial, 0)
                                                  : std::vector<int64_t>(spatial, 0);
   g.groups = layer.attrs.get_int("groups", int64_t{1});
-  KILN_CHECK(g.groups >= 1, who << ": groups must be >= 1, got " << g.groups);
+  KILN_CHECK(g.groups >= 1 && g.groups < kMaxGeometry, who << ": groups must be >= 1, got " << g.groups);
   for (int i = 0; i < spatial; ++i) {
     KILN_CHECK(g.strides[i] >= 1, who << ": strides must be >= 1, got " << to_string(g.strides));
     KILN_CHECK(g.pads[i] >= 0, who << ": pads must be >= 0, got " << to_string(g.pads));
@@ -59,7 +65,12 @@ int64_t conv_output_dim(int64_t in, int64_t k, int64_t stride, int64_t pad, int6
 int64_t deconv_output_dim(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dilation,
                           int64_t output_padding) {
   if (in == kDynamic) return kDynamic;
-  return (in - 1) * stride - 2 * pad + dilation * (k - 1) + output_padding + 1;
+  // In 128 bits: `in` may be any dim up to 2^62 and the geometry up to kMaxGeometry.
+  const __int128 o = static_cast<__int128>(in - 1) * stride - 2 * static_cast<__int128>(pad) +
+                     static_cast<__int128>(dilation) * (k - 1) + output_padding + 1;
+  KILN_CHECK(o <= (int64_t{1} << 62), "deconvolution: the output size overflows (input size " << in << ", stride "
+                                                                                             << stride << ")");
+  return static_cast<int64_t>(o);
 }
 
 ConvEpilogue conv_epilogue(const Layer& layer, size_t num_inputs) {
@@ -144,12 +155,14 @@ std::vector<TensorDesc> infer_conv_channels_first(const Layer& layer, const std:
     KILN_CHECK(w.dims[0] == c, who << ": weight " << to_string(w.dims)
                                    << " must be [C, K/groups, kernel...] with C = " << c
                                    << " input channels");
+    KILN_CHECK(w.dims[1] <= (int64_t{1} << 62) / g.groups,
+               who << ": weight " << to_string(w.dims) << " with groups " << g.groups << " is too large");
     k = w.dims[1] * g.groups;
   } else {
     k = w.dims[0];
     KILN_CHECK(k % g.groups == 0, who << ": groups " << g.groups << " must divide the output channels " << k
                                       << " (weight " << to_string(w.dims) << ")");
-    KILN_CHECK(w.dims[1] * g.groups == c,
+    KILN_CHECK(w.dims[1] == c / g.groups,
                who << ": weight " << to_string(w.dims) << " must be [K, C/groups, kernel...] with C/groups = "
                    << c / g.groups << " (input channels " << c << ", groups " << g.groups << ")");
   }
@@ -167,7 +180,8 @@ std::vector<TensorDesc> infer_conv_channels_first(const Layer& layer, const std:
   Dims out = {x.dims[0], k};
   for (int i = 0; i < g.spatial; ++i) {
     const int64_t size = x.dims[2 + i], kernel = w.dims[2 + i];
-    KILN_CHECK(kernel >= 1, who << ": kernel dims must be >= 1, weight is " << to_string(w.dims));
+    KILN_CHECK(kernel >= 1 && kernel < kMaxGeometry,
+               who << ": kernel dims must be >= 1 and < 2^31, weight is " << to_string(w.dims));
     if (transposed) {
       KILN_CHECK(size == kDynamic || size >= 1,
                  who << ": input " << to_string(x.dims) << " has an empty spatial dim");

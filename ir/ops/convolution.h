@@ -57,8 +57,12 @@ int64_t conv_output_dim(int64_t in, int64_t k, int64_t stride, int64_t pad, int6
 int64_t deconv_output_dim(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dilation,
                           int64_t output_padding);
 
+// Bound on window geometry (kernel, strides, pads, dilations, groups): below 2^31.
+constexpr int64_t kMaxGeometry = int64_t{1} << 31;
+
 // The list attribute `name` with one entry per spatial dim, or `spatial` copies of `fallback`
-// when absent; a list of another length is refused, naming the layer.
+// when absent; a list of another length, or a value of magnitude 2^31 or more, is refused,
+// naming the layer.
 std::vector<int64_t> spatial_ints(const Layer& layer, const char* name, int spatial, int64_t fallback);
 
 }  // namespace kiln

@@ -53,10 +53,10 @@ std::string format_number(double v) {
 int parse_register(const std::string& who, const std::string& text, int defined) {
   KILN_CHECK(text.size() >= 2 && text[0] == '%', who << ": expected a register (%N), got '" << text << "'");
   double v = parse_number(who, text.substr(1));
-  int r = static_cast<int>(v);
-  KILN_CHECK(r == v && r >= 0 && r < defined,
+  // Range first: converting a double outside int's range (1e300, nan) is undefined behavior.
+  KILN_CHECK(v >= 0 && v < defined && v == static_cast<int>(v),
              who << ": register " << text << " is not defined before instruction " << defined);
-  return r;
+  return static_cast<int>(v);
 }
 
 DataType parse_instr_dtype(const std::string& who, const PointwiseInstr& ins, size_t index) {
@@ -110,9 +110,9 @@ PointwiseProgram parse_pointwise_program(const Layer& layer) {
     if (ins.kind == "input") {
       expect(3);
       double k = parse_number(who, t[1]);
-      ins.input = static_cast<int>(k);
-      KILN_CHECK(ins.input == k && ins.input >= 0 && ins.input < kMaxFusedInputs,
+      KILN_CHECK(k >= 0 && k < kMaxFusedInputs && k == static_cast<int>(k),
                  who << ": instruction " << index << " loads input " << t[1] << ", which is out of range");
+      ins.input = static_cast<int>(k);
       ins.op = t[2];
     } else if (ins.kind == "const") {
       expect(3);

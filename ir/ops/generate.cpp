@@ -93,8 +93,13 @@ std::vector<TensorDesc> infer_arange(const Layer& layer, const std::vector<Tenso
     KILN_CHECK((p.step_int > 0 && end_int >= p.start_int) || (p.step_int < 0 && end_int <= p.start_int),
                who << ": end " << end_int << " is on the wrong side of start " << p.start_int << " for step "
                    << p.step_int << " (torch.arange refuses this too)");
-    int64_t sgn = p.step_int > 0 ? 1 : -1;
-    n = (end_int - p.start_int + p.step_int - sgn) / p.step_int;  // exact ceil of the quotient
+    // Exact ceil of the quotient, in 128 bits: start and end may be any int64 (their distance
+    // overflows int64).
+    const __int128 sgn = p.step_int > 0 ? 1 : -1;
+    const __int128 q = (static_cast<__int128>(end_int) - p.start_int + p.step_int - sgn) / p.step_int;
+    KILN_CHECK(q < (int64_t{1} << 62), who << ": " << end_int << " - " << p.start_int << " in steps of "
+                                           << p.step_int << " is too many elements");
+    n = static_cast<int64_t>(q);
   } else {
     KILN_CHECK((p.step > 0 && end >= p.start) || (p.step < 0 && end <= p.start),
                who << ": end " << end << " is on the wrong side of start " << p.start << " for step "

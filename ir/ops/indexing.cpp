@@ -7,9 +7,12 @@
 //   pad              x -> x padded per dim (torch.nn.functional.pad order; negative pads crop)
 //   cumsum           x -> running sum along `axis` (ONNX CumSum: `exclusive`, `reverse`)
 //   topk             x -> values, indices (int64) of the k largest/smallest along `axis`
-// Indices may be negative (-1 is the last element) and wrap once. An index still out of range
-// after wrapping is refused here when it is known at build time and by the reference kernel at
-// run time; CUDA kernels write 0 for it (they cannot raise without synchronizing).
+// gather and gather_elements wrap a negative index once (-1 is the last element) unless their
+// `wrap` attribute is 0 (torch.gather and converters that wrapped indices themselves); embedding
+// never wraps (F.embedding raises for a negative index). An index out of range after that is
+// refused here when it is known at build time and by the reference kernel at run time; CUDA
+// kernels cannot raise without synchronizing, so they read nothing for it and write NaN (floating
+// data) or 0 (integer and bool data): never a plausible element.
 #include "ir/ops/indexing.h"
 
 #include <algorithm>
@@ -19,6 +22,11 @@
 
 namespace kiln {
 namespace indexing {
+
+bool wraps_negative_indices(const Layer& layer) {
+  if (layer.op == "embedding") return false;
+  return layer.attrs.get_int("wrap", int64_t{1}) != 0;
+}
 
 const std::vector<std::string>& pad_modes() {
   static const std::vector<std::string> modes = {"constant", "reflect", "replicate"};
@@ -58,18 +66,20 @@ void check_index_dtype(const TensorDesc& t, const char* what, const std::string&
       who << ": " << what << " must be int32 or int64, got " << dtype_name(t.dtype) << "; insert a cast");
 }
 
-// Index `i` of an axis of size `n` after wrapping negatives once; refuses one still out of range.
-int64_t wrap_index(int64_t i, int64_t n, const std::string& who) {
-  int64_t w = i < 0 ? i + n : i;
-  KILN_CHECK(w >= 0 && w < n, who << ": index " << i << " is out of range for an axis of size " << n);
+// Index `i` of an axis of size `n` as an element position (negatives wrap once when `wrap`);
+// refuses one out of range.
+int64_t checked_index(int64_t i, int64_t n, bool wrap, const std::string& who) {
+  const int64_t w = indexing::resolve_index(i, n, wrap);
+  KILN_CHECK(w >= 0, who << ": index " << i << " is out of range for an axis of size " << n
+                         << (i < 0 && !wrap ? " (negative indices do not count from the end here)" : ""));
   return w;
 }
 
 // Checks indices whose values are known at build time against a static axis size.
-void check_known_indices(const TensorDesc& indices, int64_t n, const std::string& who) {
+void check_known_indices(const TensorDesc& indices, int64_t n, bool wrap, const std::string& who) {
   if (n == kDynamic || !indices.values) return;
   for (int64_t i : *indices.values) {
-    if (i != kUnknownValue) wrap_index(i, n, who);
+    if (i != kUnknownValue) checked_index(i, n, wrap, who);
   }
 }
 
@@ -87,7 +97,8 @@ std::vector<TensorDesc> infer_gather(const Layer& layer, const std::vector<Tenso
   KILN_CHECK(out.size() <= static_cast<size_t>(kMaxRank),
              who << ": output rank " << out.size() << " exceeds the maximum of " << kMaxRank);
   const int64_t n = data.dims[axis];
-  check_known_indices(indices, n, who);
+  const bool wrap = flag_attr(layer, "wrap", true, who);
+  check_known_indices(indices, n, wrap, who);
   TensorDesc result{data.dtype, out, nullptr};
   // Shape arithmetic: the same gather over the host-known values of data.
   if (data.values && fully_known(indices.values) && is_static(out) && volume(out) <= kMaxShapeValues) {
@@ -99,7 +110,7 @@ std::vector<TensorDesc> infer_gather(const Layer& layer, const std::vector<Tenso
     v.reserve(static_cast<size_t>(volume(out)));
     for (int64_t o = 0; o < outer; ++o) {
       for (int64_t idx : iv) {
-        int64_t j = wrap_index(idx, n, who);
+        int64_t j = checked_index(idx, n, wrap, who);
         for (int64_t k = 0; k < inner; ++k) v.push_back(dv[static_cast<size_t>((o * n + j) * inner + k)]);
       }
     }
@@ -125,7 +136,7 @@ std::vector<TensorDesc> infer_gather_elements(const Layer& layer, const std::vec
                who << ": index " << to_string(index.dims) << " is larger than data " << to_string(data.dims)
                    << " in dim " << d << " (only the gathered axis may be larger)");
   }
-  check_known_indices(index, data.dims[axis], who);
+  check_known_indices(index, data.dims[axis], flag_attr(layer, "wrap", true, who), who);
   return {{data.dtype, index.dims}};
 }
 
@@ -140,7 +151,7 @@ std::vector<TensorDesc> infer_embedding(const Layer& layer, const std::vector<Te
   out.push_back(weight.dims[1]);
   KILN_CHECK(out.size() <= static_cast<size_t>(kMaxRank),
              who << ": output rank " << out.size() << " exceeds the maximum of " << kMaxRank);
-  check_known_indices(indices, weight.dims[0], who);
+  check_known_indices(indices, weight.dims[0], /*wrap=*/false, who);
   return {{weight.dtype, out}};
 }
 
@@ -163,6 +174,8 @@ std::vector<TensorDesc> infer_pad(const Layer& layer, const std::vector<TensorDe
   for (int64_t d = 0; d < rank; ++d) {
     int64_t before = p[2 * d], after = p[2 * d + 1], n = x.dims[d];
     if (n == kDynamic) continue;
+    KILN_CHECK(before >= -n && after >= -n, who << ": pads (" << before << ", " << after << ") of dim " << d
+                                                << " crop more than its size " << n);
     if (mode == "reflect") {
       KILN_CHECK(before < n && after < n, who << ": reflect padding (" << before << ", " << after
                                               << ") of dim " << d << " must be smaller than its size " << n
@@ -171,7 +184,9 @@ std::vector<TensorDesc> infer_pad(const Layer& layer, const std::vector<TensorDe
       KILN_CHECK(n > 0 || (before <= 0 && after <= 0),
                  who << ": replicate padding of dim " << d << " needs a non-empty dim");
     }
-    out[d] = n + before + after;
+    // Pads are any int64 (negative crops): the sum is checked, not left to wrap.
+    KILN_CHECK(!__builtin_add_overflow(n, before, &out[d]) && !__builtin_add_overflow(out[d], after, &out[d]),
+               who << ": pads (" << before << ", " << after << ") of dim " << d << " are out of range");
     KILN_CHECK(out[d] >= 0, who << ": pads (" << before << ", " << after << ") crop dim " << d << " of size "
                                 << n << " below zero");
   }
@@ -219,12 +234,17 @@ namespace {
 
 const std::vector<AttrSpec> kGatherAttributes = {
     {"axis", AttrType::kInt, AttrValue{int64_t{0}}, "the gathered axis, negative counts from the end"},
+    {"wrap", AttrType::kInt, AttrValue{int64_t{1}},
+     "0/1: a negative index counts from the end (1, ONNX Gather) or is out of range (0)"},
     {"alias", AttrType::kInt, AttrValue{int64_t{0}},
      "set by the builder (alias_views): 1 makes a gather of one leading slab a view"},
 };
 
 const std::vector<AttrSpec> kGatherElementsAttributes = {
     {"axis", AttrType::kInt, AttrValue{int64_t{0}}, "the gathered axis, negative counts from the end"},
+    {"wrap", AttrType::kInt, AttrValue{int64_t{1}},
+     "0/1: a negative index counts from the end (1, ONNX GatherElements) or is out of range (0, "
+     "torch.gather)"},
 };
 
 const std::vector<AttrSpec> kPadAttributes = {

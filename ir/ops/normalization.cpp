@@ -99,8 +99,10 @@ std::vector<TensorDesc> infer_group_norm(const Layer& layer, const std::vector<T
   int64_t groups = layer.attrs.get_int("num_groups", who);
   KILN_CHECK(groups >= 1, who << ": num_groups must be >= 1, got " << groups);
   int64_t c = x.dims[1];
-  KILN_CHECK(c == kDynamic || c % groups == 0, who << ": num_groups " << groups << " does not divide the "
-                                                   << c << " channels of x " << to_string(x.dims));
+  // (0 channels would take any num_groups, and N x num_groups rows overflow.)
+  KILN_CHECK(c == kDynamic || (c >= 1 && c % groups == 0), who << ": num_groups " << groups
+                                                               << " does not divide the " << c
+                                                               << " channels of x " << to_string(x.dims));
   check_params(who, in, 1, {"weight", "bias"}, {c});
   check_eps(layer, kDefaultNormEps);
   return {{x.dtype, x.dims}};

@@ -47,7 +47,7 @@ std::vector<TensorDesc> infer_resize(const Layer& layer, const std::vector<Tenso
       o = kDynamic;
     } else {
       double s = std::floor(static_cast<double>(in_size) * a.scales[d]);
-      KILN_CHECK(s < 1e15, who << ": scale " << a.scales[d] << " makes the output too large");
+      KILN_CHECK(std::fabs(s) < 1e15, who << ": scale " << a.scales[d] << " makes the output too large");
       o = static_cast<int64_t>(s);
       KILN_CHECK(o > 0, who << ": input " << to_string(x) << " with scale " << a.scales[d]
                             << " gives an output size of 0; use a larger scale");

@@ -1,6 +1,11 @@
 // Device-side activation functions, shared by the activation kernel and the fully_connected
 // epilogue (matmul_epilogue.cu). Codes follow activation_types() in ir/ops/activation.cpp; the
 // math is float with the accurate (non-intrinsic) functions.
+//
+// NaN propagates through every activation, as in torch (F.relu(nan) = clamp(nan) = nan): the
+// piecewise ones select with comparisons that are false for NaN, so NaN falls through to the
+// identity branch. fminf/fmaxf would return the other operand (IEEE minNum/maxNum) and turn NaN
+// into the bound.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -49,7 +54,11 @@ inline ActivationParams activation_params(const std::string& type, const Attribu
 }
 
 __device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + expf(-x)); }
-__device__ __forceinline__ float relu6f(float x) { return fminf(fmaxf(x, 0.f), 6.f); }
+// clamp(x, lo, hi) with NaN passing through (torch.clamp); lo <= hi (the schema checks clip's).
+__device__ __forceinline__ float clampf_nan(float x, float lo, float hi) {
+  return x < lo ? lo : x > hi ? hi : x;
+}
+__device__ __forceinline__ float relu6f(float x) { return clampf_nan(x, 0.f, 6.f); }
 __device__ __forceinline__ float softplusf(float x, float beta, float threshold) {
   return beta * x > threshold ? x : log1pf(expf(beta * x)) / beta;
 }
@@ -57,7 +66,7 @@ __device__ __forceinline__ float softplusf(float x, float beta, float threshold)
 __device__ __forceinline__ float activate(const ActivationParams& p, float x) {
   switch (p.type) {
     case kRelu:
-      return x > 0.f ? x : 0.f;
+      return x < 0.f ? 0.f : x;  // NaN and -0 pass through, as torch's relu
     case kSigmoid:
       return sigmoidf(x);
     case kTanh:
@@ -83,7 +92,7 @@ __device__ __forceinline__ float activate(const ActivationParams& p, float x) {
     case kSelu:
       return static_cast<float>(kSeluScale) * (x > 0.f ? x : static_cast<float>(kSeluAlpha) * expm1f(x));
     default:
-      return fminf(fmaxf(x, p.alpha), p.beta);
+      return clampf_nan(x, p.alpha, p.beta);
   }
 }
 

@@ -263,10 +263,11 @@ class CudnnConvolution final : public Kernel {
       std::vector<int> bdims(cudnn_dims(ydims, who_).size(), 1);
       bdims[1] = static_cast<int>(ydims[1]);
       set_packed(p->bd, type, bdims, who_);
-      // NaN -> 0 like Kiln's relu (x > 0 ? x : 0).
-      KILN_CUDNN_CHECK(cudnnSetActivationDescriptor(p->ad.get(),
-                                                    relu ? CUDNN_ACTIVATION_RELU : CUDNN_ACTIVATION_IDENTITY,
-                                                    CUDNN_NOT_PROPAGATE_NAN, 0.0));
+      // NaN stays NaN, as torch's relu and Kiln's own epilogue (activate()). With
+      // CUDNN_NOT_PROPAGATE_NAN the fused relu turns NaN into 0 for most algorithms; with
+      // CUDNN_PROPAGATE_NAN every forward algorithm kept the NaN outputs (cuDNN 9.14, H200).
+      KILN_CUDNN_CHECK(cudnnSetActivationDescriptor(
+          p->ad.get(), relu ? CUDNN_ACTIVATION_RELU : CUDNN_ACTIVATION_IDENTITY, CUDNN_PROPAGATE_NAN, 0.0));
       p->cudnn_epilogue = true;
     }
     return p;

@@ -85,10 +85,10 @@ __device__ __forceinline__ float arith<float>(int op, float a, float b) {
       return a / b;
     case kFloorDiv:
       return floorf(a / b);
-    case kMax:
-      return fmaxf(a, b);
+    case kMax:  // NaN on either side gives NaN (torch.maximum); fmaxf would drop it
+      return a < b || b != b ? b : a;
     case kMin:
-      return fminf(a, b);
+      return a > b || b != b ? b : a;
     default:
       return powf(a, b);
   }

@@ -9,12 +9,16 @@
 //                  aligned to four elements), then a scalar tail.
 // Register math follows the single-op CUDA kernels: float for float32/float16/bfloat16 (a reduced
 // register is rounded to its dtype after each instruction, as storing it would), int for int32,
-// bool for bool. Compiled with --fmad=false so that a mul followed by an add rounds twice, as
-// the unfused layers do.
+// bool for bool. relu, clip and max/min propagate NaN as the single-op kernels do (kclamp, kmax,
+// kmin: comparisons and selects, never fminf/fmaxf, which drop NaN). Compiled with --fmad=false
+// so that a mul followed by an add rounds twice, as the unfused layers do.
 //
 // Compiled code is cached in-process by (arch, source). At build time the kernel stores its cubin
 // in the layer (`cubin` base64, `cubin_arch`, `cubin_key` = hash of the source); a plan loaded on
-// a GPU of that arch loads the cubin and never runs NVRTC.
+// a GPU of that arch loads the cubin and never runs NVRTC. The key only says which source the
+// cubin claims to come from (anyone can compute it), so the stored cubin is used only while
+// trust_plan_kernels() holds (kernels/plan_kernel_trust.h); untrusted, the kernel is compiled
+// from the program again, and a cubin from a plan never serves an untrusted load from the cache.
 #include <cuda_runtime.h>
 #include <nvrtc.h>
 
@@ -25,6 +29,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <sstream>
 
 #include "ir/base64.h"
@@ -38,6 +43,7 @@
 #include "kernels/device.h"
 #include "kernels/fused_pointwise_codegen.h"
 #include "kernels/kernel.h"
+#include "kernels/plan_kernel_trust.h"
 
 namespace kiln {
 namespace {
@@ -72,7 +78,10 @@ __device__ __forceinline__ unsigned short kf2h(float f) { unsigned short h; asm(
 __device__ __forceinline__ float kb2f(unsigned short b) { return __uint_as_float(((unsigned int)b) << 16); }
 __device__ __forceinline__ unsigned short kf2b(float f) { unsigned short b; asm("cvt.rn.bf16.f32 %%0, %%1;" : "=h"(b) : "f"(f)); return b; }
 __device__ __forceinline__ float ksigmoid(float x) { return 1.f / (1.f + expf(-x)); }
-__device__ __forceinline__ float krelu6(float x) { return fminf(fmaxf(x, 0.f), 6.f); }
+__device__ __forceinline__ float kclamp(float x, float lo, float hi) { return x < lo ? lo : x > hi ? hi : x; }
+__device__ __forceinline__ float krelu6(float x) { return kclamp(x, 0.f, 6.f); }
+__device__ __forceinline__ float kmax(float a, float b) { return a < b || b != b ? b : a; }
+__device__ __forceinline__ float kmin(float a, float b) { return a > b || b != b ? b : a; }
 __device__ __forceinline__ float ksoftplus(float x, float beta, float threshold) {
   return beta * x > threshold ? x : log1pf(expf(beta * x)) / beta;
 }
@@ -176,7 +185,7 @@ std::string round_expr(DataType t, const std::string& v) {
 std::string activation_expr(const PointwiseInstr& ins, const std::string& x) {
   const std::string& t = ins.op;
   std::string alpha = float_literal(ins.alpha), beta = float_literal(ins.beta);
-  if (t == "relu") return "(" + x + " > 0.f ? " + x + " : 0.f)";
+  if (t == "relu") return "(" + x + " < 0.f ? 0.f : " + x + ")";
   if (t == "sigmoid") return "ksigmoid(" + x + ")";
   if (t == "tanh") return "tanhf(" + x + ")";
   if (t == "leaky_relu") return "(" + x + " >= 0.f ? " + x + " : " + alpha + " * " + x + ")";
@@ -191,7 +200,7 @@ std::string activation_expr(const PointwiseInstr& ins, const std::string& x) {
   if (t == "elu") return "(" + x + " > 0.f ? " + x + " : " + alpha + " * expm1f(" + x + "))";
   if (t == "softplus") return "ksoftplus(" + x + ", " + beta + ", " + float_literal(ins.threshold) + ")";
   if (t == "mish") return "(" + x + " * tanhf(ksoftplus(" + x + ", 1.f, 20.f)))";
-  if (t == "clip") return "fminf(fmaxf(" + x + ", " + alpha + "), " + beta + ")";
+  if (t == "clip") return "kclamp(" + x + ", " + alpha + ", " + beta + ")";
   if (t == "selu") {
     return "(" + float_literal(kSeluScale) + " * (" + x + " > 0.f ? " + x + " : " +
            float_literal(kSeluAlpha) + " * expm1f(" + x + ")))";
@@ -235,8 +244,8 @@ std::string elementwise_expr(const std::string& op, DataType t, const std::strin
     if (op == "div") return "(" + a + " / " + b + ")";
     if (op == "floor_div") return "floorf(" + a + " / " + b + ")";
     if (op == "pow") return "powf(" + a + ", " + b + ")";
-    if (op == "max") return "fmaxf(" + a + ", " + b + ")";
-    if (op == "min") return "fminf(" + a + ", " + b + ")";
+    if (op == "max") return "kmax(" + a + ", " + b + ")";
+    if (op == "min") return "kmin(" + a + ", " + b + ")";
   } else {  // int32: wraps on overflow; division by zero gives 0 (as the reference backend)
     if (op == "add") return "kwrap((long long)" + a + " + " + b + ")";
     if (op == "sub") return "kwrap((long long)" + a + " - " + b + ")";
@@ -458,18 +467,35 @@ std::shared_ptr<const Module> load_module(std::vector<char> cubin) {
   return m;
 }
 
-// In-process cache: one module per (arch, source). Modules live as long as the process.
-std::shared_ptr<const Module> module_for(const std::string& source, int arch, const std::vector<char>* stored,
+bool same_bytes(const std::vector<char>& a, const std::string& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+// In-process caches; modules live as long as the process.
+//   compiled: (arch, source) -> the module NVRTC compiled from that source in this process;
+//   loaded:   (arch, cubin)  -> a module loaded from a plan's cubin (trusted loads only).
+// Kept apart because a stored cubin may hold any code: an untrusted load of the same source must
+// get Kiln's own compilation, never a cubin an earlier trusted plan brought. `stored` is the
+// plan's cubin for that source, or nullptr to compile (no usable cubin, or an untrusted load).
+std::shared_ptr<const Module> module_for(const std::string& source, int arch, const std::string* stored,
                                          const std::string& who) {
   static std::mutex mu;
-  static std::map<std::pair<int, std::string>, std::shared_ptr<const Module>> cache;
+  static std::map<std::pair<int, std::string>, std::shared_ptr<const Module>> compiled, loaded;
   std::lock_guard<std::mutex> lock(mu);
-  auto key = std::make_pair(arch, source);
-  auto it = cache.find(key);
-  if (it != cache.end()) return it->second;
-  std::vector<char> cubin = stored ? *stored : compile_with_nvrtc(source, arch, who);
-  auto m = load_module(std::move(cubin));
-  cache[key] = m;
+  auto own = compiled.find(std::make_pair(arch, source));
+  if (stored) {
+    // A process reloading a plan it built holds the very bytes already.
+    if (own != compiled.end() && same_bytes(own->second->cubin, *stored)) return own->second;
+    auto key = std::make_pair(arch, *stored);
+    auto it = loaded.find(key);
+    if (it != loaded.end()) return it->second;
+    auto m = load_module(std::vector<char>(stored->begin(), stored->end()));
+    loaded[key] = m;
+    return m;
+  }
+  if (own != compiled.end()) return own->second;
+  auto m = load_module(compile_with_nvrtc(source, arch, who));
+  compiled[std::make_pair(arch, source)] = m;
   return m;
 }
 
@@ -487,15 +513,19 @@ class CudaFusedPointwise final : public Kernel {
     source_ = generate_source(p, regs, sig);
     key_ = hex(fnv1a(source_));
     arch_ = cuda_device_arch();
-    std::vector<char> stored;
+    std::optional<std::string> stored;
     bool reuse = layer.attrs.get_int("cubin_arch", int64_t{-1}) == arch_ && layer.attrs.has("cubin") &&
                  layer.attrs.has("cubin_key") && layer.attrs.get_string("cubin_key", who_) == key_;
-    if (reuse) {
-      std::optional<std::string> bytes = base64_decode(layer.attrs.get_string("cubin", who_));
-      reuse = bytes.has_value() && !bytes->empty();
-      if (reuse) stored.assign(bytes->begin(), bytes->end());
+    if (reuse && !trust_plan_kernels()) {
+      KILN_LOG(kVerbose, who_ << ": plan kernels are not trusted: compiling the kernel again instead of "
+                              << "loading the plan's cubin");
+      reuse = false;
     }
-    module_ = module_for(source_, arch_, reuse ? &stored : nullptr, who_);
+    if (reuse) {
+      stored = base64_decode(layer.attrs.get_string("cubin", who_));
+      if (stored && stored->empty()) stored.reset();
+    }
+    module_ = module_for(source_, arch_, stored ? &*stored : nullptr, who_);
   }
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,

@@ -1,8 +1,9 @@
 // CUDA indexing ops (see ir/ops/indexing.cpp).
 //   gather, embedding, gather_elements, pad: one thread per output element (grid-stride), elements
 //     moved as raw words of their size, so one instantiation serves every dtype of that size. An
-//     index out of range after wrapping negatives reads nothing and writes 0 (a kernel cannot raise
-//     without synchronizing; the reference backend reports it).
+//     index out of range (after wrapping a negative one, where the layer wraps) reads nothing and
+//     writes NaN for floating data, 0 for integer and bool data: a kernel cannot raise without
+//     synchronizing (the reference backend reports it), and a NaN row cannot pass for a real one.
 //   cumsum: along the last axis one block per row scans tiles with warp shuffles and carries the
 //     running total; along other axes one thread per line walks the axis (coalesced across lines).
 //     float16/bfloat16/float32 accumulate in float32, int32/int64 in int64.
@@ -89,26 +90,50 @@ __device__ __forceinline__ T narrow(A x) {
 
 int64_t axis_of(const Layer& l, int64_t fallback) { return l.attrs.get_int("axis", fallback); }
 
+// What a gather writes for an out-of-range index, as the raw word of `t`: a quiet NaN for floating
+// dtypes, 0 otherwise.
+uint64_t out_of_range_word(DataType t) {
+  switch (t) {
+    case DataType::kFloat32:
+      return 0x7fc00000u;
+    case DataType::kFloat16:
+      return 0x7e00u;
+    case DataType::kBFloat16:
+      return 0x7fc0u;
+    default:
+      return 0;
+  }
+}
+
+// The element position of index `i` on an axis of size `n` (negatives wrap once when `wrap`), or
+// -1 when it is out of range.
+template <typename I>
+__device__ __forceinline__ int64_t index_position(I i, int64_t n, bool wrap) {
+  int64_t j = static_cast<int64_t>(i);
+  if (wrap && j < 0) j += n;
+  return j >= 0 && j < n ? j : -1;
+}
+
 // ---- gather / embedding ----
 
 template <typename W, typename I>
 __global__ void gather_kernel(const W* __restrict__ data, const I* __restrict__ idx, W* __restrict__ out,
-                              int64_t n, int64_t count, int64_t inner, int64_t total) {
+                              int64_t n, int64_t count, int64_t inner, int64_t total, bool wrap, W fill) {
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
        e += int64_t{gridDim.x} * blockDim.x) {
     const int64_t k = e % inner;
     const int64_t t = e / inner;
     const int64_t p = t % count;
     const int64_t o = t / count;
-    int64_t j = static_cast<int64_t>(idx[p]);
-    if (j < 0) j += n;
-    out[e] = (j >= 0 && j < n) ? data[(o * n + j) * inner + k] : W(0);
+    const int64_t j = index_position(idx[p], n, wrap);
+    out[e] = j >= 0 ? data[(o * n + j) * inner + k] : fill;
   }
 }
 
 class CudaGather final : public Kernel {
  public:
-  CudaGather(const Layer& l, int64_t axis) : who_(describe(l)), axis_(axis), name_("cuda_" + l.op) {}
+  CudaGather(const Layer& l, int64_t axis)
+      : who_(describe(l)), axis_(axis), wrap_(indexing::wraps_negative_indices(l)), name_("cuda_" + l.op) {}
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
     const int64_t rank = static_cast<int64_t>(in[0].dims.size());
@@ -123,7 +148,8 @@ class CudaGather final : public Kernel {
         using I = decltype(i);
         gather_kernel<W, I><<<grid_for(total, kBlock), kBlock, 0, stream>>>(
             static_cast<const W*>(in[0].data), static_cast<const I*>(in[1].data),
-            static_cast<W*>(out[0].data), v.n, count, v.inner, total);
+            static_cast<W*>(out[0].data), v.n, count, v.inner, total, wrap_,
+            static_cast<W>(out_of_range_word(in[0].dtype)));
         KILN_CUDA_CHECK_LAUNCH();
       });
     });
@@ -133,6 +159,7 @@ class CudaGather final : public Kernel {
  private:
   std::string who_;
   int64_t axis_;
+  bool wrap_;
   std::string name_;
 };
 
@@ -144,11 +171,12 @@ struct ElementsIndexer {
   int64_t index_dims[kMaxRank] = {};
   int64_t data_strides[kMaxRank] = {};
   int64_t axis_size = 0;
+  bool wrap = true;
 };
 
 template <typename W, typename I>
 __global__ void gather_elements_kernel(const W* __restrict__ data, const I* __restrict__ idx,
-                                       W* __restrict__ out, ElementsIndexer g, int64_t total) {
+                                       W* __restrict__ out, ElementsIndexer g, int64_t total, W fill) {
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
        e += int64_t{gridDim.x} * blockDim.x) {
     int64_t rem = e, src = 0;
@@ -157,19 +185,19 @@ __global__ void gather_elements_kernel(const W* __restrict__ data, const I* __re
       int64_t c = rem % g.index_dims[d];
       rem /= g.index_dims[d];
       if (d == g.axis) {
-        c = static_cast<int64_t>(idx[e]);
-        if (c < 0) c += g.axis_size;
-        valid = c >= 0 && c < g.axis_size;
+        c = index_position(idx[e], g.axis_size, g.wrap);
+        valid = c >= 0;
       }
       src += c * g.data_strides[d];
     }
-    out[e] = valid ? data[src] : W(0);
+    out[e] = valid ? data[src] : fill;
   }
 }
 
 class CudaGatherElements final : public Kernel {
  public:
-  explicit CudaGatherElements(const Layer& l) : who_(describe(l)), axis_(axis_of(l, 0)) {}
+  explicit CudaGatherElements(const Layer& l)
+      : who_(describe(l)), axis_(axis_of(l, 0)), wrap_(indexing::wraps_negative_indices(l)) {}
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
     const Dims& data = in[0].dims;
@@ -178,6 +206,7 @@ class CudaGatherElements final : public Kernel {
     g.rank = rank;
     g.axis = static_cast<int>(indexing::normalize_axis(axis_, rank, who_));
     g.axis_size = data[g.axis];
+    g.wrap = wrap_;
     int64_t stride = 1;
     for (int d = rank - 1; d >= 0; --d) {
       g.index_dims[d] = in[1].dims[d];
@@ -193,7 +222,7 @@ class CudaGatherElements final : public Kernel {
         using I = decltype(i);
         gather_elements_kernel<W, I><<<grid_for(total, kBlock), kBlock, 0, stream>>>(
             static_cast<const W*>(in[0].data), static_cast<const I*>(in[1].data),
-            static_cast<W*>(out[0].data), g, total);
+            static_cast<W*>(out[0].data), g, total, static_cast<W>(out_of_range_word(in[0].dtype)));
         KILN_CUDA_CHECK_LAUNCH();
       });
     });
@@ -203,6 +232,7 @@ class CudaGatherElements final : public Kernel {
  private:
   std::string who_;
   int64_t axis_;
+  bool wrap_;
 };
 
 // ---- pad ----

@@ -89,6 +89,24 @@ bool has_bias(LtEpilogue e) {
   return e == LtEpilogue::kBias || e == LtEpilogue::kReluBias || e == LtEpilogue::kGeluBias;
 }
 
+bool is_relu(LtEpilogue e) { return e == LtEpilogue::kRelu || e == LtEpilogue::kReluBias; }
+
+// Whether cuBLASLt's RELU epilogue on `algo` may turn NaN into 0 (torch's relu keeps NaN). An
+// H200 probe of every algorithm the heuristic offers (cuBLAS 13.0; float32 and float16, M/N/K
+// from 8 to 8192) found one: algorithm 20, a float32 kernel, run without split-K (seen on tiny
+// GEMMs, 8x8x8 to 32x16x64). With split-K that algorithm applies the epilogue in its reduction
+// pass, which kept NaN, as did every other algorithm. tests/python/test_nan_propagation.py runs
+// every tactic on such shapes, so another cuBLAS that adds a culprit shows there.
+bool relu_epilogue_drops_nan(const cublasLtMatmulAlgo_t& algo) {
+  int id = -1, split_k = 1;
+  size_t written = 0;
+  KILN_CUBLAS_CHECK(
+      cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof(id), &written));
+  KILN_CUBLAS_CHECK(cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split_k,
+                                                         sizeof(split_k), &written));
+  return id == 20 && split_k <= 1;
+}
+
 // One cuBLASLt GEMM (optionally strided-batched): row-major C[M,N] = op(A)[M,K] @ op(B)[K,N]
 // (+ bias[N] broadcast over rows and an activation through the epilogue; + a residual R[M,N]
 // through beta = 1). Everything that selects descriptors or the algorithm is in the key, so a
@@ -171,7 +189,12 @@ class LtGemmPlan {
                                  << "x" << n << " (cuBLASLt offers " << found << " algorithms)");
     heuristic_ = results[pick];
     beta_ = g.residual ? 1.f : 0.f;
+    relu_drops_nan_ = is_relu(g.epilogue) && relu_epilogue_drops_nan(heuristic_.algo);
   }
+
+  // The plan's RELU epilogue would turn NaN into 0: the caller must plan the GEMM without it and
+  // apply relu itself (launch_fc_epilogue).
+  bool relu_drops_nan() const { return relu_drops_nan_; }
 
   // c = epilogue(a @ b (+ r)); r is the residual when the plan has one, else unused.
   void run(const void* a, const void* b, void* c, const void* r, const LaunchContext& ctx) const {
@@ -193,6 +216,7 @@ class LtGemmPlan {
   LtDescriptors d_;
   cublasLtMatmulHeuristicResult_t heuristic_{};
   float beta_ = 0.f;
+  bool relu_drops_nan_ = false;
 };
 
 // Plans by Gemm, so the steady state is one lookup and one cublasLtMatmul. Kernels are shared
@@ -362,7 +386,13 @@ class CublasLtFullyConnected final : public Kernel {
     if (has_bias(g.epilogue)) g.bias = in[2].data;
     if (g.residual) g.align_r = alignment_of(residual->data);
     if (residual && !g.residual) post.residual = residual->data;
-    cache_.get(g, ctx, who_)->run(x.data, w.data, y.data, g.residual ? residual->data : nullptr, ctx);
+    std::shared_ptr<const LtGemmPlan> plan = cache_.get(g, ctx, who_);
+    if (plan->relu_drops_nan()) {  // keep NaN: bias in cuBLASLt, relu in our epilogue
+      g.epilogue = bias ? LtEpilogue::kBias : LtEpilogue::kNone;
+      post.act_type = act_;
+      plan = cache_.get(g, ctx, who_);
+    }
+    plan->run(x.data, w.data, y.data, g.residual ? residual->data : nullptr, ctx);
     if (post.act_type >= 0 || post.residual) launch_fc_epilogue(post, stream);
   }
   std::string name() const override { return "cublaslt_fully_connected"; }

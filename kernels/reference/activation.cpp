@@ -1,5 +1,7 @@
-// Reference activations, computed in double from their textbook definitions.
-#include <algorithm>
+// Reference activations, computed in double from their textbook definitions. NaN propagates
+// through every one, as in torch: the piecewise ones select with comparisons that are false for
+// NaN, so NaN takes the identity branch (std::min/std::max would keep NaN or drop it depending on
+// the operand order).
 #include <cmath>
 #include <functional>
 
@@ -17,13 +19,15 @@ double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 double softplus(double x, double beta, double threshold) {
   return beta * x > threshold ? x : std::log1p(std::exp(beta * x)) / beta;
 }
-double relu6(double x) { return std::min(std::max(x, 0.0), 6.0); }
+// torch.clamp: NaN passes through; lo <= hi.
+double clamp_nan(double x, double lo, double hi) { return x < lo ? lo : x > hi ? hi : x; }
+double relu6(double x) { return clamp_nan(x, 0.0, 6.0); }
 
 }  // namespace
 
 std::function<double(double)> activation_fn(const std::string& type, double alpha, double beta,
                                             double threshold) {
-  if (type == "relu") return [](double x) { return x > 0 ? x : 0.0; };
+  if (type == "relu") return [](double x) { return x < 0 ? 0.0 : x; };
   if (type == "sigmoid") return sigmoid;
   if (type == "tanh") return [](double x) { return std::tanh(x); };
   if (type == "leaky_relu") return [alpha](double x) { return x >= 0 ? x : alpha * x; };
@@ -43,7 +47,7 @@ std::function<double(double)> activation_fn(const std::string& type, double alph
   if (type == "selu") {
     return [](double x) { return kSeluScale * (x > 0 ? x : kSeluAlpha * (std::exp(x) - 1.0)); };
   }
-  if (type == "clip") return [alpha, beta](double x) { return std::min(std::max(x, alpha), beta); };
+  if (type == "clip") return [alpha, beta](double x) { return clamp_nan(x, alpha, beta); };
   KILN_FAIL("activation: unknown type '" << type << "'");
 }
 

@@ -59,7 +59,7 @@ D convert(S s) {
   } else if constexpr (std::is_same_v<D, BF16>) {
     return BF16{float_to_bf16_bits(as_float(s))};
   } else if constexpr (kFloatLike<S>) {
-    return static_cast<D>(as_float(s));  // truncates toward zero
+    return truncate_to_int<D>(as_float(s));  // truncates toward zero
   } else if constexpr (std::is_same_v<S, Bool>) {
     return static_cast<D>(s.v != 0);
   } else {

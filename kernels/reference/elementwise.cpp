@@ -20,8 +20,9 @@ double elementwise_reference(const std::string& op, double a, double b, bool int
     if (integral && b < 0) return a == 1 ? 1 : a == -1 ? (std::fmod(b, 2) != 0 ? -1 : 1) : 0;
     return std::pow(a, b);
   }
-  if (op == "max") return std::max(a, b);
-  if (op == "min") return std::min(a, b);
+  // torch.maximum / minimum: a NaN operand on either side gives NaN (std::max(a, b) drops a NaN b).
+  if (op == "max") return a < b || std::isnan(b) ? b : a;
+  if (op == "min") return a > b || std::isnan(b) ? b : a;
   if (op == "eq") return a == b;
   if (op == "ne") return a != b;
   if (op == "lt") return a < b;

@@ -25,7 +25,7 @@ double round_to(DataType t, double v) {
     case DataType::kBFloat16:
       return bf16_bits_to_float(float_to_bf16_bits(static_cast<float>(v)));
     case DataType::kInt32:
-      return static_cast<int32_t>(v);
+      return truncate_to_int<int32_t>(v);
     case DataType::kBool:
       return v != 0 ? 1.0 : 0.0;
     default:

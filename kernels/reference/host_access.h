@@ -6,7 +6,9 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <string>
+#include <type_traits>
 
 #include "ir/dtype.h"
 #include "ir/error.h"
@@ -75,6 +77,19 @@ inline uint16_t float_to_bf16_bits(float f) {
   return static_cast<uint16_t>(x >> 16);
 }
 
+// Float -> integer as the reference backend defines it. C++ leaves the conversion undefined when
+// the truncated value does not fit the type (NaN, infinities, |x| >= 2^31 for int32); the x86
+// instruction torch's CPU kernels compile to (cvttss2si/cvttsd2si) gives the type's minimum
+// then, and so does this. Types narrower than 32 bits go through int32 and wrap, as compiled
+// code does.
+template <typename D, typename F>
+D truncate_to_int(F x) {
+  using Wide = std::conditional_t<(sizeof(D) > 4), int64_t, int32_t>;
+  constexpr F kLo = static_cast<F>(std::numeric_limits<Wide>::min());  // -2^31 or -2^63, exact
+  const Wide w = x >= kLo && x < -kLo ? static_cast<Wide>(x) : std::numeric_limits<Wide>::min();
+  return static_cast<D>(w);
+}
+
 inline double load_element(const TensorView& t, int64_t i) {
   switch (t.dtype) {
     case DataType::kFloat32:
@@ -108,16 +123,16 @@ inline void store_element(const TensorView& t, int64_t i, double v) {
       static_cast<uint16_t*>(t.data)[i] = float_to_bf16_bits(static_cast<float>(v));
       return;
     case DataType::kInt32:
-      static_cast<int32_t*>(t.data)[i] = static_cast<int32_t>(v);
+      static_cast<int32_t*>(t.data)[i] = truncate_to_int<int32_t>(v);
       return;
     case DataType::kInt64:
-      static_cast<int64_t*>(t.data)[i] = static_cast<int64_t>(v);
+      static_cast<int64_t*>(t.data)[i] = truncate_to_int<int64_t>(v);
       return;
     case DataType::kBool:
       static_cast<uint8_t*>(t.data)[i] = v != 0;
       return;
     case DataType::kInt8:
-      static_cast<int8_t*>(t.data)[i] = static_cast<int8_t>(v);
+      static_cast<int8_t*>(t.data)[i] = truncate_to_int<int8_t>(v);
       return;
   }
   KILN_FAIL("store_element: unknown dtype");

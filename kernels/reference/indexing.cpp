@@ -1,5 +1,6 @@
 // Reference indexing ops (see ir/ops/indexing.cpp). Elements are moved as raw bytes, so every
-// dtype is exact; an index out of range after wrapping negatives is an error naming the layer.
+// dtype is exact; an index out of range (after wrapping a negative one, where the layer wraps) is
+// an error naming the layer and the index.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -22,9 +23,10 @@ int64_t load_index(const TensorView& t, int64_t i) {
                                      : static_cast<const int64_t*>(t.data)[i];
 }
 
-int64_t wrap_or_fail(int64_t i, int64_t n, const std::string& who) {
-  int64_t w = i < 0 ? i + n : i;
-  KILN_CHECK(w >= 0 && w < n, who << ": index " << i << " is out of range for an axis of size " << n);
+int64_t index_or_fail(int64_t i, int64_t n, bool wrap, const std::string& who) {
+  const int64_t w = indexing::resolve_index(i, n, wrap);
+  KILN_CHECK(w >= 0, who << ": index " << i << " is out of range for an axis of size " << n
+                         << (i < 0 && !wrap ? " (negative indices do not count from the end here)" : ""));
   return w;
 }
 
@@ -36,14 +38,15 @@ void copy_element(const TensorView& dst, int64_t i, const TensorView& src, int64
 // gather and embedding (a gather along axis 0 of the weight).
 class RefGather final : public Kernel {
  public:
-  RefGather(const Layer& l, int64_t axis) : who_(describe(l)), axis_(axis), name_("ref_" + l.op) {}
+  RefGather(const Layer& l, int64_t axis)
+      : who_(describe(l)), axis_(axis), wrap_(indexing::wraps_negative_indices(l)), name_("ref_" + l.op) {}
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext&) const override {
     const int64_t rank = static_cast<int64_t>(in[0].dims.size());
     const AxisView v = axis_view(in[0].dims, indexing::normalize_axis(axis_, rank, who_));
     const int64_t count = volume(in[1].dims);
     for (int64_t p = 0; p < count; ++p) {
-      const int64_t j = wrap_or_fail(load_index(in[1], p), v.n, who_);
+      const int64_t j = index_or_fail(load_index(in[1], p), v.n, wrap_, who_);
       for (int64_t o = 0; o < v.outer; ++o) {
         for (int64_t k = 0; k < v.inner; ++k) {
           copy_element(out[0], (o * count + p) * v.inner + k, in[0], (o * v.n + j) * v.inner + k);
@@ -56,13 +59,16 @@ class RefGather final : public Kernel {
  private:
   std::string who_;
   int64_t axis_;
+  bool wrap_;
   std::string name_;
 };
 
 class RefGatherElements final : public Kernel {
  public:
   explicit RefGatherElements(const Layer& l)
-      : who_(describe(l)), axis_(l.attrs.get_int("axis", int64_t{0})) {}
+      : who_(describe(l)),
+        axis_(l.attrs.get_int("axis", int64_t{0})),
+        wrap_(indexing::wraps_negative_indices(l)) {}
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext&) const override {
     const Dims& data = in[0].dims;
@@ -77,7 +83,7 @@ class RefGatherElements final : public Kernel {
       for (int64_t d = rank - 1; d >= 0; --d) {
         int64_t c = rem % index[d];
         rem /= index[d];
-        if (d == axis) c = wrap_or_fail(load_index(in[1], i), data[d], who_);
+        if (d == axis) c = index_or_fail(load_index(in[1], i), data[d], wrap_, who_);
         src += c * stride[d];
       }
       copy_element(out[0], i, in[0], src);
@@ -88,6 +94,7 @@ class RefGatherElements final : public Kernel {
  private:
   std::string who_;
   int64_t axis_;
+  bool wrap_;
 };
 
 class RefPad final : public Kernel {
@@ -167,9 +174,9 @@ class RefCumsum final : public Kernel {
             if (exclusive_) fsum += x;
           } else {
             const int64_t x = load_index(in[0], e);
-            if (!exclusive_) isum += x;
+            if (!exclusive_) isum = wrapping_add(isum, x);
             store_int(out[0], e, isum);
-            if (exclusive_) isum += x;
+            if (exclusive_) isum = wrapping_add(isum, x);
           }
         }
       }
@@ -178,6 +185,10 @@ class RefCumsum final : public Kernel {
   std::string name() const override { return "ref_cumsum"; }
 
  private:
+  // int64 sums wrap, as torch's do (in unsigned arithmetic: a signed overflow is undefined).
+  static int64_t wrapping_add(int64_t a, int64_t b) {
+    return static_cast<int64_t>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b));
+  }
   static void store_int(const TensorView& t, int64_t i, int64_t v) {
     if (t.dtype == DataType::kInt32) {
       static_cast<int32_t*>(t.data)[i] = static_cast<int32_t>(v);  // wraps like int32 arithmetic

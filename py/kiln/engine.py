@@ -39,6 +39,12 @@ class Engine:
     A plan built by another Kiln major.minor version (or, for the GPU, against other CUDA,
     cuBLASLt or cuDNN major.minor versions) is refused; ``allow_minor_version_mismatch=True``
     accepts one of another minor version of the same major (docs/reliability.md).
+
+    trusted: whether the GPU code a CUDA plan carries (the cubins of its fused pointwise kernels)
+    may run as stored. Plans are your build artifacts, so by default (None: this thread's
+    setting) they are trusted, unless the environment sets KILN_TRUST_PLAN_KERNELS=0.
+    ``trusted=False`` compiles those kernels again from their programs with NVRTC, so only code
+    Kiln generated itself runs: pass it for a plan someone else wrote (docs/security.md).
     """
 
     def __init__(
@@ -48,16 +54,22 @@ class Engine:
         *,
         backend: str | None = None,
         allow_minor_version_mismatch: bool = False,
+        trusted: bool | None = None,
     ):
         if isinstance(plan, bytes | bytearray | memoryview):
             plan = _C.Plan.deserialize(plan)
+        elif not isinstance(plan, _C.Plan):
+            raise TypeError(
+                f"kiln.Engine takes a kiln.Plan or plan bytes, got {type(plan).__name__} "
+                "(kiln.Plan.load(path) reads a plan file)"
+            )
         if backend is not None:
             backend = device_of_backend(backend)
         device = renamed("kiln.Engine", "backend", "device", backend, device)
         if device is None:
             device = "cuda" if plan.header["sm_arch"] and _C.cuda_device_count() > 0 else "cpu"
         device = device_name(device, allow_index=False)
-        self._engine = _C.Engine(plan, backend_name(device), allow_minor_version_mismatch)
+        self._engine = _C.Engine(plan, backend_name(device), allow_minor_version_mismatch, trusted)
         self.plan = plan
 
     input_names = property(lambda self: self._engine.input_names)

@@ -44,12 +44,14 @@ import copy
 import json
 import os
 import zipfile
+import zlib
 from collections.abc import Sequence
 
 import torch
 import torch.fx
 from torch.utils import _pytree as pytree
 
+from kiln import _C
 from kiln._C import KilnError
 from kiln.inputs import Input
 from kiln.log import log
@@ -58,6 +60,14 @@ FORMATS = ("exported_program", "torchscript")
 
 # The archive's extra file holding CompileReport.to_dict() as JSON.
 REPORT_FILE = "kiln_report.json"
+
+# What reading a damaged zip archive raises (besides torch's own errors, wrapped where it loads).
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError)
+
+
+class KilnFileNotFoundError(KilnError, FileNotFoundError):
+    """kiln.load of a path that does not exist: a KilnError, and a FileNotFoundError as open()
+    raises."""
 
 
 def save(
@@ -114,7 +124,9 @@ def load(
     Safe by default: an ExportedProgram archive whose pickles would call anything but the
     rebuilding of tensors and Kiln engines is refused with a KilnError naming the entry
     (torch.export.load would run it). ``trusted=True`` skips that check for files whose origin
-    you trust (docs/security.md).
+    you trust (docs/security.md). Untrusted, the engines it holds also compile their generated
+    GPU kernels again with NVRTC instead of running the cubins stored in their plans (any device
+    code could hide there); ``trusted=True`` runs the stored cubins.
 
     Engines built by another Kiln major.minor version (or against other CUDA, cuBLASLt or cuDNN
     major.minor versions) are refused; ``allow_minor_version_mismatch=True`` accepts those of
@@ -132,7 +144,10 @@ def load(
     runtime.load_library()  # torch.classes.kiln.Engine and torch.ops.kiln.execute_engine
     extra = {REPORT_FILE: ""}  # the loaders fill in what the archive holds ("" when absent)
     try:
-        with _minor_version_mismatch_allowed(allow_minor_version_mismatch):
+        with (
+            _minor_version_mismatch_allowed(allow_minor_version_mismatch),
+            _C.plan_kernel_trust(trusted),  # the engines are created inside torch's loader
+        ):
             if fmt == "exported_program":
                 module = torch.export.load(path, extra_files=extra).module()
             else:
@@ -142,7 +157,13 @@ def load(
             f"kiln.load: {path} is {_ARCHIVE_NAMES[fmt]} archive that torch cannot load: "
             f"{_root_cause(error)}"
         ) from error
-    module.report = _read_report(extra[REPORT_FILE])
+    try:
+        module.report = _read_report(extra[REPORT_FILE])
+    except Exception as error:  # noqa: BLE001 (json and the report's fields raise several kinds)
+        raise KilnError(
+            f"kiln.load: {path}: its Kiln report ({REPORT_FILE}) is damaged "
+            f"({type(error).__name__}: {error}); the file was changed after kiln.save wrote it"
+        ) from error
     if fmt == "exported_program":
         from kiln.compiler import check_tensor_inputs
 
@@ -176,11 +197,12 @@ _ARCHIVE_NAMES = {"exported_program": "an ExportedProgram", "torchscript": "a To
 
 def _root_cause(error: BaseException) -> str:
     """The innermost error of a chain, as "Type: message" (torch.export.load wraps every failure
-    in "We ran into an error when deserializing the saved file")."""
+    in "We ran into an error when deserializing the saved file"). A context raised ``from None``
+    is not followed: json's JSONDecodeError hides the StopIteration of its scanner so."""
     seen = set()
     while id(error) not in seen:
         seen.add(id(error))
-        inner = error.__cause__ or error.__context__
+        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
         if inner is None:
             break
         error = inner
@@ -192,14 +214,19 @@ def archive_format(path: str | os.PathLike) -> str:
     """ "exported_program" or "torchscript": which kind of torch archive ``path`` is."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"kiln.load: {path} does not exist")
+        raise KilnFileNotFoundError(f"kiln.load: {path} does not exist")
     if not zipfile.is_zipfile(path):
         raise KilnError(
             f"kiln.load: {path} is not a torch archive (not a zip file); kiln.load reads files "
             "written by kiln.save, torch.export.save or torch.jit.save"
         )
-    with zipfile.ZipFile(path) as archive:
-        entries = [name.split("/", 1)[1] for name in archive.namelist() if "/" in name]
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = [name.split("/", 1)[1] for name in archive.namelist() if "/" in name]
+    except _ZIP_ERRORS as error:
+        raise KilnError(
+            f"kiln.load: {path} is a damaged zip archive ({type(error).__name__}: {error})"
+        ) from error
     if "archive_format" in entries or any(e.startswith("models/") for e in entries):
         return "exported_program"
     if "constants.pkl" in entries and any(e.startswith("code/") for e in entries):

@@ -14,6 +14,7 @@ import io
 import json
 import pickletools
 import zipfile
+import zlib
 
 from kiln._C import KilnError
 
@@ -100,7 +101,16 @@ def _pickled_entries(archive: zipfile.ZipFile) -> set[str]:
 def check_archive(path: str) -> None:
     """Raises KilnError naming the entry and the global when a pickle in the ExportedProgram
     archive at `path` could make loading run code other than rebuilding tensors and Kiln
-    engines."""
+    engines, and when the archive cannot be read (a damaged zip)."""
+    try:
+        _check_archive(path)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as error:
+        raise KilnError(
+            f"kiln.load: {path} is a damaged zip archive ({type(error).__name__}: {error})"
+        ) from error
+
+
+def _check_archive(path: str) -> None:
     with zipfile.ZipFile(path) as archive:
         pickled = _pickled_entries(archive)
         for entry in archive.namelist():

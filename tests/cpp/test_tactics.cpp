@@ -49,9 +49,14 @@ class TacticRelu final : public Kernel {
 void register_test_op() {
   static std::once_flag once;
   std::call_once(once, [] {
-    register_schema({"test_tactic_relu", 1, 1, [](const Layer&, const std::vector<TensorDesc>& in) {
+    // Its kernels have tactics, so it declares the "tactic" attribute the builder sets.
+    register_schema({"test_tactic_relu",
+                     1,
+                     1,
+                     [](const Layer&, const std::vector<TensorDesc>& in) {
                        return std::vector<TensorDesc>{{in[0].dtype, in[0].dims}};
-                     }});
+                     },
+                     {{"tactic", AttrType::kInt, AttrValue{int64_t{-1}}, "set by the builder"}}});
     for (Backend b : {Backend::kReference, Backend::kCuda}) {
       register_kernel("test_tactic_relu", b,
                       [b](const Layer& l) { return std::make_unique<TacticRelu>(l, b); });

@@ -137,3 +137,48 @@ def run_kiln_cli(*args, timeout: float | None = None):
         env=env,
         timeout=timeout,
     )
+
+
+# ---- crafted plans ----------------------------------------------------------------------------
+
+_PLAN_HEADER_BYTES = 8 + 6 * 4 + 8  # magic, six version fields, payload size (core/plan.cpp)
+_M64 = (1 << 64) - 1
+
+
+def _plan_checksum(data: bytes) -> int:
+    """core/plan.cpp's plan_checksum: four FNV-style lanes over 8-byte words, then the tail."""
+    basis, prime = 1469598103934665603, 1099511628211
+    lanes = [basis, basis ^ 1, basis ^ 2, basis ^ 3]
+    words = np.frombuffer(data[: len(data) // 32 * 32], dtype="<u8").reshape(-1, 4)
+    for row in words.tolist():
+        for k in range(4):
+            lane = ((lanes[k] ^ row[k]) * prime) & _M64
+            lanes[k] = lane ^ (lane >> 29)
+    h = basis
+    for lane in lanes:
+        h = ((h ^ lane) * prime) & _M64
+    for byte in data[len(words) * 32 :]:
+        h = ((h ^ byte) * prime) & _M64
+    return ((h ^ len(data)) * prime) & _M64
+
+
+def seal_plan(plan: bytes) -> bytes:
+    """Serialized plan bytes with the checksum field recomputed, as a crafted file would carry
+    them: tests of the parser's own checks edit a plan's body and seal it."""
+    header, body = plan[:_PLAN_HEADER_BYTES], plan[_PLAN_HEADER_BYTES + 8 :]
+    inner = _plan_checksum(body).to_bytes(8, "little")
+    return header + _plan_checksum(header + inner).to_bytes(8, "little") + body
+
+
+def crafted_plan(edit) -> bytes:
+    """The serialized plan of y = a_in @ b^T (inputs "a_in", "b"; layer "mm"; output "y") with
+    `edit` (bytes -> bytes) applied to it and the checksum made to match."""
+    net = kiln.Network()
+    a = net.add_input("a_in", "float32", (2, 3))
+    b = net.add_input("b", "float32", (4, 3))
+    net.mark_output(net.add_matmul(a, b, transpose_b=True, name="mm"), "y")
+    good = build_plan(net).serialize()
+    assert seal_plan(good) == good, "layer_util's copy of plan_checksum no longer matches the plan"
+    crafted = edit(good)
+    assert crafted != good, "the edit changed nothing"
+    return seal_plan(crafted)

@@ -223,7 +223,9 @@ def test_errors():
         kiln.compile(scripted, [x, x], device="cpu")
     with pytest.raises(kiln.KilnError, match="float64"):
         kiln.compile(scripted, [x.double()], device="cpu")
-    with pytest.raises(kiln.KilnError, match="running the module on random inputs"):
+    with pytest.raises(
+        kiln.KilnError, match="cannot run on input 0 of shape 1x5x8x8 .*does not fit"
+    ):
         kiln.compile(scripted, [torch.randn(1, 5, 8, 8)], device="cpu")  # conv wants 3 channels
     with pytest.raises(TypeError, match="torch.jit.ScriptModule"):
         kiln.compile(SmallCNN(), [x], ir="torchscript")

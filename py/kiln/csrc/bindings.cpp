@@ -6,6 +6,9 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <optional>
+#include <stdexcept>
+#include <variant>
 
 #include "core/builder.h"
 #include "core/engine.h"
@@ -14,6 +17,7 @@
 #include "ir/op_schema.h"
 #include "kernels/device.h"
 #include "kernels/fused_pointwise_codegen.h"
+#include "kernels/plan_kernel_trust.h"
 
 namespace py = pybind11;
 using namespace kiln;
@@ -33,6 +37,14 @@ class GilRelease {
 
  private:
   PyThreadState* state_;
+};
+
+// A `with` block of kiln._C.plan_kernel_trust: the scope lives from __enter__ to __exit__, on the
+// thread running the block.
+struct PlanKernelTrustBlock {
+  explicit PlanKernelTrustBlock(bool t) : trusted(t) {}
+  bool trusted;
+  std::optional<ScopedPlanKernelTrust> scope;
 };
 
 // A Python callable that C++ may call from any thread, with or without the GIL held.
@@ -64,29 +76,82 @@ class PyCallable {
   PyObject* fn_;
 };
 
-Attributes to_attrs(const py::dict& d) {
+// A Python number as an attribute scalar: bool, int, numpy.bool_ and integer types with
+// __index__ (numpy integers) are ints, float and types with __float__ (numpy floats) are floats; else
+// nothing. An int beyond 64 bits throws std::range_error.
+std::optional<std::variant<int64_t, double>> number(py::handle x) {
+  PyObject* o = x.ptr();
+  if (PyFloat_Check(o)) return PyFloat_AsDouble(o);
+  if (!PyLong_Check(o) && (PySequence_Check(o) || PyUnicode_Check(o)))
+    return std::nullopt;  // arrays, tensors
+  if (!PyLong_Check(o) && py::hasattr(x, "dtype") &&
+      py::str(x.attr("dtype").attr("kind")).equal(py::str("b"))) {
+    const int truth = PyObject_IsTrue(o);  // numpy.bool_ has no __index__
+    if (truth < 0) throw py::error_already_set();
+    return int64_t{truth};
+  }
+  if (PyIndex_Check(o)) {
+    py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(o));
+    if (!index) throw py::error_already_set();
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+    if (overflow != 0 || (v == -1 && PyErr_Occurred())) {
+      PyErr_Clear();
+      throw std::range_error(std::string(py::repr(x)) + ", which does not fit a 64-bit int");
+    }
+    return static_cast<int64_t>(v);
+  }
+  if (Py_TYPE(o)->tp_as_number != nullptr && Py_TYPE(o)->tp_as_number->nb_float != nullptr) {
+    const double v = PyFloat_AsDouble(o);
+    if (v == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+    return v;
+  }
+  return std::nullopt;
+}
+
+// A Python attribute dict: numbers (see number), str, and sequences of numbers (a list, tuple,
+// torch.Size or 1-D array: an int list when every element is an int, else a float list).
+// check_attributes then refuses names the op does not declare and values of the wrong type;
+// here only what has no IR type at all is refused.
+Attributes to_attrs(const py::dict& d, const std::string& who) {
   Attributes attrs;
   for (auto item : d) {
-    std::string name = py::str(item.first);
+    KILN_CHECK(py::isinstance<py::str>(item.first),
+               who << ": attribute names are strings, got " << std::string(py::repr(item.first)));
+    const std::string name = py::str(item.first);
     py::handle v = item.second;
-    if (py::isinstance<py::bool_>(v) || py::isinstance<py::int_>(v)) {
-      attrs.set(name, v.cast<int64_t>());
-    } else if (py::isinstance<py::float_>(v)) {
-      attrs.set(name, v.cast<double>());
-    } else if (py::isinstance<py::str>(v)) {
-      attrs.set(name, v.cast<std::string>());
-    } else if (py::isinstance<py::sequence>(v)) {
-      py::sequence seq = v.cast<py::sequence>();
-      bool all_int = true;
-      for (auto x : seq) all_int &= py::isinstance<py::int_>(x);
-      if (all_int) {
-        attrs.set(name, v.cast<std::vector<int64_t>>());
+    const auto fail = [&](const std::string& why) {
+      KILN_FAIL(who << ": attribute '" << name << "' is " << why
+                    << "; an attribute is a bool, int, float, str, or a list of numbers (docs/ops.md)");
+    };
+    try {
+      if (py::isinstance<py::str>(v)) {
+        attrs.set(name, v.cast<std::string>());
+      } else if (auto x = number(v)) {
+        std::visit([&](auto value) { attrs.set(name, value); }, *x);
+      } else if (PySequence_Check(v.ptr()) && !PyBytes_Check(v.ptr()) && !PyByteArray_Check(v.ptr())) {
+        std::vector<int64_t> ints;
+        std::vector<double> floats;
+        bool all_int = true;
+        for (py::handle e : py::reinterpret_borrow<py::sequence>(v)) {
+          auto x = number(e);
+          if (!x) fail("a sequence holding " + std::string(py::repr(e)));
+          all_int &= std::holds_alternative<int64_t>(*x);
+          std::visit([&](auto value) { floats.push_back(static_cast<double>(value)); }, *x);
+          if (all_int) ints.push_back(std::get<int64_t>(*x));
+        }
+        if (all_int) {
+          attrs.set(name, std::move(ints));
+        } else {
+          attrs.set(name, std::move(floats));
+        }
       } else {
-        attrs.set(name, v.cast<std::vector<double>>());
+        fail("of Python type " + std::string(py::str(py::type::handle_of(v).attr("__name__"))));
       }
-    } else {
-      KILN_FAIL("attribute '" << name << "': unsupported Python type "
-                              << std::string(py::str(py::type::handle_of(v))));
+    } catch (const py::error_already_set& e) {
+      fail(std::string(py::repr(v)) + ", which could not be read (" + e.what() + ")");
+    } catch (const std::range_error& e) {
+      fail(e.what());
     }
   }
   return attrs;
@@ -195,7 +260,21 @@ void bind_compiler(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "Kiln engine bindings (torch-free core)";
-  py::register_exception<kiln::Error>(m, "KilnError", PyExc_RuntimeError);
+  static py::handle kiln_error =
+      py::register_exception<kiln::Error>(m, "KilnError", PyExc_RuntimeError).ptr();
+  // Tried before the translator above: the message is decoded with backslashreplace, so that a
+  // message quoting bytes that are not UTF-8 (from a corrupt file) still arrives as the
+  // KilnError, not as a UnicodeDecodeError raised while reporting it.
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const kiln::Error& e) {
+      const std::string what = e.what();
+      py::object message = py::reinterpret_steal<py::object>(
+          PyUnicode_DecodeUTF8(what.data(), static_cast<Py_ssize_t>(what.size()), "backslashreplace"));
+      PyErr_SetObject(kiln_error.ptr(), message.ptr());
+    }
+  });
 
   m.def("version", &kiln_version_string);
   m.def("cuda_device_count", &cuda_device_count);
@@ -213,6 +292,13 @@ PYBIND11_MODULE(_C, m) {
         dflt = std::visit([](const auto& v) { return py::cast(v); }, *a.default_value);
       out.append(py::make_tuple(a.name, attr_type_name(a.type), dflt, a.doc));
     }
+    return out;
+  });
+  // The attributes every op accepts besides its own (ir/op_schema.h), as op_attributes lists them.
+  m.def("engine_attributes", [] {
+    py::list out;
+    for (const AttrSpec& a : engine_attributes())
+      out.append(py::make_tuple(a.name, attr_type_name(a.type), py::none(), a.doc));
     return out;
   });
   m.def("op_traits", [](const std::string& op) {
@@ -245,6 +331,17 @@ PYBIND11_MODULE(_C, m) {
   });
   // How often this process compiled a generated kernel with NVRTC (tests: a reloaded plan must not).
   m.def("nvrtc_compile_count", &nvrtc_compile_count);
+  // Whether engines created on this thread may run the kernel code their plans carry
+  // (kernels/plan_kernel_trust.h), and `with plan_kernel_trust(False):` to refuse it for a block.
+  m.def("trust_plan_kernels", &trust_plan_kernels);
+  py::class_<PlanKernelTrustBlock>(m, "plan_kernel_trust")
+      .def(py::init<bool>(), py::arg("trusted"))
+      .def("__enter__",
+           [](PlanKernelTrustBlock& b) {
+             KILN_CHECK(!b.scope, "plan_kernel_trust: this block is entered already");
+             b.scope.emplace(b.trusted);
+           })
+      .def("__exit__", [](PlanKernelTrustBlock& b, const py::args&) { b.scope.reset(); });
 
   py::class_<Network, std::shared_ptr<Network>>(m, "Network")
       .def(py::init<>())
@@ -260,7 +357,9 @@ PYBIND11_MODULE(_C, m) {
       .def("add_layer",
            [](Network& n, const std::string& op, const std::vector<TensorId>& inputs, const py::dict& attrs,
               const std::string& name) {
-             Layer& l = n.add_layer(op, inputs, to_attrs(attrs), name);
+             const std::string who =
+                 name.empty() ? "a new " + op + " layer" : "layer '" + name + "' (" + op + ")";
+             Layer& l = n.add_layer(op, inputs, to_attrs(attrs, who), name);
              return py::make_tuple(l.name, l.outputs);
            })
       .def("mark_output", &Network::mark_output, py::arg("tensor"), py::arg("name") = "")
@@ -421,10 +520,14 @@ PYBIND11_MODULE(_C, m) {
       });
 
   py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine")
-      .def(py::init([](const Plan& plan, const std::string& backend, bool allow_minor_version_mismatch) {
+      .def(py::init([](const Plan& plan, const std::string& backend, bool allow_minor_version_mismatch,
+                       std::optional<bool> trusted) {
+             std::optional<ScopedPlanKernelTrust> trust;  // None: the thread's setting
+             if (trusted) trust.emplace(*trusted);
              return Engine::create(plan, parse_backend(backend), nullptr, allow_minor_version_mismatch);
            }),
-           py::arg("plan"), py::arg("backend"), py::arg("allow_minor_version_mismatch") = false)
+           py::arg("plan"), py::arg("backend"), py::arg("allow_minor_version_mismatch") = false,
+           py::arg("trusted") = py::none())
       .def_property_readonly("backend",
                              [](const Engine& e) { return std::string(backend_name(e.backend())); })
       .def_property_readonly("device", [](const Engine& e) { return e.device(); })
