@@ -210,8 +210,8 @@ std::vector<TensorDesc> infer_layer(const Layer& layer, const std::vector<Tensor
                                      : std::string())
                              << " inputs, got " << n);
   for (const TensorDesc& t : inputs) {
-    KILN_CHECK(dims_product_fits(t.dims),
-               describe(layer) << ": input shape " << to_string(t.dims) << " is too large (its dims multiply past 2^62)");
+    KILN_CHECK(dims_product_fits(t.dims), describe(layer) << ": input shape " << to_string(t.dims)
+                                                          << " is too large (its dims multiply past 2^62)");
   }
   std::vector<TensorDesc> out = schema->infer(layer, inputs);
   for (const TensorDesc& t : out) {

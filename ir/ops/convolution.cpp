@@ -68,8 +68,8 @@ int64_t deconv_output_dim(int64_t in, int64_t k, int64_t stride, int64_t pad, in
   // In 128 bits: `in` may be any dim up to 2^62 and the geometry up to kMaxGeometry.
   const __int128 o = static_cast<__int128>(in - 1) * stride - 2 * static_cast<__int128>(pad) +
                      static_cast<__int128>(dilation) * (k - 1) + output_padding + 1;
-  KILN_CHECK(o <= (int64_t{1} << 62), "deconvolution: the output size overflows (input size " << in << ", stride "
-                                                                                             << stride << ")");
+  KILN_CHECK(o <= (int64_t{1} << 62),
+             "deconvolution: the output size overflows (input size " << in << ", stride " << stride << ")");
   return static_cast<int64_t>(o);
 }
 

@@ -251,9 +251,14 @@ class SyncCopy final : public Kernel {
 std::shared_ptr<Engine> sync_copy_engine(bool declared) {
   static std::once_flag once;
   std::call_once(once, [] {
-    register_schema({"test_sync_copy", 1, 1, [](const Layer&, const std::vector<TensorDesc>& in) {
-                       return std::vector<TensorDesc>{{in[0].dtype, in[0].dims}};
-                     }});
+    register_schema(
+        {"test_sync_copy",
+         1,
+         1,
+         [](const Layer&, const std::vector<TensorDesc>& in) {
+           return std::vector<TensorDesc>{{in[0].dtype, in[0].dims}};
+         },
+         {{"declared", AttrType::kInt, AttrValue{int64_t{0}}, "1: the kernel says it is not capturable"}}});
     register_kernel("test_sync_copy", Backend::kCuda,
                     [](const Layer& l) { return std::make_unique<SyncCopy>(l); });
   });
