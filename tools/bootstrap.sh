@@ -36,8 +36,11 @@ command -v ninja >/dev/null || need_apt+=(ninja-build)
 command -v ccache >/dev/null || need_apt+=(ccache)
 command -v clang-format >/dev/null || need_apt+=(clang-format)
 [ -f /usr/include/gtest/gtest.h ] || need_apt+=(libgtest-dev)
+# Fuzzing (tools/fuzz.sh): clang with libFuzzer and the sanitizer runtimes.
+command -v clang++ >/dev/null || need_apt+=(clang)
+compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-*.a" >/dev/null || need_apt+=(libclang-rt-dev)
 if [ ${#need_apt[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   echo "bootstrap: apt-get install ${need_apt[*]}"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null) ||
-    echo "bootstrap: apt-get failed; continuing (ccache is optional)"
+    echo "bootstrap: apt-get failed; continuing (ccache is optional; tools/fuzz.sh needs clang)"
 fi
