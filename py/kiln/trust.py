@@ -14,9 +14,9 @@ import io
 import json
 import pickletools
 import zipfile
-import zlib
 
 from kiln._C import KilnError
+from kiln.serialize import _ZIP_ERRORS
 
 # The globals a Kiln-saved archive's pickles reference: tensor rebuilding (torch.save's zip format)
 # and the Engine class (torch.classes.kiln.Engine pickles as its TorchScript class).
@@ -104,7 +104,7 @@ def check_archive(path: str) -> None:
     engines, and when the archive cannot be read (a damaged zip)."""
     try:
         _check_archive(path)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as error:
+    except _ZIP_ERRORS as error:
         raise KilnError(
             f"kiln.load: {path} is a damaged zip archive ({type(error).__name__}: {error})"
         ) from error
