@@ -127,7 +127,9 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   //    the Q/K/V projections then share their input for fuse_parallel_gemms); dead-layer
   //    elimination collects what all three left unused.
   if (config.optimization_level > 0) {
-    run_pass("fold_constants", fold_constants, net);
+    run_pass(
+        "fold_constants", [&](Network& n) { return fold_constants(n, config.max_folded_constant_bytes); },
+        net);
     run_pass("remove_noops", remove_noops, net);
     run_pass(
         "eliminate_common_subexpressions",

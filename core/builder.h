@@ -41,6 +41,8 @@ const char* device_name(BuildTarget target);  // "auto", "cuda", "cpu"
 // false when the environment sets KILN_TACTIC_TIMING=0.
 bool tactic_timing_default();
 
+constexpr int64_t kDefaultMaxFoldedConstantBytes = int64_t{64} << 20;
+
 struct BuilderConfig {
   std::vector<OptimizationProfile> profiles;
   PrecisionConfig precision;
@@ -54,6 +56,9 @@ struct BuilderConfig {
   // Persistent timing cache (core/timing_cache.h) read before and written after step 6. Empty:
   // none (the C++ default; kiln.compile defaults to $XDG_CACHE_HOME/kiln/timing.cache).
   std::string timing_cache_path;
+  // Step 2: a constant subgraph whose outputs take more bytes than this stays computed at run
+  // time instead of being folded into the plan (keeps plans, and their build time, bounded).
+  int64_t max_folded_constant_bytes = kDefaultMaxFoldedConstantBytes;
 };
 
 class Builder {

@@ -1,7 +1,8 @@
 // fold_constants: a layer whose inputs are all constants (or that has none) is evaluated at build
 // time on the reference backend and its outputs become constants (f(c1, c2) -> c). Safe for every
 // op with a reference kernel, since the reference backend defines each op's result. Outputs that
-// are larger than kMaxFoldBytes stay computed at run time, to keep plans small.
+// are larger than the limit (BuilderConfig::max_folded_constant_bytes) stay computed at run time,
+// to keep plans small.
 // Shape arithmetic whose values are fully known at build time (shape-of a static tensor, and what
 // is computed from it) becomes constants too, whatever its inputs.
 #include <cstring>
@@ -12,7 +13,6 @@
 
 namespace kiln {
 namespace {
-constexpr int64_t kMaxFoldBytes = int64_t{64} << 20;
 
 bool outputs_known(const Network& net, const Layer& l) {
   for (TensorId t : l.outputs) {
@@ -47,7 +47,7 @@ std::shared_ptr<std::vector<uint8_t>> encode_values(DataType dtype, const std::v
 
 }  // namespace
 
-bool fold_constants(Network& net) {
+bool fold_constants(Network& net, int64_t max_bytes) {
   bool changed = false;
   auto& layers = net.mutable_layers();
   std::vector<Layer> kept;
@@ -68,10 +68,10 @@ bool fold_constants(Network& net) {
     if (all_const) {
       for (TensorId t : l.outputs) {  // each term capped: the sum of huge outputs must not wrap
         out_bytes += std::min<int64_t>(tensor_bytes(net.tensor(t).dims, dtype_size(net.tensor(t).dtype)),
-                                       kMaxFoldBytes + 1);
+                                       max_bytes + 1);
       }
     }
-    if (!all_const || out_bytes > kMaxFoldBytes || !has_kernel(l.op, Backend::kReference)) {
+    if (!all_const || out_bytes > max_bytes || !has_kernel(l.op, Backend::kReference)) {
       kept.push_back(std::move(l));
       continue;
     }

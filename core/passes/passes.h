@@ -15,7 +15,8 @@ namespace kiln {
 // Refuses a network that cannot be built: re-runs validation and shape inference of every layer
 // and checks the profiles against the inputs.
 void validate_network(Network& net, const std::vector<OptimizationProfile>& profiles);
-bool fold_constants(Network& net);
+// Outputs larger than max_bytes (in all) stay computed at run time.
+bool fold_constants(Network& net, int64_t max_bytes = kDefaultMaxFoldedConstantBytes);
 bool remove_noops(Network& net);
 bool eliminate_dead_layers(Network& net);
 // Layers with the same op, inputs and attributes -> the first of them (layers in `keep` stay).

@@ -33,6 +33,18 @@ TEST(FoldConstants, FoldsAllConstantLayer) {
   net.revalidate();
 }
 
+TEST(FoldConstants, LeavesOutputsOverTheLimitToRunTime) {
+  Network net;
+  std::vector<float> a(64, 1.f), b(64, 2.f);
+  TensorId ca = net.add_constant("a", DataType::kFloat32, {64}, a.data(), 256);
+  TensorId cb = net.add_constant("b", DataType::kFloat32, {64}, b.data(), 256);
+  net.mark_output(net.add_elementwise(ca, cb, "add", "sum").outputs[0], "y");  // 256 bytes out
+  EXPECT_FALSE(fold_constants(net, 255));
+  EXPECT_EQ(ops_of(net), std::vector<std::string>{"elementwise"});
+  EXPECT_TRUE(fold_constants(net, 256));
+  EXPECT_TRUE(net.layers().empty());
+}
+
 TEST(FoldConstants, NothingToFold) {
   Network net;
   TensorId x = net.add_input("x", DataType::kFloat32, {3});
