@@ -144,8 +144,11 @@ def test_graph_replays_match_plain_launches(tmp_path, dtype):
     )
     m = kiln.compile(model, [spec], enabled_precisions={dtype}, timing_cache=tmp_path / "t.cache")
     assert engines_of(m)
-    # Shape changes (1, 4, 8, back to 4) and fresh input/output buffers on every call.
-    batches = [4, 4, 4, 1, 1, 8, 8, 4, 4, 1]
+    # Shape changes (8, 4, 1, back to 8 and 4) and fresh input/output buffers on every call. The
+    # largest batch comes first: the arena is laid out for the shapes in use and grows for larger
+    # ones, which releases the graphs captured against the old arena (a re-capture, covered by
+    # CudaGraphs.* in tests/cpp/test_cuda_graphs.cpp); here it never grows.
+    batches = [8, 8, 4, 4, 4, 1, 1, 8, 4, 1]
     for i, batch in enumerate(batches):
         x = torch.randn(batch, 3, 16, 16, device="cuda", dtype=dtype)
         set_graphs(m, True)
@@ -164,6 +167,25 @@ def test_graph_replays_match_plain_launches(tmp_path, dtype):
         assert stats["updates"] == 0, stats
         assert stats["replays"] == len(batches) - 3, stats
         assert stats["plain"] == 3 + len(batches), stats
+
+
+@pytest.mark.gpu
+def test_arena_growth_releases_the_graphs_captured_against_the_old_arena():
+    model = small_cnn().cuda()
+    spec = kiln.Input(min_shape=(1, 3, 16, 16), opt_shape=(1, 3, 16, 16), max_shape=(8, 3, 16, 16))
+    m = kiln.compile(model, [spec])
+    assert engines_of(m)
+    set_graphs(m, True)
+    # batch 1: warm-up, capture; batch 8 grows the arena (the batch-1 graph is released): warm-up,
+    # capture; batch 1 again: warm-up, capture against the new arena.
+    for batch in [1, 1, 8, 8, 1, 1]:
+        x = torch.randn(batch, 3, 16, 16, device="cuda")
+        torch.testing.assert_close(m(x), eager(model, x), rtol=1e-4, atol=1e-4)
+    for engine in engines_of(m):
+        stats = engine.graph_stats()
+        assert stats["captures"] == 3, stats
+        assert stats["replays"] == 3, stats
+        assert stats["plain"] == 3, stats
 
 
 @pytest.mark.gpu
