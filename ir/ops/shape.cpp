@@ -249,7 +249,15 @@ std::vector<TensorDesc> infer_concat(const Layer& layer, const std::vector<Tenso
                                              << "; all inputs need the same rank");
     for (size_t d = 0; d < x.size(); ++d) {
       if (static_cast<int64_t>(d) == axis) {
-        out[d] = out[d] == kDynamic || x[d] == kDynamic ? kDynamic : out[d] + x[d];
+        if (out[d] == kDynamic || x[d] == kDynamic) {
+          out[d] = kDynamic;
+        } else {
+          int64_t sum = 0;
+          KILN_CHECK(!__builtin_add_overflow(out[d], x[d], &sum) && sum <= (int64_t{1} << 62),
+                     who << ": the concatenated dim " << axis << " would exceed 2^62 elements (input "
+                         << k << " has shape " << to_string(x) << ")");
+          out[d] = sum;
+        }
       } else if (out[d] == kDynamic) {
         out[d] = x[d];  // a dynamic dim takes the other inputs' size; run-time shapes check it
       } else {

@@ -87,6 +87,25 @@ TEST(SizeArithmetic, HugeExpandFailsTheBuildInsteadOfOverrunningTheArena) {
   EXPECT_THROW(Builder().build(net, reference_config()), Error);
 }
 
+TEST(SizeArithmetic, ConcatWhoseAxisSumWrapsIsRefused) {
+  // Found by fuzz_network: two dims of 2^62 along the concat axis summed past
+  // int64 in shape inference (signed overflow, then a negative dim).
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {1});
+  Attributes a, b, cat;
+  a.set("shape", std::vector<int64_t>{int64_t{1} << 62});
+  b.set("shape", std::vector<int64_t>{int64_t{1} << 62});
+  TensorId ea = net.add_layer("expand", {x}, a, "ea").outputs[0];
+  TensorId eb = net.add_layer("expand", {x}, b, "eb").outputs[0];
+  cat.set("axis", int64_t{0});
+  try {
+    net.add_layer("concat", {ea, eb}, cat, "cat");
+    ADD_FAILURE() << "concat of two 2^62 dims was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("would exceed 2^62 elements"), std::string::npos) << e.what();
+  }
+}
+
 // The message of the kiln::Error `f` throws; fails the test when it throws none.
 std::string error_of(const std::function<void()>& f) {
   try {
