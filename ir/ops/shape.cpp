@@ -254,8 +254,8 @@ std::vector<TensorDesc> infer_concat(const Layer& layer, const std::vector<Tenso
         } else {
           int64_t sum = 0;
           KILN_CHECK(!__builtin_add_overflow(out[d], x[d], &sum) && sum <= (int64_t{1} << 62),
-                     who << ": the concatenated dim " << axis << " would exceed 2^62 elements (input "
-                         << k << " has shape " << to_string(x) << ")");
+                     who << ": the concatenated dim " << axis << " would exceed 2^62 elements (input " << k
+                         << " has shape " << to_string(x) << ")");
           out[d] = sum;
         }
       } else if (out[d] == kDynamic) {
