@@ -692,6 +692,10 @@ class BuilderConfig(_C.BuilderConfig):
     timing_cache: path of a persistent timing cache that builds read and update (default None:
     no file). A corrupt or foreign file is ignored with a warning and rewritten.
 
+    ``.max_folded_constant_bytes``: a constant subgraph (layers whose inputs are all constants)
+    is evaluated at build time and stored in the plan when its outputs take at most this many
+    bytes (default 64 MiB); a larger one stays a layer computed at run time.
+
     Deprecated (one release): ``target=`` / ``.target`` ("reference" for "cpu") and
     ``workspace_bytes=`` / ``.workspace_bytes``.
     """

@@ -76,6 +76,31 @@ def test_builder_config_tactic_options(tmp_path):
     assert config.timing_cache_path == str(tmp_path / "t.cache")
 
 
+def test_builder_config_limits_constant_folding():
+    assert kiln.BuilderConfig().max_folded_constant_bytes == 64 << 20
+    with pytest.raises(kiln.KilnError, match="max_folded_constant_bytes must be >= 0"):
+        kiln.BuilderConfig().max_folded_constant_bytes = -1
+    a, b = torch.randn(64), torch.randn(64)
+
+    def built(limit):
+        net = kiln.Network()
+        x = net.add_input("x", "float32", (64,))
+        s = net.add_elementwise(net.add_constant(a.numpy()), net.add_constant(b.numpy()), "add")
+        net.mark_output(net.add_elementwise(x, s, "mul"), "y")
+        config = kiln.BuilderConfig(device="cpu")
+        config.max_folded_constant_bytes = limit
+        return kiln.Builder().build(net, config)
+
+    x = torch.randn(64)
+    for limit, folded in [(256, True), (255, False)]:  # a + b: 256 bytes, folded or run time
+        plan = built(limit)
+        # What the engine computes (the add, alone or in a fused program), per layer.
+        code = " ".join(str(x["attrs"].get("program", x["attrs"].get("op"))) for x in plan.layers())
+        assert ("add" not in code) is folded, (limit, code)
+        ctx = kiln.Engine(plan, device="cpu").create_execution_context()
+        torch.testing.assert_close(torch.as_tensor(ctx.execute({"x": x})["y"]), x * (a + b))
+
+
 def test_default_timing_cache_path(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_timing_cache_path() == os.path.join(str(tmp_path), "kiln", "timing.cache")

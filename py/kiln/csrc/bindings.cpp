@@ -389,6 +389,12 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("tactic_timing", &BuilderConfig::tactic_timing)
       .def_readwrite("timing_cache_path", &BuilderConfig::timing_cache_path)
       .def_property(
+          "max_folded_constant_bytes", [](const BuilderConfig& c) { return c.max_folded_constant_bytes; },
+          [](BuilderConfig& c, int64_t bytes) {
+            KILN_CHECK(bytes >= 0, "BuilderConfig.max_folded_constant_bytes must be >= 0, got " << bytes);
+            c.max_folded_constant_bytes = bytes;
+          })
+      .def_property(
           "precisions", [](const BuilderConfig& c) { return precision_names(c.precision); },
           [](BuilderConfig& c, const std::vector<std::string>& names) {
             c.precision.fp16 = c.precision.bf16 = c.precision.tf32 = false;
