@@ -21,6 +21,29 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 
 
+def check_libstdcxx_is_shared(lib: Path) -> None:
+    """Refuses a build whose compiler linked libstdc++ statically into the shared libraries.
+
+    Some toolchains (a g++ configured with a static libstdc++, as on some GPU images) do so; the
+    extension then has its own copy of libstdc++ next to torch's, and crashes in libstdc++'s
+    locale code at import or on the first formatted message. Build with the distribution's g++
+    (the one torch's ABI matches) instead.
+    """
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        return  # binutils missing: nothing to check with (the compiler's own linker came with it)
+    needed = subprocess.run([readelf, "-d", str(lib)], capture_output=True, text=True).stdout
+    if "libstdc++.so" not in needed:
+        cxx = os.environ.get("CXX", "the default c++")
+        raise RuntimeError(
+            f"{lib.name} does not link libstdc++ as a shared library (compiler: {cxx}); a Kiln "
+            "built this way crashes once torch's libstdc++ is in the same process. Build with a "
+            "g++ that links it dynamically, e.g. CC=/usr/bin/gcc CXX=/usr/bin/g++ "
+            "CUDAHOSTCXX=/usr/bin/g++, and remove the build directory "
+            f"({lib.parent.parent}) first."
+        )
+
+
 class CMakeExtension(Extension):
     def __init__(self, name):
         super().__init__(name, sources=[])
@@ -46,6 +69,7 @@ class CMakeBuild(build_ext):
             subprocess.check_call(cmd)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
         subprocess.check_call(["cmake", "--build", str(build_dir), "--parallel", jobs])
+        check_libstdcxx_is_shared(build_dir / "core" / "libkiln_core.so")
         for ext in self.extensions:
             dest = Path(self.get_ext_fullpath(ext.name)).parent
             for target in (dest, ROOT / "py" / "kiln"):
