@@ -10,10 +10,9 @@
 # finds to build-fuzz/findings/TARGET/ (crash-*, leak-*, timeout-*, oom-*: rerun one with
 # `build-fuzz/fuzz_TARGET FILE`). Per target it prints executions, coverage (cov: and ft: of
 # libFuzzer's final status line) and findings; the exit status is 1 when any target found
-# something. FUZZ_RUNS=N also stops each target after N executions; FUZZ_FORK=N fuzzes each
-# target in N processes (libFuzzer's -fork; executions are then their sum); FUZZ_JOBS=N builds
-# with N jobs. Fuzzers run under `nice -n 19`; compilation takes /tmp/kiln_build.lock (as other
-# builds on a shared machine do).
+# something. FUZZ_RUNS=N also stops each target after N executions; FUZZ_JOBS=N builds with N
+# jobs. Fuzzers run under `nice -n 19`; compilation takes /tmp/kiln_build.lock (as other builds on
+# a shared machine do).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=build-fuzz
@@ -70,7 +69,6 @@ run() {
     before=$(find "$findings" -type f | wc -l)
     [ -f "$BUILD/seeds/$t.dict" ] && dict=(-dict="$BUILD/seeds/$t.dict")
     [ -n "${FUZZ_RUNS:-}" ] && runs=(-runs="$FUZZ_RUNS")
-    [ -n "${FUZZ_FORK:-}" ] && runs+=(-fork="$FUZZ_FORK")
     start=$(date +%s)
     if ! regressions "$t"; then
       echo "fuzz.sh: $t fails on a regression input again (log $BUILD/logs/$t.regressions.log)" >&2
@@ -89,8 +87,6 @@ run() {
     [ "$rc" -ne 0 ] && [ "$found" -eq 0 ] && found=1  # e.g. a crash libFuzzer could not save
     local execs
     execs=$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+)/\1/p' "$log" | tail -1)
-    # -fork: no final stats; the last status line ("#N: cov: ...") counts all processes.
-    [ -z "$execs" ] && execs=$(sed -nE 's/^#([0-9]+): cov:.*/\1/p' "$log" | tail -1)
     printf '%-18s %12s %8s %8s %9s %8s\n' "$t" "${execs:-?}" "$(status_field "$log" cov)" \
       "$(status_field "$log" ft)" "$found" "$(($(date +%s) - start))"
     if [ "$found" -ne 0 ]; then
