@@ -10,9 +10,10 @@
 # finds to build-fuzz/findings/TARGET/ (crash-*, leak-*, timeout-*, oom-*: rerun one with
 # `build-fuzz/fuzz_TARGET FILE`). Per target it prints executions, coverage (cov: and ft: of
 # libFuzzer's final status line) and findings; the exit status is 1 when any target found
-# something. FUZZ_RUNS=N also stops each target after N executions; FUZZ_JOBS=N builds with N
-# jobs. Fuzzers run under `nice -n 19`; compilation takes /tmp/kiln_build.lock (as other builds on
-# a shared machine do).
+# something. FUZZ_RUNS=N also stops each target after N executions; FUZZ_PROCS=N runs N fuzzer
+# processes per target (executions summed; FUZZ_RUNS and coverage are per process); FUZZ_JOBS=N
+# builds with N jobs. Fuzzers run under `nice -n 19`; compilation takes /tmp/kiln_build.lock (as
+# other builds on a shared machine do).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=build-fuzz
@@ -77,17 +78,29 @@ run() {
     # -timeout: one input running longer is a finding (a hang); -rss_limit_mb also bounds a
     # single allocation (-malloc_limit_mb defaults to it), so a size that makes Kiln allocate
     # gigabytes is a finding. -use_value_profile: comparisons against magic numbers and sizes.
-    ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=0}" \
-      UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
-      nice -n 19 "$BUILD/fuzz_$t" "$corpus" "$BUILD/seeds/$t" "${dict[@]}" "${runs[@]}" \
-      -max_total_time="$seconds" -timeout=25 -rss_limit_mb=2048 -use_value_profile=1 \
-      -print_final_stats=1 -artifact_prefix="$findings/" >"$log" 2>&1 || rc=$?
+    # FUZZ_PROCS copies share the corpus directory (each adds what it finds); their logs are
+    # $log.N, then concatenated into $log.
+    local procs="${FUZZ_PROCS:-1}" pids=() i
+    for ((i = 0; i < procs; i++)); do
+      ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=0}" \
+        UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
+        nice -n 19 "$BUILD/fuzz_$t" "$corpus" "$BUILD/seeds/$t" "${dict[@]}" "${runs[@]}" \
+        -max_total_time="$seconds" -timeout=25 -rss_limit_mb=2048 -use_value_profile=1 \
+        -print_final_stats=1 -artifact_prefix="$findings/" >"$log.$i" 2>&1 &
+      pids+=($!)
+    done
+    for i in "${!pids[@]}"; do wait "${pids[$i]}" || rc=$?; done
+    cat "$log".[0-9]* >"$log"
     after=$(find "$findings" -type f | wc -l)
     local found=$((after - before))
     [ "$rc" -ne 0 ] && [ "$found" -eq 0 ] && found=1  # e.g. a crash libFuzzer could not save
-    local execs
-    execs=$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+)/\1/p' "$log" | tail -1)
-    printf '%-18s %12s %8s %8s %9s %8s\n' "$t" "${execs:-?}" "$(status_field "$log" cov)" \
+    local execs=0 n
+    for ((i = 0; i < procs; i++)); do
+      n=$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+)/\1/p' "$log.$i" | tail -1)
+      execs=$((execs + ${n:-0}))
+    done
+    rm -f "$log".[0-9]*
+    printf '%-18s %12s %8s %8s %9s %8s\n' "$t" "$execs" "$(status_field "$log" cov)" \
       "$(status_field "$log" ft)" "$found" "$(($(date +%s) - start))"
     if [ "$found" -ne 0 ]; then
       failed=1
