@@ -546,7 +546,10 @@ void ExecutionContext::prepare() {
   if (pointers_dirty_) refresh_pointers();
 }
 
+// A layer whose outputs are all empty has nothing to compute and runs no kernel: its other dims
+// may be huge (an empty [5, 2^56, 0] matmul), and a kernel looping over them would never end.
 void ExecutionContext::run_layer(size_t i, const LaunchContext& launch) const {
+  if (all_outputs_empty(layer_out_[i])) return;
   engine_->kernels_[i]->run(layer_in_[i], layer_out_[i], launch);
 }
 

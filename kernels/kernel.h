@@ -23,6 +23,18 @@ struct TensorView {
   Dims dims;  // concrete
 };
 
+// True when `outputs` is not empty and each has a zero dim: a layer writing only empty tensors has
+// nothing to compute, and engines and constant folding run no kernel for it.
+inline bool all_outputs_empty(const std::vector<TensorView>& outputs) {
+  if (outputs.empty()) return false;
+  for (const TensorView& t : outputs) {
+    bool empty = false;
+    for (int64_t d : t.dims) empty |= d == 0;
+    if (!empty) return false;
+  }
+  return true;
+}
+
 // Per-context resources a kernel may use while it runs.
 struct LaunchContext {
   void* stream = nullptr;     // cudaStream_t; unused by the reference backend

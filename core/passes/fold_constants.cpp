@@ -2,9 +2,12 @@
 // time on the reference backend and its outputs become constants (f(c1, c2) -> c). Safe for every
 // op with a reference kernel, since the reference backend defines each op's result. Outputs that
 // are larger than the limit (BuilderConfig::max_folded_constant_bytes) stay computed at run time,
-// to keep plans small.
+// to keep plans small. Layers whose reference evaluation would take long (a large contraction:
+// matmul, convolution, attention, windows) stay computed at run time too (kMaxFoldWork), so that a
+// build never spends minutes on the CPU folding what the GPU computes in microseconds.
 // Shape arithmetic whose values are fully known at build time (shape-of a static tensor, and what
 // is computed from it) becomes constants too, whatever its inputs.
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -13,6 +16,33 @@
 
 namespace kiln {
 namespace {
+
+// About 2^26 multiply-adds: a tenth of a second on the reference backend.
+constexpr int64_t kMaxFoldWork = int64_t{1} << 26;
+
+// An upper bound of the element reads a layer's reference kernel makes: each output element of a
+// contraction reads its reduction length (K of a matmul, C/groups x kernel of a convolution);
+// attention, pooling windows and topk at most all their inputs; every other op a bounded number.
+// Saturates at kMaxFoldWork + 1.
+int64_t fold_work(const Network& net, const Layer& l) {
+  const int64_t out = volume(net.tensor(l.outputs.at(0)).dims);
+  auto dims = [&](size_t i) -> const Dims& { return net.tensor(l.inputs.at(i)).dims; };
+  int64_t per_output = 1;
+  if (l.op == "matmul" || l.op == "fully_connected") {
+    const Dims& a = dims(0);  // K is one of its last two dims
+    for (size_t d = a.size() > 2 ? a.size() - 2 : 0; d < a.size(); ++d)
+      per_output = std::max(per_output, a[d]);
+  } else if (l.op == "convolution" || l.op == "deconvolution") {
+    const Dims& w = dims(1);  // per output element at most all weights of one output channel
+    const int64_t channels = w.size() > 1 ? std::max<int64_t>(std::min(w[0], w[1]), 1) : 1;
+    per_output = volume(w) / channels;
+  } else if (l.op == "attention" || l.op == "packed_attention" || l.op == "pooling" || l.op == "topk") {
+    per_output = 0;
+    for (size_t i = 0; i < l.inputs.size(); ++i) per_output += volume(dims(i));
+  }
+  if (out == 0 || per_output == 0) return 0;
+  return per_output > kMaxFoldWork / out ? kMaxFoldWork + 1 : out * per_output;
+}
 
 bool outputs_known(const Network& net, const Layer& l) {
   for (TensorId t : l.outputs) {
@@ -71,7 +101,8 @@ bool fold_constants(Network& net, int64_t max_bytes) {
                                        max_bytes + 1);
       }
     }
-    if (!all_const || out_bytes > max_bytes || !has_kernel(l.op, Backend::kReference)) {
+    if (!all_const || out_bytes > max_bytes || !has_kernel(l.op, Backend::kReference) ||
+        fold_work(net, l) > kMaxFoldWork) {
       kept.push_back(std::move(l));
       continue;
     }
@@ -86,7 +117,7 @@ bool fold_constants(Network& net, int64_t max_bytes) {
       buffers.push_back(std::make_shared<std::vector<uint8_t>>(tensor_bytes(o.dims, dtype_size(o.dtype))));
       out.push_back({buffers.back()->data(), o.dtype, o.dims});
     }
-    create_kernel(l, Backend::kReference)->run(in, out, LaunchContext{});
+    if (!all_outputs_empty(out)) create_kernel(l, Backend::kReference)->run(in, out, LaunchContext{});
     for (size_t i = 0; i < l.outputs.size(); ++i) {
       Tensor& o = net.tensor(l.outputs[i]);
       o.kind = TensorKind::kConstant;

@@ -19,9 +19,6 @@ class RefResize final : public Kernel {
            const LaunchContext&) const override {
     const TensorView& x = in[0];
     const TensorView& y = out[0];
-    // An empty output has nothing to compute; its spatial dims may still be huge (and the
-    // per-index tables below as large).
-    if (volume(y.dims) == 0) return;
     const int spatial = static_cast<int>(x.dims.size()) - 2;
     const int64_t planes = x.dims[0] * x.dims[1];
     // taps[d][o]: the input indices and weights that output index o of spatial dim d reads.

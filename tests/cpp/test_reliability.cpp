@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "core/builder.h"
+#include "core/engine.h"
+#include "core/passes/passes.h"
 #include "core/plan.h"
 #include "ir/error.h"
 #include "ir/network.h"
@@ -103,6 +105,38 @@ TEST(SizeArithmetic, ConcatWhoseAxisSumWrapsIsRefused) {
     ADD_FAILURE() << "concat of two 2^62 dims was accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("would exceed 2^62 elements"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Hangs, LayerWithOnlyEmptyOutputsRunsNoKernel) {
+  // Found by fuzz_network: a matmul of [5, 2^56, 0, 0] tensors looped over its 5 * 2^56 batch
+  // while writing nothing (a hang of hours), in an engine and in constant folding.
+  const Dims huge{5, int64_t{1} << 56, 0, 0};
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, huge);
+  net.mark_output(net.add_matmul(x, x).outputs[0], "y");
+  Attributes shape;
+  shape.set("shape", std::vector<int64_t>(huge.begin(), huge.end()));
+  TensorId f = net.add_layer("fill", {}, shape, "f").outputs[0];
+  net.mark_output(net.add_matmul(f, f).outputs[0], "folded");
+  auto engine = Engine::create(Builder().build(net, reference_config()), Backend::kReference);
+  auto ctx = engine->create_execution_context();
+  float dummy = 0;
+  for (const char* name : {"x", "y", "folded"}) ctx->set_tensor_address(name, &dummy);
+  ctx->enqueue(nullptr);
+  EXPECT_EQ(ctx->tensor_shape("y"), huge);
+}
+
+TEST(Hangs, LargeContractionsAreNotFolded) {
+  // Folding runs the reference kernel on the CPU at build time: a 1024^3 constant matmul would
+  // take seconds there (a 64 MiB int8 one hours), so it stays a layer for the engine to run.
+  for (int64_t n : {64, 1024}) {
+    Network net;
+    std::vector<float> v(static_cast<size_t>(n * n), 1.f);
+    TensorId a = net.add_constant("a", DataType::kFloat32, {n, n}, v.data(), v.size() * 4);
+    TensorId b = net.add_constant("b", DataType::kFloat32, {n, n}, v.data(), v.size() * 4);
+    net.mark_output(net.add_matmul(a, b).outputs[0], "y");
+    EXPECT_EQ(fold_constants(net), n == 64) << n;
   }
 }
 
