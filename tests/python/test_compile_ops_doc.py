@@ -15,6 +15,7 @@ def documented_converters():
     for line in text.splitlines():
         m = re.match(r"^\|\s*`([^`]+)`\s*\|(.*)\|\s*$", line)
         if m:
+            assert m.group(1) not in rows, f"docs/ops.md lists {m.group(1)} twice"
             rows[m.group(1)] = [c.strip() for c in m.group(2).split("|")]
     return rows
 
