@@ -12,7 +12,8 @@
 # libFuzzer's final status line) and findings; the exit status is 1 when any target found
 # something. FUZZ_RUNS=N also stops each target after N executions; FUZZ_PROCS=N runs N fuzzer
 # processes per target (executions summed; FUZZ_RUNS and coverage are per process); FUZZ_JOBS=N
-# builds with N jobs. Fuzzers run under `nice -n 19`; compilation takes /tmp/kiln_build.lock (as
+# builds with N jobs; FUZZ_TIMEOUT=S makes a hang an input running S seconds (default 25; raise it
+# when other work competes for the cores, since the clock is wall time). Fuzzers run under `nice -n 19`; compilation takes /tmp/kiln_build.lock (as
 # other builds on a shared machine do).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,7 +86,7 @@ run() {
       ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=0}" \
         UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
         nice -n 19 "$BUILD/fuzz_$t" "$corpus" "$BUILD/seeds/$t" "${dict[@]}" "${runs[@]}" \
-        -max_total_time="$seconds" -timeout=25 -rss_limit_mb=2048 -use_value_profile=1 \
+        -max_total_time="$seconds" -timeout="${FUZZ_TIMEOUT:-25}" -rss_limit_mb=2048 -use_value_profile=1 \
         -print_final_stats=1 -artifact_prefix="$findings/" >"$log.$i" 2>&1 &
       pids+=($!)
     done

@@ -102,7 +102,8 @@ std::vector<TensorDesc> infer_gather(const Layer& layer, const std::vector<Tenso
   TensorDesc result{data.dtype, out, nullptr};
   // Shape arithmetic: the same gather over the host-known values of data.
   if (data.values && fully_known(indices.values) && is_static(out) && volume(out) <= kMaxShapeValues) {
-    int64_t outer = volume(Dims(data.dims.begin(), data.dims.begin() + axis));
+    // An empty output has no values, however large the other dims (the loop would never end).
+    int64_t outer = volume(out) == 0 ? 0 : volume(Dims(data.dims.begin(), data.dims.begin() + axis));
     int64_t inner = volume(Dims(data.dims.begin() + axis + 1, data.dims.end()));
     const auto& dv = *data.values;
     const auto& iv = *indices.values;

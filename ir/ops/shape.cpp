@@ -275,7 +275,11 @@ std::vector<TensorDesc> infer_concat(const Layer& layer, const std::vector<Tenso
     // Element i of the output comes from the input whose stretch of the concat axis holds it.
     std::vector<int64_t> v;
     const std::vector<int64_t> stride = row_major_strides(out);
-    const int64_t outer = axis == 0 ? 1 : volume(Dims(out.begin(), out.begin() + axis));
+    // An empty output has no values; the dims before the axis may still be huge (with the chunks
+    // below empty), and looping over them would never end.
+    const int64_t outer = volume(out) == 0 ? 0
+                          : axis == 0      ? 1
+                                           : volume(Dims(out.begin(), out.begin() + axis));
     for (int64_t o = 0; o < outer; ++o) {
       for (const auto& t : in) {
         const int64_t chunk = t.dims[axis] * stride[axis];  // contiguous run of input t per outer index

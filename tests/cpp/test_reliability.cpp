@@ -127,6 +127,19 @@ TEST(Hangs, LayerWithOnlyEmptyOutputsRunsNoKernel) {
   EXPECT_EQ(ctx->tensor_shape("y"), huge);
 }
 
+TEST(Hangs, ShapeValuesOfEmptyTensorsWithHugeDims) {
+  // Found by fuzz_network: the host-known values of a concat (and a gather) of int64 constants of
+  // shape [2^56, 0] were built by looping over the 2^56 leading rows.
+  Network net;
+  const Dims huge{int64_t{1} << 56, 0};
+  TensorId c = net.add_constant("c", DataType::kInt64, huge, nullptr, 0);
+  Attributes cat;
+  cat.set("axis", int64_t{1});
+  EXPECT_EQ(net.tensor(net.add_layer("concat", {c, c}, cat, "cat").outputs[0]).dims, huge);
+  TensorId none = net.add_constant("i", DataType::kInt64, {0}, nullptr, 0);
+  EXPECT_EQ(net.tensor(net.add_layer("gather", {c, none}, cat, "g").outputs[0]).dims, huge);
+}
+
 TEST(Hangs, LargeContractionsAreNotFolded) {
   // Folding runs the reference kernel on the CPU at build time: a 1024^3 constant matmul would
   // take seconds there (a 64 MiB int8 one hours), so it stays a layer for the engine to run.
