@@ -13,8 +13,8 @@
 # something. FUZZ_RUNS=N also stops each target after N executions; FUZZ_PROCS=N runs N fuzzer
 # processes per target (executions summed; FUZZ_RUNS and coverage are per process); FUZZ_JOBS=N
 # builds with N jobs; FUZZ_TIMEOUT=S makes a hang an input running S seconds (default 25; raise it
-# when other work competes for the cores, since the clock is wall time). Fuzzers run under `nice -n 19`; compilation takes /tmp/kiln_build.lock (as
-# other builds on a shared machine do).
+# when other work competes for the cores, since the clock is wall time). Fuzzers run under
+# `nice -n 19`; compilation takes /tmp/kiln_build.lock (as other builds on a shared machine do).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=build-fuzz
