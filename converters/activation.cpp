@@ -87,7 +87,49 @@ const ConverterRegistration kRegistered([] {
     register_converter(std::move(c));
   };
   register_clip("aten.hardtanh.default", "min_val", "max_val");
-  register_clip("aten.clamp.default", "min", "max");
+  register_activation("aten.mish.default", "mish");
+
+  // elu(x, alpha, scale, input_scale) = scale * (x > 0 ? x : alpha * (exp(input_scale * x) - 1));
+  // the activation's elu with a mul for scale; input_scale must be 1.
+  Converter elu;
+  elu.target = "aten.elu.default";
+  elu.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    for (const char* name : {"alpha", "scale", "input_scale"}) {
+      if (!n.arg(name).is_number()) return std::string(name) + " must be a number";
+    }
+    if (n.arg("input_scale").as_double() != 1.0) return "input_scale other than 1 is not converted";
+    return require_floating(value_arg(g, n, "self"), "self");
+  };
+  elu.convert = [](ConversionContext& ctx, const KNode& n) {
+    TensorId x = ctx.tensor(n, "self");
+    Attributes attrs;
+    attrs.set("type", std::string("elu")).set("alpha", n.arg("alpha").as_double());
+    const double scale = n.arg("scale").as_double();
+    TensorId y = ctx.add(n, "activation", {x}, attrs, scale == 1.0 ? "" : "elu").outputs[0];
+    if (scale != 1.0)
+      y = binary(ctx, n, "mul", y, constant_of(ctx, n, scale, ctx.net().tensor(x).dtype, "scale"), "");
+    ctx.set_output(n, 0, y);
+  };
+  elu.limits = "number alpha and scale; input_scale = 1; floating dtypes";
+  register_converter(std::move(elu));
+
+  Converter softplus;
+  softplus.target = "aten.softplus.default";
+  softplus.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    if (!n.arg("beta").is_number() || !n.arg("threshold").is_number())
+      return "beta and threshold must be numbers";
+    if (n.arg("beta").as_double() == 0.0) return "beta must not be 0";
+    return require_floating(value_arg(g, n, "self"), "self");
+  };
+  softplus.convert = [](ConversionContext& ctx, const KNode& n) {
+    Attributes attrs;
+    attrs.set("type", std::string("softplus"))
+        .set("beta", n.arg("beta").as_double())
+        .set("threshold", n.arg("threshold").as_double());
+    ctx.set_output(n, 0, ctx.add(n, "activation", {ctx.tensor(n, "self")}, attrs).outputs[0]);
+  };
+  softplus.limits = "number beta (not 0) and threshold; floating dtypes";
+  register_converter(std::move(softplus));
 });
 
 }  // namespace kiln

@@ -1,5 +1,5 @@
-// dtype conversion: aten._to_copy (dtype only, same device) -> cast; aten.scalar_tensor -> a
-// rank-0 constant.
+// dtype conversion: aten._to_copy (a dtype change, or none, on the same device) -> cast / identity;
+// aten.scalar_tensor -> a rank-0 constant.
 #include "converters/converter.h"
 #include "converters/converter_util.h"
 
@@ -12,6 +12,8 @@ const ConverterRegistration kRegistered([] {
   to_copy.capability = [](const KGraph& g, const KNode& n) -> std::string {
     value_arg(g, n, "self");
     if (!n.arg("device").is_none()) return "a device change is not converted";
+    if (const Arg* layout = n.find("layout"); layout && !layout->is_none() && layout->s != "torch.strided")
+      return "layout " + layout->describe() + " is not converted";
     const Arg& dtype = n.arg("dtype");
     if (!dtype.is_none()) parse_dtype(dtype.s);
     return "";
@@ -23,7 +25,9 @@ const ConverterRegistration kRegistered([] {
                                : ctx.add(n, "cast", {x}, Attributes().set("to", dtype.s));
     ctx.set_output(n, 0, l.outputs[0]);
   };
-  to_copy.limits = "dtype changes only (no device argument)";
+  to_copy.limits =
+      "dtype changes; memory_format ignored; a device argument only when it is the input's own device (the "
+      "frontend drops it then)";
   register_converter(std::move(to_copy));
 
   Converter scalar;

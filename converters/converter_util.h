@@ -129,4 +129,86 @@ inline TensorId cast_to(ConversionContext& ctx, const KNode& n, TensorId t, Data
   return ctx.add(n, "cast", {t}, Attributes().set("to", std::string(dtype_name(dtype))), suffix).outputs[0];
 }
 
+// One elementwise layer (`op` of the elementwise family) named "<node>/<tag>".
+inline TensorId binary(ConversionContext& ctx, const KNode& n, const std::string& op, TensorId a, TensorId b,
+                       const std::string& tag) {
+  return ctx.add(n, "elementwise", {a, b}, Attributes().set("op", op), tag).outputs[0];
+}
+
+// One unary layer (`op` of the unary family) named "<node>/<tag>".
+inline TensorId unary(ConversionContext& ctx, const KNode& n, const std::string& op, TensorId x,
+                      const std::string& tag) {
+  return ctx.add(n, "unary", {x}, Attributes().set("op", op), tag).outputs[0];
+}
+
+// A rank-0 constant `value` of `dtype` named "<node>/<tag>" (integers exact; float16/bfloat16 as
+// a float32 constant and a cast).
+inline TensorId constant_of(ConversionContext& ctx, const KNode& n, double value, DataType dtype,
+                            const std::string& tag) {
+  const std::string name = n.name + "/" + tag;
+  switch (dtype) {
+    case DataType::kInt64: {
+      const int64_t v = static_cast<int64_t>(value);
+      return ctx.net().add_constant(name, dtype, {}, &v, sizeof v);
+    }
+    case DataType::kInt32: {
+      const int32_t v = static_cast<int32_t>(value);
+      return ctx.net().add_constant(name, dtype, {}, &v, sizeof v);
+    }
+    case DataType::kBool: {
+      const uint8_t v = value != 0.0 ? 1 : 0;
+      return ctx.net().add_constant(name, dtype, {}, &v, sizeof v);
+    }
+    default: {
+      const float v = static_cast<float>(value);
+      TensorId c = ctx.net().add_constant(name, DataType::kFloat32, {}, &v, sizeof v);
+      return cast_to(ctx, n, c, dtype, tag + "_cast");
+    }
+  }
+}
+
+// The size of `x` along `axis` as a 0-d int64 tensor: a constant for a static dim, otherwise
+// shape -> gather (a tracked value, known when the engine runs).
+inline TensorId dim_size(ConversionContext& ctx, const KNode& n, TensorId x, int64_t axis,
+                         const std::string& tag) {
+  const Dims& dims = ctx.net().tensor(x).dims;
+  if (dims.at(axis) != kDynamic) return ctx.constant_i64(n, {dims[axis]}, {}, tag);
+  TensorId shape = ctx.add(n, "shape", {x}, {}, tag + "_shape").outputs[0];
+  TensorId index = ctx.constant_i64(n, {axis}, {}, tag + "_axis");
+  return ctx.add(n, "gather", {shape, index}, Attributes().set("axis", int64_t{0}), tag).outputs[0];
+}
+
+// x[start:end] along `axis` (constant bounds, Python slice semantics), named "<node>/<tag>".
+inline TensorId slice_axis(ConversionContext& ctx, const KNode& n, TensorId x, int64_t axis, int64_t start,
+                           int64_t end, const std::string& tag) {
+  Attributes attrs;
+  attrs.set("axes", std::vector<int64_t>{axis})
+      .set("starts", std::vector<int64_t>{start})
+      .set("ends", std::vector<int64_t>{end});
+  return ctx.add(n, "slice", {x}, attrs, tag).outputs[0];
+}
+
+// The dtype torch.export recorded for the node's output `index` (the converter's result dtype).
+inline DataType output_dtype(const KGraph& g, const KNode& n, size_t index = 0) {
+  KILN_CHECK(index < n.outputs.size() && n.outputs[index] != kNoValue,
+             n.describe() << ": output " << index << " is not used");
+  return g.value(n.outputs[index]).dtype;
+}
+
+// True when the node's output `index` is used.
+inline bool output_used(const KNode& n, size_t index) {
+  return index < n.outputs.size() && n.outputs[index] != kNoValue;
+}
+
+inline bool is_integer(DataType t) { return t == DataType::kInt32 || t == DataType::kInt64; }
+
+// An optional dim-list argument ("dim": None, an int or a list of ints) as axes; empty means all.
+inline std::vector<int64_t> dims_arg(const KNode& n, const std::string& name) {
+  const Arg* a = n.find(name);
+  if (a == nullptr || a->is_none()) return {};
+  if (a->kind == Arg::Kind::kInt) return {a->i};
+  KILN_CHECK(a->is_int_list(), "argument '" << name << "' must be constant dims, got " << a->describe());
+  return a->ints();
+}
+
 }  // namespace kiln

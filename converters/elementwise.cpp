@@ -1,7 +1,10 @@
-// Binary arithmetic: aten add/sub/mul/div/minimum/maximum, comparisons, bitwise and/or/xor on
-// bool, where, clamp with tensor bounds, all with torch type promotion (a number operand becomes a
-// constant of the promoted dtype) and Python's operator.add/sub/mul/floordiv on symbolic sizes (host scalars,
-// evaluated through tracked shape values).
+// Binary arithmetic: aten add/sub/rsub/mul/div (also with rounding modes)/pow/minimum/maximum,
+// remainder/fmod on integers, comparisons, bitwise and/or/xor on bool, logical and/or/xor, where,
+// masked_fill, clamp with tensor bounds and clamp_min/clamp_max, all with torch type promotion (a number
+// operand becomes a constant of the promoted dtype) and Python's operator.add/sub/mul/floordiv on symbolic
+// sizes (host scalars, evaluated through tracked shape values).
+#include <limits>
+
 #include "converters/converter.h"
 #include "converters/converter_util.h"
 
@@ -110,6 +113,209 @@ void register_promoted_binary(const std::string& target, const std::string& op, 
   register_converter(std::move(c));
 }
 
+// clamp family: x bounded by each of `bounds` ("min": max(x, lo), "max": min(x, hi)) in the
+// promoted dtype of x and the bounds; a None bound is skipped.
+void register_clamp(const std::string& target, const std::vector<std::string>& bounds,
+                    const std::string& limits) {
+  Converter c;
+  c.target = target;
+  c.capability = [bounds](const KGraph& g, const KNode& n) -> std::string {
+    value_arg(g, n, "self");
+    std::vector<std::string> names = {"self"};
+    for (const std::string& b : bounds) {
+      if (!n.arg(b).is_none()) names.push_back(b);
+    }
+    if (names.size() == 1) return "needs min or max";
+    const DataType common = result_type(g, n, names);
+    if (common == DataType::kBool || common == DataType::kInt8)
+      return std::string(dtype_name(common)) + " is not converted";
+    return "";
+  };
+  c.convert = [bounds](ConversionContext& ctx, const KNode& n) {
+    std::vector<std::string> names = {"self"};
+    for (const std::string& b : bounds) {
+      if (!n.arg(b).is_none()) names.push_back(b);
+    }
+    const DataType dtype = result_type(ctx.graph(), n, names);
+    TensorId x = operand_as(ctx, n, "self", dtype);
+    bool number_bounds = is_floating(dtype);
+    for (size_t k = 1; k < names.size(); ++k) number_bounds = number_bounds && n.arg(names[k]).is_number();
+    if (number_bounds) {  // one clip activation (fuses into the producer's epilogue)
+      const double inf = std::numeric_limits<double>::infinity();
+      const Arg* lo = n.find("min");
+      const Arg* hi = n.find("max");
+      Attributes attrs;
+      attrs.set("type", std::string("clip"))
+          .set("alpha", lo && !lo->is_none() ? lo->as_double() : -inf)
+          .set("beta", hi && !hi->is_none() ? hi->as_double() : inf);
+      ctx.set_output(n, 0, ctx.add(n, "activation", {x}, attrs).outputs[0]);
+      return;
+    }
+    for (size_t k = 1; k < names.size(); ++k) {
+      TensorId b = operand_as(ctx, n, names[k], dtype);
+      x = binary(ctx, n, names[k] == "min" ? "max" : "min", x, b, names[k]);
+    }
+    ctx.set_output(n, 0, x);
+  };
+  c.limits = limits;
+  register_converter(std::move(c));
+}
+
+// Floating or int32/int64 promoted operands ("" when they convert).
+std::string numeric_operands(const KGraph& g, const KNode& n, const std::vector<std::string>& names) {
+  const DataType common = result_type(g, n, names);
+  if (is_floating(common) || is_integer(common)) return "";
+  return std::string(dtype_name(common)) + " operands are not converted";
+}
+
+// div with rounding_mode: integers use the elementwise div (truncating) and floor_div; floats
+// round the true quotient (floor(a / b) can differ from torch by one where a / b rounds onto a
+// whole number, as with every engine that divides first).
+void register_div_mode(const std::string& target) {
+  Converter c;
+  c.target = target;
+  c.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    value_arg(g, n, "self");
+    const Arg& mode = n.arg("rounding_mode");
+    if (!mode.is_none() && mode.s != "trunc" && mode.s != "floor")
+      return "unknown rounding_mode " + mode.describe();
+    if (mode.is_none() && output_used(n, 0) && !is_floating(output_dtype(g, n)))
+      return "integer true division";
+    return numeric_operands(g, n, {"self", "other"});
+  };
+  c.convert = [](ConversionContext& ctx, const KNode& n) {
+    const Arg& mode = n.arg("rounding_mode");
+    DataType dtype = result_type(ctx.graph(), n, {"self", "other"});
+    if (mode.is_none()) dtype = output_dtype(ctx.graph(), n);
+    TensorId a = operand_as(ctx, n, "self", dtype);
+    TensorId b = operand_as(ctx, n, "other", dtype);
+    if (mode.is_none()) {
+      ctx.set_output(n, 0, binary(ctx, n, "div", a, b, ""));
+    } else if (is_integer(dtype)) {
+      ctx.set_output(n, 0, binary(ctx, n, mode.s == "floor" ? "floor_div" : "div", a, b, ""));
+    } else {
+      TensorId q = binary(ctx, n, "div", a, b, "quotient");
+      TensorId floor =
+          ctx.add(n, "unary", {q}, Attributes().set("op", std::string("floor")), "floor").outputs[0];
+      if (mode.s == "floor") {
+        ctx.set_output(n, 0, floor);
+        return;
+      }
+      TensorId ceil =
+          ctx.add(n, "unary", {q}, Attributes().set("op", std::string("ceil")), "ceil").outputs[0];
+      TensorId negative = binary(ctx, n, "lt", q, constant_of(ctx, n, 0.0, dtype, "zero"), "negative");
+      ctx.set_output(n, 0, ctx.add(n, "where", {negative, ceil, floor}).outputs[0]);
+    }
+  };
+  c.limits = "rounding_mode None, trunc or floor; floating, int32 or int64 (integers exact)";
+  register_converter(std::move(c));
+}
+
+// remainder (floor_div: the sign of the divisor) and fmod (div, truncating: the sign of the
+// dividend) as a - (a op b) * b on integers, where it is exact. Floats need an exact fmod kernel
+// (a - trunc(a / b) * b loses every digit once |a / b| is large), not there yet.
+void register_remainder(const std::string& target, const std::string& div_op) {
+  Converter c;
+  c.target = target;
+  c.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    value_arg(g, n, "self");
+    const DataType common = result_type(g, n, {"self", "other"});
+    if (is_integer(common)) return "";
+    return std::string(dtype_name(common)) +
+           " operands: only int32/int64 are converted (floats need an exact fmod)";
+  };
+  c.convert = [div_op](ConversionContext& ctx, const KNode& n) {
+    const DataType dtype = result_type(ctx.graph(), n, {"self", "other"});
+    TensorId a = operand_as(ctx, n, "self", dtype);
+    TensorId b = operand_as(ctx, n, "other", dtype);
+    TensorId q = binary(ctx, n, div_op, a, b, "quotient");
+    ctx.set_output(n, 0, binary(ctx, n, "sub", a, binary(ctx, n, "mul", q, b, "product"), ""));
+  };
+  c.limits = "int32/int64 operands (exact; a zero divisor gives 0 instead of raising)";
+  register_converter(std::move(c));
+}
+
+// pow with a tensor exponent (pow.Tensor_Tensor; pow.Scalar: a number base), floating results.
+void register_pow(const std::string& target, const std::string& base, const std::string& exponent) {
+  Converter c;
+  c.target = target;
+  c.capability = [base, exponent](const KGraph& g, const KNode& n) -> std::string {
+    value_arg(g, n, exponent);
+    const DataType common = result_type(g, n, {base, exponent});
+    if (!is_floating(common))
+      return std::string(dtype_name(common)) + " pow is not converted (floating only)";
+    return "";
+  };
+  c.convert = [base, exponent](ConversionContext& ctx, const KNode& n) {
+    const DataType dtype = result_type(ctx.graph(), n, {base, exponent});
+    TensorId a = operand_as(ctx, n, base, dtype);
+    TensorId b = operand_as(ctx, n, exponent, dtype);
+    ctx.set_output(n, 0, binary(ctx, n, "pow", a, b, ""));
+  };
+  c.limits = "floating results (torch type promotion)";
+  register_converter(std::move(c));
+}
+
+// logical_and / or / xor: both operands as bool (nonzero), then and / or / xor.
+void register_logical(const std::string& target, const std::string& op) {
+  Converter c;
+  c.target = target;
+  c.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    for (const char* name : {"self", "other"}) {
+      const DataType t = value_arg(g, n, name).dtype;
+      if (t == DataType::kInt8) return "int8 is not converted";
+    }
+    if (output_used(n, 0) && output_dtype(g, n) != DataType::kBool) return "only a bool result is converted";
+    return "";
+  };
+  c.convert = [op](ConversionContext& ctx, const KNode& n) {
+    TensorId a = cast_to(ctx, n, ctx.tensor(n, "self"), DataType::kBool, "self_bool");
+    TensorId b = cast_to(ctx, n, ctx.tensor(n, "other"), DataType::kBool, "other_bool");
+    ctx.set_output(n, 0, binary(ctx, n, op, a, b, ""));
+  };
+  c.limits = "any dtypes (nonzero is true); bool result";
+  register_converter(std::move(c));
+}
+
+// rsub(self, other, alpha = 1) = other - self.
+void register_rsub(const std::string& target) {
+  Converter c;
+  c.target = target;
+  c.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    return arithmetic_operands(g, n, "sub");
+  };
+  c.convert = [](ConversionContext& ctx, const KNode& n) {
+    const DataType dtype = result_type(ctx.graph(), n, {"self", "other"});
+    TensorId a = operand_as(ctx, n, "self", dtype);
+    TensorId b = operand_as(ctx, n, "other", dtype);
+    ctx.set_output(n, 0, binary(ctx, n, "sub", b, a, ""));
+  };
+  c.limits = "torch type promotion (casts inserted); alpha = 1";
+  register_converter(std::move(c));
+}
+
+// masked_fill(self, mask, value) = where(mask, value, self) in self's dtype.
+void register_masked_fill(const std::string& target) {
+  Converter c;
+  c.target = target;
+  c.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    const KValue& x = value_arg(g, n, "self");
+    if (value_arg(g, n, "mask").dtype != DataType::kBool) return "mask must be bool";
+    const Arg& value = n.arg("value");
+    if (value.is_value() && !g.value(value.value).dims.empty()) return "value must be a 0-d tensor";
+    if (x.dtype == DataType::kInt8) return "int8 is not converted";
+    return "";
+  };
+  c.convert = [](ConversionContext& ctx, const KNode& n) {
+    TensorId x = ctx.tensor(n, "self");
+    const DataType dtype = ctx.net().tensor(x).dtype;
+    TensorId value = operand_as(ctx, n, "value", dtype);
+    ctx.set_output(n, 0, ctx.add(n, "where", {ctx.tensor(n, "mask"), value, x}).outputs[0]);
+  };
+  c.limits = "bool mask; a number or 0-d tensor value, cast to self's dtype";
+  register_converter(std::move(c));
+}
+
 }  // namespace
 
 // Registered when the library loads; no central list names this file.
@@ -175,30 +381,35 @@ const ConverterRegistration kRegistered([] {
   register_promoted_binary("aten.bitwise_or.Tensor", "or", true, "bool operands");
   register_promoted_binary("aten.bitwise_xor.Tensor", "xor", true, "bool operands");
 
-  // clamp(x, min, max) = min(max(x, lo), hi) in the promoted dtype of x, min and max.
-  Converter clamp;
-  clamp.target = "aten.clamp.Tensor";
-  clamp.capability = [](const KGraph& g, const KNode& n) -> std::string {
-    value_arg(g, n, "self");
-    if (n.arg("min").is_none() && n.arg("max").is_none()) return "needs min or max";
-    const DataType common = result_type(g, n, {"self", "min", "max"});
-    if (common == DataType::kBool || common == DataType::kInt8)
-      return std::string(dtype_name(common)) + " is not converted";
-    return "";
-  };
-  clamp.convert = [](ConversionContext& ctx, const KNode& n) {
-    const DataType dtype = result_type(ctx.graph(), n, {"self", "min", "max"});
-    TensorId x = operand_as(ctx, n, "self", dtype);
-    for (const char* bound : {"min", "max"}) {
-      if (n.arg(bound).is_none()) continue;
-      TensorId b = operand_as(ctx, n, bound, dtype);
-      const std::string op = std::string(bound) == "min" ? "max" : "min";
-      x = ctx.add(n, "elementwise", {x, b}, Attributes().set("op", op), bound).outputs[0];
-    }
-    ctx.set_output(n, 0, x);
-  };
-  clamp.limits = "tensor bounds (either may be None); torch type promotion (casts inserted)";
-  register_converter(std::move(clamp));
+  register_clamp("aten.clamp.default", {"min", "max"},
+                 "number bounds (either may be None); torch type promotion; floating: one clip activation");
+  register_clamp("aten.clamp.Tensor", {"min", "max"},
+                 "tensor bounds (either may be None); torch type promotion (casts inserted)");
+  register_clamp("aten.clamp_min.default", {"min"}, "torch type promotion (casts inserted)");
+  register_clamp("aten.clamp_max.default", {"max"}, "torch type promotion (casts inserted)");
+  register_clamp("aten.clamp_min.Tensor", {"min"}, "torch type promotion (casts inserted)");
+  register_clamp("aten.clamp_max.Tensor", {"max"}, "torch type promotion (casts inserted)");
+
+  for (const char* mode : {"Tensor_mode", "Scalar_mode"}) register_div_mode(std::string("aten.div.") + mode);
+  register_remainder("aten.remainder.Tensor", "floor_div");
+  register_remainder("aten.remainder.Scalar", "floor_div");
+  register_remainder("aten.fmod.Tensor", "div");
+  register_remainder("aten.fmod.Scalar", "div");
+
+  register_pow("aten.pow.Tensor_Tensor", "self", "exponent");
+  register_pow("aten.pow.Scalar", "self", "exponent");
+
+  register_promoted_binary("aten.bitwise_and.Scalar", "and", true, "bool operands");
+  register_promoted_binary("aten.bitwise_or.Scalar", "or", true, "bool operands");
+  register_promoted_binary("aten.bitwise_xor.Scalar", "xor", true, "bool operands");
+  register_logical("aten.logical_and.default", "and");
+  register_logical("aten.logical_or.default", "or");
+  register_logical("aten.logical_xor.default", "xor");
+
+  register_rsub("aten.rsub.Tensor");
+  register_rsub("aten.rsub.Scalar");
+  register_masked_fill("aten.masked_fill.Scalar");
+  register_masked_fill("aten.masked_fill.Tensor");
 });
 
 }  // namespace kiln

@@ -20,10 +20,6 @@ std::string output_dtype_ok(const KGraph& g, const KNode& n) {
   return "";
 }
 
-DataType output_dtype(const ConversionContext& ctx, const KNode& n) {
-  return ctx.graph().value(n.outputs.at(0)).dtype;
-}
-
 }  // namespace
 
 // Registered when the library loads; no central list names this file.
@@ -46,7 +42,7 @@ const ConverterRegistration kRegistered([] {
     Attributes attrs;
     attrs.set("start", number_attr(n.arg("start")))
         .set("step", number_attr(n.arg("step")))
-        .set("dtype", std::string(dtype_name(output_dtype(ctx, n))));
+        .set("dtype", std::string(dtype_name(output_dtype(ctx.graph(), n))));
     const Arg& end = n.arg("end");
     std::vector<TensorId> inputs;
     if (end.is_value()) {
@@ -75,7 +71,7 @@ const ConverterRegistration kRegistered([] {
     if (n.outputs.at(0) == kNoValue) return;
     Attributes attrs;
     attrs.set("value", number_attr(n.arg("fill_value")))
-        .set("dtype", std::string(dtype_name(output_dtype(ctx, n))));
+        .set("dtype", std::string(dtype_name(output_dtype(ctx.graph(), n))));
     TensorId shape = ctx.size_tensor(n, "size");
     if (shape < 0) {
       attrs.set("shape", ints_arg(n, "size"));
@@ -99,7 +95,7 @@ const ConverterRegistration kRegistered([] {
     TensorId x = ctx.tensor(n, "self");
     Attributes attrs;
     attrs.set("value", number_attr(n.arg("fill_value")))
-        .set("dtype", std::string(dtype_name(output_dtype(ctx, n))));
+        .set("dtype", std::string(dtype_name(output_dtype(ctx.graph(), n))));
     const Dims& dims = ctx.net().tensor(x).dims;
     if (is_static(dims)) {
       attrs.set("shape", std::vector<int64_t>(dims.begin(), dims.end()));

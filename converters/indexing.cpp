@@ -25,21 +25,6 @@ int64_t bound(const KNode& n, const std::string& name, int64_t none) {
 
 bool is_symbolic(const KGraph& g, const Arg& a) { return a.is_value() && g.value(a.value).host_scalar; }
 
-// The size of `x` along `axis` as a 0-d int64 tensor: a constant for a static dim, otherwise
-// shape -> gather (a tracked value, known when the engine runs).
-TensorId dim_size(ConversionContext& ctx, const KNode& n, TensorId x, int64_t axis, const std::string& tag) {
-  const Dims& dims = ctx.net().tensor(x).dims;
-  if (dims.at(axis) != kDynamic) return ctx.constant_i64(n, {dims[axis]}, {}, tag);
-  TensorId shape = ctx.add(n, "shape", {x}, {}, tag + "_shape").outputs[0];
-  TensorId index = ctx.constant_i64(n, {axis}, {}, tag + "_axis");
-  return ctx.add(n, "gather", {shape, index}, Attributes().set("axis", int64_t{0}), tag).outputs[0];
-}
-
-TensorId binary(ConversionContext& ctx, const KNode& n, const std::string& op, TensorId a, TensorId b,
-                const std::string& tag) {
-  return ctx.add(n, "elementwise", {a, b}, Attributes().set("op", op), tag).outputs[0];
-}
-
 // i < 0 ? i + size : i, computed as i + size * int64(i < 0) so tracked values follow.
 TensorId wrap_index(ConversionContext& ctx, const KNode& n, TensorId i, TensorId size,
                     const std::string& tag) {

@@ -162,12 +162,14 @@ class FxLowering:
         elif val is not None:
             v = self._value(node, val)
             outputs.append(v)
-        named = _named_args(node)
+        named = _same_device_cast(node, _named_args(node))
         if not self.truncate_double and _touches_float64(node, named):
             self.torch_nodes[len(self.fx_nodes)] = (
                 "it computes in float64, which Kiln engines do not (they would compute in "
                 "float32); compile with truncate_double=True to run it in float32"
             )
+        elif (reason := _layout_dependent(node)) is not None:
+            self.torch_nodes[len(self.fx_nodes)] = reason
         args = [(name, self._arg(a)) for name, a in named]
         self.graph.add_node(node.name, target_name(node.target), args, outputs, _location(node))
         self.fx_nodes.append(node)
@@ -216,6 +218,34 @@ def _touches_float64(node: torch.fx.Node, named_args) -> bool:
         )
 
     return is_double(val) or any(is_double(a) for _, a in named_args)
+
+
+def _same_device_cast(node: torch.fx.Node, named):
+    """A _to_copy / to() whose result is on its input's device moves nothing: its device argument
+    becomes None, so the engine sees a cast (or an identity) that never splits an engine."""
+    if node.target not in _CASTS or not node.args:
+        return named
+    src, out = getattr(node.args[0], "meta", {}).get("val"), node.meta.get("val")
+    if not (isinstance(src, torch.Tensor) and isinstance(out, torch.Tensor)):
+        return named
+    if src.device != out.device or out.layout != torch.strided:
+        return named
+    return [(k, None if k in ("device", "layout", "pin_memory") else v) for k, v in named]
+
+
+def _layout_dependent(node: torch.fx.Node) -> str | None:
+    """Why a node that reads torch's memory layout must run in PyTorch, or None. as_strided reads
+    its input's storage: the engine's row-major tensor is that storage only when the input is
+    contiguous with storage offset 0."""
+    if node.target is not torch.ops.aten.as_strided.default:
+        return None
+    src = getattr(node.args[0], "meta", {}).get("val")
+    if isinstance(src, torch.Tensor) and src.is_contiguous() and src.storage_offset() == 0:
+        return None
+    return (
+        "as_strided of a non-contiguous tensor (or one with a storage offset) reads torch's "
+        "memory layout, which engine tensors do not have"
+    )
 
 
 def _dims(shape) -> tuple[list[int], list]:

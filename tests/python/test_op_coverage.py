@@ -1,0 +1,571 @@
+"""One row per converted aten overload: a tiny function whose exported graph holds that overload,
+compiled whole by kiln.compile and compared with eager PyTorch on fresh random inputs, per dtype,
+and over a dynamic dim where the row names one. On the CPU the engine runs on the reference
+backend (CI); marked gpu, the same rows run on CUDA against eager CUDA.
+
+Each row also checks that its overload really reached an engine (the compile report's engine
+segments list it), so a row cannot pass through a decomposition into other ops. Integer and bool
+results must match exactly; floating ones to the dtype's tolerance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from layer_util import DEVICES
+
+import kiln
+from kiln import runtime as rt
+
+pytestmark = pytest.mark.skipif(not rt.is_available(), reason="libkiln_runtime.so was not built")
+
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+I32, I64, BOOL = torch.int32, torch.int64, torch.bool
+TOL = {
+    F32: dict(rtol=1e-5, atol=1e-5),
+    F16: dict(rtol=1e-2, atol=1e-2),
+    BF16: dict(rtol=2e-2, atol=2e-2),
+}
+
+
+@dataclasses.dataclass
+class Case:
+    target: str  # the overload that must reach an engine
+    fn: Callable
+    shapes: list  # one shape per input (a tuple), or a callable (dtype, generator) -> tensor
+    dtypes: tuple = (F32,)
+    dynamic: dict | None = None  # input index -> dims that are dynamic (tested at +1 and -1)
+    id: str = ""
+
+    def name(self):
+        return self.target.removeprefix("aten.") + (f"-{self.id}" if self.id else "")
+
+
+def rand(shape, dtype, g):
+    if dtype.is_floating_point:
+        return torch.randn(*shape, generator=g).to(dtype)
+    if dtype == BOOL:
+        return torch.rand(*shape, generator=g) > 0.5
+    return torch.randint(-9, 10, shape, generator=g, dtype=dtype)
+
+
+def positive(shape):
+    """Inputs in [0.5, 2.5) (for log-like and pow ops)."""
+    return lambda dtype, g: (torch.rand(*shape, generator=g) * 2 + 0.5).to(dtype)
+
+
+def nonzero_ints(shape):
+    """Integer divisors: nonzero, both signs."""
+
+    def make(dtype, g):
+        v = torch.randint(1, 6, shape, generator=g, dtype=dtype)
+        return torch.where(torch.rand(*shape, generator=g) > 0.5, v, -v)
+
+    return make
+
+
+def index(high, shape):
+    return lambda dtype, g: torch.randint(0, high, shape, generator=g)
+
+
+def mask(shape):
+    return lambda dtype, g: torch.rand(*shape, generator=g) > 0.5
+
+
+def unique(shape):
+    """Distinct values (argmax / max.dim indices are then unambiguous)."""
+    return lambda dtype, g: (
+        torch.randperm(torch.Size(shape).numel(), generator=g).reshape(shape) - 7
+    ).to(dtype)
+
+
+def scatter_into(fn):
+    """fn writes into a clone of its first input, as models write slice assignment."""
+
+    def run(x, *rest):
+        y = x.clone()
+        fn(y, *rest)
+        return y
+
+    return run
+
+
+FLOATS = (F32, F16)
+NUMERIC = (F32, I32, I64)
+ANY = (F32, F16, I32, I64, BOOL)
+
+CASES = [
+    # ---- reductions
+    Case("aten.sum.default", lambda x: x.sum(), [(3, 5)], (F32, I32, BOOL)),
+    Case(
+        "aten.sum.dim_IntList",
+        lambda x: x.sum((0, 2), keepdim=True),
+        [(3, 4, 5)],
+        (F32, I64),
+        {0: (1,)},
+    ),
+    Case(
+        "aten.sum.dim_IntList",
+        lambda x: x.sum(1, dtype=torch.float32),
+        [(3, 4)],
+        (F16,),
+        id="dtype",
+    ),
+    Case("aten.mean.default", lambda x: x.mean(), [(3, 5)], FLOATS),
+    Case("aten.mean.dim", lambda x: x.mean(-1), [(3, 5)], FLOATS, {0: (0,)}),
+    Case("aten.prod.default", lambda x: (x * 0.5).prod(), [(2, 5)]),
+    Case("aten.prod.dim_int", lambda x: x.prod(1, keepdim=True), [(3, 4)], (F32, I64)),
+    Case("aten.amax.default", lambda x: torch.amax(x, (0, -1)), [(3, 4, 5)], ANY, {0: (1,)}),
+    Case("aten.amin.default", lambda x: torch.amin(x, 1, keepdim=True), [(3, 4, 5)], ANY),
+    Case("aten.max.default", lambda x: x.max(), [(3, 4)], ANY),
+    Case("aten.min.default", lambda x: x.min(), [(3, 4)], ANY),
+    Case("aten.max.dim", lambda x: x.max(1), [unique((3, 5))], NUMERIC, {0: (0,)}),
+    Case("aten.min.dim", lambda x: x.min(0, keepdim=True), [unique((4, 3))], NUMERIC),
+    Case("aten.max.dim", lambda x: x.max(-1).values, [(3, 5)], ANY, id="values"),
+    Case("aten.argmax.default", lambda x: x.argmax(1), [unique((3, 5))], NUMERIC, {0: (0,)}),
+    Case("aten.argmax.default", lambda x: x.argmax(), [unique((3, 5))], NUMERIC, id="flat"),
+    Case(
+        "aten.argmin.default",
+        lambda x: x.argmin(keepdim=True),
+        [unique((3, 5))],
+        NUMERIC,
+        id="flat-keepdim",
+    ),
+    Case("aten.argmin.default", lambda x: x.argmin(0, keepdim=True), [unique((3, 5))], NUMERIC),
+    Case("aten.var.dim", lambda x: x.var(1), [(3, 6)], FLOATS, {0: (0,)}),
+    Case(
+        "aten.var.correction",
+        lambda x: torch.var(x, 1, correction=0, keepdim=True),
+        [(3, 6)],
+        FLOATS,
+    ),
+    Case("aten.var.correction", lambda x: torch.var(x, None, correction=0), [(3, 6)], id="all"),
+    Case("aten.std.correction", lambda x: x.std((0, 1), keepdim=True, correction=2), [(3, 6, 2)]),
+    Case("aten.var_mean.correction", lambda x: torch.var_mean(x, 1), [(3, 6)], FLOATS),
+    Case("aten.any.dims", lambda x: torch.any(x, (0, 1)), [(3, 4, 2)], (F32, I64, BOOL)),
+    Case("aten.all.default", lambda x: torch.all(x), [(3, 4)], (F32, BOOL)),
+    Case("aten.all.dim", lambda x: torch.all(x, 1), [mask((3, 4))], (BOOL,)),
+    Case("aten.all.dims", lambda x: torch.all(x > 0, (0, 1), keepdim=True), [(3, 4, 2)]),
+    Case("aten.aminmax.default", lambda x: torch.aminmax(x, dim=1), [(3, 4)], NUMERIC),
+    Case("aten.aminmax.default", lambda x: torch.aminmax(x), [(3, 4)], id="all"),
+    Case("aten.logsumexp.default", lambda x: torch.logsumexp(x, 1), [(3, 7)], FLOATS, {0: (0,)}),
+    Case(
+        "aten.logsumexp.default",
+        lambda x: torch.logsumexp(torch.cat([x, torch.full_like(x, float("-inf"))]), 0),
+        [(2, 3)],
+        id="neg-inf",
+    ),
+    Case(
+        "aten.linalg_vector_norm.default",
+        lambda x: torch.linalg.vector_norm(x, dim=-1),
+        [(3, 7)],
+        FLOATS,
+    ),
+    Case(
+        "aten.linalg_vector_norm.default", lambda x: F.normalize(x, dim=1), [(3, 7)], id="normalize"
+    ),
+    Case(
+        "aten.linalg_vector_norm.default",
+        lambda x: torch.linalg.vector_norm(x, 1),
+        [(3, 7)],
+        id="ord1",
+    ),
+    Case(
+        "aten.linalg_vector_norm.default",
+        lambda x: torch.linalg.vector_norm(x, float("inf"), 0),
+        [(3, 7)],
+        id="inf",
+    ),
+    Case(
+        "aten.linalg_vector_norm.default",
+        lambda x: torch.linalg.vector_norm(x, 3, (0, 1), True),
+        [(3, 7)],
+        id="p3",
+    ),
+    # ---- pointwise
+    Case("aten.floor.default", torch.floor, [(4, 5)], (F32, F16, I32)),
+    Case("aten.ceil.default", torch.ceil, [(4, 5)], (F32, I64)),
+    Case("aten.round.default", lambda x: torch.round(x * 2), [(4, 5)], (F32, I32)),
+    Case("aten.trunc.default", lambda x: torch.trunc(x * 3), [(4, 5)], (F32, F16, I64), {0: (0,)}),
+    Case("aten.sign.default", torch.sign, [(4, 5)], (F32, I32, BOOL)),
+    Case("aten.isnan.default", lambda x: torch.isnan(torch.log(x)), [(4, 5)], (F32,)),
+    Case("aten.isnan.default", torch.isnan, [(4, 5)], (I32, BOOL), id="int"),
+    Case("aten.logical_not.default", torch.logical_not, [(4, 5)], (F32, I64, BOOL)),
+    Case("aten.bitwise_not.default", torch.bitwise_not, [(4, 5)], (I32, I64, BOOL)),
+    Case("aten.elu.default", lambda x: F.elu(x, 0.7), [(4, 5)], FLOATS),
+    Case("aten.elu.default", lambda x: torch.ops.aten.elu(x, 1.0, 2.0, 1.0), [(4, 5)], id="scale"),
+    Case("aten.softplus.default", lambda x: F.softplus(x * 8, 0.5, 3.0), [(4, 5)], FLOATS),
+    Case("aten.mish.default", F.mish, [(4, 5)], FLOATS),
+    Case(
+        "aten.div.Tensor_mode",
+        lambda a, b: torch.div(a, b, rounding_mode="floor"),
+        [(3, 4), (3, 4)],
+    ),
+    Case(
+        "aten.div.Tensor_mode",
+        lambda a, b: torch.div(a, b, rounding_mode="trunc"),
+        [(3, 4), nonzero_ints((3, 4))],
+        (I32, I64, F32),
+        id="trunc",
+    ),
+    Case(
+        "aten.div.Tensor_mode",
+        lambda a, b: a // b,
+        [(3, 4), nonzero_ints((3, 4))],
+        (I64,),
+        id="floordiv",
+    ),
+    Case(
+        "aten.div.Scalar_mode",
+        lambda a: torch.ops.aten.div.Scalar_mode(a, 3, rounding_mode="floor"),
+        [(3, 4)],
+        (F32, I64),
+    ),
+    Case("aten.remainder.Tensor", torch.remainder, [(3, 4), nonzero_ints((3, 4))], (I32, I64)),
+    Case("aten.remainder.Scalar", lambda a: a % 4, [(3, 4)], (I64,)),
+    Case("aten.fmod.Tensor", torch.fmod, [(3, 4), nonzero_ints((3, 4))], (I32, I64)),
+    Case("aten.fmod.Scalar", lambda a: torch.fmod(a, -3), [(3, 4)], (I64,)),
+    Case("aten.pow.Tensor_Tensor", torch.pow, [positive((3, 4)), (3, 4)], FLOATS),
+    Case("aten.pow.Scalar", lambda x: torch.pow(2.0, x), [(3, 4)], FLOATS),
+    Case("aten.bitwise_and.Scalar", lambda x: x & True, [mask((3, 4))], (BOOL,)),
+    Case("aten.bitwise_or.Scalar", lambda x: x | False, [mask((3, 4))], (BOOL,)),
+    Case("aten.bitwise_xor.Scalar", lambda x: x ^ True, [mask((3, 4))], (BOOL,)),
+    Case("aten.logical_and.default", torch.logical_and, [(3, 4), (3, 4)], (F32, I32, BOOL)),
+    Case("aten.logical_or.default", torch.logical_or, [(3, 4), (1, 4)], (F32, BOOL)),
+    Case("aten.logical_xor.default", torch.logical_xor, [(3, 4), (3, 4)], (I64, BOOL)),
+    Case("aten.rsub.Scalar", lambda x: torch.rsub(x, 2), [(3, 4)], NUMERIC),
+    Case("aten.rsub.Tensor", lambda x, y: torch.rsub(x, y), [(3, 4), (4,)], (F32, I64)),
+    Case("aten.masked_fill.Scalar", lambda x, m: x.masked_fill(m, -2), [(3, 4), mask((3, 4))], ANY),
+    Case(
+        "aten.masked_fill.Tensor",
+        lambda x, m, v: x.masked_fill(m, v),
+        [(3, 4), mask((1, 4)), lambda dtype, g: torch.tensor(1.5)],
+        (F32,),
+    ),
+    Case("aten.clamp_min.default", lambda x: torch.clamp_min(x, 0.25), [(3, 4)], (F32, F16)),
+    Case("aten.clamp_max.default", lambda x: torch.clamp_max(x, 2), [(3, 4)], (F32, I64)),
+    Case("aten.clamp_min.Tensor", torch.clamp_min, [(3, 4), (4,)], (F32, I32)),
+    Case("aten.clamp_max.Tensor", torch.clamp_max, [(3, 4), (3, 1)], (F32,)),
+    # ---- copies, fills, factories
+    Case("aten.alias.default", lambda x: torch.ops.aten.alias(x) * 2, [(3, 4)]),
+    Case("aten.detach.default", lambda x: x.detach() + 1, [(3, 4)]),
+    Case("aten.copy.default", scatter_into(lambda y, s: y.copy_(s)), [(3, 4), (4,)], (F32, I64)),
+    Case(
+        "aten.copy.default",
+        lambda x, s: torch.ops.aten.copy(x, s),
+        [(3, 4), (3, 4)],
+        (F16,),
+        id="cast",
+    ),
+    Case("aten.fill.Scalar", scatter_into(lambda y: y.fill_(3)), [(3, 4)], ANY),
+    Case(
+        "aten.fill.Tensor",
+        scatter_into(lambda y, v: y.fill_(v)),
+        [(3, 4), lambda dtype, g: torch.tensor(2.5)],
+    ),
+    Case("aten.empty.memory_format", lambda x: torch.empty(3, 4).fill_(1) + x, [(3, 4)]),
+    Case("aten.repeat.default", lambda x: x.repeat(2, 1, 3), [(3, 4)], ANY),
+    Case(
+        "aten.repeat.default", lambda x: x.repeat(2, 3), [(3, 4)], (F32,), {0: (0,)}, id="dynamic"
+    ),
+    Case("aten._to_copy.default", lambda x: x.to(x.device, torch.float16), [(3, 4)], id="device"),
+    # ---- moving elements
+    Case(
+        "aten.index_select.default",
+        lambda x, i: x.index_select(1, i),
+        [(3, 6), index(6, (4,))],
+        ANY,
+        {0: (0,)},
+    ),
+    Case(
+        "aten.index_select.default",
+        lambda x, i: x.index_select(0, i),
+        [(3, 6), index(3, ())],
+        id="0d",
+    ),
+    Case("aten.flip.default", lambda x: x.flip(0, -1), [(3, 4, 5)], ANY, {0: (0,)}),
+    Case(
+        "aten.roll.default", lambda x: torch.roll(x, (1, -2), (0, 2)), [(3, 4, 5)], ANY, {0: (1,)}
+    ),
+    Case("aten.roll.default", lambda x: torch.roll(x, 7), [(3, 4)], id="flat"),
+    Case("aten.as_strided.default", lambda x: x.as_strided((2, 3), (1, 4), 1), [(3, 4)], ANY),
+    Case("aten.as_strided.default", lambda x: x.as_strided((4, 3), (3, 1)), [(3, 4)], id="reshape"),
+    Case("aten.diagonal.default", lambda x: x.diagonal() * 2, [(4, 5)], NUMERIC),
+    Case(
+        "aten.diagonal.default", lambda x: torch.diagonal(x, -1, 2, 0) + 1, [(4, 3, 5)], id="offset"
+    ),
+    Case(
+        "aten.diagonal.default",
+        lambda x: torch.diagonal(x, 2, 1, 2) + 1,
+        [(2, 3, 5)],
+        (F32,),
+        {0: (0,)},
+        id="dyn",
+    ),
+    Case(
+        "aten.slice_scatter.default",
+        scatter_into(lambda y, s: y[:, 1:3].copy_(s)),
+        [(3, 5), (3, 2)],
+        (F32, I64),
+    ),
+    Case(
+        "aten.slice_scatter.default",
+        scatter_into(lambda y, s: y[1::2].copy_(s)),
+        [(5, 4), (2, 4)],
+        id="step",
+    ),
+    Case(
+        "aten.select_scatter.default",
+        scatter_into(lambda y, s: y[:, -1].copy_(s)),
+        [(3, 5), (3,)],
+        ANY,
+    ),
+    # ---- padding
+    Case(
+        "aten.constant_pad_nd.default",
+        lambda x: F.pad(x, (1, 2, 0, 1), value=0.5),
+        [(2, 3, 4)],
+        (F32, F16, I64),
+    ),
+    Case(
+        "aten.constant_pad_nd.default",
+        lambda x: F.pad(x, (-1, 2)),
+        [(2, 3, 4)],
+        (F32,),
+        {0: (0,)},
+        id="crop",
+    ),
+    Case(
+        "aten.reflection_pad1d.default",
+        lambda x: F.pad(x, (2, 1), mode="reflect"),
+        [(2, 3, 5)],
+        FLOATS,
+    ),
+    Case(
+        "aten.reflection_pad2d.default",
+        lambda x: F.pad(x, (2, 1, 1, 3), mode="reflect"),
+        [(2, 3, 5, 6)],
+        FLOATS,
+        {0: (0,)},
+    ),
+    Case(
+        "aten.reflection_pad3d.default",
+        lambda x: F.pad(x, (1, 1, 2, 0, 1, 2), mode="reflect"),
+        [(1, 2, 3, 4, 5)],
+    ),
+    Case(
+        "aten.replication_pad1d.default",
+        lambda x: F.pad(x, (3, 1), mode="replicate"),
+        [(2, 3, 5)],
+        FLOATS,
+    ),
+    Case(
+        "aten.replication_pad2d.default",
+        lambda x: F.pad(x, (0, 2, 1, 1), mode="replicate"),
+        [(3, 5, 6)],
+    ),
+    Case(
+        "aten.replication_pad3d.default",
+        lambda x: F.pad(x, (1, 0, 2, 2, 0, 1), mode="replicate"),
+        [(1, 2, 3, 4, 5)],
+    ),
+    # ---- pooling and resizing
+    Case(
+        "aten.max_pool1d_with_indices.default",
+        lambda x: F.max_pool1d(x, 3, 2, 1),
+        [(2, 3, 9)],
+        FLOATS,
+    ),
+    Case(
+        "aten.max_pool3d_with_indices.default",
+        lambda x: F.max_pool3d(x, 2),
+        [(1, 2, 4, 6, 6)],
+        FLOATS,
+    ),
+    Case(
+        "aten.avg_pool1d.default",
+        lambda x: F.avg_pool1d(x, 3, 2, 1, count_include_pad=False),
+        [(2, 3, 9)],
+    ),
+    Case(
+        "aten.avg_pool3d.default",
+        lambda x: F.avg_pool3d(x, 2, ceil_mode=True),
+        [(1, 2, 5, 6, 6)],
+        FLOATS,
+    ),
+    Case("aten.adaptive_avg_pool1d.default", lambda x: F.adaptive_avg_pool1d(x, 4), [(2, 3, 10)]),
+    Case(
+        "aten._adaptive_avg_pool3d.default",
+        lambda x: F.adaptive_avg_pool3d(x, (2, 3, 1)),
+        [(1, 2, 4, 6, 5)],
+    ),
+    Case(
+        "aten.adaptive_max_pool2d.default",
+        lambda x: F.adaptive_max_pool2d(x, (3, 2)),
+        [(2, 3, 7, 6)],
+        FLOATS,
+    ),
+    Case(
+        "aten.adaptive_max_pool3d.default", lambda x: F.adaptive_max_pool3d(x, 2), [(1, 2, 4, 5, 6)]
+    ),
+    Case(
+        "aten.upsample_nearest2d.vec",
+        lambda x: F.interpolate(x, scale_factor=2),
+        [(1, 3, 4, 5)],
+        FLOATS,
+        {0: (0,)},
+    ),
+    Case(
+        "aten.upsample_nearest2d.vec",
+        lambda x: F.interpolate(x, size=(7, 3)),
+        [(1, 3, 4, 5)],
+        id="size",
+    ),
+    Case(
+        "aten.upsample_bilinear2d.vec",
+        lambda x: F.interpolate(x, scale_factor=1.5, mode="bilinear"),
+        [(2, 3, 4, 6)],
+        FLOATS,
+        {0: (0,)},
+    ),
+    Case(
+        "aten.upsample_bilinear2d.vec",
+        lambda x: F.interpolate(x, size=(9, 5), mode="bilinear", align_corners=True),
+        [(1, 3, 4, 6)],
+        id="align",
+    ),
+    Case("aten.upsample_nearest1d.vec", lambda x: F.interpolate(x, scale_factor=3), [(2, 3, 5)]),
+    Case(
+        "aten.upsample_nearest3d.vec", lambda x: F.interpolate(x, size=(3, 4, 5)), [(1, 2, 2, 3, 4)]
+    ),
+    Case(
+        "aten._upsample_nearest_exact2d.vec",
+        lambda x: F.interpolate(x, size=(7, 9), mode="nearest-exact"),
+        [(1, 3, 4, 5)],
+    ),
+    Case(
+        "aten.upsample_linear1d.vec", lambda x: F.interpolate(x, size=9, mode="linear"), [(2, 3, 5)]
+    ),
+    Case(
+        "aten.upsample_trilinear3d.vec",
+        lambda x: F.interpolate(x, scale_factor=2, mode="trilinear"),
+        [(1, 2, 2, 3, 4)],
+    ),
+    Case(
+        "aten.upsample_nearest2d.default",
+        lambda x: torch.ops.aten.upsample_nearest2d(x, [8, 10]),
+        [(1, 3, 4, 5)],
+    ),
+]
+
+
+def _inputs(case, dtype, seed, grow=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for k, s in enumerate(case.shapes):
+        if callable(s):
+            t = s(dtype, g)
+        else:
+            shape = list(s)
+            for d in (case.dynamic or {}).get(k, ()):
+                shape[d] = max(1, shape[d] + grow)
+            t = rand(shape, dtype, g)
+        out.append(t)
+    return out
+
+
+def _specs(case, inputs):
+    specs = []
+    for k, t in enumerate(inputs):
+        dims = (case.dynamic or {}).get(k, ())
+        lo = [max(1, n - 1) if d in dims else n for d, n in enumerate(t.shape)]
+        hi = [n + 2 if d in dims else n for d, n in enumerate(t.shape)]
+        specs.append(kiln.Input(min_shape=lo, opt_shape=t.shape, max_shape=hi, dtype=t.dtype))
+    return specs
+
+
+class Fn(torch.nn.Module):
+    """A module around a function; torch.export needs a fixed number of named inputs."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+
+class Fn1(Fn):
+    def forward(self, a):
+        return self.fn(a)
+
+
+class Fn2(Fn):
+    def forward(self, a, b):
+        return self.fn(a, b)
+
+
+class Fn3(Fn):
+    def forward(self, a, b, c):
+        return self.fn(a, b, c)
+
+
+def module(fn, arity):
+    return [Fn1, Fn2, Fn3][arity - 1](fn).eval()
+
+
+def _compare(got, want, dtype):
+    got = (got,) if torch.is_tensor(got) else tuple(got)
+    want = (want,) if torch.is_tensor(want) else tuple(want)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape, (g.dtype, w.dtype, g.shape, w.shape)
+        if w.is_floating_point():
+            torch.testing.assert_close(
+                g,
+                w,
+                equal_nan=True,
+                **TOL.get(w.dtype, TOL[dtype if dtype.is_floating_point else F32]),
+            )
+        else:
+            assert torch.equal(g, w)
+
+
+def _params():
+    params = []
+    for case in CASES:
+        for dtype in case.dtypes:
+            for device in DEVICES:
+                dev = device if isinstance(device, str) else device.values[0]
+                marks = () if isinstance(device, str) else device.marks
+                params.append(
+                    pytest.param(
+                        case, dtype, dev, id=f"{case.name()}-{str(dtype)[6:]}-{dev}", marks=marks
+                    )
+                )
+    return params
+
+
+@pytest.mark.parametrize("case,dtype,device", _params())
+def test_converter(case, dtype, device):
+    inputs = [t.to(device) for t in _inputs(case, dtype, seed=1)]
+    if device == "cpu" and dtype in (F16, BF16):
+        # Eager CPU half math is the reference: make sure torch has it for this op.
+        try:
+            case.fn(*inputs)
+        except (RuntimeError, NotImplementedError) as e:
+            pytest.skip(f"eager CPU {dtype} has no kernel for this op ({e})")
+    model = module(case.fn, len(inputs))
+    compiled = kiln.compile(
+        model, _specs(case, inputs), device=device, min_block_size=1, require_full_compilation=True
+    )
+    engine_ops = {op for s in compiled.report.segments if s["kind"] == "engine" for op in s["ops"]}
+    assert case.target in engine_ops, (case.target, sorted(engine_ops))
+    _compare(compiled(*inputs), model(*inputs), dtype)
+    fresh = [t.to(device) for t in _inputs(case, dtype, seed=2)]
+    _compare(compiled(*fresh), model(*fresh), dtype)
+    if case.dynamic:
+        for grow in (1, -1):
+            other = [t.to(device) for t in _inputs(case, dtype, seed=3, grow=grow)]
+            _compare(compiled(*other), model(*other), dtype)
