@@ -1,7 +1,7 @@
 // Indexing: aten.embedding -> embedding; aten.slice.Tensor -> slice (constant bounds) or gather
 // with an arange (symbolic bounds); aten.select.int -> gather (0-d index); aten.gather ->
-// gather_elements; aten.index.Tensor (integer indices on the leading dims) -> gather, or flatten +
-// gather of the linear index; aten.cumsum -> cumsum.
+// gather_elements; aten.index.Tensor (integer index tensors, None entries allowed) -> transpose +
+// gather, or flatten + gather of the linear index; aten.cumsum -> cumsum.
 //
 // Out-of-range indices behave as in torch, never as another element: embedding and gather
 // refuse negative ones (embedding never wraps, gather_elements gets wrap = 0), index and select
@@ -9,6 +9,7 @@
 //
 // Index arithmetic stays int64 (the engine's gather/arange/elementwise take int64), so no index
 // is narrowed; symbolic sizes become tracked 0-d int64 tensors.
+#include <algorithm>
 #include <limits>
 
 #include "converters/converter.h"
@@ -44,6 +45,44 @@ TensorId bound_tensor(ConversionContext& ctx, const KNode& n, const std::string&
   v = wrap_index(ctx, n, v, size, name + "_wrapped");
   v = binary(ctx, n, "max", v, ctx.constant_i64(n, {0}, {}, name + "_lo"), name + "_min0");
   return binary(ctx, n, "min", v, size, name + "_clamped");
+}
+
+// x[i0, ..., ik-1] for integer index tensors on x's leading dims. torch wraps each index once
+// (-size <= i < size) and raises for any other. One index tensor: a gather that wraps. Several:
+// flatten(x, 0, k-1)[sum_j wrap(ij) * stride_j], stride_j = prod(D_j+1..D_k-1), the index tensors
+// broadcasting against each other in the elementwise ops. A component out of range could still
+// land on a valid flat position, so such positions become -1 and the gather does not wrap: it
+// refuses them (reference backend) or writes NaN (CUDA) instead of returning another element.
+TensorId index_leading(ConversionContext& ctx, const KNode& n, TensorId x,
+                       const std::vector<TensorId>& indices, const std::string& tag) {
+  const size_t k = indices.size();
+  if (k == 1) {
+    TensorId i = cast_to(ctx, n, indices[0], DataType::kInt64, "i0_i64");
+    return ctx.add(n, "gather", {x, i}, Attributes().set("axis", int64_t{0}), tag).outputs[0];
+  }
+  TensorId linear = -1, stride = -1, valid = -1;
+  TensorId zero = ctx.constant_i64(n, {0}, {}, "zero");
+  for (size_t j = k; j-- > 0;) {
+    const std::string t = "i" + std::to_string(j);
+    TensorId size = dim_size(ctx, n, x, static_cast<int64_t>(j), t + "_size");
+    TensorId i = cast_to(ctx, n, indices[j], DataType::kInt64, t + "_i64");
+    i = wrap_index(ctx, n, i, size, t + "_wrapped");
+    // 0 <= i < size after the wrap
+    TensorId ok = binary(ctx, n, "and", binary(ctx, n, "ge", i, zero, t + "_ge0"),
+                         binary(ctx, n, "lt", i, size, t + "_lt_size"), t + "_in_range");
+    valid = valid < 0 ? ok : binary(ctx, n, "and", valid, ok, t + "_all_in_range");
+    if (stride >= 0) i = binary(ctx, n, "mul", i, stride, t + "_scaled");
+    linear = linear < 0 ? i : binary(ctx, n, "add", linear, i, t + "_sum");
+    if (j > 0) stride = stride < 0 ? size : binary(ctx, n, "mul", stride, size, t + "_stride");
+  }
+  TensorId outside = ctx.constant_i64(n, {-1}, {}, "out_of_range");
+  linear = ctx.add(n, "where", {valid, linear, outside}, {}, "checked").outputs[0];
+  Attributes flat;
+  flat.set("start_dim", int64_t{0}).set("end_dim", static_cast<int64_t>(k - 1));
+  x = ctx.add(n, "flatten", {x}, flat, "flatten").outputs[0];
+  Attributes attrs;
+  attrs.set("axis", int64_t{0}).set("wrap", int64_t{0});
+  return ctx.add(n, "gather", {x, linear}, attrs, tag).outputs[0];
 }
 
 }  // namespace
@@ -195,53 +234,59 @@ const ConverterRegistration kRegistered([] {
     const Arg& indices = n.arg("indices");
     if (indices.kind != Arg::Kind::kList || indices.list.empty()) return "indices must be a non-empty list";
     if (indices.list.size() > x.dims.size()) return "more indices than dims";
+    bool any = false;
     for (const Arg& i : indices.list) {
-      if (!i.is_value()) return "None entries (indexing later dims) are not converted";
+      if (i.is_none()) continue;
+      if (!i.is_value()) return "index entries must be tensors or None";
       const DataType t = g.value(i.value).dtype;
+      if (t == DataType::kBool) return "bool mask indices (a data-dependent shape) are not converted";
       if (t != DataType::kInt32 && t != DataType::kInt64) return "only integer index tensors are converted";
+      any = true;
     }
+    if (!any) return "no index tensor";
     return "";
   };
   index.convert = [](ConversionContext& ctx, const KNode& n) {
-    // torch wraps each index once (-size <= i < size) and raises for any other. One index tensor:
-    // a gather that wraps. Several: x[i0, ..., ik-1] = flatten(x, 0, k-1)[sum_j wrap(ij) * stride_j],
-    // stride_j = prod(D_j+1..D_k-1), the index tensors broadcasting against each other in the
-    // elementwise ops. A component out of range could still land on a valid flat position, so
-    // such positions become -1 and the gather does not wrap: it refuses them (reference backend)
-    // or writes NaN (CUDA) instead of returning another element.
+    // torch's advanced indexing: the indexed dims (the non-None entries) are moved to the front,
+    // indexed there (index_leading), and the broadcast index dims moved back to where the first
+    // indexed dim was when the indexed dims are adjacent (torch puts them first otherwise).
     TensorId x = ctx.tensor(n, "self");
     const auto& list = n.arg("indices").list;
-    const size_t k = list.size();
-    if (k == 1) {
-      TensorId i = cast_to(ctx, n, ctx.tensor(list[0].value), DataType::kInt64, "i0_i64");
-      ctx.set_output(n, 0, ctx.add(n, "gather", {x, i}, Attributes().set("axis", int64_t{0})).outputs[0]);
-      return;
+    const int64_t rank = static_cast<int64_t>(ctx.net().tensor(x).dims.size());
+    std::vector<int64_t> indexed, others;
+    std::vector<TensorId> tensors;
+    size_t broadcast_rank = 0;
+    for (int64_t d = 0; d < rank; ++d) {
+      const bool is_index = d < static_cast<int64_t>(list.size()) && !list[d].is_none();
+      (is_index ? indexed : others).push_back(d);
+      if (is_index) {
+        tensors.push_back(ctx.tensor(list[d].value));
+        broadcast_rank = std::max(broadcast_rank, ctx.net().tensor(tensors.back()).dims.size());
+      }
     }
-    TensorId linear = -1, stride = -1, valid = -1;
-    TensorId zero = ctx.constant_i64(n, {0}, {}, "zero");
-    for (size_t j = k; j-- > 0;) {
-      const std::string tag = "i" + std::to_string(j);
-      TensorId size = dim_size(ctx, n, x, static_cast<int64_t>(j), tag + "_size");
-      TensorId i = cast_to(ctx, n, ctx.tensor(list[j].value), DataType::kInt64, tag + "_i64");
-      i = wrap_index(ctx, n, i, size, tag + "_wrapped");
-      // 0 <= i < size after the wrap
-      TensorId ok = binary(ctx, n, "and", binary(ctx, n, "ge", i, zero, tag + "_ge0"),
-                           binary(ctx, n, "lt", i, size, tag + "_lt_size"), tag + "_in_range");
-      valid = valid < 0 ? ok : binary(ctx, n, "and", valid, ok, tag + "_all_in_range");
-      if (stride >= 0) i = binary(ctx, n, "mul", i, stride, tag + "_scaled");
-      linear = linear < 0 ? i : binary(ctx, n, "add", linear, i, tag + "_sum");
-      if (j > 0) stride = stride < 0 ? size : binary(ctx, n, "mul", stride, size, tag + "_stride");
+    const bool adjacent = indexed.back() - indexed.front() + 1 == static_cast<int64_t>(indexed.size());
+    const bool leading = indexed.front() == 0 && adjacent;
+    if (!leading) {
+      std::vector<int64_t> perm = indexed;
+      perm.insert(perm.end(), others.begin(), others.end());
+      x = ctx.add(n, "transpose", {x}, Attributes().set("perm", perm), "indexed_first").outputs[0];
     }
-    TensorId outside = ctx.constant_i64(n, {-1}, {}, "out_of_range");
-    linear = ctx.add(n, "where", {valid, linear, outside}, {}, "checked").outputs[0];
-    Attributes flat;
-    flat.set("start_dim", int64_t{0}).set("end_dim", static_cast<int64_t>(k - 1));
-    x = ctx.add(n, "flatten", {x}, flat, "flatten").outputs[0];
-    Attributes attrs;
-    attrs.set("axis", int64_t{0}).set("wrap", int64_t{0});
-    ctx.set_output(n, 0, ctx.add(n, "gather", {x, linear}, attrs).outputs[0]);
+    TensorId y = index_leading(ctx, n, x, tensors, leading ? "" : "gathered");
+    if (!leading && adjacent) {  // [B..., others...] -> [others before, B..., others after]
+      const int64_t b = static_cast<int64_t>(broadcast_rank), before = indexed.front();
+      const int64_t after = static_cast<int64_t>(others.size()) - before;
+      std::vector<int64_t> perm;
+      for (int64_t j = 0; j < before; ++j) perm.push_back(b + j);
+      for (int64_t j = 0; j < b; ++j) perm.push_back(j);
+      for (int64_t j = 0; j < after; ++j) perm.push_back(b + before + j);
+      y = ctx.add(n, "transpose", {y}, Attributes().set("perm", perm)).outputs[0];
+    } else if (!leading) {
+      y = ctx.add(n, "identity", {y}).outputs[0];
+    }
+    ctx.set_output(n, 0, y);
   };
-  index.limits = "integer index tensors on the leading dims (no None entries, no bool masks)";
+  index.limits =
+      "integer index tensors, None entries allowed (torch's placement of the index dims); no bool masks";
   register_converter(std::move(index));
 
   Converter cumsum;

@@ -89,14 +89,33 @@ CompileResult compile_graph(const KGraph& graph, const CompileOptions& options, 
   const BuildTarget target = parse_device(options.device);  // refuses an unknown device before any work
   KILN_CHECK(target != BuildTarget::kAuto, "compile: device must be 'cuda', 'cuda:N' or 'cpu', not 'auto'");
   CompileResult result;
-  result.partition = partition_graph(graph, partition_options(options, std::move(torch_nodes)));
+  // A node whose converter fails runs in PyTorch instead (its reason in the report), and the
+  // graph is partitioned again; each round moves one more node, so this ends.
+  std::vector<Network> nets;
+  for (;;) {
+    result.partition = partition_graph(graph, partition_options(options, torch_nodes));
+    nets.clear();
+    try {
+      for (const Segment& segment : result.partition.segments) {
+        if (segment.engine) nets.push_back(convert_segment(graph, segment));
+      }
+      break;
+    } catch (const NodeConversionError& e) {
+      KILN_CHECK(!options.require_full_compilation,
+                 "require_full_compilation: "
+                     << e.what() << "\nCompile with require_full_compilation=False to run it in PyTorch.");
+      KILN_CHECK(torch_nodes.count(e.node) == 0, e.what());  // already in PyTorch: no progress possible
+      KILN_LOG(kWarning, "compile: " << e.what() << "; the node runs in PyTorch");
+      torch_nodes[e.node] = e.reason;
+    }
+  }
   result.report = make_report(graph, result.partition);
   KILN_LOG(kVerbose, "compile: " << result.report.text);
   if (options.dry_run) return result;
+  size_t k = 0;
   for (const Segment& segment : result.partition.segments) {
     if (!segment.engine) continue;
-    Network net = convert_segment(graph, segment);
-    result.plans.push_back(Builder().build(net, segment_config(graph, segment, options, range)));
+    result.plans.push_back(Builder().build(nets.at(k++), segment_config(graph, segment, options, range)));
   }
   return result;
 }

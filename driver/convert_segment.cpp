@@ -20,7 +20,12 @@ Network convert_segment(const KGraph& graph, const Segment& segment) {
     const KNode& node = graph.nodes().at(index);
     const std::string reason = check_convertible(graph, node);
     KILN_CHECK(reason.empty(), node.describe() << ": cannot convert: " << reason);
-    find_converter(node.target)->convert(ctx, node);
+    try {
+      find_converter(node.target)->convert(ctx, node);
+    } catch (const Error& e) {
+      throw NodeConversionError(index, std::string("its conversion failed: ") + e.what(),
+                                node.describe() + ": conversion failed: " + e.what());
+    }
     for (ValueId v : node.outputs) {
       KILN_CHECK(v == kNoValue || ctx.has(v),
                  node.describe() << ": the converter did not produce output '" << graph.value(v).name << "'");

@@ -322,9 +322,24 @@ std::string describe_partition(const KGraph& graph, const Partition& partition) 
     for (const auto& [op, count] : ops) os << " " << op << (count > 1 ? " x" + std::to_string(count) : "");
     os << "\n";
   }
+  // Fallbacks grouped by op and reason (in order of first appearance), with the count and the
+  // first node's source line: a model with 200 identical fallbacks reads as one line.
+  std::vector<std::pair<const Fallback*, int>> groups;
+  std::map<std::pair<std::string, std::string>, size_t> group_of;
   for (const Fallback& f : partition.fallbacks) {
-    const KNode& n = graph.nodes()[f.node];
-    os << "  pytorch: " << n.describe() << where(n) << ": " << f.reason << "\n";
+    auto key = std::make_pair(graph.nodes()[f.node].target, f.reason);
+    auto [it, added] = group_of.emplace(key, groups.size());
+    if (added) groups.emplace_back(&f, 0);
+    ++groups[it->second].second;
+  }
+  for (const auto& [f, count] : groups) {
+    const KNode& n = graph.nodes()[f->node];
+    if (count == 1) {
+      os << "  pytorch: " << n.describe() << where(n) << ": " << f->reason << "\n";
+    } else {
+      os << "  pytorch: " << n.target << " x" << count << " (first: " << n.name << where(n)
+         << "): " << f->reason << "\n";
+    }
   }
   return os.str();
 }

@@ -29,17 +29,7 @@ pytestmark = [
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_compile import Block, SmallCNN  # noqa: E402
-from test_torchscript import WithRoll  # noqa: E402
-
-
-class WithSort(WithRoll):
-    """torch.sort has no converter and, unlike torch.roll, no decomposition in torch.export, so
-    both frontends run the same op in PyTorch between the two engines."""
-
-    def forward(self, x):
-        h = torch.relu(self.a(x))
-        h = torch.sort(h, dim=1).values
-        return torch.sigmoid(self.b(h)) * 2.0
+from test_torchscript import WithLgamma  # noqa: E402
 
 
 class Fn(nn.Module):
@@ -60,7 +50,7 @@ CASES = {
     "small_cnn": (lambda: SmallCNN(), lambda g: torch.randn(2, 3, 16, 16, generator=g), {}),
     "transformer_block": (lambda: Block(), lambda g: torch.randn(2, 10, 32, generator=g), {}),
     "fallback_in_the_middle": (
-        lambda: WithSort(),
+        lambda: WithLgamma(),
         lambda g: torch.randn(3, 16, generator=g),
         {"min_block_size": 1},
     ),

@@ -287,6 +287,26 @@ CASES = [
         [(3, 6), index(3, ())],
         id="0d",
     ),
+    Case(
+        "aten.index.Tensor",
+        lambda x, i: x[:, i],
+        [(3, 6, 2), index(6, (4,))],
+        ANY,
+        {0: (0,)},
+        id="none-first",
+    ),
+    Case(
+        "aten.index.Tensor",
+        lambda x, i, j: x[:, i, j],
+        [(3, 6, 5), index(6, (2, 3)), index(5, (3,))],
+        id="adjacent",
+    ),
+    Case(
+        "aten.index.Tensor",
+        lambda x, i, j: x[i, :, j],
+        [(4, 3, 5), index(4, (2, 1)), index(5, (3,))],
+        id="apart",
+    ),
     Case("aten.flip.default", lambda x: x.flip(0, -1), [(3, 4, 5)], ANY, {0: (0,)}),
     Case(
         "aten.roll.default", lambda x: torch.roll(x, (1, -2), (0, 2)), [(3, 4, 5)], ANY, {0: (1,)}

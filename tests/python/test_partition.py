@@ -162,3 +162,62 @@ def test_segment_conversion_names_bindings_after_values():
     net = _C.convert_segment(g, p["segments"][0])
     names = [name for name, *_ in net.layers()]
     assert names == ["a"]
+
+
+def mm(g, name, a, b, shape, dtype="float32"):
+    out = g.add_value(name, dtype, list(shape), False)
+    g.add_node(
+        name, "aten.mm.default", [("self", _C.ValueRef(a)), ("mat2", _C.ValueRef(b))], [out], ""
+    )
+    return out
+
+
+def compile_graph(g, full=False, dry_run=True):
+    options = _C.CompileOptions()
+    options.device = "cpu"
+    options.min_block_size = 1
+    options.require_full_compilation = full
+    options.dry_run = dry_run
+    return _C.compile_graph(g, options, lambda v: None)
+
+
+def test_node_whose_conversion_fails_runs_in_pytorch_with_the_reason():
+    # The capability check passes (floating operands) but the engine's matmul refuses the layer
+    # (inner dims 3 and 5 differ): the node falls back and the rest still converts.
+    g = _C.KGraph()
+    x = g.add_input("x", "float32", [2, 3])
+    w = g.add_input("w", "float32", [5, 4])
+    a = unary(g, "a", "aten.relu.default", x)
+    bad = mm(g, "bad", a, w, (2, 4))
+    g.mark_output(unary(g, "c", "aten.tanh.default", bad, (2, 4)))
+    segments, report, _ = compile_graph(g)
+    kinds = [(s["engine"], [g.node_name(n) for n in s["nodes"]]) for s in segments]
+    assert kinds == [(True, ["a"]), (False, ["bad"]), (True, ["c"])]
+    [fallback] = report.fallbacks
+    assert fallback.node == "bad" and fallback.reason.startswith("its conversion failed:")
+    assert "matmul" in fallback.reason
+    with pytest.raises(kiln.KilnError, match="require_full_compilation: bad .*conversion failed"):
+        compile_graph(g, full=True)
+
+
+def test_matmul_operands_of_different_floating_dtypes_are_promoted():
+    g = _C.KGraph()
+    x = g.add_input("x", "float16", [2, 3])
+    w = g.add_constant("w", "float32", [3, 4], struct.pack("12f", *range(12)))
+    g.mark_output(mm(g, "y", x, w, (2, 4)))
+    segments, report, _ = compile_graph(g, full=True)
+    assert report.num_engines == 1 and not report.fallbacks
+    net = _C.convert_segment(g, segments[0])
+    assert [op for _, op, *_ in net.layers()] == ["cast", "matmul"]
+
+
+def test_report_groups_fallbacks_by_op_and_reason():
+    g = _C.KGraph()
+    x = g.add_input("x", "float32", [2, 3])
+    v = x
+    for k in range(4):
+        v = unary(g, f"opaque{k}", "test.opaque", unary(g, f"relu{k}", "aten.relu.default", v))
+    g.mark_output(v)
+    _, report, _ = compile_graph(g)
+    lines = [line for line in report.text.splitlines() if "pytorch:" in line]
+    assert lines == ["  pytorch: test.opaque x4 (first: opaque0): no converter for test.opaque"]

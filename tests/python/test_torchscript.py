@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_compile import Block, SmallCNN  # noqa: E402
 
 
-class WithRoll(nn.Module):
-    """torch.roll has no converter: it runs in PyTorch between two engines."""
+class WithLgamma(nn.Module):
+    """torch.lgamma has no converter (and no decomposition in torch.export): it runs in PyTorch
+    between two engines."""
 
     def __init__(self):
         super().__init__()
@@ -43,7 +44,7 @@ class WithRoll(nn.Module):
 
     def forward(self, x):
         h = torch.relu(self.a(x))
-        h = torch.roll(h, 3, 1)
+        h = torch.lgamma(h + 1.0)
         return torch.sigmoid(self.b(h)) * 2.0
 
 
@@ -126,22 +127,22 @@ def test_transformer_block_dynamic_batch_and_sequence(kind, device, tmp_path):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", KINDS)
 def test_unconvertible_op_falls_back_to_torchscript(kind, device, tmp_path):
-    model = WithRoll().eval().to(device)
+    model = WithLgamma().eval().to(device)
     x = torch.randn(4, 16, device=device)
     compiled = kiln.compile(_script(model, kind, x), [x], device=device, min_block_size=1)
     report = compiled.report
     assert report.num_engines == 2, str(report)
-    assert [f.target for f in report.fallbacks] == ["aten.roll.default"]
+    assert [f.target for f in report.fallbacks] == ["aten.lgamma.default"]
     assert "no converter" in report.fallbacks[0].reason
     kinds = [n.kind() for n in compiled.graph.nodes()]
-    assert kinds.count("kiln::execute_engine") == 2 and "aten::roll" in kinds
+    assert kinds.count("kiln::execute_engine") == 2 and "aten::lgamma" in kinds
     with torch.no_grad():
         for _ in range(2):
             x = torch.randn(4, 16, device=device)
             torch.testing.assert_close(compiled(x), model(x), **TOL)
-        torch.jit.save(compiled, str(tmp_path / "roll.ts"))
+        torch.jit.save(compiled, str(tmp_path / "lgamma.ts"))
         assert torch.equal(
-            _reload_in_fresh_process(tmp_path / "roll.ts", x, tmp_path), compiled(x).cpu()
+            _reload_in_fresh_process(tmp_path / "lgamma.ts", x, tmp_path), compiled(x).cpu()
         )
 
 
@@ -158,7 +159,7 @@ def test_data_dependent_size_stays_in_pytorch():
 def test_require_full_compilation_lists_every_unsupported_node():
     class M(nn.Module):
         def forward(self, x):
-            return torch.roll(torch.relu(torch.roll(x, 1, 0)), 2, 1)
+            return torch.lgamma(torch.relu(torch.lgamma(x)))
 
     with pytest.raises(kiln.KilnError) as err:
         kiln.compile(
@@ -166,8 +167,8 @@ def test_require_full_compilation_lists_every_unsupported_node():
         )
     message = str(err.value)
     assert "2 nodes cannot run in a Kiln engine" in message
-    lines = [line for line in message.splitlines() if "(aten.roll.default)" in line]
-    assert len(lines) == 2 and all("no converter for aten.roll.default" in line for line in lines)
+    lines = [line for line in message.splitlines() if "(aten.lgamma.default)" in line]
+    assert len(lines) == 2 and all("no converter for aten.lgamma.default" in line for line in lines)
     compiled = kiln.compile(
         torch.jit.script(SmallCNN().eval()),
         [torch.randn(1, 3, 8, 8)],
@@ -196,7 +197,7 @@ def test_torch_executed_ops_forces_ops_to_pytorch():
 
 def test_dry_run_returns_the_report():
     report = kiln.compile(
-        torch.jit.script(WithRoll().eval()),
+        torch.jit.script(WithLgamma().eval()),
         [torch.randn(4, 16)],
         device="cpu",
         dry_run=True,
@@ -281,7 +282,7 @@ def test_cli_errors(tmp_path):
         "compile", tmp_path / "bad.ts", tmp_path / "o.ts", "--input", "1x4", "--device", "cpu"
     )
     assert proc.returncode == 2 and "cannot load TorchScript module" in proc.stderr, proc.stderr
-    torch.jit.save(torch.jit.script(WithRoll()), str(tmp_path / "m.ts"))
+    torch.jit.save(torch.jit.script(WithLgamma()), str(tmp_path / "m.ts"))
     proc = _cli(
         "compile", tmp_path / "m.ts", tmp_path / "o.ts", "--input", "4xa", "--device", "cpu"
     )
@@ -306,4 +307,4 @@ def test_cli_errors(tmp_path):
         "--device",
         "cpu",
     )
-    assert proc.returncode == 2 and "aten.roll.default" in proc.stderr
+    assert proc.returncode == 2 and "aten.lgamma.default" in proc.stderr
