@@ -174,8 +174,17 @@ const ConverterRegistration kRegistered([] {
     return "";
   };
   cat.convert = [](ConversionContext& ctx, const KNode& n) {
+    // torch.cat skips 1-D tensors of size 0 whatever the dim (an empty KV cache before the first
+    // step is torch.tensor([])).
     std::vector<TensorId> inputs;
-    for (const Arg& t : n.arg("tensors").list) inputs.push_back(ctx.tensor(t.value));
+    for (const Arg& t : n.arg("tensors").list) {
+      if (ctx.graph().value(t.value).dims != Dims{0}) inputs.push_back(ctx.tensor(t.value));
+    }
+    if (inputs.empty()) inputs.push_back(ctx.tensor(n.arg("tensors").list[0].value));  // all empty
+    if (inputs.size() == 1) {
+      ctx.set_output(n, 0, ctx.add(n, "identity", inputs).outputs[0]);
+      return;
+    }
     ctx.set_output(n, 0,
                    ctx.add(n, "concat", inputs, Attributes().set("axis", int_arg(n, "dim"))).outputs[0]);
   };

@@ -23,8 +23,14 @@ Network convert_segment(const KGraph& graph, const Segment& segment) {
     try {
       find_converter(node.target)->convert(ctx, node);
     } catch (const Error& e) {
-      throw NodeConversionError(index, std::string("its conversion failed: ") + e.what(),
-                                node.describe() + ": conversion failed: " + e.what());
+      // Layer errors start with the node ("cat_3 (aten.cat.default) at model.py:12: ..."); the
+      // reason is shown after the node already.
+      std::string why = e.what();
+      const std::string prefix = node.describe();
+      if (why.rfind(prefix, 0) == 0 && why.find(": ", prefix.size()) != std::string::npos)
+        why = why.substr(why.find(": ", prefix.size()) + 2);
+      throw NodeConversionError(index, "its conversion failed: " + why,
+                                node.describe() + ": conversion failed: " + why);
     }
     for (ValueId v : node.outputs) {
       KILN_CHECK(v == kNoValue || ctx.has(v),

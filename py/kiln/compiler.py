@@ -49,6 +49,8 @@ class CompiledModule(torch.nn.Module):
         report: CompileReport,
         inputs: Sequence[Input] = (),
         device: torch.device | None = None,
+        kwarg_names: Sequence[str] = (),
+        equal_sizes: Sequence = (),
     ):
         super().__init__()
         self.graph_module = graph_module
@@ -56,6 +58,10 @@ class CompiledModule(torch.nn.Module):
         self.report = report
         self.inputs = list(inputs)
         self.device = device
+        # Keyword inputs, after the positional ones in self.inputs; and the input sizes that must
+        # be equal (((input, dim), (input, dim)) pairs, from torch.export's equality guards).
+        self.kwarg_names = list(kwarg_names)
+        self.equal_sizes = list(equal_sizes)
 
     def plans(self) -> list:
         """The kiln.Plan of each engine, in execution order (kiln.plans(module) for any module)."""
@@ -63,9 +69,24 @@ class CompiledModule(torch.nn.Module):
 
         return runtime.plans(self)
 
-    def forward(self, *args):
-        flat = pytree.tree_leaves(args)
+    def forward(self, *args, **kwargs):
+        positional = len(self.inputs) - len(self.kwarg_names)
+        if set(kwargs) != set(self.kwarg_names) or (self.kwarg_names and len(args) != positional):
+            raise _C.KilnError(
+                f"this module was compiled for {positional} positional input(s) and keyword "
+                f"inputs {self.kwarg_names}; called with {len(args)} positional and "
+                f"{sorted(kwargs)}: pass the inputs it was compiled for"
+            )
+        flat = pytree.tree_leaves(args) + [kwargs[name] for name in self.kwarg_names]
         check_tensor_inputs(flat)
+        for (ka, da), (kb, db) in self.equal_sizes:
+            a, b = flat[ka].shape[da], flat[kb].shape[db]
+            if a != b:
+                raise _C.KilnError(
+                    f"input {self._input_name(ka)} dim {da} is {a} but input "
+                    f"{self._input_name(kb)} dim {db} is {b}: the model was traced with them equal "
+                    "(torch.export guard), so the engines are only valid when they are"
+                )
         try:
             outputs = self.graph_module(*flat)
         except RuntimeError as error:
@@ -74,6 +95,11 @@ class CompiledModule(torch.nn.Module):
                 raise
             raise _C.KilnError(str(error)) from error
         return pytree.tree_unflatten(list(outputs), self._out_spec)
+
+
+    def _input_name(self, k: int) -> str:
+        positional = len(self.inputs) - len(self.kwarg_names)
+        return str(k) if k < positional else repr(self.kwarg_names[k - positional])
 
 
 def check_tensor_inputs(values) -> None:
@@ -112,9 +138,12 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     tactic_timing: bool | None = None,
     cuda_graphs: bool = True,
     truncate_double: bool = False,
+    kwarg_inputs: dict | None = None,
 ):
     """Compiles ``module`` (an nn.Module or a torch.export.ExportedProgram) for ``inputs``.
 
+    kwarg_inputs: {name: kiln.Input or example tensor} for keyword inputs (``input_ids=``,
+    ``attention_mask=``); the compiled module is then called with the same keywords.
     inputs: one kiln.Input or example tensor per positional input (dynamic dims: where the
     strict torch.export cannot prove a guard over a range, the export is retried with Dim.DYNAMIC
     hints and the guards are checked over the whole range; a KilnError says where one fails).
@@ -169,12 +198,18 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     if ir == "torchscript" or (ir == "auto" and isinstance(module, torch.jit.ScriptModule)):
         from kiln import torchscript
 
+        if kwarg_inputs:
+            raise ValueError("kwarg_inputs needs ir='export': TorchScript modules take positional inputs")
+
         result = torchscript.compile(module, specs, options, device)
         report = result if dry_run else result.report
         log(level, "kiln.compile: " + report.text)
         return result
 
-    program = export_program(module, specs, device)
+    kwarg_inputs = dict(kwarg_inputs or {})
+    kwarg_names = list(kwarg_inputs)
+    specs += [i if isinstance(i, Input) else Input.from_tensor(i) for i in kwarg_inputs.values()]
+    program, equal_sizes = export_program(module, specs, device, kwarg_names)
     lowered = FxLowering(program, specs, truncate_double=truncate_double)
     log(level, "kiln.compile: KGraph\n" + lowered.graph.summary())
     segments, driver_report, plans = _C.compile_graph(
@@ -185,7 +220,9 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     if dry_run:
         return report
     graph_module = assemble(lowered, segments, plans, device, options.cuda_graphs)
-    return CompiledModule(graph_module, program.call_spec.out_spec, report, specs, device)
+    return CompiledModule(
+        graph_module, program.call_spec.out_spec, report, specs, device, kwarg_names, equal_sizes
+    )
 
 
 def _cuda() -> bool:

@@ -13,6 +13,8 @@ import inspect
 import itertools
 import math
 import re
+import sys
+from collections.abc import Sequence
 
 import torch
 
@@ -21,7 +23,9 @@ from kiln.inputs import Input
 from kiln.log import log
 
 
-def export_program(module, specs: list[Input], device: torch.device):
+def export_program(
+    module, specs: list[Input], device: torch.device, kwarg_names: Sequence[str] = ()
+):
     """torch.export with each kiln.Input's dynamic dims, then run_decompositions.
 
     First with strict ``torch.export.Dim`` ranges: torch proves that every guard the model's
@@ -41,56 +45,134 @@ def export_program(module, specs: list[Input], device: torch.device):
     was asked for: narrow the kiln.Input range or make the dim static.
     """
     if isinstance(module, torch.export.ExportedProgram):
-        return module.run_decompositions(_decompositions())
+        return module.run_decompositions(_decompositions()), []
+    _register_library_pytrees(module)
     # Exported in eval mode (inference: dropout off, batch norm statistics fixed); the caller's
     # module gets its own modes back, submodule by submodule.
     modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
-        return _export_eval(module, specs, device)
+        return _export_eval(module, specs, device, list(kwarg_names))
     finally:
         for m, training in modes:
             m.training = training
 
 
-def _export_eval(module, specs: list[Input], device: torch.device):
+def _export_eval(module, specs: list[Input], device: torch.device, kwarg_names: list[str]):
+    """The last len(kwarg_names) specs are keyword inputs (in that order, after the positional
+    ones: the order of the exported program's inputs). Returns the decomposed program and the
+    equality guards between input sizes that calls must satisfy (see _check_guards_hold)."""
+    positional = len(specs) - len(kwarg_names)
+    names = _input_names(module, positional) + kwarg_names
     examples = tuple(s.example(device) for s in specs)
-    strict_dims = _dynamic_shapes(
-        specs, lambda k, d, lo, hi: torch.export.Dim(f"in{k}_d{d}", min=lo, max=hi)
-    )
+    args, kwargs = examples[:positional], dict(zip(kwarg_names, examples[positional:], strict=True))
+
+    def dynamic(make):
+        dims = _dynamic_shapes(specs, make)
+        return dict(zip(names, dims, strict=True)) if kwarg_names else dims
+
+    # Input dims torch says must be equal (input_ids and attention_mask share batch and sequence)
+    # share one Dim when their kiln.Input ranges agree: (input, dim) -> the (input, dim) it follows.
+    ties: dict = {}
+
+    def strict(k, d, lo, hi):
+        root = ties.get((k, d), (k, d))
+        return shared.setdefault(root, torch.export.Dim(f"in{root[0]}_d{root[1]}", min=lo, max=hi))
+
     with torch.no_grad():
-        try:
-            program = torch.export.export(module, examples, dynamic_shapes=strict_dims)
-        except Exception as error:  # noqa: BLE001 (only constraint violations are retried)
-            if not _is_constraint_violation(error):
-                raise
-            guard = _first_violation(error)
-            log(
-                "warning",
-                "kiln.compile: torch.export could not prove a guard on a dynamic dim over its "
-                f"range ({guard}); exporting again with Dim.DYNAMIC hints of the same ranges",
-            )
-            hints = _dynamic_shapes(
-                specs, lambda k, d, lo, hi: torch.export.Dim.DYNAMIC(min=lo, max=hi)
-            )
+        while True:
+            shared: dict = {}
             try:
-                program = torch.export.export(module, examples, dynamic_shapes=hints)
-            except Exception as retry_error:  # noqa: BLE001
-                if not _is_constraint_violation(retry_error):
+                program = torch.export.export(module, args, kwargs, dynamic_shapes=dynamic(strict))
+                equal = [(root, dim) for dim, root in ties.items()]
+                return program.run_decompositions(_decompositions()), equal
+            except Exception as error:  # noqa: BLE001 (only constraint violations are retried)
+                if not _is_constraint_violation(error):
                     raise
-                raise _C.KilnError(
-                    "kiln.compile: torch.export cannot keep the requested dynamic dims: "
-                    f"{_first_violation(retry_error).rstrip('.')}. Make that dim static in the "
-                    "kiln.Input, "
-                    "or change the code that depends on its value."
-                ) from retry_error
-            _check_dynamic_kept(program, specs)
-            _check_guards_hold(program, module, specs)
-    return program.run_decompositions(_decompositions())
+                new = _suggested_ties(error, specs, ties)
+                if new:
+                    ties.update(new)
+                    continue
+                guard = _first_violation(error)
+                log(
+                    "warning",
+                    "kiln.compile: torch.export could not prove a guard on a dynamic dim over its "
+                    f"range ({guard}); exporting again with Dim.DYNAMIC hints of the same ranges",
+                )
+                hints = dynamic(lambda k, d, lo, hi: torch.export.Dim.DYNAMIC(min=lo, max=hi))
+                try:
+                    program = torch.export.export(module, args, kwargs, dynamic_shapes=hints)
+                except Exception as retry_error:  # noqa: BLE001
+                    if not _is_constraint_violation(retry_error):
+                        raise
+                    raise _C.KilnError(
+                        "kiln.compile: torch.export cannot keep the requested dynamic dims: "
+                        f"{_first_violation(retry_error).rstrip('.')}. Make that dim static in the "
+                        "kiln.Input, "
+                        "or change the code that depends on its value."
+                    ) from retry_error
+                _check_dynamic_kept(program, specs)
+                tied = [(root, dim) for dim, root in ties.items()]
+                equalities = _check_guards_hold(program, names, specs, tied)
+                return program.run_decompositions(_decompositions()), equalities
+
+
+_SUGGESTED_TIE = re.compile(r"^\s*in(\d+)_d(\d+) = in(\d+)_d(\d+)\s*$", re.MULTILINE)
+
+
+def _suggested_ties(error, specs: list[Input], ties: dict) -> dict:
+    """torch's suggested fixes of the form ``in1_d0 = in0_d0`` (two input dims must be equal),
+    kept where both dims have the same kiln.Input range: {(input, dim): (input, dim)}."""
+    new = {}
+    for k, d, k0, d0 in _SUGGESTED_TIE.findall(str(error)):
+        dim, root = (int(k), int(d)), (int(k0), int(d0))
+        root = ties.get(root, root)
+        a, b = specs[dim[0]], specs[root[0]]
+        same = (a.min_shape[dim[1]], a.max_shape[dim[1]]) == (
+            b.min_shape[root[1]],
+            b.max_shape[root[1]],
+        )
+        if same and dim != root and dim not in ties:
+            new[dim] = root
+    return new
+
+
+def _register_library_pytrees(module) -> None:
+    """Lets torch.export flatten the objects a library's models return: transformers decoders
+    return their KV cache (DynamicCache and friends) inside a ModelOutput, which torch.export
+    refuses unless the cache classes are registered pytree nodes. transformers ships the
+    registration (exporters.exporter_dynamo in 5.x, integrations.executorch before)."""
+    transformers = sys.modules.get("transformers")
+    if transformers is None or not isinstance(module, transformers.PreTrainedModel):
+        return
+    try:
+        from transformers.exporters.exporter_dynamo import register_cache_pytrees_for_model
+
+        register_cache_pytrees_for_model(module)
+    except ImportError:
+        from transformers.integrations.executorch import register_dynamic_cache_export_support
+
+        register_dynamic_cache_export_support()
+
+
+def _input_names(module, positional: int) -> list[str]:
+    """The names of the first `positional` parameters of module.forward (guards name inputs by
+    them)."""
+    params = [
+        p.name
+        for p in inspect.signature(module.forward).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return (params + [f"arg{k}" for k in range(len(params), positional)])[:positional]
 
 
 # Guards name input sizes as L['<forward argument>'].size()[<dim>].
 _GUARD_SIZE = re.compile(r"L\['([^']+)'\]\.size\(\)\[(\d+)\]")
+# A guard that only says two input sizes are equal (input_ids and attention_mask share a batch
+# and a sequence dim).
+_GUARD_EQUAL = re.compile(
+    r"^\s*\(?\s*(L\['[^']+'\]\.size\(\)\[\d+\])\s*==\s*(L\['[^']+'\]\.size\(\)\[\d+\])\s*\)?\s*$"
+)
 # Most size combinations one guard is evaluated at (each evaluation is about a microsecond).
 _MAX_GUARD_POINTS = 1 << 18
 
@@ -119,12 +201,17 @@ class _Sizes:
         return 0
 
 
-def _check_guards_hold(program, module, specs: list[Input]) -> None:
+def _check_guards_hold(program, input_names: list[str], specs: list[Input], tied=()) -> list:
     """Raises a KilnError unless every guard torch.export kept for the program (its
     ``_guards_code``: Python expressions over L['<argument>'].size()[d]) holds at every
     combination of sizes, within the kiln.Input ranges, of the input dims the guard names (the
     other dims at their opt sizes). This is the proof the strict export could not do, done by
-    enumeration; torch's own ``program.module()`` evaluates the same expressions per call."""
+    enumeration; torch's own ``program.module()`` evaluates the same expressions per call.
+
+    A guard that only equates two input sizes (``L['a'].size()[0] == L['b'].size()[0]``) is a
+    precondition of the inputs rather than a branch of the model: it is returned as
+    ((input, dim), (input, dim)) pairs (with the `tied` pairs known equal already), which the
+    compiled module checks on every call."""
     guards = getattr(program, "_guards_code", None)
     if guards is None:
         raise _C.KilnError(
@@ -132,9 +219,15 @@ def _check_guards_hold(program, module, specs: list[Input]) -> None:
             "guards of the Dim.DYNAMIC export cannot be checked over the kiln.Input ranges; "
             "narrow the ranges until the strict export succeeds, or make the dims static"
         )
-    params = list(inspect.signature(module.forward).parameters)[: len(specs)]
-    index = {name: k for k, name in enumerate(params)}
-    names = {"abs": abs, "min": min, "max": max, "int": int, "float": float, "math": math}
+    index = {name: k for k, name in enumerate(input_names)}
+    equalities = list(tied)
+    for guard in guards:
+        m = _GUARD_EQUAL.match(guard)
+        if m:
+            sides = [_GUARD_SIZE.fullmatch(side).groups() for side in m.groups()]
+            if all(name in index for name, _ in sides):
+                equalities.append(tuple((index[name], int(d)) for name, d in sides))
+    guards = [g for g in guards if not _GUARD_EQUAL.match(g)]
     for guard in guards:
         axes = []
         for name, d in sorted(set(_GUARD_SIZE.findall(guard))):
@@ -149,28 +242,75 @@ def _check_guards_hold(program, module, specs: list[Input]) -> None:
                 "size combinations; narrow the kiln.Input ranges"
             )
         code = builtins.compile(guard, "<torch.export guard>", "eval")  # (kiln's is compile)
-        for values in itertools.product(*(a[3] for a in axes)):
-            shapes = [list(s.opt_shape) for s in specs]
-            for (_, k, d, _), v in zip(axes, values, strict=True):
-                shapes[k][d] = v
-            sizes = {name: _Sizes(shapes[k]) for name, k in index.items()}
-            try:
-                # torch's own guard code, evaluated as program.module() does, on sizes only.
-                holds = eval(code, {"__builtins__": names}, {"L": sizes})  # noqa: S307
-            except Exception as error:  # noqa: BLE001
-                raise _C.KilnError(
-                    f"kiln.compile: cannot check the export guard {guard}: {error}"
-                ) from error
-            if not holds:
-                at = ", ".join(
-                    f"{n} dim {d} = {v}" for (n, _, d, _), v in zip(axes, values, strict=True)
+        failure = _guard_failure(guard, code, axes, specs, index, equalities)
+        if failure is None:
+            continue
+        # Two dims the guard relates with the same kiln.Input range (input_ids and attention_mask
+        # lengths: `ids - mask <= 0`) are meant to be equal: tied, the guard may hold everywhere.
+        for (_, ka, da, ra), (_, kb, db, rb) in itertools.combinations(axes, 2):
+            tie = ((ka, da), (kb, db))
+            if (
+                ra == rb
+                and _guard_failure(guard, code, axes, specs, index, [*equalities, tie]) is None
+            ):
+                log(
+                    "warning",
+                    f"kiln.compile: input {input_names[kb]} dim {db} is taken to equal input "
+                    f"{input_names[ka]} dim {da} (they share a range and the export guard {guard} "
+                    "holds when they are equal); the compiled module checks it on every call",
                 )
-                raise _C.KilnError(
-                    f"kiln.compile: torch.export traced the model under the guard {guard}, which "
-                    f"fails at {at} inside the kiln.Input ranges: the model's code branches on "
-                    "these sizes. Narrow the ranges to where the guard holds, or make the dims "
-                    "static."
-                )
+                equalities.append(tie)
+                break
+        else:
+            raise _C.KilnError(
+                f"kiln.compile: torch.export traced the model under the guard {guard}, which "
+                f"fails at {failure} inside the kiln.Input ranges: the model's code branches on "
+                "these sizes. Narrow the ranges to where the guard holds, or make the dims "
+                "static."
+            )
+    return equalities
+
+
+_GUARD_BUILTINS = {"abs": abs, "min": min, "max": max, "int": int, "float": float, "math": math}
+
+
+def _guard_failure(guard, code, axes, specs, index, equalities) -> str | None:
+    """None when the guard holds at every combination of the axes' sizes that the equalities
+    allow, else the first failing combination ("a dim 0 = 2, b dim 0 = 3")."""
+    for values in itertools.product(*(a[3] for a in axes)):
+        shapes = [list(s.opt_shape) for s in specs]
+        for (_, k, d, _), v in zip(axes, values, strict=True):
+            shapes[k][d] = v
+        if not _tie(shapes, equalities, {(k, d) for _, k, d, _ in axes}):
+            continue  # sizes the inputs may not have together (an equality guard)
+        sizes = {name: _Sizes(shapes[k]) for name, k in index.items()}
+        try:
+            # torch's own guard code, evaluated as program.module() does, on sizes only.
+            holds = eval(code, {"__builtins__": _GUARD_BUILTINS}, {"L": sizes})  # noqa: S307
+        except Exception as error:  # noqa: BLE001
+            raise _C.KilnError(
+                f"kiln.compile: cannot check the export guard {guard}: {error}"
+            ) from error
+        if not holds:
+            return ", ".join(
+                f"{n} dim {d} = {v}" for (n, _, d, _), v in zip(axes, values, strict=True)
+            )
+    return None
+
+
+def _tie(shapes: list[list[int]], equalities, enumerated: set) -> bool:
+    """Makes the sizes an equality guard ties equal (the enumerated one wins); False when two
+    enumerated sizes it ties differ."""
+    for a, b in equalities:
+        (ka, da), (kb, db) = a, b
+        if a in enumerated and b in enumerated:
+            if shapes[ka][da] != shapes[kb][db]:
+                return False
+        elif b in enumerated:
+            shapes[ka][da] = shapes[kb][db]
+        else:
+            shapes[kb][db] = shapes[ka][da]
+    return True
 
 
 def _dynamic_shapes(specs: list[Input], make) -> tuple:
