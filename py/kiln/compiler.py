@@ -96,7 +96,6 @@ class CompiledModule(torch.nn.Module):
             raise _C.KilnError(str(error)) from error
         return pytree.tree_unflatten(list(outputs), self._out_spec)
 
-
     def _input_name(self, k: int) -> str:
         positional = len(self.inputs) - len(self.kwarg_names)
         return str(k) if k < positional else repr(self.kwarg_names[k - positional])
@@ -199,7 +198,9 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
         from kiln import torchscript
 
         if kwarg_inputs:
-            raise ValueError("kwarg_inputs needs ir='export': TorchScript modules take positional inputs")
+            raise ValueError(
+                "kwarg_inputs needs ir='export': TorchScript modules take positional inputs"
+            )
 
         result = torchscript.compile(module, specs, options, device)
         report = result if dry_run else result.report

@@ -72,7 +72,10 @@ def test_decoder_with_cache_and_keyword_inputs(name, device):
     with torch.no_grad():
         for batch, seq, seed in [(2, 16, 1), (1, 5, 2), (3, 32, 3)]:
             ids, mask = (t.to(device) for t in tokens(batch, seq, seed))
-            check(model(input_ids=ids, attention_mask=mask), compiled(input_ids=ids, attention_mask=mask))
+            check(
+                model(input_ids=ids, attention_mask=mask),
+                compiled(input_ids=ids, attention_mask=mask),
+            )
 
 
 def test_inputs_traced_equal_must_be_equal_when_called():
