@@ -274,16 +274,22 @@ Partition partition_graph(const KGraph& graph, const PartitionOptions& options) 
         }
       }
     }
-    // A constant-only node follows its readers: it is not worth an engine boundary.
+    // A constant-only node follows its readers: it is not worth an engine boundary. One read by
+    // no node (a graph output only, as a model returning a constant cache entry) stays in an
+    // engine when the graph has other engine nodes, rather than becoming a PyTorch segment.
     const std::vector<bool> lazy = constant_only(graph);
+    bool any_engine = false;
+    for (size_t i = 0; i < nodes.size(); ++i) any_engine |= engine[i] && !lazy[i];
     for (size_t i = 0; i < nodes.size(); ++i) {
       if (!lazy[i] || !engine[i]) continue;
-      bool engine_reader = false;
+      bool engine_reader = false, torch_reader = false;
       for (size_t j = 0; j < nodes.size(); ++j) {
-        if (!engine[j]) continue;
-        for (ValueId v : KGraph::node_inputs(nodes[j])) engine_reader |= producer[v] == static_cast<int>(i);
+        bool reads = false;
+        for (ValueId v : KGraph::node_inputs(nodes[j])) reads |= producer[v] == static_cast<int>(i);
+        (engine[j] ? engine_reader : torch_reader) |= reads;
       }
-      if (!engine_reader) move(static_cast<int>(i), "reads only constants and only PyTorch code reads it");
+      if (!engine_reader && (torch_reader || !any_engine))
+        move(static_cast<int>(i), "reads only constants and only PyTorch code reads it");
     }
     if (changed) continue;
     for (const Segment& seg : segments) {

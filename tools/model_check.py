@@ -3,6 +3,7 @@
     python3 tools/model_check.py                      # all 8 models, FP32 and FP16, on CUDA
     python3 tools/model_check.py --models resnet50 --precisions fp16
     python3 tools/model_check.py --quick              # resnet50 and bert, FP16 only
+    python3 tools/model_check.py --zoo torchvision    # models nobody tuned for (tools/zoo_check.py)
 
 Per model (bench/models.py) and precision, batch 1:
   1. kiln.compile on the device (FP16: model.half() and enabled_precisions={torch.float16}):
@@ -226,7 +227,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--deadline", type=float, default=0.0, help="seconds; later rows are skipped")
     p.add_argument("--out", help="also write model_check.md and model_check.json here")
     p.add_argument("--verbose", action="store_true", help="print tracebacks")
+    p.add_argument(
+        "--zoo",
+        choices=["torchvision", "hf-decoders", "detection"],
+        help="the zoo check of models nobody tuned for (tools/zoo_check.py): --models picks some "
+        "by name (default all), --no-peer skips torch.compile",
+    )
+    p.add_argument("--no-peer", action="store_true", help="--zoo: skip reduce-overhead timing")
     args = p.parse_args(argv)
+    if args.zoo:
+        import zoo_check
+
+        models = "" if args.models == ",".join(zoo.MODELS) else args.models
+        return zoo_check.run(
+            args.zoo,
+            models,
+            [x for x in args.precisions.split(",") if x],
+            torch.device(args.device),
+            args.deadline,
+            not args.no_peer,
+            args.verbose,
+            args.out,
+        )
     if args.quick:
         args.models, args.precisions = "resnet50,bert", "fp16"
     device = torch.device(args.device)

@@ -46,7 +46,7 @@ def export_program(
     """
     if isinstance(module, torch.export.ExportedProgram):
         return module.run_decompositions(_decompositions()), []
-    _register_library_pytrees(module)
+    register_library_pytrees(module)
     # Exported in eval mode (inference: dropout off, batch norm statistics fixed); the caller's
     # module gets its own modes back, submodule by submodule.
     modes = [(m, m.training) for m in module.modules()]
@@ -137,7 +137,7 @@ def _suggested_ties(error, specs: list[Input], ties: dict) -> dict:
     return new
 
 
-def _register_library_pytrees(module) -> None:
+def register_library_pytrees(module) -> None:
     """Lets torch.export flatten the objects a library's models return: transformers decoders
     return their KV cache (DynamicCache and friends) inside a ModelOutput, which torch.export
     refuses unless the cache classes are registered pytree nodes. transformers ships the

@@ -1,0 +1,454 @@
+"""The zoo check (tools/model_check.py --zoo NAME): models nobody tuned Kiln for, as a new user
+brings them, through kiln.compile with the default options, against eager PyTorch and against
+torch.compile(mode="reduce-overhead") in the same run.
+
+    python3 tools/model_check.py --zoo torchvision      # every classification and segmentation
+                                                        # model, FP16 and FP32
+    python3 tools/model_check.py --zoo torchvision --models swin_t,vgg16_bn --precisions fp16
+    python3 tools/model_check.py --zoo hf-decoders      # small-config decoders, cache on, and
+                                                        # T5/BART (one decoding step)
+    python3 tools/model_check.py --zoo detection        # Faster/Mask R-CNN, RetinaNet
+
+Per model and precision, batch 1 (random weights; batch norms calibrated on random images so
+outputs are not vanishingly small): engines and fallbacks (grouped by op), the cosine of Kiln's
+output against FP32 eager (TF32 off), Kiln's latency and reduce-overhead's (median of CUDA-event
+timed runs, both warmed up), and Kiln's speedup. FP16 rows run ``model.half()`` with half inputs.
+A model whose own eager FP16 output is not finite (random weights overflow float16) is judged in
+FP32, and the row says so. Thresholds: cosine >= 0.999 (FP16) / 0.9999 (FP32), 1 engine, 0
+fallbacks (detection: exactly the data-dependent ops in PyTorch), speedup >= 1 (FP16).
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from models import compare, torch_tf32  # noqa: E402
+
+COSINE_MIN = {"fp32": 0.9999, "fp16": 0.999}
+# Detection models: what must stay in PyTorch (data-dependent output shapes and the loops over
+# them); the zoo check lists what did.
+DETECTION_DATA_DEPENDENT = {"aten.nonzero.default", "torchvision.nms.default", "aten.topk.default"}
+
+
+@dataclass
+class ZooModel:
+    name: str
+    build: Callable[[], torch.nn.Module]
+    inputs: Callable[[torch.device], tuple]  # example inputs (FP32) -> cast for FP16
+    kwargs: Callable[[torch.device], dict] | None = None  # keyword inputs instead
+    kind: str = "vision"  # vision, decoder, detection
+    output: Callable = lambda out: out  # the tensors compared (a list)
+
+
+@dataclass
+class ZooRow:
+    model: str
+    precision: str
+    engines: int | None = None
+    fallbacks: int | None = None
+    fallback_ops: str = ""
+    cosine: float | None = None
+    judged: str = ""  # "" or "fp32 (eager fp16 overflows)"
+    kiln_ms: float | None = None
+    peer_ms: float | None = None
+    status: str = "FAIL"
+    error: str = ""
+    seconds: float = 0.0
+
+    @property
+    def speedup(self) -> float | None:
+        if self.kiln_ms and self.peer_ms:
+            return self.peer_ms / self.kiln_ms
+        return None
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    """The tensors of a model output (tensor, tuple, list, dict, ModelOutput, cache objects)."""
+    return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def _cosine(outs, truths) -> tuple[float, float]:
+    """(max abs error, cosine) over all output tensors flattened together (floating ones)."""
+    a = [o.float().flatten() for o in outs if o.is_floating_point()]
+    b = [t.float().flatten() for t in truths if t.is_floating_point()]
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
+        raise ValueError("output structure differs from eager")
+    return compare(torch.cat(a), torch.cat(b))
+
+
+def _median_ms(fn, runs: int = 50, warmup: int = 10) -> float:
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(runs):
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _calibrate(model: torch.nn.Module, make_input: Callable[[], tuple]) -> None:
+    """Running statistics from random inputs (torchvision's initial 0/1 make some outputs
+    underflow float16); see bench/models.py."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(*make_input())
+    for m in norms:
+        m.momentum = 0.1
+    model.eval()
+
+
+# ---- the zoos -------------------------------------------------------------------------------
+
+
+def _image(size: int, batch: int = 1):
+    def make(device: torch.device) -> tuple:
+        g = torch.Generator().manual_seed(1)
+        return (torch.randn(batch, 3, size, size, generator=g).to(device),)
+
+    return make
+
+
+def torchvision_zoo() -> list[ZooModel]:
+    import torchvision
+
+    def builder(name: str, segmentation: bool):
+        def build() -> torch.nn.Module:
+            torch.manual_seed(0)
+            kw = {"weights": None}
+            if segmentation:
+                kw["weights_backbone"] = None
+            model = torchvision.models.get_model(name, **kw).eval()
+            head = getattr(getattr(model, "heads", None), "head", None)
+            if head is not None:  # ViT's zero-initialized head would make every output 0
+                torch.nn.init.normal_(head.weight, std=0.02)
+            size = 299 if name.startswith("inception") else 224
+            g = torch.Generator().manual_seed(2)
+            _calibrate(model, lambda: (torch.randn(2, 3, size, size, generator=g),))
+            return model
+
+        return build
+
+    zoo = []
+    for name in torchvision.models.list_models(module=torchvision.models):
+        zoo.append(
+            ZooModel(
+                name, builder(name, False), _image(299 if name.startswith("inception") else 224)
+            )
+        )
+    for name in torchvision.models.list_models(module=torchvision.models.segmentation):
+        zoo.append(ZooModel(name, builder(name, True), _image(224), output=lambda out: out["out"]))
+    return zoo
+
+
+def hf_decoder_zoo(seq: int = 128) -> list[ZooModel]:
+    import transformers as tf
+
+    small = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=4)
+    heads = dict(num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512)
+
+    def tokens(device: torch.device) -> dict:
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(0, 1024, (1, seq), generator=g).to(device)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def seq2seq(device: torch.device) -> dict:
+        kw = tokens(device)
+        kw["decoder_input_ids"] = kw["input_ids"][:, :1].clone()  # one decoding step
+        return kw
+
+    def make(ctor, config):
+        def build():
+            torch.manual_seed(0)
+            return ctor(config).eval()
+
+        return build
+
+    return [
+        ZooModel(
+            "LlamaForCausalLM",
+            make(tf.LlamaForCausalLM, tf.LlamaConfig(**small, **heads)),
+            None,
+            tokens,
+            "decoder",
+        ),
+        ZooModel(
+            "MistralModel",
+            make(tf.MistralModel, tf.MistralConfig(**small, **heads)),
+            None,
+            tokens,
+            "decoder",
+        ),
+        ZooModel(
+            "Qwen2Model",
+            make(tf.Qwen2Model, tf.Qwen2Config(**small, **heads)),
+            None,
+            tokens,
+            "decoder",
+        ),
+        ZooModel(
+            "GPT2LMHeadModel",
+            make(
+                tf.GPT2LMHeadModel,
+                tf.GPT2Config(vocab_size=1024, n_embd=256, n_layer=4, n_head=8, n_positions=512),
+            ),
+            None,
+            tokens,
+            "decoder",
+        ),
+        ZooModel(
+            "T5Model",
+            make(
+                tf.T5Model,
+                tf.T5Config(vocab_size=1024, d_model=256, d_ff=512, num_layers=2, num_heads=8),
+            ),
+            None,
+            seq2seq,
+            "decoder",
+        ),
+        ZooModel(
+            "BartModel",
+            make(
+                tf.BartModel,
+                tf.BartConfig(
+                    vocab_size=1024,
+                    d_model=256,
+                    encoder_layers=2,
+                    decoder_layers=2,
+                    encoder_attention_heads=8,
+                    decoder_attention_heads=8,
+                    encoder_ffn_dim=512,
+                    decoder_ffn_dim=512,
+                    max_position_embeddings=512,
+                ),
+            ),
+            None,
+            seq2seq,
+            "decoder",
+        ),
+    ]
+
+
+def detection_zoo() -> list[ZooModel]:
+    import torchvision
+
+    def builder(name: str):
+        def build():
+            torch.manual_seed(0)
+            return torchvision.models.get_model(name, weights=None, weights_backbone=None).eval()
+
+        return build
+
+    def image(device: torch.device) -> tuple:
+        g = torch.Generator().manual_seed(1)
+        return ([torch.rand(3, 320, 320, generator=g).to(device)],)
+
+    names = ["fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn", "maskrcnn_resnet50_fpn"]
+    return [ZooModel(n, builder(n), image, kind="detection") for n in names]
+
+
+ZOOS = {"torchvision": torchvision_zoo, "hf-decoders": hf_decoder_zoo, "detection": detection_zoo}
+
+
+# ---- one row --------------------------------------------------------------------------------
+
+
+def _cast(value, dtype):
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, list | tuple):
+        return type(value)(_cast(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: _cast(v, dtype) for k, v in value.items()}
+    return value
+
+
+def check_row(
+    entry: ZooModel, precision: str, device: torch.device, peer: bool, verbose: bool
+) -> ZooRow:
+    import kiln
+
+    row = ZooRow(entry.name, precision)
+    t0 = time.perf_counter()
+    try:
+        with torch_tf32(False):
+            _check(kiln, entry, precision, device, peer, row)
+    except Exception as e:  # noqa: BLE001 (reported in the row)
+        if verbose:
+            traceback.print_exc()
+        row.error = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+    row.seconds = time.perf_counter() - t0
+    row.status = _decide(entry, row)
+    return row
+
+
+def _check(kiln, entry, precision, device, peer, row) -> None:
+    from kiln.export import register_library_pytrees
+
+    model = entry.build().to(device)
+    register_library_pytrees(model)  # eager outputs flatten as the compiled module's do
+    args = entry.inputs(device) if entry.inputs else ()
+    kwargs = entry.kwargs(device) if entry.kwargs else {}
+    with torch.no_grad():
+        truth = _tensors(entry.output(model(*args, **kwargs)))
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    if dtype != torch.float32:
+        half = model.to(dtype)
+        h_args, h_kwargs = _cast(args, dtype), _cast(kwargs, dtype)
+        with torch.no_grad():
+            eager16 = _tensors(entry.output(half(*h_args, **h_kwargs)))
+        if not all(torch.isfinite(t).all() for t in eager16 if t.is_floating_point()):
+            row.judged = "fp32 (eager fp16 overflows)"
+            dtype, precision = torch.float32, "fp32"
+            model = model.float()
+        else:
+            model, args, kwargs = half, h_args, h_kwargs
+    if entry.kind == "detection":
+        compiled = kiln.compile(
+            model, list(args), enabled_precisions={precision}, device=device.type
+        )
+    else:
+        compiled = kiln.compile(
+            model,
+            list(args),
+            kwarg_inputs=kwargs or None,
+            enabled_precisions={precision},
+            device=device.type,
+        )
+    report = compiled.report
+    row.engines, row.fallbacks = report.num_engines, len(report.fallbacks)
+    counts = Counter(f.target for f in report.fallbacks)
+    row.fallback_ops = ", ".join(f"{op} x{n}" if n > 1 else op for op, n in counts.most_common())
+    with torch.no_grad():
+        out = _tensors(entry.output(compiled(*args, **kwargs)))
+    if entry.kind == "detection":  # boxes are compared where both found the same number
+        out, truth = out[:1], truth[:1]
+    _, row.cosine = _cosine(out, truth)
+    if device.type != "cuda":
+        return
+    row.kiln_ms = _median_ms(lambda: compiled(*args, **kwargs))
+    if peer:
+        torch._dynamo.reset()
+        opt = torch.compile(model, mode="reduce-overhead")
+        row.peer_ms = _median_ms(lambda: opt(*args, **kwargs))
+
+
+def _decide(entry: ZooModel, row: ZooRow) -> str:
+    if row.error or row.cosine is None:
+        return "FAIL"
+    precision = "fp32" if row.judged else row.precision
+    ok = row.cosine >= COSINE_MIN[precision]
+    if entry.kind == "detection":
+        ops = {op.split(" x")[0] for op in row.fallback_ops.split(", ") if op}
+        ok = ok and ops <= DETECTION_DATA_DEPENDENT | {"aten._local_scalar_dense.default"}
+    elif entry.kind == "vision":
+        ok = ok and row.engines == 1 and row.fallbacks == 0
+    if row.precision == "fp16" and row.speedup is not None:
+        ok = ok and row.speedup >= 1.0
+    return "PASS" if ok else "FAIL"
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(rows: Sequence[ZooRow]) -> str:
+    lines = [
+        "| model | precision | engines | fallbacks | cosine vs FP32 eager | Kiln ms "
+        "| reduce-overhead ms | speedup | result | notes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        notes = [n for n in (r.judged and f"judged in {r.judged}", r.fallback_ops, r.error) if n]
+        notes.append(f"{r.seconds:.0f} s")
+        cells = [
+            r.model,
+            r.precision,
+            _fmt(r.engines, "d"),
+            _fmt(r.fallbacks, "d"),
+            _fmt(r.cosine, ".6f"),
+            _fmt(r.kiln_ms, ".3f"),
+            _fmt(r.peer_ms, ".3f"),
+            _fmt(r.speedup, ".2f"),
+            r.status,
+            "; ".join(notes),
+        ]
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    speedups = [r.speedup for r in rows if r.precision == "fp16" and r.speedup is not None]
+    if speedups:
+        lines.append("")
+        lines.append(
+            f"FP16 speedup over reduce-overhead: median {statistics.median(speedups):.2f}x over "
+            f"{len(speedups)} models, min {min(speedups):.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def run(
+    zoo: str,
+    models: str,
+    precisions: Sequence[str],
+    device: torch.device,
+    deadline: float,
+    peer: bool,
+    verbose: bool,
+    out: str | None,
+) -> int:
+    entries = ZOOS[zoo]()
+    if models:
+        wanted = models.split(",")
+        unknown = sorted(set(wanted) - {e.name for e in entries})
+        if unknown:
+            print(f"model_check: not in the {zoo} zoo: {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        entries = [e for e in entries if e.name in wanted]
+    start = time.perf_counter()
+    rows = []
+    for entry in entries:
+        for precision in precisions:
+            if deadline and time.perf_counter() - start > deadline:
+                rows.append(ZooRow(entry.name, precision, status="SKIP", error="time budget"))
+                continue
+            r = check_row(entry, precision, device, peer, verbose)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            rows.append(r)
+            print(
+                f"[{time.perf_counter() - start:6.1f}s] {r.model} {r.precision}: {r.status} "
+                f"engines {r.engines} fallbacks {r.fallbacks} cosine {_fmt(r.cosine, '.6f')} "
+                f"kiln {_fmt(r.kiln_ms, '.3f')} ms peer {_fmt(r.peer_ms, '.3f')} ms"
+                + (f" {r.error}" if r.error else ""),
+                flush=True,
+            )
+    table = markdown(rows)
+    print()
+    print(table)
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / f"zoo_{zoo}.md").write_text(table + "\n")
+    return 1 if any(r.status == "FAIL" for r in rows) else 0
