@@ -234,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "by name (default all), --no-peer skips torch.compile",
     )
     p.add_argument("--no-peer", action="store_true", help="--zoo: skip reduce-overhead timing")
+    p.add_argument("--profile", action="store_true", help="--zoo: per-op GPU time of each engine")
     args = p.parse_args(argv)
     if args.zoo:
         import zoo_check
@@ -248,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             not args.no_peer,
             args.verbose,
             args.out,
+            args.profile,
         )
     if args.quick:
         args.models, args.precisions = "resnet50,bert", "fp16"

@@ -61,6 +61,7 @@ class ZooRow:
     fallback_ops: str = ""
     cosine: float | None = None
     judged: str = ""  # "" or "fp32 (eager fp16 overflows)"
+    eager_cosine: float | None = None  # FP16 rows: eager FP16 against eager FP32
     kiln_ms: float | None = None
     peer_ms: float | None = None
     status: str = "FAIL"
@@ -296,7 +297,7 @@ def check_row(
     t0 = time.perf_counter()
     try:
         with torch_tf32(False):
-            _check(kiln, entry, precision, device, peer, row)
+            _check(kiln, entry, precision, device, peer, row, show_profile)
     except Exception as e:  # noqa: BLE001 (reported in the row)
         if verbose:
             traceback.print_exc()
@@ -306,7 +307,7 @@ def check_row(
     return row
 
 
-def _check(kiln, entry, precision, device, peer, row) -> None:
+def _check(kiln, entry, precision, device, peer, row, show_profile=False) -> None:
     from kiln.export import register_library_pytrees
 
     model = entry.build().to(device)
@@ -327,6 +328,7 @@ def _check(kiln, entry, precision, device, peer, row) -> None:
             model = model.float()
         else:
             model, args, kwargs = half, h_args, h_kwargs
+            _, row.eager_cosine = _cosine(eager16, truth)
     if entry.kind == "detection":
         compiled = kiln.compile(
             model, list(args), enabled_precisions={precision}, device=device.type
@@ -351,6 +353,10 @@ def _check(kiln, entry, precision, device, peer, row) -> None:
     if device.type != "cuda":
         return
     row.kiln_ms = _median_ms(lambda: compiled(*args, **kwargs))
+    if show_profile:
+        print(
+            f"{entry.name} {precision}: Kiln {row.kiln_ms:.3f} ms\n{profile(compiled)}", flush=True
+        )
     if peer:
         torch._dynamo.reset()
         opt = torch.compile(model, mode="reduce-overhead")
@@ -383,7 +389,10 @@ def markdown(rows: Sequence[ZooRow]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
-        notes = [n for n in (r.judged and f"judged in {r.judged}", r.fallback_ops, r.error) if n]
+        eager = r.eager_cosine is not None and f"eager fp16 cosine {r.eager_cosine:.6f}"
+        notes = [
+            n for n in (r.judged and f"judged in {r.judged}", eager, r.fallback_ops, r.error) if n
+        ]
         notes.append(f"{r.seconds:.0f} s")
         cells = [
             r.model,
@@ -417,6 +426,7 @@ def run(
     peer: bool,
     verbose: bool,
     out: str | None,
+    show_profile: bool = False,
 ) -> int:
     entries = ZOOS[zoo]()
     if models:
@@ -433,7 +443,7 @@ def run(
             if deadline and time.perf_counter() - start > deadline:
                 rows.append(ZooRow(entry.name, precision, status="SKIP", error="time budget"))
                 continue
-            r = check_row(entry, precision, device, peer, verbose)
+            r = check_row(entry, precision, device, peer, verbose, show_profile)
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
