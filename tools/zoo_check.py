@@ -288,8 +288,36 @@ def _cast(value, dtype):
     return value
 
 
+def profile(compiled, top: int = 8) -> str:
+    """Per-(op, kernel) GPU time of each engine of a compiled module (kiln.inspect().profile())."""
+    import kiln
+
+    lines = []
+    for k, plan in enumerate(kiln.plans(compiled)):
+        info = kiln.inspect(plan).profile(runs=20)
+        lines.append(f"  engine {k}: {len(info.layers)} layers, {info.total_ms:.3f} ms summed")
+        by_kind, count = Counter(), Counter()
+        for la in info.layers:
+            by_kind[(la.op, la.kernel)] += la.time_ms or 0.0
+            count[(la.op, la.kernel)] += 1
+        for (op, kernel), ms in by_kind.most_common(top):
+            lines.append(f"    {ms:8.3f} ms {count[(op, kernel)]:4d} x {op:18s} {kernel}")
+        for la in sorted(info.layers, key=lambda la: -(la.time_ms or 0.0))[:top]:
+            shapes = " ".join("x".join(map(str, o[2])) for o in la.outputs)
+            lines.append(
+                f"    slow: {la.time_ms:7.3f} ms {la.name[:40]:40s} {la.op:14s} "
+                f"{la.kernel[:30]:30s} {shapes}"
+            )
+    return "\n".join(lines)
+
+
 def check_row(
-    entry: ZooModel, precision: str, device: torch.device, peer: bool, verbose: bool
+    entry: ZooModel,
+    precision: str,
+    device: torch.device,
+    peer: bool,
+    verbose: bool,
+    show_profile: bool = False,
 ) -> ZooRow:
     import kiln
 
