@@ -267,7 +267,11 @@ CASES = [
         scatter_into(lambda y, v: y.fill_(v)),
         [(3, 4), lambda dtype, g: torch.tensor(2.5)],
     ),
-    Case("aten.empty.memory_format", lambda x: torch.empty(3, 4, device=x.device).fill_(1) + x, [(3, 4)]),
+    Case(
+        "aten.empty.memory_format",
+        lambda x: torch.empty(3, 4, device=x.device).fill_(1) + x,
+        [(3, 4)],
+    ),
     Case("aten.repeat.default", lambda x: x.repeat(2, 1, 3), [(3, 4)], ANY),
     Case(
         "aten.repeat.default", lambda x: x.repeat(2, 3), [(3, 4)], (F32,), {0: (0,)}, id="dynamic"
