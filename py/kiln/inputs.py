@@ -46,6 +46,12 @@ class Input:
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor) -> Input:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(
+                f"kiln.compile inputs are tensors or kiln.Input, got a {type(t).__name__}; a model "
+                "that takes lists or dicts of tensors (torchvision detection models take a list of "
+                "images) compiles through torch.compile(model, backend='kiln')"
+            )
         return cls(shape=tuple(t.shape), dtype=t.dtype)
 
     @property
