@@ -1,7 +1,8 @@
 // Copies and fills, all no-ops or broadcasts for the engine (its tensors have no strides, no aliasing
 // and no device of their own): alias / detach / lift_fresh_copy -> identity; copy(self, src) ->
 // src cast to self's dtype and expanded to self's shape; fill.Scalar / fill.Tensor; empty.* ->
-// zeros (the engine never exposes uninitialized memory); repeat -> unsqueeze + expand + reshape.
+// zeros (the engine never exposes uninitialized memory); repeat -> unsqueeze + expand + reshape;
+// native_dropout in inference -> identity.
 #include "converters/converter.h"
 #include "converters/converter_util.h"
 
@@ -121,6 +122,22 @@ const ConverterRegistration kRegistered([] {
     fill.limits = "a number or 0-d tensor value, in self's shape and dtype";
     register_converter(std::move(fill));
   }
+
+  // native_dropout(input, p, train): the identity in inference (train False; the mask output,
+  // all true, unused).
+  Converter dropout;
+  dropout.target = "aten.native_dropout.default";
+  dropout.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    value_arg(g, n, "input");
+    const Arg& train = n.arg("train");
+    if (train.is_none() || train.i != 0) return "dropout in training mode is random";
+    return require_unused_outputs(n, 1, "mask");
+  };
+  dropout.convert = [](ConversionContext& ctx, const KNode& n) {
+    ctx.set_output(n, 0, ctx.add(n, "identity", {ctx.tensor(n, "input")}).outputs[0]);
+  };
+  dropout.limits = "train=False (the identity); mask output unused";
+  register_converter(std::move(dropout));
 
   register_empty("aten.empty.memory_format");
   register_empty("aten.empty_strided.default");

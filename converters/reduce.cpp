@@ -237,6 +237,26 @@ void register_any_all(const std::string& target, const std::string& op, const st
   register_converter(std::move(c));
 }
 
+// The ord-norm of x over `axes` (empty: every dim): sum(|x|^ord)^(1/ord); ord 2 as
+// sqrt(sum(x*x)), 1 as sum(|x|), inf / -inf as max / min of |x|, 0 as the count of nonzeros.
+TensorId vector_norm(ConversionContext& ctx, const KNode& n, TensorId x, double ord,
+                     const std::vector<int64_t>& axes, bool keepdim) {
+  const DataType dtype = ctx.net().tensor(x).dtype;
+  TensorId a = unary(ctx, n, "abs", x, "abs");
+  if (std::isinf(ord)) return reduce(ctx, n, ord > 0 ? "max" : "min", a, axes, keepdim, "");
+  if (ord == 0) {
+    TensorId nz = binary(ctx, n, "ne", x, constant_of(ctx, n, 0.0, dtype, "zero"), "nonzero");
+    return reduce(ctx, n, "sum", cast_to(ctx, n, nz, dtype, "count"), axes, keepdim, "");
+  }
+  if (ord == 1) return reduce(ctx, n, "sum", a, axes, keepdim, "");
+  if (ord == 2)
+    return unary(ctx, n, "sqrt",
+                 reduce(ctx, n, "sum", binary(ctx, n, "mul", x, x, "square"), axes, keepdim, "sum"), "");
+  TensorId p = binary(ctx, n, "pow", a, constant_of(ctx, n, ord, dtype, "ord"), "pow");
+  return binary(ctx, n, "pow", reduce(ctx, n, "sum", p, axes, keepdim, "sum"),
+                constant_of(ctx, n, 1.0 / ord, dtype, "inv_ord"), "");
+}
+
 }  // namespace
 
 // Registered when the library loads; no central list names this file.
@@ -332,31 +352,37 @@ const ConverterRegistration kRegistered([] {
     const DataType dtype = output_dtype(ctx.graph(), n);
     TensorId x = cast_to(ctx, n, ctx.tensor(n, "self"), dtype, "cast");
     const std::vector<int64_t> axes = reduced_dims(ctx.graph(), n, "dim");
-    const bool keepdim = keepdim_arg(n);
-    const double ord = n.arg("ord").as_double();
-    TensorId a = unary(ctx, n, "abs", x, "abs");
-    TensorId r;
-    if (std::isinf(ord)) {
-      r = reduce(ctx, n, ord > 0 ? "max" : "min", a, axes, keepdim, "");
-    } else if (ord == 0) {
-      TensorId nz =
-          cast_to(ctx, n, binary(ctx, n, "ne", x, constant_of(ctx, n, 0.0, dtype, "zero"), "nonzero"), dtype,
-                  "count");
-      r = reduce(ctx, n, "sum", nz, axes, keepdim, "");
-    } else if (ord == 1) {
-      r = reduce(ctx, n, "sum", a, axes, keepdim, "");
-    } else if (ord == 2) {
-      r = unary(ctx, n, "sqrt",
-                reduce(ctx, n, "sum", binary(ctx, n, "mul", x, x, "square"), axes, keepdim, "sum"), "");
-    } else {
-      TensorId p = binary(ctx, n, "pow", a, constant_of(ctx, n, ord, dtype, "ord"), "pow");
-      r = binary(ctx, n, "pow", reduce(ctx, n, "sum", p, axes, keepdim, "sum"),
-                 constant_of(ctx, n, 1.0 / ord, dtype, "inv_ord"), "");
-    }
-    ctx.set_output(n, 0, r);
+    ctx.set_output(n, 0, vector_norm(ctx, n, x, n.arg("ord").as_double(), axes, keepdim_arg(n)));
   };
   norm.limits = "a constant ord (2, 1, inf, -inf, 0 or any p); constant dims; floating dtypes";
   register_converter(std::move(norm));
+
+  // _cdist_forward(x1 [.., P, M], x2 [.., R, M], p) -> [.., P, R]: the p-norm over M of
+  // x1[.., i, None, :] - x2[.., None, j, :].
+  Converter cdist;
+  cdist.target = "aten._cdist_forward.default";
+  cdist.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    const KValue& a = value_arg(g, n, "x1");
+    const KValue& b = value_arg(g, n, "x2");
+    if (a.dims.size() < 2 || a.dims.size() != b.dims.size()) return "x1 and x2 need the same rank ≥ 2";
+    if (!n.arg("p").is_number() || n.arg("p").as_double() < 0) return "p must be a number ≥ 0";
+    std::string r = require_floating(a, "x1");
+    return r.empty() ? require_floating(b, "x2") : r;
+  };
+  cdist.convert = [](ConversionContext& ctx, const KNode& n) {
+    const DataType dtype = result_type(ctx.graph(), n, {"x1", "x2"});
+    TensorId a = operand_as(ctx, n, "x1", dtype);
+    TensorId b = operand_as(ctx, n, "x2", dtype);
+    const int64_t rank = static_cast<int64_t>(ctx.net().tensor(a).dims.size());
+    a = ctx.add(n, "unsqueeze", {a}, Attributes().set("axes", std::vector<int64_t>{rank - 1}), "x1_rows")
+            .outputs[0];
+    b = ctx.add(n, "unsqueeze", {b}, Attributes().set("axes", std::vector<int64_t>{rank - 2}), "x2_cols")
+            .outputs[0];
+    TensorId diff = binary(ctx, n, "sub", a, b, "diff");
+    ctx.set_output(n, 0, vector_norm(ctx, n, diff, n.arg("p").as_double(), {rank}, false));
+  };
+  cdist.limits = "a number p ≥ 0; floating dtypes (as the norm of the broadcast differences)";
+  register_converter(std::move(cdist));
 });
 
 }  // namespace kiln

@@ -1,5 +1,6 @@
 // Writes at constant positions, as functional graphs express in-place slice assignment:
-// slice_scatter(self, src, dim, start, end, step) and select_scatter(self, src, dim, index).
+// slice_scatter(self, src, dim, start, end, step) and select_scatter(self, src, dim, index);
+// masked_scatter by a cumsum of the mask.
 // Step 1: concat(self before, src, self after). Step > 1: where(mask, gather(src, spread), self)
 // with a constant mask and spread index along dim. src is cast to self's dtype.
 #include <algorithm>
@@ -121,6 +122,53 @@ const ConverterRegistration kRegistered([] {
   };
   select_scatter.limits = "a constant index over a static dim; src cast to self's dtype";
   register_converter(std::move(select_scatter));
+
+  // masked_scatter(self, mask, source): the k-th true position of mask (row-major, mask
+  // broadcast to self) takes source's k-th element: an exclusive cumsum of the mask numbers
+  // them, a gather reads source, a where keeps self elsewhere.
+  Converter masked_scatter;
+  masked_scatter.target = "aten.masked_scatter.default";
+  masked_scatter.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    const KValue& self = value_arg(g, n, "self");
+    const KValue& source = value_arg(g, n, "source");
+    if (value_arg(g, n, "mask").dtype != DataType::kBool) return "mask must be bool";
+    if (!is_static(self.dims) || !is_static(source.dims)) return "self and source need static shapes";
+    int64_t count = 1;
+    for (int64_t d : source.dims) count *= d;
+    if (count == 0) return "source is empty";
+    return dtypes_ok(self, source);
+  };
+  masked_scatter.convert = [](ConversionContext& ctx, const KNode& n) {
+    TensorId self = ctx.tensor(n, "self");
+    const Dims dims = ctx.net().tensor(self).dims;
+    const std::vector<int64_t> shape(dims.begin(), dims.end());
+    TensorId mask =
+        ctx.add(n, "expand", {ctx.tensor(n, "mask")}, Attributes().set("shape", shape), "mask").outputs[0];
+    Attributes flat;
+    flat.set("start_dim", int64_t{0}).set("end_dim", int64_t{-1});
+    auto flatten = [&](TensorId t, const std::string& tag) {
+      if (ctx.net().tensor(t).dims.empty())
+        return ctx.add(n, "reshape", {t}, Attributes().set("shape", std::vector<int64_t>{1}), tag).outputs[0];
+      return ctx.add(n, "flatten", {t}, flat, tag).outputs[0];
+    };
+    TensorId numbers = cast_to(ctx, n, flatten(mask, "mask_flat"), DataType::kInt64, "mask_i64");
+    Attributes scan;
+    scan.set("axis", int64_t{0}).set("exclusive", int64_t{1});
+    numbers = ctx.add(n, "cumsum", {numbers}, scan, "numbers").outputs[0];
+    TensorId source = cast_to(ctx, n, flatten(ctx.tensor(n, "source"), "source_flat"),
+                              ctx.net().tensor(self).dtype, "source_cast");
+    const int64_t last = ctx.net().tensor(source).dims[0] - 1;  // unmasked positions may count past it
+    numbers = binary(ctx, n, "min", numbers, ctx.constant_i64(n, {last}, {}, "last"), "numbers_clamped");
+    Attributes gather;
+    gather.set("axis", int64_t{0}).set("wrap", int64_t{0});
+    TensorId values = ctx.add(n, "gather", {source, numbers}, gather, "values").outputs[0];
+    values = ctx.add(n, "reshape", {values}, Attributes().set("shape", shape), "values_shaped").outputs[0];
+    ctx.set_output(n, 0, ctx.add(n, "where", {mask, values, self}).outputs[0]);
+  };
+  masked_scatter.limits =
+      "static shapes; a bool mask broadcast to self (source must hold as many elements as mask has true "
+      "ones: more true ones repeat source's last element instead of raising)";
+  register_converter(std::move(masked_scatter));
 });
 
 }  // namespace kiln

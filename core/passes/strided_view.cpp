@@ -1,5 +1,6 @@
 #include "core/passes/strided_view.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "ir/ops/shape.h"
@@ -92,7 +93,9 @@ ViewTracer::ViewTracer(const Network& net) : net_(net), producer_(net.producers(
 
 bool ViewTracer::trace(TensorId t, StridedView* v) const {
   const Tensor& x = net_.tensor(t);
-  if (!is_static(x.dims)) return false;
+  // An empty tensor is no view of anything worth tracing (and its zero-size dims would divide
+  // the atom arithmetic by zero).
+  if (!is_static(x.dims) || std::find(x.dims.begin(), x.dims.end(), int64_t{0}) != x.dims.end()) return false;
   const int p = t < static_cast<TensorId>(producer_.size()) ? producer_[t] : -1;
   if (p >= 0 && step(net_.layers()[p], t, v)) return true;
   *v = row_major(t, x.dims);

@@ -108,6 +108,24 @@ TEST(SizeArithmetic, ConcatWhoseAxisSumWrapsIsRefused) {
   }
 }
 
+TEST(SizeArithmetic, ViewsOfEmptyTensorsAreNotTraced) {
+  // Found by fuzz_network: collapse_transposes traced a transpose of a reshaped empty tensor and
+  // divided by its zero-size dim (UBSan: division by zero in strided_view.cpp).
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {2, 0, 3});
+  Attributes shape, perm;
+  shape.set("shape", std::vector<int64_t>{0, 6});
+  perm.set("perm", std::vector<int64_t>{1, 0});
+  TensorId r = net.add_layer("reshape", {x}, shape, "r").outputs[0];
+  net.mark_output(net.add_layer("transpose", {r}, perm, "t").outputs[0], "y");
+  auto engine = Engine::create(Builder().build(net, reference_config()), Backend::kReference);
+  auto ctx = engine->create_execution_context();
+  float dummy = 0;
+  for (const char* name : {"x", "y"}) ctx->set_tensor_address(name, &dummy);
+  ctx->enqueue(nullptr);
+  EXPECT_EQ(ctx->tensor_shape("y"), (Dims{6, 0}));
+}
+
 TEST(Hangs, LayerWithOnlyEmptyOutputsRunsNoKernel) {
   // Found by fuzz_network: a matmul of [5, 2^56, 0, 0] tensors looped over its 5 * 2^56 batch
   // while writing nothing (a hang of hours), in an engine and in constant folding.
