@@ -356,30 +356,70 @@ CASES = [
     ),
     # ---- selection and sorting
     Case("aten.topk.default", lambda x: torch.topk(x, 3, 1), [unique((4, 9))], NUMERIC, {0: (0,)}),
-    Case("aten.topk.default", lambda x: torch.topk(x, 2, 0, largest=False), [unique((5, 3))], id="smallest"),
-    Case("aten.sort.default", lambda x: torch.sort(x, 1, descending=True), [unique((3, 7))], NUMERIC),
-    Case("aten.sort.stable", lambda x: torch.sort(x, dim=0, stable=True), [(6, 3)], (I32,), id="ties"),
+    Case(
+        "aten.topk.default",
+        lambda x: torch.topk(x, 2, 0, largest=False),
+        [unique((5, 3))],
+        id="smallest",
+    ),
+    Case(
+        "aten.sort.default", lambda x: torch.sort(x, 1, descending=True), [unique((3, 7))], NUMERIC
+    ),
+    Case(
+        "aten.sort.stable", lambda x: torch.sort(x, dim=0, stable=True), [(6, 3)], (I32,), id="ties"
+    ),
     Case("aten.sort.default", lambda x: torch.argsort(x, -1), [unique((3, 7))], id="argsort"),
     # ---- normalization
-    Case("aten.native_group_norm.default", lambda x: F.group_norm(x, 2), [(2, 4, 3, 5)], FLOATS, {0: (0,)}),
+    Case(
+        "aten.native_group_norm.default",
+        lambda x: F.group_norm(x, 2),
+        [(2, 4, 3, 5)],
+        FLOATS,
+        {0: (0,)},
+    ),
     Case(
         "aten.native_group_norm.default",
         lambda x, w, b: F.group_norm(x, 3, w, b, 1e-3),
         [(2, 6, 7), (6,), (6,)],
         id="affine",
     ),
-    Case("aten._native_batch_norm_legit.no_stats", lambda x: F.instance_norm(x), [(2, 3, 5, 4)], FLOATS),
+    Case(
+        "aten._native_batch_norm_legit.no_stats",
+        lambda x: F.instance_norm(x),
+        [(2, 3, 5, 4)],
+        FLOATS,
+    ),
     Case(
         "aten._native_batch_norm_legit.no_stats",
         lambda x, w, b: F.instance_norm(x, weight=w, bias=b),
         [(2, 3, 6), (3,), (3,)],
         id="affine",
     ),
-    Case("aten.rms_norm.default", lambda x, w: F.rms_norm(x, (8,), w), [(3, 5, 8), (8,)], FLOATS, {0: (1,)}),
-    Case("aten.rms_norm.default", lambda x: F.rms_norm(x, (4, 8), eps=1e-3), [(3, 4, 8)], id="noweight"),
-    Case("aten.native_dropout.default", lambda x: torch.ops.aten.native_dropout(x, 0.3, False)[0] * 2, [(3, 4)]),
+    Case(
+        "aten.rms_norm.default",
+        lambda x, w: F.rms_norm(x, (8,), w),
+        [(3, 5, 8), (8,)],
+        FLOATS,
+        {0: (1,)},
+    ),
+    Case(
+        "aten.rms_norm.default",
+        lambda x: F.rms_norm(x, (4, 8), eps=1e-3),
+        [(3, 4, 8)],
+        id="noweight",
+    ),
+    Case(
+        "aten.native_dropout.default",
+        lambda x: torch.ops.aten.native_dropout(x, 0.3, False)[0] * 2,
+        [(3, 4)],
+    ),
     Case("aten._cdist_forward.default", lambda a, b: torch.cdist(a, b), [(5, 3), (4, 3)], FLOATS),
-    Case("aten._cdist_forward.default", lambda a, b: torch.cdist(a, b, p=1), [(2, 5, 3), (2, 4, 3)], id="p1"),
+    Case(
+        "aten._cdist_forward.default",
+        lambda a, b: torch.cdist(a, b, p=1),
+        [(2, 5, 3), (2, 4, 3)],
+        id="p1",
+    ),
     # ---- padding
     Case(
         "aten.constant_pad_nd.default",
