@@ -282,6 +282,7 @@ const ConverterRegistration kRegistered([] {
   register_variance("aten.std.correction", {"std"});
   register_variance("aten.std.dim", {"std"});
   register_variance("aten.var_mean.correction", {"var", "mean"});
+  register_variance("aten.std_mean.correction", {"std", "mean"});
 
   register_any_all("aten.any.default", "max", "");
   register_any_all("aten.any.dim", "max", "dim");

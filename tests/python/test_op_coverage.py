@@ -213,13 +213,6 @@ CASES = [
         id="trunc",
     ),
     Case(
-        "aten.div.Tensor_mode",
-        lambda a, b: a // b,
-        [(3, 4), nonzero_ints((3, 4))],
-        (I64,),
-        id="floordiv",
-    ),
-    Case(
         "aten.div.Scalar_mode",
         lambda a: torch.ops.aten.div.Scalar_mode(a, 3, rounding_mode="floor"),
         [(3, 4)],
@@ -419,6 +412,108 @@ CASES = [
         lambda a, b: torch.cdist(a, b, p=1),
         [(2, 5, 3), (2, 4, 3)],
         id="p1",
+    ),
+    # ---- ops converted whole (torch.export would decompose them, or has no decomposition)
+    Case("aten.std_mean.correction", lambda x: torch.std_mean(x, 1), [(3, 6)], FLOATS),
+    Case(
+        "aten.stack.default",
+        lambda a, b: torch.stack([a, b], 1),
+        [(3, 4), (3, 4)],
+        ANY,
+        {0: (0,), 1: (0,)},
+    ),
+    Case("aten.unbind.int", lambda x: [t * 2 for t in torch.unbind(x, 1)], [(3, 4, 2)], (F32, I64)),
+    Case(
+        "aten.split.Tensor", lambda x: [t + 1 for t in torch.split(x, 3, -1)], [(2, 8)], (F32, I32)
+    ),
+    Case(
+        "aten.tril.default", lambda x: torch.tril(x, -1), [(2, 5, 6)], (F32, I64, BOOL), {0: (1,)}
+    ),
+    Case("aten.triu.default", lambda x: torch.triu(x, 2), [(5, 4)], (F32, F16)),
+    Case(
+        "aten.pixel_shuffle.default",
+        lambda x: F.pixel_shuffle(x, 2),
+        [(2, 8, 3, 5)],
+        FLOATS,
+        {0: (0,)},
+    ),
+    Case(
+        "aten.pixel_unshuffle.default",
+        lambda x: F.pixel_unshuffle(x, 3),
+        [(1, 2, 6, 9)],
+        (F32, I64),
+    ),
+    Case("aten.glu.default", lambda x: F.glu(x, 1), [(3, 8, 2)], FLOATS, {0: (0,)}),
+    Case("aten.threshold.default", lambda x: F.threshold(x, 0.2, -3.0), [(4, 5)], (F32, F16)),
+    Case(
+        "aten.logit.default",
+        lambda x: torch.logit(x, 1e-3),
+        [lambda d, g: torch.rand(4, 5, generator=g).to(d)],
+    ),
+    Case(
+        "aten.logit.default",
+        torch.logit,
+        [lambda d, g: torch.rand(4, 5, generator=g).to(d) * 0.9 + 0.05],
+        id="noeps",
+    ),
+    Case(
+        "aten.nan_to_num.default",
+        lambda x: torch.nan_to_num(torch.log(x) * torch.exp(x * 50), 1.5, 100.0),
+        [(4, 5)],
+        FLOATS,
+    ),
+    Case("aten.nan_to_num.default", torch.nan_to_num, [(4, 5)], (I32,), id="int"),
+    Case("aten.lerp.Scalar", lambda a, b: torch.lerp(a, b, 0.75), [(3, 4), (3, 4)], FLOATS),
+    Case("aten.lerp.Tensor", torch.lerp, [(3, 4), (3, 4), (3, 4)], FLOATS),
+    Case(
+        "aten.addcmul.default",
+        lambda a, b, c: torch.addcmul(a, b, c, value=0.5),
+        [(3, 4), (3, 4), (4,)],
+        FLOATS,
+    ),
+    Case(
+        "aten.addcdiv.default",
+        lambda a, b, c: torch.addcdiv(a, b, c),
+        [(3, 4), (3, 4), positive((3, 4))],
+    ),
+    Case(
+        "aten.baddbmm.default",
+        lambda a, b, c: torch.baddbmm(a, b, c, beta=0.5, alpha=2.0),
+        [(2, 3, 5), (2, 3, 4), (2, 4, 5)],
+        FLOATS,
+    ),
+    Case("aten.mv.default", torch.mv, [(3, 4), (4,)], FLOATS),
+    Case("aten.dot.default", torch.dot, [(7,), (7,)], (F32, I64)),
+    Case("aten.celu.default", lambda x: F.celu(x, 0.5), [(4, 5)], FLOATS),
+    Case("aten.hypot.default", torch.hypot, [(3, 4), (4,)], FLOATS),
+    Case("aten.exp2.default", torch.exp2, [(3, 4)], FLOATS),
+    Case("aten.fmax.default", lambda a, b: torch.fmax(a, torch.log(b)), [(3, 4), (3, 4)], FLOATS),
+    Case("aten.fmin.default", torch.fmin, [(3, 4), (1, 4)], (F32, I64)),
+    Case("aten.log_sigmoid_forward.default", lambda x: F.logsigmoid(x * 10), [(4, 5)], FLOATS),
+    Case("aten._prelu_kernel.default", lambda x, w: F.prelu(x, w), [(2, 3, 4), (3,)], FLOATS),
+    Case("aten.isposinf.default", lambda x: torch.isposinf(torch.exp(x * 50)), [(4, 5)]),
+    Case("aten.isneginf.default", lambda x: torch.isneginf(torch.log(x)), [(4, 5)]),
+    Case("aten.isneginf.default", torch.isneginf, [(4, 5)], (I64,), id="int"),
+    Case("aten.sgn.default", torch.sgn, [(4, 5)], (F32, I32)),
+    Case("aten.frac.default", lambda x: torch.frac(x * 3), [(4, 5)], FLOATS),
+    Case("aten.logaddexp.default", torch.logaddexp, [(3, 4), (3, 4)], FLOATS),
+    Case(
+        "aten.logaddexp.default",
+        lambda a: torch.logaddexp(torch.log(a.abs() * 0), torch.log(a.abs() * 0)),
+        [(3, 4)],
+        id="neg-inf",
+    ),
+    Case("aten.unfold.default", lambda x: x.unfold(1, 3, 2), [(2, 9, 4)], (F32, I64)),
+    Case(
+        "aten.floor_divide.default", torch.floor_divide, [(3, 4), nonzero_ints((3, 4))], (I64, F32)
+    ),
+    Case(
+        "aten._safe_softmax.default",
+        lambda x: torch.ops.aten._safe_softmax(
+            torch.cat([x, torch.full_like(x, float("-inf"))]), -1
+        ),
+        [(2, 5)],
+        FLOATS,
     ),
     # ---- padding
     Case(
