@@ -10,8 +10,10 @@ const ConverterRegistration kRegistered([] {
   Converter to_copy;
   to_copy.target = "aten._to_copy.default";
   to_copy.capability = [](const KGraph& g, const KNode& n) -> std::string {
-    value_arg(g, n, "self");
-    if (!n.arg("device").is_none()) return "a device change is not converted";
+    // A device change of a constant (a CPU tensor the model builds and moves) moves nothing in
+    // an engine: its constants live on the engine's device.
+    if (!n.arg("device").is_none() && !value_arg(g, n, "self").is_constant())
+      return "a device change is not converted";
     if (const Arg* layout = n.find("layout"); layout && !layout->is_none() && layout->s != "torch.strided")
       return "layout " + layout->describe() + " is not converted";
     const Arg& dtype = n.arg("dtype");
@@ -27,7 +29,7 @@ const ConverterRegistration kRegistered([] {
   };
   to_copy.limits =
       "dtype changes; memory_format ignored; a device argument only when it is the input's own device (the "
-      "frontend drops it then)";
+      "frontend drops it then) or the input is a constant";
   register_converter(std::move(to_copy));
 
   Converter scalar;

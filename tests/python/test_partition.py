@@ -221,3 +221,23 @@ def test_report_groups_fallbacks_by_op_and_reason():
     _, report, _ = compile_graph(g)
     lines = [line for line in report.text.splitlines() if "pytorch:" in line]
     assert lines == ["  pytorch: test.opaque x4 (first: opaque0): no converter for test.opaque"]
+
+
+def test_device_change_converts_for_constants_only():
+    g = _C.KGraph()
+    x = g.add_input("x", "float32", [3])
+    c = g.add_constant("c", "float32", [3], struct.pack("3f", 1, 2, 3))
+    moved = {}
+    for name, src in (("moved_const", c), ("moved_input", x)):
+        out = moved[name] = g.add_value(name, "float32", [3], False)
+        args = [("self", _C.ValueRef(src)), ("dtype", None), ("layout", None), ("device", "cuda:0")]
+        g.add_node(name, "aten._to_copy.default", args, [out], "")
+        g.mark_output(out)
+    y = g.add_value("y", "float32", [3], False)  # an engine reader of the moved constant
+    args = [("self", _C.ValueRef(x)), ("other", _C.ValueRef(moved["moved_const"]))]
+    g.add_node("y", "aten.mul.Tensor", args, [y], "")
+    g.mark_output(y)
+    _, report, _ = compile_graph(g)
+    assert [(f.node, f.reason) for f in report.fallbacks] == [
+        ("moved_input", "a device change is not converted")
+    ]
