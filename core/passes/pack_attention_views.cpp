@@ -50,16 +50,22 @@ bool has_strides(const StridedView& v, const Dims& dims, const std::vector<int64
 // The layouts (bshd, sbhd) in which q, k, v [B, H, S, D] are the three parts of each token of
 // their root: none, one, or both (with B == 1 the two readings are the same memory).
 std::vector<AttentionLayout> packed_layouts(const StridedView (&v)[3], const Dims& q, const Network& net) {
-  const int64_t b = q[0], h = q[1], s = q[2], d = q[3], hd = h * d;
-  if (volume(net.tensor(v[0].root).dims) != 3 * b * s * hd) return {};
+  const int64_t b = q[0], h = q[1], s = q[2], d = q[3];
+  // Products of dims the fuzzer makes huge (with an empty dim elsewhere) must not wrap: any
+  // overflow means these are no packed QKV views.
+  int64_t hd = 0, row = 0, rows = 0, total = 0, batch_row = 0;
+  if (__builtin_mul_overflow(h, d, &hd) || __builtin_mul_overflow(3, hd, &row) ||
+      __builtin_mul_overflow(s, row, &rows) || __builtin_mul_overflow(b, rows, &total) ||
+      __builtin_mul_overflow(b, row, &batch_row))
+    return {};
+  if (volume(net.tensor(v[0].root).dims) != total) return {};
   for (int j = 0; j < 3; ++j) {
     if (v[j].root != v[0].root || v[j].offset != j * hd) return {};
   }
   std::vector<AttentionLayout> found;
   for (AttentionLayout layout : {AttentionLayout::kBSHD, AttentionLayout::kSBHD}) {
-    const std::vector<int64_t> want = layout == AttentionLayout::kBSHD
-                                          ? std::vector<int64_t>{s * 3 * hd, d, 3 * hd, 1}
-                                          : std::vector<int64_t>{3 * hd, d, b * 3 * hd, 1};
+    const std::vector<int64_t> want = layout == AttentionLayout::kBSHD ? std::vector<int64_t>{rows, d, row, 1}
+                                                                       : std::vector<int64_t>{row, d, batch_row, 1};
     bool all = true;
     for (int j = 0; j < 3; ++j) all = all && has_strides(v[j], q, want);
     if (all) found.push_back(layout);
