@@ -64,8 +64,9 @@ std::vector<AttentionLayout> packed_layouts(const StridedView (&v)[3], const Dim
   }
   std::vector<AttentionLayout> found;
   for (AttentionLayout layout : {AttentionLayout::kBSHD, AttentionLayout::kSBHD}) {
-    const std::vector<int64_t> want = layout == AttentionLayout::kBSHD ? std::vector<int64_t>{rows, d, row, 1}
-                                                                       : std::vector<int64_t>{row, d, batch_row, 1};
+    const std::vector<int64_t> want = layout == AttentionLayout::kBSHD
+                                          ? std::vector<int64_t>{rows, d, row, 1}
+                                          : std::vector<int64_t>{row, d, batch_row, 1};
     bool all = true;
     for (int j = 0; j < 3; ++j) all = all && has_strides(v[j], q, want);
     if (all) found.push_back(layout);

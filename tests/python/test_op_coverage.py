@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from layer_util import DEVICES
+from test_compile_converters import module  # Fn1..Fn3: fixed-arity modules for torch.export
 
 import kiln
 from kiln import runtime as rt
@@ -677,33 +678,6 @@ def _specs(case, inputs):
         hi = [n + 2 if d in dims else n for d, n in enumerate(t.shape)]
         specs.append(kiln.Input(min_shape=lo, opt_shape=t.shape, max_shape=hi, dtype=t.dtype))
     return specs
-
-
-class Fn(torch.nn.Module):
-    """A module around a function; torch.export needs a fixed number of named inputs."""
-
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-
-class Fn1(Fn):
-    def forward(self, a):
-        return self.fn(a)
-
-
-class Fn2(Fn):
-    def forward(self, a, b):
-        return self.fn(a, b)
-
-
-class Fn3(Fn):
-    def forward(self, a, b, c):
-        return self.fn(a, b, c)
-
-
-def module(fn, arity):
-    return [Fn1, Fn2, Fn3][arity - 1](fn).eval()
 
 
 def _compare(got, want, dtype):
