@@ -1,7 +1,7 @@
 // Ops torch.export would otherwise decompose (or, for hypot / exp2 / fmax / fmin / unfold, leave
 // without a decomposition), converted whole from existing engine ops so a graph keeps one node
 // per source op: stack, unbind, split, tril / triu, pixel_(un)shuffle, glu, threshold, logit, nan_to_num,
-// lerp, addcmul / addcdiv, baddbmm, mv, dot, celu, hypot, exp2, fmax / fmin, log_sigmoid_forward,
+// lerp, addcmul / addcdiv, baddbmm, mv, dot, celu, hypot, atan2, exp2, fmax / fmin, log_sigmoid_forward,
 // _prelu_kernel, isposinf / isneginf, sgn, frac, logaddexp, unfold, floor_divide, _safe_softmax. Each accepts
 // at least what its decomposition converts (dynamic dims where the decomposition allows them), so keeping it
 // whole never turns a converting graph into a fallback.
@@ -445,6 +445,18 @@ const ConverterRegistration kRegistered([] {
         ctx.set_output(n, 0, unary(ctx, n, "sqrt", s, ""));
       },
       "floating results (sqrt(a*a + b*b): overflows to inf where a*a does)");
+
+  add(
+      "aten.atan2.default",
+      [](const KGraph& g, const KNode& n) -> std::string {
+        value_arg(g, n, "self");
+        return floating_result(g, n);
+      },
+      [](ConversionContext& ctx, const KNode& n) {
+        ctx.set_output(n, 0,
+                       binary(ctx, n, "atan2", as_result(ctx, n, "self"), as_result(ctx, n, "other"), ""));
+      },
+      "floating results (integer operands promote)");
 
   add(
       "aten.exp2.default",

@@ -38,32 +38,48 @@ void register_softmax(const std::string& target, bool log) {
 
 // Registered when the library loads; no central list names this file.
 const ConverterRegistration kRegistered([] {
-  Converter bn;
-  bn.target = "aten._native_batch_norm_legit_no_training.default";
-  bn.capability = [](const KGraph& g, const KNode& n) -> std::string {
-    const KValue& x = value_arg(g, n, "input");
-    if (x.dims.size() < 2 || x.dims[1] < 0) return "input needs a static channel dim (dim 1)";
-    value_arg(g, n, "running_mean");
-    value_arg(g, n, "running_var");
-    std::string r = require_unused_outputs(n, 1, "saved mean/invstd");
-    return r.empty() ? require_floating(x, "input") : r;
-  };
-  bn.convert = [](ConversionContext& ctx, const KNode& n) {
-    TensorId x = ctx.tensor(n, "input");
-    TensorId mean = ctx.tensor(n, "running_mean");
-    const DataType pdtype = ctx.net().tensor(mean).dtype;
-    const int64_t channels = ctx.net().tensor(x).dims[1];
-    TensorId scale = n.arg("weight").is_none() ? filled(ctx, n, pdtype, channels, 1.0f, "weight")
-                                               : ctx.tensor(n, "weight");
-    TensorId bias =
-        n.arg("bias").is_none() ? filled(ctx, n, pdtype, channels, 0.0f, "bias") : ctx.tensor(n, "bias");
-    TensorId out = ctx.add(n, "batch_norm", {x, scale, bias, mean, ctx.tensor(n, "running_var")},
-                           Attributes().set("eps", n.arg("eps").as_double()))
-                       .outputs[0];
-    ctx.set_output(n, 0, out);
-  };
-  bn.limits = "inference (running statistics); only output 0 used; static channel dim";
-  register_converter(std::move(bn));
+  // _native_batch_norm_legit_no_training, and _native_batch_norm_legit_functional (the form
+  // torch.export gives _native_batch_norm_legit) with training=False: its new running statistics
+  // (outputs 3 and 4) are the old ones. training=True updates them: a model in train mode.
+  for (const char* target : {"aten._native_batch_norm_legit_no_training.default",
+                             "aten._native_batch_norm_legit_functional.default"}) {
+    Converter bn;
+    bn.target = target;
+    bn.capability = [](const KGraph& g, const KNode& n) -> std::string {
+      const KValue& x = value_arg(g, n, "input");
+      if (x.dims.size() < 2 || x.dims[1] < 0) return "input needs a static channel dim (dim 1)";
+      value_arg(g, n, "running_mean");
+      value_arg(g, n, "running_var");
+      if (n.find("training") != nullptr && bool_arg(n, "training"))
+        return "training=True updates the running statistics (a model in train mode: call model.eval())";
+      if (output_used(n, 1) || output_used(n, 2)) return "saved mean/invstd are used";
+      return require_floating(x, "input");
+    };
+    bn.convert = [](ConversionContext& ctx, const KNode& n) {
+      TensorId x = ctx.tensor(n, "input");
+      TensorId mean = ctx.tensor(n, "running_mean");
+      const DataType pdtype = ctx.net().tensor(mean).dtype;
+      const int64_t channels = ctx.net().tensor(x).dims[1];
+      TensorId scale = n.arg("weight").is_none() ? filled(ctx, n, pdtype, channels, 1.0f, "weight")
+                                                 : ctx.tensor(n, "weight");
+      TensorId bias =
+          n.arg("bias").is_none() ? filled(ctx, n, pdtype, channels, 0.0f, "bias") : ctx.tensor(n, "bias");
+      TensorId out = ctx.add(n, "batch_norm", {x, scale, bias, mean, ctx.tensor(n, "running_var")},
+                             Attributes().set("eps", n.arg("eps").as_double()))
+                         .outputs[0];
+      ctx.set_output(n, 0, out);
+      if (output_used(n, 3))
+        ctx.set_output(n, 3, ctx.add(n, "identity", {mean}, {}, "running_mean").outputs[0]);
+      if (output_used(n, 4)) {
+        ctx.set_output(n, 4,
+                       ctx.add(n, "identity", {ctx.tensor(n, "running_var")}, {}, "running_var").outputs[0]);
+      }
+    };
+    bn.limits = std::string(target).find("no_training") != std::string::npos
+                    ? "inference (running statistics); only output 0 used; static channel dim"
+                    : "training=False (running statistics); only output 0 used; static channel dim";
+    register_converter(std::move(bn));
+  }
 
   Converter ln;
   ln.target = "aten.native_layer_norm.default";

@@ -240,21 +240,21 @@ void register_any_all(const std::string& target, const std::string& op, const st
 // The ord-norm of x over `axes` (empty: every dim): sum(|x|^ord)^(1/ord); ord 2 as
 // sqrt(sum(x*x)), 1 as sum(|x|), inf / -inf as max / min of |x|, 0 as the count of nonzeros.
 TensorId vector_norm(ConversionContext& ctx, const KNode& n, TensorId x, double ord,
-                     const std::vector<int64_t>& axes, bool keepdim) {
+                     const std::vector<int64_t>& axes, bool keepdim, const std::string& tag = "") {
   const DataType dtype = ctx.net().tensor(x).dtype;
   TensorId a = unary(ctx, n, "abs", x, "abs");
-  if (std::isinf(ord)) return reduce(ctx, n, ord > 0 ? "max" : "min", a, axes, keepdim, "");
+  if (std::isinf(ord)) return reduce(ctx, n, ord > 0 ? "max" : "min", a, axes, keepdim, tag);
   if (ord == 0) {
     TensorId nz = binary(ctx, n, "ne", x, constant_of(ctx, n, 0.0, dtype, "zero"), "nonzero");
-    return reduce(ctx, n, "sum", cast_to(ctx, n, nz, dtype, "count"), axes, keepdim, "");
+    return reduce(ctx, n, "sum", cast_to(ctx, n, nz, dtype, "count"), axes, keepdim, tag);
   }
-  if (ord == 1) return reduce(ctx, n, "sum", a, axes, keepdim, "");
+  if (ord == 1) return reduce(ctx, n, "sum", a, axes, keepdim, tag);
   if (ord == 2)
     return unary(ctx, n, "sqrt",
-                 reduce(ctx, n, "sum", binary(ctx, n, "mul", x, x, "square"), axes, keepdim, "sum"), "");
+                 reduce(ctx, n, "sum", binary(ctx, n, "mul", x, x, "square"), axes, keepdim, "sum"), tag);
   TensorId p = binary(ctx, n, "pow", a, constant_of(ctx, n, ord, dtype, "ord"), "pow");
   return binary(ctx, n, "pow", reduce(ctx, n, "sum", p, axes, keepdim, "sum"),
-                constant_of(ctx, n, 1.0 / ord, dtype, "inv_ord"), "");
+                constant_of(ctx, n, 1.0 / ord, dtype, "inv_ord"), tag);
 }
 
 }  // namespace
@@ -384,6 +384,39 @@ const ConverterRegistration kRegistered([] {
   };
   cdist.limits = "a number p ≥ 0; floating dtypes (as the norm of the broadcast differences)";
   register_converter(std::move(cdist));
+
+  // _pdist_forward(x [N, M], p) -> [N (N - 1) / 2]: the p-norms of x[i] - x[j] for i < j in
+  // row-major order: the [N, N] distance matrix (as cdist), flattened, gathered at the constant
+  // positions i * N + j above the diagonal.
+  Converter pdist;
+  pdist.target = "aten._pdist_forward.default";
+  pdist.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    const KValue& x = value_arg(g, n, "self");
+    if (x.dims.size() != 2 || x.dims[0] == kDynamic) return "self must be [N, M] with a static N";
+    if (!n.arg("p").is_number() || n.arg("p").as_double() < 0) return "p must be a number ≥ 0";
+    return require_floating(x, "self");
+  };
+  pdist.convert = [](ConversionContext& ctx, const KNode& n) {
+    TensorId x = ctx.tensor(n, "self");
+    const int64_t rows = ctx.net().tensor(x).dims[0];
+    TensorId a =
+        ctx.add(n, "unsqueeze", {x}, Attributes().set("axes", std::vector<int64_t>{1}), "rows").outputs[0];
+    TensorId b =
+        ctx.add(n, "unsqueeze", {x}, Attributes().set("axes", std::vector<int64_t>{0}), "cols").outputs[0];
+    TensorId diff = binary(ctx, n, "sub", a, b, "diff");
+    TensorId all = vector_norm(ctx, n, diff, n.arg("p").as_double(), {2}, false, "norms");
+    Attributes flat;
+    flat.set("start_dim", int64_t{0}).set("end_dim", int64_t{-1});
+    all = ctx.add(n, "flatten", {all}, flat, "all_pairs").outputs[0];
+    std::vector<int64_t> upper;
+    for (int64_t i = 0; i < rows; ++i) {
+      for (int64_t j = i + 1; j < rows; ++j) upper.push_back(i * rows + j);
+    }
+    TensorId index = ctx.constant_i64(n, upper, {static_cast<int64_t>(upper.size())}, "upper");
+    ctx.set_output(n, 0, ctx.add(n, "gather", {all, index}, Attributes().set("axis", int64_t{0})).outputs[0]);
+  };
+  pdist.limits = "self [N, M] with a static N; a number p ≥ 0; floating dtypes";
+  register_converter(std::move(pdist));
 });
 
 }  // namespace kiln

@@ -1,5 +1,6 @@
 // Pointwise math on one tensor: aten.exp / log / sqrt / rsqrt / abs / neg / erf / sin / cos /
-// reciprocal / floor / ceil / round / sign -> unary layers (the rounding ops are identities on
+// reciprocal / floor / ceil / round / sign / tan / asin / acos / atan / sinh / cosh / asinh / acosh /
+// atanh / expm1 / log1p / log2 / log10 -> unary layers (the rounding ops are identities on
 // integers); trunc -> where(x < 0, ceil, floor); isinf -> |x| == inf; isnan -> x != x;
 // logical_not -> x == 0; bitwise_not -> not (bool) or -x - 1 (integers, two's complement).
 #include <limits>
@@ -10,18 +11,24 @@
 namespace kiln {
 namespace {
 
+// Integer and bool inputs of the floating functions compute in the output's floating dtype
+// (torch.sin(int tensor) is float32), as torch promotes them.
 void register_unary(const std::string& target, const std::string& op, bool integers) {
   Converter c;
   c.target = target;
   c.capability = [integers](const KGraph& g, const KNode& n) -> std::string {
     const KValue& x = value_arg(g, n, "self");
-    if (integers && (x.dtype == DataType::kInt32 || x.dtype == DataType::kInt64)) return "";
+    if (is_floating(x.dtype) || (integers && is_integer(x.dtype))) return "";
+    if ((is_integer(x.dtype) || x.dtype == DataType::kBool) && is_floating(output_dtype(g, n))) return "";
     return require_floating(x, "self");
   };
   c.convert = [op](ConversionContext& ctx, const KNode& n) {
-    ctx.set_output(n, 0, ctx.add(n, "unary", {ctx.tensor(n, "self")}, Attributes().set("op", op)).outputs[0]);
+    TensorId x = ctx.tensor(n, "self");
+    const DataType out = output_dtype(ctx.graph(), n);
+    if (ctx.net().tensor(x).dtype != out) x = cast_to(ctx, n, x, out, "promoted");
+    ctx.set_output(n, 0, unary(ctx, n, op, x, ""));
   };
-  c.limits = integers ? "floating dtypes, int32, int64" : "floating dtypes";
+  c.limits = integers ? "floating dtypes, int32, int64" : "floating dtypes (integer and bool inputs promote)";
   register_converter(std::move(c));
 }
 
@@ -77,6 +84,10 @@ const ConverterRegistration kRegistered([] {
   register_unary("aten.reciprocal.default", "reciprocal", false);
   register_unary("aten.abs.default", "abs", true);
   register_unary("aten.neg.default", "neg", true);
+  for (const char* op : {"tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "expm1",
+                         "log1p", "log2", "log10"}) {
+    register_unary(std::string("aten.") + op + ".default", op, false);
+  }
 
   // isinf(x) = |x| == inf (NaN compares unequal, as torch gives false).
   Converter isinf;

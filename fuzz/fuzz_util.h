@@ -34,16 +34,24 @@ constexpr int64_t kMaxArenaBytes = int64_t{16} << 20;
 // layout names of docs/ops.md and the dtype names (network.cpp picks from them; fuzz_make_seeds
 // writes them into the dictionaries).
 inline const char* const kNames[] = {
-    "add",       "sub",         "mul",       "div",        "floor_div",  "pow",     "max",           "min",
-    "eq",        "ne",          "lt",        "le",         "gt",         "ge",      "and",           "or",
-    "xor",       "relu",        "sigmoid",   "tanh",       "leaky_relu", "gelu",    "gelu_tanh",     "silu",
-    "hardswish", "hardsigmoid", "elu",       "softplus",   "mish",       "clip",    "selu",          "exp",
-    "log",       "sqrt",        "rsqrt",     "abs",        "neg",        "erf",     "sin",           "cos",
-    "floor",     "ceil",        "round",     "reciprocal", "sign",       "not",     "sum",           "mean",
-    "prod",      "var",         "argmax",    "argmin",     "avg",        "nearest", "nearest_exact", "linear",
-    "constant",  "reflect",     "replicate", "nchw",       "nhwc",       "bhsd",    "bshd",          "sbhd",
-    "none",      "float32",     "float16",   "bfloat16",   "int32",      "int64",   "bool",          "int8",
-    "",
+    "add",         "sub",      "mul",       "div",        "floor_div",
+    "pow",         "max",      "min",       "eq",         "ne",
+    "lt",          "le",       "gt",        "ge",         "and",
+    "or",          "xor",      "relu",      "sigmoid",    "tanh",
+    "leaky_relu",  "gelu",     "gelu_tanh", "silu",       "hardswish",
+    "hardsigmoid", "elu",      "softplus",  "mish",       "clip",
+    "selu",        "exp",      "log",       "sqrt",       "rsqrt",
+    "abs",         "neg",      "erf",       "sin",        "cos",
+    "floor",       "ceil",     "round",     "reciprocal", "sign",
+    "not",         "sum",      "mean",      "prod",       "var",
+    "argmax",      "argmin",   "avg",       "nearest",    "nearest_exact",
+    "linear",      "constant", "reflect",   "replicate",  "nchw",
+    "nhwc",        "bhsd",     "bshd",      "sbhd",       "tan",
+    "asin",        "acos",     "atan",      "sinh",       "cosh",
+    "asinh",       "acosh",    "atanh",     "expm1",      "log1p",
+    "log2",        "log10",    "atan2",     "none",       "float32",
+    "float16",     "bfloat16", "int32",     "int64",      "bool",
+    "int8",        "",
 };
 
 // Consumes fuzz bytes front to back; past the end every read gives zeros, so any prefix of a

@@ -1,5 +1,6 @@
 // elementwise: y = a <op> b with NumPy broadcasting. Operands share one dtype.
 //   arithmetic  add sub mul div floor_div pow max min -> the operands' dtype (not bool)
+//               atan2 (a = y, b = x)                  -> the operands' dtype (floating only)
 //   comparison  eq ne lt le gt ge                     -> bool
 //   logical     and or xor (bool operands)            -> bool
 // Integer div truncates toward zero, floor_div rounds toward -inf; integer division by zero is
@@ -20,7 +21,7 @@ namespace kiln {
 const std::vector<std::string>& elementwise_ops() {
   static const std::vector<std::string> ops = {"add", "sub", "mul", "div", "floor_div", "pow",
                                                "max", "min", "eq",  "ne",  "lt",        "le",
-                                               "gt",  "ge",  "and", "or",  "xor"};
+                                               "gt",  "ge",  "and", "or",  "xor",       "atan2"};
   return ops;
 }
 
@@ -58,7 +59,7 @@ int64_t apply_on_values(const std::string& op, int64_t a, int64_t b) {
   if (op == "and") return a != 0 && b != 0;
   if (op == "or") return a != 0 || b != 0;
   if (op == "xor") return (a != 0) != (b != 0);
-  return kUnknownValue;  // pow
+  return kUnknownValue;  // pow (atan2 takes floating operands only)
 }
 
 std::vector<TensorDesc> infer_elementwise(const Layer& layer, const std::vector<TensorDesc>& in) {
@@ -76,6 +77,8 @@ std::vector<TensorDesc> infer_elementwise(const Layer& layer, const std::vector<
     KILN_CHECK(t == DataType::kBool, who << ": " << op << " takes bool operands, got " << dtype_name(t));
   } else if (kind == ElementwiseKind::kArithmetic) {
     KILN_CHECK(t != DataType::kBool, who << ": " << op << " does not take bool operands");
+    KILN_CHECK(op != "atan2" || is_floating(t),
+               who << ": atan2 takes floating operands, got " << dtype_name(t));
   } else {
     KILN_CHECK(t != DataType::kBool || op == "eq" || op == "ne",
                who << ": " << op << " does not take bool operands");

@@ -10,9 +10,10 @@
 namespace kiln {
 
 const std::vector<std::string>& unary_ops() {
-  static const std::vector<std::string> ops = {"exp",  "log",   "sqrt",       "rsqrt", "abs",
-                                               "neg",  "erf",   "sin",        "cos",   "floor",
-                                               "ceil", "round", "reciprocal", "sign",  "not"};
+  static const std::vector<std::string> ops = {
+      "exp",  "log",   "sqrt",       "rsqrt", "abs",   "neg",   "erf",  "sin",  "cos",  "floor",
+      "ceil", "round", "reciprocal", "sign",  "not",   "tan",   "asin", "acos", "atan", "sinh",
+      "cosh", "asinh", "acosh",      "atanh", "expm1", "log1p", "log2", "log10"};
   return ops;
 }
 

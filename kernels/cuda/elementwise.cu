@@ -30,7 +30,8 @@ enum BinaryOp : int {
   kGe,
   kAnd,
   kOr,
-  kXor
+  kXor,
+  kAtan2  // floating only (the schema refuses integers)
 };
 
 // Exact integer power by squaring (a double pow can land just below an integer and truncate).
@@ -89,6 +90,8 @@ __device__ __forceinline__ float arith<float>(int op, float a, float b) {
       return a < b || b != b ? b : a;
     case kMin:
       return a > b || b != b ? b : a;
+    case kAtan2:
+      return atan2f(a, b);
     default:
       return powf(a, b);
   }

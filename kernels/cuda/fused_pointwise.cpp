@@ -222,7 +222,14 @@ std::string unary_expr(const std::string& op, DataType t, const std::string& x) 
       {"erf", "erff(#)"},          {"sin", "sinf(#)"},
       {"cos", "cosf(#)"},          {"floor", "floorf(#)"},
       {"ceil", "ceilf(#)"},        {"round", "rintf(#)"},
-      {"reciprocal", "(1.f / #)"}, {"sign", "(float)((# > 0.f) - (# < 0.f))"}};
+      {"reciprocal", "(1.f / #)"}, {"sign", "(float)((# > 0.f) - (# < 0.f))"},
+      {"tan", "tanf(#)"},          {"asin", "asinf(#)"},
+      {"acos", "acosf(#)"},        {"atan", "atanf(#)"},
+      {"sinh", "sinhf(#)"},        {"cosh", "coshf(#)"},
+      {"asinh", "asinhf(#)"},      {"acosh", "acoshf(#)"},
+      {"atanh", "atanhf(#)"},      {"expm1", "expm1f(#)"},
+      {"log1p", "log1pf(#)"},      {"log2", "log2f(#)"},
+      {"log10", "log10f(#)"}};
   auto it = f.find(op);
   KILN_CHECK(it != f.end(), "fused_pointwise: no CUDA code for unary '" << op << "'");
   std::string s;
@@ -244,6 +251,7 @@ std::string elementwise_expr(const std::string& op, DataType t, const std::strin
     if (op == "div") return "(" + a + " / " + b + ")";
     if (op == "floor_div") return "floorf(" + a + " / " + b + ")";
     if (op == "pow") return "powf(" + a + ", " + b + ")";
+    if (op == "atan2") return "atan2f(" + a + ", " + b + ")";
     if (op == "max") return "kmax(" + a + ", " + b + ")";
     if (op == "min") return "kmin(" + a + ", " + b + ")";
   } else {  // int32: wraps on overflow; division by zero gives 0 (as the reference backend)

@@ -25,7 +25,20 @@ enum UnaryOp : int {
   kRound,
   kReciprocal,
   kSign,
-  kNot
+  kNot,
+  kTan,
+  kAsin,
+  kAcos,
+  kAtan,
+  kSinh,
+  kCosh,
+  kAsinh,
+  kAcosh,
+  kAtanh,
+  kExpm1,
+  kLog1p,
+  kLog2,
+  kLog10
 };
 
 __device__ __forceinline__ float unary_float(int op, float x) {
@@ -56,7 +69,33 @@ __device__ __forceinline__ float unary_float(int op, float x) {
       return rintf(x);  // half to even
     case kReciprocal:
       return 1.f / x;
-    default:
+    case kTan:
+      return tanf(x);
+    case kAsin:
+      return asinf(x);
+    case kAcos:
+      return acosf(x);
+    case kAtan:
+      return atanf(x);
+    case kSinh:
+      return sinhf(x);
+    case kCosh:
+      return coshf(x);
+    case kAsinh:
+      return asinhf(x);
+    case kAcosh:
+      return acoshf(x);
+    case kAtanh:
+      return atanhf(x);
+    case kExpm1:
+      return expm1f(x);
+    case kLog1p:
+      return log1pf(x);
+    case kLog2:
+      return log2f(x);
+    case kLog10:
+      return log10f(x);
+    default:  // kSign (kNot runs its own kernel)
       return static_cast<float>((x > 0.f) - (x < 0.f));
   }
 }

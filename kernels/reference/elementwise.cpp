@@ -32,6 +32,7 @@ double elementwise_reference(const std::string& op, double a, double b, bool int
   if (op == "and") return (a != 0) && (b != 0);
   if (op == "or") return (a != 0) || (b != 0);
   if (op == "xor") return (a != 0) != (b != 0);
+  if (op == "atan2") return std::atan2(a, b);
   KILN_FAIL("elementwise: unknown op '" << op << "'");
 }
 

@@ -25,6 +25,19 @@ std::function<double(double)> unary_fn(const std::string& op) {
   if (op == "reciprocal") return [](double x) { return 1.0 / x; };
   if (op == "sign") return [](double x) { return static_cast<double>((x > 0) - (x < 0)); };
   if (op == "not") return [](double x) { return x == 0 ? 1.0 : 0.0; };
+  if (op == "tan") return [](double x) { return std::tan(x); };
+  if (op == "asin") return [](double x) { return std::asin(x); };
+  if (op == "acos") return [](double x) { return std::acos(x); };
+  if (op == "atan") return [](double x) { return std::atan(x); };
+  if (op == "sinh") return [](double x) { return std::sinh(x); };
+  if (op == "cosh") return [](double x) { return std::cosh(x); };
+  if (op == "asinh") return [](double x) { return std::asinh(x); };
+  if (op == "acosh") return [](double x) { return std::acosh(x); };
+  if (op == "atanh") return [](double x) { return std::atanh(x); };
+  if (op == "expm1") return [](double x) { return std::expm1(x); };
+  if (op == "log1p") return [](double x) { return std::log1p(x); };
+  if (op == "log2") return [](double x) { return std::log2(x); };
+  if (op == "log10") return [](double x) { return std::log10(x); };
   KILN_FAIL("unary: unknown op '" << op << "'");
 }
 

@@ -17,6 +17,7 @@ ARITH = {
     "max": torch.maximum,
     "min": torch.minimum,
 }
+FLOATING = {"atan2": torch.atan2}  # floating operands only
 COMPARE = {
     "eq": torch.eq,
     "ne": torch.ne,
@@ -57,10 +58,10 @@ def add(op):
 def torch_ref(op, a, b):
     if op == "div" and not a.is_floating_point():
         return torch.div(a, b, rounding_mode="trunc")
-    return {**ARITH, **COMPARE, **LOGICAL}[op](a, b)
+    return {**ARITH, **FLOATING, **COMPARE, **LOGICAL}[op](a, b)
 
 
-@pytest.mark.parametrize("op", [*ARITH, *COMPARE])
+@pytest.mark.parametrize("op", [*ARITH, *FLOATING, *COMPARE])
 @pytest.mark.parametrize("shapes", SHAPES)
 def test_reference_matches_torch(op, shapes):
     a, b = operands(op, *shapes)
@@ -93,6 +94,13 @@ def test_reference_dynamic_batch():
     torch.testing.assert_close(got, a * b, **TOLERANCE[torch.float32])
 
 
+def test_atan2_refuses_integer_operands():
+    net = kiln.Network()
+    a = net.add_input("a", "int32", (3,))
+    with pytest.raises(kiln.KilnError, match="atan2 takes floating operands"):
+        net.add_elementwise(a, a, "atan2")
+
+
 def test_mismatched_operands_are_refused():
     net = kiln.Network()
     a = net.add_input("a", "float32", (3, 4))
@@ -107,14 +115,14 @@ def test_mismatched_operands_are_refused():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("op", [*ARITH, *COMPARE])
+@pytest.mark.parametrize("op", [*ARITH, *FLOATING, *COMPARE])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shapes", SHAPES)
 def test_cuda_matches_torch(op, dtype, shapes):
     a, b = operands(op, *shapes, dtype)
     got = run_layer(add(op), [a, b], "cuda")
     want = torch_ref(op, a.double(), b.double())
-    if op in ARITH:
+    if op in ARITH or op in FLOATING:
         want = want.to(dtype)
         torch.testing.assert_close(got.double(), want.double(), **TOLERANCE[dtype])
     else:

@@ -73,6 +73,15 @@ def index(high, shape):
     return lambda dtype, g: torch.randint(0, high, shape, generator=g)
 
 
+def distinct(high, shape, dim=-1):
+    """Indices without repeats along dim (so writes to one position cannot race)."""
+    full = list(shape)
+    full[dim] = high
+    return lambda dtype, g: torch.argsort(torch.rand(*full, generator=g), dim=dim).narrow(
+        dim, 0, shape[dim]
+    )
+
+
 def mask(shape):
     return lambda dtype, g: torch.rand(*shape, generator=g) > 0.5
 
@@ -348,6 +357,129 @@ CASES = [
         [(3, 4), mask((1, 4)), (12,)],
         (F32, I64),
     ),
+    Case(
+        "aten.scatter.src",
+        lambda x, i, s: x.scatter(1, i, s),
+        [(3, 5), distinct(5, (3, 2)), (3, 4)],
+        ANY,
+    ),
+    Case(
+        "aten.scatter.src",
+        lambda x, i, s: x.scatter(1, i, s),
+        [(3, 5), distinct(4, (3, 2)), (3, 2)],
+        (F32,),
+        {0: (1,)},
+        id="dyn",
+    ),
+    Case(
+        "aten.scatter.value",
+        lambda x, i: x.scatter(1, i, 2.5),
+        [(3, 5), distinct(5, (3, 2))],
+        FLOATS,
+    ),
+    Case(
+        "aten.scatter.reduce",
+        lambda x, i, s: x.scatter(1, i, s, reduce="multiply"),
+        [(3, 5), index(5, (3, 4)), (3, 4)],
+        (F32, I64),
+    ),
+    Case(
+        "aten.scatter.value_reduce",
+        lambda x, i: x.scatter(1, i, 2.0, reduce="add"),
+        [(3, 5), index(5, (3, 4))],
+    ),
+    Case(
+        "aten.scatter_add.default",
+        lambda x, i, s: x.scatter_add(1, i, s),
+        [(3, 5), index(5, (3, 6)), (3, 6)],
+        (F32, F16, I32, I64),
+    ),
+    *[
+        Case(
+            "aten.scatter_reduce.two",
+            lambda x, i, s, r=reduce, inc=include: x.scatter_reduce(0, i, s, r, include_self=inc),
+            [(4, 3), index(4, (6, 3)), (6, 3)],
+            FLOATS if reduce == "mean" else (F32, F16, I64),
+            id=f"{reduce}-{'self' if include else 'noself'}",
+        )
+        for reduce in ("sum", "prod", "mean", "amax", "amin")
+        for include in (True, False)
+    ],
+    Case(
+        "aten.index_put.default",
+        scatter_into(lambda y, i, v: y.index_put_((i,), v)),
+        [(5, 4), distinct(5, (3,)), (3, 4)],
+        ANY,
+    ),
+    Case(
+        "aten.index_put.default",
+        scatter_into(lambda y, i, v: y.index_put_((i,), v, accumulate=True)),
+        [(5, 4), index(5, (7,)), (4,)],
+        (F32, I64),
+        {2: ()},
+        id="accumulate",
+    ),
+    Case(
+        "aten.index_put.default",
+        scatter_into(lambda y, i, v: y.__setitem__((slice(None), i), v)),
+        [(3, 5, 2), distinct(5, (2,)), (3, 2, 2)],
+        (F32,),
+        {0: (0,), 2: (0,)},
+        id="middle",
+    ),
+    Case(
+        "aten.index_put.default",
+        scatter_into(lambda y, i, j, v: y.__setitem__((i, slice(None), j), v)),
+        [(4, 3, 5), distinct(4, (2,)), distinct(5, (2,)), (3,)],
+        (F32,),
+        id="apart",
+    ),
+    Case(
+        "aten.index_put.default",
+        scatter_into(lambda y, i, j, v: y.__setitem__((i, j), v)),
+        [(4, 5), distinct(4, (3,)), distinct(5, (3,)), (3,)],
+        (F32,),
+        id="pairs",
+    ),
+    Case(
+        "aten.index_put.default",
+        scatter_into(lambda y, m: y.__setitem__(m, 1.5)),
+        [(3, 4), mask((3, 4))],
+        (F32, F16),
+        id="mask",
+    ),
+    Case(
+        "aten.col2im.default",
+        lambda x: F.fold(x, (5, 6), (2, 3), padding=1, stride=2),
+        [(2, 12, 9)],
+        FLOATS,
+        {0: (0,)},
+    ),
+    Case(
+        "aten.col2im.default",
+        lambda x: F.fold(x, (4, 4), 2, dilation=2),
+        [(8, 4)],
+        id="unbatched",
+    ),
+    *[
+        Case(
+            "aten.embedding_bag.padding_idx",
+            lambda w, i, o, m=mode: F.embedding_bag(i, w, o, mode=m),
+            [(10, 4), index(10, (9,)), lambda dtype, g: torch.tensor([0, 2, 2, 6])],
+            FLOATS,
+            id=mode,
+        )
+        for mode in ("sum", "mean", "max")
+    ],
+    Case(
+        "aten.embedding_bag.padding_idx",
+        lambda w, i, o, p: F.embedding_bag(
+            i, w, o, mode="sum", per_sample_weights=p, include_last_offset=True, padding_idx=3
+        ),
+        [(10, 4), index(10, (9,)), lambda dtype, g: torch.tensor([0, 4, 7]), (9,)],
+        FLOATS,
+        id="weighted",
+    ),
     # ---- selection and sorting
     Case("aten.topk.default", lambda x: torch.topk(x, 3, 1), [unique((4, 9))], NUMERIC, {0: (0,)}),
     Case(
@@ -487,6 +619,33 @@ CASES = [
     Case("aten.dot.default", torch.dot, [(7,), (7,)], (F32, I64)),
     Case("aten.celu.default", lambda x: F.celu(x, 0.5), [(4, 5)], FLOATS),
     Case("aten.hypot.default", torch.hypot, [(3, 4), (4,)], FLOATS),
+    Case(
+        "aten._native_batch_norm_legit_functional.default",
+        lambda x, w, b: torch.ops.aten._native_batch_norm_legit.default(
+            x, w, b, torch.full((3,), 0.25), torch.full((3,), 1.5), False, 0.1, 1e-5
+        )[0],
+        [(2, 3, 4), (3,), (3,)],
+        (F32,),
+        {0: (0, 2)},
+    ),
+    Case("aten._pdist_forward.default", F.pdist, [(5, 3)], FLOATS),
+    Case("aten._pdist_forward.default", lambda x: F.pdist(x, 1.5), [(4, 6)], id="p"),
+    Case("aten.atan2.default", torch.atan2, [(3, 4), (4,)], FLOATS),
+    Case("aten.atan2.default", torch.atan2, [(3, 4), (3, 4)], (I32,), id="int"),
+    Case("aten.tan.default", lambda x: torch.tan(x * 0.5), [(3, 4)], FLOATS, {0: (0,)}),
+    Case("aten.asin.default", lambda x: torch.asin(torch.tanh(x) * 0.9), [(3, 4)], FLOATS),
+    Case("aten.acos.default", lambda x: torch.acos(torch.tanh(x) * 0.9), [(3, 4)], FLOATS),
+    Case("aten.atan.default", lambda x: torch.atan(x * 3), [(3, 4)], FLOATS),
+    Case("aten.sinh.default", torch.sinh, [(3, 4)], FLOATS),
+    Case("aten.cosh.default", torch.cosh, [(3, 4)], FLOATS),
+    Case("aten.asinh.default", lambda x: torch.asinh(x * 3), [(3, 4)], FLOATS),
+    Case("aten.acosh.default", lambda x: torch.acosh(x.abs() + 1.5), [(3, 4)], FLOATS),
+    Case("aten.atanh.default", lambda x: torch.atanh(torch.tanh(x) * 0.9), [(3, 4)], FLOATS),
+    Case("aten.expm1.default", lambda x: torch.expm1(x * 1e-3), [(3, 4)], FLOATS),
+    Case("aten.log1p.default", lambda x: torch.log1p(x.abs() * 1e-3), [(3, 4)], FLOATS),
+    Case("aten.log2.default", torch.log2, [positive((3, 4))], FLOATS),
+    Case("aten.log10.default", torch.log10, [positive((3, 4))], FLOATS),
+    Case("aten.sin.default", torch.sin, [(3, 4)], (I64, BOOL), id="promoted"),
     Case("aten.exp2.default", torch.exp2, [(3, 4)], FLOATS),
     Case("aten.fmax.default", lambda a, b: torch.fmax(a, torch.log(b)), [(3, 4), (3, 4)], FLOATS),
     Case("aten.fmin.default", torch.fmin, [(3, 4), (1, 4)], (F32, I64)),

@@ -49,12 +49,12 @@ def test_documented_attribute_values_are_accepted():
     net = kiln.Network()
     x = net.add_input("x", "float32", (2, 3))
     flag = net.add_input("flag", "bool", (2, 3))
-    for value in re.findall(r"[a-z_]+", rows["elementwise"][1].split(":", 1)[1]):
+    for value in re.findall(r"[a-z_][a-z_0-9]*", rows["elementwise"][1].split(":", 1)[1]):
         operand = flag if value in ("and", "or", "xor") else x
         net.add_elementwise(operand, operand, value)
     for value in re.findall(r"[a-z_]+", rows["activation"][1].split(";")[0].split(":", 1)[1]):
         net.add_activation(x, value)
-    for value in re.findall(r"[a-z_]+", rows["unary"][1].split(":", 1)[1]):
+    for value in re.findall(r"[a-z_][a-z_0-9]*", rows["unary"][1].split(":", 1)[1]):
         if value != "not":  # bool-only
             net.add_layer("unary", [x], {"op": value})
     with pytest.raises(kiln.KilnError):

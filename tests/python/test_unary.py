@@ -4,7 +4,8 @@ import pytest
 import torch
 from layer_util import TOLERANCE, run_layer
 
-POSITIVE = {"log", "sqrt", "rsqrt"}  # domains; reciprocal avoids 0 below
+POSITIVE = {"log", "sqrt", "rsqrt", "log2", "log10"}  # domains; reciprocal avoids 0 below
+UNIT = {"asin", "acos", "atanh"}  # (-1, 1)
 CASES = {
     "exp": torch.exp,
     "log": torch.log,
@@ -20,6 +21,19 @@ CASES = {
     "round": torch.round,
     "reciprocal": torch.reciprocal,
     "sign": torch.sign,
+    "tan": torch.tan,
+    "asin": torch.asin,
+    "acos": torch.acos,
+    "atan": torch.atan,
+    "sinh": torch.sinh,
+    "cosh": torch.cosh,
+    "asinh": torch.asinh,
+    "acosh": torch.acosh,
+    "atanh": torch.atanh,
+    "expm1": torch.expm1,
+    "log1p": torch.log1p,
+    "log2": torch.log2,
+    "log10": torch.log10,
 }
 SHAPES = [(13,), (3, 127), (2, 3, 5, 7), (0,)]
 
@@ -28,6 +42,16 @@ def sample(op, shape, dtype=torch.float32):
     x = torch.randn(shape) * 3
     if op in POSITIVE:
         x = x.abs() + 0.1
+    if op in UNIT:
+        x = torch.tanh(x) * 0.95
+    if op == "acosh":
+        x = x.abs() + 1
+    if op == "log1p":
+        x = x.abs() - 0.5  # > -1
+    if op == "tan":
+        x = x.clamp(-1.4, 1.4)  # away from the poles
+    if op in ("sinh", "cosh", "expm1"):
+        x = x.clamp(-8, 8)  # finite in float16
     if op == "reciprocal":
         x = torch.where(x.abs() < 0.1, torch.full_like(x, 0.5), x)
     if op == "round":
