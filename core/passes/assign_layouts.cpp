@@ -16,6 +16,8 @@
 //   pooling, adaptive_pooling, rank 4: when their input was computed channels last.
 //   reduce with keepdim = 1 (squeeze-excitation's spatial mean), likewise: its axes are renumbered
 //       (NCHW axis 1 is NHWC axis 3, 2 is 1, 3 is 2), the kept rank-4 result stays channels last.
+//   transposes NCHW <-> NHWC of the model's own: no copy where the tensor's other layout is at hand
+//       (reads_as_layout_change).
 //   ops with the schema trait kLayoutTransparent (activation, unary, cast, elementwise): when one
 //       of their inputs was computed channels last
 //       and every input is rank 4 (constants are permuted at build time) or has all dims 1.
@@ -23,6 +25,7 @@
 // Safe on every backend; the builder runs it after precision assignment (it needs the final dtypes).
 #include <algorithm>
 #include <cstring>
+#include <map>
 
 #include "core/passes/passes.h"
 #include "ir/ops/convolution.h"
@@ -67,6 +70,8 @@ class LayoutRewriter {
     for (Layer& l : old) {
       if (wants_last(l)) {
         to_channels_last(l);
+      } else if (reads_as_layout_change(l)) {
+        continue;
       } else {
         for (TensorId t : l.inputs) need_first(t);
         layers_.push_back(std::move(l));
@@ -108,6 +113,46 @@ class LayoutRewriter {
     return any_last;
   }
 
+  // A model's own NCHW <-> NHWC permutes (ConvNeXt: dwconv -> permute(0, 2, 3, 1) -> LayerNorm ->
+  // MLP -> permute(0, 3, 1, 2) -> residual add) are layout changes this pass already knows:
+  //   y = transpose(x, [0, 2, 3, 1]) where x has a channels-last version: y holds exactly that
+  //       version's values, so y becomes a reshape of it to its own dims (a view: alias_views);
+  //   z = transpose(u, [0, 3, 1, 2]): u is z's channels-last version, so z is recorded as computed
+  //       channels last (its layout-transparent consumers and convolutions read u directly) and the
+  //       transpose is emitted only if something needs z channels first (need_first).
+  // Returns whether the layer was handled (replaced or deferred).
+  bool reads_as_layout_change(const Layer& l) {
+    if (l.op != "transpose" || l.inputs.size() != 1 || l.outputs.size() != 1) return false;
+    const TensorId in = l.inputs[0], out = l.outputs[0];
+    if (net_.tensor(in).dims.size() != 4 || net_.tensor(in).kind == TensorKind::kConstant) return false;
+    const std::vector<int64_t> perm = l.attrs.get_ints("perm", l.name);
+    const Dims dims = net_.tensor(out).dims;
+    if (perm == kToLast && last_[in] >= 0 && last_[in] != in &&
+        std::count(dims.begin(), dims.end(), kDynamic) <= 1) {
+      // A reshape to the same dims (-1 for a dynamic one): alias_views makes it a view.
+      Attributes attrs;
+      attrs.set("shape", std::vector<int64_t>(dims.begin(), dims.end()));
+      Layer& added = net_.add_layer("reshape", {last_[in]}, std::move(attrs),
+                                    unique_layer(l.name + "/channels_last_view"));
+      layers_.push_back(std::move(added));
+      net_.mutable_layers().pop_back();
+      grow();
+      layers_.back().outputs[0] = out;
+      changed_ = true;
+      return true;
+    }
+    if (perm == kToFirst && !net_.is_output(out)) {
+      need_first(in);
+      last_[out] = in;
+      first_[out] = false;
+      native_[out] = true;
+      deferred_[out] = l.name;
+      changed_ = true;
+      return true;
+    }
+    return false;
+  }
+
   // The channels-last version of tensor t, made on first use.
   TensorId last_version(TensorId t) {
     if (last_[t] >= 0) return last_[t];
@@ -129,7 +174,10 @@ class LayoutRewriter {
   // Makes the channels-first tensor t available: a transpose back writes into t itself.
   void need_first(TensorId t) {
     if (first_[t]) return;
-    emit_transpose(last_[t], kToFirst, unique_layer(net_.tensor(t).name + "/to_nchw"));
+    auto deferred = deferred_.find(t);
+    emit_transpose(last_[t], kToFirst,
+                   deferred != deferred_.end() ? unique_layer(deferred->second)
+                                               : unique_layer(net_.tensor(t).name + "/to_nchw"));
     layers_.back().outputs[0] = t;
     first_[t] = true;
   }
@@ -236,9 +284,10 @@ class LayoutRewriter {
 
   Network& net_;
   std::vector<Layer> layers_;
-  std::vector<TensorId> last_;  // channels-last version of each tensor, -1 when none
-  std::vector<bool> first_;     // whether the channels-first tensor holds its values
-  std::vector<bool> native_;    // original tensors computed by a channels-last layer
+  std::vector<TensorId> last_;                // channels-last version of each tensor, -1 when none
+  std::vector<bool> first_;                   // whether the channels-first tensor holds its values
+  std::vector<bool> native_;                  // original tensors computed by a channels-last layer
+  std::map<TensorId, std::string> deferred_;  // a model's NHWC -> NCHW transpose, by its output
   bool changed_ = false;
 };
 

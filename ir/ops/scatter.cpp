@@ -22,7 +22,8 @@
 namespace kiln {
 
 std::string scatter_reduction(const Layer& layer) {
-  return layer.attrs.has("reduction") ? layer.attrs.get_string("reduction", describe(layer)) : std::string("none");
+  return layer.attrs.has("reduction") ? layer.attrs.get_string("reduction", describe(layer))
+                                      : std::string("none");
 }
 
 const std::vector<std::string>& scatter_reductions() {
@@ -37,8 +38,9 @@ std::vector<TensorDesc> infer_scatter_elements(const Layer& layer, const std::ve
   const TensorDesc& data = in[0];
   const TensorDesc& indices = in[1];
   const TensorDesc& updates = in[2];
-  KILN_CHECK(indices.dtype == DataType::kInt32 || indices.dtype == DataType::kInt64,
-             who << ": indices must be int32 or int64, got " << dtype_name(indices.dtype) << "; insert a cast");
+  KILN_CHECK(
+      indices.dtype == DataType::kInt32 || indices.dtype == DataType::kInt64,
+      who << ": indices must be int32 or int64, got " << dtype_name(indices.dtype) << "; insert a cast");
   KILN_CHECK(updates.dtype == data.dtype, who << ": updates dtype " << dtype_name(updates.dtype)
                                               << " differs from data's " << dtype_name(data.dtype)
                                               << "; insert a cast");
@@ -55,20 +57,21 @@ std::vector<TensorDesc> infer_scatter_elements(const Layer& layer, const std::ve
              who << ": attribute 'include_self' must be 0 or 1, got " << include_self);
   const int64_t rank = static_cast<int64_t>(data.dims.size());
   KILN_CHECK(rank >= 1, who << ": data must have rank >= 1, got a scalar");
-  KILN_CHECK(indices.dims.size() == data.dims.size(),
-             who << ": indices " << to_string(indices.dims) << " must have the rank of data " << to_string(data.dims));
-  KILN_CHECK(updates.dims.size() == indices.dims.size(),
-             who << ": updates " << to_string(updates.dims) << " must have the rank of indices "
-                 << to_string(indices.dims));
+  KILN_CHECK(indices.dims.size() == data.dims.size(), who << ": indices " << to_string(indices.dims)
+                                                          << " must have the rank of data "
+                                                          << to_string(data.dims));
+  KILN_CHECK(updates.dims.size() == indices.dims.size(), who << ": updates " << to_string(updates.dims)
+                                                             << " must have the rank of indices "
+                                                             << to_string(indices.dims));
   const int64_t axis = normalize_axis(layer.attrs.get_int("axis", int64_t{0}), rank, who);
   for (int64_t d = 0; d < rank; ++d) {
     const int64_t i = indices.dims[d], u = updates.dims[d], n = data.dims[d];
     KILN_CHECK(i == kDynamic || u == kDynamic || i <= u, who << ": updates " << to_string(updates.dims)
-                                                            << " are smaller than indices "
-                                                            << to_string(indices.dims) << " in dim " << d);
+                                                             << " are smaller than indices "
+                                                             << to_string(indices.dims) << " in dim " << d);
     KILN_CHECK(d == axis || i == kDynamic || n == kDynamic || i <= n,
-               who << ": indices " << to_string(indices.dims) << " are larger than data " << to_string(data.dims)
-                   << " in dim " << d << " (only the scattered axis may be larger)");
+               who << ": indices " << to_string(indices.dims) << " are larger than data "
+                   << to_string(data.dims) << " in dim " << d << " (only the scattered axis may be larger)");
   }
   const int64_t n = data.dims[axis];
   if (n != kDynamic && indices.values) {

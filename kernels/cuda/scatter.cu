@@ -231,8 +231,8 @@ class CudaScatterElements final : public Kernel {
       if (reduction_ == kNone) {
         dispatch_word(dtype_size(in[0].dtype), who_, [&](auto w) {
           using W = decltype(w);
-          scatter_kernel<W, I, true><<<grid, kBlock, 0, stream>>>(static_cast<W*>(out[0].data), idx,
-                                                             static_cast<const W*>(in[2].data), g, count, kNone);
+          scatter_kernel<W, I, true><<<grid, kBlock, 0, stream>>>(
+              static_cast<W*>(out[0].data), idx, static_cast<const W*>(in[2].data), g, count, kNone);
           KILN_CUDA_CHECK_LAUNCH();
         });
         return;
@@ -241,11 +241,12 @@ class CudaScatterElements final : public Kernel {
         using T = decltype(t);
         T* y = static_cast<T*>(out[0].data);
         if (!include_self_) {
-          fill_identity_kernel<T, I><<<grid, kBlock, 0, stream>>>(y, idx, g, count, identity_of<T>(reduction_));
+          fill_identity_kernel<T, I>
+              <<<grid, kBlock, 0, stream>>>(y, idx, g, count, identity_of<T>(reduction_));
           KILN_CUDA_CHECK_LAUNCH();
         }
-        scatter_kernel<T, I, false><<<grid, kBlock, 0, stream>>>(y, idx, static_cast<const T*>(in[2].data), g, count,
-                                                           reduction_);
+        scatter_kernel<T, I, false>
+            <<<grid, kBlock, 0, stream>>>(y, idx, static_cast<const T*>(in[2].data), g, count, reduction_);
         KILN_CUDA_CHECK_LAUNCH();
       });
     });

@@ -53,8 +53,8 @@ class RefScatterElements final : public Kernel {
     const int64_t axis = normalize_axis(axis_, rank, who_);
     for (int64_t d = 0; d < rank; ++d) {
       KILN_CHECK(index[d] <= in[2].dims[d], who_ << ": updates " << to_string(in[2].dims)
-                                                 << " are smaller than indices " << to_string(index) << " in dim "
-                                                 << d);
+                                                 << " are smaller than indices " << to_string(index)
+                                                 << " in dim " << d);
       KILN_CHECK(d == axis || index[d] <= data[d], who_ << ": indices " << to_string(index)
                                                         << " are larger than data " << to_string(data)
                                                         << " in dim " << d);
@@ -98,7 +98,8 @@ class RefScatterElements final : public Kernel {
     if (!include_self_) {
       for (int64_t p : target) acc[p] = identity_of(reduction_);
     }
-    for (int64_t i = 0; i < count; ++i) acc[target[i]] = combine(reduction_, acc[target[i]], load_element(in[2], source[i]));
+    for (int64_t i = 0; i < count; ++i)
+      acc[target[i]] = combine(reduction_, acc[target[i]], load_element(in[2], source[i]));
     for (int64_t p : target) store_element(out[0], p, acc[p]);
   }
   std::string name() const override { return "ref_scatter_elements"; }

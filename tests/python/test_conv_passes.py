@@ -249,6 +249,42 @@ def test_layouts_renumber_squeeze_excitation_mean():
     torch.testing.assert_close(run_plan(plan, feed)["y"], want, rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("target", DEVICES)
+def test_layouts_absorb_the_models_own_nhwc_permutes(target):
+    # ConvNeXt's block: dwconv -> permute(0, 2, 3, 1) -> layer norm -> linear -> permute(0, 3, 1,
+    # 2) -> residual add -> next dwconv. The conv already runs channels last, so the first permute
+    # is a view of its output, and the second one's input is the add's channels-last operand: no
+    # transpose copies inside the chain, and one back to NCHW before the output.
+    net = kiln.Network()
+    x = net.add_input("x", "float16", [-1, 8, 6, 6])
+    a = net.add_convolution(x, conv_weight(8, 1, 7, 7).half(), padding=3, groups=8, name="dw1")
+    t = net.add_layer("transpose", [a], {"perm": [0, 2, 3, 1]}, "permute")
+    t = net.add_layer("layer_norm", [t], {"normalized_ndim": 1}, "ln")
+    t = net.add_fully_connected(t, torch.randn(8, 8).half() * 0.3, name="fc")
+    t = net.add_layer("transpose", [t], {"perm": [0, 3, 1, 2]}, "permute_back")
+    b = net.add_elementwise(x, t, "add", name="residual")
+    c = net.add_convolution(b, conv_weight(8, 1, 7, 7).half(), padding=3, groups=8, name="dw2")
+    net.mark_output(c, "y")
+    profile = {"x": ([1, 8, 6, 6], [2, 8, 6, 6], [3, 8, 6, 6])}
+    plan = build_plan(net, target, profile=profile)
+    assert layer_named(plan, "residual")["outputs"][0][2] == [-1, 6, 6, 8]
+    copies = [
+        layer["name"]
+        for layer in plan.layers()
+        if layer["op"] == "transpose" and not layer["attrs"].get("alias")
+    ]
+    assert copies == ["x/to_nhwc", "y/to_nchw"], copies
+    plain = build_plan(net, target, level=0, profile=profile)
+    for batch in (1, 3):
+        feed = {"x": torch.randn(batch, 8, 6, 6).half()}
+        torch.testing.assert_close(
+            run_plan(plan, feed, target)["y"],
+            run_plan(plain, feed, target)["y"],
+            rtol=1e-2,
+            atol=1e-2,
+        )
+
+
 def test_layouts_leave_float32_convolutions_alone():
     net = bottleneck_net(n=2)
     plan = build_plan(net)

@@ -622,7 +622,14 @@ CASES = [
     Case(
         "aten._native_batch_norm_legit_functional.default",
         lambda x, w, b: torch.ops.aten._native_batch_norm_legit.default(
-            x, w, b, torch.full((3,), 0.25), torch.full((3,), 1.5), False, 0.1, 1e-5
+            x,
+            w,
+            b,
+            torch.full((3,), 0.25, device=x.device),
+            torch.full((3,), 1.5, device=x.device),
+            False,
+            0.1,
+            1e-5,
         )[0],
         [(2, 3, 4), (3,), (3,)],
         (F32,),
