@@ -10,8 +10,14 @@
 //                      element (coalesced over the 32 outputs), then through shared memory one
 //                      warp per output combines the rows' partials (a shuffle tree). Not for var
 //                      (two passes).
+//   column split       the column tile when its blocks would leave most of the GPU idle (an
+//                      SE block's spatial mean over 112 x 112 pixels of 32 channels is one block):
+//                      the reduced elements are cut into slices over gridDim.y,
+//                      each block writes float partials to the workspace, and a second kernel
+//                      combines each output's partials (floating types; integers keep the tile).
 // Floating types accumulate in float32, integers in int64 (wrapping); var is two-pass.
 // Codes follow reduce_ops() / arg_reduce_ops() in ir/ops/reduce.cpp.
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <type_traits>
@@ -34,6 +40,10 @@ constexpr int64_t kThreadPerOutputMin = 1024;
 // From this many reduced elements per output on, a kept innermost dim takes the column tile.
 constexpr int64_t kColumnTileMinReduced = 32;
 constexpr int kTileRows = 32;
+// The column split: about this many blocks in all (a few per SM), each slice of the reduced
+// elements at least kMinSlice long (4 loads per tile row).
+constexpr int64_t kSplitBlocks = 512;
+constexpr int64_t kMinSlice = 4 * kTileRows;
 
 // The accumulator of an element type: float for floating types, long long for integers.
 template <typename T>
@@ -163,27 +173,33 @@ __global__ void reduce_thread_kernel(ReduceParams p, ReduceGeometry g, const T* 
   }
 }
 
+// The column tile over reduced elements [begin, end): block (x, y) owns outputs 32x.. and, when
+// split (partials != nullptr), slice y of the reduced elements, whose result goes to
+// partials[y * num_out + output] for reduce_combine_partials_kernel.
 template <typename T>
 __global__ void __launch_bounds__(32 * kTileRows)
-    reduce_column_tile_kernel(ReduceParams p, ReduceGeometry g, const T* __restrict__ x, T* __restrict__ y) {
+    reduce_column_tile_kernel(ReduceParams p, ReduceGeometry g, const T* __restrict__ x, T* __restrict__ y,
+                              int64_t slice, typename Accum<T>::type* __restrict__ partials) {
   using Acc = Accum<T>;
   using A = typename Acc::type;
   __shared__ A partial[kTileRows][33];
   const int pass_op = p.op == kMean ? kSum : p.op;
   const int64_t o = int64_t{blockIdx.x} * 32 + threadIdx.x;
+  const int64_t begin = int64_t{blockIdx.y} * slice;
+  const int64_t end = begin + slice < g.num_red ? begin + slice : g.num_red;
   A acc = identity_of<A>(pass_op);
   if (o < g.num_out) {
     const T* row = x + axes_offset(g.kept, o);
     // Four loads in flight per thread (a dependent load-add chain would wait on each one).
-    int64_t r = threadIdx.y;
-    for (; r + 3 * kTileRows < g.num_red; r += 4 * kTileRows) {
+    int64_t r = begin + threadIdx.y;
+    for (; r + 3 * kTileRows < end; r += 4 * kTileRows) {
       A v[4];
 #pragma unroll
       for (int u = 0; u < 4; ++u) v[u] = Acc::load(row[axes_offset(g.red, r + u * kTileRows)]);
 #pragma unroll
       for (int u = 0; u < 4; ++u) acc = combine(pass_op, acc, v[u]);
     }
-    for (; r < g.num_red; r += kTileRows) acc = combine(pass_op, acc, Acc::load(row[axes_offset(g.red, r)]));
+    for (; r < end; r += kTileRows) acc = combine(pass_op, acc, Acc::load(row[axes_offset(g.red, r)]));
   }
   partial[threadIdx.y][threadIdx.x] = acc;
   __syncthreads();
@@ -194,10 +210,33 @@ __global__ void __launch_bounds__(32 * kTileRows)
   for (int offset = 16; offset > 0; offset >>= 1)
     acc = combine(pass_op, acc, __shfl_down_sync(0xffffffffu, acc, offset));
   if (threadIdx.x != 0 || out >= g.num_out) return;
+  if (partials != nullptr) {
+    partials[int64_t{blockIdx.y} * g.num_out + out] = acc;
+    return;
+  }
   if constexpr (std::is_same<A, float>::value) {
     if (p.op == kMean) acc /= static_cast<float>(g.num_red);
   }
   y[out] = Acc::store(acc);
+}
+
+// Combines the `slices` partials of each output (column split), then the mean's division.
+template <typename T>
+__global__ void reduce_combine_partials_kernel(ReduceParams p, int64_t num_out, int64_t num_red, int slices,
+                                               const typename Accum<T>::type* __restrict__ partials,
+                                               T* __restrict__ y) {
+  using Acc = Accum<T>;
+  using A = typename Acc::type;
+  const int pass_op = p.op == kMean ? kSum : p.op;
+  for (int64_t o = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; o < num_out;
+       o += int64_t{gridDim.x} * blockDim.x) {
+    A acc = identity_of<A>(pass_op);
+    for (int s = 0; s < slices; ++s) acc = combine(pass_op, acc, partials[s * num_out + o]);
+    if constexpr (std::is_same<A, float>::value) {
+      if (p.op == kMean) acc /= static_cast<float>(num_red);
+    }
+    y[o] = Acc::store(acc);
+  }
 }
 
 class CudaReduce final : public Kernel {
@@ -220,8 +259,26 @@ class CudaReduce final : public Kernel {
       auto* px = static_cast<const T*>(x.data);
       auto* py = static_cast<T*>(out[0].data);
       if (column_tile) {
-        const unsigned grid = static_cast<unsigned>((g.num_out + 31) / 32);
-        reduce_column_tile_kernel<T><<<grid, dim3(32, kTileRows), 0, stream>>>(params_, g, px, py);
+        using A = typename Accum<T>::type;
+        const int64_t columns = (g.num_out + 31) / 32;
+        // Slices of the reduced elements (at least kMinSlice each) until about kSplitBlocks
+        // blocks run, where the workspace holds their partials.
+        int64_t slices = std::min<int64_t>(kSplitBlocks / columns, g.num_red / kMinSlice);
+        if (slices > 1 && static_cast<size_t>(slices * g.num_out) * sizeof(A) > ctx.workspace_bytes) slices = 1;
+        const unsigned grid = static_cast<unsigned>(columns);
+        if (slices > 1) {
+          const int64_t slice = (g.num_red + slices - 1) / slices;
+          slices = (g.num_red + slice - 1) / slice;
+          auto* partials = static_cast<A*>(ctx.workspace);
+          reduce_column_tile_kernel<T><<<dim3(grid, static_cast<unsigned>(slices)), dim3(32, kTileRows), 0, stream>>>(
+              params_, g, px, py, slice, partials);
+          KILN_CUDA_CHECK_LAUNCH();
+          constexpr int kBlock = 256;
+          reduce_combine_partials_kernel<T><<<grid_for(g.num_out, kBlock), kBlock, 0, stream>>>(
+              params_, g.num_out, g.num_red, static_cast<int>(slices), partials, py);
+        } else {
+          reduce_column_tile_kernel<T><<<grid, dim3(32, kTileRows), 0, stream>>>(params_, g, px, py, g.num_red, nullptr);
+        }
       } else if (per_thread) {
         constexpr int kBlock = 256;
         reduce_thread_kernel<T><<<grid_for(g.num_out, kBlock), kBlock, 0, stream>>>(params_, g, px, py);
