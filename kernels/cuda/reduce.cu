@@ -264,20 +264,23 @@ class CudaReduce final : public Kernel {
         // Slices of the reduced elements (at least kMinSlice each) until about kSplitBlocks
         // blocks run, where the workspace holds their partials.
         int64_t slices = std::min<int64_t>(kSplitBlocks / columns, g.num_red / kMinSlice);
-        if (slices > 1 && static_cast<size_t>(slices * g.num_out) * sizeof(A) > ctx.workspace_bytes) slices = 1;
+        if (slices > 1 && static_cast<size_t>(slices * g.num_out) * sizeof(A) > ctx.workspace_bytes)
+          slices = 1;
         const unsigned grid = static_cast<unsigned>(columns);
         if (slices > 1) {
           const int64_t slice = (g.num_red + slices - 1) / slices;
           slices = (g.num_red + slice - 1) / slice;
           auto* partials = static_cast<A*>(ctx.workspace);
-          reduce_column_tile_kernel<T><<<dim3(grid, static_cast<unsigned>(slices)), dim3(32, kTileRows), 0, stream>>>(
-              params_, g, px, py, slice, partials);
+          reduce_column_tile_kernel<T>
+              <<<dim3(grid, static_cast<unsigned>(slices)), dim3(32, kTileRows), 0, stream>>>(
+                  params_, g, px, py, slice, partials);
           KILN_CUDA_CHECK_LAUNCH();
           constexpr int kBlock = 256;
           reduce_combine_partials_kernel<T><<<grid_for(g.num_out, kBlock), kBlock, 0, stream>>>(
               params_, g.num_out, g.num_red, static_cast<int>(slices), partials, py);
         } else {
-          reduce_column_tile_kernel<T><<<grid, dim3(32, kTileRows), 0, stream>>>(params_, g, px, py, g.num_red, nullptr);
+          reduce_column_tile_kernel<T>
+              <<<grid, dim3(32, kTileRows), 0, stream>>>(params_, g, px, py, g.num_red, nullptr);
         }
       } else if (per_thread) {
         constexpr int kBlock = 256;
