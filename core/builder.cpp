@@ -148,11 +148,11 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   if (config.optimization_level > 0) {
     const auto gemm_epilogue = [&](Network& n) { return fuse_gemm_epilogue(n, pinned); };
     run_pass("fold_batch_norm", fold_batch_norm, net);
+    run_pass("patchify_convolutions", patchify_convolutions, net);
+    run_pass("collapse_transposes", collapse_transposes, net);
     run_pass("fuse_gelu", fuse_gelu, net);
     run_pass("fuse_rms_norm", fuse_rms_norm, net);
     run_pass("fuse_conv_epilogue", fuse_conv_epilogue, net);
-    run_pass("patchify_convolutions", patchify_convolutions, net);
-    run_pass("collapse_transposes", collapse_transposes, net);
     run_pass("fuse_gemm_epilogue", gemm_epilogue, net);
     run_pass(
         "fuse_parallel_gemms", [&](Network& n) { return fuse_parallel_gemms(n, pinned); }, net);

@@ -13,11 +13,8 @@
 // j*kw..], both in (c, dh, dw) order, which is row (n, i, j) of the patch matrix; w' is w's bytes.
 // cuDNN runs such a convolution as a small-channel implicit GEMM (C = 3) after layout changes; the
 // GEMM reads the patches once. The transpose after it usually cancels against the model's own
-// flatten(2).transpose(1, 2) (collapse_transposes). After fuse_conv_epilogue, so a bias and an
-// activation fused there (squeeze-and-excitation's 1x1 convolution + SiLU / sigmoid) come along
-// into the fully_connected's epilogue; a residual (added before the activation in a convolution,
-// after it in a fully_connected) keeps the convolution. Before assign_layouts: NCHW convolutions
-// only. The batch may be dynamic.
+// flatten(2).transpose(1, 2) (collapse_transposes). Before fuse_conv_epilogue and assign_layouts:
+// only convolutions without a fused epilogue, in NCHW. The batch may be dynamic.
 #include <set>
 #include <string>
 #include <vector>
@@ -31,7 +28,7 @@ namespace {
 
 bool is_patch_convolution(const Network& net, const Layer& l) {
   if (l.op != "convolution" || l.inputs.size() < 2 || l.inputs.size() > 3 || channels_last(l)) return false;
-  if (l.attrs.get_int("residual", int64_t{0}) != 0) return false;  // added before the activation
+  if (l.attrs.has("activation") || l.attrs.has("residual")) return false;
   const Dims &x = net.tensor(l.inputs[0]).dims, &w = net.tensor(l.inputs[1]).dims;
   if (x.size() != 4 || w.size() != 4 || net.tensor(l.inputs[1]).kind != TensorKind::kConstant) return false;
   if (!net.tensor(l.inputs[1]).data) return false;
@@ -84,14 +81,6 @@ bool patchify_convolutions(Network& net) {
     if (l.inputs.size() == 3) fc_inputs.push_back(l.inputs[2]);
     Attributes fc_attrs;
     if (l.attrs.has("allow_tf32")) fc_attrs.set("allow_tf32", l.attrs.get_int("allow_tf32", l.name));
-    // A fused activation moves to the GEMM's epilogue (the same parameters under FC's names).
-    if (l.attrs.has("activation") && l.attrs.get_string("activation", l.name) != "none") {
-      fc_attrs.set("activation", l.attrs.get_string("activation", l.name));
-      for (const char* a : {"alpha", "beta", "threshold"}) {
-        const std::string conv_name = std::string("activation_") + a;
-        if (l.attrs.has(conv_name)) fc_attrs.set(a, l.attrs.get_float(conv_name, 0.0));
-      }
-    }
     fc_attrs.set("fused", fused_names(l));  // keeps what the convolution absorbed (batch norm)
     const TensorId gemm = add("fully_connected", fc_inputs, fc_attrs, "gemm");
     const TensorId nhwc = add("reshape", {gemm}, Attributes().set("shape", Dims{-1, ho, wo, k}), "nhwc");

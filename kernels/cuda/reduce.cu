@@ -44,6 +44,8 @@ constexpr int kTileRows = 32;
 // elements at least kMinSlice long (4 loads per tile row).
 constexpr int64_t kSplitBlocks = 512;
 constexpr int64_t kMinSlice = 4 * kTileRows;
+// Below this many reduced elements one block finishes about as fast as the split's two launches.
+constexpr int64_t kSplitMinReduced = 4096;
 
 // The accumulator of an element type: float for floating types, long long for integers.
 template <typename T>
@@ -263,7 +265,9 @@ class CudaReduce final : public Kernel {
         const int64_t columns = (g.num_out + 31) / 32;
         // Slices of the reduced elements (at least kMinSlice each) until about kSplitBlocks
         // blocks run, where the workspace holds their partials.
-        int64_t slices = std::min<int64_t>(kSplitBlocks / columns, g.num_red / kMinSlice);
+        int64_t slices = g.num_red < kSplitMinReduced
+                             ? 1
+                             : std::min<int64_t>(kSplitBlocks / columns, g.num_red / kMinSlice);
         if (slices > 1 && static_cast<size_t>(slices * g.num_out) * sizeof(A) > ctx.workspace_bytes)
           slices = 1;
         const unsigned grid = static_cast<unsigned>(columns);
