@@ -1,10 +1,12 @@
-// Ops that move elements: index_select -> gather; flip -> gather of a reversed arange; roll ->
-// slice + concat; as_strided -> reshape when the strides are row-major, else a gather of constant
+// Ops that move elements: index_select -> gather; flip -> gather of a reversed arange; roll over
+// adjacent dims -> one gather of the flattened dims (constant rolled positions), other rolls ->
+// slice + concat per dim; as_strided -> reshape when the strides are row-major, else a gather of constant
 // flat positions; diagonal -> gather of constant flat positions over the two dims.
 //
 // as_strided reads self as the row-major storage it views: the FX frontend converts it only when
 // self is contiguous with storage offset 0 (otherwise the node runs in PyTorch).
 #include <algorithm>
+#include <map>
 
 #include "converters/converter.h"
 #include "converters/converter_util.h"
@@ -149,8 +151,36 @@ const ConverterRegistration kRegistered([] {
                          .outputs[0]);
       return;
     }
-    for (size_t k = 0; k < dims.size(); ++k)
-      x = roll_axis(ctx, n, x, wrap_axis(dims[k], shape.size()), shifts[k], "roll" + std::to_string(k));
+    // The shift per axis (a dim named twice shifts by the sum).
+    std::map<int64_t, int64_t> shift_of;
+    for (size_t k = 0; k < dims.size(); ++k) shift_of[wrap_axis(dims[k], shape.size())] += shifts[k];
+    const int64_t first = shift_of.begin()->first, last = shift_of.rbegin()->first;
+    if (last - first + 1 == static_cast<int64_t>(shift_of.size())) {
+      // Adjacent axes (Swin's roll over H and W): one gather of the flattened axes with the
+      // rolled positions as a constant index, instead of slices and a concat per axis.
+      std::vector<int64_t> index(1, 0);
+      for (const auto& [axis, shift] : shift_of) {
+        const int64_t size = shape[axis];
+        const int64_t s = size == 0 ? 0 : ((shift % size) + size) % size;
+        std::vector<int64_t> next;
+        next.reserve(index.size() * static_cast<size_t>(size));
+        for (int64_t outer : index) {
+          for (int64_t i = 0; i < size; ++i) next.push_back(outer * size + (i - s + size) % size);
+        }
+        index = std::move(next);
+      }
+      TensorId shape_of_x = ctx.add(n, "shape", {x}, {}, "shape").outputs[0];
+      Attributes flat;
+      flat.set("start_dim", first).set("end_dim", last);
+      TensorId y = last > first ? ctx.add(n, "flatten", {x}, flat, "flatten").outputs[0] : x;
+      TensorId positions = ctx.constant_i64(n, index, {static_cast<int64_t>(index.size())}, "positions");
+      y = ctx.add(n, "gather", {y, positions}, Attributes().set("axis", first), last > first ? "rolled" : "")
+              .outputs[0];
+      if (last > first) y = ctx.add(n, "reshape", {y, shape_of_x}).outputs[0];
+      ctx.set_output(n, 0, y);
+      return;
+    }
+    for (const auto& [axis, shift] : shift_of) x = roll_axis(ctx, n, x, axis, shift, "roll" + std::to_string(axis));
     if (x == ctx.tensor(n, "self")) x = ctx.add(n, "identity", {x}).outputs[0];
     ctx.set_output(n, 0, x);
   };
