@@ -61,6 +61,7 @@ class ZooRow:
     fallback_ops: str = ""
     cosine: float | None = None
     judged: str = ""  # "" or "fp32 (eager fp16 overflows)"
+    path: str = ""  # "" (kiln.compile), or why it went through torch.compile(backend="kiln")
     eager_cosine: float | None = None  # FP16 rows: eager FP16 against eager FP32
     kiln_ms: float | None = None
     peer_ms: float | None = None
@@ -361,15 +362,23 @@ def _check(kiln, entry, precision, device, peer, row, show_profile=False) -> Non
         # Lists of images in, data-dependent shapes inside: torch.compile(backend="kiln") (dynamo
         # splits the model into graphs; Kiln compiles each and keeps their data-dependent ops in
         # PyTorch). What the backend compiled is read from Kiln's log.
-        _detection(entry, model, args, precision, device, peer, row)
+        _through_dynamo(entry, model, args, kwargs, precision, device, peer, row)
         return
-    compiled = kiln.compile(
-        model,
-        list(args),
-        kwarg_inputs=kwargs or None,
-        enabled_precisions={precision},
-        device=device.type,
-    )
+    from kiln.export import DataDependentControlFlow
+
+    try:
+        compiled = kiln.compile(
+            model,
+            list(args),
+            kwarg_inputs=kwargs or None,
+            enabled_precisions={precision},
+            device=device.type,
+        )
+    except DataDependentControlFlow as e:
+        # What kiln.compile's error advises (BART in float16 branches on isfinite().all()).
+        row.path = "via torch.compile(backend='kiln'): " + str(e).split("(", 1)[1][:80]
+        _through_dynamo(entry, model, args, kwargs, precision, device, peer, row)
+        return
     report = compiled.report
     row.engines, row.fallbacks = report.num_engines, len(report.fallbacks)
     counts = Counter(f.target for f in report.fallbacks)
@@ -390,7 +399,9 @@ def _check(kiln, entry, precision, device, peer, row, show_profile=False) -> Non
         row.peer_ms = _median_ms(lambda: opt(*args, **kwargs))
 
 
-def _detection(entry, model, args, precision, device, peer, row) -> None:
+def _through_dynamo(entry, model, args, kwargs, precision, device, peer, row) -> None:
+    """torch.compile(model, backend="kiln"): engines and fallbacks summed over dynamo's graphs
+    (from Kiln's log)."""
     import re
 
     from kiln.log import log_level, set_log_level, set_log_sink
@@ -404,8 +415,8 @@ def _detection(entry, model, args, precision, device, peer, row) -> None:
         options = {"enabled_precisions": {precision}, "device": device.type}
         compiled = torch.compile(model, backend="kiln", options=options)
         with torch.no_grad():
-            truth = _tensors(entry.output(model(*args)))
-            out = _tensors(entry.output(compiled(*args)))
+            truth = _tensors(entry.output(model(*args, **kwargs)))
+            out = _tensors(entry.output(compiled(*args, **kwargs)))
     finally:
         set_log_sink(None)
         set_log_level(level)
@@ -417,16 +428,18 @@ def _detection(entry, model, args, precision, device, peer, row) -> None:
     ops = Counter(found)
     row.fallback_ops = ", ".join(f"{op} x{n}" if n > 1 else op for op, n in ops.most_common())
     row.fallback_ops += f"; {len(reports)} dynamo graphs compiled, {len(eager)} ran eagerly"
-    if out[0].shape == truth[0].shape:  # the boxes, when both found as many
+    if entry.kind != "detection":
+        _, row.cosine = _cosine(out, truth)
+    elif out[0].shape == truth[0].shape:  # the boxes, when both found as many
         _, row.cosine = _cosine(out[:1], truth[:1])
     else:
         row.error = f"{tuple(out[0].shape)} boxes, eager {tuple(truth[0].shape)}"
     if device.type == "cuda":
-        row.kiln_ms = _median_ms(lambda: compiled(*args), runs=10, warmup=2)
+        row.kiln_ms = _median_ms(lambda: compiled(*args, **kwargs), runs=10, warmup=2)
         if peer:
             torch._dynamo.reset()
             opt = torch.compile(model, mode="reduce-overhead")
-            row.peer_ms = _median_ms(lambda: opt(*args), runs=10, warmup=3)
+            row.peer_ms = _median_ms(lambda: opt(*args, **kwargs), runs=10, warmup=3)
 
 
 def _decide(entry: ZooModel, row: ZooRow) -> str:
@@ -458,7 +471,9 @@ def markdown(rows: Sequence[ZooRow]) -> str:
     for r in rows:
         eager = r.eager_cosine is not None and f"eager fp16 cosine {r.eager_cosine:.6f}"
         notes = [
-            n for n in (r.judged and f"judged in {r.judged}", eager, r.fallback_ops, r.error) if n
+            n
+            for n in (r.judged and f"judged in {r.judged}", r.path, eager, r.fallback_ops, r.error)
+            if n
         ]
         notes.append(f"{r.seconds:.0f} s")
         cells = [

@@ -53,6 +53,15 @@ def export_program(
     module.eval()
     try:
         return _export_eval(module, specs, device, list(kwarg_names))
+    except Exception as error:  # noqa: BLE001 (re-raised, data-dependent branches explained)
+        if not _is_data_dependent(error):
+            raise
+        raise DataDependentControlFlow(
+            "kiln.compile: torch.export cannot capture the model: its Python code branches on "
+            f"tensor values ({_first_line(error)}). Compile it with "
+            "torch.compile(model, backend='kiln'), which runs such branches in Python between "
+            "the graphs Kiln compiles, or change the branch (torch.cond, or no branch)."
+        ) from error
     finally:
         for m, training in modes:
             m.training = training
@@ -115,6 +124,28 @@ def _export_eval(module, specs: list[Input], device: torch.device, kwarg_names: 
                 tied = [(root, dim) for dim, root in ties.items()]
                 equalities = _check_guards_hold(program, names, specs, tied)
                 return program.run_decompositions(_decompositions()), equalities
+
+
+class DataDependentControlFlow(_C.KilnError):
+    """torch.export met Python control flow on tensor values (``if x.isfinite().all():``), which
+    one exported graph cannot hold; torch.compile(model, backend="kiln") can."""
+
+
+def _is_data_dependent(error) -> bool:
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+    seen = set()
+    while error is not None and id(error) not in seen:  # the error or one it was raised from
+        seen.add(id(error))
+        if isinstance(error, GuardOnDataDependentSymNode):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _first_line(error) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(error).__name__
 
 
 _SUGGESTED_TIE = re.compile(r"^\s*in(\d+)_d(\d+) = in(\d+)_d(\d+)\s*$", re.MULTILINE)

@@ -379,6 +379,24 @@ def test_unprovable_guard_retries_with_dynamic_hints():
         torch.testing.assert_close(compiled(x), x * 2 + 1, **TOL)
 
 
+class ValueBranch(torch.nn.Module):
+    def forward(self, x):  # a Python branch on tensor values: not one exported graph
+        if not torch.isfinite(x).all():
+            x = torch.nan_to_num(x)
+        return x * 2
+
+
+def test_data_dependent_branch_is_explained_and_the_backend_compiles_it():
+    with pytest.raises(kiln.KilnError, match=r"branches on tensor values.*backend='kiln'"):
+        kiln.compile(ValueBranch(), [torch.randn(3, 4)], device="cpu", min_block_size=1)
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        ValueBranch(), backend="kiln", options={"device": "cpu", "min_block_size": 1}
+    )
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(compiled(x), x * 2, **TOL)
+
+
 def test_retry_refuses_a_narrowed_range():
     with pytest.raises(kiln.KilnError, match=r"input 0 \(x\) dim 1 dynamic only over 8\.\.100"):
         kiln.compile(NarrowingBranch(), [SEQ_SPEC], device="cpu", min_block_size=1)
