@@ -141,7 +141,9 @@ class LayoutRewriter {
       changed_ = true;
       return true;
     }
-    if (perm == kToFirst && !net_.is_output(out)) {
+    // Only once a layer runs channels last (a network without half convolutions keeps every
+    // transpose as it is).
+    if (perm == kToFirst && any_last_ && !net_.is_output(out)) {
       need_first(in);
       last_[out] = in;
       first_[out] = false;
@@ -228,6 +230,7 @@ class LayoutRewriter {
       first_[l.outputs[i]] = false;
       native_[l.outputs[i]] = true;
     }
+    any_last_ = true;
     changed_ = true;
   }
 
@@ -288,6 +291,7 @@ class LayoutRewriter {
   std::vector<bool> first_;                   // whether the channels-first tensor holds its values
   std::vector<bool> native_;                  // original tensors computed by a channels-last layer
   std::map<TensorId, std::string> deferred_;  // a model's NHWC -> NCHW transpose, by its output
+  bool any_last_ = false;  // some layer runs channels last
   bool changed_ = false;
 };
 
