@@ -180,7 +180,8 @@ const ConverterRegistration kRegistered([] {
       ctx.set_output(n, 0, y);
       return;
     }
-    for (const auto& [axis, shift] : shift_of) x = roll_axis(ctx, n, x, axis, shift, "roll" + std::to_string(axis));
+    for (const auto& [axis, shift] : shift_of)
+      x = roll_axis(ctx, n, x, axis, shift, "roll" + std::to_string(axis));
     if (x == ctx.tensor(n, "self")) x = ctx.add(n, "identity", {x}).outputs[0];
     ctx.set_output(n, 0, x);
   };

@@ -291,7 +291,7 @@ class LayoutRewriter {
   std::vector<bool> first_;                   // whether the channels-first tensor holds its values
   std::vector<bool> native_;                  // original tensors computed by a channels-last layer
   std::map<TensorId, std::string> deferred_;  // a model's NHWC -> NCHW transpose, by its output
-  bool any_last_ = false;  // some layer runs channels last
+  bool any_last_ = false;                     // some layer runs channels last
   bool changed_ = false;
 };
 

@@ -327,7 +327,12 @@ CASES = [
         {0: (0,)},
         id="swin",
     ),
-    Case("aten.roll.default", lambda x: torch.roll(x, (2, 1, -1), (1, 1, -1)), [(3, 4, 5)], id="dim-twice"),
+    Case(
+        "aten.roll.default",
+        lambda x: torch.roll(x, (2, 1, -1), (1, 1, -1)),
+        [(3, 4, 5)],
+        id="dim-twice",
+    ),
     Case("aten.as_strided.default", lambda x: x.as_strided((2, 3), (1, 4), 1), [(3, 4)], ANY),
     Case("aten.as_strided.default", lambda x: x.as_strided((4, 3), (3, 1)), [(3, 4)], id="reshape"),
     Case("aten.diagonal.default", lambda x: x.diagonal() * 2, [(4, 5)], NUMERIC),
