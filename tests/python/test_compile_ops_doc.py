@@ -41,15 +41,21 @@ def test_documented_engine_ops_exist():
 
 
 def core_aten_ops():
-    """Every overload PyTorch tags core (torch.Tag.core), as "aten.name.overload"."""
+    """Every overload PyTorch tags core (torch.Tag.core), as "aten.name.overload". All schemas,
+    not dir(torch.ops.aten), which lists only the packets loaded so far."""
     import torch
 
     ops = set()
-    for name in dir(torch.ops.aten):
-        packet = getattr(torch.ops.aten, name, None)
-        for overload in getattr(packet, "overloads", list)():
-            if torch.Tag.core in getattr(packet, overload).tags:
-                ops.add(f"aten.{name}.{overload}")
+    for schema in torch._C._jit_get_all_schemas():
+        if not schema.name.startswith("aten::"):
+            continue
+        name, overload = schema.name[len("aten::") :], schema.overload_name or "default"
+        try:
+            op = getattr(getattr(torch.ops.aten, name), overload)
+        except (AttributeError, RuntimeError):
+            continue
+        if torch.Tag.core in op.tags:
+            ops.add(f"aten.{name}.{overload}")
     return ops
 
 
