@@ -46,6 +46,7 @@ CASES = {
     "resize": ([f(3, 2, 5, 7)], {"mode": "linear", "sizes": [9, 4], "align_corners": 0}),
     "gather": ([f(3, 10, 4), i(10, 6)], {"axis": 1}),
     "gather_elements": ([f(3, 5), i(5, 3, 4)], {"axis": 1}),
+    "scatter_elements": ([f(4, 6), i(4, 5, 6), f(5, 6)], {"axis": 0, "reduction": "add"}),
     "embedding": ([torch.randn(12, 8), i(12, 3, 5)], {}),
     "pad": ([f(3, 4, 6)], {"pads": [2, 1, 1, 2], "mode": "reflect"}),
     "cumsum": ([f(3, 37)], {"axis": 1}),
