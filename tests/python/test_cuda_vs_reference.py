@@ -23,6 +23,11 @@ def b(*shape):
     return ("bool", shape)
 
 
+def keep(t):
+    """A constant kept in its own dtype (a float32 scale under a float16 test)."""
+    return ("keep", t)
+
+
 def distinct(*shape):
     """Tie-free floats (multiples of 1/8, exact in float16): index outputs compare exactly."""
     return ("distinct", shape)
@@ -47,6 +52,12 @@ CASES = {
     "gather": ([f(3, 10, 4), i(10, 6)], {"axis": 1}),
     "gather_elements": ([f(3, 5), i(5, 3, 4)], {"axis": 1}),
     "scatter_elements": ([f(4, 6), i(4, 5, 6), f(5, 6)], {"axis": 0, "reduction": "add"}),
+    "quantize": ([f(3, 17), keep(torch.tensor(0.05)), keep(torch.tensor(2))], {}),
+    "dequantize": (
+        [keep(torch.randint(-128, 128, (3, 17), dtype=torch.int8)), keep(torch.rand(17))],
+        {"axis": 1},
+    ),
+    "fake_quantize": ([f(3, 4, 5), keep(torch.rand(4) * 0.1), keep(torch.arange(4))], {"axis": 1}),
     "embedding": ([torch.randn(12, 8), i(12, 3, 5)], {}),
     "pad": ([f(3, 4, 6)], {"pads": [2, 1, 1, 2], "mode": "reflect"}),
     "cumsum": ([f(3, 37)], {"axis": 1}),
@@ -106,7 +117,7 @@ def test_every_registered_op_has_a_case():
 def make_inputs(specs, dtype):
     feeds = []
     for spec in specs:
-        if isinstance(spec, torch.Tensor):
+        if isinstance(spec, torch.Tensor) or spec[0] == "keep":
             feeds.append(None)
         elif spec[0] == "float":
             feeds.append(torch.randn(spec[1]).to(dtype))
@@ -136,6 +147,8 @@ def build_and_run(op, specs, attrs, dtype, feeds, target):
         inputs = [
             (spec.to(dtype) if spec.is_floating_point() else spec)
             if isinstance(spec, torch.Tensor)
+            else spec[1]
+            if spec[0] == "keep"
             else next(given)
             for spec in specs
         ]

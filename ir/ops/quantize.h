@@ -1,0 +1,23 @@
+// Quantization ops (ir/ops/quantize.cpp), shared with their kernels.
+#pragma once
+
+#include <cstdint>
+
+#include "ir/network.h"
+
+namespace kiln {
+
+// How a quantize / dequantize / fake_quantize layer applies its scale and zero point to x:
+// one value for every element (per tensor), or one per index along `axis` (per channel).
+struct QuantParams {
+  bool per_channel = false;
+  int64_t axis = 0;  // normalized, per channel only
+  int64_t quant_min = -128, quant_max = 127;
+  bool has_inv_scale = false;  // per tensor: x's multiplier given (torch's decomposed quantize)
+  float inv_scale = 0.f;
+};
+
+// Reads and checks the layer's attributes against x's rank (errors name the layer).
+QuantParams quant_params(const Layer& layer, size_t rank, int64_t scale_count);
+
+}  // namespace kiln

@@ -1,0 +1,141 @@
+// CUDA quantize / dequantize / fake_quantize (see ir/ops/quantize.cpp): one thread per element
+// (grid-stride), float32 math as torch's (__fmul_rn and rintf, so no contraction changes a
+// rounding), the channel of a per-channel scale from the element's index.
+#include <cmath>
+
+#include "ir/op_schema.h"
+#include "ir/ops/quantize.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/dtype_traits.cuh"
+#include "kernels/kernel.h"
+
+namespace kiln {
+namespace {
+
+constexpr int kBlock = 256;
+enum Mode : int { kQuantize, kDequantize, kFakeQuantize };
+
+struct QuantGeometry {
+  int64_t n = 0;
+  int64_t inner = 1, channels = 1;  // per channel: channel of element i = (i / inner) % channels
+  bool per_channel = false;
+  float lo = -128.f, hi = 127.f;
+  bool has_inv = false;
+  float inv = 0.f;
+};
+
+__device__ __forceinline__ float load_float(const int8_t v) { return static_cast<float>(v); }
+template <typename T>
+__device__ __forceinline__ float load_float(const T v) {
+  return to_float(v);
+}
+
+template <typename Z>
+__device__ __forceinline__ float zero_point(const Z* zp, int64_t c) {
+  return zp ? static_cast<float>(zp[c]) : 0.f;
+}
+
+// q = clamp(rint(x * inv) + zp, lo, hi) as a float (exact: |q| < 2^24); NaN goes to lo.
+__device__ __forceinline__ float quantized(float x, float inv, float zp, float lo, float hi) {
+  const float r = rintf(__fmul_rn(x, inv));
+  if (r != r) return lo;
+  return fminf(fmaxf(r + zp, lo), hi);
+}
+
+template <int kMode, typename In, typename Out, typename Z>
+__global__ void quantize_kernel(QuantGeometry g, const In* __restrict__ x, const float* __restrict__ scale,
+                                const Z* __restrict__ zp, Out* __restrict__ y) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < g.n; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t c = g.per_channel ? (i / g.inner) % g.channels : 0;
+    const float s = scale[c], z = zero_point(zp, c), v = load_float(x[i]);
+    if constexpr (kMode == kDequantize) {
+      y[i] = from_float<Out>(__fmul_rn(v - z, s));
+    } else {
+      const float q = quantized(v, g.has_inv ? g.inv : __frcp_rn(s), z, g.lo, g.hi);
+      if constexpr (kMode == kQuantize) {
+        y[i] = static_cast<int8_t>(q);
+      } else {
+        y[i] = from_float<Out>(__fmul_rn(q - z, s));
+      }
+    }
+  }
+}
+
+template <typename F>
+void dispatch_zero_point(const std::vector<TensorView>& in, F&& f) {
+  if (in.size() < 3) {
+    f(static_cast<const int32_t*>(nullptr));
+  } else if (in[2].dtype == DataType::kInt32) {
+    f(static_cast<const int32_t*>(in[2].data));
+  } else {
+    f(static_cast<const int64_t*>(in[2].data));
+  }
+}
+
+class CudaQuantization final : public Kernel {
+ public:
+  explicit CudaQuantization(const Layer& l)
+      : layer_(l), mode_(l.op == "quantize" ? kQuantize : l.op == "dequantize" ? kDequantize : kFakeQuantize) {}
+
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const TensorView& x = in[0];
+    const int64_t count = volume(in[1].dims);
+    const QuantParams p = quant_params(layer_, x.dims.size(), count);
+    QuantGeometry g;
+    g.n = volume(x.dims);
+    if (g.n == 0) return;
+    g.per_channel = p.per_channel;
+    g.channels = count;
+    if (p.per_channel) {
+      KILN_CHECK(x.dims[static_cast<size_t>(p.axis)] == count,
+                 describe(layer_) << ": " << count << " per-channel scales for a dim of "
+                                  << x.dims[static_cast<size_t>(p.axis)]);
+      for (size_t d = static_cast<size_t>(p.axis) + 1; d < x.dims.size(); ++d) g.inner *= x.dims[d];
+    }
+    g.lo = static_cast<float>(p.quant_min), g.hi = static_cast<float>(p.quant_max);
+    g.has_inv = p.has_inv_scale, g.inv = p.inv_scale;
+    auto stream = static_cast<cudaStream_t>(ctx.stream);
+    const unsigned grid = grid_for(g.n, kBlock);
+    const float* scale = static_cast<const float*>(in[1].data);
+    const std::string who = describe(layer_);
+    dispatch_zero_point(in, [&](auto zp) {
+      using Z = std::remove_cv_t<std::remove_pointer_t<decltype(zp)>>;
+      if (mode_ == kDequantize) {
+        dispatch_floating(out[0].dtype, who.c_str(), [&](auto o) {
+          using Out = decltype(o);
+          quantize_kernel<kDequantize, int8_t, Out, Z><<<grid, kBlock, 0, stream>>>(
+              g, static_cast<const int8_t*>(x.data), scale, zp, static_cast<Out*>(out[0].data));
+        });
+      } else {
+        dispatch_floating(x.dtype, who.c_str(), [&](auto t) {
+          using In = decltype(t);
+          if (mode_ == kQuantize) {
+            quantize_kernel<kQuantize, In, int8_t, Z><<<grid, kBlock, 0, stream>>>(
+                g, static_cast<const In*>(x.data), scale, zp, static_cast<int8_t*>(out[0].data));
+          } else {
+            quantize_kernel<kFakeQuantize, In, In, Z><<<grid, kBlock, 0, stream>>>(
+                g, static_cast<const In*>(x.data), scale, zp, static_cast<In*>(out[0].data));
+          }
+        });
+      }
+    });
+    KILN_CUDA_CHECK_LAUNCH();
+  }
+  std::string name() const override { return "cuda_" + layer_.op; }
+
+ private:
+  Layer layer_;
+  int mode_;
+};
+
+}  // namespace
+
+// Registered when the library loads; no central list names this file.
+const KernelRegistration kRegistered([] {
+  for (const char* op : {"quantize", "dequantize", "fake_quantize"}) {
+    register_kernel(op, Backend::kCuda, [](const Layer& l) { return std::make_unique<CudaQuantization>(l); });
+  }
+});
+
+}  // namespace kiln
