@@ -22,6 +22,8 @@ RUFF_VERSION=0.17.6
 "$PY" -c "import PIL" 2>/dev/null || need_pip+=("pillow")
 "$PY" -c "import matplotlib" 2>/dev/null || need_pip+=("matplotlib")  # bench/run.py's chart
 "$PY" -c "import transformers" 2>/dev/null || need_pip+=("transformers==${KILN_TRANSFORMERS_VERSION:-5.17.0}")
+# The quantization tests train small models on scikit-learn's bundled digits (no downloads).
+"$PY" -c "import sklearn" 2>/dev/null || need_pip+=("scikit-learn")
 if [ ${#need_pip_nodeps[@]} -gt 0 ]; then
   echo "bootstrap: pip install --no-deps ${need_pip_nodeps[*]}"
   "$PY" -m pip install -q --no-deps "${need_pip_nodeps[@]}"

@@ -66,6 +66,10 @@ def __getattr__(name: str):
         from kiln.inputs import Input
 
         return Input
+    if name == "Calibrator":
+        from kiln.calibration import Calibrator
+
+        return Calibrator
     raise AttributeError(f"module 'kiln' has no attribute {name!r}")
 
 
@@ -77,6 +81,7 @@ def cuda_available() -> bool:
 __all__ = [
     "Builder",
     "BuilderConfig",
+    "Calibrator",
     "Engine",
     "ExecutionContext",
     "Input",

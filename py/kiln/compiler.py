@@ -138,6 +138,7 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     cuda_graphs: bool = True,
     truncate_double: bool = False,
     kwarg_inputs: dict | None = None,
+    calibrator=None,
 ):
     """Compiles ``module`` (an nn.Module or a torch.export.ExportedProgram) for ``inputs``.
 
@@ -171,9 +172,15 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     (inputs and outputs keep their float64 dtype at the module boundary), as
     torch_tensorrt's truncate_double does. The TorchScript frontend always keeps float64 in
     PyTorch.
+    calibrator: a kiln.Calibrator, for INT8 (torch.int8 or "int8" in enabled_precisions) in a model
+    without quantize/dequantize ops of its own: its batches calibrate the activation ranges
+    (kiln/calibration.py, docs/quantization.md). A model with Q/DQ ops (QAT, pt2e) needs none.
     """
     if ir not in ("auto", "export", "torchscript"):
         raise ValueError(f"ir must be 'auto', 'export' or 'torchscript', got {ir!r}")
+    int8, enabled_precisions = _split_int8(enabled_precisions)
+    if calibrator is not None and not int8:
+        raise ValueError("a calibrator is for INT8: add torch.int8 to enabled_precisions")
     device = device_name("auto" if device is None else device, allow_auto=True)
     device = torch.device(("cuda" if _cuda() else "cpu") if device == "auto" else device)
     # One CompileOptions for either frontend; a ValueError names a bad precision up front.
@@ -201,6 +208,8 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
             raise ValueError(
                 "kwarg_inputs needs ir='export': TorchScript modules take positional inputs"
             )
+        if int8:
+            raise ValueError("INT8 needs ir='export' (the TorchScript frontend has no INT8 yet)")
 
         result = torchscript.compile(module, specs, options, device)
         report = result if dry_run else result.report
@@ -211,7 +220,8 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     kwarg_names = list(kwarg_inputs)
     specs += [i if isinstance(i, Input) else Input.from_tensor(i) for i in kwarg_inputs.values()]
     program, equal_sizes = export_program(module, specs, device, kwarg_names)
-    lowered = FxLowering(program, specs, truncate_double=truncate_double)
+    weights = _int8(program, calibrator, device) if int8 else {}
+    lowered = FxLowering(program, specs, truncate_double=truncate_double, params=weights)
     log(level, "kiln.compile: KGraph\n" + lowered.graph.summary())
     segments, driver_report, plans = _C.compile_graph(
         lowered.graph, options, lowered.range, lowered.torch_nodes
@@ -224,6 +234,33 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     return CompiledModule(
         graph_module, program.call_spec.out_spec, report, specs, device, kwarg_names, equal_sizes
     )
+
+
+def _split_int8(precisions) -> tuple[bool, list]:
+    """(whether INT8 is asked for, the other precisions)."""
+    if isinstance(precisions, str) or not hasattr(precisions, "__iter__"):
+        precisions = [precisions]
+    int8 = [p for p in precisions if str(p).removeprefix("torch.") in ("int8", "i8")]
+    rest = [p for p in precisions if p not in int8]
+    return bool(int8), rest or [torch.float32]
+
+
+def _int8(program, calibrator, device) -> dict:
+    """INT8: a Q/DQ model as it is; otherwise calibration inserts the quantization (returns the
+    fake-quantized weights for the lowering)."""
+    from kiln.calibration import has_qdq, quantize_program
+
+    if calibrator is None:
+        if has_qdq(program):
+            return {}
+        raise _C.KilnError(
+            "kiln.compile: INT8 needs either a calibrator (calibrator=kiln.Calibrator(batches)) "
+            "or a model that carries its own quantize/dequantize ops (QAT or pt2e); this model "
+            "has none"
+        )
+    weights, count = quantize_program(program, calibrator, device)
+    log("info", f"kiln.compile: INT8 calibration quantized {count} layers")
+    return weights
 
 
 def _cuda() -> bool:

@@ -44,7 +44,15 @@ _REMOVED = {torch.ops.aten._assert_tensor_metadata.default}
 class FxLowering:
     """Builds the KGraph of an exported program and remembers which FX node is which value."""
 
-    def __init__(self, program, specs: list[Input], truncate_double: bool = False):
+    def __init__(
+        self,
+        program,
+        specs: list[Input],
+        truncate_double: bool = False,
+        params: dict[str, torch.Tensor] | None = None,
+    ):
+        """params: {placeholder name: tensor} replacing lifted parameters (INT8 calibration's
+        fake-quantized weights)."""
         self.program = program
         self.truncate_double = truncate_double
         # KGraph node index -> why it must run in PyTorch (float64 without truncate_double).
@@ -60,7 +68,7 @@ class FxLowering:
         self.ranges: dict = {}  # sympy symbol -> (min, opt, max)
         self.narrowed: list[str] = []  # names of float64 values computed as float32
 
-        lifted = self._lifted_tensors()
+        lifted = self._lifted_tensors() | dict(params or {})
         for node in self.fx.nodes:
             if node.op == "placeholder":
                 if node.name in lifted:

@@ -1,0 +1,382 @@
+"""Post-training INT8 calibration for kiln.compile (docs/quantization.md).
+
+``kiln.compile(model, inputs, enabled_precisions={torch.int8, ...}, calibrator=kiln.Calibrator(
+batches, algorithm="entropy"))``: after torch.export, the exported program runs in PyTorch over the
+calibration batches (the unquantized network, on the compile device) and records each quantized
+activation's range:
+
+- minmax: the largest magnitude seen;
+- percentile: the magnitude below which ``percentile`` % of the values fall (a histogram of |x|);
+- entropy: the clipping threshold whose 8-bit quantization of the |x| histogram loses the least
+  information (the Kullback-Leibler divergence between the clipped distribution and its 128-level
+  quantization, as TensorRT's entropy calibrator chooses it).
+
+What is quantized: the data input of every convolution and matrix product whose other operand is
+a weight (aten.convolution, aten.addmm, aten.mm), symmetric per tensor (scale = range / 127, zero
+point 0, values in [-127, 127]); and those weights, symmetric per output channel (scale = the
+channel's largest magnitude / 127). The activations get a fake_quantize node in the exported
+graph (its scale a constant), the weights are replaced by their fake-quantized values, so the
+engine computes what an INT8 engine with these scales computes, in floating point: Kiln has no
+INT8 kernels yet, so the result is accurate but not faster (docs/quantization.md).
+
+The calibration cache (``cache_file``) is a small text file, one ``name range`` line per quantized
+activation; when it exists the batches are not run. A cache made for another network (other
+tensor names) is refused with the names that differ.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+from kiln import _C
+from kiln.log import log
+
+ALGORITHMS = ("entropy", "minmax", "percentile")
+_CACHE_HEADER = "# kiln calibration cache v1"
+_QMAX = 127  # symmetric int8: [-127, 127]
+
+aten = torch.ops.aten
+
+
+class Calibrator:
+    """Calibration batches and how to turn what they show into INT8 ranges.
+
+    batches: an iterable of input tuples (a list, a DataLoader; a single tensor counts as a
+    one-input tuple), as the compiled module is called. algorithm: "entropy" (default),
+    "minmax" or "percentile" (with ``percentile``, e.g. 99.99). cache_file: read the ranges from
+    it when it exists, else write them there after calibrating. num_bins: the |x| histogram's
+    resolution (entropy and percentile)."""
+
+    def __init__(
+        self,
+        batches: Iterable,
+        algorithm: str = "entropy",
+        percentile: float = 99.99,
+        cache_file: str | Path | None = None,
+        num_bins: int = 2048,
+    ):
+        if algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"unknown calibration algorithm {algorithm!r}; use one of {ALGORITHMS}"
+            )
+        if not 0 < percentile <= 100:
+            raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+        if num_bins < 256:
+            raise ValueError(f"num_bins must be at least 256, got {num_bins}")
+        self.batches = batches
+        self.algorithm = algorithm
+        self.percentile = float(percentile)
+        self.cache_file = Path(cache_file) if cache_file is not None else None
+        self.num_bins = int(num_bins)
+
+    # ---- ranges -------------------------------------------------------------------------------
+
+    def ranges(self, program, names: list[str], device: torch.device) -> dict[str, float]:
+        """{activation name: range} for the named nodes of the exported program: from the cache,
+        or by running the batches."""
+        if self.cache_file is not None and self.cache_file.exists():
+            return self._read_cache(names)
+        amax = self._calibrate(program, names, device)
+        if self.cache_file is not None:
+            self._write_cache(amax)
+        return amax
+
+    def _calibrate(self, program, names: list[str], device: torch.device) -> dict[str, float]:
+        gm = program.module()
+        wanted = set(names)
+        batches = [b if isinstance(b, tuple | list) else (b,) for b in self.batches]
+        if not batches:
+            raise _C.KilnError("kiln.Calibrator: the calibration batches are empty")
+
+        def run(observe) -> None:
+            for k, batch in enumerate(batches):
+                flat = pytree.tree_leaves((tuple(_to(x, device) for x in batch), {}))
+                _Observer(gm, wanted, observe).run(*flat)
+                log("info", f"kiln calibration ({self.algorithm}): batch {k + 1}/{len(batches)}")
+
+        # Pass 1: the largest magnitude per tensor (all minmax needs).
+        amax = dict.fromkeys(names, 0.0)
+        seen: set[str] = set()
+
+        def track_max(name, value):
+            seen.add(name)
+            if value.numel():
+                top = float(value.detach().abs().max())
+                if not math.isfinite(top):
+                    raise _C.KilnError(
+                        f"kiln.Calibrator: {name} holds inf or NaN on a calibration batch"
+                    )
+                amax[name] = max(amax[name], top)
+
+        with torch.no_grad():
+            run(track_max)
+        missing = [n for n in names if n not in seen]
+        if missing:
+            raise _C.KilnError(f"kiln.Calibrator: tensors never computed: {missing[:5]}")
+        if self.algorithm == "minmax":
+            return amax
+        # Pass 2: histograms of |x| over [0, amax].
+        hists = {n: np.zeros(self.num_bins, dtype=np.float64) for n in names}
+
+        def track_hist(name, value):
+            top = amax[name]
+            if top <= 0 or value.numel() == 0:
+                return
+            h = torch.histc(value.detach().abs().float(), bins=self.num_bins, min=0.0, max=top)
+            hists[name] += h.cpu().double().numpy()
+
+        with torch.no_grad():
+            run(track_hist)
+        out = {}
+        for n in names:
+            width = amax[n] / self.num_bins
+            if amax[n] <= 0:
+                out[n] = 0.0
+            elif self.algorithm == "percentile":
+                out[n] = _percentile_range(hists[n], width, self.percentile)
+            else:
+                out[n] = _entropy_range(hists[n], width)
+        return out
+
+    # ---- cache --------------------------------------------------------------------------------
+
+    def _write_cache(self, amax: dict[str, float]) -> None:
+        lines = [_CACHE_HEADER, f"algorithm {self.algorithm}"]
+        lines += [f"{name} {float(v).hex()}" for name, v in sorted(amax.items())]
+        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+        self.cache_file.write_text("\n".join(lines) + "\n")
+
+    def _read_cache(self, names: list[str]) -> dict[str, float]:
+        path = self.cache_file
+        lines = path.read_text().splitlines()
+        if not lines or lines[0] != _CACHE_HEADER:
+            raise _C.KilnError(
+                f"kiln.Calibrator: {path} is not a Kiln calibration cache (its first line is not "
+                f"{_CACHE_HEADER!r}); delete it to calibrate again"
+            )
+        cached: dict[str, float] = {}
+        for k, line in enumerate(lines[1:], start=2):
+            if line.startswith("algorithm "):
+                continue
+            parts = line.split()
+            try:
+                if len(parts) != 2:
+                    raise ValueError
+                cached[parts[0]] = float.fromhex(parts[1])
+            except ValueError:
+                raise _C.KilnError(
+                    f"kiln.Calibrator: {path} line {k} is not 'name range': {line[:80]!r}; "
+                    "delete the cache to calibrate again"
+                ) from None
+            if not math.isfinite(cached[parts[0]]) or cached[parts[0]] < 0:
+                raise _C.KilnError(f"kiln.Calibrator: {path} line {k}: the range must be >= 0")
+        extra, lacking = sorted(set(cached) - set(names)), sorted(set(names) - set(cached))
+        if extra or lacking:
+            raise _C.KilnError(
+                f"kiln.Calibrator: the calibration cache {path} was made for another network: it "
+                f"has ranges for {len(extra)} tensors this network does not have "
+                f"({', '.join(extra[:3]) or '-'}) and lacks {len(lacking)} it needs "
+                f"({', '.join(lacking[:3]) or '-'}). Delete it or pass another cache_file."
+            )
+        return {n: cached[n] for n in names}
+
+
+def _to(x, device):
+    return x.to(device) if isinstance(x, torch.Tensor) else x
+
+
+class _Observer(torch.fx.Interpreter):
+    """Runs the program's module, handing each wanted node's value to `observe`."""
+
+    def __init__(self, gm, wanted: set[str], observe):
+        super().__init__(gm)
+        self.wanted = wanted
+        self.observe = observe
+
+    def run_node(self, n):
+        result = super().run_node(n)
+        if n.name in self.wanted and isinstance(result, torch.Tensor):
+            self.observe(n.name, result)
+        return result
+
+
+def _percentile_range(hist: np.ndarray, width: float, percentile: float) -> float:
+    cdf = np.cumsum(hist)
+    if cdf[-1] <= 0:
+        return 0.0
+    k = int(np.searchsorted(cdf, cdf[-1] * percentile / 100.0))
+    return (min(k, len(hist) - 1) + 1) * width
+
+
+def _entropy_range(hist: np.ndarray, width: float, levels: int = _QMAX + 1) -> float:
+    """The clipping threshold (in bins) with the least KL divergence between the clipped |x|
+    distribution and its `levels`-level quantization."""
+    n = len(hist)
+    best_i, best_kl = n, math.inf
+    for i in range(levels, n + 1):
+        p = hist[:i].copy()
+        p[i - 1] += hist[i:].sum()  # what is clipped lands in the last bin
+        total = p.sum()
+        if total <= 0:
+            continue
+        # Quantize hist[:i] into `levels` groups; each group's mass spread over its nonzero bins.
+        edges = np.linspace(0, i, levels + 1).astype(np.int64)
+        starts = edges[:-1]
+        lengths = np.diff(edges)
+        keep = lengths > 0
+        starts, lengths = starts[keep], lengths[keep]
+        ref = hist[:i]
+        nonzero = (ref != 0).astype(np.float64)
+        sums = np.add.reduceat(ref, starts)
+        counts = np.add.reduceat(nonzero, starts)
+        per_bin = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+        q = np.repeat(per_bin, lengths) * nonzero
+        p /= total
+        qs = q.sum()
+        if qs <= 0:
+            continue
+        q /= qs
+        mask = p > 0
+        with np.errstate(divide="ignore"):
+            kl = float(np.sum(p[mask] * np.log(p[mask] / np.where(q[mask] > 0, q[mask], 1e-12))))
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return (best_i + 0.5) * width
+
+
+# ---- inserting the quantization into the exported program ------------------------------------
+
+_VIEWS = {aten.t.default, aten.permute.default, aten.transpose.int}
+
+
+def _weight_of(program, node) -> tuple[str, int] | None:
+    """(parameter placeholder name, output-channel axis of the parameter) when `node` is a
+    parameter or buffer (through a transpose: the weight of a Linear is t(W)); else None."""
+    lifted = {
+        s.arg.name
+        for s in program.graph_signature.input_specs
+        if s.kind != torch.export.graph_signature.InputKind.USER_INPUT
+    }
+    if node.op == "placeholder" and node.name in lifted:
+        return node.name, 0
+    if node.op == "call_function" and node.target in _VIEWS and node.args[0].op == "placeholder":
+        if node.args[0].name in lifted:
+            return node.args[0].name, 0  # t(W) of a Linear: W's rows are the output channels
+    return None
+
+
+def quantizable(program) -> list[tuple[torch.fx.Node, int, str, int]]:
+    """(consumer, activation argument index, weight placeholder, weight axis) of each convolution
+    or matrix product with a weight operand."""
+    found = []
+    for node in program.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target == aten.convolution.default:
+            act, weight = 0, 1
+        elif node.target == aten.addmm.default:
+            act, weight = 1, 2
+        elif node.target == aten.mm.default:
+            act, weight = 0, 1
+        else:
+            continue
+        w = _weight_of(program, node.args[weight])
+        x = node.args[act]
+        if w is None or not isinstance(x, torch.fx.Node):
+            continue
+        val = x.meta.get("val")
+        if not isinstance(val, torch.Tensor) or not val.is_floating_point():
+            continue
+        found.append((node, act, w[0], w[1]))
+    return found
+
+
+def has_qdq(program) -> bool:
+    """Whether the program carries its own quantize/dequantize ops (a QAT or pt2e model)."""
+    for node in program.graph.nodes:
+        name = str(node.target)
+        if "fake_quantize" in name or name.startswith("quantized_decomposed."):
+            return True
+    return False
+
+
+def quantize_program(program, calibrator: Calibrator, device: torch.device):
+    """Calibrates and inserts the INT8 quantization (module docstring) into `program` in place.
+    Returns {parameter placeholder name: fake-quantized tensor} for the lowering to use instead
+    of the parameters, and the number of quantized layers."""
+    targets = quantizable(program)
+    if not targets:
+        raise _C.KilnError(
+            "kiln.compile: INT8 was requested, but the model has no convolution or linear layer "
+            "to quantize"
+        )
+    acts = list(dict.fromkeys(t[0].args[t[1]].name for t in targets))
+    amax = calibrator.ranges(program, acts, device)
+    graph = program.graph
+    by_name = {n.name: n for n in graph.nodes}
+    quantized: dict[str, torch.fx.Node] = {}
+    for consumer, index, _, _ in targets:
+        x = consumer.args[index]
+        if x.name not in quantized:
+            scale = max(amax[x.name], 1e-12) / _QMAX
+            with graph.inserting_after(x):
+                fq = graph.call_function(
+                    aten.fake_quantize_per_tensor_affine.default, (x, scale, 0, -_QMAX, _QMAX)
+                )
+            fq.meta["val"] = x.meta["val"]
+            fq.meta["stack_trace"] = consumer.meta.get("stack_trace")
+            quantized[x.name] = fq
+        args = list(consumer.args)
+        args[index] = quantized[x.name]
+        consumer.args = tuple(args)
+    lifted = _lifted(program)
+    weights: dict[str, torch.Tensor] = {}
+    for _, _, name, axis in targets:
+        users = by_name[name].users
+        if any(not _is_weight_use(u, targets) for u in users):
+            continue  # the parameter is read elsewhere too: left as it is
+        w = lifted[name]
+        weights[name] = _fake_quantize_weight(w, axis)
+    program.graph_module.recompile()
+    return weights, len(targets)
+
+
+def _is_weight_use(user, targets) -> bool:
+    consumers = {id(t[0]) for t in targets}
+    if id(user) in consumers:
+        return True
+    return user.target in _VIEWS and all(id(u) in consumers for u in user.users)
+
+
+def _lifted(program) -> dict[str, torch.Tensor]:
+    out = {}
+    for s in program.graph_signature.input_specs:
+        if s.kind == torch.export.graph_signature.InputKind.USER_INPUT:
+            continue
+        out[s.arg.name] = (
+            program.state_dict[s.target]
+            if s.target in program.state_dict
+            else program.constants[s.target]
+        )
+    return out
+
+
+def _fake_quantize_weight(w: torch.Tensor, axis: int) -> torch.Tensor:
+    """Symmetric per-output-channel INT8 fake quantization of a weight (values in [-127, 127])."""
+    flat = w.detach().float().transpose(0, axis).reshape(w.shape[axis], -1)
+    amax = flat.abs().amax(1).clamp_min(1e-12)
+    scales = (amax / _QMAX).to(torch.float32)
+    zeros = torch.zeros_like(scales, dtype=torch.int32)
+    q = torch.fake_quantize_per_channel_affine(
+        w.detach().float(), scales, zeros, axis, -_QMAX, _QMAX
+    )
+    return q.to(w.dtype)
+
+
+__all__ = ["ALGORITHMS", "Calibrator", "has_qdq", "quantize_program", "quantizable"]
