@@ -59,6 +59,16 @@ std::string per_channel_args(const KGraph& g, const KNode& n, const char* scale,
   return "";
 }
 
+// A per-tensor scale and zero point given as [1] tensors (inputs 1 and 2) as 0-d ones.
+void as_scalars(ConversionContext& ctx, const KNode& n, std::vector<TensorId>& in) {
+  for (size_t k = 1; k < in.size(); ++k) {
+    if (ctx.net().tensor(in[k]).dims.empty()) continue;
+    Attributes scalar;
+    scalar.set("shape", std::vector<int64_t>{});
+    in[k] = ctx.add(n, "reshape", {in[k]}, scalar, k == 1 ? "scale_0d" : "zp_0d").outputs[0];
+  }
+}
+
 Attributes range_attrs(const KNode& n, int64_t axis) {
   Attributes a;
   a.set("quant_min", int_arg(n, "quant_min")).set("quant_max", int_arg(n, "quant_max")).set("axis", axis);
@@ -81,7 +91,8 @@ const ConverterRegistration kRegistered([] {
   fq.convert = [](ConversionContext& ctx, const KNode& n) {
     TensorId scale = scalar_f32(ctx, n, n.arg("scale").as_double(), "scale");
     TensorId zp = ctx.constant_i64(n, {int_arg(n, "zero_point")}, {}, "zero_point");
-    ctx.set_output(n, 0, ctx.add(n, "fake_quantize", {ctx.tensor(n, "self"), scale, zp}, range_attrs(n, 0)).outputs[0]);
+    ctx.set_output(
+        n, 0, ctx.add(n, "fake_quantize", {ctx.tensor(n, "self"), scale, zp}, range_attrs(n, 0)).outputs[0]);
   };
   fq.limits = "floating self; constant scale and zero point";
   register_converter(std::move(fq));
@@ -112,15 +123,11 @@ const ConverterRegistration kRegistered([] {
       TensorId x = ctx.tensor(n, "self");
       const int64_t axis = per_channel ? wrap_axis(int_arg(n, "axis"), ctx.net().tensor(x).dims.size()) : 0;
       std::vector<TensorId> in = {x, scale_tensor(ctx, n, "scale"), zero_point_tensor(ctx, n, "zero_point")};
-      if (!per_channel) {  // [1] -> 0-d
-        for (size_t k = 1; k < 3; ++k) {
-          in[k] = ctx.add(n, "reshape", {in[k]}, Attributes().set("shape", std::vector<int64_t>{}), k == 1 ? "scale_0d" : "zp_0d")
-                      .outputs[0];
-        }
-      }
+      if (!per_channel) as_scalars(ctx, n, in);
       ctx.set_output(n, 0, ctx.add(n, "fake_quantize", in, range_attrs(n, axis)).outputs[0]);
     };
-    c.limits = per_channel ? "floating self; integer zero points" : "floating self; one scale and integer zero point";
+    c.limits = per_channel ? "floating self; integer zero points"
+                           : "floating self; one scale and integer zero point";
     register_converter(std::move(c));
   }
 
@@ -132,7 +139,8 @@ const ConverterRegistration kRegistered([] {
     q.capability = [tensor_args](const KGraph& g, const KNode& n) -> std::string {
       std::string r = require_floating(value_arg(g, n, "input"), "input");
       if (r.empty()) r = int8_dtype(n);
-      if (r.empty() && !tensor_args && (!n.arg("scale").is_number() || n.arg("zero_point").kind != Arg::Kind::kInt))
+      if (r.empty() && !tensor_args &&
+          (!n.arg("scale").is_number() || n.arg("zero_point").kind != Arg::Kind::kInt))
         return "scale and zero_point must be constants";
       return r.empty() ? check_range(n, true) : r;
     };
@@ -149,12 +157,7 @@ const ConverterRegistration kRegistered([] {
           std::memcpy(&v, s.data->data(), sizeof v);
           attrs.set("inv_scale", static_cast<double>(static_cast<float>(1.0 / static_cast<double>(v))));
         }
-        for (size_t k = 1; k < 3; ++k) {
-          if (!ctx.net().tensor(in[k]).dims.empty()) {
-            in[k] = ctx.add(n, "reshape", {in[k]}, Attributes().set("shape", std::vector<int64_t>{}), k == 1 ? "scale_0d" : "zp_0d")
-                        .outputs[0];
-          }
-        }
+        as_scalars(ctx, n, in);
       } else {
         const double scale = n.arg("scale").as_double();
         in.push_back(scalar_f32(ctx, n, scale, "scale"));
@@ -200,12 +203,7 @@ const ConverterRegistration kRegistered([] {
       if (tensor_args) {
         in.push_back(scale_tensor(ctx, n, "scale"));
         in.push_back(zero_point_tensor(ctx, n, "zero_point"));
-        for (size_t k = 1; k < 3; ++k) {
-          if (!ctx.net().tensor(in[k]).dims.empty()) {
-            in[k] = ctx.add(n, "reshape", {in[k]}, Attributes().set("shape", std::vector<int64_t>{}), k == 1 ? "scale_0d" : "zp_0d")
-                        .outputs[0];
-          }
-        }
+        as_scalars(ctx, n, in);
       } else {
         in.push_back(scalar_f32(ctx, n, n.arg("scale").as_double(), "scale"));
         in.push_back(ctx.constant_i64(n, {int_arg(n, "zero_point")}, {}, "zero_point"));

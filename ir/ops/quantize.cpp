@@ -8,10 +8,11 @@
 //                       - zero_point) * scale
 // All in float32 (1 / scale rounded to float32 first, nearbyint: half to even), as torch
 // computes them, so results match torch bit for bit. torch's decomposed per-tensor quantize
-// rounds 1 / scale from a double scale instead: its converter passes that float as `inv_scale`. scale is float32 and zero_point int32/int64,
-// both with one element (per tensor) or one per index of x along `axis` (per channel: a 1-D
-// tensor of x.dims[axis] elements). quant_min/quant_max: int8's range at most for quantize (an
-// int8 result), any ordered pair for fake_quantize (0..255 for a uint8 scheme).
+// rounds 1 / scale from a double scale instead: its converter passes that float as `inv_scale`.
+// scale is float32 and zero_point int32/int64, both with one element (per tensor) or one per
+// index of x along `axis` (per channel: a 1-D tensor of x.dims[axis] elements). quant_min /
+// quant_max: int8's range at most for quantize (an int8 result), any ordered pair for
+// fake_quantize (0..255 for a uint8 scheme).
 #include "ir/ops/quantize.h"
 
 #include "ir/error.h"
@@ -51,29 +52,29 @@ void check_params(const Layer& layer, const std::vector<TensorDesc>& in, bool in
     KILN_CHECK(zp.dtype == DataType::kInt32 || zp.dtype == DataType::kInt64,
                who << ": zero_point must be int32 or int64, got " << dtype_name(zp.dtype));
     const int64_t zp_count = zp.dims.empty() ? 1 : zp.dims.size() == 1 ? zp.dims[0] : -2;
-    KILN_CHECK(zp_count == count, who << ": zero_point " << to_string(zp.dims) << " must match scale "
-                                      << to_string(scale.dims));
+    KILN_CHECK(zp_count == count,
+               who << ": zero_point " << to_string(zp.dims) << " must match scale " << to_string(scale.dims));
   }
   const QuantParams p = quant_params(layer, x.dims.size(), count);
   KILN_CHECK(p.quant_min <= p.quant_max,
              who << ": quant_min " << p.quant_min << " is above quant_max " << p.quant_max);
   if (int8_range) {
-    KILN_CHECK(p.quant_min >= -128 && p.quant_max <= 127,
-               who << ": quant_min/quant_max [" << p.quant_min << ", " << p.quant_max
-                   << "] exceed int8's range [-128, 127]");
+    KILN_CHECK(p.quant_min >= -128 && p.quant_max <= 127, who << ": quant_min/quant_max [" << p.quant_min
+                                                              << ", " << p.quant_max
+                                                              << "] exceed int8's range [-128, 127]");
   }
   KILN_CHECK(!p.per_channel || !layer.attrs.has("inv_scale"),
              who << ": inv_scale is for a per-tensor scale only");
   if (p.per_channel) {
     const int64_t c = x.dims[static_cast<size_t>(p.axis)];
-    KILN_CHECK(c == kDynamic || c == count, who << ": " << count << " per-channel scales for axis " << p.axis
-                                                << " of size " << c);
+    KILN_CHECK(c == kDynamic || c == count,
+               who << ": " << count << " per-channel scales for axis " << p.axis << " of size " << c);
   }
 }
 
 std::vector<TensorDesc> infer_quantize(const Layer& layer, const std::vector<TensorDesc>& in) {
-  KILN_CHECK(is_floating(in[0].dtype),
-             describe(layer) << ": x must be floating, got " << dtype_name(in[0].dtype));
+  KILN_CHECK(is_floating(in[0].dtype), describe(layer)
+                                           << ": x must be floating, got " << dtype_name(in[0].dtype));
   check_params(layer, in, true);
   return {{DataType::kInt8, in[0].dims}};
 }
@@ -89,8 +90,8 @@ std::vector<TensorDesc> infer_dequantize(const Layer& layer, const std::vector<T
 }
 
 std::vector<TensorDesc> infer_fake_quantize(const Layer& layer, const std::vector<TensorDesc>& in) {
-  KILN_CHECK(is_floating(in[0].dtype),
-             describe(layer) << ": x must be floating, got " << dtype_name(in[0].dtype));
+  KILN_CHECK(is_floating(in[0].dtype), describe(layer)
+                                           << ": x must be floating, got " << dtype_name(in[0].dtype));
   check_params(layer, in, false);
   return {{in[0].dtype, in[0].dims}};
 }

@@ -45,7 +45,8 @@ __device__ __forceinline__ float quantized(float x, float inv, float zp, float l
 template <int kMode, typename In, typename Out, typename Z>
 __global__ void quantize_kernel(QuantGeometry g, const In* __restrict__ x, const float* __restrict__ scale,
                                 const Z* __restrict__ zp, Out* __restrict__ y) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < g.n; i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < g.n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t c = g.per_channel ? (i / g.inner) % g.channels : 0;
     const float s = scale[c], z = zero_point(zp, c), v = load_float(x[i]);
     if constexpr (kMode == kDequantize) {
@@ -75,7 +76,10 @@ void dispatch_zero_point(const std::vector<TensorView>& in, F&& f) {
 class CudaQuantization final : public Kernel {
  public:
   explicit CudaQuantization(const Layer& l)
-      : layer_(l), mode_(l.op == "quantize" ? kQuantize : l.op == "dequantize" ? kDequantize : kFakeQuantize) {}
+      : layer_(l),
+        mode_(l.op == "quantize"     ? kQuantize
+              : l.op == "dequantize" ? kDequantize
+                                     : kFakeQuantize) {}
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {

@@ -69,7 +69,8 @@ class RefQuantization final : public Kernel {
 // Registered when the library loads; no central list names this file.
 const KernelRegistration kRegistered([] {
   for (const char* op : {"quantize", "dequantize", "fake_quantize"}) {
-    register_kernel(op, Backend::kReference, [](const Layer& l) { return std::make_unique<RefQuantization>(l); });
+    register_kernel(op, Backend::kReference,
+                    [](const Layer& l) { return std::make_unique<RefQuantization>(l); });
   }
 });
 
