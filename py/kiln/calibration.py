@@ -77,22 +77,26 @@ class Calibrator:
 
     # ---- ranges -------------------------------------------------------------------------------
 
-    def ranges(self, program, names: list[str], device: torch.device) -> dict[str, float]:
+    def ranges(self, program, names: list[str], device: torch.device, specs=()) -> dict[str, float]:
         """{activation name: range} for the named nodes of the exported program: from the cache,
-        or by running the batches."""
+        or by running the batches (whose shapes must lie in the kiln.Input ranges `specs`)."""
         if self.cache_file is not None and self.cache_file.exists():
             return self._read_cache(names)
-        amax = self._calibrate(program, names, device)
+        amax = self._calibrate(program, names, device, specs)
         if self.cache_file is not None:
             self._write_cache(amax)
         return amax
 
-    def _calibrate(self, program, names: list[str], device: torch.device) -> dict[str, float]:
+    def _calibrate(
+        self, program, names: list[str], device: torch.device, specs
+    ) -> dict[str, float]:
         gm = program.module()
         wanted = set(names)
         batches = [b if isinstance(b, tuple | list) else (b,) for b in self.batches]
         if not batches:
             raise _C.KilnError("kiln.Calibrator: the calibration batches are empty")
+        for k, batch in enumerate(batches):
+            _check_batch(k, batch, specs)
 
         def run(observe) -> None:
             for k, batch in enumerate(batches):
@@ -185,6 +189,28 @@ class Calibrator:
                 f"({', '.join(lacking[:3]) or '-'}). Delete it or pass another cache_file."
             )
         return {n: cached[n] for n in names}
+
+
+def _check_batch(k: int, batch, specs) -> None:
+    """A calibration batch runs through the exported program, which holds for the compiled
+    inputs' shapes only: each tensor must lie in its kiln.Input range."""
+    if specs and len(batch) != len(specs):
+        raise _C.KilnError(
+            f"kiln.Calibrator: batch {k} has {len(batch)} inputs, the model is compiled for "
+            f"{len(specs)}"
+        )
+    for i, (x, spec) in enumerate(zip(batch, specs, strict=False)):
+        shape = tuple(getattr(x, "shape", ()))
+        lo, hi = tuple(spec.min_shape), tuple(spec.max_shape)
+        if len(shape) != len(lo) or any(
+            not a <= n <= b for n, a, b in zip(shape, lo, hi, strict=True)
+        ):
+            raise _C.KilnError(
+                f"kiln.Calibrator: batch {k} input {i} has shape {list(shape)}, outside the "
+                f"compiled range {list(lo)}..{list(hi)}: give calibration batches of the compiled "
+                "shapes, or make the batch dim dynamic with kiln.Input(min_shape=..., "
+                "max_shape=...)"
+            )
 
 
 def _to(x, device):
@@ -306,7 +332,7 @@ def has_qdq(program) -> bool:
     return False
 
 
-def quantize_program(program, calibrator: Calibrator, device: torch.device):
+def quantize_program(program, calibrator: Calibrator, device: torch.device, specs=()):
     """Calibrates and inserts the INT8 quantization (module docstring) into `program` in place.
     Returns {parameter placeholder name: fake-quantized tensor} for the lowering to use instead
     of the parameters, and the number of quantized layers."""
@@ -317,7 +343,7 @@ def quantize_program(program, calibrator: Calibrator, device: torch.device):
             "to quantize"
         )
     acts = list(dict.fromkeys(t[0].args[t[1]].name for t in targets))
-    amax = calibrator.ranges(program, acts, device)
+    amax = calibrator.ranges(program, acts, device, specs)
     graph = program.graph
     by_name = {n.name: n for n in graph.nodes}
     quantized: dict[str, torch.fx.Node] = {}

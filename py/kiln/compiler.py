@@ -220,7 +220,7 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     kwarg_names = list(kwarg_inputs)
     specs += [i if isinstance(i, Input) else Input.from_tensor(i) for i in kwarg_inputs.values()]
     program, equal_sizes = export_program(module, specs, device, kwarg_names)
-    weights = _int8(program, calibrator, device) if int8 else {}
+    weights = _int8(program, calibrator, device, specs) if int8 else {}
     lowered = FxLowering(program, specs, truncate_double=truncate_double, params=weights)
     log(level, "kiln.compile: KGraph\n" + lowered.graph.summary())
     segments, driver_report, plans = _C.compile_graph(
@@ -245,7 +245,7 @@ def _split_int8(precisions) -> tuple[bool, list]:
     return bool(int8), rest or [torch.float32]
 
 
-def _int8(program, calibrator, device) -> dict:
+def _int8(program, calibrator, device, specs) -> dict:
     """INT8: a Q/DQ model as it is; otherwise calibration inserts the quantization (returns the
     fake-quantized weights for the lowering)."""
     from kiln.calibration import has_qdq, quantize_program
@@ -258,7 +258,7 @@ def _int8(program, calibrator, device) -> dict:
             "or a model that carries its own quantize/dequantize ops (QAT or pt2e); this model "
             "has none"
         )
-    weights, count = quantize_program(program, calibrator, device)
+    weights, count = quantize_program(program, calibrator, device, specs)
     log("info", f"kiln.compile: INT8 calibration quantized {count} layers")
     return weights
 

@@ -149,6 +149,14 @@ def test_cache_is_reused_and_refused_for_another_network(digits, tmp_path):
 
 def test_int8_errors(digits):
     model, _, test, _ = digits
+    with pytest.raises(kiln.KilnError, match=r"batch 0 input 0 has shape \[8, 1, 8, 8\], outside"):
+        kiln.compile(
+            model,
+            [test[:4]],
+            enabled_precisions={torch.int8},
+            calibrator=kiln.Calibrator([(test[:8],)]),
+            device="cpu",
+        )
     with pytest.raises(kiln.KilnError, match="INT8 needs either a calibrator"):
         kiln.compile(model, [test[:4]], enabled_precisions={torch.int8}, device="cpu")
     with pytest.raises(ValueError, match="a calibrator is for INT8"):
@@ -227,3 +235,70 @@ def test_qat_model_agrees_with_its_eager_fake_quant_model(digits):
         got = compiled(test).argmax(1)
     assert (got == want).float().mean().item() >= 0.995
     assert accuracy(compiled, test, labels) >= accuracy(model, test, labels) - 0.02
+
+
+class TinyEncoder(torch.nn.Module):
+    """A one-block transformer encoder (attention written out, so export sees linear layers and
+    scaled_dot_product_attention) with mean pooling and a classifier."""
+
+    def __init__(self, vocab=10, length=12, width=32, heads=4, classes=3):
+        super().__init__()
+        self.heads = heads
+        self.embed = torch.nn.Embedding(vocab, width)
+        self.position = torch.nn.Parameter(torch.randn(length, width) * 0.1)
+        self.qkv = torch.nn.Linear(width, 3 * width)
+        self.proj = torch.nn.Linear(width, width)
+        self.norm1 = torch.nn.LayerNorm(width)
+        self.ff1 = torch.nn.Linear(width, 2 * width)
+        self.ff2 = torch.nn.Linear(2 * width, width)
+        self.norm2 = torch.nn.LayerNorm(width)
+        self.out = torch.nn.Linear(width, classes)
+
+    def forward(self, tokens):
+        x = self.embed(tokens) + self.position
+        b, s, w = x.shape
+        q, k, v = self.qkv(x).view(b, s, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        x = self.norm1(x + self.proj(a.transpose(1, 2).reshape(b, s, w)))
+        x = self.norm2(x + self.ff2(self.ff1(x).relu()))
+        return self.out(x.mean(1))
+
+
+def sequences(n, g, vocab=10, length=12):
+    """Random token sequences; the label compares the first token with the last (<, =, >)."""
+    tokens = torch.randint(0, vocab, (n, length), generator=g)
+    tokens[: n // 3, -1] = tokens[: n // 3, 0]  # enough "equal" examples
+    label = torch.sign(tokens[:, 0] - tokens[:, -1]) + 1
+    return tokens, label
+
+
+def test_ptq_transformer_encoder_stays_within_one_percent(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = TinyEncoder()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        tokens, label = sequences(128, g)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(tokens), label).backward()
+        opt.step()
+    model.eval()
+    test, labels = sequences(1000, g)
+    fp32 = accuracy(model, test, labels)
+    assert fp32 > 0.9, fp32  # it learned to compare the two positions
+    batches = [(sequences(64, g)[0],) for _ in range(8)]
+    spec = kiln.Input(
+        min_shape=(1, 12), opt_shape=(64, 12), max_shape=(1000, 12), dtype=torch.int64
+    )
+    for algorithm in ("entropy", "minmax", "percentile"):
+        compiled = kiln.compile(
+            model,
+            [spec],
+            enabled_precisions={torch.int8},
+            calibrator=kiln.Calibrator(batches, algorithm=algorithm),
+            device="cpu",
+            require_full_compilation=True,
+        )
+        ops = [la.op for p in kiln.plans(compiled) for la in kiln.inspect(p).layers]
+        assert ops.count("fake_quantize") >= 5, ops  # qkv, proj, ff1, ff2, out
+        assert accuracy(compiled, test, labels) >= fp32 - 0.01, algorithm
