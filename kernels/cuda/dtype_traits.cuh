@@ -60,6 +60,39 @@ void dispatch_numeric(DataType t, const char* who, F&& f) {
   }
 }
 
+// Calls f(W{}) with W an unsigned word of `bytes` bytes: the raw element type of a dtype.
+template <typename F>
+void dispatch_word(size_t bytes, const char* who, F&& f) {
+  switch (bytes) {
+    case 1:
+      f(uint8_t{});
+      return;
+    case 2:
+      f(uint16_t{});
+      return;
+    case 4:
+      f(uint32_t{});
+      return;
+    case 8:
+      f(uint64_t{});
+      return;
+    default:
+      KILN_FAIL(who << ": no CUDA kernel for " << bytes << "-byte elements");
+  }
+}
+
+// Calls f(I{}) with I the index type of an int32/int64 tensor.
+template <typename F>
+void dispatch_index(DataType t, const char* who, F&& f) {
+  if (t == DataType::kInt32) {
+    f(int32_t{});
+  } else if (t == DataType::kInt64) {
+    f(int64_t{});
+  } else {
+    KILN_FAIL(who << ": indices must be int32 or int64, got " << dtype_name(t));
+  }
+}
+
 inline unsigned grid_for(int64_t n, int block) {
   int64_t g = (n + block - 1) / block;
   return static_cast<unsigned>(g < 65535 * 16 ? g : 65535 * 16);  // grid-stride loops cover the rest

@@ -28,39 +28,6 @@ using indexing::AxisView;
 constexpr int kBlock = 256;
 constexpr int64_t kMaxTopkAxis = 4096;
 
-// Calls f(W{}) with W an unsigned word of `bytes` bytes: the raw element type of a dtype.
-template <typename F>
-void dispatch_word(size_t bytes, const char* who, F&& f) {
-  switch (bytes) {
-    case 1:
-      f(uint8_t{});
-      return;
-    case 2:
-      f(uint16_t{});
-      return;
-    case 4:
-      f(uint32_t{});
-      return;
-    case 8:
-      f(uint64_t{});
-      return;
-    default:
-      KILN_FAIL(who << ": no CUDA kernel for " << bytes << "-byte elements");
-  }
-}
-
-// Calls f(I{}) with I the index type of an int32/int64 tensor.
-template <typename F>
-void dispatch_index(DataType t, const char* who, F&& f) {
-  if (t == DataType::kInt32) {
-    f(int32_t{});
-  } else if (t == DataType::kInt64) {
-    f(int64_t{});
-  } else {
-    KILN_FAIL(who << ": indices must be int32 or int64, got " << dtype_name(t));
-  }
-}
-
 template <typename T>
 constexpr bool is_float_type() {
   return std::is_same_v<T, float> || std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;

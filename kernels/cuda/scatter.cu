@@ -155,38 +155,6 @@ T identity_of(int reduction) {
   }
 }
 
-// Calls f(T{}) with T a device type of `bytes` bytes for a write (reduction none moves words).
-template <typename F>
-void dispatch_word(size_t bytes, const std::string& who, F&& f) {
-  switch (bytes) {
-    case 1:
-      f(uint8_t{});
-      return;
-    case 2:
-      f(uint16_t{});
-      return;
-    case 4:
-      f(uint32_t{});
-      return;
-    case 8:
-      f(uint64_t{});
-      return;
-    default:
-      KILN_FAIL(who << ": no CUDA kernel for " << bytes << "-byte elements");
-  }
-}
-
-template <typename F>
-void dispatch_index(DataType t, const std::string& who, F&& f) {
-  if (t == DataType::kInt32) {
-    f(int32_t{});
-  } else if (t == DataType::kInt64) {
-    f(int64_t{});
-  } else {
-    KILN_FAIL(who << ": indices must be int32 or int64, got " << dtype_name(t));
-  }
-}
-
 class CudaScatterElements final : public Kernel {
  public:
   explicit CudaScatterElements(const Layer& l)
@@ -225,11 +193,11 @@ class CudaScatterElements final : public Kernel {
     const int64_t count = volume(in[1].dims);
     if (count == 0 || bytes == 0) return;
     const unsigned grid = grid_for(count, kBlock);
-    dispatch_index(in[1].dtype, who_, [&](auto i) {
+    dispatch_index(in[1].dtype, who_.c_str(), [&](auto i) {
       using I = decltype(i);
       const I* idx = static_cast<const I*>(in[1].data);
       if (reduction_ == kNone) {
-        dispatch_word(dtype_size(in[0].dtype), who_, [&](auto w) {
+        dispatch_word(dtype_size(in[0].dtype), who_.c_str(), [&](auto w) {
           using W = decltype(w);
           scatter_kernel<W, I, true><<<grid, kBlock, 0, stream>>>(
               static_cast<W*>(out[0].data), idx, static_cast<const W*>(in[2].data), g, count, kNone);

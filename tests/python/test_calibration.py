@@ -55,6 +55,18 @@ def digits():
     return model, x[train], x[test], y[test]
 
 
+def int8(model, example, calibrator, device="cpu", **options):
+    """kiln.compile with INT8 and `calibrator`."""
+    return kiln.compile(
+        model,
+        [example],
+        enabled_precisions={torch.int8},
+        calibrator=calibrator,
+        device=device,
+        **options,
+    )
+
+
 def accuracy(fn, x, y) -> float:
     with torch.no_grad():
         return (fn(x).argmax(1) == y).float().mean().item()
@@ -92,23 +104,11 @@ def test_cache_is_reused_and_refused_for_another_network(digits, tmp_path):
     model, train, test, labels = digits
     cache = tmp_path / "digits.calib"
     batches = [(b,) for b in train[:256].split(64)]
-    first = kiln.compile(
-        model,
-        [test[:64]],
-        enabled_precisions={torch.int8},
-        calibrator=kiln.Calibrator(batches, algorithm="minmax", cache_file=cache),
-        device="cpu",
-    )
+    first = int8(model, test[:64], kiln.Calibrator(batches, algorithm="minmax", cache_file=cache))
     text = cache.read_text().splitlines()
     assert text[0] == "# kiln calibration cache v1" and len(text) == 2 + 4, text
     # No batches at all: the cache alone gives the same ranges, so the same engine.
-    again = kiln.compile(
-        model,
-        [test[:64]],
-        enabled_precisions={torch.int8},
-        calibrator=kiln.Calibrator([], cache_file=cache),
-        device="cpu",
-    )
+    again = int8(model, test[:64], kiln.Calibrator([], cache_file=cache))
     torch.testing.assert_close(again(test[:64]), first(test[:64]), rtol=0, atol=0)
 
     class Other(torch.nn.Module):
@@ -120,43 +120,19 @@ def test_cache_is_reused_and_refused_for_another_network(digits, tmp_path):
             return self.fc(x.flatten(1))
 
     with pytest.raises(kiln.KilnError, match="made for another network.*Delete it"):
-        kiln.compile(
-            Other().eval(),
-            [test[:4]],
-            enabled_precisions={torch.int8},
-            calibrator=kiln.Calibrator([], cache_file=cache),
-            device="cpu",
-        )
+        int8(Other().eval(), test[:4], kiln.Calibrator([], cache_file=cache))
     cache.write_text("# kiln calibration cache v1\nnot a valid line at all\n")
     with pytest.raises(kiln.KilnError, match="line 2 is not 'name range'"):
-        kiln.compile(
-            model,
-            [test[:4]],
-            enabled_precisions={torch.int8},
-            calibrator=kiln.Calibrator([], cache_file=cache),
-            device="cpu",
-        )
+        int8(model, test[:4], kiln.Calibrator([], cache_file=cache))
     cache.write_text("some other file\n")
     with pytest.raises(kiln.KilnError, match="not a Kiln calibration cache"):
-        kiln.compile(
-            model,
-            [test[:4]],
-            enabled_precisions={torch.int8},
-            calibrator=kiln.Calibrator([], cache_file=cache),
-            device="cpu",
-        )
+        int8(model, test[:4], kiln.Calibrator([], cache_file=cache))
 
 
 def test_int8_errors(digits):
     model, _, test, _ = digits
     with pytest.raises(kiln.KilnError, match=r"batch 0 input 0 has shape \[8, 1, 8, 8\], outside"):
-        kiln.compile(
-            model,
-            [test[:4]],
-            enabled_precisions={torch.int8},
-            calibrator=kiln.Calibrator([(test[:8],)]),
-            device="cpu",
-        )
+        int8(model, test[:4], kiln.Calibrator([(test[:8],)]))
     with pytest.raises(kiln.KilnError, match="INT8 needs either a calibrator"):
         kiln.compile(model, [test[:4]], enabled_precisions={torch.int8}, device="cpu")
     with pytest.raises(ValueError, match="a calibrator is for INT8"):
@@ -164,13 +140,7 @@ def test_int8_errors(digits):
     with pytest.raises(ValueError, match="unknown calibration algorithm 'kl'"):
         kiln.Calibrator([], algorithm="kl")
     with pytest.raises(kiln.KilnError, match="calibration batches are empty"):
-        kiln.compile(
-            model,
-            [test[:4]],
-            enabled_precisions={torch.int8},
-            calibrator=kiln.Calibrator([]),
-            device="cpu",
-        )
+        int8(model, test[:4], kiln.Calibrator([]))
 
 
 class QatDigitsNet(DigitsNet):
