@@ -382,7 +382,12 @@ def _check(kiln, entry, precision, device, peer, row, show_profile=False) -> Non
     report = compiled.report
     row.engines, row.fallbacks = report.num_engines, len(report.fallbacks)
     counts = Counter(f.target for f in report.fallbacks)
-    row.fallback_ops = ", ".join(f"{op} x{n}" if n > 1 else op for op, n in counts.most_common())
+    why = {}
+    for f in report.fallbacks:
+        why.setdefault(f.target, f.reason)
+    row.fallback_ops = ", ".join(
+        (f"{op} x{n}" if n > 1 else op) + f" ({why[op][:100]})" for op, n in counts.most_common()
+    )
     with torch.no_grad():
         out = _tensors(entry.output(compiled(*args, **kwargs)))
     _, row.cosine = _cosine(out, truth)
