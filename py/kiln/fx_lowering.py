@@ -67,6 +67,9 @@ class FxLowering:
         self.user_inputs: list[torch.fx.Node] = []
         self.ranges: dict = {}  # sympy symbol -> (min, opt, max)
         self.narrowed: list[str] = []  # names of float64 values computed as float32
+        # FX nodes whose value has a dtype engines do not have (uint8, int16, complex64, ...) ->
+        # that dtype: they and the nodes reading them run in PyTorch.
+        self.foreign: dict[torch.fx.Node, torch.dtype] = {}
 
         lifted = self._lifted_tensors() | dict(params or {})
         for node in self.fx.nodes:
@@ -178,6 +181,8 @@ class FxLowering:
             )
         elif (reason := _layout_dependent(node)) is not None:
             self.torch_nodes[len(self.fx_nodes)] = reason
+        elif (reason := self._foreign_reason(node, named)) is not None:
+            self.torch_nodes[len(self.fx_nodes)] = reason
         args = [(name, self._arg(a)) for name, a in named]
         self.graph.add_node(node.name, target_name(node.target), args, outputs, _location(node))
         self.fx_nodes.append(node)
@@ -195,7 +200,25 @@ class FxLowering:
             return a
         return str(a)  # device, layout, memory_format: informative only
 
+    def _foreign_reason(self, node: torch.fx.Node, named) -> str | None:
+        """Why a node that makes or reads a tensor of a dtype engines do not have runs in
+        PyTorch, or None."""
+        if node in self.foreign:
+            return f"it makes a {self.foreign[node]} tensor, a dtype Kiln engines do not have"
+        read = [a for a in pytree.tree_leaves([v for _, v in named]) if a in self.foreign]
+        if read:
+            dtype = self.foreign[read[0]]
+            return f"it reads {read[0].name}, a {dtype} tensor (not an engine dtype)"
+        return None
+
     def _dtype(self, dtype: torch.dtype, node: torch.fx.Node) -> str:
+        if find_dtype_name(dtype) is None and dtype not in NARROWED:
+            # Engines never see it: the node and its readers run in PyTorch (_foreign_reason).
+            # The KGraph value gets a dtype of the same element size, for its constant bytes.
+            stand_in = {1: "int8", 2: "float16", 4: "int32", 8: "int64"}.get(dtype.itemsize)
+            if stand_in is not None:
+                self.foreign[node] = dtype
+                return stand_in
         if dtype in NARROWED:
             if not self.narrowed and self.truncate_double:
                 log(

@@ -397,6 +397,31 @@ def test_data_dependent_branch_is_explained_and_the_backend_compiles_it():
     torch.testing.assert_close(compiled(x), x * 2, **TOL)
 
 
+class Uint8Image(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+
+    def forward(self, img):  # uint8 frames in and out, as camera pipelines feed them
+        y = self.conv(img.float() / 255).relu()
+        return y, (y * 255).to(torch.uint8)
+
+
+def test_a_dtype_engines_lack_runs_in_pytorch_around_the_engine():
+    m = Uint8Image().eval()
+    img = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
+    compiled = kiln.compile(m, [img], device="cpu", min_block_size=1)
+    report = compiled.report
+    assert report.num_engines == 1
+    reasons = sorted(f.reason for f in report.fallbacks)
+    assert len(reasons) == 2, reasons
+    assert "makes a torch.uint8 tensor" in reasons[0] and "reads img, a torch.uint8" in reasons[1]
+    img = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
+    (got, got8), (want, want8) = compiled(img), m(img)
+    torch.testing.assert_close(got, want, **TOL)
+    assert got8.dtype == torch.uint8 and (got8.int() - want8.int()).abs().max() <= 1
+
+
 def test_retry_refuses_a_narrowed_range():
     with pytest.raises(kiln.KilnError, match=r"input 0 \(x\) dim 1 dynamic only over 8\.\.100"):
         kiln.compile(NarrowingBranch(), [SEQ_SPEC], device="cpu", min_block_size=1)
