@@ -339,15 +339,24 @@ const ConverterRegistration kRegistered([] {
   pow.capability = [](const KGraph& g, const KNode& n) -> std::string {
     const KValue& self = value_arg(g, n, "self");
     if (!n.arg("exponent").is_number()) return "exponent must be a number";
-    return require_floating(self, "self");
+    const DataType out = output_dtype(g, n);
+    if (is_floating(out))
+      return is_floating(self.dtype) || is_integer(self.dtype) || self.dtype == DataType::kBool
+                 ? ""
+                 : require_floating(self, "self");
+    if (!is_integer(out) || !is_integer(self.dtype)) return "integer pow needs integer self";
+    if (n.arg("exponent").kind != Arg::Kind::kInt || n.arg("exponent").i < 0)
+      return "an integer base takes a non-negative integer exponent";
+    return "";
   };
   pow.convert = [](ConversionContext& ctx, const KNode& n) {
-    TensorId a = ctx.tensor(n, "self");
-    TensorId b = ctx.scalar_or_tensor(n, "exponent", ctx.net().tensor(a).dtype);
+    const DataType out = output_dtype(ctx.graph(), n);
+    TensorId a = cast_to(ctx, n, ctx.tensor(n, "self"), out, "self_cast");  // int ** 0.5 is float
+    TensorId b = ctx.scalar_or_tensor(n, "exponent", out);
     ctx.set_output(n, 0,
                    ctx.add(n, "elementwise", {a, b}, Attributes().set("op", std::string("pow"))).outputs[0]);
   };
-  pow.limits = "a number exponent; floating dtypes";
+  pow.limits = "a number exponent; floating results, or integers to a non-negative integer power (exact)";
   register_converter(std::move(pow));
 
   Converter where;
