@@ -14,6 +14,13 @@ namespace {
 // Arithmetic follows torch type promotion (result_type over self and other): tensor operands of
 // another dtype get a cast, numbers become constants of the compute dtype. div computes in the
 // result's floating dtype (true division, so int / int is float as in torch).
+// torch's arithmetic on bool tensors: mul is logical and, add logical or ("" when not defined).
+std::string bool_op(const std::string& op) {
+  if (op == "mul") return "and";
+  if (op == "add") return "or";
+  return "";
+}
+
 std::string arithmetic_operands(const KGraph& g, const KNode& n, const std::string& op) {
   const Arg& self = n.arg("self");
   const Arg& other = n.arg("other");
@@ -27,7 +34,7 @@ std::string arithmetic_operands(const KGraph& g, const KNode& n, const std::stri
     return std::string("result dtype ") + dtype_name(out) + " is not the promoted dtype " +
            dtype_name(common);
   }
-  if (common == DataType::kBool) return "bool arithmetic is not converted";
+  if (common == DataType::kBool && bool_op(op).empty()) return "bool " + op + " is not converted";
   if (common == DataType::kInt8) return "int8 arithmetic is not converted";
   return "";
 }
@@ -41,7 +48,8 @@ void register_tensor_op(const std::string& target, const std::string& op, const 
     if (op == "div" && !is_floating(dtype)) dtype = ctx.graph().value(n.outputs.at(0)).dtype;
     TensorId a = operand_as(ctx, n, "self", dtype);  // 1 - x: a number self is a constant too
     TensorId b = operand_as(ctx, n, "other", dtype);
-    ctx.set_output(n, 0, ctx.add(n, "elementwise", {a, b}, Attributes().set("op", op)).outputs[0]);
+    const std::string engine_op = dtype == DataType::kBool ? bool_op(op) : op;
+    ctx.set_output(n, 0, ctx.add(n, "elementwise", {a, b}, Attributes().set("op", engine_op)).outputs[0]);
   };
   c.limits = limits;
   register_converter(std::move(c));
@@ -76,16 +84,16 @@ void register_compare(const std::string& target, const std::string& op) {
     value_arg(g, n, "self");
     const DataType common = result_type(g, n, {"self", "other"});
     if (common == DataType::kInt8) return "int8 operands are not converted";
-    if (common == DataType::kBool && op != "eq" && op != "ne") return "bool tensors only compare eq/ne";
     return "";
   };
   c.convert = [op](ConversionContext& ctx, const KNode& n) {
-    const DataType dtype = result_type(ctx.graph(), n, {"self", "other"});
+    DataType dtype = result_type(ctx.graph(), n, {"self", "other"});
+    if (dtype == DataType::kBool && op != "eq" && op != "ne") dtype = DataType::kInt32;  // false < true
     TensorId a = operand_as(ctx, n, "self", dtype);
     TensorId b = operand_as(ctx, n, "other", dtype);
     ctx.set_output(n, 0, ctx.add(n, "elementwise", {a, b}, Attributes().set("op", op)).outputs[0]);
   };
-  c.limits = "operands promoted to their common dtype (torch.result_type); result bool";
+  c.limits = "operands promoted to their common dtype (torch.result_type; bools order as 0 < 1); result bool";
   register_converter(std::move(c));
 }
 

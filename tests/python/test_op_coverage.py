@@ -703,7 +703,8 @@ CASES = [
         "aten.sub.Tensor", lambda a, b: a - b, [(3, 4), (3, 1)], (F32, F16, I64), {0: (0,), 1: (0,)}
     ),
     Case("aten.sub.Scalar", lambda a: torch.ops.aten.sub.Scalar(a, 2), [(3, 4)], NUMERIC),
-    Case("aten.mul.Tensor", lambda a, b: a * b, [(2, 3, 4), (4,)], (F32, F16, I32)),
+    Case("aten.mul.Tensor", lambda a, b: a * b, [(2, 3, 4), (4,)], (F32, F16, I32, BOOL)),
+    Case("aten.add.Tensor", lambda a, b: a + b, [(3, 4), (4,)], (BOOL,), id="bool"),
     Case("aten.mul.Scalar", lambda a: torch.ops.aten.mul.Scalar(a, 3), [(3, 4)], NUMERIC),
     Case("aten.div.Tensor", lambda a, b: a / b, [(3, 4), positive((4,))], FLOATS, {0: (0,)}),
     Case("aten.div.Scalar", lambda a: torch.ops.aten.div.Scalar(a, 4), [(3, 4)], FLOATS),
@@ -716,7 +717,7 @@ CASES = [
             f"aten.{op}.Tensor",
             getattr(torch, op),
             [(3, 4), (4,)],
-            (F32, I64, BOOL) if op in ("eq", "ne") else (F32, F16, I64),
+            (F32, F16, I64, BOOL),
         )
         for op in ("eq", "ne", "lt", "le", "gt", "ge")
     ],
