@@ -51,7 +51,8 @@ inline const char* const kNames[] = {
     "asinh",       "acosh",    "atanh",     "expm1",      "log1p",
     "log2",        "log10",    "atan2",     "none",       "float32",
     "float16",     "bfloat16", "int32",     "int64",      "bool",
-    "int8",        "",
+    "int8",        "bilinear", "bicubic",   "zeros",      "border",
+    "reflection",  "",
 };
 
 // Consumes fuzz bytes front to back; past the end every read gives zeros, so any prefix of a

@@ -100,17 +100,27 @@ KILN_GRID_SAMPLE_HD int64_t grid_sample_tap(float base, int k, int64_t size, Gri
   return i >= 0 && i < size ? i : -1;
 }
 
-// The four weights of cubic convolution (A = -0.75, torch's get_cubic_upsample_coefficients) for
-// the taps at -1, 0, 1, 2 around a point at fraction t past tap 0.
+// Cubic convolution kernel (A = -0.75, torch's cubic_convolution1/2) at distance x from a tap:
+// the near branch for |x| <= 1, the far one for 1 < |x| < 2.
+template <typename T>
+KILN_GRID_SAMPLE_HD T grid_sample_cubic_near(T x) {
+  const T a = T(-0.75);
+  return ((a + 2) * x - (a + 3)) * x * x + 1;
+}
+template <typename T>
+KILN_GRID_SAMPLE_HD T grid_sample_cubic_far(T x) {
+  const T a = T(-0.75);
+  return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a;
+}
+
+// The weights of the taps at -1, 0, 1, 2 for a point at fraction t past tap 0 (torch's
+// get_cubic_upsample_coefficients).
 template <typename T>
 KILN_GRID_SAMPLE_HD void grid_sample_cubic_weights(T t, T w[4]) {
-  const T a = T(-0.75);
-  auto near = [a](T x) { return ((a + 2) * x - (a + 3)) * x * x + 1; };          // |x| <= 1
-  auto far = [a](T x) { return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a; };  // 1 < |x| < 2
-  w[0] = far(t + 1);
-  w[1] = near(t);
-  w[2] = near(1 - t);
-  w[3] = far(2 - t);
+  w[0] = grid_sample_cubic_far<T>(t + 1);
+  w[1] = grid_sample_cubic_near<T>(t);
+  w[2] = grid_sample_cubic_near<T>(1 - t);
+  w[3] = grid_sample_cubic_far<T>(2 - t);
 }
 
 }  // namespace kiln

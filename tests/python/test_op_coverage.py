@@ -15,12 +15,15 @@ from collections.abc import Callable
 
 import pytest
 import torch
+import torch.ao.quantization.fx._decomposed  # noqa: F401 (registers quantized_decomposed)
 import torch.nn.functional as F
 from layer_util import DEVICES
 from test_compile_converters import module  # Fn1..Fn3: fixed-arity modules for torch.export
 
 import kiln
 from kiln import runtime as rt
+
+qd = torch.ops.quantized_decomposed
 
 pytestmark = pytest.mark.skipif(not rt.is_available(), reason="libkiln_runtime.so was not built")
 
@@ -858,6 +861,86 @@ CASES = [
         lambda x: F.interpolate(x, scale_factor=2, mode="nearest-exact"),
         [(1, 2, 3, 3, 3)],
         FLOATS,
+    ),
+    # ---- symbolic sizes, constants made in forward, quantization
+    Case(
+        "aten.sym_size.int", lambda a: a.view(a.shape[0] * 2, -1) + 1, [(3, 4)], (F32,), {0: (0,)}
+    ),
+    Case("_operator.mul", lambda a: a.view(a.shape[0] * 2, -1) + 1, [(3, 4)], (F32,), {0: (0,)}),
+    Case("_operator.add", lambda a: a.new_zeros(a.shape[0] + 1) + 1, [(3, 4)], (F32,), {0: (0,)}),
+    Case(
+        "_operator.sub", lambda a: a.new_ones(2 * a.shape[0] - 1) * 2, [(3, 4)], (F32,), {0: (0,)}
+    ),
+    Case(
+        "_operator.floordiv",
+        lambda a: a.new_ones(a.shape[0] // 2 + 3) * 2,
+        [(4, 4)],
+        (F32,),
+        {0: (0,)},
+    ),
+    Case(
+        "aten.fake_quantize_per_tensor_affine.default",
+        lambda a: torch.fake_quantize_per_tensor_affine(a, 0.05, 3, -128, 127),
+        [(3, 8)],
+        FLOATS,
+    ),
+    Case(
+        "aten.fake_quantize_per_channel_affine.default",
+        lambda a, s: torch.fake_quantize_per_channel_affine(
+            a, s.abs() + 0.01, torch.zeros(4, dtype=torch.int32, device=a.device), 1, -128, 127
+        ),
+        [(3, 4, 5), (4,)],
+    ),
+    Case(
+        "quantized_decomposed.quantize_per_tensor.default",
+        lambda a: qd.quantize_per_tensor(a, 0.07, -2, -128, 127, torch.int8),
+        [(3, 8)],
+    ),
+    Case(
+        "quantized_decomposed.dequantize_per_tensor.default",
+        lambda a: qd.dequantize_per_tensor(
+            qd.quantize_per_tensor(a, 0.07, -2, -128, 127, torch.int8),
+            0.07,
+            -2,
+            -128,
+            127,
+            torch.int8,
+        ),
+        [(3, 8)],
+    ),
+    Case(
+        "quantized_decomposed.quantize_per_channel.default",
+        lambda a, s: qd.quantize_per_channel(
+            a,
+            s.abs() + 0.01,
+            torch.zeros(8, dtype=torch.int64, device=a.device),
+            1,
+            -128,
+            127,
+            torch.int8,
+        ),
+        [(3, 8), (8,)],
+    ),
+    Case(
+        "quantized_decomposed.dequantize_per_channel.default",
+        lambda a, s: qd.dequantize_per_channel(
+            qd.quantize_per_channel(
+                a,
+                s.abs() + 0.01,
+                torch.zeros(8, dtype=torch.int64, device=a.device),
+                1,
+                -128,
+                127,
+                torch.int8,
+            ),
+            s.abs() + 0.01,
+            None,
+            1,
+            -128,
+            127,
+            torch.int8,
+        ),
+        [(3, 8), (8,)],
     ),
     # ---- padding
     Case(
