@@ -2,9 +2,9 @@
 // torch passes the modes as ints (interpolation_mode 0/1/2: bilinear, nearest, bicubic;
 // padding_mode 0/1/2: zeros, border, reflection), the indices of the engine op's name lists.
 // They and align_corners must be constants: a node computing them runs in PyTorch.
+#include "ir/ops/grid_sample.h"
 #include "converters/converter.h"
 #include "converters/converter_util.h"
-#include "ir/ops/grid_sample.h"
 
 namespace kiln {
 namespace {
@@ -47,12 +47,13 @@ const ConverterRegistration kRegistered([] {
     return "";
   };
   c.convert = [](ConversionContext& ctx, const KNode& n) {
-    TensorId y = ctx.add(n, "grid_sample", {ctx.tensor(n, "input"), ctx.tensor(n, "grid")},
-                         grid_sample_attributes(n))
-                     .outputs[0];
+    TensorId y =
+        ctx.add(n, "grid_sample", {ctx.tensor(n, "input"), ctx.tensor(n, "grid")}, grid_sample_attributes(n))
+            .outputs[0];
     ctx.set_output(n, 0, y);
   };
-  c.limits = "constant interpolation_mode, padding_mode and align_corners; input and grid of one floating dtype";
+  c.limits =
+      "constant interpolation_mode, padding_mode and align_corners; input and grid of one floating dtype";
   register_converter(std::move(c));
 });
 

@@ -1,9 +1,10 @@
 // Source coordinates of the grid_sample layer, shared by its reference and CUDA kernels so that
 // both read the same pixels. This is torch's coordinate arithmetic (grid_sampler_unnormalize,
 // clip_coordinates, reflect_coordinates, safe_downgrade_to_int_range in
-// aten/src/ATen/native/GridSampler.h) in float32 with each operation rounded on its own:
-// nearest rounds these coordinates and bilinear/bicubic floor them, so double math or a fused
-// multiply-add would move pixels where torch's float32 result lands next to a boundary.
+// aten/src/ATen/native/GridSampler.h) in float32, rounded where torch's compiled kernels round:
+// each operation on its own except the multiply-add of grid_sample_unnormalize. Nearest rounds
+// these coordinates and bilinear/bicubic floor them, so double math or another contraction would
+// move pixels where torch's float32 result lands next to a boundary.
 #pragma once
 
 #include <cmath>
@@ -37,20 +38,28 @@ KILN_GRID_SAMPLE_HD float grid_sample_add(float a, float b) {
 
 // A normalized grid coordinate in [-1, 1] -> a pixel coordinate of a dim of `size` pixels:
 // align_corners maps -1 and 1 to the corner pixels' centres, otherwise to their outer edges.
+// Without align_corners, (coord + 1) * size - 1 is one fused multiply-add: torch's kernels are
+// compiled that way (nvcc contracts GridSampler.cuh's expression; the CPU kernel's
+// (coord + 1) * (size / 2) - 0.5 becomes an FMA on AVX2), and the separately rounded product
+// would move coordinates by an ulp.
 KILN_GRID_SAMPLE_HD float grid_sample_unnormalize(float coord, int64_t size, bool align_corners) {
   const float one_up = grid_sample_add(coord, 1.f);
   if (align_corners) return grid_sample_mul(one_up / 2.f, static_cast<float>(size - 1));
-  return grid_sample_add(grid_sample_mul(one_up, static_cast<float>(size)), -1.f) / 2.f;
+#ifdef __CUDA_ARCH__
+  return __fmaf_rn(one_up, static_cast<float>(size), -1.f) / 2.f;
+#else
+  return std::fma(one_up, static_cast<float>(size), -1.f) / 2.f;
+#endif
 }
 
-// Clamped to [0, size - 1]; NaN stays NaN (and becomes an out-of-range index below).
+// Clamped to [0, size - 1]; NaN gives 0, as in torch's CPU and CUDA kernels.
 KILN_GRID_SAMPLE_HD float grid_sample_clip(float coord, int64_t size) {
   const float hi = static_cast<float>(size - 1);
-  return coord < 0.f ? 0.f : (coord > hi ? hi : coord);
+  return coord > 0.f ? (coord < hi ? coord : hi) : 0.f;
 }
 
 // Reflected at twice_low / 2 and twice_high / 2 until it lies between them (torch passes the
-// bounds doubled so that they are integers). Infinity and NaN give NaN.
+// bounds doubled so that they are integers). Infinity and NaN give NaN (clipped to 0 next).
 KILN_GRID_SAMPLE_HD float grid_sample_reflect(float coord, int64_t twice_low, int64_t twice_high) {
   if (twice_low == twice_high) return 0.f;
   const float low = static_cast<float>(twice_low) / 2.f;

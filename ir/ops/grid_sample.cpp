@@ -37,7 +37,8 @@ std::vector<TensorDesc> infer_grid_sample(const Layer& layer, const std::vector<
   KILN_CHECK(is_floating(in[0].dtype),
              who << ": input must be float32, float16 or bfloat16, got " << dtype_name(in[0].dtype));
   KILN_CHECK(in[1].dtype == in[0].dtype, who << ": grid must have the input's dtype "
-                                             << dtype_name(in[0].dtype) << ", got " << dtype_name(in[1].dtype));
+                                             << dtype_name(in[0].dtype) << ", got "
+                                             << dtype_name(in[1].dtype));
   KILN_CHECK(grid[3] == 2 || grid[3] == kDynamic,
              who << ": the last dim of the grid must be 2 (x, y), got " << to_string(grid));
   KILN_CHECK(x[0] == grid[0] || x[0] == kDynamic || grid[0] == kDynamic,

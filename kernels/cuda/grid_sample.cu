@@ -52,7 +52,8 @@ __device__ float bicubic(const T* plane, float gx, float gy, const GridSampleGeo
     const int64_t r = grid_sample_tap(y0, i, g.h_in, g.padding, g.align_corners);
     float row = 0.f;
     // A tap outside the image reads 0 and is still weighted, as in torch.
-    for (int j = 0; j < 4; ++j) row += (r < 0 || cols[j] < 0 ? 0.f : to_float(plane[r * g.w_in + cols[j]])) * wx[j];
+    for (int j = 0; j < 4; ++j)
+      row += (r < 0 || cols[j] < 0 ? 0.f : to_float(plane[r * g.w_in + cols[j]])) * wx[j];
     acc += row * wy[i];
   }
   return acc;
@@ -62,7 +63,8 @@ template <typename T>
 __global__ void grid_sample_kernel(const T* __restrict__ x, const T* __restrict__ grid, T* __restrict__ y,
                                    GridSampleGeometry g, int64_t n) {
   const int64_t out_plane = g.h_out * g.w_out;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t p = i % out_plane;  // h * w_out + w
     const int64_t nc = i / out_plane;
     const int64_t b = nc / g.channels;

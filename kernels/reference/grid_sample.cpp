@@ -45,7 +45,8 @@ class RefGridSample final : public Kernel {
           if (a_.mode == GridSampleMode::kNearest) {  // a copy, as torch's (keeps -0 and NaN)
             acc = taps.empty() ? 0.0 : load_element(x, plane + taps[0].offset);
           } else {
-            for (const Tap& t : taps) acc += t.weight * (t.offset < 0 ? 0.0 : load_element(x, plane + t.offset));
+            for (const Tap& t : taps)
+              acc += t.weight * (t.offset < 0 ? 0.0 : load_element(x, plane + t.offset));
           }
           store_element(y, (n * channels + c) * out_plane + p, acc);
         }

@@ -49,6 +49,11 @@ CASES = {
     "arange": ([], {"start": 2, "end": 40, "step": 3, "dtype": "int64"}),
     "fill": ([], {"value": 2.5, "dtype": "float32", "shape": [3, 4]}),
     "resize": ([f(3, 2, 5, 7)], {"mode": "linear", "sizes": [9, 4], "align_corners": 0}),
+    # randn grid: sample points inside and outside the image
+    "grid_sample": (
+        [f(3, 2, 5, 7), f(3, 4, 6, 2)],
+        {"mode": "bicubic", "padding_mode": "reflection"},
+    ),
     "gather": ([f(3, 10, 4), i(10, 6)], {"axis": 1}),
     "gather_elements": ([f(3, 5), i(5, 3, 4)], {"axis": 1}),
     "scatter_elements": ([f(4, 6), i(4, 5, 6), f(5, 6)], {"axis": 0, "reduction": "add"}),

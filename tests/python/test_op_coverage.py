@@ -1078,6 +1078,31 @@ CASES = [
         lambda x: torch.ops.aten.upsample_nearest2d(x, [8, 10]),
         [(1, 3, 4, 5)],
     ),
+    # randn grids: points inside and outside [-1, 1]. No bilinear + zeros + align_corners row:
+    # on CUDA, torch.grid_sampler may route that one to cudnn_grid_sampler instead. float32 only:
+    # eager float16 on the CPU rounds the coordinates and every step to float16 (bicubic is off by
+    # more than 1e-2, nearest picks other pixels); test_grid_sample.py checks float16/bfloat16
+    # against torch's float32 math.
+    Case(
+        "aten.grid_sampler_2d.default",
+        lambda x, g: F.grid_sample(x, g, align_corners=False),
+        [(2, 3, 5, 6), (2, 4, 7, 2)],
+        dynamic={0: (0, 2, 3), 1: (0, 1, 2)},
+    ),
+    Case(
+        "aten.grid_sampler_2d.default",
+        lambda x, g: F.grid_sample(x, g, mode="nearest", padding_mode="border", align_corners=True),
+        [(1, 2, 6, 5), (1, 3, 4, 2)],
+        id="nearest-border",
+    ),
+    Case(
+        "aten.grid_sampler_2d.default",
+        lambda x, g: F.grid_sample(
+            x, g, mode="bicubic", padding_mode="reflection", align_corners=False
+        ),
+        [(2, 3, 5, 6), (2, 4, 7, 2)],
+        id="bicubic-reflection",
+    ),
 ]
 
 
