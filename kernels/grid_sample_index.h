@@ -12,29 +12,9 @@
 
 #include "ir/ops/grid_sample.h"
 
-#ifdef __CUDACC__
-#define KILN_GRID_SAMPLE_HD __host__ __device__ __forceinline__
-#else
-#define KILN_GRID_SAMPLE_HD inline
-#endif
+#include "kernels/exact_float.h"
 
 namespace kiln {
-
-// Rounded float32 operations, never contracted into an FMA.
-KILN_GRID_SAMPLE_HD float grid_sample_mul(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-KILN_GRID_SAMPLE_HD float grid_sample_add(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
 
 // A normalized grid coordinate in [-1, 1] -> a pixel coordinate of a dim of `size` pixels:
 // align_corners maps -1 and 1 to the corner pixels' centres, otherwise to their outer edges.
@@ -42,9 +22,9 @@ KILN_GRID_SAMPLE_HD float grid_sample_add(float a, float b) {
 // compiled that way (nvcc contracts GridSampler.cuh's expression; the CPU kernel's
 // (coord + 1) * (size / 2) - 0.5 becomes an FMA on AVX2), and the separately rounded product
 // would move coordinates by an ulp.
-KILN_GRID_SAMPLE_HD float grid_sample_unnormalize(float coord, int64_t size, bool align_corners) {
-  const float one_up = grid_sample_add(coord, 1.f);
-  if (align_corners) return grid_sample_mul(one_up / 2.f, static_cast<float>(size - 1));
+KILN_HD float grid_sample_unnormalize(float coord, int64_t size, bool align_corners) {
+  const float one_up = exact_add(coord, 1.f);
+  if (align_corners) return exact_mul(one_up / 2.f, static_cast<float>(size - 1));
 #ifdef __CUDA_ARCH__
   return __fmaf_rn(one_up, static_cast<float>(size), -1.f) / 2.f;
 #else
@@ -53,36 +33,35 @@ KILN_GRID_SAMPLE_HD float grid_sample_unnormalize(float coord, int64_t size, boo
 }
 
 // Clamped to [0, size - 1]; NaN gives 0, as in torch's CPU and CUDA kernels.
-KILN_GRID_SAMPLE_HD float grid_sample_clip(float coord, int64_t size) {
+KILN_HD float grid_sample_clip(float coord, int64_t size) {
   const float hi = static_cast<float>(size - 1);
   return coord > 0.f ? (coord < hi ? coord : hi) : 0.f;
 }
 
 // Reflected at twice_low / 2 and twice_high / 2 until it lies between them (torch passes the
 // bounds doubled so that they are integers). Infinity and NaN give NaN (clipped to 0 next).
-KILN_GRID_SAMPLE_HD float grid_sample_reflect(float coord, int64_t twice_low, int64_t twice_high) {
+KILN_HD float grid_sample_reflect(float coord, int64_t twice_low, int64_t twice_high) {
   if (twice_low == twice_high) return 0.f;
   const float low = static_cast<float>(twice_low) / 2.f;
   const float span = static_cast<float>(twice_high - twice_low) / 2.f;
-  const float dist = fabsf(grid_sample_add(coord, -low));
+  const float dist = fabsf(exact_add(coord, -low));
   if (!(dist <= 3.4e38f)) return NAN;
   const float extra = fmodf(dist, span);
   const float flips = floorf(dist / span);
   // The parity in float: exact for every float (those at or past 2^24 are all even).
-  if (fmodf(flips, 2.f) == 0.f) return grid_sample_add(extra, low);
-  return grid_sample_add(grid_sample_add(span, -extra), low);
+  if (fmodf(flips, 2.f) == 0.f) return exact_add(extra, low);
+  return exact_add(exact_add(span, -extra), low);
 }
 
 // torch's safe_downgrade_to_int_range: a coordinate that is not finite or outside the int32 range
 // becomes -100, an index outside every image, so converting it to an integer is defined.
-KILN_GRID_SAMPLE_HD float grid_sample_safe_index(float coord) {
+KILN_HD float grid_sample_safe_index(float coord) {
   const float lo = static_cast<float>(INT32_MIN), hi = static_cast<float>(INT32_MAX - 1);
   return coord >= lo && coord <= hi ? coord : -100.f;
 }
 
 // The padding mode applied to a pixel coordinate (torch's compute_coordinates).
-KILN_GRID_SAMPLE_HD float grid_sample_pad(float coord, int64_t size, GridSamplePadding padding,
-                                          bool align_corners) {
+KILN_HD float grid_sample_pad(float coord, int64_t size, GridSamplePadding padding, bool align_corners) {
   if (padding == GridSamplePadding::kBorder) {
     coord = grid_sample_clip(coord, size);
   } else if (padding == GridSamplePadding::kReflection) {
@@ -95,16 +74,15 @@ KILN_GRID_SAMPLE_HD float grid_sample_pad(float coord, int64_t size, GridSampleP
 
 // The pixel coordinate bilinear and nearest sample at (torch's grid_sampler_compute_source_index).
 // Bicubic unnormalizes only and pads each of its taps (grid_sample_tap).
-KILN_GRID_SAMPLE_HD float grid_sample_source(float coord, int64_t size, GridSamplePadding padding,
-                                             bool align_corners) {
+KILN_HD float grid_sample_source(float coord, int64_t size, GridSamplePadding padding, bool align_corners) {
   return grid_sample_pad(grid_sample_unnormalize(coord, size, align_corners), size, padding, align_corners);
 }
 
 // Bicubic tap `k` (0..3) around floor(coord) = `base` as a pixel index after padding, or -1 when
 // it lies outside the image (it then reads 0; torch's get_value_bounded).
-KILN_GRID_SAMPLE_HD int64_t grid_sample_tap(float base, int k, int64_t size, GridSamplePadding padding,
-                                            bool align_corners) {
-  const float c = grid_sample_add(grid_sample_add(base, -1.f), static_cast<float>(k));
+KILN_HD int64_t grid_sample_tap(float base, int k, int64_t size, GridSamplePadding padding,
+                                bool align_corners) {
+  const float c = exact_add(exact_add(base, -1.f), static_cast<float>(k));
   const int64_t i = static_cast<int64_t>(grid_sample_pad(c, size, padding, align_corners));
   return i >= 0 && i < size ? i : -1;
 }
@@ -112,12 +90,12 @@ KILN_GRID_SAMPLE_HD int64_t grid_sample_tap(float base, int k, int64_t size, Gri
 // Cubic convolution kernel (A = -0.75, torch's cubic_convolution1/2) at distance x from a tap:
 // the near branch for |x| <= 1, the far one for 1 < |x| < 2.
 template <typename T>
-KILN_GRID_SAMPLE_HD T grid_sample_cubic_near(T x) {
+KILN_HD T grid_sample_cubic_near(T x) {
   const T a = T(-0.75);
   return ((a + 2) * x - (a + 3)) * x * x + 1;
 }
 template <typename T>
-KILN_GRID_SAMPLE_HD T grid_sample_cubic_far(T x) {
+KILN_HD T grid_sample_cubic_far(T x) {
   const T a = T(-0.75);
   return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a;
 }
@@ -125,7 +103,7 @@ KILN_GRID_SAMPLE_HD T grid_sample_cubic_far(T x) {
 // The weights of the taps at -1, 0, 1, 2 for a point at fraction t past tap 0 (torch's
 // get_cubic_upsample_coefficients).
 template <typename T>
-KILN_GRID_SAMPLE_HD void grid_sample_cubic_weights(T t, T w[4]) {
+KILN_HD void grid_sample_cubic_weights(T t, T w[4]) {
   w[0] = grid_sample_cubic_far<T>(t + 1);
   w[1] = grid_sample_cubic_near<T>(t);
   w[2] = grid_sample_cubic_near<T>(1 - t);

@@ -7,29 +7,9 @@
 #include <cmath>
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define KILN_RESIZE_HD __host__ __device__ __forceinline__
-#else
-#define KILN_RESIZE_HD inline
-#endif
+#include "kernels/exact_float.h"
 
 namespace kiln {
-
-// Rounded float32 product and sum, never contracted into an FMA.
-KILN_RESIZE_HD float resize_mul(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-KILN_RESIZE_HD float resize_add(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
 
 // Output coordinate -> input coordinate ratio of one spatial dim (torch's
 // area_pixel_compute_scale). `scale` is the user's scale factor, or 0 when sizes were given.
@@ -40,16 +20,16 @@ inline float resize_ratio(int64_t in, int64_t out, bool align_corners, double sc
 }
 
 // torch 'nearest': floor(dst * ratio), clamped to the last input index.
-KILN_RESIZE_HD int64_t nearest_source(float ratio, int64_t dst, int64_t in) {
-  int64_t s = static_cast<int64_t>(floorf(resize_mul(ratio, static_cast<float>(dst))));
+KILN_HD int64_t nearest_source(float ratio, int64_t dst, int64_t in) {
+  int64_t s = static_cast<int64_t>(floorf(exact_mul(ratio, static_cast<float>(dst))));
   return s < in - 1 ? s : in - 1;
 }
 
 // torch 'nearest-exact': the pixel whose centre is nearest, floor((dst + 0.5) * ratio).
-KILN_RESIZE_HD int64_t nearest_exact_source(float ratio, int64_t dst, int64_t in) {
-  float r = resize_add(resize_mul(ratio, resize_add(static_cast<float>(dst), 0.5f)), -0.5f);
+KILN_HD int64_t nearest_exact_source(float ratio, int64_t dst, int64_t in) {
+  float r = exact_add(exact_mul(ratio, exact_add(static_cast<float>(dst), 0.5f)), -0.5f);
   if (r < 0.f) r = 0.f;
-  int64_t s = static_cast<int64_t>(floorf(resize_add(r, 0.5f)));
+  int64_t s = static_cast<int64_t>(floorf(exact_add(r, 0.5f)));
   return s < in - 1 ? s : in - 1;
 }
 
@@ -61,17 +41,16 @@ struct LinearTap {
   float w0, w1;
 };
 
-KILN_RESIZE_HD LinearTap linear_source(float ratio, int64_t dst, int64_t in, int64_t out,
-                                       bool align_corners) {
+KILN_HD LinearTap linear_source(float ratio, int64_t dst, int64_t in, int64_t out, bool align_corners) {
   if (in == out) return {dst, dst, 1.f, 0.f};
-  float r = align_corners ? resize_mul(ratio, static_cast<float>(dst))
-                          : resize_add(resize_mul(ratio, resize_add(static_cast<float>(dst), 0.5f)), -0.5f);
+  float r = align_corners ? exact_mul(ratio, static_cast<float>(dst))
+                          : exact_add(exact_mul(ratio, exact_add(static_cast<float>(dst), 0.5f)), -0.5f);
   if (!align_corners && r < 0.f) r = 0.f;
   int64_t i = static_cast<int64_t>(floorf(r));
   if (i > in - 1) i = in - 1;
-  float w = resize_add(r, -static_cast<float>(i));
+  float w = exact_add(r, -static_cast<float>(i));
   w = w < 0.f ? 0.f : (w > 1.f ? 1.f : w);
-  return {i, i + (i < in - 1 ? 1 : 0), resize_add(1.f, -w), w};
+  return {i, i + (i < in - 1 ? 1 : 0), exact_add(1.f, -w), w};
 }
 
 }  // namespace kiln
