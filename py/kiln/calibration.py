@@ -91,6 +91,12 @@ class Calibrator:
         self, program, names: list[str], device: torch.device, specs
     ) -> dict[str, float]:
         gm = program.module()
+        # The unlifted module renames some placeholders (an argument named `input` becomes
+        # `input_1`): user inputs are matched by position, other nodes keep their names.
+        user = set(program.graph_signature.user_inputs)
+        ours = [n.name for n in program.graph.nodes if n.op == "placeholder" and n.name in user]
+        theirs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+        renamed = dict(zip(theirs, ours, strict=False))
         wanted = set(names)
         batches = [b if isinstance(b, tuple | list) else (b,) for b in self.batches]
         if not batches:
@@ -101,7 +107,7 @@ class Calibrator:
         def run(observe) -> None:
             for k, batch in enumerate(batches):
                 flat = pytree.tree_leaves((tuple(_to(x, device) for x in batch), {}))
-                _Observer(gm, wanted, observe).run(*flat)
+                _Observer(gm, wanted, observe, renamed).run(*flat)
                 log("info", f"kiln calibration ({self.algorithm}): batch {k + 1}/{len(batches)}")
 
         # Pass 1: the largest magnitude per tensor (all minmax needs).
@@ -220,15 +226,17 @@ def _to(x, device):
 class _Observer(torch.fx.Interpreter):
     """Runs the program's module, handing each wanted node's value to `observe`."""
 
-    def __init__(self, gm, wanted: set[str], observe):
+    def __init__(self, gm, wanted: set[str], observe, renamed: dict[str, str]):
         super().__init__(gm)
         self.wanted = wanted
         self.observe = observe
+        self.renamed = renamed  # module placeholder name -> the exported program's
 
     def run_node(self, n):
         result = super().run_node(n)
-        if n.name in self.wanted and isinstance(result, torch.Tensor):
-            self.observe(n.name, result)
+        name = self.renamed.get(n.name, n.name) if n.op == "placeholder" else n.name
+        if name in self.wanted and isinstance(result, torch.Tensor):
+            self.observe(name, result)
         return result
 
 

@@ -44,6 +44,8 @@ class LayerInfo:
     fused: list[str]
     attrs: dict
     time_ms: float | None = None
+    constants: dict = field(default_factory=dict)  # small constant inputs by value
+    input_names: list[str] = field(default_factory=list)
 
     @property
     def dtypes(self) -> str:
@@ -180,6 +182,11 @@ class Inspection:
                 row += [f"{t:.4f}", f"{100 * t / self.total_ms:.1f}" if self.total_ms else "-"]
             rows.append(row)
         lines += _table(head, rows)
+        quant = [la for la in self.layers if la.op in _QUANTIZATION_OPS]
+        if quant:
+            lines.append("")
+            lines.append("quantization (scale, zero point; int8 range quant_min..quant_max):")
+            lines += [f"  {la.name} ({la.op}): {_quant_params(la)}" for la in quant]
         if timed:
             shapes = ", ".join(f"{n} {_dims(d)}" for n, d in self.profile_shapes.items())
             lines.append("")
@@ -210,6 +217,26 @@ class Inspection:
         return self.text()
 
 
+_QUANTIZATION_OPS = ("quantize", "dequantize", "fake_quantize")
+
+
+def _quant_params(la: LayerInfo) -> str:
+    """A quantization layer's scale(s) and zero point(s), from its constant inputs."""
+    given = [la.constants.get(n) for n in la.input_names[1:3]]
+    scale = given[0] if given else None
+    zero = given[1] if len(given) > 1 and given[1] is not None else [0]
+    lo, hi = la.attrs.get("quant_min", -128), la.attrs.get("quant_max", 127)
+    if scale is None:
+        return f"scale computed at run time; range {lo}..{hi}"
+    if len(scale) == 1:
+        return f"scale {scale[0]:.6g}, zero point {zero[0]}; range {lo}..{hi}"
+    return (
+        f"{len(scale)} per-channel scales along axis {la.attrs.get('axis', 0)}, "
+        f"{min(scale):.6g}..{max(scale):.6g}, zero points {min(zero)}..{max(zero)}; "
+        f"range {lo}..{hi}"
+    )
+
+
 def inspect(source) -> Inspection:
     """An Inspection of a plan: a kiln.Plan, plan bytes, a plan file's path, or a kiln.Engine."""
     plan = _plan_of(source)
@@ -230,6 +257,8 @@ def inspect(source) -> Inspection:
                 if isinstance(fused, str)
                 else [],
                 attrs=attrs,
+                constants=dict(d.get("constants", {})),
+                input_names=[t[0] for t in d["inputs"]],
             )
         )
     # Bindings only: the CPU reference backend runs any plan.

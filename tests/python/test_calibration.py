@@ -92,6 +92,8 @@ def test_ptq_stays_within_one_percent_of_fp32(digits, device, algorithm):
     )
     ops = [la.op for p in kiln.plans(compiled) for la in kiln.inspect(p).layers]
     assert ops.count("fake_quantize") == 4, ops  # the input of each conv and linear layer
+    text = kiln.inspect(kiln.plans(compiled)[0]).text()
+    assert text.count("(fake_quantize): scale ") == 4 and "range -127..127" in text, text
     int8 = accuracy(compiled, test, labels)
     assert int8 >= fp32 - 0.01, (algorithm, int8, fp32)
     # Quantization really happened: the outputs move, a little.
@@ -127,6 +129,16 @@ def test_cache_is_reused_and_refused_for_another_network(digits, tmp_path):
     cache.write_text("some other file\n")
     with pytest.raises(kiln.KilnError, match="not a Kiln calibration cache"):
         int8(model, test[:4], kiln.Calibrator([], cache_file=cache))
+
+
+def test_an_input_named_input_is_calibrated():
+    # torch.nn.Sequential's forward argument is `input`, which the unlifted module renames.
+    m = torch.nn.Sequential(torch.nn.Linear(8, 4)).eval()
+    x = torch.randn(2, 8)
+    compiled = int8(m, x, kiln.Calibrator([(x,)]), min_block_size=1)  # x is in range
+    text = kiln.inspect(kiln.plans(compiled)[0]).text()
+    assert "(fake_quantize): scale " in text, text
+    torch.testing.assert_close(compiled(x), m(x), rtol=0.05, atol=0.05)
 
 
 def test_int8_errors(digits):

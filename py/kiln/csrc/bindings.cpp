@@ -467,6 +467,35 @@ PYBIND11_MODULE(_C, m) {
                for (TensorId t : l.outputs) outs.append(describe_tensor(t));
                d["inputs"] = ins;
                d["outputs"] = outs;
+               // Small numeric constant inputs by value (quantization scales and zero points).
+               py::dict constants;
+               for (TensorId id : l.inputs) {
+                 const Tensor& t = n.tensor(id);
+                 if (t.kind != TensorKind::kConstant || !t.data || !is_static(t.dims)) continue;
+                 const int64_t count = volume(t.dims);
+                 if (count > 4096) continue;
+                 py::list values;
+                 for (int64_t k = 0; k < count; ++k) {
+                   const uint8_t* at = t.data->data() + k * dtype_size(t.dtype);
+                   if (t.dtype == DataType::kFloat32) {
+                     float v;
+                     std::memcpy(&v, at, sizeof v);
+                     values.append(static_cast<double>(v));
+                   } else if (t.dtype == DataType::kInt64) {
+                     int64_t v;
+                     std::memcpy(&v, at, sizeof v);
+                     values.append(v);
+                   } else if (t.dtype == DataType::kInt32) {
+                     int32_t v;
+                     std::memcpy(&v, at, sizeof v);
+                     values.append(v);
+                   } else {
+                     break;
+                   }
+                 }
+                 if (static_cast<int64_t>(py::len(values)) == count) constants[py::str(t.name)] = values;
+               }
+               d["constants"] = constants;
                out.append(d);
              }
              return out;
