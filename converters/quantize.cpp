@@ -8,7 +8,9 @@
 // The layers compute as torch does, so a Q/DQ model's engine agrees with its eager fake-quant
 // model. uint8 schemes (an X86 pt2e quantizer's activations) have no engine dtype: those nodes run
 // in PyTorch.
+#include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "converters/converter.h"
 #include "converters/converter_util.h"
@@ -67,6 +69,34 @@ void as_scalars(ConversionContext& ctx, const KNode& n, std::vector<TensorId>& i
     scalar.set("shape", std::vector<int64_t>{});
     in[k] = ctx.add(n, "reshape", {in[k]}, scalar, k == 1 ? "scale_0d" : "zp_0d").outputs[0];
   }
+}
+
+// "" when a per-tensor scale and zero point are usable: constants, or (.tensor overloads) tensors.
+std::string per_tensor_args(const KNode& n, bool tensor_args) {
+  if (tensor_args || (n.arg("scale").is_number() && n.arg("zero_point").kind == Arg::Kind::kInt)) return "";
+  return "scale and zero_point must be constants";
+}
+
+// Appends a per-tensor scale and zero point to `in` (0-d); returns the scale as torch's decomposed
+// ops see it (a double: the number, or the float32 constant's value), or NaN when only known at
+// run time.
+double add_per_tensor_args(ConversionContext& ctx, const KNode& n, bool tensor_args,
+                           std::vector<TensorId>& in) {
+  if (!tensor_args) {
+    const double scale = n.arg("scale").as_double();
+    in.push_back(scalar_f32(ctx, n, scale, "scale"));
+    in.push_back(ctx.constant_i64(n, {int_arg(n, "zero_point")}, {}, "zero_point"));
+    return scale;
+  }
+  in.push_back(scale_tensor(ctx, n, "scale"));
+  in.push_back(zero_point_tensor(ctx, n, "zero_point"));
+  as_scalars(ctx, n, in);
+  const KValue& s = ctx.graph().value(n.arg("scale").value);
+  if (!s.is_constant() || s.dtype != DataType::kFloat32 || s.data->size() != sizeof(float))
+    return std::numeric_limits<double>::quiet_NaN();
+  float v;
+  std::memcpy(&v, s.data->data(), sizeof v);
+  return v;
 }
 
 Attributes range_attrs(const KNode& n, int64_t axis) {
@@ -139,31 +169,15 @@ const ConverterRegistration kRegistered([] {
     q.capability = [tensor_args](const KGraph& g, const KNode& n) -> std::string {
       std::string r = require_floating(value_arg(g, n, "input"), "input");
       if (r.empty()) r = int8_dtype(n);
-      if (r.empty() && !tensor_args &&
-          (!n.arg("scale").is_number() || n.arg("zero_point").kind != Arg::Kind::kInt))
-        return "scale and zero_point must be constants";
+      if (r.empty()) r = per_tensor_args(n, tensor_args);
       return r.empty() ? check_range(n, true) : r;
     };
     q.convert = [tensor_args](ConversionContext& ctx, const KNode& n) {
       Attributes attrs = range_attrs(n, 0);
       std::vector<TensorId> in = {ctx.tensor(n, "input")};
-      if (tensor_args) {
-        in.push_back(scale_tensor(ctx, n, "scale"));
-        in.push_back(zero_point_tensor(ctx, n, "zero_point"));
-        // torch multiplies by 1.0 / scale.item() (a double): known for a constant scale.
-        const KValue& s = ctx.graph().value(n.arg("scale").value);
-        if (s.is_constant() && s.dtype == DataType::kFloat32 && s.data->size() == sizeof(float)) {
-          float v;
-          std::memcpy(&v, s.data->data(), sizeof v);
-          attrs.set("inv_scale", static_cast<double>(static_cast<float>(1.0 / static_cast<double>(v))));
-        }
-        as_scalars(ctx, n, in);
-      } else {
-        const double scale = n.arg("scale").as_double();
-        in.push_back(scalar_f32(ctx, n, scale, "scale"));
-        in.push_back(ctx.constant_i64(n, {int_arg(n, "zero_point")}, {}, "zero_point"));
-        attrs.set("inv_scale", static_cast<double>(static_cast<float>(1.0 / scale)));
-      }
+      // torch multiplies by 1.0 / scale, a double rounded to float32 (known for a constant scale).
+      const double scale = add_per_tensor_args(ctx, n, tensor_args, in);
+      if (!std::isnan(scale)) attrs.set("inv_scale", static_cast<double>(static_cast<float>(1.0 / scale)));
       ctx.set_output(n, 0, ctx.add(n, "quantize", in, attrs).outputs[0]);
     };
     q.limits = tensor_args ? "int8; one scale and zero point" : "int8; constant scale and zero point";
@@ -194,20 +208,13 @@ const ConverterRegistration kRegistered([] {
                             : "quantized_decomposed.dequantize_per_tensor.default";
     dq.capability = [tensor_args](const KGraph& g, const KNode& n) -> std::string {
       if (value_arg(g, n, "input").dtype != DataType::kInt8) return "only int8 input converts";
-      if (!tensor_args && (!n.arg("scale").is_number() || n.arg("zero_point").kind != Arg::Kind::kInt))
-        return "scale and zero_point must be constants";
+      const std::string r = per_tensor_args(n, tensor_args);
+      if (!r.empty()) return r;
       return is_floating(output_dtype(g, n)) ? "" : "the output must be floating";
     };
     dq.convert = [tensor_args](ConversionContext& ctx, const KNode& n) {
       std::vector<TensorId> in = {ctx.tensor(n, "input")};
-      if (tensor_args) {
-        in.push_back(scale_tensor(ctx, n, "scale"));
-        in.push_back(zero_point_tensor(ctx, n, "zero_point"));
-        as_scalars(ctx, n, in);
-      } else {
-        in.push_back(scalar_f32(ctx, n, n.arg("scale").as_double(), "scale"));
-        in.push_back(ctx.constant_i64(n, {int_arg(n, "zero_point")}, {}, "zero_point"));
-      }
+      add_per_tensor_args(ctx, n, tensor_args, in);
       Attributes attrs = range_attrs(n, 0);
       attrs.set("dtype", std::string(dtype_name(output_dtype(ctx.graph(), n))));
       ctx.set_output(n, 0, ctx.add(n, "dequantize", in, attrs).outputs[0]);

@@ -35,6 +35,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from kiln import _C
+from kiln.fx_lowering import lifted_tensors
 from kiln.log import log
 
 ALGORITHMS = ("entropy", "minmax", "percentile")
@@ -289,25 +290,18 @@ def _entropy_range(hist: np.ndarray, width: float, levels: int = _QMAX + 1) -> f
 _VIEWS = {aten.t.default, aten.permute.default, aten.transpose.int}
 
 
-def _weight_of(program, node) -> tuple[str, int] | None:
-    """(parameter placeholder name, output-channel axis of the parameter) when `node` is a
-    parameter or buffer (through a transpose: the weight of a Linear is t(W)); else None."""
-    lifted = {
-        s.arg.name
-        for s in program.graph_signature.input_specs
-        if s.kind != torch.export.graph_signature.InputKind.USER_INPUT
-    }
-    if node.op == "placeholder" and node.name in lifted:
-        return node.name, 0
-    if node.op == "call_function" and node.target in _VIEWS and node.args[0].op == "placeholder":
-        if node.args[0].name in lifted:
-            return node.args[0].name, 0  # t(W) of a Linear: W's rows are the output channels
-    return None
+def _weight_of(node, lifted) -> str | None:
+    """The parameter placeholder `node` reads (directly, or through a transpose: the weight of a
+    Linear is t(W)); its dim 0 is the output channel either way. None when it reads none."""
+    if node.op == "call_function" and node.target in _VIEWS:
+        node = node.args[0]
+    return node.name if node.op == "placeholder" and node.name in lifted else None
 
 
-def quantizable(program) -> list[tuple[torch.fx.Node, int, str, int]]:
-    """(consumer, activation argument index, weight placeholder, weight axis) of each convolution
-    or matrix product with a weight operand."""
+def quantizable(program) -> list[tuple[torch.fx.Node, int, str]]:
+    """(consumer, activation argument index, weight placeholder) of each convolution or matrix
+    product with a weight operand."""
+    lifted = lifted_tensors(program)
     found = []
     for node in program.graph.nodes:
         if node.op != "call_function":
@@ -320,14 +314,14 @@ def quantizable(program) -> list[tuple[torch.fx.Node, int, str, int]]:
             act, weight = 0, 1
         else:
             continue
-        w = _weight_of(program, node.args[weight])
+        w = _weight_of(node.args[weight], lifted)
         x = node.args[act]
         if w is None or not isinstance(x, torch.fx.Node):
             continue
         val = x.meta.get("val")
         if not isinstance(val, torch.Tensor) or not val.is_floating_point():
             continue
-        found.append((node, act, w[0], w[1]))
+        found.append((node, act, w))
     return found
 
 
@@ -355,7 +349,7 @@ def quantize_program(program, calibrator: Calibrator, device: torch.device, spec
     graph = program.graph
     by_name = {n.name: n for n in graph.nodes}
     quantized: dict[str, torch.fx.Node] = {}
-    for consumer, index, _, _ in targets:
+    for consumer, index, _ in targets:
         x = consumer.args[index]
         if x.name not in quantized:
             scale = max(amax[x.name], 1e-12) / _QMAX
@@ -369,47 +363,32 @@ def quantize_program(program, calibrator: Calibrator, device: torch.device, spec
         args = list(consumer.args)
         args[index] = quantized[x.name]
         consumer.args = tuple(args)
-    lifted = _lifted(program)
+    lifted = lifted_tensors(program)
+    consumers = {id(t[0]) for t in targets}
     weights: dict[str, torch.Tensor] = {}
-    for _, _, name, axis in targets:
-        users = by_name[name].users
-        if any(not _is_weight_use(u, targets) for u in users):
+    for _, _, name in targets:
+        if any(not _is_weight_use(u, consumers) for u in by_name[name].users):
             continue  # the parameter is read elsewhere too: left as it is
-        w = lifted[name]
-        weights[name] = _fake_quantize_weight(w, axis)
+        weights[name] = _fake_quantize_weight(lifted[name])
     program.graph_module.recompile()
     return weights, len(targets)
 
 
-def _is_weight_use(user, targets) -> bool:
-    consumers = {id(t[0]) for t in targets}
+def _is_weight_use(user, consumers: set[int]) -> bool:
+    """Whether `user` of a weight is a quantized layer, or a transpose only such layers read."""
     if id(user) in consumers:
         return True
     return user.target in _VIEWS and all(id(u) in consumers for u in user.users)
 
 
-def _lifted(program) -> dict[str, torch.Tensor]:
-    out = {}
-    for s in program.graph_signature.input_specs:
-        if s.kind == torch.export.graph_signature.InputKind.USER_INPUT:
-            continue
-        out[s.arg.name] = (
-            program.state_dict[s.target]
-            if s.target in program.state_dict
-            else program.constants[s.target]
-        )
-    return out
-
-
-def _fake_quantize_weight(w: torch.Tensor, axis: int) -> torch.Tensor:
-    """Symmetric per-output-channel INT8 fake quantization of a weight (values in [-127, 127])."""
-    flat = w.detach().float().transpose(0, axis).reshape(w.shape[axis], -1)
+def _fake_quantize_weight(w: torch.Tensor) -> torch.Tensor:
+    """Symmetric per-output-channel (dim 0) INT8 fake quantization of a weight (values in
+    [-127, 127])."""
+    flat = w.detach().float().reshape(w.shape[0], -1)
     amax = flat.abs().amax(1).clamp_min(1e-12)
     scales = (amax / _QMAX).to(torch.float32)
     zeros = torch.zeros_like(scales, dtype=torch.int32)
-    q = torch.fake_quantize_per_channel_affine(
-        w.detach().float(), scales, zeros, axis, -_QMAX, _QMAX
-    )
+    q = torch.fake_quantize_per_channel_affine(w.detach().float(), scales, zeros, 0, -_QMAX, _QMAX)
     return q.to(w.dtype)
 
 

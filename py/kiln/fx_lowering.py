@@ -107,14 +107,7 @@ class FxLowering:
 
     def _lifted_tensors(self) -> dict[str, torch.Tensor]:
         sig = self.program.graph_signature
-        out = {}
-        for spec in sig.input_specs:
-            if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT:
-                continue
-            if spec.target in self.program.state_dict:
-                out[spec.arg.name] = self.program.state_dict[spec.target]
-            else:
-                out[spec.arg.name] = self.program.constants[spec.target]
+        out = lifted_tensors(self.program)
         for spec in sig.output_specs:
             if spec.kind != torch.export.graph_signature.OutputKind.USER_OUTPUT:
                 raise _C.KilnError(
@@ -229,6 +222,19 @@ class FxLowering:
             self.narrowed.append(node.name)
             dtype = NARROWED[dtype]
         return _dtype(dtype, node)
+
+
+def lifted_tensors(program) -> dict[str, torch.Tensor]:
+    """{placeholder name: tensor} of an exported program's parameters, buffers and constants."""
+    out = {}
+    for spec in program.graph_signature.input_specs:
+        if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT:
+            continue
+        if spec.target in program.state_dict:
+            out[spec.arg.name] = program.state_dict[spec.target]
+        else:
+            out[spec.arg.name] = program.constants[spec.target]
+    return out
 
 
 def _touches_float64(node: torch.fx.Node, named_args) -> bool:

@@ -909,6 +909,25 @@ CASES = [
         [(3, 8)],
     ),
     Case(
+        "quantized_decomposed.quantize_per_tensor.tensor",
+        lambda a, s: qd.quantize_per_tensor.tensor(
+            a, s.abs() + 0.02, torch.tensor(3, device=a.device), -128, 127, torch.int8
+        ),
+        [(3, 8), (1,)],
+    ),
+    Case(
+        "quantized_decomposed.dequantize_per_tensor.tensor",
+        lambda a, s: qd.dequantize_per_tensor.tensor(
+            qd.quantize_per_tensor(a, 0.07, -2, -128, 127, torch.int8),
+            s.abs() + 0.02,
+            torch.tensor(-2, device=a.device),
+            -128,
+            127,
+            torch.int8,
+        ),
+        [(3, 8), (1,)],
+    ),
+    Case(
         "quantized_decomposed.quantize_per_channel.default",
         lambda a, s: qd.quantize_per_channel(
             a,
