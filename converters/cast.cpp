@@ -10,9 +10,10 @@ const ConverterRegistration kRegistered([] {
   Converter to_copy;
   to_copy.target = "aten._to_copy.default";
   to_copy.capability = [](const KGraph& g, const KNode& n) -> std::string {
-    // A device change of a constant (a CPU tensor the model builds and moves) moves nothing in
-    // an engine: its constants live on the engine's device.
-    if (!n.arg("device").is_none() && !value_arg(g, n, "self").is_constant())
+    // A device change of a constant, or of a value computed from constants alone (a CPU counter
+    // a transformers cache keeps, cloned and moved to the GPU), moves nothing in an engine: its
+    // constants live on the engine's device.
+    if (!n.arg("device").is_none() && !g.from_constants_only(value_arg(g, n, "self").id))
       return "a device change is not converted";
     if (const Arg* layout = n.find("layout"); layout && !layout->is_none() && layout->s != "torch.strided")
       return "layout " + layout->describe() + " is not converted";
@@ -29,7 +30,7 @@ const ConverterRegistration kRegistered([] {
   };
   to_copy.limits =
       "dtype changes; memory_format ignored; a device argument only when it is the input's own device (the "
-      "frontend drops it then) or the input is a constant";
+      "frontend drops it then) or the input is computed from constants alone";
   register_converter(std::move(to_copy));
 
   Converter scalar;

@@ -201,6 +201,25 @@ std::vector<ValueId> KGraph::node_inputs(const KNode& node) {
 
 std::vector<int> KGraph::producers() const { return producer_; }
 
+bool KGraph::from_constants_only(ValueId v) const {
+  check_value(v, "from_constants_only");
+  std::vector<ValueId> pending{v};
+  std::vector<bool> seen(values_.size(), false);
+  while (!pending.empty()) {
+    const ValueId u = pending.back();
+    pending.pop_back();
+    if (seen[u]) continue;
+    seen[u] = true;
+    const int p = producer_[u];
+    if (p < 0) {
+      if (!values_[u].is_constant()) return false;
+      continue;
+    }
+    for (ValueId in : node_inputs(nodes_[p])) pending.push_back(in);
+  }
+  return true;
+}
+
 std::string KGraph::summary() const {
   std::ostringstream os;
   for (const KNode& n : nodes_) {

@@ -92,6 +92,9 @@ class KGraph {
   static std::vector<ValueId> node_inputs(const KNode& node);
   // Index of the node producing each value (-1 for inputs and constants).
   std::vector<int> producers() const;
+  // Whether `v` is a constant or computed from constants alone (no graph input upstream): an
+  // engine computes such a value on its own device wherever torch put it.
+  bool from_constants_only(ValueId v) const;
   std::string summary() const;  // one line per node, for debug logs
 
  private:

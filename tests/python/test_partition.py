@@ -241,3 +241,28 @@ def test_device_change_converts_for_constants_only():
     assert [(f.node, f.reason) for f in report.fallbacks] == [
         ("moved_input", "a device change is not converted")
     ]
+
+
+def test_device_change_converts_for_values_computed_from_constants():
+    # A transformers sliding-window cache returns a CPU counter: the export clones a lifted
+    # constant and moves it to the GPU. Neither node may fall back (they did on CUDA, as two
+    # PyTorch islands per layer); a value that reads an input still may not move.
+    g = _C.KGraph()
+    x = g.add_input("x", "float32", [3])
+    c = g.add_constant("c", "int64", [], struct.pack("q", 7))
+    cloned = g.add_value("cloned", "int64", [], False)
+    g.add_node("cloned", "aten.clone.default", [("self", _C.ValueRef(c))], [cloned], "")
+    moved = g.add_value("moved", "int64", [], False)
+    args = [("self", _C.ValueRef(cloned)), ("dtype", None), ("layout", None), ("device", "cuda:0")]
+    g.add_node("moved", "aten._to_copy.default", args, [moved], "")
+    y = g.add_value("y", "float32", [3], False)
+    g.add_node("y", "aten.neg.default", [("self", _C.ValueRef(x))], [y], "")
+    tainted = g.add_value("tainted", "float32", [3], False)
+    args = [("self", _C.ValueRef(y)), ("dtype", None), ("layout", None), ("device", "cuda:0")]
+    g.add_node("tainted", "aten._to_copy.default", args, [tainted], "")
+    for v in (moved, y, tainted):
+        g.mark_output(v)
+    _, report, _ = compile_graph(g)
+    assert [(f.node, f.reason) for f in report.fallbacks] == [
+        ("tainted", "a device change is not converted")
+    ]
