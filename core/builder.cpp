@@ -148,6 +148,8 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   if (config.optimization_level > 0) {
     const auto gemm_epilogue = [&](Network& n) { return fuse_gemm_epilogue(n, pinned); };
     run_pass("fold_batch_norm", fold_batch_norm, net);
+    run_pass(
+        "batch_norm_to_scale_shift", [&](Network& n) { return batch_norm_to_scale_shift(n, pinned); }, net);
     run_pass("patchify_convolutions", patchify_convolutions, net);
     run_pass("collapse_transposes", collapse_transposes, net);
     run_pass("fuse_gelu", fuse_gelu, net);

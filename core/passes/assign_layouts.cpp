@@ -16,6 +16,8 @@
 //   pooling, adaptive_pooling, rank 4: when their input was computed channels last.
 //   reduce with keepdim = 1 (squeeze-excitation's spatial mean), likewise: its axes are renumbered
 //       (NCHW axis 1 is NHWC axis 3, 2 is 1, 3 is 2), the kept rank-4 result stays channels last.
+//   concat of rank-4 tensors, one of them computed channels last (DenseNet concatenates its conv
+//       outputs on the channel axis every layer): the axis is renumbered likewise.
 //   transposes NCHW <-> NHWC of the model's own: no copy where the tensor's other layout is at hand
 //       (reads_as_layout_change).
 //   ops with the schema trait kLayoutTransparent (activation, unary, cast, elementwise): when one
@@ -95,6 +97,14 @@ class LayoutRewriter {
     }
     if (l.op == "pooling" || l.op == "adaptive_pooling") {
       return net_.tensor(l.inputs[0]).dims.size() == 4 && !channels_last(l) && is_tensor_last(l.inputs[0]);
+    }
+    if (l.op == "concat") {
+      bool any_last = false;
+      for (TensorId t : l.inputs) {
+        if (net_.tensor(t).dims.size() != 4) return false;
+        any_last |= is_tensor_last(t);
+      }
+      return any_last;
     }
     if (l.op == "reduce") {
       return l.inputs.size() == 1 && net_.tensor(l.inputs[0]).dims.size() == 4 &&
@@ -210,6 +220,10 @@ class LayoutRewriter {
     } else if (l.op == "pooling" || l.op == "adaptive_pooling") {
       inputs.push_back(last_version(l.inputs[0]));
       attrs.set("layout", std::string("nhwc"));
+    } else if (l.op == "concat") {
+      for (TensorId t : l.inputs) inputs.push_back(last_version(t));
+      const int64_t axis = l.attrs.get_int("axis", int64_t{0});
+      attrs.set("axis", kToFirst[static_cast<size_t>(axis < 0 ? axis + 4 : axis)]);
     } else if (l.op == "reduce") {
       inputs.push_back(last_version(l.inputs[0]));
       if (l.attrs.has("axes")) {

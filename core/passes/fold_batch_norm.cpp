@@ -9,7 +9,15 @@
 // channel dim. Channels-last convolutions are left alone (the pass runs before layouts anyway).
 // Math in double; the folded constants take the weight's dtype. The layer keeps its name and
 // lists the batch_norm in its `fused` attribute.
+//
+// batch_norm_to_scale_shift: an inference batch_norm with constant parameters that no producer
+// absorbed (DenseNet's and pre-activation ResNets' BN after a concat or a residual add) becomes
+// x * s + shift, two elementwise layers with [1, C, 1, ...] constants. Those are layout
+// transparent (assign_layouts keeps them channels last between NHWC convolutions, where a
+// batch_norm needed NCHW and two transposes) and fuse with the activation after them into one
+// generated kernel (fuse_pointwise).
 #include <cmath>
+#include <set>
 #include <string>
 
 #include "core/passes/fused_names.h"
@@ -141,6 +149,50 @@ bool fold_batch_norm(Network& net) {
   layers = std::move(kept);
   net.compact();
   return true;
+}
+
+bool batch_norm_to_scale_shift(Network& net, const std::set<std::string>& pinned) {
+  std::vector<Layer> old = std::move(net.mutable_layers());
+  net.mutable_layers().clear();
+  std::set<std::string> used;
+  for (const auto& l : old) used.insert(l.name);
+  for (const auto& t : net.tensors()) used.insert(t.name);
+  bool changed = false;
+  for (Layer& bn : old) {
+    const bool convertible = bn.op == "batch_norm" && !pinned.count(bn.name) &&
+                             all_constant(net, std::vector<TensorId>(bn.inputs.begin() + 1, bn.inputs.end()));
+    if (!convertible) {
+      net.mutable_layers().push_back(std::move(bn));
+      continue;
+    }
+    const double eps = bn.attrs.get_float("eps", default_float("batch_norm", "eps"));
+    const std::vector<double> scale = read_constant(net.tensor(bn.inputs[1])),
+                              beta = read_constant(net.tensor(bn.inputs[2])),
+                              mean = read_constant(net.tensor(bn.inputs[3])),
+                              var = read_constant(net.tensor(bn.inputs[4]));
+    std::vector<double> s(scale.size()), shift(scale.size());
+    for (size_t k = 0; k < s.size(); ++k) {
+      s[k] = scale[k] / std::sqrt(var[k] + eps);
+      shift[k] = beta[k] - mean[k] * s[k];
+    }
+    Dims dims(net.tensor(bn.inputs[0]).dims.size(), 1);
+    dims[1] = static_cast<int64_t>(s.size());
+    // In x's dtype (elementwise operands share one; batch_norm allows float32 parameters with a
+    // float16 x).
+    const DataType dtype = net.tensor(bn.inputs[0]).dtype;
+    const TensorId s_id =
+        net.add_constant(unique_name(used, bn.name + "/scale_folded"), dtype, dims, encode(s, dtype, dims));
+    const TensorId t_id = net.add_constant(unique_name(used, bn.name + "/shift_folded"), dtype, dims,
+                                           encode(shift, dtype, dims));
+    const TensorId scaled =
+        net.add_elementwise(bn.inputs[0], s_id, "mul", unique_name(used, bn.name + "/scale")).outputs[0];
+    Layer& add = net.add_elementwise(scaled, t_id, "add", unique_name(used, bn.name + "/shift"));
+    add.outputs[0] = bn.outputs[0];
+    add_fused_name(add, bn.name);
+    changed = true;
+  }
+  if (changed) net.compact();
+  return changed;
 }
 
 }  // namespace kiln

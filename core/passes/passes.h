@@ -32,6 +32,7 @@ bool fuse_rms_norm(Network& net);
 // Connected groups of pointwise layers -> one fused_pointwise layer each.
 bool fuse_pointwise(Network& net);
 bool fold_batch_norm(Network& net);
+bool batch_norm_to_scale_shift(Network& net, const std::set<std::string>& pinned);
 // Convolutions with stride == kernel (ViT's patch embedding) -> patch transpose + one GEMM.
 bool patchify_convolutions(Network& net);
 // Transposes that, through the views before them, read a tensor in its own order -> reshapes.

@@ -91,7 +91,9 @@ def test_fold_batch_norm_leaves_shared_or_runtime_inputs():
     p = bn_params(3)
     net.mark_output(net.add_batch_norm(c2, p[0], p[1], mean, p[3], name="bn2"), "y2")
     plan = build_plan(net)
-    assert ops(plan).count("batch_norm") == 2
+    # Neither folds into its conv: the first becomes a scale and shift (constant statistics), the
+    # second stays a batch_norm.
+    assert ops(plan) == ["convolution", "fused_pointwise", "convolution", "batch_norm"]
     assert "fused" not in layer_named(plan, "conv")["attrs"]
 
 
@@ -283,6 +285,64 @@ def test_layouts_absorb_the_models_own_nhwc_permutes(target):
             rtol=1e-2,
             atol=1e-2,
         )
+
+
+@pytest.mark.parametrize("target", DEVICES)
+def test_dense_block_runs_channels_last_without_transposes(target):
+    # DenseNet's layer: concat(features) -> batch norm -> relu -> 1x1 conv (+ folded bn, relu) ->
+    # 3x3 conv, whose output joins the next concat. The batch norm after the concat has no
+    # producer to fold into: it becomes a scale and shift (fused with the relu), and the concats
+    # renumber their axis to run channels last, so the only transposes are in and out.
+    net = kiln.Network()
+    x = net.add_input("x", "float16", [-1, 8, 6, 6])
+    feats = [net.add_convolution(x, conv_weight(8, 8).half(), padding=1, name="stem")]
+    for i in range(3):
+        c = 8 + 4 * i  # channels so far
+        cat = net.add_concat(feats, 1, name=f"cat{i}") if len(feats) > 1 else feats[0]
+        a = net.add_batch_norm(cat, *[p.half() for p in bn_params(c)], name=f"norm{i}")
+        a = net.add_activation(a, "relu", name=f"relu{i}")
+        a = net.add_convolution(a, conv_weight(8, c, 1, 1).half(), name=f"conv{i}a")
+        a = net.add_batch_norm(a, *[p.half() for p in bn_params(8)], name=f"norm{i}b")
+        a = net.add_activation(a, "relu", name=f"relu{i}b")
+        feats.append(net.add_convolution(a, conv_weight(4, 8).half(), padding=1, name=f"conv{i}b"))
+    net.mark_output(net.add_concat(feats, 1, name="out"), "y")
+    profile = {"x": ([1, 8, 6, 6], [2, 8, 6, 6], [3, 8, 6, 6])}
+    plan = build_plan(net, target, profile=profile)
+    assert "batch_norm" not in ops(plan)
+    for name in ("cat1", "cat2", "out"):
+        assert layer_named(plan, name)["attrs"]["axis"] == 3, name
+    copies = [
+        layer["name"]
+        for layer in plan.layers()
+        if layer["op"] == "transpose" and not layer["attrs"].get("alias")
+    ]
+    assert copies == ["x/to_nhwc", "y/to_nchw"], copies
+    plain = build_plan(net, target, level=0, profile=profile)
+    assert ops(plain).count("batch_norm") == 6
+    for batch in (1, 3):
+        feed = {"x": torch.randn(batch, 8, 6, 6).half()}
+        torch.testing.assert_close(
+            run_plan(plan, feed, target)["y"],
+            run_plan(plain, feed, target)["y"],
+            rtol=2e-2,
+            atol=2e-2,
+        )
+
+
+def test_unfoldable_batch_norm_becomes_scale_and_shift():
+    # A batch norm after an activation (no producer to fold into), float32 and rank 2 (BatchNorm1d
+    # in an MLP): one fused kernel with the activation after it, within float32 rounding.
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [-1, 6])
+    a = net.add_activation(x, "tanh", name="act")
+    a = net.add_batch_norm(a, *bn_params(6), eps=1e-3, name="bn")
+    net.mark_output(net.add_activation(a, "relu", name="relu"), "y")
+    profile = {"x": ([1, 6], [4, 6], [9, 6])}
+    plan, plain = build_plan(net, profile=profile), build_plan(net, level=0, profile=profile)
+    assert ops(plan) == ["fused_pointwise"]
+    assert ops(plain) == ["activation", "batch_norm", "activation"]
+    feed = {"x": torch.randn(5, 6)}
+    torch.testing.assert_close(run_plan(plan, feed)["y"], run_plan(plain, feed)["y"], **FOLD_TOL)
 
 
 def test_layouts_leave_float32_convolutions_alone():

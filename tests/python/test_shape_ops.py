@@ -194,6 +194,10 @@ CONCAT_CASES = [
     ([(2, 3, 4), (2, 3, 1), (2, 3, 7)], -1),
     ([(3, 0, 2), (3, 4, 2)], 1),
     ([(1, 5)] * 17, 0),
+    # DenseNet's channels-last concat: 40 inputs (two launches of up to 32), 16-byte rows in half
+    # precision beside odd ones, so the copy unit narrows to what every input allows.
+    ([(2, 3, 8)] * 20 + [(2, 3, 3)] + [(2, 3, 8)] * 19, -1),
+    ([(2, 4, 16), (2, 4, 24), (2, 4, 8)], 2),
 ]
 
 
@@ -204,7 +208,10 @@ def add_concat(axis):
 @pytest.mark.parametrize("shapes,axis", CONCAT_CASES)
 @pytest.mark.parametrize(
     "target,dtype",
-    per_device(cpu=[torch.float32], cuda=[torch.float32, torch.bfloat16, torch.int64, torch.bool]),
+    per_device(
+        cpu=[torch.float32],
+        cuda=[torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.bool],
+    ),
 )
 def test_concat(shapes, axis, target, dtype):
     xs = [fresh(s, dtype) for s in shapes]
