@@ -813,9 +813,19 @@ CASES = [
     Case("aten.squeeze.dims", lambda a: a.squeeze((1, 3)) + 1, [(3, 1, 4, 1)], (F32,)),
     Case("aten.expand.default", lambda a: a.expand(3, 4) + 1, [(1, 4)], (F32, I64)),
     Case("aten.clone.default", lambda a: a.t().clone() + 1, [(3, 4)], (F32,)),
-    Case("aten.full.default", lambda a: a + torch.full((3, 4), 2.0, device=a.device), [(3, 4)], (F32,)),
+    Case(
+        "aten.full.default",
+        lambda a: a + torch.full((3, 4), 2.0, device=a.device),
+        [(3, 4)],
+        (F32,),
+    ),
     Case("aten.full_like.default", lambda a: a + torch.full_like(a, 2), [(3, 4)], (F32, I64)),
-    Case("aten.arange.start_step", lambda a: a + torch.arange(1, 9, 2, device=a.device), [(3, 4)], (F32, I64)),
+    Case(
+        "aten.arange.start_step",
+        lambda a: a + torch.arange(1, 9, 2, device=a.device),
+        [(3, 4)],
+        (F32, I64),
+    ),
     Case(
         "aten.convolution.default",
         lambda x, w: F.conv2d(x, w, padding=1),
