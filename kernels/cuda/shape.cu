@@ -91,6 +91,25 @@ void launch_words(const StridedCopy& c, const void* src, void* dst, int64_t n, c
   }
 }
 
+// Calls f(T{}) with the unsigned type of `bytes` bytes (uint4 for 16): the word a copy moves.
+template <typename F>
+void with_word_type(size_t bytes, F&& f) {
+  switch (bytes) {
+    case 1:
+      return f(uint8_t{});
+    case 2:
+      return f(uint16_t{});
+    case 4:
+      return f(uint32_t{});
+    case 8:
+      return f(uint64_t{});
+    case 16:
+      return f(uint4{});
+    default:
+      KILN_FAIL("copy: no CUDA kernel moves " << bytes << "-byte words");
+  }
+}
+
 void launch_copy(const StridedCopy& copy, const TensorView& src, const TensorView& dst,
                  const LaunchContext& ctx) {
   if (copy_count(copy) == 0) return;
@@ -106,25 +125,8 @@ void launch_copy(const StridedCopy& copy, const TensorView& src, const TensorVie
   StridedCopy c = copy;
   const size_t word = widen_copy(c, size, src.data, dst.data);
   const int64_t n = copy_count(c);
-  switch (word) {
-    case 1:
-      launch_words<uint8_t>(c, src.data, dst.data, n, stream);
-      break;
-    case 2:
-      launch_words<uint16_t>(c, src.data, dst.data, n, stream);
-      break;
-    case 4:
-      launch_words<uint32_t>(c, src.data, dst.data, n, stream);
-      break;
-    case 8:
-      launch_words<uint64_t>(c, src.data, dst.data, n, stream);
-      break;
-    case 16:
-      launch_words<uint4>(c, src.data, dst.data, n, stream);
-      break;
-    default:
-      KILN_FAIL("strided copy: no CUDA kernel for " << size << "-byte elements");
-  }
+  with_word_type(
+      word, [&](auto word_type) { launch_words<decltype(word_type)>(c, src.data, dst.data, n, stream); });
   KILN_CUDA_CHECK_LAUNCH();
 }
 
@@ -321,22 +323,9 @@ class CudaConcat final : public Kernel {
         b.prefix[b.count + 1] = b.prefix[b.count] + bytes[k] / static_cast<int64_t>(unit);
         ++b.count;
       }
-      switch (unit) {
-        case 1:
-          launch_concat_rows<uint8_t>(b, y.data, outer, row, first, stream);
-          break;
-        case 2:
-          launch_concat_rows<uint16_t>(b, y.data, outer, row, first, stream);
-          break;
-        case 4:
-          launch_concat_rows<uint32_t>(b, y.data, outer, row, first, stream);
-          break;
-        case 8:
-          launch_concat_rows<uint64_t>(b, y.data, outer, row, first, stream);
-          break;
-        default:
-          launch_concat_rows<uint4>(b, y.data, outer, row, first, stream);
-      }
+      with_word_type(unit, [&](auto word_type) {
+        launch_concat_rows<decltype(word_type)>(b, y.data, outer, row, first, stream);
+      });
       first += b.prefix[b.count];
     }
   }

@@ -27,6 +27,15 @@ def ops(plan):
     return [layer["op"] for layer in plan.layers()]
 
 
+def transpose_copies(plan):
+    """Names of the transposes that copy (not views)."""
+    return [
+        layer["name"]
+        for layer in plan.layers()
+        if layer["op"] == "transpose" and not layer["attrs"].get("alias")
+    ]
+
+
 def layer_named(plan, name):
     return next(layer for layer in plan.layers() if layer["name"] == name)
 
@@ -270,12 +279,7 @@ def test_layouts_absorb_the_models_own_nhwc_permutes(target):
     profile = {"x": ([1, 8, 6, 6], [2, 8, 6, 6], [3, 8, 6, 6])}
     plan = build_plan(net, target, profile=profile)
     assert layer_named(plan, "residual")["outputs"][0][2] == [-1, 6, 6, 8]
-    copies = [
-        layer["name"]
-        for layer in plan.layers()
-        if layer["op"] == "transpose" and not layer["attrs"].get("alias")
-    ]
-    assert copies == ["x/to_nhwc", "y/to_nchw"], copies
+    assert transpose_copies(plan) == ["x/to_nhwc", "y/to_nchw"]
     plain = build_plan(net, target, level=0, profile=profile)
     for batch in (1, 3):
         feed = {"x": torch.randn(batch, 8, 6, 6).half()}
@@ -311,12 +315,7 @@ def test_dense_block_runs_channels_last_without_transposes(target):
     assert "batch_norm" not in ops(plan)
     for name in ("cat1", "cat2", "out"):
         assert layer_named(plan, name)["attrs"]["axis"] == 3, name
-    copies = [
-        layer["name"]
-        for layer in plan.layers()
-        if layer["op"] == "transpose" and not layer["attrs"].get("alias")
-    ]
-    assert copies == ["x/to_nhwc", "y/to_nchw"], copies
+    assert transpose_copies(plan) == ["x/to_nhwc", "y/to_nchw"]
     plain = build_plan(net, target, level=0, profile=profile)
     assert ops(plain).count("batch_norm") == 6
     for batch in (1, 3):
