@@ -19,6 +19,8 @@ RUFF_VERSION=0.17.6
 # Model tests (tests/python/test_models.py, bench/models.py): the versions the GPU machine has.
 # torchvision without its dependencies, so pip never replaces the pinned torch.
 "$PY" -c "import torchvision" 2>/dev/null || need_pip_nodeps=("torchvision==${KILN_TORCHVISION_VERSION:-0.26.0}")
+# torchao's pt2e quantization flow (tests/python/test_calibration.py), likewise without deps.
+"$PY" -c "import torchao" 2>/dev/null || need_pip_nodeps+=("torchao==${KILN_TORCHAO_VERSION:-0.18.0}")
 "$PY" -c "import PIL" 2>/dev/null || need_pip+=("pillow")
 "$PY" -c "import matplotlib" 2>/dev/null || need_pip+=("matplotlib")  # bench/run.py's chart
 "$PY" -c "import transformers" 2>/dev/null || need_pip+=("transformers==${KILN_TRANSFORMERS_VERSION:-5.17.0}")

@@ -48,9 +48,11 @@ def export_program(
         return module.run_decompositions(_decompositions()), []
     register_library_pytrees(module)
     # Exported in eval mode (inference: dropout off, batch norm statistics fixed); the caller's
-    # module gets its own modes back, submodule by submodule.
+    # module gets its own modes back, submodule by submodule. The flags are set, not eval()
+    # called: a pt2e-converted GraphModule (convert_pt2e's output) raises on eval().
     modes = [(m, m.training) for m in module.modules()]
-    module.eval()
+    for m, _ in modes:
+        m.training = False
     try:
         return _export_eval(module, specs, device, list(kwarg_names))
     except Exception as error:  # noqa: BLE001 (re-raised, data-dependent branches explained)

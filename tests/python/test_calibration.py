@@ -219,6 +219,83 @@ def test_qat_model_agrees_with_its_eager_fake_quant_model(digits):
     assert accuracy(compiled, test, labels) >= accuracy(model, test, labels) - 0.02
 
 
+def _int8_symmetric_quantizer():
+    """A pt2e Quantizer (torchao's API) that annotates every conv2d and linear as TensorRT-style
+    INT8: symmetric per-tensor activations and per-output-channel weights, -127..127, min/max
+    observers. Kiln needs int8 (not uint8, which torchao's X86 quantizer uses for activations)."""
+    from torchao.quantization.pt2e import MinMaxObserver, PerChannelMinMaxObserver
+    from torchao.quantization.pt2e.quantizer import (
+        QuantizationAnnotation,
+        QuantizationSpec,
+        Quantizer,
+    )
+
+    def spec(qscheme, observer, **kw):
+        return QuantizationSpec(
+            dtype=torch.int8,
+            quant_min=-127,
+            quant_max=127,
+            qscheme=qscheme,
+            is_dynamic=False,
+            observer_or_fake_quant_ctr=observer.with_args(eps=2**-12),
+            **kw,
+        )
+
+    act = spec(torch.per_tensor_symmetric, MinMaxObserver)
+    weight = spec(torch.per_channel_symmetric, PerChannelMinMaxObserver, ch_axis=0)
+    aten = torch.ops.aten
+
+    class Int8Symmetric(Quantizer):
+        def annotate(self, gm):
+            for n in gm.graph.nodes:
+                if n.op == "call_function" and n.target in (
+                    aten.conv2d.default,
+                    aten.linear.default,
+                ):
+                    n.meta["quantization_annotation"] = QuantizationAnnotation(
+                        input_qspec_map={n.args[0]: act, n.args[1]: weight}, _annotated=True
+                    )
+            return gm
+
+        def validate(self, gm):
+            pass
+
+    return Int8Symmetric()
+
+
+def test_torchao_pt2e_model_agrees_with_its_eager_quantized_model(digits):
+    # torchao's pt2e flow end to end: export, prepare_pt2e with an INT8 quantizer, calibrate on
+    # training digits, convert_pt2e (quantized_decomposed Q/DQ ops, int8 weights per channel),
+    # then kiln.compile without a calibrator. Every node converts, and the predictions agree with
+    # the converted eager model's on >= 99.5% of held-out digits.
+    pt2e = pytest.importorskip("torchao.quantization.pt2e.quantize_pt2e")
+    model, train, test, labels = digits
+    batch = {0: torch.export.Dim("batch", max=512)}
+    captured = torch.export.export(model, (test,), dynamic_shapes=(batch,)).module()
+    prepared = pt2e.prepare_pt2e(captured, _int8_symmetric_quantizer())
+    with torch.no_grad():
+        for batch in train[:512].split(64):
+            prepared(batch)
+    quantized = pt2e.convert_pt2e(prepared)
+    targets = {str(n.target) for n in quantized.graph.nodes if n.op == "call_function"}
+    assert "quantized_decomposed.quantize_per_tensor.default" in targets, targets
+    assert "quantized_decomposed.dequantize_per_channel.default" in targets, targets
+    compiled = kiln.compile(
+        quantized,
+        [test],
+        enabled_precisions={torch.int8},
+        device="cpu",
+        require_full_compilation=True,
+    )
+    ops = [la.op for p in kiln.plans(compiled) for la in kiln.inspect(p).layers]
+    assert ops.count("quantize") >= 4 and ops.count("dequantize") >= 4, ops
+    with torch.no_grad():
+        want = quantized(test).argmax(1)
+        got = compiled(test).argmax(1)
+    assert (got == want).float().mean().item() >= 0.995
+    assert accuracy(compiled, test, labels) >= accuracy(model, test, labels) - 0.01
+
+
 class TinyEncoder(torch.nn.Module):
     """A one-block transformer encoder (attention written out, so export sees linear layers and
     scaled_dot_product_attention) with mean pooling and a classifier."""
