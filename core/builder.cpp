@@ -7,6 +7,7 @@
 #include <set>
 #include <string>
 
+#include "core/calibration.h"
 #include "core/passes/passes.h"
 #include "core/tactics.h"
 #include "core/timing_cache.h"
@@ -26,8 +27,10 @@ void enable_precision(PrecisionConfig& config, const std::string& name) {
     config.bf16 = true;
   } else if (name == "tf32") {
     config.tf32 = true;
+  } else if (name == "int8") {
+    config.int8 = true;
   } else {
-    KILN_FAIL("unknown precision '" << name << "': use fp32, tf32, fp16 or bf16");
+    KILN_FAIL("unknown precision '" << name << "': use fp32, tf32, fp16, bf16 or int8");
   }
 }
 
@@ -36,6 +39,7 @@ std::vector<std::string> precision_names(const PrecisionConfig& config) {
   if (config.tf32) names.push_back("tf32");
   if (config.fp16) names.push_back("fp16");
   if (config.bf16) names.push_back("bf16");
+  if (config.int8) names.push_back("int8");
   return names;
 }
 
@@ -101,6 +105,22 @@ void choose_tactics_with_cache(Network& net, const BuilderConfig& config) {
   }
 }
 
+// INT8 needs a calibrator or quantization layers of the network's own; a calibrator needs INT8.
+void check_int8(const Network& network, const BuilderConfig& config) {
+  if (!config.precision.int8) {
+    KILN_CHECK(!config.int8_calibrator,
+               "BuilderConfig has an INT8 calibrator but INT8 is not enabled: enable the \"int8\" precision");
+    return;
+  }
+  if (config.int8_calibrator) return;
+  for (const auto& l : network.layers()) {
+    if (l.op == "quantize" || l.op == "dequantize" || l.op == "fake_quantize") return;
+  }
+  KILN_FAIL(
+      "INT8 needs either a calibrator (BuilderConfig.int8_calibrator) or a network with its own quantize / "
+      "dequantize / fake_quantize layers; this network has neither");
+}
+
 }  // namespace
 
 bool tactic_timing_default() {
@@ -113,6 +133,8 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   Plan plan;
   plan.network = network;  // the builder never modifies the caller's network
   Network& net = plan.network;
+  check_int8(network, config);
+  if (config.int8_calibrator) net = quantize_network(network, *config.int8_calibrator, config.profiles);
 
   // 1. validate: layers, shapes and profiles.
   validate_network(net, config.profiles);

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -23,13 +24,18 @@ struct PrecisionConfig {
   bool fp16 = false;  // float32 layers may run in float16 (chosen over bfloat16 when both are on)
   bool bf16 = false;  // float32 layers may run in bfloat16
   bool tf32 = false;  // float32 GEMMs and convolutions may use TF32 tensor cores
+  // INT8: with BuilderConfig::int8_calibrator, calibration inserts the quantization
+  // (core/calibration.h); without one, the network must carry its own quantize / dequantize /
+  // fake_quantize layers.
+  bool int8 = false;
   // Per-layer override by layer name: float32, float16 or bfloat16, whatever the flags say.
   std::map<std::string, DataType> layer_precisions;
 };
 
 // The one C++ table of precision names: "fp32" ("float32"), "fp16" ("float16", "half"), "bf16"
-// ("bfloat16"), "tf32". enable_precision turns one on (fp32 is always on); it throws a
-// kiln::Error listing the names for anything else. precision_names lists what is on, fp32 first.
+// ("bfloat16"), "tf32", "int8" (the native builder's; kiln.compile takes torch.int8 itself). enable_precision
+// turns one on (fp32 is always on); it throws a kiln::Error listing the names for anything else.
+// precision_names lists what is on, fp32 first.
 void enable_precision(PrecisionConfig& config, const std::string& name);
 std::vector<std::string> precision_names(const PrecisionConfig& config);
 
@@ -42,6 +48,8 @@ const char* device_name(BuildTarget target);  // "auto", "cuda", "cpu"
 bool tactic_timing_default();
 
 constexpr int64_t kDefaultMaxFoldedConstantBytes = int64_t{64} << 20;
+
+class Int8Calibrator;
 
 struct BuilderConfig {
   std::vector<OptimizationProfile> profiles;
@@ -59,6 +67,8 @@ struct BuilderConfig {
   // Step 2: a constant subgraph whose outputs take more bytes than this stays computed at run
   // time instead of being folded into the plan (keeps plans, and their build time, bounded).
   int64_t max_folded_constant_bytes = kDefaultMaxFoldedConstantBytes;
+  // INT8 post-training calibration (needs precision.int8): batches or a cache of ranges.
+  std::shared_ptr<Int8Calibrator> int8_calibrator;
 };
 
 class Builder {

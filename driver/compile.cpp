@@ -9,6 +9,9 @@ namespace kiln {
 Precision parse_precision(const std::string& name) {
   PrecisionConfig c;
   enable_precision(c, name);  // the one table of names; throws listing them
+  KILN_CHECK(!c.int8,
+             "int8 is not one of kiln.compile's float precisions: pass torch.int8 in enabled_precisions "
+             "(with a kiln.Calibrator, or a model with quantize/dequantize ops)");
   return c.fp16 ? Precision::kFP16 : c.bf16 ? Precision::kBF16 : c.tf32 ? Precision::kTF32 : Precision::kFP32;
 }
 

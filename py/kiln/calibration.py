@@ -149,10 +149,10 @@ class Calibrator:
             width = amax[n] / self.num_bins
             if amax[n] <= 0:
                 out[n] = 0.0
-            elif self.algorithm == "percentile":
-                out[n] = _percentile_range(hists[n], width, self.percentile)
-            else:
-                out[n] = _entropy_range(hists[n], width)
+            else:  # the builder's computation (core/calibration.cpp), shared with the native API
+                out[n] = _C.calibrated_range(
+                    hists[n].tolist(), width, self.algorithm, self.percentile
+                )
         return out
 
     # ---- cache --------------------------------------------------------------------------------
@@ -241,48 +241,66 @@ class _Observer(torch.fx.Interpreter):
         return result
 
 
-def _percentile_range(hist: np.ndarray, width: float, percentile: float) -> float:
-    cdf = np.cumsum(hist)
-    if cdf[-1] <= 0:
-        return 0.0
-    k = int(np.searchsorted(cdf, cdf[-1] * percentile / 100.0))
-    return (min(k, len(hist) - 1) + 1) * width
+class NetworkCalibrator(_C.Int8Calibrator):
+    """A kiln.Calibrator as the native builder's Int8Calibrator (core/calibration.h):
+    ``kiln.BuilderConfig(precisions=["int8"], calibrator=kiln.Calibrator(batches))`` wraps it so.
+    Each batch is a tuple of arrays or tensors in the network's input order, or a dict by input
+    name; the cache file is the same text file kiln.compile's calibration writes."""
+
+    def __init__(self, calibrator: Calibrator):
+        super().__init__()
+        self.calibrator = calibrator
+        self._batches = None
+        self._count = 0
+
+    def get_batch(self, names):
+        if self._batches is None:
+            self._batches = iter(self.calibrator.batches)
+        batch = next(self._batches, None)
+        if batch is None:
+            return None
+        self._count += 1
+        if isinstance(batch, dict):
+            missing = [n for n in names if n not in batch]
+            if missing:
+                raise _C.KilnError(
+                    f"kiln.Calibrator: batch {self._count - 1} has no input {missing[0]!r} "
+                    f"(the network's inputs: {names})"
+                )
+            batch = [batch[n] for n in names]
+        elif not isinstance(batch, tuple | list):
+            batch = (batch,)
+        if len(batch) != len(names):
+            raise _C.KilnError(
+                f"kiln.Calibrator: batch {self._count - 1} has {len(batch)} inputs, the network "
+                f"has {len(names)} ({names})"
+            )
+        return [_host_array(x) for x in batch]
+
+    def read_cache(self) -> str:
+        path = self.calibrator.cache_file
+        return path.read_text() if path is not None and path.exists() else ""
+
+    def write_cache(self, cache: str) -> None:
+        path = self.calibrator.cache_file
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(cache)
+
+    def algorithm_name(self) -> str:
+        return self.calibrator.algorithm
+
+    def percentile(self) -> float:
+        return self.calibrator.percentile
+
+    def num_bins(self) -> int:
+        return self.calibrator.num_bins
 
 
-def _entropy_range(hist: np.ndarray, width: float, levels: int = _QMAX + 1) -> float:
-    """The clipping threshold (in bins) with the least KL divergence between the clipped |x|
-    distribution and its `levels`-level quantization."""
-    n = len(hist)
-    best_i, best_kl = n, math.inf
-    for i in range(levels, n + 1):
-        p = hist[:i].copy()
-        p[i - 1] += hist[i:].sum()  # what is clipped lands in the last bin
-        total = p.sum()
-        if total <= 0:
-            continue
-        # Quantize hist[:i] into `levels` groups; each group's mass spread over its nonzero bins.
-        edges = np.linspace(0, i, levels + 1).astype(np.int64)
-        starts = edges[:-1]
-        lengths = np.diff(edges)
-        keep = lengths > 0
-        starts, lengths = starts[keep], lengths[keep]
-        ref = hist[:i]
-        nonzero = (ref != 0).astype(np.float64)
-        sums = np.add.reduceat(ref, starts)
-        counts = np.add.reduceat(nonzero, starts)
-        per_bin = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
-        q = np.repeat(per_bin, lengths) * nonzero
-        p /= total
-        qs = q.sum()
-        if qs <= 0:
-            continue
-        q /= qs
-        mask = p > 0
-        with np.errstate(divide="ignore"):
-            kl = float(np.sum(p[mask] * np.log(p[mask] / np.where(q[mask] > 0, q[mask], 1e-12))))
-        if kl < best_kl:
-            best_kl, best_i = kl, i
-    return (best_i + 0.5) * width
+def _host_array(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return np.ascontiguousarray(x.detach().cpu().numpy())
+    return np.ascontiguousarray(x)
 
 
 # ---- inserting the quantization into the exported program ------------------------------------

@@ -692,6 +692,13 @@ class BuilderConfig(_C.BuilderConfig):
     timing_cache: path of a persistent timing cache that builds read and update (default None:
     no file). A corrupt or foreign file is ignored with a warning and rewritten.
 
+    INT8: "int8" (or torch.int8) in precisions, with ``calibrator=kiln.Calibrator(batches, ...)``
+    (batches: tuples in the network's input order, or dicts by input name): the build runs the
+    network over the batches on the CPU reference backend, then fake-quantizes the input of every
+    convolution and fully_connected layer per tensor and their weights per output channel
+    (docs/quantization.md). Without a calibrator the network must hold its own quantize /
+    dequantize / fake_quantize layers.
+
     ``.max_folded_constant_bytes``: a constant subgraph (layers whose inputs are all constants)
     is evaluated at build time and stored in the plan when its outputs take at most this many
     bytes (default 64 MiB); a larger one stays a layer computed at run time.
@@ -709,10 +716,12 @@ class BuilderConfig(_C.BuilderConfig):
         optimization_level: int | None = None,
         tactic_timing: bool | None = None,
         timing_cache: str | os.PathLike | None = None,
+        calibrator=None,
         target: str | None = None,
         workspace_bytes: int | None = None,
     ):
         super().__init__()
+        self._calibrator = None
         if target is not None:
             target = device_of_backend(target)
         device = renamed("kiln.BuilderConfig", "target", "device", target, device)
@@ -734,6 +743,25 @@ class BuilderConfig(_C.BuilderConfig):
             self.workspace_size = workspace_size
         if optimization_level is not None:
             self.optimization_level = optimization_level
+        if calibrator is not None:
+            self.calibrator = calibrator
+
+    @property
+    def calibrator(self):
+        """The kiln.Calibrator of an INT8 build, or None."""
+        return None if self._calibrator is None else self._calibrator.calibrator
+
+    @calibrator.setter
+    def calibrator(self, calibrator) -> None:
+        from kiln.calibration import Calibrator, NetworkCalibrator
+
+        if calibrator is not None and not isinstance(calibrator, Calibrator):
+            raise TypeError(
+                f"calibrator must be a kiln.Calibrator, got {type(calibrator).__name__}"
+            )
+        # The Python object must outlive the C++ reference (its methods are the overrides).
+        self._calibrator = None if calibrator is None else NetworkCalibrator(calibrator)
+        self.int8_calibrator = self._calibrator
 
     @property
     def device(self) -> str:
@@ -786,7 +814,12 @@ class BuilderConfig(_C.BuilderConfig):
 
     @precisions.setter
     def precisions(self, precisions) -> None:
-        _C.BuilderConfig.precisions.__set__(self, precision_names(precisions))
+        if isinstance(precisions, str) or not hasattr(precisions, "__iter__"):
+            precisions = [precisions]
+        precisions = list(precisions)
+        int8 = [p for p in precisions if str(p).removeprefix("torch.") == "int8"]
+        names = precision_names([p for p in precisions if p not in int8] or ["fp32"])
+        _C.BuilderConfig.precisions.__set__(self, names + (["int8"] if int8 else []))
 
     def set_layer_precision(self, layer, dtype) -> None:
         """Runs `layer` (a Layer or its name) in `dtype` (float32, float16 or bfloat16)."""

@@ -8,7 +8,7 @@ these tests check the calibration and its accuracy, not speed (docs/quantization
 
 import pytest
 import torch
-from layer_util import DEVICES
+from layer_util import DEVICES, run_plan
 
 import kiln
 
@@ -153,6 +153,84 @@ def test_int8_errors(digits):
         kiln.Calibrator([], algorithm="kl")
     with pytest.raises(kiln.KilnError, match="calibration batches are empty"):
         int8(model, test[:4], kiln.Calibrator([]))
+
+
+def digits_network(model):
+    """The trained DigitsNet written with the network API (kiln.Network), its weights constants."""
+    conv1, conv2 = model.features[0], model.features[2]
+    fc1, fc2 = model.head[1], model.head[3]
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [-1, 1, 8, 8])
+    a = net.add_convolution(x, conv1.weight.detach(), conv1.bias.detach(), padding=1, name="c1")
+    a = net.add_activation(a, "relu")
+    a = net.add_convolution(
+        a, conv2.weight.detach(), conv2.bias.detach(), stride=2, padding=1, name="c2"
+    )
+    a = net.add_flatten(net.add_activation(a, "relu"), 1)
+    a = net.add_activation(
+        net.add_fully_connected(a, fc1.weight.detach(), fc1.bias.detach()), "relu"
+    )
+    net.mark_output(net.add_fully_connected(a, fc2.weight.detach(), fc2.bias.detach()), "y")
+    return net
+
+
+def native_int8_plan(net, calibrator):
+    config = kiln.BuilderConfig(
+        device="cpu", precisions=["fp32", torch.int8], calibrator=calibrator
+    )
+    config.add_optimization_profile({"x": ([1, 1, 8, 8], [64, 1, 8, 8], [512, 1, 8, 8])})
+    return kiln.Builder().build(net, config)
+
+
+@pytest.mark.parametrize("algorithm", ["entropy", "minmax", "percentile"])
+def test_native_api_ptq_stays_within_one_percent_of_fp32(digits, algorithm, tmp_path):
+    # The network API's INT8: BuilderConfig(precisions=[..., int8], calibrator=kiln.Calibrator).
+    model, train, test, labels = digits
+    net = digits_network(model)
+    cache = tmp_path / "native.calib"
+    batches = [(b,) for b in train[:512].split(64)]
+    plan = native_int8_plan(net, kiln.Calibrator(batches, algorithm=algorithm, cache_file=cache))
+    ops = [layer["op"] for layer in plan.layers()]
+    assert ops.count("fake_quantize") == 4, ops
+    fp32 = accuracy(model, test, labels)
+    assert fp32 > 0.9
+    int8 = (run_plan(plan, {"x": test})["y"].argmax(1) == labels).float().mean().item()
+    assert int8 >= fp32 - 0.01, (algorithm, int8, fp32)
+    lines = cache.read_text().splitlines()
+    assert lines[:2] == ["# kiln calibration cache v1", f"algorithm {algorithm}"], lines
+    assert len(lines) == 2 + 4, lines
+    # The cache alone (batches as dicts by input name would be read, but none are needed).
+    again = native_int8_plan(net, kiln.Calibrator([{"x": train[:1]}], cache_file=cache))
+    torch.testing.assert_close(
+        run_plan(again, {"x": test})["y"], run_plan(plan, {"x": test})["y"], rtol=0, atol=0
+    )
+
+
+def test_native_api_int8_errors(digits, tmp_path):
+    model, train, _, _ = digits
+    net = digits_network(model)
+    with pytest.raises(kiln.KilnError, match="INT8 needs either a calibrator"):
+        native_int8_plan(net, None)
+    with pytest.raises(kiln.KilnError, match="calibrator but INT8 is not enabled"):
+        config = kiln.BuilderConfig(device="cpu", calibrator=kiln.Calibrator([(train[:4],)]))
+        config.add_optimization_profile({"x": ([1, 1, 8, 8], [4, 1, 8, 8], [8, 1, 8, 8])})
+        kiln.Builder().build(net, config)
+    with pytest.raises(kiln.KilnError, match="input 'x' has dtype float64"):
+        native_int8_plan(net, kiln.Calibrator([(train[:4].double(),)]))
+    with pytest.raises(
+        kiln.KilnError, match="input 'x' is float16, the network's input is float32"
+    ):
+        native_int8_plan(net, kiln.Calibrator([(train[:4].half(),)]))
+    with pytest.raises(kiln.KilnError, match="batch 0 has no input 'x'"):
+        native_int8_plan(net, kiln.Calibrator([{"y": train[:4]}]))
+    with pytest.raises(kiln.KilnError, match="outside optimization profile"):
+        native_int8_plan(net, kiln.Calibrator([(train[:600],)]))
+    cache = tmp_path / "other.calib"
+    cache.write_text("# kiln calibration cache v1\nalgorithm minmax\nsomething 0x1p+0\n")
+    with pytest.raises(kiln.KilnError, match="made for another network"):
+        native_int8_plan(net, kiln.Calibrator([], cache_file=cache))
+    with pytest.raises(TypeError, match="must be a kiln.Calibrator"):
+        kiln.BuilderConfig(calibrator=object())
 
 
 class QatDigitsNet(DigitsNet):

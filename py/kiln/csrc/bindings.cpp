@@ -11,6 +11,7 @@
 #include <variant>
 
 #include "core/builder.h"
+#include "core/calibration.h"
 #include "core/engine.h"
 #include "ir/error.h"
 #include "ir/logging.h"
@@ -253,6 +254,54 @@ Backend parse_backend(const std::string& s) {
   KILN_FAIL("unknown backend '" << s << "': use 'cuda' or 'reference'");
 }
 
+// A Python kiln Int8Calibrator subclass (py/kiln/calibration.py's NetworkCalibrator): get_batch
+// returns None when done, else one array per input name; they stay alive until the next call.
+class PyInt8Calibrator : public Int8Calibrator {
+ public:
+  bool get_batch(const std::vector<std::string>& names, std::vector<CalibrationInput>& batch) override {
+    py::gil_scoped_acquire gil;
+    keep_.clear();
+    py::function f = py::get_override(static_cast<const Int8Calibrator*>(this), "get_batch");
+    KILN_CHECK(f, "the calibrator does not implement get_batch");
+    py::object arrays = f(names);
+    if (arrays.is_none()) return false;
+    py::list items(arrays);
+    KILN_CHECK(items.size() == names.size(), "the calibrator's get_batch gave "
+                                                 << items.size() << " arrays for " << names.size()
+                                                 << " network inputs");
+    for (size_t i = 0; i < names.size(); ++i) {
+      py::array arr = py::array::ensure(items[i], py::array::c_style);
+      KILN_CHECK(arr, "the calibrator's batch for input '" << names[i] << "' is not array-like");
+      keep_.push_back(arr);
+      const std::string dtype = py::str(arr.dtype());
+      DataType t;
+      try {
+        t = parse_dtype(dtype);
+      } catch (const Error&) {
+        KILN_FAIL("the calibrator's batch for input '" << names[i] << "' has dtype " << dtype
+                                                       << ", which Kiln networks do not take; convert it "
+                                                          "to the input's dtype");
+      }
+      batch.push_back({names[i], t, Dims(arr.shape(), arr.shape() + arr.ndim()), arr.data()});
+    }
+    return true;
+  }
+  std::string read_cache() override { PYBIND11_OVERRIDE(std::string, Int8Calibrator, read_cache, ); }
+  void write_cache(const std::string& cache) override {
+    PYBIND11_OVERRIDE(void, Int8Calibrator, write_cache, cache);
+  }
+  CalibrationAlgorithm algorithm() const override {
+    py::gil_scoped_acquire gil;
+    py::function f = py::get_override(static_cast<const Int8Calibrator*>(this), "algorithm_name");
+    return f ? parse_calibration_algorithm(f().cast<std::string>()) : Int8Calibrator::algorithm();
+  }
+  double percentile() const override { PYBIND11_OVERRIDE(double, Int8Calibrator, percentile, ); }
+  int num_bins() const override { PYBIND11_OVERRIDE(int, Int8Calibrator, num_bins, ); }
+
+ private:
+  std::vector<py::array> keep_;
+};
+
 }  // namespace
 
 // compiler_bindings.cpp: KGraph, converters, partitioner.
@@ -397,7 +446,7 @@ PYBIND11_MODULE(_C, m) {
       .def_property(
           "precisions", [](const BuilderConfig& c) { return precision_names(c.precision); },
           [](BuilderConfig& c, const std::vector<std::string>& names) {
-            c.precision.fp16 = c.precision.bf16 = c.precision.tf32 = false;
+            c.precision.fp16 = c.precision.bf16 = c.precision.tf32 = c.precision.int8 = false;
             for (const auto& n : names) enable_precision(c.precision, n);
           })
       .def("set_layer_precision",
@@ -427,7 +476,17 @@ PYBIND11_MODULE(_C, m) {
              c.profiles.push_back(std::move(p));
              return static_cast<int>(c.profiles.size()) - 1;
            })
-      .def_property_readonly("num_profiles", [](const BuilderConfig& c) { return c.profiles.size(); });
+      .def_property_readonly("num_profiles", [](const BuilderConfig& c) { return c.profiles.size(); })
+      .def_readwrite("int8_calibrator", &BuilderConfig::int8_calibrator);
+
+  py::class_<Int8Calibrator, PyInt8Calibrator, std::shared_ptr<Int8Calibrator>>(m, "Int8Calibrator")
+      .def(py::init<>());
+  m.def(
+      "calibrated_range",
+      [](const std::vector<double>& hist, double width, const std::string& algorithm, double percentile) {
+        return calibrated_range(hist, width, parse_calibration_algorithm(algorithm), percentile);
+      },
+      py::arg("hist"), py::arg("width"), py::arg("algorithm"), py::arg("percentile") = 99.99);
 
   py::class_<Plan, std::shared_ptr<Plan>>(m, "Plan")
       .def("serialize",

@@ -1,0 +1,384 @@
+#include "core/calibration.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "core/builder.h"
+#include "core/engine.h"
+#include "ir/error.h"
+#include "ir/logging.h"
+#include "kernels/reference/host_access.h"
+
+namespace kiln {
+namespace {
+
+constexpr int kQmax = 127;  // symmetric int8: [-127, 127]
+const char* const kCacheHeader = "# kiln calibration cache v1";
+
+// A layer whose activation input and constant weight are quantized.
+struct QuantizedLayer {
+  size_t layer;
+  TensorId activation;
+  TensorId weight;
+};
+
+std::vector<QuantizedLayer> quantized_layers(const Network& net) {
+  std::vector<QuantizedLayer> out;
+  const auto& layers = net.layers();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const Layer& l = layers[i];
+    if (l.op != "convolution" && l.op != "fully_connected") continue;
+    if (l.inputs.size() < 2 || net.tensor(l.inputs[1]).kind != TensorKind::kConstant) continue;
+    if (!is_floating(net.tensor(l.inputs[0]).dtype)) continue;
+    out.push_back({i, l.inputs[0], l.inputs[1]});
+  }
+  return out;
+}
+
+// Largest magnitude and |x| histogram of one tensor over every batch. The histogram covers
+// [0, top); when a batch holds a larger magnitude, `top` doubles (neighbouring bins merge) until
+// it covers it, so one pass over the batches suffices.
+struct RangeObserver {
+  double amax = 0.0;
+  double top = 0.0;
+  std::vector<double> hist;
+
+  void observe(const TensorView& t, const std::string& name, int bins) {
+    const int64_t n = volume(t.dims);
+    double batch_max = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double v = std::fabs(load_element(t, i));
+      KILN_CHECK(std::isfinite(v),
+                 "INT8 calibration: " << name << " holds inf or NaN on a calibration batch");
+      batch_max = std::max(batch_max, v);
+    }
+    amax = std::max(amax, batch_max);
+    if (batch_max <= 0.0) return;
+    if (hist.empty()) {
+      hist.assign(static_cast<size_t>(bins), 0.0);
+      top = batch_max;
+    }
+    while (batch_max > top) {
+      for (size_t b = 0; b < hist.size() / 2; ++b) hist[b] = hist[2 * b] + hist[2 * b + 1];
+      std::fill(hist.begin() + static_cast<std::ptrdiff_t>(hist.size() / 2), hist.end(), 0.0);
+      top *= 2;
+    }
+    const double scale = static_cast<double>(hist.size()) / top;
+    for (int64_t i = 0; i < n; ++i) {
+      const auto b = static_cast<size_t>(std::fabs(load_element(t, i)) * scale);
+      hist[std::min(b, hist.size() - 1)] += 1.0;
+    }
+  }
+
+  double range(CalibrationAlgorithm algorithm, double percentile) const {
+    if (algorithm == CalibrationAlgorithm::kMinMax || amax <= 0.0) return amax;
+    return std::min(amax,
+                    calibrated_range(hist, top / static_cast<double>(hist.size()), algorithm, percentile));
+  }
+};
+
+double percentile_range(const std::vector<double>& hist, double width, double percentile) {
+  double total = 0.0;
+  for (double h : hist) total += h;
+  if (total <= 0.0) return 0.0;
+  const double want = total * percentile / 100.0;
+  double cdf = 0.0;
+  for (size_t k = 0; k < hist.size(); ++k) {
+    cdf += hist[k];
+    if (cdf >= want) return static_cast<double>(k + 1) * width;
+  }
+  return static_cast<double>(hist.size()) * width;
+}
+
+// For each threshold i (bins), p = hist[:i] with the clipped mass added to its last bin, q = the
+// 128-level quantization of hist[:i] (each level's mass spread over its nonzero bins); the i with
+// the least KL(p || q) wins (TensorRT's entropy calibrator's rule).
+double entropy_range(const std::vector<double>& hist, double width) {
+  const size_t n = hist.size(), levels = kQmax + 1;
+  size_t best_i = n;
+  double best_kl = std::numeric_limits<double>::infinity();
+  std::vector<double> suffix(n + 1, 0.0);
+  for (size_t k = n; k-- > 0;) suffix[k] = suffix[k + 1] + hist[k];
+  std::vector<double> p, q;
+  for (size_t i = levels; i <= n; ++i) {
+    p.assign(hist.begin(), hist.begin() + static_cast<std::ptrdiff_t>(i));
+    p[i - 1] += suffix[i];
+    double p_total = 0.0;
+    for (double v : p) p_total += v;
+    if (p_total <= 0.0) continue;
+    q.assign(i, 0.0);
+    for (size_t g = 0; g < levels; ++g) {
+      const size_t lo = g * i / levels, hi = (g + 1) * i / levels;
+      double sum = 0.0, nonzero = 0.0;
+      for (size_t k = lo; k < hi; ++k) {
+        sum += hist[k];
+        nonzero += hist[k] != 0.0 ? 1.0 : 0.0;
+      }
+      if (nonzero <= 0.0) continue;
+      for (size_t k = lo; k < hi; ++k) q[k] = hist[k] != 0.0 ? sum / nonzero : 0.0;
+    }
+    double q_total = 0.0;
+    for (double v : q) q_total += v;
+    if (q_total <= 0.0) continue;
+    double kl = 0.0;
+    for (size_t k = 0; k < i; ++k) {
+      if (p[k] <= 0.0) continue;
+      const double pk = p[k] / p_total, qk = q[k] > 0.0 ? q[k] / q_total : 1e-12;
+      kl += pk * std::log(pk / qk);
+    }
+    if (kl < best_kl) {
+      best_kl = kl;
+      best_i = i;
+    }
+  }
+  return (static_cast<double>(best_i) + 0.5) * width;
+}
+
+// Runs the network's batches on the reference backend and returns each quantized activation's
+// range, by name.
+std::map<std::string, double> run_batches(const Network& network, const std::vector<TensorId>& activations,
+                                          Int8Calibrator& calibrator,
+                                          const std::vector<OptimizationProfile>& profiles) {
+  Network observed = network;
+  std::vector<std::string> names;  // of the activations: observed as outputs, or inputs fed
+  std::set<std::string> inputs;
+  for (TensorId t : network.inputs()) inputs.insert(network.tensor(t).name);
+  for (TensorId t : activations) {
+    names.push_back(network.tensor(t).name);
+    if (!inputs.count(names.back()) && !observed.is_output(t)) observed.mark_output(t);
+  }
+  BuilderConfig config;
+  config.target = BuildTarget::kReference;
+  config.optimization_level = 0;  // every observed tensor is computed as the network says
+  config.profiles = profiles;
+  auto engine = Engine::create(Builder().build(observed, config), Backend::kReference);
+  auto ctx = engine->create_execution_context();
+
+  std::map<std::string, RangeObserver> observers;
+  const int bins = calibrator.num_bins();
+  KILN_CHECK(bins >= 256, "INT8 calibration: num_bins must be at least 256, got " << bins);
+  std::vector<CalibrationInput> batch;
+  int count = 0;
+  while (true) {
+    batch.clear();
+    if (!calibrator.get_batch(engine->input_names(), batch)) break;
+    ++count;
+    std::map<std::string, const CalibrationInput*> given;
+    for (const auto& in : batch) given[in.name] = &in;
+    for (const std::string& name : engine->input_names()) {
+      auto it = given.find(name);
+      KILN_CHECK(it != given.end() && it->second->data,
+                 "INT8 calibration: batch " << count << " has no data for input '" << name << "'");
+      const DataType want = engine->binding(name).dtype;
+      KILN_CHECK(it->second->dtype == want, "INT8 calibration: batch "
+                                                << count << " input '" << name << "' is "
+                                                << dtype_name(it->second->dtype)
+                                                << ", the network's input is " << dtype_name(want));
+      ctx->set_input_shape(name, it->second->dims);
+      ctx->set_tensor_address(name, const_cast<void*>(it->second->data));
+    }
+    KILN_CHECK(given.size() == engine->input_names().size(),
+               "INT8 calibration: batch " << count << " has " << given.size() << " inputs, the network "
+                                          << engine->input_names().size());
+    std::map<std::string, std::vector<uint8_t>> outputs;
+    for (const std::string& name : engine->output_names()) {
+      const Dims dims = ctx->tensor_shape(name);
+      auto& buf = outputs[name];
+      buf.resize(static_cast<size_t>(volume(dims)) * dtype_size(engine->binding(name).dtype) + 1);
+      ctx->set_tensor_address(name, buf.data());
+    }
+    ctx->enqueue(nullptr);
+    for (const std::string& name : names) {
+      const bool is_input = given.count(name) > 0;
+      const void* data = is_input ? given[name]->data : outputs.at(name).data();
+      const TensorView view{const_cast<void*>(data), engine->binding(name).dtype, ctx->tensor_shape(name)};
+      observers[name].observe(view, name, bins);
+    }
+    KILN_LOG(kInfo, "INT8 calibration (" << calibration_algorithm_name(calibrator.algorithm()) << "): batch "
+                                         << count << " done");
+  }
+  KILN_CHECK(count > 0, "INT8 calibration: the calibrator gave no batches (and no cache)");
+  std::map<std::string, double> ranges;
+  for (const std::string& name : names)
+    ranges[name] = observers[name].range(calibrator.algorithm(), calibrator.percentile());
+  return ranges;
+}
+
+std::shared_ptr<std::vector<uint8_t>> fake_quantize_per_channel(const Tensor& w) {
+  const int64_t n = volume(w.dims), channels = w.dims.empty() ? 1 : w.dims[0];
+  const int64_t per = channels > 0 ? n / channels : 0;
+  auto bytes = std::make_shared<std::vector<uint8_t>>(*w.data);
+  const TensorView in{const_cast<uint8_t*>(w.data->data()), w.dtype, w.dims};
+  const TensorView out{bytes->data(), w.dtype, w.dims};
+  for (int64_t c = 0; c < channels; ++c) {
+    float amax = 0.0f;
+    for (int64_t j = 0; j < per; ++j)
+      amax = std::max(amax, std::fabs(static_cast<float>(load_element(in, c * per + j))));
+    if (amax <= 0.0f) continue;
+    // torch's fake_quantize_per_channel_affine in float32: 1 / scale rounded to float first.
+    const float scale = amax / kQmax, inv = 1.0f / scale;
+    for (int64_t j = 0; j < per; ++j) {
+      const float x = static_cast<float>(load_element(in, c * per + j));
+      const float q = std::min(std::max(std::nearbyint(x * inv), float{-kQmax}), float{kQmax});
+      store_element(out, c * per + j, static_cast<double>(q * scale));
+    }
+  }
+  return bytes;
+}
+
+std::string unique_tensor_name(const Network& net, const std::string& base) {
+  std::string name = base;
+  for (int i = 1; net.find_tensor(name) != -1; ++i) name = base + "_" + std::to_string(i);
+  return name;
+}
+
+}  // namespace
+
+CalibrationAlgorithm parse_calibration_algorithm(const std::string& name) {
+  if (name == "entropy") return CalibrationAlgorithm::kEntropy;
+  if (name == "minmax") return CalibrationAlgorithm::kMinMax;
+  if (name == "percentile") return CalibrationAlgorithm::kPercentile;
+  KILN_FAIL("unknown calibration algorithm '" << name << "': use entropy, minmax or percentile");
+}
+
+const char* calibration_algorithm_name(CalibrationAlgorithm algorithm) {
+  switch (algorithm) {
+    case CalibrationAlgorithm::kMinMax:
+      return "minmax";
+    case CalibrationAlgorithm::kPercentile:
+      return "percentile";
+    default:
+      return "entropy";
+  }
+}
+
+double calibrated_range(const std::vector<double>& hist, double width, CalibrationAlgorithm algorithm,
+                        double percentile) {
+  KILN_CHECK(width >= 0.0 && std::isfinite(width), "calibrated_range: bad bin width " << width);
+  if (hist.empty()) return 0.0;
+  switch (algorithm) {
+    case CalibrationAlgorithm::kPercentile:
+      KILN_CHECK(percentile > 0.0 && percentile <= 100.0,
+                 "percentile must be in (0, 100], got " << percentile);
+      return percentile_range(hist, width, percentile);
+    case CalibrationAlgorithm::kEntropy:
+      return entropy_range(hist, width);
+    default:
+      return static_cast<double>(hist.size()) * width;  // minmax: the histogram's whole span
+  }
+}
+
+std::string format_calibration_cache(const std::vector<std::pair<std::string, double>>& ranges,
+                                     CalibrationAlgorithm algorithm) {
+  std::ostringstream os;
+  os << kCacheHeader << "\nalgorithm " << calibration_algorithm_name(algorithm) << "\n";
+  for (const auto& [name, range] : ranges) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%a", range);
+    os << name << " " << buf << "\n";
+  }
+  return os.str();
+}
+
+std::vector<std::pair<std::string, double>> parse_calibration_cache(const std::string& text) {
+  std::istringstream is(text);
+  std::string line;
+  KILN_CHECK(std::getline(is, line) && line == kCacheHeader,
+             "the calibration cache is not a Kiln calibration cache (its first line is not '"
+                 << kCacheHeader << "'); delete it to calibrate again");
+  std::vector<std::pair<std::string, double>> ranges;
+  for (int k = 2; std::getline(is, line); ++k) {
+    if (line.empty() || line.rfind("algorithm ", 0) == 0) continue;
+    const size_t space = line.find(' ');
+    const std::string name = line.substr(0, space),
+                      value = space == std::string::npos ? "" : line.substr(space + 1);
+    char* end = nullptr;
+    const double range = value.empty() ? 0.0 : std::strtod(value.c_str(), &end);
+    KILN_CHECK(!value.empty() && end && *end == '\0' && value.find(' ') == std::string::npos,
+               "the calibration cache's line " << k << " is not 'name range': '" << line.substr(0, 80)
+                                               << "'; delete the cache to calibrate again");
+    KILN_CHECK(std::isfinite(range) && range >= 0.0,
+               "the calibration cache's line " << k << ": the range must be >= 0");
+    ranges.emplace_back(name, range);
+  }
+  return ranges;
+}
+
+Network quantize_network(const Network& network, Int8Calibrator& calibrator,
+                         const std::vector<OptimizationProfile>& profiles) {
+  const std::vector<QuantizedLayer> quantized = quantized_layers(network);
+  std::vector<TensorId> activations;
+  for (const auto& q : quantized) {
+    if (std::find(activations.begin(), activations.end(), q.activation) == activations.end())
+      activations.push_back(q.activation);
+  }
+  std::set<std::string> wanted;
+  for (TensorId t : activations) wanted.insert(network.tensor(t).name);
+
+  std::map<std::string, double> ranges;
+  const std::string cache = calibrator.read_cache();
+  if (!cache.empty()) {
+    for (const auto& [name, range] : parse_calibration_cache(cache)) ranges[name] = range;
+    std::vector<std::string> extra, lacking;
+    for (const auto& kv : ranges)
+      if (!wanted.count(kv.first)) extra.push_back(kv.first);
+    for (const auto& name : wanted)
+      if (!ranges.count(name)) lacking.push_back(name);
+    if (!extra.empty() || !lacking.empty()) {
+      std::ostringstream os;
+      os << "the calibration cache was made for another network: it has ranges for " << extra.size()
+         << " tensors this network does not have (" << (extra.empty() ? "-" : extra[0]) << ") and lacks "
+         << lacking.size() << " it needs (" << (lacking.empty() ? "-" : lacking[0])
+         << "). Delete it or give another cache.";
+      KILN_FAIL(os.str());
+    }
+  } else {
+    ranges = run_batches(network, activations, calibrator, profiles);
+    calibrator.write_cache(format_calibration_cache({ranges.begin(), ranges.end()}, calibrator.algorithm()));
+  }
+
+  Network net = network;
+  std::vector<Layer> old = std::move(net.mutable_layers());
+  net.mutable_layers().clear();
+  std::map<TensorId, TensorId> fake_quantized;  // activation -> its fake_quantize output
+  size_t next = 0;
+  for (size_t i = 0; i < old.size(); ++i) {
+    Layer layer = std::move(old[i]);
+    if (next < quantized.size() && quantized[next].layer == i) {
+      const QuantizedLayer& q = quantized[next++];
+      const std::string act = network.tensor(q.activation).name;
+      const double range = ranges.at(act);
+      if (range > 0.0 && !fake_quantized.count(q.activation)) {
+        const float scale = static_cast<float>(range / kQmax);
+        const int32_t zero = 0;
+        const TensorId s = net.add_constant(unique_tensor_name(net, act + "/int8_scale"), DataType::kFloat32,
+                                            {1}, &scale, sizeof scale);
+        const TensorId z = net.add_constant(unique_tensor_name(net, act + "/int8_zero_point"),
+                                            DataType::kInt32, {1}, &zero, sizeof zero);
+        Attributes attrs;
+        attrs.set("quant_min", int64_t{-kQmax});
+        attrs.set("quant_max", int64_t{kQmax});
+        const std::string fq_name = unique_tensor_name(net, act + "/int8_fake_quantize");
+        fake_quantized[q.activation] =
+            net.add_layer("fake_quantize", {q.activation, s, z}, attrs, fq_name).outputs[0];
+      }
+      if (fake_quantized.count(q.activation)) layer.inputs[0] = fake_quantized[q.activation];
+      const Tensor w = net.tensor(q.weight);  // a copy: add_constant may move the tensor list
+      layer.inputs[1] = net.add_constant(unique_tensor_name(net, w.name + "/int8_per_channel"), w.dtype,
+                                         w.dims, fake_quantize_per_channel(w));
+    }
+    net.mutable_layers().push_back(std::move(layer));
+  }
+  net.compact();
+  KILN_LOG(kInfo, "INT8 calibration: " << fake_quantized.size() << " activations and " << quantized.size()
+                                       << " weights quantized");
+  return net;
+}
+
+}  // namespace kiln

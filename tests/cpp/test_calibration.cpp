@@ -1,0 +1,178 @@
+// INT8 calibration in the native C++ API (core/calibration.h): the range algorithms, the cache
+// text, and a build with an Int8Calibrator (batches, then the cache alone; a foreign cache and a
+// missing calibrator refused).
+#include "core/calibration.h"
+
+#include <cmath>
+
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+using test::random_floats;
+
+TEST(Calibration, RangeAlgorithmsOnKnownHistograms) {
+  const std::vector<double> flat(1000, 1.0);
+  EXPECT_DOUBLE_EQ(calibrated_range(flat, 0.01, CalibrationAlgorithm::kPercentile, 50.0), 500 * 0.01);
+  EXPECT_DOUBLE_EQ(calibrated_range(flat, 0.01, CalibrationAlgorithm::kMinMax, 99.99), 1000 * 0.01);
+  // All mass in the first 10 bins of 2048: at a threshold of 128 bins the 128 levels are the bins
+  // themselves, so the quantized distribution is exact (KL 0) and nothing smaller is tried.
+  std::vector<double> narrow(2048, 0.0);
+  for (int k = 0; k < 10; ++k) narrow[k] = 1.0 + k;
+  EXPECT_DOUBLE_EQ(calibrated_range(narrow, 0.5, CalibrationAlgorithm::kEntropy, 0), 128.5 * 0.5);
+  // A long thin tail is clipped: the entropy threshold lies well inside the histogram.
+  std::vector<double> tail(2048, 1e-3);
+  for (int k = 0; k < 200; ++k) tail[k] = 1000.0;
+  const double r = calibrated_range(tail, 1.0, CalibrationAlgorithm::kEntropy, 0);
+  EXPECT_GE(r, 128.0);
+  EXPECT_LT(r, 1024.0);
+  EXPECT_THROW(calibrated_range(flat, 1.0, CalibrationAlgorithm::kPercentile, 0.0), Error);
+  EXPECT_THROW(parse_calibration_algorithm("kl"), Error);
+}
+
+TEST(Calibration, CacheTextRoundTripsAndRefusesGarbage) {
+  const std::vector<std::pair<std::string, double>> ranges = {{"x", 3.25}, {"conv/out", 0.1}};
+  const std::string text = format_calibration_cache(ranges, CalibrationAlgorithm::kPercentile);
+  EXPECT_EQ(text.rfind("# kiln calibration cache v1\nalgorithm percentile\n", 0), 0u) << text;
+  EXPECT_EQ(parse_calibration_cache(text), ranges);  // hexadecimal floats: exact
+  EXPECT_THROW(parse_calibration_cache("something else\n"), Error);
+  EXPECT_THROW(parse_calibration_cache("# kiln calibration cache v1\nx\n"), Error);
+  EXPECT_THROW(parse_calibration_cache("# kiln calibration cache v1\nx -1\n"), Error);
+  EXPECT_THROW(parse_calibration_cache("# kiln calibration cache v1\nx 1 2\n"), Error);
+}
+
+// Batches of random float32 inputs named "x", and a cache kept in memory.
+class VectorCalibrator : public Int8Calibrator {
+ public:
+  VectorCalibrator(int batches, Dims dims) : dims_(std::move(dims)) {
+    for (int b = 0; b < batches; ++b)
+      data_.push_back(random_floats(static_cast<size_t>(volume(dims_)), 10 + b));
+  }
+  bool get_batch(const std::vector<std::string>& names, std::vector<CalibrationInput>& batch) override {
+    EXPECT_EQ(names, std::vector<std::string>{"x"});
+    if (next_ == data_.size()) return false;
+    batch.push_back({"x", DataType::kFloat32, dims_, data_[next_++].data()});
+    return true;
+  }
+  std::string read_cache() override { return cache; }
+  void write_cache(const std::string& text) override { cache = text; }
+  CalibrationAlgorithm algorithm() const override { return CalibrationAlgorithm::kMinMax; }
+
+  std::string cache;
+  size_t batches_read() const { return next_; }
+
+ private:
+  Dims dims_;
+  std::vector<std::vector<float>> data_;
+  size_t next_ = 0;
+};
+
+// x [2, 3, 5, 5] -> conv 4x3x3x3 -> relu -> flatten -> fully_connected 6.
+Network conv_fc(const std::string& conv_name = "conv") {
+  Network net;
+  const TensorId x = net.add_input("x", DataType::kFloat32, {2, 3, 5, 5});
+  const auto w = random_floats(4 * 3 * 9, 1, -0.5f, 0.5f), fw = random_floats(6 * 100, 2, -0.2f, 0.2f);
+  const TensorId cw = net.add_constant("conv_w", DataType::kFloat32, {4, 3, 3, 3}, w.data(), w.size() * 4);
+  const TensorId fcw = net.add_constant("fc_w", DataType::kFloat32, {6, 100}, fw.data(), fw.size() * 4);
+  Attributes conv;
+  conv.set("pads", std::vector<int64_t>{1, 1});
+  TensorId t = net.add_layer("convolution", {x, cw}, conv, conv_name).outputs[0];
+  t = net.add_activation(t, "relu", std::nullopt, "relu").outputs[0];
+  Attributes flat;
+  flat.set("start_dim", int64_t{1});
+  t = net.add_layer("flatten", {t}, flat, "flat").outputs[0];
+  net.mark_output(net.add_layer("fully_connected", {t, fcw}, {}, "fc").outputs[0], "y");
+  return net;
+}
+
+BuilderConfig int8_config(std::shared_ptr<Int8Calibrator> calibrator) {
+  BuilderConfig config;
+  config.target = BuildTarget::kReference;
+  enable_precision(config.precision, "int8");
+  config.int8_calibrator = std::move(calibrator);
+  return config;
+}
+
+std::vector<std::string> ops(const Plan& plan) {
+  std::vector<std::string> out;
+  for (const auto& l : plan.network.layers()) out.push_back(l.op);
+  return out;
+}
+
+TEST(Calibration, BuildFakeQuantizesActivationsAndWeightsThenReusesTheCache) {
+  auto calibrator = std::make_shared<VectorCalibrator>(3, Dims{2, 3, 5, 5});
+  const Plan plan = Builder().build(conv_fc(), int8_config(calibrator));
+  const auto layers = ops(plan);
+  EXPECT_EQ(std::count(layers.begin(), layers.end(), "fake_quantize"), 2) << ::testing::PrintToString(layers);
+  EXPECT_EQ(calibrator->batches_read(), 3u);
+  const auto ranges = parse_calibration_cache(calibrator->cache);
+  ASSERT_EQ(ranges.size(), 2u) << calibrator->cache;
+  EXPECT_EQ(ranges[1].first, "x");
+  EXPECT_GT(ranges[1].second, 0.9);  // minmax of uniform [-1, 1) samples
+  EXPECT_LE(ranges[1].second, 1.0);
+  // Each conv weight channel now lies on its own 127-step grid.
+  for (const auto& t : plan.network.tensors()) {
+    if (t.name.rfind("conv_w/int8_per_channel", 0) != 0) continue;
+    const auto* w = reinterpret_cast<const float*>(t.data->data());
+    for (int k = 0; k < 4; ++k) {
+      float amax = 0;
+      for (int j = 0; j < 27; ++j) amax = std::max(amax, std::fabs(w[k * 27 + j]));
+      for (int j = 0; j < 27; ++j) {
+        const float steps = w[k * 27 + j] / (amax / 127);
+        EXPECT_NEAR(steps, std::nearbyint(steps), 1e-3) << k << " " << j;
+      }
+    }
+  }
+  // A calibrator with no batches and the cache: the same engine, nothing run.
+  auto cached = std::make_shared<VectorCalibrator>(0, Dims{2, 3, 5, 5});
+  cached->cache = calibrator->cache;
+  const Plan again = Builder().build(conv_fc(), int8_config(cached));
+  EXPECT_EQ(ops(again), layers);
+  const auto input = random_floats(150, 99);
+  auto run = [&](const Plan& p) {
+    return test::run_float(Engine::create(p, Backend::kReference), {{"x", {{2, 3, 5, 5}, input}}}).at("y");
+  };
+  EXPECT_EQ(run(again), run(plan));
+  // Quantization moves the outputs, a little.
+  const auto fp32 = run(Builder().build(conv_fc(), [] {
+    BuilderConfig c;
+    c.target = BuildTarget::kReference;
+    return c;
+  }()));
+  float diff = 0;
+  for (size_t i = 0; i < fp32.size(); ++i) diff = std::max(diff, std::fabs(fp32[i] - run(plan)[i]));
+  EXPECT_GT(diff, 0.0f);
+  EXPECT_LT(diff, 0.1f);
+}
+
+TEST(Calibration, ForeignCacheMissingCalibratorAndNoBatchesAreRefused) {
+  auto calibrator = std::make_shared<VectorCalibrator>(0, Dims{2, 3, 5, 5});
+  calibrator->cache = format_calibration_cache({{"x", 1.0}, {"other", 2.0}}, CalibrationAlgorithm::kMinMax);
+  try {
+    Builder().build(conv_fc(), int8_config(calibrator));
+    FAIL() << "a cache of another network was used";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("made for another network"), std::string::npos) << e.what();
+  }
+  try {
+    Builder().build(conv_fc(), int8_config(nullptr));
+    FAIL() << "INT8 without a calibrator or Q/DQ layers was built";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("INT8 needs either a calibrator"), std::string::npos) << e.what();
+  }
+  BuilderConfig no_int8;
+  no_int8.target = BuildTarget::kReference;
+  no_int8.int8_calibrator = std::make_shared<VectorCalibrator>(1, Dims{2, 3, 5, 5});
+  EXPECT_THROW(Builder().build(conv_fc(), no_int8), Error);
+  auto empty = std::make_shared<VectorCalibrator>(0, Dims{2, 3, 5, 5});
+  try {
+    Builder().build(conv_fc(), int8_config(empty));
+    FAIL() << "a calibration without batches was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("gave no batches"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace kiln
