@@ -174,35 +174,41 @@ def digits_network(model):
     return net
 
 
-def native_int8_plan(net, calibrator):
+def native_int8_plan(net, calibrator, device="cpu"):
     config = kiln.BuilderConfig(
-        device="cpu", precisions=["fp32", torch.int8], calibrator=calibrator
+        device=device, precisions=["fp32", torch.int8], calibrator=calibrator
     )
     config.add_optimization_profile({"x": ([1, 1, 8, 8], [64, 1, 8, 8], [512, 1, 8, 8])})
     return kiln.Builder().build(net, config)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("algorithm", ["entropy", "minmax", "percentile"])
-def test_native_api_ptq_stays_within_one_percent_of_fp32(digits, algorithm, tmp_path):
+def test_native_api_ptq_stays_within_one_percent_of_fp32(digits, algorithm, device, tmp_path):
     # The network API's INT8: BuilderConfig(precisions=[..., int8], calibrator=kiln.Calibrator).
+    # Calibration runs on the reference backend; the engine on `device`.
     model, train, test, labels = digits
     net = digits_network(model)
     cache = tmp_path / "native.calib"
     batches = [(b,) for b in train[:512].split(64)]
-    plan = native_int8_plan(net, kiln.Calibrator(batches, algorithm=algorithm, cache_file=cache))
+    calibrator = kiln.Calibrator(batches, algorithm=algorithm, cache_file=cache)
+    plan = native_int8_plan(net, calibrator, device)
     ops = [layer["op"] for layer in plan.layers()]
     assert ops.count("fake_quantize") == 4, ops
     fp32 = accuracy(model, test, labels)
     assert fp32 > 0.9
-    int8 = (run_plan(plan, {"x": test})["y"].argmax(1) == labels).float().mean().item()
+    int8 = (run_plan(plan, {"x": test}, device)["y"].argmax(1) == labels).float().mean().item()
     assert int8 >= fp32 - 0.01, (algorithm, int8, fp32)
     lines = cache.read_text().splitlines()
     assert lines[:2] == ["# kiln calibration cache v1", f"algorithm {algorithm}"], lines
     assert len(lines) == 2 + 4, lines
     # The cache alone (batches as dicts by input name would be read, but none are needed).
-    again = native_int8_plan(net, kiln.Calibrator([{"x": train[:1]}], cache_file=cache))
+    again = native_int8_plan(net, kiln.Calibrator([{"x": train[:1]}], cache_file=cache), device)
     torch.testing.assert_close(
-        run_plan(again, {"x": test})["y"], run_plan(plan, {"x": test})["y"], rtol=0, atol=0
+        run_plan(again, {"x": test}, device)["y"],
+        run_plan(plan, {"x": test}, device)["y"],
+        rtol=0,
+        atol=0,
     )
 
 
