@@ -11,6 +11,7 @@
 
 #include "core/builder.h"
 #include "core/engine.h"
+#include "core/passes/fused_names.h"
 #include "ir/error.h"
 #include "ir/logging.h"
 #include "kernels/reference/host_access.h"
@@ -232,12 +233,6 @@ std::shared_ptr<std::vector<uint8_t>> fake_quantize_per_channel(const Tensor& w)
   return bytes;
 }
 
-std::string unique_tensor_name(const Network& net, const std::string& base) {
-  std::string name = base;
-  for (int i = 1; net.find_tensor(name) != -1; ++i) name = base + "_" + std::to_string(i);
-  return name;
-}
-
 }  // namespace
 
 CalibrationAlgorithm parse_calibration_algorithm(const std::string& name) {
@@ -344,6 +339,9 @@ Network quantize_network(const Network& network, Int8Calibrator& calibrator,
   }
 
   Network net = network;
+  std::set<std::string> used;  // layer and tensor names, for the ones added here
+  for (const auto& l : net.layers()) used.insert(l.name);
+  for (const auto& t : net.tensors()) used.insert(t.name);
   std::vector<Layer> old = std::move(net.mutable_layers());
   net.mutable_layers().clear();
   std::map<TensorId, TensorId> fake_quantized;  // activation -> its fake_quantize output
@@ -357,21 +355,21 @@ Network quantize_network(const Network& network, Int8Calibrator& calibrator,
       if (range > 0.0 && !fake_quantized.count(q.activation)) {
         const float scale = static_cast<float>(range / kQmax);
         const int32_t zero = 0;
-        const TensorId s = net.add_constant(unique_tensor_name(net, act + "/int8_scale"), DataType::kFloat32,
-                                            {1}, &scale, sizeof scale);
-        const TensorId z = net.add_constant(unique_tensor_name(net, act + "/int8_zero_point"),
-                                            DataType::kInt32, {1}, &zero, sizeof zero);
+        const TensorId s = net.add_constant(unique_name(used, act + "/int8_scale"), DataType::kFloat32, {1},
+                                            &scale, sizeof scale);
+        const TensorId z = net.add_constant(unique_name(used, act + "/int8_zero_point"), DataType::kInt32,
+                                            {1}, &zero, sizeof zero);
         Attributes attrs;
         attrs.set("quant_min", int64_t{-kQmax});
         attrs.set("quant_max", int64_t{kQmax});
-        const std::string fq_name = unique_tensor_name(net, act + "/int8_fake_quantize");
+        const std::string fq_name = unique_name(used, act + "/int8_fake_quantize");
         fake_quantized[q.activation] =
             net.add_layer("fake_quantize", {q.activation, s, z}, attrs, fq_name).outputs[0];
       }
       if (fake_quantized.count(q.activation)) layer.inputs[0] = fake_quantized[q.activation];
       const Tensor w = net.tensor(q.weight);  // a copy: add_constant may move the tensor list
-      layer.inputs[1] = net.add_constant(unique_tensor_name(net, w.name + "/int8_per_channel"), w.dtype,
-                                         w.dims, fake_quantize_per_channel(w));
+      layer.inputs[1] = net.add_constant(unique_name(used, w.name + "/int8_per_channel"), w.dtype, w.dims,
+                                         fake_quantize_per_channel(w));
     }
     net.mutable_layers().push_back(std::move(layer));
   }

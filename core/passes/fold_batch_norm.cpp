@@ -80,6 +80,26 @@ bool all_constant(const Network& net, const std::vector<TensorId>& ids) {
   return true;
 }
 
+// An inference batch_norm as y = x * scale + shift per channel (its parameters constant):
+// scale = gamma / sqrt(var + eps), shift = beta - mean * scale.
+struct BatchNormAffine {
+  std::vector<double> scale, shift;
+};
+
+BatchNormAffine batch_norm_affine(const Network& net, const Layer& bn) {
+  const double eps = bn.attrs.get_float("eps", default_float("batch_norm", "eps"));
+  const std::vector<double> gamma = read_constant(net.tensor(bn.inputs[1])),
+                            beta = read_constant(net.tensor(bn.inputs[2])),
+                            mean = read_constant(net.tensor(bn.inputs[3])),
+                            var = read_constant(net.tensor(bn.inputs[4]));
+  BatchNormAffine a{std::vector<double>(gamma.size()), std::vector<double>(gamma.size())};
+  for (size_t k = 0; k < gamma.size(); ++k) {
+    a.scale[k] = gamma[k] / std::sqrt(var[k] + eps);
+    a.shift[k] = beta[k] - mean[k] * a.scale[k];
+  }
+  return a;
+}
+
 }  // namespace
 
 bool fold_batch_norm(Network& net) {
@@ -106,20 +126,15 @@ bool fold_batch_norm(Network& net) {
     std::vector<TensorId> weights(p.inputs.begin() + 1, p.inputs.end());
     if (!all_constant(net, params) || !all_constant(net, weights)) continue;
 
-    // s = scale / sqrt(var + eps); shift = (b - mean) * s + bn_bias.
-    const double eps = bn.attrs.get_float("eps", default_float("batch_norm", "eps"));
-    const std::vector<double> scale = read_constant(net.tensor(params[0])),
-                              beta = read_constant(net.tensor(params[1])),
-                              mean = read_constant(net.tensor(params[2])),
-                              var = read_constant(net.tensor(params[3]));
-    const int64_t channels = static_cast<int64_t>(scale.size());
+    // bn(conv + b) = conv * s + (b * s + shift).
+    BatchNormAffine bn_affine = batch_norm_affine(net, bn);
+    const std::vector<double>& s = bn_affine.scale;
+    std::vector<double>& shift = bn_affine.shift;
+    const int64_t channels = static_cast<int64_t>(s.size());
     const Tensor& w = net.tensor(p.inputs[1]);
-    std::vector<double> bias(static_cast<size_t>(channels), 0.0);
-    if (p.inputs.size() == 3) bias = read_constant(net.tensor(p.inputs[2]));
-    std::vector<double> s(static_cast<size_t>(channels)), shift(static_cast<size_t>(channels));
-    for (size_t k = 0; k < s.size(); ++k) {
-      s[k] = scale[k] / std::sqrt(var[k] + eps);
-      shift[k] = (bias[k] - mean[k]) * s[k] + beta[k];
+    if (p.inputs.size() == 3) {
+      const std::vector<double> bias = read_constant(net.tensor(p.inputs[2]));
+      for (size_t k = 0; k < s.size(); ++k) shift[k] += bias[k] * s[k];
     }
     std::vector<double> wv = read_constant(w);
     const std::vector<int64_t> ch = output_channel_of_weights(p, w.dims, channels);
@@ -165,25 +180,16 @@ bool batch_norm_to_scale_shift(Network& net, const std::set<std::string>& pinned
       net.mutable_layers().push_back(std::move(bn));
       continue;
     }
-    const double eps = bn.attrs.get_float("eps", default_float("batch_norm", "eps"));
-    const std::vector<double> scale = read_constant(net.tensor(bn.inputs[1])),
-                              beta = read_constant(net.tensor(bn.inputs[2])),
-                              mean = read_constant(net.tensor(bn.inputs[3])),
-                              var = read_constant(net.tensor(bn.inputs[4]));
-    std::vector<double> s(scale.size()), shift(scale.size());
-    for (size_t k = 0; k < s.size(); ++k) {
-      s[k] = scale[k] / std::sqrt(var[k] + eps);
-      shift[k] = beta[k] - mean[k] * s[k];
-    }
+    const BatchNormAffine a = batch_norm_affine(net, bn);
     Dims dims(net.tensor(bn.inputs[0]).dims.size(), 1);
-    dims[1] = static_cast<int64_t>(s.size());
+    dims[1] = static_cast<int64_t>(a.scale.size());
     // In x's dtype (elementwise operands share one; batch_norm allows float32 parameters with a
     // float16 x).
     const DataType dtype = net.tensor(bn.inputs[0]).dtype;
-    const TensorId s_id =
-        net.add_constant(unique_name(used, bn.name + "/scale_folded"), dtype, dims, encode(s, dtype, dims));
+    const TensorId s_id = net.add_constant(unique_name(used, bn.name + "/scale_folded"), dtype, dims,
+                                           encode(a.scale, dtype, dims));
     const TensorId t_id = net.add_constant(unique_name(used, bn.name + "/shift_folded"), dtype, dims,
-                                           encode(shift, dtype, dims));
+                                           encode(a.shift, dtype, dims));
     const TensorId scaled =
         net.add_elementwise(bn.inputs[0], s_id, "mul", unique_name(used, bn.name + "/scale")).outputs[0];
     Layer& add = net.add_elementwise(scaled, t_id, "add", unique_name(used, bn.name + "/shift"));
