@@ -322,13 +322,18 @@ def run_kiln(row: Row, model, input_sets, truth, args, device, base: int, plans_
     precisions = {row.precision}
     if row.precision == "fp32" and args.tf32:
         precisions.add("tf32")
+    options = {}
+    if row.precision == "fp8":
+        # FP8 GEMMs in an FP16 model, calibrated (amax) on the row's input sets.
+        precisions.add("fp16")
+        options["calibrator"] = kiln.Calibrator([tuple(s) for s in input_sets], algorithm="minmax")
     model.to(device)
     free_memory(device)
     used_before = device_used_bytes(device) if device.type == "cuda" else 0
     reserved_before = torch.cuda.memory_reserved(device) if device.type == "cuda" else 0
     t0 = time.perf_counter()
     compiled = kiln.compile(
-        model, list(input_sets[0]), enabled_precisions=precisions, device=device.type
+        model, list(input_sets[0]), enabled_precisions=precisions, device=device.type, **options
     )
     compile_s = time.perf_counter() - t0
     try:
@@ -384,7 +389,11 @@ def run_kiln(row: Row, model, input_sets, truth, args, device, base: int, plans_
             model.to(device)
             t0 = time.perf_counter()
             kiln.compile(
-                model, list(input_sets[0]), enabled_precisions=precisions, device=device.type
+                model,
+                list(input_sets[0]),
+                enabled_precisions=precisions,
+                device=device.type,
+                **options,
             )
             result.extra["warm_build_s"] = time.perf_counter() - t0
             model.cpu()
@@ -716,7 +725,11 @@ def parse_args(argv: Sequence[str] | None = None):
     p.add_argument(
         "--models", help=f"comma list (default {DEFAULT['models']}; zoo: bench/models.py)"
     )
-    p.add_argument("--precisions", help=f"fp32,fp16 (default {DEFAULT['precisions']})")
+    p.add_argument(
+        "--precisions",
+        help=f"fp32,fp16,bf16,fp8 (fp8: FP8 GEMMs in the FP16 model, calibrated on the inputs; "
+        f"default {DEFAULT['precisions']})",
+    )
     p.add_argument("--batches", help=f"comma list (default {DEFAULT['batches']})")
     p.add_argument("--runs", type=int, default=100, help="timed runs per system (>= 50)")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs first")

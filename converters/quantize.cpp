@@ -4,7 +4,8 @@
 //   aten.fake_quantize_per_channel_affine: torch's QAT fake quantization -> fake_quantize;
 //   quantized_decomposed.quantize_per_tensor (.default, .tensor), quantize_per_channel -> quantize
 //   (int8 results); quantized_decomposed.dequantize_per_tensor (.default, .tensor),
-//   dequantize_per_channel -> dequantize: the pt2e flow's Q/DQ pairs.
+//   dequantize_per_channel -> dequantize: the pt2e flow's Q/DQ pairs;
+//   kiln.fake_quantize_fp8 (kiln.compile's FP8 calibration) -> fake_quantize, format e4m3.
 // The layers compute as torch does, so a Q/DQ model's engine agrees with its eager fake-quant
 // model. uint8 schemes (an X86 pt2e quantizer's activations) have no engine dtype: those nodes run
 // in PyTorch.
@@ -126,6 +127,25 @@ const ConverterRegistration kRegistered([] {
   };
   fq.limits = "floating self; constant scale and zero point";
   register_converter(std::move(fq));
+
+  // kiln.fake_quantize_fp8(x, scale: float, inv_scale: float): kiln.compile's FP8 calibration
+  // (py/kiln/calibration.py) -> fake_quantize with format e4m3.
+  Converter f8;
+  f8.target = "kiln.fake_quantize_fp8.default";
+  f8.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    std::string r = require_floating(value_arg(g, n, "x"), "x");
+    if (r.empty() && (!n.arg("scale").is_number() || !n.arg("inv_scale").is_number()))
+      r = "scale and inv_scale must be constants";
+    return r;
+  };
+  f8.convert = [](ConversionContext& ctx, const KNode& n) {
+    TensorId scale = scalar_f32(ctx, n, n.arg("scale").as_double(), "scale");
+    Attributes a;
+    a.set("format", std::string("e4m3")).set("inv_scale", n.arg("inv_scale").as_double());
+    ctx.set_output(n, 0, ctx.add(n, "fake_quantize", {ctx.tensor(n, "x"), scale}, a).outputs[0]);
+  };
+  f8.limits = "floating x; constant scale (FP8 e4m3, per tensor)";
+  register_converter(std::move(f8));
 
   // .tensor_qparams and per channel: scale / zero_point tensors.
   for (const bool per_channel : {false, true}) {

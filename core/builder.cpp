@@ -29,8 +29,10 @@ void enable_precision(PrecisionConfig& config, const std::string& name) {
     config.tf32 = true;
   } else if (name == "int8") {
     config.int8 = true;
+  } else if (name == "fp8" || name == "float8_e4m3fn") {
+    config.fp8 = true;
   } else {
-    KILN_FAIL("unknown precision '" << name << "': use fp32, tf32, fp16, bf16 or int8");
+    KILN_FAIL("unknown precision '" << name << "': use fp32, tf32, fp16, bf16, int8 or fp8");
   }
 }
 
@@ -40,6 +42,7 @@ std::vector<std::string> precision_names(const PrecisionConfig& config) {
   if (config.fp16) names.push_back("fp16");
   if (config.bf16) names.push_back("bf16");
   if (config.int8) names.push_back("int8");
+  if (config.fp8) names.push_back("fp8");
   return names;
 }
 
@@ -123,6 +126,13 @@ void check_int8(const Network& network, const BuilderConfig& config) {
 
 }  // namespace
 
+void check_fp8_support(int sm_arch) {
+  KILN_CHECK(sm_arch >= 89,
+             "FP8 (the fp8 precision, torch.float8_e4m3fn) needs a GPU of compute capability 8.9 "
+             "or newer (Ada, Hopper, Blackwell); this GPU is sm_"
+                 << sm_arch << ": build without FP8 (INT8 or FP16 instead)");
+}
+
 bool tactic_timing_default() {
   const char* v = std::getenv("KILN_TACTIC_TIMING");
   return !(v && std::string(v) == "0");
@@ -134,6 +144,7 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   plan.network = network;  // the builder never modifies the caller's network
   Network& net = plan.network;
   check_int8(network, config);
+  if (config.precision.fp8 && backend == Backend::kCuda) check_fp8_support(cuda_device_arch());
   if (config.int8_calibrator) net = quantize_network(network, *config.int8_calibrator, config.profiles);
 
   // 1. validate: layers, shapes and profiles.
@@ -202,6 +213,11 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   }
   run_pass(
       "assign_precision", [&](Network& n) { return assign_precision(n, config.precision); }, net);
+  // 4b. FP8: GEMMs behind an e4m3 fake_quantize become FP8 GEMMs (CUDA; the reference backend
+  //     computes the fake quantization as it is, which is the same arithmetic).
+  if (config.precision.fp8 && backend == Backend::kCuda && config.optimization_level > 0) {
+    run_pass("quantize_fp8_gemms", quantize_fp8_gemms, net);
+  }
   if (config.optimization_level > 0) run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
   // 5. choose layouts: channels last for float16/bfloat16 convolutions (after precision, which
   //    decides the dtypes), transposes only where a chain of channels-last layers ends.

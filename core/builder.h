@@ -28,16 +28,22 @@ struct PrecisionConfig {
   // (core/calibration.h); without one, the network must carry its own quantize / dequantize /
   // fake_quantize layers.
   bool int8 = false;
+  // FP8 (e4m3) GEMMs on CUDA sm_89+: fully_connected layers behind an e4m3 fake_quantize (from
+  // calibration) run as FP8 GEMMs (quantize_fp8_gemms). On an older GPU the build fails.
+  bool fp8 = false;
   // Per-layer override by layer name: float32, float16 or bfloat16, whatever the flags say.
   std::map<std::string, DataType> layer_precisions;
 };
 
 // The one C++ table of precision names: "fp32" ("float32"), "fp16" ("float16", "half"), "bf16"
-// ("bfloat16"), "tf32", "int8" (the native builder's; kiln.compile takes torch.int8 itself). enable_precision
+// ("bfloat16"), "tf32", "int8" (the native builder's; kiln.compile takes torch.int8 itself), "fp8"
+// ("float8_e4m3fn"). enable_precision
 // turns one on (fp32 is always on); it throws a kiln::Error listing the names for anything else.
 // precision_names lists what is on, fp32 first.
 void enable_precision(PrecisionConfig& config, const std::string& name);
 std::vector<std::string> precision_names(const PrecisionConfig& config);
+// Throws a kiln::Error saying what to do unless sm_arch (major * 10 + minor) has FP8 tensor cores.
+void check_fp8_support(int sm_arch);
 
 // Where engines run, by the one word users see: "cuda" (or "cuda:N"), "cpu" (the reference
 // backend), "auto"; the older "reference" still means "cpu". Throws on anything else.

@@ -12,6 +12,7 @@ Precision parse_precision(const std::string& name) {
   KILN_CHECK(!c.int8,
              "int8 is not one of kiln.compile's float precisions: pass torch.int8 in enabled_precisions "
              "(with a kiln.Calibrator, or a model with quantize/dequantize ops)");
+  if (c.fp8) return Precision::kFP8;
   return c.fp16 ? Precision::kFP16 : c.bf16 ? Precision::kBF16 : c.tf32 ? Precision::kTF32 : Precision::kFP32;
 }
 
@@ -23,6 +24,8 @@ const char* precision_name(Precision p) {
       return "bf16";
     case Precision::kTF32:
       return "tf32";
+    case Precision::kFP8:
+      return "fp8";
     case Precision::kFP32:
       break;
   }

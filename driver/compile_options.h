@@ -14,8 +14,9 @@
 namespace kiln {
 
 // Precisions engines may compute in; FP32 is always allowed. Names (the driver's
-// parse_precision): "fp32", "fp16", "bf16", "tf32", and "float32", "float16"/"half", "bfloat16".
-enum class Precision { kFP32, kFP16, kBF16, kTF32 };
+// parse_precision): "fp32", "fp16", "bf16", "tf32", "fp8", and "float32", "float16"/"half", "bfloat16",
+// "float8_e4m3fn". fp8 lets calibrated FP8 GEMMs run as such (kiln.compile inserts their quantization).
+enum class Precision { kFP32, kFP16, kBF16, kTF32, kFP8 };
 
 struct CompileOptions {
   std::set<Precision> enabled_precisions{Precision::kFP32};

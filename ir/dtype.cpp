@@ -16,6 +16,7 @@ size_t dtype_size(DataType t) {
       return 8;
     case DataType::kBool:
     case DataType::kInt8:
+    case DataType::kFloat8E4M3:
       return 1;
   }
   KILN_FAIL("unknown data type " << static_cast<int>(t));
@@ -37,6 +38,8 @@ const char* dtype_name(DataType t) {
       return "bool";
     case DataType::kInt8:
       return "int8";
+    case DataType::kFloat8E4M3:
+      return "float8_e4m3fn";
   }
   return "unknown";
 }
@@ -46,14 +49,18 @@ DataType parse_dtype(const std::string& name) {
     auto t = static_cast<DataType>(i);
     if (name == dtype_name(t)) return t;
   }
-  KILN_FAIL("unknown dtype '" << name << "': use float32, float16, bfloat16, int32, int64, bool or int8");
+  KILN_FAIL(
+      "unknown dtype '" << name
+                        << "': use float32, float16, bfloat16, int32, int64, bool, int8 or float8_e4m3fn");
 }
 
 bool is_floating(DataType t) {
   return t == DataType::kFloat32 || t == DataType::kFloat16 || t == DataType::kBFloat16;
 }
 
-bool is_integral(DataType t) { return !is_floating(t); }
+bool is_integral(DataType t) { return !is_floating(t) && !is_float8(t); }
+
+bool is_float8(DataType t) { return t == DataType::kFloat8E4M3; }
 
 bool is_valid_dtype(uint8_t raw) { return raw < kNumDataTypes; }
 

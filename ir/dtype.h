@@ -14,16 +14,20 @@ enum class DataType : uint8_t {
   kInt32 = 3,
   kInt64 = 4,
   kBool = 5,
-  kInt8 = 6,  // reserved for quantized engines
+  kInt8 = 6,        // quantized tensors (quantize's output)
+  kFloat8E4M3 = 7,  // float8 e4m3fn (torch.float8_e4m3fn): FP8 GEMM operands, CUDA sm_89+
 };
 
-constexpr int kNumDataTypes = 7;
+constexpr int kNumDataTypes = 8;
 
 size_t dtype_size(DataType t);
 const char* dtype_name(DataType t);             // "float32", "float16", ...
 DataType parse_dtype(const std::string& name);  // inverse of dtype_name
 bool is_floating(DataType t);
 bool is_integral(DataType t);  // int8/int32/int64 and bool
+// float8 is neither floating nor integral here: it is a storage type that only the FP8 GEMM,
+// quantize and cast layers read or write (ir/float8.h converts it on the host).
+bool is_float8(DataType t);
 bool is_valid_dtype(uint8_t raw);
 
 }  // namespace kiln

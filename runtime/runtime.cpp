@@ -446,9 +446,10 @@ c10::IValue make_engine(Plan plan, const std::string& backend, int64_t device, b
 namespace {
 // Kiln dtypes and their torch scalar types: the one C++ table of the pair.
 constexpr std::pair<DataType, at::ScalarType> kDtypePairs[] = {
-    {DataType::kFloat32, at::kFloat}, {DataType::kFloat16, at::kHalf}, {DataType::kBFloat16, at::kBFloat16},
-    {DataType::kInt32, at::kInt},     {DataType::kInt64, at::kLong},   {DataType::kBool, at::kBool},
-    {DataType::kInt8, at::kChar}};
+    {DataType::kFloat32, at::kFloat},     {DataType::kFloat16, at::kHalf},
+    {DataType::kBFloat16, at::kBFloat16}, {DataType::kInt32, at::kInt},
+    {DataType::kInt64, at::kLong},        {DataType::kBool, at::kBool},
+    {DataType::kInt8, at::kChar},         {DataType::kFloat8E4M3, at::kFloat8_e4m3fn}};
 }  // namespace
 
 at::ScalarType torch_dtype(DataType t) {

@@ -50,6 +50,9 @@ bool pack_qkv_attention(Network& net);
 // projection -> packed_attention reading it (torch's MultiheadAttention, static shapes).
 bool pack_attention_views(Network& net);
 bool drop_trivial_attention_masks(Network& net);
+// FP8 (CUDA sm_89+, after assign_precision): fully_connected whose input is an e4m3
+// fake_quantize and whose weight is constant -> quantize (to float8) + FP8 fully_connected.
+bool quantize_fp8_gemms(Network& net);
 MemoryPlan plan_memory(const Network& net, const std::vector<OptimizationProfile>& profiles);
 
 }  // namespace kiln

@@ -25,6 +25,9 @@ DataType parse_target(const Layer& layer, const std::string& who) {
 std::vector<TensorDesc> infer_cast(const Layer& layer, const std::vector<TensorDesc>& in) {
   const std::string who = describe(layer);
   DataType to = parse_target(layer, who);
+  KILN_CHECK(!is_float8(to) && !is_float8(in[0].dtype),
+             who << ": no cast to or from float8_e4m3fn; FP8 tensors come from quantize (dtype "
+                    "float8_e4m3fn) and feed FP8 fully_connected layers");
   TensorDesc out{to, in[0].dims, nullptr};
   if (in[0].values && is_integral(in[0].dtype) && is_integral(to)) {
     std::vector<int64_t> v = *in[0].values;

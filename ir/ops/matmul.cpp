@@ -10,6 +10,11 @@
 // y's shape, added after the activation. fuse_gemm_epilogue produces these from matmul + add +
 // activation + add chains and records the original layers in the string attribute `fused`.
 //
+// FP8 fully_connected (the builder's quantize_fp8_gemms makes it; CUDA sm_89+): x and weight are
+// float8_e4m3fn, `out_dtype` names y's dtype (bias and residual have it too), and
+//   y = activation(input_scale * weight_scale * (x @ weight^T) (+ bias)) (+ residual),
+// i.e. x and weight hold values / input_scale and / weight_scale (per tensor).
+//
 // Both accept `allow_tf32` (0/1): float32 GEMMs may use TF32 tensor cores. The builder sets it
 // from BuilderConfig's TF32 flag; it is off by default, so FP32 means FP32.
 #include <algorithm>
@@ -64,7 +69,18 @@ std::vector<TensorDesc> infer_fully_connected(const Layer& layer, const std::vec
   const TensorDesc& x = in[0];
   const TensorDesc& w = in[1];
   const std::string who = describe(layer);
-  check_operands(who, x, w);
+  DataType y_dtype = x.dtype;
+  if (is_float8(x.dtype) || layer.attrs.has("out_dtype")) {  // FP8
+    KILN_CHECK(is_float8(x.dtype) && w.dtype == x.dtype,
+               who << ": an FP8 fully_connected (out_dtype set) takes float8_e4m3fn x and weight, got "
+                   << dtype_name(x.dtype) << " and " << dtype_name(w.dtype));
+    y_dtype = parse_dtype(layer.attrs.get_string("out_dtype", who));
+    KILN_CHECK(is_floating(y_dtype), who << ": out_dtype must be floating, got " << dtype_name(y_dtype));
+    KILN_CHECK(layer.attrs.has("input_scale") && layer.attrs.has("weight_scale"),
+               who << ": an FP8 fully_connected needs input_scale and weight_scale");
+  } else {
+    check_operands(who, x, w);
+  }
   KILN_CHECK(!x.dims.empty(), who << ": input must have rank >= 1 (features last), got a scalar");
   KILN_CHECK(w.dims.size() == 2,
              who << ": weight must be [out_features, in_features], got " << to_string(w.dims));
@@ -84,8 +100,8 @@ std::vector<TensorDesc> infer_fully_connected(const Layer& layer, const std::vec
   }
   if (operands == 3) {
     const TensorDesc& bias = in[2];
-    KILN_CHECK(bias.dtype == x.dtype,
-               who << ": bias dtype " << dtype_name(bias.dtype) << " differs from " << dtype_name(x.dtype));
+    KILN_CHECK(bias.dtype == y_dtype,
+               who << ": bias dtype " << dtype_name(bias.dtype) << " differs from " << dtype_name(y_dtype));
     KILN_CHECK(bias.dims.size() == 1 && compatible(bias.dims[0], w.dims[0]),
                who << ": bias must be [" << w.dims[0] << "], got " << to_string(bias.dims));
   }
@@ -93,8 +109,8 @@ std::vector<TensorDesc> infer_fully_connected(const Layer& layer, const std::vec
   out.back() = w.dims[0];
   if (residual) {
     const TensorDesc& r = in.back();
-    KILN_CHECK(r.dtype == x.dtype,
-               who << ": residual dtype " << dtype_name(r.dtype) << " differs from " << dtype_name(x.dtype));
+    KILN_CHECK(r.dtype == y_dtype,
+               who << ": residual dtype " << dtype_name(r.dtype) << " differs from " << dtype_name(y_dtype));
     bool same = r.dims.size() == out.size();
     for (size_t i = 0; same && i < out.size(); ++i) same = compatible(r.dims[i], out[i]);
     KILN_CHECK(same, who << ": residual must have the output's shape " << to_string(out) << ", got "
@@ -103,7 +119,7 @@ std::vector<TensorDesc> infer_fully_connected(const Layer& layer, const std::vec
       if (out[i] == kDynamic) out[i] = r.dims[i];
     }
   }
-  return {{x.dtype, out}};
+  return {{y_dtype, out}};
 }
 
 }  // namespace
@@ -140,6 +156,10 @@ const std::vector<AttrSpec> kFullyConnectedAttributes = {
     {"fused", AttrType::kString, std::nullopt,
      "set by the builder (fuse_gemm_epilogue, fuse_parallel_gemms, patchify_convolutions, fold_batch_norm): "
      "the original layer names, informational; absent: the layer's own name"},
+    {"out_dtype", AttrType::kString, std::nullopt,
+     "FP8 (set by quantize_fp8_gemms): y's floating dtype; x and weight are float8_e4m3fn"},
+    {"input_scale", AttrType::kFloat, std::nullopt, "FP8: x's per-tensor scale (x holds values / scale)"},
+    {"weight_scale", AttrType::kFloat, std::nullopt, "FP8: the weight's per-tensor scale"},
 };
 
 const SchemaRegistration kRegistered{

@@ -6,6 +6,9 @@
 //   fake_quantize  x (floating), scale, [zero_point] -> x's dtype
 //                  y = (clamp(nearbyint(x * (1 / scale)) + zero_point, quant_min, quant_max)
 //                       - zero_point) * scale
+// With format = "e4m3" (FP8; per tensor, no zero point): quantize gives float8_e4m3fn,
+// q = e4m3(x * (1 / scale)) rounded to nearest even and saturated to +-448 (ir/float8.h);
+// dequantize reads float8_e4m3fn, y = x * scale; fake_quantize y = e4m3(x * (1 / scale)) * scale.
 // All in float32 (1 / scale rounded to float32 first, nearbyint: half to even), as torch
 // computes them, so results match torch bit for bit. torch's decomposed per-tensor quantize
 // rounds 1 / scale from a double scale instead: its converter passes that float as `inv_scale`.
@@ -28,6 +31,12 @@ QuantParams quant_params(const Layer& layer, size_t rank, int64_t scale_count) {
   p.quant_max = layer.attrs.get_int("quant_max", int64_t{127});
   p.per_channel = scale_count != 1;
   p.has_inv_scale = layer.attrs.has("inv_scale");
+  if (layer.attrs.has("format")) {
+    const std::string format = layer.attrs.get_string("format", who);
+    KILN_CHECK(format == "int" || format == "e4m3",
+               who << ": format must be \"int\" or \"e4m3\", got \"" << format << "\"");
+    p.e4m3 = format == "e4m3";
+  }
   if (p.has_inv_scale) p.inv_scale = static_cast<float>(layer.attrs.get_float("inv_scale", who));
   if (p.per_channel) {
     KILN_CHECK(rank >= 1, who << ": a per-channel scale needs x of rank >= 1");
@@ -56,6 +65,11 @@ void check_params(const Layer& layer, const std::vector<TensorDesc>& in, bool in
                who << ": zero_point " << to_string(zp.dims) << " must match scale " << to_string(scale.dims));
   }
   const QuantParams p = quant_params(layer, x.dims.size(), count);
+  if (p.e4m3) {
+    KILN_CHECK(count == 1, who << ": an e4m3 (FP8) scale is per tensor: one value, got " << count);
+    KILN_CHECK(in.size() == 2, who << ": e4m3 (FP8) quantization has no zero point");
+    return;
+  }
   KILN_CHECK(p.quant_min <= p.quant_max,
              who << ": quant_min " << p.quant_min << " is above quant_max " << p.quant_max);
   if (int8_range) {
@@ -76,12 +90,16 @@ std::vector<TensorDesc> infer_quantize(const Layer& layer, const std::vector<Ten
   KILN_CHECK(is_floating(in[0].dtype), describe(layer)
                                            << ": x must be floating, got " << dtype_name(in[0].dtype));
   check_params(layer, in, true);
-  return {{DataType::kInt8, in[0].dims}};
+  const bool e4m3 = quant_params(layer, in[0].dims.size(), 1).e4m3;
+  return {{e4m3 ? DataType::kFloat8E4M3 : DataType::kInt8, in[0].dims}};
 }
 
 std::vector<TensorDesc> infer_dequantize(const Layer& layer, const std::vector<TensorDesc>& in) {
   const std::string who = describe(layer);
-  KILN_CHECK(in[0].dtype == DataType::kInt8, who << ": x must be int8, got " << dtype_name(in[0].dtype));
+  const DataType want =
+      quant_params(layer, in[0].dims.size(), 1).e4m3 ? DataType::kFloat8E4M3 : DataType::kInt8;
+  KILN_CHECK(in[0].dtype == want,
+             who << ": x must be " << dtype_name(want) << ", got " << dtype_name(in[0].dtype));
   check_params(layer, in, false);
   const DataType out =
       layer.attrs.has("dtype") ? parse_dtype(layer.attrs.get_string("dtype", who)) : DataType::kFloat32;
@@ -102,6 +120,8 @@ const std::vector<AttrSpec> kRangeAttributes = {
     {"quant_max", AttrType::kInt, AttrValue{int64_t{127}}, "the largest quantized value"},
     {"inv_scale", AttrType::kFloat, std::nullopt,
      "per tensor: the multiplier of x (rounded to float32) instead of 1 / scale"},
+    {"format", AttrType::kString, AttrValue{std::string("int")},
+     "int (integers in quant_min..quant_max) or e4m3 (float8 e4m3fn, per tensor)"},
 };
 
 const std::vector<AttrSpec> kDequantizeAttributes = {
@@ -109,6 +129,7 @@ const std::vector<AttrSpec> kDequantizeAttributes = {
     {"quant_min", AttrType::kInt, AttrValue{int64_t{-128}}, "checked only (torch's signature)"},
     {"quant_max", AttrType::kInt, AttrValue{int64_t{127}}, "checked only (torch's signature)"},
     {"dtype", AttrType::kString, AttrValue{std::string("float32")}, "the output dtype (floating)"},
+    {"format", AttrType::kString, AttrValue{std::string("int")}, "int (x int8) or e4m3 (x float8_e4m3fn)"},
 };
 
 const SchemaRegistration kRegistered{

@@ -15,6 +15,9 @@ struct QuantParams {
   int64_t quant_min = -128, quant_max = 127;
   bool has_inv_scale = false;  // per tensor: x's multiplier given (torch's decomposed quantize)
   float inv_scale = 0.f;
+  // format "e4m3": the quantized values are float8 e4m3fn (ir/float8.h: round to nearest even,
+  // saturated to +-448) instead of integers; per tensor, no zero point, no quant_min/max.
+  bool e4m3 = false;
 };
 
 // Reads and checks the layer's attributes against x's rank (errors name the layer).

@@ -1,6 +1,10 @@
 // CUDA quantize / dequantize / fake_quantize (see ir/ops/quantize.cpp): one thread per element
 // (grid-stride), float32 math as torch's (__fmul_rn and rintf, so no contraction changes a
-// rounding), the channel of a per-channel scale from the element's index.
+// rounding), the channel of a per-channel scale from the element's index. Format e4m3 (FP8, per
+// tensor): x * (1 / scale) converted by __nv_cvt_float_to_fp8 (nearest even, saturated to +-448:
+// ir/float8.h's rounding), four elements per thread where the size allows.
+#include <cuda_fp8.h>
+
 #include <cmath>
 
 #include "ir/op_schema.h"
@@ -62,6 +66,47 @@ __global__ void quantize_kernel(QuantGeometry g, const In* __restrict__ x, const
   }
 }
 
+__device__ __forceinline__ uint8_t to_e4m3(float v) {
+  return static_cast<uint8_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
+}
+__device__ __forceinline__ float from_e4m3(uint8_t b) {
+  return __half2float(__half(__nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(b), __NV_E4M3)));
+}
+
+// FP8 (format e4m3): kVec elements per thread (n % kVec == 0), float8 stored as uint8_t.
+template <int kMode, int kVec, typename In, typename Out>
+__global__ void e4m3_kernel(int64_t n, bool has_inv, float inv_attr, const In* __restrict__ x,
+                            const float* __restrict__ scale, Out* __restrict__ y) {
+  const float s = scale[0], inv = has_inv ? inv_attr : __frcp_rn(s);
+  for (int64_t i = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) * kVec; i < n;
+       i += int64_t{gridDim.x} * blockDim.x * kVec) {
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      if constexpr (kMode == kDequantize) {
+        y[i + j] = from_float<Out>(__fmul_rn(from_e4m3(x[i + j]), s));
+      } else if constexpr (kMode == kQuantize) {
+        y[i + j] = to_e4m3(__fmul_rn(to_float(x[i + j]), inv));
+      } else {
+        y[i + j] = from_float<Out>(__fmul_rn(from_e4m3(to_e4m3(__fmul_rn(to_float(x[i + j]), inv))), s));
+      }
+    }
+  }
+}
+
+template <int kMode, typename In, typename Out>
+void launch_e4m3(int64_t n, const QuantParams& p, const void* x, const float* scale, void* y,
+                 cudaStream_t stream) {
+  const auto* xi = static_cast<const In*>(x);
+  auto* yo = static_cast<Out*>(y);
+  if (n % 4 == 0) {
+    e4m3_kernel<kMode, 4, In, Out>
+        <<<grid_for(n / 4, kBlock), kBlock, 0, stream>>>(n, p.has_inv_scale, p.inv_scale, xi, scale, yo);
+  } else {
+    e4m3_kernel<kMode, 1, In, Out>
+        <<<grid_for(n, kBlock), kBlock, 0, stream>>>(n, p.has_inv_scale, p.inv_scale, xi, scale, yo);
+  }
+}
+
 template <typename F>
 void dispatch_zero_point(const std::vector<TensorView>& in, F&& f) {
   if (in.size() < 3) {
@@ -89,6 +134,7 @@ class CudaQuantization final : public Kernel {
     QuantGeometry g;
     g.n = volume(x.dims);
     if (g.n == 0) return;
+    if (p.e4m3) return run_e4m3(p, g.n, in, out, static_cast<cudaStream_t>(ctx.stream));
     g.per_channel = p.per_channel;
     g.channels = count;
     if (p.per_channel) {
@@ -129,6 +175,27 @@ class CudaQuantization final : public Kernel {
   std::string name() const override { return "cuda_" + layer_.op; }
 
  private:
+  void run_e4m3(const QuantParams& p, int64_t n, const std::vector<TensorView>& in,
+                const std::vector<TensorView>& out, cudaStream_t stream) const {
+    const float* scale = static_cast<const float*>(in[1].data);
+    const std::string who = describe(layer_);
+    if (mode_ == kDequantize) {
+      dispatch_floating(out[0].dtype, who.c_str(), [&](auto o) {
+        launch_e4m3<kDequantize, uint8_t, decltype(o)>(n, p, in[0].data, scale, out[0].data, stream);
+      });
+    } else {
+      dispatch_floating(in[0].dtype, who.c_str(), [&](auto t) {
+        using In = decltype(t);
+        if (mode_ == kQuantize) {
+          launch_e4m3<kQuantize, In, uint8_t>(n, p, in[0].data, scale, out[0].data, stream);
+        } else {
+          launch_e4m3<kFakeQuantize, In, In>(n, p, in[0].data, scale, out[0].data, stream);
+        }
+      });
+    }
+    KILN_CUDA_CHECK_LAUNCH();
+  }
+
   Layer layer_;
   int mode_;
 };

@@ -12,6 +12,7 @@
 
 #include "ir/dtype.h"
 #include "ir/error.h"
+#include "ir/float8.h"
 #include "kernels/kernel.h"
 
 namespace kiln {
@@ -106,6 +107,8 @@ inline double load_element(const TensorView& t, int64_t i) {
       return static_cast<const uint8_t*>(t.data)[i] != 0;
     case DataType::kInt8:
       return static_cast<const int8_t*>(t.data)[i];
+    case DataType::kFloat8E4M3:
+      return e4m3_to_float(static_cast<const uint8_t*>(t.data)[i]);
   }
   KILN_FAIL("load_element: unknown dtype");
 }
@@ -133,6 +136,9 @@ inline void store_element(const TensorView& t, int64_t i, double v) {
       return;
     case DataType::kInt8:
       static_cast<int8_t*>(t.data)[i] = truncate_to_int<int8_t>(v);
+      return;
+    case DataType::kFloat8E4M3:
+      static_cast<uint8_t*>(t.data)[i] = float_to_e4m3(static_cast<float>(v));
       return;
   }
   KILN_FAIL("store_element: unknown dtype");

@@ -52,13 +52,18 @@ class RefMatmul final : public Kernel {
   bool ta_, tb_;
 };
 
-// y = activation(x [..., K] @ weight[N, K]^T + bias) + residual.
+// y = activation(x [..., K] @ weight[N, K]^T + bias) + residual; FP8: the product times
+// input_scale * weight_scale (float8 operands read as their values).
 class RefFullyConnected final : public Kernel {
  public:
   explicit RefFullyConnected(const Layer& l)
       : residual_(l.attrs.get_int("residual", int64_t{0}) != 0),
         activation_(l.attrs.has("activation") ? l.attrs.get_string("activation", l.name) : "none") {
     if (activation_ != "none") act_ = reference_activation(activation_, l.attrs);
+    if (l.attrs.has("out_dtype")) {
+      scale_ = static_cast<double>(static_cast<float>(l.attrs.get_float("input_scale", l.name)) *
+                                   static_cast<float>(l.attrs.get_float("weight_scale", l.name)));
+    }
   }
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
@@ -69,8 +74,10 @@ class RefFullyConnected final : public Kernel {
     const bool bias = in.size() - (residual_ ? 1 : 0) == 3;
     for (int64_t i = 0; i < m; ++i) {
       for (int64_t j = 0; j < n; ++j) {
-        double acc = bias ? load_element(in[2], j) : 0.0;
+        double acc = 0.0;
         for (int64_t q = 0; q < k; ++q) acc += load_element(x, i * k + q) * load_element(w, j * k + q);
+        acc *= scale_;
+        if (bias) acc += load_element(in[2], j);
         if (act_) acc = act_(acc);
         if (residual_) acc += load_element(in.back(), i * n + j);
         store_element(y, i * n + j, acc);
@@ -83,6 +90,7 @@ class RefFullyConnected final : public Kernel {
   bool residual_;
   std::string activation_;
   std::function<double(double)> act_;
+  double scale_ = 1.0;
 };
 
 }  // namespace

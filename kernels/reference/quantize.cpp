@@ -1,10 +1,12 @@
 // Reference quantize / dequantize / fake_quantize (see ir/ops/quantize.cpp), in float32 exactly
 // as torch computes them: 1 / scale rounded to float32, x * that in float32, nearbyint (half to
-// even), + zero point, clamp; back: (q - zero point) * scale in float32.
+// even), + zero point, clamp; back: (q - zero point) * scale in float32. Format e4m3: x * (1 /
+// scale) rounded to float8 e4m3fn (ir/float8.h), back: q * scale.
 #include <algorithm>
 #include <cmath>
 
 #include "ir/error.h"
+#include "ir/float8.h"
 #include "ir/op_schema.h"
 #include "ir/ops/quantize.h"
 #include "kernels/kernel.h"
@@ -46,6 +48,14 @@ class RefQuantization final : public Kernel {
       const float s = scale[c];
       const int64_t zp = has_zp ? static_cast<int64_t>(load_element(in[2], c)) : 0;
       const float v = static_cast<float>(load_element(x, i));
+      if (p.e4m3) {  // FP8: no zero point, no range; load/store_element convert float8
+        const float inv = p.has_inv_scale ? p.inv_scale : 1.0f / s;
+        const float y = layer_.op == "dequantize" ? v * s
+                        : layer_.op == "quantize" ? v * inv
+                                                  : e4m3_to_float(float_to_e4m3(v * inv)) * s;
+        store_element(out[0], i, static_cast<double>(y));
+        continue;
+      }
       if (layer_.op == "dequantize") {
         store_element(out[0], i, static_cast<double>((v - static_cast<float>(zp)) * s));
         continue;

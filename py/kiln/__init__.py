@@ -43,6 +43,10 @@ if "torch" in sys.modules:
         if _runtime.is_available():
             _runtime.load_library()
 
+    # kiln::fake_quantize_fp8 (FP8 calibration's op), so programs holding it load and run.
+    with contextlib.suppress(Exception):
+        from kiln import quant_ops as _quant_ops  # noqa: F401 (registers on import)
+
     # torch.compile(model, backend="kiln"): register the torch._dynamo backend (kiln.dynamo).
     with contextlib.suppress(Exception):
         from kiln import dynamo as _dynamo  # noqa: F401 (registers on import)

@@ -1,4 +1,4 @@
-"""Post-training INT8 calibration for kiln.compile (docs/quantization.md).
+"""Post-training INT8 and FP8 calibration for kiln.compile (docs/quantization.md).
 
 ``kiln.compile(model, inputs, enabled_precisions={torch.int8, ...}, calibrator=kiln.Calibrator(
 batches, algorithm="entropy"))``: after torch.export, the exported program runs in PyTorch over the
@@ -19,6 +19,13 @@ graph (its scale a constant), the weights are replaced by their fake-quantized v
 engine computes what an INT8 engine with these scales computes, in floating point: Kiln has no
 INT8 kernels yet, so the result is accurate but not faster (docs/quantization.md).
 
+FP8 (``enabled_precisions={torch.float8_e4m3fn, torch.float16}``): the same ranges, for the
+data input of every matrix product with a weight (aten.addmm, aten.mm; convolutions stay as they
+are), quantized per tensor to float8 e4m3 (scale = range / 448) by a ``kiln::fake_quantize_fp8``
+node (kiln/quant_ops.py), and the weights per tensor to the e4m3 grid (scale = max |W| / 448).
+On a GPU with FP8 tensor cores the builder turns each into an FP8 GEMM (quantize_fp8_gemms);
+elsewhere the engine computes the same fake quantization in floating point.
+
 The calibration cache (``cache_file``) is a small text file, one ``name range`` line per quantized
 activation; when it exists the batches are not run. A cache made for another network (other
 tensor names) is refused with the names that differ.
@@ -37,6 +44,7 @@ import torch.utils._pytree as pytree
 from kiln import _C
 from kiln.fx_lowering import lifted_tensors
 from kiln.log import log
+from kiln.quant_ops import FP8_MAX, fake_quantize_fp8, float32_reciprocal
 
 ALGORITHMS = ("entropy", "minmax", "percentile")
 _CACHE_HEADER = "# kiln calibration cache v1"
@@ -316,15 +324,15 @@ def _weight_of(node, lifted) -> str | None:
     return node.name if node.op == "placeholder" and node.name in lifted else None
 
 
-def quantizable(program) -> list[tuple[torch.fx.Node, int, str]]:
-    """(consumer, activation argument index, weight placeholder) of each convolution or matrix
-    product with a weight operand."""
+def quantizable(program, fmt: str = "int8") -> list[tuple[torch.fx.Node, int, str]]:
+    """(consumer, activation argument index, weight placeholder) of each convolution (INT8 only)
+    or matrix product with a weight operand."""
     lifted = lifted_tensors(program)
     found = []
     for node in program.graph.nodes:
         if node.op != "call_function":
             continue
-        if node.target == aten.convolution.default:
+        if node.target == aten.convolution.default and fmt == "int8":
             act, weight = 0, 1
         elif node.target == aten.addmm.default:
             act, weight = 1, 2
@@ -352,15 +360,17 @@ def has_qdq(program) -> bool:
     return False
 
 
-def quantize_program(program, calibrator: Calibrator, device: torch.device, specs=()):
-    """Calibrates and inserts the INT8 quantization (module docstring) into `program` in place.
-    Returns {parameter placeholder name: fake-quantized tensor} for the lowering to use instead
-    of the parameters, and the number of quantized layers."""
-    targets = quantizable(program)
+def quantize_program(
+    program, calibrator: Calibrator, device: torch.device, specs=(), fmt: str = "int8"
+):
+    """Calibrates and inserts the INT8 or FP8 (``fmt`` "fp8") quantization (module docstring)
+    into `program` in place. Returns {parameter placeholder name: fake-quantized tensor} for the
+    lowering to use instead of the parameters, and the number of quantized layers."""
+    targets = quantizable(program, fmt)
     if not targets:
+        what = "linear layer" if fmt == "fp8" else "convolution or linear layer"
         raise _C.KilnError(
-            "kiln.compile: INT8 was requested, but the model has no convolution or linear layer "
-            "to quantize"
+            f"kiln.compile: {fmt.upper()} was requested, but the model has no {what} to quantize"
         )
     acts = list(dict.fromkeys(t[0].args[t[1]].name for t in targets))
     amax = calibrator.ranges(program, acts, device, specs)
@@ -370,11 +380,16 @@ def quantize_program(program, calibrator: Calibrator, device: torch.device, spec
     for consumer, index, _ in targets:
         x = consumer.args[index]
         if x.name not in quantized:
-            scale = max(amax[x.name], 1e-12) / _QMAX
             with graph.inserting_after(x):
-                fq = graph.call_function(
-                    aten.fake_quantize_per_tensor_affine.default, (x, scale, 0, -_QMAX, _QMAX)
-                )
+                if fmt == "fp8":
+                    scale = max(amax[x.name], 1e-12) / FP8_MAX
+                    args = (x, scale, float32_reciprocal(scale))
+                    fq = graph.call_function(torch.ops.kiln.fake_quantize_fp8.default, args)
+                else:
+                    scale = max(amax[x.name], 1e-12) / _QMAX
+                    fq = graph.call_function(
+                        aten.fake_quantize_per_tensor_affine.default, (x, scale, 0, -_QMAX, _QMAX)
+                    )
             fq.meta["val"] = x.meta["val"]
             fq.meta["stack_trace"] = consumer.meta.get("stack_trace")
             quantized[x.name] = fq
@@ -387,7 +402,8 @@ def quantize_program(program, calibrator: Calibrator, device: torch.device, spec
     for _, _, name in targets:
         if any(not _is_weight_use(u, consumers) for u in by_name[name].users):
             continue  # the parameter is read elsewhere too: left as it is
-        weights[name] = _fake_quantize_weight(lifted[name])
+        w = lifted[name]
+        weights[name] = _fp8_weight(w) if fmt == "fp8" else _fake_quantize_weight(w)
     program.graph_module.recompile()
     return weights, len(targets)
 
@@ -408,6 +424,12 @@ def _fake_quantize_weight(w: torch.Tensor) -> torch.Tensor:
     zeros = torch.zeros_like(scales, dtype=torch.int32)
     q = torch.fake_quantize_per_channel_affine(w.detach().float(), scales, zeros, 0, -_QMAX, _QMAX)
     return q.to(w.dtype)
+
+
+def _fp8_weight(w: torch.Tensor) -> torch.Tensor:
+    """A weight on the per-tensor e4m3 grid (scale = max |W| / 448), as the FP8 GEMM holds it."""
+    scale = max(float(w.detach().abs().max()), 1e-12) / FP8_MAX
+    return fake_quantize_fp8(w.detach(), scale, float32_reciprocal(scale))
 
 
 __all__ = ["ALGORITHMS", "Calibrator", "has_qdq", "quantize_program", "quantizable"]

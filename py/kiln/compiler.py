@@ -175,12 +175,23 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     calibrator: a kiln.Calibrator, for INT8 (torch.int8 or "int8" in enabled_precisions) in a model
     without quantize/dequantize ops of its own: its batches calibrate the activation ranges
     (kiln/calibration.py, docs/quantization.md). A model with Q/DQ ops (QAT, pt2e) needs none.
+    For FP8 (torch.float8_e4m3fn in enabled_precisions, with torch.float16) it is required: its
+    ranges scale the linear layers' inputs to float8 e4m3, which run as FP8 GEMMs on sm_89+.
     """
     if ir not in ("auto", "export", "torchscript"):
         raise ValueError(f"ir must be 'auto', 'export' or 'torchscript', got {ir!r}")
     int8, enabled_precisions = _split_int8(enabled_precisions)
-    if calibrator is not None and not int8:
-        raise ValueError("a calibrator is for INT8: add torch.int8 to enabled_precisions")
+    fp8 = _has_fp8(enabled_precisions)
+    if int8 and fp8:
+        raise ValueError(
+            "enabled_precisions has both torch.int8 and torch.float8_e4m3fn: choose one "
+            "(FP8 for transformers on sm_89+, INT8 for convolutions)"
+        )
+    if calibrator is not None and not (int8 or fp8):
+        raise ValueError(
+            "a calibrator is for INT8 or FP8: add torch.int8 or torch.float8_e4m3fn to "
+            "enabled_precisions"
+        )
     device = device_name("auto" if device is None else device, allow_auto=True)
     device = torch.device(("cuda" if _cuda() else "cpu") if device == "auto" else device)
     # One CompileOptions for either frontend; a ValueError names a bad precision up front.
@@ -208,8 +219,10 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
             raise ValueError(
                 "kwarg_inputs needs ir='export': TorchScript modules take positional inputs"
             )
-        if int8:
-            raise ValueError("INT8 needs ir='export' (the TorchScript frontend has no INT8 yet)")
+        if int8 or fp8:
+            raise ValueError(
+                "INT8 and FP8 need ir='export' (the TorchScript frontend has no quantization yet)"
+            )
 
         result = torchscript.compile(module, specs, options, device)
         report = result if dry_run else result.report
@@ -220,7 +233,11 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     kwarg_names = list(kwarg_inputs)
     specs += [i if isinstance(i, Input) else Input.from_tensor(i) for i in kwarg_inputs.values()]
     program, equal_sizes = export_program(module, specs, device, kwarg_names)
-    weights = _int8(program, calibrator, device, specs) if int8 else {}
+    weights = {}
+    if int8:
+        weights = _int8(program, calibrator, device, specs)
+    elif fp8:
+        weights = _fp8(program, calibrator, device, specs)
     lowered = FxLowering(program, specs, truncate_double=truncate_double, params=weights)
     log(level, "kiln.compile: KGraph\n" + lowered.graph.summary())
     segments, driver_report, plans = _C.compile_graph(
@@ -260,6 +277,25 @@ def _int8(program, calibrator, device, specs) -> dict:
         )
     weights, count = quantize_program(program, calibrator, device, specs)
     log("info", f"kiln.compile: INT8 calibration quantized {count} layers")
+    return weights
+
+
+def _has_fp8(precisions) -> bool:
+    return any(str(p).removeprefix("torch.") in ("float8_e4m3fn", "fp8") for p in precisions)
+
+
+def _fp8(program, calibrator, device, specs) -> dict:
+    """FP8: calibration inserts e4m3 quantization before the linear layers (returns their
+    weights on the e4m3 grid for the lowering); the builder makes FP8 GEMMs of them."""
+    from kiln.calibration import quantize_program
+
+    if calibrator is None:
+        raise _C.KilnError(
+            "kiln.compile: FP8 needs a calibrator (calibrator=kiln.Calibrator(batches, "
+            "algorithm='minmax')) for the activations' ranges"
+        )
+    weights, count = quantize_program(program, calibrator, device, specs, fmt="fp8")
+    log("info", f"kiln.compile: FP8 calibration quantized {count} linear layers")
     return weights
 
 

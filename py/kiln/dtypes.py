@@ -90,7 +90,7 @@ def as_numpy(value) -> tuple[np.ndarray, str]:
 
 # ---- precisions -----------------------------------------------------------------------------
 
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8")
 
 
 def precision_name(precision) -> str:
@@ -111,13 +111,20 @@ def precision_name(precision) -> str:
             pass
     raise ValueError(
         f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}, "
-        "torch.float32 / torch.float16 / torch.bfloat16, or 'float32', 'float16', 'half', "
-        "'bfloat16'"
+        "torch.float32 / torch.float16 / torch.bfloat16 / torch.float8_e4m3fn, or 'float32', "
+        "'float16', 'half', 'bfloat16', 'float8_e4m3fn'"
     )
 
 
 # The dtype a model runs in at each precision (tf32 computes float32 values on tensor cores).
-PRECISION_DTYPES = {"fp32": "float32", "tf32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# fp8: FP8 GEMMs inside a float16 model (kiln.compile's FP8 calibration).
+PRECISION_DTYPES = {
+    "fp32": "float32",
+    "tf32": "float32",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+    "fp8": "float16",
+}
 
 
 def precision_dtype(precision) -> str:

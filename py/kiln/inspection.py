@@ -187,6 +187,15 @@ class Inspection:
             lines.append("")
             lines.append("quantization (scale, zero point; int8 range quant_min..quant_max):")
             lines += [f"  {la.name} ({la.op}): {_quant_params(la)}" for la in quant]
+        fp8 = [la for la in self.layers if la.op == "fully_connected" and "out_dtype" in la.attrs]
+        if fp8:
+            lines.append("")
+            lines.append("FP8 GEMMs (float8 e4m3 operands, per-tensor scales):")
+            lines += [
+                f"  {la.name}: input scale {la.attrs['input_scale']:.6g}, weight scale "
+                f"{la.attrs['weight_scale']:.6g} -> {la.attrs['out_dtype']}"
+                for la in fp8
+            ]
         if timed:
             shapes = ", ".join(f"{n} {_dims(d)}" for n, d in self.profile_shapes.items())
             lines.append("")
@@ -226,6 +235,9 @@ def _quant_params(la: LayerInfo) -> str:
     scale = given[0] if given else None
     zero = given[1] if len(given) > 1 and given[1] is not None else [0]
     lo, hi = la.attrs.get("quant_min", -128), la.attrs.get("quant_max", 127)
+    if la.attrs.get("format") == "e4m3":
+        shown = "computed at run time" if scale is None else f"{scale[0]:.6g}"
+        return f"scale {shown}; float8 e4m3 (-448..448)"
     if scale is None:
         return f"scale computed at run time; range {lo}..{hi}"
     if len(scale) == 1:

@@ -22,6 +22,7 @@ from test_compile_converters import module  # Fn1..Fn3: fixed-arity modules for 
 
 import kiln
 from kiln import runtime as rt
+from kiln.quant_ops import float32_reciprocal
 
 qd = torch.ops.quantized_decomposed
 
@@ -891,6 +892,12 @@ CASES = [
     Case(
         "aten.fake_quantize_per_tensor_affine.default",
         lambda a: torch.fake_quantize_per_tensor_affine(a, 0.05, 3, -128, 127),
+        [(3, 8)],
+        FLOATS,
+    ),
+    Case(
+        "kiln.fake_quantize_fp8.default",
+        lambda a: torch.ops.kiln.fake_quantize_fp8(a * 3, 0.01, float32_reciprocal(0.01)),
         [(3, 8)],
         FLOATS,
     ),

@@ -1,0 +1,145 @@
+// FP8 (float8 e4m3fn): the host conversions (ir/float8.h), the quantize_fp8_gemms pass (graph in,
+// graph out, and the rewritten network computing what the fake-quantized one computes on the
+// reference backend), the FP8 GEMM on CUDA against the reference, and the error on a GPU
+// without FP8.
+#include <cmath>
+
+#include "core/passes/passes.h"
+#include "ir/float8.h"
+#include "kernels/reference/host_access.h"
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+using test::random_floats;
+
+TEST(Float8, EveryCodeRoundTripsAndRoundingIsNearestEvenSaturating) {
+  for (int b = 0; b < 256; ++b) {
+    if ((b & 0x7f) == 0x7f) {  // NaN
+      EXPECT_TRUE(std::isnan(e4m3_to_float(static_cast<uint8_t>(b))));
+      continue;
+    }
+    const float v = e4m3_to_float(static_cast<uint8_t>(b));
+    EXPECT_EQ(float_to_e4m3(v), b) << b << " " << v;
+  }
+  EXPECT_EQ(e4m3_to_float(0x7e), 448.f);
+  EXPECT_EQ(e4m3_to_float(0x01), std::ldexp(1.f, -9));  // smallest subnormal
+  EXPECT_EQ(e4m3_to_float(0x08), std::ldexp(1.f, -6));  // smallest normal
+  EXPECT_EQ(float_to_e4m3(1000.f), 0x7e);               // saturates
+  EXPECT_EQ(float_to_e4m3(-INFINITY), 0xfe);
+  EXPECT_EQ(float_to_e4m3(460.f), 0x7e);
+  // Ties go to the even mantissa: 1.0625 lies between 1 (mantissa 0) and 1.125 (mantissa 1).
+  EXPECT_EQ(e4m3_to_float(float_to_e4m3(1.0625f)), 1.f);
+  EXPECT_EQ(e4m3_to_float(float_to_e4m3(1.1875f)), 1.25f);  // between 1.125 and 1.25: to 1.25 (even)
+  EXPECT_EQ(e4m3_to_float(float_to_e4m3(1.07f)), 1.125f);
+  EXPECT_EQ(e4m3_to_float(float_to_e4m3(std::ldexp(1.5f, -10))), std::ldexp(1.f, -9));  // 0.75 ulp up
+  EXPECT_EQ(e4m3_to_float(float_to_e4m3(std::ldexp(1.f, -10))), 0.f);                    // tie to 0 (even)
+  EXPECT_TRUE(std::isnan(e4m3_to_float(float_to_e4m3(NAN))));
+}
+
+// x [8, 32] float32 -> cast float16 -> e4m3 fake_quantize -> fully_connected(W [16, 32], bias,
+// relu) -> cast float32 -> y.
+Network fp8_linear() {
+  Network net;
+  const TensorId x = net.add_input("x", DataType::kFloat32, {8, 32});
+  Attributes to16;
+  to16.set("to", std::string("float16"));
+  TensorId t = net.add_layer("cast", {x}, to16, "to16").outputs[0];
+  const float scale = 2.0f / 448;
+  const TensorId s = net.add_constant("s", DataType::kFloat32, {}, &scale, sizeof scale);
+  Attributes fq;
+  fq.set("format", std::string("e4m3"));
+  t = net.add_layer("fake_quantize", {t, s}, fq, "fq").outputs[0];
+  // The weight on its per-tensor e4m3 grid (max |W| = 0.3 = 448 steps), as FP8 calibration
+  // leaves it: the pass then keeps its values.
+  std::vector<uint16_t> w16, b16;
+  std::vector<float> wv = random_floats(16 * 32, 3, -0.3f, 0.3f);
+  wv[0] = 0.3f;
+  const float step = 0.3f / kFloat8E4M3Max;
+  for (float v : wv) w16.push_back(float_to_half_bits(e4m3_to_float(float_to_e4m3(v / step)) * step));
+  for (float v : random_floats(16, 4)) b16.push_back(float_to_half_bits(v));
+  const TensorId w = net.add_constant("w", DataType::kFloat16, {16, 32}, w16.data(), w16.size() * 2);
+  const TensorId b = net.add_constant("b", DataType::kFloat16, {16}, b16.data(), b16.size() * 2);
+  Attributes fc;
+  fc.set("activation", std::string("relu"));
+  t = net.add_layer("fully_connected", {t, w, b}, fc, "fc").outputs[0];
+  Attributes to32;
+  to32.set("to", std::string("float32"));
+  net.mark_output(net.add_layer("cast", {t}, to32, "to32").outputs[0], "y");
+  return net;
+}
+
+std::vector<float> run_reference(const Network& net, const std::vector<float>& x) {
+  BuilderConfig config;
+  config.target = BuildTarget::kReference;
+  config.optimization_level = 0;  // the network as it is
+  const Plan plan = Builder().build(net, config);
+  return test::run_float(Engine::create(plan, Backend::kReference), {{"x", {{8, 32}, x}}}).at("y");
+}
+
+void expect_close(const std::vector<float>& a, const std::vector<float>& b, float tol) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], tol * (1 + std::fabs(b[i]))) << i;
+}
+
+TEST(Fp8Gemms, FakeQuantizedLinearBecomesQuantizePlusFp8FullyConnected) {
+  Network net = fp8_linear();
+  const std::vector<float> x = random_floats(8 * 32, 5, -2.5f, 2.5f);  // saturates some
+  const std::vector<float> before = run_reference(net, x);
+  ASSERT_TRUE(quantize_fp8_gemms(net));
+  eliminate_dead_layers(net);
+  EXPECT_EQ(test::ops_of(net), (std::vector<std::string>{"cast", "quantize", "fully_connected", "cast"}));
+  const Layer& fc = test::layer_named(net, "fc");
+  EXPECT_EQ(net.tensor(fc.inputs[0]).dtype, DataType::kFloat8E4M3);
+  EXPECT_EQ(net.tensor(fc.inputs[1]).dtype, DataType::kFloat8E4M3);
+  EXPECT_EQ(fc.attrs.get_string("out_dtype", "fc"), "float16");
+  EXPECT_FLOAT_EQ(static_cast<float>(fc.attrs.get_float("input_scale", "fc")), 2.0f / 448);
+  EXPECT_GT(fc.attrs.get_float("weight_scale", "fc"), 0.0);
+  // The rewritten network computes the fake-quantized one's values (which rounded the quantized
+  // input through float16, and accumulated in another order).
+  expect_close(run_reference(net, x), before, 2e-3f);
+  // Nothing to do the second time; a float32 output (no cuBLASLt FP8 kernel) is left alone.
+  EXPECT_FALSE(quantize_fp8_gemms(net));
+}
+
+TEST(Fp8Gemms, OnlyE4m3FakeQuantizeWithConstantWeightAndAlignedShapes) {
+  Network net = fp8_linear();
+  for (auto& l : net.mutable_layers()) {
+    if (l.name == "fq") l.attrs.set("format", std::string("int"));  // an INT8 fake quantization
+  }
+  net.revalidate();
+  EXPECT_FALSE(quantize_fp8_gemms(net));
+}
+
+TEST(Fp8Gemms, OlderGpusAreRefusedWithWhatToDo) {
+  EXPECT_NO_THROW(check_fp8_support(89));
+  EXPECT_NO_THROW(check_fp8_support(90));
+  try {
+    check_fp8_support(80);
+    FAIL() << "FP8 accepted on sm_80";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("compute capability 8.9"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("sm_80"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Fp8Gemms, CudaFp8GemmMatchesTheReference) {
+  KILN_REQUIRE_GPU();
+  if (cuda_device_arch() < 89) GTEST_SKIP() << "FP8 needs sm_89+";
+  const Network net = fp8_linear();
+  const std::vector<float> x = random_floats(8 * 32, 6, -2.5f, 2.5f);
+  BuilderConfig config;
+  config.target = BuildTarget::kCuda;
+  enable_precision(config.precision, "fp16");
+  enable_precision(config.precision, "fp8");
+  const Plan plan = Builder().build(net, config);
+  bool fp8 = false;
+  for (const auto& l : plan.network.layers()) fp8 |= l.op == "fully_connected" && l.attrs.has("out_dtype");
+  EXPECT_TRUE(fp8) << test::graph_text(plan.network);
+  const auto y = test::run_float(Engine::create(plan, Backend::kCuda), {{"x", {{8, 32}, x}}}).at("y");
+  expect_close(y, run_reference(net, x), 1e-2f);
+}
+
+}  // namespace
+}  // namespace kiln

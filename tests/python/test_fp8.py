@@ -1,0 +1,145 @@
+"""FP8 (float8 e4m3) through kiln.compile: calibration inserts kiln::fake_quantize_fp8 before the
+linear layers of a really trained transformer encoder (test_calibration's, trained here on a
+synthetic sequence task), which must stay within 1% top-1 of FP32; on a GPU with FP8 tensor cores
+those layers run as FP8 GEMMs (cuBLASLt), and their predictions agree with the reference
+backend's fake-quantized engine. Also the fake-quantize op against its engine layer (bit for bit)
+and the FP8 errors."""
+
+import pytest
+import torch
+from layer_util import DEVICES
+from test_calibration import TinyEncoder, accuracy, sequences
+
+import kiln
+from kiln.quant_ops import fake_quantize_fp8, float32_reciprocal
+
+FP8 = torch.float8_e4m3fn
+
+
+def _fp8_gpu() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+
+
+class FakeQuant(torch.nn.Module):
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x):
+        return torch.ops.kiln.fake_quantize_fp8(x, self.scale, float32_reciprocal(self.scale)) * 1.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fake_quantize_fp8_layer_matches_the_torch_op_bit_for_bit(device, dtype):
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(4, 257, generator=g) * 3).to(dtype)
+    x[0, :4] = torch.tensor([1e6, -1e6, 0.0, -0.0])  # saturation and signed zeros
+    x[1, :3] = torch.tensor([448 * 0.01 * 1.0625, 1e-9, -3e-5])  # a tie, subnormal region
+    model = FakeQuant(0.01).eval()
+    expected = model(x)
+    compiled = kiln.compile(model, [x], device=device, require_full_compilation=True)
+    got = compiled(x.to(device)).cpu()
+    assert torch.equal(
+        got.view(torch.int16 if dtype == torch.float16 else torch.int32),
+        expected.view(torch.int16 if dtype == torch.float16 else torch.int32),
+    )
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = TinyEncoder()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        tokens, label = sequences(128, g)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(tokens), label).backward()
+        opt.step()
+    model.eval()
+    test, labels = sequences(1000, g)
+    batches = [(sequences(64, g)[0],) for _ in range(8)]
+    return model, test, labels, batches
+
+
+def fp8_compile(model, batches, device, precisions=(FP8,), algorithm="minmax"):
+    spec = kiln.Input(
+        min_shape=(1, 12), opt_shape=(64, 12), max_shape=(1000, 12), dtype=torch.int64
+    )
+    return kiln.compile(
+        model,
+        [spec],
+        enabled_precisions=set(precisions),
+        calibrator=kiln.Calibrator(batches, algorithm=algorithm),
+        device=device,
+        require_full_compilation=True,
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["minmax", "percentile", "entropy"])
+def test_fp8_ptq_transformer_encoder_stays_within_one_percent_on_the_reference(encoder, algorithm):
+    model, test, labels, batches = encoder
+    fp32 = accuracy(model, test, labels)
+    assert fp32 > 0.9, fp32
+    compiled = fp8_compile(model, batches, "cpu", algorithm=algorithm)
+    layers = [la for p in kiln.plans(compiled) for la in kiln.inspect(p).layers]
+    fq = [la for la in layers if la.op == "fake_quantize" and la.attrs.get("format") == "e4m3"]
+    assert len(fq) >= 4, [la.op for la in layers]  # qkv, proj, ff1, ff2 and out inputs
+    assert accuracy(compiled, test, labels) >= fp32 - 0.01, algorithm
+
+
+@pytest.mark.gpu
+def test_fp8_gemms_on_the_gpu_agree_with_the_reference_and_stay_within_one_percent(encoder):
+    if not _fp8_gpu():
+        pytest.skip("FP8 GEMMs need a GPU of compute capability 8.9 or newer")
+    model, test, labels, batches = encoder
+    fp32 = accuracy(model, test, labels)
+    reference = fp8_compile(model, batches, "cpu")
+    half = TinyEncoder()
+    half.load_state_dict(model.state_dict())
+    half = half.half().eval().cuda()
+    gpu_batches = [(b[0].cuda(),) for b in batches]
+    compiled = fp8_compile(half, gpu_batches, "cuda", precisions=(FP8, torch.float16))
+    layers = [la for p in kiln.plans(compiled) for la in kiln.inspect(p).layers]
+    fp8_gemms = [la for la in layers if la.op == "fully_connected" and "out_dtype" in la.attrs]
+    # qkv, proj, ff1, ff2 have K and N multiples of 16; the 3-class head does not.
+    assert len(fp8_gemms) >= 3, [(la.op, la.attrs) for la in layers]
+    assert "FP8 GEMMs" in kiln.inspect(kiln.plans(compiled)[0]).text()
+    with torch.no_grad():
+        gpu = compiled(test.cuda()).float().cpu().argmax(1)
+        ref = reference(test).argmax(1)
+    assert (gpu == ref).float().mean().item() >= 0.99
+    assert (gpu == labels).float().mean().item() >= fp32 - 0.01
+
+
+def test_fp8_errors(encoder):
+    model, test, _, batches = encoder
+    spec = kiln.Input(
+        min_shape=(1, 12), opt_shape=(64, 12), max_shape=(1000, 12), dtype=torch.int64
+    )
+    with pytest.raises(kiln.KilnError, match="FP8 needs a calibrator"):
+        kiln.compile(model, [spec], enabled_precisions={FP8}, device="cpu")
+    with pytest.raises(ValueError, match="choose one"):
+        kiln.compile(
+            model,
+            [spec],
+            enabled_precisions={FP8, torch.int8},
+            calibrator=kiln.Calibrator(batches),
+            device="cpu",
+        )
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3)).eval()
+    x = torch.randn(1, 1, 8, 8)
+    with pytest.raises(kiln.KilnError, match="no linear layer"):
+        kiln.compile(
+            conv, [x], enabled_precisions={FP8}, calibrator=kiln.Calibrator([(x,)]), device="cpu"
+        )
+
+
+def test_fp8_weight_grid_is_per_tensor_e4m3():
+    w = torch.randn(16, 32) * 0.2
+    scale = float(w.abs().max()) / 448
+    q = fake_quantize_fp8(w, scale, float32_reciprocal(scale))
+    steps = (q / scale).to(FP8).float() * scale
+    assert torch.equal(steps, q)  # already on the grid
+    assert float(q.abs().max()) == pytest.approx(float(w.abs().max()), rel=1e-6)
