@@ -799,7 +799,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     bad = set(precisions) - {"fp32", "fp16", "fp8"}
     if bad:
-        print(f"bench: unsupported precision(s) {sorted(bad)}; use fp32, fp16, fp8", file=sys.stderr)
+        print(
+            f"bench: unsupported precision(s) {sorted(bad)}; use fp32, fp16, fp8", file=sys.stderr
+        )
         return 2
     batches = [int(b) for b in args.batches.split(",") if b]
     rows = run_matrix(entries, precisions, batches, args, device)

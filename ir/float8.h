@@ -21,8 +21,8 @@ inline uint8_t float_to_e4m3(float f) {
     return static_cast<uint8_t>(sign | static_cast<uint8_t>(std::nearbyint(a * 512.f)));
   }
   int e2 = 0;
-  std::frexp(a, &e2);  // a = m * 2^e2, m in [0.5, 1)
-  int e = e2 - 1;      // a in [2^e, 2^(e+1))
+  std::frexp(a, &e2);                                              // a = m * 2^e2, m in [0.5, 1)
+  int e = e2 - 1;                                                  // a in [2^e, 2^(e+1))
   int q = static_cast<int>(std::nearbyint(std::ldexp(a, 3 - e)));  // in [8, 16]
   if (q == 16) {
     q = 8;

@@ -3,8 +3,9 @@
 // is a constant becomes
 //   quantize(x, s_x, format e4m3) -> float8 xq                  (one per fake_quantize, shared)
 //   fully_connected(xq, Wq, bias, residual; out_dtype, input_scale s_x, weight_scale s_w)
-// with Wq = e4m3(W / s_w), s_w = max|W| / 448 per tensor (cuBLASLt's FP8 GEMMs on Hopper scale
-// operands per tensor). The FP8 layer computes s_x * s_w * (xq @ Wq^T) in float32 accumulation,
+// Views (reshape, flatten, squeeze, unsqueeze) between the fake_quantize and the GEMM are
+// repeated on the float8 tensor. Wq = e4m3(W / s_w), s_w = max|W| / 448 per tensor (cuBLASLt's FP8 GEMMs on
+// Hopper scale operands per tensor). The FP8 layer computes s_x * s_w * (xq @ Wq^T) in float32 accumulation,
 // which is the fake-quantized model's x̂ @ Ŵ^T; the epilogue (bias, activation, residual) is
 // untouched. kiln.compile's FP8 calibration already put W on that per-tensor e4m3 grid, so
 // requantizing it here is exact (a weight merged by fuse_parallel_gemms from several is
@@ -23,6 +24,7 @@
 
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
+#include "core/plan.h"
 #include "ir/float8.h"
 #include "ir/op_schema.h"
 #include "ir/ops/quantize.h"
@@ -48,8 +50,8 @@ bool maps_to_cublaslt(const Network& net, const Layer& fc) {
   if (fc.op != "fully_connected" || fc.attrs.has("out_dtype")) return false;
   const Tensor& w = net.tensor(fc.inputs[1]);
   const DataType y = net.tensor(fc.outputs[0]).dtype;
-  return w.kind == TensorKind::kConstant && w.dims.size() == 2 && w.dims[0] % 16 == 0 && w.dims[1] % 16 == 0 &&
-         (y == DataType::kFloat16 || y == DataType::kBFloat16);
+  return w.kind == TensorKind::kConstant && w.dims.size() == 2 && w.dims[0] % 16 == 0 &&
+         w.dims[1] % 16 == 0 && (y == DataType::kFloat16 || y == DataType::kBFloat16);
 }
 
 // W on the per-tensor e4m3 grid: (bytes, scale).
@@ -77,25 +79,39 @@ bool quantize_fp8_gemms(Network& net) {
   std::set<std::string> used;
   for (const auto& l : old) used.insert(l.name);
   for (const auto& t : net.tensors()) used.insert(t.name);
-  std::map<TensorId, TensorId> quantized;  // fake_quantize output -> its float8 quantize output
+  // float8 versions of tensors: a fake_quantize's output -> its quantize's, and so on through views
+  std::map<TensorId, TensorId> quantized;
   bool changed = false;
   for (Layer fc : old) {
-    const int p = maps_to_cublaslt(net, fc) ? producer[static_cast<size_t>(fc.inputs[0])] : -1;
+    std::vector<const Layer*> views;  // between the fake_quantize and fc, nearest to fc first
+    int p = maps_to_cublaslt(net, fc) ? producer[static_cast<size_t>(fc.inputs[0])] : -1;
+    while (p >= 0 && is_view_op(old[static_cast<size_t>(p)].op)) {
+      views.push_back(&old[static_cast<size_t>(p)]);
+      p = producer[static_cast<size_t>(old[static_cast<size_t>(p)].inputs[0])];
+    }
     const std::optional<float> s_x = p >= 0 ? e4m3_scale(net, old[static_cast<size_t>(p)]) : std::nullopt;
     if (!s_x) {
       net.mutable_layers().push_back(std::move(fc));
       continue;
     }
     const Layer& fq = old[static_cast<size_t>(p)];
-    auto it = quantized.find(fc.inputs[0]);
-    if (it == quantized.end()) {
+    if (!quantized.count(fq.outputs[0])) {
       Attributes attrs;
       attrs.set("format", std::string("e4m3"));
       if (fq.attrs.has("inv_scale")) attrs.set("inv_scale", fq.attrs.get_float("inv_scale", fq.name));
-      const Layer& q = net.add_layer("quantize", {fq.inputs[0], fq.inputs[1]}, attrs,
-                                     unique_name(used, fq.name + "/fp8"));
-      it = quantized.emplace(fc.inputs[0], q.outputs[0]).first;
+      const Layer& q =
+          net.add_layer("quantize", {fq.inputs[0], fq.inputs[1]}, attrs, unique_name(used, fq.name + "/fp8"));
+      quantized[fq.outputs[0]] = q.outputs[0];
     }
+    for (auto v = views.rbegin(); v != views.rend(); ++v) {
+      const Layer& view = **v;
+      if (quantized.count(view.outputs[0])) continue;
+      std::vector<TensorId> in = view.inputs;
+      in[0] = quantized.at(in[0]);
+      quantized[view.outputs[0]] =
+          net.add_layer(view.op, in, view.attrs, unique_name(used, view.name + "/fp8")).outputs[0];
+    }
+    const auto it = quantized.find(fc.inputs[0]);
     const Tensor& w = net.tensor(fc.inputs[1]);
     auto [bytes, s_w] = quantize_weight(w);
     const TensorId wq =

@@ -2,7 +2,7 @@
 // (grid-stride), float32 math as torch's (__fmul_rn and rintf, so no contraction changes a
 // rounding), the channel of a per-channel scale from the element's index. Format e4m3 (FP8, per
 // tensor): x * (1 / scale) converted by __nv_cvt_float_to_fp8 (nearest even, saturated to +-448:
-// ir/float8.h's rounding), four elements per thread where the size allows.
+// ir/float8.h's rounding), eight elements per thread (vector loads) where size and alignment allow.
 #include <cuda_fp8.h>
 
 #include <cmath>
@@ -73,23 +73,33 @@ __device__ __forceinline__ float from_e4m3(uint8_t b) {
   return __half2float(__half(__nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(b), __NV_E4M3)));
 }
 
-// FP8 (format e4m3): kVec elements per thread (n % kVec == 0), float8 stored as uint8_t.
+// kVec elements loaded or stored as one aligned access.
+template <typename T, int kVec>
+struct alignas(sizeof(T) * kVec) Pack {
+  T v[kVec];
+};
+
+// FP8 (format e4m3): kVec elements per thread with one vector load and store (n % kVec == 0,
+// pointers aligned), float8 stored as uint8_t.
 template <int kMode, int kVec, typename In, typename Out>
 __global__ void e4m3_kernel(int64_t n, bool has_inv, float inv_attr, const In* __restrict__ x,
                             const float* __restrict__ scale, Out* __restrict__ y) {
   const float s = scale[0], inv = has_inv ? inv_attr : __frcp_rn(s);
   for (int64_t i = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) * kVec; i < n;
        i += int64_t{gridDim.x} * blockDim.x * kVec) {
+    const Pack<In, kVec> in = *reinterpret_cast<const Pack<In, kVec>*>(x + i);
+    Pack<Out, kVec> out;
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
       if constexpr (kMode == kDequantize) {
-        y[i + j] = from_float<Out>(__fmul_rn(from_e4m3(x[i + j]), s));
+        out.v[j] = from_float<Out>(__fmul_rn(from_e4m3(in.v[j]), s));
       } else if constexpr (kMode == kQuantize) {
-        y[i + j] = to_e4m3(__fmul_rn(to_float(x[i + j]), inv));
+        out.v[j] = to_e4m3(__fmul_rn(to_float(in.v[j]), inv));
       } else {
-        y[i + j] = from_float<Out>(__fmul_rn(from_e4m3(to_e4m3(__fmul_rn(to_float(x[i + j]), inv))), s));
+        out.v[j] = from_float<Out>(__fmul_rn(from_e4m3(to_e4m3(__fmul_rn(to_float(in.v[j]), inv))), s));
       }
     }
+    *reinterpret_cast<Pack<Out, kVec>*>(y + i) = out;
   }
 }
 
@@ -98,9 +108,12 @@ void launch_e4m3(int64_t n, const QuantParams& p, const void* x, const float* sc
                  cudaStream_t stream) {
   const auto* xi = static_cast<const In*>(x);
   auto* yo = static_cast<Out*>(y);
-  if (n % 4 == 0) {
-    e4m3_kernel<kMode, 4, In, Out>
-        <<<grid_for(n / 4, kBlock), kBlock, 0, stream>>>(n, p.has_inv_scale, p.inv_scale, xi, scale, yo);
+  constexpr int kVec = 8;
+  const bool aligned = reinterpret_cast<uintptr_t>(x) % (kVec * sizeof(In)) == 0 &&
+                       reinterpret_cast<uintptr_t>(y) % (kVec * sizeof(Out)) == 0;
+  if (n % kVec == 0 && aligned) {
+    e4m3_kernel<kMode, kVec, In, Out>
+        <<<grid_for(n / kVec, kBlock), kBlock, 0, stream>>>(n, p.has_inv_scale, p.inv_scale, xi, scale, yo);
   } else {
     e4m3_kernel<kMode, 1, In, Out>
         <<<grid_for(n, kBlock), kBlock, 0, stream>>>(n, p.has_inv_scale, p.inv_scale, xi, scale, yo);

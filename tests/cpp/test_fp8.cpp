@@ -34,13 +34,13 @@ TEST(Float8, EveryCodeRoundTripsAndRoundingIsNearestEvenSaturating) {
   EXPECT_EQ(e4m3_to_float(float_to_e4m3(1.1875f)), 1.25f);  // between 1.125 and 1.25: to 1.25 (even)
   EXPECT_EQ(e4m3_to_float(float_to_e4m3(1.07f)), 1.125f);
   EXPECT_EQ(e4m3_to_float(float_to_e4m3(std::ldexp(1.5f, -10))), std::ldexp(1.f, -9));  // 0.75 ulp up
-  EXPECT_EQ(e4m3_to_float(float_to_e4m3(std::ldexp(1.f, -10))), 0.f);                    // tie to 0 (even)
+  EXPECT_EQ(e4m3_to_float(float_to_e4m3(std::ldexp(1.f, -10))), 0.f);                   // tie to 0 (even)
   EXPECT_TRUE(std::isnan(e4m3_to_float(float_to_e4m3(NAN))));
 }
 
-// x [8, 32] float32 -> cast float16 -> e4m3 fake_quantize -> fully_connected(W [16, 32], bias,
-// relu) -> cast float32 -> y.
-Network fp8_linear() {
+// x [8, 32] float32 -> cast float16 -> e4m3 fake_quantize -> [reshape [2, 4, 32]] ->
+// fully_connected(W [16, 32], bias, relu) -> cast float32 -> y.
+Network fp8_linear(bool view = false) {
   Network net;
   const TensorId x = net.add_input("x", DataType::kFloat32, {8, 32});
   Attributes to16;
@@ -51,6 +51,10 @@ Network fp8_linear() {
   Attributes fq;
   fq.set("format", std::string("e4m3"));
   t = net.add_layer("fake_quantize", {t, s}, fq, "fq").outputs[0];
+  if (view) {
+    t = net.add_layer("reshape", {t}, Attributes().set("shape", std::vector<int64_t>{2, 4, 32}), "v")
+            .outputs[0];
+  }
   // The weight on its per-tensor e4m3 grid (max |W| = 0.3 = 448 steps), as FP8 calibration
   // leaves it: the pass then keeps its values.
   std::vector<uint16_t> w16, b16;
@@ -76,6 +80,23 @@ std::vector<float> run_reference(const Network& net, const std::vector<float>& x
   config.optimization_level = 0;  // the network as it is
   const Plan plan = Builder().build(net, config);
   return test::run_float(Engine::create(plan, Backend::kReference), {{"x", {{8, 32}, x}}}).at("y");
+}
+
+TEST(Fp8Gemms, ViewsBetweenTheFakeQuantizeAndTheGemmAreRepeatedOnTheFloat8Tensor) {
+  Network net = fp8_linear(/*view=*/true);
+  const std::vector<float> x = random_floats(8 * 32, 7, -2.5f, 2.5f);
+  const std::vector<float> before = run_reference(net, x);
+  ASSERT_TRUE(quantize_fp8_gemms(net));
+  eliminate_dead_layers(net);
+  EXPECT_EQ(test::ops_of(net),
+            (std::vector<std::string>{"cast", "quantize", "reshape", "fully_connected", "cast"}));
+  const Layer& fc = test::layer_named(net, "fc");
+  EXPECT_EQ(net.tensor(fc.inputs[0]).dtype, DataType::kFloat8E4M3);
+  EXPECT_EQ(net.tensor(fc.inputs[0]).dims, (Dims{2, 4, 32}));
+  ASSERT_EQ(before.size(), 2u * 4 * 16);
+  const std::vector<float> after = run_reference(net, x);
+  for (size_t i = 0; i < before.size(); ++i)
+    EXPECT_NEAR(after[i], before[i], 2e-3f * (1 + std::fabs(before[i])));
 }
 
 void expect_close(const std::vector<float>& a, const std::vector<float>& b, float tol) {
