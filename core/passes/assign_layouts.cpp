@@ -22,7 +22,8 @@
 //       (reads_as_layout_change).
 //   ops with the schema trait kLayoutTransparent (activation, unary, cast, elementwise): when one
 //       of their inputs was computed channels last
-//       and every input is rank 4 (constants are permuted at build time) or has all dims 1.
+//       and every input is rank 4 or a constant of lower rank (constants are permuted at build
+//       time, a lower-rank one as its rank-4 broadcast view: ConvNeXt's [C, 1, 1] layer scale).
 //       Broadcasting commutes with a permutation applied to every operand.
 // Safe on every backend; the builder runs it after precision assignment (it needs the final dtypes).
 #include <algorithm>
@@ -114,7 +115,7 @@ class LayoutRewriter {
     bool any_last = false;
     for (TensorId t : l.inputs) {
       const Tensor& x = net_.tensor(t);
-      if (x.dims.size() != 4 && !(x.kind == TensorKind::kConstant && all_ones(x.dims))) return false;
+      if (x.dims.size() != 4 && !(x.kind == TensorKind::kConstant && x.dims.size() < 4)) return false;
       any_last |= is_tensor_last(t);
     }
     for (TensorId t : l.outputs) {
@@ -171,10 +172,14 @@ class LayoutRewriter {
     const Tensor& x = net_.tensor(t);
     TensorId made;
     if (x.kind == TensorKind::kConstant) {
-      if (x.dims.size() != 4) return t;  // all-ones constants broadcast the same way
+      if (all_ones(x.dims)) return t;  // broadcasts the same way in either layout
+      // A constant of lower rank broadcasts as if ones were prepended (ConvNeXt's layer scale
+      // [C, 1, 1] is [1, C, 1, 1]): permute that rank-4 view.
+      Tensor padded = x;
+      padded.dims.insert(padded.dims.begin(), 4 - x.dims.size(), 1);
       const std::string name = unique_name(x.name + "/nhwc");
-      Dims dims = channels_last_dims(x.dims);
-      made = net_.add_constant(name, x.dtype, dims, permute_to_last(net_.tensor(t)));
+      Dims dims = channels_last_dims(padded.dims);
+      made = net_.add_constant(name, x.dtype, dims, permute_to_last(padded));
       grow();
     } else {
       made = emit_transpose(t, kToLast, unique_layer(net_.tensor(t).name + "/to_nhwc"));

@@ -1,6 +1,7 @@
 // Builder passes: structure in, expected structure out, plus a no-change case for each.
 #include "core/passes/passes.h"
 #include "core/passes/strided_view.h"
+#include "kernels/reference/host_access.h"
 
 #include "test_util.h"
 
@@ -361,6 +362,28 @@ TEST(AssignLayouts, HalfConvolutionRunsChannelsLast) {
   EXPECT_EQ(net.tensor(net.layers()[3].outputs[0]).dims, (Dims{1, 4, 5, 2}));
   EXPECT_EQ(net.tensor(net.outputs()[0]).name, "y");
   EXPECT_EQ(net.tensor(net.outputs()[0]).dims, (Dims{1, 2, 4, 5}));
+  net.revalidate();
+}
+
+TEST(AssignLayouts, LowerRankConstantOperandsStayChannelsLast) {
+  // conv -> x * scale[C, 1, 1] (ConvNeXt's layer scale) -> conv: the scale is permuted to
+  // [1, 1, 1, C] at build time, so no transpose sits between the convolutions.
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat16, {1, 8, 3, 4});
+  std::vector<uint16_t> half_w(8 * 8, 0x3c00), scale(8);
+  for (int c = 0; c < 8; ++c) scale[c] = float_to_half_bits(0.5f + c);
+  TensorId w = net.add_constant("w", DataType::kFloat16, {8, 8, 1, 1}, half_w.data(), half_w.size() * 2);
+  TensorId s = net.add_constant("s", DataType::kFloat16, {8, 1, 1}, scale.data(), scale.size() * 2);
+  TensorId c1 = net.add_layer("convolution", {x, w}, Attributes(), "conv1").outputs[0];
+  TensorId m = net.add_elementwise(c1, s, "mul", "scale").outputs[0];
+  net.mark_output(net.add_layer("convolution", {m, w}, Attributes(), "conv2").outputs[0], "y");
+  EXPECT_TRUE(assign_layouts(net));
+  ASSERT_EQ(ops_of(net), (std::vector<std::string>{"transpose", "convolution", "elementwise", "convolution",
+                                                   "transpose"}));
+  EXPECT_EQ(net.tensor(net.layers()[2].inputs[1]).dims, (Dims{1, 1, 1, 8}));
+  // [1, C, 1, 1] -> [1, 1, 1, C] keeps the values' order.
+  const Tensor& permuted = net.tensor(net.layers()[2].inputs[1]);
+  EXPECT_EQ(std::memcmp(permuted.data->data(), scale.data(), scale.size() * 2), 0);
   net.revalidate();
 }
 

@@ -495,7 +495,7 @@ def test_grouped_convolution_refuses_per_group_algorithms(tactic, strict_fp32_to
 
 # (x shape, kernel, stride, padding, dilation): channel counts that take 16-byte vectors (16, 72,
 # 120 in float16), 8-byte ones (6) and single elements (5) channels last; 3x3/5x5, strides 1 and 2,
-# dilation, 1x1; more pixels than one block row; 3x3/5x5 with stride 1 and 2 take the
+# dilation, 1x1; more pixels than one block row; 3x3/5x5/7x7 with stride 1 and 2 take the
 # register-blocked kernel (4 output pixels per thread: rows whose width is no multiple of 4).
 DEPTHWISE_CASES = [
     ((2, 16, 13, 11), 3, 1, 1, 1),
@@ -506,6 +506,8 @@ DEPTHWISE_CASES = [
     ((4, 8, 40, 40), 3, 1, 1, 1),
     ((2, 40, 11, 9), 5, 1, 2, 1),
     ((1, 24, 6, 13), 5, 2, 1, 1),
+    ((1, 96, 14, 13), 7, 1, 3, 1),
+    ((2, 24, 9, 10), 7, 2, 3, 1),
 ]
 DEPTHWISE_TACTIC = 8  # after cuDNN's 8 forward algorithms
 
