@@ -495,8 +495,9 @@ def test_grouped_convolution_refuses_per_group_algorithms(tactic, strict_fp32_to
 
 # (x shape, kernel, stride, padding, dilation): channel counts that take 16-byte vectors (16, 72,
 # 120 in float16), 8-byte ones (6) and single elements (5) channels last; 3x3/5x5, strides 1 and 2,
-# dilation, 1x1; more pixels than one block row; 3x3/5x5/7x7 with stride 1 and 2 take the
-# register-blocked kernel (4 output pixels per thread: rows whose width is no multiple of 4).
+# dilation, 1x1; more pixels than one block row; 3x3/5x5 with stride 1 and 2 take the
+# register-blocked kernel (4 output pixels per thread: rows whose width is no multiple of 4);
+# 7x7 (ConvNeXt's) the generic one.
 DEPTHWISE_CASES = [
     ((2, 16, 13, 11), 3, 1, 1, 1),
     ((2, 72, 14, 14), 5, 2, 2, 1),
