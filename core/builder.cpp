@@ -108,13 +108,19 @@ void choose_tactics_with_cache(Network& net, const BuilderConfig& config) {
   }
 }
 
-// INT8 needs a calibrator or quantization layers of the network's own; a calibrator needs INT8.
+// INT8 needs a calibrator or quantization layers of the network's own; a calibrator needs INT8
+// or FP8 (not both: one calibration, one format).
 void check_int8(const Network& network, const BuilderConfig& config) {
   if (!config.precision.int8) {
-    KILN_CHECK(!config.int8_calibrator,
-               "BuilderConfig has an INT8 calibrator but INT8 is not enabled: enable the \"int8\" precision");
+    KILN_CHECK(
+        !config.int8_calibrator || config.precision.fp8,
+        "BuilderConfig has a calibrator but neither INT8 nor FP8 is enabled: enable the \"int8\" or the "
+        "\"fp8\" precision");
     return;
   }
+  KILN_CHECK(!(config.int8_calibrator && config.precision.fp8),
+             "BuilderConfig enables both int8 and fp8 with a calibrator: choose one (fp8 for transformers on "
+             "sm_89+, int8 otherwise)");
   if (config.int8_calibrator) return;
   for (const auto& l : network.layers()) {
     if (l.op == "quantize" || l.op == "dequantize" || l.op == "fake_quantize") return;
@@ -145,7 +151,10 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   Network& net = plan.network;
   check_int8(network, config);
   if (config.precision.fp8 && backend == Backend::kCuda) check_fp8_support(cuda_device_arch());
-  if (config.int8_calibrator) net = quantize_network(network, *config.int8_calibrator, config.profiles);
+  if (config.int8_calibrator) {
+    net = quantize_network(network, *config.int8_calibrator, config.profiles,
+                           config.precision.int8 ? QuantFormat::kInt8 : QuantFormat::kFp8);
+  }
 
   // 1. validate: layers, shapes and profiles.
   validate_network(net, config.profiles);

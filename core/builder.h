@@ -29,7 +29,8 @@ struct PrecisionConfig {
   // fake_quantize layers.
   bool int8 = false;
   // FP8 (e4m3) GEMMs on CUDA sm_89+: fully_connected layers behind an e4m3 fake_quantize (from
-  // calibration) run as FP8 GEMMs (quantize_fp8_gemms). On an older GPU the build fails.
+  // kiln.compile's calibration, or BuilderConfig::int8_calibrator with fp8 on and int8 off) run as
+  // FP8 GEMMs (quantize_fp8_gemms). On an older GPU the build fails.
   bool fp8 = false;
   // Per-layer override by layer name: float32, float16 or bfloat16, whatever the flags say.
   std::map<std::string, DataType> layer_precisions;
@@ -73,7 +74,8 @@ struct BuilderConfig {
   // Step 2: a constant subgraph whose outputs take more bytes than this stays computed at run
   // time instead of being folded into the plan (keeps plans, and their build time, bounded).
   int64_t max_folded_constant_bytes = kDefaultMaxFoldedConstantBytes;
-  // INT8 post-training calibration (needs precision.int8): batches or a cache of ranges.
+  // Post-training calibration (needs precision.int8, or precision.fp8 for FP8 linear layers):
+  // batches or a cache of ranges. The same interface serves both formats.
   std::shared_ptr<Int8Calibrator> int8_calibrator;
 };
 

@@ -13,6 +13,7 @@
 #include "core/engine.h"
 #include "core/passes/fused_names.h"
 #include "ir/error.h"
+#include "ir/float8.h"
 #include "ir/logging.h"
 #include "kernels/reference/host_access.h"
 
@@ -29,12 +30,12 @@ struct QuantizedLayer {
   TensorId weight;
 };
 
-std::vector<QuantizedLayer> quantized_layers(const Network& net) {
+std::vector<QuantizedLayer> quantized_layers(const Network& net, QuantFormat format) {
   std::vector<QuantizedLayer> out;
   const auto& layers = net.layers();
   for (size_t i = 0; i < layers.size(); ++i) {
     const Layer& l = layers[i];
-    if (l.op != "convolution" && l.op != "fully_connected") continue;
+    if (l.op != "fully_connected" && (l.op != "convolution" || format == QuantFormat::kFp8)) continue;
     if (l.inputs.size() < 2 || net.tensor(l.inputs[1]).kind != TensorKind::kConstant) continue;
     if (!is_floating(net.tensor(l.inputs[0]).dtype)) continue;
     out.push_back({i, l.inputs[0], l.inputs[1]});
@@ -233,6 +234,23 @@ std::shared_ptr<std::vector<uint8_t>> fake_quantize_per_channel(const Tensor& w)
   return bytes;
 }
 
+// A weight on its per-tensor e4m3 grid (scale = max |W| / 448), in its own dtype.
+std::shared_ptr<std::vector<uint8_t>> fake_quantize_e4m3(const Tensor& w) {
+  const int64_t n = volume(w.dims);
+  auto bytes = std::make_shared<std::vector<uint8_t>>(*w.data);
+  const TensorView in{const_cast<uint8_t*>(w.data->data()), w.dtype, w.dims};
+  const TensorView out{bytes->data(), w.dtype, w.dims};
+  float amax = 0.0f;
+  for (int64_t j = 0; j < n; ++j) amax = std::max(amax, std::fabs(static_cast<float>(load_element(in, j))));
+  if (amax <= 0.0f) return bytes;
+  const float scale = amax / kFloat8E4M3Max, inv = 1.0f / scale;
+  for (int64_t j = 0; j < n; ++j) {
+    const float q = e4m3_to_float(float_to_e4m3(static_cast<float>(load_element(in, j)) * inv));
+    store_element(out, j, static_cast<double>(q * scale));
+  }
+  return bytes;
+}
+
 }  // namespace
 
 CalibrationAlgorithm parse_calibration_algorithm(const std::string& name) {
@@ -306,8 +324,13 @@ std::vector<std::pair<std::string, double>> parse_calibration_cache(const std::s
 }
 
 Network quantize_network(const Network& network, Int8Calibrator& calibrator,
-                         const std::vector<OptimizationProfile>& profiles) {
-  const std::vector<QuantizedLayer> quantized = quantized_layers(network);
+                         const std::vector<OptimizationProfile>& profiles, QuantFormat format) {
+  const bool fp8 = format == QuantFormat::kFp8;
+  const std::vector<QuantizedLayer> quantized = quantized_layers(network, format);
+  KILN_CHECK(!quantized.empty(), (fp8 ? "FP8" : "INT8")
+                                     << " calibration: the network has no "
+                                     << (fp8 ? "fully_connected" : "convolution or fully_connected")
+                                     << " layer with a constant weight to quantize");
   std::vector<TensorId> activations;
   for (const auto& q : quantized) {
     if (std::find(activations.begin(), activations.end(), q.activation) == activations.end())
@@ -353,29 +376,36 @@ Network quantize_network(const Network& network, Int8Calibrator& calibrator,
       const std::string act = network.tensor(q.activation).name;
       const double range = ranges.at(act);
       if (range > 0.0 && !fake_quantized.count(q.activation)) {
-        const float scale = static_cast<float>(range / kQmax);
-        const int32_t zero = 0;
-        const TensorId s = net.add_constant(unique_name(used, act + "/int8_scale"), DataType::kFloat32, {1},
+        const std::string tag = fp8 ? "/fp8" : "/int8";
+        const float scale = static_cast<float>(range / (fp8 ? double{kFloat8E4M3Max} : double{kQmax}));
+        const TensorId s = net.add_constant(unique_name(used, act + tag + "_scale"), DataType::kFloat32, {1},
                                             &scale, sizeof scale);
-        const TensorId z = net.add_constant(unique_name(used, act + "/int8_zero_point"), DataType::kInt32,
-                                            {1}, &zero, sizeof zero);
+        std::vector<TensorId> in = {q.activation, s};
         Attributes attrs;
-        attrs.set("quant_min", int64_t{-kQmax});
-        attrs.set("quant_max", int64_t{kQmax});
-        const std::string fq_name = unique_name(used, act + "/int8_fake_quantize");
-        fake_quantized[q.activation] =
-            net.add_layer("fake_quantize", {q.activation, s, z}, attrs, fq_name).outputs[0];
+        if (fp8) {
+          attrs.set("format", std::string("e4m3"));
+        } else {
+          const int32_t zero = 0;
+          in.push_back(net.add_constant(unique_name(used, act + "/int8_zero_point"), DataType::kInt32, {1},
+                                        &zero, sizeof zero));
+          attrs.set("quant_min", int64_t{-kQmax});
+          attrs.set("quant_max", int64_t{kQmax});
+        }
+        const std::string fq_name = unique_name(used, act + tag + "_fake_quantize");
+        fake_quantized[q.activation] = net.add_layer("fake_quantize", in, attrs, fq_name).outputs[0];
       }
       if (fake_quantized.count(q.activation)) layer.inputs[0] = fake_quantized[q.activation];
       const Tensor w = net.tensor(q.weight);  // a copy: add_constant may move the tensor list
-      layer.inputs[1] = net.add_constant(unique_name(used, w.name + "/int8_per_channel"), w.dtype, w.dims,
-                                         fake_quantize_per_channel(w));
+      layer.inputs[1] = fp8 ? net.add_constant(unique_name(used, w.name + "/fp8_per_tensor"), w.dtype, w.dims,
+                                               fake_quantize_e4m3(w))
+                            : net.add_constant(unique_name(used, w.name + "/int8_per_channel"), w.dtype,
+                                               w.dims, fake_quantize_per_channel(w));
     }
     net.mutable_layers().push_back(std::move(layer));
   }
   net.compact();
-  KILN_LOG(kInfo, "INT8 calibration: " << fake_quantized.size() << " activations and " << quantized.size()
-                                       << " weights quantized");
+  KILN_LOG(kInfo, (fp8 ? "FP8" : "INT8") << " calibration: " << fake_quantized.size() << " activations and "
+                                         << quantized.size() << " weights quantized");
   return net;
 }
 

@@ -66,10 +66,16 @@ std::string format_calibration_cache(const std::vector<std::pair<std::string, do
                                      CalibrationAlgorithm algorithm);
 std::vector<std::pair<std::string, double>> parse_calibration_cache(const std::string& text);
 
+// What calibration quantizes to: INT8 (convolution and fully_connected inputs per tensor, their
+// weights per output channel, -127..127) or FP8 (fully_connected inputs and weights per tensor,
+// float8 e4m3, scale = range / 448; the builder's quantize_fp8_gemms makes FP8 GEMMs of them).
+enum class QuantFormat : uint8_t { kInt8, kFp8 };
+
 // The network with fake_quantize layers before each quantized activation and fake-quantized
 // weights, from the calibrator's cache when it has one, else by running the batches on the
 // reference backend (profiles: the build's, for dynamic inputs). Writes the cache after running.
 Network quantize_network(const Network& network, Int8Calibrator& calibrator,
-                         const std::vector<OptimizationProfile>& profiles);
+                         const std::vector<OptimizationProfile>& profiles,
+                         QuantFormat format = QuantFormat::kInt8);
 
 }  // namespace kiln

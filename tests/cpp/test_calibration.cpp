@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include "ir/float8.h"
+
 #include "test_util.h"
 
 namespace kiln {
@@ -144,6 +146,45 @@ TEST(Calibration, BuildFakeQuantizesActivationsAndWeightsThenReusesTheCache) {
   for (size_t i = 0; i < fp32.size(); ++i) diff = std::max(diff, std::fabs(fp32[i] - run(plan)[i]));
   EXPECT_GT(diff, 0.0f);
   EXPECT_LT(diff, 0.1f);
+}
+
+TEST(Calibration, Fp8QuantizesFullyConnectedInputsAndWeightsPerTensorE4m3) {
+  auto calibrator = std::make_shared<VectorCalibrator>(2, Dims{2, 3, 5, 5});
+  BuilderConfig config;
+  config.target = BuildTarget::kReference;
+  enable_precision(config.precision, "fp8");
+  config.int8_calibrator = calibrator;
+  const Plan plan = Builder().build(conv_fc(), config);
+  int e4m3 = 0;
+  for (const auto& l : plan.network.layers()) {
+    if (l.op == "fake_quantize") {
+      EXPECT_EQ(l.attrs.get_string("format", l.name), "e4m3") << l.name;
+      ++e4m3;
+    }
+  }
+  EXPECT_EQ(e4m3, 1);  // the fully_connected input only: FP8 leaves convolutions alone
+  ASSERT_EQ(parse_calibration_cache(calibrator->cache).size(), 1u) << calibrator->cache;
+  bool found = false;
+  for (const auto& t : plan.network.tensors()) {
+    if (t.name.rfind("fc_w/fp8_per_tensor", 0) != 0) continue;
+    found = true;
+    const auto* w = reinterpret_cast<const float*>(t.data->data());
+    float amax = 0;
+    for (int j = 0; j < 600; ++j) amax = std::max(amax, std::fabs(w[j]));
+    for (int j = 0; j < 600; ++j) {
+      const float v = w[j] / (amax / kFloat8E4M3Max);
+      EXPECT_NEAR(v, e4m3_to_float(float_to_e4m3(v)), 1e-4f * (1 + std::fabs(v))) << j;  // on the grid
+    }
+  }
+  EXPECT_TRUE(found);
+  // INT8 and FP8 with one calibrator: refused.
+  enable_precision(config.precision, "int8");
+  try {
+    Builder().build(conv_fc(), config);
+    FAIL() << "int8 and fp8 with a calibrator were accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("choose one"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Calibration, ForeignCacheMissingCalibratorAndNoBatchesAreRefused) {

@@ -217,7 +217,7 @@ def test_native_api_int8_errors(digits, tmp_path):
     net = digits_network(model)
     with pytest.raises(kiln.KilnError, match="INT8 needs either a calibrator"):
         native_int8_plan(net, None)
-    with pytest.raises(kiln.KilnError, match="calibrator but INT8 is not enabled"):
+    with pytest.raises(kiln.KilnError, match="calibrator but neither INT8 nor FP8 is enabled"):
         config = kiln.BuilderConfig(device="cpu", calibrator=kiln.Calibrator([(train[:4],)]))
         config.add_optimization_profile({"x": ([1, 1, 8, 8], [4, 1, 8, 8], [8, 1, 8, 8])})
         kiln.Builder().build(net, config)
