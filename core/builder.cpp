@@ -152,8 +152,10 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   check_int8(network, config);
   if (config.precision.fp8 && backend == Backend::kCuda) check_fp8_support(cuda_device_arch());
   if (config.int8_calibrator) {
+    std::set<std::string> pinned;  // layers with a per-layer precision stay unquantized
+    for (const auto& kv : config.precision.layer_precisions) pinned.insert(kv.first);
     net = quantize_network(network, *config.int8_calibrator, config.profiles,
-                           config.precision.int8 ? QuantFormat::kInt8 : QuantFormat::kFp8);
+                           config.precision.int8 ? QuantFormat::kInt8 : QuantFormat::kFp8, pinned);
   }
 
   // 1. validate: layers, shapes and profiles.

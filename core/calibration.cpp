@@ -30,12 +30,14 @@ struct QuantizedLayer {
   TensorId weight;
 };
 
-std::vector<QuantizedLayer> quantized_layers(const Network& net, QuantFormat format) {
+std::vector<QuantizedLayer> quantized_layers(const Network& net, QuantFormat format,
+                                             const std::set<std::string>& pinned) {
   std::vector<QuantizedLayer> out;
   const auto& layers = net.layers();
   for (size_t i = 0; i < layers.size(); ++i) {
     const Layer& l = layers[i];
     if (l.op != "fully_connected" && (l.op != "convolution" || format == QuantFormat::kFp8)) continue;
+    if (pinned.count(l.name)) continue;  // the user's precision for this layer holds
     if (l.inputs.size() < 2 || net.tensor(l.inputs[1]).kind != TensorKind::kConstant) continue;
     if (!is_floating(net.tensor(l.inputs[0]).dtype)) continue;
     out.push_back({i, l.inputs[0], l.inputs[1]});
@@ -324,9 +326,10 @@ std::vector<std::pair<std::string, double>> parse_calibration_cache(const std::s
 }
 
 Network quantize_network(const Network& network, Int8Calibrator& calibrator,
-                         const std::vector<OptimizationProfile>& profiles, QuantFormat format) {
+                         const std::vector<OptimizationProfile>& profiles, QuantFormat format,
+                         const std::set<std::string>& pinned) {
   const bool fp8 = format == QuantFormat::kFp8;
-  const std::vector<QuantizedLayer> quantized = quantized_layers(network, format);
+  const std::vector<QuantizedLayer> quantized = quantized_layers(network, format, pinned);
   KILN_CHECK(!quantized.empty(), (fp8 ? "FP8" : "INT8")
                                      << " calibration: the network has no "
                                      << (fp8 ? "fully_connected" : "convolution or fully_connected")

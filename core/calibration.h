@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -74,8 +75,9 @@ enum class QuantFormat : uint8_t { kInt8, kFp8 };
 // The network with fake_quantize layers before each quantized activation and fake-quantized
 // weights, from the calibrator's cache when it has one, else by running the batches on the
 // reference backend (profiles: the build's, for dynamic inputs). Writes the cache after running.
+// Layers named in `pinned` (BuilderConfig's per-layer precisions) are left unquantized.
 Network quantize_network(const Network& network, Int8Calibrator& calibrator,
                          const std::vector<OptimizationProfile>& profiles,
-                         QuantFormat format = QuantFormat::kInt8);
+                         QuantFormat format = QuantFormat::kInt8, const std::set<std::string>& pinned = {});
 
 }  // namespace kiln

@@ -187,6 +187,21 @@ TEST(Calibration, Fp8QuantizesFullyConnectedInputsAndWeightsPerTensorE4m3) {
   }
 }
 
+TEST(Calibration, LayersPinnedToAPrecisionStayUnquantized) {
+  // set_layer_precision("fc", float32): calibration quantizes the convolution only.
+  auto calibrator = std::make_shared<VectorCalibrator>(1, Dims{2, 3, 5, 5});
+  BuilderConfig config = int8_config(calibrator);
+  config.precision.layer_precisions["fc"] = DataType::kFloat32;
+  const Plan plan = Builder().build(conv_fc(), config);
+  const auto layers = ops(plan);
+  EXPECT_EQ(std::count(layers.begin(), layers.end(), "fake_quantize"), 1) << ::testing::PrintToString(layers);
+  const auto ranges = parse_calibration_cache(calibrator->cache);
+  ASSERT_EQ(ranges.size(), 1u) << calibrator->cache;
+  EXPECT_EQ(ranges[0].first, "x");  // the convolution's input; the fc's input is not calibrated
+  for (const auto& t : plan.network.tensors())
+    EXPECT_EQ(t.name.rfind("fc_w/int8", 0), std::string::npos) << t.name;
+}
+
 TEST(Calibration, ForeignCacheMissingCalibratorAndNoBatchesAreRefused) {
   auto calibrator = std::make_shared<VectorCalibrator>(0, Dims{2, 3, 5, 5});
   calibrator->cache = format_calibration_cache({{"x", 1.0}, {"other", 2.0}}, CalibrationAlgorithm::kMinMax);
