@@ -415,7 +415,8 @@ def sequences(n, g, vocab=10, length=12):
     return tokens, label
 
 
-def test_ptq_transformer_encoder_stays_within_one_percent(tmp_path):
+def trained_encoder():
+    """TinyEncoder trained on the sequence task (seeded), and the generator to draw more from."""
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = TinyEncoder()
@@ -425,7 +426,11 @@ def test_ptq_transformer_encoder_stays_within_one_percent(tmp_path):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(tokens), label).backward()
         opt.step()
-    model.eval()
+    return model.eval(), g
+
+
+def test_ptq_transformer_encoder_stays_within_one_percent(tmp_path):
+    model, g = trained_encoder()
     test, labels = sequences(1000, g)
     fp32 = accuracy(model, test, labels)
     assert fp32 > 0.9, fp32  # it learned to compare the two positions

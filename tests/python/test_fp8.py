@@ -9,13 +9,13 @@ import pytest
 import torch
 from layer_util import DEVICES, run_plan
 from test_calibration import (
-    DigitsNet,
     TinyEncoder,
     accuracy,
     digits_network,
     sequences,
-    sklearn_datasets,
+    trained_encoder,
 )
+from test_calibration import digits  # noqa: F401 (a fixture: the trained digits CNN)
 
 import kiln
 from kiln.quant_ops import fake_quantize_fp8, float32_reciprocal
@@ -55,16 +55,7 @@ def test_fake_quantize_fp8_layer_matches_the_torch_op_bit_for_bit(device, dtype)
 
 @pytest.fixture(scope="module")
 def encoder():
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    model = TinyEncoder()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(300):
-        tokens, label = sequences(128, g)
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(tokens), label).backward()
-        opt.step()
-    model.eval()
+    model, g = trained_encoder()
     test, labels = sequences(1000, g)
     batches = [(sequences(64, g)[0],) for _ in range(8)]
     return model, test, labels, batches
@@ -152,36 +143,22 @@ def test_fp8_weight_grid_is_per_tensor_e4m3():
     assert float(q.abs().max()) == pytest.approx(float(w.abs().max()), rel=1e-6)
 
 
-def test_native_api_fp8_calibration_stays_within_one_percent(tmp_path):
+def test_native_api_fp8_calibration_stays_within_one_percent(digits, tmp_path):  # noqa: F811
     # The network API's FP8: BuilderConfig(precisions=[..., "fp8"], calibrator=...) fake-quantizes
     # the fully_connected inputs and weights per tensor to e4m3 (convolutions stay), on the
     # reference backend here; on CUDA sm_89+ the builder makes FP8 GEMMs of them.
-    data = sklearn_datasets.load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target)
-    torch.manual_seed(0)
-    model = DigitsNet()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(y), generator=g)
-    train, test = order[:1400], order[1400:]
-    for _ in range(15):
-        for batch in train[torch.randperm(len(train), generator=g)].split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
-            opt.step()
-    model.eval()
+    model, train, test, labels = digits
     net = digits_network(model)
     cache = tmp_path / "fp8.calib"
     calibrator = kiln.Calibrator(
-        [(b,) for b in x[train[:512]].split(64)], algorithm="minmax", cache_file=cache
+        [(b,) for b in train[:512].split(64)], algorithm="minmax", cache_file=cache
     )
     config = kiln.BuilderConfig(device="cpu", precisions=["fp32", "fp8"], calibrator=calibrator)
     config.add_optimization_profile({"x": ([1, 1, 8, 8], [64, 1, 8, 8], [512, 1, 8, 8])})
     plan = kiln.Builder().build(net, config)
     fq = [la for la in plan.layers() if la["op"] == "fake_quantize"]
     assert len(fq) == 2 and all(dict(la["attrs"])["format"] == "e4m3" for la in fq), fq
-    fp32 = accuracy(model, x[test], y[test])
-    got = (run_plan(plan, {"x": x[test]}, "cpu")["y"].argmax(1) == y[test]).float().mean().item()
+    fp32 = accuracy(model, test, labels)
+    got = (run_plan(plan, {"x": test}, "cpu")["y"].argmax(1) == labels).float().mean().item()
     assert got >= fp32 - 0.01, (got, fp32)
     assert len(cache.read_text().splitlines()) == 2 + 2
