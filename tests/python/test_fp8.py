@@ -11,11 +11,11 @@ from layer_util import DEVICES, run_plan
 from test_calibration import (
     TinyEncoder,
     accuracy,
+    digits,  # noqa: F401 (a fixture: the trained digits CNN)
     digits_network,
     sequences,
     trained_encoder,
 )
-from test_calibration import digits  # noqa: F401 (a fixture: the trained digits CNN)
 
 import kiln
 from kiln.quant_ops import fake_quantize_fp8, float32_reciprocal
