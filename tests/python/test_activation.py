@@ -35,7 +35,10 @@ def add(kind):
 def test_reference_matches_torch(kind, shape):
     x = torch.randn(shape) * 4  # covers the saturating and threshold regions
     got = run_layer(add(kind), [x], "cpu", dynamic=len(shape) > 1)
-    torch.testing.assert_close(got, CASES[kind][1](x), **TOLERANCE[torch.float32])
+    # The reference computes in double: the truth is torch's double result rounded to float32
+    # (torch's own float32 GELU is 1e-6 off where 1 + erf cancels, seen in CI).
+    want = CASES[kind][1](x.double()).float()
+    torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
 
 
 @pytest.mark.gpu

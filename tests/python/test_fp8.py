@@ -162,3 +162,11 @@ def test_native_api_fp8_calibration_stays_within_one_percent(digits, tmp_path): 
     got = (run_plan(plan, {"x": test}, "cpu")["y"].argmax(1) == labels).float().mean().item()
     assert got >= fp32 - 0.01, (got, fp32)
     assert len(cache.read_text().splitlines()) == 2 + 2
+
+
+@pytest.mark.parametrize("spelling", ["fp8", "float8_e4m3fn", FP8], ids=str)
+def test_fp8_precision_spellings(spelling):
+    from kiln import dtypes
+
+    assert dtypes.precision_name(spelling) == "fp8"
+    assert kiln.BuilderConfig(precisions=[spelling]).precisions == ["fp32", "fp8"]

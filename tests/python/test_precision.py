@@ -81,8 +81,8 @@ def test_unknown_layer_and_precision_refused():
     config.set_layer_precision("nope", "float16")
     with pytest.raises(kiln.KilnError, match="no such layer"):
         kiln.Builder().build(net, config)
-    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
-        kiln.BuilderConfig(precisions=["fp8"])
+    with pytest.raises(ValueError, match="unknown precision 'fp4'"):
+        kiln.BuilderConfig(precisions=["fp4"])
 
 
 def test_tf32_marks_float32_gemms_only():

@@ -43,7 +43,7 @@ PRECISIONS = {
     "bfloat16": "bf16",
     torch.bfloat16: "bf16",
 }
-REJECTED = ["fp8", "float64", "double", "FP16", "", torch.float64, torch.int8, 16, None]
+REJECTED = ["fp4", "float64", "double", "FP16", "", torch.float64, torch.int8, 16, None]
 
 
 def _mlp() -> torch.nn.Sequential:
@@ -193,8 +193,8 @@ def test_builder_config_precisions():
         "fp16",
         "bf16",
     ]
-    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
-        kiln.BuilderConfig(precisions=["fp8"])
+    with pytest.raises(ValueError, match="unknown precision 'fp4'"):
+        kiln.BuilderConfig(precisions=["fp4"])
 
 
 # ---- BuilderConfig: device and workspace_size --------------------------------------------------
@@ -349,9 +349,9 @@ def test_cli_compile_precision_spellings(spelling, tmp_path, capsys):
 def test_cli_compile_rejects_unknown_precision(tmp_path, capsys):
     torch.jit.save(torch.jit.script(_mlp()), str(tmp_path / "in.ts"))
     argv = ["compile", str(tmp_path / "in.ts"), str(tmp_path / "out.ts"), "--input", "4x16"]
-    assert cli.main([*argv, "--device", "cpu", "--precision", "fp8"]) == 2
+    assert cli.main([*argv, "--device", "cpu", "--precision", "fp4"]) == 2
     err = capsys.readouterr().err
-    assert "kiln compile: error: unknown precision 'fp8'" in err and "'half'" in err
+    assert "kiln compile: error: unknown precision 'fp4'" in err and "'half'" in err
 
 
 # ---- report -------------------------------------------------------------------------------------
