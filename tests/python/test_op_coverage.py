@@ -1221,3 +1221,28 @@ def test_converter(case, dtype, device):
         for grow in (1, -1):
             other = [t.to(device) for t in _inputs(case, dtype, seed=3, grow=grow)]
             _compare(compiled(*other), model(*other), dtype)
+
+
+def _mixed_params():
+    """Cases with two or more inputs that run in float32: their floating inputs after the first
+    become float16, as a float32 buffer meets float16 activations after a partial `.half()`."""
+    return [
+        pytest.param(case, id=case.name())
+        for case in CASES
+        if F32 in case.dtypes and not callable(case.shapes) and len(case.shapes) >= 2
+    ]
+
+
+@pytest.mark.parametrize("case", _mixed_params())
+def test_converter_with_mixed_floating_dtypes(case):
+    # torch promotes (or refuses) mixed float32/float16 operands; Kiln converts with the same
+    # promotion or leaves the node to PyTorch, and never fails the compile for it.
+    inputs = _inputs(case, F32, seed=1)
+    inputs = inputs[:1] + [t.half() if t.is_floating_point() else t for t in inputs[1:]]
+    try:
+        want = case.fn(*inputs)
+    except (RuntimeError, TypeError) as e:
+        pytest.skip(f"eager torch refuses these mixed dtypes ({str(e)[:80]})")
+    model = module(case.fn, len(inputs))
+    compiled = kiln.compile(model, _specs(case, inputs), device="cpu", min_block_size=1)
+    _compare(compiled(*inputs), want, F16)
