@@ -242,10 +242,7 @@ std::shared_ptr<std::vector<uint8_t>> fake_quantize_e4m3(const Tensor& w) {
   auto bytes = std::make_shared<std::vector<uint8_t>>(*w.data);
   const TensorView in{const_cast<uint8_t*>(w.data->data()), w.dtype, w.dims};
   const TensorView out{bytes->data(), w.dtype, w.dims};
-  float amax = 0.0f;
-  for (int64_t j = 0; j < n; ++j) amax = std::max(amax, std::fabs(static_cast<float>(load_element(in, j))));
-  if (amax <= 0.0f) return bytes;
-  const float scale = amax / kFloat8E4M3Max, inv = 1.0f / scale;
+  const float scale = e4m3_tensor_scale(w), inv = 1.0f / scale;
   for (int64_t j = 0; j < n; ++j) {
     const float q = e4m3_to_float(float_to_e4m3(static_cast<float>(load_element(in, j)) * inv));
     store_element(out, j, static_cast<double>(q * scale));
@@ -254,6 +251,14 @@ std::shared_ptr<std::vector<uint8_t>> fake_quantize_e4m3(const Tensor& w) {
 }
 
 }  // namespace
+
+float e4m3_tensor_scale(const Tensor& w) {
+  const TensorView v{const_cast<uint8_t*>(w.data->data()), w.dtype, w.dims};
+  float amax = 0.0f;
+  for (int64_t j = 0; j < volume(w.dims); ++j)
+    amax = std::max(amax, std::fabs(static_cast<float>(load_element(v, j))));
+  return amax > 0.0f ? amax / kFloat8E4M3Max : 1.0f;
+}
 
 CalibrationAlgorithm parse_calibration_algorithm(const std::string& name) {
   if (name == "entropy") return CalibrationAlgorithm::kEntropy;

@@ -72,6 +72,10 @@ std::vector<std::pair<std::string, double>> parse_calibration_cache(const std::s
 // float8 e4m3, scale = range / 448; the builder's quantize_fp8_gemms makes FP8 GEMMs of them).
 enum class QuantFormat : uint8_t { kInt8, kFp8 };
 
+// A tensor's per-tensor float8 e4m3 scale: max |w| / 448 (1 when every value is 0). FP8
+// calibration puts weights on this grid, and quantize_fp8_gemms quantizes them with it.
+float e4m3_tensor_scale(const Tensor& w);
+
 // The network with fake_quantize layers before each quantized activation and fake-quantized
 // weights, from the calibrator's cache when it has one, else by running the batches on the
 // reference backend (profiles: the build's, for dynamic inputs). Writes the cache after running.

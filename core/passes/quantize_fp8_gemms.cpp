@@ -22,6 +22,7 @@
 #include <set>
 #include <string>
 
+#include "core/calibration.h"
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 #include "core/plan.h"
@@ -58,10 +59,7 @@ bool maps_to_cublaslt(const Network& net, const Layer& fc) {
 std::pair<std::shared_ptr<std::vector<uint8_t>>, float> quantize_weight(const Tensor& w) {
   TensorView v{const_cast<uint8_t*>(w.data->data()), w.dtype, w.dims};
   const int64_t n = volume(w.dims);
-  float amax = 0.f;
-  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(static_cast<float>(load_element(v, i))));
-  const float scale = amax > 0.f ? amax / kFloat8E4M3Max : 1.f;
-  const float inv = 1.f / scale;
+  const float scale = e4m3_tensor_scale(w), inv = 1.f / scale;
   auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     (*bytes)[static_cast<size_t>(i)] = float_to_e4m3(static_cast<float>(load_element(v, i)) * inv);
