@@ -77,6 +77,7 @@ class CMakeBuild(build_ext):
                 libs = [
                     build_dir / "core" / "libkiln_core.so",
                     build_dir / "driver" / "libkiln_compiler.so",
+                    *build_dir.glob("onnx_parser/libkiln_onnx.so"),  # absent without protobuf
                     *build_dir.glob("runtime/libkiln_runtime.so"),  # absent without torch
                     *build_dir.glob("torchscript/libkiln_torchscript.so"),
                     *build_dir.glob("py/_C*.so"),

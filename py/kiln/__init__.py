@@ -74,6 +74,10 @@ def __getattr__(name: str):
         from kiln.calibration import Calibrator
 
         return Calibrator
+    if name == "onnx":  # the ONNX parser and backend (kiln/onnx.py)
+        import kiln.onnx
+
+        return kiln.onnx
     raise AttributeError(f"module 'kiln' has no attribute {name!r}")
 
 

@@ -306,6 +306,9 @@ class PyInt8Calibrator : public Int8Calibrator {
 
 // compiler_bindings.cpp: KGraph, converters, partitioner.
 void bind_compiler(py::module_& m);
+#ifdef KILN_WITH_ONNX
+void bind_onnx(py::module_& m);
+#endif
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "Kiln engine bindings (torch-free core)";
@@ -689,4 +692,7 @@ PYBIND11_MODULE(_C, m) {
       });
 
   bind_compiler(m);
+#ifdef KILN_WITH_ONNX
+  bind_onnx(m);
+#endif
 }

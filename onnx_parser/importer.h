@@ -1,0 +1,97 @@
+// What an operator importer sees of its ONNX node (onnx_parser/ops/*.cpp), without protobuf.
+//
+// Each ops file registers its importers itself, at load time, with one local entry:
+//   const ImporterRegistration kRegistered{{"Relu", import_relu}, {"Sigmoid", import_sigmoid}};
+// There is no central list. An importer reads the node's inputs and attributes through the
+// NodeContext, adds layers to the network, and sets each output; a node it cannot express fails
+// with ctx.fail("why"), which the parser reports with the node's name, op type and opset.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ir/network.h"
+
+namespace kiln::onnx {
+
+class NodeContext {
+ public:
+  virtual ~NodeContext() = default;
+
+  virtual const std::string& op_type() const = 0;
+  virtual const std::string& name() const = 0;  // the layer-name prefix of this node
+  virtual int opset() const = 0;                // the model's ai.onnx opset
+  virtual Network& net() = 0;
+
+  // Inputs: ONNX marks an absent optional input with an empty name (or leaves it off the end).
+  virtual int num_inputs() const = 0;
+  virtual bool has_input(int i) const = 0;
+  TensorId input(int i) const;  // fails when absent
+  TensorDesc desc(int i) const { return net_const().desc(input(i)); }
+  // The values of input i when they are known while parsing (a constant, or tracked shape
+  // arithmetic with every entry known); nullopt otherwise. Floating values are converted.
+  std::optional<std::vector<int64_t>> int_values(int i) const;
+  std::optional<std::vector<double>> float_values(int i) const;
+
+  // Attributes (ints and floats as declared by ONNX).
+  virtual bool has_attr(const std::string& name) const = 0;
+  virtual int64_t attr_int(const std::string& name, std::optional<int64_t> fallback = {}) const = 0;
+  virtual double attr_float(const std::string& name, std::optional<double> fallback = {}) const = 0;
+  virtual std::string attr_string(const std::string& name,
+                                  std::optional<std::string> fallback = {}) const = 0;
+  virtual std::vector<int64_t> attr_ints(const std::string& name,
+                                         std::optional<std::vector<int64_t>> fallback = {}) const = 0;
+  virtual std::vector<double> attr_floats(const std::string& name,
+                                          std::optional<std::vector<double>> fallback = {}) const = 0;
+  // A tensor attribute (Constant's value) as a new constant of the network.
+  virtual TensorId attr_tensor(const std::string& name) = 0;
+  // Fails when the node has an attribute the importer did not read (it may change the meaning).
+  virtual void check_attrs_read() const = 0;
+
+  // Outputs: ONNX may leave optional outputs unnamed.
+  virtual int num_outputs() const = 0;
+  virtual bool wants_output(int i) const = 0;
+  virtual void set_output(int i, TensorId t) = 0;
+
+  // Adds a layer named after the node (suffix distinguishes the layers of one node).
+  Layer& add(const std::string& op, const std::vector<TensorId>& inputs, Attributes attrs = {},
+             const std::string& suffix = "");
+  TensorId add1(const std::string& op, const std::vector<TensorId>& inputs, Attributes attrs = {},
+                const std::string& suffix = "");
+  // Constants made by importers (names derived from the node).
+  TensorId constant_i64(const std::vector<int64_t>& values, Dims dims);
+  TensorId constant_i64(const std::vector<int64_t>& values) {
+    return constant_i64(values, Dims{static_cast<int64_t>(values.size())});
+  }
+  TensorId scalar(DataType dtype, double value, int rank = 0);  // a [1]*rank constant
+  TensorId cast(TensorId t, DataType to);  // t itself when already of that dtype
+
+  [[noreturn]] void fail(const std::string& why) const;
+
+ protected:
+  virtual TensorId input_id(int i) const = 0;
+  const Network& net_const() const { return const_cast<NodeContext*>(this)->net(); }
+  int counter_ = 0;
+};
+
+using ImportFn = std::function<void(NodeContext&)>;
+
+struct OpImporter {
+  std::string op_type;  // default domain
+  ImportFn fn;
+};
+
+const OpImporter* find_importer(const std::string& op_type);
+
+struct ImporterRegistration {
+  ImporterRegistration(std::initializer_list<OpImporter> importers);
+};
+
+// Helpers shared by the importers.
+int64_t normalize_axis(int64_t axis, int64_t rank, const NodeContext& ctx);
+
+}  // namespace kiln::onnx

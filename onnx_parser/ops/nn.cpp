@@ -1,0 +1,309 @@
+// ONNX neural-network operators: GEMMs, convolutions, pooling, normalizations, softmax.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "onnx_parser/importer.h"
+
+namespace kiln::onnx {
+namespace {
+
+TensorId binary(NodeContext& ctx, const std::string& op, TensorId a, TensorId b) {
+  return ctx.add1("elementwise", {a, b}, Attributes().set("op", op));
+}
+
+void import_matmul(NodeContext& ctx) {
+  if (!is_floating(ctx.desc(0).dtype)) ctx.fail("MatMul of integer tensors is not supported");
+  ctx.set_output(0, ctx.add1("matmul", {ctx.input(0), ctx.input(1)}));
+}
+
+void import_gemm(NodeContext& ctx) {
+  const double alpha = ctx.attr_float("alpha", 1.0), beta = ctx.attr_float("beta", 1.0);
+  const bool ta = ctx.attr_int("transA", 0) != 0, tb = ctx.attr_int("transB", 0) != 0;
+  const DataType dt = ctx.desc(0).dtype;
+  if (!is_floating(dt)) ctx.fail("Gemm of integer tensors is not supported");
+  TensorId y = ctx.add1("matmul", {ctx.input(0), ctx.input(1)},
+                        Attributes().set("transpose_a", int64_t{ta}).set("transpose_b", int64_t{tb}));
+  if (alpha != 1.0) y = binary(ctx, "mul", y, ctx.scalar(dt, alpha));
+  if (ctx.has_input(2) && beta != 0.0) {
+    TensorId c = ctx.input(2);
+    if (beta != 1.0) c = binary(ctx, "mul", c, ctx.scalar(dt, beta));
+    y = binary(ctx, "add", y, c);
+  }
+  ctx.set_output(0, y);
+}
+
+// The spatial padding of a convolution or pooling node: ONNX pads [begin..., end...] or auto_pad.
+struct Padding {
+  std::vector<int64_t> begin, end;
+  bool symmetric() const { return begin == end; }
+};
+
+Padding node_padding(NodeContext& ctx, const Dims& x, const std::vector<int64_t>& kernel,
+                     const std::vector<int64_t>& strides, const std::vector<int64_t>& dilations) {
+  const size_t n = kernel.size();
+  Padding p{std::vector<int64_t>(n, 0), std::vector<int64_t>(n, 0)};
+  const std::string auto_pad = ctx.attr_string("auto_pad", std::string("NOTSET"));
+  if (auto_pad == "NOTSET") {
+    std::vector<int64_t> pads = ctx.attr_ints("pads", std::vector<int64_t>(2 * n, 0));
+    if (pads.size() != 2 * n) ctx.fail("pads needs " + std::to_string(2 * n) + " values");
+    for (size_t i = 0; i < n; ++i) {
+      p.begin[i] = pads[i];
+      p.end[i] = pads[n + i];
+      if (pads[i] < 0 || pads[n + i] < 0) ctx.fail("negative pads are not supported");
+    }
+  } else if (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t in = x[2 + i];
+      if (in < 0) ctx.fail("auto_pad " + auto_pad + " needs static spatial dims");
+      const int64_t out = (in + strides[i] - 1) / strides[i];
+      const int64_t total = std::max<int64_t>(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - in);
+      const int64_t small = total / 2;
+      p.begin[i] = auto_pad == "SAME_UPPER" ? small : total - small;
+      p.end[i] = total - p.begin[i];
+    }
+    ctx.attr_ints("pads", std::vector<int64_t>{});
+  } else if (auto_pad != "VALID") {
+    ctx.fail("auto_pad " + auto_pad + " is not one of NOTSET, SAME_UPPER, SAME_LOWER, VALID");
+  }
+  return p;
+}
+
+// An explicit pad layer for padding the engine op cannot express (asymmetric).
+TensorId pad_explicitly(NodeContext& ctx, TensorId x, const Padding& p, double value) {
+  std::vector<int64_t> pads;  // torch order: last dim first
+  for (size_t i = p.begin.size(); i-- > 0;) {
+    pads.push_back(p.begin[i]);
+    pads.push_back(p.end[i]);
+  }
+  return ctx.add1("pad", {x}, Attributes().set("pads", pads).set("mode", std::string("constant")).set("value", value));
+}
+
+std::vector<int64_t> ones(size_t n) { return std::vector<int64_t>(n, 1); }
+
+void import_conv(NodeContext& ctx, bool transposed) {
+  const TensorDesc x = ctx.desc(0), w = ctx.desc(1);
+  if (x.dims.size() < 3 || x.dims.size() > 5) ctx.fail("input must be 3-D to 5-D (1 to 3 spatial dims)");
+  const size_t n = x.dims.size() - 2;
+  const std::vector<int64_t> kernel = ctx.attr_ints("kernel_shape", std::vector<int64_t>(w.dims.begin() + 2, w.dims.end()));
+  const std::vector<int64_t> strides = ctx.attr_ints("strides", ones(n));
+  const std::vector<int64_t> dilations = ctx.attr_ints("dilations", ones(n));
+  const int64_t group = ctx.attr_int("group", 1);
+  Attributes attrs;
+  attrs.set("strides", strides).set("dilations", dilations).set("groups", group);
+  TensorId in = ctx.input(0);
+  std::vector<TensorId> inputs;
+  if (!transposed) {
+    Padding p = node_padding(ctx, x.dims, kernel, strides, dilations);
+    if (!p.symmetric()) {
+      in = pad_explicitly(ctx, in, p, 0.0);
+      p.begin.assign(n, 0);
+    }
+    attrs.set("pads", p.begin);
+  } else {
+    std::vector<int64_t> pads = ctx.attr_ints("pads", std::vector<int64_t>(2 * n, 0));
+    std::vector<int64_t> out_pad = ctx.attr_ints("output_padding", std::vector<int64_t>(n, 0));
+    const std::string auto_pad = ctx.attr_string("auto_pad", std::string("NOTSET"));
+    if (ctx.has_attr("output_shape")) {
+      // Total padding from the requested output size (ONNX's formula), split as auto_pad says.
+      std::vector<int64_t> out_shape = ctx.attr_ints("output_shape");
+      if (out_shape.size() != n) ctx.fail("output_shape needs one value per spatial dim");
+      for (size_t i = 0; i < n; ++i) {
+        if (x.dims[2 + i] < 0) ctx.fail("output_shape needs static spatial dims");
+        const int64_t total = strides[i] * (x.dims[2 + i] - 1) + out_pad[i] +
+                              ((kernel[i] - 1) * dilations[i] + 1) - out_shape[i];
+        if (total < 0) {
+          out_pad[i] -= total;  // a larger output: padding at the end
+          pads[i] = pads[n + i] = 0;
+        } else {
+          pads[i] = auto_pad == "SAME_UPPER" ? total / 2 : total - total / 2;
+          pads[n + i] = total - pads[i];
+        }
+      }
+    } else if (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
+      for (size_t i = 0; i < n; ++i) {
+        const int64_t total = std::max<int64_t>(0, (kernel[i] - 1) * dilations[i] + 1 + out_pad[i] - strides[i]);
+        pads[i] = auto_pad == "SAME_UPPER" ? total / 2 : total - total / 2;
+        pads[n + i] = total - pads[i];
+      }
+    } else if (auto_pad != "NOTSET" && auto_pad != "VALID") {
+      ctx.fail("auto_pad " + auto_pad + " is not supported");
+    }
+    if (pads.size() != 2 * n) ctx.fail("pads needs " + std::to_string(2 * n) + " values");
+    // Asymmetric: pad by the smaller side, then crop the extra from the output's other side.
+    std::vector<int64_t> sym(n), crop_begin(n, 0), crop_end(n, 0);
+    bool crop = false;
+    for (size_t i = 0; i < n; ++i) {
+      sym[i] = std::min(pads[i], pads[n + i]);
+      crop_begin[i] = pads[i] - sym[i];
+      crop_end[i] = pads[n + i] - sym[i];
+      crop |= crop_begin[i] != 0 || crop_end[i] != 0;
+    }
+    attrs.set("pads", sym).set("output_padding", out_pad);
+    inputs = {in, ctx.input(1)};
+    if (ctx.has_input(2)) inputs.push_back(ctx.input(2));
+    TensorId y = ctx.add1("deconvolution", inputs, attrs);
+    if (crop) {
+      std::vector<int64_t> axes, starts, ends;
+      for (size_t i = 0; i < n; ++i) {
+        axes.push_back(static_cast<int64_t>(2 + i));
+        starts.push_back(crop_begin[i]);
+        ends.push_back(-crop_end[i] == 0 ? std::numeric_limits<int64_t>::max() : -crop_end[i]);
+      }
+      y = ctx.add1("slice", {y}, Attributes().set("axes", axes).set("starts", starts).set("ends", ends));
+    }
+    ctx.set_output(0, y);
+    return;
+  }
+  inputs = {in, ctx.input(1)};
+  if (ctx.has_input(2)) inputs.push_back(ctx.input(2));
+  ctx.set_output(0, ctx.add1("convolution", inputs, attrs));
+}
+
+void import_pool(NodeContext& ctx, const std::string& type) {
+  const TensorDesc x = ctx.desc(0);
+  if (x.dims.size() < 3 || x.dims.size() > 5) ctx.fail("input must be 3-D to 5-D (1 to 3 spatial dims)");
+  if (type == "max" && ctx.wants_output(1)) ctx.fail("the Indices output of MaxPool is not supported");
+  const size_t n = x.dims.size() - 2;
+  const std::vector<int64_t> kernel = ctx.attr_ints("kernel_shape");
+  const std::vector<int64_t> strides = ctx.attr_ints("strides", ones(n));
+  const std::vector<int64_t> dilations = ctx.attr_ints("dilations", ones(n));
+  const int64_t ceil_mode = ctx.attr_int("ceil_mode", 0);
+  if (kernel.size() != n) ctx.fail("kernel_shape needs one value per spatial dim");
+  Attributes attrs;
+  attrs.set("type", type).set("kernel", kernel).set("strides", strides).set("ceil_mode", ceil_mode);
+  if (type == "max") {
+    ctx.attr_int("storage_order", 0);  // only the Indices output depends on it
+    attrs.set("dilations", dilations);
+  } else {
+    if (dilations != ones(n)) ctx.fail("AveragePool with dilations is not supported");
+    attrs.set("count_include_pad", ctx.attr_int("count_include_pad", 0));
+  }
+  Padding p = node_padding(ctx, x.dims, kernel, strides, dilations);
+  TensorId in = ctx.input(0);
+  bool fits = p.symmetric();
+  for (size_t i = 0; i < n && fits; ++i) fits = p.begin[i] <= kernel[i] / 2;
+  if (!fits) {
+    if (type == "avg" && attrs.get_int("count_include_pad", int64_t{0}) == 0) {
+      ctx.fail("AveragePool with asymmetric padding and count_include_pad = 0 is not supported");
+    }
+    const double fill = type == "max" ? -std::numeric_limits<double>::infinity() : 0.0;
+    in = pad_explicitly(ctx, in, p, fill);
+    p.begin.assign(n, 0);
+  }
+  attrs.set("pads", p.begin);
+  ctx.set_output(0, ctx.add1("pooling", {in}, attrs));
+}
+
+void import_global_pool(NodeContext& ctx, const std::string& op) {
+  const int64_t rank = static_cast<int64_t>(ctx.desc(0).dims.size());
+  std::vector<int64_t> axes;
+  for (int64_t a = 2; a < rank; ++a) axes.push_back(a);
+  ctx.set_output(0, ctx.add1("reduce", {ctx.input(0)},
+                             Attributes().set("op", op).set("axes", axes).set("keepdim", int64_t{1})));
+}
+
+void import_batch_norm(NodeContext& ctx) {
+  if (ctx.attr_int("training_mode", 0) != 0) ctx.fail("training_mode = 1 is not supported (inference only)");
+  if (ctx.wants_output(1) || ctx.wants_output(2)) ctx.fail("running mean/var outputs are not supported");
+  ctx.attr_float("momentum", 0.9);
+  ctx.set_output(0, ctx.add1("batch_norm", {ctx.input(0), ctx.input(1), ctx.input(2), ctx.input(3), ctx.input(4)},
+                             Attributes().set("eps", ctx.attr_float("epsilon", 1e-5))));
+}
+
+void import_instance_norm(NodeContext& ctx) {
+  const TensorDesc x = ctx.desc(0);
+  if (x.dims.size() < 3 || x.dims[1] < 0) ctx.fail("needs a static channel dim and rank >= 3");
+  ctx.set_output(0, ctx.add1("group_norm", {ctx.input(0), ctx.input(1), ctx.input(2)},
+                             Attributes().set("num_groups", x.dims[1]).set("eps", ctx.attr_float("epsilon", 1e-5))));
+}
+
+// LayerNormalization / RMSNormalization over dims [axis, rank): the engine op when scale (and
+// bias) have exactly those dims, else the op without parameters and a broadcast multiply/add.
+void import_norm_over_axis(NodeContext& ctx, const std::string& op, double default_eps) {
+  const TensorDesc x = ctx.desc(0);
+  const int64_t rank = static_cast<int64_t>(x.dims.size());
+  const int64_t axis = normalize_axis(ctx.attr_int("axis", -1), rank, ctx);
+  ctx.attr_int("stash_type", 1);
+  if (ctx.wants_output(1) || ctx.wants_output(2)) ctx.fail("the Mean/InvStdDev outputs are not supported");
+  const Dims normalized(x.dims.begin() + axis, x.dims.end());
+  Attributes attrs;
+  attrs.set("normalized_ndim", rank - axis).set("eps", ctx.attr_float("epsilon", default_eps));
+  const bool exact = ctx.desc(1).dims == normalized && (!ctx.has_input(2) || ctx.desc(2).dims == normalized) &&
+                     ctx.desc(1).dtype == x.dtype;
+  if (exact) {
+    std::vector<TensorId> in = {ctx.input(0), ctx.input(1)};
+    if (ctx.has_input(2)) in.push_back(ctx.input(2));
+    ctx.set_output(0, ctx.add1(op, in, attrs));
+    return;
+  }
+  TensorId y = ctx.add1(op, {ctx.input(0)}, attrs);
+  y = binary(ctx, "mul", y, ctx.input(1));
+  if (ctx.has_input(2)) y = binary(ctx, "add", y, ctx.input(2));
+  ctx.set_output(0, y);
+}
+
+void import_group_norm(NodeContext& ctx) {
+  const TensorDesc x = ctx.desc(0);
+  const int64_t groups = ctx.attr_int("num_groups");
+  ctx.attr_int("stash_type", 1);
+  if (x.dims.size() < 3 || x.dims[1] < 0) ctx.fail("needs a static channel dim and rank >= 3");
+  const int64_t c = x.dims[1];
+  if (groups <= 0 || c % groups != 0) ctx.fail("num_groups must divide the channels");
+  TensorId scale = ctx.input(1), bias = ctx.input(2);
+  if (ctx.desc(1).dims == Dims{groups} && groups != c) {
+    // Opset 18's per-group scale and bias: each value repeated over its group's channels.
+    auto per_group = [&](TensorId t) {
+      TensorId u = ctx.add1("unsqueeze", {t}, Attributes().set("axes", std::vector<int64_t>{1}));
+      u = ctx.add1("expand", {u}, Attributes().set("shape", std::vector<int64_t>{groups, c / groups}));
+      return ctx.add1("reshape", {u}, Attributes().set("shape", std::vector<int64_t>{c}));
+    };
+    scale = per_group(scale);
+    bias = per_group(bias);
+  }
+  ctx.set_output(0, ctx.add1("group_norm", {ctx.input(0), scale, bias},
+                             Attributes().set("num_groups", groups).set("eps", ctx.attr_float("epsilon", 1e-5))));
+}
+
+void import_softmax(NodeContext& ctx, bool log) {
+  ctx.set_output(0, ctx.add1("softmax", {ctx.input(0)},
+                             Attributes().set("axis", ctx.attr_int("axis", -1)).set("log", int64_t{log})));
+}
+
+void import_dropout(NodeContext& ctx) {  // inference: the identity
+  ctx.attr_int("seed", 0);
+  if (ctx.wants_output(1)) {
+    // The mask of an inference Dropout is all true.
+    TensorId x = ctx.input(0);
+    TensorId t = binary(ctx, "eq", x, x);
+    TensorId f = binary(ctx, "ne", x, x);
+    ctx.set_output(1, binary(ctx, "or", t, f));
+  }
+  if (ctx.has_input(2)) {
+    auto mode = ctx.int_values(2);
+    if (!mode || (!mode->empty() && mode->at(0) != 0)) ctx.fail("training_mode must be a constant false");
+  }
+  ctx.set_output(0, ctx.add1("identity", {ctx.input(0)}));
+}
+
+const ImporterRegistration kRegistered{
+    {"MatMul", import_matmul},
+    {"Gemm", import_gemm},
+    {"Conv", [](NodeContext& c) { import_conv(c, false); }},
+    {"ConvTranspose", [](NodeContext& c) { import_conv(c, true); }},
+    {"MaxPool", [](NodeContext& c) { import_pool(c, "max"); }},
+    {"AveragePool", [](NodeContext& c) { import_pool(c, "avg"); }},
+    {"GlobalAveragePool", [](NodeContext& c) { import_global_pool(c, "mean"); }},
+    {"GlobalMaxPool", [](NodeContext& c) { import_global_pool(c, "max"); }},
+    {"BatchNormalization", import_batch_norm},
+    {"InstanceNormalization", import_instance_norm},
+    {"LayerNormalization", [](NodeContext& c) { import_norm_over_axis(c, "layer_norm", 1e-5); }},
+    {"RMSNormalization", [](NodeContext& c) { import_norm_over_axis(c, "rms_norm", 1e-5); }},
+    {"GroupNormalization", import_group_norm},
+    {"Softmax", [](NodeContext& c) { import_softmax(c, false); }},
+    {"LogSoftmax", [](NodeContext& c) { import_softmax(c, true); }},
+    {"Dropout", import_dropout},
+};
+
+}  // namespace
+}  // namespace kiln::onnx

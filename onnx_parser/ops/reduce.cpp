@@ -1,0 +1,149 @@
+// ONNX reductions, arg-reductions, TopK, CumSum, and the Q/DQ operators.
+#include <numeric>
+
+#include "onnx_parser/importer.h"
+
+namespace kiln::onnx {
+namespace {
+
+TensorId binary(NodeContext& ctx, const std::string& op, TensorId a, TensorId b) {
+  return ctx.add1("elementwise", {a, b}, Attributes().set("op", op));
+}
+
+TensorId unary(NodeContext& ctx, const std::string& op, TensorId x) {
+  return ctx.add1("unary", {x}, Attributes().set("op", op));
+}
+
+// Reduce*: axes from the input (opset 18; ReduceSum from 13) or the attribute; an empty list
+// reduces everything unless noop_with_empty_axes.
+enum class Pre { kNone, kAbs, kSquare, kExp };
+enum class Post { kNone, kSqrt, kLog };
+
+ImportFn reduce(const std::string& op, Pre pre = Pre::kNone, Post post = Post::kNone) {
+  return [op, pre, post](NodeContext& ctx) {
+    const int64_t keepdims = ctx.attr_int("keepdims", 1);
+    const bool noop = ctx.attr_int("noop_with_empty_axes", 0) != 0;
+    std::vector<int64_t> axes;
+    if (ctx.has_input(1)) {
+      auto v = ctx.int_values(1);
+      if (!v) ctx.fail("axes must be known while parsing");
+      axes = *v;
+    } else if (ctx.has_attr("axes")) {
+      axes = ctx.attr_ints("axes");
+    }
+    TensorId x = ctx.input(0);
+    if (axes.empty() && noop) {
+      ctx.set_output(0, ctx.add1("identity", {x}));
+      return;
+    }
+    const int64_t rank = static_cast<int64_t>(ctx.desc(0).dims.size());
+    if (axes.empty()) {
+      axes.resize(static_cast<size_t>(rank));
+      std::iota(axes.begin(), axes.end(), 0);
+    }
+    if (pre == Pre::kAbs) x = unary(ctx, "abs", x);
+    if (pre == Pre::kSquare) x = binary(ctx, "mul", x, x);
+    TensorId shift = -1;
+    if (pre == Pre::kExp) {  // log(sum(exp(x - max))) + max
+      shift = ctx.add1("reduce", {x}, Attributes().set("op", std::string("max")).set("axes", axes)
+                                          .set("keepdim", int64_t{1}));
+      x = unary(ctx, "exp", binary(ctx, "sub", x, shift));
+    }
+    TensorId y = ctx.add1("reduce", {x}, Attributes().set("op", op).set("axes", axes).set("keepdim", keepdims));
+    if (post == Post::kSqrt) y = unary(ctx, "sqrt", y);
+    if (post == Post::kLog) y = unary(ctx, "log", y);
+    if (shift >= 0) {
+      if (!keepdims) {
+        std::vector<int64_t> norm;
+        for (int64_t a : axes) norm.push_back(normalize_axis(a, rank, ctx));
+        shift = ctx.add1("squeeze", {shift}, Attributes().set("axes", norm));
+      }
+      y = binary(ctx, "add", y, shift);
+    }
+    ctx.set_output(0, y);
+  };
+}
+
+ImportFn arg_reduce(const std::string& op) {
+  return [op](NodeContext& ctx) {
+    if (ctx.attr_int("select_last_index", 0) != 0) ctx.fail("select_last_index = 1 is not supported");
+    ctx.set_output(0, ctx.add1("arg_reduce", {ctx.input(0)},
+                               Attributes().set("op", op).set("axis", ctx.attr_int("axis", 0))
+                                   .set("keepdim", ctx.attr_int("keepdims", 1))));
+  };
+}
+
+void import_topk(NodeContext& ctx) {
+  auto k = ctx.int_values(1);
+  if (!k || k->size() != 1) ctx.fail("K must be a known one-element tensor");
+  Layer& l = ctx.add("topk", {ctx.input(0)},
+                     Attributes().set("k", k->at(0)).set("axis", ctx.attr_int("axis", -1))
+                         .set("largest", ctx.attr_int("largest", 1)).set("sorted", ctx.attr_int("sorted", 1)));
+  const std::vector<TensorId> outs = l.outputs;
+  ctx.set_output(0, outs[0]);
+  ctx.set_output(1, outs[1]);
+}
+
+void import_cumsum(NodeContext& ctx) {
+  auto axis = ctx.int_values(1);
+  if (!axis || axis->size() != 1) ctx.fail("axis must be a known one-element tensor");
+  ctx.set_output(0, ctx.add1("cumsum", {ctx.input(0)},
+                             Attributes().set("axis", axis->at(0)).set("exclusive", ctx.attr_int("exclusive", 0))
+                                 .set("reverse", ctx.attr_int("reverse", 0))));
+}
+
+// QuantizeLinear / DequantizeLinear: int8 (per tensor or per axis) and float8 e4m3fn.
+void import_qdq(NodeContext& ctx, bool quantize) {
+  const int64_t rank = static_cast<int64_t>(ctx.desc(0).dims.size());
+  const TensorDesc scale = ctx.desc(1);
+  if (ctx.attr_int("block_size", 0) != 0) ctx.fail("blocked quantization (block_size) is not supported");
+  ctx.attr_int("saturate", 1);
+  ctx.attr_int("precision", 0);
+  DataType qtype = DataType::kInt8;
+  if (ctx.has_input(2)) qtype = ctx.desc(2).dtype;
+  else if (!quantize) qtype = ctx.desc(0).dtype;
+  else if (ctx.has_attr("output_dtype")) {
+    const int64_t t = ctx.attr_int("output_dtype");
+    if (t == 17) qtype = DataType::kFloat8E4M3;
+    else if (t != 3 && t != 0) ctx.fail("output_dtype " + std::to_string(t) + " is not supported (int8, float8e4m3fn)");
+  }
+  Attributes attrs;
+  if (qtype == DataType::kFloat8E4M3) {
+    attrs.set("format", std::string("e4m3"));
+  } else if (qtype != DataType::kInt8) {
+    ctx.fail("only int8 and float8e4m3fn quantization are supported (uint8 and others are not)");
+  }
+  if (scale.dims.size() == 1 && scale.dims[0] != 1) attrs.set("axis", normalize_axis(ctx.attr_int("axis", 1), rank, ctx));
+  else ctx.attr_int("axis", 1);
+  TensorId s = ctx.cast(ctx.input(1), DataType::kFloat32);
+  std::vector<TensorId> in = {ctx.input(0), s};
+  if (ctx.has_input(2) && qtype == DataType::kInt8) in.push_back(ctx.cast(ctx.input(2), DataType::kInt32));
+  if (quantize) {
+    ctx.set_output(0, ctx.add1("quantize", in, attrs));
+  } else {
+    attrs.set("dtype", std::string(dtype_name(scale.dtype)));
+    ctx.set_output(0, ctx.add1("dequantize", in, attrs));
+  }
+}
+
+const ImporterRegistration kRegistered{
+    {"ReduceSum", reduce("sum")},
+    {"ReduceMean", reduce("mean")},
+    {"ReduceMax", reduce("max")},
+    {"ReduceMin", reduce("min")},
+    {"ReduceProd", reduce("prod")},
+    {"ReduceL1", reduce("sum", Pre::kAbs)},
+    {"ReduceL2", reduce("sum", Pre::kSquare, Post::kSqrt)},
+    {"ReduceSumSquare", reduce("sum", Pre::kSquare)},
+    {"ReduceLogSum", reduce("sum", Pre::kNone, Post::kLog)},
+    {"ReduceLogSumExp", reduce("sum", Pre::kExp, Post::kLog)},
+    {"ArgMax", arg_reduce("argmax")},
+    {"ArgMin", arg_reduce("argmin")},
+    {"TopK", import_topk},
+    {"CumSum", import_cumsum},
+    {"QuantizeLinear", [](NodeContext& c) { import_qdq(c, true); }},
+    {"DequantizeLinear", [](NodeContext& c) { import_qdq(c, false); }},
+};
+
+}  // namespace
+}  // namespace kiln::onnx

@@ -1,0 +1,538 @@
+// ONNX shape, layout, indexing and tensor-creation operators.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+
+#include "onnx_parser/importer.h"
+
+namespace kiln::onnx {
+namespace {
+
+constexpr int64_t kToEnd = std::numeric_limits<int64_t>::max();
+
+int64_t rank_of(const NodeContext& ctx, int i) { return static_cast<int64_t>(ctx.desc(i).dims.size()); }
+
+std::vector<int64_t> known_ints(NodeContext& ctx, int i, const char* what) {
+  auto v = ctx.int_values(i);
+  if (!v) ctx.fail(std::string(what) + " (input " + std::to_string(i) + ") must be known while parsing: "
+                   "a constant, or computed from static shapes");
+  return *v;
+}
+
+// A 1-D int64 shape tensor built from known entries and run-time dims of `x` (ONNX Reshape's 0).
+TensorId shape_with_dims_of(NodeContext& ctx, TensorId x, const std::vector<int64_t>& target,
+                            const std::vector<bool>& copy_dim) {
+  std::vector<TensorId> parts;
+  TensorId shape = ctx.add1("shape", {x});
+  for (size_t i = 0; i < target.size(); ++i) {
+    if (copy_dim[i]) {
+      parts.push_back(ctx.add1("gather", {shape, ctx.constant_i64({static_cast<int64_t>(i)})},
+                               Attributes().set("axis", int64_t{0})));
+    } else {
+      parts.push_back(ctx.constant_i64({target[i]}));
+    }
+  }
+  return ctx.add1("concat", parts, Attributes().set("axis", int64_t{0}));
+}
+
+void import_reshape(NodeContext& ctx) {
+  const TensorDesc x = ctx.desc(0);
+  const bool allowzero = ctx.attr_int("allowzero", 0) != 0;
+  auto target = ctx.int_values(1);
+  if (!target) {
+    // Entries computed at run time (a dynamic batch through Shape -> Gather -> Concat): the
+    // shape tensor goes in as is; ONNX's "0 copies the input dim" cannot be told from a value
+    // there, so only allowzero models or targets without 0 are exact.
+    const TensorDesc s = ctx.desc(1);
+    if (!allowzero && s.values) {
+      for (int64_t v : *s.values) {
+        if (v == 0) ctx.fail("a shape computed at run time with a 0 entry (copy the input dim) is not supported");
+      }
+    }
+    ctx.set_output(0, ctx.add1("reshape", {ctx.input(0), ctx.input(1)}));
+    return;
+  }
+  std::vector<int64_t> t = *target;
+  std::vector<bool> copy(t.size(), false);
+  bool runtime_copy = false;
+  for (size_t i = 0; i < t.size(); ++i) {
+    if (t[i] == 0 && !allowzero) {
+      if (i >= x.dims.size()) ctx.fail("shape entry 0 at " + std::to_string(i) + " has no input dim to copy");
+      if (x.dims[i] >= 0) {
+        t[i] = x.dims[i];
+      } else {
+        copy[i] = true;
+        runtime_copy = true;
+      }
+    }
+  }
+  if (runtime_copy) {
+    ctx.set_output(0, ctx.add1("reshape", {ctx.input(0), shape_with_dims_of(ctx, ctx.input(0), t, copy)}));
+    return;
+  }
+  ctx.set_output(0, ctx.add1("reshape", {ctx.input(0)}, Attributes().set("shape", t)));
+}
+
+void import_flatten(NodeContext& ctx) {
+  const int64_t rank = rank_of(ctx, 0);
+  int64_t axis = ctx.attr_int("axis", 1);
+  if (axis < -rank || axis > rank) ctx.fail("axis is out of range");
+  if (axis < 0) axis += rank;
+  TensorId x = ctx.input(0);
+  if (axis == rank) {  // [prod(all), 1]
+    x = ctx.add1("flatten", {x}, Attributes().set("start_dim", int64_t{0}).set("end_dim", int64_t{-1}));
+    ctx.set_output(0, ctx.add1("unsqueeze", {x}, Attributes().set("axes", std::vector<int64_t>{1})));
+    return;
+  }
+  if (axis == 0) {  // [1, prod(all)]
+    x = ctx.add1("flatten", {x}, Attributes().set("start_dim", int64_t{0}).set("end_dim", int64_t{-1}));
+    ctx.set_output(0, ctx.add1("unsqueeze", {x}, Attributes().set("axes", std::vector<int64_t>{0})));
+    return;
+  }
+  x = ctx.add1("flatten", {x}, Attributes().set("start_dim", axis).set("end_dim", int64_t{-1}));
+  ctx.set_output(0, ctx.add1("flatten", {x}, Attributes().set("start_dim", int64_t{0}).set("end_dim", axis - 1)));
+}
+
+void import_transpose(NodeContext& ctx) {
+  const int64_t rank = rank_of(ctx, 0);
+  std::vector<int64_t> rev(static_cast<size_t>(rank));
+  std::iota(rev.rbegin(), rev.rend(), 0);
+  ctx.set_output(0, ctx.add1("transpose", {ctx.input(0)}, Attributes().set("perm", ctx.attr_ints("perm", rev))));
+}
+
+std::vector<int64_t> axes_of(NodeContext& ctx, int input, bool* given) {
+  // Opset 13+: axes as an input (Squeeze, Unsqueeze, Reduce*); older: the attribute.
+  *given = true;
+  if (ctx.has_input(input)) return known_ints(ctx, input, "axes");
+  if (ctx.has_attr("axes")) return ctx.attr_ints("axes");
+  *given = false;
+  return {};
+}
+
+void import_squeeze(NodeContext& ctx) {
+  const TensorDesc x = ctx.desc(0);
+  bool given;
+  std::vector<int64_t> axes = axes_of(ctx, 1, &given);
+  if (!given) {
+    for (size_t i = 0; i < x.dims.size(); ++i) {
+      if (x.dims[i] < 0) ctx.fail("Squeeze without axes needs static dims");
+      if (x.dims[i] == 1) axes.push_back(static_cast<int64_t>(i));
+    }
+  }
+  if (axes.empty()) {
+    ctx.set_output(0, ctx.add1("identity", {ctx.input(0)}));
+    return;
+  }
+  ctx.set_output(0, ctx.add1("squeeze", {ctx.input(0)}, Attributes().set("axes", axes)));
+}
+
+void import_unsqueeze(NodeContext& ctx) {
+  bool given;
+  std::vector<int64_t> axes = axes_of(ctx, 1, &given);
+  if (!given) ctx.fail("needs axes");
+  const int64_t out_rank = rank_of(ctx, 0) + static_cast<int64_t>(axes.size());
+  for (int64_t& a : axes) a = normalize_axis(a, out_rank, ctx);
+  std::sort(axes.begin(), axes.end());
+  ctx.set_output(0, ctx.add1("unsqueeze", {ctx.input(0)}, Attributes().set("axes", axes)));
+}
+
+void import_concat(NodeContext& ctx) {
+  std::vector<TensorId> in;
+  for (int i = 0; i < ctx.num_inputs(); ++i) {
+    if (ctx.has_input(i)) in.push_back(ctx.input(i));
+  }
+  ctx.set_output(0, ctx.add1("concat", in, Attributes().set("axis", ctx.attr_int("axis"))));
+}
+
+void import_split(NodeContext& ctx) {
+  const TensorDesc x = ctx.desc(0);
+  const int64_t axis = normalize_axis(ctx.attr_int("axis", 0), static_cast<int64_t>(x.dims.size()), ctx);
+  const int64_t dim = x.dims[axis];
+  std::vector<int64_t> sizes;
+  if (ctx.has_input(1)) {
+    sizes = known_ints(ctx, 1, "split");
+  } else if (ctx.has_attr("split")) {
+    sizes = ctx.attr_ints("split");
+  } else {
+    const int64_t n = ctx.has_attr("num_outputs") ? ctx.attr_int("num_outputs") : ctx.num_outputs();
+    if (dim < 0) ctx.fail("an even Split needs a static dim on the split axis");
+    const int64_t chunk = (dim + n - 1) / n;  // ONNX: the last chunk is smaller
+    for (int64_t left = dim; left > 0; left -= chunk) sizes.push_back(std::min(chunk, left));
+    while (static_cast<int64_t>(sizes.size()) < n) sizes.push_back(0);
+  }
+  Layer& l = ctx.add("split", {ctx.input(0)}, Attributes().set("axis", axis).set("sizes", sizes));
+  const std::vector<TensorId> outs = l.outputs;
+  for (size_t i = 0; i < outs.size(); ++i) ctx.set_output(static_cast<int>(i), outs[i]);
+}
+
+void import_slice(NodeContext& ctx) {
+  const TensorDesc x = ctx.desc(0);
+  const int64_t rank = static_cast<int64_t>(x.dims.size());
+  std::vector<int64_t> starts = known_ints(ctx, 1, "starts");
+  std::vector<int64_t> ends = known_ints(ctx, 2, "ends");
+  std::vector<int64_t> axes(starts.size());
+  std::iota(axes.begin(), axes.end(), 0);
+  if (ctx.has_input(3)) axes = known_ints(ctx, 3, "axes");
+  std::vector<int64_t> steps(starts.size(), 1);
+  if (ctx.has_input(4)) steps = known_ints(ctx, 4, "steps");
+  if (axes.size() != starts.size() || ends.size() != starts.size() || steps.size() != starts.size()) {
+    ctx.fail("starts, ends, axes and steps must have one entry per sliced axis");
+  }
+  TensorId y = ctx.input(0);
+  std::vector<int64_t> fwd_axes, fwd_starts, fwd_ends, fwd_steps;
+  for (size_t i = 0; i < axes.size(); ++i) {
+    const int64_t a = normalize_axis(axes[i], rank, ctx);
+    if (steps[i] == 0) ctx.fail("a step of 0");
+    if (steps[i] < 0) {
+      // A negative step: reverse the axis with a gather (static dim), then slice forward.
+      const int64_t d = x.dims[a];
+      if (d < 0) ctx.fail("a negative step needs a static dim");
+      auto clampi = [&](int64_t v, int64_t lo, int64_t hi) { return std::max(lo, std::min(hi, v)); };
+      int64_t s = starts[i] < 0 ? starts[i] + d : starts[i];
+      int64_t e = ends[i] < 0 ? ends[i] + d : ends[i];
+      s = clampi(s, -1, d - 1);
+      e = clampi(e, -1, d - 1);
+      std::vector<int64_t> idx;
+      for (int64_t k = s; k > e; k += steps[i]) idx.push_back(k);
+      TensorId ids = ctx.constant_i64(idx);
+      y = ctx.add1("gather", {y, ids}, Attributes().set("axis", a));
+      continue;
+    }
+    fwd_axes.push_back(a);
+    fwd_starts.push_back(starts[i]);
+    fwd_ends.push_back(ends[i]);
+    fwd_steps.push_back(steps[i]);
+  }
+  if (!fwd_axes.empty()) {
+    for (int64_t& e : fwd_ends) {
+      if (e >= (int64_t{1} << 62)) e = kToEnd;
+    }
+    y = ctx.add1("slice", {y}, Attributes().set("axes", fwd_axes).set("starts", fwd_starts)
+                                   .set("ends", fwd_ends).set("steps", fwd_steps));
+  } else if (y == ctx.input(0)) {
+    y = ctx.add1("identity", {y});
+  }
+  ctx.set_output(0, y);
+}
+
+void import_gather(NodeContext& ctx) {
+  ctx.set_output(0, ctx.add1("gather", {ctx.input(0), ctx.input(1)}, Attributes().set("axis", ctx.attr_int("axis", 0))));
+}
+
+void import_gather_elements(NodeContext& ctx) {
+  ctx.set_output(0, ctx.add1("gather_elements", {ctx.input(0), ctx.input(1)},
+                             Attributes().set("axis", ctx.attr_int("axis", 0))));
+}
+
+void import_scatter_elements(NodeContext& ctx) {
+  std::string reduction = ctx.attr_string("reduction", std::string("none"));
+  ctx.set_output(0, ctx.add1("scatter_elements", {ctx.input(0), ctx.input(1), ctx.input(2)},
+                             Attributes().set("axis", ctx.attr_int("axis", 0)).set("reduction", reduction)));
+}
+
+void import_shape(NodeContext& ctx) {
+  TensorId s = ctx.add1("shape", {ctx.input(0)});
+  const int64_t rank = rank_of(ctx, 0);
+  int64_t start = ctx.attr_int("start", 0), end = ctx.attr_int("end", rank);
+  if (start != 0 || end != rank) {
+    start = std::clamp<int64_t>(start < 0 ? start + rank : start, 0, rank);
+    end = std::clamp<int64_t>(end < 0 ? end + rank : end, 0, rank);
+    s = ctx.add1("slice", {s}, Attributes().set("axes", std::vector<int64_t>{0})
+                                   .set("starts", std::vector<int64_t>{start}).set("ends", std::vector<int64_t>{std::max(start, end)}));
+  }
+  ctx.set_output(0, s);
+}
+
+void import_size(NodeContext& ctx) {
+  TensorId s = ctx.add1("shape", {ctx.input(0)});
+  ctx.set_output(0, ctx.add1("reduce", {s}, Attributes().set("op", std::string("prod"))
+                                                .set("axes", std::vector<int64_t>{0}).set("keepdim", int64_t{0})));
+}
+
+void import_expand(NodeContext& ctx) {
+  const TensorDesc x = ctx.desc(0);
+  auto shape = ctx.int_values(1);
+  if (!shape) {
+    ctx.set_output(0, ctx.add1("expand", {ctx.input(0), ctx.input(1)}));
+    return;
+  }
+  // ONNX broadcasts both ways: a 1 in the shape keeps the input's dim.
+  std::vector<int64_t> s = *shape;
+  const size_t rank = std::max(s.size(), x.dims.size());
+  std::vector<int64_t> out(rank);
+  for (size_t i = 0; i < rank; ++i) {
+    const int64_t a = i + x.dims.size() >= rank ? x.dims[i + x.dims.size() - rank] : 1;
+    const int64_t b = i + s.size() >= rank ? s[i + s.size() - rank] : 1;
+    if (b == 1) out[i] = a < 0 ? -1 : a;
+    else if (a == 1 || a == b || a < 0) out[i] = b;
+    else ctx.fail("shape " + to_string(s) + " does not broadcast with the input " + to_string(x.dims));
+  }
+  ctx.set_output(0, ctx.add1("expand", {ctx.input(0)}, Attributes().set("shape", out)));
+}
+
+void import_tile(NodeContext& ctx) {
+  const TensorDesc x = ctx.desc(0);
+  std::vector<int64_t> reps = known_ints(ctx, 1, "repeats");
+  if (reps.size() != x.dims.size()) ctx.fail("repeats needs one entry per dim");
+  if (!is_static(x.dims)) ctx.fail("Tile needs static input dims");
+  // [d0, d1] -> [1, d0, 1, d1] -> expand [r0, d0, r1, d1] -> reshape [r0 d0, r1 d1]
+  std::vector<int64_t> inter, expanded, out;
+  for (size_t i = 0; i < reps.size(); ++i) {
+    inter.push_back(1);
+    inter.push_back(x.dims[i]);
+    expanded.push_back(reps[i]);
+    expanded.push_back(x.dims[i]);
+    out.push_back(reps[i] * x.dims[i]);
+  }
+  TensorId y = ctx.add1("reshape", {ctx.input(0)}, Attributes().set("shape", inter));
+  y = ctx.add1("expand", {y}, Attributes().set("shape", expanded));
+  ctx.set_output(0, ctx.add1("reshape", {y}, Attributes().set("shape", out)));
+}
+
+DataType onnx_to_kiln(NodeContext& ctx, int64_t onnx_type) {
+  switch (onnx_type) {
+    case 1: return DataType::kFloat32;
+    case 10: return DataType::kFloat16;
+    case 16: return DataType::kBFloat16;
+    case 6: return DataType::kInt32;
+    case 7: return DataType::kInt64;
+    case 3: return DataType::kInt8;
+    case 9: return DataType::kBool;
+    case 11: return DataType::kFloat32;  // float64: held as float32
+    case 2: case 5: case 4: return DataType::kInt32;   // uint8, int16, uint16
+    case 12: case 13: return DataType::kInt64;          // uint32, uint64
+    default: ctx.fail("casting to ONNX element type " + std::to_string(onnx_type) + " is not supported");
+  }
+}
+
+void import_cast(NodeContext& ctx) {
+  const int64_t to = ctx.attr_int("to");
+  ctx.attr_int("saturate", 1);
+  ctx.attr_string("round_mode", std::string("up"));
+  const DataType dt = onnx_to_kiln(ctx, to);
+  TensorId x = ctx.input(0);
+  TensorId y = ctx.net().desc(x).dtype == dt ? ctx.add1("identity", {x}) : ctx.cast(x, dt);
+  if (to == 2 || to == 4 || to == 5) {
+    // uint8, uint16, int16 held in int32: wrap into the ONNX type's range, r = y mod 2^bits
+    // (floor), minus 2^bits past the signed maximum.
+    const int64_t bits = to == 2 ? 8 : 16;
+    auto op = [&](const char* name, TensorId a, TensorId b) {
+      return ctx.add1("elementwise", {a, b}, Attributes().set("op", std::string(name)));
+    };
+    TensorId m = ctx.scalar(DataType::kInt32, static_cast<double>(int64_t{1} << bits));
+    y = op("sub", y, op("mul", op("floor_div", y, m), m));
+    if (to == 5) {
+      TensorId half = ctx.scalar(DataType::kInt32, static_cast<double>(int64_t{1} << (bits - 1)));
+      y = ctx.add1("where", {op("ge", y, half), op("sub", y, m), y});
+    }
+  }
+  ctx.set_output(0, y);
+}
+
+void import_cast_like(NodeContext& ctx) {
+  ctx.attr_int("saturate", 1);
+  ctx.attr_string("round_mode", std::string("up"));
+  const DataType dt = ctx.desc(1).dtype;
+  TensorId x = ctx.input(0);
+  ctx.set_output(0, ctx.net().desc(x).dtype == dt ? ctx.add1("identity", {x}) : ctx.cast(x, dt));
+}
+
+void import_constant(NodeContext& ctx) {
+  if (ctx.has_attr("value")) {
+    ctx.set_output(0, ctx.attr_tensor("value"));
+    return;
+  }
+  Network& net = ctx.net();
+  const std::string name = ctx.name();
+  if (ctx.has_attr("value_float")) {
+    float v = static_cast<float>(ctx.attr_float("value_float"));
+    ctx.set_output(0, net.add_constant(name, DataType::kFloat32, {}, &v, 4));
+  } else if (ctx.has_attr("value_floats")) {
+    std::vector<float> v;
+    for (double d : ctx.attr_floats("value_floats")) v.push_back(static_cast<float>(d));
+    ctx.set_output(0, net.add_constant(name, DataType::kFloat32, {static_cast<int64_t>(v.size())}, v.data(), 4 * v.size()));
+  } else if (ctx.has_attr("value_int")) {
+    int64_t v = ctx.attr_int("value_int");
+    ctx.set_output(0, net.add_constant(name, DataType::kInt64, {}, &v, 8));
+  } else if (ctx.has_attr("value_ints")) {
+    std::vector<int64_t> v = ctx.attr_ints("value_ints");
+    ctx.set_output(0, net.add_constant(name, DataType::kInt64, {static_cast<int64_t>(v.size())}, v.data(), 8 * v.size()));
+  } else {
+    ctx.fail("needs value, value_float(s) or value_int(s) (string and sparse constants are not supported)");
+  }
+}
+
+void import_constant_of_shape(NodeContext& ctx) {
+  DataType dt = DataType::kFloat32;
+  double value = 0.0;
+  if (ctx.has_attr("value")) {
+    TensorId v = ctx.attr_tensor("value");
+    dt = ctx.net().desc(v).dtype;
+    const Tensor& t = ctx.net().tensor(v);
+    if (!t.data || t.data->size() != dtype_size(dt)) ctx.fail("value must hold one element");
+    if (dt == DataType::kFloat32) { float f; std::memcpy(&f, t.data->data(), 4); value = f; }
+    else if (dt == DataType::kInt64) { int64_t i; std::memcpy(&i, t.data->data(), 8); value = static_cast<double>(i); }
+    else if (dt == DataType::kInt32) { int32_t i; std::memcpy(&i, t.data->data(), 4); value = i; }
+    else if (dt == DataType::kBool || dt == DataType::kInt8) value = static_cast<int8_t>((*t.data)[0]);
+    else ctx.fail("a float16/bfloat16/float8 value is not supported");
+  }
+  auto shape = ctx.int_values(0);
+  Attributes attrs;
+  attrs.set("dtype", std::string(dtype_name(dt))).set("value", value);
+  if (shape) {
+    attrs.set("shape", *shape);
+    ctx.set_output(0, ctx.add1("fill", {}, attrs));
+  } else {
+    ctx.set_output(0, ctx.add1("fill", {ctx.input(0)}, attrs));
+  }
+}
+
+void import_identity(NodeContext& ctx) { ctx.set_output(0, ctx.add1("identity", {ctx.input(0)})); }
+
+void import_range(NodeContext& ctx) {
+  const DataType dt = ctx.desc(0).dtype;
+  auto start = ctx.float_values(0), limit = ctx.float_values(1), delta = ctx.float_values(2);
+  if (!start || !limit || !delta) ctx.fail("start, limit and delta must be known while parsing");
+  ctx.set_output(0, ctx.add1("arange", {}, Attributes().set("start", start->at(0)).set("end", limit->at(0))
+                                               .set("step", delta->at(0)).set("dtype", std::string(dtype_name(dt)))));
+}
+
+void import_pad(NodeContext& ctx) {
+  const TensorDesc x = ctx.desc(0);
+  const int64_t rank = static_cast<int64_t>(x.dims.size());
+  std::string mode = ctx.attr_string("mode", std::string("constant"));
+  std::vector<int64_t> pads = known_ints(ctx, 1, "pads");
+  double value = 0.0;
+  if (ctx.has_input(2)) {
+    auto v = ctx.float_values(2);
+    if (!v) ctx.fail("constant_value must be known while parsing");
+    if (!v->empty()) value = v->at(0);
+  }
+  std::vector<int64_t> axes(static_cast<size_t>(rank));
+  std::iota(axes.begin(), axes.end(), 0);
+  if (ctx.has_input(3)) {
+    axes = known_ints(ctx, 3, "axes");
+    for (int64_t& a : axes) a = normalize_axis(a, rank, ctx);
+  }
+  const size_t n = axes.size();
+  if (pads.size() != 2 * n) ctx.fail("pads needs two entries per padded axis");
+  std::vector<int64_t> begin(static_cast<size_t>(rank), 0), end(static_cast<size_t>(rank), 0);
+  for (size_t i = 0; i < n; ++i) {
+    begin[axes[i]] = pads[i];
+    end[axes[i]] = pads[n + i];
+  }
+  if (mode == "edge") mode = "replicate";
+  if (mode != "constant" && mode != "reflect" && mode != "replicate") ctx.fail("mode " + mode + " is not supported");
+  std::vector<int64_t> torch_pads;  // last dim first
+  for (int64_t a = rank; a-- > 0;) {
+    torch_pads.push_back(begin[a]);
+    torch_pads.push_back(end[a]);
+  }
+  ctx.set_output(0, ctx.add1("pad", {ctx.input(0)}, Attributes().set("pads", torch_pads).set("mode", mode).set("value", value)));
+}
+
+void import_resize(NodeContext& ctx) {
+  const TensorDesc x = ctx.desc(0);
+  const int64_t rank = static_cast<int64_t>(x.dims.size());
+  const std::string mode = ctx.attr_string("mode", std::string("nearest"));
+  const std::string ctm = ctx.attr_string("coordinate_transformation_mode", std::string("half_pixel"));
+  const std::string nearest_mode = ctx.attr_string("nearest_mode", std::string("round_prefer_floor"));
+  ctx.attr_float("cubic_coeff_a", -0.75);
+  ctx.attr_int("exclude_outside", 0);
+  ctx.attr_float("extrapolation_value", 0.0);
+  const std::string aspect = ctx.attr_string("keep_aspect_ratio_policy", std::string("stretch"));
+  if (aspect != "stretch") ctx.fail("keep_aspect_ratio_policy " + aspect + " is not supported");
+  if (ctx.has_attr("axes")) ctx.fail("the axes attribute is not supported");
+  if (rank < 3 || rank > 5) ctx.fail("input must be 3-D to 5-D");
+  Attributes attrs;
+  if (mode == "nearest") {
+    if (ctm == "asymmetric" && nearest_mode == "floor") attrs.set("mode", std::string("nearest"));
+    else if (ctm == "half_pixel" && nearest_mode == "round_prefer_ceil") attrs.set("mode", std::string("nearest_exact"));
+    else ctx.fail("nearest with coordinate_transformation_mode " + ctm + " and nearest_mode " + nearest_mode +
+                  " is not supported (asymmetric + floor, or half_pixel + round_prefer_ceil)");
+  } else if (mode == "linear") {
+    attrs.set("mode", std::string("linear"));
+    if (ctm == "align_corners") attrs.set("align_corners", int64_t{1});
+    else if (ctm != "half_pixel" && ctm != "pytorch_half_pixel")
+      ctx.fail("linear with coordinate_transformation_mode " + ctm + " is not supported");
+  } else {
+    ctx.fail("mode " + mode + " is not supported");
+  }
+  auto scales = ctx.float_values(2);
+  auto sizes = ctx.int_values(3);
+  if (sizes && !sizes->empty()) {
+    if (static_cast<int64_t>(sizes->size()) != rank) ctx.fail("sizes needs one entry per dim");
+    if ((*sizes)[0] != x.dims[0] || (*sizes)[1] != x.dims[1]) ctx.fail("resizing the batch or channel dim is not supported");
+    attrs.set("sizes", std::vector<int64_t>(sizes->begin() + 2, sizes->end()));
+  } else if (scales && !scales->empty()) {
+    if (static_cast<int64_t>(scales->size()) != rank) ctx.fail("scales needs one entry per dim");
+    if ((*scales)[0] != 1.0 || (*scales)[1] != 1.0) ctx.fail("resizing the batch or channel dim is not supported");
+    attrs.set("scales", std::vector<double>(scales->begin() + 2, scales->end()));
+  } else {
+    ctx.fail("needs scales or sizes known while parsing");
+  }
+  ctx.set_output(0, ctx.add1("resize", {ctx.input(0)}, attrs));
+}
+
+// DepthToSpace / SpaceToDepth: reshape, transpose, reshape (static dims).
+void import_depth_space(NodeContext& ctx, bool to_space) {
+  const TensorDesc x = ctx.desc(0);
+  if (x.dims.size() != 4 || !is_static(x.dims)) ctx.fail("needs a static 4-D input");
+  const int64_t b = ctx.attr_int("blocksize");
+  const int64_t n = x.dims[0], c = x.dims[1], h = x.dims[2], w = x.dims[3];
+  TensorId y;
+  if (to_space) {
+    const std::string mode = ctx.attr_string("mode", std::string("DCR"));
+    if (c % (b * b) != 0) ctx.fail("channels must be a multiple of blocksize^2");
+    const int64_t co = c / (b * b);
+    if (mode == "DCR") {
+      y = ctx.add1("reshape", {ctx.input(0)}, Attributes().set("shape", std::vector<int64_t>{n, b, b, co, h, w}));
+      y = ctx.add1("transpose", {y}, Attributes().set("perm", std::vector<int64_t>{0, 3, 4, 1, 5, 2}));
+    } else if (mode == "CRD") {
+      y = ctx.add1("reshape", {ctx.input(0)}, Attributes().set("shape", std::vector<int64_t>{n, co, b, b, h, w}));
+      y = ctx.add1("transpose", {y}, Attributes().set("perm", std::vector<int64_t>{0, 1, 4, 2, 5, 3}));
+    } else {
+      ctx.fail("mode must be DCR or CRD");
+    }
+    y = ctx.add1("reshape", {y}, Attributes().set("shape", std::vector<int64_t>{n, co, h * b, w * b}));
+  } else {
+    if (h % b != 0 || w % b != 0) ctx.fail("height and width must be multiples of blocksize");
+    y = ctx.add1("reshape", {ctx.input(0)}, Attributes().set("shape", std::vector<int64_t>{n, c, h / b, b, w / b, b}));
+    y = ctx.add1("transpose", {y}, Attributes().set("perm", std::vector<int64_t>{0, 3, 5, 1, 2, 4}));
+    y = ctx.add1("reshape", {y}, Attributes().set("shape", std::vector<int64_t>{n, c * b * b, h / b, w / b}));
+  }
+  ctx.set_output(0, y);
+}
+
+const ImporterRegistration kRegistered{
+    {"Reshape", import_reshape},
+    {"Flatten", import_flatten},
+    {"Transpose", import_transpose},
+    {"Squeeze", import_squeeze},
+    {"Unsqueeze", import_unsqueeze},
+    {"Concat", import_concat},
+    {"Split", import_split},
+    {"Slice", import_slice},
+    {"Gather", import_gather},
+    {"GatherElements", import_gather_elements},
+    {"ScatterElements", import_scatter_elements},
+    {"Shape", import_shape},
+    {"Size", import_size},
+    {"Expand", import_expand},
+    {"Tile", import_tile},
+    {"Cast", import_cast},
+    {"CastLike", import_cast_like},
+    {"Constant", import_constant},
+    {"ConstantOfShape", import_constant_of_shape},
+    {"Identity", import_identity},
+    {"Range", import_range},
+    {"Pad", import_pad},
+    {"Resize", import_resize},
+    {"DepthToSpace", [](NodeContext& c) { import_depth_space(c, true); }},
+    {"SpaceToDepth", [](NodeContext& c) { import_depth_space(c, false); }},
+};
+
+}  // namespace
+}  // namespace kiln::onnx

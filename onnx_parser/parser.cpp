@@ -1,0 +1,623 @@
+// The ONNX parser: model bytes -> ModelProto (protobuf-lite) -> Network. See parser.h.
+#include "onnx_parser/parser.h"
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+
+#include "ir/error.h"
+#include "ir/logging.h"
+#include "kernels/reference/host_access.h"
+#include "onnx_kiln_onnx-ml.pb.h"
+#include "onnx_parser/importer.h"
+
+namespace kiln::onnx {
+
+namespace {
+
+namespace pb = ::kiln_onnx;
+
+std::map<std::string, OpImporter>& importer_registry() {
+  static std::map<std::string, OpImporter> r;
+  return r;
+}
+
+// ---- element types ----------------------------------------------------------------------------
+
+struct ElemType {
+  const char* onnx_name;
+  DataType dtype;   // how Kiln holds it
+  size_t raw_size;  // bytes per element in raw_data
+  bool exact;       // the engine dtype is the ONNX type itself
+};
+
+// Returns false for element types the parser cannot hold at all (strings, complex, 4-bit, ...).
+bool elem_type(int32_t t, ElemType* out) {
+  using T = pb::TensorProto;
+  switch (t) {
+    case T::FLOAT: *out = {"float32", DataType::kFloat32, 4, true}; return true;
+    case T::FLOAT16: *out = {"float16", DataType::kFloat16, 2, true}; return true;
+    case T::BFLOAT16: *out = {"bfloat16", DataType::kBFloat16, 2, true}; return true;
+    case T::INT32: *out = {"int32", DataType::kInt32, 4, true}; return true;
+    case T::INT64: *out = {"int64", DataType::kInt64, 8, true}; return true;
+    case T::INT8: *out = {"int8", DataType::kInt8, 1, true}; return true;
+    case T::BOOL: *out = {"bool", DataType::kBool, 1, true}; return true;
+    case T::FLOAT8E4M3FN: *out = {"float8_e4m3fn", DataType::kFloat8E4M3, 1, true}; return true;
+    case T::DOUBLE: *out = {"float64", DataType::kFloat32, 8, false}; return true;
+    case T::UINT8: *out = {"uint8", DataType::kInt32, 1, false}; return true;
+    case T::INT16: *out = {"int16", DataType::kInt32, 2, false}; return true;
+    case T::UINT16: *out = {"uint16", DataType::kInt32, 2, false}; return true;
+    case T::UINT32: *out = {"uint32", DataType::kInt64, 4, false}; return true;
+    case T::UINT64: *out = {"uint64", DataType::kInt64, 8, false}; return true;
+    default: return false;
+  }
+}
+
+std::string elem_type_name(int32_t t) {
+  if (pb::TensorProto_DataType_IsValid(t)) return pb::TensorProto_DataType_Name(t);
+  return "type " + std::to_string(t);
+}
+
+// Converts `n` elements stored as ONNX type `t` (raw little-endian bytes at `src`, or, when
+// `src` is null, the typed repeated fields of `tp`) into Kiln's storage of that type.
+std::vector<uint8_t> convert_elements(const pb::TensorProto& tp, const ElemType& et, int64_t n,
+                                      const uint8_t* src) {
+  using T = pb::TensorProto;
+  const int32_t t = tp.data_type();
+  std::vector<uint8_t> out(static_cast<size_t>(n) * dtype_size(et.dtype));
+  auto count_check = [&](int64_t have, const char* field) {
+    KILN_CHECK(have == n, "tensor '" << tp.name() << "' has " << have << " values in " << field
+                                     << " but its dims hold " << n);
+  };
+  if (src != nullptr && et.exact) {
+    std::memcpy(out.data(), src, out.size());
+    return out;
+  }
+  auto store = [&](int64_t i, auto v) {
+    using V = decltype(v);
+    switch (et.dtype) {
+      case DataType::kFloat32: {
+        float f = static_cast<float>(v);
+        std::memcpy(out.data() + 4 * i, &f, 4);
+        break;
+      }
+      case DataType::kInt32: {
+        int32_t x = static_cast<int32_t>(v);
+        std::memcpy(out.data() + 4 * i, &x, 4);
+        break;
+      }
+      case DataType::kInt64: {
+        int64_t x = static_cast<int64_t>(v);
+        std::memcpy(out.data() + 8 * i, &x, 8);
+        break;
+      }
+      case DataType::kFloat16:
+      case DataType::kBFloat16: {
+        uint16_t x = static_cast<uint16_t>(v);
+        std::memcpy(out.data() + 2 * i, &x, 2);
+        break;
+      }
+      default: {  // int8, bool, float8: one byte
+        out[i] = static_cast<uint8_t>(static_cast<std::conditional_t<std::is_floating_point_v<V>, int, V>>(v));
+        break;
+      }
+    }
+  };
+  if (src != nullptr) {  // raw bytes of a type Kiln holds wider (or narrower: float64)
+    for (int64_t i = 0; i < n; ++i) {
+      const uint8_t* p = src + i * et.raw_size;
+      switch (t) {
+        case T::DOUBLE: { double d; std::memcpy(&d, p, 8); store(i, d); break; }
+        case T::UINT8: store(i, static_cast<int64_t>(*p)); break;
+        case T::INT16: { int16_t x; std::memcpy(&x, p, 2); store(i, static_cast<int64_t>(x)); break; }
+        case T::UINT16: { uint16_t x; std::memcpy(&x, p, 2); store(i, static_cast<int64_t>(x)); break; }
+        case T::UINT32: { uint32_t x; std::memcpy(&x, p, 4); store(i, static_cast<int64_t>(x)); break; }
+        default: { uint64_t x; std::memcpy(&x, p, 8); store(i, static_cast<int64_t>(x)); break; }
+      }
+    }
+    return out;
+  }
+  switch (t) {
+    case T::FLOAT:
+      count_check(tp.float_data_size(), "float_data");
+      for (int64_t i = 0; i < n; ++i) store(i, tp.float_data(static_cast<int>(i)));
+      break;
+    case T::DOUBLE:
+      count_check(tp.double_data_size(), "double_data");
+      for (int64_t i = 0; i < n; ++i) store(i, tp.double_data(static_cast<int>(i)));
+      break;
+    case T::INT64:
+      count_check(tp.int64_data_size(), "int64_data");
+      for (int64_t i = 0; i < n; ++i) store(i, tp.int64_data(static_cast<int>(i)));
+      break;
+    case T::UINT32:
+    case T::UINT64:
+      count_check(tp.uint64_data_size(), "uint64_data");
+      for (int64_t i = 0; i < n; ++i) store(i, static_cast<int64_t>(tp.uint64_data(static_cast<int>(i))));
+      break;
+    default:  // int32_data holds int32, int16, int8, uint8, uint16, bool, float16/bfloat16 bits, float8
+      count_check(tp.int32_data_size(), "int32_data");
+      for (int64_t i = 0; i < n; ++i) store(i, static_cast<int64_t>(tp.int32_data(static_cast<int>(i))));
+      break;
+  }
+  return out;
+}
+
+std::string read_file(const std::string& path, const char* what) {
+  std::ifstream f(path, std::ios::binary);
+  KILN_CHECK(f.good(), "cannot open " << what << " '" << path << "'");
+  std::ostringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+// ---- the node context ----------------------------------------------------------------------
+
+class Importer;
+
+class ProtoNodeContext : public NodeContext {
+ public:
+  ProtoNodeContext(Importer& imp, const pb::NodeProto& node, std::string name)
+      : imp_(imp), node_(node), name_(std::move(name)) {}
+
+  const std::string& op_type() const override { return node_.op_type(); }
+  const std::string& name() const override { return name_; }
+  int opset() const override;
+  Network& net() override;
+
+  int num_inputs() const override { return node_.input_size(); }
+  bool has_input(int i) const override { return i < node_.input_size() && !node_.input(i).empty(); }
+
+  bool has_attr(const std::string& name) const override { return find(name) != nullptr; }
+  int64_t attr_int(const std::string& name, std::optional<int64_t> fallback) const override {
+    const pb::AttributeProto* a = get(name, pb::AttributeProto::INT, fallback.has_value());
+    return a ? a->i() : *fallback;
+  }
+  double attr_float(const std::string& name, std::optional<double> fallback) const override {
+    const pb::AttributeProto* a = get(name, pb::AttributeProto::FLOAT, fallback.has_value());
+    return a ? a->f() : *fallback;
+  }
+  std::string attr_string(const std::string& name, std::optional<std::string> fallback) const override {
+    const pb::AttributeProto* a = get(name, pb::AttributeProto::STRING, fallback.has_value());
+    return a ? a->s() : *fallback;
+  }
+  std::vector<int64_t> attr_ints(const std::string& name,
+                                 std::optional<std::vector<int64_t>> fallback) const override {
+    const pb::AttributeProto* a = get(name, pb::AttributeProto::INTS, fallback.has_value());
+    return a ? std::vector<int64_t>(a->ints().begin(), a->ints().end()) : *fallback;
+  }
+  std::vector<double> attr_floats(const std::string& name,
+                                  std::optional<std::vector<double>> fallback) const override {
+    const pb::AttributeProto* a = get(name, pb::AttributeProto::FLOATS, fallback.has_value());
+    return a ? std::vector<double>(a->floats().begin(), a->floats().end()) : *fallback;
+  }
+  TensorId attr_tensor(const std::string& name) override;
+  void check_attrs_read() const override {
+    for (const auto& a : node_.attribute()) {
+      KILN_CHECK(read_.count(a.name()), "attribute '" << a.name() << "' is not supported by Kiln's "
+                                                     << op_type() << " importer");
+    }
+  }
+
+  int num_outputs() const override { return node_.output_size(); }
+  bool wants_output(int i) const override { return i < node_.output_size() && !node_.output(i).empty(); }
+  void set_output(int i, TensorId t) override;
+
+ protected:
+  TensorId input_id(int i) const override;
+
+ private:
+  const pb::AttributeProto* find(const std::string& name) const {
+    for (const auto& a : node_.attribute()) {
+      if (a.name() == name) return &a;
+    }
+    return nullptr;
+  }
+  const pb::AttributeProto* get(const std::string& name, pb::AttributeProto::AttributeType type,
+                                bool optional) const {
+    const pb::AttributeProto* a = find(name);
+    read_.insert(name);
+    if (a == nullptr) {
+      if (!optional) fail("needs attribute '" + name + "'");
+      return nullptr;
+    }
+    if (a->type() != type && a->type() != pb::AttributeProto::UNDEFINED) {
+      fail("attribute '" + name + "' is a " + pb::AttributeProto_AttributeType_Name(a->type()) +
+           ", expected " + pb::AttributeProto_AttributeType_Name(type));
+    }
+    if (!a->ref_attr_name().empty()) fail("attribute '" + name + "' refers to a function attribute");
+    return a;
+  }
+
+  Importer& imp_;
+  const pb::NodeProto& node_;
+  std::string name_;
+  mutable std::set<std::string> read_;
+};
+
+// ---- the importer ---------------------------------------------------------------------------
+
+class Importer {
+ public:
+  Importer(const ParseOptions& options, ParseInfo* info) : options_(options), info_(info) {}
+
+  Network run(const pb::ModelProto& model) {
+    check_model(model);
+    const pb::GraphProto& g = model.graph();
+    for (const auto& init : g.initializer()) {
+      KILN_CHECK(!init.name().empty(), "an initializer has no name");
+      symbols_[init.name()] = constant(init, init.name());
+    }
+    KILN_CHECK(g.sparse_initializer_size() == 0,
+               "sparse initializers are not supported (graph '" << g.name() << "'); densify them "
+               "(onnx.numpy_helper / onnx.helper) before parsing");
+    for (const auto& in : g.input()) {
+      if (symbols_.count(in.name())) continue;  // an initializer listed as input: a constant
+      add_graph_input(in);
+    }
+    for (int i = 0; i < g.node_size(); ++i) import_node(g.node(i), i);
+    std::set<TensorId> marked;
+    for (const auto& out : g.output()) {
+      auto it = symbols_.find(out.name());
+      KILN_CHECK(it != symbols_.end(), "graph output '" << out.name() << "' is not produced by any node");
+      TensorId t = it->second;
+      note_binding(out.name(), out.type());
+      if (net_.tensor(t).kind != TensorKind::kActivation || marked.count(t) || net_.is_output(t)) {
+        t = net_.add_identity(t, "output_" + out.name()).outputs[0];
+      }
+      marked.insert(t);
+      net_.mark_output(t, out.name());
+    }
+    return std::move(net_);
+  }
+
+  Network& net() { return net_; }
+  int opset() const { return opset_; }
+
+  TensorId lookup(const std::string& name, const std::string& node) const {
+    auto it = symbols_.find(name);
+    KILN_CHECK(it != symbols_.end(), "input '" << name << "' is not produced by an earlier node, "
+                                               "an initializer or a graph input");
+    return it->second;
+  }
+  void define(const std::string& name, TensorId t) { symbols_[name] = t; }
+
+  TensorId constant(const pb::TensorProto& tp, const std::string& name) {
+    ElemType et;
+    KILN_CHECK(elem_type(tp.data_type(), &et),
+               "tensor '" << tp.name() << "' has element type " << elem_type_name(tp.data_type())
+                          << ", which Kiln cannot hold");
+    if (!et.exact) warn_once(et.onnx_name, tp.name());
+    Dims dims(tp.dims().begin(), tp.dims().end());
+    for (int64_t d : dims) KILN_CHECK(d >= 0, "tensor '" << tp.name() << "' has a negative dim");
+    KILN_CHECK(dims.size() <= static_cast<size_t>(kMaxRank),
+               "tensor '" << tp.name() << "' has rank " << dims.size() << "; Kiln supports up to " << kMaxRank);
+    const int64_t n = volume(dims);
+    std::vector<uint8_t> bytes;
+    if (tp.data_location() == pb::TensorProto::EXTERNAL) {
+      std::string raw = external_data(tp, n * static_cast<int64_t>(et.raw_size));
+      bytes = convert_elements(tp, et, n, reinterpret_cast<const uint8_t*>(raw.data()));
+    } else if (tp.has_raw_data()) {
+      KILN_CHECK(tp.raw_data().size() == static_cast<size_t>(n) * et.raw_size,
+                 "tensor '" << tp.name() << "' has " << tp.raw_data().size() << " bytes of raw_data, "
+                            << "its dims and type need " << n * static_cast<int64_t>(et.raw_size));
+      bytes = convert_elements(tp, et, n, reinterpret_cast<const uint8_t*>(tp.raw_data().data()));
+    } else {
+      bytes = convert_elements(tp, et, n, nullptr);
+    }
+    return net_.add_constant(name, et.dtype, dims,
+                             std::make_shared<const std::vector<uint8_t>>(std::move(bytes)));
+  }
+
+  std::string unique_name(const std::string& base) {
+    std::string n = base.empty() ? "node" : base;
+    if (used_names_.insert(n).second) return n;
+    for (int i = 1;; ++i) {
+      std::string c = n + "_" + std::to_string(i);
+      if (used_names_.insert(c).second) return c;
+    }
+  }
+
+ private:
+  void check_model(const pb::ModelProto& model) {
+    KILN_CHECK(model.has_graph(), "the model has no graph: not an ONNX model, or a truncated file");
+    int64_t opset = -1;
+    for (const auto& o : model.opset_import()) {
+      if (o.domain().empty() || o.domain() == "ai.onnx") opset = o.version();
+    }
+    if (opset < 0 && model.opset_import_size() == 0) opset = 1;  // IR v1 had no opset_import
+    KILN_CHECK(opset >= 0, "the model imports no ai.onnx opset; Kiln parses the default domain only");
+    KILN_CHECK(opset <= kMaxOpset,
+               "the model's ai.onnx opset is " << opset << ", newer than " << kMaxOpset
+               << ", the newest Kiln's parser knows; export with opset_version <= " << kMaxOpset);
+    KILN_CHECK(opset >= kMinOpset,
+               "the model's ai.onnx opset is " << opset << ", older than " << kMinOpset
+               << ", the oldest Kiln's parser supports; convert it first: "
+               "onnx.version_converter.convert_version(model, " << kMinOpset << ")");
+    opset_ = static_cast<int>(opset);
+    if (info_) {
+      info_->ir_version = model.ir_version();
+      info_->opset = opset;
+      info_->producer = model.producer_name() +
+                        (model.producer_version().empty() ? "" : " " + model.producer_version());
+    }
+  }
+
+  void note_binding(const std::string& name, const pb::TypeProto& type) {
+    if (!type.has_tensor_type() || !info_) return;
+    ElemType et;
+    if (elem_type(type.tensor_type().elem_type(), &et) && !et.exact) {
+      info_->converted_bindings.push_back({name, et.onnx_name, et.dtype});
+    }
+  }
+
+  void add_graph_input(const pb::ValueInfoProto& in) {
+    KILN_CHECK(in.type().has_tensor_type(),
+               "graph input '" << in.name() << "' is not a tensor (sequence, map or optional); "
+                               "Kiln's engines take tensors only");
+    const auto& tt = in.type().tensor_type();
+    ElemType et;
+    KILN_CHECK(elem_type(tt.elem_type(), &et), "graph input '" << in.name() << "' has element type "
+                                                               << elem_type_name(tt.elem_type())
+                                                               << ", which Kiln cannot hold");
+    if (!et.exact) warn_once(et.onnx_name, in.name());
+    KILN_CHECK(tt.has_shape(), "graph input '" << in.name() << "' has no shape (not even a rank); "
+                               "set it in the model (onnx.tools.update_model_dims) before parsing");
+    Dims dims;
+    for (const auto& d : tt.shape().dim()) {
+      dims.push_back(d.has_dim_value() && d.dim_value() >= 0 ? d.dim_value() : kDynamic);
+    }
+    note_binding(in.name(), in.type());
+    symbols_[in.name()] = net_.add_input(in.name(), et.dtype, dims);
+  }
+
+  void import_node(const pb::NodeProto& node, int index) {
+    const std::string domain = node.domain() == "ai.onnx" ? "" : node.domain();
+    std::string label = "ONNX node '" + (node.name().empty() ? "#" + std::to_string(index) : node.name()) +
+                        "' (" + node.op_type() + ", domain '" + (domain.empty() ? "ai.onnx" : domain) +
+                        "', opset " + std::to_string(opset_) + ")";
+    const OpImporter* imp = domain.empty() ? find_importer(node.op_type()) : nullptr;
+    KILN_CHECK(imp != nullptr,
+               label << " is not supported by Kiln's ONNX parser. docs/onnx.md lists the supported "
+                        "operators; replace the node (onnx-simplifier, or export the model without it), "
+                        "or keep that part of the model outside Kiln");
+    ProtoNodeContext ctx(*this, node,
+                         unique_name(node.name().empty() ? node.op_type() + "_" + std::to_string(index)
+                                                         : node.name()));
+    try {
+      imp->fn(ctx);
+      ctx.check_attrs_read();
+    } catch (const Error& e) {
+      std::string what = e.what();
+      if (what.rfind("ONNX node", 0) == 0) throw;
+      throw Error(label + ": " + what);
+    }
+    for (int i = 0; i < node.output_size(); ++i) {
+      if (!node.output(i).empty() && !symbols_.count(node.output(i))) {
+        throw Error(label + ": Kiln's importer did not produce output " + std::to_string(i) + " ('" +
+                    node.output(i) + "'), which Kiln does not support");
+      }
+    }
+  }
+
+  std::string external_data(const pb::TensorProto& tp, int64_t expected) {
+    std::string location;
+    int64_t offset = 0, length = -1;
+    for (const auto& kv : tp.external_data()) {
+      if (kv.key() == "location") location = kv.value();
+      else if (kv.key() == "offset") offset = std::stoll(kv.value());
+      else if (kv.key() == "length") length = std::stoll(kv.value());
+    }
+    KILN_CHECK(!location.empty(), "tensor '" << tp.name() << "' has external data without a location");
+    KILN_CHECK(location.find("..") == std::string::npos && location[0] != '/',
+               "tensor '" << tp.name() << "': external data location '" << location
+                          << "' leaves the model's folder; Kiln reads only files beside the model");
+    KILN_CHECK(!options_.base_dir.empty(),
+               "tensor '" << tp.name() << "' has external data ('" << location
+                          << "'): parse the model from its file, or give ParseOptions.base_dir");
+    const std::string path = options_.base_dir + "/" + location;
+    std::ifstream f(path, std::ios::binary);
+    KILN_CHECK(f.good(), "tensor '" << tp.name() << "': cannot open external data file '" << path << "'");
+    f.seekg(0, std::ios::end);
+    const int64_t file_size = static_cast<int64_t>(f.tellg());
+    if (length < 0) length = file_size - offset;
+    KILN_CHECK(offset >= 0 && length == expected && offset + length <= file_size,
+               "tensor '" << tp.name() << "': external data (offset " << offset << ", length " << length
+                          << ") does not fit '" << path << "' (" << file_size << " bytes) or the "
+                          << expected << " bytes its dims and type need");
+    std::string out(static_cast<size_t>(length), '\0');
+    f.seekg(offset);
+    f.read(out.data(), length);
+    KILN_CHECK(f.good(), "tensor '" << tp.name() << "': reading external data from '" << path << "' failed");
+    return out;
+  }
+
+  void warn_once(const std::string& onnx_type, const std::string& tensor) {
+    if (!warned_types_.insert(onnx_type).second) return;
+    std::string msg = "ONNX " + onnx_type + " tensors (first: '" + tensor + "') are held as " +
+                      (onnx_type == "float64" ? "float32: computed in single precision"
+                       : onnx_type == "uint32" || onnx_type == "uint64" ? "int64"
+                                                                        : "int32");
+    KILN_LOG(kWarning, msg);
+    if (info_) info_->warnings.push_back(msg);
+  }
+
+  ParseOptions options_;
+  ParseInfo* info_;
+  Network net_;
+  int opset_ = 0;
+  std::unordered_map<std::string, TensorId> symbols_;
+  std::set<std::string> used_names_;
+  std::set<std::string> warned_types_;
+};
+
+int ProtoNodeContext::opset() const { return imp_.opset(); }
+Network& ProtoNodeContext::net() { return imp_.net(); }
+TensorId ProtoNodeContext::input_id(int i) const { return imp_.lookup(node_.input(i), name_); }
+void ProtoNodeContext::set_output(int i, TensorId t) {
+  if (wants_output(i)) imp_.define(node_.output(i), t);
+}
+TensorId ProtoNodeContext::attr_tensor(const std::string& name) {
+  const pb::AttributeProto* a = get(name, pb::AttributeProto::TENSOR, false);
+  return imp_.constant(a->t(), name_ + "/" + name);
+}
+
+Network parse_model(const void* data, size_t size, const ParseOptions& options, ParseInfo* info) {
+  KILN_CHECK(size <= static_cast<size_t>(INT_MAX),
+             "the ONNX file is " << size << " bytes; protobuf reads at most 2 GB: save the weights "
+             "as external data (onnx.save_model(model, path, save_as_external_data=True))");
+  pb::ModelProto model;
+  KILN_CHECK(model.ParseFromArray(data, static_cast<int>(size)),
+             "not a valid ONNX model: protobuf parsing failed (a truncated or corrupt file, or not "
+             "an .onnx file)");
+  Importer importer(options, info);
+  return importer.run(model);
+}
+
+}  // namespace
+
+// ---- NodeContext helpers ----------------------------------------------------------------------
+
+TensorId NodeContext::input(int i) const {
+  if (!has_input(i)) fail("needs input " + std::to_string(i));
+  return input_id(i);
+}
+
+std::optional<std::vector<int64_t>> NodeContext::int_values(int i) const {
+  if (!has_input(i)) return std::nullopt;
+  const Tensor& t = net_const().tensor(input(i));
+  if (t.kind == TensorKind::kConstant && t.data && is_integral(t.dtype)) {
+    const int64_t n = volume(t.dims);
+    std::vector<int64_t> v(static_cast<size_t>(n));
+    for (int64_t k = 0; k < n; ++k) {
+      const uint8_t* p = t.data->data() + k * dtype_size(t.dtype);
+      if (t.dtype == DataType::kInt64) std::memcpy(&v[k], p, 8);
+      else if (t.dtype == DataType::kInt32) { int32_t x; std::memcpy(&x, p, 4); v[k] = x; }
+      else if (t.dtype == DataType::kInt8) v[k] = static_cast<int8_t>(*p);
+      else v[k] = *p != 0;
+    }
+    return v;
+  }
+  ShapeValues sv = net_const().desc(input(i)).values;
+  if (fully_known(sv)) return *sv;
+  if (t.kind == TensorKind::kConstant && t.data && is_floating(t.dtype)) {
+    auto f = float_values(i);
+    std::vector<int64_t> v;
+    for (double x : *f) v.push_back(static_cast<int64_t>(x));
+    return v;
+  }
+  return std::nullopt;
+}
+
+std::optional<std::vector<double>> NodeContext::float_values(int i) const {
+  if (!has_input(i)) return std::nullopt;
+  const Tensor& t = net_const().tensor(input(i));
+  if (t.kind == TensorKind::kConstant && t.data && is_floating(t.dtype)) {
+    const int64_t n = volume(t.dims);
+    std::vector<double> v(static_cast<size_t>(n));
+    for (int64_t k = 0; k < n; ++k) {
+      const uint8_t* p = t.data->data() + k * dtype_size(t.dtype);
+      if (t.dtype == DataType::kFloat32) { float f; std::memcpy(&f, p, 4); v[k] = f; }
+      else {
+        uint16_t h;
+        std::memcpy(&h, p, 2);
+        if (t.dtype == DataType::kFloat16) v[k] = half_bits_to_float(h);
+        else v[k] = bf16_bits_to_float(h);
+      }
+    }
+    return v;
+  }
+  auto iv = int_values(i);
+  if (!iv) return std::nullopt;
+  return std::vector<double>(iv->begin(), iv->end());
+}
+
+Layer& NodeContext::add(const std::string& op, const std::vector<TensorId>& inputs, Attributes attrs,
+                        const std::string& suffix) {
+  std::string n = name();
+  if (counter_++ > 0 || !suffix.empty()) n += "/" + (suffix.empty() ? op + std::to_string(counter_) : suffix);
+  // Layer names must be unique in the network; a suffix may repeat within a node.
+  while (true) {
+    bool taken = false;
+    for (const Layer& l : net().layers()) {
+      if (l.name == n) { taken = true; break; }
+    }
+    if (!taken) break;
+    n += "_" + std::to_string(counter_++);
+  }
+  return net().add_layer(op, inputs, std::move(attrs), n);
+}
+
+TensorId NodeContext::add1(const std::string& op, const std::vector<TensorId>& inputs, Attributes attrs,
+                           const std::string& suffix) {
+  return add(op, inputs, std::move(attrs), suffix).outputs.at(0);
+}
+
+TensorId NodeContext::constant_i64(const std::vector<int64_t>& values, Dims dims) {
+  return net().add_constant(name() + "/const" + std::to_string(counter_++), DataType::kInt64, dims,
+                            values.data(), values.size() * sizeof(int64_t));
+}
+
+TensorId NodeContext::scalar(DataType dtype, double value, int rank) {
+  std::vector<uint8_t> bytes(dtype_size(dtype));
+  TensorView view{bytes.data(), dtype, Dims(rank, 1)};
+  store_element(view, 0, value);
+  return net().add_constant(name() + "/const" + std::to_string(counter_++), dtype, Dims(rank, 1),
+                            bytes.data(), bytes.size());
+}
+
+TensorId NodeContext::cast(TensorId t, DataType to) {
+  if (net().desc(t).dtype == to) return t;
+  return add1("cast", {t}, Attributes().set("to", std::string(dtype_name(to))));
+}
+
+void NodeContext::fail(const std::string& why) const { throw Error(why); }
+
+int64_t normalize_axis(int64_t axis, int64_t rank, const NodeContext& ctx) {
+  if (axis < -rank || axis >= std::max<int64_t>(rank, 1)) {
+    ctx.fail("axis " + std::to_string(axis) + " is out of range for rank " + std::to_string(rank));
+  }
+  return axis < 0 ? axis + rank : axis;
+}
+
+const OpImporter* find_importer(const std::string& op_type) {
+  auto& r = importer_registry();
+  auto it = r.find(op_type);
+  return it == r.end() ? nullptr : &it->second;
+}
+
+ImporterRegistration::ImporterRegistration(std::initializer_list<OpImporter> importers) {
+  for (const OpImporter& i : importers) importer_registry()[i.op_type] = i;
+}
+
+std::vector<std::string> supported_operators() {
+  std::vector<std::string> ops;
+  for (const auto& [name, imp] : importer_registry()) ops.push_back(name);
+  return ops;
+}
+
+Network parse(const std::string& path, const ParseOptions& options, ParseInfo* info) {
+  std::string bytes = read_file(path, "ONNX model");
+  ParseOptions o = options;
+  if (o.base_dir.empty()) {
+    const size_t slash = path.find_last_of('/');
+    o.base_dir = slash == std::string::npos ? "." : path.substr(0, slash);
+  }
+  try {
+    return parse_model(bytes.data(), bytes.size(), o, info);
+  } catch (const Error& e) {
+    throw Error(path + ": " + e.what());
+  }
+}
+
+Network parse_bytes(const void* data, size_t size, const ParseOptions& options, ParseInfo* info) {
+  return parse_model(data, size, options, info);
+}
+
+}  // namespace kiln::onnx

@@ -1,0 +1,62 @@
+// kiln._C.onnx_*: the ONNX parser (onnx_parser/parser.h) for py/kiln/onnx.py. Built when the
+// build has the parser (KILN_BUILD_ONNX); kiln.onnx says how to get it otherwise.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+
+#include "onnx_parser/parser.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using kiln::Network;
+namespace onnx = kiln::onnx;
+
+py::dict info_dict(const onnx::ParseInfo& info) {
+  py::dict d;
+  d["ir_version"] = info.ir_version;
+  d["opset"] = info.opset;
+  d["producer"] = info.producer;
+  py::list bindings;
+  for (const auto& b : info.converted_bindings) {
+    bindings.append(py::make_tuple(b.name, b.onnx_type, std::string(kiln::dtype_name(b.dtype))));
+  }
+  d["converted_bindings"] = bindings;
+  d["warnings"] = info.warnings;
+  return d;
+}
+
+}  // namespace
+
+void bind_onnx(py::module_& m) {
+  m.def(
+      "onnx_parse_file",
+      [](const std::string& path, const std::string& base_dir) {
+        onnx::ParseOptions options;
+        options.base_dir = base_dir;
+        onnx::ParseInfo info;
+        std::shared_ptr<Network> net;
+        {
+          py::gil_scoped_release release;
+          net = std::make_shared<Network>(onnx::parse(path, options, &info));
+        }
+        return py::make_tuple(net, info_dict(info));
+      },
+      py::arg("path"), py::arg("base_dir") = "");
+  m.def(
+      "onnx_parse_bytes",
+      [](const py::bytes& data, const std::string& base_dir) {
+        onnx::ParseOptions options;
+        options.base_dir = base_dir;
+        onnx::ParseInfo info;
+        std::string_view view = data;
+        auto net = std::make_shared<Network>(onnx::parse_bytes(view.data(), view.size(), options, &info));
+        return py::make_tuple(net, info_dict(info));
+      },
+      py::arg("data"), py::arg("base_dir") = "");
+  m.def("onnx_supported_operators", &onnx::supported_operators);
+  m.attr("onnx_min_opset") = onnx::kMinOpset;
+  m.attr("onnx_max_opset") = onnx::kMaxOpset;
+}
