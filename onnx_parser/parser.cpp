@@ -373,6 +373,21 @@ class Importer {
     for (const auto& d : tt.shape().dim()) {
       dims.push_back(d.has_dim_value() && d.dim_value() >= 0 ? d.dim_value() : kDynamic);
     }
+    auto given = options_.input_values.find(in.name());
+    if (given != options_.input_values.end()) {
+      const ParseOptions::InputValue& v = given->second;
+      KILN_CHECK(v.dtype == et.dtype, "input_values['" << in.name() << "'] is " << dtype_name(v.dtype)
+                                                        << "; the input is held as " << dtype_name(et.dtype));
+      bool fits = v.dims.size() == dims.size();
+      for (size_t i = 0; fits && i < dims.size(); ++i) fits = dims[i] < 0 || dims[i] == v.dims[i];
+      KILN_CHECK(fits, "input_values['" << in.name() << "'] has dims " << to_string(v.dims)
+                                        << "; the input is declared " << to_string(dims));
+      KILN_CHECK(v.data.size() == static_cast<size_t>(tensor_bytes(v.dims, dtype_size(v.dtype))),
+                 "input_values['" << in.name() << "'] has " << v.data.size() << " bytes, its dims need "
+                                  << tensor_bytes(v.dims, dtype_size(v.dtype)));
+      symbols_[in.name()] = net_.add_constant(in.name(), v.dtype, v.dims, v.data.data(), v.data.size());
+      return;
+    }
     note_binding(in.name(), in.type());
     symbols_[in.name()] = net_.add_input(in.name(), et.dtype, dims);
   }

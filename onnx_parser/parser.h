@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,16 @@ struct ParseOptions {
   // looked up. parse() defaults it to the model file's folder; parse_bytes() needs it when the
   // model has external data.
   std::string base_dir;
+  // Values for graph inputs that the network needs while building (TensorRT's shape tensors: a
+  // Reshape's target, Range's bounds, Reduce axes given as inputs): each named input becomes a
+  // constant of these values. dtype is the dtype Kiln holds the input in (see BindingType);
+  // dims must match the input's declared dims (a dynamic dim takes any size).
+  struct InputValue {
+    DataType dtype;
+    Dims dims;
+    std::vector<uint8_t> data;
+  };
+  std::map<std::string, InputValue> input_values;
 };
 
 // A graph input or output whose ONNX element type has no engine dtype of its own: the binding

@@ -84,7 +84,7 @@ def as_numpy(value) -> tuple[np.ndarray, str]:
 
             return t.view(torch.int16).numpy(), name
         return t.numpy(), name
-    arr = np.ascontiguousarray(value)
+    arr = np.asarray(value, order="C")  # not ascontiguousarray: it makes a 0-d array 1-d
     return arr, dtype_name(arr.dtype)
 
 

@@ -57,24 +57,63 @@ def supported_operators() -> list[str]:
     return list(_C.onnx_supported_operators())
 
 
-def parse(model, base_dir: str | os.PathLike | None = None) -> Network:
+# numpy dtype name -> the dtype Kiln holds it in (the parser's rule for ONNX element types).
+_HELD = {
+    "float64": "float32",
+    "uint8": "int32",
+    "int16": "int32",
+    "uint16": "int32",
+    "uint32": "int64",
+    "uint64": "int64",
+}
+
+
+_SUPPORTED_NUMPY = {"float32", "float16", "bfloat16", "int8", "int32", "int64", "bool", *_HELD}
+
+
+def _held(a: np.ndarray) -> tuple[str, np.ndarray]:
+    """(Kiln dtype name, array) of a numpy value as Kiln holds it; bfloat16 stays as its bits."""
+    name = a.dtype.name
+    if a.dtype == object or name not in _SUPPORTED_NUMPY:
+        raise TypeError(
+            f"numpy dtype {a.dtype} has no Kiln dtype (Kiln holds float32/16, bfloat16, float64 "
+            "as float32, int8/16/32/64, uint8/16/32/64 and bool)"
+        )
+    if name == "bfloat16":
+        return "bfloat16", a
+    held = _HELD.get(name, name)
+    return held, a.astype(held) if held != name else a
+
+
+def parse(
+    model,
+    base_dir: str | os.PathLike | None = None,
+    input_values: Mapping[str, object] | None = None,
+) -> Network:
     """Parses an ONNX model into a :class:`kiln.Network`.
 
     model: a path (str or os.PathLike), the model's bytes, or an ``onnx.ModelProto``.
     base_dir: where external data files are (default: the model file's folder; for bytes and
     ModelProtos, needed only when the model keeps weights in external files).
+    input_values: {input name: array} for graph inputs whose values the network needs while
+    building (TensorRT's shape tensors: a Reshape target, Range bounds or Reduce axes fed as
+    inputs); each becomes a constant of that value.
 
     The network's ``onnx_info`` holds the model's opset, producer, parser warnings and the
     bindings whose ONNX type Kiln holds in another dtype (float64 in float32, ...).
     """
     _require_parser()
     base = os.fspath(base_dir) if base_dir is not None else ""
+    values = {}
+    for name, value in (input_values or {}).items():
+        held, a = _held(np.asarray(value, order="C"))
+        values[name] = (held, list(a.shape), a.tobytes())
     if isinstance(model, (str, os.PathLike)):
-        c_net, info = _C.onnx_parse_file(os.fspath(model), base)
+        c_net, info = _C.onnx_parse_file(os.fspath(model), base, values)
     elif isinstance(model, (bytes, bytearray, memoryview)):
-        c_net, info = _C.onnx_parse_bytes(bytes(model), base)
+        c_net, info = _C.onnx_parse_bytes(bytes(model), base, values)
     elif hasattr(model, "SerializeToString"):
-        c_net, info = _C.onnx_parse_bytes(model.SerializeToString(), base)
+        c_net, info = _C.onnx_parse_bytes(model.SerializeToString(), base, values)
     else:
         raise TypeError(
             f"kiln.onnx.parse takes a path, bytes or an onnx.ModelProto, not {type(model).__name__}"
@@ -86,34 +125,73 @@ def parse(model, base_dir: str | os.PathLike | None = None) -> Network:
 
 
 class KilnBackendRep(_BackendRep):
-    """A prepared model: one engine built for the inputs' shapes (onnx.backend.base.BackendRep)."""
+    """A prepared model (onnx.backend.base.BackendRep): an engine built for the inputs' shapes.
 
-    def __init__(self, net: Network, device: str, precisions: Sequence[str] = ()):
+    When the network needs the values of some inputs while building (Reshape targets, Range
+    bounds, axes fed as inputs), the small inputs (at most 64 elements) are baked in as
+    constants, as TensorRT's shape tensors are, and the engine is rebuilt when they change.
+    """
+
+    SMALL = 64
+
+    def __init__(self, model, device: str, precisions: Sequence[str] = ()):
+        self._model = model.SerializeToString() if hasattr(model, "SerializeToString") else model
+        self._device = device
+        self._precisions = list(precisions)
+        self._inputs = _graph_inputs(self._model)
+        self._needs_values = False
+        self._error: Exception | None = None
+        try:
+            self._net = parse(self._model)
+        except Exception as e:
+            # Perhaps the network needs input values while building (run() supplies them);
+            # otherwise this error is raised by run().
+            self._net = None
+            self._needs_values = True
+            self._error = e
+        self._key = None
+        self._context = None
+        self._outputs: list[str] = []
+        self._onnx_types: dict[str, str] = {}
+
+    def _build(self, arrays: Mapping[str, np.ndarray], values: Mapping[str, np.ndarray]):
+        from kiln.engine import Engine
         from kiln.network import Builder, BuilderConfig
 
-        self._net = net
-        self._device = device
-        self._inputs = [t.name for t in net.inputs]
+        net = parse(self._model, input_values=values) if values else self._net
+        config = BuilderConfig(device=self._device, precisions=self._precisions)
+        dynamic = [t for t in net.inputs if -1 in t.shape]
+        if dynamic:
+            config.add_optimization_profile(
+                {t.name: (list(arrays[t.name].shape),) * 3 for t in net.inputs}
+            )
+        plan = Builder().build(net, config)
         self._outputs = [t.name for t in net.outputs]
-        self._onnx_types = {name: onnx_type for name, onnx_type, _ in net.onnx_info["converted_bindings"]}
-        self._precisions = list(precisions)
-        self._builder = Builder()
-        self._config_type = BuilderConfig
-        self._context = None
-        self._shapes: dict[str, tuple[int, ...]] | None = None
+        self._onnx_types = {n: t for n, t, _ in net.onnx_info["converted_bindings"]}
+        self._bound = [t.name for t in net.inputs]
+        return Engine(plan, device=self._device).create_execution_context()
 
     def _prepare(self, arrays: Mapping[str, np.ndarray]) -> None:
-        shapes = {k: tuple(v.shape) for k, v in arrays.items()}
-        if self._context is not None and shapes == self._shapes:
+        small = {k: a for k, a in arrays.items() if a.size <= self.SMALL}
+        key = tuple((k, a.shape, a.dtype.str) for k, a in arrays.items())
+        if self._needs_values:
+            key += tuple((k, a.tobytes()) for k, a in small.items())
+        if self._context is not None and key == self._key:
             return
-        from kiln.engine import Engine
-
-        config = self._config_type(device=self._device, precisions=self._precisions)
-        if any(-1 in t.shape for t in self._net.inputs):
-            config.add_optimization_profile({k: (list(s), list(s), list(s)) for k, s in shapes.items()})
-        plan = self._builder.build(self._net, config)
-        self._context = Engine(plan, device=self._device).create_execution_context()
-        self._shapes = shapes
+        if not self._needs_values:
+            try:
+                self._context = self._build(arrays, {})
+                self._key = key
+                return
+            except Exception:
+                if not small:
+                    raise
+                self._needs_values = True
+                key += tuple((k, a.tobytes()) for k, a in small.items())
+        if not small and self._error is not None:
+            raise self._error
+        self._context = self._build(arrays, small)
+        self._key = key
 
     def run(self, inputs, **kwargs) -> tuple[np.ndarray, ...]:
         if isinstance(inputs, Mapping):
@@ -126,24 +204,63 @@ class KilnBackendRep(_BackendRep):
                     f"the model takes {len(self._inputs)} inputs ({self._inputs}), got {len(inputs)}"
                 )
             feed = dict(zip(self._inputs, inputs))
+        if self._error is not None and _cannot_retry(self._error):
+            raise self._error
         arrays = {}
-        for t in self._net.inputs:
-            if t.name not in feed:
-                raise ValueError(f"missing input {t.name!r}")
-            a = np.ascontiguousarray(np.asarray(feed[t.name]))
-            want = np.dtype(t.dtype) if t.dtype != "bfloat16" else a.dtype
-            if t.name in self._onnx_types or a.dtype != want:
-                a = a.astype(want)
-            arrays[t.name] = a
+        for name in self._inputs:
+            if name not in feed:
+                raise ValueError(f"missing input {name!r}")
+            arrays[name] = np.asarray(feed[name], order="C")
         self._prepare(arrays)
-        out = self._context.execute(arrays)
+        engine_feed = {}
+        for name in self._bound:
+            held, a = _held(arrays[name])
+            engine_feed[name] = _bfloat16_to_torch(a) if held == "bfloat16" else a
+        out = self._context.execute(engine_feed)
         results = []
         for name in self._outputs:
-            y = np.asarray(out[name])
+            y = _to_numpy(out[name])
             if name in self._onnx_types:
                 y = y.astype(_NUMPY_OF_ONNX[self._onnx_types[name]])
             results.append(y)
         return tuple(results)
+
+
+def _cannot_retry(error: Exception) -> bool:
+    """A parse error that input values cannot fix (an operator, a dtype, an opset)."""
+    text = str(error)
+    return any(
+        s in text
+        for s in ("not supported by Kiln's ONNX parser", "which Kiln cannot hold", "opset is", "is not a tensor")
+    )
+
+
+def _graph_inputs(model) -> list[str]:
+    """The model's graph inputs that are not initializers, in order."""
+    import onnx
+
+    proto = model if hasattr(model, "graph") else onnx.load_from_string(bytes(model)) if not isinstance(model, (str, os.PathLike)) else onnx.load(os.fspath(model), load_external_data=False)
+    inits = {t.name for t in proto.graph.initializer}
+    return [i.name for i in proto.graph.input if i.name not in inits]
+
+
+def _bfloat16_to_torch(a: np.ndarray):
+    import torch
+
+    return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+
+
+def _to_numpy(y) -> np.ndarray:
+    if hasattr(y, "detach"):  # a torch tensor (the engine returns them when fed one)
+        import torch
+
+        y = y.detach().cpu()
+        if y.dtype == torch.bfloat16:
+            import ml_dtypes
+
+            return y.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return y.numpy()
+    return np.asarray(y)
 
 
 def _device_of(device: str) -> str:
@@ -169,8 +286,7 @@ class KilnBackend(_Backend):
 
     @classmethod
     def prepare(cls, model, device: str = "CPU", **kwargs) -> KilnBackendRep:
-        net = parse(model)
-        return KilnBackendRep(net, _device_of(device), cls.precisions)
+        return KilnBackendRep(model, _device_of(device), cls.precisions)
 
     @classmethod
     def run_model(cls, model, inputs, device: str = "CPU", **kwargs):

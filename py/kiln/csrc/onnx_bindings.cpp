@@ -28,14 +28,28 @@ py::dict info_dict(const onnx::ParseInfo& info) {
   return d;
 }
 
+// {name: (dtype name, dims, bytes)} -> ParseOptions::input_values
+void set_input_values(onnx::ParseOptions& options, const py::dict& values) {
+  for (const auto& [key, value] : values) {
+    auto t = value.cast<py::tuple>();
+    onnx::ParseOptions::InputValue v;
+    v.dtype = kiln::parse_dtype(t[0].cast<std::string>());
+    v.dims = t[1].cast<kiln::Dims>();
+    std::string bytes = t[2].cast<std::string>();
+    v.data.assign(bytes.begin(), bytes.end());
+    options.input_values[key.cast<std::string>()] = std::move(v);
+  }
+}
+
 }  // namespace
 
 void bind_onnx(py::module_& m) {
   m.def(
       "onnx_parse_file",
-      [](const std::string& path, const std::string& base_dir) {
+      [](const std::string& path, const std::string& base_dir, const py::dict& input_values) {
         onnx::ParseOptions options;
         options.base_dir = base_dir;
+        set_input_values(options, input_values);
         onnx::ParseInfo info;
         std::shared_ptr<Network> net;
         {
@@ -44,18 +58,19 @@ void bind_onnx(py::module_& m) {
         }
         return py::make_tuple(net, info_dict(info));
       },
-      py::arg("path"), py::arg("base_dir") = "");
+      py::arg("path"), py::arg("base_dir") = "", py::arg("input_values") = py::dict());
   m.def(
       "onnx_parse_bytes",
-      [](const py::bytes& data, const std::string& base_dir) {
+      [](const py::bytes& data, const std::string& base_dir, const py::dict& input_values) {
         onnx::ParseOptions options;
         options.base_dir = base_dir;
+        set_input_values(options, input_values);
         onnx::ParseInfo info;
         std::string_view view = data;
         auto net = std::make_shared<Network>(onnx::parse_bytes(view.data(), view.size(), options, &info));
         return py::make_tuple(net, info_dict(info));
       },
-      py::arg("data"), py::arg("base_dir") = "");
+      py::arg("data"), py::arg("base_dir") = "", py::arg("input_values") = py::dict());
   m.def("onnx_supported_operators", &onnx::supported_operators);
   m.attr("onnx_min_opset") = onnx::kMinOpset;
   m.attr("onnx_max_opset") = onnx::kMaxOpset;
