@@ -69,6 +69,10 @@ class NodeContext {
   }
   TensorId scalar(DataType dtype, double value, int rank = 0);  // a [1]*rank constant
   TensorId cast(TensorId t, DataType to);  // t itself when already of that dtype
+  // An elementwise layer (add, mul, eq, ...). int8 operands (ONNX int8 arithmetic) compute in
+  // int32 and wrap back to int8, as the engine's int8 holds quantized values only.
+  TensorId elementwise(const std::string& op, TensorId a, TensorId b);
+  TensorId unary(const std::string& op, TensorId x);
 
   [[noreturn]] void fail(const std::string& why) const;
 

@@ -592,6 +592,19 @@ TensorId NodeContext::cast(TensorId t, DataType to) {
   return add1("cast", {t}, Attributes().set("to", std::string(dtype_name(to))));
 }
 
+TensorId NodeContext::elementwise(const std::string& op, TensorId a, TensorId b) {
+  const bool comparison = op == "eq" || op == "ne" || op == "lt" || op == "le" || op == "gt" || op == "ge";
+  if (net().desc(a).dtype == DataType::kInt8 && op != "and" && op != "or" && op != "xor") {
+    TensorId y = add1("elementwise", {cast(a, DataType::kInt32), cast(b, DataType::kInt32)}, Attributes().set("op", op));
+    return comparison ? y : cast(y, DataType::kInt8);
+  }
+  return add1("elementwise", {a, b}, Attributes().set("op", op));
+}
+
+TensorId NodeContext::unary(const std::string& op, TensorId x) {
+  return add1("unary", {x}, Attributes().set("op", op));
+}
+
 void NodeContext::fail(const std::string& why) const { throw Error(why); }
 
 int64_t normalize_axis(int64_t axis, int64_t rank, const NodeContext& ctx) {

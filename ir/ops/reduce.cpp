@@ -16,6 +16,7 @@
 
 #include "ir/error.h"
 #include "ir/op_schema.h"
+#include "ir/ops/shape_values.h"
 
 namespace kiln {
 
@@ -99,7 +100,25 @@ std::vector<TensorDesc> infer_reduce(const Layer& layer, const std::vector<Tenso
                                                << to_string(dims) << " has no result (torch raises too)");
     }
   }
-  return {{t, reduced_dims(dims, mask, keepdim(layer))}};
+  TensorDesc out{t, reduced_dims(dims, mask, keepdim(layer))};
+  if (in[0].values && dims.size() <= 1 && (dims.empty() || mask[0]) && is_integral(t) && op != "mean" &&
+      op != "var") {
+    // Shape arithmetic (ONNX's Size: the product of a shape): a vector reduced to one value.
+    int64_t acc = op == "prod" ? 1 : 0;
+    bool known = true, first = true;
+    for (int64_t x : *in[0].values) {
+      if (x == kUnknownValue) {
+        known = false;
+        break;
+      }
+      if (op == "sum") acc += x;
+      else if (op == "prod") acc *= x;
+      else if (first || (op == "max" ? x > acc : x < acc)) acc = x;
+      first = false;
+    }
+    out.values = make_values({known ? stored_int(acc, t) : kUnknownValue});
+  }
+  return {out};
 }
 
 std::vector<TensorDesc> infer_arg_reduce(const Layer& layer, const std::vector<TensorDesc>& in) {

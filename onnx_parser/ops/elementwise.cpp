@@ -7,39 +7,31 @@
 namespace kiln::onnx {
 namespace {
 
-TensorId binary(NodeContext& ctx, const std::string& op, TensorId a, TensorId b) {
-  return ctx.add1("elementwise", {a, b}, Attributes().set("op", op));
-}
-
-TensorId unary(NodeContext& ctx, const std::string& op, TensorId x) {
-  return ctx.add1("unary", {x}, Attributes().set("op", op));
-}
-
 TensorId activation(NodeContext& ctx, const std::string& type, TensorId x, Attributes attrs = {}) {
   attrs.set("type", type);
   return ctx.add1("activation", {x}, std::move(attrs));
 }
 
 ImportFn elementwise(const std::string& op) {
-  return [op](NodeContext& ctx) { ctx.set_output(0, binary(ctx, op, ctx.input(0), ctx.input(1))); };
+  return [op](NodeContext& ctx) { ctx.set_output(0, ctx.elementwise(op, ctx.input(0), ctx.input(1))); };
 }
 
 // Max, Min, Sum, Mean: any number of inputs, broadcast together.
 ImportFn variadic(const std::string& op, bool mean = false) {
   return [op, mean](NodeContext& ctx) {
     TensorId acc = ctx.input(0);
-    for (int i = 1; i < ctx.num_inputs(); ++i) acc = binary(ctx, op, acc, ctx.input(i));
+    for (int i = 1; i < ctx.num_inputs(); ++i) acc = ctx.elementwise(op, acc, ctx.input(i));
     if (ctx.num_inputs() == 1) acc = ctx.add1("identity", {acc});
     if (mean) {
       const TensorDesc d = ctx.net().desc(acc);
-      acc = binary(ctx, "div", acc, ctx.scalar(d.dtype, ctx.num_inputs()));
+      acc = ctx.elementwise("div", acc, ctx.scalar(d.dtype, ctx.num_inputs()));
     }
     ctx.set_output(0, acc);
   };
 }
 
 ImportFn unary_op(const std::string& op) {
-  return [op](NodeContext& ctx) { ctx.set_output(0, unary(ctx, op, ctx.input(0))); };
+  return [op](NodeContext& ctx) { ctx.set_output(0, ctx.unary(op, ctx.input(0))); };
 }
 
 ImportFn activation_op(const std::string& type) {
@@ -49,7 +41,7 @@ ImportFn activation_op(const std::string& type) {
 void import_pow(NodeContext& ctx) {
   const TensorId a = ctx.input(0);
   const TensorId b = ctx.cast(ctx.input(1), ctx.desc(0).dtype);  // ONNX allows another exponent type
-  ctx.set_output(0, binary(ctx, "pow", a, b));
+  ctx.set_output(0, ctx.elementwise("pow", a, b));
 }
 
 void import_mod(NodeContext& ctx) {
@@ -58,13 +50,13 @@ void import_mod(NodeContext& ctx) {
   const DataType dt = ctx.desc(0).dtype;
   TensorId q;
   if (is_floating(dt)) {
-    if (!fmod) ctx.fail("floating-point Mod needs fmod = 1 (ONNX's rule)");
-    TensorId d = binary(ctx, "div", a, b);  // trunc(a / b) = sign(d) * floor(|d|)
-    q = binary(ctx, "mul", unary(ctx, "sign", d), unary(ctx, "floor", unary(ctx, "abs", d)));
+    TensorId d = ctx.elementwise("div", a, b);  // fmod: trunc(a / b) = sign(d) * floor(|d|); else floor
+    q = fmod ? ctx.elementwise("mul", ctx.unary("sign", d), ctx.unary("floor", ctx.unary("abs", d)))
+             : ctx.unary("floor", d);
   } else {
-    q = binary(ctx, fmod ? "div" : "floor_div", a, b);  // C remainder, or Python's (divisor's sign)
+    q = ctx.elementwise(fmod ? "div" : "floor_div", a, b);  // C remainder, or Python's (divisor's sign)
   }
-  ctx.set_output(0, binary(ctx, "sub", a, binary(ctx, "mul", q, b)));
+  ctx.set_output(0, ctx.elementwise("sub", a, ctx.elementwise("mul", q, b)));
 }
 
 void import_leaky_relu(NodeContext& ctx) {
@@ -83,7 +75,7 @@ void import_selu(NodeContext& ctx) {
   const DataType dt = ctx.desc(0).dtype;
   // gamma * (x > 0 ? x : alpha * (exp(x) - 1)) = gamma * elu_alpha(x)
   TensorId e = activation(ctx, "elu", x, Attributes().set("alpha", alpha));
-  ctx.set_output(0, binary(ctx, "mul", e, ctx.scalar(dt, gamma)));
+  ctx.set_output(0, ctx.elementwise("mul", e, ctx.scalar(dt, gamma)));
 }
 
 void import_celu(NodeContext& ctx) {
@@ -91,24 +83,24 @@ void import_celu(NodeContext& ctx) {
   const TensorId x = ctx.input(0);
   const DataType dt = ctx.desc(0).dtype;
   // max(0, x) + min(0, alpha * (exp(x / alpha) - 1)) = alpha * elu_1(x / alpha)
-  TensorId s = binary(ctx, "div", x, ctx.scalar(dt, alpha));
+  TensorId s = ctx.elementwise("div", x, ctx.scalar(dt, alpha));
   TensorId e = activation(ctx, "elu", s, Attributes().set("alpha", 1.0));
-  ctx.set_output(0, binary(ctx, "mul", e, ctx.scalar(dt, alpha)));
+  ctx.set_output(0, ctx.elementwise("mul", e, ctx.scalar(dt, alpha)));
 }
 
 void import_hard_sigmoid(NodeContext& ctx) {
   const double alpha = ctx.attr_float("alpha", 0.2), beta = ctx.attr_float("beta", 0.5);
   const TensorId x = ctx.input(0);
   const DataType dt = ctx.desc(0).dtype;
-  TensorId y = binary(ctx, "add", binary(ctx, "mul", x, ctx.scalar(dt, alpha)), ctx.scalar(dt, beta));
+  TensorId y = ctx.elementwise("add", ctx.elementwise("mul", x, ctx.scalar(dt, alpha)), ctx.scalar(dt, beta));
   ctx.set_output(0, activation(ctx, "clip", y, Attributes().set("alpha", 0.0).set("beta", 1.0)));
 }
 
 void import_softsign(NodeContext& ctx) {
   const TensorId x = ctx.input(0);
   const DataType dt = ctx.desc(0).dtype;
-  TensorId d = binary(ctx, "add", unary(ctx, "abs", x), ctx.scalar(dt, 1.0));
-  ctx.set_output(0, binary(ctx, "div", x, d));
+  TensorId d = ctx.elementwise("add", ctx.unary("abs", x), ctx.scalar(dt, 1.0));
+  ctx.set_output(0, ctx.elementwise("div", x, d));
 }
 
 void import_softplus(NodeContext& ctx) {
@@ -122,15 +114,15 @@ void import_thresholded_relu(NodeContext& ctx) {
   const double alpha = ctx.attr_float("alpha", 1.0);
   const TensorId x = ctx.input(0);
   const DataType dt = ctx.desc(0).dtype;
-  TensorId keep = binary(ctx, "gt", x, ctx.scalar(dt, alpha));
+  TensorId keep = ctx.elementwise("gt", x, ctx.scalar(dt, alpha));
   ctx.set_output(0, ctx.add1("where", {keep, x, ctx.scalar(dt, 0.0)}));
 }
 
 void import_prelu(NodeContext& ctx) {
   const TensorId x = ctx.input(0), slope = ctx.input(1);
   const DataType dt = ctx.desc(0).dtype;
-  TensorId neg = binary(ctx, "lt", x, ctx.scalar(dt, 0.0));
-  ctx.set_output(0, ctx.add1("where", {neg, binary(ctx, "mul", x, slope), x}));
+  TensorId neg = ctx.elementwise("lt", x, ctx.scalar(dt, 0.0));
+  ctx.set_output(0, ctx.add1("where", {neg, ctx.elementwise("mul", x, slope), x}));
 }
 
 void import_gelu(NodeContext& ctx) {
@@ -147,19 +139,19 @@ void import_swish(NodeContext& ctx) {  // opset 24: x * sigmoid(alpha * x)
     return;
   }
   const DataType dt = ctx.desc(0).dtype;
-  TensorId s = activation(ctx, "sigmoid", binary(ctx, "mul", x, ctx.scalar(dt, alpha)));
-  ctx.set_output(0, binary(ctx, "mul", x, s));
+  TensorId s = activation(ctx, "sigmoid", ctx.elementwise("mul", x, ctx.scalar(dt, alpha)));
+  ctx.set_output(0, ctx.elementwise("mul", x, s));
 }
 
 void import_shrink(NodeContext& ctx) {
   const double bias = ctx.attr_float("bias", 0.0), lambd = ctx.attr_float("lambd", 0.5);
   const TensorId x = ctx.input(0);
   const DataType dt = ctx.desc(0).dtype;
-  TensorId lo = binary(ctx, "lt", x, ctx.scalar(dt, -lambd));
-  TensorId hi = binary(ctx, "gt", x, ctx.scalar(dt, lambd));
+  TensorId lo = ctx.elementwise("lt", x, ctx.scalar(dt, -lambd));
+  TensorId hi = ctx.elementwise("gt", x, ctx.scalar(dt, lambd));
   TensorId zero = ctx.scalar(dt, 0.0);
-  TensorId y = ctx.add1("where", {hi, binary(ctx, "sub", x, ctx.scalar(dt, bias)), zero});
-  ctx.set_output(0, ctx.add1("where", {lo, binary(ctx, "add", x, ctx.scalar(dt, bias)), y}));
+  TensorId y = ctx.add1("where", {hi, ctx.elementwise("sub", x, ctx.scalar(dt, bias)), zero});
+  ctx.set_output(0, ctx.add1("where", {lo, ctx.elementwise("add", x, ctx.scalar(dt, bias)), y}));
 }
 
 void import_clip(NodeContext& ctx) {
@@ -167,8 +159,8 @@ void import_clip(NodeContext& ctx) {
   const DataType dt = ctx.desc(0).dtype;
   if (!is_floating(dt)) {  // integer Clip: max/min against the bounds
     TensorId y = x;
-    if (ctx.has_input(1)) y = binary(ctx, "max", y, ctx.input(1));
-    if (ctx.has_input(2)) y = binary(ctx, "min", y, ctx.input(2));
+    if (ctx.has_input(1)) y = ctx.elementwise("max", y, ctx.input(1));
+    if (ctx.has_input(2)) y = ctx.elementwise("min", y, ctx.input(2));
     ctx.set_output(0, ctx.has_input(1) || ctx.has_input(2) ? y : ctx.add1("identity", {x}));
     return;
   }
@@ -176,15 +168,15 @@ void import_clip(NodeContext& ctx) {
   const double inf = std::numeric_limits<double>::infinity();
   if ((ctx.has_input(1) && !lo) || (ctx.has_input(2) && !hi)) {  // bounds computed at run time
     TensorId y = x;
-    if (ctx.has_input(1)) y = binary(ctx, "max", y, ctx.input(1));
-    if (ctx.has_input(2)) y = binary(ctx, "min", y, ctx.input(2));
+    if (ctx.has_input(1)) y = ctx.elementwise("max", y, ctx.input(1));
+    if (ctx.has_input(2)) y = ctx.elementwise("min", y, ctx.input(2));
     ctx.set_output(0, y);
     return;
   }
   const double a = lo && !lo->empty() ? lo->at(0) : -inf;
   const double b = hi && !hi->empty() ? hi->at(0) : inf;
   if (a > b) {  // ONNX (numpy.clip): every value becomes max
-    ctx.set_output(0, binary(ctx, "add", binary(ctx, "mul", x, ctx.scalar(dt, 0.0)), ctx.scalar(dt, b)));
+    ctx.set_output(0, ctx.elementwise("add", ctx.elementwise("mul", x, ctx.scalar(dt, 0.0)), ctx.scalar(dt, b)));
     return;
   }
   ctx.set_output(0, activation(ctx, "clip", x, Attributes().set("alpha", a).set("beta", b)));
@@ -192,7 +184,7 @@ void import_clip(NodeContext& ctx) {
 
 void import_is_nan(NodeContext& ctx) {
   const TensorId x = ctx.input(0);
-  ctx.set_output(0, binary(ctx, "ne", x, x));
+  ctx.set_output(0, ctx.elementwise("ne", x, x));
 }
 
 void import_is_inf(NodeContext& ctx) {
@@ -200,12 +192,12 @@ void import_is_inf(NodeContext& ctx) {
   const DataType dt = ctx.desc(0).dtype;
   const bool pos = ctx.attr_int("detect_positive", 1) != 0, neg = ctx.attr_int("detect_negative", 1) != 0;
   const double inf = std::numeric_limits<double>::infinity();
-  TensorId p = binary(ctx, "eq", x, ctx.scalar(dt, inf));
-  TensorId n = binary(ctx, "eq", x, ctx.scalar(dt, -inf));
-  if (pos && neg) ctx.set_output(0, binary(ctx, "or", p, n));
+  TensorId p = ctx.elementwise("eq", x, ctx.scalar(dt, inf));
+  TensorId n = ctx.elementwise("eq", x, ctx.scalar(dt, -inf));
+  if (pos && neg) ctx.set_output(0, ctx.elementwise("or", p, n));
   else if (pos) ctx.set_output(0, p);
   else if (neg) ctx.set_output(0, n);
-  else ctx.set_output(0, binary(ctx, "and", p, n));  // neither: all false
+  else ctx.set_output(0, ctx.elementwise("and", p, n));  // neither: all false
 }
 
 void import_where(NodeContext& ctx) {
@@ -216,11 +208,11 @@ void import_bitwise_not(NodeContext& ctx) {  // integers: ~x = -x - 1
   const TensorId x = ctx.input(0);
   const DataType dt = ctx.desc(0).dtype;
   if (dt == DataType::kBool) {
-    ctx.set_output(0, unary(ctx, "not", x));
+    ctx.set_output(0, ctx.unary("not", x));
     return;
   }
   if (!is_integral(dt)) ctx.fail("BitwiseNot takes integers");
-  ctx.set_output(0, binary(ctx, "sub", unary(ctx, "neg", x), ctx.scalar(dt, 1.0)));
+  ctx.set_output(0, ctx.elementwise("sub", ctx.unary("neg", x), ctx.scalar(dt, 1.0)));
 }
 
 const ImporterRegistration kRegistered{

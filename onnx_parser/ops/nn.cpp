@@ -8,10 +8,6 @@
 namespace kiln::onnx {
 namespace {
 
-TensorId binary(NodeContext& ctx, const std::string& op, TensorId a, TensorId b) {
-  return ctx.add1("elementwise", {a, b}, Attributes().set("op", op));
-}
-
 void import_matmul(NodeContext& ctx) {
   if (!is_floating(ctx.desc(0).dtype)) ctx.fail("MatMul of integer tensors is not supported");
   ctx.set_output(0, ctx.add1("matmul", {ctx.input(0), ctx.input(1)}));
@@ -24,11 +20,11 @@ void import_gemm(NodeContext& ctx) {
   if (!is_floating(dt)) ctx.fail("Gemm of integer tensors is not supported");
   TensorId y = ctx.add1("matmul", {ctx.input(0), ctx.input(1)},
                         Attributes().set("transpose_a", int64_t{ta}).set("transpose_b", int64_t{tb}));
-  if (alpha != 1.0) y = binary(ctx, "mul", y, ctx.scalar(dt, alpha));
+  if (alpha != 1.0) y = ctx.elementwise("mul", y, ctx.scalar(dt, alpha));
   if (ctx.has_input(2) && beta != 0.0) {
     TensorId c = ctx.input(2);
-    if (beta != 1.0) c = binary(ctx, "mul", c, ctx.scalar(dt, beta));
-    y = binary(ctx, "add", y, c);
+    if (beta != 1.0) c = ctx.elementwise("mul", c, ctx.scalar(dt, beta));
+    y = ctx.elementwise("add", y, c);
   }
   ctx.set_output(0, y);
 }
@@ -218,6 +214,8 @@ void import_instance_norm(NodeContext& ctx) {
                              Attributes().set("num_groups", x.dims[1]).set("eps", ctx.attr_float("epsilon", 1e-5))));
 }
 
+double attrs_eps(NodeContext& ctx, double fallback) { return ctx.attr_float("epsilon", fallback); }
+
 // LayerNormalization / RMSNormalization over dims [axis, rank): the engine op when scale (and
 // bias) have exactly those dims, else the op without parameters and a broadcast multiply/add.
 void import_norm_over_axis(NodeContext& ctx, const std::string& op, double default_eps) {
@@ -225,8 +223,22 @@ void import_norm_over_axis(NodeContext& ctx, const std::string& op, double defau
   const int64_t rank = static_cast<int64_t>(x.dims.size());
   const int64_t axis = normalize_axis(ctx.attr_int("axis", -1), rank, ctx);
   ctx.attr_int("stash_type", 1);
-  if (ctx.wants_output(1) || ctx.wants_output(2)) ctx.fail("the Mean/InvStdDev outputs are not supported");
   const Dims normalized(x.dims.begin() + axis, x.dims.end());
+  if (ctx.wants_output(1) || ctx.wants_output(2)) {
+    // LayerNormalization's Mean and InvStdDev (float32 statistics, kept dims).
+    if (op != "layer_norm") ctx.fail("the InvStdRMS output is not supported");
+    std::vector<int64_t> axes;
+    for (int64_t a = axis; a < rank; ++a) axes.push_back(a);
+    TensorId xf = ctx.cast(ctx.input(0), DataType::kFloat32);
+    Attributes stats;
+    stats.set("axes", axes).set("keepdim", int64_t{1});
+    TensorId mean = ctx.add1("reduce", {xf}, Attributes(stats).set("op", std::string("mean")));
+    TensorId var = ctx.add1("reduce", {xf}, Attributes(stats).set("op", std::string("var")).set("correction", int64_t{0}));
+    TensorId eps = ctx.scalar(DataType::kFloat32, attrs_eps(ctx, default_eps));
+    TensorId inv = ctx.add1("unary", {ctx.elementwise("add", var, eps)}, Attributes().set("op", std::string("rsqrt")));
+    ctx.set_output(1, mean);
+    ctx.set_output(2, inv);
+  }
   Attributes attrs;
   attrs.set("normalized_ndim", rank - axis).set("eps", ctx.attr_float("epsilon", default_eps));
   const bool exact = ctx.desc(1).dims == normalized && (!ctx.has_input(2) || ctx.desc(2).dims == normalized) &&
@@ -238,8 +250,8 @@ void import_norm_over_axis(NodeContext& ctx, const std::string& op, double defau
     return;
   }
   TensorId y = ctx.add1(op, {ctx.input(0)}, attrs);
-  y = binary(ctx, "mul", y, ctx.input(1));
-  if (ctx.has_input(2)) y = binary(ctx, "add", y, ctx.input(2));
+  y = ctx.elementwise("mul", y, ctx.input(1));
+  if (ctx.has_input(2)) y = ctx.elementwise("add", y, ctx.input(2));
   ctx.set_output(0, y);
 }
 
@@ -275,9 +287,9 @@ void import_dropout(NodeContext& ctx) {  // inference: the identity
   if (ctx.wants_output(1)) {
     // The mask of an inference Dropout is all true.
     TensorId x = ctx.input(0);
-    TensorId t = binary(ctx, "eq", x, x);
-    TensorId f = binary(ctx, "ne", x, x);
-    ctx.set_output(1, binary(ctx, "or", t, f));
+    TensorId t = ctx.elementwise("eq", x, x);
+    TensorId f = ctx.elementwise("ne", x, x);
+    ctx.set_output(1, ctx.elementwise("or", t, f));
   }
   if (ctx.has_input(2)) {
     auto mode = ctx.int_values(2);

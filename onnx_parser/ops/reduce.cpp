@@ -6,14 +6,6 @@
 namespace kiln::onnx {
 namespace {
 
-TensorId binary(NodeContext& ctx, const std::string& op, TensorId a, TensorId b) {
-  return ctx.add1("elementwise", {a, b}, Attributes().set("op", op));
-}
-
-TensorId unary(NodeContext& ctx, const std::string& op, TensorId x) {
-  return ctx.add1("unary", {x}, Attributes().set("op", op));
-}
-
 // Reduce*: axes from the input (opset 18; ReduceSum from 13) or the attribute; an empty list
 // reduces everything unless noop_with_empty_axes.
 enum class Pre { kNone, kAbs, kSquare, kExp };
@@ -41,24 +33,24 @@ ImportFn reduce(const std::string& op, Pre pre = Pre::kNone, Post post = Post::k
       axes.resize(static_cast<size_t>(rank));
       std::iota(axes.begin(), axes.end(), 0);
     }
-    if (pre == Pre::kAbs) x = unary(ctx, "abs", x);
-    if (pre == Pre::kSquare) x = binary(ctx, "mul", x, x);
+    if (pre == Pre::kAbs) x = ctx.unary("abs", x);
+    if (pre == Pre::kSquare) x = ctx.elementwise("mul", x, x);
     TensorId shift = -1;
     if (pre == Pre::kExp) {  // log(sum(exp(x - max))) + max
       shift = ctx.add1("reduce", {x}, Attributes().set("op", std::string("max")).set("axes", axes)
                                           .set("keepdim", int64_t{1}));
-      x = unary(ctx, "exp", binary(ctx, "sub", x, shift));
+      x = ctx.unary("exp", ctx.elementwise("sub", x, shift));
     }
     TensorId y = ctx.add1("reduce", {x}, Attributes().set("op", op).set("axes", axes).set("keepdim", keepdims));
-    if (post == Post::kSqrt) y = unary(ctx, "sqrt", y);
-    if (post == Post::kLog) y = unary(ctx, "log", y);
+    if (post == Post::kSqrt) y = ctx.unary("sqrt", y);
+    if (post == Post::kLog) y = ctx.unary("log", y);
     if (shift >= 0) {
       if (!keepdims) {
         std::vector<int64_t> norm;
         for (int64_t a : axes) norm.push_back(normalize_axis(a, rank, ctx));
         shift = ctx.add1("squeeze", {shift}, Attributes().set("axes", norm));
       }
-      y = binary(ctx, "add", y, shift);
+      y = ctx.elementwise("add", y, shift);
     }
     ctx.set_output(0, y);
   };
@@ -66,10 +58,22 @@ ImportFn reduce(const std::string& op, Pre pre = Pre::kNone, Post post = Post::k
 
 ImportFn arg_reduce(const std::string& op) {
   return [op](NodeContext& ctx) {
-    if (ctx.attr_int("select_last_index", 0) != 0) ctx.fail("select_last_index = 1 is not supported");
-    ctx.set_output(0, ctx.add1("arg_reduce", {ctx.input(0)},
-                               Attributes().set("op", op).set("axis", ctx.attr_int("axis", 0))
-                                   .set("keepdim", ctx.attr_int("keepdims", 1))));
+    const TensorDesc x = ctx.desc(0);
+    const int64_t axis = normalize_axis(ctx.attr_int("axis", 0), static_cast<int64_t>(x.dims.size()), ctx);
+    Attributes attrs;
+    attrs.set("op", op).set("axis", axis).set("keepdim", ctx.attr_int("keepdims", 1));
+    if (ctx.attr_int("select_last_index", 0) == 0) {
+      ctx.set_output(0, ctx.add1("arg_reduce", {ctx.input(0)}, attrs));
+      return;
+    }
+    // The last index among ties: the first one of the reversed axis, mapped back.
+    const int64_t d = x.dims[axis];
+    if (d < 0) ctx.fail("select_last_index needs a static dim on the axis");
+    std::vector<int64_t> rev(static_cast<size_t>(d));
+    for (int64_t i = 0; i < d; ++i) rev[i] = d - 1 - i;
+    TensorId flipped = ctx.add1("gather", {ctx.input(0), ctx.constant_i64(rev)}, Attributes().set("axis", axis));
+    TensorId idx = ctx.add1("arg_reduce", {flipped}, attrs);
+    ctx.set_output(0, ctx.elementwise("sub", ctx.scalar(DataType::kInt64, static_cast<double>(d - 1)), idx));
   };
 }
 

@@ -318,9 +318,7 @@ void import_cast(NodeContext& ctx) {
     // uint8, uint16, int16 held in int32: wrap into the ONNX type's range, r = y mod 2^bits
     // (floor), minus 2^bits past the signed maximum.
     const int64_t bits = to == 2 ? 8 : 16;
-    auto op = [&](const char* name, TensorId a, TensorId b) {
-      return ctx.add1("elementwise", {a, b}, Attributes().set("op", std::string(name)));
-    };
+    auto op = [&](const char* name, TensorId a, TensorId b) { return ctx.elementwise(name, a, b); };
     TensorId m = ctx.scalar(DataType::kInt32, static_cast<double>(int64_t{1} << bits));
     y = op("sub", y, op("mul", op("floor_div", y, m), m));
     if (to == 5) {

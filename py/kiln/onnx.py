@@ -212,10 +212,12 @@ class KilnBackendRep(_BackendRep):
                 raise ValueError(f"missing input {name!r}")
             arrays[name] = np.asarray(feed[name], order="C")
         self._prepare(arrays)
+        import torch  # fed as torch tensors (zero-copy), so bfloat16 bindings work both ways
+
         engine_feed = {}
         for name in self._bound:
             held, a = _held(arrays[name])
-            engine_feed[name] = _bfloat16_to_torch(a) if held == "bfloat16" else a
+            engine_feed[name] = _bfloat16_to_torch(a) if held == "bfloat16" else torch.from_numpy(a)
         out = self._context.execute(engine_feed)
         results = []
         for name in self._outputs:
