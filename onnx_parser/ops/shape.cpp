@@ -167,7 +167,34 @@ void import_split(NodeContext& ctx) {
   for (size_t i = 0; i < outs.size(); ++i) ctx.set_output(static_cast<int>(i), outs[i]);
 }
 
+// Slice of one axis from a known start to an end computed at run time (a dynamic sequence
+// length: position_ids[:, :seq]), step 1: a gather of arange(start, end) with ONNX's end rules
+// (negative counts from the dim, clamped to it) computed on the tracked end value.
+bool dynamic_end_slice(NodeContext& ctx) {
+  const TensorDesc x = ctx.desc(0);
+  const int64_t rank = static_cast<int64_t>(x.dims.size());
+  auto starts = ctx.int_values(1);
+  auto axes = ctx.int_values(3);
+  auto steps = ctx.int_values(4);
+  if (!starts || starts->size() != 1 || ctx.int_values(2) || !ctx.net().desc(ctx.input(2)).values) return false;
+  if (ctx.has_input(3) && (!axes || axes->size() != 1)) return false;
+  if (ctx.has_input(4) && (!steps || steps->size() != 1 || steps->at(0) != 1)) return false;
+  const int64_t axis = normalize_axis(ctx.has_input(3) ? axes->at(0) : 0, rank, ctx);
+  const int64_t d = x.dims[axis];
+  if (d < 0) return false;
+  const int64_t start = std::clamp<int64_t>(starts->at(0) < 0 ? starts->at(0) + d : starts->at(0), 0, d);
+  TensorId e = ctx.cast(ctx.input(2), DataType::kInt64);
+  TensorId dd = ctx.scalar(DataType::kInt64, static_cast<double>(d), 1);
+  TensorId neg = ctx.cast(ctx.elementwise("lt", e, ctx.scalar(DataType::kInt64, 0.0, 1)), DataType::kInt64);
+  e = ctx.elementwise("add", e, ctx.elementwise("mul", neg, dd));
+  e = ctx.elementwise("min", ctx.elementwise("max", e, ctx.scalar(DataType::kInt64, static_cast<double>(start), 1)), dd);
+  TensorId idx = ctx.add1("arange", {e}, Attributes().set("start", static_cast<double>(start)));
+  ctx.set_output(0, ctx.add1("gather", {ctx.input(0), idx}, Attributes().set("axis", axis)));
+  return true;
+}
+
 void import_slice(NodeContext& ctx) {
+  if (dynamic_end_slice(ctx)) return;
   const TensorDesc x = ctx.desc(0);
   const int64_t rank = static_cast<int64_t>(x.dims.size());
   std::vector<int64_t> starts = known_ints(ctx, 1, "starts");
@@ -392,6 +419,13 @@ void import_identity(NodeContext& ctx) { ctx.set_output(0, ctx.add1("identity", 
 void import_range(NodeContext& ctx) {
   const DataType dt = ctx.desc(0).dtype;
   auto start = ctx.float_values(0), limit = ctx.float_values(1), delta = ctx.float_values(2);
+  if (start && delta && !limit && is_integral(dt) && ctx.desc(1).values) {
+    // A limit computed from a dynamic dim (arange(seq_len)): arange's end input.
+    TensorId end = ctx.add1("reshape", {ctx.cast(ctx.input(1), DataType::kInt64)}, Attributes().set("shape", std::vector<int64_t>{1}));
+    ctx.set_output(0, ctx.add1("arange", {end}, Attributes().set("start", start->at(0)).set("step", delta->at(0))
+                                                    .set("dtype", std::string(dtype_name(dt)))));
+    return;
+  }
   if (!start || !limit || !delta) ctx.fail("start, limit and delta must be known while parsing");
   ctx.set_output(0, ctx.add1("arange", {}, Attributes().set("start", start->at(0)).set("end", limit->at(0))
                                                .set("step", delta->at(0)).set("dtype", std::string(dtype_name(dt)))));
