@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "py"))
 EXPECTED = ROOT / "tests" / "python" / "onnx_node_expected.txt"
 DOC = ROOT / "docs" / "onnx.md"
-BEGIN, END = "<!-- node-tests:begin -->", "<!-- node-tests:end -->"
 
 
 def node_test_class(device: str):
@@ -89,6 +88,29 @@ def run(device: str, only: str | None) -> dict[str, tuple[str, str]]:
     return results
 
 
+def operator_table(results: dict[str, tuple[str, str]], device: str) -> str:
+    """Every operator of the default domain (the installed onnx's schemas): imported or not, and
+    the node tests whose graphs use it (passing / all)."""
+    import onnx
+    from onnx.backend.test.loader import load_model_tests
+
+    import kiln.onnx
+
+    supported = set(kiln.onnx.supported_operators())
+    uses: dict[str, list[str]] = collections.defaultdict(list)
+    for case in load_model_tests(kind="node"):
+        for op in {n.op_type for n in case.model.graph.node if n.domain in ("", "ai.onnx")}:
+            uses[op].append(f"{case.name}_{device}")
+    ops = sorted({s.name for s in onnx.defs.get_all_schemas_with_history() if s.domain in ("", "ai.onnx")})
+    lines = ["| operator | Kiln | node tests passing |", "|---|---|---:|"]
+    for op in ops:
+        tests = uses.get(op, [])
+        ok = sum(1 for t in tests if results.get(t, ("fail", ""))[0] == "pass")
+        status = "imported" if op in supported else "not supported"
+        lines.append(f"| {op} | {status} | {ok} / {len(tests)} |")
+    return "\n".join(lines)
+
+
 def summary_markdown(results: dict[str, tuple[str, str]], device: str, onnx_version: str) -> str:
     total = len(results)
     passed = sum(1 for s, _ in results.values() if s == "pass")
@@ -133,14 +155,19 @@ def main() -> int:
                 "--write);\n# tests/python/test_onnx_node_tests.py fails when one of them stops "
                 "passing or another starts.\n" + "\n".join(passing) + "\n"
             )
+        sections = {f"node-tests-{args.device}": md}
+        if args.device == "cpu":
+            sections["operators"] = operator_table(results, "cpu")
         doc = DOC.read_text()
-        begin, end = f"<!-- node-tests-{args.device}:begin -->", f"<!-- node-tests-{args.device}:end -->"
-        if begin in doc:
+        for key, body in sections.items():
+            begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
+            if begin not in doc:
+                print(f"docs/onnx.md has no {begin} section; not written", file=sys.stderr)
+                continue
             head, rest = doc.split(begin, 1)
             _, tail = rest.split(end, 1)
-            DOC.write_text(head + begin + "\n" + md + "\n" + end + tail)
-        else:
-            print(f"docs/onnx.md has no {begin} section; not written", file=sys.stderr)
+            doc = head + begin + "\n" + body + "\n" + end + tail
+        DOC.write_text(doc)
     return 0
 
 

@@ -1,0 +1,248 @@
+"""The ONNX parser (onnx_parser/, kiln.onnx): real exported models against ONNX Runtime, the
+three ways in (path, bytes, ModelProto), external data, and the errors for bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+
+onnx = pytest.importorskip("onnx", reason="the onnx package is needed (pip install onnx)")
+ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the peer (pip install onnxruntime)")
+from onnx import TensorProto, helper  # noqa: E402
+
+if not hasattr(kiln._C, "onnx_parse_file"):
+    pytest.skip(
+        "this Kiln was built without its ONNX parser (needs libprotobuf-dev, protobuf-compiler)",
+        allow_module_level=True,
+    )
+import kiln.onnx  # noqa: E402
+
+
+def cosine(a, b) -> float:
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def run_engine(net, feed, device="cpu", precisions=(), profile=None):
+    config = kiln.BuilderConfig(device=device, precisions=list(precisions))
+    if profile:
+        config.add_optimization_profile(profile)
+    plan = kiln.Builder().build(net, config)
+    ctx = kiln.Engine(plan, device=device).create_execution_context()
+    out = ctx.execute({k: torch.from_numpy(v).to(device) for k, v in feed.items()})
+    return {k: v.float().cpu().numpy() for k, v in out.items()}, plan
+
+
+def small_model(opset=17, op="Relu"):
+    nodes = [helper.make_node(op, ["x"], ["r"], name="act"), helper.make_node("Add", ["r", "w"], ["y"], name="add")]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [4], [1.0, 2.0, 3.0, 4.0])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_path_bytes_and_model_proto_give_the_same_network(tmp_path):
+    model = small_model()
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    nets = [kiln.onnx.parse(path), kiln.onnx.parse(str(path)), kiln.onnx.parse(model.SerializeToString()), kiln.onnx.parse(model)]
+    layers = [n._net.layers() for n in nets]
+    assert all(la == layers[0] for la in layers)
+    net = nets[0]
+    assert [t.name for t in net.inputs] == ["x"] and [t.name for t in net.outputs] == ["y"]
+    assert net.inputs[0].shape == (-1, 4)  # dim_param "N": a dynamic dim
+    assert net.onnx_info["opset"] == 17
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    out, _ = run_engine(net, {"x": x}, profile={"x": ([1, 4], [3, 4], [8, 4])})
+    np.testing.assert_allclose(out["y"], np.maximum(x, 0) + np.array([1, 2, 3, 4], np.float32), rtol=0, atol=0)
+    assert "Relu" in kiln.onnx.supported_operators()
+
+
+def test_external_data_loads_and_bad_locations_are_refused(tmp_path):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((64, 32)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32])],
+        [onnx.numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    assert (tmp_path / "weights.bin").exists()
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    out, _ = run_engine(kiln.onnx.parse(path), {"x": x})
+    np.testing.assert_allclose(out["y"], x @ w, rtol=1e-5, atol=1e-5)
+    # bytes need base_dir for the external file
+    raw = path.read_bytes()
+    with pytest.raises(kiln.KilnError, match="external data"):
+        kiln.onnx.parse(raw)
+    out, _ = run_engine(kiln.onnx.parse(raw, base_dir=tmp_path), {"x": x})
+    np.testing.assert_allclose(out["y"], x @ w, rtol=1e-5, atol=1e-5)
+    (tmp_path / "weights.bin").unlink()
+    with pytest.raises(kiln.KilnError, match="cannot open external data file"):
+        kiln.onnx.parse(path)
+    # a location outside the model's folder is refused
+    loaded = onnx.load(path, load_external_data=False)
+    for kv in loaded.graph.initializer[0].external_data:
+        if kv.key == "location":
+            kv.value = "../../etc/passwd"
+    with pytest.raises(kiln.KilnError, match="leaves the model's folder"):
+        kiln.onnx.parse(loaded.SerializeToString(), base_dir=tmp_path)
+
+
+def test_unsupported_operator_names_the_node_op_domain_and_opset():
+    model = small_model(op="Relu")
+    model.graph.node[0].op_type = "FancyOp"
+    with pytest.raises(kiln.KilnError, match=r"ONNX node 'act' \(FancyOp, domain 'ai.onnx', opset 17\) is not supported"):
+        kiln.onnx.parse(model)
+    model = small_model()
+    model.graph.node[0].domain = "com.example"
+    with pytest.raises(kiln.KilnError, match=r"domain 'com.example'"):
+        kiln.onnx.parse(model)
+
+
+@pytest.mark.parametrize("opset, message", [(29, "newer than 28"), (11, "older than 13")])
+def test_opsets_outside_the_supported_range_are_refused_by_number(opset, message):
+    with pytest.raises(kiln.KilnError, match=f"opset is {opset}, {message}"):
+        kiln.onnx.parse(small_model(opset=opset))
+
+
+def test_malformed_and_truncated_files_give_clean_errors(tmp_path):
+    data = small_model().SerializeToString()
+    for bad in (data[: len(data) // 2], b"\x00\x01garbage" * 10, b""):
+        with pytest.raises(kiln.KilnError):
+            kiln.onnx.parse(bad)
+    with pytest.raises(kiln.KilnError, match="cannot open ONNX model"):
+        kiln.onnx.parse(tmp_path / "missing.onnx")
+    with pytest.raises(TypeError, match="path, bytes or an onnx.ModelProto"):
+        kiln.onnx.parse(42)
+
+
+def test_unknown_attribute_is_refused_not_ignored():
+    model = small_model()
+    model.graph.node[0].attribute.append(helper.make_attribute("alpha", 0.5))
+    with pytest.raises(kiln.KilnError, match="attribute 'alpha' is not supported"):
+        kiln.onnx.parse(model)
+
+
+def test_input_values_make_shape_inputs_constants():
+    # A Reshape whose target shape is a graph input: its values are needed while building.
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]), helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(kiln.KilnError, match=r"ONNX node '#0' \(Reshape.*not known when building"):
+        kiln.onnx.parse(model)
+    net = kiln.onnx.parse(model, input_values={"shape": np.array([3, 4])})
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    out, _ = run_engine(net, {"x": x})
+    np.testing.assert_array_equal(out["y"], x.reshape(3, 4))
+    rep = kiln.onnx.backend.prepare(model, "CPU")  # the backend bakes such inputs in
+    np.testing.assert_array_equal(rep.run([x, np.array([4, 3])])[0], x.reshape(4, 3))
+
+
+def _export(model, args, path, dynamo, names, dynamic=None):
+    kwargs = {"dynamo": dynamo, "input_names": names}
+    if not dynamo:
+        kwargs["opset_version"] = 17
+        if dynamic:
+            kwargs["dynamic_axes"] = dynamic
+    torch.onnx.export(model, args, path, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def resnet50():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    return torchvision.models.resnet50().eval()
+
+
+class _Bert(torch.nn.Module):
+    """transformers' BertModel (default config, random weights), last hidden state."""
+
+    def __init__(self):
+        super().__init__()
+        transformers = pytest.importorskip("transformers")
+        torch.manual_seed(0)
+        self.bert = transformers.BertModel(transformers.BertConfig()).eval()
+
+    def forward(self, input_ids):
+        return self.bert(input_ids=input_ids).last_hidden_state
+
+
+@pytest.fixture(scope="module")
+def bert():
+    return _Bert().eval()
+
+
+def _exporters():
+    exporters = [pytest.param(False, id="torchscript-exporter")]
+    try:
+        import onnxscript  # noqa: F401
+
+        exporters.append(pytest.param(True, id="dynamo-exporter"))
+    except ImportError:
+        exporters.append(pytest.param(True, id="dynamo-exporter", marks=pytest.mark.skip(reason="needs onnxscript")))
+    return exporters
+
+
+@pytest.mark.parametrize("dynamo", _exporters())
+def test_resnet50_matches_onnxruntime(resnet50, dynamo, tmp_path):
+    x = torch.randn(1, 3, 224, 224)
+    path = tmp_path / "resnet50.onnx"
+    _export(resnet50, (x,), path, dynamo, ["x"])
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    net = kiln.onnx.parse(path)
+    out, plan = run_engine(net, {"x": x.numpy()}, profile={"x": ([1, 3, 224, 224],) * 3} if -1 in net.inputs[0].shape else None)
+    assert cosine(out[net.outputs[0].name], ref) >= 0.99999
+
+
+@pytest.mark.parametrize("dynamo", _exporters())
+def test_bert_matches_onnxruntime_with_dynamic_batch_and_sequence(bert, dynamo, tmp_path):
+    ids = torch.randint(0, 30000, (2, 16))
+    path = tmp_path / "bert.onnx"
+    _export(bert, (ids,), path, dynamo, ["input_ids"], dynamic={"input_ids": {0: "batch", 1: "seq"}})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    net = kiln.onnx.parse(path)
+    shapes = [(2, 16)]
+    profile = None
+    if -1 in net.inputs[0].shape:
+        profile = {"input_ids": ([1, 4], [2, 16], [4, 32])}
+        shapes.append((3, 9))
+    for shape in shapes:
+        ids = torch.randint(0, 30000, shape)
+        ref = sess.run(None, {"input_ids": ids.numpy()})[0]
+        out, _ = run_engine(net, {"input_ids": ids.numpy()}, profile=profile)
+        assert cosine(out[net.outputs[0].name], ref) >= 0.99999, shape
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("which", ["resnet50", "bert"])
+def test_fp16_cuda_builds_match_onnxruntime(which, resnet50, bert, tmp_path):
+    path = tmp_path / f"{which}.onnx"
+    if which == "resnet50":
+        x = torch.randn(1, 3, 224, 224)
+        _export(resnet50, (x,), path, False, ["x"])
+        feed = {"x": x.numpy()}
+    else:
+        ids = torch.randint(0, 30000, (2, 16))
+        _export(bert, (ids,), path, False, ["input_ids"])
+        feed = {"input_ids": ids.numpy()}
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    net = kiln.onnx.parse(path)
+    out, _ = run_engine(net, feed, device="cuda", precisions=["fp16"])
+    assert cosine(out[net.outputs[0].name], ref) >= 0.999
