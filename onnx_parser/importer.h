@@ -68,7 +68,7 @@ class NodeContext {
     return constant_i64(values, Dims{static_cast<int64_t>(values.size())});
   }
   TensorId scalar(DataType dtype, double value, int rank = 0);  // a [1]*rank constant
-  TensorId cast(TensorId t, DataType to);  // t itself when already of that dtype
+  TensorId cast(TensorId t, DataType to);                       // t itself when already of that dtype
   // An elementwise layer (add, mul, eq, ...). int8 operands (ONNX int8 arithmetic) compute in
   // int32 and wrap back to int8, as the engine's int8 holds quantized values only.
   TensorId elementwise(const std::string& op, TensorId a, TensorId b);

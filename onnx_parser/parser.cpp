@@ -41,21 +41,50 @@ struct ElemType {
 bool elem_type(int32_t t, ElemType* out) {
   using T = pb::TensorProto;
   switch (t) {
-    case T::FLOAT: *out = {"float32", DataType::kFloat32, 4, true}; return true;
-    case T::FLOAT16: *out = {"float16", DataType::kFloat16, 2, true}; return true;
-    case T::BFLOAT16: *out = {"bfloat16", DataType::kBFloat16, 2, true}; return true;
-    case T::INT32: *out = {"int32", DataType::kInt32, 4, true}; return true;
-    case T::INT64: *out = {"int64", DataType::kInt64, 8, true}; return true;
-    case T::INT8: *out = {"int8", DataType::kInt8, 1, true}; return true;
-    case T::BOOL: *out = {"bool", DataType::kBool, 1, true}; return true;
-    case T::FLOAT8E4M3FN: *out = {"float8_e4m3fn", DataType::kFloat8E4M3, 1, true}; return true;
-    case T::DOUBLE: *out = {"float64", DataType::kFloat32, 8, false}; return true;
-    case T::UINT8: *out = {"uint8", DataType::kInt32, 1, false}; return true;
-    case T::INT16: *out = {"int16", DataType::kInt32, 2, false}; return true;
-    case T::UINT16: *out = {"uint16", DataType::kInt32, 2, false}; return true;
-    case T::UINT32: *out = {"uint32", DataType::kInt64, 4, false}; return true;
-    case T::UINT64: *out = {"uint64", DataType::kInt64, 8, false}; return true;
-    default: return false;
+    case T::FLOAT:
+      *out = {"float32", DataType::kFloat32, 4, true};
+      return true;
+    case T::FLOAT16:
+      *out = {"float16", DataType::kFloat16, 2, true};
+      return true;
+    case T::BFLOAT16:
+      *out = {"bfloat16", DataType::kBFloat16, 2, true};
+      return true;
+    case T::INT32:
+      *out = {"int32", DataType::kInt32, 4, true};
+      return true;
+    case T::INT64:
+      *out = {"int64", DataType::kInt64, 8, true};
+      return true;
+    case T::INT8:
+      *out = {"int8", DataType::kInt8, 1, true};
+      return true;
+    case T::BOOL:
+      *out = {"bool", DataType::kBool, 1, true};
+      return true;
+    case T::FLOAT8E4M3FN:
+      *out = {"float8_e4m3fn", DataType::kFloat8E4M3, 1, true};
+      return true;
+    case T::DOUBLE:
+      *out = {"float64", DataType::kFloat32, 8, false};
+      return true;
+    case T::UINT8:
+      *out = {"uint8", DataType::kInt32, 1, false};
+      return true;
+    case T::INT16:
+      *out = {"int16", DataType::kInt32, 2, false};
+      return true;
+    case T::UINT16:
+      *out = {"uint16", DataType::kInt32, 2, false};
+      return true;
+    case T::UINT32:
+      *out = {"uint32", DataType::kInt64, 4, false};
+      return true;
+    case T::UINT64:
+      *out = {"uint64", DataType::kInt64, 8, false};
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -104,7 +133,8 @@ std::vector<uint8_t> convert_elements(const pb::TensorProto& tp, const ElemType&
         break;
       }
       default: {  // int8, bool, float8: one byte
-        out[i] = static_cast<uint8_t>(static_cast<std::conditional_t<std::is_floating_point_v<V>, int, V>>(v));
+        out[i] =
+            static_cast<uint8_t>(static_cast<std::conditional_t<std::is_floating_point_v<V>, int, V>>(v));
         break;
       }
     }
@@ -113,12 +143,39 @@ std::vector<uint8_t> convert_elements(const pb::TensorProto& tp, const ElemType&
     for (int64_t i = 0; i < n; ++i) {
       const uint8_t* p = src + i * et.raw_size;
       switch (t) {
-        case T::DOUBLE: { double d; std::memcpy(&d, p, 8); store(i, d); break; }
-        case T::UINT8: store(i, static_cast<int64_t>(*p)); break;
-        case T::INT16: { int16_t x; std::memcpy(&x, p, 2); store(i, static_cast<int64_t>(x)); break; }
-        case T::UINT16: { uint16_t x; std::memcpy(&x, p, 2); store(i, static_cast<int64_t>(x)); break; }
-        case T::UINT32: { uint32_t x; std::memcpy(&x, p, 4); store(i, static_cast<int64_t>(x)); break; }
-        default: { uint64_t x; std::memcpy(&x, p, 8); store(i, static_cast<int64_t>(x)); break; }
+        case T::DOUBLE: {
+          double d;
+          std::memcpy(&d, p, 8);
+          store(i, d);
+          break;
+        }
+        case T::UINT8:
+          store(i, static_cast<int64_t>(*p));
+          break;
+        case T::INT16: {
+          int16_t x;
+          std::memcpy(&x, p, 2);
+          store(i, static_cast<int64_t>(x));
+          break;
+        }
+        case T::UINT16: {
+          uint16_t x;
+          std::memcpy(&x, p, 2);
+          store(i, static_cast<int64_t>(x));
+          break;
+        }
+        case T::UINT32: {
+          uint32_t x;
+          std::memcpy(&x, p, 4);
+          store(i, static_cast<int64_t>(x));
+          break;
+        }
+        default: {
+          uint64_t x;
+          std::memcpy(&x, p, 8);
+          store(i, static_cast<int64_t>(x));
+          break;
+        }
       }
     }
     return out;
@@ -200,8 +257,8 @@ class ProtoNodeContext : public NodeContext {
   TensorId attr_tensor(const std::string& name) override;
   void check_attrs_read() const override {
     for (const auto& a : node_.attribute()) {
-      KILN_CHECK(read_.count(a.name()), "attribute '" << a.name() << "' is not supported by Kiln's "
-                                                     << op_type() << " importer");
+      KILN_CHECK(read_.count(a.name()),
+                 "attribute '" << a.name() << "' is not supported by Kiln's " << op_type() << " importer");
     }
   }
 
@@ -254,9 +311,10 @@ class Importer {
       KILN_CHECK(!init.name().empty(), "an initializer has no name");
       symbols_[init.name()] = constant(init, init.name());
     }
-    KILN_CHECK(g.sparse_initializer_size() == 0,
-               "sparse initializers are not supported (graph '" << g.name() << "'); densify them "
-               "(onnx.numpy_helper / onnx.helper) before parsing");
+    KILN_CHECK(g.sparse_initializer_size() == 0, "sparse initializers are not supported (graph '"
+                                                     << g.name()
+                                                     << "'); densify them "
+                                                        "(onnx.numpy_helper / onnx.helper) before parsing");
     for (const auto& in : g.input()) {
       if (symbols_.count(in.name())) continue;  // an initializer listed as input: a constant
       add_graph_input(in);
@@ -282,22 +340,24 @@ class Importer {
 
   TensorId lookup(const std::string& name, const std::string& node) const {
     auto it = symbols_.find(name);
-    KILN_CHECK(it != symbols_.end(), "input '" << name << "' is not produced by an earlier node, "
-                                               "an initializer or a graph input");
+    KILN_CHECK(it != symbols_.end(), "input '" << name
+                                               << "' is not produced by an earlier node, "
+                                                  "an initializer or a graph input");
     return it->second;
   }
   void define(const std::string& name, TensorId t) { symbols_[name] = t; }
 
   TensorId constant(const pb::TensorProto& tp, const std::string& name) {
     ElemType et;
-    KILN_CHECK(elem_type(tp.data_type(), &et),
-               "tensor '" << tp.name() << "' has element type " << elem_type_name(tp.data_type())
-                          << ", which Kiln cannot hold");
+    KILN_CHECK(elem_type(tp.data_type(), &et), "tensor '" << tp.name() << "' has element type "
+                                                          << elem_type_name(tp.data_type())
+                                                          << ", which Kiln cannot hold");
     if (!et.exact) warn_once(et.onnx_name, tp.name());
     Dims dims(tp.dims().begin(), tp.dims().end());
     for (int64_t d : dims) KILN_CHECK(d >= 0, "tensor '" << tp.name() << "' has a negative dim");
-    KILN_CHECK(dims.size() <= static_cast<size_t>(kMaxRank),
-               "tensor '" << tp.name() << "' has rank " << dims.size() << "; Kiln supports up to " << kMaxRank);
+    KILN_CHECK(dims.size() <= static_cast<size_t>(kMaxRank), "tensor '"
+                                                                 << tp.name() << "' has rank " << dims.size()
+                                                                 << "; Kiln supports up to " << kMaxRank);
     const int64_t n = volume(dims);
     std::vector<uint8_t> bytes;
     if (tp.data_location() == pb::TensorProto::EXTERNAL) {
@@ -334,18 +394,20 @@ class Importer {
     if (opset < 0 && model.opset_import_size() == 0) opset = 1;  // IR v1 had no opset_import
     KILN_CHECK(opset >= 0, "the model imports no ai.onnx opset; Kiln parses the default domain only");
     KILN_CHECK(opset <= kMaxOpset,
-               "the model's ai.onnx opset is " << opset << ", newer than " << kMaxOpset
-               << ", the newest Kiln's parser knows; export with opset_version <= " << kMaxOpset);
-    KILN_CHECK(opset >= kMinOpset,
-               "the model's ai.onnx opset is " << opset << ", older than " << kMinOpset
-               << ", the oldest Kiln's parser supports; convert it first: "
-               "onnx.version_converter.convert_version(model, " << kMinOpset << ")");
+               "the model's ai.onnx opset is "
+                   << opset << ", newer than " << kMaxOpset
+                   << ", the newest Kiln's parser knows; export with opset_version <= " << kMaxOpset);
+    KILN_CHECK(opset >= kMinOpset, "the model's ai.onnx opset is "
+                                       << opset << ", older than " << kMinOpset
+                                       << ", the oldest Kiln's parser supports; convert it first: "
+                                          "onnx.version_converter.convert_version(model, "
+                                       << kMinOpset << ")");
     opset_ = static_cast<int>(opset);
     if (info_) {
       info_->ir_version = model.ir_version();
       info_->opset = opset;
-      info_->producer = model.producer_name() +
-                        (model.producer_version().empty() ? "" : " " + model.producer_version());
+      info_->producer =
+          model.producer_name() + (model.producer_version().empty() ? "" : " " + model.producer_version());
     }
   }
 
@@ -358,17 +420,20 @@ class Importer {
   }
 
   void add_graph_input(const pb::ValueInfoProto& in) {
-    KILN_CHECK(in.type().has_tensor_type(),
-               "graph input '" << in.name() << "' is not a tensor (sequence, map or optional); "
-                               "Kiln's engines take tensors only");
+    KILN_CHECK(in.type().has_tensor_type(), "graph input '"
+                                                << in.name()
+                                                << "' is not a tensor (sequence, map or optional); "
+                                                   "Kiln's engines take tensors only");
     const auto& tt = in.type().tensor_type();
     ElemType et;
     KILN_CHECK(elem_type(tt.elem_type(), &et), "graph input '" << in.name() << "' has element type "
                                                                << elem_type_name(tt.elem_type())
                                                                << ", which Kiln cannot hold");
     if (!et.exact) warn_once(et.onnx_name, in.name());
-    KILN_CHECK(tt.has_shape(), "graph input '" << in.name() << "' has no shape (not even a rank); "
-                               "set it in the model (onnx.tools.update_model_dims) before parsing");
+    KILN_CHECK(tt.has_shape(), "graph input '"
+                                   << in.name()
+                                   << "' has no shape (not even a rank); "
+                                      "set it in the model (onnx.tools.update_model_dims) before parsing");
     Dims dims;
     for (const auto& d : tt.shape().dim()) {
       dims.push_back(d.has_dim_value() && d.dim_value() >= 0 ? d.dim_value() : kDynamic);
@@ -377,7 +442,7 @@ class Importer {
     if (given != options_.input_values.end()) {
       const ParseOptions::InputValue& v = given->second;
       KILN_CHECK(v.dtype == et.dtype, "input_values['" << in.name() << "'] is " << dtype_name(v.dtype)
-                                                        << "; the input is held as " << dtype_name(et.dtype));
+                                                       << "; the input is held as " << dtype_name(et.dtype));
       bool fits = v.dims.size() == dims.size();
       for (size_t i = 0; fits && i < dims.size(); ++i) fits = dims[i] < 0 || dims[i] == v.dims[i];
       KILN_CHECK(fits, "input_values['" << in.name() << "'] has dims " << to_string(v.dims)
@@ -402,9 +467,9 @@ class Importer {
                label << " is not supported by Kiln's ONNX parser. docs/onnx.md lists the supported "
                         "operators; replace the node (onnx-simplifier, or export the model without it), "
                         "or keep that part of the model outside Kiln");
-    ProtoNodeContext ctx(*this, node,
-                         unique_name(node.name().empty() ? node.op_type() + "_" + std::to_string(index)
-                                                         : node.name()));
+    ProtoNodeContext ctx(
+        *this, node,
+        unique_name(node.name().empty() ? node.op_type() + "_" + std::to_string(index) : node.name()));
     try {
       imp->fn(ctx);
       ctx.check_attrs_read();
@@ -425,9 +490,12 @@ class Importer {
     std::string location;
     int64_t offset = 0, length = -1;
     for (const auto& kv : tp.external_data()) {
-      if (kv.key() == "location") location = kv.value();
-      else if (kv.key() == "offset") offset = std::stoll(kv.value());
-      else if (kv.key() == "length") length = std::stoll(kv.value());
+      if (kv.key() == "location")
+        location = kv.value();
+      else if (kv.key() == "offset")
+        offset = std::stoll(kv.value());
+      else if (kv.key() == "length")
+        length = std::stoll(kv.value());
     }
     KILN_CHECK(!location.empty(), "tensor '" << tp.name() << "' has external data without a location");
     KILN_CHECK(location.find("..") == std::string::npos && location[0] != '/',
@@ -444,8 +512,8 @@ class Importer {
     if (length < 0) length = file_size - offset;
     KILN_CHECK(offset >= 0 && length == expected && offset + length <= file_size,
                "tensor '" << tp.name() << "': external data (offset " << offset << ", length " << length
-                          << ") does not fit '" << path << "' (" << file_size << " bytes) or the "
-                          << expected << " bytes its dims and type need");
+                          << ") does not fit '" << path << "' (" << file_size << " bytes) or the " << expected
+                          << " bytes its dims and type need");
     std::string out(static_cast<size_t>(length), '\0');
     f.seekg(offset);
     f.read(out.data(), length);
@@ -484,9 +552,11 @@ TensorId ProtoNodeContext::attr_tensor(const std::string& name) {
 }
 
 Network parse_model(const void* data, size_t size, const ParseOptions& options, ParseInfo* info) {
-  KILN_CHECK(size <= static_cast<size_t>(INT_MAX),
-             "the ONNX file is " << size << " bytes; protobuf reads at most 2 GB: save the weights "
-             "as external data (onnx.save_model(model, path, save_as_external_data=True))");
+  KILN_CHECK(
+      size <= static_cast<size_t>(INT_MAX),
+      "the ONNX file is " << size
+                          << " bytes; protobuf reads at most 2 GB: save the weights "
+                             "as external data (onnx.save_model(model, path, save_as_external_data=True))");
   pb::ModelProto model;
   KILN_CHECK(model.ParseFromArray(data, static_cast<int>(size)),
              "not a valid ONNX model: protobuf parsing failed (a truncated or corrupt file, or not "
@@ -512,10 +582,16 @@ std::optional<std::vector<int64_t>> NodeContext::int_values(int i) const {
     std::vector<int64_t> v(static_cast<size_t>(n));
     for (int64_t k = 0; k < n; ++k) {
       const uint8_t* p = t.data->data() + k * dtype_size(t.dtype);
-      if (t.dtype == DataType::kInt64) std::memcpy(&v[k], p, 8);
-      else if (t.dtype == DataType::kInt32) { int32_t x; std::memcpy(&x, p, 4); v[k] = x; }
-      else if (t.dtype == DataType::kInt8) v[k] = static_cast<int8_t>(*p);
-      else v[k] = *p != 0;
+      if (t.dtype == DataType::kInt64)
+        std::memcpy(&v[k], p, 8);
+      else if (t.dtype == DataType::kInt32) {
+        int32_t x;
+        std::memcpy(&x, p, 4);
+        v[k] = x;
+      } else if (t.dtype == DataType::kInt8)
+        v[k] = static_cast<int8_t>(*p);
+      else
+        v[k] = *p != 0;
     }
     return v;
   }
@@ -538,12 +614,17 @@ std::optional<std::vector<double>> NodeContext::float_values(int i) const {
     std::vector<double> v(static_cast<size_t>(n));
     for (int64_t k = 0; k < n; ++k) {
       const uint8_t* p = t.data->data() + k * dtype_size(t.dtype);
-      if (t.dtype == DataType::kFloat32) { float f; std::memcpy(&f, p, 4); v[k] = f; }
-      else {
+      if (t.dtype == DataType::kFloat32) {
+        float f;
+        std::memcpy(&f, p, 4);
+        v[k] = f;
+      } else {
         uint16_t h;
         std::memcpy(&h, p, 2);
-        if (t.dtype == DataType::kFloat16) v[k] = half_bits_to_float(h);
-        else v[k] = bf16_bits_to_float(h);
+        if (t.dtype == DataType::kFloat16)
+          v[k] = half_bits_to_float(h);
+        else
+          v[k] = bf16_bits_to_float(h);
       }
     }
     return v;
@@ -561,7 +642,10 @@ Layer& NodeContext::add(const std::string& op, const std::vector<TensorId>& inpu
   while (true) {
     bool taken = false;
     for (const Layer& l : net().layers()) {
-      if (l.name == n) { taken = true; break; }
+      if (l.name == n) {
+        taken = true;
+        break;
+      }
     }
     if (!taken) break;
     n += "_" + std::to_string(counter_++);
@@ -595,7 +679,8 @@ TensorId NodeContext::cast(TensorId t, DataType to) {
 TensorId NodeContext::elementwise(const std::string& op, TensorId a, TensorId b) {
   const bool comparison = op == "eq" || op == "ne" || op == "lt" || op == "le" || op == "gt" || op == "ge";
   if (net().desc(a).dtype == DataType::kInt8 && op != "and" && op != "or" && op != "xor") {
-    TensorId y = add1("elementwise", {cast(a, DataType::kInt32), cast(b, DataType::kInt32)}, Attributes().set("op", op));
+    TensorId y = add1("elementwise", {cast(a, DataType::kInt32), cast(b, DataType::kInt32)},
+                      Attributes().set("op", op));
     return comparison ? y : cast(y, DataType::kInt8);
   }
   return add1("elementwise", {a, b}, Attributes().set("op", op));

@@ -57,7 +57,7 @@ struct BindingType {
 
 struct ParseInfo {
   int64_t ir_version = 0;
-  int64_t opset = 0;  // the model's ai.onnx opset
+  int64_t opset = 0;     // the model's ai.onnx opset
   std::string producer;  // producer_name and producer_version
   std::vector<BindingType> converted_bindings;
   std::vector<std::string> warnings;  // also logged

@@ -26,6 +26,12 @@ RUFF_VERSION=0.17.6
 "$PY" -c "import transformers" 2>/dev/null || need_pip+=("transformers==${KILN_TRANSFORMERS_VERSION:-5.17.0}")
 # The quantization tests train small models on scikit-learn's bundled digits (no downloads).
 "$PY" -c "import sklearn" 2>/dev/null || need_pip+=("scikit-learn")
+# The ONNX parser (docs/onnx.md): onnx (its schema, the node tests), ONNX Runtime (the peer) and
+# onnxscript (torch.onnx.export's dynamo exporter). tests/python/onnx_node_expected.txt was made
+# with this onnx version.
+"$PY" -c "import onnx" 2>/dev/null || need_pip+=("onnx==${KILN_ONNX_VERSION:-1.23.2}")
+"$PY" -c "import onnxruntime" 2>/dev/null || need_pip+=("onnxruntime")
+"$PY" -c "import onnxscript" 2>/dev/null || need_pip+=("onnxscript")
 if [ ${#need_pip_nodeps[@]} -gt 0 ]; then
   echo "bootstrap: pip install --no-deps ${need_pip_nodeps[*]}"
   "$PY" -m pip install -q --no-deps "${need_pip_nodeps[@]}"
@@ -40,6 +46,9 @@ command -v ninja >/dev/null || need_apt+=(ninja-build)
 command -v ccache >/dev/null || need_apt+=(ccache)
 command -v clang-format >/dev/null || need_apt+=(clang-format)
 [ -f /usr/include/gtest/gtest.h ] || need_apt+=(libgtest-dev)
+# The ONNX parser: protobuf's C++ headers, libprotobuf-lite and protoc.
+[ -f /usr/include/google/protobuf/message_lite.h ] || need_apt+=(libprotobuf-dev)
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 # Fuzzing (tools/fuzz.sh): clang with libFuzzer and the sanitizer runtimes.
 command -v clang++ >/dev/null || need_apt+=(clang)
 compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-*.a" >/dev/null || need_apt+=(libclang-rt-dev)

@@ -46,7 +46,9 @@ def reason_of(err: str) -> str:
     """A short failure group for an exception text."""
     m = re.search(r"\((\w+), domain '([^']*)', opset \d+\) is not supported", err)
     if m:
-        return f"operator not supported: {m.group(1)}" + ("" if m.group(2) == "ai.onnx" else f" ({m.group(2)})")
+        return f"operator not supported: {m.group(1)}" + (
+            "" if m.group(2) == "ai.onnx" else f" ({m.group(2)})"
+        )
     m = re.search(r"opset is (\d+), older than", err)
     if m:
         return "opset older than 13"
@@ -101,7 +103,9 @@ def operator_table(results: dict[str, tuple[str, str]], device: str) -> str:
     for case in load_model_tests(kind="node"):
         for op in {n.op_type for n in case.model.graph.node if n.domain in ("", "ai.onnx")}:
             uses[op].append(f"{case.name}_{device}")
-    ops = sorted({s.name for s in onnx.defs.get_all_schemas_with_history() if s.domain in ("", "ai.onnx")})
+    ops = sorted(
+        {s.name for s in onnx.defs.get_all_schemas_with_history() if s.domain in ("", "ai.onnx")}
+    )
     lines = ["| operator | Kiln | node tests passing |", "|---|---|---:|"]
     for op in ops:
         tests = uses.get(op, [])
@@ -128,10 +132,14 @@ def summary_markdown(results: dict[str, tuple[str, str]], device: str, onnx_vers
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("-k", dest="only", default=None, help="only tests whose name contains this")
-    ap.add_argument("--write", action="store_true", help="update docs/onnx.md and the expected list")
+    ap.add_argument(
+        "--write", action="store_true", help="update docs/onnx.md and the expected list"
+    )
     ap.add_argument("--json", default=None, help="write every test's status and reason here")
     args = ap.parse_args()
     import onnx

@@ -47,6 +47,15 @@ std::optional<float> e4m3_scale(const Network& net, const Layer& f) {
   return s;
 }
 
+// A cast between floating dtypes: the pass looks through it. The network API's FP16 + FP8 build
+// keeps the calibrated fake_quantize in float32 (its scale is float32) between casts; the
+// quantize then reads the float32 value, which the FP8 GEMM computes with more exactly than
+// the float16-rounded fake-quantized value.
+bool is_float_cast(const Network& net, const Layer& l) {
+  return l.op == "cast" && is_floating(net.tensor(l.inputs[0]).dtype) &&
+         is_floating(net.tensor(l.outputs[0]).dtype);
+}
+
 bool maps_to_cublaslt(const Network& net, const Layer& fc) {
   if (fc.op != "fully_connected" || fc.attrs.has("out_dtype")) return false;
   const Tensor& w = net.tensor(fc.inputs[1]);
@@ -81,9 +90,11 @@ bool quantize_fp8_gemms(Network& net) {
   std::map<TensorId, TensorId> quantized;
   bool changed = false;
   for (Layer fc : old) {
-    std::vector<const Layer*> views;  // between the fake_quantize and fc, nearest to fc first
+    std::vector<const Layer*>
+        views;  // views and float casts between the fake_quantize and fc, nearest to fc first
     int p = maps_to_cublaslt(net, fc) ? producer[static_cast<size_t>(fc.inputs[0])] : -1;
-    while (p >= 0 && is_view_op(old[static_cast<size_t>(p)].op)) {
+    while (p >= 0 &&
+           (is_view_op(old[static_cast<size_t>(p)].op) || is_float_cast(net, old[static_cast<size_t>(p)]))) {
       views.push_back(&old[static_cast<size_t>(p)]);
       p = producer[static_cast<size_t>(old[static_cast<size_t>(p)].inputs[0])];
     }
@@ -104,6 +115,10 @@ bool quantize_fp8_gemms(Network& net) {
     for (auto v = views.rbegin(); v != views.rend(); ++v) {
       const Layer& view = **v;
       if (quantized.count(view.outputs[0])) continue;
+      if (view.op == "cast") {  // the float8 tensor stands for the cast's value too
+        quantized[view.outputs[0]] = quantized.at(view.inputs[0]);
+        continue;
+      }
       std::vector<TensorId> in = view.inputs;
       in[0] = quantized.at(in[0]);
       quantized[view.outputs[0]] =

@@ -111,9 +111,12 @@ std::vector<TensorDesc> infer_reduce(const Layer& layer, const std::vector<Tenso
         known = false;
         break;
       }
-      if (op == "sum") acc += x;
-      else if (op == "prod") acc *= x;
-      else if (first || (op == "max" ? x > acc : x < acc)) acc = x;
+      if (op == "sum")
+        acc += x;
+      else if (op == "prod")
+        acc *= x;
+      else if (first || (op == "max" ? x > acc : x < acc))
+        acc = x;
       first = false;
     }
     out.values = make_values({known ? stored_int(acc, t) : kUnknownValue});

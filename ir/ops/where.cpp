@@ -20,14 +20,16 @@ std::vector<TensorDesc> infer_where(const Layer& layer, const std::vector<Tensor
   TensorDesc y{in[1].dtype, out};
   if (in[0].values && in[1].values && in[2].values && is_integral(in[1].dtype) && trackable(out)) {
     // Shape arithmetic (ONNX exporters' Where(Equal(shape, -1), ones, shape) before an Expand).
-    const TensorDesc zeros{DataType::kInt64, out, make_values(std::vector<int64_t>(static_cast<size_t>(volume(out)), 0))};
+    const TensorDesc zeros{DataType::kInt64, out,
+                           make_values(std::vector<int64_t>(static_cast<size_t>(volume(out)), 0))};
     auto spread = [&](const TensorDesc& t) {
       return broadcast_values(t, zeros, out, [](int64_t x, int64_t) { return x; });
     };
     ShapeValues c = spread(in[0]), a = spread(in[1]), b = spread(in[2]);
     if (c && a && b) {
       std::vector<int64_t> v(c->size());
-      for (size_t i = 0; i < v.size(); ++i) v[i] = (*c)[i] == kUnknownValue ? kUnknownValue : (*c)[i] ? (*a)[i] : (*b)[i];
+      for (size_t i = 0; i < v.size(); ++i)
+        v[i] = (*c)[i] == kUnknownValue ? kUnknownValue : (*c)[i] ? (*a)[i] : (*b)[i];
       y.values = make_values(std::move(v));
     }
   }

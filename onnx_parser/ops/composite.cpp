@@ -49,8 +49,13 @@ void import_eye_like(NodeContext& ctx) {
   DataType dt = x.dtype;
   if (ctx.has_attr("dtype")) {
     const int64_t t = ctx.attr_int("dtype");
-    dt = t == 1 || t == 11 ? DataType::kFloat32 : t == 10 ? DataType::kFloat16 : t == 6 ? DataType::kInt32
-         : t == 7 ? DataType::kInt64 : t == 9 ? DataType::kBool : t == 16 ? DataType::kBFloat16 : DataType::kInt32;
+    dt = t == 1 || t == 11 ? DataType::kFloat32
+         : t == 10         ? DataType::kFloat16
+         : t == 6          ? DataType::kInt32
+         : t == 7          ? DataType::kInt64
+         : t == 9          ? DataType::kBool
+         : t == 16         ? DataType::kBFloat16
+                           : DataType::kInt32;
   }
   const int64_t n = x.dims[0], m = x.dims[1];
   std::vector<uint8_t> on(static_cast<size_t>(n * m));
@@ -70,13 +75,16 @@ void import_one_hot(NodeContext& ctx) {
   const int64_t axis = normalize_axis(ctx.attr_int("axis", -1), rank, ctx);
   TensorId idx = ctx.cast(ctx.input(0), DataType::kInt64);
   // Negative indices count from the end (ONNX), then compare with 0..depth-1 along `axis`.
-  TensorId zero = ctx.scalar(DataType::kInt64, 0.0), dd = ctx.scalar(DataType::kInt64, static_cast<double>(d));
+  TensorId zero = ctx.scalar(DataType::kInt64, 0.0),
+           dd = ctx.scalar(DataType::kInt64, static_cast<double>(d));
   idx = ctx.add1("where", {ctx.elementwise("lt", idx, zero), ctx.elementwise("add", idx, dd), idx});
   idx = ctx.add1("unsqueeze", {idx}, Attributes().set("axes", std::vector<int64_t>{axis}));
   TensorId hit = ctx.elementwise("eq", idx, iota_along(ctx, d, axis, rank));
   const TensorDesc values = ctx.desc(2);
-  TensorId off = ctx.add1("gather", {ctx.input(2), ctx.constant_i64({0}, {})}, Attributes().set("axis", int64_t{0}));
-  TensorId on = ctx.add1("gather", {ctx.input(2), ctx.constant_i64({1}, {})}, Attributes().set("axis", int64_t{0}));
+  TensorId off =
+      ctx.add1("gather", {ctx.input(2), ctx.constant_i64({0}, {})}, Attributes().set("axis", int64_t{0}));
+  TensorId on =
+      ctx.add1("gather", {ctx.input(2), ctx.constant_i64({1}, {})}, Attributes().set("axis", int64_t{0}));
   (void)values;
   ctx.set_output(0, ctx.add1("where", {hit, on, off}));
 }
@@ -86,8 +94,9 @@ void import_hardmax(NodeContext& ctx) {
   const int64_t rank = static_cast<int64_t>(x.dims.size());
   const int64_t axis = normalize_axis(ctx.attr_int("axis", -1), rank, ctx);
   if (x.dims[axis] < 0) ctx.fail("needs a static dim on the axis");
-  TensorId arg = ctx.add1("arg_reduce", {ctx.input(0)}, Attributes().set("op", std::string("argmax"))
-                                                          .set("axis", axis).set("keepdim", int64_t{1}));
+  TensorId arg =
+      ctx.add1("arg_reduce", {ctx.input(0)},
+               Attributes().set("op", std::string("argmax")).set("axis", axis).set("keepdim", int64_t{1}));
   TensorId hit = ctx.elementwise("eq", arg, iota_along(ctx, x.dims[axis], axis, rank));
   ctx.set_output(0, ctx.add1("where", {hit, ctx.scalar(x.dtype, 1.0), ctx.scalar(x.dtype, 0.0)}));
 }
@@ -97,9 +106,13 @@ void import_lp_normalization(NodeContext& ctx) {
   const int64_t axis = ctx.attr_int("axis", -1);
   if (p != 1 && p != 2) ctx.fail("p must be 1 or 2");
   TensorId x = ctx.input(0);
-  TensorId a = p == 1 ? ctx.add1("unary", {x}, Attributes().set("op", std::string("abs"))) : ctx.elementwise("mul", x, x);
-  TensorId n = ctx.add1("reduce", {a}, Attributes().set("op", std::string("sum"))
-                                           .set("axes", std::vector<int64_t>{axis}).set("keepdim", int64_t{1}));
+  TensorId a = p == 1 ? ctx.add1("unary", {x}, Attributes().set("op", std::string("abs")))
+                      : ctx.elementwise("mul", x, x);
+  TensorId n = ctx.add1("reduce", {a},
+                        Attributes()
+                            .set("op", std::string("sum"))
+                            .set("axes", std::vector<int64_t>{axis})
+                            .set("keepdim", int64_t{1}));
   if (p == 2) n = ctx.add1("unary", {n}, Attributes().set("op", std::string("sqrt")));
   // A zero norm gives 0 (as the reference), not NaN.
   const DataType dt = ctx.desc(0).dtype;
@@ -112,13 +125,19 @@ void import_mvn(NodeContext& ctx) {
   const std::vector<int64_t> axes = ctx.attr_ints("axes", std::vector<int64_t>{0, 2, 3});
   TensorId x = ctx.input(0);
   auto reduce = [&](const char* op, TensorId t) {
-    return ctx.add1("reduce", {t}, Attributes().set("op", std::string(op)).set("axes", axes).set("keepdim", int64_t{1}));
+    return ctx.add1("reduce", {t},
+                    Attributes().set("op", std::string(op)).set("axes", axes).set("keepdim", int64_t{1}));
   };
   TensorId mean = reduce("mean", x);
-  TensorId var = ctx.add1("reduce", {x}, Attributes().set("op", std::string("var")).set("axes", axes)
-                                             .set("keepdim", int64_t{1}).set("correction", int64_t{0}));
+  TensorId var = ctx.add1("reduce", {x},
+                          Attributes()
+                              .set("op", std::string("var"))
+                              .set("axes", axes)
+                              .set("keepdim", int64_t{1})
+                              .set("correction", int64_t{0}));
   const DataType dt = ctx.desc(0).dtype;
-  TensorId sd = ctx.add1("unary", {ctx.elementwise("add", var, ctx.scalar(dt, 1e-9))}, Attributes().set("op", std::string("sqrt")));
+  TensorId sd = ctx.add1("unary", {ctx.elementwise("add", var, ctx.scalar(dt, 1e-9))},
+                         Attributes().set("op", std::string("sqrt")));
   ctx.set_output(0, ctx.elementwise("div", ctx.elementwise("sub", x, mean), sd));
 }
 
@@ -128,9 +147,12 @@ void import_bit_shift(NodeContext& ctx) {
   if (!is_integral(dt) || dt == DataType::kBool) ctx.fail("BitShift takes unsigned integers");
   TensorId two = ctx.scalar(dt, 2.0);
   TensorId factor = ctx.elementwise("pow", two, ctx.cast(ctx.input(1), dt));
-  if (dir == "LEFT") ctx.set_output(0, ctx.elementwise("mul", ctx.input(0), factor));
-  else if (dir == "RIGHT") ctx.set_output(0, ctx.elementwise("floor_div", ctx.input(0), factor));
-  else ctx.fail("direction must be LEFT or RIGHT");
+  if (dir == "LEFT")
+    ctx.set_output(0, ctx.elementwise("mul", ctx.input(0), factor));
+  else if (dir == "RIGHT")
+    ctx.set_output(0, ctx.elementwise("floor_div", ctx.input(0), factor));
+  else
+    ctx.fail("direction must be LEFT or RIGHT");
 }
 
 // The per-element loss of NegativeLogLikelihoodLoss over log-probabilities `logp` [N, C, d...],
@@ -147,11 +169,13 @@ TensorId nll(NodeContext& ctx, TensorId logp, TensorId target, int weight_input)
     target = ctx.add1("where", {valid, target, ctx.scalar(DataType::kInt64, 0.0)});  // a safe index
   }
   TensorId t1 = ctx.add1("unsqueeze", {target}, Attributes().set("axes", std::vector<int64_t>{1}));
-  TensorId picked = ctx.add1("gather_elements", {logp, t1}, Attributes().set("axis", int64_t{1}).set("wrap", int64_t{0}));
+  TensorId picked =
+      ctx.add1("gather_elements", {logp, t1}, Attributes().set("axis", int64_t{1}).set("wrap", int64_t{0}));
   picked = ctx.add1("squeeze", {picked}, Attributes().set("axes", std::vector<int64_t>{1}));
   TensorId w = -1;
   if (ctx.has_input(weight_input)) {
-    w = ctx.add1("gather", {ctx.input(weight_input), target}, Attributes().set("axis", int64_t{0}).set("wrap", int64_t{0}));
+    w = ctx.add1("gather", {ctx.input(weight_input), target},
+                 Attributes().set("axis", int64_t{0}).set("wrap", int64_t{0}));
   }
   if (valid >= 0) {
     TensorId v = ctx.add1("where", {valid, ctx.scalar(dt, 1.0), ctx.scalar(dt, 0.0)});
@@ -165,14 +189,16 @@ TensorId nll(NodeContext& ctx, TensorId logp, TensorId target, int weight_input)
   if (reduction == "none") return loss;
   if (reduction == "sum") return sum_all(loss);
   if (reduction != "mean") ctx.fail("reduction must be none, sum or mean");
-  if (w < 0) return ctx.add1("reduce", {loss}, Attributes().set("op", std::string("mean")).set("keepdim", int64_t{0}));
+  if (w < 0)
+    return ctx.add1("reduce", {loss}, Attributes().set("op", std::string("mean")).set("keepdim", int64_t{0}));
   return ctx.elementwise("div", sum_all(loss), sum_all(w));
 }
 
 void import_nll_loss(NodeContext& ctx) { ctx.set_output(0, nll(ctx, ctx.input(0), ctx.input(1), 2)); }
 
 void import_softmax_cross_entropy(NodeContext& ctx) {
-  TensorId logp = ctx.add1("softmax", {ctx.input(0)}, Attributes().set("axis", int64_t{1}).set("log", int64_t{1}));
+  TensorId logp =
+      ctx.add1("softmax", {ctx.input(0)}, Attributes().set("axis", int64_t{1}).set("log", int64_t{1}));
   ctx.set_output(0, nll(ctx, logp, ctx.input(1), 2));
   if (ctx.wants_output(1)) ctx.set_output(1, logp);
 }
@@ -184,7 +210,9 @@ void import_grid_sample(NodeContext& ctx) {
   const std::string padding = ctx.attr_string("padding_mode", std::string("zeros"));
   if (ctx.desc(0).dims.size() != 4) ctx.fail("only 4-D inputs (2-D images) are supported");
   ctx.set_output(0, ctx.add1("grid_sample", {ctx.input(0), ctx.input(1)},
-                             Attributes().set("mode", mode).set("padding_mode", padding)
+                             Attributes()
+                                 .set("mode", mode)
+                                 .set("padding_mode", padding)
                                  .set("align_corners", ctx.attr_int("align_corners", 0))));
 }
 

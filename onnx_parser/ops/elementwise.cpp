@@ -65,7 +65,8 @@ void import_leaky_relu(NodeContext& ctx) {
 }
 
 void import_elu(NodeContext& ctx) {
-  ctx.set_output(0, activation(ctx, "elu", ctx.input(0), Attributes().set("alpha", ctx.attr_float("alpha", 1.0))));
+  ctx.set_output(
+      0, activation(ctx, "elu", ctx.input(0), Attributes().set("alpha", ctx.attr_float("alpha", 1.0))));
 }
 
 void import_selu(NodeContext& ctx) {
@@ -106,8 +107,8 @@ void import_softsign(NodeContext& ctx) {
 void import_softplus(NodeContext& ctx) {
   // log(exp(x) + 1) without a threshold (torch's softplus switches to x past 20: the difference
   // is below float32's resolution there).
-  ctx.set_output(0, activation(ctx, "softplus", ctx.input(0),
-                               Attributes().set("beta", 1.0).set("threshold", 20.0)));
+  ctx.set_output(
+      0, activation(ctx, "softplus", ctx.input(0), Attributes().set("beta", 1.0).set("threshold", 20.0)));
 }
 
 void import_thresholded_relu(NodeContext& ctx) {
@@ -176,7 +177,8 @@ void import_clip(NodeContext& ctx) {
   const double a = lo && !lo->empty() ? lo->at(0) : -inf;
   const double b = hi && !hi->empty() ? hi->at(0) : inf;
   if (a > b) {  // ONNX (numpy.clip): every value becomes max
-    ctx.set_output(0, ctx.elementwise("add", ctx.elementwise("mul", x, ctx.scalar(dt, 0.0)), ctx.scalar(dt, b)));
+    ctx.set_output(0,
+                   ctx.elementwise("add", ctx.elementwise("mul", x, ctx.scalar(dt, 0.0)), ctx.scalar(dt, b)));
     return;
   }
   ctx.set_output(0, activation(ctx, "clip", x, Attributes().set("alpha", a).set("beta", b)));
@@ -194,10 +196,14 @@ void import_is_inf(NodeContext& ctx) {
   const double inf = std::numeric_limits<double>::infinity();
   TensorId p = ctx.elementwise("eq", x, ctx.scalar(dt, inf));
   TensorId n = ctx.elementwise("eq", x, ctx.scalar(dt, -inf));
-  if (pos && neg) ctx.set_output(0, ctx.elementwise("or", p, n));
-  else if (pos) ctx.set_output(0, p);
-  else if (neg) ctx.set_output(0, n);
-  else ctx.set_output(0, ctx.elementwise("and", p, n));  // neither: all false
+  if (pos && neg)
+    ctx.set_output(0, ctx.elementwise("or", p, n));
+  else if (pos)
+    ctx.set_output(0, p);
+  else if (neg)
+    ctx.set_output(0, n);
+  else
+    ctx.set_output(0, ctx.elementwise("and", p, n));  // neither: all false
 }
 
 void import_where(NodeContext& ctx) {

@@ -53,7 +53,8 @@ Padding node_padding(NodeContext& ctx, const Dims& x, const std::vector<int64_t>
       const int64_t in = x[2 + i];
       if (in < 0) ctx.fail("auto_pad " + auto_pad + " needs static spatial dims");
       const int64_t out = (in + strides[i] - 1) / strides[i];
-      const int64_t total = std::max<int64_t>(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - in);
+      const int64_t total =
+          std::max<int64_t>(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - in);
       const int64_t small = total / 2;
       p.begin[i] = auto_pad == "SAME_UPPER" ? small : total - small;
       p.end[i] = total - p.begin[i];
@@ -72,7 +73,8 @@ TensorId pad_explicitly(NodeContext& ctx, TensorId x, const Padding& p, double v
     pads.push_back(p.begin[i]);
     pads.push_back(p.end[i]);
   }
-  return ctx.add1("pad", {x}, Attributes().set("pads", pads).set("mode", std::string("constant")).set("value", value));
+  return ctx.add1("pad", {x},
+                  Attributes().set("pads", pads).set("mode", std::string("constant")).set("value", value));
 }
 
 std::vector<int64_t> ones(size_t n) { return std::vector<int64_t>(n, 1); }
@@ -81,7 +83,8 @@ void import_conv(NodeContext& ctx, bool transposed) {
   const TensorDesc x = ctx.desc(0), w = ctx.desc(1);
   if (x.dims.size() < 3 || x.dims.size() > 5) ctx.fail("input must be 3-D to 5-D (1 to 3 spatial dims)");
   const size_t n = x.dims.size() - 2;
-  const std::vector<int64_t> kernel = ctx.attr_ints("kernel_shape", std::vector<int64_t>(w.dims.begin() + 2, w.dims.end()));
+  const std::vector<int64_t> kernel =
+      ctx.attr_ints("kernel_shape", std::vector<int64_t>(w.dims.begin() + 2, w.dims.end()));
   const std::vector<int64_t> strides = ctx.attr_ints("strides", ones(n));
   const std::vector<int64_t> dilations = ctx.attr_ints("dilations", ones(n));
   const int64_t group = ctx.attr_int("group", 1);
@@ -118,7 +121,8 @@ void import_conv(NodeContext& ctx, bool transposed) {
       }
     } else if (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
       for (size_t i = 0; i < n; ++i) {
-        const int64_t total = std::max<int64_t>(0, (kernel[i] - 1) * dilations[i] + 1 + out_pad[i] - strides[i]);
+        const int64_t total =
+            std::max<int64_t>(0, (kernel[i] - 1) * dilations[i] + 1 + out_pad[i] - strides[i]);
         pads[i] = auto_pad == "SAME_UPPER" ? total / 2 : total - total / 2;
         pads[n + i] = total - pads[i];
       }
@@ -203,15 +207,17 @@ void import_batch_norm(NodeContext& ctx) {
   if (ctx.attr_int("training_mode", 0) != 0) ctx.fail("training_mode = 1 is not supported (inference only)");
   if (ctx.wants_output(1) || ctx.wants_output(2)) ctx.fail("running mean/var outputs are not supported");
   ctx.attr_float("momentum", 0.9);
-  ctx.set_output(0, ctx.add1("batch_norm", {ctx.input(0), ctx.input(1), ctx.input(2), ctx.input(3), ctx.input(4)},
-                             Attributes().set("eps", ctx.attr_float("epsilon", 1e-5))));
+  ctx.set_output(
+      0, ctx.add1("batch_norm", {ctx.input(0), ctx.input(1), ctx.input(2), ctx.input(3), ctx.input(4)},
+                  Attributes().set("eps", ctx.attr_float("epsilon", 1e-5))));
 }
 
 void import_instance_norm(NodeContext& ctx) {
   const TensorDesc x = ctx.desc(0);
   if (x.dims.size() < 3 || x.dims[1] < 0) ctx.fail("needs a static channel dim and rank >= 3");
-  ctx.set_output(0, ctx.add1("group_norm", {ctx.input(0), ctx.input(1), ctx.input(2)},
-                             Attributes().set("num_groups", x.dims[1]).set("eps", ctx.attr_float("epsilon", 1e-5))));
+  ctx.set_output(
+      0, ctx.add1("group_norm", {ctx.input(0), ctx.input(1), ctx.input(2)},
+                  Attributes().set("num_groups", x.dims[1]).set("eps", ctx.attr_float("epsilon", 1e-5))));
 }
 
 double attrs_eps(NodeContext& ctx, double fallback) { return ctx.attr_float("epsilon", fallback); }
@@ -233,16 +239,18 @@ void import_norm_over_axis(NodeContext& ctx, const std::string& op, double defau
     Attributes stats;
     stats.set("axes", axes).set("keepdim", int64_t{1});
     TensorId mean = ctx.add1("reduce", {xf}, Attributes(stats).set("op", std::string("mean")));
-    TensorId var = ctx.add1("reduce", {xf}, Attributes(stats).set("op", std::string("var")).set("correction", int64_t{0}));
+    TensorId var = ctx.add1("reduce", {xf},
+                            Attributes(stats).set("op", std::string("var")).set("correction", int64_t{0}));
     TensorId eps = ctx.scalar(DataType::kFloat32, attrs_eps(ctx, default_eps));
-    TensorId inv = ctx.add1("unary", {ctx.elementwise("add", var, eps)}, Attributes().set("op", std::string("rsqrt")));
+    TensorId inv =
+        ctx.add1("unary", {ctx.elementwise("add", var, eps)}, Attributes().set("op", std::string("rsqrt")));
     ctx.set_output(1, mean);
     ctx.set_output(2, inv);
   }
   Attributes attrs;
   attrs.set("normalized_ndim", rank - axis).set("eps", ctx.attr_float("epsilon", default_eps));
-  const bool exact = ctx.desc(1).dims == normalized && (!ctx.has_input(2) || ctx.desc(2).dims == normalized) &&
-                     ctx.desc(1).dtype == x.dtype;
+  const bool exact = ctx.desc(1).dims == normalized &&
+                     (!ctx.has_input(2) || ctx.desc(2).dims == normalized) && ctx.desc(1).dtype == x.dtype;
   if (exact) {
     std::vector<TensorId> in = {ctx.input(0), ctx.input(1)};
     if (ctx.has_input(2)) in.push_back(ctx.input(2));
@@ -273,8 +281,9 @@ void import_group_norm(NodeContext& ctx) {
     scale = per_group(scale);
     bias = per_group(bias);
   }
-  ctx.set_output(0, ctx.add1("group_norm", {ctx.input(0), scale, bias},
-                             Attributes().set("num_groups", groups).set("eps", ctx.attr_float("epsilon", 1e-5))));
+  ctx.set_output(
+      0, ctx.add1("group_norm", {ctx.input(0), scale, bias},
+                  Attributes().set("num_groups", groups).set("eps", ctx.attr_float("epsilon", 1e-5))));
 }
 
 void import_softmax(NodeContext& ctx, bool log) {

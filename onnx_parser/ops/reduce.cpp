@@ -37,11 +37,13 @@ ImportFn reduce(const std::string& op, Pre pre = Pre::kNone, Post post = Post::k
     if (pre == Pre::kSquare) x = ctx.elementwise("mul", x, x);
     TensorId shift = -1;
     if (pre == Pre::kExp) {  // log(sum(exp(x - max))) + max
-      shift = ctx.add1("reduce", {x}, Attributes().set("op", std::string("max")).set("axes", axes)
-                                          .set("keepdim", int64_t{1}));
+      shift =
+          ctx.add1("reduce", {x},
+                   Attributes().set("op", std::string("max")).set("axes", axes).set("keepdim", int64_t{1}));
       x = ctx.unary("exp", ctx.elementwise("sub", x, shift));
     }
-    TensorId y = ctx.add1("reduce", {x}, Attributes().set("op", op).set("axes", axes).set("keepdim", keepdims));
+    TensorId y =
+        ctx.add1("reduce", {x}, Attributes().set("op", op).set("axes", axes).set("keepdim", keepdims));
     if (post == Post::kSqrt) y = ctx.unary("sqrt", y);
     if (post == Post::kLog) y = ctx.unary("log", y);
     if (shift >= 0) {
@@ -71,7 +73,8 @@ ImportFn arg_reduce(const std::string& op) {
     if (d < 0) ctx.fail("select_last_index needs a static dim on the axis");
     std::vector<int64_t> rev(static_cast<size_t>(d));
     for (int64_t i = 0; i < d; ++i) rev[i] = d - 1 - i;
-    TensorId flipped = ctx.add1("gather", {ctx.input(0), ctx.constant_i64(rev)}, Attributes().set("axis", axis));
+    TensorId flipped =
+        ctx.add1("gather", {ctx.input(0), ctx.constant_i64(rev)}, Attributes().set("axis", axis));
     TensorId idx = ctx.add1("arg_reduce", {flipped}, attrs);
     ctx.set_output(0, ctx.elementwise("sub", ctx.scalar(DataType::kInt64, static_cast<double>(d - 1)), idx));
   };
@@ -81,8 +84,11 @@ void import_topk(NodeContext& ctx) {
   auto k = ctx.int_values(1);
   if (!k || k->size() != 1) ctx.fail("K must be a known one-element tensor");
   Layer& l = ctx.add("topk", {ctx.input(0)},
-                     Attributes().set("k", k->at(0)).set("axis", ctx.attr_int("axis", -1))
-                         .set("largest", ctx.attr_int("largest", 1)).set("sorted", ctx.attr_int("sorted", 1)));
+                     Attributes()
+                         .set("k", k->at(0))
+                         .set("axis", ctx.attr_int("axis", -1))
+                         .set("largest", ctx.attr_int("largest", 1))
+                         .set("sorted", ctx.attr_int("sorted", 1)));
   const std::vector<TensorId> outs = l.outputs;
   ctx.set_output(0, outs[0]);
   ctx.set_output(1, outs[1]);
@@ -92,7 +98,9 @@ void import_cumsum(NodeContext& ctx) {
   auto axis = ctx.int_values(1);
   if (!axis || axis->size() != 1) ctx.fail("axis must be a known one-element tensor");
   ctx.set_output(0, ctx.add1("cumsum", {ctx.input(0)},
-                             Attributes().set("axis", axis->at(0)).set("exclusive", ctx.attr_int("exclusive", 0))
+                             Attributes()
+                                 .set("axis", axis->at(0))
+                                 .set("exclusive", ctx.attr_int("exclusive", 0))
                                  .set("reverse", ctx.attr_int("reverse", 0))));
 }
 
@@ -104,12 +112,16 @@ void import_qdq(NodeContext& ctx, bool quantize) {
   ctx.attr_int("saturate", 1);
   ctx.attr_int("precision", 0);
   DataType qtype = DataType::kInt8;
-  if (ctx.has_input(2)) qtype = ctx.desc(2).dtype;
-  else if (!quantize) qtype = ctx.desc(0).dtype;
+  if (ctx.has_input(2))
+    qtype = ctx.desc(2).dtype;
+  else if (!quantize)
+    qtype = ctx.desc(0).dtype;
   else if (ctx.has_attr("output_dtype")) {
     const int64_t t = ctx.attr_int("output_dtype");
-    if (t == 17) qtype = DataType::kFloat8E4M3;
-    else if (t != 3 && t != 0) ctx.fail("output_dtype " + std::to_string(t) + " is not supported (int8, float8e4m3fn)");
+    if (t == 17)
+      qtype = DataType::kFloat8E4M3;
+    else if (t != 3 && t != 0)
+      ctx.fail("output_dtype " + std::to_string(t) + " is not supported (int8, float8e4m3fn)");
   }
   Attributes attrs;
   if (qtype == DataType::kFloat8E4M3) {
@@ -117,8 +129,10 @@ void import_qdq(NodeContext& ctx, bool quantize) {
   } else if (qtype != DataType::kInt8) {
     ctx.fail("only int8 and float8e4m3fn quantization are supported (uint8 and others are not)");
   }
-  if (scale.dims.size() == 1 && scale.dims[0] != 1) attrs.set("axis", normalize_axis(ctx.attr_int("axis", 1), rank, ctx));
-  else ctx.attr_int("axis", 1);
+  if (scale.dims.size() == 1 && scale.dims[0] != 1)
+    attrs.set("axis", normalize_axis(ctx.attr_int("axis", 1), rank, ctx));
+  else
+    ctx.attr_int("axis", 1);
   TensorId s = ctx.cast(ctx.input(1), DataType::kFloat32);
   std::vector<TensorId> in = {ctx.input(0), s};
   if (ctx.has_input(2) && qtype == DataType::kInt8) in.push_back(ctx.cast(ctx.input(2), DataType::kInt32));

@@ -16,8 +16,10 @@ int64_t rank_of(const NodeContext& ctx, int i) { return static_cast<int64_t>(ctx
 
 std::vector<int64_t> known_ints(NodeContext& ctx, int i, const char* what) {
   auto v = ctx.int_values(i);
-  if (!v) ctx.fail(std::string(what) + " (input " + std::to_string(i) + ") must be known while parsing: "
-                   "a constant, or computed from static shapes");
+  if (!v)
+    ctx.fail(std::string(what) + " (input " + std::to_string(i) +
+             ") must be known while parsing: "
+             "a constant, or computed from static shapes");
   return *v;
 }
 
@@ -48,7 +50,8 @@ void import_reshape(NodeContext& ctx) {
     const TensorDesc s = ctx.desc(1);
     if (!allowzero && s.values) {
       for (int64_t v : *s.values) {
-        if (v == 0) ctx.fail("a shape computed at run time with a 0 entry (copy the input dim) is not supported");
+        if (v == 0)
+          ctx.fail("a shape computed at run time with a 0 entry (copy the input dim) is not supported");
       }
     }
     ctx.set_output(0, ctx.add1("reshape", {ctx.input(0), ctx.input(1)}));
@@ -92,14 +95,16 @@ void import_flatten(NodeContext& ctx) {
     return;
   }
   x = ctx.add1("flatten", {x}, Attributes().set("start_dim", axis).set("end_dim", int64_t{-1}));
-  ctx.set_output(0, ctx.add1("flatten", {x}, Attributes().set("start_dim", int64_t{0}).set("end_dim", axis - 1)));
+  ctx.set_output(
+      0, ctx.add1("flatten", {x}, Attributes().set("start_dim", int64_t{0}).set("end_dim", axis - 1)));
 }
 
 void import_transpose(NodeContext& ctx) {
   const int64_t rank = rank_of(ctx, 0);
   std::vector<int64_t> rev(static_cast<size_t>(rank));
   std::iota(rev.rbegin(), rev.rend(), 0);
-  ctx.set_output(0, ctx.add1("transpose", {ctx.input(0)}, Attributes().set("perm", ctx.attr_ints("perm", rev))));
+  ctx.set_output(0,
+                 ctx.add1("transpose", {ctx.input(0)}, Attributes().set("perm", ctx.attr_ints("perm", rev))));
 }
 
 std::vector<int64_t> axes_of(NodeContext& ctx, int input, bool* given) {
@@ -176,7 +181,8 @@ bool dynamic_end_slice(NodeContext& ctx) {
   auto starts = ctx.int_values(1);
   auto axes = ctx.int_values(3);
   auto steps = ctx.int_values(4);
-  if (!starts || starts->size() != 1 || ctx.int_values(2) || !ctx.net().desc(ctx.input(2)).values) return false;
+  if (!starts || starts->size() != 1 || ctx.int_values(2) || !ctx.net().desc(ctx.input(2)).values)
+    return false;
   if (ctx.has_input(3) && (!axes || axes->size() != 1)) return false;
   if (ctx.has_input(4) && (!steps || steps->size() != 1 || steps->at(0) != 1)) return false;
   const int64_t axis = normalize_axis(ctx.has_input(3) ? axes->at(0) : 0, rank, ctx);
@@ -187,7 +193,8 @@ bool dynamic_end_slice(NodeContext& ctx) {
   TensorId dd = ctx.scalar(DataType::kInt64, static_cast<double>(d), 1);
   TensorId neg = ctx.cast(ctx.elementwise("lt", e, ctx.scalar(DataType::kInt64, 0.0, 1)), DataType::kInt64);
   e = ctx.elementwise("add", e, ctx.elementwise("mul", neg, dd));
-  e = ctx.elementwise("min", ctx.elementwise("max", e, ctx.scalar(DataType::kInt64, static_cast<double>(start), 1)), dd);
+  e = ctx.elementwise(
+      "min", ctx.elementwise("max", e, ctx.scalar(DataType::kInt64, static_cast<double>(start), 1)), dd);
   TensorId idx = ctx.add1("arange", {e}, Attributes().set("start", static_cast<double>(start)));
   ctx.set_output(0, ctx.add1("gather", {ctx.input(0), idx}, Attributes().set("axis", axis)));
   return true;
@@ -236,8 +243,12 @@ void import_slice(NodeContext& ctx) {
     for (int64_t& e : fwd_ends) {
       if (e >= (int64_t{1} << 62)) e = kToEnd;
     }
-    y = ctx.add1("slice", {y}, Attributes().set("axes", fwd_axes).set("starts", fwd_starts)
-                                   .set("ends", fwd_ends).set("steps", fwd_steps));
+    y = ctx.add1("slice", {y},
+                 Attributes()
+                     .set("axes", fwd_axes)
+                     .set("starts", fwd_starts)
+                     .set("ends", fwd_ends)
+                     .set("steps", fwd_steps));
   } else if (y == ctx.input(0)) {
     y = ctx.add1("identity", {y});
   }
@@ -245,7 +256,8 @@ void import_slice(NodeContext& ctx) {
 }
 
 void import_gather(NodeContext& ctx) {
-  ctx.set_output(0, ctx.add1("gather", {ctx.input(0), ctx.input(1)}, Attributes().set("axis", ctx.attr_int("axis", 0))));
+  ctx.set_output(
+      0, ctx.add1("gather", {ctx.input(0), ctx.input(1)}, Attributes().set("axis", ctx.attr_int("axis", 0))));
 }
 
 void import_gather_elements(NodeContext& ctx) {
@@ -266,16 +278,22 @@ void import_shape(NodeContext& ctx) {
   if (start != 0 || end != rank) {
     start = std::clamp<int64_t>(start < 0 ? start + rank : start, 0, rank);
     end = std::clamp<int64_t>(end < 0 ? end + rank : end, 0, rank);
-    s = ctx.add1("slice", {s}, Attributes().set("axes", std::vector<int64_t>{0})
-                                   .set("starts", std::vector<int64_t>{start}).set("ends", std::vector<int64_t>{std::max(start, end)}));
+    s = ctx.add1("slice", {s},
+                 Attributes()
+                     .set("axes", std::vector<int64_t>{0})
+                     .set("starts", std::vector<int64_t>{start})
+                     .set("ends", std::vector<int64_t>{std::max(start, end)}));
   }
   ctx.set_output(0, s);
 }
 
 void import_size(NodeContext& ctx) {
   TensorId s = ctx.add1("shape", {ctx.input(0)});
-  ctx.set_output(0, ctx.add1("reduce", {s}, Attributes().set("op", std::string("prod"))
-                                                .set("axes", std::vector<int64_t>{0}).set("keepdim", int64_t{0})));
+  ctx.set_output(0, ctx.add1("reduce", {s},
+                             Attributes()
+                                 .set("op", std::string("prod"))
+                                 .set("axes", std::vector<int64_t>{0})
+                                 .set("keepdim", int64_t{0})));
 }
 
 void import_expand(NodeContext& ctx) {
@@ -292,9 +310,12 @@ void import_expand(NodeContext& ctx) {
   for (size_t i = 0; i < rank; ++i) {
     const int64_t a = i + x.dims.size() >= rank ? x.dims[i + x.dims.size() - rank] : 1;
     const int64_t b = i + s.size() >= rank ? s[i + s.size() - rank] : 1;
-    if (b == 1) out[i] = a < 0 ? -1 : a;
-    else if (a == 1 || a == b || a < 0) out[i] = b;
-    else ctx.fail("shape " + to_string(s) + " does not broadcast with the input " + to_string(x.dims));
+    if (b == 1)
+      out[i] = a < 0 ? -1 : a;
+    else if (a == 1 || a == b || a < 0)
+      out[i] = b;
+    else
+      ctx.fail("shape " + to_string(s) + " does not broadcast with the input " + to_string(x.dims));
   }
   ctx.set_output(0, ctx.add1("expand", {ctx.input(0)}, Attributes().set("shape", out)));
 }
@@ -320,17 +341,31 @@ void import_tile(NodeContext& ctx) {
 
 DataType onnx_to_kiln(NodeContext& ctx, int64_t onnx_type) {
   switch (onnx_type) {
-    case 1: return DataType::kFloat32;
-    case 10: return DataType::kFloat16;
-    case 16: return DataType::kBFloat16;
-    case 6: return DataType::kInt32;
-    case 7: return DataType::kInt64;
-    case 3: return DataType::kInt8;
-    case 9: return DataType::kBool;
-    case 11: return DataType::kFloat32;  // float64: held as float32
-    case 2: case 5: case 4: return DataType::kInt32;   // uint8, int16, uint16
-    case 12: case 13: return DataType::kInt64;          // uint32, uint64
-    default: ctx.fail("casting to ONNX element type " + std::to_string(onnx_type) + " is not supported");
+    case 1:
+      return DataType::kFloat32;
+    case 10:
+      return DataType::kFloat16;
+    case 16:
+      return DataType::kBFloat16;
+    case 6:
+      return DataType::kInt32;
+    case 7:
+      return DataType::kInt64;
+    case 3:
+      return DataType::kInt8;
+    case 9:
+      return DataType::kBool;
+    case 11:
+      return DataType::kFloat32;  // float64: held as float32
+    case 2:
+    case 5:
+    case 4:
+      return DataType::kInt32;  // uint8, int16, uint16
+    case 12:
+    case 13:
+      return DataType::kInt64;  // uint32, uint64
+    default:
+      ctx.fail("casting to ONNX element type " + std::to_string(onnx_type) + " is not supported");
   }
 }
 
@@ -377,13 +412,15 @@ void import_constant(NodeContext& ctx) {
   } else if (ctx.has_attr("value_floats")) {
     std::vector<float> v;
     for (double d : ctx.attr_floats("value_floats")) v.push_back(static_cast<float>(d));
-    ctx.set_output(0, net.add_constant(name, DataType::kFloat32, {static_cast<int64_t>(v.size())}, v.data(), 4 * v.size()));
+    ctx.set_output(0, net.add_constant(name, DataType::kFloat32, {static_cast<int64_t>(v.size())}, v.data(),
+                                       4 * v.size()));
   } else if (ctx.has_attr("value_int")) {
     int64_t v = ctx.attr_int("value_int");
     ctx.set_output(0, net.add_constant(name, DataType::kInt64, {}, &v, 8));
   } else if (ctx.has_attr("value_ints")) {
     std::vector<int64_t> v = ctx.attr_ints("value_ints");
-    ctx.set_output(0, net.add_constant(name, DataType::kInt64, {static_cast<int64_t>(v.size())}, v.data(), 8 * v.size()));
+    ctx.set_output(0, net.add_constant(name, DataType::kInt64, {static_cast<int64_t>(v.size())}, v.data(),
+                                       8 * v.size()));
   } else {
     ctx.fail("needs value, value_float(s) or value_int(s) (string and sparse constants are not supported)");
   }
@@ -397,11 +434,22 @@ void import_constant_of_shape(NodeContext& ctx) {
     dt = ctx.net().desc(v).dtype;
     const Tensor& t = ctx.net().tensor(v);
     if (!t.data || t.data->size() != dtype_size(dt)) ctx.fail("value must hold one element");
-    if (dt == DataType::kFloat32) { float f; std::memcpy(&f, t.data->data(), 4); value = f; }
-    else if (dt == DataType::kInt64) { int64_t i; std::memcpy(&i, t.data->data(), 8); value = static_cast<double>(i); }
-    else if (dt == DataType::kInt32) { int32_t i; std::memcpy(&i, t.data->data(), 4); value = i; }
-    else if (dt == DataType::kBool || dt == DataType::kInt8) value = static_cast<int8_t>((*t.data)[0]);
-    else ctx.fail("a float16/bfloat16/float8 value is not supported");
+    if (dt == DataType::kFloat32) {
+      float f;
+      std::memcpy(&f, t.data->data(), 4);
+      value = f;
+    } else if (dt == DataType::kInt64) {
+      int64_t i;
+      std::memcpy(&i, t.data->data(), 8);
+      value = static_cast<double>(i);
+    } else if (dt == DataType::kInt32) {
+      int32_t i;
+      std::memcpy(&i, t.data->data(), 4);
+      value = i;
+    } else if (dt == DataType::kBool || dt == DataType::kInt8)
+      value = static_cast<int8_t>((*t.data)[0]);
+    else
+      ctx.fail("a float16/bfloat16/float8 value is not supported");
   }
   auto shape = ctx.int_values(0);
   Attributes attrs;
@@ -421,14 +469,22 @@ void import_range(NodeContext& ctx) {
   auto start = ctx.float_values(0), limit = ctx.float_values(1), delta = ctx.float_values(2);
   if (start && delta && !limit && is_integral(dt) && ctx.desc(1).values) {
     // A limit computed from a dynamic dim (arange(seq_len)): arange's end input.
-    TensorId end = ctx.add1("reshape", {ctx.cast(ctx.input(1), DataType::kInt64)}, Attributes().set("shape", std::vector<int64_t>{1}));
-    ctx.set_output(0, ctx.add1("arange", {end}, Attributes().set("start", start->at(0)).set("step", delta->at(0))
-                                                    .set("dtype", std::string(dtype_name(dt)))));
+    TensorId end = ctx.add1("reshape", {ctx.cast(ctx.input(1), DataType::kInt64)},
+                            Attributes().set("shape", std::vector<int64_t>{1}));
+    ctx.set_output(0, ctx.add1("arange", {end},
+                               Attributes()
+                                   .set("start", start->at(0))
+                                   .set("step", delta->at(0))
+                                   .set("dtype", std::string(dtype_name(dt)))));
     return;
   }
   if (!start || !limit || !delta) ctx.fail("start, limit and delta must be known while parsing");
-  ctx.set_output(0, ctx.add1("arange", {}, Attributes().set("start", start->at(0)).set("end", limit->at(0))
-                                               .set("step", delta->at(0)).set("dtype", std::string(dtype_name(dt)))));
+  ctx.set_output(0, ctx.add1("arange", {},
+                             Attributes()
+                                 .set("start", start->at(0))
+                                 .set("end", limit->at(0))
+                                 .set("step", delta->at(0))
+                                 .set("dtype", std::string(dtype_name(dt)))));
 }
 
 void import_pad(NodeContext& ctx) {
@@ -456,13 +512,15 @@ void import_pad(NodeContext& ctx) {
     end[axes[i]] = pads[n + i];
   }
   if (mode == "edge") mode = "replicate";
-  if (mode != "constant" && mode != "reflect" && mode != "replicate") ctx.fail("mode " + mode + " is not supported");
+  if (mode != "constant" && mode != "reflect" && mode != "replicate")
+    ctx.fail("mode " + mode + " is not supported");
   std::vector<int64_t> torch_pads;  // last dim first
   for (int64_t a = rank; a-- > 0;) {
     torch_pads.push_back(begin[a]);
     torch_pads.push_back(end[a]);
   }
-  ctx.set_output(0, ctx.add1("pad", {ctx.input(0)}, Attributes().set("pads", torch_pads).set("mode", mode).set("value", value)));
+  ctx.set_output(0, ctx.add1("pad", {ctx.input(0)},
+                             Attributes().set("pads", torch_pads).set("mode", mode).set("value", value)));
 }
 
 void import_resize(NodeContext& ctx) {
@@ -480,13 +538,17 @@ void import_resize(NodeContext& ctx) {
   if (rank < 3 || rank > 5) ctx.fail("input must be 3-D to 5-D");
   Attributes attrs;
   if (mode == "nearest") {
-    if (ctm == "asymmetric" && nearest_mode == "floor") attrs.set("mode", std::string("nearest"));
-    else if (ctm == "half_pixel" && nearest_mode == "round_prefer_ceil") attrs.set("mode", std::string("nearest_exact"));
-    else ctx.fail("nearest with coordinate_transformation_mode " + ctm + " and nearest_mode " + nearest_mode +
-                  " is not supported (asymmetric + floor, or half_pixel + round_prefer_ceil)");
+    if (ctm == "asymmetric" && nearest_mode == "floor")
+      attrs.set("mode", std::string("nearest"));
+    else if (ctm == "half_pixel" && nearest_mode == "round_prefer_ceil")
+      attrs.set("mode", std::string("nearest_exact"));
+    else
+      ctx.fail("nearest with coordinate_transformation_mode " + ctm + " and nearest_mode " + nearest_mode +
+               " is not supported (asymmetric + floor, or half_pixel + round_prefer_ceil)");
   } else if (mode == "linear") {
     attrs.set("mode", std::string("linear"));
-    if (ctm == "align_corners") attrs.set("align_corners", int64_t{1});
+    if (ctm == "align_corners")
+      attrs.set("align_corners", int64_t{1});
     else if (ctm != "half_pixel" && ctm != "pytorch_half_pixel")
       ctx.fail("linear with coordinate_transformation_mode " + ctm + " is not supported");
   } else {
@@ -496,11 +558,13 @@ void import_resize(NodeContext& ctx) {
   auto sizes = ctx.int_values(3);
   if (sizes && !sizes->empty()) {
     if (static_cast<int64_t>(sizes->size()) != rank) ctx.fail("sizes needs one entry per dim");
-    if ((*sizes)[0] != x.dims[0] || (*sizes)[1] != x.dims[1]) ctx.fail("resizing the batch or channel dim is not supported");
+    if ((*sizes)[0] != x.dims[0] || (*sizes)[1] != x.dims[1])
+      ctx.fail("resizing the batch or channel dim is not supported");
     attrs.set("sizes", std::vector<int64_t>(sizes->begin() + 2, sizes->end()));
   } else if (scales && !scales->empty()) {
     if (static_cast<int64_t>(scales->size()) != rank) ctx.fail("scales needs one entry per dim");
-    if ((*scales)[0] != 1.0 || (*scales)[1] != 1.0) ctx.fail("resizing the batch or channel dim is not supported");
+    if ((*scales)[0] != 1.0 || (*scales)[1] != 1.0)
+      ctx.fail("resizing the batch or channel dim is not supported");
     attrs.set("scales", std::vector<double>(scales->begin() + 2, scales->end()));
   } else {
     ctx.fail("needs scales or sizes known while parsing");
@@ -520,10 +584,12 @@ void import_depth_space(NodeContext& ctx, bool to_space) {
     if (c % (b * b) != 0) ctx.fail("channels must be a multiple of blocksize^2");
     const int64_t co = c / (b * b);
     if (mode == "DCR") {
-      y = ctx.add1("reshape", {ctx.input(0)}, Attributes().set("shape", std::vector<int64_t>{n, b, b, co, h, w}));
+      y = ctx.add1("reshape", {ctx.input(0)},
+                   Attributes().set("shape", std::vector<int64_t>{n, b, b, co, h, w}));
       y = ctx.add1("transpose", {y}, Attributes().set("perm", std::vector<int64_t>{0, 3, 4, 1, 5, 2}));
     } else if (mode == "CRD") {
-      y = ctx.add1("reshape", {ctx.input(0)}, Attributes().set("shape", std::vector<int64_t>{n, co, b, b, h, w}));
+      y = ctx.add1("reshape", {ctx.input(0)},
+                   Attributes().set("shape", std::vector<int64_t>{n, co, b, b, h, w}));
       y = ctx.add1("transpose", {y}, Attributes().set("perm", std::vector<int64_t>{0, 1, 4, 2, 5, 3}));
     } else {
       ctx.fail("mode must be DCR or CRD");
@@ -531,7 +597,8 @@ void import_depth_space(NodeContext& ctx, bool to_space) {
     y = ctx.add1("reshape", {y}, Attributes().set("shape", std::vector<int64_t>{n, co, h * b, w * b}));
   } else {
     if (h % b != 0 || w % b != 0) ctx.fail("height and width must be multiples of blocksize");
-    y = ctx.add1("reshape", {ctx.input(0)}, Attributes().set("shape", std::vector<int64_t>{n, c, h / b, b, w / b, b}));
+    y = ctx.add1("reshape", {ctx.input(0)},
+                 Attributes().set("shape", std::vector<int64_t>{n, c, h / b, b, w / b, b}));
     y = ctx.add1("transpose", {y}, Attributes().set("perm", std::vector<int64_t>{0, 3, 5, 1, 2, 4}));
     y = ctx.add1("reshape", {y}, Attributes().set("shape", std::vector<int64_t>{n, c * b * b, h / b, w / b}));
   }

@@ -2,7 +2,8 @@
 
     net = kiln.onnx.parse("model.onnx")                 # or bytes, or an onnx.ModelProto
     config = kiln.BuilderConfig(device="cuda", precisions=["fp16"])
-    config.add_optimization_profile({"input": ([1, 3, 224, 224], [8, 3, 224, 224], [32, 3, 224, 224])})
+    config.add_optimization_profile({"x": ([1, 3, 224, 224], [8, 3, 224, 224],
+                                     [32, 3, 224, 224])})
     plan = kiln.Builder().build(net, config)
 
     rep = kiln.onnx.backend.prepare(model_proto, device="CUDA")   # onnx.backend.base.Backend
@@ -200,10 +201,9 @@ class KilnBackendRep(_BackendRep):
             if not isinstance(inputs, (list, tuple)):
                 inputs = [inputs]
             if len(inputs) != len(self._inputs):
-                raise ValueError(
-                    f"the model takes {len(self._inputs)} inputs ({self._inputs}), got {len(inputs)}"
-                )
-            feed = dict(zip(self._inputs, inputs))
+                want = f"{len(self._inputs)} inputs ({self._inputs})"
+                raise ValueError(f"the model takes {want}, got {len(inputs)}")
+            feed = dict(zip(self._inputs, inputs, strict=True))
         if self._error is not None and _cannot_retry(self._error):
             raise self._error
         arrays = {}
@@ -233,7 +233,12 @@ def _cannot_retry(error: Exception) -> bool:
     text = str(error)
     return any(
         s in text
-        for s in ("not supported by Kiln's ONNX parser", "which Kiln cannot hold", "opset is", "is not a tensor")
+        for s in (
+            "not supported by Kiln's ONNX parser",
+            "which Kiln cannot hold",
+            "opset is",
+            "is not a tensor",
+        )
     )
 
 
@@ -241,7 +246,13 @@ def _graph_inputs(model) -> list[str]:
     """The model's graph inputs that are not initializers, in order."""
     import onnx
 
-    proto = model if hasattr(model, "graph") else onnx.load_from_string(bytes(model)) if not isinstance(model, (str, os.PathLike)) else onnx.load(os.fspath(model), load_external_data=False)
+    proto = (
+        model
+        if hasattr(model, "graph")
+        else onnx.load_from_string(bytes(model))
+        if not isinstance(model, (str, os.PathLike))
+        else onnx.load(os.fspath(model), load_external_data=False)
+    )
     inits = {t.name for t in proto.graph.initializer}
     return [i.name for i in proto.graph.input if i.name not in inits]
 

@@ -124,6 +124,36 @@ TEST(Fp8Gemms, FakeQuantizedLinearBecomesQuantizePlusFp8FullyConnected) {
   EXPECT_FALSE(quantize_fp8_gemms(net));
 }
 
+// The network API's FP16 + FP8 build: the calibrated fake_quantize takes a float32 scale, so
+// assign_precision keeps it in float32 between casts, and the GEMM reads a cast to float16.
+TEST(Fp8Gemms, LooksThroughFloatCastsBetweenTheFakeQuantizeAndTheGemm) {
+  Network net;
+  const TensorId x = net.add_input("x", DataType::kFloat32, {8, 32});
+  const float scale = 2.0f / 448;
+  const TensorId s = net.add_constant("s", DataType::kFloat32, {}, &scale, sizeof scale);
+  TensorId t = net.add_layer("fake_quantize", {x, s}, Attributes().set("format", std::string("e4m3")), "fq")
+                   .outputs[0];
+  t = net.add_layer("cast", {t}, Attributes().set("to", std::string("float16")), "to16").outputs[0];
+  std::vector<uint16_t> w16;
+  std::vector<float> wv = random_floats(16 * 32, 3, -0.3f, 0.3f);
+  wv[0] = 0.3f;  // on the per-tensor e4m3 grid, as calibration leaves it
+  for (float v : wv)
+    w16.push_back(float_to_half_bits(e4m3_to_float(float_to_e4m3(v / (0.3f / kFloat8E4M3Max))) *
+                                     (0.3f / kFloat8E4M3Max)));
+  const TensorId w = net.add_constant("w", DataType::kFloat16, {16, 32}, w16.data(), w16.size() * 2);
+  t = net.add_layer("fully_connected", {t, w}, {}, "fc").outputs[0];
+  net.mark_output(
+      net.add_layer("cast", {t}, Attributes().set("to", std::string("float32")), "to32").outputs[0], "y");
+  const std::vector<float> x_values = random_floats(8 * 32, 5, -2.5f, 2.5f);
+  const std::vector<float> before = run_reference(net, x_values);
+  ASSERT_TRUE(quantize_fp8_gemms(net));
+  eliminate_dead_layers(net);
+  const Layer& fc = test::layer_named(net, "fc");
+  EXPECT_EQ(net.tensor(fc.inputs[0]).dtype, DataType::kFloat8E4M3);
+  EXPECT_FLOAT_EQ(static_cast<float>(fc.attrs.get_float("input_scale", "fc")), scale);
+  expect_close(run_reference(net, x_values), before, 2e-3f);
+}
+
 TEST(Fp8Gemms, OnlyE4m3FakeQuantizeWithConstantWeightAndAlignedShapes) {
   Network net = fp8_linear();
   for (auto& l : net.mutable_layers()) {

@@ -10,7 +10,9 @@ import torch
 import kiln
 
 onnx = pytest.importorskip("onnx", reason="the onnx package is needed (pip install onnx)")
-ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the peer (pip install onnxruntime)")
+ort = pytest.importorskip(
+    "onnxruntime", reason="ONNX Runtime is the peer (pip install onnxruntime)"
+)
 from onnx import TensorProto, helper  # noqa: E402
 
 if not hasattr(kiln._C, "onnx_parse_file"):
@@ -38,7 +40,10 @@ def run_engine(net, feed, device="cpu", precisions=(), profile=None):
 
 
 def small_model(opset=17, op="Relu"):
-    nodes = [helper.make_node(op, ["x"], ["r"], name="act"), helper.make_node("Add", ["r", "w"], ["y"], name="add")]
+    nodes = [
+        helper.make_node(op, ["x"], ["r"], name="act"),
+        helper.make_node("Add", ["r", "w"], ["y"], name="add"),
+    ]
     graph = helper.make_graph(
         nodes,
         "g",
@@ -53,7 +58,12 @@ def test_path_bytes_and_model_proto_give_the_same_network(tmp_path):
     model = small_model()
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
-    nets = [kiln.onnx.parse(path), kiln.onnx.parse(str(path)), kiln.onnx.parse(model.SerializeToString()), kiln.onnx.parse(model)]
+    nets = [
+        kiln.onnx.parse(path),
+        kiln.onnx.parse(str(path)),
+        kiln.onnx.parse(model.SerializeToString()),
+        kiln.onnx.parse(model),
+    ]
     layers = [n._net.layers() for n in nets]
     assert all(la == layers[0] for la in layers)
     net = nets[0]
@@ -62,7 +72,9 @@ def test_path_bytes_and_model_proto_give_the_same_network(tmp_path):
     assert net.onnx_info["opset"] == 17
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     out, _ = run_engine(net, {"x": x}, profile={"x": ([1, 4], [3, 4], [8, 4])})
-    np.testing.assert_allclose(out["y"], np.maximum(x, 0) + np.array([1, 2, 3, 4], np.float32), rtol=0, atol=0)
+    np.testing.assert_allclose(
+        out["y"], np.maximum(x, 0) + np.array([1, 2, 3, 4], np.float32), rtol=0, atol=0
+    )
     assert "Relu" in kiln.onnx.supported_operators()
 
 
@@ -78,7 +90,14 @@ def test_external_data_loads_and_bad_locations_are_refused(tmp_path):
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path / "ext.onnx"
-    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    onnx.save_model(
+        model,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
     assert (tmp_path / "weights.bin").exists()
     x = rng.standard_normal((2, 64)).astype(np.float32)
     out, _ = run_engine(kiln.onnx.parse(path), {"x": x})
@@ -104,7 +123,10 @@ def test_external_data_loads_and_bad_locations_are_refused(tmp_path):
 def test_unsupported_operator_names_the_node_op_domain_and_opset():
     model = small_model(op="Relu")
     model.graph.node[0].op_type = "FancyOp"
-    with pytest.raises(kiln.KilnError, match=r"ONNX node 'act' \(FancyOp, domain 'ai.onnx', opset 17\) is not supported"):
+    with pytest.raises(
+        kiln.KilnError,
+        match=r"ONNX node 'act' \(FancyOp, domain 'ai.onnx', opset 17\) is not supported",
+    ):
         kiln.onnx.parse(model)
     model = small_model()
     model.graph.node[0].domain = "com.example"
@@ -141,7 +163,10 @@ def test_input_values_make_shape_inputs_constants():
     graph = helper.make_graph(
         [helper.make_node("Reshape", ["x", "shape"], ["y"])],
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]), helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [2]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -196,7 +221,11 @@ def _exporters():
 
         exporters.append(pytest.param(True, id="dynamo-exporter"))
     except ImportError:
-        exporters.append(pytest.param(True, id="dynamo-exporter", marks=pytest.mark.skip(reason="needs onnxscript")))
+        exporters.append(
+            pytest.param(
+                True, id="dynamo-exporter", marks=pytest.mark.skip(reason="needs onnxscript")
+            )
+        )
     return exporters
 
 
@@ -205,9 +234,15 @@ def test_resnet50_matches_onnxruntime(resnet50, dynamo, tmp_path):
     x = torch.randn(1, 3, 224, 224)
     path = tmp_path / "resnet50.onnx"
     _export(resnet50, (x,), path, dynamo, ["x"])
-    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.numpy()}
+    )[0]
     net = kiln.onnx.parse(path)
-    out, plan = run_engine(net, {"x": x.numpy()}, profile={"x": ([1, 3, 224, 224],) * 3} if -1 in net.inputs[0].shape else None)
+    out, plan = run_engine(
+        net,
+        {"x": x.numpy()},
+        profile={"x": ([1, 3, 224, 224],) * 3} if -1 in net.inputs[0].shape else None,
+    )
     assert cosine(out[net.outputs[0].name], ref) >= 0.99999
 
 
@@ -215,7 +250,9 @@ def test_resnet50_matches_onnxruntime(resnet50, dynamo, tmp_path):
 def test_bert_matches_onnxruntime_with_dynamic_batch_and_sequence(bert, dynamo, tmp_path):
     ids = torch.randint(0, 30000, (2, 16))
     path = tmp_path / "bert.onnx"
-    _export(bert, (ids,), path, dynamo, ["input_ids"], dynamic={"input_ids": {0: "batch", 1: "seq"}})
+    _export(
+        bert, (ids,), path, dynamo, ["input_ids"], dynamic={"input_ids": {0: "batch", 1: "seq"}}
+    )
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     net = kiln.onnx.parse(path)
     shapes = [(2, 16)]

@@ -32,7 +32,9 @@ def expected_passing() -> set[str]:
 
 def published(device: str) -> tuple[int, int]:
     text = onnx_node_tests.DOC.read_text()
-    section = text.split(f"<!-- node-tests-{device}:begin -->")[1].split(f"<!-- node-tests-{device}:end -->")[0]
+    section = text.split(f"<!-- node-tests-{device}:begin -->")[1].split(
+        f"<!-- node-tests-{device}:end -->"
+    )[0]
     m = re.search(r"\*\*(\d+) of (\d+) node tests pass", section)
     return int(m.group(1)), int(m.group(2))
 
@@ -43,8 +45,9 @@ def test_every_node_test_on_the_reference_backend_matches_the_expected_list():
     want = expected_passing()
     stopped = sorted(want - passing)
     started = sorted(passing - want)
-    assert not stopped, f"node tests that stopped passing: {stopped[:20]} ({len(stopped)}): " + "; ".join(
-        f"{n}: {results[n + '_cpu'][1]}" for n in stopped[:5]
+    assert not stopped, (
+        f"node tests that stopped passing: {stopped[:20]} ({len(stopped)}): "
+        + "; ".join(f"{n}: {results[n + '_cpu'][1]}" for n in stopped[:5])
     )
     assert not started, (
         f"node tests that now pass ({len(started)}, e.g. {started[:10]}): run "
@@ -60,5 +63,11 @@ def test_node_tests_on_cuda_pass_at_least_the_published_rate():
     passed = sum(1 for status, _ in results.values() if status == "pass")
     want, total = published("cuda")
     assert len(results) == total
-    failing = sorted(n for n, (s, _) in results.items() if s != "pass" and n[: -len("_cuda")] in expected_passing())
-    assert passed >= want, f"{passed} of {total} pass on CUDA, docs/onnx.md says {want}; e.g. {failing[:10]}"
+    failing = sorted(
+        n
+        for n, (s, _) in results.items()
+        if s != "pass" and n[: -len("_cuda")] in expected_passing()
+    )
+    assert passed >= want, (
+        f"{passed} of {total} pass on CUDA, docs/onnx.md says {want}; e.g. {failing[:10]}"
+    )
