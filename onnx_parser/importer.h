@@ -87,6 +87,9 @@ using ImportFn = std::function<void(NodeContext&)>;
 struct OpImporter {
   std::string op_type;  // default domain
   ImportFn fn;
+  // The oldest opset whose meaning of the operator the importer follows: a model importing an
+  // older opset is refused for this node (Softmax's meaning changed in 13, Resize's in 11).
+  int since = 1;
 };
 
 const OpImporter* find_importer(const std::string& op_type);
@@ -97,5 +100,9 @@ struct ImporterRegistration {
 
 // Helpers shared by the importers.
 int64_t normalize_axis(int64_t axis, int64_t rank, const NodeContext& ctx);
+// Importers that build index or mask constants on the host (Trilu, OneHot, a negative-step
+// Slice, ...) refuse sizes past this many elements rather than allocate them.
+constexpr int64_t kMaxHostElements = int64_t{1} << 24;
+void check_host_elements(int64_t n, const char* what, const NodeContext& ctx);
 
 }  // namespace kiln::onnx

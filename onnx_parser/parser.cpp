@@ -99,11 +99,21 @@ std::vector<uint8_t> convert_elements(const pb::TensorProto& tp, const ElemType&
                                       const uint8_t* src) {
   using T = pb::TensorProto;
   const int32_t t = tp.data_type();
-  std::vector<uint8_t> out(static_cast<size_t>(n) * dtype_size(et.dtype));
   auto count_check = [&](int64_t have, const char* field) {
     KILN_CHECK(have == n, "tensor '" << tp.name() << "' has " << have << " values in " << field
                                      << " but its dims hold " << n);
   };
+  if (src == nullptr) {  // the typed field must hold n values: checked before allocating n
+    switch (t) {
+      case T::FLOAT: count_check(tp.float_data_size(), "float_data"); break;
+      case T::DOUBLE: count_check(tp.double_data_size(), "double_data"); break;
+      case T::INT64: count_check(tp.int64_data_size(), "int64_data"); break;
+      case T::UINT32:
+      case T::UINT64: count_check(tp.uint64_data_size(), "uint64_data"); break;
+      default: count_check(tp.int32_data_size(), "int32_data"); break;
+    }
+  }
+  std::vector<uint8_t> out(static_cast<size_t>(tensor_bytes(Dims{n}, dtype_size(et.dtype))));
   if (src != nullptr && et.exact) {
     std::memcpy(out.data(), src, out.size());
     return out;
@@ -361,12 +371,13 @@ class Importer {
     const int64_t n = volume(dims);
     std::vector<uint8_t> bytes;
     if (tp.data_location() == pb::TensorProto::EXTERNAL) {
-      std::string raw = external_data(tp, n * static_cast<int64_t>(et.raw_size));
+      std::string raw = external_data(tp, tensor_bytes(dims, et.raw_size));
       bytes = convert_elements(tp, et, n, reinterpret_cast<const uint8_t*>(raw.data()));
     } else if (tp.has_raw_data()) {
-      KILN_CHECK(tp.raw_data().size() == static_cast<size_t>(n) * et.raw_size,
+      const int64_t need = tensor_bytes(dims, et.raw_size);
+      KILN_CHECK(static_cast<int64_t>(tp.raw_data().size()) == need,
                  "tensor '" << tp.name() << "' has " << tp.raw_data().size() << " bytes of raw_data, "
-                            << "its dims and type need " << n * static_cast<int64_t>(et.raw_size));
+                            << "its dims and type need " << need);
       bytes = convert_elements(tp, et, n, reinterpret_cast<const uint8_t*>(tp.raw_data().data()));
     } else {
       bytes = convert_elements(tp, et, n, nullptr);
@@ -400,8 +411,7 @@ class Importer {
     KILN_CHECK(opset >= kMinOpset, "the model's ai.onnx opset is "
                                        << opset << ", older than " << kMinOpset
                                        << ", the oldest Kiln's parser supports; convert it first: "
-                                          "onnx.version_converter.convert_version(model, "
-                                       << kMinOpset << ")");
+                                          "onnx.version_converter.convert_version(model, 13)");
     opset_ = static_cast<int>(opset);
     if (info_) {
       info_->ir_version = model.ir_version();
@@ -467,6 +477,10 @@ class Importer {
                label << " is not supported by Kiln's ONNX parser. docs/onnx.md lists the supported "
                         "operators; replace the node (onnx-simplifier, or export the model without it), "
                         "or keep that part of the model outside Kiln");
+    KILN_CHECK(opset_ >= imp->since,
+               label << ": Kiln imports " << node.op_type() << " from opset " << imp->since
+                     << " on (its meaning changed then); convert the model: "
+                        "onnx.version_converter.convert_version(model, 13)");
     ProtoNodeContext ctx(
         *this, node,
         unique_name(node.name().empty() ? node.op_type() + "_" + std::to_string(index) : node.name()));
@@ -697,6 +711,13 @@ int64_t normalize_axis(int64_t axis, int64_t rank, const NodeContext& ctx) {
     ctx.fail("axis " + std::to_string(axis) + " is out of range for rank " + std::to_string(rank));
   }
   return axis < 0 ? axis + rank : axis;
+}
+
+void check_host_elements(int64_t n, const char* what, const NodeContext& ctx) {
+  if (n < 0 || n > kMaxHostElements) {
+    ctx.fail(std::string(what) + " of " + std::to_string(n) + " elements is larger than Kiln builds while parsing (" +
+             std::to_string(kMaxHostElements) + ")");
+  }
 }
 
 const OpImporter* find_importer(const std::string& op_type) {

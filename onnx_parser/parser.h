@@ -10,7 +10,8 @@
 // names. Shape arithmetic (Shape -> Gather -> Concat -> Reshape) stays as layers whose values the
 // network tracks, so it folds where the shapes are static and stays dynamic where they are not.
 //
-// Opsets: the default domain ("" / "ai.onnx") from 13 to kMaxOpset. Errors are kiln::Error with
+// Opsets: the default domain ("" / "ai.onnx") from 13 to kMaxOpset (7 to 12 where each node's
+// operator kept its meaning). Errors are kiln::Error with
 // the node's name, op type, domain and opset.
 #pragma once
 
@@ -24,7 +25,9 @@
 
 namespace kiln::onnx {
 
-constexpr int kMinOpset = 13;
+// Opsets 13 and newer are the supported range; models importing 7 to 12 are parsed too where
+// every node's operator kept its meaning (an importer says since when: OpImporter::since).
+constexpr int kMinOpset = 7;
 // The newest ai.onnx opset the parser knows (onnx 1.23's): a model importing a newer one is
 // refused, as its operators may mean something else.
 constexpr int kMaxOpset = 28;

@@ -19,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=build-fuzz
 TARGETS=(plan safetensors pointwise_program network)
+# The ONNX parser's target when its binary was built (protobuf and onnx present).
 LOCK="${KILN_BUILD_LOCK:-/tmp/kiln_build.lock}"
 
 locked() {
@@ -60,8 +61,21 @@ run() {
   local targets=("$@")
   [ ${#targets[@]} -gt 0 ] || targets=("${TARGETS[@]}")
   build
+  [ -x "$BUILD/fuzz_onnx" ] && [ ${#targets[@]} -eq ${#TARGETS[@]} ] && targets+=(onnx)
   rm -rf "$BUILD/seeds"
   "$BUILD/fuzz_make_seeds" "$BUILD/seeds"
+  if [ -x "$BUILD/fuzz_onnx" ]; then
+    # ONNX seeds: the onnx package's node-test models (one small model per operator variant).
+    "${PYTHON:-python3}" - "$BUILD/seeds/onnx" <<'PY' 2>/dev/null
+import sys, os, warnings
+warnings.simplefilter("ignore")
+from onnx.backend.test.loader import load_model_tests
+os.makedirs(sys.argv[1], exist_ok=True)
+for case in load_model_tests(kind="node"):
+    with open(os.path.join(sys.argv[1], case.name), "wb") as f:
+        f.write(case.model.SerializeToString())
+PY
+  fi
   local failed=0
   printf '%-18s %12s %8s %8s %9s %8s\n' target executions cov ft findings seconds
   for t in "${targets[@]}"; do

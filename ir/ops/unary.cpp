@@ -35,12 +35,16 @@ std::vector<TensorDesc> infer_unary(const Layer& layer, const std::vector<Tensor
     KILN_CHECK(is_floating(t), who << ": " << op << " takes floating input, got " << dtype_name(t));
   }
   TensorDesc out{in[0].dtype, in[0].dims};
-  if (in[0].values && is_integral(t) && (op == "abs" || op == "neg" || op == "sign")) {
+  if (in[0].values && is_integral(t) && (op == "abs" || op == "neg" || op == "sign" || op == "not")) {
     // Shape arithmetic (ONNX's Neg of an axis count): the values follow.
     std::vector<int64_t> v = *in[0].values;
     for (int64_t& x : v) {
       if (x == kUnknownValue) continue;
-      x = stored_int(op == "neg" ? -x : op == "abs" ? (x < 0 ? -x : x) : (x > 0) - (x < 0), t);
+      x = stored_int(op == "not"   ? x == 0
+                     : op == "neg" ? -x
+                     : op == "abs" ? (x < 0 ? -x : x)
+                                   : (x > 0) - (x < 0),
+                     t);
     }
     out.values = make_values(std::move(v));
   }

@@ -15,6 +15,7 @@ TensorId bool_constant(NodeContext& ctx, const std::vector<uint8_t>& v, const Di
 
 // 0..n-1 along `axis` of a rank-`rank` tensor (size 1 elsewhere), int64.
 TensorId iota_along(NodeContext& ctx, int64_t n, int64_t axis, int64_t rank) {
+  check_host_elements(n, "an index range", ctx);
   std::vector<int64_t> v(static_cast<size_t>(n));
   std::iota(v.begin(), v.end(), 0);
   Dims dims(static_cast<size_t>(rank), 1);
@@ -34,6 +35,7 @@ void import_trilu(NodeContext& ctx) {
   }
   const bool upper = ctx.attr_int("upper", 1) != 0;
   const int64_t n = x.dims[r - 2], m = x.dims[r - 1];
+  check_host_elements(volume({n, m}), "a triangle mask", ctx);
   std::vector<uint8_t> keep(static_cast<size_t>(n * m));
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j < m; ++j) keep[i * m + j] = upper ? j - i >= k : j - i <= k;
@@ -58,6 +60,7 @@ void import_eye_like(NodeContext& ctx) {
                            : DataType::kInt32;
   }
   const int64_t n = x.dims[0], m = x.dims[1];
+  check_host_elements(volume({n, m}), "an identity matrix", ctx);
   std::vector<uint8_t> on(static_cast<size_t>(n * m));
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j < m; ++j) on[i * m + j] = j - i == k;
@@ -220,7 +223,7 @@ const ImporterRegistration kRegistered{
     {"Trilu", import_trilu},
     {"EyeLike", import_eye_like},
     {"OneHot", import_one_hot},
-    {"Hardmax", import_hardmax},
+    {"Hardmax", import_hardmax, 13},
     {"LpNormalization", import_lp_normalization},
     {"MeanVarianceNormalization", import_mvn},
     {"BitShift", import_bit_shift},

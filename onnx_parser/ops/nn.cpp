@@ -293,6 +293,7 @@ void import_softmax(NodeContext& ctx, bool log) {
 
 void import_dropout(NodeContext& ctx) {  // inference: the identity
   ctx.attr_int("seed", 0);
+  ctx.attr_float("ratio", 0.5);  // opsets before 12: an attribute (inference ignores it)
   if (ctx.wants_output(1)) {
     // The mask of an inference Dropout is all true.
     TensorId x = ctx.input(0);
@@ -321,8 +322,8 @@ const ImporterRegistration kRegistered{
     {"LayerNormalization", [](NodeContext& c) { import_norm_over_axis(c, "layer_norm", 1e-5); }},
     {"RMSNormalization", [](NodeContext& c) { import_norm_over_axis(c, "rms_norm", 1e-5); }},
     {"GroupNormalization", import_group_norm},
-    {"Softmax", [](NodeContext& c) { import_softmax(c, false); }},
-    {"LogSoftmax", [](NodeContext& c) { import_softmax(c, true); }},
+    {"Softmax", [](NodeContext& c) { import_softmax(c, false); }, 13},
+    {"LogSoftmax", [](NodeContext& c) { import_softmax(c, true); }, 13},
     {"Dropout", import_dropout},
 };
 

@@ -71,6 +71,7 @@ ImportFn arg_reduce(const std::string& op) {
     // The last index among ties: the first one of the reversed axis, mapped back.
     const int64_t d = x.dims[axis];
     if (d < 0) ctx.fail("select_last_index needs a static dim on the axis");
+    check_host_elements(d, "a reversed axis", ctx);
     std::vector<int64_t> rev(static_cast<size_t>(d));
     for (int64_t i = 0; i < d; ++i) rev[i] = d - 1 - i;
     TensorId flipped =

@@ -163,6 +163,7 @@ void import_split(NodeContext& ctx) {
   } else {
     const int64_t n = ctx.has_attr("num_outputs") ? ctx.attr_int("num_outputs") : ctx.num_outputs();
     if (dim < 0) ctx.fail("an even Split needs a static dim on the split axis");
+    if (n != ctx.num_outputs() || n < 1) ctx.fail("num_outputs must equal the node's outputs");
     const int64_t chunk = (dim + n - 1) / n;  // ONNX: the last chunk is smaller
     for (int64_t left = dim; left > 0; left -= chunk) sizes.push_back(std::min(chunk, left));
     while (static_cast<int64_t>(sizes.size()) < n) sizes.push_back(0);
@@ -223,6 +224,7 @@ void import_slice(NodeContext& ctx) {
       // A negative step: reverse the axis with a gather (static dim), then slice forward.
       const int64_t d = x.dims[a];
       if (d < 0) ctx.fail("a negative step needs a static dim");
+      check_host_elements(d, "a reversed axis", ctx);
       auto clampi = [&](int64_t v, int64_t lo, int64_t hi) { return std::max(lo, std::min(hi, v)); };
       int64_t s = starts[i] < 0 ? starts[i] + d : starts[i];
       int64_t e = ends[i] < 0 ? ends[i] + d : ends[i];
@@ -493,10 +495,11 @@ void import_pad(NodeContext& ctx) {
   std::string mode = ctx.attr_string("mode", std::string("constant"));
   std::vector<int64_t> pads = known_ints(ctx, 1, "pads");
   double value = 0.0;
+  TensorId runtime_value = -1;  // a constant_value computed at run time
   if (ctx.has_input(2)) {
     auto v = ctx.float_values(2);
-    if (!v) ctx.fail("constant_value must be known while parsing");
-    if (!v->empty()) value = v->at(0);
+    if (v && !v->empty()) value = v->at(0);
+    if (!v) runtime_value = ctx.input(2);
   }
   std::vector<int64_t> axes(static_cast<size_t>(rank));
   std::iota(axes.begin(), axes.end(), 0);
@@ -519,8 +522,18 @@ void import_pad(NodeContext& ctx) {
     torch_pads.push_back(begin[a]);
     torch_pads.push_back(end[a]);
   }
-  ctx.set_output(0, ctx.add1("pad", {ctx.input(0)},
-                             Attributes().set("pads", torch_pads).set("mode", mode).set("value", value)));
+  Attributes attrs;
+  attrs.set("pads", torch_pads).set("mode", mode).set("value", value);
+  TensorId y = ctx.add1("pad", {ctx.input(0)}, attrs);
+  if (runtime_value >= 0 && mode == "constant") {
+    // The value is data: pad a mask of ones the same way, then select the value outside it.
+    TensorId ones = ctx.add1("fill", {ctx.add1("shape", {ctx.input(0)})},
+                             Attributes().set("dtype", std::string("bool")).set("value", 1.0));
+    TensorId inside = ctx.add1("pad", {ones}, Attributes(attrs).set("value", 0.0));
+    TensorId v = ctx.add1("reshape", {ctx.cast(runtime_value, x.dtype)}, Attributes().set("shape", std::vector<int64_t>{}));
+    y = ctx.add1("where", {inside, y, v});
+  }
+  ctx.set_output(0, y);
 }
 
 void import_resize(NodeContext& ctx) {
@@ -628,7 +641,7 @@ const ImporterRegistration kRegistered{
     {"Identity", import_identity},
     {"Range", import_range},
     {"Pad", import_pad},
-    {"Resize", import_resize},
+    {"Resize", import_resize, 11},
     {"DepthToSpace", [](NodeContext& c) { import_depth_space(c, true); }},
     {"SpaceToDepth", [](NodeContext& c) { import_depth_space(c, false); }},
 };

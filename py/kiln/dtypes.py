@@ -85,6 +85,8 @@ def as_numpy(value) -> tuple[np.ndarray, str]:
             return t.view(torch.int16).numpy(), name
         return t.numpy(), name
     arr = np.asarray(value, order="C")  # not ascontiguousarray: it makes a 0-d array 1-d
+    if arr.dtype.name == "bfloat16":  # ml_dtypes' bfloat16: its bit patterns, as torch's above
+        return arr.view(np.int16), "bfloat16"
     return arr, dtype_name(arr.dtype)
 
 

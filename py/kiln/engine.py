@@ -211,10 +211,19 @@ class ExecutionContext:
                 raise TypeError(f"input {name!r} is {dtype}, the engine expects {want}")
             arrays[name] = arr
         out = self._ctx.execute_host(arrays)
+        # bfloat16 outputs come back as their int16 bit patterns
+        bf16 = {k for k in out if self.engine.binding(k)[0] == "bfloat16"}
         if any(_is_torch(v) for v in values):
             import torch
 
-            return {k: torch.from_numpy(v) for k, v in out.items()}
+            return {
+                k: torch.from_numpy(v).view(torch.bfloat16) if k in bf16 else torch.from_numpy(v)
+                for k, v in out.items()
+            }
+        if bf16:
+            import ml_dtypes  # numpy's bfloat16 (a dependency of onnx and jax)
+
+            out = {k: v.view(ml_dtypes.bfloat16) if k in bf16 else v for k, v in out.items()}
         return out
 
     def _execute_torch_cuda(self, feed: Mapping[str, object]) -> dict[str, object]:

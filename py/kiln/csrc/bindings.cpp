@@ -166,12 +166,14 @@ py::dict from_attrs(const Attributes& attrs) {
   return d;
 }
 
+// The numpy dtype of a binding's host array. numpy has no bfloat16: its 16-bit patterns travel
+// as int16 (py/kiln/engine.py views them as torch.bfloat16 or ml_dtypes.bfloat16).
 std::string numpy_dtype_name(DataType t) {
   switch (t) {
     case DataType::kBool:
       return "bool";
     case DataType::kBFloat16:
-      KILN_FAIL("bfloat16 has no numpy dtype: pass torch tensors for bfloat16 bindings");
+      return "int16";
     default:
       return dtype_name(t);
   }
