@@ -47,6 +47,12 @@ class NodeContext {
                                          std::optional<std::vector<int64_t>> fallback = {}) const = 0;
   virtual std::vector<double> attr_floats(const std::string& name,
                                           std::optional<std::vector<double>> fallback = {}) const = 0;
+  // The ONNX element type (TensorProto::DataType number) of a tensor Kiln holds in another dtype
+  // (uint8 in int32, ...): 0 when the tensor's dtype is its ONNX type. Importers that produce
+  // such a tensor mark it (QuantizeLinear's uint8 output).
+  virtual int32_t held_type(TensorId t) const = 0;
+  virtual void set_held_type(TensorId t, int32_t onnx_type) = 0;
+
   // A tensor attribute (Constant's value) as a new constant of the network.
   virtual TensorId attr_tensor(const std::string& name) = 0;
   // Fails when the node has an attribute the importer did not read (it may change the meaning).

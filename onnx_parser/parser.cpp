@@ -265,6 +265,8 @@ class ProtoNodeContext : public NodeContext {
     return a ? std::vector<double>(a->floats().begin(), a->floats().end()) : *fallback;
   }
   TensorId attr_tensor(const std::string& name) override;
+  int32_t held_type(TensorId t) const override;
+  void set_held_type(TensorId t, int32_t onnx_type) override;
   void check_attrs_read() const override {
     for (const auto& a : node_.attribute()) {
       KILN_CHECK(read_.count(a.name()),
@@ -356,6 +358,11 @@ class Importer {
     return it->second;
   }
   void define(const std::string& name, TensorId t) { symbols_[name] = t; }
+  int32_t held_type(TensorId t) const {
+    auto it = held_types_.find(t);
+    return it == held_types_.end() ? 0 : it->second;
+  }
+  void set_held_type(TensorId t, int32_t onnx_type) { held_types_[t] = onnx_type; }
 
   TensorId constant(const pb::TensorProto& tp, const std::string& name) {
     ElemType et;
@@ -382,8 +389,10 @@ class Importer {
     } else {
       bytes = convert_elements(tp, et, n, nullptr);
     }
-    return net_.add_constant(name, et.dtype, dims,
-                             std::make_shared<const std::vector<uint8_t>>(std::move(bytes)));
+    const TensorId id =
+        net_.add_constant(name, et.dtype, dims, std::make_shared<const std::vector<uint8_t>>(std::move(bytes)));
+    if (!et.exact) held_types_[id] = tp.data_type();
+    return id;
   }
 
   std::string unique_name(const std::string& base) {
@@ -465,6 +474,7 @@ class Importer {
     }
     note_binding(in.name(), in.type());
     symbols_[in.name()] = net_.add_input(in.name(), et.dtype, dims);
+    if (!et.exact) held_types_[symbols_[in.name()]] = tt.elem_type();
   }
 
   void import_node(const pb::NodeProto& node, int index) {
@@ -550,6 +560,7 @@ class Importer {
   Network net_;
   int opset_ = 0;
   std::unordered_map<std::string, TensorId> symbols_;
+  std::unordered_map<TensorId, int32_t> held_types_;  // tensors Kiln holds in another dtype
   std::set<std::string> used_names_;
   std::set<std::string> warned_types_;
 };
@@ -560,6 +571,8 @@ TensorId ProtoNodeContext::input_id(int i) const { return imp_.lookup(node_.inpu
 void ProtoNodeContext::set_output(int i, TensorId t) {
   if (wants_output(i)) imp_.define(node_.output(i), t);
 }
+int32_t ProtoNodeContext::held_type(TensorId t) const { return imp_.held_type(t); }
+void ProtoNodeContext::set_held_type(TensorId t, int32_t onnx_type) { imp_.set_held_type(t, onnx_type); }
 TensorId ProtoNodeContext::attr_tensor(const std::string& name) {
   const pb::AttributeProto* a = get(name, pb::AttributeProto::TENSOR, false);
   return imp_.constant(a->t(), name_ + "/" + name);

@@ -195,6 +195,38 @@ void import_pool(NodeContext& ctx, const std::string& type) {
   ctx.set_output(0, ctx.add1("pooling", {in}, attrs));
 }
 
+// LpPool: (sum over the window of |x|^p)^(1/p), as an average pool of |x|^p (padding counted)
+// times the window size.
+void import_lp_pool(NodeContext& ctx) {
+  const TensorDesc x = ctx.desc(0);
+  if (x.dims.size() < 3 || x.dims.size() > 5) ctx.fail("input must be 3-D to 5-D (1 to 3 spatial dims)");
+  const size_t n = x.dims.size() - 2;
+  const int64_t p = ctx.attr_int("p", 2);
+  const std::vector<int64_t> kernel = ctx.attr_ints("kernel_shape");
+  const std::vector<int64_t> strides = ctx.attr_ints("strides", ones(n));
+  const std::vector<int64_t> dilations = ctx.attr_ints("dilations", ones(n));
+  const int64_t ceil_mode = ctx.attr_int("ceil_mode", 0);
+  if (kernel.size() != n || dilations != ones(n)) ctx.fail("kernel_shape needs one value per spatial dim, dilations 1");
+  if (p < 1) ctx.fail("p must be >= 1");
+  const DataType dt = x.dtype;
+  TensorId a = ctx.unary("abs", ctx.input(0));
+  TensorId ap = p == 1 ? a : ctx.elementwise("pow", a, ctx.scalar(dt, static_cast<double>(p)));
+  Padding pad = node_padding(ctx, x.dims, kernel, strides, dilations);
+  bool fits = pad.symmetric();
+  for (size_t i = 0; i < n && fits; ++i) fits = pad.begin[i] <= kernel[i] / 2;
+  if (!fits) {
+    ap = pad_explicitly(ctx, ap, pad, 0.0);
+    pad.begin.assign(n, 0);
+  }
+  int64_t window = 1;
+  for (int64_t k : kernel) window *= k;
+  TensorId avg = ctx.add1("pooling", {ap}, Attributes().set("type", std::string("avg")).set("kernel", kernel)
+                                             .set("strides", strides).set("pads", pad.begin)
+                                             .set("ceil_mode", ceil_mode).set("count_include_pad", int64_t{1}));
+  TensorId sum = ctx.elementwise("mul", avg, ctx.scalar(dt, static_cast<double>(window)));
+  ctx.set_output(0, p == 1 ? sum : ctx.elementwise("pow", sum, ctx.scalar(dt, 1.0 / static_cast<double>(p))));
+}
+
 void import_global_pool(NodeContext& ctx, const std::string& op) {
   const int64_t rank = static_cast<int64_t>(ctx.desc(0).dims.size());
   std::vector<int64_t> axes;
@@ -317,6 +349,7 @@ const ImporterRegistration kRegistered{
     {"AveragePool", [](NodeContext& c) { import_pool(c, "avg"); }},
     {"GlobalAveragePool", [](NodeContext& c) { import_global_pool(c, "mean"); }},
     {"GlobalMaxPool", [](NodeContext& c) { import_global_pool(c, "max"); }},
+    {"LpPool", import_lp_pool},
     {"BatchNormalization", import_batch_norm},
     {"InstanceNormalization", import_instance_norm},
     {"LayerNormalization", [](NodeContext& c) { import_norm_over_axis(c, "layer_norm", 1e-5); }},

@@ -390,6 +390,7 @@ void import_cast(NodeContext& ctx) {
       y = ctx.add1("where", {op("ge", y, half), op("sub", y, m), y});
     }
   }
+  if (to == 2 || to == 4 || to == 5 || to == 12 || to == 13) ctx.set_held_type(y, static_cast<int32_t>(to));
   ctx.set_output(0, y);
 }
 
@@ -536,55 +537,6 @@ void import_pad(NodeContext& ctx) {
   ctx.set_output(0, y);
 }
 
-void import_resize(NodeContext& ctx) {
-  const TensorDesc x = ctx.desc(0);
-  const int64_t rank = static_cast<int64_t>(x.dims.size());
-  const std::string mode = ctx.attr_string("mode", std::string("nearest"));
-  const std::string ctm = ctx.attr_string("coordinate_transformation_mode", std::string("half_pixel"));
-  const std::string nearest_mode = ctx.attr_string("nearest_mode", std::string("round_prefer_floor"));
-  ctx.attr_float("cubic_coeff_a", -0.75);
-  ctx.attr_int("exclude_outside", 0);
-  ctx.attr_float("extrapolation_value", 0.0);
-  const std::string aspect = ctx.attr_string("keep_aspect_ratio_policy", std::string("stretch"));
-  if (aspect != "stretch") ctx.fail("keep_aspect_ratio_policy " + aspect + " is not supported");
-  if (ctx.has_attr("axes")) ctx.fail("the axes attribute is not supported");
-  if (rank < 3 || rank > 5) ctx.fail("input must be 3-D to 5-D");
-  Attributes attrs;
-  if (mode == "nearest") {
-    if (ctm == "asymmetric" && nearest_mode == "floor")
-      attrs.set("mode", std::string("nearest"));
-    else if (ctm == "half_pixel" && nearest_mode == "round_prefer_ceil")
-      attrs.set("mode", std::string("nearest_exact"));
-    else
-      ctx.fail("nearest with coordinate_transformation_mode " + ctm + " and nearest_mode " + nearest_mode +
-               " is not supported (asymmetric + floor, or half_pixel + round_prefer_ceil)");
-  } else if (mode == "linear") {
-    attrs.set("mode", std::string("linear"));
-    if (ctm == "align_corners")
-      attrs.set("align_corners", int64_t{1});
-    else if (ctm != "half_pixel" && ctm != "pytorch_half_pixel")
-      ctx.fail("linear with coordinate_transformation_mode " + ctm + " is not supported");
-  } else {
-    ctx.fail("mode " + mode + " is not supported");
-  }
-  auto scales = ctx.float_values(2);
-  auto sizes = ctx.int_values(3);
-  if (sizes && !sizes->empty()) {
-    if (static_cast<int64_t>(sizes->size()) != rank) ctx.fail("sizes needs one entry per dim");
-    if ((*sizes)[0] != x.dims[0] || (*sizes)[1] != x.dims[1])
-      ctx.fail("resizing the batch or channel dim is not supported");
-    attrs.set("sizes", std::vector<int64_t>(sizes->begin() + 2, sizes->end()));
-  } else if (scales && !scales->empty()) {
-    if (static_cast<int64_t>(scales->size()) != rank) ctx.fail("scales needs one entry per dim");
-    if ((*scales)[0] != 1.0 || (*scales)[1] != 1.0)
-      ctx.fail("resizing the batch or channel dim is not supported");
-    attrs.set("scales", std::vector<double>(scales->begin() + 2, scales->end()));
-  } else {
-    ctx.fail("needs scales or sizes known while parsing");
-  }
-  ctx.set_output(0, ctx.add1("resize", {ctx.input(0)}, attrs));
-}
-
 // DepthToSpace / SpaceToDepth: reshape, transpose, reshape (static dims).
 void import_depth_space(NodeContext& ctx, bool to_space) {
   const TensorDesc x = ctx.desc(0);
@@ -641,7 +593,6 @@ const ImporterRegistration kRegistered{
     {"Identity", import_identity},
     {"Range", import_range},
     {"Pad", import_pad},
-    {"Resize", import_resize, 11},
     {"DepthToSpace", [](NodeContext& c) { import_depth_space(c, true); }},
     {"SpaceToDepth", [](NodeContext& c) { import_depth_space(c, false); }},
 };
