@@ -84,6 +84,8 @@ class NodeContext {
 
  protected:
   virtual TensorId input_id(int i) const = 0;
+  // `base`, or `base` with a suffix, unused by any layer or node of the network so far.
+  virtual std::string unique_layer_name(const std::string& base) = 0;
   const Network& net_const() const { return const_cast<NodeContext*>(this)->net(); }
   int counter_ = 0;
 };

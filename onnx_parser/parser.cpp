@@ -105,12 +105,22 @@ std::vector<uint8_t> convert_elements(const pb::TensorProto& tp, const ElemType&
   };
   if (src == nullptr) {  // the typed field must hold n values: checked before allocating n
     switch (t) {
-      case T::FLOAT: count_check(tp.float_data_size(), "float_data"); break;
-      case T::DOUBLE: count_check(tp.double_data_size(), "double_data"); break;
-      case T::INT64: count_check(tp.int64_data_size(), "int64_data"); break;
+      case T::FLOAT:
+        count_check(tp.float_data_size(), "float_data");
+        break;
+      case T::DOUBLE:
+        count_check(tp.double_data_size(), "double_data");
+        break;
+      case T::INT64:
+        count_check(tp.int64_data_size(), "int64_data");
+        break;
       case T::UINT32:
-      case T::UINT64: count_check(tp.uint64_data_size(), "uint64_data"); break;
-      default: count_check(tp.int32_data_size(), "int32_data"); break;
+      case T::UINT64:
+        count_check(tp.uint64_data_size(), "uint64_data");
+        break;
+      default:
+        count_check(tp.int32_data_size(), "int32_data");
+        break;
     }
   }
   std::vector<uint8_t> out(static_cast<size_t>(tensor_bytes(Dims{n}, dtype_size(et.dtype))));
@@ -216,6 +226,13 @@ std::vector<uint8_t> convert_elements(const pb::TensorProto& tp, const ElemType&
   return out;
 }
 
+// A non-negative decimal count from an external-data entry.
+int64_t parse_count(const std::string& text, const std::string& tensor) {
+  KILN_CHECK(!text.empty() && text.size() <= 18 && text.find_first_not_of("0123456789") == std::string::npos,
+             "tensor '" << tensor << "': external data offset/length '" << text << "' is not a byte count");
+  return std::stoll(text);
+}
+
 std::string read_file(const std::string& path, const char* what) {
   std::ifstream f(path, std::ios::binary);
   KILN_CHECK(f.good(), "cannot open " << what << " '" << path << "'");
@@ -280,6 +297,7 @@ class ProtoNodeContext : public NodeContext {
 
  protected:
   TensorId input_id(int i) const override;
+  std::string unique_layer_name(const std::string& base) override;
 
  private:
   const pb::AttributeProto* find(const std::string& name) const {
@@ -389,8 +407,8 @@ class Importer {
     } else {
       bytes = convert_elements(tp, et, n, nullptr);
     }
-    const TensorId id =
-        net_.add_constant(name, et.dtype, dims, std::make_shared<const std::vector<uint8_t>>(std::move(bytes)));
+    const TensorId id = net_.add_constant(name, et.dtype, dims,
+                                          std::make_shared<const std::vector<uint8_t>>(std::move(bytes)));
     if (!et.exact) held_types_[id] = tp.data_type();
     return id;
   }
@@ -487,10 +505,10 @@ class Importer {
                label << " is not supported by Kiln's ONNX parser. docs/onnx.md lists the supported "
                         "operators; replace the node (onnx-simplifier, or export the model without it), "
                         "or keep that part of the model outside Kiln");
-    KILN_CHECK(opset_ >= imp->since,
-               label << ": Kiln imports " << node.op_type() << " from opset " << imp->since
-                     << " on (its meaning changed then); convert the model: "
-                        "onnx.version_converter.convert_version(model, 13)");
+    KILN_CHECK(opset_ >= imp->since, label << ": Kiln imports " << node.op_type() << " from opset "
+                                           << imp->since
+                                           << " on (its meaning changed then); convert the model: "
+                                              "onnx.version_converter.convert_version(model, 13)");
     ProtoNodeContext ctx(
         *this, node,
         unique_name(node.name().empty() ? node.op_type() + "_" + std::to_string(index) : node.name()));
@@ -517,9 +535,9 @@ class Importer {
       if (kv.key() == "location")
         location = kv.value();
       else if (kv.key() == "offset")
-        offset = std::stoll(kv.value());
+        offset = parse_count(kv.value(), tp.name());
       else if (kv.key() == "length")
-        length = std::stoll(kv.value());
+        length = parse_count(kv.value(), tp.name());
     }
     KILN_CHECK(!location.empty(), "tensor '" << tp.name() << "' has external data without a location");
     KILN_CHECK(location.find("..") == std::string::npos && location[0] != '/',
@@ -572,6 +590,7 @@ void ProtoNodeContext::set_output(int i, TensorId t) {
   if (wants_output(i)) imp_.define(node_.output(i), t);
 }
 int32_t ProtoNodeContext::held_type(TensorId t) const { return imp_.held_type(t); }
+std::string ProtoNodeContext::unique_layer_name(const std::string& base) { return imp_.unique_name(base); }
 void ProtoNodeContext::set_held_type(TensorId t, int32_t onnx_type) { imp_.set_held_type(t, onnx_type); }
 TensorId ProtoNodeContext::attr_tensor(const std::string& name) {
   const pb::AttributeProto* a = get(name, pb::AttributeProto::TENSOR, false);
@@ -663,19 +682,9 @@ std::optional<std::vector<double>> NodeContext::float_values(int i) const {
 
 Layer& NodeContext::add(const std::string& op, const std::vector<TensorId>& inputs, Attributes attrs,
                         const std::string& suffix) {
-  std::string n = name();
-  if (counter_++ > 0 || !suffix.empty()) n += "/" + (suffix.empty() ? op + std::to_string(counter_) : suffix);
-  // Layer names must be unique in the network; a suffix may repeat within a node.
-  while (true) {
-    bool taken = false;
-    for (const Layer& l : net().layers()) {
-      if (l.name == n) {
-        taken = true;
-        break;
-      }
-    }
-    if (!taken) break;
-    n += "_" + std::to_string(counter_++);
+  std::string n = name();  // the node's first layer takes the node's (reserved) name
+  if (counter_++ > 0 || !suffix.empty()) {
+    n = unique_layer_name(n + "/" + (suffix.empty() ? op + std::to_string(counter_) : suffix));
   }
   return net().add_layer(op, inputs, std::move(attrs), n);
 }
@@ -728,8 +737,8 @@ int64_t normalize_axis(int64_t axis, int64_t rank, const NodeContext& ctx) {
 
 void check_host_elements(int64_t n, const char* what, const NodeContext& ctx) {
   if (n < 0 || n > kMaxHostElements) {
-    ctx.fail(std::string(what) + " of " + std::to_string(n) + " elements is larger than Kiln builds while parsing (" +
-             std::to_string(kMaxHostElements) + ")");
+    ctx.fail(std::string(what) + " of " + std::to_string(n) +
+             " elements is larger than Kiln builds while parsing (" + std::to_string(kMaxHostElements) + ")");
   }
 }
 

@@ -44,9 +44,12 @@ int main(int argc, char** argv) {
     const std::string a = argv[i];
     if (a == "--target" && i + 1 < argc) {
       const std::string t = argv[++i];
-      if (t == "reference") config.target = kiln::BuildTarget::kReference;
-      else if (t == "cuda") config.target = kiln::BuildTarget::kCuda;
-      else return usage();
+      if (t == "reference")
+        config.target = kiln::BuildTarget::kReference;
+      else if (t == "cuda")
+        config.target = kiln::BuildTarget::kCuda;
+      else
+        return usage();
     } else if (a == "--fp16") {
       kiln::enable_precision(config.precision, "fp16");
     } else if (a == "--shapes") {

@@ -19,8 +19,10 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // [B, S, H*D] -> [B, H, S, D] (static dims).
 TensorId split_heads(NodeContext& ctx, TensorId t, int64_t heads) {
   const Dims d = ctx.net().desc(t).dims;
-  if (!is_static(d) || heads <= 0 || d[2] % heads != 0) ctx.fail("3-D inputs need static dims divisible by the heads");
-  t = ctx.add1("reshape", {t}, Attributes().set("shape", std::vector<int64_t>{d[0], d[1], heads, d[2] / heads}));
+  if (!is_static(d) || heads <= 0 || d[2] % heads != 0)
+    ctx.fail("3-D inputs need static dims divisible by the heads");
+  t = ctx.add1("reshape", {t},
+               Attributes().set("shape", std::vector<int64_t>{d[0], d[1], heads, d[2] / heads}));
   return ctx.add1("transpose", {t}, Attributes().set("perm", std::vector<int64_t>{0, 2, 1, 3}));
 }
 
@@ -54,13 +56,19 @@ void import_attention(NodeContext& ctx) {
   const double scale_attr = has_scale ? ctx.attr_float("scale") : 0.0;
   TensorId q = ctx.input(0), k = ctx.input(1), v = ctx.input(2);
   const DataType dt = ctx.desc(0).dtype;
-  const bool three_d = ctx.desc(0).dims.size() == 3;
+  const size_t qrank = ctx.desc(0).dims.size();
+  const bool three_d = qrank == 3;
+  if ((qrank != 3 && qrank != 4) || ctx.desc(1).dims.size() != qrank || ctx.desc(2).dims.size() != qrank) {
+    ctx.fail("q, k and v must all be 3-D or all 4-D");
+  }
+  if (ctx.has_input(4) && (ctx.desc(4).dims.size() != 4 || ctx.desc(5).dims.size() != 4)) {
+    ctx.fail("past_key and past_value must be 4-D");
+  }
+  if (ctx.has_input(3) && ctx.desc(3).dims.empty()) ctx.fail("attn_mask must have rank >= 1");
   if (three_d) {
     q = split_heads(ctx, q, q_heads);
     k = split_heads(ctx, k, kv_heads);
     v = split_heads(ctx, v, kv_heads);
-  } else if (ctx.desc(0).dims.size() != 4) {
-    ctx.fail("q, k and v must be 3-D or 4-D");
   }
   if (ctx.has_input(4) != ctx.has_input(5)) ctx.fail("past_key and past_value come together");
   const bool past = ctx.has_input(4);
@@ -86,7 +94,8 @@ void import_attention(NodeContext& ctx) {
     a.set("causal", int64_t{causal});
     if (has_scale) a.set("scale", scale_attr);
     std::vector<TensorId> in = {q, k, v};
-    if (ctx.has_input(3)) in.push_back(ctx.cast(ctx.input(3), ctx.desc(3).dtype == DataType::kBool ? DataType::kBool : dt));
+    if (ctx.has_input(3))
+      in.push_back(ctx.cast(ctx.input(3), ctx.desc(3).dtype == DataType::kBool ? DataType::kBool : dt));
     TensorId y = ctx.add1("attention", in, a);
     ctx.set_output(0, three_d ? merge_heads(ctx, y) : y);
     return;
@@ -99,8 +108,11 @@ void import_attention(NodeContext& ctx) {
     const TensorDesc md = ctx.desc(3);
     const int64_t pad = skv - md.dims.back();
     if (pad > 0) {
-      m = ctx.add1("pad", {m}, Attributes().set("pads", std::vector<int64_t>{0, pad}).set("mode", std::string("constant"))
-                                   .set("value", md.dtype == DataType::kBool ? 0.0 : -kInf));
+      m = ctx.add1("pad", {m},
+                   Attributes()
+                       .set("pads", std::vector<int64_t>{0, pad})
+                       .set("mode", std::string("constant"))
+                       .set("value", md.dtype == DataType::kBool ? 0.0 : -kInf));
     }
     bias = md.dtype == DataType::kBool ? bias_of(ctx, m, dt) : ctx.cast(m, dt);
   }
@@ -108,8 +120,10 @@ void import_attention(NodeContext& ctx) {
   TensorId i_idx = index_along(ctx, sq, 2), j_idx = index_along(ctx, skv, 3);
   TensorId pos = i_idx;  // [1, 1, sq, 1] (or [B, 1, sq, 1])
   if (nonpad) {
-    TensorId n = ctx.add1("reshape", {ctx.cast(ctx.input(6), DataType::kInt64)}, Attributes().set("shape", std::vector<int64_t>{-1, 1, 1, 1}));
-    pos = ctx.elementwise("add", i_idx, ctx.elementwise("sub", n, ctx.scalar(DataType::kInt64, static_cast<double>(sq), 4)));
+    TensorId n = ctx.add1("reshape", {ctx.cast(ctx.input(6), DataType::kInt64)},
+                          Attributes().set("shape", std::vector<int64_t>{-1, 1, 1, 1}));
+    pos = ctx.elementwise(
+        "add", i_idx, ctx.elementwise("sub", n, ctx.scalar(DataType::kInt64, static_cast<double>(sq), 4)));
     // keys at or past a batch's valid length are padding
     TensorId valid = ctx.elementwise("lt", j_idx, n);
     TensorId b = bias_of(ctx, valid, dt);
@@ -124,9 +138,11 @@ void import_attention(NodeContext& ctx) {
   if (windowed) {
     TensorId diff = ctx.elementwise("sub", pos, j_idx);
     TensorId allowed = -1;
-    if (left >= 0) allowed = ctx.elementwise("le", diff, ctx.scalar(DataType::kInt64, static_cast<double>(left), 4));
+    if (left >= 0)
+      allowed = ctx.elementwise("le", diff, ctx.scalar(DataType::kInt64, static_cast<double>(left), 4));
     if (right >= 0) {
-      TensorId r = ctx.elementwise("le", ctx.unary("neg", diff), ctx.scalar(DataType::kInt64, static_cast<double>(right), 4));
+      TensorId r = ctx.elementwise("le", ctx.unary("neg", diff),
+                                   ctx.scalar(DataType::kInt64, static_cast<double>(right), 4));
       allowed = allowed >= 0 ? ctx.elementwise("and", allowed, r) : r;
     }
     TensorId b = bias_of(ctx, allowed, dt);
@@ -136,11 +152,13 @@ void import_attention(NodeContext& ctx) {
   const int64_t hq = qd[1], hk = kd[1];
   TensorId kr = k, vr = v;
   if (hq != hk) {
-    if (hk <= 0 || hq % hk != 0 || !is_static(kd)) ctx.fail("query heads must be a static multiple of the kv heads");
+    if (hk <= 0 || hq % hk != 0 || !is_static(kd))
+      ctx.fail("query heads must be a static multiple of the kv heads");
     auto repeat = [&](TensorId t) {
       const Dims d = ctx.net().desc(t).dims;
       TensorId u = ctx.add1("unsqueeze", {t}, Attributes().set("axes", std::vector<int64_t>{2}));
-      u = ctx.add1("expand", {u}, Attributes().set("shape", std::vector<int64_t>{d[0], d[1], hq / hk, d[2], d[3]}));
+      u = ctx.add1("expand", {u},
+                   Attributes().set("shape", std::vector<int64_t>{d[0], d[1], hq / hk, d[2], d[3]}));
       return ctx.add1("reshape", {u}, Attributes().set("shape", std::vector<int64_t>{d[0], hq, d[2], d[3]}));
     };
     kr = repeat(k);
@@ -152,20 +170,26 @@ void import_attention(NodeContext& ctx) {
                              Attributes().set("transpose_b", int64_t{1}));
   if (softcap > 0) {
     TensorId c = ctx.scalar(dt, softcap, 4);
-    TensorId t = ctx.add1("activation", {ctx.elementwise("div", scores, c)}, Attributes().set("type", std::string("tanh")));
+    TensorId t = ctx.add1("activation", {ctx.elementwise("div", scores, c)},
+                          Attributes().set("type", std::string("tanh")));
     scores = ctx.elementwise("mul", t, c);
   }
   TensorId with_bias = bias >= 0 ? ctx.elementwise("add", scores, bias) : scores;
   TensorId sm_in = with_bias;
   if (softmax_precision != 0) {
-    const DataType sp = softmax_precision == 1 ? DataType::kFloat32 : softmax_precision == 10 ? DataType::kFloat16
-                        : softmax_precision == 16 ? DataType::kBFloat16 : dt;
+    const DataType sp = softmax_precision == 1    ? DataType::kFloat32
+                        : softmax_precision == 10 ? DataType::kFloat16
+                        : softmax_precision == 16 ? DataType::kBFloat16
+                                                  : dt;
     sm_in = ctx.cast(sm_in, sp);
   }
   TensorId probs = ctx.add1("softmax", {sm_in}, Attributes().set("axis", int64_t{-1}));
   if (bias >= 0) {
-    TensorId bmax = ctx.add1("reduce", {bias}, Attributes().set("op", std::string("max")).set("axes", std::vector<int64_t>{-1})
-                                                 .set("keepdim", int64_t{1}));
+    TensorId bmax = ctx.add1("reduce", {bias},
+                             Attributes()
+                                 .set("op", std::string("max"))
+                                 .set("axes", std::vector<int64_t>{-1})
+                                 .set("keepdim", int64_t{1}));
     TensorId masked = ctx.elementwise("eq", bmax, ctx.scalar(dt, -kInf, 4));
     probs = ctx.add1("where", {masked, ctx.scalar(ctx.net().desc(probs).dtype, 0.0, 4), probs});
   }

@@ -19,7 +19,8 @@ int64_t product(const Dims& d, size_t from, size_t to) {
 // The row-major linear index over data dims [b, b + k) of the index tuples in `idx` [..., k]
 // (negative entries count from the end), as int64 [...].
 TensorId linear_index(NodeContext& ctx, TensorId idx, const Dims& data, size_t b, int64_t k) {
-  std::vector<int64_t> dims(data.begin() + static_cast<int64_t>(b), data.begin() + static_cast<int64_t>(b) + k);
+  std::vector<int64_t> dims(data.begin() + static_cast<int64_t>(b),
+                            data.begin() + static_cast<int64_t>(b) + k);
   std::vector<int64_t> strides(static_cast<size_t>(k), 1);
   for (int64_t j = k - 2; j >= 0; --j) strides[j] = strides[j + 1] * dims[j + 1];
   idx = ctx.cast(idx, DataType::kInt64);
@@ -27,8 +28,11 @@ TensorId linear_index(NodeContext& ctx, TensorId idx, const Dims& data, size_t b
   TensorId neg = ctx.elementwise("lt", idx, ctx.scalar(DataType::kInt64, 0.0));
   idx = ctx.add1("where", {neg, ctx.elementwise("add", idx, d), idx});
   TensorId flat = ctx.elementwise("mul", idx, ctx.constant_i64(strides));
-  return ctx.add1("reduce", {flat}, Attributes().set("op", std::string("sum")).set("axes", std::vector<int64_t>{-1})
-                                        .set("keepdim", int64_t{0}));
+  return ctx.add1("reduce", {flat},
+                  Attributes()
+                      .set("op", std::string("sum"))
+                      .set("axes", std::vector<int64_t>{-1})
+                      .set("keepdim", int64_t{0}));
 }
 
 void import_gather_nd(NodeContext& ctx) {
@@ -36,7 +40,9 @@ void import_gather_nd(NodeContext& ctx) {
   const int64_t b = ctx.attr_int("batch_dims", 0);
   if (!is_static(data) || !is_static(ind) || ind.empty()) ctx.fail("needs static shapes");
   const int64_t k = ind.back();
-  if (b < 0 || k < 1 || b + k > static_cast<int64_t>(data.size())) ctx.fail("indices' last dim does not fit the data");
+  if (b < 0 || k < 1 || b + k > static_cast<int64_t>(data.size()) || b >= static_cast<int64_t>(ind.size())) {
+    ctx.fail("indices' last dim and batch_dims do not fit the data");
+  }
   for (int64_t i = 0; i < b; ++i) {
     if (data[i] != ind[i]) ctx.fail("batch dims of data and indices differ");
   }
@@ -54,7 +60,8 @@ void import_gather_nd(NodeContext& ctx) {
   Dims rows = {product(data, 0, static_cast<size_t>(b)) * block};
   rows.insert(rows.end(), data.begin() + b + k, data.end());
   TensorId table = ctx.add1("reshape", {ctx.input(0)}, Attributes().set("shape", rows));
-  ctx.set_output(0, ctx.add1("gather", {table, flat}, Attributes().set("axis", int64_t{0}).set("wrap", int64_t{0})));
+  ctx.set_output(
+      0, ctx.add1("gather", {table, flat}, Attributes().set("axis", int64_t{0}).set("wrap", int64_t{0})));
 }
 
 void import_scatter_nd(NodeContext& ctx) {
@@ -63,13 +70,16 @@ void import_scatter_nd(NodeContext& ctx) {
   const int64_t k = ind.back();
   if (k < 1 || k > static_cast<int64_t>(data.size())) ctx.fail("indices' last dim does not fit the data");
   const std::string reduction = ctx.attr_string("reduction", std::string("none"));
-  const int64_t rows = product(data, 0, static_cast<size_t>(k)), row = product(data, static_cast<size_t>(k), data.size());
+  const int64_t rows = product(data, 0, static_cast<size_t>(k)),
+                row = product(data, static_cast<size_t>(k), data.size());
   const int64_t n = product(ind, 0, ind.size() - 1);
   TensorId flat = linear_index(ctx, ctx.input(1), data, 0, k);
   flat = ctx.add1("reshape", {flat}, Attributes().set("shape", std::vector<int64_t>{n, 1}));
   flat = ctx.add1("expand", {flat}, Attributes().set("shape", std::vector<int64_t>{n, row}));
-  TensorId table = ctx.add1("reshape", {ctx.input(0)}, Attributes().set("shape", std::vector<int64_t>{rows, row}));
-  TensorId updates = ctx.add1("reshape", {ctx.input(2)}, Attributes().set("shape", std::vector<int64_t>{n, row}));
+  TensorId table =
+      ctx.add1("reshape", {ctx.input(0)}, Attributes().set("shape", std::vector<int64_t>{rows, row}));
+  TensorId updates =
+      ctx.add1("reshape", {ctx.input(2)}, Attributes().set("shape", std::vector<int64_t>{n, row}));
   TensorId y = ctx.add1("scatter_elements", {table, flat, updates},
                         Attributes().set("axis", int64_t{0}).set("reduction", reduction));
   ctx.set_output(0, ctx.add1("reshape", {y}, Attributes().set("shape", data)));
@@ -92,16 +102,19 @@ void import_einsum(NodeContext& ctx) {
     if (comma == std::string::npos) break;
     start = comma + 1;
   }
-  if (static_cast<int>(terms.size()) != ctx.num_inputs() || terms.size() > 2) ctx.fail("one or two operands are supported");
+  if (static_cast<int>(terms.size()) != ctx.num_inputs() || terms.size() > 2)
+    ctx.fail("one or two operands are supported");
   std::map<char, int> count;
   std::map<char, int64_t> size;
   for (size_t t = 0; t < terms.size(); ++t) {
     const Dims d = ctx.desc(static_cast<int>(t)).dims;
-    if (d.size() != terms[t].size() || !is_static(d)) ctx.fail("each operand needs static dims, one letter per dim");
+    if (d.size() != terms[t].size() || !is_static(d))
+      ctx.fail("each operand needs static dims, one letter per dim");
     std::set<char> seen;
     for (size_t i = 0; i < d.size(); ++i) {
       const char c = terms[t][i];
-      if (!seen.insert(c).second) ctx.fail("repeated letters within one operand (diagonals) are not supported");
+      if (!seen.insert(c).second)
+        ctx.fail("repeated letters within one operand (diagonals) are not supported");
       ++count[c];
       size[c] = d[i];
     }
@@ -128,11 +141,14 @@ void import_einsum(NodeContext& ctx) {
     std::string kept;
     for (size_t i = 0; i < terms[t].size(); ++i) {
       const char c = terms[t][i];
-      if (out.find(c) == std::string::npos && count[c] == 1) axes.push_back(static_cast<int64_t>(i));
-      else kept += c;
+      if (out.find(c) == std::string::npos && count[c] == 1)
+        axes.push_back(static_cast<int64_t>(i));
+      else
+        kept += c;
     }
     if (!axes.empty()) {
-      v = ctx.add1("reduce", {v}, Attributes().set("op", std::string("sum")).set("axes", axes).set("keepdim", int64_t{0}));
+      v = ctx.add1("reduce", {v},
+                   Attributes().set("op", std::string("sum")).set("axes", axes).set("keepdim", int64_t{0}));
     }
     terms[t] = kept;
     x.push_back(v);
@@ -144,9 +160,12 @@ void import_einsum(NodeContext& ctx) {
   std::string batch, contracted, fa, fb;
   for (char c : terms[0]) {
     const bool in_b = terms[1].find(c) != std::string::npos, in_out = out.find(c) != std::string::npos;
-    if (in_b && in_out) batch += c;
-    else if (in_b) contracted += c;
-    else fa += c;
+    if (in_b && in_out)
+      batch += c;
+    else if (in_b)
+      contracted += c;
+    else
+      fa += c;
   }
   for (char c : terms[1]) {
     if (terms[0].find(c) == std::string::npos) fb += c;
@@ -167,7 +186,8 @@ void import_einsum(NodeContext& ctx) {
   for (char c : have) dims.push_back(size[c]);
   y = ctx.add1("reshape", {y}, Attributes().set("shape", dims));
   for (char c : out) {
-    if (have.find(c) == std::string::npos) ctx.fail(std::string("output letter ") + c + " is not an input letter");
+    if (have.find(c) == std::string::npos)
+      ctx.fail(std::string("output letter ") + c + " is not an input letter");
   }
   ctx.set_output(0, transpose_to(y, have, out));
 }

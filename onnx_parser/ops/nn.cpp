@@ -38,6 +38,9 @@ struct Padding {
 Padding node_padding(NodeContext& ctx, const Dims& x, const std::vector<int64_t>& kernel,
                      const std::vector<int64_t>& strides, const std::vector<int64_t>& dilations) {
   const size_t n = kernel.size();
+  if (strides.size() != n || dilations.size() != n || x.size() != n + 2) {
+    ctx.fail("kernel_shape, strides and dilations need one value per spatial dim");
+  }
   Padding p{std::vector<int64_t>(n, 0), std::vector<int64_t>(n, 0)};
   const std::string auto_pad = ctx.attr_string("auto_pad", std::string("NOTSET"));
   if (auto_pad == "NOTSET") {
@@ -83,8 +86,10 @@ void import_conv(NodeContext& ctx, bool transposed) {
   const TensorDesc x = ctx.desc(0), w = ctx.desc(1);
   if (x.dims.size() < 3 || x.dims.size() > 5) ctx.fail("input must be 3-D to 5-D (1 to 3 spatial dims)");
   const size_t n = x.dims.size() - 2;
+  if (w.dims.size() != x.dims.size()) ctx.fail("the weight's rank must equal the input's");
   const std::vector<int64_t> kernel =
       ctx.attr_ints("kernel_shape", std::vector<int64_t>(w.dims.begin() + 2, w.dims.end()));
+  if (kernel.size() != n) ctx.fail("kernel_shape needs one value per spatial dim");
   const std::vector<int64_t> strides = ctx.attr_ints("strides", ones(n));
   const std::vector<int64_t> dilations = ctx.attr_ints("dilations", ones(n));
   const int64_t group = ctx.attr_int("group", 1);
@@ -102,6 +107,9 @@ void import_conv(NodeContext& ctx, bool transposed) {
   } else {
     std::vector<int64_t> pads = ctx.attr_ints("pads", std::vector<int64_t>(2 * n, 0));
     std::vector<int64_t> out_pad = ctx.attr_ints("output_padding", std::vector<int64_t>(n, 0));
+    if (out_pad.size() != n || strides.size() != n || dilations.size() != n) {
+      ctx.fail("output_padding, strides and dilations need one value per spatial dim");
+    }
     const std::string auto_pad = ctx.attr_string("auto_pad", std::string("NOTSET"));
     if (ctx.has_attr("output_shape")) {
       // Total padding from the requested output size (ONNX's formula), split as auto_pad says.
@@ -206,7 +214,8 @@ void import_lp_pool(NodeContext& ctx) {
   const std::vector<int64_t> strides = ctx.attr_ints("strides", ones(n));
   const std::vector<int64_t> dilations = ctx.attr_ints("dilations", ones(n));
   const int64_t ceil_mode = ctx.attr_int("ceil_mode", 0);
-  if (kernel.size() != n || dilations != ones(n)) ctx.fail("kernel_shape needs one value per spatial dim, dilations 1");
+  if (kernel.size() != n || dilations != ones(n))
+    ctx.fail("kernel_shape needs one value per spatial dim, dilations 1");
   if (p < 1) ctx.fail("p must be >= 1");
   const DataType dt = x.dtype;
   TensorId a = ctx.unary("abs", ctx.input(0));
@@ -220,9 +229,14 @@ void import_lp_pool(NodeContext& ctx) {
   }
   int64_t window = 1;
   for (int64_t k : kernel) window *= k;
-  TensorId avg = ctx.add1("pooling", {ap}, Attributes().set("type", std::string("avg")).set("kernel", kernel)
-                                             .set("strides", strides).set("pads", pad.begin)
-                                             .set("ceil_mode", ceil_mode).set("count_include_pad", int64_t{1}));
+  TensorId avg = ctx.add1("pooling", {ap},
+                          Attributes()
+                              .set("type", std::string("avg"))
+                              .set("kernel", kernel)
+                              .set("strides", strides)
+                              .set("pads", pad.begin)
+                              .set("ceil_mode", ceil_mode)
+                              .set("count_include_pad", int64_t{1}));
   TensorId sum = ctx.elementwise("mul", avg, ctx.scalar(dt, static_cast<double>(window)));
   ctx.set_output(0, p == 1 ? sum : ctx.elementwise("pow", sum, ctx.scalar(dt, 1.0 / static_cast<double>(p))));
 }

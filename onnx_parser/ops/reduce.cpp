@@ -114,12 +114,14 @@ void import_uint8_qdq(NodeContext& ctx, bool quantize, int64_t rank) {
   const int64_t axis_attr = ctx.attr_int("axis", 1);
   const int64_t axis = per_axis ? normalize_axis(axis_attr, rank, ctx) : 0;
   TensorId s = ctx.cast(ctx.input(1), DataType::kFloat32);
-  TensorId zp = ctx.has_input(2) ? ctx.cast(ctx.input(2), DataType::kInt32) : ctx.scalar(DataType::kInt32, 0.0);
+  TensorId zp =
+      ctx.has_input(2) ? ctx.cast(ctx.input(2), DataType::kInt32) : ctx.scalar(DataType::kInt32, 0.0);
   if (quantize) {
     Attributes a;
     if (per_axis) a.set("axis", axis);
     TensorId shifted = ctx.elementwise("sub", zp, ctx.scalar(DataType::kInt32, 128.0));
-    if (!per_axis) shifted = ctx.add1("reshape", {shifted}, Attributes().set("shape", std::vector<int64_t>{}));
+    if (!per_axis)
+      shifted = ctx.add1("reshape", {shifted}, Attributes().set("shape", std::vector<int64_t>{}));
     if (!per_axis) s = ctx.add1("reshape", {s}, Attributes().set("shape", std::vector<int64_t>{}));
     TensorId q = ctx.add1("quantize", {ctx.input(0), s, shifted}, a);
     TensorId y = ctx.elementwise("add", ctx.cast(q, DataType::kInt32), ctx.scalar(DataType::kInt32, 128.0));
@@ -133,7 +135,8 @@ void import_uint8_qdq(NodeContext& ctx, bool quantize, int64_t rank) {
     s = ctx.add1("reshape", {s}, Attributes().set("shape", shape));
     zp = ctx.add1("reshape", {zp}, Attributes().set("shape", shape));
   }
-  TensorId x = ctx.elementwise("sub", ctx.cast(ctx.input(0), DataType::kFloat32), ctx.cast(zp, DataType::kFloat32));
+  TensorId x =
+      ctx.elementwise("sub", ctx.cast(ctx.input(0), DataType::kFloat32), ctx.cast(zp, DataType::kFloat32));
   ctx.set_output(0, ctx.cast(ctx.elementwise("mul", x, s), scale.dtype));
 }
 

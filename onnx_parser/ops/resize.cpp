@@ -36,7 +36,8 @@ double original_coordinate(const Mode& m, double x, double scale, int64_t in, in
     return offset + (x + 0.5) / scale - 0.5;
   }
   // tf_crop_and_resize
-  double xo = out == 1 ? (roi_end - roi_start) * (in - 1) / 2.0 : x * (roi_end - roi_start) * (in - 1) / (out - 1);
+  double xo =
+      out == 1 ? (roi_end - roi_start) * (in - 1) / 2.0 : x * (roi_end - roi_start) * (in - 1) / (out - 1);
   xo += roi_start * (in - 1);
   *outside = xo < 0 || xo > in - 1;
   return xo;
@@ -69,7 +70,8 @@ TensorId resize_axis(NodeContext& ctx, TensorId x, int64_t axis, int64_t rank, i
   bool any_outside = false;
   for (int64_t o = 0; o < out; ++o) {
     bool outside = false;
-    const double xo = original_coordinate(m, static_cast<double>(o), scale, in, out, roi_start, roi_end, &outside);
+    const double xo =
+        original_coordinate(m, static_cast<double>(o), scale, in, out, roi_start, roi_end, &outside);
     inside[o] = !outside;
     any_outside |= outside;
     double base = std::floor(xo), r = xo - base;
@@ -103,18 +105,21 @@ TensorId resize_axis(NodeContext& ctx, TensorId x, int64_t axis, int64_t rank, i
     TensorId g = ctx.add1("gather", {x, ctx.constant_i64(index[t])}, Attributes().set("axis", axis));
     if (!one) {
       std::vector<float> w(weight[t].begin(), weight[t].end());
-      TensorId wt = ctx.cast(ctx.net().add_constant(ctx.name() + "/w" + std::to_string(axis) + "_" + std::to_string(t),
-                                                    DataType::kFloat32, shape, w.data(), w.size() * sizeof(float)),
-                             dt);
+      TensorId wt =
+          ctx.cast(ctx.net().add_constant(ctx.name() + "/w" + std::to_string(axis) + "_" + std::to_string(t),
+                                          DataType::kFloat32, shape, w.data(), w.size() * sizeof(float)),
+                   dt);
       g = ctx.elementwise("mul", g, wt);
     }
     y = y < 0 ? g : ctx.elementwise("add", y, g);
   }
-  if (y < 0) y = ctx.elementwise("mul", ctx.add1("gather", {x, ctx.constant_i64(index[0])}, Attributes().set("axis", axis)),
-                                 ctx.scalar(dt, 0.0));
+  if (y < 0)
+    y = ctx.elementwise("mul",
+                        ctx.add1("gather", {x, ctx.constant_i64(index[0])}, Attributes().set("axis", axis)),
+                        ctx.scalar(dt, 0.0));
   if (any_outside) {
-    TensorId mask = ctx.net().add_constant(ctx.name() + "/inside" + std::to_string(axis), DataType::kBool, shape,
-                                           inside.data(), inside.size());
+    TensorId mask = ctx.net().add_constant(ctx.name() + "/inside" + std::to_string(axis), DataType::kBool,
+                                           shape, inside.data(), inside.size());
     y = ctx.add1("where", {mask, y, ctx.scalar(dt, m.extrapolation)});
   }
   return y;
@@ -132,10 +137,13 @@ void import_resize(NodeContext& ctx) {
   m.extrapolation = ctx.attr_float("extrapolation_value", 0.0);
   if (ctx.attr_int("antialias", 0) != 0) ctx.fail("antialias is not supported");
   const std::string aspect = ctx.attr_string("keep_aspect_ratio_policy", std::string("stretch"));
-  if (m.mode != "nearest" && m.mode != "linear" && m.mode != "cubic") ctx.fail("mode " + m.mode + " is not supported");
-  static const std::vector<std::string> ctms = {"half_pixel", "half_pixel_symmetric", "pytorch_half_pixel",
-                                                "align_corners", "asymmetric", "tf_crop_and_resize"};
-  if (std::find(ctms.begin(), ctms.end(), m.ctm) == ctms.end()) ctx.fail("coordinate_transformation_mode " + m.ctm);
+  if (m.mode != "nearest" && m.mode != "linear" && m.mode != "cubic")
+    ctx.fail("mode " + m.mode + " is not supported");
+  static const std::vector<std::string> ctms = {"half_pixel",         "half_pixel_symmetric",
+                                                "pytorch_half_pixel", "align_corners",
+                                                "asymmetric",         "tf_crop_and_resize"};
+  if (std::find(ctms.begin(), ctms.end(), m.ctm) == ctms.end())
+    ctx.fail("coordinate_transformation_mode " + m.ctm);
   std::vector<int64_t> axes(static_cast<size_t>(rank));
   std::iota(axes.begin(), axes.end(), 0);
   if (ctx.has_attr("axes")) {
@@ -176,8 +184,10 @@ void import_resize(NodeContext& ctx) {
       const int64_t a = axes[i];
       if ((*scales)[i] <= 0) ctx.fail("scales must be positive");
       scale[a] = (*scales)[i];
-      if (x.dims[a] >= 0) out[a] = static_cast<int64_t>(std::floor(static_cast<double>(x.dims[a]) * (*scales)[i]));
-      else if ((*scales)[i] != 1.0) ctx.fail("resizing a dynamic dim is not supported");
+      if (x.dims[a] >= 0)
+        out[a] = static_cast<int64_t>(std::floor(static_cast<double>(x.dims[a]) * (*scales)[i]));
+      else if ((*scales)[i] != 1.0)
+        ctx.fail("resizing a dynamic dim is not supported");
     }
   } else {
     ctx.fail("needs scales or sizes known while parsing");

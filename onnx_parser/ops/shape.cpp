@@ -327,6 +327,12 @@ void import_tile(NodeContext& ctx) {
   std::vector<int64_t> reps = known_ints(ctx, 1, "repeats");
   if (reps.size() != x.dims.size()) ctx.fail("repeats needs one entry per dim");
   if (!is_static(x.dims)) ctx.fail("Tile needs static input dims");
+  for (int64_t r : reps) {
+    if (r < 0) ctx.fail("repeats must be >= 0");
+  }
+  Dims all(x.dims);
+  all.insert(all.end(), reps.begin(), reps.end());
+  volume(all);  // refuses sizes past 2^62
   // [d0, d1] -> [1, d0, 1, d1] -> expand [r0, d0, r1, d1] -> reshape [r0 d0, r1 d1]
   std::vector<int64_t> inter, expanded, out;
   for (size_t i = 0; i < reps.size(); ++i) {
@@ -470,6 +476,9 @@ void import_identity(NodeContext& ctx) { ctx.set_output(0, ctx.add1("identity", 
 void import_range(NodeContext& ctx) {
   const DataType dt = ctx.desc(0).dtype;
   auto start = ctx.float_values(0), limit = ctx.float_values(1), delta = ctx.float_values(2);
+  for (const auto* v : {&start, &limit, &delta}) {
+    if (*v && (*v)->size() != 1) ctx.fail("start, limit and delta must be scalars");
+  }
   if (start && delta && !limit && is_integral(dt) && ctx.desc(1).values) {
     // A limit computed from a dynamic dim (arange(seq_len)): arange's end input.
     TensorId end = ctx.add1("reshape", {ctx.cast(ctx.input(1), DataType::kInt64)},
@@ -531,7 +540,8 @@ void import_pad(NodeContext& ctx) {
     TensorId ones = ctx.add1("fill", {ctx.add1("shape", {ctx.input(0)})},
                              Attributes().set("dtype", std::string("bool")).set("value", 1.0));
     TensorId inside = ctx.add1("pad", {ones}, Attributes(attrs).set("value", 0.0));
-    TensorId v = ctx.add1("reshape", {ctx.cast(runtime_value, x.dtype)}, Attributes().set("shape", std::vector<int64_t>{}));
+    TensorId v = ctx.add1("reshape", {ctx.cast(runtime_value, x.dtype)},
+                          Attributes().set("shape", std::vector<int64_t>{}));
     y = ctx.add1("where", {inside, y, v});
   }
   ctx.set_output(0, y);
@@ -542,6 +552,8 @@ void import_depth_space(NodeContext& ctx, bool to_space) {
   const TensorDesc x = ctx.desc(0);
   if (x.dims.size() != 4 || !is_static(x.dims)) ctx.fail("needs a static 4-D input");
   const int64_t b = ctx.attr_int("blocksize");
+  if (b < 1 || b > x.dims[1] * 4096) ctx.fail("blocksize must be >= 1 and fit the tensor");
+  volume({x.dims[0], x.dims[1], x.dims[2], x.dims[3], b, b});  // refuses sizes past 2^62
   const int64_t n = x.dims[0], c = x.dims[1], h = x.dims[2], w = x.dims[3];
   TensorId y;
   if (to_space) {

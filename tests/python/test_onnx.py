@@ -318,5 +318,7 @@ def test_cpp_example_makes_the_same_plan_as_python(tmp_path):
     config.add_optimization_profile({"x": ([1, 4], [3, 4], [8, 4])})
     plan = kiln.Builder().build(kiln.onnx.parse(path), config)
     assert bytes(plan.serialize()) == out.read_bytes()
-    bad = subprocess.run([str(program), str(tmp_path / "none.onnx"), str(out)], capture_output=True, text=True)
+    bad = subprocess.run(
+        [str(program), str(tmp_path / "none.onnx"), str(out)], capture_output=True, text=True
+    )
     assert bad.returncode == 1 and "cannot open ONNX model" in bad.stderr
