@@ -196,6 +196,8 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
         "batch_norm_to_scale_shift", [&](Network& n) { return batch_norm_to_scale_shift(n, pinned); }, net);
     run_pass("patchify_convolutions", patchify_convolutions, net);
     run_pass("collapse_transposes", collapse_transposes, net);
+    // Before the GEMM epilogue fusion, which would take the scores' mask add as a residual.
+    run_pass("fuse_attention", fuse_attention, net);
     run_pass("fuse_gelu", fuse_gelu, net);
     run_pass("fuse_rms_norm", fuse_rms_norm, net);
     run_pass("fuse_conv_epilogue", fuse_conv_epilogue, net);

@@ -29,6 +29,9 @@ bool assign_precision(Network& net, const PrecisionConfig& config);
 // Pattern passes (fusion slot): decomposed GELU -> activation, T5-style RMS norm -> rms_norm.
 bool fuse_gelu(Network& net);
 bool fuse_rms_norm(Network& net);
+// Scaled dot-product attention written out (matmul, scale, mask add, softmax, matmul) -> one
+// attention layer (ONNX exports).
+bool fuse_attention(Network& net);
 // Connected groups of pointwise layers -> one fused_pointwise layer each.
 bool fuse_pointwise(Network& net);
 bool fold_batch_norm(Network& net);

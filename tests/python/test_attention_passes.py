@@ -550,3 +550,68 @@ def test_compile_bert_dynamic_batch():
         x = torch.randint(0, 500, (batch, 16))
         with torch.no_grad():
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+# --- fuse_attention (attention written out, as ONNX exports it) ---------------------------------
+
+
+def _written_out_attention(mask: bool, scale: str, guard: bool):
+    """q·kᵀ (kᵀ a transpose of k, or transpose_b), scaled by a division, a multiplication of the
+    scores or of q and kᵀ, plus an optional additive mask, softmax, torch.onnx's NaN guard, @ v."""
+    net = kiln.Network()
+    q = net.add_input("q", "float32", [2, 4, 8, 16])
+    k = net.add_input("k", "float32", [2, 4, 8, 16])
+    v = net.add_input("v", "float32", [2, 4, 8, 16])
+    if scale == "q_and_k":
+        q = net.add_elementwise(q, np.array(0.5, np.float32), "mul")
+    kt = net.add_layer("transpose", [k], {"perm": [0, 1, 3, 2]}, "kt")
+    if scale == "q_and_k":
+        kt = net.add_elementwise(kt, np.array(0.5, np.float32), "mul")
+    s = net.add_layer("matmul", [q, kt], {}, "qk")
+    if scale == "div":
+        s = net.add_elementwise(s, np.array(4.0, np.float32), "div")
+    elif scale == "mul":
+        s = net.add_elementwise(s, np.array(0.25, np.float32), "mul")
+    if mask:
+        m = net.add_input("mask", "float32", [2, 1, 1, 8])
+        s = net.add_elementwise(s, m, "add")
+    p = net.add_layer("softmax", [s], {"axis": -1}, "p")
+    if guard:
+        nan = net.add_elementwise(p, p, "ne")
+        p = net.add_layer("where", [nan, np.array(0.0, np.float32), p], {}, "guard")
+    net.mark_output(net.add_layer("matmul", [p, v], {}, "pv"), "y")
+    return net
+
+
+@pytest.mark.parametrize("mask", [False, True], ids=["no-mask", "mask"])
+@pytest.mark.parametrize("scale", ["div", "mul", "q_and_k", "none"])
+@pytest.mark.parametrize("guard", [False, True], ids=["", "nan-guard"])
+def test_written_out_attention_becomes_one_attention_layer(mask, scale, guard):
+    net = _written_out_attention(mask, scale, guard)
+    feed = {name: torch.randn(2, 4, 8, 16) for name in ("q", "k", "v")}
+    if mask:
+        m = torch.zeros(2, 1, 1, 8)
+        m[0, ..., 5:] = -1e4  # padding keys of the first sample
+        feed["mask"] = m
+    plan = optimized(net, feed)
+    got = ops(plan)
+    assert "softmax" not in got and got.count("attention") == 1, got
+    want = {"div": 0.25, "mul": 0.25, "q_and_k": 0.25, "none": 1.0}[scale]
+    attn = next(la for la in plan.layers() if la["op"] == "attention")
+    assert attn["attrs"]["scale"] == pytest.approx(want)
+
+
+def test_written_out_attention_whose_scores_are_also_read_stays():
+    # The scaled scores are a network output too: fusing would lose them, so nothing changes.
+    net = kiln.Network()
+    q, k, v = (net.add_input(n, "float32", [2, 4, 8, 16]) for n in ("q", "k", "v"))
+    kt = net.add_layer("transpose", [k], {"perm": [0, 1, 3, 2]}, "kt")
+    s = net.add_elementwise(
+        net.add_layer("matmul", [q, kt], {}, "qk"), np.array(4.0, np.float32), "div"
+    )
+    p = net.add_layer("softmax", [s], {"axis": -1}, "p")
+    net.mark_output(net.add_layer("matmul", [p, v], {}, "pv"), "y")
+    net.mark_output(s, "scores")
+    feed = {name: torch.randn(2, 4, 8, 16) for name in ("q", "k", "v")}
+    got = ops(optimized(net, feed))
+    assert "attention" not in got and "softmax" in got, got

@@ -271,8 +271,13 @@ def test_bert_matches_onnxruntime_with_dynamic_batch_and_sequence(bert, dynamo, 
     for shape in shapes:
         ids = torch.randint(0, 30000, shape)
         ref = sess.run(None, {"input_ids": ids.numpy()})[0]
-        out, _ = run_engine(net, {"input_ids": ids.numpy()}, profile=profile)
+        out, plan = run_engine(net, {"input_ids": ids.numpy()}, profile=profile)
         assert cosine(out[net.outputs[0].name], ref) >= 0.99999, shape
+    # The written-out attention (MatMul, scale, mask, Softmax, MatMul) runs as attention layers.
+    got = [layer["op"] for layer in plan.layers()]
+    assert "softmax" not in got and got.count("attention") + got.count("packed_attention") == 12, (
+        got
+    )
 
 
 @pytest.mark.gpu
