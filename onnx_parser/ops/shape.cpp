@@ -547,6 +547,58 @@ void import_pad(NodeContext& ctx) {
   ctx.set_output(0, y);
 }
 
+// CenterCropPad: per axis, a centred slice (crop) or a zero pad to the target size.
+void import_center_crop_pad(NodeContext& ctx) {
+  const TensorDesc x = ctx.desc(0);
+  const int64_t rank = static_cast<int64_t>(x.dims.size());
+  const std::vector<int64_t> shape = known_ints(ctx, 1, "shape");
+  std::vector<int64_t> axes(static_cast<size_t>(rank));
+  std::iota(axes.begin(), axes.end(), 0);
+  if (ctx.has_attr("axes")) axes = ctx.attr_ints("axes");
+  if (axes.size() != shape.size()) ctx.fail("shape needs one entry per axis");
+  TensorId y = ctx.input(0);
+  for (size_t i = 0; i < axes.size(); ++i) {
+    const int64_t a = normalize_axis(axes[i], rank, ctx);
+    const int64_t in = x.dims[a], want = shape[i];
+    if (in < 0 || want < 0) ctx.fail("needs static dims and sizes");
+    if (want < in) {  // crop: the start rounds down, as onnx's reference
+      const int64_t start = (in - want) / 2;
+      y = ctx.add1("slice", {y}, Attributes().set("axes", std::vector<int64_t>{a}).set("starts", std::vector<int64_t>{start})
+                                     .set("ends", std::vector<int64_t>{start + want}));
+    } else if (want > in) {  // pad: the smaller half first
+      const int64_t before = (want - in) / 2;
+      std::vector<int64_t> pads(static_cast<size_t>(2 * (rank - a)), 0);  // torch order, last dim first
+      pads[pads.size() - 2] = before;
+      pads[pads.size() - 1] = want - in - before;
+      y = ctx.add1("pad", {y}, Attributes().set("pads", pads).set("mode", std::string("constant")).set("value", 0.0));
+    }
+  }
+  ctx.set_output(0, y == ctx.input(0) ? ctx.add1("identity", {y}) : y);
+}
+
+// DynamicQuantizeLinear: uint8 with scale = (max(0, max x) - min(0, min x)) / 255 and zero point
+// clamp(round(-min / scale), 0, 255); y = clamp(round(x / scale) + zero point, 0, 255).
+void import_dynamic_quantize(NodeContext& ctx) {
+  const TensorId x = ctx.input(0);
+  if (ctx.desc(0).dtype != DataType::kFloat32) ctx.fail("x must be float32");
+  auto full_reduce = [&](const char* op) {
+    return ctx.add1("reduce", {x}, Attributes().set("op", std::string(op)).set("keepdim", int64_t{0}));
+  };
+  TensorId zero = ctx.scalar(DataType::kFloat32, 0.0);
+  TensorId hi = ctx.elementwise("max", full_reduce("max"), zero), lo = ctx.elementwise("min", full_reduce("min"), zero);
+  TensorId scale = ctx.elementwise("div", ctx.elementwise("sub", hi, lo), ctx.scalar(DataType::kFloat32, 255.0));
+  TensorId zp = ctx.unary("round", ctx.elementwise("div", ctx.unary("neg", lo), scale));
+  zp = ctx.add1("activation", {zp}, Attributes().set("type", std::string("clip")).set("alpha", 0.0).set("beta", 255.0));
+  TensorId q = ctx.elementwise("add", ctx.unary("round", ctx.elementwise("div", x, scale)), zp);
+  q = ctx.add1("activation", {q}, Attributes().set("type", std::string("clip")).set("alpha", 0.0).set("beta", 255.0));
+  TensorId yq = ctx.cast(q, DataType::kInt32), zq = ctx.cast(zp, DataType::kInt32);
+  ctx.set_held_type(yq, 2);
+  ctx.set_held_type(zq, 2);
+  ctx.set_output(0, yq);
+  ctx.set_output(1, ctx.add1("identity", {scale}));
+  ctx.set_output(2, zq);
+}
+
 // DepthToSpace / SpaceToDepth: reshape, transpose, reshape (static dims).
 void import_depth_space(NodeContext& ctx, bool to_space) {
   const TensorDesc x = ctx.desc(0);
@@ -605,6 +657,8 @@ const ImporterRegistration kRegistered{
     {"Identity", import_identity},
     {"Range", import_range},
     {"Pad", import_pad},
+    {"CenterCropPad", import_center_crop_pad},
+    {"DynamicQuantizeLinear", import_dynamic_quantize},
     {"DepthToSpace", [](NodeContext& c) { import_depth_space(c, true); }},
     {"SpaceToDepth", [](NodeContext& c) { import_depth_space(c, false); }},
 };
