@@ -49,7 +49,8 @@ bool last_two_swapped(const std::vector<int64_t>& perm, std::vector<int64_t>* sw
 
 bool identity_perm(const std::vector<int64_t>& perm) {
   for (size_t i = 0; i < perm.size(); ++i) {
-    if (perm[i] != static_cast<int64_t>(i) && perm[i] != static_cast<int64_t>(i) - static_cast<int64_t>(perm.size()))
+    if (perm[i] != static_cast<int64_t>(i) &&
+        perm[i] != static_cast<int64_t>(i) - static_cast<int64_t>(perm.size()))
       return false;
   }
   return true;
@@ -62,7 +63,8 @@ bool fuse_attention(Network& net) {
   for (int i = 0; i < static_cast<int>(net.layers().size()); ++i) {
     const Layer out = net.layers()[i];  // a copy: layers may be added below
     if (out.op != "matmul" || out.inputs.size() != 2) continue;
-    if (out.attrs.get_int("transpose_a", int64_t{0}) || out.attrs.get_int("transpose_b", int64_t{0})) continue;
+    if (out.attrs.get_int("transpose_a", int64_t{0}) || out.attrs.get_int("transpose_b", int64_t{0}))
+      continue;
     PatternMatcher m(net);
     TensorId probs = out.inputs[0];
     // torch.onnx's guard for fully masked rows, where(isnan(p), 0, p): attention gives those
@@ -84,7 +86,8 @@ bool fuse_attention(Network& net) {
     if (uses != uses_allowed) continue;
     const int64_t rank = static_cast<int64_t>(net.tensor(softmax->inputs[0]).dims.size());
     const int64_t axis = softmax->attrs.get_int("axis", int64_t{-1});
-    if (softmax->attrs.get_int("log", int64_t{0}) != 0 || (axis != -1 && axis != rank - 1) || rank < 3) continue;
+    if (softmax->attrs.get_int("log", int64_t{0}) != 0 || (axis != -1 && axis != rank - 1) || rank < 3)
+      continue;
     TensorId s = softmax->inputs[0];
     if (!m.single_use(s)) continue;
     TensorId mask = -1;
@@ -92,8 +95,9 @@ bool fuse_attention(Network& net) {
       // the side that is a matmul (possibly scaled) is the scores; the other is the mask
       for (int side = 0; side < 2; ++side) {
         const Layer* p = m.producer(add->inputs[side]);
-        if (p && (p->op == "matmul" || (p->op == "elementwise" && (p->attrs.get_string("op", "") == "mul" ||
-                                                                     p->attrs.get_string("op", "") == "div")))) {
+        if (p &&
+            (p->op == "matmul" || (p->op == "elementwise" && (p->attrs.get_string("op", "") == "mul" ||
+                                                              p->attrs.get_string("op", "") == "div")))) {
           mask = add->inputs[1 - side];
           s = add->inputs[side];
           break;
@@ -111,7 +115,8 @@ bool fuse_attention(Network& net) {
       s = inner;
     }
     const Layer* qk = m.producer(s);
-    if (!qk || qk->op != "matmul" || !m.single_use(s) || qk->attrs.get_int("transpose_a", int64_t{0})) continue;
+    if (!qk || qk->op != "matmul" || !m.single_use(s) || qk->attrs.get_int("transpose_a", int64_t{0}))
+      continue;
     TensorId q = qk->inputs[0], kt = qk->inputs[1], k = -1;
     if (scaled_by_constant(m, q, &inner, &c)) {
       q = inner;
@@ -143,7 +148,8 @@ bool fuse_attention(Network& net) {
     Dims k_dims = net.tensor(k).dims;
     if (!k_perm.empty() && !identity_perm(k_perm)) {
       Dims permuted;
-      for (int64_t p : k_perm) permuted.push_back(k_dims[static_cast<size_t>(p < 0 ? p + static_cast<int64_t>(k_dims.size()) : p)]);
+      for (int64_t p : k_perm)
+        permuted.push_back(k_dims[static_cast<size_t>(p < 0 ? p + static_cast<int64_t>(k_dims.size()) : p)]);
       k_dims = permuted;
     }
     descs.push_back(net.desc(q));
@@ -156,9 +162,11 @@ bool fuse_attention(Network& net) {
     probe.attrs.set("scale", scale);
     try {
       const std::vector<TensorDesc> got = find_schema("attention")->infer(probe, descs);
-      if (got.at(0).dims != net.tensor(out.outputs[0]).dims || got.at(0).dtype != net.tensor(out.outputs[0]).dtype) {
-        KILN_LOG(kVerbose, "fuse_attention: " << out.name << " stays: attention gives " << to_string(got.at(0).dims)
-                                              << ", the pattern " << to_string(net.tensor(out.outputs[0]).dims));
+      if (got.at(0).dims != net.tensor(out.outputs[0]).dims ||
+          got.at(0).dtype != net.tensor(out.outputs[0]).dtype) {
+        KILN_LOG(kVerbose, "fuse_attention: " << out.name << " stays: attention gives "
+                                              << to_string(got.at(0).dims) << ", the pattern "
+                                              << to_string(net.tensor(out.outputs[0]).dims));
         continue;
       }
     } catch (const Error& e) {
@@ -174,7 +182,8 @@ bool fuse_attention(Network& net) {
       t.attrs.set("perm", k_perm);
       Tensor kt_new;
       kt_new.name = out.name + "/k";
-      for (int n = 1; net.find_tensor(kt_new.name) >= 0; ++n) kt_new.name = out.name + "/k" + std::to_string(n);
+      for (int n = 1; net.find_tensor(kt_new.name) >= 0; ++n)
+        kt_new.name = out.name + "/k" + std::to_string(n);
       kt_new.dtype = net.tensor(k).dtype;
       kt_new.dims = k_dims;
       TensorId id = net.restore_tensor(kt_new);

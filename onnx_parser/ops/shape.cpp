@@ -563,14 +563,18 @@ void import_center_crop_pad(NodeContext& ctx) {
     if (in < 0 || want < 0) ctx.fail("needs static dims and sizes");
     if (want < in) {  // crop: the start rounds down, as onnx's reference
       const int64_t start = (in - want) / 2;
-      y = ctx.add1("slice", {y}, Attributes().set("axes", std::vector<int64_t>{a}).set("starts", std::vector<int64_t>{start})
-                                     .set("ends", std::vector<int64_t>{start + want}));
+      y = ctx.add1("slice", {y},
+                   Attributes()
+                       .set("axes", std::vector<int64_t>{a})
+                       .set("starts", std::vector<int64_t>{start})
+                       .set("ends", std::vector<int64_t>{start + want}));
     } else if (want > in) {  // pad: the smaller half first
       const int64_t before = (want - in) / 2;
       std::vector<int64_t> pads(static_cast<size_t>(2 * (rank - a)), 0);  // torch order, last dim first
       pads[pads.size() - 2] = before;
       pads[pads.size() - 1] = want - in - before;
-      y = ctx.add1("pad", {y}, Attributes().set("pads", pads).set("mode", std::string("constant")).set("value", 0.0));
+      y = ctx.add1("pad", {y},
+                   Attributes().set("pads", pads).set("mode", std::string("constant")).set("value", 0.0));
     }
   }
   ctx.set_output(0, y == ctx.input(0) ? ctx.add1("identity", {y}) : y);
@@ -585,12 +589,16 @@ void import_dynamic_quantize(NodeContext& ctx) {
     return ctx.add1("reduce", {x}, Attributes().set("op", std::string(op)).set("keepdim", int64_t{0}));
   };
   TensorId zero = ctx.scalar(DataType::kFloat32, 0.0);
-  TensorId hi = ctx.elementwise("max", full_reduce("max"), zero), lo = ctx.elementwise("min", full_reduce("min"), zero);
-  TensorId scale = ctx.elementwise("div", ctx.elementwise("sub", hi, lo), ctx.scalar(DataType::kFloat32, 255.0));
+  TensorId hi = ctx.elementwise("max", full_reduce("max"), zero),
+           lo = ctx.elementwise("min", full_reduce("min"), zero);
+  TensorId scale =
+      ctx.elementwise("div", ctx.elementwise("sub", hi, lo), ctx.scalar(DataType::kFloat32, 255.0));
   TensorId zp = ctx.unary("round", ctx.elementwise("div", ctx.unary("neg", lo), scale));
-  zp = ctx.add1("activation", {zp}, Attributes().set("type", std::string("clip")).set("alpha", 0.0).set("beta", 255.0));
+  zp = ctx.add1("activation", {zp},
+                Attributes().set("type", std::string("clip")).set("alpha", 0.0).set("beta", 255.0));
   TensorId q = ctx.elementwise("add", ctx.unary("round", ctx.elementwise("div", x, scale)), zp);
-  q = ctx.add1("activation", {q}, Attributes().set("type", std::string("clip")).set("alpha", 0.0).set("beta", 255.0));
+  q = ctx.add1("activation", {q},
+               Attributes().set("type", std::string("clip")).set("alpha", 0.0).set("beta", 255.0));
   TensorId yq = ctx.cast(q, DataType::kInt32), zq = ctx.cast(zp, DataType::kInt32);
   ctx.set_held_type(yq, 2);
   ctx.set_held_type(zq, 2);
