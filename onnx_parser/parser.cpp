@@ -729,7 +729,7 @@ TensorId NodeContext::unary(const std::string& op, TensorId x) {
 void NodeContext::fail(const std::string& why) const { throw Error(why); }
 
 int64_t normalize_axis(int64_t axis, int64_t rank, const NodeContext& ctx) {
-  if (axis < -rank || axis >= std::max<int64_t>(rank, 1)) {
+  if (axis < -rank || axis >= rank) {  // a rank-0 tensor has no axis
     ctx.fail("axis " + std::to_string(axis) + " is out of range for rank " + std::to_string(rank));
   }
   return axis < 0 ? axis + rank : axis;
