@@ -307,7 +307,26 @@ class KilnBackend(_Backend):
 
     @classmethod
     def run_node(cls, node, inputs, device: str = "CPU", outputs_info=None, **kwargs):
-        raise NotImplementedError("Kiln runs whole models: use prepare() or run_model()")
+        """Runs one NodeProto on `inputs` (arrays, in the node's input order): the node becomes a
+        one-node model (the default domain's newest opset Kiln parses) and runs as run_model."""
+        import onnx
+        from onnx import helper
+
+        arrays = [np.asarray(a) for a in inputs]
+        graph_inputs = [
+            helper.make_tensor_value_info(
+                name, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape)
+            )
+            for name, a in zip(node.input, arrays, strict=False)
+            if name
+        ]
+        outputs = [helper.make_empty_tensor_value_info(name) for name in node.output if name]
+        graph = helper.make_graph([node], "kiln_run_node", graph_inputs, outputs)
+        opset = min(onnx.defs.onnx_opset_version(), _C.onnx_max_opset)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        return cls.run_model(
+            model, [a for name, a in zip(node.input, arrays, strict=False) if name], device
+        )
 
     @classmethod
     def supports_device(cls, device: str) -> bool:

@@ -78,6 +78,14 @@ def test_path_bytes_and_model_proto_give_the_same_network(tmp_path):
     assert "Relu" in kiln.onnx.supported_operators()
 
 
+def test_backend_run_node_runs_one_node():
+    node = helper.make_node("Gemm", ["a", "b"], ["y"], transB=1, alpha=0.5)
+    a = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    b = np.random.default_rng(3).standard_normal((5, 4)).astype(np.float32)
+    (y,) = kiln.onnx.backend.run_node(node, [a, b])
+    np.testing.assert_allclose(y, 0.5 * a @ b.T, rtol=1e-5, atol=1e-5)
+
+
 def test_external_data_loads_and_bad_locations_are_refused(tmp_path):
     rng = np.random.default_rng(1)
     w = rng.standard_normal((64, 32)).astype(np.float32)
