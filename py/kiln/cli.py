@@ -45,6 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     insp.add_argument("--json", action="store_true", help="print JSON instead of text")
     insp.add_argument("--no-arena", action="store_true", help="leave out the arena tensor list")
     _add_compile_parser(sub)
+    onnx = sub.add_parser("onnx", help="parse an ONNX model and build a plan (docs/onnx.md)")
+    onnx.add_argument("model", help="an .onnx file (external data beside it)")
+    onnx.add_argument("-o", "--output", required=True, help="the plan file to write")
+    onnx.add_argument("--device", choices=list(DEVICES), default="auto", help="where the plan runs")
+    onnx.add_argument(
+        "--precisions", nargs="*", default=[], help="besides fp32: tf32, fp16, bf16 (default none)"
+    )
+    onnx.add_argument(
+        "--shapes",
+        nargs="*",
+        default=[],
+        metavar="NAME:MIN:OPT:MAX",
+        help="a range per input with dynamic dims, dims as 1x3x224x224, "
+        "e.g. input_ids:1x16:8x128:32x512",
+    )
     args = parser.parse_args(argv)
     args.argv = argv
 
@@ -70,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "compile":
             return _compile(args)
+        if args.command == "onnx":
+            return _onnx(args)
     except kiln.KilnError as e:
         print(f"kiln: error: {e}", file=sys.stderr)
         return 2
@@ -111,6 +128,43 @@ def _inspect(args) -> int:
         if len(infos) > 1:
             print(f"== engine {k} of {len(infos)}")
         print(info.text(not args.no_arena))
+    return 0
+
+
+def _onnx(args) -> int:
+    """kiln onnx MODEL -o PLAN: kiln.onnx.parse, one optimization profile from --shapes, build."""
+    import kiln
+    import kiln.onnx
+
+    ranges = {}
+    for spec in args.shapes:
+        parts = spec.rsplit(":", 3)
+        try:
+            if len(parts) != 4:
+                raise ValueError
+            name, dims = parts[0], [[int(d) for d in p.split("x")] for p in parts[1:]]
+        except ValueError:
+            print(
+                f"kiln: error: --shapes {spec!r}: write NAME:MIN:OPT:MAX, dims as 1x3x224x224",
+                file=sys.stderr,
+            )
+            return 2
+        ranges[name] = tuple(dims)
+    net = kiln.onnx.parse(args.model)
+    dynamic = [t.name for t in net.inputs if -1 in t.shape and t.name not in ranges]
+    if dynamic:
+        print(
+            f"kiln: error: inputs {dynamic} have dynamic dims: give each a --shapes range",
+            file=sys.stderr,
+        )
+        return 2
+    config = kiln.BuilderConfig(device=args.device, precisions=args.precisions)
+    if ranges:
+        config.add_optimization_profile(ranges)
+    plan = kiln.Builder().build(net, config)
+    plan.save(args.output)
+    info = net.onnx_info
+    print(f"{args.model}: opset {info['opset']}, {len(plan.layers())} layers -> {args.output}")
     return 0
 
 

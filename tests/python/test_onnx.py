@@ -335,3 +335,20 @@ def test_cpp_example_makes_the_same_plan_as_python(tmp_path):
         [str(program), str(tmp_path / "none.onnx"), str(out)], capture_output=True, text=True
     )
     assert bad.returncode == 1 and "cannot open ONNX model" in bad.stderr
+
+
+def test_cli_builds_a_plan_from_an_onnx_file(tmp_path):
+    from kiln.cli import main
+
+    path = tmp_path / "m.onnx"
+    onnx.save(small_model(), path)
+    out = tmp_path / "m.plan"
+    assert (
+        main(["onnx", str(path), "-o", str(out), "--device", "cpu", "--shapes", "x:1x4:3x4:8x4"])
+        == 0
+    )
+    plan = kiln.Plan.load(str(out)) if hasattr(kiln.Plan, "load") else None
+    assert out.stat().st_size > 0 and (plan is None or plan.layers())
+    # a dynamic input without a range, and a malformed range, are refused with what to do
+    assert main(["onnx", str(path), "-o", str(out), "--device", "cpu"]) == 2
+    assert main(["onnx", str(path), "-o", str(out), "--device", "cpu", "--shapes", "x:1x4"]) == 2
