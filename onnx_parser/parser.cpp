@@ -368,7 +368,7 @@ class Importer {
   Network& net() { return net_; }
   int opset() const { return opset_; }
 
-  TensorId lookup(const std::string& name, const std::string& node) const {
+  TensorId lookup(const std::string& name) const {
     auto it = symbols_.find(name);
     KILN_CHECK(it != symbols_.end(), "input '" << name
                                                << "' is not produced by an earlier node, "
@@ -585,7 +585,7 @@ class Importer {
 
 int ProtoNodeContext::opset() const { return imp_.opset(); }
 Network& ProtoNodeContext::net() { return imp_.net(); }
-TensorId ProtoNodeContext::input_id(int i) const { return imp_.lookup(node_.input(i), name_); }
+TensorId ProtoNodeContext::input_id(int i) const { return imp_.lookup(node_.input(i)); }
 void ProtoNodeContext::set_output(int i, TensorId t) {
   if (wants_output(i)) imp_.define(node_.output(i), t);
 }

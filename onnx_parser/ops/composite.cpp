@@ -83,12 +83,10 @@ void import_one_hot(NodeContext& ctx) {
   idx = ctx.add1("where", {ctx.elementwise("lt", idx, zero), ctx.elementwise("add", idx, dd), idx});
   idx = ctx.add1("unsqueeze", {idx}, Attributes().set("axes", std::vector<int64_t>{axis}));
   TensorId hit = ctx.elementwise("eq", idx, iota_along(ctx, d, axis, rank));
-  const TensorDesc values = ctx.desc(2);
   TensorId off =
       ctx.add1("gather", {ctx.input(2), ctx.constant_i64({0}, {})}, Attributes().set("axis", int64_t{0}));
   TensorId on =
       ctx.add1("gather", {ctx.input(2), ctx.constant_i64({1}, {})}, Attributes().set("axis", int64_t{0}));
-  (void)values;
   ctx.set_output(0, ctx.add1("where", {hit, on, off}));
 }
 

@@ -28,8 +28,10 @@ py::dict info_dict(const onnx::ParseInfo& info) {
   return d;
 }
 
-// {name: (dtype name, dims, bytes)} -> ParseOptions::input_values
-void set_input_values(onnx::ParseOptions& options, const py::dict& values) {
+// base_dir and {name: (dtype name, dims, bytes)} -> ParseOptions
+onnx::ParseOptions make_options(const std::string& base_dir, const py::dict& values) {
+  onnx::ParseOptions options;
+  options.base_dir = base_dir;
   for (const auto& [key, value] : values) {
     auto t = value.cast<py::tuple>();
     onnx::ParseOptions::InputValue v;
@@ -39,6 +41,19 @@ void set_input_values(onnx::ParseOptions& options, const py::dict& values) {
     v.data.assign(bytes.begin(), bytes.end());
     options.input_values[key.cast<std::string>()] = std::move(v);
   }
+  return options;
+}
+
+// Parses without the GIL: (network, info dict).
+template <typename F>
+py::tuple parse_with(F&& parse) {
+  onnx::ParseInfo info;
+  std::shared_ptr<Network> net;
+  {
+    py::gil_scoped_release release;
+    net = std::make_shared<Network>(parse(&info));
+  }
+  return py::make_tuple(net, info_dict(info));
 }
 
 }  // namespace
@@ -47,28 +62,18 @@ void bind_onnx(py::module_& m) {
   m.def(
       "onnx_parse_file",
       [](const std::string& path, const std::string& base_dir, const py::dict& input_values) {
-        onnx::ParseOptions options;
-        options.base_dir = base_dir;
-        set_input_values(options, input_values);
-        onnx::ParseInfo info;
-        std::shared_ptr<Network> net;
-        {
-          py::gil_scoped_release release;
-          net = std::make_shared<Network>(onnx::parse(path, options, &info));
-        }
-        return py::make_tuple(net, info_dict(info));
+        const onnx::ParseOptions options = make_options(base_dir, input_values);
+        return parse_with([&](onnx::ParseInfo* info) { return onnx::parse(path, options, info); });
       },
       py::arg("path"), py::arg("base_dir") = "", py::arg("input_values") = py::dict());
   m.def(
       "onnx_parse_bytes",
       [](const py::bytes& data, const std::string& base_dir, const py::dict& input_values) {
-        onnx::ParseOptions options;
-        options.base_dir = base_dir;
-        set_input_values(options, input_values);
-        onnx::ParseInfo info;
-        std::string_view view = data;
-        auto net = std::make_shared<Network>(onnx::parse_bytes(view.data(), view.size(), options, &info));
-        return py::make_tuple(net, info_dict(info));
+        const onnx::ParseOptions options = make_options(base_dir, input_values);
+        const std::string_view view = data;  // the bytes object outlives the call
+        return parse_with([&](onnx::ParseInfo* info) {
+          return onnx::parse_bytes(view.data(), view.size(), options, info);
+        });
       },
       py::arg("data"), py::arg("base_dir") = "", py::arg("input_values") = py::dict());
   m.def("onnx_supported_operators", &onnx::supported_operators);
