@@ -13,6 +13,7 @@
 
 #include "ir/error.h"
 #include "ir/logging.h"
+#include "ir/minifloat.h"
 #include "kernels/reference/host_access.h"
 #include "onnx_kiln_onnx-ml.pb.h"
 #include "onnx_parser/importer.h"
@@ -31,11 +32,21 @@ std::map<std::string, OpImporter>& importer_registry() {
 // ---- element types ----------------------------------------------------------------------------
 
 struct ElemType {
-  const char* onnx_name;
-  DataType dtype;   // how Kiln holds it
-  size_t raw_size;  // bytes per element in raw_data
-  bool exact;       // the engine dtype is the ONNX type itself
+  const char* onnx_name;         // numpy's (ml_dtypes') name of the type
+  DataType dtype;                // how Kiln holds it
+  size_t raw_size;               // bytes per element in raw_data (0: packed, `bits` each)
+  bool exact;                    // the engine dtype is the ONNX type itself
+  int bits = 0;                  // narrow types (importer.h): bits per element
+  const char* format = nullptr;  // narrow floats: fake_quantize's format (ir/minifloat.h)
 };
+
+// Bytes of `n` elements in raw_data: sub-byte types pack 8 / bits elements per byte, the first
+// in the lowest bits.
+int64_t raw_bytes(const ElemType& et, int64_t n) {
+  if (et.raw_size) return tensor_bytes(Dims{n}, et.raw_size);
+  const int64_t per_byte = 8 / et.bits;
+  return n / per_byte + (n % per_byte != 0);
+}
 
 // Returns false for element types the parser cannot hold at all (strings, complex, 4-bit, ...).
 bool elem_type(int32_t t, ElemType* out) {
@@ -83,6 +94,31 @@ bool elem_type(int32_t t, ElemType* out) {
     case T::UINT64:
       *out = {"uint64", DataType::kInt64, 8, false};
       return true;
+    // Narrow types: floats held as float32 (their values exactly), integers as int32.
+    case T::FLOAT8E4M3FNUZ:
+      *out = {"float8_e4m3fnuz", DataType::kFloat32, 1, false, 8, "e4m3fnuz"};
+      return true;
+    case T::FLOAT8E5M2:
+      *out = {"float8_e5m2", DataType::kFloat32, 1, false, 8, "e5m2"};
+      return true;
+    case T::FLOAT8E5M2FNUZ:
+      *out = {"float8_e5m2fnuz", DataType::kFloat32, 1, false, 8, "e5m2fnuz"};
+      return true;
+    case T::FLOAT4E2M1:
+      *out = {"float4_e2m1fn", DataType::kFloat32, 0, false, 4, "e2m1"};
+      return true;
+    case T::INT4:
+      *out = {"int4", DataType::kInt32, 0, false, 4};
+      return true;
+    case T::UINT4:
+      *out = {"uint4", DataType::kInt32, 0, false, 4};
+      return true;
+    case T::INT2:
+      *out = {"int2", DataType::kInt32, 0, false, 2};
+      return true;
+    case T::UINT2:
+      *out = {"uint2", DataType::kInt32, 0, false, 2};
+      return true;
     default:
       return false;
   }
@@ -93,12 +129,47 @@ std::string elem_type_name(int32_t t) {
   return "type " + std::to_string(t);
 }
 
+// Narrow types: raw bytes, or int32_data with one (packed) byte per entry, decoded into the
+// float32 values or int32 integers that hold them.
+std::vector<uint8_t> convert_narrow(const pb::TensorProto& tp, const ElemType& et, int64_t n,
+                                    const uint8_t* src) {
+  const int64_t nbytes = raw_bytes(et, n);
+  std::vector<uint8_t> packed;
+  if (src == nullptr) {
+    KILN_CHECK(tp.int32_data_size() == nbytes, "tensor '" << tp.name() << "' has " << tp.int32_data_size()
+                                                          << " values in int32_data but its dims hold "
+                                                          << nbytes << " (packed) bytes");
+    packed.resize(static_cast<size_t>(nbytes));
+    for (int64_t i = 0; i < nbytes; ++i) packed[i] = static_cast<uint8_t>(tp.int32_data(static_cast<int>(i)));
+    src = packed.data();
+  }
+  Minifloat format;
+  if (et.format) minifloat_format(et.format, &format);
+  const int per_byte = 8 / et.bits;
+  const unsigned mask = (1u << et.bits) - 1;
+  const bool is_signed = tp.data_type() == pb::TensorProto::INT4 || tp.data_type() == pb::TensorProto::INT2;
+  std::vector<uint8_t> out(static_cast<size_t>(n) * 4);
+  for (int64_t i = 0; i < n; ++i) {
+    const unsigned code = src[i / per_byte] >> (i % per_byte * et.bits) & mask;
+    if (et.format) {
+      const float v = minifloat_value(code, format);
+      std::memcpy(out.data() + 4 * i, &v, 4);
+    } else {
+      int32_t v = static_cast<int32_t>(code);
+      if (is_signed && code >> (et.bits - 1)) v -= int32_t{1} << et.bits;
+      std::memcpy(out.data() + 4 * i, &v, 4);
+    }
+  }
+  return out;
+}
+
 // Converts `n` elements stored as ONNX type `t` (raw little-endian bytes at `src`, or, when
 // `src` is null, the typed repeated fields of `tp`) into Kiln's storage of that type.
 std::vector<uint8_t> convert_elements(const pb::TensorProto& tp, const ElemType& et, int64_t n,
                                       const uint8_t* src) {
   using T = pb::TensorProto;
   const int32_t t = tp.data_type();
+  if (et.bits) return convert_narrow(tp, et, n, src);
   auto count_check = [&](int64_t have, const char* field) {
     KILN_CHECK(have == n, "tensor '" << tp.name() << "' has " << have << " values in " << field
                                      << " but its dims hold " << n);
@@ -356,6 +427,7 @@ class Importer {
       KILN_CHECK(it != symbols_.end(), "graph output '" << out.name() << "' is not produced by any node");
       TensorId t = it->second;
       note_binding(out.name(), out.type());
+      if (net_.tensor(t).dtype == DataType::kFloat8E4M3) t = e4m3_binding(t, "output_" + out.name(), false);
       if (net_.tensor(t).kind != TensorKind::kActivation || marked.count(t) || net_.is_output(t)) {
         t = net_.add_identity(t, "output_" + out.name()).outputs[0];
       }
@@ -387,7 +459,7 @@ class Importer {
     KILN_CHECK(elem_type(tp.data_type(), &et), "tensor '" << tp.name() << "' has element type "
                                                           << elem_type_name(tp.data_type())
                                                           << ", which Kiln cannot hold");
-    if (!et.exact) warn_once(et.onnx_name, tp.name());
+    if (!et.exact) warn_once(et, tp.name());
     Dims dims(tp.dims().begin(), tp.dims().end());
     for (int64_t d : dims) KILN_CHECK(d >= 0, "tensor '" << tp.name() << "' has a negative dim");
     KILN_CHECK(dims.size() <= static_cast<size_t>(kMaxRank), "tensor '"
@@ -396,10 +468,10 @@ class Importer {
     const int64_t n = volume(dims);
     std::vector<uint8_t> bytes;
     if (tp.data_location() == pb::TensorProto::EXTERNAL) {
-      std::string raw = external_data(tp, tensor_bytes(dims, et.raw_size));
+      std::string raw = external_data(tp, raw_bytes(et, volume(dims)));
       bytes = convert_elements(tp, et, n, reinterpret_cast<const uint8_t*>(raw.data()));
     } else if (tp.has_raw_data()) {
-      const int64_t need = tensor_bytes(dims, et.raw_size);
+      const int64_t need = raw_bytes(et, volume(dims));
       KILN_CHECK(static_cast<int64_t>(tp.raw_data().size()) == need,
                  "tensor '" << tp.name() << "' has " << tp.raw_data().size() << " bytes of raw_data, "
                             << "its dims and type need " << need);
@@ -451,9 +523,26 @@ class Importer {
   void note_binding(const std::string& name, const pb::TypeProto& type) {
     if (!type.has_tensor_type() || !info_) return;
     ElemType et;
-    if (elem_type(type.tensor_type().elem_type(), &et) && !et.exact) {
-      info_->converted_bindings.push_back({name, et.onnx_name, et.dtype});
+    if (elem_type(type.tensor_type().elem_type(), &et) && (!et.exact || et.dtype == DataType::kFloat8E4M3)) {
+      info_->converted_bindings.push_back({name, et.onnx_name, binding_dtype(et)});
     }
+  }
+
+  // Graph inputs and outputs of float8 e4m3fn are bound as float32 (the values exactly: numpy
+  // has no float8 and Kiln's engine API binds no float8 tensor); inside, the tensor is float8.
+  static DataType binding_dtype(const ElemType& et) {
+    return et.dtype == DataType::kFloat8E4M3 ? DataType::kFloat32 : et.dtype;
+  }
+
+  // Between float8 e4m3fn and its float32 binding: quantize / dequantize with scale 1 (exact).
+  TensorId e4m3_binding(TensorId t, const std::string& name, bool to_float8) {
+    const float one = 1.f;
+    TensorId s = net_.add_constant(name + "/e4m3_scale", DataType::kFloat32, {}, &one, sizeof(one));
+    Attributes a;
+    a.set("format", std::string("e4m3"));
+    if (!to_float8) a.set("dtype", std::string("float32"));
+    return net_.add_layer(to_float8 ? "quantize" : "dequantize", {t, s}, a, name + "/e4m3_binding")
+        .outputs[0];
   }
 
   void add_graph_input(const pb::ValueInfoProto& in) {
@@ -466,7 +555,7 @@ class Importer {
     KILN_CHECK(elem_type(tt.elem_type(), &et), "graph input '" << in.name() << "' has element type "
                                                                << elem_type_name(tt.elem_type())
                                                                << ", which Kiln cannot hold");
-    if (!et.exact) warn_once(et.onnx_name, in.name());
+    if (!et.exact) warn_once(et, in.name());
     KILN_CHECK(tt.has_shape(), "graph input '"
                                    << in.name()
                                    << "' has no shape (not even a rank); "
@@ -478,8 +567,9 @@ class Importer {
     auto given = options_.input_values.find(in.name());
     if (given != options_.input_values.end()) {
       const ParseOptions::InputValue& v = given->second;
-      KILN_CHECK(v.dtype == et.dtype, "input_values['" << in.name() << "'] is " << dtype_name(v.dtype)
-                                                       << "; the input is held as " << dtype_name(et.dtype));
+      KILN_CHECK(v.dtype == binding_dtype(et),
+                 "input_values['" << in.name() << "'] is " << dtype_name(v.dtype) << "; the input is held as "
+                                  << dtype_name(binding_dtype(et)));
       bool fits = v.dims.size() == dims.size();
       for (size_t i = 0; fits && i < dims.size(); ++i) fits = dims[i] < 0 || dims[i] == v.dims[i];
       KILN_CHECK(fits, "input_values['" << in.name() << "'] has dims " << to_string(v.dims)
@@ -487,12 +577,15 @@ class Importer {
       KILN_CHECK(v.data.size() == static_cast<size_t>(tensor_bytes(v.dims, dtype_size(v.dtype))),
                  "input_values['" << in.name() << "'] has " << v.data.size() << " bytes, its dims need "
                                   << tensor_bytes(v.dims, dtype_size(v.dtype)));
-      symbols_[in.name()] = net_.add_constant(in.name(), v.dtype, v.dims, v.data.data(), v.data.size());
+      TensorId c = net_.add_constant(in.name(), v.dtype, v.dims, v.data.data(), v.data.size());
+      symbols_[in.name()] = et.dtype == DataType::kFloat8E4M3 ? e4m3_binding(c, in.name(), true) : c;
+      if (!et.exact) held_types_[symbols_[in.name()]] = tt.elem_type();
       return;
     }
     note_binding(in.name(), in.type());
-    symbols_[in.name()] = net_.add_input(in.name(), et.dtype, dims);
-    if (!et.exact) held_types_[symbols_[in.name()]] = tt.elem_type();
+    TensorId t = net_.add_input(in.name(), binding_dtype(et), dims);
+    symbols_[in.name()] = et.dtype == DataType::kFloat8E4M3 ? e4m3_binding(t, in.name(), true) : t;
+    if (!et.exact) held_types_[t] = tt.elem_type();
   }
 
   void import_node(const pb::NodeProto& node, int index) {
@@ -563,12 +656,13 @@ class Importer {
     return out;
   }
 
-  void warn_once(const std::string& onnx_type, const std::string& tensor) {
+  void warn_once(const ElemType& et, const std::string& tensor) {
+    const std::string onnx_type = et.onnx_name;
     if (!warned_types_.insert(onnx_type).second) return;
     std::string msg = "ONNX " + onnx_type + " tensors (first: '" + tensor + "') are held as " +
-                      (onnx_type == "float64" ? "float32: computed in single precision"
-                       : onnx_type == "uint32" || onnx_type == "uint64" ? "int64"
-                                                                        : "int32");
+                      (onnx_type == "float64"  ? "float32: computed in single precision"
+                       : et.format || et.exact ? "float32 (their values exactly)"
+                                               : dtype_name(et.dtype));
     KILN_LOG(kWarning, msg);
     if (info_) info_->warnings.push_back(msg);
   }

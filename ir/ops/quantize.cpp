@@ -9,6 +9,9 @@
 // With format = "e4m3" (FP8; per tensor, no zero point): quantize gives float8_e4m3fn,
 // q = e4m3(x * (1 / scale)) rounded to nearest even and saturated to +-448 (ir/float8.h);
 // dequantize reads float8_e4m3fn, y = x * scale; fake_quantize y = e4m3(x * (1 / scale)) * scale.
+// fake_quantize also rounds to the narrow formats without an engine dtype (format = "e5m2",
+// "e4m3fnuz", "e5m2fnuz" or "e2m1", ir/minifloat.h; per tensor or per channel, no zero point):
+// y = round_minifloat(x * (1 / scale), saturate) * scale.
 // All in float32 (1 / scale rounded to float32 first, nearbyint: half to even), as torch
 // computes them, so results match torch bit for bit. torch's decomposed per-tensor quantize
 // rounds 1 / scale from a double scale instead: its converter passes that float as `inv_scale`.
@@ -33,10 +36,14 @@ QuantParams quant_params(const Layer& layer, size_t rank, int64_t scale_count) {
   p.has_inv_scale = layer.attrs.has("inv_scale");
   if (layer.attrs.has("format")) {
     const std::string format = layer.attrs.get_string("format", who);
-    KILN_CHECK(format == "int" || format == "e4m3",
-               who << ": format must be \"int\" or \"e4m3\", got \"" << format << "\"");
+    p.minifloat = minifloat_format(format, &p.format);
+    KILN_CHECK(
+        format == "int" || format == "e4m3" || p.minifloat,
+        who << ": format must be \"int\", \"e4m3\", \"e5m2\", \"e4m3fnuz\", \"e5m2fnuz\" or \"e2m1\", got \""
+            << format << "\"");
     p.e4m3 = format == "e4m3";
   }
+  p.saturate = layer.attrs.get_int("saturate", int64_t{1}) != 0;
   if (p.has_inv_scale) p.inv_scale = static_cast<float>(layer.attrs.get_float("inv_scale", who));
   if (p.per_channel) {
     KILN_CHECK(rank >= 1, who << ": a per-channel scale needs x of rank >= 1");
@@ -65,12 +72,17 @@ void check_params(const Layer& layer, const std::vector<TensorDesc>& in, bool in
                who << ": zero_point " << to_string(zp.dims) << " must match scale " << to_string(scale.dims));
   }
   const QuantParams p = quant_params(layer, x.dims.size(), count);
+  if (p.minifloat) {
+    KILN_CHECK(layer.op == "fake_quantize", who << ": format " << layer.attrs.get_string("format", who)
+                                                << " has no engine dtype: only fake_quantize rounds to it");
+    KILN_CHECK(in.size() == 2, who << ": a narrow floating format has no zero point");
+  }
   if (p.e4m3) {
     KILN_CHECK(count == 1, who << ": an e4m3 (FP8) scale is per tensor: one value, got " << count);
     KILN_CHECK(in.size() == 2, who << ": e4m3 (FP8) quantization has no zero point");
     return;
   }
-  KILN_CHECK(p.quant_min <= p.quant_max,
+  KILN_CHECK(p.minifloat || p.quant_min <= p.quant_max,
              who << ": quant_min " << p.quant_min << " is above quant_max " << p.quant_max);
   if (int8_range) {
     KILN_CHECK(p.quant_min >= -128 && p.quant_max <= 127, who << ": quant_min/quant_max [" << p.quant_min
@@ -121,7 +133,10 @@ const std::vector<AttrSpec> kRangeAttributes = {
     {"inv_scale", AttrType::kFloat, std::nullopt,
      "per tensor: the multiplier of x (rounded to float32) instead of 1 / scale"},
     {"format", AttrType::kString, AttrValue{std::string("int")},
-     "int (integers in quant_min..quant_max) or e4m3 (float8 e4m3fn, per tensor)"},
+     "int (integers in quant_min..quant_max), e4m3 (float8 e4m3fn, per tensor), or for fake_quantize "
+     "e5m2, e4m3fnuz, e5m2fnuz, e2m1 (narrow floats without an engine dtype)"},
+    {"saturate", AttrType::kInt, AttrValue{int64_t{1}},
+     "narrow floats: overflow saturates to the largest finite value (1) or gives inf / NaN (0)"},
 };
 
 const std::vector<AttrSpec> kDequantizeAttributes = {

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include "ir/minifloat.h"
 #include "ir/network.h"
 
 namespace kiln {
@@ -18,6 +19,12 @@ struct QuantParams {
   // format "e4m3": the quantized values are float8 e4m3fn (ir/float8.h: round to nearest even,
   // saturated to +-448) instead of integers; per tensor, no zero point, no quant_min/max.
   bool e4m3 = false;
+  // fake_quantize only, formats "e5m2", "e4m3fnuz", "e5m2fnuz", "e2m1" (ir/minifloat.h): x * (1 /
+  // scale) rounded to that format, times scale; no zero point; `saturate` (default true) or
+  // overflow to infinity / NaN.
+  bool minifloat = false;
+  Minifloat format;
+  bool saturate = true;
 };
 
 // Reads and checks the layer's attributes against x's rank (errors name the layer).

@@ -3,10 +3,13 @@
 // rounding), the channel of a per-channel scale from the element's index. Format e4m3 (FP8, per
 // tensor): x * (1 / scale) converted by __nv_cvt_float_to_fp8 (nearest even, saturated to +-448:
 // ir/float8.h's rounding), eight elements per thread (vector loads) where size and alignment allow.
+// The narrow formats of fake_quantize round with ir/minifloat.h's function, shared with the
+// reference backend.
 #include <cuda_fp8.h>
 
 #include <cmath>
 
+#include "ir/minifloat.h"
 #include "ir/op_schema.h"
 #include "ir/ops/quantize.h"
 #include "kernels/cuda/cuda_check.h"
@@ -26,6 +29,9 @@ struct QuantGeometry {
   float lo = -128.f, hi = 127.f;
   bool has_inv = false;
   float inv = 0.f;
+  bool minifloat = false;  // fake_quantize to a narrow floating format
+  bool saturate = true;
+  Minifloat format;
 };
 
 __device__ __forceinline__ float load_float(const int8_t v) { return static_cast<float>(v); }
@@ -56,7 +62,14 @@ __global__ void quantize_kernel(QuantGeometry g, const In* __restrict__ x, const
     if constexpr (kMode == kDequantize) {
       y[i] = from_float<Out>(__fmul_rn(v - z, s));
     } else {
-      const float q = quantized(v, g.has_inv ? g.inv : __frcp_rn(s), z, g.lo, g.hi);
+      const float inv = g.has_inv ? g.inv : __frcp_rn(s);
+      if constexpr (kMode == kFakeQuantize) {
+        if (g.minifloat) {
+          y[i] = from_float<Out>(__fmul_rn(round_minifloat(__fmul_rn(v, inv), g.format, g.saturate), s));
+          continue;
+        }
+      }
+      const float q = quantized(v, inv, z, g.lo, g.hi);
       if constexpr (kMode == kQuantize) {
         y[i] = static_cast<int8_t>(q);
       } else {
@@ -158,6 +171,7 @@ class CudaQuantization final : public Kernel {
     }
     g.lo = static_cast<float>(p.quant_min), g.hi = static_cast<float>(p.quant_max);
     g.has_inv = p.has_inv_scale, g.inv = p.inv_scale;
+    g.minifloat = p.minifloat, g.saturate = p.saturate, g.format = p.format;
     auto stream = static_cast<cudaStream_t>(ctx.stream);
     const unsigned grid = grid_for(g.n, kBlock);
     const float* scale = static_cast<const float*>(in[1].data);

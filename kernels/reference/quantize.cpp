@@ -1,12 +1,14 @@
 // Reference quantize / dequantize / fake_quantize (see ir/ops/quantize.cpp), in float32 exactly
 // as torch computes them: 1 / scale rounded to float32, x * that in float32, nearbyint (half to
 // even), + zero point, clamp; back: (q - zero point) * scale in float32. Format e4m3: x * (1 /
-// scale) rounded to float8 e4m3fn (ir/float8.h), back: q * scale.
+// scale) rounded to float8 e4m3fn (ir/float8.h), back: q * scale. Narrow formats (fake_quantize):
+// round_minifloat(x * (1 / scale)) * scale (ir/minifloat.h).
 #include <algorithm>
 #include <cmath>
 
 #include "ir/error.h"
 #include "ir/float8.h"
+#include "ir/minifloat.h"
 #include "ir/op_schema.h"
 #include "ir/ops/quantize.h"
 #include "kernels/kernel.h"
@@ -48,6 +50,11 @@ class RefQuantization final : public Kernel {
       const float s = scale[c];
       const int64_t zp = has_zp ? static_cast<int64_t>(load_element(in[2], c)) : 0;
       const float v = static_cast<float>(load_element(x, i));
+      if (p.minifloat) {
+        const float inv = p.has_inv_scale ? p.inv_scale : 1.0f / s;
+        store_element(out[0], i, static_cast<double>(round_minifloat(v * inv, p.format, p.saturate) * s));
+        continue;
+      }
       if (p.e4m3) {  // FP8: no zero point, no range; load/store_element convert float8
         const float inv = p.has_inv_scale ? p.inv_scale : 1.0f / s;
         const float y = layer_.op == "dequantize" ? v * s

@@ -347,67 +347,6 @@ void import_tile(NodeContext& ctx) {
   ctx.set_output(0, ctx.add1("reshape", {y}, Attributes().set("shape", out)));
 }
 
-DataType onnx_to_kiln(NodeContext& ctx, int64_t onnx_type) {
-  switch (onnx_type) {
-    case 1:
-      return DataType::kFloat32;
-    case 10:
-      return DataType::kFloat16;
-    case 16:
-      return DataType::kBFloat16;
-    case 6:
-      return DataType::kInt32;
-    case 7:
-      return DataType::kInt64;
-    case 3:
-      return DataType::kInt8;
-    case 9:
-      return DataType::kBool;
-    case 11:
-      return DataType::kFloat32;  // float64: held as float32
-    case 2:
-    case 5:
-    case 4:
-      return DataType::kInt32;  // uint8, int16, uint16
-    case 12:
-    case 13:
-      return DataType::kInt64;  // uint32, uint64
-    default:
-      ctx.fail("casting to ONNX element type " + std::to_string(onnx_type) + " is not supported");
-  }
-}
-
-void import_cast(NodeContext& ctx) {
-  const int64_t to = ctx.attr_int("to");
-  ctx.attr_int("saturate", 1);
-  ctx.attr_string("round_mode", std::string("up"));
-  const DataType dt = onnx_to_kiln(ctx, to);
-  TensorId x = ctx.input(0);
-  TensorId y = ctx.net().desc(x).dtype == dt ? ctx.add1("identity", {x}) : ctx.cast(x, dt);
-  if (to == 2 || to == 4 || to == 5) {
-    // uint8, uint16, int16 held in int32: wrap into the ONNX type's range, r = y mod 2^bits
-    // (floor), minus 2^bits past the signed maximum.
-    const int64_t bits = to == 2 ? 8 : 16;
-    auto op = [&](const char* name, TensorId a, TensorId b) { return ctx.elementwise(name, a, b); };
-    TensorId m = ctx.scalar(DataType::kInt32, static_cast<double>(int64_t{1} << bits));
-    y = op("sub", y, op("mul", op("floor_div", y, m), m));
-    if (to == 5) {
-      TensorId half = ctx.scalar(DataType::kInt32, static_cast<double>(int64_t{1} << (bits - 1)));
-      y = ctx.add1("where", {op("ge", y, half), op("sub", y, m), y});
-    }
-  }
-  if (to == 2 || to == 4 || to == 5 || to == 12 || to == 13) ctx.set_held_type(y, static_cast<int32_t>(to));
-  ctx.set_output(0, y);
-}
-
-void import_cast_like(NodeContext& ctx) {
-  ctx.attr_int("saturate", 1);
-  ctx.attr_string("round_mode", std::string("up"));
-  const DataType dt = ctx.desc(1).dtype;
-  TensorId x = ctx.input(0);
-  ctx.set_output(0, ctx.net().desc(x).dtype == dt ? ctx.add1("identity", {x}) : ctx.cast(x, dt));
-}
-
 void import_constant(NodeContext& ctx) {
   if (ctx.has_attr("value")) {
     ctx.set_output(0, ctx.attr_tensor("value"));
@@ -580,33 +519,6 @@ void import_center_crop_pad(NodeContext& ctx) {
   ctx.set_output(0, y == ctx.input(0) ? ctx.add1("identity", {y}) : y);
 }
 
-// DynamicQuantizeLinear: uint8 with scale = (max(0, max x) - min(0, min x)) / 255 and zero point
-// clamp(round(-min / scale), 0, 255); y = clamp(round(x / scale) + zero point, 0, 255).
-void import_dynamic_quantize(NodeContext& ctx) {
-  const TensorId x = ctx.input(0);
-  if (ctx.desc(0).dtype != DataType::kFloat32) ctx.fail("x must be float32");
-  auto full_reduce = [&](const char* op) {
-    return ctx.add1("reduce", {x}, Attributes().set("op", std::string(op)).set("keepdim", int64_t{0}));
-  };
-  TensorId zero = ctx.scalar(DataType::kFloat32, 0.0);
-  TensorId hi = ctx.elementwise("max", full_reduce("max"), zero),
-           lo = ctx.elementwise("min", full_reduce("min"), zero);
-  TensorId scale =
-      ctx.elementwise("div", ctx.elementwise("sub", hi, lo), ctx.scalar(DataType::kFloat32, 255.0));
-  TensorId zp = ctx.unary("round", ctx.elementwise("div", ctx.unary("neg", lo), scale));
-  zp = ctx.add1("activation", {zp},
-                Attributes().set("type", std::string("clip")).set("alpha", 0.0).set("beta", 255.0));
-  TensorId q = ctx.elementwise("add", ctx.unary("round", ctx.elementwise("div", x, scale)), zp);
-  q = ctx.add1("activation", {q},
-               Attributes().set("type", std::string("clip")).set("alpha", 0.0).set("beta", 255.0));
-  TensorId yq = ctx.cast(q, DataType::kInt32), zq = ctx.cast(zp, DataType::kInt32);
-  ctx.set_held_type(yq, 2);
-  ctx.set_held_type(zq, 2);
-  ctx.set_output(0, yq);
-  ctx.set_output(1, ctx.add1("identity", {scale}));
-  ctx.set_output(2, zq);
-}
-
 // DepthToSpace / SpaceToDepth: reshape, transpose, reshape (static dims).
 void import_depth_space(NodeContext& ctx, bool to_space) {
   const TensorDesc x = ctx.desc(0);
@@ -658,15 +570,12 @@ const ImporterRegistration kRegistered{
     {"Size", import_size},
     {"Expand", import_expand},
     {"Tile", import_tile},
-    {"Cast", import_cast},
-    {"CastLike", import_cast_like},
     {"Constant", import_constant},
     {"ConstantOfShape", import_constant_of_shape},
     {"Identity", import_identity},
     {"Range", import_range},
     {"Pad", import_pad},
     {"CenterCropPad", import_center_crop_pad},
-    {"DynamicQuantizeLinear", import_dynamic_quantize},
     {"DepthToSpace", [](NodeContext& c) { import_depth_space(c, true); }},
     {"SpaceToDepth", [](NodeContext& c) { import_depth_space(c, false); }},
 };

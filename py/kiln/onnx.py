@@ -32,15 +32,35 @@ except ImportError:  # pragma: no cover - onnx is optional for parse()
 
 __all__ = ["parse", "supported_operators", "backend", "KilnBackend", "KilnBackendRep"]
 
-# ONNX element types whose binding Kiln holds in another dtype (ParseInfo.converted_bindings).
-_NUMPY_OF_ONNX = {
-    "float64": np.float64,
-    "uint8": np.uint8,
-    "int16": np.int16,
-    "uint16": np.uint16,
-    "uint32": np.uint32,
-    "uint64": np.uint64,
+# ONNX element types whose binding Kiln holds in another dtype (ParseInfo.converted_bindings),
+# by numpy's name (ml_dtypes' for the narrow types) -> the dtype Kiln holds it in. Narrow floats
+# are held as float32 and narrow integers as int32, their values exactly.
+_HELD = {
+    "float64": "float32",
+    "uint8": "int32",
+    "int16": "int32",
+    "uint16": "int32",
+    "uint32": "int64",
+    "uint64": "int64",
+    "float8_e4m3fn": "float32",
+    "float8_e4m3fnuz": "float32",
+    "float8_e5m2": "float32",
+    "float8_e5m2fnuz": "float32",
+    "float4_e2m1fn": "float32",
+    "int4": "int32",
+    "uint4": "int32",
+    "int2": "int32",
+    "uint2": "int32",
 }
+
+
+def _numpy_type(name: str):
+    """numpy's dtype of an ONNX type Kiln holds in another dtype (ml_dtypes for narrow ones)."""
+    if hasattr(np, name):
+        return np.dtype(name)
+    import ml_dtypes  # a dependency of onnx
+
+    return np.dtype(getattr(ml_dtypes, name))
 
 
 def _require_parser() -> None:
@@ -58,17 +78,6 @@ def supported_operators() -> list[str]:
     return list(_C.onnx_supported_operators())
 
 
-# numpy dtype name -> the dtype Kiln holds it in (the parser's rule for ONNX element types).
-_HELD = {
-    "float64": "float32",
-    "uint8": "int32",
-    "int16": "int32",
-    "uint16": "int32",
-    "uint32": "int64",
-    "uint64": "int64",
-}
-
-
 _SUPPORTED_NUMPY = {"float32", "float16", "bfloat16", "int8", "int32", "int64", "bool", *_HELD}
 
 
@@ -78,7 +87,8 @@ def _held(a: np.ndarray) -> tuple[str, np.ndarray]:
     if a.dtype == object or name not in _SUPPORTED_NUMPY:
         raise TypeError(
             f"numpy dtype {a.dtype} has no Kiln dtype (Kiln holds float32/16, bfloat16, float64 "
-            "as float32, int8/16/32/64, uint8/16/32/64 and bool)"
+            "as float32, int8/16/32/64, uint8/16/32/64, bool, and float8, float4, int4/2 and "
+            "uint4/2 as float32 or int32)"
         )
     if name == "bfloat16":
         return "bfloat16", a
@@ -223,7 +233,7 @@ class KilnBackendRep(_BackendRep):
         for name in self._outputs:
             y = _to_numpy(out[name])
             if name in self._onnx_types:
-                y = y.astype(_NUMPY_OF_ONNX[self._onnx_types[name]])
+                y = y.astype(_numpy_type(self._onnx_types[name]))
             results.append(y)
         return tuple(results)
 

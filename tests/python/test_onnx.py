@@ -86,6 +86,45 @@ def test_backend_run_node_runs_one_node():
     np.testing.assert_allclose(y, 0.5 * a @ b.T, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("raw", [True, False], ids=["raw_data", "int32_data"])
+@pytest.mark.parametrize(
+    "onnx_type,values",
+    [
+        (TensorProto.INT4, [-8, -3, 0, 5, 7]),  # odd count: the last byte half used
+        (TensorProto.UINT4, [0, 1, 9, 15, 4]),
+        (TensorProto.INT2, [-2, -1, 0, 1, 1, -2, 0]),
+        (TensorProto.UINT2, [3, 0, 1, 2, 3]),
+        (TensorProto.FLOAT4E2M1, [-6.0, -0.5, 0.0, 1.5, 3.0]),
+        (TensorProto.FLOAT8E5M2, [-57344.0, -0.0, 1.75, 3.0e-5, 448.0]),
+        (TensorProto.FLOAT8E4M3FNUZ, [-240.0, 0.0, 0.3125, 1e-3, 17.0]),
+    ],
+)
+def test_narrow_initializers_unpack_as_the_reference_reads_them(onnx_type, values, raw):
+    """Packed 4- and 2-bit and float8 initializers (raw_data and int32_data) are decoded into the
+    values Kiln holds them in; DequantizeLinear of them matches onnx's reference evaluator."""
+    from onnx.reference import ReferenceEvaluator
+
+    w = helper.make_tensor("w", onnx_type, [len(values)], values, raw=False)
+    if raw:  # the same packed bytes as raw_data
+        w = onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(w), "w")
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w", "s"], ["d"]),
+        helper.make_node("Mul", ["d", "x"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [len(values)])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [len(values)])],
+        [w, helper.make_tensor("s", TensorProto.FLOAT, [], [0.5])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    x = np.random.default_rng(4).standard_normal(len(values)).astype(np.float32)
+    (want,) = ReferenceEvaluator(model).run(None, {"x": x})
+    out, _ = run_engine(kiln.onnx.parse(model), {"x": x})
+    np.testing.assert_array_equal(out["y"], want)
+
+
 def test_external_data_loads_and_bad_locations_are_refused(tmp_path):
     rng = np.random.default_rng(1)
     w = rng.standard_normal((64, 32)).astype(np.float32)

@@ -2,6 +2,7 @@
 Q/DQ graphs through kiln.compile: torch's QAT fake-quant ops and the pt2e flow's
 quantized_decomposed ops, against the eager model."""
 
+import numpy as np
 import pytest
 import torch
 import torch.ao.quantization.fx._decomposed  # noqa: F401 (registers quantized_decomposed ops)
@@ -83,6 +84,69 @@ def test_quantize_and_dequantize_match_the_decomposed_ops(device):
     assert torch.equal(yc, want_yc)
 
 
+NARROW_FORMATS = {  # fake_quantize's narrow floats -> ml_dtypes' type of the same values
+    "e5m2": "float8_e5m2",
+    "e4m3fnuz": "float8_e4m3fnuz",
+    "e5m2fnuz": "float8_e5m2fnuz",
+    "e2m1": "float4_e2m1fn",
+}
+
+
+def narrow_values():
+    """Every binade of the formats: tiny (subnormal) to overflowing, ties, zeros, inf, NaN."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(300, generator=g) * 10.0**k for k in range(-6, 6)])
+    specials = [0.0, -0.0, 464.0, 465.0, 61439.0, 61441.0, 247.0, 249.0, 5.0, 7.0, 0.25, 0.75]
+    specials += [
+        -0.25,
+        1e-7,
+        -1e-7,
+        float("inf"),
+        float("-inf"),
+        float("nan"),
+        -5.0,
+        3.0,
+        0.5,
+        -0.5,
+        100.0,
+        -1e30,
+    ]
+    return torch.cat([x, torch.tensor(specials)]).reshape(-1, 8)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("saturate", [1, 0])
+@pytest.mark.parametrize("fmt", sorted(NARROW_FORMATS))
+def test_fake_quantize_rounds_to_narrow_floats_as_ml_dtypes(device, fmt, saturate):
+    """x / scale rounded to the format (nearest even, subnormals, overflow saturating or to inf /
+    NaN) times scale, per channel: what ml_dtypes' conversion (ONNX's definition) gives."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import onnx.numpy_helper
+
+    x = narrow_values()
+    scales = torch.tensor([1.0, 0.5, 2.0, 0.125, 1.0, 3.0, 1.0, 0.75])
+
+    def add(net, t):
+        s = net.add_constant(scales, "scales")
+        return net.add_layer(
+            "fake_quantize", [t, s], {"axis": 1, "format": fmt, "saturate": saturate}
+        )
+
+    got = run_layer(add, [x], device)
+    target = getattr(ml_dtypes, NARROW_FORMATS[fmt])
+    scaled = (x * (1.0 / scales)).numpy()
+    if saturate and fmt != "e2m1":
+        rounded = onnx.numpy_helper.saturate_cast(scaled, target)
+    else:
+        with np.errstate(invalid="ignore", over="ignore"):
+            rounded = scaled.astype(target)
+    want = torch.from_numpy(rounded.astype(np.float32)) * scales
+    assert torch.equal(got.isnan(), want.isnan())
+    finite = ~want.isnan()
+    assert torch.equal(got[finite], want[finite])
+    assert torch.equal(got[finite].signbit(), want[finite].signbit())
+
+
 def test_bad_input_is_refused():
     net = kiln.Network()
     x = net.add_input("x", "float32", (4, 3))
@@ -98,6 +162,10 @@ def test_bad_input_is_refused():
         net.add_layer("quantize", [x, net.add_constant(torch.tensor(1), "si")], {})
     with pytest.raises(kiln.KilnError, match="quant_min 5 is above quant_max 2"):
         net.add_layer("fake_quantize", [x, s], {"quant_min": 5, "quant_max": 2})
+    with pytest.raises(kiln.KilnError, match="format e5m2 has no engine dtype"):
+        net.add_layer("quantize", [x, s], {"format": "e5m2"})
+    with pytest.raises(kiln.KilnError, match="format must be"):
+        net.add_layer("fake_quantize", [x, s], {"format": "e3m4"})
 
 
 class QatNet(torch.nn.Module):
