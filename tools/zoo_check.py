@@ -16,6 +16,10 @@ timed runs, both warmed up), and Kiln's speedup. FP16 rows run ``model.half()`` 
 A model whose own eager FP16 output is not finite (random weights overflow float16) is judged in
 FP32, and the row says so. Thresholds: cosine >= 0.999 (FP16) / 0.9999 (FP32), 1 engine, 0
 fallbacks (detection: exactly the data-dependent ops in PyTorch), speedup >= 1 (FP16).
+A model whose eager FP16 output is finite but itself misses the FP16 bar (inception_v3 and
+fcn_resnet50 with random weights: 0.9987 and 0.987) cannot meet it in any FP16 runtime; its FP16
+row is judged against eager FP16 instead: Kiln's error (1 - cosine) at most 1.5x eager FP16's
+(EAGER_FP16_MARGIN), and the row says so. Its FP32 row keeps the 0.9999 bar.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from models import compare, torch_tf32  # noqa: E402
 
 COSINE_MIN = {"fp32": 0.9999, "fp16": 0.999}
+# FP16 rows whose eager FP16 misses COSINE_MIN: Kiln's 1 - cosine may be this many times eager's.
+EAGER_FP16_MARGIN = 1.5
 # Detection models: what must stay in PyTorch (data-dependent output shapes and the loops over
 # them); the zoo check lists what did.
 DETECTION_DATA_DEPENDENT = {"aten.nonzero.default", "torchvision.nms.default", "aten.topk.default"}
@@ -60,7 +66,7 @@ class ZooRow:
     fallbacks: int | None = None
     fallback_ops: str = ""
     cosine: float | None = None
-    judged: str = ""  # "" or "fp32 (eager fp16 overflows)"
+    judged: str = ""  # "", "in fp32 (eager fp16 overflows)" or "against eager fp16 (...)"
     path: str = ""  # "" (kiln.compile), or why it went through torch.compile(backend="kiln")
     eager_cosine: float | None = None  # FP16 rows: eager FP16 against eager FP32
     kiln_ms: float | None = None
@@ -352,7 +358,7 @@ def _check(kiln, entry, precision, device, peer, row, show_profile=False) -> Non
         with torch.no_grad():
             eager16 = _tensors(entry.output(half(*h_args, **h_kwargs)))
         if not all(torch.isfinite(t).all() for t in eager16 if t.is_floating_point()):
-            row.judged = "fp32 (eager fp16 overflows)"
+            row.judged = "in fp32 (eager fp16 overflows)"
             dtype, precision = torch.float32, "fp32"
             model = model.float()
         else:
@@ -450,8 +456,11 @@ def _through_dynamo(entry, model, args, kwargs, precision, device, peer, row) ->
 def _decide(entry: ZooModel, row: ZooRow) -> str:
     if row.error or row.cosine is None:
         return "FAIL"
-    precision = "fp32" if row.judged else row.precision
+    precision = "fp32" if row.judged.startswith("in fp32") else row.precision
     ok = row.cosine >= COSINE_MIN[precision]
+    if precision == "fp16" and row.eager_cosine is not None and row.eager_cosine < COSINE_MIN["fp16"]:
+        row.judged = "against eager fp16 (its own cosine misses 0.999)"
+        ok = 1.0 - row.cosine <= EAGER_FP16_MARGIN * (1.0 - row.eager_cosine)
     if entry.kind == "detection":
         listed = row.fallback_ops.split(";")[0]
         ops = {op.split(" x")[0] for op in listed.split(", ") if op}
@@ -477,7 +486,7 @@ def markdown(rows: Sequence[ZooRow]) -> str:
         eager = r.eager_cosine is not None and f"eager fp16 cosine {r.eager_cosine:.6f}"
         notes = [
             n
-            for n in (r.judged and f"judged in {r.judged}", r.path, eager, r.fallback_ops, r.error)
+            for n in (r.judged and f"judged {r.judged}", r.path, eager, r.fallback_ops, r.error)
             if n
         ]
         notes.append(f"{r.seconds:.0f} s")

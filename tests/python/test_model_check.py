@@ -117,3 +117,20 @@ def test_cpp_app(tmp_path):
     r = mc.check(SMALL, "fp32", torch.device("cpu"), tmp_path, cpp_exe=exe)
     assert r.cpp == "yes", r.cpp
     assert r.status == "PASS"
+
+
+def test_zoo_rows_whose_eager_fp16_misses_the_bar_are_judged_against_eager_fp16():
+    zc = _load("kiln_zoo_check", ROOT / "tools" / "zoo_check.py")
+    entry = zc.ZooModel("m", lambda: None, lambda device: ())
+
+    def decide(cosine, eager_cosine, speedup_ms=(1.0, 1.2)):
+        row = zc.ZooRow("m", "fp16", engines=1, fallbacks=0, cosine=cosine)
+        row.eager_cosine, (row.kiln_ms, row.peer_ms) = eager_cosine, speedup_ms
+        return zc._decide(entry, row), row.judged
+
+    # inception_v3's figures from the H200: eager FP16 0.998676, Kiln 0.998337 (1.28x its error)
+    assert decide(0.998337, 0.998676) == ("PASS", "against eager fp16 (its own cosine misses 0.999)")
+    assert decide(0.996, 0.998676)[0] == "FAIL"  # 3x eager's error
+    assert decide(0.9985, 0.9999) == ("FAIL", "")  # eager meets the bar: so must Kiln
+    assert decide(0.99995, 0.99999) == ("PASS", "")
+    assert decide(0.999, 0.9987, speedup_ms=(1.2, 1.0))[0] == "FAIL"  # slower than the peer
