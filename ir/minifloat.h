@@ -51,10 +51,10 @@ KILN_MINIFLOAT_HD float round_minifloat(float x, const Minifloat& f, bool satura
   float r = a;
   if (a != INFINITY) {
     int e = 0;
-    frexpf(a, &e);  // a = m * 2^e with m in [0.5, 1)
-    e -= 1;         // a in [2^e, 2^(e + 1))
+    frexpf(a, &e);                               // a = m * 2^e with m in [0.5, 1)
+    e -= 1;                                      // a in [2^e, 2^(e + 1))
     if (e < f.min_exponent) e = f.min_exponent;  // subnormals: one fixed step
-    const int shift = f.mantissa_bits - e;      // a * 2^shift: the steps of a's binade
+    const int shift = f.mantissa_bits - e;       // a * 2^shift: the steps of a's binade
     r = ldexpf(rintf(ldexpf(a, shift)), -shift);
   }
   if (r > f.max_finite) {

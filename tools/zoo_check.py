@@ -458,7 +458,11 @@ def _decide(entry: ZooModel, row: ZooRow) -> str:
         return "FAIL"
     precision = "fp32" if row.judged.startswith("in fp32") else row.precision
     ok = row.cosine >= COSINE_MIN[precision]
-    if precision == "fp16" and row.eager_cosine is not None and row.eager_cosine < COSINE_MIN["fp16"]:
+    if (
+        precision == "fp16"
+        and row.eager_cosine is not None
+        and row.eager_cosine < COSINE_MIN["fp16"]
+    ):
         row.judged = "against eager fp16 (its own cosine misses 0.999)"
         ok = 1.0 - row.cosine <= EAGER_FP16_MARGIN * (1.0 - row.eager_cosine)
     if entry.kind == "detection":

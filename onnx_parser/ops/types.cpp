@@ -196,9 +196,9 @@ TensorId cast_to(NodeContext& ctx, TensorId x, int64_t to, bool saturate) {
     if (is_narrow_int(to) && (is_floating(from) || from == DataType::kFloat8E4M3)) {
       // ml_dtypes: truncated toward zero, 0 when out of range (NaN too)
       TensorId v = float_value(ctx, x);
-      TensorId inside = ctx.elementwise("and",
-                                        ctx.elementwise("gt", v, ctx.scalar(DataType::kFloat32, lo - 1.0)),
-                                        ctx.elementwise("lt", v, ctx.scalar(DataType::kFloat32, hi + 1.0)));
+      TensorId inside =
+          ctx.elementwise("and", ctx.elementwise("gt", v, ctx.scalar(DataType::kFloat32, lo - 1.0)),
+                          ctx.elementwise("lt", v, ctx.scalar(DataType::kFloat32, hi + 1.0)));
       v = ctx.add1("where", {inside, v, ctx.scalar(DataType::kFloat32, 0.0)});
       y = ctx.cast(v, DataType::kInt32);
     } else {
@@ -301,8 +301,9 @@ void import_qdq(NodeContext& ctx, bool quantize) {
     if (qt == kE2M1 && ctx.has_input(2)) {
       v = ctx.elementwise("add", v, along_axis(ctx, ctx.input(2), per_axis, axis, rank));
     }
-    set_quantized(ctx.add1("fake_quantize", {v, scale_one(ctx)},
-                           Attributes().set("format", std::string(format)).set("saturate", int64_t{saturate})));
+    set_quantized(
+        ctx.add1("fake_quantize", {v, scale_one(ctx)},
+                 Attributes().set("format", std::string(format)).set("saturate", int64_t{saturate})));
     return;
   }
   if (held_int_range(qt, &lo, &hi)) {  // uint8 and the narrow integers, held in int32
@@ -311,14 +312,16 @@ void import_qdq(NodeContext& ctx, bool quantize) {
     if (!quantize) {
       TensorId x = ctx.elementwise("sub", ctx.cast(ctx.input(0), DataType::kFloat32),
                                    ctx.cast(along_axis(ctx, zp, per_axis, axis, rank), DataType::kFloat32));
-      ctx.set_output(0, ctx.cast(ctx.elementwise("mul", x, along_axis(ctx, s, per_axis, axis, rank)), out_dtype));
+      ctx.set_output(
+          0, ctx.cast(ctx.elementwise("mul", x, along_axis(ctx, s, per_axis, axis, rank)), out_dtype));
       return;
     }
     if (qt == kUint8) {
       set_quantized(quantize_uint8(ctx, s, zp, per_axis, axis));
       return;
     }
-    if (!is_narrow_int(qt)) ctx.fail("quantizing to ONNX element type " + std::to_string(qt) + " is not supported");
+    if (!is_narrow_int(qt))
+      ctx.fail("quantizing to ONNX element type " + std::to_string(qt) + " is not supported");
     Attributes a;
     a.set("quant_min", lo).set("quant_max", hi);
     if (per_axis) a.set("axis", axis);
@@ -335,7 +338,8 @@ void import_qdq(NodeContext& ctx, bool quantize) {
   std::vector<TensorId> in = {ctx.input(0), s};
   if (ctx.has_input(2) && qt == kInt8) in.push_back(ctx.cast(ctx.input(2), DataType::kInt32));
   if (quantize && qt == kE4M3FN && !saturate) {  // overflow to NaN: x / scale first
-    TensorId v = ctx.elementwise("div", float_value(ctx, ctx.input(0)), along_axis(ctx, s, per_axis, axis, rank));
+    TensorId v =
+        ctx.elementwise("div", float_value(ctx, ctx.input(0)), along_axis(ctx, s, per_axis, axis, rank));
     in = {e4m3_overflow_to_nan(ctx, v), scale_one(ctx)};
     attrs = Attributes().set("format", std::string("e4m3"));
   }

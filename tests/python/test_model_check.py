@@ -129,7 +129,10 @@ def test_zoo_rows_whose_eager_fp16_misses_the_bar_are_judged_against_eager_fp16(
         return zc._decide(entry, row), row.judged
 
     # inception_v3's figures from the H200: eager FP16 0.998676, Kiln 0.998337 (1.28x its error)
-    assert decide(0.998337, 0.998676) == ("PASS", "against eager fp16 (its own cosine misses 0.999)")
+    assert decide(0.998337, 0.998676) == (
+        "PASS",
+        "against eager fp16 (its own cosine misses 0.999)",
+    )
     assert decide(0.996, 0.998676)[0] == "FAIL"  # 3x eager's error
     assert decide(0.9985, 0.9999) == ("FAIL", "")  # eager meets the bar: so must Kiln
     assert decide(0.99995, 0.99999) == ("PASS", "")
