@@ -146,14 +146,27 @@ void import_bit_shift(NodeContext& ctx) {
   const std::string dir = ctx.attr_string("direction");
   const DataType dt = ctx.desc(0).dtype;
   if (!is_integral(dt) || dt == DataType::kBool) ctx.fail("BitShift takes unsigned integers");
-  TensorId two = ctx.scalar(dt, 2.0);
-  TensorId factor = ctx.elementwise("pow", two, ctx.cast(ctx.input(1), dt));
-  if (dir == "LEFT")
-    ctx.set_output(0, ctx.elementwise("mul", ctx.input(0), factor));
-  else if (dir == "RIGHT")
-    ctx.set_output(0, ctx.elementwise("floor_div", ctx.input(0), factor));
-  else
-    ctx.fail("direction must be LEFT or RIGHT");
+  if (dir != "LEFT" && dir != "RIGHT") ctx.fail("direction must be LEFT or RIGHT");
+  // A shift outside [0, bits) shifts every bit out: 0, or -1 for a negative x shifted right.
+  const int32_t held = ctx.held_type(ctx.input(0));
+  const int64_t bits = held == 2                ? 8
+                       : held == 4 || held == 5 ? 16
+                       : held == 12             ? 32
+                       : held == 13             ? 64
+                                                : 8 * static_cast<int64_t>(dtype_size(dt));
+  const TensorId x = ctx.input(0), s = ctx.cast(ctx.input(1), dt), zero = ctx.scalar(dt, 0.0);
+  TensorId valid = ctx.elementwise("and", ctx.elementwise("ge", s, zero),
+                                   ctx.elementwise("lt", s, ctx.scalar(dt, static_cast<double>(bits))));
+  TensorId factor = ctx.elementwise("pow", ctx.scalar(dt, 2.0), ctx.add1("where", {valid, s, zero}));
+  TensorId y;
+  if (dir == "LEFT") {
+    y = ctx.add1("where", {valid, ctx.elementwise("mul", x, factor), zero});
+  } else {
+    TensorId out = ctx.add1("where", {ctx.elementwise("lt", x, zero), ctx.scalar(dt, -1.0), zero});
+    y = ctx.add1("where", {valid, ctx.elementwise("floor_div", x, factor), out});
+  }
+  if (held) ctx.set_held_type(y, held);
+  ctx.set_output(0, y);
 }
 
 // The per-element loss of NegativeLogLikelihoodLoss over log-probabilities `logp` [N, C, d...],

@@ -48,15 +48,31 @@ void import_mod(NodeContext& ctx) {
   const TensorId a = ctx.input(0), b = ctx.input(1);
   const bool fmod = ctx.attr_int("fmod", 0) != 0;
   const DataType dt = ctx.desc(0).dtype;
-  TensorId q;
-  if (is_floating(dt)) {
-    TensorId d = ctx.elementwise("div", a, b);  // fmod: trunc(a / b) = sign(d) * floor(|d|); else floor
-    q = fmod ? ctx.elementwise("mul", ctx.unary("sign", d), ctx.unary("floor", ctx.unary("abs", d)))
-             : ctx.unary("floor", d);
-  } else {
-    q = ctx.elementwise(fmod ? "div" : "floor_div", a, b);  // C remainder, or Python's (divisor's sign)
+  if (!is_floating(dt)) {
+    TensorId q = ctx.elementwise(fmod ? "div" : "floor_div", a, b);  // C remainder, or Python's
+    ctx.set_output(0, ctx.elementwise("sub", a, ctx.elementwise("mul", q, b)));
+    return;
   }
-  ctx.set_output(0, ctx.elementwise("sub", a, ctx.elementwise("mul", q, b)));
+  // C's fmod: a - trunc(a / b) * b, and a itself for a finite a over an infinite b; without fmod,
+  // numpy's mod: fmod's remainder moved to the divisor's sign (r + b when their signs differ),
+  // a zero remainder signed as b.
+  TensorId d = ctx.elementwise("div", a, b);
+  TensorId q = ctx.elementwise("mul", ctx.unary("sign", d), ctx.unary("floor", ctx.unary("abs", d)));
+  TensorId r = ctx.elementwise("sub", a, ctx.elementwise("mul", q, b));
+  TensorId inf = ctx.scalar(dt, std::numeric_limits<double>::infinity());
+  TensorId b_inf = ctx.elementwise("eq", ctx.unary("abs", b), inf);
+  TensorId a_finite = ctx.elementwise("lt", ctx.unary("abs", a), inf);
+  r = ctx.add1("where", {ctx.elementwise("and", b_inf, a_finite), a, r});
+  if (!fmod) {
+    TensorId zero = ctx.scalar(dt, 0.0);
+    TensorId r_neg = ctx.elementwise("lt", r, zero), b_neg = ctx.elementwise("lt", b, zero);
+    TensorId differ =
+        ctx.elementwise("and", ctx.elementwise("ne", r, zero), ctx.elementwise("ne", r_neg, b_neg));
+    r = ctx.add1("where", {differ, ctx.elementwise("add", r, b), r});
+    r = ctx.add1("where",
+                 {ctx.elementwise("eq", r, zero), ctx.elementwise("mul", zero, ctx.unary("sign", b)), r});
+  }
+  ctx.set_output(0, r);
 }
 
 void import_leaky_relu(NodeContext& ctx) {

@@ -347,11 +347,46 @@ void import_dropout(NodeContext& ctx) {  // inference: the identity
     TensorId f = ctx.elementwise("ne", x, x);
     ctx.set_output(1, ctx.elementwise("or", t, f));
   }
-  if (ctx.has_input(2)) {
+  if (ctx.has_input(2)) {  // training drops at random, except with ratio 0
     auto mode = ctx.int_values(2);
-    if (!mode || (!mode->empty() && mode->at(0) != 0)) ctx.fail("training_mode must be a constant false");
+    auto ratio = ctx.has_input(1) ? ctx.float_values(1) : std::nullopt;
+    const bool no_drop = ratio && ratio->size() == 1 && ratio->at(0) == 0.0;
+    if (!no_drop && (!mode || (!mode->empty() && mode->at(0) != 0))) {
+      ctx.fail(
+          "training_mode must be a constant false (training drops at random), or the ratio a constant 0");
+    }
   }
   ctx.set_output(0, ctx.add1("identity", {ctx.input(0)}));
+}
+
+// LRN: y = x / (bias + alpha / size * sum of x^2 over the channels c - (size - 1) / 2 ..
+// c + size / 2)^beta; the window sum as an average pooling over the channel axis (static dims).
+void import_lrn(NodeContext& ctx) {
+  const TensorDesc x = ctx.desc(0);
+  const int64_t size = ctx.attr_int("size");
+  const double alpha = ctx.attr_float("alpha", 1e-4), beta = ctx.attr_float("beta", 0.75),
+               bias = ctx.attr_float("bias", 1.0);
+  if (x.dims.size() < 3 || !is_static(x.dims)) ctx.fail("needs a static input of rank >= 3");
+  if (size < 1 || size > 1024) ctx.fail("size must be in 1..1024");
+  int64_t rest = 1;
+  for (size_t d = 2; d < x.dims.size(); ++d) rest *= x.dims[d];
+  const int64_t n = x.dims[0], c = x.dims[1];
+  TensorId sq = ctx.elementwise("mul", ctx.input(0), ctx.input(0));
+  sq = ctx.add1("reshape", {sq}, Attributes().set("shape", std::vector<int64_t>{n, 1, c, rest}));
+  sq = ctx.add1(
+      "pad", {sq},
+      Attributes().set("pads", std::vector<int64_t>{0, 0, (size - 1) / 2, size / 2}).set("value", 0.0));
+  TensorId sum = ctx.add1("pooling", {sq},
+                          Attributes()
+                              .set("type", std::string("avg"))
+                              .set("kernel", std::vector<int64_t>{size, 1})
+                              .set("strides", std::vector<int64_t>{1, 1}));
+  sum = ctx.add1("reshape", {sum}, Attributes().set("shape", std::vector<int64_t>(x.dims)));
+  const DataType dt = x.dtype;
+  // alpha / size * (size * average) = alpha * average
+  TensorId base =
+      ctx.elementwise("add", ctx.scalar(dt, bias), ctx.elementwise("mul", sum, ctx.scalar(dt, alpha)));
+  ctx.set_output(0, ctx.elementwise("div", ctx.input(0), ctx.elementwise("pow", base, ctx.scalar(dt, beta))));
 }
 
 const ImporterRegistration kRegistered{
@@ -372,6 +407,7 @@ const ImporterRegistration kRegistered{
     {"Softmax", [](NodeContext& c) { import_softmax(c, false); }, 13},
     {"LogSoftmax", [](NodeContext& c) { import_softmax(c, true); }, 13},
     {"Dropout", import_dropout},
+    {"LRN", import_lrn},
 };
 
 }  // namespace

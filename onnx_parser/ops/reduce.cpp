@@ -1,4 +1,6 @@
 // ONNX reductions, arg-reductions, TopK and CumSum.
+#include <algorithm>
+#include <limits>
 #include <numeric>
 
 #include "onnx_parser/importer.h"
@@ -32,6 +34,35 @@ ImportFn reduce(const std::string& op, Pre pre = Pre::kNone, Post post = Post::k
     if (axes.empty()) {
       axes.resize(static_cast<size_t>(rank));
       std::iota(axes.begin(), axes.end(), 0);
+    }
+    const TensorDesc xd = ctx.desc(0);
+    const bool extremum = op == "max" || op == "min" || pre == Pre::kExp;
+    std::vector<int64_t> norm_axes;
+    for (int64_t a : axes) norm_axes.push_back(normalize_axis(a, rank, ctx));
+    bool empty = false;
+    for (int64_t a : norm_axes) empty = empty || xd.dims[static_cast<size_t>(a)] == 0;
+    if (extremum && empty) {
+      // Over an empty set: the identity of max / min (-inf / +inf, bool false / true), log(0).
+      Dims out;
+      for (int64_t d = 0; d < rank; ++d) {
+        const bool reduced = std::find(norm_axes.begin(), norm_axes.end(), d) != norm_axes.end();
+        if (!reduced) out.push_back(xd.dims[static_cast<size_t>(d)]);
+        if (reduced && keepdims) out.push_back(1);
+      }
+      if (!is_static(out)) ctx.fail("an empty reduction needs static dims");
+      const double inf = std::numeric_limits<double>::infinity();
+      double v = op == "min" ? inf : -inf;
+      if (xd.dtype == DataType::kBool) v = op == "min" ? 1.0 : 0.0;
+      if (is_integral(xd.dtype) && xd.dtype != DataType::kBool) ctx.fail("an empty integer max / min");
+      TensorId one = ctx.scalar(xd.dtype, v, static_cast<int>(out.size()));
+      ctx.set_output(0, ctx.add1("expand", {one}, Attributes().set("shape", std::vector<int64_t>(out))));
+      return;
+    }
+    if (xd.dtype == DataType::kBool && (op == "max" || op == "min")) {  // any / all
+      TensorId y = ctx.add1("reduce", {ctx.cast(x, DataType::kInt32)},
+                            Attributes().set("op", op).set("axes", axes).set("keepdim", keepdims));
+      ctx.set_output(0, ctx.cast(y, DataType::kBool));
+      return;
     }
     if (pre == Pre::kAbs) x = ctx.unary("abs", x);
     if (pre == Pre::kSquare) x = ctx.elementwise("mul", x, x);

@@ -267,10 +267,21 @@ void import_gather_elements(NodeContext& ctx) {
                              Attributes().set("axis", ctx.attr_int("axis", 0))));
 }
 
+// ScatterElements (and opset 9-10's Scatter, the same without reduction): negative indices count
+// from the end of the axis.
 void import_scatter_elements(NodeContext& ctx) {
   std::string reduction = ctx.attr_string("reduction", std::string("none"));
-  ctx.set_output(0, ctx.add1("scatter_elements", {ctx.input(0), ctx.input(1), ctx.input(2)},
-                             Attributes().set("axis", ctx.attr_int("axis", 0)).set("reduction", reduction)));
+  const int64_t axis = normalize_axis(ctx.attr_int("axis", 0), rank_of(ctx, 0), ctx);
+  TensorId idx = ctx.input(1);
+  const DataType it = ctx.desc(1).dtype;
+  TensorId size =
+      ctx.cast(ctx.add1("gather", {ctx.add1("shape", {ctx.input(0)}), ctx.constant_i64({axis}, {})},
+                        Attributes().set("axis", int64_t{0})),
+               it);
+  idx = ctx.add1("where",
+                 {ctx.elementwise("lt", idx, ctx.scalar(it, 0.0)), ctx.elementwise("add", idx, size), idx});
+  ctx.set_output(0, ctx.add1("scatter_elements", {ctx.input(0), idx, ctx.input(2)},
+                             Attributes().set("axis", axis).set("reduction", reduction)));
 }
 
 void import_shape(NodeContext& ctx) {
@@ -548,7 +559,11 @@ void import_depth_space(NodeContext& ctx, bool to_space) {
     if (h % b != 0 || w % b != 0) ctx.fail("height and width must be multiples of blocksize");
     y = ctx.add1("reshape", {ctx.input(0)},
                  Attributes().set("shape", std::vector<int64_t>{n, c, h / b, b, w / b, b}));
-    y = ctx.add1("transpose", {y}, Attributes().set("perm", std::vector<int64_t>{0, 3, 5, 1, 2, 4}));
+    const std::string mode = ctx.attr_string("mode", std::string("DCR"));
+    if (mode != "DCR" && mode != "CRD") ctx.fail("mode must be DCR or CRD");
+    const std::vector<int64_t> perm =
+        mode == "DCR" ? std::vector<int64_t>{0, 3, 5, 1, 2, 4} : std::vector<int64_t>{0, 1, 3, 5, 2, 4};
+    y = ctx.add1("transpose", {y}, Attributes().set("perm", perm));
     y = ctx.add1("reshape", {y}, Attributes().set("shape", std::vector<int64_t>{n, c * b * b, h / b, w / b}));
   }
   ctx.set_output(0, y);
@@ -566,6 +581,7 @@ const ImporterRegistration kRegistered{
     {"Gather", import_gather},
     {"GatherElements", import_gather_elements},
     {"ScatterElements", import_scatter_elements},
+    {"Scatter", import_scatter_elements},
     {"Shape", import_shape},
     {"Size", import_size},
     {"Expand", import_expand},

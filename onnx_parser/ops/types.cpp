@@ -320,8 +320,19 @@ void import_qdq(NodeContext& ctx, bool quantize) {
       set_quantized(quantize_uint8(ctx, s, zp, per_axis, axis));
       return;
     }
-    if (!is_narrow_int(qt))
-      ctx.fail("quantizing to ONNX element type " + std::to_string(qt) + " is not supported");
+    if (!is_narrow_int(qt)) {  // int16, uint16: in float32, rint(x / scale) + zero point, clamped
+      TensorId v =
+          ctx.elementwise("div", float_value(ctx, ctx.input(0)), along_axis(ctx, s, per_axis, axis, rank));
+      v = ctx.elementwise("add", ctx.unary("round", v),
+                          ctx.cast(along_axis(ctx, zp, per_axis, axis, rank), DataType::kFloat32));
+      v = ctx.add1("activation", {v},
+                   Attributes()
+                       .set("type", std::string("clip"))
+                       .set("alpha", static_cast<double>(lo))
+                       .set("beta", static_cast<double>(hi)));
+      set_quantized(ctx.cast(v, DataType::kInt32));
+      return;
+    }
     Attributes a;
     a.set("quant_min", lo).set("quant_max", hi);
     if (per_axis) a.set("axis", axis);
