@@ -1,4 +1,5 @@
-// ONNX Attention (opset 23, with opset 24's nonpad_kv_seqlen and 25's sliding windows).
+// ONNX Attention (opset 23, with opset 24's nonpad_kv_seqlen and 25's sliding windows) and
+// RotaryEmbedding (opset 23).
 //
 // The engine's attention layer takes the common cases (3-D or 4-D q/k/v, grouped heads, a bool
 // or additive mask, top-left causal, a scale); everything else is built from layers as ONNX's
@@ -203,7 +204,85 @@ void import_attention(NodeContext& ctx) {
   ctx.set_output(0, three_d ? merge_heads(ctx, y) : y);
 }
 
-const ImporterRegistration kRegistered{{"Attention", import_attention}};
+// RotaryEmbedding (opset 23): x [B, S, H*D] (num_heads) or [B, H, S, D]; the first
+// rotary_embedding_dim (R) entries of each head rotated by the cos / sin caches ([B, S, R/2], or
+// [max positions, R/2] indexed by position_ids [B, S]): real = cos x1 - sin x2, imag = sin x1 +
+// cos x2 with x1, x2 the halves of the rotated part, or its even / odd entries (interleaved).
+// The head size must be static; batch and sequence may be dynamic.
+void import_rotary_embedding(NodeContext& ctx) {
+  const TensorDesc x = ctx.desc(0);
+  const bool interleaved = ctx.attr_int("interleaved", 0) != 0;
+  int64_t rdim = ctx.attr_int("rotary_embedding_dim", 0);
+  const int64_t heads = ctx.attr_int("num_heads", 0);
+  TensorId t = ctx.input(0);
+  auto last = [&](TensorId v, int64_t start, int64_t end, int64_t step = 1) {
+    return ctx.add1("slice", {v},
+                    Attributes()
+                        .set("axes", std::vector<int64_t>{-1})
+                        .set("starts", std::vector<int64_t>{start})
+                        .set("ends", std::vector<int64_t>{end})
+                        .set("steps", std::vector<int64_t>{step}));
+  };
+  const std::vector<int64_t> swap12 = {0, 2, 1, 3};
+  if (x.dims.size() == 4) {
+    t = ctx.add1("transpose", {t}, Attributes().set("perm", swap12));  // [B, S, H, D]
+  } else if (x.dims.size() == 3) {
+    if (heads <= 0 || x.dims[2] == kDynamic || x.dims[2] % heads != 0)
+      ctx.fail("a 3-D input needs num_heads dividing its static hidden size");
+    // [B, S, H*D] -> [B, S, H, D]: B and S from the input's shape at run time
+    TensorId bs = ctx.add1("slice", {ctx.add1("shape", {t})},
+                           Attributes()
+                               .set("axes", std::vector<int64_t>{0})
+                               .set("starts", std::vector<int64_t>{0})
+                               .set("ends", std::vector<int64_t>{2}));
+    TensorId shape = ctx.add1("concat", {bs, ctx.constant_i64({heads, x.dims[2] / heads})},
+                              Attributes().set("axis", int64_t{0}));
+    t = ctx.add1("reshape", {t, shape});
+  } else {
+    ctx.fail("the input must be 3-D or 4-D");
+  }
+  const int64_t head = ctx.net().desc(t).dims[3];
+  if (head == kDynamic) ctx.fail("the head size must be static");
+  if (rdim == 0) rdim = head;
+  if (rdim < 2 || rdim > head || rdim % 2 != 0)
+    ctx.fail("rotary_embedding_dim must be even and <= the head size");
+  TensorId cos = ctx.input(1), sin = ctx.input(2);
+  if (ctx.has_input(3)) {
+    TensorId pos = ctx.input(3);
+    cos = ctx.add1("gather", {cos, pos}, Attributes().set("axis", int64_t{0}));
+    sin = ctx.add1("gather", {sin, pos}, Attributes().set("axis", int64_t{0}));
+  }
+  if (ctx.net().desc(cos).dims.size() != 3 || ctx.net().desc(cos).dims[2] != rdim / 2)
+    ctx.fail("the caches must give [batch, sequence, rotary_embedding_dim / 2]");
+  const Attributes at2 = Attributes().set("axes", std::vector<int64_t>{2});
+  cos = ctx.add1("unsqueeze", {cos}, at2);  // [B, S, 1, R/2]
+  sin = ctx.add1("unsqueeze", {sin}, at2);
+  TensorId rot = rdim == head ? t : last(t, 0, rdim);
+  TensorId x1 = interleaved ? last(rot, 0, rdim, 2) : last(rot, 0, rdim / 2);
+  TensorId x2 = interleaved ? last(rot, 1, rdim, 2) : last(rot, rdim / 2, rdim);
+  auto mul = [&](TensorId a, TensorId b) { return ctx.elementwise("mul", a, b); };
+  TensorId real = ctx.elementwise("sub", mul(cos, x1), mul(sin, x2));
+  TensorId imag = ctx.elementwise("add", mul(sin, x1), mul(cos, x2));
+  TensorId y;
+  if (interleaved) {  // [.., R/2, 2] -> [.., R]
+    const Attributes at4 = Attributes().set("axes", std::vector<int64_t>{4});
+    y = ctx.add1("concat", {ctx.add1("unsqueeze", {real}, at4), ctx.add1("unsqueeze", {imag}, at4)},
+                 Attributes().set("axis", int64_t{4}));
+    y = ctx.add1("flatten", {y}, Attributes().set("start_dim", int64_t{3}).set("end_dim", int64_t{4}));
+  } else {
+    y = ctx.add1("concat", {real, imag}, Attributes().set("axis", int64_t{3}));
+  }
+  if (rdim < head) y = ctx.add1("concat", {y, last(t, rdim, head)}, Attributes().set("axis", int64_t{3}));
+  if (x.dims.size() == 4) {
+    y = ctx.add1("transpose", {y}, Attributes().set("perm", swap12));
+  } else {
+    y = ctx.add1("flatten", {y}, Attributes().set("start_dim", int64_t{2}).set("end_dim", int64_t{3}));
+  }
+  ctx.set_output(0, y);
+}
+
+const ImporterRegistration kRegistered{{"Attention", import_attention},
+                                       {"RotaryEmbedding", import_rotary_embedding}};
 
 }  // namespace
 }  // namespace kiln::onnx

@@ -136,6 +136,41 @@ void import_cumsum(NodeContext& ctx) {
                                  .set("reverse", ctx.attr_int("reverse", 0))));
 }
 
+// CumProd: a log-step scan (y *= y shifted by 1, 2, 4, ... along the axis, ones shifted in), for a
+// static axis; exclusive shifts the result by one, reverse flips before and after (gathers).
+void import_cumprod(NodeContext& ctx) {
+  auto axis_v = ctx.int_values(1);
+  if (!axis_v || axis_v->size() != 1) ctx.fail("axis must be a known one-element tensor");
+  const TensorDesc x = ctx.desc(0);
+  const int64_t rank = static_cast<int64_t>(x.dims.size());
+  const int64_t axis = normalize_axis(axis_v->at(0), rank, ctx);
+  const int64_t n = x.dims[static_cast<size_t>(axis)];
+  if (n == kDynamic) ctx.fail("the axis must have a static size");
+  check_host_elements(n, "CumProd's axis", ctx);
+  std::vector<int64_t> reversed(static_cast<size_t>(n));
+  std::iota(reversed.rbegin(), reversed.rend(), 0);
+  auto flip = [&](TensorId t) {
+    return ctx.add1("gather", {t, ctx.constant_i64(reversed)}, Attributes().set("axis", axis));
+  };
+  // t shifted by k along the axis: its first n - k entries after k ones
+  auto shift = [&](TensorId t, int64_t k) {
+    TensorId head = ctx.add1("slice", {t},
+                             Attributes()
+                                 .set("axes", std::vector<int64_t>{axis})
+                                 .set("starts", std::vector<int64_t>{0})
+                                 .set("ends", std::vector<int64_t>{n - k}));
+    std::vector<int64_t> pads(static_cast<size_t>(2 * (rank - axis)), 0);
+    pads[static_cast<size_t>(2 * (rank - 1 - axis))] = k;
+    return ctx.add1("pad", {head}, Attributes().set("pads", pads).set("value", 1.0));
+  };
+  const bool reverse = ctx.attr_int("reverse", 0) != 0, exclusive = ctx.attr_int("exclusive", 0) != 0;
+  TensorId y = reverse ? flip(ctx.input(0)) : ctx.input(0);
+  for (int64_t k = 1; k < n; k *= 2) y = ctx.elementwise("mul", y, shift(y, k));
+  if (exclusive && n > 0) y = shift(y, 1);
+  if (reverse) y = flip(y);
+  ctx.set_output(0, y == ctx.input(0) ? ctx.add1("identity", {y}) : y);
+}
+
 const ImporterRegistration kRegistered{
     {"ReduceSum", reduce("sum")},
     {"ReduceMean", reduce("mean")},
@@ -151,6 +186,7 @@ const ImporterRegistration kRegistered{
     {"ArgMin", arg_reduce("argmin")},
     {"TopK", import_topk},
     {"CumSum", import_cumsum},
+    {"CumProd", import_cumprod},
 };
 
 }  // namespace
