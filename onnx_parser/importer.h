@@ -47,6 +47,8 @@ class NodeContext {
                                          std::optional<std::vector<int64_t>> fallback = {}) const = 0;
   virtual std::vector<double> attr_floats(const std::string& name,
                                           std::optional<std::vector<double>> fallback = {}) const = 0;
+  virtual std::vector<std::string> attr_strings(
+      const std::string& name, std::optional<std::vector<std::string>> fallback = {}) const = 0;
   // The ONNX element type (TensorProto::DataType number) of a tensor Kiln holds in another dtype
   // (uint8 in int32, ...): 0 when the tensor's dtype is its ONNX type. Importers that produce
   // such a tensor mark it (QuantizeLinear's uint8 output).

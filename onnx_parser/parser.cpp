@@ -352,6 +352,11 @@ class ProtoNodeContext : public NodeContext {
     const pb::AttributeProto* a = get(name, pb::AttributeProto::FLOATS, fallback.has_value());
     return a ? std::vector<double>(a->floats().begin(), a->floats().end()) : *fallback;
   }
+  std::vector<std::string> attr_strings(const std::string& name,
+                                        std::optional<std::vector<std::string>> fallback) const override {
+    const pb::AttributeProto* a = get(name, pb::AttributeProto::STRINGS, fallback.has_value());
+    return a ? std::vector<std::string>(a->strings().begin(), a->strings().end()) : *fallback;
+  }
   TensorId attr_tensor(const std::string& name) override;
   int32_t held_type(TensorId t) const override;
   void set_held_type(TensorId t, int32_t onnx_type) override;

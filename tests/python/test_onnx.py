@@ -125,6 +125,81 @@ def test_narrow_initializers_unpack_as_the_reference_reads_them(onnx_type, value
     np.testing.assert_array_equal(out["y"], want)
 
 
+RECURRENT_CASES = {
+    # op, gates, attributes, optional inputs given (B, initial_h, initial_c, P)
+    "lstm_bidirectional_peepholes_clip": (
+        "LSTM",
+        4,
+        {"direction": "bidirectional", "clip": 2.5},
+        ("B", "initial_h", "initial_c", "P"),
+    ),
+    "lstm_input_forget": ("LSTM", 4, {"input_forget": 1}, ("B", "initial_h")),
+    "gru_linear_before_reset_reverse": (
+        "GRU",
+        3,
+        {"linear_before_reset": 1, "direction": "reverse"},
+        ("B", "initial_h"),
+    ),
+    "gru_bidirectional": ("GRU", 3, {"direction": "bidirectional"}, ("B",)),
+    "rnn_relu_affine": (
+        "RNN",
+        1,
+        {
+            "direction": "bidirectional",
+            "activations": ["Relu", "Affine"],  # alpha / beta go to the functions taking them
+            "activation_alpha": [0.5],
+            "activation_beta": [0.25],
+        },
+        ("B", "initial_h"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RECURRENT_CASES))
+def test_recurrent_layers_match_onnxruntime(case):
+    """RNN / GRU / LSTM unrolled: options the node tests leave out, against ONNX Runtime (which has
+    no layout 1: the node tests' batchwise cases cover it)."""
+    import onnxruntime as ort
+
+    op, gates, attrs, optional = RECURRENT_CASES[case]
+    steps, batch, inputs, hidden = 5, 3, 4, 6
+    dirs = 2 if attrs.get("direction") == "bidirectional" else 1
+    layout = attrs.get("layout", 0)
+    rng = np.random.default_rng(7)
+
+    def rand(*shape):
+        return (rng.standard_normal(shape) * 0.5).astype(np.float32)
+
+    state = (batch, dirs, hidden) if layout else (dirs, batch, hidden)
+    feeds = {
+        "X": rand(batch, steps, inputs) if layout else rand(steps, batch, inputs),
+        "W": rand(dirs, gates * hidden, inputs),
+        "R": rand(dirs, gates * hidden, hidden),
+        "B": rand(dirs, 2 * gates * hidden),
+        "initial_h": rand(*state),
+        "initial_c": rand(*state),
+        "P": rand(dirs, 3 * hidden),
+    }
+    names = ["X", "W", "R", "B", "", "initial_h", "initial_c", "P"][: 8 if op == "LSTM" else 6]
+    names = [n if n in ("X", "W", "R") or n in optional else "" for n in names]
+    while names[-1] == "":
+        names.pop()
+    outputs = ["Y", "Y_h", "Y_c"] if op == "LSTM" else ["Y", "Y_h"]
+    node = helper.make_node(op, names, outputs, hidden_size=hidden, **attrs)
+    feeds = {n: feeds[n] for n in names if n}
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape) for n, a in feeds.items()],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
+    want = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    got, _ = run_engine(kiln.onnx.parse(model), feeds)
+    for name, w in zip(outputs, want, strict=True):
+        np.testing.assert_allclose(got[name], w, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
 def test_external_data_loads_and_bad_locations_are_refused(tmp_path):
     rng = np.random.default_rng(1)
     w = rng.standard_normal((64, 32)).astype(np.float32)
