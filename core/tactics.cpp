@@ -11,6 +11,7 @@
 #include "ir/error.h"
 #include "ir/logging.h"
 #include "ir/op_schema.h"
+#include "ir/progress.h"
 #include "kernels/device.h"
 #include "kernels/reference/host_access.h"
 
@@ -38,9 +39,13 @@ bool choose_tactics(Network& net, const std::vector<OptimizationProfile>& profil
   const std::vector<TensorDesc> desc =
       infer_descs(net, profile_shapes(net, profiles.empty() ? none : profiles[0], "opt"));
   bool changed = false;
+  const auto total = static_cast<int64_t>(candidates.size());
+  int64_t done = 0;
+  report_progress("tactic timing", 0, total);
   for (const auto& [index, count] : candidates) {
     Layer& layer = net.mutable_layers()[index];
     ++st.layers;
+    report_progress("tactic timing", done++, total);
     std::vector<TensorDesc> in, out;
     for (TensorId t : layer.inputs) in.push_back(desc[t]);
     for (TensorId t : layer.outputs) out.push_back(desc[t]);
@@ -84,6 +89,7 @@ bool choose_tactics(Network& net, const std::vector<OptimizationProfile>& profil
       changed = true;
     }
   }
+  report_progress("tactic timing", total, total);
   return changed;
 }
 

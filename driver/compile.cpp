@@ -3,6 +3,7 @@
 #include "driver/convert_segment.h"
 #include "ir/error.h"
 #include "ir/logging.h"
+#include "ir/progress.h"
 
 namespace kiln {
 
@@ -119,9 +120,12 @@ CompileResult compile_graph(const KGraph& graph, const CompileOptions& options, 
   KILN_LOG(kVerbose, "compile: " << result.report.text);
   if (options.dry_run) return result;
   size_t k = 0;
+  const auto engines = static_cast<int64_t>(nets.size());
+  report_progress("building engines", 0, engines);
   for (const Segment& segment : result.partition.segments) {
     if (!segment.engine) continue;
     result.plans.push_back(Builder().build(nets.at(k++), segment_config(graph, segment, options, range)));
+    report_progress("building engines", static_cast<int64_t>(k), engines);
   }
   return result;
 }

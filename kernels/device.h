@@ -1,14 +1,18 @@
 // What CUDA devices this process can see. Safe to call where no GPU or driver exists.
 #pragma once
 
+#include <string>
+
 namespace kiln {
 
-int cuda_device_count();                // 0 when there is no usable GPU
-int cuda_device_arch(int device = -1);  // compute capability as major*10+minor; -1: current
-int current_device();                   // cudaGetDevice
-int cuda_runtime_version();             // the CUDA runtime Kiln was built against
-int cublaslt_version();                 // likewise cuBLASLt
-int cudnn_version();                    // likewise cuDNN
+int cuda_device_count();                   // 0 when there is no usable GPU
+int cuda_device_arch(int device = -1);     // compute capability as major*10+minor; -1: current
+int current_device();                      // cudaGetDevice
+int cuda_runtime_version();                // the CUDA runtime Kiln was built against
+int cublaslt_version();                    // likewise cuBLASLt
+int cudnn_version();                       // likewise cuDNN
+int cuda_driver_version();                 // the driver's CUDA version (0: no driver)
+std::string cuda_device_name(int device);  // "" when it cannot be read
 
 }  // namespace kiln
 

@@ -623,6 +623,8 @@ class Importer {
         throw Error(label + ": Kiln's importer did not produce output " + std::to_string(i) + " ('" +
                     node.output(i) + "'), which Kiln does not support");
       }
+      if (info_ && !node.output(i).empty())
+        info_->values.emplace_back(node.output(i), symbols_[node.output(i)]);
     }
   }
 

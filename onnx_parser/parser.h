@@ -64,6 +64,9 @@ struct ParseInfo {
   std::string producer;  // producer_name and producer_version
   std::vector<BindingType> converted_bindings;
   std::vector<std::string> warnings;  // also logged
+  // Every node output: its ONNX value name and the network tensor holding it, in node order
+  // (kiln compare --per-layer marks them as outputs).
+  std::vector<std::pair<std::string, TensorId>> values;
 };
 
 Network parse(const std::string& path, const ParseOptions& options = {}, ParseInfo* info = nullptr);

@@ -35,6 +35,18 @@ int cuda_runtime_version() { return CUDART_VERSION; }
 int cublaslt_version() { return CUBLAS_VERSION; }
 int cudnn_version() { return CUDNN_VERSION; }
 
+int cuda_driver_version() {
+  int v = 0;
+  if (cudaDriverGetVersion(&v) != cudaSuccess) v = 0;
+  return v;
+}
+
+std::string cuda_device_name(int device) {
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) return "";
+  return prop.name;
+}
+
 }  // namespace kiln
 
 namespace kiln {

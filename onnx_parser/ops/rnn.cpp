@@ -22,7 +22,9 @@ TensorId apply_activation(NodeContext& ctx, const std::string& name, std::option
   std::string n;
   for (char c : name) n += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   const DataType dt = ctx.net().desc(x).dtype;
-  auto act = [&](const char* type) { return ctx.add1("activation", {x}, Attributes().set("type", std::string(type))); };
+  auto act = [&](const char* type) {
+    return ctx.add1("activation", {x}, Attributes().set("type", std::string(type)));
+  };
   auto k = [&](double v) { return ctx.scalar(dt, v); };
   auto mul = [&](TensorId a, TensorId b) { return ctx.elementwise("mul", a, b); };
   auto add = [&](TensorId a, TensorId b) { return ctx.elementwise("add", a, b); };
@@ -36,13 +38,15 @@ TensorId apply_activation(NodeContext& ctx, const std::string& name, std::option
                     Attributes().set("type", std::string("leaky_relu")).set("alpha", alpha.value_or(0.01)));
   }
   if (n == "elu") {
-    return ctx.add1("activation", {x}, Attributes().set("type", std::string("elu")).set("alpha", alpha.value_or(1.0)));
+    return ctx.add1("activation", {x},
+                    Attributes().set("type", std::string("elu")).set("alpha", alpha.value_or(1.0)));
   }
   if (n == "thresholdedrelu") {
     return ctx.add1("where", {ctx.elementwise("gt", x, k(alpha.value_or(1.0))), x, k(0.0)});
   }
   if (n == "scaledtanh") {
-    TensorId t = ctx.add1("activation", {mul(x, k(beta.value_or(1.0)))}, Attributes().set("type", std::string("tanh")));
+    TensorId t = ctx.add1("activation", {mul(x, k(beta.value_or(1.0)))},
+                          Attributes().set("type", std::string("tanh")));
     return mul(t, k(alpha.value_or(1.0)));
   }
   if (n == "hardsigmoid") {
@@ -67,15 +71,16 @@ void import_recurrent(NodeContext& ctx, Cell cell) {
       ctx.has_attr("clip") ? std::optional<double>(ctx.attr_float("clip")) : std::nullopt;
   const std::vector<double> alphas = ctx.attr_floats("activation_alpha", std::vector<double>{});
   const std::vector<double> betas = ctx.attr_floats("activation_beta", std::vector<double>{});
-  const std::vector<std::string> defaults =
-      cell == Cell::kRnn ? std::vector<std::string>{"Tanh"} : cell == Cell::kGru
-                                                              ? std::vector<std::string>{"Sigmoid", "Tanh"}
-                                                              : std::vector<std::string>{"Sigmoid", "Tanh", "Tanh"};
+  const std::vector<std::string> defaults = cell == Cell::kRnn ? std::vector<std::string>{"Tanh"}
+                                            : cell == Cell::kGru
+                                                ? std::vector<std::string>{"Sigmoid", "Tanh"}
+                                                : std::vector<std::string>{"Sigmoid", "Tanh", "Tanh"};
   std::vector<std::string> acts = ctx.attr_strings("activations", std::vector<std::string>{});
   if (acts.empty()) {
     for (int64_t d = 0; d < dirs; ++d) acts.insert(acts.end(), defaults.begin(), defaults.end());
   }
-  if (static_cast<int64_t>(acts.size()) == acts_per_dir && dirs == 2) acts.insert(acts.end(), acts.begin(), acts.end());
+  if (static_cast<int64_t>(acts.size()) == acts_per_dir && dirs == 2)
+    acts.insert(acts.end(), acts.begin(), acts.end());
   if (static_cast<int64_t>(acts.size()) != acts_per_dir * dirs)
     ctx.fail("activations must name " + std::to_string(acts_per_dir) + " functions per direction");
 
@@ -86,8 +91,8 @@ void import_recurrent(NodeContext& ctx, Cell cell) {
   for (size_t i = 0; i < acts.size(); ++i) {
     std::string n;
     for (char c : acts[i]) n += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    const bool takes_alpha = n == "affine" || n == "leakyrelu" || n == "thresholdedrelu" || n == "scaledtanh" ||
-                             n == "hardsigmoid" || n == "elu";
+    const bool takes_alpha = n == "affine" || n == "leakyrelu" || n == "thresholdedrelu" ||
+                             n == "scaledtanh" || n == "hardsigmoid" || n == "elu";
     const bool takes_beta = n == "affine" || n == "scaledtanh" || n == "hardsigmoid";
     if (takes_alpha && next_alpha < alphas.size()) alpha_of[i] = alphas[next_alpha++];
     if (takes_beta && next_beta < betas.size()) beta_of[i] = betas[next_beta++];
@@ -98,7 +103,8 @@ void import_recurrent(NodeContext& ctx, Cell cell) {
   if (xd.size() != 3) ctx.fail("X must be 3-D");
   const int64_t steps = xd[0];
   if (steps == kDynamic) ctx.fail("the sequence length must be static (the layers are unrolled)");
-  if (steps > kMaxSteps) ctx.fail("sequences longer than " + std::to_string(kMaxSteps) + " steps are not supported");
+  if (steps > kMaxSteps)
+    ctx.fail("sequences longer than " + std::to_string(kMaxSteps) + " steps are not supported");
   const Dims rd = ctx.desc(2).dims;  // [D, G*H, H]
   if (rd.size() != 3 || rd[2] == kDynamic) ctx.fail("R must be 3-D with a static hidden size");
   const int64_t hidden = ctx.attr_int("hidden_size", rd[2]);
@@ -147,7 +153,7 @@ void import_recurrent(NodeContext& ctx, Cell cell) {
       return apply_activation(ctx, acts[i], a, b, v);
     };
     TensorId w = pick(ctx.input(1), d, 0), r = pick(ctx.input(2), d, 0);  // [G*H, I], [G*H, H]
-    TensorId xw = mm(x, transposed(w));                                     // [T, B, G*H]
+    TensorId xw = mm(x, transposed(w));                                   // [T, B, G*H]
     std::optional<TensorId> rb;
     if (ctx.has_input(3)) {
       TensorId b = pick(ctx.input(3), d, 0);  // [2*G*H]: Wb then Rb
@@ -165,7 +171,7 @@ void import_recurrent(NodeContext& ctx, Cell cell) {
     std::optional<TensorId> h = initial(5, d), c = cell == Cell::kLstm ? initial(6, d) : std::nullopt;
     std::optional<TensorId> peep;
     if (cell == Cell::kLstm && ctx.has_input(7)) peep = pick(ctx.input(7), d, 0);  // [3H]: i, o, f
-    auto peephole = [&](int64_t k) {  // P_i, P_o or P_f
+    auto peephole = [&](int64_t k) {                                               // P_i, P_o or P_f
       return ctx.add1("slice", {*peep},
                       Attributes()
                           .set("axes", std::vector<int64_t>{0})
@@ -217,7 +223,8 @@ void import_recurrent(NodeContext& ctx, Cell cell) {
         c = c_new;
       }
       h = h_new;
-      ys[static_cast<size_t>(t)] = ctx.add1("unsqueeze", {h_new}, Attributes().set("axes", std::vector<int64_t>{0}));
+      ys[static_cast<size_t>(t)] =
+          ctx.add1("unsqueeze", {h_new}, Attributes().set("axes", std::vector<int64_t>{0}));
     }
     y_dirs.push_back(steps == 1 ? ys[0] : ctx.add1("concat", ys, Attributes().set("axis", int64_t{0})));
     h_last.push_back(*h);
@@ -226,17 +233,20 @@ void import_recurrent(NodeContext& ctx, Cell cell) {
   // Y [T, D, B, H] (layout 1: [B, T, D, H]); Y_h, Y_c [D, B, H] (layout 1: [B, D, H])
   auto stack = [&](const std::vector<TensorId>& parts, int64_t axis) {
     std::vector<TensorId> u;
-    for (TensorId p : parts) u.push_back(ctx.add1("unsqueeze", {p}, Attributes().set("axes", std::vector<int64_t>{axis})));
+    for (TensorId p : parts)
+      u.push_back(ctx.add1("unsqueeze", {p}, Attributes().set("axes", std::vector<int64_t>{axis})));
     return u.size() == 1 ? u[0] : ctx.add1("concat", u, Attributes().set("axis", axis));
   };
   if (ctx.wants_output(0)) {
     TensorId y = stack(y_dirs, 1);  // [T, D, B, H]
-    if (layout != 0) y = ctx.add1("transpose", {y}, Attributes().set("perm", std::vector<int64_t>{2, 0, 1, 3}));
+    if (layout != 0)
+      y = ctx.add1("transpose", {y}, Attributes().set("perm", std::vector<int64_t>{2, 0, 1, 3}));
     ctx.set_output(0, y);
   }
   auto state = [&](const std::vector<TensorId>& parts) {
     TensorId s = stack(parts, 0);  // [D, B, H]
-    return layout != 0 ? ctx.add1("transpose", {s}, Attributes().set("perm", std::vector<int64_t>{1, 0, 2})) : s;
+    return layout != 0 ? ctx.add1("transpose", {s}, Attributes().set("perm", std::vector<int64_t>{1, 0, 2}))
+                       : s;
   };
   if (ctx.num_outputs() > 1 && ctx.wants_output(1)) ctx.set_output(1, state(h_last));
   if (cell == Cell::kLstm && ctx.num_outputs() > 2 && ctx.wants_output(2)) ctx.set_output(2, state(c_last));

@@ -44,6 +44,7 @@ import torch.utils._pytree as pytree
 from kiln import _C
 from kiln.fx_lowering import lifted_tensors
 from kiln.log import log
+from kiln.progress import iterate
 from kiln.quant_ops import FP8_MAX, fake_quantize_fp8, float32_reciprocal
 
 ALGORITHMS = ("entropy", "minmax", "percentile")
@@ -114,7 +115,7 @@ class Calibrator:
             _check_batch(k, batch, specs)
 
         def run(observe) -> None:
-            for k, batch in enumerate(batches):
+            for k, batch in iterate(enumerate(batches), "calibrating", total=len(batches)):
                 flat = pytree.tree_leaves((tuple(_to(x, device) for x in batch), {}))
                 _Observer(gm, wanted, observe, renamed).run(*flat)
                 log("info", f"kiln calibration ({self.algorithm}): batch {k + 1}/{len(batches)}")

@@ -14,8 +14,13 @@ def main(argv: list[str] | None = None) -> int:
         "--log-level", choices=["error", "warning", "info", "verbose"], default=None
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="build and run a small network with the native API")
-    demo.add_argument("--batch", type=int, default=32)
+    demo = sub.add_parser(
+        "demo", help="compile a torchvision model, check it, time it (GPU), save and reload it"
+    )
+    demo.add_argument("--model", default="resnet18", help="a torchvision model name")
+    demo.add_argument("--batch", type=int, default=1)
+    demo.add_argument("--size", type=int, default=224, help="image height and width")
+    demo.add_argument("--no-peer", action="store_true", help="skip torch.compile in the table")
     sub.add_parser("info", help="print versions and visible GPUs")
     insp = sub.add_parser(
         "inspect", help="show a plan's optimized layers, memory plan and (--profile) layer times"
@@ -60,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a range per input with dynamic dims, dims as 1x3x224x224, "
         "e.g. input_ids:1x16:8x128:32x512",
     )
+    _add_run_parsers(sub)
     args = parser.parse_args(argv)
     args.argv = argv
 
@@ -71,26 +77,83 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from kiln import demo as demo_mod
 
-            return demo_mod.run(batch=args.batch)
+            return demo_mod.run(args.model, batch=args.batch, size=args.size, peer=not args.no_peer)
         if args.command == "inspect":
             return _inspect(args)
         if args.command == "info":
-            from kiln import _C
-
-            print(f"kiln {kiln.__version__}")
-            print(f"CUDA GPUs visible: {_C.cuda_device_count()}")
-            if _C.cuda_device_count():
-                print(f"GPU architecture: sm_{_C.cuda_device_arch()}")
-            print(f"ops: {', '.join(_C.registered_ops())}")
+            print(info_text())
             return 0
         if args.command == "compile":
             return _compile(args)
         if args.command == "onnx":
             return _onnx(args)
+        if args.command == "run":
+            from kiln.runner import main_run
+
+            return main_run(args)
+        if args.command == "compare":
+            from kiln.compare import main_compare
+
+            return main_compare(args)
     except kiln.KilnError as e:
         print(f"kiln: error: {e}", file=sys.stderr)
         return 2
     return 1
+
+
+def _version(v: int, cuda: bool = False) -> str:
+    """12040 -> 12.4 (CUDA's encoding), 91900 -> 9.19.0 (cuDNN 9's)."""
+    if not v:
+        return "none"
+    if cuda:
+        return f"{v // 1000}.{v % 1000 // 10}"
+    return f"{v // 10000}.{v % 10000 // 100}.{v % 100}"
+
+
+def info_text() -> str:
+    """`kiln info`: Kiln, torch, CUDA (built against / driver), cuBLASLt, cuDNN (built against /
+    loaded), the GPUs, whether the torch runtime library loads, the ONNX parser, the ops."""
+    import platform
+
+    import kiln
+    from kiln import _C
+
+    v = _C.versions()
+    lines = [f"kiln {kiln.__version__} (python {platform.python_version()})"]
+    try:
+        import torch
+
+        lines.append(
+            f"torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN "
+            f"{torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else 'none'})"
+        )
+    except ImportError:
+        lines.append("torch: not installed (the engine API works without it)")
+    lines.append(
+        f"CUDA runtime built against {_version(v['cuda_runtime_built'], cuda=True)}; driver "
+        f"supports CUDA {_version(v['cuda_driver'], cuda=True)}"
+    )
+    lines.append(f"cuBLASLt built against {v['cublaslt_built']}")
+    lines.append(
+        f"cuDNN built against {_version(v['cudnn_built'])}, loaded {_version(v['cudnn_loaded'])}"
+    )
+    n = _C.cuda_device_count()
+    lines.append(f"GPUs visible: {n}")
+    for d in range(n):
+        lines.append(f"  cuda:{d} {_C.cuda_device_name(d)} (sm_{_C.cuda_device_arch(d)})")
+    from kiln import runtime
+
+    if not runtime.is_available():
+        lines.append("runtime library (libkiln_runtime.so): not built (no torch at build time)")
+    else:
+        try:
+            runtime.load_library()
+            lines.append(f"runtime library: loads ({runtime.LIBRARY_PATH})")
+        except Exception as e:  # noqa: BLE001 (report any reason it does not load)
+            lines.append(f"runtime library: does not load: {e}")
+    lines.append(f"ONNX parser: {'built' if hasattr(_C, 'onnx_parse_file') else 'not built'}")
+    lines.append(f"ops ({len(_C.registered_ops())}): {', '.join(_C.registered_ops())}")
+    return "\n".join(lines)
 
 
 def _inspect(args) -> int:
@@ -166,6 +229,74 @@ def _onnx(args) -> int:
     info = net.onnx_info
     print(f"{args.model}: opset {info['opset']}, {len(plan.layers())} layers -> {args.output}")
     return 0
+
+
+def _add_model_arguments(p, build: bool = True) -> None:
+    """What `kiln run` and `kiln compare` share: the model, its shapes, precisions, device."""
+    p.add_argument(
+        "model",
+        help="an ONNX file, a Kiln plan, a module saved with Kiln engines (kiln.save), or a "
+        "TorchScript / ExportedProgram file (compiled first)",
+    )
+    p.add_argument(
+        "--shapes",
+        nargs="*",
+        default=[],
+        metavar="NAME:DIMS|NAME:MIN:OPT:MAX",
+        help="input shapes, dims as 1x3x224x224; runs use OPT (e.g. ids:1x16:8x128:32x512)",
+    )
+    p.add_argument("--batch", type=int, default=None, help="the size of a dynamic first dim")
+    p.add_argument("--device", choices=list(DEVICES), default="auto", help="where Kiln runs")
+    p.add_argument("--fp16", action="store_true", help="allow FP16")
+    p.add_argument("--bf16", action="store_true", help="allow BF16")
+    p.add_argument("--tf32", action="store_true", help="allow TF32")
+    if build:
+        p.add_argument(
+            "--int8", action="store_true", help="allow INT8 (with --calib, or Q/DQ models)"
+        )
+        p.add_argument("--fp8", action="store_true", help="allow FP8 e4m3 (with --calib)")
+        p.add_argument(
+            "--calib", default=None, metavar="DIR", help="calibration batches (.npz files)"
+        )
+        p.add_argument("--timing-cache", default=None, metavar="FILE", help="a tactic timing cache")
+        p.add_argument("--save-plan", default=None, metavar="FILE", help="write the built plan")
+    p.add_argument(
+        "--pin-fp32",
+        action="append",
+        default=[],
+        metavar="LAYER,...",
+        help="layers kept in float32 (kiln compare --per-layer suggests them)",
+    )
+    p.add_argument("--inputs", default=None, metavar="FILE.npz", help="inputs (else random)")
+
+
+def _add_run_parsers(sub) -> None:
+    run = sub.add_parser("run", help="build or load a model and time it (kiln/runner.py)")
+    _add_model_arguments(run)
+    run.add_argument("--warmup", type=int, default=10)
+    run.add_argument("--iterations", type=int, default=100)
+    run.add_argument("--duration", type=float, default=None, metavar="S", help="time for S seconds")
+    run.add_argument(
+        "--cuda-graphs", action=argparse.BooleanOptionalAction, default=True, help="(default on)"
+    )
+    run.add_argument("--streams", type=int, default=1, help="contexts run together (throughput)")
+    run.add_argument("--outputs", default=None, metavar="FILE.npz", help="write the outputs")
+    run.add_argument("--profile", action="store_true", help="per-layer times")
+    run.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+    cmp = sub.add_parser(
+        "compare", help="compare Kiln's outputs with another runtime (kiln/compare.py)"
+    )
+    _add_model_arguments(cmp, build=False)
+    cmp.add_argument(
+        "--against", choices=["onnxruntime", "torch", "reference"], default="reference"
+    )
+    cmp.add_argument("--rtol", type=float, default=None, help="default: by precision")
+    cmp.add_argument("--atol", type=float, default=None, help="default: by precision")
+    cmp.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="compare every layer (ONNX models): the first beyond tolerance, FP16 overflows",
+    )
 
 
 def _plans(path: str) -> list:

@@ -30,6 +30,7 @@ from kiln.fx_lowering import FxLowering
 from kiln.inputs import Input
 from kiln.log import log
 from kiln.options import compile_options, default_timing_cache_path  # noqa: F401 (re-exported)
+from kiln.progress import progress_bars, step
 from kiln.report import CompileReport, Fallback  # noqa: F401 (re-exported: kiln.compiler's API)
 
 
@@ -224,7 +225,8 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
                 "INT8 and FP8 need ir='export' (the TorchScript frontend has no quantization yet)"
             )
 
-        result = torchscript.compile(module, specs, options, device)
+        with progress_bars():
+            result = torchscript.compile(module, specs, options, device)
         report = result if dry_run else result.report
         log(level, "kiln.compile: " + report.text)
         return result
@@ -232,22 +234,25 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     kwarg_inputs = dict(kwarg_inputs or {})
     kwarg_names = list(kwarg_inputs)
     specs += [i if isinstance(i, Input) else Input.from_tensor(i) for i in kwarg_inputs.values()]
-    program, equal_sizes = export_program(module, specs, device, kwarg_names)
-    weights = {}
-    if int8:
-        weights = _int8(program, calibrator, device, specs)
-    elif fp8:
-        weights = _fp8(program, calibrator, device, specs)
-    lowered = FxLowering(program, specs, truncate_double=truncate_double, params=weights)
-    log(level, "kiln.compile: KGraph\n" + lowered.graph.summary())
-    segments, driver_report, plans = _C.compile_graph(
-        lowered.graph, options, lowered.range, lowered.torch_nodes
-    )
-    report = CompileReport.from_driver(driver_report)
-    log(level, "kiln.compile: " + report.text)
-    if dry_run:
-        return report
-    graph_module = assemble(lowered, segments, plans, device, options.cuda_graphs)
+    with progress_bars():
+        with step("exporting"):
+            program, equal_sizes = export_program(module, specs, device, kwarg_names)
+        weights = {}
+        if int8:
+            weights = _int8(program, calibrator, device, specs)
+        elif fp8:
+            weights = _fp8(program, calibrator, device, specs)
+        with step("lowering"):
+            lowered = FxLowering(program, specs, truncate_double=truncate_double, params=weights)
+        log(level, "kiln.compile: KGraph\n" + lowered.graph.summary())
+        segments, driver_report, plans = _C.compile_graph(
+            lowered.graph, options, lowered.range, lowered.torch_nodes
+        )
+        report = CompileReport.from_driver(driver_report)
+        log(level, "kiln.compile: " + report.text)
+        if dry_run:
+            return report
+        graph_module = assemble(lowered, segments, plans, device, options.cuda_graphs)
     return CompiledModule(
         graph_module, program.call_spec.out_spec, report, specs, device, kwarg_names, equal_sizes
     )

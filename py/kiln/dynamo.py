@@ -46,7 +46,7 @@ from torch.utils import _pytree as pytree
 
 from kiln.dtypes import device_name
 from kiln.inputs import Input
-from kiln.log import log
+from kiln.log import log, torch_noise_filtered
 
 NAME = "kiln"
 
@@ -208,7 +208,7 @@ class _KilnGraph:
         }
         gm = _bake_scalars(self.gm, {i: args[i].item() for i in self.scalars})
         module = _GraphModule(gm, len(args), self.user, self.weights, syms, args, autocast)
-        with torch.no_grad(), _autocast_off():
+        with torch.no_grad(), _autocast_off(), torch_noise_filtered():
             program = torch.export.export(
                 module, tuple(examples), dynamic_shapes=tuple(export_dims)
             )

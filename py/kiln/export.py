@@ -20,9 +20,10 @@ import torch
 
 from kiln import _C
 from kiln.inputs import Input
-from kiln.log import log
+from kiln.log import log, quiet_torch
 
 
+@quiet_torch
 def export_program(
     module, specs: list[Input], device: torch.device, kwarg_names: Sequence[str] = ()
 ):

@@ -840,7 +840,12 @@ class Builder:
     """Turns a Network and a BuilderConfig into a Plan (see core/builder.cpp for the passes)."""
 
     def build(self, network: Network, config: BuilderConfig | None = None) -> _C.Plan:
-        return _C.Builder().build(network._net, config if config is not None else BuilderConfig())
+        from kiln.progress import progress_bars
+
+        with progress_bars():
+            return _C.Builder().build(
+                network._net, config if config is not None else BuilderConfig()
+            )
 
 
 def _eps(attrs: dict, eps: float | None) -> dict:

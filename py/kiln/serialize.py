@@ -54,7 +54,7 @@ from torch.utils import _pytree as pytree
 from kiln import _C
 from kiln._C import KilnError
 from kiln.inputs import Input
-from kiln.log import log
+from kiln.log import log, quiet_torch, torch_noise_filtered
 
 FORMATS = ("exported_program", "torchscript")
 
@@ -106,10 +106,13 @@ def save(
     device = module.device or torch.device("cpu")
     path = os.fspath(path)
     extra = _report_file(module)
-    if output_format == "exported_program":
-        torch.export.save(_export(module, specs, device), path, extra_files=extra)
-    else:
-        torch.jit.save(_script(module, specs, device), path, _extra_files=extra)
+    from kiln.progress import step
+
+    with step(f"saving {os.path.basename(path)}"):
+        if output_format == "exported_program":
+            torch.export.save(_export(module, specs, device), path, extra_files=extra)
+        else:
+            torch.jit.save(_script(module, specs, device), path, _extra_files=extra)
 
 
 def load(
@@ -147,6 +150,7 @@ def load(
         with (
             _minor_version_mismatch_allowed(allow_minor_version_mismatch),
             _C.plan_kernel_trust(trusted),  # the engines are created inside torch's loader
+            torch_noise_filtered(),
         ):
             if fmt == "exported_program":
                 module = torch.export.load(path, extra_files=extra).module()
@@ -287,6 +291,7 @@ def _dynamic_shapes(specs: list[Input]):
 # ---- exported_program -----------------------------------------------------------------------
 
 
+@quiet_torch
 def _export(module, specs: list[Input], device: torch.device):
     examples = tuple(s.example(device) for s in specs)
     with torch.no_grad():
@@ -302,6 +307,7 @@ def _export(module, specs: list[Input], device: torch.device):
 # ---- torchscript ----------------------------------------------------------------------------
 
 
+@quiet_torch
 def _script(module, specs: list[Input], device: torch.device):
     graph_module = _scriptable(module.graph_module, module._out_spec)
     try:

@@ -2,16 +2,20 @@ import subprocess
 import sys
 
 
-def test_demo_runs_and_matches():
+def test_demo_compiles_checks_saves_and_reloads_a_torchvision_model():
     out = subprocess.run(
-        [sys.executable, "-m", "kiln", "demo", "--batch", "4"],
+        [sys.executable, "-m", "kiln", "demo", "--model", "resnet18", "--size", "64"],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().endswith("OK")
-    assert "\ncpu " in out.stdout  # the row of the CPU reference backend
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    assert text.strip().endswith("OK")
+    assert "1 engine segment, 0 PyTorch segments" in text  # the compile report
+    assert "output vs eager PyTorch (FP32): cosine" in text
+    assert text.count("cosine 1.0000") >= 2  # both formats reloaded in a fresh process
+    assert "exported_program" in text and "torchscript" in text
 
 
 def test_info_lists_ops():
@@ -20,3 +24,6 @@ def test_info_lists_ops():
     )
     assert out.returncode == 0, out.stderr
     assert "matmul" in out.stdout
+    for word in ("torch ", "CUDA runtime built against", "cuDNN built against", "GPUs visible",
+                 "runtime library", "ONNX parser"):  # fmt: skip
+        assert word in out.stdout, out.stdout

@@ -16,6 +16,7 @@
 #include "ir/error.h"
 #include "ir/logging.h"
 #include "ir/op_schema.h"
+#include "ir/progress.h"
 #include "kernels/device.h"
 #include "kernels/fused_pointwise_codegen.h"
 #include "kernels/plan_kernel_trust.h"
@@ -60,6 +61,19 @@ class PyCallable {
   }
   PyCallable(const PyCallable&) = delete;
   PyCallable& operator=(const PyCallable&) = delete;
+
+  void call_progress(const std::string& task, int64_t done, int64_t total) const {
+    if (!Py_IsInitialized()) return;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject* r = PyObject_CallFunction(fn_, "sLL", task.c_str(), static_cast<long long>(done),
+                                        static_cast<long long>(total));
+    if (r == nullptr) {
+      PyErr_WriteUnraisable(fn_);
+    } else {
+      Py_DECREF(r);
+    }
+    PyGILState_Release(g);
+  }
 
   void call(const char* severity, const std::string& message) const {
     if (!Py_IsInitialized()) return;
@@ -332,6 +346,17 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("version", &kiln_version_string);
   m.def("cuda_device_count", &cuda_device_count);
+  // What `kiln info` reports: the versions Kiln was built against and the ones loaded now.
+  m.def("versions", [] {
+    py::dict d;
+    d["cuda_runtime_built"] = cuda_runtime_version();
+    d["cublaslt_built"] = cublaslt_version();
+    d["cudnn_built"] = cudnn_version();
+    d["cudnn_loaded"] = cudnn_runtime_version();
+    d["cuda_driver"] = cuda_driver_version();
+    return d;
+  });
+  m.def("cuda_device_name", &cuda_device_name, py::arg("device") = 0);
   m.def(
       "cuda_device_arch", [](int device) { return cuda_device_arch(device); }, py::arg("device") = -1);
   m.def("registered_ops", &registered_ops);
@@ -378,6 +403,17 @@ PYBIND11_MODULE(_C, m) {
     }
     auto callable = std::make_shared<PyCallable>(fn.ptr());
     set_log_sink([callable](Severity s, const std::string& msg) { callable->call(severity_name(s), msg); });
+  });
+  // Progress of long steps (ir/progress.h) to fn(task, done, total); None: no sink.
+  m.def("set_progress_sink", [](py::object fn) {
+    if (fn.is_none()) {
+      set_progress_sink(nullptr);
+      return;
+    }
+    auto callable = std::make_shared<PyCallable>(fn.ptr());
+    set_progress_sink([callable](const std::string& task, int64_t done, int64_t total) {
+      callable->call_progress(task, done, total);
+    });
   });
   m.def("log", [](const std::string& level, const std::string& msg) {
     Severity s = parse_severity(level);

@@ -25,6 +25,9 @@ py::dict info_dict(const onnx::ParseInfo& info) {
   }
   d["converted_bindings"] = bindings;
   d["warnings"] = info.warnings;
+  py::list values;
+  for (const auto& [name, tensor] : info.values) values.append(py::make_tuple(name, tensor));
+  d["values"] = values;
   return d;
 }
 
