@@ -133,11 +133,18 @@ const std::vector<AttrSpec> kRangeAttributes = {
     {"inv_scale", AttrType::kFloat, std::nullopt,
      "per tensor: the multiplier of x (rounded to float32) instead of 1 / scale"},
     {"format", AttrType::kString, AttrValue{std::string("int")},
-     "int (integers in quant_min..quant_max), e4m3 (float8 e4m3fn, per tensor), or for fake_quantize "
-     "e5m2, e4m3fnuz, e5m2fnuz, e2m1 (narrow floats without an engine dtype)"},
-    {"saturate", AttrType::kInt, AttrValue{int64_t{1}},
-     "narrow floats: overflow saturates to the largest finite value (1) or gives inf / NaN (0)"},
+     "int (integers in quant_min..quant_max) or e4m3 (float8 e4m3fn, per tensor)"},
 };
+
+std::vector<AttrSpec> fake_quantize_attributes() {
+  std::vector<AttrSpec> a = kRangeAttributes;
+  a.back() = {"format", AttrType::kString, AttrValue{std::string("int")},
+              "int (integers in quant_min..quant_max), e4m3 (float8 e4m3fn, per tensor), or e5m2, "
+              "e4m3fnuz, e5m2fnuz, e2m1 (narrow floats without an engine dtype)"};
+  a.push_back({"saturate", AttrType::kInt, AttrValue{int64_t{1}},
+               "narrow floats: overflow saturates to the largest finite value (1) or gives inf / NaN (0)"});
+  return a;
+}
 
 const std::vector<AttrSpec> kDequantizeAttributes = {
     {"axis", AttrType::kInt, AttrValue{int64_t{0}}, "per-channel scales: the axis of x they index"},
@@ -150,7 +157,7 @@ const std::vector<AttrSpec> kDequantizeAttributes = {
 const SchemaRegistration kRegistered{
     {"quantize", 2, 3, infer_quantize, kRangeAttributes},
     {"dequantize", 2, 3, infer_dequantize, kDequantizeAttributes},
-    {"fake_quantize", 2, 3, infer_fake_quantize, kRangeAttributes},
+    {"fake_quantize", 2, 3, infer_fake_quantize, fake_quantize_attributes()},
 };
 
 }  // namespace
