@@ -32,6 +32,8 @@ RUFF_VERSION=0.17.6
 "$PY" -c "import onnx" 2>/dev/null || need_pip+=("onnx==${KILN_ONNX_VERSION:-1.23.2}")
 "$PY" -c "import onnxruntime" 2>/dev/null || need_pip+=("onnxruntime")
 "$PY" -c "import onnxscript" 2>/dev/null || need_pip+=("onnxscript")
+# Progress bars on a terminal (py/kiln/progress.py; without tqdm none are shown).
+"$PY" -c "import tqdm" 2>/dev/null || need_pip+=("tqdm")
 if [ ${#need_pip_nodeps[@]} -gt 0 ]; then
   echo "bootstrap: pip install --no-deps ${need_pip_nodeps[*]}"
   "$PY" -m pip install -q --no-deps "${need_pip_nodeps[@]}"
