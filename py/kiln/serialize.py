@@ -60,6 +60,10 @@ FORMATS = ("exported_program", "torchscript")
 
 # The archive's extra file holding CompileReport.to_dict() as JSON.
 REPORT_FILE = "kiln_report.json"
+# The output's structure: the library types in it ("module.Class"; kiln.load imports their
+# modules first, so a transformers ModelOutput loads without the user importing transformers) and,
+# for TorchScript (whose modules return plain containers), the pytree spec that rebuilds it.
+OUTPUT_FILE = "kiln_output.json"
 
 # What reading a damaged zip archive raises (besides torch's own errors, wrapped where it loads).
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError)
@@ -105,7 +109,7 @@ def save(
     specs = _specs(module, inputs)
     device = module.device or torch.device("cpu")
     path = os.fspath(path)
-    extra = _report_file(module)
+    extra = {**_report_file(module), **_output_file(module._out_spec)}
     from kiln.progress import step
 
     with step(f"saving {os.path.basename(path)}"):
@@ -145,6 +149,8 @@ def load(
 
         check_archive(path)
     runtime.load_library()  # torch.classes.kiln.Engine and torch.ops.kiln.execute_engine
+    output = _read_output_file(path)
+    _import_output_types(output.get("types", []), path)
     extra = {REPORT_FILE: ""}  # the loaders fill in what the archive holds ("" when absent)
     try:
         with (
@@ -168,6 +174,10 @@ def load(
             f"kiln.load: {path}: its Kiln report ({REPORT_FILE}) is damaged "
             f"({type(error).__name__}: {error}); the file was changed after kiln.save wrote it"
         ) from error
+    if fmt == "torchscript" and output.get("types") and output.get("spec"):
+        report = module.report
+        module = StructuredOutputs(module, pytree.treespec_loads(output["spec"]))
+        module.report = report
     if fmt == "exported_program":
         from kiln.compiler import check_tensor_inputs
 
@@ -240,6 +250,80 @@ def archive_format(path: str | os.PathLike) -> str:
         f"kiln.load: {path} is {what}, neither an ExportedProgram (torch.export.save) nor a "
         "TorchScript module (torch.jit.save); save compiled modules with kiln.save"
     )
+
+
+# ---- output structure -----------------------------------------------------------------------
+
+_PLAIN_MODULES = ("builtins", "collections", "torch.fx.immutable_collections")
+
+
+def _spec_types(spec) -> list[type]:
+    if spec is None or spec.is_leaf():
+        return []
+    found = [spec.type]
+    for child in spec.children():
+        found += _spec_types(child)
+    return found
+
+
+def _output_file(out_spec) -> dict[str, str]:
+    types = sorted(
+        {f"{t.__module__}.{t.__qualname__}" for t in _spec_types(out_spec)}
+        - {f"{t.__module__}.{t.__qualname__}" for t in (tuple, list, dict)}
+    )
+    types = [t for t in types if not t.startswith(_PLAIN_MODULES)]
+    if not types:
+        return {}
+    try:
+        spec = pytree.treespec_dumps(out_spec)
+    except Exception:  # noqa: BLE001 (a type without serialized_type_name: TorchScript keeps a dict)
+        spec = None
+    return {OUTPUT_FILE: json.dumps({"types": types, "spec": spec})}
+
+
+def _read_output_file(path: str) -> dict:
+    """The archive's OUTPUT_FILE (read before torch's loader, which needs the types imported)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("/extra/" + OUTPUT_FILE)]
+            return json.loads(archive.read(names[0])) if names else {}
+    except (KeyError, ValueError, *_ZIP_ERRORS) as error:
+        raise KilnError(
+            f"kiln.load: {path}: its {OUTPUT_FILE} is damaged ({type(error).__name__}: {error})"
+        ) from error
+
+
+def _import_output_types(types: Sequence[str], path: str) -> None:
+    """Imports the modules defining the output's library types (registering their pytrees)."""
+    import importlib
+
+    for name in types:
+        module_name = name.rsplit(".", 1)[0] if isinstance(name, str) else ""
+        if not module_name:
+            continue
+        try:
+            importlib.import_module(module_name)
+        except ImportError as error:
+            package = module_name.split(".")[0]
+            raise KilnError(
+                f"kiln.load: {path} returns {name} objects; kiln.load imports {module_name} for "
+                f"them, which failed ({error}): install {package} (pip install {package})"
+            ) from error
+
+
+class StructuredOutputs(torch.nn.Module):
+    """A loaded TorchScript module whose outputs are rebuilt into the compiled model's structure
+    (a transformers ModelOutput, say), as the ExportedProgram format returns them. ``.module`` is
+    the ScriptModule (what torch.jit.load and C++ apps see: plain containers)."""
+
+    def __init__(self, module, out_spec):
+        super().__init__()
+        self.module = module
+        self._out_spec = out_spec
+
+    def forward(self, *args, **kwargs):
+        out = self.module(*args, **kwargs)
+        return pytree.tree_unflatten(pytree.tree_leaves(out), self._out_spec)
 
 
 # ---- report ---------------------------------------------------------------------------------
