@@ -41,7 +41,8 @@ def test_model_outputs_load_in_a_fresh_process_without_importing_transformers(sa
         assert "transformers" not in sys.modules
         module = kiln.load({str(saved_bert / name)!r})
         out = module(torch.load({str(saved_bert / "ids.pt")!r}))
-        torch.testing.assert_close(out.last_hidden_state, torch.load({str(saved_bert / "want.pt")!r}))
+        want = torch.load({str(saved_bert / "want.pt")!r})
+        torch.testing.assert_close(out.last_hidden_state, want)
         print(type(out).__module__ + "." + type(out).__name__)
         """
     )
