@@ -2,6 +2,7 @@
 // canonicalization and memory planning, in the order DESIGN.md gives.
 #include "core/builder.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <functional>
 #include <set>
@@ -14,6 +15,7 @@
 #include "ir/error.h"
 #include "ir/logging.h"
 #include "ir/op_schema.h"
+#include "ir/progress.h"
 #include "kernels/device.h"
 #include "kernels/kernel.h"
 
@@ -74,8 +76,13 @@ Backend resolve_target(BuildTarget target) {
   return gpu ? Backend::kCuda : Backend::kReference;
 }
 
+// The builder's stages (run_pass calls) for its progress report: counted per build.
+constexpr int64_t kBuilderStages = 21;
+thread_local int64_t t_stage = 0;
+
 // Runs `pass` on `net` and logs what it did; returns whether it changed the network.
 bool run_pass(const char* name, const std::function<bool(Network&)>& pass, Network& net) {
+  report_progress("builder stages", std::min(t_stage++, kBuilderStages - 1), kBuilderStages);
   size_t before = net.layers().size();
   bool changed = pass(net);
   KILN_LOG(kVerbose, "builder: " << name << (changed ? " changed the network (" : " changed nothing (")
@@ -146,6 +153,8 @@ bool tactic_timing_default() {
 
 Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   Backend backend = resolve_target(config.target);
+  t_stage = 0;
+  report_progress("builder stages", 0, kBuilderStages);
   Plan plan;
   plan.network = network;  // the builder never modifies the caller's network
   Network& net = plan.network;
@@ -270,6 +279,7 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
                               << " bytes, target " << backend_name(backend)
                               << (plan.header.sm_arch ? " sm_" + std::to_string(plan.header.sm_arch)
                                                       : std::string()));
+  report_progress("builder stages", kBuilderStages, kBuilderStages);
   return plan;
 }
 

@@ -35,6 +35,8 @@ class NodeContext {
   // The values of input i when they are known while parsing (a constant, or tracked shape
   // arithmetic with every entry known); nullopt otherwise. Floating values are converted.
   std::optional<std::vector<int64_t>> int_values(int i) const;
+  // The values of an integer or bool tensor known while parsing (a constant or tracked values).
+  std::optional<std::vector<int64_t>> known_values(TensorId t) const;
   std::optional<std::vector<double>> float_values(int i) const;
 
   // Attributes (ints and floats as declared by ONNX).
@@ -57,6 +59,12 @@ class NodeContext {
 
   // A tensor attribute (Constant's value) as a new constant of the network.
   virtual TensorId attr_tensor(const std::string& name) = 0;
+  // A graph attribute (If's branches, Loop's and Scan's bodies) imported in place: its inputs
+  // bound to `inputs` (outer-scope names stay visible), its nodes added to the network; returns
+  // its outputs. Each call imports the graph again (an unrolled loop calls it per iteration).
+  virtual std::vector<TensorId> inline_graph(const std::string& name,
+                                             const std::vector<TensorId>& inputs) = 0;
+  virtual int graph_inputs(const std::string& name) = 0;  // how many inputs the graph takes
   // Fails when the node has an attribute the importer did not read (it may change the meaning).
   virtual void check_attrs_read() const = 0;
 
@@ -89,6 +97,8 @@ class NodeContext {
   // `base`, or `base` with a suffix, unused by any layer or node of the network so far.
   virtual std::string unique_layer_name(const std::string& base) = 0;
   const Network& net_const() const { return const_cast<NodeContext*>(this)->net(); }
+  std::optional<TensorId> fold_small(const std::string& op, const std::vector<TensorId>& inputs,
+                                     const Attributes& attrs);
   int counter_ = 0;
 };
 

@@ -14,6 +14,7 @@
 #include "ir/error.h"
 #include "ir/logging.h"
 #include "ir/minifloat.h"
+#include "kernels/kernel.h"
 #include "kernels/reference/host_access.h"
 #include "onnx_kiln_onnx-ml.pb.h"
 #include "onnx_parser/importer.h"
@@ -358,6 +359,10 @@ class ProtoNodeContext : public NodeContext {
     return a ? std::vector<std::string>(a->strings().begin(), a->strings().end()) : *fallback;
   }
   TensorId attr_tensor(const std::string& name) override;
+  std::vector<TensorId> inline_graph(const std::string& name, const std::vector<TensorId>& inputs) override;
+  int graph_inputs(const std::string& name) override {
+    return get(name, pb::AttributeProto::GRAPH, false)->g().input_size();
+  }
   int32_t held_type(TensorId t) const override;
   void set_held_type(TensorId t, int32_t onnx_type) override;
   void check_attrs_read() const override {
@@ -453,6 +458,38 @@ class Importer {
     return it->second;
   }
   void define(const std::string& name, TensorId t) { symbols_[name] = t; }
+
+  // A subgraph imported in place (NodeContext::inline_graph): its initializers become constants,
+  // its inputs are bound to `inputs`, its nodes are imported; names it defines are dropped after
+  // (the outer scope sees only the returned outputs). Bounded in depth and in the nodes all
+  // inlining adds, as an unrolled loop multiplies its body.
+  std::vector<TensorId> inline_graph(const pb::GraphProto& g, const std::vector<TensorId>& inputs) {
+    KILN_CHECK(
+        inputs.size() == static_cast<size_t>(g.input_size()),
+        "subgraph '" << g.name() << "' takes " << g.input_size() << " inputs, given " << inputs.size());
+    KILN_CHECK(depth_ < kMaxGraphDepth, "subgraphs nested deeper than " << kMaxGraphDepth);
+    inlined_nodes_ += g.node_size();
+    KILN_CHECK(inlined_nodes_ <= kMaxInlinedNodes,
+               "If / Loop / Scan unroll to more than "
+                   << kMaxInlinedNodes << " nodes; Kiln imports control flow by unrolling it while parsing");
+    struct Depth {
+      int& d;
+      explicit Depth(int& x) : d(x) { ++d; }
+      ~Depth() { --d; }
+    } depth(depth_);
+    auto saved = symbols_;
+    for (const auto& init : g.initializer()) {
+      std::string name = init.name();
+      for (int k = 1; net_.find_tensor(name) >= 0; ++k) name = init.name() + "_" + std::to_string(k);
+      symbols_[init.name()] = constant(init, name);
+    }
+    for (int i = 0; i < g.input_size(); ++i) symbols_[g.input(i).name()] = inputs[static_cast<size_t>(i)];
+    for (int i = 0; i < g.node_size(); ++i) import_node(g.node(i), i);
+    std::vector<TensorId> out;
+    for (const auto& o : g.output()) out.push_back(lookup(o.name()));
+    symbols_ = std::move(saved);
+    return out;
+  }
   int32_t held_type(TensorId t) const {
     auto it = held_types_.find(t);
     return it == held_types_.end() ? 0 : it->second;
@@ -680,6 +717,10 @@ class Importer {
   int opset_ = 0;
   std::unordered_map<std::string, TensorId> symbols_;
   std::unordered_map<TensorId, int32_t> held_types_;  // tensors Kiln holds in another dtype
+  static constexpr int kMaxGraphDepth = 16;
+  static constexpr int64_t kMaxInlinedNodes = int64_t{1} << 20;
+  int depth_ = 0;
+  int64_t inlined_nodes_ = 0;
   std::set<std::string> used_names_;
   std::set<std::string> warned_types_;
 };
@@ -693,6 +734,11 @@ void ProtoNodeContext::set_output(int i, TensorId t) {
 int32_t ProtoNodeContext::held_type(TensorId t) const { return imp_.held_type(t); }
 std::string ProtoNodeContext::unique_layer_name(const std::string& base) { return imp_.unique_name(base); }
 void ProtoNodeContext::set_held_type(TensorId t, int32_t onnx_type) { imp_.set_held_type(t, onnx_type); }
+std::vector<TensorId> ProtoNodeContext::inline_graph(const std::string& name,
+                                                     const std::vector<TensorId>& inputs) {
+  return imp_.inline_graph(get(name, pb::AttributeProto::GRAPH, false)->g(), inputs);
+}
+
 TensorId ProtoNodeContext::attr_tensor(const std::string& name) {
   const pb::AttributeProto* a = get(name, pb::AttributeProto::TENSOR, false);
   return imp_.constant(a->t(), name_ + "/" + name);
@@ -723,7 +769,19 @@ TensorId NodeContext::input(int i) const {
 
 std::optional<std::vector<int64_t>> NodeContext::int_values(int i) const {
   if (!has_input(i)) return std::nullopt;
+  if (auto v = known_values(input(i))) return v;
   const Tensor& t = net_const().tensor(input(i));
+  if (t.kind == TensorKind::kConstant && t.data && is_floating(t.dtype)) {
+    auto f = float_values(i);
+    std::vector<int64_t> v;
+    for (double x : *f) v.push_back(static_cast<int64_t>(x));
+    return v;
+  }
+  return std::nullopt;
+}
+
+std::optional<std::vector<int64_t>> NodeContext::known_values(TensorId id) const {
+  const Tensor& t = net_const().tensor(id);
   if (t.kind == TensorKind::kConstant && t.data && is_integral(t.dtype)) {
     const int64_t n = volume(t.dims);
     std::vector<int64_t> v(static_cast<size_t>(n));
@@ -742,14 +800,8 @@ std::optional<std::vector<int64_t>> NodeContext::int_values(int i) const {
     }
     return v;
   }
-  ShapeValues sv = net_const().desc(input(i)).values;
+  ShapeValues sv = net_const().desc(id).values;
   if (fully_known(sv)) return *sv;
-  if (t.kind == TensorKind::kConstant && t.data && is_floating(t.dtype)) {
-    auto f = float_values(i);
-    std::vector<int64_t> v;
-    for (double x : *f) v.push_back(static_cast<int64_t>(x));
-    return v;
-  }
   return std::nullopt;
 }
 
@@ -792,7 +844,47 @@ Layer& NodeContext::add(const std::string& op, const std::vector<TensorId>& inpu
 
 TensorId NodeContext::add1(const std::string& op, const std::vector<TensorId>& inputs, Attributes attrs,
                            const std::string& suffix) {
+  if (auto folded = fold_small(op, inputs, attrs)) return *folded;
   return add(op, inputs, std::move(attrs), suffix).outputs.at(0);
+}
+
+// A layer whose inputs are all small constants becomes a constant of its output, computed by
+// the reference kernel now (what the builder's fold_constants would do later): shape-computing
+// subgraphs (Cast, Sub, Div, Ceil of sizes, a Range's bounds, If / Loop conditions) give values
+// that importers need while parsing. Quantization ops are never folded (the builder fuses Q/DQ),
+// nor anything past kMaxFoldElements elements (weights stay weights).
+std::optional<TensorId> NodeContext::fold_small(const std::string& op, const std::vector<TensorId>& inputs,
+                                                const Attributes& attrs) {
+  constexpr int64_t kMaxFoldElements = 4096;
+  if (inputs.empty() || op == "quantize" || op == "dequantize" || op == "fake_quantize" ||
+      !has_kernel(op, Backend::kReference)) {
+    return std::nullopt;
+  }
+  Network scratch;
+  std::vector<TensorId> ids;
+  std::vector<TensorView> views;
+  for (TensorId t : inputs) {
+    const Tensor& c = net_const().tensor(t);
+    if (c.kind != TensorKind::kConstant || !c.data || !is_static(c.dims) ||
+        volume(c.dims) > kMaxFoldElements) {
+      return std::nullopt;
+    }
+    ids.push_back(scratch.add_constant("c" + std::to_string(ids.size()), c.dtype, c.dims, c.data));
+    views.push_back({const_cast<uint8_t*>(c.data->data()), c.dtype, c.dims});
+  }
+  try {
+    const Layer& l = scratch.add_layer(op, ids, attrs, "fold");
+    if (l.outputs.size() != 1) return std::nullopt;
+    const Tensor o = scratch.tensor(l.outputs[0]);
+    if (!is_static(o.dims) || volume(o.dims) > kMaxFoldElements) return std::nullopt;
+    auto data = std::make_shared<std::vector<uint8_t>>(
+        static_cast<size_t>(tensor_bytes(o.dims, dtype_size(o.dtype))));
+    std::vector<TensorView> out = {{data->data(), o.dtype, o.dims}};
+    if (volume(o.dims) > 0) create_kernel(l, Backend::kReference)->run(views, out, LaunchContext{});
+    return net().add_constant(unique_layer_name(name() + "/folded"), o.dtype, o.dims, data);
+  } catch (const Error&) {
+    return std::nullopt;  // the layer itself reports it
+  }
 }
 
 TensorId NodeContext::constant_i64(const std::vector<int64_t>& values, Dims dims) {

@@ -200,6 +200,83 @@ def test_recurrent_layers_match_onnxruntime(case):
         np.testing.assert_allclose(got[name], w, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+def _run_no_inputs(model) -> dict:
+    plan = kiln.Builder().build(kiln.onnx.parse(model), kiln.BuilderConfig(device="cpu"))
+    out = kiln.Engine(plan, device="cpu").create_execution_context().execute({})
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _branch(name, value):
+    out = helper.make_tensor_value_info("o", TensorProto.FLOAT, [1])
+    node = helper.make_node(
+        "Constant", [], ["o"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [value])
+    )
+    return helper.make_graph([node], name, [], [out])
+
+
+def test_control_flow_unrolls_when_known_and_says_why_when_not():
+    """If picks its branch and Loop / Scan unroll while parsing when their conditions and counts
+    are known (constants, or folded from constants); otherwise the error says what to do."""
+    cond_out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    if_node = helper.make_node(
+        "If", ["c"], ["y"], then_branch=_branch("then", 1.0), else_branch=_branch("else", 2.0)
+    )
+    # the condition computed from constants: 3 > 2, folded while parsing
+    nodes = [
+        helper.make_node("Greater", ["a", "b"], ["c"]),
+        if_node,
+    ]
+    inits = [
+        helper.make_tensor("a", TensorProto.INT64, [], [3]),
+        helper.make_tensor("b", TensorProto.INT64, [], [2]),
+    ]
+    graph = helper.make_graph(nodes, "g", [], [cond_out], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert _run_no_inputs(model)["y"].tolist() == [1.0]
+    # a condition only known at run time
+    graph = helper.make_graph(
+        [if_node], "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, [])], [cond_out]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(kiln.KilnError, match=r"If's condition must be known while parsing"):
+        kiln.onnx.parse(model)
+    # a loop of too many iterations to unroll
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["v_in", "one"], ["v_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1]),
+        ],
+        [helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])],
+    )
+    for trips, expect in ((5, 5.0), (100000, None)):
+        graph = helper.make_graph(
+            [helper.make_node("Loop", ["M", "", "v0"], ["v"], body=body)],
+            "g",
+            [],
+            [helper.make_tensor_value_info("v", TensorProto.FLOAT, [1])],
+            [
+                helper.make_tensor("M", TensorProto.INT64, [], [trips]),
+                helper.make_tensor("v0", TensorProto.FLOAT, [1], [0.0]),
+            ],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        if expect is None:
+            with pytest.raises(kiln.KilnError, match="more than 4096 iterations to unroll"):
+                kiln.onnx.parse(model)
+        else:
+            assert _run_no_inputs(model)["v"].tolist() == [expect]
+
+
 def test_external_data_loads_and_bad_locations_are_refused(tmp_path):
     rng = np.random.default_rng(1)
     w = rng.standard_normal((64, 32)).astype(np.float32)

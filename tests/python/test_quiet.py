@@ -49,8 +49,8 @@ def test_compile_save_load_round_trip_prints_nothing(tmp_path):
 
 
 def test_progress_bars_show_the_long_steps_when_asked(tmp_path):
-    """KILN_PROGRESS=1 (or a terminal) shows tqdm bars for export, lowering, building engines and
-    saving; without a terminal nothing is shown (the test above)."""
+    """KILN_PROGRESS=1 (or a terminal) shows tqdm bars for export, lowering, building engines, the
+    builder's stages and saving; without a terminal nothing is shown (the test above)."""
     import pytest
 
     pytest.importorskip("tqdm")
@@ -72,6 +72,7 @@ def test_progress_bars_show_the_long_steps_when_asked(tmp_path):
         "kiln: exporting",
         "kiln: lowering",
         "kiln: building engines",
+        "kiln: builder stages",
         "kiln: saving m.pt2",
     ):
         assert step in done.stderr, done.stderr
