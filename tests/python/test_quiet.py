@@ -59,8 +59,10 @@ def test_progress_bars_show_the_long_steps_when_asked(tmp_path):
         textwrap.dedent(
             f"""
             import torch, kiln
-            model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval()
+            layers = [torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.GELU()]
+            model = torch.nn.Sequential(*layers, torch.nn.Linear(8, 2)).eval()
             compiled = kiln.compile(model, [torch.randn(2, 8)], device="cpu")
+            assert compiled.report.num_engines == 1
             kiln.save(compiled, {str(tmp_path / "m.pt2")!r})
             """
         )
