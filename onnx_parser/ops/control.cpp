@@ -36,7 +36,8 @@ TensorId take(NodeContext& ctx, TensorId t, int64_t i, int64_t axis) {
 // Stacks `parts` along a new `axis`.
 TensorId stack(NodeContext& ctx, const std::vector<TensorId>& parts, int64_t axis) {
   std::vector<TensorId> u;
-  for (TensorId p : parts) u.push_back(ctx.add1("unsqueeze", {p}, Attributes().set("axes", std::vector<int64_t>{axis})));
+  for (TensorId p : parts)
+    u.push_back(ctx.add1("unsqueeze", {p}, Attributes().set("axes", std::vector<int64_t>{axis})));
   return u.size() == 1 ? ctx.add1("identity", {u[0]}) : ctx.add1("concat", u, Attributes().set("axis", axis));
 }
 
@@ -44,7 +45,8 @@ void import_if(NodeContext& ctx) {
   const bool cond = known_true(ctx, ctx.input(0), "If's condition");
   ctx.graph_inputs(cond ? "else_branch" : "then_branch");  // read: the other branch is not built
   std::vector<TensorId> out = ctx.inline_graph(cond ? "then_branch" : "else_branch", {});
-  if (static_cast<int>(out.size()) != ctx.num_outputs()) ctx.fail("the branch's outputs do not match the node's");
+  if (static_cast<int>(out.size()) != ctx.num_outputs())
+    ctx.fail("the branch's outputs do not match the node's");
   for (int i = 0; i < ctx.num_outputs(); ++i) {
     if (ctx.wants_output(i)) ctx.set_output(i, ctx.add1("identity", {out[static_cast<size_t>(i)]}));
   }
@@ -70,7 +72,8 @@ void import_loop(NodeContext& ctx) {
   std::vector<std::vector<TensorId>> scans;
   int64_t i = 0;
   for (; cond && (!trips || i < *trips); ++i) {
-    if (i >= kMaxIterations) ctx.fail("more than " + std::to_string(kMaxIterations) + " iterations to unroll");
+    if (i >= kMaxIterations)
+      ctx.fail("more than " + std::to_string(kMaxIterations) + " iterations to unroll");
     std::vector<TensorId> in = {scalar_i64(ctx, i), ctx.scalar(DataType::kBool, 1.0)};
     in.insert(in.end(), state.begin(), state.end());
     std::vector<TensorId> out = ctx.inline_graph("body", in);
@@ -100,7 +103,8 @@ void import_scan(NodeContext& ctx) {
   const std::vector<int64_t> in_dirs = ctx.attr_ints("scan_input_directions", std::vector<int64_t>(m, 0));
   const int k_out = ctx.num_outputs() - n;
   const std::vector<int64_t> out_axes = ctx.attr_ints("scan_output_axes", std::vector<int64_t>(k_out, 0));
-  const std::vector<int64_t> out_dirs = ctx.attr_ints("scan_output_directions", std::vector<int64_t>(k_out, 0));
+  const std::vector<int64_t> out_dirs =
+      ctx.attr_ints("scan_output_directions", std::vector<int64_t>(k_out, 0));
   if (static_cast<int64_t>(in_axes.size()) != m || static_cast<int64_t>(in_dirs.size()) != m ||
       static_cast<int>(out_axes.size()) != k_out || static_cast<int>(out_dirs.size()) != k_out) {
     ctx.fail("scan axes / directions need one entry per scan input and output");
@@ -109,7 +113,8 @@ void import_scan(NodeContext& ctx) {
   std::vector<int64_t> axes;
   for (int64_t j = 0; j < m; ++j) {
     const TensorDesc d = ctx.desc(n + static_cast<int>(j));
-    const int64_t axis = normalize_axis(in_axes[static_cast<size_t>(j)], static_cast<int64_t>(d.dims.size()), ctx);
+    const int64_t axis =
+        normalize_axis(in_axes[static_cast<size_t>(j)], static_cast<int64_t>(d.dims.size()), ctx);
     const int64_t len = d.dims[static_cast<size_t>(axis)];
     if (len == kDynamic) ctx.fail("the scanned axis must have a static length (Kiln unrolls Scan)");
     if (steps >= 0 && len != steps) ctx.fail("the scan inputs differ in length");
