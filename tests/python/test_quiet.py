@@ -59,8 +59,9 @@ def test_progress_bars_show_the_long_steps_when_asked(tmp_path):
         textwrap.dedent(
             f"""
             import torch, kiln
-            layers = [torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.GELU()]
-            model = torch.nn.Sequential(*layers, torch.nn.Linear(8, 2)).eval()
+            lin = torch.nn.Linear
+            layers = [lin(8, 8), torch.nn.ReLU(), lin(8, 8), torch.nn.GELU(), lin(8, 2)]
+            model = torch.nn.Sequential(*layers).eval()
             compiled = kiln.compile(model, [torch.randn(2, 8)], device="cpu")
             assert compiled.report.num_engines == 1
             kiln.save(compiled, {str(tmp_path / "m.pt2")!r})
