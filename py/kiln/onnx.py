@@ -112,6 +112,11 @@ def parse(
 
     The network's ``onnx_info`` holds the model's opset, producer, parser warnings and the
     bindings whose ONNX type Kiln holds in another dtype (float64 in float32, ...).
+
+    An operator the C++ parser lacks but that ONNX defines as a function of other operators
+    (SwiGLU, the window functions, AffineGrid, LinearAttention, CausalConvWithState,
+    FlexAttention, ...) is expanded by onnx's own definition and the model parsed again (the
+    warnings say which); the C++ API (kiln::onnx::parse) does not expand.
     """
     _require_parser()
     base = os.fspath(base_dir) if base_dir is not None else ""
@@ -119,20 +124,139 @@ def parse(
     for name, value in (input_values or {}).items():
         held, a = _held(np.asarray(value, order="C"))
         values[name] = (held, list(a.shape), a.tobytes())
-    if isinstance(model, (str, os.PathLike)):
-        c_net, info = _C.onnx_parse_file(os.fspath(model), base, values)
-    elif isinstance(model, (bytes, bytearray, memoryview)):
-        c_net, info = _C.onnx_parse_bytes(bytes(model), base, values)
-    elif hasattr(model, "SerializeToString"):
-        c_net, info = _C.onnx_parse_bytes(model.SerializeToString(), base, values)
-    else:
+    if not isinstance(model, (str, os.PathLike, bytes, bytearray, memoryview)) and not hasattr(
+        model, "SerializeToString"
+    ):
         raise TypeError(
             f"kiln.onnx.parse takes a path, bytes or an onnx.ModelProto, not {type(model).__name__}"
         )
+    try:
+        c_net, info = _parse(model, base, values)
+    except _C.KilnError as error:
+        # An operator the parser lacks that ONNX defines as a function of other operators
+        # (SwiGLU, the window functions, AffineGrid, LinearAttention, ...): its definition
+        # inlined (onnx's own), then parsed again.
+        expanded = _expand_functions(model, str(error))
+        if expanded is None:
+            raise
+        if not base and isinstance(model, (str, os.PathLike)):
+            base = os.path.dirname(os.path.abspath(os.fspath(model)))
+        try:
+            c_net, info = _C.onnx_parse_bytes(expanded[0], base, values)
+        except _C.KilnError as again:
+            raise _C.KilnError(f"{again} (the model's operators {expanded[1]})") from None
+        info["warnings"] = list(info["warnings"]) + [expanded[1]]
     net = Network.__new__(Network)
     net._net = c_net
     net.onnx_info = info
     return net
+
+
+def _parse(model, base: str, values: dict):
+    if isinstance(model, (str, os.PathLike)):
+        return _C.onnx_parse_file(os.fspath(model), base, values)
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return _C.onnx_parse_bytes(bytes(model), base, values)
+    return _C.onnx_parse_bytes(model.SerializeToString(), base, values)
+
+
+_EXPANDED_DOMAIN = "kiln.expanded"
+
+
+def _expand_functions(model, error: str) -> tuple[bytes, str] | None:
+    """The model with every node of an operator the parser lacks, but that ONNX defines as a
+    function (a fixed one, or one that depends on the node's attributes and input types), replaced
+    by that function's body (onnx.inliner); None when the error is not an unsupported operator or
+    nothing can be expanded. Returns the model's bytes and a note for the warnings."""
+    if "is not supported by Kiln's ONNX parser" not in error:
+        return None
+    try:
+        import onnx
+        import onnx.inliner
+    except ImportError:
+        return None
+    if isinstance(model, (str, os.PathLike)):
+        proto = onnx.load(os.fspath(model), load_external_data=False)
+    elif isinstance(model, (bytes, bytearray, memoryview)):
+        proto = onnx.load_from_string(bytes(model))
+    else:
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+    supported = set(supported_operators())
+    opsets = {o.domain or "": o.version for o in proto.opset_import}
+    opsets.setdefault("", opsets.get("ai.onnx", 0))
+    try:
+        typed = onnx.shape_inference.infer_shapes(proto)
+        types = {
+            v.name: v.type
+            for v in [*typed.graph.value_info, *typed.graph.input, *typed.graph.output]
+        }
+    except Exception:  # noqa: BLE001 (shape inference rejects some valid models; types are optional)
+        types = {}
+    for init in proto.graph.initializer:
+        types.setdefault(
+            init.name, onnx.helper.make_tensor_type_proto(init.data_type, list(init.dims))
+        )
+    expanded = []
+    for k, node in enumerate(proto.graph.node):
+        domain = "" if node.domain in ("", "ai.onnx") else node.domain
+        if domain == "" and node.op_type in supported:
+            continue
+        function = _function_of(node, domain, opsets.get(domain, 0), types)
+        if function is None:
+            continue
+        function.domain = _EXPANDED_DOMAIN
+        function.name = f"{node.op_type}_{k}"
+        node.domain, node.op_type = _EXPANDED_DOMAIN, function.name
+        proto.functions.append(function)
+        expanded.append(function.name.rsplit("_", 1)[0])
+    if not expanded:
+        return None
+    proto.opset_import.append(onnx.helper.make_opsetid(_EXPANDED_DOMAIN, 1))
+    inlined = onnx.inliner.inline_local_functions(proto)
+    del inlined.opset_import[:]
+    inlined.opset_import.extend(o for o in proto.opset_import if o.domain != _EXPANDED_DOMAIN)
+    names = ", ".join(sorted(set(expanded)))
+    return inlined.SerializeToString(), f"expanded by their ONNX function definitions: {names}"
+
+
+def _function_of(node, domain: str, opset: int, types: dict):
+    """onnx's FunctionProto for `node` (its schema's function at `opset`), or None."""
+    import onnx
+
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, domain)
+    except onnx.defs.SchemaError:
+        return None
+    # Attributes the node leaves to their defaults: given explicitly, so that the inlined body's
+    # references to them resolve.
+    given = {a.name for a in node.attribute}
+    for name, attr in schema.attributes.items():
+        if name not in given and attr.default_value.type != onnx.AttributeProto.UNDEFINED:
+            node.attribute.append(attr.default_value)
+            node.attribute[-1].name = name
+    function = onnx.FunctionProto()
+    if schema.has_function:
+        body = schema.get_function_with_opset_version(opset) or schema.function_body
+        function.CopyFrom(
+            body if isinstance(body, onnx.FunctionProto) else onnx.FunctionProto.FromString(body)
+        )
+        return function
+    if schema.has_context_dependent_function:
+        inputs = [types.get(name) for name in node.input if name]
+        if any(t is None for t in inputs):
+            return None
+        try:
+            data = schema.get_context_dependent_function_with_opset_version(
+                opset, node.SerializeToString(), [t.SerializeToString() for t in inputs]
+            )
+        except Exception:  # noqa: BLE001 (onnx refuses a node it cannot expand)
+            return None
+        if not data:
+            return None
+        function.ParseFromString(data)
+        return function
+    return None
 
 
 class KilnBackendRep(_BackendRep):

@@ -277,6 +277,37 @@ def test_control_flow_unrolls_when_known_and_says_why_when_not():
             assert _run_no_inputs(model)["v"].tolist() == [expect]
 
 
+def test_operators_defined_as_functions_are_expanded_by_their_definition():
+    """HannWindow has no importer; kiln.onnx.parse inlines onnx's function body for it (the
+    window length a constant here) and says so; the C++ parser alone refuses it by name."""
+    from onnx.reference import ReferenceEvaluator
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("HannWindow", ["n"], ["w"], periodic=0),
+            helper.make_node("Mul", ["w", "x"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [10])],
+        [helper.make_tensor("n", TensorProto.INT64, [], [10])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    net = kiln.onnx.parse(model)
+    assert any(
+        "expanded by their ONNX function definitions: HannWindow" in w
+        for w in net.onnx_info["warnings"]
+    )
+    x = np.random.default_rng(5).standard_normal(10).astype(np.float32)
+    out, _ = run_engine(net, {"x": x})
+    (want,) = ReferenceEvaluator(model).run(None, {"x": x})
+    np.testing.assert_allclose(out["y"], want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(
+        kiln.KilnError, match=r"HannWindow, domain 'ai.onnx', opset 17\) is not supported"
+    ):
+        kiln._C.onnx_parse_bytes(model.SerializeToString(), "", {})
+
+
 def test_external_data_loads_and_bad_locations_are_refused(tmp_path):
     rng = np.random.default_rng(1)
     w = rng.standard_normal((64, 32)).astype(np.float32)

@@ -188,3 +188,34 @@ def test_compare_per_layer_names_the_layer_that_overflows_in_fp16(tmp_path, caps
     )
     rc = main(["compare", str(path), "--fp16", "--device", "cpu", "--batch", "3", "--per-layer"])
     assert rc == 1 and "first layer beyond tolerance: big" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+def test_run_and_compare_on_cuda(tmp_path, capsys):
+    """On the GPU: kiln run times with CUDA events (graphs on and off, two streams) and reports
+    GPU memory; kiln compare --per-layer names the FP16 overflow there too."""
+    if not kiln.cuda_available():
+        pytest.skip("no CUDA GPU visible (GPU test)")
+    from kiln.compare import compare
+    from kiln.runner import benchmark, load_model
+
+    path = tmp_path / "m.onnx"
+    onnx_model(path)
+    model = load_model(path, batch=4, precisions=["fp32", "fp16"], device="cuda")
+    for graphs in (True, False):
+        result, out = benchmark(model, iterations=20, cuda_graphs=graphs, streams=2, batch=4)
+        assert result.device == "cuda" and result.cuda_graphs is graphs
+        assert len(result.latencies_ms) == 20 and result.throughput > 0
+        assert result.memory["weights"] > 0 and result.memory["context (arena, workspace)"] > 0
+        assert out["y"].shape == (4, 4)
+    assert (
+        main(["run", str(path), "--batch", "4", "--fp16", "--iterations", "10", "--profile"]) == 0
+    )
+    assert "slowest layers" in capsys.readouterr().out
+    onnx_model(path, scale=1e5)
+    result = compare(str(path), "onnxruntime", precisions=["fp32", "fp16"], device="cuda", batch=3,
+                     per_layer=True)  # fmt: skip
+    assert not result.passed and result.first_bad.name == "big"
+    fixed = compare(str(path), "onnxruntime", precisions=["fp32", "fp16"], device="cuda", batch=3,
+                    pin_fp32=result.pin_fp32)  # fmt: skip
+    assert fixed.passed, fixed.text()
