@@ -124,5 +124,8 @@ int64_t normalize_axis(int64_t axis, int64_t rank, const NodeContext& ctx);
 // Slice, ...) refuse sizes past this many elements rather than allocate them.
 constexpr int64_t kMaxHostElements = int64_t{1} << 24;
 void check_host_elements(int64_t n, const char* what, const NodeContext& ctx);
+// Conv's layer for x and w (floating, same dtype) with the node's attributes (kernel_shape,
+// strides, dilations, group, pads / auto_pad; asymmetric padding padded explicitly with 0).
+TensorId convolution(NodeContext& ctx, TensorId x, TensorId w);
 
 }  // namespace kiln::onnx

@@ -168,6 +168,31 @@ void import_conv(NodeContext& ctx, bool transposed) {
   ctx.set_output(0, ctx.add1("convolution", inputs, attrs));
 }
 
+}  // namespace
+
+TensorId convolution(NodeContext& ctx, TensorId x, TensorId w) {
+  const TensorDesc xd = ctx.net().desc(x), wd = ctx.net().desc(w);
+  if (xd.dims.size() < 3 || xd.dims.size() > 5 || wd.dims.size() != xd.dims.size())
+    ctx.fail("input and weight must be 3-D to 5-D, of one rank");
+  const size_t n = xd.dims.size() - 2;
+  const std::vector<int64_t> kernel =
+      ctx.attr_ints("kernel_shape", std::vector<int64_t>(wd.dims.begin() + 2, wd.dims.end()));
+  if (kernel.size() != n) ctx.fail("kernel_shape needs one value per spatial dim");
+  const std::vector<int64_t> strides = ctx.attr_ints("strides", ones(n));
+  const std::vector<int64_t> dilations = ctx.attr_ints("dilations", ones(n));
+  Attributes attrs;
+  attrs.set("strides", strides).set("dilations", dilations).set("groups", ctx.attr_int("group", 1));
+  Padding p = node_padding(ctx, xd.dims, kernel, strides, dilations);
+  if (!p.symmetric()) {
+    x = pad_explicitly(ctx, x, p, 0.0);
+    p.begin.assign(n, 0);
+  }
+  attrs.set("pads", p.begin);
+  return ctx.add1("convolution", {x, w}, attrs);
+}
+
+namespace {
+
 void import_pool(NodeContext& ctx, const std::string& type) {
   const TensorDesc x = ctx.desc(0);
   if (x.dims.size() < 3 || x.dims.size() > 5) ctx.fail("input must be 3-D to 5-D (1 to 3 spatial dims)");

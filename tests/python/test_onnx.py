@@ -308,6 +308,47 @@ def test_operators_defined_as_functions_are_expanded_by_their_definition():
         kiln._C.onnx_parse_bytes(model.SerializeToString(), "", {})
 
 
+def test_integer_matmuls_stay_exact_past_float32s_integers():
+    """MatMulInteger / QLinearMatMul with K = 600 uint8 x int8 products (sums past 2^24 in
+    magnitude would round in one float32 matmul): chunked, exact, as onnx's reference."""
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(6)
+    a = rng.integers(0, 256, (3, 600)).astype(np.uint8)
+    b = rng.integers(-128, 128, (600, 5)).astype(np.int8)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMulInteger", ["a", "b", "az", "bz"], ["i"]),
+            helper.make_node(
+                "QLinearMatMul", ["a", "as", "az", "b", "bs", "bz", "ys", "yz"], ["q"]
+            ),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("a", TensorProto.UINT8, [3, 600]),
+            helper.make_tensor_value_info("b", TensorProto.INT8, [600, 5]),
+        ],
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT32, [3, 5]),
+            helper.make_tensor_value_info("q", TensorProto.UINT8, [3, 5]),
+        ],
+        [
+            helper.make_tensor("az", TensorProto.UINT8, [], [3]),
+            helper.make_tensor("bz", TensorProto.INT8, [], [-2]),
+            helper.make_tensor("as", TensorProto.FLOAT, [], [0.02]),
+            helper.make_tensor("bs", TensorProto.FLOAT, [], [0.01]),
+            helper.make_tensor("ys", TensorProto.FLOAT, [], [30.0]),
+            helper.make_tensor("yz", TensorProto.UINT8, [], [128]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    want = ReferenceEvaluator(model).run(None, {"a": a, "b": b})
+    got = kiln.onnx.backend.prepare(model).run([a, b])
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    assert got[0].dtype == np.int32 and got[1].dtype == np.uint8
+
+
 def test_external_data_loads_and_bad_locations_are_refused(tmp_path):
     rng = np.random.default_rng(1)
     w = rng.standard_normal((64, 32)).astype(np.float32)
