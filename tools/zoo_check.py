@@ -97,19 +97,9 @@ def _cosine(outs, truths) -> tuple[float, float]:
 
 
 def _median_ms(fn, runs: int = 50, warmup: int = 10) -> float:
-    with torch.no_grad():
-        for _ in range(warmup):
-            fn()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(runs):
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    from kiln.runner import median_latency_ms
+
+    return median_latency_ms(fn, runs, warmup)
 
 
 def _calibrate(model: torch.nn.Module, make_input: Callable[[], tuple]) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kiln._C import KilnError
-from kiln.runner import Model, benchmark, load_inputs, load_model, parse_shape_specs
+from kiln.runner import Model, benchmark, load_inputs, load_model, model_options
 
 FP16_MAX = 65504.0
 # (rtol, atol) by the least precise precision a build may use.
@@ -324,15 +324,12 @@ def main_compare(args) -> int:
     result = compare(
         args.model,
         args.against,
-        shapes=parse_shape_specs(args.shapes),
-        batch=args.batch,
         precisions=precisions,
-        device=args.device,
         rtol=args.rtol,
         atol=args.atol,
         per_layer=args.per_layer,
         inputs=load_inputs(args.inputs) if args.inputs else None,
-        pin_fp32=[n for item in args.pin_fp32 for n in item.split(",") if n],
+        **model_options(args),
     )
     print(result.text())
     sys.stdout.flush()

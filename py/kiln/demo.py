@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,27 +43,11 @@ def _cosine(a, b) -> float:
     ).item()
 
 
-def _median_ms(fn, runs: int = 30, warmup: int = 5) -> float:
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def run(model: str = "resnet18", batch: int = 1, size: int = 224, peer: bool = True) -> int:
     import torch
 
     import kiln
+    from kiln.runner import median_latency_ms
 
     try:
         import torchvision
@@ -100,15 +83,17 @@ def run(model: str = "resnet18", batch: int = 1, size: int = 224, peer: bool = T
 
     if cuda:
         with torch.no_grad():
-            rows = [("eager PyTorch (FP32)", _median_ms(lambda: net(x)))]
+            rows = [("eager PyTorch (FP32)", median_latency_ms(lambda: net(x)))]
             half = torchvision.models.get_model(model, weights=None).eval().to(device).half()
             half.load_state_dict(net.state_dict())
             xh = x.half()
-            rows.append(("eager PyTorch (FP16)", _median_ms(lambda: half(xh))))
+            rows.append(("eager PyTorch (FP16)", median_latency_ms(lambda: half(xh))))
             if peer:
                 opt = torch.compile(half, mode="reduce-overhead")
-                rows.append(("torch.compile reduce-overhead (FP16)", _median_ms(lambda: opt(xh))))
-            kiln_ms = _median_ms(lambda: compiled(x))
+                rows.append(
+                    ("torch.compile reduce-overhead (FP16)", median_latency_ms(lambda: opt(xh)))
+                )
+            kiln_ms = median_latency_ms(lambda: compiled(x))
         print("\n== speed (median ms, CUDA events, this run)")
         for name, ms in rows:
             print(f"  {name:38s} {ms:8.3f} ms   Kiln is {ms / kiln_ms:5.2f}x faster")

@@ -596,7 +596,7 @@ def benchmark(
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    latencies, host = _time_calls(lambda: model.call(tfeed), iterations, duration, cuda)
+    latencies, host = time_calls(lambda: model.call(tfeed), iterations, duration, cuda)
     throughput = 1e3 / statistics.fmean(latencies) if latencies else 0.0
     if streams > 1:
         throughput = _throughput_on_streams(model, tfeed, streams, len(latencies))
@@ -630,9 +630,13 @@ def benchmark(
     return result, first
 
 
-def _time_calls(
-    fn, iterations: int, duration: float | None, cuda: bool
+def time_calls(
+    fn, iterations: int, duration: float | None = None, cuda: bool = True
 ) -> tuple[list[float], float]:
+    """Milliseconds of each of `iterations` calls of `fn` (or as many as fit in `duration`
+    seconds; at least one): on CUDA, events around each call on the current stream, read after
+    the last (the calls run back to back); else the host clock. Also the mean host time of a
+    call (on CUDA, its launch alone)."""
     import torch
 
     latencies, host = [], []
@@ -658,6 +662,26 @@ def _time_calls(
         torch.cuda.synchronize()
         latencies = [s.elapsed_time(e) for s, e in latencies]
     return latencies, statistics.fmean(host)
+
+
+def median_latency_ms(fn, runs: int = 30, warmup: int = 5) -> float:
+    """The median milliseconds of `runs` calls of `fn` on CUDA, each timed alone (CUDA events
+    around it, waited for before the next): the latency the demo and the zoo check compare."""
+    import torch
+
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(runs):
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    return statistics.median(times)
 
 
 def _throughput_on_streams(model: Model, tfeed: dict, streams: int, iterations: int) -> float:
@@ -723,6 +747,16 @@ def save_outputs(outputs: Mapping[str, np.ndarray], path: str) -> None:
     np.savez(path, **outputs)
 
 
+def model_options(args) -> dict:
+    """The options `kiln run` and `kiln compare` share: shapes, batch, device, pinned layers."""
+    return {
+        "shapes": parse_shape_specs(args.shapes),
+        "batch": args.batch,
+        "device": args.device,
+        "pin_fp32": [n for item in args.pin_fp32 for n in item.split(",") if n],
+    }
+
+
 def main_run(args) -> int:
     """`kiln run` (kiln/cli.py parses the arguments)."""
     precisions = ["fp32"] + [p for p in ("tf32", "fp16", "bf16", "int8", "fp8") if getattr(args, p)]
@@ -733,14 +767,11 @@ def main_run(args) -> int:
         )
     model = load_model(
         args.model,
-        shapes=parse_shape_specs(args.shapes),
-        batch=args.batch,
         precisions=precisions,
-        device=args.device,
         calib=args.calib,
         timing_cache=args.timing_cache,
         save_plan=args.save_plan,
-        pin_fp32=[n for item in args.pin_fp32 for n in item.split(",") if n],
+        **model_options(args),
     )
     feed = model.feed(load_inputs(args.inputs) if args.inputs else None)
     result, outputs = benchmark(
