@@ -74,9 +74,9 @@ TensorId requantize(NodeContext& ctx, TensorId acc, int a_scale, int b_scale, in
     shape[0] = bsd[0];
     bs = ctx.add1("reshape", {bs}, Attributes().set("shape", shape));
   }
-  TensorId factor = ctx.cast(
-      ctx.elementwise("div", ctx.elementwise("mul", ctx.input(a_scale), bs), ctx.input(y_scale)),
-      DataType::kFloat32);
+  TensorId factor =
+      ctx.cast(ctx.elementwise("div", ctx.elementwise("mul", ctx.input(a_scale), bs), ctx.input(y_scale)),
+               DataType::kFloat32);
   TensorId v = ctx.unary("round", ctx.elementwise("mul", ctx.cast(acc, DataType::kFloat32), factor));
   const bool u8 = is_uint8(ctx, y_zp);
   if (ctx.has_input(y_zp)) v = ctx.elementwise("add", v, ctx.cast(ctx.input(y_zp), DataType::kFloat32));
@@ -129,9 +129,9 @@ void import_qlinear_conv(NodeContext& ctx) {
     const int64_t rank = static_cast<int64_t>(ctx.net().desc(acc).dims.size());
     Dims shape(static_cast<size_t>(rank - 1), 1);
     shape[0] = ctx.desc(8).dims.at(0);
-    acc = ctx.elementwise("add", acc,
-                          ctx.add1("reshape", {ctx.cast(ctx.input(8), DataType::kInt32)},
-                                   Attributes().set("shape", shape)));
+    acc = ctx.elementwise(
+        "add", acc,
+        ctx.add1("reshape", {ctx.cast(ctx.input(8), DataType::kInt32)}, Attributes().set("shape", shape)));
   }
   ctx.set_output(0, requantize(ctx, acc, 1, 4, 6, 7, 1));
 }

@@ -262,6 +262,33 @@ void import_gather(NodeContext& ctx) {
       0, ctx.add1("gather", {ctx.input(0), ctx.input(1)}, Attributes().set("axis", ctx.attr_int("axis", 0))));
 }
 
+// ReverseSequence: along time_axis, the first sequence_lens[b] entries of each batch b reversed
+// (lengths known while parsing; static dims): one gather_elements with host-built indices.
+void import_reverse_sequence(NodeContext& ctx) {
+  const TensorDesc x = ctx.desc(0);
+  const int64_t time_axis = ctx.attr_int("time_axis", 0), batch_axis = ctx.attr_int("batch_axis", 1);
+  if (x.dims.size() < 2 || !is_static(x.dims)) ctx.fail("needs a static input of rank >= 2");
+  if ((time_axis != 0 && time_axis != 1) || batch_axis != 1 - time_axis)
+    ctx.fail("time_axis and batch_axis must be 0 and 1 in some order");
+  const std::vector<int64_t> lens = known_ints(ctx, 1, "sequence_lens");
+  const int64_t n = volume(x.dims);
+  check_host_elements(n, "ReverseSequence's index", ctx);
+  const int64_t steps = x.dims[static_cast<size_t>(time_axis)],
+                batch = x.dims[static_cast<size_t>(batch_axis)];
+  if (static_cast<int64_t>(lens.size()) != batch) ctx.fail("sequence_lens needs one length per batch entry");
+  int64_t inner = 1;
+  for (size_t d = 2; d < x.dims.size(); ++d) inner *= x.dims[d];
+  std::vector<int64_t> index(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t outer = i / inner, a0 = outer / x.dims[1], a1 = outer % x.dims[1];
+    const int64_t t = time_axis == 0 ? a0 : a1, b = time_axis == 0 ? a1 : a0;
+    const int64_t len = std::clamp<int64_t>(lens[static_cast<size_t>(b)], 0, steps);
+    index[static_cast<size_t>(i)] = t < len ? len - 1 - t : t;
+  }
+  ctx.set_output(0, ctx.add1("gather_elements", {ctx.input(0), ctx.constant_i64(index, x.dims)},
+                             Attributes().set("axis", time_axis)));
+}
+
 void import_gather_elements(NodeContext& ctx) {
   ctx.set_output(0, ctx.add1("gather_elements", {ctx.input(0), ctx.input(1)},
                              Attributes().set("axis", ctx.attr_int("axis", 0))));
@@ -580,6 +607,7 @@ const ImporterRegistration kRegistered{
     {"Slice", import_slice},
     {"Gather", import_gather},
     {"GatherElements", import_gather_elements},
+    {"ReverseSequence", import_reverse_sequence},
     {"ScatterElements", import_scatter_elements},
     {"Scatter", import_scatter_elements},
     {"Shape", import_shape},
