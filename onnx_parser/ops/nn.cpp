@@ -214,6 +214,14 @@ void import_pool(NodeContext& ctx, const std::string& type) {
   }
   Padding p = node_padding(ctx, x.dims, kernel, strides, dilations);
   TensorId in = ctx.input(0);
+  // Integer max pooling of 8- and 16-bit values (uint8 / int16 / uint16 held in int32, int8):
+  // in float32, where every such value is exact, and back.
+  const int32_t held = ctx.held_type(in);
+  const bool small_ints = held == 2 || held == 4 || held == 5 || x.dtype == DataType::kInt8;
+  if (is_integral(x.dtype) && (type != "max" || !small_ints)) {
+    ctx.fail("integer pooling is max pooling of 8- or 16-bit values only");
+  }
+  if (small_ints) in = ctx.cast(in, DataType::kFloat32);
   bool fits = p.symmetric();
   for (size_t i = 0; i < n && fits; ++i) fits = p.begin[i] <= kernel[i] / 2;
   if (!fits) {
@@ -225,7 +233,12 @@ void import_pool(NodeContext& ctx, const std::string& type) {
     p.begin.assign(n, 0);
   }
   attrs.set("pads", p.begin);
-  ctx.set_output(0, ctx.add1("pooling", {in}, attrs));
+  TensorId y = ctx.add1("pooling", {in}, attrs);
+  if (small_ints) {
+    y = ctx.cast(y, x.dtype);
+    if (held) ctx.set_held_type(y, held);
+  }
+  ctx.set_output(0, y);
 }
 
 // LpPool: (sum over the window of |x|^p)^(1/p), as an average pool of |x|^p (padding counted)
@@ -274,8 +287,81 @@ void import_global_pool(NodeContext& ctx, const std::string& op) {
                              Attributes().set("op", op).set("axes", axes).set("keepdim", int64_t{1})));
 }
 
+// BatchNormalization in training mode: the batch's statistics (mean and population variance over
+// every axis but the channels) normalize x, and the running statistics come out updated,
+// running * momentum + batch * (1 - momentum), as ONNX's reference computes them.
+void import_batch_norm_training(NodeContext& ctx) {
+  const TensorDesc x = ctx.desc(0);
+  const int64_t rank = static_cast<int64_t>(x.dims.size());
+  if (rank < 2) ctx.fail("needs an input of rank >= 2");
+  std::vector<int64_t> axes = {0};
+  for (int64_t a = 2; a < rank; ++a) axes.push_back(a);
+  auto stat = [&](const char* op, bool keep) {
+    Attributes a = Attributes().set("op", std::string(op)).set("axes", axes).set("keepdim", int64_t{keep});
+    if (std::string(op) == "var") a.set("correction", int64_t{0});
+    return ctx.add1("reduce", {ctx.input(0)}, a);
+  };
+  const DataType dt = x.dtype;
+  const double momentum = ctx.attr_float("momentum", 0.9), eps = ctx.attr_float("epsilon", 1e-5);
+  TensorId mean = stat("mean", false), var = stat("var", false);
+  ctx.set_output(0, ctx.add1("batch_norm", {ctx.input(0), ctx.input(1), ctx.input(2), mean, var},
+                             Attributes().set("eps", eps)));
+  auto running = [&](int input, TensorId batch) {
+    return ctx.elementwise("add", ctx.elementwise("mul", ctx.input(input), ctx.scalar(dt, momentum)),
+                           ctx.elementwise("mul", batch, ctx.scalar(dt, 1.0 - momentum)));
+  };
+  if (ctx.wants_output(1)) ctx.set_output(1, running(3, mean));
+  if (ctx.wants_output(2)) ctx.set_output(2, running(4, var));
+}
+
+// MaxUnpool: x's values scattered to their (flat, whole-tensor) MaxPool indices in a zero tensor
+// of the output shape (given, or the inverse of the pooling's), static dims.
+void import_max_unpool(NodeContext& ctx) {
+  const TensorDesc x = ctx.desc(0);
+  if (x.dims.size() < 3 || !is_static(x.dims)) ctx.fail("needs a static input of rank >= 3");
+  const size_t n = x.dims.size() - 2;
+  const std::vector<int64_t> kernel = ctx.attr_ints("kernel_shape");
+  const std::vector<int64_t> strides = ctx.attr_ints("strides", ones(n));
+  const std::vector<int64_t> pads = ctx.attr_ints("pads", std::vector<int64_t>(2 * n, 0));
+  if (kernel.size() != n || strides.size() != n || pads.size() != 2 * n)
+    ctx.fail("kernel_shape, strides and pads need one value per spatial dim (pads two)");
+  Dims out(x.dims.begin(), x.dims.begin() + 2);
+  for (size_t i = 0; i < n; ++i)
+    out.push_back((x.dims[2 + i] - 1) * strides[i] - pads[i] - pads[n + i] + kernel[i]);
+  auto flat = [&](TensorId t) {
+    return ctx.add1("reshape", {t}, Attributes().set("shape", std::vector<int64_t>{-1}));
+  };
+  TensorId index = flat(ctx.cast(ctx.input(1), DataType::kInt64));
+  if (ctx.has_input(2)) {  // the indices address the pooling's input shape: re-flattened for this one
+    auto shape = ctx.int_values(2);
+    if (!shape || shape->size() != out.size())
+      ctx.fail("output_shape must be known while parsing, one value per dim");
+    auto k = [&](int64_t v) { return ctx.scalar(DataType::kInt64, static_cast<double>(v)); };
+    TensorId rem = index, moved = k(0);
+    int64_t stride = 1;
+    for (size_t d = out.size(); d-- > 0;) {
+      TensorId q = ctx.elementwise("floor_div", rem, k(out[d]));
+      TensorId coord = ctx.elementwise("sub", rem, ctx.elementwise("mul", q, k(out[d])));
+      moved = ctx.elementwise("add", moved, ctx.elementwise("mul", coord, k(stride)));
+      stride *= (*shape)[d];
+      rem = q;
+    }
+    index = moved;
+    out = *shape;
+  }
+  const int64_t total = volume(out);
+  TensorId zeros = ctx.add1("expand", {ctx.scalar(x.dtype, 0.0, 1)},
+                            Attributes().set("shape", std::vector<int64_t>{total}));
+  TensorId y =
+      ctx.add1("scatter_elements", {zeros, index, flat(ctx.input(0))}, Attributes().set("axis", int64_t{0}));
+  ctx.set_output(0, ctx.add1("reshape", {y}, Attributes().set("shape", std::vector<int64_t>(out))));
+}
+
 void import_batch_norm(NodeContext& ctx) {
-  if (ctx.attr_int("training_mode", 0) != 0) ctx.fail("training_mode = 1 is not supported (inference only)");
+  if (ctx.attr_int("training_mode", 0) != 0) {
+    import_batch_norm_training(ctx);
+    return;
+  }
   if (ctx.wants_output(1) || ctx.wants_output(2)) ctx.fail("running mean/var outputs are not supported");
   ctx.attr_float("momentum", 0.9);
   ctx.set_output(
@@ -433,6 +519,7 @@ const ImporterRegistration kRegistered{
     {"LogSoftmax", [](NodeContext& c) { import_softmax(c, true); }, 13},
     {"Dropout", import_dropout},
     {"LRN", import_lrn},
+    {"MaxUnpool", import_max_unpool},
 };
 
 }  // namespace

@@ -502,6 +502,29 @@ void import_pad(NodeContext& ctx) {
     end[axes[i]] = pads[n + i];
   }
   if (mode == "edge") mode = "replicate";
+  if (mode == "wrap") {  // per axis: the last `begin` entries, x, the first `end` entries
+    TensorId y = ctx.input(0);
+    for (int64_t a = 0; a < rank; ++a) {
+      const int64_t b = begin[a], e = end[a], len = x.dims[static_cast<size_t>(a)];
+      if (b == 0 && e == 0) continue;
+      if (b < 0 || e < 0 || len == kDynamic || b > len || e > len)
+        ctx.fail("mode wrap needs non-negative pads no larger than a static axis");
+      auto part = [&](int64_t start, int64_t stop) {
+        return ctx.add1("slice", {y},
+                        Attributes()
+                            .set("axes", std::vector<int64_t>{a})
+                            .set("starts", std::vector<int64_t>{start})
+                            .set("ends", std::vector<int64_t>{stop}));
+      };
+      std::vector<TensorId> pieces;
+      if (b > 0) pieces.push_back(part(len - b, len));
+      pieces.push_back(y);
+      if (e > 0) pieces.push_back(part(0, e));
+      y = ctx.add1("concat", pieces, Attributes().set("axis", a));
+    }
+    ctx.set_output(0, y == ctx.input(0) ? ctx.add1("identity", {y}) : y);
+    return;
+  }
   if (mode != "constant" && mode != "reflect" && mode != "replicate")
     ctx.fail("mode " + mode + " is not supported");
   std::vector<int64_t> torch_pads;  // last dim first
