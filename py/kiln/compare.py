@@ -190,12 +190,16 @@ def _reference_torch(model: Model, path: str, feed: Mapping[str, np.ndarray]) ->
             "--against torch needs the original model: this file already holds Kiln engines "
             "(compare the uncompiled file, or use --against reference)"
         )
-    module = (
-        torch.jit.load(path, map_location="cpu")
-        if kind == "torchscript"
-        else torch.export.load(path).module()
-    )
-    names, _ = _torch_input_names(module if kind == "torchscript" else torch.export.load(path))
+    from kiln.log import torch_noise_filtered
+
+    with torch_noise_filtered():
+        loaded = (
+            torch.jit.load(path, map_location="cpu")
+            if kind == "torchscript"
+            else torch.export.load(path)
+        )
+    names, _ = _torch_input_names(loaded)
+    module = loaded if kind == "torchscript" else loaded.module()
     with torch.no_grad():
         out = module(*[torch.from_numpy(np.asarray(feed[n])) for n in names])
     leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]

@@ -154,11 +154,16 @@ def test_compare_onnx_passes_against_onnxruntime_and_the_reference(tmp_path, cap
     assert "cosine" in out and out.strip().endswith("PASS")
 
 
-def test_compare_torchscript_against_eager_torch(tmp_path, capsys):
+def test_compare_torchscript_and_exported_program_against_eager_torch(tmp_path, capsys):
     ts = tmp_path / "mlp.pt"
     torch.jit.save(torch.jit.script(Mlp().eval()), ts)
     rc = main(["compare", str(ts), "--against", "torch", "--device", "cpu", "--shapes", "x:4x8"])
     assert rc == 0, capsys.readouterr().out
+    ep = tmp_path / "mlp.pt2"  # an ordinary ExportedProgram: its example shapes are the inputs'
+    torch.export.save(torch.export.export(Mlp().eval(), (torch.randn(3, 8),)), ep)
+    rc = main(["compare", str(ep), "--against", "torch", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "output0" in out, out
 
 
 def test_compare_per_layer_names_the_layer_that_overflows_in_fp16(tmp_path, capsys):
