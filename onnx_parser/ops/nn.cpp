@@ -357,6 +357,81 @@ void import_max_unpool(NodeContext& ctx) {
   ctx.set_output(0, ctx.add1("reshape", {y}, Attributes().set("shape", std::vector<int64_t>(out))));
 }
 
+// Col2Im: input [N, C * prod(block), L] summed back into images [N, C, image...]: a grouped
+// deconvolution (groups = C) whose weight puts block position j of channel c at its offset (one-hot
+// kernels), with no padding, padded at the end to the padded image size, then cropped by pads.
+void import_col2im(NodeContext& ctx) {
+  const std::vector<int64_t> image = [&] {
+    auto v = ctx.int_values(1);
+    if (!v) ctx.fail("image_shape must be known while parsing");
+    return *v;
+  }();
+  const std::vector<int64_t> block = [&] {
+    auto v = ctx.int_values(2);
+    if (!v) ctx.fail("block_shape must be known while parsing");
+    return *v;
+  }();
+  const size_t n = image.size();
+  const TensorDesc x = ctx.desc(0);
+  if (n < 1 || n > 3 || block.size() != n || x.dims.size() != 3 || !is_static(x.dims))
+    ctx.fail("needs a static 3-D input and 1 to 3 image dims");
+  const std::vector<int64_t> strides = ctx.attr_ints("strides", ones(n)),
+                             dilations = ctx.attr_ints("dilations", ones(n));
+  const std::vector<int64_t> pads = ctx.attr_ints("pads", std::vector<int64_t>(2 * n, 0));
+  if (strides.size() != n || dilations.size() != n || pads.size() != 2 * n)
+    ctx.fail("strides, dilations and pads need one value per image dim (pads two)");
+  int64_t kprod = 1;
+  for (int64_t b : block) kprod *= b;
+  if (kprod < 1 || x.dims[1] % kprod != 0)
+    ctx.fail("the input's second dim must be a multiple of prod(block_shape)");
+  const int64_t c = x.dims[1] / kprod;
+  Dims blocks_shape = {x.dims[0], x.dims[1]}, weight_shape = {x.dims[1], 1};
+  int64_t l = 1;
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t full = image[i] + pads[i] + pads[n + i];
+    const int64_t count = (full - (dilations[i] * (block[i] - 1) + 1)) / strides[i] + 1;
+    if (count < 1) ctx.fail("the block does not fit the padded image");
+    blocks_shape.push_back(count);
+    weight_shape.push_back(block[i]);
+    l *= count;
+  }
+  if (l != x.dims[2]) ctx.fail("the input's last dim does not match the number of blocks");
+  check_host_elements(volume(weight_shape), "Col2Im's kernels", ctx);
+  // one-hot kernels: output channel c's input channel c * kprod + j puts its value at offset j
+  std::vector<float> w(static_cast<size_t>(volume(weight_shape)), 0.f);
+  for (int64_t ch = 0; ch < c * kprod; ++ch) w[static_cast<size_t>(ch * kprod + ch % kprod)] = 1.f;
+  const DataType dt = x.dtype;
+  TensorId weight = ctx.net().add_constant(ctx.name() + "/col2im_kernels", DataType::kFloat32, weight_shape,
+                                           w.data(), w.size() * sizeof(float));
+  weight = ctx.cast(weight, dt);
+  TensorId blocks =
+      ctx.add1("reshape", {ctx.input(0)}, Attributes().set("shape", std::vector<int64_t>(blocks_shape)));
+  TensorId y = ctx.add1("deconvolution", {blocks, weight},
+                        Attributes()
+                            .set("strides", strides)
+                            .set("dilations", dilations)
+                            .set("groups", c)
+                            .set("pads", std::vector<int64_t>(n, 0)));
+  const Dims yd = ctx.net().desc(y).dims;
+  std::vector<int64_t> end_pad;  // pad at the end up to the padded image (last dim first)
+  std::vector<int64_t> axes, starts, ends;
+  bool need_pad = false;
+  for (size_t i = n; i-- > 0;) {
+    const int64_t full = image[i] + pads[i] + pads[n + i], have = yd[2 + i];
+    end_pad.push_back(0);
+    end_pad.push_back(full - have);
+    need_pad |= full != have;
+  }
+  if (need_pad) y = ctx.add1("pad", {y}, Attributes().set("pads", end_pad).set("value", 0.0));
+  for (size_t i = 0; i < n; ++i) {
+    axes.push_back(static_cast<int64_t>(2 + i));
+    starts.push_back(pads[i]);
+    ends.push_back(pads[i] + image[i]);
+  }
+  ctx.set_output(
+      0, ctx.add1("slice", {y}, Attributes().set("axes", axes).set("starts", starts).set("ends", ends)));
+}
+
 void import_batch_norm(NodeContext& ctx) {
   if (ctx.attr_int("training_mode", 0) != 0) {
     import_batch_norm_training(ctx);
@@ -520,6 +595,7 @@ const ImporterRegistration kRegistered{
     {"Dropout", import_dropout},
     {"LRN", import_lrn},
     {"MaxUnpool", import_max_unpool},
+    {"Col2Im", import_col2im},
 };
 
 }  // namespace
