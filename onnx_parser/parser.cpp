@@ -774,7 +774,11 @@ std::optional<std::vector<int64_t>> NodeContext::int_values(int i) const {
   if (t.kind == TensorKind::kConstant && t.data && is_floating(t.dtype)) {
     auto f = float_values(i);
     std::vector<int64_t> v;
-    for (double x : *f) v.push_back(static_cast<int64_t>(x));
+    for (double x : *f) {
+      // NaN, infinities and values past int64 have no integer value (the cast would be undefined)
+      if (!(x > -9.2e18 && x < 9.2e18)) return std::nullopt;
+      v.push_back(static_cast<int64_t>(x));
+    }
     return v;
   }
   return std::nullopt;

@@ -73,6 +73,9 @@ void import_one_hot(NodeContext& ctx) {
   const TensorDesc ind = ctx.desc(0);
   auto depth = ctx.float_values(1);
   if (!depth || depth->size() != 1) ctx.fail("depth must be a known one-element tensor");
+  if (!(depth->at(0) >= 1 && depth->at(0) <= static_cast<double>(kMaxHostElements))) {
+    ctx.fail("depth must be a number from 1 to " + std::to_string(kMaxHostElements));
+  }
   const int64_t d = static_cast<int64_t>(depth->at(0));
   const int64_t rank = static_cast<int64_t>(ind.dims.size()) + 1;
   const int64_t axis = normalize_axis(ctx.attr_int("axis", -1), rank, ctx);

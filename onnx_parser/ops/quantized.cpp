@@ -22,7 +22,11 @@ TensorId centered(NodeContext& ctx, int value, int zero_point, int64_t axis) {
     TensorId zp = ctx.cast(ctx.input(zero_point), DataType::kInt32);
     const Dims zd = ctx.net().desc(zp).dims;
     if (zd.size() == 1 && zd[0] != 1 && axis >= 0) {  // per channel along `axis` of x
-      const int64_t rank = static_cast<int64_t>(ctx.net().desc(x).dims.size());
+      const Dims xd = ctx.net().desc(x).dims;
+      const int64_t rank = static_cast<int64_t>(xd.size());
+      if (axis >= rank || xd[static_cast<size_t>(axis)] != zd[0]) {
+        ctx.fail("a per-channel zero point needs one value per entry of axis " + std::to_string(axis));
+      }
       Dims shape(static_cast<size_t>(rank - axis), 1);
       shape[0] = zd[0];
       zp = ctx.add1("reshape", {zp}, Attributes().set("shape", shape));
@@ -69,7 +73,11 @@ TensorId requantize(NodeContext& ctx, TensorId acc, int a_scale, int b_scale, in
   TensorId bs = ctx.input(b_scale);
   const Dims bsd = ctx.net().desc(bs).dims;
   if (bsd.size() == 1 && bsd[0] != 1 && channel_axis >= 0) {  // per output channel
-    const int64_t rank = static_cast<int64_t>(ctx.net().desc(acc).dims.size());
+    const Dims ad = ctx.net().desc(acc).dims;
+    const int64_t rank = static_cast<int64_t>(ad.size());
+    if (channel_axis >= rank || ad[static_cast<size_t>(channel_axis)] != bsd[0]) {
+      ctx.fail("a per-channel weight scale needs one value per output channel");
+    }
     Dims shape(static_cast<size_t>(rank - channel_axis), 1);
     shape[0] = bsd[0];
     bs = ctx.add1("reshape", {bs}, Attributes().set("shape", shape));
@@ -109,6 +117,9 @@ void import_qlinear_matmul(NodeContext& ctx) {
 
 TensorId integer_convolution(NodeContext& ctx, int x, int x_zp, int w, int w_zp) {
   const TensorDesc wd = ctx.desc(w);
+  const size_t rank = ctx.desc(x).dims.size();
+  if (rank < 3 || rank > 5 || wd.dims.size() != rank)
+    ctx.fail("input and weight must be 3-D to 5-D, of one rank");
   int64_t terms = 1;
   for (size_t d = 1; d < wd.dims.size(); ++d) terms *= wd.dims[d];
   if (terms > kMaxExactTerms) {
@@ -126,9 +137,10 @@ void import_qlinear_conv(NodeContext& ctx) {
   // inputs: x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B (int32)
   TensorId acc = integer_convolution(ctx, 0, 2, 3, 5);
   if (ctx.has_input(8)) {
-    const int64_t rank = static_cast<int64_t>(ctx.net().desc(acc).dims.size());
-    Dims shape(static_cast<size_t>(rank - 1), 1);
-    shape[0] = ctx.desc(8).dims.at(0);
+    const Dims ad = ctx.net().desc(acc).dims, bd = ctx.desc(8).dims;
+    if (bd.size() != 1 || bd[0] != ad[1]) ctx.fail("the bias needs one value per output channel");
+    Dims shape(ad.size() - 1, 1);
+    shape[0] = bd[0];
     acc = ctx.elementwise(
         "add", acc,
         ctx.add1("reshape", {ctx.cast(ctx.input(8), DataType::kInt32)}, Attributes().set("shape", shape)));

@@ -182,7 +182,7 @@ void import_resize(NodeContext& ctx) {
     if (scales->size() != axes.size()) ctx.fail("scales needs one entry per resized axis");
     for (size_t i = 0; i < axes.size(); ++i) {
       const int64_t a = axes[i];
-      if ((*scales)[i] <= 0) ctx.fail("scales must be positive");
+      if (!((*scales)[i] > 0 && (*scales)[i] < 1e9)) ctx.fail("scales must be positive and finite");
       scale[a] = (*scales)[i];
       if (x.dims[a] >= 0)
         out[a] = static_cast<int64_t>(std::floor(static_cast<double>(x.dims[a]) * (*scales)[i]));
