@@ -57,6 +57,7 @@ TensorId ConversionContext::tensor(ValueId v) {
   const KValue& kv = graph_.value(v);
   KILN_CHECK(kv.is_constant(), "value '" << kv.name << "' is not available in this engine segment");
   TensorId t = net_.add_constant(kv.name, kv.dtype, kv.dims, kv.data);
+  if (!kv.weight.empty()) net_.mark_weight(t, kv.weight);
   tensors_[v] = t;
   return t;
 }

@@ -1,5 +1,7 @@
 #include "core/calibration.h"
 
+#include "core/weight_transforms.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -404,10 +406,13 @@ Network quantize_network(const Network& network, Int8Calibrator& calibrator,
       }
       if (fake_quantized.count(q.activation)) layer.inputs[0] = fake_quantized[q.activation];
       const Tensor w = net.tensor(q.weight);  // a copy: add_constant may move the tensor list
+      LineagePtr lineage = blocked_lineage(
+          net, {q.weight}, "refit of calibrated INT8/FP8 weights is not supported yet", w.dtype, w.dims);
       layer.inputs[1] = fp8 ? net.add_constant(unique_name(used, w.name + "/fp8_per_tensor"), w.dtype, w.dims,
                                                fake_quantize_e4m3(w))
                             : net.add_constant(unique_name(used, w.name + "/int8_per_channel"), w.dtype,
                                                w.dims, fake_quantize_per_channel(w));
+      net.tensor(layer.inputs[1]).lineage = std::move(lineage);
     }
     net.mutable_layers().push_back(std::move(layer));
   }

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <set>
 #include <sstream>
 
 #include "ir/error.h"
@@ -69,6 +70,7 @@ Engine::Engine(Plan plan, Backend backend, std::shared_ptr<DeviceAllocator> allo
   }
   conflicts_ = arena_conflicts(net);
   try {
+    refittable_weights_ = kiln::refittable_weights(net);
     upload_constants();
     for (const auto& l : net.layers()) {
       kernels_.push_back(create_kernel(l, backend_));
@@ -175,6 +177,28 @@ std::vector<std::string> Engine::describe_layers() const {
     lines.push_back(s.str());
   }
   return lines;
+}
+
+void Engine::refit(const std::map<std::string, ConstantValue>& weights) {
+  std::vector<std::pair<TensorId, Bytes>> values = replay_weights(plan_.network, weights);
+  std::set<const std::vector<uint8_t>*> derived;
+  for (const auto& [id, bytes] : values) derived.insert(plan_.network.tensor(id).data.get());
+  for (const auto& t : plan_.network.tensors()) {
+    KILN_CHECK(t.kind != TensorKind::kConstant || t.lineage || !derived.count(t.data.get()),
+               "refit: constant '" << t.name
+                                   << "' shares its bytes with a weight but does not derive from it; "
+                                      "the plan is corrupt");
+  }
+  if (backend_ == Backend::kCuda) {
+    DeviceGuard guard(device_);
+    synchronize_device();  // no kernel of a context reads the weights while they change
+    for (const auto& [id, bytes] : values) copy_to_device(constants_[id], bytes->data(), bytes->size());
+  }
+  for (const auto& [id, bytes] : values) {
+    plan_.network.tensor(id).data = bytes;
+    if (backend_ != Backend::kCuda) constants_[id] = const_cast<uint8_t*>(bytes->data());
+  }
+  weights_version_.fetch_add(1);
 }
 
 int64_t Engine::device_bytes() const {
@@ -542,6 +566,11 @@ void ExecutionContext::refresh_pointers() {
 
 void ExecutionContext::prepare() {
   infer_current_shapes();
+  const uint64_t weights = engine_->weights_version_.load();
+  if (weights != weights_version_) {  // a refit moved the reference backend's constants
+    weights_version_ = weights;
+    table_dirty_ = true;
+  }
   if (table_dirty_) build_launch_table();
   if (pointers_dirty_) refresh_pointers();
 }

@@ -29,6 +29,7 @@
 
 #include "core/allocator.h"
 #include "core/plan.h"
+#include "core/refit.h"
 #include "kernels/kernel.h"
 
 namespace kiln {
@@ -82,6 +83,15 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // reference backend, which reads them in place from the plan).
   int64_t device_bytes() const;
 
+  // Refit (core/refit.h): the weights this engine's constants derive from, by name, and new values
+  // for them. refit recomputes every weight-derived constant as the builder computed it and writes
+  // it in place (on CUDA into the same device memory, so captured CUDA graphs see it); the plan
+  // (plan(), what serializes) holds the new values after. All weights must be given. Not while a
+  // context of this engine runs: on CUDA it synchronizes the device before writing; the reference
+  // backend's contexts pick the new values up at their next enqueue.
+  std::vector<WeightSpec> refittable_weights() const { return refittable_weights_; }
+  void refit(const std::map<std::string, ConstantValue>& weights);
+
  private:
   friend class ExecutionContext;
   Engine(Plan plan, Backend backend, std::shared_ptr<DeviceAllocator> allocator,
@@ -106,6 +116,8 @@ class Engine : public std::enable_shared_from_this<Engine> {
   ArenaConflicts conflicts_;  // for laying out the arena for the shapes in use
   bool uses_cudnn_ = false;   // some kernel needs a cuDNN handle
   bool capturable_ = true;    // every kernel may be captured in a CUDA graph
+  std::vector<WeightSpec> refittable_weights_;
+  std::atomic<uint64_t> weights_version_{0};  // bumped by refit (reference: constants moved)
 };
 
 class ExecutionContext {
@@ -210,6 +222,7 @@ class ExecutionContext {
   bool shapes_dirty_ = true;
   std::vector<void*> addresses_;  // per binding index, as set by the caller
   bool table_dirty_ = true;       // launch table must be rebuilt (shapes changed)
+  uint64_t weights_version_ = 0;  // the engine's weights_version_ the launch table was built for
   bool pointers_dirty_ = true;    // binding addresses changed
   // Launch table: per tensor id its address, per layer its input/output views. Built when
   // shapes change so that an enqueue allocates nothing and looks nothing up by name.

@@ -4,8 +4,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <iterator>
 
+#include "core/weight_transforms.h"
 #include "ir/byte_io.h"
 #include "ir/error.h"
 #include "ir/op_schema.h"
@@ -17,7 +19,8 @@ namespace kiln {
 namespace {
 
 constexpr char kMagic[8] = {'K', 'I', 'L', 'N', 'P', 'L', 'A', 'N'};
-enum SectionTag : uint32_t { kNetwork = 1, kProfiles = 2, kMemory = 3, kKernels = 4 };
+// kLineage is optional (plans with refittable weights); readers skip sections they do not know.
+enum SectionTag : uint32_t { kNetwork = 1, kProfiles = 2, kMemory = 3, kKernels = 4, kLineage = 5 };
 constexpr int64_t kMaxArenaBytes = int64_t{1} << 40;
 constexpr int64_t kMaxPadding = 256;  // plan_memory's alignment
 
@@ -135,6 +138,103 @@ Network get_network(ByteReader& r) {
   net.restore_io(std::move(inputs), std::move(outputs));
   net.revalidate();  // ids in range, shapes re-inferred, constants sized, names unique
   return net;
+}
+
+// Lineage DAG of the weight-derived constants: nodes in an order where inputs come first (shared
+// nodes once), then (tensor id, node index) per constant.
+bool has_lineage(const Network& net) {
+  for (const auto& t : net.tensors()) {
+    if (t.lineage) return true;
+  }
+  return false;
+}
+
+void put_lineage(ByteWriter& w, const Network& net) {
+  std::vector<const Lineage*> order;
+  std::map<const Lineage*, uint32_t> index;
+  std::function<void(const Lineage*)> visit = [&](const Lineage* l) {
+    if (index.count(l)) return;
+    for (const auto& in : l->inputs) visit(in.get());
+    index[l] = static_cast<uint32_t>(order.size());
+    order.push_back(l);
+  };
+  std::vector<std::pair<TensorId, const Lineage*>> entries;
+  for (const auto& t : net.tensors()) {
+    if (t.kind != TensorKind::kConstant || !t.lineage) continue;
+    visit(t.lineage.get());
+    entries.emplace_back(t.id, t.lineage.get());
+  }
+  w.put<uint64_t>(order.size());
+  for (const Lineage* l : order) {
+    w.put_string(l->transform);
+    w.put_string(l->name);
+    put_attrs(w, l->attrs);
+    std::vector<uint32_t> inputs;
+    for (const auto& in : l->inputs) inputs.push_back(index.at(in.get()));
+    w.put_vector(inputs);
+    w.put<int64_t>(l->output);
+    w.put<uint8_t>(static_cast<uint8_t>(l->dtype));
+    w.put_vector(l->dims);
+    w.put<uint8_t>(l->literal ? 1 : 0);
+    if (l->literal) w.put_bytes(l->literal->data(), l->literal->size());
+    w.put_string(l->blocked);
+  }
+  w.put<uint64_t>(entries.size());
+  for (const auto& [id, l] : entries) {
+    w.put<int32_t>(id);
+    w.put<uint32_t>(index.at(l));
+  }
+}
+
+void get_lineage(ByteReader& r, Network& net) {
+  std::vector<LineagePtr> nodes(r.get_count(40));
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    auto l = std::make_shared<Lineage>();
+    l->transform = r.get_string();
+    l->name = r.get_string();
+    check_utf8(l->name, r.what() + ": name");
+    KILN_CHECK(l->transform == "source" || l->transform == "literal" || l->transform == "blocked" ||
+                   is_weight_transform(l->transform),
+               r.what() << ": node " << i << " has unknown transform '" << l->transform << "'");
+    l->attrs = get_attrs(r);
+    for (uint32_t in : r.get_vector<uint32_t>()) {
+      KILN_CHECK(in < i,
+                 r.what() << ": node " << i << " reads node " << in << ", which does not come before it");
+      l->inputs.push_back(nodes[in]);
+    }
+    l->output = r.get<int64_t>();
+    const uint8_t dtype = r.get<uint8_t>();
+    KILN_CHECK(is_valid_dtype(dtype), r.what() << ": node " << i << " has unknown dtype " << int{dtype});
+    l->dtype = static_cast<DataType>(dtype);
+    l->dims = r.get_vector<int64_t>();
+    KILN_CHECK(l->dims.size() <= static_cast<size_t>(kMaxRank) && is_static(l->dims) &&
+                   std::all_of(l->dims.begin(), l->dims.end(), [](int64_t d) { return d >= 0; }),
+               r.what() << ": node " << i << " has dims " << to_string(l->dims));
+    if (r.get<uint8_t>() != 0) {
+      l->literal = std::make_shared<std::vector<uint8_t>>(r.get_bytes());
+      KILN_CHECK(l->literal->size() == static_cast<size_t>(tensor_bytes(l->dims, dtype_size(l->dtype))),
+                 r.what() << ": node " << i << "'s literal does not match its shape");
+    }
+    KILN_CHECK((l->transform == "literal") == (l->literal != nullptr),
+               r.what() << ": node " << i << " (" << l->transform << ") and its literal disagree");
+    KILN_CHECK(l->transform != "source" || !l->name.empty(),
+               r.what() << ": node " << i << ": a weight without a name");
+    l->blocked = r.get_string();
+    check_utf8(l->blocked, r.what() + ": blocked");
+    nodes[i] = std::move(l);
+  }
+  const uint64_t n = r.get_count(8);
+  for (uint64_t i = 0; i < n; ++i) {
+    const int32_t id = r.get<int32_t>();
+    const uint32_t node = r.get<uint32_t>();
+    KILN_CHECK(id >= 0 && static_cast<size_t>(id) < net.tensors().size() && node < nodes.size(),
+               r.what() << ": entry " << i << " is out of range");
+    Tensor& t = net.tensor(id);
+    const Lineage& l = *nodes[node];
+    KILN_CHECK(t.kind == TensorKind::kConstant && l.dtype == t.dtype && l.dims == t.dims,
+               r.what() << ": the lineage of '" << t.name << "' does not match the tensor");
+    t.lineage = nodes[node];
+  }
 }
 
 void put_profiles(ByteWriter& w, const std::vector<OptimizationProfile>& profiles) {
@@ -288,6 +388,11 @@ std::vector<uint8_t> Plan::serialize() const {
     for (const auto& k : kernels) w.put_string(k);
     section(kKernels, w.buffer());
   }
+  if (has_lineage(network)) {
+    ByteWriter w;
+    put_lineage(w, network);
+    section(kLineage, w.buffer());
+  }
   ByteWriter out;
   for (char c : kMagic) out.put<char>(c);
   out.put<uint32_t>(header.format_version);
@@ -371,6 +476,11 @@ Plan Plan::deserialize(const uint8_t* data, size_t size, bool verify_checksum) {
   KILN_CHECK(plan.kernels.size() == plan.network.layers().size(),
              "plan: " << plan.kernels.size() << " kernel entries for " << plan.network.layers().size()
                       << " layers; the plan is corrupt");
+  if (sections.count(kLineage)) {
+    ByteReader rl = section_reader(sections, kLineage, "lineage");
+    get_lineage(rl, plan.network);
+    expect_consumed(rl);
+  }
   return plan;
 }
 

@@ -115,6 +115,14 @@ TensorId Network::add_constant(const std::string& name, DataType dtype, const Di
   return new_tensor(std::move(t));
 }
 
+void Network::mark_weight(TensorId id, const std::string& source) {
+  Tensor& t = tensor(id);
+  KILN_CHECK(t.kind == TensorKind::kConstant, "mark_weight: '" << t.name << "' is not a constant");
+  KILN_CHECK(!source.empty(), "mark_weight: '" << t.name << "': the weight needs a name");
+  check_utf8(source, "weight name");
+  t.lineage = source_lineage(source, t.dtype, t.dims);
+}
+
 std::string Network::unique_layer_name(const std::string& op) {
   std::string n;
   do {

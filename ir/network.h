@@ -14,6 +14,7 @@
 #include "ir/attributes.h"
 #include "ir/dims.h"
 #include "ir/dtype.h"
+#include "ir/lineage.h"
 
 namespace kiln {
 
@@ -37,6 +38,7 @@ struct Tensor {
   TensorKind kind = TensorKind::kActivation;
   std::shared_ptr<const std::vector<uint8_t>> data;  // constants only: host bytes, row-major
   ShapeValues values;  // derived, never serialized: see ShapeValues (recomputed by revalidate)
+  LineagePtr lineage;  // constants derived from refittable weights: see ir/lineage.h
 };
 
 struct Layer {
@@ -81,6 +83,10 @@ class Network {
   Layer& add_activation(TensorId x, const std::string& type, std::optional<double> alpha = std::nullopt,
                         const std::string& name = "");
   Layer& add_identity(TensorId x, const std::string& name = "");
+
+  // Marks constant `t` as a refittable weight named `source` (a parameter's qualified name):
+  // refit (Engine::refit) sets it, and every constant the builder derives from it, by that name.
+  void mark_weight(TensorId t, const std::string& source);
 
   // Marks a tensor as a network output; a non-empty name renames it (it becomes its binding name).
   void mark_output(TensorId t, const std::string& name = "");

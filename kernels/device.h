@@ -27,6 +27,7 @@ void copy_to_device(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
 void copy_device_async(void* dst, const void* src, size_t bytes, void* stream);
 void synchronize_stream(void* stream);
+void synchronize_device();  // cudaDeviceSynchronize: every stream of the current device
 void* create_cublaslt_handle();
 void destroy_cublaslt_handle(void* handle) noexcept;
 void* create_cudnn_handle();

@@ -131,7 +131,7 @@ ValueId KGraph::add_input(const std::string& name, DataType dtype, const Dims& d
 }
 
 ValueId KGraph::add_constant(const std::string& name, DataType dtype, const Dims& dims, const void* data,
-                             size_t bytes) {
+                             size_t bytes, const std::string& weight) {
   KILN_CHECK(is_static(dims), "constant " << name << ": dims " << to_string(dims) << " must be static");
   KILN_CHECK(bytes == static_cast<size_t>(volume(dims)) * dtype_size(dtype),
              "constant " << name << ": " << bytes << " bytes do not match " << dtype_name(dtype) << " "
@@ -140,6 +140,7 @@ ValueId KGraph::add_constant(const std::string& name, DataType dtype, const Dims
   auto buf = std::make_shared<std::vector<uint8_t>>(bytes);
   if (bytes) std::memcpy(buf->data(), data, bytes);
   values_[id].data = std::move(buf);
+  values_[id].weight = weight;
   return id;
 }
 

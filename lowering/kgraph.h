@@ -28,6 +28,9 @@ struct KValue {
   Dims dims;
   bool host_scalar = false;                          // a symbolic size, never a device tensor
   std::shared_ptr<const std::vector<uint8_t>> data;  // constants only: row-major bytes
+  // Constants only: the refittable weight this is (a parameter's or buffer's qualified name, e.g.
+  // "layer1.0.conv1.weight"); empty for a plain constant. Engines mark it (Network::mark_weight).
+  std::string weight;
   bool is_constant() const { return data != nullptr; }
 };
 
@@ -75,7 +78,7 @@ class KGraph {
  public:
   ValueId add_input(const std::string& name, DataType dtype, const Dims& dims);
   ValueId add_constant(const std::string& name, DataType dtype, const Dims& dims, const void* data,
-                       size_t bytes);
+                       size_t bytes, const std::string& weight = "");
   // An intermediate value (a node output).
   ValueId add_value(const std::string& name, DataType dtype, const Dims& dims, bool host_scalar);
   // Arguments refer to values already added; outputs are values not produced by another node.

@@ -216,6 +216,50 @@ class TorchEngine : public torch::CustomClassHolder {
     });
   }
 
+  // Refit (kiln.refit): the weights the engine's constants derive from, and new values for them
+  // (every weight, by name, of the engine's dtype and shape; any device). Waits for the device.
+  std::vector<std::string> weight_names() const {
+    std::vector<std::string> out;
+    for (const auto& w : engine_->refittable_weights()) out.push_back(w.name);
+    return out;
+  }
+  std::vector<std::string> weight_dtypes() const {
+    std::vector<std::string> out;
+    for (const auto& w : engine_->refittable_weights()) out.push_back(dtype_name(w.dtype));
+    return out;
+  }
+  std::vector<std::vector<int64_t>> weight_dims() const {
+    std::vector<std::vector<int64_t>> out;
+    for (const auto& w : engine_->refittable_weights()) out.push_back(w.dims);
+    return out;
+  }
+  void refit(const std::vector<std::string>& names, const std::vector<at::Tensor>& values) {
+    TORCH_CHECK(names.size() == values.size(), "Kiln refit: ", names.size(), " names for ", values.size(),
+                " tensors");
+    std::map<std::string, WeightSpec> specs;
+    for (const auto& w : engine_->refittable_weights()) specs[w.name] = w;
+    std::map<std::string, ConstantValue> weights;
+    for (size_t i = 0; i < names.size(); ++i) {
+      const at::Tensor& v = values[i];
+      auto it = specs.find(names[i]);
+      if (it != specs.end()) {
+        TORCH_CHECK(v.scalar_type() == torch_dtype(it->second.dtype), "Kiln refit: weight '", names[i],
+                    "' is ", v.scalar_type(), " but the engine was built from ", dtype_name(it->second.dtype),
+                    ": pass it in that dtype");
+      }
+      const at::Tensor host = v.detach().contiguous().to(at::kCPU);
+      auto bytes = std::make_shared<std::vector<uint8_t>>(host.nbytes());
+      if (host.nbytes()) std::memcpy(bytes->data(), host.data_ptr(), host.nbytes());
+      const DataType dtype = it != specs.end() ? it->second.dtype : DataType::kFloat32;
+      weights[names[i]] = ConstantValue{dtype, host.sizes().vec(), std::move(bytes)};
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    rethrow_as_torch([&] {
+      engine_->refit(weights);
+      return 0;
+    });
+  }
+
   std::vector<std::string> serialize() const {
     return {std::to_string(kRuntimeFormatVersion), plan_text(), backend(), std::to_string(engine_->device())};
   }
@@ -494,6 +538,10 @@ TORCH_LIBRARY(kiln, m) {
       .def("set_cuda_graphs", &TorchEngine::set_cuda_graphs)
       .def("cuda_graphs", &TorchEngine::cuda_graphs)
       .def("graph_stats", &TorchEngine::graph_stats)
+      .def("weight_names", &TorchEngine::weight_names)
+      .def("weight_dtypes", &TorchEngine::weight_dtypes)
+      .def("weight_dims", &TorchEngine::weight_dims)
+      .def("refit", &TorchEngine::refit)
       // torch.export traces with this real object (no fake class): the fake kernel of
       // execute_engine asks it for dtypes and output shapes.
       .def("tracing_mode", [](const c10::intrusive_ptr<TorchEngine>&) { return std::string("real"); })

@@ -31,6 +31,7 @@
 #include <map>
 
 #include "core/passes/passes.h"
+#include "core/weight_transforms.h"
 #include "ir/ops/convolution.h"
 
 namespace kiln {
@@ -41,22 +42,6 @@ const std::vector<int64_t> kToFirst = {0, 3, 1, 2};  // NHWC -> NCHW
 
 bool all_ones(const Dims& d) {
   return std::all_of(d.begin(), d.end(), [](int64_t x) { return x == 1; });
-}
-
-// Row-major bytes of a rank-4 constant permuted NCHW -> NHWC.
-std::shared_ptr<std::vector<uint8_t>> permute_to_last(const Tensor& t) {
-  const size_t e = dtype_size(t.dtype);
-  const int64_t n = t.dims[0], c = t.dims[1], h = t.dims[2], w = t.dims[3];
-  auto out = std::make_shared<std::vector<uint8_t>>(t.data->size());
-  const uint8_t* src = t.data->data();
-  for (int64_t a = 0; a < n; ++a)
-    for (int64_t ch = 0; ch < c; ++ch)
-      for (int64_t y = 0; y < h; ++y)
-        for (int64_t x = 0; x < w; ++x) {
-          const int64_t from = ((a * c + ch) * h + y) * w + x, to = ((a * h + y) * w + x) * c + ch;
-          std::memcpy(out->data() + to * e, src + from * e, e);
-        }
-  return out;
 }
 
 class LayoutRewriter {
@@ -175,11 +160,7 @@ class LayoutRewriter {
       if (all_ones(x.dims)) return t;  // broadcasts the same way in either layout
       // A constant of lower rank broadcasts as if ones were prepended (ConvNeXt's layer scale
       // [C, 1, 1] is [1, C, 1, 1]): permute that rank-4 view.
-      Tensor padded = x;
-      padded.dims.insert(padded.dims.begin(), 4 - x.dims.size(), 1);
-      const std::string name = unique_name(x.name + "/nhwc");
-      Dims dims = channels_last_dims(padded.dims);
-      made = net_.add_constant(name, x.dtype, dims, permute_to_last(padded));
+      made = add_derived_constant(net_, unique_name(x.name + "/nhwc"), "nhwc", Attributes(), {t});
       grow();
     } else {
       made = emit_transpose(t, kToLast, unique_layer(net_.tensor(t).name + "/to_nhwc"));
@@ -268,16 +249,9 @@ class LayoutRewriter {
     net_.mutable_layers().pop_back();
     grow();
     inputs[0] = layers_.back().outputs[0];
-    const size_t e = dtype_size(w.dtype);
-    const int64_t rows = volume(w.dims) / c;  // K * kh * kw rows of c channels
-    auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(rows * kMinChannels) * e, 0);
-    for (int64_t r = 0; r < rows; ++r) {
-      std::memcpy(bytes->data() + r * kMinChannels * e, w.data->data() + r * c * e, c * e);
-    }
-    Dims dims = w.dims;
-    dims[3] = kMinChannels;
     const std::string name = unique_name(w.name + "/pad_channels");
-    inputs[1] = net_.add_constant(name, w.dtype, dims, std::move(bytes));
+    inputs[1] = add_derived_constant(net_, name, "pad_channels", Attributes().set("channels", kMinChannels),
+                                     {inputs[1]});
     grow();
   }
 

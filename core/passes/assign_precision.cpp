@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "core/passes/passes.h"
+#include "core/weight_transforms.h"
 #include "ir/error.h"
 #include "ir/logging.h"
 #include "ir/op_schema.h"
@@ -23,15 +24,6 @@
 
 namespace kiln {
 namespace {
-
-std::shared_ptr<std::vector<uint8_t>> convert_constant(const Tensor& c, DataType to) {
-  const int64_t n = volume(c.dims);
-  auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(n) * dtype_size(to));
-  TensorView src{const_cast<uint8_t*>(c.data->data()), c.dtype, c.dims};
-  TensorView dst{bytes->data(), to, c.dims};
-  for (int64_t i = 0; i < n; ++i) store_element(dst, i, load_element(src, i));
-  return bytes;
-}
 
 class PrecisionRewriter {
  public:
@@ -69,8 +61,15 @@ class PrecisionRewriter {
     TensorId made;
     if (t.kind == TensorKind::kConstant) {
       std::string name = dtype == t.dtype ? t.name : t.name + "/" + dtype_name(dtype);
-      made = t.dtype == dtype ? out_.add_constant(name, dtype, t.dims, t.data)
-                              : out_.add_constant(name, dtype, t.dims, convert_constant(t, dtype));
+      if (t.dtype == dtype) {
+        made = out_.add_constant(name, dtype, t.dims, t.data);
+        out_.tensor(made).lineage = t.lineage;
+      } else {
+        DerivedConstant c =
+            derive_constant("convert", Attributes().set("dtype", static_cast<int64_t>(dtype)), {&t});
+        made = out_.add_constant(name, dtype, t.dims, std::move(c.value.data));
+        out_.tensor(made).lineage = std::move(c.lineage);
+      }
     } else {
       TensorId src = map_.at({id, current_.at(id)});
       Attributes attrs;

@@ -11,13 +11,14 @@
 #include <cstring>
 
 #include "core/passes/passes.h"
+#include "core/weight_transforms.h"
 
 namespace kiln {
 namespace {
 
 // Every element of constant `t` attends: true (bool) or +-0 (floating).
 bool hides_nothing(const Tensor& t) {
-  if (t.kind != TensorKind::kConstant || !t.data) return false;
+  if (t.kind != TensorKind::kConstant || !t.data || derives_from_weight(t)) return false;
   const std::vector<uint8_t>& bytes = *t.data;
   if (t.dtype == DataType::kBool) {
     for (uint8_t b : bytes) {

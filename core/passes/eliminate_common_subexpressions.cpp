@@ -9,13 +9,15 @@
 // Layers are visited in order with their inputs already redirected, so chains of duplicates
 // merge in one sweep. A duplicate that writes a network output stays (its binding needs the
 // tensor), and so do layers in `keep` (a per-layer precision belongs to that layer). Small
-// constants with equal dtype, shape and bytes count as one tensor for the comparison.
+// constants with equal dtype, shape and bytes count as one tensor for the comparison, unless they
+// derive from refittable weights (equal today, zero biases say, they may differ after a refit).
 #include <map>
 #include <tuple>
 #include <unordered_map>
 #include <vector>
 
 #include "core/passes/passes.h"
+#include "core/weight_transforms.h"
 
 namespace kiln {
 namespace {
@@ -30,7 +32,9 @@ bool eliminate_common_subexpressions(Network& net, const std::set<std::string>& 
   // literal, e.g. the 64 of every reshape target [-1, 64]); large ones (weights) are not compared.
   std::map<std::tuple<DataType, Dims, std::vector<uint8_t>>, TensorId> constants;
   for (const Tensor& t : net.tensors()) {
-    if (t.kind != TensorKind::kConstant || !t.data || t.data->size() > kMaxComparedConstantBytes) continue;
+    if (t.kind != TensorKind::kConstant || !t.data || t.data->size() > kMaxComparedConstantBytes ||
+        derives_from_weight(t))
+      continue;
     auto it = constants.emplace(std::make_tuple(t.dtype, t.dims, *t.data), t.id).first;
     if (it->second != t.id) replace[t.id] = it->second;
   }

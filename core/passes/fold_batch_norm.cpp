@@ -22,27 +22,13 @@
 
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
+#include "core/weight_transforms.h"
 #include "ir/op_schema.h"
 #include "ir/ops/convolution.h"
 #include "kernels/reference/host_access.h"
 
 namespace kiln {
 namespace {
-
-std::vector<double> read_constant(const Tensor& t) {
-  TensorView v{const_cast<uint8_t*>(t.data->data()), t.dtype, t.dims};
-  std::vector<double> r(static_cast<size_t>(volume(t.dims)));
-  for (size_t i = 0; i < r.size(); ++i) r[i] = load_element(v, static_cast<int64_t>(i));
-  return r;
-}
-
-std::shared_ptr<std::vector<uint8_t>> encode(const std::vector<double>& values, DataType dtype,
-                                             const Dims& dims) {
-  auto bytes = std::make_shared<std::vector<uint8_t>>(values.size() * dtype_size(dtype));
-  TensorView v{bytes->data(), dtype, dims};
-  for (size_t i = 0; i < values.size(); ++i) store_element(v, static_cast<int64_t>(i), values[i]);
-  return bytes;
-}
 
 std::string unique_tensor_name(const Network& net, const std::string& base) {
   std::string name = base;
@@ -55,24 +41,6 @@ bool has_epilogue(const Layer& l) {
          l.attrs.get_int("residual", int64_t{0}) != 0;
 }
 
-// Output channel of every weight element of `producer` (weight dims `w`, `channels` outputs).
-std::vector<int64_t> output_channel_of_weights(const Layer& producer, const Dims& w, int64_t channels) {
-  const int64_t n = volume(w);
-  std::vector<int64_t> ch(static_cast<size_t>(n));
-  if (producer.op == "deconvolution") {  // weight [C, K/groups, kernel...]
-    const int64_t groups = producer.attrs.get_int("groups", int64_t{1});
-    const int64_t kg = w[1], taps = n / (w[0] * w[1]), cg = w[0] / groups;
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t c = i / (kg * taps), j = i / taps % kg;
-      ch[static_cast<size_t>(i)] = c / cg * kg + j;
-    }
-  } else {  // convolution [K, C/groups, kernel...], fully_connected [N, K]: output channel first
-    const int64_t per = n / channels;
-    for (int64_t i = 0; i < n; ++i) ch[static_cast<size_t>(i)] = i / per;
-  }
-  return ch;
-}
-
 bool all_constant(const Network& net, const std::vector<TensorId>& ids) {
   for (TensorId t : ids) {
     if (net.tensor(t).kind != TensorKind::kConstant) return false;
@@ -80,23 +48,11 @@ bool all_constant(const Network& net, const std::vector<TensorId>& ids) {
   return true;
 }
 
-// An inference batch_norm as y = x * scale + shift per channel (its parameters constant):
-// scale = gamma / sqrt(var + eps), shift = beta - mean * scale.
-struct BatchNormAffine {
-  std::vector<double> scale, shift;
-};
-
-BatchNormAffine batch_norm_affine(const Network& net, const Layer& bn) {
-  const double eps = bn.attrs.get_float("eps", default_float("batch_norm", "eps"));
-  const std::vector<double> gamma = read_constant(net.tensor(bn.inputs[1])),
-                            beta = read_constant(net.tensor(bn.inputs[2])),
-                            mean = read_constant(net.tensor(bn.inputs[3])),
-                            var = read_constant(net.tensor(bn.inputs[4]));
-  BatchNormAffine a{std::vector<double>(gamma.size()), std::vector<double>(gamma.size())};
-  for (size_t k = 0; k < gamma.size(); ++k) {
-    a.scale[k] = gamma[k] / std::sqrt(var[k] + eps);
-    a.shift[k] = beta[k] - mean[k] * a.scale[k];
-  }
+// The attributes of the batch_norm transforms (core/weight_transforms.h) for `bn`.
+Attributes batch_norm_attrs(const Layer& bn, DataType dtype) {
+  Attributes a;
+  a.set("eps", bn.attrs.get_float("eps", default_float("batch_norm", "eps")));
+  a.set("dtype", static_cast<int64_t>(dtype));
   return a;
 }
 
@@ -126,26 +82,21 @@ bool fold_batch_norm(Network& net) {
     std::vector<TensorId> weights(p.inputs.begin() + 1, p.inputs.end());
     if (!all_constant(net, params) || !all_constant(net, weights)) continue;
 
-    // bn(conv + b) = conv * s + (b * s + shift).
-    BatchNormAffine bn_affine = batch_norm_affine(net, bn);
-    const std::vector<double>& s = bn_affine.scale;
-    std::vector<double>& shift = bn_affine.shift;
-    const int64_t channels = static_cast<int64_t>(s.size());
+    // bn(conv + b) = conv * s + (b * s + shift), computed by the weight transforms.
     const Tensor& w = net.tensor(p.inputs[1]);
-    if (p.inputs.size() == 3) {
-      const std::vector<double> bias = read_constant(net.tensor(p.inputs[2]));
-      for (size_t k = 0; k < s.size(); ++k) shift[k] += bias[k] * s[k];
-    }
-    std::vector<double> wv = read_constant(w);
-    const std::vector<int64_t> ch = output_channel_of_weights(p, w.dims, channels);
-    for (size_t j = 0; j < wv.size(); ++j) wv[j] *= s[static_cast<size_t>(ch[j])];
-
     const DataType dtype = w.dtype;
-    const Dims wdims = w.dims;
+    Attributes wa = batch_norm_attrs(bn, dtype);
+    wa.set("producer", p.op);
+    wa.set("groups", p.attrs.get_int("groups", int64_t{1}));
+    std::vector<TensorId> bias_inputs = params;  // gamma, beta, mean, var[, b]
+    if (p.inputs.size() == 3) bias_inputs.push_back(p.inputs[2]);
+    std::vector<TensorId> weight_inputs = {p.inputs[1]};
+    weight_inputs.insert(weight_inputs.end(), params.begin(), params.end());
     const std::string wname = unique_tensor_name(net, p.name + "/weight_bn_folded");
     const std::string bname = unique_tensor_name(net, p.name + "/bias_bn_folded");
-    const TensorId new_w = net.add_constant(wname, dtype, wdims, encode(wv, dtype, wdims));
-    const TensorId new_b = net.add_constant(bname, dtype, {channels}, encode(shift, dtype, {channels}));
+    const TensorId new_w = add_derived_constant(net, wname, "bn_fold_weight", wa, weight_inputs);
+    const TensorId new_b =
+        add_derived_constant(net, bname, "bn_fold_bias", batch_norm_attrs(bn, dtype), bias_inputs);
     p.inputs[1] = new_w;
     if (p.inputs.size() == 3)
       p.inputs[2] = new_b;
@@ -180,16 +131,17 @@ bool batch_norm_to_scale_shift(Network& net, const std::set<std::string>& pinned
       net.mutable_layers().push_back(std::move(bn));
       continue;
     }
-    const BatchNormAffine a = batch_norm_affine(net, bn);
     Dims dims(net.tensor(bn.inputs[0]).dims.size(), 1);
-    dims[1] = static_cast<int64_t>(a.scale.size());
+    dims[1] = net.tensor(bn.inputs[1]).dims.at(0);
     // In x's dtype (elementwise operands share one; batch_norm allows float32 parameters with a
     // float16 x).
-    const DataType dtype = net.tensor(bn.inputs[0]).dtype;
-    const TensorId s_id = net.add_constant(unique_name(used, bn.name + "/scale_folded"), dtype, dims,
-                                           encode(a.scale, dtype, dims));
-    const TensorId t_id = net.add_constant(unique_name(used, bn.name + "/shift_folded"), dtype, dims,
-                                           encode(a.shift, dtype, dims));
+    Attributes a = batch_norm_attrs(bn, net.tensor(bn.inputs[0]).dtype);
+    a.set("dims", dims);
+    const std::vector<TensorId> params(bn.inputs.begin() + 1, bn.inputs.end());
+    const TensorId s_id =
+        add_derived_constant(net, unique_name(used, bn.name + "/scale_folded"), "bn_scale", a, params);
+    const TensorId t_id =
+        add_derived_constant(net, unique_name(used, bn.name + "/shift_folded"), "bn_shift", a, params);
     const TensorId scaled =
         net.add_elementwise(bn.inputs[0], s_id, "mul", unique_name(used, bn.name + "/scale")).outputs[0];
     Layer& add = net.add_elementwise(scaled, t_id, "add", unique_name(used, bn.name + "/shift"));

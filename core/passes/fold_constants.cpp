@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "core/passes/passes.h"
+#include "core/weight_transforms.h"
 #include "kernels/kernel.h"
 
 namespace kiln {
@@ -120,6 +121,8 @@ bool fold_constants(Network& net, int64_t max_bytes) {
     if (!all_outputs_empty(out)) create_kernel(l, Backend::kReference)->run(in, out, LaunchContext{});
     for (size_t i = 0; i < l.outputs.size(); ++i) {
       Tensor& o = net.tensor(l.outputs[i]);
+      o.lineage =
+          derived_lineage(net, "layer", l.op, l.attrs, static_cast<int64_t>(i), l.inputs, o.dtype, o.dims);
       o.kind = TensorKind::kConstant;
       o.data = buffers[i];
     }

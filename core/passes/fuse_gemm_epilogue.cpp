@@ -29,6 +29,7 @@
 
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
+#include "core/weight_transforms.h"
 #include "ir/ops/activation.h"
 
 namespace kiln {
@@ -93,19 +94,8 @@ bool same_leading_dims(const Dims& a, const Dims& b) {
 
 // W [K, N] row-major -> W^T [N, K] as a new constant.
 TensorId transposed_constant(Network& net, TensorId w) {
-  const Tensor& t = net.tensor(w);
-  const int64_t k = t.dims[0], n = t.dims[1];
-  const size_t es = dtype_size(t.dtype);
-  auto bytes = std::make_shared<std::vector<uint8_t>>(t.data->size());
-  const uint8_t* src = t.data->data();
-  for (int64_t i = 0; i < k; ++i) {
-    for (int64_t j = 0; j < n; ++j) {
-      std::copy_n(src + (i * n + j) * es, es, bytes->data() + (j * k + i) * es);
-    }
-  }
-  std::string name = unique_tensor_name(net, t.name + "_transposed");
-  DataType dtype = t.dtype;
-  return net.add_constant(name, dtype, {n, k}, std::move(bytes));
+  return add_derived_constant(net, unique_tensor_name(net, net.tensor(w).name + "_transposed"), "transpose2d",
+                              Attributes(), {w});
 }
 
 }  // namespace
@@ -216,10 +206,8 @@ bool fuse_gemm_epilogue(Network& net, const std::set<std::string>& keep) {
     if (bias >= 0) {
       const Tensor& b = net.tensor(bias);
       if (b.dims.size() != 1) {  // [1, .., N] -> [N]
-        std::shared_ptr<const std::vector<uint8_t>> data = b.data;
         std::string name = unique_tensor_name(net, b.name + "_vector");
-        DataType dtype = b.dtype;
-        bias = net.add_constant(name, dtype, {n}, data);
+        bias = add_derived_constant(net, name, "reshape", Attributes().set("dims", Dims{n}), {bias});
       }
       fused.inputs.push_back(bias);
     }

@@ -18,6 +18,7 @@
 
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
+#include "core/weight_transforms.h"
 
 namespace kiln {
 namespace {
@@ -37,16 +38,6 @@ bool compatible(const Network& net, const Layer& a, const Layer& b) {
   if (wa.dtype != wb.dtype || wa.dims[1] != wb.dims[1] || a.inputs.size() != b.inputs.size()) return false;
   if (a.inputs.size() == 3 && net.tensor(a.inputs[2]).dtype != net.tensor(b.inputs[2]).dtype) return false;
   return a.attrs.get_int("allow_tf32", int64_t{0}) == b.attrs.get_int("allow_tf32", int64_t{0});
-}
-
-// The rows of the constants `ids`, one after another (row-major concatenation along dim 0).
-std::shared_ptr<std::vector<uint8_t>> concat_bytes(const Network& net, const std::vector<TensorId>& ids) {
-  auto bytes = std::make_shared<std::vector<uint8_t>>();
-  for (TensorId t : ids) {
-    const auto& d = *net.tensor(t).data;
-    bytes->insert(bytes->end(), d.begin(), d.end());
-  }
-  return bytes;
 }
 
 }  // namespace
@@ -89,19 +80,12 @@ bool fuse_parallel_gemms(Network& net, const std::set<std::string>& keep) {
         sizes.push_back(net.tensor(l.inputs[1]).dims[0]);
         absorbed += (absorbed.empty() ? "" : ",") + fused_names(l);
       }
-      int64_t total = 0;
-      for (int64_t s : sizes) total += s;
-      const Tensor& w0 = net.tensor(first.inputs[1]);
-      const DataType wdtype = w0.dtype;
-      const int64_t k = w0.dims[1];
       const std::string base = unique_name(names, first.name + "_merged");
       names.insert(base);
-      std::vector<TensorId> inputs = {first.inputs[0], net.add_constant(base + ".weight", wdtype, {total, k},
-                                                                        concat_bytes(net, weights))};
-      if (bias) {
-        const DataType bdtype = net.tensor(biases[0]).dtype;
-        inputs.push_back(net.add_constant(base + ".bias", bdtype, {total}, concat_bytes(net, biases)));
-      }
+      std::vector<TensorId> inputs = {
+          first.inputs[0], add_derived_constant(net, base + ".weight", "concat_rows", Attributes(), weights)};
+      if (bias)
+        inputs.push_back(add_derived_constant(net, base + ".bias", "concat_rows", Attributes(), biases));
       Attributes attrs;
       if (first.attrs.has("allow_tf32"))
         attrs.set("allow_tf32", first.attrs.get_int("allow_tf32", first.name));

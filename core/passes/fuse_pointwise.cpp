@@ -21,6 +21,7 @@
 #include <set>
 
 #include "core/passes/passes.h"
+#include "core/weight_transforms.h"
 #include "ir/error.h"
 #include "ir/op_schema.h"
 #include "ir/ops/fused_pointwise.h"
@@ -165,6 +166,7 @@ class Grouper {
 bool inlinable(const Network& net, TensorId t, const std::vector<int>& uses) {
   const Tensor& c = net.tensor(t);
   if (c.kind != TensorKind::kConstant || !is_static(c.dims) || volume(c.dims) != 1) return false;
+  if (derives_from_weight(c)) return false;  // a refit may change it: it stays an input
   for (int u : uses) {
     size_t rank = 0;
     for (TensorId x : net.layers()[u].inputs) {

@@ -21,6 +21,7 @@
 
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
+#include "core/weight_transforms.h"
 #include "ir/ops/convolution.h"
 
 namespace kiln {
@@ -76,7 +77,8 @@ bool patchify_convolutions(Network& net) {
     const TensorId rows = add("reshape", {patches}, Attributes().set("shape", Dims{-1, c * kh * kw}), "rows");
     std::string wname = l.name + "/weight_matrix";
     for (int n = 1; net.find_tensor(wname) >= 0; ++n) wname = l.name + "/weight_matrix_" + std::to_string(n);
-    const TensorId weight = net.add_constant(wname, w.dtype, {k, c * kh * kw}, w.data);
+    const TensorId weight = add_derived_constant(
+        net, wname, "reshape", Attributes().set("dims", Dims{k, c * kh * kw}), {l.inputs[1]});
     std::vector<TensorId> fc_inputs = {rows, weight};
     if (l.inputs.size() == 3) fc_inputs.push_back(l.inputs[2]);
     Attributes fc_attrs;

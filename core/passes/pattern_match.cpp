@@ -1,5 +1,7 @@
 #include "core/passes/pattern_match.h"
 
+#include "core/weight_transforms.h"
+
 #include "kernels/reference/host_access.h"
 
 namespace kiln {
@@ -22,6 +24,7 @@ bool PatternMatcher::constant_value(TensorId t, double* value) const {
   const Tensor& c = net_.tensor(t);
   if (c.kind != TensorKind::kConstant || !is_floating(c.dtype) || !is_static(c.dims) || volume(c.dims) != 1)
     return false;
+  if (derives_from_weight(c)) return false;  // a refittable weight's value may change
   *value = load_element(TensorView{const_cast<uint8_t*>(c.data->data()), c.dtype, c.dims}, 0);
   return true;
 }

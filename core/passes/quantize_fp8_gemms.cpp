@@ -26,6 +26,7 @@
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 #include "core/plan.h"
+#include "core/weight_transforms.h"
 #include "ir/float8.h"
 #include "ir/op_schema.h"
 #include "ir/ops/quantize.h"
@@ -127,8 +128,12 @@ bool quantize_fp8_gemms(Network& net) {
     const auto it = quantized.find(fc.inputs[0]);
     const Tensor& w = net.tensor(fc.inputs[1]);
     auto [bytes, s_w] = quantize_weight(w);
+    // The weight's scale becomes a kernel parameter (weight_scale): refit cannot replay it.
+    LineagePtr lineage = blocked_lineage(net, {fc.inputs[1]}, "its FP8 weight scale is a kernel parameter",
+                                         DataType::kFloat8E4M3, w.dims);
     const TensorId wq =
         net.add_constant(unique_name(used, w.name + "/fp8"), DataType::kFloat8E4M3, w.dims, std::move(bytes));
+    net.tensor(wq).lineage = std::move(lineage);
     fc.inputs[0] = it->second;
     fc.inputs[1] = wq;
     fc.attrs.set("out_dtype", std::string(dtype_name(net.tensor(fc.outputs[0]).dtype)));

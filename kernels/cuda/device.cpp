@@ -82,6 +82,8 @@ void synchronize_stream(void* stream) {
   KILN_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
 }
 
+void synchronize_device() { KILN_CUDA_CHECK(cudaDeviceSynchronize()); }
+
 void* create_cublaslt_handle() {
   cublasLtHandle_t h = nullptr;
   KILN_CUBLAS_CHECK(cublasLtCreate(&h));

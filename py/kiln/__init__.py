@@ -70,6 +70,10 @@ def __getattr__(name: str):
         from kiln.inputs import Input
 
         return Input
+    if name == "refit":
+        from kiln.refitting import refit
+
+        return refit
     if name == "Calibrator":
         from kiln.calibration import Calibrator
 
@@ -105,6 +109,7 @@ __all__ = [
     "inspect",
     "load",
     "plans",
+    "refit",
     "save",
     "set_log_level",
     "set_log_sink",

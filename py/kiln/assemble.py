@@ -46,10 +46,12 @@ def assemble(
     for node in lowered.user_inputs:
         env[node] = graph.placeholder(node.name)
     placeholders = {n.name: n for n in lowered.fx.nodes if n.op == "placeholder"}
+    param_sources: dict[str, str] = {}  # buffer -> placeholder (kiln.refit updates them)
 
     def lookup(a: torch.fx.Node) -> torch.fx.Node:
         if a not in env and a.name in lowered.params:  # a weight PyTorch code reads
             attr = f"_kiln_param_{len(root._buffers)}"
+            param_sources[attr] = a.name
             root.register_buffer(attr, lowered.params[a.name].detach())
             env[placeholders[a.name]] = graph.get_attr(attr)
         return env[a]
@@ -86,4 +88,6 @@ def assemble(
         lookup(a) if isinstance(a, torch.fx.Node) else a for a in pytree.tree_leaves(output.args[0])
     ]
     graph.output(tuple(flat))
-    return torch.fx.GraphModule(root, graph, "KilnCompiledGraph")
+    module = torch.fx.GraphModule(root, graph, "KilnCompiledGraph")
+    module._kiln_param_sources = param_sources
+    return module

@@ -31,6 +31,7 @@ from kiln.inputs import Input
 from kiln.log import log
 from kiln.options import compile_options, default_timing_cache_path  # noqa: F401 (re-exported)
 from kiln.progress import progress_bars, step
+from kiln.refitting import refit_info
 from kiln.report import CompileReport, Fallback  # noqa: F401 (re-exported: kiln.compiler's API)
 
 
@@ -253,9 +254,16 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
         if dry_run:
             return report
         graph_module = assemble(lowered, segments, plans, device, options.cuda_graphs)
-    return CompiledModule(
+    compiled = CompiledModule(
         graph_module, program.call_spec.out_spec, report, specs, device, kwarg_names, equal_sizes
     )
+    names = (
+        module.state_dict().keys()
+        if isinstance(module, torch.nn.Module)
+        else program.state_dict.keys()
+    )
+    compiled.refit_info = refit_info(lowered, program, graph_module, names, bool(weights))
+    return compiled
 
 
 def _split_int8(precisions) -> tuple[bool, list]:

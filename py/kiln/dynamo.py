@@ -18,16 +18,16 @@ mode), graphs with inputs on a device Kiln has no engine for, and graphs Kiln fa
 
 Weights. Kiln bakes weights into its engines as constants, but dynamo passes them to the graph on
 every call (with inline_inbuilt_nn_modules, parameters and buffers are graph inputs). The policy
-is *recompile on change*: per compiled graph the backend records, for each parameter and buffer
-that became a constant, the tensor object, its version counter (``t._version``, bumped by every
+is *refit on change*: per compiled graph the backend records, for each parameter and buffer that
+became a constant, the tensor object, its version counter (``t._version``, bumped by every
 in-place update: ``p.add_()``, optimizer steps, ``load_state_dict``) and its data pointer. Every
 call compares them (a few attribute reads per weight, microseconds for hundreds of weights); on
-any difference the engines are rebuilt from the current weights before the call runs, so a
-changed weight never gives a stale result. A rebuild costs a full kiln.compile of the graph
-(export, conversion, engine build: from a fraction of a second to seconds); in a training loop
-that evaluates after every N training steps this is one rebuild per evaluation phase, not one per
-call. Kiln has no refit yet. Not seen: writes through ``p.data`` (``p.data.copy_(w)``), which
-share the storage but not the version counter; call :func:`weights_changed` after such writes.
+any difference the engines are refitted from the current weights (kiln.refit: no export, no
+conversion, no build) before the call runs, so a changed weight never gives a stale result. A
+weight whose shape or dtype changed, a changed Python scalar, or a dynamic size past its range
+rebuilds the engines instead (a full kiln.compile). :func:`stats` counts both. Not seen: writes
+through ``p.data`` (``p.data.copy_(w)``), which share the storage but not the version counter;
+call :func:`weights_changed` after such writes.
 
 Dynamic shapes. A dim dynamo made dynamic (a SymInt in the graph) becomes a kiln.Input range:
 min 1, opt the example size, max ``max_dynamic_size`` (default twice the example size). A call
@@ -66,15 +66,26 @@ _COMPILE_OPTIONS = (
 )
 _OPTIONS = (*_COMPILE_OPTIONS, "precisions", "max_dynamic_size", "fallback")
 
-_generation = 0  # bumped by weights_changed(): every compiled graph rebuilds on its next call
+_generation = 0  # bumped by weights_changed(): every compiled graph refits on its next call
+_stats = {"builds": 0, "refits": 0}
 
 
 def weights_changed() -> None:
-    """Makes every graph compiled by the "kiln" backend rebuild its engines on its next call.
+    """Makes every graph compiled by the "kiln" backend take its weights again (a refit) on its
+    next call.
 
     Needed only after weight writes that bypass the version counter (``p.data.copy_(w)``)."""
     global _generation
     _generation += 1
+
+
+def stats() -> dict[str, int]:
+    """{"builds": full compiles, "refits": weight refits} of the "kiln" backend in this process."""
+    return dict(_stats)
+
+
+def reset_stats() -> None:
+    _stats.update(builds=0, refits=0)
 
 
 def backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = None, **_):
@@ -114,7 +125,10 @@ class _KilnGraph:
             self._build(list(args))
         if self.compiled is None:
             return self.gm(*args)
-        if self._stale(args):
+        stale = self._stale(args)
+        if stale == "weights" and not self._refit(args):
+            stale = "rebuild"
+        if stale == "rebuild":
             self._build(list(args))
             if self.compiled is None:
                 return self.gm(*args)
@@ -127,20 +141,40 @@ class _KilnGraph:
             self._give_up(f"the engines failed at run time: {e}")
             return self.gm(*args)
 
-    def _stale(self, args) -> bool:
+    def _stale(self, args) -> str | None:
+        """None: the engines are current; "weights": only weight values changed (a refit
+        updates them); "rebuild": a scalar changed or a dynamic size left its range."""
+        for i, value in self.baked_scalars.items():
+            if args[i].item() != value:
+                return "rebuild"
+        for i, d, lo, hi in self.dynamic:
+            if not lo <= args[i].shape[d] <= hi:
+                return "rebuild"
         if self.generation != _generation:
-            return True
+            return "weights"
         for i, (t, version, ptr) in self.baked.items():
             a = args[i]
             if a is not t or a._version != version or a.data_ptr() != ptr:
-                return True
-        for i, value in self.baked_scalars.items():
-            if args[i].item() != value:
-                return True
-        for i, d, lo, hi in self.dynamic:
-            if not lo <= args[i].shape[d] <= hi:
-                return True
-        return False
+                return "weights"
+        return None
+
+    def _refit(self, args) -> bool:
+        """Takes the current weight values into the engines without rebuilding them; False when
+        refit cannot (a weight changed shape or dtype, say): the caller rebuilds."""
+        from kiln.refitting import refit
+
+        try:
+            refit(self.compiled, {f"kiln_weight_{i}": args[i] for i in self.weights})
+        except Exception as e:  # noqa: BLE001 (a rebuild follows)
+            log("info", f"kiln backend: rebuilding instead of refitting: {e}")
+            return False
+        self._remember_weights(args)
+        _stats["refits"] += 1
+        return True
+
+    def _remember_weights(self, args) -> None:
+        self.baked = {i: (args[i], args[i]._version, args[i].data_ptr()) for i in self.weights}
+        self.generation = _generation
 
     # ---- build --------------------------------------------------------------------------------
 
@@ -216,9 +250,9 @@ class _KilnGraph:
             kwargs = {k: opts[k] for k in _COMPILE_OPTIONS if k in opts and k != "device"}
             kwargs["enabled_precisions"] = precisions  # every spelling kiln.dtypes knows
             self.compiled = kiln_compile(program, specs, device=device, **kwargs)
-        self.baked = {i: (args[i], args[i]._version, args[i].data_ptr()) for i in self.weights}
+        self._remember_weights(args)
         self.baked_scalars = {i: args[i].item() for i in self.scalars}
-        self.generation = _generation
+        _stats["builds"] += 1
         log("info", f"kiln backend: compiled a dynamo graph: {self.compiled.report}")
 
 

@@ -108,6 +108,27 @@ class Engine:
         """Bytes of constants this engine holds on the GPU (0 on the CPU)."""
         return self._engine.device_bytes
 
+    def refittable_weights(self) -> dict[str, tuple[str, list[int]]]:
+        """{weight name: (dtype, dims)} of the weights refit sets (docs/refit.md)."""
+        return {
+            name: (dtype, list(dims)) for name, dtype, dims in self._engine.refittable_weights()
+        }
+
+    def refit(self, weights: Mapping[str, object]) -> None:
+        """New values for every refittable weight, by name (numpy arrays or torch tensors of the
+        engine's dtypes and shapes), without a rebuild: the constants the builder derived from them
+        are recomputed the way it computed them and written in place. Not while a context of this
+        engine runs. Missing, unknown and reshaped weights are refused by name."""
+        names, dtypes, dims, data = [], [], [], []
+        for name, value in weights.items():
+            arr, dtype = as_numpy(value)
+            names.append(name)
+            dtypes.append(dtype)
+            dims.append(list(arr.shape))
+            data.append(arr.reshape(-1).view("uint8"))
+        self._engine.refit(names, dtypes, dims, data)
+        self.plan = self._engine.plan
+
     def create_execution_context(self, memory: str = "shapes_in_use") -> ExecutionContext:
         """A new context (one per thread or stream). memory: "shapes_in_use" (default) lays out
         and allocates the activation arena for the input shapes of each call, growing it when

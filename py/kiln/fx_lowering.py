@@ -72,11 +72,18 @@ class FxLowering:
         self.foreign: dict[torch.fx.Node, torch.dtype] = {}
 
         lifted = self._lifted_tensors() | dict(params or {})
+        # Refittable weights (kiln.refit): float parameters and buffers, by qualified name; not
+        # those replaced by `params` (fake-quantized for INT8/FP8) nor integer buffers.
+        self.weights: dict[str, str] = {
+            name: fqn
+            for name, fqn in weight_names(program).items()
+            if name not in (params or {}) and lifted[name].is_floating_point()
+        }
         for node in self.fx.nodes:
             if node.op == "placeholder":
                 if node.name in lifted:
                     self.params[node.name] = lifted[node.name]
-                    self._constant(node, lifted[node.name])
+                    self._constant(node, lifted[node.name], self.weights.get(node.name, ""))
                 else:
                     self._input(node, specs[len(self.user_inputs)])
                     self.user_inputs.append(node)
@@ -128,13 +135,14 @@ class FxLowering:
         v = self.graph.add_input(node.name, self._dtype(val.dtype, node), dims)
         self._bind(node, v, exprs)
 
-    def _constant(self, node: torch.fx.Node, t: torch.Tensor) -> None:
-        t = t.detach().contiguous().cpu()
+    def _constant(self, node: torch.fx.Node, t: torch.Tensor, weight: str = "") -> None:
         if t.dtype in NARROWED:
-            self._dtype(t.dtype, node)
-            t = t.to(NARROWED[t.dtype])
+            self._dtype(t.dtype, node)  # records the narrowing
+        t = weight_tensor(t)
         data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        v = self.graph.add_constant(node.name, self._dtype(t.dtype, node), list(t.shape), data)
+        v = self.graph.add_constant(
+            node.name, self._dtype(t.dtype, node), list(t.shape), data, weight
+        )
         self._bind(node, v, [None] * t.dim())
 
     def _bind(self, node: torch.fx.Node, v: int, exprs) -> None:
@@ -222,6 +230,26 @@ class FxLowering:
             self.narrowed.append(node.name)
             dtype = NARROWED[dtype]
         return _dtype(dtype, node)
+
+
+def weight_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A lifted tensor as an engine constant holds it: detached, contiguous, on the CPU, float64
+    narrowed to float32 (kiln.refit prepares new values the same way)."""
+    t = t.detach().contiguous().cpu()
+    return t.to(NARROWED[t.dtype]) if t.dtype in NARROWED else t
+
+
+def weight_names(program) -> dict[str, str]:
+    """{placeholder name: qualified name} of an exported program's parameters and buffers."""
+    kinds = (
+        torch.export.graph_signature.InputKind.PARAMETER,
+        torch.export.graph_signature.InputKind.BUFFER,
+    )
+    return {
+        spec.arg.name: spec.target
+        for spec in program.graph_signature.input_specs
+        if spec.kind in kinds and spec.target in program.state_dict
+    }
 
 
 def lifted_tensors(program) -> dict[str, torch.Tensor]:

@@ -103,13 +103,21 @@ class Network:
         """An input binding; a dim of -1 is dynamic and needs an optimization profile."""
         return Tensor(self, self._net.add_input(name, dtype_name(dtype), list(shape)))
 
-    def add_constant(self, value, name: str = "") -> Tensor:
-        """Weights from a numpy array, a torch tensor, or anything numpy can convert."""
+    def add_constant(self, value, name: str = "", refittable: bool = False) -> Tensor:
+        """Weights from a numpy array, a torch tensor, or anything numpy can convert.
+
+        refittable: the constant is a weight that ``kiln.Engine.refit`` can set later by `name`
+        (and every constant the builder derives from it: folded BatchNorms, transposes, FP16
+        copies); docs/refit.md."""
         arr, dtype = as_numpy(value)
-        return Tensor(
-            self,
-            self._net.add_constant(name, dtype, list(arr.shape), arr.reshape(-1).view("uint8")),
-        )
+        if refittable and not name:
+            raise ValueError(
+                "add_constant(refittable=True) needs a name: refit sets weights by name"
+            )
+        tensor = self._net.add_constant(name, dtype, list(arr.shape), arr.reshape(-1).view("uint8"))
+        if refittable:
+            self._net.mark_weight(tensor, name)
+        return Tensor(self, tensor)
 
     def add_layer(
         self, op: str, inputs: Sequence[TensorLike], attrs: Mapping | None = None, name: str = ""

@@ -453,6 +453,7 @@ PYBIND11_MODULE(_C, m) {
              return py::make_tuple(l.name, l.outputs);
            })
       .def("mark_output", &Network::mark_output, py::arg("tensor"), py::arg("name") = "")
+      .def("mark_weight", &Network::mark_weight, py::arg("tensor"), py::arg("name"))
       .def("tensor_info",
            [](const Network& n, TensorId id) {
              const Tensor& t = n.tensor(id);
@@ -677,6 +678,29 @@ PYBIND11_MODULE(_C, m) {
       .def("describe_layers", &Engine::describe_layers)
       .def_property_readonly("device_bytes", &Engine::device_bytes)
       .def_property_readonly("plan", [](const Engine& e) { return std::make_shared<Plan>(e.plan()); })
+      .def("refittable_weights",
+           [](const Engine& e) {
+             py::list out;
+             for (const auto& w : e.refittable_weights())
+               out.append(py::make_tuple(w.name, std::string(dtype_name(w.dtype)), w.dims));
+             return out;
+           })
+      .def("refit",
+           [](Engine& e, const std::vector<std::string>& names, const std::vector<std::string>& dtypes,
+              const std::vector<Dims>& dims, const std::vector<py::buffer>& data) {
+             KILN_CHECK(
+                 names.size() == dtypes.size() && names.size() == dims.size() && names.size() == data.size(),
+                 "refit: names, dtypes, dims and data differ in length");
+             std::map<std::string, ConstantValue> weights;
+             for (size_t i = 0; i < names.size(); ++i) {
+               py::buffer_info info = data[i].request();
+               const auto* p = static_cast<const uint8_t*>(info.ptr);
+               auto bytes = std::make_shared<std::vector<uint8_t>>(p, p + info.size * info.itemsize);
+               weights[names[i]] = ConstantValue{parse_dtype(dtypes[i]), dims[i], std::move(bytes)};
+             }
+             py::gil_scoped_release release;
+             e.refit(weights);
+           })
       .def(
           "create_execution_context",
           [](const Engine& e, const std::string& memory) {

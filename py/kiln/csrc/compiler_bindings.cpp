@@ -69,10 +69,12 @@ void bind_compiler(py::module_& m) {
                            const Dims& dims) { return g.add_input(name, parse_dtype(dtype), dims); })
       .def(
           "add_constant",
-          [](KGraph& g, const std::string& name, const std::string& dtype, const Dims& dims, py::bytes data) {
+          [](KGraph& g, const std::string& name, const std::string& dtype, const Dims& dims, py::bytes data,
+             const std::string& weight) {
             std::string_view bytes = data;
-            return g.add_constant(name, parse_dtype(dtype), dims, bytes.data(), bytes.size());
-          })
+            return g.add_constant(name, parse_dtype(dtype), dims, bytes.data(), bytes.size(), weight);
+          },
+          py::arg("name"), py::arg("dtype"), py::arg("dims"), py::arg("data"), py::arg("weight") = "")
       .def("add_value",
            [](KGraph& g, const std::string& name, const std::string& dtype, const Dims& dims,
               bool host_scalar) { return g.add_value(name, parse_dtype(dtype), dims, host_scalar); })

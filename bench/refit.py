@@ -1,0 +1,115 @@
+"""Refit on the GPU: how long kiln.refit takes for a compiled model, and whether the refitted
+module computes what a fresh compile with the new weights computes (bit for bit, with the fresh
+build's tactics taken from the first build's timing cache).
+
+    python3 bench/refit.py                          # resnet50 and bert, FP16, batch 1
+    python3 bench/refit.py --models resnet50 --json refit.json
+
+Targets (issue 19, on the H200): resnet50 FP16 <= 50 ms, bert-base FP16 <= 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "py"))
+sys.path.insert(0, str(ROOT / "bench"))
+import models as zoo  # noqa: E402
+
+import kiln  # noqa: E402
+
+TARGET_MS = {"resnet50": 50.0, "bert": 100.0}
+
+
+def perturbed(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with every float tensor changed (a training step's worth)."""
+    out = {}
+    for name, t in model.state_dict().items():
+        if t.is_floating_point():
+            noise = torch.randn_like(t) * 0.01
+            t = (t.abs() + noise.abs()) if "running_var" in name else t + noise
+        out[name] = t
+    return out
+
+
+def run(name: str, device: torch.device, repeats: int) -> dict:
+    entry = zoo.get(name)
+    model = entry.build().to(device).half().eval()
+    inputs = entry.inputs(1, device)
+    inputs = tuple(x.half() if x.is_floating_point() else x for x in inputs)
+    cache = Path(tempfile.mkdtemp()) / "timing.cache"
+    t0 = time.perf_counter()
+    compiled = kiln.compile(
+        model, list(inputs), enabled_precisions={torch.float16}, timing_cache=str(cache)
+    )
+    build_s = time.perf_counter() - t0
+    state = perturbed(model)
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        result = kiln.refit(compiled, state)
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    with torch.no_grad():
+        refitted = compiled(*inputs)
+        model.load_state_dict(state)
+        fresh = kiln.compile(
+            model, list(inputs), enabled_precisions={torch.float16}, timing_cache=str(cache)
+        )(*inputs)
+        eager = model(*inputs)
+    refitted, fresh, eager = (zoo.first_tensor(t).float() for t in (refitted, fresh, eager))
+    cos = torch.nn.functional.cosine_similarity(refitted.flatten(), eager.flatten(), dim=0)
+    return {
+        "model": name,
+        "precision": "fp16",
+        "build_s": round(build_s, 2),
+        "refit_ms_median": round(statistics.median(times), 2),
+        "refit_ms_min": round(min(times), 2),
+        "target_ms": TARGET_MS.get(name),
+        "engines": result.engines,
+        "weights": result.weights,
+        "bit_identical_to_fresh_build": bool(torch.equal(refitted, fresh)),
+        "max_abs_diff_to_fresh_build": float((refitted - fresh).abs().max()),
+        "cosine_to_eager": round(float(cos), 6),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--models", default="resnet50,bert")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("bench/refit.py: no CUDA GPU; refit timing is measured on the GPU")
+        return 1
+    rows = [run(m, torch.device("cuda"), args.repeats) for m in args.models.split(",") if m]
+    print(f"GPU: {torch.cuda.get_device_name()}")
+    print(
+        "| model | build s | refit ms (median / min) | target ms | weights "
+        "| bit-identical | cosine vs eager |"
+    )
+    print("|---|---:|---:|---:|---:|---|---:|")
+    for r in rows:
+        print(
+            f"| {r['model']} fp16 | {r['build_s']} | {r['refit_ms_median']} / {r['refit_ms_min']} "
+            f"| {r['target_ms']} | {r['weights']} | {r['bit_identical_to_fresh_build']} "
+            f"(max diff {r['max_abs_diff_to_fresh_build']:.3g}) | {r['cosine_to_eager']} |"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+// Refit: new values for an engine's refittable weights, without a rebuild. Every constant that
+// derives from weights (ir/lineage.h) is recomputed by replaying the weight transforms the
+// builder applied (core/weight_transforms.h), so a refitted engine holds the bytes a fresh build
+// with the new weights would hold (the same layers and tactics: bit-identical outputs when the
+// fresh build chose the same tactics).
+#pragma once
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/weight_transforms.h"
+#include "ir/network.h"
+
+namespace kiln {
+
+struct WeightSpec {
+  std::string name;
+  DataType dtype = DataType::kFloat32;
+  Dims dims;
+};
+
+// The refittable weights the constants of `net` derive from, sorted by name. Throws when one name
+// appears with two shapes or dtypes (a corrupt plan).
+std::vector<WeightSpec> refittable_weights(const Network& net);
+
+// The constants of `net` recomputed from `weights` (each weight of refittable_weights(net) by name,
+// with its dtype and dims, and nothing else): (tensor id, bytes) per weight-derived constant.
+// Refuses, naming them, missing, unknown and reshaped weights, and a constant whose weights a pass
+// folded into the engine's structure (a blocked lineage).
+std::vector<std::pair<TensorId, Bytes>> replay_weights(const Network& net,
+                                                       const std::map<std::string, ConstantValue>& weights);
+
+}  // namespace kiln

@@ -1,0 +1,373 @@
+#include "core/weight_transforms.h"
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <map>
+
+#include "ir/error.h"
+#include "ir/op_schema.h"
+#include "ir/ops/convolution.h"
+#include "kernels/kernel.h"
+#include "kernels/reference/host_access.h"
+
+namespace kiln {
+namespace {
+
+TensorView view_of(const ConstantValue& v) {
+  return {const_cast<uint8_t*>(v.data->data()), v.dtype, v.dims};
+}
+
+// Element reads and writes as load_element / store_element (the same values), with the dtype
+// switch outside the loop: refit runs these over every weight.
+std::vector<double> read(const ConstantValue& v) {
+  std::vector<double> r(static_cast<size_t>(volume(v.dims)));
+  if (v.dtype == DataType::kFloat32) {
+    const auto* p = reinterpret_cast<const float*>(v.data->data());
+    for (size_t i = 0; i < r.size(); ++i) r[i] = p[i];
+    return r;
+  }
+  const TensorView t = view_of(v);
+  for (size_t i = 0; i < r.size(); ++i) r[i] = load_element(t, static_cast<int64_t>(i));
+  return r;
+}
+
+ConstantValue encode(const std::vector<double>& values, DataType dtype, const Dims& dims) {
+  auto bytes = std::make_shared<std::vector<uint8_t>>(values.size() * dtype_size(dtype));
+  if (dtype == DataType::kFloat32) {
+    auto* p = reinterpret_cast<float*>(bytes->data());
+    for (size_t i = 0; i < values.size(); ++i) p[i] = static_cast<float>(values[i]);
+    return {dtype, dims, std::move(bytes)};
+  }
+  const TensorView v{bytes->data(), dtype, dims};
+  for (size_t i = 0; i < values.size(); ++i) store_element(v, static_cast<int64_t>(i), values[i]);
+  return {dtype, dims, std::move(bytes)};
+}
+
+// Copies element `from` of src to element `to` of dst, elements of E bytes.
+template <size_t E>
+void permute_elements(const uint8_t* src, uint8_t* dst, int64_t n, int64_t c, int64_t h, int64_t w) {
+  for (int64_t a = 0; a < n; ++a)
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int64_t y = 0; y < h; ++y)
+        for (int64_t x = 0; x < w; ++x) {
+          const int64_t from = ((a * c + ch) * h + y) * w + x, to = ((a * h + y) * w + x) * c + ch;
+          std::memcpy(dst + to * E, src + from * E, E);
+        }
+}
+
+void expect_inputs(const Lineage& node, const std::vector<ConstantValue>& in, size_t lo, size_t hi) {
+  KILN_CHECK(in.size() >= lo && in.size() <= hi,
+             "weight transform '" << node.transform << "': " << in.size() << " inputs, expected " << lo
+                                  << (hi != lo ? " to " + std::to_string(hi) : std::string()));
+}
+
+// scale = gamma / sqrt(var + eps), shift = beta - mean * scale (fold_batch_norm's arithmetic).
+void batch_norm_affine(const Lineage& node, const std::vector<ConstantValue>& in, size_t first,
+                       std::vector<double>* scale, std::vector<double>* shift) {
+  const double eps = node.attrs.get_float("eps", "weight transform " + node.transform);
+  const std::vector<double> gamma = read(in[first]), beta = read(in[first + 1]), mean = read(in[first + 2]),
+                            var = read(in[first + 3]);
+  KILN_CHECK(beta.size() == gamma.size() && mean.size() == gamma.size() && var.size() == gamma.size(),
+             "weight transform '" << node.transform << "': batch norm parameters of different sizes");
+  scale->resize(gamma.size());
+  shift->resize(gamma.size());
+  for (size_t k = 0; k < gamma.size(); ++k) {
+    (*scale)[k] = gamma[k] / std::sqrt(var[k] + eps);
+    (*shift)[k] = beta[k] - mean[k] * (*scale)[k];
+  }
+}
+
+// Output channel of every weight element of a convolution / deconvolution / fully_connected.
+std::vector<int64_t> output_channel_of_weights(const std::string& producer, int64_t groups, const Dims& w,
+                                               int64_t channels) {
+  const int64_t n = volume(w);
+  std::vector<int64_t> ch(static_cast<size_t>(n));
+  if (producer == "deconvolution") {  // weight [C, K/groups, kernel...]
+    const int64_t kg = w[1], taps = n / (w[0] * w[1]), cg = w[0] / groups;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t c = i / (kg * taps), j = i / taps % kg;
+      ch[static_cast<size_t>(i)] = c / cg * kg + j;
+    }
+  } else {  // convolution [K, C/groups, kernel...], fully_connected [N, K]: output channel first
+    const int64_t per = n / channels;
+    for (int64_t i = 0; i < n; ++i) ch[static_cast<size_t>(i)] = i / per;
+  }
+  return ch;
+}
+
+ConstantValue run_layer(const Lineage& node, const std::vector<ConstantValue>& in) {
+  Network net;
+  std::vector<TensorId> ids;
+  for (size_t i = 0; i < in.size(); ++i)
+    ids.push_back(net.add_constant("in" + std::to_string(i), in[i].dtype, in[i].dims, in[i].data));
+  const Layer l = net.add_layer(node.name, ids, node.attrs, "replayed");
+  KILN_CHECK(node.output >= 0 && node.output < static_cast<int64_t>(l.outputs.size()),
+             "weight transform 'layer' (" << node.name << "): no output " << node.output);
+  std::vector<TensorView> inputs, outputs;
+  for (const auto& v : in) inputs.push_back(view_of(v));
+  std::vector<std::shared_ptr<std::vector<uint8_t>>> buffers;
+  for (TensorId t : l.outputs) {
+    const Tensor& o = net.tensor(t);
+    KILN_CHECK(is_static(o.dims), "weight transform 'layer' (" << node.name << "): a dynamic output");
+    buffers.push_back(std::make_shared<std::vector<uint8_t>>(tensor_bytes(o.dims, dtype_size(o.dtype))));
+    outputs.push_back({buffers.back()->data(), o.dtype, o.dims});
+  }
+  if (!all_outputs_empty(outputs)) create_kernel(l, Backend::kReference)->run(inputs, outputs, LaunchContext{});
+  const Tensor& o = net.tensor(l.outputs[static_cast<size_t>(node.output)]);
+  return {o.dtype, o.dims, buffers[static_cast<size_t>(node.output)]};
+}
+
+using Transform = std::function<ConstantValue(const Lineage&, const std::vector<ConstantValue>&)>;
+
+const std::map<std::string, Transform>& transforms() {
+  static const std::map<std::string, Transform> table = {
+      {"reshape",
+       [](const Lineage& node, const std::vector<ConstantValue>& in) {
+         expect_inputs(node, in, 1, 1);
+         Dims dims = node.attrs.get_ints("dims", "weight transform reshape");
+         KILN_CHECK(volume(dims) == volume(in[0].dims), "weight transform 'reshape': " << to_string(in[0].dims)
+                                                                                    << " to " << to_string(dims));
+         return ConstantValue{in[0].dtype, dims, in[0].data};
+       }},
+      {"transpose2d",
+       [](const Lineage& node, const std::vector<ConstantValue>& in) {
+         expect_inputs(node, in, 1, 1);
+         KILN_CHECK(in[0].dims.size() == 2, "weight transform 'transpose2d': rank " << in[0].dims.size());
+         const int64_t k = in[0].dims[0], n = in[0].dims[1];
+         const size_t es = dtype_size(in[0].dtype);
+         auto bytes = std::make_shared<std::vector<uint8_t>>(in[0].data->size());
+         const uint8_t* src = in[0].data->data();
+         for (int64_t i = 0; i < k; ++i)
+           for (int64_t j = 0; j < n; ++j) std::copy_n(src + (i * n + j) * es, es, bytes->data() + (j * k + i) * es);
+         return ConstantValue{in[0].dtype, {n, k}, std::move(bytes)};
+       }},
+      {"convert",
+       [](const Lineage& node, const std::vector<ConstantValue>& in) {
+         expect_inputs(node, in, 1, 1);
+         const auto to = static_cast<DataType>(node.attrs.get_int("dtype", "weight transform convert"));
+         const int64_t n = volume(in[0].dims);
+         auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(n) * dtype_size(to));
+         const auto* f = reinterpret_cast<const float*>(in[0].data->data());
+         auto* h = reinterpret_cast<uint16_t*>(bytes->data());
+         if (in[0].dtype == DataType::kFloat32 && to == DataType::kFloat16) {  // as store_element
+           for (int64_t i = 0; i < n; ++i) h[i] = float_to_half_bits(f[i]);
+         } else if (in[0].dtype == DataType::kFloat32 && to == DataType::kBFloat16) {
+           for (int64_t i = 0; i < n; ++i) h[i] = float_to_bf16_bits(f[i]);
+         } else {
+           const TensorView src = view_of(in[0]);
+           const TensorView dst{bytes->data(), to, in[0].dims};
+           for (int64_t i = 0; i < n; ++i) store_element(dst, i, load_element(src, i));
+         }
+         return ConstantValue{to, in[0].dims, std::move(bytes)};
+       }},
+      {"nhwc",
+       [](const Lineage& node, const std::vector<ConstantValue>& in) {
+         expect_inputs(node, in, 1, 1);
+         KILN_CHECK(in[0].dims.size() <= 4, "weight transform 'nhwc': rank " << in[0].dims.size());
+         Dims d = in[0].dims;
+         d.insert(d.begin(), 4 - d.size(), 1);
+         const size_t e = dtype_size(in[0].dtype);
+         const int64_t n = d[0], c = d[1], h = d[2], w = d[3];
+         auto out = std::make_shared<std::vector<uint8_t>>(in[0].data->size());
+         const uint8_t* src = in[0].data->data();
+         if (e == 2) {
+           permute_elements<2>(src, out->data(), n, c, h, w);
+         } else if (e == 4) {
+           permute_elements<4>(src, out->data(), n, c, h, w);
+         } else {
+           for (int64_t a = 0; a < n; ++a)
+             for (int64_t ch = 0; ch < c; ++ch)
+               for (int64_t y = 0; y < h; ++y)
+                 for (int64_t x = 0; x < w; ++x) {
+                   const int64_t from = ((a * c + ch) * h + y) * w + x, to = ((a * h + y) * w + x) * c + ch;
+                   std::memcpy(out->data() + to * e, src + from * e, e);
+                 }
+         }
+         return ConstantValue{in[0].dtype, channels_last_dims(d), std::move(out)};
+       }},
+      {"pad_channels",
+       [](const Lineage& node, const std::vector<ConstantValue>& in) {
+         expect_inputs(node, in, 1, 1);
+         const int64_t to = node.attrs.get_int("channels", "weight transform pad_channels");
+         const Dims& d = in[0].dims;
+         KILN_CHECK(!d.empty() && d.back() > 0 && d.back() <= to, "weight transform 'pad_channels': dims "
+                                                                      << to_string(d) << " to " << to);
+         const int64_t c = d.back(), rows = volume(d) / c;
+         const size_t e = dtype_size(in[0].dtype);
+         auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(rows * to) * e, 0);
+         for (int64_t r = 0; r < rows; ++r)
+           std::memcpy(bytes->data() + r * to * e, in[0].data->data() + r * c * e, c * e);
+         Dims dims = d;
+         dims.back() = to;
+         return ConstantValue{in[0].dtype, dims, std::move(bytes)};
+       }},
+      {"concat_rows",
+       [](const Lineage& node, const std::vector<ConstantValue>& in) {
+         expect_inputs(node, in, 1, SIZE_MAX);
+         Dims dims = in[0].dims;
+         KILN_CHECK(!dims.empty(), "weight transform 'concat_rows': a scalar");
+         dims[0] = 0;
+         auto bytes = std::make_shared<std::vector<uint8_t>>();
+         for (const auto& v : in) {
+           KILN_CHECK(v.dtype == in[0].dtype && v.dims.size() == dims.size() &&
+                          std::equal(v.dims.begin() + 1, v.dims.end(), dims.begin() + 1),
+                      "weight transform 'concat_rows': " << to_string(v.dims) << " does not stack on "
+                                                         << to_string(in[0].dims));
+           dims[0] += v.dims[0];
+           bytes->insert(bytes->end(), v.data->begin(), v.data->end());
+         }
+         return ConstantValue{in[0].dtype, dims, std::move(bytes)};
+       }},
+      {"bn_fold_weight",
+       [](const Lineage& node, const std::vector<ConstantValue>& in) {
+         expect_inputs(node, in, 5, 5);
+         std::vector<double> s, shift;
+         batch_norm_affine(node, in, 1, &s, &shift);
+         const std::string who = "weight transform bn_fold_weight";
+         const std::vector<int64_t> ch =
+             output_channel_of_weights(node.attrs.get_string("producer", who), node.attrs.get_int("groups", int64_t{1}),
+                                       in[0].dims, static_cast<int64_t>(s.size()));
+         std::vector<double> w = read(in[0]);
+         for (size_t j = 0; j < w.size(); ++j) {
+           const auto k = static_cast<size_t>(ch[j]);
+           KILN_CHECK(k < s.size(), who << ": weight " << to_string(in[0].dims) << " has more output channels than "
+                                        << s.size());
+           w[j] *= s[k];
+         }
+         return encode(w, in[0].dtype, in[0].dims);
+       }},
+      {"bn_fold_bias",
+       [](const Lineage& node, const std::vector<ConstantValue>& in) {
+         expect_inputs(node, in, 4, 5);
+         std::vector<double> s, shift;
+         batch_norm_affine(node, in, 0, &s, &shift);
+         if (in.size() == 5) {
+           const std::vector<double> bias = read(in[4]);
+           KILN_CHECK(bias.size() == s.size(), "weight transform 'bn_fold_bias': bias of " << bias.size()
+                                                                                           << " for " << s.size());
+           for (size_t k = 0; k < s.size(); ++k) shift[k] += bias[k] * s[k];
+         }
+         const auto dtype = static_cast<DataType>(node.attrs.get_int("dtype", "weight transform bn_fold_bias"));
+         return encode(shift, dtype, {static_cast<int64_t>(s.size())});
+       }},
+      {"bn_scale",
+       [](const Lineage& node, const std::vector<ConstantValue>& in) {
+         expect_inputs(node, in, 4, 4);
+         std::vector<double> s, shift;
+         batch_norm_affine(node, in, 0, &s, &shift);
+         const std::string who = "weight transform bn_scale";
+         return encode(s, static_cast<DataType>(node.attrs.get_int("dtype", who)), node.attrs.get_ints("dims", who));
+       }},
+      {"bn_shift",
+       [](const Lineage& node, const std::vector<ConstantValue>& in) {
+         expect_inputs(node, in, 4, 4);
+         std::vector<double> s, shift;
+         batch_norm_affine(node, in, 0, &s, &shift);
+         const std::string who = "weight transform bn_shift";
+         return encode(shift, static_cast<DataType>(node.attrs.get_int("dtype", who)),
+                       node.attrs.get_ints("dims", who));
+       }},
+      {"layer", run_layer},
+  };
+  return table;
+}
+
+ConstantValue value_of(const Tensor& t) {
+  KILN_CHECK(t.kind == TensorKind::kConstant, "weight transform: '" << t.name << "' is not a constant");
+  return {t.dtype, t.dims, t.data};
+}
+
+LineagePtr lineage_of(const Tensor& t) {
+  if (t.lineage) return t.lineage;
+  auto l = std::make_shared<Lineage>();
+  l->transform = "literal";
+  l->dtype = t.dtype;
+  l->dims = t.dims;
+  l->literal = t.data;
+  return l;
+}
+
+std::vector<const Tensor*> tensors_of(const Network& net, const std::vector<TensorId>& ids) {
+  std::vector<const Tensor*> r;
+  for (TensorId t : ids) r.push_back(&net.tensor(t));
+  return r;
+}
+
+LineagePtr lineage_over(const std::string& transform, const std::string& name, const Attributes& attrs,
+                        int64_t output, const std::vector<const Tensor*>& inputs, DataType dtype, const Dims& dims) {
+  bool from_weight = false;
+  for (const Tensor* t : inputs) from_weight = from_weight || derives_from_weight(*t);
+  if (!from_weight) return nullptr;
+  // Two transposes in a row give back the source (Linear's weight: transposed by the frontend,
+  // folded, then transposed back for fully_connected): the replay skips both.
+  if (transform == "transpose2d" && inputs.size() == 1) {
+    const LineagePtr& in = inputs[0]->lineage;
+    const bool in_transposed =
+        in->transform == "transpose2d" ||
+        (in->transform == "layer" && in->name == "transpose" && in->inputs.size() == 1 && in->attrs.has("perm") &&
+         in->attrs.get_ints("perm", "transpose") == std::vector<int64_t>{1, 0});
+    if (in_transposed && in->inputs[0]->dtype == dtype && in->inputs[0]->dims == dims) return in->inputs[0];
+  }
+  auto l = std::make_shared<Lineage>();
+  l->transform = transform;
+  l->name = name;
+  l->attrs = attrs;
+  l->output = output;
+  l->dtype = dtype;
+  l->dims = dims;
+  for (const Tensor* t : inputs) l->inputs.push_back(lineage_of(*t));
+  return l;
+}
+
+}  // namespace
+
+bool is_weight_transform(const std::string& transform) { return transforms().count(transform) != 0; }
+
+ConstantValue apply_weight_transform(const Lineage& node, const std::vector<ConstantValue>& inputs) {
+  auto it = transforms().find(node.transform);
+  KILN_CHECK(it != transforms().end(), "unknown weight transform '" << node.transform << "'");
+  for (const auto& v : inputs) {
+    KILN_CHECK(v.data && v.data->size() == static_cast<size_t>(tensor_bytes(v.dims, dtype_size(v.dtype))),
+               "weight transform '" << node.transform << "': an input's bytes do not match its shape");
+  }
+  return it->second(node, inputs);
+}
+
+LineagePtr derived_lineage(const Network& net, const std::string& transform, const std::string& name,
+                           const Attributes& attrs, int64_t output, const std::vector<TensorId>& inputs,
+                           DataType dtype, const Dims& dims) {
+  return lineage_over(transform, name, attrs, output, tensors_of(net, inputs), dtype, dims);
+}
+
+LineagePtr blocked_lineage(const Network& net, const std::vector<TensorId>& inputs, const std::string& why,
+                           DataType dtype, const Dims& dims) {
+  LineagePtr l = derived_lineage(net, "blocked", "", Attributes(), 0, inputs, dtype, dims);
+  if (!l) return nullptr;
+  auto b = std::make_shared<Lineage>(*l);
+  b->blocked = why;
+  return b;
+}
+
+DerivedConstant derive_constant(const std::string& transform, const Attributes& attrs,
+                                const std::vector<const Tensor*>& inputs) {
+  Lineage node;
+  node.transform = transform;
+  node.attrs = attrs;
+  std::vector<ConstantValue> values;
+  for (const Tensor* t : inputs) values.push_back(value_of(*t));
+  DerivedConstant d;
+  d.value = apply_weight_transform(node, values);
+  d.lineage = lineage_over(transform, "", attrs, 0, inputs, d.value.dtype, d.value.dims);
+  return d;
+}
+
+TensorId add_derived_constant(Network& net, const std::string& name, const std::string& transform,
+                              const Attributes& attrs, const std::vector<TensorId>& inputs) {
+  DerivedConstant d = derive_constant(transform, attrs, tensors_of(net, inputs));
+  const TensorId id = net.add_constant(name, d.value.dtype, d.value.dims, std::move(d.value.data));
+  net.tensor(id).lineage = std::move(d.lineage);
+  return id;
+}
+
+}  // namespace kiln

@@ -1,0 +1,165 @@
+"""kiln.refit (kiln.refitting.refit): new weights for a compiled module without rebuilding its
+engines (docs/refit.md).
+
+Each engine knows the weights its constants derive from, by their qualified names
+("layer1.0.conv1.weight"), and how the builder transformed them (BatchNorm folding, transposes,
+horizontal GEMM merging, FP16 conversion, channels-last layout): refit replays those transforms
+on the new values and writes the results in place. PyTorch segments read their weights as
+buffers of the compiled module, which refit updates too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from kiln import _C
+from kiln.dtypes import torch_dtype
+
+
+@dataclass
+class RefitInfo:
+    """What kiln.refit needs beyond the engines, recorded by kiln.compile (export path).
+
+    names: every parameter and buffer the model was compiled with (its state dict's keys).
+    torch_weights: {buffer of the compiled graph: qualified name} for weights PyTorch code reads.
+    baked: {qualified name: value} of state the engines hold as plain constants (integer buffers):
+    refit checks that they did not change, since it cannot replay them.
+    blocked: why this module cannot be refitted ("" when it can).
+    """
+
+    names: frozenset
+    torch_weights: dict = field(default_factory=dict)
+    baked: dict = field(default_factory=dict)
+    blocked: str = ""
+
+
+@dataclass
+class RefitResult:
+    engines: int  # engines refitted
+    weights: int  # weights written into engines
+    torch_weights: int  # buffers of PyTorch segments updated
+    seconds: float
+
+
+def _listed(names) -> str:
+    names = sorted(names)
+    text = ", ".join(repr(n) for n in names[:8])
+    return text + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+
+
+def state_of(source) -> dict[str, torch.Tensor]:
+    """{qualified name: tensor} of a model (its parameters and buffers) or a state dict."""
+    if isinstance(source, torch.nn.Module):
+        return dict(source.state_dict(keep_vars=True))
+    if isinstance(source, dict):
+        return dict(source)
+    raise TypeError(
+        f"kiln.refit takes a torch.nn.Module or a state dict, got {type(source).__name__}"
+    )
+
+
+def refit(module, weights) -> RefitResult:
+    """Sets the weights of `module` (what kiln.compile returned) from a model or a state dict
+    with the same parameter names and shapes, without rebuilding: every engine is refitted in
+    place, and the weights its PyTorch code reads are copied. The module's outputs are then those
+    of a fresh compile with the new weights (the same engines: same layers and kernels).
+
+    Refused, by name: missing, extra or reshaped parameters; changed integer buffers that the
+    engines hold as constants; modules compiled with INT8/FP8 calibration or by the TorchScript
+    frontend. Not while the module runs on another thread."""
+    from kiln import runtime
+    from kiln.fx_lowering import weight_tensor
+
+    start = time.perf_counter()
+    info = getattr(module, "refit_info", None)
+    if info is None:
+        raise _C.KilnError(
+            "kiln.refit: this module has no refit information: refit the module kiln.compile "
+            "returned (export path, the default for nn.Modules); a module compiled with "
+            "ir='torchscript' or loaded from a file can be compiled again instead"
+        )
+    if info.blocked:
+        raise _C.KilnError(f"kiln.refit: this module cannot be refitted: {info.blocked}")
+    state = state_of(weights)
+    missing = info.names - state.keys()
+    extra = state.keys() - info.names
+    if missing:
+        raise _C.KilnError(
+            f"kiln.refit: {len(missing)} parameter(s)/buffer(s) of the compiled model not given: "
+            f"{_listed(missing)}; pass the whole state dict"
+        )
+    if extra:
+        raise _C.KilnError(
+            f"kiln.refit: {len(extra)} parameter(s)/buffer(s) the compiled model does not have: "
+            f"{_listed(extra)}; a model with other parameters needs a new kiln.compile"
+        )
+    for name, value in info.baked.items():
+        new = state[name]
+        if new.shape != value.shape or not torch.equal(new.detach().cpu(), value):
+            raise _C.KilnError(
+                f"kiln.refit: buffer {name!r} changed, but the engines hold it as a constant of "
+                "their structure (an integer buffer); compile the model again"
+            )
+    buffers = dict(module.graph_module.named_buffers())
+    for attr, name in info.torch_weights.items():
+        if state[name].shape != buffers[attr].shape:
+            raise _C.KilnError(
+                f"kiln.refit: {name!r} has shape {tuple(state[name].shape)}, the compiled model "
+                f"{tuple(buffers[attr].shape)}; a new shape needs a new kiln.compile"
+            )
+    count = 0
+    engines = runtime.engines(module)
+    for engine in engines:
+        names = engine.weight_names()
+        values = []
+        for name, dtype in zip(names, engine.weight_dtypes(), strict=True):
+            value = weight_tensor(state[name])
+            if value.dtype != torch_dtype(dtype):
+                raise _C.KilnError(
+                    f"kiln.refit: {name!r} is {value.dtype}, the engine was built from "
+                    f"{torch_dtype(dtype)}: pass the weights in the model's dtypes"
+                )
+            values.append(value)
+        try:
+            engine.refit(names, values)
+        except RuntimeError as error:  # the engine's error crosses torch as a RuntimeError
+            raise _C.KilnError(str(error).split("\nException raised from")[0]) from error
+        count += len(names)
+    with torch.no_grad():
+        for attr, name in info.torch_weights.items():
+            buffers[attr].copy_(state[name])
+    return RefitResult(len(engines), count, len(info.torch_weights), time.perf_counter() - start)
+
+
+def refit_info(lowered, program, graph_module, names, calibrated: bool) -> RefitInfo:
+    """The RefitInfo of a module kiln.compile assembled from `lowered` (FxLowering); `names`:
+    the model's state dict keys (tied weights under each of their names)."""
+    from kiln.fx_lowering import weight_names
+
+    fqn_of = weight_names(program)
+    sources = getattr(graph_module, "_kiln_param_sources", {})
+    torch_weights = {
+        attr: fqn_of[placeholder] for attr, placeholder in sources.items() if placeholder in fqn_of
+    }
+    used = {n.name for n in lowered.fx.nodes if n.op == "placeholder" and n.users}
+    baked = {
+        fqn: weight_tensor_clone(program.state_dict[fqn])
+        for placeholder, fqn in fqn_of.items()
+        if placeholder in used
+        and placeholder not in lowered.weights
+        and placeholder not in sources.values()
+    }
+    blocked = (
+        "its weights were quantized for INT8/FP8 by calibration (refit of calibrated weights is "
+        "not supported yet)"
+        if calibrated
+        else ""
+    )
+    return RefitInfo(frozenset(names), torch_weights, baked, blocked)
+
+
+def weight_tensor_clone(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().cpu().clone()

@@ -1,0 +1,224 @@
+// Refit: an engine refitted with new weights holds exactly the constants a fresh build with those
+// weights holds (every builder transform replayed: BatchNorm folding, transposes folded and undone,
+// horizontal GEMM merging, FP16 conversion, channels-last permutation, channel padding), computes
+// the same outputs, survives serialization, and refuses bad weights by name.
+#include <algorithm>
+
+#include "core/refit.h"
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+using Weights = std::map<std::string, std::vector<float>>;
+
+const std::map<std::string, Dims> kShapes = {
+    {"conv.weight", {4, 3, 3, 3}}, {"conv.bias", {4}},  {"bn.weight", {4}},    {"bn.bias", {4}},
+    {"bn.running_mean", {4}},      {"bn.running_var", {4}}, {"fc1.weight", {10, 144}}, {"fc1.bias", {10}},
+    {"fc2.weight", {6, 144}},      {"fc2.bias", {6}},   {"scale", {1}},
+};
+
+Weights random_weights(uint32_t seed) {
+  Weights w;
+  for (const auto& [name, dims] : kShapes) {
+    // Variances positive; the rest in [-1, 1).
+    const bool var = name == "bn.running_var";
+    w[name] = test::random_floats(static_cast<size_t>(volume(dims)), seed++, var ? 0.5f : -1.f, var ? 2.f : 1.f);
+  }
+  return w;
+}
+
+// x [N, 3, 8, 8] -> conv + bias -> batch norm -> relu -> flatten -> two Linears on the same input
+// (transpose of the weight, matmul, bias add: merged into one GEMM) -> the first times a scalar
+// weight, the second as it is.
+Network network(const Weights& w) {
+  Network net;
+  auto weight = [&](const std::string& name) {
+    const std::vector<float>& v = w.at(name);
+    const TensorId t = net.add_constant(name, DataType::kFloat32, kShapes.at(name), v.data(), v.size() * 4);
+    net.mark_weight(t, name);
+    return t;
+  };
+  const TensorId x = net.add_input("x", DataType::kFloat32, {-1, 3, 8, 8});
+  TensorId y = net.add_layer("convolution", {x, weight("conv.weight"), weight("conv.bias")}, Attributes(), "conv")
+                   .outputs[0];
+  y = net.add_layer("batch_norm",
+                    {y, weight("bn.weight"), weight("bn.bias"), weight("bn.running_mean"), weight("bn.running_var")},
+                    Attributes().set("eps", 1e-5), "bn")
+          .outputs[0];
+  y = net.add_activation(y, "relu", std::nullopt, "relu").outputs[0];
+  y = net.add_layer("reshape", {y}, Attributes().set("shape", Dims{-1, 144}), "flatten").outputs[0];
+  std::vector<TensorId> heads;
+  for (const std::string fc : {"fc1", "fc2"}) {
+    const TensorId wt =
+        net.add_layer("transpose", {weight(fc + ".weight")}, Attributes().set("perm", std::vector<int64_t>{1, 0}),
+                      fc + "/t")
+            .outputs[0];
+    TensorId h = net.add_matmul(y, wt, false, false, fc).outputs[0];
+    heads.push_back(net.add_elementwise(h, weight(fc + ".bias"), "add", fc + "/bias").outputs[0]);
+  }
+  net.mark_output(net.add_elementwise(heads[0], weight("scale"), "mul", "scaled").outputs[0], "y1");
+  net.mark_output(heads[1], "y2");
+  return net;
+}
+
+BuilderConfig config(BuildTarget target, bool fp16) {
+  BuilderConfig c;
+  c.target = target;
+  c.precision.fp16 = fp16;
+  c.tactic_timing = false;  // the same kernels in both builds
+  c.profiles.push_back({{{"x", {{1, 3, 8, 8}, {2, 3, 8, 8}, {4, 3, 8, 8}}}}});
+  return c;
+}
+
+std::map<std::string, ConstantValue> values(const Weights& w) {
+  std::map<std::string, ConstantValue> out;
+  for (const auto& [name, v] : w) {
+    auto bytes = std::make_shared<std::vector<uint8_t>>(v.size() * 4);
+    std::memcpy(bytes->data(), v.data(), bytes->size());
+    out[name] = ConstantValue{DataType::kFloat32, kShapes.at(name), bytes};
+  }
+  return out;
+}
+
+// Every constant of `a` equals the same-named constant of `b`, byte for byte.
+void expect_same_constants(const Network& a, const Network& b) {
+  int compared = 0;
+  for (const auto& t : a.tensors()) {
+    if (t.kind != TensorKind::kConstant) continue;
+    const TensorId other = b.find_tensor(t.name);
+    ASSERT_GE(other, 0) << t.name;
+    EXPECT_TRUE(*t.data == *b.tensor(other).data) << "constant '" << t.name << "' differs";
+    ++compared;
+  }
+  EXPECT_GT(compared, 0);
+}
+
+void check_refit(BuildTarget target, Backend backend, bool fp16) {
+  const Weights w0 = random_weights(1), w1 = random_weights(100);
+  const Plan built = Builder().build(network(w0), config(target, fp16));
+  const Plan fresh = Builder().build(network(w1), config(target, fp16));
+  // Through plan bytes, as a saved engine is refitted.
+  auto engine = Engine::create(Plan::deserialize(built.serialize()), backend);
+  std::vector<std::string> names;
+  for (const auto& spec : engine->refittable_weights()) names.push_back(spec.name);
+  std::vector<std::string> want;
+  for (const auto& kv : kShapes) want.push_back(kv.first);
+  EXPECT_EQ(names, want);
+
+  const auto x = test::random_floats(2 * 3 * 8 * 8, 7);
+  const auto before = test::run_float(engine, {{"x", {{2, 3, 8, 8}, x}}});
+  engine->refit(values(w1));
+  expect_same_constants(engine->network(), fresh.network);
+  const auto after = test::run_float(engine, {{"x", {{2, 3, 8, 8}, x}}});
+  const auto expected = test::run_float(Engine::create(Plan::deserialize(fresh.serialize()), backend),
+                                        {{"x", {{2, 3, 8, 8}, x}}});
+  for (const std::string name : {"y1", "y2"}) {
+    EXPECT_EQ(after.at(name), expected.at(name)) << name;  // bit-identical
+    EXPECT_NE(after.at(name), before.at(name)) << name;    // and the weights did change
+  }
+  // The refitted plan serializes the new weights (and its lineage again).
+  auto reloaded = Engine::create(Plan::deserialize(engine->plan().serialize()), backend);
+  EXPECT_EQ(test::run_float(reloaded, {{"x", {{2, 3, 8, 8}, x}}}).at("y1"), expected.at("y1"));
+  EXPECT_EQ(reloaded->refittable_weights().size(), kShapes.size());
+}
+
+TEST(Refit, ReplaysEveryTransformOnTheReferenceBackend) {
+  check_refit(BuildTarget::kReference, Backend::kReference, false);
+}
+
+TEST(Refit, ReplaysFp16ConversionOnTheReferenceBackend) {
+  check_refit(BuildTarget::kReference, Backend::kReference, true);
+}
+
+TEST(Refit, ReplaysEveryTransformOnTheGpu) {
+  KILN_REQUIRE_GPU();
+  check_refit(BuildTarget::kCuda, Backend::kCuda, false);
+  check_refit(BuildTarget::kCuda, Backend::kCuda, true);  // FP16: channels last, padded channels
+}
+
+std::string refit_error(Engine& engine, const std::map<std::string, ConstantValue>& weights) {
+  try {
+    engine.refit(weights);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Refit, RefusesMissingExtraAndReshapedWeightsByName) {
+  const Weights w = random_weights(1);
+  auto engine = Engine::create(Builder().build(network(w), config(BuildTarget::kReference, false)),
+                               Backend::kReference);
+  auto v = values(random_weights(5));
+  v.erase("bn.bias");
+  EXPECT_NE(refit_error(*engine, v).find("not given: 'bn.bias'"), std::string::npos) << refit_error(*engine, v);
+  v = values(random_weights(5));
+  v["head.weight"] = v.at("scale");
+  EXPECT_NE(refit_error(*engine, v).find("does not have: 'head.weight'"), std::string::npos);
+  v = values(random_weights(5));
+  v["fc2.bias"].dims = {2, 3};
+  EXPECT_NE(refit_error(*engine, v).find("fc2.bias (float32 [2, 3] given"), std::string::npos)
+      << refit_error(*engine, v);
+  // A refused refit leaves the engine as it was.
+  const auto x = test::random_floats(3 * 64, 3);
+  const auto fresh = Engine::create(Builder().build(network(w), config(BuildTarget::kReference, false)),
+                                    Backend::kReference);
+  EXPECT_EQ(test::run_float(engine, {{"x", {{1, 3, 8, 8}, x}}}).at("y1"),
+            test::run_float(fresh, {{"x", {{1, 3, 8, 8}, x}}}).at("y1"));
+}
+
+TEST(Refit, EngineWithoutWeightsSaysSo) {
+  Network net;
+  const float one = 1.f;
+  const TensorId x = net.add_input("x", DataType::kFloat32, {2});
+  const TensorId c = net.add_constant("c", DataType::kFloat32, {1}, &one, 4);
+  net.mark_output(net.add_elementwise(x, c, "add", "add").outputs[0], "y");
+  BuilderConfig reference;
+  reference.target = BuildTarget::kReference;
+  auto engine = Engine::create(Builder().build(net, reference), Backend::kReference);
+  EXPECT_TRUE(engine->refittable_weights().empty());
+  EXPECT_NE(refit_error(*engine, {}).find("no refittable weights"), std::string::npos);
+}
+
+TEST(Refit, EqualWeightsStayApartAndScalarsStayInputs) {
+  // Zero biases are equal at build time (common subexpression elimination would merge equal small
+  // constants) and a one-element weight would be inlined into a fused kernel: refittable ones are not.
+  Weights w = random_weights(1);
+  std::fill(w["fc1.bias"].begin(), w["fc1.bias"].end(), 0.f);
+  std::fill(w["fc2.bias"].begin(), w["fc2.bias"].end(), 0.f);
+  auto engine = Engine::create(Builder().build(network(w), config(BuildTarget::kReference, false)),
+                               Backend::kReference);
+  Weights w1 = random_weights(9);
+  engine->refit(values(w1));
+  const auto x = test::random_floats(64 * 3, 4);
+  const auto fresh = Engine::create(Builder().build(network(w1), config(BuildTarget::kReference, false)),
+                                    Backend::kReference);
+  EXPECT_EQ(test::run_float(engine, {{"x", {{1, 3, 8, 8}, x}}}).at("y1"),
+            test::run_float(fresh, {{"x", {{1, 3, 8, 8}, x}}}).at("y1"));
+  EXPECT_EQ(test::run_float(engine, {{"x", {{1, 3, 8, 8}, x}}}).at("y2"),
+            test::run_float(fresh, {{"x", {{1, 3, 8, 8}, x}}}).at("y2"));
+}
+
+TEST(Refit, CorruptLineageIsRefusedAtLoad) {
+  const Plan built = Builder().build(network(random_weights(1)), config(BuildTarget::kReference, false));
+  // A plan whose lineage names a transform this Kiln does not have (serialized, so checksummed).
+  Plan plan = built;
+  for (size_t id = 0; id < plan.network.tensors().size(); ++id) {
+    Tensor& t = plan.network.tensor(static_cast<TensorId>(id));
+    if (!t.lineage || t.lineage->transform == "source") continue;
+    auto bad = std::make_shared<Lineage>(*t.lineage);
+    bad->transform = "no_such_transform";
+    t.lineage = bad;
+    break;
+  }
+  try {
+    Plan::deserialize(plan.serialize());
+    FAIL() << "a plan with an unknown weight transform loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown transform 'no_such_transform'"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace kiln
