@@ -70,6 +70,10 @@ def __getattr__(name: str):
         from kiln.inputs import Input
 
         return Input
+    if name == "MutableModule":
+        from kiln.mutable import MutableModule
+
+        return MutableModule
     if name == "refit":
         from kiln.refitting import refit
 
@@ -100,6 +104,7 @@ __all__ = [
     "Inspection",
     "KilnError",
     "Layer",
+    "MutableModule",
     "Network",
     "Plan",
     "Tensor",

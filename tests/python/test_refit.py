@@ -231,3 +231,47 @@ def test_training_loop_builds_once_and_refits(name, autocast, fresh_dynamo):
             torch.testing.assert_close(y.float(), expected.float(), **tol)
             evaluations += 1
     assert dynamo.stats() == {"builds": 1, "refits": evaluations - 1}
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_mutable_module_in_a_training_loop(name, autocast):
+    """kiln.MutableModule: trains as the model (training mode runs it eagerly), evaluates through
+    engines compiled once and refitted after every training phase; a new batch size within the
+    given range reuses them, one past it compiles again."""
+    model = _model(name, 0)
+    shape = MODELS[name][1]
+    spec = kiln.Input(
+        min_shape=(1, *shape[1:]), opt_shape=shape, max_shape=(4, *shape[1:]), dtype=torch.float32
+    )
+    fast = kiln.MutableModule(model, [spec], device="cpu", min_block_size=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    tol = dict(rtol=3e-2, atol=3e-2) if autocast else TOL
+    phases = 3
+    for _ in range(phases):
+        fast.train()
+        for _ in range(2):
+            opt.zero_grad()
+            fast(torch.randn(shape)).pow(2).mean().backward()  # eager: autograd works
+            opt.step()
+        fast.eval()
+        for batch in (shape[0], 3):
+            xe = torch.randn(batch, *shape[1:])
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                y, expected = fast(xe), model(xe)
+            torch.testing.assert_close(y.float(), expected.float(), **tol)
+    assert fast.stats == {"builds": 1, "refits": phases - 1}
+    with torch.no_grad():
+        fast(torch.randn(6, *shape[1:]))  # past the range: a second build
+    assert fast.stats["builds"] == 2
+
+
+def test_mutable_module_compiles_again_when_a_weight_changes_shape():
+    model = _model("cnn", 0)
+    x = torch.randn(2, 3, 10, 10)
+    fast = kiln.MutableModule(model, device="cpu", min_block_size=1)
+    with torch.no_grad():
+        fast(x)
+        model.fc = nn.Linear(8, 7)  # another head: the engines cannot be refitted
+        torch.testing.assert_close(fast(x), model(x), **TOL)
+    assert fast.stats == {"builds": 2, "refits": 0}
