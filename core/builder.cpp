@@ -2,6 +2,8 @@
 // canonicalization and memory planning, in the order DESIGN.md gives.
 #include "core/builder.h"
 
+#include "core/engine_cache.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <functional>
@@ -153,6 +155,13 @@ bool tactic_timing_default() {
 
 Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   Backend backend = resolve_target(config.target);
+  std::vector<uint8_t> cache_key;
+  if (!config.engine_cache_dir.empty()) {
+    cache_key = engine_cache_key(network, config, backend == Backend::kCuda,
+                                 backend == Backend::kCuda ? cuda_device_arch() : 0);
+    if (auto cached = engine_cache_load(config.engine_cache_dir, cache_key, network))
+      return std::move(*cached);
+  }
   t_stage = 0;
   report_progress("builder stages", 0, kBuilderStages);
   Plan plan;
@@ -280,6 +289,8 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
                               << (plan.header.sm_arch ? " sm_" + std::to_string(plan.header.sm_arch)
                                                       : std::string()));
   report_progress("builder stages", kBuilderStages, kBuilderStages);
+  if (!cache_key.empty())
+    engine_cache_store(config.engine_cache_dir, cache_key, plan, config.engine_cache_max_bytes);
   return plan;
 }
 

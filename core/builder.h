@@ -77,6 +77,12 @@ struct BuilderConfig {
   // Post-training calibration (needs precision.int8, or precision.fp8 for FP8 linear layers):
   // batches or a cache of ranges. The same interface serves both formats.
   std::shared_ptr<Int8Calibrator> int8_calibrator;
+  // Engine cache (core/engine_cache.h): a directory of built plans keyed by the network's
+  // structure (weights by name and shape, not value), these options, the GPU and the library
+  // versions. A hit refits the cached plan with the network's weights instead of building.
+  // Empty: none (the C++ default; kiln.compile defaults to $XDG_CACHE_HOME/kiln/engines).
+  std::string engine_cache_dir;
+  int64_t engine_cache_max_bytes = int64_t{4} << 30;  // least recently used entries go past it
 };
 
 class Builder {

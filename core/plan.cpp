@@ -26,7 +26,9 @@ constexpr int64_t kMaxPadding = 256;  // plan_memory's alignment
 
 // ---- attributes -------------------------------------------------------------------------------
 
-void put_attrs(ByteWriter& w, const Attributes& attrs) {
+}  // namespace
+
+void write_attributes(ByteWriter& w, const Attributes& attrs) {
   w.put<uint64_t>(attrs.values().size());
   for (const auto& [name, value] : attrs.values()) {
     w.put_string(name);
@@ -45,6 +47,10 @@ void put_attrs(ByteWriter& w, const Attributes& attrs) {
         value);
   }
 }
+
+namespace {
+
+void put_attrs(ByteWriter& w, const Attributes& attrs) { write_attributes(w, attrs); }
 
 Attributes get_attrs(ByteReader& r) {
   Attributes attrs;

@@ -72,6 +72,10 @@ struct Plan {
 };
 
 uint32_t kiln_version_number();
+
+class ByteWriter;
+// Attributes in the plan's encoding (the engine cache's keys use it too).
+void write_attributes(ByteWriter& w, const Attributes& attrs);
 std::string kiln_version_string();
 uint64_t plan_checksum(const uint8_t* data, size_t size);
 

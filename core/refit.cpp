@@ -4,9 +4,9 @@
 #include <atomic>
 #include <exception>
 #include <mutex>
-#include <thread>
 #include <set>
 #include <sstream>
+#include <thread>
 #include <unordered_map>
 
 #include "ir/error.h"
@@ -50,9 +50,9 @@ ConstantValue evaluate(const Lineage& l, const std::map<std::string, ConstantVal
   for (const auto& x : l.inputs) in.push_back(evaluate(*x, weights, memo));
   ConstantValue v = apply_weight_transform(l, in);
   KILN_CHECK(v.dtype == l.dtype && v.dims == l.dims,
-             "refit: transform '" << l.transform << "' gave " << dtype_name(v.dtype) << " " << to_string(v.dims)
-                                  << " where the plan has " << dtype_name(l.dtype) << " " << to_string(l.dims)
-                                  << "; the plan is corrupt");
+             "refit: transform '" << l.transform << "' gave " << dtype_name(v.dtype) << " "
+                                  << to_string(v.dims) << " where the plan has " << dtype_name(l.dtype) << " "
+                                  << to_string(l.dims) << "; the plan is corrupt");
   memo.emplace(&l, v);
   return v;
 }
@@ -81,9 +81,10 @@ std::vector<WeightSpec> refittable_weights(const Network& net) {
 std::vector<std::pair<TensorId, Bytes>> replay_weights(const Network& net,
                                                        const std::map<std::string, ConstantValue>& weights) {
   const std::vector<WeightSpec> specs = refittable_weights(net);
-  KILN_CHECK(!specs.empty(), "refit: this engine has no refittable weights (it was built from a network whose "
-                             "constants no frontend marked as weights, or by a Kiln without refit); rebuild it "
-                             "with this Kiln");
+  KILN_CHECK(!specs.empty(),
+             "refit: this engine has no refittable weights (it was built from a network whose "
+             "constants no frontend marked as weights, or by a Kiln without refit); rebuild it "
+             "with this Kiln");
   std::vector<std::string> missing, unknown, reshaped;
   std::set<std::string> known;
   for (const auto& s : specs) {
@@ -103,10 +104,12 @@ std::vector<std::pair<TensorId, Bytes>> replay_weights(const Network& net,
   for (const auto& kv : weights) {
     if (!known.count(kv.first)) unknown.push_back(kv.first);
   }
-  KILN_CHECK(missing.empty(), "refit: " << missing.size() << " weight(s) of the engine not given: " << listed(missing)
+  KILN_CHECK(missing.empty(), "refit: " << missing.size()
+                                        << " weight(s) of the engine not given: " << listed(missing)
                                         << "; pass every weight (Engine.refittable_weights() lists them)");
-  KILN_CHECK(unknown.empty(), "refit: " << unknown.size() << " weight(s) given that the engine does not have: "
-                                        << listed(unknown));
+  KILN_CHECK(
+      unknown.empty(),
+      "refit: " << unknown.size() << " weight(s) given that the engine does not have: " << listed(unknown));
   KILN_CHECK(reshaped.empty(), "refit: " << reshaped.size() << " weight(s) with another shape or dtype: "
                                          << listed(reshaped) << "; a new shape needs a rebuild");
 

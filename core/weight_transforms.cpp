@@ -14,9 +14,7 @@
 namespace kiln {
 namespace {
 
-TensorView view_of(const ConstantValue& v) {
-  return {const_cast<uint8_t*>(v.data->data()), v.dtype, v.dims};
-}
+TensorView view_of(const ConstantValue& v) { return {const_cast<uint8_t*>(v.data->data()), v.dtype, v.dims}; }
 
 // Element reads and writes as load_element / store_element (the same values), with the dtype
 // switch outside the loop: refit runs these over every weight.
@@ -113,7 +111,8 @@ ConstantValue run_layer(const Lineage& node, const std::vector<ConstantValue>& i
     buffers.push_back(std::make_shared<std::vector<uint8_t>>(tensor_bytes(o.dims, dtype_size(o.dtype))));
     outputs.push_back({buffers.back()->data(), o.dtype, o.dims});
   }
-  if (!all_outputs_empty(outputs)) create_kernel(l, Backend::kReference)->run(inputs, outputs, LaunchContext{});
+  if (!all_outputs_empty(outputs))
+    create_kernel(l, Backend::kReference)->run(inputs, outputs, LaunchContext{});
   const Tensor& o = net.tensor(l.outputs[static_cast<size_t>(node.output)]);
   return {o.dtype, o.dims, buffers[static_cast<size_t>(node.output)]};
 }
@@ -126,8 +125,8 @@ const std::map<std::string, Transform>& transforms() {
        [](const Lineage& node, const std::vector<ConstantValue>& in) {
          expect_inputs(node, in, 1, 1);
          Dims dims = node.attrs.get_ints("dims", "weight transform reshape");
-         KILN_CHECK(volume(dims) == volume(in[0].dims), "weight transform 'reshape': " << to_string(in[0].dims)
-                                                                                    << " to " << to_string(dims));
+         KILN_CHECK(volume(dims) == volume(in[0].dims),
+                    "weight transform 'reshape': " << to_string(in[0].dims) << " to " << to_string(dims));
          return ConstantValue{in[0].dtype, dims, in[0].data};
        }},
       {"transpose2d",
@@ -139,7 +138,8 @@ const std::map<std::string, Transform>& transforms() {
          auto bytes = std::make_shared<std::vector<uint8_t>>(in[0].data->size());
          const uint8_t* src = in[0].data->data();
          for (int64_t i = 0; i < k; ++i)
-           for (int64_t j = 0; j < n; ++j) std::copy_n(src + (i * n + j) * es, es, bytes->data() + (j * k + i) * es);
+           for (int64_t j = 0; j < n; ++j)
+             std::copy_n(src + (i * n + j) * es, es, bytes->data() + (j * k + i) * es);
          return ConstantValue{in[0].dtype, {n, k}, std::move(bytes)};
        }},
       {"convert",
@@ -191,8 +191,8 @@ const std::map<std::string, Transform>& transforms() {
          expect_inputs(node, in, 1, 1);
          const int64_t to = node.attrs.get_int("channels", "weight transform pad_channels");
          const Dims& d = in[0].dims;
-         KILN_CHECK(!d.empty() && d.back() > 0 && d.back() <= to, "weight transform 'pad_channels': dims "
-                                                                      << to_string(d) << " to " << to);
+         KILN_CHECK(!d.empty() && d.back() > 0 && d.back() <= to,
+                    "weight transform 'pad_channels': dims " << to_string(d) << " to " << to);
          const int64_t c = d.back(), rows = volume(d) / c;
          const size_t e = dtype_size(in[0].dtype);
          auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(rows * to) * e, 0);
@@ -225,14 +225,14 @@ const std::map<std::string, Transform>& transforms() {
          std::vector<double> s, shift;
          batch_norm_affine(node, in, 1, &s, &shift);
          const std::string who = "weight transform bn_fold_weight";
-         const std::vector<int64_t> ch =
-             output_channel_of_weights(node.attrs.get_string("producer", who), node.attrs.get_int("groups", int64_t{1}),
-                                       in[0].dims, static_cast<int64_t>(s.size()));
+         const std::vector<int64_t> ch = output_channel_of_weights(
+             node.attrs.get_string("producer", who), node.attrs.get_int("groups", int64_t{1}), in[0].dims,
+             static_cast<int64_t>(s.size()));
          std::vector<double> w = read(in[0]);
          for (size_t j = 0; j < w.size(); ++j) {
            const auto k = static_cast<size_t>(ch[j]);
-           KILN_CHECK(k < s.size(), who << ": weight " << to_string(in[0].dims) << " has more output channels than "
-                                        << s.size());
+           KILN_CHECK(k < s.size(), who << ": weight " << to_string(in[0].dims)
+                                        << " has more output channels than " << s.size());
            w[j] *= s[k];
          }
          return encode(w, in[0].dtype, in[0].dims);
@@ -244,11 +244,12 @@ const std::map<std::string, Transform>& transforms() {
          batch_norm_affine(node, in, 0, &s, &shift);
          if (in.size() == 5) {
            const std::vector<double> bias = read(in[4]);
-           KILN_CHECK(bias.size() == s.size(), "weight transform 'bn_fold_bias': bias of " << bias.size()
-                                                                                           << " for " << s.size());
+           KILN_CHECK(bias.size() == s.size(),
+                      "weight transform 'bn_fold_bias': bias of " << bias.size() << " for " << s.size());
            for (size_t k = 0; k < s.size(); ++k) shift[k] += bias[k] * s[k];
          }
-         const auto dtype = static_cast<DataType>(node.attrs.get_int("dtype", "weight transform bn_fold_bias"));
+         const auto dtype =
+             static_cast<DataType>(node.attrs.get_int("dtype", "weight transform bn_fold_bias"));
          return encode(shift, dtype, {static_cast<int64_t>(s.size())});
        }},
       {"bn_scale",
@@ -257,7 +258,8 @@ const std::map<std::string, Transform>& transforms() {
          std::vector<double> s, shift;
          batch_norm_affine(node, in, 0, &s, &shift);
          const std::string who = "weight transform bn_scale";
-         return encode(s, static_cast<DataType>(node.attrs.get_int("dtype", who)), node.attrs.get_ints("dims", who));
+         return encode(s, static_cast<DataType>(node.attrs.get_int("dtype", who)),
+                       node.attrs.get_ints("dims", who));
        }},
       {"bn_shift",
        [](const Lineage& node, const std::vector<ConstantValue>& in) {
@@ -295,7 +297,8 @@ std::vector<const Tensor*> tensors_of(const Network& net, const std::vector<Tens
 }
 
 LineagePtr lineage_over(const std::string& transform, const std::string& name, const Attributes& attrs,
-                        int64_t output, const std::vector<const Tensor*>& inputs, DataType dtype, const Dims& dims) {
+                        int64_t output, const std::vector<const Tensor*>& inputs, DataType dtype,
+                        const Dims& dims) {
   bool from_weight = false;
   for (const Tensor* t : inputs) from_weight = from_weight || derives_from_weight(*t);
   if (!from_weight) return nullptr;
@@ -305,8 +308,8 @@ LineagePtr lineage_over(const std::string& transform, const std::string& name, c
     const LineagePtr& in = inputs[0]->lineage;
     const bool in_transposed =
         in->transform == "transpose2d" ||
-        (in->transform == "layer" && in->name == "transpose" && in->inputs.size() == 1 && in->attrs.has("perm") &&
-         in->attrs.get_ints("perm", "transpose") == std::vector<int64_t>{1, 0});
+        (in->transform == "layer" && in->name == "transpose" && in->inputs.size() == 1 &&
+         in->attrs.has("perm") && in->attrs.get_ints("perm", "transpose") == std::vector<int64_t>{1, 0});
     if (in_transposed && in->inputs[0]->dtype == dtype && in->inputs[0]->dims == dims) return in->inputs[0];
   }
   auto l = std::make_shared<Lineage>();

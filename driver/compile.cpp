@@ -41,6 +41,8 @@ BuilderConfig builder_config(const CompileOptions& options) {
   config.target = parse_device(options.device);
   if (options.tactic_timing.has_value()) config.tactic_timing = *options.tactic_timing;
   config.timing_cache_path = options.timing_cache_path;
+  config.engine_cache_dir = options.engine_cache_dir;
+  config.engine_cache_max_bytes = options.engine_cache_max_bytes;
   return config;
 }
 

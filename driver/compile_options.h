@@ -27,9 +27,11 @@ struct CompileOptions {
   size_t workspace_size = size_t{32} << 20;     // builder workspace limit, bytes
   int optimization_level = 3;                   // 0 skips the optional builder passes
   std::string timing_cache_path;                // persistent tactic timing cache; empty: none
-  std::optional<bool> tactic_timing;            // unset: on unless KILN_TACTIC_TIMING=0
-  bool cuda_graphs = true;                      // engines capture and replay CUDA graphs
-  bool dry_run = false;                         // partition and report only: no engines
+  std::string engine_cache_dir;                 // engine cache (core/engine_cache.h); empty: none
+  int64_t engine_cache_max_bytes = int64_t{4} << 30;
+  std::optional<bool> tactic_timing;  // unset: on unless KILN_TACTIC_TIMING=0
+  bool cuda_graphs = true;            // engines capture and replay CUDA graphs
+  bool dry_run = false;               // partition and report only: no engines
 };
 
 // What a compilation did (or, with dry_run, would do) with the graph.

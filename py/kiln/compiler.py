@@ -136,6 +136,8 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     dry_run: bool = False,
     debug: bool = False,
     timing_cache=True,
+    cache_dir=True,
+    cache_size: int | None = None,
     tactic_timing: bool | None = None,
     cuda_graphs: bool = True,
     truncate_double: bool = False,
@@ -166,6 +168,11 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     ``$XDG_CACHE_HOME/kiln/timing.cache`` (``~/.cache/kiln/timing.cache``), a path uses that
     file, False/None uses none. tactic_timing: time layers' alternative kernels (default None:
     on unless KILN_TACTIC_TIMING=0).
+    cache_dir: the engine cache (docs/refit.md): engines built before for the same graph, input
+    specs, options, GPU and versions are taken from it and refitted with this model's weights
+    instead of built. True (the default) uses ``$XDG_CACHE_HOME/kiln/engines`` unless the
+    environment sets KILN_ENGINE_CACHE=0; a path uses that directory; False/None uses none.
+    cache_size: bytes the cache may hold (default 4 GiB); least recently used entries go first.
     cuda_graphs: CUDA engines capture and replay CUDA graphs per input shapes (default True; a
     runtime setting, not saved: loaded modules use the default, and KILN_CUDA_GRAPHS=0 turns
     graphs off process-wide).
@@ -207,6 +214,8 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
             "workspace_size": workspace_size,
             "optimization_level": optimization_level,
             "timing_cache": timing_cache,
+            "cache_dir": cache_dir,
+            "cache_size": cache_size,
             "tactic_timing": tactic_timing,
             "cuda_graphs": cuda_graphs,
             "dry_run": dry_run,

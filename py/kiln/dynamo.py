@@ -60,6 +60,8 @@ _COMPILE_OPTIONS = (
     "device",
     "debug",
     "timing_cache",
+    "cache_dir",
+    "cache_size",
     "tactic_timing",
     "cuda_graphs",
     "truncate_double",

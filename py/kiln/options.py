@@ -30,6 +30,22 @@ def timing_cache_path(timing_cache) -> str:
     return os.fspath(timing_cache)
 
 
+def default_engine_cache_dir() -> str:
+    """Where kiln.compile keeps built engines by default: $XDG_CACHE_HOME/kiln/engines."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "kiln", "engines")
+
+
+def engine_cache_dir(cache_dir) -> str:
+    """True: the default directory (none when KILN_ENGINE_CACHE=0); a path: that directory;
+    False/None: none ("")."""
+    if cache_dir is True:
+        return "" if os.environ.get("KILN_ENGINE_CACHE") == "0" else default_engine_cache_dir()
+    if cache_dir is None or cache_dir is False:
+        return ""
+    return os.fspath(cache_dir)
+
+
 def op_name(op) -> str:
     """An op overload as the driver names it: "aten.gelu.default" (a string stays as it is)."""
     if isinstance(op, str):
@@ -54,6 +70,9 @@ def compile_options(device: torch.device, options: dict) -> _C.CompileOptions:
     if options["optimization_level"] is not None:
         o.optimization_level = int(options["optimization_level"])
     o.timing_cache_path = timing_cache_path(options["timing_cache"])
+    o.engine_cache_dir = engine_cache_dir(options.get("cache_dir", False))
+    if options.get("cache_size") is not None:
+        o.engine_cache_max_bytes = int(options["cache_size"])
     tactic_timing = options["tactic_timing"]
     o.tactic_timing = None if tactic_timing is None else bool(tactic_timing)
     o.cuda_graphs = bool(options["cuda_graphs"])

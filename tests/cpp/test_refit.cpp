@@ -13,9 +13,17 @@ namespace {
 using Weights = std::map<std::string, std::vector<float>>;
 
 const std::map<std::string, Dims> kShapes = {
-    {"conv.weight", {4, 3, 3, 3}}, {"conv.bias", {4}},  {"bn.weight", {4}},    {"bn.bias", {4}},
-    {"bn.running_mean", {4}},      {"bn.running_var", {4}}, {"fc1.weight", {10, 144}}, {"fc1.bias", {10}},
-    {"fc2.weight", {6, 144}},      {"fc2.bias", {6}},   {"scale", {1}},
+    {"conv.weight", {4, 3, 3, 3}},
+    {"conv.bias", {4}},
+    {"bn.weight", {4}},
+    {"bn.bias", {4}},
+    {"bn.running_mean", {4}},
+    {"bn.running_var", {4}},
+    {"fc1.weight", {10, 144}},
+    {"fc1.bias", {10}},
+    {"fc2.weight", {6, 144}},
+    {"fc2.bias", {6}},
+    {"scale", {1}},
 };
 
 Weights random_weights(uint32_t seed) {
@@ -23,7 +31,8 @@ Weights random_weights(uint32_t seed) {
   for (const auto& [name, dims] : kShapes) {
     // Variances positive; the rest in [-1, 1).
     const bool var = name == "bn.running_var";
-    w[name] = test::random_floats(static_cast<size_t>(volume(dims)), seed++, var ? 0.5f : -1.f, var ? 2.f : 1.f);
+    w[name] =
+        test::random_floats(static_cast<size_t>(volume(dims)), seed++, var ? 0.5f : -1.f, var ? 2.f : 1.f);
   }
   return w;
 }
@@ -40,20 +49,21 @@ Network network(const Weights& w) {
     return t;
   };
   const TensorId x = net.add_input("x", DataType::kFloat32, {-1, 3, 8, 8});
-  TensorId y = net.add_layer("convolution", {x, weight("conv.weight"), weight("conv.bias")}, Attributes(), "conv")
-                   .outputs[0];
-  y = net.add_layer("batch_norm",
-                    {y, weight("bn.weight"), weight("bn.bias"), weight("bn.running_mean"), weight("bn.running_var")},
-                    Attributes().set("eps", 1e-5), "bn")
+  TensorId y =
+      net.add_layer("convolution", {x, weight("conv.weight"), weight("conv.bias")}, Attributes(), "conv")
+          .outputs[0];
+  y = net.add_layer(
+             "batch_norm",
+             {y, weight("bn.weight"), weight("bn.bias"), weight("bn.running_mean"), weight("bn.running_var")},
+             Attributes().set("eps", 1e-5), "bn")
           .outputs[0];
   y = net.add_activation(y, "relu", std::nullopt, "relu").outputs[0];
   y = net.add_layer("reshape", {y}, Attributes().set("shape", Dims{-1, 144}), "flatten").outputs[0];
   std::vector<TensorId> heads;
   for (const std::string fc : {"fc1", "fc2"}) {
-    const TensorId wt =
-        net.add_layer("transpose", {weight(fc + ".weight")}, Attributes().set("perm", std::vector<int64_t>{1, 0}),
-                      fc + "/t")
-            .outputs[0];
+    const TensorId wt = net.add_layer("transpose", {weight(fc + ".weight")},
+                                      Attributes().set("perm", std::vector<int64_t>{1, 0}), fc + "/t")
+                            .outputs[0];
     TensorId h = net.add_matmul(y, wt, false, false, fc).outputs[0];
     heads.push_back(net.add_elementwise(h, weight(fc + ".bias"), "add", fc + "/bias").outputs[0]);
   }
@@ -152,7 +162,8 @@ TEST(Refit, RefusesMissingExtraAndReshapedWeightsByName) {
                                Backend::kReference);
   auto v = values(random_weights(5));
   v.erase("bn.bias");
-  EXPECT_NE(refit_error(*engine, v).find("not given: 'bn.bias'"), std::string::npos) << refit_error(*engine, v);
+  EXPECT_NE(refit_error(*engine, v).find("not given: 'bn.bias'"), std::string::npos)
+      << refit_error(*engine, v);
   v = values(random_weights(5));
   v["head.weight"] = v.at("scale");
   EXPECT_NE(refit_error(*engine, v).find("does not have: 'head.weight'"), std::string::npos);
@@ -216,7 +227,8 @@ TEST(Refit, CorruptLineageIsRefusedAtLoad) {
     Plan::deserialize(plan.serialize());
     FAIL() << "a plan with an unknown weight transform loaded";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("unknown transform 'no_such_transform'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("unknown transform 'no_such_transform'"), std::string::npos)
+        << e.what();
   }
 }
 

@@ -4,6 +4,9 @@ import os
 # convolution would make the GPU suite several times slower. Tests of tactic selection ask for it
 # explicitly (BuilderConfig(tactic_timing=True)).
 os.environ.setdefault("KILN_TACTIC_TIMING", "0")
+# Every build in a test builds: the engine cache (on by default in kiln.compile) would turn a test's
+# "fresh compile" into a cache hit. Tests of the cache pass cache_dir explicitly.
+os.environ.setdefault("KILN_ENGINE_CACHE", "0")
 
 import pytest  # noqa: E402
 

@@ -159,6 +159,8 @@ void bind_compiler(py::module_& m) {
       .def_readwrite("workspace_size", &CompileOptions::workspace_size)
       .def_readwrite("optimization_level", &CompileOptions::optimization_level)
       .def_readwrite("timing_cache_path", &CompileOptions::timing_cache_path)
+      .def_readwrite("engine_cache_dir", &CompileOptions::engine_cache_dir)
+      .def_readwrite("engine_cache_max_bytes", &CompileOptions::engine_cache_max_bytes)
       .def_readwrite("tactic_timing", &CompileOptions::tactic_timing)
       .def_readwrite("cuda_graphs", &CompileOptions::cuda_graphs)
       .def_readwrite("dry_run", &CompileOptions::dry_run);
