@@ -88,13 +88,14 @@ void trim(const std::string& dir, int64_t max_bytes) {
     remove_quietly(path);
     total -= ec ? 0 : size;
     KILN_LOG(kInfo, "engine cache: removed " << path.string() << " (least recently used; the cache keeps "
-                                              << max_bytes << " bytes)");
+                                             << max_bytes << " bytes)");
   }
 }
 
 }  // namespace
 
-std::vector<uint8_t> engine_cache_key(const Network& network, const BuilderConfig& config, bool cuda, int sm_arch) {
+std::vector<uint8_t> engine_cache_key(const Network& network, const BuilderConfig& config, bool cuda,
+                                      int sm_arch) {
   if (config.int8_calibrator) return {};
   ByteWriter w;
   w.put<uint32_t>(kEntryVersion);
@@ -147,7 +148,8 @@ std::vector<uint8_t> engine_cache_key(const Network& network, const BuilderConfi
   return w.buffer();
 }
 
-std::optional<Plan> engine_cache_load(const std::string& dir, const std::vector<uint8_t>& key, const Network& network) {
+std::optional<Plan> engine_cache_load(const std::string& dir, const std::vector<uint8_t>& key,
+                                      const Network& network) {
   if (key.empty()) return std::nullopt;
   const fs::path path = entry_path(dir, key);
   std::ifstream f(path, std::ios::binary);
@@ -168,7 +170,8 @@ std::optional<Plan> engine_cache_load(const std::string& dir, const std::vector<
     Plan plan = Plan::deserialize(plan_bytes.data(), plan_bytes.size());
     const std::map<std::string, ConstantValue> weights = weights_of(network);
     if (!weights.empty()) {
-      for (auto& [id, data] : replay_weights(plan.network, weights)) plan.network.tensor(id).data = std::move(data);
+      for (auto& [id, data] : replay_weights(plan.network, weights))
+        plan.network.tensor(id).data = std::move(data);
     }
     std::error_code ec;
     fs::last_write_time(path, fs::file_time_type::clock::now(), ec);  // most recently used
@@ -182,7 +185,8 @@ std::optional<Plan> engine_cache_load(const std::string& dir, const std::vector<
   }
 }
 
-void engine_cache_store(const std::string& dir, const std::vector<uint8_t>& key, const Plan& plan, int64_t max_bytes) {
+void engine_cache_store(const std::string& dir, const std::vector<uint8_t>& key, const Plan& plan,
+                        int64_t max_bytes) {
   if (key.empty()) return;
   try {
     std::error_code ec;
@@ -203,7 +207,8 @@ void engine_cache_store(const std::string& dir, const std::vector<uint8_t>& key,
     {
       std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
       KILN_CHECK(f.good(), "cannot write " << tmp.string());
-      f.write(reinterpret_cast<const char*>(w.buffer().data()), static_cast<std::streamsize>(w.buffer().size()));
+      f.write(reinterpret_cast<const char*>(w.buffer().data()),
+              static_cast<std::streamsize>(w.buffer().size()));
       f.flush();
       KILN_CHECK(f.good(), "writing " << tmp.string() << " failed (disk full?)");
     }

@@ -25,13 +25,16 @@ namespace kiln {
 
 // The key of building `network` with `config` for backend (sm_arch: the GPU's; 0 for the
 // reference backend). Empty when the build is not cacheable (a calibrator runs on data).
-std::vector<uint8_t> engine_cache_key(const Network& network, const BuilderConfig& config, bool cuda, int sm_arch);
+std::vector<uint8_t> engine_cache_key(const Network& network, const BuilderConfig& config, bool cuda,
+                                      int sm_arch);
 
 // The cached plan for `key`, refitted with the weights of `network`; nullopt on a miss.
-std::optional<Plan> engine_cache_load(const std::string& dir, const std::vector<uint8_t>& key, const Network& network);
+std::optional<Plan> engine_cache_load(const std::string& dir, const std::vector<uint8_t>& key,
+                                      const Network& network);
 
 // Stores `plan` under `key` and trims the directory to `max_bytes`. Failures (a read-only
 // directory, a full disk) are logged as warnings: the build result stands.
-void engine_cache_store(const std::string& dir, const std::vector<uint8_t>& key, const Plan& plan, int64_t max_bytes);
+void engine_cache_store(const std::string& dir, const std::vector<uint8_t>& key, const Plan& plan,
+                        int64_t max_bytes);
 
 }  // namespace kiln
