@@ -70,7 +70,11 @@ def run(name: str, device: torch.device, repeats: int) -> dict:
         refitted = compiled(*inputs)
         model.load_state_dict(state)
         fresh = kiln.compile(
-            model, list(inputs), enabled_precisions={torch.float16}, timing_cache=str(cache)
+            model,
+            list(inputs),
+            enabled_precisions={torch.float16},
+            timing_cache=str(cache),
+            cache_dir=False,
         )(*inputs)
         eager = model(*inputs)
     refitted, fresh, eager = (zoo.first_tensor(t).float() for t in (refitted, fresh, eager))
