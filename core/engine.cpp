@@ -43,6 +43,9 @@ Engine::Engine(Plan plan, Backend backend, std::shared_ptr<DeviceAllocator> allo
                bool allow_minor_version_mismatch)
     : plan_(std::move(plan)), backend_(backend) {
   check_plan_compatibility(plan_.header, backend_ == Backend::kCuda, allow_minor_version_mismatch);
+  KILN_CHECK(!plan_.weights_stripped(),
+             "this plan was saved without its weights (strip_weights): refit it with them first "
+             "(refit_plan in C++, Plan.refit(weights) in Python, kiln.load(path, weights=...) for a module)");
   const Network& net = plan_.network;
   if (backend_ == Backend::kCuda) {
     KILN_CHECK(cuda_device_count() > 0,

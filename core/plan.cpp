@@ -6,6 +6,7 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <set>
 
 #include "core/weight_transforms.h"
 #include "ir/byte_io.h"
@@ -20,7 +21,15 @@ namespace {
 
 constexpr char kMagic[8] = {'K', 'I', 'L', 'N', 'P', 'L', 'A', 'N'};
 // kLineage is optional (plans with refittable weights); readers skip sections they do not know.
-enum SectionTag : uint32_t { kNetwork = 1, kProfiles = 2, kMemory = 3, kKernels = 4, kLineage = 5 };
+// kStripped (optional): the constants saved without their bytes (strip_weights).
+enum SectionTag : uint32_t {
+  kNetwork = 1,
+  kProfiles = 2,
+  kMemory = 3,
+  kKernels = 4,
+  kLineage = 5,
+  kStripped = 6
+};
 constexpr int64_t kMaxArenaBytes = int64_t{1} << 40;
 constexpr int64_t kMaxPadding = 256;  // plan_memory's alignment
 
@@ -84,14 +93,23 @@ Attributes get_attrs(ByteReader& r) {
 
 // ---- sections -------------------------------------------------------------------------------
 
-void put_network(ByteWriter& w, const Network& net) {
+// A constant written without its bytes: derived from weights, and stripped or never filled.
+bool stripped(const Tensor& t, bool strip_weights) {
+  return t.kind == TensorKind::kConstant && t.lineage && (strip_weights || !t.data);
+}
+
+void put_network(ByteWriter& w, const Network& net, bool strip_weights) {
   w.put<uint64_t>(net.tensors().size());
   for (const auto& t : net.tensors()) {
     w.put_string(t.name);
     w.put<uint8_t>(static_cast<uint8_t>(t.dtype));
     w.put<uint8_t>(static_cast<uint8_t>(t.kind));
     w.put_vector(t.dims);
-    if (t.kind == TensorKind::kConstant) w.put_bytes(t.data->data(), t.data->size());
+    if (t.kind != TensorKind::kConstant) continue;
+    if (stripped(t, strip_weights))
+      w.put_bytes(nullptr, 0);
+    else
+      w.put_bytes(t.data->data(), t.data->size());
   }
   w.put<uint64_t>(net.layers().size());
   for (const auto& l : net.layers()) {
@@ -105,7 +123,9 @@ void put_network(ByteWriter& w, const Network& net) {
   w.put_vector(net.outputs());
 }
 
-Network get_network(ByteReader& r) {
+// Restores the network verbatim; the caller revalidates it (after attaching lineages). Constants
+// in `stripped` come without bytes.
+Network get_network(ByteReader& r, const std::set<TensorId>& stripped) {
   Network net;
   uint64_t nt = r.get_count(19);
   for (uint64_t i = 0; i < nt; ++i) {
@@ -123,7 +143,16 @@ Network get_network(ByteReader& r) {
     KILN_CHECK(t.dims.size() <= static_cast<size_t>(kMaxRank),
                r.what() << ": tensor '" << t.name << "' has rank " << t.dims.size());
     if (t.kind == TensorKind::kConstant) {
-      t.data = std::make_shared<std::vector<uint8_t>>(r.get_bytes());
+      std::vector<uint8_t> bytes = r.get_bytes();
+      if (stripped.count(static_cast<TensorId>(i))) {
+        KILN_CHECK(bytes.empty(), r.what()
+                                      << ": constant '" << t.name << "' is listed as stripped but has bytes");
+      } else {
+        t.data = std::make_shared<std::vector<uint8_t>>(std::move(bytes));
+      }
+    } else {
+      KILN_CHECK(!stripped.count(static_cast<TensorId>(i)), r.what()
+                                                                << ": '" << t.name << "' is not a constant");
     }
     net.restore_tensor(std::move(t));
   }
@@ -142,7 +171,6 @@ Network get_network(ByteReader& r) {
   auto inputs = r.get_vector<TensorId>();
   auto outputs = r.get_vector<TensorId>();
   net.restore_io(std::move(inputs), std::move(outputs));
-  net.revalidate();  // ids in range, shapes re-inferred, constants sized, names unique
   return net;
 }
 
@@ -364,7 +392,14 @@ uint64_t plan_checksum(const uint8_t* data, size_t size) {
   return (h ^ static_cast<uint64_t>(size)) * kPrime;
 }
 
-std::vector<uint8_t> Plan::serialize() const {
+bool Plan::weights_stripped() const {
+  for (const auto& t : network.tensors()) {
+    if (t.kind == TensorKind::kConstant && !t.data) return true;
+  }
+  return false;
+}
+
+std::vector<uint8_t> Plan::serialize(bool strip_weights) const {
   ByteWriter payload;
   auto section = [&payload](uint32_t tag, const std::vector<uint8_t>& bytes) {
     payload.put<uint32_t>(tag);
@@ -372,7 +407,7 @@ std::vector<uint8_t> Plan::serialize() const {
   };
   {
     ByteWriter w;
-    put_network(w, network);
+    put_network(w, network, strip_weights);
     section(kNetwork, w.buffer());
   }
   {
@@ -398,6 +433,15 @@ std::vector<uint8_t> Plan::serialize() const {
     ByteWriter w;
     put_lineage(w, network);
     section(kLineage, w.buffer());
+  }
+  std::vector<TensorId> stripped_ids;
+  for (const auto& t : network.tensors()) {
+    if (stripped(t, strip_weights)) stripped_ids.push_back(t.id);
+  }
+  if (!stripped_ids.empty()) {
+    ByteWriter w;
+    w.put_vector(stripped_ids);
+    section(kStripped, w.buffer());
   }
   ByteWriter out;
   for (char c : kMagic) out.put<char>(c);
@@ -452,9 +496,21 @@ Plan Plan::deserialize(const uint8_t* data, size_t size, bool verify_checksum) {
     s.skip(len);
   }
 
+  std::set<TensorId> stripped_ids;
+  if (sections.count(kStripped)) {
+    ByteReader rs = section_reader(sections, kStripped, "stripped weights");
+    for (TensorId id : rs.get_vector<TensorId>()) stripped_ids.insert(id);
+    expect_consumed(rs);
+  }
   ByteReader rn = section_reader(sections, kNetwork, "network");
-  plan.network = get_network(rn);
+  plan.network = get_network(rn, stripped_ids);
   expect_consumed(rn);
+  if (sections.count(kLineage)) {
+    ByteReader rl = section_reader(sections, kLineage, "lineage");
+    get_lineage(rl, plan.network);
+    expect_consumed(rl);
+  }
+  plan.network.revalidate();  // ids in range, shapes re-inferred, constants sized, names unique
 
   ByteReader rp = section_reader(sections, kProfiles, "profiles");
   plan.profiles = get_profiles(rp);
@@ -482,16 +538,11 @@ Plan Plan::deserialize(const uint8_t* data, size_t size, bool verify_checksum) {
   KILN_CHECK(plan.kernels.size() == plan.network.layers().size(),
              "plan: " << plan.kernels.size() << " kernel entries for " << plan.network.layers().size()
                       << " layers; the plan is corrupt");
-  if (sections.count(kLineage)) {
-    ByteReader rl = section_reader(sections, kLineage, "lineage");
-    get_lineage(rl, plan.network);
-    expect_consumed(rl);
-  }
   return plan;
 }
 
-void Plan::save(const std::string& path) const {
-  std::vector<uint8_t> bytes = serialize();
+void Plan::save(const std::string& path, bool strip_weights) const {
+  std::vector<uint8_t> bytes = serialize(strip_weights);
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   KILN_CHECK(f.good(), "cannot open '" << path << "' for writing");
   f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));

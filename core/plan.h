@@ -61,13 +61,17 @@ struct Plan {
   MemoryPlan memory;
   std::vector<std::string> kernels;  // chosen implementation per layer (informational)
 
-  std::vector<uint8_t> serialize() const;
+  // strip_weights: the constants derived from refittable weights are left out (a much smaller
+  // plan); an engine needs them refitted in (refit_plan, or the weights at load) before it runs.
+  std::vector<uint8_t> serialize(bool strip_weights = false) const;
+  // True when some constant has no bytes (saved with strip_weights and not refitted since).
+  bool weights_stripped() const;
   // `verify_checksum` = false exists for the fuzz test, to reach the parser behind the checksum.
   static Plan deserialize(const uint8_t* data, size_t size, bool verify_checksum = true);
   static Plan deserialize(const std::vector<uint8_t>& bytes) {
     return deserialize(bytes.data(), bytes.size());
   }
-  void save(const std::string& path) const;
+  void save(const std::string& path, bool strip_weights = false) const;
   static Plan load(const std::string& path);
 };
 

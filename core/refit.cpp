@@ -78,6 +78,13 @@ std::vector<WeightSpec> refittable_weights(const Network& net) {
   return out;
 }
 
+void refit_plan(Plan& plan, const std::map<std::string, ConstantValue>& weights) {
+  for (auto& [id, data] : replay_weights(plan.network, weights))
+    plan.network.tensor(id).data = std::move(data);
+  KILN_CHECK(!plan.weights_stripped(), "refit: some constants still have no bytes; the plan is corrupt");
+  plan.network.revalidate();  // small constants' values, now that they have bytes
+}
+
 std::vector<std::pair<TensorId, Bytes>> replay_weights(const Network& net,
                                                        const std::map<std::string, ConstantValue>& weights) {
   const std::vector<WeightSpec> specs = refittable_weights(net);

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/plan.h"
 #include "core/weight_transforms.h"
 #include "ir/network.h"
 
@@ -31,5 +32,9 @@ std::vector<WeightSpec> refittable_weights(const Network& net);
 // folded into the engine's structure (a blocked lineage).
 std::vector<std::pair<TensorId, Bytes>> replay_weights(const Network& net,
                                                        const std::map<std::string, ConstantValue>& weights);
+
+// Sets the weight-derived constants of `plan` from `weights` (replay_weights): a plan saved with
+// strip_weights gets its constants back; any other plan gets new values.
+void refit_plan(Plan& plan, const std::map<std::string, ConstantValue>& weights);
 
 }  // namespace kiln

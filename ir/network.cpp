@@ -280,9 +280,11 @@ void Network::revalidate() {
   for (const auto& t : tensors_) {
     if (t.kind == TensorKind::kConstant) {
       check_dims("constant '" + t.name + "'", t.dims, false);
-      KILN_CHECK(t.data && t.data->size() == static_cast<size_t>(tensor_bytes(t.dims, dtype_size(t.dtype))),
+      // A weight-derived constant of a plan saved without its weights has none until a refit.
+      KILN_CHECK(t.data || t.lineage, "constant '" << t.name << "' has no data");
+      KILN_CHECK(!t.data || t.data->size() == static_cast<size_t>(tensor_bytes(t.dims, dtype_size(t.dtype))),
                  "constant '" << t.name << "': data size does not match its shape");
-      tensors_[t.id].values = constant_values(t.dtype, t.dims, *t.data);
+      tensors_[t.id].values = t.data ? constant_values(t.dtype, t.dims, *t.data) : nullptr;
       defined[t.id] = true;
     }
   }

@@ -36,7 +36,9 @@ struct Tensor {
   DataType dtype = DataType::kFloat32;
   Dims dims;
   TensorKind kind = TensorKind::kActivation;
-  std::shared_ptr<const std::vector<uint8_t>> data;  // constants only: host bytes, row-major
+  // Constants only: host bytes, row-major. Null only for a weight-derived constant (lineage set) of
+  // a plan saved without its weights (Plan::serialize(strip_weights)), until a refit fills it.
+  std::shared_ptr<const std::vector<uint8_t>> data;
   ShapeValues values;  // derived, never serialized: see ShapeValues (recomputed by revalidate)
   LineagePtr lineage;  // constants derived from refittable weights: see ir/lineage.h
 };

@@ -25,6 +25,28 @@ from kiln.dtypes import (
 )
 
 
+def weight_buffers(weights: Mapping[str, object]) -> tuple[list, list, list, list]:
+    """Names, Kiln dtype names, dims and raw bytes of refit weights (arrays or tensors)."""
+    names, dtypes, dims, data = [], [], [], []
+    for name, value in weights.items():
+        arr, dtype = as_numpy(value)
+        names.append(name)
+        dtypes.append(dtype)
+        dims.append(list(arr.shape))
+        data.append(arr.reshape(-1).view("uint8"))
+    return names, dtypes, dims, data
+
+
+def _plan_refit(plan: _C.Plan, weights: Mapping[str, object]) -> None:
+    """kiln.Plan.refit(weights): sets the plan's weight-derived constants from new values of its
+    refittable weights (every one, by name); a plan saved with strip_weights=True gets them back
+    and can then run. See docs/refit.md."""
+    plan._refit(*weight_buffers(weights))
+
+
+_C.Plan.refit = _plan_refit
+
+
 def _is_torch(value) -> bool:
     return type(value).__module__.startswith("torch")
 
@@ -119,14 +141,7 @@ class Engine:
         engine's dtypes and shapes), without a rebuild: the constants the builder derived from them
         are recomputed the way it computed them and written in place. Not while a context of this
         engine runs. Missing, unknown and reshaped weights are refused by name."""
-        names, dtypes, dims, data = [], [], [], []
-        for name, value in weights.items():
-            arr, dtype = as_numpy(value)
-            names.append(name)
-            dtypes.append(dtype)
-            dims.append(list(arr.shape))
-            data.append(arr.reshape(-1).view("uint8"))
-        self._engine.refit(names, dtypes, dims, data)
+        self._engine.refit(*weight_buffers(weights))
         self.plan = self._engine.plan
 
     def create_execution_context(self, memory: str = "shapes_in_use") -> ExecutionContext:

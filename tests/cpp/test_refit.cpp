@@ -211,6 +211,32 @@ TEST(Refit, EqualWeightsStayApartAndScalarsStayInputs) {
             test::run_float(fresh, {{"x", {{1, 3, 8, 8}, x}}}).at("y2"));
 }
 
+TEST(Refit, StrippedPlanRunsOnceRefitted) {
+  const Weights w = random_weights(1);
+  const Plan built = Builder().build(network(w), config(BuildTarget::kReference, true));
+  const std::vector<uint8_t> full = built.serialize(), stripped = built.serialize(/*strip_weights=*/true);
+  // The 2,441 weights (as float16 after the FP16 build: ~4.9 KB) are left out.
+  EXPECT_GE(full.size(), stripped.size() + 4800);
+  Plan plan = Plan::deserialize(stripped);
+  EXPECT_TRUE(plan.weights_stripped());
+  EXPECT_FALSE(Plan::deserialize(full).weights_stripped());
+  try {
+    Engine::create(plan, Backend::kReference);
+    FAIL() << "an engine was created from a plan without its weights";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("saved without its weights"), std::string::npos) << e.what();
+  }
+  // Stripped again, it stays stripped; refitted, it runs as the full plan.
+  EXPECT_TRUE(Plan::deserialize(plan.serialize()).weights_stripped());
+  refit_plan(plan, values(w));
+  EXPECT_FALSE(plan.weights_stripped());
+  const auto x = test::random_floats(2 * 3 * 8 * 8, 11);
+  EXPECT_EQ(test::run_float(Engine::create(plan, Backend::kReference), {{"x", {{2, 3, 8, 8}, x}}}).at("y1"),
+            test::run_float(Engine::create(Plan::deserialize(full), Backend::kReference),
+                            {{"x", {{2, 3, 8, 8}, x}}})
+                .at("y1"));
+}
+
 TEST(Refit, CorruptLineageIsRefusedAtLoad) {
   const Plan built = Builder().build(network(random_weights(1)), config(BuildTarget::kReference, false));
   // A plan whose lineage names a transform this Kiln does not have (serialized, so checksummed).

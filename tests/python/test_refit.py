@@ -195,6 +195,17 @@ def test_native_engine_refit_by_name():
     with pytest.raises(ValueError, match="needs a name"):
         net.add_constant(w0, refittable=True)
 
+    # A plan saved without its weights: refused until refitted, then as the full plan.
+    plan = engine.plan
+    stripped = kiln.Plan.deserialize(plan.serialize(strip_weights=True))
+    assert stripped.weights_stripped and not plan.weights_stripped
+    assert stripped.refittable_weights() == {"w": ("float32", [6, 4])}
+    with pytest.raises(kiln.KilnError, match="saved without its weights"):
+        kiln.Engine(stripped, device="cpu")
+    stripped.refit({"w": w1})
+    out = kiln.Engine(stripped, device="cpu").create_execution_context().execute({"x": a})["y"]
+    np.testing.assert_allclose(out, a @ w1, rtol=1e-5)
+
 
 # ---- training loops ---------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@
 #include "core/builder.h"
 #include "core/calibration.h"
 #include "core/engine.h"
+#include "core/refit.h"
 #include "ir/error.h"
 #include "ir/logging.h"
 #include "ir/op_schema.h"
@@ -191,6 +192,24 @@ std::string numpy_dtype_name(DataType t) {
     default:
       return dtype_name(t);
   }
+}
+
+// Refit's weights from Python: names, Kiln dtype names, dims and raw buffers (kiln/engine.py
+// prepares them with as_numpy).
+std::map<std::string, ConstantValue> weights_from_buffers(const std::vector<std::string>& names,
+                                                          const std::vector<std::string>& dtypes,
+                                                          const std::vector<Dims>& dims,
+                                                          const std::vector<py::buffer>& data) {
+  KILN_CHECK(names.size() == dtypes.size() && names.size() == dims.size() && names.size() == data.size(),
+             "refit: names, dtypes, dims and data differ in length");
+  std::map<std::string, ConstantValue> weights;
+  for (size_t i = 0; i < names.size(); ++i) {
+    py::buffer_info info = data[i].request();
+    const auto* b = static_cast<const uint8_t*>(info.ptr);
+    auto bytes = std::make_shared<std::vector<uint8_t>>(b, b + info.size * info.itemsize);
+    weights[names[i]] = ConstantValue{parse_dtype(dtypes[i]), dims[i], std::move(bytes)};
+  }
+  return weights;
 }
 
 // Runs the engine on host arrays: copies in, runs, copies out, synchronizes. Works on both
@@ -531,10 +550,27 @@ PYBIND11_MODULE(_C, m) {
       py::arg("hist"), py::arg("width"), py::arg("algorithm"), py::arg("percentile") = 99.99);
 
   py::class_<Plan, std::shared_ptr<Plan>>(m, "Plan")
-      .def("serialize",
+      .def(
+          "serialize",
+          [](const Plan& p, bool strip_weights) {
+            std::vector<uint8_t> bytes = p.serialize(strip_weights);
+            return py::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+          },
+          py::arg("strip_weights") = false)
+      .def_property_readonly("weights_stripped", &Plan::weights_stripped)
+      .def("refittable_weights",
            [](const Plan& p) {
-             std::vector<uint8_t> bytes = p.serialize();
-             return py::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+             py::dict out;
+             for (const auto& w : refittable_weights(p.network))
+               out[py::str(w.name)] = py::make_tuple(std::string(dtype_name(w.dtype)), w.dims);
+             return out;
+           })
+      .def("_refit",
+           [](Plan& p, const std::vector<std::string>& names, const std::vector<std::string>& dtypes,
+              const std::vector<Dims>& dims, const std::vector<py::buffer>& data) {
+             const auto weights = weights_from_buffers(names, dtypes, dims, data);
+             py::gil_scoped_release release;
+             refit_plan(p, weights);
            })
       .def_static("deserialize",
                   [](py::buffer b) {
@@ -544,7 +580,7 @@ PYBIND11_MODULE(_C, m) {
                     GilRelease release;
                     return std::make_shared<Plan>(Plan::deserialize(data, size));
                   })
-      .def("save", &Plan::save)
+      .def("save", &Plan::save, py::arg("path"), py::arg("strip_weights") = false)
       .def_static("load", [](const std::string& path) { return std::make_shared<Plan>(Plan::load(path)); })
       .def("layers",
            [](const Plan& p) {
@@ -688,16 +724,7 @@ PYBIND11_MODULE(_C, m) {
       .def("refit",
            [](Engine& e, const std::vector<std::string>& names, const std::vector<std::string>& dtypes,
               const std::vector<Dims>& dims, const std::vector<py::buffer>& data) {
-             KILN_CHECK(
-                 names.size() == dtypes.size() && names.size() == dims.size() && names.size() == data.size(),
-                 "refit: names, dtypes, dims and data differ in length");
-             std::map<std::string, ConstantValue> weights;
-             for (size_t i = 0; i < names.size(); ++i) {
-               py::buffer_info info = data[i].request();
-               const auto* p = static_cast<const uint8_t*>(info.ptr);
-               auto bytes = std::make_shared<std::vector<uint8_t>>(p, p + info.size * info.itemsize);
-               weights[names[i]] = ConstantValue{parse_dtype(dtypes[i]), dims[i], std::move(bytes)};
-             }
+             const auto weights = weights_from_buffers(names, dtypes, dims, data);
              py::gil_scoped_release release;
              e.refit(weights);
            })
