@@ -128,26 +128,18 @@ class TorchEngine : public torch::CustomClassHolder {
   // From a plan in memory (a build that just finished): nothing is serialized or parsed. The
   // engine keeps the plan; pickling serializes it then.
   TorchEngine(Plan plan, const std::string& backend, int64_t device = -1) {
-    rethrow_as_torch([&] {
-      Backend b = parse_backend(backend);
-      auto load = [&] {
-        return Engine::create(std::move(plan), b, b == Backend::kCuda ? torch_cuda_allocator() : nullptr);
-      };
-      if (b == Backend::kCuda && device >= 0) {
-        KILN_CHECK(device < cuda_device_count(), "cannot create a Kiln CUDA engine on device "
-                                                     << device << ": " << cuda_device_count()
-                                                     << " CUDA device(s) are visible");
-        DeviceGuard guard(static_cast<int>(device));
-        engine_ = load();
-      } else {
-        engine_ = load();
-      }
-      return 0;
-    });
-    input_names_ = engine_->input_names();
-    output_names_ = engine_->output_names();
-    for (const auto& n : input_names_) input_types_.push_back(torch_dtype(engine_->binding(n).dtype));
-    for (const auto& n : output_names_) output_types_.push_back(torch_dtype(engine_->binding(n).dtype));
+    backend_ = backend;
+    device_ = device;
+    if (plan.weights_stripped()) {  // saved with strip_weights: the engine comes with the weights
+      pending_ = std::make_shared<Plan>(std::move(plan));
+    } else {
+      create_engine(std::move(plan));
+    }
+    const Network& net = network();
+    for (TensorId id : net.inputs()) input_names_.push_back(net.tensor(id).name);
+    for (TensorId id : net.outputs()) output_names_.push_back(net.tensor(id).name);
+    for (const auto& n : input_names_) input_types_.push_back(torch_dtype(binding(n).dtype));
+    for (const auto& n : output_names_) output_types_.push_back(torch_dtype(binding(n).dtype));
   }
 
   // CUDA graphs for this engine's calls (default on; KILN_CUDA_GRAPHS=0 turns them off
@@ -181,15 +173,24 @@ class TorchEngine : public torch::CustomClassHolder {
   std::vector<std::string> output_names() const { return output_names_; }
   // Where the engine runs, in the words kiln.Engine uses too: "cuda" or "cpu", and the CUDA
   // device index (-1 on the CPU reference backend).
-  std::string device_type() const { return engine_->backend() == Backend::kCuda ? "cuda" : "cpu"; }
-  int64_t device_index() const { return engine_->backend() == Backend::kCuda ? engine_->device() : -1; }
+  std::string device_type() const { return cuda() ? "cuda" : "cpu"; }
+  int64_t device_index() const { return cuda() ? device() : -1; }
   // The older names (the engine core's words): "cuda"/"reference" and the device index.
-  std::string backend() const { return backend_name(engine_->backend()); }
-  int64_t device() const { return engine_->device(); }
-  std::vector<std::string> describe() const { return engine_->describe_layers(); }
+  std::string backend() const {
+    return engine_ ? backend_name(engine_->backend()) : backend_name(parse_backend(backend_));
+  }
+  int64_t device() const {
+    return engine_ ? engine_->device() : (cuda() ? std::max<int64_t>(device_, 0) : -1);
+  }
+  bool cuda() const {
+    return engine_ ? engine_->backend() == Backend::kCuda : parse_backend(backend_) == Backend::kCuda;
+  }
+  std::vector<std::string> describe() const { return engine().describe_layers(); }
+  // kiln.save(strip_weights=True): the next pickling leaves the weights out.
+  void set_strip_weights(bool strip) { strip_on_save_ = strip; }
   // The plan's bytes as a CPU uint8 tensor (kiln.plans reads it; no base64 to decode).
   at::Tensor serialized_plan() const {
-    const std::vector<uint8_t> bytes = engine_->plan().serialize();
+    const std::vector<uint8_t> bytes = plan().serialize();
     at::Tensor t = at::empty({static_cast<int64_t>(bytes.size())}, at::TensorOptions().dtype(at::kByte));
     std::memcpy(t.data_ptr(), bytes.data(), bytes.size());
     return t;
@@ -209,9 +210,9 @@ class TorchEngine : public torch::CustomClassHolder {
                                                                  << input_shapes.size() << " shapes");
       std::map<std::string, Dims> shapes;
       for (size_t i = 0; i < input_names_.size(); ++i) shapes[input_names_[i]] = input_shapes[i];
-      std::vector<Dims> all = infer_shapes(engine_->network(), shapes);
+      std::vector<Dims> all = infer_shapes(network(), shapes);
       std::vector<std::vector<int64_t>> out;
-      for (const auto& name : output_names_) out.push_back(all[engine_->binding(name).id]);
+      for (const auto& name : output_names_) out.push_back(all[binding(name).id]);
       return out;
     });
   }
@@ -220,24 +221,24 @@ class TorchEngine : public torch::CustomClassHolder {
   // (every weight, by name, of the engine's dtype and shape; any device). Waits for the device.
   std::vector<std::string> weight_names() const {
     std::vector<std::string> out;
-    for (const auto& w : engine_->refittable_weights()) out.push_back(w.name);
+    for (const auto& w : refittable_weights(network())) out.push_back(w.name);
     return out;
   }
   std::vector<std::string> weight_dtypes() const {
     std::vector<std::string> out;
-    for (const auto& w : engine_->refittable_weights()) out.push_back(dtype_name(w.dtype));
+    for (const auto& w : refittable_weights(network())) out.push_back(dtype_name(w.dtype));
     return out;
   }
   std::vector<std::vector<int64_t>> weight_dims() const {
     std::vector<std::vector<int64_t>> out;
-    for (const auto& w : engine_->refittable_weights()) out.push_back(w.dims);
+    for (const auto& w : refittable_weights(network())) out.push_back(w.dims);
     return out;
   }
   void refit(const std::vector<std::string>& names, const std::vector<at::Tensor>& values) {
     TORCH_CHECK(names.size() == values.size(), "Kiln refit: ", names.size(), " names for ", values.size(),
                 " tensors");
     std::map<std::string, WeightSpec> specs;
-    for (const auto& w : engine_->refittable_weights()) specs[w.name] = w;
+    for (const auto& w : refittable_weights(network())) specs[w.name] = w;
     std::map<std::string, ConstantValue> weights;
     for (size_t i = 0; i < names.size(); ++i) {
       const at::Tensor& v = values[i];
@@ -254,6 +255,16 @@ class TorchEngine : public torch::CustomClassHolder {
       weights[names[i]] = ConstantValue{dtype, host.sizes().vec(), std::move(bytes)};
     }
     std::lock_guard<std::mutex> lock(mutex_);
+    if (pending_) {  // a module saved without its weights gets them: the engine can be created
+      Plan plan = *pending_;
+      rethrow_as_torch([&] {
+        refit_plan(plan, weights);
+        return 0;
+      });
+      create_engine(std::move(plan));
+      pending_.reset();
+      return;
+    }
     rethrow_as_torch([&] {
       engine_->refit(weights);
       return 0;
@@ -261,7 +272,7 @@ class TorchEngine : public torch::CustomClassHolder {
   }
 
   std::vector<std::string> serialize() const {
-    return {std::to_string(kRuntimeFormatVersion), plan_text(), backend(), std::to_string(engine_->device())};
+    return {std::to_string(kRuntimeFormatVersion), plan_text(), backend(), std::to_string(device())};
   }
 
   static c10::intrusive_ptr<TorchEngine> deserialize(const std::vector<std::string>& state) {
@@ -294,7 +305,7 @@ class TorchEngine : public torch::CustomClassHolder {
   // The per-call path: no lookups by name, shape inference only when input shapes change, and
   // (CUDA) a graph replay with the bindings staged through the context's own buffers.
   std::vector<at::Tensor> execute(at::TensorList inputs) {
-    const bool cuda = engine_->backend() == Backend::kCuda;
+    const bool cuda = engine().backend() == Backend::kCuda;
     TORCH_CHECK(inputs.size() == input_names_.size(), "Kiln engine takes ", input_names_.size(), " inputs (",
                 c10::Join(", ", input_names_), "), got ", inputs.size());
     const at::Device device =
@@ -392,7 +403,7 @@ class TorchEngine : public torch::CustomClassHolder {
     } catch (const kiln::Error& e) {
       if (current == 0) first_error = e.what();
     }
-    for (int p = 0; p < engine_->num_profiles(); ++p) {
+    for (int p = 0; p < engine().num_profiles(); ++p) {
       if (p == current) continue;
       try {
         try_profile(p);
@@ -415,20 +426,57 @@ class TorchEngine : public torch::CustomClassHolder {
 
   std::vector<std::string> dtypes(const std::vector<std::string>& names) const {
     std::vector<std::string> out;
-    for (const auto& n : names) out.push_back(dtype_name(engine_->binding(n).dtype));
+    for (const auto& n : names) out.push_back(dtype_name(binding(n).dtype));
     return out;
   }
   std::vector<std::vector<int64_t>> dims(const std::vector<std::string>& names) const {
     std::vector<std::vector<int64_t>> out;
-    for (const auto& n : names) out.push_back(engine_->binding(n).dims);
+    for (const auto& n : names) out.push_back(binding(n).dims);
     return out;
   }
 
   std::string plan_text() const {
-    const std::vector<uint8_t> bytes = engine_->plan().serialize();
+    const std::vector<uint8_t> bytes = plan().serialize(strip_on_save_);
     return base64_encode(bytes.data(), bytes.size());
   }
 
+  void create_engine(Plan plan) {
+    rethrow_as_torch([&] {
+      Backend b = parse_backend(backend_);
+      auto load = [&] {
+        return Engine::create(std::move(plan), b, b == Backend::kCuda ? torch_cuda_allocator() : nullptr);
+      };
+      if (b == Backend::kCuda && device_ >= 0) {
+        KILN_CHECK(device_ < cuda_device_count(), "cannot create a Kiln CUDA engine on device "
+                                                      << device_ << ": " << cuda_device_count()
+                                                      << " CUDA device(s) are visible");
+        DeviceGuard guard(static_cast<int>(device_));
+        engine_ = load();
+      } else {
+        engine_ = load();
+      }
+      return 0;
+    });
+  }
+
+  const Plan& plan() const { return engine_ ? engine_->plan() : *pending_; }
+  const Network& network() const { return plan().network; }
+  const Tensor& binding(const std::string& name) const {
+    return network().tensor(network().find_tensor(name));
+  }
+  // The engine, or an error saying how to give a module saved without its weights its weights.
+  Engine& engine() const {
+    TORCH_CHECK(engine_ != nullptr,
+                "this Kiln engine was saved without its weights (kiln.save(..., strip_weights=True)): "
+                "load the module with kiln.load(path, weights=state_dict) (or pass them to "
+                "kiln.refitting.refit_engines(module, state_dict)) before running it");
+    return *engine_;
+  }
+
+  std::string backend_;  // as constructed: "cuda" or "reference"
+  int64_t device_ = -1;
+  std::shared_ptr<Plan> pending_;  // a plan without its weights, until refit creates engine_
+  std::atomic<bool> strip_on_save_{false};
   std::shared_ptr<Engine> engine_;
   std::vector<std::string> input_names_, output_names_;
   std::vector<at::ScalarType> input_types_, output_types_;
@@ -542,6 +590,7 @@ TORCH_LIBRARY(kiln, m) {
       .def("weight_dtypes", &TorchEngine::weight_dtypes)
       .def("weight_dims", &TorchEngine::weight_dims)
       .def("refit", &TorchEngine::refit)
+      .def("set_strip_weights", &TorchEngine::set_strip_weights)
       // torch.export traces with this real object (no fake class): the fake kernel of
       // execute_engine asks it for dtypes and output shapes.
       .def("tracing_mode", [](const c10::intrusive_ptr<TorchEngine>&) { return std::string("real"); })

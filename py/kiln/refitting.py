@@ -10,6 +10,7 @@ buffers of the compiled module, which refit updates too.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -71,7 +72,6 @@ def refit(module, weights) -> RefitResult:
     engines hold as constants; modules compiled with INT8/FP8 calibration or by the TorchScript
     frontend. Not while the module runs on another thread."""
     from kiln import runtime
-    from kiln.fx_lowering import weight_tensor
 
     start = time.perf_counter()
     info = getattr(module, "refit_info", None)
@@ -110,28 +110,59 @@ def refit(module, weights) -> RefitResult:
                 f"kiln.refit: {name!r} has shape {tuple(state[name].shape)}, the compiled model "
                 f"{tuple(buffers[attr].shape)}; a new shape needs a new kiln.compile"
             )
-    count = 0
     engines = runtime.engines(module)
-    for engine in engines:
-        names = engine.weight_names()
-        values = []
-        for name, dtype in zip(names, engine.weight_dtypes(), strict=True):
-            value = weight_tensor(state[name])
-            if value.dtype != torch_dtype(dtype):
-                raise _C.KilnError(
-                    f"kiln.refit: {name!r} is {value.dtype}, the engine was built from "
-                    f"{torch_dtype(dtype)}: pass the weights in the model's dtypes"
-                )
-            values.append(value)
-        try:
-            engine.refit(names, values)
-        except RuntimeError as error:  # the engine's error crosses torch as a RuntimeError
-            raise _C.KilnError(str(error).split("\nException raised from")[0]) from error
-        count += len(names)
+    count = sum(_refit_engine(engine, state) for engine in engines)
     with torch.no_grad():
         for attr, name in info.torch_weights.items():
             buffers[attr].copy_(state[name])
     return RefitResult(len(engines), count, len(info.torch_weights), time.perf_counter() - start)
+
+
+def refit_engines(module, weights) -> int:
+    """Refits every Kiln engine `module` runs (a compiled or loaded module, either format) from
+    `weights`: a state dict, an nn.Module, or the path of a .safetensors file or a torch.save'd
+    state dict. Each engine takes the weights it names (a missing one is an error naming it);
+    PyTorch code in the module is left as it is. Returns the number of engines."""
+    from kiln import runtime
+
+    if isinstance(weights, str | os.PathLike):
+        path = os.fspath(weights)
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            weights = load_file(path)
+        else:
+            weights = torch.load(path, map_location="cpu", weights_only=True)
+    state = state_of(weights)
+    engines = runtime.engines(module)
+    for engine in engines:
+        _refit_engine(engine, state)
+    return len(engines)
+
+
+def _refit_engine(engine, state: dict) -> int:
+    from kiln.fx_lowering import weight_tensor
+
+    names = engine.weight_names()
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise _C.KilnError(
+            f"kiln.refit: {len(missing)} weight(s) of an engine not given: {_listed(missing)}"
+        )
+    values = []
+    for name, dtype in zip(names, engine.weight_dtypes(), strict=True):
+        value = weight_tensor(state[name])
+        if value.dtype != torch_dtype(dtype):
+            raise _C.KilnError(
+                f"kiln.refit: {name!r} is {value.dtype}, the engine was built from "
+                f"{torch_dtype(dtype)}: pass the weights in the model's dtypes"
+            )
+        values.append(value)
+    try:
+        engine.refit(names, values)
+    except RuntimeError as error:  # the engine's error crosses torch as a RuntimeError
+        raise _C.KilnError(str(error).split("\nException raised from")[0]) from error
+    return len(names)
 
 
 def refit_info(lowered, program, graph_module, names, calibrated: bool) -> RefitInfo:

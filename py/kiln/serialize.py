@@ -80,12 +80,16 @@ def save(
     *,
     output_format: str = "exported_program",
     inputs: Sequence | None = None,
+    strip_weights: bool = False,
 ) -> None:
     """Saves a module from kiln.compile to ``path`` as ``output_format``.
 
     output_format: "exported_program" (torch.export.save) or "torchscript" (torch.jit.save).
     inputs: one kiln.Input or example tensor per positional input (a tensor stands for its static
     shape), for export and for tracing; by default the inputs ``module`` was compiled for.
+    strip_weights: the engines are saved without the constants they derive from the model's
+    weights (a file about as small as the non-weight state); ``kiln.load(path, weights=...)``
+    gives them back (docs/refit.md).
     """
     if output_format not in FORMATS:
         raise ValueError(
@@ -110,17 +114,29 @@ def save(
     device = module.device or torch.device("cpu")
     path = os.fspath(path)
     extra = {**_report_file(module), **_output_file(module._out_spec)}
+    from kiln import runtime
     from kiln.progress import step
 
+    engines = runtime.engines(module) if strip_weights else []
     with step(f"saving {os.path.basename(path)}"):
-        if output_format == "exported_program":
-            torch.export.save(_export(module, specs, device), path, extra_files=extra)
-        else:
-            torch.jit.save(_script(module, specs, device), path, _extra_files=extra)
+        try:
+            for engine in engines:
+                engine.set_strip_weights(True)
+            if output_format == "exported_program":
+                torch.export.save(_export(module, specs, device), path, extra_files=extra)
+            else:
+                torch.jit.save(_script(module, specs, device), path, _extra_files=extra)
+        finally:
+            for engine in engines:
+                engine.set_strip_weights(False)
 
 
 def load(
-    path: str | os.PathLike, *, trusted: bool = False, allow_minor_version_mismatch: bool = False
+    path: str | os.PathLike,
+    *,
+    trusted: bool = False,
+    allow_minor_version_mismatch: bool = False,
+    weights=None,
 ):
     """Loads a module saved by kiln.save (either format) and returns it, ready to call.
 
@@ -139,6 +155,10 @@ def load(
     major.minor versions) are refused; ``allow_minor_version_mismatch=True`` accepts those of
     another minor version of the same major (the environment variable
     KILN_ALLOW_MINOR_VERSION_MISMATCH=1 does the same for every load, also in C++ apps).
+
+    weights: for a module saved with ``strip_weights=True`` (or to load other weights into the
+    engines): a state dict, an nn.Module, or the path of a ``.safetensors`` file or of a
+    ``torch.save``d state dict; every engine is refitted with them (kiln.refitting.refit_engines).
     """
     from kiln import runtime
 
@@ -178,6 +198,10 @@ def load(
         report = module.report
         module = StructuredOutputs(module, pytree.treespec_loads(output["spec"]))
         module.report = report
+    if weights is not None:
+        from kiln.refitting import refit_engines
+
+        refit_engines(module, weights)
     if fmt == "exported_program":
         from kiln.compiler import check_tensor_inputs
 

@@ -3,6 +3,7 @@
 backend and a training loop refit instead of rebuilding (one build, counted refits)."""
 
 import copy
+import os
 
 import pytest
 import torch
@@ -286,3 +287,29 @@ def test_mutable_module_compiles_again_when_a_weight_changes_shape():
         model.fc = nn.Linear(8, 7)  # another head: the engines cannot be refitted
         torch.testing.assert_close(fast(x), model(x), **TOL)
     assert fast.stats == {"builds": 2, "refits": 0}
+
+
+@pytest.mark.parametrize("output_format", ["exported_program", "torchscript"])
+def test_module_saved_without_weights_loads_with_them(tmp_path, output_format):
+    from safetensors.torch import save_file
+
+    x = torch.randn(2, 3, 10, 10)
+    model = _model("cnn", 0)
+    compiled = _compile(model, x, "cpu")
+    full, stripped = tmp_path / "full.bin", tmp_path / "stripped.bin"
+    kiln.save(compiled, full, output_format=output_format, inputs=[x])
+    kiln.save(compiled, stripped, output_format=output_format, inputs=[x], strip_weights=True)
+    assert os.path.getsize(stripped) < os.path.getsize(full)
+    with torch.no_grad():
+        expected = compiled(x)  # saving stripped left the compiled module whole
+        with pytest.raises((kiln.KilnError, RuntimeError), match="saved without its weights"):
+            kiln.load(stripped)(x)
+        assert torch.equal(kiln.load(stripped, weights=model.state_dict())(x), expected)
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors"
+        )
+        assert torch.equal(
+            kiln.load(stripped, weights=str(tmp_path / "w.safetensors"))(x), expected
+        )
+        other = _model("cnn", 4)
+        torch.testing.assert_close(kiln.load(full, weights=other)(x), other(x), **TOL)
