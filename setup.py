@@ -85,7 +85,7 @@ class CMakeBuild(build_ext):
                 ]
                 for lib in libs:
                     if (target / lib.name).resolve() != lib.resolve():
-                        shutil.copy2(lib, target / lib.name)
+                        _replace(lib, target / lib.name)
                 # the TorchScript C++ API headers, for Kiln::torchscript
                 if (build_dir / "torchscript").exists():
                     for header in ("torchscript/compile.h", "driver/compile_options.h"):
@@ -101,6 +101,14 @@ class CMakeBuild(build_ext):
                 else:
                     shutil.rmtree(package, ignore_errors=True)
 
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Copies src over dst through a temporary file and a rename: a process that has the old
+    library loaded keeps reading it whole (a copy in place would change its bytes under it)."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
 
 setup(
     name="kiln",

@@ -8,7 +8,9 @@ start=$(date +%s)
 bash tools/bootstrap.sh
 bash tools/build.sh
 (cd build && ctest --output-on-failure --timeout 600)
-python3 -m pytest -rs -q tests/python
+# Subprocesses the tests start import this checkout, whatever checkout `pip install -e` last
+# pointed the machine's editable install at.
+PYTHONPATH="$PWD/py${PYTHONPATH:+:$PYTHONPATH}" python3 -m pytest -rs -q tests/python
 # Sanitizers (docs/reliability.md). The C++ suite once more with AddressSanitizer and
 # UndefinedBehaviorSanitizer on the host code (build-asan/, only what ctest needs; the CUDA
 # objects compile as in build/, so ccache serves them), then each libFuzzer target for a bounded
