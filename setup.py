@@ -102,13 +102,13 @@ class CMakeBuild(build_ext):
                     shutil.rmtree(package, ignore_errors=True)
 
 
-
 def _replace(src: Path, dst: Path) -> None:
     """Copies src over dst through a temporary file and a rename: a process that has the old
     library loaded keeps reading it whole (a copy in place would change its bytes under it)."""
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     shutil.copy2(src, tmp)
     os.replace(tmp, dst)
+
 
 setup(
     name="kiln",

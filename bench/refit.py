@@ -59,13 +59,18 @@ def run(name: str, device: torch.device, repeats: int) -> dict:
     )
     build_s = time.perf_counter() - t0
     state = perturbed(model)
-    times = []
+    times, messages = [], []
+    kiln.set_log_level("info")
+    kiln.set_log_sink(lambda severity, message: messages.append(message))
     for _ in range(repeats):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         result = kiln.refit(compiled, state)
         torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) * 1e3)
+    kiln.set_log_sink(None)
+    kiln.set_log_level("warning")
+    breakdown = [m for m in messages if m.startswith("refit:")][-1:]
     with torch.no_grad():
         refitted = compiled(*inputs)
         model.load_state_dict(state)
@@ -91,6 +96,7 @@ def run(name: str, device: torch.device, repeats: int) -> dict:
         "bit_identical_to_fresh_build": bool(torch.equal(refitted, fresh)),
         "max_abs_diff_to_fresh_build": float((refitted - fresh).abs().max()),
         "cosine_to_eager": round(float(cos), 6),
+        "last_refit_engine_log": breakdown[0] if breakdown else "",
     }
 
 
@@ -155,6 +161,8 @@ def main() -> int:
     print("|---|---:|---:|")
     for r in cache_rows:
         print(f"| {r['model']} fp16 | {r['cold_compile_s']} | {r['warm_cache_compile_s']} |")
+    for r in rows:
+        print(f"{r['model']}: total {r['refit_ms_min']} ms; engine {r['last_refit_engine_log']}")
     if args.json:
         Path(args.json).write_text(json.dumps({"refit": rows, "cache": cache_rows}, indent=1))
     return 0

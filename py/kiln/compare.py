@@ -15,6 +15,7 @@ reference backend in float32: any model Kiln can build).
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kiln._C import KilnError
+from kiln.log import log
 from kiln.runner import Model, benchmark, load_inputs, load_model, model_options
 
 FP16_MAX = 65504.0
@@ -166,13 +168,34 @@ def _reference_onnxruntime(path: str, feed: Mapping[str, np.ndarray], extra: Seq
         i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
         for i in model.graph.input
     }
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = _ort_session(ort, model)
     names = [o.name for o in session.get_outputs()]
     inputs = {i.name for i in session.get_inputs()}
     ort_feed = {
         k: np.asarray(v).astype(types.get(k, v.dtype)) for k, v in feed.items() if k in inputs
     }
     return dict(zip(names, session.run(names, ort_feed), strict=True))
+
+
+def _ort_session(ort, model):
+    """An ONNX Runtime CPU session of `model`. An ONNX Runtime older than the onnx package that
+    wrote the model refuses its IR version even when the model uses nothing newer: the reference
+    then runs with the IR version lowered to the runtime's maximum, and says so."""
+    try:
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001 (onnxruntime raises its own Fail type)
+        m = re.search(
+            r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", str(error)
+        )
+        if not m:
+            raise
+        log(
+            "warning",
+            f"kiln compare: ONNX Runtime {ort.__version__} reads IR version <= {m.group(2)}; the "
+            f"model has {m.group(1)}: running the reference with IR version {m.group(2)}",
+        )
+        model.ir_version = int(m.group(2))
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def _reference_torch(model: Model, path: str, feed: Mapping[str, np.ndarray]) -> dict:

@@ -140,9 +140,34 @@ def refit_engines(module, weights) -> int:
     return len(engines)
 
 
-def _refit_engine(engine, state: dict) -> int:
-    from kiln.fx_lowering import weight_tensor
+def host_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors detached, contiguous, float64 narrowed to float32 (as engines hold them) and on
+    the CPU: those on a GPU come over in one copy (one synchronization, not one per weight)."""
+    from kiln.fx_lowering import NARROWED
 
+    out: list = [None] * len(tensors)
+    on_device: dict = {}
+    for i, t in enumerate(tensors):
+        t = t.detach()
+        if t.dtype in NARROWED:
+            t = t.to(NARROWED[t.dtype])
+        if t.device.type == "cpu":
+            out[i] = t.contiguous()
+        else:
+            on_device.setdefault(t.device, []).append((i, t.contiguous()))
+    for group in on_device.values():
+        # Wider elements first: every slice of the byte buffer stays aligned for its dtype.
+        group.sort(key=lambda it: -it[1].element_size())
+        flat = torch.cat([t.reshape(-1).view(torch.uint8) for _, t in group]).cpu()
+        at = 0
+        for i, t in group:
+            n = t.numel() * t.element_size()
+            out[i] = flat[at : at + n].view(t.dtype).view(t.shape)
+            at += n
+    return out
+
+
+def _refit_engine(engine, state: dict) -> int:
     names = engine.weight_names()
     missing = [n for n in names if n not in state]
     if missing:
@@ -150,8 +175,8 @@ def _refit_engine(engine, state: dict) -> int:
             f"kiln.refit: {len(missing)} weight(s) of an engine not given: {_listed(missing)}"
         )
     values = []
-    for name, dtype in zip(names, engine.weight_dtypes(), strict=True):
-        value = weight_tensor(state[name])
+    hosted = host_tensors([state[name] for name in names])
+    for name, dtype, value in zip(names, engine.weight_dtypes(), hosted, strict=True):
         if value.dtype != torch_dtype(dtype):
             raise _C.KilnError(
                 f"kiln.refit: {name!r} is {value.dtype}, the engine was built from "

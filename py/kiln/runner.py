@@ -634,23 +634,27 @@ def time_calls(
     fn, iterations: int, duration: float | None = None, cuda: bool = True
 ) -> tuple[list[float], float]:
     """Milliseconds of each of `iterations` calls of `fn` (or as many as fit in `duration`
-    seconds; at least one): on CUDA, events around each call on the current stream, read after
-    the last (the calls run back to back); else the host clock. Also the mean host time of a
+    seconds; at least one), each call timed alone: on CUDA, events around it on the current
+    stream, waited for before the next call, so a call's time is its whole latency (launches
+    included), as bench/run.py times its rows; else the host clock. Also the mean host time of a
     call (on CUDA, its launch alone)."""
     import torch
 
     latencies, host = [], []
     deadline = time.perf_counter() + duration if duration else None
     n = 0
+    if cuda:
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     while (n < iterations) if deadline is None else (time.perf_counter() < deadline or n == 0):
         if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             t0 = time.perf_counter()
             fn()
             host.append((time.perf_counter() - t0) * 1e3)
             end.record()
-            latencies.append((start, end))
+            end.synchronize()
+            latencies.append(start.elapsed_time(end))
         else:
             t0 = time.perf_counter()
             fn()
@@ -658,9 +662,6 @@ def time_calls(
             latencies.append(ms)
             host.append(ms)
         n += 1
-    if cuda:
-        torch.cuda.synchronize()
-        latencies = [s.elapsed_time(e) for s, e in latencies]
     return latencies, statistics.fmean(host)
 
 
