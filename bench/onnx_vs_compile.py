@@ -70,6 +70,12 @@ def main() -> int:
     ap.add_argument("--models", default="resnet50,bert")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument(
+        "--exporter",
+        default="torchscript",
+        choices=["torchscript", "dynamo"],
+        help="torch.onnx.export's TorchScript exporter or its dynamo exporter (needs onnxscript)",
+    )
     args = ap.parse_args()
     import onnxruntime as ort
 
@@ -80,9 +86,12 @@ def main() -> int:
             model, x, input_name = model_and_input(name, batch)
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / f"{name}.onnx"
-                torch.onnx.export(
-                    model, (x,), path, dynamo=False, opset_version=17, input_names=[input_name]
-                )
+                if args.exporter == "dynamo":
+                    torch.onnx.export(model, (x,), path, dynamo=True, input_names=[input_name])
+                else:
+                    torch.onnx.export(
+                        model, (x,), path, dynamo=False, opset_version=17, input_names=[input_name]
+                    )
                 ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
                     None, {input_name: x.numpy()}
                 )[0]
@@ -115,6 +124,7 @@ def main() -> int:
         "ONNX / compile",
         "cosine vs ONNX Runtime FP32",
     ]
+    print(f"exporter: {args.exporter}")
     print("| " + " | ".join(columns) + " |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, batch, layers, engines, t_onnx, t_mod, cos in rows:
