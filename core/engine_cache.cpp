@@ -27,19 +27,6 @@ constexpr char kEntryMagic[8] = {'K', 'I', 'L', 'N', 'C', 'A', 'C', 'H'};
 constexpr uint32_t kEntryVersion = 1;
 constexpr const char* kSuffix = ".kiln-engine";
 
-void put_profiles(ByteWriter& w, const std::vector<OptimizationProfile>& profiles) {
-  w.put<uint64_t>(profiles.size());
-  for (const auto& p : profiles) {
-    w.put<uint64_t>(p.inputs.size());
-    for (const auto& [name, r] : p.inputs) {
-      w.put_string(name);
-      w.put_vector(r.min);
-      w.put_vector(r.opt);
-      w.put_vector(r.max);
-    }
-  }
-}
-
 // Two 64-bit FNV-1a hashes with different bases: the file name. The key itself decides a hit.
 std::string key_hash(const std::vector<uint8_t>& key) {
   uint64_t a = 0xcbf29ce484222325ull, b = 0x84222325cbf29ce4ull;
@@ -108,32 +95,9 @@ std::vector<uint8_t> engine_cache_key(const Network& network, const BuilderConfi
     w.put<int32_t>(cudnn_version());
   }
   // The network: tensors (refittable weights by name, other constants by value), layers, io.
-  w.put<uint64_t>(network.tensors().size());
-  for (const auto& t : network.tensors()) {
-    w.put_string(t.name);
-    w.put<uint8_t>(static_cast<uint8_t>(t.dtype));
-    w.put<uint8_t>(static_cast<uint8_t>(t.kind));
-    w.put_vector(t.dims);
-    if (t.kind != TensorKind::kConstant) continue;
-    const bool weight = t.lineage && t.lineage->transform == "source";
-    w.put<uint8_t>(weight ? 1 : 0);
-    if (weight)
-      w.put_string(t.lineage->name);
-    else
-      w.put_bytes(t.data->data(), t.data->size());
-  }
-  w.put<uint64_t>(network.layers().size());
-  for (const auto& l : network.layers()) {
-    w.put_string(l.name);
-    w.put_string(l.op);
-    w.put_vector(l.inputs);
-    w.put_vector(l.outputs);
-    write_attributes(w, l.attrs);
-  }
-  w.put_vector(network.inputs());
-  w.put_vector(network.outputs());
+  write_network(w, network, ConstantEncoding::kWeightNames);
   // The options that decide the plan (not the timing cache's path: it only saves time).
-  put_profiles(w, config.profiles);
+  write_profiles(w, config.profiles);
   const PrecisionConfig& p = config.precision;
   w.put<uint8_t>(static_cast<uint8_t>(p.fp16 | p.bf16 << 1 | p.tf32 << 2 | p.int8 << 3 | p.fp8 << 4));
   w.put<uint64_t>(p.layer_precisions.size());

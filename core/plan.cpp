@@ -57,6 +57,54 @@ void write_attributes(ByteWriter& w, const Attributes& attrs) {
   }
 }
 
+void write_network(ByteWriter& w, const Network& net, ConstantEncoding constants) {
+  w.put<uint64_t>(net.tensors().size());
+  for (const auto& t : net.tensors()) {
+    w.put_string(t.name);
+    w.put<uint8_t>(static_cast<uint8_t>(t.dtype));
+    w.put<uint8_t>(static_cast<uint8_t>(t.kind));
+    w.put_vector(t.dims);
+    if (t.kind != TensorKind::kConstant) continue;
+    const bool derived = t.lineage != nullptr;
+    if (constants == ConstantEncoding::kWeightNames) {
+      const bool weight = derived && t.lineage->transform == "source";
+      w.put<uint8_t>(weight ? 1 : 0);
+      if (weight) {
+        w.put_string(t.lineage->name);
+        continue;
+      }
+    }
+    // A weight-derived constant without bytes (stripped, never refitted) stays without.
+    if (derived && (constants == ConstantEncoding::kStripWeights || !t.data))
+      w.put_bytes(nullptr, 0);
+    else
+      w.put_bytes(t.data->data(), t.data->size());
+  }
+  w.put<uint64_t>(net.layers().size());
+  for (const auto& l : net.layers()) {
+    w.put_string(l.name);
+    w.put_string(l.op);
+    w.put_vector(l.inputs);
+    w.put_vector(l.outputs);
+    write_attributes(w, l.attrs);
+  }
+  w.put_vector(net.inputs());
+  w.put_vector(net.outputs());
+}
+
+void write_profiles(ByteWriter& w, const std::vector<OptimizationProfile>& profiles) {
+  w.put<uint64_t>(profiles.size());
+  for (const auto& p : profiles) {
+    w.put<uint64_t>(p.inputs.size());
+    for (const auto& [name, range] : p.inputs) {
+      w.put_string(name);
+      w.put_vector(range.min);
+      w.put_vector(range.opt);
+      w.put_vector(range.max);
+    }
+  }
+}
+
 namespace {
 
 void put_attrs(ByteWriter& w, const Attributes& attrs) { write_attributes(w, attrs); }
@@ -99,28 +147,7 @@ bool stripped(const Tensor& t, bool strip_weights) {
 }
 
 void put_network(ByteWriter& w, const Network& net, bool strip_weights) {
-  w.put<uint64_t>(net.tensors().size());
-  for (const auto& t : net.tensors()) {
-    w.put_string(t.name);
-    w.put<uint8_t>(static_cast<uint8_t>(t.dtype));
-    w.put<uint8_t>(static_cast<uint8_t>(t.kind));
-    w.put_vector(t.dims);
-    if (t.kind != TensorKind::kConstant) continue;
-    if (stripped(t, strip_weights))
-      w.put_bytes(nullptr, 0);
-    else
-      w.put_bytes(t.data->data(), t.data->size());
-  }
-  w.put<uint64_t>(net.layers().size());
-  for (const auto& l : net.layers()) {
-    w.put_string(l.name);
-    w.put_string(l.op);
-    w.put_vector(l.inputs);
-    w.put_vector(l.outputs);
-    put_attrs(w, l.attrs);
-  }
-  w.put_vector(net.inputs());
-  w.put_vector(net.outputs());
+  write_network(w, net, strip_weights ? ConstantEncoding::kStripWeights : ConstantEncoding::kBytes);
 }
 
 // Restores the network verbatim; the caller revalidates it (after attaching lineages). Constants
@@ -272,16 +299,7 @@ void get_lineage(ByteReader& r, Network& net) {
 }
 
 void put_profiles(ByteWriter& w, const std::vector<OptimizationProfile>& profiles) {
-  w.put<uint64_t>(profiles.size());
-  for (const auto& p : profiles) {
-    w.put<uint64_t>(p.inputs.size());
-    for (const auto& [name, range] : p.inputs) {
-      w.put_string(name);
-      w.put_vector(range.min);
-      w.put_vector(range.opt);
-      w.put_vector(range.max);
-    }
-  }
+  write_profiles(w, profiles);
 }
 
 std::vector<OptimizationProfile> get_profiles(ByteReader& r) {

@@ -78,8 +78,13 @@ struct Plan {
 uint32_t kiln_version_number();
 
 class ByteWriter;
-// Attributes in the plan's encoding (the engine cache's keys use it too).
+// The plan's encodings of attributes, networks and profiles (the engine cache's keys use them).
+// Constants: their bytes; weight-derived ones left out (strip_weights); refittable weights by
+// name and other constants by bytes (a key that ignores weight values).
+enum class ConstantEncoding { kBytes, kStripWeights, kWeightNames };
 void write_attributes(ByteWriter& w, const Attributes& attrs);
+void write_network(ByteWriter& w, const Network& net, ConstantEncoding constants);
+void write_profiles(ByteWriter& w, const std::vector<OptimizationProfile>& profiles);
 std::string kiln_version_string();
 uint64_t plan_checksum(const uint8_t* data, size_t size);
 
