@@ -225,9 +225,27 @@ const std::map<std::string, Transform>& transforms() {
          std::vector<double> s, shift;
          batch_norm_affine(node, in, 1, &s, &shift);
          const std::string who = "weight transform bn_fold_weight";
+         const std::string producer = node.attrs.get_string("producer", who);
+         const int64_t n = volume(in[0].dims), channels = static_cast<int64_t>(s.size());
+         if (producer != "deconvolution" && in[0].dtype == DataType::kFloat32) {
+           // Output channel first: channel k scales one contiguous block. The arithmetic of the
+           // general path below (float -> double, times s[k], back to float), in one pass.
+           KILN_CHECK(channels > 0 && n % channels == 0, who << ": weight " << to_string(in[0].dims)
+                                                             << " does not split into " << channels
+                                                             << " channels");
+           const int64_t per = n / channels;
+           auto bytes = std::make_shared<std::vector<uint8_t>>(in[0].data->size());
+           const auto* src = reinterpret_cast<const float*>(in[0].data->data());
+           auto* dst = reinterpret_cast<float*>(bytes->data());
+           for (int64_t k = 0; k < channels; ++k) {
+             const double sk = s[static_cast<size_t>(k)];
+             for (int64_t j = k * per; j < (k + 1) * per; ++j)
+               dst[j] = static_cast<float>(double{src[j]} * sk);
+           }
+           return ConstantValue{in[0].dtype, in[0].dims, std::move(bytes)};
+         }
          const std::vector<int64_t> ch = output_channel_of_weights(
-             node.attrs.get_string("producer", who), node.attrs.get_int("groups", int64_t{1}), in[0].dims,
-             static_cast<int64_t>(s.size()));
+             producer, node.attrs.get_int("groups", int64_t{1}), in[0].dims, channels);
          std::vector<double> w = read(in[0]);
          for (size_t j = 0; j < w.size(); ++j) {
            const auto k = static_cast<size_t>(ch[j]);
