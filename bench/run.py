@@ -285,6 +285,30 @@ def engine_plans(compiled) -> list:
     return kiln.plans(compiled)
 
 
+def refit_ms(compiled, model, device: torch.device, repeats: int = 3) -> float:
+    """Median milliseconds of kiln.refit(compiled, new weights): the model's state dict with
+    every float tensor changed, on `device` (where a training loop keeps its weights)."""
+    import kiln
+
+    state = {}
+    for name, t in model.state_dict().items():
+        t = t.to(device)
+        if t.is_floating_point():
+            noise = torch.randn_like(t) * 0.01
+            t = t.abs() + noise.abs() if "running_var" in name else t + noise
+        state[name] = t
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        kiln.refit(compiled, state)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
 def plan_load_ms(plans: Sequence, device: str, repeats: int = 3) -> float:
     """Loading the engines from their serialized plans on `device` ("cuda" or "cpu"):
     Plan.deserialize and Engine creation (constants uploaded, kernels created), best of
@@ -333,7 +357,12 @@ def run_kiln(row: Row, model, input_sets, truth, args, device, base: int, plans_
     reserved_before = torch.cuda.memory_reserved(device) if device.type == "cuda" else 0
     t0 = time.perf_counter()
     compiled = kiln.compile(
-        model, list(input_sets[0]), enabled_precisions=precisions, device=device.type, **options
+        model,
+        list(input_sets[0]),
+        enabled_precisions=precisions,
+        device=device.type,
+        cache_dir=False,  # a build, not an engine cache hit
+        **options,
     )
     compile_s = time.perf_counter() - t0
     try:
@@ -393,10 +422,13 @@ def run_kiln(row: Row, model, input_sets, truth, args, device, base: int, plans_
                 list(input_sets[0]),
                 enabled_precisions=precisions,
                 device=device.type,
+                cache_dir=False,
                 **options,
             )
             result.extra["warm_build_s"] = time.perf_counter() - t0
             model.cpu()
+        if row.precision != "fp8":  # calibrated FP8 weights do not refit (docs/refit.md)
+            result.extra["refit_ms"] = refit_ms(compiled, model, device)
         row.systems["kiln"] = result
     finally:
         del compiled
@@ -649,8 +681,8 @@ def markdown(rows: Sequence[Row]) -> str:
         + " | ".join(f"{LABELS[n]} MiB" for n in SYSTEMS)
         + " | "
         + " | ".join(f"{LABELS[n]} build s" for n in SYSTEMS[1:])
-        + " | Kiln warm build s | Kiln plan load ms |",
-        "|---|---|---:|" + "---:|" * (3 * len(SYSTEMS) + 1),
+        + " | Kiln warm build s | Kiln plan load ms | Kiln refit ms |",
+        "|---|---|---:|" + "---:|" * (3 * len(SYSTEMS) + 2),
     ]
     for r in rows:
         s = r.systems
@@ -659,7 +691,7 @@ def markdown(rows: Sequence[Row]) -> str:
         cells += [_cell(s[n], s[n].peak_mem_mib) for n in SYSTEMS]
         cells += [_cell(s[n], s[n].compile_s) for n in SYSTEMS[1:]]
         k = s["kiln"]
-        cells += [_cell(k, k.extra.get("warm_build_s")), _cell(k, k.extra.get("load_ms"))]
+        cells += [_cell(k, k.extra.get(key)) for key in ("warm_build_s", "load_ms", "refit_ms")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
