@@ -1,5 +1,6 @@
 #include "core/engine_cache.h"
 
+#include <dlfcn.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -38,6 +39,21 @@ std::string key_hash(const std::vector<uint8_t>& key) {
   std::snprintf(name, sizeof name, "%016llx%016llx", static_cast<unsigned long long>(a),
                 static_cast<unsigned long long>(b));
   return name;
+}
+
+// A checksum of this library's own file: any change to Kiln's code (a rebuild between releases
+// too, which keeps the version number) gives other keys, so a cache never serves an engine that
+// an older builder made. Read once per process (libkiln_core.so is tens of MB: ~20 ms).
+uint64_t library_checksum() {
+  static const uint64_t checksum = [] {
+    Dl_info info{};
+    if (dladdr(reinterpret_cast<const void*>(&library_checksum), &info) == 0 || !info.dli_fname)
+      return uint64_t{0};
+    std::ifstream f(info.dli_fname, std::ios::binary);
+    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    return bytes.empty() ? uint64_t{0} : plan_checksum(bytes.data(), bytes.size());
+  }();
+  return checksum;
 }
 
 fs::path entry_path(const std::string& dir, const std::vector<uint8_t>& key) {
@@ -87,6 +103,7 @@ std::vector<uint8_t> engine_cache_key(const Network& network, const BuilderConfi
   ByteWriter w;
   w.put<uint32_t>(kEntryVersion);
   w.put<uint32_t>(kiln_version_number());
+  w.put<uint64_t>(library_checksum());
   w.put<uint8_t>(cuda ? 1 : 0);
   if (cuda) {
     w.put<int32_t>(sm_arch);

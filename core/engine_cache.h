@@ -2,7 +2,8 @@
 // a later run) costs a refit instead of a build. An entry is keyed by everything that decides the
 // plan except the weights' values: the network's structure (layers, attributes, shapes, dtypes;
 // refittable weights by name, dtype and shape; other constants by value), the build options and
-// profiles, the GPU architecture and the Kiln / CUDA / cuBLASLt / cuDNN versions. A hit refits
+// profiles, the GPU architecture, the Kiln / CUDA / cuBLASLt / cuDNN versions and a checksum of
+// Kiln's library file (another build of Kiln never reuses an entry). A hit refits
 // the cached plan with the network's weights (core/refit.h), which gives the plan a build with
 // these weights gives (the cached plan's tactics).
 //
