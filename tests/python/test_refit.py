@@ -313,3 +313,30 @@ def test_module_saved_without_weights_loads_with_them(tmp_path, output_format):
         )
         other = _model("cnn", 4)
         torch.testing.assert_close(kiln.load(full, weights=other)(x), other(x), **TOL)
+
+
+@pytest.mark.gpu
+def test_host_tensors_bring_gpu_weights_over_in_one_copy():
+    """kiln.refitting.host_tensors: GPU tensors of mixed dtypes (wider first keeps every slice
+    aligned), float64 narrowed, CPU tensors as they are; values and shapes kept."""
+    from kiln.refitting import host_tensors
+
+    tensors = [
+        torch.randn(3, device="cuda", dtype=torch.float16),
+        torch.arange(5, device="cuda"),
+        torch.randn(2, 2, device="cuda", dtype=torch.float64),
+        torch.tensor([True, False, True], device="cuda"),
+        torch.randn(4, 3).t(),  # CPU, not contiguous
+    ]
+    out = host_tensors(tensors)
+    assert [o.device.type for o in out] == ["cpu"] * 5
+    assert [o.dtype for o in out] == [
+        torch.float16,
+        torch.int64,
+        torch.float32,
+        torch.bool,
+        torch.float32,
+    ]
+    for a, b in zip(tensors, out, strict=True):
+        assert b.shape == a.shape and b.is_contiguous()
+        assert torch.equal(a.cpu().to(b.dtype), b)
