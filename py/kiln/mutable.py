@@ -81,13 +81,20 @@ class _Entry:
         self.prefix = prefix  # of the model's parameter names in the compiled module
 
     def fits(self, tensors) -> bool:
-        for spec, t in zip(self.specs, tensors, strict=True):
-            if len(spec.min_shape) != t.dim():
+        return _covers(self.specs, tensors)
+
+
+def _covers(specs, tensors) -> bool:
+    """Whether the kiln.Input ranges `specs` cover the tensors' shapes (one spec per tensor)."""
+    if len(specs) != len(tensors):
+        return False
+    for spec, t in zip(specs, tensors, strict=True):
+        if len(spec.min_shape) != t.dim():
+            return False
+        for lo, hi, size in zip(spec.min_shape, spec.max_shape, t.shape, strict=True):
+            if not lo <= size <= hi:
                 return False
-            for lo, hi, size in zip(spec.min_shape, spec.max_shape, t.shape, strict=True):
-                if not lo <= size <= hi:
-                    return False
-        return True
+    return True
 
 
 class MutableModule(torch.nn.Module):
@@ -183,7 +190,5 @@ class MutableModule(torch.nn.Module):
         """Whether the inputs given at construction cover these arguments' shapes."""
         from kiln.inputs import Input
 
-        if len(self.inputs) != len(args):
-            return False
         specs = [s if isinstance(s, Input) else Input.from_tensor(s) for s in self.inputs]
-        return _Entry(None, specs, {}).fits(list(args))
+        return _covers(specs, list(args))
