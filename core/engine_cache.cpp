@@ -27,6 +27,7 @@ namespace fs = std::filesystem;
 constexpr char kEntryMagic[8] = {'K', 'I', 'L', 'N', 'C', 'A', 'C', 'H'};
 constexpr uint32_t kEntryVersion = 1;
 constexpr const char* kSuffix = ".kiln-engine";
+constexpr const char* kModuleSuffix = ".kiln-module";  // py/kiln/module_cache.py
 
 // Two 64-bit FNV-1a hashes with different bases: the file name. The key itself decides a hit.
 std::string key_hash(const std::vector<uint8_t>& key) {
@@ -39,21 +40,6 @@ std::string key_hash(const std::vector<uint8_t>& key) {
   std::snprintf(name, sizeof name, "%016llx%016llx", static_cast<unsigned long long>(a),
                 static_cast<unsigned long long>(b));
   return name;
-}
-
-// A checksum of this library's own file: any change to Kiln's code (a rebuild between releases
-// too, which keeps the version number) gives other keys, so a cache never serves an engine that
-// an older builder made. Read once per process (libkiln_core.so is tens of MB: ~20 ms).
-uint64_t library_checksum() {
-  static const uint64_t checksum = [] {
-    Dl_info info{};
-    if (dladdr(reinterpret_cast<const void*>(&library_checksum), &info) == 0 || !info.dli_fname)
-      return uint64_t{0};
-    std::ifstream f(info.dli_fname, std::ios::binary);
-    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    return bytes.empty() ? uint64_t{0} : plan_checksum(bytes.data(), bytes.size());
-  }();
-  return checksum;
 }
 
 fs::path entry_path(const std::string& dir, const std::vector<uint8_t>& key) {
@@ -80,7 +66,8 @@ void trim(const std::string& dir, int64_t max_bytes) {
   std::vector<std::pair<fs::file_time_type, fs::path>> entries;
   int64_t total = 0;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
-    if (!e.is_regular_file(ec) || e.path().extension() != kSuffix) continue;
+    const fs::path ext = e.path().extension();
+    if (!e.is_regular_file(ec) || (ext != kSuffix && ext != kModuleSuffix)) continue;
     total += static_cast<int64_t>(e.file_size(ec));
     entries.emplace_back(e.last_write_time(ec), e.path());
   }
@@ -97,13 +84,30 @@ void trim(const std::string& dir, int64_t max_bytes) {
 
 }  // namespace
 
+// Any change to Kiln's code (a rebuild between releases too, which keeps the version number)
+// gives other keys, so a cache never serves an engine that an older builder made. Read once per
+// process (libkiln_core.so is tens of MB: ~20 ms).
+uint64_t kiln_library_checksum() {
+  static const uint64_t checksum = [] {
+    Dl_info info{};
+    if (dladdr(reinterpret_cast<const void*>(&kiln_library_checksum), &info) == 0 || !info.dli_fname)
+      return uint64_t{0};
+    std::ifstream f(info.dli_fname, std::ios::binary);
+    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    return bytes.empty() ? uint64_t{0} : plan_checksum(bytes.data(), bytes.size());
+  }();
+  return checksum;
+}
+
+void engine_cache_trim(const std::string& dir, int64_t max_bytes) { trim(dir, max_bytes); }
+
 std::vector<uint8_t> engine_cache_key(const Network& network, const BuilderConfig& config, bool cuda,
                                       int sm_arch) {
   if (config.int8_calibrator) return {};
   ByteWriter w;
   w.put<uint32_t>(kEntryVersion);
   w.put<uint32_t>(kiln_version_number());
-  w.put<uint64_t>(library_checksum());
+  w.put<uint64_t>(kiln_library_checksum());
   w.put<uint8_t>(cuda ? 1 : 0);
   if (cuda) {
     w.put<int32_t>(sm_arch);

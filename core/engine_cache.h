@@ -38,4 +38,13 @@ std::optional<Plan> engine_cache_load(const std::string& dir, const std::vector<
 void engine_cache_store(const std::string& dir, const std::vector<uint8_t>& key, const Plan& plan,
                         int64_t max_bytes);
 
+// Removes the least recently used entries of `dir` until it holds at most `max_bytes`: engine
+// entries and the compiled-module entries Python's kiln.compile keeps beside them
+// (py/kiln/module_cache.py).
+void engine_cache_trim(const std::string& dir, int64_t max_bytes);
+
+// A checksum of the file of Kiln's core library (read once per process): part of every cache
+// key, so another build of Kiln never reuses an entry.
+uint64_t kiln_library_checksum();
+
 }  // namespace kiln

@@ -16,13 +16,14 @@ same on both.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 
 import torch
 import torch.fx
 from torch.utils import _pytree as pytree
 
-from kiln import _C
+from kiln import _C, module_cache
 from kiln.assemble import assemble
 from kiln.dtypes import device_name
 from kiln.export import export_program
@@ -171,7 +172,10 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     cache_dir: the engine cache (docs/refit.md): engines built before for the same graph, input
     specs, options, GPU and versions are taken from it and refitted with this model's weights
     instead of built. True (the default) uses ``$XDG_CACHE_HOME/kiln/engines`` unless the
-    environment sets KILN_ENGINE_CACHE=0; a path uses that directory; False/None uses none.
+    environment sets KILN_ENGINE_CACHE=0; a path uses that directory; False/None uses none. The
+    directory also keeps whole compiled modules, keyed by the model's code, configuration,
+    inputs and options (kiln/module_cache.py): a second compile of the same model skips the
+    export too (KILN_MODULE_CACHE=0 turns that layer off).
     cache_size: bytes the cache may hold (default 4 GiB); least recently used entries go first.
     cuda_graphs: CUDA engines capture and replay CUDA graphs per input shapes (default True; a
     runtime setting, not saved: loaded modules use the default, and KILN_CUDA_GRAPHS=0 turns
@@ -244,6 +248,14 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     kwarg_inputs = dict(kwarg_inputs or {})
     kwarg_names = list(kwarg_inputs)
     specs += [i if isinstance(i, Input) else Input.from_tensor(i) for i in kwarg_inputs.values()]
+    cache_key = None
+    if options.engine_cache_dir and not (dry_run or int8 or fp8):
+        cache_key = _module_cache_key(module, specs, kwarg_names, options, truncate_double, device)
+        if cache_key is not None:
+            cached = module_cache.load(options.engine_cache_dir, cache_key, module, cuda_graphs)
+            if cached is not None:
+                log(level, "kiln.compile (from the engine cache): " + cached.report.text)
+                return cached
     with progress_bars():
         with step("exporting"):
             program, equal_sizes = export_program(module, specs, device, kwarg_names)
@@ -272,7 +284,34 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
         else program.state_dict.keys()
     )
     compiled.refit_info = refit_info(lowered, program, graph_module, names, bool(weights))
+    if cache_key is not None:
+        module_cache.store(
+            options.engine_cache_dir, cache_key, compiled, options.engine_cache_max_bytes
+        )
     return compiled
+
+
+def _module_cache_key(module, specs, kwarg_names, options, truncate_double, device) -> str | None:
+    """The compiled-module cache's key for this compile (kiln/module_cache.py), or None where that
+    cache is off (KILN_MODULE_CACHE=0) or cannot fingerprint the model (the log says why)."""
+    if not isinstance(module, torch.nn.Module) or os.environ.get("KILN_MODULE_CACHE") == "0":
+        return None
+    decisive = {
+        "precisions": list(options.precisions),
+        "min_block_size": options.min_block_size,
+        "torch_executed_ops": list(options.torch_executed_ops),
+        "require_full_compilation": options.require_full_compilation,
+        "workspace_size": options.workspace_size,
+        "optimization_level": options.optimization_level,
+        "tactic_timing": options.tactic_timing,
+        "truncate_double": truncate_double,
+        "device": device,
+    }
+    try:
+        return module_cache.key(module, specs, kwarg_names, decisive)
+    except Exception as reason:  # noqa: BLE001 (NotCacheable, or an attribute that fails to read)
+        log("verbose", f"kiln.compile: the compiled-module cache skips this model: {reason}")
+        return None
 
 
 def _split_int8(precisions) -> tuple[bool, list]:

@@ -135,7 +135,13 @@ def refit_engines(module, weights) -> int:
             weights = torch.load(path, map_location="cpu", weights_only=True)
     state = state_of(weights)
     engines = runtime.engines(module)
-    for engine in engines:
+    weighted = [engine for engine in engines if engine.weight_names()]
+    if engines and not weighted:
+        raise _C.KilnError(
+            "kiln.refit: no engine of this module has refittable weights (built by a Kiln without "
+            "refit, or from constants no frontend marked as weights): compile the model again"
+        )
+    for engine in weighted:
         _refit_engine(engine, state)
     return len(engines)
 
@@ -169,6 +175,8 @@ def host_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def _refit_engine(engine, state: dict) -> int:
     names = engine.weight_names()
+    if not names:  # an engine of activations only (its module's weights are in other engines)
+        return 0
     missing = [n for n in names if n not in state]
     if missing:
         raise _C.KilnError(

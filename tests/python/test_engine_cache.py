@@ -1,7 +1,9 @@
 """The engine cache (kiln.compile's cache_dir): a second compile of the same graph refits the
 cached engines with its own weights instead of building; corrupt entries are rebuilt; the size
 limit drops the least recently used; two processes filling one directory at once both succeed
-and leave one valid entry."""
+and leave one valid entry. These tests turn the compiled-module cache off (KILN_MODULE_CACHE=0:
+it would answer the second compile before the engines are looked up); test_module_cache.py tests
+that one, and the two-process test here runs with both."""
 
 import os
 import subprocess
@@ -38,6 +40,11 @@ def _net(seed, width=16):
         net.bn.running_mean.uniform_(-0.5, 0.5)
         net.bn.running_var.uniform_(0.5, 2.0)
     return net
+
+
+@pytest.fixture(autouse=True)
+def engine_layer_only(monkeypatch):
+    monkeypatch.setenv("KILN_MODULE_CACHE", "0")
 
 
 @pytest.fixture
@@ -141,7 +148,7 @@ def test_two_processes_at_once_leave_one_valid_entry(tmp_path):
         print("ok")
         """
     )
-    env = dict(os.environ, KILN_ENGINE_CACHE="1")
+    env = dict(os.environ, KILN_ENGINE_CACHE="1", KILN_MODULE_CACHE="1")
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", script, str(seed), str(tmp_path)],
@@ -156,6 +163,7 @@ def test_two_processes_at_once_leave_one_valid_entry(tmp_path):
         out, err = p.communicate(timeout=600)
         assert p.returncode == 0 and "ok" in out, err[-2000:]
     assert len(_entries(tmp_path)) == 1
+    assert len([p for p in os.listdir(tmp_path) if p.endswith(".kiln-module")]) == 1
     assert not [p for p in os.listdir(tmp_path) if ".tmp." in p]  # no leftovers
     model = _net(5)
     x = torch.randn(2, 3, 8, 8)

@@ -13,6 +13,7 @@
 #include "core/builder.h"
 #include "core/calibration.h"
 #include "core/engine.h"
+#include "core/engine_cache.h"
 #include "core/refit.h"
 #include "ir/error.h"
 #include "ir/logging.h"
@@ -364,6 +365,9 @@ PYBIND11_MODULE(_C, m) {
   });
 
   m.def("version", &kiln_version_string);
+  // The engine cache's checksum of this Kiln build and its trimming (py/kiln/module_cache.py).
+  m.def("library_checksum", &kiln_library_checksum);
+  m.def("engine_cache_trim", &engine_cache_trim, py::arg("dir"), py::arg("max_bytes"));
   m.def("cuda_device_count", &cuda_device_count);
   // What `kiln info` reports: the versions Kiln was built against and the ones loaded now.
   m.def("versions", [] {
