@@ -38,6 +38,14 @@ class NodeContext {
   // The values of an integer or bool tensor known while parsing (a constant or tracked values).
   std::optional<std::vector<int64_t>> known_values(TensorId t) const;
   std::optional<std::vector<double>> float_values(int i) const;
+  // Told of every constant whose values an importer reads while parsing (directly or through
+  // constants folded from it): an initializer read so (a Resize's scales, a Pad's pads) decides
+  // the network's structure and stays a plain constant, never a refittable weight.
+  virtual void note_value_read(TensorId) const {}
+  // Parse-time folding (fold_small) of layers over constants: whether `inputs` may fold, and the
+  // constant a fold made of them (the importer tracks which initializers it derives from).
+  virtual bool may_fold(const std::vector<TensorId>& /*inputs*/) const { return true; }
+  virtual void note_fold(const std::vector<TensorId>& /*inputs*/, TensorId /*out*/) const {}
 
   // Attributes (ints and floats as declared by ONNX).
   virtual bool has_attr(const std::string& name) const = 0;

@@ -329,6 +329,9 @@ class ProtoNodeContext : public NodeContext {
 
   int num_inputs() const override { return node_.input_size(); }
   bool has_input(int i) const override { return i < node_.input_size() && !node_.input(i).empty(); }
+  void note_value_read(TensorId t) const override;
+  bool may_fold(const std::vector<TensorId>& inputs) const override;
+  void note_fold(const std::vector<TensorId>& inputs, TensorId out) const override;
 
   bool has_attr(const std::string& name) const override { return find(name) != nullptr; }
   int64_t attr_int(const std::string& name, std::optional<int64_t> fallback) const override {
@@ -430,7 +433,11 @@ class Importer {
       if (symbols_.count(in.name())) continue;  // an initializer listed as input: a constant
       add_graph_input(in);
     }
+    find_weights(g);
     for (int i = 0; i < g.node_size(); ++i) import_node(g.node(i), i);
+    for (const auto& [t, name] : weights_) {
+      if (!structural_.count(t)) net_.mark_weight(t, name);
+    }
     std::set<TensorId> marked;
     for (const auto& out : g.output()) {
       auto it = symbols_.find(out.name());
@@ -449,6 +456,70 @@ class Importer {
 
   Network& net() { return net_; }
   int opset() const { return opset_; }
+  // Refittable weights. The main graph's float32/float16/bfloat16 initializers of more than one
+  // element become weights named after the initializer (kiln.onnx.refit gives them new values),
+  // except those of quantization nodes and of other domains' operators (whose importers read
+  // scales and zero points) and those whose values an importer reads while parsing, directly or
+  // through constants folded from them (structural_). A one-element initializer stays a plain
+  // constant: the builder's patterns read such scalars (an attention scale, an epsilon).
+  // A weight folded at parse time would lose its link to the constant made of it, so parse()
+  // imports once more without folding those (refold_names()): the builder folds them instead,
+  // recording the lineage.
+  void value_read(TensorId t) {
+    for (TensorId s : sources(t)) structural_.insert(s);
+  }
+  bool may_fold(const std::vector<TensorId>& inputs) const {
+    for (TensorId t : inputs) {
+      for (TensorId s : sources(t)) {
+        if (no_fold_.count(weights_.at(s))) return false;
+      }
+    }
+    return true;
+  }
+  void folded(const std::vector<TensorId>& inputs, TensorId out) {
+    std::set<TensorId> all;
+    for (TensorId t : inputs) {
+      for (TensorId s : sources(t)) all.insert(s);
+    }
+    if (!all.empty()) derived_[out] = std::move(all);
+  }
+  // The weights that a fold consumed (none of them read): parse() imports again without folding.
+  std::set<std::string> refold_names() const {
+    std::set<std::string> out;
+    for (const auto& [t, from] : derived_) {
+      for (TensorId s : from) {
+        if (!structural_.count(s)) out.insert(weights_.at(s));
+      }
+    }
+    return out;
+  }
+  void set_no_fold(std::set<std::string> names) { no_fold_ = std::move(names); }
+
+  void find_weights(const pb::GraphProto& g) {
+    static const std::set<std::string> kQuantization = {
+        "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
+        "QLinearMatMul",  "ConvInteger",      "MatMulInteger"};
+    std::set<std::string> excluded;
+    for (const auto& node : g.node()) {
+      const bool other_domain = !node.domain().empty() && node.domain() != "ai.onnx";
+      if (!other_domain && !kQuantization.count(node.op_type())) continue;
+      for (const auto& in : node.input()) excluded.insert(in);
+    }
+    for (const auto& init : g.initializer()) {
+      const Tensor& t = net_.tensor(symbols_.at(init.name()));
+      const bool float_type =
+          t.dtype == DataType::kFloat32 || t.dtype == DataType::kFloat16 || t.dtype == DataType::kBFloat16;
+      if (float_type && t.data && volume(t.dims) > 1 && !excluded.count(init.name()))
+        weights_[t.id] = init.name();
+    }
+  }
+
+  // The candidate weights `t` holds values of: itself, or those a folded constant came from.
+  std::set<TensorId> sources(TensorId t) const {
+    if (weights_.count(t)) return {t};
+    auto it = derived_.find(t);
+    return it == derived_.end() ? std::set<TensorId>{} : it->second;
+  }
 
   TensorId lookup(const std::string& name) const {
     auto it = symbols_.find(name);
@@ -717,6 +788,10 @@ class Importer {
   int opset_ = 0;
   std::unordered_map<std::string, TensorId> symbols_;
   std::unordered_map<TensorId, int32_t> held_types_;  // tensors Kiln holds in another dtype
+  std::map<TensorId, std::string> weights_;           // candidate weights: initializer -> name
+  std::map<TensorId, std::set<TensorId>> derived_;    // folded constants -> the weights they hold
+  std::set<TensorId> structural_;                     // weights whose values importers read
+  std::set<std::string> no_fold_;                     // weights not folded while parsing
   static constexpr int kMaxGraphDepth = 16;
   static constexpr int64_t kMaxInlinedNodes = int64_t{1} << 20;
   int depth_ = 0;
@@ -726,6 +801,11 @@ class Importer {
 };
 
 int ProtoNodeContext::opset() const { return imp_.opset(); }
+void ProtoNodeContext::note_value_read(TensorId t) const { imp_.value_read(t); }
+bool ProtoNodeContext::may_fold(const std::vector<TensorId>& inputs) const { return imp_.may_fold(inputs); }
+void ProtoNodeContext::note_fold(const std::vector<TensorId>& inputs, TensorId out) const {
+  imp_.folded(inputs, out);
+}
 Network& ProtoNodeContext::net() { return imp_.net(); }
 TensorId ProtoNodeContext::input_id(int i) const { return imp_.lookup(node_.input(i)); }
 void ProtoNodeContext::set_output(int i, TensorId t) {
@@ -755,7 +835,14 @@ Network parse_model(const void* data, size_t size, const ParseOptions& options, 
              "not a valid ONNX model: protobuf parsing failed (a truncated or corrupt file, or not "
              "an .onnx file)");
   Importer importer(options, info);
-  return importer.run(model);
+  Network net = importer.run(model);
+  std::set<std::string> refold = importer.refold_names();
+  if (refold.empty()) return net;
+  net = Network();  // the first import's constants go before the second's come
+  if (info) *info = ParseInfo{};
+  Importer again(options, info);
+  again.set_no_fold(std::move(refold));
+  return again.run(model);
 }
 
 }  // namespace
@@ -787,6 +874,7 @@ std::optional<std::vector<int64_t>> NodeContext::int_values(int i) const {
 std::optional<std::vector<int64_t>> NodeContext::known_values(TensorId id) const {
   const Tensor& t = net_const().tensor(id);
   if (t.kind == TensorKind::kConstant && t.data && is_integral(t.dtype)) {
+    note_value_read(id);
     const int64_t n = volume(t.dims);
     std::vector<int64_t> v(static_cast<size_t>(n));
     for (int64_t k = 0; k < n; ++k) {
@@ -813,6 +901,7 @@ std::optional<std::vector<double>> NodeContext::float_values(int i) const {
   if (!has_input(i)) return std::nullopt;
   const Tensor& t = net_const().tensor(input(i));
   if (t.kind == TensorKind::kConstant && t.data && is_floating(t.dtype)) {
+    note_value_read(input(i));
     const int64_t n = volume(t.dims);
     std::vector<double> v(static_cast<size_t>(n));
     for (int64_t k = 0; k < n; ++k) {
@@ -876,6 +965,7 @@ std::optional<TensorId> NodeContext::fold_small(const std::string& op, const std
     ids.push_back(scratch.add_constant("c" + std::to_string(ids.size()), c.dtype, c.dims, c.data));
     views.push_back({const_cast<uint8_t*>(c.data->data()), c.dtype, c.dims});
   }
+  if (!may_fold(inputs)) return std::nullopt;  // a weight: the builder folds it, with its lineage
   try {
     const Layer& l = scratch.add_layer(op, ids, attrs, "fold");
     if (l.outputs.size() != 1) return std::nullopt;
@@ -885,7 +975,9 @@ std::optional<TensorId> NodeContext::fold_small(const std::string& op, const std
         static_cast<size_t>(tensor_bytes(o.dims, dtype_size(o.dtype))));
     std::vector<TensorView> out = {{data->data(), o.dtype, o.dims}};
     if (volume(o.dims) > 0) create_kernel(l, Backend::kReference)->run(views, out, LaunchContext{});
-    return net().add_constant(unique_layer_name(name() + "/folded"), o.dtype, o.dims, data);
+    const TensorId folded = net().add_constant(unique_layer_name(name() + "/folded"), o.dtype, o.dims, data);
+    note_fold(inputs, folded);
+    return folded;
   } catch (const Error&) {
     return std::nullopt;  // the layer itself reports it
   }

@@ -30,7 +30,15 @@ try:  # the backend is an onnx.backend.base.Backend when onnx is installed
 except ImportError:  # pragma: no cover - onnx is optional for parse()
     _Backend = _BackendRep = object
 
-__all__ = ["parse", "supported_operators", "backend", "KilnBackend", "KilnBackendRep"]
+__all__ = [
+    "parse",
+    "weights",
+    "refit",
+    "supported_operators",
+    "backend",
+    "KilnBackend",
+    "KilnBackendRep",
+]
 
 # ONNX element types whose binding Kiln holds in another dtype (ParseInfo.converted_bindings),
 # by numpy's name (ml_dtypes' for the narrow types) -> the dtype Kiln holds it in. Narrow floats
@@ -150,6 +158,60 @@ def parse(
     net._net = c_net
     net.onnx_info = info
     return net
+
+
+def _load_model(model, base_dir):
+    """An onnx.ModelProto of a path, bytes or a ModelProto, with its external data loaded."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    if isinstance(model, (str, os.PathLike)):
+        return onnx.load(os.fspath(model), load_external_data=True)
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        model = onnx.load_from_string(bytes(model))
+    if base_dir is not None:
+        load_external_data_for_model(model, os.fspath(base_dir))
+    return model
+
+
+def weights(model, base_dir: str | os.PathLike | None = None, names=None) -> dict[str, np.ndarray]:
+    """{initializer name: array} of an ONNX model's initializers (all, or those in `names`), in
+    the dtypes Kiln holds them in (float64 as float32): new values for the weights of an engine
+    built from another version of the model (:func:`refit`, ``kiln.Engine.refit``).
+
+    model: a path, bytes or an onnx.ModelProto; base_dir: where its external data files are (a
+    path's own folder by default)."""
+    from onnx import numpy_helper
+
+    proto = _load_model(model, base_dir)
+    wanted = None if names is None else set(names)
+    out = {}
+    for init in proto.graph.initializer:
+        if wanted is None or init.name in wanted:
+            out[init.name] = _held(numpy_helper.to_array(init))[1]
+    return out
+
+
+def refit(target, model, base_dir: str | os.PathLike | None = None) -> int:
+    """Gives a kiln.Engine or kiln.Plan built from an ONNX model the weights of `model` (the same
+    graph with other initializer values: a fine-tuned export), without rebuilding; returns the
+    number of weights set. The engine's refittable weights are the model's float initializers of
+    more than one element that the parser did not read to decide structure (docs/refit.md);
+    ``target.refittable_weights()`` names them. An initializer missing from `model`, or of
+    another shape, is refused by name."""
+    names = list(target.refittable_weights())
+    values = weights(model, base_dir, names)
+    missing = sorted(set(names) - values.keys())
+    if missing:
+        shown = ", ".join(repr(n) for n in missing[:8])
+        raise _C.KilnError(
+            f"kiln.onnx.refit: the model has no initializer {shown}"
+            + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+            + ": refit takes a model of the same graph (the initializers the engine was built "
+            "from, by name)"
+        )
+    target.refit(values)
+    return len(values)
 
 
 def _parse(model, base: str, values: dict):

@@ -268,7 +268,9 @@ class Configured(nn.Module):
         super().__init__()
         import functools
 
-        self.config = _Config(hidden=8, act=act, rope={"theta": 1e4, "dims": (2, 4)}, tags={"a", "b"})
+        self.config = _Config(
+            hidden=8, act=act, rope={"theta": 1e4, "dims": (2, 4)}, tags={"a", "b"}
+        )
         self.norm = functools.partial(nn.functional.layer_norm, normalized_shape=(8,), eps=eps)
         self.proj = nn.Linear(8, 8)
 
