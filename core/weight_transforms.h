@@ -73,4 +73,8 @@ LineagePtr blocked_lineage(const Network& net, const std::vector<TensorId>& inpu
 // constants) leave such constants alone.
 inline bool derives_from_weight(const Tensor& t) { return t.lineage != nullptr; }
 
+// float32 -> float16 bits of n elements, each exactly float_to_half_bits (kernels/reference/
+// host_access.h), vectorized where the CPU has F16C: the "convert" transform's loop.
+void floats_to_halves(const float* src, uint16_t* dst, int64_t n);
+
 }  // namespace kiln

@@ -249,8 +249,8 @@ class TorchEngine : public torch::CustomClassHolder {
                     ": pass it in that dtype");
       }
       const at::Tensor host = v.detach().contiguous().to(at::kCPU);
-      auto bytes = std::make_shared<std::vector<uint8_t>>(host.nbytes());
-      if (host.nbytes()) std::memcpy(bytes->data(), host.data_ptr(), host.nbytes());
+      const auto* p = static_cast<const uint8_t*>(host.data_ptr());
+      auto bytes = std::make_shared<std::vector<uint8_t>>(p, p + host.nbytes());  // one pass, no zero-fill
       const DataType dtype = it != specs.end() ? it->second.dtype : DataType::kFloat32;
       weights[names[i]] = ConstantValue{dtype, host.sizes().vec(), std::move(bytes)};
     }

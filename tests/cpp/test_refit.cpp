@@ -3,8 +3,13 @@
 // horizontal GEMM merging, FP16 conversion, channels-last permutation, channel padding), computes
 // the same outputs, survives serialization, and refuses bad weights by name.
 #include <algorithm>
+#include <cstring>
+#include <random>
+#include <vector>
 
 #include "core/refit.h"
+#include "core/weight_transforms.h"
+#include "kernels/reference/host_access.h"
 #include "test_util.h"
 
 namespace kiln {
@@ -260,3 +265,26 @@ TEST(Refit, CorruptLineageIsRefusedAtLoad) {
 
 }  // namespace
 }  // namespace kiln
+
+// The vectorized float32 -> float16 conversion of the "convert" transform gives
+// float_to_half_bits's bits for every input: rounding ties, subnormals, overflow to infinity,
+// infinities, and NaNs of every payload (the one quiet NaN), at every position of a block.
+TEST(Refit, VectorizedHalfConversionMatchesTheScalarOneBitForBit) {
+  std::vector<uint32_t> bits;
+  for (uint32_t hi = 0; hi < (1u << 16); ++hi) {  // every exponent and top mantissa bits
+    for (uint32_t lo : {0x0000u, 0x0001u, 0x0fffu, 0x1000u, 0x1001u, 0x2000u, 0x3000u, 0xffffu})
+      bits.push_back(hi << 16 | lo);
+  }
+  std::mt19937 rng(7);
+  for (int i = 0; i < (1 << 20); ++i) bits.push_back(static_cast<uint32_t>(rng()));
+  std::vector<float> in(bits.size());
+  std::memcpy(in.data(), bits.data(), bits.size() * 4);
+  for (size_t offset : {size_t{0}, size_t{3}}) {  // a tail that is not a whole block too
+    const size_t n = in.size() - offset;
+    std::vector<uint16_t> out(n);
+    kiln::floats_to_halves(in.data() + offset, out.data(), static_cast<int64_t>(n));
+    for (size_t i = 0; i < n; ++i) {
+      ASSERT_EQ(out[i], kiln::float_to_half_bits(in[i + offset])) << "input bits 0x" << std::hex << bits[i + offset];
+    }
+  }
+}
