@@ -111,6 +111,16 @@ void batch_norm_affine(const Lineage& node, const std::vector<ConstantValue>& in
   }
 }
 
+// A BatchNorm left alone (not folded): its scale or its shift, as a constant of attrs dtype/dims.
+ConstantValue batch_norm_part(const Lineage& node, const std::vector<ConstantValue>& in, bool scale) {
+  expect_inputs(node, in, 4, 4);
+  std::vector<double> s, shift;
+  batch_norm_affine(node, in, 0, &s, &shift);
+  const std::string who = "weight transform " + node.transform;
+  return encode(scale ? s : shift, static_cast<DataType>(node.attrs.get_int("dtype", who)),
+                node.attrs.get_ints("dims", who));
+}
+
 // Output channel of every weight element of a convolution / deconvolution / fully_connected.
 std::vector<int64_t> output_channel_of_weights(const std::string& producer, int64_t groups, const Dims& w,
                                                int64_t channels) {
@@ -307,21 +317,11 @@ const std::map<std::string, Transform>& transforms() {
        }},
       {"bn_scale",
        [](const Lineage& node, const std::vector<ConstantValue>& in) {
-         expect_inputs(node, in, 4, 4);
-         std::vector<double> s, shift;
-         batch_norm_affine(node, in, 0, &s, &shift);
-         const std::string who = "weight transform bn_scale";
-         return encode(s, static_cast<DataType>(node.attrs.get_int("dtype", who)),
-                       node.attrs.get_ints("dims", who));
+         return batch_norm_part(node, in, /*scale=*/true);
        }},
       {"bn_shift",
        [](const Lineage& node, const std::vector<ConstantValue>& in) {
-         expect_inputs(node, in, 4, 4);
-         std::vector<double> s, shift;
-         batch_norm_affine(node, in, 0, &s, &shift);
-         const std::string who = "weight transform bn_shift";
-         return encode(shift, static_cast<DataType>(node.attrs.get_int("dtype", who)),
-                       node.attrs.get_ints("dims", who));
+         return batch_norm_part(node, in, /*scale=*/false);
        }},
       {"layer", run_layer},
   };

@@ -221,24 +221,31 @@ class TorchEngine : public torch::CustomClassHolder {
   // (every weight, by name, of the engine's dtype and shape; any device). Waits for the device.
   std::vector<std::string> weight_names() const {
     std::vector<std::string> out;
-    for (const auto& w : refittable_weights(network())) out.push_back(w.name);
+    for (const auto& w : weights()) out.push_back(w.name);
     return out;
   }
   std::vector<std::string> weight_dtypes() const {
     std::vector<std::string> out;
-    for (const auto& w : refittable_weights(network())) out.push_back(dtype_name(w.dtype));
+    for (const auto& w : weights()) out.push_back(dtype_name(w.dtype));
     return out;
   }
   std::vector<std::vector<int64_t>> weight_dims() const {
     std::vector<std::vector<int64_t>> out;
-    for (const auto& w : refittable_weights(network())) out.push_back(w.dims);
+    for (const auto& w : weights()) out.push_back(w.dims);
     return out;
   }
+  // The refittable weights, from the lineage once (the network's structure never changes).
+  const std::vector<WeightSpec>& weights() const {
+    std::call_once(weights_once_,
+                   [&] { weights_ = rethrow_as_torch([&] { return refittable_weights(network()); }); });
+    return weights_;
+  }
+
   void refit(const std::vector<std::string>& names, const std::vector<at::Tensor>& values) {
     TORCH_CHECK(names.size() == values.size(), "Kiln refit: ", names.size(), " names for ", values.size(),
                 " tensors");
     std::map<std::string, WeightSpec> specs;
-    for (const auto& w : refittable_weights(network())) specs[w.name] = w;
+    for (const auto& w : weights()) specs[w.name] = w;
     std::map<std::string, ConstantValue> weights;
     for (size_t i = 0; i < names.size(); ++i) {
       const at::Tensor& v = values[i];
@@ -476,6 +483,8 @@ class TorchEngine : public torch::CustomClassHolder {
   std::string backend_;  // as constructed: "cuda" or "reference"
   int64_t device_ = -1;
   std::shared_ptr<Plan> pending_;  // a plan without its weights, until refit creates engine_
+  mutable std::once_flag weights_once_;
+  mutable std::vector<WeightSpec> weights_;  // weights()
   std::atomic<bool> strip_on_save_{false};
   std::shared_ptr<Engine> engine_;
   std::vector<std::string> input_names_, output_names_;

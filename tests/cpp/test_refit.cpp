@@ -284,7 +284,8 @@ TEST(Refit, VectorizedHalfConversionMatchesTheScalarOneBitForBit) {
     std::vector<uint16_t> out(n);
     kiln::floats_to_halves(in.data() + offset, out.data(), static_cast<int64_t>(n));
     for (size_t i = 0; i < n; ++i) {
-      ASSERT_EQ(out[i], kiln::float_to_half_bits(in[i + offset])) << "input bits 0x" << std::hex << bits[i + offset];
+      ASSERT_EQ(out[i], kiln::float_to_half_bits(in[i + offset]))
+          << "input bits 0x" << std::hex << bits[i + offset];
     }
   }
 }
