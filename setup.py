@@ -86,11 +86,13 @@ class CMakeBuild(build_ext):
                 for lib in libs:
                     if (target / lib.name).resolve() != lib.resolve():
                         _replace(lib, target / lib.name)
-                # the TorchScript C++ API headers, for Kiln::torchscript
+                # the TorchScript C++ API headers, for Kiln::torchscript; the plugin API's
+                headers = ["core/plugin.h", "ir/attributes.h", "ir/dims.h", "ir/dtype.h"]
                 if (build_dir / "torchscript").exists():
-                    for header in ("torchscript/compile.h", "driver/compile_options.h"):
-                        (target / "include" / header).parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copy2(ROOT / header, target / "include" / header)
+                    headers += ["torchscript/compile.h", "driver/compile_options.h"]
+                for header in headers:
+                    (target / "include" / header).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(ROOT / header, target / "include" / header)
                 # find_package(Kiln) for LibTorch apps (kiln.cmake_prefix_path), with the runtime
                 package = target / "share" / "cmake" / "Kiln"
                 configs = sorted((build_dir / "cmake-package" / "python").glob("*.cmake"))

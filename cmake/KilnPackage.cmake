@@ -31,5 +31,11 @@ install(FILES "${PROJECT_SOURCE_DIR}/torchscript/compile.h"
   DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/kiln/torchscript")
 install(FILES "${PROJECT_SOURCE_DIR}/driver/compile_options.h"
   DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/kiln/driver")
+# The plugin API (core/plugin.h and the three IR headers it includes), for plugin libraries.
+foreach(_kiln_header core/plugin.h ir/attributes.h ir/dims.h ir/dtype.h)
+  get_filename_component(_kiln_header_dir "${_kiln_header}" DIRECTORY)
+  install(FILES "${PROJECT_SOURCE_DIR}/${_kiln_header}"
+    DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/kiln/${_kiln_header_dir}")
+endforeach()
 install(FILES "${_kiln_pkg}/install/KilnConfig.cmake" "${_kiln_pkg}/KilnConfigVersion.cmake"
   DESTINATION "${_kiln_cmake_dir}")

@@ -70,6 +70,11 @@ void register_converter(Converter c);
 struct ConverterRegistration {
   explicit ConverterRegistration(void (*register_all)()) { register_all(); }
 };
+// Converters added while the program runs (Python's @kiln.converter, plugin libraries): `c`
+// replaces the converter of c.target, a built-in one too, until remove_override_converter(target)
+// brings back the one it replaced (or none). Not while a compile runs.
+void override_converter(Converter c);
+void remove_override_converter(const std::string& target);
 const Converter* find_converter(const std::string& target);
 std::vector<const Converter*> registered_converters();  // sorted by target
 

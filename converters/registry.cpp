@@ -1,4 +1,6 @@
 #include <algorithm>
+#include <map>
+#include <vector>
 
 #include "converters/converter.h"
 #include "ir/error.h"
@@ -27,6 +29,37 @@ void register_converter(Converter c) {
   KILN_CHECK(table().count(c.target) == 0, "converter for " << c.target << " registered twice");
   std::string target = c.target;
   table().emplace(std::move(target), std::move(c));
+}
+
+namespace {
+// What each override replaced, innermost last (an empty target: there was none).
+std::map<std::string, std::vector<Converter>>& replaced() {
+  static std::map<std::string, std::vector<Converter>> r;
+  return r;
+}
+}  // namespace
+
+void override_converter(Converter c) {
+  KILN_CHECK(!c.target.empty() && c.convert && c.capability,
+             "converter needs a target, capability and convert");
+  auto it = table().find(c.target);
+  replaced()[c.target].push_back(it == table().end() ? Converter{} : std::move(it->second));
+  std::string target = c.target;
+  table()[target] = std::move(c);
+}
+
+void remove_override_converter(const std::string& target) {
+  auto it = replaced().find(target);
+  KILN_CHECK(it != replaced().end() && !it->second.empty(),
+             "no converter for " << target << " was added at run time");
+  Converter previous = std::move(it->second.back());
+  it->second.pop_back();
+  if (it->second.empty()) replaced().erase(it);
+  if (previous.target.empty()) {
+    table().erase(target);
+  } else {
+    table()[target] = std::move(previous);
+  }
 }
 
 const Converter* find_converter(const std::string& target) {

@@ -121,9 +121,12 @@ class Network {
   void restore_layer(Layer l);
   void restore_io(std::vector<TensorId> inputs, std::vector<TensorId> outputs);
 
+  // "<base>_<n>", a layer name no layer or tensor has yet (what add_layer gives a layer added
+  // without a name, from its op).
+  std::string unique_layer_name(const std::string& base);
+
  private:
   TensorId new_tensor(Tensor t);
-  std::string unique_layer_name(const std::string& op);
 
   std::vector<Tensor> tensors_;
   std::vector<Layer> layers_;

@@ -1,8 +1,12 @@
 #include "ir/op_schema.h"
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <map>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <type_traits>
@@ -10,6 +14,7 @@
 #include <vector>
 
 #include "ir/error.h"
+#include "ir/logging.h"
 #include "ir/utf8.h"
 
 namespace kiln {
@@ -173,14 +178,64 @@ SchemaRegistration::SchemaRegistration(std::initializer_list<OpSchema> schemas) 
   for (const OpSchema& s : schemas) register_schema(s);
 }
 
+namespace {
+
+// The libraries KILN_PLUGIN_LIBRARIES lists (colon-separated), loaded once, the first time a
+// plugin op is looked up and not registered (core/plugin.h).
+void load_env_plugin_libraries() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const char* env = std::getenv("KILN_PLUGIN_LIBRARIES");
+    if (env == nullptr) return;
+    std::stringstream list(env);
+    std::string path;
+    while (std::getline(list, path, ':')) {
+      if (path.empty()) continue;
+      if (dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+        const char* why = dlerror();
+        KILN_LOG(kWarning,
+                 "KILN_PLUGIN_LIBRARIES: cannot load " << path << ": " << (why ? why : "dlopen failed"));
+      }
+    }
+  });
+}
+
+bool is_plugin_op(const std::string& op) { return op.rfind("plugin:", 0) == 0; }
+
+// "layer 'x' (plugin:ns::name): ..." for a layer whose op is not registered.
+std::string unknown_op(const Layer& layer) {
+  std::ostringstream s;
+  if (is_plugin_op(layer.op)) {
+    std::string version;
+    auto it = layer.attrs.values().find("plugin_version");
+    if (it != layer.attrs.values().end() && std::holds_alternative<std::string>(it->second))
+      version = std::get<std::string>(it->second);
+    s << describe(layer) << ": plugin '" << layer.op.substr(7) << "'"
+      << (version.empty() ? "" : " version '" + version + "'")
+      << " is not loaded: load the library that defines it first (kiln.load_plugin_library(path) in "
+         "Python, kiln::load_plugin_library in C++, or KILN_PLUGIN_LIBRARIES=path for any app)";
+  } else {
+    s << describe(layer) << ": unknown op '" << layer.op << "'";
+  }
+  return s.str();
+}
+
+}  // namespace
+
 const OpSchema* find_schema(const std::string& op) {
   auto it = registry().find(op);
+  if (it == registry().end() && is_plugin_op(op)) {
+    load_env_plugin_libraries();
+    it = registry().find(op);
+  }
   return it == registry().end() ? nullptr : &it->second;
 }
 
 std::vector<std::string> registered_ops() {
   std::vector<std::string> names;
-  for (const auto& kv : registry()) names.push_back(kv.first);
+  for (const auto& kv : registry()) {
+    if (!is_plugin_op(kv.first)) names.push_back(kv.first);
+  }
   return names;
 }
 
@@ -201,7 +256,7 @@ std::string describe(const Layer& layer) { return "layer '" + layer.name + "' ("
 
 std::vector<TensorDesc> infer_layer(const Layer& layer, const std::vector<TensorDesc>& inputs) {
   const OpSchema* schema = find_schema(layer.op);
-  KILN_CHECK(schema != nullptr, describe(layer) << ": unknown op '" << layer.op << "'");
+  KILN_CHECK(schema != nullptr, unknown_op(layer));
   int n = static_cast<int>(inputs.size());
   KILN_CHECK(n >= schema->min_inputs && n <= schema->max_inputs,
              describe(layer) << ": takes " << schema->min_inputs
@@ -223,7 +278,7 @@ std::vector<TensorDesc> infer_layer(const Layer& layer, const std::vector<Tensor
 
 void check_attributes(const Layer& layer) {
   const OpSchema* schema = find_schema(layer.op);
-  KILN_CHECK(schema != nullptr, describe(layer) << ": unknown op '" << layer.op << "'");
+  KILN_CHECK(schema != nullptr, unknown_op(layer));
   for (const auto& [name, value] : layer.attrs.values()) {
     check_utf8(name, describe(layer) + ": attribute name");
     const AttrSpec* spec = schema->attribute(name);

@@ -70,7 +70,7 @@ const std::vector<AttrSpec>& engine_attributes();
 
 void register_schema(OpSchema schema);
 const OpSchema* find_schema(const std::string& op);  // nullptr when unknown
-std::vector<std::string> registered_ops();
+std::vector<std::string> registered_ops();           // the built-in ops (plugins: core/plugin.h)
 
 // Registers an op file's schemas when its library loads (a namespace-scope object per file).
 struct SchemaRegistration {

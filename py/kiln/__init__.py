@@ -22,6 +22,7 @@ from kiln.engine import Engine, ExecutionContext
 from kiln.inspection import Inspection, inspect
 from kiln.log import set_log_level, set_log_sink
 from kiln.network import Builder, BuilderConfig, Layer, Network, Tensor
+from kiln.plugins import converter, load_plugin_library, registered_plugins
 
 __version__ = _C.version()
 
@@ -110,11 +111,14 @@ __all__ = [
     "Tensor",
     "cmake_prefix_path",
     "compile",
+    "converter",
     "cuda_available",
     "inspect",
     "load",
+    "load_plugin_library",
     "plans",
     "refit",
+    "registered_plugins",
     "save",
     "set_log_level",
     "set_log_sink",

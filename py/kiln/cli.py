@@ -153,6 +153,7 @@ def info_text() -> str:
             lines.append(f"runtime library: does not load: {e}")
     lines.append(f"ONNX parser: {'built' if hasattr(_C, 'onnx_parse_file') else 'not built'}")
     lines.append(f"ops ({len(_C.registered_ops())}): {', '.join(_C.registered_ops())}")
+    lines.append(f"plugins: {', '.join(_C.registered_plugins()) or 'none loaded'}")
     return "\n".join(lines)
 
 

@@ -128,6 +128,24 @@ class Network:
         )
         return Layer(self, layer_name, op, outputs)
 
+    def add_plugin(
+        self,
+        plugin: str,
+        inputs: Sequence[TensorLike],
+        fields: Mapping | None = None,
+        namespace: str = "",
+        name: str = "",
+    ) -> Layer:
+        """A layer of a registered plugin (kiln.load_plugin_library; docs/plugins.md): `plugin`
+        is its name ("erfinv", or "kiln_example::erfinv" with the namespace), `fields` its typed
+        fields (defaults filled in by the plugin's declaration)."""
+        if "::" in plugin and not namespace:
+            namespace, plugin = plugin.rsplit("::", 1)
+        layer_name, op, outputs = self._net.add_plugin(
+            plugin, [self._id(t) for t in inputs], dict(fields or {}), namespace, name
+        )
+        return Layer(self, layer_name, op, outputs)
+
     def add_matmul(
         self,
         a: TensorLike,

@@ -14,6 +14,7 @@
 #include "core/calibration.h"
 #include "core/engine.h"
 #include "core/engine_cache.h"
+#include "core/plugin.h"
 #include "core/refit.h"
 #include "ir/error.h"
 #include "ir/logging.h"
@@ -367,6 +368,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("version", &kiln_version_string);
   // The engine cache's checksum of this Kiln build and its trimming (py/kiln/module_cache.py).
   m.def("library_checksum", &kiln_library_checksum);
+  // Plugins (core/plugin.h): loading their libraries, and what is registered.
+  m.def("load_plugin_library", &load_plugin_library, py::arg("path"));
+  m.def("registered_plugins", &registered_plugins);
   m.def("engine_cache_trim", &engine_cache_trim, py::arg("dir"), py::arg("max_bytes"));
   m.def("cuda_device_count", &cuda_device_count);
   // What `kiln info` reports: the versions Kiln was built against and the ones loaded now.
@@ -474,6 +478,13 @@ PYBIND11_MODULE(_C, m) {
                  name.empty() ? "a new " + op + " layer" : "layer '" + name + "' (" + op + ")";
              Layer& l = n.add_layer(op, inputs, to_attrs(attrs, who), name);
              return py::make_tuple(l.name, l.outputs);
+           })
+      .def("add_plugin",
+           [](Network& n, const std::string& plugin, const std::vector<TensorId>& inputs,
+              const py::dict& fields, const std::string& plugin_namespace, const std::string& name) {
+             Layer& l = add_plugin(n, plugin, inputs, to_attrs(fields, "plugin '" + plugin + "'"),
+                                   plugin_namespace, name);
+             return py::make_tuple(l.name, l.op, l.outputs);
            })
       .def("mark_output", &Network::mark_output, py::arg("tensor"), py::arg("name") = "")
       .def("mark_weight", &Network::mark_weight, py::arg("tensor"), py::arg("name"))

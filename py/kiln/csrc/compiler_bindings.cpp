@@ -10,6 +10,7 @@
 #include "driver/compile.h"
 #include "driver/convert_segment.h"
 #include "ir/error.h"
+#include "ir/network.h"
 #include "lowering/kgraph.h"
 #include "partitioning/partition.h"
 
@@ -58,9 +59,131 @@ Segment to_segment(const py::dict& d) {
   return s;
 }
 
+// A node's arguments for a Python converter (kiln/plugins.py decodes them): tensors as
+// {"tensor": id} (convert: the segment network's tensor, constants added on first use) or
+// {"value": (dtype, dims)} (capability: what the value is, before any network exists); lists as
+// lists; immediates as Python values.
+py::object python_arg(const Arg& a, const std::function<py::object(ValueId)>& value) {
+  switch (a.kind) {
+    case Arg::Kind::kNone:
+      return py::none();
+    case Arg::Kind::kBool:
+      return py::bool_(a.b);
+    case Arg::Kind::kInt:
+      return py::int_(a.i);
+    case Arg::Kind::kFloat:
+      return py::float_(a.f);
+    case Arg::Kind::kString:
+      return py::str(a.s);
+    case Arg::Kind::kValue:
+      return value(a.value);
+    case Arg::Kind::kList: {
+      py::list out;
+      for (const Arg& e : a.list) out.append(python_arg(e, value));
+      return out;
+    }
+  }
+  return py::none();
+}
+
+py::list python_args(const KNode& node, const std::function<py::object(ValueId)>& value) {
+  py::list out;
+  for (const auto& [name, a] : node.args) out.append(py::make_tuple(name, python_arg(a, value)));
+  return out;
+}
+
+// The message of a Python exception raised by a converter, for the compile report.
+std::string python_error(const KNode& node, const py::error_already_set& e) {
+  return node.describe() + ": its Python converter raised " + e.what();
+}
+
+// A converter written in Python (kiln.converter): `dispatch(fn, network, node name, target,
+// args, used outputs)` runs it (kiln/plugins.py) and returns one tensor id per node output (-1
+// where nobody uses it); `describe(fn, node name, target, args)` runs its capability.
+Converter python_converter(const std::string& target, py::object fn, py::object capability,
+                           bool dynamic_shapes, const std::string& limits, py::object dispatch,
+                           py::object check) {
+  // Released with the GIL while Python runs; the converter table outlives the interpreter at
+  // exit, and then the objects are left alone.
+  auto keep = [](py::object o) {
+    return std::shared_ptr<py::object>(new py::object(std::move(o)), [](py::object* p) {
+      if (Py_IsInitialized()) {
+        py::gil_scoped_acquire gil;
+        delete p;
+      }
+    });
+  };
+  auto f = keep(std::move(fn)), cap = keep(std::move(capability)), run = keep(std::move(dispatch)),
+       describe_fn = keep(std::move(check));
+  Converter c;
+  c.target = target;
+  c.dynamic_shapes = dynamic_shapes;
+  c.limits = limits;
+  c.capability = [cap, describe_fn](const KGraph& g, const KNode& node) -> std::string {
+    if (cap->is_none()) return "";
+    py::gil_scoped_acquire gil;
+    auto info = [&g](ValueId v) -> py::object {
+      const KValue& kv = g.value(v);
+      py::dict d;
+      d["value"] = py::make_tuple(std::string(dtype_name(kv.dtype)), kv.dims);
+      return d;
+    };
+    try {
+      py::object r = (*describe_fn)(*cap, node.name, node.target, python_args(node, info));
+      return r.is_none() ? "" : r.cast<std::string>();
+    } catch (py::error_already_set& e) {
+      return python_error(node, e);
+    }
+  };
+  c.convert = [f, run](ConversionContext& ctx, const KNode& node) {
+    py::gil_scoped_acquire gil;
+    auto tensor = [&ctx](ValueId v) -> py::object {
+      py::dict d;
+      d["tensor"] = ctx.tensor(v);
+      return d;
+    };
+    std::vector<bool> used;
+    for (ValueId v : node.outputs) used.push_back(v != kNoValue);
+    std::vector<TensorId> outputs;
+    try {
+      py::object net = py::cast(&ctx.net(), py::return_value_policy::reference);
+      outputs = (*run)(*f, net, node.name, node.target, python_args(node, tensor), used)
+                    .cast<std::vector<TensorId>>();
+    } catch (py::error_already_set& e) {
+      KILN_FAIL(python_error(node, e));
+    }
+    KILN_CHECK(outputs.size() == node.outputs.size(), node.describe()
+                                                          << ": its Python converter gave " << outputs.size()
+                                                          << " outputs for " << node.outputs.size());
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      if (node.outputs[i] == kNoValue) continue;
+      const KValue& want = ctx.graph().value(node.outputs[i]);
+      const Tensor& got = ctx.net().tensor(outputs[i]);
+      KILN_CHECK(got.dtype == want.dtype && got.dims.size() == want.dims.size(),
+                 node.describe() << ": its Python converter's output " << i << " is " << dtype_name(got.dtype)
+                                 << " " << to_string(got.dims) << ", the graph has " << dtype_name(want.dtype)
+                                 << " " << to_string(want.dims));
+      ctx.set_output(node, i, outputs[i]);
+    }
+  };
+  return c;
+}
+
 }  // namespace
 
 void bind_compiler(py::module_& m) {
+  // Python converters (kiln.converter, kiln/plugins.py): registered over any built-in one.
+  m.def(
+      "register_python_converter",
+      [](const std::string& target, py::object fn, py::object capability, bool dynamic_shapes,
+         const std::string& limits, py::object dispatch, py::object check) {
+        override_converter(python_converter(target, std::move(fn), std::move(capability), dynamic_shapes,
+                                            limits, std::move(dispatch), std::move(check)));
+      },
+      py::arg("target"), py::arg("fn"), py::arg("capability"), py::arg("dynamic_shapes"), py::arg("limits"),
+      py::arg("dispatch"), py::arg("check"));
+  m.def("remove_python_converter", &remove_override_converter, py::arg("target"));
+
   py::class_<ValueRef>(m, "ValueRef").def(py::init<ValueId>()).def_readonly("id", &ValueRef::id);
 
   py::class_<KGraph, std::shared_ptr<KGraph>>(m, "KGraph")

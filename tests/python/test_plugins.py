@@ -1,0 +1,261 @@
+"""Plugins (core/plugin.h, kiln/plugins.py, docs/plugins.md): the example plugin library
+(examples/plugins/erfinv) loads, its layer runs in networks and compiled models on the reference
+backend against torch.erfinv, plans and saved modules carry it, and loading one without the
+library fails naming the plugin. Python converters (kiln.converter) convert custom torch ops and
+take precedence over built-in converters."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import kiln
+from kiln import plugins
+from kiln import runtime as rt
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("KILN_BUILD_DIR", ROOT / "build"))
+LIBRARY = BUILD / "examples" / "plugins" / "erfinv" / "libkiln_erfinv.so"
+sys.path.insert(0, str(ROOT / "examples" / "plugins" / "erfinv"))
+import erfinv_torch  # noqa: E402 (the example's torch custom op kiln_example::erfinv and converter)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def erfinv_plugin():
+    assert LIBRARY.exists(), f"{LIBRARY} is missing: build Kiln first (tools/build.sh)"
+    kiln.load_plugin_library(LIBRARY)
+    kiln.load_plugin_library(LIBRARY)  # a second load of the same file does nothing more
+
+
+def _erfinv_network(dtype="float32"):
+    net = kiln.Network()
+    x = net.add_input("x", dtype, [-1, 6])
+    layer = net.add_plugin("kiln_example::erfinv", [x], {"scale": 2.0})
+    net.mark_output(layer.output, "y")
+    return net, layer
+
+
+def _build(net, precisions=(), batch=(1, 4, 8)):
+    config = kiln.BuilderConfig(device="cpu", precisions=list(precisions))
+    config.add_optimization_profile({"x": tuple([b, 6] for b in batch)})
+    return kiln.Builder().build(net, config)
+
+
+def _inputs(n, dtype=torch.float32):
+    return (torch.rand(n, 6) * 1.98 - 0.99).to(dtype)
+
+
+def test_registered_and_added_to_a_network():
+    assert "kiln_example::erfinv 1" in kiln.registered_plugins()
+    _, layer = _erfinv_network()
+    assert layer.op == "plugin:kiln_example::erfinv"
+    assert layer.name.startswith("erfinv")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_runs_on_the_reference_backend_with_dynamic_batch(dtype):
+    name = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
+    net, _ = _erfinv_network(name)
+    engine = kiln.Engine(_build(net), device="cpu")
+    ctx = engine.create_execution_context()
+    for n in (1, 5, 8):
+        x = _inputs(n, dtype)
+        want = (2 * torch.erfinv(x.float())).to(dtype)
+        # torch's float32 erfinv is within an ulp; the plugin rounds the exact value
+        ulp = {torch.float32: 2e-7, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+        torch.testing.assert_close(ctx.execute({"x": x})["y"], want, rtol=ulp, atol=ulp)
+
+
+def test_refused_dtype_keeps_the_layer_out_of_it():
+    net = kiln.Network()
+    x = net.add_input("x", "int32", [2, 6])
+    with pytest.raises(kiln.KilnError, match="erfinv takes float32, float16 or bfloat16"):
+        net.add_plugin("kiln_example::erfinv", [x])
+
+
+def test_fp16_build_runs_it_in_fp16_between_layers():
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [-1, 6])
+    t = net.add_layer("activation", [x], {"type": "tanh"})
+    e = net.add_plugin("kiln_example::erfinv", [t], {"scale": 0.5})
+    net.mark_output(net.add_layer("unary", [e], {"op": "exp"}).output, "y")
+    plan = _build(net, precisions=["fp16"])
+    (line,) = [x for x in kiln.inspect(plan).text().splitlines() if "plugin:kiln_example" in x]
+    assert "float16->float16" in line and "plugin kiln_example::erfinv 1" in line, line
+    x = torch.randn(4, 6)
+    got = kiln.Engine(plan, device="cpu").create_execution_context().execute({"x": x})["y"]
+    torch.testing.assert_close(
+        got, torch.exp(0.5 * torch.erfinv(torch.tanh(x))), rtol=2e-2, atol=2e-2
+    )
+
+
+def test_unknown_plugin_and_fields_are_refused_by_name():
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [2, 6])
+    with pytest.raises(kiln.KilnError, match="plugin 'nope::erfinv' is not registered"):
+        net.add_plugin("nope::erfinv", [x])
+    with pytest.raises(kiln.KilnError, match="unknown attribute 'scael'.*scale"):
+        net.add_plugin("kiln_example::erfinv", [x], {"scael": 1.0})
+    with pytest.raises(kiln.KilnError, match="set by Kiln"):
+        net.add_plugin("kiln_example::erfinv", [x], {"plugin_version": "1"})
+
+
+def test_a_layer_of_another_plugin_version_is_refused_by_name():
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [2, 6])
+    with pytest.raises(kiln.KilnError, match="version '0'.*this process has version '1'"):
+        net.add_layer("plugin:kiln_example::erfinv", [x], {"plugin_version": "0"})
+
+
+LOAD_PLAN = textwrap.dedent(
+    """
+    import sys, torch, kiln
+    plan = kiln.Plan.deserialize(open(sys.argv[1], "rb").read())
+    x = torch.full((2, 6), 0.5)
+    y = kiln.Engine(plan, device="cpu").create_execution_context().execute({"x": x})["y"]
+    print("ok", float(y[0, 0]))
+    """
+)
+
+
+def test_a_plan_needs_its_plugin_library(tmp_path):
+    net, _ = _erfinv_network()
+    path = tmp_path / "erfinv.plan"
+    path.write_bytes(_build(net).serialize())
+    env = {k: v for k, v in os.environ.items() if k != "KILN_PLUGIN_LIBRARIES"}
+    run = subprocess.run(
+        [sys.executable, "-c", LOAD_PLAN, str(path)], capture_output=True, text=True, env=env
+    )
+    assert run.returncode != 0
+    assert "plugin 'kiln_example::erfinv' version '1' is not loaded" in run.stderr, run.stderr[
+        -2000:
+    ]
+    env["KILN_PLUGIN_LIBRARIES"] = str(LIBRARY)  # loaded by the engine itself, no code
+    run = subprocess.run(
+        [sys.executable, "-c", LOAD_PLAN, str(path)], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout.split()[-1]) == pytest.approx(
+        2 * float(torch.erfinv(torch.tensor(0.5)))
+    )
+
+
+# ---- Python converters ---------------------------------------------------------------------
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.b = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x)) * 0.9
+        return self.b(torch.ops.kiln_example.erfinv(h, 2.0))
+
+
+@pytest.fixture
+def converted():
+    kiln.converter("kiln_example::erfinv.default")(erfinv_torch.convert)
+    yield
+    plugins.remove_converter("kiln_example::erfinv")
+
+
+def _compile(model, x, **kwargs):
+    return kiln.compile(model, [x], device="cpu", min_block_size=1, cache_dir=False, **kwargs)
+
+
+def test_a_custom_op_falls_back_without_a_converter():
+    torch.manual_seed(0)
+    model, x = Model().eval(), torch.randn(4, 6)
+    compiled = _compile(model, x)
+    assert len(compiled.report.fallbacks) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not rt.is_available(), reason="libkiln_runtime.so was not built")
+def test_a_custom_op_converts_to_the_plugin_in_one_engine(converted, tmp_path):
+    torch.manual_seed(0)
+    model, x = Model().eval(), torch.randn(4, 6)
+    compiled = _compile(model, x)
+    assert compiled.report.num_engines == 1 and not compiled.report.fallbacks, compiled.report.text
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+        path = tmp_path / "m.pt2"
+        kiln.save(compiled, path)
+        torch.testing.assert_close(kiln.load(path)(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_python_converter_takes_precedence_and_is_removable():
+    calls = []
+
+    @kiln.converter(torch.ops.aten.relu.default)
+    def relu_as_max(net, node):
+        calls.append(node.name)
+        zero = net.add_constant(np.zeros((), np.float32))
+        return net.add_layer(
+            "elementwise", [node.args["self"], zero], {"op": "max"}, name=node.name
+        )
+
+    try:
+        model = nn.Sequential(nn.Linear(6, 4), nn.ReLU()).eval()
+        x = torch.randn(3, 6)
+        compiled = _compile(model, x)
+        assert calls, "the Python converter ran"
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x))
+    finally:
+        plugins.remove_converter("aten.relu.default")
+    calls.clear()
+    _compile(model, x)
+    assert not calls  # the built-in converter is back
+
+
+def test_capability_and_errors_of_python_converters_send_the_node_to_pytorch():
+    torch.manual_seed(0)
+    model, x = Model().eval(), torch.randn(4, 6)
+
+    @kiln.converter(
+        "kiln_example::erfinv", capability=lambda node: node.args["scale"] > 10 or "scale <= 10"
+    )
+    def refused(net, node):
+        raise AssertionError("not called: the capability refused the node")
+
+    try:
+        compiled = _compile(model, x)
+        assert "scale <= 10" in compiled.report.text
+    finally:
+        plugins.remove_converter("kiln_example::erfinv")
+
+    @kiln.converter("kiln_example::erfinv")
+    def broken(net, node):
+        raise ValueError("this converter is broken")
+
+    try:
+        with torch.no_grad():
+            compiled = _compile(model, x)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+        assert "this converter is broken" in compiled.report.text
+        with pytest.raises(kiln.KilnError, match="this converter is broken"):
+            _compile(model, x, require_full_compilation=True)
+    finally:
+        plugins.remove_converter("kiln_example::erfinv")
+
+
+@pytest.mark.skipif(not rt.is_available(), reason="libkiln_runtime.so was not built")
+def test_the_torchscript_frontend_uses_python_converters_too(converted):
+    torch.manual_seed(0)
+    model, x = Model().eval(), torch.randn(4, 6)
+    compiled = kiln.compile(
+        torch.jit.script(model), [x], device="cpu", min_block_size=1, cache_dir=False
+    )
+    assert compiled.report.num_engines == 1 and not compiled.report.fallbacks, compiled.report.text
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
