@@ -63,10 +63,11 @@ void check_version(const Layer& layer, const PluginCreator& c) {
   const std::string made = layer.attrs.has("plugin_version")
                                ? layer.attrs.get_string("plugin_version", describe(layer))
                                : std::string();
-  KILN_CHECK(made == c.version(), describe(layer) << " was made with plugin '" << qualified(c) << "' version '"
-                                                  << made << "', and this process has version '" << c.version()
-                                                  << "': load the plugin library of version '" << made
-                                                  << "', or build the engine again with this one");
+  KILN_CHECK(made == c.version(), describe(layer)
+                                      << " was made with plugin '" << qualified(c) << "' version '" << made
+                                      << "', and this process has version '" << c.version()
+                                      << "': load the plugin library of version '" << made
+                                      << "', or build the engine again with this one");
 }
 
 // The plugin's own fields of `layer`, defaults filled in.
@@ -90,9 +91,8 @@ std::vector<TensorDesc> infer(const PluginCreator& c, const Layer& layer, const 
   const Attributes fields = fields_of(layer, c);
   std::vector<PluginTensorDesc> descs;
   for (const TensorDesc& t : in) descs.push_back({t.dtype, t.dims});
-  const std::vector<PluginTensorDesc> out = guarded(layer, c, "refused its inputs", [&] {
-    return c.create(fields, -1)->outputs(descs);
-  });
+  const std::vector<PluginTensorDesc> out =
+      guarded(layer, c, "refused its inputs", [&] { return c.create(fields, -1)->outputs(descs); });
   std::vector<TensorDesc> result;
   for (const PluginTensorDesc& t : out) result.push_back({t.dtype, t.dims});
   return result;
@@ -132,17 +132,19 @@ class PluginKernel final : public Kernel {
       return;
     }
     const size_t need = guarded(layer_, *creator_, "failed", [&] { return impl_->workspace_bytes(in); });
-    KILN_CHECK(need <= ctx.workspace_bytes, describe(layer_) << ": plugin '" << qualified(*creator_) << "' needs "
-                                                             << need << " bytes of workspace, the engine has "
-                                                             << ctx.workspace_bytes
-                                                             << ": build with a larger workspace_size");
+    KILN_CHECK(need <= ctx.workspace_bytes,
+               describe(layer_) << ": plugin '" << qualified(*creator_) << "' needs " << need
+                                << " bytes of workspace, the engine has " << ctx.workspace_bytes
+                                << ": build with a larger workspace_size");
     guarded(layer_, *creator_, "failed", [&] {
       impl_->enqueue(in, out, need ? ctx.workspace : nullptr, ctx.stream);
       return 0;
     });
   }
   std::string name() const override { return name_; }
-  int num_tactics() const override { return backend_ == Backend::kCuda ? std::max(1, impl_->num_tactics()) : 1; }
+  int num_tactics() const override {
+    return backend_ == Backend::kCuda ? std::max(1, impl_->num_tactics()) : 1;
+  }
   bool capturable() const override { return impl_->capturable(); }
 
  private:
@@ -155,7 +157,8 @@ class PluginKernel final : public Kernel {
 
 }  // namespace
 
-void PluginLayer::enqueue(const std::vector<PluginTensor>&, const std::vector<PluginTensor>&, void*, void*) const {
+void PluginLayer::enqueue(const std::vector<PluginTensor>&, const std::vector<PluginTensor>&, void*,
+                          void*) const {
   KILN_FAIL("this plugin has no CUDA implementation");
 }
 
@@ -183,19 +186,20 @@ void register_plugin(std::shared_ptr<PluginCreator> creator) {
   const std::string op = plugin_op(name, creator->plugin_namespace());
   std::lock_guard<std::mutex> lock(plugins_mutex());
   auto found = plugins().find(op);
-  KILN_CHECK(found == plugins().end(), "register_plugin: plugin '" << qualified(*creator) << "' version '"
-                                                                   << version << "' is registered already (version '"
-                                                                   << found->second->version()
-                                                                   << "'): one version of a plugin per process");
+  KILN_CHECK(found == plugins().end(), "register_plugin: plugin '"
+                                           << qualified(*creator) << "' version '" << version
+                                           << "' is registered already (version '" << found->second->version()
+                                           << "'): one version of a plugin per process");
   OpSchema schema;
   schema.name = op;
   schema.min_inputs = creator->min_inputs();
   schema.max_inputs = creator->max_inputs();
   std::set<std::string> names;
   for (const PluginField& f : creator->fields()) {
-    KILN_CHECK(names.insert(f.name).second && f.name != "plugin_version" && f.name != "tactic" && f.name != "fused",
-               "register_plugin: plugin '" << qualified(*creator) << "': field '" << f.name
-                                           << "' is declared twice or uses a reserved name");
+    KILN_CHECK(
+        names.insert(f.name).second && f.name != "plugin_version" && f.name != "tactic" && f.name != "fused",
+        "register_plugin: plugin '" << qualified(*creator) << "': field '" << f.name
+                                    << "' is declared twice or uses a reserved name");
     schema.attributes.push_back({f.name, attr_type(f.type), f.default_value, f.doc});
   }
   schema.attributes.push_back({"plugin_version", AttrType::kString, std::nullopt,
@@ -206,8 +210,9 @@ void register_plugin(std::shared_ptr<PluginCreator> creator) {
   schema.infer = [c](const Layer& layer, const std::vector<TensorDesc>& in) { return infer(*c, layer, in); };
   register_schema(std::move(schema));
   if (creator->has_cpu()) {
-    register_kernel(op, Backend::kReference,
-                    [c](const Layer& l) { return std::make_unique<PluginKernel>(l, c, Backend::kReference); });
+    register_kernel(op, Backend::kReference, [c](const Layer& l) {
+      return std::make_unique<PluginKernel>(l, c, Backend::kReference);
+    });
   }
   if (creator->has_cuda()) {
     register_kernel(op, Backend::kCuda,
@@ -238,18 +243,21 @@ void load_plugin_library(const std::string& path) {
 }
 
 Layer& add_plugin(Network& net, const std::string& name, const std::vector<int32_t>& inputs,
-                  const Attributes& fields, const std::string& plugin_namespace, const std::string& layer_name) {
+                  const Attributes& fields, const std::string& plugin_namespace,
+                  const std::string& layer_name) {
   const std::string op = plugin_op(name, plugin_namespace);
   find_schema(op);  // loads KILN_PLUGIN_LIBRARIES when the plugin is not registered yet
   const PluginCreator* c = find_plugin(op);
-  KILN_CHECK(c != nullptr, "add_plugin: plugin '" << op.substr(7)
-                                                  << "' is not registered: load its library first "
-                                                     "(kiln.load_plugin_library / kiln::load_plugin_library)");
+  KILN_CHECK(c != nullptr, "add_plugin: plugin '"
+                               << op.substr(7)
+                               << "' is not registered: load its library first "
+                                  "(kiln.load_plugin_library / kiln::load_plugin_library)");
   Attributes attrs = fields;
   KILN_CHECK(!attrs.has("plugin_version") && !attrs.has("tactic"),
              "add_plugin: 'plugin_version' and 'tactic' are set by Kiln, not given as fields");
   attrs.set("plugin_version", c->version());
-  return net.add_layer(op, inputs, std::move(attrs), layer_name.empty() ? net.unique_layer_name(name) : layer_name);
+  return net.add_layer(op, inputs, std::move(attrs),
+                       layer_name.empty() ? net.unique_layer_name(name) : layer_name);
 }
 
 }  // namespace kiln

@@ -76,7 +76,8 @@ class PluginLayer {
   virtual void enqueue(const std::vector<PluginTensor>& inputs, const std::vector<PluginTensor>& outputs,
                        void* workspace, void* stream) const;
   // The reference backend: computes on host memory.
-  virtual void run_cpu(const std::vector<PluginTensor>& inputs, const std::vector<PluginTensor>& outputs) const;
+  virtual void run_cpu(const std::vector<PluginTensor>& inputs,
+                       const std::vector<PluginTensor>& outputs) const;
   // Several CUDA implementations: how many. The creator's create() gets the one the builder
   // timed fastest (`tactic` in [0, num_tactics()); -1 for its default).
   virtual int num_tactics() const { return 1; }
@@ -136,10 +137,10 @@ uint16_t float_to_bfloat16(float value);
 
 // Registers a creator class when the library defining it loads:
 //   KILN_REGISTER_PLUGIN(ErfinvCreator);
-#define KILN_REGISTER_PLUGIN(Creator)                                                                 \
-  static const bool kiln_plugin_registered_##Creator = [] {                                         \
-    ::kiln::register_plugin(std::make_shared<Creator>());                                           \
-    return true;                                                                                    \
+#define KILN_REGISTER_PLUGIN(Creator)                       \
+  static const bool kiln_plugin_registered_##Creator = [] { \
+    ::kiln::register_plugin(std::make_shared<Creator>());   \
+    return true;                                            \
   }()
 
 }  // namespace kiln

@@ -259,3 +259,31 @@ def test_the_torchscript_frontend_uses_python_converters_too(converted):
     assert compiled.report.num_engines == 1 and not compiled.report.fallbacks, compiled.report.text
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not rt.is_available(), reason="libkiln_runtime.so was not built")
+@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+def test_the_cpp_app_runs_a_saved_module_with_the_plugin(converted, tmp_path):
+    """examples/cpp (kiln_infer, no Kiln code of its own) runs a saved module whose engine has
+    the plugin layer, given KILN_PLUGIN_LIBRARIES; without it, it fails naming the plugin."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from cpp_example import build_example
+
+    exe = build_example("cpp") / "kiln_infer"
+    torch.manual_seed(0)
+    model, x = Model().eval(), torch.randn(4, 6)
+    compiled = _compile(model, x)
+    kiln.save(compiled, tmp_path / "m.ts", output_format="torchscript")
+    torch.save(x, tmp_path / "x.pt")
+    cmd = [str(exe), str(tmp_path / "m.ts"), str(tmp_path / "x.pt"), str(tmp_path / "y.pt"), "cpu"]
+    env = {k: v for k, v in os.environ.items() if k != "KILN_PLUGIN_LIBRARIES"}
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode != 0
+    assert "plugin 'kiln_example::erfinv' version '1' is not loaded" in run.stderr, run.stderr[
+        -2000:
+    ]
+    env["KILN_PLUGIN_LIBRARIES"] = str(LIBRARY)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / "y.pt"), compiled(x))

@@ -55,11 +55,12 @@ class ErfinvLayer : public kiln::PluginLayer {
 
   void enqueue(const std::vector<kiln::PluginTensor>& in, const std::vector<kiln::PluginTensor>& out,
                void* /*workspace*/, void* stream) const override {
-    launch_erfinv(in[0].data, out[0].data, count(in[0]), static_cast<int>(in[0].dtype), static_cast<float>(scale_),
-                  stream);
+    launch_erfinv(in[0].data, out[0].data, count(in[0]), static_cast<int>(in[0].dtype),
+                  static_cast<float>(scale_), stream);
   }
 
-  void run_cpu(const std::vector<kiln::PluginTensor>& in, const std::vector<kiln::PluginTensor>& out) const override {
+  void run_cpu(const std::vector<kiln::PluginTensor>& in,
+               const std::vector<kiln::PluginTensor>& out) const override {
     const int64_t n = count(in[0]);
     if (in[0].dtype == DataType::kFloat32) {
       const auto* x = static_cast<const float*>(in[0].data);

@@ -19,7 +19,8 @@ __device__ void store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfl
 
 template <typename T>
 __global__ void erfinv_kernel(const T* in, T* out, int64_t n, float scale) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x)
     store(out, i, scale * erfinvf(load(in, i)));
 }
 
@@ -43,7 +44,8 @@ void launch_erfinv(const void* in, void* out, int64_t n, int dtype, float scale,
   else
     launch<__nv_bfloat16>(in, out, n, scale, s);
   const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) throw std::runtime_error(std::string("erfinv kernel launch: ") + cudaGetErrorString(e));
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string("erfinv kernel launch: ") + cudaGetErrorString(e));
 }
 
 }  // namespace kiln_example
