@@ -76,6 +76,10 @@ struct ConverterRegistration {
 void override_converter(Converter c);
 void remove_override_converter(const std::string& target);
 const Converter* find_converter(const std::string& target);
+
+// The converter that runs op `target` through PyTorch inside the engine (a `torch_op` layer,
+// defined by libkiln_runtime): CompileOptions::torch_ops_in_engine installs it for its ops.
+Converter torch_op_converter(const std::string& target);
 std::vector<const Converter*> registered_converters();  // sorted by target
 
 // "" when a converter exists for the node and accepts it (including its dynamic-shape flag),

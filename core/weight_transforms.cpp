@@ -6,6 +6,7 @@
 #include <map>
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -67,9 +68,25 @@ __attribute__((target("avx,f16c"))) void floats_to_halves_f16c(const float* src,
 
 }  // namespace
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+namespace {
+// CPUID: AVX and F16C, and the OS saving YMM state (XGETBV). Not __builtin_cpu_supports("f16c"):
+// clang does not know that feature name.
+bool cpu_has_f16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  const bool osxsave = (c >> 27) & 1u, avx = (c >> 28) & 1u, f16c = (c >> 29) & 1u;
+  if (!(osxsave && avx && f16c)) return false;
+  unsigned lo = 0, hi = 0;
+  __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (lo & 6u) == 6u;  // XMM and YMM state enabled
+}
+}  // namespace
+#endif
+
 void floats_to_halves(const float* src, uint16_t* dst, int64_t n) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  static const bool f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+  static const bool f16c = cpu_has_f16c();
   if (f16c) return floats_to_halves_f16c(src, dst, n);
 #endif
   for (int64_t i = 0; i < n; ++i) dst[i] = float_to_half_bits(src[i]);

@@ -1,5 +1,10 @@
 #include "driver/compile.h"
 
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "converters/converter.h"
 #include "driver/convert_segment.h"
 #include "ir/error.h"
 #include "ir/logging.h"
@@ -93,10 +98,53 @@ BuilderConfig segment_config(const KGraph& graph, const Segment& segment, const 
 
 }  // namespace
 
+namespace {
+
+// The torch_op converter over the converters of the ops listed in torch_ops_in_engine, for one
+// compile.
+class TorchOpsInEngine {
+ public:
+  explicit TorchOpsInEngine(const std::vector<std::string>& targets) {
+    for (const std::string& t : targets) {
+      if (!installed_.insert(t).second) continue;
+      override_converter(torch_op_converter(t));
+    }
+  }
+  ~TorchOpsInEngine() {
+    for (const std::string& t : installed_) remove_override_converter(t);
+  }
+  TorchOpsInEngine(const TorchOpsInEngine&) = delete;
+  TorchOpsInEngine& operator=(const TorchOpsInEngine&) = delete;
+
+ private:
+  std::set<std::string> installed_;
+};
+
+// The report says which nodes run through PyTorch inside engines (torch_ops_in_engine).
+void note_torch_ops_in_engines(const KGraph& graph, const Partition& partition, const CompileOptions& options,
+                               CompileReport* report) {
+  const std::set<std::string> listed(options.torch_ops_in_engine.begin(), options.torch_ops_in_engine.end());
+  std::map<std::string, int> count;
+  for (const Segment& s : partition.segments) {
+    if (!s.engine) continue;
+    for (int n : s.nodes) {
+      if (listed.count(graph.nodes()[n].target)) ++count[graph.nodes()[n].target];
+    }
+  }
+  if (count.empty()) return;
+  std::ostringstream line;
+  line << "\ntorch ops inside engines (torch_ops_in_engine, run by PyTorch when the engine runs):";
+  for (const auto& [target, n] : count) line << " " << target << " x" << n;
+  report->text += line.str();
+}
+
+}  // namespace
+
 CompileResult compile_graph(const KGraph& graph, const CompileOptions& options, const InputRange& range,
                             std::map<int, std::string> torch_nodes) {
   const BuildTarget target = parse_device(options.device);  // refuses an unknown device before any work
   KILN_CHECK(target != BuildTarget::kAuto, "compile: device must be 'cuda', 'cuda:N' or 'cpu', not 'auto'");
+  const TorchOpsInEngine torch_ops(options.torch_ops_in_engine);
   CompileResult result;
   // A node whose converter fails runs in PyTorch instead (its reason in the report), and the
   // graph is partitioned again; each round moves one more node, so this ends.
@@ -119,6 +167,7 @@ CompileResult compile_graph(const KGraph& graph, const CompileOptions& options, 
     }
   }
   result.report = make_report(graph, result.partition);
+  note_torch_ops_in_engines(graph, result.partition, options, &result.report);
   KILN_LOG(kVerbose, "compile: " << result.report.text);
   if (options.dry_run) return result;
   size_t k = 0;

@@ -22,12 +22,15 @@ struct CompileOptions {
   std::set<Precision> enabled_precisions{Precision::kFP32};
   int64_t min_block_size = 5;                   // smaller engine segments run in PyTorch
   std::vector<std::string> torch_executed_ops;  // "aten.gelu.default": always PyTorch
-  bool require_full_compilation = false;        // unsupported nodes are an error listing them
-  std::string device = "cuda";                  // where engines run: "cuda", "cuda:N" or "cpu"
-  size_t workspace_size = size_t{32} << 20;     // builder workspace limit, bytes
-  int optimization_level = 3;                   // 0 skips the optional builder passes
-  std::string timing_cache_path;                // persistent tactic timing cache; empty: none
-  std::string engine_cache_dir;                 // engine cache (core/engine_cache.h); empty: none
+  // Ops that run through PyTorch inside the engine (a torch_op layer) rather than as a graph
+  // break: "mylib.myop.default". Needs libkiln_runtime (torch) wherever the engine runs.
+  std::vector<std::string> torch_ops_in_engine;
+  bool require_full_compilation = false;     // unsupported nodes are an error listing them
+  std::string device = "cuda";               // where engines run: "cuda", "cuda:N" or "cpu"
+  size_t workspace_size = size_t{32} << 20;  // builder workspace limit, bytes
+  int optimization_level = 3;                // 0 skips the optional builder passes
+  std::string timing_cache_path;             // persistent tactic timing cache; empty: none
+  std::string engine_cache_dir;              // engine cache (core/engine_cache.h); empty: none
   int64_t engine_cache_max_bytes = int64_t{4} << 30;
   std::optional<bool> tactic_timing;  // unset: on unless KILN_TACTIC_TIMING=0
   bool cuda_graphs = true;            // engines capture and replay CUDA graphs

@@ -214,6 +214,10 @@ std::string unknown_op(const Layer& layer) {
       << (version.empty() ? "" : " version '" + version + "'")
       << " is not loaded: load the library that defines it first (kiln.load_plugin_library(path) in "
          "Python, kiln::load_plugin_library in C++, or KILN_PLUGIN_LIBRARIES=path for any app)";
+  } else if (layer.op == "torch_op") {  // defined by libkiln_runtime (runtime/runtime.cpp)
+    s << describe(layer) << " runs a torch op inside the engine (torch_ops_in_engine): such engines need "
+      << "torch and Kiln's torch runtime (libkiln_runtime, loaded by `import kiln` with torch, or linked as "
+      << "Kiln::runtime in a C++ app)";
   } else {
     s << describe(layer) << ": unknown op '" << layer.op << "'";
   }
@@ -234,7 +238,8 @@ const OpSchema* find_schema(const std::string& op) {
 std::vector<std::string> registered_ops() {
   std::vector<std::string> names;
   for (const auto& kv : registry()) {
-    if (!is_plugin_op(kv.first)) names.push_back(kv.first);
+    // Plugins' ops, and torch_op (libkiln_runtime's, registered when torch is there): not built in.
+    if (!is_plugin_op(kv.first) && kv.first != "torch_op") names.push_back(kv.first);
   }
   return names;
 }

@@ -28,7 +28,9 @@
 #include "core/engine.h"
 #include "core/plan.h"
 #include "ir/error.h"
+#include "ir/op_schema.h"
 #include "kernels/device.h"
+#include "kernels/kernel.h"
 #include "runtime/runtime.h"
 
 #include "ir/base64.h"
@@ -568,6 +570,314 @@ std::optional<DataType> kiln_dtype(at::ScalarType t) {
 }
 
 c10::ClassTypePtr engine_type() { return torch::getCustomClass("__torch__.torch.classes.kiln.Engine"); }
+
+// ---- torch ops inside engines ------------------------------------------------------------------
+// A `torch_op` layer (converters/torch_op.cpp: kiln.compile's torch_ops_in_engine) calls a torch
+// op through the dispatcher when the engine runs, on tensors that view the engine's buffers. The
+// op is defined here, where torch is: a process without libkiln_runtime cannot load such plans
+// (ir/op_schema.cpp says so).
+namespace {
+
+// One argument as converters/torch_op.cpp encoded it.
+struct OpArg {
+  char kind = 'N';  // N B I F S T L
+  bool b = false;
+  int64_t i = 0;
+  double f = 0;
+  std::string s;
+  std::vector<OpArg> list;
+};
+
+class OpArgReader {
+ public:
+  explicit OpArgReader(const std::string& text) : text_(text) {}
+  std::vector<OpArg> all() {
+    std::vector<OpArg> out;
+    while (pos_ < text_.size()) out.push_back(next());
+    return out;
+  }
+
+ private:
+  OpArg next() {
+    KILN_CHECK(pos_ < text_.size(), "torch_op: its encoded arguments end early");
+    OpArg a;
+    a.kind = text_[pos_++];
+    switch (a.kind) {
+      case 'N':
+        break;
+      case 'B':
+        KILN_CHECK(pos_ < text_.size(), "torch_op: its encoded arguments end early");
+        a.b = text_[pos_++] == '1';
+        break;
+      case 'I':
+      case 'T':
+        a.i = std::stoll(until(';'));
+        break;
+      case 'F':
+        a.f = std::strtod(until(';').c_str(), nullptr);
+        break;
+      case 'S': {
+        const size_t n = std::stoull(until(':'));
+        KILN_CHECK(n <= text_.size() - pos_, "torch_op: a string argument runs past the end");
+        a.s = text_.substr(pos_, n);
+        pos_ += n;
+        break;
+      }
+      case 'L': {
+        const size_t n = std::stoull(until(';'));
+        for (size_t k = 0; k < n; ++k) a.list.push_back(next());
+        break;
+      }
+      default:
+        KILN_FAIL("torch_op: unknown argument kind '" << a.kind << "' in its encoded arguments");
+    }
+    return a;
+  }
+  std::string until(char end) {
+    const size_t at = text_.find(end, pos_);
+    KILN_CHECK(at != std::string::npos, "torch_op: its encoded arguments end early");
+    std::string out = text_.substr(pos_, at - pos_);
+    pos_ = at + 1;
+    return out;
+  }
+  const std::string& text_;
+  size_t pos_ = 0;
+};
+
+c10::IValue op_ivalue(const OpArg& a, c10::TypePtr type, const std::vector<at::Tensor>& tensors) {
+  if (a.kind == 'N') return c10::IValue();
+  if (auto opt = type->cast<c10::OptionalType>()) type = opt->getElementType();
+  switch (a.kind) {
+    case 'B':
+      return c10::IValue(a.b);
+    case 'I':
+      if (type->kind() == c10::TypeKind::FloatType) return c10::IValue(static_cast<double>(a.i));
+      return c10::IValue(a.i);
+    case 'F':
+      return c10::IValue(a.f);
+    case 'S':
+      if (type->kind() == c10::TypeKind::ScalarTypeType)  // a dtype, by Kiln's name
+        return c10::IValue(static_cast<int64_t>(torch_dtype(parse_dtype(a.s))));
+      return c10::IValue(a.s);
+    case 'T':
+      KILN_CHECK(a.i >= 0 && a.i < static_cast<int64_t>(tensors.size()),
+                 "torch_op: tensor argument " << a.i << " out of range");
+      return c10::IValue(tensors[static_cast<size_t>(a.i)]);
+    case 'L': {
+      c10::TypePtr elem = c10::AnyType::get();
+      if (auto list = type->cast<c10::ListType>()) elem = list->getElementType();
+      if (elem->kind() == c10::TypeKind::TensorType) {
+        c10::List<at::Tensor> out;
+        for (const OpArg& e : a.list) out.push_back(op_ivalue(e, elem, tensors).toTensor());
+        return c10::IValue(out);
+      }
+      if (elem->kind() == c10::TypeKind::IntType || elem->kind() == c10::TypeKind::SymIntType) {
+        c10::List<int64_t> out;
+        for (const OpArg& e : a.list) out.push_back(e.i);
+        return c10::IValue(out);
+      }
+      if (elem->kind() == c10::TypeKind::FloatType) {
+        c10::List<double> out;
+        for (const OpArg& e : a.list) out.push_back(e.kind == 'I' ? static_cast<double>(e.i) : e.f);
+        return c10::IValue(out);
+      }
+      if (elem->kind() == c10::TypeKind::BoolType) {
+        c10::List<bool> out;
+        for (const OpArg& e : a.list) out.push_back(e.b);
+        return c10::IValue(out);
+      }
+      c10::impl::GenericList out(elem);
+      for (const OpArg& e : a.list) out.push_back(op_ivalue(e, elem, tensors));
+      return c10::IValue(out);
+    }
+    default:
+      KILN_FAIL("torch_op: unknown argument kind '" << a.kind << "'");
+  }
+}
+
+// "mylib.myop.default" -> the dispatcher's operator "mylib::myop", overload "" ("default").
+c10::OperatorHandle find_torch_op(const std::string& target) {
+  const size_t first = target.find('.'), last = target.rfind('.');
+  KILN_CHECK(first != std::string::npos && last > first,
+             "torch_op: '" << target << "' is not an op overload name (namespace.op.overload)");
+  const std::string name = target.substr(0, first) + "::" + target.substr(first + 1, last - first - 1);
+  std::string overload = target.substr(last + 1);
+  if (overload == "default") overload.clear();
+  auto op = c10::Dispatcher::singleton().findSchema({name, overload});
+  KILN_CHECK(op.has_value(), "torch_op: the torch op " << name << (overload.empty() ? "" : "." + overload)
+                                                       << " is not registered in this process: import the "
+                                                          "module that defines it (torch.library) first");
+  return *op;
+}
+
+// Calls `op` with `args` (tensors from `tensors`) and returns its tensor outputs, flattened.
+std::vector<at::Tensor> call_torch_op(const c10::OperatorHandle& op, const std::vector<OpArg>& args,
+                                      const std::vector<at::Tensor>& tensors) {
+  const auto& schema = op.schema();
+  KILN_CHECK(args.size() == schema.arguments().size(), "torch_op " << schema.name() << ": " << args.size()
+                                                                   << " arguments for a schema of "
+                                                                   << schema.arguments().size());
+  torch::jit::Stack stack;
+  for (size_t i = 0; i < args.size(); ++i)
+    stack.push_back(op_ivalue(args[i], schema.arguments()[i].type(), tensors));
+  {
+    at::NoGradGuard no_grad;
+    op.callBoxed(&stack);
+  }
+  std::vector<at::Tensor> out;
+  for (const c10::IValue& v : stack) {
+    if (v.isTensor()) {
+      out.push_back(v.toTensor());
+    } else if (v.isTensorList()) {
+      for (const at::Tensor& t : v.toTensorVector()) out.push_back(t);
+    } else if (v.isTuple()) {
+      for (const c10::IValue& e : v.toTupleRef().elements()) {
+        KILN_CHECK(e.isTensor(), "torch_op " << schema.name() << ": returns a non-tensor value");
+        out.push_back(e.toTensor());
+      }
+    } else {
+      KILN_FAIL("torch_op " << schema.name() << ": returns a non-tensor value");
+    }
+  }
+  return out;
+}
+
+std::string torch_op_target(const Layer& l) { return l.attrs.get_string("target", describe(l)); }
+
+// The recorded outputs (dtypes and dims as the compile saw them, -1 for dynamic dims).
+std::vector<TensorDesc> recorded_outputs(const Layer& l) {
+  const std::vector<int64_t> dtypes = l.attrs.get_ints("out_dtypes", describe(l)),
+                             ranks = l.attrs.get_ints("out_ranks", describe(l)),
+                             dims = l.attrs.get_ints("out_dims", describe(l));
+  KILN_CHECK(dtypes.size() == ranks.size(), describe(l) << ": out_dtypes and out_ranks differ in length");
+  std::vector<TensorDesc> out;
+  size_t at = 0;
+  for (size_t k = 0; k < dtypes.size(); ++k) {
+    KILN_CHECK(ranks[k] >= 0 && at + static_cast<size_t>(ranks[k]) <= dims.size(),
+               describe(l) << ": out_dims is shorter than out_ranks say");
+    KILN_CHECK(dtypes[k] >= 0 && dtypes[k] < kNumDataTypes, describe(l)
+                                                                << ": out_dtypes holds " << dtypes[k]);
+    Dims d(dims.begin() + static_cast<std::ptrdiff_t>(at),
+           dims.begin() + static_cast<std::ptrdiff_t>(at + ranks[k]));
+    at += static_cast<size_t>(ranks[k]);
+    out.push_back({static_cast<DataType>(dtypes[k]), d});
+  }
+  return out;
+}
+
+// Shapes: with concrete input dims the op itself says (on meta tensors: its fake/meta kernel);
+// at build time with dynamic dims, or for an op without a meta kernel, what the compile recorded.
+std::vector<TensorDesc> infer_torch_op(const Layer& l, const std::vector<TensorDesc>& in) {
+  const std::vector<TensorDesc> recorded = recorded_outputs(l);
+  const c10::OperatorHandle op = find_torch_op(torch_op_target(l));
+  bool concrete = true;
+  for (const TensorDesc& t : in) concrete &= is_static(t.dims);
+  if (!concrete) return recorded;
+  std::vector<at::Tensor> metas;
+  for (const TensorDesc& t : in)
+    metas.push_back(at::empty(t.dims, at::TensorOptions().dtype(torch_dtype(t.dtype)).device(at::kMeta)));
+  std::vector<at::Tensor> outs;
+  try {
+    outs = call_torch_op(op, OpArgReader(l.attrs.get_string("args", describe(l))).all(), metas);
+  } catch (const c10::Error&) {
+    bool all_static = true;
+    for (const TensorDesc& t : recorded) all_static &= is_static(t.dims);
+    KILN_CHECK(all_static, describe(l)
+                               << ": the torch op " << torch_op_target(l)
+                               << " has no meta (fake) implementation, which its dynamic shapes need: "
+                                  "register one (torch.library's register_fake)");
+    return recorded;
+  }
+  KILN_CHECK(outs.size() == recorded.size(), describe(l) << ": the torch op returned " << outs.size()
+                                                         << " tensors, compiled for " << recorded.size());
+  std::vector<TensorDesc> result;
+  for (size_t k = 0; k < outs.size(); ++k) {
+    const std::optional<DataType> dt = kiln_dtype(outs[k].scalar_type());
+    KILN_CHECK(dt && *dt == recorded[k].dtype, describe(l) << ": output " << k << " of the torch op is "
+                                                           << outs[k].scalar_type() << ", compiled for "
+                                                           << dtype_name(recorded[k].dtype));
+    result.push_back({*dt, outs[k].sizes().vec()});
+  }
+  return result;
+}
+
+class TorchOpKernel final : public Kernel {
+ public:
+  TorchOpKernel(const Layer& l, Backend backend)
+      : layer_(l),
+        op_(find_torch_op(torch_op_target(l))),
+        args_(OpArgReader(l.attrs.get_string("args", describe(l))).all()),
+        backend_(backend) {}
+
+  void run(const std::vector<TensorView>& inputs, const std::vector<TensorView>& outputs,
+           const LaunchContext& ctx) const override {
+    at::Device device(at::kCPU);
+#ifdef KILN_RUNTIME_CUDA
+    std::optional<c10::cuda::CUDAStreamGuard> stream_guard;
+    if (backend_ == Backend::kCuda) {
+      device = at::Device(at::kCUDA, c10::cuda::current_device());
+      stream_guard.emplace(
+          c10::cuda::getStreamFromExternal(static_cast<cudaStream_t>(ctx.stream), device.index()));
+    }
+#endif
+    auto view = [&device](const TensorView& v) {
+      return at::from_blob(v.data, v.dims, at::TensorOptions().dtype(torch_dtype(v.dtype)).device(device));
+    };
+    std::vector<at::Tensor> in;
+    for (const TensorView& v : inputs) in.push_back(view(v));
+    std::vector<at::Tensor> outs;
+    try {
+      outs = call_torch_op(op_, args_, in);
+    } catch (const c10::Error& e) {
+      KILN_FAIL(describe(layer_) << ": the torch op " << torch_op_target(layer_)
+                                 << " failed: " << e.what_without_backtrace());
+    }
+    KILN_CHECK(outs.size() == outputs.size(), describe(layer_)
+                                                  << ": the torch op returned " << outs.size()
+                                                  << " tensors for " << outputs.size() << " outputs");
+    for (size_t k = 0; k < outs.size(); ++k) {
+      KILN_CHECK(
+          outs[k].sizes().vec() == outputs[k].dims && outs[k].scalar_type() == torch_dtype(outputs[k].dtype),
+          describe(layer_) << ": output " << k << " of the torch op is " << outs[k].scalar_type() << " "
+                           << outs[k].sizes() << ", the engine expects " << dtype_name(outputs[k].dtype)
+                           << " " << to_string(outputs[k].dims));
+      view(outputs[k]).copy_(outs[k]);
+    }
+  }
+  std::string name() const override { return "torch " + torch_op_target(layer_); }
+  // Torch's allocator and the op's own launches are not known to be capture-safe.
+  bool capturable() const override { return false; }
+
+ private:
+  Layer layer_;
+  c10::OperatorHandle op_;
+  std::vector<OpArg> args_;
+  Backend backend_;
+};
+
+const bool kTorchOpRegistered = [] {
+  OpSchema schema;
+  schema.name = "torch_op";
+  schema.min_inputs = 0;
+  schema.max_inputs = 1 << 16;
+  schema.attributes = {
+      {"target", AttrType::kString, std::nullopt, "the torch op overload: namespace.op.overload"},
+      {"args", AttrType::kString, std::nullopt, "its arguments, encoded (converters/torch_op.cpp)"},
+      {"out_dtypes", AttrType::kInts, std::nullopt, "output dtypes as compiled"},
+      {"out_ranks", AttrType::kInts, std::nullopt, "output ranks"},
+      {"out_dims", AttrType::kInts, std::nullopt, "output dims as compiled (-1: dynamic), concatenated"}};
+  schema.infer = infer_torch_op;
+  register_schema(std::move(schema));
+  register_kernel("torch_op", Backend::kReference,
+                  [](const Layer& l) { return std::make_unique<TorchOpKernel>(l, Backend::kReference); });
+#ifdef KILN_RUNTIME_CUDA
+  register_kernel("torch_op", Backend::kCuda,
+                  [](const Layer& l) { return std::make_unique<TorchOpKernel>(l, Backend::kCuda); });
+#endif
+  return true;
+}();
+
+}  // namespace
 
 }  // namespace kiln::runtime
 

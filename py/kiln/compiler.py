@@ -130,6 +130,7 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     enabled_precisions: Iterable = (torch.float32,),
     min_block_size: int = 5,
     torch_executed_ops: Iterable = (),
+    torch_ops_in_engine: Iterable = (),
     require_full_compilation: bool = False,
     workspace_size: int | None = None,
     optimization_level: int | None = None,
@@ -160,8 +161,11 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     "fp32" / torch.float32 / "float32"; kiln.dtypes.precision_name); a ValueError names any
     other. min_block_size: smaller engine segments run in PyTorch. torch_executed_ops: op
     overloads (``torch.ops.aten.gelu.default`` or "aten.gelu.default") that always run in
-    PyTorch. require_full_compilation: raise a KilnError listing every node that cannot run in an
-    engine instead of running it in PyTorch. workspace_size / optimization_level: builder
+    PyTorch. torch_ops_in_engine: ops (``torch.ops.mylib.myop.default``, "mylib::myop") that run
+    through PyTorch *inside* the engine, as one of its layers, instead of splitting it (a
+    torch.library custom op without a converter; docs/plugins.md); such engines need torch
+    (libkiln_runtime) where they run. require_full_compilation: raise a KilnError listing every
+    node that cannot run in an engine instead of running it in PyTorch. workspace_size / optimization_level: builder
     options. device: "cuda" (the default when a GPU is visible), "cuda:N", "cpu" (engines on the
     CPU reference backend) or "auto"; a torch.device too. dry_run: partition only and return a
     CompileReport. debug: log the KGraph and the report at level "info".
@@ -214,6 +218,7 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
             "enabled_precisions": enabled_precisions,
             "min_block_size": min_block_size,
             "torch_executed_ops": torch_executed_ops,
+            "torch_ops_in_engine": torch_ops_in_engine,
             "require_full_compilation": require_full_compilation,
             "workspace_size": workspace_size,
             "optimization_level": optimization_level,
@@ -225,6 +230,10 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
             "dry_run": dry_run,
         },
     )
+    if options.torch_ops_in_engine:  # their layer's op is defined by libkiln_runtime
+        from kiln import runtime
+
+        runtime.load_library()
     specs = [i if isinstance(i, Input) else Input.from_tensor(i) for i in inputs]
     level = "info" if debug else "verbose"
     if ir == "torchscript" or (ir == "auto" and isinstance(module, torch.jit.ScriptModule)):
@@ -300,6 +309,7 @@ def _module_cache_key(module, specs, kwarg_names, options, truncate_double, devi
         "precisions": list(options.precisions),
         "min_block_size": options.min_block_size,
         "torch_executed_ops": list(options.torch_executed_ops),
+        "torch_ops_in_engine": list(options.torch_ops_in_engine),
         "require_full_compilation": options.require_full_compilation,
         "workspace_size": options.workspace_size,
         "optimization_level": options.optimization_level,

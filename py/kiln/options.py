@@ -56,6 +56,16 @@ def op_name(op) -> str:
     return f"{module}.{getattr(op, '__name__', str(op))}"
 
 
+def overload_name(op) -> str:
+    """The graphs' name of an op overload, "namespace.op.overload", from an OpOverload, an
+    OpOverloadPacket (its default overload) or a string ("mylib::myop", "mylib.myop.default")."""
+    name = op if isinstance(op, str) else str(op)
+    if "::" in name:
+        namespace, rest = name.split("::", 1)
+        name = f"{namespace}.{rest}"
+    return name if name.count(".") >= 2 else name + ".default"
+
+
 def compile_options(device: torch.device, options: dict) -> _C.CompileOptions:
     """kiln.compile's keyword arguments (`options`, by their kiln.compile names and with its
     defaults, which kiln.compile documents) as the driver's CompileOptions for `device`."""
@@ -63,6 +73,9 @@ def compile_options(device: torch.device, options: dict) -> _C.CompileOptions:
     o.precisions = precision_names(options["enabled_precisions"])
     o.min_block_size = int(options["min_block_size"])
     o.torch_executed_ops = sorted(op_name(op) for op in options["torch_executed_ops"])
+    o.torch_ops_in_engine = sorted(
+        overload_name(op) for op in options.get("torch_ops_in_engine", ())
+    )
     o.require_full_compilation = bool(options["require_full_compilation"])
     o.device = str(device)
     if options["workspace_size"] is not None:

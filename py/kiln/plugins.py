@@ -152,10 +152,6 @@ def remove_converter(target) -> None:
 
 
 def _target_name(target) -> str:
-    """The graphs' name of an op overload: "namespace.op.overload"."""
-    if not isinstance(target, str):
-        return str(target)  # an OpOverload prints as "mylib.myop.default"
-    if "::" in target:
-        namespace, rest = target.split("::", 1)
-        target = f"{namespace}.{rest}"
-    return target if target.count(".") >= 2 else target + ".default"
+    from kiln.options import overload_name
+
+    return overload_name(target)

@@ -287,3 +287,67 @@ def test_the_cpp_app_runs_a_saved_module_with_the_plugin(converted, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     with torch.no_grad():
         assert torch.equal(torch.load(tmp_path / "y.pt"), compiled(x))
+
+
+# ---- torch ops inside engines ------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not rt.is_available(), reason="libkiln_runtime.so was not built")
+def test_torch_ops_in_engine_keep_the_model_in_one_engine(tmp_path):
+    """A custom op with no converter runs through PyTorch as a layer of the engine: no graph
+    break, and the report says which ops run so."""
+    torch.manual_seed(0)
+    model, x = Model().eval(), torch.randn(4, 6)
+    compiled = _compile(model, x, torch_ops_in_engine=[torch.ops.kiln_example.erfinv.default])
+    report = compiled.report
+    assert report.num_engines == 1 and not report.fallbacks, report.text
+    assert (
+        "torch ops inside engines" in report.text
+        and "kiln_example.erfinv.default x1" in report.text
+    )
+    (plan,) = compiled.plans()
+    assert any(line.split()[2:3] == ["torch_op"] for line in kiln.inspect(plan).text().splitlines())
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+        kiln.save(compiled, tmp_path / "m.pt2")
+        torch.testing.assert_close(kiln.load(tmp_path / "m.pt2")(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not rt.is_available(), reason="libkiln_runtime.so was not built")
+def test_torch_ops_in_engine_take_dynamic_shapes_from_the_ops_fake_kernel():
+    torch.manual_seed(0)
+    model = Model().eval()
+    spec = kiln.Input(min_shape=(1, 6), opt_shape=(4, 6), max_shape=(8, 6))
+    compiled = kiln.compile(
+        model,
+        [spec],
+        device="cpu",
+        min_block_size=1,
+        cache_dir=False,
+        torch_ops_in_engine=["kiln_example::erfinv"],
+    )
+    assert compiled.report.num_engines == 1 and not compiled.report.fallbacks
+    with torch.no_grad():
+        for n in (1, 3, 8):
+            x = torch.randn(n, 6)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not rt.is_available(), reason="libkiln_runtime.so was not built")
+def test_a_torch_free_process_says_such_plans_need_torch(tmp_path):
+    torch.manual_seed(0)
+    model, x = Model().eval(), torch.randn(4, 6)
+    compiled = _compile(model, x, torch_ops_in_engine=["kiln_example::erfinv"])
+    (plan,) = compiled.plans()
+    path = tmp_path / "torch_op.plan"
+    path.write_bytes(plan.serialize())
+    script = (
+        "import sys, kiln\n"
+        "assert 'torch' not in sys.modules\n"
+        "kiln.Plan.deserialize(open(sys.argv[1], 'rb').read())\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "runs a torch op inside the engine (torch_ops_in_engine)" in run.stderr, run.stderr[
+        -2000:
+    ]
