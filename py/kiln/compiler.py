@@ -166,9 +166,10 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     torch.library custom op without a converter; docs/plugins.md); such engines need torch
     (libkiln_runtime) where they run. require_full_compilation: raise a KilnError listing every
     node that cannot run in an engine instead of running it in PyTorch. workspace_size /
-    optimization_level: builder options. device: "cuda" (the default when a GPU is visible), "cuda:N", "cpu" (engines on the
-    CPU reference backend) or "auto"; a torch.device too. dry_run: partition only and return a
-    CompileReport. debug: log the KGraph and the report at level "info".
+    optimization_level: builder options. device: "cuda" (the default when a GPU is visible),
+    "cuda:N", "cpu" (engines on the CPU reference backend) or "auto"; a torch.device too.
+    dry_run: partition only and return a CompileReport. debug: log the KGraph and the report at
+    level "info".
     timing_cache: the persistent tactic timing cache of CUDA builds: True (the default) uses
     ``$XDG_CACHE_HOME/kiln/timing.cache`` (``~/.cache/kiln/timing.cache``), a path uses that
     file, False/None uses none. tactic_timing: time layers' alternative kernels (default None:
