@@ -351,3 +351,83 @@ def test_a_torch_free_process_says_such_plans_need_torch(tmp_path):
     assert "runs a torch op inside the engine (torch_ops_in_engine)" in run.stderr, run.stderr[
         -2000:
     ]
+
+
+# ---- on the GPU ----------------------------------------------------------------------------------
+
+
+def _cuda():
+    return torch.cuda.is_available() and kiln.cuda_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="no CUDA GPU visible (GPU test)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_plugin_runs_on_cuda(dtype):
+    name = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
+    net, _ = _erfinv_network(name)
+    config = kiln.BuilderConfig(device="cuda")
+    config.add_optimization_profile({"x": ([1, 6], [4, 6], [8, 6])})
+    engine = kiln.Engine(kiln.Builder().build(net, config), device="cuda")
+    ctx = engine.create_execution_context()
+    for n in (1, 5, 8):
+        x = _inputs(n, dtype).cuda()
+        want = (2 * torch.erfinv(x.float())).to(dtype)
+        ulp = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+        torch.testing.assert_close(ctx.execute({"x": x})["y"], want, rtol=ulp, atol=ulp)
+
+
+def _timed(module, x, runs=200) -> float:
+    """Median ms per call, each call waited for (as bench/run.py times)."""
+    times = []
+    with torch.no_grad():
+        for _ in range(20):
+            module(x)
+        for _ in range(runs):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            module(x)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="no CUDA GPU visible (GPU test)")
+def test_on_cuda_the_plugin_engine_replays_one_graph_and_beats_the_fallback(converted):
+    torch.manual_seed(0)
+    model, x = Model().cuda().eval(), torch.randn(4, 6, device="cuda")
+    compiled = kiln.compile(model, [x], min_block_size=1, cache_dir=False)
+    assert compiled.report.num_engines == 1 and not compiled.report.fallbacks
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+    ms = _timed(compiled, x)
+    (engine,) = rt.engines(compiled)
+    stats = engine.graph_stats()
+    assert stats["replays"] > 0 and stats["plain"] == 0, stats
+    plugins.remove_converter("kiln_example::erfinv")
+    try:
+        fallback = kiln.compile(model, [x], min_block_size=1, cache_dir=False)
+        assert len(fallback.report.fallbacks) == 1
+        fallback_ms = _timed(fallback, x)
+    finally:
+        kiln.converter("kiln_example::erfinv.default")(erfinv_torch.convert)
+    print(f"plugin engine {ms:.4f} ms, with the op falling back {fallback_ms:.4f} ms")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="no CUDA GPU visible (GPU test)")
+def test_torch_ops_in_engine_on_cuda():
+    torch.manual_seed(0)
+    model, x = Model().cuda().eval(), torch.randn(4, 6, device="cuda")
+    compiled = kiln.compile(
+        model, [x], min_block_size=1, cache_dir=False, torch_ops_in_engine=["kiln_example::erfinv"]
+    )
+    assert compiled.report.num_engines == 1 and not compiled.report.fallbacks
+    with torch.no_grad():
+        for _ in range(3):
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+    fallback = kiln.compile(model, [x], min_block_size=1, cache_dir=False)
+    inside, outside = _timed(compiled, x), _timed(fallback, x)
+    print(f"torch op in the engine {inside:.4f} ms, as a fallback {outside:.4f} ms")
