@@ -13,6 +13,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--log-level", choices=["error", "warning", "info", "verbose"], default=None
     )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="LIBRARY",
+        help="load a plugin library first (repeatable; docs/plugins.md); "
+        "KILN_PLUGIN_LIBRARIES=a.so:b.so does the same",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo", help="compile a torchvision model, check it, time it (GPU), save and reload it"
@@ -74,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_level:
         kiln.set_log_level(args.log_level)
     try:
+        for library in args.plugin:
+            kiln.load_plugin_library(library)
         if args.command == "demo":
             from kiln import demo as demo_mod
 

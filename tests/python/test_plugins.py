@@ -431,3 +431,21 @@ def test_torch_ops_in_engine_on_cuda():
     fallback = kiln.compile(model, [x], min_block_size=1, cache_dir=False)
     inside, outside = _timed(compiled, x), _timed(fallback, x)
     print(f"torch op in the engine {inside:.4f} ms, as a fallback {outside:.4f} ms")
+
+
+def test_the_command_line_loads_plugin_libraries(tmp_path):
+    net, _ = _erfinv_network()
+    path = tmp_path / "erfinv.plan"
+    path.write_bytes(_build(net).serialize())
+    env = {k: v for k, v in os.environ.items() if k != "KILN_PLUGIN_LIBRARIES"}
+    cmd = [sys.executable, "-m", "kiln"]
+    run = subprocess.run([*cmd, "inspect", str(path)], capture_output=True, text=True, env=env)
+    assert run.returncode != 0 and "kiln_example::erfinv" in run.stderr, run.stderr[-2000:]
+    run = subprocess.run(
+        [*cmd, "--plugin", str(LIBRARY), "inspect", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "plugin kiln_example::erfinv 1" in run.stdout
