@@ -17,6 +17,9 @@
 // network or plan names a plugin op that is not registered (C++ apps load plans with plugins
 // without code of their own).
 //
+// Registration changes process-wide tables: load plugin libraries before other threads build,
+// load or run engines.
+//
 // This header includes only ir/attributes.h, ir/dims.h and ir/dtype.h: a plugin library builds
 // against them and links libkiln_core.so (find_package(Kiln): Kiln::core).
 #pragma once

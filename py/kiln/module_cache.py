@@ -355,8 +355,14 @@ def _decode_arg(a, env: dict):
     raise ValueError(f"unknown argument kind {kind!r}")
 
 
+# The tensor methods a compiled graph calls (assemble.py: float64 values narrowed for engines).
+_METHODS = frozenset({"to"})
+
+
 def _encode_target(node: torch.fx.Node):
     t = node.target
+    if node.op == "call_method" and t not in _METHODS:
+        raise NotCacheable(f"the compiled graph calls the tensor method {t!r}")
     if node.op != "call_function":
         if not isinstance(t, str):
             raise NotCacheable(f"a {node.op} node's target is a {type(t).__name__}")
@@ -370,6 +376,17 @@ def _encode_target(node: torch.fx.Node):
 
 
 def _decode_target(op: str, t):
+    if op == "call_method" and t not in _METHODS:
+        raise ValueError(f"the entry calls the tensor method {t!r}")
+    if op not in (
+        "placeholder",
+        "get_attr",
+        "call_module",
+        "call_method",
+        "call_function",
+        "output",
+    ):
+        raise ValueError(f"unknown node kind {op!r}")
     if op != "call_function":
         return t
     if "function" in t:
