@@ -778,7 +778,7 @@ class Importer {
                       (onnx_type == "float64"  ? "float32: computed in single precision"
                        : et.format || et.exact ? "float32 (their values exactly)"
                                                : dtype_name(et.dtype));
-    KILN_LOG(kWarning, msg);
+    if (no_fold_.empty()) KILN_LOG(kWarning, msg);  // else the second import: the first logged it
     if (info_) info_->warnings.push_back(msg);
   }
 
