@@ -61,12 +61,31 @@ def _decode(value, make):
 def _dispatch(fn, c_net, name: str, target: str, args: list, used: Sequence[bool]) -> list[int]:
     """Runs converter `fn` for one node (called by the C++ driver) and returns the tensor id of
     each node output (-1 where nobody uses it)."""
-    from kiln.network import Layer, Network, Tensor
+    from kiln.network import Network, Tensor
 
     net = Network.__new__(Network)
     net._net = c_net
     node = Node(name, target, {k: _decode(v, lambda _, i: Tensor(net, i)) for k, v in args})
-    result = fn(net, node)
+    try:
+        result = fn(net, node)
+        return _output_ids(result, target, used, c_net)
+    finally:
+        # The C++ network lives only for this call: a network or tensor kept by the converter
+        # fails clearly afterwards instead of reaching freed memory.
+        net._net = _Released()
+
+
+class _Released:
+    def __getattr__(self, name):
+        raise _C.KilnError(
+            "this kiln.Network was lent to a converter call that has ended; converters must not "
+            "keep the network or its tensors"
+        )
+
+
+def _output_ids(result, target: str, used: Sequence[bool], c_net) -> list[int]:
+    from kiln.network import Layer, Tensor
+
     outputs = list(result) if isinstance(result, list | tuple) else [result]
     if len(outputs) != len(used):
         raise TypeError(

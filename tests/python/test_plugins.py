@@ -449,3 +449,23 @@ def test_the_command_line_loads_plugin_libraries(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "plugin kiln_example::erfinv 1" in run.stdout
+
+
+def test_a_network_kept_by_a_converter_fails_clearly_afterwards():
+    kept = []
+
+    @kiln.converter("kiln_example::erfinv")
+    def keeping(net, node):
+        kept.append((net, node.args["x"]))
+        return erfinv_torch.convert(net, node)
+
+    try:
+        torch.manual_seed(0)
+        _compile(Model().eval(), torch.randn(4, 6))
+    finally:
+        plugins.remove_converter("kiln_example::erfinv")
+    net, x = kept[0]
+    with pytest.raises(kiln.KilnError, match="lent to a converter call that has ended"):
+        net.add_layer("activation", [x], {"type": "relu"})
+    with pytest.raises(kiln.KilnError, match="lent to a converter call that has ended"):
+        _ = x.shape
