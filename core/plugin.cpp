@@ -91,8 +91,11 @@ std::vector<TensorDesc> infer(const PluginCreator& c, const Layer& layer, const 
   const Attributes fields = fields_of(layer, c);
   std::vector<PluginTensorDesc> descs;
   for (const TensorDesc& t : in) descs.push_back({t.dtype, t.dims});
-  const std::vector<PluginTensorDesc> out =
-      guarded(layer, c, "refused its inputs", [&] { return c.create(fields, -1)->outputs(descs); });
+  const std::vector<PluginTensorDesc> out = guarded(layer, c, "refused its inputs", [&] {
+    const std::unique_ptr<PluginLayer> p = c.create(fields, -1);
+    KILN_CHECK(p != nullptr, "create() returned null");
+    return p->outputs(descs);
+  });
   std::vector<TensorDesc> result;
   for (const PluginTensorDesc& t : out) result.push_back({t.dtype, t.dims});
   return result;
