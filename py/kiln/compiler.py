@@ -23,7 +23,7 @@ import torch
 import torch.fx
 from torch.utils import _pytree as pytree
 
-from kiln import _C, module_cache
+from kiln import _C, module_cache, plugins
 from kiln.assemble import assemble
 from kiln.dtypes import device_name
 from kiln.export import export_program
@@ -317,6 +317,10 @@ def _module_cache_key(module, specs, kwarg_names, options, truncate_double, devi
         "tactic_timing": options.tactic_timing,
         "truncate_double": truncate_double,
         "device": device,
+        # What converts the graph besides Kiln itself: Python converters (their code) and the
+        # plugins loaded (a cached module from another set of them would ignore this one's).
+        "python_converters": plugins.registered_converters(),
+        "plugins": _C.registered_plugins(),
     }
     try:
         return module_cache.key(module, specs, kwarg_names, decisive)

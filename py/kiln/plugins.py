@@ -160,6 +160,11 @@ def converter(
     return register
 
 
+def registered_converters() -> dict[str, Callable]:
+    """{op overload name: the Python converter in effect for it} (kiln.converter)."""
+    return {name: fns[-1] for name, fns in sorted(_registered.items()) if fns}
+
+
 def remove_converter(target) -> None:
     """Removes the last converter registered for `target` with kiln.converter (the one it
     replaced, built-in or not, converts again)."""

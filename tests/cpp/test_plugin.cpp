@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "core/plugin.h"
 #include "core/plan.h"
+#include "core/plugin.h"
 #include "test_util.h"
 
 namespace kiln {
@@ -110,8 +110,11 @@ TEST(Plugin, MisbehavingPluginsAndLayersGiveErrorsNamingThem) {
   fails_with([&] { add_plugin(net, "affine", {i}, Attributes().set("factor", 1.0), "kiln_test"); },
              "affine takes float32");
   fails_with([&] { add_plugin(net, "affine", {x}, Attributes(), "kiln_test"); }, "needs field 'factor'");
-  fails_with([&] { add_plugin(net, "affine", {x}, Attributes().set("factor", 1.0).set("offset", NAN), "kiln_test"); },
-             "offset must be finite");
+  fails_with(
+      [&] {
+        add_plugin(net, "affine", {x}, Attributes().set("factor", 1.0).set("offset", NAN), "kiln_test");
+      },
+      "offset must be finite");
   fails_with([&] { add_plugin(net, "affine", {x}, Attributes().set("factor", 1.0)); },
              "plugin 'affine' is not registered");
   fails_with(

@@ -100,7 +100,16 @@ def test_second_compile_skips_export_and_equals_a_fresh_compile(tmp_path, export
 
 @pytest.mark.parametrize(
     "change",
-    ["attribute", "integer buffer", "forward", "input shape", "option", "tied", "dtype"],
+    [
+        "attribute",
+        "integer buffer",
+        "forward",
+        "input shape",
+        "option",
+        "tied",
+        "dtype",
+        "converter",
+    ],
 )
 def test_whatever_may_change_the_graph_misses(tmp_path, exports, change):
     x = torch.randn(2, 3, 8, 8)
@@ -122,7 +131,21 @@ def test_whatever_may_change_the_graph_misses(tmp_path, exports, change):
     elif change == "dtype":
         model = model.double()
         x = x.double()
-    compiled = _compile(model, x, tmp_path, **kwargs)
+    elif (
+        change == "converter"
+    ):  # a Python converter now converts relu: the cached module must not be used
+
+        @kiln.converter("aten.relu.default")
+        def relu(net, node):
+            return net.add_layer(
+                "activation", [node.args["self"]], {"type": "relu"}, name=node.name
+            )
+
+    try:
+        compiled = _compile(model, x, tmp_path, **kwargs)
+    finally:
+        if change == "converter":
+            kiln.plugins.remove_converter("aten.relu.default")
     assert len(exports) == 2, f"a changed {change} must compile again"
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
