@@ -316,3 +316,30 @@ def test_key_is_stable_and_sees_configuration():
     assert module_cache.key(Configured(), [kiln.Input(shape=(3, 8))], [], opts) not in keys
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert module_cache.key(Configured(), spec, [], opts) not in keys
+
+
+def test_a_transformers_model_hits_with_its_output_structure(tmp_path, exports):
+    """A transformers model (a config object, ModelOutput outputs, keyword inputs): the second
+    compile of the same architecture with other weights exports nothing and matches eager."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+    )
+    ids = torch.randint(0, 100, (2, 8))
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = transformers.BertModel(config).eval()
+        compiled = kiln.compile(
+            model, [], kwarg_inputs={"input_ids": ids}, device="cpu", cache_dir=tmp_path
+        )
+        with torch.no_grad():
+            got, want = compiled(input_ids=ids), model(input_ids=ids)
+        assert type(got) is type(want)
+        torch.testing.assert_close(
+            got.last_hidden_state, want.last_hidden_state, rtol=1e-4, atol=1e-4
+        )
+    assert len(exports) == 1
