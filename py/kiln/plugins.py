@@ -142,7 +142,9 @@ def converter(
     (False or a string) it runs in PyTorch instead; dynamic_shapes=False sends nodes with dynamic
     dims to PyTorch. ``kiln.plugins.remove_converter(target)`` brings back what it replaced.
     """
-    name = _target_name(target)
+    from kiln.options import overload_name  # imports torch: not at `import kiln`
+
+    name = overload_name(target)
 
     def register(fn):
         _C.register_python_converter(
@@ -168,14 +170,10 @@ def registered_converters() -> dict[str, Callable]:
 def remove_converter(target) -> None:
     """Removes the last converter registered for `target` with kiln.converter (the one it
     replaced, built-in or not, converts again)."""
-    name = _target_name(target)
+    from kiln.options import overload_name  # imports torch: not at `import kiln`
+
+    name = overload_name(target)
     if not _registered.get(name):
         raise _C.KilnError(f"kiln.plugins.remove_converter: no converter was registered for {name}")
     _C.remove_python_converter(name)
     _registered[name].pop()
-
-
-def _target_name(target) -> str:
-    from kiln.options import overload_name
-
-    return overload_name(target)
