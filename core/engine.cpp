@@ -79,6 +79,10 @@ Engine::Engine(Plan plan, Backend backend, std::shared_ptr<DeviceAllocator> allo
       kernels_.push_back(create_kernel(l, backend_));
       uses_cudnn_ |= kernels_.back()->uses_cudnn();
       capturable_ &= kernels_.back()->capturable();
+      const CaptureAllocator* a = kernels_.back()->capture_allocator();
+      if (a &&
+          std::find(capture_allocators_.begin(), capture_allocators_.end(), a) == capture_allocators_.end())
+        capture_allocators_.push_back(a);
     }
   } catch (...) {
     if (weights_) allocator_->deallocate(weights_);
@@ -743,12 +747,16 @@ bool ExecutionContext::launch_graph_for_shapes(void* stream) {
   // invalidates the capture. Either way nothing ran: these shapes then launch plainly, where a
   // real error shows again.
   begin_capture(capture_stream_);
+  std::vector<std::shared_ptr<CapturePool>> pools;
   std::string failure;
   try {
+    for (const CaptureAllocator* a : engine_->capture_allocators_)
+      pools.push_back(a->begin(engine_->device(), capture_stream_));
     run_layers(capture_stream_);
   } catch (const std::exception& e) {
     failure = e.what();
   }
+  for (const auto& p : pools) p->end();
   void* graph = end_capture(capture_stream_);
   if (!graph || !failure.empty()) {
     destroy_graph(graph);
@@ -772,6 +780,7 @@ bool ExecutionContext::launch_graph_for_shapes(void* stream) {
     throw;
   }
   destroy_graph(graph);
+  g.pools = std::move(pools);  // the earlier capture's pools go: the graph now uses these
   ++stats_.captures;
   g.addresses = stage ? std::vector<void*>() : addresses_;
   launch_graph(g.exec, stream);

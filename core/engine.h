@@ -113,9 +113,10 @@ class Engine : public std::enable_shared_from_this<Engine> {
   std::vector<View> views_;            // every alias layer, in order
   std::vector<TensorId> binding_ids_;  // per binding index
   std::unordered_map<std::string, int> binding_index_;
-  ArenaConflicts conflicts_;  // for laying out the arena for the shapes in use
-  bool uses_cudnn_ = false;   // some kernel needs a cuDNN handle
-  bool capturable_ = true;    // every kernel may be captured in a CUDA graph
+  ArenaConflicts conflicts_;                                 // for laying out the arena for the shapes in use
+  bool uses_cudnn_ = false;                                  // some kernel needs a cuDNN handle
+  bool capturable_ = true;                                   // every kernel may be captured in a CUDA graph
+  std::vector<const CaptureAllocator*> capture_allocators_;  // kernels' own allocators, once each
   std::vector<WeightSpec> refittable_weights_;
   std::atomic<uint64_t> weights_version_{0};  // bumped by refit (reference: constants moved)
 };
@@ -187,6 +188,9 @@ class ExecutionContext {
     void* exec = nullptr;          // cudaGraphExec_t; nullptr until captured
     int warmups = 0;               // plain runs so far
     bool capturable = true;        // false after a failed capture: this shape set runs plainly
+    // What kernels allocated elsewhere during the capture (capture_allocators_), released with
+    // the graph. Declared after exec: an erased Graph's exec is destroyed before its pools.
+    std::vector<std::shared_ptr<CapturePool>> pools;
     uint64_t last_used = 0;
   };
 

@@ -104,9 +104,16 @@ namespace {
 // compile.
 class TorchOpsInEngine {
  public:
-  explicit TorchOpsInEngine(const std::vector<std::string>& targets) {
-    for (const std::string& t : targets) {
+  explicit TorchOpsInEngine(const CompileOptions& options) {
+    for (const std::string& t : options.torch_ops_in_engine) {
       if (!installed_.insert(t).second) continue;
+      override_converter(torch_op_converter(t));
+    }
+    // Automatic ones: only ops no converter (built-in, Python or listed) handles.
+    for (const std::string& t : options.automatic_torch_ops) {
+      if (installed_.count(t) || find_converter(t) != nullptr) continue;
+      installed_.insert(t);
+      joining_.insert(t);
       override_converter(torch_op_converter(t));
     }
   }
@@ -115,26 +122,29 @@ class TorchOpsInEngine {
   }
   TorchOpsInEngine(const TorchOpsInEngine&) = delete;
   TorchOpsInEngine& operator=(const TorchOpsInEngine&) = delete;
+  const std::set<std::string>& installed() const { return installed_; }
+  const std::set<std::string>& joining() const { return joining_; }
 
  private:
   std::set<std::string> installed_;
+  std::set<std::string> joining_;  // automatic: kept only where they join engine nodes
 };
 
 // The report says which nodes run through PyTorch inside engines (torch_ops_in_engine).
-void note_torch_ops_in_engines(const KGraph& graph, const Partition& partition, const CompileOptions& options,
+void note_torch_ops_in_engines(const KGraph& graph, const Partition& partition, const TorchOpsInEngine& ops,
                                CompileReport* report) {
-  const std::set<std::string> listed(options.torch_ops_in_engine.begin(), options.torch_ops_in_engine.end());
   std::map<std::string, int> count;
   for (const Segment& s : partition.segments) {
     if (!s.engine) continue;
     for (int n : s.nodes) {
-      if (listed.count(graph.nodes()[n].target)) ++count[graph.nodes()[n].target];
+      if (ops.installed().count(graph.nodes()[n].target)) ++count[graph.nodes()[n].target];
     }
   }
   if (count.empty()) return;
   std::ostringstream line;
   line << "\ntorch ops inside engines (torch_ops_in_engine, run by PyTorch when the engine runs):";
-  for (const auto& [target, n] : count) line << " " << target << " x" << n;
+  for (const auto& [target, n] : count)
+    line << " " << target << " x" << n << (ops.joining().count(target) ? " (automatic)" : "");
   report->text += line.str();
 }
 
@@ -144,13 +154,15 @@ CompileResult compile_graph(const KGraph& graph, const CompileOptions& options, 
                             std::map<int, std::string> torch_nodes) {
   const BuildTarget target = parse_device(options.device);  // refuses an unknown device before any work
   KILN_CHECK(target != BuildTarget::kAuto, "compile: device must be 'cuda', 'cuda:N' or 'cpu', not 'auto'");
-  const TorchOpsInEngine torch_ops(options.torch_ops_in_engine);
+  const TorchOpsInEngine torch_ops(options);
   CompileResult result;
   // A node whose converter fails runs in PyTorch instead (its reason in the report), and the
   // graph is partitioned again; each round moves one more node, so this ends.
   std::vector<Network> nets;
   for (;;) {
-    result.partition = partition_graph(graph, partition_options(options, torch_nodes));
+    PartitionOptions popts = partition_options(options, torch_nodes);
+    popts.joining_ops = torch_ops.joining();
+    result.partition = partition_graph(graph, popts);
     nets.clear();
     try {
       for (const Segment& segment : result.partition.segments) {
@@ -167,7 +179,7 @@ CompileResult compile_graph(const KGraph& graph, const CompileOptions& options, 
     }
   }
   result.report = make_report(graph, result.partition);
-  note_torch_ops_in_engines(graph, result.partition, options, &result.report);
+  note_torch_ops_in_engines(graph, result.partition, torch_ops, &result.report);
   KILN_LOG(kVerbose, "compile: " << result.report.text);
   if (options.dry_run) return result;
   size_t k = 0;

@@ -25,6 +25,10 @@ struct CompileOptions {
   // Ops that run through PyTorch inside the engine (a torch_op layer) rather than as a graph
   // break: "mylib.myop.default". Needs libkiln_runtime (torch) wherever the engine runs.
   std::vector<std::string> torch_ops_in_engine;
+  // Ops without a converter that may run the same way where a graph break would otherwise split
+  // an engine (kiln.compile chooses them: functional, capture-safe, shapes from a meta kernel). A
+  // node of one stays in its engine only where it joins engine nodes on both sides.
+  std::vector<std::string> automatic_torch_ops;
   bool require_full_compilation = false;     // unsupported nodes are an error listing them
   std::string device = "cuda";               // where engines run: "cuda", "cuda:N" or "cpu"
   size_t workspace_size = size_t{32} << 20;  // builder workspace limit, bytes

@@ -35,6 +35,24 @@ inline bool all_outputs_empty(const std::vector<TensorView>& outputs) {
   return true;
 }
 
+// Memory that a kernel allocates through another allocator while it runs (a torch op inside an
+// engine gets its results from PyTorch's). When its engine is captured into a CUDA graph, those
+// allocations must go to a pool reserved for the graph's lifetime: the graph replays on the same
+// addresses, and nothing else may take them meanwhile.
+class CapturePool {
+ public:
+  virtual ~CapturePool() = default;  // the graph is gone: the pool's memory may be reused
+  virtual void end() noexcept = 0;   // the capture ended: the stream allocates as usual again
+};
+
+class CaptureAllocator {
+ public:
+  virtual ~CaptureAllocator() = default;
+  // Called after a capture on `stream` (a cudaStream_t) began: allocations made on that stream
+  // go to a new pool until end().
+  virtual std::unique_ptr<CapturePool> begin(int device, void* stream) const = 0;
+};
+
 // Per-context resources a kernel may use while it runs.
 struct LaunchContext {
   void* stream = nullptr;     // cudaStream_t; unused by the reference backend
@@ -73,6 +91,9 @@ class Kernel {
   // stream. A kernel that breaks this returns false and its engines launch plainly. Host-side
   // caches filled on first run are fine: contexts run every shape set once before capturing.
   virtual bool capturable() const { return true; }
+  // The allocator run() takes memory from besides ctx.workspace, if any (a capture then routes
+  // it into a pool kept with the graph); the object outlives every kernel.
+  virtual const CaptureAllocator* capture_allocator() const { return nullptr; }
 };
 
 // Position of `name` in an op's list of variants (elementwise_ops(), unary_ops(), ...): the code

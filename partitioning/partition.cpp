@@ -199,6 +199,49 @@ void recompute_symbolic_sizes(const KGraph& graph, const std::vector<bool>& conv
   }
 }
 
+// True when node `n` of a joining op (PartitionOptions::joining_ops) reads a value computed by
+// another kind of node of its own segment and another kind of node of its segment reads one of
+// its outputs, looking through joining nodes on both sides: leaving it out would split the engine.
+bool joins_engine_nodes(const KGraph& graph, int n, const std::vector<int>& segment_of_node,
+                        const PartitionOptions& options) {
+  const auto& nodes = graph.nodes();
+  const std::vector<int> producer = graph.producers();
+  const int seg = segment_of_node[n];
+  auto joining = [&](int m) { return options.joining_ops.count(nodes[m].target) > 0; };
+  // Upstream: producers of n's inputs.
+  std::set<int> seen{n};
+  std::vector<int> stack{n};
+  bool up = false;
+  while (!stack.empty() && !up) {
+    const int m = stack.back();
+    stack.pop_back();
+    for (ValueId v : KGraph::node_inputs(nodes[m])) {
+      const int p = producer[v];
+      if (p < 0 || segment_of_node[p] != seg || !seen.insert(p).second) continue;
+      if (!joining(p)) up = true;
+      stack.push_back(p);
+    }
+  }
+  if (!up) return false;
+  // Downstream: readers of n's outputs.
+  seen = {n};
+  stack = {n};
+  while (!stack.empty()) {
+    const int m = stack.back();
+    stack.pop_back();
+    for (size_t r = 0; r < nodes.size(); ++r) {
+      if (segment_of_node[r] != seg || seen.count(static_cast<int>(r))) continue;
+      bool reads = false;
+      for (ValueId v : KGraph::node_inputs(nodes[r])) reads |= producer[v] == m;
+      if (!reads) continue;
+      if (!joining(static_cast<int>(r))) return true;
+      seen.insert(static_cast<int>(r));
+      stack.push_back(static_cast<int>(r));
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 Partition partition_graph(const KGraph& graph, const PartitionOptions& options) {
@@ -210,6 +253,10 @@ Partition partition_graph(const KGraph& graph, const PartitionOptions& options) 
     reason[i] = forced.count(nodes[i].target)      ? "listed in torch_executed_ops"
                 : own != options.torch_nodes.end() ? own->second
                                                    : check_convertible(graph, nodes[i]);
+    if (!reason[i].empty() && options.joining_ops.count(nodes[i].target) &&
+        own == options.torch_nodes.end() && !forced.count(nodes[i].target))
+      reason[i] =
+          "no converter for " + nodes[i].target + " (nor as a torch op inside an engine: " + reason[i] + ")";
   }
 
   if (options.require_full_compilation) {
@@ -290,6 +337,15 @@ Partition partition_graph(const KGraph& graph, const PartitionOptions& options) 
       }
       if (!engine_reader && (torch_reader || !any_engine))
         move(static_cast<int>(i), "reads only constants and only PyTorch code reads it");
+    }
+    for (const Segment& seg : segments) {
+      if (!seg.engine || options.joining_ops.empty()) continue;
+      for (int n : seg.nodes) {
+        if (options.joining_ops.count(nodes[n].target) &&
+            !joins_engine_nodes(graph, n, segment_of_node, options))
+          move(n, "no converter for " + nodes[n].target +
+                      " (as a torch op inside an engine it would join no engine nodes here)");
+      }
     }
     if (changed) continue;
     for (const Segment& seg : segments) {

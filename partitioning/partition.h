@@ -4,6 +4,7 @@
 #pragma once
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,10 @@ struct PartitionOptions {
   // Nodes a frontend keeps in PyTorch whatever the converters say (index -> reason), e.g. the
   // TorchScript nodes that read or return lists, objects or dtypes Kiln does not hold.
   std::map<int, std::string> torch_nodes;
+  // Op overloads whose nodes convert only to join engine nodes (automatic torch ops inside
+  // engines): such a node stays in its engine segment only where it reads from an engine node and
+  // an engine node reads it there (through other such nodes too); elsewhere it runs in PyTorch.
+  std::set<std::string> joining_ops;
 };
 
 struct Segment {

@@ -28,6 +28,7 @@
 #include "core/engine.h"
 #include "core/plan.h"
 #include "ir/error.h"
+#include "ir/logging.h"
 #include "ir/op_schema.h"
 #include "kernels/device.h"
 #include "kernels/kernel.h"
@@ -37,6 +38,7 @@
 
 #ifdef KILN_RUNTIME_CUDA
 #include <ATen/Context.h>
+#include <ATen/cuda/MemPool.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -801,6 +803,53 @@ std::vector<TensorDesc> infer_torch_op(const Layer& l, const std::vector<TensorD
   return result;
 }
 
+#ifdef KILN_RUNTIME_CUDA
+// While an engine with torch ops is captured into a CUDA graph, what the ops allocate on the
+// capture stream (their results, their scratch) comes from a private pool of PyTorch's caching
+// allocator, as torch.cuda.graphs does: the graph replays on those addresses, and the pool is
+// released when the graph is destroyed. Freed blocks are reused within the capture only.
+class TorchCapturePool final : public CapturePool {
+ public:
+  TorchCapturePool(int device, void* stream)
+      : device_(static_cast<c10::DeviceIndex>(device)), id_(at::cuda::MemPool::graph_pool_handle(false)) {
+    const auto capturing = static_cast<cudaStream_t>(stream);
+    c10::cuda::CUDACachingAllocator::beginAllocateToPool(
+        device_, id_, [capturing](cudaStream_t s) { return s == capturing; });
+  }
+  ~TorchCapturePool() override {
+    end();
+    try {
+      c10::cuda::CUDACachingAllocator::releasePool(device_, id_);
+    } catch (const std::exception& e) {
+      KILN_LOG(kWarning, "torch_op: releasing a CUDA graph's memory pool failed: " << e.what());
+    }
+  }
+  void end() noexcept override {
+    if (ended_) return;
+    ended_ = true;
+    try {
+      c10::cuda::CUDACachingAllocator::endAllocateToPool(device_, id_);
+    } catch (const std::exception& e) {
+      KILN_LOG(kWarning, "torch_op: ending a capture's memory pool failed: " << e.what());
+    }
+  }
+
+ private:
+  c10::DeviceIndex device_;
+  c10::MempoolId_t id_;
+  bool ended_ = false;
+};
+
+class TorchCaptureAllocator final : public CaptureAllocator {
+ public:
+  std::unique_ptr<CapturePool> begin(int device, void* stream) const override {
+    return std::make_unique<TorchCapturePool>(device, stream);
+  }
+};
+
+const TorchCaptureAllocator kTorchCaptureAllocator;
+#endif
+
 class TorchOpKernel final : public Kernel {
  public:
   TorchOpKernel(const Layer& l, Backend backend)
@@ -845,8 +894,19 @@ class TorchOpKernel final : public Kernel {
     }
   }
   std::string name() const override { return "torch " + torch_op_target(layer_); }
-  // Torch's allocator and the op's own launches are not known to be capture-safe.
-  bool capturable() const override { return false; }
+  // On CUDA, captured as any kernel (its allocations into the graph's pool) unless the op says
+  // it is not graph-safe or its output shapes depend on its data. The reference backend has no
+  // graphs.
+  bool capturable() const override {
+    return backend_ == Backend::kCuda && !op_.hasTag(at::Tag::cudagraph_unsafe) &&
+           !op_.hasTag(at::Tag::dynamic_output_shape) && !op_.hasTag(at::Tag::data_dependent_output);
+  }
+  const CaptureAllocator* capture_allocator() const override {
+#ifdef KILN_RUNTIME_CUDA
+    if (backend_ == Backend::kCuda) return &kTorchCaptureAllocator;
+#endif
+    return nullptr;
+  }
 
  private:
   Layer layer_;

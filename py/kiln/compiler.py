@@ -23,14 +23,18 @@ import torch
 import torch.fx
 from torch.utils import _pytree as pytree
 
-from kiln import _C, module_cache, plugins
+from kiln import _C, module_cache, plugins, torch_ops
 from kiln.assemble import assemble
 from kiln.dtypes import device_name
 from kiln.export import export_program
 from kiln.fx_lowering import FxLowering
 from kiln.inputs import Input
 from kiln.log import log
-from kiln.options import compile_options, default_timing_cache_path  # noqa: F401 (re-exported)
+from kiln.options import (
+    automatic_torch_ops,
+    compile_options,
+    default_timing_cache_path,  # noqa: F401 (re-exported)
+)
 from kiln.progress import progress_bars, step
 from kiln.refitting import refit_info
 from kiln.report import CompileReport, Fallback  # noqa: F401 (re-exported: kiln.compiler's API)
@@ -130,7 +134,7 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     enabled_precisions: Iterable = (torch.float32,),
     min_block_size: int = 5,
     torch_executed_ops: Iterable = (),
-    torch_ops_in_engine: Iterable = (),
+    torch_ops_in_engine: Iterable | str = "auto",
     require_full_compilation: bool = False,
     workspace_size: int | None = None,
     optimization_level: int | None = None,
@@ -164,7 +168,9 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     PyTorch. torch_ops_in_engine: ops (``torch.ops.mylib.myop.default``, "mylib::myop") that run
     through PyTorch *inside* the engine, as one of its layers, instead of splitting it (a
     torch.library custom op without a converter; docs/plugins.md); such engines need torch
-    (libkiln_runtime) where they run. require_full_compilation: raise a KilnError listing every
+    (libkiln_runtime) where they run. "auto" (the default, alone or in the list) also runs so
+    every op without a converter that is functional, shape-static and graph-safe
+    (kiln/torch_ops.py) wherever a graph break on it would split an engine; () turns that off. require_full_compilation: raise a KilnError listing every
     node that cannot run in an engine instead of running it in PyTorch. workspace_size /
     optimization_level: builder options. device: "cuda" (the default when a GPU is visible),
     "cuda:N", "cpu" (engines on the CPU reference backend) or "auto"; a torch.device too.
@@ -231,6 +237,7 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
             "dry_run": dry_run,
         },
     )
+    auto_ops = automatic_torch_ops({"torch_ops_in_engine": torch_ops_in_engine})
     if options.torch_ops_in_engine:  # their layer's op is defined by libkiln_runtime
         from kiln import runtime
 
@@ -260,7 +267,9 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     specs += [i if isinstance(i, Input) else Input.from_tensor(i) for i in kwarg_inputs.values()]
     cache_key = None
     if options.engine_cache_dir and not (dry_run or int8 or fp8):
-        cache_key = _module_cache_key(module, specs, kwarg_names, options, truncate_double, device)
+        cache_key = _module_cache_key(
+            module, specs, kwarg_names, options, truncate_double, device, auto_ops
+        )
         if cache_key is not None:
             cached = module_cache.load(options.engine_cache_dir, cache_key, module, cuda_graphs)
             if cached is not None:
@@ -276,6 +285,8 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
             weights = _fp8(program, calibrator, device, specs)
         with step("lowering"):
             lowered = FxLowering(program, specs, truncate_double=truncate_double, params=weights)
+        if auto_ops:
+            options.automatic_torch_ops = torch_ops.automatic(program.graph_module.graph, device)
         log(level, "kiln.compile: KGraph\n" + lowered.graph.summary())
         segments, driver_report, plans = _C.compile_graph(
             lowered.graph, options, lowered.range, lowered.torch_nodes
@@ -301,7 +312,9 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     return compiled
 
 
-def _module_cache_key(module, specs, kwarg_names, options, truncate_double, device) -> str | None:
+def _module_cache_key(
+    module, specs, kwarg_names, options, truncate_double, device, auto_ops
+) -> str | None:
     """The compiled-module cache's key for this compile (kiln/module_cache.py), or None where that
     cache is off (KILN_MODULE_CACHE=0) or cannot fingerprint the model (the log says why)."""
     if not isinstance(module, torch.nn.Module) or os.environ.get("KILN_MODULE_CACHE") == "0":
@@ -311,6 +324,7 @@ def _module_cache_key(module, specs, kwarg_names, options, truncate_double, devi
         "min_block_size": options.min_block_size,
         "torch_executed_ops": list(options.torch_executed_ops),
         "torch_ops_in_engine": list(options.torch_ops_in_engine),
+        "automatic_torch_ops": auto_ops,
         "require_full_compilation": options.require_full_compilation,
         "workspace_size": options.workspace_size,
         "optimization_level": options.optimization_level,

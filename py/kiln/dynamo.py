@@ -54,6 +54,7 @@ _COMPILE_OPTIONS = (
     "enabled_precisions",
     "min_block_size",
     "torch_executed_ops",
+    "torch_ops_in_engine",
     "require_full_compilation",
     "workspace_size",
     "optimization_level",

@@ -66,6 +66,13 @@ def overload_name(op) -> str:
     return name if name.count(".") >= 2 else name + ".default"
 
 
+def automatic_torch_ops(options: dict) -> bool:
+    """Whether kiln.compile's torch_ops_in_engine asks for automatic torch ops inside engines:
+    "auto" (the default), alone or in a list beside the ops it names."""
+    listed = options.get("torch_ops_in_engine", ())
+    return listed == "auto" or (not isinstance(listed, str) and "auto" in list(listed))
+
+
 def compile_options(device: torch.device, options: dict) -> _C.CompileOptions:
     """kiln.compile's keyword arguments (`options`, by their kiln.compile names and with its
     defaults, which kiln.compile documents) as the driver's CompileOptions for `device`."""
@@ -73,9 +80,9 @@ def compile_options(device: torch.device, options: dict) -> _C.CompileOptions:
     o.precisions = precision_names(options["enabled_precisions"])
     o.min_block_size = int(options["min_block_size"])
     o.torch_executed_ops = sorted(op_name(op) for op in options["torch_executed_ops"])
-    o.torch_ops_in_engine = sorted(
-        overload_name(op) for op in options.get("torch_ops_in_engine", ())
-    )
+    listed = options.get("torch_ops_in_engine", ())
+    listed = [listed] if isinstance(listed, str) else list(listed)
+    o.torch_ops_in_engine = sorted(overload_name(op) for op in listed if op != "auto")
     o.require_full_compilation = bool(options["require_full_compilation"])
     o.device = str(device)
     if options["workspace_size"] is not None:

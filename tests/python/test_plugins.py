@@ -174,8 +174,8 @@ def _compile(model, x, **kwargs):
 def test_a_custom_op_falls_back_without_a_converter():
     torch.manual_seed(0)
     model, x = Model().eval(), torch.randn(4, 6)
-    compiled = _compile(model, x)
-    assert len(compiled.report.fallbacks) == 1
+    compiled = _compile(model, x, torch_ops_in_engine=())  # no automatic torch ops either
+    assert len(compiled.report.fallbacks) == 1 and compiled.report.num_engines == 2
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
 
@@ -313,6 +313,56 @@ def test_torch_ops_in_engine_keep_the_model_in_one_engine(tmp_path):
         torch.testing.assert_close(kiln.load(tmp_path / "m.pt2")(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+class Sandwich(nn.Module):
+    """erfinv between linear layers (joining them), then at the end (joining nothing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.b = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.b(torch.ops.kiln_example.erfinv(torch.tanh(self.a(x)) * 0.9, 2.0))
+        return torch.ops.kiln_example.erfinv(torch.tanh(h) * 0.5, 1.0)
+
+
+@pytest.mark.skipif(not rt.is_available(), reason="libkiln_runtime.so was not built")
+def test_automatic_torch_ops_join_engines_only_where_a_break_would_split_one():
+    """By default an op without a converter that may run inside an engine does so where it joins
+    engine nodes; at the graph's end it would join nothing, so it stays in PyTorch."""
+    torch.manual_seed(0)
+    model = Sandwich().eval()
+    spec = kiln.Input(min_shape=(1, 6), opt_shape=(4, 6), max_shape=(8, 6))
+    compiled = kiln.compile(model, [spec], device="cpu", min_block_size=1, cache_dir=False)
+    report = compiled.report
+    assert report.num_engines == 1, report.text
+    assert "kiln_example.erfinv.default x1 (automatic)" in report.text, report.text
+    (fallback,) = report.fallbacks
+    assert "would join no engine nodes here" in fallback.reason, report.text
+    with torch.no_grad():
+        for n in (1, 5, 8):
+            x = torch.randn(n, 6)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+    off = kiln.compile(
+        model, [spec], device="cpu", min_block_size=1, cache_dir=False, torch_ops_in_engine=()
+    )
+    assert off.report.num_engines == 2 and len(off.report.fallbacks) == 2, off.report.text
+
+
+def test_which_ops_may_run_inside_engines_automatically():
+    from kiln import torch_ops
+
+    cpu = torch.device("cpu")
+    aten = torch.ops.aten
+    assert torch_ops.why_not(torch.ops.kiln_example.erfinv.default, cpu) is None
+    assert torch_ops.why_not(aten.erfinv.default, cpu) is None
+    assert "mutates" in torch_ops.why_not(aten.add_.Tensor, cpu)
+    assert "aliases" in torch_ops.why_not(aten.as_strided.default, cpu)
+    assert "nondeterministic_seeded" in torch_ops.why_not(aten.bernoulli.default, cpu)
+    assert "dynamic_output_shape" in torch_ops.why_not(aten.nonzero.default, cpu)
+    assert "other than tensors" in torch_ops.why_not(aten.sym_size.int, cpu)
+
+
 @pytest.mark.skipif(not rt.is_available(), reason="libkiln_runtime.so was not built")
 def test_torch_ops_in_engine_take_dynamic_shapes_from_the_ops_fake_kernel():
     torch.manual_seed(0)
@@ -408,7 +458,9 @@ def test_on_cuda_the_plugin_engine_replays_one_graph_and_beats_the_fallback(conv
     assert stats["replays"] > 0 and stats["plain"] == 0, stats
     plugins.remove_converter("kiln_example::erfinv")
     try:
-        fallback = kiln.compile(model, [x], min_block_size=1, cache_dir=False)
+        fallback = kiln.compile(
+            model, [x], min_block_size=1, cache_dir=False, torch_ops_in_engine=()
+        )
         assert len(fallback.report.fallbacks) == 1
         fallback_ms = _timed(fallback, x)
     finally:
@@ -428,9 +480,43 @@ def test_torch_ops_in_engine_on_cuda():
     with torch.no_grad():
         for _ in range(3):
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
-    fallback = kiln.compile(model, [x], min_block_size=1, cache_dir=False)
+    fallback = kiln.compile(model, [x], min_block_size=1, cache_dir=False, torch_ops_in_engine=())
+    assert fallback.report.num_engines == 2
     inside, outside = _timed(compiled, x), _timed(fallback, x)
-    print(f"torch op in the engine {inside:.4f} ms, as a fallback {outside:.4f} ms")
+    # The op ran inside the engine's CUDA graph: every call after the warm-up replayed it (its
+    # allocations in the graph's private pool), and the results still match eager on new data.
+    (engine,) = rt.engines(compiled)
+    stats = engine.graph_stats()
+    assert stats["captures"] >= 1 and stats["replays"] > 200 and stats["plain"] <= 1, stats
+    with torch.no_grad():
+        for _ in range(3):
+            x2 = torch.randn(4, 6, device="cuda")
+            torch.testing.assert_close(compiled(x2), model(x2), rtol=1e-4, atol=1e-4)
+    print(
+        f"torch op in the engine {inside:.4f} ms (one CUDA graph), as a fallback {outside:.4f} ms"
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="no CUDA GPU visible (GPU test)")
+@pytest.mark.parametrize("precision", [torch.float32, torch.float16])
+def test_automatic_torch_ops_on_cuda_replay_one_graph(precision):
+    torch.manual_seed(0)
+    model = Sandwich().cuda().eval()
+    spec = kiln.Input(min_shape=(1, 6), opt_shape=(4, 6), max_shape=(16, 6))
+    compiled = kiln.compile(
+        model, [spec], min_block_size=1, cache_dir=False, enabled_precisions={precision}
+    )
+    assert compiled.report.num_engines == 1, compiled.report.text
+    assert len(compiled.report.fallbacks) == 1, compiled.report.text  # the trailing one
+    tol = 1e-4 if precision == torch.float32 else 2e-2
+    with torch.no_grad():
+        for n in (4, 4, 4, 9, 9, 9, 4):
+            x = torch.randn(n, 6, device="cuda")
+            torch.testing.assert_close(compiled(x), model(x), rtol=tol, atol=tol)
+    (engine,) = rt.engines(compiled)
+    stats = engine.graph_stats()
+    assert stats["captures"] == 2 and stats["replays"] >= 3, stats
 
 
 def test_the_command_line_loads_plugin_libraries(tmp_path):

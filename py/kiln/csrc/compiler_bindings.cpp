@@ -273,6 +273,7 @@ void bind_compiler(py::module_& m) {
       .def_readwrite("min_block_size", &CompileOptions::min_block_size)
       .def_readwrite("torch_executed_ops", &CompileOptions::torch_executed_ops)
       .def_readwrite("torch_ops_in_engine", &CompileOptions::torch_ops_in_engine)
+      .def_readwrite("automatic_torch_ops", &CompileOptions::automatic_torch_ops)
       .def_readwrite("require_full_compilation", &CompileOptions::require_full_compilation)
       .def_property(
           "device", [](const CompileOptions& o) { return o.device; },

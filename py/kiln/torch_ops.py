@@ -1,0 +1,90 @@
+"""Torch ops inside engines, chosen automatically (kiln.compile's ``torch_ops_in_engine="auto"``,
+docs/plugins.md).
+
+An op Kiln has no converter for would be a graph break: the engine before it and the engine after
+it become two engines with PyTorch in between. Where the op can run as a layer of the engine
+instead (a ``torch_op`` layer that libkiln_runtime calls through the dispatcher on views of the
+engine's buffers), the model stays one engine and one CUDA graph. This module says which ops of a
+graph may: the driver then keeps a node of one inside its engine only where it joins engine nodes
+on both sides (partitioning/partition.h, ``joining_ops``); elsewhere it runs in PyTorch as before.
+
+An op qualifies when running it that way cannot change its meaning or break a CUDA graph:
+functional (mutates and aliases nothing: a view's result is copied into the engine's buffer, and
+``as_strided`` reads the storage layout, which engines do not keep), tensors out only, output
+shapes that follow from the input shapes (no ``dynamic_output_shape``/``data_dependent_output``
+tag), no randomness (``nondeterministic_seeded``: a replayed graph would repeat its numbers), not
+tagged ``cudagraph_unsafe``, with a kernel for the compile's device and a meta (fake) kernel for
+shapes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+
+from kiln import _C
+
+_UNSAFE_TAGS = (
+    torch.Tag.cudagraph_unsafe,
+    torch.Tag.dynamic_output_shape,
+    torch.Tag.data_dependent_output,
+    torch.Tag.nondeterministic_seeded,
+    torch.Tag.inplace_view,
+)
+
+_COMPOSITE = ("CompositeExplicitAutograd", "CompositeExplicitAutogradNonFunctional")
+
+
+def _has_kernel(op: torch._ops.OpOverload, key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), key)
+
+
+def why_not(op, device: torch.device) -> str | None:
+    """None when ``op`` (an OpOverload) may run inside an engine on ``device`` automatically, else
+    the reason it may not."""
+    if not isinstance(op, torch._ops.OpOverload):
+        return "not an op overload"
+    if op.namespace in ("kiln", "higher_order"):
+        return "a Kiln op"
+    schema = op._schema
+    if schema.is_mutable:
+        return "it mutates an input"
+    if any(a.alias_info is not None for a in schema.arguments) or any(
+        r.alias_info is not None for r in schema.returns
+    ):
+        return "its result aliases an input (a view)"
+    if not schema.returns or not all(isinstance(r.type, torch.TensorType) for r in schema.returns):
+        return "it returns something other than tensors"
+    tags = set(op.tags)
+    for tag in _UNSAFE_TAGS:
+        if tag in tags:
+            return f"it is tagged {tag.name}"
+    key = "CUDA" if device.type == "cuda" else "CPU"
+    if not any(_has_kernel(op, k) for k in (key, *_COMPOSITE)):
+        return f"it has no {key} kernel"
+    if not any(_has_kernel(op, k) for k in ("Meta", *_COMPOSITE)):
+        return "it has no meta (fake) kernel for its output shapes"
+    return None
+
+
+def automatic(graph: torch.fx.Graph, device: torch.device) -> list[str]:
+    """The op overloads of ``graph`` ("aten.fmod.Tensor") that no converter handles and that may
+    run inside engines automatically, sorted."""
+    from kiln import runtime
+    from kiln.options import overload_name
+
+    if not runtime.is_available():
+        return []
+    ops = set()
+    for node in graph.nodes:
+        target = node.target
+        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+            continue
+        name = overload_name(target)
+        if name in ops or _C.has_converter(name):
+            continue
+        if why_not(target, device) is None:
+            ops.add(name)
+    if ops:
+        runtime.load_library()  # the torch_op layer's op is defined there
+    return sorted(ops)
