@@ -170,7 +170,8 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     torch.library custom op without a converter; docs/plugins.md); such engines need torch
     (libkiln_runtime) where they run. "auto" (the default, alone or in the list) also runs so
     every op without a converter that is functional, shape-static and graph-safe
-    (kiln/torch_ops.py) wherever a graph break on it would split an engine; () turns that off. require_full_compilation: raise a KilnError listing every
+    (kiln/torch_ops.py) wherever a graph break on it would split an engine; () turns that off.
+    require_full_compilation: raise a KilnError listing every
     node that cannot run in an engine instead of running it in PyTorch. workspace_size /
     optimization_level: builder options. device: "cuda" (the default when a GPU is visible),
     "cuda:N", "cpu" (engines on the CPU reference backend) or "auto"; a torch.device too.
