@@ -19,8 +19,8 @@ namespace {
 
 // Encodes `a` into `out`; with a context, tensor values become layer inputs (appended to
 // `inputs`). False when an argument cannot be encoded (the reason in *why).
-bool encode(const Arg& a, ConversionContext* ctx, std::vector<TensorId>* inputs, std::ostringstream& out,
-            const KGraph& graph, std::string* why) {
+bool encode(const Arg& a, ConversionContext* ctx, std::vector<TensorId>* inputs, std::vector<int64_t>* in_dtypes,
+            std::ostringstream& out, const KGraph& graph, std::string* why) {
   switch (a.kind) {
     case Arg::Kind::kNone:
       out << 'N';
@@ -49,13 +49,14 @@ bool encode(const Arg& a, ConversionContext* ctx, std::vector<TensorId>* inputs,
       if (ctx != nullptr) {
         out << 'T' << inputs->size() << ';';
         inputs->push_back(ctx->tensor(a.value));
+        in_dtypes->push_back(static_cast<int64_t>(v.dtype));
       }
       return true;
     }
     case Arg::Kind::kList:
       out << 'L' << a.list.size() << ';';
       for (const Arg& e : a.list) {
-        if (!encode(e, ctx, inputs, out, graph, why)) return false;
+        if (!encode(e, ctx, inputs, in_dtypes, out, graph, why)) return false;
       }
       return true;
   }
@@ -76,7 +77,7 @@ Converter torch_op_converter(const std::string& target) {
     std::ostringstream out;
     std::string why;
     for (const auto& [name, a] : node.args) {
-      if (!encode(a, nullptr, nullptr, out, graph, &why)) return why;
+      if (!encode(a, nullptr, nullptr, nullptr, out, graph, &why)) return why;
     }
     for (ValueId v : node.outputs) {
       if (v == kNoValue) return "an output of the op is unused (torch_ops_in_engine needs each one)";
@@ -87,9 +88,10 @@ Converter torch_op_converter(const std::string& target) {
   c.convert = [](ConversionContext& ctx, const KNode& node) {
     std::ostringstream args;
     std::vector<TensorId> inputs;
+    std::vector<int64_t> in_dtypes;  // as traced: the op computes in these (builders keep them)
     std::string why;
     for (const auto& [name, a] : node.args) {
-      KILN_CHECK(encode(a, &ctx, &inputs, args, ctx.graph(), &why), node.describe() << ": " << why);
+      KILN_CHECK(encode(a, &ctx, &inputs, &in_dtypes, args, ctx.graph(), &why), node.describe() << ": " << why);
     }
     std::vector<int64_t> dtypes, ranks, dims;
     for (ValueId v : node.outputs) {
@@ -101,6 +103,7 @@ Converter torch_op_converter(const std::string& target) {
     Attributes attrs;
     attrs.set("target", node.target)
         .set("args", args.str())
+        .set("in_dtypes", in_dtypes)
         .set("out_dtypes", dtypes)
         .set("out_ranks", ranks)
         .set("out_dims", dims);

@@ -339,7 +339,8 @@ Partition partition_graph(const KGraph& graph, const PartitionOptions& options) 
         move(static_cast<int>(i), "reads only constants and only PyTorch code reads it");
     }
     for (const Segment& seg : segments) {
-      if (!seg.engine || options.joining_ops.empty()) continue;
+      // With require_full_compilation every node that can stays in an engine.
+      if (!seg.engine || options.joining_ops.empty() || options.require_full_compilation) continue;
       for (int n : seg.nodes) {
         if (options.joining_ops.count(nodes[n].target) &&
             !joins_engine_nodes(graph, n, segment_of_node, options))
@@ -349,7 +350,10 @@ Partition partition_graph(const KGraph& graph, const PartitionOptions& options) 
     }
     if (changed) continue;
     for (const Segment& seg : segments) {
-      if (!seg.engine || static_cast<int64_t>(seg.nodes.size()) >= options.min_block_size) continue;
+      // require_full_compilation asks for engines whatever their size (as torch_tensorrt does).
+      if (!seg.engine || options.require_full_compilation ||
+          static_cast<int64_t>(seg.nodes.size()) >= options.min_block_size)
+        continue;
       for (int n : seg.nodes) {
         move(n, "in an engine segment of " + std::to_string(seg.nodes.size()) +
                     " nodes, below min_block_size " + std::to_string(options.min_block_size));

@@ -771,6 +771,18 @@ std::vector<TensorDesc> recorded_outputs(const Layer& l) {
 // at build time with dynamic dims, or for an op without a meta kernel, what the compile recorded.
 std::vector<TensorDesc> infer_torch_op(const Layer& l, const std::vector<TensorDesc>& in) {
   const std::vector<TensorDesc> recorded = recorded_outputs(l);
+  // The op computes in the dtypes it was traced with: a builder offering float16 inputs to a
+  // float32 op gets an error here, and keeps the layer in float32 with casts around it.
+  const std::vector<int64_t> in_dtypes =
+      l.attrs.has("in_dtypes") ? l.attrs.get_ints("in_dtypes", describe(l)) : std::vector<int64_t>{};
+  KILN_CHECK(in_dtypes.empty() || in_dtypes.size() == in.size(),
+             describe(l) << ": in_dtypes has " << in_dtypes.size() << " entries for " << in.size() << " inputs");
+  for (size_t k = 0; k < in_dtypes.size(); ++k) {
+    KILN_CHECK(static_cast<int64_t>(in[k].dtype) == in_dtypes[k],
+               describe(l) << ": input " << k << " of the torch op " << torch_op_target(l) << " is "
+                           << dtype_name(in[k].dtype) << ", it was compiled for "
+                           << dtype_name(static_cast<DataType>(in_dtypes[k])));
+  }
   const c10::OperatorHandle op = find_torch_op(torch_op_target(l));
   bool concrete = true;
   for (const TensorDesc& t : in) concrete &= is_static(t.dims);
@@ -923,6 +935,8 @@ const bool kTorchOpRegistered = [] {
   schema.attributes = {
       {"target", AttrType::kString, std::nullopt, "the torch op overload: namespace.op.overload"},
       {"args", AttrType::kString, std::nullopt, "its arguments, encoded (converters/torch_op.cpp)"},
+      {"in_dtypes", AttrType::kInts, AttrValue(std::vector<int64_t>{}),
+       "tensor input dtypes as compiled (the op computes in them); empty: any"},
       {"out_dtypes", AttrType::kInts, std::nullopt, "output dtypes as compiled"},
       {"out_ranks", AttrType::kInts, std::nullopt, "output ranks"},
       {"out_dims", AttrType::kInts, std::nullopt, "output dims as compiled (-1: dynamic), concatenated"}};

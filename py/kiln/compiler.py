@@ -163,7 +163,8 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     enabled_precisions: what the engines may compute in besides float32 (always on): "fp16",
     "bf16", "tf32", or torch.float16 / torch.bfloat16, "float16", "half", "bfloat16" (and
     "fp32" / torch.float32 / "float32"; kiln.dtypes.precision_name); a ValueError names any
-    other. min_block_size: smaller engine segments run in PyTorch. torch_executed_ops: op
+    other. min_block_size: smaller engine segments run in PyTorch (not with
+    require_full_compilation). torch_executed_ops: op
     overloads (``torch.ops.aten.gelu.default`` or "aten.gelu.default") that always run in
     PyTorch. torch_ops_in_engine: ops (``torch.ops.mylib.myop.default``, "mylib::myop") that run
     through PyTorch *inside* the engine, as one of its layers, instead of splitting it (a

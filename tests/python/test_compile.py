@@ -121,7 +121,7 @@ def test_transformer_block_dynamic_batch_and_sequence(device):
 def test_unconvertible_op_falls_back_to_pytorch(device):
     model = WithCustomOp().eval().to(device)
     x = torch.randn(4, 16, device=device)
-    compiled = kiln.compile(model, [x], device=device, min_block_size=1)
+    compiled = kiln.compile(model, [x], device=device, min_block_size=1, torch_ops_in_engine=())
     report = compiled.report
     assert report.num_engines == 2, str(report)
     assert [f.target for f in report.fallbacks] == ["kiln_test.odd_scale.default"]
@@ -153,7 +153,7 @@ def test_min_block_size_moves_small_segments_to_pytorch():
     model = WithCustomOp().eval()
     x = torch.randn(4, 16)
     # Before odd_scale: permute, addmm, relu (3 nodes); after: permute, addmm, sigmoid, mul (4).
-    compiled = kiln.compile(model, [x], device="cpu", min_block_size=4)
+    compiled = kiln.compile(model, [x], device="cpu", min_block_size=4, torch_ops_in_engine=())
     assert compiled.report.num_engines == 1, str(compiled.report)
     reasons = {f.target: f.reason for f in compiled.report.fallbacks}
     assert "below min_block_size 4" in reasons["aten.relu.default"]
@@ -185,13 +185,24 @@ def test_require_full_compilation_lists_every_unsupported_node():
             return odd_scale(torch.relu(odd_scale(x)))
 
     with pytest.raises(kiln.KilnError) as err:
-        kiln.compile(M(), [torch.randn(3, 4)], device="cpu", require_full_compilation=True)
+        kiln.compile(
+            M(),
+            [torch.randn(3, 4)],
+            device="cpu",
+            require_full_compilation=True,
+            torch_ops_in_engine=(),
+        )
     message = str(err.value)
     assert "2 nodes cannot run in a Kiln engine" in message
     lines = [line for line in message.splitlines() if "(kiln_test.odd_scale.default)" in line]
     assert len(lines) == 2
     assert all("no converter for kiln_test.odd_scale.default" in line for line in lines)
     assert "test_compile.py" in message  # the source location of each node
+    # With torch ops inside engines (the default "auto"), every node stays in the one engine.
+    x = torch.randn(3, 4)
+    inside = kiln.compile(M(), [x], device="cpu", require_full_compilation=True, cache_dir=False)
+    assert inside.report.num_engines == 1 and not inside.report.fallbacks, inside.report.text
+    torch.testing.assert_close(inside(x), M()(x), **TOL)
     # A fully convertible model passes.
     compiled = kiln.compile(
         SmallCNN().eval(), [torch.randn(1, 3, 8, 8)], device="cpu", require_full_compilation=True
@@ -201,7 +212,12 @@ def test_require_full_compilation_lists_every_unsupported_node():
 
 def test_dry_run_reports_segments_without_building():
     report = kiln.compile(
-        WithCustomOp().eval(), [torch.randn(4, 16)], device="cpu", dry_run=True, min_block_size=1
+        WithCustomOp().eval(),
+        [torch.randn(4, 16)],
+        device="cpu",
+        dry_run=True,
+        min_block_size=1,
+        torch_ops_in_engine=(),
     )
     assert isinstance(report, kiln.compiler.CompileReport)
     assert report.num_engines == 2

@@ -224,7 +224,7 @@ def test_unknown_option_is_refused():
 
 def test_uncompilable_graph_runs_eagerly_with_a_warning(builds, warnings):
     model = _model("cpu", WithCustomOp)
-    options = {"min_block_size": 1, "require_full_compilation": True}
+    options = {"min_block_size": 1, "require_full_compilation": True, "torch_ops_in_engine": ()}
     compiled = torch.compile(model, backend="kiln", options=options)
     for _ in range(2):
         _check(compiled, model, torch.randn(4, 8))
@@ -236,7 +236,12 @@ def test_uncompilable_graph_runs_eagerly_with_a_warning(builds, warnings):
 
 def test_uncompilable_graph_raises_without_fallback():
     model = _model("cpu", WithCustomOp)
-    options = {"min_block_size": 1, "require_full_compilation": True, "fallback": False}
+    options = {
+        "min_block_size": 1,
+        "require_full_compilation": True,
+        "fallback": False,
+        "torch_ops_in_engine": (),
+    }
     compiled = torch.compile(model, backend="kiln", options=options)
     with pytest.raises(kiln.KilnError, match="dyn_odd"), torch.no_grad():
         compiled(torch.randn(4, 8))
@@ -244,10 +249,17 @@ def test_uncompilable_graph_raises_without_fallback():
 
 def test_custom_op_runs_in_pytorch_between_engines(builds):
     model = _model("cpu", WithCustomOp)
-    compiled = torch.compile(model, backend="kiln", options={"min_block_size": 1})
+    options = {"min_block_size": 1, "torch_ops_in_engine": ()}
+    compiled = torch.compile(model, backend="kiln", options=options)
     _check(compiled, model, torch.randn(4, 8))
     assert builds[0].num_engines == 2
     assert [f.target for f in builds[0].fallbacks] == ["kiln_test.dyn_odd.default"]
+    builds.clear()
+    torch._dynamo.reset()
+    # By default the op runs inside the one engine instead (torch ops in engines, automatic).
+    compiled = torch.compile(model, backend="kiln", options={"min_block_size": 1})
+    _check(compiled, model, torch.randn(4, 8))
+    assert builds[0].num_engines == 1 and not builds[0].fallbacks, builds[0].text
 
 
 def test_batchnorm_in_training_mode_runs_eagerly(warnings):

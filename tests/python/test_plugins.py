@@ -455,7 +455,7 @@ def test_on_cuda_the_plugin_engine_replays_one_graph_and_beats_the_fallback(conv
     ms = _timed(compiled, x)
     (engine,) = rt.engines(compiled)
     stats = engine.graph_stats()
-    assert stats["replays"] > 0 and stats["plain"] == 0, stats
+    assert stats["replays"] > 0 and stats["plain"] <= 1, stats  # one warm-up run, then replays
     plugins.remove_converter("kiln_example::erfinv")
     try:
         fallback = kiln.compile(

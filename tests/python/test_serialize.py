@@ -49,7 +49,11 @@ def _models(device):
         torch_executed_ops=["aten.gelu.default", "aten.view.default", "aten._softmax.default"],
     )
     custom = kiln.compile(
-        WithCustomOp().eval().to(device), [torch.randn(4, 16)], device=device, min_block_size=1
+        WithCustomOp().eval().to(device),
+        [torch.randn(4, 16)],
+        device=device,
+        min_block_size=1,
+        torch_ops_in_engine=(),  # the op runs in PyTorch between two engines
     )
     assert block.report.fallbacks == [] and forced.report.fallbacks, str(forced.report)
     assert custom.report.num_engines == 2, str(custom.report)
