@@ -19,8 +19,8 @@ namespace {
 
 // Encodes `a` into `out`; with a context, tensor values become layer inputs (appended to
 // `inputs`). False when an argument cannot be encoded (the reason in *why).
-bool encode(const Arg& a, ConversionContext* ctx, std::vector<TensorId>* inputs, std::vector<int64_t>* in_dtypes,
-            std::ostringstream& out, const KGraph& graph, std::string* why) {
+bool encode(const Arg& a, ConversionContext* ctx, std::vector<TensorId>* inputs,
+            std::vector<int64_t>* in_dtypes, std::ostringstream& out, const KGraph& graph, std::string* why) {
   switch (a.kind) {
     case Arg::Kind::kNone:
       out << 'N';
@@ -91,7 +91,8 @@ Converter torch_op_converter(const std::string& target) {
     std::vector<int64_t> in_dtypes;  // as traced: the op computes in these (builders keep them)
     std::string why;
     for (const auto& [name, a] : node.args) {
-      KILN_CHECK(encode(a, &ctx, &inputs, &in_dtypes, args, ctx.graph(), &why), node.describe() << ": " << why);
+      KILN_CHECK(encode(a, &ctx, &inputs, &in_dtypes, args, ctx.graph(), &why), node.describe()
+                                                                                    << ": " << why);
     }
     std::vector<int64_t> dtypes, ranks, dims;
     for (ValueId v : node.outputs) {

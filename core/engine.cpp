@@ -186,9 +186,18 @@ std::vector<std::string> Engine::describe_layers() const {
   return lines;
 }
 
-void Engine::refit(const std::map<std::string, ConstantValue>& weights) {
+void Engine::refit(const std::map<std::string, ConstantValue>& weights) { refit(weights, {}); }
+
+void Engine::refit(const std::map<std::string, ConstantValue>& weights,
+                   const std::map<std::string, const void*>& on_device) {
+  KILN_CHECK(on_device.empty() || backend_ == Backend::kCuda,
+             "refit: weights on a GPU given to an engine of the " << backend_name(backend_) << " backend");
   const auto start = std::chrono::steady_clock::now();
-  std::vector<std::pair<TensorId, Bytes>> values = replay_weights(plan_.network, weights);
+  std::set<std::string> device_names;
+  for (const auto& kv : on_device) device_names.insert(kv.first);
+  std::vector<std::pair<TensorId, std::string>> direct;
+  std::vector<std::pair<TensorId, Bytes>> values =
+      replay_weights(plan_.network, weights, device_names, &direct);
   std::set<const std::vector<uint8_t>*> derived;
   for (const auto& [id, bytes] : values) derived.insert(plan_.network.tensor(id).data.get());
   for (const auto& t : plan_.network.tensors()) {
@@ -205,15 +214,48 @@ void Engine::refit(const std::map<std::string, ConstantValue>& weights) {
     DeviceGuard guard(device_);
     synchronize_device();  // no kernel of a context reads the weights while they change
     for (const auto& [id, bytes] : values) copy_to_device(constants_[id], bytes->data(), bytes->size());
+    for (const auto& [id, name] : direct) {
+      const Tensor& t = plan_.network.tensor(id);
+      copy_device_async(constants_[id], on_device.at(name),
+                        static_cast<size_t>(tensor_bytes(t.dims, dtype_size(t.dtype))), nullptr);
+    }
+    synchronize_device();
   }
   for (const auto& [id, bytes] : values) {
     plan_.network.tensor(id).data = bytes;
     if (backend_ != Backend::kCuda) constants_[id] = const_cast<uint8_t*>(bytes->data());
   }
+  // A constant copied on the device keeps its old host bytes in the plan: stale until plan() or
+  // network() reads them back (serialization does; refit and running do not need them).
+  if (!direct.empty()) {
+    std::lock_guard<std::mutex> lock(stale_mutex_);
+    for (const auto& [id, name] : direct) stale_constants_.push_back(id);
+    host_stale_.store(true, std::memory_order_release);
+  }
   weights_version_.fetch_add(1);
   const auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
-  KILN_LOG(kInfo, "refit: " << values.size() << " constants recomputed in " << ms(start, replayed)
-                            << " ms, written in " << ms(replayed, std::chrono::steady_clock::now()) << " ms");
+  KILN_LOG(kInfo, "refit: " << direct.size() << " constants copied on the device, " << values.size()
+                            << " recomputed in " << ms(start, replayed) << " ms, written in "
+                            << ms(replayed, std::chrono::steady_clock::now()) << " ms");
+}
+
+void Engine::copy_stale_constants_to_host() const {
+  std::lock_guard<std::mutex> lock(stale_mutex_);
+  if (!host_stale_.load(std::memory_order_relaxed)) return;
+  DeviceGuard guard(device_);
+  std::sort(stale_constants_.begin(), stale_constants_.end());
+  stale_constants_.erase(std::unique(stale_constants_.begin(), stale_constants_.end()),
+                         stale_constants_.end());
+  Network& net = const_cast<Network&>(plan_.network);
+  for (TensorId id : stale_constants_) {
+    Tensor& t = net.tensor(id);
+    auto bytes = std::make_shared<std::vector<uint8_t>>(
+        static_cast<size_t>(tensor_bytes(t.dims, dtype_size(t.dtype))));
+    copy_to_host(bytes->data(), constants_[id], bytes->size());
+    t.data = std::move(bytes);
+  }
+  stale_constants_.clear();
+  host_stale_.store(false, std::memory_order_release);
 }
 
 int64_t Engine::device_bytes() const {
@@ -249,7 +291,7 @@ class ExecutionContext::Exclusive {
 ExecutionContext::ExecutionContext(std::shared_ptr<const Engine> engine,
                                    std::shared_ptr<DeviceAllocator> allocator, MemoryAllocation memory)
     : engine_(std::move(engine)), memory_(memory) {
-  const Plan& plan = engine_->plan();
+  const Plan& plan = engine_->plan_structure();
   const Network& net = plan.network;
   input_shapes_.resize(net.inputs().size());
   input_checked_.assign(net.inputs().size(), 0);
@@ -313,7 +355,7 @@ void ExecutionContext::lay_out_arena() {
   const Engine& e = *engine_;
   const Network& net = e.network();
   if (memory_ == MemoryAllocation::kProfileMax) {
-    const MemoryPlan& mem = e.plan().memory;
+    const MemoryPlan& mem = e.plan_structure().memory;
     for (const auto& t : net.tensors()) {
       if (mem.offsets[t.id] < 0) continue;
       int64_t bytes = tensor_bytes(shapes_[t.id], dtype_size(t.dtype));
@@ -397,7 +439,7 @@ void ExecutionContext::set_input_shape_unguarded(int index, const Dims& dims) {
   const std::string& name = t.name;
   KILN_CHECK(dims.size() == t.dims.size(), "input '" << name << "': shape " << to_string(dims) << " has rank "
                                                      << dims.size() << ", expected " << to_string(t.dims));
-  const auto& profiles = engine_->plan().profiles;
+  const auto& profiles = engine_->plan_structure().profiles;
   const ShapeRange* range = nullptr;
   if (!profiles.empty()) {
     auto it = profiles[profile_].inputs.find(name);
@@ -498,7 +540,7 @@ void ExecutionContext::allocate_staging() {
   const Network& net = e.network();
   std::vector<int64_t> need(static_cast<size_t>(e.num_bindings()), 0);
   if (memory_ == MemoryAllocation::kProfileMax) {
-    std::vector<int64_t> max_bytes = max_tensor_bytes(net, e.plan().profiles);
+    std::vector<int64_t> max_bytes = max_tensor_bytes(net, e.plan_structure().profiles);
     for (size_t b = 0; b < need.size(); ++b) need[b] = max_bytes[e.binding_ids_[b]];
   } else {
     for (size_t b = 0; b < need.size(); ++b) {
@@ -524,8 +566,8 @@ void ExecutionContext::build_launch_table() {
   const Network& net = e.network();
   const bool cuda = e.backend() == Backend::kCuda;
   if (staged()) allocate_staging();
-  if (cuda && !workspace_ && e.plan().memory.workspace_bytes > 0) {
-    workspace_ = allocator_->allocate(static_cast<size_t>(e.plan().memory.workspace_bytes));
+  if (cuda && !workspace_ && e.plan_structure().memory.workspace_bytes > 0) {
+    workspace_ = allocator_->allocate(static_cast<size_t>(e.plan_structure().memory.workspace_bytes));
   }
   ptr_.assign(net.tensors().size(), nullptr);
   uint8_t* arena = static_cast<uint8_t*>(cuda ? arena_ : static_cast<void*>(host_arena_.data()));
@@ -606,7 +648,7 @@ void ExecutionContext::run_layers(void* stream) {
   launch.cublaslt = cublaslt_;
   launch.cudnn = cudnn_;
   launch.workspace = workspace_;
-  launch.workspace_bytes = static_cast<size_t>(e.plan().memory.workspace_bytes);
+  launch.workspace_bytes = static_cast<size_t>(e.plan_structure().memory.workspace_bytes);
   const bool cuda = e.backend() == Backend::kCuda;
   if (!profiling_) {
     for (size_t i = 0; i < layer_in_.size(); ++i) run_layer(i, launch);
@@ -805,7 +847,7 @@ int64_t ExecutionContext::device_bytes() const {
   if (engine_->backend() != Backend::kCuda) return 0;
   int64_t staging = 0;
   for (int64_t b : staging_bytes_) staging += b;
-  return arena_capacity_ + (workspace_ ? engine_->plan().memory.workspace_bytes : 0) + staging;
+  return arena_capacity_ + (workspace_ ? engine_->plan_structure().memory.workspace_bytes : 0) + staging;
 }
 
 }  // namespace kiln

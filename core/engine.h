@@ -23,6 +23,7 @@
 #include <atomic>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -64,8 +65,15 @@ class Engine : public std::enable_shared_from_this<Engine> {
       std::shared_ptr<DeviceAllocator> allocator = nullptr,
       MemoryAllocation memory = MemoryAllocation::kShapesInUse) const;
 
-  const Plan& plan() const { return plan_; }
+  // A refit that copied constants on the device leaves their host bytes stale until the plan is
+  // read: plan() (what serializes) brings them back first, one copy per refit when asked.
+  // network() is for the structure (layers, shapes): its constants' bytes may be stale then.
+  const Plan& plan() const {
+    sync_host_constants();
+    return plan_;
+  }
   const Network& network() const { return plan_.network; }
+  const Plan& plan_structure() const { return plan_; }  // as network(): profiles, memory, layers
   Backend backend() const { return backend_; }
   int device() const { return device_; }
   std::vector<std::string> input_names() const;
@@ -91,6 +99,11 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // backend's contexts pick the new values up at their next enqueue.
   std::vector<WeightSpec> refittable_weights() const { return refittable_weights_; }
   void refit(const std::map<std::string, ConstantValue>& weights);
+  // CUDA: the same with some weights already on this engine's GPU (`on_device`: name -> device
+  // pointer to its bytes, of its dtype and dims): a constant that is one of them unchanged is
+  // copied device to device; `weights` holds the rest, at least host_read_weights(network()).
+  void refit(const std::map<std::string, ConstantValue>& weights,
+             const std::map<std::string, const void*>& on_device);
 
  private:
   friend class ExecutionContext;
@@ -98,7 +111,16 @@ class Engine : public std::enable_shared_from_this<Engine> {
          bool allow_minor_version_mismatch);
   void upload_constants();
 
+  void sync_host_constants() const {
+    if (host_stale_.load(std::memory_order_acquire)) copy_stale_constants_to_host();
+  }
+  void copy_stale_constants_to_host() const;
+
   Plan plan_;
+  // Constants whose device bytes are newer than the plan's (refit on the device), under mutex.
+  mutable std::vector<TensorId> stale_constants_;
+  mutable std::atomic<bool> host_stale_{false};
+  mutable std::mutex stale_mutex_;
   Backend backend_;
   int device_ = -1;
   std::shared_ptr<DeviceAllocator> allocator_;    // CUDA only

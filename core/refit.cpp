@@ -42,7 +42,12 @@ void check_replayable(const Lineage& l) {
 
 ConstantValue evaluate(const Lineage& l, const std::map<std::string, ConstantValue>& weights,
                        std::unordered_map<const Lineage*, ConstantValue>& memo) {
-  if (l.transform == "source") return weights.at(l.name);
+  if (l.transform == "source") {
+    auto w = weights.find(l.name);
+    KILN_CHECK(w != weights.end(),
+               "refit: weight '" << l.name << "' is needed on the host: a transform reads it");
+    return w->second;
+  }
   if (l.transform == "literal") return {l.dtype, l.dims, l.literal};
   auto it = memo.find(&l);
   if (it != memo.end()) return it->second;
@@ -85,8 +90,26 @@ void refit_plan(Plan& plan, const std::map<std::string, ConstantValue>& weights)
   plan.network.revalidate();  // small constants' values, now that they have bytes
 }
 
+std::set<std::string> host_read_weights(const Network& net) {
+  std::set<std::string> out;
+  std::set<const Lineage*> seen;
+  for (const auto& t : net.tensors()) {
+    if (t.kind != TensorKind::kConstant || !t.lineage || t.lineage->transform == "source") continue;
+    std::vector<const Lineage*> sources;
+    collect_sources(*t.lineage, &sources, &seen);
+    for (const Lineage* s : sources) out.insert(s->name);
+  }
+  return out;
+}
+
 std::vector<std::pair<TensorId, Bytes>> replay_weights(const Network& net,
                                                        const std::map<std::string, ConstantValue>& weights) {
+  return replay_weights(net, weights, {}, nullptr);
+}
+
+std::vector<std::pair<TensorId, Bytes>> replay_weights(
+    const Network& net, const std::map<std::string, ConstantValue>& weights,
+    const std::set<std::string>& on_device, std::vector<std::pair<TensorId, std::string>>* direct) {
   const std::vector<WeightSpec> specs = refittable_weights(net);
   KILN_CHECK(!specs.empty(),
              "refit: this engine has no refittable weights (it was built from a network whose "
@@ -98,7 +121,7 @@ std::vector<std::pair<TensorId, Bytes>> replay_weights(const Network& net,
     known.insert(s.name);
     auto it = weights.find(s.name);
     if (it == weights.end()) {
-      missing.push_back(s.name);
+      if (!on_device.count(s.name)) missing.push_back(s.name);
     } else if (it->second.dtype != s.dtype || it->second.dims != s.dims) {
       reshaped.push_back(s.name + " (" + dtype_name(it->second.dtype) + " " + to_string(it->second.dims) +
                          " given, the engine has " + dtype_name(s.dtype) + " " + to_string(s.dims) + ")");
@@ -110,6 +133,9 @@ std::vector<std::pair<TensorId, Bytes>> replay_weights(const Network& net,
   }
   for (const auto& kv : weights) {
     if (!known.count(kv.first)) unknown.push_back(kv.first);
+  }
+  for (const auto& name : on_device) {
+    if (!known.count(name)) unknown.push_back(name);
   }
   KILN_CHECK(missing.empty(), "refit: " << missing.size()
                                         << " weight(s) of the engine not given: " << listed(missing)
@@ -123,7 +149,14 @@ std::vector<std::pair<TensorId, Bytes>> replay_weights(const Network& net,
   // Blocked lineages first, so that a refused refit computes nothing.
   std::vector<std::pair<TensorId, const Lineage*>> entries;
   for (const auto& t : net.tensors()) {
-    if (t.kind == TensorKind::kConstant && t.lineage) entries.emplace_back(t.id, t.lineage.get());
+    if (t.kind != TensorKind::kConstant || !t.lineage) continue;
+    const Lineage& l = *t.lineage;
+    if (l.transform == "source" && !weights.count(l.name) && on_device.count(l.name)) {
+      KILN_CHECK(direct != nullptr, "refit: weight '" << l.name << "' is not on the host");
+      direct->emplace_back(t.id, l.name);
+      continue;
+    }
+    entries.emplace_back(t.id, &l);
   }
   for (const auto& [id, lineage] : entries) check_replayable(*lineage);
 

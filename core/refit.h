@@ -6,6 +6,7 @@
 #pragma once
 
 #include <map>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -32,6 +33,19 @@ std::vector<WeightSpec> refittable_weights(const Network& net);
 // folded into the engine's structure (a blocked lineage).
 std::vector<std::pair<TensorId, Bytes>> replay_weights(const Network& net,
                                                        const std::map<std::string, ConstantValue>& weights);
+
+// The same where the weights named in `on_device` are held elsewhere (on the engine's GPU): they
+// count as given, and each constant that is one of them unchanged (lineage "source") is listed in
+// *direct (tensor id, weight name) instead of recomputed. A transform reading one of them is an
+// error: such weights must be in `weights` (host_read_weights says which).
+std::vector<std::pair<TensorId, Bytes>> replay_weights(const Network& net,
+                                                       const std::map<std::string, ConstantValue>& weights,
+                                                       const std::set<std::string>& on_device,
+                                                       std::vector<std::pair<TensorId, std::string>>* direct);
+
+// The weights some constant of `net` computes from (a transform: folding, a layout, a dtype):
+// refit needs their values on the host. The others are constants as they are.
+std::set<std::string> host_read_weights(const Network& net);
 
 // Sets the weight-derived constants of `plan` from `weights` (replay_weights): a plan saved with
 // strip_weights gets its constants back; any other plan gets new values.

@@ -22,6 +22,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -233,6 +234,12 @@ class TorchEngine : public torch::CustomClassHolder {
     for (const auto& w : weights()) out.push_back(dtype_name(w.dtype));
     return out;
   }
+  // The weights refit needs on the host (a transform reads them); the others may stay on the GPU.
+  std::vector<std::string> host_weight_names() {
+    std::call_once(host_read_once_,
+                   [&] { host_read_ = rethrow_as_torch([&] { return host_read_weights(network()); }); });
+    return {host_read_.begin(), host_read_.end()};
+  }
   std::vector<std::vector<int64_t>> weight_dims() const {
     std::vector<std::vector<int64_t>> out;
     for (const auto& w : weights()) out.push_back(w.dims);
@@ -251,6 +258,13 @@ class TorchEngine : public torch::CustomClassHolder {
     std::map<std::string, WeightSpec> specs;
     for (const auto& w : weights()) specs[w.name] = w;
     std::map<std::string, ConstantValue> weights;
+    // Weights already on this engine's GPU that some constant holds unchanged are copied there
+    // device to device; only those a transform reads (BatchNorm folding, a layout, a dtype) come
+    // to the host.
+    std::map<std::string, const void*> on_device;
+    std::vector<at::Tensor> keep;  // contiguous copies, alive until the refit is done
+    const bool device_refit = engine_ && engine_->backend() == Backend::kCuda;
+    host_weight_names();  // fills host_read_
     for (size_t i = 0; i < names.size(); ++i) {
       const at::Tensor& v = values[i];
       auto it = specs.find(names[i]);
@@ -258,6 +272,14 @@ class TorchEngine : public torch::CustomClassHolder {
         TORCH_CHECK(v.scalar_type() == torch_dtype(it->second.dtype), "Kiln refit: weight '", names[i],
                     "' is ", v.scalar_type(), " but the engine was built from ", dtype_name(it->second.dtype),
                     ": pass it in that dtype");
+        if (device_refit && v.is_cuda() && v.device().index() == engine_->device() &&
+            !host_read_.count(names[i])) {
+          TORCH_CHECK(v.sizes().vec() == it->second.dims, "Kiln refit: weight '", names[i], "' has shape ",
+                      v.sizes(), ", the engine was built for ", to_string(it->second.dims));
+          keep.push_back(v.detach().contiguous());
+          on_device[names[i]] = keep.back().data_ptr();
+          continue;
+        }
       }
       const at::Tensor host = v.detach().contiguous().to(at::kCPU);
       const auto* p = static_cast<const uint8_t*>(host.data_ptr());
@@ -277,7 +299,7 @@ class TorchEngine : public torch::CustomClassHolder {
       return;
     }
     rethrow_as_torch([&] {
-      engine_->refit(weights);
+      engine_->refit(weights, on_device);
       return 0;
     });
   }
@@ -471,7 +493,7 @@ class TorchEngine : public torch::CustomClassHolder {
   }
 
   const Plan& plan() const { return engine_ ? engine_->plan() : *pending_; }
-  const Network& network() const { return plan().network; }
+  const Network& network() const { return engine_ ? engine_->network() : pending_->network; }
   const Tensor& binding(const std::string& name) const {
     return network().tensor(network().find_tensor(name));
   }
@@ -489,6 +511,8 @@ class TorchEngine : public torch::CustomClassHolder {
   std::shared_ptr<Plan> pending_;  // a plan without its weights, until refit creates engine_
   mutable std::once_flag weights_once_;
   mutable std::vector<WeightSpec> weights_;  // weights()
+  std::once_flag host_read_once_;
+  std::set<std::string> host_read_;  // weights a transform reads (refit takes them on the host)
   std::atomic<bool> strip_on_save_{false};
   std::shared_ptr<Engine> engine_;
   std::vector<std::string> input_names_, output_names_;
@@ -775,8 +799,9 @@ std::vector<TensorDesc> infer_torch_op(const Layer& l, const std::vector<TensorD
   // float32 op gets an error here, and keeps the layer in float32 with casts around it.
   const std::vector<int64_t> in_dtypes =
       l.attrs.has("in_dtypes") ? l.attrs.get_ints("in_dtypes", describe(l)) : std::vector<int64_t>{};
-  KILN_CHECK(in_dtypes.empty() || in_dtypes.size() == in.size(),
-             describe(l) << ": in_dtypes has " << in_dtypes.size() << " entries for " << in.size() << " inputs");
+  KILN_CHECK(
+      in_dtypes.empty() || in_dtypes.size() == in.size(),
+      describe(l) << ": in_dtypes has " << in_dtypes.size() << " entries for " << in.size() << " inputs");
   for (size_t k = 0; k < in_dtypes.size(); ++k) {
     KILN_CHECK(static_cast<int64_t>(in[k].dtype) == in_dtypes[k],
                describe(l) << ": input " << k << " of the torch op " << torch_op_target(l) << " is "
@@ -981,6 +1006,7 @@ TORCH_LIBRARY(kiln, m) {
       .def("graph_stats", &TorchEngine::graph_stats)
       .def("weight_names", &TorchEngine::weight_names)
       .def("weight_dtypes", &TorchEngine::weight_dtypes)
+      .def("host_weight_names", &TorchEngine::host_weight_names)
       .def("weight_dims", &TorchEngine::weight_dims)
       .def("refit", &TorchEngine::refit)
       .def("set_strip_weights", &TorchEngine::set_strip_weights)

@@ -173,6 +173,14 @@ def host_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
+def _narrowed(t: torch.Tensor) -> torch.Tensor:
+    """`t` detached and contiguous, float64 narrowed to float32 (as engines hold it), where it is."""
+    from kiln.fx_lowering import NARROWED
+
+    t = t.detach()
+    return (t.to(NARROWED[t.dtype]) if t.dtype in NARROWED else t).contiguous()
+
+
 def _refit_engine(engine, state: dict) -> int:
     names = engine.weight_names()
     if not names:  # an engine of activations only (its module's weights are in other engines)
@@ -182,9 +190,15 @@ def _refit_engine(engine, state: dict) -> int:
         raise _C.KilnError(
             f"kiln.refit: {len(missing)} weight(s) of an engine not given: {_listed(missing)}"
         )
+    # Weights the engine reads through a transform (BatchNorm folding, a layout, a dtype) come to
+    # the host in one copy; the others stay where they are: on the engine's GPU they are copied
+    # device to device.
+    on_host = set(engine.host_weight_names())
+    host = [n for n in names if n in on_host]
+    hosted = dict(zip(host, host_tensors([state[n] for n in host]), strict=True))
     values = []
-    hosted = host_tensors([state[name] for name in names])
-    for name, dtype, value in zip(names, engine.weight_dtypes(), hosted, strict=True):
+    kept = [hosted[n] if n in hosted else _narrowed(state[n]) for n in names]
+    for name, dtype, value in zip(names, engine.weight_dtypes(), kept, strict=True):
         if value.dtype != torch_dtype(dtype):
             raise _C.KilnError(
                 f"kiln.refit: {name!r} is {value.dtype}, the engine was built from "

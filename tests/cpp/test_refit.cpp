@@ -5,10 +5,13 @@
 #include <algorithm>
 #include <cstring>
 #include <random>
+#include <set>
 #include <vector>
 
+#include "core/allocator.h"
 #include "core/refit.h"
 #include "core/weight_transforms.h"
+#include "kernels/device.h"
 #include "kernels/reference/host_access.h"
 #include "test_util.h"
 
@@ -150,6 +153,83 @@ TEST(Refit, ReplaysEveryTransformOnTheGpu) {
   KILN_REQUIRE_GPU();
   check_refit(BuildTarget::kCuda, Backend::kCuda, false);
   check_refit(BuildTarget::kCuda, Backend::kCuda, true);  // FP16: channels last, padded channels
+}
+
+// Weights no transform reads may be given as held elsewhere (on the GPU): the constants that are
+// them unchanged are listed for a device copy instead of recomputed; one a transform reads must be
+// given on the host.
+TEST(Refit, WeightsHeldOnTheDeviceAreCopiedNotRecomputed) {
+  const Weights w = random_weights(1);
+  const Plan plan = Builder().build(network(w), config(BuildTarget::kReference, false));
+  const std::set<std::string> host = host_read_weights(plan.network);
+  EXPECT_TRUE(host.count("conv.weight") && host.count("bn.running_var"));  // folded into the conv
+  std::map<std::string, ConstantValue> given = values(random_weights(5));
+  std::set<std::string> on_device;
+  for (const auto& spec : refittable_weights(plan.network)) {
+    if (!host.count(spec.name)) {
+      on_device.insert(spec.name);
+      given.erase(spec.name);
+    }
+  }
+  std::vector<std::pair<TensorId, std::string>> direct;
+  const auto computed = replay_weights(plan.network, given, on_device, &direct);
+  std::set<std::string> copied;
+  for (const auto& [id, name] : direct) {
+    EXPECT_EQ(plan.network.tensor(id).lineage->transform, "source");
+    copied.insert(name);
+  }
+  EXPECT_EQ(copied, on_device);
+  EXPECT_EQ(computed.size() + direct.size(), [&] {
+    size_t n = 0;
+    for (const auto& t : plan.network.tensors()) n += t.kind == TensorKind::kConstant && t.lineage ? 1 : 0;
+    return n;
+  }());
+  // A weight a transform reads cannot stay on the device.
+  std::map<std::string, ConstantValue> without = given;
+  without.erase("conv.weight");
+  std::set<std::string> more = on_device;
+  more.insert("conv.weight");
+  try {
+    replay_weights(plan.network, without, more, &direct);
+    ADD_FAILURE() << "a transform's weight on the device was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'conv.weight' is needed on the host"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(Refit, WeightsOnTheGpuAreCopiedThereAndTheSavedPlanHasThem) {
+  KILN_REQUIRE_GPU();
+  for (const bool fp16 : {false, true}) {
+    const Weights w0 = random_weights(1), w1 = random_weights(100);
+    const Plan built = Builder().build(network(w0), config(BuildTarget::kCuda, fp16));
+    const Plan fresh = Builder().build(network(w1), config(BuildTarget::kCuda, fp16));
+    auto engine = Engine::create(Plan::deserialize(built.serialize()), Backend::kCuda);
+    const std::set<std::string> host = host_read_weights(engine->network());
+    std::map<std::string, ConstantValue> given = values(w1);
+    std::map<std::string, const void*> on_device;
+    auto allocator = default_device_allocator();
+    std::vector<void*> buffers;
+    for (auto it = given.begin(); it != given.end();) {
+      if (host.count(it->first)) {
+        ++it;
+        continue;
+      }
+      void* p = allocator->allocate(it->second.data->size());
+      copy_to_device(p, it->second.data->data(), it->second.data->size());
+      buffers.push_back(p);
+      on_device[it->first] = p;
+      it = given.erase(it);
+    }
+    EXPECT_FALSE(on_device.empty()) << "fp16 " << fp16;
+    engine->refit(given, on_device);
+    for (void* p : buffers) allocator->deallocate(p);
+    const auto x = test::random_floats(2 * 3 * 8 * 8, 7);
+    const auto expected = test::run_float(
+        Engine::create(Plan::deserialize(fresh.serialize()), Backend::kCuda), {{"x", {{2, 3, 8, 8}, x}}});
+    EXPECT_EQ(test::run_float(engine, {{"x", {{2, 3, 8, 8}, x}}}).at("y1"), expected.at("y1"));
+    expect_same_constants(engine->plan().network, fresh.network);  // plan() brings them back
+  }
 }
 
 std::string refit_error(Engine& engine, const std::map<std::string, ConstantValue>& weights) {
