@@ -174,7 +174,7 @@ def host_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _narrowed(t: torch.Tensor) -> torch.Tensor:
-    """`t` detached and contiguous, float64 narrowed to float32 (as engines hold it), where it is."""
+    """`t` detached, contiguous, float64 narrowed to float32 (as engines hold it), where it is."""
     from kiln.fx_lowering import NARROWED
 
     t = t.detach()
