@@ -365,6 +365,15 @@ def _add_compile_parser(sub) -> None:
     p.add_argument("--min-block-size", type=int, default=5)
     p.add_argument("--torch-executed-op", action="append", default=[], metavar="OP")
     p.add_argument("--require-full-compilation", action="store_true")
+    p.add_argument(
+        "--torch-op-in-engine",
+        action="append",
+        default=None,
+        metavar="OP",
+        help="an op run through PyTorch inside its engine (repeatable; 'auto', the default: every "
+        "graph-safe op without a converter where a graph break would split an engine; 'none': "
+        "no such ops)",
+    )
     p.add_argument("--device", default=None, help="cuda (default with a GPU), cuda:N or cpu")
     p.add_argument("--workspace-size", type=int, default=None)
     p.add_argument("--dry-run", action="store_true", help="print the partition only")
@@ -436,6 +445,7 @@ def _compile(args) -> int:
         enabled_precisions=precisions or ["fp32"],
         min_block_size=args.min_block_size,
         torch_executed_ops=args.torch_executed_op,
+        torch_ops_in_engine=[op for op in args.torch_op_in_engine or ["auto"] if op != "none"],
         require_full_compilation=args.require_full_compilation,
         device=device,
         workspace_size=args.workspace_size,

@@ -258,6 +258,8 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
                 "INT8 and FP8 need ir='export' (the TorchScript frontend has no quantization yet)"
             )
 
+        if auto_ops and isinstance(module, torch.jit.ScriptModule):
+            options.automatic_torch_ops = torch_ops.automatic(torch_ops.script_ops(module), device)
         with progress_bars():
             result = torchscript.compile(module, specs, options, device)
         report = result if dry_run else result.report
@@ -288,7 +290,8 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
         with step("lowering"):
             lowered = FxLowering(program, specs, truncate_double=truncate_double, params=weights)
         if auto_ops:
-            options.automatic_torch_ops = torch_ops.automatic(program.graph_module.graph, device)
+            ops = torch_ops.fx_ops(program.graph_module.graph)
+            options.automatic_torch_ops = torch_ops.automatic(ops, device)
         log(level, "kiln.compile: KGraph\n" + lowered.graph.summary())
         segments, driver_report, plans = _C.compile_graph(
             lowered.graph, options, lowered.range, lowered.torch_nodes

@@ -67,24 +67,46 @@ def why_not(op, device: torch.device) -> str | None:
     return None
 
 
-def automatic(graph: torch.fx.Graph, device: torch.device) -> list[str]:
-    """The op overloads of ``graph`` ("aten.fmod.Tensor") that no converter handles and that may
-    run inside engines automatically, sorted."""
+def automatic(ops, device: torch.device) -> list[str]:
+    """Of ``ops`` (OpOverloads, as a graph uses them), the overload names ("aten.fmod.Tensor")
+    that no converter handles and that may run inside engines automatically, sorted; loads
+    libkiln_runtime (where the torch_op layer is defined) when there are any."""
     from kiln import runtime
     from kiln.options import overload_name
 
     if not runtime.is_available():
         return []
-    ops = set()
-    for node in graph.nodes:
-        target = node.target
-        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+    names = set()
+    for op in ops:
+        if not isinstance(op, torch._ops.OpOverload):
             continue
-        name = overload_name(target)
-        if name in ops or _C.has_converter(name):
+        name = overload_name(op)
+        if name not in names and not _C.has_converter(name) and why_not(op, device) is None:
+            names.add(name)
+    if names:
+        runtime.load_library()
+    return sorted(names)
+
+
+def fx_ops(graph: torch.fx.Graph) -> list:
+    """The op overloads an FX graph calls."""
+    return [n.target for n in graph.nodes if n.op == "call_function"]
+
+
+def script_ops(module: torch.jit.ScriptModule) -> list:
+    """The op overloads a ScriptModule's (inlined) forward calls, from each node's schema."""
+    ops = []
+    for node in module.inlined_graph.nodes():
+        if "::" not in node.kind() or node.kind().startswith(("prim::", "kiln::")):
             continue
-        if why_not(target, device) is None:
-            ops.add(name)
-    if ops:
-        runtime.load_library()  # the torch_op layer's op is defined there
-    return sorted(ops)
+        try:
+            schema = torch._C.parse_schema(node.schema())
+        except RuntimeError:  # "(no schema)"
+            continue
+        namespace, name = schema.name.split("::", 1)
+        try:
+            packet = getattr(getattr(torch.ops, namespace), name)
+            ops.append(getattr(packet, schema.overload_name or "default"))
+        except AttributeError:
+            continue
+    return ops

@@ -129,7 +129,9 @@ def test_transformer_block_dynamic_batch_and_sequence(kind, device, tmp_path):
 def test_unconvertible_op_falls_back_to_torchscript(kind, device, tmp_path):
     model = WithLgamma().eval().to(device)
     x = torch.randn(4, 16, device=device)
-    compiled = kiln.compile(_script(model, kind, x), [x], device=device, min_block_size=1)
+    compiled = kiln.compile(
+        _script(model, kind, x), [x], device=device, min_block_size=1, torch_ops_in_engine=()
+    )
     report = compiled.report
     assert report.num_engines == 2, str(report)
     assert [f.target for f in report.fallbacks] == ["aten.lgamma.default"]
@@ -163,7 +165,11 @@ def test_require_full_compilation_lists_every_unsupported_node():
 
     with pytest.raises(kiln.KilnError) as err:
         kiln.compile(
-            torch.jit.script(M()), [torch.randn(3, 4)], device="cpu", require_full_compilation=True
+            torch.jit.script(M()),
+            [torch.randn(3, 4)],
+            device="cpu",
+            require_full_compilation=True,
+            torch_ops_in_engine=(),
         )
     message = str(err.value)
     assert "2 nodes cannot run in a Kiln engine" in message
@@ -202,6 +208,7 @@ def test_dry_run_returns_the_report():
         device="cpu",
         dry_run=True,
         min_block_size=1,
+        torch_ops_in_engine=(),
     )
     assert isinstance(report, kiln.compiler.CompileReport)
     assert report.num_engines == 2 and [s["kind"] for s in report.segments] == [
@@ -304,6 +311,8 @@ def test_cli_errors(tmp_path):
         "--input",
         "4x16",
         "--require-full-compilation",
+        "--torch-op-in-engine",
+        "none",
         "--device",
         "cpu",
     )
