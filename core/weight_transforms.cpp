@@ -306,6 +306,35 @@ const std::map<std::string, Transform>& transforms() {
            }
            return ConstantValue{in[0].dtype, in[0].dims, std::move(bytes)};
          }
+         if (producer != "deconvolution" &&
+             (in[0].dtype == DataType::kFloat16 || in[0].dtype == DataType::kBFloat16)) {
+           // The same for 16-bit weights (a model run in .half()): per channel, widen, scale in
+           // double, round to float and then to 16 bits, as read/encode below do per element.
+           KILN_CHECK(channels > 0 && n % channels == 0, who << ": weight " << to_string(in[0].dims)
+                                                             << " does not split into " << channels
+                                                             << " channels");
+           const int64_t per = n / channels;
+           const bool half = in[0].dtype == DataType::kFloat16;
+           auto bytes = std::make_shared<std::vector<uint8_t>>(in[0].data->size());
+           const auto* src = reinterpret_cast<const uint16_t*>(in[0].data->data());
+           auto* dst = reinterpret_cast<uint16_t*>(bytes->data());
+           std::vector<float> block(static_cast<size_t>(per));
+           for (int64_t k = 0; k < channels; ++k) {
+             const double sk = s[static_cast<size_t>(k)];
+             const uint16_t* from = src + k * per;
+             for (int64_t j = 0; j < per; ++j) {
+               const float w = half ? half_bits_to_float(from[j]) : bf16_bits_to_float(from[j]);
+               block[static_cast<size_t>(j)] = static_cast<float>(double{w} * sk);
+             }
+             if (half) {
+               floats_to_halves(block.data(), dst + k * per, per);
+             } else {
+               for (int64_t j = 0; j < per; ++j)
+                 dst[k * per + j] = float_to_bf16_bits(block[static_cast<size_t>(j)]);
+             }
+           }
+           return ConstantValue{in[0].dtype, in[0].dims, std::move(bytes)};
+         }
          const std::vector<int64_t> ch = output_channel_of_weights(
              producer, node.attrs.get_int("groups", int64_t{1}), in[0].dims, channels);
          std::vector<double> w = read(in[0]);

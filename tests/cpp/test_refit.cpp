@@ -3,6 +3,7 @@
 // horizontal GEMM merging, FP16 conversion, channels-last permutation, channel padding), computes
 // the same outputs, survives serialization, and refuses bad weights by name.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <set>
@@ -366,6 +367,47 @@ TEST(Refit, VectorizedHalfConversionMatchesTheScalarOneBitForBit) {
     for (size_t i = 0; i < n; ++i) {
       ASSERT_EQ(out[i], kiln::float_to_half_bits(in[i + offset]))
           << "input bits 0x" << std::hex << bits[i + offset];
+    }
+  }
+}
+
+// BatchNorm folding of float16 / bfloat16 weights (a model run in .half()) takes a per-channel
+// path: its bits equal the element-wise definition (widen, scale in double, round to float, then
+// to 16 bits) for every element.
+TEST(Refit, BatchNormFoldOf16BitWeightsMatchesTheElementwiseDefinition) {
+  using namespace kiln;
+  for (DataType dtype : {DataType::kFloat16, DataType::kBFloat16}) {
+    const Dims w_dims{6, 3, 3, 3};
+    const int64_t n = volume(w_dims);
+    auto make = [](DataType dt, const Dims& dims, const std::vector<float>& values) {
+      auto bytes = std::make_shared<std::vector<uint8_t>>(values.size() * dtype_size(dt));
+      const TensorView v{bytes->data(), dt, dims};
+      for (size_t i = 0; i < values.size(); ++i) store_element(v, static_cast<int64_t>(i), values[i]);
+      return ConstantValue{dt, dims, bytes};
+    };
+    const auto w = make(dtype, w_dims, test::random_floats(static_cast<size_t>(n), 3, -2.f, 2.f));
+    const auto gamma = make(dtype, {6}, test::random_floats(6, 4, 0.5f, 2.f));
+    const auto beta = make(dtype, {6}, test::random_floats(6, 5, -1.f, 1.f));
+    const auto mean = make(dtype, {6}, test::random_floats(6, 6, -1.f, 1.f));
+    const auto var = make(dtype, {6}, test::random_floats(6, 7, 0.1f, 3.f));
+    Lineage node;
+    node.transform = "bn_fold_weight";
+    node.attrs.set("eps", 1e-5).set("producer", std::string("convolution"));
+    node.dtype = dtype;
+    node.dims = w_dims;
+    const ConstantValue got = apply_weight_transform(node, {w, gamma, beta, mean, var});
+    auto view = [](const ConstantValue& c) {
+      return TensorView{const_cast<uint8_t*>(c.data->data()), c.dtype, c.dims};
+    };
+    const TensorView wv = view(w), out = view(got);
+    auto at = [&](const ConstantValue& c, int64_t i) { return load_element(view(c), i); };
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t k = i / (n / 6);
+      const double scale = at(gamma, k) / std::sqrt(at(var, k) + 1e-5);
+      std::vector<uint8_t> want(2);
+      store_element({want.data(), dtype, {1}}, 0, load_element(wv, i) * scale);
+      ASSERT_EQ(std::memcmp(want.data(), static_cast<const uint8_t*>(out.data) + 2 * i, 2), 0)
+          << dtype_name(dtype) << " element " << i;
     }
   }
 }
