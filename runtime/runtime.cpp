@@ -49,10 +49,14 @@
 namespace kiln::runtime {
 namespace {
 
-// Version of the pickled state below. Bump it when the list changes shape or meaning.
-// Format 1: [version, base64(plan bytes), backend, device index]. The plan is base64 text so
-// that the state survives Python pickling too (torch.export.save turns strings into str).
-constexpr int64_t kRuntimeFormatVersion = 1;
+// Version of the pickled state below. Bump it when the state changes shape or meaning.
+// Format 2 (written): ("2", the plan's bytes as a 1-D uint8 CPU tensor, backend, device index):
+// archives store the plan as raw tensor data, read as fast as weights.
+// Format 1 (still read): ["1", base64(plan bytes), backend, device index as text]. Base64 text
+// survived Python pickling, but torch's unpickler reads a string of hundreds of MB slowly (a
+// BERT-base plan took 10 s to load from a .pt2 on a 2-core CPU).
+constexpr int64_t kRuntimeFormatVersion = 2;
+using EngineState = std::tuple<std::string, at::Tensor, std::string, int64_t>;
 
 // The plan of a saved engine, decoded from its base64 text.
 std::string decode_plan(const std::string& text) {
@@ -304,22 +308,57 @@ class TorchEngine : public torch::CustomClassHolder {
     });
   }
 
-  std::vector<std::string> serialize() const {
-    return {std::to_string(kRuntimeFormatVersion), plan_text(), backend(), std::to_string(device())};
+  EngineState serialize() const {
+    std::vector<uint8_t> bytes = plan().serialize(strip_on_save_);
+    auto* held = new std::vector<uint8_t>(std::move(bytes));
+    at::Tensor t = at::from_blob(
+        held->data(), {static_cast<int64_t>(held->size())}, [held](void*) { delete held; },
+        at::TensorOptions().dtype(at::kByte));
+    return {std::to_string(kRuntimeFormatVersion), t, backend(), device()};
   }
 
-  static c10::intrusive_ptr<TorchEngine> deserialize(const std::vector<std::string>& state) {
+  // Either format (see kRuntimeFormatVersion); anything else is refused as corrupt or foreign.
+  static c10::intrusive_ptr<TorchEngine> deserialize(const c10::IValue& state) {
+    if (state.isTuple()) {
+      const auto& e = state.toTupleRef().elements();
+      TORCH_CHECK(e.size() == 4 && e[0].isString(), "saved Kiln engine: its state has ", e.size(),
+                  " fields, expected 4: the file is corrupt");
+      const std::string version = e[0].toStringRef();
+      TORCH_CHECK(version == std::to_string(kRuntimeFormatVersion), "this Kiln runtime reads engine format ",
+                  kRuntimeFormatVersion, " (and 1); the saved module has format ", version,
+                  ": load it with the Kiln version that saved it, or recompile the model with this one");
+      TORCH_CHECK(e[1].isTensor() && e[2].isString() && e[3].isInt(),
+                  "saved Kiln engine (format 2): its fields are not (plan bytes, backend, device): the file "
+                  "is corrupt");
+      const at::Tensor bytes = e[1].toTensor().contiguous().cpu();
+      TORCH_CHECK(bytes.scalar_type() == at::kByte && bytes.dim() == 1,
+                  "saved Kiln engine: the plan is not a 1-D uint8 tensor: the file is corrupt");
+      std::string plan(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()),
+                       static_cast<size_t>(bytes.numel()));
+      return make(std::move(plan), e[2].toStringRef(), e[3].toInt());
+    }
+    TORCH_CHECK(state.isList(), "saved Kiln engine: its state is a ", state.tagKind(),
+                ", not a Kiln engine's: the file is corrupt");
+    std::vector<std::string> fields;
+    for (const c10::IValue& v : state.toListRef()) {
+      TORCH_CHECK(v.isString(), "saved Kiln engine (format 1): a field is not text: the file is corrupt");
+      fields.push_back(v.toStringRef());
+    }
+    return deserialize_format1(fields);
+  }
+
+  static c10::intrusive_ptr<TorchEngine> deserialize_format1(const std::vector<std::string>& state) {
     TORCH_CHECK(!state.empty(), "saved Kiln engine: the state is empty");
     int64_t version = -1;
     try {
       version = std::stoll(state[0]);
     } catch (const std::exception&) {
     }
-    TORCH_CHECK(version == kRuntimeFormatVersion, "this Kiln runtime reads engine format ",
-                kRuntimeFormatVersion, "; the saved module has format ", state[0],
+    TORCH_CHECK(version == 1, "this Kiln runtime reads engine format ", kRuntimeFormatVersion,
+                " (and 1); the saved module has format ", state[0],
                 ": load it with the Kiln version that saved it, or recompile the model with this one");
-    TORCH_CHECK(state.size() == 4, "saved Kiln engine (format ", kRuntimeFormatVersion, ") has ",
-                state.size(), " fields, expected 4: the file is corrupt");
+    TORCH_CHECK(state.size() == 4, "saved Kiln engine (format 1) has ", state.size(),
+                " fields, expected 4: the file is corrupt");
     std::string plan = rethrow_as_torch([&] { return decode_plan(state[1]); });
     int64_t saved = -2;
     try {
@@ -330,9 +369,15 @@ class TorchEngine : public torch::CustomClassHolder {
     }
     TORCH_CHECK(saved >= -1, "saved Kiln engine: the device field '", state[3],
                 "' is not a device index: the file is corrupt");
+    return make(std::move(plan), state[2], saved);
+  }
+
+  static c10::intrusive_ptr<TorchEngine> make(std::string plan, const std::string& backend, int64_t saved) {
+    TORCH_CHECK(saved >= -1, "saved Kiln engine: the device field '", saved,
+                "' is not a device index: the file is corrupt");
     // Keep the saved CUDA device when it exists here, else take the current one.
-    const int64_t device = state[2] == "cuda" && saved >= 0 && saved < cuda_device_count() ? saved : -1;
-    return c10::make_intrusive<TorchEngine>(std::move(plan), state[2], device);
+    const int64_t device = backend == "cuda" && saved >= 0 && saved < cuda_device_count() ? saved : -1;
+    return c10::make_intrusive<TorchEngine>(std::move(plan), backend, device);
   }
 
   // The per-call path: no lookups by name, shape inference only when input shapes change, and
@@ -466,11 +511,6 @@ class TorchEngine : public torch::CustomClassHolder {
     std::vector<std::vector<int64_t>> out;
     for (const auto& n : names) out.push_back(binding(n).dims);
     return out;
-  }
-
-  std::string plan_text() const {
-    const std::vector<uint8_t> bytes = plan().serialize(strip_on_save_);
-    return base64_encode(bytes.data(), bytes.size());
   }
 
   void create_engine(Plan plan) {
@@ -1014,7 +1054,7 @@ TORCH_LIBRARY(kiln, m) {
       // execute_engine asks it for dtypes and output shapes.
       .def("tracing_mode", [](const c10::intrusive_ptr<TorchEngine>&) { return std::string("real"); })
       .def_pickle([](const c10::intrusive_ptr<TorchEngine>& self) { return self->serialize(); },
-                  [](std::vector<std::string> state) { return TorchEngine::deserialize(state); });
+                  [](c10::IValue state) { return TorchEngine::deserialize(state); });
   m.def("execute_engine(Tensor[] inputs, __torch__.torch.classes.kiln.Engine engine) -> Tensor[]");
   m.def("runtime_format_version() -> int", [] { return kRuntimeFormatVersion; });
 }

@@ -5,6 +5,7 @@ The reference backend runs everything on the CPU (CI); the CUDA versions are mar
 inputs and two outputs, to check input order and tuple results.
 """
 
+import base64
 import pickle
 import subprocess
 import sys
@@ -113,15 +114,31 @@ def test_pickle_version_mismatch():
     plan, _ = build_single("cpu")
     engine = rt.TorchEngine(plan, "cpu")
     (state, qualified_name) = engine.__getstate__()
-    assert state[0] == str(torch.ops.kiln.runtime_format_version())
-    assert state[2:] == ["reference", "-1"]
+    # Format 2: the plan as raw bytes (a uint8 tensor), not text.
+    assert state[0] == str(torch.ops.kiln.runtime_format_version()) == "2"
+    assert state[1].dtype == torch.uint8 and bytes(state[1].numpy()) == plan.serialize()
+    assert tuple(state[2:]) == ("reference", -1)
     # What pickle.loads does with the reduced object, with the version field changed.
     rebuild, args = engine.__reduce_ex__(2)[:2]
     fresh = rebuild(*args)
     with pytest.raises(
-        RuntimeError, match="this Kiln runtime reads engine format 1; the saved module has format 7"
+        RuntimeError,
+        match=r"reads engine format 2 \(and 1\); the saved module has format 7",
     ):
-        fresh.__setstate__((["7", *state[1:]], qualified_name))
+        fresh.__setstate__((("7", *state[1:]), qualified_name))
+    with pytest.raises(RuntimeError, match="is not a device index"):
+        rebuild(*args).__setstate__(((state[0], state[1], "reference", -5), qualified_name))
+    with pytest.raises(RuntimeError, match="not a 1-D uint8 tensor"):
+        bad = torch.zeros(4, dtype=torch.float32)
+        rebuild(*args).__setstate__(((state[0], bad, "reference", -1), qualified_name))
+    # Format 1 (the plan as base64 text), as earlier Kiln versions saved it, still loads.
+    text = base64.b64encode(plan.serialize()).decode()
+    old = rebuild(*args)
+    old.__setstate__((["1", text, "reference", "-1"], qualified_name))
+    x = torch.randn(3, 16)
+    assert torch.equal(
+        torch.ops.kiln.execute_engine([x], old)[0], torch.ops.kiln.execute_engine([x], engine)[0]
+    )
     with pytest.raises(RuntimeError, match="not valid base64"):
         rebuild(*args).__setstate__((["1", "not*base64", "reference", "-1"], qualified_name))
     # A device field that is no integer: it raised ValueError("stoll") (issue 14).
@@ -129,7 +146,7 @@ def test_pickle_version_mismatch():
         with pytest.raises(
             RuntimeError, match=f"the device field '{device}' is not a device index"
         ):
-            rebuild(*args).__setstate__((["1", state[1], "reference", device], qualified_name))
+            rebuild(*args).__setstate__((["1", text, "reference", device], qualified_name))
 
 
 # ---- execute_engine ------------------------------------------------------------------------
