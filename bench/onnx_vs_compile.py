@@ -63,6 +63,28 @@ def cosine(a, b) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def print_profiles(row: str, onnx_plan, compile_plan, top: int = 8) -> None:
+    """Both engines timed layer by layer (kiln.inspect(...).profile): their totals, and the layers
+    where the ONNX engine loses most against kiln.compile's, paired in order (input and output
+    casts left out: the ONNX engine takes float32 where the compiled module takes float16)."""
+    a = kiln.inspect(onnx_plan).profile(runs=20)
+    b = kiln.inspect(compile_plan).profile(runs=20)
+
+    def layers(inspection):
+        return [la for la in inspection.layers if la.op != "cast"]
+
+    print(f"{row}: layer times summed: ONNX {a.total_ms:.3f} ms, kiln.compile {b.total_ms:.3f} ms")
+    pairs = sorted(
+        zip(layers(a), layers(b)),
+        key=lambda p: (p[1].time_ms or 0) - (p[0].time_ms or 0),
+    )[:top]
+    for x, y in pairs:
+        print(
+            f"  {x.name[:24]:24} {x.kernel[:28]:28} {x.tactic!s:>4} {x.time_ms or 0:.4f} ms | "
+            f"{y.name[:24]:24} {y.kernel[:28]:28} {y.tactic!s:>4} {y.time_ms or 0:.4f} ms"
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -75,6 +97,11 @@ def main() -> int:
         default="torchscript",
         choices=["torchscript", "dynamo"],
         help="torch.onnx.export's TorchScript exporter or its dynamo exporter (needs onnxscript)",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also time both engines layer by layer and print where the ONNX engine loses",
     )
     args = ap.parse_args()
     import onnxruntime as ort
@@ -112,6 +139,8 @@ def main() -> int:
             rows.append(
                 (name, batch, len(onnx_plan.layers()), engines, t_onnx, t_mod, cosine(got, ref))
             )
+            if args.profile:
+                print_profiles(f"{name} b{batch}", onnx_plan, kiln.plans(compiled)[0])
             del compiled
             torch.cuda.empty_cache()
     columns = [
