@@ -75,7 +75,7 @@ def print_profiles(row: str, onnx_plan, compile_plan, top: int = 8) -> None:
 
     print(f"{row}: layer times summed: ONNX {a.total_ms:.3f} ms, kiln.compile {b.total_ms:.3f} ms")
     pairs = sorted(
-        zip(layers(a), layers(b)),
+        zip(layers(a), layers(b), strict=False),  # the ONNX plan may differ by a layer
         key=lambda p: (p[1].time_ms or 0) - (p[0].time_ms or 0),
     )[:top]
     for x, y in pairs:
