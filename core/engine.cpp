@@ -225,8 +225,8 @@ void Engine::refit(const std::map<std::string, ConstantValue>& weights,
     plan_.network.tensor(id).data = bytes;
     if (backend_ != Backend::kCuda) constants_[id] = const_cast<uint8_t*>(bytes->data());
   }
-  // A constant copied on the device keeps its old host bytes in the plan: stale until plan() or
-  // network() reads them back (serialization does; refit and running do not need them).
+  // A constant copied on the device keeps its old host bytes in the plan: stale until plan()
+  // reads them back (serialization does; refit, running and network() do not need them).
   if (!direct.empty()) {
     std::lock_guard<std::mutex> lock(stale_mutex_);
     for (const auto& [id, name] : direct) stale_constants_.push_back(id);
