@@ -69,7 +69,7 @@ def overload_name(op) -> str:
 def automatic_torch_ops(options: dict) -> bool:
     """Whether kiln.compile's torch_ops_in_engine asks for automatic torch ops inside engines:
     "auto" (the default), alone or in a list beside the ops it names."""
-    listed = options.get("torch_ops_in_engine", ())
+    listed = options.get("torch_ops_in_engine") or ()
     return listed == "auto" or (not isinstance(listed, str) and "auto" in list(listed))
 
 
@@ -80,7 +80,7 @@ def compile_options(device: torch.device, options: dict) -> _C.CompileOptions:
     o.precisions = precision_names(options["enabled_precisions"])
     o.min_block_size = int(options["min_block_size"])
     o.torch_executed_ops = sorted(op_name(op) for op in options["torch_executed_ops"])
-    listed = options.get("torch_ops_in_engine", ())
+    listed = options.get("torch_ops_in_engine") or ()  # None: none
     listed = [listed] if isinstance(listed, str) else list(listed)
     o.torch_ops_in_engine = sorted(overload_name(op) for op in listed if op != "auto")
     o.require_full_compilation = bool(options["require_full_compilation"])
