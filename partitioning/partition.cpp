@@ -202,10 +202,9 @@ void recompute_symbolic_sizes(const KGraph& graph, const std::vector<bool>& conv
 // True when node `n` of a joining op (PartitionOptions::joining_ops) reads a value computed by
 // another kind of node of its own segment and another kind of node of its segment reads one of
 // its outputs, looking through joining nodes on both sides: leaving it out would split the engine.
-bool joins_engine_nodes(const KGraph& graph, int n, const std::vector<int>& segment_of_node,
-                        const PartitionOptions& options) {
+bool joins_engine_nodes(const KGraph& graph, int n, const std::vector<int>& producer,
+                        const std::vector<int>& segment_of_node, const PartitionOptions& options) {
   const auto& nodes = graph.nodes();
-  const std::vector<int> producer = graph.producers();
   const int seg = segment_of_node[n];
   auto joining = [&](int m) { return options.joining_ops.count(nodes[m].target) > 0; };
   // Upstream: producers of n's inputs.
@@ -343,7 +342,7 @@ Partition partition_graph(const KGraph& graph, const PartitionOptions& options) 
       if (!seg.engine || options.joining_ops.empty() || options.require_full_compilation) continue;
       for (int n : seg.nodes) {
         if (options.joining_ops.count(nodes[n].target) &&
-            !joins_engine_nodes(graph, n, segment_of_node, options))
+            !joins_engine_nodes(graph, n, producer, segment_of_node, options))
           move(n, "no converter for " + nodes[n].target +
                       " (as a torch op inside an engine it would join no engine nodes here)");
       }

@@ -240,9 +240,13 @@ class TorchEngine : public torch::CustomClassHolder {
   }
   // The weights refit needs on the host (a transform reads them); the others may stay on the GPU.
   std::vector<std::string> host_weight_names() {
+    const std::set<std::string>& names = host_read();
+    return {names.begin(), names.end()};
+  }
+  const std::set<std::string>& host_read() {
     std::call_once(host_read_once_,
                    [&] { host_read_ = rethrow_as_torch([&] { return host_read_weights(network()); }); });
-    return {host_read_.begin(), host_read_.end()};
+    return host_read_;
   }
   std::vector<std::vector<int64_t>> weight_dims() const {
     std::vector<std::vector<int64_t>> out;
@@ -268,7 +272,7 @@ class TorchEngine : public torch::CustomClassHolder {
     std::map<std::string, const void*> on_device;
     std::vector<at::Tensor> keep;  // contiguous copies, alive until the refit is done
     const bool device_refit = engine_ && engine_->backend() == Backend::kCuda;
-    host_weight_names();  // fills host_read_
+    const std::set<std::string>& host_read_names = host_read();
     for (size_t i = 0; i < names.size(); ++i) {
       const at::Tensor& v = values[i];
       auto it = specs.find(names[i]);
@@ -277,7 +281,7 @@ class TorchEngine : public torch::CustomClassHolder {
                     "' is ", v.scalar_type(), " but the engine was built from ", dtype_name(it->second.dtype),
                     ": pass it in that dtype");
         if (device_refit && v.is_cuda() && v.device().index() == engine_->device() &&
-            !host_read_.count(names[i])) {
+            !host_read_names.count(names[i])) {
           TORCH_CHECK(v.sizes().vec() == it->second.dims, "Kiln refit: weight '", names[i], "' has shape ",
                       v.sizes(), ", the engine was built for ", to_string(it->second.dims));
           keep.push_back(v.detach().contiguous());
