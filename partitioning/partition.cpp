@@ -203,7 +203,8 @@ void recompute_symbolic_sizes(const KGraph& graph, const std::vector<bool>& conv
 // another kind of node of its own segment and another kind of node of its segment reads one of
 // its outputs, looking through joining nodes on both sides: leaving it out would split the engine.
 bool joins_engine_nodes(const KGraph& graph, int n, const std::vector<int>& producer,
-                        const std::vector<int>& segment_of_node, const PartitionOptions& options) {
+                        const std::vector<std::vector<int>>& readers, const std::vector<int>& segment_of_node,
+                        const PartitionOptions& options) {
   const auto& nodes = graph.nodes();
   const int seg = segment_of_node[n];
   auto joining = [&](int m) { return options.joining_ops.count(nodes[m].target) > 0; };
@@ -228,14 +229,10 @@ bool joins_engine_nodes(const KGraph& graph, int n, const std::vector<int>& prod
   while (!stack.empty()) {
     const int m = stack.back();
     stack.pop_back();
-    for (size_t r = 0; r < nodes.size(); ++r) {
-      if (segment_of_node[r] != seg || seen.count(static_cast<int>(r))) continue;
-      bool reads = false;
-      for (ValueId v : KGraph::node_inputs(nodes[r])) reads |= producer[v] == m;
-      if (!reads) continue;
-      if (!joining(static_cast<int>(r))) return true;
-      seen.insert(static_cast<int>(r));
-      stack.push_back(static_cast<int>(r));
+    for (int r : readers[m]) {
+      if (segment_of_node[r] != seg || !seen.insert(r).second) continue;
+      if (!joining(r)) return true;
+      stack.push_back(r);
     }
   }
   return false;
@@ -283,6 +280,15 @@ Partition partition_graph(const KGraph& graph, const PartitionOptions& options) 
   for (size_t i = 0; i < nodes.size(); ++i) engine[i] = reason[i].empty();
   const std::vector<bool> convertible = engine;
   const std::vector<int> producer = graph.producers();
+  // readers[i]: the nodes that read an output of node i, each once, in node order.
+  std::vector<std::vector<int>> readers(nodes.size());
+  for (size_t j = 0; j < nodes.size(); ++j) {
+    for (ValueId v : KGraph::node_inputs(nodes[j])) {
+      const int p = producer[v];
+      if (p >= 0 && (readers[p].empty() || readers[p].back() != static_cast<int>(j)))
+        readers[p].push_back(static_cast<int>(j));
+    }
+  }
   std::vector<Segment> segments;
   for (bool changed = true; changed;) {
     changed = false;
@@ -329,11 +335,7 @@ Partition partition_graph(const KGraph& graph, const PartitionOptions& options) 
     for (size_t i = 0; i < nodes.size(); ++i) {
       if (!lazy[i] || !engine[i]) continue;
       bool engine_reader = false, torch_reader = false;
-      for (size_t j = 0; j < nodes.size(); ++j) {
-        bool reads = false;
-        for (ValueId v : KGraph::node_inputs(nodes[j])) reads |= producer[v] == static_cast<int>(i);
-        (engine[j] ? engine_reader : torch_reader) |= reads;
-      }
+      for (int j : readers[i]) (engine[j] ? engine_reader : torch_reader) = true;
       if (!engine_reader && (torch_reader || !any_engine))
         move(static_cast<int>(i), "reads only constants and only PyTorch code reads it");
     }
@@ -342,7 +344,7 @@ Partition partition_graph(const KGraph& graph, const PartitionOptions& options) 
       if (!seg.engine || options.joining_ops.empty() || options.require_full_compilation) continue;
       for (int n : seg.nodes) {
         if (options.joining_ops.count(nodes[n].target) &&
-            !joins_engine_nodes(graph, n, producer, segment_of_node, options))
+            !joins_engine_nodes(graph, n, producer, readers, segment_of_node, options))
           move(n, "no converter for " + nodes[n].target +
                       " (as a torch op inside an engine it would join no engine nodes here)");
       }
