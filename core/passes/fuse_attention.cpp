@@ -123,7 +123,7 @@ bool fuse_attention(Network& net) {
       scale *= c;
     }
     bool k_is_transposed = qk->attrs.get_int("transpose_b", int64_t{0}) != 0;
-    if (!k_is_transposed && scaled_by_constant(m, kt, &inner, &c)) {
+    if (scaled_by_constant(m, kt, &inner, &c)) {
       kt = inner;
       scale *= c;
     }

@@ -40,6 +40,9 @@ bool batch_norm_to_scale_shift(Network& net, const std::set<std::string>& pinned
 bool patchify_convolutions(Network& net);
 // Transposes that, through the views before them, read a tensor in its own order -> reshapes.
 bool collapse_transposes(Network& net);
+// matmul on views that flatten other tensors' batch dims (einsum's decomposition) -> matmul on
+// those tensors; view chains that end in their start's dims -> the start.
+bool unflatten_batched_matmuls(Network& net);
 bool fuse_conv_epilogue(Network& net);
 bool assign_layouts(Network& net);
 // reshape/flatten/squeeze/unsqueeze -> views without a copy (alias = 1; see core/plan.h).

@@ -20,8 +20,24 @@ StridedView row_major(TensorId root, const Dims& dims) {
   return v;
 }
 
-// `v` reshaped to `dims` (same element count, row-major order): the atoms regrouped, an atom split
-// where a new dim boundary falls inside it. False when a boundary does not divide an atom.
+// The value of a one-element int32/int64 constant.
+bool constant_index(const Tensor& t, int64_t* value) {
+  if (t.kind != TensorKind::kConstant || volume(t.dims) != 1 || !t.data) return false;
+  if (t.dtype == DataType::kInt64) {
+    std::memcpy(value, t.data->data(), sizeof(int64_t));
+    return true;
+  }
+  if (t.dtype == DataType::kInt32) {
+    int32_t v = 0;
+    std::memcpy(&v, t.data->data(), sizeof(int32_t));
+    *value = v;
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 bool reshape_view(const StridedView& v, const Dims& dims, StridedView* out) {
   std::vector<Atom> atoms;
   for (const auto& d : v.dims) atoms.insert(atoms.end(), d.begin(), d.end());
@@ -48,23 +64,28 @@ bool reshape_view(const StridedView& v, const Dims& dims, StridedView* out) {
   return next == atoms.size();
 }
 
-// The value of a one-element int32/int64 constant.
-bool constant_index(const Tensor& t, int64_t* value) {
-  if (t.kind != TensorKind::kConstant || volume(t.dims) != 1 || !t.data) return false;
-  if (t.dtype == DataType::kInt64) {
-    std::memcpy(value, t.data->data(), sizeof(int64_t));
-    return true;
+bool same_view(const StridedView& a, const StridedView& b) {
+  if (a.root != b.root || a.offset != b.offset || a.dims.size() != b.dims.size()) return false;
+  auto merged = [](const std::vector<Atom>& atoms) {
+    std::vector<Atom> out;
+    for (const Atom& x : atoms) {
+      if (!out.empty() && out.back().stride == x.size * x.stride) {
+        out.back() = {out.back().size * x.size, x.stride};
+      } else {
+        out.push_back(x);
+      }
+    }
+    return out;
+  };
+  for (size_t d = 0; d < a.dims.size(); ++d) {
+    const std::vector<Atom> x = merged(a.dims[d]), y = merged(b.dims[d]);
+    if (x.size() != y.size()) return false;
+    for (size_t k = 0; k < x.size(); ++k) {
+      if (x[k].size != y[k].size || x[k].stride != y[k].stride) return false;
+    }
   }
-  if (t.dtype == DataType::kInt32) {
-    int32_t v = 0;
-    std::memcpy(&v, t.data->data(), sizeof(int32_t));
-    *value = v;
-    return true;
-  }
-  return false;
+  return true;
 }
-
-}  // namespace
 
 bool dim_stride(const std::vector<Atom>& atoms, int64_t* stride) {
   if (atoms.empty()) return false;

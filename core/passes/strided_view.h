@@ -32,6 +32,14 @@ bool dim_stride(const std::vector<Atom>& atoms, int64_t* stride);
 // dims): a reshape of the root would give the same tensor.
 bool is_row_major(const StridedView& v, int64_t root_volume);
 
+// `v` reshaped to `dims` (same element count, row-major order): the atoms regrouped, an atom split
+// where a new dim boundary falls inside it. False when a boundary does not divide an atom.
+bool reshape_view(const StridedView& v, const Dims& dims, StridedView* out);
+
+// True when `a` and `b` read the same elements of the same root in the same order (atoms that are
+// contiguous with each other compared as one).
+bool same_view(const StridedView& a, const StridedView& b);
+
 class ViewTracer {
  public:
   explicit ViewTracer(const Network& net);

@@ -265,6 +265,69 @@ TEST(ViewTracer, DynamicShapesAreNotTraced) {
   EXPECT_FALSE(ViewTracer(net).trace(t, &v));
 }
 
+// ---- unflatten_batched_matmuls ---------------------------------------------------------------
+
+// einsum("bwhid,bwhjd->bwhij", q, k) as torch decomposes it: both operands flattened to
+// [b*w*h, i, d] / [b*w*h, d, j] (k through a transpose), a bmm, and the scores viewed back.
+struct EinsumScores {
+  Network net;
+  TensorId q, k, scores;
+};
+
+EinsumScores einsum_scores(const Dims& k_dims) {
+  EinsumScores e;
+  e.q = e.net.add_input("q", DataType::kFloat32, {1, 4, 2, 5, 8});
+  e.k = e.net.add_input("k", DataType::kFloat32, k_dims);
+  auto layer = [&](const std::string& op, TensorId in, Attributes a, const std::string& name) {
+    return e.net.add_layer(op, {in}, std::move(a), name).outputs[0];
+  };
+  TensorId qf = layer("unsqueeze", e.q, Attributes().set("axes", std::vector<int64_t>{5}), "q6");
+  qf = layer("transpose", qf, Attributes().set("perm", std::vector<int64_t>{1, 2, 3, 5, 0, 4}), "qp");
+  qf = layer("reshape", qf, Attributes().set("shape", Dims{8, 5, 8}), "qf");
+  TensorId kf = layer("transpose", e.k, Attributes().set("perm", std::vector<int64_t>{0, 1, 2, 4, 3}), "kt");
+  kf = layer("reshape", kf, Attributes().set("shape", Dims{8, 8, 5}), "kf");
+  TensorId s = e.net.add_layer("matmul", {qf, kf}, Attributes(), "bmm").outputs[0];
+  s = layer("reshape", s, Attributes().set("shape", Dims{4, 2, 5, 1, 1, 5}), "s6");
+  s = layer("transpose", s, Attributes().set("perm", std::vector<int64_t>{4, 0, 1, 2, 5, 3}), "sp");
+  e.scores = layer("reshape", s, Attributes().set("shape", Dims{1, 4, 2, 5, 5}), "s");
+  e.net.mark_output(e.net.add_activation(e.scores, "relu").outputs[0], "y");
+  return e;
+}
+
+TEST(UnflattenBatchedMatmuls, EinsumScoresBecomeOneMatmulOfTheTensors) {
+  EinsumScores e = einsum_scores({1, 4, 2, 5, 8});
+  ASSERT_TRUE(unflatten_batched_matmuls(e.net));
+  EXPECT_EQ(ops_of(e.net), (std::vector<std::string>{"matmul", "activation"}));
+  const Layer& mm = e.net.layers()[0];
+  EXPECT_EQ(mm.inputs, (std::vector<TensorId>{e.q, e.k}));
+  EXPECT_EQ(mm.attrs.get_int("transpose_b", int64_t{0}), 1);
+  EXPECT_EQ(mm.attrs.get_int("transpose_a", int64_t{0}), 0);
+  EXPECT_EQ(e.net.tensor(mm.outputs[0]).dims, (Dims{1, 4, 2, 5, 5}));
+  EXPECT_EQ(e.net.layers()[1].inputs[0], mm.outputs[0]);  // the view chain back is gone
+  e.net.revalidate();
+}
+
+TEST(UnflattenBatchedMatmuls, OperandsOfOtherBatchDimsStay) {
+  // k's batch dims [2, 4, 1] flatten to the same 8 rows but are not q's: not one batched matmul.
+  EinsumScores e = einsum_scores({2, 4, 1, 5, 8});
+  const size_t before = e.net.layers().size();
+  EXPECT_FALSE(unflatten_batched_matmuls(e.net));
+  EXPECT_EQ(e.net.layers().size(), before);
+}
+
+TEST(UnflattenBatchedMatmuls, ViewChainToOtherDimsOrOrderStays) {
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {2, 3, 4});
+  TensorId r = net.add_layer("reshape", {x}, Attributes().set("shape", Dims{6, 4}), "r").outputs[0];
+  TensorId t = net.add_layer("transpose", {x}, Attributes().set("perm", std::vector<int64_t>{0, 2, 1}), "t")
+                   .outputs[0];
+  TensorId back = net.add_layer("reshape", {t}, Attributes().set("shape", Dims{2, 3, 4}), "back").outputs[0];
+  net.mark_output(net.add_activation(r, "relu").outputs[0], "y1");
+  net.mark_output(net.add_activation(back, "relu").outputs[0], "y2");
+  EXPECT_FALSE(unflatten_batched_matmuls(net));
+  EXPECT_EQ(net.layers().size(), 5u);
+}
+
 // ---- convolution path: fold_batch_norm, fuse_conv_epilogue, assign_layouts ----------------------
 
 TensorId constant(Network& net, const std::string& name, const Dims& dims, std::vector<float> v) {

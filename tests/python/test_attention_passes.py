@@ -615,3 +615,64 @@ def test_written_out_attention_whose_scores_are_also_read_stays():
     feed = {name: torch.randn(2, 4, 8, 16) for name in ("q", "k", "v")}
     got = ops(optimized(net, feed))
     assert "attention" not in got and "softmax" in got, got
+
+
+# --- unflatten_batched_matmuls: einsum-written attention (MaxViT) -------------------------------
+
+
+class EinsumAttention(torch.nn.Module):
+    """torchvision MaxViT's RelativePositionalMultiHeadAttention core: q, k, v [B, W, H, S, D]
+    (windows W), scores by einsum, a learned relative bias [H, S, S], softmax, einsum with v."""
+
+    def __init__(self, heads=2, size=7, dim=8):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.randn(heads, size * size, size * size))
+        self.scale = dim**-0.5
+
+    def forward(self, q, k, v):
+        k = k * self.scale
+        s = torch.einsum("B G H I D, B G H J D -> B G H I J", q, k)
+        p = torch.softmax(s + self.bias, dim=-1)
+        return torch.einsum("B G H I J, B G H J D -> B G H I D", p, v)
+
+
+def _einsum_inputs(batch, device="cpu", dtype=torch.float32):
+    return [torch.randn(batch, 4, 2, 49, 8, device=device, dtype=dtype) for _ in range(3)]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_einsum_attention_becomes_one_attention_layer(batch):
+    run = _bench_run()
+    torch.manual_seed(0)
+    model = EinsumAttention().eval()
+    x = _einsum_inputs(batch)
+    compiled = kiln.compile(model, inputs=x, device="cpu")
+    (plan,) = run.engine_plans(compiled)
+    got = ops(plan)
+    assert got.count("attention") == 1 and "matmul" not in got and "softmax" not in got, got
+    copies = [
+        la for la in plan.layers() if la["op"] == "transpose" and not la["attrs"].get("alias")
+    ]
+    assert not copies, kiln.inspect(plan).text(arena=False)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*x), model(*x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_einsum_attention_on_cuda(dtype):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    run = _bench_run()
+    torch.manual_seed(0)
+    model = EinsumAttention().eval().cuda()
+    x = _einsum_inputs(2, "cuda", dtype)
+    want = model(*[t.float() for t in x])
+    model = model.to(dtype)
+    compiled = kiln.compile(model, inputs=x, enabled_precisions={dtype})
+    (plan,) = run.engine_plans(compiled)
+    assert ops(plan).count("attention") == 1
+    with torch.no_grad():
+        got = compiled(*x).float()
+    tol = 2e-2 if dtype == torch.float16 else 1e-4
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
