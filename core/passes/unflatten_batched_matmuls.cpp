@@ -144,8 +144,7 @@ bool skip_identity_view_chains(Network& net) {
   };
   std::vector<TensorId> replace(net.tensors().size(), -1);
   for (const Layer& l : net.layers()) {
-    if (!layout_view(l) || net.is_output(l.outputs[0]) || !is_static(net.tensor(l.outputs[0]).dims))
-      continue;
+    if (!layout_view(l) || net.is_output(l.outputs[0]) || !is_static(net.tensor(l.outputs[0]).dims)) continue;
     TensorId start = l.inputs[0];
     for (int p = producer[start]; p >= 0 && layout_view(net.layers()[p]); p = producer[start])
       start = net.layers()[p].inputs[0];

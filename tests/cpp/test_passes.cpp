@@ -66,6 +66,50 @@ TEST(RemoveNoops, BypassesIdentity) {
   net.revalidate();
 }
 
+TEST(RemoveNoops, BypassesLayersThatCopyTheirInput) {
+  // Swin's window padding at 224 x 224: a pad of zeros, then a slice keeping everything; a cast to
+  // the same dtype, an identity transpose, a reshape and an expand to the same dims.
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {1, 4, 4, 3});
+  TensorId t =
+      net.add_layer("pad", {x}, Attributes().set("pads", std::vector<int64_t>(8, 0)), "pad").outputs[0];
+  t = net.add_layer("slice", {t},
+                    Attributes()
+                        .set("axes", std::vector<int64_t>{1})
+                        .set("starts", std::vector<int64_t>{0})
+                        .set("ends", std::vector<int64_t>{INT64_MAX})
+                        .set("steps", std::vector<int64_t>{1}),
+                    "slice")
+          .outputs[0];
+  t = net.add_layer("cast", {t}, Attributes().set("to", std::string("float32")), "cast").outputs[0];
+  t = net.add_layer("transpose", {t}, Attributes().set("perm", std::vector<int64_t>{0, 1, 2, 3}), "perm")
+          .outputs[0];
+  t = net.add_layer("reshape", {t}, Attributes().set("shape", Dims{1, 4, 4, 3}), "same").outputs[0];
+  net.mark_output(net.add_activation(t, "relu").outputs[0], "y");
+  EXPECT_TRUE(remove_noops(net));
+  EXPECT_EQ(ops_of(net), std::vector<std::string>{"activation"});
+  EXPECT_EQ(net.layers()[0].inputs[0], x);
+  net.revalidate();
+}
+
+TEST(RemoveNoops, KeepsLayersThatMoveOrDropElements) {
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {4, 4});
+  auto keep = [&](const std::string& op, Attributes a) {
+    net.mark_output(
+        net.add_activation(net.add_layer(op, {x}, std::move(a), op).outputs[0], "relu").outputs[0],
+        op + "_y");
+  };
+  keep("pad", Attributes().set("pads", std::vector<int64_t>{0, -1, 0, 1}));  // same dims, shifted
+  keep("transpose", Attributes().set("perm", std::vector<int64_t>{1, 0}));   // square: same dims
+  keep("slice", Attributes()
+                    .set("axes", std::vector<int64_t>{0})
+                    .set("starts", std::vector<int64_t>{0})
+                    .set("ends", std::vector<int64_t>{2}));
+  EXPECT_FALSE(remove_noops(net));
+  EXPECT_EQ(net.layers().size(), 6u);
+}
+
 TEST(RemoveNoops, KeepsIdentityThatIsAnOutput) {
   Network net;
   TensorId x = net.add_input("x", DataType::kFloat32, {2, 3});
