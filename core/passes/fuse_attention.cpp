@@ -13,7 +13,9 @@
 // where(isnan(p), 0, p) between the softmax and the last matmul is absorbed: attention gives fully
 // masked rows 0 as the guard does (a NaN already in q, k or v stays NaN, where the guard would
 // have zeroed its row).
+#include <algorithm>
 #include <cmath>
+#include <memory>
 
 #include "core/passes/passes.h"
 #include "core/passes/pattern_match.h"
@@ -56,10 +58,52 @@ bool identity_perm(const std::vector<int64_t>& perm) {
   return true;
 }
 
+// One step of the chain between the scores and the softmax, from the softmax back: a reshape (its
+// attributes) or an addition of `addend`.
+struct ChainStep {
+  bool reshape;
+  Attributes attrs;
+  TensorId addend;
+};
+
+// `t` is computed from a matmul through reshapes, additions and multiplications or divisions
+// (the scores, possibly scaled, biased or viewed), looking at most `depth` layers up.
+bool leads_to_scores(const PatternMatcher& m, TensorId t, int depth) {
+  const Layer* l = m.producer(t);
+  if (!l || depth == 0) return false;
+  if (l->op == "matmul") return true;
+  if (l->op == "reshape") return leads_to_scores(m, l->inputs[0], depth - 1);
+  if (l->op != "elementwise") return false;
+  const std::string op = l->attrs.get_string("op", "");
+  if (op != "add" && op != "mul" && op != "div") return false;
+  return leads_to_scores(m, l->inputs[0], depth - 1) ||
+         (op != "div" && leads_to_scores(m, l->inputs[1], depth - 1));
+}
+
+// The chain's layers again, on a zero tensor of `like`'s dtype and dims, placed before layer
+// `at`: their output is what the chain adds to the scores.
+TensorId add_chain_on_zeros(Network& net, int at, TensorId like, const std::vector<ChainStep>& chain,
+                            const std::string& name) {
+  const Tensor& t = net.tensor(like);
+  auto zeros = std::make_shared<std::vector<uint8_t>>(
+      static_cast<size_t>(volume(t.dims)) * dtype_size(t.dtype), uint8_t{0});
+  TensorId cur = net.add_constant(name + "/zeros", t.dtype, t.dims, zeros);
+  const size_t first = net.layers().size();
+  for (size_t n = chain.size(); n-- > 0;) {
+    const ChainStep& step = chain[n];
+    const std::string layer_name = name + "/" + std::to_string(chain.size() - n);
+    cur = step.reshape ? net.add_layer("reshape", {cur}, step.attrs, layer_name).outputs[0]
+                       : net.add_layer("elementwise", {cur, step.addend}, step.attrs, layer_name).outputs[0];
+  }
+  auto& layers = net.mutable_layers();
+  std::rotate(layers.begin() + at, layers.begin() + static_cast<std::ptrdiff_t>(first), layers.end());
+  return cur;
+}
+
 }  // namespace
 
 bool fuse_attention(Network& net) {
-  bool changed = false;
+  bool changed = false, folds = false;
   for (int i = 0; i < static_cast<int>(net.layers().size()); ++i) {
     const Layer out = net.layers()[i];  // a copy: layers may be added below
     if (out.op != "matmul" || out.inputs.size() != 2) continue;
@@ -90,21 +134,34 @@ bool fuse_attention(Network& net) {
       continue;
     TensorId s = softmax->inputs[0];
     if (!m.single_use(s)) continue;
+    // Between the scores and the softmax: additions (the mask) and reshapes. One addition is the
+    // mask itself; a longer chain (Swin's relative bias, a view to [B, windows, H, S, S], the
+    // shifted-window mask, a view back) adds chain(0) when it ends in the scores' dims, and that
+    // mask is computed by a copy of the chain on zeros (constant-folded when its addends are).
     TensorId mask = -1;
-    if (const Layer* add = m.elementwise(s, "add")) {
-      // the side that is a matmul (possibly scaled) is the scores; the other is the mask
-      for (int side = 0; side < 2; ++side) {
-        const Layer* p = m.producer(add->inputs[side]);
-        if (p &&
-            (p->op == "matmul" || (p->op == "elementwise" && (p->attrs.get_string("op", "") == "mul" ||
-                                                              p->attrs.get_string("op", "") == "div")))) {
-          mask = add->inputs[1 - side];
-          s = add->inputs[side];
-          break;
-        }
+    std::vector<ChainStep> chain;
+    const TensorId scores_end = s;
+    for (TensorId t = s;;) {
+      const Layer* l = m.producer(t);
+      if (!l || (t != scores_end && !m.single_use(t))) break;
+      if (l->op == "reshape" && l->inputs.size() == 1) {
+        chain.push_back({true, l->attrs, -1});
+        t = s = l->inputs[0];
+        continue;
       }
-      if (mask < 0) continue;
+      if (l->op != "elementwise" || l->attrs.get_string("op", "") != "add") break;
+      const bool a = leads_to_scores(m, l->inputs[0], 8), b = leads_to_scores(m, l->inputs[1], 8);
+      if (a == b || net.tensor(l->inputs[a ? 0 : 1]).dims != net.tensor(t).dims) break;
+      chain.push_back({false, l->attrs, l->inputs[a ? 1 : 0]});
+      t = s = l->inputs[a ? 0 : 1];
     }
+    size_t adds = 0;
+    for (const ChainStep& step : chain) adds += !step.reshape;
+    const bool cloned_mask = adds > 0 && chain.size() > 1;
+    if (adds == 1 && chain.size() == 1) mask = chain[0].addend;
+    if (adds < chain.size() &&
+        (net.tensor(s).dims != net.tensor(scores_end).dims || !is_static(net.tensor(s).dims)))
+      continue;
     double scale = 1.0, c = 0;
     TensorId inner = -1;
     if (const Layer* div = m.elementwise(s, "div"); div && m.constant_value(div->inputs[1], &c) && c != 0) {
@@ -156,6 +213,7 @@ bool fuse_attention(Network& net) {
     descs.push_back({net.tensor(k).dtype, k_dims});
     descs.push_back(net.desc(v));
     if (mask >= 0) descs.push_back(net.desc(mask));
+    if (cloned_mask) descs.push_back(net.desc(s));
     Layer probe;
     probe.name = out.name;
     probe.op = "attention";
@@ -192,14 +250,20 @@ bool fuse_attention(Network& net) {
       ++i;
       k = id;
     }
+    if (cloned_mask) {
+      mask = add_chain_on_zeros(net, i, s, chain, out.name + "/mask");
+      i += static_cast<int>(chain.size());
+    }
     std::vector<TensorId> in = {q, k, v};
     if (mask >= 0) in.push_back(mask);
     replace_layer(net, i, "attention", in, Attributes().set("scale", scale));
     changed = true;
+    folds |= cloned_mask;
   }
   if (changed) {
     net.reindex();
     eliminate_dead_layers(net);
+    if (folds) fold_constants(net);
     net.revalidate();
   }
   return changed;

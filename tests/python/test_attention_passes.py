@@ -636,16 +636,52 @@ class EinsumAttention(torch.nn.Module):
         return torch.einsum("B G H I J, B G H J D -> B G H I D", p, v)
 
 
+class ShiftedWindowAttention(torch.nn.Module):
+    """torchvision Swin's shifted_window_attention core: scores of q [B * W, H, S, D] plus a
+    relative bias [H, S, S], viewed as [B, W, H, S, S] for the shifted-window mask [W, S, S],
+    viewed back, softmax, @ v."""
+
+    def __init__(self, windows=4, heads=2, size=49):
+        super().__init__()
+        self.windows = windows
+        self.bias = torch.nn.Parameter(torch.randn(heads, size, size))
+        mask = torch.zeros(windows, size, size)
+        mask[1:, : size // 2, size // 2 :] = -100.0  # what Swin's mask does across shifted regions
+        self.register_buffer("mask", mask)
+
+    def forward(self, q, k, v):
+        q = q * q.shape[-1] ** -0.5
+        s = q.matmul(k.transpose(-2, -1)) + self.bias
+        b, h, n = s.shape[0] // self.windows, s.shape[1], s.shape[2]
+        s = s.view(b, self.windows, h, n, n) + self.mask.unsqueeze(1).unsqueeze(0)
+        p = torch.softmax(s.view(-1, h, n, n), dim=-1)
+        return p.matmul(v)
+
+
 def _einsum_inputs(batch, device="cpu", dtype=torch.float32):
     return [torch.randn(batch, 4, 2, 49, 8, device=device, dtype=dtype) for _ in range(3)]
 
 
+def _window_inputs(batch, device="cpu", dtype=torch.float32):
+    return [torch.randn(batch * 4, 2, 49, 8, device=device, dtype=dtype) for _ in range(3)]
+
+
+ATTENTION_MODULES = {
+    "einsum": (EinsumAttention, _einsum_inputs),
+    "shifted-window": (ShiftedWindowAttention, _window_inputs),
+}
+
+
+@pytest.mark.parametrize("kind", ATTENTION_MODULES)
 @pytest.mark.parametrize("batch", [1, 2])
-def test_einsum_attention_becomes_one_attention_layer(batch):
+def test_written_out_window_attention_becomes_one_attention_layer(kind, batch):
+    # einsum's decomposition (unflatten_batched_matmuls) and a mask added through views
+    # (fuse_attention's mask chain): one attention layer, nothing copied, eager's numbers.
     run = _bench_run()
     torch.manual_seed(0)
-    model = EinsumAttention().eval()
-    x = _einsum_inputs(batch)
+    module, inputs = ATTENTION_MODULES[kind]
+    model = module().eval()
+    x = inputs(batch)
     compiled = kiln.compile(model, inputs=x, device="cpu")
     (plan,) = run.engine_plans(compiled)
     got = ops(plan)
@@ -659,14 +695,16 @@ def test_einsum_attention_becomes_one_attention_layer(batch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("kind", ATTENTION_MODULES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_einsum_attention_on_cuda(dtype):
+def test_written_out_window_attention_on_cuda(kind, dtype):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     run = _bench_run()
     torch.manual_seed(0)
-    model = EinsumAttention().eval().cuda()
-    x = _einsum_inputs(2, "cuda", dtype)
+    module, inputs = ATTENTION_MODULES[kind]
+    model = module().eval().cuda()
+    x = inputs(2, "cuda", dtype)
     want = model(*[t.float() for t in x])
     model = model.to(dtype)
     compiled = kiln.compile(model, inputs=x, enabled_precisions={dtype})
