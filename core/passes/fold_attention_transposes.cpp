@@ -7,12 +7,14 @@
 //   or    attention(...) read otherwise        -> one transpose (1 2) after the attention
 //
 // Safe because bshd attention computes exactly bhsd attention on the transposed views (the mask
-// keeps its [B, Hq, Sq, Sk] meaning). Fires only on rank-4 bhsd attention whose q, k and v all
-// come from transposes swapping dims 1 and 2: three copies go for at most one. The input
+// keeps its [B..., Hq, Sq, Sk] meaning). Fires only on bhsd attention of rank >= 4 whose q, k and
+// v all come from transposes swapping the head and sequence dims (1 and 2 at rank 4; MaxViT's
+// [B, windows, S, H, D] at rank 5): three copies go for at most one. The input
 // transposes stay while other layers (or the network outputs) read them; the pass removes those
 // it left unused.
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/passes/fused_names.h"
@@ -23,10 +25,20 @@
 namespace kiln {
 namespace {
 
-// `l` is a rank-4 transpose swapping dims 1 and 2 (perm [0, 2, 1, 3]).
+// The permutation of a rank-`rank` tensor that swaps its dims rank - 3 and rank - 2 (head and
+// sequence): [0, 2, 1, 3] at rank 4.
+std::vector<int64_t> head_seq_swap(size_t rank) {
+  std::vector<int64_t> perm(rank);
+  for (size_t d = 0; d < rank; ++d) perm[d] = static_cast<int64_t>(d);
+  std::swap(perm[rank - 3], perm[rank - 2]);
+  return perm;
+}
+
+// `l` is a transpose of a rank >= 4 tensor swapping its head and sequence dims.
 bool swaps_head_and_seq(const Network& net, const Layer& l) {
-  if (l.op != "transpose" || net.tensor(l.inputs[0]).dims.size() != 4) return false;
-  return resolve_perm(l, 4) == std::vector<int64_t>{0, 2, 1, 3};
+  const size_t rank = net.tensor(l.inputs[0]).dims.size();
+  if (l.op != "transpose" || rank < 4) return false;
+  return resolve_perm(l, static_cast<int64_t>(rank)) == head_seq_swap(rank);
 }
 
 }  // namespace
@@ -45,7 +57,7 @@ bool fold_attention_transposes(Network& net) {
   bool changed = false;
   for (size_t i = 0; i < net.layers().size(); ++i) {
     const Layer& l = net.layers()[i];
-    if (l.op != "attention" || net.tensor(l.inputs[0]).dims.size() != 4) continue;
+    if (l.op != "attention" || net.tensor(l.inputs[0]).dims.size() < 4) continue;
     if (attention_attrs(l).layout != AttentionLayout::kBHSD) continue;
     std::vector<int> sources;
     for (int j = 0; j < 3; ++j) {
@@ -85,7 +97,7 @@ bool fold_attention_transposes(Network& net) {
       back.op = "transpose";
       back.inputs = {probe.outputs[0]};
       back.outputs = {out};
-      back.attrs.set("perm", std::vector<int64_t>{0, 2, 1, 3});
+      back.attrs.set("perm", head_seq_swap(net.tensor(out).dims.size()));
       after.emplace_back(static_cast<int>(i), std::move(back));
     }
     net.mutable_layers()[i] = std::move(folded);

@@ -121,7 +121,7 @@ bool pack_qkv_attention(Network& net) {
     if (split.outputs.size() != 3 || axis != rank - 1 || sizes[0] != sizes[1] || sizes[0] != sizes[2])
       continue;
     const Dims q = net.tensor(att.inputs[0]).dims;
-    if (net.tensor(att.inputs[1]).dims != q || net.tensor(att.inputs[2]).dims != q) continue;
+    if (q.size() != 4 || net.tensor(att.inputs[1]).dims != q || net.tensor(att.inputs[2]).dims != q) continue;
     const int64_t heads = q[2], head_dim = q[3];
     if (heads <= 0 || head_dim <= 0 || heads * head_dim != sizes[0]) continue;  // static H, D; rows kept
     const Layer &rq = net.layers()[tr[0].chain[0]], &rk = net.layers()[tr[1].chain[0]],

@@ -7,9 +7,9 @@
 // Grouped-query attention: Hq a multiple of Hkv, query head h reads kv head h / (Hq / Hkv).
 // Attributes: `causal` (0/1, query i sees keys j <= i, aligned top-left like torch's is_causal),
 // `scale` (> 0; absent or <= 0 means 1/sqrt(D)), `layout` ("bhsd", the default, as above; or
-// "bshd": rank 4 with q [B, Sq, Hq, D], k [B, Sk, Hkv, D], v [B, Sk, Hkv, Dv] and output
-// [B, Sq, Hq, Dv], the projections' layout before torch's transpose(1, 2); the mask keeps its
-// [B, Hq, Sq, Sk] meaning). causal together with a mask is refused, as torch does. A row whose keys
+// "bshd": rank >= 4 with q [B..., Sq, Hq, D], k [B..., Sk, Hkv, D], v [B..., Sk, Hkv, Dv] and output
+// [B..., Sq, Hq, Dv], the projections' layout before torch's transpose(1, 2); the mask keeps its
+// [B..., Hq, Sq, Sk] meaning). causal together with a mask is refused, as torch does. A row whose keys
 // are all masked (or Sk == 0) gives zeros, as torch's math backend does.
 // Output [B..., Hq, Sq, Dv] in q's dtype (bhsd).
 //
@@ -50,7 +50,7 @@ double attention_scale(const AttentionAttrs& attrs, int64_t d) {
 AttentionGeometry attention_geometry(AttentionLayout layout, const Dims& q, const Dims& k, const Dims& v) {
   const size_t rank = q.size();
   AttentionGeometry g;
-  // Positions of the head and sequence dims: bhsd [..., H, S, D], bshd [B, S, H, D].
+  // Positions of the head and sequence dims: bhsd [..., H, S, D], bshd [B..., S, H, D].
   const size_t h_dim = layout == AttentionLayout::kBSHD ? rank - 2 : rank - 3;
   const size_t s_dim = layout == AttentionLayout::kBSHD ? rank - 3 : rank - 2;
   g.batch = volume(Dims(q.begin(), q.end() - 3));
@@ -168,9 +168,10 @@ Dims check_attention(const std::string& who, const AttentionAttrs& attrs, const 
   return out;
 }
 
-// [B, S, H, D] <-> [B, H, S, D] (rank 4).
+// [B..., S, H, D] <-> [B..., H, S, D] (rank >= 4).
 TensorDesc swap_head_and_seq(TensorDesc t) {
-  std::swap(t.dims[1], t.dims[2]);
+  const size_t r = t.dims.size();
+  std::swap(t.dims[r - 3], t.dims[r - 2]);
   return t;
 }
 
@@ -180,7 +181,7 @@ std::vector<TensorDesc> infer_attention(const Layer& layer, const std::vector<Te
   if (layer.attrs.has("layout")) {
     const std::string layout = layer.attrs.get_string("layout", who);
     KILN_CHECK(layout == "bhsd" || layout == "bshd",
-               who << ": layout must be \"bhsd\" ([B..., H, S, D]) or \"bshd\" ([B, S, H, D]), got \""
+               who << ": layout must be \"bhsd\" ([B..., H, S, D]) or \"bshd\" ([B..., S, H, D]), got \""
                    << layout << "\"");
   }
   const AttentionAttrs attrs = attention_attrs(layer);
@@ -188,13 +189,14 @@ std::vector<TensorDesc> infer_attention(const Layer& layer, const std::vector<Te
   if (attrs.layout == AttentionLayout::kBHSD) {
     return {{in[0].dtype, check_attention(who, attrs, in[0], in[1], in[2], mask)}};
   }
-  KILN_CHECK(in[0].dims.size() == 4 && in[1].dims.size() == 4 && in[2].dims.size() == 4,
-             who << ": layout \"bshd\" needs rank-4 q, k and v ([B, S, H, D]), got " << to_string(in[0].dims)
-                 << ", " << to_string(in[1].dims) << ", " << to_string(in[2].dims));
-  who += " (layout bshd; shapes shown as [B, H, S, D])";
+  const size_t rank = in[0].dims.size();
+  KILN_CHECK(rank >= 4 && in[1].dims.size() == rank && in[2].dims.size() == rank,
+             who << ": layout \"bshd\" needs q, k and v of one rank >= 4 ([B..., S, H, D]), got "
+                 << to_string(in[0].dims) << ", " << to_string(in[1].dims) << ", " << to_string(in[2].dims));
+  who += " (layout bshd; shapes shown as [B..., H, S, D])";
   Dims out = check_attention(who, attrs, swap_head_and_seq(in[0]), swap_head_and_seq(in[1]),
                              swap_head_and_seq(in[2]), mask);
-  std::swap(out[1], out[2]);
+  std::swap(out[rank - 3], out[rank - 2]);
   return {{in[0].dtype, out}};
 }
 
@@ -233,7 +235,7 @@ const std::vector<AttrSpec> kAttentionAttributes = {
     {"scale", AttrType::kFloat, std::nullopt,
      "the factor on q @ k^T; absent or <= 0: 1/sqrt(D) (attention_scale)"},
     {"layout", AttrType::kString, AttrValue{std::string("bhsd")},
-     "bhsd [B..., H, S, D] or bshd (rank 4, [B, S, H, D]; fold_attention_transposes sets it)"},
+     "bhsd [B..., H, S, D] or bshd ([B..., S, H, D], rank >= 4; fold_attention_transposes sets it)"},
     {"fused", AttrType::kString, std::nullopt,
      "set by the builder (fold_attention_transposes): the original layer names, informational; absent: the "
      "layer's own name"},

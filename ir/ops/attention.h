@@ -9,7 +9,7 @@
 namespace kiln {
 
 // How attention's q, k, v and output lay out their heads: "bhsd" [B..., H, S, D] (torch's SDPA)
-// or "bshd" [B, S, H, D] (rank 4: the projections' layout before torch's transpose(1, 2)).
+// or "bshd" [B..., S, H, D] (rank >= 4: the projections' layout before torch's transpose(1, 2)).
 // packed_attention takes "bshd" (qkv [B, S, 3, H, D], the default) or "sbhd" (qkv [S, B, 3, H, D]
 // and output [S, B, H, D]: torch's MultiheadAttention, which works sequence-first).
 enum class AttentionLayout : uint8_t { kBHSD = 0, kBSHD = 1, kSBHD = 2 };

@@ -655,7 +655,11 @@ QB, KB, VB = (2, 5, 8, 16), (2, 7, 2, 16), (2, 7, 2, 32)  # bshd
     "shapes,attrs,match",
     [
         ([QB, KB, VB], {"layout": "bsdh"}, 'layout must be "bhsd"'),
-        ([(5, 8, 16), (7, 2, 16), (7, 2, 32)], {"layout": "bshd"}, "needs rank-4"),
+        (
+            [(5, 8, 16), (7, 2, 16), (7, 2, 32)],
+            {"layout": "bshd"},
+            "needs q, k and v of one rank >= 4",
+        ),
         ([QB, (2, 7, 2, 8), VB], {"layout": "bshd"}, "layout bshd.*same head size"),
         ([QB, KB, (2, 6, 2, 32)], {"layout": "bshd"}, "layout bshd.*same sequence length"),
         ([QB, (2, 7, 3, 16), (2, 7, 3, 32)], {"layout": "bshd"}, "multiple of key/value heads"),

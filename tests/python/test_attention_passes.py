@@ -636,6 +636,20 @@ class EinsumAttention(torch.nn.Module):
         return torch.einsum("B G H I J, B G H J D -> B G H I D", p, v)
 
 
+class WindowHeadsAttention(EinsumAttention):
+    """MaxViT's whole step: q, k, v [B, W, S, H * D] split into heads ([B, W, H, S, D] through a
+    view and a transpose), EinsumAttention, the heads merged back to [B, W, S, H * D]."""
+
+    def forward(self, q, k, v):
+        b, w, s, e = q.shape
+
+        def heads(t):
+            return t.view(b, w, s, 2, e // 2).transpose(2, 3)
+
+        y = super().forward(heads(q), heads(k), heads(v))
+        return y.transpose(2, 3).reshape(b, w, s, e)
+
+
 class ShiftedWindowAttention(torch.nn.Module):
     """torchvision Swin's shifted_window_attention core: scores of q [B * W, H, S, D] plus a
     relative bias [H, S, S], viewed as [B, W, H, S, S] for the shifted-window mask [W, S, S],
@@ -666,8 +680,13 @@ def _window_inputs(batch, device="cpu", dtype=torch.float32):
     return [torch.randn(batch * 4, 2, 49, 8, device=device, dtype=dtype) for _ in range(3)]
 
 
+def _heads_inputs(batch, device="cpu", dtype=torch.float32):
+    return [torch.randn(batch, 4, 49, 16, device=device, dtype=dtype) for _ in range(3)]
+
+
 ATTENTION_MODULES = {
     "einsum": (EinsumAttention, _einsum_inputs),
+    "einsum-heads": (WindowHeadsAttention, _heads_inputs),
     "shifted-window": (ShiftedWindowAttention, _window_inputs),
 }
 
