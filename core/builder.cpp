@@ -79,7 +79,7 @@ Backend resolve_target(BuildTarget target) {
 }
 
 // The builder's stages (run_pass calls) for its progress report: counted per build.
-constexpr int64_t kBuilderStages = 22;
+constexpr int64_t kBuilderStages = 23;
 thread_local int64_t t_stage = 0;
 
 // Runs `pass` on `net` and logs what it did; returns whether it changed the network.
@@ -215,6 +215,7 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
     run_pass("patchify_convolutions", patchify_convolutions, net);
     run_pass("collapse_transposes", collapse_transposes, net);
     run_pass("unflatten_batched_matmuls", unflatten_batched_matmuls, net);
+    run_pass("concat_views_to_transposes", concat_views_to_transposes, net);
     // Before the GEMM epilogue fusion, which would take the scores' mask add as a residual.
     run_pass("fuse_attention", fuse_attention, net);
     run_pass("fuse_gelu", fuse_gelu, net);

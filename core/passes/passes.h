@@ -43,6 +43,9 @@ bool collapse_transposes(Network& net);
 // matmul on views that flatten other tensors' batch dims (einsum's decomposition) -> matmul on
 // those tensors; view chains that end in their start's dims -> the start.
 bool unflatten_batched_matmuls(Network& net);
+// concat of strided views of one tensor that read it in a permuted order (Swin's patch merging)
+// -> reshape, transpose, reshape.
+bool concat_views_to_transposes(Network& net);
 bool fuse_conv_epilogue(Network& net);
 bool assign_layouts(Network& net);
 // reshape/flatten/squeeze/unsqueeze -> views without a copy (alias = 1; see core/plan.h).

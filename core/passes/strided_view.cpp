@@ -126,7 +126,7 @@ bool ViewTracer::trace(TensorId t, StridedView* v) const {
 // `out` (the output of view layer `l`) as a view of what l's input is a view of.
 bool ViewTracer::step(const Layer& l, TensorId out, StridedView* v) const {
   const bool reshaping = l.op == "reshape" || l.op == "flatten" || l.op == "squeeze" || l.op == "unsqueeze";
-  if (!reshaping && l.op != "transpose" && l.op != "gather") return false;
+  if (!reshaping && l.op != "transpose" && l.op != "gather" && l.op != "slice") return false;
   if (l.outputs.size() != 1 || net_.tensor(l.inputs[0]).dtype != net_.tensor(out).dtype) return false;
   StridedView in;
   if (!trace(l.inputs[0], &in)) return false;
@@ -134,6 +134,25 @@ bool ViewTracer::step(const Layer& l, TensorId out, StridedView* v) const {
   const Dims& dims = net_.tensor(out).dims;
   const auto rank = static_cast<int64_t>(in_dims.size());
   if (reshaping) return reshape_view(in, dims, v);
+  if (l.op == "slice") {
+    // Each sliced dim of one atom (n, stride) becomes (its new size, stride * step) from
+    // start * stride on; a dim of several atoms is traced only when the slice keeps it whole.
+    if (l.inputs.size() != 1) return false;
+    const SliceSpec spec = resolve_slice(l, in_dims);
+    *v = in;
+    for (int64_t d = 0; d < rank; ++d) {
+      if (spec.out[d] == in_dims[d] && spec.start[d] == 0 && spec.step[d] == 1) continue;
+      std::vector<Atom>& atoms = v->dims[d];
+      if (atoms.size() != 1) return false;
+      v->offset += spec.start[d] * atoms[0].stride;
+      if (spec.out[d] == 1) {
+        atoms.clear();
+      } else {
+        atoms[0] = {spec.out[d], atoms[0].stride * spec.step[d]};
+      }
+    }
+    return true;
+  }
   if (l.op == "transpose") {
     const std::vector<int64_t> perm = resolve_perm(l, rank);
     *v = {in.root, in.offset, {}};

@@ -1,7 +1,8 @@
 // Strided views for the passes that see through chains of view layers (reshape, flatten,
-// squeeze, unsqueeze, transpose, select by a constant index): a tensor as element strides over
+// squeeze, unsqueeze, transpose, slice, select by a constant index): a tensor as element strides over
 // the row-major memory of the first tensor up its producers that no view layer made.
-// Used by pack_attention_views and collapse_transposes. Static shapes only.
+// Used by pack_attention_views, collapse_transposes, unflatten_batched_matmuls and
+// concat_views_to_transposes. Static shapes only.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +19,7 @@ namespace kiln {
 // Size-1 atoms are dropped.
 struct Atom {
   int64_t size = 1, stride = 0;
+  bool operator==(const Atom& o) const { return size == o.size && stride == o.stride; }
 };
 struct StridedView {
   TensorId root = -1;

@@ -372,6 +372,61 @@ TEST(UnflattenBatchedMatmuls, ViewChainToOtherDimsOrOrderStays) {
   EXPECT_EQ(net.layers().size(), 5u);
 }
 
+// ---- concat_views_to_transposes -------------------------------------------------------------
+
+Attributes strided_slice(int64_t axis, int64_t start) {
+  return Attributes()
+      .set("axes", std::vector<int64_t>{axis})
+      .set("starts", std::vector<int64_t>{start})
+      .set("ends", std::vector<int64_t>{INT64_MAX})
+      .set("steps", std::vector<int64_t>{2});
+}
+
+// Swin's patch merging: cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1).
+Network patch_merging(int64_t second_row_start) {
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {1, 4, 6, 3});
+  std::vector<TensorId> parts;
+  for (auto [h, w] : std::vector<std::pair<int64_t, int64_t>>{{0, 0}, {1, 0}, {0, 1}, {1, 1}}) {
+    const int64_t row = h == 1 ? second_row_start : 0;
+    TensorId t = net.add_layer("slice", {x}, strided_slice(1, row), "").outputs[0];
+    parts.push_back(net.add_layer("slice", {t}, strided_slice(2, w), "").outputs[0]);
+  }
+  TensorId y = net.add_layer("concat", parts, Attributes().set("axis", int64_t{-1}), "merge").outputs[0];
+  net.mark_output(net.add_activation(y, "relu").outputs[0], "y");
+  return net;
+}
+
+TEST(ConcatViewsToTransposes, PatchMergingIsOneTranspose) {
+  Network net = patch_merging(1);
+  ASSERT_TRUE(concat_views_to_transposes(net));
+  EXPECT_EQ(ops_of(net), (std::vector<std::string>{"reshape", "transpose", "reshape", "activation"}));
+  // x's factors by stride (the batch of 1 has none): rows, row parity, columns, column parity, C;
+  // the output reads rows, columns, then column parity outside row parity, then C.
+  EXPECT_EQ(net.tensor(net.layers()[0].outputs[0]).dims, (Dims{2, 2, 3, 2, 3}));
+  EXPECT_EQ(net.layers()[1].attrs.get_ints("perm", "t"), (std::vector<int64_t>{0, 2, 3, 1, 4}));
+  EXPECT_EQ(net.tensor(net.layers()[2].outputs[0]).dims, (Dims{1, 2, 3, 12}));
+}
+
+TEST(ConcatViewsToTransposes, SlicesThatDoNotTileTheTensorStay) {
+  Network net = patch_merging(0);  // rows 0::2 twice: even rows read twice, odd rows never
+  EXPECT_FALSE(concat_views_to_transposes(net));
+  EXPECT_EQ(net.layers().back().op, "activation");
+}
+
+TEST(ViewTracer, StridedSliceStepsTheStride) {
+  Network net = patch_merging(1);
+  // The second part: x[:, 1::2, 0::2] -> offset one row (6 * 3), rows every 2, columns every 2.
+  const TensorId part = net.layers()[3].outputs[0];
+  StridedView v;
+  ASSERT_TRUE(ViewTracer(net).trace(part, &v));
+  EXPECT_EQ(v.offset, 18);
+  ASSERT_EQ(v.dims.size(), 4u);
+  EXPECT_EQ(v.dims[1], (std::vector<Atom>{{2, 36}}));
+  EXPECT_EQ(v.dims[2], (std::vector<Atom>{{3, 6}}));
+  EXPECT_EQ(v.dims[3], (std::vector<Atom>{{3, 1}}));
+}
+
 // ---- convolution path: fold_batch_norm, fuse_conv_epilogue, assign_layouts ----------------------
 
 TensorId constant(Network& net, const std::string& name, const Dims& dims, std::vector<float> v) {

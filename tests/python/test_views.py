@@ -133,3 +133,24 @@ def test_transpose_of_size_one_dims_is_a_view(target, shape, perm, aliased):
         aliased,
         lambda x: (torch.relu(x) + torch.tanh(x)).permute(*perm),
     )
+
+
+class _PatchMerging(torch.nn.Module):
+    """torchvision Swin's patch merging without its norm and reduction: four strided slices of
+    [B, H, W, C] concatenated on C (a space-to-depth)."""
+
+    def forward(self, x):
+        parts = [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]]
+        return torch.relu(torch.cat(parts, -1))
+
+
+@pytest.mark.parametrize("target", DEVICES)
+@pytest.mark.parametrize("shape", [(1, 8, 8, 3), (2, 4, 6, 5)])
+def test_concat_of_strided_slices_is_one_transpose(target, shape):
+    # concat_views_to_transposes: six slices and a concat become reshape, transpose, reshape.
+    x = torch.randn(*shape)
+    compiled = kiln.compile(_PatchMerging(), [x.to(target)], device=target)
+    (plan,) = kiln.plans(compiled)
+    ops = [layer["op"] for layer in plan.layers()]
+    assert "slice" not in ops and "concat" not in ops and ops.count("transpose") == 1, ops
+    torch.testing.assert_close(compiled(x.to(target)).cpu(), _PatchMerging()(x), rtol=0, atol=0)
