@@ -79,7 +79,7 @@ Backend resolve_target(BuildTarget target) {
 }
 
 // The builder's stages (run_pass calls) for its progress report: counted per build.
-constexpr int64_t kBuilderStages = 23;
+constexpr int64_t kBuilderStages = 24;
 thread_local int64_t t_stage = 0;
 
 // Runs `pass` on `net` and logs what it did; returns whether it changed the network.
@@ -213,7 +213,8 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
     run_pass(
         "batch_norm_to_scale_shift", [&](Network& n) { return batch_norm_to_scale_shift(n, pinned); }, net);
     run_pass("patchify_convolutions", patchify_convolutions, net);
-    run_pass("collapse_transposes", collapse_transposes, net);
+    run_pass(
+        "collapse_transposes", [](Network& n) { return collapse_transposes(n); }, net);
     run_pass("unflatten_batched_matmuls", unflatten_batched_matmuls, net);
     run_pass("concat_views_to_transposes", concat_views_to_transposes, net);
     // Before the GEMM epilogue fusion, which would take the scores' mask add as a residual.
@@ -254,7 +255,13 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   if (config.optimization_level > 0) run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
   // 5. choose layouts: channels last for float16/bfloat16 convolutions (after precision, which
   //    decides the dtypes), transposes only where a chain of channels-last layers ends.
-  if (config.optimization_level > 0) run_pass("assign_layouts", assign_layouts, net);
+  if (config.optimization_level > 0) {
+    run_pass("assign_layouts", assign_layouts, net);
+    // The layout transposes against the model's own permutes: pairs that cancel go, chains of
+    // two become one.
+    run_pass(
+        "compose_transposes", [](Network& n) { return collapse_transposes(n, true); }, net);
+  }
   // 5b. fuse chains of pointwise layers into one generated kernel each. After precision
   //     assignment on purpose: each layer's compute dtype, and the casts that pass inserted, are
   //     then explicit in the graph and go into the program as they are, so per-layer precisions

@@ -7,7 +7,6 @@
 // reshapes, transposes, slices) whose offsets step through a grid of at most two strides; static
 // shapes. The layers it bypasses are left to eliminate_dead_layers.
 #include <algorithm>
-#include <numeric>
 #include <string>
 #include <vector>
 
@@ -79,51 +78,13 @@ bool concat_views_to_transposes(Network& net) {
     StridedView out = views[0];
     out.offset = offsets[0];
     out.dims[axis].insert(out.dims[axis].begin(), grid.begin(), grid.end());
-    // Its atoms must be the root's row-major factorization in some order.
-    std::vector<Atom> atoms;
-    for (const auto& d : out.dims) atoms.insert(atoms.end(), d.begin(), d.end());
-    std::vector<size_t> order(atoms.size());  // atoms by stride, outermost first
-    std::iota(order.begin(), order.end(), size_t{0});
-    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return atoms[a].stride > atoms[b].stride; });
-    int64_t expect = 1;
-    for (size_t k = order.size(); k-- > 0 && ok;) {
-      ok = atoms[order[k]].stride == expect;
-      expect *= atoms[order[k]].size;
-    }
     const Tensor& root = net.tensor(views[0].root);
-    if (!ok || out.offset != 0 || expect != volume(root.dims) || root.dtype != y.dtype) continue;
     Dims factors;
-    for (size_t k : order) factors.push_back(atoms[k].size);
-    std::vector<int64_t> perm(atoms.size());  // output atom j reads factor perm[j]
-    for (size_t j = 0; j < atoms.size(); ++j)
-      perm[j] = std::find(order.begin(), order.end(), j) - order.begin();
-    Dims permuted;
-    for (int64_t p : perm) permuted.push_back(factors[static_cast<size_t>(p)]);
-
-    auto tensor = [&](const std::string& suffix, const Dims& dims) {
-      Tensor t;
-      t.name = l.name + suffix;
-      for (int n = 1; net.find_tensor(t.name) >= 0; ++n) t.name = l.name + suffix + std::to_string(n);
-      t.dtype = y.dtype;
-      t.dims = dims;
-      return net.restore_tensor(t);
-    };
-    std::vector<Layer> added(3);
-    added[0].name = l.name + "/factors";
-    added[0].op = "reshape";
-    added[0].inputs = {views[0].root};
-    added[0].outputs = {tensor("/factors", factors)};
-    added[0].attrs.set("shape", factors);
-    added[1].name = l.name + "/order";
-    added[1].op = "transpose";
-    added[1].inputs = added[0].outputs;
-    added[1].outputs = {tensor("/order", permuted)};
-    added[1].attrs.set("perm", perm);
-    added[2].name = l.name;
-    added[2].op = "reshape";
-    added[2].inputs = added[1].outputs;
-    added[2].outputs = l.outputs;
-    added[2].attrs.set("shape", y.dims);
+    std::vector<int64_t> perm;
+    if (root.dtype != y.dtype || !as_permutation(out, volume(root.dims), &factors, &perm)) continue;
+    const std::string name = l.name;
+    const TensorId y_id = l.outputs[0], root_id = views[0].root;
+    std::vector<Layer> added = permutation_layers(net, name, root_id, factors, perm, y_id);
     rewrites.emplace_back(static_cast<int>(i), std::move(added));
   }
   if (rewrites.empty()) return false;

@@ -38,8 +38,9 @@ bool fold_batch_norm(Network& net);
 bool batch_norm_to_scale_shift(Network& net, const std::set<std::string>& pinned);
 // Convolutions with stride == kernel (ViT's patch embedding) -> patch transpose + one GEMM.
 bool patchify_convolutions(Network& net);
-// Transposes that, through the views before them, read a tensor in its own order -> reshapes.
-bool collapse_transposes(Network& net);
+// Transposes that, through the views before them, read a tensor in its own order -> reshapes;
+// with `compose`, transposes of transposes -> one transpose.
+bool collapse_transposes(Network& net, bool compose = false);
 // matmul on views that flatten other tensors' batch dims (einsum's decomposition) -> matmul on
 // those tensors; view chains that end in their start's dims -> the start.
 bool unflatten_batched_matmuls(Network& net);

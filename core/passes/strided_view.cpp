@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 
 #include "ir/ops/shape.h"
 
@@ -85,6 +86,60 @@ bool same_view(const StridedView& a, const StridedView& b) {
     }
   }
   return true;
+}
+
+bool as_permutation(const StridedView& v, int64_t root_volume, Dims* factors, std::vector<int64_t>* perm) {
+  if (v.offset != 0) return false;
+  std::vector<Atom> atoms;
+  for (const auto& d : v.dims) atoms.insert(atoms.end(), d.begin(), d.end());
+  std::vector<size_t> order(atoms.size());  // atoms by stride, outermost first
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return atoms[a].stride > atoms[b].stride; });
+  int64_t expect = 1;
+  for (size_t k = order.size(); k-- > 0;) {
+    if (atoms[order[k]].stride != expect) return false;
+    expect *= atoms[order[k]].size;
+  }
+  if (expect != root_volume) return false;
+  factors->clear();
+  for (size_t k : order) factors->push_back(atoms[k].size);
+  perm->assign(atoms.size(), 0);
+  for (size_t k = 0; k < order.size(); ++k) (*perm)[order[k]] = static_cast<int64_t>(k);
+  return true;
+}
+
+std::vector<Layer> permutation_layers(Network& net, const std::string& name, TensorId root,
+                                      const Dims& factors, const std::vector<int64_t>& perm, TensorId out) {
+  const DataType dtype = net.tensor(out).dtype;
+  const Dims out_dims = net.tensor(out).dims;
+  Dims permuted;
+  for (int64_t p : perm) permuted.push_back(factors[static_cast<size_t>(p)]);
+  auto tensor = [&](const std::string& suffix, const Dims& dims) {
+    Tensor t;
+    t.name = name + suffix;
+    for (int n = 1; net.find_tensor(t.name) >= 0; ++n) t.name = name + suffix + std::to_string(n);
+    t.dtype = dtype;
+    t.dims = dims;
+    return net.restore_tensor(t);
+  };
+  std::vector<Layer> layers(3);
+  layers[0].name = name + "/factors";
+  layers[0].op = "reshape";
+  layers[0].inputs = {root};
+  layers[0].outputs = {tensor("/factors", factors)};
+  layers[0].attrs.set("shape", factors);
+  layers[1].name = name + "/order";
+  layers[1].op = "transpose";
+  layers[1].inputs = layers[0].outputs;
+  layers[1].outputs = {tensor("/order", permuted)};
+  layers[1].attrs.set("perm", perm);
+  layers[2].name = name;
+  layers[2].op = "reshape";
+  layers[2].inputs = layers[1].outputs;
+  layers[2].outputs = {out};
+  layers[2].attrs.set("shape", out_dims);
+  return layers;
 }
 
 bool dim_stride(const std::vector<Atom>& atoms, int64_t* stride) {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "ir/network.h"
@@ -41,6 +42,18 @@ bool reshape_view(const StridedView& v, const Dims& dims, StridedView* out);
 // True when `a` and `b` read the same elements of the same root in the same order (atoms that are
 // contiguous with each other compared as one).
 bool same_view(const StridedView& a, const StridedView& b);
+
+// `v` as one permutation of its root's dims: `factors` split the root's dims (row-major, outermost
+// first) so that each atom of `v` is one factor, and `v` reads factor perm[j] as its j-th atom.
+// Then reshape(root, factors) -> transpose(perm) -> reshape(v's dims) is `v`. False when `v` skips,
+// repeats or offsets elements.
+bool as_permutation(const StridedView& v, int64_t root_volume, Dims* factors, std::vector<int64_t>* perm);
+
+// The layers that compute tensor `out` from `root` as as_permutation describes it: reshape to
+// `factors`, transpose by `perm`, reshape to out's dims (named `name`, writing `out`); their
+// intermediate tensors are added to `net`.
+std::vector<Layer> permutation_layers(Network& net, const std::string& name, TensorId root,
+                                      const Dims& factors, const std::vector<int64_t>& perm, TensorId out);
 
 class ViewTracer {
  public:

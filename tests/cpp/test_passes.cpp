@@ -301,6 +301,45 @@ TEST(ViewTracer, CancellingTransposesAreRowMajor) {
   EXPECT_EQ(net.layers()[0].op, "transpose");  // nchw itself is a real transpose
 }
 
+TEST(CollapseTransposes, ComposeMakesOneTransposeOfTwo) {
+  // ConvNeXt's downsampling after assign_layouts: an NHWC LayerNorm output, the model's permute to
+  // NCHW, the patch split [N, C, H/2, 2, W/2, 2] and the patch transpose: one transpose of the NHWC
+  // tensor, and only with `compose` (the builder's run after layouts).
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {1, 4, 6, 3});
+  TensorId t =
+      net.add_layer("transpose", {x}, Attributes().set("perm", std::vector<int64_t>{0, 3, 1, 2}), "nchw")
+          .outputs[0];
+  t = net.add_layer("reshape", {t}, Attributes().set("shape", Dims{1, 3, 2, 2, 3, 2}), "patches").outputs[0];
+  t = net.add_layer("transpose", {t}, Attributes().set("perm", std::vector<int64_t>{0, 2, 4, 1, 3, 5}),
+                    "order")
+          .outputs[0];
+  net.mark_output(net.add_activation(t, "relu").outputs[0], "y");
+  EXPECT_FALSE(collapse_transposes(net));
+  ASSERT_TRUE(collapse_transposes(net, true));
+  int moving = 0;
+  for (const Layer& l : net.layers()) moving += l.op == "transpose" && !moves_only_unit_dims(net, l);
+  EXPECT_EQ(moving, 1);
+  EXPECT_EQ(net.layers()[0].inputs[0], x);
+  EXPECT_EQ(net.layers().back().op, "activation");
+  net.revalidate();
+}
+
+TEST(CollapseTransposes, ComposeRemovesAPairThatCancels) {
+  // The model's NHWC -> NCHW permute and the layout pass's NCHW -> NHWC transpose before a conv.
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {1, 4, 6, 3});
+  TensorId t =
+      net.add_layer("transpose", {x}, Attributes().set("perm", std::vector<int64_t>{0, 3, 1, 2}), "nchw")
+          .outputs[0];
+  t = net.add_layer("transpose", {t}, Attributes().set("perm", std::vector<int64_t>{0, 2, 3, 1}), "to_nhwc")
+          .outputs[0];
+  net.mark_output(net.add_activation(t, "relu").outputs[0], "y");
+  ASSERT_TRUE(collapse_transposes(net, true));
+  EXPECT_EQ(ops_of(net), (std::vector<std::string>{"reshape", "activation"}));
+  EXPECT_EQ(net.layers()[0].inputs[0], x);
+}
+
 TEST(ViewTracer, DynamicShapesAreNotTraced) {
   Network net;
   TensorId y = net.add_input("y", DataType::kFloat32, {-1, 8});
