@@ -89,7 +89,7 @@ bool unflatten_matmuls(Network& net) {
         mm.attrs.get_int("transpose_b", int64_t{0}))
       continue;
     const Dims &a = net.tensor(mm.inputs[0]).dims, &b = net.tensor(mm.inputs[1]).dims;
-    if (a.size() != b.size() || !is_static(a) || !is_static(b) ||
+    if (a.size() < 3 || a.size() != b.size() || !is_static(a) || !is_static(b) ||
         !std::equal(a.begin(), a.end() - 2, b.begin()))
       continue;
     // The farthest sources with equal batch dims (the most layers bypassed).

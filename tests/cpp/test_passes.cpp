@@ -398,6 +398,19 @@ TEST(UnflattenBatchedMatmuls, OperandsOfOtherBatchDimsStay) {
   EXPECT_EQ(e.net.layers().size(), before);
 }
 
+TEST(UnflattenBatchedMatmuls, VectorAndMatrixOperandsStay) {
+  // 1-D and 2-D operands have no batch dims (the network fuzzer's case: a 1-D @ 1-D dot product).
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {8});
+  TensorId m = net.add_input("m", DataType::kFloat32, {3, 8});
+  TensorId dot = net.add_layer("matmul", {x, x}, Attributes(), "dot").outputs[0];
+  TensorId mv = net.add_layer("matmul", {m, x}, Attributes(), "mv").outputs[0];
+  net.mark_output(dot, "dot");
+  net.mark_output(mv, "mv");
+  EXPECT_FALSE(unflatten_batched_matmuls(net));
+  EXPECT_EQ(net.layers().size(), 2u);
+}
+
 TEST(UnflattenBatchedMatmuls, ViewChainToOtherDimsOrOrderStays) {
   Network net;
   TensorId x = net.add_input("x", DataType::kFloat32, {2, 3, 4});
