@@ -19,6 +19,7 @@
 
 #include "core/passes/passes.h"
 #include "core/passes/pattern_match.h"
+#include "ir/dims.h"
 #include "ir/error.h"
 #include "ir/logging.h"
 #include "ir/op_schema.h"
@@ -171,10 +172,30 @@ bool fuse_attention(Network& net) {
       scale = c;
       s = inner;
     }
+    // A scale per head (Swin V2's learned logit scale, [H, 1, 1]): scores * t == (q * t) · kᵀ when
+    // t's last two dims are 1; q takes it.
+    TensorId q_factor = -1;
+    if (const Layer* mul = m.elementwise(s, "mul"); mul && scale == 1.0) {
+      for (int side = 0; side < 2 && q_factor < 0; ++side) {
+        const Layer* p = m.producer(mul->inputs[side]);
+        const Dims& t = net.tensor(mul->inputs[1 - side]).dims;
+        if (p && p->op == "matmul" && t.size() >= 2 && t[t.size() - 1] == 1 && t[t.size() - 2] == 1 &&
+            net.tensor(mul->inputs[1 - side]).dtype == net.tensor(s).dtype) {
+          q_factor = mul->inputs[1 - side];
+          s = mul->inputs[side];
+        }
+      }
+    }
     const Layer* qk = m.producer(s);
     if (!qk || qk->op != "matmul" || !m.single_use(s) || qk->attrs.get_int("transpose_a", int64_t{0}))
       continue;
     TensorId q = qk->inputs[0], kt = qk->inputs[1], k = -1;
+    if (q_factor >= 0) {
+      Dims scaled;
+      if (!broadcast_shapes(net.tensor(q).dims, net.tensor(q_factor).dims, &scaled) ||
+          scaled != net.tensor(q).dims)
+        continue;
+    }
     if (scaled_by_constant(m, q, &inner, &c)) {
       q = inner;
       scale *= c;
@@ -253,6 +274,13 @@ bool fuse_attention(Network& net) {
     if (cloned_mask) {
       mask = add_chain_on_zeros(net, i, s, chain, out.name + "/mask");
       i += static_cast<int>(chain.size());
+    }
+    if (q_factor >= 0) {
+      const size_t first = net.layers().size();
+      q = net.add_elementwise(q, q_factor, "mul", out.name + "/q_scaled").outputs[0];
+      auto& layers = net.mutable_layers();
+      std::rotate(layers.begin() + i, layers.begin() + static_cast<std::ptrdiff_t>(first), layers.end());
+      ++i;
     }
     std::vector<TensorId> in = {q, k, v};
     if (mask >= 0) in.push_back(mask);

@@ -3,10 +3,14 @@
 // (steps 1, static dims unchanged), a transpose by the identity permutation, a cast to the
 // input's own dtype, a reshape or expand to the input's own static dims (torchvision's Swin pads
 // each window grid by (size - W % size) % size, zero at 224 x 224, and slices it back).
+// An expand that only pointwise readers read goes too: they broadcast its input themselves.
 // A no-op whose output is a network output is kept: the output binding needs its own buffer.
 #include <unordered_map>
+#include <vector>
 
 #include "core/passes/passes.h"
+#include "ir/dims.h"
+#include "ir/op_schema.h"
 #include "ir/ops/shape.h"
 
 namespace kiln {
@@ -38,17 +42,57 @@ bool is_noop(const Network& net, const Layer& l) {
   return l.op == "reshape" || l.op == "expand";
 }
 
+// `l` is an expand whose every reader is a pointwise op that gives the same output from the
+// expand's input, broadcasting it itself (torch's F.normalize: x / norm.expand_as(x)).
+bool broadcast_by_its_readers(const Network& net, const Layer& l,
+                              const std::vector<std::vector<int>>& readers, int index) {
+  if (l.op != "expand" || l.inputs.size() != 1 || l.outputs.size() != 1 || readers[index].empty())
+    return false;
+  const TensorId in = l.inputs[0], out = l.outputs[0];
+  for (int r : readers[index]) {
+    const Layer& reader = net.layers()[r];
+    if (!has_trait(reader.op, kPointwise) || reader.outputs.size() != 1) return false;
+    Dims dims;
+    bool first = true;
+    for (TensorId t : reader.inputs) {
+      const Dims& d = net.tensor(t == out ? in : t).dims;
+      if (first) {
+        dims = d;
+        first = false;
+      } else if (!broadcast_shapes(Dims(dims), d, &dims)) {
+        return false;
+      }
+    }
+    if (dims != net.tensor(reader.outputs[0]).dims || !is_static(dims)) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 bool remove_noops(Network& net) {
   std::unordered_map<TensorId, TensorId> replace;  // y -> x
   std::vector<Layer> kept;
+  const std::vector<int> producer = net.producers();
+  std::vector<std::vector<int>> readers(net.layers().size());
+  for (size_t j = 0; j < net.layers().size(); ++j) {
+    for (TensorId t : net.layers()[j].inputs) {
+      if (producer[t] >= 0) readers[producer[t]].push_back(static_cast<int>(j));
+    }
+  }
+  std::vector<bool> broadcast(net.layers().size());
+  for (size_t j = 0; j < net.layers().size(); ++j) {
+    broadcast[j] = !net.is_output(net.layers()[j].outputs[0]) &&
+                   broadcast_by_its_readers(net, net.layers()[j], readers, static_cast<int>(j));
+  }
+  int index = 0;
   for (auto& l : net.mutable_layers()) {
+    const bool by_readers = broadcast[index++];
     for (TensorId& t : l.inputs) {
       auto it = replace.find(t);
       if (it != replace.end()) t = it->second;
     }
-    if (!net.is_output(l.outputs[0]) && is_noop(net, l)) {
+    if (by_readers || (!net.is_output(l.outputs[0]) && is_noop(net, l))) {
       replace[l.outputs[0]] = l.inputs[0];
       continue;
     }

@@ -110,6 +110,29 @@ TEST(RemoveNoops, KeepsLayersThatMoveOrDropElements) {
   EXPECT_EQ(net.layers().size(), 6u);
 }
 
+TEST(RemoveNoops, ExpandThatPointwiseReadersBroadcastGoes) {
+  // F.normalize: x / norm.expand_as(x). The division broadcasts the norm itself; an expand that a
+  // reader needs for its output shape (b + expand(a) with b smaller) stays.
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {2, 3, 4});
+  TensorId n = net.add_input("n", DataType::kFloat32, {2, 3, 1});
+  TensorId row = net.add_input("row", DataType::kFloat32, {1, 1, 4});
+  TensorId e = net.add_layer("expand", {n}, Attributes().set("shape", Dims{2, 3, 4}), "e").outputs[0];
+  net.mark_output(net.add_elementwise(x, e, "div", "normalized").outputs[0], "y");
+  TensorId e2 = net.add_layer("expand", {n}, Attributes().set("shape", Dims{2, 3, 4}), "e2").outputs[0];
+  TensorId kept = net.add_layer("expand", {row}, Attributes().set("shape", Dims{2, 3, 4}), "kept").outputs[0];
+  net.mark_output(net.add_elementwise(e2, net.add_activation(x, "relu").outputs[0], "mul", "m").outputs[0],
+                  "z");
+  net.mark_output(net.add_elementwise(kept, row, "add", "a").outputs[0], "w");
+  ASSERT_TRUE(remove_noops(net));
+  int expands = 0;
+  for (const Layer& l : net.layers()) expands += l.op == "expand";
+  EXPECT_EQ(expands, 1);  // `kept`: add(row, row) would be [1, 1, 4]
+  EXPECT_EQ(net.layers()[0].op, "elementwise");
+  EXPECT_EQ(net.layers()[0].inputs[1], n);
+  net.revalidate();
+}
+
 TEST(RemoveNoops, KeepsIdentityThatIsAnOutput) {
   Network net;
   TensorId x = net.add_input("x", DataType::kFloat32, {2, 3});

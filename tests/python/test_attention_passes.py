@@ -672,6 +672,22 @@ class ShiftedWindowAttention(torch.nn.Module):
         return p.matmul(v)
 
 
+class CosineWindowAttention(torch.nn.Module):
+    """torchvision Swin V2's attention core: q and k normalized (F.normalize: a norm, an expand, a
+    division), scores times a learned logit scale per head [H, 1, 1], a bias, softmax, @ v."""
+
+    def __init__(self, heads=2, size=49):
+        super().__init__()
+        self.logit_scale = torch.nn.Parameter(torch.log(10 * torch.rand(heads, 1, 1) + 1))
+        self.bias = torch.nn.Parameter(torch.randn(heads, size, size))
+
+    def forward(self, q, k, v):
+        q = torch.nn.functional.normalize(q, dim=-1)
+        k = torch.nn.functional.normalize(k, dim=-1)
+        s = q @ k.transpose(-2, -1) * torch.clamp(self.logit_scale, max=4.6).exp()
+        return torch.softmax(s + self.bias, dim=-1) @ v
+
+
 def _einsum_inputs(batch, device="cpu", dtype=torch.float32):
     return [torch.randn(batch, 4, 2, 49, 8, device=device, dtype=dtype) for _ in range(3)]
 
@@ -688,6 +704,7 @@ ATTENTION_MODULES = {
     "einsum": (EinsumAttention, _einsum_inputs),
     "einsum-heads": (WindowHeadsAttention, _heads_inputs),
     "shifted-window": (ShiftedWindowAttention, _window_inputs),
+    "cosine": (CosineWindowAttention, _window_inputs),
 }
 
 
