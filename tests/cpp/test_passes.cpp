@@ -561,8 +561,15 @@ TEST(FuseConvEpilogue, FusesResidualAddThenActivation) {
   EXPECT_TRUE(fuse_conv_epilogue(net));
   ASSERT_EQ(ops_of(net), std::vector<std::string>{"convolution"});
   const Layer& conv = net.layers()[0];
-  EXPECT_EQ(conv.inputs.size(), 3u);  // x, w, residual
-  EXPECT_EQ(net.tensor(conv.inputs[2]).name, "r");
+  // x, w, a bias of zeros (cuDNN fuses the epilogue only with a bias), residual
+  ASSERT_EQ(conv.inputs.size(), 4u);
+  const Tensor& bias = net.tensor(conv.inputs[2]);
+  ASSERT_EQ(bias.kind, TensorKind::kConstant);
+  EXPECT_EQ(bias.dims, (Dims{2}));
+  const float* b = reinterpret_cast<const float*>(bias.data->data());
+  EXPECT_EQ(b[0], 0.f);
+  EXPECT_EQ(b[1], 0.f);
+  EXPECT_EQ(net.tensor(conv.inputs[3]).name, "r");
   EXPECT_EQ(conv.attrs.get_int("residual", int64_t{0}), 1);
   EXPECT_EQ(conv.attrs.get_string("activation", "conv"), "relu");
   EXPECT_EQ(conv.attrs.get_string("fused", "conv"), "conv,add,relu");
