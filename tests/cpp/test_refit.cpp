@@ -222,7 +222,10 @@ TEST(Refit, WeightsOnTheGpuAreCopiedThereAndTheSavedPlanHasThem) {
       on_device[it->first] = p;
       it = given.erase(it);
     }
-    EXPECT_FALSE(on_device.empty()) << "fp16 " << fp16;
+    // FP32: weights the plan holds as given stay on the device and are copied there. FP16: every
+    // weight of this network is cast (or folded and cast) on its way into the plan, so all of them
+    // are read on the host (the H100 run showed it) and refit recomputes them.
+    EXPECT_EQ(on_device.empty(), fp16) << "fp16 " << fp16;
     engine->refit(given, on_device);
     for (void* p : buffers) allocator->deallocate(p);
     const auto x = test::random_floats(2 * 3 * 8 * 8, 7);
