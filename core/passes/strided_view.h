@@ -46,7 +46,7 @@ bool same_view(const StridedView& a, const StridedView& b);
 // `v` as one permutation of its root's dims: `factors` split the root's dims (row-major, outermost
 // first) so that each atom of `v` is one factor, and `v` reads factor perm[j] as its j-th atom.
 // Then reshape(root, factors) -> transpose(perm) -> reshape(v's dims) is `v`. False when `v` skips,
-// repeats or offsets elements.
+// repeats or offsets elements, or needs more than kMaxRank factors.
 bool as_permutation(const StridedView& v, int64_t root_volume, Dims* factors, std::vector<int64_t>* perm);
 
 // The layers that compute tensor `out` from `root` as as_permutation describes it: reshape to
