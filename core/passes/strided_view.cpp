@@ -93,7 +93,7 @@ bool as_permutation(const StridedView& v, int64_t root_volume, Dims* factors, st
   std::vector<Atom> atoms;
   for (const auto& d : v.dims) atoms.insert(atoms.end(), d.begin(), d.end());
   if (atoms.size() > static_cast<size_t>(kMaxRank)) return false;  // the transpose's rank limit
-  std::vector<size_t> order(atoms.size());  // atoms by stride, outermost first
+  std::vector<size_t> order(atoms.size());                         // atoms by stride, outermost first
   std::iota(order.begin(), order.end(), size_t{0});
   std::sort(order.begin(), order.end(),
             [&](size_t a, size_t b) { return atoms[a].stride > atoms[b].stride; });
