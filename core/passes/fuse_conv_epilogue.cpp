@@ -43,9 +43,10 @@ bool add_zero_biases(Network& net) {
     const ConvEpilogue e = conv_epilogue(l, l.inputs.size());
     if (e.has_bias || (!e.residual && e.activation == "none")) continue;
     const Tensor& y = net.tensor(l.outputs[0]);
-    if (y.dims.size() < 2 || y.dims[1] <= 0) continue;  // channels (NCHW before assign_layouts)
+    if (y.dims.size() < 2) continue;
+    const int64_t channels = channels_last(l) ? y.dims.back() : y.dims[1];  // y's channel dim
+    if (channels <= 0) continue;
     const Tensor& w = net.tensor(l.inputs[1]);
-    const int64_t channels = y.dims[1];
     auto zeros = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(channels) * dtype_size(w.dtype),
                                                         uint8_t{0});
     std::string name = l.name + "/zero_bias";
