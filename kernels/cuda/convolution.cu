@@ -15,9 +15,10 @@
 // Tactics: tactic t is cuDNN algorithm t (cudnnConvolutionFwdAlgo_t, or cudnnConvolutionBwdDataAlgo_t
 // for deconvolution); a tactic whose algorithm is unsupported for the shape or needs more than
 // the workspace throws from run(). Tactic -1 takes cuDNN's first heuristic pick that fits.
-// Convolution has one more tactic, kDepthwiseTactic (= CUDNN_CONVOLUTION_FWD_ALGO_COUNT): Kiln's
-// own depthwise kernel (depthwise_convolution.cu, epilogue fused), for 2d layers with one filter
-// per channel; other layers refuse it.
+// Convolution has kDepthwiseVariants more tactics from kDepthwiseTactic (=
+// CUDNN_CONVOLUTION_FWD_ALGO_COUNT) on: Kiln's own depthwise kernels (depthwise_convolution.cu,
+// epilogue fused; tactic kDepthwiseTactic + v runs variant v), for 2d layers with one filter per
+// channel; other layers, and shapes a variant does not cover, refuse them.
 #include <algorithm>
 #include <atomic>
 #include <map>
@@ -107,7 +108,7 @@ class CudnnConvolution final : public Kernel {
     const ConvEpilogue e = conv_epilogue(layer_, in.size());
     const TensorView* bias = e.has_bias ? &in[2] : nullptr;
     const TensorView* residual = e.residual ? &in[static_cast<size_t>(e.residual_input)] : nullptr;
-    if (tactic_ == kDepthwiseTactic) return run_depthwise(x, w, y, bias, residual, stream);
+    if (depthwise()) return run_depthwise(x, w, y, bias, residual, stream);
     auto handle = static_cast<cudnnHandle_t>(ctx.cudnn);
     KILN_CHECK(handle != nullptr, who_ << ": no cuDNN handle in the launch context");
     KILN_CUDNN_CHECK(cudnnSetStream(handle, stream));
@@ -148,15 +149,18 @@ class CudnnConvolution final : public Kernel {
 
   std::string name() const override {
     if (transposed_) return "cudnn_deconvolution";
-    return tactic_ == kDepthwiseTactic ? "cuda_depthwise_convolution" : "cudnn_convolution";
+    return depthwise() ? "cuda_depthwise_convolution" : "cudnn_convolution";
   }
-  bool uses_cudnn() const override { return tactic_ != kDepthwiseTactic; }
+  bool uses_cudnn() const override { return !depthwise(); }
   int num_tactics() const override {
-    return transposed_ ? static_cast<int>(CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT) : kDepthwiseTactic + 1;
+    return transposed_ ? static_cast<int>(CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT)
+                       : kDepthwiseTactic + kDepthwiseVariants;
   }
 
  private:
-  // The depthwise tactic: x [N, C, H, W] (or channels last) with weight [C, 1, kh, kw] and groups
+  bool depthwise() const { return !transposed_ && tactic_ >= kDepthwiseTactic; }
+
+  // The depthwise tactics: x [N, C, H, W] (or channels last) with weight [C, 1, kh, kw] and groups
   // = C; anything else is refused with what the tactic needs.
   void run_depthwise(const TensorView& x, const TensorView& w, const TensorView& y, const TensorView* bias,
                      const TensorView* residual, cudaStream_t stream) const {
@@ -167,7 +171,7 @@ class CudnnConvolution final : public Kernel {
     const ConvGeometry g = conv_geometry(layer_, static_cast<int>(xd.size()) - 2);
     KILN_CHECK(
         two_d && g.groups == xd[1] && wd[0] == xd[1] && wd[1] == 1 && wd[2] * wd[3] <= kDepthwiseMaxTaps,
-        who_ << ": tactic " << kDepthwiseTactic << " (Kiln's depthwise kernel) needs a 2d convolution "
+        who_ << ": tactic " << tactic_ << " (Kiln's depthwise kernel) needs a 2d convolution "
              << "with one filter per channel (groups = input channels = output channels) of at most "
              << kDepthwiseMaxTaps << " taps; got input " << to_string(x.dims) << ", weight "
              << to_string(w.dims) << ", groups " << g.groups << "; take another tactic");
@@ -189,6 +193,12 @@ class CudnnConvolution final : public Kernel {
     p.channels_last = channels_last_;
     p.act = params_.act;
     p.activate = params_.activate;
+    p.variant = tactic_ - kDepthwiseTactic;
+    const std::string refusal = depthwise_refusal(p);
+    KILN_CHECK(refusal.empty(), who_ << ": tactic " << tactic_ << " (Kiln's depthwise kernel, variant "
+                                     << p.variant << ") " << refusal << "; got input " << to_string(x.dims)
+                                     << " (" << (channels_last_ ? "nhwc" : "nchw") << "), weight "
+                                     << to_string(w.dims) << "; take another tactic");
     launch_depthwise_convolution(p, x.dtype, x.data, w.data, bias ? bias->data : nullptr,
                                  residual ? residual->data : nullptr, y.data, stream);
   }

@@ -6,10 +6,12 @@
 // grid walk the output pixels. The block's weights sit in shared memory as float, [tap][j][x]
 // (vector element j of thread x), so the reads are conflict-free. Square 3x3 and 5x5 filters with
 // stride 1 or 2 and no dilation (mobilenet's) take a register-blocked variant: a thread computes
-// kPixels adjacent output pixels of a row; per filter row it loads the input segment they share
-// once (converted to float once) and each weight vector once for all of them. (ConvNeXt's 7x7 in
-// that variant measured slower at batch 1 on an H200, 0.566 against 0.462 ms for its 18 layers:
-// a quarter of the threads for little work; it stays on the generic kernel.)
+// 4 adjacent output pixels of a row; per filter row it loads the input segment they share once
+// (converted to float once) and each weight vector once for all of them. (ConvNeXt's 7x7 in that
+// variant measured slower at batch 1 on an H200, 0.566 against 0.462 ms for its 18 layers: a
+// quarter of the threads for little work; it stays on the generic kernel.) That is variant 0;
+// variants 1 (one pixel per thread, taps unrolled, no branches) and 2 (two pixels per thread)
+// are further tactics for square 3x3/5x5/7x7 filters, and the builder's timing picks per layer.
 // Channels first: one block per (sample, channel, tile of output pixels); threads walk the pixels,
 // the channel's weights are in shared memory.
 // Both finish with the epilogue in float: + bias[c], + residual, activation.
@@ -39,47 +41,59 @@ __device__ __forceinline__ float finish(const DepthwiseParams& p, float acc, con
   return p.activate ? activate(p.act, acc) : acc;
 }
 
-constexpr int kPixels = 4;  // output pixels per thread in the register-blocked kernel
-
 template <typename T, int V>
 __device__ __forceinline__ void load_weights_nhwc(const DepthwiseParams& p, const T* __restrict__ w,
                                                   float* w_smem, int64_t v0) {
   // The block's channels' weights are one contiguous run of the weight tensor: read it in order
-  // (coalesced) and scatter into the [tap][j][x] layout.
-  const int taps = p.kh * p.kw, bx = blockDim.x;
+  // (coalesced, 16-byte vectors where the run is aligned) and scatter into the [tap][j][x] layout;
+  // the channels past C get zeros.
+  const int taps = p.kh * p.kw, bx = blockDim.x, threads = bx * blockDim.y;
   const int tid = threadIdx.y * bx + threadIdx.x;
   const int64_t c0 = v0 * V;
-  for (int i = tid; i < taps * V * bx; i += bx * blockDim.y) {
+  const int count = static_cast<int>(min(int64_t{bx} * V, p.c - c0)) * taps;  // elements of the run
+  const T* run = w + c0 * taps;
+  auto put = [&](int i, float value) {
     const int local = i / taps, tap = i - local * taps;  // channel c0 + local
     const int tx = local / V, j = local - tx * V;
-    w_smem[(tap * V + j) * bx + tx] = c0 + local < p.c ? to_float(w[c0 * taps + i]) : 0.f;
+    w_smem[(tap * V + j) * bx + tx] = value;
+  };
+  constexpr int W = 16 / sizeof(T);
+  if (reinterpret_cast<uintptr_t>(run) % 16 == 0 && count % W == 0) {
+    for (int i = tid * W; i < count; i += threads * W) {
+      const Pack<T, W> v = *reinterpret_cast<const Pack<T, W>*>(run + i);
+#pragma unroll
+      for (int k = 0; k < W; ++k) put(i + k, to_float(v.v[k]));
+    }
+  } else {
+    for (int i = tid; i < count; i += threads) put(i, to_float(run[i]));
   }
+  for (int i = count + tid; i < taps * V * bx; i += threads) put(i, 0.f);
   __syncthreads();
 }
 
-// K x K filter, stride S, dilation 1; thread (x, y) computes channel vector x of kPixels adjacent
-// output pixels [ox0, ox0 + kPixels) of one output row.
-template <typename T, int V, int K, int S>
+// K x K filter, stride S, dilation 1; thread (x, y) computes channel vector x of P adjacent output
+// pixels [ox0, ox0 + P) of one output row.
+template <typename T, int V, int K, int S, int P>
 __global__ void __launch_bounds__(kThreads)
     depthwise_nhwc_blocked_kernel(DepthwiseParams p, const T* __restrict__ x, const T* __restrict__ w,
                                   const T* __restrict__ bias, const T* __restrict__ residual,
                                   T* __restrict__ y) {
-  constexpr int kSegment = (kPixels - 1) * S + K;  // input columns the thread's pixels read per row
-  extern __shared__ float w_smem[];                // [tap][j][threadIdx.x]
+  constexpr int kSegment = (P - 1) * S + K;  // input columns the thread's pixels read per row
+  extern __shared__ float w_smem[];          // [tap][j][threadIdx.x]
   const int bx = blockDim.x;
   const int64_t v0 = int64_t{blockIdx.y} * bx;
   load_weights_nhwc<T, V>(p, w, w_smem, v0);
   const int64_t vec = v0 + threadIdx.x;
   if (vec >= p.c / V) return;
-  const int64_t groups_per_row = (p.ow + kPixels - 1) / kPixels;
+  const int64_t groups_per_row = (p.ow + P - 1) / P;
   const int64_t groups = p.n * p.oh * groups_per_row;
   for (int64_t gi = int64_t{blockIdx.x} * blockDim.y + threadIdx.y; gi < groups;
        gi += int64_t{gridDim.x} * blockDim.y) {
-    const int64_t ox0 = gi % groups_per_row * kPixels, rest = gi / groups_per_row;
+    const int64_t ox0 = gi % groups_per_row * P, rest = gi / groups_per_row;
     const int64_t oy = rest % p.oh, n = rest / p.oh;
-    float acc[kPixels][V];
+    float acc[P][V];
 #pragma unroll
-    for (int q = 0; q < kPixels; ++q) {
+    for (int q = 0; q < P; ++q) {
 #pragma unroll
       for (int j = 0; j < V; ++j) acc[q][j] = 0.f;
     }
@@ -109,14 +123,14 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int j = 0; j < V; ++j) wv[j] = wt[j * bx];
 #pragma unroll
-        for (int q = 0; q < kPixels; ++q) {
+        for (int q = 0; q < P; ++q) {
 #pragma unroll
           for (int j = 0; j < V; ++j) acc[q][j] = fmaf(seg[q * S + s][j], wv[j], acc[q][j]);
         }
       }
     }
 #pragma unroll
-    for (int q = 0; q < kPixels; ++q) {
+    for (int q = 0; q < P; ++q) {
       if (ox0 + q >= p.ow) break;
       const int64_t at = (((n * p.oh + oy) * p.ow) + ox0 + q) * p.c + vec * V;
       Pack<T, V> out;
@@ -169,6 +183,56 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// K x K filter, dilation 1, any stride: the generic kernel's one pixel per thread with the taps
+// unrolled along each filter row. Taps outside the input read a clamped in-bounds address and take
+// 0 in its place, so a row's K loads carry no branches and are in flight at once (the generic
+// kernel's loop waits on each; on ConvNeXt's 7x7 layers at batch 1 that latency was the cost).
+// All K * K unrolled needed 255 registers and spilled (float16, 16-byte vectors).
+template <typename T, int V, int K>
+__global__ void __launch_bounds__(kThreads)
+    depthwise_nhwc_unrolled_kernel(DepthwiseParams p, const T* __restrict__ x, const T* __restrict__ w,
+                                   const T* __restrict__ bias, const T* __restrict__ residual,
+                                   T* __restrict__ y) {
+  extern __shared__ float w_smem[];  // [tap][j][threadIdx.x]
+  const int bx = blockDim.x;
+  const int64_t v0 = int64_t{blockIdx.y} * bx;
+  load_weights_nhwc<T, V>(p, w, w_smem, v0);
+  const int64_t vec = v0 + threadIdx.x;
+  if (vec >= p.c / V) return;
+  const int64_t pixels = p.n * p.oh * p.ow;
+  for (int64_t pix = int64_t{blockIdx.x} * blockDim.y + threadIdx.y; pix < pixels;
+       pix += int64_t{gridDim.x} * blockDim.y) {
+    const int64_t ox = pix % p.ow, rest = pix / p.ow;
+    const int64_t oy = rest % p.oh, n = rest / p.oh;
+    const T* image = x + n * p.h * p.w * p.c + vec * V;
+    float acc[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) acc[j] = 0.f;
+#pragma unroll 1
+    for (int r = 0; r < K; ++r) {
+      const int64_t iy = oy * p.stride_h - p.pad_h + r;
+      const bool row_in = iy >= 0 && iy < p.h;
+      const int64_t row = min(max(iy, int64_t{0}), p.h - 1) * p.w;
+#pragma unroll
+      for (int s = 0; s < K; ++s) {
+        const int64_t ix = ox * p.stride_w - p.pad_w + s;
+        const bool in_bounds = row_in && ix >= 0 && ix < p.w;
+        const int64_t col = min(max(ix, int64_t{0}), p.w - 1);
+        const Pack<T, V> in = *reinterpret_cast<const Pack<T, V>*>(image + (row + col) * p.c);
+        const float* wt = w_smem + (r * K + s) * V * bx + threadIdx.x;
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc[j] = fmaf(in_bounds ? to_float(in.v[j]) : 0.f, wt[j * bx], acc[j]);
+      }
+    }
+    const int64_t at = pix * p.c + vec * V;
+    Pack<T, V> out;
+#pragma unroll
+    for (int j = 0; j < V; ++j)
+      out.v[j] = from_float<T>(finish(p, acc[j], bias, residual, vec * V + j, at + j));
+    *reinterpret_cast<Pack<T, V>*>(y + at) = out;
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     depthwise_nchw_kernel(DepthwiseParams p, int64_t tiles, const T* __restrict__ x, const T* __restrict__ w,
@@ -196,6 +260,8 @@ __global__ void __launch_bounds__(kThreads)
   y[at] = from_float<T>(finish(p, acc, bias, residual, c, at));
 }
 
+bool square_undilated(const DepthwiseParams& p) { return p.kh == p.kw && p.dil_h == 1 && p.dil_w == 1; }
+
 bool aligned(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
 template <typename T, int V>
@@ -217,17 +283,38 @@ void launch_nhwc(const DepthwiseParams& p, const T* x, const T* w, const T* bias
                                              (kMinBlocks + channel_blocks - 1) / channel_blocks);
     return dim3(static_cast<unsigned>(std::min<int64_t>({one_each, spread, 65535})), channel_blocks);
   };
-  const bool plain = p.kh == p.kw && p.dil_h == 1 && p.dil_w == 1 && p.stride_h == p.stride_w;
-  const int64_t row_groups = p.n * p.oh * ((p.ow + kPixels - 1) / kPixels);
-  auto blocked = [&](auto kernel) {
+  const int64_t pixels = p.n * p.oh * p.ow;
+  auto per_pixel = [&](auto kernel) {
+    kernel<<<grid_for_items(pixels), dim3(bx, by), smem, stream>>>(p, x, w, bias, residual, y);
+  };
+  auto blocked = [&](auto kernel, int pixels_per_thread) {
+    const int64_t row_groups = p.n * p.oh * ((p.ow + pixels_per_thread - 1) / pixels_per_thread);
     kernel<<<grid_for_items(row_groups), dim3(bx, by), smem, stream>>>(p, x, w, bias, residual, y);
   };
-  if (plain && p.kh == 3 && p.stride_h == 1) return blocked(depthwise_nhwc_blocked_kernel<T, V, 3, 1>);
-  if (plain && p.kh == 3 && p.stride_h == 2) return blocked(depthwise_nhwc_blocked_kernel<T, V, 3, 2>);
-  if (plain && p.kh == 5 && p.stride_h == 1) return blocked(depthwise_nhwc_blocked_kernel<T, V, 5, 1>);
-  if (plain && p.kh == 5 && p.stride_h == 2) return blocked(depthwise_nhwc_blocked_kernel<T, V, 5, 2>);
-  depthwise_nhwc_kernel<T, V>
-      <<<grid_for_items(p.n * p.oh * p.ow), dim3(bx, by), smem, stream>>>(p, x, w, bias, residual, y);
+  const int k = p.kh, s = p.stride_h;
+  switch (p.variant) {
+    case 1:  // depthwise_refusal checked: square 3, 5 or 7, no dilation
+      if (k == 3) return per_pixel(depthwise_nhwc_unrolled_kernel<T, V, 3>);
+      if (k == 5) return per_pixel(depthwise_nhwc_unrolled_kernel<T, V, 5>);
+      return per_pixel(depthwise_nhwc_unrolled_kernel<T, V, 7>);
+    case 2:  // and stride 1 or 2
+      if (k == 3)
+        return s == 1 ? blocked(depthwise_nhwc_blocked_kernel<T, V, 3, 1, 2>, 2)
+                      : blocked(depthwise_nhwc_blocked_kernel<T, V, 3, 2, 2>, 2);
+      if (k == 5)
+        return s == 1 ? blocked(depthwise_nhwc_blocked_kernel<T, V, 5, 1, 2>, 2)
+                      : blocked(depthwise_nhwc_blocked_kernel<T, V, 5, 2, 2>, 2);
+      return s == 1 ? blocked(depthwise_nhwc_blocked_kernel<T, V, 7, 1, 2>, 2)
+                    : blocked(depthwise_nhwc_blocked_kernel<T, V, 7, 2, 2>, 2);
+    default:
+      break;
+  }
+  const bool plain = square_undilated(p) && p.stride_h == p.stride_w;
+  if (plain && k == 3 && s == 1) return blocked(depthwise_nhwc_blocked_kernel<T, V, 3, 1, 4>, 4);
+  if (plain && k == 3 && s == 2) return blocked(depthwise_nhwc_blocked_kernel<T, V, 3, 2, 4>, 4);
+  if (plain && k == 5 && s == 1) return blocked(depthwise_nhwc_blocked_kernel<T, V, 5, 1, 4>, 4);
+  if (plain && k == 5 && s == 2) return blocked(depthwise_nhwc_blocked_kernel<T, V, 5, 2, 4>, 4);
+  per_pixel(depthwise_nhwc_kernel<T, V>);
 }
 
 template <typename T>
@@ -257,8 +344,21 @@ void launch_typed(const DepthwiseParams& p, const void* xv, const void* wv, cons
 
 }  // namespace
 
+std::string depthwise_refusal(const DepthwiseParams& p) {
+  if (p.variant < 0 || p.variant >= kDepthwiseVariants) return "no such variant";
+  if (p.variant == 0) return "";
+  const bool filter = square_undilated(p) && (p.kh == 3 || p.kh == 5 || p.kh == 7);
+  if (p.channels_last && filter && (p.variant == 1 || (p.stride_h == p.stride_w && p.stride_h <= 2)))
+    return "";
+  return p.variant == 1 ? "needs channels last and a square 3x3, 5x5 or 7x7 filter without dilation"
+                        : "needs channels last, a square 3x3, 5x5 or 7x7 filter without dilation and stride "
+                          "1 or 2 in both dims";
+}
+
 void launch_depthwise_convolution(const DepthwiseParams& p, DataType dtype, const void* x, const void* w,
                                   const void* bias, const void* residual, void* y, cudaStream_t stream) {
+  const std::string refusal = depthwise_refusal(p);
+  KILN_CHECK(refusal.empty(), "depthwise convolution variant " << p.variant << " " << refusal);
   if (p.n == 0 || p.c == 0 || p.oh == 0 || p.ow == 0) return;
   KILN_CHECK(sizeof(float) * p.kh * p.kw <= kMaxSmem,
              "depthwise convolution: a " << p.kh << "x" << p.kw << " kernel is too large");

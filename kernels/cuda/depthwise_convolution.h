@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
 
 #include "ir/dtype.h"
 #include "kernels/cuda/activation_math.cuh"
@@ -20,10 +21,21 @@ struct DepthwiseParams {
   bool channels_last = false;  // x, y and the residual stored [N, H, W, C]; else [N, C, H, W]
   ActivationParams act{};
   bool activate = false;
+  // Which kernel (the convolution's depthwise tactics, timed by the builder): 0 picks by shape
+  // (register-blocked for 3x3/5x5 with stride 1 or 2, else one pixel per thread); 1 is one pixel
+  // per thread with the taps unrolled (square 3x3, 5x5 or 7x7, no dilation, channels last); 2 is
+  // two adjacent pixels per thread sharing their input row (the same filters, stride 1 or 2).
+  int variant = 0;
 };
 
+constexpr int kDepthwiseVariants = 3;
+
+// Why variant p.variant cannot run p (a sentence naming what it needs), or empty when it can.
+std::string depthwise_refusal(const DepthwiseParams& p);
+
 // x [C, 1, kh, kw] weights (channels last: [C, kh, kw, 1], the same bytes); bias [C] or null;
-// residual shaped like y or null. float32, float16 or bfloat16; accumulation in float.
+// residual shaped like y or null. float32, float16 or bfloat16; accumulation in float. Throws
+// depthwise_refusal(p) when the variant cannot run p.
 void launch_depthwise_convolution(const DepthwiseParams& p, DataType dtype, const void* x, const void* w,
                                   const void* bias, const void* residual, void* y, cudaStream_t stream);
 

@@ -460,9 +460,9 @@ def test_convolution_epilogue_cuda_matches_torch(
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tactic", list(range(9)))
+@pytest.mark.parametrize("tactic", list(range(11)))
 def test_convolution_cuda_tactics_run_or_refuse(tactic, strict_fp32_torch):
-    # Tactics 0-7 are cuDNN's algorithms, 8 Kiln's depthwise kernel: each either computes the
+    # Tactics 0-7 are cuDNN's algorithms, 8-10 Kiln's depthwise kernels: each either computes the
     # convolution or refuses with an error naming the layer (unsupported algorithm, workspace, or
     # not a depthwise layer).
     x, w = torch.randn(2, 8, 12, 12).half(), (torch.randn(16, 8, 3, 3) / 8).half()
@@ -497,7 +497,9 @@ def test_grouped_convolution_refuses_per_group_algorithms(tactic, strict_fp32_to
 # 120 in float16), 8-byte ones (6) and single elements (5) channels last; 3x3/5x5, strides 1 and 2,
 # dilation, 1x1; more pixels than one block row; 3x3/5x5 with stride 1 and 2 take the
 # register-blocked kernel (4 output pixels per thread: rows whose width is no multiple of 4);
-# 7x7 (ConvNeXt's) the generic one.
+# 7x7 (ConvNeXt's) the generic one. Tactics 9 (one pixel per thread, taps unrolled) and 10 (two
+# pixels per thread) run square 3x3/5x5/7x7 filters without dilation channels last (10: stride 1
+# or 2) and refuse the rest.
 DEPTHWISE_CASES = [
     ((2, 16, 13, 11), 3, 1, 1, 1),
     ((2, 72, 14, 14), 5, 2, 2, 1),
@@ -511,6 +513,14 @@ DEPTHWISE_CASES = [
     ((2, 24, 9, 10), 7, 2, 3, 1),
 ]
 DEPTHWISE_TACTIC = 8  # after cuDNN's 8 forward algorithms
+DEPTHWISE_TACTICS = [8, 9, 10]
+
+
+def depthwise_tactic_runs(tactic, layout, k, stride, dilation):
+    if tactic == DEPTHWISE_TACTIC:
+        return True
+    square = layout == "nhwc" and k in (3, 5, 7) and dilation == 1
+    return square and (tactic == 9 or stride <= 2)
 
 
 @pytest.mark.gpu
@@ -518,13 +528,14 @@ DEPTHWISE_TACTIC = 8  # after cuDNN's 8 forward algorithms
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("epilogue", ["none", "bias_hardswish", "bias_residual_relu"])
-def test_depthwise_tactic_matches_torch(case, layout, dtype, epilogue, strict_fp32_torch):
+@pytest.mark.parametrize("tactic", DEPTHWISE_TACTICS)
+def test_depthwise_tactic_matches_torch(case, layout, dtype, epilogue, tactic, strict_fp32_torch):
     xs, k, stride, padding, dilation = case
     c = xs[1]
     x = torch.randn(xs).to(dtype)
     w = (torch.randn(c, 1, k, k) / k).to(dtype)
     attrs = {"strides": [stride] * 2, "pads": [padding] * 2, "dilations": [dilation] * 2}
-    attrs.update(groups=c, layout=layout, tactic=DEPTHWISE_TACTIC)
+    attrs.update(groups=c, layout=layout, tactic=tactic)
     inputs = [x, w]
     want = F.conv2d(x.double(), w.double(), None, stride, padding, dilation, c)
     if epilogue != "none":
@@ -546,6 +557,12 @@ def test_depthwise_tactic_matches_torch(case, layout, dtype, epilogue, strict_fp
             stored[-1] = to_last(inputs[-1])
         want = to_last(want)
     add = lambda net, *t: net.add_layer("convolution", list(t), attrs, "dw")  # noqa: E731
+    if not depthwise_tactic_runs(tactic, layout, k, stride, dilation):
+        with pytest.raises(
+            kiln.KilnError, match=f"'dw'.*tactic {tactic} .*variant.*take another tactic"
+        ):
+            run_layer(add, stored, "cuda")
+        return
     got = run_layer(add, stored, "cuda")
     assert got.dtype == dtype
     tol = gpu_tolerance(dtype, k * k)
