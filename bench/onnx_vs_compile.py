@@ -63,25 +63,32 @@ def cosine(a, b) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def print_profiles(row: str, onnx_plan, compile_plan, top: int = 8) -> None:
-    """Both engines timed layer by layer (kiln.inspect(...).profile): their totals, and the layers
-    where the ONNX engine loses most against kiln.compile's, paired in order (input and output
-    casts left out: the ONNX engine takes float32 where the compiled module takes float16)."""
+def print_profiles(row: str, onnx_plan, compile_plan) -> None:
+    """Both engines timed layer by layer (kiln.inspect(...).profile): their totals, and the GPU
+    time per (op, kernel) side by side, largest difference first (input and output casts left
+    out: the ONNX engine takes float32 where the compiled module takes float16)."""
     a = kiln.inspect(onnx_plan).profile(runs=20)
     b = kiln.inspect(compile_plan).profile(runs=20)
 
-    def layers(inspection):
-        return [la for la in inspection.layers if la.op != "cast"]
+    def by_kernel(inspection):
+        sums: dict[tuple[str, str], list[float]] = {}
+        for la in inspection.layers:
+            if la.op != "cast":
+                entry = sums.setdefault((la.op, la.kernel), [0, 0.0])
+                entry[0] += 1
+                entry[1] += la.time_ms or 0.0
+        return sums
 
+    ka, kb = by_kernel(a), by_kernel(b)
     print(f"{row}: layer times summed: ONNX {a.total_ms:.3f} ms, kiln.compile {b.total_ms:.3f} ms")
-    pairs = sorted(
-        zip(layers(a), layers(b), strict=False),  # the ONNX plan may differ by a layer
-        key=lambda p: (p[1].time_ms or 0) - (p[0].time_ms or 0),
-    )[:top]
-    for x, y in pairs:
+    keys = sorted(
+        set(ka) | set(kb), key=lambda k: -abs(ka.get(k, [0, 0.0])[1] - kb.get(k, [0, 0.0])[1])
+    )
+    for op, kernel in keys:
+        na, ta = ka.get((op, kernel), [0, 0.0])
+        nb, tb = kb.get((op, kernel), [0, 0.0])
         print(
-            f"  {x.name[:24]:24} {x.kernel[:28]:28} {x.tactic!s:>4} {x.time_ms or 0:.4f} ms | "
-            f"{y.name[:24]:24} {y.kernel[:28]:28} {y.tactic!s:>4} {y.time_ms or 0:.4f} ms"
+            f"  {op[:20]:20} {kernel[:30]:30} ONNX {na:4} x {ta:.4f} ms | compile {nb:4} x {tb:.4f} ms"
         )
 
 

@@ -10,8 +10,8 @@
 // The split and the reshapes (two copies of the projection's output) go.
 // When it fires: bshd attention (after fold_attention_transposes) whose q, k, v come, through
 // reshapes only used there, from outputs 0, 1, 2 of one three-way equal split along y's last dim;
-// q, k and v of one shape with static H and D; the three last reshapes sharing one target (the
-// same `shape` attribute or the same shape tensor). The new target is the last reshape's with 3
+// q, k and v of one shape with static H and D; the three last reshapes sharing one target (static
+// dims, or the same `shape` attribute or the same shape tensor). The new target is the last reshape's with 3
 // inserted before H: with an attribute [b, s, h, d] it is [b, s, 3, H, D] (a -1 in b or s infers
 // the same size, the element count having tripled with the rest); with a shape tensor it is
 // concat(slice(shape, 0:2), [3, H, D]), so dynamic B and S keep following the tracked shape.
@@ -75,8 +75,11 @@ class Matcher {
   std::vector<int> uses_;
 };
 
-// The reshape target of `l` as a key for comparing the three last reshapes.
-bool same_target(const Layer& a, const Layer& b) {
+// The three last reshapes have one target: the same static output dims (however each states
+// them), or else the same shape tensor or `shape` attribute.
+bool same_target(const Network& net, const Layer& a, const Layer& b) {
+  const Dims& da = net.tensor(a.outputs[0]).dims;
+  if (is_static(da) && da == net.tensor(b.outputs[0]).dims) return true;
   if (a.inputs.size() != b.inputs.size()) return false;
   if (a.inputs.size() == 2) return a.inputs[1] == b.inputs[1];
   return a.attrs.get_ints("shape", a.name) == b.attrs.get_ints("shape", b.name);
@@ -126,7 +129,7 @@ bool pack_qkv_attention(Network& net) {
     if (heads <= 0 || head_dim <= 0 || heads * head_dim != sizes[0]) continue;  // static H, D; rows kept
     const Layer &rq = net.layers()[tr[0].chain[0]], &rk = net.layers()[tr[1].chain[0]],
                 &rv = net.layers()[tr[2].chain[0]];
-    if (!same_target(rq, rk) || !same_target(rq, rv)) continue;
+    if (!same_target(net, rq, rk) || !same_target(net, rq, rv)) continue;
 
     // The target [b, s, 3, H, D] and the reshape of y to it.
     std::vector<Layer> added;

@@ -9,18 +9,6 @@
 namespace kiln {
 namespace {
 
-StridedView row_major(TensorId root, const Dims& dims) {
-  StridedView v;
-  v.root = root;
-  int64_t stride = 1;
-  v.dims.resize(dims.size());
-  for (size_t i = dims.size(); i-- > 0;) {
-    if (dims[i] != 1) v.dims[i].push_back({dims[i], stride});
-    stride *= dims[i];
-  }
-  return v;
-}
-
 // The value of a one-element int32/int64 constant.
 bool constant_index(const Tensor& t, int64_t* value) {
   if (t.kind != TensorKind::kConstant || volume(t.dims) != 1 || !t.data) return false;
@@ -38,6 +26,18 @@ bool constant_index(const Tensor& t, int64_t* value) {
 }
 
 }  // namespace
+
+StridedView row_major(TensorId root, const Dims& dims) {
+  StridedView v;
+  v.root = root;
+  int64_t stride = 1;
+  v.dims.resize(dims.size());
+  for (size_t i = dims.size(); i-- > 0;) {
+    if (dims[i] != 1) v.dims[i].push_back({dims[i], stride});
+    stride *= dims[i];
+  }
+  return v;
+}
 
 bool reshape_view(const StridedView& v, const Dims& dims, StridedView* out) {
   std::vector<Atom> atoms;

@@ -1,8 +1,8 @@
 // Strided views for the passes that see through chains of view layers (reshape, flatten,
 // squeeze, unsqueeze, transpose, slice, select by a constant index): a tensor as element strides over
 // the row-major memory of the first tensor up its producers that no view layer made.
-// Used by pack_attention_views, collapse_transposes, unflatten_batched_matmuls and
-// concat_views_to_transposes. Static shapes only.
+// Used by pack_attention_views, collapse_transposes, unflatten_batched_matmuls,
+// concat_views_to_transposes and fold_attention_transposes. Static shapes only.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +27,9 @@ struct StridedView {
   int64_t offset = 0;
   std::vector<std::vector<Atom>> dims;
 };
+
+// `root` itself, of dims `dims`, as a view: row-major strides.
+StridedView row_major(TensorId root, const Dims& dims);
 
 // The stride of a dim of size > 1 whose atoms are contiguous with each other; false otherwise.
 bool dim_stride(const std::vector<Atom>& atoms, int64_t* stride);

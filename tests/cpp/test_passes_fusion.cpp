@@ -469,12 +469,64 @@ TEST(FoldAttentionTransposes, OperandWithoutTransposeStays) {
   EXPECT_EQ(graph_text(a.net), before);
 }
 
+// k as the dynamo ONNX exporter writes SDPA's key: kp [1, 3, 8] -> reshape [1, 3, 2, 4] ->
+// transpose (1 2) -> reshape [2, 3, 4] -> transpose (0 2 1)... here the chain after
+// fuse_attention put k back: reshape [3, 2, 4] -> transpose (1 0 2) -> reshape [1, 2, 3, 4].
+// `swap`: the chain swaps head and sequence; otherwise it reads kp's [1, 2, 3, 4] row-major.
+Network onnx_key_attention_net(bool swap) {
+  Network net;
+  const Attributes to_heads = Attributes().set("perm", std::vector<int64_t>{0, 2, 1, 3});
+  TensorId q =
+      net.add_layer("transpose", {net.add_input("qp", DataType::kFloat32, {1, 3, 2, 4})}, to_heads, "tq")
+          .outputs[0];
+  TensorId v =
+      net.add_layer("transpose", {net.add_input("vp", DataType::kFloat32, {1, 3, 2, 4})}, to_heads, "tv")
+          .outputs[0];
+  TensorId kp = net.add_input("kp", DataType::kFloat32, {1, 3, 8});
+  TensorId k = net.add_layer("reshape", {kp}, Attributes().set("shape", swap ? Dims{3, 2, 4} : Dims{2, 3, 4}),
+                             "k/factors")
+                   .outputs[0];
+  if (swap) {
+    k = net.add_layer("transpose", {k}, Attributes().set("perm", std::vector<int64_t>{1, 0, 2}), "k/order")
+            .outputs[0];
+  }
+  k = net.add_layer("reshape", {k}, Attributes().set("shape", Dims{1, 2, 3, 4}), "k").outputs[0];
+  const TensorId att = net.add_layer("attention", {q, k, v}, Attributes(), "att").outputs[0];
+  net.mark_output(net.add_layer("transpose", {att}, to_heads, "to").outputs[0], "y");
+  return net;
+}
+
+TEST(FoldAttentionTransposes, KeyWrittenAsAnotherViewChainIsReadAsAReshape) {
+  Network net = onnx_key_attention_net(/*swap=*/true);
+  EXPECT_TRUE(fold_attention_transposes(net));
+  // The chain k/factors -> k/order -> k is gone; one reshape of kp to [1, 3, 2, 4] feeds the
+  // bshd attention.
+  ASSERT_EQ(ops_of(net), (std::vector<std::string>{"reshape", "attention"}));
+  const Layer& reshape = net.layers()[0];
+  EXPECT_EQ(reshape.name, "att/k_bshd");
+  EXPECT_EQ(input_names(net, reshape), std::vector<std::string>{"kp"});
+  EXPECT_EQ(net.tensor(reshape.outputs[0]).dims, (Dims{1, 3, 2, 4}));
+  const Layer& att = net.layers()[1];
+  EXPECT_EQ(input_names(net, att), (std::vector<std::string>{"qp", "att/k_bshd", "vp"}));
+  EXPECT_EQ(att.attrs.get_string("layout", att.name), "bshd");
+  EXPECT_EQ(net.tensor(att.outputs[0]).name, "y");
+  net.revalidate();
+}
+
+TEST(FoldAttentionTransposes, ViewChainThatIsNoHeadSequenceSwapStays) {
+  Network net = onnx_key_attention_net(/*swap=*/false);
+  const std::string before = graph_text(net);
+  EXPECT_FALSE(fold_attention_transposes(net));
+  EXPECT_EQ(graph_text(net), before);
+}
+
 // ---- pack_qkv_attention -------------------------------------------------------------------------
 
 // x [1, 3, 24] -> split (8, 8, 8) -> reshapes to [1, 3, 2, 4] -> bshd attention "att" -> y.
 // `shape_tensor`: the reshapes share one int64 shape tensor instead of a `shape` attribute;
-// `swap_qk`: q reads the split's second output and k its first.
-Network split_attention_net(bool shape_tensor, bool swap_qk = false) {
+// `swap_qk`: q reads the split's second output and k its first; `k_by_attribute`: k's reshape
+// states the same static target as an attribute (fold_attention_transposes' reshapes do).
+Network split_attention_net(bool shape_tensor, bool swap_qk = false, bool k_by_attribute = false) {
   Network net;
   TensorId x = net.add_input("x", DataType::kFloat32, {1, 3, 24});
   const Layer& split = net.add_layer(
@@ -487,7 +539,7 @@ Network split_attention_net(bool shape_tensor, bool swap_qk = false) {
   const char* names[] = {"rq", "rk", "rv"};
   for (int j = 0; j < 3; ++j) {
     heads.push_back(
-        shape_tensor
+        shape_tensor && !(k_by_attribute && j == 1)
             ? net.add_layer("reshape", {parts[j], target}, Attributes(), names[j]).outputs[0]
             : net.add_layer("reshape", {parts[j]}, Attributes().set("shape", Dims{1, 3, 2, 4}), names[j])
                   .outputs[0]);
@@ -534,6 +586,14 @@ TEST(PackQkvAttention, SharedShapeTensorKeepsFollowingTheShape) {
   EXPECT_EQ(reshape.inputs[1], target.outputs[0]);
   EXPECT_EQ(net.tensor(reshape.outputs[0]).dims, (Dims{1, 3, 3, 2, 4}));
   EXPECT_EQ(net.layers()[3].inputs, std::vector<TensorId>{reshape.outputs[0]});
+  net.revalidate();
+}
+
+TEST(PackQkvAttention, StaticTargetsStatedDifferentlyStillPack) {
+  Network net = split_attention_net(/*shape_tensor=*/true, /*swap_qk=*/false, /*k_by_attribute=*/true);
+  EXPECT_TRUE(pack_qkv_attention(net));
+  EXPECT_EQ(ops_of(net), (std::vector<std::string>{"slice", "concat", "reshape", "packed_attention"}));
+  EXPECT_EQ(net.tensor(net.layers()[2].outputs[0]).dims, (Dims{1, 3, 3, 2, 4}));
   net.revalidate();
 }
 
