@@ -88,7 +88,8 @@ def print_profiles(row: str, onnx_plan, compile_plan) -> None:
         na, ta = ka.get((op, kernel), [0, 0.0])
         nb, tb = kb.get((op, kernel), [0, 0.0])
         print(
-            f"  {op[:20]:20} {kernel[:30]:30} ONNX {na:4} x {ta:.4f} ms | compile {nb:4} x {tb:.4f} ms"
+            f"  {op[:20]:20} {kernel[:30]:30} "
+            f"ONNX {na:4} x {ta:.4f} ms | compile {nb:4} x {tb:.4f} ms"
         )
 
 
