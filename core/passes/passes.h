@@ -47,6 +47,8 @@ bool unflatten_batched_matmuls(Network& net);
 // concat of strided views of one tensor that read it in a permuted order (Swin's patch merging)
 // -> reshape, transpose, reshape.
 bool concat_views_to_transposes(Network& net);
+// activation(views(GEMM or convolution)) -> views(activation(...)), for the epilogue fusions.
+bool hoist_activations(Network& net);
 bool fuse_conv_epilogue(Network& net);
 bool assign_layouts(Network& net);
 // reshape/flatten/squeeze/unsqueeze -> views without a copy (alias = 1; see core/plan.h).

@@ -827,6 +827,63 @@ TEST(FusePointwise, SeparatedOrDifferentlyShapedLayersStay) {
   }
 }
 
+// ---- hoist_activations ---------------------------------------------------------------------------
+
+// What patchify_convolutions leaves of a squeeze-and-excitation 1x1 convolution: x [1, 4] ->
+// fully_connected "fc" [1, 3] -> reshape [1, 1, 1, 3] -> transpose (0 3 1 2) -> relu "act" -> y.
+// `fc_read_twice`: the GEMM's output is also a network output.
+Network se_gemm_net(bool fc_read_twice = false) {
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {1, 4});
+  TensorId w = float_constant(net, "w", {3, 4}, random_floats(12, 1));
+  TensorId b = float_constant(net, "b", {3}, {0.5f, -0.5f, 1.f});
+  TensorId fc = net.add_layer("fully_connected", {x, w, b}, Attributes(), "fc").outputs[0];
+  TensorId r = net.add_layer("reshape", {fc}, Attributes().set("shape", Dims{1, 1, 1, 3}), "nhwc").outputs[0];
+  TensorId t =
+      net.add_layer("transpose", {r}, Attributes().set("perm", std::vector<int64_t>{0, 3, 1, 2}), "nchw")
+          .outputs[0];
+  net.mark_output(net.add_activation(t, "hardsigmoid", 0, "act").outputs[0], "y");
+  if (fc_read_twice) net.mark_output(fc, "fc_out");
+  return net;
+}
+
+TEST(HoistActivations, ActivationMovesUpToTheGemmAndThenJoinsItsEpilogue) {
+  Network net = se_gemm_net();
+  EXPECT_TRUE(hoist_activations(net));
+  ASSERT_EQ(layer_names(net), (std::vector<std::string>{"fc", "act", "nhwc", "nchw"}));
+  const Layer& act = layer_named(net, "act");
+  EXPECT_EQ(input_names(net, act), std::vector<std::string>{"fc"});
+  EXPECT_EQ(net.tensor(act.outputs[0]).dims, (Dims{1, 3}));
+  EXPECT_EQ(layer_named(net, "nhwc").inputs, act.outputs);
+  EXPECT_EQ(net.tensor(layer_named(net, "nchw").outputs[0]).name, "y");
+  EXPECT_EQ(net.tensor(layer_named(net, "nchw").outputs[0]).dims, (Dims{1, 3, 1, 1}));
+  net.revalidate();
+  EXPECT_TRUE(fuse_gemm_epilogue(net));
+  EXPECT_EQ(ops_of(net), (std::vector<std::string>{"fully_connected", "reshape", "transpose"}));
+  EXPECT_EQ(net.layers()[0].attrs.get_string("activation", "fc"), "hardsigmoid");
+}
+
+TEST(HoistActivations, GemmOutputReadElsewhereStays) {
+  Network net = se_gemm_net(/*fc_read_twice=*/true);
+  const std::string before = graph_text(net);
+  EXPECT_FALSE(hoist_activations(net));
+  EXPECT_EQ(graph_text(net), before);
+}
+
+TEST(HoistActivations, SameValuesOnTheReferenceBackend) {
+  const std::vector<float> x = random_floats(4, 7);
+  std::vector<float> want, got;
+  for (bool hoist : {false, true}) {
+    Network net = se_gemm_net();
+    if (hoist) ASSERT_TRUE(hoist_activations(net));
+    BuilderConfig config;
+    config.optimization_level = 0;  // the network as given
+    (hoist ? got : want) = run_float(Engine::create(Builder().build(net, config), Backend::kReference),
+                                     {{"x", {{1, 4}, x}}})["y"];
+  }
+  EXPECT_EQ(got, want);
+}
+
 }  // namespace
 }  // namespace test
 }  // namespace kiln
