@@ -1,6 +1,8 @@
 // fuse_gelu: recognizes GELU written out in pointwise ops and replaces it by one activation.
 //   exact (BERT, torch's decomposition):  x * 0.5 * (1 + erf(x / sqrt(2)))   -> gelu
-//       (x / sqrt(2) may also be written x * (1/sqrt(2)))
+//       (x / sqrt(2) may also be written x * (1/sqrt(2)); the product grouped as
+//       (x * 0.5) * (1 + erf(..)) or, as torch.onnx's TorchScript exporter writes it,
+//       (x * (1 + erf(..))) * 0.5)
 //   tanh (GPT-2's NewGELU):  0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * pow(x, 3)))) -> gelu_tanh
 // Products and sums match in either operand order; every constant must equal the formula's value
 // as stored in its dtype, every intermediate must have no other use, and the result must keep
@@ -69,6 +71,21 @@ bool fuse_gelu(Network& net) {
         type = "gelu_tanh";
       }
       x = xh;
+    }
+    // (x * branch) * 0.5
+    for (int side = 0; side < 2 && type.empty(); ++side) {
+      if (!m.is_constant(l.inputs[side], 0.5)) continue;
+      const Layer* product = m.elementwise(l.inputs[1 - side], "mul");
+      for (int s = 0; product && s < 2 && type.empty(); ++s) {
+        const TensorId xs = product->inputs[s];
+        TensorId xb;
+        if (erf_branch(m, product->inputs[1 - s], &xb) && xb == xs) {
+          type = "gelu";
+        } else if (tanh_branch(m, product->inputs[1 - s], &xb) && xb == xs) {
+          type = "gelu_tanh";
+        }
+        x = xs;
+      }
     }
     if (type.empty()) continue;
     const Tensor& xt = net.tensor(x);

@@ -52,6 +52,37 @@ TEST(FuseGelu, ErfFormBecomesGeluActivation) {
   net.revalidate();
 }
 
+TEST(FuseGelu, ErfFormHalvedLastBecomesGeluActivation) {
+  // y = (x * (erf(x / sqrt(2)) + 1)) * 0.5: torch.onnx's TorchScript exporter's grouping.
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {2, 8});
+  TensorId d = net.add_elementwise(x, scalar(net, "c_sqrt2", 1.4142135623730951), "div", "scaled").outputs[0];
+  TensorId e = net.add_layer("unary", {d}, Attributes().set("op", std::string("erf")), "erf").outputs[0];
+  TensorId a = net.add_elementwise(e, scalar(net, "c_one", 1.0), "add", "plus_one").outputs[0];
+  TensorId p = net.add_elementwise(x, a, "mul", "product").outputs[0];
+  net.mark_output(net.add_elementwise(p, scalar(net, "c_half", 0.5), "mul", "gelu").outputs[0], "y");
+  EXPECT_TRUE(fuse_gelu(net));
+  ASSERT_EQ(ops_of(net), std::vector<std::string>{"activation"});
+  EXPECT_EQ(net.layers()[0].attrs.get_string("type", "gelu"), "gelu");
+  EXPECT_EQ(input_names(net, net.layers()[0]), std::vector<std::string>{"x"});
+  EXPECT_EQ(net.tensor(net.layers()[0].outputs[0]).name, "y");
+  net.revalidate();
+}
+
+TEST(FuseGelu, HalvedLastWithTheProductReadElsewhereStays) {
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {2, 8});
+  TensorId d = net.add_elementwise(x, scalar(net, "c_sqrt2", 1.4142135623730951), "div", "scaled").outputs[0];
+  TensorId e = net.add_layer("unary", {d}, Attributes().set("op", std::string("erf")), "erf").outputs[0];
+  TensorId a = net.add_elementwise(e, scalar(net, "c_one", 1.0), "add", "plus_one").outputs[0];
+  TensorId p = net.add_elementwise(x, a, "mul", "product").outputs[0];
+  net.mark_output(p, "product_out");
+  net.mark_output(net.add_elementwise(p, scalar(net, "c_half", 0.5), "mul", "gelu").outputs[0], "y");
+  const std::string before = graph_text(net);
+  EXPECT_FALSE(fuse_gelu(net));
+  EXPECT_EQ(graph_text(net), before);
+}
+
 TEST(FuseGelu, TanhFormWithConstantsFirstBecomesGeluTanh) {
   // y = (0.5 * x) * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * pow(x, 3)))), constants on the left.
   Network net;

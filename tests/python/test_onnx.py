@@ -549,6 +549,10 @@ def test_bert_matches_onnxruntime_with_dynamic_batch_and_sequence(bert, dynamo, 
     assert "softmax" not in got and got.count("attention") + got.count("packed_attention") == 12, (
         got
     )
+    # The exported GELU (either exporter's grouping of x * 0.5 * (1 + erf(x / sqrt(2)))) joins
+    # the FFN's first GEMM.
+    gelus = [la for la in plan.layers() if la.get("attrs", {}).get("activation") == "gelu"]
+    assert len(gelus) == 12 and {la["op"] for la in gelus} == {"fully_connected"}, got
     if -1 not in net.inputs[0].shape:
         # Static shapes (the dynamo exporter here): the key's reshape/transpose/reshape chain
         # reads as the projection's [B, S, H, D] too, so each layer's attention packs onto the
