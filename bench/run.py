@@ -309,6 +309,24 @@ def refit_ms(compiled, model, device: torch.device, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def plan_costs(plans: Sequence, latency_ms: float | None) -> dict:
+    """The roofline figures of one inference (kiln.roofline's cost model summed over the engines at
+    their profiles' opt shapes, the compile inputs' shapes): GFLOP and MB moved, and the achieved
+    TFLOP/s and GB/s at the measured latency (work outside the engines is not in them)."""
+    import kiln
+
+    flops = nbytes = 0.0
+    for plan in plans:
+        info = kiln.inspect(plan).costs()
+        flops += info.total_flops or 0.0
+        nbytes += info.total_bytes or 0.0
+    out = {"gflop": flops / 1e9, "mb_moved": nbytes / 1e6}
+    if latency_ms:
+        out["tflops"] = flops / (latency_ms * 1e9)
+        out["gbps"] = nbytes / (latency_ms * 1e6)
+    return out
+
+
 def plan_load_ms(plans: Sequence, device: str, repeats: int = 3) -> float:
     """Loading the engines from their serialized plans on `device` ("cuda" or "cpu"):
     Plan.deserialize and Engine creation (constants uploaded, kernels created), best of
@@ -413,6 +431,7 @@ def run_kiln(row: Row, model, input_sets, truth, args, device, base: int, plans_
             result.extra["plans_error"] = plans_error
         if plans:
             result.extra["load_ms"] = plan_load_ms(plans, device.type)
+            result.extra.update(plan_costs(plans, result.latency_ms))
         if row.model in args.warm_build:
             # The same build again: the timing cache now holds every tactic timing it needs.
             model.to(device)
@@ -634,8 +653,9 @@ def _cell(m: Measurement, value) -> str:
     return "skip" if m.status == "skipped" else "ERR"
 
 
-def markdown(rows: Sequence[Row]) -> str:
-    """Two tables: latency with Kiln's speedups and accuracy; throughput, memory, build time."""
+def markdown(rows: Sequence[Row], peaks=None) -> str:
+    """Two tables: latency with Kiln's speedups and accuracy; throughput, memory, build time; with
+    `peaks` (kiln.roofline.Peaks) a third: each row's FLOPs, bytes and achieved rates."""
     lines = [
         "Median latency (ms), Kiln's speedup over each peer, Kiln's error vs FP32 eager:",
         "",
@@ -693,6 +713,27 @@ def markdown(rows: Sequence[Row]) -> str:
         k = s["kiln"]
         cells += [_cell(k, k.extra.get(key)) for key in ("warm_build_s", "load_ms", "refit_ms")]
         lines.append("| " + " | ".join(cells) + " |")
+    if peaks is not None:
+        lines += [
+            "",
+            f"Roofline of Kiln's inference (cost model: kiln.roofline; peaks measured in this run: "
+            f"{peaks}):",
+            "",
+            "| model | prec | batch | GFLOP | MB moved | Kiln ms | TFLOP/s | % of GEMM peak | "
+            "GB/s | % of copy peak |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            k = r.systems["kiln"]
+            if k.status != "ok" or "gflop" not in k.extra:
+                continue
+            tflops, gbps = k.extra.get("tflops"), k.extra.get("gbps")
+            peak = peaks.fp32_tflops if r.precision == "fp32" else peaks.fp16_tflops
+            cells = [r.model, r.precision, str(r.batch), _fmt(k.extra["gflop"], ".3f")]
+            cells += [_fmt(k.extra["mb_moved"], ".1f"), _fmt(k.latency_ms, ".3f")]
+            cells += [_fmt(tflops, ".1f"), _fmt(tflops and 100 * tflops / peak, ".1f")]
+            cells += [_fmt(gbps, ".0f"), _fmt(gbps and 100 * gbps / peaks.gbps, ".1f")]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -740,9 +781,9 @@ def write_chart(rows: Sequence[Row], path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(rows: Sequence[Row], out: Path, meta: dict) -> str:
+def write_outputs(rows: Sequence[Row], out: Path, meta: dict, peaks=None) -> str:
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown(rows)
+    table = markdown(rows, peaks)
     write_json(rows, out / "results.json", meta)
     (out / "results.md").write_text(table + "\n")
     write_chart(rows, out / "results.png")
@@ -836,6 +877,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     batches = [int(b) for b in args.batches.split(",") if b]
+    peaks = None
+    if device.type == "cuda":
+        from kiln.roofline import measure_peaks
+
+        peaks = measure_peaks("cuda")  # once per run: the roofline table's denominators
     rows = run_matrix(entries, precisions, batches, args, device)
     meta = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -850,8 +896,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(allocated when the timed runs begin, minus the input sets alone) + inference "
         "(max_memory_allocated during the timed runs above that, after reset_peak_memory_stats)",
         "argv": list(sys.argv[1:] if argv is None else argv),
+        "peaks": None if peaks is None else asdict(peaks),
+        "roofline": "kiln.roofline's cost model of the engines (FLOPs, bytes of every layer's "
+        "inputs and outputs) at the row's shapes, over Kiln's median latency",
     }
-    table = write_outputs(rows, Path(args.out), meta)
+    table = write_outputs(rows, Path(args.out), meta, peaks)
     failed = [r for r in rows if not r.ran()]
     print(f"\nresults: {Path(args.out) / 'results.json'}, results.md, results.png")
     print(f"bench: {len(rows) - len(failed)}/{len(rows)} rows ran")

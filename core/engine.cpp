@@ -843,6 +843,23 @@ std::vector<double> ExecutionContext::layer_times() {
   return times;
 }
 
+std::vector<LayerCost> ExecutionContext::layer_costs() {
+  Exclusive lock(*this, "layer_costs");
+  infer_current_shapes();
+  const Network& net = engine_->network();
+  std::vector<LayerCost> costs;
+  costs.reserve(net.layers().size());
+  auto descs = [&](const std::vector<TensorId>& ids) {
+    std::vector<TensorDesc> out;
+    for (TensorId t : ids) {
+      if (t >= 0) out.push_back({net.tensor(t).dtype, shapes_[t]});
+    }
+    return out;
+  };
+  for (const Layer& l : net.layers()) costs.push_back(layer_cost(l, descs(l.inputs), descs(l.outputs)));
+  return costs;
+}
+
 int64_t ExecutionContext::device_bytes() const {
   if (engine_->backend() != Backend::kCuda) return 0;
   int64_t staging = 0;

@@ -31,6 +31,7 @@
 #include "core/allocator.h"
 #include "core/plan.h"
 #include "core/refit.h"
+#include "ir/op_schema.h"
 #include "kernels/kernel.h"
 
 namespace kiln {
@@ -176,6 +177,9 @@ class ExecutionContext {
   void set_profiling(bool on);
   bool profiling() const { return profiling_; }
   std::vector<double> layer_times();
+  // The roofline's cost model (layer_cost in ir/op_schema.h) of every layer at the current input
+  // shapes: floating-point operations and bytes moved, one entry per layer.
+  std::vector<LayerCost> layer_costs();
   // Bytes this context holds on the device: activation arena + kernel workspace + staging
   // buffers (CUDA backend).
   int64_t device_bytes() const;

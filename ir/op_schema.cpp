@@ -310,4 +310,23 @@ bool is_alias_layer(const Layer& layer) {
   return layer.attrs.has("alias") && layer.attrs.get_int("alias", layer.name) != 0;
 }
 
+LayerCost layer_cost(const Layer& layer, const std::vector<TensorDesc>& in,
+                     const std::vector<TensorDesc>& out) {
+  LayerCost c;
+  if (is_alias_layer(layer)) return c;
+  double elements = 0.0;
+  for (const auto* list : {&in, &out}) {
+    for (const TensorDesc& d : *list) {
+      if (!is_static(d.dims)) continue;
+      c.bytes += static_cast<double>(tensor_bytes(d.dims, dtype_size(d.dtype)));
+    }
+  }
+  for (const TensorDesc& d : out) {
+    if (is_static(d.dims)) elements += static_cast<double>(volume(d.dims));
+  }
+  const OpSchema* schema = find_schema(layer.op);
+  c.flops = schema && schema->flops ? schema->flops(layer, in, out) : elements;
+  return c;
+}
+
 }  // namespace kiln

@@ -50,6 +50,10 @@ enum OpTrait : uint32_t {
 
 struct OpSchema {
   using InferFn = std::function<std::vector<TensorDesc>(const Layer&, const std::vector<TensorDesc>&)>;
+  // Floating-point operations of one run (a multiply-add counts 2) for concrete input and output
+  // dims; ops without one count an operation per output element (layer_cost()).
+  using FlopsFn = std::function<double(const Layer&, const std::vector<TensorDesc>& in,
+                                       const std::vector<TensorDesc>& out)>;
   std::string name;
   int min_inputs = 1;
   int max_inputs = 1;
@@ -58,9 +62,22 @@ struct OpSchema {
   // builder sets (tactic, fused, alias, layout, cubin, ...). check_attributes refuses the rest.
   std::vector<AttrSpec> attributes;
   uint32_t traits = kNoTraits;
+  FlopsFn flops;  // the GEMM-like ops' own count; empty for the rest
 
   const AttrSpec* attribute(const std::string& attr) const;  // nullptr when not declared
 };
+
+// What one run of a layer costs, for the roofline (kiln.inspect's profile, the benchmark): its
+// floating-point operations and the bytes it reads and writes in device memory, counted as every
+// input and output once (weights included; a view that runs no kernel costs nothing). A model,
+// not a measurement: caches and re-reads are not in it.
+struct LayerCost {
+  double flops = 0.0, bytes = 0.0;
+};
+
+// The cost of `layer` for concrete (static) input and output descriptions.
+LayerCost layer_cost(const Layer& layer, const std::vector<TensorDesc>& in,
+                     const std::vector<TensorDesc>& out);
 
 // Attributes every op accepts besides its own: engine-wide annotations that no kernel reads.
 //   fused (string): the original layer names a layer computes, comma-separated (fusion passes

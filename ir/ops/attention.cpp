@@ -251,9 +251,22 @@ const std::vector<AttrSpec> kPackedAttentionAttributes = {
      "informational; absent: the layer's own name"},
 };
 
+// q @ k^T and p @ v: 2 * Sq * Sk * (D + Dv) per batch and head; half of it when causal (the
+// masked half is skipped).
+double attention_flops(const Layer& l, const std::vector<TensorDesc>& in, const std::vector<TensorDesc>&) {
+  const AttentionAttrs attrs = attention_attrs(l);
+  const AttentionGeometry g = l.op == "packed_attention"
+                                  ? packed_attention_geometry(attrs.layout, in[0].dims)
+                                  : attention_geometry(attrs.layout, in[0].dims, in[1].dims, in[2].dims);
+  const double full = 2.0 * static_cast<double>(g.batch) * static_cast<double>(g.hq) *
+                      static_cast<double>(g.sq) * static_cast<double>(g.sk) * static_cast<double>(g.d + g.dv);
+  return attrs.causal ? full / 2 : full;
+}
+
 const SchemaRegistration kRegistered{
-    {"attention", 3, 4, infer_attention, kAttentionAttributes},
-    {"packed_attention", 1, 2, infer_packed_attention, kPackedAttentionAttributes},
+    {"attention", 3, 4, infer_attention, kAttentionAttributes, kNoTraits, attention_flops},
+    {"packed_attention", 1, 2, infer_packed_attention, kPackedAttentionAttributes, kNoTraits,
+     attention_flops},
 };
 
 }  // namespace

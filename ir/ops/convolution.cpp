@@ -277,9 +277,24 @@ std::vector<AttrSpec> conv_attributes(bool transposed) {
 const std::vector<AttrSpec> kConvolutionAttributes = conv_attributes(/*transposed=*/false);
 const std::vector<AttrSpec> kDeconvolutionAttributes = conv_attributes(/*transposed=*/true);
 
+// A convolution: 2 * (C / groups * kernel volume) per output element, the weight's volume over
+// its first dim (output channels) in either layout. A deconvolution: as many per input element
+// (its weight's first dim is the input channels).
+double conv_flops(const Layer&, const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) {
+  const Dims& w = in[1].dims;
+  if (w.empty() || w[0] <= 0) return 0.0;
+  return 2.0 * static_cast<double>(volume(out[0].dims)) * static_cast<double>(volume(w) / w[0]);
+}
+
+double deconv_flops(const Layer&, const std::vector<TensorDesc>& in, const std::vector<TensorDesc>&) {
+  const Dims& w = in[1].dims;
+  if (w.empty() || w[0] <= 0) return 0.0;
+  return 2.0 * static_cast<double>(volume(in[0].dims)) * static_cast<double>(volume(w) / w[0]);
+}
+
 const SchemaRegistration kRegistered{
-    {"convolution", 2, 4, infer_conv, kConvolutionAttributes, kTf32Capable},
-    {"deconvolution", 2, 4, infer_conv, kDeconvolutionAttributes, kTf32Capable},
+    {"convolution", 2, 4, infer_conv, kConvolutionAttributes, kTf32Capable, conv_flops},
+    {"deconvolution", 2, 4, infer_conv, kDeconvolutionAttributes, kTf32Capable, deconv_flops},
 };
 
 }  // namespace

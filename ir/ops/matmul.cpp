@@ -162,9 +162,24 @@ const std::vector<AttrSpec> kFullyConnectedAttributes = {
     {"weight_scale", AttrType::kFloat, std::nullopt, "FP8: the weight's per-tensor scale"},
 };
 
+// 2 * K per output element: K is a's contracted dim (its last, or the one before with transpose_a).
+double matmul_flops(const Layer& l, const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) {
+  const Dims& a = in[0].dims;
+  if (a.empty()) return 0.0;
+  const bool ta = a.size() > 1 && l.attrs.get_int("transpose_a", int64_t{0}) != 0;
+  return 2.0 * static_cast<double>(volume(out[0].dims)) *
+         static_cast<double>(ta ? a[a.size() - 2] : a.back());
+}
+
+double fully_connected_flops(const Layer&, const std::vector<TensorDesc>& in,
+                             const std::vector<TensorDesc>& out) {
+  return 2.0 * static_cast<double>(volume(out[0].dims)) * static_cast<double>(in[0].dims.back());
+}
+
 const SchemaRegistration kRegistered{
-    {"matmul", 2, 2, infer_matmul, kMatmulAttributes, kTf32Capable},
-    {"fully_connected", 2, 4, infer_fully_connected, kFullyConnectedAttributes, kTf32Capable},
+    {"matmul", 2, 2, infer_matmul, kMatmulAttributes, kTf32Capable, matmul_flops},
+    {"fully_connected", 2, 4, infer_fully_connected, kFullyConnectedAttributes, kTf32Capable,
+     fully_connected_flops},
 };
 
 }  // namespace

@@ -198,10 +198,15 @@ def _inspect(args) -> int:
         data = [info.to_dict() for info in infos]
         print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
         return 0
+    peaks = None
+    if args.profile and infos and infos[0].profile_device == "cuda":
+        from kiln.roofline import measure_peaks
+
+        peaks = measure_peaks("cuda")  # about a second: the roofline of every layer
     for k, info in enumerate(infos):
         if len(infos) > 1:
             print(f"== engine {k} of {len(infos)}")
-        print(info.text(not args.no_arena))
+        print(info.text(not args.no_arena, peaks=peaks))
     return 0
 
 

@@ -205,6 +205,11 @@ class ExecutionContext:
         """Milliseconds per layer of the last profiled enqueue (waits for it on CUDA)."""
         return self._ctx.layer_times()
 
+    def layer_costs(self) -> list[tuple[float, float]]:
+        """(FLOPs, bytes moved) of every layer at the current input shapes: the roofline's cost
+        model (kiln.roofline)."""
+        return self._ctx.layer_costs()
+
     @property
     def device_bytes(self) -> int:
         """Bytes this context holds on the GPU: activation arena + workspace + staging."""

@@ -7,7 +7,9 @@
 
 Per layer: name, op, chosen kernel and its "tactic" attribute, dtypes in -> out, output shapes
 (-1 for dynamic dims), what was fused into it (the "fused" attribute: the original layer names),
-and after profile() its time. Plan-wide: header (versions, GPU architecture), bindings,
+and after profile() its time with its cost model (FLOPs and bytes moved, kiln.roofline) and the
+achieved TFLOP/s and GB/s; text(peaks=kiln.roofline.measure_peaks()) adds the layers that lose
+most time against their roofline. Plan-wide: header (versions, GPU architecture), bindings,
 optimization profiles and the memory plan (activation arena, workspace, constants, and the offset
 and size of every activation in the arena).
 
@@ -46,6 +48,8 @@ class LayerInfo:
     time_ms: float | None = None
     constants: dict = field(default_factory=dict)  # small constant inputs by value
     input_names: list[str] = field(default_factory=list)
+    flops: float | None = None  # the cost model at the profiled (or costs()) shapes
+    bytes: float | None = None
 
     @property
     def dtypes(self) -> str:
@@ -103,6 +107,8 @@ class Inspection:
             shape = tuple(_input_shape(name, dims, shapes or {}, self.profiles))
             ctx.set_input_shape(name, shape)
             feed[name] = _random(dtype, shape, seed=len(feed))
+        for layer, (flops, nbytes) in zip(self.layers, ctx.layer_costs(), strict=True):
+            layer.flops, layer.bytes = flops, nbytes
         ctx.set_profiling(True)
         samples: list[list[float]] = []
         for i in range(warmup + runs):
@@ -115,6 +121,52 @@ class Inspection:
         self.profile_shapes = {n: list(ctx.tensor_shape(n)) for n, _, _ in self.inputs}
         self.profile_runs = runs
         return self
+
+    def costs(self, shapes: dict | None = None) -> Inspection:
+        """Every layer's cost model (kiln.roofline: FLOPs and bytes moved) at `shapes` (as for
+        profile()), without running anything. Returns self."""
+        ctx = _C.Engine(self._plan, backend_name("cpu")).create_execution_context()
+        for name, _, dims in self.inputs:
+            ctx.set_input_shape(name, tuple(_input_shape(name, dims, shapes or {}, self.profiles)))
+        for layer, (flops, nbytes) in zip(self.layers, ctx.layer_costs(), strict=True):
+            layer.flops, layer.bytes = flops, nbytes
+        return self
+
+    @property
+    def total_flops(self) -> float | None:
+        """The cost model's FLOPs summed over layers, once profile() or costs() ran."""
+        costed = [la.flops for la in self.layers if la.flops is not None]
+        return sum(costed) if costed else None
+
+    @property
+    def total_bytes(self) -> float | None:
+        costed = [la.bytes for la in self.layers if la.bytes is not None]
+        return sum(costed) if costed else None
+
+    def roofline(self, peaks) -> list[dict]:
+        """The timed layers against `peaks` (kiln.roofline.Peaks), the most time lost first: per
+        layer its time, achieved TFLOP/s and GB/s, roofline time and time lost (ms)."""
+        from kiln.roofline import attainable_ms, rates
+
+        rows = []
+        for la in self.layers:
+            if la.time_ms is None or la.flops is None:
+                continue
+            roof = attainable_ms(la.flops, la.bytes, la.input_dtypes, peaks)
+            tflops, gbps = rates(la.flops, la.bytes, la.time_ms)
+            rows.append(
+                {
+                    "layer": la.name,
+                    "op": la.op,
+                    "kernel": la.kernel,
+                    "time_ms": la.time_ms,
+                    "tflops": tflops,
+                    "gbps": gbps,
+                    "roofline_ms": roof,
+                    "lost_ms": la.time_ms - roof,
+                }
+            )
+        return sorted(rows, key=lambda r: -r["lost_ms"])
 
     @property
     def profile_backend(self) -> str | None:
@@ -133,11 +185,16 @@ class Inspection:
         d = asdict(replace(self, _plan=None))  # the plan object itself is not plain data
         d.pop("_plan")
         d["total_ms"] = self.total_ms
+        d["total_flops"] = self.total_flops
+        d["total_bytes"] = self.total_bytes
         # Deprecated key, kept one release for readers of `kiln inspect --json`.
         d["profile_backend"] = d["profile_device"] and backend_name(d["profile_device"])
         return d
 
-    def text(self, arena: bool = True) -> str:
+    def text(self, arena: bool = True, peaks=None) -> str:
+        """The plan as text; after profile(), with each layer's time, achieved TFLOP/s and GB/s,
+        and given `peaks` (kiln.roofline.measure_peaks) the layers that lose most time against
+        their roofline."""
         h = self.header
         v = h.get("kiln_version", 0)
         arch = f"sm_{h['sm_arch']}" if h.get("sm_arch") else "reference only"
@@ -163,8 +220,11 @@ class Inspection:
         lines.append("")
         timed = self.total_ms is not None
         head = ["#", "layer", "op", "kernel", "tactic", "dtypes", "output shapes", "fused"]
+        costed = self.total_flops is not None
         if timed:
             head += ["time ms", "%"]
+            if costed:
+                head += ["TFLOP/s", "GB/s"]
         rows = []
         for la in self.layers:
             row = [
@@ -180,6 +240,9 @@ class Inspection:
             if timed:
                 t = la.time_ms or 0.0
                 row += [f"{t:.4f}", f"{100 * t / self.total_ms:.1f}" if self.total_ms else "-"]
+                if costed:
+                    tflops, gbps = (la.flops / (t * 1e9), la.bytes / (t * 1e6)) if t > 0 else (0, 0)
+                    row += [f"{tflops:.2f}", f"{gbps:.1f}"]
             rows.append(row)
         lines += _table(head, rows)
         quant = [la for la in self.layers if la.op in _QUANTIZATION_OPS]
@@ -213,6 +276,44 @@ class Inspection:
             lines.append(
                 "slowest: " + ", ".join(f"{la.name} {la.time_ms:.4f} ms" for la in slowest)
             )
+            if costed and self.total_ms:
+                flops, nbytes, ms = self.total_flops, self.total_bytes, self.total_ms
+                lines.append(
+                    f"cost model: {flops / 1e9:.3f} GFLOP, {nbytes / 1e6:.2f} MB moved; achieved "
+                    f"{flops / (ms * 1e9):.2f} TFLOP/s, {nbytes / (ms * 1e6):.1f} GB/s over the "
+                    "summed layer times"
+                )
+            if costed and peaks is not None:
+                lost = self.roofline(peaks)
+                lines.append(
+                    f"roofline ({peaks}): layers at their roofline would take "
+                    f"{sum(r['roofline_ms'] for r in lost):.4f} ms; most time lost against it:"
+                )
+                lines += _table(
+                    [
+                        "layer",
+                        "op",
+                        "kernel",
+                        "time ms",
+                        "TFLOP/s",
+                        "GB/s",
+                        "roofline ms",
+                        "lost ms",
+                    ],
+                    [
+                        [
+                            r["layer"],
+                            r["op"],
+                            r["kernel"],
+                            f"{r['time_ms']:.4f}",
+                            f"{r['tflops']:.2f}",
+                            f"{r['gbps']:.1f}",
+                            f"{r['roofline_ms']:.4f}",
+                            f"{r['lost_ms']:.4f}",
+                        ]
+                        for r in lost[:10]
+                    ],
+                )
         if arena and m.tensors:
             lines.append("")
             lines.append("activation arena (offset, bytes):")

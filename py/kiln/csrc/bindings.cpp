@@ -778,6 +778,14 @@ PYBIND11_MODULE(_C, m) {
              GilRelease release;
              return c.layer_times();
            })
+      .def(
+          "layer_costs",
+          [](ExecutionContext& c) {
+            std::vector<std::pair<double, double>> out;
+            for (const LayerCost& cost : c.layer_costs()) out.emplace_back(cost.flops, cost.bytes);
+            return out;
+          },
+          "(flops, bytes) of every layer at the current input shapes: the roofline's cost model")
       .def_property_readonly("device_bytes", &ExecutionContext::device_bytes)
       .def_property_readonly("arena_bytes", &ExecutionContext::arena_bytes)
       .def_property("cuda_graphs", &ExecutionContext::cuda_graphs, &ExecutionContext::set_cuda_graphs,
