@@ -218,7 +218,9 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
     run_pass("unflatten_batched_matmuls", unflatten_batched_matmuls, net);
     run_pass("concat_views_to_transposes", concat_views_to_transposes, net);
     // Before the GEMM epilogue fusion, which would take the scores' mask add as a residual.
-    run_pass("fuse_attention", fuse_attention, net);
+    run_pass(
+        "fuse_attention", [&](Network& n) { return fuse_attention(n, config.max_folded_constant_bytes); },
+        net);
     run_pass("fuse_gelu", fuse_gelu, net);
     run_pass("fuse_rms_norm", fuse_rms_norm, net);
     run_pass("hoist_activations", hoist_activations, net);

@@ -88,12 +88,7 @@ bool concat_views_to_transposes(Network& net) {
     rewrites.emplace_back(static_cast<int>(i), std::move(added));
   }
   if (rewrites.empty()) return false;
-  auto& layers = net.mutable_layers();
-  for (auto r = rewrites.rbegin(); r != rewrites.rend(); ++r) {
-    layers.erase(layers.begin() + r->first);
-    layers.insert(layers.begin() + r->first, r->second.begin(), r->second.end());
-  }
-  net.reindex();
+  replace_layers(net, rewrites);
   eliminate_dead_layers(net);
   net.revalidate();
   return true;

@@ -103,7 +103,7 @@ TensorId add_chain_on_zeros(Network& net, int at, TensorId like, const std::vect
 
 }  // namespace
 
-bool fuse_attention(Network& net) {
+bool fuse_attention(Network& net, int64_t max_folded_bytes) {
   bool changed = false, folds = false;
   for (int i = 0; i < static_cast<int>(net.layers().size()); ++i) {
     const Layer out = net.layers()[i];  // a copy: layers may be added below
@@ -291,7 +291,7 @@ bool fuse_attention(Network& net) {
   if (changed) {
     net.reindex();
     eliminate_dead_layers(net);
-    if (folds) fold_constants(net);
+    if (folds) fold_constants(net, max_folded_bytes);
     net.revalidate();
   }
   return changed;

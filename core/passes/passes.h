@@ -30,8 +30,9 @@ bool assign_precision(Network& net, const PrecisionConfig& config);
 bool fuse_gelu(Network& net);
 bool fuse_rms_norm(Network& net);
 // Scaled dot-product attention written out (matmul, scale, mask add, softmax, matmul) -> one
-// attention layer (ONNX exports).
-bool fuse_attention(Network& net);
+// attention layer (ONNX exports). A mask chain it runs on zeros folds up to `max_folded_bytes`
+// (the builder's max_folded_constant_bytes).
+bool fuse_attention(Network& net, int64_t max_folded_bytes = kDefaultMaxFoldedConstantBytes);
 // Connected groups of pointwise layers -> one fused_pointwise layer each.
 bool fuse_pointwise(Network& net);
 bool fold_batch_norm(Network& net);

@@ -143,6 +143,15 @@ std::vector<Layer> permutation_layers(Network& net, const std::string& name, Ten
   return layers;
 }
 
+void replace_layers(Network& net, const std::vector<std::pair<int, std::vector<Layer>>>& rewrites) {
+  auto& layers = net.mutable_layers();
+  for (auto r = rewrites.rbegin(); r != rewrites.rend(); ++r) {  // back to front: indices stay valid
+    layers.erase(layers.begin() + r->first);
+    layers.insert(layers.begin() + r->first, r->second.begin(), r->second.end());
+  }
+  net.reindex();
+}
+
 bool dim_stride(const std::vector<Atom>& atoms, int64_t* stride) {
   if (atoms.empty()) return false;
   for (size_t k = 0; k + 1 < atoms.size(); ++k) {

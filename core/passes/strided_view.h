@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ir/network.h"
@@ -57,6 +58,10 @@ bool as_permutation(const StridedView& v, int64_t root_volume, Dims* factors, st
 // intermediate tensors are added to `net`.
 std::vector<Layer> permutation_layers(Network& net, const std::string& name, TensorId root,
                                       const Dims& factors, const std::vector<int64_t>& perm, TensorId out);
+
+// Replaces each layer rewrites[k].first (ascending indices) by the layers rewrites[k].second
+// (permutation_layers' output), then reindexes the network.
+void replace_layers(Network& net, const std::vector<std::pair<int, std::vector<Layer>>>& rewrites);
 
 class ViewTracer {
  public:

@@ -41,12 +41,15 @@ __device__ __forceinline__ float finish(const DepthwiseParams& p, float acc, con
   return p.activate ? activate(p.act, acc) : acc;
 }
 
+// Stages the weights of the block's channel vectors (blockIdx.y * blockDim.x + x) in w_smem and
+// returns the thread's channel vector, which may lie past C / V (the thread then returns, having
+// taken part in the staging). The block's channels' weights are one contiguous run of the weight
+// tensor: read in order (coalesced, 16-byte vectors where the run is aligned) and scattered into
+// the [tap][j][x] layout; the channels past C get zeros.
 template <typename T, int V>
-__device__ __forceinline__ void load_weights_nhwc(const DepthwiseParams& p, const T* __restrict__ w,
-                                                  float* w_smem, int64_t v0) {
-  // The block's channels' weights are one contiguous run of the weight tensor: read it in order
-  // (coalesced, 16-byte vectors where the run is aligned) and scatter into the [tap][j][x] layout;
-  // the channels past C get zeros.
+__device__ __forceinline__ int64_t stage_weights_nhwc(const DepthwiseParams& p, const T* __restrict__ w,
+                                                      float* w_smem) {
+  const int64_t v0 = int64_t{blockIdx.y} * blockDim.x;
   const int taps = p.kh * p.kw, bx = blockDim.x, threads = bx * blockDim.y;
   const int tid = threadIdx.y * bx + threadIdx.x;
   const int64_t c0 = v0 * V;
@@ -69,6 +72,7 @@ __device__ __forceinline__ void load_weights_nhwc(const DepthwiseParams& p, cons
   }
   for (int i = count + tid; i < taps * V * bx; i += threads) put(i, 0.f);
   __syncthreads();
+  return v0 + threadIdx.x;
 }
 
 // K x K filter, stride S, dilation 1; thread (x, y) computes channel vector x of P adjacent output
@@ -81,9 +85,7 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kSegment = (P - 1) * S + K;  // input columns the thread's pixels read per row
   extern __shared__ float w_smem[];          // [tap][j][threadIdx.x]
   const int bx = blockDim.x;
-  const int64_t v0 = int64_t{blockIdx.y} * bx;
-  load_weights_nhwc<T, V>(p, w, w_smem, v0);
-  const int64_t vec = v0 + threadIdx.x;
+  const int64_t vec = stage_weights_nhwc<T, V>(p, w, w_smem);
   if (vec >= p.c / V) return;
   const int64_t groups_per_row = (p.ow + P - 1) / P;
   const int64_t groups = p.n * p.oh * groups_per_row;
@@ -148,11 +150,8 @@ __global__ void __launch_bounds__(kThreads)
                           const T* __restrict__ bias, const T* __restrict__ residual, T* __restrict__ y) {
   extern __shared__ float w_smem[];  // [tap][j][threadIdx.x]
   const int bx = blockDim.x;
-  const int64_t vecs = p.c / V;
-  const int64_t v0 = int64_t{blockIdx.y} * bx;  // the block's first channel vector
-  load_weights_nhwc<T, V>(p, w, w_smem, v0);
-  const int64_t vec = v0 + threadIdx.x;
-  if (vec >= vecs) return;
+  const int64_t vec = stage_weights_nhwc<T, V>(p, w, w_smem);
+  if (vec >= p.c / V) return;
   const int64_t pixels = p.n * p.oh * p.ow;
   for (int64_t pix = int64_t{blockIdx.x} * blockDim.y + threadIdx.y; pix < pixels;
        pix += int64_t{gridDim.x} * blockDim.y) {
@@ -195,9 +194,7 @@ __global__ void __launch_bounds__(kThreads)
                                    T* __restrict__ y) {
   extern __shared__ float w_smem[];  // [tap][j][threadIdx.x]
   const int bx = blockDim.x;
-  const int64_t v0 = int64_t{blockIdx.y} * bx;
-  load_weights_nhwc<T, V>(p, w, w_smem, v0);
-  const int64_t vec = v0 + threadIdx.x;
+  const int64_t vec = stage_weights_nhwc<T, V>(p, w, w_smem);
   if (vec >= p.c / V) return;
   const int64_t pixels = p.n * p.oh * p.ow;
   for (int64_t pix = int64_t{blockIdx.x} * blockDim.y + threadIdx.y; pix < pixels;

@@ -363,6 +363,67 @@ TEST(CollapseTransposes, ComposeRemovesAPairThatCancels) {
   EXPECT_EQ(net.layers()[0].inputs[0], x);
 }
 
+// ShuffleNet's unit end after assign_layouts: the NHWC concat x [1, 4, 4, 8], the layout pass's
+// NCHW transpose, the channel shuffle (2 groups) and the NCHW split into halves, each half
+// transposed back to NHWC for its reader. `same_perm` false: the second half is read NCHW.
+Network shuffle_split_net(bool same_perm) {
+  Network net;
+  TensorId x = net.add_input("x", DataType::kFloat32, {1, 4, 4, 8});
+  auto transpose = [&](TensorId t, std::vector<int64_t> perm, const std::string& name) {
+    return net.add_layer("transpose", {t}, Attributes().set("perm", perm), name).outputs[0];
+  };
+  TensorId t = transpose(x, {0, 3, 1, 2}, "nchw");
+  t = net.add_layer("reshape", {t}, Attributes().set("shape", Dims{1, 2, 4, 4, 4}), "groups").outputs[0];
+  t = transpose(t, {0, 2, 1, 3, 4}, "shuffle");
+  t = net.add_layer("reshape", {t}, Attributes().set("shape", Dims{1, 8, 4, 4}), "merged").outputs[0];
+  const Layer& split = net.add_layer(
+      "split", {t}, Attributes().set("axis", int64_t{1}).set("sizes", std::vector<int64_t>{4, 4}), "halves");
+  const std::vector<TensorId> halves = split.outputs;
+  for (int k = 0; k < 2; ++k) {
+    const std::vector<int64_t> perm =
+        k == 1 && !same_perm ? std::vector<int64_t>{0, 1, 3, 2} : std::vector<int64_t>{0, 2, 3, 1};
+    TensorId h = transpose(halves[static_cast<size_t>(k)], perm, "to_nhwc" + std::to_string(k));
+    net.mark_output(net.add_activation(h, "relu", 0, "relu" + std::to_string(k)).outputs[0],
+                    "y" + std::to_string(k));
+  }
+  return net;
+}
+
+TEST(CollapseTransposes, ComposeMovesTransposesAboveASplitAndMergesThemWithTheShuffle) {
+  Network net = shuffle_split_net(/*same_perm=*/true);
+  const std::vector<float> x = test::random_floats(128, 3);
+  auto run = [&](const Network& n) {
+    BuilderConfig config;
+    config.optimization_level = 0;  // the network as given
+    return test::run_float(Engine::create(Builder().build(n, config), Backend::kReference),
+                           {{"x", {{1, 4, 4, 8}, x}}});
+  };
+  const auto want = run(net);
+  ASSERT_TRUE(collapse_transposes(net, true));
+  int moving = 0, splits = 0;
+  for (const Layer& l : net.layers()) {
+    moving += l.op == "transpose" && !moves_only_unit_dims(net, l);
+    splits += l.op == "split";
+  }
+  EXPECT_EQ(moving, 1);  // four transposes (layout, shuffle, two back to NHWC) became one
+  EXPECT_EQ(splits, 1);
+  net.revalidate();
+  EXPECT_EQ(run(net), want);
+}
+
+TEST(CollapseTransposes, SplitReadThroughDifferentPermutationsStays) {
+  Network net = shuffle_split_net(/*same_perm=*/false);
+  ASSERT_TRUE(collapse_transposes(net, true));  // (the layout and shuffle transposes still compose)
+  int splits_read_by_transposes = 0;
+  const std::vector<int> producer = net.producers();
+  for (const Layer& l : net.layers()) {
+    if (l.op == "transpose" && producer[l.inputs[0]] >= 0 &&
+        net.layers()[producer[l.inputs[0]]].op == "split")
+      ++splits_read_by_transposes;
+  }
+  EXPECT_EQ(splits_read_by_transposes, 2);
+}
+
 TEST(ViewTracer, DynamicShapesAreNotTraced) {
   Network net;
   TensorId y = net.add_input("y", DataType::kFloat32, {-1, 8});

@@ -52,15 +52,22 @@ TEST(FuseGelu, ErfFormBecomesGeluActivation) {
   net.revalidate();
 }
 
-TEST(FuseGelu, ErfFormHalvedLastBecomesGeluActivation) {
-  // y = (x * (erf(x / sqrt(2)) + 1)) * 0.5: torch.onnx's TorchScript exporter's grouping.
+// y = (x * (erf(x / sqrt(2)) + 1)) * 0.5, torch.onnx's TorchScript exporter's grouping;
+// `product_is_output`: x * (erf(..) + 1) is a network output too.
+Network halved_last_gelu_net(bool product_is_output = false) {
   Network net;
   TensorId x = net.add_input("x", DataType::kFloat32, {2, 8});
   TensorId d = net.add_elementwise(x, scalar(net, "c_sqrt2", 1.4142135623730951), "div", "scaled").outputs[0];
   TensorId e = net.add_layer("unary", {d}, Attributes().set("op", std::string("erf")), "erf").outputs[0];
   TensorId a = net.add_elementwise(e, scalar(net, "c_one", 1.0), "add", "plus_one").outputs[0];
   TensorId p = net.add_elementwise(x, a, "mul", "product").outputs[0];
+  if (product_is_output) net.mark_output(p, "product_out");
   net.mark_output(net.add_elementwise(p, scalar(net, "c_half", 0.5), "mul", "gelu").outputs[0], "y");
+  return net;
+}
+
+TEST(FuseGelu, ErfFormHalvedLastBecomesGeluActivation) {
+  Network net = halved_last_gelu_net();
   EXPECT_TRUE(fuse_gelu(net));
   ASSERT_EQ(ops_of(net), std::vector<std::string>{"activation"});
   EXPECT_EQ(net.layers()[0].attrs.get_string("type", "gelu"), "gelu");
@@ -70,14 +77,7 @@ TEST(FuseGelu, ErfFormHalvedLastBecomesGeluActivation) {
 }
 
 TEST(FuseGelu, HalvedLastWithTheProductReadElsewhereStays) {
-  Network net;
-  TensorId x = net.add_input("x", DataType::kFloat32, {2, 8});
-  TensorId d = net.add_elementwise(x, scalar(net, "c_sqrt2", 1.4142135623730951), "div", "scaled").outputs[0];
-  TensorId e = net.add_layer("unary", {d}, Attributes().set("op", std::string("erf")), "erf").outputs[0];
-  TensorId a = net.add_elementwise(e, scalar(net, "c_one", 1.0), "add", "plus_one").outputs[0];
-  TensorId p = net.add_elementwise(x, a, "mul", "product").outputs[0];
-  net.mark_output(p, "product_out");
-  net.mark_output(net.add_elementwise(p, scalar(net, "c_half", 0.5), "mul", "gelu").outputs[0], "y");
+  Network net = halved_last_gelu_net(/*product_is_output=*/true);
   const std::string before = graph_text(net);
   EXPECT_FALSE(fuse_gelu(net));
   EXPECT_EQ(graph_text(net), before);

@@ -407,6 +407,28 @@ def test_mobilenet_v3_fp16_reference_matches_eager():
     assert cosine(half(x).float(), want) > 0.999
 
 
+def test_shufflenet_fp16_reference_matches_eager_with_one_transpose_per_shuffle():
+    # The channel shuffle between an NHWC concat and an NCHW split: the layout pass's transposes
+    # move above the split and compose with the shuffle's (collapse_transposes): one transpose per
+    # unit.
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = calibrated(torchvision.models.shufflenet_v2_x0_5(weights=None), size=64)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+    half = kiln.compile(model, inputs=[x], device="cpu", enabled_precisions={torch.float16})
+    assert cosine(half(x).float(), want) > 0.999
+    (plan,) = kiln.plans(half)
+    ops = [la["op"] for la in plan.layers()]
+    moving = [
+        la for la in plan.layers() if la["op"] == "transpose" and la["kernel"] != "alias (no copy)"
+    ]
+    # One per concat (each unit's shuffle), the input's NHWC transpose and one more at most:
+    # before, each shuffle cost three (44 in all for shufflenet_v2_x1_0).
+    assert len(moving) <= ops.count("concat") + 2, [la["name"] for la in moving]
+
+
 def calibrated(model, size=224):
     """The eval-mode model with batch-norm statistics of one random batch: with torchvision's
     initial statistics (mean 0, var 1) the activations of mobilenet/efficientnet shrink to 1e-10,
