@@ -75,7 +75,10 @@ bool transposes_above_splits(Network& net) {
       perm = p;
       transposes.push_back(r);
     }
-    if (transposes.size() != split.outputs.size() || !is_static(x)) continue;
+    // (Transposes of unit dims only are views already: nothing to gain.)
+    if (transposes.size() != split.outputs.size() || !is_static(x) ||
+        moves_only_unit_dims(net, net.layers()[transposes[0]]))
+      continue;
     int64_t axis = split.attrs.get_int("axis", int64_t{0});
     if (axis < 0) axis += rank;
     Dims moved(x.size());
