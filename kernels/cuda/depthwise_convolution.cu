@@ -144,12 +144,64 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// One output pixel's taps, any filter size, stride and dilation: taps outside the input are
+// skipped.
 template <typename T, int V>
+__device__ __forceinline__ void accumulate_taps(const DepthwiseParams& p, const T* __restrict__ x,
+                                                const float* w_smem, int64_t vec, int64_t n, int64_t oy,
+                                                int64_t ox, float (&acc)[V]) {
+  const int bx = blockDim.x;
+  for (int r = 0; r < p.kh; ++r) {
+    const int64_t iy = oy * p.stride_h - p.pad_h + int64_t{r} * p.dil_h;
+    if (iy < 0 || iy >= p.h) continue;
+    for (int s = 0; s < p.kw; ++s) {
+      const int64_t ix = ox * p.stride_w - p.pad_w + int64_t{s} * p.dil_w;
+      if (ix < 0 || ix >= p.w) continue;
+      const Pack<T, V> in =
+          *reinterpret_cast<const Pack<T, V>*>(x + ((n * p.h + iy) * p.w + ix) * p.c + vec * V);
+      const float* wt = w_smem + (r * p.kw + s) * V * bx + threadIdx.x;
+#pragma unroll
+      for (int j = 0; j < V; ++j) acc[j] = fmaf(to_float(in.v[j]), wt[j * bx], acc[j]);
+    }
+  }
+}
+
+// One output pixel's taps of a K x K filter without dilation, unrolled along each filter row.
+// Taps outside the input read a clamped in-bounds address and take 0 in its place, so a row's K
+// loads carry no branches and are in flight at once (the generic loop waits on each; on
+// ConvNeXt's 7x7 layers at batch 1 that latency was the cost). All K * K unrolled needed 255
+// registers and spilled (float16, 16-byte vectors).
+template <typename T, int V, int K>
+__device__ __forceinline__ void accumulate_taps_unrolled(const DepthwiseParams& p, const T* __restrict__ x,
+                                                         const float* w_smem, int64_t vec, int64_t n,
+                                                         int64_t oy, int64_t ox, float (&acc)[V]) {
+  const int bx = blockDim.x;
+  const T* image = x + n * p.h * p.w * p.c + vec * V;
+#pragma unroll 1
+  for (int r = 0; r < K; ++r) {
+    const int64_t iy = oy * p.stride_h - p.pad_h + r;
+    const bool row_in = iy >= 0 && iy < p.h;
+    const int64_t row = min(max(iy, int64_t{0}), p.h - 1) * p.w;
+#pragma unroll
+    for (int s = 0; s < K; ++s) {
+      const int64_t ix = ox * p.stride_w - p.pad_w + s;
+      const bool in_bounds = row_in && ix >= 0 && ix < p.w;
+      const int64_t col = min(max(ix, int64_t{0}), p.w - 1);
+      const Pack<T, V> in = *reinterpret_cast<const Pack<T, V>*>(image + (row + col) * p.c);
+      const float* wt = w_smem + (r * K + s) * V * bx + threadIdx.x;
+#pragma unroll
+      for (int j = 0; j < V; ++j) acc[j] = fmaf(in_bounds ? to_float(in.v[j]) : 0.f, wt[j * bx], acc[j]);
+    }
+  }
+}
+
+// One output pixel per thread: K = 0 takes any filter (accumulate_taps), K > 0 a K x K one
+// without dilation (accumulate_taps_unrolled; variant 1).
+template <typename T, int V, int K>
 __global__ void __launch_bounds__(kThreads)
     depthwise_nhwc_kernel(DepthwiseParams p, const T* __restrict__ x, const T* __restrict__ w,
                           const T* __restrict__ bias, const T* __restrict__ residual, T* __restrict__ y) {
   extern __shared__ float w_smem[];  // [tap][j][threadIdx.x]
-  const int bx = blockDim.x;
   const int64_t vec = stage_weights_nhwc<T, V>(p, w, w_smem);
   if (vec >= p.c / V) return;
   const int64_t pixels = p.n * p.oh * p.ow;
@@ -160,66 +212,10 @@ __global__ void __launch_bounds__(kThreads)
     float acc[V];
 #pragma unroll
     for (int j = 0; j < V; ++j) acc[j] = 0.f;
-    for (int r = 0; r < p.kh; ++r) {
-      const int64_t iy = oy * p.stride_h - p.pad_h + int64_t{r} * p.dil_h;
-      if (iy < 0 || iy >= p.h) continue;
-      for (int s = 0; s < p.kw; ++s) {
-        const int64_t ix = ox * p.stride_w - p.pad_w + int64_t{s} * p.dil_w;
-        if (ix < 0 || ix >= p.w) continue;
-        const Pack<T, V> in =
-            *reinterpret_cast<const Pack<T, V>*>(x + ((n * p.h + iy) * p.w + ix) * p.c + vec * V);
-        const float* wt = w_smem + (r * p.kw + s) * V * bx + threadIdx.x;
-#pragma unroll
-        for (int j = 0; j < V; ++j) acc[j] = fmaf(to_float(in.v[j]), wt[j * bx], acc[j]);
-      }
-    }
-    const int64_t at = pix * p.c + vec * V;
-    Pack<T, V> out;
-#pragma unroll
-    for (int j = 0; j < V; ++j)
-      out.v[j] = from_float<T>(finish(p, acc[j], bias, residual, vec * V + j, at + j));
-    *reinterpret_cast<Pack<T, V>*>(y + at) = out;
-  }
-}
-
-// K x K filter, dilation 1, any stride: the generic kernel's one pixel per thread with the taps
-// unrolled along each filter row. Taps outside the input read a clamped in-bounds address and take
-// 0 in its place, so a row's K loads carry no branches and are in flight at once (the generic
-// kernel's loop waits on each; on ConvNeXt's 7x7 layers at batch 1 that latency was the cost).
-// All K * K unrolled needed 255 registers and spilled (float16, 16-byte vectors).
-template <typename T, int V, int K>
-__global__ void __launch_bounds__(kThreads)
-    depthwise_nhwc_unrolled_kernel(DepthwiseParams p, const T* __restrict__ x, const T* __restrict__ w,
-                                   const T* __restrict__ bias, const T* __restrict__ residual,
-                                   T* __restrict__ y) {
-  extern __shared__ float w_smem[];  // [tap][j][threadIdx.x]
-  const int bx = blockDim.x;
-  const int64_t vec = stage_weights_nhwc<T, V>(p, w, w_smem);
-  if (vec >= p.c / V) return;
-  const int64_t pixels = p.n * p.oh * p.ow;
-  for (int64_t pix = int64_t{blockIdx.x} * blockDim.y + threadIdx.y; pix < pixels;
-       pix += int64_t{gridDim.x} * blockDim.y) {
-    const int64_t ox = pix % p.ow, rest = pix / p.ow;
-    const int64_t oy = rest % p.oh, n = rest / p.oh;
-    const T* image = x + n * p.h * p.w * p.c + vec * V;
-    float acc[V];
-#pragma unroll
-    for (int j = 0; j < V; ++j) acc[j] = 0.f;
-#pragma unroll 1
-    for (int r = 0; r < K; ++r) {
-      const int64_t iy = oy * p.stride_h - p.pad_h + r;
-      const bool row_in = iy >= 0 && iy < p.h;
-      const int64_t row = min(max(iy, int64_t{0}), p.h - 1) * p.w;
-#pragma unroll
-      for (int s = 0; s < K; ++s) {
-        const int64_t ix = ox * p.stride_w - p.pad_w + s;
-        const bool in_bounds = row_in && ix >= 0 && ix < p.w;
-        const int64_t col = min(max(ix, int64_t{0}), p.w - 1);
-        const Pack<T, V> in = *reinterpret_cast<const Pack<T, V>*>(image + (row + col) * p.c);
-        const float* wt = w_smem + (r * K + s) * V * bx + threadIdx.x;
-#pragma unroll
-        for (int j = 0; j < V; ++j) acc[j] = fmaf(in_bounds ? to_float(in.v[j]) : 0.f, wt[j * bx], acc[j]);
-      }
+    if constexpr (K == 0) {
+      accumulate_taps<T, V>(p, x, w_smem, vec, n, oy, ox, acc);
+    } else {
+      accumulate_taps_unrolled<T, V, K>(p, x, w_smem, vec, n, oy, ox, acc);
     }
     const int64_t at = pix * p.c + vec * V;
     Pack<T, V> out;
@@ -291,9 +287,9 @@ void launch_nhwc(const DepthwiseParams& p, const T* x, const T* w, const T* bias
   const int k = p.kh, s = p.stride_h;
   switch (p.variant) {
     case 1:  // depthwise_refusal checked: square 3, 5 or 7, no dilation
-      if (k == 3) return per_pixel(depthwise_nhwc_unrolled_kernel<T, V, 3>);
-      if (k == 5) return per_pixel(depthwise_nhwc_unrolled_kernel<T, V, 5>);
-      return per_pixel(depthwise_nhwc_unrolled_kernel<T, V, 7>);
+      if (k == 3) return per_pixel(depthwise_nhwc_kernel<T, V, 3>);
+      if (k == 5) return per_pixel(depthwise_nhwc_kernel<T, V, 5>);
+      return per_pixel(depthwise_nhwc_kernel<T, V, 7>);
     case 2:  // and stride 1 or 2
       if (k == 3)
         return s == 1 ? blocked(depthwise_nhwc_blocked_kernel<T, V, 3, 1, 2>, 2)
@@ -311,7 +307,7 @@ void launch_nhwc(const DepthwiseParams& p, const T* x, const T* w, const T* bias
   if (plain && k == 3 && s == 2) return blocked(depthwise_nhwc_blocked_kernel<T, V, 3, 2, 4>, 4);
   if (plain && k == 5 && s == 1) return blocked(depthwise_nhwc_blocked_kernel<T, V, 5, 1, 4>, 4);
   if (plain && k == 5 && s == 2) return blocked(depthwise_nhwc_blocked_kernel<T, V, 5, 2, 4>, 4);
-  per_pixel(depthwise_nhwc_kernel<T, V>);
+  per_pixel(depthwise_nhwc_kernel<T, V, 0>);
 }
 
 template <typename T>
