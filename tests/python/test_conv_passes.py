@@ -395,31 +395,30 @@ def test_resnet50_reference_matches_eager():
     assert cosine(half(x).float(), want) > 0.999
 
 
-def test_mobilenet_v3_fp16_reference_matches_eager():
-    # Squeeze-excitation means, hardswish/hardsigmoid epilogues and depthwise convs channels last.
+def fp16_reference_module(name: str):
+    """torchvision's `name` (calibrated, 64x64 inputs) compiled FP16 on the reference backend,
+    checked against FP32 eager (cosine > 0.999)."""
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
-    model = calibrated(torchvision.models.mobilenet_v3_large(weights=None), size=64)
+    model = calibrated(getattr(torchvision.models, name)(weights=None), size=64)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         want = model(x)
     half = kiln.compile(model, inputs=[x], device="cpu", enabled_precisions={torch.float16})
     assert cosine(half(x).float(), want) > 0.999
+    return half
+
+
+def test_mobilenet_v3_fp16_reference_matches_eager():
+    # Squeeze-excitation means, hardswish/hardsigmoid epilogues and depthwise convs channels last.
+    fp16_reference_module("mobilenet_v3_large")
 
 
 def test_shufflenet_fp16_reference_matches_eager_with_one_transpose_per_shuffle():
     # The channel shuffle between an NHWC concat and an NCHW split: the layout pass's transposes
     # move above the split and compose with the shuffle's (collapse_transposes): one transpose per
     # unit.
-    torchvision = pytest.importorskip("torchvision")
-    torch.manual_seed(0)
-    model = calibrated(torchvision.models.shufflenet_v2_x0_5(weights=None), size=64)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        want = model(x)
-    half = kiln.compile(model, inputs=[x], device="cpu", enabled_precisions={torch.float16})
-    assert cosine(half(x).float(), want) > 0.999
-    (plan,) = kiln.plans(half)
+    (plan,) = kiln.plans(fp16_reference_module("shufflenet_v2_x0_5"))
     ops = [la["op"] for la in plan.layers()]
     moving = [
         la for la in plan.layers() if la["op"] == "transpose" and la["kernel"] != "alias (no copy)"
