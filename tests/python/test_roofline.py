@@ -38,6 +38,11 @@ def test_gemm_convolution_and_attention_costs_by_hand():
     net.mark_output(net.add_layer("attention", [q, kk, v], {}, name="att"), "att_y")
     net.mark_output(net.add_layer("attention", [q, kk, v], {"causal": 1}, name="causal"), "c_y")
     net.mark_output(net.add_activation(x, "relu", name="relu"), "relu_y")
+    dk = net.add_constant(rng.standard_normal((2, 4, 3, 3)).astype(np.float32))  # [C in, K, kh, kw]
+    small = net.add_input("small", "float32", (1, 2, 3, 3))
+    net.mark_output(net.add_layer("deconvolution", [small, dk], {}, name="deconv"), "deconv_y")
+    qkv = net.add_input("qkv", "float32", (1, 4, 3, 2, 8))  # [B, S, 3, H, D]
+    net.mark_output(net.add_layer("packed_attention", [qkv], {}, name="packed"), "packed_y")
     costs, _ = _costs(net)
     assert costs["fc"] == (2 * 2 * 3 * 4, 4 * (8 + 12 + 3 + 6))
     assert costs["mm"] == (2 * 7 * 6 * 5, 4 * (35 + 30 + 42))
@@ -45,6 +50,9 @@ def test_gemm_convolution_and_attention_costs_by_hand():
     assert costs["att"] == (2 * 2 * 4 * 4 * (8 + 8), 4 * 4 * 64)
     assert costs["causal"][0] == costs["att"][0] / 2
     assert costs["relu"] == (8, 4 * 16)  # one operation per output element
+    # Each input element meets K * kh * kw weights: 2 * 18 * 36; the output is [1, 4, 5, 5].
+    assert costs["deconv"] == (2 * 18 * 36, 4 * (18 + 72 + 100))
+    assert costs["packed"] == (2 * 1 * 2 * 4 * 4 * (8 + 8), 4 * (192 + 64))
 
 
 def test_costs_follow_the_shapes_of_a_dynamic_batch():
