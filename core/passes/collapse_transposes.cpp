@@ -92,13 +92,9 @@ bool transposes_above_splits(Network& net) {
     transpose.op = "transpose";
     transpose.inputs = split.inputs;
     transpose.attrs.set("perm", perm);
-    Tensor t;
-    t.name = transpose.name;
-    for (int n = 1; net.find_tensor(t.name) >= 0; ++n) t.name = transpose.name + std::to_string(n);
-    t.dtype = net.tensor(split.inputs[0]).dtype;
-    t.dims = moved;
-    Layer moved_split = net.layers()[i];  // a copy: restore_tensor below may move the tensors
-    transpose.outputs = {net.restore_tensor(t)};
+    const DataType dtype = net.tensor(split.inputs[0]).dtype;
+    Layer moved_split = net.layers()[i];  // a copy, made before the tensor list grows
+    transpose.outputs = {add_pass_tensor(net, transpose.name, dtype, moved)};
     moved_split.inputs = transpose.outputs;
     moved_split.attrs.set("axis", new_axis);
     for (size_t k = 0; k < transposes.size(); ++k) {

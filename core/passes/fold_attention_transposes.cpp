@@ -109,12 +109,7 @@ bool fold_attention_transposes(Network& net) {
       reshape.op = "reshape";
       reshape.inputs = {root};
       reshape.attrs.set("shape", bshd);
-      Tensor out;
-      out.name = name;
-      for (int n = 1; net.find_tensor(out.name) >= 0; ++n) out.name = name + std::to_string(n);
-      out.dtype = net.tensor(root).dtype;
-      out.dims = bshd;
-      reshape.outputs = {net.restore_tensor(out)};
+      reshape.outputs = {add_pass_tensor(net, name, net.tensor(root).dtype, bshd)};
       sources[j] = reshape.outputs[0];
       before.emplace_back(static_cast<int>(i), std::move(reshape));
     }

@@ -1,6 +1,6 @@
 // The "fused" layer attribute: the original layer names a fused layer computes, comma-separated,
 // shown by plan inspection. Every fusion pass records what it absorbed through these helpers, and
-// names the layers it adds with unique_name.
+// names the layers it adds with unique_name and the tensors with add_pass_tensor.
 #pragma once
 
 #include <set>
@@ -27,6 +27,17 @@ inline std::string unique_name(std::set<std::string>& used, const std::string& b
   for (int i = 1; used.count(name); ++i) name = base + "_" + std::to_string(i);
   used.insert(name);
   return name;
+}
+
+// A new tensor of `dtype` and `dims` for a pass to write: named `base`, or `base1`, `base2`, ...,
+// the first name the network does not hold.
+inline TensorId add_pass_tensor(Network& net, const std::string& base, DataType dtype, const Dims& dims) {
+  Tensor t;
+  t.name = base;
+  for (int n = 1; net.find_tensor(t.name) >= 0; ++n) t.name = base + std::to_string(n);
+  t.dtype = dtype;
+  t.dims = dims;
+  return net.restore_tensor(t);
 }
 
 }  // namespace kiln

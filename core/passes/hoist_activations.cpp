@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 
 namespace kiln {
@@ -69,10 +70,9 @@ bool hoist_activations(Network& net) {
   for (const Move& m : moves) {
     Layer& a = list[m.activation];
     const TensorId head_out = list[m.head].outputs[0];
-    Tensor u = net.tensor(head_out);
-    u.name = a.name + "/hoisted";
-    for (int n = 1; net.find_tensor(u.name) >= 0; ++n) u.name = a.name + "/hoisted" + std::to_string(n);
-    const TensorId hoisted = net.restore_tensor(u);
+    const DataType dtype = net.tensor(head_out).dtype;
+    const Dims dims = net.tensor(head_out).dims;
+    const TensorId hoisted = add_pass_tensor(net, a.name + "/hoisted", dtype, dims);
     // The last view writes what the activation wrote; the first reads the activation.
     list[m.last_view].outputs[0] = a.outputs[0];
     list[m.first_view].inputs[0] = hoisted;

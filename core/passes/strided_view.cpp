@@ -4,6 +4,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "core/passes/fused_names.h"
 #include "ir/ops/shape.h"
 
 namespace kiln {
@@ -117,12 +118,7 @@ std::vector<Layer> permutation_layers(Network& net, const std::string& name, Ten
   Dims permuted;
   for (int64_t p : perm) permuted.push_back(factors[static_cast<size_t>(p)]);
   auto tensor = [&](const std::string& suffix, const Dims& dims) {
-    Tensor t;
-    t.name = name + suffix;
-    for (int n = 1; net.find_tensor(t.name) >= 0; ++n) t.name = name + suffix + std::to_string(n);
-    t.dtype = dtype;
-    t.dims = dims;
-    return net.restore_tensor(t);
+    return add_pass_tensor(net, name + suffix, dtype, dims);
   };
   std::vector<Layer> layers(3);
   layers[0].name = name + "/factors";
