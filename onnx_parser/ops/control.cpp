@@ -102,6 +102,7 @@ void import_scan(NodeContext& ctx) {
   const std::vector<int64_t> in_axes = ctx.attr_ints("scan_input_axes", std::vector<int64_t>(m, 0));
   const std::vector<int64_t> in_dirs = ctx.attr_ints("scan_input_directions", std::vector<int64_t>(m, 0));
   const int k_out = ctx.num_outputs() - n;
+  if (k_out < 0) ctx.fail("Scan has fewer outputs than loop-carried states");
   const std::vector<int64_t> out_axes = ctx.attr_ints("scan_output_axes", std::vector<int64_t>(k_out, 0));
   const std::vector<int64_t> out_dirs =
       ctx.attr_ints("scan_output_directions", std::vector<int64_t>(k_out, 0));

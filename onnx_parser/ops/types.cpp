@@ -238,8 +238,13 @@ void import_cast_like(NodeContext& ctx) {
 // against x ([C] -> [C, 1, ..., 1]); per tensor values pass unchanged.
 TensorId along_axis(NodeContext& ctx, TensorId v, bool per_axis, int64_t axis, int64_t rank) {
   if (!per_axis) return v;
+  const Dims& dims = ctx.net().desc(v).dims;
+  if (dims.size() != 1) {
+    ctx.fail("a per-axis scale and its zero point must both be 1-D (one entry per channel); got a rank-" +
+             std::to_string(dims.size()) + " zero point");
+  }
   Dims shape(static_cast<size_t>(rank - axis), 1);
-  shape[0] = ctx.net().desc(v).dims[0];
+  shape[0] = dims[0];
   return ctx.add1("reshape", {v}, Attributes().set("shape", shape));
 }
 

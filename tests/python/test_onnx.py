@@ -405,6 +405,50 @@ def test_unsupported_operator_names_the_node_op_domain_and_opset():
         kiln.onnx.parse(model)
 
 
+def test_malformed_nodes_found_by_the_fuzzer_give_clean_errors():
+    # fuzz/regressions/onnx/qdq-per-axis-scale-with-scalar-zero-point: read dims[0] of a scalar.
+    q = helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["y"], name="q", axis=1)
+    graph = helper.make_graph(
+        [q],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.INT16, [2, 3])],
+        [
+            helper.make_tensor("s", TensorProto.FLOAT, [3], [0.1, 0.2, 0.3]),
+            helper.make_tensor("zp", TensorProto.INT16, [], [3]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    with pytest.raises(kiln.KilnError, match=r"ONNX node 'q'.*must both be 1-D"):
+        kiln.onnx.parse(model)
+    # fuzz/regressions/onnx/scan-with-fewer-outputs-than-states: a negative count of scan outputs.
+    body = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["c"])],
+        "body",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [2]),
+        ],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [2])],
+    )
+    scan = helper.make_node(
+        "Scan", ["s0", "s1", "xs"], [], name="scan", num_scan_inputs=1, body=body
+    )
+    graph = helper.make_graph(
+        [scan, helper.make_node("Identity", ["s0"], ["y"])],
+        "g",
+        [
+            helper.make_tensor_value_info("s0", TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("s1", TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("xs", TensorProto.FLOAT, [3, 2]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(kiln.KilnError, match=r"ONNX node 'scan'.*fewer outputs than loop-carried"):
+        kiln.onnx.parse(model)
+
+
 @pytest.mark.parametrize("opset, message", [(29, "newer than 28"), (6, "older than 7")])
 def test_opsets_outside_the_supported_range_are_refused_by_number(opset, message):
     with pytest.raises(kiln.KilnError, match=f"opset is {opset}, {message}"):
