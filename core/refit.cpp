@@ -126,8 +126,8 @@ std::vector<std::pair<TensorId, Bytes>> replay_weights(
       reshaped.push_back(s.name + " (" + dtype_name(it->second.dtype) + " " + to_string(it->second.dims) +
                          " given, the engine has " + dtype_name(s.dtype) + " " + to_string(s.dims) + ")");
     } else {
-      KILN_CHECK(it->second.data && it->second.data->size() ==
-                                        static_cast<size_t>(tensor_bytes(s.dims, dtype_size(s.dtype))),
+      KILN_CHECK(it->second.has_bytes() &&
+                     it->second.size() == static_cast<size_t>(tensor_bytes(s.dims, dtype_size(s.dtype))),
                  "refit: the bytes of weight '" << s.name << "' do not match its shape");
     }
   }
@@ -170,7 +170,7 @@ std::vector<std::pair<TensorId, Bytes>> replay_weights(
     std::unordered_map<const Lineage*, ConstantValue> memo;
     try {
       for (size_t i = next++; i < entries.size(); i = next++) {
-        out[i] = {entries[i].first, evaluate(*entries[i].second, weights, memo).data};
+        out[i] = {entries[i].first, evaluate(*entries[i].second, weights, memo).owned()};
       }
     } catch (...) {
       std::lock_guard<std::mutex> lock(failure_mutex);

@@ -19,14 +19,14 @@
 namespace kiln {
 namespace {
 
-TensorView view_of(const ConstantValue& v) { return {const_cast<uint8_t*>(v.data->data()), v.dtype, v.dims}; }
+TensorView view_of(const ConstantValue& v) { return {const_cast<uint8_t*>(v.bytes()), v.dtype, v.dims}; }
 
 // Element reads and writes as load_element / store_element (the same values), with the dtype
 // switch outside the loop: refit runs these over every weight.
 std::vector<double> read(const ConstantValue& v) {
   std::vector<double> r(static_cast<size_t>(volume(v.dims)));
   if (v.dtype == DataType::kFloat32) {
-    const auto* p = reinterpret_cast<const float*>(v.data->data());
+    const auto* p = reinterpret_cast<const float*>(v.bytes());
     for (size_t i = 0; i < r.size(); ++i) r[i] = p[i];
     return r;
   }
@@ -160,7 +160,7 @@ ConstantValue run_layer(const Lineage& node, const std::vector<ConstantValue>& i
   Network net;
   std::vector<TensorId> ids;
   for (size_t i = 0; i < in.size(); ++i)
-    ids.push_back(net.add_constant("in" + std::to_string(i), in[i].dtype, in[i].dims, in[i].data));
+    ids.push_back(net.add_constant("in" + std::to_string(i), in[i].dtype, in[i].dims, in[i].owned()));
   const Layer l = net.add_layer(node.name, ids, node.attrs, "replayed");
   KILN_CHECK(node.output >= 0 && node.output < static_cast<int64_t>(l.outputs.size()),
              "weight transform 'layer' (" << node.name << "): no output " << node.output);
@@ -189,7 +189,9 @@ const std::map<std::string, Transform>& transforms() {
          Dims dims = node.attrs.get_ints("dims", "weight transform reshape");
          KILN_CHECK(volume(dims) == volume(in[0].dims),
                     "weight transform 'reshape': " << to_string(in[0].dims) << " to " << to_string(dims));
-         return ConstantValue{in[0].dtype, dims, in[0].data};
+         ConstantValue out = in[0];  // the same bytes, owned or borrowed
+         out.dims = dims;
+         return out;
        }},
       {"transpose2d",
        [](const Lineage& node, const std::vector<ConstantValue>& in) {
@@ -197,8 +199,8 @@ const std::map<std::string, Transform>& transforms() {
          KILN_CHECK(in[0].dims.size() == 2, "weight transform 'transpose2d': rank " << in[0].dims.size());
          const int64_t k = in[0].dims[0], n = in[0].dims[1];
          const size_t es = dtype_size(in[0].dtype);
-         auto bytes = std::make_shared<std::vector<uint8_t>>(in[0].data->size());
-         const uint8_t* src = in[0].data->data();
+         auto bytes = std::make_shared<std::vector<uint8_t>>(in[0].size());
+         const uint8_t* src = in[0].bytes();
          for (int64_t i = 0; i < k; ++i)
            for (int64_t j = 0; j < n; ++j)
              std::copy_n(src + (i * n + j) * es, es, bytes->data() + (j * k + i) * es);
@@ -210,7 +212,7 @@ const std::map<std::string, Transform>& transforms() {
          const auto to = static_cast<DataType>(node.attrs.get_int("dtype", "weight transform convert"));
          const int64_t n = volume(in[0].dims);
          auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(n) * dtype_size(to));
-         const auto* f = reinterpret_cast<const float*>(in[0].data->data());
+         const auto* f = reinterpret_cast<const float*>(in[0].bytes());
          auto* h = reinterpret_cast<uint16_t*>(bytes->data());
          if (in[0].dtype == DataType::kFloat32 && to == DataType::kFloat16) {  // as store_element
            floats_to_halves(f, h, n);
@@ -231,8 +233,8 @@ const std::map<std::string, Transform>& transforms() {
          d.insert(d.begin(), 4 - d.size(), 1);
          const size_t e = dtype_size(in[0].dtype);
          const int64_t n = d[0], c = d[1], h = d[2], w = d[3];
-         auto out = std::make_shared<std::vector<uint8_t>>(in[0].data->size());
-         const uint8_t* src = in[0].data->data();
+         auto out = std::make_shared<std::vector<uint8_t>>(in[0].size());
+         const uint8_t* src = in[0].bytes();
          if (e == 2) {
            permute_elements<2>(src, out->data(), n, c, h, w);
          } else if (e == 4) {
@@ -259,7 +261,7 @@ const std::map<std::string, Transform>& transforms() {
          const size_t e = dtype_size(in[0].dtype);
          auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(rows * to) * e, 0);
          for (int64_t r = 0; r < rows; ++r)
-           std::memcpy(bytes->data() + r * to * e, in[0].data->data() + r * c * e, c * e);
+           std::memcpy(bytes->data() + r * to * e, in[0].bytes() + r * c * e, c * e);
          Dims dims = d;
          dims.back() = to;
          return ConstantValue{in[0].dtype, dims, std::move(bytes)};
@@ -277,7 +279,7 @@ const std::map<std::string, Transform>& transforms() {
                       "weight transform 'concat_rows': " << to_string(v.dims) << " does not stack on "
                                                          << to_string(in[0].dims));
            dims[0] += v.dims[0];
-           bytes->insert(bytes->end(), v.data->begin(), v.data->end());
+           bytes->insert(bytes->end(), v.bytes(), v.bytes() + v.size());
          }
          return ConstantValue{in[0].dtype, dims, std::move(bytes)};
        }},
@@ -296,8 +298,8 @@ const std::map<std::string, Transform>& transforms() {
                                                              << " does not split into " << channels
                                                              << " channels");
            const int64_t per = n / channels;
-           auto bytes = std::make_shared<std::vector<uint8_t>>(in[0].data->size());
-           const auto* src = reinterpret_cast<const float*>(in[0].data->data());
+           auto bytes = std::make_shared<std::vector<uint8_t>>(in[0].size());
+           const auto* src = reinterpret_cast<const float*>(in[0].bytes());
            auto* dst = reinterpret_cast<float*>(bytes->data());
            for (int64_t k = 0; k < channels; ++k) {
              const double sk = s[static_cast<size_t>(k)];
@@ -315,8 +317,8 @@ const std::map<std::string, Transform>& transforms() {
                                                              << " channels");
            const int64_t per = n / channels;
            const bool half = in[0].dtype == DataType::kFloat16;
-           auto bytes = std::make_shared<std::vector<uint8_t>>(in[0].data->size());
-           const auto* src = reinterpret_cast<const uint16_t*>(in[0].data->data());
+           auto bytes = std::make_shared<std::vector<uint8_t>>(in[0].size());
+           const auto* src = reinterpret_cast<const uint16_t*>(in[0].bytes());
            auto* dst = reinterpret_cast<uint16_t*>(bytes->data());
            std::vector<float> block(static_cast<size_t>(per));
            for (int64_t k = 0; k < channels; ++k) {
@@ -430,7 +432,7 @@ ConstantValue apply_weight_transform(const Lineage& node, const std::vector<Cons
   auto it = transforms().find(node.transform);
   KILN_CHECK(it != transforms().end(), "unknown weight transform '" << node.transform << "'");
   for (const auto& v : inputs) {
-    KILN_CHECK(v.data && v.data->size() == static_cast<size_t>(tensor_bytes(v.dims, dtype_size(v.dtype))),
+    KILN_CHECK(v.has_bytes() && v.size() == static_cast<size_t>(tensor_bytes(v.dims, dtype_size(v.dtype))),
                "weight transform '" << node.transform << "': an input's bytes do not match its shape");
   }
   return it->second(node, inputs);
@@ -467,7 +469,7 @@ DerivedConstant derive_constant(const std::string& transform, const Attributes& 
 TensorId add_derived_constant(Network& net, const std::string& name, const std::string& transform,
                               const Attributes& attrs, const std::vector<TensorId>& inputs) {
   DerivedConstant d = derive_constant(transform, attrs, tensors_of(net, inputs));
-  const TensorId id = net.add_constant(name, d.value.dtype, d.value.dims, std::move(d.value.data));
+  const TensorId id = net.add_constant(name, d.value.dtype, d.value.dims, d.value.owned());
   net.tensor(id).lineage = std::move(d.lineage);
   return id;
 }

@@ -31,10 +31,22 @@ namespace kiln {
 
 using Bytes = std::shared_ptr<const std::vector<uint8_t>>;
 
+// A constant's value: its bytes owned (`data`), or borrowed from the caller, who keeps them alive
+// for the call (a refit reads a framework's weight tensors in place instead of copying them).
+// Transforms read through bytes() and size(); owned() gives bytes a plan may keep.
 struct ConstantValue {
   DataType dtype = DataType::kFloat32;
   Dims dims;
   Bytes data;
+  const uint8_t* borrowed = nullptr;
+  size_t borrowed_size = 0;
+
+  const uint8_t* bytes() const { return data ? data->data() : borrowed; }
+  size_t size() const { return data ? data->size() : borrowed_size; }
+  bool has_bytes() const { return data || borrowed; }
+  Bytes owned() const {
+    return data ? data : std::make_shared<const std::vector<uint8_t>>(borrowed, borrowed + borrowed_size);
+  }
 };
 
 // True for the name of a registered transform.

@@ -270,7 +270,8 @@ class TorchEngine : public torch::CustomClassHolder {
     // device to device; only those a transform reads (BatchNorm folding, a layout, a dtype) come
     // to the host.
     std::map<std::string, const void*> on_device;
-    std::vector<at::Tensor> keep;  // contiguous copies, alive until the refit is done
+    std::vector<at::Tensor> keep;  // the tensors read in place, alive until the refit is done
+    keep.reserve(names.size());
     const bool device_refit = engine_ && engine_->backend() == Backend::kCuda;
     const std::set<std::string>& host_read_names = host_read();
     for (size_t i = 0; i < names.size(); ++i) {
@@ -289,11 +290,14 @@ class TorchEngine : public torch::CustomClassHolder {
           continue;
         }
       }
-      const at::Tensor host = v.detach().contiguous().to(at::kCPU);
-      const auto* p = static_cast<const uint8_t*>(host.data_ptr());
-      auto bytes = std::make_shared<std::vector<uint8_t>>(p, p + host.nbytes());  // one pass, no zero-fill
+      // Read in place (the replay copies what a constant keeps): `keep` holds it for the call.
+      keep.push_back(v.detach().contiguous().to(at::kCPU));
+      const at::Tensor& host = keep.back();
       const DataType dtype = it != specs.end() ? it->second.dtype : DataType::kFloat32;
-      weights[names[i]] = ConstantValue{dtype, host.sizes().vec(), std::move(bytes)};
+      ConstantValue value{dtype, host.sizes().vec(), nullptr};
+      value.borrowed = static_cast<const uint8_t*>(host.data_ptr());
+      value.borrowed_size = host.nbytes();
+      weights[names[i]] = std::move(value);
     }
     std::lock_guard<std::mutex> lock(mutex_);
     if (pending_) {  // a module saved without its weights gets them: the engine can be created

@@ -148,7 +148,9 @@ def refit_engines(module, weights) -> int:
 
 def host_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """The tensors detached, contiguous, float64 narrowed to float32 (as engines hold them) and on
-    the CPU: those on a GPU come over in one copy (one synchronization, not one per weight)."""
+    the CPU: those on a GPU come over in one copy (one synchronization, not one per weight), into
+    page-locked memory from torch's pinned-memory cache (a pageable copy of a CNN's weights was
+    most of its refit: resnet50 FP16's 51 MB took 33 ms on an H200 machine)."""
     from kiln.fx_lowering import NARROWED
 
     out: list = [None] * len(tensors)
@@ -164,7 +166,12 @@ def host_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     for group in on_device.values():
         # Wider elements first: every slice of the byte buffer stays aligned for its dtype.
         group.sort(key=lambda it: -it[1].element_size())
-        flat = torch.cat([t.reshape(-1).view(torch.uint8) for _, t in group]).cpu()
+        on_gpu = torch.cat([t.reshape(-1).view(torch.uint8) for _, t in group])
+        pinned = on_gpu.device.type == "cuda"
+        flat = torch.empty(on_gpu.numel(), dtype=torch.uint8, pin_memory=pinned)
+        flat.copy_(on_gpu, non_blocking=pinned)
+        if pinned:
+            torch.cuda.current_stream(on_gpu.device).synchronize()
         at = 0
         for i, t in group:
             n = t.numel() * t.element_size()

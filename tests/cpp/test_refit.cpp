@@ -100,6 +100,18 @@ std::map<std::string, ConstantValue> values(const Weights& w) {
   return out;
 }
 
+// The same weights borrowed: read in place from the caller's buffers, not owned.
+std::map<std::string, ConstantValue> borrowed_values(const Weights& w) {
+  std::map<std::string, ConstantValue> out;
+  for (const auto& [name, v] : w) {
+    ConstantValue c{DataType::kFloat32, kShapes.at(name), nullptr};
+    c.borrowed = reinterpret_cast<const uint8_t*>(v.data());
+    c.borrowed_size = v.size() * 4;
+    out[name] = c;
+  }
+  return out;
+}
+
 // Every constant of `a` equals the same-named constant of `b`, byte for byte.
 void expect_same_constants(const Network& a, const Network& b) {
   int compared = 0;
@@ -154,6 +166,21 @@ TEST(Refit, ReplaysEveryTransformOnTheGpu) {
   KILN_REQUIRE_GPU();
   check_refit(BuildTarget::kCuda, Backend::kCuda, false);
   check_refit(BuildTarget::kCuda, Backend::kCuda, true);  // FP16: channels last, padded channels
+}
+
+// Weights read in place (borrowed bytes, as the torch runtime passes its tensors) replay to the
+// same constants as owned copies, and the plan keeps copies of its own: the caller's buffers can
+// change after the refit without changing the plan.
+TEST(Refit, BorrowedWeightsReplayAsOwnedOnesAndThePlanKeepsItsOwnBytes) {
+  const Weights w = random_weights(1);
+  const Plan plan = Builder().build(network(w), config(BuildTarget::kReference, false));
+  Weights next = random_weights(9);
+  Plan owned = plan, borrowed = plan;
+  refit_plan(owned, values(next));
+  refit_plan(borrowed, borrowed_values(next));
+  expect_same_constants(owned.network, borrowed.network);
+  for (auto& [name, v] : next) std::fill(v.begin(), v.end(), 0.0f);
+  expect_same_constants(owned.network, borrowed.network);
 }
 
 // Weights no transform reads may be given as held elsewhere (on the GPU): the constants that are

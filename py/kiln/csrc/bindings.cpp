@@ -197,7 +197,8 @@ std::string numpy_dtype_name(DataType t) {
 }
 
 // Refit's weights from Python: names, Kiln dtype names, dims and raw buffers (kiln/engine.py
-// prepares them with as_numpy).
+// prepares them with as_numpy). Contiguous buffers are read in place (`data` outlives the refit
+// call); others are copied.
 std::map<std::string, ConstantValue> weights_from_buffers(const std::vector<std::string>& names,
                                                           const std::vector<std::string>& dtypes,
                                                           const std::vector<Dims>& dims,
@@ -207,9 +208,25 @@ std::map<std::string, ConstantValue> weights_from_buffers(const std::vector<std:
   std::map<std::string, ConstantValue> weights;
   for (size_t i = 0; i < names.size(); ++i) {
     py::buffer_info info = data[i].request();
+    ConstantValue value{parse_dtype(dtypes[i]), dims[i], nullptr};
     const auto* b = static_cast<const uint8_t*>(info.ptr);
-    auto bytes = std::make_shared<std::vector<uint8_t>>(b, b + info.size * info.itemsize);
-    weights[names[i]] = ConstantValue{parse_dtype(dtypes[i]), dims[i], std::move(bytes)};
+    const size_t n = static_cast<size_t>(info.size * info.itemsize);
+    ssize_t stride = info.itemsize;
+    bool contiguous = true;
+    for (ssize_t d = info.ndim - 1; d >= 0; --d) {
+      contiguous = contiguous && (info.shape[d] == 1 || info.strides[d] == stride);
+      stride *= info.shape[d];
+    }
+    if (contiguous) {
+      value.borrowed = b;
+      value.borrowed_size = n;
+    } else {
+      py::array copy = py::array::ensure(data[i], py::array::c_style);
+      KILN_CHECK(copy, "refit: weight '" << names[i] << "' is not an array");
+      const auto* c = static_cast<const uint8_t*>(copy.data());
+      value.data = std::make_shared<std::vector<uint8_t>>(c, c + n);
+    }
+    weights[names[i]] = std::move(value);
   }
   return weights;
 }
