@@ -235,6 +235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--no-peer", action="store_true", help="--zoo: skip reduce-overhead timing")
     p.add_argument("--profile", action="store_true", help="--zoo: per-op GPU time of each engine")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="--zoo: run the FP32 rows (accuracy and structure only) this many at a time, each in "
+        "a worker process, untimed; the FP16 rows follow one at a time, timed",
+    )
     args = p.parse_args(argv)
     if args.zoo:
         import zoo_check
@@ -250,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.verbose,
             args.out,
             args.profile,
+            args.jobs,
         )
     if args.quick:
         args.models, args.precisions = "resnet50,bert", "fp16"

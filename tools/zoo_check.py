@@ -7,6 +7,7 @@ torch.compile(mode="reduce-overhead") in the same run.
     python3 tools/model_check.py --zoo torchvision --models swin_t,vgg16_bn --precisions fp16
     python3 tools/model_check.py --zoo hf-decoders      # small-config decoders, cache on, and
                                                         # T5/BART (one decoding step)
+    python3 tools/model_check.py --zoo torchvision --jobs 8   # FP32 rows 8 at a time (untimed)
     python3 tools/model_check.py --zoo detection        # Faster/Mask R-CNN, RetinaNet
 
 Per model and precision, batch 1 (random weights; batch norms calibrated on random images so
@@ -20,18 +21,27 @@ A model whose eager FP16 output is finite but itself misses the FP16 bar (incept
 fcn_resnet50 with random weights: 0.9987 and 0.987) cannot meet it in any FP16 runtime; its FP16
 row is judged against eager FP16 instead: Kiln's error (1 - cosine) at most 1.5x eager FP16's
 (EAGER_FP16_MARGIN), and the row says so. Its FP32 row keeps the 0.9999 bar.
+
+FP32 rows are judged on accuracy and structure only (the speed bar is FP16's). With `--jobs N`
+they run first, N at a time, each in a worker process of its own (a crash fails its row, not the
+run), untimed and without the peer; then the FP16 rows run one at a time in this process, timed,
+so that no timing shares the GPU with another row.
 """
 
 from __future__ import annotations
 
 import gc
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -315,6 +325,7 @@ def check_row(
     peer: bool,
     verbose: bool,
     show_profile: bool = False,
+    timed: bool = True,
 ) -> ZooRow:
     import kiln
 
@@ -322,7 +333,7 @@ def check_row(
     t0 = time.perf_counter()
     try:
         with torch_tf32(False):
-            _check(kiln, entry, precision, device, peer, row, show_profile)
+            _check(kiln, entry, precision, device, peer, row, show_profile, timed)
     except Exception as e:  # noqa: BLE001 (reported in the row)
         if verbose:
             traceback.print_exc()
@@ -332,7 +343,7 @@ def check_row(
     return row
 
 
-def _check(kiln, entry, precision, device, peer, row, show_profile=False) -> None:
+def _check(kiln, entry, precision, device, peer, row, show_profile=False, timed=True) -> None:
     from kiln.export import register_library_pytrees
 
     model = entry.build().to(device)
@@ -358,7 +369,7 @@ def _check(kiln, entry, precision, device, peer, row, show_profile=False) -> Non
         # Lists of images in, data-dependent shapes inside: torch.compile(backend="kiln") (dynamo
         # splits the model into graphs; Kiln compiles each and keeps their data-dependent ops in
         # PyTorch). What the backend compiled is read from Kiln's log.
-        _through_dynamo(entry, model, args, kwargs, precision, device, peer, row)
+        _through_dynamo(entry, model, args, kwargs, precision, device, peer and timed, row, timed)
         return
     from kiln.export import DataDependentControlFlow
 
@@ -373,7 +384,7 @@ def _check(kiln, entry, precision, device, peer, row, show_profile=False) -> Non
     except DataDependentControlFlow as e:
         # What kiln.compile's error advises (BART in float16 branches on isfinite().all()).
         row.path = "via torch.compile(backend='kiln'): " + str(e).split("(", 1)[1][:80]
-        _through_dynamo(entry, model, args, kwargs, precision, device, peer, row)
+        _through_dynamo(entry, model, args, kwargs, precision, device, peer and timed, row, timed)
         return
     report = compiled.report
     row.engines, row.fallbacks = report.num_engines, len(report.fallbacks)
@@ -387,7 +398,7 @@ def _check(kiln, entry, precision, device, peer, row, show_profile=False) -> Non
     with torch.no_grad():
         out = _tensors(entry.output(compiled(*args, **kwargs)))
     _, row.cosine = _cosine(out, truth)
-    if device.type != "cuda":
+    if device.type != "cuda" or not timed:
         return
     row.kiln_ms = _median_ms(lambda: compiled(*args, **kwargs))
     if show_profile:
@@ -400,7 +411,7 @@ def _check(kiln, entry, precision, device, peer, row, show_profile=False) -> Non
         row.peer_ms = _median_ms(lambda: opt(*args, **kwargs))
 
 
-def _through_dynamo(entry, model, args, kwargs, precision, device, peer, row) -> None:
+def _through_dynamo(entry, model, args, kwargs, precision, device, peer, row, timed=True) -> None:
     """torch.compile(model, backend="kiln"): engines and fallbacks summed over dynamo's graphs
     (from Kiln's log)."""
     import re
@@ -435,7 +446,7 @@ def _through_dynamo(entry, model, args, kwargs, precision, device, peer, row) ->
         _, row.cosine = _cosine(out[:1], truth[:1])
     else:
         row.error = f"{tuple(out[0].shape)} boxes, eager {tuple(truth[0].shape)}"
-    if device.type == "cuda":
+    if device.type == "cuda" and timed:
         row.kiln_ms = _median_ms(lambda: compiled(*args, **kwargs), runs=10, warmup=2)
         if peer:
             torch._dynamo.reset()
@@ -507,6 +518,50 @@ def markdown(rows: Sequence[ZooRow]) -> str:
     return "\n".join(lines)
 
 
+ROW_MARK = "ZOO_ROW "
+
+
+def _row_in_worker(
+    zoo: str,
+    entry: ZooModel,
+    precision: str,
+    device: torch.device,
+    verbose: bool,
+    deadline: float,
+    start: float,
+) -> ZooRow:
+    """One untimed row in a process of its own (`python3 tools/zoo_check.py --row ...`): a crash or
+    a hang fails this row only. Killed at the run's deadline (or after an hour without one)."""
+    left = deadline - (time.perf_counter() - start) if deadline else 3600.0
+    command = [sys.executable, __file__, "--row", zoo, entry.name, precision, str(device)]
+    if verbose:
+        command.append("--verbose")
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=max(left, 1.0), env=os.environ.copy()
+        )
+    except subprocess.TimeoutExpired:
+        return ZooRow(entry.name, precision, error=f"worker killed after {left:.0f} s")
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(ROW_MARK):
+            return ZooRow(**json.loads(line[len(ROW_MARK) :]))
+    if verbose:
+        print(done.stderr[-4000:], file=sys.stderr)
+    tail = " ".join(done.stderr.strip().splitlines()[-1:])[:150]
+    return ZooRow(
+        entry.name, precision, error=f"worker exited with status {done.returncode}: {tail}"
+    )
+
+
+def _worker_main(argv: Sequence[str]) -> int:
+    """`--row ZOO MODEL PRECISION DEVICE [--verbose]`: check_row untimed, printed as JSON."""
+    zoo, name, precision, device = argv[:4]
+    entry = next(e for e in ZOOS[zoo]() if e.name == name)
+    row = check_row(entry, precision, torch.device(device), False, "--verbose" in argv, timed=False)
+    print(ROW_MARK + json.dumps(asdict(row)), flush=True)
+    return 0
+
+
 def run(
     zoo: str,
     models: str,
@@ -517,6 +572,7 @@ def run(
     verbose: bool,
     out: str | None,
     show_profile: bool = False,
+    jobs: int = 1,
 ) -> int:
     entries = ZOOS[zoo]()
     if models:
@@ -527,24 +583,44 @@ def run(
             return 2
         entries = [e for e in entries if e.name in wanted]
     start = time.perf_counter()
-    rows = []
+    done: dict[tuple[str, str], ZooRow] = {}
+
+    def report(r: ZooRow) -> None:
+        done[(r.model, r.precision)] = r
+        print(
+            f"[{time.perf_counter() - start:6.1f}s] {r.model} {r.precision}: {r.status} "
+            f"engines {r.engines} fallbacks {r.fallbacks} cosine {_fmt(r.cosine, '.6f')} "
+            f"kiln {_fmt(r.kiln_ms, '.3f')} ms peer {_fmt(r.peer_ms, '.3f')} ms"
+            + (f" {r.error}" if r.error else ""),
+            flush=True,
+        )
+
+    def late() -> bool:
+        return bool(deadline) and time.perf_counter() - start > deadline
+
+    if jobs > 1:  # the untimed FP32 rows first, `jobs` worker processes at a time
+
+        def in_worker(entry: ZooModel) -> None:
+            if late():
+                return
+            report(_row_in_worker(zoo, entry, "fp32", device, verbose, deadline, start))
+
+        with ThreadPoolExecutor(jobs) as pool:
+            list(pool.map(in_worker, [e for e in entries if "fp32" in precisions]))
     for entry in entries:
         for precision in precisions:
-            if deadline and time.perf_counter() - start > deadline:
-                rows.append(ZooRow(entry.name, precision, status="SKIP", error="time budget"))
+            if (entry.name, precision) in done or late():
                 continue
             r = check_row(entry, precision, device, peer, verbose, show_profile)
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            rows.append(r)
-            print(
-                f"[{time.perf_counter() - start:6.1f}s] {r.model} {r.precision}: {r.status} "
-                f"engines {r.engines} fallbacks {r.fallbacks} cosine {_fmt(r.cosine, '.6f')} "
-                f"kiln {_fmt(r.kiln_ms, '.3f')} ms peer {_fmt(r.peer_ms, '.3f')} ms"
-                + (f" {r.error}" if r.error else ""),
-                flush=True,
-            )
+            report(r)
+    rows = [
+        done.get((e.name, p)) or ZooRow(e.name, p, status="SKIP", error="time budget")
+        for e in entries
+        for p in precisions
+    ]
     table = markdown(rows)
     print()
     print(table)
@@ -552,3 +628,7 @@ def run(
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / f"zoo_{zoo}.md").write_text(table + "\n")
     return 1 if any(r.status == "FAIL" for r in rows) else 0
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--row"]:
+    sys.exit(_worker_main(sys.argv[2:]))

@@ -137,3 +137,26 @@ def test_zoo_rows_whose_eager_fp16_misses_the_bar_are_judged_against_eager_fp16(
     assert decide(0.9985, 0.9999) == ("FAIL", "")  # eager meets the bar: so must Kiln
     assert decide(0.99995, 0.99999) == ("PASS", "")
     assert decide(0.999, 0.9987, speedup_ms=(1.2, 1.0))[0] == "FAIL"  # slower than the peer
+
+
+def test_zoo_fp32_rows_run_in_worker_processes_and_a_failing_worker_fails_its_row_only(capsys):
+    pytest.importorskip("transformers")
+    zc = _load("kiln_zoo_check", ROOT / "tools" / "zoo_check.py")
+    rc = zc.run(
+        "hf-decoders",
+        "GPT2LMHeadModel",
+        ["fp32"],
+        torch.device("cpu"),
+        0.0,
+        False,
+        False,
+        None,
+        jobs=2,
+    )
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "| GPT2LMHeadModel | fp32 | 1 | 0 | 1.000000 | - | - |" in out
+    # A worker that dies (here: a model the zoo does not have) gives its row an error.
+    missing = zc.ZooModel("NoSuchModel", lambda: None, lambda device: ())
+    row = zc._row_in_worker("hf-decoders", missing, "fp32", torch.device("cpu"), False, 0.0, 0.0)
+    assert row.status == "FAIL" and "worker exited with status 1" in row.error, row
