@@ -88,5 +88,8 @@ inline bool derives_from_weight(const Tensor& t) { return t.lineage != nullptr; 
 // float32 -> float16 bits of n elements, each exactly float_to_half_bits (kernels/reference/
 // host_access.h), vectorized where the CPU has F16C: the "convert" transform's loop.
 void floats_to_halves(const float* src, uint16_t* dst, int64_t n);
+// dst[i] = float16(float(double(src[i]) * s)) over float16 bits (bn_fold_weight of a 16-bit
+// weight); with `vectorized`, 8 at a time where the CPU has F16C (the same bits either way).
+void scale_halves(const uint16_t* src, double s, uint16_t* dst, int64_t n, bool vectorized = true);
 
 }  // namespace kiln
