@@ -1,5 +1,6 @@
 // Plan format: round trip, version/architecture checks, and a fuzz of mutated bytes in which
 // every case must end in a clean kiln::Error or a plan that still runs correctly.
+#include <cstring>
 #include <random>
 
 #include "test_util.h"
@@ -225,3 +226,32 @@ TEST(Plan, FuzzWithChecksumGivesErrorOrCorrectResult) {
 
 }  // namespace
 }  // namespace kiln
+
+// The checksum's definition (four lanes over 8-byte words, then the tail bytes and the size), as
+// plan files of format 2 and 3 hold it: an optimization of plan_checksum must keep these values,
+// or saved plans stop loading.
+TEST(Plan, ChecksumMatchesItsDefinition) {
+  auto definition = [](const std::vector<uint8_t>& d) {
+    constexpr uint64_t kBasis = 1469598103934665603ull, kPrime = 1099511628211ull;
+    uint64_t lane[4] = {kBasis, kBasis ^ 1, kBasis ^ 2, kBasis ^ 3};
+    size_t i = 0;
+    for (; i + 32 <= d.size(); i += 32) {
+      for (int k = 0; k < 4; ++k) {
+        uint64_t w;
+        std::memcpy(&w, d.data() + i + 8 * k, sizeof(w));
+        lane[k] = (lane[k] ^ w) * kPrime;
+        lane[k] ^= lane[k] >> 29;
+      }
+    }
+    uint64_t h = kBasis;
+    for (uint64_t l : lane) h = (h ^ l) * kPrime;
+    for (; i < d.size(); ++i) h = (h ^ d[i]) * kPrime;
+    return (h ^ static_cast<uint64_t>(d.size())) * kPrime;
+  };
+  std::mt19937_64 rng(11);
+  for (size_t size : {size_t{0}, size_t{31}, size_t{1000}, (size_t{20} << 20) + 13}) {
+    std::vector<uint8_t> d(size);
+    for (auto& b : d) b = static_cast<uint8_t>(rng());
+    EXPECT_EQ(kiln::plan_checksum(d.data(), d.size()), definition(d)) << size << " bytes";
+  }
+}
