@@ -39,4 +39,20 @@ std::string depthwise_refusal(const DepthwiseParams& p);
 void launch_depthwise_convolution(const DepthwiseParams& p, DataType dtype, const void* x, const void* w,
                                   const void* bias, const void* residual, void* y, cudaStream_t stream);
 
+namespace depthwise_detail {
+
+constexpr size_t kMaxSmem = 48 * 1024;  // a block's shared memory for its weights
+
+inline bool square_undilated(const DepthwiseParams& p) {
+  return p.kh == p.kw && p.dil_h == 1 && p.dil_w == 1;
+}
+
+// One dtype's launcher (depthwise_convolution_kernels.cuh), instantiated by a translation unit of
+// its own per dtype (float, __half, __nv_bfloat16).
+template <typename T>
+void launch_typed(const DepthwiseParams& p, const void* x, const void* w, const void* bias,
+                  const void* residual, void* y, cudaStream_t stream);
+
+}  // namespace depthwise_detail
+
 }  // namespace kiln
