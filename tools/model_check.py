@@ -242,6 +242,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="--zoo: run the FP32 rows (accuracy and structure only) this many at a time, each in "
         "a worker process, untimed; the FP16 rows follow one at a time, timed",
     )
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        help="--zoo on a machine of several GPUs: every row in a worker process with one GPU to "
+        "itself, timed with its peer, this many at a time",
+    )
     args = p.parse_args(argv)
     if args.zoo:
         import zoo_check
@@ -258,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out,
             args.profile,
             args.jobs,
+            args.gpus,
         )
     if args.quick:
         args.models, args.precisions = "resnet50,bert", "fp16"

@@ -8,6 +8,7 @@ torch.compile(mode="reduce-overhead") in the same run.
     python3 tools/model_check.py --zoo hf-decoders      # small-config decoders, cache on, and
                                                         # T5/BART (one decoding step)
     python3 tools/model_check.py --zoo torchvision --jobs 8   # FP32 rows 8 at a time (untimed)
+    python3 tools/model_check.py --zoo torchvision --gpus 8   # every row, a GPU per worker, timed
     python3 tools/model_check.py --zoo detection        # Faster/Mask R-CNN, RetinaNet
 
 Per model and precision, batch 1 (random weights; batch norms calibrated on random images so
@@ -25,7 +26,9 @@ row is judged against eager FP16 instead: Kiln's error (1 - cosine) at most 1.5x
 FP32 rows are judged on accuracy and structure only (the speed bar is FP16's). With `--jobs N`
 they run first, N at a time, each in a worker process of its own (a crash fails its row, not the
 run), untimed and without the peer; then the FP16 rows run one at a time in this process, timed,
-so that no timing shares the GPU with another row.
+so that no timing shares the GPU with another row. With `--gpus K` (a machine of K GPUs) every
+row runs in a worker process that has one GPU to itself (CUDA_VISIBLE_DEVICES), timed with its
+peer: K rows at a time, none sharing a GPU.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import queue
 import statistics
 import subprocess
 import sys
@@ -529,20 +533,34 @@ def _row_in_worker(
     verbose: bool,
     deadline: float,
     start: float,
+    gpu: int | None = None,
+    peer: bool = False,
+    show_profile: bool = False,
 ) -> ZooRow:
-    """One untimed row in a process of its own (`python3 tools/zoo_check.py --row ...`): a crash or
-    a hang fails this row only. Killed at the run's deadline (or after an hour without one)."""
+    """One row in a process of its own (`python3 tools/zoo_check.py --row ...`): a crash or a hang
+    fails this row only. Killed at the run's deadline (or after an hour without one). Untimed,
+    unless `gpu` gives the worker a GPU of its own (CUDA_VISIBLE_DEVICES): then timed, with the
+    peer when `peer`."""
     left = deadline - (time.perf_counter() - start) if deadline else 3600.0
     command = [sys.executable, __file__, "--row", zoo, entry.name, precision, str(device)]
+    env = os.environ.copy()
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        command += (
+            ["--timed"] + (["--peer"] if peer else []) + (["--profile"] if show_profile else [])
+        )
     if verbose:
         command.append("--verbose")
     try:
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=max(left, 1.0), env=os.environ.copy()
+            command, capture_output=True, text=True, timeout=max(left, 1.0), env=env
         )
     except subprocess.TimeoutExpired:
         return ZooRow(entry.name, precision, error=f"worker killed after {left:.0f} s")
-    for line in reversed(done.stdout.splitlines()):
+    lines = done.stdout.splitlines()
+    if show_profile:
+        print("\n".join(line for line in lines if not line.startswith(ROW_MARK)), flush=True)
+    for line in reversed(lines):
         if line.startswith(ROW_MARK):
             return ZooRow(**json.loads(line[len(ROW_MARK) :]))
     if verbose:
@@ -554,10 +572,19 @@ def _row_in_worker(
 
 
 def _worker_main(argv: Sequence[str]) -> int:
-    """`--row ZOO MODEL PRECISION DEVICE [--verbose]`: check_row untimed, printed as JSON."""
+    """`--row ZOO MODEL PRECISION DEVICE [--timed] [--peer] [--profile] [--verbose]`: check_row,
+    printed as JSON."""
     zoo, name, precision, device = argv[:4]
     entry = next(e for e in ZOOS[zoo]() if e.name == name)
-    row = check_row(entry, precision, torch.device(device), False, "--verbose" in argv, timed=False)
+    row = check_row(
+        entry,
+        precision,
+        torch.device(device),
+        "--peer" in argv,
+        "--verbose" in argv,
+        show_profile="--profile" in argv,
+        timed="--timed" in argv,
+    )
     print(ROW_MARK + json.dumps(asdict(row)), flush=True)
     return 0
 
@@ -573,6 +600,7 @@ def run(
     out: str | None,
     show_profile: bool = False,
     jobs: int = 1,
+    gpus: int = 1,
 ) -> int:
     entries = ZOOS[zoo]()
     if models:
@@ -598,7 +626,37 @@ def run(
     def late() -> bool:
         return bool(deadline) and time.perf_counter() - start > deadline
 
-    if jobs > 1:  # the untimed FP32 rows first, `jobs` worker processes at a time
+    if gpus > 1:  # every row in a worker process that has one of the GPUs to itself, timed
+        free: queue.Queue = queue.Queue()
+        for g in range(gpus):
+            free.put(g)
+
+        def on_a_gpu(item: tuple[ZooModel, str]) -> None:
+            entry, precision = item
+            if late():
+                return
+            g = free.get()
+            try:
+                report(
+                    _row_in_worker(
+                        zoo,
+                        entry,
+                        precision,
+                        device,
+                        verbose,
+                        deadline,
+                        start,
+                        g,
+                        peer,
+                        show_profile,
+                    )
+                )
+            finally:
+                free.put(g)
+
+        with ThreadPoolExecutor(gpus) as pool:
+            list(pool.map(on_a_gpu, [(e, p) for e in entries for p in precisions]))
+    elif jobs > 1:  # the untimed FP32 rows first, `jobs` worker processes at a time
 
         def in_worker(entry: ZooModel) -> None:
             if late():

@@ -3,7 +3,7 @@
 
 namespace kiln::depthwise_detail {
 
-template void launch_typed<__nv_bfloat16>(const DepthwiseParams&, const void*, const void*, const void*, const void*,
-                                void*, cudaStream_t);
+template void launch_typed<__nv_bfloat16>(const DepthwiseParams&, const void*, const void*, const void*,
+                                          const void*, void*, cudaStream_t);
 
 }  // namespace kiln::depthwise_detail

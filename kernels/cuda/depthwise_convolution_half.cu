@@ -4,6 +4,6 @@
 namespace kiln::depthwise_detail {
 
 template void launch_typed<__half>(const DepthwiseParams&, const void*, const void*, const void*, const void*,
-                                void*, cudaStream_t);
+                                   void*, cudaStream_t);
 
 }  // namespace kiln::depthwise_detail

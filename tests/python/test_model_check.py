@@ -156,6 +156,13 @@ def test_zoo_fp32_rows_run_in_worker_processes_and_a_failing_worker_fails_its_ro
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "| GPT2LMHeadModel | fp32 | 1 | 0 | 1.000000 | - | - |" in out
+    # --gpus: every row in a worker with CUDA_VISIBLE_DEVICES of its own (on the CPU: untimed).
+    rc = zc.run(
+        "hf-decoders", "T5Model", ["fp32"], torch.device("cpu"), 0.0, False, False, None, gpus=2
+    )
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "| T5Model | fp32 | 1 | 0 | 1.000000 | - | - |" in out
     # A worker that dies (here: a model the zoo does not have) gives its row an error.
     missing = zc.ZooModel("NoSuchModel", lambda: None, lambda device: ())
     row = zc._row_in_worker("hf-decoders", missing, "fp32", torch.device("cpu"), False, 0.0, 0.0)
