@@ -79,7 +79,7 @@ Backend resolve_target(BuildTarget target) {
 }
 
 // The builder's stages (run_pass calls) for its progress report: counted per build.
-constexpr int64_t kBuilderStages = 25;
+constexpr int64_t kBuilderStages = 26;
 thread_local int64_t t_stage = 0;
 
 // Runs `pass` on `net` and logs what it did; returns whether it changed the network.
@@ -228,10 +228,13 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
     run_pass("fuse_gemm_epilogue", gemm_epilogue, net);
     run_pass(
         "fuse_parallel_gemms", [&](Network& n) { return fuse_parallel_gemms(n, pinned); }, net);
-    // Attention: constant masks that hide nothing go; the transposes around attention fold into
+    // Attention: repeat_kv's copies of key/value heads go (grouped-query attention reads the
+    // heads as they are); constant masks that hide nothing go; the transposes around attention fold into
     // its bshd layout, which leaves q, k, v as reshapes of the split the horizontal GEMM fusion
     // just made; those become one packed_attention reading the fused QKV projection. Attention
     // on view chains of one QKV projection (torch's MultiheadAttention) reads it the same way.
+    if (run_pass("fold_repeat_kv", fold_repeat_kv, net))
+      run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
     run_pass("drop_trivial_attention_masks", drop_trivial_attention_masks, net);
     run_pass("fold_attention_transposes", fold_attention_transposes, net);
     run_pass("pack_qkv_attention", pack_qkv_attention, net);

@@ -63,6 +63,9 @@ bool pack_qkv_attention(Network& net);
 // projection -> packed_attention reading it (torch's MultiheadAttention, static shapes).
 bool pack_attention_views(Network& net);
 bool drop_trivial_attention_masks(Network& net);
+// Attention whose key and value are repeat_kv copies (unsqueeze, expand, reshape) of fewer heads
+// -> grouped-query attention on the uncopied heads.
+bool fold_repeat_kv(Network& net);
 // FP8 (CUDA sm_89+, after assign_precision): fully_connected whose input is an e4m3
 // fake_quantize and whose weight is constant -> quantize (to float8) + FP8 fully_connected.
 bool quantize_fp8_gemms(Network& net);

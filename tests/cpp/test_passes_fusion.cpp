@@ -1,8 +1,8 @@
 // Fusion-slot builder passes: the pattern passes (fuse_gelu, fuse_rms_norm), GEMM fusion
 // (fuse_gemm_epilogue, fuse_parallel_gemms), attention (drop_trivial_attention_masks,
-// fold_attention_transposes, pack_qkv_attention, pack_attention_views), patchify_convolutions,
-// collapse_transposes and fuse_pointwise. Graph in, expected graph out, plus "nothing changes"
-// cases (the pass returns false and graph_text is the same before and after).
+// fold_repeat_kv, fold_attention_transposes, pack_qkv_attention, pack_attention_views),
+// patchify_convolutions, collapse_transposes and fuse_pointwise. Graph in, expected graph out, plus "nothing
+// changes" cases (the pass returns false and graph_text is the same before and after).
 #include <cstdint>
 #include <limits>
 
@@ -423,6 +423,97 @@ TEST(DropTrivialAttentionMasks, MaskThatHidesSomethingStays) {
     Network net = masked_attention_net(c.dtype, c.values, c.input);
     const std::string before = graph_text(net);
     EXPECT_FALSE(drop_trivial_attention_masks(net));
+    EXPECT_EQ(graph_text(net), before);
+  }
+}
+
+// ---- fold_repeat_kv -----------------------------------------------------------------------------
+
+// q [1, 4, 3, 8] (bhsd) or [1, 3, 4, 8] (bshd); k0, v0 with 2 heads, each copied twice by
+// transformers' repeat_kv (unsqueeze, expand, reshape) before a causal attention. `v_copied`
+// false: the value is an input of 4 heads instead (only the key is a copy).
+Network repeat_kv_net(bool bshd, bool v_copied = true) {
+  Network net;
+  const Dims q_dims = bshd ? Dims{1, 3, 4, 8} : Dims{1, 4, 3, 8};
+  const Dims kv_dims = bshd ? Dims{1, 3, 2, 8} : Dims{1, 2, 3, 8};
+  const int64_t head = bshd ? 2 : 1;
+  TensorId q = net.add_input("q", DataType::kFloat32, q_dims);
+  auto repeat = [&](const std::string& name, int64_t n) {
+    TensorId x = net.add_input(name, DataType::kFloat32, kv_dims);
+    TensorId u = net.add_layer("unsqueeze", {x}, Attributes().set("axes", std::vector<int64_t>{head + 1}),
+                               name + "_unsqueeze")
+                     .outputs[0];
+    Dims expanded = kv_dims, flat = kv_dims;
+    expanded.insert(expanded.begin() + head + 1, n);
+    flat[static_cast<size_t>(head)] *= n;
+    TensorId e =
+        net.add_layer("expand", {u}, Attributes().set("shape", expanded), name + "_expand").outputs[0];
+    return net.add_layer("reshape", {e}, Attributes().set("shape", flat), name + "_repeated").outputs[0];
+  };
+  TensorId k = repeat("k0", 2);
+  TensorId v = v_copied ? repeat("v0", 2) : net.add_input("v", DataType::kFloat32, q_dims);
+  Attributes a = Attributes().set("causal", int64_t{1});
+  if (bshd) a.set("layout", std::string("bshd"));
+  net.mark_output(net.add_layer("attention", {q, k, v}, a, "att").outputs[0], "y");
+  return net;
+}
+
+TEST(FoldRepeatKv, AttentionReadsTheUncopiedHeadsAndComputesTheSame) {
+  for (bool bshd : {false, true}) {
+    SCOPED_TRACE(bshd ? "bshd" : "bhsd");
+    Network net = repeat_kv_net(bshd);
+    EXPECT_TRUE(fold_repeat_kv(net));
+    EXPECT_TRUE(eliminate_dead_layers(net));
+    ASSERT_EQ(ops_of(net), std::vector<std::string>{"attention"});
+    EXPECT_EQ(input_names(net, net.layers()[0]), (std::vector<std::string>{"q", "k0", "v0"}));
+    net.revalidate();
+    // The built engine (the pass in its pipeline) against one built without passes.
+    const Network original = repeat_kv_net(bshd);
+    std::map<std::string, std::pair<Dims, std::vector<float>>> feed;
+    uint32_t seed = 3;
+    for (TensorId in : original.inputs()) {
+      const Tensor& t = original.tensor(in);
+      feed[t.name] = {t.dims, random_floats(static_cast<size_t>(volume(t.dims)), seed++)};
+    }
+    BuilderConfig plain;
+    plain.target = BuildTarget::kReference;
+    plain.optimization_level = 0;
+    BuilderConfig optimized = plain;
+    optimized.optimization_level = 3;
+    const Plan folded = Builder().build(original, optimized);
+    EXPECT_EQ(ops_of(folded.network), std::vector<std::string>{"attention"});
+    const auto want = run_float(Engine::create(Builder().build(original, plain), Backend::kReference), feed);
+    const auto got = run_float(Engine::create(folded, Backend::kReference), feed);
+    ASSERT_EQ(want.at("y").size(), got.at("y").size());
+    for (size_t i = 0; i < want.at("y").size(); ++i) EXPECT_NEAR(want.at("y")[i], got.at("y")[i], 1e-6) << i;
+  }
+}
+
+TEST(FoldRepeatKv, ValueNotCopiedOrHeadsCopiedAlongAnotherDimStay) {
+  {
+    Network net = repeat_kv_net(false, false);  // only the key is a copy: k and v must agree
+    const std::string before = graph_text(net);
+    EXPECT_FALSE(fold_repeat_kv(net));
+    EXPECT_EQ(graph_text(net), before);
+  }
+  {
+    // The heads copied along another dim (the sequence's): not the pairing attention makes.
+    Network net;
+    TensorId q = net.add_input("q", DataType::kFloat32, {1, 4, 6, 8});
+    auto other = [&](const std::string& name) {
+      TensorId x = net.add_input(name, DataType::kFloat32, {1, 4, 3, 8});
+      TensorId u =
+          net.add_layer("unsqueeze", {x}, Attributes().set("axes", std::vector<int64_t>{3}), name + "_u")
+              .outputs[0];
+      TensorId e = net.add_layer("expand", {u}, Attributes().set("shape", Dims{1, 4, 3, 2, 8}), name + "_e")
+                       .outputs[0];
+      return net.add_layer("reshape", {e}, Attributes().set("shape", Dims{1, 4, 6, 8}), name + "_r")
+          .outputs[0];
+    };
+    TensorId k = other("k0"), v = other("v0");
+    net.mark_output(net.add_layer("attention", {q, k, v}, Attributes(), "att").outputs[0], "y");
+    const std::string before = graph_text(net);
+    EXPECT_FALSE(fold_repeat_kv(net));
     EXPECT_EQ(graph_text(net), before);
   }
 }
