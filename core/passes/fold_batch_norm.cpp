@@ -30,12 +30,6 @@
 namespace kiln {
 namespace {
 
-std::string unique_tensor_name(const Network& net, const std::string& base) {
-  std::string name = base;
-  for (int i = 1; net.find_tensor(name) != -1; ++i) name = base + "_" + std::to_string(i);
-  return name;
-}
-
 bool has_epilogue(const Layer& l) {
   return (l.attrs.has("activation") && l.attrs.get_string("activation", l.name) != "none") ||
          l.attrs.get_int("residual", int64_t{0}) != 0;

@@ -45,12 +45,6 @@ std::vector<int> count_uses(const Network& net) {
   return uses;
 }
 
-std::string unique_tensor_name(const Network& net, const std::string& base) {
-  std::string name = base;
-  for (int i = 1; net.find_tensor(name) >= 0; ++i) name = base + "_" + std::to_string(i);
-  return name;
-}
-
 bool is_elementwise_add(const Layer& l) {
   if (l.op != "elementwise" || !l.attrs.has("op")) return false;
   return l.attrs.get_string("op", l.name) == "add";

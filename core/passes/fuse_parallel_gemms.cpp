@@ -7,7 +7,9 @@
 // One GEMM with N = sum N_i fills the GPU better than n small ones and saves launches; the split
 // costs one copy of the outputs. Safe because a row of x W^T is the concatenation of the rows of
 // each x W_i^T. Only plain layers merge: constant weights (and all biases constant or all absent),
-// one dtype, no activation or residual, the same allow_tf32. The fused layer and the split take
+// one dtype, no activation or residual, the same allow_tf32. A matmul on a 2-D constant weight
+// that no epilogue made a fully_connected (a Linear without bias: Llama's Q, K and V) joins as the
+// fully_connected it is (weight W [K, N] taken as W^T [N, K]). The fused layer and the split take
 // the place of the first member (every member's inputs exist there); the split writes the
 // members' original output tensors, so their consumers are untouched. The fused layer lists the
 // original layers in "fused".
@@ -23,7 +25,16 @@
 namespace kiln {
 namespace {
 
+// x [..., K] (rank >= 2) times a 2-D constant: W [K, N], or W [N, K] with transpose_b.
+bool constant_weight_matmul(const Network& net, const Layer& l) {
+  if (l.op != "matmul" || l.inputs.size() != 2 || l.attrs.get_int("transpose_a", int64_t{0}) != 0)
+    return false;
+  const Tensor& w = net.tensor(l.inputs[1]);
+  return net.tensor(l.inputs[0]).dims.size() >= 2 && w.kind == TensorKind::kConstant && w.dims.size() == 2;
+}
+
 bool plain_constant_fc(const Network& net, const Layer& l) {
+  if (constant_weight_matmul(net, l)) return true;
   if (l.op != "fully_connected" || l.attrs.get_int("residual", int64_t{0}) != 0) return false;
   if (l.attrs.has("activation") && l.attrs.get_string("activation", l.name) != "none") return false;
   for (size_t i = 1; i < l.inputs.size(); ++i) {
@@ -32,10 +43,19 @@ bool plain_constant_fc(const Network& net, const Layer& l) {
   return true;
 }
 
+// The member's weight as fully_connected holds it: [N, K].
+Dims fc_weight_dims(const Network& net, const Layer& l) {
+  const Dims& d = net.tensor(l.inputs[1]).dims;
+  if (l.op == "matmul" && l.attrs.get_int("transpose_b", int64_t{0}) == 0) return {d[1], d[0]};
+  return d;
+}
+
 // Members of one group must agree on everything but N.
 bool compatible(const Network& net, const Layer& a, const Layer& b) {
   const Tensor &wa = net.tensor(a.inputs[1]), &wb = net.tensor(b.inputs[1]);
-  if (wa.dtype != wb.dtype || wa.dims[1] != wb.dims[1] || a.inputs.size() != b.inputs.size()) return false;
+  if (wa.dtype != wb.dtype || fc_weight_dims(net, a)[1] != fc_weight_dims(net, b)[1] ||
+      a.inputs.size() != b.inputs.size())
+    return false;
   if (a.inputs.size() == 3 && net.tensor(a.inputs[2]).dtype != net.tensor(b.inputs[2]).dtype) return false;
   return a.attrs.get_int("allow_tf32", int64_t{0}) == b.attrs.get_int("allow_tf32", int64_t{0});
 }
@@ -74,10 +94,15 @@ bool fuse_parallel_gemms(Network& net, const std::set<std::string>& keep) {
       std::vector<int64_t> sizes;
       std::string absorbed;
       for (int i : g) {
-        const Layer& l = layers[i];
-        weights.push_back(l.inputs[1]);
+        const Layer l = layers[i];  // a copy: adding a constant below may move the layer list
+        const bool transpose = l.op == "matmul" && l.attrs.get_int("transpose_b", int64_t{0}) == 0;
+        weights.push_back(
+            transpose ? add_derived_constant(
+                            net, unique_tensor_name(net, net.tensor(l.inputs[1]).name + "_transposed"),
+                            "transpose2d", Attributes(), {l.inputs[1]})
+                      : l.inputs[1]);
         if (bias) biases.push_back(l.inputs[2]);
-        sizes.push_back(net.tensor(l.inputs[1]).dims[0]);
+        sizes.push_back(fc_weight_dims(net, l)[0]);
         absorbed += (absorbed.empty() ? "" : ",") + fused_names(l);
       }
       const std::string base = unique_name(names, first.name + "_merged");

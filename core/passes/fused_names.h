@@ -29,6 +29,14 @@ inline std::string unique_name(std::set<std::string>& used, const std::string& b
   return name;
 }
 
+// `base`, or `base_1`, `base_2`, ...: the first tensor name the network does not hold (for a
+// constant a pass derives with add_derived_constant).
+inline std::string unique_tensor_name(const Network& net, const std::string& base) {
+  std::string name = base;
+  for (int i = 1; net.find_tensor(name) >= 0; ++i) name = base + "_" + std::to_string(i);
+  return name;
+}
+
 // A new tensor of `dtype` and `dims` for a pass to write: named `base`, or `base1`, `base2`, ...,
 // the first name the network does not hold.
 inline TensorId add_pass_tensor(Network& net, const std::string& base, DataType dtype, const Dims& dims) {

@@ -349,6 +349,43 @@ TEST(FuseParallelGemms, GemmsOnOneInputBecomeOneGemmAndASplit) {
   net.revalidate();
 }
 
+// A Linear without bias is a matmul on a constant weight (Llama's Q, K and V): x [1, 3, 4] times
+// wq [4, 6], wk [4, 2] and wv [2, 4] with transpose_b. They merge as fully_connected layers and
+// compute what they did.
+TEST(FuseParallelGemms, MatmulsOnConstantWeightsMergeToo) {
+  auto make = [] {
+    Network net;
+    TensorId x = net.add_input("x", DataType::kFloat32, {1, 3, 4});
+    TensorId wq = float_constant(net, "wq", {4, 6}, random_floats(24, 5));
+    TensorId wk = float_constant(net, "wk", {4, 2}, random_floats(8, 6));
+    TensorId wv = float_constant(net, "wv", {2, 4}, random_floats(8, 7));
+    net.mark_output(net.add_layer("matmul", {x, wq}, Attributes(), "q").outputs[0], "yq");
+    net.mark_output(net.add_layer("matmul", {x, wk}, Attributes(), "k").outputs[0], "yk");
+    net.mark_output(
+        net.add_layer("matmul", {x, wv}, Attributes().set("transpose_b", int64_t{1}), "v").outputs[0], "yv");
+    return net;
+  };
+  Network net = make();
+  EXPECT_TRUE(fuse_parallel_gemms(net));
+  EXPECT_EQ(ops_of(net), (std::vector<std::string>{"fully_connected", "split"}));
+  EXPECT_EQ(net.tensor(net.layers()[0].inputs[1]).dims, (Dims{10, 4}));
+  EXPECT_EQ(layer_named(net, "q_split").attrs.get_ints("sizes", "q_split"), (std::vector<int64_t>{6, 2, 2}));
+  net.revalidate();
+  std::map<std::string, std::pair<Dims, std::vector<float>>> feed = {
+      {"x", {{1, 3, 4}, random_floats(12, 8)}}};
+  BuilderConfig plain;
+  plain.target = BuildTarget::kReference;
+  plain.optimization_level = 0;
+  const auto want = run_float(Engine::create(Builder().build(make(), plain), Backend::kReference), feed);
+  BuilderConfig optimized = plain;
+  optimized.optimization_level = 3;
+  const auto got = run_float(Engine::create(Builder().build(make(), optimized), Backend::kReference), feed);
+  for (const char* y : {"yq", "yk", "yv"}) {
+    ASSERT_EQ(want.at(y).size(), got.at(y).size()) << y;
+    for (size_t i = 0; i < want.at(y).size(); ++i) EXPECT_NEAR(want.at(y)[i], got.at(y)[i], 1e-5) << y << i;
+  }
+}
+
 TEST(FuseParallelGemms, GemmWithEpilogueOrKeptStaysAlone) {
   for (bool kept : {false, true}) {
     SCOPED_TRACE(kept ? "k is kept" : "k has an activation");

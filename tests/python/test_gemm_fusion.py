@@ -233,9 +233,11 @@ def test_fuse_gemm_epilogue_linear_then_relu():
 
 def test_fuse_gemm_epilogue_nothing_to_fuse():
     # No change: B is not a constant; the GEMM result has a second consumer; the add broadcasts a
-    # column (neither a bias vector nor a same-shape residual).
+    # column (neither a bias vector nor a same-shape residual). (mm3 reads an input of its own:
+    # two plain GEMMs on one input would merge, fuse_parallel_gemms.)
     net = kiln.Network()
     a = net.add_input("a", "float32", [4, 6])
+    a3 = net.add_input("a3", "float32", [4, 6])
     b = net.add_input("b", "float32", [6, 5])
     net.mark_output(
         net.add_elementwise(net.add_matmul(a, b, name="mm1"), torch.randn(5), "add"), "y1"
@@ -243,7 +245,7 @@ def test_fuse_gemm_epilogue_nothing_to_fuse():
     mm2 = net.add_matmul(a, torch.randn(6, 5), name="mm2")
     net.mark_output(net.add_elementwise(mm2, torch.randn(5), "add", name="add2"), "y2")
     net.mark_output(net.add_activation(mm2, "relu"), "y3")
-    mm3 = net.add_matmul(a, torch.randn(6, 5), name="mm3")
+    mm3 = net.add_matmul(a3, torch.randn(6, 5), name="mm3")
     net.mark_output(net.add_elementwise(mm3, torch.randn(4, 1), "add", name="add3"), "y4")
     plan = build_plan(net, level=1)
     ops = [layer["op"] for layer in plan.layers()]
