@@ -79,7 +79,7 @@ Backend resolve_target(BuildTarget target) {
 }
 
 // The builder's stages (run_pass calls) for its progress report: counted per build.
-constexpr int64_t kBuilderStages = 26;
+constexpr int64_t kBuilderStages = 27;
 thread_local int64_t t_stage = 0;
 
 // Runs `pass` on `net` and logs what it did; returns whether it changed the network.
@@ -223,6 +223,8 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
         net);
     run_pass("fuse_gelu", fuse_gelu, net);
     run_pass("fuse_rms_norm", fuse_rms_norm, net);
+    if (run_pass("rotate_half_to_gather", rotate_half_to_gather, net))
+      run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
     run_pass("hoist_activations", hoist_activations, net);
     run_pass("fuse_conv_epilogue", fuse_conv_epilogue, net);
     run_pass("fuse_gemm_epilogue", gemm_epilogue, net);

@@ -63,6 +63,9 @@ bool pack_qkv_attention(Network& net);
 // projection -> packed_attention reading it (torch's MultiheadAttention, static shapes).
 bool pack_attention_views(Network& net);
 bool drop_trivial_attention_masks(Network& net);
+// Rotary embeddings' rotate_half (concat of the negated upper and the lower half of the last dim)
+// -> a gather in rotated order times a constant sign.
+bool rotate_half_to_gather(Network& net);
 // Attention whose key and value are repeat_kv copies (unsqueeze, expand, reshape) of fewer heads
 // -> grouped-query attention on the uncopied heads.
 bool fold_repeat_kv(Network& net);

@@ -464,6 +464,74 @@ TEST(DropTrivialAttentionMasks, MaskThatHidesSomethingStays) {
   }
 }
 
+// ---- rotate_half_to_gather ----------------------------------------------------------------------
+
+// transformers' rotary embedding on x [1, 2, 3, 8]: y = x * cos + rotate_half(x) * sin with
+// rotate_half(x) = concat(-x[..., 4:], x[..., :4]). `swapped`: concat(x[..., :4], -x[..., 4:])
+// instead (not rotate_half).
+Network rotary_net(DataType dtype, bool swapped = false) {
+  Network net;
+  const Dims dims{1, 2, 3, 8};
+  TensorId x = net.add_input("x", dtype, dims);
+  TensorId cos = net.add_input("cos", dtype, {1, 1, 3, 8});
+  TensorId sin = net.add_input("sin", dtype, {1, 1, 3, 8});
+  auto slice = [&](int64_t start, int64_t end, const std::string& name) {
+    Attributes a;
+    a.set("axes", std::vector<int64_t>{-1}).set("starts", std::vector<int64_t>{start});
+    a.set("ends", std::vector<int64_t>{end});
+    return net.add_layer("slice", {x}, a, name).outputs[0];
+  };
+  TensorId lo = slice(0, 4, "x1");
+  TensorId hi = slice(4, std::numeric_limits<int64_t>::max(), "x2");
+  TensorId neg =
+      net.add_layer("unary", {swapped ? lo : hi}, Attributes().set("op", std::string("neg")), "neg")
+          .outputs[0];
+  TensorId rot =
+      net.add_layer("concat", {neg, swapped ? hi : lo}, Attributes().set("axis", int64_t{-1}), "cat")
+          .outputs[0];
+  TensorId a = net.add_elementwise(x, cos, "mul", "mul_cos").outputs[0];
+  TensorId b = net.add_elementwise(rot, sin, "mul", "mul_sin").outputs[0];
+  net.mark_output(net.add_elementwise(a, b, "add", "add").outputs[0], "y");
+  return net;
+}
+
+TEST(RotateHalfToGather, FourLayersBecomeAGatherAndASignAndComputeTheSame) {
+  for (DataType dtype : {DataType::kFloat32, DataType::kFloat16}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    Network net = rotary_net(dtype);
+    EXPECT_TRUE(rotate_half_to_gather(net));
+    EXPECT_TRUE(eliminate_dead_layers(net));
+    EXPECT_EQ(ops_of(net), (std::vector<std::string>{"gather", "elementwise", "elementwise", "elementwise",
+                                                     "elementwise"}));
+    net.revalidate();
+    if (dtype != DataType::kFloat32) continue;  // run_float feeds float32
+    std::map<std::string, std::pair<Dims, std::vector<float>>> feed;
+    uint32_t seed = 21;
+    for (const char* name : {"x", "cos", "sin"}) {
+      const Dims& d = net.tensor(net.find_tensor(name)).dims;
+      feed[name] = {d, random_floats(static_cast<size_t>(volume(d)), seed++)};
+    }
+    BuilderConfig plain;
+    plain.target = BuildTarget::kReference;
+    plain.optimization_level = 0;
+    BuilderConfig optimized = plain;
+    optimized.optimization_level = 3;
+    const Plan built = Builder().build(rotary_net(dtype), optimized);
+    for (const auto& l : built.network.layers()) EXPECT_NE(l.op, "concat") << l.name;
+    const auto want =
+        run_float(Engine::create(Builder().build(rotary_net(dtype), plain), Backend::kReference), feed);
+    const auto got = run_float(Engine::create(built, Backend::kReference), feed);
+    EXPECT_EQ(want.at("y"), got.at("y"));  // bit for bit: -x and x * -1 are the same
+  }
+}
+
+TEST(RotateHalfToGather, OtherConcatsStay) {
+  Network net = rotary_net(DataType::kFloat32, /*swapped=*/true);
+  const std::string before = graph_text(net);
+  EXPECT_FALSE(rotate_half_to_gather(net));
+  EXPECT_EQ(graph_text(net), before);
+}
+
 // ---- fold_repeat_kv -----------------------------------------------------------------------------
 
 // q [1, 4, 3, 8] (bhsd) or [1, 3, 4, 8] (bshd); k0, v0 with 2 heads, each copied twice by
