@@ -4,7 +4,11 @@
 // input's own dtype, a reshape or expand to the input's own static dims (torchvision's Swin pads
 // each window grid by (size - W % size) % size, zero at 224 x 224, and slices it back).
 // An expand that only pointwise readers read goes too: they broadcast its input themselves.
-// A no-op whose output is a network output is kept: the output binding needs its own buffer.
+// A no-op whose output is a network output needs a buffer of its own, the binding's: there, when
+// its input is the output of a computing layer (not a view) and no network input or output, that
+// layer writes the binding itself and the input's other readers read it there, instead of a copy
+// (transformers decoders return each layer's key and value as past_key_values: a full slice, a
+// copy per layer).
 #include <unordered_map>
 #include <vector>
 
@@ -68,6 +72,42 @@ bool broadcast_by_its_readers(const Network& net, const Layer& l,
   return true;
 }
 
+// No-op copies into network outputs whose input's producer can write the output itself.
+bool write_outputs_in_place(Network& net) {
+  const std::vector<int> producer = net.producers();
+  std::unordered_map<TensorId, TensorId> rename;  // x -> the output its producer now writes
+  std::vector<bool> dropped(net.layers().size(), false);
+  for (size_t i = 0; i < net.layers().size(); ++i) {
+    const Layer& l = net.layers()[i];
+    if (l.inputs.size() != 1 || l.outputs.size() != 1 || !net.is_output(l.outputs[0]) || !is_noop(net, l))
+      continue;
+    const TensorId x = l.inputs[0], y = l.outputs[0];
+    const int p = producer[x];
+    if (p < 0 || net.is_output(x) || rename.count(x) || net.tensor(x).dims != net.tensor(y).dims ||
+        has_trait(net.layers()[p].op, kView))
+      continue;
+    rename[x] = y;
+    dropped[i] = true;
+  }
+  if (rename.empty()) return false;
+  std::vector<Layer> kept;
+  auto& all = net.mutable_layers();
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (dropped[i]) continue;
+    for (TensorId& t : all[i].inputs) {
+      auto it = rename.find(t);
+      if (it != rename.end()) t = it->second;
+    }
+    for (TensorId& t : all[i].outputs) {
+      auto it = rename.find(t);
+      if (it != rename.end()) t = it->second;
+    }
+    kept.push_back(std::move(all[i]));
+  }
+  all = std::move(kept);
+  return true;
+}
+
 }  // namespace
 
 bool remove_noops(Network& net) {
@@ -99,7 +139,8 @@ bool remove_noops(Network& net) {
     kept.push_back(std::move(l));
   }
   net.mutable_layers() = std::move(kept);
-  if (replace.empty()) return false;
+  const bool in_place = write_outputs_in_place(net);
+  if (replace.empty() && !in_place) return false;
   net.compact();
   return true;
 }

@@ -99,8 +99,8 @@ bool rotate_half_to_gather(Network& net) {
     const std::vector<uint8_t> sign_bytes = signs(dtype, d, h);
     const TensorId sign = net.add_constant(unique_tensor_name(net, base + ".sign"), dtype, {d},
                                            sign_bytes.data(), sign_bytes.size());
-    Layer gather = net.add_layer("gather", {x, index},
-                                 Attributes().set("axis", rank - 1).set("wrap", int64_t{0}), base);
+    Layer gather =
+        net.add_layer("gather", {x, index}, Attributes().set("axis", rank - 1).set("wrap", int64_t{0}), base);
     net.mutable_layers().pop_back();  // placed where the concat was, below
     Layer mul;
     mul.name = unique_name(names, c.name + "/sign");

@@ -66,6 +66,43 @@ TEST(RemoveNoops, BypassesIdentity) {
   net.revalidate();
 }
 
+// A decoder's past key/values: each layer's key (here relu(x)) read by attention (here tanh) and
+// returned through a slice that keeps everything. The relu writes the output binding itself, the
+// tanh reads it there, and the copy goes; a network input copied to an output keeps its copy.
+TEST(RemoveNoops, CopyIntoAnOutputBecomesItsProducersOwnWrite) {
+  auto make = [] {
+    Network net;
+    TensorId x = net.add_input("x", DataType::kFloat32, {2, 3});
+    TensorId k = net.add_activation(x, "relu", 0, "key").outputs[0];
+    net.mark_output(net.add_activation(k, "tanh", 0, "attention").outputs[0], "y");
+    Attributes all;
+    all.set("axes", std::vector<int64_t>{1}).set("starts", std::vector<int64_t>{0});
+    all.set("ends", std::vector<int64_t>{3});
+    net.mark_output(net.add_layer("slice", {k}, all, "present").outputs[0], "present");
+    net.mark_output(net.add_layer("slice", {x}, all, "echo").outputs[0], "echo");
+    return net;
+  };
+  Network net = make();
+  EXPECT_TRUE(remove_noops(net));
+  ASSERT_EQ(ops_of(net), (std::vector<std::string>{"activation", "activation", "slice"}));
+  EXPECT_EQ(net.tensor(net.layers()[0].outputs[0]).name, "present");  // relu writes the output
+  EXPECT_EQ(net.tensor(net.layers()[1].inputs[0]).name, "present");   // tanh reads it there
+  EXPECT_EQ(net.layers()[2].name, "echo");
+  net.revalidate();
+  std::map<std::string, std::pair<Dims, std::vector<float>>> feed = {
+      {"x", {{2, 3}, test::random_floats(6, 9)}}};
+  BuilderConfig plain;
+  plain.target = BuildTarget::kReference;
+  plain.optimization_level = 0;
+  BuilderConfig optimized = plain;
+  optimized.optimization_level = 3;
+  const auto want =
+      test::run_float(Engine::create(Builder().build(make(), plain), Backend::kReference), feed);
+  const auto got =
+      test::run_float(Engine::create(Builder().build(make(), optimized), Backend::kReference), feed);
+  for (const char* name : {"y", "present", "echo"}) EXPECT_EQ(want.at(name), got.at(name)) << name;
+}
+
 TEST(RemoveNoops, BypassesLayersThatCopyTheirInput) {
   // Swin's window padding at 224 x 224: a pad of zeros, then a slice keeping everything; a cast to
   // the same dtype, an identity transpose, a reshape and an expand to the same dims.
