@@ -89,17 +89,8 @@ TEST(RemoveNoops, CopyIntoAnOutputBecomesItsProducersOwnWrite) {
   EXPECT_EQ(net.tensor(net.layers()[1].inputs[0]).name, "present");   // tanh reads it there
   EXPECT_EQ(net.layers()[2].name, "echo");
   net.revalidate();
-  std::map<std::string, std::pair<Dims, std::vector<float>>> feed = {
-      {"x", {{2, 3}, test::random_floats(6, 9)}}};
-  BuilderConfig plain;
-  plain.target = BuildTarget::kReference;
-  plain.optimization_level = 0;
-  BuilderConfig optimized = plain;
-  optimized.optimization_level = 3;
-  const auto want =
-      test::run_float(Engine::create(Builder().build(make(), plain), Backend::kReference), feed);
-  const auto got =
-      test::run_float(Engine::create(Builder().build(make(), optimized), Backend::kReference), feed);
+  const test::Feed feed = {{"x", {{2, 3}, test::random_floats(6, 9)}}};
+  const auto want = test::run_reference(make(), feed, false), got = test::run_reference(make(), feed, true);
   for (const char* name : {"y", "present", "echo"}) EXPECT_EQ(want.at(name), got.at(name)) << name;
 }
 
@@ -429,12 +420,7 @@ Network shuffle_split_net(bool same_perm) {
 TEST(CollapseTransposes, ComposeMovesTransposesAboveASplitAndMergesThemWithTheShuffle) {
   Network net = shuffle_split_net(/*same_perm=*/true);
   const std::vector<float> x = test::random_floats(128, 3);
-  auto run = [&](const Network& n) {
-    BuilderConfig config;
-    config.optimization_level = 0;  // the network as given
-    return test::run_float(Engine::create(Builder().build(n, config), Backend::kReference),
-                           {{"x", {{1, 4, 4, 8}, x}}});
-  };
+  auto run = [&](const Network& n) { return test::run_reference(n, {{"x", {{1, 4, 4, 8}, x}}}, false); };
   const auto want = run(net);
   ASSERT_TRUE(collapse_transposes(net, true));
   int moving = 0, splits = 0;

@@ -371,15 +371,8 @@ TEST(FuseParallelGemms, MatmulsOnConstantWeightsMergeToo) {
   EXPECT_EQ(net.tensor(net.layers()[0].inputs[1]).dims, (Dims{10, 4}));
   EXPECT_EQ(layer_named(net, "q_split").attrs.get_ints("sizes", "q_split"), (std::vector<int64_t>{6, 2, 2}));
   net.revalidate();
-  std::map<std::string, std::pair<Dims, std::vector<float>>> feed = {
-      {"x", {{1, 3, 4}, random_floats(12, 8)}}};
-  BuilderConfig plain;
-  plain.target = BuildTarget::kReference;
-  plain.optimization_level = 0;
-  const auto want = run_float(Engine::create(Builder().build(make(), plain), Backend::kReference), feed);
-  BuilderConfig optimized = plain;
-  optimized.optimization_level = 3;
-  const auto got = run_float(Engine::create(Builder().build(make(), optimized), Backend::kReference), feed);
+  const Feed feed = {{"x", {{1, 3, 4}, random_floats(12, 8)}}};
+  const auto want = run_reference(make(), feed, false), got = run_reference(make(), feed, true);
   for (const char* y : {"yq", "yk", "yv"}) {
     ASSERT_EQ(want.at(y).size(), got.at(y).size()) << y;
     for (size_t i = 0; i < want.at(y).size(); ++i) EXPECT_NEAR(want.at(y)[i], got.at(y)[i], 1e-5) << y << i;
@@ -505,23 +498,18 @@ TEST(RotateHalfToGather, FourLayersBecomeAGatherAndASignAndComputeTheSame) {
                                                      "elementwise"}));
     net.revalidate();
     if (dtype != DataType::kFloat32) continue;  // run_float feeds float32
-    std::map<std::string, std::pair<Dims, std::vector<float>>> feed;
+    Feed feed;
     uint32_t seed = 21;
     for (const char* name : {"x", "cos", "sin"}) {
       const Dims& d = net.tensor(net.find_tensor(name)).dims;
       feed[name] = {d, random_floats(static_cast<size_t>(volume(d)), seed++)};
     }
-    BuilderConfig plain;
-    plain.target = BuildTarget::kReference;
-    plain.optimization_level = 0;
-    BuilderConfig optimized = plain;
-    optimized.optimization_level = 3;
-    const Plan built = Builder().build(rotary_net(dtype), optimized);
-    for (const auto& l : built.network.layers()) EXPECT_NE(l.op, "concat") << l.name;
-    const auto want =
-        run_float(Engine::create(Builder().build(rotary_net(dtype), plain), Backend::kReference), feed);
-    const auto got = run_float(Engine::create(built, Backend::kReference), feed);
-    EXPECT_EQ(want.at("y"), got.at("y"));  // bit for bit: -x and x * -1 are the same
+    BuilderConfig reference;
+    reference.target = BuildTarget::kReference;
+    for (const auto& l : Builder().build(rotary_net(dtype), reference).network.layers())
+      EXPECT_NE(l.op, "concat") << l.name;  // the pass fires in the builder's pipeline
+    const auto want = run_reference(rotary_net(dtype), feed, false);
+    EXPECT_EQ(want.at("y"), run_reference(rotary_net(dtype), feed, true).at("y"));  // -x is x * -1
   }
 }
 
@@ -574,21 +562,16 @@ TEST(FoldRepeatKv, AttentionReadsTheUncopiedHeadsAndComputesTheSame) {
     net.revalidate();
     // The built engine (the pass in its pipeline) against one built without passes.
     const Network original = repeat_kv_net(bshd);
-    std::map<std::string, std::pair<Dims, std::vector<float>>> feed;
+    Feed feed;
     uint32_t seed = 3;
     for (TensorId in : original.inputs()) {
       const Tensor& t = original.tensor(in);
       feed[t.name] = {t.dims, random_floats(static_cast<size_t>(volume(t.dims)), seed++)};
     }
-    BuilderConfig plain;
-    plain.target = BuildTarget::kReference;
-    plain.optimization_level = 0;
-    BuilderConfig optimized = plain;
-    optimized.optimization_level = 3;
-    const Plan folded = Builder().build(original, optimized);
-    EXPECT_EQ(ops_of(folded.network), std::vector<std::string>{"attention"});
-    const auto want = run_float(Engine::create(Builder().build(original, plain), Backend::kReference), feed);
-    const auto got = run_float(Engine::create(folded, Backend::kReference), feed);
+    BuilderConfig reference;
+    reference.target = BuildTarget::kReference;
+    EXPECT_EQ(ops_of(Builder().build(original, reference).network), std::vector<std::string>{"attention"});
+    const auto want = run_reference(original, feed, false), got = run_reference(original, feed, true);
     ASSERT_EQ(want.at("y").size(), got.at("y").size());
     for (size_t i = 0; i < want.at("y").size(); ++i) EXPECT_NEAR(want.at("y")[i], got.at("y")[i], 1e-6) << i;
   }
@@ -1103,10 +1086,7 @@ TEST(HoistActivations, SameValuesOnTheReferenceBackend) {
   for (bool hoist : {false, true}) {
     Network net = se_gemm_net();
     if (hoist) ASSERT_TRUE(hoist_activations(net));
-    BuilderConfig config;
-    config.optimization_level = 0;  // the network as given
-    (hoist ? got : want) = run_float(Engine::create(Builder().build(net, config), Backend::kReference),
-                                     {{"x", {{1, 4}, x}}})["y"];
+    (hoist ? got : want) = run_reference(net, {{"x", {{1, 4}, x}}}, false)["y"];
   }
   EXPECT_EQ(got, want);
 }

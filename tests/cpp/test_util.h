@@ -82,6 +82,18 @@ inline std::map<std::string, std::vector<float>> run_float(
   return out;
 }
 
+using Feed = std::map<std::string, std::pair<Dims, std::vector<float>>>;
+
+// `net` built for the reference backend as given (no optional pass: optimization_level 0) or with
+// every pass, and run on `feed`: a pass test's expected outputs and its results.
+inline std::map<std::string, std::vector<float>> run_reference(const Network& net, const Feed& feed,
+                                                               bool passes) {
+  BuilderConfig config;
+  config.target = BuildTarget::kReference;
+  config.optimization_level = passes ? 3 : 0;
+  return run_float(Engine::create(Builder().build(net, config), Backend::kReference), feed);
+}
+
 // ---- pass tests: graph in, graph out ------------------------------------------------------------
 
 inline std::vector<std::string> ops_of(const Network& net) {
