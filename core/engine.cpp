@@ -90,8 +90,9 @@ Engine::Engine(Plan plan, Backend backend, std::shared_ptr<DeviceAllocator> allo
   }
 }
 
-// CUDA: every constant goes into one allocation, packed at aligned offsets on the host and
-// uploaded with one copy (a copy per weight costs a synchronous round trip each).
+// CUDA: every constant goes into one allocation at aligned offsets, uploaded through page-locked
+// staging (copy_pieces_to_device): a host image of them all, then one pageable copy, cost more
+// (fresh memory for the whole image, then the driver's own staging).
 void Engine::upload_constants() {
   const Network& net = plan_.network;
   if (backend_ != Backend::kCuda) {
@@ -114,13 +115,13 @@ void Engine::upload_constants() {
     total = align_up(total + t.data->size());
   }
   if (total == 0) return;
-  std::vector<uint8_t> packed(total);
+  weights_ = allocator_->allocate(total);
+  std::vector<HostPiece> pieces;
   for (TensorId id : unique) {
     const Tensor& t = net.tensor(id);
-    std::memcpy(packed.data() + offset[id], t.data->data(), t.data->size());
+    pieces.push_back({static_cast<uint8_t*>(weights_) + offset[id], t.data->data(), t.data->size()});
   }
-  weights_ = allocator_->allocate(total);
-  copy_to_device(weights_, packed.data(), total);
+  copy_pieces_to_device(pieces.data(), pieces.size());
   for (const auto& t : net.tensors()) {
     if (t.kind == TensorKind::kConstant && !t.data->empty()) {
       constants_[t.id] = static_cast<uint8_t*>(weights_) + offset[t.id];
@@ -208,12 +209,14 @@ void Engine::refit(const std::map<std::string, ConstantValue>& weights,
   }
   const auto replayed = std::chrono::steady_clock::now();
   if (backend_ == Backend::kCuda) {
-    // Each new constant straight from its host bytes to its place: a staging copy of them all
-    // (zero-filled, copied, uploaded, then copied again on the device) cost more than a copy's
-    // round trip per constant (BERT-base: 199 ms staged on an H100 machine).
+    // Each new constant from its host bytes to its place through page-locked staging (a host
+    // image of them all, zero-filled, uploaded and then copied again on the device, cost more:
+    // BERT-base 199 ms on an H100 machine).
     DeviceGuard guard(device_);
     synchronize_device();  // no kernel of a context reads the weights while they change
-    for (const auto& [id, bytes] : values) copy_to_device(constants_[id], bytes->data(), bytes->size());
+    std::vector<HostPiece> pieces;
+    for (const auto& [id, bytes] : values) pieces.push_back({constants_[id], bytes->data(), bytes->size()});
+    copy_pieces_to_device(pieces.data(), pieces.size());
     for (const auto& [id, name] : direct) {
       const Tensor& t = plan_.network.tensor(id);
       copy_device_async(constants_[id], on_device.at(name),

@@ -26,6 +26,16 @@ void device_free(void* p) noexcept;
 void copy_to_device(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
 void copy_device_async(void* dst, const void* src, size_t bytes, void* stream);
+// Host to device, many pieces (an engine's constants, a refit's new weights): through two
+// page-locked staging buffers, the CPU filling one while the copy engine drains the other, at
+// the bus's rate rather than a pageable copy's and without a host image of the whole. Returns
+// when every piece is on the device.
+struct HostPiece {
+  void* dst;        // device
+  const void* src;  // host (pageable)
+  size_t bytes;
+};
+void copy_pieces_to_device(const HostPiece* pieces, size_t count);
 void synchronize_stream(void* stream);
 void synchronize_device();  // cudaDeviceSynchronize: every stream of the current device
 void* create_cublaslt_handle();

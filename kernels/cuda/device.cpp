@@ -1,5 +1,11 @@
 #include "kernels/device.h"
 
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <mutex>
+
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
@@ -76,6 +82,95 @@ void copy_device_async(void* dst, const void* src, size_t bytes, void* stream) {
   if (bytes) {
     KILN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, static_cast<cudaStream_t>(stream)));
   }
+}
+
+namespace {
+
+constexpr size_t kStagingChunk = size_t{8} << 20;
+
+// Two page-locked buffers of kStagingChunk bytes, a stream and an event per buffer, of one device.
+struct Staging {
+  void* buffer[2] = {nullptr, nullptr};
+  cudaEvent_t drained[2] = {nullptr, nullptr};
+  cudaStream_t stream = nullptr;
+};
+
+// The current device's staging, made on first use and kept for the process (16 MB page-locked),
+// so that engine loads and the refits of a training loop reuse it; nullptr when CUDA cannot give
+// it (then copies go one by one). Never freed: the CUDA runtime may be gone when static
+// destructors run. The caller holds staging_mutex() while using it.
+Staging* staging_of_current_device() {
+  static std::map<int, Staging*> all;
+  const int device = current_device();
+  auto it = all.find(device);
+  if (it != all.end()) return it->second;
+  auto* s = new Staging;
+  bool ok = cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking) == cudaSuccess;
+  for (int k = 0; ok && k < 2; ++k) {
+    ok = cudaHostAlloc(&s->buffer[k], kStagingChunk, cudaHostAllocDefault) == cudaSuccess &&
+         cudaEventCreateWithFlags(&s->drained[k], cudaEventDisableTiming) == cudaSuccess;
+  }
+  if (!ok) {
+    cudaGetLastError();
+    for (int k = 0; k < 2; ++k) {
+      if (s->drained[k]) cudaEventDestroy(s->drained[k]);
+      if (s->buffer[k]) cudaFreeHost(s->buffer[k]);
+    }
+    if (s->stream) cudaStreamDestroy(s->stream);
+    delete s;
+    s = nullptr;
+  }
+  return all[device] = s;
+}
+
+std::mutex& staging_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+}  // namespace
+
+void copy_pieces_to_device(const HostPiece* pieces, size_t count) {
+  size_t total = 0;
+  for (size_t i = 0; i < count; ++i) total += pieces[i].bytes;
+  if (total == 0) return;
+  std::lock_guard<std::mutex> lock(staging_mutex());
+  Staging* s = staging_of_current_device();
+  if (!s) {  // no page-locked memory to be had: one synchronous copy per piece
+    for (size_t i = 0; i < count; ++i) copy_to_device(pieces[i].dst, pieces[i].src, pieces[i].bytes);
+    return;
+  }
+  // The destination may be memory another stream used before it was freed to the caller.
+  KILN_CUDA_CHECK(cudaDeviceSynchronize());
+  int k = 0;        // the buffer being filled
+  size_t used = 0;  // bytes of it filled
+  auto next_buffer = [&] {
+    KILN_CUDA_CHECK(cudaEventRecord(s->drained[k], s->stream));
+    k ^= 1;
+    used = 0;
+    KILN_CUDA_CHECK(cudaEventSynchronize(s->drained[k]));  // its copies are done
+  };
+  struct DrainOnError {  // a failed call leaves no copy reading a buffer the next call fills
+    cudaStream_t stream;
+    ~DrainOnError() { cudaStreamSynchronize(stream); }
+  } drain{s->stream};
+  for (size_t i = 0; i < count; ++i) {
+    const auto* src = static_cast<const uint8_t*>(pieces[i].src);
+    auto* dst = static_cast<uint8_t*>(pieces[i].dst);
+    size_t left = pieces[i].bytes;
+    while (left > 0) {
+      if (used == kStagingChunk) next_buffer();
+      const size_t n = std::min(left, kStagingChunk - used);
+      uint8_t* staged = static_cast<uint8_t*>(s->buffer[k]) + used;
+      std::memcpy(staged, src, n);
+      KILN_CUDA_CHECK(cudaMemcpyAsync(dst, staged, n, cudaMemcpyHostToDevice, s->stream));
+      src += n;
+      dst += n;
+      left -= n;
+      used += n;
+    }
+  }
+  KILN_CUDA_CHECK(cudaStreamSynchronize(s->stream));
 }
 
 void synchronize_stream(void* stream) {
