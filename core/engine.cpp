@@ -90,9 +90,10 @@ Engine::Engine(Plan plan, Backend backend, std::shared_ptr<DeviceAllocator> allo
   }
 }
 
-// CUDA: every constant goes into one allocation at aligned offsets, uploaded through page-locked
-// staging (copy_pieces_to_device): a host image of them all, then one pageable copy, cost more
-// (fresh memory for the whole image, then the driver's own staging).
+// CUDA: every constant goes into one allocation at aligned offsets. With staged_uploads(), through
+// page-locked staging (copy_pieces_to_device); otherwise packed into a host image of them all and
+// uploaded with one pageable copy (fresh memory for the whole image, then the driver's staging:
+// the cost the staging removes, unmeasured until it runs on a GPU).
 void Engine::upload_constants() {
   const Network& net = plan_.network;
   if (backend_ != Backend::kCuda) {
@@ -116,12 +117,21 @@ void Engine::upload_constants() {
   }
   if (total == 0) return;
   weights_ = allocator_->allocate(total);
-  std::vector<HostPiece> pieces;
-  for (TensorId id : unique) {
-    const Tensor& t = net.tensor(id);
-    pieces.push_back({static_cast<uint8_t*>(weights_) + offset[id], t.data->data(), t.data->size()});
+  if (staged_uploads()) {
+    std::vector<HostPiece> pieces;
+    for (TensorId id : unique) {
+      const Tensor& t = net.tensor(id);
+      pieces.push_back({static_cast<uint8_t*>(weights_) + offset[id], t.data->data(), t.data->size()});
+    }
+    copy_pieces_to_device(pieces.data(), pieces.size());
+  } else {
+    std::vector<uint8_t> packed(total);
+    for (TensorId id : unique) {
+      const Tensor& t = net.tensor(id);
+      std::memcpy(packed.data() + offset[id], t.data->data(), t.data->size());
+    }
+    copy_to_device(weights_, packed.data(), total);
   }
-  copy_pieces_to_device(pieces.data(), pieces.size());
   for (const auto& t : net.tensors()) {
     if (t.kind == TensorKind::kConstant && !t.data->empty()) {
       constants_[t.id] = static_cast<uint8_t*>(weights_) + offset[t.id];
@@ -209,14 +219,18 @@ void Engine::refit(const std::map<std::string, ConstantValue>& weights,
   }
   const auto replayed = std::chrono::steady_clock::now();
   if (backend_ == Backend::kCuda) {
-    // Each new constant from its host bytes to its place through page-locked staging (a host
-    // image of them all, zero-filled, uploaded and then copied again on the device, cost more:
-    // BERT-base 199 ms on an H100 machine).
+    // Each new constant from its host bytes to its place: through page-locked staging with
+    // staged_uploads(), else one copy each (a host image of them all, zero-filled, uploaded and
+    // then copied again on the device, cost more: BERT-base 199 ms on an H100 machine).
     DeviceGuard guard(device_);
     synchronize_device();  // no kernel of a context reads the weights while they change
-    std::vector<HostPiece> pieces;
-    for (const auto& [id, bytes] : values) pieces.push_back({constants_[id], bytes->data(), bytes->size()});
-    copy_pieces_to_device(pieces.data(), pieces.size());
+    if (staged_uploads()) {
+      std::vector<HostPiece> pieces;
+      for (const auto& [id, bytes] : values) pieces.push_back({constants_[id], bytes->data(), bytes->size()});
+      copy_pieces_to_device(pieces.data(), pieces.size());
+    } else {
+      for (const auto& [id, bytes] : values) copy_to_device(constants_[id], bytes->data(), bytes->size());
+    }
     for (const auto& [id, name] : direct) {
       const Tensor& t = plan_.network.tensor(id);
       copy_device_async(constants_[id], on_device.at(name),

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <string>
 
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -129,6 +131,14 @@ std::mutex& staging_mutex() {
 }
 
 }  // namespace
+
+bool staged_uploads() {
+  static const bool on = [] {
+    const char* v = std::getenv("KILN_STAGED_UPLOAD");
+    return v && std::string(v) == "1";
+  }();
+  return on;
+}
 
 void copy_pieces_to_device(const HostPiece* pieces, size_t count) {
   size_t total = 0;
