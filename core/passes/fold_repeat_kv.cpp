@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/passes/passes.h"
+#include "core/passes/pattern_match.h"
 
 namespace kiln {
 namespace {
@@ -26,14 +27,12 @@ bool dims_with(const Dims& want, const Dims& got, size_t at, int64_t extra) {
 
 // The tensor a repeat_kv chain ending in `t` copies (heads at dim `head` of t), and its repeat
 // count; {-1, 0} when t is not such a chain.
-std::pair<TensorId, int64_t> repeated_from(const Network& net, const std::vector<int>& producer, TensorId t,
+std::pair<TensorId, int64_t> repeated_from(const Network& net, const PatternMatcher& match, TensorId t,
                                            size_t head) {
   auto made_by = [&](TensorId id, std::initializer_list<const char*> ops) -> const Layer* {
-    const int p = producer[static_cast<size_t>(id)];
-    if (p < 0) return nullptr;
-    const Layer& l = net.layers()[static_cast<size_t>(p)];
+    const Layer* l = match.producer(id);
     for (const char* op : ops) {
-      if (l.op == op && !l.inputs.empty() && l.outputs.size() == 1) return &l;
+      if (l && l->op == op && !l->inputs.empty() && l->outputs.size() == 1) return l;
     }
     return nullptr;
   };
@@ -62,7 +61,7 @@ std::pair<TensorId, int64_t> repeated_from(const Network& net, const std::vector
 }  // namespace
 
 bool fold_repeat_kv(Network& net) {
-  const std::vector<int> producer = net.producers();
+  const PatternMatcher match(net);
   bool changed = false;
   for (auto& l : net.mutable_layers()) {
     if (l.op != "attention" || l.inputs.size() < 3) continue;
@@ -70,8 +69,8 @@ bool fold_repeat_kv(Network& net) {
     const bool bshd = l.attrs.has("layout") && l.attrs.get_string("layout", l.name) == "bshd";
     if (rank < 3 || (bshd && rank < 4)) continue;
     const size_t head = bshd ? rank - 2 : rank - 3;
-    const auto [k, nk] = repeated_from(net, producer, l.inputs[1], head);
-    const auto [v, nv] = repeated_from(net, producer, l.inputs[2], head);
+    const auto [k, nk] = repeated_from(net, match, l.inputs[1], head);
+    const auto [v, nv] = repeated_from(net, match, l.inputs[2], head);
     if (k < 0 || v < 0 || nk != nv) continue;
     l.inputs[1] = k;
     l.inputs[2] = v;

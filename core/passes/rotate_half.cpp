@@ -18,6 +18,7 @@
 
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
+#include "core/passes/pattern_match.h"
 
 namespace kiln {
 namespace {
@@ -58,11 +59,7 @@ std::vector<uint8_t> signs(DataType dtype, int64_t count, int64_t negative) {
 }  // namespace
 
 bool rotate_half_to_gather(Network& net) {
-  const std::vector<int> producer = net.producers();
-  auto made_by = [&](TensorId t) -> const Layer* {
-    const int p = producer[static_cast<size_t>(t)];
-    return p < 0 ? nullptr : &net.layers()[static_cast<size_t>(p)];
-  };
+  const PatternMatcher match(net);                // of the layers as they are: the tensors looked up are old
   std::map<int, std::vector<Layer>> replacement;  // concat index -> gather, mul
   std::set<std::string> names;
   for (const auto& l : net.layers()) names.insert(l.name);
@@ -77,10 +74,10 @@ bool rotate_half_to_gather(Network& net) {
     if (dtype != DataType::kFloat32 && dtype != DataType::kFloat16 && dtype != DataType::kBFloat16) continue;
     const int64_t d = dims.back();
     if (d == kDynamic || d < 2 || d % 2 != 0) continue;
-    const Layer* neg = made_by(c.inputs[0]);
+    const Layer* neg = match.producer(c.inputs[0]);
     if (!neg || neg->op != "unary" || neg->attrs.get_string("op", neg->name) != "neg") continue;
-    const Layer* upper = made_by(neg->inputs[0]);
-    const Layer* lower = made_by(c.inputs[1]);
+    const Layer* upper = match.producer(neg->inputs[0]);
+    const Layer* lower = match.producer(c.inputs[1]);
     if (!upper || !lower || upper->inputs.empty() || lower->inputs.empty() ||
         upper->inputs[0] != lower->inputs[0])
       continue;
