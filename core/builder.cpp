@@ -260,6 +260,11 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   if (config.precision.fp8 && backend == Backend::kCuda && config.optimization_level > 0) {
     run_pass("quantize_fp8_gemms", quantize_fp8_gemms, net);
   }
+  // 4c. INT8: convolutions behind an int8 fake_quantize become INT8 convolutions (CUDA; the
+  //     reference backend computes the fake quantization, the same arithmetic up to rounding).
+  if (config.precision.int8 && backend == Backend::kCuda && config.optimization_level > 0) {
+    run_pass("quantize_int8_convolutions", quantize_int8_convolutions, net);
+  }
   if (config.optimization_level > 0) run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
   // 5. choose layouts: channels last for float16/bfloat16 convolutions (after precision, which
   //    decides the dtypes), transposes only where a chain of channels-last layers ends.

@@ -10,10 +10,13 @@
 // original tensor). Each tensor is transposed at most once per direction.
 //
 // Channels-last layers:
-//   convolution, rank 4, float16/bfloat16, weight constant: x and residual go channels last, the
+//   convolution, rank 4, float16/bfloat16 or quantized (int8), weight constant: x and residual go channels
+//   last, the
 //       weight [K, C/g, kh, kw] is permuted at build time to [K, kh, kw, C/g]. With fewer than 8
 //       input channels (and groups 1) x is zero-padded to 8 channels and the weight likewise.
 //   pooling, adaptive_pooling, rank 4: when their input was computed channels last.
+//   quantize, dequantize, fake_quantize with one scale (per tensor), rank 4: when their input was
+//       computed channels last (the int8 input of a quantized convolution is quantized there).
 //   reduce with keepdim = 1 (squeeze-excitation's spatial mean), likewise: its axes are renumbered
 //       (NCHW axis 1 is NHWC axis 3, 2 is 1, 3 is 2), the kept rank-4 result stays channels last.
 //   concat of rank-4 tensors, one of them computed channels last (DenseNet concatenates its conv
@@ -72,6 +75,13 @@ class LayoutRewriter {
   }
 
  private:
+  // quantize / dequantize / fake_quantize of a rank-4 tensor with one scale: elementwise, so it
+  // runs on whichever layout its input has.
+  bool per_tensor_quantize(const Layer& l) const {
+    if (l.op != "quantize" && l.op != "dequantize" && l.op != "fake_quantize") return false;
+    return net_.tensor(l.inputs[0]).dims.size() == 4 && volume(net_.tensor(l.inputs[1]).dims) == 1;
+  }
+
   // Produced by a channels-last layer (whether or not it was also transposed back).
   bool is_tensor_last(TensorId t) const { return static_cast<size_t>(t) < native_.size() && native_[t]; }
 
@@ -79,8 +89,9 @@ class LayoutRewriter {
     if (l.op == "convolution") {
       const Tensor &x = net_.tensor(l.inputs[0]), &w = net_.tensor(l.inputs[1]);
       if (x.dims.size() != 4 || channels_last(l) || w.kind != TensorKind::kConstant) return false;
-      return x.dtype == DataType::kFloat16 || x.dtype == DataType::kBFloat16;
+      return x.dtype == DataType::kFloat16 || x.dtype == DataType::kBFloat16 || conv_quantized(l);
     }
+    if (per_tensor_quantize(l)) return is_tensor_last(l.inputs[0]);
     if (l.op == "pooling" || l.op == "adaptive_pooling") {
       return net_.tensor(l.inputs[0]).dims.size() == 4 && !channels_last(l) && is_tensor_last(l.inputs[0]);
     }
@@ -203,6 +214,9 @@ class LayoutRewriter {
       }
       pad_few_channels(l, inputs);
       attrs.set("layout", std::string("nhwc"));
+    } else if (per_tensor_quantize(l)) {
+      inputs = l.inputs;  // the scale and zero point stay as they are
+      inputs[0] = last_version(l.inputs[0]);
     } else if (l.op == "pooling" || l.op == "adaptive_pooling") {
       inputs.push_back(last_version(l.inputs[0]));
       attrs.set("layout", std::string("nhwc"));

@@ -72,6 +72,10 @@ bool fold_repeat_kv(Network& net);
 // FP8 (CUDA sm_89+, after assign_precision): fully_connected whose input is an e4m3
 // fake_quantize and whose weight is constant -> quantize (to float8) + FP8 fully_connected.
 bool quantize_fp8_gemms(Network& net);
+// INT8 (CUDA, after assign_precision, before assign_layouts): 2d convolutions whose input is a
+// symmetric per-tensor int8 fake_quantize and whose weight is constant -> quantize (to int8) +
+// quantized convolution (int8 tensor cores, per-channel scales in the epilogue).
+bool quantize_int8_convolutions(Network& net);
 MemoryPlan plan_memory(const Network& net, const std::vector<OptimizationProfile>& profiles);
 
 }  // namespace kiln

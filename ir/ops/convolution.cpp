@@ -102,6 +102,20 @@ ConvEpilogue conv_epilogue(const Layer& layer, size_t num_inputs) {
   return e;
 }
 
+bool conv_quantized(const Layer& layer) {
+  const int64_t q = layer.attrs.get_int("quantized", int64_t{0});
+  KILN_CHECK(q == 0 || q == 1, describe(layer) << ": quantized must be 0 or 1, got " << q);
+  return q == 1;
+}
+
+DataType conv_out_dtype(const Layer& layer) {
+  const std::string who = describe(layer);
+  const DataType t = parse_dtype(layer.attrs.get_string("out_dtype", who));
+  KILN_CHECK(t == DataType::kFloat32 || t == DataType::kFloat16 || t == DataType::kBFloat16,
+             who << ": out_dtype must be float32, float16 or bfloat16, got " << dtype_name(t));
+  return t;
+}
+
 bool channels_last(const Layer& layer) {
   if (!layer.attrs.has("layout")) return false;
   const std::string layout = layer.attrs.get_string("layout", describe(layer));
@@ -137,10 +151,20 @@ std::vector<TensorDesc> infer_conv_channels_first(const Layer& layer, const std:
   const int rank = static_cast<int>(x.dims.size());
   KILN_CHECK(rank >= 3 && rank <= 5,
              who << ": input must be [N, C, spatial...] with 1 to 3 spatial dims, got " << to_string(x.dims));
-  KILN_CHECK(is_floating(x.dtype), who << ": input must be floating point, got " << dtype_name(x.dtype));
-  KILN_CHECK(w.dtype == x.dtype, who << ": weight dtype " << dtype_name(w.dtype)
-                                     << " differs from input dtype " << dtype_name(x.dtype)
-                                     << "; insert a cast");
+  const bool quantized = conv_quantized(layer);
+  if (quantized) {
+    KILN_CHECK(!transposed, who << ": quantized = 1 is for convolution only");
+    KILN_CHECK(x.dtype == DataType::kInt8 && w.dtype == DataType::kInt8,
+               who << ": a quantized convolution takes int8 input and weight, got " << dtype_name(x.dtype)
+                   << " and " << dtype_name(w.dtype));
+  } else {
+    KILN_CHECK(is_floating(x.dtype), who << ": input must be floating point, got " << dtype_name(x.dtype));
+    KILN_CHECK(w.dtype == x.dtype, who << ": weight dtype " << dtype_name(w.dtype)
+                                       << " differs from input dtype " << dtype_name(x.dtype)
+                                       << "; insert a cast");
+  }
+  // The dtype of y, the bias and the residual.
+  const DataType y_dtype = quantized ? conv_out_dtype(layer) : x.dtype;
   KILN_CHECK(static_cast<int>(w.dims.size()) == rank,
              who << ": weight must have rank " << rank << " like the input, got " << to_string(w.dims));
   KILN_CHECK(is_static(w.dims), who << ": weight shape must be static, got " << to_string(w.dims));
@@ -168,7 +192,14 @@ std::vector<TensorDesc> infer_conv_channels_first(const Layer& layer, const std:
   }
   KILN_CHECK(k >= 1, who << ": weight " << to_string(w.dims) << " gives no output channels");
   const ConvEpilogue epilogue = conv_epilogue(layer, in.size());
-  if (epilogue.has_bias) {
+  if (quantized) {
+    KILN_CHECK(epilogue.has_bias,
+               who << ": a quantized convolution needs its per-channel scale and bias as input 2");
+    const TensorDesc& b = in[2];
+    KILN_CHECK(b.dtype == DataType::kFloat32 && b.dims == (Dims{2, k}),
+               who << ": input 2 of a quantized convolution must be float32 [2, " << k
+                   << "] (per-channel scale, bias), got " << dtype_name(b.dtype) << " " << to_string(b.dims));
+  } else if (epilogue.has_bias) {
     const TensorDesc& b = in[2];
     KILN_CHECK(b.dtype == x.dtype, who << ": bias dtype " << dtype_name(b.dtype)
                                        << " differs from input dtype " << dtype_name(x.dtype));
@@ -201,8 +232,8 @@ std::vector<TensorDesc> infer_conv_channels_first(const Layer& layer, const std:
   }
   if (epilogue.residual) {
     const TensorDesc& r = in[static_cast<size_t>(epilogue.residual_input)];
-    KILN_CHECK(r.dtype == x.dtype, who << ": residual dtype " << dtype_name(r.dtype)
-                                       << " differs from input dtype " << dtype_name(x.dtype));
+    KILN_CHECK(r.dtype == y_dtype, who << ": residual dtype " << dtype_name(r.dtype)
+                                       << " differs from the output dtype " << dtype_name(y_dtype));
     bool same = r.dims.size() == out.size();
     for (size_t i = 0; same && i < out.size(); ++i) {
       same = r.dims[i] == out[i] || r.dims[i] == kDynamic || out[i] == kDynamic;
@@ -210,7 +241,7 @@ std::vector<TensorDesc> infer_conv_channels_first(const Layer& layer, const std:
     KILN_CHECK(same, who << ": residual " << to_string(r.dims) << " must have the output's shape "
                          << to_string(out) << " (no broadcasting)");
   }
-  return {{x.dtype, out}};
+  return {{y_dtype, out}};
 }
 
 std::vector<TensorDesc> infer_conv(const Layer& layer, const std::vector<TensorDesc>& in) {
@@ -270,6 +301,17 @@ std::vector<AttrSpec> conv_attributes(bool transposed) {
        "set by the builder (fuse_conv_epilogue, fold_batch_norm): the original layer names, informational; "
        "absent: the layer's own name"},
   };
+  if (!transposed) {
+    std::vector<AttrSpec> quantized = {
+        {"quantized", AttrType::kInt, AttrValue{int64_t{0}},
+         "0/1, set by the builder (quantize_int8_convolutions): x and weight int8, input 2 float32 [2, K] "
+         "(per-channel scale = input scale x weight scale, then bias), y = act(scale * int32 sum + bias + "
+         "residual) of out_dtype"},
+        {"out_dtype", AttrType::kString, std::nullopt, "quantized: float32, float16 or bfloat16"},
+        {"input_scale", AttrType::kFloat, std::nullopt, "quantized, informational: x's scale (kiln inspect)"},
+    };
+    rest.insert(rest.end(), quantized.begin(), quantized.end());
+  }
   attrs.insert(attrs.end(), rest.begin(), rest.end());
   return attrs;
 }

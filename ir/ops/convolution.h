@@ -41,6 +41,14 @@ bool channels_last(const Layer& layer);
 Dims channels_first_dims(const Dims& d);
 Dims channels_last_dims(const Dims& d);
 
+// A quantized convolution (attribute `quantized` = 1, set by the builder's
+// quantize_int8_convolutions): x and weight are int8, input 2 is float32 [2, K] (row 0: the
+// per-channel scale, input scale x weight scale of channel k; row 1: the bias), and
+// y = act(scale[k] * sum(x * w) + bias[k] + residual), with the sum exact in int32, of dtype
+// `out_dtype` (the residual's too). Errors name the layer.
+bool conv_quantized(const Layer& layer);
+DataType conv_out_dtype(const Layer& layer);
+
 // Reads and validates the epilogue attributes of a layer with `num_inputs` inputs.
 ConvEpilogue conv_epilogue(const Layer& layer, size_t num_inputs);
 

@@ -34,6 +34,7 @@
 #include "kernels/cuda/cudnn_util.h"
 #include "kernels/cuda/depthwise_convolution.h"
 #include "kernels/cuda/dtype_traits.cuh"
+#include "kernels/cuda/int8_convolution.h"
 #include "kernels/kernel.h"
 
 namespace kiln {
@@ -409,8 +410,10 @@ class CudnnConvolution final : public Kernel {
 
 // Registered when the library loads; no central list names this file.
 const KernelRegistration kRegistered([] {
-  register_kernel("convolution", Backend::kCuda,
-                  [](const Layer& l) { return std::make_unique<CudnnConvolution>(l, false); });
+  register_kernel("convolution", Backend::kCuda, [](const Layer& l) -> std::unique_ptr<Kernel> {
+    if (conv_quantized(l)) return make_int8_convolution(l);  // int8_convolution.cu
+    return std::make_unique<CudnnConvolution>(l, false);
+  });
   register_kernel("deconvolution", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CudnnConvolution>(l, true); });
 });

@@ -1,7 +1,8 @@
 // Reference convolution and transposed convolution: direct loops over every output element and its
 // window, accumulating in double. 1d and 2d run as 3d with leading spatial dims of size 1.
 // The fused epilogue (bias, residual, activation) is applied to the double sum before the one
-// rounding to the output dtype: this defines the fused layer's result.
+// rounding to the output dtype: this defines the fused layer's result. A quantized convolution
+// (int8 x and weight) scales the exact integer sum per channel, then adds the bias.
 #include <array>
 #include <functional>
 
@@ -46,7 +47,11 @@ class RefConvolution final : public Kernel {
     const Dims wd = last ? channels_first_dims(w.dims) : w.dims;
     const Dims yd = last ? channels_first_dims(y.dims) : y.dims;
     const ConvEpilogue e = conv_epilogue(layer_, in.size());
-    const TensorView* bias = e.has_bias ? &in[2] : nullptr;
+    // A quantized layer: input 2 holds the per-channel scale (row 0) and the bias (row 1); the
+    // int8 products sum exactly in the double.
+    const bool quantized = conv_quantized(layer_);
+    const TensorView* bias = e.has_bias && !quantized ? &in[2] : nullptr;
+    const TensorView* scale_bias = quantized ? &in[2] : nullptr;
     const TensorView* residual = e.residual ? &in[static_cast<size_t>(e.residual_input)] : nullptr;
     std::function<double(double)> act = [](double v) { return v; };
     if (e.activation != "none") act = activation_fn(e.activation, e.alpha, e.beta, e.threshold);
@@ -93,6 +98,7 @@ class RefConvolution final : public Kernel {
               acc += load_element(x, at(b, channel, pixel, c, in_size)) * load_element(w, widx);
             }
           }
+          if (scale_bias) acc = acc * load_element(*scale_bias, ko) + load_element(*scale_bias, k + ko);
           const int64_t yi = at(b, ko, o, k, out_size);
           if (residual) acc += load_element(*residual, yi);
           store_element(y, yi, act(acc));

@@ -259,6 +259,16 @@ class Inspection:
                 f"{la.attrs['weight_scale']:.6g} -> {la.attrs['out_dtype']}"
                 for la in fp8
             ]
+        int8 = [la for la in self.layers if la.op == "convolution" and la.attrs.get("quantized")]
+        if int8:
+            lines.append("")
+            lines.append(
+                "INT8 convolutions (int8 input and weight, per-channel weight scales, int32 sums):"
+            )
+            lines += [
+                f"  {la.name}: input scale {la.attrs['input_scale']:.6g} -> {la.attrs['out_dtype']}"
+                for la in int8
+            ]
         if timed:
             shapes = ", ".join(f"{n} {_dims(d)}" for n, d in self.profile_shapes.items())
             lines.append("")

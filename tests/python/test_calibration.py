@@ -3,8 +3,11 @@ trained here on scikit-learn's bundled digits (no downloads), calibrated with ea
 must stay within 1% top-1 of its FP32 accuracy on held-out digits. Also the calibration cache
 (reused, refused when it belongs to another network or is malformed) and the INT8 errors.
 
-The engines compute INT8 fake quantization in floating point (Kiln has no INT8 kernels yet), so
-these tests check the calibration and its accuracy, not speed (docs/quantization.md)."""
+On the reference backend the engines compute the INT8 fake quantization in floating point; on
+CUDA the convolutions Kiln's INT8 kernel takes (input channels a multiple of 16) run in int8 with
+int32 sums. These tests check the calibration and its accuracy, not speed (docs/quantization.md)."""
+
+import re
 
 import pytest
 import torch
@@ -90,10 +93,21 @@ def test_ptq_stays_within_one_percent_of_fp32(digits, device, algorithm):
         device=device,
         require_full_compilation=True,
     )
-    ops = [la.op for p in kiln.plans(compiled) for la in kiln.inspect(p).layers]
-    assert ops.count("fake_quantize") == 4, ops  # the input of each conv and linear layer
+    layers = [la for p in kiln.plans(compiled) for la in kiln.inspect(p).layers]
+    ops = [la.op for la in layers]
+    int8_convs = [la.name for la in layers if la.op == "convolution" and la.attrs.get("quantized")]
+    if device == "cuda":
+        # The second convolution (16 -> 32 channels) runs on the INT8 kernel, its input quantized
+        # to int8; the first (one input channel) and the linear layers keep their fake quantization.
+        assert len(int8_convs) == 1 and ops.count("quantize") == 1, ops
+        assert ops.count("fake_quantize") == 3, ops
+    else:
+        assert not int8_convs and ops.count("fake_quantize") == 4, ops  # each conv and linear input
     text = kiln.inspect(kiln.plans(compiled)[0]).text()
-    assert text.count("(fake_quantize): scale ") == 4 and "range -127..127" in text, text
+    assert len(re.findall(r"\((?:fake_)?quantize\): scale ", text)) == 4, text
+    assert "range -127..127" in text, text
+    if device == "cuda":
+        assert "INT8 convolutions" in text and int8_convs[0] in text, text
     int8 = accuracy(compiled, test, labels)
     assert int8 >= fp32 - 0.01, (algorithm, int8, fp32)
     # Quantization really happened: the outputs move, a little.

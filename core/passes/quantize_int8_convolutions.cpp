@@ -1,0 +1,157 @@
+// quantize_int8_convolutions: INT8 convolutions from the calibrated (or QAT) quantization. A 2d
+// convolution whose input x̂ is an int8 fake_quantize of x (per tensor, constant scale s_x, zero
+// point 0) and whose weight W is a constant on a per-output-channel int8 grid becomes
+//   quantize(x, s_x) -> int8 xq                                   (one per fake_quantize, shared)
+//   convolution(xq, Wq, [scale; bias], residual; quantized = 1, out_dtype = y's dtype)
+// with Wq = clamp(round(W / s_w[k]), -127, 127), s_w[k] = max |W[k]| / 127 (1 where the channel is
+// all zero), and the layer's float32 [2, K] input holding s_x * s_w[k] and the bias. The layer
+// computes y = act(s_x s_w[k] * sum(xq * Wq) + bias + residual), the sum exact in int32: the
+// fake-quantized model's x̂ * Ŵ. Calibration put W on that grid (symmetric, per output channel),
+// and BatchNorm folding scales each output channel, which keeps it there, so requantizing is
+// exact up to the float16 rounding of the folded weight (half a step is far larger).
+//
+// Only where Kiln's INT8 kernel runs (int8_convolution.h): 2d, groups 1, input channels a
+// multiple of 16, an even number of output channels, y float16/bfloat16/float32, a constant bias.
+// Other convolutions keep the fake_quantize (simulated INT8, still correct). The builder runs this
+// pass for the CUDA target when the "int8" precision is enabled, after assign_precision and before
+// assign_layouts (which then runs the INT8 layers channels last, their weight [K, R, S, C]); the
+// fake_quantize layers it leaves unread go with dead-layer elimination.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <set>
+#include <string>
+
+#include "core/passes/fused_names.h"
+#include "core/passes/passes.h"
+#include "core/weight_transforms.h"
+#include "ir/op_schema.h"
+#include "ir/ops/convolution.h"
+#include "ir/ops/quantize.h"
+#include "kernels/reference/host_access.h"
+
+namespace kiln {
+namespace {
+
+constexpr int kQmax = 127;
+
+bool is_constant(const Network& net, TensorId t) { return net.tensor(t).kind == TensorKind::kConstant; }
+
+// The constant per-tensor scale of a symmetric int8 fake_quantize (zero point 0 or none, range
+// inside int8's), or nullopt when `f` is not one.
+std::optional<float> int8_scale(const Network& net, const Layer& f) {
+  if (f.op != "fake_quantize" || f.inputs.size() < 2) return std::nullopt;
+  const Tensor& scale = net.tensor(f.inputs[1]);
+  if (!is_constant(net, f.inputs[1]) || scale.dtype != DataType::kFloat32 || volume(scale.dims) != 1) {
+    return std::nullopt;
+  }
+  const QuantParams p = quant_params(f, net.tensor(f.inputs[0]).dims.size(), 1);
+  if (p.e4m3 || p.minifloat || p.has_inv_scale || p.quant_min < -128 || p.quant_max > 127) return std::nullopt;
+  if (f.inputs.size() == 3) {
+    const Tensor& zp = net.tensor(f.inputs[2]);
+    if (!is_constant(net, f.inputs[2]) || volume(zp.dims) != 1) return std::nullopt;
+    TensorView v{const_cast<uint8_t*>(zp.data->data()), zp.dtype, zp.dims};
+    if (load_element(v, 0) != 0.0) return std::nullopt;
+  }
+  float s = 0.f;
+  std::memcpy(&s, scale.data->data(), sizeof(s));
+  if (!(s > 0.f) || !std::isfinite(s)) return std::nullopt;
+  return s;
+}
+
+bool runs_as_int8(const Network& net, const Layer& conv) {
+  if (conv.op != "convolution" || conv_quantized(conv) || channels_last(conv)) return false;
+  const Tensor &x = net.tensor(conv.inputs[0]), &w = net.tensor(conv.inputs[1]);
+  const DataType y = net.tensor(conv.outputs[0]).dtype;
+  if (x.dims.size() != 4 || w.kind != TensorKind::kConstant || !is_floating(w.dtype)) return false;
+  if (conv.attrs.get_int("groups", int64_t{1}) != 1 || w.dims[1] % 16 != 0 || w.dims[0] % 2 != 0) return false;
+  if (y != DataType::kFloat16 && y != DataType::kBFloat16 && y != DataType::kFloat32) return false;
+  const ConvEpilogue e = conv_epilogue(conv, conv.inputs.size());
+  return !e.has_bias || is_constant(net, conv.inputs[2]);
+}
+
+// Wq and s_w of a constant weight [K, ...] on a per-output-channel grid.
+std::pair<std::shared_ptr<std::vector<uint8_t>>, std::vector<float>> quantize_weight(const Tensor& w) {
+  TensorView v{const_cast<uint8_t*>(w.data->data()), w.dtype, w.dims};
+  const int64_t k = w.dims[0], per = volume(w.dims) / k;
+  auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(k * per));
+  std::vector<float> scales(static_cast<size_t>(k));
+  for (int64_t o = 0; o < k; ++o) {
+    double amax = 0.0;
+    for (int64_t i = 0; i < per; ++i) amax = std::max(amax, std::fabs(load_element(v, o * per + i)));
+    const float s = amax > 0.0 ? static_cast<float>(amax / kQmax) : 1.f;
+    scales[static_cast<size_t>(o)] = s;
+    for (int64_t i = 0; i < per; ++i) {
+      const double q = std::nearbyint(load_element(v, o * per + i) / static_cast<double>(s));
+      (*bytes)[static_cast<size_t>(o * per + i)] =
+          static_cast<uint8_t>(static_cast<int8_t>(std::clamp(q, double{-kQmax}, double{kQmax})));
+    }
+  }
+  return {bytes, scales};
+}
+
+}  // namespace
+
+bool quantize_int8_convolutions(Network& net) {
+  const std::vector<int> producer = net.producers();
+  const std::vector<Layer> old = net.layers();  // a copy: the fake_quantize layers are read after re-adding
+  net.mutable_layers().clear();
+  std::set<std::string> used;
+  for (const auto& l : old) used.insert(l.name);
+  for (const auto& t : net.tensors()) used.insert(t.name);
+  std::map<TensorId, TensorId> quantized;  // a fake_quantize's output -> its quantize's
+  bool changed = false;
+  for (Layer conv : old) {
+    int p = runs_as_int8(net, conv) ? producer[static_cast<size_t>(conv.inputs[0])] : -1;
+    const std::optional<float> s_x = p >= 0 ? int8_scale(net, old[static_cast<size_t>(p)]) : std::nullopt;
+    if (!s_x) {
+      net.mutable_layers().push_back(std::move(conv));
+      continue;
+    }
+    const Layer& fq = old[static_cast<size_t>(p)];
+    if (!quantized.count(fq.outputs[0])) {
+      Attributes attrs;
+      for (const char* a : {"quant_min", "quant_max"}) {
+        if (fq.attrs.has(a)) attrs.set(a, fq.attrs.get_int(a, fq.name));
+      }
+      const Layer& q = net.add_layer("quantize", {fq.inputs[0], fq.inputs[1]}, attrs, unique_name(used, fq.name + "/int8"));
+      quantized[fq.outputs[0]] = q.outputs[0];
+    }
+    const ConvEpilogue e = conv_epilogue(conv, conv.inputs.size());
+    const Tensor w = net.tensor(conv.inputs[1]);  // a copy: add_constant may move the tensor list
+    const int64_t k = w.dims[0];
+    auto [bytes, s_w] = quantize_weight(w);
+    std::vector<float> scale_bias(static_cast<size_t>(2 * k), 0.f);
+    for (int64_t o = 0; o < k; ++o) scale_bias[static_cast<size_t>(o)] = *s_x * s_w[static_cast<size_t>(o)];
+    std::vector<TensorId> lineage_from = {conv.inputs[1]};
+    if (e.has_bias) {
+      const Tensor& b = net.tensor(conv.inputs[2]);
+      TensorView bv{const_cast<uint8_t*>(b.data->data()), b.dtype, b.dims};
+      for (int64_t o = 0; o < k; ++o) scale_bias[static_cast<size_t>(k + o)] = static_cast<float>(load_element(bv, o));
+      lineage_from.push_back(conv.inputs[2]);
+    }
+    // The weight scales become part of the layer's constants: refit cannot replay them (yet).
+    LineagePtr w_lineage = blocked_lineage(net, {conv.inputs[1]}, "its INT8 weight scales are computed by the builder",
+                                           DataType::kInt8, w.dims);
+    LineagePtr sb_lineage = blocked_lineage(net, lineage_from, "its INT8 weight scales are computed by the builder",
+                                            DataType::kFloat32, {2, k});
+    const TensorId wq = net.add_constant(unique_name(used, w.name + "/int8"), DataType::kInt8, w.dims, std::move(bytes));
+    net.tensor(wq).lineage = std::move(w_lineage);
+    const TensorId sb = net.add_constant(unique_name(used, w.name + "/int8_scale_bias"), DataType::kFloat32, {2, k},
+                                         scale_bias.data(), scale_bias.size() * sizeof(float));
+    net.tensor(sb).lineage = std::move(sb_lineage);
+    std::vector<TensorId> inputs = {quantized.at(fq.outputs[0]), wq, sb};
+    if (e.residual) inputs.push_back(conv.inputs[static_cast<size_t>(e.residual_input)]);
+    conv.inputs = std::move(inputs);
+    conv.attrs.set("quantized", int64_t{1});
+    conv.attrs.set("out_dtype", std::string(dtype_name(net.tensor(conv.outputs[0]).dtype)));
+    conv.attrs.set("input_scale", static_cast<double>(*s_x));
+    conv.attrs.set("allow_tf32", int64_t{0});
+    net.mutable_layers().push_back(std::move(conv));
+    changed = true;
+  }
+  return changed;
+}
+
+}  // namespace kiln

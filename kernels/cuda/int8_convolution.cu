@@ -1,0 +1,394 @@
+// INT8 implicit-GEMM convolution (see int8_convolution.h for the contract).
+//
+// One block computes a BM x BN tile of y (BM output pixels x BN output channels); each warp a
+// WM x WN part of it with mma.sync m16n8k32 (s8 x s8 -> s32). The K loop walks the taps in steps
+// of 64 bytes (kBlockK int8 values): a step's A tile is BM rows of 4 16-byte chunks, each chunk 16
+// channels of one tap (r, s) of the row's pixel, copied with cp.async from x or zero-filled where
+// the tap falls into the padding; its B tile is BN weight rows of the same 64 taps. kStages steps
+// are in flight. Fragment layouts (PTX ISA, mma.m16n8k32 with .s8): a lane of group g = lane / 4
+// and t = lane % 4 holds
+//   A: a0 = (row g, k 4t..4t+3), a1 = (g + 8, 4t..), a2 = (g, 16 + 4t..), a3 = (g + 8, 16 + 4t..)
+//   B: b0 = (k 4t..4t+3, n g), b1 = (k 16 + 4t.., n g)          C: c0, c1 = (g, 2t, 2t + 1), c2, c3 = (g + 8, ...)
+// which are exactly what ldmatrix (b16, 8x8 matrices of 16-byte rows) gives from rows of bytes:
+// A's four matrices are rows 0-7 / 8-15 of bytes 0-15 and 16-31, B's two per n8 tile bytes 0-15
+// and 16-31 of its 8 rows.
+#include "kernels/cuda/int8_convolution.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <sstream>
+#include <type_traits>
+
+#include "ir/error.h"
+#include "ir/op_schema.h"
+#include "ir/ops/activation.h"
+#include "ir/ops/convolution.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/dtype_traits.cuh"
+#include "kernels/cuda/mma_ptx.cuh"
+
+namespace kiln {
+namespace {
+
+constexpr int kBlockK = 64;  // int8 taps per pipeline step: 4 chunks of 16 bytes per row
+constexpr int kStages = 4;
+
+// c += a (16x32, s8) * b (32x8, s8), int32 accumulators.
+__device__ __forceinline__ void mma_s8(int (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+// Byte offset of 16-byte chunk `chunk` (0..3) of row `row` in a tile of 64-byte rows. The chunk is
+// XOR-swizzled with bits 1-2 of the row: the 8 consecutive rows an ldmatrix phase reads at one
+// logical chunk then fall into 8 distinct 16-byte slots of the 128-byte bank window.
+__device__ __forceinline__ int swizzle(int row, int chunk) {
+  return row * kBlockK + ((chunk ^ ((row >> 1) & 3)) << 4);
+}
+
+struct DeviceParams {
+  Int8ConvParams g;
+  int64_t m;   // N * P * Q
+  int gemm_k;  // R * S * C
+  const int8_t* x;
+  const int8_t* w;
+  const float* alpha;  // [K]
+  const float* bias;   // [K]
+  const void* residual;
+  void* y;
+};
+
+template <int BM, int BN, int WM, int WN>
+struct Tile {
+  static constexpr int kWarpsM = BM / WM, kWarpsN = BN / WN;
+  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kMTiles = WM / 16, kNTiles = WN / 8;
+  static constexpr int kAChunks = BM * 4 / kThreads;  // 16-byte chunks per thread and step
+  static constexpr int kBChunks = BN * 4 / kThreads;
+  static constexpr int kStageBytes = (BM + BN) * kBlockK;
+  static constexpr int kSmemBytes = kStages * kStageBytes;
+  static_assert(BM * 4 % kThreads == 0 && BN * 4 % kThreads == 0, "whole copy rounds");
+  static_assert(WM % 16 == 0 && WN % 16 == 0, "ldmatrix.x4 covers 16 rows of A and two n8 tiles of B");
+};
+
+template <typename T>
+__device__ __forceinline__ void store_pair(T* y, float v0, float v1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    *reinterpret_cast<__half2*>(y) = __floats2half2_rn(v0, v1);
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    *reinterpret_cast<__nv_bfloat162*>(y) = __floats2bfloat162_rn(v0, v1);
+  } else {
+    *reinterpret_cast<float2*>(y) = make_float2(v0, v1);
+  }
+}
+
+template <int BM, int BN, int WM, int WN, typename T>
+__global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kernel(DeviceParams d) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using Cfg = Tile<BM, BN, WM, WN>;
+  extern __shared__ __align__(128) uint8_t smem[];
+  const Int8ConvParams& g = d.g;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int warp_m = warp / Cfg::kWarpsN, warp_n = warp % Cfg::kWarpsN;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
+  const int n0 = static_cast<int>(blockIdx.y) * BN;
+  const int pq = g.p * g.q;
+
+  // The A rows (output pixels) this thread copies: where their window starts in x.
+  const int8_t* a_base[Cfg::kAChunks];
+  int a_ih[Cfg::kAChunks], a_iw[Cfg::kAChunks], a_off[Cfg::kAChunks], a_chunk[Cfg::kAChunks];
+  bool a_row_ok[Cfg::kAChunks];
+#pragma unroll
+  for (int i = 0; i < Cfg::kAChunks; ++i) {
+    const int id = tid + i * Cfg::kThreads, row = id >> 2;
+    a_chunk[i] = id & 3;
+    a_off[i] = swizzle(row, a_chunk[i]);
+    const int64_t m = m0 + row;
+    a_row_ok[i] = m < d.m;
+    const int64_t mm = a_row_ok[i] ? m : 0;
+    const int b = static_cast<int>(mm / pq), rem = static_cast<int>(mm % pq);
+    a_ih[i] = rem / g.q * g.stride_h - g.pad_h;
+    a_iw[i] = rem % g.q * g.stride_w - g.pad_w;
+    a_base[i] = d.x + static_cast<int64_t>(b) * g.h * g.w * g.c;
+  }
+  const int8_t* b_base[Cfg::kBChunks];
+  int b_off[Cfg::kBChunks], b_chunk[Cfg::kBChunks];
+  bool b_row_ok[Cfg::kBChunks];
+#pragma unroll
+  for (int i = 0; i < Cfg::kBChunks; ++i) {
+    const int id = tid + i * Cfg::kThreads, row = id >> 2;
+    b_chunk[i] = id & 3;
+    b_off[i] = BM * kBlockK + swizzle(row, b_chunk[i]);
+    b_row_ok[i] = n0 + row < g.k;
+    b_base[i] = d.w + static_cast<int64_t>(b_row_ok[i] ? n0 + row : 0) * d.gemm_k;
+  }
+
+  auto load_step = [&](int stage, int step) {
+    uint8_t* tile = smem + stage * Cfg::kStageBytes;
+#pragma unroll
+    for (int i = 0; i < Cfg::kAChunks; ++i) {
+      const int k = step * kBlockK + a_chunk[i] * 16;
+      const int tap = k / g.c, ch = k - tap * g.c;
+      const int r = tap / g.s, s = tap - r * g.s;
+      const int ih = a_ih[i] + r * g.dil_h, iw = a_iw[i] + s * g.dil_w;
+      const bool ok = a_row_ok[i] && k < d.gemm_k && static_cast<unsigned>(ih) < static_cast<unsigned>(g.h) &&
+                      static_cast<unsigned>(iw) < static_cast<unsigned>(g.w);
+      const int8_t* src = ok ? a_base[i] + (static_cast<int64_t>(ih) * g.w + iw) * g.c + ch : d.x;
+      cp_async_16(tile + a_off[i], src, ok);
+    }
+#pragma unroll
+    for (int i = 0; i < Cfg::kBChunks; ++i) {
+      const int k = step * kBlockK + b_chunk[i] * 16;
+      const bool ok = b_row_ok[i] && k < d.gemm_k;
+      cp_async_16(tile + b_off[i], ok ? b_base[i] + k : d.w, ok);
+    }
+  };
+
+  int acc[Cfg::kMTiles][Cfg::kNTiles][4];
+#pragma unroll
+  for (int i = 0; i < Cfg::kMTiles; ++i)
+#pragma unroll
+    for (int j = 0; j < Cfg::kNTiles; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0;
+
+  const int steps = (d.gemm_k + kBlockK - 1) / kBlockK;
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < steps) load_step(s, s);
+    cp_async_commit();
+  }
+  for (int step = 0; step < steps; ++step) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // step's tile arrived for every thread; step - 1's slot is free
+    const int next = step + kStages - 1;
+    if (next < steps) load_step(next % kStages, next);
+    cp_async_commit();
+    const uint8_t* a_tile = smem + (step % kStages) * Cfg::kStageBytes;
+    const uint8_t* b_tile = a_tile + BM * kBlockK;
+#pragma unroll
+    for (int kk = 0; kk < 2; ++kk) {  // two k32 steps per 64 taps
+      uint32_t a[Cfg::kMTiles][4];
+      uint32_t b[Cfg::kNTiles][2];
+#pragma unroll
+      for (int i = 0; i < Cfg::kMTiles; ++i) {
+        const int row = warp_m * WM + i * 16 + (lane & 15);
+        ldmatrix_x4(a[i], a_tile + swizzle(row, kk * 2 + (lane >> 4)));
+      }
+#pragma unroll
+      for (int j = 0; j < Cfg::kNTiles / 2; ++j) {
+        const int row = warp_n * WN + j * 16 + (lane & 7) + ((lane >> 4) << 3);
+        uint32_t r[4];
+        ldmatrix_x4(r, b_tile + swizzle(row, kk * 2 + ((lane >> 3) & 1)));
+        b[2 * j][0] = r[0];
+        b[2 * j][1] = r[1];
+        b[2 * j + 1][0] = r[2];
+        b[2 * j + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int i = 0; i < Cfg::kMTiles; ++i)
+#pragma unroll
+        for (int j = 0; j < Cfg::kNTiles; ++j) mma_s8(acc[i][j], a[i], b[j][0], b[j][1]);
+    }
+  }
+  cp_async_wait<0>();
+
+  // Epilogue straight from the accumulators: y = act(alpha * acc + bias + residual), two adjacent
+  // channels per store.
+  const int group = lane >> 2, tig = lane & 3;
+  const T* residual = static_cast<const T*>(d.residual);
+  T* y = static_cast<T*>(d.y);
+#pragma unroll
+  for (int j = 0; j < Cfg::kNTiles; ++j) {
+    const int n = n0 + warp_n * WN + j * 8 + tig * 2;
+    if (n >= g.k) continue;  // K is even: n + 1 < K too
+    const float alpha0 = d.alpha[n], alpha1 = d.alpha[n + 1];
+    const float bias0 = d.bias[n], bias1 = d.bias[n + 1];
+#pragma unroll
+    for (int i = 0; i < Cfg::kMTiles; ++i) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int64_t m = m0 + warp_m * WM + i * 16 + group + half * 8;
+        if (m >= d.m) continue;
+        const int64_t at = m * g.k + n;
+        float v0 = static_cast<float>(acc[i][j][2 * half]) * alpha0 + bias0;
+        float v1 = static_cast<float>(acc[i][j][2 * half + 1]) * alpha1 + bias1;
+        if (residual) {
+          v0 += to_float(residual[at]);
+          v1 += to_float(residual[at + 1]);
+        }
+        if (g.activate) {
+          v0 = activate(g.act, v0);
+          v1 = activate(g.act, v1);
+        }
+        store_pair(y + at, v0, v1);
+      }
+    }
+  }
+#endif
+}
+
+template <int BM, int BN, int WM, int WN, typename T>
+void launch_tile(const DeviceParams& d, cudaStream_t stream) {
+  using Cfg = Tile<BM, BN, WM, WN>;
+  auto kernel = int8_conv_kernel<BM, BN, WM, WN, T>;
+  if (Cfg::kSmemBytes > 48 * 1024) {  // above the default limit a kernel must opt in
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
+  }
+  const dim3 grid(static_cast<unsigned>((d.m + BM - 1) / BM), static_cast<unsigned>((d.g.k + BN - 1) / BN));
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(d);
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
+// Tile t: 0 = 128x128 (8 warps of 64x32), 1 = 128x64 (4 warps of 64x32), 2 = 64x128 (4 warps of
+// 32x64), 3 = 64x64 (4 warps of 32x32).
+template <typename T>
+void launch_typed(const DeviceParams& d, int tile, cudaStream_t stream) {
+  switch (tile) {
+    case 0:
+      return launch_tile<128, 128, 64, 32, T>(d, stream);
+    case 1:
+      return launch_tile<128, 64, 64, 32, T>(d, stream);
+    case 2:
+      return launch_tile<64, 128, 32, 64, T>(d, stream);
+    default:
+      return launch_tile<64, 64, 32, 32, T>(d, stream);
+  }
+}
+
+// Without a timed tactic: the largest tile that still gives every SM of a large GPU about two
+// blocks (132 SMs on an H100/H200), else the smallest.
+int pick_tile(int64_t m, int k) {
+  auto blocks = [&](int bm, int bn) { return ((m + bm - 1) / bm) * ((k + bn - 1) / bn); };
+  if (blocks(128, 128) >= 264) return 0;
+  if (blocks(128, 64) >= 264) return 1;
+  if (blocks(64, 128) >= 264) return 2;
+  return 3;
+}
+
+}  // namespace
+
+std::string int8_convolution_refusal(const Int8ConvParams& p) {
+  std::ostringstream why;
+  if (p.c % 16 != 0) {
+    why << "needs input channels that are a multiple of 16 (got " << p.c << ")";
+  } else if (p.k % 2 != 0) {
+    why << "needs an even number of output channels (got " << p.k << ")";
+  } else if (static_cast<int64_t>(p.n) * p.h * p.w * p.c >= (int64_t{1} << 31) ||
+             static_cast<int64_t>(p.k) * p.r * p.s * p.c >= (int64_t{1} << 31)) {
+    why << "needs fewer than 2^31 input and weight elements";
+  }
+  return why.str();
+}
+
+void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, const void* x, const void* weight,
+                             const float* scale_bias, const void* residual, void* y, cudaStream_t stream) {
+  const std::string refusal = int8_convolution_refusal(p);
+  KILN_CHECK(refusal.empty(), "INT8 convolution " << refusal);
+  DeviceParams d;
+  d.g = p;
+  d.m = static_cast<int64_t>(p.n) * p.p * p.q;
+  d.gemm_k = p.r * p.s * p.c;
+  d.x = static_cast<const int8_t*>(x);
+  d.w = static_cast<const int8_t*>(weight);
+  d.alpha = scale_bias;
+  d.bias = scale_bias + p.k;
+  d.residual = residual;
+  d.y = y;
+  if (d.m == 0 || p.k == 0) return;
+  KILN_CHECK((d.m + 63) / 64 < (int64_t{1} << 31), "INT8 convolution: " << d.m << " output pixels are too many");
+  if (tile < 0) tile = pick_tile(d.m, p.k);
+  KILN_CHECK(tile < kInt8ConvTiles, "INT8 convolution: tile " << tile << " is out of range");
+  switch (out) {
+    case DataType::kFloat16:
+      return launch_typed<__half>(d, tile, stream);
+    case DataType::kBFloat16:
+      return launch_typed<__nv_bfloat16>(d, tile, stream);
+    case DataType::kFloat32:
+      return launch_typed<float>(d, tile, stream);
+    default:
+      KILN_FAIL("INT8 convolution writes float32, float16 or bfloat16, not " << dtype_name(out));
+  }
+}
+
+namespace {
+
+class Int8Convolution final : public Kernel {
+ public:
+  explicit Int8Convolution(Layer layer)
+      : layer_(std::move(layer)),
+        who_(describe(layer_)),
+        out_(conv_out_dtype(layer_)),
+        tactic_(static_cast<int>(layer_.attrs.get_int("tactic", int64_t{-1}))) {
+    KILN_CHECK(tactic_ >= -1 && tactic_ < kInt8ConvTiles,
+               who_ << ": tactic " << tactic_ << " is out of range (-1 or 0.." << kInt8ConvTiles - 1 << ")");
+    KILN_CHECK(channels_last(layer_), who_ << ": the CUDA INT8 convolution runs channels last (layout nhwc)");
+    const ConvEpilogue e = conv_epilogue(layer_, layer_.inputs.size());
+    if (e.activation != "none") {
+      act_.type = variant_code(activation_types(), e.activation);
+      act_.alpha = static_cast<float>(e.alpha);
+      act_.beta = static_cast<float>(e.beta);
+      act_.threshold = static_cast<float>(e.threshold);
+    }
+    activate_ = e.activation != "none";
+    residual_input_ = e.residual_input;
+  }
+
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const TensorView &x = in[0], &w = in[1], &scale_bias = in[2], &y = out[0];
+    KILN_CHECK(x.dims.size() == 4, who_ << ": the CUDA INT8 convolution is 2d, got input " << to_string(x.dims));
+    const ConvGeometry g = conv_geometry(layer_, 2);
+    KILN_CHECK(g.groups == 1, who_ << ": the CUDA INT8 convolution needs groups = 1, got " << g.groups);
+    Int8ConvParams p;  // channels last: x [N, H, W, C], weight [K, R, S, C], y [N, P, Q, K]
+    p.n = static_cast<int>(x.dims[0]);
+    p.h = static_cast<int>(x.dims[1]);
+    p.w = static_cast<int>(x.dims[2]);
+    p.c = static_cast<int>(x.dims[3]);
+    p.k = static_cast<int>(w.dims[0]);
+    p.r = static_cast<int>(w.dims[1]);
+    p.s = static_cast<int>(w.dims[2]);
+    p.p = static_cast<int>(y.dims[1]);
+    p.q = static_cast<int>(y.dims[2]);
+    p.stride_h = static_cast<int>(g.strides[0]);
+    p.stride_w = static_cast<int>(g.strides[1]);
+    p.pad_h = static_cast<int>(g.pads[0]);
+    p.pad_w = static_cast<int>(g.pads[1]);
+    p.dil_h = static_cast<int>(g.dilations[0]);
+    p.dil_w = static_cast<int>(g.dilations[1]);
+    p.act = act_;
+    p.activate = activate_;
+    const std::string refusal = int8_convolution_refusal(p);
+    KILN_CHECK(refusal.empty(), who_ << ": the CUDA INT8 convolution " << refusal << "; got input "
+                                     << to_string(x.dims) << " (nhwc), weight " << to_string(w.dims));
+    launch_int8_convolution(p, tactic_, out_, x.data, w.data, static_cast<const float*>(scale_bias.data),
+                            residual_input_ >= 0 ? in[static_cast<size_t>(residual_input_)].data : nullptr,
+                            y.data, static_cast<cudaStream_t>(ctx.stream));
+  }
+
+  std::string name() const override { return "cuda_int8_convolution"; }
+  int num_tactics() const override { return kInt8ConvTiles; }
+
+ private:
+  Layer layer_;
+  std::string who_;
+  DataType out_;
+  int tactic_;
+  ActivationParams act_{};
+  bool activate_ = false;
+  int residual_input_ = -1;
+};
+
+}  // namespace
+
+std::unique_ptr<Kernel> make_int8_convolution(const Layer& layer) {
+  return std::make_unique<Int8Convolution>(layer);
+}
+
+}  // namespace kiln

@@ -1,0 +1,53 @@
+// Kiln's INT8 convolution (int8_convolution.cu): an implicit GEMM on the int8 tensor cores
+// (mma.sync m16n8k32, int32 accumulation) for 2d convolutions whose input and weight were
+// quantized by the builder (quantize_int8_convolutions): x int8 channels last [N, H, W, C], weight
+// int8 [K, R, S, C], one float scale per output channel (alpha[k] = input scale x weight scale
+// of channel k) and a float bias, and the convolution epilogue fused: y = act(alpha[k] * acc + bias[k] + residual),
+// written as float16, bfloat16 or float32 channels last [N, P, Q, K].
+//
+// The GEMM: M = N * P * Q output pixels, N = K output channels, K = R * S * C taps; A (the input
+// patches) is gathered from x on the fly, 16 channels (16 bytes) at a time, so C must be a
+// multiple of 16; padding taps are zero-filled by the copies. Tiles stream through shared memory in
+// a multi-stage cp.async pipeline; fragments come out of it with ldmatrix (16-byte chunks swizzled
+// so an ldmatrix phase reads 8 distinct bank groups).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "ir/dtype.h"
+#include "kernels/cuda/activation_math.cuh"
+#include "kernels/kernel.h"
+
+namespace kiln {
+
+struct Int8ConvParams {
+  int n = 0, h = 0, w = 0, c = 0;  // x [N, H, W, C]
+  int k = 0, r = 0, s = 0;         // weight [K, R, S, C]
+  int p = 0, q = 0;                // y [N, P, Q, K]
+  int stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
+  ActivationParams act{};
+  bool activate = false;
+};
+
+// The tile configurations (the convolution's INT8 tactics, timed by the builder); -1 picks one
+// by the number of tiles the shape gives.
+constexpr int kInt8ConvTiles = 4;
+
+// Why `p` cannot run (a sentence naming what the kernel needs), or empty when it can.
+std::string int8_convolution_refusal(const Int8ConvParams& p);
+
+// x, weight int8; scale_bias float [2, K] (the per-channel scales, then the bias); residual
+// [N, P, Q, K] of `out` dtype or null; y of `out` dtype (float32, float16 or bfloat16). Throws
+// int8_convolution_refusal(p) when set.
+void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, const void* x, const void* weight,
+                             const float* scale_bias, const void* residual, void* y, cudaStream_t stream);
+
+// The CUDA kernel of a quantized convolution layer (conv_quantized): channels last, 2d, groups 1;
+// its tactics are the tiles. convolution.cu's registration hands such layers here.
+std::unique_ptr<Kernel> make_int8_convolution(const Layer& layer);
+
+}  // namespace kiln

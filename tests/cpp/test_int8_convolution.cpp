@@ -1,0 +1,222 @@
+// INT8 convolutions: the quantize_int8_convolutions pass (graph in, graph out, and the rewritten
+// network computing what the fake-quantized one computes, on the reference backend), which
+// convolutions it leaves alone, and on CUDA Kiln's INT8 implicit-GEMM kernel (every tile, shapes
+// that end inside a tile, padding, stride, dilation, residual) against the reference.
+#include <cmath>
+
+#include "core/passes/passes.h"
+#include "ir/ops/convolution.h"
+#include "kernels/reference/host_access.h"
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+using test::random_floats;
+
+struct ConvCase {
+  int64_t n = 2, c = 32, h = 9, w = 9, k = 48, kernel = 3;
+  int64_t stride = 1, pad = 1, dilation = 1, groups = 1;
+  bool residual = false;
+  int32_t zero_point = 0;
+  bool conv_before = false;  // a float16 3x3 convolution (C -> C) before the fake_quantize
+};
+
+Dims out_dims(const ConvCase& c) {
+  const int64_t o = conv_output_dim(c.h, c.kernel, c.stride, c.pad, c.dilation);
+  return {c.n, c.k, o, conv_output_dim(c.w, c.kernel, c.stride, c.pad, c.dilation)};
+}
+
+// x [N, C, H, W] float32 -> cast float16 -> [convolution] -> int8 fake_quantize (scale 2 / 127) -> convolution
+// (weight on a per-output-channel int8 grid, bias, relu, [residual r]) -> cast float32 -> y.
+Network fake_quantized_conv(const ConvCase& c) {
+  Network net;
+  const TensorId x = net.add_input("x", DataType::kFloat32, {c.n, c.c, c.h, c.w});
+  const auto cast = [&](TensorId t, const char* to, const std::string& name) {
+    return net.add_layer("cast", {t}, Attributes().set("to", std::string(to)), name).outputs[0];
+  };
+  TensorId t = cast(x, "float16", "to16");
+  if (c.conv_before) {
+    const std::vector<uint16_t> w0(static_cast<size_t>(c.c * c.c * 9), float_to_half_bits(0.01f));
+    const TensorId w = net.add_constant("w0", DataType::kFloat16, {c.c, c.c, 3, 3}, w0.data(), w0.size() * 2);
+    t = net.add_layer("convolution", {t, w}, Attributes().set("pads", std::vector<int64_t>{1, 1}), "conv0")
+            .outputs[0];
+  }
+  const float scale = 2.0f / 127;
+  const TensorId s = net.add_constant("s", DataType::kFloat32, {1}, &scale, sizeof scale);
+  const TensorId zp = net.add_constant("zp", DataType::kInt32, {1}, &c.zero_point, sizeof c.zero_point);
+  Attributes fq;
+  fq.set("quant_min", int64_t{-127});
+  fq.set("quant_max", int64_t{127});
+  t = net.add_layer("fake_quantize", {t, s, zp}, fq, "fq").outputs[0];
+  // Each output channel: integers in [-127, 127] (one of them 127) times its own step.
+  const int64_t per = c.c / c.groups * c.kernel * c.kernel;
+  std::vector<float> q = random_floats(static_cast<size_t>(c.k * per), 3, -127.f, 127.f);
+  std::vector<float> steps = random_floats(static_cast<size_t>(c.k), 4, 0.02f / 127, 0.5f / 127);
+  std::vector<uint16_t> w16, b16;
+  for (int64_t o = 0; o < c.k; ++o) {
+    for (int64_t i = 0; i < per; ++i) {
+      const float qi = i == 0 ? 127.f : std::nearbyint(q[static_cast<size_t>(o * per + i)]);
+      w16.push_back(float_to_half_bits(qi * steps[static_cast<size_t>(o)]));
+    }
+  }
+  for (float v : random_floats(static_cast<size_t>(c.k), 5)) b16.push_back(float_to_half_bits(v));
+  const TensorId w = net.add_constant("w", DataType::kFloat16, {c.k, c.c / c.groups, c.kernel, c.kernel},
+                                      w16.data(), w16.size() * 2);
+  const TensorId b = net.add_constant("b", DataType::kFloat16, {c.k}, b16.data(), b16.size() * 2);
+  Attributes conv;
+  conv.set("strides", std::vector<int64_t>{c.stride, c.stride});
+  conv.set("pads", std::vector<int64_t>{c.pad, c.pad});
+  conv.set("dilations", std::vector<int64_t>{c.dilation, c.dilation});
+  conv.set("groups", c.groups);
+  conv.set("activation", std::string("relu"));
+  std::vector<TensorId> in = {t, w, b};
+  if (c.residual) {
+    in.push_back(cast(net.add_input("r", DataType::kFloat32, out_dims(c)), "float16", "r16"));
+    conv.set("residual", int64_t{1});
+  }
+  t = net.add_layer("convolution", in, conv, "conv").outputs[0];
+  net.mark_output(cast(t, "float32", "to32"), "y");
+  return net;
+}
+
+test::Feed feed(const ConvCase& c, uint32_t seed) {
+  test::Feed f;
+  f["x"] = {{c.n, c.c, c.h, c.w}, random_floats(static_cast<size_t>(c.n * c.c * c.h * c.w), seed, -2.5f, 2.5f)};
+  if (c.residual) f["r"] = {out_dims(c), random_floats(static_cast<size_t>(volume(out_dims(c))), seed + 1)};
+  return f;
+}
+
+// The fake-quantized model rounds x̂ = q * s to float16 (a relative 2^-11 per input, which sums
+// over the 288 taps to a few 1e-3); the INT8 layer multiplies exact integers.
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, float tol) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], tol * (1 + std::fabs(want[i]))) << i;
+}
+
+TEST(Int8Convolutions, FakeQuantizedConvolutionBecomesQuantizePlusInt8Convolution) {
+  ConvCase c;
+  c.residual = true;
+  Network net = fake_quantized_conv(c);
+  const test::Feed f = feed(c, 7);
+  const std::vector<float> before = test::run_reference(net, f, false).at("y");
+  ASSERT_TRUE(quantize_int8_convolutions(net));
+  eliminate_dead_layers(net);
+  EXPECT_EQ(test::ops_of(net), (std::vector<std::string>{"cast", "cast", "quantize", "convolution", "cast"}));
+  const Layer& conv = test::layer_named(net, "conv");
+  EXPECT_TRUE(conv_quantized(conv));
+  EXPECT_EQ(net.tensor(conv.inputs[0]).dtype, DataType::kInt8);
+  EXPECT_EQ(net.tensor(conv.inputs[1]).dtype, DataType::kInt8);
+  EXPECT_EQ(net.tensor(conv.inputs[2]).dims, (Dims{2, c.k}));
+  EXPECT_EQ(conv.attrs.get_string("out_dtype", "conv"), "float16");
+  EXPECT_FLOAT_EQ(static_cast<float>(conv.attrs.get_float("input_scale", "conv")), 2.0f / 127);
+  // The weight is back on its integers: every channel's largest is 127.
+  const Tensor& wq = net.tensor(conv.inputs[1]);
+  const int64_t per = volume(wq.dims) / c.k;
+  for (int64_t o = 0; o < c.k; ++o) EXPECT_EQ(static_cast<int8_t>((*wq.data)[static_cast<size_t>(o * per)]), 127);
+  expect_close(test::run_reference(net, f, false).at("y"), before, 1e-2f);
+  EXPECT_FALSE(quantize_int8_convolutions(net));  // nothing left to do
+}
+
+// After the pass, assign_layouts runs the INT8 layer channels last (weight [K, R, S, C], still
+// int8) and quantizes a channels-last activation where it is: between two convolutions there is
+// no transpose.
+TEST(Int8Convolutions, QuantizedLayersRunChannelsLastWithoutTransposesBetween) {
+  ConvCase c;
+  c.conv_before = true;
+  Network net = fake_quantized_conv(c);
+  ASSERT_TRUE(quantize_int8_convolutions(net));
+  eliminate_dead_layers(net);
+  assign_layouts(net);
+  EXPECT_EQ(test::ops_of(net),
+            (std::vector<std::string>{"cast", "transpose", "convolution", "quantize", "convolution", "cast",
+                                      "transpose"}))
+      << test::graph_text(net);
+  const Layer& conv = test::layer_named(net, "conv");
+  EXPECT_TRUE(channels_last(conv));
+  EXPECT_EQ(net.tensor(conv.inputs[1]).dtype, DataType::kInt8);
+  EXPECT_EQ(net.tensor(conv.inputs[1]).dims, (Dims{c.k, 3, 3, c.c}));
+}
+
+TEST(Int8Convolutions, OnlyWhereTheInt8KernelRuns) {
+  ConvCase few_channels;
+  few_channels.c = 8;  // not a multiple of 16
+  ConvCase grouped;
+  grouped.groups = 2;
+  ConvCase zero_point;
+  zero_point.zero_point = 3;  // asymmetric
+  for (const ConvCase& c : {few_channels, grouped, zero_point}) {
+    Network net = fake_quantized_conv(c);
+    EXPECT_FALSE(quantize_int8_convolutions(net)) << c.c << " " << c.groups << " " << c.zero_point;
+  }
+}
+
+TEST(Int8Convolutions, QuantizedLayerValidatesItsInputs) {
+  ConvCase c;
+  Network net = fake_quantized_conv(c);
+  ASSERT_TRUE(quantize_int8_convolutions(net));
+  for (auto& l : net.mutable_layers()) {
+    if (l.name == "conv") l.attrs.set("out_dtype", std::string("int32"));
+  }
+  try {
+    net.revalidate();
+    FAIL() << "out_dtype int32 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("out_dtype"), std::string::npos) << e.what();
+  }
+}
+
+// CUDA: the network built with INT8 runs the quantized convolution channels last, with each tile
+// of the kernel, and agrees with the quantized layer on the reference backend up to float16
+// rounding of y.
+void check_cuda(const ConvCase& c) {
+  const Network net = fake_quantized_conv(c);
+  const test::Feed f = feed(c, 11);
+  // The INT8 layer's own values: the pass's network on the reference backend.
+  Network quantized = net;
+  ASSERT_TRUE(quantize_int8_convolutions(quantized));
+  const std::vector<float> want = test::run_reference(quantized, f, false).at("y");
+  BuilderConfig config;
+  config.target = BuildTarget::kCuda;
+  enable_precision(config.precision, "fp16");
+  enable_precision(config.precision, "int8");
+  Plan plan = Builder().build(net, config);
+  Layer* conv = nullptr;
+  for (auto& l : plan.network.mutable_layers()) {
+    if (l.op == "convolution" && conv_quantized(l)) conv = &l;
+  }
+  ASSERT_NE(conv, nullptr) << test::graph_text(plan.network);
+  EXPECT_TRUE(channels_last(*conv));
+  for (int tile = -1; tile < 4; ++tile) {
+    conv->attrs.set("tactic", int64_t{tile});
+    SCOPED_TRACE("tile " + std::to_string(tile));
+    expect_close(test::run_float(Engine::create(plan, Backend::kCuda), f).at("y"), want, 2e-3f);
+  }
+}
+
+TEST(Int8Convolutions, CudaKernelMatchesTheReferenceOnEveryTile) {
+  KILN_REQUIRE_GPU();
+  ConvCase padded;  // 3x3, pad 1: M = 2 * 81 and K = 48 end inside every tile, 288 taps inside a step
+  check_cuda(padded);
+  ConvCase strided;
+  strided.n = 3;
+  strided.c = 64;
+  strided.h = 13;
+  strided.w = 11;
+  strided.k = 130;
+  strided.stride = 2;
+  strided.dilation = 2;
+  strided.pad = 2;
+  strided.residual = true;
+  check_cuda(strided);
+  ConvCase pointwise;  // 1x1, as ResNet's bottlenecks: a plain GEMM over pixels
+  pointwise.kernel = 1;
+  pointwise.pad = 0;
+  pointwise.c = 256;
+  pointwise.k = 64;
+  pointwise.h = pointwise.w = 14;
+  check_cuda(pointwise);
+}
+
+}  // namespace
+}  // namespace kiln
