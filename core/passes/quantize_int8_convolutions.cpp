@@ -1,7 +1,8 @@
-// quantize_int8_convolutions: INT8 convolutions from the calibrated (or QAT) quantization. A 2d
-// convolution whose input x̂ is an int8 fake_quantize of x (per tensor, constant scale s_x, zero
-// point 0) and whose weight W is a constant on a per-output-channel int8 grid becomes
-//   quantize(x, s_x) -> int8 xq                                   (one per fake_quantize, shared)
+// quantize_int8_convolutions: INT8 convolutions from the calibrated (or QAT, or pt2e) quantization.
+// A 2d convolution whose input x̂ is an int8 fake_quantize of x (per tensor, constant scale s_x,
+// zero point 0), or the dequantize of an int8 tensor xq likewise (float casts between are looked
+// through), and whose weight W is a constant on a per-output-channel int8 grid becomes
+//   quantize(x, s_x) -> int8 xq          (one per fake_quantize, shared; a dequantize's xq as it is)
 //   convolution(xq, Wq, [scale; bias], residual; quantized = 1, out_dtype = y's dtype)
 // with Wq = clamp(round(W / s_w[k]), -127, 127), s_w[k] = max |W[k]| / 127 (1 where the channel is
 // all zero), and the layer's float32 [2, K] input holding s_x * s_w[k] and the bias. The layer
@@ -38,16 +39,26 @@ constexpr int kQmax = 127;
 
 bool is_constant(const Network& net, TensorId t) { return net.tensor(t).kind == TensorKind::kConstant; }
 
+// A cast between floating dtypes: the pass looks through it (assign_precision keeps a float32
+// dequantize or fake_quantize between casts in a float16 network).
+bool is_float_cast(const Network& net, const Layer& l) {
+  return l.op == "cast" && is_floating(net.tensor(l.inputs[0]).dtype) &&
+         is_floating(net.tensor(l.outputs[0]).dtype);
+}
+
 // The constant per-tensor scale of a symmetric int8 fake_quantize (zero point 0 or none, range
-// inside int8's), or nullopt when `f` is not one.
+// inside int8's) or of the dequantize of an int8 tensor (pt2e's explicit Q/DQ), or nullopt when
+// `f` is neither.
 std::optional<float> int8_scale(const Network& net, const Layer& f) {
-  if (f.op != "fake_quantize" || f.inputs.size() < 2) return std::nullopt;
+  const bool dequantize = f.op == "dequantize" && net.tensor(f.inputs[0]).dtype == DataType::kInt8;
+  if ((f.op != "fake_quantize" && !dequantize) || f.inputs.size() < 2) return std::nullopt;
   const Tensor& scale = net.tensor(f.inputs[1]);
   if (!is_constant(net, f.inputs[1]) || scale.dtype != DataType::kFloat32 || volume(scale.dims) != 1) {
     return std::nullopt;
   }
   const QuantParams p = quant_params(f, net.tensor(f.inputs[0]).dims.size(), 1);
-  if (p.e4m3 || p.minifloat || p.has_inv_scale || p.quant_min < -128 || p.quant_max > 127) return std::nullopt;
+  if (p.e4m3 || p.minifloat || p.has_inv_scale || p.quant_min < -128 || p.quant_max > 127)
+    return std::nullopt;
   if (f.inputs.size() == 3) {
     const Tensor& zp = net.tensor(f.inputs[2]);
     if (!is_constant(net, f.inputs[2]) || volume(zp.dims) != 1) return std::nullopt;
@@ -65,7 +76,8 @@ bool runs_as_int8(const Network& net, const Layer& conv) {
   const Tensor &x = net.tensor(conv.inputs[0]), &w = net.tensor(conv.inputs[1]);
   const DataType y = net.tensor(conv.outputs[0]).dtype;
   if (x.dims.size() != 4 || w.kind != TensorKind::kConstant || !is_floating(w.dtype)) return false;
-  if (conv.attrs.get_int("groups", int64_t{1}) != 1 || w.dims[1] % 16 != 0 || w.dims[0] % 2 != 0) return false;
+  if (conv.attrs.get_int("groups", int64_t{1}) != 1 || w.dims[1] % 16 != 0 || w.dims[0] % 2 != 0)
+    return false;
   if (y != DataType::kFloat16 && y != DataType::kBFloat16 && y != DataType::kFloat32) return false;
   const ConvEpilogue e = conv_epilogue(conv, conv.inputs.size());
   return !e.has_bias || is_constant(net, conv.inputs[2]);
@@ -104,18 +116,24 @@ bool quantize_int8_convolutions(Network& net) {
   bool changed = false;
   for (Layer conv : old) {
     int p = runs_as_int8(net, conv) ? producer[static_cast<size_t>(conv.inputs[0])] : -1;
+    while (p >= 0 && is_float_cast(net, old[static_cast<size_t>(p)])) {
+      p = producer[static_cast<size_t>(old[static_cast<size_t>(p)].inputs[0])];
+    }
     const std::optional<float> s_x = p >= 0 ? int8_scale(net, old[static_cast<size_t>(p)]) : std::nullopt;
     if (!s_x) {
       net.mutable_layers().push_back(std::move(conv));
       continue;
     }
     const Layer& fq = old[static_cast<size_t>(p)];
-    if (!quantized.count(fq.outputs[0])) {
+    if (fq.op == "dequantize") {
+      quantized[fq.outputs[0]] = fq.inputs[0];  // the int8 tensor it dequantizes
+    } else if (!quantized.count(fq.outputs[0])) {
       Attributes attrs;
       for (const char* a : {"quant_min", "quant_max"}) {
         if (fq.attrs.has(a)) attrs.set(a, fq.attrs.get_int(a, fq.name));
       }
-      const Layer& q = net.add_layer("quantize", {fq.inputs[0], fq.inputs[1]}, attrs, unique_name(used, fq.name + "/int8"));
+      const Layer& q = net.add_layer("quantize", {fq.inputs[0], fq.inputs[1]}, attrs,
+                                     unique_name(used, fq.name + "/int8"));
       quantized[fq.outputs[0]] = q.outputs[0];
     }
     const ConvEpilogue e = conv_epilogue(conv, conv.inputs.size());
@@ -128,18 +146,20 @@ bool quantize_int8_convolutions(Network& net) {
     if (e.has_bias) {
       const Tensor& b = net.tensor(conv.inputs[2]);
       TensorView bv{const_cast<uint8_t*>(b.data->data()), b.dtype, b.dims};
-      for (int64_t o = 0; o < k; ++o) scale_bias[static_cast<size_t>(k + o)] = static_cast<float>(load_element(bv, o));
+      for (int64_t o = 0; o < k; ++o)
+        scale_bias[static_cast<size_t>(k + o)] = static_cast<float>(load_element(bv, o));
       lineage_from.push_back(conv.inputs[2]);
     }
     // The weight scales become part of the layer's constants: refit cannot replay them (yet).
-    LineagePtr w_lineage = blocked_lineage(net, {conv.inputs[1]}, "its INT8 weight scales are computed by the builder",
-                                           DataType::kInt8, w.dims);
-    LineagePtr sb_lineage = blocked_lineage(net, lineage_from, "its INT8 weight scales are computed by the builder",
-                                            DataType::kFloat32, {2, k});
-    const TensorId wq = net.add_constant(unique_name(used, w.name + "/int8"), DataType::kInt8, w.dims, std::move(bytes));
+    LineagePtr w_lineage = blocked_lineage(
+        net, {conv.inputs[1]}, "its INT8 weight scales are computed by the builder", DataType::kInt8, w.dims);
+    LineagePtr sb_lineage = blocked_lineage(
+        net, lineage_from, "its INT8 weight scales are computed by the builder", DataType::kFloat32, {2, k});
+    const TensorId wq =
+        net.add_constant(unique_name(used, w.name + "/int8"), DataType::kInt8, w.dims, std::move(bytes));
     net.tensor(wq).lineage = std::move(w_lineage);
-    const TensorId sb = net.add_constant(unique_name(used, w.name + "/int8_scale_bias"), DataType::kFloat32, {2, k},
-                                         scale_bias.data(), scale_bias.size() * sizeof(float));
+    const TensorId sb = net.add_constant(unique_name(used, w.name + "/int8_scale_bias"), DataType::kFloat32,
+                                         {2, k}, scale_bias.data(), scale_bias.size() * sizeof(float));
     net.tensor(sb).lineage = std::move(sb_lineage);
     std::vector<TensorId> inputs = {quantized.at(fq.outputs[0]), wq, sb};
     if (e.residual) inputs.push_back(conv.inputs[static_cast<size_t>(e.residual_input)]);

@@ -8,7 +8,8 @@
 // are in flight. Fragment layouts (PTX ISA, mma.m16n8k32 with .s8): a lane of group g = lane / 4
 // and t = lane % 4 holds
 //   A: a0 = (row g, k 4t..4t+3), a1 = (g + 8, 4t..), a2 = (g, 16 + 4t..), a3 = (g + 8, 16 + 4t..)
-//   B: b0 = (k 4t..4t+3, n g), b1 = (k 16 + 4t.., n g)          C: c0, c1 = (g, 2t, 2t + 1), c2, c3 = (g + 8, ...)
+//   B: b0 = (k 4t..4t+3, n g), b1 = (k 16 + 4t.., n g)          C: c0, c1 = (g, 2t, 2t + 1), c2, c3 = (g + 8,
+//   ...)
 // which are exactly what ldmatrix (b16, 8x8 matrices of 16-byte rows) gives from rows of bytes:
 // A's four matrices are rows 0-7 / 8-15 of bytes 0-15 and 16-31, B's two per n8 tile bytes 0-15
 // and 16-31 of its 8 rows.
@@ -239,7 +240,8 @@ void launch_tile(const DeviceParams& d, cudaStream_t stream) {
   using Cfg = Tile<BM, BN, WM, WN>;
   auto kernel = int8_conv_kernel<BM, BN, WM, WN, T>;
   if (Cfg::kSmemBytes > 48 * 1024) {  // above the default limit a kernel must opt in
-    KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
+    KILN_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
   }
   const dim3 grid(static_cast<unsigned>((d.m + BM - 1) / BM), static_cast<unsigned>((d.g.k + BN - 1) / BN));
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(d);
@@ -287,8 +289,9 @@ std::string int8_convolution_refusal(const Int8ConvParams& p) {
   return why.str();
 }
 
-void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, const void* x, const void* weight,
-                             const float* scale_bias, const void* residual, void* y, cudaStream_t stream) {
+void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, const void* x,
+                             const void* weight, const float* scale_bias, const void* residual, void* y,
+                             cudaStream_t stream) {
   const std::string refusal = int8_convolution_refusal(p);
   KILN_CHECK(refusal.empty(), "INT8 convolution " << refusal);
   DeviceParams d;
@@ -302,7 +305,8 @@ void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, co
   d.residual = residual;
   d.y = y;
   if (d.m == 0 || p.k == 0) return;
-  KILN_CHECK((d.m + 63) / 64 < (int64_t{1} << 31), "INT8 convolution: " << d.m << " output pixels are too many");
+  KILN_CHECK((d.m + 63) / 64 < (int64_t{1} << 31),
+             "INT8 convolution: " << d.m << " output pixels are too many");
   if (tile < 0) tile = pick_tile(d.m, p.k);
   KILN_CHECK(tile < kInt8ConvTiles, "INT8 convolution: tile " << tile << " is out of range");
   switch (out) {
@@ -343,7 +347,8 @@ class Int8Convolution final : public Kernel {
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
     const TensorView &x = in[0], &w = in[1], &scale_bias = in[2], &y = out[0];
-    KILN_CHECK(x.dims.size() == 4, who_ << ": the CUDA INT8 convolution is 2d, got input " << to_string(x.dims));
+    KILN_CHECK(x.dims.size() == 4,
+               who_ << ": the CUDA INT8 convolution is 2d, got input " << to_string(x.dims));
     const ConvGeometry g = conv_geometry(layer_, 2);
     KILN_CHECK(g.groups == 1, who_ << ": the CUDA INT8 convolution needs groups = 1, got " << g.groups);
     Int8ConvParams p;  // channels last: x [N, H, W, C], weight [K, R, S, C], y [N, P, Q, K]

@@ -2,8 +2,8 @@
 // (mma.sync m16n8k32, int32 accumulation) for 2d convolutions whose input and weight were
 // quantized by the builder (quantize_int8_convolutions): x int8 channels last [N, H, W, C], weight
 // int8 [K, R, S, C], one float scale per output channel (alpha[k] = input scale x weight scale
-// of channel k) and a float bias, and the convolution epilogue fused: y = act(alpha[k] * acc + bias[k] + residual),
-// written as float16, bfloat16 or float32 channels last [N, P, Q, K].
+// of channel k) and a float bias, and the convolution epilogue fused: y = act(alpha[k] * acc + bias[k] +
+// residual), written as float16, bfloat16 or float32 channels last [N, P, Q, K].
 //
 // The GEMM: M = N * P * Q output pixels, N = K output channels, K = R * S * C taps; A (the input
 // patches) is gathered from x on the fly, 16 channels (16 bytes) at a time, so C must be a
@@ -43,8 +43,9 @@ std::string int8_convolution_refusal(const Int8ConvParams& p);
 // x, weight int8; scale_bias float [2, K] (the per-channel scales, then the bias); residual
 // [N, P, Q, K] of `out` dtype or null; y of `out` dtype (float32, float16 or bfloat16). Throws
 // int8_convolution_refusal(p) when set.
-void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, const void* x, const void* weight,
-                             const float* scale_bias, const void* residual, void* y, cudaStream_t stream);
+void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, const void* x,
+                             const void* weight, const float* scale_bias, const void* residual, void* y,
+                             cudaStream_t stream);
 
 // The CUDA kernel of a quantized convolution layer (conv_quantized): channels last, 2d, groups 1;
 // its tactics are the tiles. convolution.cu's registration hands such layers here.

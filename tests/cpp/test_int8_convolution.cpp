@@ -19,7 +19,8 @@ struct ConvCase {
   int64_t stride = 1, pad = 1, dilation = 1, groups = 1;
   bool residual = false;
   int32_t zero_point = 0;
-  bool conv_before = false;  // a float16 3x3 convolution (C -> C) before the fake_quantize
+  bool conv_before = false;   // a float16 3x3 convolution (C -> C) before the fake_quantize
+  bool explicit_qdq = false;  // quantize + dequantize (pt2e's graph) instead of fake_quantize
 };
 
 Dims out_dims(const ConvCase& c) {
@@ -27,8 +28,8 @@ Dims out_dims(const ConvCase& c) {
   return {c.n, c.k, o, conv_output_dim(c.w, c.kernel, c.stride, c.pad, c.dilation)};
 }
 
-// x [N, C, H, W] float32 -> cast float16 -> [convolution] -> int8 fake_quantize (scale 2 / 127) -> convolution
-// (weight on a per-output-channel int8 grid, bias, relu, [residual r]) -> cast float32 -> y.
+// x [N, C, H, W] float32 -> cast float16 -> [convolution] -> int8 fake_quantize (scale 2 / 127) ->
+// convolution (weight on a per-output-channel int8 grid, bias, relu, [residual r]) -> cast float32 -> y.
 Network fake_quantized_conv(const ConvCase& c) {
   Network net;
   const TensorId x = net.add_input("x", DataType::kFloat32, {c.n, c.c, c.h, c.w});
@@ -48,7 +49,13 @@ Network fake_quantized_conv(const ConvCase& c) {
   Attributes fq;
   fq.set("quant_min", int64_t{-127});
   fq.set("quant_max", int64_t{127});
-  t = net.add_layer("fake_quantize", {t, s, zp}, fq, "fq").outputs[0];
+  if (c.explicit_qdq) {
+    t = net.add_layer("quantize", {t, s, zp}, fq, "q").outputs[0];
+    fq.set("dtype", std::string("float16"));
+    t = net.add_layer("dequantize", {t, s, zp}, fq, "dq").outputs[0];
+  } else {
+    t = net.add_layer("fake_quantize", {t, s, zp}, fq, "fq").outputs[0];
+  }
   // Each output channel: integers in [-127, 127] (one of them 127) times its own step.
   const int64_t per = c.c / c.groups * c.kernel * c.kernel;
   std::vector<float> q = random_floats(static_cast<size_t>(c.k * per), 3, -127.f, 127.f);
@@ -82,7 +89,8 @@ Network fake_quantized_conv(const ConvCase& c) {
 
 test::Feed feed(const ConvCase& c, uint32_t seed) {
   test::Feed f;
-  f["x"] = {{c.n, c.c, c.h, c.w}, random_floats(static_cast<size_t>(c.n * c.c * c.h * c.w), seed, -2.5f, 2.5f)};
+  f["x"] = {{c.n, c.c, c.h, c.w},
+            random_floats(static_cast<size_t>(c.n * c.c * c.h * c.w), seed, -2.5f, 2.5f)};
   if (c.residual) f["r"] = {out_dims(c), random_floats(static_cast<size_t>(volume(out_dims(c))), seed + 1)};
   return f;
 }
@@ -113,7 +121,8 @@ TEST(Int8Convolutions, FakeQuantizedConvolutionBecomesQuantizePlusInt8Convolutio
   // The weight is back on its integers: every channel's largest is 127.
   const Tensor& wq = net.tensor(conv.inputs[1]);
   const int64_t per = volume(wq.dims) / c.k;
-  for (int64_t o = 0; o < c.k; ++o) EXPECT_EQ(static_cast<int8_t>((*wq.data)[static_cast<size_t>(o * per)]), 127);
+  for (int64_t o = 0; o < c.k; ++o)
+    EXPECT_EQ(static_cast<int8_t>((*wq.data)[static_cast<size_t>(o * per)]), 127);
   expect_close(test::run_reference(net, f, false).at("y"), before, 1e-2f);
   EXPECT_FALSE(quantize_int8_convolutions(net));  // nothing left to do
 }
@@ -128,14 +137,28 @@ TEST(Int8Convolutions, QuantizedLayersRunChannelsLastWithoutTransposesBetween) {
   ASSERT_TRUE(quantize_int8_convolutions(net));
   eliminate_dead_layers(net);
   assign_layouts(net);
-  EXPECT_EQ(test::ops_of(net),
-            (std::vector<std::string>{"cast", "transpose", "convolution", "quantize", "convolution", "cast",
-                                      "transpose"}))
+  EXPECT_EQ(test::ops_of(net), (std::vector<std::string>{"cast", "transpose", "convolution", "quantize",
+                                                         "convolution", "cast", "transpose"}))
       << test::graph_text(net);
   const Layer& conv = test::layer_named(net, "conv");
   EXPECT_TRUE(channels_last(conv));
   EXPECT_EQ(net.tensor(conv.inputs[1]).dtype, DataType::kInt8);
   EXPECT_EQ(net.tensor(conv.inputs[1]).dims, (Dims{c.k, 3, 3, c.c}));
+}
+
+// pt2e's explicit quantize -> dequantize -> convolution: the convolution reads the int8 tensor.
+TEST(Int8Convolutions, DequantizedInt8InputIsReadAsItIs) {
+  ConvCase c;
+  c.explicit_qdq = true;
+  Network net = fake_quantized_conv(c);
+  const test::Feed f = feed(c, 9);
+  const std::vector<float> before = test::run_reference(net, f, false).at("y");
+  ASSERT_TRUE(quantize_int8_convolutions(net));
+  eliminate_dead_layers(net);
+  EXPECT_EQ(test::ops_of(net), (std::vector<std::string>{"cast", "quantize", "convolution", "cast"}));
+  const Layer& conv = test::layer_named(net, "conv");
+  EXPECT_EQ(conv.inputs[0], test::layer_named(net, "q").outputs[0]);
+  expect_close(test::run_reference(net, f, false).at("y"), before, 1e-2f);
 }
 
 TEST(Int8Convolutions, OnlyWhereTheInt8KernelRuns) {
