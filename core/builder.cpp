@@ -263,7 +263,8 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   // 4c. INT8: convolutions behind an int8 fake_quantize become INT8 convolutions (CUDA; the
   //     reference backend computes the fake quantization, the same arithmetic up to rounding).
   if (config.precision.int8 && backend == Backend::kCuda && config.optimization_level > 0) {
-    run_pass("quantize_int8_convolutions", quantize_int8_convolutions, net);
+    run_pass(
+        "quantize_int8_convolutions", [](Network& n) { return quantize_int8_convolutions(n); }, net);
   }
   if (config.optimization_level > 0) run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
   // 5. choose layouts: channels last for float16/bfloat16 convolutions (after precision, which

@@ -74,8 +74,9 @@ bool fold_repeat_kv(Network& net);
 bool quantize_fp8_gemms(Network& net);
 // INT8 (CUDA, after assign_precision, before assign_layouts): 2d convolutions whose input is a
 // symmetric per-tensor int8 fake_quantize and whose weight is constant -> quantize (to int8) +
-// quantized convolution (int8 tensor cores, per-channel scales in the epilogue).
-bool quantize_int8_convolutions(Network& net);
+// quantized convolution (int8 tensor cores, per-channel scales in the epilogue); then a quantized
+// convolution read only by a quantize writes its int8 tensor itself (unless !fold_requantize).
+bool quantize_int8_convolutions(Network& net, bool fold_requantize = true);
 MemoryPlan plan_memory(const Network& net, const std::vector<OptimizationProfile>& profiles);
 
 }  // namespace kiln

@@ -13,7 +13,9 @@
 //
 // Only where Kiln's INT8 kernel runs (int8_convolution.h): 2d, groups 1, input channels a
 // multiple of 16, an even number of output channels, y float16/bfloat16/float32, a constant bias.
-// Other convolutions keep the fake_quantize (simulated INT8, still correct). The builder runs this
+// Other convolutions keep the fake_quantize (simulated INT8, still correct). Last, a quantized
+// convolution whose value only feeds such a quantize writes the int8 tensor itself
+// (fold_requantize). The builder runs this
 // pass for the CUDA target when the "int8" precision is enabled, after assign_precision and before
 // assign_layouts (which then runs the INT8 layers channels last, their weight [K, R, S, C]); the
 // fake_quantize layers it leaves unread go with dead-layer elimination.
@@ -46,19 +48,20 @@ bool is_float_cast(const Network& net, const Layer& l) {
          is_floating(net.tensor(l.outputs[0]).dtype);
 }
 
-// The constant per-tensor scale of a symmetric int8 fake_quantize (zero point 0 or none, range
-// inside int8's) or of the dequantize of an int8 tensor (pt2e's explicit Q/DQ), or nullopt when
-// `f` is neither.
+// The constant per-tensor scale of a symmetric int8 fake_quantize or quantize (zero point 0 or
+// none, range inside int8's) or of the dequantize of an int8 tensor (pt2e's explicit Q/DQ), or
+// nullopt when `f` is none of these.
 std::optional<float> int8_scale(const Network& net, const Layer& f) {
   const bool dequantize = f.op == "dequantize" && net.tensor(f.inputs[0]).dtype == DataType::kInt8;
-  if ((f.op != "fake_quantize" && !dequantize) || f.inputs.size() < 2) return std::nullopt;
+  if ((f.op != "fake_quantize" && f.op != "quantize" && !dequantize) || f.inputs.size() < 2)
+    return std::nullopt;
   const Tensor& scale = net.tensor(f.inputs[1]);
   if (!is_constant(net, f.inputs[1]) || scale.dtype != DataType::kFloat32 || volume(scale.dims) != 1) {
     return std::nullopt;
   }
   const QuantParams p = quant_params(f, net.tensor(f.inputs[0]).dims.size(), 1);
-  if (p.e4m3 || p.minifloat || p.has_inv_scale || p.quant_min < -128 || p.quant_max > 127)
-    return std::nullopt;
+  if (p.e4m3 || p.minifloat || p.quant_min < -128 || p.quant_max > 127) return std::nullopt;
+  if (p.has_inv_scale && f.op != "quantize") return std::nullopt;
   if (f.inputs.size() == 3) {
     const Tensor& zp = net.tensor(f.inputs[2]);
     if (!is_constant(net, f.inputs[2]) || volume(zp.dims) != 1) return std::nullopt;
@@ -103,9 +106,49 @@ std::pair<std::shared_ptr<std::vector<uint8_t>>, std::vector<float>> quantize_we
   return {bytes, scales};
 }
 
+// A quantized convolution whose value only a per-tensor int8 quantize reads (zero point 0 or
+// none) writes that quantize's int8 tensor itself: the layer rounds its value to out_dtype and
+// quantizes it as the quantize did (output_inv_scale, output_quant_min/max), so the next INT8
+// layer reads one byte per value and no float tensor is written.
+bool fold_requantize(Network& net) {
+  eliminate_dead_layers(net);  // the fake_quantize layers the rewrite left unread
+  const std::vector<int> producer = net.producers();
+  std::vector<int> readers(net.tensors().size(), 0);
+  for (const auto& l : net.layers()) {
+    for (TensorId t : l.inputs) ++readers[static_cast<size_t>(t)];
+  }
+  std::vector<Layer>& layers = net.mutable_layers();
+  std::vector<bool> folded(layers.size(), false);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const Layer& q = layers[i];
+    if (q.op != "quantize" || q.inputs.size() < 2) continue;
+    const TensorId y = q.inputs[0];
+    const int p = producer[static_cast<size_t>(y)];
+    if (p < 0 || readers[static_cast<size_t>(y)] != 1 || net.is_output(y)) continue;
+    Layer& conv = layers[static_cast<size_t>(p)];
+    if (conv.op != "convolution" || !conv_quantized(conv) || conv.attrs.has("output_inv_scale")) continue;
+    const std::optional<float> s = int8_scale(net, q);
+    if (!s) continue;
+    const QuantParams qp = quant_params(q, net.tensor(y).dims.size(), 1);
+    conv.attrs.set("output_inv_scale", static_cast<double>(qp.has_inv_scale ? qp.inv_scale : 1.0f / *s));
+    conv.attrs.set("output_quant_min", qp.quant_min);
+    conv.attrs.set("output_quant_max", qp.quant_max);
+    conv.outputs[0] = q.outputs[0];
+    folded[i] = true;
+  }
+  std::vector<Layer> kept;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (!folded[i]) kept.push_back(std::move(layers[i]));
+  }
+  const bool changed = kept.size() != layers.size();
+  layers = std::move(kept);
+  if (changed) net.compact();
+  return changed;
+}
+
 }  // namespace
 
-bool quantize_int8_convolutions(Network& net) {
+bool quantize_int8_convolutions(Network& net, bool fold) {
   const std::vector<int> producer = net.producers();
   const std::vector<Layer> old = net.layers();  // a copy: the fake_quantize layers are read after re-adding
   net.mutable_layers().clear();
@@ -171,6 +214,7 @@ bool quantize_int8_convolutions(Network& net) {
     net.mutable_layers().push_back(std::move(conv));
     changed = true;
   }
+  if (changed && fold) fold_requantize(net);
   return changed;
 }
 

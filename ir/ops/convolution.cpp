@@ -163,8 +163,16 @@ std::vector<TensorDesc> infer_conv_channels_first(const Layer& layer, const std:
                                        << " differs from input dtype " << dtype_name(x.dtype)
                                        << "; insert a cast");
   }
-  // The dtype of y, the bias and the residual.
+  // The dtype of the bias and the residual, and of y unless the layer requantizes it to int8.
   const DataType y_dtype = quantized ? conv_out_dtype(layer) : x.dtype;
+  const bool requantized = layer.attrs.has("output_inv_scale");
+  KILN_CHECK(!requantized || quantized, who << ": output_inv_scale needs quantized = 1");
+  if (requantized) {
+    const int64_t lo = layer.attrs.get_int("output_quant_min", int64_t{-128});
+    const int64_t hi = layer.attrs.get_int("output_quant_max", int64_t{127});
+    KILN_CHECK(-128 <= lo && lo <= hi && hi <= 127, who << ": output_quant_min/max [" << lo << ", " << hi
+                                                        << "] must be ordered inside [-128, 127]");
+  }
   KILN_CHECK(static_cast<int>(w.dims.size()) == rank,
              who << ": weight must have rank " << rank << " like the input, got " << to_string(w.dims));
   KILN_CHECK(is_static(w.dims), who << ": weight shape must be static, got " << to_string(w.dims));
@@ -241,7 +249,7 @@ std::vector<TensorDesc> infer_conv_channels_first(const Layer& layer, const std:
     KILN_CHECK(same, who << ": residual " << to_string(r.dims) << " must have the output's shape "
                          << to_string(out) << " (no broadcasting)");
   }
-  return {{y_dtype, out}};
+  return {{requantized ? DataType::kInt8 : y_dtype, out}};
 }
 
 std::vector<TensorDesc> infer_conv(const Layer& layer, const std::vector<TensorDesc>& in) {
@@ -309,6 +317,11 @@ std::vector<AttrSpec> conv_attributes(bool transposed) {
          "residual) of out_dtype"},
         {"out_dtype", AttrType::kString, std::nullopt, "quantized: float32, float16 or bfloat16"},
         {"input_scale", AttrType::kFloat, std::nullopt, "quantized, informational: x's scale (kiln inspect)"},
+        {"output_inv_scale", AttrType::kFloat, std::nullopt,
+         "quantized, set by quantize_int8_convolutions: y is int8, clamp(round(v * output_inv_scale)) of the "
+         "epilogue's value v rounded to out_dtype (a quantize layer folded in)"},
+        {"output_quant_min", AttrType::kInt, AttrValue{int64_t{-128}}, "with output_inv_scale: y's range"},
+        {"output_quant_max", AttrType::kInt, AttrValue{int64_t{127}}, "with output_inv_scale: y's range"},
     };
     rest.insert(rest.end(), quantized.begin(), quantized.end());
   }

@@ -45,7 +45,10 @@ Dims channels_last_dims(const Dims& d);
 // quantize_int8_convolutions): x and weight are int8, input 2 is float32 [2, K] (row 0: the
 // per-channel scale, input scale x weight scale of channel k; row 1: the bias), and
 // y = act(scale[k] * sum(x * w) + bias[k] + residual), with the sum exact in int32, of dtype
-// `out_dtype` (the residual's too). Errors name the layer.
+// `out_dtype` (the residual's too). With `output_inv_scale` (a quantize layer folded in), y is
+// int8 instead: clamp(nearbyint(float(v) * output_inv_scale), output_quant_min, output_quant_max)
+// where v is that value rounded to out_dtype, exactly what the quantize computed from it. Errors
+// name the layer.
 bool conv_quantized(const Layer& layer);
 DataType conv_out_dtype(const Layer& layer);
 

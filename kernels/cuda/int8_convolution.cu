@@ -78,18 +78,39 @@ struct Tile {
   static_assert(WM % 16 == 0 && WN % 16 == 0, "ldmatrix.x4 covers 16 rows of A and two n8 tiles of B");
 };
 
-template <typename T>
-__device__ __forceinline__ void store_pair(T* y, float v0, float v1) {
+// The epilogue's last step for two adjacent channels: the residual (of the float dtype), the
+// activation, then the store; an int8 y rounds to that float dtype first and requantizes.
+template <typename T, typename R>
+__device__ __forceinline__ void finish_pair(const Int8ConvParams& g, float v0, float v1, const R* residual,
+                                            T* y) {
+  if (residual) {
+    v0 += to_float(residual[0]);
+    v1 += to_float(residual[1]);
+  }
+  if (g.activate) {
+    v0 = activate(g.act, v0);
+    v1 = activate(g.act, v1);
+  }
   if constexpr (std::is_same_v<T, __half>) {
     *reinterpret_cast<__half2*>(y) = __floats2half2_rn(v0, v1);
   } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     *reinterpret_cast<__nv_bfloat162*>(y) = __floats2bfloat162_rn(v0, v1);
-  } else {
+  } else if constexpr (std::is_same_v<T, float>) {
     *reinterpret_cast<float2*>(y) = make_float2(v0, v1);
+  } else {
+    v0 = to_float(from_float<R>(v0));
+    v1 = to_float(from_float<R>(v1));
+    const auto q = [&](float v) {
+      const float r = rintf(v * g.out_inv_scale);
+      // NaN goes to out_min, as the quantize layer's float -> integer conversion gives.
+      const float lo = static_cast<float>(g.out_min), hi = static_cast<float>(g.out_max);
+      return static_cast<int8_t>(r != r ? lo : fminf(fmaxf(r, lo), hi));
+    };
+    *reinterpret_cast<char2*>(y) = make_char2(q(v0), q(v1));
   }
 }
 
-template <int BM, int BN, int WM, int WN, typename T>
+template <int BM, int BN, int WM, int WN, typename T, typename R>
 __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kernel(DeviceParams d) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using Cfg = Tile<BM, BN, WM, WN>;
@@ -203,7 +224,7 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kern
   // Epilogue straight from the accumulators: y = act(alpha * acc + bias + residual), two adjacent
   // channels per store.
   const int group = lane >> 2, tig = lane & 3;
-  const T* residual = static_cast<const T*>(d.residual);
+  const R* residual = static_cast<const R*>(d.residual);
   T* y = static_cast<T*>(d.y);
 #pragma unroll
   for (int j = 0; j < Cfg::kNTiles; ++j) {
@@ -218,27 +239,19 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kern
         const int64_t m = m0 + warp_m * WM + i * 16 + group + half * 8;
         if (m >= d.m) continue;
         const int64_t at = m * g.k + n;
-        float v0 = static_cast<float>(acc[i][j][2 * half]) * alpha0 + bias0;
-        float v1 = static_cast<float>(acc[i][j][2 * half + 1]) * alpha1 + bias1;
-        if (residual) {
-          v0 += to_float(residual[at]);
-          v1 += to_float(residual[at + 1]);
-        }
-        if (g.activate) {
-          v0 = activate(g.act, v0);
-          v1 = activate(g.act, v1);
-        }
-        store_pair(y + at, v0, v1);
+        finish_pair<T, R>(g, static_cast<float>(acc[i][j][2 * half]) * alpha0 + bias0,
+                          static_cast<float>(acc[i][j][2 * half + 1]) * alpha1 + bias1,
+                          residual ? residual + at : nullptr, y + at);
       }
     }
   }
 #endif
 }
 
-template <int BM, int BN, int WM, int WN, typename T>
+template <int BM, int BN, int WM, int WN, typename T, typename R>
 void launch_tile(const DeviceParams& d, cudaStream_t stream) {
   using Cfg = Tile<BM, BN, WM, WN>;
-  auto kernel = int8_conv_kernel<BM, BN, WM, WN, T>;
+  auto kernel = int8_conv_kernel<BM, BN, WM, WN, T, R>;
   if (Cfg::kSmemBytes > 48 * 1024) {  // above the default limit a kernel must opt in
     KILN_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
@@ -250,18 +263,25 @@ void launch_tile(const DeviceParams& d, cudaStream_t stream) {
 
 // Tile t: 0 = 128x128 (8 warps of 64x32), 1 = 128x64 (4 warps of 64x32), 2 = 64x128 (4 warps of
 // 32x64), 3 = 64x64 (4 warps of 32x32).
-template <typename T>
+// T: y's type; R: the float type the residual has and an int8 y is rounded to first.
+template <typename T, typename R>
 void launch_typed(const DeviceParams& d, int tile, cudaStream_t stream) {
   switch (tile) {
     case 0:
-      return launch_tile<128, 128, 64, 32, T>(d, stream);
+      return launch_tile<128, 128, 64, 32, T, R>(d, stream);
     case 1:
-      return launch_tile<128, 64, 64, 32, T>(d, stream);
+      return launch_tile<128, 64, 64, 32, T, R>(d, stream);
     case 2:
-      return launch_tile<64, 128, 32, 64, T>(d, stream);
+      return launch_tile<64, 128, 32, 64, T, R>(d, stream);
     default:
-      return launch_tile<64, 64, 32, 32, T>(d, stream);
+      return launch_tile<64, 64, 32, 32, T, R>(d, stream);
   }
+}
+
+template <typename R>
+void launch_rounded(const DeviceParams& d, int tile, bool int8_out, cudaStream_t stream) {
+  if (int8_out) return launch_typed<int8_t, R>(d, tile, stream);
+  launch_typed<R, R>(d, tile, stream);
 }
 
 // Without a timed tactic: the largest tile that still gives every SM of a large GPU about two
@@ -309,15 +329,18 @@ void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, co
              "INT8 convolution: " << d.m << " output pixels are too many");
   if (tile < 0) tile = pick_tile(d.m, p.k);
   KILN_CHECK(tile < kInt8ConvTiles, "INT8 convolution: tile " << tile << " is out of range");
-  switch (out) {
+  const bool int8_out = out == DataType::kInt8;
+  switch (int8_out ? p.rounding : out) {
     case DataType::kFloat16:
-      return launch_typed<__half>(d, tile, stream);
+      return launch_rounded<__half>(d, tile, int8_out, stream);
     case DataType::kBFloat16:
-      return launch_typed<__nv_bfloat16>(d, tile, stream);
+      return launch_rounded<__nv_bfloat16>(d, tile, int8_out, stream);
     case DataType::kFloat32:
-      return launch_typed<float>(d, tile, stream);
+      return launch_rounded<float>(d, tile, int8_out, stream);
     default:
-      KILN_FAIL("INT8 convolution writes float32, float16 or bfloat16, not " << dtype_name(out));
+      KILN_FAIL(
+          "INT8 convolution writes float32, float16, bfloat16 or int8 (rounded to one of those first), not "
+          << dtype_name(out) << " (rounded to " << dtype_name(p.rounding) << ")");
   }
 }
 
@@ -342,6 +365,10 @@ class Int8Convolution final : public Kernel {
     }
     activate_ = e.activation != "none";
     residual_input_ = e.residual_input;
+    requantize_ = layer_.attrs.has("output_inv_scale");
+    out_inv_scale_ = static_cast<float>(layer_.attrs.get_float("output_inv_scale", 1.0));
+    out_min_ = static_cast<int>(layer_.attrs.get_int("output_quant_min", int64_t{-128}));
+    out_max_ = static_cast<int>(layer_.attrs.get_int("output_quant_max", int64_t{127}));
   }
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
@@ -369,10 +396,17 @@ class Int8Convolution final : public Kernel {
     p.dil_w = static_cast<int>(g.dilations[1]);
     p.act = act_;
     p.activate = activate_;
+    p.rounding = out_;
+    if (requantize_) {
+      p.out_inv_scale = out_inv_scale_;
+      p.out_min = out_min_;
+      p.out_max = out_max_;
+    }
     const std::string refusal = int8_convolution_refusal(p);
     KILN_CHECK(refusal.empty(), who_ << ": the CUDA INT8 convolution " << refusal << "; got input "
                                      << to_string(x.dims) << " (nhwc), weight " << to_string(w.dims));
-    launch_int8_convolution(p, tactic_, out_, x.data, w.data, static_cast<const float*>(scale_bias.data),
+    launch_int8_convolution(p, tactic_, requantize_ ? DataType::kInt8 : out_, x.data, w.data,
+                            static_cast<const float*>(scale_bias.data),
                             residual_input_ >= 0 ? in[static_cast<size_t>(residual_input_)].data : nullptr,
                             y.data, static_cast<cudaStream_t>(ctx.stream));
   }
@@ -388,6 +422,9 @@ class Int8Convolution final : public Kernel {
   ActivationParams act_{};
   bool activate_ = false;
   int residual_input_ = -1;
+  bool requantize_ = false;  // y int8 (output_inv_scale)
+  float out_inv_scale_ = 1.f;
+  int out_min_ = -128, out_max_ = 127;
 };
 
 }  // namespace

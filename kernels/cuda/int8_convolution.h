@@ -31,6 +31,11 @@ struct Int8ConvParams {
   int stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
   ActivationParams act{};
   bool activate = false;
+  // An int8 y (out = kInt8): the value rounded to `rounding` (float32/float16/bfloat16), then
+  // clamp(nearbyint(v * out_inv_scale), out_min, out_max).
+  DataType rounding = DataType::kFloat32;
+  float out_inv_scale = 1.f;
+  int out_min = -128, out_max = 127;
 };
 
 // The tile configurations (the convolution's INT8 tactics, timed by the builder); -1 picks one
@@ -41,8 +46,8 @@ constexpr int kInt8ConvTiles = 4;
 std::string int8_convolution_refusal(const Int8ConvParams& p);
 
 // x, weight int8; scale_bias float [2, K] (the per-channel scales, then the bias); residual
-// [N, P, Q, K] of `out` dtype or null; y of `out` dtype (float32, float16 or bfloat16). Throws
-// int8_convolution_refusal(p) when set.
+// [N, P, Q, K] of `out` dtype (p.rounding's when out is int8) or null; y of `out` dtype (float32,
+// float16, bfloat16, or int8: requantized). Throws int8_convolution_refusal(p) when set.
 void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, const void* x,
                              const void* weight, const float* scale_bias, const void* residual, void* y,
                              cudaStream_t stream);

@@ -52,6 +52,12 @@ class RefConvolution final : public Kernel {
     const bool quantized = conv_quantized(layer_);
     const TensorView* bias = e.has_bias && !quantized ? &in[2] : nullptr;
     const TensorView* scale_bias = quantized ? &in[2] : nullptr;
+    // A requantizing layer rounds its value to out_dtype, then quantizes it.
+    const bool requantize = layer_.attrs.has("output_inv_scale");
+    const DataType rounding = quantized ? conv_out_dtype(layer_) : y.dtype;
+    const float inv_scale = static_cast<float>(layer_.attrs.get_float("output_inv_scale", 0.0));
+    const int64_t q_lo = layer_.attrs.get_int("output_quant_min", int64_t{-128});
+    const int64_t q_hi = layer_.attrs.get_int("output_quant_max", int64_t{127});
     const TensorView* residual = e.residual ? &in[static_cast<size_t>(e.residual_input)] : nullptr;
     std::function<double(double)> act = [](double v) { return v; };
     if (e.activation != "none") act = activation_fn(e.activation, e.alpha, e.beta, e.threshold);
@@ -101,6 +107,11 @@ class RefConvolution final : public Kernel {
           if (scale_bias) acc = acc * load_element(*scale_bias, ko) + load_element(*scale_bias, k + ko);
           const int64_t yi = at(b, ko, o, k, out_size);
           if (residual) acc += load_element(*residual, yi);
+          if (requantize) {
+            store_element(y, yi,
+                          quantize_value(round_to_dtype(rounding, act(acc)), inv_scale, 0, q_lo, q_hi));
+            continue;
+          }
           store_element(y, yi, act(acc));
         }
       }

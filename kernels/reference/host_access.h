@@ -2,6 +2,7 @@
 // rounding the real dtype implies (round-to-nearest-even for float16/bfloat16).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -111,6 +112,24 @@ inline double load_element(const TensorView& t, int64_t i) {
       return e4m3_to_float(static_cast<const uint8_t*>(t.data)[i]);
   }
   KILN_FAIL("load_element: unknown dtype");
+}
+
+// `v` rounded to floating dtype `t` (through float32), as storing and reloading it would.
+inline float round_to_dtype(DataType t, double v) {
+  const float f = static_cast<float>(v);
+  if (t == DataType::kFloat16) return half_bits_to_float(float_to_half_bits(f));
+  if (t == DataType::kBFloat16) return bf16_bits_to_float(float_to_bf16_bits(f));
+  return f;
+}
+
+// torch's integer quantization of one value: round(x * inv) + zp (float32, half to even),
+// saturated into [lo, hi]. NaN goes to lo (what torch's float -> int64 conversion gives on x86
+// before its clamp).
+inline double quantize_value(float x, float inv, int64_t zp, int64_t lo, int64_t hi) {
+  const float r = std::nearbyint(x * inv);
+  if (std::isnan(r)) return static_cast<double>(lo);
+  return std::clamp(static_cast<double>(r) + static_cast<double>(zp), static_cast<double>(lo),
+                    static_cast<double>(hi));
 }
 
 // Floating results pass through float32 first: the reference backend computes in float32.

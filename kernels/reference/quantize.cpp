@@ -17,15 +17,6 @@
 namespace kiln {
 namespace {
 
-// q before the clamp's int8 / range: round(x * inv) + zp, saturated into [lo, hi]. NaN goes to lo
-// (what torch's float -> int64 conversion gives on x86 before its clamp).
-double quantized(float x, float inv, int64_t zp, int64_t lo, int64_t hi) {
-  const float r = std::nearbyint(x * inv);
-  if (std::isnan(r)) return static_cast<double>(lo);
-  return std::clamp(static_cast<double>(r) + static_cast<double>(zp), static_cast<double>(lo),
-                    static_cast<double>(hi));
-}
-
 class RefQuantization final : public Kernel {
  public:
   explicit RefQuantization(const Layer& l) : layer_(l) {}
@@ -67,7 +58,8 @@ class RefQuantization final : public Kernel {
         store_element(out[0], i, static_cast<double>((v - static_cast<float>(zp)) * s));
         continue;
       }
-      const double q = quantized(v, p.has_inv_scale ? p.inv_scale : 1.0f / s, zp, p.quant_min, p.quant_max);
+      const double q =
+          quantize_value(v, p.has_inv_scale ? p.inv_scale : 1.0f / s, zp, p.quant_min, p.quant_max);
       if (layer_.op == "quantize") {
         store_element(out[0], i, q);
       } else {
