@@ -162,7 +162,8 @@ def parse_matrix(models: str, precisions: str) -> tuple[list[ModelEntry], list[s
         entries = [get(m) for m in models.split(",") if m]
     except KeyError as e:
         raise ValueError(e.args[0]) from None
-    return entries, [precision_name(p) for p in precisions.split(",") if p]
+    # int8: INT8 in an FP16 model, calibrated (bench/run.py); not a kiln.compile float precision.
+    return entries, [p if p == "int8" else precision_name(p) for p in precisions.split(",") if p]
 
 
 # ---- accuracy (bench/run.py and tools/model_check.py) ----------------------------------------

@@ -365,8 +365,10 @@ def run_kiln(row: Row, model, input_sets, truth, args, device, base: int, plans_
     if row.precision == "fp32" and args.tf32:
         precisions.add("tf32")
     options = {}
-    if row.precision == "fp8":
-        # FP8 GEMMs in an FP16 model, calibrated (amax) on the row's input sets.
+    if row.precision in ("fp8", "int8"):
+        # FP8 GEMMs / INT8 layers in an FP16 model, calibrated (minmax: the amax, and random
+        # weights and inputs have no outliers to clip) on the row's input sets; the compile time
+        # includes the calibration.
         precisions.add("fp16")
         options["calibrator"] = kiln.Calibrator([tuple(s) for s in input_sets], algorithm="minmax")
     model.to(device)
@@ -446,7 +448,7 @@ def run_kiln(row: Row, model, input_sets, truth, args, device, base: int, plans_
             )
             result.extra["warm_build_s"] = time.perf_counter() - t0
             model.cpu()
-        if row.precision != "fp8":  # calibrated FP8 weights do not refit (docs/refit.md)
+        if row.precision not in ("fp8", "int8"):  # calibrated weights do not refit (docs/refit.md)
             result.extra["refit_ms"] = refit_ms(compiled, model, device)
         row.systems["kiln"] = result
     finally:
@@ -496,6 +498,8 @@ def _dtype(precision: str) -> torch.dtype:
     """The dtype of a row's model and inputs (kiln.dtypes' table: fp16 -> torch.float16)."""
     from kiln.dtypes import precision_dtype, torch_dtype
 
+    if precision == "int8":  # INT8 layers inside a float16 model
+        return torch.float16
     return torch_dtype(precision_dtype(precision))
 
 
@@ -800,8 +804,9 @@ def parse_args(argv: Sequence[str] | None = None):
     )
     p.add_argument(
         "--precisions",
-        help=f"fp32,fp16,fp8 (fp8: FP8 GEMMs in the FP16 model, calibrated on the inputs; "
-        f"default {DEFAULT['precisions']})",
+        help=f"fp32,fp16,fp8,int8 (fp8: FP8 GEMMs in the FP16 model, calibrated on the inputs; "
+        f"int8: INT8 layers in the FP16 model, calibrated on the inputs; default "
+        f"{DEFAULT['precisions']})",
     )
     p.add_argument("--batches", help=f"comma list (default {DEFAULT['batches']})")
     p.add_argument("--runs", type=int, default=100, help="timed runs per system (>= 50)")
@@ -870,10 +875,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 2
-    bad = set(precisions) - {"fp32", "fp16", "fp8"}
+    bad = set(precisions) - {"fp32", "fp16", "fp8", "int8"}
     if bad:
         print(
-            f"bench: unsupported precision(s) {sorted(bad)}; use fp32, fp16, fp8", file=sys.stderr
+            f"bench: unsupported precision(s) {sorted(bad)}; use fp32, fp16, fp8, int8",
+            file=sys.stderr,
         )
         return 2
     batches = [int(b) for b in args.batches.split(",") if b]

@@ -206,6 +206,23 @@ def test_main_cpu_writes_table_json_png(tiny_zoo, tmp_path, capsys):
     assert "2/2 rows ran" in printed
 
 
+def test_int8_row_is_calibrated_in_the_fp16_model(tiny_zoo, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--models", "tiny", "--precisions", "int8", "--batches", "2", "--runs", "5"]
+    argv += ["--warmup", "1", "--device", "cpu", "--out", str(out), "--deadline", "0"]
+    rc = bench.main(argv)
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    (row,) = json.loads((out / "results.json").read_text())["rows"]
+    assert row["precision"] == "int8" and row["ran"]
+    k = row["systems"]["kiln"]
+    assert k["status"] == "ok" and k["extra"]["engines"] == 1, k
+    assert "refit_ms" not in k["extra"]  # calibrated weights do not refit
+    # Quantized, so near the FP32 truth but not at it.
+    assert 0.99 < row["cosine"] < 1.0 and row["max_abs_err"] > 0
+    assert "| tiny | int8 |" in (out / "results.md").read_text()
+
+
 def test_kiln_failure_still_gives_a_row(tiny_zoo, tmp_path, monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise kiln.KilnError("converter exploded " + "x" * 500)
