@@ -185,12 +185,7 @@ class CudnnConvolution final : public Kernel {
     p.ow = yd[3];
     p.kh = static_cast<int>(wd[2]);
     p.kw = static_cast<int>(wd[3]);
-    p.stride_h = static_cast<int>(g.strides[0]);
-    p.stride_w = static_cast<int>(g.strides[1]);
-    p.pad_h = static_cast<int>(g.pads[0]);
-    p.pad_w = static_cast<int>(g.pads[1]);
-    p.dil_h = static_cast<int>(g.dilations[0]);
-    p.dil_w = static_cast<int>(g.dilations[1]);
+    static_cast<ConvWindow2d&>(p) = conv_window_2d(g);
     p.channels_last = channels_last_;
     p.act = params_.act;
     p.activate = params_.activate;

@@ -12,12 +12,13 @@
 
 #include "ir/dtype.h"
 #include "kernels/cuda/activation_math.cuh"
+#include "kernels/cuda/conv_window.h"
 
 namespace kiln {
 
-struct DepthwiseParams {
+struct DepthwiseParams : ConvWindow2d {
   int64_t n = 0, c = 0, h = 0, w = 0, oh = 0, ow = 0;  // channels-first sizes of x and y
-  int kh = 0, kw = 0, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
+  int kh = 0, kw = 0;
   bool channels_last = false;  // x, y and the residual stored [N, H, W, C]; else [N, C, H, W]
   ActivationParams act{};
   bool activate = false;

@@ -388,12 +388,7 @@ class Int8Convolution final : public Kernel {
     p.s = static_cast<int>(w.dims[2]);
     p.p = static_cast<int>(y.dims[1]);
     p.q = static_cast<int>(y.dims[2]);
-    p.stride_h = static_cast<int>(g.strides[0]);
-    p.stride_w = static_cast<int>(g.strides[1]);
-    p.pad_h = static_cast<int>(g.pads[0]);
-    p.pad_w = static_cast<int>(g.pads[1]);
-    p.dil_h = static_cast<int>(g.dilations[0]);
-    p.dil_w = static_cast<int>(g.dilations[1]);
+    static_cast<ConvWindow2d&>(p) = conv_window_2d(g);
     p.act = act_;
     p.activate = activate_;
     p.rounding = out_;

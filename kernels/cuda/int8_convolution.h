@@ -20,15 +20,15 @@
 
 #include "ir/dtype.h"
 #include "kernels/cuda/activation_math.cuh"
+#include "kernels/cuda/conv_window.h"
 #include "kernels/kernel.h"
 
 namespace kiln {
 
-struct Int8ConvParams {
+struct Int8ConvParams : ConvWindow2d {
   int n = 0, h = 0, w = 0, c = 0;  // x [N, H, W, C]
   int k = 0, r = 0, s = 0;         // weight [K, R, S, C]
   int p = 0, q = 0;                // y [N, P, Q, K]
-  int stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
   ActivationParams act{};
   bool activate = false;
   // An int8 y (out = kInt8): the value rounded to `rounding` (float32/float16/bfloat16), then

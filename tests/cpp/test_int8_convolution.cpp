@@ -109,14 +109,26 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& want,
   for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], tol * (1 + std::fabs(want[i]))) << i;
 }
 
+// The case's network, its feed, the fake-quantized network's output, and the network after the
+// pass (dead layers gone).
+struct Rewritten {
+  Network net;
+  test::Feed feed;
+  std::vector<float> before;
+};
+
+Rewritten rewrite(const ConvCase& c, uint32_t seed) {
+  Rewritten r{fake_quantized_conv(c), feed(c, seed), {}};
+  r.before = test::run_reference(r.net, r.feed, false).at("y");
+  EXPECT_TRUE(quantize_int8_convolutions(r.net));
+  eliminate_dead_layers(r.net);
+  return r;
+}
+
 TEST(Int8Convolutions, FakeQuantizedConvolutionBecomesQuantizePlusInt8Convolution) {
   ConvCase c;
   c.residual = true;
-  Network net = fake_quantized_conv(c);
-  const test::Feed f = feed(c, 7);
-  const std::vector<float> before = test::run_reference(net, f, false).at("y");
-  ASSERT_TRUE(quantize_int8_convolutions(net));
-  eliminate_dead_layers(net);
+  auto [net, f, before] = rewrite(c, 7);
   EXPECT_EQ(test::ops_of(net), (std::vector<std::string>{"cast", "cast", "quantize", "convolution", "cast"}));
   const Layer& conv = test::layer_named(net, "conv");
   EXPECT_TRUE(conv_quantized(conv));
@@ -157,11 +169,7 @@ TEST(Int8Convolutions, QuantizedLayersRunChannelsLastWithoutTransposesBetween) {
 TEST(Int8Convolutions, DequantizedInt8InputIsReadAsItIs) {
   ConvCase c;
   c.explicit_qdq = true;
-  Network net = fake_quantized_conv(c);
-  const test::Feed f = feed(c, 9);
-  const std::vector<float> before = test::run_reference(net, f, false).at("y");
-  ASSERT_TRUE(quantize_int8_convolutions(net));
-  eliminate_dead_layers(net);
+  auto [net, f, before] = rewrite(c, 9);
   EXPECT_EQ(test::ops_of(net), (std::vector<std::string>{"cast", "quantize", "convolution", "cast"}));
   const Layer& conv = test::layer_named(net, "conv");
   EXPECT_EQ(conv.inputs[0], test::layer_named(net, "q").outputs[0]);
@@ -174,10 +182,7 @@ TEST(Int8Convolutions, DequantizedInt8InputIsReadAsItIs) {
 TEST(Int8Convolutions, ConvolutionFeedingOnlyAQuantizeWritesInt8) {
   ConvCase c;
   c.conv_before = c.quantized_before = true;
-  Network net = fake_quantized_conv(c);
-  const test::Feed f = feed(c, 13);
-  const std::vector<float> before = test::run_reference(net, f, false).at("y");
-  ASSERT_TRUE(quantize_int8_convolutions(net));
+  auto [net, f, before] = rewrite(c, 13);
   EXPECT_EQ(test::ops_of(net),
             (std::vector<std::string>{"cast", "quantize", "convolution", "convolution", "cast"}));
   const Layer& conv0 = test::layer_named(net, "conv0");
