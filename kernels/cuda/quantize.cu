@@ -2,7 +2,8 @@
 // (grid-stride), float32 math as torch's (__fmul_rn and rintf, so no contraction changes a
 // rounding), the channel of a per-channel scale from the element's index. Format e4m3 (FP8, per
 // tensor): x * (1 / scale) converted by __nv_cvt_float_to_fp8 (nearest even, saturated to +-448:
-// ir/float8.h's rounding), eight elements per thread (vector loads) where size and alignment allow.
+// ir/float8.h's rounding), eight elements per thread (vector loads) where size and alignment allow;
+// so does the per-tensor integer quantize.
 // The narrow formats of fake_quantize round with ir/minifloat.h's function, shared with the
 // reference backend.
 #include <cuda_fp8.h>
@@ -116,6 +117,25 @@ __global__ void e4m3_kernel(int64_t n, bool has_inv, float inv_attr, const In* _
   }
 }
 
+// Integer quantize with one scale and zero point (per tensor): kVec elements per thread with one
+// vector load and store (n % kVec == 0, pointers aligned); the same arithmetic as quantize_kernel.
+// The INT8 convolutions' inputs are quantized here.
+template <int kVec, typename In, typename Z>
+__global__ void quantize_per_tensor_kernel(QuantGeometry g, const In* __restrict__ x,
+                                           const float* __restrict__ scale, const Z* __restrict__ zp,
+                                           int8_t* __restrict__ y) {
+  const float s = scale[0], z = zero_point(zp, 0), inv = g.has_inv ? g.inv : __frcp_rn(s);
+  for (int64_t i = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) * kVec; i < g.n;
+       i += int64_t{gridDim.x} * blockDim.x * kVec) {
+    const Pack<In, kVec> in = *reinterpret_cast<const Pack<In, kVec>*>(x + i);
+    Pack<int8_t, kVec> out;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j)
+      out.v[j] = static_cast<int8_t>(quantized(load_float(in.v[j]), inv, z, g.lo, g.hi));
+    *reinterpret_cast<Pack<int8_t, kVec>*>(y + i) = out;
+  }
+}
+
 template <int kMode, typename In, typename Out>
 void launch_e4m3(int64_t n, const QuantParams& p, const void* x, const float* scale, void* y,
                  cudaStream_t stream) {
@@ -187,7 +207,14 @@ class CudaQuantization final : public Kernel {
       } else {
         dispatch_floating(x.dtype, who.c_str(), [&](auto t) {
           using In = decltype(t);
-          if (mode_ == kQuantize) {
+          constexpr int kVec = 8;
+          const bool vector = !g.per_channel && g.n % kVec == 0 &&
+                              reinterpret_cast<uintptr_t>(x.data) % (kVec * sizeof(In)) == 0 &&
+                              reinterpret_cast<uintptr_t>(out[0].data) % kVec == 0;
+          if (mode_ == kQuantize && vector) {
+            quantize_per_tensor_kernel<kVec, In, Z><<<grid_for(g.n / kVec, kBlock), kBlock, 0, stream>>>(
+                g, static_cast<const In*>(x.data), scale, zp, static_cast<int8_t*>(out[0].data));
+          } else if (mode_ == kQuantize) {
             quantize_kernel<kQuantize, In, int8_t, Z><<<grid, kBlock, 0, stream>>>(
                 g, static_cast<const In*>(x.data), scale, zp, static_cast<int8_t*>(out[0].data));
           } else {
