@@ -4,6 +4,8 @@
     python3 tools/model_check.py --models resnet50 --precisions fp16
     python3 tools/model_check.py --quick              # resnet50 and bert, FP16 only
     python3 tools/model_check.py --zoo torchvision    # models nobody tuned for (tools/zoo_check.py)
+    python3 tools/model_check.py --zoo torchvision --shard 1/3 --out OUT   # a third of it, then
+    python3 tools/model_check.py --merge OUT*/zoo_torchvision_shard*.json  # one table of the thirds
 
 Per model (bench/models.py) and precision, batch 1:
   1. kiln.compile on the device (FP16: model.half() and enabled_precisions={torch.float16}):
@@ -249,9 +251,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="--zoo on a machine of several GPUs: every row in a worker process with one GPU to "
         "itself, timed with its peer, this many at a time",
     )
+    p.add_argument(
+        "--shard",
+        default="1/1",
+        help="--zoo: K/N runs the K-th of N interleaved parts of the zoo (every N-th model from "
+        "the K-th), for a zoo longer than one run; --out then writes zoo_<zoo>_shardKofN.{md,json}",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="print one table (and the FP16 median speedup) of the zoo JSON files of several "
+        "--shard runs, and exit (non-zero when a row failed)",
+    )
     args = p.parse_args(argv)
+    if args.merge:
+        import zoo_check
+
+        table = zoo_check.merge(args.merge)
+        print(table)
+        return 1 if "| FAIL |" in table else 0
     if args.zoo:
         import zoo_check
+
+        try:
+            shard = zoo_check.parse_shard(args.shard)
+        except ValueError as e:
+            print(f"model_check: {e}", file=sys.stderr)
+            return 2
 
         models = "" if args.models == ",".join(zoo.MODELS) else args.models
         return zoo_check.run(
@@ -266,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.profile,
             args.jobs,
             args.gpus,
+            shard,
         )
     if args.quick:
         args.models, args.precisions = "resnet50,bert", "fp16"

@@ -601,6 +601,7 @@ def run(
     show_profile: bool = False,
     jobs: int = 1,
     gpus: int = 1,
+    shard: tuple[int, int] = (1, 1),
 ) -> int:
     entries = ZOOS[zoo]()
     if models:
@@ -610,6 +611,8 @@ def run(
             print(f"model_check: not in the {zoo} zoo: {', '.join(unknown)}", file=sys.stderr)
             return 2
         entries = [e for e in entries if e.name in wanted]
+    k, n = shard
+    entries = entries[k - 1 :: n]  # every n-th model from the k-th: shards of mixed sizes
     start = time.perf_counter()
     done: dict[tuple[str, str], ZooRow] = {}
 
@@ -684,8 +687,34 @@ def run(
     print(table)
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / f"zoo_{zoo}.md").write_text(table + "\n")
+        suffix = "" if shard == (1, 1) else f"_shard{k}of{n}"
+        (Path(out) / f"zoo_{zoo}{suffix}.md").write_text(table + "\n")
+        rows_json = [asdict(r) for r in rows]
+        (Path(out) / f"zoo_{zoo}{suffix}.json").write_text(json.dumps(rows_json, indent=1) + "\n")
     return 1 if any(r.status == "FAIL" for r in rows) else 0
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """ "K/N" (1 <= K <= N): the K-th of N interleaved parts of the zoo. Raises ValueError."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must be K/N, e.g. 2/4; got {text!r}") from None
+    if not 1 <= k <= n:
+        raise ValueError(f"--shard K/N needs 1 <= K <= N; got {text!r}")
+    return k, n
+
+
+def merge(paths: Sequence[str]) -> str:
+    """One table (and the FP16 median) of the rows in the zoo JSON files that --out wrote, each
+    shard's rows in the order given; a row measured twice keeps its last measurement."""
+    rows: dict[tuple[str, str], ZooRow] = {}
+    for path in paths:
+        for d in json.loads(Path(path).read_text()):
+            r = ZooRow(**d)
+            if r.status != "SKIP" or (r.model, r.precision) not in rows:
+                rows[(r.model, r.precision)] = r
+    return markdown(list(rows.values()))
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--row"]:

@@ -167,3 +167,25 @@ def test_zoo_fp32_rows_run_in_worker_processes_and_a_failing_worker_fails_its_ro
     missing = zc.ZooModel("NoSuchModel", lambda: None, lambda device: ())
     row = zc._row_in_worker("hf-decoders", missing, "fp32", torch.device("cpu"), False, 0.0, 0.0)
     assert row.status == "FAIL" and "worker exited with status 1" in row.error, row
+
+
+def test_zoo_shards_split_the_models_and_merge_into_one_table(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    zc = _load("kiln_zoo_check", ROOT / "tools" / "zoo_check.py")
+    assert zc.parse_shard("2/3") == (2, 3)
+    for bad in ("0/3", "4/3", "x", "1/"):
+        with pytest.raises(ValueError):
+            zc.parse_shard(bad)
+    models = "GPT2LMHeadModel,T5Model"  # zoo order: GPT2 before T5
+    for k in (1, 2):
+        argv = ["--zoo", "hf-decoders", "--models", models, "--precisions", "fp32"]
+        argv += ["--device", "cpu", "--no-peer", "--shard", f"{k}/2", "--out", str(tmp_path)]
+        assert mc.main(argv) == 0
+    capsys.readouterr()
+    shards = sorted(str(p) for p in tmp_path.glob("zoo_hf-decoders_shard*of2.json"))
+    assert len(shards) == 2
+    assert [r["model"] for r in json.loads(Path(shards[0]).read_text())] == ["GPT2LMHeadModel"]
+    assert mc.main(["--merge", *shards]) == 0
+    table = capsys.readouterr().out
+    assert "| GPT2LMHeadModel | fp32 | 1 | 0 |" in table and "| T5Model | fp32 | 1 | 0 |" in table
+    assert mc.main(["--zoo", "hf-decoders", "--shard", "3/2", "--device", "cpu"]) == 2
