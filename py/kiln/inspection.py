@@ -266,7 +266,7 @@ class Inspection:
                 "INT8 convolutions (int8 input and weight, per-channel weight scales, int32 sums):"
             )
             lines += [
-                f"  {la.name}: input scale {la.attrs['input_scale']:.6g} -> {la.attrs['out_dtype']}"
+                f"  {la.name}: input scale {la.attrs['input_scale']:.6g} -> {_int8_out(la)}"
                 for la in int8
             ]
         if timed:
@@ -338,6 +338,15 @@ class Inspection:
 
 
 _QUANTIZATION_OPS = ("quantize", "dequantize", "fake_quantize")
+
+
+def _int8_out(la) -> str:
+    """What an INT8 convolution writes: its float dtype, or int8 and its requantization scale."""
+    inv = la.attrs.get("output_inv_scale")
+    if inv is None:
+        return la.attrs["out_dtype"]
+    lo, hi = la.attrs.get("output_quant_min", -128), la.attrs.get("output_quant_max", 127)
+    return f"int8 (scale {1 / inv:.6g}, range {lo}..{hi})"
 
 
 def _quant_params(la: LayerInfo) -> str:
