@@ -7,7 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-from layer_util import build_plan
+import torch
+from layer_util import build_plan, run_plan
 
 import kiln
 
@@ -202,3 +203,33 @@ def test_inspect_shows_what_the_builder_fused():
     assert layers["mm1"].op == "fully_connected"
     assert layers["mm1"].fused == ["mm1", "bias1", "relu1"]
     assert layers["mm2"].fused == []
+
+
+def test_int8_convolution_section_and_its_reference_values():
+    # A quantized convolution written with the network API (the builder makes them on CUDA from
+    # calibrated models): inspect lists it with its scales, and the reference backend computes
+    # quantize -> int32 sums scaled per channel -> requantize.
+    rng = np.random.default_rng(1)
+    net = kiln.Network()
+    x = net.add_input("x", "float32", (1, 16, 4, 4))
+    s = net.add_constant(np.array([0.1], np.float32))
+    xq = net.add_layer("quantize", [x, s], {"quant_min": -127, "quant_max": 127}, name="q")
+    w = rng.integers(-127, 128, (8, 16, 1, 1)).astype(np.int8)
+    scale_bias = np.stack([rng.uniform(1e-3, 2e-3, 8), rng.uniform(-1, 1, 8)]).astype(np.float32)
+    attrs = {"quantized": 1, "out_dtype": "float32", "input_scale": 0.1, "activation": "relu"}
+    attrs.update(output_inv_scale=10.0, output_quant_min=-127, output_quant_max=127)
+    yq = net.add_layer(
+        "convolution", [xq, net.add_constant(w), net.add_constant(scale_bias)], attrs, name="qconv"
+    )
+    net.mark_output(net.add_layer("dequantize", [yq, s], {}, name="dq"), "y")
+    plan = build_plan(net, "cpu", level=0)
+    text = kiln.inspect(plan).text()
+    assert "INT8 convolutions" in text, text
+    assert "qconv: input scale 0.1 -> int8 (scale 0.1, range -127..127)" in text, text
+    xv = rng.uniform(-5, 5, (1, 16, 4, 4)).astype(np.float32)
+    got = run_plan(plan, {"x": torch.from_numpy(xv)})["y"].numpy()
+    q = np.clip(np.rint(xv * np.float32(10.0)), -127, 127)  # 1 / 0.1 in float32 is 10
+    acc = np.einsum("kc,nchw->nkhw", w[:, :, 0, 0].astype(np.float64), q)
+    v = np.maximum(acc * scale_bias[0][None, :, None, None] + scale_bias[1][None, :, None, None], 0)
+    want = np.clip(np.rint(v.astype(np.float32) * np.float32(10.0)), -127, 127) * np.float32(0.1)
+    np.testing.assert_array_equal(got, want.astype(np.float32))
