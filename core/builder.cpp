@@ -260,9 +260,10 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   if (config.precision.fp8 && backend == Backend::kCuda && config.optimization_level > 0) {
     run_pass("quantize_fp8_gemms", quantize_fp8_gemms, net);
   }
-  // 4c. INT8: convolutions behind an int8 fake_quantize become INT8 convolutions (CUDA; the
-  //     reference backend computes the fake quantization, the same arithmetic up to rounding).
-  if (config.precision.int8 && backend == Backend::kCuda && config.optimization_level > 0) {
+  // 4c. INT8: convolutions behind an int8 fake_quantize become INT8 convolutions, on every
+  //     backend (the reference backend computes them exactly, with integer sums, so CPU builds
+  //     test the INT8 layers the GPU runs).
+  if (config.precision.int8 && config.optimization_level > 0) {
     run_pass(
         "quantize_int8_convolutions", [](Network& n) { return quantize_int8_convolutions(n); }, net);
   }

@@ -85,6 +85,14 @@ namespace {
 BuilderConfig segment_config(const KGraph& graph, const Segment& segment, const CompileOptions& options,
                              const InputRange& range) {
   BuilderConfig config = builder_config(options);
+  if (options.int8) {  // only where the segment quantizes (a segment without Q/DQ has nothing for INT8)
+    for (int n : segment.nodes) {
+      if (graph.nodes()[static_cast<size_t>(n)].target.find("quantize") != std::string::npos) {
+        enable_precision(config.precision, "int8");
+        break;
+      }
+    }
+  }
   OptimizationProfile profile;
   for (ValueId v : segment.inputs) {
     const KValue& kv = graph.value(v);

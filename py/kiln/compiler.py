@@ -237,6 +237,7 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
             "tactic_timing": tactic_timing,
             "cuda_graphs": cuda_graphs,
             "dry_run": dry_run,
+            "int8": int8,
         },
     )
     auto_ops = automatic_torch_ops({"torch_ops_in_engine": torch_ops_in_engine})

@@ -89,6 +89,7 @@ def compile_options(device: torch.device, options: dict) -> _C.CompileOptions:
         o.workspace_size = int(options["workspace_size"])
     if options["optimization_level"] is not None:
         o.optimization_level = int(options["optimization_level"])
+    o.int8 = bool(options.get("int8", False))
     o.timing_cache_path = timing_cache_path(options["timing_cache"])
     o.engine_cache_dir = engine_cache_dir(options.get("cache_dir", False))
     if options.get("cache_size") is not None:

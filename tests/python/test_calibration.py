@@ -3,9 +3,10 @@ trained here on scikit-learn's bundled digits (no downloads), calibrated with ea
 must stay within 1% top-1 of its FP32 accuracy on held-out digits. Also the calibration cache
 (reused, refused when it belongs to another network or is malformed) and the INT8 errors.
 
-On the reference backend the engines compute the INT8 fake quantization in floating point; on
-CUDA the convolutions Kiln's INT8 kernel takes (input channels a multiple of 16) run in int8 with
-int32 sums. These tests check the calibration and its accuracy, not speed (docs/quantization.md)."""
+The convolutions Kiln's INT8 kernel takes (input channels a multiple of 16) become INT8
+convolutions (int8 operands, integer sums: exact on the reference backend, the int8 tensor cores
+on CUDA); the other quantized layers compute their fake quantization in floating point. These
+tests check the calibration and its accuracy, not speed (docs/quantization.md)."""
 
 import re
 
@@ -96,18 +97,15 @@ def test_ptq_stays_within_one_percent_of_fp32(digits, device, algorithm):
     layers = [la for p in kiln.plans(compiled) for la in kiln.inspect(p).layers]
     ops = [la.op for la in layers]
     int8_convs = [la.name for la in layers if la.op == "convolution" and la.attrs.get("quantized")]
-    if device == "cuda":
-        # The second convolution (16 -> 32 channels) runs on the INT8 kernel, its input quantized
-        # to int8; the first (one input channel) and the linear layers keep their fake quantization.
-        assert len(int8_convs) == 1 and ops.count("quantize") == 1, ops
-        assert ops.count("fake_quantize") == 3, ops
-    else:
-        assert not int8_convs and ops.count("fake_quantize") == 4, ops  # each conv and linear input
+    # The second convolution (16 -> 32 channels) is an INT8 convolution, its input quantized to
+    # int8 (the CUDA kernel; exact integer sums on the reference backend); the first (one input
+    # channel) and the linear layers keep their fake quantization.
+    assert len(int8_convs) == 1 and ops.count("quantize") == 1, ops
+    assert ops.count("fake_quantize") == 3, ops
     text = kiln.inspect(kiln.plans(compiled)[0]).text()
     assert len(re.findall(r"\((?:fake_)?quantize\): scale ", text)) == 4, text
     assert "range -127..127" in text, text
-    if device == "cuda":
-        assert "INT8 convolutions" in text and int8_convs[0] in text, text
+    assert "INT8 convolutions" in text and int8_convs[0] in text, text
     int8 = accuracy(compiled, test, labels)
     assert int8 >= fp32 - 0.01, (algorithm, int8, fp32)
     # Quantization really happened: the outputs move, a little.
@@ -208,7 +206,9 @@ def test_native_api_ptq_stays_within_one_percent_of_fp32(digits, algorithm, devi
     calibrator = kiln.Calibrator(batches, algorithm=algorithm, cache_file=cache)
     plan = native_int8_plan(net, calibrator, device)
     ops = [layer["op"] for layer in plan.layers()]
-    assert ops.count("fake_quantize") == 4, ops
+    # Four quantized inputs: the second convolution's as an int8 tensor (an INT8 convolution),
+    # the other three fake-quantized.
+    assert ops.count("fake_quantize") == 3 and ops.count("quantize") == 1, ops
     fp32 = accuracy(model, test, labels)
     assert fp32 > 0.9
     int8 = (run_plan(plan, {"x": test}, device)["y"].argmax(1) == labels).float().mean().item()
@@ -366,8 +366,8 @@ def test_torchao_pt2e_model_agrees_with_its_eager_quantized_model(digits, device
     # torchao's pt2e flow end to end: export, prepare_pt2e with an INT8 quantizer, calibrate on
     # training digits, convert_pt2e (quantized_decomposed Q/DQ ops, int8 weights per channel),
     # then kiln.compile without a calibrator. Every node converts, and the predictions agree with
-    # the converted eager model's on >= 99.5% of held-out digits. On CUDA the second convolution
-    # (16 input channels) reads the int8 tensor of its explicit quantize on the INT8 kernel.
+    # the converted eager model's on >= 99.5% of held-out digits. The second convolution (16 input
+    # channels) reads the int8 tensor of its explicit quantize as an INT8 convolution.
     pt2e = pytest.importorskip("torchao.quantization.pt2e.quantize_pt2e")
     model, train, test, labels = digits
     model = model.cpu()  # exported and calibrated on the CPU (another test may have moved it)
@@ -394,7 +394,7 @@ def test_torchao_pt2e_model_agrees_with_its_eager_quantized_model(digits, device
     ops = [la.op for la in layers]
     int8_convs = [la for la in layers if la.op == "convolution" and la.attrs.get("quantized")]
     assert ops.count("quantize") >= 4 and ops.count("dequantize") >= 3, ops
-    assert len(int8_convs) == (1 if device == "cuda" else 0), ops
+    assert len(int8_convs) == 1, ops  # the second convolution reads the int8 tensor itself
     with torch.no_grad():
         want = quantized(test).argmax(1)
         got = compiled(test).argmax(1)

@@ -288,7 +288,8 @@ void bind_compiler(py::module_& m) {
       .def_readwrite("engine_cache_max_bytes", &CompileOptions::engine_cache_max_bytes)
       .def_readwrite("tactic_timing", &CompileOptions::tactic_timing)
       .def_readwrite("cuda_graphs", &CompileOptions::cuda_graphs)
-      .def_readwrite("dry_run", &CompileOptions::dry_run);
+      .def_readwrite("dry_run", &CompileOptions::dry_run)
+      .def_readwrite("int8", &CompileOptions::int8);
 
   py::class_<CompileReport::SegmentInfo>(m, "SegmentInfo")
       .def_property_readonly(
