@@ -76,7 +76,9 @@ bool quantize_fp8_gemms(Network& net);
 // symmetric per-tensor int8 fake_quantize and whose weight is constant -> quantize (to int8) +
 // quantized convolution (int8 tensor cores, per-channel scales in the epilogue); then a quantized
 // convolution read only by a quantize writes its int8 tensor itself (unless !fold_requantize).
-bool quantize_int8_convolutions(Network& net, bool fold_requantize = true);
+// Layers named in `pinned` (a per-layer precision) keep their floating-point arithmetic.
+bool quantize_int8_convolutions(Network& net, bool fold_requantize = true,
+                                const std::set<std::string>& pinned = {});
 MemoryPlan plan_memory(const Network& net, const std::vector<OptimizationProfile>& profiles);
 
 }  // namespace kiln

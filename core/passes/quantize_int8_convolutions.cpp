@@ -148,7 +148,7 @@ bool fold_requantize(Network& net) {
 
 }  // namespace
 
-bool quantize_int8_convolutions(Network& net, bool fold) {
+bool quantize_int8_convolutions(Network& net, bool fold, const std::set<std::string>& pinned) {
   const std::vector<int> producer = net.producers();
   const std::vector<Layer> old = net.layers();  // a copy: the fake_quantize layers are read after re-adding
   net.mutable_layers().clear();
@@ -158,7 +158,9 @@ bool quantize_int8_convolutions(Network& net, bool fold) {
   std::map<TensorId, TensorId> quantized;  // a fake_quantize's output -> its quantize's
   bool changed = false;
   for (Layer conv : old) {
-    int p = runs_as_int8(net, conv) ? producer[static_cast<size_t>(conv.inputs[0])] : -1;
+    int p = runs_as_int8(net, conv) && !pinned.count(conv.name)
+                ? producer[static_cast<size_t>(conv.inputs[0])]
+                : -1;
     while (p >= 0 && is_float_cast(net, old[static_cast<size_t>(p)])) {
       p = producer[static_cast<size_t>(old[static_cast<size_t>(p)].inputs[0])];
     }

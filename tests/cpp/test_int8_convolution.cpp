@@ -219,6 +219,12 @@ TEST(Int8Convolutions, OnlyWhereTheInt8KernelRuns) {
   }
 }
 
+TEST(Int8Convolutions, LayerWithItsOwnPrecisionStaysFloatingPoint) {
+  Network net = fake_quantized_conv(ConvCase{});
+  EXPECT_FALSE(quantize_int8_convolutions(net, true, {"conv"}));
+  EXPECT_TRUE(quantize_int8_convolutions(net, true, {"other"}));
+}
+
 TEST(Int8Convolutions, QuantizedLayerValidatesItsInputs) {
   ConvCase c;
   Network net = fake_quantized_conv(c);
