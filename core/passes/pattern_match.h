@@ -10,6 +10,13 @@
 
 namespace kiln {
 
+// A cast from a floating dtype to a floating dtype: the quantization passes look through it
+// (assign_precision keeps a float32 quantization layer between casts in a float16 network).
+inline bool is_float_cast(const Network& net, const Layer& l) {
+  return l.op == "cast" && is_floating(net.tensor(l.inputs[0]).dtype) &&
+         is_floating(net.tensor(l.outputs[0]).dtype);
+}
+
 class PatternMatcher {
  public:
   explicit PatternMatcher(const Network& net);

@@ -25,6 +25,7 @@
 #include "core/calibration.h"
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
+#include "core/passes/pattern_match.h"
 #include "core/plan.h"
 #include "core/weight_transforms.h"
 #include "ir/float8.h"
@@ -46,15 +47,6 @@ std::optional<float> e4m3_scale(const Network& net, const Layer& f) {
   float s = 0.f;
   std::memcpy(&s, scale.data->data(), sizeof(s));
   return s;
-}
-
-// A cast between floating dtypes: the pass looks through it. The network API's FP16 + FP8 build
-// keeps the calibrated fake_quantize in float32 (its scale is float32) between casts; the
-// quantize then reads the float32 value, which the FP8 GEMM computes with more exactly than
-// the float16-rounded fake-quantized value.
-bool is_float_cast(const Network& net, const Layer& l) {
-  return l.op == "cast" && is_floating(net.tensor(l.inputs[0]).dtype) &&
-         is_floating(net.tensor(l.outputs[0]).dtype);
 }
 
 bool maps_to_cublaslt(const Network& net, const Layer& fc) {

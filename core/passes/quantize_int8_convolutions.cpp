@@ -28,6 +28,7 @@
 
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
+#include "core/passes/pattern_match.h"
 #include "core/weight_transforms.h"
 #include "ir/op_schema.h"
 #include "ir/ops/convolution.h"
@@ -40,13 +41,6 @@ namespace {
 constexpr int kQmax = 127;
 
 bool is_constant(const Network& net, TensorId t) { return net.tensor(t).kind == TensorKind::kConstant; }
-
-// A cast between floating dtypes: the pass looks through it (assign_precision keeps a float32
-// dequantize or fake_quantize between casts in a float16 network).
-bool is_float_cast(const Network& net, const Layer& l) {
-  return l.op == "cast" && is_floating(net.tensor(l.inputs[0]).dtype) &&
-         is_floating(net.tensor(l.outputs[0]).dtype);
-}
 
 // The constant per-tensor scale of a symmetric int8 fake_quantize or quantize (zero point 0 or
 // none, range inside int8's) or of the dequantize of an int8 tensor (pt2e's explicit Q/DQ), or
