@@ -47,7 +47,8 @@ std::string int8_convolution_refusal(const Int8ConvParams& p);
 
 // x, weight int8; scale_bias float [2, K] (the per-channel scales, then the bias); residual
 // [N, P, Q, K] of `out` dtype (p.rounding's when out is int8) or null; y of `out` dtype (float32,
-// float16, bfloat16, or int8: requantized). Throws int8_convolution_refusal(p) when set.
+// float16, bfloat16, or int8: requantized). The caller checks int8_convolution_refusal(p) first
+// (the layer's kernel does, naming the layer).
 void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, const void* x,
                              const void* weight, const float* scale_bias, const void* residual, void* y,
                              cudaStream_t stream);
