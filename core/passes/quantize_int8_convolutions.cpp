@@ -14,8 +14,8 @@
 // Only where Kiln's INT8 kernel runs (int8_convolution.h): 2d, groups 1, input channels a
 // multiple of 16, an even number of output channels, y float16/bfloat16/float32, a constant bias.
 // Other convolutions keep the fake_quantize (simulated INT8, still correct). Last, a quantized
-// convolution whose value only feeds such a quantize writes the int8 tensor itself
-// (fold_requantize). The builder runs this
+// convolution whose value feeds such a quantize writes the int8 tensor itself, instead of its
+// value or besides it (fold_requantize). The builder runs this
 // pass for the CUDA target when the "int8" precision is enabled, after assign_precision and before
 // assign_layouts (which then runs the INT8 layers channels last, their weight [K, R, S, C]); the
 // fake_quantize layers it leaves unread go with dead-layer elimination.
@@ -100,10 +100,12 @@ std::pair<std::shared_ptr<std::vector<uint8_t>>, std::vector<float>> quantize_we
   return {bytes, scales};
 }
 
-// A quantized convolution whose value only a per-tensor int8 quantize reads (zero point 0 or
-// none) writes that quantize's int8 tensor itself: the layer rounds its value to out_dtype and
-// quantizes it as the quantize did (output_inv_scale, output_quant_min/max), so the next INT8
-// layer reads one byte per value and no float tensor is written.
+// A quantized convolution whose value a per-tensor int8 quantize reads (zero point 0 or none)
+// writes that quantize's int8 tensor itself: the layer rounds its value to out_dtype and quantizes
+// it as the quantize did (output_inv_scale, output_quant_min/max), so the next INT8 layer reads
+// one byte per value. Where the quantize is the value's only reader no float tensor is written;
+// where others read it too (a ResNet block's output is also the next block's residual) the layer
+// writes both (int8_copy), which saves the quantize kernel's pass over the float tensor.
 bool fold_requantize(Network& net) {
   eliminate_dead_layers(net);  // the fake_quantize layers the rewrite left unread
   const std::vector<int> producer = net.producers();
@@ -118,7 +120,7 @@ bool fold_requantize(Network& net) {
     if (q.op != "quantize" || q.inputs.size() < 2) continue;
     const TensorId y = q.inputs[0];
     const int p = producer[static_cast<size_t>(y)];
-    if (p < 0 || readers[static_cast<size_t>(y)] != 1 || net.is_output(y)) continue;
+    if (p < 0) continue;
     Layer& conv = layers[static_cast<size_t>(p)];
     if (conv.op != "convolution" || !conv_quantized(conv) || conv.attrs.has("output_inv_scale")) continue;
     const std::optional<float> s = int8_scale(net, q);
@@ -127,7 +129,12 @@ bool fold_requantize(Network& net) {
     conv.attrs.set("output_inv_scale", static_cast<double>(qp.has_inv_scale ? qp.inv_scale : 1.0f / *s));
     conv.attrs.set("output_quant_min", qp.quant_min);
     conv.attrs.set("output_quant_max", qp.quant_max);
-    conv.outputs[0] = q.outputs[0];
+    if (readers[static_cast<size_t>(y)] == 1 && !net.is_output(y)) {
+      conv.outputs[0] = q.outputs[0];
+    } else {
+      conv.attrs.set("int8_copy", int64_t{1});
+      conv.outputs.push_back(q.outputs[0]);
+    }
     folded[i] = true;
   }
   std::vector<Layer> kept;

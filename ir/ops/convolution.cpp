@@ -167,6 +167,9 @@ std::vector<TensorDesc> infer_conv_channels_first(const Layer& layer, const std:
   const DataType y_dtype = quantized ? conv_out_dtype(layer) : x.dtype;
   const bool requantized = layer.attrs.has("output_inv_scale");
   KILN_CHECK(!requantized || quantized, who << ": output_inv_scale needs quantized = 1");
+  const int64_t int8_copy = layer.attrs.get_int("int8_copy", int64_t{0});
+  KILN_CHECK(int8_copy == 0 || int8_copy == 1, who << ": int8_copy must be 0 or 1, got " << int8_copy);
+  KILN_CHECK(!int8_copy || requantized, who << ": int8_copy = 1 needs output_inv_scale");
   if (requantized) {
     const int64_t lo = layer.attrs.get_int("output_quant_min", int64_t{-128});
     const int64_t hi = layer.attrs.get_int("output_quant_max", int64_t{127});
@@ -249,6 +252,7 @@ std::vector<TensorDesc> infer_conv_channels_first(const Layer& layer, const std:
     KILN_CHECK(same, who << ": residual " << to_string(r.dims) << " must have the output's shape "
                          << to_string(out) << " (no broadcasting)");
   }
+  if (int8_copy) return {{y_dtype, out}, {DataType::kInt8, out}};
   return {{requantized ? DataType::kInt8 : y_dtype, out}};
 }
 
@@ -261,7 +265,7 @@ std::vector<TensorDesc> infer_conv(const Layer& layer, const std::vector<TensorD
   canonical[1].dims = channels_first_dims(in[1].dims);
   if (e.residual) canonical[e.residual_input].dims = channels_first_dims(in[e.residual_input].dims);
   std::vector<TensorDesc> out = infer_conv_channels_first(layer, canonical);
-  out[0].dims = channels_last_dims(out[0].dims);
+  for (TensorDesc& o : out) o.dims = channels_last_dims(o.dims);
   return out;
 }
 
@@ -322,6 +326,9 @@ std::vector<AttrSpec> conv_attributes(bool transposed) {
          "epilogue's value v rounded to out_dtype (a quantize layer folded in)"},
         {"output_quant_min", AttrType::kInt, AttrValue{int64_t{-128}}, "with output_inv_scale: y's range"},
         {"output_quant_max", AttrType::kInt, AttrValue{int64_t{127}}, "with output_inv_scale: y's range"},
+        {"int8_copy", AttrType::kInt, AttrValue{int64_t{0}},
+         "0/1, with output_inv_scale, set by quantize_int8_convolutions: y stays out_dtype and a second "
+         "output holds its int8 quantization (a quantize layer folded in where y has other readers too)"},
     };
     rest.insert(rest.end(), quantized.begin(), quantized.end());
   }

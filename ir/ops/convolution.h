@@ -47,8 +47,10 @@ Dims channels_last_dims(const Dims& d);
 // y = act(scale[k] * sum(x * w) + bias[k] + residual), with the sum exact in int32, of dtype
 // `out_dtype` (the residual's too). With `output_inv_scale` (a quantize layer folded in), y is
 // int8 instead: clamp(nearbyint(float(v) * output_inv_scale), output_quant_min, output_quant_max)
-// where v is that value rounded to out_dtype, exactly what the quantize computed from it. Errors
-// name the layer.
+// where v is that value rounded to out_dtype, exactly what the quantize computed from it; with
+// `int8_copy` = 1 as well, y keeps out_dtype and a second output holds that int8 tensor (a ResNet
+// block's output: the next block's convolutions read it quantized, its residual add as it is).
+// Errors name the layer.
 bool conv_quantized(const Layer& layer);
 DataType conv_out_dtype(const Layer& layer);
 

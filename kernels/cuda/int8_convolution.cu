@@ -63,6 +63,7 @@ struct DeviceParams {
   const float* bias;   // [K]
   const void* residual;
   void* y;
+  int8_t* y8;  // y's int8 copy, or null
 };
 
 template <int BM, int BN, int WM, int WN>
@@ -78,11 +79,24 @@ struct Tile {
   static_assert(WM % 16 == 0 && WN % 16 == 0, "ldmatrix.x4 covers 16 rows of A and two n8 tiles of B");
 };
 
+// Two values, rounded to R, quantized as the folded quantize layer did: clamp(rint(v * inv_scale)).
+template <typename R>
+__device__ __forceinline__ char2 requantize_pair(const Int8ConvParams& g, float v0, float v1) {
+  const auto q = [&](float v) {
+    const float r = rintf(to_float(from_float<R>(v)) * g.out_inv_scale);
+    // NaN goes to out_min, as the quantize layer's float -> integer conversion gives.
+    const float lo = static_cast<float>(g.out_min), hi = static_cast<float>(g.out_max);
+    return static_cast<int8_t>(r != r ? lo : fminf(fmaxf(r, lo), hi));
+  };
+  return make_char2(q(v0), q(v1));
+}
+
 // The epilogue's last step for two adjacent channels: the residual (of the float dtype), the
-// activation, then the store; an int8 y rounds to that float dtype first and requantizes.
+// activation, then the store; an int8 y rounds to that float dtype first and requantizes, and a
+// float y with an int8 copy (y8) writes both.
 template <typename T, typename R>
 __device__ __forceinline__ void finish_pair(const Int8ConvParams& g, float v0, float v1, const R* residual,
-                                            T* y) {
+                                            T* y, int8_t* y8) {
   if (residual) {
     v0 += to_float(residual[0]);
     v1 += to_float(residual[1]);
@@ -91,23 +105,17 @@ __device__ __forceinline__ void finish_pair(const Int8ConvParams& g, float v0, f
     v0 = activate(g.act, v0);
     v1 = activate(g.act, v1);
   }
-  if constexpr (std::is_same_v<T, __half>) {
+  if constexpr (std::is_same_v<T, int8_t>) {
+    *reinterpret_cast<char2*>(y) = requantize_pair<R>(g, v0, v1);
+    return;
+  } else if constexpr (std::is_same_v<T, __half>) {
     *reinterpret_cast<__half2*>(y) = __floats2half2_rn(v0, v1);
   } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     *reinterpret_cast<__nv_bfloat162*>(y) = __floats2bfloat162_rn(v0, v1);
-  } else if constexpr (std::is_same_v<T, float>) {
-    *reinterpret_cast<float2*>(y) = make_float2(v0, v1);
   } else {
-    v0 = to_float(from_float<R>(v0));
-    v1 = to_float(from_float<R>(v1));
-    const auto q = [&](float v) {
-      const float r = rintf(v * g.out_inv_scale);
-      // NaN goes to out_min, as the quantize layer's float -> integer conversion gives.
-      const float lo = static_cast<float>(g.out_min), hi = static_cast<float>(g.out_max);
-      return static_cast<int8_t>(r != r ? lo : fminf(fmaxf(r, lo), hi));
-    };
-    *reinterpret_cast<char2*>(y) = make_char2(q(v0), q(v1));
+    *reinterpret_cast<float2*>(y) = make_float2(v0, v1);
   }
+  if (y8) *reinterpret_cast<char2*>(y8) = requantize_pair<R>(g, v0, v1);
 }
 
 template <int BM, int BN, int WM, int WN, typename T, typename R>
@@ -241,7 +249,7 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kern
         const int64_t at = m * g.k + n;
         finish_pair<T, R>(g, static_cast<float>(acc[i][j][2 * half]) * alpha0 + bias0,
                           static_cast<float>(acc[i][j][2 * half + 1]) * alpha1 + bias1,
-                          residual ? residual + at : nullptr, y + at);
+                          residual ? residual + at : nullptr, y + at, d.y8 ? d.y8 + at : nullptr);
       }
     }
   }
@@ -311,7 +319,7 @@ std::string int8_convolution_refusal(const Int8ConvParams& p) {
 
 void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, const void* x,
                              const void* weight, const float* scale_bias, const void* residual, void* y,
-                             cudaStream_t stream) {
+                             void* y8, cudaStream_t stream) {
   DeviceParams d;  // the caller checked int8_convolution_refusal(p)
   d.g = p;
   d.m = static_cast<int64_t>(p.n) * p.p * p.q;
@@ -322,6 +330,8 @@ void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, co
   d.bias = scale_bias + p.k;
   d.residual = residual;
   d.y = y;
+  d.y8 = static_cast<int8_t*>(y8);
+  KILN_CHECK(!y8 || out != DataType::kInt8, "INT8 convolution: an int8 copy needs a float y");
   if (d.m == 0 || p.k == 0) return;
   KILN_CHECK((d.m + 63) / 64 < (int64_t{1} << 31),
              "INT8 convolution: " << d.m << " output pixels are too many");
@@ -364,6 +374,7 @@ class Int8Convolution final : public Kernel {
     activate_ = e.activation != "none";
     residual_input_ = e.residual_input;
     requantize_ = layer_.attrs.has("output_inv_scale");
+    int8_copy_ = layer_.attrs.get_int("int8_copy", int64_t{0}) != 0;
     out_inv_scale_ = static_cast<float>(layer_.attrs.get_float("output_inv_scale", 1.0));
     out_min_ = static_cast<int>(layer_.attrs.get_int("output_quant_min", int64_t{-128}));
     out_max_ = static_cast<int>(layer_.attrs.get_int("output_quant_max", int64_t{127}));
@@ -398,10 +409,10 @@ class Int8Convolution final : public Kernel {
     const std::string refusal = int8_convolution_refusal(p);
     KILN_CHECK(refusal.empty(), who_ << ": the CUDA INT8 convolution " << refusal << "; got input "
                                      << to_string(x.dims) << " (nhwc), weight " << to_string(w.dims));
-    launch_int8_convolution(p, tactic_, requantize_ ? DataType::kInt8 : out_, x.data, w.data,
+    launch_int8_convolution(p, tactic_, requantize_ && !int8_copy_ ? DataType::kInt8 : out_, x.data, w.data,
                             static_cast<const float*>(scale_bias.data),
                             residual_input_ >= 0 ? in[static_cast<size_t>(residual_input_)].data : nullptr,
-                            y.data, static_cast<cudaStream_t>(ctx.stream));
+                            y.data, int8_copy_ ? out[1].data : nullptr, static_cast<cudaStream_t>(ctx.stream));
   }
 
   std::string name() const override { return "cuda_int8_convolution"; }
@@ -416,6 +427,7 @@ class Int8Convolution final : public Kernel {
   bool activate_ = false;
   int residual_input_ = -1;
   bool requantize_ = false;  // y int8 (output_inv_scale)
+  bool int8_copy_ = false;   // y float and its int8 copy (output 1)
   float out_inv_scale_ = 1.f;
   int out_min_ = -128, out_max_ = 127;
 };

@@ -47,11 +47,12 @@ std::string int8_convolution_refusal(const Int8ConvParams& p);
 
 // x, weight int8; scale_bias float [2, K] (the per-channel scales, then the bias); residual
 // [N, P, Q, K] of `out` dtype (p.rounding's when out is int8) or null; y of `out` dtype (float32,
-// float16, bfloat16, or int8: requantized). The caller checks int8_convolution_refusal(p) first
-// (the layer's kernel does, naming the layer).
+// float16, bfloat16, or int8: requantized); y8 null, or with a float y its int8 copy (y rounded to
+// `out` and requantized as an int8 y would be). The caller checks int8_convolution_refusal(p)
+// first (the layer's kernel does, naming the layer).
 void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, const void* x,
                              const void* weight, const float* scale_bias, const void* residual, void* y,
-                             cudaStream_t stream);
+                             void* y8, cudaStream_t stream);
 
 // The CUDA kernel of a quantized convolution layer (conv_quantized): channels last, 2d, groups 1;
 // its tactics are the tiles. convolution.cu's registration hands such layers here.

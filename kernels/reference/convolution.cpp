@@ -52,8 +52,11 @@ class RefConvolution final : public Kernel {
     const bool quantized = conv_quantized(layer_);
     const TensorView* bias = e.has_bias && !quantized ? &in[2] : nullptr;
     const TensorView* scale_bias = quantized ? &in[2] : nullptr;
-    // A requantizing layer rounds its value to out_dtype, then quantizes it.
+    // A requantizing layer rounds its value to out_dtype, then quantizes it; with an int8 copy it
+    // writes both: y the rounded value, output 1 the int8 tensor.
     const bool requantize = layer_.attrs.has("output_inv_scale");
+    const bool int8_copy = layer_.attrs.get_int("int8_copy", int64_t{0}) != 0;
+    const TensorView* int8_y = int8_copy ? &out[1] : &y;
     const DataType rounding = quantized ? conv_out_dtype(layer_) : y.dtype;
     const float inv_scale = static_cast<float>(layer_.attrs.get_float("output_inv_scale", 0.0));
     const int64_t q_lo = layer_.attrs.get_int("output_quant_min", int64_t{-128});
@@ -108,8 +111,9 @@ class RefConvolution final : public Kernel {
           const int64_t yi = at(b, ko, o, k, out_size);
           if (residual) acc += load_element(*residual, yi);
           if (requantize) {
-            store_element(y, yi,
-                          quantize_value(round_to_dtype(rounding, act(acc)), inv_scale, 0, q_lo, q_hi));
+            const double v = round_to_dtype(rounding, act(acc));
+            store_element(*int8_y, yi, quantize_value(v, inv_scale, 0, q_lo, q_hi));
+            if (int8_copy) store_element(y, yi, v);
             continue;
           }
           store_element(y, yi, act(acc));

@@ -22,6 +22,7 @@ struct ConvCase {
   bool conv_before = false;       // a float16 3x3 convolution (C -> C, relu) before the fake_quantize
   bool quantized_before = false;  // ... itself behind an int8 fake_quantize
   bool explicit_qdq = false;      // quantize + dequantize (pt2e's graph) instead of fake_quantize
+  bool skip = false;              // with conv_before: its output is also the residual (a ResNet block)
 };
 
 Dims out_dims(const ConvCase& c) {
@@ -56,6 +57,7 @@ Network fake_quantized_conv(const ConvCase& c) {
     conv0.set("activation", std::string("relu"));
     t = net.add_layer("convolution", {t, w}, conv0, "conv0").outputs[0];
   }
+  const TensorId block_input = t;
   if (c.explicit_qdq) {
     t = net.add_layer("quantize", {t, s, zp}, fq, "q").outputs[0];
     fq.set("dtype", std::string("float16"));
@@ -87,6 +89,9 @@ Network fake_quantized_conv(const ConvCase& c) {
   std::vector<TensorId> in = {t, w, b};
   if (c.residual) {
     in.push_back(cast(net.add_input("r", DataType::kFloat32, out_dims(c)), "float16", "r16"));
+    conv.set("residual", int64_t{1});
+  } else if (c.skip) {
+    in.push_back(block_input);
     conv.set("residual", int64_t{1});
   }
   t = net.add_layer("convolution", in, conv, "conv").outputs[0];
@@ -206,6 +211,37 @@ TEST(Int8Convolutions, ConvolutionFeedingOnlyAQuantizeWritesInt8) {
   expect_close(folded, before, 1e-1f);
 }
 
+// A ResNet block: conv0's value is the next convolution's quantized input and its residual. conv0
+// writes both (int8_copy): the float16 value for the residual, the int8 tensor for the
+// convolution, so no quantize kernel reads the value again.
+TEST(Int8Convolutions, ConvolutionWhoseValueIsAlsoTheResidualWritesItAndItsInt8Copy) {
+  ConvCase c;
+  c.conv_before = c.quantized_before = c.skip = true;
+  c.k = c.c;
+  auto [net, f, before] = rewrite(c, 17);
+  EXPECT_EQ(test::ops_of(net),
+            (std::vector<std::string>{"cast", "quantize", "convolution", "convolution", "cast"}));
+  const Layer& conv0 = test::layer_named(net, "conv0");
+  const Layer& conv = test::layer_named(net, "conv");
+  EXPECT_EQ(conv0.attrs.get_int("int8_copy", "conv0"), 1);
+  ASSERT_EQ(conv0.outputs.size(), 2u);
+  EXPECT_EQ(net.tensor(conv0.outputs[0]).dtype, DataType::kFloat16);
+  EXPECT_EQ(net.tensor(conv0.outputs[1]).dtype, DataType::kInt8);
+  EXPECT_EQ(conv.inputs[0], conv0.outputs[1]);
+  EXPECT_EQ(conv.inputs.back(), conv0.outputs[0]);
+  Network unfolded = fake_quantized_conv(c);
+  ASSERT_TRUE(quantize_int8_convolutions(unfolded, /*fold_requantize=*/false));
+  eliminate_dead_layers(unfolded);
+  const std::vector<float> folded = test::run_reference(net, f, false).at("y");
+  EXPECT_EQ(folded, test::run_reference(unfolded, f, false).at("y"));
+  expect_close(folded, before, 1e-1f);
+  // Channels last, both outputs are: still no transpose between the two layers.
+  assign_layouts(net);
+  EXPECT_EQ(test::ops_of(net), (std::vector<std::string>{"cast", "quantize", "transpose", "convolution",
+                                                         "convolution", "cast", "transpose"}));
+  EXPECT_EQ(test::run_reference(net, f, false).at("y"), folded);
+}
+
 TEST(Int8Convolutions, OnlyWhereTheInt8KernelRuns) {
   ConvCase few_channels;
   few_channels.c = 8;  // not a multiple of 16
@@ -297,6 +333,10 @@ TEST(Int8Convolutions, CudaKernelMatchesTheReferenceOnEveryTile) {
   ConvCase chain;  // two INT8 layers, the first requantizing its output for the second
   chain.conv_before = chain.quantized_before = true;
   check_cuda(chain);
+  ConvCase block = chain;  // ... and writing it as float16 too, the second's residual
+  block.skip = true;
+  block.k = block.c;
+  check_cuda(block);
 }
 
 }  // namespace
