@@ -39,7 +39,7 @@ struct CompileOptions {
   std::optional<bool> tactic_timing;  // unset: on unless KILN_TACTIC_TIMING=0
   bool cuda_graphs = true;            // engines capture and replay CUDA graphs
   bool dry_run = false;               // partition and report only: no engines
-  // INT8 layers (the builder's quantize_int8_convolutions) in the engines whose nodes quantize:
+  // INT8 layers (the builder's quantize_int8_layers) in the engines whose nodes quantize:
   // kiln.compile sets it for torch.int8 in enabled_precisions, after inserting its calibrated
   // fake quantization, or for a model with its own Q/DQ ops.
   bool int8 = false;

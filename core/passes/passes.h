@@ -72,12 +72,12 @@ bool fold_repeat_kv(Network& net);
 // FP8 (CUDA sm_89+, after assign_precision): fully_connected whose input is an e4m3
 // fake_quantize and whose weight is constant -> quantize (to float8) + FP8 fully_connected.
 bool quantize_fp8_gemms(Network& net);
-// INT8 (CUDA, after assign_precision, before assign_layouts): 2d convolutions whose input is a
-// symmetric per-tensor int8 fake_quantize and whose weight is constant -> quantize (to int8) +
-// quantized convolution (int8 tensor cores, per-channel scales in the epilogue); then a quantized
-// convolution read only by a quantize writes its int8 tensor itself (unless !fold_requantize).
-// Layers named in `pinned` (a per-layer precision) keep their floating-point arithmetic.
-bool quantize_int8_convolutions(Network& net, bool fold_requantize = true,
+// INT8 (after assign_precision, before assign_layouts): 2d convolutions and fully_connected
+// layers whose input is a symmetric per-tensor int8 fake_quantize and whose weight is constant ->
+// quantize (to int8) + quantized layer (int8 tensor cores, per-channel scales in the epilogue);
+// then a quantized layer read by a quantize writes its int8 tensor itself (unless
+// !fold_requantize). Layers named in `pinned` (a per-layer precision) keep their floating point.
+bool quantize_int8_layers(Network& net, bool fold_requantize = true,
                                 const std::set<std::string>& pinned = {});
 MemoryPlan plan_memory(const Network& net, const std::vector<OptimizationProfile>& profiles);
 

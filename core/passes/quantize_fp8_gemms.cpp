@@ -26,6 +26,7 @@
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 #include "core/passes/pattern_match.h"
+#include "core/passes/quantized_inputs.h"
 #include "core/plan.h"
 #include "core/weight_transforms.h"
 #include "ir/float8.h"
@@ -83,14 +84,9 @@ bool quantize_fp8_gemms(Network& net) {
   std::map<TensorId, TensorId> quantized;
   bool changed = false;
   for (Layer fc : old) {
-    std::vector<const Layer*>
-        views;  // views and float casts between the fake_quantize and fc, nearest to fc first
-    int p = maps_to_cublaslt(net, fc) ? producer[static_cast<size_t>(fc.inputs[0])] : -1;
-    while (p >= 0 &&
-           (is_view_op(old[static_cast<size_t>(p)].op) || is_float_cast(net, old[static_cast<size_t>(p)]))) {
-      views.push_back(&old[static_cast<size_t>(p)]);
-      p = producer[static_cast<size_t>(old[static_cast<size_t>(p)].inputs[0])];
-    }
+    std::vector<const Layer*> views;  // views and float casts between the fake_quantize and fc
+    const int p = maps_to_cublaslt(net, fc) ? quantization_producer(net, old, producer, fc.inputs[0], true, &views)
+                                            : -1;
     const std::optional<float> s_x = p >= 0 ? e4m3_scale(net, old[static_cast<size_t>(p)]) : std::nullopt;
     if (!s_x) {
       net.mutable_layers().push_back(std::move(fc));
@@ -105,19 +101,7 @@ bool quantize_fp8_gemms(Network& net) {
           net.add_layer("quantize", {fq.inputs[0], fq.inputs[1]}, attrs, unique_name(used, fq.name + "/fp8"));
       quantized[fq.outputs[0]] = q.outputs[0];
     }
-    for (auto v = views.rbegin(); v != views.rend(); ++v) {
-      const Layer& view = **v;
-      if (quantized.count(view.outputs[0])) continue;
-      if (view.op == "cast") {  // the float8 tensor stands for the cast's value too
-        quantized[view.outputs[0]] = quantized.at(view.inputs[0]);
-        continue;
-      }
-      std::vector<TensorId> in = view.inputs;
-      in[0] = quantized.at(in[0]);
-      quantized[view.outputs[0]] =
-          net.add_layer(view.op, in, view.attrs, unique_name(used, view.name + "/fp8")).outputs[0];
-    }
-    const auto it = quantized.find(fc.inputs[0]);
+    const TensorId xq = repeat_views(net, quantized, views, used, "/fp8", fc.inputs[0]);
     const Tensor& w = net.tensor(fc.inputs[1]);
     auto [bytes, s_w] = quantize_weight(w);
     // The weight's scale becomes a kernel parameter (weight_scale): refit cannot replay it.
@@ -126,7 +110,7 @@ bool quantize_fp8_gemms(Network& net) {
     const TensorId wq =
         net.add_constant(unique_name(used, w.name + "/fp8"), DataType::kFloat8E4M3, w.dims, std::move(bytes));
     net.tensor(wq).lineage = std::move(lineage);
-    fc.inputs[0] = it->second;
+    fc.inputs[0] = xq;
     fc.inputs[1] = wq;
     fc.attrs.set("out_dtype", std::string(dtype_name(net.tensor(fc.outputs[0]).dtype)));
     fc.attrs.set("input_scale", static_cast<double>(*s_x));

@@ -316,18 +316,18 @@ std::vector<AttrSpec> conv_attributes(bool transposed) {
   if (!transposed) {
     std::vector<AttrSpec> quantized = {
         {"quantized", AttrType::kInt, AttrValue{int64_t{0}},
-         "0/1, set by the builder (quantize_int8_convolutions): x and weight int8, input 2 float32 [2, K] "
+         "0/1, set by the builder (quantize_int8_layers): x and weight int8, input 2 float32 [2, K] "
          "(per-channel scale = input scale x weight scale, then bias), y = act(scale * int32 sum + bias + "
          "residual) of out_dtype"},
         {"out_dtype", AttrType::kString, std::nullopt, "quantized: float32, float16 or bfloat16"},
         {"input_scale", AttrType::kFloat, std::nullopt, "quantized, informational: x's scale (kiln inspect)"},
         {"output_inv_scale", AttrType::kFloat, std::nullopt,
-         "quantized, set by quantize_int8_convolutions: y is int8, clamp(round(v * output_inv_scale)) of the "
+         "quantized, set by quantize_int8_layers: y is int8, clamp(round(v * output_inv_scale)) of the "
          "epilogue's value v rounded to out_dtype (a quantize layer folded in)"},
         {"output_quant_min", AttrType::kInt, AttrValue{int64_t{-128}}, "with output_inv_scale: y's range"},
         {"output_quant_max", AttrType::kInt, AttrValue{int64_t{127}}, "with output_inv_scale: y's range"},
         {"int8_copy", AttrType::kInt, AttrValue{int64_t{0}},
-         "0/1, with output_inv_scale, set by quantize_int8_convolutions: y stays out_dtype and a second "
+         "0/1, with output_inv_scale, set by quantize_int8_layers: y stays out_dtype and a second "
          "output holds its int8 quantization (a quantize layer folded in where y has other readers too)"},
     };
     rest.insert(rest.end(), quantized.begin(), quantized.end());

@@ -42,7 +42,7 @@ Dims channels_first_dims(const Dims& d);
 Dims channels_last_dims(const Dims& d);
 
 // A quantized convolution (attribute `quantized` = 1, set by the builder's
-// quantize_int8_convolutions): x and weight are int8, input 2 is float32 [2, K] (row 0: the
+// quantize_int8_layers): x and weight are int8, input 2 is float32 [2, K] (row 0: the
 // per-channel scale, input scale x weight scale of channel k; row 1: the bias), and
 // y = act(scale[k] * sum(x * w) + bias[k] + residual), with the sum exact in int32, of dtype
 // `out_dtype` (the residual's too). With `output_inv_scale` (a quantize layer folded in), y is

@@ -15,6 +15,14 @@
 //   y = activation(input_scale * weight_scale * (x @ weight^T) (+ bias)) (+ residual),
 // i.e. x and weight hold values / input_scale and / weight_scale (per tensor).
 //
+// INT8 fully_connected (the builder's quantize_int8_layers makes it; attribute `quantized` = 1):
+// x and weight are int8, input 2 is float32 [2, N] (row 0: the per-channel scale, input scale x
+// weight scale of output feature n; row 1: the bias), the residual (if any) of `out_dtype`, and
+//   y = activation(scale[n] * sum(x * weight[n]) + bias[n]) (+ residual),
+// the sum exact in int32, of dtype `out_dtype`; with `output_inv_scale` y is int8 instead, that
+// value rounded to out_dtype and quantized (clamp(nearbyint(v * output_inv_scale), output_quant_min,
+// output_quant_max)), as for the quantized convolution.
+//
 // Both accept `allow_tf32` (0/1): float32 GEMMs may use TF32 tensor cores. The builder sets it
 // from BuilderConfig's TF32 flag; it is off by default, so FP32 means FP32.
 #include <algorithm>
@@ -70,7 +78,22 @@ std::vector<TensorDesc> infer_fully_connected(const Layer& layer, const std::vec
   const TensorDesc& w = in[1];
   const std::string who = describe(layer);
   DataType y_dtype = x.dtype;
-  if (is_float8(x.dtype) || layer.attrs.has("out_dtype")) {  // FP8
+  const int64_t quantized = layer.attrs.get_int("quantized", int64_t{0});
+  KILN_CHECK(quantized == 0 || quantized == 1, who << ": quantized must be 0 or 1, got " << quantized);
+  const bool requantized = layer.attrs.has("output_inv_scale");
+  KILN_CHECK(!requantized || quantized, who << ": output_inv_scale needs quantized = 1");
+  if (quantized) {  // INT8
+    KILN_CHECK(x.dtype == DataType::kInt8 && w.dtype == DataType::kInt8,
+               who << ": a quantized fully_connected takes int8 x and weight, got " << dtype_name(x.dtype)
+                   << " and " << dtype_name(w.dtype));
+    y_dtype = parse_dtype(layer.attrs.get_string("out_dtype", who));
+    KILN_CHECK(y_dtype == DataType::kFloat32 || y_dtype == DataType::kFloat16 || y_dtype == DataType::kBFloat16,
+               who << ": out_dtype must be float32, float16 or bfloat16, got " << dtype_name(y_dtype));
+    const int64_t lo = layer.attrs.get_int("output_quant_min", int64_t{-128});
+    const int64_t hi = layer.attrs.get_int("output_quant_max", int64_t{127});
+    KILN_CHECK(-128 <= lo && lo <= hi && hi <= 127, who << ": output_quant_min/max [" << lo << ", " << hi
+                                                        << "] must be ordered inside [-128, 127]");
+  } else if (is_float8(x.dtype) || layer.attrs.has("out_dtype")) {  // FP8
     KILN_CHECK(is_float8(x.dtype) && w.dtype == x.dtype,
                who << ": an FP8 fully_connected (out_dtype set) takes float8_e4m3fn x and weight, got "
                    << dtype_name(x.dtype) << " and " << dtype_name(w.dtype));
@@ -98,7 +121,14 @@ std::vector<TensorDesc> infer_fully_connected(const Layer& layer, const std::vec
     KILN_CHECK(act == "none" || std::find(types.begin(), types.end(), act) != types.end(),
                who << ": unknown activation '" << act << "'; use \"none\" or a type of the activation op");
   }
-  if (operands == 3) {
+  if (quantized) {
+    KILN_CHECK(operands == 3, who << ": a quantized fully_connected needs its per-feature scale and bias as input 2");
+    const TensorDesc& b = in[2];
+    KILN_CHECK(b.dtype == DataType::kFloat32 && b.dims.size() == 2 && b.dims[0] == 2 &&
+                   compatible(b.dims[1], w.dims[0]),
+               who << ": input 2 of a quantized fully_connected must be float32 [2, " << w.dims[0]
+                   << "] (per-feature scale, bias), got " << dtype_name(b.dtype) << " " << to_string(b.dims));
+  } else if (operands == 3) {
     const TensorDesc& bias = in[2];
     KILN_CHECK(bias.dtype == y_dtype,
                who << ": bias dtype " << dtype_name(bias.dtype) << " differs from " << dtype_name(y_dtype));
@@ -119,7 +149,7 @@ std::vector<TensorDesc> infer_fully_connected(const Layer& layer, const std::vec
       if (out[i] == kDynamic) out[i] = r.dims[i];
     }
   }
-  return {{y_dtype, out}};
+  return {{requantized ? DataType::kInt8 : y_dtype, out}};
 }
 
 }  // namespace
@@ -157,9 +187,18 @@ const std::vector<AttrSpec> kFullyConnectedAttributes = {
      "set by the builder (fuse_gemm_epilogue, fuse_parallel_gemms, patchify_convolutions, fold_batch_norm): "
      "the original layer names, informational; absent: the layer's own name"},
     {"out_dtype", AttrType::kString, std::nullopt,
-     "FP8 (set by quantize_fp8_gemms): y's floating dtype; x and weight are float8_e4m3fn"},
-    {"input_scale", AttrType::kFloat, std::nullopt, "FP8: x's per-tensor scale (x holds values / scale)"},
+     "FP8 (set by quantize_fp8_gemms): y's floating dtype; x and weight are float8_e4m3fn; INT8: likewise"},
+    {"input_scale", AttrType::kFloat, std::nullopt,
+     "FP8: x's per-tensor scale (x holds values / scale); INT8: the same, informational (kiln inspect)"},
     {"weight_scale", AttrType::kFloat, std::nullopt, "FP8: the weight's per-tensor scale"},
+    {"quantized", AttrType::kInt, AttrValue{int64_t{0}},
+     "0/1, set by the builder (quantize_int8_layers): INT8, x and weight int8, input 2 float32 [2, N] "
+     "(per-feature scale = input scale x weight scale, then bias), y of out_dtype"},
+    {"output_inv_scale", AttrType::kFloat, std::nullopt,
+     "INT8, set by quantize_int8_layers: y is int8, clamp(round(v * output_inv_scale)) of the epilogue's "
+     "value v rounded to out_dtype (a quantize layer folded in)"},
+    {"output_quant_min", AttrType::kInt, AttrValue{int64_t{-128}}, "with output_inv_scale: y's range"},
+    {"output_quant_max", AttrType::kInt, AttrValue{int64_t{127}}, "with output_inv_scale: y's range"},
 };
 
 // 2 * K per output element: K is a's contracted dim (its last, or the one before with transpose_a).

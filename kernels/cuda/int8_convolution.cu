@@ -354,39 +354,72 @@ void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, co
 
 namespace {
 
+// What a quantized layer's attributes say about its epilogue, shared by the convolution and the
+// fully_connected: activation, requantization, the int8 copy, and the tactic.
+struct Int8Epilogue {
+  std::string who;
+  DataType out = DataType::kFloat32;  // out_dtype
+  int tactic = -1;
+  ActivationParams act{};
+  bool activate = false;
+  bool requantize = false;  // y int8 (output_inv_scale)
+  bool int8_copy = false;   // y float and its int8 copy (output 1)
+  float out_inv_scale = 1.f;
+  int out_min = -128, out_max = 127;
+
+  Int8Epilogue(const Layer& l, const ConvEpilogue& e)
+      : who(describe(l)),
+        out(parse_dtype(l.attrs.get_string("out_dtype", who))),
+        tactic(static_cast<int>(l.attrs.get_int("tactic", int64_t{-1}))) {
+    KILN_CHECK(tactic >= -1 && tactic < kInt8ConvTiles,
+               who << ": tactic " << tactic << " is out of range (-1 or 0.." << kInt8ConvTiles - 1 << ")");
+    if (e.activation != "none") {
+      act.type = variant_code(activation_types(), e.activation);
+      act.alpha = static_cast<float>(e.alpha);
+      act.beta = static_cast<float>(e.beta);
+      act.threshold = static_cast<float>(e.threshold);
+    }
+    activate = e.activation != "none";
+    requantize = l.attrs.has("output_inv_scale");
+    int8_copy = l.attrs.get_int("int8_copy", int64_t{0}) != 0;
+    out_inv_scale = static_cast<float>(l.attrs.get_float("output_inv_scale", 1.0));
+    out_min = static_cast<int>(l.attrs.get_int("output_quant_min", int64_t{-128}));
+    out_max = static_cast<int>(l.attrs.get_int("output_quant_max", int64_t{127}));
+  }
+
+  // Fills p's epilogue fields, checks the kernel takes p (naming the layer and `shapes`), launches.
+  void launch(Int8ConvParams& p, const std::string& shapes, const void* x, const void* w, const void* scale_bias,
+              const void* residual, const std::vector<TensorView>& outputs, void* stream) const {
+    p.act = act;
+    p.activate = activate;
+    p.rounding = out;
+    if (requantize) {
+      p.out_inv_scale = out_inv_scale;
+      p.out_min = out_min;
+      p.out_max = out_max;
+    }
+    const std::string refusal = int8_convolution_refusal(p);
+    KILN_CHECK(refusal.empty(), who << ": the CUDA INT8 kernel " << refusal << "; got " << shapes);
+    launch_int8_convolution(p, tactic, requantize && !int8_copy ? DataType::kInt8 : out, x, w,
+                            static_cast<const float*>(scale_bias), residual, outputs[0].data,
+                            int8_copy ? outputs[1].data : nullptr, static_cast<cudaStream_t>(stream));
+  }
+};
+
 class Int8Convolution final : public Kernel {
  public:
   explicit Int8Convolution(Layer layer)
-      : layer_(std::move(layer)),
-        who_(describe(layer_)),
-        out_(conv_out_dtype(layer_)),
-        tactic_(static_cast<int>(layer_.attrs.get_int("tactic", int64_t{-1}))) {
-    KILN_CHECK(tactic_ >= -1 && tactic_ < kInt8ConvTiles,
-               who_ << ": tactic " << tactic_ << " is out of range (-1 or 0.." << kInt8ConvTiles - 1 << ")");
-    KILN_CHECK(channels_last(layer_), who_ << ": the CUDA INT8 convolution runs channels last (layout nhwc)");
-    const ConvEpilogue e = conv_epilogue(layer_, layer_.inputs.size());
-    if (e.activation != "none") {
-      act_.type = variant_code(activation_types(), e.activation);
-      act_.alpha = static_cast<float>(e.alpha);
-      act_.beta = static_cast<float>(e.beta);
-      act_.threshold = static_cast<float>(e.threshold);
-    }
-    activate_ = e.activation != "none";
-    residual_input_ = e.residual_input;
-    requantize_ = layer_.attrs.has("output_inv_scale");
-    int8_copy_ = layer_.attrs.get_int("int8_copy", int64_t{0}) != 0;
-    out_inv_scale_ = static_cast<float>(layer_.attrs.get_float("output_inv_scale", 1.0));
-    out_min_ = static_cast<int>(layer_.attrs.get_int("output_quant_min", int64_t{-128}));
-    out_max_ = static_cast<int>(layer_.attrs.get_int("output_quant_max", int64_t{127}));
+      : layer_(std::move(layer)), e_(layer_, conv_epilogue(layer_, layer_.inputs.size())) {
+    KILN_CHECK(channels_last(layer_), e_.who << ": the CUDA INT8 convolution runs channels last (layout nhwc)");
   }
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
-    const TensorView &x = in[0], &w = in[1], &scale_bias = in[2], &y = out[0];
+    const TensorView &x = in[0], &w = in[1], &y = out[0];
     KILN_CHECK(x.dims.size() == 4,
-               who_ << ": the CUDA INT8 convolution is 2d, got input " << to_string(x.dims));
+               e_.who << ": the CUDA INT8 convolution is 2d, got input " << to_string(x.dims));
     const ConvGeometry g = conv_geometry(layer_, 2);
-    KILN_CHECK(g.groups == 1, who_ << ": the CUDA INT8 convolution needs groups = 1, got " << g.groups);
+    KILN_CHECK(g.groups == 1, e_.who << ": the CUDA INT8 convolution needs groups = 1, got " << g.groups);
     Int8ConvParams p;  // channels last: x [N, H, W, C], weight [K, R, S, C], y [N, P, Q, K]
     p.n = static_cast<int>(x.dims[0]);
     p.h = static_cast<int>(x.dims[1]);
@@ -398,21 +431,9 @@ class Int8Convolution final : public Kernel {
     p.p = static_cast<int>(y.dims[1]);
     p.q = static_cast<int>(y.dims[2]);
     static_cast<ConvWindow2d&>(p) = conv_window_2d(g);
-    p.act = act_;
-    p.activate = activate_;
-    p.rounding = out_;
-    if (requantize_) {
-      p.out_inv_scale = out_inv_scale_;
-      p.out_min = out_min_;
-      p.out_max = out_max_;
-    }
-    const std::string refusal = int8_convolution_refusal(p);
-    KILN_CHECK(refusal.empty(), who_ << ": the CUDA INT8 convolution " << refusal << "; got input "
-                                     << to_string(x.dims) << " (nhwc), weight " << to_string(w.dims));
-    launch_int8_convolution(p, tactic_, requantize_ && !int8_copy_ ? DataType::kInt8 : out_, x.data, w.data,
-                            static_cast<const float*>(scale_bias.data),
-                            residual_input_ >= 0 ? in[static_cast<size_t>(residual_input_)].data : nullptr,
-                            y.data, int8_copy_ ? out[1].data : nullptr, static_cast<cudaStream_t>(ctx.stream));
+    const int residual = conv_epilogue(layer_, in.size()).residual_input;
+    e_.launch(p, "input " + to_string(x.dims) + " (nhwc), weight " + to_string(w.dims), x.data, w.data,
+              in[2].data, residual >= 0 ? in[static_cast<size_t>(residual)].data : nullptr, out, ctx.stream);
   }
 
   std::string name() const override { return "cuda_int8_convolution"; }
@@ -420,22 +441,58 @@ class Int8Convolution final : public Kernel {
 
  private:
   Layer layer_;
-  std::string who_;
-  DataType out_;
-  int tactic_;
-  ActivationParams act_{};
-  bool activate_ = false;
-  int residual_input_ = -1;
-  bool requantize_ = false;  // y int8 (output_inv_scale)
-  bool int8_copy_ = false;   // y float and its int8 copy (output 1)
-  float out_inv_scale_ = 1.f;
-  int out_min_ = -128, out_max_ = 127;
+  Int8Epilogue e_;
+};
+
+// y [..., N] = epilogue(x [..., K] @ weight [N, K]^T): a 1x1 convolution of one image, one row of
+// `rows` pixels.
+class Int8FullyConnected final : public Kernel {
+ public:
+  explicit Int8FullyConnected(const Layer& l) : e_(l, epilogue(l)), residual_(l.attrs.get_int("residual", int64_t{0}) != 0) {}
+
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const TensorView &x = in[0], &w = in[1];
+    const int64_t k = x.dims.empty() ? 0 : x.dims.back();
+    const int64_t rows = k ? volume(x.dims) / k : 0;
+    KILN_CHECK(rows < (int64_t{1} << 31), e_.who << ": the CUDA INT8 kernel takes fewer than 2^31 rows, got " << rows);
+    Int8ConvParams p;
+    p.n = p.h = p.r = p.s = p.p = 1;
+    p.w = p.q = static_cast<int>(rows);
+    p.c = static_cast<int>(k);
+    p.k = static_cast<int>(w.dims[0]);
+    e_.launch(p, "x " + to_string(x.dims) + ", weight " + to_string(w.dims), x.data, w.data, in[2].data,
+              residual_ ? in.back().data : nullptr, out, ctx.stream);
+  }
+
+  std::string name() const override { return "cuda_int8_fully_connected"; }
+  int num_tactics() const override { return kInt8ConvTiles; }
+
+ private:
+  // The activation attributes as the convolution's epilogue holds them.
+  static ConvEpilogue epilogue(const Layer& l) {
+    ConvEpilogue e;
+    e.activation = l.attrs.has("activation") ? l.attrs.get_string("activation", l.name) : "none";
+    if (e.activation != "none") {
+      const ActivationAttrs a = activation_attrs(e.activation, l.attrs);
+      e.alpha = a.alpha;
+      e.beta = a.beta;
+      e.threshold = a.threshold;
+    }
+    return e;
+  }
+  Int8Epilogue e_;
+  bool residual_;
 };
 
 }  // namespace
 
 std::unique_ptr<Kernel> make_int8_convolution(const Layer& layer) {
   return std::make_unique<Int8Convolution>(layer);
+}
+
+std::unique_ptr<Kernel> make_int8_fully_connected(const Layer& layer) {
+  return std::make_unique<Int8FullyConnected>(layer);
 }
 
 }  // namespace kiln

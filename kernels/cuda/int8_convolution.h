@@ -1,6 +1,6 @@
 // Kiln's INT8 convolution (int8_convolution.cu): an implicit GEMM on the int8 tensor cores
 // (mma.sync m16n8k32, int32 accumulation) for 2d convolutions whose input and weight were
-// quantized by the builder (quantize_int8_convolutions): x int8 channels last [N, H, W, C], weight
+// quantized by the builder (quantize_int8_layers): x int8 channels last [N, H, W, C], weight
 // int8 [K, R, S, C], one float scale per output channel (alpha[k] = input scale x weight scale
 // of channel k) and a float bias, and the convolution epilogue fused: y = act(alpha[k] * acc + bias[k] +
 // residual), written as float16, bfloat16 or float32 channels last [N, P, Q, K].
@@ -57,5 +57,10 @@ void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, co
 // The CUDA kernel of a quantized convolution layer (conv_quantized): channels last, 2d, groups 1;
 // its tactics are the tiles. convolution.cu's registration hands such layers here.
 std::unique_ptr<Kernel> make_int8_convolution(const Layer& layer);
+
+// The CUDA kernel of a quantized fully_connected layer: the same kernel as a 1x1 convolution over
+// the rows, x [..., K] read as [1, 1, rows, K] and weight [N, K] as [N, 1, 1, K] (K a multiple of
+// 16, N even); tactics as the convolution's. matmul.cpp's registration hands such layers here.
+std::unique_ptr<Kernel> make_int8_fully_connected(const Layer& layer);
 
 }  // namespace kiln

@@ -15,6 +15,7 @@
 #include "ir/ops/activation.h"
 #include "kernels/broadcast.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/int8_convolution.h"
 #include "kernels/cuda/matmul_epilogue.h"
 #include "kernels/kernel.h"
 #include "kernels/matmul_views.h"
@@ -435,8 +436,10 @@ class CublasLtFullyConnected final : public Kernel {
 const KernelRegistration kRegistered([] {
   register_kernel("matmul", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CublasLtMatmul>(l); });
-  register_kernel("fully_connected", Backend::kCuda,
-                  [](const Layer& l) { return std::make_unique<CublasLtFullyConnected>(l); });
+  register_kernel("fully_connected", Backend::kCuda, [](const Layer& l) -> std::unique_ptr<Kernel> {
+    if (l.attrs.get_int("quantized", int64_t{0}) != 0) return make_int8_fully_connected(l);  // int8_convolution.cu
+    return std::make_unique<CublasLtFullyConnected>(l);
+  });
 });
 
 }  // namespace kiln

@@ -53,14 +53,23 @@ class RefMatmul final : public Kernel {
 };
 
 // y = activation(x [..., K] @ weight[N, K]^T + bias) + residual; FP8: the product times
-// input_scale * weight_scale (float8 operands read as their values).
+// input_scale * weight_scale (float8 operands read as their values); INT8 (quantized): the int8
+// sum (exact in the double) times scale[n], plus bias[n], from input 2 [2, N], and y requantized
+// to int8 (output_inv_scale) after rounding to out_dtype.
 class RefFullyConnected final : public Kernel {
  public:
   explicit RefFullyConnected(const Layer& l)
       : residual_(l.attrs.get_int("residual", int64_t{0}) != 0),
         activation_(l.attrs.has("activation") ? l.attrs.get_string("activation", l.name) : "none") {
     if (activation_ != "none") act_ = reference_activation(activation_, l.attrs);
-    if (l.attrs.has("out_dtype")) {
+    quantized_ = l.attrs.get_int("quantized", int64_t{0}) != 0;
+    if (quantized_) {
+      rounding_ = parse_dtype(l.attrs.get_string("out_dtype", l.name));
+      requantize_ = l.attrs.has("output_inv_scale");
+      inv_scale_ = static_cast<float>(l.attrs.get_float("output_inv_scale", 0.0));
+      q_lo_ = l.attrs.get_int("output_quant_min", int64_t{-128});
+      q_hi_ = l.attrs.get_int("output_quant_max", int64_t{127});
+    } else if (l.attrs.has("out_dtype")) {
       scale_ = static_cast<double>(static_cast<float>(l.attrs.get_float("input_scale", l.name)) *
                                    static_cast<float>(l.attrs.get_float("weight_scale", l.name)));
     }
@@ -76,10 +85,15 @@ class RefFullyConnected final : public Kernel {
       for (int64_t j = 0; j < n; ++j) {
         double acc = 0.0;
         for (int64_t q = 0; q < k; ++q) acc += load_element(x, i * k + q) * load_element(w, j * k + q);
-        acc *= scale_;
-        if (bias) acc += load_element(in[2], j);
+        if (quantized_) {
+          acc = acc * load_element(in[2], j) + load_element(in[2], n + j);
+        } else {
+          acc *= scale_;
+          if (bias) acc += load_element(in[2], j);
+        }
         if (act_) acc = act_(acc);
         if (residual_) acc += load_element(in.back(), i * n + j);
+        if (requantize_) acc = quantize_value(round_to_dtype(rounding_, acc), inv_scale_, 0, q_lo_, q_hi_);
         store_element(y, i * n + j, acc);
       }
     }
@@ -91,6 +105,10 @@ class RefFullyConnected final : public Kernel {
   std::string activation_;
   std::function<double(double)> act_;
   double scale_ = 1.0;
+  bool quantized_ = false, requantize_ = false;
+  DataType rounding_ = DataType::kFloat32;
+  float inv_scale_ = 1.f;
+  int64_t q_lo_ = -128, q_hi_ = 127;
 };
 
 }  // namespace

@@ -1,4 +1,4 @@
-// INT8 convolutions: the quantize_int8_convolutions pass (graph in, graph out, and the rewritten
+// INT8 convolutions: the quantize_int8_layers pass (graph in, graph out, and the rewritten
 // network computing what the fake-quantized one computes, on the reference backend), which
 // convolutions it leaves alone, and on CUDA Kiln's INT8 implicit-GEMM kernel (every tile, shapes
 // that end inside a tile, padding, stride, dilation, residual) against the reference.
@@ -125,7 +125,7 @@ struct Rewritten {
 Rewritten rewrite(const ConvCase& c, uint32_t seed) {
   Rewritten r{fake_quantized_conv(c), feed(c, seed), {}};
   r.before = test::run_reference(r.net, r.feed, false).at("y");
-  EXPECT_TRUE(quantize_int8_convolutions(r.net));
+  EXPECT_TRUE(quantize_int8_layers(r.net));
   eliminate_dead_layers(r.net);
   return r;
 }
@@ -148,7 +148,7 @@ TEST(Int8Convolutions, FakeQuantizedConvolutionBecomesQuantizePlusInt8Convolutio
   for (int64_t o = 0; o < c.k; ++o)
     EXPECT_EQ(static_cast<int8_t>((*wq.data)[static_cast<size_t>(o * per)]), 127);
   expect_close(test::run_reference(net, f, false).at("y"), before, 1e-2f);
-  EXPECT_FALSE(quantize_int8_convolutions(net));  // nothing left to do
+  EXPECT_FALSE(quantize_int8_layers(net));  // nothing left to do
 }
 
 // After the pass, assign_layouts runs the INT8 layer channels last (weight [K, R, S, C], still
@@ -158,7 +158,7 @@ TEST(Int8Convolutions, QuantizedLayersRunChannelsLastWithoutTransposesBetween) {
   ConvCase c;
   c.conv_before = true;
   Network net = fake_quantized_conv(c);
-  ASSERT_TRUE(quantize_int8_convolutions(net));
+  ASSERT_TRUE(quantize_int8_layers(net));
   eliminate_dead_layers(net);
   assign_layouts(net);
   EXPECT_EQ(test::ops_of(net), (std::vector<std::string>{"cast", "transpose", "convolution", "quantize",
@@ -202,7 +202,7 @@ TEST(Int8Convolutions, ConvolutionFeedingOnlyAQuantizeWritesInt8) {
   // the fake-quantized network's values up to the inputs that conv0's float16 rounding moves
   // across a rounding step (a few 1e-2 here).
   Network unfolded = fake_quantized_conv(c);
-  ASSERT_TRUE(quantize_int8_convolutions(unfolded, /*fold_requantize=*/false));
+  ASSERT_TRUE(quantize_int8_layers(unfolded, /*fold_requantize=*/false));
   eliminate_dead_layers(unfolded);
   EXPECT_EQ(test::ops_of(unfolded),
             (std::vector<std::string>{"cast", "quantize", "convolution", "quantize", "convolution", "cast"}));
@@ -230,7 +230,7 @@ TEST(Int8Convolutions, ConvolutionWhoseValueIsAlsoTheResidualWritesItAndItsInt8C
   EXPECT_EQ(conv.inputs[0], conv0.outputs[1]);
   EXPECT_EQ(conv.inputs.back(), conv0.outputs[0]);
   Network unfolded = fake_quantized_conv(c);
-  ASSERT_TRUE(quantize_int8_convolutions(unfolded, /*fold_requantize=*/false));
+  ASSERT_TRUE(quantize_int8_layers(unfolded, /*fold_requantize=*/false));
   eliminate_dead_layers(unfolded);
   const std::vector<float> folded = test::run_reference(net, f, false).at("y");
   EXPECT_EQ(folded, test::run_reference(unfolded, f, false).at("y"));
@@ -251,20 +251,20 @@ TEST(Int8Convolutions, OnlyWhereTheInt8KernelRuns) {
   zero_point.zero_point = 3;  // asymmetric
   for (const ConvCase& c : {few_channels, grouped, zero_point}) {
     Network net = fake_quantized_conv(c);
-    EXPECT_FALSE(quantize_int8_convolutions(net)) << c.c << " " << c.groups << " " << c.zero_point;
+    EXPECT_FALSE(quantize_int8_layers(net)) << c.c << " " << c.groups << " " << c.zero_point;
   }
 }
 
 TEST(Int8Convolutions, LayerWithItsOwnPrecisionStaysFloatingPoint) {
   Network net = fake_quantized_conv(ConvCase{});
-  EXPECT_FALSE(quantize_int8_convolutions(net, true, {"conv"}));
-  EXPECT_TRUE(quantize_int8_convolutions(net, true, {"other"}));
+  EXPECT_FALSE(quantize_int8_layers(net, true, {"conv"}));
+  EXPECT_TRUE(quantize_int8_layers(net, true, {"other"}));
 }
 
 TEST(Int8Convolutions, QuantizedLayerValidatesItsInputs) {
   ConvCase c;
   Network net = fake_quantized_conv(c);
-  ASSERT_TRUE(quantize_int8_convolutions(net));
+  ASSERT_TRUE(quantize_int8_layers(net));
   for (auto& l : net.mutable_layers()) {
     if (l.name == "conv") l.attrs.set("out_dtype", std::string("int32"));
   }
@@ -284,7 +284,7 @@ void check_cuda(const ConvCase& c) {
   const test::Feed f = feed(c, 11);
   // The INT8 layer's own values: the pass's network on the reference backend.
   Network quantized = net;
-  ASSERT_TRUE(quantize_int8_convolutions(quantized));
+  ASSERT_TRUE(quantize_int8_layers(quantized));
   const std::vector<float> want = test::run_reference(quantized, f, false).at("y");
   BuilderConfig config;
   config.target = BuildTarget::kCuda;

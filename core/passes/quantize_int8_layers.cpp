@@ -1,9 +1,11 @@
-// quantize_int8_convolutions: INT8 convolutions from the calibrated (or QAT, or pt2e) quantization.
-// A 2d convolution whose input x̂ is an int8 fake_quantize of x (per tensor, constant scale s_x,
-// zero point 0), or the dequantize of an int8 tensor xq likewise (float casts between are looked
-// through), and whose weight W is a constant on a per-output-channel int8 grid becomes
+// quantize_int8_layers: INT8 convolutions and fully_connected layers from the calibrated (or QAT,
+// or pt2e) quantization. A 2d convolution or a fully_connected whose input x̂ is an int8
+// fake_quantize of x (per tensor, constant scale s_x, zero point 0), or the dequantize of an int8
+// tensor xq likewise (float casts between are looked through, and views too for a
+// fully_connected: they are repeated on xq), and whose weight W is a constant on a
+// per-output-channel int8 grid becomes
 //   quantize(x, s_x) -> int8 xq          (one per fake_quantize, shared; a dequantize's xq as it is)
-//   convolution(xq, Wq, [scale; bias], residual; quantized = 1, out_dtype = y's dtype)
+//   convolution / fully_connected(xq, Wq, [scale; bias], residual; quantized = 1, out_dtype = y's dtype)
 // with Wq = clamp(round(W / s_w[k]), -127, 127), s_w[k] = max |W[k]| / 127 (1 where the channel is
 // all zero), and the layer's float32 [2, K] input holding s_x * s_w[k] and the bias. The layer
 // computes y = act(s_x s_w[k] * sum(xq * Wq) + bias + residual), the sum exact in int32: the
@@ -11,14 +13,14 @@
 // and BatchNorm folding scales each output channel, which keeps it there, so requantizing is
 // exact up to the float16 rounding of the folded weight (half a step is far larger).
 //
-// Only where Kiln's INT8 kernel runs (int8_convolution.h): 2d, groups 1, input channels a
-// multiple of 16, an even number of output channels, y float16/bfloat16/float32, a constant bias.
-// Other convolutions keep the fake_quantize (simulated INT8, still correct). Last, a quantized
-// convolution whose value feeds such a quantize writes the int8 tensor itself, instead of its
-// value or besides it (fold_requantize). The builder runs this
-// pass for the CUDA target when the "int8" precision is enabled, after assign_precision and before
-// assign_layouts (which then runs the INT8 layers channels last, their weight [K, R, S, C]); the
-// fake_quantize layers it leaves unread go with dead-layer elimination.
+// Only where Kiln's INT8 kernel runs (int8_convolution.h): convolutions 2d, groups 1; input
+// channels (features) a multiple of 16, an even number of output channels (features), y
+// float16/bfloat16/float32, a constant bias. Other layers keep the fake_quantize (simulated INT8,
+// still correct). Last, a quantized layer whose value feeds such a quantize writes the int8 tensor
+// itself, instead of its value or (a convolution) besides it (fold_requantize). The builder runs
+// this pass when the "int8" precision is enabled, after assign_precision and before
+// assign_layouts (which then runs the INT8 convolutions channels last, their weight [K, R, S, C]);
+// the fake_quantize layers it leaves unread go with dead-layer elimination.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -29,6 +31,7 @@
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
 #include "core/passes/pattern_match.h"
+#include "core/passes/quantized_inputs.h"
 #include "core/weight_transforms.h"
 #include "ir/op_schema.h"
 #include "ir/ops/convolution.h"
@@ -68,16 +71,39 @@ std::optional<float> int8_scale(const Network& net, const Layer& f) {
   return s;
 }
 
-bool runs_as_int8(const Network& net, const Layer& conv) {
-  if (conv.op != "convolution" || conv_quantized(conv) || channels_last(conv)) return false;
-  const Tensor &x = net.tensor(conv.inputs[0]), &w = net.tensor(conv.inputs[1]);
-  const DataType y = net.tensor(conv.outputs[0]).dtype;
-  if (x.dims.size() != 4 || w.kind != TensorKind::kConstant || !is_floating(w.dtype)) return false;
-  if (conv.attrs.get_int("groups", int64_t{1}) != 1 || w.dims[1] % 16 != 0 || w.dims[0] % 2 != 0)
-    return false;
-  if (y != DataType::kFloat16 && y != DataType::kBFloat16 && y != DataType::kFloat32) return false;
-  const ConvEpilogue e = conv_epilogue(conv, conv.inputs.size());
-  return !e.has_bias || is_constant(net, conv.inputs[2]);
+bool int8_output(DataType y) { return y == DataType::kFloat16 || y == DataType::kBFloat16 || y == DataType::kFloat32; }
+
+// The GEMM-like layers the INT8 kernel takes, with where their bias and residual are.
+struct Int8Candidate {
+  bool ok = false;
+  bool has_bias = false;
+  int residual_input = -1;
+};
+
+Int8Candidate int8_candidate(const Network& net, const Layer& l) {
+  Int8Candidate c;
+  if (l.op == "convolution") {
+    if (conv_quantized(l) || channels_last(l)) return c;
+    const Tensor &x = net.tensor(l.inputs[0]), &w = net.tensor(l.inputs[1]);
+    if (x.dims.size() != 4 || w.kind != TensorKind::kConstant || !is_floating(w.dtype)) return c;
+    if (l.attrs.get_int("groups", int64_t{1}) != 1 || w.dims[1] % 16 != 0 || w.dims[0] % 2 != 0) return c;
+    const ConvEpilogue e = conv_epilogue(l, l.inputs.size());
+    c.has_bias = e.has_bias;
+    c.residual_input = e.residual_input;
+  } else if (l.op == "fully_connected") {
+    if (l.attrs.has("out_dtype")) return c;  // FP8 or INT8 already
+    const Tensor& w = net.tensor(l.inputs[1]);
+    if (w.kind != TensorKind::kConstant || !is_floating(w.dtype) || w.dims.size() != 2 || w.dims[1] % 16 != 0 ||
+        w.dims[0] % 2 != 0)
+      return c;
+    const bool residual = l.attrs.get_int("residual", int64_t{0}) != 0;
+    c.has_bias = l.inputs.size() - (residual ? 1 : 0) == 3;
+    c.residual_input = residual ? static_cast<int>(l.inputs.size()) - 1 : -1;
+  } else {
+    return c;
+  }
+  c.ok = int8_output(net.tensor(l.outputs[0]).dtype) && (!c.has_bias || is_constant(net, l.inputs[2]));
+  return c;
 }
 
 // Wq and s_w of a constant weight [K, ...] on a per-output-channel grid.
@@ -121,15 +147,19 @@ bool fold_requantize(Network& net) {
     const TensorId y = q.inputs[0];
     const int p = producer[static_cast<size_t>(y)];
     if (p < 0) continue;
-    Layer& conv = layers[static_cast<size_t>(p)];
-    if (conv.op != "convolution" || !conv_quantized(conv) || conv.attrs.has("output_inv_scale")) continue;
+    Layer& conv = layers[static_cast<size_t>(p)];  // a quantized convolution or fully_connected
+    const bool only_reader = readers[static_cast<size_t>(y)] == 1 && !net.is_output(y);
+    if ((conv.op != "convolution" && conv.op != "fully_connected") ||
+        conv.attrs.get_int("quantized", int64_t{0}) != 1 || conv.attrs.has("output_inv_scale"))
+      continue;
+    if (conv.op == "fully_connected" && !only_reader) continue;  // no int8 copy: its value stays float
     const std::optional<float> s = int8_scale(net, q);
     if (!s) continue;
     const QuantParams qp = quant_params(q, net.tensor(y).dims.size(), 1);
     conv.attrs.set("output_inv_scale", static_cast<double>(qp.has_inv_scale ? qp.inv_scale : 1.0f / *s));
     conv.attrs.set("output_quant_min", qp.quant_min);
     conv.attrs.set("output_quant_max", qp.quant_max);
-    if (readers[static_cast<size_t>(y)] == 1 && !net.is_output(y)) {
+    if (only_reader) {
       conv.outputs[0] = q.outputs[0];
     } else {
       conv.attrs.set("int8_copy", int64_t{1});
@@ -149,25 +179,25 @@ bool fold_requantize(Network& net) {
 
 }  // namespace
 
-bool quantize_int8_convolutions(Network& net, bool fold, const std::set<std::string>& pinned) {
+bool quantize_int8_layers(Network& net, bool fold, const std::set<std::string>& pinned) {
   const std::vector<int> producer = net.producers();
   const std::vector<Layer> old = net.layers();  // a copy: the fake_quantize layers are read after re-adding
   net.mutable_layers().clear();
   std::set<std::string> used;
   for (const auto& l : old) used.insert(l.name);
   for (const auto& t : net.tensors()) used.insert(t.name);
-  std::map<TensorId, TensorId> quantized;  // a fake_quantize's output -> its quantize's
+  std::map<TensorId, TensorId> quantized;  // int8 versions: a fake_quantize's output -> its quantize's, ...
   bool changed = false;
-  for (Layer conv : old) {
-    int p = runs_as_int8(net, conv) && !pinned.count(conv.name)
-                ? producer[static_cast<size_t>(conv.inputs[0])]
-                : -1;
-    while (p >= 0 && is_float_cast(net, old[static_cast<size_t>(p)])) {
-      p = producer[static_cast<size_t>(old[static_cast<size_t>(p)].inputs[0])];
-    }
+  for (Layer layer : old) {
+    const Int8Candidate c = pinned.count(layer.name) ? Int8Candidate{} : int8_candidate(net, layer);
+    // A fully_connected reads its input through views (reshape, flatten, ...) too.
+    std::vector<const Layer*> views;
+    const int p = c.ok ? quantization_producer(net, old, producer, layer.inputs[0],
+                                               layer.op == "fully_connected", &views)
+                       : -1;
     const std::optional<float> s_x = p >= 0 ? int8_scale(net, old[static_cast<size_t>(p)]) : std::nullopt;
     if (!s_x) {
-      net.mutable_layers().push_back(std::move(conv));
+      net.mutable_layers().push_back(std::move(layer));
       continue;
     }
     const Layer& fq = old[static_cast<size_t>(p)];
@@ -182,23 +212,23 @@ bool quantize_int8_convolutions(Network& net, bool fold, const std::set<std::str
                                      unique_name(used, fq.name + "/int8"));
       quantized[fq.outputs[0]] = q.outputs[0];
     }
-    const ConvEpilogue e = conv_epilogue(conv, conv.inputs.size());
-    const Tensor w = net.tensor(conv.inputs[1]);  // a copy: add_constant may move the tensor list
+    const TensorId xq = repeat_views(net, quantized, views, used, "/int8", layer.inputs[0]);
+    const Tensor w = net.tensor(layer.inputs[1]);  // a copy: add_constant may move the tensor list
     const int64_t k = w.dims[0];
     auto [bytes, s_w] = quantize_weight(w);
     std::vector<float> scale_bias(static_cast<size_t>(2 * k), 0.f);
     for (int64_t o = 0; o < k; ++o) scale_bias[static_cast<size_t>(o)] = *s_x * s_w[static_cast<size_t>(o)];
-    std::vector<TensorId> lineage_from = {conv.inputs[1]};
-    if (e.has_bias) {
-      const Tensor& b = net.tensor(conv.inputs[2]);
+    std::vector<TensorId> lineage_from = {layer.inputs[1]};
+    if (c.has_bias) {
+      const Tensor& b = net.tensor(layer.inputs[2]);
       TensorView bv{const_cast<uint8_t*>(b.data->data()), b.dtype, b.dims};
       for (int64_t o = 0; o < k; ++o)
         scale_bias[static_cast<size_t>(k + o)] = static_cast<float>(load_element(bv, o));
-      lineage_from.push_back(conv.inputs[2]);
+      lineage_from.push_back(layer.inputs[2]);
     }
     // The weight scales become part of the layer's constants: refit cannot replay them (yet).
     LineagePtr w_lineage = blocked_lineage(
-        net, {conv.inputs[1]}, "its INT8 weight scales are computed by the builder", DataType::kInt8, w.dims);
+        net, {layer.inputs[1]}, "its INT8 weight scales are computed by the builder", DataType::kInt8, w.dims);
     LineagePtr sb_lineage = blocked_lineage(
         net, lineage_from, "its INT8 weight scales are computed by the builder", DataType::kFloat32, {2, k});
     const TensorId wq =
@@ -207,14 +237,14 @@ bool quantize_int8_convolutions(Network& net, bool fold, const std::set<std::str
     const TensorId sb = net.add_constant(unique_name(used, w.name + "/int8_scale_bias"), DataType::kFloat32,
                                          {2, k}, scale_bias.data(), scale_bias.size() * sizeof(float));
     net.tensor(sb).lineage = std::move(sb_lineage);
-    std::vector<TensorId> inputs = {quantized.at(fq.outputs[0]), wq, sb};
-    if (e.residual) inputs.push_back(conv.inputs[static_cast<size_t>(e.residual_input)]);
-    conv.inputs = std::move(inputs);
-    conv.attrs.set("quantized", int64_t{1});
-    conv.attrs.set("out_dtype", std::string(dtype_name(net.tensor(conv.outputs[0]).dtype)));
-    conv.attrs.set("input_scale", static_cast<double>(*s_x));
-    conv.attrs.set("allow_tf32", int64_t{0});
-    net.mutable_layers().push_back(std::move(conv));
+    std::vector<TensorId> inputs = {xq, wq, sb};
+    if (c.residual_input >= 0) inputs.push_back(layer.inputs[static_cast<size_t>(c.residual_input)]);
+    layer.inputs = std::move(inputs);
+    layer.attrs.set("quantized", int64_t{1});
+    layer.attrs.set("out_dtype", std::string(dtype_name(net.tensor(layer.outputs[0]).dtype)));
+    layer.attrs.set("input_scale", static_cast<double>(*s_x));
+    layer.attrs.set("allow_tf32", int64_t{0});
+    net.mutable_layers().push_back(std::move(layer));
     changed = true;
   }
   if (changed && fold) fold_requantize(net);
