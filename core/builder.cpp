@@ -265,8 +265,7 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   //     test the INT8 layers the GPU runs).
   if (config.precision.int8 && config.optimization_level > 0) {
     run_pass(
-        "quantize_int8_layers", [&](Network& n) { return quantize_int8_layers(n, true, pinned); },
-        net);
+        "quantize_int8_layers", [&](Network& n) { return quantize_int8_layers(n, true, pinned); }, net);
   }
   if (config.optimization_level > 0) run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
   // 5. choose layouts: channels last for float16/bfloat16 convolutions (after precision, which

@@ -78,7 +78,7 @@ bool quantize_fp8_gemms(Network& net);
 // then a quantized layer read by a quantize writes its int8 tensor itself (unless
 // !fold_requantize). Layers named in `pinned` (a per-layer precision) keep their floating point.
 bool quantize_int8_layers(Network& net, bool fold_requantize = true,
-                                const std::set<std::string>& pinned = {});
+                          const std::set<std::string>& pinned = {});
 MemoryPlan plan_memory(const Network& net, const std::vector<OptimizationProfile>& profiles);
 
 }  // namespace kiln

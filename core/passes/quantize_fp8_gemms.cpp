@@ -85,8 +85,9 @@ bool quantize_fp8_gemms(Network& net) {
   bool changed = false;
   for (Layer fc : old) {
     std::vector<const Layer*> views;  // views and float casts between the fake_quantize and fc
-    const int p = maps_to_cublaslt(net, fc) ? quantization_producer(net, old, producer, fc.inputs[0], true, &views)
-                                            : -1;
+    const int p = maps_to_cublaslt(net, fc)
+                      ? quantization_producer(net, old, producer, fc.inputs[0], true, &views)
+                      : -1;
     const std::optional<float> s_x = p >= 0 ? e4m3_scale(net, old[static_cast<size_t>(p)]) : std::nullopt;
     if (!s_x) {
       net.mutable_layers().push_back(std::move(fc));

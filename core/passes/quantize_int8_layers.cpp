@@ -71,7 +71,9 @@ std::optional<float> int8_scale(const Network& net, const Layer& f) {
   return s;
 }
 
-bool int8_output(DataType y) { return y == DataType::kFloat16 || y == DataType::kBFloat16 || y == DataType::kFloat32; }
+bool int8_output(DataType y) {
+  return y == DataType::kFloat16 || y == DataType::kBFloat16 || y == DataType::kFloat32;
+}
 
 // The GEMM-like layers the INT8 kernel takes, with where their bias and residual are.
 struct Int8Candidate {
@@ -93,8 +95,8 @@ Int8Candidate int8_candidate(const Network& net, const Layer& l) {
   } else if (l.op == "fully_connected") {
     if (l.attrs.has("out_dtype")) return c;  // FP8 or INT8 already
     const Tensor& w = net.tensor(l.inputs[1]);
-    if (w.kind != TensorKind::kConstant || !is_floating(w.dtype) || w.dims.size() != 2 || w.dims[1] % 16 != 0 ||
-        w.dims[0] % 2 != 0)
+    if (w.kind != TensorKind::kConstant || !is_floating(w.dtype) || w.dims.size() != 2 ||
+        w.dims[1] % 16 != 0 || w.dims[0] % 2 != 0)
       return c;
     const bool residual = l.attrs.get_int("residual", int64_t{0}) != 0;
     c.has_bias = l.inputs.size() - (residual ? 1 : 0) == 3;
@@ -227,8 +229,9 @@ bool quantize_int8_layers(Network& net, bool fold, const std::set<std::string>& 
       lineage_from.push_back(layer.inputs[2]);
     }
     // The weight scales become part of the layer's constants: refit cannot replay them (yet).
-    LineagePtr w_lineage = blocked_lineage(
-        net, {layer.inputs[1]}, "its INT8 weight scales are computed by the builder", DataType::kInt8, w.dims);
+    LineagePtr w_lineage =
+        blocked_lineage(net, {layer.inputs[1]}, "its INT8 weight scales are computed by the builder",
+                        DataType::kInt8, w.dims);
     LineagePtr sb_lineage = blocked_lineage(
         net, lineage_from, "its INT8 weight scales are computed by the builder", DataType::kFloat32, {2, k});
     const TensorId wq =

@@ -87,8 +87,9 @@ std::vector<TensorDesc> infer_fully_connected(const Layer& layer, const std::vec
                who << ": a quantized fully_connected takes int8 x and weight, got " << dtype_name(x.dtype)
                    << " and " << dtype_name(w.dtype));
     y_dtype = parse_dtype(layer.attrs.get_string("out_dtype", who));
-    KILN_CHECK(y_dtype == DataType::kFloat32 || y_dtype == DataType::kFloat16 || y_dtype == DataType::kBFloat16,
-               who << ": out_dtype must be float32, float16 or bfloat16, got " << dtype_name(y_dtype));
+    KILN_CHECK(
+        y_dtype == DataType::kFloat32 || y_dtype == DataType::kFloat16 || y_dtype == DataType::kBFloat16,
+        who << ": out_dtype must be float32, float16 or bfloat16, got " << dtype_name(y_dtype));
     const int64_t lo = layer.attrs.get_int("output_quant_min", int64_t{-128});
     const int64_t hi = layer.attrs.get_int("output_quant_max", int64_t{127});
     KILN_CHECK(-128 <= lo && lo <= hi && hi <= 127, who << ": output_quant_min/max [" << lo << ", " << hi
@@ -122,7 +123,8 @@ std::vector<TensorDesc> infer_fully_connected(const Layer& layer, const std::vec
                who << ": unknown activation '" << act << "'; use \"none\" or a type of the activation op");
   }
   if (quantized) {
-    KILN_CHECK(operands == 3, who << ": a quantized fully_connected needs its per-feature scale and bias as input 2");
+    KILN_CHECK(operands == 3,
+               who << ": a quantized fully_connected needs its per-feature scale and bias as input 2");
     const TensorDesc& b = in[2];
     KILN_CHECK(b.dtype == DataType::kFloat32 && b.dims.size() == 2 && b.dims[0] == 2 &&
                    compatible(b.dims[1], w.dims[0]),

@@ -388,8 +388,9 @@ struct Int8Epilogue {
   }
 
   // Fills p's epilogue fields, checks the kernel takes p (naming the layer and `shapes`), launches.
-  void launch(Int8ConvParams& p, const std::string& shapes, const void* x, const void* w, const void* scale_bias,
-              const void* residual, const std::vector<TensorView>& outputs, void* stream) const {
+  void launch(Int8ConvParams& p, const std::string& shapes, const void* x, const void* w,
+              const void* scale_bias, const void* residual, const std::vector<TensorView>& outputs,
+              void* stream) const {
     p.act = act;
     p.activate = activate;
     p.rounding = out;
@@ -410,7 +411,8 @@ class Int8Convolution final : public Kernel {
  public:
   explicit Int8Convolution(Layer layer)
       : layer_(std::move(layer)), e_(layer_, conv_epilogue(layer_, layer_.inputs.size())) {
-    KILN_CHECK(channels_last(layer_), e_.who << ": the CUDA INT8 convolution runs channels last (layout nhwc)");
+    KILN_CHECK(channels_last(layer_),
+               e_.who << ": the CUDA INT8 convolution runs channels last (layout nhwc)");
   }
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
@@ -448,14 +450,16 @@ class Int8Convolution final : public Kernel {
 // `rows` pixels.
 class Int8FullyConnected final : public Kernel {
  public:
-  explicit Int8FullyConnected(const Layer& l) : e_(l, epilogue(l)), residual_(l.attrs.get_int("residual", int64_t{0}) != 0) {}
+  explicit Int8FullyConnected(const Layer& l)
+      : e_(l, epilogue(l)), residual_(l.attrs.get_int("residual", int64_t{0}) != 0) {}
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
     const TensorView &x = in[0], &w = in[1];
     const int64_t k = x.dims.empty() ? 0 : x.dims.back();
     const int64_t rows = k ? volume(x.dims) / k : 0;
-    KILN_CHECK(rows < (int64_t{1} << 31), e_.who << ": the CUDA INT8 kernel takes fewer than 2^31 rows, got " << rows);
+    KILN_CHECK(rows < (int64_t{1} << 31),
+               e_.who << ": the CUDA INT8 kernel takes fewer than 2^31 rows, got " << rows);
     Int8ConvParams p;
     p.n = p.h = p.r = p.s = p.p = 1;
     p.w = p.q = static_cast<int>(rows);

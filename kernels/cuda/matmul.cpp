@@ -437,7 +437,8 @@ const KernelRegistration kRegistered([] {
   register_kernel("matmul", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CublasLtMatmul>(l); });
   register_kernel("fully_connected", Backend::kCuda, [](const Layer& l) -> std::unique_ptr<Kernel> {
-    if (l.attrs.get_int("quantized", int64_t{0}) != 0) return make_int8_fully_connected(l);  // int8_convolution.cu
+    if (l.attrs.get_int("quantized", int64_t{0}) != 0)
+      return make_int8_fully_connected(l);  // int8_convolution.cu
     return std::make_unique<CublasLtFullyConnected>(l);
   });
 });

@@ -250,7 +250,13 @@ class Inspection:
             lines.append("")
             lines.append("quantization (scale, zero point; int8 range quant_min..quant_max):")
             lines += [f"  {la.name} ({la.op}): {_quant_params(la)}" for la in quant]
-        fp8 = [la for la in self.layers if la.op == "fully_connected" and "out_dtype" in la.attrs]
+        fp8 = [
+            la
+            for la in self.layers
+            if la.op == "fully_connected"
+            and "out_dtype" in la.attrs
+            and not la.attrs.get("quantized")
+        ]
         if fp8:
             lines.append("")
             lines.append("FP8 GEMMs (float8 e4m3 operands, per-tensor scales):")
@@ -259,16 +265,17 @@ class Inspection:
                 f"{la.attrs['weight_scale']:.6g} -> {la.attrs['out_dtype']}"
                 for la in fp8
             ]
-        int8 = [la for la in self.layers if la.op == "convolution" and la.attrs.get("quantized")]
-        if int8:
-            lines.append("")
-            lines.append(
-                "INT8 convolutions (int8 input and weight, per-channel weight scales, int32 sums):"
-            )
-            lines += [
-                f"  {la.name}: input scale {la.attrs['input_scale']:.6g} -> {_int8_out(la)}"
-                for la in int8
-            ]
+        for op, what in (("convolution", "convolutions"), ("fully_connected", "linear layers")):
+            int8 = [la for la in self.layers if la.op == op and la.attrs.get("quantized")]
+            if int8:
+                lines.append("")
+                lines.append(
+                    f"INT8 {what} (int8 input and weight, per-channel weight scales, int32 sums):"
+                )
+                lines += [
+                    f"  {la.name}: input scale {la.attrs['input_scale']:.6g} -> {_int8_out(la)}"
+                    for la in int8
+                ]
         if timed:
             shapes = ", ".join(f"{n} {_dims(d)}" for n, d in self.profile_shapes.items())
             lines.append("")
@@ -341,12 +348,14 @@ _QUANTIZATION_OPS = ("quantize", "dequantize", "fake_quantize")
 
 
 def _int8_out(la) -> str:
-    """What an INT8 convolution writes: its float dtype, or int8 and its requantization scale."""
+    """What an INT8 layer writes: its float dtype, or int8 and its requantization scale, or both
+    (an INT8 convolution's int8 copy)."""
     inv = la.attrs.get("output_inv_scale")
     if inv is None:
         return la.attrs["out_dtype"]
     lo, hi = la.attrs.get("output_quant_min", -128), la.attrs.get("output_quant_max", 127)
-    return f"int8 (scale {1 / inv:.6g}, range {lo}..{hi})"
+    int8 = f"int8 (scale {1 / inv:.6g}, range {lo}..{hi})"
+    return f"{la.attrs['out_dtype']} and {int8}" if la.attrs.get("int8_copy") else int8
 
 
 def _quant_params(la: LayerInfo) -> str:

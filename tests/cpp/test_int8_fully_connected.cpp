@@ -54,27 +54,30 @@ Network fake_quantized_mlp(const MlpCase& c) {
   fq.set("quant_min", int64_t{-127});
   fq.set("quant_max", int64_t{127});
   TensorId h = net.add_layer("fake_quantize", {t, scale1}, fq, "fq1").outputs[0];
-  h = net.add_layer("reshape", {h}, Attributes().set("shape", std::vector<int64_t>{-1, c.hidden}), "flat").outputs[0];
+  h = net.add_layer("reshape", {h}, Attributes().set("shape", std::vector<int64_t>{-1, c.hidden}), "flat")
+          .outputs[0];
   Attributes a1;
   a1.set("activation", c.activation);
-  h = net.add_layer("fully_connected", {h, grid_weight(net, "w1", c.ffn, c.hidden, 3), half_vector(net, "b1", c.ffn, 5)},
-                    a1, "fc1")
+  h = net.add_layer("fully_connected",
+                    {h, grid_weight(net, "w1", c.ffn, c.hidden, 3), half_vector(net, "b1", c.ffn, 5)}, a1,
+                    "fc1")
           .outputs[0];
   if (c.second_quantized) h = net.add_layer("fake_quantize", {h, scale2}, fq, "fq2").outputs[0];
-  std::vector<TensorId> in = {h, grid_weight(net, "w2", c.hidden, c.ffn, 7), half_vector(net, "b2", c.hidden, 9)};
+  std::vector<TensorId> in = {h, grid_weight(net, "w2", c.hidden, c.ffn, 7),
+                              half_vector(net, "b2", c.hidden, 9)};
   Attributes a2;
   if (c.residual) {
-    in.push_back(net.add_layer("reshape", {t}, Attributes().set("shape", std::vector<int64_t>{-1, c.hidden}),
-                               "flat_x")
-                     .outputs[0]);
+    in.push_back(
+        net.add_layer("reshape", {t}, Attributes().set("shape", std::vector<int64_t>{-1, c.hidden}), "flat_x")
+            .outputs[0]);
     a2.set("residual", int64_t{1});
   }
   h = net.add_layer("fully_connected", in, a2, "fc2").outputs[0];
   h = net.add_layer("reshape", {h}, Attributes().set("shape", std::vector<int64_t>{c.batch, c.seq, c.hidden}),
                     "unflat")
           .outputs[0];
-  net.mark_output(net.add_layer("cast", {h}, Attributes().set("to", std::string("float32")), "to32").outputs[0],
-                  "y");
+  net.mark_output(
+      net.add_layer("cast", {h}, Attributes().set("to", std::string("float32")), "to32").outputs[0], "y");
   return net;
 }
 
