@@ -32,6 +32,7 @@
 #include "core/passes/passes.h"
 #include "core/passes/pattern_match.h"
 #include "core/passes/quantized_inputs.h"
+#include "core/plan.h"
 #include "core/weight_transforms.h"
 #include "ir/op_schema.h"
 #include "ir/ops/convolution.h"
@@ -128,7 +129,8 @@ std::pair<std::shared_ptr<std::vector<uint8_t>>, std::vector<float>> quantize_we
   return {bytes, scales};
 }
 
-// A quantized convolution whose value a per-tensor int8 quantize reads (zero point 0 or none)
+// A quantized convolution or fully_connected whose value a per-tensor int8 quantize reads (zero
+// point 0 or none; through views that only it reads, which then reshape the int8 tensor instead)
 // writes that quantize's int8 tensor itself: the layer rounds its value to out_dtype and quantizes
 // it as the quantize did (output_inv_scale, output_quant_min/max), so the next INT8 layer reads
 // one byte per value. Where the quantize is the value's only reader no float tensor is written;
@@ -147,21 +149,40 @@ bool fold_requantize(Network& net) {
     const Layer& q = layers[i];
     if (q.op != "quantize" || q.inputs.size() < 2) continue;
     const TensorId y = q.inputs[0];
-    const int p = producer[static_cast<size_t>(y)];
+    const auto sole = [&](TensorId t) { return readers[static_cast<size_t>(t)] == 1 && !net.is_output(t); };
+    // Views (the reshape of a linear layer's rows to [batch, seq, features]) between the layer and
+    // the quantize, each the only reader of its input: they move onto the int8 tensor.
+    std::vector<size_t> views;  // nearest to the quantize first
+    int p = producer[static_cast<size_t>(y)];
+    for (TensorId t = y; p >= 0 && is_view_op(layers[static_cast<size_t>(p)].op) && sole(t);) {
+      views.push_back(static_cast<size_t>(p));
+      t = layers[static_cast<size_t>(p)].inputs[0];
+      p = sole(t) ? producer[static_cast<size_t>(t)] : -1;
+    }
     if (p < 0) continue;
     Layer& conv = layers[static_cast<size_t>(p)];  // a quantized convolution or fully_connected
-    const bool only_reader = readers[static_cast<size_t>(y)] == 1 && !net.is_output(y);
+    const bool only_reader = sole(y);
     if ((conv.op != "convolution" && conv.op != "fully_connected") ||
         conv.attrs.get_int("quantized", int64_t{0}) != 1 || conv.attrs.has("output_inv_scale"))
       continue;
-    if (conv.op == "fully_connected" && !only_reader) continue;  // no int8 copy: its value stays float
+    // An int8 copy only for a convolution's own value: a linear layer's value, or a view's, stays float.
+    if ((conv.op == "fully_connected" || !views.empty()) && !only_reader) continue;
     const std::optional<float> s = int8_scale(net, q);
     if (!s) continue;
     const QuantParams qp = quant_params(q, net.tensor(y).dims.size(), 1);
     conv.attrs.set("output_inv_scale", static_cast<double>(qp.has_inv_scale ? qp.inv_scale : 1.0f / *s));
     conv.attrs.set("output_quant_min", qp.quant_min);
     conv.attrs.set("output_quant_max", qp.quant_max);
-    if (only_reader) {
+    if (!views.empty()) {  // conv -> int8 -> views -> the quantize's int8 tensor
+      TensorId t = q.outputs[0];
+      for (size_t v : views) {
+        layers[v].outputs[0] = t;
+        const Tensor& in = net.tensor(layers[v].inputs[0]);
+        t = add_pass_tensor(net, in.name + "/int8", DataType::kInt8, in.dims);
+        layers[v].inputs[0] = t;
+      }
+      conv.outputs[0] = t;
+    } else if (only_reader) {
       conv.outputs[0] = q.outputs[0];
     } else {
       conv.attrs.set("int8_copy", int64_t{1});

@@ -19,6 +19,8 @@ struct MlpCase {
   std::string activation = "gelu";
   bool second_quantized = true;  // the second GEMM behind its own fake_quantize
   bool residual = true;          // the second GEMM adds x
+  bool views_between =
+      false;  // fc1's rows back to [B, S, F] before the fake_quantize, and to rows after (BERT)
 };
 
 // A constant weight [n, k] of float16 on a per-row int8 grid (integers times the row's step).
@@ -62,7 +64,12 @@ Network fake_quantized_mlp(const MlpCase& c) {
                     {h, grid_weight(net, "w1", c.ffn, c.hidden, 3), half_vector(net, "b1", c.ffn, 5)}, a1,
                     "fc1")
           .outputs[0];
+  const auto reshape = [&](TensorId t, std::vector<int64_t> shape, const std::string& name) {
+    return net.add_layer("reshape", {t}, Attributes().set("shape", std::move(shape)), name).outputs[0];
+  };
+  if (c.views_between) h = reshape(h, {c.batch, c.seq, c.ffn}, "unflat1");
   if (c.second_quantized) h = net.add_layer("fake_quantize", {h, scale2}, fq, "fq2").outputs[0];
+  if (c.views_between) h = reshape(h, {-1, c.ffn}, "flat2");
   std::vector<TensorId> in = {h, grid_weight(net, "w2", c.hidden, c.ffn, 7),
                               half_vector(net, "b2", c.hidden, 9)};
   Attributes a2;
@@ -127,6 +134,35 @@ TEST(Int8FullyConnected, FakeQuantizedLinearLayersBecomeInt8WithTheFirstWritingT
   EXPECT_FALSE(quantize_int8_layers(net));  // nothing left to do
 }
 
+// BERT's MLP: fc1's rows reshaped to [B, S, F], fake-quantized, reshaped back to rows for fc2.
+// fc1 still writes fc2's int8 input; the reshapes move onto the int8 tensor.
+TEST(Int8FullyConnected, FirstLayerWritesTheInt8InputThroughViews) {
+  MlpCase c;
+  c.views_between = true;
+  Network net = fake_quantized_mlp(c);
+  const test::Feed f = feed(c, 25);
+  const std::vector<float> before = test::run_reference(net, f, false).at("y");
+  ASSERT_TRUE(quantize_int8_layers(net));
+  eliminate_dead_layers(net);
+  EXPECT_EQ(test::ops_of(net),
+            (std::vector<std::string>{"cast", "quantize", "reshape", "fully_connected", "reshape", "reshape",
+                                      "reshape", "fully_connected", "reshape", "cast"}));
+  const Layer& fc1 = test::layer_named(net, "fc1");
+  const Layer& unflat = test::layer_named(net, "unflat1");
+  const Layer& fc2 = test::layer_named(net, "fc2");
+  EXPECT_TRUE(fc1.attrs.has("output_inv_scale"));
+  EXPECT_EQ(net.tensor(fc1.outputs[0]).dtype, DataType::kInt8);
+  EXPECT_EQ(net.tensor(fc1.outputs[0]).dims, (Dims{c.batch * c.seq, c.ffn}));
+  EXPECT_EQ(unflat.inputs[0], fc1.outputs[0]);
+  EXPECT_EQ(net.tensor(unflat.outputs[0]).dtype, DataType::kInt8);
+  EXPECT_EQ(net.tensor(fc2.inputs[0]).dtype, DataType::kInt8);
+  const std::vector<float> after = test::run_reference(net, f, false).at("y");
+  Network unfolded = fake_quantized_mlp(c);
+  ASSERT_TRUE(quantize_int8_layers(unfolded, /*fold_requantize=*/false));
+  EXPECT_EQ(after, test::run_reference(unfolded, f, false).at("y"));
+  expect_close(after, before, 5e-2f);
+}
+
 TEST(Int8FullyConnected, OnlyWhereTheInt8KernelRuns) {
   MlpCase odd;
   odd.hidden = 24;  // fc1's input features not a multiple of 16; fc2 (64 in, 24 out) qualifies
@@ -165,6 +201,7 @@ TEST(Int8FullyConnected, CudaKernelMatchesTheReferenceOnEveryTile) {
     c.seq = 37;  // 185 rows: inside every tile's M
     c.hidden = 48;
     c.ffn = 144;
+    c.views_between = act == "gelu";
     const Network net = fake_quantized_mlp(c);
     const test::Feed f = feed(c, 23);
     Network quantized = net;
