@@ -39,14 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models as zoo  # noqa: E402 (bench/models.py, next to this file)
 from models import compare, first_tensor  # noqa: E402
 
-SYSTEMS = ("eager", "compile", "reduce_overhead", "kiln")
-PEERS = ("eager", "compile", "reduce_overhead")
+SYSTEMS = ("eager", "compile", "reduce_overhead", "torchao", "kiln")
+PEERS = ("eager", "compile", "reduce_overhead", "torchao")
 LABELS = {
     "eager": "eager",
     "compile": "torch.compile",
     "reduce_overhead": "compile r-o",
+    "torchao": "torchao int8 r-o",
     "kiln": "Kiln",
 }
+SHORT = {"eager": "eager", "compile": "compile", "reduce_overhead": "r-o", "torchao": "torchao"}
 ALL_MODELS = ("resnet50", "mobilenet_v3_large", "vit_b_16", "bert", "gpt2")
 DEFAULT = dict(models="resnet50,bert,vit_b_16", precisions="fp16", batches="1,32", deadline=520.0)
 FULL = dict(models=",".join(ALL_MODELS), precisions="fp32,fp16", batches="1,32", deadline=0.0)
@@ -95,9 +97,12 @@ class Row:
         return None
 
     def ran(self) -> bool:
-        """Eager and Kiln measured, and no system failed."""
+        """Eager and Kiln measured, and no system failed (torchao, an optional package whose
+        failures say nothing of Kiln, aside: its error is in the row's notes)."""
         ok = all(self.systems[s].status == "ok" for s in ("eager", "kiln"))
-        return ok and not any(m.status == "error" for m in self.systems.values())
+        return ok and not any(
+            m.status == "error" for n, m in self.systems.items() if n != "torchao"
+        )
 
 
 # ---- statistics and numerics ----------------------------------------------------------------
@@ -553,27 +558,71 @@ def run_matrix(
     # every model gets its first cells before any model gets its last.
     peers = not args.skip_peers and device.type == "cuda"
     why_not = "--skip-peers" if args.skip_peers else "torch.compile runs on CUDA only"
-    modes = (("compile", None), ("reduce_overhead", "reduce-overhead"))
+    # torchao's INT8 (dynamic int8 activations, int8 weights, in its linear layers) under
+    # reduce-overhead: the INT8 rows' own peer.
+    modes = (
+        ("compile", None),
+        ("reduce_overhead", "reduce-overhead"),
+        ("torchao", "reduce-overhead"),
+    )
     for batch in batches:
         for system, mode in modes:
             for entry in entries:
                 for precision in precisions:
                     row = rows[(entry.name, precision, batch)]
                     why = why_not if not peers else budget.allows(entry.name)
+                    if system == "torchao":
+                        why = torchao_unavailable(precision) or why
                     if why:
                         row.systems[system] = Measurement("skipped", why)
                         continue
                     model = _cast(bases[entry.name], precision)
+                    if system == "torchao":
+                        try:
+                            model = torchao_int8(model, device)
+                        except Exception as e:  # noqa: BLE001 (the peer's failure is reported)
+                            row.systems[system] = _error(e, args.verbose)
+                            continue
                     cpu = torch.device("cpu")
                     input_sets = _on(make_input_sets(entry, batch, cpu, precision), device)
                     log(f"[{budget.elapsed():6.1f}s] {entry.name} {precision} b{batch}: {system}")
                     with zoo.torch_tf32(precision == "fp32" and args.tf32):
                         row.systems[system] = run_torch_compile(
-                            model, mode, input_sets, batch, args, device, budget, entry.name
+                            model,
+                            mode,
+                            input_sets,
+                            batch,
+                            args,
+                            device,
+                            budget,
+                            entry.name,
+                            offload=system != "torchao",
                         )
                     del model, input_sets
                     free_memory(device)
     return list(rows.values())
+
+
+def torchao_unavailable(precision: str) -> str | None:
+    """Why a row has no torchao peer (None when it has one)."""
+    if precision != "int8":
+        return "int8 rows only"
+    try:
+        import torchao.quantization  # noqa: F401
+    except Exception as e:  # noqa: BLE001 (not installed, or built for another torch)
+        return truncate(f"torchao does not import: {e}")
+    return None
+
+
+def torchao_int8(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`model` (a copy) with torchao's INT8 in its linear layers (Int8DynamicActivationInt8Weight:
+    activations quantized per token at run time, weights per channel), on `device`. torchao
+    quantizes linear layers only: convolutions stay as they are."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    model = copy.deepcopy(model).to(device)
+    quantize_(model, Int8DynamicActivationInt8WeightConfig())
+    return model
 
 
 def _eager_and_kiln(row: Row, entry, model, truth, args, device, budget, plans_dir, log) -> None:
@@ -610,9 +659,12 @@ def _eager_and_kiln(row: Row, entry, model, truth, args, device, budget, plans_d
     free_memory(device)
 
 
-def run_torch_compile(model, mode, input_sets, batch, args, device, budget, name) -> Measurement:
+def run_torch_compile(
+    model, mode, input_sets, batch, args, device, budget, name, offload=True
+) -> Measurement:
     """torch.compile(model, mode=mode) with static shapes, measured like the others. The model
-    is on the GPU only while this runs."""
+    is on the GPU only while this runs (`offload`: moved back to the CPU after; a throwaway
+    copy, torchao's, is left to the caller to drop)."""
     import torch._dynamo
 
     torch._dynamo.reset()
@@ -639,7 +691,8 @@ def run_torch_compile(model, mode, input_sets, batch, args, device, budget, name
         m = _error(e, args.verbose)
     finally:
         torch._dynamo.reset()
-        model.cpu()
+        if offload:
+            model.cpu()
         free_memory(device)
     return m
 
@@ -663,9 +716,12 @@ def markdown(rows: Sequence[Row], peaks=None) -> str:
     lines = [
         "Median latency (ms), Kiln's speedup over each peer, Kiln's error vs FP32 eager:",
         "",
-        "| model | prec | batch | eager | torch.compile | compile r-o | Kiln | "
-        "x eager | x compile | x r-o | max abs err | cosine | notes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| model | prec | batch | "
+        + " | ".join(LABELS[n] for n in SYSTEMS)
+        + " | "
+        + " | ".join(f"x {SHORT[p]}" for p in PEERS)
+        + " | max abs err | cosine | notes |",
+        "|---|---|---:|" + "---:|" * (len(SYSTEMS) + len(PEERS) + 2) + "---|",
     ]
     for r in rows:
         s = r.systems

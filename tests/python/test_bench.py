@@ -221,6 +221,24 @@ def test_int8_row_is_calibrated_in_the_fp16_model(tiny_zoo, tmp_path, capsys):
     # Quantized, so near the FP32 truth but not at it.
     assert 0.99 < row["cosine"] < 1.0 and row["max_abs_err"] > 0
     assert "| tiny | int8 |" in (out / "results.md").read_text()
+    # Its torchao peer runs with the other torch.compile peers, on CUDA only.
+    assert row["systems"]["torchao"]["status"] == "skipped"
+    assert "x torchao" in (out / "results.md").read_text()
+
+
+def test_torchao_peer_quantizes_the_linear_layers():
+    pytest.importorskip("torchao.quantization")
+    assert bench.torchao_unavailable("fp16") == "int8 rows only"
+    assert bench.torchao_unavailable("int8") is None
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+    quantized = bench.torchao_int8(model.eval(), torch.device("cpu"))
+    assert type(quantized[0].weight) is not torch.nn.Parameter  # torchao's int8 tensor
+    assert type(model[0].weight) is torch.nn.Parameter  # a copy was quantized
+    x = torch.randn(16, 64)
+    with torch.no_grad():
+        want, got = model(x), quantized(x)
+    assert 0 < (got - want).abs().max().item() < 0.05
 
 
 def test_kiln_failure_still_gives_a_row(tiny_zoo, tmp_path, monkeypatch, capsys):
@@ -322,14 +340,17 @@ def test_main_cuda_all_systems(tiny_zoo, tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert rc == 0, data
     for r in data["rows"]:
-        for name in bench.SYSTEMS:
+        # torchao's INT8 is the peer of INT8 rows only.
+        assert r["systems"]["torchao"] == {**r["systems"]["torchao"], "status": "skipped"}
+        systems = [name for name in bench.SYSTEMS if name != "torchao"]
+        for name in systems:
             m = r["systems"][name]
             assert m["status"] == "ok", (name, m)
             assert m["latency_ms"] > 0 and m["peak_mem_mib"] > 0
         k = r["systems"]["kiln"]["extra"]
         assert k["engines"] == 1 and k["fallbacks"] == 0
         assert k["external_mib"] >= 0 and k["plan_device_mib"] > 0
-        for name in bench.SYSTEMS:
+        for name in systems:
             extra = r["systems"][name]["extra"]
             assert extra["resident_mib"] > 0 and extra["inference_mib"] >= 0, (name, extra)
             assert "baseline_freed_mib" not in extra, (name, extra)
