@@ -268,6 +268,11 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
         "quantize_int8_layers", [&](Network& n) { return quantize_int8_layers(n, true, pinned); }, net);
   }
   if (config.optimization_level > 0) run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
+  // 4d. The quantize layers those passes made where a normalization's value is a GEMM's quantized
+  //     input and also a residual: the normalization writes the quantized copy itself.
+  if ((config.precision.int8 || config.precision.fp8) && config.optimization_level > 0) {
+    run_pass("fold_quantize_copies", fold_quantize_copies, net);
+  }
   // 5. choose layouts: channels last for float16/bfloat16 convolutions (after precision, which
   //    decides the dtypes), transposes only where a chain of channels-last layers ends.
   if (config.optimization_level > 0) {

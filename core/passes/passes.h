@@ -79,6 +79,10 @@ bool quantize_fp8_gemms(Network& net);
 // !fold_requantize). Layers named in `pinned` (a per-layer precision) keep their floating point.
 bool quantize_int8_layers(Network& net, bool fold_requantize = true,
                           const std::set<std::string>& pinned = {});
+// After the FP8 / INT8 passes: a per-tensor quantize reading a layer_norm's or rms_norm's value
+// (through views only it reads) becomes the normalization's quantized copy, a second output
+// (QuantizedCopy): no quantize kernel reads the value again.
+bool fold_quantize_copies(Network& net);
 MemoryPlan plan_memory(const Network& net, const std::vector<OptimizationProfile>& profiles);
 
 }  // namespace kiln

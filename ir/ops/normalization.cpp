@@ -12,7 +12,10 @@
 //   (sample, group) over C/num_groups channels and all spatial positions; `eps` (default 1e-5).
 // rms_norm: x [, weight]; y = x / sqrt(mean(x^2) + eps) * weight over the last `normalized_ndim`
 //   dims (default 1); `eps` default 1e-6 (torch's default is finfo(dtype).eps: pass it explicitly).
+// layer_norm and rms_norm may also write y's quantized copy (QuantizedCopy, normalization.h).
 #include "ir/ops/normalization.h"
+
+#include <cmath>
 
 #include "ir/error.h"
 #include "ir/op_schema.h"
@@ -81,6 +84,13 @@ std::vector<TensorDesc> infer_batch_norm(const Layer& layer, const std::vector<T
   return {{x.dtype, x.dims}};
 }
 
+// y, and its quantized copy when the layer has one.
+std::vector<TensorDesc> with_copy(const Layer& layer, const TensorDesc& x) {
+  const QuantizedCopy c = quantized_copy(layer);
+  if (!c.on) return {{x.dtype, x.dims}};
+  return {{x.dtype, x.dims}, {c.e4m3 ? DataType::kFloat8E4M3 : DataType::kInt8, x.dims}};
+}
+
 std::vector<TensorDesc> infer_layer_norm(const Layer& layer, const std::vector<TensorDesc>& in) {
   const std::string who = describe(layer);
   const TensorDesc& x = in[0];
@@ -88,7 +98,7 @@ std::vector<TensorDesc> infer_layer_norm(const Layer& layer, const std::vector<T
   int k = normalized_ndim(layer, x);
   check_params(who, in, 1, {"weight", "bias"}, Dims(x.dims.end() - k, x.dims.end()));
   check_eps(layer, kDefaultNormEps);
-  return {{x.dtype, x.dims}};
+  return with_copy(layer, x);
 }
 
 std::vector<TensorDesc> infer_group_norm(const Layer& layer, const std::vector<TensorDesc>& in) {
@@ -115,10 +125,30 @@ std::vector<TensorDesc> infer_rms_norm(const Layer& layer, const std::vector<Ten
   int k = normalized_ndim(layer, x);
   check_params(who, in, 1, {"weight"}, Dims(x.dims.end() - k, x.dims.end()));
   check_eps(layer, kDefaultRmsNormEps);
-  return {{x.dtype, x.dims}};
+  return with_copy(layer, x);
 }
 
 }  // namespace
+
+QuantizedCopy quantized_copy(const Layer& layer) {
+  QuantizedCopy c;
+  if (!layer.attrs.has("quantized_copy")) return c;
+  const std::string who = describe(layer);
+  const std::string format = layer.attrs.get_string("quantized_copy", who);
+  KILN_CHECK(format == "int8" || format == "e4m3",
+             who << ": quantized_copy must be int8 or e4m3, got '" << format << "'");
+  c.on = true;
+  c.e4m3 = format == "e4m3";
+  c.inv_scale = static_cast<float>(layer.attrs.get_float("copy_inv_scale", who));
+  KILN_CHECK(c.inv_scale > 0.f && std::isfinite(c.inv_scale),
+             who << ": copy_inv_scale must be positive and finite, got " << c.inv_scale);
+  c.lo = layer.attrs.get_int("copy_quant_min", int64_t{-128});
+  c.hi = layer.attrs.get_int("copy_quant_max", int64_t{127});
+  KILN_CHECK(-128 <= c.lo && c.lo <= c.hi && c.hi <= 127, who << ": copy_quant_min/max [" << c.lo << ", "
+                                                              << c.hi
+                                                              << "] must be ordered inside [-128, 127]");
+  return c;
+}
 
 namespace {
 
@@ -131,21 +161,36 @@ const std::vector<AttrSpec> kBatchNormAttributes = {
     {"eps", AttrType::kFloat, AttrValue{kDefaultNormEps}, "added to var, >= 0"},
 };
 
-const std::vector<AttrSpec> kLayerNormAttributes = {
+// The quantized copy's attributes (QuantizedCopy), set by the builder.
+const std::vector<AttrSpec> kCopyAttributes = {
+    {"quantized_copy", AttrType::kString, std::nullopt,
+     "set by the builder (fold_quantize_copies): int8 or e4m3, a second output holding y quantized per "
+     "tensor (a quantize layer folded in)"},
+    {"copy_inv_scale", AttrType::kFloat, std::nullopt, "with quantized_copy: 1 / the quantize's scale"},
+    {"copy_quant_min", AttrType::kInt, AttrValue{int64_t{-128}}, "with quantized_copy int8: its range"},
+    {"copy_quant_max", AttrType::kInt, AttrValue{int64_t{127}}, "with quantized_copy int8: its range"},
+};
+
+std::vector<AttrSpec> with_copy_attributes(std::vector<AttrSpec> attrs) {
+  attrs.insert(attrs.end(), kCopyAttributes.begin(), kCopyAttributes.end());
+  return attrs;
+}
+
+const std::vector<AttrSpec> kLayerNormAttributes = with_copy_attributes({
     {"normalized_ndim", AttrType::kInt, AttrValue{int64_t{1}}, "normalize over the last k dims"},
     {"eps", AttrType::kFloat, AttrValue{kDefaultNormEps}, "added to the variance, >= 0"},
-};
+});
 
 const std::vector<AttrSpec> kGroupNormAttributes = {
     {"num_groups", AttrType::kInt, std::nullopt, "required: divides C"},
     {"eps", AttrType::kFloat, AttrValue{kDefaultNormEps}, "added to the variance, >= 0"},
 };
 
-const std::vector<AttrSpec> kRmsNormAttributes = {
+const std::vector<AttrSpec> kRmsNormAttributes = with_copy_attributes({
     {"normalized_ndim", AttrType::kInt, AttrValue{int64_t{1}}, "normalize over the last k dims"},
     {"eps", AttrType::kFloat, AttrValue{kDefaultRmsNormEps},
      "added to mean(x^2), >= 0 (not torch's finfo(dtype).eps: converters pass that explicitly)"},
-};
+});
 
 const SchemaRegistration kRegistered{
     {"softmax", 1, 1, infer_softmax, kSoftmaxAttributes},

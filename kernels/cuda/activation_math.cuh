@@ -103,6 +103,12 @@ struct alignas(16) Vec16 {
   T v[kSize];
 };
 
+// kVec elements of T loaded or stored as one aligned access.
+template <typename T, int kVec>
+struct alignas(sizeof(T) * kVec) Pack {
+  T v[kVec];
+};
+
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace kiln

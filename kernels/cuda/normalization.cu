@@ -11,7 +11,10 @@
 #include <initializer_list>
 #include <type_traits>
 
+#include <cuda_fp8.h>
+
 #include "ir/op_schema.h"
+#include "ir/ops/normalization.h"
 #include "ir/ops/reduce.h"
 #include "kernels/cuda/activation_math.cuh"
 #include "kernels/cuda/block_reduce.cuh"
@@ -256,9 +259,26 @@ struct RowNormShape {
   int64_t rows, len, groups, channels_per_group, spatial;
 };
 
+// The quantized copy of y (QuantizedCopy; q null: none), written as the quantize layer's kernel
+// computes it from the rounded y: int8 clamp(rint(y * inv)), e4m3 saturated nearest even.
+struct CopyParams {
+  uint8_t* q = nullptr;
+  bool e4m3 = false;
+  float inv = 1.f, lo = -128.f, hi = 127.f;
+};
+
+template <typename T>
+__device__ __forceinline__ uint8_t quantized_copy_of(const CopyParams& c, T y) {
+  const float v = __fmul_rn(to_float(y), c.inv);
+  if (c.e4m3) return static_cast<uint8_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
+  const float r = rintf(v);
+  return static_cast<uint8_t>(static_cast<int8_t>(r != r ? c.lo : fminf(fmaxf(r, c.lo), c.hi)));
+}
+
 template <typename T, typename P>
 __global__ void row_norm_kernel(RowNormShape s, float eps, bool rms, const T* __restrict__ x,
-                                const P* __restrict__ weight, const P* __restrict__ bias, T* __restrict__ y) {
+                                const P* __restrict__ weight, const P* __restrict__ bias, T* __restrict__ y,
+                                CopyParams copy) {
   __shared__ float shared[kMaxWarps];
   for (int64_t r = blockIdx.x; r < s.rows; r += gridDim.x) {
     const T* row = x + r * s.len;
@@ -280,7 +300,9 @@ __global__ void row_norm_kernel(RowNormShape s, float eps, bool rms, const T* __
       float v = (to_float(row[j]) - mean) * inv;
       if (weight) v *= to_float(weight[p]);
       if (bias) v += to_float(bias[p]);
-      y[r * s.len + j] = from_float<T>(v);
+      const T out = from_float<T>(v);
+      y[r * s.len + j] = out;
+      if (copy.q) copy.q[r * s.len + j] = quantized_copy_of(copy, out);
     }
   }
 }
@@ -290,7 +312,8 @@ __global__ void row_norm_kernel(RowNormShape s, float eps, bool rms, const T* __
 template <typename T, typename P, int kVecs>
 __global__ void __launch_bounds__(kRegBlock)
     row_norm_reg_kernel(int64_t rows, int64_t len, float eps, bool rms, const T* __restrict__ x,
-                        const P* __restrict__ weight, const P* __restrict__ bias, T* __restrict__ y) {
+                        const P* __restrict__ weight, const P* __restrict__ bias, T* __restrict__ y,
+                        CopyParams copy) {
   constexpr int V = Vec16<T>::kSize;
   __shared__ float shared[kMaxWarps];
   const int64_t nvec = len / V;
@@ -339,6 +362,12 @@ __global__ void __launch_bounds__(kRegBlock)
           o.v[j] = from_float<T>(f);
         }
         yr[idx] = o;
+        if (copy.q) {  // V bytes, one aligned store (the row and its start are V-aligned)
+          Pack<uint8_t, V> qv;
+#pragma unroll
+          for (int j = 0; j < V; ++j) qv.v[j] = quantized_copy_of(copy, o.v[j]);
+          *reinterpret_cast<Pack<uint8_t, V>*>(copy.q + r * len + idx * V) = qv;
+        }
       }
     }
   }
@@ -351,7 +380,8 @@ class CudaRowNorm final : public Kernel {
         rms_(l.op == "rms_norm"),
         eps_(static_cast<float>(l.attrs.get_float("eps", default_float(l.op, "eps")))),
         ndim_(l.attrs.get_int("normalized_ndim", int64_t{1})),
-        groups_(l.attrs.get_int("num_groups", int64_t{1})) {}
+        groups_(l.attrs.get_int("num_groups", int64_t{1})),
+        copy_(quantized_copy(l)) {}
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
@@ -375,21 +405,30 @@ class CudaRowNorm final : public Kernel {
       const P* bias = in.size() > 2 ? static_cast<const P*>(in[2].data) : nullptr;
       auto* x = static_cast<const T*>(in[0].data);
       auto* y = static_cast<T*>(out[0].data);
+      CopyParams copy;
+      if (copy_.on) {
+        copy.q = static_cast<uint8_t*>(out[1].data);
+        copy.e4m3 = copy_.e4m3;
+        copy.inv = copy_.inv_scale;
+        copy.lo = static_cast<float>(copy_.lo);
+        copy.hi = static_cast<float>(copy_.hi);
+      }
       // The register kernel indexes parameters by the element's position in the row: right for
       // layer_norm/rms_norm, and for group_norm only when each row is one group of channels with no
       // spatial extent (otherwise a parameter belongs to a channel, i.e. to `spatial` elements).
       const bool param_per_element = s.groups == 1 && s.spatial == 1;
-      if (param_per_element && reg_row_ok<T>(s.len, {x, y})) {
+      if (param_per_element && reg_row_ok<T>(s.len, {x, y, copy.q})) {
         dispatch_reg_vecs(reg_vecs_per_thread(s.len / Vec16<T>::kSize), [&](auto vecs) {
           row_norm_reg_kernel<T, P, decltype(vecs)::value>
               <<<grid_for(s.rows, 1), kRegBlock, 0, static_cast<cudaStream_t>(ctx.stream)>>>(
-                  s.rows, s.len, eps_, rms_, x, weight, bias, y);
+                  s.rows, s.len, eps_, rms_, x, weight, bias, y, copy);
         });
         return;
       }
       row_norm_kernel<T, P>
           <<<grid_for(s.rows, 1), row_block_size(s.len), 0, static_cast<cudaStream_t>(ctx.stream)>>>(
-              s, eps_, rms_, static_cast<const T*>(in[0].data), weight, bias, static_cast<T*>(out[0].data));
+              s, eps_, rms_, static_cast<const T*>(in[0].data), weight, bias, static_cast<T*>(out[0].data),
+              copy);
     });
     KILN_CUDA_CHECK_LAUNCH();
   }
@@ -400,6 +439,7 @@ class CudaRowNorm final : public Kernel {
   bool rms_;
   float eps_;
   int64_t ndim_, groups_;
+  QuantizedCopy copy_;
 };
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "ir/minifloat.h"
 #include "ir/op_schema.h"
 #include "ir/ops/quantize.h"
+#include "kernels/cuda/activation_math.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/kernel.h"
@@ -86,12 +87,6 @@ __device__ __forceinline__ uint8_t to_e4m3(float v) {
 __device__ __forceinline__ float from_e4m3(uint8_t b) {
   return __half2float(__half(__nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(b), __NV_E4M3)));
 }
-
-// kVec elements loaded or stored as one aligned access.
-template <typename T, int kVec>
-struct alignas(sizeof(T) * kVec) Pack {
-  T v[kVec];
-};
 
 // FP8 (format e4m3): kVec elements per thread with one vector load and store (n % kVec == 0,
 // pointers aligned), float8 stored as uint8_t.

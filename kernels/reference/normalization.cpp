@@ -4,6 +4,7 @@
 
 #include "ir/error.h"
 #include "ir/op_schema.h"
+#include "ir/ops/normalization.h"
 #include "ir/ops/reduce.h"
 #include "kernels/kernel.h"
 #include "kernels/reduce_geometry.h"
@@ -71,8 +72,10 @@ struct RowNormShape {
   int64_t rows, len, groups, channels_per_group, spatial;
 };
 
+// With a quantized copy (`copy` non-null), each y value rounded to y's dtype is also quantized
+// into *copy as the quantize layer would.
 void row_norm(const std::vector<TensorView>& in, const TensorView& y, const RowNormShape& s, double eps,
-              bool rms) {
+              bool rms, const QuantizedCopy& c = {}, const TensorView* copy = nullptr) {
   const TensorView& x = in[0];
   for (int64_t r = 0; r < s.rows; ++r) {
     int64_t base = r * s.len;
@@ -90,6 +93,12 @@ void row_norm(const std::vector<TensorView>& in, const TensorView& y, const RowN
       if (in.size() > 1) v *= load_element(in[1], p);
       if (in.size() > 2) v += load_element(in[2], p);
       store_element(y, base + j, v);
+      if (copy) {
+        const float r = round_to_dtype(y.dtype, v);
+        store_element(
+            *copy, base + j,
+            c.e4m3 ? static_cast<double>(r * c.inv_scale) : quantize_value(r, c.inv_scale, 0, c.lo, c.hi));
+      }
     }
   }
 }
@@ -108,7 +117,8 @@ class RefRowNorm final : public Kernel {
         rms_(l.op == "rms_norm"),
         eps_(l.attrs.get_float("eps", default_float(l.op, "eps"))),
         ndim_(l.attrs.get_int("normalized_ndim", int64_t{1})),
-        groups_(l.attrs.get_int("num_groups", int64_t{1})) {}
+        groups_(l.attrs.get_int("num_groups", int64_t{1})),
+        copy_(quantized_copy(l)) {}
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext&) const override {
@@ -123,7 +133,7 @@ class RefRowNorm final : public Kernel {
       s = trailing_rows(d, ndim_);
     }
     if (s.len == 0) return;
-    row_norm(in, out[0], s, eps_, rms_);
+    row_norm(in, out[0], s, eps_, rms_, copy_, copy_.on ? &out[1] : nullptr);
   }
   std::string name() const override { return "ref_" + op_; }
 
@@ -132,6 +142,7 @@ class RefRowNorm final : public Kernel {
   bool rms_;
   double eps_;
   int64_t ndim_, groups_;
+  QuantizedCopy copy_;
 };
 
 }  // namespace

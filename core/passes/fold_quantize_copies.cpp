@@ -1,0 +1,104 @@
+// fold_quantize_copies: a quantize layer (per tensor: one constant float32 scale, zero point 0 or
+// none; int8 or e4m3) whose input is a layer_norm's or rms_norm's value, directly or through views
+// that only the next of them reads, becomes that normalization's quantized copy (QuantizedCopy,
+// ir/ops/normalization.h): the normalization writes y and y quantized exactly as the quantize
+// computed it, the views reshape the quantized tensor instead, and no quantize kernel reads y
+// again. In a transformer the normalized value is both the next GEMM's quantized input (the
+// quantize layers quantize_fp8_gemms and quantize_int8_layers make) and a residual, so y stays.
+#include <cmath>
+#include <cstring>
+
+#include "core/passes/fused_names.h"
+#include "core/passes/passes.h"
+#include "core/plan.h"
+#include "ir/ops/normalization.h"
+#include "ir/ops/quantize.h"
+#include "kernels/reference/host_access.h"
+
+namespace kiln {
+namespace {
+
+bool constant(const Network& net, TensorId t) { return net.tensor(t).kind == TensorKind::kConstant; }
+
+// The copy a quantize layer computes, or `on` false when it is not a per-tensor one of this kind.
+QuantizedCopy copy_of(const Network& net, const Layer& q) {
+  QuantizedCopy c;
+  if (q.op != "quantize" || q.inputs.size() < 2 || !constant(net, q.inputs[1])) return c;
+  const Tensor& scale = net.tensor(q.inputs[1]);
+  if (scale.dtype != DataType::kFloat32 || volume(scale.dims) != 1) return c;
+  if (q.inputs.size() == 3) {
+    const Tensor& zp = net.tensor(q.inputs[2]);
+    if (!constant(net, q.inputs[2]) || volume(zp.dims) != 1) return c;
+    TensorView v{const_cast<uint8_t*>(zp.data->data()), zp.dtype, zp.dims};
+    if (load_element(v, 0) != 0.0) return c;
+  }
+  const QuantParams p = quant_params(q, net.tensor(q.inputs[0]).dims.size(), 1);
+  if (p.minifloat || p.per_channel || (!p.e4m3 && net.tensor(q.outputs[0]).dtype != DataType::kInt8)) return c;
+  float s = 0.f;
+  std::memcpy(&s, scale.data->data(), sizeof(s));
+  c.inv_scale = p.has_inv_scale ? p.inv_scale : 1.0f / s;
+  if (!(c.inv_scale > 0.f) || !std::isfinite(c.inv_scale)) return c;
+  c.on = true;
+  c.e4m3 = p.e4m3;
+  c.lo = p.quant_min;
+  c.hi = p.quant_max;
+  return c;
+}
+
+}  // namespace
+
+bool fold_quantize_copies(Network& net) {
+  const std::vector<int> producer = net.producers();
+  std::vector<int> readers(net.tensors().size(), 0);
+  for (const auto& l : net.layers()) {
+    for (TensorId t : l.inputs) ++readers[static_cast<size_t>(t)];
+  }
+  const auto sole = [&](TensorId t) { return readers[static_cast<size_t>(t)] == 1 && !net.is_output(t); };
+  std::vector<Layer>& layers = net.mutable_layers();
+  std::vector<bool> folded(layers.size(), false);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const Layer& q = layers[i];
+    const QuantizedCopy c = copy_of(net, q);
+    if (!c.on) continue;
+    // Views from the normalization to the quantize, nearest to the quantize first; each view's
+    // output is read by the next one only (the normalization's own value may have other readers).
+    std::vector<size_t> views;
+    TensorId t = q.inputs[0];
+    int p = producer[static_cast<size_t>(t)];
+    while (p >= 0 && is_view_op(layers[static_cast<size_t>(p)].op) && sole(t)) {
+      views.push_back(static_cast<size_t>(p));
+      t = layers[static_cast<size_t>(p)].inputs[0];
+      p = producer[static_cast<size_t>(t)];
+    }
+    if (p < 0) continue;
+    Layer& norm = layers[static_cast<size_t>(p)];
+    if ((norm.op != "layer_norm" && norm.op != "rms_norm") || norm.attrs.has("quantized_copy")) continue;
+    norm.attrs.set("quantized_copy", std::string(c.e4m3 ? "e4m3" : "int8"));
+    norm.attrs.set("copy_inv_scale", static_cast<double>(c.inv_scale));
+    if (!c.e4m3) {
+      norm.attrs.set("copy_quant_min", c.lo);
+      norm.attrs.set("copy_quant_max", c.hi);
+    }
+    // norm -> copy -> views -> the quantize's tensor
+    TensorId copy = q.outputs[0];
+    const DataType dtype = net.tensor(copy).dtype;
+    for (size_t v : views) {
+      layers[v].outputs[0] = copy;
+      const Tensor& in = net.tensor(layers[v].inputs[0]);
+      copy = add_pass_tensor(net, in.name + (c.e4m3 ? "/fp8" : "/int8"), dtype, in.dims);
+      layers[v].inputs[0] = copy;
+    }
+    norm.outputs.push_back(copy);
+    folded[i] = true;
+  }
+  std::vector<Layer> kept;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (!folded[i]) kept.push_back(std::move(layers[i]));
+  }
+  const bool changed = kept.size() != layers.size();
+  layers = std::move(kept);
+  if (changed) net.compact();
+  return changed;
+}
+
+}  // namespace kiln
