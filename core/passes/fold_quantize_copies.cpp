@@ -10,6 +10,7 @@
 
 #include "core/passes/fused_names.h"
 #include "core/passes/passes.h"
+#include "core/passes/quantized_inputs.h"
 #include "core/plan.h"
 #include "ir/ops/normalization.h"
 #include "ir/ops/quantize.h"
@@ -33,7 +34,8 @@ QuantizedCopy copy_of(const Network& net, const Layer& q) {
     if (load_element(v, 0) != 0.0) return c;
   }
   const QuantParams p = quant_params(q, net.tensor(q.inputs[0]).dims.size(), 1);
-  if (p.minifloat || p.per_channel || (!p.e4m3 && net.tensor(q.outputs[0]).dtype != DataType::kInt8)) return c;
+  if (p.minifloat || p.per_channel || (!p.e4m3 && net.tensor(q.outputs[0]).dtype != DataType::kInt8))
+    return c;
   float s = 0.f;
   std::memcpy(&s, scale.data->data(), sizeof(s));
   c.inv_scale = p.has_inv_scale ? p.inv_scale : 1.0f / s;
@@ -60,16 +62,9 @@ bool fold_quantize_copies(Network& net) {
     const Layer& q = layers[i];
     const QuantizedCopy c = copy_of(net, q);
     if (!c.on) continue;
-    // Views from the normalization to the quantize, nearest to the quantize first; each view's
-    // output is read by the next one only (the normalization's own value may have other readers).
-    std::vector<size_t> views;
-    TensorId t = q.inputs[0];
-    int p = producer[static_cast<size_t>(t)];
-    while (p >= 0 && is_view_op(layers[static_cast<size_t>(p)].op) && sole(t)) {
-      views.push_back(static_cast<size_t>(p));
-      t = layers[static_cast<size_t>(p)].inputs[0];
-      p = producer[static_cast<size_t>(t)];
-    }
+    std::vector<size_t> views;  // the normalization's own value may have other readers
+    TensorId value = -1;
+    const int p = quantized_value_producer(layers, producer, q, sole, &views, &value);
     if (p < 0) continue;
     Layer& norm = layers[static_cast<size_t>(p)];
     if ((norm.op != "layer_norm" && norm.op != "rms_norm") || norm.attrs.has("quantized_copy")) continue;
@@ -79,25 +74,11 @@ bool fold_quantize_copies(Network& net) {
       norm.attrs.set("copy_quant_min", c.lo);
       norm.attrs.set("copy_quant_max", c.hi);
     }
-    // norm -> copy -> views -> the quantize's tensor
-    TensorId copy = q.outputs[0];
-    const DataType dtype = net.tensor(copy).dtype;
-    for (size_t v : views) {
-      layers[v].outputs[0] = copy;
-      const Tensor& in = net.tensor(layers[v].inputs[0]);
-      copy = add_pass_tensor(net, in.name + (c.e4m3 ? "/fp8" : "/int8"), dtype, in.dims);
-      layers[v].inputs[0] = copy;
-    }
-    norm.outputs.push_back(copy);
+    norm.outputs.push_back(
+        move_views_to_quantized(net, layers, views, q.outputs[0], c.e4m3 ? "/fp8" : "/int8"));
     folded[i] = true;
   }
-  std::vector<Layer> kept;
-  for (size_t i = 0; i < layers.size(); ++i) {
-    if (!folded[i]) kept.push_back(std::move(layers[i]));
-  }
-  const bool changed = kept.size() != layers.size();
-  layers = std::move(kept);
-  if (changed) net.compact();
+  const bool changed = drop_folded(net, folded);
   return changed;
 }
 

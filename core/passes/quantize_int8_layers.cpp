@@ -152,16 +152,12 @@ bool fold_requantize(Network& net) {
     const auto sole = [&](TensorId t) { return readers[static_cast<size_t>(t)] == 1 && !net.is_output(t); };
     // Views (the reshape of a linear layer's rows to [batch, seq, features]) between the layer and
     // the quantize, each the only reader of its input: they move onto the int8 tensor.
-    std::vector<size_t> views;  // nearest to the quantize first
-    int p = producer[static_cast<size_t>(y)];
-    for (TensorId t = y; p >= 0 && is_view_op(layers[static_cast<size_t>(p)].op) && sole(t);) {
-      views.push_back(static_cast<size_t>(p));
-      t = layers[static_cast<size_t>(p)].inputs[0];
-      p = sole(t) ? producer[static_cast<size_t>(t)] : -1;
-    }
+    std::vector<size_t> views;
+    TensorId value = -1;
+    const int p = quantized_value_producer(layers, producer, q, sole, &views, &value);
     if (p < 0) continue;
     Layer& conv = layers[static_cast<size_t>(p)];  // a quantized convolution or fully_connected
-    const bool only_reader = sole(y);
+    const bool only_reader = sole(value);
     if ((conv.op != "convolution" && conv.op != "fully_connected") ||
         conv.attrs.get_int("quantized", int64_t{0}) != 1 || conv.attrs.has("output_inv_scale"))
       continue;
@@ -173,31 +169,15 @@ bool fold_requantize(Network& net) {
     conv.attrs.set("output_inv_scale", static_cast<double>(qp.has_inv_scale ? qp.inv_scale : 1.0f / *s));
     conv.attrs.set("output_quant_min", qp.quant_min);
     conv.attrs.set("output_quant_max", qp.quant_max);
-    if (!views.empty()) {  // conv -> int8 -> views -> the quantize's int8 tensor
-      TensorId t = q.outputs[0];
-      for (size_t v : views) {
-        layers[v].outputs[0] = t;
-        const Tensor& in = net.tensor(layers[v].inputs[0]);
-        t = add_pass_tensor(net, in.name + "/int8", DataType::kInt8, in.dims);
-        layers[v].inputs[0] = t;
-      }
-      conv.outputs[0] = t;
-    } else if (only_reader) {
-      conv.outputs[0] = q.outputs[0];
+    if (only_reader) {  // conv -> int8 [-> views] -> the quantize's int8 tensor
+      conv.outputs[0] = move_views_to_quantized(net, layers, views, q.outputs[0], "/int8");
     } else {
       conv.attrs.set("int8_copy", int64_t{1});
       conv.outputs.push_back(q.outputs[0]);
     }
     folded[i] = true;
   }
-  std::vector<Layer> kept;
-  for (size_t i = 0; i < layers.size(); ++i) {
-    if (!folded[i]) kept.push_back(std::move(layers[i]));
-  }
-  const bool changed = kept.size() != layers.size();
-  layers = std::move(kept);
-  if (changed) net.compact();
-  return changed;
+  return drop_folded(net, folded);
 }
 
 }  // namespace

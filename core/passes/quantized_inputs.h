@@ -1,6 +1,7 @@
-// What the quantization passes (quantize_fp8_gemms, quantize_int8_layers) share: from a GEMM's
-// input back to the quantization layer that feeds it, and the views between repeated on the
-// quantized tensor.
+// What the quantization passes (quantize_fp8_gemms, quantize_int8_layers, fold_quantize_copies)
+// share: from a GEMM's input back to the quantization layer that feeds it, and the views between
+// repeated on the quantized tensor; from a quantize back to the layer whose value it quantizes,
+// and the views between moved onto the quantized tensor when that layer writes it itself.
 #pragma once
 
 #include <map>
@@ -52,6 +53,53 @@ inline TensorId repeat_views(Network& net, std::map<TensorId, TensorId>& quantiz
         net.add_layer(view.op, in, view.attrs, unique_name(used, view.name + suffix)).outputs[0];
   }
   return quantized.at(gemm_input);
+}
+
+// The index in `layers` of the layer whose value the quantize `q` reads, through views whose
+// outputs only the next of them reads (`sole`); -1 for a network input or constant. `views`
+// receives them, nearest to the quantize first; *value the producer's output they start from.
+template <typename Sole>
+int quantized_value_producer(const std::vector<Layer>& layers, const std::vector<int>& producer,
+                             const Layer& q, Sole sole, std::vector<size_t>* views, TensorId* value) {
+  TensorId t = q.inputs[0];
+  int p = producer[static_cast<size_t>(t)];
+  while (p >= 0 && is_view_op(layers[static_cast<size_t>(p)].op) && sole(t)) {
+    views->push_back(static_cast<size_t>(p));
+    t = layers[static_cast<size_t>(p)].inputs[0];
+    p = producer[static_cast<size_t>(t)];
+  }
+  *value = t;
+  return p;
+}
+
+// The producer now writes the quantize's tensor itself: the views (as quantized_value_producer
+// gave them) move onto quantized tensors, the last writing `quantized` (the quantize's output).
+// Returns the tensor the producer writes (`quantized` without views).
+inline TensorId move_views_to_quantized(Network& net, std::vector<Layer>& layers,
+                                        const std::vector<size_t>& views, TensorId quantized,
+                                        const std::string& suffix) {
+  const DataType dtype = net.tensor(quantized).dtype;
+  for (size_t v : views) {
+    layers[v].outputs[0] = quantized;
+    const Tensor& in = net.tensor(layers[v].inputs[0]);
+    quantized = add_pass_tensor(net, in.name + suffix, dtype, in.dims);
+    layers[v].inputs[0] = quantized;
+  }
+  return quantized;
+}
+
+// Drops the layers marked `folded` (quantize layers folded into their producers) and compacts the
+// network; returns whether any was.
+inline bool drop_folded(Network& net, const std::vector<bool>& folded) {
+  std::vector<Layer>& layers = net.mutable_layers();
+  std::vector<Layer> kept;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (!folded[i]) kept.push_back(std::move(layers[i]));
+  }
+  const bool changed = kept.size() != layers.size();
+  layers = std::move(kept);
+  if (changed) net.compact();
+  return changed;
 }
 
 }  // namespace kiln

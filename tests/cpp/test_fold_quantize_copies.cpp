@@ -25,11 +25,14 @@ Network norm_then_quantize(const NormCase& c) {
   const TensorId h = net.add_layer("cast", {x}, Attributes().set("to", c.dtype), "cast_in").outputs[0];
   std::vector<float> w = random_floats(static_cast<size_t>(c.hidden), 3, 0.5f, 1.5f);
   std::vector<float> b = random_floats(static_cast<size_t>(c.hidden), 4);
-  std::vector<TensorId> in = {h, net.add_constant("w", DataType::kFloat32, {c.hidden}, w.data(), w.size() * 4)};
-  if (c.op == "layer_norm") in.push_back(net.add_constant("b", DataType::kFloat32, {c.hidden}, b.data(), b.size() * 4));
+  std::vector<TensorId> in = {h,
+                              net.add_constant("w", DataType::kFloat32, {c.hidden}, w.data(), w.size() * 4)};
+  if (c.op == "layer_norm")
+    in.push_back(net.add_constant("b", DataType::kFloat32, {c.hidden}, b.data(), b.size() * 4));
   const TensorId y = net.add_layer(c.op, in, Attributes(), "norm").outputs[0];
-  TensorId t = net.add_layer("reshape", {y}, Attributes().set("shape", std::vector<int64_t>{-1, c.hidden}), "rows")
-                   .outputs[0];
+  TensorId t =
+      net.add_layer("reshape", {y}, Attributes().set("shape", std::vector<int64_t>{-1, c.hidden}), "rows")
+          .outputs[0];
   const float scale = c.format == "e4m3" ? 3.0f / 448 : 3.0f / 127;
   const TensorId s = net.add_constant("s", DataType::kFloat32, {1}, &scale, sizeof scale);
   Attributes q;
@@ -47,14 +50,16 @@ Network norm_then_quantize(const NormCase& c) {
                     "unrows")
           .outputs[0];
   t = net.add_layer("elementwise", {t, y}, Attributes().set("op", std::string("add")), "residual").outputs[0];
-  net.mark_output(net.add_layer("cast", {t}, Attributes().set("to", std::string("float32")), "cast_out").outputs[0],
-                  "out");
+  net.mark_output(
+      net.add_layer("cast", {t}, Attributes().set("to", std::string("float32")), "cast_out").outputs[0],
+      "out");
   return net;
 }
 
 test::Feed feed(const NormCase& c) {
-  return {{"x", {{c.batch, c.seq, c.hidden},
-                 random_floats(static_cast<size_t>(c.batch * c.seq * c.hidden), 7, -4.f, 4.f)}}};
+  return {{"x",
+           {{c.batch, c.seq, c.hidden},
+            random_floats(static_cast<size_t>(c.batch * c.seq * c.hidden), 7, -4.f, 4.f)}}};
 }
 
 TEST(FoldQuantizeCopies, NormalizationWritesItsValueAndTheQuantizedCopy) {
@@ -74,8 +79,9 @@ TEST(FoldQuantizeCopies, NormalizationWritesItsValueAndTheQuantizedCopy) {
       ASSERT_TRUE(copy.on);
       EXPECT_EQ(copy.e4m3, format == "e4m3");
       ASSERT_EQ(norm.outputs.size(), 2u);
-      EXPECT_EQ(net.tensor(norm.outputs[1]).dtype, format == "e4m3" ? DataType::kFloat8E4M3 : DataType::kInt8);
-      EXPECT_EQ(test::layer_named(net, "rows").inputs[0], norm.outputs[1]);  // the view reads the copy
+      EXPECT_EQ(net.tensor(norm.outputs[1]).dtype,
+                format == "e4m3" ? DataType::kFloat8E4M3 : DataType::kInt8);
+      EXPECT_EQ(test::layer_named(net, "rows").inputs[0], norm.outputs[1]);   // the view reads the copy
       EXPECT_EQ(test::run_reference(net, feed(c), false).at("out"), before);  // exactly the quantize's
       EXPECT_FALSE(fold_quantize_copies(net));
     }
@@ -103,7 +109,8 @@ TEST(FoldQuantizeCopies, CopyAttributesAreValidated) {
     net.revalidate();
     FAIL() << "quantized_copy int4 accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("quantized_copy must be int8 or e4m3"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("quantized_copy must be int8 or e4m3"), std::string::npos)
+        << e.what();
   }
 }
 
@@ -120,10 +127,7 @@ TEST(FoldQuantizeCopies, CudaKernelsMatchTheReference) {
       c.hidden = dtype == "float16" ? 64 : 40;
       const Network net = norm_then_quantize(c);
       const std::vector<float> want = test::run_reference(net, feed(c), false).at("out");
-      BuilderConfig config;
-      config.target = BuildTarget::kCuda;
-      enable_precision(config.precision, format == "e4m3" ? "fp8" : "int8");
-      Plan plan = Builder().build(net, config);
+      Plan plan = test::build_cuda(net, {format == "e4m3" ? "fp8" : "int8"});
       bool folded = false;
       for (const auto& l : plan.network.layers()) folded |= quantized_copy(l).on;
       ASSERT_TRUE(folded) << test::graph_text(plan.network);

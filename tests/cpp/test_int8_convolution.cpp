@@ -286,11 +286,7 @@ void check_cuda(const ConvCase& c) {
   Network quantized = net;
   ASSERT_TRUE(quantize_int8_layers(quantized));
   const std::vector<float> want = test::run_reference(quantized, f, false).at("y");
-  BuilderConfig config;
-  config.target = BuildTarget::kCuda;
-  enable_precision(config.precision, "fp16");
-  enable_precision(config.precision, "int8");
-  Plan plan = Builder().build(net, config);
+  Plan plan = test::build_cuda(net, {"fp16", "int8"});
   std::vector<Layer*> convs;
   for (auto& l : plan.network.mutable_layers()) {
     if (l.op == "convolution" && conv_quantized(l)) convs.push_back(&l);

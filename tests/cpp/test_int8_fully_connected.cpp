@@ -207,11 +207,7 @@ TEST(Int8FullyConnected, CudaKernelMatchesTheReferenceOnEveryTile) {
     Network quantized = net;
     ASSERT_TRUE(quantize_int8_layers(quantized));
     const std::vector<float> want = test::run_reference(quantized, f, false).at("y");
-    BuilderConfig config;
-    config.target = BuildTarget::kCuda;
-    enable_precision(config.precision, "fp16");
-    enable_precision(config.precision, "int8");
-    Plan plan = Builder().build(net, config);
+    Plan plan = test::build_cuda(net, {"fp16", "int8"});
     std::vector<Layer*> fcs;
     for (auto& l : plan.network.mutable_layers()) {
       if (l.op == "fully_connected" && l.attrs.get_int("quantized", int64_t{0}) == 1) fcs.push_back(&l);

@@ -94,6 +94,14 @@ inline std::map<std::string, std::vector<float>> run_reference(const Network& ne
   return run_float(Engine::create(Builder().build(net, config), Backend::kReference), feed);
 }
 
+// `net` built for CUDA with every pass and the given precisions enabled ("fp16", "int8", "fp8").
+inline Plan build_cuda(const Network& net, const std::vector<std::string>& precisions) {
+  BuilderConfig config;
+  config.target = BuildTarget::kCuda;
+  for (const std::string& p : precisions) enable_precision(config.precision, p);
+  return Builder().build(net, config);
+}
+
 // ---- pass tests: graph in, graph out ------------------------------------------------------------
 
 inline std::vector<std::string> ops_of(const Network& net) {
