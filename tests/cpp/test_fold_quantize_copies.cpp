@@ -127,7 +127,10 @@ TEST(FoldQuantizeCopies, CudaKernelsMatchTheReference) {
       c.hidden = dtype == "float16" ? 64 : 40;
       const Network net = norm_then_quantize(c);
       const std::vector<float> want = test::run_reference(net, feed(c), false).at("out");
-      Plan plan = test::build_cuda(net, {format == "e4m3" ? "fp8" : "int8"});
+      // fp16 too where the network is float16, so the build keeps its float16 layers.
+      std::vector<std::string> precisions = {format == "e4m3" ? "fp8" : "int8"};
+      if (dtype == "float16") precisions.push_back("fp16");
+      Plan plan = test::build_cuda(net, precisions);
       bool folded = false;
       for (const auto& l : plan.network.layers()) folded |= quantized_copy(l).on;
       ASSERT_TRUE(folded) << test::graph_text(plan.network);
