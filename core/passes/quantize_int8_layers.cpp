@@ -8,7 +8,8 @@
 //   convolution / fully_connected(xq, Wq, [scale; bias], residual; quantized = 1, out_dtype = y's dtype)
 // with Wq = clamp(round(W / s_w[k]), -127, 127), s_w[k] = max |W[k]| / 127 (1 where the channel is
 // all zero), and the layer's float32 [2, K] input holding s_x * s_w[k] and the bias. The layer
-// computes y = act(s_x s_w[k] * sum(xq * Wq) + bias + residual), the sum exact in int32: the
+// computes y = act(s_x s_w[k] * sum(xq * Wq) + bias + residual) (a fully_connected adds its
+// residual after the activation, as its float form does), the sum exact in int32: the
 // fake-quantized model's x̂ * Ŵ. Calibration put W on that grid (symmetric, per output channel),
 // and BatchNorm folding scales each output channel, which keeps it there, so requantizing is
 // exact up to the float16 rounding of the folded weight (half a step is far larger).
@@ -89,14 +90,16 @@ Int8Candidate int8_candidate(const Network& net, const Layer& l) {
     if (conv_quantized(l) || channels_last(l)) return c;
     const Tensor &x = net.tensor(l.inputs[0]), &w = net.tensor(l.inputs[1]);
     if (x.dims.size() != 4 || w.kind != TensorKind::kConstant || !is_floating(w.dtype)) return c;
-    if (l.attrs.get_int("groups", int64_t{1}) != 1 || w.dims[1] % 16 != 0 || w.dims[0] % 2 != 0) return c;
+    if (l.attrs.get_int("groups", int64_t{1}) != 1 || w.dims[1] <= 0 || w.dims[1] % 16 != 0 ||
+        w.dims[0] % 2 != 0)
+      return c;
     const ConvEpilogue e = conv_epilogue(l, l.inputs.size());
     c.has_bias = e.has_bias;
     c.residual_input = e.residual_input;
   } else if (l.op == "fully_connected") {
     if (l.attrs.has("out_dtype")) return c;  // FP8 or INT8 already
     const Tensor& w = net.tensor(l.inputs[1]);
-    if (w.kind != TensorKind::kConstant || !is_floating(w.dtype) || w.dims.size() != 2 ||
+    if (w.kind != TensorKind::kConstant || !is_floating(w.dtype) || w.dims.size() != 2 || w.dims[1] <= 0 ||
         w.dims[1] % 16 != 0 || w.dims[0] % 2 != 0)
       return c;
     const bool residual = l.attrs.get_int("residual", int64_t{0}) != 0;

@@ -91,19 +91,24 @@ __device__ __forceinline__ char2 requantize_pair(const Int8ConvParams& g, float 
   return make_char2(q(v0), q(v1));
 }
 
-// The epilogue's last step for two adjacent channels: the residual (of the float dtype), the
-// activation, then the store; an int8 y rounds to that float dtype first and requantizes, and a
-// float y with an int8 copy (y8) writes both.
+// The epilogue's last step for two adjacent channels: the residual (of the float dtype) and the
+// activation in the layer's order, then the store; an int8 y rounds to that float dtype first and
+// requantizes, and a float y with an int8 copy (y8) writes both.
 template <typename T, typename R>
 __device__ __forceinline__ void finish_pair(const Int8ConvParams& g, float v0, float v1, const R* residual,
                                             T* y, int8_t* y8) {
-  if (residual) {
+  const bool residual_first = residual && !g.residual_after_activation;
+  if (residual_first) {
     v0 += to_float(residual[0]);
     v1 += to_float(residual[1]);
   }
   if (g.activate) {
     v0 = activate(g.act, v0);
     v1 = activate(g.act, v1);
+  }
+  if (residual && !residual_first) {
+    v0 += to_float(residual[0]);
+    v1 += to_float(residual[1]);
   }
   if constexpr (std::is_same_v<T, int8_t>) {
     *reinterpret_cast<char2*>(y) = requantize_pair<R>(g, v0, v1);
@@ -465,6 +470,7 @@ class Int8FullyConnected final : public Kernel {
     p.w = p.q = static_cast<int>(rows);
     p.c = static_cast<int>(k);
     p.k = static_cast<int>(w.dims[0]);
+    p.residual_after_activation = true;
     e_.launch(p, "x " + to_string(x.dims) + ", weight " + to_string(w.dims), x.data, w.data, in[2].data,
               residual_ ? in.back().data : nullptr, out, ctx.stream);
   }

@@ -3,7 +3,8 @@
 // quantized by the builder (quantize_int8_layers): x int8 channels last [N, H, W, C], weight
 // int8 [K, R, S, C], one float scale per output channel (alpha[k] = input scale x weight scale
 // of channel k) and a float bias, and the convolution epilogue fused: y = act(alpha[k] * acc + bias[k] +
-// residual), written as float16, bfloat16 or float32 channels last [N, P, Q, K].
+// residual) (a fully connected layer's order: act(alpha[k] * acc + bias[k]) + residual), written as float16,
+// bfloat16 or float32 channels last [N, P, Q, K].
 //
 // The GEMM: M = N * P * Q output pixels, N = K output channels, K = R * S * C taps; A (the input
 // patches) is gathered from x on the fly, 16 channels (16 bytes) at a time, so C must be a
@@ -31,6 +32,9 @@ struct Int8ConvParams : ConvWindow2d {
   int p = 0, q = 0;                // y [N, P, Q, K]
   ActivationParams act{};
   bool activate = false;
+  // The residual is added after the activation (a fully connected layer: act(x W^T + b) + r)
+  // rather than before it (a convolution: act(conv + b + r)).
+  bool residual_after_activation = false;
   // An int8 y (out = kInt8): the value rounded to `rounding` (float32/float16/bfloat16), then
   // clamp(nearbyint(v * out_inv_scale), out_min, out_max).
   DataType rounding = DataType::kFloat32;

@@ -17,8 +17,9 @@ using test::random_floats;
 struct MlpCase {
   int64_t batch = 3, seq = 7, hidden = 32, ffn = 64;
   std::string activation = "gelu";
-  bool second_quantized = true;  // the second GEMM behind its own fake_quantize
-  bool residual = true;          // the second GEMM adds x
+  bool second_quantized = true;            // the second GEMM behind its own fake_quantize
+  bool residual = true;                    // the second GEMM adds x
+  std::string second_activation = "none";  // fc2's own (its residual is added after it)
   bool views_between =
       false;  // fc1's rows back to [B, S, F] before the fake_quantize, and to rows after (BERT)
 };
@@ -73,6 +74,7 @@ Network fake_quantized_mlp(const MlpCase& c) {
   std::vector<TensorId> in = {h, grid_weight(net, "w2", c.hidden, c.ffn, 7),
                               half_vector(net, "b2", c.hidden, 9)};
   Attributes a2;
+  if (c.second_activation != "none") a2.set("activation", c.second_activation);
   if (c.residual) {
     in.push_back(
         net.add_layer("reshape", {t}, Attributes().set("shape", std::vector<int64_t>{-1, c.hidden}), "flat_x")
@@ -132,6 +134,28 @@ TEST(Int8FullyConnected, FakeQuantizedLinearLayersBecomeInt8WithTheFirstWritingT
   EXPECT_EQ(after, test::run_reference(unfolded, f, false).at("y"));
   expect_close(after, before, 5e-2f);
   EXPECT_FALSE(quantize_int8_layers(net));  // nothing left to do
+}
+
+// A linear layer with both an activation and a residual adds the residual after the activation,
+// as its float form does (a convolution adds it before): relu(fc2) + x, quantized or not.
+TEST(Int8FullyConnected, ResidualIsAddedAfterTheActivation) {
+  MlpCase c;
+  c.second_activation = "relu";
+  Network net = fake_quantized_mlp(c);
+  const test::Feed f = feed(c, 27);
+  const std::vector<float> before = test::run_reference(net, f, false).at("y");
+  ASSERT_TRUE(quantize_int8_layers(net));
+  const Layer& fc2 = test::layer_named(net, "fc2");
+  ASSERT_EQ(fc2.attrs.get_int("quantized", fc2.name), 1);
+  ASSERT_EQ(fc2.attrs.get_string("activation", fc2.name), "relu");
+  const std::vector<float> after = test::run_reference(net, f, false).at("y");
+  expect_close(after, before, 5e-2f);
+  // Some outputs are x where fc2's pre-activation is negative: relu(fc2 + x) would differ there.
+  const std::vector<float>& x = f.at("x").second;
+  size_t residual_only = 0;
+  for (size_t i = 0; i < after.size(); ++i)
+    residual_only += after[i] == half_bits_to_float(float_to_half_bits(x[i]));
+  EXPECT_GT(residual_only, 0u);
 }
 
 // BERT's MLP: fc1's rows reshaped to [B, S, F], fake-quantized, reshaped back to rows for fc2.
@@ -202,6 +226,7 @@ TEST(Int8FullyConnected, CudaKernelMatchesTheReferenceOnEveryTile) {
     c.hidden = 48;
     c.ffn = 144;
     c.views_between = act == "gelu";
+    c.second_activation = act == "relu" ? "relu" : "none";  // relu(fc2) + x, not relu(fc2 + x)
     const Network net = fake_quantized_mlp(c);
     const test::Feed f = feed(c, 23);
     Network quantized = net;
