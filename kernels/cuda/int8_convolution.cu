@@ -57,6 +57,9 @@ struct DeviceParams {
   Int8ConvParams g;
   int64_t m;   // N * P * Q
   int gemm_k;  // R * S * C
+  // A 1x1 window without padding (fully connected layers, most of a ResNet's convolutions): every
+  // tap of a row is in x, and column k of A is channel k of the row's pixel.
+  bool pointwise;
   const int8_t* x;
   const int8_t* w;
   const float* alpha;  // [K]
@@ -151,6 +154,8 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kern
     a_ih[i] = rem / g.q * g.stride_h - g.pad_h;
     a_iw[i] = rem % g.q * g.stride_w - g.pad_w;
     a_base[i] = d.x + static_cast<int64_t>(b) * g.h * g.w * g.c;
+    // Pointwise: the row's pixel, where its K = C taps start.
+    if (d.pointwise) a_base[i] += (static_cast<int64_t>(a_ih[i]) * g.w + a_iw[i]) * g.c;
   }
   const int8_t* b_base[Cfg::kBChunks];
   int b_off[Cfg::kBChunks], b_chunk[Cfg::kBChunks];
@@ -169,6 +174,11 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kern
 #pragma unroll
     for (int i = 0; i < Cfg::kAChunks; ++i) {
       const int k = step * kBlockK + a_chunk[i] * 16;
+      if (d.pointwise) {  // no division, no window check
+        const bool ok = a_row_ok[i] && k < d.gemm_k;
+        cp_async_16(tile + a_off[i], ok ? a_base[i] + k : d.x, ok);
+        continue;
+      }
       const int tap = k / g.c, ch = k - tap * g.c;
       const int r = tap / g.s, s = tap - r * g.s;
       const int ih = a_ih[i] + r * g.dil_h, iw = a_iw[i] + s * g.dil_w;
@@ -329,6 +339,7 @@ void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, co
   d.g = p;
   d.m = static_cast<int64_t>(p.n) * p.p * p.q;
   d.gemm_k = p.r * p.s * p.c;
+  d.pointwise = p.r == 1 && p.s == 1 && p.pad_h == 0 && p.pad_w == 0;
   d.x = static_cast<const int8_t*>(x);
   d.w = static_cast<const int8_t*>(weight);
   d.alpha = scale_bias;

@@ -326,6 +326,13 @@ TEST(Int8Convolutions, CudaKernelMatchesTheReferenceOnEveryTile) {
   pointwise.k = 64;
   pointwise.h = pointwise.w = 14;
   check_cuda(pointwise);
+  ConvCase downsample = pointwise;  // 1x1 stride 2, a ResNet block's shortcut: every other pixel
+  downsample.stride = 2;
+  downsample.h = 15;
+  downsample.w = 9;
+  downsample.c = 32;
+  downsample.k = 34;
+  check_cuda(downsample);
   ConvCase chain;  // two INT8 layers, the first requantizing its output for the second
   chain.conv_before = chain.quantized_before = true;
   check_cuda(chain);
