@@ -53,6 +53,15 @@ __device__ __forceinline__ int swizzle(int row, int chunk) {
   return row * kBlockK + ((chunk ^ ((row >> 1) & 3)) << 4);
 }
 
+// The epilogue's stage: the int2 index of pair `pair` (channels 2 pair and 2 pair + 1) of row `row`
+// in a [BM][BN] int32 tile. Bits 2-3 of the pair are XORed with the row's low two bits, so the 8
+// rows x 4 pairs of one accumulator store by a warp fall into distinct 8-byte slots of two
+// 128-byte bank windows; a row's pairs stay a permutation of the row.
+template <int BN>
+__device__ __forceinline__ int stage_pair(int row, int pair) {
+  return row * (BN / 2) + (pair ^ ((row & 3) << 2));
+}
+
 struct DeviceParams {
   Int8ConvParams g;
   int64_t m;   // N * P * Q
@@ -80,6 +89,8 @@ struct Tile {
   static constexpr int kSmemBytes = kStages * kStageBytes;
   static_assert(BM * 4 % kThreads == 0 && BN * 4 % kThreads == 0, "whole copy rounds");
   static_assert(WM % 16 == 0 && WN % 16 == 0, "ldmatrix.x4 covers 16 rows of A and two n8 tiles of B");
+  static_assert(BM * BN * 4 <= kSmemBytes, "the epilogue's int32 stage fits in the pipeline's buffers");
+  static_assert(BN / 2 >= 16, "the stage's swizzle stays inside a row");
 };
 
 // Two values, rounded to R, quantized as the folded quantize layer did: clamp(rint(v * inv_scale)).
@@ -169,23 +180,46 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kern
     b_base[i] = d.w + static_cast<int64_t>(b_row_ok[i] ? n0 + row : 0) * d.gemm_k;
   }
 
+  // Every A chunk of this thread sits at channel offset (tid & 3) * 16 of a step's 64 taps: where
+  // that falls in the window at the next step to load (channel, filter row and column), advanced
+  // one step per load (steps load in order), so the loop divides nothing.
+  int next_ch = 0, next_r = 0, next_s = 0;
+  if (!d.pointwise) {
+    const int k0 = (tid & 3) * 16, tap = k0 / g.c;
+    next_ch = k0 - tap * g.c;
+    next_r = tap / g.s;
+    next_s = tap - next_r * g.s;
+  }
+
   auto load_step = [&](int stage, int step) {
     uint8_t* tile = smem + stage * Cfg::kStageBytes;
+    if (d.pointwise) {  // column k of A is channel k of the row's pixel: no window check
 #pragma unroll
-    for (int i = 0; i < Cfg::kAChunks; ++i) {
-      const int k = step * kBlockK + a_chunk[i] * 16;
-      if (d.pointwise) {  // no division, no window check
+      for (int i = 0; i < Cfg::kAChunks; ++i) {
+        const int k = step * kBlockK + a_chunk[i] * 16;
         const bool ok = a_row_ok[i] && k < d.gemm_k;
         cp_async_16(tile + a_off[i], ok ? a_base[i] + k : d.x, ok);
-        continue;
       }
-      const int tap = k / g.c, ch = k - tap * g.c;
-      const int r = tap / g.s, s = tap - r * g.s;
-      const int ih = a_ih[i] + r * g.dil_h, iw = a_iw[i] + s * g.dil_w;
-      const bool ok = a_row_ok[i] && k < d.gemm_k && static_cast<unsigned>(ih) < static_cast<unsigned>(g.h) &&
-                      static_cast<unsigned>(iw) < static_cast<unsigned>(g.w);
-      const int8_t* src = ok ? a_base[i] + (static_cast<int64_t>(ih) * g.w + iw) * g.c + ch : d.x;
-      cp_async_16(tile + a_off[i], src, ok);
+    } else {
+      const int dh = next_r * g.dil_h, dw = next_s * g.dil_w;
+#pragma unroll
+      for (int i = 0; i < Cfg::kAChunks; ++i) {
+        const int k = step * kBlockK + a_chunk[i] * 16;
+        const int ih = a_ih[i] + dh, iw = a_iw[i] + dw;
+        const bool ok = a_row_ok[i] && k < d.gemm_k &&
+                        static_cast<unsigned>(ih) < static_cast<unsigned>(g.h) &&
+                        static_cast<unsigned>(iw) < static_cast<unsigned>(g.w);
+        const int8_t* src = ok ? a_base[i] + (static_cast<int64_t>(ih) * g.w + iw) * g.c + next_ch : d.x;
+        cp_async_16(tile + a_off[i], src, ok);
+      }
+      next_ch += kBlockK;  // C is a multiple of 16, so a chunk never straddles two taps
+      while (next_ch >= g.c) {
+        next_ch -= g.c;
+        if (++next_s == g.s) {
+          next_s = 0;
+          ++next_r;
+        }
+      }
     }
 #pragma unroll
     for (int i = 0; i < Cfg::kBChunks; ++i) {
@@ -204,7 +238,7 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kern
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0;
 
   const int steps = (d.gemm_k + kBlockK - 1) / kBlockK;
-#pragma unroll
+#pragma unroll 1
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < steps) load_step(s, s);
     cp_async_commit();
@@ -243,30 +277,39 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kern
     }
   }
   cp_async_wait<0>();
+  __syncthreads();  // every warp is done with the pipeline's tiles: the stage below reuses them
 
-  // Epilogue straight from the accumulators: y = act(alpha * acc + bias + residual), two adjacent
-  // channels per store.
+  // Epilogue in two passes. First the int32 accumulators go to shared memory ([BM][BN], pairs
+  // swizzled by row, stage_pair), then the block's threads walk the tile in row order, two adjacent
+  // channels each: y = act(alpha * acc + bias + residual), the residual loads and the stores
+  // coalesced, and one copy of the epilogue's code (unrolled over the accumulators it was tens of
+  // kilobytes of instructions, which missed the instruction cache).
+  int2* stage = reinterpret_cast<int2*>(smem);
   const int group = lane >> 2, tig = lane & 3;
-  const R* residual = static_cast<const R*>(d.residual);
-  T* y = static_cast<T*>(d.y);
 #pragma unroll
-  for (int j = 0; j < Cfg::kNTiles; ++j) {
-    const int n = n0 + warp_n * WN + j * 8 + tig * 2;
-    if (n >= g.k) continue;  // K is even: n + 1 < K too
-    const float alpha0 = d.alpha[n], alpha1 = d.alpha[n + 1];
-    const float bias0 = d.bias[n], bias1 = d.bias[n + 1];
+  for (int i = 0; i < Cfg::kMTiles; ++i)
 #pragma unroll
-    for (int i = 0; i < Cfg::kMTiles; ++i) {
+    for (int j = 0; j < Cfg::kNTiles; ++j)
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int64_t m = m0 + warp_m * WM + i * 16 + group + half * 8;
-        if (m >= d.m) continue;
-        const int64_t at = m * g.k + n;
-        finish_pair<T, R>(g, static_cast<float>(acc[i][j][2 * half]) * alpha0 + bias0,
-                          static_cast<float>(acc[i][j][2 * half + 1]) * alpha1 + bias1,
-                          residual ? residual + at : nullptr, y + at, d.y8 ? d.y8 + at : nullptr);
+        const int row = warp_m * WM + i * 16 + group + half * 8;
+        const int pair = (warp_n * WN + j * 8) / 2 + tig;
+        stage[stage_pair<BN>(row, pair)] = make_int2(acc[i][j][2 * half], acc[i][j][2 * half + 1]);
       }
-    }
+  __syncthreads();
+  const R* residual = static_cast<const R*>(d.residual);
+  T* y = static_cast<T*>(d.y);
+#pragma unroll 1
+  for (int idx = tid; idx < BM * BN / 2; idx += Cfg::kThreads) {
+    const int row = idx / (BN / 2), pair = idx % (BN / 2);
+    const int64_t m = m0 + row;
+    const int n = n0 + 2 * pair;
+    if (m >= d.m || n >= g.k) continue;  // K is even: n + 1 < K too
+    const int2 a = stage[stage_pair<BN>(row, pair)];
+    const int64_t at = m * g.k + n;
+    finish_pair<T, R>(g, static_cast<float>(a.x) * d.alpha[n] + d.bias[n],
+                      static_cast<float>(a.y) * d.alpha[n + 1] + d.bias[n + 1],
+                      residual ? residual + at : nullptr, y + at, d.y8 ? d.y8 + at : nullptr);
   }
 #endif
 }
