@@ -69,6 +69,9 @@ struct DeviceParams {
   // A 1x1 window without padding (fully connected layers, most of a ResNet's convolutions): every
   // tap of a row is in x, and column k of A is channel k of the row's pixel.
   bool pointwise;
+  // The epilogue stores eight channels at a time: K a multiple of 8, and y, the residual, the
+  // int8 copy and the scale/bias aligned for it.
+  bool vec8;
   const int8_t* x;
   const int8_t* w;
   const float* alpha;  // [K]
@@ -93,48 +96,92 @@ struct Tile {
   static_assert(BN / 2 >= 16, "the stage's swizzle stays inside a row");
 };
 
-// Two values, rounded to R, quantized as the folded quantize layer did: clamp(rint(v * inv_scale)).
+// One value, rounded to R, quantized as the folded quantize layer did: clamp(rint(v * inv_scale)).
 template <typename R>
-__device__ __forceinline__ char2 requantize_pair(const Int8ConvParams& g, float v0, float v1) {
-  const auto q = [&](float v) {
-    const float r = rintf(to_float(from_float<R>(v)) * g.out_inv_scale);
-    // NaN goes to out_min, as the quantize layer's float -> integer conversion gives.
-    const float lo = static_cast<float>(g.out_min), hi = static_cast<float>(g.out_max);
-    return static_cast<int8_t>(r != r ? lo : fminf(fmaxf(r, lo), hi));
-  };
-  return make_char2(q(v0), q(v1));
+__device__ __forceinline__ int8_t requantize(const Int8ConvParams& g, float v) {
+  const float r = rintf(to_float(from_float<R>(v)) * g.out_inv_scale);
+  // NaN goes to out_min, as the quantize layer's float -> integer conversion gives.
+  const float lo = static_cast<float>(g.out_min), hi = static_cast<float>(g.out_max);
+  return static_cast<int8_t>(r != r ? lo : fminf(fmaxf(r, lo), hi));
 }
 
-// The epilogue's last step for two adjacent channels: the residual (of the float dtype) and the
-// activation in the layer's order, then the store; an int8 y rounds to that float dtype first and
-// requantizes, and a float y with an int8 copy (y8) writes both.
-template <typename T, typename R>
-__device__ __forceinline__ void finish_pair(const Int8ConvParams& g, float v0, float v1, const R* residual,
-                                            T* y, int8_t* y8) {
+// The epilogue's activation: kAct is an ActivationType known at compile time (the switch folds),
+// kNoActivation, or kAnyActivation (p's type, at run time).
+constexpr int kNoActivation = -1, kAnyActivation = -2;
+template <int kAct>
+__device__ __forceinline__ float activate_as(const ActivationParams& p, float x) {
+  if constexpr (kAct == kNoActivation) {
+    return x;
+  } else if constexpr (kAct == kAnyActivation) {
+    return activate(p, x);
+  } else {
+    ActivationParams q = p;
+    q.type = kAct;
+    return activate(q, x);
+  }
+}
+
+// The epilogue's last step for kN adjacent channels (v = alpha * acc + bias): the residual (of
+// the float dtype) and the activation in the layer's order, then one aligned store of the kN
+// values; an int8 y rounds to that float dtype first and requantizes, and a float y with an int8
+// copy (y8) writes both.
+template <int kN, int kAct, typename T, typename R>
+__device__ __forceinline__ void finish(const Int8ConvParams& g, float (&v)[kN], const R* residual, T* y,
+                                       int8_t* y8) {
+  Pack<R, kN> r;
+  if (residual) r = *reinterpret_cast<const Pack<R, kN>*>(residual);
   const bool residual_first = residual && !g.residual_after_activation;
-  if (residual_first) {
-    v0 += to_float(residual[0]);
-    v1 += to_float(residual[1]);
+#pragma unroll
+  for (int e = 0; e < kN; ++e) {
+    if (residual_first) v[e] += to_float(r.v[e]);
+    if (kAct == kAnyActivation ? g.activate : kAct != kNoActivation) v[e] = activate_as<kAct>(g.act, v[e]);
+    if (residual && !residual_first) v[e] += to_float(r.v[e]);
   }
-  if (g.activate) {
-    v0 = activate(g.act, v0);
-    v1 = activate(g.act, v1);
-  }
-  if (residual && !residual_first) {
-    v0 += to_float(residual[0]);
-    v1 += to_float(residual[1]);
+  Pack<int8_t, kN> q;
+  if (std::is_same_v<T, int8_t> || y8) {
+#pragma unroll
+    for (int e = 0; e < kN; ++e) q.v[e] = requantize<R>(g, v[e]);
   }
   if constexpr (std::is_same_v<T, int8_t>) {
-    *reinterpret_cast<char2*>(y) = requantize_pair<R>(g, v0, v1);
-    return;
-  } else if constexpr (std::is_same_v<T, __half>) {
-    *reinterpret_cast<__half2*>(y) = __floats2half2_rn(v0, v1);
-  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    *reinterpret_cast<__nv_bfloat162*>(y) = __floats2bfloat162_rn(v0, v1);
+    *reinterpret_cast<Pack<int8_t, kN>*>(y) = q;
   } else {
-    *reinterpret_cast<float2*>(y) = make_float2(v0, v1);
+    Pack<T, kN> o;
+#pragma unroll
+    for (int e = 0; e < kN; ++e) o.v[e] = from_float<T>(v[e]);
+    *reinterpret_cast<Pack<T, kN>*>(y) = o;
+    if (y8) *reinterpret_cast<Pack<int8_t, kN>*>(y8) = q;
   }
-  if (y8) *reinterpret_cast<char2*>(y8) = requantize_pair<R>(g, v0, v1);
+}
+
+// The epilogue's second pass over the staged [BM][BN] tile (see the kernel): each thread takes
+// kN adjacent channels of a row at a time, rows in order (coalesced loads and stores).
+template <int kN, int kAct, int BM, int BN, int kThreads, typename T, typename R>
+__device__ __forceinline__ void store_tile(const DeviceParams& d, const int2* stage, int64_t m0, int n0,
+                                           int tid) {
+  const Int8ConvParams& g = d.g;
+  const R* residual = static_cast<const R*>(d.residual);
+  T* y = static_cast<T*>(d.y);
+  constexpr int kPerRow = BN / kN;
+#pragma unroll 1
+  for (int idx = tid; idx < BM * kPerRow; idx += kThreads) {
+    const int row = idx / kPerRow, col = idx % kPerRow;
+    const int64_t m = m0 + row;
+    const int n = n0 + kN * col;
+    if (m >= d.m || n >= g.k) continue;  // K is a multiple of kN: the kN channels are all in y
+    // kN / 2 pairs, contiguous in the stage (the swizzle moves aligned groups of 4 pairs).
+    Pack<int2, kN / 2> a =
+        *reinterpret_cast<const Pack<int2, kN / 2>*>(stage + stage_pair<BN>(row, kN / 2 * col));
+    Pack<float, kN> alpha = *reinterpret_cast<const Pack<float, kN>*>(d.alpha + n);
+    Pack<float, kN> bias = *reinterpret_cast<const Pack<float, kN>*>(d.bias + n);
+    float v[kN];
+#pragma unroll
+    for (int e = 0; e < kN / 2; ++e) {
+      v[2 * e] = static_cast<float>(a.v[e].x) * alpha.v[2 * e] + bias.v[2 * e];
+      v[2 * e + 1] = static_cast<float>(a.v[e].y) * alpha.v[2 * e + 1] + bias.v[2 * e + 1];
+    }
+    const int64_t at = m * g.k + n;
+    finish<kN, kAct, T, R>(g, v, residual ? residual + at : nullptr, y + at, d.y8 ? d.y8 + at : nullptr);
+  }
 }
 
 template <int BM, int BN, int WM, int WN, typename T, typename R>
@@ -280,10 +327,10 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kern
   __syncthreads();  // every warp is done with the pipeline's tiles: the stage below reuses them
 
   // Epilogue in two passes. First the int32 accumulators go to shared memory ([BM][BN], pairs
-  // swizzled by row, stage_pair), then the block's threads walk the tile in row order, two adjacent
-  // channels each: y = act(alpha * acc + bias + residual), the residual loads and the stores
-  // coalesced, and one copy of the epilogue's code (unrolled over the accumulators it was tens of
-  // kilobytes of instructions, which missed the instruction cache).
+  // swizzled by row, stage_pair), then the block's threads walk the tile in row order, eight (or
+  // two) adjacent channels each (store_tile): y = act(alpha * acc + bias + residual), the residual
+  // loads and the stores coalesced, and a rolled loop (unrolled over the accumulators the
+  // epilogue was tens of kilobytes of instructions, which missed the instruction cache).
   int2* stage = reinterpret_cast<int2*>(smem);
   const int group = lane >> 2, tig = lane & 3;
 #pragma unroll
@@ -297,20 +344,25 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kern
         stage[stage_pair<BN>(row, pair)] = make_int2(acc[i][j][2 * half], acc[i][j][2 * half + 1]);
       }
   __syncthreads();
-  const R* residual = static_cast<const R*>(d.residual);
-  T* y = static_cast<T*>(d.y);
-#pragma unroll 1
-  for (int idx = tid; idx < BM * BN / 2; idx += Cfg::kThreads) {
-    const int row = idx / (BN / 2), pair = idx % (BN / 2);
-    const int64_t m = m0 + row;
-    const int n = n0 + 2 * pair;
-    if (m >= d.m || n >= g.k) continue;  // K is even: n + 1 < K too
-    const int2 a = stage[stage_pair<BN>(row, pair)];
-    const int64_t at = m * g.k + n;
-    finish_pair<T, R>(g, static_cast<float>(a.x) * d.alpha[n] + d.bias[n],
-                      static_cast<float>(a.y) * d.alpha[n + 1] + d.bias[n + 1],
-                      residual ? residual + at : nullptr, y + at, d.y8 ? d.y8 + at : nullptr);
+  // Eight channels at a time where y, the residual and K allow it (the common case), with the
+  // usual activations compiled in; else pairs.
+  if (d.vec8) {
+    switch (g.activate ? g.act.type : kNoActivation) {
+      case kNoActivation:
+        return store_tile<8, kNoActivation, BM, BN, Cfg::kThreads, T, R>(d, stage, m0, n0, tid);
+      case kRelu:
+        return store_tile<8, kRelu, BM, BN, Cfg::kThreads, T, R>(d, stage, m0, n0, tid);
+      case kGelu:
+        return store_tile<8, kGelu, BM, BN, Cfg::kThreads, T, R>(d, stage, m0, n0, tid);
+      case kGeluTanh:
+        return store_tile<8, kGeluTanh, BM, BN, Cfg::kThreads, T, R>(d, stage, m0, n0, tid);
+      case kSilu:
+        return store_tile<8, kSilu, BM, BN, Cfg::kThreads, T, R>(d, stage, m0, n0, tid);
+      default:
+        return store_tile<8, kAnyActivation, BM, BN, Cfg::kThreads, T, R>(d, stage, m0, n0, tid);
+    }
   }
+  store_tile<2, kAnyActivation, BM, BN, Cfg::kThreads, T, R>(d, stage, m0, n0, tid);
 #endif
 }
 
@@ -383,6 +435,13 @@ void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, co
   d.m = static_cast<int64_t>(p.n) * p.p * p.q;
   d.gemm_k = p.r * p.s * p.c;
   d.pointwise = p.r == 1 && p.s == 1 && p.pad_h == 0 && p.pad_w == 0;
+  const auto aligned = [](const void* ptr, size_t bytes) {
+    return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
+  };
+  const size_t y_size = out == DataType::kInt8 ? 1 : dtype_size(out);
+  const size_t r_size = dtype_size(out == DataType::kInt8 ? p.rounding : out);
+  d.vec8 = p.k % 8 == 0 && aligned(y, 8 * y_size) && (!residual || aligned(residual, 8 * r_size)) &&
+           (!y8 || aligned(y8, 8)) && aligned(scale_bias, 32);
   d.x = static_cast<const int8_t*>(x);
   d.w = static_cast<const int8_t*>(weight);
   d.alpha = scale_bias;

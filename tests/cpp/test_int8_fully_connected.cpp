@@ -218,7 +218,8 @@ TEST(Int8FullyConnected, QuantizedLayerValidatesItsInputs) {
 // step landing one step over).
 TEST(Int8FullyConnected, CudaKernelMatchesTheReferenceOnEveryTile) {
   KILN_REQUIRE_GPU();
-  for (const std::string act : {"gelu", "relu"}) {
+  // gelu, relu and silu take the epilogue's compiled-in activations, hardswish the run-time one.
+  for (const std::string act : {"gelu", "relu", "silu", "hardswish"}) {
     MlpCase c;
     c.activation = act;
     c.batch = 5;
@@ -226,7 +227,8 @@ TEST(Int8FullyConnected, CudaKernelMatchesTheReferenceOnEveryTile) {
     c.hidden = 48;
     c.ffn = 144;
     c.views_between = act == "gelu";
-    c.second_activation = act == "relu" ? "relu" : "none";  // relu(fc2) + x, not relu(fc2 + x)
+    // act(fc2) + x, not act(fc2 + x)
+    c.second_activation = act == "relu" || act == "hardswish" ? act : "none";
     const Network net = fake_quantized_mlp(c);
     const test::Feed f = feed(c, 23);
     Network quantized = net;
