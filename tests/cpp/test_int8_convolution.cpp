@@ -19,10 +19,12 @@ struct ConvCase {
   int64_t stride = 1, pad = 1, dilation = 1, groups = 1;
   bool residual = false;
   int32_t zero_point = 0;
-  bool conv_before = false;       // a float16 3x3 convolution (C -> C, relu) before the fake_quantize
-  bool quantized_before = false;  // ... itself behind an int8 fake_quantize
-  bool explicit_qdq = false;      // quantize + dequantize (pt2e's graph) instead of fake_quantize
-  bool skip = false;              // with conv_before: its output is also the residual (a ResNet block)
+  bool conv_before = false;           // a float16 3x3 convolution (C -> C, relu) before the fake_quantize
+  bool quantized_before = false;      // ... itself behind an int8 fake_quantize
+  bool explicit_qdq = false;          // quantize + dequantize (pt2e's graph) instead of fake_quantize
+  bool skip = false;                  // with conv_before: its output is also the residual (a ResNet block)
+  bool calibrated = false;            // the fake_quantize is calibration's (attribute calibrated = 1)
+  bool skip_reads_quantized = false;  // with skip: the residual is the fake-quantized value
 };
 
 Dims out_dims(const ConvCase& c) {
@@ -63,7 +65,9 @@ Network fake_quantized_conv(const ConvCase& c) {
     fq.set("dtype", std::string("float16"));
     t = net.add_layer("dequantize", {t, s, zp}, fq, "dq").outputs[0];
   } else {
-    t = net.add_layer("fake_quantize", {t, s, zp}, fq, "fq").outputs[0];
+    Attributes a = fq;
+    if (c.calibrated) a.set("calibrated", int64_t{1});
+    t = net.add_layer("fake_quantize", {t, s, zp}, a, "fq").outputs[0];
   }
   // Each output channel: integers in [-127, 127] (one of them 127) times its own step.
   const int64_t per = c.c / c.groups * c.kernel * c.kernel;
@@ -91,7 +95,7 @@ Network fake_quantized_conv(const ConvCase& c) {
     in.push_back(cast(net.add_input("r", DataType::kFloat32, out_dims(c)), "float16", "r16"));
     conv.set("residual", int64_t{1});
   } else if (c.skip) {
-    in.push_back(block_input);
+    in.push_back(c.skip_reads_quantized ? t : block_input);
     conv.set("residual", int64_t{1});
   }
   t = net.add_layer("convolution", in, conv, "conv").outputs[0];
@@ -242,6 +246,44 @@ TEST(Int8Convolutions, ConvolutionWhoseValueIsAlsoTheResidualWritesItAndItsInt8C
   EXPECT_EQ(test::run_reference(net, f, false).at("y"), folded);
 }
 
+// Calibrated (implicit) quantization: the block's residual is read as the int8 tensor the next
+// layer reads, dequantized in the epilogue, so conv0 writes int8 only. The result is the model
+// whose residual is the fake-quantized value; a Q/DQ model's float residual stays (above).
+TEST(Int8Convolutions, CalibratedBlockReadsItsResidualAsInt8) {
+  ConvCase c;
+  c.conv_before = c.quantized_before = c.skip = c.calibrated = true;
+  c.k = c.c;
+  auto [net, f, before] = rewrite(c, 17);
+  EXPECT_EQ(test::ops_of(net),
+            (std::vector<std::string>{"cast", "quantize", "convolution", "convolution", "cast"}));
+  const Layer& conv0 = test::layer_named(net, "conv0");
+  const Layer& conv = test::layer_named(net, "conv");
+  EXPECT_FALSE(conv0.attrs.has("int8_copy"));
+  ASSERT_EQ(conv0.outputs.size(), 1u);
+  EXPECT_EQ(net.tensor(conv0.outputs[0]).dtype, DataType::kInt8);
+  EXPECT_EQ(conv.inputs[0], conv0.outputs[0]);
+  EXPECT_EQ(conv.inputs.back(), conv0.outputs[0]);  // the residual: the same int8 tensor
+  EXPECT_FLOAT_EQ(static_cast<float>(conv.attrs.get_float("residual_scale", "conv")), 2.0f / 127);
+  // What it computes: relu(conv(q(y0)) + b + q(y0) s), the model whose residual is the
+  // fake-quantized value: that model's INT8 layers, unfolded, give it up to the float16 rounding
+  // of q(y0) s in the fake_quantize's output.
+  ConvCase quantized_skip = c;
+  quantized_skip.skip_reads_quantized = true;
+  Network want_net = fake_quantized_conv(quantized_skip);
+  ASSERT_TRUE(quantize_int8_layers(want_net, /*fold_requantize=*/false));
+  const test::Feed& feed = f;
+  const std::vector<float> want = test::run_reference(want_net, feed, false).at("y");
+  const std::vector<float> got = test::run_reference(net, feed, false).at("y");
+  expect_close(got, want, 2e-3f);
+  // Not what the float-residual model computes: the residual's quantization shows (here y0 also
+  // exceeds the scale's range, 2, and the quantized residual clips there).
+  EXPECT_NE(got, before);
+  assign_layouts(net);  // channels last throughout, the residual too: no transpose between
+  EXPECT_EQ(test::ops_of(net), (std::vector<std::string>{"cast", "quantize", "transpose", "convolution",
+                                                         "convolution", "cast", "transpose"}));
+  EXPECT_EQ(test::run_reference(net, feed, false).at("y"), got);
+}
+
 TEST(Int8Convolutions, OnlyWhereTheInt8KernelRuns) {
   ConvCase few_channels;
   few_channels.c = 8;  // not a multiple of 16
@@ -340,6 +382,9 @@ TEST(Int8Convolutions, CudaKernelMatchesTheReferenceOnEveryTile) {
   block.skip = true;
   block.k = block.c;
   check_cuda(block);
+  ConvCase calibrated = block;  // ... or, calibrated, int8 only: the residual read as int8
+  calibrated.calibrated = true;
+  check_cuda(calibrated);
 }
 
 }  // namespace

@@ -492,3 +492,44 @@ def test_ptq_transformer_encoder_stays_within_one_percent(tmp_path):
         # keeps its fake quantization.
         assert len(int8_linear) == 4 and ops.count("fake_quantize") == 1, ops
         assert accuracy(compiled, test, labels) >= fp32 - 0.01, algorithm
+
+
+class ResidualBlocks(torch.nn.Module):
+    """A stem and two ResNet basic blocks (identity shortcuts), 16 channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(16, 16, 3, padding=1) for _ in range(4))
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        for k in range(2):
+            h = torch.relu(self.convs[2 * k + 1](torch.relu(self.convs[2 * k](h))) + h)
+        return h
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_calibrated_residual_stream_is_int8(device):
+    # A calibrated build reads each block's residual as the int8 tensor its next convolution
+    # reads (residual_scale), so no block output is written in floating point as well.
+    torch.manual_seed(0)
+    model = ResidualBlocks().eval()
+    batches = [(torch.randn(2, 16, 12, 12),) for _ in range(3)]
+    compiled = int8(
+        model,
+        batches[0][0],
+        kiln.Calibrator(batches, algorithm="minmax"),
+        device=device,
+        min_block_size=1,
+    )
+    layers = kiln.inspect(kiln.plans(compiled)[0]).layers
+    convs = [la for la in layers if la.op == "convolution"]
+    assert all(la.attrs.get("quantized") == 1 for la in convs), [la.name for la in convs]
+    assert sum("residual_scale" in la.attrs for la in convs) == 2
+    assert not any(la.attrs.get("int8_copy") for la in convs)
+    x = torch.randn(2, 16, 12, 12)  # fresh, the compiled shape
+    want = model(x)
+    got = compiled(x.to(device)).float().cpu()
+    cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
+    assert cos > 0.999, cos
