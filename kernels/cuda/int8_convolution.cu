@@ -390,7 +390,8 @@ void launch_tile(const DeviceParams& d, cudaStream_t stream) {
 }
 
 // Tile t: 0 = 128x128 (8 warps of 64x32), 1 = 128x64 (4 warps of 64x32), 2 = 64x128 (4 warps of
-// 32x64), 3 = 64x64 (4 warps of 32x32).
+// 32x64), 3 = 64x64 (4 warps of 32x32), 4 = 128x128 (4 warps of 64x64: 8 ldmatrix per 32 MMAs
+// instead of 6 per 16, for large GEMMs).
 // T: y's type; R: the float type the residual has and an int8 y is rounded to first.
 template <typename T, typename R>
 void launch_typed(const DeviceParams& d, int tile, cudaStream_t stream) {
@@ -401,8 +402,10 @@ void launch_typed(const DeviceParams& d, int tile, cudaStream_t stream) {
       return launch_tile<128, 64, 64, 32, T, R>(d, stream);
     case 2:
       return launch_tile<64, 128, 32, 64, T, R>(d, stream);
-    default:
+    case 3:
       return launch_tile<64, 64, 32, 32, T, R>(d, stream);
+    default:
+      return launch_tile<128, 128, 64, 64, T, R>(d, stream);
   }
 }
 

@@ -46,7 +46,7 @@ struct Int8ConvParams : ConvWindow2d {
 
 // The tile configurations (the convolution's INT8 tactics, timed by the builder); -1 picks one
 // by the number of tiles the shape gives.
-constexpr int kInt8ConvTiles = 4;
+constexpr int kInt8ConvTiles = 5;
 
 // Why `p` cannot run (a sentence naming what the kernel needs), or empty when it can.
 std::string int8_convolution_refusal(const Int8ConvParams& p);

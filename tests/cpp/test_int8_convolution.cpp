@@ -6,6 +6,7 @@
 
 #include "core/passes/passes.h"
 #include "ir/ops/convolution.h"
+#include "kernels/cuda/int8_convolution.h"
 #include "kernels/reference/host_access.h"
 #include "test_util.h"
 
@@ -334,7 +335,7 @@ void check_cuda(const ConvCase& c) {
     if (l.op == "convolution" && conv_quantized(l)) convs.push_back(&l);
   }
   ASSERT_EQ(convs.size(), c.quantized_before ? 2u : 1u) << test::graph_text(plan.network);
-  for (int tile = -1; tile < 4; ++tile) {
+  for (int tile = -1; tile < kInt8ConvTiles; ++tile) {
     for (Layer* conv : convs) {
       EXPECT_TRUE(channels_last(*conv));
       conv->attrs.set("tactic", int64_t{tile});
