@@ -286,16 +286,32 @@ TEST(Int8Convolutions, CalibratedBlockReadsItsResidualAsInt8) {
 }
 
 TEST(Int8Convolutions, OnlyWhereTheInt8KernelRuns) {
-  ConvCase few_channels;
-  few_channels.c = 8;  // not a multiple of 16
   ConvCase grouped;
   grouped.groups = 2;
   ConvCase zero_point;
   zero_point.zero_point = 3;  // asymmetric
-  for (const ConvCase& c : {few_channels, grouped, zero_point}) {
+  ConvCase odd_outputs;
+  odd_outputs.k = 5;
+  for (const ConvCase& c : {grouped, zero_point, odd_outputs}) {
     Network net = fake_quantized_conv(c);
-    EXPECT_FALSE(quantize_int8_layers(net)) << c.c << " " << c.groups << " " << c.zero_point;
+    EXPECT_FALSE(quantize_int8_layers(net)) << c.k << " " << c.groups << " " << c.zero_point;
   }
+}
+
+// An RGB stem (3 input channels): the int8 input and the weight are zero-padded to 16 channels,
+// which adds nothing to the sums: the same values as without padding.
+TEST(Int8Convolutions, FewInputChannelsArePaddedToSixteen) {
+  ConvCase c;
+  c.c = 3;
+  auto [net, f, before] = rewrite(c, 19);
+  EXPECT_EQ(test::ops_of(net), (std::vector<std::string>{"cast", "quantize", "pad", "convolution", "cast"}));
+  const Layer& conv = test::layer_named(net, "conv");
+  EXPECT_EQ(net.tensor(conv.inputs[0]).dims, (Dims{c.n, 16, c.h, c.w}));
+  EXPECT_EQ(net.tensor(conv.inputs[1]).dims, (Dims{c.k, 16, 3, 3}));
+  const std::vector<float> after = test::run_reference(net, f, false).at("y");
+  expect_close(after, before, 2e-3f);
+  assign_layouts(net);  // the INT8 layer runs channels last on the padded input
+  EXPECT_EQ(test::run_reference(net, f, false).at("y"), after);
 }
 
 TEST(Int8Convolutions, LayerWithItsOwnPrecisionStaysFloatingPoint) {
@@ -369,6 +385,13 @@ TEST(Int8Convolutions, CudaKernelMatchesTheReferenceOnEveryTile) {
   pointwise.k = 64;
   pointwise.h = pointwise.w = 14;
   check_cuda(pointwise);
+  ConvCase stem;  // 3 input channels, padded to 16
+  stem.c = 3;
+  stem.kernel = 7;
+  stem.pad = 3;
+  stem.stride = 2;
+  stem.h = stem.w = 20;
+  check_cuda(stem);
   ConvCase downsample = pointwise;  // 1x1 stride 2, a ResNet block's shortcut: every other pixel
   downsample.stride = 2;
   downsample.h = 15;
