@@ -216,16 +216,28 @@ TEST(Int8Convolutions, ConvolutionFeedingOnlyAQuantizeWritesInt8) {
   expect_close(folded, before, 1e-1f);
 }
 
-// A ResNet block: conv0's value is the next convolution's quantized input and its residual. conv0
+// conv0's value is the next convolution's quantized input and its residual. conv0
 // writes both (int8_copy): the float16 value for the residual, the int8 tensor for the
 // convolution, so no quantize kernel reads the value again.
-TEST(Int8Convolutions, ConvolutionWhoseValueIsAlsoTheResidualWritesItAndItsInt8Copy) {
+// A ResNet block (conv0 -> fake_quantize -> conv, conv0's value also conv's residual), rewritten;
+// both convolutions INT8, conv0 writing conv's int8 input.
+ConvCase resnet_block(bool calibrated) {
   ConvCase c;
   c.conv_before = c.quantized_before = c.skip = true;
+  c.calibrated = calibrated;
   c.k = c.c;
-  auto [net, f, before] = rewrite(c, 17);
-  EXPECT_EQ(test::ops_of(net),
+  return c;
+}
+Rewritten rewrite_block(const ConvCase& c) {
+  Rewritten r = rewrite(c, 17);
+  EXPECT_EQ(test::ops_of(r.net),
             (std::vector<std::string>{"cast", "quantize", "convolution", "convolution", "cast"}));
+  return r;
+}
+
+TEST(Int8Convolutions, ConvolutionWhoseValueIsAlsoTheResidualWritesItAndItsInt8Copy) {
+  const ConvCase c = resnet_block(false);
+  auto [net, f, before] = rewrite_block(c);
   const Layer& conv0 = test::layer_named(net, "conv0");
   const Layer& conv = test::layer_named(net, "conv");
   EXPECT_EQ(conv0.attrs.get_int("int8_copy", "conv0"), 1);
@@ -251,12 +263,8 @@ TEST(Int8Convolutions, ConvolutionWhoseValueIsAlsoTheResidualWritesItAndItsInt8C
 // layer reads, dequantized in the epilogue, so conv0 writes int8 only. The result is the model
 // whose residual is the fake-quantized value; a Q/DQ model's float residual stays (above).
 TEST(Int8Convolutions, CalibratedBlockReadsItsResidualAsInt8) {
-  ConvCase c;
-  c.conv_before = c.quantized_before = c.skip = c.calibrated = true;
-  c.k = c.c;
-  auto [net, f, before] = rewrite(c, 17);
-  EXPECT_EQ(test::ops_of(net),
-            (std::vector<std::string>{"cast", "quantize", "convolution", "convolution", "cast"}));
+  const ConvCase c = resnet_block(true);
+  auto [net, f, before] = rewrite_block(c);
   const Layer& conv0 = test::layer_named(net, "conv0");
   const Layer& conv = test::layer_named(net, "conv");
   EXPECT_FALSE(conv0.attrs.has("int8_copy"));
@@ -378,27 +386,22 @@ TEST(Int8Convolutions, CudaKernelMatchesTheReferenceOnEveryTile) {
   strided.pad = 2;
   strided.residual = true;
   check_cuda(strided);
-  ConvCase pointwise;  // 1x1, as ResNet's bottlenecks: a plain GEMM over pixels
-  pointwise.kernel = 1;
-  pointwise.pad = 0;
-  pointwise.c = 256;
-  pointwise.k = 64;
-  pointwise.h = pointwise.w = 14;
-  check_cuda(pointwise);
-  ConvCase stem;  // 3 input channels, padded to 16
-  stem.c = 3;
-  stem.kernel = 7;
-  stem.pad = 3;
-  stem.stride = 2;
-  stem.h = stem.w = 20;
-  check_cuda(stem);
-  ConvCase downsample = pointwise;  // 1x1 stride 2, a ResNet block's shortcut: every other pixel
-  downsample.stride = 2;
-  downsample.h = 15;
-  downsample.w = 9;
-  downsample.c = 32;
-  downsample.k = 34;
-  check_cuda(downsample);
+  // A case by its shape: channels in and out, kernel, padding, stride, height and width.
+  const auto shaped = [](int64_t c, int64_t k, int64_t kernel, int64_t pad, int64_t stride, int64_t h,
+                         int64_t w) {
+    ConvCase s;
+    s.c = c;
+    s.k = k;
+    s.kernel = kernel;
+    s.pad = pad;
+    s.stride = stride;
+    s.h = h;
+    s.w = w;
+    return s;
+  };
+  check_cuda(shaped(256, 64, 1, 0, 1, 14, 14));  // 1x1, as ResNet's bottlenecks: a GEMM over pixels
+  check_cuda(shaped(3, 64, 7, 3, 2, 20, 20));    // a stem: 3 input channels, padded to 16
+  check_cuda(shaped(32, 34, 1, 0, 2, 15, 9));    // a block's 1x1 stride-2 shortcut: every other pixel
   ConvCase chain;  // two INT8 layers, the first requantizing its output for the second
   chain.conv_before = chain.quantized_before = true;
   check_cuda(chain);
