@@ -8,6 +8,7 @@ convolutions (int8 operands, integer sums: exact on the reference backend, the i
 on CUDA); the other quantized layers compute their fake quantization in floating point. These
 tests check the calibration and its accuracy, not speed (docs/quantization.md)."""
 
+import copy
 import re
 
 import pytest
@@ -80,7 +81,7 @@ def accuracy(fn, x, y) -> float:
 @pytest.mark.parametrize("algorithm", ["entropy", "minmax", "percentile"])
 def test_ptq_stays_within_one_percent_of_fp32(digits, device, algorithm):
     model, train, test, labels = digits
-    model = model.to(device)
+    model = copy.deepcopy(model).to(device)  # a copy: Module.to moves the shared fixture's in place
     test, labels = test.to(device), labels.to(device)
     fp32 = accuracy(model, test, labels)
     assert fp32 > 0.9  # the model learned the digits
@@ -382,7 +383,6 @@ def test_torchao_pt2e_model_agrees_with_its_eager_quantized_model(digits, device
     # channels) reads the int8 tensor of its explicit quantize as an INT8 convolution.
     pt2e = pytest.importorskip("torchao.quantization.pt2e.quantize_pt2e")
     model, train, test, labels = digits
-    model = model.cpu()  # exported and calibrated on the CPU (another test may have moved it)
     batch = {0: torch.export.Dim("batch", max=512)}
     captured = torch.export.export(model, (test,), dynamic_shapes=(batch,)).module()
     prepared = pt2e.prepare_pt2e(captured, _int8_symmetric_quantizer())
@@ -415,7 +415,10 @@ def test_torchao_pt2e_model_agrees_with_its_eager_quantized_model(digits, device
         want = quantized(test).argmax(1)
         got = compiled(test).argmax(1)
     assert (got == want).float().mean().item() >= 0.995
-    assert accuracy(compiled, test, labels) >= accuracy(model.to(device), test, labels) - 0.01
+    assert (
+        accuracy(compiled, test, labels)
+        >= accuracy(copy.deepcopy(model).to(device), test, labels) - 0.01
+    )
 
 
 class TinyEncoder(torch.nn.Module):
