@@ -520,9 +520,9 @@ def test_calibrated_residual_stream_is_int8(device):
     # reads (residual_scale), so no block output is written in floating point as well.
     torch.manual_seed(0)
     model = ResidualBlocks().eval()
-    batches = [(torch.randn(2, 16, 12, 12),) for _ in range(3)]
+    batches = [(torch.randn(2, 16, 12, 12, device=device),) for _ in range(3)]
     compiled = int8(
-        model,
+        copy.deepcopy(model).to(device),
         batches[0][0],
         kiln.Calibrator(batches, algorithm="minmax"),
         device=device,
