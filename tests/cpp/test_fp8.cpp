@@ -3,6 +3,7 @@
 // reference backend), the FP8 GEMM on CUDA against the reference, and the error on a GPU
 // without FP8.
 #include <cmath>
+#include <string>
 
 #include "core/passes/passes.h"
 #include "ir/float8.h"
@@ -40,7 +41,7 @@ TEST(Float8, EveryCodeRoundTripsAndRoundingIsNearestEvenSaturating) {
 
 // x [8, 32] float32 -> cast float16 -> e4m3 fake_quantize -> [reshape [2, 4, 32]] ->
 // fully_connected(W [16, 32], bias, relu) -> cast float32 -> y.
-Network fp8_linear(bool view = false) {
+Network fp8_linear(bool view = false, const std::string& activation = "relu") {
   Network net;
   const TensorId x = net.add_input("x", DataType::kFloat32, {8, 32});
   Attributes to16;
@@ -66,7 +67,7 @@ Network fp8_linear(bool view = false) {
   const TensorId w = net.add_constant("w", DataType::kFloat16, {16, 32}, w16.data(), w16.size() * 2);
   const TensorId b = net.add_constant("b", DataType::kFloat16, {16}, b16.data(), b16.size() * 2);
   Attributes fc;
-  fc.set("activation", std::string("relu"));
+  fc.set("activation", activation);
   t = net.add_layer("fully_connected", {t, w, b}, fc, "fc").outputs[0];
   Attributes to32;
   to32.set("to", std::string("float32"));
@@ -178,18 +179,22 @@ TEST(Fp8Gemms, OlderGpusAreRefusedWithWhatToDo) {
 TEST(Fp8Gemms, CudaFp8GemmMatchesTheReference) {
   KILN_REQUIRE_GPU();
   if (cuda_device_arch() < 89) GTEST_SKIP() << "FP8 needs sm_89+";
-  const Network net = fp8_linear();
-  const std::vector<float> x = random_floats(8 * 32, 6, -2.5f, 2.5f);
-  BuilderConfig config;
-  config.target = BuildTarget::kCuda;
-  enable_precision(config.precision, "fp16");
-  enable_precision(config.precision, "fp8");
-  const Plan plan = Builder().build(net, config);
-  bool fp8 = false;
-  for (const auto& l : plan.network.layers()) fp8 |= l.op == "fully_connected" && l.attrs.has("out_dtype");
-  EXPECT_TRUE(fp8) << test::graph_text(plan.network);
-  const auto y = test::run_float(Engine::create(plan, Backend::kCuda), {{"x", {{8, 32}, x}}}).at("y");
-  expect_close(y, run_reference(net, x), 1e-2f);
+  // gelu: the FP8 GEMM applies it in cuBLASLt's epilogue, in its tanh form (within 5e-4 of erf's).
+  for (const std::string activation : {"relu", "gelu"}) {
+    SCOPED_TRACE(activation);
+    const Network net = fp8_linear(false, activation);
+    const std::vector<float> x = random_floats(8 * 32, 6, -2.5f, 2.5f);
+    BuilderConfig config;
+    config.target = BuildTarget::kCuda;
+    enable_precision(config.precision, "fp16");
+    enable_precision(config.precision, "fp8");
+    const Plan plan = Builder().build(net, config);
+    bool fp8 = false;
+    for (const auto& l : plan.network.layers()) fp8 |= l.op == "fully_connected" && l.attrs.has("out_dtype");
+    EXPECT_TRUE(fp8) << test::graph_text(plan.network);
+    const auto y = test::run_float(Engine::create(plan, Backend::kCuda), {{"x", {{8, 32}, x}}}).at("y");
+    expect_close(y, run_reference(net, x), 1e-2f);
+  }
 }
 
 }  // namespace
