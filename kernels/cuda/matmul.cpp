@@ -222,7 +222,9 @@ class LtGemmPlan {
 
   // c = epilogue(a @ b (+ r)); r is the residual when the plan has one, else unused.
   void run(const void* a, const void* b, void* c, const void* r, const LaunchContext& ctx) const {
-    const void* c_in = beta_ != 0.f ? r : c;
+    // C is read only with a residual (beta 1). Unread, it is D, except where D has its own layout
+    // (FP8 writing float8): cuBLASLt refuses C == D with different layouts, and takes no C then.
+    const void* c_in = beta_ != 0.f ? r : d_.d ? nullptr : c;
     KILN_CUBLAS_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(ctx.cublaslt), d_.op, &alpha_, b, d_.a, a,
                                      d_.b, &beta_, c_in, d_.c, c, d_layout(), &heuristic_.algo, ctx.workspace,
                                      ctx.workspace_bytes, static_cast<cudaStream_t>(ctx.stream)));

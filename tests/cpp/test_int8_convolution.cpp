@@ -320,6 +320,12 @@ TEST(Int8Convolutions, FewInputChannelsArePaddedToSixteen) {
   expect_close(after, before, 2e-3f);
   assign_layouts(net);  // the INT8 layer runs channels last on the padded input
   EXPECT_EQ(test::run_reference(net, f, false).at("y"), after);
+  // ... padded after the transpose into channels last (3 channels moved, not 16), on the last dim.
+  EXPECT_EQ(test::ops_of(net), (std::vector<std::string>{"cast", "quantize", "transpose", "pad",
+                                                         "convolution", "cast", "transpose"}));
+  const Layer& padded = test::layer_named(net, "conv/pad_channels/nhwc");
+  EXPECT_EQ(padded.attrs.get_ints("pads", "pad"), (std::vector<int64_t>{0, 13}));
+  EXPECT_EQ(net.tensor(padded.inputs[0]).dims, (Dims{c.n, c.h, c.w, 3}));
 }
 
 TEST(Int8Convolutions, LayerWithItsOwnPrecisionStaysFloatingPoint) {
