@@ -6,6 +6,7 @@
 //   (int8 results); quantized_decomposed.dequantize_per_tensor (.default, .tensor),
 //   dequantize_per_channel -> dequantize: the pt2e flow's Q/DQ pairs;
 //   kiln.fake_quantize_fp8 (kiln.compile's FP8 calibration) -> fake_quantize, format e4m3.
+//   kiln.fake_quantize_int8 (kiln.compile's INT8 calibration) -> fake_quantize, calibrated.
 // The layers compute as torch does, so a Q/DQ model's engine agrees with its eager fake-quant
 // model. uint8 schemes (an X86 pt2e quantizer's activations) have no engine dtype: those nodes run
 // in PyTorch.
@@ -127,6 +128,26 @@ const ConverterRegistration kRegistered([] {
   };
   fq.limits = "floating self; constant scale and zero point";
   register_converter(std::move(fq));
+
+  // kiln.fake_quantize_int8(x, scale: float, quant_min, quant_max): kiln.compile's INT8
+  // calibration (py/kiln/calibration.py) -> fake_quantize, zero point 0, marked calibrated (the
+  // builder may quantize the tensor for its other readers too: quantize_int8_layers).
+  Converter i8;
+  i8.target = "kiln.fake_quantize_int8.default";
+  i8.capability = [](const KGraph& g, const KNode& n) -> std::string {
+    std::string r = require_floating(value_arg(g, n, "x"), "x");
+    if (r.empty() && !n.arg("scale").is_number()) r = "scale must be a constant";
+    return r.empty() ? check_range(n, false) : r;
+  };
+  i8.convert = [](ConversionContext& ctx, const KNode& n) {
+    TensorId scale = scalar_f32(ctx, n, n.arg("scale").as_double(), "scale");
+    TensorId zp = ctx.constant_i64(n, {0}, {}, "zero_point");
+    Attributes a = range_attrs(n, 0);
+    a.set("calibrated", int64_t{1});
+    ctx.set_output(n, 0, ctx.add(n, "fake_quantize", {ctx.tensor(n, "x"), scale, zp}, a).outputs[0]);
+  };
+  i8.limits = "floating x; constant scale (INT8 per tensor, zero point 0)";
+  register_converter(std::move(i8));
 
   // kiln.fake_quantize_fp8(x, scale: float, inv_scale: float): kiln.compile's FP8 calibration
   // (py/kiln/calibration.py) -> fake_quantize with format e4m3.

@@ -400,6 +400,7 @@ Network quantize_network(const Network& network, Int8Calibrator& calibrator,
                                         &zero, sizeof zero));
           attrs.set("quant_min", int64_t{-kQmax});
           attrs.set("quant_max", int64_t{kQmax});
+          attrs.set("calibrated", int64_t{1});  // the builder may quantize the tensor's other readers too
         }
         const std::string fq_name = unique_name(used, act + tag + "_fake_quantize");
         fake_quantized[q.activation] = net.add_layer("fake_quantize", in, attrs, fq_name).outputs[0];

@@ -32,10 +32,12 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <set>
 
 #include "core/passes/passes.h"
 #include "core/weight_transforms.h"
 #include "ir/ops/convolution.h"
+#include "ir/ops/indexing.h"
 
 namespace kiln {
 namespace {
@@ -58,6 +60,10 @@ class LayoutRewriter {
     last_.assign(tensors, -1);
     first_.assign(tensors, true);
     native_.assign(tensors, false);
+    readers_.assign(tensors, 0);
+    for (const Layer& l : old) {
+      for (TensorId t : l.inputs) ++readers_[static_cast<size_t>(t)];
+    }
     for (Layer& l : old) {
       if (wants_last(l)) {
         to_channels_last(l);
@@ -69,7 +75,11 @@ class LayoutRewriter {
       }
     }
     for (TensorId t : net_.outputs()) need_first(t);
-    net_.mutable_layers() = std::move(layers_);
+    std::vector<Layer> kept;
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      if (!dropped_.count(i)) kept.push_back(std::move(layers_[i]));
+    }
+    net_.mutable_layers() = std::move(kept);
     if (changed_) net_.compact();
     return changed_;
   }
@@ -210,7 +220,10 @@ class LayoutRewriter {
       for (size_t i = 0; i < l.inputs.size(); ++i) {
         const bool activation_like = i == 0 || static_cast<int>(i) == e.residual_input;
         const bool weight = i == 1;
-        inputs.push_back(activation_like || weight ? last_version(l.inputs[i]) : l.inputs[i]);
+        const TensorId padded = i == 0 ? channels_last_pad(l.inputs[0]) : -1;
+        inputs.push_back(padded >= 0                 ? padded
+                         : activation_like || weight ? last_version(l.inputs[i])
+                                                     : l.inputs[i]);
       }
       pad_few_channels(l, inputs);
       attrs.set("layout", std::string("nhwc"));
@@ -246,6 +259,37 @@ class LayoutRewriter {
     }
     any_last_ = true;
     changed_ = true;
+  }
+
+  // A convolution input that is a zero channel pad of a channels-first tensor only it reads (an
+  // INT8 stem: quantize_int8_layers pads 3 channels to 16) is padded after the transpose into
+  // channels last instead, on the last dim: the transpose moves 3 channels rather than 16, and the
+  // pad writes whole rows. Returns the channels-last padded tensor, or -1 when `x` is not such a pad.
+  TensorId channels_last_pad(TensorId x) {
+    if (readers_[static_cast<size_t>(x)] != 1 || net_.is_output(x) || net_.tensor(x).dims.size() != 4)
+      return -1;
+    for (size_t i = layers_.size(); i-- > 0;) {
+      const Layer p = layers_[i];  // a copy: add_layer below may grow layers_
+      if (p.outputs.empty() || p.outputs[0] != x) continue;
+      if (p.op != "pad" || (p.attrs.has("mode") && p.attrs.get_string("mode", p.name) != "constant"))
+        return -1;
+      const std::vector<int64_t> pads = indexing::resolve_pads(p.attrs.get_ints("pads", p.name), 4);
+      for (int d = 0; d < 4; ++d) {
+        if (d != 1 && (pads[2 * d] != 0 || pads[2 * d + 1] != 0)) return -1;
+      }
+      if (pads[2] < 0 || pads[3] < 0) return -1;
+      Attributes attrs = p.attrs;
+      attrs.set("pads", std::vector<int64_t>{pads[2], pads[3]});  // torch order: the last dim only
+      const TensorId src = last_version(p.inputs[0]);
+      Layer& pad = net_.add_layer("pad", {src}, std::move(attrs), unique_layer(p.name + "/nhwc"));
+      layers_.push_back(std::move(pad));
+      net_.mutable_layers().pop_back();
+      grow();
+      dropped_.insert(i);
+      changed_ = true;
+      return layers_.back().outputs[0];
+    }
+    return -1;
   }
 
   // A convolution with fewer than kMinChannels input channels (an image's 3) runs badly on tensor
@@ -298,6 +342,8 @@ class LayoutRewriter {
   std::vector<bool> first_;                   // whether the channels-first tensor holds its values
   std::vector<bool> native_;                  // original tensors computed by a channels-last layer
   std::map<TensorId, std::string> deferred_;  // a model's NHWC -> NCHW transpose, by its output
+  std::vector<int> readers_;                  // layers reading each original tensor
+  std::set<size_t> dropped_;                  // layers_ replaced (channels_last_pad)
   bool any_last_ = false;                     // some layer runs channels last
   bool changed_ = false;
 };

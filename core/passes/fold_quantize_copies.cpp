@@ -5,6 +5,8 @@
 // computed it, the views reshape the quantized tensor instead, and no quantize kernel reads y
 // again. In a transformer the normalized value is both the next GEMM's quantized input (the
 // quantize layers quantize_fp8_gemms and quantize_int8_layers make) and a residual, so y stays.
+// Likewise an e4m3 quantize whose input only an FP8 GEMM writes (through views only it reads): the
+// GEMM writes float8 itself (output_inv_scale), and its float value is not written at all.
 #include <cmath>
 #include <cstring>
 
@@ -47,6 +49,19 @@ QuantizedCopy copy_of(const Network& net, const Layer& q) {
   return c;
 }
 
+// An FP8 fully_connected that can write its value as e4m3 in cuBLASLt's epilogue: 16-bit out_dtype,
+// no residual, an activation cuBLASLt applies (CublasLtFullyConnected), not folded yet.
+bool fp8_gemm_writes_e4m3(const Layer& l) {
+  if (l.op != "fully_connected" || !l.attrs.has("out_dtype") ||
+      l.attrs.get_int("quantized", int64_t{0}) != 0 || l.attrs.has("output_inv_scale") ||
+      l.attrs.get_int("residual", int64_t{0}) != 0)
+    return false;
+  const std::string out = l.attrs.get_string("out_dtype", l.name);
+  const std::string act = l.attrs.has("activation") ? l.attrs.get_string("activation", l.name) : "none";
+  return (out == "float16" || out == "bfloat16") &&
+         (act == "none" || act == "relu" || act == "gelu" || act == "gelu_tanh");
+}
+
 }  // namespace
 
 bool fold_quantize_copies(Network& net) {
@@ -67,6 +82,14 @@ bool fold_quantize_copies(Network& net) {
     const int p = quantized_value_producer(layers, producer, q, sole, &views, &value);
     if (p < 0) continue;
     Layer& norm = layers[static_cast<size_t>(p)];
+    if (c.e4m3 && fp8_gemm_writes_e4m3(norm) && sole(value)) {
+      // An FP8 GEMM whose value only this quantize reads (a transformer MLP's first GEMM, its
+      // GELU in cuBLASLt's epilogue): it writes the e4m3 tensor itself, no float one.
+      norm.attrs.set("output_inv_scale", static_cast<double>(c.inv_scale));
+      norm.outputs[0] = move_views_to_quantized(net, layers, views, q.outputs[0], "/fp8");
+      folded[i] = true;
+      continue;
+    }
     if ((norm.op != "layer_norm" && norm.op != "rms_norm") || norm.attrs.has("quantized_copy")) continue;
     norm.attrs.set("quantized_copy", std::string(c.e4m3 ? "e4m3" : "int8"));
     norm.attrs.set("copy_inv_scale", static_cast<double>(c.inv_scale));

@@ -14,11 +14,15 @@
 // and BatchNorm folding scales each output channel, which keeps it there, so requantizing is
 // exact up to the float16 rounding of the folded weight (half a step is far larger).
 //
-// Only where Kiln's INT8 kernel runs (int8_convolution.h): convolutions 2d, groups 1; input
-// channels (features) a multiple of 16, an even number of output channels (features), y
+// Only where Kiln's INT8 kernel runs (int8_convolution.h): convolutions 2d, groups 1 (input
+// channels zero-padded to a multiple of 16: a pad layer on the int8 input, zero weights); linear
+// layers with input features a multiple of 16; an even number of output channels (features), y
 // float16/bfloat16/float32, a constant bias. Other layers keep the fake_quantize (simulated INT8,
-// still correct). Last, a quantized layer whose value feeds such a quantize writes the int8 tensor
-// itself, instead of its value or (a convolution) besides it (fold_requantize). The builder runs
+// still correct). Then, in calibrated builds (the quantize came from a fake_quantize marked
+// calibrated), a quantized convolution reads its residual as int8 where that tensor is quantized
+// for another layer anyway (int8_residuals). Last, a quantized layer whose value feeds such a
+// quantize writes the int8 tensor itself, instead of its value or (a convolution) besides it
+// (fold_requantize). The builder runs
 // this pass when the "int8" precision is enabled, after assign_precision and before
 // assign_layouts (which then runs the INT8 convolutions channels last, their weight [K, R, S, C]);
 // the fake_quantize layers it leaves unread go with dead-layer elimination.
@@ -90,9 +94,8 @@ Int8Candidate int8_candidate(const Network& net, const Layer& l) {
     if (conv_quantized(l) || channels_last(l)) return c;
     const Tensor &x = net.tensor(l.inputs[0]), &w = net.tensor(l.inputs[1]);
     if (x.dims.size() != 4 || w.kind != TensorKind::kConstant || !is_floating(w.dtype)) return c;
-    if (l.attrs.get_int("groups", int64_t{1}) != 1 || w.dims[1] <= 0 || w.dims[1] % 16 != 0 ||
-        w.dims[0] % 2 != 0)
-      return c;
+    // Input channels not a multiple of 16 (an RGB stem) are zero-padded to one (pad_channels).
+    if (l.attrs.get_int("groups", int64_t{1}) != 1 || w.dims[1] <= 0 || w.dims[0] % 2 != 0) return c;
     const ConvEpilogue e = conv_epilogue(l, l.inputs.size());
     c.has_bias = e.has_bias;
     c.residual_input = e.residual_input;
@@ -130,6 +133,17 @@ std::pair<std::shared_ptr<std::vector<uint8_t>>, std::vector<float>> quantize_we
     }
   }
   return {bytes, scales};
+}
+
+// A convolution's int8 weight [K, C, taps...] with C zero-padded to `padded` channels.
+std::shared_ptr<std::vector<uint8_t>> pad_channels(const std::vector<uint8_t>& w, const Dims& dims,
+                                                   int64_t padded) {
+  const int64_t k = dims[0], c = dims[1], taps = volume(dims) / (k * c);
+  auto out = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(k * padded * taps), 0);
+  for (int64_t o = 0; o < k; ++o) {
+    std::copy_n(w.begin() + o * c * taps, c * taps, out->begin() + o * padded * taps);
+  }
+  return out;
 }
 
 // A quantized convolution or fully_connected whose value a per-tensor int8 quantize reads (zero
@@ -183,6 +197,43 @@ bool fold_requantize(Network& net) {
   return drop_folded(net, folded);
 }
 
+// Calibrated builds: a quantized convolution's residual r that a calibrated per-tensor int8
+// quantize also reads (r is some INT8 layer's input too: a ResNet block's output is the next
+// block's input and its residual) is read as that quantize's int8 tensor instead, dequantized in
+// the epilogue (residual_scale), as TensorRT's implicit INT8 quantizes the residual stream. Then
+// r's producer writes int8 only (fold_requantize: no int8_copy), and the residual is read in one
+// byte: half of ResNet-50's activation traffic in the blocks. The calibrated model adds the
+// residual quantized (one more rounding of a value already quantized for its other reader); a
+// Q/DQ model keeps its float residuals, as its graph says.
+bool int8_residuals(Network& net) {
+  const std::vector<int> producer = net.producers();
+  std::map<TensorId, size_t> calibrated;  // float tensor -> the calibrated quantize reading it
+  std::vector<Layer>& layers = net.mutable_layers();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const Layer& q = layers[i];
+    if (q.op == "quantize" && q.attrs.get_int("calibrated", int64_t{0}) == 1 && int8_scale(net, q) &&
+        net.tensor(q.outputs[0]).dtype == DataType::kInt8 && !calibrated.count(q.inputs[0]))
+      calibrated[q.inputs[0]] = i;
+  }
+  bool changed = false;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    Layer& conv = layers[i];
+    if (conv.op != "convolution" || conv.attrs.get_int("quantized", int64_t{0}) != 1 ||
+        conv.attrs.has("residual_scale"))
+      continue;
+    const ConvEpilogue e = conv_epilogue(conv, conv.inputs.size());
+    if (!e.residual) continue;
+    TensorId& r = conv.inputs[static_cast<size_t>(e.residual_input)];
+    const auto q = calibrated.find(r);
+    if (q == calibrated.end() || q->second > i) continue;  // the int8 tensor must exist by then
+    const Layer& quantize = layers[q->second];
+    conv.attrs.set("residual_scale", static_cast<double>(*int8_scale(net, quantize)));
+    r = quantize.outputs[0];
+    changed = true;
+  }
+  return changed;
+}
+
 }  // namespace
 
 bool quantize_int8_layers(Network& net, bool fold, const std::set<std::string>& pinned) {
@@ -211,17 +262,28 @@ bool quantize_int8_layers(Network& net, bool fold, const std::set<std::string>& 
       quantized[fq.outputs[0]] = fq.inputs[0];  // the int8 tensor it dequantizes
     } else if (!quantized.count(fq.outputs[0])) {
       Attributes attrs;
-      for (const char* a : {"quant_min", "quant_max"}) {
+      for (const char* a : {"quant_min", "quant_max", "calibrated"}) {
         if (fq.attrs.has(a)) attrs.set(a, fq.attrs.get_int(a, fq.name));
       }
       const Layer& q = net.add_layer("quantize", {fq.inputs[0], fq.inputs[1]}, attrs,
                                      unique_name(used, fq.name + "/int8"));
       quantized[fq.outputs[0]] = q.outputs[0];
     }
-    const TensorId xq = repeat_views(net, quantized, views, used, "/int8", layer.inputs[0]);
+    TensorId xq = repeat_views(net, quantized, views, used, "/int8", layer.inputs[0]);
     const Tensor w = net.tensor(layer.inputs[1]);  // a copy: add_constant may move the tensor list
     const int64_t k = w.dims[0];
     auto [bytes, s_w] = quantize_weight(w);
+    Dims wq_dims = w.dims;
+    const int64_t pad = layer.op == "convolution" ? (16 - w.dims[1] % 16) % 16 : 0;
+    if (pad) {  // x's channels (dim 1) and the weight's padded with zeros to a multiple of 16
+      std::vector<int64_t> pads(2 * (net.tensor(xq).dims.size() - 1), 0);  // F.pad order, dim 1 last
+      pads.back() = pad;
+      xq = net.add_layer("pad", {xq}, Attributes().set("pads", pads),
+                         unique_name(used, layer.name + "/pad_channels"))
+               .outputs[0];
+      wq_dims[1] += pad;
+      bytes = pad_channels(*bytes, w.dims, wq_dims[1]);
+    }
     std::vector<float> scale_bias(static_cast<size_t>(2 * k), 0.f);
     for (int64_t o = 0; o < k; ++o) scale_bias[static_cast<size_t>(o)] = *s_x * s_w[static_cast<size_t>(o)];
     std::vector<TensorId> lineage_from = {layer.inputs[1]};
@@ -235,11 +297,11 @@ bool quantize_int8_layers(Network& net, bool fold, const std::set<std::string>& 
     // The weight scales become part of the layer's constants: refit cannot replay them (yet).
     LineagePtr w_lineage =
         blocked_lineage(net, {layer.inputs[1]}, "its INT8 weight scales are computed by the builder",
-                        DataType::kInt8, w.dims);
+                        DataType::kInt8, wq_dims);
     LineagePtr sb_lineage = blocked_lineage(
         net, lineage_from, "its INT8 weight scales are computed by the builder", DataType::kFloat32, {2, k});
     const TensorId wq =
-        net.add_constant(unique_name(used, w.name + "/int8"), DataType::kInt8, w.dims, std::move(bytes));
+        net.add_constant(unique_name(used, w.name + "/int8"), DataType::kInt8, wq_dims, std::move(bytes));
     net.tensor(wq).lineage = std::move(w_lineage);
     const TensorId sb = net.add_constant(unique_name(used, w.name + "/int8_scale_bias"), DataType::kFloat32,
                                          {2, k}, scale_bias.data(), scale_bias.size() * sizeof(float));
@@ -254,7 +316,10 @@ bool quantize_int8_layers(Network& net, bool fold, const std::set<std::string>& 
     net.mutable_layers().push_back(std::move(layer));
     changed = true;
   }
-  if (changed && fold) fold_requantize(net);
+  if (changed && fold) {
+    int8_residuals(net);
+    fold_requantize(net);
+  }
   return changed;
 }
 

@@ -9,6 +9,7 @@
 #include "ir/ops/convolution.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "ir/error.h"
 #include "ir/op_schema.h"
@@ -241,10 +242,18 @@ std::vector<TensorDesc> infer_conv_channels_first(const Layer& layer, const std:
       out.push_back(conv_output_dim(size, kernel, g.strides[i], g.pads[i], g.dilations[i]));
     }
   }
+  const bool int8_residual = layer.attrs.has("residual_scale");
+  if (int8_residual) {
+    const double rs = layer.attrs.get_float("residual_scale", layer.name);
+    KILN_CHECK(quantized && epilogue.residual, who << ": residual_scale needs quantized = 1 and a residual");
+    KILN_CHECK(rs > 0 && std::isfinite(rs), who << ": residual_scale must be a positive number, got " << rs);
+  }
   if (epilogue.residual) {
     const TensorDesc& r = in[static_cast<size_t>(epilogue.residual_input)];
-    KILN_CHECK(r.dtype == y_dtype, who << ": residual dtype " << dtype_name(r.dtype)
-                                       << " differs from the output dtype " << dtype_name(y_dtype));
+    const DataType r_dtype = int8_residual ? DataType::kInt8 : y_dtype;
+    KILN_CHECK(r.dtype == r_dtype, who << ": residual dtype " << dtype_name(r.dtype) << " must be "
+                                       << dtype_name(r_dtype)
+                                       << (int8_residual ? " (residual_scale is set)" : " (the output's)"));
     bool same = r.dims.size() == out.size();
     for (size_t i = 0; same && i < out.size(); ++i) {
       same = r.dims[i] == out[i] || r.dims[i] == kDynamic || out[i] == kDynamic;
@@ -329,6 +338,9 @@ std::vector<AttrSpec> conv_attributes(bool transposed) {
         {"int8_copy", AttrType::kInt, AttrValue{int64_t{0}},
          "0/1, with output_inv_scale, set by quantize_int8_layers: y stays out_dtype and a second "
          "output holds its int8 quantization (a quantize layer folded in where y has other readers too)"},
+        {"residual_scale", AttrType::kFloat, std::nullopt,
+         "quantized, set by quantize_int8_layers in calibrated builds: the residual is int8 and adds "
+         "residual * residual_scale (the calibrated quantization of a tensor the layer adds)"},
     };
     rest.insert(rest.end(), quantized.begin(), quantized.end());
   }

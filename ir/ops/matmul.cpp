@@ -13,7 +13,10 @@
 // FP8 fully_connected (the builder's quantize_fp8_gemms makes it; CUDA sm_89+): x and weight are
 // float8_e4m3fn, `out_dtype` names y's dtype (bias and residual have it too), and
 //   y = activation(input_scale * weight_scale * (x @ weight^T) (+ bias)) (+ residual),
-// i.e. x and weight hold values / input_scale and / weight_scale (per tensor).
+// i.e. x and weight hold values / input_scale and / weight_scale (per tensor). With
+// `output_inv_scale` (a quantize folded in by quantize_fp8_gemms; no residual) y is float8_e4m3fn
+// instead: e4m3(v * output_inv_scale) of that value v, saturating, as the quantize computed it (the
+// reference rounds v to out_dtype first, as the quantize's input was; cuBLASLt converts from float32).
 //
 // INT8 fully_connected (the builder's quantize_int8_layers makes it; attribute `quantized` = 1):
 // x and weight are int8, input 2 is float32 [2, N] (row 0: the per-channel scale, input scale x
@@ -81,7 +84,9 @@ std::vector<TensorDesc> infer_fully_connected(const Layer& layer, const std::vec
   const int64_t quantized = layer.attrs.get_int("quantized", int64_t{0});
   KILN_CHECK(quantized == 0 || quantized == 1, who << ": quantized must be 0 or 1, got " << quantized);
   const bool requantized = layer.attrs.has("output_inv_scale");
-  KILN_CHECK(!requantized || quantized, who << ": output_inv_scale needs quantized = 1");
+  const bool fp8 = !quantized && (is_float8(x.dtype) || layer.attrs.has("out_dtype"));
+  KILN_CHECK(!requantized || quantized || fp8,
+             who << ": output_inv_scale needs quantized = 1 or FP8 (out_dtype)");
   if (quantized) {  // INT8
     KILN_CHECK(x.dtype == DataType::kInt8 && w.dtype == DataType::kInt8,
                who << ": a quantized fully_connected takes int8 x and weight, got " << dtype_name(x.dtype)
@@ -94,7 +99,7 @@ std::vector<TensorDesc> infer_fully_connected(const Layer& layer, const std::vec
     const int64_t hi = layer.attrs.get_int("output_quant_max", int64_t{127});
     KILN_CHECK(-128 <= lo && lo <= hi && hi <= 127, who << ": output_quant_min/max [" << lo << ", " << hi
                                                         << "] must be ordered inside [-128, 127]");
-  } else if (is_float8(x.dtype) || layer.attrs.has("out_dtype")) {  // FP8
+  } else if (fp8) {
     KILN_CHECK(is_float8(x.dtype) && w.dtype == x.dtype,
                who << ": an FP8 fully_connected (out_dtype set) takes float8_e4m3fn x and weight, got "
                    << dtype_name(x.dtype) << " and " << dtype_name(w.dtype));
@@ -112,6 +117,8 @@ std::vector<TensorDesc> infer_fully_connected(const Layer& layer, const std::vec
                                                        << " features but the weight " << to_string(w.dims)
                                                        << " expects " << w.dims[1]);
   const bool residual = layer.attrs.get_int("residual", int64_t{0}) != 0;
+  KILN_CHECK(!(fp8 && requantized && residual),
+             who << ": an FP8 fully_connected writing float8 (output_inv_scale) takes no residual");
   KILN_CHECK(!residual || in.size() >= 3,
              who << ": residual=1 needs a residual input after the weight (and bias)");
   const size_t operands = in.size() - (residual ? 1 : 0);
@@ -151,7 +158,8 @@ std::vector<TensorDesc> infer_fully_connected(const Layer& layer, const std::vec
       if (out[i] == kDynamic) out[i] = r.dims[i];
     }
   }
-  return {{requantized ? DataType::kInt8 : y_dtype, out}};
+  if (requantized) return {{fp8 ? DataType::kFloat8E4M3 : DataType::kInt8, out}};
+  return {{y_dtype, out}};
 }
 
 }  // namespace
@@ -198,7 +206,8 @@ const std::vector<AttrSpec> kFullyConnectedAttributes = {
      "(per-feature scale = input scale x weight scale, then bias), y of out_dtype"},
     {"output_inv_scale", AttrType::kFloat, std::nullopt,
      "INT8, set by quantize_int8_layers: y is int8, clamp(round(v * output_inv_scale)) of the epilogue's "
-     "value v rounded to out_dtype (a quantize layer folded in)"},
+     "value v rounded to out_dtype (a quantize layer folded in); FP8, set by quantize_fp8_gemms: y is "
+     "float8_e4m3fn, e4m3(v * output_inv_scale)"},
     {"output_quant_min", AttrType::kInt, AttrValue{int64_t{-128}}, "with output_inv_scale: y's range"},
     {"output_quant_max", AttrType::kInt, AttrValue{int64_t{127}}, "with output_inv_scale: y's range"},
 };

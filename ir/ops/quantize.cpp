@@ -132,12 +132,15 @@ const std::vector<AttrSpec> kRangeAttributes = {
     {"quant_max", AttrType::kInt, AttrValue{int64_t{127}}, "the largest quantized value"},
     {"inv_scale", AttrType::kFloat, std::nullopt,
      "per tensor: the multiplier of x (rounded to float32) instead of 1 / scale"},
+    {"calibrated", AttrType::kInt, AttrValue{int64_t{0}},
+     "0/1, set by calibration (kiln.Calibrator, BuilderConfig.int8_calibrator): the builder chose where to "
+     "quantize, so it may quantize this tensor for its other readers too (a convolution's residual)"},
     {"format", AttrType::kString, AttrValue{std::string("int")},
      "int (integers in quant_min..quant_max) or e4m3 (float8 e4m3fn, per tensor)"},
 };
 
 std::vector<AttrSpec> fake_quantize_attributes() {
-  std::vector<AttrSpec> a = kRangeAttributes;
+  std::vector<AttrSpec> a = kRangeAttributes;  // format last
   a.back() = {"format", AttrType::kString, AttrValue{std::string("int")},
               "int (integers in quant_min..quant_max), e4m3 (float8 e4m3fn, per tensor), or e5m2, "
               "e4m3fnuz, e5m2fnuz, e2m1 (narrow floats without an engine dtype)"};

@@ -253,6 +253,28 @@ __global__ void pad_last_dim_kernel(const W* __restrict__ x, W* __restrict__ y, 
   }
 }
 
+// The same, when an output row is whole 16-byte chunks (3 channels padded to 8 in half, or to 16
+// in int8): one thread per chunk, assembled in registers and stored in one 16-byte write.
+template <typename W>
+__global__ void pad_last_dim_vec_kernel(const W* __restrict__ x, uint4* __restrict__ y, uint32_t in_n,
+                                        uint32_t out_n, uint32_t before, W fill, uint32_t chunks) {
+  constexpr uint32_t kPer = sizeof(uint4) / sizeof(W);
+  const uint32_t per_row = out_n / kPer;
+  for (uint32_t e = blockIdx.x * blockDim.x + threadIdx.x; e < chunks; e += gridDim.x * blockDim.x) {
+    const uint32_t row = e / per_row, col0 = (e - row * per_row) * kPer;
+    union {
+      uint4 v;
+      W w[kPer];
+    } u;
+#pragma unroll
+    for (uint32_t k = 0; k < kPer; ++k) {
+      const uint32_t col = col0 + k;
+      u.w[k] = col >= before && col - before < in_n ? x[row * in_n + col - before] : fill;
+    }
+    y[e] = u.v;
+  }
+}
+
 class CudaPad final : public Kernel {
  public:
   explicit CudaPad(const Layer& l)
@@ -287,7 +309,15 @@ class CudaPad final : public Kernel {
       bool last_only =
           rank > 0 && mode_ == kConstant && pads[2 * (rank - 1)] >= 0 && pads[2 * (rank - 1) + 1] >= 0;
       for (int d = 0; d + 1 < rank; ++d) last_only &= pads[2 * d] == 0 && pads[2 * d + 1] == 0;
-      if (small && last_only) {
+      const uint32_t out_n = static_cast<uint32_t>(p.out_dims[rank - 1]);
+      const bool vec =
+          out_n * sizeof(W) % sizeof(uint4) == 0 && reinterpret_cast<uintptr_t>(y) % sizeof(uint4) == 0;
+      if (small && last_only && vec) {
+        const int64_t chunks = total * static_cast<int64_t>(sizeof(W)) / static_cast<int64_t>(sizeof(uint4));
+        pad_last_dim_vec_kernel<W><<<grid_for(chunks, kBlock), kBlock, 0, stream>>>(
+            x, reinterpret_cast<uint4*>(y), static_cast<uint32_t>(p.in_dims[rank - 1]), out_n,
+            static_cast<uint32_t>(p.before[rank - 1]), fill, static_cast<uint32_t>(chunks));
+      } else if (small && last_only) {
         pad_last_dim_kernel<W><<<grid_for(total, kBlock), kBlock, 0, stream>>>(
             x, y, static_cast<uint32_t>(p.in_dims[rank - 1]), static_cast<uint32_t>(p.out_dims[rank - 1]),
             static_cast<uint32_t>(p.before[rank - 1]), fill, static_cast<uint32_t>(total));

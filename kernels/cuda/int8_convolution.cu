@@ -126,16 +126,24 @@ __device__ __forceinline__ float activate_as(const ActivationParams& p, float x)
 // values; an int8 y rounds to that float dtype first and requantizes, and a float y with an int8
 // copy (y8) writes both.
 template <int kN, int kAct, typename T, typename R>
-__device__ __forceinline__ void finish(const Int8ConvParams& g, float (&v)[kN], const R* residual, T* y,
+__device__ __forceinline__ void finish(const Int8ConvParams& g, float (&v)[kN], const void* residual, T* y,
                                        int8_t* y8) {
-  Pack<R, kN> r;
-  if (residual) r = *reinterpret_cast<const Pack<R, kN>*>(residual);
+  float r[kN];
+  if (residual && g.residual_scale > 0.f) {  // int8, dequantized
+    const Pack<int8_t, kN> r8 = *reinterpret_cast<const Pack<int8_t, kN>*>(residual);
+#pragma unroll
+    for (int e = 0; e < kN; ++e) r[e] = static_cast<float>(r8.v[e]) * g.residual_scale;
+  } else if (residual) {
+    const Pack<R, kN> rf = *reinterpret_cast<const Pack<R, kN>*>(residual);
+#pragma unroll
+    for (int e = 0; e < kN; ++e) r[e] = to_float(rf.v[e]);
+  }
   const bool residual_first = residual && !g.residual_after_activation;
 #pragma unroll
   for (int e = 0; e < kN; ++e) {
-    if (residual_first) v[e] += to_float(r.v[e]);
+    if (residual_first) v[e] += r[e];
     if (kAct == kAnyActivation ? g.activate : kAct != kNoActivation) v[e] = activate_as<kAct>(g.act, v[e]);
-    if (residual && !residual_first) v[e] += to_float(r.v[e]);
+    if (residual && !residual_first) v[e] += r[e];
   }
   Pack<int8_t, kN> q;
   if (std::is_same_v<T, int8_t> || y8) {
@@ -159,7 +167,8 @@ template <int kN, int kAct, int BM, int BN, int kThreads, typename T, typename R
 __device__ __forceinline__ void store_tile(const DeviceParams& d, const int2* stage, int64_t m0, int n0,
                                            int tid) {
   const Int8ConvParams& g = d.g;
-  const R* residual = static_cast<const R*>(d.residual);
+  // The residual's element size: int8 where it is dequantized, else R.
+  const int64_t r_size = g.residual_scale > 0.f ? 1 : static_cast<int64_t>(sizeof(R));
   T* y = static_cast<T*>(d.y);
   constexpr int kPerRow = BN / kN;
 #pragma unroll 1
@@ -180,7 +189,8 @@ __device__ __forceinline__ void store_tile(const DeviceParams& d, const int2* st
       v[2 * e + 1] = static_cast<float>(a.v[e].y) * alpha.v[2 * e + 1] + bias.v[2 * e + 1];
     }
     const int64_t at = m * g.k + n;
-    finish<kN, kAct, T, R>(g, v, residual ? residual + at : nullptr, y + at, d.y8 ? d.y8 + at : nullptr);
+    const void* r = d.residual ? static_cast<const uint8_t*>(d.residual) + at * r_size : nullptr;
+    finish<kN, kAct, T, R>(g, v, r, y + at, d.y8 ? d.y8 + at : nullptr);
   }
 }
 
@@ -380,7 +390,8 @@ void launch_tile(const DeviceParams& d, cudaStream_t stream) {
 }
 
 // Tile t: 0 = 128x128 (8 warps of 64x32), 1 = 128x64 (4 warps of 64x32), 2 = 64x128 (4 warps of
-// 32x64), 3 = 64x64 (4 warps of 32x32).
+// 32x64), 3 = 64x64 (4 warps of 32x32), 4 = 128x128 (4 warps of 64x64: 8 ldmatrix per 32 MMAs
+// instead of 6 per 16, for large GEMMs).
 // T: y's type; R: the float type the residual has and an int8 y is rounded to first.
 template <typename T, typename R>
 void launch_typed(const DeviceParams& d, int tile, cudaStream_t stream) {
@@ -391,8 +402,10 @@ void launch_typed(const DeviceParams& d, int tile, cudaStream_t stream) {
       return launch_tile<128, 64, 64, 32, T, R>(d, stream);
     case 2:
       return launch_tile<64, 128, 32, 64, T, R>(d, stream);
-    default:
+    case 3:
       return launch_tile<64, 64, 32, 32, T, R>(d, stream);
+    default:
+      return launch_tile<128, 128, 64, 64, T, R>(d, stream);
   }
 }
 
@@ -439,7 +452,7 @@ void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, co
     return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
   };
   const size_t y_size = out == DataType::kInt8 ? 1 : dtype_size(out);
-  const size_t r_size = dtype_size(out == DataType::kInt8 ? p.rounding : out);
+  const size_t r_size = p.residual_scale > 0.f ? 1 : dtype_size(out == DataType::kInt8 ? p.rounding : out);
   d.vec8 = p.k % 8 == 0 && aligned(y, 8 * y_size) && (!residual || aligned(residual, 8 * r_size)) &&
            (!y8 || aligned(y8, 8)) && aligned(scale_bias, 32);
   d.x = static_cast<const int8_t*>(x);
@@ -484,6 +497,7 @@ struct Int8Epilogue {
   bool int8_copy = false;   // y float and its int8 copy (output 1)
   float out_inv_scale = 1.f;
   int out_min = -128, out_max = 127;
+  float residual_scale = 0.f;  // > 0: an int8 residual (residual_scale attribute)
 
   Int8Epilogue(const Layer& l, const ConvEpilogue& e)
       : who(describe(l)),
@@ -503,6 +517,7 @@ struct Int8Epilogue {
     out_inv_scale = static_cast<float>(l.attrs.get_float("output_inv_scale", 1.0));
     out_min = static_cast<int>(l.attrs.get_int("output_quant_min", int64_t{-128}));
     out_max = static_cast<int>(l.attrs.get_int("output_quant_max", int64_t{127}));
+    residual_scale = static_cast<float>(l.attrs.get_float("residual_scale", 0.0));
   }
 
   // Fills p's epilogue fields, checks the kernel takes p (naming the layer and `shapes`), launches.
@@ -512,6 +527,7 @@ struct Int8Epilogue {
     p.act = act;
     p.activate = activate;
     p.rounding = out;
+    p.residual_scale = residual_scale;
     if (requantize) {
       p.out_inv_scale = out_inv_scale;
       p.out_min = out_min;

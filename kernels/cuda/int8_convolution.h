@@ -35,6 +35,8 @@ struct Int8ConvParams : ConvWindow2d {
   // The residual is added after the activation (a fully connected layer: act(x W^T + b) + r)
   // rather than before it (a convolution: act(conv + b + r)).
   bool residual_after_activation = false;
+  // > 0: the residual is int8 and adds residual * residual_scale (calibrated builds).
+  float residual_scale = 0.f;
   // An int8 y (out = kInt8): the value rounded to `rounding` (float32/float16/bfloat16), then
   // clamp(nearbyint(v * out_inv_scale), out_min, out_max).
   DataType rounding = DataType::kFloat32;
@@ -44,7 +46,7 @@ struct Int8ConvParams : ConvWindow2d {
 
 // The tile configurations (the convolution's INT8 tactics, timed by the builder); -1 picks one
 // by the number of tiles the shape gives.
-constexpr int kInt8ConvTiles = 4;
+constexpr int kInt8ConvTiles = 5;
 
 // Why `p` cannot run (a sentence naming what the kernel needs), or empty when it can.
 std::string int8_convolution_refusal(const Int8ConvParams& p);

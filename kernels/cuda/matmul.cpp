@@ -49,9 +49,11 @@ uint32_t alignment_of(const void* p) {
 struct LtDescriptors {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatrixLayout_t d = nullptr;  // D's, when its type is not C's (FP8 writing float8); else c
   cublasLtMatmulPreference_t pref = nullptr;
   ~LtDescriptors() {
     if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (d) cublasLtMatrixLayoutDestroy(d);
     if (c) cublasLtMatrixLayoutDestroy(c);
     if (b) cublasLtMatrixLayoutDestroy(b);
     if (a) cublasLtMatrixLayoutDestroy(a);
@@ -68,7 +70,9 @@ void set_batch(cublasLtMatrixLayout_t layout, int32_t count, int64_t stride) {
 
 // cuBLASLt epilogues the kernels use. cuBLASLt's GELU is the tanh approximation, so it serves
 // gelu_tanh only, and only for 16-bit outputs where its rounding is below the output's; everything
-// else goes through launch_fc_epilogue.
+// else goes through launch_fc_epilogue. One exception: an FP8 GEMM's exact (erf) GELU takes the
+// tanh form too (the two differ by less than 5e-4 anywhere, far below the e4m3 rounding of the
+// GEMM's inputs, and the separate epilogue pass cost as much as a fifth of the GEMM).
 enum class LtEpilogue : int { kNone, kBias, kReluBias, kRelu, kGeluBias, kGelu };
 
 cublasLtEpilogue_t lt_epilogue(LtEpilogue e) {
@@ -120,6 +124,7 @@ struct Gemm {
   DataType dtype = DataType::kFloat32;     // C's (and bias's)
   DataType in_dtype = DataType::kFloat32;  // A's and B's: dtype, or float8_e4m3fn (FP8)
   float alpha = 1.f;                       // FP8: input_scale * weight_scale
+  const float* d_scale = nullptr;          // FP8 writing float8: device scalar D is multiplied by
   bool tf32 = false;
   int64_t batches = 1;                               // > 1: one strided-batched call
   int64_t stride_a = 0, stride_b = 0, stride_c = 0;  // elements; 0 broadcasts an operand
@@ -131,9 +136,9 @@ struct Gemm {
   uint64_t workspace = 0;
 
   auto key() const {
-    return std::make_tuple(m, n, k, ta, tb, dtype, in_dtype, alpha, tf32, batches, stride_a, stride_b,
-                           stride_c, align_a, align_b, align_c, align_r, epilogue, bias, residual, tactic,
-                           workspace);
+    return std::make_tuple(m, n, k, ta, tb, dtype, in_dtype, alpha, d_scale, tf32, batches, stride_a,
+                           stride_b, stride_c, align_a, align_b, align_c, align_r, epilogue, bias, residual,
+                           tactic, workspace);
   }
   bool operator<(const Gemm& o) const { return key() < o.key(); }
 };
@@ -175,6 +180,10 @@ class LtGemmPlan {
     KILN_CUBLAS_CHECK(g.ta ? cublasLtMatrixLayoutCreate(&d_.b, in_type, m, k, m)
                            : cublasLtMatrixLayoutCreate(&d_.b, in_type, k, m, k));
     KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d_.c, type, n, m, n));
+    if (g.d_scale) {  // D is float8: D = e4m3(d_scale * epilogue(...)); C (unread) keeps dtype
+      KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d_.d, CUDA_R_8F_E4M3, n, m, n));
+      set_desc(CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, &g.d_scale, sizeof(g.d_scale));
+    }
     if (g.batches > 1) {
       set_batch(d_.a, static_cast<int32_t>(g.batches), g.stride_b);
       set_batch(d_.b, static_cast<int32_t>(g.batches), g.stride_a);
@@ -193,9 +202,11 @@ class LtGemmPlan {
     const int wanted = g.tactic < 0 ? 1 : kLtTactics;
     int found = 0;
     KILN_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(static_cast<cublasLtHandle_t>(ctx.cublaslt), d_.op, d_.a,
-                                                     d_.b, d_.c, d_.c, d_.pref, wanted, results, &found));
+                                                     d_.b, d_.c, d_layout(), d_.pref, wanted, results,
+                                                     &found));
     KILN_CHECK(found > 0, who << ": cuBLASLt has no algorithm for " << m << "x" << k << "x" << n << " "
-                              << dtype_name(g.in_dtype) << " -> " << dtype_name(g.dtype));
+                              << dtype_name(g.in_dtype) << " -> "
+                              << (g.d_scale ? "float8_e4m3fn" : dtype_name(g.dtype)));
     const int pick = g.tactic < 0 ? 0 : g.tactic;
     KILN_CHECK(pick < found, who << ": tactic " << g.tactic << " is not available for " << m << "x" << k
                                  << "x" << n << " (cuBLASLt offers " << found << " algorithms)");
@@ -211,13 +222,16 @@ class LtGemmPlan {
 
   // c = epilogue(a @ b (+ r)); r is the residual when the plan has one, else unused.
   void run(const void* a, const void* b, void* c, const void* r, const LaunchContext& ctx) const {
-    const void* c_in = beta_ != 0.f ? r : c;
+    // C is read only with a residual (beta 1). Unread, it is D, except where D has its own layout
+    // (FP8 writing float8): cuBLASLt refuses C == D with different layouts, and takes no C then.
+    const void* c_in = beta_ != 0.f ? r : d_.d ? nullptr : c;
     KILN_CUBLAS_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(ctx.cublaslt), d_.op, &alpha_, b, d_.a, a,
-                                     d_.b, &beta_, c_in, d_.c, c, d_.c, &heuristic_.algo, ctx.workspace,
+                                     d_.b, &beta_, c_in, d_.c, c, d_layout(), &heuristic_.algo, ctx.workspace,
                                      ctx.workspace_bytes, static_cast<cudaStream_t>(ctx.stream)));
   }
 
  private:
+  cublasLtMatrixLayout_t d_layout() const { return d_.d ? d_.d : d_.c; }
   void set_desc(cublasLtMatmulDescAttributes_t attr, const void* v, size_t size) {
     KILN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d_.op, attr, v, size));
   }
@@ -338,9 +352,26 @@ class CublasLtMatmul final : public Kernel {
   GemmPlanCache cache_;
 };
 
+// A float in device memory for the kernel's lifetime (cuBLASLt's D scale is a device pointer).
+class DeviceScalar {
+ public:
+  explicit DeviceScalar(float v) {
+    KILN_CUDA_CHECK(cudaMalloc(&p_, sizeof(float)));
+    KILN_CUDA_CHECK(cudaMemcpy(p_, &v, sizeof(float), cudaMemcpyHostToDevice));
+  }
+  ~DeviceScalar() { cudaFree(p_); }
+  DeviceScalar(const DeviceScalar&) = delete;
+  DeviceScalar& operator=(const DeviceScalar&) = delete;
+  const float* get() const { return p_; }
+
+ private:
+  float* p_ = nullptr;
+};
+
 // fully_connected: rows of x [M, K] against weight [N, K] (B transposed); bias, activation and
 // residual in cuBLASLt's epilogue where it has them, else in launch_fc_epilogue after the GEMM.
-// FP8 (out_dtype set): float8 x and weight, alpha = input_scale * weight_scale, y in out_dtype.
+// FP8 (out_dtype set): float8 x and weight, alpha = input_scale * weight_scale, y in out_dtype, or
+// float8 with output_inv_scale (cuBLASLt's D scale; C and the bias stay in out_dtype).
 class CublasLtFullyConnected final : public Kernel {
  public:
   explicit CublasLtFullyConnected(const Layer& l)
@@ -352,6 +383,11 @@ class CublasLtFullyConnected final : public Kernel {
       fp8_ = true;
       alpha_scale_ = static_cast<float>(l.attrs.get_float("input_scale", l.name)) *
                      static_cast<float>(l.attrs.get_float("weight_scale", l.name));
+      out_dtype_ = parse_dtype(l.attrs.get_string("out_dtype", l.name));
+      if (l.attrs.has("output_inv_scale")) {  // y is float8: cuBLASLt reads D's scale from the device
+        d_scale_ =
+            std::make_shared<DeviceScalar>(static_cast<float>(l.attrs.get_float("output_inv_scale", l.name)));
+      }
     }
     std::string act = l.attrs.has("activation") ? l.attrs.get_string("activation", l.name) : "none";
     if (act != "none") {
@@ -361,7 +397,7 @@ class CublasLtFullyConnected final : public Kernel {
       beta_ = static_cast<float>(a.beta);
       threshold_ = static_cast<float>(a.threshold);
       relu_ = act == "relu";
-      gelu_tanh_ = act == "gelu_tanh";
+      gelu_tanh_ = act == "gelu_tanh" || (fp8_ && act == "gelu");  // see LtEpilogue
     }
   }
 
@@ -377,6 +413,7 @@ class CublasLtFullyConnected final : public Kernel {
     post.dtype = y.dtype, post.y = y.data, post.rows = m, post.n = n;
     post.act_type = act_, post.alpha = alpha_, post.beta = beta_, post.threshold = threshold_;
     if (m == 0 || n == 0) return;
+    KILN_CHECK(!d_scale_ || k > 0, who_ << ": an FP8 GEMM writing float8 needs K > 0");
     if (k == 0) {  // the product is 0: the result is the epilogue applied to zeros
       KILN_CUDA_CHECK(cudaMemsetAsync(y.data, 0, static_cast<size_t>(m * n) * dtype_size(y.dtype), stream));
       post.bias = bias ? in[2].data : nullptr;
@@ -385,14 +422,15 @@ class CublasLtFullyConnected final : public Kernel {
       return;
     }
     Gemm g;
-    g.m = m, g.n = n, g.k = k, g.tb = true, g.dtype = y.dtype, g.tf32 = tf32_;
+    g.m = m, g.n = n, g.k = k, g.tb = true, g.dtype = d_scale_ ? out_dtype_ : y.dtype, g.tf32 = tf32_;
+    g.d_scale = d_scale_ ? d_scale_->get() : nullptr;
     g.in_dtype = fp8_ ? DataType::kFloat8E4M3 : y.dtype;
     g.alpha = fp8_ ? alpha_scale_ : 1.f;
     g.tactic = tactic_, g.workspace = ctx.workspace_bytes;
     g.align_a = alignment_of(x.data), g.align_b = alignment_of(w.data), g.align_c = alignment_of(y.data);
     // cuBLASLt computes epilogue(A B + beta C): a residual can ride on beta only without an
     // activation (ours adds it after the activation). GELU: see LtEpilogue.
-    const bool lt_act = relu_ || (gelu_tanh_ && y.dtype != DataType::kFloat32);
+    const bool lt_act = relu_ || (gelu_tanh_ && g.dtype != DataType::kFloat32);
     if (act_ < 0 || lt_act) {
       g.epilogue = relu_                  ? (bias ? LtEpilogue::kReluBias : LtEpilogue::kRelu)
                    : gelu_tanh_ && lt_act ? (bias ? LtEpilogue::kGeluBias : LtEpilogue::kGelu)
@@ -412,6 +450,10 @@ class CublasLtFullyConnected final : public Kernel {
       post.act_type = act_;
       plan = cache_.get(g, ctx, who_);
     }
+    // fold_quantize_copies folds only what the GEMM's own epilogue finishes.
+    KILN_CHECK(
+        !d_scale_ || (post.act_type < 0 && !post.residual),
+        who_ << ": an FP8 GEMM writing float8 cannot apply this activation or residual after the GEMM");
     plan->run(x.data, w.data, y.data, g.residual ? residual->data : nullptr, ctx);
     if (post.act_type >= 0 || post.residual) launch_fc_epilogue(post, stream);
   }
@@ -427,6 +469,8 @@ class CublasLtFullyConnected final : public Kernel {
   bool relu_ = false, gelu_tanh_ = false;
   bool fp8_ = false;
   float alpha_scale_ = 1.f;
+  DataType out_dtype_ = DataType::kFloat16;
+  std::shared_ptr<DeviceScalar> d_scale_;  // FP8 writing float8 (output_inv_scale): D's scale
   GemmPlanCache cache_;
 };
 

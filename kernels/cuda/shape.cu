@@ -6,6 +6,7 @@
 // every index fits, or a cudaMemcpyAsync when the copy is contiguous.
 // A transpose that coalesces to a (batched) 2-D transpose takes a shared-memory tiled kernel.
 // shape writes the concrete dims, passed by value, with a one-block kernel (no host staging).
+#include <algorithm>
 #include <cstring>
 
 #include "ir/op_schema.h"
@@ -164,7 +165,47 @@ __global__ void transpose_tiled_kernel(const T* __restrict__ src, T* __restrict_
   }
 }
 
-// When the coalesced copy is a (batched) 2-D transpose, launches the tiled kernel and returns true.
+// A (batched) 2-D transpose with a narrow side (NCHW <-> NHWC with a few channels, where a tile
+// would sit mostly idle): one thread per element of the wide side moves the whole narrow line, so
+// its `narrow` loads (or stores) are warp-coalesced across threads and its stores (or loads) are
+// one contiguous run. dst[b][r][c] = src[b][c][r], dst of shape [batch, rows, cols].
+template <typename T, bool kNarrowCols>
+__global__ void transpose_narrow_kernel(const T* __restrict__ src, T* __restrict__ dst, uint32_t batch,
+                                        uint32_t rows, uint32_t cols) {
+  const uint32_t wide = kNarrowCols ? rows : cols, narrow = kNarrowCols ? cols : rows;
+  const uint32_t total = batch * wide;
+  for (uint32_t e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {
+    const uint32_t b = e / wide, w = e - b * wide;
+    const T* s = src + static_cast<size_t>(b) * rows * cols;
+    T* d = dst + static_cast<size_t>(b) * rows * cols;
+    if (kNarrowCols) {  // dst row w (cols elements) gathers src column w
+      for (uint32_t c = 0; c < narrow; ++c) d[w * cols + c] = s[c * rows + w];
+    } else {  // dst column w scatters src row w (rows elements)
+      for (uint32_t r = 0; r < narrow; ++r) d[r * cols + w] = s[w * rows + r];
+    }
+  }
+}
+
+template <typename T>
+void launch_narrow_transpose(const TensorView& src, const TensorView& dst, int64_t batch, int64_t rows,
+                             int64_t cols, cudaStream_t stream) {
+  const auto* s = static_cast<const T*>(src.data);
+  auto* d = static_cast<T*>(dst.data);
+  const int64_t wide = cols < rows ? rows : cols;
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>((batch * wide + 255) / 256, 65535 * 8));
+  const auto b = static_cast<uint32_t>(batch), r = static_cast<uint32_t>(rows),
+             c = static_cast<uint32_t>(cols);
+  if (cols < rows) {
+    transpose_narrow_kernel<T, true><<<grid, 256, 0, stream>>>(s, d, b, r, c);
+  } else {
+    transpose_narrow_kernel<T, false><<<grid, 256, 0, stream>>>(s, d, b, r, c);
+  }
+}
+
+constexpr int64_t kNarrowLine = 16;  // a transpose side this short or shorter takes the narrow kernel
+
+// When the coalesced copy is a (batched) 2-D transpose, launches the tiled kernel (or the narrow
+// one) and returns true.
 bool launch_tiled_transpose(const StridedCopy& c, const TensorView& src, const TensorView& dst,
                             const LaunchContext& ctx) {
   if (c.rank != 2 && c.rank != 3) return false;
@@ -176,13 +217,19 @@ bool launch_tiled_transpose(const StridedCopy& c, const TensorView& src, const T
       c.src_strides[i + 1] == rows && c.src_offset == 0 && c.dst_offset == 0 &&
       (c.rank == 2 || (c.src_strides[0] == rows * cols && c.dst_strides[0] == rows * cols));
   const int64_t grid_y = (rows + kTile - 1) / kTile, grid_x = (cols + kTile - 1) / kTile;
-  // Narrow transposes (NCHW <-> NHWC with 3 channels) would leave most of a tile idle: the
-  // strided kernel serves them better.
-  if (!is_2d_transpose || rows < kTile / 4 || cols < kTile / 4) return false;
+  if (!is_2d_transpose) return false;
+  auto stream = static_cast<cudaStream_t>(ctx.stream);
+  if (std::min(rows, cols) <= kNarrowLine && batch * rows * cols < (int64_t{1} << 32)) {
+    dispatch_word(dtype_size(src.dtype), "transpose",
+                  [&](auto w) { launch_narrow_transpose<decltype(w)>(src, dst, batch, rows, cols, stream); });
+    KILN_CUDA_CHECK_LAUNCH();
+    return true;
+  }
+  // Other narrow ones (past 32-bit indexing) take the strided kernel, as do huge batches.
+  if (rows < kTile / 4 || cols < kTile / 4) return false;
   if (batch > 65535 || grid_y > 65535 || grid_x > 0x7fffffff) return false;
   const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y), static_cast<unsigned>(batch));
   const dim3 block(kTile, kTileRows);
-  auto stream = static_cast<cudaStream_t>(ctx.stream);
   switch (dtype_size(src.dtype)) {
     case 1:
       transpose_tiled_kernel<<<grid, block, 0, stream>>>(static_cast<const uint8_t*>(src.data),

@@ -62,6 +62,9 @@ class RefConvolution final : public Kernel {
     const int64_t q_lo = layer_.attrs.get_int("output_quant_min", int64_t{-128});
     const int64_t q_hi = layer_.attrs.get_int("output_quant_max", int64_t{127});
     const TensorView* residual = e.residual ? &in[static_cast<size_t>(e.residual_input)] : nullptr;
+    // An int8 residual (calibrated builds) adds residual * residual_scale.
+    const bool int8_residual = layer_.attrs.has("residual_scale");
+    const double residual_scale = int8_residual ? layer_.attrs.get_float("residual_scale", layer_.name) : 1.0;
     std::function<double(double)> act = [](double v) { return v; };
     if (e.activation != "none") act = activation_fn(e.activation, e.alpha, e.beta, e.threshold);
     const ConvGeometry g = conv_geometry(layer_, static_cast<int>(xd.size()) - 2);
@@ -109,7 +112,9 @@ class RefConvolution final : public Kernel {
           }
           if (scale_bias) acc = acc * load_element(*scale_bias, ko) + load_element(*scale_bias, k + ko);
           const int64_t yi = at(b, ko, o, k, out_size);
-          if (residual) acc += load_element(*residual, yi);
+          if (residual) {
+            acc += int8_residual ? load_element(*residual, yi) * residual_scale : load_element(*residual, yi);
+          }
           if (requantize) {
             const double v = round_to_dtype(rounding, act(acc));
             store_element(*int8_y, yi, quantize_value(v, inv_scale, 0, q_lo, q_hi));

@@ -55,7 +55,8 @@ class RefMatmul final : public Kernel {
 // y = activation(x [..., K] @ weight[N, K]^T + bias) + residual; FP8: the product times
 // input_scale * weight_scale (float8 operands read as their values); INT8 (quantized): the int8
 // sum (exact in the double) times scale[n], plus bias[n], from input 2 [2, N], and y requantized
-// to int8 (output_inv_scale) after rounding to out_dtype.
+// to int8 (output_inv_scale) after rounding to out_dtype; FP8 with output_inv_scale: y float8, the
+// value rounded to out_dtype times output_inv_scale (what the quantize it replaced computed).
 class RefFullyConnected final : public Kernel {
  public:
   explicit RefFullyConnected(const Layer& l)
@@ -72,6 +73,10 @@ class RefFullyConnected final : public Kernel {
     } else if (l.attrs.has("out_dtype")) {
       scale_ = static_cast<double>(static_cast<float>(l.attrs.get_float("input_scale", l.name)) *
                                    static_cast<float>(l.attrs.get_float("weight_scale", l.name)));
+      // FP8 writing float8: the store rounds to e4m3, saturating (store_element's conversion).
+      fp8_out_scale_ = l.attrs.has("output_inv_scale");
+      rounding_ = parse_dtype(l.attrs.get_string("out_dtype", l.name));
+      inv_scale_ = static_cast<float>(l.attrs.get_float("output_inv_scale", 1.0));
     }
   }
 
@@ -94,6 +99,7 @@ class RefFullyConnected final : public Kernel {
         if (act_) acc = act_(acc);
         if (residual_) acc += load_element(in.back(), i * n + j);
         if (requantize_) acc = quantize_value(round_to_dtype(rounding_, acc), inv_scale_, 0, q_lo_, q_hi_);
+        if (fp8_out_scale_) acc = static_cast<float>(round_to_dtype(rounding_, acc)) * inv_scale_;
         store_element(y, i * n + j, acc);
       }
     }
@@ -105,7 +111,7 @@ class RefFullyConnected final : public Kernel {
   std::string activation_;
   std::function<double(double)> act_;
   double scale_ = 1.0;
-  bool quantized_ = false, requantize_ = false;
+  bool quantized_ = false, requantize_ = false, fp8_out_scale_ = false;
   DataType rounding_ = DataType::kFloat32;
   float inv_scale_ = 1.f;
   int64_t q_lo_ = -128, q_hi_ = 127;

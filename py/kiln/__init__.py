@@ -44,7 +44,7 @@ if "torch" in sys.modules:
         if _runtime.is_available():
             _runtime.load_library()
 
-    # kiln::fake_quantize_fp8 (FP8 calibration's op), so programs holding it load and run.
+    # kiln::fake_quantize_fp8 / _int8 (calibration's ops), so programs holding them load and run.
     with contextlib.suppress(Exception):
         from kiln import quant_ops as _quant_ops  # noqa: F401 (registers on import)
 

@@ -14,10 +14,11 @@ activation's range:
 What is quantized: the data input of every convolution and matrix product whose other operand is
 a weight (aten.convolution, aten.addmm, aten.mm), symmetric per tensor (scale = range / 127, zero
 point 0, values in [-127, 127]); and those weights, symmetric per output channel (scale = the
-channel's largest magnitude / 127). The activations get a fake_quantize node in the exported
-graph (its scale a constant), the weights are replaced by their fake-quantized values, so the
-engine computes what an INT8 engine with these scales computes, in floating point: Kiln has no
-INT8 kernels yet, so the result is accurate but not faster (docs/quantization.md).
+channel's largest magnitude / 127). The activations get a ``kiln::fake_quantize_int8`` node in
+the exported graph (kiln/quant_ops.py; its scale a constant), the weights are replaced by their
+fake-quantized values; the builder turns the layers it has INT8 kernels for into INT8 layers
+(quantize_int8_layers) and, the quantization being calibrated, may quantize a convolution's
+residual too (docs/quantization.md).
 
 FP8 (``enabled_precisions={torch.float8_e4m3fn, torch.float16}``): the same ranges, for the
 data input of every matrix product with a weight (aten.addmm, aten.mm; convolutions stay as they
@@ -389,7 +390,7 @@ def quantize_program(
                 else:
                     scale = max(amax[x.name], 1e-12) / _QMAX
                     fq = graph.call_function(
-                        aten.fake_quantize_per_tensor_affine.default, (x, scale, 0, -_QMAX, _QMAX)
+                        torch.ops.kiln.fake_quantize_int8.default, (x, scale, -_QMAX, _QMAX)
                     )
             fq.meta["val"] = x.meta["val"]
             fq.meta["stack_trace"] = consumer.meta.get("stack_trace")

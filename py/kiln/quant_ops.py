@@ -6,6 +6,12 @@ and saturated to +-448, back in x's dtype. FP8 calibration (kiln/calibration.py)
 each calibrated linear layer; its converter makes an engine ``fake_quantize`` layer with format
 e4m3, which the builder turns into an FP8 GEMM on GPUs that have them. ``inv_scale`` is
 float32(1 / scale), so the engine and this implementation multiply by the same number.
+
+``torch.ops.kiln.fake_quantize_int8(x, scale, quant_min, quant_max)``: INT8 fake quantization per
+tensor (zero point 0), torch's ``fake_quantize_per_tensor_affine`` in float32. INT8 calibration
+puts it before each calibrated layer; its converter makes a ``fake_quantize`` layer marked
+``calibrated``: the quantization is the builder's choice, so it may also quantize the tensor for
+its other readers (a convolution's residual, quantize_int8_layers).
 """
 
 from __future__ import annotations
@@ -23,6 +29,20 @@ def fake_quantize_fp8(x: torch.Tensor, scale: float, inv_scale: float) -> torch.
 
 @fake_quantize_fp8.register_fake
 def _(x: torch.Tensor, scale: float, inv_scale: float) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("kiln::fake_quantize_int8", mutates_args=())
+def fake_quantize_int8(
+    x: torch.Tensor, scale: float, quant_min: int, quant_max: int
+) -> torch.Tensor:
+    return torch.fake_quantize_per_tensor_affine(x.float(), scale, 0, quant_min, quant_max).to(
+        x.dtype
+    )
+
+
+@fake_quantize_int8.register_fake
+def _(x: torch.Tensor, scale: float, quant_min: int, quant_max: int) -> torch.Tensor:
     return torch.empty_like(x)
 
 

@@ -106,16 +106,41 @@ TEST(Calibration, BuildFakeQuantizesActivationsAndWeightsThenReusesTheCache) {
   auto calibrator = std::make_shared<VectorCalibrator>(3, Dims{2, 3, 5, 5});
   const Plan plan = Builder().build(conv_fc(), int8_config(calibrator));
   const auto layers = ops(plan);
-  EXPECT_EQ(std::count(layers.begin(), layers.end(), "fake_quantize"), 2) << ::testing::PrintToString(layers);
+  // Two quantized activations: x (the convolution's, which became an INT8 layer: a quantize) and
+  // the fc's input (a fake_quantize: 100 features are no multiple of 16).
+  const auto quantizations = [](const std::vector<std::string>& ops) {
+    return std::count(ops.begin(), ops.end(), "fake_quantize") +
+           std::count(ops.begin(), ops.end(), "quantize");
+  };
+  EXPECT_EQ(quantizations(layers), 2) << ::testing::PrintToString(layers);
   EXPECT_EQ(calibrator->batches_read(), 3u);
   const auto ranges = parse_calibration_cache(calibrator->cache);
   ASSERT_EQ(ranges.size(), 2u) << calibrator->cache;
   EXPECT_EQ(ranges[1].first, "x");
   EXPECT_GT(ranges[1].second, 0.9);  // minmax of uniform [-1, 1) samples
   EXPECT_LE(ranges[1].second, 1.0);
-  // Each conv weight channel now lies on its own 127-step grid.
+  // Each conv weight channel now lies on its own 127-step grid: the INT8 layer's int8 weight
+  // reaches +-127 in every channel (its input channels zero-padded 3 -> 16), a float one is on the
+  // grid.
+  int grids = 0;
   for (const auto& t : plan.network.tensors()) {
-    if (t.name.rfind("conv_w/int8_per_channel", 0) != 0) continue;
+    if (t.name.rfind("conv_w/int8_per_channel", 0) != 0 || !t.data ||
+        t.name.find("int8_scale_bias") != std::string::npos)
+      continue;
+    ++grids;
+    if (t.dtype == DataType::kInt8) {
+      ASSERT_EQ(t.dims, (Dims{4, 3, 3, 16}));  // channels last: [K, R, S, C]
+      const auto* q = reinterpret_cast<const int8_t*>(t.data->data());
+      for (int k = 0; k < 4; ++k) {
+        int top = 0;
+        for (int j = 0; j < 16 * 9; ++j) top = std::max(top, std::abs(static_cast<int>(q[k * 144 + j])));
+        EXPECT_EQ(top, 127) << k;
+        for (int j = 0; j < 144; ++j) {
+          if (j % 16 >= 3) EXPECT_EQ(q[k * 144 + j], 0) << k << " " << j;  // the padded channels
+        }
+      }
+      continue;
+    }
     const auto* w = reinterpret_cast<const float*>(t.data->data());
     for (int k = 0; k < 4; ++k) {
       float amax = 0;
@@ -126,6 +151,7 @@ TEST(Calibration, BuildFakeQuantizesActivationsAndWeightsThenReusesTheCache) {
       }
     }
   }
+  EXPECT_GE(grids, 1);
   // A calibrator with no batches and the cache: the same engine, nothing run.
   auto cached = std::make_shared<VectorCalibrator>(0, Dims{2, 3, 5, 5});
   cached->cache = calibrator->cache;
@@ -194,7 +220,11 @@ TEST(Calibration, LayersPinnedToAPrecisionStayUnquantized) {
   config.precision.layer_precisions["fc"] = DataType::kFloat32;
   const Plan plan = Builder().build(conv_fc(), config);
   const auto layers = ops(plan);
-  EXPECT_EQ(std::count(layers.begin(), layers.end(), "fake_quantize"), 1) << ::testing::PrintToString(layers);
+  // The convolution's input only (an INT8 layer's quantize; the fc keeps no fake_quantize).
+  EXPECT_EQ(std::count(layers.begin(), layers.end(), "fake_quantize") +
+                std::count(layers.begin(), layers.end(), "quantize"),
+            1)
+      << ::testing::PrintToString(layers);
   const auto ranges = parse_calibration_cache(calibrator->cache);
   ASSERT_EQ(ranges.size(), 1u) << calibrator->cache;
   EXPECT_EQ(ranges[0].first, "x");  // the convolution's input; the fc's input is not calibrated

@@ -3,6 +3,7 @@
 // reference backend), the FP8 GEMM on CUDA against the reference, and the error on a GPU
 // without FP8.
 #include <cmath>
+#include <string>
 
 #include "core/passes/passes.h"
 #include "ir/float8.h"
@@ -40,7 +41,7 @@ TEST(Float8, EveryCodeRoundTripsAndRoundingIsNearestEvenSaturating) {
 
 // x [8, 32] float32 -> cast float16 -> e4m3 fake_quantize -> [reshape [2, 4, 32]] ->
 // fully_connected(W [16, 32], bias, relu) -> cast float32 -> y.
-Network fp8_linear(bool view = false) {
+Network fp8_linear(bool view = false, const std::string& activation = "relu") {
   Network net;
   const TensorId x = net.add_input("x", DataType::kFloat32, {8, 32});
   Attributes to16;
@@ -66,7 +67,7 @@ Network fp8_linear(bool view = false) {
   const TensorId w = net.add_constant("w", DataType::kFloat16, {16, 32}, w16.data(), w16.size() * 2);
   const TensorId b = net.add_constant("b", DataType::kFloat16, {16}, b16.data(), b16.size() * 2);
   Attributes fc;
-  fc.set("activation", std::string("relu"));
+  fc.set("activation", activation);
   t = net.add_layer("fully_connected", {t, w, b}, fc, "fc").outputs[0];
   Attributes to32;
   to32.set("to", std::string("float32"));
@@ -124,6 +125,60 @@ TEST(Fp8Gemms, FakeQuantizedLinearBecomesQuantizePlusFp8FullyConnected) {
   EXPECT_FALSE(quantize_fp8_gemms(net));
 }
 
+// A transformer MLP: fc1 (GELU) -> rows reshaped -> e4m3 fake_quantize -> fc2. fc1's value only
+// the quantize reads, so fold_quantize_copies makes fc1 write the float8 tensor itself.
+Network fp8_mlp() {
+  Network net;
+  const TensorId x = net.add_input("x", DataType::kFloat32, {8, 32});
+  TensorId t = net.add_layer("cast", {x}, Attributes().set("to", std::string("float16")), "to16").outputs[0];
+  auto add_fq = [&](TensorId v, float range, const std::string& name) {
+    const float scale = range / kFloat8E4M3Max;
+    const TensorId s = net.add_constant(name + "_s", DataType::kFloat32, {}, &scale, sizeof scale);
+    return net.add_layer("fake_quantize", {v, s}, Attributes().set("format", std::string("e4m3")), name)
+        .outputs[0];
+  };
+  auto add_fc = [&](TensorId v, int64_t n, int64_t k, const std::string& act, const std::string& name) {
+    const float step = 1.0f / 2048, top = kFloat8E4M3Max * step;  // max |W| = 448 steps of 2^-11
+    std::vector<float> wv =
+        random_floats(static_cast<size_t>(n * k), static_cast<uint32_t>(n + k), -top, top);
+    wv[0] = top;
+    std::vector<uint16_t> w16, b16;
+    for (float f : wv) w16.push_back(float_to_half_bits(e4m3_to_float(float_to_e4m3(f / step)) * step));
+    for (float f : random_floats(static_cast<size_t>(n), static_cast<uint32_t>(n)))
+      b16.push_back(float_to_half_bits(f));
+    const TensorId w = net.add_constant(name + "_w", DataType::kFloat16, {n, k}, w16.data(), w16.size() * 2);
+    const TensorId b = net.add_constant(name + "_b", DataType::kFloat16, {n}, b16.data(), b16.size() * 2);
+    return net.add_layer("fully_connected", {v, w, b}, Attributes().set("activation", act), name).outputs[0];
+  };
+  // Scales and weight steps are powers of two, so every dequantized value is exact in float16 and
+  // the fake-quantized network computes bit for bit what the FP8 one does (up to summation order).
+  t = add_fc(add_fq(t, kFloat8E4M3Max / 128, "fq1"), 64, 32, "gelu", "fc1");
+  t = net.add_layer("reshape", {t}, Attributes().set("shape", std::vector<int64_t>{2, 4, 64}), "rows")
+          .outputs[0];
+  t = add_fc(add_fq(t, kFloat8E4M3Max / 64, "fq2"), 16, 64, "none", "fc2");
+  net.mark_output(
+      net.add_layer("cast", {t}, Attributes().set("to", std::string("float32")), "to32").outputs[0], "y");
+  return net;
+}
+
+TEST(Fp8Gemms, AGemmWhoseValueOnlyAQuantizeReadsWritesFloat8) {
+  Network net = fp8_mlp();
+  const std::vector<float> x = random_floats(8 * 32, 8, -2.5f, 2.5f);
+  const std::vector<float> before = run_reference(net, x);
+  ASSERT_TRUE(quantize_fp8_gemms(net));
+  eliminate_dead_layers(net);
+  ASSERT_TRUE(fold_quantize_copies(net));
+  EXPECT_EQ(test::ops_of(net), (std::vector<std::string>{"cast", "quantize", "fully_connected", "reshape",
+                                                         "fully_connected", "cast"}));
+  const Layer& fc1 = test::layer_named(net, "fc1");
+  EXPECT_EQ(net.tensor(fc1.outputs[0]).dtype, DataType::kFloat8E4M3);
+  EXPECT_EQ(fc1.attrs.get_float("output_inv_scale", "fc1"), 64.0);
+  EXPECT_EQ(net.tensor(test::layer_named(net, "fc2").inputs[0]).dtype, DataType::kFloat8E4M3);
+  EXPECT_FALSE(test::layer_named(net, "fc2").attrs.has("output_inv_scale"));  // its value is the output
+  expect_close(run_reference(net, x), before, 1e-6f);
+  EXPECT_FALSE(fold_quantize_copies(net));
+}
+
 // The network API's FP16 + FP8 build: the calibrated fake_quantize takes a float32 scale, so
 // assign_precision keeps it in float32 between casts, and the GEMM reads a cast to float16.
 TEST(Fp8Gemms, LooksThroughFloatCastsBetweenTheFakeQuantizeAndTheGemm) {
@@ -178,18 +233,30 @@ TEST(Fp8Gemms, OlderGpusAreRefusedWithWhatToDo) {
 TEST(Fp8Gemms, CudaFp8GemmMatchesTheReference) {
   KILN_REQUIRE_GPU();
   if (cuda_device_arch() < 89) GTEST_SKIP() << "FP8 needs sm_89+";
-  const Network net = fp8_linear();
-  const std::vector<float> x = random_floats(8 * 32, 6, -2.5f, 2.5f);
-  BuilderConfig config;
-  config.target = BuildTarget::kCuda;
-  enable_precision(config.precision, "fp16");
-  enable_precision(config.precision, "fp8");
-  const Plan plan = Builder().build(net, config);
-  bool fp8 = false;
-  for (const auto& l : plan.network.layers()) fp8 |= l.op == "fully_connected" && l.attrs.has("out_dtype");
-  EXPECT_TRUE(fp8) << test::graph_text(plan.network);
-  const auto y = test::run_float(Engine::create(plan, Backend::kCuda), {{"x", {{8, 32}, x}}}).at("y");
-  expect_close(y, run_reference(net, x), 1e-2f);
+  // gelu: the FP8 GEMM applies it in cuBLASLt's epilogue, in its tanh form (within 5e-4 of erf's).
+  // fp8_mlp: fc1 writes float8 (cuBLASLt's D scale), fc2 reads it.
+  for (const std::string activation : {"relu", "gelu", "mlp"}) {
+    SCOPED_TRACE(activation);
+    const Network net = activation == "mlp" ? fp8_mlp() : fp8_linear(false, activation);
+    const std::vector<float> x = random_floats(8 * 32, 6, -2.5f, 2.5f);
+    BuilderConfig config;
+    config.target = BuildTarget::kCuda;
+    enable_precision(config.precision, "fp16");
+    enable_precision(config.precision, "fp8");
+    const Plan plan = Builder().build(net, config);
+    bool fp8 = false;
+    int float8_out = 0;
+    for (const auto& l : plan.network.layers()) {
+      fp8 |= l.op == "fully_connected" && l.attrs.has("out_dtype");
+      float8_out += l.op == "fully_connected" && l.attrs.has("output_inv_scale");
+    }
+    EXPECT_TRUE(fp8) << test::graph_text(plan.network);
+    EXPECT_EQ(float8_out, activation == "mlp" ? 1 : 0) << test::graph_text(plan.network);
+    const auto y = test::run_float(Engine::create(plan, Backend::kCuda), {{"x", {{8, 32}, x}}}).at("y");
+    // mlp: GELU's tanh form moves a few of fc1's values across an e4m3 rounding boundary (one
+    // step, 1/16 of the value), which fc2 sums into its outputs.
+    expect_close(y, run_reference(net, x), activation == "mlp" ? 5e-2f : 1e-2f);
+  }
 }
 
 }  // namespace

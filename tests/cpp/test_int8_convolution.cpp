@@ -6,6 +6,7 @@
 
 #include "core/passes/passes.h"
 #include "ir/ops/convolution.h"
+#include "kernels/cuda/int8_convolution.h"
 #include "kernels/reference/host_access.h"
 #include "test_util.h"
 
@@ -19,10 +20,12 @@ struct ConvCase {
   int64_t stride = 1, pad = 1, dilation = 1, groups = 1;
   bool residual = false;
   int32_t zero_point = 0;
-  bool conv_before = false;       // a float16 3x3 convolution (C -> C, relu) before the fake_quantize
-  bool quantized_before = false;  // ... itself behind an int8 fake_quantize
-  bool explicit_qdq = false;      // quantize + dequantize (pt2e's graph) instead of fake_quantize
-  bool skip = false;              // with conv_before: its output is also the residual (a ResNet block)
+  bool conv_before = false;           // a float16 3x3 convolution (C -> C, relu) before the fake_quantize
+  bool quantized_before = false;      // ... itself behind an int8 fake_quantize
+  bool explicit_qdq = false;          // quantize + dequantize (pt2e's graph) instead of fake_quantize
+  bool skip = false;                  // with conv_before: its output is also the residual (a ResNet block)
+  bool calibrated = false;            // the fake_quantize is calibration's (attribute calibrated = 1)
+  bool skip_reads_quantized = false;  // with skip: the residual is the fake-quantized value
 };
 
 Dims out_dims(const ConvCase& c) {
@@ -63,7 +66,9 @@ Network fake_quantized_conv(const ConvCase& c) {
     fq.set("dtype", std::string("float16"));
     t = net.add_layer("dequantize", {t, s, zp}, fq, "dq").outputs[0];
   } else {
-    t = net.add_layer("fake_quantize", {t, s, zp}, fq, "fq").outputs[0];
+    Attributes a = fq;
+    if (c.calibrated) a.set("calibrated", int64_t{1});
+    t = net.add_layer("fake_quantize", {t, s, zp}, a, "fq").outputs[0];
   }
   // Each output channel: integers in [-127, 127] (one of them 127) times its own step.
   const int64_t per = c.c / c.groups * c.kernel * c.kernel;
@@ -91,7 +96,7 @@ Network fake_quantized_conv(const ConvCase& c) {
     in.push_back(cast(net.add_input("r", DataType::kFloat32, out_dims(c)), "float16", "r16"));
     conv.set("residual", int64_t{1});
   } else if (c.skip) {
-    in.push_back(block_input);
+    in.push_back(c.skip_reads_quantized ? t : block_input);
     conv.set("residual", int64_t{1});
   }
   t = net.add_layer("convolution", in, conv, "conv").outputs[0];
@@ -211,16 +216,28 @@ TEST(Int8Convolutions, ConvolutionFeedingOnlyAQuantizeWritesInt8) {
   expect_close(folded, before, 1e-1f);
 }
 
-// A ResNet block: conv0's value is the next convolution's quantized input and its residual. conv0
+// conv0's value is the next convolution's quantized input and its residual. conv0
 // writes both (int8_copy): the float16 value for the residual, the int8 tensor for the
 // convolution, so no quantize kernel reads the value again.
-TEST(Int8Convolutions, ConvolutionWhoseValueIsAlsoTheResidualWritesItAndItsInt8Copy) {
+// A ResNet block (conv0 -> fake_quantize -> conv, conv0's value also conv's residual), rewritten;
+// both convolutions INT8, conv0 writing conv's int8 input.
+ConvCase resnet_block(bool calibrated) {
   ConvCase c;
   c.conv_before = c.quantized_before = c.skip = true;
+  c.calibrated = calibrated;
   c.k = c.c;
-  auto [net, f, before] = rewrite(c, 17);
-  EXPECT_EQ(test::ops_of(net),
+  return c;
+}
+Rewritten rewrite_block(const ConvCase& c) {
+  Rewritten r = rewrite(c, 17);
+  EXPECT_EQ(test::ops_of(r.net),
             (std::vector<std::string>{"cast", "quantize", "convolution", "convolution", "cast"}));
+  return r;
+}
+
+TEST(Int8Convolutions, ConvolutionWhoseValueIsAlsoTheResidualWritesItAndItsInt8Copy) {
+  const ConvCase c = resnet_block(false);
+  auto [net, f, before] = rewrite_block(c);
   const Layer& conv0 = test::layer_named(net, "conv0");
   const Layer& conv = test::layer_named(net, "conv");
   EXPECT_EQ(conv0.attrs.get_int("int8_copy", "conv0"), 1);
@@ -242,17 +259,73 @@ TEST(Int8Convolutions, ConvolutionWhoseValueIsAlsoTheResidualWritesItAndItsInt8C
   EXPECT_EQ(test::run_reference(net, f, false).at("y"), folded);
 }
 
+// Calibrated (implicit) quantization: the block's residual is read as the int8 tensor the next
+// layer reads, dequantized in the epilogue, so conv0 writes int8 only. The result is the model
+// whose residual is the fake-quantized value; a Q/DQ model's float residual stays (above).
+TEST(Int8Convolutions, CalibratedBlockReadsItsResidualAsInt8) {
+  const ConvCase c = resnet_block(true);
+  auto [net, f, before] = rewrite_block(c);
+  const Layer& conv0 = test::layer_named(net, "conv0");
+  const Layer& conv = test::layer_named(net, "conv");
+  EXPECT_FALSE(conv0.attrs.has("int8_copy"));
+  ASSERT_EQ(conv0.outputs.size(), 1u);
+  EXPECT_EQ(net.tensor(conv0.outputs[0]).dtype, DataType::kInt8);
+  EXPECT_EQ(conv.inputs[0], conv0.outputs[0]);
+  EXPECT_EQ(conv.inputs.back(), conv0.outputs[0]);  // the residual: the same int8 tensor
+  EXPECT_FLOAT_EQ(static_cast<float>(conv.attrs.get_float("residual_scale", "conv")), 2.0f / 127);
+  // What it computes: relu(conv(q(y0)) + b + q(y0) s), the model whose residual is the
+  // fake-quantized value: that model's INT8 layers, unfolded, give it up to the float16 rounding
+  // of q(y0) s in the fake_quantize's output.
+  ConvCase quantized_skip = c;
+  quantized_skip.skip_reads_quantized = true;
+  Network want_net = fake_quantized_conv(quantized_skip);
+  ASSERT_TRUE(quantize_int8_layers(want_net, /*fold_requantize=*/false));
+  const test::Feed& feed = f;
+  const std::vector<float> want = test::run_reference(want_net, feed, false).at("y");
+  const std::vector<float> got = test::run_reference(net, feed, false).at("y");
+  expect_close(got, want, 2e-3f);
+  // Not what the float-residual model computes: the residual's quantization shows (here y0 also
+  // exceeds the scale's range, 2, and the quantized residual clips there).
+  EXPECT_NE(got, before);
+  assign_layouts(net);  // channels last throughout, the residual too: no transpose between
+  EXPECT_EQ(test::ops_of(net), (std::vector<std::string>{"cast", "quantize", "transpose", "convolution",
+                                                         "convolution", "cast", "transpose"}));
+  EXPECT_EQ(test::run_reference(net, feed, false).at("y"), got);
+}
+
 TEST(Int8Convolutions, OnlyWhereTheInt8KernelRuns) {
-  ConvCase few_channels;
-  few_channels.c = 8;  // not a multiple of 16
   ConvCase grouped;
   grouped.groups = 2;
   ConvCase zero_point;
   zero_point.zero_point = 3;  // asymmetric
-  for (const ConvCase& c : {few_channels, grouped, zero_point}) {
+  ConvCase odd_outputs;
+  odd_outputs.k = 5;
+  for (const ConvCase& c : {grouped, zero_point, odd_outputs}) {
     Network net = fake_quantized_conv(c);
-    EXPECT_FALSE(quantize_int8_layers(net)) << c.c << " " << c.groups << " " << c.zero_point;
+    EXPECT_FALSE(quantize_int8_layers(net)) << c.k << " " << c.groups << " " << c.zero_point;
   }
+}
+
+// An RGB stem (3 input channels): the int8 input and the weight are zero-padded to 16 channels,
+// which adds nothing to the sums: the same values as without padding.
+TEST(Int8Convolutions, FewInputChannelsArePaddedToSixteen) {
+  ConvCase c;
+  c.c = 3;
+  auto [net, f, before] = rewrite(c, 19);
+  EXPECT_EQ(test::ops_of(net), (std::vector<std::string>{"cast", "quantize", "pad", "convolution", "cast"}));
+  const Layer& conv = test::layer_named(net, "conv");
+  EXPECT_EQ(net.tensor(conv.inputs[0]).dims, (Dims{c.n, 16, c.h, c.w}));
+  EXPECT_EQ(net.tensor(conv.inputs[1]).dims, (Dims{c.k, 16, 3, 3}));
+  const std::vector<float> after = test::run_reference(net, f, false).at("y");
+  expect_close(after, before, 2e-3f);
+  assign_layouts(net);  // the INT8 layer runs channels last on the padded input
+  EXPECT_EQ(test::run_reference(net, f, false).at("y"), after);
+  // ... padded after the transpose into channels last (3 channels moved, not 16), on the last dim.
+  EXPECT_EQ(test::ops_of(net), (std::vector<std::string>{"cast", "quantize", "transpose", "pad",
+                                                         "convolution", "cast", "transpose"}));
+  const Layer& padded = test::layer_named(net, "conv/pad_channels/nhwc");
+  EXPECT_EQ(padded.attrs.get_ints("pads", "pad"), (std::vector<int64_t>{0, 13}));
+  EXPECT_EQ(net.tensor(padded.inputs[0]).dims, (Dims{c.n, c.h, c.w, 3}));
 }
 
 TEST(Int8Convolutions, LayerWithItsOwnPrecisionStaysFloatingPoint) {
@@ -292,7 +365,7 @@ void check_cuda(const ConvCase& c) {
     if (l.op == "convolution" && conv_quantized(l)) convs.push_back(&l);
   }
   ASSERT_EQ(convs.size(), c.quantized_before ? 2u : 1u) << test::graph_text(plan.network);
-  for (int tile = -1; tile < 4; ++tile) {
+  for (int tile = -1; tile < kInt8ConvTiles; ++tile) {
     for (Layer* conv : convs) {
       EXPECT_TRUE(channels_last(*conv));
       conv->attrs.set("tactic", int64_t{tile});
@@ -319,20 +392,22 @@ TEST(Int8Convolutions, CudaKernelMatchesTheReferenceOnEveryTile) {
   strided.pad = 2;
   strided.residual = true;
   check_cuda(strided);
-  ConvCase pointwise;  // 1x1, as ResNet's bottlenecks: a plain GEMM over pixels
-  pointwise.kernel = 1;
-  pointwise.pad = 0;
-  pointwise.c = 256;
-  pointwise.k = 64;
-  pointwise.h = pointwise.w = 14;
-  check_cuda(pointwise);
-  ConvCase downsample = pointwise;  // 1x1 stride 2, a ResNet block's shortcut: every other pixel
-  downsample.stride = 2;
-  downsample.h = 15;
-  downsample.w = 9;
-  downsample.c = 32;
-  downsample.k = 34;
-  check_cuda(downsample);
+  // A case by its shape: channels in and out, kernel, padding, stride, height and width.
+  const auto shaped = [](int64_t c, int64_t k, int64_t kernel, int64_t pad, int64_t stride, int64_t h,
+                         int64_t w) {
+    ConvCase s;
+    s.c = c;
+    s.k = k;
+    s.kernel = kernel;
+    s.pad = pad;
+    s.stride = stride;
+    s.h = h;
+    s.w = w;
+    return s;
+  };
+  check_cuda(shaped(256, 64, 1, 0, 1, 14, 14));  // 1x1, as ResNet's bottlenecks: a GEMM over pixels
+  check_cuda(shaped(3, 64, 7, 3, 2, 20, 20));    // a stem: 3 input channels, padded to 16
+  check_cuda(shaped(32, 34, 1, 0, 2, 15, 9));    // a block's 1x1 stride-2 shortcut: every other pixel
   ConvCase chain;  // two INT8 layers, the first requantizing its output for the second
   chain.conv_before = chain.quantized_before = true;
   check_cuda(chain);
@@ -340,6 +415,9 @@ TEST(Int8Convolutions, CudaKernelMatchesTheReferenceOnEveryTile) {
   block.skip = true;
   block.k = block.c;
   check_cuda(block);
+  ConvCase calibrated = block;  // ... or, calibrated, int8 only: the residual read as int8
+  calibrated.calibrated = true;
+  check_cuda(calibrated);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/passes/passes.h"
+#include "kernels/cuda/int8_convolution.h"
 #include "kernels/reference/host_access.h"
 #include "test_util.h"
 
@@ -240,7 +241,7 @@ TEST(Int8FullyConnected, CudaKernelMatchesTheReferenceOnEveryTile) {
       if (l.op == "fully_connected" && l.attrs.get_int("quantized", int64_t{0}) == 1) fcs.push_back(&l);
     }
     ASSERT_EQ(fcs.size(), 2u) << test::graph_text(plan.network);
-    for (int tile = -1; tile < 4; ++tile) {
+    for (int tile = -1; tile < kInt8ConvTiles; ++tile) {
       for (Layer* fc : fcs) fc->attrs.set("tactic", int64_t{tile});
       SCOPED_TRACE(act + " tile " + std::to_string(tile));
       expect_close(test::run_float(Engine::create(plan, Backend::kCuda), f).at("y"), want, 3e-2f);

@@ -99,18 +99,18 @@ def test_ptq_stays_within_one_percent_of_fp32(digits, device, algorithm):
     ops = [la.op for la in layers]
     int8_convs = [la.name for la in layers if la.op == "convolution" and la.attrs.get("quantized")]
     int8_linear = [la for la in layers if la.op == "fully_connected" and la.attrs.get("quantized")]
-    # The second convolution (16 -> 32 channels) and both linear layers are INT8 layers, their
-    # inputs int8 (the CUDA kernel; exact integer sums on the reference backend): the
-    # convolution's quantized by a quantize layer, each linear layer's written by the layer before
-    # (requantized in its epilogue; the flatten between reshapes the int8 tensor). The first
-    # convolution (one input channel) keeps its fake quantization.
-    assert len(int8_convs) == 1 and len(int8_linear) == 2 and ops.count("quantize") == 1, ops
+    # Both convolutions and both linear layers are INT8 layers, their inputs int8 (the CUDA
+    # kernel; exact integer sums on the reference backend): the first convolution's quantized by
+    # a quantize layer and zero-padded from one channel to 16, each later layer's written by the
+    # layer before (requantized in its epilogue; the flatten between reshapes the int8 tensor).
+    assert len(int8_convs) == 2 and len(int8_linear) == 2 and ops.count("quantize") == 1, ops
+    assert ops.count("pad") == 1 and ops.count("fake_quantize") == 0, ops
     assert "output_inv_scale" in int8_linear[0].attrs, int8_linear[0].attrs
-    int8_conv = next(la for la in layers if la.name == int8_convs[0])
-    assert "output_inv_scale" in int8_conv.attrs, int8_conv.attrs
-    assert ops.count("fake_quantize") == 1, ops
+    for name in int8_convs:
+        int8_conv = next(la for la in layers if la.name == name)
+        assert "output_inv_scale" in int8_conv.attrs, int8_conv.attrs
     text = kiln.inspect(kiln.plans(compiled)[0]).text()
-    assert len(re.findall(r"\((?:fake_)?quantize\): scale ", text)) == 2, text
+    assert len(re.findall(r"\((?:fake_)?quantize\): scale ", text)) == 1, text
     assert "range -127..127" in text, text
     assert "INT8 convolutions" in text and int8_convs[0] in text, text
     assert "INT8 linear layers" in text and int8_linear[1].name in text, text
@@ -214,12 +214,14 @@ def test_native_api_ptq_stays_within_one_percent_of_fp32(digits, algorithm, devi
     calibrator = kiln.Calibrator(batches, algorithm=algorithm, cache_file=cache)
     plan = native_int8_plan(net, calibrator, device)
     ops = [layer["op"] for layer in plan.layers()]
-    # Four quantized inputs: the first convolution's fake-quantized (one input channel), the
-    # second convolution's an int8 tensor of a quantize layer, each linear layer's written as int8
-    # by the layer before (requantized in its epilogue).
+    # Four quantized inputs: the first convolution's an int8 tensor of a quantize layer (padded
+    # from one channel to 16), each later layer's written as int8 by the layer before
+    # (requantized in its epilogue).
     int8_layers = [la["op"] for la in plan.layers() if la["attrs"].get("quantized")]
-    assert ops.count("fake_quantize") == 1 and ops.count("quantize") == 1, ops
-    assert int8_layers == ["convolution", "fully_connected", "fully_connected"], int8_layers
+    assert ops.count("fake_quantize") == 0 and ops.count("quantize") == 1, ops
+    assert int8_layers == ["convolution", "convolution", "fully_connected", "fully_connected"], (
+        int8_layers
+    )
     fp32 = accuracy(model, test, labels)
     assert fp32 > 0.9
     int8 = (run_plan(plan, {"x": test}, device)["y"].argmax(1) == labels).float().mean().item()
@@ -404,11 +406,11 @@ def test_torchao_pt2e_model_agrees_with_its_eager_quantized_model(digits, device
     ops = [la.op for la in layers]
     int8_convs = [la for la in layers if la.op == "convolution" and la.attrs.get("quantized")]
     int8_linear = [la for la in layers if la.op == "fully_connected" and la.attrs.get("quantized")]
-    # The second convolution and both linear layers read their int8 tensors themselves (the
-    # second convolution and the first linear layer write the next one's: their quantize folded
-    # in); the first convolution (one input channel) computes with the dequantized values.
-    assert len(int8_convs) == 1 and len(int8_linear) == 2, ops
-    assert ops.count("quantize") == 2 and ops.count("dequantize") == 1, ops
+    # Both convolutions and both linear layers read their int8 tensors themselves (the first
+    # convolution's zero-padded from one channel to 16; each layer but the last writes the next
+    # one's: their quantize folded in).
+    assert len(int8_convs) == 2 and len(int8_linear) == 2, ops
+    assert ops.count("quantize") == 1 and ops.count("dequantize") == 0, ops
     with torch.no_grad():
         want = quantized(test).argmax(1)
         got = compiled(test).argmax(1)
@@ -495,3 +497,44 @@ def test_ptq_transformer_encoder_stays_within_one_percent(tmp_path):
         # keeps its fake quantization.
         assert len(int8_linear) == 4 and ops.count("fake_quantize") == 1, ops
         assert accuracy(compiled, test, labels) >= fp32 - 0.01, algorithm
+
+
+class ResidualBlocks(torch.nn.Module):
+    """A stem and two ResNet basic blocks (identity shortcuts), 16 channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(16, 16, 3, padding=1) for _ in range(4))
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        for k in range(2):
+            h = torch.relu(self.convs[2 * k + 1](torch.relu(self.convs[2 * k](h))) + h)
+        return h
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_calibrated_residual_stream_is_int8(device):
+    # A calibrated build reads each block's residual as the int8 tensor its next convolution
+    # reads (residual_scale), so no block output is written in floating point as well.
+    torch.manual_seed(0)
+    model = ResidualBlocks().eval()
+    batches = [(torch.randn(2, 16, 12, 12, device=device),) for _ in range(3)]
+    compiled = int8(
+        copy.deepcopy(model).to(device),
+        batches[0][0],
+        kiln.Calibrator(batches, algorithm="minmax"),
+        device=device,
+        min_block_size=1,
+    )
+    layers = kiln.inspect(kiln.plans(compiled)[0]).layers
+    convs = [la for la in layers if la.op == "convolution"]
+    assert all(la.attrs.get("quantized") == 1 for la in convs), [la.name for la in convs]
+    assert sum("residual_scale" in la.attrs for la in convs) == 2
+    assert not any(la.attrs.get("int8_copy") for la in convs)
+    x = torch.randn(2, 16, 12, 12)  # fresh, the compiled shape
+    want = model(x)
+    got = compiled(x.to(device)).float().cpu()
+    cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
+    assert cos > 0.999, cos

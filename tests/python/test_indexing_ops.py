@@ -20,6 +20,8 @@ REF_DTYPES = [torch.float32, torch.float16, torch.int32, torch.int64]
 def random_data(shape, dtype):
     if dtype.is_floating_point:
         return (torch.randn(shape) * 3).to(dtype)
+    if dtype == torch.int8:
+        return torch.randint(-128, 128, shape, dtype=dtype)
     return torch.randint(-1000, 1000, shape, dtype=dtype)
 
 
@@ -188,10 +190,12 @@ def test_pad_matches_torch(target, mode, case):
 # Constant padding of the last dim only (a channels-last input padded to 8 channels: CUDA takes a
 # two-level kernel), with pads torch's other modes would refuse.
 @pytest.mark.parametrize("target", DEVICES)
-@pytest.mark.parametrize("case", [((2, 4, 6, 3), (0, 5)), ((3, 5, 2), (3, 1)), ((4, 1), (2, 0))])
+@pytest.mark.parametrize(
+    "case", [((2, 4, 6, 3), (0, 5)), ((2, 5, 7, 3), (1, 12)), ((3, 5, 2), (3, 1)), ((4, 1), (2, 0))]
+)
 def test_pad_constant_last_dim(target, case):
     shape, pads = case
-    for dtype in dtypes_for(target):
+    for dtype in [*dtypes_for(target), torch.int8]:  # int8: an INT8 stem's input padded to 16
         x = random_data(shape, dtype)
         got = run_layer(lambda net, t: net.add_pad(t, pads, "constant", 0.0), [x], target, True)
         assert torch.equal(got, F.pad(x, pads)), dtype

@@ -20,6 +20,8 @@ def fresh(shape, dtype=torch.float32):
         return torch.rand(shape) > 0.5
     if dtype in (torch.int32, torch.int64):
         return torch.randint(-1000, 1000, shape, dtype=dtype)
+    if dtype == torch.int8:
+        return torch.randint(-128, 128, shape, dtype=dtype)
     return (torch.randn(shape) * 3).to(dtype)
 
 
@@ -67,6 +69,25 @@ CASES = {
         (4, 3, 2, 9),
         lambda n, x: n.add_transpose(x, [1, 0, 2, 3]),
         lambda x: x.transpose(0, 1),
+        True,
+    ),
+    # NCHW <-> NHWC with 3 channels (a stem's input): CUDA's narrow transpose, both directions.
+    "transpose_to_nhwc_narrow": (
+        (2, 3, 5, 7),
+        lambda n, x: n.add_transpose(x, [0, 2, 3, 1]),
+        lambda x: x.permute(0, 2, 3, 1),
+        True,
+    ),
+    "transpose_to_nchw_narrow": (
+        (2, 5, 7, 3),
+        lambda n, x: n.add_transpose(x, [0, 3, 1, 2]),
+        lambda x: x.permute(0, 3, 1, 2),
+        True,
+    ),
+    "transpose_narrow_16": (
+        (1, 16, 300),
+        lambda n, x: n.add_transpose(x, [0, 2, 1]),
+        lambda x: x.permute(0, 2, 1),
         True,
     ),
     "transpose_rank8": (
@@ -156,7 +177,15 @@ CASES = {
         True,
     ),
 }
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int32, torch.int64, torch.bool]
+DTYPES = [
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.int32,
+    torch.int64,
+    torch.int8,
+    torch.bool,
+]
 
 
 @pytest.mark.parametrize(
