@@ -5,8 +5,9 @@
 // computed it, the views reshape the quantized tensor instead, and no quantize kernel reads y
 // again. In a transformer the normalized value is both the next GEMM's quantized input (the
 // quantize layers quantize_fp8_gemms and quantize_int8_layers make) and a residual, so y stays.
-// Likewise an e4m3 quantize whose input only an FP8 GEMM writes (through views only it reads): the
-// GEMM writes float8 itself (output_inv_scale), and its float value is not written at all.
+// Likewise an e4m3 quantize whose input only an FP8 GEMM or a packed_attention writes (through
+// views only it reads): that layer writes float8 itself (output_inv_scale), and its float value is
+// not written at all.
 #include <cmath>
 #include <cstring>
 
@@ -62,6 +63,16 @@ bool fp8_gemm_writes_e4m3(const Layer& l) {
          (act == "none" || act == "relu" || act == "gelu" || act == "gelu_tanh");
 }
 
+// A packed_attention whose output the CUDA tensor-core kernel can write as e4m3 (the IR's
+// conditions for output_inv_scale): float16/bfloat16 qkv, head size 32, 64 or 128, no mask.
+bool attention_writes_e4m3(const Network& net, const Layer& l) {
+  if (l.op != "packed_attention" || l.inputs.size() != 1 || l.attrs.has("output_inv_scale")) return false;
+  const Tensor& qkv = net.tensor(l.inputs[0]);
+  const int64_t d = qkv.dims.size() == 5 ? qkv.dims[4] : 0;
+  return (qkv.dtype == DataType::kFloat16 || qkv.dtype == DataType::kBFloat16) &&
+         (d == 32 || d == 64 || d == 128);
+}
+
 }  // namespace
 
 bool fold_quantize_copies(Network& net) {
@@ -82,9 +93,10 @@ bool fold_quantize_copies(Network& net) {
     const int p = quantized_value_producer(layers, producer, q, sole, &views, &value);
     if (p < 0) continue;
     Layer& norm = layers[static_cast<size_t>(p)];
-    if (c.e4m3 && fp8_gemm_writes_e4m3(norm) && sole(value)) {
+    if (c.e4m3 && (fp8_gemm_writes_e4m3(norm) || attention_writes_e4m3(net, norm)) && sole(value)) {
       // An FP8 GEMM whose value only this quantize reads (a transformer MLP's first GEMM, its
-      // GELU in cuBLASLt's epilogue): it writes the e4m3 tensor itself, no float one.
+      // GELU in cuBLASLt's epilogue), or an attention read only by the FP8 output projection:
+      // it writes the e4m3 tensor itself, no float one.
       norm.attrs.set("output_inv_scale", static_cast<double>(c.inv_scale));
       norm.outputs[0] = move_views_to_quantized(net, layers, views, q.outputs[0], "/fp8");
       folded[i] = true;

@@ -17,7 +17,9 @@
 // (per token q, k, v one after another, as a fused QKV projection writes them), an optional mask
 // as attention's and the attributes `causal` and `scale`. Output [B, S, H, D] in qkv's dtype.
 // With `layout` "sbhd" the tokens are sequence-first: qkv [S, B, 3, H, D], output [S, B, H, D]
-// (torch's MultiheadAttention projects and attends in this order).
+// (torch's MultiheadAttention projects and attends in this order). With `output_inv_scale` (an e4m3
+// quantize folded in by fold_quantize_copies: float16/bfloat16 qkv, head size 32, 64 or 128, no
+// mask) the output is float8_e4m3fn: e4m3(o * output_inv_scale) of the value o rounded to qkv's dtype.
 #include "ir/ops/attention.h"
 
 #include <cmath>
@@ -39,6 +41,8 @@ AttentionAttrs attention_attrs(const Layer& layer) {
     if (layout == "bshd") a.layout = AttentionLayout::kBSHD;
     if (layout == "sbhd") a.layout = AttentionLayout::kSBHD;
   }
+  if (layer.attrs.has("output_inv_scale"))
+    a.out_inv_scale = static_cast<float>(layer.attrs.get_float("output_inv_scale", who));
   return a;
 }
 
@@ -219,10 +223,23 @@ std::vector<TensorDesc> infer_packed_attention(const Layer& layer, const std::ve
   const Dims& x = qkv.dims;
   const int64_t b = seq_first ? x[1] : x[0], s = seq_first ? x[0] : x[1];
   const TensorDesc per_head{qkv.dtype, {b, x[3], s, x[4]}};  // q, k and v in bhsd order
-  const Dims out = check_attention(who, attention_attrs(layer), per_head, per_head, per_head,
-                                   in.size() == 2 ? &in[1] : nullptr);
+  const AttentionAttrs attrs = attention_attrs(layer);
+  const Dims out =
+      check_attention(who, attrs, per_head, per_head, per_head, in.size() == 2 ? &in[1] : nullptr);
+  DataType out_dtype = qkv.dtype;
+  if (layer.attrs.has("output_inv_scale")) {
+    KILN_CHECK(attrs.out_inv_scale > 0.f && std::isfinite(attrs.out_inv_scale),
+               who << ": output_inv_scale must be a positive finite number, got " << attrs.out_inv_scale);
+    KILN_CHECK(
+        (qkv.dtype == DataType::kFloat16 || qkv.dtype == DataType::kBFloat16) && in.size() == 1 &&
+            (x[4] == 32 || x[4] == 64 || x[4] == 128),
+        who << ": a float8 output (output_inv_scale) needs float16 or bfloat16 qkv with head size 32, 64 "
+               "or 128 and no mask, got "
+            << dtype_name(qkv.dtype) << " " << to_string(qkv.dims) << (in.size() == 2 ? " with a mask" : ""));
+    out_dtype = DataType::kFloat8E4M3;
+  }
   return {
-      {qkv.dtype, seq_first ? Dims{out[2], out[0], out[1], out[3]} : Dims{out[0], out[2], out[1], out[3]}}};
+      {out_dtype, seq_first ? Dims{out[2], out[0], out[1], out[3]} : Dims{out[0], out[2], out[1], out[3]}}};
 }
 
 }  // namespace
@@ -249,6 +266,9 @@ const std::vector<AttrSpec> kPackedAttentionAttributes = {
     {"fused", AttrType::kString, std::nullopt,
      "set by the builder (pack_qkv_attention, pack_attention_views): the original layer names, "
      "informational; absent: the layer's own name"},
+    {"output_inv_scale", AttrType::kFloat, std::nullopt,
+     "set by the builder (fold_quantize_copies): the output is float8_e4m3fn, e4m3(o * output_inv_scale) of "
+     "the value o rounded to qkv's dtype (an e4m3 quantize folded in)"},
 };
 
 // q @ k^T and p @ v: 2 * Sq * Sk * (D + Dv) per batch and head; half of it when causal (the

@@ -20,6 +20,7 @@ struct AttentionAttrs {
   bool causal = false;
   double scale = 0.0;  // <= 0: 1/sqrt(D)
   AttentionLayout layout = AttentionLayout::kBHSD;
+  float out_inv_scale = 0.f;  // > 0 (packed_attention's output_inv_scale): the output is float8 e4m3
 };
 
 AttentionAttrs attention_attrs(const Layer& layer);

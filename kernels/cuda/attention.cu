@@ -44,6 +44,7 @@ struct AttentionParams {
   int64_t m_tiles;                            // query tiles per head
   int64_t tiles;                              // heads * m_tiles
   float scale;
+  float out_inv_scale;  // > 0: a float8 output (the tensor-core kernel only)
   bool causal;
   int mask_kind;
   // Mask strides, 0 where broadcast: lead dims are [B..., Hq] (the flattened index bh = b * hq + h).
@@ -251,7 +252,9 @@ MmaAttentionParams mma_params(const AttentionGeometry& g, const AttentionBuffers
   m.q = at(buf.q, g.q);
   m.k = at(buf.k, g.k);
   m.v = at(buf.v, g.v);
-  m.o = const_cast<void*>(at(buf.out, g.out));
+  m.o = p.out_inv_scale > 0.f
+            ? static_cast<void*>(static_cast<uint8_t*>(buf.out) + g.out.offset)  // 1-byte float8
+            : const_cast<void*>(at(buf.out, g.out));
   strides(m.q_strides, g.q);
   strides(m.k_strides, g.k);
   strides(m.v_strides, g.v);
@@ -272,6 +275,7 @@ MmaAttentionParams mma_params(const AttentionGeometry& g, const AttentionBuffers
   m.mask_sk_stride = p.mask_sk_stride;
   m.scale = p.scale;
   m.causal = p.causal;
+  m.o_inv_scale = p.out_inv_scale;
   return m;
 }
 
@@ -300,6 +304,7 @@ void run_attention(const std::string& who, const AttentionAttrs& attrs, const At
   p.tiles = heads * p.m_tiles;
   p.scale = static_cast<float>(attention_scale(attrs, p.d));
   p.causal = attrs.causal;
+  p.out_inv_scale = attrs.out_inv_scale;
   p.mask_kind = kNoMask;
   if (buf.mask) {
     p.mask_kind = buf.mask->dtype == DataType::kBool ? kBoolMask : kAddMask;
@@ -314,6 +319,12 @@ void run_attention(const std::string& who, const AttentionAttrs& attrs, const At
   }
   const MmaAttentionParams mp = mma_params(g, buf, p, dtype);
   if (mma_attention_supports(mp, dtype, p.d, p.dv, arch)) return launch_mma_attention(mp, dtype, p.d, stream);
+  // The builder folds a float8 output only where the IR's conditions give the tensor-core kernel.
+  KILN_CHECK(
+      !(p.out_inv_scale > 0.f),
+      who << ": a float8 output (output_inv_scale) runs on the tensor-core kernel only (sm_80+, float16 "
+             "or bfloat16, head size 32, 64 or 128, 16-byte aligned inputs), which does not take this "
+             "problem");
   dispatch_floating(dtype, "attention", [&](auto tag) {
     using T = decltype(tag);
     if (p.dv <= 32) return launch<T, 1>(buf, p, stream);

@@ -46,6 +46,8 @@
 #include <initializer_list>
 #include <type_traits>
 
+#include <cuda_fp8.h>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/cuda/mma_ptx.cuh"
@@ -335,7 +337,8 @@ __global__ void __launch_bounds__(kThreads)
   const T* qg = static_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1] + m0 * p.q_strides[2];
   const T* kg = static_cast<const T*>(p.k) + b * p.k_strides[0] + hk * p.k_strides[1];
   const T* vg = static_cast<const T*>(p.v) + b * p.v_strides[0] + hk * p.v_strides[1];
-  T* og = static_cast<T*>(p.o) + b * p.o_strides[0] + h * p.o_strides[1] + m0 * p.o_strides[2];
+  const int64_t o_at = b * p.o_strides[0] + h * p.o_strides[1] + m0 * p.o_strides[2];  // output elements
+  T* og = static_cast<T*>(p.o) + o_at;
 
   const int64_t ks = p.k_strides[2], vs = p.v_strides[2];
   const int64_t n_end = p.causal ? min64(p.sk, m0 + kBlockM) : p.sk;  // later keys: masked for all rows
@@ -484,6 +487,34 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncwarp();
   const int64_t os = p.o_strides[2];
+  if constexpr (!std::is_same_v<T, float>) {
+    if (p.o_inv_scale > 0.f) {  // float8 e4m3 output: each 16-byte vector of T becomes 8 bytes
+      uint8_t* og8 = static_cast<uint8_t*>(p.o) + o_at;
+#pragma unroll
+      for (int round = 0; round < 16 * L::kVecs / 32; ++round) {
+        const int i = lane + round * 32;
+        const int r = i / L::kVecs, c = i % L::kVecs;
+        if (w0 + r < p.sq) {
+          const T* src = ow + r * kLd + c * L::kVecElems;
+          uint32_t packed[2];
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const __nv_fp8x2_storage_t lo = __nv_cvt_float2_to_fp8x2(
+                make_float2(to_float(src[4 * j]) * p.o_inv_scale, to_float(src[4 * j + 1]) * p.o_inv_scale),
+                __NV_SATFINITE, __NV_E4M3);
+            const __nv_fp8x2_storage_t hi =
+                __nv_cvt_float2_to_fp8x2(make_float2(to_float(src[4 * j + 2]) * p.o_inv_scale,
+                                                     to_float(src[4 * j + 3]) * p.o_inv_scale),
+                                         __NV_SATFINITE, __NV_E4M3);
+            packed[j] = static_cast<uint32_t>(lo) | static_cast<uint32_t>(hi) << 16;
+          }
+          *reinterpret_cast<uint2*>(og8 + (warp * 16 + r) * os + c * L::kVecElems) =
+              make_uint2(packed[0], packed[1]);
+        }
+      }
+      return;
+    }
+  }
 #pragma unroll
   for (int round = 0; round < 16 * L::kVecs / 32; ++round) {
     const int i = lane + round * 32;
@@ -540,14 +571,21 @@ bool mma_attention_supports(const MmaAttentionParams& p, DataType dtype, int64_t
     return false;
   }
   const int64_t vec = 16 / static_cast<int64_t>(dtype_size(dtype));  // elements per 16-byte vector
-  for (const void* ptr : std::initializer_list<const void*>{p.q, p.k, p.v, p.o}) {
+  for (const void* ptr : std::initializer_list<const void*>{p.q, p.k, p.v}) {
     if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
   }
   for (const int64_t* strides :
-       std::initializer_list<const int64_t*>{p.q_strides, p.k_strides, p.v_strides, p.o_strides}) {
+       std::initializer_list<const int64_t*>{p.q_strides, p.k_strides, p.v_strides}) {
     for (int i = 0; i < 3; ++i) {
       if (strides[i] % vec != 0) return false;
     }
+  }
+  // The output: vectors of `vec` elements, 16 bytes of T or, as float8, 8 bytes.
+  const int64_t o_bytes = p.o_inv_scale > 0.f ? vec : 16;
+  if (p.o_inv_scale > 0.f && dtype == DataType::kFloat32) return false;
+  if (reinterpret_cast<uintptr_t>(p.o) % o_bytes != 0) return false;
+  for (int i = 0; i < 3; ++i) {
+    if (p.o_strides[i] % vec != 0) return false;
   }
   if (p.hkv <= 0 || p.hq % p.hkv != 0) return false;
   if (p.mask_kind != kNoMask && p.mask_sk_stride != 0 && p.mask_sk_stride != 1) return false;

@@ -32,6 +32,9 @@ struct MmaAttentionParams {
   int64_t mask_sq_stride = 0, mask_sk_stride = 0;
   float scale = 1.f;  // applied to q @ k^T
   bool causal = false;
+  // > 0: o is float8 e4m3, each output value (rounded to the input dtype) times this, saturating;
+  // o's strides then count bytes. float16/bfloat16 only.
+  float o_inv_scale = 0.f;
 };
 
 // Whether the kernel takes this problem: sm_80+, float16/bfloat16 with d == dv in {32, 64, 128} or

@@ -1,7 +1,8 @@
 // Reference attention (attention and packed_attention): for each (batch, query head, query row)
 // the scores against every key in double, masked, a softmax with the row maximum subtracted, then
 // the weighted sum of v. A row whose keys are all masked (or Sk == 0) is written as zeros (torch's
-// math backend does the same). Layouts differ only in the strides of AttentionGeometry.
+// math backend does the same). Layouts differ only in the strides of AttentionGeometry. A float8
+// output (out_inv_scale) is the value rounded to q's dtype, times out_inv_scale, stored as e4m3.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -65,8 +66,13 @@ void attend(const AttentionAttrs& attrs, const AttentionGeometry& g, const Tenso
             for (int64_t c = 0; c < g.dv; ++c) acc[c] += p * load_element(v, vb + j * g.v.seq + c);
           }
         }
-        for (int64_t c = 0; c < g.dv; ++c)
-          store_element(o, ob + i * g.out.seq + c, sum > 0 ? acc[c] / sum : 0.0);
+        for (int64_t c = 0; c < g.dv; ++c) {
+          double value = sum > 0 ? acc[c] / sum : 0.0;
+          // float8 output: the value in q's dtype, scaled; the store rounds it to e4m3
+          if (attrs.out_inv_scale > 0.f)
+            value = static_cast<float>(round_to_dtype(q.dtype, value)) * attrs.out_inv_scale;
+          store_element(o, ob + i * g.out.seq + c, value);
+        }
       }
     }
   }

@@ -75,12 +75,13 @@ Network fp8_linear(bool view = false, const std::string& activation = "relu") {
   return net;
 }
 
-std::vector<float> run_reference(const Network& net, const std::vector<float>& x) {
+std::vector<float> run_reference(const Network& net, const std::vector<float>& x,
+                                 const Dims& dims = {8, 32}) {
   BuilderConfig config;
   config.target = BuildTarget::kReference;
   config.optimization_level = 0;  // the network as it is
   const Plan plan = Builder().build(net, config);
-  return test::run_float(Engine::create(plan, Backend::kReference), {{"x", {{8, 32}, x}}}).at("y");
+  return test::run_float(Engine::create(plan, Backend::kReference), {{"x", {dims, x}}}).at("y");
 }
 
 TEST(Fp8Gemms, ViewsBetweenTheFakeQuantizeAndTheGemmAreRepeatedOnTheFloat8Tensor) {
@@ -177,6 +178,69 @@ TEST(Fp8Gemms, AGemmWhoseValueOnlyAQuantizeReadsWritesFloat8) {
   EXPECT_FALSE(test::layer_named(net, "fc2").attrs.has("output_inv_scale"));  // its value is the output
   expect_close(run_reference(net, x), before, 1e-6f);
   EXPECT_FALSE(fold_quantize_copies(net));
+}
+
+// qkv [2, 16, 3, 2, 64] -> float16 -> packed_attention -> rows [2, 16, 128] -> e4m3 quantize
+// (scale 2^-5) -> dequantize -> float32: an FP8 output projection's input, as BERT has it.
+Network fp8_attention(const std::string& dtype = "float16") {
+  Network net;
+  const TensorId x = net.add_input("x", DataType::kFloat32, {2, 16, 3, 2, 64});
+  TensorId t = net.add_layer("cast", {x}, Attributes().set("to", dtype), "to16").outputs[0];
+  t = net.add_layer("packed_attention", {t}, Attributes(), "attn").outputs[0];
+  t = net.add_layer("reshape", {t}, Attributes().set("shape", std::vector<int64_t>{2, 16, 128}), "rows")
+          .outputs[0];
+  const float scale = 1.0f / 32;
+  const TensorId s = net.add_constant("s", DataType::kFloat32, {}, &scale, sizeof scale);
+  const Attributes e4m3 = Attributes().set("format", std::string("e4m3"));
+  t = net.add_layer("quantize", {t, s}, e4m3, "q").outputs[0];
+  t = net.add_layer("dequantize", {t, s}, e4m3, "dq").outputs[0];
+  net.mark_output(
+      net.add_layer("cast", {t}, Attributes().set("to", std::string("float32")), "to32").outputs[0], "y");
+  return net;
+}
+
+TEST(Fp8Gemms, AttentionReadOnlyByAnE4m3QuantizeWritesFloat8) {
+  Network net = fp8_attention();
+  const std::vector<float> x = random_floats(2 * 16 * 3 * 2 * 64, 12, -2.f, 2.f);
+  const Dims dims{2, 16, 3, 2, 64};
+  const std::vector<float> before = run_reference(net, x, dims);
+  ASSERT_TRUE(fold_quantize_copies(net));
+  EXPECT_EQ(test::ops_of(net),
+            (std::vector<std::string>{"cast", "packed_attention", "reshape", "dequantize", "cast"}));
+  const Layer& attn = test::layer_named(net, "attn");
+  EXPECT_EQ(net.tensor(attn.outputs[0]).dtype, DataType::kFloat8E4M3);
+  EXPECT_EQ(attn.attrs.get_float("output_inv_scale", "attn"), 32.0);
+  EXPECT_EQ(run_reference(net, x, dims), before);  // the same rounding: to float16, then e4m3
+  // Not with a float32 attention (the CUDA kernel has no float8 output for it).
+  Network f32 = fp8_attention("float32");
+  EXPECT_FALSE(fold_quantize_copies(f32));
+}
+
+TEST(Fp8Gemms, CudaAttentionWritesFloat8) {
+  KILN_REQUIRE_GPU();
+  if (cuda_device_arch() < 89) GTEST_SKIP() << "FP8 needs sm_89+";
+  const Network net = fp8_attention();
+  const std::vector<float> x = random_floats(2 * 16 * 3 * 2 * 64, 13, -2.f, 2.f);
+  BuilderConfig config;
+  config.target = BuildTarget::kCuda;
+  enable_precision(config.precision, "fp16");
+  enable_precision(config.precision, "fp8");
+  const Plan plan = Builder().build(net, config);
+  int folded = 0;
+  for (const auto& l : plan.network.layers()) folded += l.attrs.has("output_inv_scale");
+  EXPECT_EQ(folded, 1) << test::graph_text(plan.network);
+  const auto y =
+      test::run_float(Engine::create(plan, Backend::kCuda), {{"x", {{2, 16, 3, 2, 64}, x}}}).at("y");
+  const std::vector<float> want = run_reference(net, x, {2, 16, 3, 2, 64});
+  // float16 rounding inside the attention may move a value across an e4m3 rounding boundary: one
+  // step (an eighth of the value at most); most values agree exactly.
+  ASSERT_EQ(y.size(), want.size());
+  size_t same = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    same += y[i] == want[i];
+    EXPECT_NEAR(y[i], want[i], 0.13f * std::fabs(want[i]) + 1e-6f) << i;
+  }
+  EXPECT_GT(same, y.size() * 9 / 10);
 }
 
 // The network API's FP16 + FP8 build: the calibrated fake_quantize takes a float32 scale, so
