@@ -232,13 +232,16 @@ TEST(Fp8Gemms, CudaAttentionWritesFloat8) {
   const auto y =
       test::run_float(Engine::create(plan, Backend::kCuda), {{"x", {{2, 16, 3, 2, 64}, x}}}).at("y");
   const std::vector<float> want = run_reference(net, x, {2, 16, 3, 2, 64});
-  // float16 rounding inside the attention may move a value across an e4m3 rounding boundary: one
-  // step (an eighth of the value at most); most values agree exactly.
+  // float16 rounding inside the attention (its probabilities, its sums) may move a value across
+  // an e4m3 rounding boundary: one step, an eighth of the value at most, or near zero, where the
+  // kernel's absolute error (about 1e-4) spans subnormal steps of 2^-9 * scale, a few of those (the
+  // H100 showed 4 of 4096 values 1 or 2 subnormal steps apart). Most values agree exactly.
   ASSERT_EQ(y.size(), want.size());
+  const float subnormal_step = std::ldexp(1.f, -9) / 32;
   size_t same = 0;
   for (size_t i = 0; i < y.size(); ++i) {
     same += y[i] == want[i];
-    EXPECT_NEAR(y[i], want[i], 0.13f * std::fabs(want[i]) + 1e-6f) << i;
+    EXPECT_NEAR(y[i], want[i], 0.13f * std::fabs(want[i]) + 4 * subnormal_step) << i;
   }
   EXPECT_GT(same, y.size() * 9 / 10);
 }
