@@ -262,9 +262,16 @@ class Inspection:
             lines.append("FP8 GEMMs (float8 e4m3 operands, per-tensor scales):")
             lines += [
                 f"  {la.name}: input scale {la.attrs['input_scale']:.6g}, weight scale "
-                f"{la.attrs['weight_scale']:.6g} -> {la.attrs['out_dtype']}"
+                f"{la.attrs['weight_scale']:.6g} -> {_fp8_out(la)}"
                 for la in fp8
             ]
+        fp8_attention = [
+            la for la in self.layers if "attention" in la.op and "output_inv_scale" in la.attrs
+        ]
+        if fp8_attention:
+            lines.append("")
+            lines.append("attention writing float8 (the next FP8 GEMM's input):")
+            lines += [f"  {la.name}: -> {_fp8_out(la)}" for la in fp8_attention]
         for op, what in (("convolution", "convolutions"), ("fully_connected", "linear layers")):
             int8 = [la for la in self.layers if la.op == op and la.attrs.get("quantized")]
             if int8:
@@ -356,6 +363,15 @@ def _int8_out(la) -> str:
     lo, hi = la.attrs.get("output_quant_min", -128), la.attrs.get("output_quant_max", 127)
     int8 = f"int8 (scale {1 / inv:.6g}, range {lo}..{hi})"
     return f"{la.attrs['out_dtype']} and {int8}" if la.attrs.get("int8_copy") else int8
+
+
+def _fp8_out(la) -> str:
+    """What an FP8 GEMM (or attention) writes: its float dtype, or float8 e4m3 and its scale (a
+    quantize folded in)."""
+    inv = la.attrs.get("output_inv_scale")
+    if inv is None:
+        return la.attrs.get("out_dtype", "")
+    return f"float8 e4m3 (scale {1 / inv:.6g})"
 
 
 def _quant_params(la: LayerInfo) -> str:

@@ -7,7 +7,7 @@ and the FP8 errors."""
 
 import pytest
 import torch
-from layer_util import DEVICES, run_plan
+from layer_util import DEVICES, build_plan, run_plan
 from test_calibration import (
     TinyEncoder,
     accuracy,
@@ -179,3 +179,23 @@ def test_fp8_precision_spellings(spelling):
 
     assert dtypes.precision_name(spelling) == "fp8"
     assert kiln.BuilderConfig(precisions=[spelling]).precisions == ["fp32", "fp8"]
+
+
+def test_attention_writing_float8_on_the_reference_backend():
+    # packed_attention with output_inv_scale (fold_quantize_copies sets it where the FP8 output
+    # projection reads the attention): e4m3(o * inv) of o rounded to float16, as torch computes it;
+    # kiln inspect lists the layer with the scale.
+    net = kiln.Network()
+    qkv = net.add_input("qkv", "float16", [2, 5, 3, 2, 32])
+    attn = net.add_layer("packed_attention", [qkv], {"output_inv_scale": 32.0}, name="attn")
+    # dequantized with scale 1 (numpy, the host path, has no float8): the e4m3 values themselves
+    one = net.add_constant(torch.ones(()), name="one")
+    net.mark_output(net.add_layer("dequantize", [attn, one], {"format": "e4m3"}), "y")
+    plan = build_plan(net, level=0)
+    x = torch.randn(2, 5, 3, 2, 32).half()
+    got = run_plan(plan, {"qkv": x})["y"]
+    q, k, v = (x[:, :, i].transpose(1, 2).double() for i in range(3))  # [B, H, S, D]
+    o = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # [B, S, H, D]
+    want = (o.half().float() * 32).to(FP8).float()
+    assert torch.equal(got, want)
+    assert "attn: -> float8 e4m3 (scale 0.03125)" in kiln.inspect(plan).text()
