@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from kiln import _C
 from kiln._C import KilnError
 from kiln.dtypes import (
+    DTYPES,
     as_numpy,
     backend_name,
     deprecated,
@@ -233,7 +234,23 @@ class ExecutionContext:
         finally:
             self._busy.release()
 
+    def _check_output_dtypes(self) -> None:
+        """A clear error for an output dtype this API cannot hand back (float8: numpy has none,
+        and the engine I/O here moves Kiln's DTYPES only). Checked once per context."""
+        if getattr(self, "_outputs_checked", False):
+            return
+        for name in self.engine.output_names:
+            dtype = self.engine.binding(name)[0]
+            if dtype not in DTYPES:
+                raise KilnError(
+                    f"output {name!r} is {dtype}, which the Python engine API does not return "
+                    f"(it moves {', '.join(DTYPES)}); end the network with a dequantize of it "
+                    "(format e4m3, scale 1 gives its values) or read it inside the network"
+                )
+        self._outputs_checked = True
+
     def _execute(self, feed: Mapping[str, object]) -> dict[str, object]:
+        self._check_output_dtypes()
         values = list(feed.values())
         if (
             self.engine.device_type() == "cuda"

@@ -199,3 +199,12 @@ def test_attention_writing_float8_on_the_reference_backend():
     want = (o.half().float() * 32).to(FP8).float()
     assert torch.equal(got, want)
     assert "attn: -> float8 e4m3 (scale 0.03125)" in kiln.inspect(plan).text()
+
+
+def test_a_float8_engine_output_is_refused_with_what_to_do():
+    net = kiln.Network()
+    qkv = net.add_input("qkv", "float16", [1, 4, 3, 2, 32])
+    net.mark_output(net.add_layer("packed_attention", [qkv], {"output_inv_scale": 8.0}), "y")
+    plan = build_plan(net, level=0)
+    with pytest.raises(kiln.KilnError, match="output 'y' is float8_e4m3fn.*dequantize"):
+        run_plan(plan, {"qkv": torch.randn(1, 4, 3, 2, 32).half()})
