@@ -88,28 +88,28 @@ bool fold_quantize_copies(Network& net) {
     const Layer& q = layers[i];
     const QuantizedCopy c = copy_of(net, q);
     if (!c.on) continue;
-    std::vector<size_t> views;  // the normalization's own value may have other readers
+    std::vector<size_t> views;  // the producer's own value may have other readers
     TensorId value = -1;
     const int p = quantized_value_producer(layers, producer, q, sole, &views, &value);
     if (p < 0) continue;
-    Layer& norm = layers[static_cast<size_t>(p)];
-    if (c.e4m3 && (fp8_gemm_writes_e4m3(norm) || attention_writes_e4m3(net, norm)) && sole(value)) {
+    Layer& src = layers[static_cast<size_t>(p)];
+    if (c.e4m3 && (fp8_gemm_writes_e4m3(src) || attention_writes_e4m3(net, src)) && sole(value)) {
       // An FP8 GEMM whose value only this quantize reads (a transformer MLP's first GEMM, its
       // GELU in cuBLASLt's epilogue), or an attention read only by the FP8 output projection:
       // it writes the e4m3 tensor itself, no float one.
-      norm.attrs.set("output_inv_scale", static_cast<double>(c.inv_scale));
-      norm.outputs[0] = move_views_to_quantized(net, layers, views, q.outputs[0], "/fp8");
+      src.attrs.set("output_inv_scale", static_cast<double>(c.inv_scale));
+      src.outputs[0] = move_views_to_quantized(net, layers, views, q.outputs[0], "/fp8");
       folded[i] = true;
       continue;
     }
-    if ((norm.op != "layer_norm" && norm.op != "rms_norm") || norm.attrs.has("quantized_copy")) continue;
-    norm.attrs.set("quantized_copy", std::string(c.e4m3 ? "e4m3" : "int8"));
-    norm.attrs.set("copy_inv_scale", static_cast<double>(c.inv_scale));
+    if ((src.op != "layer_norm" && src.op != "rms_norm") || src.attrs.has("quantized_copy")) continue;
+    src.attrs.set("quantized_copy", std::string(c.e4m3 ? "e4m3" : "int8"));
+    src.attrs.set("copy_inv_scale", static_cast<double>(c.inv_scale));
     if (!c.e4m3) {
-      norm.attrs.set("copy_quant_min", c.lo);
-      norm.attrs.set("copy_quant_max", c.hi);
+      src.attrs.set("copy_quant_min", c.lo);
+      src.attrs.set("copy_quant_max", c.hi);
     }
-    norm.outputs.push_back(
+    src.outputs.push_back(
         move_views_to_quantized(net, layers, views, q.outputs[0], c.e4m3 ? "/fp8" : "/int8"));
     folded[i] = true;
   }
