@@ -269,8 +269,8 @@ class LayoutRewriter {
     if (readers_[static_cast<size_t>(x)] != 1 || net_.is_output(x) || net_.tensor(x).dims.size() != 4)
       return -1;
     for (size_t i = layers_.size(); i-- > 0;) {
+      if (layers_[i].outputs.empty() || layers_[i].outputs[0] != x) continue;
       const Layer p = layers_[i];  // a copy: add_layer below may grow layers_
-      if (p.outputs.empty() || p.outputs[0] != x) continue;
       if (p.op != "pad" || (p.attrs.has("mode") && p.attrs.get_string("mode", p.name) != "constant"))
         return -1;
       const std::vector<int64_t> pads = indexing::resolve_pads(p.attrs.get_ints("pads", p.name), 4);

@@ -489,6 +489,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t os = p.o_strides[2];
   if constexpr (!std::is_same_v<T, float>) {
     if (p.o_inv_scale > 0.f) {  // float8 e4m3 output: each 16-byte vector of T becomes 8 bytes
+      static_assert(L::kVecElems == 8, "a vector of 16-bit T is 8 values: two packs of four");
       uint8_t* og8 = static_cast<uint8_t*>(p.o) + o_at;
 #pragma unroll
       for (int round = 0; round < 16 * L::kVecs / 32; ++round) {

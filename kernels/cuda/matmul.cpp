@@ -188,6 +188,7 @@ class LtGemmPlan {
       set_batch(d_.a, static_cast<int32_t>(g.batches), g.stride_b);
       set_batch(d_.b, static_cast<int32_t>(g.batches), g.stride_a);
       set_batch(d_.c, static_cast<int32_t>(g.batches), g.stride_c);
+      if (d_.d) set_batch(d_.d, static_cast<int32_t>(g.batches), g.stride_c);
     }
     KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&d_.pref));
     uint64_t ws = g.workspace;
