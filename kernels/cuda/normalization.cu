@@ -373,6 +373,103 @@ __global__ void __launch_bounds__(kRegBlock)
   }
 }
 
+// The same for rows of at most kWarpVecs * 32 vectors (BERT's 768 float16 values: 96 vectors):
+// one warp per row, kWarpRows rows per block, the statistics by warp shuffles (no shared memory,
+// no block barrier), weight and bias read as whole vectors where they have x's type. The block
+// kernel above left a quarter of its 128 threads idle on such rows and crossed six barriers each.
+constexpr int kWarpRows = 4;
+constexpr int kWarpVecs = 4;
+
+template <typename T, typename P, int kVecs>
+__global__ void __launch_bounds__(kWarpRows * 32)
+    row_norm_warp_kernel(int64_t rows, int64_t len, float eps, bool rms, const T* __restrict__ x,
+                         const P* __restrict__ weight, const P* __restrict__ bias, T* __restrict__ y,
+                         CopyParams copy) {
+  constexpr int V = Vec16<T>::kSize;
+  const int lane = threadIdx.x % 32;
+  const int64_t nvec = len / V;
+  for (int64_t r = blockIdx.x * int64_t{kWarpRows} + threadIdx.x / 32; r < rows;
+       r += int64_t{gridDim.x} * kWarpRows) {
+    const auto* xr = reinterpret_cast<const Vec16<T>*>(x + r * len);
+    float v[kVecs][V];
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      const int64_t idx = lane + int64_t{i} * 32;
+      if (idx < nvec) {
+        const Vec16<T> a = xr[idx];
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          v[i][j] = to_float(a.v[j]);
+          sum += v[i][j];
+        }
+      }
+    }
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    const float mean = rms ? 0.f : sum / static_cast<float>(len);
+    float m2 = 0.f;
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      if (lane + int64_t{i} * 32 < nvec) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          const float d = v[i][j] - mean;
+          m2 += d * d;
+        }
+      }
+    }
+    for (int o = 16; o > 0; o >>= 1) m2 += __shfl_xor_sync(0xffffffffu, m2, o);
+    const float inv = 1.f / sqrtf(m2 / static_cast<float>(len) + eps);
+    auto* yr = reinterpret_cast<Vec16<T>*>(y + r * len);
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      const int64_t idx = lane + int64_t{i} * 32;
+      if (idx < nvec) {
+        float w[V], b[V];
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          w[j] = 1.f;
+          b[j] = 0.f;
+        }
+        if constexpr (sizeof(P) == sizeof(T)) {  // parameters of x's type: one vector each
+          if (weight) {
+            const Vec16<P> wv = reinterpret_cast<const Vec16<P>*>(weight)[idx];
+#pragma unroll
+            for (int j = 0; j < V; ++j) w[j] = to_float(wv.v[j]);
+          }
+          if (bias) {
+            const Vec16<P> bv = reinterpret_cast<const Vec16<P>*>(bias)[idx];
+#pragma unroll
+            for (int j = 0; j < V; ++j) b[j] = to_float(bv.v[j]);
+          }
+        } else {
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            if (weight) w[j] = to_float(weight[idx * V + j]);
+            if (bias) b[j] = to_float(bias[idx * V + j]);
+          }
+        }
+        Vec16<T> o;
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          // As the block kernel: (x - mean) * inv, times the weight, plus the bias.
+          float f = (v[i][j] - mean) * inv;
+          if (weight) f *= w[j];
+          if (bias) f += b[j];
+          o.v[j] = from_float<T>(f);
+        }
+        yr[idx] = o;
+        if (copy.q) {  // V bytes, one aligned store (the row and its start are V-aligned)
+          Pack<uint8_t, V> qv;
+#pragma unroll
+          for (int j = 0; j < V; ++j) qv.v[j] = quantized_copy_of(copy, o.v[j]);
+          *reinterpret_cast<Pack<uint8_t, V>*>(copy.q + r * len + idx * V) = qv;
+        }
+      }
+    }
+  }
+}
+
 class CudaRowNorm final : public Kernel {
  public:
   explicit CudaRowNorm(const Layer& l)
@@ -417,6 +514,17 @@ class CudaRowNorm final : public Kernel {
       // layer_norm/rms_norm, and for group_norm only when each row is one group of channels with no
       // spatial extent (otherwise a parameter belongs to a channel, i.e. to `spatial` elements).
       const bool param_per_element = s.groups == 1 && s.spatial == 1;
+      const int64_t nvec = s.len / Vec16<T>::kSize;
+      if (param_per_element && reg_row_ok<T>(s.len, {x, y, copy.q, weight, bias}) && nvec <= kWarpVecs * 32) {
+        auto warp_kernel = nvec <= 32   ? row_norm_warp_kernel<T, P, 1>
+                           : nvec <= 64 ? row_norm_warp_kernel<T, P, 2>
+                                        : row_norm_warp_kernel<T, P, kWarpVecs>;
+        warp_kernel<<<grid_for(s.rows, kWarpRows), kWarpRows * 32, 0,
+                      static_cast<cudaStream_t>(ctx.stream)>>>(s.rows, s.len, eps_, rms_, x, weight, bias, y,
+                                                               copy);
+        KILN_CUDA_CHECK_LAUNCH();
+        return;
+      }
       if (param_per_element && reg_row_ok<T>(s.len, {x, y, copy.q})) {
         dispatch_reg_vecs(reg_vecs_per_thread(s.len / Vec16<T>::kSize), [&](auto vecs) {
           row_norm_reg_kernel<T, P, decltype(vecs)::value>

@@ -145,6 +145,10 @@ ROW_CASES = [
     ((5, 1), 1),
     ((64, 32), 1),
     ((0, 8), 1),
+    # CUDA's warp-per-row kernel (16-bit rows of up to 128 vectors): BERT's 768 with a row count
+    # that leaves its last block part empty, and 33 vectors (the two-vector variant, one lane busy).
+    ((33, 768), 1),
+    ((5, 264), 1),
 ]
 AFFINE = ["none", "weight", "weight_bias"]
 
