@@ -15,24 +15,19 @@
 // and 16-31 of its 8 rows.
 #include "kernels/cuda/int8_convolution.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <sstream>
-#include <type_traits>
 
 #include "ir/error.h"
 #include "ir/op_schema.h"
 #include "ir/ops/activation.h"
 #include "ir/ops/convolution.h"
 #include "kernels/cuda/cuda_check.h"
-#include "kernels/cuda/dtype_traits.cuh"
-#include "kernels/cuda/mma_ptx.cuh"
+#include "kernels/cuda/int8_convolution_tile.cuh"
 
 namespace kiln {
+using namespace int8conv;  // NOLINT(build/namespaces): this file is the kernel the header serves
 namespace {
 
-constexpr int kBlockK = 64;  // int8 taps per pipeline step: 4 chunks of 16 bytes per row
 constexpr int kStages = 4;
 
 // c += a (16x32, s8) * b (32x8, s8), int32 accumulators.
@@ -46,153 +41,18 @@ __device__ __forceinline__ void mma_s8(int (&c)[4], const uint32_t (&a)[4], uint
 #endif
 }
 
-// Byte offset of 16-byte chunk `chunk` (0..3) of row `row` in a tile of 64-byte rows. The chunk is
-// XOR-swizzled with bits 1-2 of the row: the 8 consecutive rows an ldmatrix phase reads at one
-// logical chunk then fall into 8 distinct 16-byte slots of the 128-byte bank window.
-__device__ __forceinline__ int swizzle(int row, int chunk) {
-  return row * kBlockK + ((chunk ^ ((row >> 1) & 3)) << 4);
-}
-
-// The epilogue's stage: the int2 index of pair `pair` (channels 2 pair and 2 pair + 1) of row `row`
-// in a [BM][BN] int32 tile. Bits 2-3 of the pair are XORed with the row's low two bits, so the 8
-// rows x 4 pairs of one accumulator store by a warp fall into distinct 8-byte slots of two
-// 128-byte bank windows; a row's pairs stay a permutation of the row.
-template <int BN>
-__device__ __forceinline__ int stage_pair(int row, int pair) {
-  return row * (BN / 2) + (pair ^ ((row & 3) << 2));
-}
-
-struct DeviceParams {
-  Int8ConvParams g;
-  int64_t m;   // N * P * Q
-  int gemm_k;  // R * S * C
-  // A 1x1 window without padding (fully connected layers, most of a ResNet's convolutions): every
-  // tap of a row is in x, and column k of A is channel k of the row's pixel.
-  bool pointwise;
-  // The epilogue stores eight channels at a time: K a multiple of 8, and y, the residual, the
-  // int8 copy and the scale/bias aligned for it.
-  bool vec8;
-  const int8_t* x;
-  const int8_t* w;
-  const float* alpha;  // [K]
-  const float* bias;   // [K]
-  const void* residual;
-  void* y;
-  int8_t* y8;  // y's int8 copy, or null
-};
-
 template <int BM, int BN, int WM, int WN>
 struct Tile {
   static constexpr int kWarpsM = BM / WM, kWarpsN = BN / WN;
   static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
   static constexpr int kMTiles = WM / 16, kNTiles = WN / 8;
-  static constexpr int kAChunks = BM * 4 / kThreads;  // 16-byte chunks per thread and step
-  static constexpr int kBChunks = BN * 4 / kThreads;
-  static constexpr int kStageBytes = (BM + BN) * kBlockK;
+  using Loader = TileLoader<BM, BN, kThreads>;
+  static constexpr int kStageBytes = Loader::kStageBytes;
   static constexpr int kSmemBytes = kStages * kStageBytes;
-  static_assert(BM * 4 % kThreads == 0 && BN * 4 % kThreads == 0, "whole copy rounds");
   static_assert(WM % 16 == 0 && WN % 16 == 0, "ldmatrix.x4 covers 16 rows of A and two n8 tiles of B");
   static_assert(BM * BN * 4 <= kSmemBytes, "the epilogue's int32 stage fits in the pipeline's buffers");
   static_assert(BN / 2 >= 16, "the stage's swizzle stays inside a row");
 };
-
-// One value, rounded to R, quantized as the folded quantize layer did: clamp(rint(v * inv_scale)).
-template <typename R>
-__device__ __forceinline__ int8_t requantize(const Int8ConvParams& g, float v) {
-  const float r = rintf(to_float(from_float<R>(v)) * g.out_inv_scale);
-  // NaN goes to out_min, as the quantize layer's float -> integer conversion gives.
-  const float lo = static_cast<float>(g.out_min), hi = static_cast<float>(g.out_max);
-  return static_cast<int8_t>(r != r ? lo : fminf(fmaxf(r, lo), hi));
-}
-
-// The epilogue's activation: kAct is an ActivationType known at compile time (the switch folds),
-// kNoActivation, or kAnyActivation (p's type, at run time).
-constexpr int kNoActivation = -1, kAnyActivation = -2;
-template <int kAct>
-__device__ __forceinline__ float activate_as(const ActivationParams& p, float x) {
-  if constexpr (kAct == kNoActivation) {
-    return x;
-  } else if constexpr (kAct == kAnyActivation) {
-    return activate(p, x);
-  } else {
-    ActivationParams q = p;
-    q.type = kAct;
-    return activate(q, x);
-  }
-}
-
-// The epilogue's last step for kN adjacent channels (v = alpha * acc + bias): the residual (of
-// the float dtype) and the activation in the layer's order, then one aligned store of the kN
-// values; an int8 y rounds to that float dtype first and requantizes, and a float y with an int8
-// copy (y8) writes both.
-template <int kN, int kAct, typename T, typename R>
-__device__ __forceinline__ void finish(const Int8ConvParams& g, float (&v)[kN], const void* residual, T* y,
-                                       int8_t* y8) {
-  float r[kN];
-  if (residual && g.residual_scale > 0.f) {  // int8, dequantized
-    const Pack<int8_t, kN> r8 = *reinterpret_cast<const Pack<int8_t, kN>*>(residual);
-#pragma unroll
-    for (int e = 0; e < kN; ++e) r[e] = static_cast<float>(r8.v[e]) * g.residual_scale;
-  } else if (residual) {
-    const Pack<R, kN> rf = *reinterpret_cast<const Pack<R, kN>*>(residual);
-#pragma unroll
-    for (int e = 0; e < kN; ++e) r[e] = to_float(rf.v[e]);
-  }
-  const bool residual_first = residual && !g.residual_after_activation;
-#pragma unroll
-  for (int e = 0; e < kN; ++e) {
-    if (residual_first) v[e] += r[e];
-    if (kAct == kAnyActivation ? g.activate : kAct != kNoActivation) v[e] = activate_as<kAct>(g.act, v[e]);
-    if (residual && !residual_first) v[e] += r[e];
-  }
-  Pack<int8_t, kN> q;
-  if (std::is_same_v<T, int8_t> || y8) {
-#pragma unroll
-    for (int e = 0; e < kN; ++e) q.v[e] = requantize<R>(g, v[e]);
-  }
-  if constexpr (std::is_same_v<T, int8_t>) {
-    *reinterpret_cast<Pack<int8_t, kN>*>(y) = q;
-  } else {
-    Pack<T, kN> o;
-#pragma unroll
-    for (int e = 0; e < kN; ++e) o.v[e] = from_float<T>(v[e]);
-    *reinterpret_cast<Pack<T, kN>*>(y) = o;
-    if (y8) *reinterpret_cast<Pack<int8_t, kN>*>(y8) = q;
-  }
-}
-
-// The epilogue's second pass over the staged [BM][BN] tile (see the kernel): each thread takes
-// kN adjacent channels of a row at a time, rows in order (coalesced loads and stores).
-template <int kN, int kAct, int BM, int BN, int kThreads, typename T, typename R>
-__device__ __forceinline__ void store_tile(const DeviceParams& d, const int2* stage, int64_t m0, int n0,
-                                           int tid) {
-  const Int8ConvParams& g = d.g;
-  // The residual's element size: int8 where it is dequantized, else R.
-  const int64_t r_size = g.residual_scale > 0.f ? 1 : static_cast<int64_t>(sizeof(R));
-  T* y = static_cast<T*>(d.y);
-  constexpr int kPerRow = BN / kN;
-#pragma unroll 1
-  for (int idx = tid; idx < BM * kPerRow; idx += kThreads) {
-    const int row = idx / kPerRow, col = idx % kPerRow;
-    const int64_t m = m0 + row;
-    const int n = n0 + kN * col;
-    if (m >= d.m || n >= g.k) continue;  // K is a multiple of kN: the kN channels are all in y
-    // kN / 2 pairs, contiguous in the stage (the swizzle moves aligned groups of 4 pairs).
-    Pack<int2, kN / 2> a =
-        *reinterpret_cast<const Pack<int2, kN / 2>*>(stage + stage_pair<BN>(row, kN / 2 * col));
-    Pack<float, kN> alpha = *reinterpret_cast<const Pack<float, kN>*>(d.alpha + n);
-    Pack<float, kN> bias = *reinterpret_cast<const Pack<float, kN>*>(d.bias + n);
-    float v[kN];
-#pragma unroll
-    for (int e = 0; e < kN / 2; ++e) {
-      v[2 * e] = static_cast<float>(a.v[e].x) * alpha.v[2 * e] + bias.v[2 * e];
-      v[2 * e + 1] = static_cast<float>(a.v[e].y) * alpha.v[2 * e + 1] + bias.v[2 * e + 1];
-    }
-    const int64_t at = m * g.k + n;
-    const void* r = d.residual ? static_cast<const uint8_t*>(d.residual) + at * r_size : nullptr;
-    finish<kN, kAct, T, R>(g, v, r, y + at, d.y8 ? d.y8 + at : nullptr);
-  }
-}
 
 template <int BM, int BN, int WM, int WN, typename T, typename R>
 __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kernel(DeviceParams d) {
@@ -204,87 +64,8 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kern
   const int warp_m = warp / Cfg::kWarpsN, warp_n = warp % Cfg::kWarpsN;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int n0 = static_cast<int>(blockIdx.y) * BN;
-  const int pq = g.p * g.q;
-
-  // The A rows (output pixels) this thread copies: where their window starts in x.
-  const int8_t* a_base[Cfg::kAChunks];
-  int a_ih[Cfg::kAChunks], a_iw[Cfg::kAChunks], a_off[Cfg::kAChunks], a_chunk[Cfg::kAChunks];
-  bool a_row_ok[Cfg::kAChunks];
-#pragma unroll
-  for (int i = 0; i < Cfg::kAChunks; ++i) {
-    const int id = tid + i * Cfg::kThreads, row = id >> 2;
-    a_chunk[i] = id & 3;
-    a_off[i] = swizzle(row, a_chunk[i]);
-    const int64_t m = m0 + row;
-    a_row_ok[i] = m < d.m;
-    const int64_t mm = a_row_ok[i] ? m : 0;
-    const int b = static_cast<int>(mm / pq), rem = static_cast<int>(mm % pq);
-    a_ih[i] = rem / g.q * g.stride_h - g.pad_h;
-    a_iw[i] = rem % g.q * g.stride_w - g.pad_w;
-    a_base[i] = d.x + static_cast<int64_t>(b) * g.h * g.w * g.c;
-    // Pointwise: the row's pixel, where its K = C taps start.
-    if (d.pointwise) a_base[i] += (static_cast<int64_t>(a_ih[i]) * g.w + a_iw[i]) * g.c;
-  }
-  const int8_t* b_base[Cfg::kBChunks];
-  int b_off[Cfg::kBChunks], b_chunk[Cfg::kBChunks];
-  bool b_row_ok[Cfg::kBChunks];
-#pragma unroll
-  for (int i = 0; i < Cfg::kBChunks; ++i) {
-    const int id = tid + i * Cfg::kThreads, row = id >> 2;
-    b_chunk[i] = id & 3;
-    b_off[i] = BM * kBlockK + swizzle(row, b_chunk[i]);
-    b_row_ok[i] = n0 + row < g.k;
-    b_base[i] = d.w + static_cast<int64_t>(b_row_ok[i] ? n0 + row : 0) * d.gemm_k;
-  }
-
-  // Every A chunk of this thread sits at channel offset (tid & 3) * 16 of a step's 64 taps: where
-  // that falls in the window at the next step to load (channel, filter row and column), advanced
-  // one step per load (steps load in order), so the loop divides nothing.
-  int next_ch = 0, next_r = 0, next_s = 0;
-  if (!d.pointwise) {
-    const int k0 = (tid & 3) * 16, tap = k0 / g.c;
-    next_ch = k0 - tap * g.c;
-    next_r = tap / g.s;
-    next_s = tap - next_r * g.s;
-  }
-
-  auto load_step = [&](int stage, int step) {
-    uint8_t* tile = smem + stage * Cfg::kStageBytes;
-    if (d.pointwise) {  // column k of A is channel k of the row's pixel: no window check
-#pragma unroll
-      for (int i = 0; i < Cfg::kAChunks; ++i) {
-        const int k = step * kBlockK + a_chunk[i] * 16;
-        const bool ok = a_row_ok[i] && k < d.gemm_k;
-        cp_async_16(tile + a_off[i], ok ? a_base[i] + k : d.x, ok);
-      }
-    } else {
-      const int dh = next_r * g.dil_h, dw = next_s * g.dil_w;
-#pragma unroll
-      for (int i = 0; i < Cfg::kAChunks; ++i) {
-        const int k = step * kBlockK + a_chunk[i] * 16;
-        const int ih = a_ih[i] + dh, iw = a_iw[i] + dw;
-        const bool ok = a_row_ok[i] && k < d.gemm_k &&
-                        static_cast<unsigned>(ih) < static_cast<unsigned>(g.h) &&
-                        static_cast<unsigned>(iw) < static_cast<unsigned>(g.w);
-        const int8_t* src = ok ? a_base[i] + (static_cast<int64_t>(ih) * g.w + iw) * g.c + next_ch : d.x;
-        cp_async_16(tile + a_off[i], src, ok);
-      }
-      next_ch += kBlockK;  // C is a multiple of 16, so a chunk never straddles two taps
-      while (next_ch >= g.c) {
-        next_ch -= g.c;
-        if (++next_s == g.s) {
-          next_s = 0;
-          ++next_r;
-        }
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < Cfg::kBChunks; ++i) {
-      const int k = step * kBlockK + b_chunk[i] * 16;
-      const bool ok = b_row_ok[i] && k < d.gemm_k;
-      cp_async_16(tile + b_off[i], ok ? b_base[i] + k : d.w, ok);
-    }
-  };
+  typename Cfg::Loader loader(d, tid, m0, n0);
+  auto load_step = [&](int stage, int step) { loader.load(d, smem + stage * Cfg::kStageBytes, step); };
 
   int acc[Cfg::kMTiles][Cfg::kNTiles][4];
 #pragma unroll
@@ -354,25 +135,7 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kern
         stage[stage_pair<BN>(row, pair)] = make_int2(acc[i][j][2 * half], acc[i][j][2 * half + 1]);
       }
   __syncthreads();
-  // Eight channels at a time where y, the residual and K allow it (the common case), with the
-  // usual activations compiled in; else pairs.
-  if (d.vec8) {
-    switch (g.activate ? g.act.type : kNoActivation) {
-      case kNoActivation:
-        return store_tile<8, kNoActivation, BM, BN, Cfg::kThreads, T, R>(d, stage, m0, n0, tid);
-      case kRelu:
-        return store_tile<8, kRelu, BM, BN, Cfg::kThreads, T, R>(d, stage, m0, n0, tid);
-      case kGelu:
-        return store_tile<8, kGelu, BM, BN, Cfg::kThreads, T, R>(d, stage, m0, n0, tid);
-      case kGeluTanh:
-        return store_tile<8, kGeluTanh, BM, BN, Cfg::kThreads, T, R>(d, stage, m0, n0, tid);
-      case kSilu:
-        return store_tile<8, kSilu, BM, BN, Cfg::kThreads, T, R>(d, stage, m0, n0, tid);
-      default:
-        return store_tile<8, kAnyActivation, BM, BN, Cfg::kThreads, T, R>(d, stage, m0, n0, tid);
-    }
-  }
-  store_tile<2, kAnyActivation, BM, BN, Cfg::kThreads, T, R>(d, stage, m0, n0, tid);
+  store_epilogue<BM, BN, Cfg::kThreads, T, R>(d, stage, m0, n0, tid);
 #endif
 }
 
@@ -391,7 +154,7 @@ void launch_tile(const DeviceParams& d, cudaStream_t stream) {
 
 // Tile t: 0 = 128x128 (8 warps of 64x32), 1 = 128x64 (4 warps of 64x32), 2 = 64x128 (4 warps of
 // 32x64), 3 = 64x64 (4 warps of 32x32), 4 = 128x128 (4 warps of 64x64: 8 ldmatrix per 32 MMAs
-// instead of 6 per 16, for large GEMMs).
+// instead of 6 per 16, for large GEMMs); 5.. are the wgmma tiles (int8_convolution_sm90a.cu).
 // T: y's type; R: the float type the residual has and an int8 y is rounded to first.
 template <typename T, typename R>
 void launch_typed(const DeviceParams& d, int tile, cudaStream_t stream) {
@@ -440,6 +203,25 @@ std::string int8_convolution_refusal(const Int8ConvParams& p) {
   return why.str();
 }
 
+std::string int8_tile_refusal(int tile) {
+  if (tile < kInt8ConvMmaTiles) return {};
+  std::ostringstream why;
+  why << "tile " << tile << " runs Hopper's warpgroup MMA (wgmma)";
+  if (!int8_wgmma_compiled()) {
+    why << ", which this build does not hold (it is compiled for sm_90a when KILN_CUDA_ARCHS holds 90)";
+    return why.str();
+  }
+  int device = 0, major = 0, minor = 0;
+  KILN_CUDA_CHECK(cudaGetDevice(&device));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  if (major != 9 || minor != 0) {
+    why << " and needs an sm_90 GPU (H100, H200); device " << device << " is sm_" << major << minor;
+    return why.str();
+  }
+  return {};
+}
+
 void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, const void* x,
                              const void* weight, const float* scale_bias, const void* residual, void* y,
                              void* y8, cudaStream_t stream) {
@@ -469,7 +251,12 @@ void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, co
   if (tile < 0) tile = pick_tile(d.m, p.k);
   KILN_CHECK(tile < kInt8ConvTiles, "INT8 convolution: tile " << tile << " is out of range");
   const bool int8_out = out == DataType::kInt8;
-  switch (int8_out ? p.rounding : out) {
+  const DataType rounding = int8_out ? p.rounding : out;
+  if (tile >= kInt8ConvMmaTiles && (rounding == DataType::kFloat16 || rounding == DataType::kBFloat16 ||
+                                    rounding == DataType::kFloat32)) {
+    return launch_int8_wgmma(d, tile - kInt8ConvMmaTiles, rounding, int8_out, stream);
+  }
+  switch (rounding) {
     case DataType::kFloat16:
       return launch_rounded<__half>(d, tile, int8_out, stream);
     case DataType::kBFloat16:
@@ -498,6 +285,7 @@ struct Int8Epilogue {
   float out_inv_scale = 1.f;
   int out_min = -128, out_max = 127;
   float residual_scale = 0.f;  // > 0: an int8 residual (residual_scale attribute)
+  std::string tile_refusal;    // why the tactic cannot run on this kernel's device, or empty
 
   Int8Epilogue(const Layer& l, const ConvEpilogue& e)
       : who(describe(l)),
@@ -518,6 +306,7 @@ struct Int8Epilogue {
     out_min = static_cast<int>(l.attrs.get_int("output_quant_min", int64_t{-128}));
     out_max = static_cast<int>(l.attrs.get_int("output_quant_max", int64_t{127}));
     residual_scale = static_cast<float>(l.attrs.get_float("residual_scale", 0.0));
+    tile_refusal = int8_tile_refusal(tactic);
   }
 
   // Fills p's epilogue fields, checks the kernel takes p (naming the layer and `shapes`), launches.
@@ -533,6 +322,8 @@ struct Int8Epilogue {
       p.out_min = out_min;
       p.out_max = out_max;
     }
+    KILN_CHECK(tile_refusal.empty(), who << ": INT8 tactic " << tile_refusal
+                                         << "; rebuild the plan on this GPU (its tactics are timed there)");
     const std::string refusal = int8_convolution_refusal(p);
     KILN_CHECK(refusal.empty(), who << ": the CUDA INT8 kernel " << refusal << "; got " << shapes);
     launch_int8_convolution(p, tactic, requantize && !int8_copy ? DataType::kInt8 : out, x, w,

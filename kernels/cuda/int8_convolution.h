@@ -44,12 +44,20 @@ struct Int8ConvParams : ConvWindow2d {
   int out_min = -128, out_max = 127;
 };
 
-// The tile configurations (the convolution's INT8 tactics, timed by the builder); -1 picks one
-// by the number of tiles the shape gives.
-constexpr int kInt8ConvTiles = 5;
+// The tile configurations (the convolution's INT8 tactics, timed by the builder): the first
+// kInt8ConvMmaTiles run mma.sync (sm_80 and newer), the next kInt8ConvWgmmaTiles Hopper's
+// warpgroup MMA (wgmma, sm_90 only: int8_convolution_sm90a.cu); -1 picks an mma.sync tile by the
+// number of tiles the shape gives.
+constexpr int kInt8ConvMmaTiles = 5;
+constexpr int kInt8ConvWgmmaTiles = 4;
+constexpr int kInt8ConvTiles = kInt8ConvMmaTiles + kInt8ConvWgmmaTiles;
 
 // Why `p` cannot run (a sentence naming what the kernel needs), or empty when it can.
 std::string int8_convolution_refusal(const Int8ConvParams& p);
+
+// Why tile `tile` cannot run on the current CUDA device (a wgmma tile off an sm_90 GPU, or in a
+// build without sm_90a), or empty when it can.
+std::string int8_tile_refusal(int tile);
 
 // x, weight int8; scale_bias float [2, K] (the per-channel scales, then the bias); residual
 // [N, P, Q, K] of `out` dtype (p.rounding's when out is int8) or null; y of `out` dtype (float32,

@@ -366,6 +366,7 @@ void check_cuda(const ConvCase& c) {
   }
   ASSERT_EQ(convs.size(), c.quantized_before ? 2u : 1u) << test::graph_text(plan.network);
   for (int tile = -1; tile < kInt8ConvTiles; ++tile) {
+    if (!int8_tile_refusal(tile).empty()) continue;  // a wgmma tile off an sm_90 GPU
     for (Layer* conv : convs) {
       EXPECT_TRUE(channels_last(*conv));
       conv->attrs.set("tactic", int64_t{tile});

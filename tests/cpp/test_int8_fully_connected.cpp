@@ -242,6 +242,7 @@ TEST(Int8FullyConnected, CudaKernelMatchesTheReferenceOnEveryTile) {
     }
     ASSERT_EQ(fcs.size(), 2u) << test::graph_text(plan.network);
     for (int tile = -1; tile < kInt8ConvTiles; ++tile) {
+      if (!int8_tile_refusal(tile).empty()) continue;  // a wgmma tile off an sm_90 GPU
       for (Layer* fc : fcs) fc->attrs.set("tactic", int64_t{tile});
       SCOPED_TRACE(act + " tile " + std::to_string(tile));
       expect_close(test::run_float(Engine::create(plan, Backend::kCuda), f).at("y"), want, 3e-2f);

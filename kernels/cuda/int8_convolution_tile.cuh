@@ -1,0 +1,290 @@
+// The parts of Kiln's INT8 implicit-GEMM convolution (int8_convolution.h) that its two kernels
+// share: the mma.sync kernel of int8_convolution.cu (sm_80 and newer) and the wgmma kernel of
+// int8_convolution_sm90a.cu (Hopper). Both stream the same tiles through shared memory: kBlockK
+// int8 taps a step, A (output pixels' windows, gathered from x) and B (weight rows) as rows of 64
+// bytes in 16-byte chunks, copied with cp.async (TileLoader); both end with the same two-pass
+// epilogue (the int32 tile staged in shared memory, then stored row by row: store_epilogue).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "ir/dtype.h"
+#include "kernels/cuda/dtype_traits.cuh"
+#include "kernels/cuda/int8_convolution.h"
+#include "kernels/cuda/mma_ptx.cuh"
+
+namespace kiln {
+namespace int8conv {
+
+constexpr int kBlockK = 64;  // int8 taps per pipeline step: 4 chunks of 16 bytes per row
+
+// Byte offset of 16-byte chunk `chunk` (0..3) of row `row` in a tile of 64-byte rows. The chunk is
+// XOR-swizzled with bits 1-2 of the row: the 8 consecutive rows an ldmatrix phase reads at one
+// logical chunk then fall into 8 distinct 16-byte slots of the 128-byte bank window. This is also
+// the Hopper tensor cores' 64-byte swizzle (address bits 4-5 XOR bits 7-8), so wgmma reads the
+// same tiles through a matrix descriptor.
+__device__ __forceinline__ int swizzle(int row, int chunk) {
+  return row * kBlockK + ((chunk ^ ((row >> 1) & 3)) << 4);
+}
+
+// The epilogue's stage: the int2 index of pair `pair` (channels 2 pair and 2 pair + 1) of row `row`
+// in a [BM][BN] int32 tile. Bits 2-3 of the pair are XORed with the row's low two bits, so the 8
+// rows x 4 pairs of one accumulator store by a warp fall into distinct 8-byte slots of two
+// 128-byte bank windows; a row's pairs stay a permutation of the row.
+template <int BN>
+__device__ __forceinline__ int stage_pair(int row, int pair) {
+  return row * (BN / 2) + (pair ^ ((row & 3) << 2));
+}
+
+struct DeviceParams {
+  Int8ConvParams g;
+  int64_t m;   // N * P * Q
+  int gemm_k;  // R * S * C
+  // A 1x1 window without padding (fully connected layers, most of a ResNet's convolutions): every
+  // tap of a row is in x, and column k of A is channel k of the row's pixel.
+  bool pointwise;
+  // The epilogue stores eight channels at a time: K a multiple of 8, and y, the residual, the
+  // int8 copy and the scale/bias aligned for it.
+  bool vec8;
+  const int8_t* x;
+  const int8_t* w;
+  const float* alpha;  // [K]
+  const float* bias;   // [K]
+  const void* residual;
+  void* y;
+  int8_t* y8;  // y's int8 copy, or null
+};
+
+// The cp.async copies of one block's A and B tiles, step by step (BM output pixels x BN output
+// channels, kThreads threads): each thread copies kAChunks chunks of A and kBChunks of B a step.
+template <int BM, int BN, int kThreads>
+struct TileLoader {
+  static constexpr int kAChunks = BM * 4 / kThreads;  // 16-byte chunks per thread and step
+  static constexpr int kBChunks = BN * 4 / kThreads;
+  static constexpr int kStageBytes = (BM + BN) * kBlockK;  // A's BM rows, then B's BN rows
+  static_assert(BM * 4 % kThreads == 0 && BN * 4 % kThreads == 0, "whole copy rounds");
+
+  // The A rows (output pixels) this thread copies: where their window starts in x.
+  const int8_t* a_base[kAChunks];
+  int a_ih[kAChunks], a_iw[kAChunks], a_off[kAChunks], a_chunk[kAChunks];
+  bool a_row_ok[kAChunks];
+  const int8_t* b_base[kBChunks];
+  int b_off[kBChunks], b_chunk[kBChunks];
+  bool b_row_ok[kBChunks];
+  // Every A chunk of this thread sits at channel offset (tid & 3) * 16 of a step's 64 taps: where
+  // that falls in the window at the next step to load (channel, filter row and column), advanced
+  // one step per load (steps load in order), so the loop divides nothing.
+  int next_ch = 0, next_r = 0, next_s = 0;
+
+  __device__ __forceinline__ TileLoader(const DeviceParams& d, int tid, int64_t m0, int n0) {
+    const Int8ConvParams& g = d.g;
+    const int pq = g.p * g.q;
+#pragma unroll
+    for (int i = 0; i < kAChunks; ++i) {
+      const int id = tid + i * kThreads, row = id >> 2;
+      a_chunk[i] = id & 3;
+      a_off[i] = swizzle(row, a_chunk[i]);
+      const int64_t m = m0 + row;
+      a_row_ok[i] = m < d.m;
+      const int64_t mm = a_row_ok[i] ? m : 0;
+      const int b = static_cast<int>(mm / pq), rem = static_cast<int>(mm % pq);
+      a_ih[i] = rem / g.q * g.stride_h - g.pad_h;
+      a_iw[i] = rem % g.q * g.stride_w - g.pad_w;
+      a_base[i] = d.x + static_cast<int64_t>(b) * g.h * g.w * g.c;
+      // Pointwise: the row's pixel, where its K = C taps start.
+      if (d.pointwise) a_base[i] += (static_cast<int64_t>(a_ih[i]) * g.w + a_iw[i]) * g.c;
+    }
+#pragma unroll
+    for (int i = 0; i < kBChunks; ++i) {
+      const int id = tid + i * kThreads, row = id >> 2;
+      b_chunk[i] = id & 3;
+      b_off[i] = BM * kBlockK + swizzle(row, b_chunk[i]);
+      b_row_ok[i] = n0 + row < g.k;
+      b_base[i] = d.w + static_cast<int64_t>(b_row_ok[i] ? n0 + row : 0) * d.gemm_k;
+    }
+    if (!d.pointwise) {
+      const int k0 = (tid & 3) * 16, tap = k0 / g.c;
+      next_ch = k0 - tap * g.c;
+      next_r = tap / g.s;
+      next_s = tap - next_r * g.s;
+    }
+  }
+
+  // Issues the copies of step `step` into `tile` (kStageBytes); steps must come in order.
+  __device__ __forceinline__ void load(const DeviceParams& d, uint8_t* tile, int step) {
+    const Int8ConvParams& g = d.g;
+    if (d.pointwise) {  // column k of A is channel k of the row's pixel: no window check
+#pragma unroll
+      for (int i = 0; i < kAChunks; ++i) {
+        const int k = step * kBlockK + a_chunk[i] * 16;
+        const bool ok = a_row_ok[i] && k < d.gemm_k;
+        cp_async_16(tile + a_off[i], ok ? a_base[i] + k : d.x, ok);
+      }
+    } else {
+      const int dh = next_r * g.dil_h, dw = next_s * g.dil_w;
+#pragma unroll
+      for (int i = 0; i < kAChunks; ++i) {
+        const int k = step * kBlockK + a_chunk[i] * 16;
+        const int ih = a_ih[i] + dh, iw = a_iw[i] + dw;
+        const bool ok = a_row_ok[i] && k < d.gemm_k &&
+                        static_cast<unsigned>(ih) < static_cast<unsigned>(g.h) &&
+                        static_cast<unsigned>(iw) < static_cast<unsigned>(g.w);
+        const int8_t* src = ok ? a_base[i] + (static_cast<int64_t>(ih) * g.w + iw) * g.c + next_ch : d.x;
+        cp_async_16(tile + a_off[i], src, ok);
+      }
+      next_ch += kBlockK;  // C is a multiple of 16, so a chunk never straddles two taps
+      while (next_ch >= g.c) {
+        next_ch -= g.c;
+        if (++next_s == g.s) {
+          next_s = 0;
+          ++next_r;
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kBChunks; ++i) {
+      const int k = step * kBlockK + b_chunk[i] * 16;
+      const bool ok = b_row_ok[i] && k < d.gemm_k;
+      cp_async_16(tile + b_off[i], ok ? b_base[i] + k : d.w, ok);
+    }
+  }
+};
+
+// One value, rounded to R, quantized as the folded quantize layer did: clamp(rint(v * inv_scale)).
+template <typename R>
+__device__ __forceinline__ int8_t requantize(const Int8ConvParams& g, float v) {
+  const float r = rintf(to_float(from_float<R>(v)) * g.out_inv_scale);
+  // NaN goes to out_min, as the quantize layer's float -> integer conversion gives.
+  const float lo = static_cast<float>(g.out_min), hi = static_cast<float>(g.out_max);
+  return static_cast<int8_t>(r != r ? lo : fminf(fmaxf(r, lo), hi));
+}
+
+// The epilogue's activation: kAct is an ActivationType known at compile time (the switch folds),
+// kNoActivation, or kAnyActivation (p's type, at run time).
+constexpr int kNoActivation = -1, kAnyActivation = -2;
+template <int kAct>
+__device__ __forceinline__ float activate_as(const ActivationParams& p, float x) {
+  if constexpr (kAct == kNoActivation) {
+    return x;
+  } else if constexpr (kAct == kAnyActivation) {
+    return activate(p, x);
+  } else {
+    ActivationParams q = p;
+    q.type = kAct;
+    return activate(q, x);
+  }
+}
+
+// The epilogue's last step for kN adjacent channels (v = alpha * acc + bias): the residual (of
+// the float dtype) and the activation in the layer's order, then one aligned store of the kN
+// values; an int8 y rounds to that float dtype first and requantizes, and a float y with an int8
+// copy (y8) writes both.
+template <int kN, int kAct, typename T, typename R>
+__device__ __forceinline__ void finish(const Int8ConvParams& g, float (&v)[kN], const void* residual, T* y,
+                                       int8_t* y8) {
+  float r[kN];
+  if (residual && g.residual_scale > 0.f) {  // int8, dequantized
+    const Pack<int8_t, kN> r8 = *reinterpret_cast<const Pack<int8_t, kN>*>(residual);
+#pragma unroll
+    for (int e = 0; e < kN; ++e) r[e] = static_cast<float>(r8.v[e]) * g.residual_scale;
+  } else if (residual) {
+    const Pack<R, kN> rf = *reinterpret_cast<const Pack<R, kN>*>(residual);
+#pragma unroll
+    for (int e = 0; e < kN; ++e) r[e] = to_float(rf.v[e]);
+  }
+  const bool residual_first = residual && !g.residual_after_activation;
+#pragma unroll
+  for (int e = 0; e < kN; ++e) {
+    if (residual_first) v[e] += r[e];
+    if (kAct == kAnyActivation ? g.activate : kAct != kNoActivation) v[e] = activate_as<kAct>(g.act, v[e]);
+    if (residual && !residual_first) v[e] += r[e];
+  }
+  Pack<int8_t, kN> q;
+  if (std::is_same_v<T, int8_t> || y8) {
+#pragma unroll
+    for (int e = 0; e < kN; ++e) q.v[e] = requantize<R>(g, v[e]);
+  }
+  if constexpr (std::is_same_v<T, int8_t>) {
+    *reinterpret_cast<Pack<int8_t, kN>*>(y) = q;
+  } else {
+    Pack<T, kN> o;
+#pragma unroll
+    for (int e = 0; e < kN; ++e) o.v[e] = from_float<T>(v[e]);
+    *reinterpret_cast<Pack<T, kN>*>(y) = o;
+    if (y8) *reinterpret_cast<Pack<int8_t, kN>*>(y8) = q;
+  }
+}
+
+// The epilogue's second pass over the staged [BM][BN] tile (see the kernel): each thread takes
+// kN adjacent channels of a row at a time, rows in order (coalesced loads and stores).
+template <int kN, int kAct, int BM, int BN, int kThreads, typename T, typename R>
+__device__ __forceinline__ void store_tile(const DeviceParams& d, const int2* stage, int64_t m0, int n0,
+                                           int tid) {
+  const Int8ConvParams& g = d.g;
+  // The residual's element size: int8 where it is dequantized, else R.
+  const int64_t r_size = g.residual_scale > 0.f ? 1 : static_cast<int64_t>(sizeof(R));
+  T* y = static_cast<T*>(d.y);
+  constexpr int kPerRow = BN / kN;
+#pragma unroll 1
+  for (int idx = tid; idx < BM * kPerRow; idx += kThreads) {
+    const int row = idx / kPerRow, col = idx % kPerRow;
+    const int64_t m = m0 + row;
+    const int n = n0 + kN * col;
+    if (m >= d.m || n >= g.k) continue;  // K is a multiple of kN: the kN channels are all in y
+    // kN / 2 pairs, contiguous in the stage (the swizzle moves aligned groups of 4 pairs).
+    Pack<int2, kN / 2> a =
+        *reinterpret_cast<const Pack<int2, kN / 2>*>(stage + stage_pair<BN>(row, kN / 2 * col));
+    Pack<float, kN> alpha = *reinterpret_cast<const Pack<float, kN>*>(d.alpha + n);
+    Pack<float, kN> bias = *reinterpret_cast<const Pack<float, kN>*>(d.bias + n);
+    float v[kN];
+#pragma unroll
+    for (int e = 0; e < kN / 2; ++e) {
+      v[2 * e] = static_cast<float>(a.v[e].x) * alpha.v[2 * e] + bias.v[2 * e];
+      v[2 * e + 1] = static_cast<float>(a.v[e].y) * alpha.v[2 * e + 1] + bias.v[2 * e + 1];
+    }
+    const int64_t at = m * g.k + n;
+    const void* r = d.residual ? static_cast<const uint8_t*>(d.residual) + at * r_size : nullptr;
+    finish<kN, kAct, T, R>(g, v, r, y + at, d.y8 ? d.y8 + at : nullptr);
+  }
+}
+
+
+// The epilogue's second pass over the staged tile: eight channels at a time where y, the residual
+// and K allow it (the common case), with the usual activations compiled in; else pairs.
+template <int BM, int BN, int kThreads, typename T, typename R>
+__device__ __forceinline__ void store_epilogue(const DeviceParams& d, const int2* stage, int64_t m0, int n0,
+                                               int tid) {
+  const Int8ConvParams& g = d.g;
+  if (d.vec8) {
+    switch (g.activate ? g.act.type : kNoActivation) {
+      case kNoActivation:
+        return store_tile<8, kNoActivation, BM, BN, kThreads, T, R>(d, stage, m0, n0, tid);
+      case kRelu:
+        return store_tile<8, kRelu, BM, BN, kThreads, T, R>(d, stage, m0, n0, tid);
+      case kGelu:
+        return store_tile<8, kGelu, BM, BN, kThreads, T, R>(d, stage, m0, n0, tid);
+      case kGeluTanh:
+        return store_tile<8, kGeluTanh, BM, BN, kThreads, T, R>(d, stage, m0, n0, tid);
+      case kSilu:
+        return store_tile<8, kSilu, BM, BN, kThreads, T, R>(d, stage, m0, n0, tid);
+      default:
+        return store_tile<8, kAnyActivation, BM, BN, kThreads, T, R>(d, stage, m0, n0, tid);
+    }
+  }
+  store_tile<2, kAnyActivation, BM, BN, kThreads, T, R>(d, stage, m0, n0, tid);
+}
+
+// Whether this build holds the wgmma kernels (int8_convolution_sm90a.cu compiled for sm_90a).
+bool int8_wgmma_compiled();
+
+// Launches wgmma tile `tile` (0..kInt8ConvWgmmaTiles-1) for y of type int8 (int8_out) or
+// `rounding` (float32, float16 or bfloat16; an int8 y is rounded to it first). The caller checked
+// int8_tile_refusal.
+void launch_int8_wgmma(const DeviceParams& d, int tile, DataType rounding, bool int8_out, cudaStream_t stream);
+
+}  // namespace int8conv
+}  // namespace kiln
