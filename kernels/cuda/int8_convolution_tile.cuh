@@ -179,29 +179,38 @@ __device__ __forceinline__ float activate_as(const ActivationParams& p, float x)
   }
 }
 
-// The epilogue's last step for kN adjacent channels (v = alpha * acc + bias): the residual (of
-// the float dtype) and the activation in the layer's order, then one aligned store of the kN
-// values; an int8 y rounds to that float dtype first and requantizes, and a float y with an int8
-// copy (y8) writes both.
-template <int kN, int kAct, typename T, typename R>
-__device__ __forceinline__ void finish(const Int8ConvParams& g, float (&v)[kN], const void* residual, T* y,
-                                       int8_t* y8) {
-  float r[kN];
-  if (residual && g.residual_scale > 0.f) {  // int8, dequantized
-    const Pack<int8_t, kN> r8 = *reinterpret_cast<const Pack<int8_t, kN>*>(residual);
-#pragma unroll
-    for (int e = 0; e < kN; ++e) r[e] = static_cast<float>(r8.v[e]) * g.residual_scale;
-  } else if (residual) {
-    const Pack<R, kN> rf = *reinterpret_cast<const Pack<R, kN>*>(residual);
-#pragma unroll
-    for (int e = 0; e < kN; ++e) r[e] = to_float(rf.v[e]);
+// The residual of kN adjacent channels as loaded from global memory, ahead of its use: int8 (a
+// calibrated build's, dequantized with residual_scale) or of the float type R.
+template <int kN, typename R>
+struct ResidualPack {
+  Pack<int8_t, kN> q;
+  Pack<R, kN> f;
+  __device__ __forceinline__ void load(const void* p, bool int8) {
+    if (int8) {
+      q = *reinterpret_cast<const Pack<int8_t, kN>*>(p);
+    } else {
+      f = *reinterpret_cast<const Pack<R, kN>*>(p);
+    }
   }
-  const bool residual_first = residual && !g.residual_after_activation;
+  __device__ __forceinline__ float value(int e, bool int8, float scale) const {
+    return int8 ? static_cast<float>(q.v[e]) * scale : to_float(f.v[e]);
+  }
+};
+
+// The epilogue's last step for kN adjacent channels (v = alpha * acc + bias): the residual (where
+// the layer has one) and the activation in the layer's order, then one aligned store of the
+// kN values; an int8 y rounds to the float type R first and requantizes, and a float y with an
+// int8 copy (y8) writes both.
+template <int kN, int kAct, typename T, typename R>
+__device__ __forceinline__ void finish(const Int8ConvParams& g, float (&v)[kN], bool has_residual,
+                                       const ResidualPack<kN, R>& residual, T* y, int8_t* y8) {
+  const bool int8_residual = g.residual_scale > 0.f;
+  const bool residual_first = has_residual && !g.residual_after_activation;
 #pragma unroll
   for (int e = 0; e < kN; ++e) {
-    if (residual_first) v[e] += r[e];
+    if (residual_first) v[e] += residual.value(e, int8_residual, g.residual_scale);
     if (kAct == kAnyActivation ? g.activate : kAct != kNoActivation) v[e] = activate_as<kAct>(g.act, v[e]);
-    if (residual && !residual_first) v[e] += r[e];
+    if (has_residual && !residual_first) v[e] += residual.value(e, int8_residual, g.residual_scale);
   }
   Pack<int8_t, kN> q;
   if (std::is_same_v<T, int8_t> || y8) {
@@ -219,39 +228,60 @@ __device__ __forceinline__ void finish(const Int8ConvParams& g, float (&v)[kN], 
   }
 }
 
-// The epilogue's second pass over the staged [BM][BN] tile (see the kernel): each thread takes
-// kN adjacent channels of a row at a time, rows in order (coalesced loads and stores).
+// The epilogue's second pass over the staged [BM][BN] tile (see the kernels): each thread takes
+// the same kN adjacent channels (its scales and bias loaded once) of every kRowStep-th row, rows in
+// order (coalesced loads and stores). The residual of kBatch rows is loaded before any of them is
+// finished, so its memory latency is paid once a batch, not once a row: with one or two K steps
+// (a ResNet's 1x1 convolutions) this pass is most of a block's time.
 template <int kN, int kAct, int BM, int BN, int kThreads, typename T, typename R>
 __device__ __forceinline__ void store_tile(const DeviceParams& d, const int2* stage, int64_t m0, int n0,
                                            int tid) {
   const Int8ConvParams& g = d.g;
-  // The residual's element size: int8 where it is dequantized, else R.
-  const int64_t r_size = g.residual_scale > 0.f ? 1 : static_cast<int64_t>(sizeof(R));
-  T* y = static_cast<T*>(d.y);
   constexpr int kPerRow = BN / kN;
+  static_assert(kThreads % kPerRow == 0, "a thread keeps its channels from row to row");
+  constexpr int kRowStep = kThreads / kPerRow;
+  static_assert(BM % kRowStep == 0, "every thread passes over the same number of rows");
+  constexpr int kPasses = BM / kRowStep;
+  constexpr int kBatch = kN == 8 ? (kPasses < 4 ? kPasses : 4) : 1;
+  static_assert(kPasses % kBatch == 0, "whole batches");
+  const int col = tid % kPerRow, row0 = tid / kPerRow;
+  const int n = n0 + kN * col;
+  if (n >= g.k) return;  // K is a multiple of kN: the kN channels are all in y, or none is
+  const bool int8_residual = g.residual_scale > 0.f;
+  // The residual's element size: int8 where it is dequantized, else R.
+  const int64_t r_size = int8_residual ? 1 : static_cast<int64_t>(sizeof(R));
+  const Pack<float, kN> alpha = *reinterpret_cast<const Pack<float, kN>*>(d.alpha + n);
+  const Pack<float, kN> bias = *reinterpret_cast<const Pack<float, kN>*>(d.bias + n);
+  T* y = static_cast<T*>(d.y);
 #pragma unroll 1
-  for (int idx = tid; idx < BM * kPerRow; idx += kThreads) {
-    const int row = idx / kPerRow, col = idx % kPerRow;
-    const int64_t m = m0 + row;
-    const int n = n0 + kN * col;
-    if (m >= d.m || n >= g.k) continue;  // K is a multiple of kN: the kN channels are all in y
-    // kN / 2 pairs, contiguous in the stage (the swizzle moves aligned groups of 4 pairs).
-    Pack<int2, kN / 2> a =
-        *reinterpret_cast<const Pack<int2, kN / 2>*>(stage + stage_pair<BN>(row, kN / 2 * col));
-    Pack<float, kN> alpha = *reinterpret_cast<const Pack<float, kN>*>(d.alpha + n);
-    Pack<float, kN> bias = *reinterpret_cast<const Pack<float, kN>*>(d.bias + n);
-    float v[kN];
+  for (int p0 = 0; p0 < kPasses; p0 += kBatch) {
+    ResidualPack<kN, R> residual[kBatch];
+    if (d.residual) {
 #pragma unroll
-    for (int e = 0; e < kN / 2; ++e) {
-      v[2 * e] = static_cast<float>(a.v[e].x) * alpha.v[2 * e] + bias.v[2 * e];
-      v[2 * e + 1] = static_cast<float>(a.v[e].y) * alpha.v[2 * e + 1] + bias.v[2 * e + 1];
+      for (int b = 0; b < kBatch; ++b) {
+        const int64_t m = m0 + row0 + (p0 + b) * kRowStep;
+        if (m < d.m) residual[b].load(static_cast<const uint8_t*>(d.residual) + (m * g.k + n) * r_size, int8_residual);
+      }
     }
-    const int64_t at = m * g.k + n;
-    const void* r = d.residual ? static_cast<const uint8_t*>(d.residual) + at * r_size : nullptr;
-    finish<kN, kAct, T, R>(g, v, r, y + at, d.y8 ? d.y8 + at : nullptr);
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int row = row0 + (p0 + b) * kRowStep;
+      const int64_t m = m0 + row;
+      if (m >= d.m) continue;
+      // kN / 2 pairs, contiguous in the stage (the swizzle moves aligned groups of 4 pairs).
+      const Pack<int2, kN / 2> a =
+          *reinterpret_cast<const Pack<int2, kN / 2>*>(stage + stage_pair<BN>(row, kN / 2 * col));
+      float v[kN];
+#pragma unroll
+      for (int e = 0; e < kN / 2; ++e) {
+        v[2 * e] = static_cast<float>(a.v[e].x) * alpha.v[2 * e] + bias.v[2 * e];
+        v[2 * e + 1] = static_cast<float>(a.v[e].y) * alpha.v[2 * e + 1] + bias.v[2 * e + 1];
+      }
+      const int64_t at = m * g.k + n;
+      finish<kN, kAct, T, R>(g, v, d.residual != nullptr, residual[b], y + at, d.y8 ? d.y8 + at : nullptr);
+    }
   }
 }
-
 
 // The epilogue's second pass over the staged tile: eight channels at a time where y, the residual
 // and K allow it (the common case), with the usual activations compiled in; else pairs.
