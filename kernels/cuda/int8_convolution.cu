@@ -230,6 +230,7 @@ void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, co
   d.m = static_cast<int64_t>(p.n) * p.p * p.q;
   d.gemm_k = p.r * p.s * p.c;
   d.pointwise = p.r == 1 && p.s == 1 && p.pad_h == 0 && p.pad_w == 0;
+  d.dense = d.pointwise && p.stride_h == 1 && p.stride_w == 1 && p.p == p.h && p.q == p.w;
   const auto aligned = [](const void* ptr, size_t bytes) {
     return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
   };
@@ -246,8 +247,7 @@ void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, co
   d.y8 = static_cast<int8_t*>(y8);
   KILN_CHECK(!y8 || out != DataType::kInt8, "INT8 convolution: an int8 copy needs a float y");
   if (d.m == 0 || p.k == 0) return;
-  KILN_CHECK((d.m + 63) / 64 < (int64_t{1} << 31),
-             "INT8 convolution: " << d.m << " output pixels are too many");
+  KILN_CHECK(d.m < (int64_t{1} << 31), "INT8 convolution: " << d.m << " output pixels are too many (2^31 at most)");
   if (tile < 0) tile = pick_tile(d.m, p.k);
   KILN_CHECK(tile < kInt8ConvTiles, "INT8 convolution: tile " << tile << " is out of range");
   const bool int8_out = out == DataType::kInt8;

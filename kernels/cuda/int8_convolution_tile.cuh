@@ -47,6 +47,8 @@ struct DeviceParams {
   // A 1x1 window without padding (fully connected layers, most of a ResNet's convolutions): every
   // tap of a row is in x, and column k of A is channel k of the row's pixel.
   bool pointwise;
+  // Pointwise with stride 1 (y's pixels are x's): row m of A is x's pixel m.
+  bool dense;
   // The epilogue stores eight channels at a time: K a multiple of 8, and y, the residual, the
   // int8 copy and the scale/bias aligned for it.
   bool vec8;
@@ -90,10 +92,16 @@ struct TileLoader {
       a_off[i] = swizzle(row, a_chunk[i]);
       const int64_t m = m0 + row;
       a_row_ok[i] = m < d.m;
-      const int64_t mm = a_row_ok[i] ? m : 0;
-      const int b = static_cast<int>(mm / pq), rem = static_cast<int>(mm % pq);
-      a_ih[i] = rem / g.q * g.stride_h - g.pad_h;
-      a_iw[i] = rem % g.q * g.stride_w - g.pad_w;
+      const int mm = a_row_ok[i] ? static_cast<int>(m) : 0;  // launch_int8_convolution: M < 2^31
+      if (d.dense) {  // a 1x1 window, stride 1, no padding: pixel m of y is pixel m of x
+        a_ih[i] = a_iw[i] = 0;
+        a_base[i] = d.x + static_cast<int64_t>(mm) * g.c;
+        continue;
+      }
+      const int b = mm / pq, rem = mm - b * pq;
+      const int oh = rem / g.q, ow = rem - oh * g.q;
+      a_ih[i] = oh * g.stride_h - g.pad_h;
+      a_iw[i] = ow * g.stride_w - g.pad_w;
       a_base[i] = d.x + static_cast<int64_t>(b) * g.h * g.w * g.c;
       // Pointwise: the row's pixel, where its K = C taps start.
       if (d.pointwise) a_base[i] += (static_cast<int64_t>(a_ih[i]) * g.w + a_iw[i]) * g.c;
