@@ -247,13 +247,14 @@ void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, co
   d.y8 = static_cast<int8_t*>(y8);
   KILN_CHECK(!y8 || out != DataType::kInt8, "INT8 convolution: an int8 copy needs a float y");
   if (d.m == 0 || p.k == 0) return;
-  KILN_CHECK(d.m < (int64_t{1} << 31), "INT8 convolution: " << d.m << " output pixels are too many (2^31 at most)");
+  KILN_CHECK(d.m < (int64_t{1} << 31),
+             "INT8 convolution: " << d.m << " output pixels are too many (2^31 at most)");
   if (tile < 0) tile = pick_tile(d.m, p.k);
   KILN_CHECK(tile < kInt8ConvTiles, "INT8 convolution: tile " << tile << " is out of range");
   const bool int8_out = out == DataType::kInt8;
   const DataType rounding = int8_out ? p.rounding : out;
-  if (tile >= kInt8ConvMmaTiles && (rounding == DataType::kFloat16 || rounding == DataType::kBFloat16 ||
-                                    rounding == DataType::kFloat32)) {
+  if (tile >= kInt8ConvMmaTiles &&
+      (rounding == DataType::kFloat16 || rounding == DataType::kBFloat16 || rounding == DataType::kFloat32)) {
     return launch_int8_wgmma(d, tile - kInt8ConvMmaTiles, rounding, int8_out, stream);
   }
   switch (rounding) {

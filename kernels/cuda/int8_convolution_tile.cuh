@@ -268,7 +268,8 @@ __device__ __forceinline__ void store_tile(const DeviceParams& d, const int2* st
 #pragma unroll
       for (int b = 0; b < kBatch; ++b) {
         const int64_t m = m0 + row0 + (p0 + b) * kRowStep;
-        if (m < d.m) residual[b].load(static_cast<const uint8_t*>(d.residual) + (m * g.k + n) * r_size, int8_residual);
+        if (m < d.m)
+          residual[b].load(static_cast<const uint8_t*>(d.residual) + (m * g.k + n) * r_size, int8_residual);
       }
     }
 #pragma unroll
@@ -322,7 +323,8 @@ bool int8_wgmma_compiled();
 // Launches wgmma tile `tile` (0..kInt8ConvWgmmaTiles-1) for y of type int8 (int8_out) or
 // `rounding` (float32, float16 or bfloat16; an int8 y is rounded to it first). The caller checked
 // int8_tile_refusal.
-void launch_int8_wgmma(const DeviceParams& d, int tile, DataType rounding, bool int8_out, cudaStream_t stream);
+void launch_int8_wgmma(const DeviceParams& d, int tile, DataType rounding, bool int8_out,
+                       cudaStream_t stream);
 
 }  // namespace int8conv
 }  // namespace kiln
