@@ -1,5 +1,6 @@
-// Kiln's INT8 convolution (int8_convolution.cu): an implicit GEMM on the int8 tensor cores
-// (mma.sync m16n8k32, int32 accumulation) for 2d convolutions whose input and weight were
+// Kiln's INT8 convolution: an implicit GEMM on the int8 tensor cores (int32 accumulation), with
+// mma.sync m16n8k32 (int8_convolution.cu) and on sm_90 Hopper's wgmma (int8_convolution_sm90a.cu;
+// both share int8_convolution_tile.cuh), for 2d convolutions whose input and weight were
 // quantized by the builder (quantize_int8_layers): x int8 channels last [N, H, W, C], weight
 // int8 [K, R, S, C], one float scale per output channel (alpha[k] = input scale x weight scale
 // of channel k) and a float bias, and the convolution epilogue fused: y = act(alpha[k] * acc + bias[k] +
@@ -9,8 +10,9 @@
 // The GEMM: M = N * P * Q output pixels, N = K output channels, K = R * S * C taps; A (the input
 // patches) is gathered from x on the fly, 16 channels (16 bytes) at a time, so C must be a
 // multiple of 16; padding taps are zero-filled by the copies. Tiles stream through shared memory in
-// a multi-stage cp.async pipeline; fragments come out of it with ldmatrix (16-byte chunks swizzled
-// so an ldmatrix phase reads 8 distinct bank groups).
+// a multi-stage cp.async pipeline; the mma.sync kernel takes fragments out of it with ldmatrix
+// (16-byte chunks swizzled so an ldmatrix phase reads 8 distinct bank groups), the wgmma kernel
+// reads the same tiles through shared-memory descriptors.
 #pragma once
 
 #include <cuda_runtime.h>
