@@ -4,6 +4,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <set>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -481,8 +482,24 @@ LineagePtr blocked_lineage(const Network& net, const std::vector<TensorId>& inpu
                            DataType dtype, const Dims& dims) {
   LineagePtr l = derived_lineage(net, "blocked", "", Attributes(), 0, inputs, dtype, dims);
   if (!l) return nullptr;
-  auto b = std::make_shared<Lineage>(*l);
+  // A blocked node is never replayed: refit only names the weights under it (refit.cpp). It keeps
+  // those, the "source" nodes, and not the literals and transforms between: a literal is a copy of
+  // its constant's bytes (an INT8 layer's [scale; bias] over its weight made BERT-base's INT8
+  // plan carry a second copy of every quantized weight, 340 MB in FP32).
+  auto b = std::make_shared<Lineage>();
+  b->transform = "blocked";
+  b->dtype = dtype;
+  b->dims = dims;
   b->blocked = why;
+  std::set<const Lineage*> seen;
+  std::vector<LineagePtr> stack(l->inputs.rbegin(), l->inputs.rend());
+  while (!stack.empty()) {
+    LineagePtr n = std::move(stack.back());
+    stack.pop_back();
+    if (!seen.insert(n.get()).second) continue;
+    if (n->transform == "source") b->inputs.push_back(n);
+    stack.insert(stack.end(), n->inputs.rbegin(), n->inputs.rend());
+  }
   return b;
 }
 

@@ -76,7 +76,8 @@ LineagePtr derived_lineage(const Network& net, const std::string& transform, con
                            DataType dtype, const Dims& dims);
 
 // The lineage of a constant whose value a pass folded into the engine's structure or attributes
-// (so refit cannot replay it): nullptr when no input derives from a weight.
+// (so refit cannot replay it): nullptr when no input derives from a weight. It holds only the
+// weights ("source" nodes) its inputs derive from, which refit names when it refuses.
 LineagePtr blocked_lineage(const Network& net, const std::vector<TensorId>& inputs, const std::string& why,
                            DataType dtype, const Dims& dims);
 

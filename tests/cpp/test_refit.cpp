@@ -296,6 +296,31 @@ TEST(Refit, RefusesMissingExtraAndReshapedWeightsByName) {
             test::run_float(fresh, {{"x", {{1, 3, 8, 8}, x}}}).at("y1"));
 }
 
+// A constant whose value a pass folded into the engine (an INT8 layer's weight scales) gets a
+// blocked lineage: it names the weights it derives from, for refit's refusal, and copies none of
+// the bytes between (an unmarked constant among its inputs, which a replayable lineage keeps as a
+// literal).
+TEST(Refit, BlockedLineageNamesItsWeightsAndCopiesNoBytes) {
+  Network net;
+  const std::vector<float> wv(64, 0.5f), uv(4096, 1.f);
+  const TensorId w = net.add_constant("fc.weight", DataType::kFloat32, {8, 8}, wv.data(), wv.size() * 4);
+  net.mark_weight(w, "fc.weight");
+  const TensorId u = net.add_constant("u", DataType::kFloat32, {64, 64}, uv.data(), uv.size() * 4);
+  ASSERT_EQ(derived_lineage(net, "transpose2d", "", Attributes(), 0, {u, w}, DataType::kFloat32, {8, 8})
+                ->inputs[0]
+                ->transform,
+            "literal");
+  const LineagePtr l =
+      blocked_lineage(net, {u, w}, "its scales are kernel parameters", DataType::kFloat32, {2, 8});
+  ASSERT_NE(l, nullptr);
+  EXPECT_EQ(l->transform, "blocked");
+  EXPECT_EQ(l->blocked, "its scales are kernel parameters");
+  ASSERT_EQ(l->inputs.size(), 1u);
+  EXPECT_EQ(l->inputs[0]->transform, "source");
+  EXPECT_EQ(l->inputs[0]->name, "fc.weight");
+  EXPECT_EQ(blocked_lineage(net, {u}, "no weight", DataType::kFloat32, {64, 64}), nullptr);
+}
+
 TEST(Refit, EngineWithoutWeightsSaysSo) {
   Network net;
   const float one = 1.f;
