@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -73,16 +74,39 @@ Engine::Engine(Plan plan, Backend backend, std::shared_ptr<DeviceAllocator> allo
   }
   conflicts_ = arena_conflicts(net);
   try {
+    using Clock = std::chrono::steady_clock;
+    const bool timed = log_enabled(Severity::kVerbose);
+    auto t0 = Clock::now();
     refittable_weights_ = kiln::refittable_weights(net);
+    auto t1 = Clock::now();
     upload_constants();
+    auto t2 = Clock::now();
+    std::map<std::string, double> create_ms;  // by op, for the verbose log below
     for (const auto& l : net.layers()) {
+      auto tk = timed ? Clock::now() : Clock::time_point{};
       kernels_.push_back(create_kernel(l, backend_));
+      if (timed) create_ms[l.op] += std::chrono::duration<double, std::milli>(Clock::now() - tk).count();
       uses_cudnn_ |= kernels_.back()->uses_cudnn();
       capturable_ &= kernels_.back()->capturable();
       const CaptureAllocator* a = kernels_.back()->capture_allocator();
       if (a &&
           std::find(capture_allocators_.begin(), capture_allocators_.end(), a) == capture_allocators_.end())
         capture_allocators_.push_back(a);
+    }
+    if (timed) {
+      auto ms = [](Clock::time_point a, Clock::time_point b) {
+        return std::chrono::duration<double, std::milli>(b - a).count();
+      };
+      std::vector<std::pair<double, std::string>> slowest;
+      for (const auto& [op, t] : create_ms) slowest.push_back({t, op});
+      std::sort(slowest.rbegin(), slowest.rend());
+      std::ostringstream top;
+      for (size_t i = 0; i < slowest.size() && i < 4; ++i)
+        top << (i ? ", " : "") << slowest[i].second << " " << slowest[i].first;
+      KILN_LOG(kVerbose, "engine: created in " << ms(t0, Clock::now()) << " ms: refittable weights "
+                                               << ms(t0, t1) << ", constants uploaded " << ms(t1, t2)
+                                               << ", " << kernels_.size() << " kernels " << ms(t2, Clock::now())
+                                               << " (slowest ops: " << top.str() << ")");
     }
   } catch (...) {
     if (weights_) allocator_->deallocate(weights_);

@@ -1,6 +1,7 @@
 #include "core/plan.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -11,6 +12,7 @@
 #include "core/weight_transforms.h"
 #include "ir/byte_io.h"
 #include "ir/error.h"
+#include "ir/logging.h"
 #include "ir/op_schema.h"
 #include "ir/ops/shape.h"
 #include "ir/utf8.h"
@@ -501,8 +503,10 @@ Plan Plan::deserialize(const uint8_t* data, size_t size, bool verify_checksum) {
                                                 << payload_size << " payload bytes but " << r.remaining()
                                                 << " follow; the plan is truncated or corrupt");
   const uint8_t* body = r.position();
+  auto t0 = std::chrono::steady_clock::now();
   KILN_CHECK(!verify_checksum || header_checksum(data, plan_checksum(body, payload_size)) == checksum,
              "plan: checksum mismatch; the plan is corrupt (re-serialize or rebuild it)");
+  auto t1 = std::chrono::steady_clock::now();
 
   std::map<uint32_t, std::pair<const uint8_t*, size_t>> sections;
   ByteReader s(body, payload_size, "plan payload");
@@ -556,6 +560,10 @@ Plan Plan::deserialize(const uint8_t* data, size_t size, bool verify_checksum) {
   KILN_CHECK(plan.kernels.size() == plan.network.layers().size(),
              "plan: " << plan.kernels.size() << " kernel entries for " << plan.network.layers().size()
                       << " layers; the plan is corrupt");
+  auto t2 = std::chrono::steady_clock::now();
+  auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  KILN_LOG(kVerbose, "plan: " << size << " bytes deserialized: checksum " << ms(t0, t1) << " ms, parse "
+                              << ms(t1, t2) << " ms");
   return plan;
 }
 
