@@ -36,10 +36,6 @@ struct HostPiece {
   size_t bytes;
 };
 void copy_pieces_to_device(const HostPiece* pieces, size_t count);
-// Whether engine loads and refits use copy_pieces_to_device: only with KILN_STAGED_UPLOAD=1 until
-// it has run on a GPU (2026-12-05: written and built without one); otherwise they pack the
-// constants into one host image and copy it (loads) or copy each constant (refits).
-bool staged_uploads();
 void synchronize_stream(void* stream);
 void synchronize_device();  // cudaDeviceSynchronize: every stream of the current device
 void* create_cublaslt_handle();

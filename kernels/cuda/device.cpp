@@ -132,14 +132,6 @@ std::mutex& staging_mutex() {
 
 }  // namespace
 
-bool staged_uploads() {
-  static const bool on = [] {
-    const char* v = std::getenv("KILN_STAGED_UPLOAD");
-    return v && std::string(v) == "1";
-  }();
-  return on;
-}
-
 void copy_pieces_to_device(const HostPiece* pieces, size_t count) {
   size_t total = 0;
   for (size_t i = 0; i < count; ++i) total += pieces[i].bytes;
