@@ -10,6 +10,12 @@
 //                      element (coalesced over the 32 outputs), then through shared memory one
 //                      warp per output combines the rows' partials (a shuffle tree). Not for var
 //                      (two passes).
+//   vector columns     the innermost dim is kept and contiguous, outputs are many (a spatial mean
+//                      of a large batch, [256, 7, 7, 2048]): a thread owns 16 bytes of adjacent
+//                      outputs, walks every reduced element with one 16-byte load each (coalesced
+//                      over the warp, several loads in flight) and stores its outputs at once.
+//                      Floating types, not var. The column tile's blocks there do ~1.5 loads per
+//                      thread besides their shared-memory combine.
 //   column split       the column tile when its blocks would leave most of the GPU idle (an
 //                      SE block's spatial mean over 112 x 112 pixels of 32 channels is one block):
 //                      the reduced elements are cut into slices over gridDim.y,
@@ -46,6 +52,10 @@ constexpr int64_t kSplitBlocks = 512;
 constexpr int64_t kMinSlice = 4 * kTileRows;
 // Below this many reduced elements one block finishes about as fast as the split's two launches.
 constexpr int64_t kSplitMinReduced = 4096;
+
+// Vector columns from this many threads (16-byte output groups) on; fewer leave the GPU idle and
+// the column tile's parallelism over the reduced elements wins.
+constexpr int64_t kVectorColumnsMinThreads = 16384;
 
 // The accumulator of an element type: float for floating types, long long for integers.
 template <typename T>
@@ -222,6 +232,40 @@ __global__ void __launch_bounds__(32 * kTileRows)
   y[out] = Acc::store(acc);
 }
 
+// Thread t owns outputs [t * V, t * V + V), contiguous in x (the kept innermost dim has stride 1
+// and a multiple of V elements) and in y; V * sizeof(T) = 16 bytes, x and y 16-byte aligned.
+template <typename T>
+__global__ void reduce_vector_columns_kernel(ReduceParams p, ReduceGeometry g, const T* __restrict__ x,
+                                             T* __restrict__ y) {
+  constexpr int V = 16 / sizeof(T);
+  union Pack {
+    uint4 bits;
+    T v[V];
+  };
+  const int pass_op = p.op == kMean ? kSum : p.op;
+  const int64_t groups = g.num_out / V;
+  for (int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; t < groups;
+       t += int64_t{gridDim.x} * blockDim.x) {
+    const T* row = x + axes_offset(g.kept, t * V);
+    float acc[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) acc[k] = identity_of<float>(pass_op);
+#pragma unroll 4
+    for (int64_t r = 0; r < g.num_red; ++r) {
+      Pack in;
+      in.bits = __ldg(reinterpret_cast<const uint4*>(row + axes_offset(g.red, r)));
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[k] = combine(pass_op, acc[k], to_float(in.v[k]));
+    }
+    Pack out;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      out.v[k] = from_float<T>(p.op == kMean ? acc[k] / static_cast<float>(g.num_red) : acc[k]);
+    }
+    *reinterpret_cast<uint4*>(y + t * V) = out.bits;
+  }
+}
+
 // Combines the `slices` partials of each output (column split), then the mean's division.
 template <typename T>
 __global__ void reduce_combine_partials_kernel(ReduceParams p, int64_t num_out, int64_t num_red, int slices,
@@ -254,12 +298,32 @@ class CudaReduce final : public Kernel {
     ReduceGeometry g = make_reduce_geometry(x.dims, reduced_axes(layer_, static_cast<int>(x.dims.size())));
     if (g.num_out == 0) return;
     auto stream = static_cast<cudaStream_t>(ctx.stream);
+    const int64_t vector = 16 / static_cast<int64_t>(dtype_size(x.dtype));
+    const bool vector_columns =
+        is_floating(x.dtype) && params_.op != kVar && !g.inner_reduced && g.kept.rank > 0 &&
+        g.kept.strides[g.kept.rank - 1] == 1 && g.kept.sizes[g.kept.rank - 1] % vector == 0 &&
+        g.num_out / vector >= kVectorColumnsMinThreads && reinterpret_cast<uintptr_t>(x.data) % 16 == 0 &&
+        reinterpret_cast<uintptr_t>(out[0].data) % 16 == 0 && [&] {
+          for (int d = 0; d < g.red.rank; ++d)
+            if (g.red.strides[d] % vector) return false;  // each reduced step keeps the alignment
+          for (int d = 0; d < g.kept.rank; ++d)
+            if (g.kept.strides[d] % vector && d != g.kept.rank - 1) return false;
+          return true;
+        }();
     const bool column_tile = !g.inner_reduced && g.num_red >= kColumnTileMinReduced && params_.op != kVar;
     const bool per_thread = !g.inner_reduced && g.num_out >= kThreadPerOutputMin;
     dispatch_numeric(x.dtype, "reduce", [&](auto tag) {
       using T = decltype(tag);
       auto* px = static_cast<const T*>(x.data);
       auto* py = static_cast<T*>(out[0].data);
+      if constexpr (std::is_floating_point<T>::value || sizeof(T) == 2) {
+        if (vector_columns) {
+          constexpr int kBlock = 256;
+          reduce_vector_columns_kernel<T>
+              <<<grid_for(g.num_out / vector, kBlock), kBlock, 0, stream>>>(params_, g, px, py);
+          return;
+        }
+      }
       if (column_tile) {
         using A = typename Accum<T>::type;
         const int64_t columns = (g.num_out + 31) / 32;

@@ -177,6 +177,26 @@ def test_cuda_matches_torch(op, dtype, shape, axes, keepdim):
     torch.testing.assert_close(got.double(), want.double(), equal_nan=True, **tol)
 
 
+# Many outputs over a contiguous kept innermost dim (the CUDA vector-columns path: a thread per 16
+# bytes of outputs): a large batch's channels-last spatial mean, and a kept [4, 32768] over 9 rows.
+VECTOR_CASES = [((64, 7, 7, 2048), [1, 2]), ((4, 9, 32768), [1])]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "op,shape,axes", valid_cases(["sum", "mean", "max", "min", "prod"], VECTOR_CASES)
+)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_cuda_vector_columns_match_torch(op, dtype, shape, axes):
+    x = sample(op, shape, dtype)
+    x.view(-1)[12345] = float("nan")  # one output NaN (max/min propagate it, as torch)
+    got = run_layer(add_reduce(op, axes, True), [x], "cuda")
+    want = torch_reduce(op, x.double(), axes, True).to(dtype)
+    tol = dict(TOLERANCE[dtype])
+    tol["atol"] += accum_atol(op, x.nan_to_num(), axes)
+    torch.testing.assert_close(got.double(), want.double(), equal_nan=True, **tol)
+
+
 @pytest.mark.gpu
 def test_cuda_nan_and_var_correction():
     x = torch.randn(64, 300)
