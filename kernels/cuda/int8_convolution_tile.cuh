@@ -14,6 +14,7 @@
 
 #include "ir/dtype.h"
 #include "kernels/cuda/dtype_traits.cuh"
+#include "kernels/cuda/int8_bits.cuh"
 #include "kernels/cuda/int8_convolution.h"
 #include "kernels/cuda/mma_ptx.cuh"
 
@@ -162,13 +163,13 @@ struct TileLoader {
   }
 };
 
-// One value, rounded to R, quantized as the folded quantize layer did: clamp(rint(v * inv_scale)).
+// One value, rounded to R, quantized as the folded quantize layer did: clamp(rint(v * inv_scale)),
+// NaN to out_min (the quantize layer's float -> integer conversion), without conversion
+// instructions (int8_bits.cuh).
 template <typename R>
 __device__ __forceinline__ int8_t requantize(const Int8ConvParams& g, float v) {
-  const float r = rintf(to_float(from_float<R>(v)) * g.out_inv_scale);
-  // NaN goes to out_min, as the quantize layer's float -> integer conversion gives.
-  const float lo = static_cast<float>(g.out_min), hi = static_cast<float>(g.out_max);
-  return static_cast<int8_t>(r != r ? lo : fminf(fmaxf(r, lo), hi));
+  const float x = __fmul_rn(to_float(from_float<R>(v)), g.out_inv_scale);
+  return round_clamp_int8(x, static_cast<float>(g.out_min), static_cast<float>(g.out_max));
 }
 
 // The epilogue's activation: kAct is an ActivationType known at compile time (the switch folds),
@@ -201,7 +202,7 @@ struct ResidualPack {
     }
   }
   __device__ __forceinline__ float value(int e, bool int8, float scale) const {
-    return int8 ? static_cast<float>(q.v[e]) * scale : to_float(f.v[e]);
+    return int8 ? int8_to_float(q.v[e]) * scale : to_float(f.v[e]);
   }
 };
 
