@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "ir/dtype.h"
+#include "ir/error.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/cuda/int8_bits.cuh"
 #include "kernels/cuda/int8_convolution.h"
@@ -316,6 +317,23 @@ __device__ __forceinline__ void store_epilogue(const DeviceParams& d, const int2
     }
   }
   store_tile<2, kAnyActivation, BM, BN, kThreads, T, R>(d, stage, m0, n0, tid);
+}
+
+// Calls launch(T{}, R{}) with R the device type of `rounding` (float32, float16 or bfloat16: the
+// residual's type and what an int8 y is rounded to first) and T = y's type: int8 (int8_out) or R.
+template <typename Launch>
+void dispatch_output(DataType rounding, bool int8_out, Launch&& launch) {
+  KILN_CHECK(
+      rounding == DataType::kFloat32 || rounding == DataType::kFloat16 || rounding == DataType::kBFloat16,
+      "INT8 convolution writes float32, float16, bfloat16 or int8 (rounded to one of those first), not "
+          << (int8_out ? "int8 rounded to " : "") << dtype_name(rounding));
+  dispatch_floating(rounding, "INT8 convolution", [&](auto r) {
+    if (int8_out) {
+      launch(int8_t{}, r);
+    } else {
+      launch(r, r);
+    }
+  });
 }
 
 // Whether this build holds the wgmma kernels (int8_convolution_sm90a.cu compiled for sm_90a).
