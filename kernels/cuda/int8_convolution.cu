@@ -172,12 +172,6 @@ void launch_typed(const DeviceParams& d, int tile, cudaStream_t stream) {
   }
 }
 
-template <typename R>
-void launch_rounded(const DeviceParams& d, int tile, bool int8_out, cudaStream_t stream) {
-  if (int8_out) return launch_typed<int8_t, R>(d, tile, stream);
-  launch_typed<R, R>(d, tile, stream);
-}
-
 // Without a timed tactic: the largest tile that still gives every SM of a large GPU about two
 // blocks (132 SMs on an H100/H200), else the smallest.
 int pick_tile(int64_t m, int k) {
@@ -253,22 +247,10 @@ void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, co
   KILN_CHECK(tile < kInt8ConvTiles, "INT8 convolution: tile " << tile << " is out of range");
   const bool int8_out = out == DataType::kInt8;
   const DataType rounding = int8_out ? p.rounding : out;
-  if (tile >= kInt8ConvMmaTiles &&
-      (rounding == DataType::kFloat16 || rounding == DataType::kBFloat16 || rounding == DataType::kFloat32)) {
+  if (tile >= kInt8ConvMmaTiles)
     return launch_int8_wgmma(d, tile - kInt8ConvMmaTiles, rounding, int8_out, stream);
-  }
-  switch (rounding) {
-    case DataType::kFloat16:
-      return launch_rounded<__half>(d, tile, int8_out, stream);
-    case DataType::kBFloat16:
-      return launch_rounded<__nv_bfloat16>(d, tile, int8_out, stream);
-    case DataType::kFloat32:
-      return launch_rounded<float>(d, tile, int8_out, stream);
-    default:
-      KILN_FAIL(
-          "INT8 convolution writes float32, float16, bfloat16 or int8 (rounded to one of those first), not "
-          << dtype_name(out) << " (rounded to " << dtype_name(p.rounding) << ")");
-  }
+  dispatch_output(rounding, int8_out,
+                  [&](auto t, auto r) { launch_typed<decltype(t), decltype(r)>(d, tile, stream); });
 }
 
 namespace {

@@ -255,12 +255,6 @@ void launch_typed(const DeviceParams& d, int tile, cudaStream_t stream) {
   }
 }
 
-template <typename R>
-void launch_rounded(const DeviceParams& d, int tile, bool int8_out, cudaStream_t stream) {
-  if (int8_out) return launch_typed<int8_t, R>(d, tile, stream);
-  launch_typed<R, R>(d, tile, stream);
-}
-
 }  // namespace
 
 bool int8_wgmma_compiled() {
@@ -276,17 +270,8 @@ void launch_int8_wgmma(const DeviceParams& d, int tile, DataType rounding, bool 
   KILN_CHECK(int8_wgmma_compiled(), "INT8 convolution: the wgmma tiles are not in this build");
   KILN_CHECK(tile >= 0 && tile < kInt8ConvWgmmaTiles,
              "INT8 convolution: wgmma tile " << tile << " is out of range");
-  switch (rounding) {
-    case DataType::kFloat16:
-      return launch_rounded<__half>(d, tile, int8_out, stream);
-    case DataType::kBFloat16:
-      return launch_rounded<__nv_bfloat16>(d, tile, int8_out, stream);
-    case DataType::kFloat32:
-      return launch_rounded<float>(d, tile, int8_out, stream);
-    default:
-      KILN_FAIL("INT8 convolution (wgmma): y is rounded to float32, float16 or bfloat16, not "
-                << dtype_name(rounding));
-  }
+  dispatch_output(rounding, int8_out,
+                  [&](auto t, auto r) { launch_typed<decltype(t), decltype(r)>(d, tile, stream); });
 }
 
 }  // namespace int8conv

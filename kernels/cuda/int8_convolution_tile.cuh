@@ -13,7 +13,9 @@
 #include <type_traits>
 
 #include "ir/dtype.h"
+#include "ir/error.h"
 #include "kernels/cuda/dtype_traits.cuh"
+#include "kernels/cuda/int8_bits.cuh"
 #include "kernels/cuda/int8_convolution.h"
 #include "kernels/cuda/mma_ptx.cuh"
 
@@ -162,13 +164,13 @@ struct TileLoader {
   }
 };
 
-// One value, rounded to R, quantized as the folded quantize layer did: clamp(rint(v * inv_scale)).
+// One value, rounded to R, quantized as the folded quantize layer did: clamp(rint(v * inv_scale)),
+// NaN to out_min (the quantize layer's float -> integer conversion), without conversion
+// instructions (int8_bits.cuh).
 template <typename R>
 __device__ __forceinline__ int8_t requantize(const Int8ConvParams& g, float v) {
-  const float r = rintf(to_float(from_float<R>(v)) * g.out_inv_scale);
-  // NaN goes to out_min, as the quantize layer's float -> integer conversion gives.
-  const float lo = static_cast<float>(g.out_min), hi = static_cast<float>(g.out_max);
-  return static_cast<int8_t>(r != r ? lo : fminf(fmaxf(r, lo), hi));
+  const float x = __fmul_rn(to_float(from_float<R>(v)), g.out_inv_scale);
+  return round_clamp_int8(x, static_cast<float>(g.out_min), static_cast<float>(g.out_max));
 }
 
 // The epilogue's activation: kAct is an ActivationType known at compile time (the switch folds),
@@ -201,7 +203,7 @@ struct ResidualPack {
     }
   }
   __device__ __forceinline__ float value(int e, bool int8, float scale) const {
-    return int8 ? static_cast<float>(q.v[e]) * scale : to_float(f.v[e]);
+    return int8 ? int8_to_float(q.v[e]) * scale : to_float(f.v[e]);
   }
 };
 
@@ -315,6 +317,23 @@ __device__ __forceinline__ void store_epilogue(const DeviceParams& d, const int2
     }
   }
   store_tile<2, kAnyActivation, BM, BN, kThreads, T, R>(d, stage, m0, n0, tid);
+}
+
+// Calls launch(T{}, R{}) with R the device type of `rounding` (float32, float16 or bfloat16: the
+// residual's type and what an int8 y is rounded to first) and T = y's type: int8 (int8_out) or R.
+template <typename Launch>
+void dispatch_output(DataType rounding, bool int8_out, Launch&& launch) {
+  KILN_CHECK(
+      rounding == DataType::kFloat32 || rounding == DataType::kFloat16 || rounding == DataType::kBFloat16,
+      "INT8 convolution writes float32, float16, bfloat16 or int8 (rounded to one of those first), not "
+          << (int8_out ? "int8 rounded to " : "") << dtype_name(rounding));
+  dispatch_floating(rounding, "INT8 convolution", [&](auto r) {
+    if (int8_out) {
+      launch(int8_t{}, r);
+    } else {
+      launch(r, r);
+    }
+  });
 }
 
 // Whether this build holds the wgmma kernels (int8_convolution_sm90a.cu compiled for sm_90a).

@@ -2,10 +2,13 @@
 // network computing what the fake-quantized one computes, on the reference backend), which
 // convolutions it leaves alone, and on CUDA Kiln's INT8 implicit-GEMM kernel (every tile, shapes
 // that end inside a tile, padding, stride, dilation, residual) against the reference.
+#include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "core/passes/passes.h"
 #include "ir/ops/convolution.h"
+#include "kernels/cuda/int8_bits.cuh"
 #include "kernels/cuda/int8_convolution.h"
 #include "kernels/reference/host_access.h"
 #include "test_util.h"
@@ -332,6 +335,30 @@ TEST(Int8Convolutions, LayerWithItsOwnPrecisionStaysFloatingPoint) {
   Network net = fake_quantized_conv(ConvCase{});
   EXPECT_FALSE(quantize_int8_layers(net, true, {"conv"}));
   EXPECT_TRUE(quantize_int8_layers(net, true, {"other"}));
+}
+
+// The CUDA epilogue's requantization without conversion instructions (int8_bits.cuh) is the
+// reference's clamp(nearbyint(x)), NaN to the low bound: on a sweep over every 4097th float bit
+// pattern (all exponents, both signs, infinities and NaNs among them), on the ties and the bounds,
+// and for two quantization ranges; and every int8 value converts back exactly.
+TEST(Int8Convolutions, EpilogueRoundingWithoutConversionsIsRintAndClamp) {
+  const auto reference = [](float x, float lo, float hi) {
+    if (std::isnan(x)) return static_cast<int8_t>(lo);
+    return static_cast<int8_t>(std::min(std::max(std::nearbyint(x), lo), hi));
+  };
+  std::vector<float> xs = {0.f,     -0.f,     0.5f,      -0.5f,   1.5f,        -1.5f,
+                           2.5f,    -2.5f,    126.5f,    127.5f,  128.f,       -127.5f,
+                           -128.5f, -129.f,   1e-45f,    -1e-45f, 4194304.5f,  1e30f,
+                           -1e30f,  INFINITY, -INFINITY, NAN,     0.49999997f, -0.49999997f};
+  for (uint64_t bits = 0; bits <= 0xFFFFFFFFull; bits += 4097)
+    xs.push_back(bits_float(static_cast<int32_t>(bits)));
+  for (const auto& [lo, hi] : {std::pair<float, float>{-128.f, 127.f}, {-127.f, 127.f}}) {
+    for (float x : xs) {
+      ASSERT_EQ(round_clamp_int8(x, lo, hi), reference(x, lo, hi))
+          << "x = " << x << " in [" << lo << ", " << hi << "]";
+    }
+  }
+  for (int q = -128; q <= 127; ++q) EXPECT_EQ(int8_to_float(static_cast<int8_t>(q)), static_cast<float>(q));
 }
 
 TEST(Int8Convolutions, QuantizedLayerValidatesItsInputs) {
