@@ -1,9 +1,8 @@
 // space_to_depth_stems: a stride-2 2-D convolution over few input channels (an image's 3: the 7x7
-// stem of ResNet and its kin; 5x5 and wider kernels) becomes a stride-1 convolution over the input folded 2x2 into
-// channels. The stem's input channels must be padded for tensor cores (to 8 in FP16, 16 in INT8),
-// so a 7x7 stem sums 392 (FP16) or 784 (INT8) products per output of which 147 are real; folded,
-// 3 channels padded to 4 become 16 channels and a 4x4 kernel: 256 products, and INT8 needs no
-// further padding.
+// stem of ResNet and its kin; 5x5 and wider kernels) becomes a stride-1 convolution over the input folded 2x2
+// into channels. The stem's input channels must be padded for tensor cores (to 8 in FP16, 16 in INT8), so a
+// 7x7 stem sums 392 (FP16) or 784 (INT8) products per output of which 147 are real; folded, 3 channels padded
+// to 4 become 16 channels and a 4x4 kernel: 256 products, and INT8 needs no further padding.
 //
 //   y = convolution(x [N, C, H, W], w [K, C, kh, kw], bias; stride 2, pads ph, pw)
 //     -> xp = pad(x, channels to C' = 4 when C < 4; rows ph before, H' - H - ph after; cols alike)
@@ -76,8 +75,8 @@ bool stem_of(const Network& net, const Layer& l, Stem* s) {
 }
 
 // The per-tensor fake_quantize (zero point 0) producing `t` when only `reader` reads t; else -1.
-int movable_fake_quantize(const Network& net, const std::vector<int>& producer, const std::vector<int>& readers,
-                          TensorId t) {
+int movable_fake_quantize(const Network& net, const std::vector<int>& producer,
+                          const std::vector<int>& readers, TensorId t) {
   const int p = producer[static_cast<size_t>(t)];
   if (p < 0 || readers[static_cast<size_t>(t)] != 1 || net.is_output(t)) return -1;
   const Layer& f = net.layers()[static_cast<size_t>(p)];
@@ -128,8 +127,8 @@ bool space_to_depth_stems(Network& net) {
     const int64_t hs = s.hp / 2, ws = s.wp / 2;
     const TensorId split =
         add("reshape", {padded}, Attributes().set("shape", Dims{-1, s.cp, hs, 2, ws, 2}), "s2d_split");
-    const TensorId moved =
-        add("transpose", {split}, Attributes().set("perm", std::vector<int64_t>{0, 3, 5, 1, 2, 4}), "s2d_fold");
+    const TensorId moved = add("transpose", {split},
+                               Attributes().set("perm", std::vector<int64_t>{0, 3, 5, 1, 2, 4}), "s2d_fold");
     TensorId folded = add("reshape", {moved}, Attributes().set("shape", Dims{-1, 4 * s.cp, hs, ws}), "s2d");
     if (fq >= 0) {  // the fake quantization after the fold
       std::vector<TensorId> in = fake.inputs;
@@ -138,8 +137,8 @@ bool space_to_depth_stems(Network& net) {
     }
     std::string wname = base + "/s2d_weight";
     for (int n = 1; net.find_tensor(wname) >= 0; ++n) wname = base + "/s2d_weight_" + std::to_string(n);
-    const TensorId weight = add_derived_constant(net, wname, "space_to_depth",
-                                                 Attributes().set("channels", s.cp), {l.inputs[1]});
+    const TensorId weight =
+        add_derived_constant(net, wname, "space_to_depth", Attributes().set("channels", s.cp), {l.inputs[1]});
     std::vector<TensorId> inputs = {folded, weight};
     if (l.inputs.size() == 3) inputs.push_back(l.inputs[2]);
     Attributes attrs = l.attrs;
