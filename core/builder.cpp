@@ -213,6 +213,7 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
     run_pass(
         "batch_norm_to_scale_shift", [&](Network& n) { return batch_norm_to_scale_shift(n, pinned); }, net);
     run_pass("patchify_convolutions", patchify_convolutions, net);
+    run_pass("space_to_depth_stems", space_to_depth_stems, net);
     run_pass(
         "collapse_transposes", [](Network& n) { return collapse_transposes(n); }, net);
     run_pass("unflatten_batched_matmuls", unflatten_batched_matmuls, net);

@@ -304,6 +304,33 @@ const std::map<std::string, Transform>& transforms() {
          dims.back() = to;
          return ConstantValue{in[0].dtype, dims, std::move(bytes)};
        }},
+      {"space_to_depth",
+       // A stride-2 convolution's weight [K, C, kh, kw] for the same convolution over the input
+       // folded 2x2 into channels (space_to_depth_stems): [K, 4 * channels, ceil(kh / 2),
+       // ceil(kw / 2)], w'[o, (dy * 2 + dx) * channels + c, a, b] = w[o, c, 2a + dy, 2b + dx], zero
+       // past the kernel or past C.
+       [](const Lineage& node, const std::vector<ConstantValue>& in) {
+         expect_inputs(node, in, 1, 1);
+         const int64_t cp = node.attrs.get_int("channels", "weight transform space_to_depth");
+         const Dims& d = in[0].dims;
+         KILN_CHECK(d.size() == 4 && d[1] > 0 && d[1] <= cp, "weight transform 'space_to_depth': dims "
+                                                                 << to_string(d) << " with " << cp
+                                                                 << " channels");
+         const int64_t k = d[0], c = d[1], kh = d[2], kw = d[3], ah = (kh + 1) / 2, aw = (kw + 1) / 2;
+         const size_t e = dtype_size(in[0].dtype);
+         auto bytes =
+             std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(k * 4 * cp * ah * aw) * e, 0);
+         for (int64_t o = 0; o < k; ++o)
+           for (int64_t ch = 0; ch < c; ++ch)
+             for (int64_t y = 0; y < kh; ++y)
+               for (int64_t x = 0; x < kw; ++x) {
+                 const int64_t to_c = ((y % 2) * 2 + x % 2) * cp + ch;
+                 const int64_t from = ((o * c + ch) * kh + y) * kw + x;
+                 const int64_t to = ((o * 4 * cp + to_c) * ah + y / 2) * aw + x / 2;
+                 std::memcpy(bytes->data() + to * e, in[0].bytes() + from * e, e);
+               }
+         return ConstantValue{in[0].dtype, Dims{k, 4 * cp, ah, aw}, std::move(bytes)};
+       }},
       {"concat_rows",
        [](const Lineage& node, const std::vector<ConstantValue>& in) {
          expect_inputs(node, in, 1, SIZE_MAX);

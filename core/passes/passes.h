@@ -39,6 +39,9 @@ bool fold_batch_norm(Network& net);
 bool batch_norm_to_scale_shift(Network& net, const std::set<std::string>& pinned);
 // Convolutions with stride == kernel (ViT's patch embedding) -> patch transpose + one GEMM.
 bool patchify_convolutions(Network& net);
+// Stride-2 convolutions over <= 4 channels with 5x5+ kernels (ResNet's stem) -> the input folded
+// 2x2 into 16 channels and a stride-1 convolution with a quarter of the taps.
+bool space_to_depth_stems(Network& net);
 // Transposes that, through the views before them, read a tensor in its own order -> reshapes;
 // with `compose`, transposes of transposes -> one transpose.
 bool collapse_transposes(Network& net, bool compose = false);

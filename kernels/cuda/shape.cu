@@ -254,13 +254,106 @@ bool launch_tiled_transpose(const StridedCopy& c, const TensorView& src, const T
   return true;
 }
 
+// A transpose whose innermost output dims gather (a large source stride: pixel_shuffle and
+// pixel_unshuffle, the 2x2 fold of a space-to-depth stem) while the next output dim reads nearby
+// source elements. The plain copy gives consecutive threads consecutive outputs, so a warp's loads
+// land in 32 different rows; here each thread copies one group, the kGroupMax or fewer elements
+// of the innermost output dims (contiguous in the output), and consecutive threads take
+// consecutive groups, whose sources are neighbours. The source offsets of a group's elements are
+// the same for every group: computed once on the host, staged in shared memory.
+constexpr int kGroupMax = 32;
+
+struct GroupedCopy {
+  StridedCopy outer;           // the dims outside the group (their strides)
+  int32_t pattern[kGroupMax];  // source offset of a group's element e (its destination: + e)
+  int32_t size = 0;            // elements in a group
+};
+
+template <typename T>
+__global__ void grouped_copy_kernel(const T* __restrict__ src, T* __restrict__ dst, GroupedCopy g,
+                                    uint32_t groups) {
+  __shared__ int32_t pattern[kGroupMax];
+  if (threadIdx.x < static_cast<unsigned>(g.size)) pattern[threadIdx.x] = g.pattern[threadIdx.x];
+  __syncthreads();
+  const StridedCopy& c = g.outer;
+  uint32_t dims[kMaxRank], ss[kMaxRank], ds[kMaxRank];
+  for (int k = 0; k < c.rank; ++k) {
+    dims[k] = static_cast<uint32_t>(c.dims[k]);
+    ss[k] = static_cast<uint32_t>(c.src_strides[k]);
+    ds[k] = static_cast<uint32_t>(c.dst_strides[k]);
+  }
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < groups; i += gridDim.x * blockDim.x) {
+    uint32_t s = static_cast<uint32_t>(c.src_offset), d = static_cast<uint32_t>(c.dst_offset), rem = i;
+    for (int k = c.rank - 1; k >= 0; --k) {
+      const uint32_t q = rem / dims[k], idx = rem - q * dims[k];
+      rem = q;
+      s += idx * ss[k];
+      d += idx * ds[k];
+    }
+    for (int e = 0; e < g.size; ++e) dst[d + e] = src[s + pattern[e]];
+  }
+}
+
+// Launches the grouped copy when it is the better one for transpose copy `c` (see above): the
+// innermost output dims of at most kGroupMax elements gather (source stride > 1 of the innermost),
+// the next dim out has a smaller source stride than that, and every index fits 32 bits.
+bool launch_grouped_transpose(const StridedCopy& c, const TensorView& src, const TensorView& dst,
+                              const LaunchContext& ctx) {
+  if (c.rank < 2 || !fits_32bit(c)) return false;
+  const int last = c.rank - 1;
+  int inner = 0;
+  int64_t size = 1;
+  while (inner < c.rank - 1 && size * c.dims[last - inner] <= kGroupMax) size *= c.dims[last - inner++];
+  if (inner == 0 || size < 2) return false;
+  const int next = last - inner;  // the dim consecutive threads walk
+  if (c.src_strides[last] <= 1 || c.src_strides[next] >= c.src_strides[last]) return false;
+  GroupedCopy g;
+  g.size = static_cast<int32_t>(size);
+  // The group's elements in output order; the output of a transpose is contiguous, so element e
+  // of a group sits e after the group's first.
+  int64_t expect = 1;
+  for (int k = last; k > next; --k) {
+    if (c.dst_strides[k] != expect) return false;
+    expect *= c.dims[k];
+  }
+  for (int64_t e = 0; e < size; ++e) {
+    int64_t rem = e, off = 0;
+    for (int k = last; k > next; --k) {
+      off += (rem % c.dims[k]) * c.src_strides[k];
+      rem /= c.dims[k];
+    }
+    g.pattern[e] = static_cast<int32_t>(off);
+  }
+  g.outer.rank = next + 1;
+  for (int k = 0; k <= next; ++k) {
+    g.outer.dims[k] = c.dims[k];
+    g.outer.src_strides[k] = c.src_strides[k];
+    g.outer.dst_strides[k] = c.dst_strides[k];
+  }
+  g.outer.src_offset = c.src_offset;
+  g.outer.dst_offset = c.dst_offset;
+  const int64_t groups = copy_count(g.outer);
+  constexpr int kBlock = 256;
+  auto stream = static_cast<cudaStream_t>(ctx.stream);
+  dispatch_word(dtype_size(src.dtype), "transpose", [&](auto w) {
+    using W = decltype(w);
+    grouped_copy_kernel<W><<<grid_for(groups, kBlock), kBlock, 0, stream>>>(
+        static_cast<const W*>(src.data), static_cast<W*>(dst.data), g, static_cast<uint32_t>(groups));
+  });
+  KILN_CUDA_CHECK_LAUNCH();
+  return true;
+}
+
 class CudaTranspose final : public Kernel {
  public:
   explicit CudaTranspose(std::vector<int64_t> perm) : perm_(std::move(perm)) {}
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
     StridedCopy c = transpose_copy(in[0].dims, perm_);
-    if (copy_count(c) == 0 || launch_tiled_transpose(c, in[0], out[0], ctx)) return;
+    if (copy_count(c) == 0 || launch_tiled_transpose(c, in[0], out[0], ctx) ||
+        launch_grouped_transpose(c, in[0], out[0], ctx)) {
+      return;
+    }
     launch_copy(c, in[0], out[0], ctx);
   }
   std::string name() const override { return "cuda_transpose"; }

@@ -466,15 +466,16 @@ def test_vision_model_fp16_cuda_matches_eager(name):
 @pytest.mark.parametrize("channels", [1, 3, 8])
 def test_layouts_pad_few_input_channels(target, channels):
     # An image's 3 channels: the channels-last input is zero-padded to 8 channels (pad layer) and
-    # the weight gets zero channels; 8 channels need no padding. Same values as the plain plan.
+    # the weight gets zero channels; 8 channels need no padding. Same values as the plain plan. (A
+    # 3x3 stem: 5x5 and wider ones are folded 2x2 into 16 channels first, space_to_depth_stems.)
     net = kiln.Network()
     x = net.add_input("x", "float16", [-1, channels, 20, 19])
     a = net.add_convolution(
         x,
-        conv_weight(16, channels, 7, 7).half(),
+        conv_weight(16, channels, 3, 3).half(),
         torch.randn(16).half(),
         stride=2,
-        padding=3,
+        padding=1,
         name="stem",
     )
     net.mark_output(net.add_activation(a, "relu", name="r"), "y")
@@ -542,6 +543,72 @@ def test_patchify_convolution_no_change_cases(hw, k, stride, padding):
         net.add_convolution(x, conv_weight(8, 3, k, k), stride=stride, padding=padding), "y"
     )
     assert "convolution" in ops(build_plan(net))
+
+
+# ---- space_to_depth_stems -----------------------------------------------------------------------
+
+
+def stem_net(c=3, hw=(32, 32), k=7, padding=3, dtype="float32", batch=-1):
+    """x [batch, c, *hw] -> convolution (k x k, stride 2) + batch norm + relu -> y."""
+    net = kiln.Network()
+    x = net.add_input("x", dtype, [batch, c, *hw])
+    w = conv_weight(16, c, k, k)
+    if dtype == "float16":
+        w = w.half()
+    a = net.add_convolution(x, w, stride=2, padding=padding, name="stem")
+    bn = [p.half() for p in bn_params(16)] if dtype == "float16" else bn_params(16)
+    a = net.add_batch_norm(a, *bn, eps=1e-5, name="bn")
+    net.mark_output(net.add_activation(a, "relu", name="r"), "y")
+    return net
+
+
+@pytest.mark.parametrize("target", DEVICES)
+@pytest.mark.parametrize(
+    "c,hw,k,padding",
+    [
+        (3, (32, 32), 7, 3),  # ResNet's stem
+        (3, (31, 30), 7, 3),  # odd rows: the fold pads one more row than the convolution did
+        (1, (17, 20), 5, 2),  # one channel (grayscale), 5x5
+        (4, (16, 16), 7, 0),  # no padding, 4 channels (no channel padding)
+    ],
+)
+def test_space_to_depth_stem_is_a_stride_one_convolution(target, c, hw, k, padding):
+    # A stride-2 stem over few channels runs as a stride-1 convolution over the input folded 2x2
+    # into 16 channels, with ceil(k/2) taps; the same values up to summation order.
+    net = stem_net(c, hw, k, padding)
+    profile = {"x": ([1, c, *hw], [2, c, *hw], [3, c, *hw])}
+    plan = build_plan(net, profile=profile, target=target)
+    stem = layer_named(plan, "stem")
+    assert stem["attrs"]["strides"] == [1, 1], stem["attrs"]
+    assert (
+        stem["inputs"][1][2][1:] == [16, (k + 1) // 2, (k + 1) // 2]
+        or stem["inputs"][1][2][-1] == 16
+    ), stem["inputs"]
+    plain = build_plan(net, level=0, profile=profile)
+    tol = FOLD_TOL if target == "cpu" else {"rtol": 1e-3, "atol": 1e-3}
+    for batch in (1, 3):
+        feed = {"x": torch.randn(batch, c, *hw)}
+        torch.testing.assert_close(
+            run_plan(plan, feed, target)["y"], run_plan(plain, feed)["y"], **tol
+        )
+
+
+@pytest.mark.parametrize(
+    "c,k,stride,padding",
+    [(3, 3, 2, 1), (8, 7, 2, 3), (3, 7, 1, 3), (3, 6, 3, 0)],
+)
+def test_space_to_depth_stem_no_change_cases(c, k, stride, padding):
+    # A 3x3 stem, more than 4 channels, stride 1, stride 3: left as they are.
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [2, c, 24, 24])
+    net.mark_output(
+        net.add_convolution(
+            x, conv_weight(8, c, k, k), stride=stride, padding=padding, name="conv"
+        ),
+        "y",
+    )
+    plan = build_plan(net)
+    assert not any("s2d" in layer["name"] for layer in plan.layers()), ops(plan)
 
 
 @pytest.mark.parametrize("target", DEVICES)

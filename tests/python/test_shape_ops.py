@@ -90,6 +90,21 @@ CASES = {
         lambda x: x.permute(0, 2, 1),
         True,
     ),
+    # A 2x2 space-to-depth fold into channels last ([N, C, H/2, 2, W/2, 2] -> [N, H/2, W/2, 2, 2,
+    # C]) and pixel_shuffle's gather ([N, C, 2, 2, H, W] -> [N, C, H, 2, W, 2]): CUDA's grouped
+    # copy.
+    "transpose_fold_2x2": (
+        (2, 4, 6, 2, 10, 2),
+        lambda n, x: n.add_transpose(x, [0, 2, 4, 3, 5, 1]),
+        lambda x: x.permute(0, 2, 4, 3, 5, 1),
+        True,
+    ),
+    "transpose_pixel_shuffle": (
+        (2, 3, 2, 2, 5, 7),
+        lambda n, x: n.add_transpose(x, [0, 1, 4, 2, 5, 3]),
+        lambda x: x.permute(0, 1, 4, 2, 5, 3),
+        True,
+    ),
     "transpose_rank8": (
         (2, 1, 3, 2, 1, 2, 3, 2),
         lambda n, x: n.add_transpose(x, [7, 6, 5, 4, 3, 2, 1, 0]),
