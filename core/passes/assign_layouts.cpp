@@ -15,6 +15,8 @@
 //       weight [K, C/g, kh, kw] is permuted at build time to [K, kh, kw, C/g]. With fewer than 8
 //       input channels (and groups 1) x is zero-padded to 8 channels and the weight likewise.
 //   pooling, adaptive_pooling, rank 4: when their input was computed channels last.
+//   space_to_depth (space_to_depth_stems' image fold) of a float16/bfloat16 image, or read by a
+//       per-tensor quantization: reads its input channels first and writes channels last.
 //   quantize, dequantize, fake_quantize with one scale (per tensor), rank 4: when their input was
 //       computed channels last (the int8 input of a quantized convolution is quantized there).
 //   reduce with keepdim = 1 (squeeze-excitation's spatial mean), likewise: its axes are renumbered
@@ -56,6 +58,7 @@ class LayoutRewriter {
   bool run() {
     std::vector<Layer> old = std::move(net_.mutable_layers());
     net_.mutable_layers().clear();
+    original_ = &old;
     const size_t tensors = net_.tensors().size();
     last_.assign(tensors, -1);
     first_.assign(tensors, true);
@@ -74,6 +77,7 @@ class LayoutRewriter {
         layers_.push_back(std::move(l));
       }
     }
+    original_ = nullptr;
     for (TensorId t : net_.outputs()) need_first(t);
     std::vector<Layer> kept;
     for (size_t i = 0; i < layers_.size(); ++i) {
@@ -102,6 +106,7 @@ class LayoutRewriter {
       return x.dtype == DataType::kFloat16 || x.dtype == DataType::kBFloat16 || conv_quantized(l);
     }
     if (per_tensor_quantize(l)) return is_tensor_last(l.inputs[0]);
+    if (l.op == "space_to_depth") return space_to_depth_last(l);
     if (l.op == "pooling" || l.op == "adaptive_pooling") {
       return net_.tensor(l.inputs[0]).dims.size() == 4 && !channels_last(l) && is_tensor_last(l.inputs[0]);
     }
@@ -128,6 +133,22 @@ class LayoutRewriter {
       if (net_.tensor(t).dims.size() != 4) return false;
     }
     return any_last;
+  }
+
+  // A space_to_depth (space_to_depth_stems' fold of an image) writes channels last, reading its
+  // channels-first input as it is, when what reads it runs channels last: a half convolution, or
+  // a per-tensor quantization (the int8 input of a quantized one).
+  bool space_to_depth_last(const Layer& l) const {
+    const Tensor& x = net_.tensor(l.inputs[0]);
+    if (x.dims.size() != 4 || (l.attrs.has("layout") && l.attrs.get_string("layout", l.name) != "nchw"))
+      return false;
+    if (x.dtype == DataType::kFloat16 || x.dtype == DataType::kBFloat16) return true;
+    for (const Layer& r : *original_) {
+      if (std::find(r.inputs.begin(), r.inputs.end(), l.outputs[0]) != r.inputs.end() &&
+          per_tensor_quantize(r))
+        return true;
+    }
+    return false;
   }
 
   // A model's own NCHW <-> NHWC permutes (ConvNeXt: dwconv -> permute(0, 2, 3, 1) -> LayerNorm ->
@@ -226,6 +247,9 @@ class LayoutRewriter {
                                                      : l.inputs[i]);
       }
       pad_few_channels(l, inputs);
+      attrs.set("layout", std::string("nhwc"));
+    } else if (l.op == "space_to_depth") {
+      inputs = l.inputs;  // read channels first, written channels last
       attrs.set("layout", std::string("nhwc"));
     } else if (per_tensor_quantize(l)) {
       inputs = l.inputs;  // the scale and zero point stay as they are
@@ -338,13 +362,14 @@ class LayoutRewriter {
 
   Network& net_;
   std::vector<Layer> layers_;
-  std::vector<TensorId> last_;                // channels-last version of each tensor, -1 when none
-  std::vector<bool> first_;                   // whether the channels-first tensor holds its values
-  std::vector<bool> native_;                  // original tensors computed by a channels-last layer
-  std::map<TensorId, std::string> deferred_;  // a model's NHWC -> NCHW transpose, by its output
-  std::vector<int> readers_;                  // layers reading each original tensor
-  std::set<size_t> dropped_;                  // layers_ replaced (channels_last_pad)
-  bool any_last_ = false;                     // some layer runs channels last
+  std::vector<TensorId> last_;                    // channels-last version of each tensor, -1 when none
+  std::vector<bool> first_;                       // whether the channels-first tensor holds its values
+  std::vector<bool> native_;                      // original tensors computed by a channels-last layer
+  std::map<TensorId, std::string> deferred_;      // a model's NHWC -> NCHW transpose, by its output
+  std::vector<int> readers_;                      // layers reading each original tensor
+  const std::vector<Layer>* original_ = nullptr;  // the layers as they were, during run()
+  std::set<size_t> dropped_;                      // layers_ replaced (channels_last_pad)
+  bool any_last_ = false;                         // some layer runs channels last
   bool changed_ = false;
 };
 

@@ -5,17 +5,16 @@
 // to 4 become 16 channels and a 4x4 kernel: 256 products, and INT8 needs no further padding.
 //
 //   y = convolution(x [N, C, H, W], w [K, C, kh, kw], bias; stride 2, pads ph, pw)
-//     -> xp = pad(x, channels to C' = 4 when C < 4; rows ph before, H' - H - ph after; cols alike)
-//        s  = reshape(transpose(reshape(xp, [N, C', Hs, 2, Ws, 2]), [0, 3, 5, 1, 2, 4]),
-//                     [N, 4C', Hs, Ws])                         (channels in (dy, dx, c) order)
-//        y  = convolution(s, w' [K, 4C', ceil(kh/2), ceil(kw/2)], bias; stride 1, no padding)
+//     -> s = space_to_depth(x; pads ph before, H' - H - ph after (rows), pw, W' - W - pw (cols),
+//                           channels 4 when C < 4) [N, 4C', Hs, Ws]   (channels in (dy, dx, c) order)
+//        y = convolution(s, w' [K, 4C', ceil(kh/2), ceil(kw/2)], bias; stride 1, no padding)
 // with Hs = H' / 2 = Ho + ceil(kh/2) - 1 (Ho the convolution's output rows; likewise Ws) and
 // w'[o, (dy * 2 + dx) * C' + c, a, b] = w[o, c, 2a + dy, 2b + dx] (the space_to_depth weight
 // transform; zero past the kernel or past C). Exact: output (i, j) of the stride-2 convolution
 // reads padded rows 2i + r, r < kh, which are fold rows i + r / 2, phase r % 2; rows the original
 // padding did not reach (H' can exceed H + 2 ph) meet only zero weights. Where the convolution runs
-// channels last (FP16, INT8) compose_transposes merges the fold with assign_layouts' transpose into
-// channels last when the shapes are static: the input is moved once, by one transpose.
+// channels last (FP16, INT8) assign_layouts has the space_to_depth write channels last: the image is
+// read once and the folded input written once, by one kernel.
 //
 // A per-tensor fake_quantize (zero point 0, read only by the convolution) between x and the
 // convolution moves after the fold: zero quantizes to zero and the fold only moves values, so
@@ -121,15 +120,10 @@ bool space_to_depth_stems(Network& net) {
                    const std::string& suffix) {
       return net.add_layer(op, inputs, std::move(attrs), unique_name(names, base + "/" + suffix)).outputs[0];
     };
-    // F.pad order (last dim first): cols, rows, channels.
-    const std::vector<int64_t> pads = {s.pw, s.wp - s.w - s.pw, s.ph, s.hp - s.h - s.ph, 0, s.cp - s.c};
-    const TensorId padded = add("pad", {src}, Attributes().set("pads", pads), "s2d_pad");
-    const int64_t hs = s.hp / 2, ws = s.wp / 2;
-    const TensorId split =
-        add("reshape", {padded}, Attributes().set("shape", Dims{-1, s.cp, hs, 2, ws, 2}), "s2d_split");
-    const TensorId moved = add("transpose", {split},
-                               Attributes().set("perm", std::vector<int64_t>{0, 3, 5, 1, 2, 4}), "s2d_fold");
-    TensorId folded = add("reshape", {moved}, Attributes().set("shape", Dims{-1, 4 * s.cp, hs, ws}), "s2d");
+    Attributes fold;
+    fold.set("pads", std::vector<int64_t>{s.ph, s.hp - s.h - s.ph, s.pw, s.wp - s.w - s.pw});
+    fold.set("channels", s.cp);
+    TensorId folded = add("space_to_depth", {src}, std::move(fold), "s2d");
     if (fq >= 0) {  // the fake quantization after the fold
       std::vector<TensorId> in = fake.inputs;
       in[0] = folded;

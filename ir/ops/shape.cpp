@@ -404,6 +404,56 @@ SliceSpec resolve_slice(const Layer& layer, const Dims& in) {
   return s;
 }
 
+// space_to_depth: x [N, C, H, W] padded with zero rows, columns and channels (to `channels`), then
+// folded 2x2 into channels: y[n, (dy * 2 + dx) * C' + c, i, j] = xp[n, c, 2i + dy, 2j + dx]. With
+// layout nhwc (set by assign_layouts) y is [N, H', W', 4C'] instead.
+std::vector<TensorDesc> infer_space_to_depth(const Layer& layer, const std::vector<TensorDesc>& in) {
+  const std::string who = describe(layer);
+  const Dims& x = in[0].dims;
+  KILN_CHECK(x.size() == 4,
+             who << ": space_to_depth takes a rank-4 [N, C, H, W] input, got " << to_string(x));
+  for (int d = 1; d < 4; ++d) {
+    KILN_CHECK(x[d] != kDynamic, who << ": space_to_depth needs static C, H and W, got " << to_string(x));
+  }
+  const std::vector<int64_t> pads =
+      layer.attrs.has("pads") ? layer.attrs.get_ints("pads", who) : std::vector<int64_t>(4, 0);
+  KILN_CHECK(pads.size() == 4 && std::all_of(pads.begin(), pads.end(), [](int64_t p) { return p >= 0; }),
+             who << ": pads must be four values >= 0 (top, bottom, left, right)");
+  const int64_t channels = layer.attrs.get_int("channels", x[1]);
+  KILN_CHECK(channels >= x[1] && channels <= (int64_t{1} << 20),
+             who << ": channels (" << channels << ") must be at least the input's " << x[1]);
+  int64_t h = 0, w = 0;
+  KILN_CHECK(!__builtin_add_overflow(x[2], pads[0] + pads[1], &h) &&
+                 !__builtin_add_overflow(x[3], pads[2] + pads[3], &w) && h % 2 == 0 && w % 2 == 0 &&
+                 h < (int64_t{1} << 31) && w < (int64_t{1} << 31),
+             who << ": the padded input must have an even number of rows and columns, got " << x[2] << " + "
+                 << pads[0] << " + " << pads[1] << " rows and " << x[3] << " + " << pads[2] << " + "
+                 << pads[3] << " columns");
+  const std::string layout = layer.attrs.has("layout") ? layer.attrs.get_string("layout", who) : "nchw";
+  KILN_CHECK(layout == "nchw" || layout == "nhwc",
+             who << ": layout must be nchw or nhwc, got '" << layout << "'");
+  Dims out =
+      layout == "nchw" ? Dims{x[0], 4 * channels, h / 2, w / 2} : Dims{x[0], h / 2, w / 2, 4 * channels};
+  return {{in[0].dtype, out, nullptr}};
+}
+
+SpaceToDepth resolve_space_to_depth(const Layer& layer, const Dims& in) {
+  SpaceToDepth s;
+  s.n = in[0];
+  s.c = in[1];
+  s.h = in[2];
+  s.w = in[3];
+  s.channels = layer.attrs.get_int("channels", in[1]);
+  const std::vector<int64_t> pads =
+      layer.attrs.has("pads") ? layer.attrs.get_ints("pads", describe(layer)) : std::vector<int64_t>(4, 0);
+  s.top = pads[0];
+  s.left = pads[2];
+  s.hs = (in[2] + pads[0] + pads[1]) / 2;
+  s.ws = (in[3] + pads[2] + pads[3]) / 2;
+  s.nhwc = layer.attrs.has("layout") && layer.attrs.get_string("layout", describe(layer)) == "nhwc";
+  return s;
+}
+
 namespace {
 
 // `alias`, which the builder's alias_views pass sets on layers it turns into views.
@@ -460,7 +510,17 @@ const std::vector<AttrSpec> kSplitAttributes = {
     {"sizes", AttrType::kInts, std::nullopt, "required: one size per output, summing to the dim"},
 };
 
+const std::vector<AttrSpec> kSpaceToDepthAttributes = {
+    {"pads", AttrType::kInts, AttrValue{std::vector<int64_t>{0, 0, 0, 0}},
+     "zero rows and columns added before the fold: top, bottom, left, right (>= 0; padded H and W even)"},
+    {"channels", AttrType::kInt, std::nullopt,
+     "the channels after zero channels are added (>= C; absent: C)"},
+    {"layout", AttrType::kString, AttrValue{std::string("nchw")},
+     "nchw: y [N, 4C', H'/2, W'/2]; nhwc (set by assign_layouts): y [N, H'/2, W'/2, 4C']"},
+};
+
 const SchemaRegistration kRegistered{
+    {"space_to_depth", 1, 1, infer_space_to_depth, kSpaceToDepthAttributes},
     {"reshape", 1, 2, infer_reshape, kReshapeAttributes, kView},
     {"transpose", 1, 1, infer_transpose, kTransposeAttributes},
     {"flatten", 1, 1, infer_flatten, kFlattenAttributes, kView},

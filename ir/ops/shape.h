@@ -20,4 +20,16 @@ SliceSpec resolve_slice(const Layer& layer, const Dims& in);
 // The `perm` of a transpose layer, validated as a permutation of 0..rank-1, negatives normalized.
 std::vector<int64_t> resolve_perm(const Layer& layer, int64_t rank);
 
+// A space_to_depth layer over input dims [N, C, H, W] (static C, H, W; checked by its schema):
+// output element (n, (dy * 2 + dx) * channels + c, i, j) (nchw) or (n, i, j, ...) (nhwc) reads
+// input (n, c, 2i + dy - top, 2j + dx - left) where that lies inside the input and c < C, else 0.
+struct SpaceToDepth {
+  int64_t n = 0, c = 0, h = 0, w = 0;  // input dims
+  int64_t channels = 0;                // C' >= C
+  int64_t top = 0, left = 0;           // zero rows / columns before the input
+  int64_t hs = 0, ws = 0;              // output rows and columns
+  bool nhwc = false;
+};
+SpaceToDepth resolve_space_to_depth(const Layer& layer, const Dims& in);
+
 }  // namespace kiln

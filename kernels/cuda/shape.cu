@@ -344,6 +344,106 @@ bool launch_grouped_transpose(const StridedCopy& c, const TensorView& src, const
   return true;
 }
 
+// space_to_depth (ir/ops/shape.h): an image padded and folded 2x2 into channels in one pass (the
+// stem of space_to_depth_stems), instead of a pad and a gathering transpose over the padded copy.
+struct SpaceToDepthParams {
+  int64_t c, h, w, channels, top, left, hs, ws;
+};
+
+template <typename W, typename I>
+__device__ __forceinline__ W space_to_depth_element(const W* __restrict__ x, const SpaceToDepthParams& p, I n,
+                                                    I k, I i, I j) {
+  const I two_c = 2 * static_cast<I>(p.channels);
+  const I dy = k / two_c, dx = k / static_cast<I>(p.channels) % 2, c = k % static_cast<I>(p.channels);
+  const int64_t r = 2 * static_cast<int64_t>(i) + dy - p.top, q = 2 * static_cast<int64_t>(j) + dx - p.left;
+  if (c >= p.c || r < 0 || r >= p.h || q < 0 || q >= p.w) return W{0};
+  return x[((static_cast<I>(n) * static_cast<I>(p.c) + c) * static_cast<I>(p.h) + static_cast<I>(r)) *
+               static_cast<I>(p.w) +
+           static_cast<I>(q)];
+}
+
+// Channels last, the output pixel's 4C' elements in 16-byte chunks: thread e writes chunk e (V
+// elements) with one store; neighbouring threads read neighbouring input columns.
+template <typename W, typename I>
+__global__ void space_to_depth_nhwc_kernel(const W* __restrict__ x, uint4* __restrict__ y,
+                                           SpaceToDepthParams p, I chunks) {
+  constexpr int V = 16 / sizeof(W);
+  const I per_pixel = static_cast<I>(4 * p.channels / V);
+  for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < chunks;
+       e += static_cast<I>(gridDim.x) * blockDim.x) {
+    const I pixel = e / per_pixel, k0 = (e - pixel * per_pixel) * V;
+    const I j = pixel % static_cast<I>(p.ws), rest = pixel / static_cast<I>(p.ws);
+    const I i = rest % static_cast<I>(p.hs), n = rest / static_cast<I>(p.hs);
+    union {
+      uint4 v;
+      W w[V];
+    } u;
+#pragma unroll
+    for (int k = 0; k < V; ++k) u.w[k] = space_to_depth_element<W, I>(x, p, n, k0 + k, i, j);
+    y[e] = u.v;
+  }
+}
+
+// Any layout, one output element per thread.
+template <typename W, typename I>
+__global__ void space_to_depth_kernel(const W* __restrict__ x, W* __restrict__ y, SpaceToDepthParams p,
+                                      bool nhwc, I total) {
+  const I oc = static_cast<I>(4 * p.channels), hs = static_cast<I>(p.hs), ws = static_cast<I>(p.ws);
+  for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<I>(gridDim.x) * blockDim.x) {
+    I n, k, i, j;
+    if (nhwc) {
+      k = e % oc;
+      j = e / oc % ws;
+      i = e / oc / ws % hs;
+      n = e / oc / ws / hs;
+    } else {
+      j = e % ws;
+      i = e / ws % hs;
+      k = e / ws / hs % oc;
+      n = e / ws / hs / oc;
+    }
+    y[e] = space_to_depth_element<W, I>(x, p, n, k, i, j);
+  }
+}
+
+class CudaSpaceToDepth final : public Kernel {
+ public:
+  explicit CudaSpaceToDepth(Layer layer) : layer_(std::move(layer)) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext& ctx) const override {
+    const SpaceToDepth g = resolve_space_to_depth(layer_, in[0].dims);
+    const SpaceToDepthParams p{g.c, g.h, g.w, g.channels, g.top, g.left, g.hs, g.ws};
+    const int64_t total = volume(out[0].dims);
+    if (total == 0) return;
+    const bool small = total < (int64_t{1} << 31) && volume(in[0].dims) < (int64_t{1} << 31);
+    constexpr int kBlock = 256;
+    auto stream = static_cast<cudaStream_t>(ctx.stream);
+    const int64_t bytes = static_cast<int64_t>(dtype_size(in[0].dtype));
+    dispatch_word(static_cast<size_t>(bytes), "space_to_depth", [&](auto w) {
+      using W = decltype(w);
+      const auto* x = static_cast<const W*>(in[0].data);
+      if (g.nhwc && small && 4 * g.channels * bytes % 16 == 0 &&
+          reinterpret_cast<uintptr_t>(out[0].data) % 16 == 0) {
+        const int64_t chunks = total * bytes / 16;
+        space_to_depth_nhwc_kernel<W, uint32_t><<<grid_for(chunks, kBlock), kBlock, 0, stream>>>(
+            x, static_cast<uint4*>(out[0].data), p, static_cast<uint32_t>(chunks));
+      } else if (small) {
+        space_to_depth_kernel<W, uint32_t><<<grid_for(total, kBlock), kBlock, 0, stream>>>(
+            x, static_cast<W*>(out[0].data), p, g.nhwc, static_cast<uint32_t>(total));
+      } else {
+        space_to_depth_kernel<W, int64_t><<<grid_for(total, kBlock), kBlock, 0, stream>>>(
+            x, static_cast<W*>(out[0].data), p, g.nhwc, total);
+      }
+    });
+    KILN_CUDA_CHECK_LAUNCH();
+  }
+  std::string name() const override { return "cuda_space_to_depth"; }
+
+ private:
+  Layer layer_;
+};
+
 class CudaTranspose final : public Kernel {
  public:
   explicit CudaTranspose(std::vector<int64_t> perm) : perm_(std::move(perm)) {}
@@ -535,6 +635,8 @@ const KernelRegistration kRegistered([] {
   register_kernel("split", Backend::kCuda,
                   [](const Layer& l) { return std::make_unique<CudaSplit>(l.attrs.get_int("axis", 0)); });
   register_kernel("shape", Backend::kCuda, [](const Layer&) { return std::make_unique<CudaShape>(); });
+  register_kernel("space_to_depth", Backend::kCuda,
+                  [](const Layer& l) { return std::make_unique<CudaSpaceToDepth>(l); });
 });
 
 }  // namespace kiln

@@ -119,6 +119,40 @@ class RefShape final : public Kernel {
   std::string name() const override { return "ref_shape"; }
 };
 
+class RefSpaceToDepth final : public Kernel {
+ public:
+  explicit RefSpaceToDepth(Layer layer) : layer_(std::move(layer)) {}
+  void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
+           const LaunchContext&) const override {
+    const SpaceToDepth g = resolve_space_to_depth(layer_, in[0].dims);
+    const size_t size = dtype_size(in[0].dtype);
+    const auto* x = static_cast<const uint8_t*>(in[0].data);
+    auto* y = static_cast<uint8_t*>(out[0].data);
+    const int64_t oc = 4 * g.channels;
+    for (int64_t n = 0; n < g.n; ++n) {
+      for (int64_t k = 0; k < oc; ++k) {
+        const int64_t dy = k / (2 * g.channels), dx = k / g.channels % 2, c = k % g.channels;
+        for (int64_t i = 0; i < g.hs; ++i) {
+          for (int64_t j = 0; j < g.ws; ++j) {
+            const int64_t r = 2 * i + dy - g.top, q = 2 * j + dx - g.left;
+            const int64_t dst =
+                g.nhwc ? ((n * g.hs + i) * g.ws + j) * oc + k : ((n * oc + k) * g.hs + i) * g.ws + j;
+            if (c < g.c && r >= 0 && r < g.h && q >= 0 && q < g.w) {
+              std::memcpy(y + dst * size, x + (((n * g.c + c) * g.h + r) * g.w + q) * size, size);
+            } else {
+              std::memset(y + dst * size, 0, size);
+            }
+          }
+        }
+      }
+    }
+  }
+  std::string name() const override { return "ref_space_to_depth"; }
+
+ private:
+  Layer layer_;
+};
+
 }  // namespace
 
 // Registered when the library loads; no central list names this file.
@@ -135,6 +169,8 @@ const KernelRegistration kRegistered([] {
   register_kernel("split", Backend::kReference,
                   [](const Layer& l) { return std::make_unique<RefSplit>(l.attrs.get_int("axis", 0)); });
   register_kernel("shape", Backend::kReference, [](const Layer&) { return std::make_unique<RefShape>(); });
+  register_kernel("space_to_depth", Backend::kReference,
+                  [](const Layer& l) { return std::make_unique<RefSpaceToDepth>(l); });
 });
 
 }  // namespace kiln

@@ -593,6 +593,29 @@ def test_space_to_depth_stem_is_a_stride_one_convolution(target, c, hw, k, paddi
         )
 
 
+@pytest.mark.parametrize("target", DEVICES)
+def test_space_to_depth_stem_half_folds_into_channels_last_in_one_layer(target):
+    # FP16 runs the stem channels last: the fold writes the 16 channels last itself, no pad and no
+    # transpose between the image and the convolution.
+    net = stem_net(3, (32, 30), 7, 3, dtype="float16")
+    profile = {"x": ([1, 3, 32, 30], [2, 3, 32, 30], [4, 3, 32, 30])}
+    plan = build_plan(net, profile=profile, target=target)
+    stem = layer_named(plan, "stem")
+    fold = [la for la in plan.layers() if la["op"] == "space_to_depth"]
+    assert len(fold) == 1 and fold[0]["attrs"]["layout"] == "nhwc", ops(plan)
+    assert stem["inputs"][0][0] == fold[0]["outputs"][0][0], (stem, fold)
+    assert "pad" not in ops(plan) and "transpose" not in ops(plan)[: ops(plan).index("convolution")]
+    plain = build_plan(net, level=0, profile=profile)
+    for batch in (1, 4):
+        feed = {"x": torch.randn(batch, 3, 32, 30).half()}
+        torch.testing.assert_close(
+            run_plan(plan, feed, target)["y"].float(),
+            run_plan(plain, feed)["y"].float(),
+            rtol=1e-2,
+            atol=1e-2,
+        )
+
+
 @pytest.mark.parametrize(
     "c,k,stride,padding",
     [(3, 3, 2, 1), (8, 7, 2, 3), (3, 7, 1, 3), (3, 6, 3, 0)],

@@ -640,3 +640,74 @@ def test_cuda_shape_of():
     x = fresh((4, 3, 5))
     got = run_layer(lambda n, t: n.add_shape(t), [x], "cuda", dynamic=True)
     torch.testing.assert_close(got, torch.tensor([4, 3, 5]))
+
+
+# --- space_to_depth ------------------------------------------------------------------------------
+
+
+def torch_space_to_depth(x, pads, channels, layout):
+    """x padded (rows top/bottom, columns left/right, channels to `channels`) and folded 2x2 into
+    channels in (dy, dx, c) order: [N, 4C', H'/2, W'/2], or its channels-last permute."""
+    top, bottom, left, right = pads
+    n, c, h, w = x.shape
+    xp = torch.nn.functional.pad(x, (left, right, top, bottom, 0, channels - c))
+    hs, ws = xp.shape[2] // 2, xp.shape[3] // 2
+    y = (
+        xp.reshape(n, channels, hs, 2, ws, 2)
+        .permute(0, 3, 5, 1, 2, 4)
+        .reshape(n, 4 * channels, hs, ws)
+    )
+    return y.permute(0, 2, 3, 1) if layout == "nhwc" else y
+
+
+# (input dims, pads, channels): ResNet's stem geometry, odd sizes with an extra bottom/right row,
+# no padding, more channels than 4 (one 16-byte chunk of halves per 2 channels).
+S2D_CASES = [
+    ((2, 3, 14, 14), [3, 3, 3, 3], 4),
+    ((3, 1, 9, 6), [2, 3, 2, 0], 1),
+    ((1, 4, 8, 10), [0, 0, 0, 0], 4),
+    ((2, 5, 6, 4), [1, 1, 0, 2], 8),
+]
+
+
+@pytest.mark.parametrize("target", DEVICES)
+@pytest.mark.parametrize("shape,pads,channels", S2D_CASES)
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int8])
+def test_space_to_depth_matches_torch(target, shape, pads, channels, layout, dtype):
+    x = fresh(shape) if dtype.is_floating_point else torch.randint(-128, 128, shape)
+    x = x.to(dtype)
+    attrs = {"pads": pads, "channels": channels, "layout": layout}
+    got = run_layer(
+        lambda n, t: n.add_layer("space_to_depth", [t], attrs), [x], target, dynamic=True
+    )
+    torch.testing.assert_close(got, torch_space_to_depth(x, pads, channels, layout), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_cuda_space_to_depth_resnet_stem_batch():
+    # A batch of 224 x 224 images as the ResNet stem folds them, channels last (the 16-byte path).
+    x = fresh((8, 3, 224, 224), torch.float16)
+    attrs = {"pads": [3, 5, 3, 5], "channels": 4, "layout": "nhwc"}
+    got = run_layer(lambda n, t: n.add_layer("space_to_depth", [t], attrs), [x], "cuda")
+    torch.testing.assert_close(
+        got, torch_space_to_depth(x, [3, 5, 3, 5], 4, "nhwc"), rtol=0, atol=0
+    )
+
+
+@pytest.mark.parametrize(
+    "shape,attrs,message",
+    [
+        ((2, 3, 7, 8), {"pads": [0, 0, 0, 0]}, "even number of rows"),
+        ((2, 3, 8, 8), {"pads": [1, 0, 0, 0]}, "even number of rows"),
+        ((2, 3, 8, 8), {"channels": 2}, "at least the input's 3"),
+        ((2, 3, 8, 8), {"pads": [1, 1, -1, 1]}, "four values >= 0"),
+        ((2, 3, 8, 8), {"layout": "nwhc"}, "layout must be nchw or nhwc"),
+        ((3, 8, 8), {}, "rank-4"),
+    ],
+)
+def test_space_to_depth_errors(shape, attrs, message):
+    net = kiln.Network()
+    x = net.add_input("x", "float32", list(shape))
+    with pytest.raises(kiln.KilnError, match=message):
+        net.add_layer("space_to_depth", [x], attrs)
