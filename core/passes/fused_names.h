@@ -5,6 +5,7 @@
 
 #include <set>
 #include <string>
+#include <vector>
 
 #include "ir/network.h"
 
@@ -46,6 +47,26 @@ inline TensorId add_pass_tensor(Network& net, const std::string& base, DataType 
   t.dtype = dtype;
   t.dims = dims;
   return net.restore_tensor(t);
+}
+
+// Rewrites the layer list of a pass that replaced layers in place: layer i becomes the layers
+// replacement[i] (moved out) when that is not empty, is left out when dropped[i], stays otherwise;
+// then the network is compacted. The passes build the replacements at the end of the layer list
+// (add_layer) and move them into `replacement` before calling this.
+inline void splice_replacements(Network& net, std::vector<std::vector<Layer>>& replacement,
+                                const std::vector<bool>& dropped) {
+  auto& layers = net.mutable_layers();
+  std::vector<Layer> kept;
+  for (size_t i = 0; i < replacement.size(); ++i) {
+    if (dropped[i]) continue;
+    if (replacement[i].empty()) {
+      kept.push_back(std::move(layers[i]));
+    } else {
+      for (auto& r : replacement[i]) kept.push_back(std::move(r));
+    }
+  }
+  layers = std::move(kept);
+  net.compact();
 }
 
 }  // namespace kiln

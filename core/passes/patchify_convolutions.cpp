@@ -52,7 +52,6 @@ bool is_patch_convolution(const Network& net, const Layer& l) {
 bool patchify_convolutions(Network& net) {
   std::set<std::string> names;
   for (const auto& l : net.layers()) names.insert(l.name);
-  std::vector<Layer> kept;
   bool changed = false;
   const size_t count = net.layers().size();
   std::vector<std::vector<Layer>> replacement(count);
@@ -97,16 +96,7 @@ bool patchify_convolutions(Network& net) {
     changed = true;
   }
   if (!changed) return false;
-  auto& layers = net.mutable_layers();
-  for (size_t i = 0; i < count; ++i) {
-    if (replacement[i].empty()) {
-      kept.push_back(std::move(layers[i]));
-    } else {
-      for (auto& r : replacement[i]) kept.push_back(std::move(r));
-    }
-  }
-  layers = std::move(kept);
-  net.compact();
+  splice_replacements(net, replacement, std::vector<bool>(count, false));
   return true;
 }
 

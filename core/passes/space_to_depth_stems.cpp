@@ -149,18 +149,7 @@ bool space_to_depth_stems(Network& net) {
     changed = true;
   }
   if (!changed) return false;
-  auto& layers = net.mutable_layers();
-  std::vector<Layer> kept;
-  for (size_t i = 0; i < count; ++i) {
-    if (dropped[i]) continue;
-    if (replacement[i].empty()) {
-      kept.push_back(std::move(layers[i]));
-    } else {
-      for (auto& r : replacement[i]) kept.push_back(std::move(r));
-    }
-  }
-  layers = std::move(kept);
-  net.compact();
+  splice_replacements(net, replacement, dropped);
   return true;
 }
 
