@@ -173,7 +173,7 @@ void copy_constants(const std::vector<ConstantCopy>& copies) {
   constexpr size_t kBytesPerThread = size_t{16} << 20;
   const size_t threads = std::min<size_t>(
       {std::max<size_t>(1, total / kBytesPerThread), std::max(1u, std::thread::hardware_concurrency()), 8});
-  auto copy_share = [&](size_t share) {  // constants dealt by size: share `share` of `threads`
+  auto copy_share = [&](size_t share) {  // every `threads`-th constant from the `share`-th
     for (size_t i = share; i < copies.size(); i += threads) {
       copies[i].to->assign(copies[i].from, copies[i].from + copies[i].bytes);
     }
@@ -181,22 +181,23 @@ void copy_constants(const std::vector<ConstantCopy>& copies) {
   std::vector<std::thread> pool;
   std::exception_ptr failure;
   std::mutex mu;
+  auto run_share = [&](size_t share) {
+    try {
+      copy_share(share);
+    } catch (...) {  // std::bad_alloc
+      std::lock_guard<std::mutex> lock(mu);
+      failure = std::current_exception();
+    }
+  };
+  std::vector<size_t> inline_shares = {0};
   for (size_t t = 1; t < threads; ++t) {
-    pool.emplace_back([&, t] {
-      try {
-        copy_share(t);
-      } catch (...) {  // std::bad_alloc
-        std::lock_guard<std::mutex> lock(mu);
-        failure = std::current_exception();
-      }
-    });
+    try {
+      pool.emplace_back(run_share, t);
+    } catch (const std::system_error&) {  // no thread to be had: this one copies that share too
+      inline_shares.push_back(t);
+    }
   }
-  try {
-    copy_share(0);
-  } catch (...) {
-    std::lock_guard<std::mutex> lock(mu);
-    failure = std::current_exception();
-  }
+  for (size_t share : inline_shares) run_share(share);
   for (auto& t : pool) t.join();
   if (failure) std::rethrow_exception(failure);
 }
