@@ -341,9 +341,9 @@ class TorchEngine : public torch::CustomClassHolder {
       const at::Tensor bytes = e[1].toTensor().contiguous().cpu();
       TORCH_CHECK(bytes.scalar_type() == at::kByte && bytes.dim() == 1,
                   "saved Kiln engine: the plan is not a 1-D uint8 tensor: the file is corrupt");
-      std::string plan(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()),
-                       static_cast<size_t>(bytes.numel()));
-      return make(std::move(plan), e[2].toStringRef(), e[3].toInt());
+      // Parsed where the unpickler put the bytes (no copy of a plan of hundreds of MB).
+      return make(bytes.data_ptr<uint8_t>(), static_cast<size_t>(bytes.numel()), e[2].toStringRef(),
+                  e[3].toInt());
     }
     TORCH_CHECK(state.isList(), "saved Kiln engine: its state is a ", state.tagKind(),
                 ", not a Kiln engine's: the file is corrupt");
@@ -377,15 +377,17 @@ class TorchEngine : public torch::CustomClassHolder {
     }
     TORCH_CHECK(saved >= -1, "saved Kiln engine: the device field '", state[3],
                 "' is not a device index: the file is corrupt");
-    return make(std::move(plan), state[2], saved);
+    return make(reinterpret_cast<const uint8_t*>(plan.data()), plan.size(), state[2], saved);
   }
 
-  static c10::intrusive_ptr<TorchEngine> make(std::string plan, const std::string& backend, int64_t saved) {
+  static c10::intrusive_ptr<TorchEngine> make(const uint8_t* plan, size_t size, const std::string& backend,
+                                              int64_t saved) {
     TORCH_CHECK(saved >= -1, "saved Kiln engine: the device field '", saved,
                 "' is not a device index: the file is corrupt");
     // Keep the saved CUDA device when it exists here, else take the current one.
     const int64_t device = backend == "cuda" && saved >= 0 && saved < cuda_device_count() ? saved : -1;
-    return c10::make_intrusive<TorchEngine>(std::move(plan), backend, device);
+    return c10::make_intrusive<TorchEngine>(rethrow_as_torch([&] { return Plan::deserialize(plan, size); }),
+                                            backend, device);
   }
 
   // The per-call path: no lookups by name, shape inference only when input shapes change, and
