@@ -246,7 +246,12 @@ class LayoutRewriter {
                          : activation_like || weight ? last_version(l.inputs[i])
                                                      : l.inputs[i]);
       }
+      const TensorId weight = inputs[1];
       pad_few_channels(l, inputs);
+      if (inputs[1] != weight && !attrs.has("model_taps")) {  // the cost model leaves the zeros out
+        const Dims& w = net_.tensor(l.inputs[1]).dims;
+        attrs.set("model_taps", volume(w) / w[0]);
+      }
       attrs.set("layout", std::string("nhwc"));
     } else if (l.op == "space_to_depth") {
       inputs = l.inputs;  // read channels first, written channels last

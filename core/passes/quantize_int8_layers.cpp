@@ -275,6 +275,7 @@ bool quantize_int8_layers(Network& net, bool fold, const std::set<std::string>& 
     auto [bytes, s_w] = quantize_weight(w);
     Dims wq_dims = w.dims;
     const int64_t pad = layer.op == "convolution" ? (16 - w.dims[1] % 16) % 16 : 0;
+    if (pad && !layer.attrs.has("model_taps")) layer.attrs.set("model_taps", volume(w.dims) / w.dims[0]);
     if (pad) {  // x's channels (dim 1) and the weight's padded with zeros to a multiple of 16
       std::vector<int64_t> pads(2 * (net.tensor(xq).dims.size() - 1), 0);  // F.pad order, dim 1 last
       pads.back() = pad;

@@ -138,6 +138,10 @@ bool space_to_depth_stems(Network& net) {
     Attributes attrs = l.attrs;
     attrs.set("strides", std::vector<int64_t>{1, 1});
     attrs.set("pads", std::vector<int64_t>{0, 0});
+    if (!attrs.has("model_taps")) {  // the cost model counts the stem's own products, not the zeros
+      const Dims& w = net.tensor(l.inputs[1]).dims;
+      attrs.set("model_taps", volume(w) / w[0]);
+    }
     Layer& conv = net.add_layer("convolution", inputs, std::move(attrs), unique_name(names, base + "/s2d"));
     conv.outputs[0] = l.outputs[0];  // the convolution's output tensor, for its readers
     auto& layers = net.mutable_layers();

@@ -323,6 +323,10 @@ std::vector<AttrSpec> conv_attributes(bool transposed) {
        "absent: the layer's own name"},
   };
   if (!transposed) {
+    attrs.push_back({"model_taps", AttrType::kInt, std::nullopt,
+                     "set by the builder where it pads the kernel with zeros (space_to_depth_stems, channel "
+                     "padding for tensor cores): the products per output element of the model's own layer, "
+                     "which the cost model counts (kiln inspect, the roofline) instead of the weight's"});
     std::vector<AttrSpec> quantized = {
         {"quantized", AttrType::kInt, AttrValue{int64_t{0}},
          "0/1, set by the builder (quantize_int8_layers): x and weight int8, input 2 float32 [2, K] "
@@ -352,12 +356,13 @@ const std::vector<AttrSpec> kConvolutionAttributes = conv_attributes(/*transpose
 const std::vector<AttrSpec> kDeconvolutionAttributes = conv_attributes(/*transposed=*/true);
 
 // A convolution: 2 * (C / groups * kernel volume) per output element, the weight's volume over
-// its first dim (output channels) in either layout. A deconvolution: as many per input element
-// (its weight's first dim is the input channels).
-double conv_flops(const Layer&, const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) {
+// its first dim (output channels) in either layout, or `model_taps` where the builder padded it. A
+// deconvolution: as many per input element (its weight's first dim is the input channels).
+double conv_flops(const Layer& l, const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) {
   const Dims& w = in[1].dims;
   if (w.empty() || w[0] <= 0) return 0.0;
-  return 2.0 * static_cast<double>(volume(out[0].dims)) * static_cast<double>(volume(w) / w[0]);
+  const int64_t taps = l.attrs.get_int("model_taps", volume(w) / w[0]);  // the zero-padded taps left out
+  return 2.0 * static_cast<double>(volume(out[0].dims)) * static_cast<double>(taps);
 }
 
 double deconv_flops(const Layer&, const std::vector<TensorDesc>& in, const std::vector<TensorDesc>&) {

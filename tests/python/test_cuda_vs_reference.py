@@ -82,6 +82,7 @@ CASES = {
     "adaptive_pooling": ([f(3, 2, 9, 7)], {"type": "avg", "output_size": [4, 3]}),
     "reshape": ([f(3, 4, 6)], {"shape": [-1, 24]}),
     "transpose": ([f(3, 4, 6)], {"perm": [2, 0, 1]}),
+    "space_to_depth": ([f(2, 3, 7, 6)], {"pads": [3, 4, 3, 3], "channels": 4, "layout": "nhwc"}),
     "flatten": ([f(3, 4, 6)], {"start_dim": 1}),
     "squeeze": ([f(3, 1, 6)], {"axes": [1]}),
     "unsqueeze": ([f(3, 6)], {"axes": [1]}),

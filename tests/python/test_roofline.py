@@ -67,6 +67,25 @@ def test_costs_follow_the_shapes_of_a_dynamic_batch():
     assert info.layers[0].bytes == 2 * (8 * 16 + 8 * 16 + 8 * 8)
 
 
+@pytest.mark.parametrize("kernel,stride", [(3, 1), (7, 2)])
+def test_zero_padded_kernels_count_the_models_products(kernel, stride):
+    # A half convolution over 3 channels runs on 8 zero-padded ones (channels last), a 7x7
+    # stride-2 stem as a 4x4 convolution over 16 folded channels (space_to_depth_stems): the cost
+    # model counts the layer's own 3 * k * k products per output, not the padded kernel's.
+    net = kiln.Network()
+    x = net.add_input("x", "float16", (2, 3, 16, 16))
+    w = torch.randn(8, 3, kernel, kernel).half()
+    y = net.add_convolution(x, w, stride=stride, padding=kernel // 2, name="conv")
+    net.mark_output(y, "y")
+    plan = build_plan(net)
+    info = kiln.inspect(plan).costs()
+    (conv,) = [la for la in info.layers if la.op == "convolution"]
+    out = 16 // stride
+    assert conv.flops == 2 * (2 * 8 * out * out) * 3 * kernel * kernel
+    padded = [la for la in plan.layers() if la["op"] == "convolution"][0]["inputs"][1][2]
+    assert np.prod(padded[1:]) > 3 * kernel * kernel, padded  # the kernel was padded
+
+
 def _torch_flops(model, *args) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
