@@ -69,16 +69,78 @@ def _globals(data: bytes):
         strings = []
 
 
-def _pickles(entry: str, data: bytes, pickled: bool):
-    """(where, pickle bytes) of an archive entry: the pickles of a torch.save zip inside it, or
-    the entry itself when the loader unpickles it in another form."""
-    if data[:2] == b"PK":
-        with zipfile.ZipFile(io.BytesIO(data)) as inner:
-            for name in inner.namelist():
-                if name.endswith(".pkl"):
-                    yield f"{entry} ({name})", inner.read(name)
+class _Window(io.RawIOBase):
+    """Bytes [start, start + size) of an open binary file, as a seekable file of their own: a
+    zip stored (uncompressed) inside the archive opens in place, without reading it whole."""
+
+    def __init__(self, file, start: int, size: int):
+        self._file, self._start, self._size, self._pos = file, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        count = max(0, min(len(buffer), self._size - self._pos))
+        self._file.seek(self._start + self._pos)
+        data = self._file.read(count)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def _stored_window(path: str, archive: zipfile.ZipFile, entry: str):
+    """A _Window onto `entry`'s bytes when the archive stores it uncompressed (torch.save and
+    torch.export.save do), else None. The data start comes from the entry's local header, whose
+    extra field may differ from the central directory's."""
+    info = archive.getinfo(entry)
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # compressed or encrypted
+        return None
+    file = open(path, "rb")  # noqa: SIM115 (closed by the caller through the window's owner)
+    file.seek(info.header_offset)
+    header = file.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        file.close()
+        raise zipfile.BadZipFile(f"entry {entry} has no local file header")
+    name_length = int.from_bytes(header[26:28], "little")
+    extra_length = int.from_bytes(header[28:30], "little")
+    start = info.header_offset + 30 + name_length + extra_length
+    return file, _Window(file, start, info.file_size)
+
+
+def _inner_pickles(entry: str, inner: zipfile.ZipFile):
+    for name in inner.namelist():
+        if name.endswith(".pkl"):
+            yield f"{entry} ({name})", inner.read(name)
+
+
+def _pickles(path: str, archive: zipfile.ZipFile, entry: str, pickled: bool):
+    """(where, pickle bytes) of an archive entry: the pickles of a torch.save zip inside it (read
+    in place where the entry is stored, so a large plan's bytes are not read), or the entry
+    itself when the loader unpickles it in another form."""
+    with archive.open(entry) as f:
+        head = f.read(2)
+    if head == b"PK":
+        stored = _stored_window(path, archive, entry)
+        if stored is not None:
+            file, window = stored
+            with file, zipfile.ZipFile(io.BufferedReader(window, 1 << 16)) as inner:
+                yield from _inner_pickles(entry, inner)
+        else:
+            with zipfile.ZipFile(io.BytesIO(archive.read(entry))) as inner:
+                yield from _inner_pickles(entry, inner)
     elif pickled:
-        yield entry, data
+        yield entry, archive.read(entry)
 
 
 def _pickled_entries(archive: zipfile.ZipFile) -> set[str]:
@@ -114,12 +176,8 @@ def _check_archive(path: str) -> None:
     with zipfile.ZipFile(path) as archive:
         pickled = _pickled_entries(archive)
         for entry in archive.namelist():
-            with archive.open(entry) as f:
-                head = f.read(2)
-            if head != b"PK" and entry not in pickled:
-                continue  # raw tensor bytes, JSON, text: torch reads them without unpickling
-            data = archive.read(entry)
-            for where, payload in _pickles(entry, data, entry in pickled):
+            # Raw tensor bytes, JSON and text that torch reads without unpickling yield nothing.
+            for where, payload in _pickles(path, archive, entry, entry in pickled):
                 try:
                     refs = list(_globals(payload))
                 except Exception as error:  # noqa: BLE001 (pickletools raises several kinds)

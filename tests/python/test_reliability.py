@@ -66,8 +66,9 @@ def _saved_pt2(tmp_path):
     return path
 
 
-def _with_pickled_weight(src, dst, payload: bytes):
-    """A copy of the archive with one more weight marked use_pickle, holding `payload`."""
+def _with_pickled_weight(src, dst, payload: bytes, compress_type=None):
+    """A copy of the archive with one more weight marked use_pickle, holding `payload` (stored, as
+    torch writes entries, unless compress_type says otherwise)."""
     import json
     import zipfile
 
@@ -85,20 +86,24 @@ def _with_pickled_weight(src, dst, payload: bytes):
                 data = json.dumps(config).encode()
                 folder = item.filename.rsplit("/", 1)[0]
             zout.writestr(item, data)
-        zout.writestr(f"{folder}/weight_extra", payload)
+        zout.writestr(f"{folder}/weight_extra", payload, compress_type=compress_type)
 
 
 @needs_runtime
-def test_load_refuses_a_pt2_whose_pickle_runs_code(tmp_path):
+@pytest.mark.parametrize("compressed", [False, True], ids=["stored", "deflated"])
+def test_load_refuses_a_pt2_whose_pickle_runs_code(tmp_path, compressed):
     # torch.export.load unpickles use_pickle weights with the full unpickler: this file used to
-    # load normally and create the marker on the way.
+    # load normally and create the marker on the way. A stored inner zip is read in place (a
+    # window onto the archive), a deflated one decompressed: both are checked.
     import io
+    import zipfile
 
     marker = tmp_path / "ran"
     buffer = io.BytesIO()
     torch.save(_Payload(marker), buffer)
     evil = tmp_path / "evil.pt2"
-    _with_pickled_weight(_saved_pt2(tmp_path), evil, buffer.getvalue())
+    compress_type = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    _with_pickled_weight(_saved_pt2(tmp_path), evil, buffer.getvalue(), compress_type)
     with pytest.raises(kiln.KilnError, match=r"weight_extra .*calls io.open.*trusted=True"):
         kiln.load(evil)
     assert not marker.exists()
@@ -124,6 +129,20 @@ def test_kiln_saved_files_pass_the_check(tmp_path):
     from kiln.trust import check_archive
 
     check_archive(str(_saved_pt2(tmp_path)))  # raises on anything it does not allow
+
+
+@needs_runtime
+def test_a_truncated_inner_zip_is_a_damaged_archive_not_a_crash(tmp_path):
+    # The inner zip is opened in place through a window onto the outer file: a window shorter
+    # than the zip it should hold (its central directory cut off) is a clean refusal.
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(torch.ones(3), buffer)
+    evil = tmp_path / "cut.pt2"
+    _with_pickled_weight(_saved_pt2(tmp_path), evil, buffer.getvalue()[:-40])
+    with pytest.raises(kiln.KilnError, match="is a damaged zip archive"):
+        kiln.load(evil)
 
 
 @needs_runtime
