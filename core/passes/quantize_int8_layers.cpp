@@ -234,9 +234,58 @@ bool int8_residuals(Network& net) {
   return changed;
 }
 
+// A per-tensor fake_quantize whose input is a max pooling's output that only it reads moves before
+// the pooling: the quantization is monotone, so it commutes with max exactly. The layer before the
+// pooling (ResNet's stem convolution) then writes int8 itself, and the pooling runs on the int8
+// tensor (quantization_producer looks through it): half the pooling's bytes, one quantize less.
+bool quantize_before_max_pools(Network& net) {
+  const std::vector<int> producer = net.producers();
+  std::vector<int> readers(net.tensors().size(), 0);
+  for (const auto& l : net.layers()) {
+    for (TensorId t : l.inputs) ++readers[static_cast<size_t>(t)];
+  }
+  std::set<std::string> names;
+  for (const auto& l : net.layers()) names.insert(l.name);
+  for (const auto& t : net.tensors()) names.insert(t.name);
+  const size_t count = net.layers().size();
+  std::vector<std::vector<Layer>> replacement(count);
+  std::vector<bool> dropped(count, false);
+  bool changed = false;
+  for (size_t i = 0; i < count; ++i) {
+    const Layer fq = net.layers()[i];  // copies: add_layer below may move the layer list
+    if (fq.op != "fake_quantize" || fq.inputs.size() < 2 || volume(net.tensor(fq.inputs[1]).dims) != 1)
+      continue;
+    const TensorId pooled = fq.inputs[0];
+    const int p = producer[static_cast<size_t>(pooled)];
+    if (p < 0 || readers[static_cast<size_t>(pooled)] != 1 || net.is_output(pooled)) continue;
+    const Layer pool = net.layers()[static_cast<size_t>(p)];
+    if (!is_max_pooling(pool) || dropped[static_cast<size_t>(p)] ||
+        !replacement[static_cast<size_t>(p)].empty())
+      continue;
+    const size_t first = net.layers().size();
+    std::vector<TensorId> in = fq.inputs;
+    in[0] = pool.inputs[0];
+    const TensorId q =
+        net.add_layer("fake_quantize", in, fq.attrs, unique_name(names, fq.name + "/before_pool")).outputs[0];
+    net.add_layer("pooling", {q}, pool.attrs, unique_name(names, pool.name + "/quantized")).outputs[0] =
+        fq.outputs[0];  // the fake_quantize's output tensor, for its readers
+    auto& layers = net.mutable_layers();
+    replacement[i].assign(std::make_move_iterator(layers.begin() + static_cast<std::ptrdiff_t>(first)),
+                          std::make_move_iterator(layers.end()));
+    layers.resize(first);
+    replacement[i][0].name = fq.name;  // both keep their names (reports, layer precisions)
+    replacement[i][1].name = pool.name;
+    dropped[static_cast<size_t>(p)] = true;
+    changed = true;
+  }
+  if (changed) splice_replacements(net, replacement, dropped);
+  return changed;
+}
+
 }  // namespace
 
 bool quantize_int8_layers(Network& net, bool fold, const std::set<std::string>& pinned) {
+  bool changed = quantize_before_max_pools(net);
   const std::vector<int> producer = net.producers();
   const std::vector<Layer> old = net.layers();  // a copy: the fake_quantize layers are read after re-adding
   net.mutable_layers().clear();
@@ -244,14 +293,14 @@ bool quantize_int8_layers(Network& net, bool fold, const std::set<std::string>& 
   for (const auto& l : old) used.insert(l.name);
   for (const auto& t : net.tensors()) used.insert(t.name);
   std::map<TensorId, TensorId> quantized;  // int8 versions: a fake_quantize's output -> its quantize's, ...
-  bool changed = false;
   for (Layer layer : old) {
     const Int8Candidate c = pinned.count(layer.name) ? Int8Candidate{} : int8_candidate(net, layer);
     // A fully_connected reads its input through views (reshape, flatten, ...) too.
     std::vector<const Layer*> views;
-    const int p = c.ok ? quantization_producer(net, old, producer, layer.inputs[0],
-                                               layer.op == "fully_connected", &views)
-                       : -1;
+    const int p =
+        c.ok ? quantization_producer(net, old, producer, layer.inputs[0], layer.op == "fully_connected",
+                                     &views, layer.op == "convolution")
+             : -1;
     const std::optional<float> s_x = p >= 0 ? int8_scale(net, old[static_cast<size_t>(p)]) : std::nullopt;
     if (!s_x) {
       net.mutable_layers().push_back(std::move(layer));

@@ -16,16 +16,24 @@
 
 namespace kiln {
 
+// A max pooling (not adaptive): it commutes with a per-tensor quantization (both monotone), so an
+// int8 layer may read it computed on the int8 tensor (ResNet's stem pool before its first block).
+inline bool is_max_pooling(const Layer& l) {
+  return l.op == "pooling" && l.inputs.size() == 1 && l.attrs.has("type") &&
+         l.attrs.get_string("type", l.name) == "max";
+}
+
 // The index in `layers` of the layer producing `t`, looking through float casts and, with
-// `views`, through view layers (reshape, flatten, squeeze, unsqueeze); -1 for a network input or
-// constant. `chain` receives the layers looked through, nearest to `t` first.
+// `views`, through view layers (reshape, flatten, squeeze, unsqueeze), with `max_pools` through
+// max poolings; -1 for a network input or constant. `chain` receives the layers looked through,
+// nearest to `t` first.
 inline int quantization_producer(const Network& net, const std::vector<Layer>& layers,
                                  const std::vector<int>& producer, TensorId t, bool views,
-                                 std::vector<const Layer*>* chain) {
+                                 std::vector<const Layer*>* chain, bool max_pools = false) {
   int p = producer[static_cast<size_t>(t)];
   while (p >= 0) {
     const Layer& l = layers[static_cast<size_t>(p)];
-    if (!is_float_cast(net, l) && !(views && is_view_op(l.op))) break;
+    if (!is_float_cast(net, l) && !(views && is_view_op(l.op)) && !(max_pools && is_max_pooling(l))) break;
     chain->push_back(&l);
     p = producer[static_cast<size_t>(l.inputs[0])];
   }

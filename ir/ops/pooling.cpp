@@ -90,8 +90,10 @@ std::vector<TensorDesc> infer_pooling_channels_first(const Layer& layer, const s
   const int rank = static_cast<int>(x.dims.size());
   KILN_CHECK(rank >= 3 && rank <= 5,
              who << ": input must be [N, C, spatial...] with 1 to 3 spatial dims, got " << to_string(x.dims));
-  KILN_CHECK(is_floating(x.dtype), who << ": input must be floating point, got " << dtype_name(x.dtype));
   PoolGeometry g = pool_geometry(layer, rank - 2);
+  // int8 max pooling: quantize_int8_layers pools a quantized tensor (max commutes with it).
+  KILN_CHECK(is_floating(x.dtype) || (x.dtype == DataType::kInt8 && g.type == kPoolMax),
+             who << ": input must be floating point (int8 for max pooling), got " << dtype_name(x.dtype));
   Dims out = {x.dims[0], x.dims[1]};
   for (int i = 0; i < g.spatial; ++i) {
     const int64_t size = x.dims[2 + i];

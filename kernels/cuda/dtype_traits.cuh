@@ -14,6 +14,7 @@ namespace kiln {
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(int8_t x) { return static_cast<float>(x); }
 
 template <typename T>
 __device__ __forceinline__ T from_float(float x);
@@ -28,6 +29,11 @@ __device__ __forceinline__ __half from_float<__half>(float x) {
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
+}
+
+template <>
+__device__ __forceinline__ int8_t from_float<int8_t>(float x) {  // nearest, saturated (NaN: 0)
+  return static_cast<int8_t>(rintf(fminf(fmaxf(x, -128.f), 127.f)));
 }
 
 // Calls f(T{}) with T the device type of a floating dtype.

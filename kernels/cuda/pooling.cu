@@ -266,13 +266,24 @@ bool vec_nhwc_ok(const PoolParams& p, const TensorView& x, const TensorView& y) 
          volume(y.dims) < (int64_t{1} << 31);
 }
 
+// f(T{}) for a floating dtype, or int8 (max pooling of a quantized tensor: the values are
+// integers, which float holds exactly, and max returns one of them).
+template <typename F>
+void dispatch_pooled(DataType t, const char* who, F&& f) {
+  if (t == DataType::kInt8) {
+    f(int8_t{});
+  } else {
+    dispatch_floating(t, who, f);
+  }
+}
+
 void launch_pooling(const PoolParams& p, const TensorView& x, const TensorView& y, cudaStream_t stream,
                     const char* who) {
   const int64_t n = volume(y.dims);
   if (n == 0) return;
   constexpr int kBlock = 256;
   if (vec_nhwc_ok(p, x, y)) {
-    dispatch_floating(x.dtype, who, [&](auto tag) {
+    dispatch_pooled(x.dtype, who, [&](auto tag) {
       using T = decltype(tag);
       const int64_t threads = n / (16 / static_cast<int64_t>(sizeof(T)));
       pool2d_nhwc_vec_kernel<T><<<grid_for(threads, kBlock), kBlock, 0, stream>>>(
@@ -281,7 +292,7 @@ void launch_pooling(const PoolParams& p, const TensorView& x, const TensorView& 
     KILN_CUDA_CHECK_LAUNCH();
     return;
   }
-  dispatch_floating(x.dtype, who, [&](auto tag) {
+  dispatch_pooled(x.dtype, who, [&](auto tag) {
     using T = decltype(tag);
     pooling_kernel<T><<<grid_for(n, kBlock), kBlock, 0, stream>>>(p, static_cast<const T*>(x.data),
                                                                   static_cast<T*>(y.data));
@@ -336,7 +347,7 @@ class CudnnPooling final : public Kernel {
     const PoolGeometry g = pool_geometry(layer_, static_cast<int>(x.dims.size()) - 2);
     auto stream = static_cast<cudaStream_t>(ctx.stream);
     if (volume(y.dims) == 0) return;
-    if (x.dtype == DataType::kBFloat16) {
+    if (x.dtype == DataType::kBFloat16 || x.dtype == DataType::kInt8) {
       launch_pooling(pool_params(g, x.dims, y.dims, false), x, y, stream, "pooling");
       return;
     }

@@ -210,6 +210,60 @@ class Pt2eNet(torch.nn.Module):
         return qd.dequantize_per_tensor(yq, 0.04, 0, -128, 127, torch.int8)
 
 
+class StemPoolNet(torch.nn.Module):
+    """ResNet's stem in QAT style: conv + relu, a 3x3 stride-2 max pool, the pooled value fake-
+    quantized for the next convolution. Kiln moves the quantization before the pool (max commutes
+    with it): the stem writes int8 and the pool runs on int8."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(16, 8, 3, padding=1)
+        for name, conv in (("s1", self.conv1), ("s2", self.conv2)):
+            scale = conv.weight.detach().abs().amax((1, 2, 3)) / 127
+            self.register_buffer(name, scale)
+        self.register_buffer("zp1", torch.zeros(16, dtype=torch.int32))
+        self.register_buffer("zp2", torch.zeros(8, dtype=torch.int32))
+
+    def forward(self, x):
+        x = torch.fake_quantize_per_tensor_affine(x, 0.02, 0, -128, 127)
+        w1 = torch.fake_quantize_per_channel_affine(
+            self.conv1.weight, self.s1, self.zp1, 0, -128, 127
+        )
+        y = torch.nn.functional.conv2d(x, w1, self.conv1.bias, padding=1).relu()
+        y = torch.nn.functional.max_pool2d(y, 3, 2, 1)
+        y = torch.fake_quantize_per_tensor_affine(y, 0.03, 0, -128, 127)
+        w2 = torch.fake_quantize_per_channel_affine(
+            self.conv2.weight, self.s2, self.zp2, 0, -128, 127
+        )
+        y = torch.nn.functional.conv2d(y, w2, self.conv2.bias, padding=1)
+        return torch.fake_quantize_per_tensor_affine(y, 0.05, 0, -128, 127)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_quantized_max_pool_runs_on_int8_and_agrees_with_eager(device):
+    torch.manual_seed(2)
+    m = StemPoolNet().eval().to(device)
+    x = torch.randn(2, 3, 12, 12, device=device)
+    compiled = kiln.compile(
+        m,
+        [x],
+        device=device,
+        enabled_precisions={torch.int8, torch.float32},
+        require_full_compilation=True,
+    )
+    layers = kiln.inspect(kiln.plans(compiled)[0]).layers
+    pools = [la for la in layers if la.op == "pooling"]
+    assert [la.dtypes for la in pools] == ["int8->int8"], [(la.op, la.dtypes) for la in layers]
+    stem = next(la for la in layers if la.op == "convolution")
+    assert stem.dtypes.endswith("->int8"), stem.dtypes  # the stem writes the pool's int8 input
+    for _ in range(2):
+        x = torch.randn(2, 3, 12, 12, device=device)
+        got, want = compiled(x), m(x)
+        assert (got - want).abs().max() <= 0.05 * 1.001
+        assert (got == want).float().mean() > 0.99
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("model", [QatNet, Pt2eNet], ids=["qat", "pt2e"])
 def test_qdq_models_compile_whole_and_agree_with_eager(device, model):
