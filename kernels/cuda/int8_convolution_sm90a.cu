@@ -235,7 +235,7 @@ void launch_tile(const DeviceParams& d, cudaStream_t stream) {
   auto kernel = int8_wgmma_kernel<BM, BN, kMinBlocks, T, R>;
   KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
   const dim3 grid(static_cast<unsigned>((d.m + BM - 1) / BM), static_cast<unsigned>((d.g.k + BN - 1) / BN));
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(d);
+  kernel<<<grid, Cfg::kThreads, used_smem_bytes<kStages, Cfg::kStageBytes, BM, BN>(d), stream>>>(d);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

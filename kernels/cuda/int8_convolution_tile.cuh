@@ -63,6 +63,18 @@ struct DeviceParams {
   int8_t* y8;  // y's int8 copy, or null
 };
 
+// The dynamic shared memory a launch needs: the pipeline's slots that its K steps fill (slot
+// step % kSlots, so min(steps, kSlots) of them) and the epilogue's int32 [BM][BN] stage, which
+// reuses them. A 1x1 convolution of 64 input channels (one step) then takes a fraction of the
+// pipeline's size, and more of its short-lived blocks fit on an SM at once.
+template <int kSlots, int kSlotBytes, int BM, int BN>
+inline int used_smem_bytes(const DeviceParams& d) {
+  const int steps = (d.gemm_k + kBlockK - 1) / kBlockK;
+  const int slots = steps < kSlots ? steps : kSlots;
+  const int pipeline = slots * kSlotBytes, epilogue = BM * BN * 4;
+  return pipeline > epilogue ? pipeline : epilogue;
+}
+
 // The cp.async copies of one block's A and B tiles, step by step (BM output pixels x BN output
 // channels, kThreads threads): each thread copies kAChunks chunks of A and kBChunks of B a step.
 template <int BM, int BN, int kThreads>
