@@ -79,6 +79,7 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kern
 #pragma unroll 1
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < steps) load_step(s, s);
+    if (s == 0 && d.residual_smem >= 0) prefetch_residual<BM, BN, Cfg::kThreads>(d, smem + d.residual_smem, m0, n0, tid);
     cp_async_commit();
   }
   for (int step = 0; step < steps; ++step) {
@@ -135,7 +136,7 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kern
         stage[stage_pair<BN>(row, pair)] = make_int2(acc[i][j][2 * half], acc[i][j][2 * half + 1]);
       }
   __syncthreads();
-  store_epilogue<BM, BN, Cfg::kThreads, T, R>(d, stage, m0, n0, tid);
+  store_epilogue<BM, BN, Cfg::kThreads, T, R>(d, smem, m0, n0, tid);
 #endif
 }
 
@@ -143,12 +144,14 @@ template <int BM, int BN, int WM, int WN, typename T, typename R>
 void launch_tile(const DeviceParams& d, cudaStream_t stream) {
   using Cfg = Tile<BM, BN, WM, WN>;
   auto kernel = int8_conv_kernel<BM, BN, WM, WN, T, R>;
-  if (Cfg::kSmemBytes > 48 * 1024) {  // above the default limit a kernel must opt in
-    KILN_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
+  constexpr int kMaxSmem = max_smem_bytes<Cfg::kSmemBytes, BM, BN>();
+  if (kMaxSmem > 48 * 1024) {  // above the default limit a kernel must opt in
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
   }
   const dim3 grid(static_cast<unsigned>((d.m + BM - 1) / BM), static_cast<unsigned>((d.g.k + BN - 1) / BN));
-  kernel<<<grid, Cfg::kThreads, used_smem_bytes<kStages, Cfg::kStageBytes, BM, BN>(d), stream>>>(d);
+  DeviceParams staged = d;
+  const int smem = plan_smem_bytes<kStages, Cfg::kStageBytes, BM, BN>(staged);
+  kernel<<<grid, Cfg::kThreads, smem, stream>>>(staged);
   KILN_CUDA_CHECK_LAUNCH();
 }
 
@@ -237,6 +240,7 @@ void launch_int8_convolution(const Int8ConvParams& p, int tile, DataType out, co
   d.alpha = scale_bias;
   d.bias = scale_bias + p.k;
   d.residual = residual;
+  d.r_size = static_cast<int>(r_size);
   d.y = y;
   d.y8 = static_cast<int8_t*>(y8);
   KILN_CHECK(!y8 || out != DataType::kInt8, "INT8 convolution: an int8 copy needs a float y");

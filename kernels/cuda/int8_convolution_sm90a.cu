@@ -189,6 +189,7 @@ __global__ void __launch_bounds__(WgmmaTile<BM, BN>::kThreads, kMinBlocks) int8_
 #pragma unroll 1
   for (int s = 0; s < kDepth; ++s) {
     if (s < steps) loader.load(d, smem + s * Cfg::kStageBytes, s);
+    if (s == 0 && d.residual_smem >= 0) prefetch_residual<BM, BN, Cfg::kThreads>(d, smem + d.residual_smem, m0, n0, tid);
     cp_async_commit();
   }
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
@@ -225,7 +226,7 @@ __global__ void __launch_bounds__(WgmmaTile<BM, BN>::kThreads, kMinBlocks) int8_
       stage[stage_pair<BN>(row, j * 4 + tig)] = make_int2(acc[4 * j + 2 * half], acc[4 * j + 2 * half + 1]);
     }
   __syncthreads();
-  store_epilogue<BM, BN, Cfg::kThreads, T, R>(d, stage, m0, n0, tid);
+  store_epilogue<BM, BN, Cfg::kThreads, T, R>(d, smem, m0, n0, tid);
 #endif
 }
 
@@ -233,9 +234,12 @@ template <int BM, int BN, int kMinBlocks, typename T, typename R>
 void launch_tile(const DeviceParams& d, cudaStream_t stream) {
   using Cfg = WgmmaTile<BM, BN>;
   auto kernel = int8_wgmma_kernel<BM, BN, kMinBlocks, T, R>;
-  KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
+  KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       max_smem_bytes<Cfg::kSmemBytes, BM, BN>()));
   const dim3 grid(static_cast<unsigned>((d.m + BM - 1) / BM), static_cast<unsigned>((d.g.k + BN - 1) / BN));
-  kernel<<<grid, Cfg::kThreads, used_smem_bytes<kStages, Cfg::kStageBytes, BM, BN>(d), stream>>>(d);
+  DeviceParams staged = d;
+  const int smem = plan_smem_bytes<kStages, Cfg::kStageBytes, BM, BN>(staged);
+  kernel<<<grid, Cfg::kThreads, smem, stream>>>(staged);
   KILN_CUDA_CHECK_LAUNCH();
 }
 

@@ -61,18 +61,66 @@ struct DeviceParams {
   const void* residual;
   void* y;
   int8_t* y8;  // y's int8 copy, or null
+  int r_size;  // the residual's element size: 1 (int8, dequantized with residual_scale) or sizeof(R)
+  // Where the block's [BM][BN] residual tile is staged in shared memory (copied with cp.async
+  // together with the first K step), or -1: the epilogue then loads it from global memory.
+  int residual_smem = -1;
 };
 
-// The dynamic shared memory a launch needs: the pipeline's slots that its K steps fill (slot
-// step % kSlots, so min(steps, kSlots) of them) and the epilogue's int32 [BM][BN] stage, which
-// reuses them. A 1x1 convolution of 64 input channels (one step) then takes a fraction of the
-// pipeline's size, and more of its short-lived blocks fit on an SM at once.
+// The most dynamic shared memory a block may have on sm_90 (227 KB).
+constexpr int kMaxSmemBytes = 232448;
+// Layers of at most this many K steps stage their residual in shared memory (when it fits): with
+// few steps the epilogue is most of a block's time, and a residual loaded there is a second
+// memory latency after the first; copied with the first step's tiles, it arrives with them.
+constexpr int kResidualPrefetchSteps = 4;
+
+// The dynamic shared memory a launch needs, deciding d.residual_smem: the pipeline's slots that
+// its K steps fill (slot step % kSlots, so min(steps, kSlots) of them) and the epilogue's int32
+// [BM][BN] stage, which reuses them; after those, the staged residual tile. A 1x1 convolution of
+// 64 input channels (one step) takes a fraction of the pipeline's size, so more of its
+// short-lived blocks fit on an SM at once. The kernel's shared-memory attribute must allow
+// max_smem_bytes<kSlots * kSlotBytes, BM, BN>().
 template <int kSlots, int kSlotBytes, int BM, int BN>
-inline int used_smem_bytes(const DeviceParams& d) {
+inline int plan_smem_bytes(DeviceParams& d) {
   const int steps = (d.gemm_k + kBlockK - 1) / kBlockK;
   const int slots = steps < kSlots ? steps : kSlots;
   const int pipeline = slots * kSlotBytes, epilogue = BM * BN * 4;
-  return pipeline > epilogue ? pipeline : epilogue;
+  const int used = pipeline > epilogue ? pipeline : epilogue;  // a multiple of 128 bytes
+  const int residual = BM * BN * d.r_size;
+  d.residual_smem = -1;
+  if (d.residual && steps <= kResidualPrefetchSteps && d.g.k * d.r_size % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(d.residual) % 16 == 0 && used + residual <= kMaxSmemBytes) {
+    d.residual_smem = used;
+    return used + residual;
+  }
+  return used;
+}
+
+// The shared-memory limit to set on a kernel whose pipeline takes kPipelineBytes: room for a
+// float32 residual tile after it, within the hardware's limit.
+template <int kPipelineBytes, int BM, int BN>
+constexpr int max_smem_bytes() {
+  return kPipelineBytes + BM * BN * 4 < kMaxSmemBytes ? kPipelineBytes + BM * BN * 4 : kMaxSmemBytes;
+}
+
+// Copies the block's residual tile (rows m0.., channels n0..n0 + BN of the residual, BN * r_size
+// bytes a row) into shared memory at `dst` with cp.async, 16 bytes a copy; rows past M and
+// channels past K are zero-filled (K * r_size is a multiple of 16: no copy straddles K).
+template <int BM, int BN, int kThreads>
+__device__ __forceinline__ void prefetch_residual(const DeviceParams& d, uint8_t* dst, int64_t m0, int n0,
+                                                  int tid) {
+  const int row_chunks = BN * d.r_size / 16;
+  const int64_t row_bytes = static_cast<int64_t>(d.g.k) * d.r_size;
+  const int n_byte0 = n0 * d.r_size;
+  const uint8_t* src = static_cast<const uint8_t*>(d.residual);
+#pragma unroll 1
+  for (int c = tid; c < BM * row_chunks; c += kThreads) {
+    const int row = c / row_chunks, chunk = c - row * row_chunks;
+    const int64_t m = m0 + row;
+    const int n_byte = n_byte0 + chunk * 16;
+    const bool ok = m < d.m && n_byte < row_bytes;
+    cp_async_16(dst + c * 16, ok ? src + m * row_bytes + n_byte : src, ok);
+  }
 }
 
 // The cp.async copies of one block's A and B tiles, step by step (BM output pixels x BN output
@@ -256,8 +304,9 @@ __device__ __forceinline__ void finish(const Int8ConvParams& g, float (&v)[kN], 
 // finished, so its memory latency is paid once a batch, not once a row: with one or two K steps
 // (a ResNet's 1x1 convolutions) this pass is most of a block's time.
 template <int kN, int kAct, int BM, int BN, int kThreads, typename T, typename R>
-__device__ __forceinline__ void store_tile(const DeviceParams& d, const int2* stage, int64_t m0, int n0,
+__device__ __forceinline__ void store_tile(const DeviceParams& d, const uint8_t* smem, int64_t m0, int n0,
                                            int tid) {
+  const int2* stage = reinterpret_cast<const int2*>(smem);
   const Int8ConvParams& g = d.g;
   constexpr int kPerRow = BN / kN;
   static_assert(kThreads % kPerRow == 0, "a thread keeps its channels from row to row");
@@ -270,8 +319,9 @@ __device__ __forceinline__ void store_tile(const DeviceParams& d, const int2* st
   const int n = n0 + kN * col;
   if (n >= g.k) return;  // K is a multiple of kN: the kN channels are all in y, or none is
   const bool int8_residual = g.residual_scale > 0.f;
-  // The residual's element size: int8 where it is dequantized, else R.
-  const int64_t r_size = int8_residual ? 1 : static_cast<int64_t>(sizeof(R));
+  const int64_t r_size = d.r_size;
+  // The residual tile staged in shared memory (prefetch_residual), or null.
+  const uint8_t* staged = d.residual_smem >= 0 ? smem + d.residual_smem : nullptr;
   const Pack<float, kN> alpha = *reinterpret_cast<const Pack<float, kN>*>(d.alpha + n);
   const Pack<float, kN> bias = *reinterpret_cast<const Pack<float, kN>*>(d.bias + n);
   T* y = static_cast<T*>(d.y);
@@ -281,9 +331,12 @@ __device__ __forceinline__ void store_tile(const DeviceParams& d, const int2* st
     if (d.residual) {
 #pragma unroll
       for (int b = 0; b < kBatch; ++b) {
-        const int64_t m = m0 + row0 + (p0 + b) * kRowStep;
-        if (m < d.m)
-          residual[b].load(static_cast<const uint8_t*>(d.residual) + (m * g.k + n) * r_size, int8_residual);
+        const int row = row0 + (p0 + b) * kRowStep;
+        const int64_t m = m0 + row;
+        if (m >= d.m) continue;
+        residual[b].load(staged ? staged + (row * BN + kN * col) * r_size
+                                : static_cast<const uint8_t*>(d.residual) + (m * g.k + n) * r_size,
+                         int8_residual);
       }
     }
 #pragma unroll
@@ -309,7 +362,7 @@ __device__ __forceinline__ void store_tile(const DeviceParams& d, const int2* st
 // The epilogue's second pass over the staged tile: eight channels at a time where y, the residual
 // and K allow it (the common case), with the usual activations compiled in; else pairs.
 template <int BM, int BN, int kThreads, typename T, typename R>
-__device__ __forceinline__ void store_epilogue(const DeviceParams& d, const int2* stage, int64_t m0, int n0,
+__device__ __forceinline__ void store_epilogue(const DeviceParams& d, const uint8_t* stage, int64_t m0, int n0,
                                                int tid) {
   const Int8ConvParams& g = d.g;
   if (d.vec8) {

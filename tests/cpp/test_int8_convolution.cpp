@@ -446,6 +446,19 @@ TEST(Int8Convolutions, CudaKernelMatchesTheReferenceOnEveryTile) {
   ConvCase calibrated = block;  // ... or, calibrated, int8 only: the residual read as int8
   calibrated.calibrated = true;
   check_cuda(calibrated);
+  // Layers of few K steps stage their residual in shared memory (prefetch_residual): a 1x1 with
+  // a float16 residual, K = 200 ending inside the last tile's channels and M inside its rows, and
+  // 1x1 ResNet blocks with a float16 and (calibrated) an int8 residual.
+  ConvCase pointwise = shaped(64, 200, 1, 0, 1, 9, 9);
+  pointwise.residual = true;
+  check_cuda(pointwise);
+  ConvCase block1x1 = block;
+  block1x1.kernel = 1;
+  block1x1.pad = 0;
+  block1x1.c = block1x1.k = 64;
+  check_cuda(block1x1);
+  block1x1.calibrated = true;
+  check_cuda(block1x1);
 }
 
 }  // namespace
