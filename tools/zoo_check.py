@@ -317,7 +317,8 @@ def profile(compiled, top: int = 8) -> str:
             shapes = " ".join("x".join(map(str, o[2])) for o in la.outputs)
             lines.append(
                 f"    slow: {la.time_ms:7.3f} ms {la.name[:40]:40s} {la.op:14s} "
-                f"{la.kernel[:30]:30s} {shapes}"
+                f"{la.kernel[:30]:30s} tac {la.tactic} {shapes} {la.dtypes}"
+                + (f" groups {la.attrs['groups']}" if la.attrs.get("groups", 1) != 1 else "")
             )
     return "\n".join(lines)
 
