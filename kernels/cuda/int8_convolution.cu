@@ -79,7 +79,8 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kern
 #pragma unroll 1
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < steps) load_step(s, s);
-    if (s == 0 && d.residual_smem >= 0) prefetch_residual<BM, BN, Cfg::kThreads>(d, smem + d.residual_smem, m0, n0, tid);
+    if (s == 0 && d.residual_smem >= 0)
+      prefetch_residual<BM, BN, Cfg::kThreads>(d, smem + d.residual_smem, m0, n0, tid);
     cp_async_commit();
   }
   for (int step = 0; step < steps; ++step) {

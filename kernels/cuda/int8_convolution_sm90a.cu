@@ -189,7 +189,8 @@ __global__ void __launch_bounds__(WgmmaTile<BM, BN>::kThreads, kMinBlocks) int8_
 #pragma unroll 1
   for (int s = 0; s < kDepth; ++s) {
     if (s < steps) loader.load(d, smem + s * Cfg::kStageBytes, s);
-    if (s == 0 && d.residual_smem >= 0) prefetch_residual<BM, BN, Cfg::kThreads>(d, smem + d.residual_smem, m0, n0, tid);
+    if (s == 0 && d.residual_smem >= 0)
+      prefetch_residual<BM, BN, Cfg::kThreads>(d, smem + d.residual_smem, m0, n0, tid);
     cp_async_commit();
   }
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));

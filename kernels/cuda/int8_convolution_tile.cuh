@@ -362,8 +362,8 @@ __device__ __forceinline__ void store_tile(const DeviceParams& d, const uint8_t*
 // The epilogue's second pass over the staged tile: eight channels at a time where y, the residual
 // and K allow it (the common case), with the usual activations compiled in; else pairs.
 template <int BM, int BN, int kThreads, typename T, typename R>
-__device__ __forceinline__ void store_epilogue(const DeviceParams& d, const uint8_t* stage, int64_t m0, int n0,
-                                               int tid) {
+__device__ __forceinline__ void store_epilogue(const DeviceParams& d, const uint8_t* stage, int64_t m0,
+                                               int n0, int tid) {
   const Int8ConvParams& g = d.g;
   if (d.vec8) {
     switch (g.activate ? g.act.type : kNoActivation) {
