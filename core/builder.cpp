@@ -82,9 +82,22 @@ Backend resolve_target(BuildTarget target) {
 constexpr int64_t kBuilderStages = 27;
 thread_local int64_t t_stage = 0;
 
+// Whether the environment's KILN_SKIP_PASSES (a comma list of pass names) names `name`: a way to
+// measure what one pass does on a model (docs/tools.md). Read at every pass: builds are rare.
+bool skipped_by_environment(const std::string& name) {
+  const char* list = std::getenv("KILN_SKIP_PASSES");
+  if (!list) return false;
+  const std::string names = std::string(",") + list + ",";
+  return names.find("," + name + ",") != std::string::npos;
+}
+
 // Runs `pass` on `net` and logs what it did; returns whether it changed the network.
 bool run_pass(const char* name, const std::function<bool(Network&)>& pass, Network& net) {
   report_progress("builder stages", std::min(t_stage++, kBuilderStages - 1), kBuilderStages);
+  if (skipped_by_environment(name)) {
+    KILN_LOG(kWarning, "builder: " << name << " skipped (KILN_SKIP_PASSES)");
+    return false;
+  }
   size_t before = net.layers().size();
   bool changed = pass(net);
   KILN_LOG(kVerbose, "builder: " << name << (changed ? " changed the network (" : " changed nothing (")
