@@ -168,6 +168,12 @@ def test_bad_input_is_refused():
         net.add_layer("fake_quantize", [x, s], {"format": "e3m4"})
 
 
+def _qat_conv(x, conv, scale, zero_point):
+    """conv(x) with the weight fake-quantized per output channel (padding 1), as QAT trains it."""
+    w = torch.fake_quantize_per_channel_affine(conv.weight, scale, zero_point, 0, -128, 127)
+    return torch.nn.functional.conv2d(x, w, conv.bias, padding=1)
+
+
 class QatNet(torch.nn.Module):
     """A QAT-style model: fake-quantized input, per-channel fake-quantized weights, fake-quantized
     activations."""
@@ -180,10 +186,7 @@ class QatNet(torch.nn.Module):
 
     def forward(self, x):
         x = torch.fake_quantize_per_tensor_affine(x, 0.02, 0, -128, 127)
-        w = torch.fake_quantize_per_channel_affine(
-            self.conv.weight, self.w_scale, self.w_zp, 0, -128, 127
-        )
-        y = torch.nn.functional.conv2d(x, w, self.conv.bias, padding=1).relu()
+        y = _qat_conv(x, self.conv, self.w_scale, self.w_zp).relu()
         return torch.fake_quantize_per_tensor_affine(y, 0.05, -128, -128, 127)
 
 
@@ -227,16 +230,10 @@ class StemPoolNet(torch.nn.Module):
 
     def forward(self, x):
         x = torch.fake_quantize_per_tensor_affine(x, 0.02, 0, -128, 127)
-        w1 = torch.fake_quantize_per_channel_affine(
-            self.conv1.weight, self.s1, self.zp1, 0, -128, 127
-        )
-        y = torch.nn.functional.conv2d(x, w1, self.conv1.bias, padding=1).relu()
+        y = _qat_conv(x, self.conv1, self.s1, self.zp1).relu()
         y = torch.nn.functional.max_pool2d(y, 3, 2, 1)
         y = torch.fake_quantize_per_tensor_affine(y, 0.03, 0, -128, 127)
-        w2 = torch.fake_quantize_per_channel_affine(
-            self.conv2.weight, self.s2, self.zp2, 0, -128, 127
-        )
-        y = torch.nn.functional.conv2d(y, w2, self.conv2.bias, padding=1)
+        y = _qat_conv(y, self.conv2, self.s2, self.zp2)
         return torch.fake_quantize_per_tensor_affine(y, 0.05, 0, -128, 127)
 
 
