@@ -356,3 +356,17 @@ def test_main_cuda_all_systems(tiny_zoo, tmp_path):
             assert "baseline_freed_mib" not in extra, (name, extra)
         assert r["cosine"] > (0.9999 if r["precision"] == "fp32" else 0.999)
         assert r["speedup"]["compile"] is not None
+
+
+def test_calibration_bench_times_each_algorithm_on_the_cpu(capsys):
+    # bench/calibration.py: the compile with calibration, the one from the cache it wrote, and
+    # their difference, per algorithm (a small model and few images on the reference backend).
+    calibration = _load("kiln_bench_calibration", ROOT / "bench" / "calibration.py")
+    argv = ["--device", "cpu", "--model", "resnet18", "--images", "2", "--batch", "2"]
+    assert calibration.main([*argv, "--algorithms", "minmax,entropy"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows[1:]] == ["minmax", "entropy"]
+    for row in rows[1:]:
+        total, cached, calibrated = (float(c) for c in row.split("|")[2:5])
+        assert total > 0 and cached > 0
+        assert calibrated == pytest.approx(total - cached, abs=0.011)
