@@ -21,6 +21,15 @@ inline void add_fused_name(Layer& l, const std::string& absorbed) {
   l.attrs.set("fused", fused_names(l) + "," + absorbed);
 }
 
+// Every layer and tensor name of `net`: the `used` set for unique_name where a pass's new layers
+// must not take a tensor's name either (layer names double as output tensor names).
+inline std::set<std::string> names_in_use(const Network& net) {
+  std::set<std::string> names;
+  for (const auto& l : net.layers()) names.insert(l.name);
+  for (const auto& t : net.tensors()) names.insert(t.name);
+  return names;
+}
+
 // `base`, or `base_1`, `base_2`, ... : the first name not in `used` (which then holds it). Passes
 // that add layers name them so.
 inline std::string unique_name(std::set<std::string>& used, const std::string& base) {

@@ -244,9 +244,7 @@ bool quantize_before_max_pools(Network& net) {
   for (const auto& l : net.layers()) {
     for (TensorId t : l.inputs) ++readers[static_cast<size_t>(t)];
   }
-  std::set<std::string> names;
-  for (const auto& l : net.layers()) names.insert(l.name);
-  for (const auto& t : net.tensors()) names.insert(t.name);
+  std::set<std::string> names = names_in_use(net);
   const size_t count = net.layers().size();
   std::vector<std::vector<Layer>> replacement(count);
   std::vector<bool> dropped(count, false);

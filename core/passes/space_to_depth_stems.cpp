@@ -94,9 +94,7 @@ int movable_fake_quantize(const Network& net, const std::vector<int>& producer,
 }  // namespace
 
 bool space_to_depth_stems(Network& net) {
-  std::set<std::string> names;
-  for (const auto& l : net.layers()) names.insert(l.name);
-  for (const auto& t : net.tensors()) names.insert(t.name);
+  std::set<std::string> names = names_in_use(net);
   const std::vector<int> producer = net.producers();
   std::vector<int> readers(net.tensors().size(), 0);
   for (const auto& l : net.layers()) {
@@ -129,10 +127,9 @@ bool space_to_depth_stems(Network& net) {
       in[0] = folded;
       folded = add("fake_quantize", in, fake.attrs, "s2d_fake_quantize");
     }
-    std::string wname = base + "/s2d_weight";
-    for (int n = 1; net.find_tensor(wname) >= 0; ++n) wname = base + "/s2d_weight_" + std::to_string(n);
     const TensorId weight =
-        add_derived_constant(net, wname, "space_to_depth", Attributes().set("channels", s.cp), {l.inputs[1]});
+        add_derived_constant(net, unique_tensor_name(net, base + "/s2d_weight"), "space_to_depth",
+                             Attributes().set("channels", s.cp), {l.inputs[1]});
     std::vector<TensorId> inputs = {folded, weight};
     if (l.inputs.size() == 3) inputs.push_back(l.inputs[2]);
     Attributes attrs = l.attrs;
