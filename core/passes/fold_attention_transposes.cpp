@@ -65,10 +65,7 @@ TensorId bshd_root(const Network& net, const ViewTracer& tracer, TensorId t) {
 
 bool fold_attention_transposes(Network& net) {
   const std::vector<int> producer = net.producers();
-  std::vector<int> uses(net.tensors().size(), 0);
-  for (const auto& l : net.layers()) {
-    for (TensorId t : l.inputs) ++uses[t];
-  }
+  std::vector<int> uses = reader_counts(net);
   std::set<std::string> names;
   for (const auto& l : net.layers()) names.insert(l.name);
 

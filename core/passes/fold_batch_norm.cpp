@@ -53,10 +53,7 @@ Attributes batch_norm_attrs(const Layer& bn, DataType dtype) {
 }  // namespace
 
 bool fold_batch_norm(Network& net) {
-  std::vector<int> uses(net.tensors().size(), 0);
-  for (const auto& l : net.layers()) {
-    for (TensorId t : l.inputs) ++uses[t];
-  }
+  std::vector<int> uses = reader_counts(net);
   const std::vector<int> producer_of = net.producers();
   auto& layers = net.mutable_layers();
   std::vector<bool> removed(layers.size(), false);

@@ -77,10 +77,7 @@ bool attention_writes_e4m3(const Network& net, const Layer& l) {
 
 bool fold_quantize_copies(Network& net) {
   const std::vector<int> producer = net.producers();
-  std::vector<int> readers(net.tensors().size(), 0);
-  for (const auto& l : net.layers()) {
-    for (TensorId t : l.inputs) ++readers[static_cast<size_t>(t)];
-  }
+  std::vector<int> readers = reader_counts(net);
   const auto sole = [&](TensorId t) { return readers[static_cast<size_t>(t)] == 1 && !net.is_output(t); };
   std::vector<Layer>& layers = net.mutable_layers();
   std::vector<bool> folded(layers.size(), false);

@@ -62,10 +62,7 @@ bool add_zero_biases(Network& net) {
 }  // namespace
 
 bool fuse_conv_epilogue(Network& net) {
-  std::vector<int> uses(net.tensors().size(), 0);
-  for (const auto& l : net.layers()) {
-    for (TensorId t : l.inputs) ++uses[t];
-  }
+  std::vector<int> uses = reader_counts(net);
   std::vector<int> producer_of = net.producers();
   auto& layers = net.mutable_layers();
   std::vector<bool> removed(layers.size(), false);

@@ -37,10 +37,7 @@ namespace {
 
 // Uses of each tensor by layers and output bindings.
 std::vector<int> count_uses(const Network& net) {
-  std::vector<int> uses(net.tensors().size(), 0);
-  for (const auto& l : net.layers()) {
-    for (TensorId t : l.inputs) ++uses[t];
-  }
+  std::vector<int> uses = reader_counts(net);
   for (TensorId t : net.outputs()) ++uses[t];
   return uses;
 }

@@ -30,6 +30,16 @@ inline std::set<std::string> names_in_use(const Network& net) {
   return names;
 }
 
+// How many times layers read each tensor (a layer reading one twice counts twice); network outputs
+// are not counted.
+inline std::vector<int> reader_counts(const Network& net) {
+  std::vector<int> readers(net.tensors().size(), 0);
+  for (const auto& l : net.layers()) {
+    for (TensorId t : l.inputs) ++readers[static_cast<size_t>(t)];
+  }
+  return readers;
+}
+
 // `base`, or `base_1`, `base_2`, ... : the first name not in `used` (which then holds it). Passes
 // that add layers name them so.
 inline std::string unique_name(std::set<std::string>& used, const std::string& base) {

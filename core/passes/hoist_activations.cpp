@@ -35,10 +35,7 @@ bool takes_an_activation(const Layer& l) {
 
 bool hoist_activations(Network& net) {
   const std::vector<int> producer = net.producers();
-  std::vector<int> uses(net.tensors().size(), 0);
-  for (const auto& l : net.layers()) {
-    for (TensorId t : l.inputs) ++uses[t];
-  }
+  std::vector<int> uses = reader_counts(net);
   auto read_once = [&](TensorId t) { return uses[t] == 1 && !net.is_output(t); };
 
   struct Move {

@@ -40,12 +40,7 @@ struct Trace {
 
 class Matcher {
  public:
-  explicit Matcher(const Network& net)
-      : net_(net), producer_(net.producers()), uses_(net.tensors().size(), 0) {
-    for (const auto& l : net.layers()) {
-      for (TensorId t : l.inputs) ++uses_[t];
-    }
-  }
+  explicit Matcher(const Network& net) : net_(net), producer_(net.producers()), uses_(reader_counts(net)) {}
 
   bool single_use(TensorId t) const { return uses_[t] == 1 && !net_.is_output(t); }
 

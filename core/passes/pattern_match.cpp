@@ -1,5 +1,6 @@
 #include "core/passes/pattern_match.h"
 
+#include "core/passes/fused_names.h"
 #include "core/weight_transforms.h"
 
 #include "kernels/reference/host_access.h"
@@ -7,11 +8,7 @@
 namespace kiln {
 
 PatternMatcher::PatternMatcher(const Network& net)
-    : net_(net), producer_(net.producers()), uses_(net.tensors().size(), 0) {
-  for (const auto& l : net.layers()) {
-    for (TensorId t : l.inputs) ++uses_[t];
-  }
-}
+    : net_(net), producer_(net.producers()), uses_(reader_counts(net)) {}
 
 const Layer* PatternMatcher::producer(TensorId t) const {
   int p = producer_[t];

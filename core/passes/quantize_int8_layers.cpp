@@ -156,10 +156,7 @@ std::shared_ptr<std::vector<uint8_t>> pad_channels(const std::vector<uint8_t>& w
 bool fold_requantize(Network& net) {
   eliminate_dead_layers(net);  // the fake_quantize layers the rewrite left unread
   const std::vector<int> producer = net.producers();
-  std::vector<int> readers(net.tensors().size(), 0);
-  for (const auto& l : net.layers()) {
-    for (TensorId t : l.inputs) ++readers[static_cast<size_t>(t)];
-  }
+  std::vector<int> readers = reader_counts(net);
   std::vector<Layer>& layers = net.mutable_layers();
   std::vector<bool> folded(layers.size(), false);
   for (size_t i = 0; i < layers.size(); ++i) {
@@ -240,10 +237,7 @@ bool int8_residuals(Network& net) {
 // tensor (quantization_producer looks through it): half the pooling's bytes, one quantize less.
 bool quantize_before_max_pools(Network& net) {
   const std::vector<int> producer = net.producers();
-  std::vector<int> readers(net.tensors().size(), 0);
-  for (const auto& l : net.layers()) {
-    for (TensorId t : l.inputs) ++readers[static_cast<size_t>(t)];
-  }
+  std::vector<int> readers = reader_counts(net);
   std::set<std::string> names = names_in_use(net);
   const size_t count = net.layers().size();
   std::vector<std::vector<Layer>> replacement(count);

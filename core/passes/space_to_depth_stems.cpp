@@ -96,10 +96,7 @@ int movable_fake_quantize(const Network& net, const std::vector<int>& producer,
 bool space_to_depth_stems(Network& net) {
   std::set<std::string> names = names_in_use(net);
   const std::vector<int> producer = net.producers();
-  std::vector<int> readers(net.tensors().size(), 0);
-  for (const auto& l : net.layers()) {
-    for (TensorId t : l.inputs) ++readers[static_cast<size_t>(t)];
-  }
+  std::vector<int> readers = reader_counts(net);
   const size_t count = net.layers().size();
   std::vector<std::vector<Layer>> replacement(count);
   std::vector<bool> dropped(count, false);
