@@ -79,7 +79,7 @@ Backend resolve_target(BuildTarget target) {
 }
 
 // The builder's stages (run_pass calls) for its progress report: counted per build.
-constexpr int64_t kBuilderStages = 28;
+constexpr int64_t kBuilderStages = 27;
 thread_local int64_t t_stage = 0;
 
 // Whether the environment's KILN_SKIP_PASSES (a comma list of pass names) names `name`: a way to
@@ -241,10 +241,6 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
       run_pass("eliminate_dead_layers", eliminate_dead_layers, net);
     run_pass("hoist_activations", hoist_activations, net);
     run_pass("fuse_conv_epilogue", fuse_conv_epilogue, net);
-    // Grouped convolutions 120 channels a group (regnet_x) -> 128 with zero weights: cuDNN's
-    // channels-last FP16/BF16 grouped kernels are fast on groups a multiple of 32 wide.
-    if (backend == Backend::kCuda && (config.precision.fp16 || config.precision.bf16))
-      run_pass("pad_group_widths", pad_group_widths, net);
     run_pass("fuse_gemm_epilogue", gemm_epilogue, net);
     run_pass(
         "fuse_parallel_gemms", [&](Network& n) { return fuse_parallel_gemms(n, pinned); }, net);

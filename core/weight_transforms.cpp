@@ -304,34 +304,6 @@ const std::map<std::string, Transform>& transforms() {
          dims.back() = to;
          return ConstantValue{in[0].dtype, dims, std::move(bytes)};
        }},
-      {"pad_groups",
-       // Each of `groups` runs of `from` entries along `axis` followed by to - from zeros
-       // (pad_group_widths: a grouped convolution's groups widened, with its neighbours' weights).
-       [](const Lineage& node, const std::vector<ConstantValue>& in) {
-         expect_inputs(node, in, 1, 1);
-         const std::string who = "weight transform pad_groups";
-         const int64_t axis = node.attrs.get_int("axis", who), groups = node.attrs.get_int("groups", who);
-         const int64_t from = node.attrs.get_int("from", who), to = node.attrs.get_int("to", who);
-         const Dims& d = in[0].dims;
-         KILN_CHECK(axis >= 0 && axis < static_cast<int64_t>(d.size()) && groups > 0 && from > 0 &&
-                        to >= from && d[static_cast<size_t>(axis)] == groups * from,
-                    "weight transform 'pad_groups': dims " << to_string(d) << ", axis " << axis << ", "
-                                                           << groups << " groups of " << from << " to "
-                                                           << to);
-         const size_t e = dtype_size(in[0].dtype);
-         int64_t outer = 1, inner = 1;
-         for (int64_t i = 0; i < axis; ++i) outer *= d[static_cast<size_t>(i)];
-         for (size_t i = static_cast<size_t>(axis) + 1; i < d.size(); ++i) inner *= d[i];
-         Dims dims = d;
-         dims[static_cast<size_t>(axis)] = groups * to;
-         auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(volume(dims)) * e, 0);
-         const size_t run = static_cast<size_t>(from * inner) * e,
-                      stride = static_cast<size_t>(to * inner) * e;
-         for (int64_t r = 0; r < outer * groups; ++r)
-           std::memcpy(bytes->data() + static_cast<size_t>(r) * stride,
-                       in[0].bytes() + static_cast<size_t>(r) * run, run);
-         return ConstantValue{in[0].dtype, dims, std::move(bytes)};
-       }},
       {"space_to_depth",
        // A stride-2 convolution's weight [K, C, kh, kw] for the same convolution over the input
        // folded 2x2 into channels (space_to_depth_stems): [K, 4 * channels, ceil(kh / 2),

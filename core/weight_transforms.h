@@ -11,7 +11,6 @@
 //   convert         x -> x as dtype `dtype` (store_element's rounding)
 //   nhwc            rank <= 4 x, padded with leading ones to rank 4 -> NCHW permuted to NHWC
 //   pad_channels    [.., c] -> [.., `channels`] (zeros after c)
-//   pad_groups      `groups` runs of `from` along `axis` -> each followed by `to` - `from` zeros
 //   concat_rows     [r_i, ...] (same trailing dims) -> [sum r_i, ...]
 //   bn_fold_weight  w, gamma, beta, mean, var -> w * s[out channel] (`eps`, `producer`, `groups`)
 //   bn_fold_bias    gamma, beta, mean, var[, b] -> (b * s) + shift, in dtype `dtype` (`eps`)

@@ -42,9 +42,6 @@ bool patchify_convolutions(Network& net);
 // Stride-2 convolutions over <= 4 channels with 5x5+ kernels (ResNet's stem) -> the input folded
 // 2x2 into 16 channels and a stride-1 convolution with a quarter of the taps.
 bool space_to_depth_stems(Network& net);
-// Grouped convolutions with groups >= 32 and not a multiple of 32 channels wide (regnet_x's 120) ->
-// groups padded to a multiple of 32 with zero weights, in the convolutions before and after too.
-bool pad_group_widths(Network& net);
 // Transposes that, through the views before them, read a tensor in its own order -> reshapes;
 // with `compose`, transposes of transposes -> one transpose.
 bool collapse_transposes(Network& net, bool compose = false);
