@@ -18,7 +18,10 @@
 // Convolution has kDepthwiseVariants more tactics from kDepthwiseTactic (=
 // CUDNN_CONVOLUTION_FWD_ALGO_COUNT) on: Kiln's own depthwise kernels (depthwise_convolution.cu,
 // epilogue fused; tactic kDepthwiseTactic + v runs variant v), for 2d layers with one filter per
-// channel; other layers, and shapes a variant does not cover, refuse them.
+// channel; other layers, and shapes a variant does not cover, refuse them. Then kCudnnGraphConfigs
+// graph tactics from kGraphTactic on: cuDNN's graph API with the k-th engine configuration its
+// heuristics offer (cudnn_graph_convolution.h; the epilogue in the own kernel after), timed only with
+// KILN_CUDNN_GRAPH=1 (experimental) and loaded from any plan that chose one.
 #include <algorithm>
 #include <atomic>
 #include <map>
@@ -31,6 +34,7 @@
 #include "ir/ops/convolution.h"
 #include "kernels/cuda/activation_math.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cudnn_graph_convolution.h"
 #include "kernels/cuda/cudnn_util.h"
 #include "kernels/cuda/depthwise_convolution.h"
 #include "kernels/cuda/dtype_traits.cuh"
@@ -41,6 +45,7 @@ namespace kiln {
 namespace {
 
 constexpr int kDepthwiseTactic = static_cast<int>(CUDNN_CONVOLUTION_FWD_ALGO_COUNT);
+constexpr int kGraphTactic = kDepthwiseTactic + kDepthwiseVariants;
 constexpr int64_t kDepthwiseMaxTaps = 256;  // its weights per channel vector fit shared memory
 
 struct EpilogueParams {
@@ -88,8 +93,8 @@ class CudnnConvolution final : public Kernel {
         allow_tf32_(layer_.attrs.get_int("allow_tf32", int64_t{0}) != 0),
         channels_last_(channels_last(layer_)),
         tactic_(static_cast<int>(layer_.attrs.get_int("tactic", int64_t{-1}))) {
-    KILN_CHECK(tactic_ >= -1 && tactic_ < num_tactics(),
-               who_ << ": tactic " << tactic_ << " is out of range (-1 or 0.." << num_tactics() - 1 << ")");
+    KILN_CHECK(tactic_ >= -1 && tactic_ < tactic_count(),
+               who_ << ": tactic " << tactic_ << " is out of range (-1 or 0.." << tactic_count() - 1 << ")");
     epilogue_ = conv_epilogue(layer_, layer_.inputs.size());
     if (epilogue_.activation != "none") {
       params_.act.type = variant_code(activation_types(), epilogue_.activation);
@@ -113,6 +118,11 @@ class CudnnConvolution final : public Kernel {
     auto handle = static_cast<cudnnHandle_t>(ctx.cudnn);
     KILN_CHECK(handle != nullptr, who_ << ": no cuDNN handle in the launch context");
     KILN_CUDNN_CHECK(cudnnSetStream(handle, stream));
+    if (graph()) {
+      graph_plan(handle, x, w, y, ctx.workspace_bytes).run(handle, x.data, w.data, y.data, ctx.workspace);
+      if (bias || residual || params_.activate) run_epilogue(y, bias, residual, stream);
+      return;
+    }
     const Prepared& p = prepared(handle, x, w, y, bias != nullptr, ctx.workspace_bytes);
 
     const float one = 1.f, zero = 0.f;
@@ -150,16 +160,49 @@ class CudnnConvolution final : public Kernel {
 
   std::string name() const override {
     if (transposed_) return "cudnn_deconvolution";
+    if (graph()) return "cudnn_graph_convolution";
     return depthwise() ? "cuda_depthwise_convolution" : "cudnn_convolution";
   }
   bool uses_cudnn() const override { return !depthwise(); }
+  // The tactics the builder times: the graph ones only with KILN_CUDNN_GRAPH=1.
   int num_tactics() const override {
-    return transposed_ ? static_cast<int>(CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT)
-                       : kDepthwiseTactic + kDepthwiseVariants;
+    if (transposed_) return static_cast<int>(CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT);
+    return cudnn_graph_tactics_enabled() ? tactic_count() : kGraphTactic;
   }
 
  private:
-  bool depthwise() const { return !transposed_ && tactic_ >= kDepthwiseTactic; }
+  // Every tactic a plan may hold.
+  int tactic_count() const {
+    return transposed_ ? static_cast<int>(CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT)
+                       : kGraphTactic + kCudnnGraphConfigs;
+  }
+  bool depthwise() const { return !transposed_ && tactic_ >= kDepthwiseTactic && tactic_ < kGraphTactic; }
+  bool graph() const { return !transposed_ && tactic_ >= kGraphTactic; }
+
+  // The graph tactic's plan for this input shape and workspace, built once.
+  const CudnnGraphConvolution& graph_plan(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
+                                          const TensorView& y, size_t workspace_bytes) const {
+    std::vector<int64_t> key = x.dims;
+    key.push_back(static_cast<int64_t>(workspace_bytes));
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = graph_cache_.find(key);
+      if (it != graph_cache_.end()) return *it->second;
+    }
+    GraphConvShape s;
+    s.dtype = x.dtype;
+    s.x = channels_last_ ? channels_first_dims(x.dims) : x.dims;
+    s.w = channels_last_ ? channels_first_dims(w.dims) : w.dims;
+    s.y = channels_last_ ? channels_first_dims(y.dims) : y.dims;
+    s.channels_last = channels_last_;
+    s.allow_tf32 = allow_tf32_;
+    s.geometry = conv_geometry(layer_, static_cast<int>(s.x.size()) - 2);
+    auto plan =
+        std::make_unique<CudnnGraphConvolution>(handle, s, tactic_ - kGraphTactic, workspace_bytes, who_);
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto inserted = graph_cache_.emplace(std::move(key), std::move(plan));
+    return *inserted.first->second;
+  }
 
   // The depthwise tactics: x [N, C, H, W] (or channels last) with weight [C, 1, kh, kw] and groups
   // = C; anything else is refused with what the tactic needs.
@@ -399,6 +442,7 @@ class CudnnConvolution final : public Kernel {
   EpilogueParams params_{};
   mutable std::mutex mutex_;
   mutable std::map<std::vector<int64_t>, std::unique_ptr<Prepared>> cache_;
+  mutable std::map<std::vector<int64_t>, std::unique_ptr<CudnnGraphConvolution>> graph_cache_;
 };
 
 }  // namespace

@@ -460,11 +460,11 @@ def test_convolution_epilogue_cuda_matches_torch(
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tactic", list(range(11)))
+@pytest.mark.parametrize("tactic", list(range(15)))
 def test_convolution_cuda_tactics_run_or_refuse(tactic, strict_fp32_torch):
-    # Tactics 0-7 are cuDNN's algorithms, 8-10 Kiln's depthwise kernels: each either computes the
-    # convolution or refuses with an error naming the layer (unsupported algorithm, workspace, or
-    # not a depthwise layer).
+    # Tactics 0-7 are cuDNN's algorithms, 8-10 Kiln's depthwise kernels, 11-14 cuDNN's graph API:
+    # each either computes the convolution or refuses with an error naming the layer (unsupported
+    # algorithm, workspace, not a depthwise layer, fewer engine configurations).
     x, w = torch.randn(2, 8, 12, 12).half(), (torch.randn(16, 8, 3, 3) / 8).half()
     attrs = {"pads": [1, 1], "tactic": tactic}
     add = lambda net, *t: net.add_layer("convolution", list(t), attrs, "tac_conv")  # noqa: E731
@@ -597,3 +597,47 @@ def test_convolution_cuda_tactic_out_of_range_is_refused():
     add = lambda net, *t: net.add_layer("convolution", list(t), {"tactic": 99}, "tac99")  # noqa: E731
     with pytest.raises(kiln.KilnError, match="tac99.*tactic 99 is out of range"):
         run_layer(add, [x, w], "cuda")
+
+
+GRAPH_TACTICS = [11, 12, 13, 14]  # after the depthwise kernels: cuDNN's graph API (experimental)
+# (x shape, weight shape, stride, padding, groups): plain, grouped (regnet_x's 3x3 layers, narrow),
+# strided, 1x1.
+GRAPH_CASES = [
+    ((2, 16, 12, 12), (32, 16, 3, 3), 1, 1, 1),
+    ((1, 96, 14, 14), (96, 24, 3, 3), 1, 1, 4),
+    ((2, 64, 15, 15), (64, 32, 3, 3), 2, 1, 2),
+    ((1, 32, 7, 7), (48, 32, 1, 1), 1, 0, 1),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GRAPH_CASES, ids=[str(c[:2]) for c in GRAPH_CASES])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tactic", GRAPH_TACTICS)
+def test_cudnn_graph_tactic_matches_torch(case, layout, dtype, tactic, strict_fp32_torch):
+    # The convolution through cuDNN's graph API and the k-th engine its heuristics offer, the bias,
+    # residual and relu in Kiln's epilogue kernel after; or a refusal naming the layer when cuDNN
+    # offers fewer usable engines.
+    xs, ws, stride, padding, groups = case
+    x, w = torch.randn(xs).to(dtype), (torch.randn(ws) / math.prod(ws[1:]) ** 0.5).to(dtype)
+    b = torch.randn(ws[0]).to(dtype)
+    want = F.conv2d(x.double(), w.double(), b.double(), stride, padding, 1, groups)
+    r = torch.randn(want.shape).to(dtype)
+    want = F.relu(want + r.double())
+    attrs = {"strides": [stride] * 2, "pads": [padding] * 2, "groups": groups, "layout": layout}
+    attrs.update(tactic=tactic, activation="relu", residual=1)
+    stored = [x, w, b, r]
+    if layout == "nhwc":
+        stored = [to_last(x), to_last(w), b, to_last(r)]
+        want = to_last(want)
+    add = lambda net, *t: net.add_layer("convolution", list(t), attrs, "graph_conv")  # noqa: E731
+    try:
+        got = run_layer(add, stored, "cuda")
+    except kiln.KilnError as e:
+        assert "graph_conv" in str(e) and "graph tactic" in str(e), str(e)
+        assert tactic > GRAPH_TACTICS[0], f"not even one engine: {e}"
+        return
+    assert got.dtype == dtype
+    tol = gpu_tolerance(dtype, math.prod(ws[1:]))
+    torch.testing.assert_close(got.double(), want.to(dtype).double(), **tol)

@@ -1,0 +1,292 @@
+// cuDNN graph (backend) API convolution: see cudnn_graph_convolution.h. The descriptors are built
+// once per shape and tactic (CudnnConvolution caches them); a run builds only the variant pack (the
+// data pointers) and executes the plan.
+#include "kernels/cuda/cudnn_graph_convolution.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <utility>
+#include <vector>
+
+#include "ir/error.h"
+#include "kernels/cuda/cudnn_util.h"
+
+namespace kiln {
+namespace {
+
+// Unique ids of the graph's tensors (the variant pack names them so).
+constexpr int64_t kX = 'x', kW = 'w', kY = 'y';
+constexpr int64_t kAlignment = 16;  // bytes: Kiln's buffers and arena offsets are aligned to more
+
+std::string last_error() {
+  char message[512] = {0};
+  cudnnGetLastErrorString(message, sizeof(message));
+  return message[0] ? std::string(" (") + message + ")" : std::string();
+}
+
+// A backend descriptor, destroyed with its owner.
+class Desc {
+ public:
+  Desc() = default;
+  Desc(cudnnBackendDescriptorType_t type, const std::string& who) {
+    const cudnnStatus_t st = cudnnBackendCreateDescriptor(type, &d_);
+    KILN_CHECK(st == CUDNN_STATUS_SUCCESS, who << ": cuDNN could not create a backend descriptor of type "
+                                               << static_cast<int>(type) << ": " << cudnnGetErrorString(st));
+  }
+  ~Desc() {
+    if (d_) cudnnBackendDestroyDescriptor(d_);
+  }
+  Desc(Desc&& o) noexcept : d_(std::exchange(o.d_, nullptr)) {}
+  Desc& operator=(Desc&& o) noexcept {
+    std::swap(d_, o.d_);
+    return *this;
+  }
+  Desc(const Desc&) = delete;
+  Desc& operator=(const Desc&) = delete;
+  cudnnBackendDescriptor_t get() const { return d_; }
+
+ private:
+  cudnnBackendDescriptor_t d_ = nullptr;
+};
+
+// Sets an attribute; a refusal names the attribute and cuDNN's reason.
+void set(const Desc& d, cudnnBackendAttributeName_t name, cudnnBackendAttributeType_t type, int64_t count,
+         const void* values, const std::string& who) {
+  const cudnnStatus_t st = cudnnBackendSetAttribute(d.get(), name, type, count, values);
+  KILN_CHECK(st == CUDNN_STATUS_SUCCESS, who << ": cuDNN refused backend attribute " << static_cast<int>(name)
+                                             << ": " << cudnnGetErrorString(st) << last_error());
+}
+
+void set_desc(const Desc& d, cudnnBackendAttributeName_t name, const Desc& value, const std::string& who) {
+  cudnnBackendDescriptor_t v = value.get();
+  set(d, name, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &v, who);
+}
+
+void set_ints(const Desc& d, cudnnBackendAttributeName_t name, const std::vector<int64_t>& v,
+              const std::string& who) {
+  set(d, name, CUDNN_TYPE_INT64, static_cast<int64_t>(v.size()), v.data(), who);
+}
+
+void finalize(const Desc& d, const char* what, const std::string& who) {
+  const cudnnStatus_t st = cudnnBackendFinalize(d.get());
+  KILN_CHECK(st == CUDNN_STATUS_SUCCESS,
+             who << ": cuDNN refused the " << what << ": " << cudnnGetErrorString(st) << last_error());
+}
+
+// Strides of `dims` ([N, C, spatial...]) laid out channels first, or channels last (C innermost,
+// then the spatial dims in order, N outermost).
+std::vector<int64_t> strides_of(const std::vector<int64_t>& dims, bool channels_last) {
+  const size_t n = dims.size();
+  std::vector<int64_t> s(n, 1);
+  if (!channels_last) {
+    for (size_t i = n - 1; i-- > 0;) s[i] = s[i + 1] * dims[i + 1];
+    return s;
+  }
+  s[1] = 1;
+  int64_t step = dims[1];
+  for (size_t i = n - 1; i >= 2; --i) {
+    s[i] = step;
+    step *= dims[i];
+  }
+  s[0] = step;
+  return s;
+}
+
+// 1d convolutions run as 2d with a height of 1 (as the legacy path's cudnn_dims).
+std::vector<int64_t> widened(const Dims& d) {
+  std::vector<int64_t> r(d.begin(), d.end());
+  if (r.size() == 3) r.insert(r.begin() + 2, 1);
+  return r;
+}
+
+std::vector<int64_t> widened_spatial(const std::vector<int64_t>& v, int64_t fill) {
+  std::vector<int64_t> r = v;
+  if (r.size() == 1) r.insert(r.begin(), fill);
+  return r;
+}
+
+Desc tensor(int64_t uid, cudnnDataType_t type, const std::vector<int64_t>& dims, bool channels_last,
+            const std::string& who) {
+  Desc t(CUDNN_BACKEND_TENSOR_DESCRIPTOR, who);
+  set(t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type, who);
+  set_ints(t, CUDNN_ATTR_TENSOR_DIMENSIONS, dims, who);
+  set_ints(t, CUDNN_ATTR_TENSOR_STRIDES, strides_of(dims, channels_last), who);
+  set(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid, who);
+  set(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &kAlignment, who);
+  finalize(t, "tensor descriptor", who);
+  return t;
+}
+
+// The notes an engine carries (numerical or behavior), as ints.
+template <typename Note>
+std::vector<int> notes_of(const Desc& engine, cudnnBackendAttributeName_t name,
+                          cudnnBackendAttributeType_t type, int count) {
+  std::vector<Note> notes(static_cast<size_t>(count));
+  int64_t returned = 0;
+  if (cudnnBackendGetAttribute(engine.get(), name, type, count, &returned, notes.data()) !=
+      CUDNN_STATUS_SUCCESS)
+    return {};
+  std::vector<int> out;
+  for (int64_t i = 0; i < returned; ++i) out.push_back(static_cast<int>(notes[static_cast<size_t>(i)]));
+  return out;
+}
+
+bool has(const std::vector<int>& notes, int note) {
+  for (int n : notes)
+    if (n == note) return true;
+  return false;
+}
+
+}  // namespace
+
+bool cudnn_graph_tactics_enabled() {
+  const char* v = std::getenv("KILN_CUDNN_GRAPH");
+  return v && std::strcmp(v, "1") == 0;
+}
+
+struct CudnnGraphConvolution::Impl {
+  Desc x, w, y, conv, op, graph;
+  std::vector<Desc> configs;  // the heuristics' engine configurations (the plan's stays alive)
+  Desc plan;
+  size_t workspace = 0;
+  int64_t engine = -1;
+  std::string who;
+};
+
+CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphConvShape& s, int config,
+                                             size_t workspace_limit, const std::string& who)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  m.who = who + " (cuDNN graph tactic " + std::to_string(config) + ")";
+  const std::string& id = m.who;
+  KILN_CHECK(config >= 0 && config < kCudnnGraphConfigs, id << ": no such engine configuration");
+  const cudnnDataType_t type = cudnn_type(s.dtype, id);
+  m.x = tensor(kX, type, widened(s.x), s.channels_last, id);
+  m.w = tensor(kW, type, widened(s.w), s.channels_last, id);
+  m.y = tensor(kY, type, widened(s.y), s.channels_last, id);
+
+  const ConvGeometry& g = s.geometry;
+  m.conv = Desc(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, id);
+  const cudnnDataType_t compute = CUDNN_DATA_FLOAT;  // FP32 accumulation for every dtype
+  const cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+  const std::vector<int64_t> pads = widened_spatial(g.pads, 0);
+  const int64_t spatial = static_cast<int64_t>(pads.size());
+  set(m.conv, CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &compute, id);
+  set(m.conv, CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode, id);
+  set(m.conv, CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, CUDNN_TYPE_INT64, 1, &spatial, id);
+  set_ints(m.conv, CUDNN_ATTR_CONVOLUTION_DILATIONS, widened_spatial(g.dilations, 1), id);
+  set_ints(m.conv, CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, widened_spatial(g.strides, 1), id);
+  set_ints(m.conv, CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, pads, id);
+  set_ints(m.conv, CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, pads, id);
+  finalize(m.conv, "convolution descriptor", id);
+
+  m.op = Desc(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, id);
+  const float alpha = 1.f, beta = 0.f;
+  set_desc(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, m.x, id);
+  set_desc(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, m.w, id);
+  set_desc(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, m.y, id);
+  set_desc(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, m.conv, id);
+  set(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha, id);
+  set(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &beta, id);
+  finalize(m.op, "convolution operation", id);
+
+  m.graph = Desc(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, id);
+  cudnnBackendDescriptor_t ops = m.op.get();
+  set(m.graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &ops, id);
+  set(m.graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle, id);
+  finalize(m.graph, "operation graph", id);
+
+  // The heuristics' engine configurations, mode A first, then the fallback list.
+  for (cudnnBackendHeurMode_t heur_mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
+    Desc heur(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, id);
+    set_desc(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, m.graph, id);
+    set(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &heur_mode, id);
+    if (cudnnBackendFinalize(heur.get()) != CUDNN_STATUS_SUCCESS) continue;
+    int64_t count = 0;
+    if (cudnnBackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0,
+                                 &count, nullptr) != CUDNN_STATUS_SUCCESS ||
+        count <= 0)
+      continue;
+    std::vector<Desc> found;
+    std::vector<cudnnBackendDescriptor_t> raw;
+    for (int64_t i = 0; i < count; ++i) {
+      found.emplace_back(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, id);
+      raw.push_back(found.back().get());
+    }
+    int64_t returned = 0;
+    if (cudnnBackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                 count, &returned, raw.data()) != CUDNN_STATUS_SUCCESS)
+      continue;
+    for (int64_t i = 0; i < returned && i < count; ++i)
+      m.configs.push_back(std::move(found[static_cast<size_t>(i)]));
+  }
+
+  // The usable ones in that order: no runtime compilation (builds stay fast), float32 strict
+  // unless TF32 is allowed, a plan cuDNN finalizes, a workspace within the limit.
+  const bool strict = s.dtype == DataType::kFloat32 && !s.allow_tf32;
+  int usable = 0;
+  for (const Desc& cfg : m.configs) {
+    Desc engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR, id);
+    cudnnBackendDescriptor_t e = engine.get();
+    int64_t got = 0;
+    if (cudnnBackendGetAttribute(cfg.get(), CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                                 &got, &e) != CUDNN_STATUS_SUCCESS)
+      continue;
+    const std::vector<int> behavior = notes_of<cudnnBackendBehaviorNote_t>(
+        engine, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE, CUDNN_BEHAVIOR_NOTE_TYPE_COUNT);
+    const std::vector<int> numerics = notes_of<cudnnBackendNumericalNote_t>(
+        engine, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE, CUDNN_NUMERICAL_NOTE_TYPE_COUNT);
+    if (has(behavior, CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION)) continue;
+    if (strict && (has(numerics, CUDNN_NUMERICAL_NOTE_TENSOR_CORE) ||
+                   has(numerics, CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS)))
+      continue;
+    Desc plan(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, id);
+    cudnnBackendDescriptor_t c = cfg.get();
+    if (cudnnBackendSetAttribute(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1,
+                                 &handle) != CUDNN_STATUS_SUCCESS ||
+        cudnnBackendSetAttribute(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
+                                 CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c) != CUDNN_STATUS_SUCCESS ||
+        cudnnBackendFinalize(plan.get()) != CUDNN_STATUS_SUCCESS)
+      continue;
+    int64_t bytes = 0;
+    if (cudnnBackendGetAttribute(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1,
+                                 &got, &bytes) != CUDNN_STATUS_SUCCESS ||
+        bytes < 0 || static_cast<size_t>(bytes) > workspace_limit)
+      continue;
+    if (usable++ < config) continue;
+    m.plan = std::move(plan);
+    m.workspace = static_cast<size_t>(bytes);
+    if (cudnnBackendGetAttribute(engine.get(), CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &got,
+                                 &m.engine) != CUDNN_STATUS_SUCCESS)
+      m.engine = -1;
+    return;
+  }
+  KILN_FAIL(id << ": cuDNN's heuristics offer " << usable << " usable engine configuration(s) for "
+               << dtype_name(s.dtype) << " input " << to_string(s.x) << ", weight " << to_string(s.w)
+               << (s.channels_last ? " (channels last)" : "") << " within a workspace of " << workspace_limit
+               << " bytes; take another tactic");
+}
+
+CudnnGraphConvolution::~CudnnGraphConvolution() = default;
+
+size_t CudnnGraphConvolution::workspace_bytes() const { return impl_->workspace; }
+
+int64_t CudnnGraphConvolution::engine_index() const { return impl_->engine; }
+
+void CudnnGraphConvolution::run(cudnnHandle_t handle, const void* x, const void* w, void* y,
+                                void* workspace) const {
+  const std::string& id = impl_->who;
+  Desc pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, id);
+  void* pointers[3] = {const_cast<void*>(x), const_cast<void*>(w), y};
+  const int64_t uids[3] = {kX, kW, kY};
+  set(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 3, pointers, id);
+  set(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3, uids, id);
+  set(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace, id);
+  finalize(pack, "variant pack", id);
+  const cudnnStatus_t st = cudnnBackendExecute(handle, impl_->plan.get(), pack.get());
+  KILN_CHECK(st == CUDNN_STATUS_SUCCESS,
+             id << ": cudnnBackendExecute failed: " << cudnnGetErrorString(st) << last_error());
+}
+
+}  // namespace kiln

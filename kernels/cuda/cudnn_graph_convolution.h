@@ -1,0 +1,58 @@
+// Forward convolution through cuDNN's graph (backend) API: the engines cuDNN's heuristics offer
+// for the operation graph conv_fprop(x, w) -> y, which include kernels the legacy API's eight
+// algorithms do not reach (PyTorch calls cuDNN this way). CudnnConvolution (convolution.cu) runs
+// them as its graph tactics, the bias, residual and activation in its own epilogue kernel after.
+//
+// Experimental: the builder times these tactics only with KILN_CUDNN_GRAPH=1 in the environment;
+// plans that chose one run whatever the environment says.
+#pragma once
+
+#include <cudnn.h>
+
+#include <memory>
+#include <string>
+
+#include "ir/dims.h"
+#include "ir/dtype.h"
+#include "ir/ops/convolution.h"
+
+namespace kiln {
+
+// A forward convolution: dims channels first ([N, C, spatial...], weight [K, C / groups,
+// kernel...], y [N, K, spatial...]), memory channels last or not.
+struct GraphConvShape {
+  DataType dtype = DataType::kFloat16;
+  Dims x, w, y;
+  bool channels_last = false;
+  bool allow_tf32 = false;  // float32: engines that round inputs to TF32 are left out unless set
+  ConvGeometry geometry;
+};
+
+// How many graph tactics a convolution has: the first engine configurations that cuDNN's
+// heuristics (mode A, then its fallback list) offer, finalize as plans and fit the workspace.
+constexpr int kCudnnGraphConfigs = 4;
+
+// True when KILN_CUDNN_GRAPH=1: the builder then times the graph tactics.
+bool cudnn_graph_tactics_enabled();
+
+// One execution plan: engine configuration `config` of the usable ones (see kCudnnGraphConfigs).
+// Throws, saying why, when cuDNN offers fewer or refuses the shape.
+class CudnnGraphConvolution {
+ public:
+  CudnnGraphConvolution(cudnnHandle_t handle, const GraphConvShape& shape, int config, size_t workspace_limit,
+                        const std::string& who);
+  ~CudnnGraphConvolution();
+  CudnnGraphConvolution(const CudnnGraphConvolution&) = delete;
+  CudnnGraphConvolution& operator=(const CudnnGraphConvolution&) = delete;
+
+  size_t workspace_bytes() const;
+  int64_t engine_index() const;  // cuDNN's global engine index, for reports
+  // y = conv(x, w) on the handle's stream.
+  void run(cudnnHandle_t handle, const void* x, const void* w, void* y, void* workspace) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kiln
