@@ -24,6 +24,8 @@
 // KILN_CUDNN_GRAPH=1 (experimental) and loaded from any plan that chose one.
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -118,7 +120,9 @@ class CudnnConvolution final : public Kernel {
     auto handle = static_cast<cudnnHandle_t>(ctx.cudnn);
     KILN_CHECK(handle != nullptr, who_ << ": no cuDNN handle in the launch context");
     KILN_CUDNN_CHECK(cudnnSetStream(handle, stream));
-    if (graph()) {
+    // The graph tactics' tensors are declared 16-byte aligned; a buffer that is not (a view at an
+    // odd offset, from the caller) takes the legacy path with cuDNN's heuristic algorithm.
+    if (graph() && aligned16({x.data, w.data, y.data, ctx.workspace})) {
       graph_plan(handle, x, w, y, ctx.workspace_bytes).run(handle, x.data, w.data, y.data, ctx.workspace);
       if (bias || residual || params_.activate) run_epilogue(y, bias, residual, stream);
       return;
@@ -171,6 +175,12 @@ class CudnnConvolution final : public Kernel {
   }
 
  private:
+  static bool aligned16(std::initializer_list<const void*> pointers) {
+    for (const void* p : pointers)
+      if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+    return true;
+  }
+
   // Every tactic a plan may hold.
   int tactic_count() const {
     return transposed_ ? static_cast<int>(CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT)
@@ -299,7 +309,7 @@ class CudnnConvolution final : public Kernel {
     KILN_CUDNN_CHECK(cudnnSetConvolutionGroupCount(p->cd.get(), static_cast<int>(g.groups)));
     KILN_CUDNN_CHECK(cudnnSetConvolutionMathType(p->cd.get(), requested_math(x.dtype)));
 
-    if (tactic_ >= 0) {
+    if (tactic_ >= 0 && !graph()) {  // a graph tactic comes here only for its fallback (run)
       use_tactic(handle, x, g.groups, *p, workspace_bytes);
     } else {
       choose(handle, x, *p, workspace_bytes);
