@@ -15,6 +15,22 @@
 // too: it is read as a reshape of the chain's root to [B..., S, H, D]. The input transposes and
 // view chains stay while other layers (or the network outputs) read them; the pass removes those
 // it left unused.
+//
+// First, transposes sink to the attention through the layers that commute with them: a rotary
+// embedding between the transposes and the attention (transformers' Llama, Mistral, Qwen2: q and
+// k transposed to [B, H, S, D], then q * cos + rotate_half(q) * sin) is computed in [B, S, H, D]
+// instead, so that q, k and v reach the attention as transposes, which the fold then takes:
+//
+//   attention(f(transpose(q'), c...), ...)  ->  attention(transpose(f(q', swap(c)...)), ...)
+//
+// where f is a cone of pointwise layers (elementwise, unary, activation, cast) and gathers along
+// another dim with a 1-D index, each read only inside the cone, whose other operands c broadcast
+// with a size-1 head or sequence dim (cos and sin [B, 1, S, D]: their swap is a reshape).
+// Pointwise arithmetic on the same values in another order: exact. Fires only where all three
+// operands then are transposes (so no transpose is added that the fold does not take).
+#include <algorithm>
+#include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -61,9 +77,184 @@ TensorId bshd_root(const Network& net, const ViewTracer& tracer, TensorId t) {
   return same_view(v, swapped) ? v.root : -1;
 }
 
+// ---- sinking transposes through the layers between them and the attention ----------------------
+
+constexpr int kMaxConeDepth = 16;
+
+// `l` commutes with a head/sequence swap of its rank-`rank` output: pointwise, or a gather along
+// another dim than the two swapped with a 1-D index.
+bool commutes_with_swap(const Network& net, const Layer& l, size_t rank) {
+  if (l.outputs.size() != 1) return false;
+  if (l.op == "elementwise" || l.op == "unary" || l.op == "activation" || l.op == "cast") return true;
+  if (l.op != "gather" || l.inputs.size() != 2 || net.tensor(l.inputs[1]).dims.size() != 1) return false;
+  int64_t axis = l.attrs.get_int("axis", int64_t{0});
+  if (axis < 0) axis += static_cast<int64_t>(rank);
+  return axis != static_cast<int64_t>(rank) - 3 && axis != static_cast<int64_t>(rank) - 2;
+}
+
+// The dims a side operand (broadcast against rank `rank`) has in the swapped order, or nothing when
+// the swap is not a reshape (both swapped dims above 1) or the reshape would have two unknown dims.
+std::optional<Dims> swapped_side(const Dims& d, size_t rank) {
+  if (d.size() > rank) return std::nullopt;
+  Dims padded(rank - d.size(), 1);
+  padded.insert(padded.end(), d.begin(), d.end());
+  if (padded[rank - 3] != 1 && padded[rank - 2] != 1) return std::nullopt;
+  std::swap(padded[rank - 3], padded[rank - 2]);
+  if (std::count(padded.begin(), padded.end(), kDynamic) > 1) return std::nullopt;
+  return padded;
+}
+
+class Sinker {
+ public:
+  explicit Sinker(Network& net) : net_(net), producer_(net.producers()), uses_(reader_counts(net)) {}
+
+  // Rewrites the cones in front of every bhsd attention whose q, k and v all are (or become)
+  // head/sequence transposes; true when one was rewritten.
+  bool run() {
+    const size_t count = net_.layers().size();
+    std::vector<std::vector<Layer>> replacement(count);
+    std::vector<bool> dropped(count, false);
+    names_ = names_in_use(net_);
+    bool changed = false;
+    for (size_t i = 0; i < count; ++i) {
+      const Layer l = net_.layers()[i];  // a copy: adding layers below may move the list
+      if (l.op != "attention" || net_.tensor(l.inputs[0]).dims.size() < 4) continue;
+      if (attention_attrs(l).layout != AttentionLayout::kBHSD) continue;
+      bool all = true, any_cone = false;
+      for (int j = 0; j < 3 && all; ++j) {
+        const int p = producer_[l.inputs[j]];
+        if (p >= 0 && swaps_head_and_seq(net_, net_.layers()[p])) continue;
+        cone_.clear();
+        all = main(l.inputs[j], true, 0) && !replaced(p, replacement, dropped);
+        any_cone |= all;
+      }
+      if (!all || !any_cone) continue;
+      for (int j = 0; j < 3; ++j) {
+        const int p = producer_[l.inputs[j]];
+        // A transpose already, or a root this attention reads twice (rewritten for the first).
+        if (swaps_head_and_seq(net_, net_.layers()[p]) || !replacement[static_cast<size_t>(p)].empty())
+          continue;
+        cone_.clear();
+        main(l.inputs[j], true, 0);  // the cone again (the check above succeeded)
+        rewrite(l.inputs[j], replacement, dropped);
+      }
+      changed = true;
+    }
+    if (changed) splice_replacements(net_, replacement, dropped);
+    return changed;
+  }
+
+ private:
+  // True when `t` reaches head/sequence transposes through commuting layers read only inside the
+  // cone (the root `t` may have other readers); records the cone's layers in cone_.
+  bool main(TensorId t, bool root, int depth) {
+    const int p = producer_[static_cast<size_t>(t)];
+    if (p < 0 || depth > kMaxConeDepth) return false;
+    const Layer& l = net_.layers()[static_cast<size_t>(p)];
+    if (swaps_head_and_seq(net_, l)) return !root;
+    const size_t rank = net_.tensor(t).dims.size();
+    if (!commutes_with_swap(net_, l, rank)) return false;
+    if (!root && (uses_[static_cast<size_t>(t)] != 1 || net_.is_output(t))) return false;
+    const std::set<int> entry = cone_;  // what a failed attempt must not leave behind
+    bool any = false;
+    for (size_t k = 0; k < l.inputs.size(); ++k) {
+      const TensorId u = l.inputs[k];
+      if (l.op == "gather" && k == 1) continue;  // the index
+      if (net_.tensor(u).dims == net_.tensor(t).dims) {
+        const std::set<int> before = cone_;
+        if (main(u, false, depth + 1)) {
+          any = true;
+          continue;
+        }
+        cone_ = before;
+      }
+      if (!swapped_side(net_.tensor(u).dims, rank)) {
+        cone_ = entry;
+        return false;
+      }
+    }
+    if (!any) {
+      cone_ = entry;
+      return false;
+    }
+    cone_.insert(p);
+    return true;
+  }
+
+  bool replaced(int p, const std::vector<std::vector<Layer>>& replacement, const std::vector<bool>& dropped) {
+    for (int c : cone_)
+      if (!replacement[static_cast<size_t>(c)].empty() || dropped[static_cast<size_t>(c)]) return true;
+    return p >= 0 && (!replacement[static_cast<size_t>(p)].empty() || dropped[static_cast<size_t>(p)]);
+  }
+
+  // The cone of root `t` computed in the swapped order, then one transpose writing `t`; all of it
+  // where the root's producer was.
+  void rewrite(TensorId t, std::vector<std::vector<Layer>>& replacement, std::vector<bool>& dropped) {
+    const size_t rank = net_.tensor(t).dims.size();
+    std::map<TensorId, TensorId> mapped;  // old tensor -> its value in the swapped order
+    std::vector<Layer> added;
+    auto add = [&](const std::string& op, const std::vector<TensorId>& in, const Attributes& attrs,
+                   const std::string& base) {
+      net_.add_layer(op, in, attrs, unique_name(names_, base));
+      added.push_back(net_.layers().back());
+      net_.mutable_layers().pop_back();
+      return added.back().outputs[0];
+    };
+    for (int c : cone_) {  // in network order (a set of indices)
+      const Layer l = net_.layers()[static_cast<size_t>(c)];
+      std::vector<TensorId> in = l.inputs;
+      for (size_t k = 0; k < in.size(); ++k) {
+        const TensorId u = in[k];
+        const int p = producer_[static_cast<size_t>(u)];
+        if (mapped.count(u)) {
+          in[k] = mapped[u];
+        } else if (p >= 0 && swaps_head_and_seq(net_, net_.layers()[static_cast<size_t>(p)]) &&
+                   net_.tensor(u).dims == net_.tensor(l.outputs[0]).dims) {
+          in[k] = mapped[u] = net_.layers()[static_cast<size_t>(p)].inputs[0];
+        } else if (!(l.op == "gather" && k == 1)) {
+          const Dims side = *swapped_side(net_.tensor(u).dims, rank);
+          Dims padded(rank - net_.tensor(u).dims.size(), 1);
+          padded.insert(padded.end(), net_.tensor(u).dims.begin(), net_.tensor(u).dims.end());
+          if (side != padded)
+            in[k] = add("reshape", {u}, Attributes().set("shape", side), l.name + "/bshd_operand");
+        }
+      }
+      added.push_back(net_.add_layer(l.op, in, l.attrs, unique_name(names_, l.name + "/bshd")));
+      net_.mutable_layers().pop_back();
+      added.back().name = l.name;  // the old layer goes: its name stays (per-layer precisions)
+      mapped[l.outputs[0]] = added.back().outputs[0];
+      dropped[static_cast<size_t>(c)] = true;
+    }
+    const int root = producer_[static_cast<size_t>(t)];
+    Layer back =
+        net_.add_layer("transpose", {mapped[t]}, Attributes().set("perm", head_seq_swap(rank)),
+                       unique_name(names_, net_.layers()[static_cast<size_t>(root)].name + "/to_bhsd"));
+    net_.mutable_layers().pop_back();
+    back.outputs[0] = t;  // the root's readers read the same tensor
+    added.push_back(std::move(back));
+    dropped[static_cast<size_t>(root)] = false;
+    replacement[static_cast<size_t>(root)] = std::move(added);
+  }
+
+  Network& net_;
+  std::vector<int> producer_, uses_;
+  std::set<std::string> names_;
+  std::set<int> cone_;
+};
+
+bool fold_transposes(Network& net);
+
 }  // namespace
 
 bool fold_attention_transposes(Network& net) {
+  bool sunk = Sinker(net).run();
+  if (sunk) eliminate_dead_layers(net);  // the transposes the cones read, where nothing else does
+  return fold_transposes(net) || sunk;
+}
+
+namespace {
+
+bool fold_transposes(Network& net) {
   const std::vector<int> producer = net.producers();
   std::vector<int> uses = reader_counts(net);
   std::set<std::string> names;
@@ -183,4 +374,5 @@ bool fold_attention_transposes(Network& net) {
   return true;
 }
 
+}  // namespace
 }  // namespace kiln

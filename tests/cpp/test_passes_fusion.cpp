@@ -3,6 +3,7 @@
 // fold_repeat_kv, fold_attention_transposes, pack_qkv_attention, pack_attention_views),
 // patchify_convolutions, collapse_transposes and fuse_pointwise. Graph in, expected graph out, plus "nothing
 // changes" cases (the pass returns false and graph_text is the same before and after).
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 
@@ -677,6 +678,76 @@ TEST(FoldAttentionTransposes, OperandWithoutTransposeStays) {
   const std::string before = graph_text(a.net);
   EXPECT_FALSE(fold_attention_transposes(a.net));
   EXPECT_EQ(graph_text(a.net), before);
+}
+
+// transformers' rotary embedding between the head transposes and the attention: qp, kp, vp
+// [1, S=3, H=2, D=4] -> transposes (1 2) -> q and k rotated (x * cos + gather(x) * sign * sin, cos
+// and sin inputs [1, 1, 3, 4]) -> attention -> transpose (1 2) -> y. `cos_heads`: cos has a head
+// dim of 2 ([1, 2, 3, 4]), which no reshape swaps.
+Network rotary_attention_net(bool cos_heads = false) {
+  Network net;
+  const Attributes swap = Attributes().set("perm", std::vector<int64_t>{0, 2, 1, 3});
+  const TensorId cos = net.add_input("cos", DataType::kFloat32, {1, cos_heads ? 2 : 1, 3, 4});
+  const TensorId sin = net.add_input("sin", DataType::kFloat32, {1, 1, 3, 4});
+  const std::vector<int64_t> order = {2, 3, 0, 1};
+  const TensorId index = net.add_constant("rot.index", DataType::kInt64, {4}, order.data(), 32);
+  const TensorId sign = float_constant(net, "rot.sign", {4}, {-1, -1, 1, 1});
+  auto heads = [&](const std::string& name) {
+    return net
+        .add_layer("transpose", {net.add_input(name + "p", DataType::kFloat32, {1, 3, 2, 4})}, swap,
+                   "t" + name)
+        .outputs[0];
+  };
+  auto rotary = [&](TensorId x, const std::string& name) {
+    const TensorId a = net.add_elementwise(x, cos, "mul", name + "_cos").outputs[0];
+    TensorId r =
+        net.add_layer("gather", {x, index}, Attributes().set("axis", int64_t{3}), name + "_rot").outputs[0];
+    r = net.add_elementwise(r, sign, "mul", name + "_sign").outputs[0];
+    r = net.add_elementwise(r, sin, "mul", name + "_sin").outputs[0];
+    return net.add_elementwise(a, r, "add", name + "_embed").outputs[0];
+  };
+  const TensorId q = rotary(heads("q"), "q"), k = rotary(heads("k"), "k"), v = heads("v");
+  const TensorId att =
+      net.add_layer("attention", {q, k, v}, Attributes().set("causal", int64_t{1}), "att").outputs[0];
+  net.mark_output(net.add_layer("transpose", {att}, swap, "to").outputs[0], "y");
+  return net;
+}
+
+TEST(FoldAttentionTransposes, TransposesSinkThroughTheRotaryEmbeddingAndFold) {
+  const Network original = rotary_attention_net();
+  Network net = original;
+  EXPECT_TRUE(fold_attention_transposes(net));
+  const std::vector<std::string> ops = ops_of(net);
+  EXPECT_EQ(std::count(ops.begin(), ops.end(), "transpose"), 0) << graph_text(net);
+  const Layer& att = layer_named(net, "att");
+  EXPECT_EQ(att.attrs.get_string("layout", att.name), "bshd");
+  EXPECT_EQ(input_names(net, att)[2], "vp");
+  EXPECT_EQ(net.tensor(layer_named(net, "q_embed").outputs[0]).dims, (Dims{1, 3, 2, 4}));  // names kept
+  EXPECT_EQ(layer_named(net, "q_rot").attrs.get_int("axis", "q_rot"), 3);
+  net.revalidate();
+  Feed feed;
+  uint32_t seed = 3;
+  for (TensorId t : original.inputs()) {
+    const Dims& d = original.tensor(t).dims;
+    feed[original.tensor(t).name] = {d, random_floats(static_cast<size_t>(volume(d)), seed++)};
+  }
+  EXPECT_EQ(run_reference(net, feed, false).at("y"), run_reference(original, feed, false).at("y"));
+}
+
+TEST(FoldAttentionTransposes, RotaryWithAHeadDimOrReadElsewhereStays) {
+  {
+    Network net = rotary_attention_net(/*cos_heads=*/true);  // cos [1, 2, 3, 4]: no reshape swaps it
+    const std::string before = graph_text(net);
+    EXPECT_FALSE(fold_attention_transposes(net));
+    EXPECT_EQ(graph_text(net), before);
+  }
+  {
+    Network net = rotary_attention_net();
+    net.mark_output(layer_named(net, "k_sin").outputs[0], "k_sin_out");  // read outside the cone
+    const std::string before = graph_text(net);
+    EXPECT_FALSE(fold_attention_transposes(net));
+    EXPECT_EQ(graph_text(net), before);
+  }
 }
 
 // k as the dynamo ONNX exporter writes SDPA's key: kp [1, 3, 8] -> reshape [1, 3, 2, 4] ->
