@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -130,6 +131,11 @@ std::vector<uint8_t> engine_cache_key(const Network& network, const BuilderConfi
   w.put<int32_t>(config.optimization_level);
   w.put<uint8_t>(config.tactic_timing ? 1 : 0);
   w.put<int64_t>(config.max_folded_constant_bytes);
+  // The environment settings that change what a build makes (docs/tools.md).
+  for (const char* name : {"KILN_SKIP_PASSES", "KILN_CUDNN_GRAPH"}) {
+    const char* value = std::getenv(name);
+    w.put_string(value ? value : "");
+  }
   return w.buffer();
 }
 

@@ -49,7 +49,10 @@ bool choose_tactics(Network& net, const std::vector<OptimizationProfile>& profil
     std::vector<TensorDesc> in, out;
     for (TensorId t : layer.inputs) in.push_back(desc[t]);
     for (TensorId t : layer.outputs) out.push_back(desc[t]);
-    const std::string key = timing_cache_key(layer, kernel_names[index], in, env);
+    // The tactic count is part of the key: a timing over another set of tactics (cuDNN's graph
+    // tactics, timed with KILN_CUDNN_GRAPH=1 only) is another entry.
+    const std::string key =
+        timing_cache_key(layer, kernel_names[index] + "/" + std::to_string(count), in, env);
     int best = -1;
     double best_ms = 0.0;
     const TimingCache::Entry* hit = cache ? cache->find(key) : nullptr;

@@ -20,6 +20,7 @@ namespace {
 // tactics on both backends. CUDA tactic 0 runs the built-in relu once, tactic 1 runs it 50 times
 // (same result, honestly slower), tactic 2 throws (cannot run).
 std::vector<int> g_created_tactics;  // "tactic" of every TacticRelu created, in order
+int g_tactic_count = 3;              // what TacticRelu offers (tactics past 2 run as tactic 0)
 
 class TacticRelu final : public Kernel {
  public:
@@ -39,7 +40,7 @@ class TacticRelu final : public Kernel {
     for (int i = 0; i < repeats; ++i) relu_->run(in, out, ctx);
   }
   std::string name() const override { return "test_tactic_relu"; }
-  int num_tactics() const override { return 3; }
+  int num_tactics() const override { return g_tactic_count; }
 
  private:
   int tactic_;
@@ -113,6 +114,29 @@ TEST(Tactics, AllFailingKeepsTheHeuristic) {
   EXPECT_FALSE(choose_tactics(net, profiles(), Backend::kReference, timer, &cache, TimingEnvironment{}));
   for (const auto& l : net.layers()) EXPECT_FALSE(l.attrs.has("tactic")) << l.name;
   EXPECT_EQ(cache.size(), 0u);
+}
+
+// A kernel that offers another set of tactics (the convolution's cuDNN graph tactics with
+// KILN_CUDNN_GRAPH=1) is timed again rather than answered from the other set's entry.
+TEST(Tactics, AnotherTacticCountIsTimedAgain) {
+  TimingCache cache;
+  int calls = 0, last_count = 0;
+  TacticTimer timer = [&](const Layer&, int n, const std::vector<TensorDesc>&,
+                          const std::vector<TensorDesc>&) {
+    ++calls;
+    last_count = n;
+    return std::vector<std::optional<double>>(static_cast<size_t>(n), 0.5);
+  };
+  Network net = tactic_network();
+  choose_tactics(net, profiles(), Backend::kReference, timer, &cache, TimingEnvironment{});
+  EXPECT_EQ(calls, 1);
+  g_tactic_count = 4;
+  Network more = tactic_network();
+  choose_tactics(more, profiles(), Backend::kReference, timer, &cache, TimingEnvironment{});
+  g_tactic_count = 3;
+  EXPECT_EQ(calls, 2);
+  EXPECT_EQ(last_count, 4);
+  EXPECT_EQ(cache.size(), 2u);
 }
 
 TEST(Tactics, CacheFromAnotherEnvironmentIsNotUsed) {

@@ -90,6 +90,21 @@ def test_other_options_or_shapes_are_other_entries(tmp_path):
     assert len(_entries(tmp_path)) == 4
 
 
+def test_build_environment_settings_are_other_entries(tmp_path, monkeypatch):
+    # KILN_SKIP_PASSES and KILN_CUDNN_GRAPH change what a build makes: an entry built under one
+    # setting does not answer a build under another.
+    x = torch.randn(2, 3, 8, 8)
+    _compile(_net(0), x, tmp_path)
+    monkeypatch.setenv("KILN_SKIP_PASSES", "fuse_conv_epilogue")
+    _compile(_net(0), x, tmp_path)
+    monkeypatch.delenv("KILN_SKIP_PASSES")
+    monkeypatch.setenv("KILN_CUDNN_GRAPH", "1")
+    _compile(_net(0), x, tmp_path)
+    assert len(_entries(tmp_path)) == 3
+    _compile(_net(0), x, tmp_path)  # the same setting again: a hit
+    assert len(_entries(tmp_path)) == 3
+
+
 def test_corrupt_entry_is_ignored_with_a_warning_and_rebuilt(tmp_path, log):
     x = torch.randn(2, 3, 8, 8)
     _compile(_net(0), x, tmp_path)
