@@ -636,7 +636,9 @@ def test_cudnn_graph_tactic_matches_torch(case, layout, dtype, tactic, strict_fp
         got = run_layer(add, stored, "cuda")
     except kiln.KilnError as e:
         assert "graph_conv" in str(e) and "graph tactic" in str(e), str(e)
-        assert tactic > GRAPH_TACTICS[0], f"not even one engine: {e}"
+        # 16-bit convolutions have tensor-core engines in every layout; strict float32 (no TF32)
+        # may find none in a layout.
+        assert tactic > GRAPH_TACTICS[0] or dtype == torch.float32, f"not even one engine: {e}"
         return
     assert got.dtype == dtype
     tol = gpu_tolerance(dtype, math.prod(ws[1:]))
