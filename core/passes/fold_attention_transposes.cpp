@@ -120,23 +120,22 @@ class Sinker {
       const Layer l = net_.layers()[i];  // a copy: adding layers below may move the list
       if (l.op != "attention" || net_.tensor(l.inputs[0]).dims.size() < 4) continue;
       if (attention_attrs(l).layout != AttentionLayout::kBHSD) continue;
-      bool all = true, any_cone = false;
+      bool all = true;
+      std::vector<std::pair<TensorId, std::set<int>>> cones;  // (operand, its cone's layers)
       for (int j = 0; j < 3 && all; ++j) {
         const int p = producer_[l.inputs[j]];
         if (p >= 0 && swaps_head_and_seq(net_, net_.layers()[p])) continue;
         cone_.clear();
-        all = main(l.inputs[j], true, 0) && !replaced(p, replacement, dropped);
-        any_cone |= all;
+        all = main(l.inputs[j], true, 0) && !taken(replacement, dropped);
+        // An operand read twice (q and k one tensor) has one cone, rewritten once.
+        const TensorId t = l.inputs[j];
+        if (all && std::none_of(cones.begin(), cones.end(), [&](const auto& c) { return c.first == t; }))
+          cones.emplace_back(t, cone_);
       }
-      if (!all || !any_cone) continue;
-      for (int j = 0; j < 3; ++j) {
-        const int p = producer_[l.inputs[j]];
-        // A transpose already, or a root this attention reads twice (rewritten for the first).
-        if (swaps_head_and_seq(net_, net_.layers()[p]) || !replacement[static_cast<size_t>(p)].empty())
-          continue;
-        cone_.clear();
-        main(l.inputs[j], true, 0);  // the cone again (the check above succeeded)
-        rewrite(l.inputs[j], replacement, dropped);
+      if (!all || cones.empty()) continue;
+      for (auto& [operand, cone] : cones) {
+        cone_ = std::move(cone);
+        rewrite(operand, replacement, dropped);
       }
       changed = true;
     }
@@ -181,10 +180,11 @@ class Sinker {
     return true;
   }
 
-  bool replaced(int p, const std::vector<std::vector<Layer>>& replacement, const std::vector<bool>& dropped) {
+  // A layer of cone_ is already rewritten for another attention.
+  bool taken(const std::vector<std::vector<Layer>>& replacement, const std::vector<bool>& dropped) const {
     for (int c : cone_)
       if (!replacement[static_cast<size_t>(c)].empty() || dropped[static_cast<size_t>(c)]) return true;
-    return p >= 0 && (!replacement[static_cast<size_t>(p)].empty() || dropped[static_cast<size_t>(p)]);
+    return false;
   }
 
   // The cone of root `t` computed in the swapped order, then one transpose writing `t`; all of it

@@ -683,8 +683,8 @@ TEST(FoldAttentionTransposes, OperandWithoutTransposeStays) {
 // transformers' rotary embedding between the head transposes and the attention: qp, kp, vp
 // [1, S=3, H=2, D=4] -> transposes (1 2) -> q and k rotated (x * cos + gather(x) * sign * sin, cos
 // and sin inputs [1, 1, 3, 4]) -> attention -> transpose (1 2) -> y. `cos_heads`: cos has a head
-// dim of 2 ([1, 2, 3, 4]), which no reshape swaps.
-Network rotary_attention_net(bool cos_heads = false) {
+// dim of 2 ([1, 2, 3, 4]), which no reshape swaps. `shared_qk`: the rotated q is the key too.
+Network rotary_attention_net(bool cos_heads = false, bool shared_qk = false) {
   Network net;
   const Attributes swap = Attributes().set("perm", std::vector<int64_t>{0, 2, 1, 3});
   const TensorId cos = net.add_input("cos", DataType::kFloat32, {1, cos_heads ? 2 : 1, 3, 4});
@@ -706,7 +706,7 @@ Network rotary_attention_net(bool cos_heads = false) {
     r = net.add_elementwise(r, sin, "mul", name + "_sin").outputs[0];
     return net.add_elementwise(a, r, "add", name + "_embed").outputs[0];
   };
-  const TensorId q = rotary(heads("q"), "q"), k = rotary(heads("k"), "k"), v = heads("v");
+  const TensorId q = rotary(heads("q"), "q"), k = shared_qk ? q : rotary(heads("k"), "k"), v = heads("v");
   const TensorId att =
       net.add_layer("attention", {q, k, v}, Attributes().set("causal", int64_t{1}), "att").outputs[0];
   net.mark_output(net.add_layer("transpose", {att}, swap, "to").outputs[0], "y");
@@ -714,24 +714,28 @@ Network rotary_attention_net(bool cos_heads = false) {
 }
 
 TEST(FoldAttentionTransposes, TransposesSinkThroughTheRotaryEmbeddingAndFold) {
-  const Network original = rotary_attention_net();
-  Network net = original;
-  EXPECT_TRUE(fold_attention_transposes(net));
-  const std::vector<std::string> ops = ops_of(net);
-  EXPECT_EQ(std::count(ops.begin(), ops.end(), "transpose"), 0) << graph_text(net);
-  const Layer& att = layer_named(net, "att");
-  EXPECT_EQ(att.attrs.get_string("layout", att.name), "bshd");
-  EXPECT_EQ(input_names(net, att)[2], "vp");
-  EXPECT_EQ(net.tensor(layer_named(net, "q_embed").outputs[0]).dims, (Dims{1, 3, 2, 4}));  // names kept
-  EXPECT_EQ(layer_named(net, "q_rot").attrs.get_int("axis", "q_rot"), 3);
-  net.revalidate();
-  Feed feed;
-  uint32_t seed = 3;
-  for (TensorId t : original.inputs()) {
-    const Dims& d = original.tensor(t).dims;
-    feed[original.tensor(t).name] = {d, random_floats(static_cast<size_t>(volume(d)), seed++)};
+  for (bool shared_qk : {false, true}) {
+    SCOPED_TRACE(shared_qk ? "q is the key too" : "q and k");
+    const Network original = rotary_attention_net(false, shared_qk);
+    Network net = original;
+    EXPECT_TRUE(fold_attention_transposes(net));
+    const std::vector<std::string> ops = ops_of(net);
+    EXPECT_EQ(std::count(ops.begin(), ops.end(), "transpose"), 0) << graph_text(net);
+    const Layer& att = layer_named(net, "att");
+    EXPECT_EQ(att.attrs.get_string("layout", att.name), "bshd");
+    EXPECT_EQ(input_names(net, att)[2], "vp");
+    EXPECT_EQ(att.inputs[0] == att.inputs[1], shared_qk);
+    EXPECT_EQ(net.tensor(layer_named(net, "q_embed").outputs[0]).dims, (Dims{1, 3, 2, 4}));  // names kept
+    EXPECT_EQ(layer_named(net, "q_rot").attrs.get_int("axis", "q_rot"), 3);
+    net.revalidate();
+    Feed feed;
+    uint32_t seed = 3;
+    for (TensorId t : original.inputs()) {
+      const Dims& d = original.tensor(t).dims;
+      feed[original.tensor(t).name] = {d, random_floats(static_cast<size_t>(volume(d)), seed++)};
+    }
+    EXPECT_EQ(run_reference(net, feed, false).at("y"), run_reference(original, feed, false).at("y"));
   }
-  EXPECT_EQ(run_reference(net, feed, false).at("y"), run_reference(original, feed, false).at("y"));
 }
 
 TEST(FoldAttentionTransposes, RotaryWithAHeadDimOrReadElsewhereStays) {
