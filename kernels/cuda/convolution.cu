@@ -192,26 +192,36 @@ class CudnnConvolution final : public Kernel {
   // The graph tactic's plan for this input shape and workspace, built once.
   const CudnnGraphConvolution& graph_plan(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
                                           const TensorView& y, size_t workspace_bytes) const {
+    return cached(graph_cache_, x, workspace_bytes, [&] {
+      GraphConvShape s;
+      s.dtype = x.dtype;
+      s.x = channels_last_ ? channels_first_dims(x.dims) : x.dims;
+      s.w = channels_last_ ? channels_first_dims(w.dims) : w.dims;
+      s.y = channels_last_ ? channels_first_dims(y.dims) : y.dims;
+      s.channels_last = channels_last_;
+      s.allow_tf32 = allow_tf32_;
+      s.geometry = conv_geometry(layer_, static_cast<int>(s.x.size()) - 2);
+      return std::make_unique<CudnnGraphConvolution>(handle, s, tactic_ - kGraphTactic, workspace_bytes,
+                                                     who_);
+    });
+  }
+
+  // The entry of `cache` for x's shape and the workspace size, made by `make` on a miss. Made
+  // outside the lock; when two threads race for one shape, the first insert wins and both use it
+  // (the entries are equivalent).
+  template <typename T, typename Make>
+  const T& cached(std::map<std::vector<int64_t>, std::unique_ptr<T>>& cache, const TensorView& x,
+                  size_t workspace_bytes, const Make& make) const {
     std::vector<int64_t> key = x.dims;
     key.push_back(static_cast<int64_t>(workspace_bytes));
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto it = graph_cache_.find(key);
-      if (it != graph_cache_.end()) return *it->second;
+      auto it = cache.find(key);
+      if (it != cache.end()) return *it->second;
     }
-    GraphConvShape s;
-    s.dtype = x.dtype;
-    s.x = channels_last_ ? channels_first_dims(x.dims) : x.dims;
-    s.w = channels_last_ ? channels_first_dims(w.dims) : w.dims;
-    s.y = channels_last_ ? channels_first_dims(y.dims) : y.dims;
-    s.channels_last = channels_last_;
-    s.allow_tf32 = allow_tf32_;
-    s.geometry = conv_geometry(layer_, static_cast<int>(s.x.size()) - 2);
-    auto plan =
-        std::make_unique<CudnnGraphConvolution>(handle, s, tactic_ - kGraphTactic, workspace_bytes, who_);
+    std::unique_ptr<T> made = make();
     std::lock_guard<std::mutex> lock(mutex_);
-    auto inserted = graph_cache_.emplace(std::move(key), std::move(plan));
-    return *inserted.first->second;
+    return *cache.emplace(std::move(key), std::move(made)).first->second;
   }
 
   // The depthwise tactics: x [N, C, H, W] (or channels last) with weight [C, 1, kh, kw] and groups
@@ -266,19 +276,8 @@ class CudnnConvolution final : public Kernel {
 
   const Prepared& prepared(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
                            const TensorView& y, bool has_bias, size_t workspace_bytes) const {
-    std::vector<int64_t> key = x.dims;
-    key.push_back(static_cast<int64_t>(workspace_bytes));
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto it = cache_.find(key);
-      if (it != cache_.end()) return *it->second;
-    }
-    // Built outside the lock; when two threads race for one shape, the first insert wins and
-    // both use it (the entries are equivalent).
-    std::unique_ptr<Prepared> p = prepare(handle, x, w, y, has_bias, workspace_bytes);
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto inserted = cache_.emplace(std::move(key), std::move(p));
-    return *inserted.first->second;
+    return cached(cache_, x, workspace_bytes,
+                  [&] { return prepare(handle, x, w, y, has_bias, workspace_bytes); });
   }
 
   std::unique_ptr<Prepared> prepare(cudnnHandle_t handle, const TensorView& x, const TensorView& w,

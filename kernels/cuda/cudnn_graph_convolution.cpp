@@ -93,17 +93,15 @@ std::vector<int64_t> strides_of(const std::vector<int64_t>& dims, bool channels_
   return s;
 }
 
-// 1d convolutions run as 2d with a height of 1 (as the legacy path's cudnn_dims).
-std::vector<int64_t> widened(const Dims& d) {
-  std::vector<int64_t> r(d.begin(), d.end());
-  if (r.size() == 3) r.insert(r.begin() + 2, 1);
-  return r;
+// 1d convolutions run as 2d with a height of 1, as on the legacy path (cudnn_dims, cudnn_spatial).
+std::vector<int64_t> widened(const Dims& d, const std::string& who) {
+  const std::vector<int> r = cudnn_dims(d, who);
+  return {r.begin(), r.end()};
 }
 
-std::vector<int64_t> widened_spatial(const std::vector<int64_t>& v, int64_t fill) {
-  std::vector<int64_t> r = v;
-  if (r.size() == 1) r.insert(r.begin(), fill);
-  return r;
+std::vector<int64_t> widened_spatial(const std::vector<int64_t>& v, int fill) {
+  const std::vector<int> r = cudnn_spatial(v, fill);
+  return {r.begin(), r.end()};
 }
 
 Desc tensor(int64_t uid, cudnnDataType_t type, const std::vector<int64_t>& dims, bool channels_last,
@@ -162,9 +160,9 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
   const std::string& id = m.who;
   KILN_CHECK(config >= 0 && config < kCudnnGraphConfigs, id << ": no such engine configuration");
   const cudnnDataType_t type = cudnn_type(s.dtype, id);
-  m.x = tensor(kX, type, widened(s.x), s.channels_last, id);
-  m.w = tensor(kW, type, widened(s.w), s.channels_last, id);
-  m.y = tensor(kY, type, widened(s.y), s.channels_last, id);
+  m.x = tensor(kX, type, widened(s.x, id), s.channels_last, id);
+  m.w = tensor(kW, type, widened(s.w, id), s.channels_last, id);
+  m.y = tensor(kY, type, widened(s.y, id), s.channels_last, id);
 
   const ConvGeometry& g = s.geometry;
   m.conv = Desc(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, id);
