@@ -241,8 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--jobs",
         type=int,
         default=1,
-        help="--zoo: run the FP32 rows (accuracy and structure only) this many at a time, each in "
-        "a worker process, untimed; the FP16 rows follow one at a time, timed",
+        help="--zoo: run the rows this many at a time, each in a worker process: the FP32 rows "
+        "(accuracy and structure only, untimed), then the FP16 rows, timed, taking turns on the "
+        "GPU for Kiln's build and the latency runs (tools/zoo_check.py says how)",
     )
     p.add_argument(
         "--gpus",

@@ -7,7 +7,7 @@ torch.compile(mode="reduce-overhead") in the same run.
     python3 tools/model_check.py --zoo torchvision --models swin_t,vgg16_bn --precisions fp16
     python3 tools/model_check.py --zoo hf-decoders      # small-config decoders, cache on, and
                                                         # T5/BART (one decoding step)
-    python3 tools/model_check.py --zoo torchvision --jobs 8   # FP32 rows 8 at a time (untimed)
+    python3 tools/model_check.py --zoo torchvision --jobs 4   # 4 rows at a time, timed in turns
     python3 tools/model_check.py --zoo torchvision --gpus 8   # every row, a GPU per worker, timed
     python3 tools/model_check.py --zoo detection        # Faster/Mask R-CNN, RetinaNet
 
@@ -25,14 +25,19 @@ row is judged against eager FP16 instead: Kiln's error (1 - cosine) at most 1.5x
 
 FP32 rows are judged on accuracy and structure only (the speed bar is FP16's). With `--jobs N`
 they run first, N at a time, each in a worker process of its own (a crash fails its row, not the
-run), untimed and without the peer; then the FP16 rows run one at a time in this process, timed,
-so that no timing shares the GPU with another row. With `--gpus K` (a machine of K GPUs) every
-row runs in a worker process that has one GPU to itself (CUDA_VISIBLE_DEVICES), timed with its
-peer: K rows at a time, none sharing a GPU.
+run), untimed and without the peer. Then the FP16 rows run N at a time in worker processes too,
+timed, sharing the one GPU in turns (`gpu_turn`, a file lock): a row holds the GPU alone for
+Kiln's build (its tactics are chosen by timing them) and for each latency measurement, while the
+other rows' CPU-bound work (building the model, torch.compile's compile of the peer) goes on; only
+their short eager runs and the peer's first calls share the GPU with a measurement. Without
+`--jobs` every row runs in this process, one at a time. With `--gpus K` (a machine of K GPUs)
+every row runs in a worker process that has one GPU to itself (CUDA_VISIBLE_DEVICES), timed with
+its peer: K rows at a time, none sharing a GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -40,6 +45,7 @@ import queue
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections import Counter
@@ -114,6 +120,50 @@ def _median_ms(fn, runs: int = 50, warmup: int = 10) -> float:
     from kiln.runner import median_latency_ms
 
     return median_latency_ms(fn, runs, warmup)
+
+
+GPU_LOCK_ENV = "KILN_ZOO_GPU_LOCK"
+
+
+@contextlib.contextmanager
+def gpu_turn():
+    """The GPU to this process alone while inside, when the environment names a lock file
+    (KILN_ZOO_GPU_LOCK, set by `run` for the timed worker processes of `--jobs N`): an exclusive
+    flock on it, which every other row's worker takes for its own turns. A no-op otherwise."""
+    path = os.environ.get(GPU_LOCK_ENV)
+    if not path:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if torch.cuda.is_initialized():
+                torch.cuda.synchronize()  # this turn's work ends inside it
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _time_against_peer(row, run, model, args, kwargs, peer, runs, warmup, after=None) -> None:
+    """row.kiln_ms: the median of `run`; then (with `after` called in the same GPU turn, for the
+    profile) with `peer`, row.peer_ms of torch.compile(model, mode="reduce-overhead"), which
+    compiles and records its CUDA graphs outside the GPU turns (its first calls) and is timed in a
+    turn of its own. Kiln goes first: torch._dynamo.reset() would discard a dynamo-compiled Kiln."""
+    with gpu_turn():
+        row.kiln_ms = _median_ms(run, runs, warmup)
+        if after is not None:
+            after()
+    if not peer:
+        return
+    torch._dynamo.reset()
+    opt = torch.compile(model, mode="reduce-overhead")
+    with torch.no_grad():
+        for _ in range(3):
+            opt(*args, **kwargs)
+    with gpu_turn():
+        row.peer_ms = _median_ms(lambda: opt(*args, **kwargs), runs, warmup)
 
 
 def _calibrate(model: torch.nn.Module, make_input: Callable[[], tuple]) -> None:
@@ -379,13 +429,14 @@ def _check(kiln, entry, precision, device, peer, row, show_profile=False, timed=
     from kiln.export import DataDependentControlFlow
 
     try:
-        compiled = kiln.compile(
-            model,
-            list(args),
-            kwarg_inputs=kwargs or None,
-            enabled_precisions={precision},
-            device=device.type,
-        )
+        with gpu_turn():
+            compiled = kiln.compile(
+                model,
+                list(args),
+                kwarg_inputs=kwargs or None,
+                enabled_precisions={precision},
+                device=device.type,
+            )
     except DataDependentControlFlow as e:
         # What kiln.compile's error advises (BART in float16 branches on isfinite().all()).
         row.path = "via torch.compile(backend='kiln'): " + str(e).split("(", 1)[1][:80]
@@ -400,20 +451,28 @@ def _check(kiln, entry, precision, device, peer, row, show_profile=False, timed=
     row.fallback_ops = ", ".join(
         (f"{op} x{n}" if n > 1 else op) + f" ({why[op][:100]})" for op, n in counts.most_common()
     )
-    with torch.no_grad():
+    with gpu_turn(), torch.no_grad():
         out = _tensors(entry.output(compiled(*args, **kwargs)))
     _, row.cosine = _cosine(out, truth)
     if device.type != "cuda" or not timed:
         return
-    row.kiln_ms = _median_ms(lambda: compiled(*args, **kwargs))
-    if show_profile:
+
+    def show() -> None:
         print(
             f"{entry.name} {precision}: Kiln {row.kiln_ms:.3f} ms\n{profile(compiled)}", flush=True
         )
-    if peer:
-        torch._dynamo.reset()
-        opt = torch.compile(model, mode="reduce-overhead")
-        row.peer_ms = _median_ms(lambda: opt(*args, **kwargs))
+
+    _time_against_peer(
+        row,
+        lambda: compiled(*args, **kwargs),
+        model,
+        args,
+        kwargs,
+        peer,
+        runs=50,
+        warmup=10,
+        after=show if show_profile else None,
+    )
 
 
 def _through_dynamo(entry, model, args, kwargs, precision, device, peer, row, timed=True) -> None:
@@ -431,7 +490,7 @@ def _through_dynamo(entry, model, args, kwargs, precision, device, peer, row, ti
         torch._dynamo.reset()
         options = {"enabled_precisions": {precision}, "device": device.type}
         compiled = torch.compile(model, backend="kiln", options=options)
-        with torch.no_grad():
+        with gpu_turn(), torch.no_grad():  # the first call builds Kiln's engines
             truth = _tensors(entry.output(model(*args, **kwargs)))
             out = _tensors(entry.output(compiled(*args, **kwargs)))
     finally:
@@ -452,11 +511,8 @@ def _through_dynamo(entry, model, args, kwargs, precision, device, peer, row, ti
     else:
         row.error = f"{tuple(out[0].shape)} boxes, eager {tuple(truth[0].shape)}"
     if device.type == "cuda" and timed:
-        row.kiln_ms = _median_ms(lambda: compiled(*args, **kwargs), runs=10, warmup=2)
-        if peer:
-            torch._dynamo.reset()
-            opt = torch.compile(model, mode="reduce-overhead")
-            row.peer_ms = _median_ms(lambda: opt(*args, **kwargs), runs=10, warmup=3)
+        run = lambda: compiled(*args, **kwargs)  # noqa: E731
+        _time_against_peer(row, run, model, args, kwargs, peer, runs=10, warmup=2)
 
 
 def _decide(entry: ZooModel, row: ZooRow) -> str:
@@ -537,16 +593,21 @@ def _row_in_worker(
     gpu: int | None = None,
     peer: bool = False,
     show_profile: bool = False,
+    gpu_lock: str | None = None,
 ) -> ZooRow:
     """One row in a process of its own (`python3 tools/zoo_check.py --row ...`): a crash or a hang
     fails this row only. Killed at the run's deadline (or after an hour without one). Untimed,
-    unless `gpu` gives the worker a GPU of its own (CUDA_VISIBLE_DEVICES): then timed, with the
+    unless `gpu` gives the worker a GPU of its own (CUDA_VISIBLE_DEVICES) or `gpu_lock` names the
+    lock file by which the workers sharing one GPU take turns (`gpu_turn`): then timed, with the
     peer when `peer`."""
     left = deadline - (time.perf_counter() - start) if deadline else 3600.0
     command = [sys.executable, __file__, "--row", zoo, entry.name, precision, str(device)]
     env = os.environ.copy()
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    if gpu_lock is not None:
+        env[GPU_LOCK_ENV] = gpu_lock
+    if gpu is not None or gpu_lock is not None:
         command += (
             ["--timed"] + (["--peer"] if peer else []) + (["--profile"] if show_profile else [])
         )
@@ -557,7 +618,12 @@ def _row_in_worker(
             command, capture_output=True, text=True, timeout=max(left, 1.0), env=env
         )
     except subprocess.TimeoutExpired:
-        return ZooRow(entry.name, precision, error=f"worker killed after {left:.0f} s")
+        # Killed at the run's deadline: not measured (as a row that never started), unless it ran
+        # for the hour a run without a deadline allows.
+        status = "SKIP" if deadline and left < 3600.0 else "FAIL"
+        return ZooRow(
+            entry.name, precision, status=status, error=f"worker killed after {left:.0f} s"
+        )
     lines = done.stdout.splitlines()
     if show_profile:
         print("\n".join(line for line in lines if not line.startswith(ROW_MARK)), flush=True)
@@ -660,15 +726,37 @@ def run(
 
         with ThreadPoolExecutor(gpus) as pool:
             list(pool.map(on_a_gpu, [(e, p) for e in entries for p in precisions]))
-    elif jobs > 1:  # the untimed FP32 rows first, `jobs` worker processes at a time
+    elif jobs > 1:  # `jobs` worker processes at a time: the untimed FP32 rows, then the others
+        lock = tempfile.NamedTemporaryFile(prefix="kiln_zoo_gpu_", suffix=".lock")
+        share = str(max(1, (os.cpu_count() or 1) // jobs))  # CPU threads per worker
+        os.environ.setdefault("OMP_NUM_THREADS", share)
+        os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", share)
 
-        def in_worker(entry: ZooModel) -> None:
+        def in_worker(item: tuple[ZooModel, str]) -> None:
+            entry, precision = item
             if late():
                 return
-            report(_row_in_worker(zoo, entry, "fp32", device, verbose, deadline, start))
+            timed = precision != "fp32" and device.type == "cuda"
+            report(
+                _row_in_worker(
+                    zoo,
+                    entry,
+                    precision,
+                    device,
+                    verbose,
+                    deadline,
+                    start,
+                    peer=peer,
+                    show_profile=show_profile,
+                    gpu_lock=lock.name if timed else None,
+                )
+            )
 
-        with ThreadPoolExecutor(jobs) as pool:
-            list(pool.map(in_worker, [e for e in entries if "fp32" in precisions]))
+        with lock:
+            for phase in (["fp32"], [p for p in precisions if p != "fp32"]):
+                with ThreadPoolExecutor(jobs) as pool:
+                    items = [(e, p) for e in entries for p in precisions if p in phase]
+                    list(pool.map(in_worker, items))
     for entry in entries:
         for precision in precisions:
             if (entry.name, precision) in done or late():

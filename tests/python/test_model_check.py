@@ -169,6 +169,34 @@ def test_zoo_fp32_rows_run_in_worker_processes_and_a_failing_worker_fails_its_ro
     assert row.status == "FAIL" and "worker exited with status 1" in row.error, row
 
 
+def test_zoo_gpu_turns_of_worker_processes_do_not_overlap(tmp_path):
+    """--jobs N on one GPU: the timed workers hold the GPU in turns (gpu_turn, a file lock named by
+    KILN_ZOO_GPU_LOCK); three processes each hold a turn for 0.4 s and log when they enter and
+    leave it: no turn starts before the one in progress has ended."""
+    import os
+    import subprocess
+
+    log = tmp_path / "turns.log"
+    source = str(ROOT / "tools" / "zoo_check.py")
+    script = (
+        "import importlib.util, sys, time\n"
+        f"spec = importlib.util.spec_from_file_location('zc', {source!r})\n"
+        "zc = sys.modules['zc'] = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(zc)\n"
+        "with zc.gpu_turn():\n"
+        f"    open({str(log)!r}, 'a').write(f'in {{time.monotonic()}}\\n')\n"
+        "    time.sleep(0.4)\n"
+        f"    open({str(log)!r}, 'a').write(f'out {{time.monotonic()}}\\n')\n"
+    )
+    env = dict(os.environ, KILN_ZOO_GPU_LOCK=str(tmp_path / "gpu.lock"))
+    workers = [subprocess.Popen([sys.executable, "-c", script], env=env) for _ in range(3)]
+    assert all(w.wait(timeout=120) == 0 for w in workers)
+    events = sorted(
+        (float(t), kind) for kind, t in (line.split() for line in log.read_text().splitlines())
+    )
+    assert [kind for _, kind in events] == ["in", "out"] * 3, events
+
+
 def test_zoo_shards_split_the_models_and_merge_into_one_table(tmp_path, capsys):
     pytest.importorskip("transformers")
     zc = _load("kiln_zoo_check", ROOT / "tools" / "zoo_check.py")
