@@ -220,8 +220,9 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
       m.configs.push_back(std::move(found[static_cast<size_t>(i)]));
   }
 
-  // The usable ones in that order: no runtime compilation (builds stay fast), float32 strict
-  // unless TF32 is allowed, a plan cuDNN finalizes, a workspace within the limit.
+  // The usable ones in that order: no runtime compilation (builds stay fast), no reduced-precision
+  // reduction, float32 strict unless TF32 is allowed, a plan cuDNN finalizes, a workspace within
+  // the limit.
   const bool strict = s.dtype == DataType::kFloat32 && !s.allow_tf32;
   int usable = 0;
   for (const Desc& cfg : m.configs) {
@@ -236,6 +237,8 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
     const std::vector<int> numerics = notes_of<cudnnBackendNumericalNote_t>(
         engine, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE, CUDNN_NUMERICAL_NOTE_TYPE_COUNT);
     if (has(behavior, CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION)) continue;
+    // Every dtype accumulates in FP32 (the legacy path's promise): no reduction in a lower precision.
+    if (has(numerics, CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION)) continue;
     if (strict && (has(numerics, CUDNN_NUMERICAL_NOTE_TENSOR_CORE) ||
                    has(numerics, CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS)))
       continue;
