@@ -14,7 +14,8 @@ torch.compile(mode="reduce-overhead") in the same run.
 Per model and precision, batch 1 (random weights; batch norms calibrated on random images so
 outputs are not vanishingly small): engines and fallbacks (grouped by op), the cosine of Kiln's
 output against FP32 eager (TF32 off), Kiln's latency and reduce-overhead's (median of CUDA-event
-timed runs, both warmed up), and Kiln's speedup. FP16 rows run ``model.half()`` with half inputs.
+timed runs, both warmed up, the two interleaved), and Kiln's speedup. FP16 rows run ``model.half()``
+with half inputs.
 A model whose own eager FP16 output is not finite (random weights overflow float16) is judged in
 FP32, and the row says so. Thresholds: cosine >= 0.999 (FP16) / 0.9999 (FP32), 1 engine, 0
 fallbacks (detection: exactly the data-dependent ops in PyTorch), speedup >= 1 (FP16).
@@ -146,24 +147,40 @@ def gpu_turn():
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _time_against_peer(row, run, model, args, kwargs, peer, runs, warmup, after=None) -> None:
-    """row.kiln_ms: the median of `run`; then (with `after` called in the same GPU turn, for the
-    profile) with `peer`, row.peer_ms of torch.compile(model, mode="reduce-overhead"), which
-    compiles and records its CUDA graphs outside the GPU turns (its first calls) and is timed in a
-    turn of its own. Kiln goes first: torch._dynamo.reset() would discard a dynamo-compiled Kiln."""
+def _time_against_peer(
+    row, run, model, args, kwargs, peer, runs, warmup, after=None, dynamo=False
+) -> None:
+    """row.kiln_ms: the median of `run`; with `peer`, row.peer_ms: that of
+    torch.compile(model, mode="reduce-overhead"), which compiles and records its CUDA graphs (its
+    first calls) outside the GPU turns. The two are timed in one turn, their runs interleaved
+    (median_latencies_ms), so a load on the machine meanwhile weighs on both alike. `dynamo`: `run`
+    is a dynamo-compiled Kiln, which torch._dynamo.reset() (before the peer's compile) discards:
+    it is timed first, in a turn of its own. `after` (the profile) runs in Kiln's turn."""
+    from kiln.runner import median_latencies_ms
+
+    def peer_compiled():
+        torch._dynamo.reset()
+        opt = torch.compile(model, mode="reduce-overhead")
+        with torch.no_grad():
+            for _ in range(3):
+                opt(*args, **kwargs)
+        return lambda: opt(*args, **kwargs)
+
+    if peer and not dynamo:
+        timed = [run, peer_compiled()]
+        with gpu_turn():
+            row.kiln_ms, row.peer_ms = median_latencies_ms(timed, runs, warmup)
+            if after is not None:
+                after()
+        return
     with gpu_turn():
         row.kiln_ms = _median_ms(run, runs, warmup)
         if after is not None:
             after()
-    if not peer:
-        return
-    torch._dynamo.reset()
-    opt = torch.compile(model, mode="reduce-overhead")
-    with torch.no_grad():
-        for _ in range(3):
-            opt(*args, **kwargs)
-    with gpu_turn():
-        row.peer_ms = _median_ms(lambda: opt(*args, **kwargs), runs, warmup)
+    if peer:
+        opt = peer_compiled()
+        with gpu_turn():
+            row.peer_ms = _median_ms(opt, runs, warmup)
 
 
 def _calibrate(model: torch.nn.Module, make_input: Callable[[], tuple]) -> None:
@@ -512,7 +529,7 @@ def _through_dynamo(entry, model, args, kwargs, precision, device, peer, row, ti
         row.error = f"{tuple(out[0].shape)} boxes, eager {tuple(truth[0].shape)}"
     if device.type == "cuda" and timed:
         run = lambda: compiled(*args, **kwargs)  # noqa: E731
-        _time_against_peer(row, run, model, args, kwargs, peer, runs=10, warmup=2)
+        _time_against_peer(row, run, model, args, kwargs, peer, runs=10, warmup=2, dynamo=True)
 
 
 def _decide(entry: ZooModel, row: ZooRow) -> str:

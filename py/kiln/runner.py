@@ -668,21 +668,30 @@ def time_calls(
 def median_latency_ms(fn, runs: int = 30, warmup: int = 5) -> float:
     """The median milliseconds of `runs` calls of `fn` on CUDA, each timed alone (CUDA events
     around it, waited for before the next): the latency the demo and the zoo check compare."""
+    return median_latencies_ms([fn], runs, warmup)[0]
+
+
+def median_latencies_ms(fns, runs: int = 30, warmup: int = 5) -> list[float]:
+    """median_latency_ms of each of `fns`, their calls interleaved (run i of every fn, then run
+    i + 1 of every fn), so that whatever else loads the machine meanwhile weighs on all of them
+    alike: the fair way to compare two systems in one run."""
     import torch
 
     with torch.no_grad():
-        for _ in range(warmup):
-            fn()
+        for fn in fns:
+            for _ in range(warmup):
+                fn()
         torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
+        times: list[list[float]] = [[] for _ in fns]
         for _ in range(runs):
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    return statistics.median(times)
+            for fn, mine in zip(fns, times, strict=True):
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                mine.append(start.elapsed_time(end))
+    return [statistics.median(t) for t in times]
 
 
 def _throughput_on_streams(model: Model, tfeed: dict, streams: int, iterations: int) -> float:
