@@ -168,10 +168,11 @@ class CudnnConvolution final : public Kernel {
     return depthwise() ? "cuda_depthwise_convolution" : "cudnn_convolution";
   }
   bool uses_cudnn() const override { return !depthwise(); }
-  // The tactics the builder times: the graph ones only with KILN_CUDNN_GRAPH=1.
+  // The tactics the builder times: the graph ones where cudnn_graph_tactics_for says so.
   int num_tactics() const override {
     if (transposed_) return static_cast<int>(CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT);
-    return cudnn_graph_tactics_enabled() ? tactic_count() : kGraphTactic;
+    const bool grouped = layer_.attrs.get_int("groups", int64_t{1}) > 1;
+    return cudnn_graph_tactics_for(grouped) ? tactic_count() : kGraphTactic;
   }
 
  private:

@@ -138,9 +138,11 @@ bool has(const std::vector<int>& notes, int note) {
 
 }  // namespace
 
-bool cudnn_graph_tactics_enabled() {
+bool cudnn_graph_tactics_for(bool grouped) {
   const char* v = std::getenv("KILN_CUDNN_GRAPH");
-  return v && std::strcmp(v, "1") == 0;
+  if (v && std::strcmp(v, "1") == 0) return true;
+  if (v && std::strcmp(v, "0") == 0) return false;
+  return grouped;
 }
 
 struct CudnnGraphConvolution::Impl {

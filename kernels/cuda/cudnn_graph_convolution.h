@@ -32,8 +32,10 @@ struct GraphConvShape {
 // heuristics (mode A, then its fallback list) offer, finalize as plans and fit the workspace.
 constexpr int kCudnnGraphConfigs = 4;
 
-// True when KILN_CUDNN_GRAPH=1: the builder then times the graph tactics.
-bool cudnn_graph_tactics_enabled();
+// Whether the builder times the graph tactics of a convolution: KILN_CUDNN_GRAPH=1 for every one,
+// =0 for none; unset (the default) for grouped ones (groups > 1), where cuDNN's legacy algorithms
+// are slowest (regnet_x's grouped 3x3 convolutions ran 1.5-2.6x faster on graph engines).
+bool cudnn_graph_tactics_for(bool grouped);
 
 // One execution plan: engine configuration `config` of the usable ones (see kCudnnGraphConfigs).
 // Throws, saying why, when cuDNN offers fewer or refuses the shape.
