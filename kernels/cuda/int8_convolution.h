@@ -1,5 +1,5 @@
 // Kiln's INT8 convolution: an implicit GEMM on the int8 tensor cores (int32 accumulation), with
-// mma.sync m16n8k32 (int8_convolution.cu) and on sm_90 Hopper's wgmma (int8_convolution_sm90a.cu;
+// mma.sync m16n8k32 (int8_convolution_mma.cuh) and on sm_90 Hopper's wgmma (int8_convolution_sm90a.cu;
 // both share int8_convolution_tile.cuh), for 2d convolutions whose input and weight were
 // quantized by the builder (quantize_int8_layers): x int8 channels last [N, H, W, C], weight
 // int8 [K, R, S, C], one float scale per output channel (alpha[k] = input scale x weight scale

@@ -1,5 +1,5 @@
 // The parts of Kiln's INT8 implicit-GEMM convolution (int8_convolution.h) that its two kernels
-// share: the mma.sync kernel of int8_convolution.cu (sm_80 and newer) and the wgmma kernel of
+// share: the mma.sync kernel of int8_convolution_mma.cuh (sm_80 and newer) and the wgmma kernel of
 // int8_convolution_sm90a.cu (Hopper). Both stream the same tiles through shared memory: kBlockK
 // int8 taps a step, A (output pixels' windows, gathered from x) and B (weight rows) as rows of 64
 // bytes in 16-byte chunks, copied with cp.async (TileLoader); both end with the same two-pass
@@ -400,6 +400,17 @@ void dispatch_output(DataType rounding, bool int8_out, Launch&& launch) {
     }
   });
 }
+
+// Launches the mma.sync kernel (int8_convolution_mma.cuh) with tile BM x BN of warps WM x WN for y
+// of type int8 (int8_out) or `rounding`. Instantiated for tiles 0-4 only, each in a translation unit
+// of its own (int8_convolution_mma_tile{0..4}.cu).
+template <int BM, int BN, int WM, int WN>
+void launch_mma_tile(const DeviceParams& d, DataType rounding, bool int8_out, cudaStream_t stream);
+
+// Launches the wgmma kernel (int8_convolution_wgmma.cuh) with tile BM x BN, likewise; instantiated
+// for wgmma tiles 0-3 (int8_convolution_wgmma_tile{0..3}_sm90a.cu).
+template <int BM, int BN, int kMinBlocks>
+void launch_wgmma_tile(const DeviceParams& d, DataType rounding, bool int8_out, cudaStream_t stream);
 
 // Whether this build holds the wgmma kernels (int8_convolution_sm90a.cu compiled for sm_90a).
 bool int8_wgmma_compiled();

@@ -1,4 +1,4 @@
-// PTX wrappers for sm_80+ tensor-core kernels (attention_mma.cu, int8_convolution.cu): cp.async
+// PTX wrappers for sm_80+ tensor-core kernels (attention_mma.cu, int8_convolution_mma.cuh): cp.async
 // copies into shared memory and ldmatrix fragment loads. On older architectures they compile to
 // nothing (the kernels that use them are only launched on sm_80+).
 #pragma once
