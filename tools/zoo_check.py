@@ -713,6 +713,20 @@ def run(
     def late() -> bool:
         return bool(deadline) and time.perf_counter() - start > deadline
 
+    def in_worker(entry: ZooModel, precision: str, **where) -> ZooRow:
+        return _row_in_worker(
+            zoo,
+            entry,
+            precision,
+            device,
+            verbose,
+            deadline,
+            start,
+            peer=peer,
+            show_profile=show_profile,
+            **where,
+        )
+
     if gpus > 1:  # every row in a worker process that has one of the GPUs to itself, timed
         free: queue.Queue = queue.Queue()
         for g in range(gpus):
@@ -724,20 +738,7 @@ def run(
                 return
             g = free.get()
             try:
-                report(
-                    _row_in_worker(
-                        zoo,
-                        entry,
-                        precision,
-                        device,
-                        verbose,
-                        deadline,
-                        start,
-                        g,
-                        peer,
-                        show_profile,
-                    )
-                )
+                report(in_worker(entry, precision, gpu=g))
             finally:
                 free.put(g)
 
@@ -749,31 +750,18 @@ def run(
         os.environ.setdefault("OMP_NUM_THREADS", share)
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", share)
 
-        def in_worker(item: tuple[ZooModel, str]) -> None:
+        def in_turns(item: tuple[ZooModel, str]) -> None:
             entry, precision = item
             if late():
                 return
             timed = precision != "fp32" and device.type == "cuda"
-            report(
-                _row_in_worker(
-                    zoo,
-                    entry,
-                    precision,
-                    device,
-                    verbose,
-                    deadline,
-                    start,
-                    peer=peer,
-                    show_profile=show_profile,
-                    gpu_lock=lock.name if timed else None,
-                )
-            )
+            report(in_worker(entry, precision, gpu_lock=lock.name if timed else None))
 
         with lock:
             for phase in (["fp32"], [p for p in precisions if p != "fp32"]):
                 with ThreadPoolExecutor(jobs) as pool:
                     items = [(e, p) for e in entries for p in precisions if p in phase]
-                    list(pool.map(in_worker, items))
+                    list(pool.map(in_turns, items))
     for entry in entries:
         for precision in precisions:
             if (entry.name, precision) in done or late():
