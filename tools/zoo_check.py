@@ -47,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections import Counter
@@ -700,8 +701,28 @@ def run(
     start = time.perf_counter()
     done: dict[tuple[str, str], ZooRow] = {}
 
+    lock = threading.Lock()
+
+    def write() -> list[ZooRow]:
+        """Every row so far (SKIP where none yet), and with --out the table and JSON of them, after
+        each row: a run cut short keeps what it measured."""
+        with lock:
+            rows = [
+                done.get((e.name, p)) or ZooRow(e.name, p, status="SKIP", error="time budget")
+                for e in entries
+                for p in precisions
+            ]
+            if out:
+                Path(out).mkdir(parents=True, exist_ok=True)
+                suffix = "" if shard == (1, 1) else f"_shard{k}of{n}"
+                (Path(out) / f"zoo_{zoo}{suffix}.md").write_text(markdown(rows) + "\n")
+                rows_json = json.dumps([asdict(r) for r in rows], indent=1) + "\n"
+                (Path(out) / f"zoo_{zoo}{suffix}.json").write_text(rows_json)
+        return rows
+
     def report(r: ZooRow) -> None:
         done[(r.model, r.precision)] = r
+        write()
         print(
             f"[{time.perf_counter() - start:6.1f}s] {r.model} {r.precision}: {r.status} "
             f"engines {r.engines} fallbacks {r.fallbacks} cosine {_fmt(r.cosine, '.6f')} "
@@ -745,7 +766,7 @@ def run(
         with ThreadPoolExecutor(gpus) as pool:
             list(pool.map(on_a_gpu, [(e, p) for e in entries for p in precisions]))
     elif jobs > 1:  # `jobs` worker processes at a time: the untimed FP32 rows, then the others
-        lock = tempfile.NamedTemporaryFile(prefix="kiln_zoo_gpu_", suffix=".lock")
+        gpu_lock = tempfile.NamedTemporaryFile(prefix="kiln_zoo_gpu_", suffix=".lock")
         share = str(max(1, (os.cpu_count() or 1) // jobs))  # CPU threads per worker
         os.environ.setdefault("OMP_NUM_THREADS", share)
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", share)
@@ -755,9 +776,9 @@ def run(
             if late():
                 return
             timed = precision != "fp32" and device.type == "cuda"
-            report(in_worker(entry, precision, gpu_lock=lock.name if timed else None))
+            report(in_worker(entry, precision, gpu_lock=gpu_lock.name if timed else None))
 
-        with lock:
+        with gpu_lock:
             for phase in (["fp32"], [p for p in precisions if p != "fp32"]):
                 with ThreadPoolExecutor(jobs) as pool:
                     items = [(e, p) for e in entries for p in precisions if p in phase]
@@ -771,20 +792,9 @@ def run(
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             report(r)
-    rows = [
-        done.get((e.name, p)) or ZooRow(e.name, p, status="SKIP", error="time budget")
-        for e in entries
-        for p in precisions
-    ]
-    table = markdown(rows)
+    rows = write()
     print()
-    print(table)
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        suffix = "" if shard == (1, 1) else f"_shard{k}of{n}"
-        (Path(out) / f"zoo_{zoo}{suffix}.md").write_text(table + "\n")
-        rows_json = [asdict(r) for r in rows]
-        (Path(out) / f"zoo_{zoo}{suffix}.json").write_text(json.dumps(rows_json, indent=1) + "\n")
+    print(markdown(rows))
     return 1 if any(r.status == "FAIL" for r in rows) else 0
 
 
