@@ -295,6 +295,8 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
     // two become one.
     run_pass(
         "compose_transposes", [](Network& n) { return collapse_transposes(n, true); }, net);
+    // A channel shuffle left as concat + transpose (in whatever dims the layouts gave it): one concat.
+    run_pass("fold_channel_shuffles", fold_channel_shuffles, net);
   }
   // 5b. fuse chains of pointwise layers into one generated kernel each. After precision
   //     assignment on purpose: each layer's compute dtype, and the casts that pass inserted, are

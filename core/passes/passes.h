@@ -51,6 +51,9 @@ bool unflatten_batched_matmuls(Network& net);
 // concat of strided views of one tensor that read it in a permuted order (Swin's patch merging)
 // -> reshape, transpose, reshape.
 bool concat_views_to_transposes(Network& net);
+// A concat read through a transpose that interleaves its inputs (ShuffleNet's channel shuffle) ->
+// one concat along a new inner axis (reshapes around it are views): one copy instead of two.
+bool fold_channel_shuffles(Network& net);
 // activation(views(GEMM or convolution)) -> views(activation(...)), for the epilogue fusions.
 bool hoist_activations(Network& net);
 bool fuse_conv_epilogue(Network& net);

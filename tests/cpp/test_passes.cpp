@@ -573,6 +573,74 @@ TEST(ConcatViewsToTransposes, SlicesThatDoNotTileTheTensorStay) {
   EXPECT_EQ(net.layers().back().op, "activation");
 }
 
+// ---- fold_channel_shuffles -------------------------------------------------------------------
+
+// A ShuffleNet unit's end: cat(x_1..x_g) on the channels, then the channel shuffle (a view, a
+// transpose, a view). NCHW: x_i [1, 4, 3, 3] on axis 1 -> [1, g, 4, 3, 3] -> `perm` -> [1, 4g, 3, 3].
+// NHWC (as assign_layouts and compose_transposes leave it in float16 plans): x_i [1, 3, 3, 4] on
+// axis 3 -> [3, 3, g, 4] (the batch of 1 dropped) -> `perm` -> [1, 3, 3, 4g].
+struct ShuffleNet {
+  Network net;
+  test::Feed feed;
+};
+
+ShuffleNet channel_shuffle(bool nhwc, int64_t g, std::vector<int64_t> perm, bool concat_is_output = false) {
+  ShuffleNet s;
+  Network& net = s.net;
+  const Dims x_dims = nhwc ? Dims{1, 3, 3, 4} : Dims{1, 4, 3, 3};
+  std::vector<TensorId> xs;
+  for (int64_t i = 0; i < g; ++i) {
+    const std::string name = "x" + std::to_string(i);
+    xs.push_back(net.add_input(name, DataType::kFloat32, x_dims));
+    s.feed[name] = {x_dims, test::random_floats(36, static_cast<uint32_t>(7 + i))};
+  }
+  const TensorId c =
+      net.add_layer("concat", xs, Attributes().set("axis", int64_t{nhwc ? 3 : 1}), "cat").outputs[0];
+  const Dims groups = nhwc ? Dims{3, 3, g, 4} : Dims{1, g, 4, 3, 3};
+  TensorId t = net.add_layer("reshape", {c}, Attributes().set("shape", groups), "groups").outputs[0];
+  t = net.add_layer("transpose", {t}, Attributes().set("perm", perm), "shuffle").outputs[0];
+  const Dims merged = nhwc ? Dims{1, 3, 3, 4 * g} : Dims{1, 4 * g, 3, 3};
+  t = net.add_layer("reshape", {t}, Attributes().set("shape", merged), "merged").outputs[0];
+  net.mark_output(net.add_activation(t, "relu", 0, "relu").outputs[0], "y");
+  if (concat_is_output) net.mark_output(net.add_activation(c, "relu", 0, "relu_cat").outputs[0], "y_cat");
+  return s;
+}
+
+TEST(FoldChannelShuffles, ConcatAndShuffleBecomeOneConcatInBothLayouts) {
+  for (bool nhwc : {false, true}) {
+    for (int64_t g : {2, 3}) {
+      SCOPED_TRACE(std::string(nhwc ? "nhwc" : "nchw") + ", groups " + std::to_string(g));
+      ShuffleNet s = channel_shuffle(
+          nhwc, g, nhwc ? std::vector<int64_t>{0, 1, 3, 2} : std::vector<int64_t>{0, 2, 1, 3, 4});
+      const auto want = test::run_reference(s.net, s.feed, false);
+      ASSERT_TRUE(fold_channel_shuffles(s.net));
+      int transposes = 0, concats = 0;
+      for (const Layer& l : s.net.layers()) {
+        transposes += l.op == "transpose";
+        concats += l.op == "concat";
+      }
+      EXPECT_EQ(transposes, 0);
+      EXPECT_EQ(concats, 1);
+      EXPECT_EQ(test::run_reference(s.net, s.feed, false), want);  // bit for bit: data movement only
+      EXPECT_EQ(test::run_reference(s.net, s.feed, true), want);   // and through every pass
+    }
+  }
+}
+
+TEST(FoldChannelShuffles, ATransposeThatDoesNotInterleaveStays) {
+  // [1, 2, 4, 3, 3] with H and W swapped: the groups stay apart.
+  ShuffleNet s = channel_shuffle(false, 2, {0, 1, 2, 4, 3});
+  EXPECT_FALSE(fold_channel_shuffles(s.net));
+  // NHWC groups moved outermost: [3, 3, 2, 4] -> [2, 3, 3, 4], not an interleave of the channels.
+  ShuffleNet t = channel_shuffle(true, 2, {2, 0, 1, 3});
+  EXPECT_FALSE(fold_channel_shuffles(t.net));
+}
+
+TEST(FoldChannelShuffles, AConcatReadElsewhereStays) {
+  ShuffleNet s = channel_shuffle(false, 2, {0, 2, 1, 3, 4}, /*concat_is_output=*/true);
+  EXPECT_FALSE(fold_channel_shuffles(s.net));  // the concat stays for its other reader: no copy saved
+}
+
 TEST(ViewTracer, StridedSliceStepsTheStride) {
   Network net = patch_merging(1);
   // The second part: x[:, 1::2, 0::2] -> offset one row (6 * 3), rows every 2, columns every 2.
