@@ -87,11 +87,7 @@ bool concat_views_to_transposes(Network& net) {
     std::vector<Layer> added = permutation_layers(net, name, root_id, factors, perm, y_id);
     rewrites.emplace_back(static_cast<int>(i), std::move(added));
   }
-  if (rewrites.empty()) return false;
-  replace_layers(net, rewrites);
-  eliminate_dead_layers(net);
-  net.revalidate();
-  return true;
+  return apply_rewrites(net, rewrites);
 }
 
 }  // namespace kiln

@@ -48,10 +48,7 @@ const Layer* concat_behind_views(const Network& net, const std::vector<int>& pro
 bool fold_channel_shuffles(Network& net) {
   const ViewTracer tracer(net);
   const std::vector<int> readers = reader_counts(net);
-  std::vector<int> producer(net.tensors().size(), -1);
-  for (size_t i = 0; i < net.layers().size(); ++i) {
-    for (TensorId t : net.layers()[i].outputs) producer[static_cast<size_t>(t)] = static_cast<int>(i);
-  }
+  const std::vector<int> producer = net.producers();
   std::set<std::string> names = names_in_use(net);
   std::vector<std::pair<int, std::vector<Layer>>> rewrites;  // transpose index -> its replacement
   for (size_t i = 0; i < net.layers().size(); ++i) {
@@ -118,11 +115,7 @@ bool fold_channel_shuffles(Network& net) {
     added.push_back(std::move(back));
     rewrites.emplace_back(static_cast<int>(i), std::move(added));
   }
-  if (rewrites.empty()) return false;
-  replace_layers(net, rewrites);
-  eliminate_dead_layers(net);
-  net.revalidate();
-  return true;
+  return apply_rewrites(net, rewrites);
 }
 
 }  // namespace kiln

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "core/passes/fused_names.h"
+#include "core/passes/passes.h"
 #include "ir/ops/shape.h"
 
 namespace kiln {
@@ -146,6 +147,14 @@ void replace_layers(Network& net, const std::vector<std::pair<int, std::vector<L
     layers.insert(layers.begin() + r->first, r->second.begin(), r->second.end());
   }
   net.reindex();
+}
+
+bool apply_rewrites(Network& net, const std::vector<std::pair<int, std::vector<Layer>>>& rewrites) {
+  if (rewrites.empty()) return false;
+  replace_layers(net, rewrites);
+  eliminate_dead_layers(net);
+  net.revalidate();
+  return true;
 }
 
 bool dim_stride(const std::vector<Atom>& atoms, int64_t* stride) {

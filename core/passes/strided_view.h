@@ -63,6 +63,10 @@ std::vector<Layer> permutation_layers(Network& net, const std::string& name, Ten
 // (permutation_layers' output), then reindexes the network.
 void replace_layers(Network& net, const std::vector<std::pair<int, std::vector<Layer>>>& rewrites);
 
+// The end of a pass that rewrote layers so: replace_layers, then eliminate_dead_layers (what the
+// rewrites bypassed) and revalidate. False, with the network untouched, when there is none.
+bool apply_rewrites(Network& net, const std::vector<std::pair<int, std::vector<Layer>>>& rewrites);
+
 class ViewTracer {
  public:
   explicit ViewTracer(const Network& net);
