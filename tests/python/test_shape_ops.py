@@ -242,6 +242,8 @@ CONCAT_CASES = [
     # precision beside odd ones, so the copy unit narrows to what every input allows.
     ([(2, 3, 8)] * 20 + [(2, 3, 3)] + [(2, 3, 8)] * 19, -1),
     ([(2, 4, 16), (2, 4, 24), (2, 4, 8)], 2),
+    # fold_channel_shuffles' interleave: rows of one element from each input, on a new last axis.
+    ([(1, 3, 3, 4, 1)] * 2, -1),
 ]
 
 
