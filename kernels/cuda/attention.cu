@@ -8,7 +8,7 @@
 // output columns l, l + 32, ... of each row. Causal layers stop at the tile's last visible key.
 // No scratch memory. A row whose keys are all masked gets zeros, like the reference.
 //
-// Fast path: float16/bfloat16 with head size D = Dv in {32, 64, 128}, or float32 with D = Dv in
+// Fast path: float16/bfloat16 with head size D = Dv in {32, 64, 80, 96, 128}, or float32 with D = Dv in
 // {32, 64}, on sm_80+ (16-byte aligned tensors) takes the tensor-core flash-attention kernel of
 // attention_mma.cu; everything else (other head sizes, misaligned views) takes the kernel here.
 #include <algorithm>

@@ -1,5 +1,5 @@
 // Flash attention (FlashAttention-2 style) on tensor cores, sm_80+, FP32 accumulation and softmax:
-//   float16/bfloat16, head size D = Dv in {32, 64, 128}: mma.sync m16n8k16;
+//   float16/bfloat16, head size D = Dv in {32, 64, 80, 96, 128}: mma.sync m16n8k16;
 //   float32, D = Dv in {32, 64}: mma.sync m16n8k8 on TF32 operands, each product as three of them
 //     ("3xTF32", see below), so the result keeps FP32 accuracy while running on tensor cores (what
 //     PyTorch's memory-efficient attention does for float32 too).
@@ -75,6 +75,7 @@ struct Tile {
   static constexpr int kElems = kBlockN * kLd;      // one K or V tile
   static constexpr int kVecs = D / kVecElems;       // 16-byte vectors per row
   static constexpr int kSmemElems = 4 * kElems;     // K and V, two stages
+  static_assert(D % 16 == 0, "whole k16 steps over the head dim");
   static_assert(kBlockN * kVecs % kThreads == 0 && 16 * kVecs % 32 == 0, "whole copy rounds");
 };
 
@@ -161,19 +162,17 @@ struct QFragments<float, D> {
 
 // Stages a tile of kBlockN rows of D elements (row stride `stride` elements in global memory) into
 // shared memory with row stride D + 8; rows [rows, kBlockN) are zero-filled without a global read.
-// Thread i copies vector i % kVecs of rows i / kVecs + j * kRowStep, j = 0, 1, ...
+// The tile's kBlockN * kVecs 16-byte vectors in row-major order: thread i copies vectors
+// i + j * kThreads, j = 0, 1, ... (kVecs need not be a power of two: D = 80 has 10 per row).
 template <int D, typename T>
 __device__ __forceinline__ void load_tile_async(T* dst, const T* src, int64_t stride, int rows) {
   using L = Tile<T, D>;
-  constexpr int kRowStep = kThreads / L::kVecs;
-  const int r0 = threadIdx.x / L::kVecs, c = threadIdx.x % L::kVecs;  // powers of two: shifts
-  const T* from = src + r0 * stride + c * L::kVecElems;
-  T* to = dst + r0 * L::kLd + c * L::kVecElems;
 #pragma unroll
-  for (int j = 0; j < kBlockN / kRowStep; ++j) {
-    const bool fill = r0 + j * kRowStep < rows;
-    cp_async_16(to + j * kRowStep * L::kLd, fill ? from : src, fill);
-    from += kRowStep * stride;
+  for (int j = 0; j < kBlockN * L::kVecs / kThreads; ++j) {
+    const int i = static_cast<int>(threadIdx.x) + j * kThreads;
+    const int r = i / L::kVecs, c = i % L::kVecs;
+    const bool fill = r < rows;
+    cp_async_16(dst + r * L::kLd + c * L::kVecElems, fill ? src + r * stride + c * L::kVecElems : src, fill);
   }
 }
 
@@ -213,7 +212,8 @@ __device__ __forceinline__ void apply_mask(float (&s)[kBlockN / 8][4], const M* 
 // Lane offsets of the ldmatrix row addresses (16-bit types). Q and V (x4 over a 16x16 block,
 // matrices ordered rows 0-7 / rows 8-15 / rows 0-7 + 8 cols / rows 8-15 + 8 cols): for Q that is
 // a0..a3, for V (trans) b0, b1 of n8 tile nt and b0, b1 of tile nt + 1. K (x4 over 8 rows x 32
-// cols): b0, b1 of k16 step kk and b0, b1 of step kk + 1.
+// cols): b0, b1 of k16 step kk and b0, b1 of step kk + 1 (x2, lanes 0-15: step kk alone, the last
+// step of an odd D / 16).
 template <int kLd>
 __device__ __forceinline__ int qv_offset(int lane) {
   return ((lane & 7) + ((lane >> 3) & 1) * 8) * kLd + (lane >> 4) * 8;
@@ -257,11 +257,17 @@ __device__ __forceinline__ void tile_scores(float (&s)[kBlockN / 8][4], const QF
         mma_1688_3xtf32(s[nt], qf.big[kk], qf.small[kk], k[kk * 8], k[kk * 8 + 4]);
     } else {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; kk += 2) {
+      for (int kk = 0; kk + 1 < D / 16; kk += 2) {
         uint32_t kf[4];
         ldmatrix_x4(kf, k_tile + nt * 8 * kLd + k_offset<kLd>(lane) + kk * 16);
         mma_16816<T>(s[nt], qf.f[kk], kf[0], kf[1]);
         mma_16816<T>(s[nt], qf.f[kk + 1], kf[2], kf[3]);
+      }
+      if constexpr (D / 16 % 2 == 1) {  // D = 80: columns 64-79
+        constexpr int kk = D / 16 - 1;
+        uint32_t kf[2];
+        ldmatrix_x2(kf, k_tile + nt * 8 * kLd + k_offset<kLd>(lane % 16) + kk * 16);
+        mma_16816<T>(s[nt], qf.f[kk], kf[0], kf[1]);
       }
     }
   }
@@ -554,7 +560,9 @@ template <typename T>
 void launch_for_dtype(const MmaAttentionParams& p, int64_t d, cudaStream_t stream) {
   if (d == 32) return launch_for_mask<T, 32>(p, stream);
   if (d == 64) return launch_for_mask<T, 64>(p, stream);
-  if constexpr (!std::is_same_v<T, float>) {  // float32 fragments of D = 128 would not fit in registers
+  if constexpr (!std::is_same_v<T, float>) {  // float32 fragments of D > 64 would not fit in registers
+    if (d == 80) return launch_for_mask<T, 80>(p, stream);
+    if (d == 96) return launch_for_mask<T, 96>(p, stream);
     if (d == 128) return launch_for_mask<T, 128>(p, stream);
   }
   KILN_FAIL("mma attention: unsupported head size " << d);
@@ -567,7 +575,7 @@ bool mma_attention_supports(const MmaAttentionParams& p, DataType dtype, int64_t
   if (dtype == DataType::kFloat32) {
     if (d != 32 && d != 64) return false;
   } else if (dtype == DataType::kFloat16 || dtype == DataType::kBFloat16) {
-    if (d != 32 && d != 64 && d != 128) return false;
+    if (d != 32 && d != 64 && d != 80 && d != 96 && d != 128) return false;
   } else {
     return false;
   }

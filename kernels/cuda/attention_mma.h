@@ -1,5 +1,5 @@
 // The tensor-core flash-attention kernel (attention_mma.cu) behind the attention layer's CUDA
-// kernel (attention.cu), sm_80+: float16/bfloat16 with head size D = Dv in {32, 64, 128}, float32
+// kernel (attention.cu), sm_80+: float16/bfloat16 with head size D = Dv in {32, 64, 80, 96, 128}, float32
 // (3xTF32, FP32-accurate) with D = Dv in {32, 64}.
 // Inputs and output are addressed through base pointers and element strides (batch, head,
 // sequence; the head dim is contiguous), so dense [B..., H, S, D] tensors, [B, S, H, D] layouts and
@@ -37,7 +37,7 @@ struct MmaAttentionParams {
   float o_inv_scale = 0.f;
 };
 
-// Whether the kernel takes this problem: sm_80+, float16/bfloat16 with d == dv in {32, 64, 128} or
+// Whether the kernel takes this problem: sm_80+, float16/bfloat16 with d == dv in {32, 64, 80, 96, 128} or
 // float32 with d == dv in {32, 64}, 16-byte aligned base pointers, every q/k/v/o stride a multiple
 // of 16 bytes (whole 16-byte vectors),
 // and a mask (if any) with key stride 0 or 1.

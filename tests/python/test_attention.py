@@ -367,12 +367,14 @@ def test_cuda_refuses_head_size_above_256():
         run_layer(build(), inputs, "cuda")
 
 
-# Float16/bfloat16 with head size 32, 64 or 128 takes the tensor-core flash-attention kernel
+# Float16/bfloat16 with head size 32, 64, 80, 96 or 128 takes the tensor-core flash-attention kernel
 # (attention_mma.cu; CUDA_TOLERANCE says why its tolerance is wider). Its tiles: 64 query rows
 # (16 per warp) and 64 keys, so the sizes below cover single rows/keys, partial warps, partial
 # blocks, several key tiles with a partial last one, and Sq != Sk both ways (decoder-style Sq = 1).
-# float32 takes the tensor-core kernel too (3xTF32, head sizes 32 and 64; 128 takes the generic
-# kernel): its products keep FP32 accuracy, so CUDA_TOLERANCE[float32] holds for both.
+# float32 takes the tensor-core kernel too (3xTF32, head sizes 32 and 64; 80, 96 and 128 take the
+# generic kernel): its products keep FP32 accuracy, so CUDA_TOLERANCE[float32] holds for both.
+# Head size 80 (vit_h_14) has an odd count of k16 steps (the last one loads K with ldmatrix.x2) and
+# 10 vectors per row (no power of two).
 MMA_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 MMA_SIZES = [  # (Sq, Sk)
     (1, 1),
@@ -396,7 +398,7 @@ def check_mma(inputs, causal=False, scale=None, dynamic=False):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("sq,sk", MMA_SIZES)
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("d", [64, 80, 96, 128])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("dtype", MMA_DTYPES)
 def test_cuda_mma_sizes(sq, sk, d, causal, dtype):
@@ -440,7 +442,7 @@ MMA_MASKS = [  # for q [3, 4, Sq=77, D] and Sk=197
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind,mshape", MMA_MASKS)
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("d", [64, 80, 128])
 @pytest.mark.parametrize("dtype", MMA_DTYPES)
 @pytest.mark.parametrize("hkv", [4, 2])
 def test_cuda_mma_mask(kind, mshape, d, dtype, hkv):
@@ -472,7 +474,7 @@ def test_cuda_mma_fully_masked_rows(kind, d, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("d", [64, 80, 128])
 @pytest.mark.parametrize("dtype", MMA_DTYPES)
 @pytest.mark.parametrize("mask", [None, ("bool", (3, 1, 1, 197)), ("float", (77, 197))])
 def test_cuda_mma_dynamic_batch(d, dtype, mask):
@@ -481,7 +483,7 @@ def test_cuda_mma_dynamic_batch(d, dtype, mask):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("d", [64, 80, 128])
 def test_cuda_mma_many_heads_and_long_keys(d):
     # More blocks than one wave, 33 key tiles per block with a partial last one.
     check_mma(make_inputs((4, 16, 130, d), 4, 2049, dtype=torch.float16))
