@@ -26,7 +26,9 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -38,6 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models as zoo  # noqa: E402 (bench/models.py, next to this file)
 from models import compare, first_tensor  # noqa: E402
+
+from kiln.runner import GPU_LOCK_ENV, gpu_turn  # noqa: E402
 
 SYSTEMS = ("eager", "compile", "reduce_overhead", "torchao", "kiln")
 PEERS = ("eager", "compile", "reduce_overhead", "torchao")
@@ -409,7 +413,8 @@ def run_kiln(row: Row, model, input_sets, truth, args, device, base: int, plans_
             out = first_tensor(compiled(*input_sets[0]))
         free_memory(device)
         external = 0
-        if device.type == "cuda":
+        shared = bool(os.environ.get(GPU_LOCK_ENV))  # --jobs: other workers allocate too
+        if device.type == "cuda" and not shared:
             # Device memory that appeared outside torch's caching allocator since before the
             # compile. The runtime allocates the engines' constants, arenas and workspaces through
             # torch's allocator (runtime/runtime.cpp), so this is what is left: library handles
@@ -422,7 +427,7 @@ def run_kiln(row: Row, model, input_sets, truth, args, device, base: int, plans_
         del out
         result = measure(compiled, input_sets, row.batch, args.runs, args.warmup, device, base)
         result.compile_s = compile_s
-        result.extra["external_mib"] = external / 2**20
+        result.extra["external_mib"] = None if shared else external / 2**20
         result.extra.update(
             engines=report.num_engines,
             fallbacks=len(report.fallbacks),
@@ -537,7 +542,7 @@ def run_matrix(
         base = bases[entry.name] = entry.build().eval()
         truths = {}
         base.to(device)
-        with torch.no_grad(), zoo.torch_tf32(False):  # strict FP32, as Kiln's FP32
+        with gpu_turn(), torch.no_grad(), zoo.torch_tf32(False):  # strict FP32, as Kiln's FP32
             for batch in batches:
                 x = _on(make_input_sets(entry, batch, torch.device("cpu"), "fp32")[:1], device)
                 truths[batch] = first_tensor(base(*x[0])).float().cpu()
@@ -603,6 +608,110 @@ def run_matrix(
     return list(rows.values())
 
 
+# ---- --jobs: the matrix in worker processes that take turns on the GPU ---------------------
+
+WORKER = [sys.executable, str(Path(__file__).resolve())]  # how a worker is started (tests: a stub)
+KILL_GRACE_S = (
+    120.0  # a worker past the deadline by this much (a build that started late) is killed
+)
+
+
+def rows_from_json(path: Path) -> list[Row]:
+    """The rows of a results.json (write_json), as Row objects."""
+    rows = []
+    for r in json.loads(path.read_text())["rows"]:
+        systems = {n: Measurement(**m) for n, m in r["systems"].items()}
+        keep = {k: r[k] for k in ("model", "precision", "batch", "max_abs_err", "cosine")}
+        keep.update(eager_max_abs_err=r["eager_max_abs_err"], eager_cosine=r["eager_cosine"])
+        rows.append(Row(**keep, systems=systems))
+    return rows
+
+
+def _worker_argv(args, model: str, precision: str, batches, out: Path, left: float) -> list[str]:
+    argv = ["--worker", "--models", model, "--precisions", precision, "--out", str(out)]
+    argv += ["--batches", ",".join(str(b) for b in batches)]
+    argv += ["--runs", str(args.runs), "--warmup", str(args.warmup), "--device", args.device]
+    argv += ["--deadline", f"{max(left, 1.0):.0f}" if args.deadline else "0"]
+    argv += ["--compile-budget", str(args.compile_budget or 0)]
+    argv += ["--warm-build", ",".join(sorted(args.warm_build))]
+    argv += ["--plans", args.plans] if args.plans else []
+    flags = ("all_plans", "skip_peers", "tf32", "verbose")
+    return argv + [f"--{f.replace('_', '-')}" for f in flags if getattr(args, f)]
+
+
+def run_in_workers(
+    entries: Sequence,
+    precisions: Sequence[str],
+    batches: Sequence[int],
+    args,
+    log: Callable[[str], None] = print,
+) -> list[Row]:
+    """`--jobs N`: each model x precision of the matrix (all its batches) in a worker process of
+    its own (this script with --worker), N at a time. The workers share the GPU in turns
+    (kiln.runner.gpu_turn, a lock file named by KILN_GPU_LOCK): each timing, each Kiln build
+    (its tactic timing) and each FP32 truth holds the GPU alone, while the other workers build
+    models and compile torch.compile's cells on the CPU. A worker that fails or is killed past
+    the deadline gives its rows an error or a skip. The rows come back in matrix order."""
+    start = time.perf_counter()
+    parts = Path(args.out) / "parts"
+    units = [(e.name, p) for e in entries for p in precisions]
+    share = str(max(1, (os.cpu_count() or 1) // args.jobs))  # CPU threads per worker
+    # The lock the environment names (several runs at once share turns), else one of this run's.
+    lock = tempfile.NamedTemporaryFile(prefix="kiln_bench_gpu_", suffix=".lock")
+    env = dict(os.environ)
+    env.setdefault(GPU_LOCK_ENV, lock.name)
+    env.setdefault("OMP_NUM_THREADS", share)
+    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", share)
+
+    def missing(model: str, precision: str, status: str, why: str) -> list[Row]:
+        rows = [Row(model, precision, b) for b in batches]
+        for r in rows:
+            for name in ("eager", "kiln"):
+                r.systems[name] = Measurement(status, truncate(why))
+        return rows
+
+    def one(unit: tuple[str, str]) -> list[Row]:
+        model, precision = unit
+        elapsed = time.perf_counter() - start
+        left = args.deadline - elapsed if args.deadline else 0.0
+        if args.deadline and left <= 0:
+            return missing(model, precision, "skipped", "time budget: the run's deadline")
+        out = parts / f"{model}_{precision}"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").unlink(missing_ok=True)  # an earlier run's rows are not this one's
+        command = WORKER + _worker_argv(args, model, precision, batches, out, left)
+        log(f"[{elapsed:6.1f}s] {model} {precision}: worker started")
+        try:
+            with open(out / "log.txt", "w") as f:
+                done = subprocess.run(
+                    command,
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    timeout=left + KILL_GRACE_S if args.deadline else None,
+                )
+        except subprocess.TimeoutExpired:
+            return missing(model, precision, "skipped", "worker killed past the run's deadline")
+        tail = (out / "log.txt").read_text().strip().splitlines()[-1:]
+        log(
+            f"[{time.perf_counter() - start:6.1f}s] {model} {precision}: worker exited "
+            f"({done.returncode})"
+        )
+        if not (out / "results.json").exists():
+            return missing(
+                model,
+                precision,
+                "error",
+                f"worker exited with status {done.returncode}: " + " ".join(tail),
+            )
+        return rows_from_json(out / "results.json")
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with lock, ThreadPoolExecutor(args.jobs) as pool:
+        return [r for rows in pool.map(one, units) for r in rows]
+
+
 def torchao_unavailable(precision: str) -> str | None:
     """Why a row has no torchao peer (None when it has one)."""
     if precision != "int8":
@@ -633,11 +742,11 @@ def _eager_and_kiln(row: Row, entry, model, truth, args, device, budget, plans_d
     log(f"[{budget.elapsed():6.1f}s] {entry.name} {row.precision} b{row.batch}: eager")
     try:
         model.to(device)
-        with torch.no_grad():
+        with gpu_turn(), torch.no_grad():
             out = first_tensor(model(*input_sets[0]))
-        row.eager_max_abs_err, row.eager_cosine = compare(out, truth)
-        del out
-        m = measure(model, input_sets, row.batch, args.runs, args.warmup, device, base)
+            row.eager_max_abs_err, row.eager_cosine = compare(out, truth)
+            del out
+            m = measure(model, input_sets, row.batch, args.runs, args.warmup, device, base)
         m.compile_s = 0.0
         m.extra["weights_mib"] = weight_bytes(model) / 2**20
         row.systems["eager"] = m
@@ -651,7 +760,8 @@ def _eager_and_kiln(row: Row, entry, model, truth, args, device, budget, plans_d
         return
     log(f"[{budget.elapsed():6.1f}s] {entry.name} {row.precision} b{row.batch}: kiln")
     try:
-        run_kiln(row, model, input_sets, truth, args, device, base, plans_dir)
+        with gpu_turn():  # Kiln's build times tactics on the GPU
+            run_kiln(row, model, input_sets, truth, args, device, base, plans_dir)
     except Exception as e:  # noqa: BLE001
         row.systems["kiln"] = _error(e, args.verbose)
         model.cpu()  # when kiln.compile itself raised
@@ -682,7 +792,8 @@ def run_torch_compile(
             torch.cuda.synchronize(device)
         compile_s = time.perf_counter() - t0
         budget.charge(name, compile_s)
-        m = measure(compiled, input_sets, batch, args.runs, args.warmup, device, base)
+        with gpu_turn():
+            m = measure(compiled, input_sets, batch, args.runs, args.warmup, device, base)
         m.compile_s = compile_s
         m.extra["weights_mib"] = weight_bytes(model) / 2**20
         del compiled
@@ -822,6 +933,7 @@ def write_chart(rows: Sequence[Row], path: Path) -> None:
     labels = [f"{r.model}\n{r.precision} b{r.batch}" for r in rows]
     width = 0.8 / len(SYSTEMS)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(rows) + 2), 4.5))
+    drawn = 0
     for k, name in enumerate(SYSTEMS):
         xs, ys = [], []
         for i, r in enumerate(rows):
@@ -830,10 +942,14 @@ def write_chart(rows: Sequence[Row], path: Path) -> None:
                 xs.append(i + (k - (len(SYSTEMS) - 1) / 2) * width)
                 ys.append(m.latency_ms)
         ax.bar(xs, ys, width, label=LABELS[name])
+        drawn += len(ys)
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels(labels, fontsize=8)
-    ax.set_ylabel("median latency (ms, log scale)")
-    ax.set_yscale("log")
+    if drawn:
+        ax.set_ylabel("median latency (ms, log scale)")
+        ax.set_yscale("log")
+    else:  # every row failed: an empty chart that says so (log scale needs a value)
+        ax.text(0.5, 0.5, "no system measured", ha="center", transform=ax.transAxes)
     ax.set_title("Kiln vs PyTorch: median latency (lower is better)")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -899,8 +1015,18 @@ def parse_args(argv: Sequence[str] | None = None):
         "filled (comma list; '' for none)",
     )
     p.add_argument("--device", default="cuda", help="cuda, or cpu (Kiln's reference backend)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="model x precision units in this many worker processes at a time, which take turns "
+        "on the GPU for every timing and Kiln build (bench/README.md)",
+    )
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one unit of --jobs
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
     args.warm_build = {m for m in args.warm_build.split(",") if m}
     preset = FULL if args.full else QUICK if args.quick else DEFAULT
     args.models = args.models or preset["models"]
@@ -939,12 +1065,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     batches = [int(b) for b in args.batches.split(",") if b]
+    if args.worker:  # one unit of a --jobs run: its rows, for the parent to merge
+        rows = run_matrix(entries, precisions, batches, args, device)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        write_json(rows, Path(args.out) / "results.json", {"argv": list(argv or sys.argv[1:])})
+        return 0
     peaks = None
     if device.type == "cuda":
         from kiln.roofline import measure_peaks
 
-        peaks = measure_peaks("cuda")  # once per run: the roofline table's denominators
-    rows = run_matrix(entries, precisions, batches, args, device)
+        with gpu_turn():  # once per run, alone on the GPU: the roofline table's denominators
+            peaks = measure_peaks("cuda")
+    if args.jobs > 1:
+        rows = run_in_workers(entries, precisions, batches, args)
+    else:
+        rows = run_matrix(entries, precisions, batches, args, device)
     meta = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -958,6 +1093,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(allocated when the timed runs begin, minus the input sets alone) + inference "
         "(max_memory_allocated during the timed runs above that, after reset_peak_memory_stats)",
         "argv": list(sys.argv[1:] if argv is None else argv),
+        "jobs": args.jobs,
         "peaks": None if peaks is None else asdict(peaks),
         "roofline": "kiln.roofline's cost model of the engines (FLOPs, bytes of every layer's "
         "inputs and outputs) at the row's shapes, over Kiln's median latency",

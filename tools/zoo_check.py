@@ -27,18 +27,17 @@ row is judged against eager FP16 instead: Kiln's error (1 - cosine) at most 1.5x
 FP32 rows are judged on accuracy and structure only (the speed bar is FP16's). With `--jobs N`
 they run first, N at a time, each in a worker process of its own (a crash fails its row, not the
 run), untimed and without the peer. Then the FP16 rows run N at a time in worker processes too,
-timed, sharing the one GPU in turns (`gpu_turn`, a file lock): a row holds the GPU alone for
-Kiln's build (its tactics are chosen by timing them) and for each latency measurement, while the
-other rows' CPU-bound work (building the model, torch.compile's compile of the peer) goes on; only
-their short eager runs and the peer's first calls share the GPU with a measurement. Without
-`--jobs` every row runs in this process, one at a time. With `--gpus K` (a machine of K GPUs)
-every row runs in a worker process that has one GPU to itself (CUDA_VISIBLE_DEVICES), timed with
-its peer: K rows at a time, none sharing a GPU.
+timed, sharing the one GPU in turns (`kiln.runner.gpu_turn`, a file lock): a row holds the GPU
+alone for Kiln's build (its tactics are chosen by timing them) and for each latency measurement,
+while the other rows' CPU-bound work (building the model, torch.compile's compile of the peer)
+goes on; only their short eager runs and the peer's first calls share the GPU with a measurement.
+Without `--jobs` every row runs in this process, one at a time. With `--gpus K` (a machine of K
+GPUs) every row runs in a worker process that has one GPU to itself (CUDA_VISIBLE_DEVICES), timed
+with its peer: K rows at a time, none sharing a GPU.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import os
@@ -61,6 +60,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from models import compare, torch_tf32  # noqa: E402
+
+from kiln.runner import GPU_LOCK_ENV, gpu_turn  # noqa: E402 (also the benchmark's turns)
 
 COSINE_MIN = {"fp32": 0.9999, "fp16": 0.999}
 # FP16 rows whose eager FP16 misses COSINE_MIN: Kiln's 1 - cosine may be this many times eager's.
@@ -122,30 +123,6 @@ def _median_ms(fn, runs: int = 50, warmup: int = 10) -> float:
     from kiln.runner import median_latency_ms
 
     return median_latency_ms(fn, runs, warmup)
-
-
-GPU_LOCK_ENV = "KILN_ZOO_GPU_LOCK"
-
-
-@contextlib.contextmanager
-def gpu_turn():
-    """The GPU to this process alone while inside, when the environment names a lock file
-    (KILN_ZOO_GPU_LOCK, set by `run` for the timed worker processes of `--jobs N`): an exclusive
-    flock on it, which every other row's worker takes for its own turns. A no-op otherwise."""
-    path = os.environ.get(GPU_LOCK_ENV)
-    if not path:
-        yield
-        return
-    import fcntl
-
-    with open(path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if torch.cuda.is_initialized():
-                torch.cuda.synchronize()  # this turn's work ends inside it
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _time_against_peer(

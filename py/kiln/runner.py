@@ -14,6 +14,7 @@ and `kiln compare` (kiln/compare.py) runs the same loaded models against another
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -663,6 +664,33 @@ def time_calls(
             host.append(ms)
         n += 1
     return latencies, statistics.fmean(host)
+
+
+GPU_LOCK_ENV = "KILN_GPU_LOCK"
+
+
+@contextlib.contextmanager
+def gpu_turn():
+    """The GPU to this process alone while inside, when the environment names a lock file
+    (KILN_GPU_LOCK, set for their worker processes by the zoo check's and the benchmark's `--jobs
+    N`): an exclusive flock on it, which every other worker takes for its own turns. Work started
+    inside ends inside (synchronized before the lock is let go). A no-op without the variable."""
+    path = os.environ.get(GPU_LOCK_ENV)
+    if not path:
+        yield
+        return
+    import fcntl
+
+    import torch
+
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if torch.cuda.is_initialized():
+                torch.cuda.synchronize()
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def median_latency_ms(fn, runs: int = 30, warmup: int = 5) -> float:

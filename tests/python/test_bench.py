@@ -226,6 +226,54 @@ def test_int8_row_is_calibrated_in_the_fp16_model(tiny_zoo, tmp_path, capsys):
     assert "x torchao" in (out / "results.md").read_text()
 
 
+def test_jobs_run_each_unit_in_a_worker_and_merge_the_rows(tiny_zoo, tmp_path, monkeypatch, capsys):
+    """--jobs 2: each model x precision in a worker process of its own (here a stub that adds the
+    tiny model to the zoo, then runs this script), taking GPU turns by the lock file the parent
+    names; the parent merges their rows in matrix order into one table. A worker that dies gives
+    its rows an error, and the run fails."""
+    stub = tmp_path / "worker.py"
+    stub.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import test_bench\n"
+        "test_bench.zoo.MODELS['tiny'] = test_bench.TINY\n"
+        "assert test_bench.bench.GPU_LOCK_ENV in __import__('os').environ\n"
+        "sys.exit(test_bench.bench.main(sys.argv[1:]))\n"
+    )
+    monkeypatch.setattr(bench, "WORKER", [sys.executable, str(stub)])
+    out = tmp_path / "out"
+    argv = ["--models", "tiny", "--precisions", "fp32,fp16", "--batches", "1,2", "--runs", "3"]
+    argv += ["--warmup", "1", "--device", "cpu", "--out", str(out), "--deadline", "0"]
+    argv += ["--warm-build", "", "--jobs", "2"]
+    rc = bench.main(argv)
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    data = json.loads((out / "results.json").read_text())
+    assert data["meta"]["jobs"] == 2
+    got = [(r["model"], r["precision"], r["batch"]) for r in data["rows"]]
+    assert got == [("tiny", p, b) for p in ("fp32", "fp16") for b in (1, 2)]
+    for r in data["rows"]:
+        assert r["ran"] and r["systems"]["kiln"]["extra"]["engines"] == 1, r
+        assert r["cosine"] > 0.999
+    for unit in ("tiny_fp32", "tiny_fp16"):  # each worker's own rows and log
+        assert (out / "parts" / unit / "results.json").exists()
+    assert printed.count("worker started") == 2
+    assert md_rows(out) == 4
+
+    monkeypatch.setattr(bench, "WORKER", [sys.executable, "-c", "import sys; sys.exit(3)"])
+    assert bench.main(argv) == 1
+    data = json.loads((out / "results.json").read_text())
+    for r in data["rows"]:
+        assert not r["ran"]
+        assert r["systems"]["kiln"]["error"].startswith("worker exited with status 3"), r
+
+
+def md_rows(out: Path) -> int:
+    """Rows of the first table of results.md."""
+    first = (out / "results.md").read_text().split("\n\n")[1]
+    return sum(1 for line in first.splitlines() if line.startswith("| tiny |"))
+
+
 def test_torchao_peer_quantizes_the_linear_layers():
     pytest.importorskip("torchao.quantization")
     assert bench.torchao_unavailable("fp16") == "int8 rows only"

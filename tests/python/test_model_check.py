@@ -171,7 +171,7 @@ def test_zoo_fp32_rows_run_in_worker_processes_and_a_failing_worker_fails_its_ro
 
 def test_zoo_gpu_turns_of_worker_processes_do_not_overlap(tmp_path):
     """--jobs N on one GPU: the timed workers hold the GPU in turns (gpu_turn, a file lock named by
-    KILN_ZOO_GPU_LOCK); three processes each hold a turn for 0.4 s and log when they enter and
+    KILN_GPU_LOCK); three processes each hold a turn for 0.4 s and log when they enter and
     leave it: no turn starts before the one in progress has ended."""
     import os
     import subprocess
@@ -188,7 +188,7 @@ def test_zoo_gpu_turns_of_worker_processes_do_not_overlap(tmp_path):
         "    time.sleep(0.4)\n"
         f"    open({str(log)!r}, 'a').write(f'out {{time.monotonic()}}\\n')\n"
     )
-    env = dict(os.environ, KILN_ZOO_GPU_LOCK=str(tmp_path / "gpu.lock"))
+    env = dict(os.environ, KILN_GPU_LOCK=str(tmp_path / "gpu.lock"))
     workers = [subprocess.Popen([sys.executable, "-c", script], env=env) for _ in range(3)]
     assert all(w.wait(timeout=120) == 0 for w in workers)
     events = sorted(
