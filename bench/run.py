@@ -530,10 +530,12 @@ def run_matrix(
     args,
     device: torch.device,
     log: Callable[[str], None] = print,
+    progress: Callable[[list[Row]], None] | None = None,
 ) -> list[Row]:
     """Runs the matrix. Pass 1, per model: FP32 truth, eager and Kiln for every row. Pass 2:
     torch.compile and reduce-overhead, while the time budget allows (they compile slowest).
-    Only the measured system's weights and the row's input sets are on the GPU at a time."""
+    Only the measured system's weights and the row's input sets are on the GPU at a time.
+    `progress` gets the rows so far after every cell (a --jobs worker writes them out)."""
     budget = Budget(args.deadline, args.compile_budget)
     rows: dict[tuple, Row] = {}
     plans_dir = Path(args.plans) if args.plans else None
@@ -557,6 +559,8 @@ def run_matrix(
                     _eager_and_kiln(
                         row, entry, model, truths[batch], args, device, budget, plans_dir, log
                     )
+                    if progress is not None:
+                        progress(list(rows.values()))
             del model
 
     # torch.compile cells in the order batch, mode, model, precision: within the time budget,
@@ -605,6 +609,8 @@ def run_matrix(
                         )
                     del model, input_sets
                     free_memory(device)
+                    if progress is not None:
+                        progress(list(rows.values()))
     return list(rows.values())
 
 
@@ -690,21 +696,28 @@ def run_in_workers(
                     env=env,
                     timeout=left + KILL_GRACE_S if args.deadline else None,
                 )
-        except subprocess.TimeoutExpired:
-            return missing(model, precision, "skipped", "worker killed past the run's deadline")
-        tail = (out / "log.txt").read_text().strip().splitlines()[-1:]
-        log(
-            f"[{time.perf_counter() - start:6.1f}s] {model} {precision}: worker exited "
-            f"({done.returncode})"
-        )
-        if not (out / "results.json").exists():
-            return missing(
-                model,
-                precision,
-                "error",
-                f"worker exited with status {done.returncode}: " + " ".join(tail),
+            status, why = "", ""
+            log(
+                f"[{time.perf_counter() - start:6.1f}s] {model} {precision}: worker exited "
+                f"({done.returncode})"
             )
-        return rows_from_json(out / "results.json")
+            if done.returncode != 0 or not (out / "results.json").exists():
+                tail = (out / "log.txt").read_text().strip().splitlines()[-1:]
+                status = "error"
+                why = f"worker exited with status {done.returncode}: " + " ".join(tail)
+        except subprocess.TimeoutExpired:
+            log(f"[{time.perf_counter() - start:6.1f}s] {model} {precision}: worker killed")
+            status, why = "skipped", "worker killed past the run's deadline"
+        # What the worker measured (it writes its rows after every cell), and for the rest of
+        # the unit's rows, why not.
+        got = rows_from_json(out / "results.json") if (out / "results.json").exists() else []
+        for row in got:
+            for m in row.systems.values():
+                if why and m.status == "skipped" and not m.error:  # a cell it never reached
+                    m.status, m.error = status, truncate(why)
+        have = {r.batch for r in got}
+        rest = [r for r in missing(model, precision, status, why) if r.batch not in have]
+        return sorted(got + rest, key=lambda r: list(batches).index(r.batch))
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -1066,9 +1079,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     batches = [int(b) for b in args.batches.split(",") if b]
     if args.worker:  # one unit of a --jobs run: its rows, for the parent to merge
-        rows = run_matrix(entries, precisions, batches, args, device)
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        write_json(rows, Path(args.out) / "results.json", {"argv": list(argv or sys.argv[1:])})
+        meta = {"argv": list(argv or sys.argv[1:])}
+
+        def progress(rows: list[Row]) -> None:  # after every cell: a worker killed keeps them
+            write_json(rows, Path(args.out) / "results.partial.json", meta)
+            os.replace(Path(args.out) / "results.partial.json", Path(args.out) / "results.json")
+
+        run_matrix(entries, precisions, batches, args, device, progress=progress)
         return 0
     peaks = None
     if device.type == "cuda":

@@ -753,7 +753,9 @@ def run(
             if late():
                 return
             timed = precision != "fp32" and device.type == "cuda"
-            report(in_worker(entry, precision, gpu_lock=gpu_lock.name if timed else None))
+            # The lock the environment names (a benchmark running beside it), else this run's.
+            lock_path = os.environ.get(GPU_LOCK_ENV) or gpu_lock.name
+            report(in_worker(entry, precision, gpu_lock=lock_path if timed else None))
 
         with gpu_lock:
             for phase in (["fp32"], [p for p in precisions if p != "fp32"]):
