@@ -617,9 +617,7 @@ def run_matrix(
 # ---- --jobs: the matrix in worker processes that take turns on the GPU ---------------------
 
 WORKER = [sys.executable, str(Path(__file__).resolve())]  # how a worker is started (tests: a stub)
-KILL_GRACE_S = (
-    120.0  # a worker past the deadline by this much (a build that started late) is killed
-)
+KILL_GRACE_S = 60.0  # a worker this far past the deadline (a build started late) is killed
 
 
 def rows_from_json(path: Path) -> list[Row]:
