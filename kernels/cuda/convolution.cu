@@ -20,9 +20,8 @@
 // epilogue fused; tactic kDepthwiseTactic + v runs variant v), for 2d layers with one filter per
 // channel; other layers, and shapes a variant does not cover, refuse them. Then kCudnnGraphConfigs
 // graph tactics from kGraphTactic on: cuDNN's graph API with the k-th engine configuration its
-// heuristics offer (cudnn_graph_convolution.h; the epilogue in the own kernel after), timed where
-// cudnn_graph_tactics_for says so (grouped convolutions by default) and loaded from any plan that
-// chose one.
+// heuristics offer (cudnn_graph_convolution.h; the epilogue in the own kernel after), timed only with
+// KILN_CUDNN_GRAPH=1 (experimental) and loaded from any plan that chose one.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -32,7 +31,6 @@
 #include <mutex>
 #include <utility>
 
-#include "ir/error.h"
 #include "ir/op_schema.h"
 #include "ir/ops/activation.h"
 #include "ir/ops/convolution.h"
@@ -61,14 +59,13 @@ struct EpilogueParams {
 
 // y = act(y + bias[c] + residual), in float, one element per thread (grid-stride). Index is
 // int32_t when the tensor allows it: the channel's division is then cheap.
-// `src` is y itself (in place) or the convolution's float32 output (a graph tactic's).
-template <typename T, typename Src, typename Index>
-__global__ void epilogue_kernel(EpilogueParams p, const Src* src, T* y, const T* __restrict__ bias,
+template <typename T, typename Index>
+__global__ void epilogue_kernel(EpilogueParams p, T* __restrict__ y, const T* __restrict__ bias,
                                 const T* __restrict__ residual, Index n) {
   const Index channels = static_cast<Index>(p.channels), spatial = static_cast<Index>(p.spatial);
   for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<Index>(gridDim.x) * blockDim.x) {
-    float v = to_float(src[i]);
+    float v = to_float(y[i]);
     if (bias) v += to_float(bias[p.channels_last ? i % channels : i / spatial % channels]);
     if (residual) v += to_float(residual[i]);
     if (p.activate) v = activate(p.act, v);
@@ -126,24 +123,8 @@ class CudnnConvolution final : public Kernel {
     // The graph tactics' tensors are declared 16-byte aligned; a buffer that is not (a view at an
     // odd offset, from the caller) takes the legacy path with cuDNN's heuristic algorithm.
     if (graph() && aligned16({x.data, w.data, y.data, ctx.workspace})) {
-      const bool epilogue = bias || residual || params_.activate;
-      // With an epilogue, cuDNN writes y in float32 to the front of the workspace and the epilogue
-      // rounds once, after the bias (as the legacy fused call): rounding before the bias cost
-      // regnet_x_32gf's FP16 cosine 0.999026 -> 0.998922. Where cuDNN offers no engine for that,
-      // or the workspace is too small, y in the layer's dtype and the epilogue in place.
-      const size_t scratch = (static_cast<size_t>(volume(y.dims)) * sizeof(float) + 255) / 256 * 256;
-      if (epilogue && y.dtype != DataType::kFloat32 && scratch < ctx.workspace_bytes) {
-        const size_t rest = ctx.workspace_bytes - scratch;
-        if (const CudnnGraphConvolution* plan = graph_plan(handle, x, w, y, rest, /*float_output=*/true)) {
-          float* y32 = static_cast<float*>(ctx.workspace);
-          plan->run(handle, x.data, w.data, y32, static_cast<char*>(ctx.workspace) + scratch);
-          run_epilogue(y, bias, residual, stream, y32);
-          return;
-        }
-      }
-      graph_plan(handle, x, w, y, ctx.workspace_bytes, /*float_output=*/false)
-          ->run(handle, x.data, w.data, y.data, ctx.workspace);
-      if (epilogue) run_epilogue(y, bias, residual, stream);
+      graph_plan(handle, x, w, y, ctx.workspace_bytes).run(handle, x.data, w.data, y.data, ctx.workspace);
+      if (bias || residual || params_.activate) run_epilogue(y, bias, residual, stream);
       return;
     }
     const Prepared& p = prepared(handle, x, w, y, bias != nullptr, ctx.workspace_bytes);
@@ -209,52 +190,39 @@ class CudnnConvolution final : public Kernel {
   bool depthwise() const { return !transposed_ && tactic_ >= kDepthwiseTactic && tactic_ < kGraphTactic; }
   bool graph() const { return !transposed_ && tactic_ >= kGraphTactic; }
 
-  // The graph tactic's plan for this input shape and workspace, built once. With `float_output`,
-  // null when cuDNN offers no engine for it (the plan in the layer's dtype serves then); without,
-  // cuDNN's refusal throws.
-  const CudnnGraphConvolution* graph_plan(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
-                                          const TensorView& y, size_t workspace_bytes,
-                                          bool float_output) const {
-    return cached(graph_cache_, x, workspace_bytes, float_output,
-                  [&]() -> std::unique_ptr<CudnnGraphConvolution> {
-                    GraphConvShape s;
-                    s.dtype = x.dtype;
-                    s.x = channels_last_ ? channels_first_dims(x.dims) : x.dims;
-                    s.w = channels_last_ ? channels_first_dims(w.dims) : w.dims;
-                    s.y = channels_last_ ? channels_first_dims(y.dims) : y.dims;
-                    s.channels_last = channels_last_;
-                    s.allow_tf32 = allow_tf32_;
-                    s.float_output = float_output;
-                    s.geometry = conv_geometry(layer_, static_cast<int>(s.x.size()) - 2);
-                    if (!float_output)
-                      return std::make_unique<CudnnGraphConvolution>(handle, s, tactic_ - kGraphTactic,
-                                                                     workspace_bytes, who_);
-                    try {
-                      return std::make_unique<CudnnGraphConvolution>(handle, s, tactic_ - kGraphTactic,
-                                                                     workspace_bytes, who_);
-                    } catch (const Error&) {
-                      return nullptr;
-                    }
-                  });
+  // The graph tactic's plan for this input shape and workspace, built once.
+  const CudnnGraphConvolution& graph_plan(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
+                                          const TensorView& y, size_t workspace_bytes) const {
+    return cached(graph_cache_, x, workspace_bytes, [&] {
+      GraphConvShape s;
+      s.dtype = x.dtype;
+      s.x = channels_last_ ? channels_first_dims(x.dims) : x.dims;
+      s.w = channels_last_ ? channels_first_dims(w.dims) : w.dims;
+      s.y = channels_last_ ? channels_first_dims(y.dims) : y.dims;
+      s.channels_last = channels_last_;
+      s.allow_tf32 = allow_tf32_;
+      s.geometry = conv_geometry(layer_, static_cast<int>(s.x.size()) - 2);
+      return std::make_unique<CudnnGraphConvolution>(handle, s, tactic_ - kGraphTactic, workspace_bytes,
+                                                     who_);
+    });
   }
 
-  // The entry of `cache` for x's shape, the workspace size and `variant`, made by `make` on a miss
-  // (null: there is none, and a later call is not made again). Made outside the lock; when two
-  // threads race for one shape, the first insert wins and both use it (the entries are equivalent).
+  // The entry of `cache` for x's shape and the workspace size, made by `make` on a miss. Made
+  // outside the lock; when two threads race for one shape, the first insert wins and both use it
+  // (the entries are equivalent).
   template <typename T, typename Make>
-  const T* cached(std::map<std::vector<int64_t>, std::unique_ptr<T>>& cache, const TensorView& x,
-                  size_t workspace_bytes, int64_t variant, const Make& make) const {
+  const T& cached(std::map<std::vector<int64_t>, std::unique_ptr<T>>& cache, const TensorView& x,
+                  size_t workspace_bytes, const Make& make) const {
     std::vector<int64_t> key = x.dims;
     key.push_back(static_cast<int64_t>(workspace_bytes));
-    key.push_back(variant);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = cache.find(key);
-      if (it != cache.end()) return it->second.get();
+      if (it != cache.end()) return *it->second;
     }
     std::unique_ptr<T> made = make();
     std::lock_guard<std::mutex> lock(mutex_);
-    return cache.emplace(std::move(key), std::move(made)).first->second.get();
+    return *cache.emplace(std::move(key), std::move(made)).first->second;
   }
 
   // The depthwise tactics: x [N, C, H, W] (or channels last) with weight [C, 1, kh, kw] and groups
@@ -309,8 +277,8 @@ class CudnnConvolution final : public Kernel {
 
   const Prepared& prepared(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
                            const TensorView& y, bool has_bias, size_t workspace_bytes) const {
-    return *cached(cache_, x, workspace_bytes, 0,
-                   [&] { return prepare(handle, x, w, y, has_bias, workspace_bytes); });
+    return cached(cache_, x, workspace_bytes,
+                  [&] { return prepare(handle, x, w, y, has_bias, workspace_bytes); });
   }
 
   std::unique_ptr<Prepared> prepare(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
@@ -451,9 +419,8 @@ class CudnnConvolution final : public Kernel {
                     << "; raise BuilderConfig.workspace_bytes or use another dtype");
   }
 
-  // y = act(conv + bias + residual), the convolution read from y itself or from `from` (float32).
   void run_epilogue(const TensorView& y, const TensorView* bias, const TensorView* residual,
-                    cudaStream_t stream, const float* from = nullptr) const {
+                    cudaStream_t stream) const {
     const int64_t n = volume(y.dims);
     EpilogueParams p = params_;
     p.channels = channels_last_ ? y.dims.back() : y.dims[1];
@@ -466,15 +433,10 @@ class CudnnConvolution final : public Kernel {
       const T* bs = bias ? static_cast<const T*>(bias->data) : nullptr;
       const T* rs = residual ? static_cast<const T*>(residual->data) : nullptr;
       // int32 indexing needs n plus one grid stride to stay below 2^31.
-      const bool narrow = n + int64_t{grid} * kBlock < (int64_t{1} << 31);
-      if (from && narrow) {
-        epilogue_kernel<<<grid, kBlock, 0, stream>>>(p, from, ys, bs, rs, static_cast<int32_t>(n));
-      } else if (from) {
-        epilogue_kernel<<<grid, kBlock, 0, stream>>>(p, from, ys, bs, rs, n);
-      } else if (narrow) {
-        epilogue_kernel<<<grid, kBlock, 0, stream>>>(p, ys, ys, bs, rs, static_cast<int32_t>(n));
+      if (n + int64_t{grid} * kBlock < (int64_t{1} << 31)) {
+        epilogue_kernel<T, int32_t><<<grid, kBlock, 0, stream>>>(p, ys, bs, rs, static_cast<int32_t>(n));
       } else {
-        epilogue_kernel<<<grid, kBlock, 0, stream>>>(p, ys, ys, bs, rs, n);
+        epilogue_kernel<T, int64_t><<<grid, kBlock, 0, stream>>>(p, ys, bs, rs, n);
       }
     });
     KILN_CUDA_CHECK_LAUNCH();

@@ -164,7 +164,7 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
   const cudnnDataType_t type = cudnn_type(s.dtype, id);
   m.x = tensor(kX, type, widened(s.x, id), s.channels_last, id);
   m.w = tensor(kW, type, widened(s.w, id), s.channels_last, id);
-  m.y = tensor(kY, s.float_output ? CUDNN_DATA_FLOAT : type, widened(s.y, id), s.channels_last, id);
+  m.y = tensor(kY, type, widened(s.y, id), s.channels_last, id);
 
   const ConvGeometry& g = s.geometry;
   m.conv = Desc(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, id);
@@ -267,8 +267,8 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
   }
   KILN_FAIL(id << ": cuDNN's heuristics offer " << usable << " usable engine configuration(s) for "
                << dtype_name(s.dtype) << " input " << to_string(s.x) << ", weight " << to_string(s.w)
-               << (s.channels_last ? " (channels last)" : "") << (s.float_output ? ", float32 output" : "")
-               << " within a workspace of " << workspace_limit << " bytes; take another tactic");
+               << (s.channels_last ? " (channels last)" : "") << " within a workspace of " << workspace_limit
+               << " bytes; take another tactic");
 }
 
 CudnnGraphConvolution::~CudnnGraphConvolution() = default;

@@ -1,11 +1,10 @@
 // Forward convolution through cuDNN's graph (backend) API: the engines cuDNN's heuristics offer
 // for the operation graph conv_fprop(x, w) -> y, which include kernels the legacy API's eight
 // algorithms do not reach (PyTorch calls cuDNN this way). CudnnConvolution (convolution.cu) runs
-// them as its graph tactics, the bias, residual and activation in its own epilogue kernel after
-// (from a float32 y, when cuDNN offers engines for it).
+// them as its graph tactics, the bias, residual and activation in its own epilogue kernel after.
 //
-// The builder times these tactics for grouped convolutions (cudnn_graph_tactics_for); plans that
-// chose one run whatever the environment says.
+// Experimental: the builder times these tactics only with KILN_CUDNN_GRAPH=1 in the environment;
+// plans that chose one run whatever the environment says.
 #pragma once
 
 #include <cudnn.h>
@@ -26,9 +25,6 @@ struct GraphConvShape {
   Dims x, w, y;
   bool channels_last = false;
   bool allow_tf32 = false;  // float32: engines that round inputs to TF32 are left out unless set
-  // y in float32 whatever the input dtype: the caller's epilogue adds the bias before the one
-  // rounding to the layer's dtype, as the legacy API's fused call does.
-  bool float_output = false;
   ConvGeometry geometry;
 };
 
