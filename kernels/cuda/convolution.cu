@@ -20,8 +20,9 @@
 // epilogue fused; tactic kDepthwiseTactic + v runs variant v), for 2d layers with one filter per
 // channel; other layers, and shapes a variant does not cover, refuse them. Then kCudnnGraphConfigs
 // graph tactics from kGraphTactic on: cuDNN's graph API with the k-th engine configuration its
-// heuristics offer (cudnn_graph_convolution.h; the epilogue in the own kernel after), timed only with
-// KILN_CUDNN_GRAPH=1 (experimental) and loaded from any plan that chose one.
+// heuristics offer (cudnn_graph_convolution.h; the epilogue in the own kernel after), timed where
+// cudnn_graph_tactics_for says so (grouped convolutions by default) and loaded from any plan that
+// chose one.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>

@@ -3,8 +3,8 @@
 // algorithms do not reach (PyTorch calls cuDNN this way). CudnnConvolution (convolution.cu) runs
 // them as its graph tactics, the bias, residual and activation in its own epilogue kernel after.
 //
-// Experimental: the builder times these tactics only with KILN_CUDNN_GRAPH=1 in the environment;
-// plans that chose one run whatever the environment says.
+// The builder times these tactics for grouped convolutions (cudnn_graph_tactics_for); plans that
+// chose one run whatever the environment says.
 #pragma once
 
 #include <cudnn.h>

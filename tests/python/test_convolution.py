@@ -599,7 +599,7 @@ def test_convolution_cuda_tactic_out_of_range_is_refused():
         run_layer(add, [x, w], "cuda")
 
 
-GRAPH_TACTICS = [11, 12, 13, 14]  # after the depthwise kernels: cuDNN's graph API (experimental)
+GRAPH_TACTICS = [11, 12, 13, 14]  # after the depthwise kernels: cuDNN's graph API
 # (x shape, weight shape, stride, padding, groups): plain, grouped (regnet_x's 3x3 layers, narrow),
 # strided, 1x1.
 GRAPH_CASES = [
