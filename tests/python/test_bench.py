@@ -268,6 +268,38 @@ def test_jobs_run_each_unit_in_a_worker_and_merge_the_rows(tiny_zoo, tmp_path, m
         assert r["systems"]["kiln"]["error"].startswith("worker exited with status 3"), r
 
 
+def test_jobs_keep_what_a_killed_worker_measured(tiny_zoo, tmp_path, monkeypatch, capsys):
+    """A worker still running past the deadline (plus the grace) is killed; the rows it wrote
+    (after every cell) stay, the cells it never reached and the rows it never began say why."""
+    stub = tmp_path / "worker.py"
+    stub.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import test_bench\n"
+        "bench = test_bench.bench\n"
+        "out = bench.Path(sys.argv[sys.argv.index('--out') + 1])\n"
+        "row = bench.Row('tiny', 'fp32', 1)\n"
+        "row.systems['eager'] = bench.Measurement('ok', latency_ms=1.0)\n"
+        "row.systems['kiln'] = bench.Measurement('ok', latency_ms=0.5)\n"
+        "bench.write_json([row], out / 'results.json', {})\n"
+        "time.sleep(120)\n"
+    )
+    monkeypatch.setattr(bench, "WORKER", [sys.executable, str(stub)])
+    monkeypatch.setattr(bench, "KILL_GRACE_S", 10.0)
+    out = tmp_path / "out"
+    argv = ["--models", "tiny", "--precisions", "fp32", "--batches", "1,2", "--device", "cpu"]
+    argv += ["--out", str(out), "--deadline", "1", "--jobs", "2"]
+    assert bench.main(argv) == 1  # the batch-2 row never ran
+    assert "worker killed" in capsys.readouterr().out
+    first, second = json.loads((out / "results.json").read_text())["rows"]
+    assert (
+        first["systems"]["kiln"]["status"] == "ok" and first["systems"]["kiln"]["latency_ms"] == 0.5
+    )
+    assert first["systems"]["compile"]["error"] == "worker killed past the run's deadline"
+    assert second["batch"] == 2 and not second["ran"]
+    assert second["systems"]["kiln"]["error"] == "worker killed past the run's deadline"
+
+
 def md_rows(out: Path) -> int:
     """Rows of the first table of results.md."""
     first = (out / "results.md").read_text().split("\n\n")[1]
