@@ -643,6 +643,37 @@ def _worker_argv(args, model: str, precision: str, batches, out: Path, left: flo
     return argv + [f"--{f.replace('_', '-')}" for f in flags if getattr(args, f)]
 
 
+def merge(paths: Sequence[str], out: Path) -> int:
+    """`--merge A/results.json B/results.json ...`: the rows of several runs (a matrix split over
+    GPU calls) as one table, JSON and chart in `out`, in the order given; a later run's row
+    replaces an earlier one of the same model, precision and batch. The roofline table uses the
+    first run's measured peaks and says so. Exit status as a run's: 0 when every row ran."""
+    from kiln.roofline import Peaks
+
+    rows: dict[tuple, Row] = {}
+    metas, peaks, peaks_from = [], None, "this run"
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+            got = rows_from_json(Path(path))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"bench: cannot merge {path}: {e}", file=sys.stderr)
+            return 2
+        metas.append(data.get("meta", {}))
+        if peaks is None and metas[-1].get("peaks"):
+            peaks, peaks_from = Peaks(**metas[-1]["peaks"]), f"the run of {path}"
+        for r in got:
+            rows[(r.model, r.precision, r.batch)] = r
+    merged = list(rows.values())
+    meta = {"merged": list(paths), "runs": metas}
+    table = write_outputs(merged, out, meta, peaks, peaks_from)
+    failed = [r for r in merged if not r.ran()]
+    print(f"bench: {len(merged) - len(failed)}/{len(merged)} rows ran ({len(paths)} runs merged)")
+    print()
+    print(table)
+    return 1 if failed else 0
+
+
 def run_in_workers(
     entries: Sequence,
     precisions: Sequence[str],
@@ -832,7 +863,7 @@ def _cell(m: Measurement, value) -> str:
     return "skip" if m.status == "skipped" else "ERR"
 
 
-def markdown(rows: Sequence[Row], peaks=None) -> str:
+def markdown(rows: Sequence[Row], peaks=None, peaks_from: str = "this run") -> str:
     """Two tables: latency with Kiln's speedups and accuracy; throughput, memory, build time; with
     `peaks` (kiln.roofline.Peaks) a third: each row's FLOPs, bytes and achieved rates."""
     lines = [
@@ -898,8 +929,8 @@ def markdown(rows: Sequence[Row], peaks=None) -> str:
     if peaks is not None:
         lines += [
             "",
-            f"Roofline of Kiln's inference (cost model: kiln.roofline; peaks measured in this run: "
-            f"{peaks}):",
+            f"Roofline of Kiln's inference (cost model: kiln.roofline; peaks measured in "
+            f"{peaks_from}: {peaks}):",
             "",
             "| model | prec | batch | GFLOP | MB moved | Kiln ms | TFLOP/s | % of GEMM peak | "
             "GB/s | % of copy peak |",
@@ -968,9 +999,11 @@ def write_chart(rows: Sequence[Row], path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(rows: Sequence[Row], out: Path, meta: dict, peaks=None) -> str:
+def write_outputs(
+    rows: Sequence[Row], out: Path, meta: dict, peaks=None, peaks_from: str = "this run"
+) -> str:
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown(rows, peaks)
+    table = markdown(rows, peaks, peaks_from)
     write_json(rows, out / "results.json", meta)
     (out / "results.md").write_text(table + "\n")
     write_chart(rows, out / "results.png")
@@ -1034,6 +1067,12 @@ def parse_args(argv: Sequence[str] | None = None):
         "on the GPU for every timing and Kiln build (bench/README.md)",
     )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one unit of --jobs
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="no run: these runs' results.json as one table in --out (a matrix split over calls)",
+    )
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     args = p.parse_args(argv)
     if args.jobs < 1:
@@ -1056,6 +1095,8 @@ def parse_args(argv: Sequence[str] | None = None):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.out))
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print(

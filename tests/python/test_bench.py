@@ -300,6 +300,36 @@ def test_jobs_keep_what_a_killed_worker_measured(tiny_zoo, tmp_path, monkeypatch
     assert second["systems"]["kiln"]["error"] == "worker killed past the run's deadline"
 
 
+def test_merge_runs_into_one_table(tiny_zoo, tmp_path, capsys):
+    """--merge: runs of a matrix split over calls become one table; a later run's row replaces an
+    earlier one of the same model, precision and batch; the roofline uses the first run's peaks
+    and says whose; a file that is no results.json is refused."""
+    base = ["--models", "tiny", "--runs", "3", "--warmup", "1", "--device", "cpu"]
+    base += ["--deadline", "0", "--warm-build", ""]
+    a, b, merged = tmp_path / "a", tmp_path / "b", tmp_path / "merged"
+    assert bench.main([*base, "--precisions", "fp32", "--batches", "1,2", "--out", str(a)]) == 0
+    assert bench.main([*base, "--precisions", "fp16,fp32", "--batches", "2", "--out", str(b)]) == 0
+    first = json.loads((a / "results.json").read_text())
+    first["meta"]["peaks"] = dict(device="X", fp16_tflops=100.0, fp32_tflops=50.0, gbps=1000.0)
+    (a / "results.json").write_text(json.dumps(first))
+    capsys.readouterr()
+    paths = [str(a / "results.json"), str(b / "results.json")]
+    assert bench.main(["--merge", *paths, "--out", str(merged)]) == 0
+    printed = capsys.readouterr().out
+    assert "3/3 rows ran (2 runs merged)" in printed
+    data = json.loads((merged / "results.json").read_text())
+    got = [(r["model"], r["precision"], r["batch"]) for r in data["rows"]]
+    assert got == [("tiny", "fp32", 1), ("tiny", "fp32", 2), ("tiny", "fp16", 2)]
+    replaced = json.loads((b / "results.json").read_text())["rows"][1]
+    assert replaced["precision"] == "fp32" and data["rows"][1] == replaced  # b's row, not a's
+    assert data["meta"]["merged"] == paths
+    md = (merged / "results.md").read_text()
+    assert f"peaks measured in the run of {paths[0]}" in md
+    assert (merged / "results.png").exists()
+    (tmp_path / "bad.json").write_text("{}")
+    assert bench.main(["--merge", str(tmp_path / "bad.json"), "--out", str(merged)]) == 2
+
+
 def md_rows(out: Path) -> int:
     """Rows of the first table of results.md."""
     first = (out / "results.md").read_text().split("\n\n")[1]
