@@ -746,7 +746,11 @@ def run_in_workers(
                     m.status, m.error = status, truncate(why)
         have = {r.batch for r in got}
         rest = [r for r in missing(model, precision, status, why) if r.batch not in have]
-        return sorted(got + rest, key=lambda r: list(batches).index(r.batch))
+        rows = sorted(got + rest, key=lambda r: list(batches).index(r.batch))
+        for r in rows:  # a line per row as it comes: a call cut short still shows what ran
+            cells = [f"{SHORT.get(n, n)} {_latency(m)}" for n, m in r.systems.items()]
+            log(f"    {r.model} {r.precision} b{r.batch}: " + ", ".join(cells))
+        return rows
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -855,6 +859,11 @@ def run_torch_compile(
 
 def _fmt(v, spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec)
+
+
+def _latency(m: Measurement) -> str:
+    """A system's median latency for a progress line, or what happened instead."""
+    return f"{m.latency_ms:.3f} ms" if m.status == "ok" and m.latency_ms else m.status
 
 
 def _cell(m: Measurement, value) -> str:

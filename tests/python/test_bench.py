@@ -258,6 +258,7 @@ def test_jobs_run_each_unit_in_a_worker_and_merge_the_rows(tiny_zoo, tmp_path, m
     for unit in ("tiny_fp32", "tiny_fp16"):  # each worker's own rows and log
         assert (out / "parts" / unit / "results.json").exists()
     assert printed.count("worker started") == 2
+    assert "tiny fp16 b2: eager " in printed and ", kiln " in printed  # a line per row
     assert md_rows(out) == 4
 
     monkeypatch.setattr(bench, "WORKER", [sys.executable, "-c", "import sys; sys.exit(3)"])
