@@ -28,7 +28,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -41,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models as zoo  # noqa: E402 (bench/models.py, next to this file)
 from models import compare, first_tensor  # noqa: E402
 
-from kiln.runner import GPU_LOCK_ENV, gpu_turn  # noqa: E402
+from kiln.runner import GPU_LOCK_ENV, gpu_turn, shared_gpu_env  # noqa: E402
 
 SYSTEMS = ("eager", "compile", "reduce_overhead", "torchao", "kiln")
 PEERS = ("eager", "compile", "reduce_overhead", "torchao")
@@ -690,13 +689,6 @@ def run_in_workers(
     start = time.perf_counter()
     parts = Path(args.out) / "parts"
     units = [(e.name, p) for e in entries for p in precisions]
-    share = str(max(1, (os.cpu_count() or 1) // args.jobs))  # CPU threads per worker
-    # The lock the environment names (several runs at once share turns), else one of this run's.
-    lock = tempfile.NamedTemporaryFile(prefix="kiln_bench_gpu_", suffix=".lock")
-    env = dict(os.environ)
-    env.setdefault(GPU_LOCK_ENV, lock.name)
-    env.setdefault("OMP_NUM_THREADS", share)
-    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", share)
 
     def missing(model: str, precision: str, status: str, why: str) -> list[Row]:
         rows = [Row(model, precision, b) for b in batches]
@@ -754,7 +746,7 @@ def run_in_workers(
 
     from concurrent.futures import ThreadPoolExecutor
 
-    with lock, ThreadPoolExecutor(args.jobs) as pool:
+    with shared_gpu_env(args.jobs, "kiln_bench_gpu_") as env, ThreadPoolExecutor(args.jobs) as pool:
         return [r for rows in pool.map(one, units) for r in rows]
 
 

@@ -45,7 +45,6 @@ import queue
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -61,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from models import compare, torch_tf32  # noqa: E402
 
-from kiln.runner import GPU_LOCK_ENV, gpu_turn  # noqa: E402 (also the benchmark's turns)
+from kiln.runner import GPU_LOCK_ENV, gpu_turn, shared_gpu_env  # noqa: E402 (also the benchmark's)
 
 COSINE_MIN = {"fp32": 0.9999, "fp16": 0.999}
 # FP16 rows whose eager FP16 misses COSINE_MIN: Kiln's 1 - cosine may be this many times eager's.
@@ -589,15 +588,16 @@ def _row_in_worker(
     peer: bool = False,
     show_profile: bool = False,
     gpu_lock: str | None = None,
+    base_env: dict[str, str] | None = None,
 ) -> ZooRow:
     """One row in a process of its own (`python3 tools/zoo_check.py --row ...`): a crash or a hang
     fails this row only. Killed at the run's deadline (or after an hour without one). Untimed,
     unless `gpu` gives the worker a GPU of its own (CUDA_VISIBLE_DEVICES) or `gpu_lock` names the
     lock file by which the workers sharing one GPU take turns (`gpu_turn`): then timed, with the
-    peer when `peer`."""
+    peer when `peer`. The worker's environment: `base_env`, else this process's."""
     left = deadline - (time.perf_counter() - start) if deadline else 3600.0
     command = [sys.executable, __file__, "--row", zoo, entry.name, precision, str(device)]
-    env = os.environ.copy()
+    env = dict(os.environ if base_env is None else base_env)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     if gpu_lock is not None:
@@ -743,10 +743,6 @@ def run(
         with ThreadPoolExecutor(gpus) as pool:
             list(pool.map(on_a_gpu, [(e, p) for e in entries for p in precisions]))
     elif jobs > 1:  # `jobs` worker processes at a time: the untimed FP32 rows, then the others
-        gpu_lock = tempfile.NamedTemporaryFile(prefix="kiln_zoo_gpu_", suffix=".lock")
-        share = str(max(1, (os.cpu_count() or 1) // jobs))  # CPU threads per worker
-        os.environ.setdefault("OMP_NUM_THREADS", share)
-        os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", share)
 
         def in_turns(item: tuple[ZooModel, str]) -> None:
             entry, precision = item
@@ -754,10 +750,14 @@ def run(
                 return
             timed = precision != "fp32" and device.type == "cuda"
             # The lock the environment names (a benchmark running beside it), else this run's.
-            lock_path = os.environ.get(GPU_LOCK_ENV) or gpu_lock.name
-            report(in_worker(entry, precision, gpu_lock=lock_path if timed else None))
+            lock = env[GPU_LOCK_ENV] if timed else None
+            report(in_worker(entry, precision, gpu_lock=lock, base_env=worker_env))
 
-        with gpu_lock:
+        with shared_gpu_env(jobs, "kiln_zoo_gpu_") as env:
+            # Untimed rows take no turns, unless the environment names a lock of its own.
+            worker_env = {**env}
+            if not os.environ.get(GPU_LOCK_ENV):
+                worker_env.pop(GPU_LOCK_ENV)
             for phase in (["fp32"], [p for p in precisions if p != "fp32"]):
                 with ThreadPoolExecutor(jobs) as pool:
                     items = [(e, p) for e in entries for p in precisions if p in phase]

@@ -693,6 +693,24 @@ def gpu_turn():
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def shared_gpu_env(jobs: int, prefix: str = "kiln_gpu_"):
+    """The environment for `jobs` worker processes that share this machine's one GPU in turns
+    (`gpu_turn`), while inside: KILN_GPU_LOCK names the lock file of the turns (the one this
+    process's environment already names, so that several runs started with one lock share turns,
+    else a temporary file of this run's) and each worker gets cpus/jobs CPU threads
+    (OMP_NUM_THREADS, TORCHINDUCTOR_COMPILE_THREADS), unless the environment sets them."""
+    import tempfile
+
+    share = str(max(1, (os.cpu_count() or 1) // max(1, jobs)))
+    with tempfile.NamedTemporaryFile(prefix=prefix, suffix=".lock") as lock:
+        env = dict(os.environ)
+        env.setdefault(GPU_LOCK_ENV, lock.name)
+        env.setdefault("OMP_NUM_THREADS", share)
+        env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", share)
+        yield env
+
+
 def median_latency_ms(fn, runs: int = 30, warmup: int = 5) -> float:
     """The median milliseconds of `runs` calls of `fn` on CUDA, each timed alone (CUDA events
     around it, waited for before the next): the latency the demo and the zoo check compare."""
