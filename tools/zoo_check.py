@@ -18,7 +18,9 @@ timed runs, both warmed up, the two interleaved), and Kiln's speedup. FP16 rows 
 with half inputs.
 A model whose own eager FP16 output is not finite (random weights overflow float16) is judged in
 FP32, and the row says so. Thresholds: cosine >= 0.999 (FP16) / 0.9999 (FP32), 1 engine, 0
-fallbacks (detection: exactly the data-dependent ops in PyTorch), speedup >= 1 (FP16).
+fallbacks (detection: exactly the data-dependent ops in PyTorch, besides the nodes the
+partitioner keeps there by choice: graphs below min_block_size, constants only PyTorch reads,
+listed apart), speedup >= 1 (FP16).
 A model whose eager FP16 output is finite but itself misses the FP16 bar (inception_v3 and
 fcn_resnet50 with random weights: 0.9987 and 0.987) cannot meet it in any FP16 runtime; its FP16
 row is judged against eager FP16 instead: Kiln's error (1 - cosine) at most 1.5x eager FP16's
@@ -494,10 +496,23 @@ def _through_dynamo(entry, model, args, kwargs, precision, device, peer, row, ti
     eager = [m for m in messages if "runs in PyTorch (eager)" in m]
     row.engines = sum(int(re.search(r"(\d+) engine segment", m).group(1)) for m in reports)
     row.fallbacks = sum(int(re.search(r"(\d+) nodes? in PyTorch", m).group(1)) for m in reports)
-    found = re.findall(r"pytorch: (?:\S+ \()?((?:aten|torchvision)\.[\w.]+)", "\n".join(reports))
-    ops = Counter(found)
+    # Each node left to PyTorch, with the report's reason: a node the partitioner keeps there by
+    # choice (a graph smaller than min_block_size, a value only PyTorch code reads made from
+    # constants alone) is listed apart from those it could not convert.
+    found = re.findall(
+        r"pytorch: (?:\S+ \()?((?:aten|torchvision)\.[\w.]+).*?: ([^:\n]*)$",
+        "\n".join(reports),
+        flags=re.MULTILINE,
+    )
+    ops = Counter(op for op, why in found if not _by_choice(why))
+    kept = Counter(op for op, why in found if _by_choice(why))
     row.fallback_ops = ", ".join(f"{op} x{n}" if n > 1 else op for op, n in ops.most_common())
     row.fallback_ops += f"; {len(reports)} dynamo graphs compiled, {len(eager)} ran eagerly"
+    if kept:
+        row.fallback_ops += (
+            "; kept in PyTorch by choice (min_block_size, constants only): "
+            + ", ".join(f"{op} x{n}" if n > 1 else op for op, n in kept.most_common())
+        )
     if entry.kind != "detection":
         _, row.cosine = _cosine(out, truth)
     elif out[0].shape == truth[0].shape:  # the boxes, when both found as many
@@ -507,6 +522,11 @@ def _through_dynamo(entry, model, args, kwargs, precision, device, peer, row, ti
     if device.type == "cuda" and timed:
         run = lambda: compiled(*args, **kwargs)  # noqa: E731
         _time_against_peer(row, run, model, args, kwargs, peer, runs=10, warmup=2, dynamo=True)
+
+
+def _by_choice(reason: str) -> bool:
+    """A fallback reason of the partitioner's policy, not of a node it could not convert."""
+    return "below min_block_size" in reason or "reads only constants" in reason
 
 
 def _decide(entry: ZooModel, row: ZooRow) -> str:
