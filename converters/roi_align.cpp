@@ -11,7 +11,8 @@ namespace {
 
 Attributes roi_align_attributes(const KNode& n) {
   const Arg& scale = n.arg("spatial_scale");
-  KILN_CHECK(scale.is_number(), "argument 'spatial_scale' must be a constant number, got " << scale.describe());
+  KILN_CHECK(scale.is_number(),
+             "argument 'spatial_scale' must be a constant number, got " << scale.describe());
   const int64_t ph = int_arg(n, "pooled_height"), pw = int_arg(n, "pooled_width");
   KILN_CHECK(ph >= 1 && pw >= 1, "the pooled size must be at least 1 x 1, got " << ph << " x " << pw);
   Attributes attrs;
@@ -43,10 +44,13 @@ const ConverterRegistration kRegistered([] {
   };
   c.convert = [](ConversionContext& ctx, const KNode& n) {
     TensorId y =
-        ctx.add(n, "roi_align", {ctx.tensor(n, "input"), ctx.tensor(n, "rois")}, roi_align_attributes(n)).outputs[0];
+        ctx.add(n, "roi_align", {ctx.tensor(n, "input"), ctx.tensor(n, "rois")}, roi_align_attributes(n))
+            .outputs[0];
     ctx.set_output(n, 0, y);
   };
-  c.limits = "rois a [K, 5] tensor of the input's dtype; constant spatial_scale, pooled size, sampling_ratio, aligned";
+  c.limits =
+      "rois a [K, 5] tensor of the input's dtype; constant spatial_scale, pooled size, sampling_ratio, "
+      "aligned";
   register_converter(std::move(c));
 });
 

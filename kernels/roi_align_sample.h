@@ -21,9 +21,8 @@ struct RoiAlignBox {
 // Box (x1, y1, x2, y2) in the coordinates before `scale`. aligned shifts it by half a pixel;
 // otherwise it is made at least 1 x 1. sampling_ratio <= 0 takes ceil(side / bins) samples per bin
 // side, from this box.
-KILN_HD RoiAlignBox roi_align_box(float x1, float y1, float x2, float y2, float scale,
-                                         int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio,
-                                         bool aligned) {
+KILN_HD RoiAlignBox roi_align_box(float x1, float y1, float x2, float y2, float scale, int64_t pooled_h,
+                                  int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
   const float offset = aligned ? 0.5f : 0.f;
   RoiAlignBox b;
   b.start_x = x1 * scale - offset;
@@ -36,8 +35,10 @@ KILN_HD RoiAlignBox roi_align_box(float x1, float y1, float x2, float y2, float 
   }
   b.bin_h = height / static_cast<float>(pooled_h);
   b.bin_w = width / static_cast<float>(pooled_w);
-  b.grid_h = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(ceilf(height / static_cast<float>(pooled_h)));
-  b.grid_w = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(ceilf(width / static_cast<float>(pooled_w)));
+  b.grid_h = sampling_ratio > 0 ? sampling_ratio
+                                : static_cast<int64_t>(ceilf(height / static_cast<float>(pooled_h)));
+  b.grid_w =
+      sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(ceilf(width / static_cast<float>(pooled_w)));
   if (b.grid_h < 0) b.grid_h = 0;  // a box with x2 < x1 when aligned: no samples, as torchvision
   if (b.grid_w < 0) b.grid_w = 0;
   const int64_t samples = b.grid_h * b.grid_w;

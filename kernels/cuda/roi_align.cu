@@ -27,8 +27,8 @@ __global__ void roi_align_kernel(const T* __restrict__ x, const T* __restrict__ 
     const int64_t k = i / (g.pooled_w * g.pooled_h * g.channels);
     const T* r = rois + k * 5;
     const int64_t n = static_cast<int64_t>(to_float(r[0]));
-    const RoiAlignBox b = roi_align_box(to_float(r[1]), to_float(r[2]), to_float(r[3]), to_float(r[4]), g.scale,
-                                        g.pooled_h, g.pooled_w, g.sampling_ratio, g.aligned);
+    const RoiAlignBox b = roi_align_box(to_float(r[1]), to_float(r[2]), to_float(r[3]), to_float(r[4]),
+                                        g.scale, g.pooled_h, g.pooled_w, g.sampling_ratio, g.aligned);
     float sum = 0.f;
     if (n >= 0 && n < g.batch) {
       const T* plane = x + (n * g.channels + c) * g.h * g.w;
