@@ -507,7 +507,9 @@ def _through_dynamo(entry, model, args, kwargs, precision, device, peer, row, ti
     ops = Counter(op for op, why in found if not _by_choice(why))
     kept = Counter(op for op, why in found if _by_choice(why))
     row.fallback_ops = ", ".join(f"{op} x{n}" if n > 1 else op for op, n in ops.most_common())
-    row.fallback_ops += f"; {len(reports)} dynamo graphs compiled, {len(eager)} ran eagerly"
+    row.fallback_ops = (row.fallback_ops or "no node unconverted") + (
+        f"; {len(reports)} dynamo graphs compiled, {len(eager)} ran eagerly"
+    )
     if kept:
         row.fallback_ops += (
             "; kept in PyTorch by choice (min_block_size, constants only): "
@@ -543,7 +545,11 @@ def _decide(entry: ZooModel, row: ZooRow) -> str:
         ok = 1.0 - row.cosine <= EAGER_FP16_MARGIN * (1.0 - row.eager_cosine)
     if entry.kind == "detection":
         listed = row.fallback_ops.split(";")[0]
-        ops = {op.split(" x")[0] for op in listed.split(", ") if op}
+        ops = {
+            op.split(" x")[0]
+            for op in listed.split(", ")
+            if op.startswith(("aten.", "torchvision."))
+        }
         ok = ok and ops <= DETECTION_DATA_DEPENDENT | {"aten._local_scalar_dense.default"}
     elif entry.kind == "vision":
         ok = ok and row.engines == 1 and row.fallbacks == 0
