@@ -226,8 +226,6 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
   // reduction, float32 strict unless TF32 is allowed, a plan cuDNN finalizes, a workspace within
   // the limit.
   const bool strict = s.dtype == DataType::kFloat32 && !s.allow_tf32;
-  const char* winograd = std::getenv("KILN_CUDNN_GRAPH_WINOGRAD");
-  const bool transformed_ok = winograd && std::strcmp(winograd, "1") == 0;
   int usable = 0;
   for (const Desc& cfg : m.configs) {
     Desc engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR, id);
@@ -243,15 +241,6 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
     if (has(behavior, CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION)) continue;
     // Every dtype accumulates in FP32 (the legacy path's promise): no reduction in a lower precision.
     if (has(numerics, CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION)) continue;
-    // Nor transformed arithmetic (Winograd, FFT), which rounds in its transforms: the legacy path
-    // leaves those out of grouped convolutions too. (Suspected cause of regnet_x_32gf's FP16
-    // cosine 0.998914 on graph tactics; KILN_CUDNN_GRAPH_WINOGRAD=1 keeps them, for comparison.)
-    if (!transformed_ok &&
-        (has(numerics, CUDNN_NUMERICAL_NOTE_WINOGRAD) ||
-         has(numerics, CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_4x4) ||
-         has(numerics, CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_6x6) ||
-         has(numerics, CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_13x13) || has(numerics, CUDNN_NUMERICAL_NOTE_FFT)))
-      continue;
     if (strict && (has(numerics, CUDNN_NUMERICAL_NOTE_TENSOR_CORE) ||
                    has(numerics, CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS)))
       continue;
