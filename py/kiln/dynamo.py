@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import re
 
 import torch
 import torch.fx
@@ -100,6 +101,13 @@ def backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = Non
     return _KilnGraph(gm, list(example_inputs), options)
 
 
+# Builds of one dynamo graph for further values of a size input that no tensor input has (the
+# engines are built for one value of it): beyond this many, the graph runs eagerly.
+MAX_SIZE_BUILDS = 3
+# Exports of one build, each after making the dynamic dims static that the last one rejected.
+MAX_EXPORT_TRIES = 4
+
+
 class _KilnGraph:
     """One dynamo graph: its engines, the weights they baked in, and the eager fallback."""
 
@@ -113,6 +121,8 @@ class _KilnGraph:
         # baked like weights, checked by value.
         self.scalars = [i for i, n in enumerate(self.placeholders) if _is_scalar(n)]
         self.compiled = None  # kiln CompiledModule, or None while running eagerly
+        self.baked_scalars, self.baked_sizes = {}, {}
+        self.size_builds = 0  # builds for another value of a baked size input (capped)
         # Built on the first call, outside dynamo's tracing (torch.export inside a dynamo backend
         # leaks guards into the frame being compiled), with that call's real tensors.
         reason = _eager_reason(examples)
@@ -131,6 +141,15 @@ class _KilnGraph:
         stale = self._stale(args)
         if stale == "weights" and not self._refit(args):
             stale = "rebuild"
+        if stale == "size":  # a baked size input took another value: a build per value, capped
+            self.size_builds += 1
+            if self.size_builds > MAX_SIZE_BUILDS:
+                self._give_up(
+                    f"a size it was built for one value of took more than {MAX_SIZE_BUILDS + 1} "
+                    "values (each needs its own build)"
+                )
+                return self.gm(*args)
+            stale = "rebuild"
         if stale == "rebuild":
             self._build(list(args))
             if self.compiled is None:
@@ -146,13 +165,18 @@ class _KilnGraph:
 
     def _stale(self, args) -> str | None:
         """None: the engines are current; "weights": only weight values changed (a refit
-        updates them); "rebuild": a scalar changed or a dynamic size left its range."""
+        updates them); "rebuild": a scalar changed or a dynamic size left its range; "size": a
+        size the engines were built for one value of (a size input no tensor has, a dim export
+        needed static) took another."""
         for i, value in self.baked_scalars.items():
             if args[i].item() != value:
                 return "rebuild"
+        for i, value in self.baked_sizes.items():
+            if int(args[i]) != value:
+                return "size"
         for i, d, lo, hi in self.dynamic:
             if not lo <= args[i].shape[d] <= hi:
-                return "rebuild"
+                return "size" if lo == hi else "rebuild"  # lo == hi: built for one size
         if self.generation != _generation:
             return "weights"
         for i, (t, version, ptr) in self.baked.items():
@@ -178,6 +202,52 @@ class _KilnGraph:
     def _remember_weights(self, args) -> None:
         self.baked = {i: (args[i], args[i]._version, args[i].data_ptr()) for i in self.weights}
         self.generation = _generation
+
+    def _export_inputs(self, args: list, device, static: set):
+        """For this call's tensors: kiln Input specs, export examples, export's dynamic_shapes
+        (one export Dim per symbol: inputs that share a size share the Dim; the symbols in
+        `static` stay at this call's size) and the size inputs read from tensor dims. Sets
+        self.dynamic (the ranges a later call must stay in) and self.baked_sizes (size inputs
+        that are no tensor's size: constants of this build)."""
+        opts = self.options
+        dims, specs, examples, export_dims, self.dynamic = {}, [], [], [], []
+        for i in self.user:
+            t = args[i]
+            fake = _meta(self.placeholders[i])
+            lo, opt, hi, shapes = list(t.shape), list(t.shape), list(t.shape), {}
+            for d, s in enumerate(getattr(fake, "shape", ())):
+                if not isinstance(s, torch.SymInt) or s.node.expr.is_number:
+                    continue  # static, or specialized by a guard
+                if not s.node.expr.is_symbol:
+                    raise TypeError(f"input {self.placeholders[i].name} has a size {s}")
+                size = int(t.shape[d])
+                name = str(s.node.expr)
+                if name in static:  # its guards need this build to be for this size
+                    self.dynamic.append((i, d, size, size))
+                    continue
+                top = int(opts.get("max_dynamic_size") or 2 * max(size, 1))
+                lo[d], hi[d] = 1, max(top, size, 2)
+                if name not in dims:
+                    dims[name] = (torch.export.Dim(f"kiln_{name}", min=lo[d], max=hi[d]), i, d)
+                shapes[d] = dims[name][0]
+                self.dynamic.append((i, d, lo[d], hi[d]))
+            spec = Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=t.dtype)
+            specs.append(spec)
+            small = any(t.shape[d] < 2 for d in shapes)  # export specializes a traced 0/1 size
+            examples.append((spec.example(device) if small else t.detach()).to(device))
+            export_dims.append(shapes or None)
+        syms = {}  # SymInt placeholder -> (user input position, dim) it is read from
+        self.baked_sizes = {}  # SymInt placeholder no tensor input has -> its value, a constant
+        for i in range(len(self.placeholders)):
+            meta = _meta(self.placeholders[i])
+            if not isinstance(meta, torch.SymInt):
+                continue
+            name = str(meta.node.expr)
+            if name in dims:
+                syms[i] = (self.user.index(dims[name][1]), dims[name][2])
+            else:  # static for this build, or a count computed in PyTorch (a detector's boxes)
+                self.baked_sizes[i] = int(args[i])
+        return specs, examples, export_dims, syms
 
     # ---- build --------------------------------------------------------------------------------
 
@@ -207,48 +277,35 @@ class _KilnGraph:
                 raise TypeError(f"input {self.placeholders[i].name} is not a tensor")
         device = torch.device(device_name(opts.get("device") or _device(args)))
 
-        # Dynamic dims: one export Dim per symbol (inputs that share a size share the Dim).
-        dims, specs, examples, export_dims, self.dynamic = {}, [], [], [], []
-        for i in self.user:
-            t = args[i]
-            fake = _meta(self.placeholders[i])
-            lo, opt, hi, shapes = list(t.shape), list(t.shape), list(t.shape), {}
-            for d, s in enumerate(getattr(fake, "shape", ())):
-                if not isinstance(s, torch.SymInt) or s.node.expr.is_number:
-                    continue  # static, or specialized by a guard
-                if not s.node.expr.is_symbol:
-                    raise TypeError(f"input {self.placeholders[i].name} has a size {s}")
-                size = int(t.shape[d])
-                top = int(opts.get("max_dynamic_size") or 2 * max(size, 1))
-                lo[d], hi[d] = 1, max(top, size, 2)
-                name = str(s.node.expr)
-                if name not in dims:
-                    dims[name] = (torch.export.Dim(f"kiln_{name}", min=lo[d], max=hi[d]), i, d)
-                shapes[d] = dims[name][0]
-                self.dynamic.append((i, d, lo[d], hi[d]))
-            spec = Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=t.dtype)
-            specs.append(spec)
-            small = any(t.shape[d] < 2 for d in shapes)  # export specializes a traced 0/1 size
-            examples.append((spec.example(device) if small else t.detach()).to(device))
-            export_dims.append(shapes or None)
-        syms = {}  # SymInt placeholder -> (user input position, dim) it is read from
-        for i in sym_inputs:
-            name = str(_meta(self.placeholders[i]).node.expr)
-            if name not in dims:
-                raise TypeError(f"size input {name} is not the size of any tensor input")
-            syms[i] = (self.user.index(dims[name][1]), dims[name][2])
-
         autocast = {
             dev: torch.get_autocast_dtype(dev)
             for dev in ("cpu", "cuda")
             if torch.is_autocast_enabled(dev)
         }
         gm = _bake_scalars(self.gm, {i: args[i].item() for i in self.scalars})
-        module = _GraphModule(gm, len(args), self.user, self.weights, syms, args, autocast)
-        with torch.no_grad(), _autocast_off(), torch_noise_filtered():
-            program = torch.export.export(
-                module, tuple(examples), dynamic_shapes=tuple(export_dims)
+        # Export with every dynamic dim first; a dim whose guards need a narrower set of values
+        # than 1..max (say an even size, or one that must differ from 2) is then made static
+        # for this build, named by export's error, and export runs again.
+        static: set[str] = set()
+        for _ in range(MAX_EXPORT_TRIES):
+            specs, examples, export_dims, syms = self._export_inputs(args, device, static)
+            module = _GraphModule(
+                gm, len(args), self.user, self.weights, syms, self.baked_sizes, args, autocast
             )
+            try:
+                with torch.no_grad(), _autocast_off(), torch_noise_filtered():
+                    program = torch.export.export(
+                        module, tuple(examples), dynamic_shapes=tuple(export_dims)
+                    )
+                break
+            except Exception as e:  # noqa: BLE001 (a constraint violation names its dims)
+                names = set(re.findall(r"\bkiln_(s\d+)\b", str(e))) - static
+                if "Constraints violated" not in str(e) or not names:
+                    raise
+                static |= names
+        else:
+            raise RuntimeError(f"export kept rejecting dynamic dims after {MAX_EXPORT_TRIES} tries")
+        with torch.no_grad(), _autocast_off(), torch_noise_filtered():
             precisions = opts.get("enabled_precisions", opts.get("precisions", (torch.float32,)))
             kwargs = {k: opts[k] for k in _COMPILE_OPTIONS if k in opts and k != "device"}
             kwargs["enabled_precisions"] = precisions  # every spelling kiln.dtypes knows
@@ -264,12 +321,13 @@ class _GraphModule(torch.nn.Module):
     weights are buffers (so export lifts them and Kiln bakes them); size inputs are read from the
     tensors; the autocast state of the call is entered explicitly (export turns it into casts)."""
 
-    def __init__(self, gm, num_args, user, weights, syms, args, autocast):
+    def __init__(self, gm, num_args, user, weights, syms, sizes, args, autocast):
         super().__init__()
         self.gm = gm
         self.num_args = num_args
         self.user = user
         self.syms = syms
+        self.sizes = sizes
         self.autocast = autocast
         self.weight_names = {}
         for i in weights:
@@ -291,6 +349,8 @@ class _GraphModule(torch.nn.Module):
             args[i] = user[k]
         for i, (k, d) in self.syms.items():
             args[i] = user[k].shape[d]
+        for i, value in self.sizes.items():
+            args[i] = value
         with contextlib.ExitStack() as stack:
             for dev, dtype in self.autocast.items():
                 stack.enter_context(torch.autocast(dev, dtype=dtype))

@@ -330,3 +330,23 @@ def test_entry_point_finds_the_backend_without_importing_kiln(tmp_path):
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_size_input_no_tensor_has_is_built_per_value(builds, warnings):
+    # A count that dynamo passes as a size input but that is the size of no tensor input (a
+    # detector's number of boxes, computed in PyTorch before the graph): each engine is built
+    # for one value of it and rebuilt when it changes, at most MAX_SIZE_BUILDS more times; past
+    # that the graph runs eagerly, still correct.
+    def f(x, n):
+        y = (x * 2.0 + 1.0).relu().sum(0)
+        return torch.cat([y, y.new_zeros(n)])
+
+    compiled = torch.compile(f, backend="kiln", dynamic=True, options={"min_block_size": 1})
+    x = torch.randn(8, 6)
+    for n in (2, 2, 4):
+        torch.testing.assert_close(compiled(x, n), f(x, n), **TOL)
+    assert len(builds) == 2, [m for _, m in warnings]
+    for n in (8, 12, 16, 24):
+        torch.testing.assert_close(compiled(x, n), f(x, n), **TOL)
+    assert len(builds) == 1 + dynamo.MAX_SIZE_BUILDS
+    assert any("took more than 4 values" in m for _, m in warnings)
