@@ -506,6 +506,12 @@ def _through_dynamo(entry, model, args, kwargs, precision, device, peer, row, ti
     )
     ops = Counter(op for op, why in found if not _by_choice(why))
     kept = Counter(op for op, why in found if _by_choice(why))
+    # A graph Kiln could not compile runs eagerly whole: a failure to convert, listed with why
+    # (a graph left eager after too many builds for new sizes is the backend's choice).
+    failed = [m.split("(eager): ", 1)[-1] for m in eager if "took more than" not in m]
+    if failed:
+        ops["dynamo graph run eagerly"] = len(failed)
+        row.error = "graphs Kiln could not compile: " + "; ".join(sorted(set(failed)))[:300]
     row.fallback_ops = ", ".join(f"{op} x{n}" if n > 1 else op for op, n in ops.most_common())
     row.fallback_ops = (row.fallback_ops or "no node unconverted") + (
         f"; {len(reports)} dynamo graphs compiled, {len(eager)} ran eagerly"
@@ -518,12 +524,23 @@ def _through_dynamo(entry, model, args, kwargs, precision, device, peer, row, ti
     if entry.kind != "detection":
         _, row.cosine = _cosine(out, truth)
     elif out[0].shape == truth[0].shape:  # the boxes, when both found as many
-        _, row.cosine = _cosine(out[:1], truth[:1])
+        _, row.cosine = _cosine([_matched_boxes(out[0], truth[0])], truth[:1])
     else:
         row.error = f"{tuple(out[0].shape)} boxes, eager {tuple(truth[0].shape)}"
     if device.type == "cuda" and timed:
         run = lambda: compiled(*args, **kwargs)  # noqa: E731
         _time_against_peer(row, run, model, args, kwargs, peer, runs=10, warmup=2, dynamo=True)
+
+
+def _matched_boxes(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+    """`got`'s boxes in `want`'s order when each of `want`'s boxes has a distinct nearest one in
+    `got` (the same detections; two whose scores differ in the fifth digit, as random weights
+    give, may sort the other way round), else `got` as it is."""
+    if got.ndim != 2 or got.shape[0] == 0:
+        return got
+    distance = (want[:, None, :].double() - got[None, :, :].double()).abs().amax(-1)
+    order = distance.argmin(1)
+    return got[order] if len(set(order.tolist())) == len(order) else got
 
 
 def _by_choice(reason: str) -> bool:
