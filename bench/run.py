@@ -28,6 +28,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -689,6 +690,12 @@ def run_in_workers(
     start = time.perf_counter()
     parts = Path(args.out) / "parts"
     units = [(e.name, p) for e in entries for p in precisions]
+    lines = threading.Lock()  # the worker threads' lines, one at a time (print writes in parts)
+    say = log
+
+    def log(message: str) -> None:
+        with lines:
+            say(message)
 
     def missing(model: str, precision: str, status: str, why: str) -> list[Row]:
         rows = [Row(model, precision, b) for b in batches]
