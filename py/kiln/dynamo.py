@@ -203,6 +203,39 @@ class _KilnGraph:
         self.baked = {i: (args[i], args[i]._version, args[i].data_ptr()) for i in self.weights}
         self.generation = _generation
 
+    def _export_and_build(self, args, device, gm, autocast, static: set) -> None:
+        """torch.export of the graph, then kiln.compile. Every dynamic dim not in `static` is
+        dynamic first; a dim whose guards need a narrower set of values than 1..max (an even
+        size, say) is then made static for this build, named by export's error, and export runs
+        again."""
+        from kiln.compiler import compile as kiln_compile
+
+        opts = self.options
+        static = set(static)
+        for _ in range(MAX_EXPORT_TRIES):
+            specs, examples, export_dims, syms = self._export_inputs(args, device, static)
+            module = _GraphModule(
+                gm, len(args), self.user, self.weights, syms, self.baked_sizes, args, autocast
+            )
+            try:
+                with torch.no_grad(), _autocast_off(), torch_noise_filtered():
+                    program = torch.export.export(
+                        module, tuple(examples), dynamic_shapes=tuple(export_dims)
+                    )
+                break
+            except Exception as e:  # noqa: BLE001 (a constraint violation names its dims)
+                names = set(re.findall(r"\bkiln_(s\d+)\b", str(e))) - static
+                if "Constraints violated" not in str(e) or not names:
+                    raise
+                static |= names
+        else:
+            raise RuntimeError(f"export kept rejecting dynamic dims after {MAX_EXPORT_TRIES} tries")
+        with torch.no_grad(), _autocast_off(), torch_noise_filtered():
+            precisions = opts.get("enabled_precisions", opts.get("precisions", (torch.float32,)))
+            kwargs = {k: opts[k] for k in _COMPILE_OPTIONS if k in opts and k != "device"}
+            kwargs["enabled_precisions"] = precisions  # every spelling kiln.dtypes knows
+            self.compiled = kiln_compile(program, specs, device=device, **kwargs)
+
     def _export_inputs(self, args: list, device, static: set):
         """For this call's tensors: kiln Input specs, export examples, export's dynamic_shapes
         (one export Dim per symbol: inputs that share a size share the Dim; the symbols in
@@ -264,8 +297,6 @@ class _KilnGraph:
         log("warning", f"kiln backend: graph runs in PyTorch (eager): {reason}")
 
     def _compile(self, args: list) -> None:
-        from kiln.compiler import compile as kiln_compile
-
         opts = self.options
         weights = set(self.weights) | set(self.scalars)
         sym_inputs = [
@@ -283,33 +314,14 @@ class _KilnGraph:
             if torch.is_autocast_enabled(dev)
         }
         gm = _bake_scalars(self.gm, {i: args[i].item() for i in self.scalars})
-        # Export with every dynamic dim first; a dim whose guards need a narrower set of values
-        # than 1..max (say an even size, or one that must differ from 2) is then made static
-        # for this build, named by export's error, and export runs again.
-        static: set[str] = set()
-        for _ in range(MAX_EXPORT_TRIES):
-            specs, examples, export_dims, syms = self._export_inputs(args, device, static)
-            module = _GraphModule(
-                gm, len(args), self.user, self.weights, syms, self.baked_sizes, args, autocast
-            )
-            try:
-                with torch.no_grad(), _autocast_off(), torch_noise_filtered():
-                    program = torch.export.export(
-                        module, tuple(examples), dynamic_shapes=tuple(export_dims)
-                    )
-                break
-            except Exception as e:  # noqa: BLE001 (a constraint violation names its dims)
-                names = set(re.findall(r"\bkiln_(s\d+)\b", str(e))) - static
-                if "Constraints violated" not in str(e) or not names:
-                    raise
-                static |= names
-        else:
-            raise RuntimeError(f"export kept rejecting dynamic dims after {MAX_EXPORT_TRIES} tries")
-        with torch.no_grad(), _autocast_off(), torch_noise_filtered():
-            precisions = opts.get("enabled_precisions", opts.get("precisions", (torch.float32,)))
-            kwargs = {k: opts[k] for k in _COMPILE_OPTIONS if k in opts and k != "device"}
-            kwargs["enabled_precisions"] = precisions  # every spelling kiln.dtypes knows
-            self.compiled = kiln_compile(program, specs, device=device, **kwargs)
+        try:
+            self._export_and_build(args, device, gm, autocast, set())
+        except Exception as e:  # noqa: BLE001 (one more try, built for this call's sizes)
+            names = {str(s.node.expr) for s in _symbols(self.placeholders, self.user)}
+            if not names:
+                raise
+            log("info", f"kiln backend: building for this call's sizes only: {e}")
+            self._export_and_build(args, device, gm, autocast, names)
         self._remember_weights(args)
         self.baked_scalars = {i: args[i].item() for i in self.scalars}
         _stats["builds"] += 1
@@ -387,6 +399,16 @@ def _with_signature(fn, sig):
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+
+
+def _symbols(placeholders, user) -> list:
+    """The symbolic sizes (plain symbols) of the user tensor inputs' fake values."""
+    found = []
+    for i in user:
+        for size in getattr(_meta(placeholders[i]), "shape", ()):
+            if isinstance(size, torch.SymInt) and size.node.expr.is_symbol:
+                found.append(size)
+    return found
 
 
 def _meta(node: torch.fx.Node):

@@ -350,3 +350,18 @@ def test_size_input_no_tensor_has_is_built_per_value(builds, warnings):
         torch.testing.assert_close(compiled(x, n), f(x, n), **TOL)
     assert len(builds) == 1 + dynamo.MAX_SIZE_BUILDS
     assert any("took more than 4 values" in m for _, m in warnings)
+
+
+def test_graph_kiln_cannot_build_dynamically_is_built_for_its_sizes(warnings):
+    # x's dims are dynamic, n a baked size: at n = 24 the profile's minimum x (1 x 1) cannot be
+    # reshaped to [24, -1], so the dynamic build fails; the backend then builds for this call's
+    # sizes instead of running the graph eagerly.
+    def f(x, n):
+        return (x.reshape(n, -1) * 2.0 + 1.0).relu().sum(0)
+
+    compiled = torch.compile(f, backend="kiln", dynamic=True, options={"min_block_size": 1})
+    x = torch.randn(8, 6)
+    for n in (2, 4, 8, 24):
+        torch.testing.assert_close(compiled(x, n), f(x, n), **TOL)
+    assert not [m for _, m in warnings if "(eager)" in m]
+    assert dynamo.stats()["builds"] >= 4
