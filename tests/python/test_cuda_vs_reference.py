@@ -54,6 +54,10 @@ CASES = {
         [f(3, 2, 5, 7), f(3, 4, 6, 2)],
         {"mode": "bicubic", "padding_mode": "reflection"},
     ),
+    "roi_align": (  # boxes (batch index, x1, y1, x2, y2), one across the top-left edge
+        [f(2, 3, 8, 9), torch.tensor([[0.0, 1, 1, 6, 5], [1, 0.5, 2, 8, 7.5], [0, -1, -1, 3, 3]])],
+        {"pooled_height": 2, "pooled_width": 3, "aligned": 1},
+    ),
     "gather": ([f(3, 10, 4), i(10, 6)], {"axis": 1}),
     "gather_elements": ([f(3, 5), i(5, 3, 4)], {"axis": 1}),
     "scatter_elements": ([f(4, 6), i(4, 5, 6), f(5, 6)], {"axis": 0, "reduction": "add"}),
