@@ -101,8 +101,9 @@ def backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = Non
     return _KilnGraph(gm, list(example_inputs), options)
 
 
-# Builds of one dynamo graph for further values of a size input that no tensor input has (the
-# engines are built for one value of it): beyond this many, the graph runs eagerly.
+# Builds of one dynamo graph for further values of a size its engines were built for one value
+# of (a size input no tensor input has, a dim export or Kiln could not keep dynamic): beyond this
+# many, the graph runs eagerly.
 MAX_SIZE_BUILDS = 3
 # Exports of one build, each after making the dynamic dims static that the last one rejected.
 MAX_EXPORT_TRIES = 4
@@ -122,7 +123,7 @@ class _KilnGraph:
         self.scalars = [i for i, n in enumerate(self.placeholders) if _is_scalar(n)]
         self.compiled = None  # kiln CompiledModule, or None while running eagerly
         self.baked_scalars, self.baked_sizes = {}, {}
-        self.size_builds = 0  # builds for another value of a baked size input (capped)
+        self.size_builds = 0  # builds for another value of a size built for one (capped)
         # Built on the first call, outside dynamo's tracing (torch.export inside a dynamo backend
         # leaks guards into the frame being compiled), with that call's real tensors.
         reason = _eager_reason(examples)
