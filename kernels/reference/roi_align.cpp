@@ -2,6 +2,7 @@
 // sample positions and weights from torchvision's float32 arithmetic (kernels/roi_align_sample.h)
 // and the sums in double. A box whose batch index is outside [0, N) gives zeros (torchvision reads
 // out of bounds there).
+#include <algorithm>
 #include <vector>
 
 #include "ir/ops/roi_align.h"

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import itertools
 import re
 
 import torch
@@ -72,6 +73,7 @@ _OPTIONS = (*_COMPILE_OPTIONS, "precisions", "max_dynamic_size", "fallback")
 
 _generation = 0  # bumped by weights_changed(): every compiled graph refits on its next call
 _stats = {"builds": 0, "refits": 0}
+_graph_ids = itertools.count(1)  # the log's name for each graph
 
 
 def weights_changed() -> None:
@@ -124,6 +126,7 @@ class _KilnGraph:
         self.compiled = None  # kiln CompiledModule, or None while running eagerly
         self.baked_scalars, self.baked_sizes = {}, {}
         self.size_builds = 0  # builds for another value of a size built for one (capped)
+        self.id = next(_graph_ids)  # names the graph in the log: a rebuild logs the same id
         # Built on the first call, outside dynamo's tracing (torch.export inside a dynamo backend
         # leaks guards into the frame being compiled), with that call's real tensors.
         reason = _eager_reason(examples)
@@ -326,7 +329,7 @@ class _KilnGraph:
         self._remember_weights(args)
         self.baked_scalars = {i: args[i].item() for i in self.scalars}
         _stats["builds"] += 1
-        log("info", f"kiln backend: compiled a dynamo graph: {self.compiled.report}")
+        log("info", f"kiln backend: compiled a dynamo graph (graph {self.id}): {self.compiled.report}")
 
 
 class _GraphModule(torch.nn.Module):

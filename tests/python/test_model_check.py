@@ -139,6 +139,18 @@ def test_zoo_rows_whose_eager_fp16_misses_the_bar_are_judged_against_eager_fp16(
     assert decide(0.999, 0.9987, speedup_ms=(1.2, 1.0))[0] == "FAIL"  # slower than the peer
 
 
+def test_zoo_counts_a_rebuilt_dynamo_graph_once():
+    """A graph the backend rebuilt for new sizes logs a report per build: the row counts its last."""
+    zc = _load("kiln_zoo_check", ROOT / "tools" / "zoo_check.py")
+    log = [
+        "kiln backend: compiled a dynamo graph (graph 1): 2 engine segments, 1 node in PyTorch",
+        "kiln backend: compiled a dynamo graph (graph 2): 1 engine segment, 0 nodes in PyTorch",
+        "kiln backend: building for this call's sizes only: ...",
+        "kiln backend: compiled a dynamo graph (graph 1): 1 engine segment, 0 nodes in PyTorch",
+    ]
+    assert zc._graph_reports(log) == [log[3], log[1]]
+
+
 def test_zoo_fp32_rows_run_in_worker_processes_and_a_failing_worker_fails_its_row_only(capsys):
     pytest.importorskip("transformers")
     zc = _load("kiln_zoo_check", ROOT / "tools" / "zoo_check.py")
