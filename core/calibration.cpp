@@ -47,6 +47,66 @@ std::vector<QuantizedLayer> quantized_layers(const Network& net, QuantFormat for
   return out;
 }
 
+// The second operand of a residual add whose sum INT8 layers read (directly or through an
+// activation), where quantized convolutions compute both operands (directly or through a batch
+// norm) for the add alone: ResNet's downsample branch. Calibrated and fake-quantized for the
+// add, as TensorRT's implicit INT8 quantizes both inputs of a residual add, it lets the builder
+// have that convolution write int8 and the block's last convolution read its residual in one byte
+// (int8_residuals; the identity branch is some INT8 layer's input already). Returns (the add's
+// layer index, the operand) pairs.
+std::vector<std::pair<size_t, TensorId>> residual_operands(const Network& net,
+                                                           const std::vector<QuantizedLayer>& quantized,
+                                                           const std::vector<TensorId>& activations) {
+  const std::set<TensorId> quantized_inputs(activations.begin(), activations.end());
+  std::set<size_t> quantized_convs;
+  for (const auto& q : quantized)
+    if (net.layers()[q.layer].op == "convolution") quantized_convs.insert(q.layer);
+  const std::vector<int> producer = net.producers();
+  std::vector<int> readers(net.tensors().size(), 0);
+  std::vector<int> reader(net.tensors().size(), -1);  // the last layer reading each tensor
+  const auto& layers = net.layers();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    for (TensorId t : layers[i].inputs) {
+      ++readers[static_cast<size_t>(t)];
+      reader[static_cast<size_t>(t)] = static_cast<int>(i);
+    }
+  }
+  const auto sole_reader = [&](TensorId t) {
+    return readers[static_cast<size_t>(t)] == 1 && !net.is_output(t) ? reader[static_cast<size_t>(t)] : -1;
+  };
+  std::vector<std::pair<size_t, TensorId>> out;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const Layer& add = layers[i];
+    if (add.op != "elementwise" || add.attrs.get_string("op", add.name) != "add" || add.inputs.size() != 2 ||
+        add.inputs[0] == add.inputs[1])
+      continue;
+    TensorId sum = add.outputs[0];
+    const int act = sole_reader(sum);
+    if (!quantized_inputs.count(sum) && act >= 0 && layers[static_cast<size_t>(act)].op == "activation")
+      sum = layers[static_cast<size_t>(act)].outputs[0];
+    if (!quantized_inputs.count(sum)) continue;
+    // Whether a quantized convolution computes t (directly or through a batch norm) for the add alone.
+    const auto from_conv = [&](TensorId t) {
+      if (sole_reader(t) != static_cast<int>(i)) return false;
+      int p = producer[static_cast<size_t>(t)];
+      if (p >= 0 && layers[static_cast<size_t>(p)].op == "batch_norm") {
+        const TensorId bn_in = layers[static_cast<size_t>(p)].inputs[0];
+        p = sole_reader(bn_in) == p ? producer[static_cast<size_t>(bn_in)] : -1;
+      }
+      return p >= 0 && quantized_convs.count(static_cast<size_t>(p)) > 0;
+    };
+    // fuse_conv_epilogue fuses the add into the convolution computing its first operand, which
+    // stays unquantized for that; the second, when a convolution computes it too, is quantized.
+    const TensorId t = add.inputs[1];
+    const Tensor& operand = net.tensor(t);
+    if (quantized_inputs.count(t) || !is_floating(operand.dtype) ||
+        operand.dims != net.tensor(add.outputs[0]).dims)
+      continue;
+    if (from_conv(add.inputs[0]) && from_conv(t)) out.emplace_back(i, t);
+  }
+  return out;
+}
+
 // Largest magnitude and |x| histogram of one tensor over every batch. The histogram covers
 // [0, top); when a batch holds a larger magnitude, `top` doubles (neighbouring bins merge) until
 // it covers it, so one pass over the batches suffices.
@@ -346,8 +406,12 @@ Network quantize_network(const Network& network, Int8Calibrator& calibrator,
     if (std::find(activations.begin(), activations.end(), q.activation) == activations.end())
       activations.push_back(q.activation);
   }
+  const std::vector<std::pair<size_t, TensorId>> residuals =
+      fp8 ? std::vector<std::pair<size_t, TensorId>>{} : residual_operands(network, quantized, activations);
+  std::vector<TensorId> observed = activations;
+  for (const auto& r : residuals) observed.push_back(r.second);
   std::set<std::string> wanted;
-  for (TensorId t : activations) wanted.insert(network.tensor(t).name);
+  for (TensorId t : observed) wanted.insert(network.tensor(t).name);
 
   std::map<std::string, double> ranges;
   const std::string cache = calibrator.read_cache();
@@ -367,7 +431,7 @@ Network quantize_network(const Network& network, Int8Calibrator& calibrator,
       KILN_FAIL(os.str());
     }
   } else {
-    ranges = run_batches(network, activations, calibrator, profiles);
+    ranges = run_batches(network, observed, calibrator, profiles);
     calibrator.write_cache(format_calibration_cache({ranges.begin(), ranges.end()}, calibrator.algorithm()));
   }
 
@@ -378,34 +442,46 @@ Network quantize_network(const Network& network, Int8Calibrator& calibrator,
   std::vector<Layer> old = std::move(net.mutable_layers());
   net.mutable_layers().clear();
   std::map<TensorId, TensorId> fake_quantized;  // activation -> its fake_quantize output
-  size_t next = 0;
+  // The fake_quantize of `t` (made once, before the layer being added), or -1 for a range of 0.
+  const auto fake_quantize_of = [&](TensorId t) -> TensorId {
+    const std::string act = network.tensor(t).name;
+    const double range = ranges.at(act);
+    if (range > 0.0 && !fake_quantized.count(t)) {
+      const std::string tag = fp8 ? "/fp8" : "/int8";
+      const float scale = static_cast<float>(range / (fp8 ? double{kFloat8E4M3Max} : double{kQmax}));
+      const TensorId s = net.add_constant(unique_name(used, act + tag + "_scale"), DataType::kFloat32, {1},
+                                          &scale, sizeof scale);
+      std::vector<TensorId> in = {t, s};
+      Attributes attrs;
+      if (fp8) {
+        attrs.set("format", std::string("e4m3"));
+      } else {
+        const int32_t zero = 0;
+        in.push_back(net.add_constant(unique_name(used, act + "/int8_zero_point"), DataType::kInt32, {1},
+                                      &zero, sizeof zero));
+        attrs.set("quant_min", int64_t{-kQmax});
+        attrs.set("quant_max", int64_t{kQmax});
+        attrs.set("calibrated", int64_t{1});  // the builder may quantize the tensor's other readers too
+      }
+      const std::string fq_name = unique_name(used, act + tag + "_fake_quantize");
+      fake_quantized[t] = net.add_layer("fake_quantize", in, attrs, fq_name).outputs[0];
+    }
+    const auto found = fake_quantized.find(t);
+    return found == fake_quantized.end() ? TensorId{-1} : found->second;
+  };
+  size_t next = 0, next_residual = 0;
   for (size_t i = 0; i < old.size(); ++i) {
     Layer layer = std::move(old[i]);
+    for (; next_residual < residuals.size() && residuals[next_residual].first == i; ++next_residual) {
+      const TensorId t = residuals[next_residual].second, fq = fake_quantize_of(t);
+      if (fq < 0) continue;
+      for (TensorId& in : layer.inputs)
+        if (in == t) in = fq;
+    }
     if (next < quantized.size() && quantized[next].layer == i) {
       const QuantizedLayer& q = quantized[next++];
-      const std::string act = network.tensor(q.activation).name;
-      const double range = ranges.at(act);
-      if (range > 0.0 && !fake_quantized.count(q.activation)) {
-        const std::string tag = fp8 ? "/fp8" : "/int8";
-        const float scale = static_cast<float>(range / (fp8 ? double{kFloat8E4M3Max} : double{kQmax}));
-        const TensorId s = net.add_constant(unique_name(used, act + tag + "_scale"), DataType::kFloat32, {1},
-                                            &scale, sizeof scale);
-        std::vector<TensorId> in = {q.activation, s};
-        Attributes attrs;
-        if (fp8) {
-          attrs.set("format", std::string("e4m3"));
-        } else {
-          const int32_t zero = 0;
-          in.push_back(net.add_constant(unique_name(used, act + "/int8_zero_point"), DataType::kInt32, {1},
-                                        &zero, sizeof zero));
-          attrs.set("quant_min", int64_t{-kQmax});
-          attrs.set("quant_max", int64_t{kQmax});
-          attrs.set("calibrated", int64_t{1});  // the builder may quantize the tensor's other readers too
-        }
-        const std::string fq_name = unique_name(used, act + tag + "_fake_quantize");
-        fake_quantized[q.activation] = net.add_layer("fake_quantize", in, attrs, fq_name).outputs[0];
-      }
-      if (fake_quantized.count(q.activation)) layer.inputs[0] = fake_quantized[q.activation];
+      const TensorId fq = fake_quantize_of(q.activation);
+      if (fq >= 0) layer.inputs[0] = fq;
       const Tensor w = net.tensor(q.weight);  // a copy: add_constant may move the tensor list
       LineagePtr lineage = blocked_lineage(
           net, {q.weight}, "refit of calibrated INT8/FP8 weights is not supported yet", w.dtype, w.dims);
@@ -418,8 +494,9 @@ Network quantize_network(const Network& network, Int8Calibrator& calibrator,
     net.mutable_layers().push_back(std::move(layer));
   }
   net.compact();
-  KILN_LOG(kInfo, (fp8 ? "FP8" : "INT8") << " calibration: " << fake_quantized.size() << " activations and "
-                                         << quantized.size() << " weights quantized");
+  KILN_LOG(kInfo, (fp8 ? "FP8" : "INT8")
+                      << " calibration: " << fake_quantized.size() << " activations (" << residuals.size()
+                      << " residual add operands) and " << quantized.size() << " weights quantized");
   return net;
 }
 

@@ -202,7 +202,53 @@ bool fold_requantize(Network& net) {
 // byte: half of ResNet-50's activation traffic in the blocks. The calibrated model adds the
 // residual quantized (one more rounding of a value already quantized for its other reader); a
 // Q/DQ model keeps its float residuals, as its graph says.
+// The calibrated int8 fake_quantize producing `t` (calibration quantizes a residual add's operand
+// that a quantized convolution computes: ResNet's downsample branch), or -1.
+int calibrated_fake_quantize(const Network& net, const std::vector<int>& producer, TensorId t) {
+  const int p = producer[static_cast<size_t>(t)];
+  if (p < 0) return -1;
+  const Layer& f = net.layers()[static_cast<size_t>(p)];
+  const bool calibrated = f.op == "fake_quantize" && f.attrs.get_int("calibrated", int64_t{0}) == 1;
+  return calibrated && int8_scale(net, f) ? p : -1;
+}
+
+// A quantized convolution's residual that a calibrated fake_quantize F computes gets a calibrated
+// quantize Q of F's input, right after F, unless one exists: F's value is Q's dequantized, so the
+// convolution can read Q's int8 tensor exactly (int8_residuals), and F's input's producer then
+// writes int8 (fold_requantize).
+void quantize_fake_quantized_residuals(Network& net) {
+  const std::vector<int> producer = net.producers();
+  std::set<TensorId> quantized;  // float tensors a calibrated int8 quantize reads
+  for (const Layer& l : net.layers()) {
+    if (l.op == "quantize" && l.attrs.get_int("calibrated", int64_t{0}) == 1) quantized.insert(l.inputs[0]);
+  }
+  std::set<int> wanted;  // the fake_quantize layers to add a quantize after
+  for (const Layer& conv : net.layers()) {
+    if (conv.op != "convolution" || conv.attrs.get_int("quantized", int64_t{0}) != 1 ||
+        conv.attrs.has("residual_scale"))
+      continue;
+    const ConvEpilogue e = conv_epilogue(conv, conv.inputs.size());
+    if (!e.residual) continue;
+    const int f = calibrated_fake_quantize(net, producer, conv.inputs[static_cast<size_t>(e.residual_input)]);
+    if (f >= 0 && !quantized.count(net.layers()[static_cast<size_t>(f)].inputs[0])) wanted.insert(f);
+  }
+  std::set<std::string> used = names_in_use(net);
+  for (auto it = wanted.rbegin(); it != wanted.rend(); ++it) {  // from the last: earlier indices hold
+    const Layer f = net.layers()[static_cast<size_t>(*it)];     // a copy: add_layer may move the list
+    Attributes attrs;
+    for (const char* a : {"quant_min", "quant_max", "calibrated"}) {
+      if (f.attrs.has(a)) attrs.set(a, f.attrs.get_int(a, f.name));
+    }
+    net.add_layer("quantize", {f.inputs[0], f.inputs[1]}, attrs, unique_name(used, f.name + "/int8"));
+    auto& layers = net.mutable_layers();
+    Layer q = std::move(layers.back());
+    layers.pop_back();
+    layers.insert(layers.begin() + *it + 1, std::move(q));
+  }
+}
+
 bool int8_residuals(Network& net) {
+  quantize_fake_quantized_residuals(net);
   const std::vector<int> producer = net.producers();
   std::map<TensorId, size_t> calibrated;  // float tensor -> the calibrated quantize reading it
   std::vector<Layer>& layers = net.mutable_layers();
@@ -221,7 +267,9 @@ bool int8_residuals(Network& net) {
     const ConvEpilogue e = conv_epilogue(conv, conv.inputs.size());
     if (!e.residual) continue;
     TensorId& r = conv.inputs[static_cast<size_t>(e.residual_input)];
-    const auto q = calibrated.find(r);
+    // A calibrated fake_quantize's value is its input's quantize, dequantized: read that exactly.
+    const int f = calibrated_fake_quantize(net, producer, r);
+    const auto q = calibrated.find(f >= 0 ? layers[static_cast<size_t>(f)].inputs[0] : r);
     if (q == calibrated.end() || q->second > i) continue;  // the int8 tensor must exist by then
     const Layer& quantize = layers[q->second];
     conv.attrs.set("residual_scale", static_cast<double>(*int8_scale(net, quantize)));

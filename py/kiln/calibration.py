@@ -35,6 +35,7 @@ tensor names) is refused with the names that differ.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -353,6 +354,60 @@ def quantizable(program, fmt: str = "int8") -> list[tuple[torch.fx.Node, int, st
     return found
 
 
+_BATCH_NORMS = (aten._native_batch_norm_legit_no_training.default,)  # eval-mode export's
+_ACTIVATIONS = (
+    aten.relu.default,
+    aten.relu_.default,
+    aten.hardtanh.default,
+    aten.hardtanh_.default,
+)
+
+
+def residual_operands(program, targets, acts) -> list[torch.fx.Node]:
+    """The second operand of each residual add whose sum (or its ReLU) is a quantized activation,
+    when quantized convolutions (through a batch norm) compute both operands and only the add reads
+    them: ResNet's downsample branch. Quantized too (as TensorRT's implicit INT8 quantizes both
+    inputs of a residual add), it lets the builder have that convolution write int8 and the block's
+    last convolution read its residual in one byte; the identity branch is quantized already."""
+    convs = {id(c) for c, _, _ in targets if c.target == aten.convolution.default}
+    acts = set(acts)
+
+    def conv_of(t):  # the convolution computing t, directly or through a batch norm, or None
+        if t.op == "call_function" and t.target is operator.getitem and t.args[1] == 0:
+            bn = t.args[0]
+            if bn.op != "call_function" or bn.target not in _BATCH_NORMS:
+                return None
+            if not isinstance(bn.args[0], torch.fx.Node) or len(bn.args[0].users) != 1:
+                return None
+            t = bn.args[0]
+        return t if id(t) in convs else None
+
+    found = []
+    for node in program.graph.nodes:
+        if node.op != "call_function" or node.target not in (aten.add.Tensor, aten.add_.Tensor):
+            continue
+        if len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1 or node.args[0] is node.args[1]:
+            continue
+        total, users = node, list(node.users)
+        if node.name not in acts and len(users) == 1 and users[0].target in _ACTIVATIONS:
+            total = users[0]
+        if total.name not in acts:
+            continue
+        # The builder fuses the add into the convolution computing its first operand (which must
+        # stay unquantized for that); the second, when a convolution computes it too, is quantized.
+        first, t = node.args
+        if not isinstance(first, torch.fx.Node) or not isinstance(t, torch.fx.Node):
+            continue
+        if t.name in acts or len(t.users) != 1 or len(first.users) != 1 or conv_of(first) is None:
+            continue
+        val, shape = t.meta.get("val"), getattr(node.meta.get("val"), "shape", None)
+        if not isinstance(val, torch.Tensor) or not val.is_floating_point() or val.shape != shape:
+            continue
+        if conv_of(t) is not None:
+            found.append(t)
+    return found
+
+
 def has_qdq(program) -> bool:
     """Whether the program carries its own quantize/dequantize ops (a QAT or pt2e model)."""
     for node in program.graph.nodes:
@@ -375,11 +430,16 @@ def quantize_program(
             f"kiln.compile: {fmt.upper()} was requested, but the model has no {what} to quantize"
         )
     acts = list(dict.fromkeys(t[0].args[t[1]].name for t in targets))
-    amax = calibrator.ranges(program, acts, device, specs)
+    residuals = residual_operands(program, targets, acts) if fmt == "int8" else []
+    amax = calibrator.ranges(program, acts + [t.name for t in residuals], device, specs)
     graph = program.graph
     by_name = {n.name: n for n in graph.nodes}
     quantized: dict[str, torch.fx.Node] = {}
-    for consumer, index, _ in targets:
+    # (reader, argument index) of each quantized value: the layers' inputs, the residual
+    # adds' operands.
+    reads = [(consumer, index) for consumer, index, _ in targets]
+    reads += [(next(iter(t.users)), next(iter(t.users)).args.index(t)) for t in residuals]
+    for consumer, index in reads:
         x = consumer.args[index]
         if x.name not in quantized:
             with graph.inserting_after(x):

@@ -329,7 +329,10 @@ class _KilnGraph:
         self._remember_weights(args)
         self.baked_scalars = {i: args[i].item() for i in self.scalars}
         _stats["builds"] += 1
-        log("info", f"kiln backend: compiled a dynamo graph (graph {self.id}): {self.compiled.report}")
+        log(
+            "info",
+            f"kiln backend: compiled a dynamo graph (graph {self.id}): {self.compiled.report}",
+        )
 
 
 class _GraphModule(torch.nn.Module):

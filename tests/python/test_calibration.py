@@ -538,3 +538,97 @@ def test_calibrated_residual_stream_is_int8(device):
     got = compiled(x.to(device)).float().cpu()
     cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
     assert cos > 0.999, cos
+
+
+class DownsampleBlock(torch.nn.Module):
+    """A stem, then a ResNet basic block whose shortcut is a strided 1x1 convolution and batch norm
+    (the downsample branch), then a convolution reading the block's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.a = torch.nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.bn_a = torch.nn.BatchNorm2d(32)
+        self.b = torch.nn.Conv2d(32, 32, 3, padding=1)
+        self.bn_b = torch.nn.BatchNorm2d(32)
+        self.down = torch.nn.Conv2d(16, 32, 1, stride=2)
+        self.bn_down = torch.nn.BatchNorm2d(32)
+        self.head = torch.nn.Conv2d(32, 16, 3, padding=1)
+        for bn in (self.bn_a, self.bn_b, self.bn_down):  # not the identity: the folds are checked
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        y = self.bn_b(self.b(torch.relu(self.bn_a(self.a(h)))))
+        return self.head(torch.relu(y + self.bn_down(self.down(h))))
+
+
+def _downsample_network(model):
+    """DownsampleBlock written with the network API (batch norms folded into the biases)."""
+
+    def folded(conv, bn):
+        s = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        w = conv.weight.detach() * s[:, None, None, None]
+        return w, (conv.bias.detach() - bn.running_mean) * s + bn.bias.detach()
+
+    net = kiln.Network()
+    x = net.add_input("x", "float32", [2, 16, 12, 12])
+    h = net.add_activation(
+        net.add_convolution(x, model.stem.weight.detach(), model.stem.bias.detach(), padding=1),
+        "relu",
+    )
+    a = net.add_activation(
+        net.add_convolution(h, *folded(model.a, model.bn_a), stride=2, padding=1), "relu"
+    )
+    b = net.add_convolution(a, *folded(model.b, model.bn_b), padding=1, name="b")
+    d = net.add_convolution(h, *folded(model.down, model.bn_down), stride=2, name="down")
+    s = net.add_activation(net.add_elementwise(b, d, "add"), "relu")
+    net.mark_output(
+        net.add_convolution(s, model.head.weight.detach(), model.head.bias.detach(), padding=1), "y"
+    )
+    return net
+
+
+def _check_int8_downsample(layers, down_name):
+    convs = [la for la in layers if la.op == "convolution"]
+    assert all(la.attrs.get("quantized") == 1 for la in convs), [
+        (la.name, la.dtypes) for la in convs
+    ]
+    assert not [la.op for la in layers if la.op == "fake_quantize"], [la.op for la in layers]
+    down = next(la for la in convs if la.name == down_name)
+    assert down.dtypes.endswith("->int8"), down.dtypes  # the shortcut written as int8 ...
+    # ... and read so by the block's last convolution (an int8 residual, dequantized there).
+    assert sum("residual_scale" in la.attrs for la in convs) == 1
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_calibrated_downsample_branch_is_int8(device):
+    # Calibration quantizes the downsample branch for the residual add (as TensorRT's implicit
+    # INT8 does), so its convolution writes int8 and the block's last convolution reads it so.
+    torch.manual_seed(0)
+    model = DownsampleBlock().eval()
+    batches = [(torch.randn(2, 16, 12, 12),) for _ in range(3)]
+    compiled = int8(
+        copy.deepcopy(model).to(device),
+        batches[0][0].to(device),
+        kiln.Calibrator([tuple(t.to(device) for t in b) for b in batches], algorithm="minmax"),
+        device=device,
+        min_block_size=1,
+    )
+    _check_int8_downsample(kiln.inspect(kiln.plans(compiled)[0]).layers, "convolution_3")
+    x = torch.randn(2, 16, 12, 12)  # fresh
+    got = compiled(x.to(device)).float().cpu()
+    cos = torch.nn.functional.cosine_similarity(got.flatten(), model(x).flatten(), dim=0)
+    assert cos > 0.999, cos
+    # The network API calibrates the same way (core/calibration.cpp).
+    config = kiln.BuilderConfig(
+        device=device,
+        precisions=["fp32", torch.int8],
+        calibrator=kiln.Calibrator(batches, algorithm="minmax"),
+    )
+    plan = kiln.Builder().build(_downsample_network(model), config)
+    _check_int8_downsample(kiln.inspect(plan).layers, "down")
+    got = run_plan(plan, {"x": x}, device)["y"].float().cpu()
+    cos = torch.nn.functional.cosine_similarity(got.flatten(), model(x).flatten(), dim=0)
+    assert cos > 0.999, cos

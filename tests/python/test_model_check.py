@@ -140,7 +140,7 @@ def test_zoo_rows_whose_eager_fp16_misses_the_bar_are_judged_against_eager_fp16(
 
 
 def test_zoo_counts_a_rebuilt_dynamo_graph_once():
-    """A graph the backend rebuilt for new sizes logs a report per build: the row counts its last."""
+    """A graph the backend rebuilt for new sizes logs a report per build: its last counts."""
     zc = _load("kiln_zoo_check", ROOT / "tools" / "zoo_check.py")
     log = [
         "kiln backend: compiled a dynamo graph (graph 1): 2 engine segments, 1 node in PyTorch",
