@@ -15,8 +15,9 @@
 //       weight [K, C/g, kh, kw] is permuted at build time to [K, kh, kw, C/g]. With fewer than 8
 //       input channels (and groups 1) x is zero-padded to 8 channels and the weight likewise.
 //   pooling, adaptive_pooling, rank 4: when their input was computed channels last.
-//   space_to_depth (space_to_depth_stems' image fold) of a float16/bfloat16 image, or read by a
-//       per-tensor quantization: reads its input channels first and writes channels last.
+//   space_to_depth (space_to_depth_stems' image fold) of a float16/bfloat16 image, read by a
+//       per-tensor quantization, or writing int8 itself: reads its input channels first and
+//       writes channels last.
 //   quantize, dequantize, fake_quantize with one scale (per tensor), rank 4: when their input was
 //       computed channels last (the int8 input of a quantized convolution is quantized there).
 //   reduce with keepdim = 1 (squeeze-excitation's spatial mean), likewise: its axes are renumbered
@@ -143,6 +144,7 @@ class LayoutRewriter {
     if (x.dims.size() != 4 || (l.attrs.has("layout") && l.attrs.get_string("layout", l.name) != "nchw"))
       return false;
     if (x.dtype == DataType::kFloat16 || x.dtype == DataType::kBFloat16) return true;
+    if (l.attrs.has("output_inv_scale")) return true;  // int8: a quantized convolution's input
     for (const Layer& r : *original_) {
       if (std::find(r.inputs.begin(), r.inputs.end(), l.outputs[0]) != r.inputs.end() &&
           per_tensor_quantize(r))

@@ -7,7 +7,8 @@
 // quantize layers quantize_fp8_gemms and quantize_int8_layers make) and a residual, so y stays.
 // Likewise an e4m3 quantize whose input only an FP8 GEMM or a packed_attention writes (through
 // views only it reads): that layer writes float8 itself (output_inv_scale), and its float value is
-// not written at all.
+// not written at all. And an int8 quantize whose input only a space_to_depth writes (the fold of an
+// INT8 stem's image): the fold writes int8 itself (output_inv_scale).
 #include <cmath>
 #include <cstring>
 
@@ -96,6 +97,17 @@ bool fold_quantize_copies(Network& net) {
       // it writes the e4m3 tensor itself, no float one.
       src.attrs.set("output_inv_scale", static_cast<double>(c.inv_scale));
       src.outputs[0] = move_views_to_quantized(net, layers, views, q.outputs[0], "/fp8");
+      folded[i] = true;
+      continue;
+    }
+    if (!c.e4m3 && src.op == "space_to_depth" && views.empty() && sole(value) &&
+        !src.attrs.has("output_inv_scale")) {
+      // An INT8 stem's image fold (space_to_depth_stems) read only by this quantize: the fold
+      // writes the int8 tensor itself, one pass over the image instead of two.
+      src.attrs.set("output_inv_scale", static_cast<double>(c.inv_scale));
+      src.attrs.set("output_quant_min", c.lo);
+      src.attrs.set("output_quant_max", c.hi);
+      src.outputs[0] = q.outputs[0];
       folded[i] = true;
       continue;
     }

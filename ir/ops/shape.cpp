@@ -17,6 +17,7 @@
 #include "ir/ops/shape.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "ir/error.h"
 #include "ir/op_schema.h"
@@ -434,7 +435,17 @@ std::vector<TensorDesc> infer_space_to_depth(const Layer& layer, const std::vect
              who << ": layout must be nchw or nhwc, got '" << layout << "'");
   Dims out =
       layout == "nchw" ? Dims{x[0], 4 * channels, h / 2, w / 2} : Dims{x[0], h / 2, w / 2, 4 * channels};
-  return {{in[0].dtype, out, nullptr}};
+  if (!layer.attrs.has("output_inv_scale")) return {{in[0].dtype, out, nullptr}};
+  const SpaceToDepth q = resolve_space_to_depth(layer, x);
+  KILN_CHECK(is_floating(in[0].dtype) && in[0].dtype != DataType::kFloat8E4M3,
+             who << ": an int8 output (output_inv_scale) needs a float32, float16 or bfloat16 input, got "
+                 << dtype_name(in[0].dtype));
+  KILN_CHECK(q.inv_scale > 0.f && std::isfinite(q.inv_scale),
+             who << ": output_inv_scale must be a positive finite number, got " << q.inv_scale);
+  KILN_CHECK(q.quant_min >= -128 && q.quant_min <= q.quant_max && q.quant_max <= 127,
+             who << ": output_quant_min/max must be an ordered range inside int8's, got " << q.quant_min
+                 << ".." << q.quant_max);
+  return {{DataType::kInt8, out, nullptr}};
 }
 
 SpaceToDepth resolve_space_to_depth(const Layer& layer, const Dims& in) {
@@ -451,6 +462,12 @@ SpaceToDepth resolve_space_to_depth(const Layer& layer, const Dims& in) {
   s.hs = (in[2] + pads[0] + pads[1]) / 2;
   s.ws = (in[3] + pads[2] + pads[3]) / 2;
   s.nhwc = layer.attrs.has("layout") && layer.attrs.get_string("layout", describe(layer)) == "nhwc";
+  s.quantized = layer.attrs.has("output_inv_scale");
+  if (s.quantized) {
+    s.inv_scale = static_cast<float>(layer.attrs.get_float("output_inv_scale", describe(layer)));
+    s.quant_min = layer.attrs.get_int("output_quant_min", int64_t{-128});
+    s.quant_max = layer.attrs.get_int("output_quant_max", int64_t{127});
+  }
   return s;
 }
 
@@ -517,6 +534,11 @@ const std::vector<AttrSpec> kSpaceToDepthAttributes = {
      "the channels after zero channels are added (>= C; absent: C)"},
     {"layout", AttrType::kString, AttrValue{std::string("nchw")},
      "nchw: y [N, 4C', H'/2, W'/2]; nhwc (set by assign_layouts): y [N, H'/2, W'/2, 4C']"},
+    {"output_inv_scale", AttrType::kFloat, std::nullopt,
+     "set by fold_quantize_copies: y is int8, clamp(rint(v * output_inv_scale)) of each value v (the "
+     "padding's 0 too), as the per-tensor quantize it replaces computed it"},
+    {"output_quant_min", AttrType::kInt, AttrValue{int64_t{-128}}, "with output_inv_scale: y's range"},
+    {"output_quant_max", AttrType::kInt, AttrValue{int64_t{127}}, "with output_inv_scale: y's range"},
 };
 
 const SchemaRegistration kRegistered{

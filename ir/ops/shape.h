@@ -29,6 +29,10 @@ struct SpaceToDepth {
   int64_t top = 0, left = 0;           // zero rows / columns before the input
   int64_t hs = 0, ws = 0;              // output rows and columns
   bool nhwc = false;
+  // output_inv_scale: y is int8, clamp(rint(v * inv_scale), quant_min, quant_max) (NaN: quant_min).
+  bool quantized = false;
+  float inv_scale = 1.f;
+  int64_t quant_min = -128, quant_max = 127;
 };
 SpaceToDepth resolve_space_to_depth(const Layer& layer, const Dims& in);
 

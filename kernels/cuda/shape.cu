@@ -13,6 +13,7 @@
 #include "ir/ops/shape.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dtype_traits.cuh"
+#include "kernels/cuda/int8_bits.cuh"
 #include "kernels/kernel.h"
 #include "kernels/strided_copy.h"
 
@@ -407,6 +408,70 @@ __global__ void space_to_depth_kernel(const W* __restrict__ x, W* __restrict__ y
   }
 }
 
+// space_to_depth writing int8 (output_inv_scale): each value, the padding's 0 too, quantized as the
+// per-tensor quantize it replaces computed it (x * inv_scale, rounded to nearest even, clamped; NaN
+// to quant_min). kVec outputs a thread: 16 channels of one pixel (nhwc, one 16-byte store), or 1.
+template <typename T, typename I, int kVec>
+__global__ void space_to_depth_int8_kernel(const T* __restrict__ x, int8_t* __restrict__ y,
+                                           SpaceToDepthParams p, bool nhwc, I groups, float inv, float lo,
+                                           float hi) {
+  const I oc = static_cast<I>(4 * p.channels), hs = static_cast<I>(p.hs), ws = static_cast<I>(p.ws);
+  for (I e = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; e < groups;
+       e += static_cast<I>(gridDim.x) * blockDim.x) {
+    const I first = e * kVec;
+    I n, k, i, j;
+    if (nhwc) {
+      k = first % oc;
+      j = first / oc % ws;
+      i = first / oc / ws % hs;
+      n = first / oc / ws / hs;
+    } else {
+      j = first % ws;
+      i = first / ws % hs;
+      k = first / ws / hs % oc;
+      n = first / ws / hs / oc;
+    }
+    union {
+      uint4 v;
+      int8_t q[kVec > 16 ? kVec : 16];
+    } u;
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) {
+      const float f = to_float(space_to_depth_element<T, I>(x, p, n, k + v, i, j));
+      u.q[v] = round_clamp_int8(__fmul_rn(f, inv), lo, hi);
+    }
+    if constexpr (kVec == 16) {
+      *reinterpret_cast<uint4*>(y + first) = u.v;
+    } else {
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) y[first + v] = u.q[v];
+    }
+  }
+}
+
+void launch_space_to_depth_int8(const SpaceToDepth& g, const SpaceToDepthParams& p, const TensorView& x,
+                                const TensorView& y, cudaStream_t stream) {
+  const int64_t total = volume(y.dims);
+  KILN_CHECK(total < (int64_t{1} << 31) && volume(x.dims) < (int64_t{1} << 31),
+             "space_to_depth to int8: fewer than 2^31 elements, got " << total);
+  constexpr int kBlock = 256;
+  const float inv = g.inv_scale, lo = static_cast<float>(g.quant_min), hi = static_cast<float>(g.quant_max);
+  auto* out = static_cast<int8_t*>(y.data);
+  dispatch_floating(x.dtype, "space_to_depth", [&](auto t) {
+    using T = decltype(t);
+    const auto* in = static_cast<const T*>(x.data);
+    if (g.nhwc && 4 * g.channels % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0) {
+      const auto groups = static_cast<uint32_t>(total / 16);
+      space_to_depth_int8_kernel<T, uint32_t, 16>
+          <<<grid_for(groups, kBlock), kBlock, 0, stream>>>(in, out, p, true, groups, inv, lo, hi);
+    } else {
+      space_to_depth_int8_kernel<T, uint32_t, 1><<<grid_for(total, kBlock), kBlock, 0, stream>>>(
+          in, out, p, g.nhwc, static_cast<uint32_t>(total), inv, lo, hi);
+    }
+  });
+  KILN_CUDA_CHECK_LAUNCH();
+}
+
 class CudaSpaceToDepth final : public Kernel {
  public:
   explicit CudaSpaceToDepth(Layer layer) : layer_(std::move(layer)) {}
@@ -416,9 +481,10 @@ class CudaSpaceToDepth final : public Kernel {
     const SpaceToDepthParams p{g.c, g.h, g.w, g.channels, g.top, g.left, g.hs, g.ws};
     const int64_t total = volume(out[0].dims);
     if (total == 0) return;
+    auto stream = static_cast<cudaStream_t>(ctx.stream);
+    if (g.quantized) return launch_space_to_depth_int8(g, p, in[0], out[0], stream);
     const bool small = total < (int64_t{1} << 31) && volume(in[0].dims) < (int64_t{1} << 31);
     constexpr int kBlock = 256;
-    auto stream = static_cast<cudaStream_t>(ctx.stream);
     const int64_t bytes = static_cast<int64_t>(dtype_size(in[0].dtype));
     dispatch_word(static_cast<size_t>(bytes), "space_to_depth", [&](auto w) {
       using W = decltype(w);

@@ -1,10 +1,13 @@
 // Reference shape ops: element copies in plain loops. reshape/flatten/squeeze/unsqueeze keep the
 // row-major order (one memcpy); the others walk a StridedCopy element by element.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "ir/ops/shape.h"
 #include "ir/ops/shape_values.h"
 #include "kernels/kernel.h"
+#include "kernels/reference/host_access.h"
 #include "kernels/strided_copy.h"
 
 namespace kiln {
@@ -137,8 +140,15 @@ class RefSpaceToDepth final : public Kernel {
             const int64_t r = 2 * i + dy - g.top, q = 2 * j + dx - g.left;
             const int64_t dst =
                 g.nhwc ? ((n * g.hs + i) * g.ws + j) * oc + k : ((n * oc + k) * g.hs + i) * g.ws + j;
-            if (c < g.c && r >= 0 && r < g.h && q >= 0 && q < g.w) {
-              std::memcpy(y + dst * size, x + (((n * g.c + c) * g.h + r) * g.w + q) * size, size);
+            const bool inside = c < g.c && r >= 0 && r < g.h && q >= 0 && q < g.w;
+            const int64_t src = ((n * g.c + c) * g.h + r) * g.w + q;
+            if (g.quantized) {  // as a per-tensor quantize of the folded value (the padding's 0 too)
+              const float v = inside ? static_cast<float>(load_element(in[0], src)) : 0.f;
+              const float t = std::nearbyint(v * g.inv_scale);
+              const float lo = static_cast<float>(g.quant_min), hi = static_cast<float>(g.quant_max);
+              y[dst] = static_cast<uint8_t>(static_cast<int8_t>(t != t ? lo : std::clamp(t, lo, hi)));
+            } else if (inside) {
+              std::memcpy(y + dst * size, x + src * size, size);
             } else {
               std::memset(y + dst * size, 0, size);
             }

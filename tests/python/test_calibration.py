@@ -632,3 +632,41 @@ def test_calibrated_downsample_branch_is_int8(device):
     got = run_plan(plan, {"x": x}, device)["y"].float().cpu()
     cos = torch.nn.functional.cosine_similarity(got.flatten(), model(x).flatten(), dim=0)
     assert cos > 0.999, cos
+
+
+class StemNet(torch.nn.Module):
+    """An RGB stem (7x7, stride 2: space_to_depth_stems folds its image), then a convolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 7, stride=2, padding=3)
+        self.conv = torch.nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(torch.relu(self.stem(x)))
+
+
+def test_int8_stem_fold_writes_int8_itself(monkeypatch):
+    # The stem's image fold (space_to_depth) writes the int8 tensor its INT8 convolution reads,
+    # quantized exactly as the quantize layer it replaces (fold_quantize_copies): one pass over
+    # the image. Reference backend: the same bits as the build without that fold.
+    torch.manual_seed(0)
+    model = StemNet().eval()
+    batches = [(torch.randn(2, 3, 30, 30),) for _ in range(3)]
+
+    def build():
+        return int8(model, batches[0][0], kiln.Calibrator(batches, algorithm="minmax"))
+
+    compiled = build()
+    layers = kiln.inspect(kiln.plans(compiled)[0]).layers
+    folds = [la for la in layers if la.op == "space_to_depth"]
+    assert len(folds) == 1 and folds[0].dtypes.endswith("->int8"), [
+        (la.op, la.dtypes) for la in layers
+    ]
+    assert not [la for la in layers if la.op == "quantize"], [la.op for la in layers]
+    monkeypatch.setenv("KILN_SKIP_PASSES", "fold_quantize_copies")
+    unfolded = build()
+    ops = [la.op for la in kiln.inspect(kiln.plans(unfolded)[0]).layers]
+    assert "quantize" in ops, ops
+    x = torch.randn(2, 3, 30, 30)
+    torch.testing.assert_close(compiled(x), unfolded(x), rtol=0, atol=0)

@@ -186,3 +186,19 @@ def test_cuda_matches_reference(op, dtype):
             torch.testing.assert_close(g, r, **TOL[dtype])
         else:
             assert torch.equal(g, r), op
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])  # 16-byte groups of channels / one a thread
+def test_space_to_depth_to_int8_matches_reference(layout, dtype):
+    # The fold of an INT8 stem writing int8 itself (fold_quantize_copies): exactly the reference's
+    # quantization, padding zeros, clamping and NaN included.
+    attrs = {"pads": [3, 4, 3, 3], "channels": 4, "layout": layout, "output_inv_scale": 9.5}
+    attrs.update(output_quant_min=-127, output_quant_max=120)
+    x = (torch.randn(3, 3, 7, 6) * 8).to(dtype)
+    x[0, 0, 0, :2] = torch.tensor([float("nan"), 0.05])  # NaN -> quant_min; 0.475 rounds to 0
+    ref = build_and_run("space_to_depth", [f()], attrs, dtype, [x], "cpu")[0]
+    got = build_and_run("space_to_depth", [f()], attrs, dtype, [x], "cuda")[0]
+    assert ref.dtype == torch.int8 and torch.equal(got, ref)
+    assert (ref == -127).any() and (ref == 120).any()  # both bounds reached
