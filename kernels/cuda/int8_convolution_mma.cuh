@@ -56,11 +56,11 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads) int8_conv_kern
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using Cfg = Tile<BM, BN, WM, WN>;
   extern __shared__ __align__(128) uint8_t smem[];
-  const Int8ConvParams& g = d.g;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int warp_m = warp / Cfg::kWarpsN, warp_n = warp % Cfg::kWarpsN;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
-  const int n0 = static_cast<int>(blockIdx.y) * BN;
+  int64_t m0;
+  int n0;
+  block_tile<BM, BN>(d, m0, n0);
   typename Cfg::Loader loader(d, tid, m0, n0);
   auto load_step = [&](int stage, int step) { loader.load(d, smem + stage * Cfg::kStageBytes, step); };
 
@@ -146,7 +146,7 @@ void launch_tile(const DeviceParams& d, cudaStream_t stream) {
   if (kMaxSmem > 48 * 1024) {  // above the default limit a kernel must opt in
     KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
   }
-  const dim3 grid(static_cast<unsigned>((d.m + BM - 1) / BM), static_cast<unsigned>((d.g.k + BN - 1) / BN));
+  const dim3 grid = tile_grid<BM, BN>(d);
   DeviceParams staged = d;
   const int smem = plan_smem_bytes<kStages, Cfg::kStageBytes, BM, BN>(staged);
   kernel<<<grid, Cfg::kThreads, smem, stream>>>(staged);

@@ -181,8 +181,9 @@ __global__ void __launch_bounds__(WgmmaTile<BM, BN>::kThreads, kMinBlocks) int8_
   using Cfg = WgmmaTile<BM, BN>;
   extern __shared__ __align__(1024) uint8_t smem[];
   const int tid = threadIdx.x, warp = tid >> 5, warpgroup = tid >> 7;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
-  const int n0 = static_cast<int>(blockIdx.y) * BN;
+  int64_t m0;
+  int n0;
+  block_tile<BM, BN>(d, m0, n0);
   typename Cfg::Loader loader(d, tid, m0, n0);
 
   int acc[BN / 2];
@@ -241,7 +242,7 @@ void launch_tile(const DeviceParams& d, cudaStream_t stream) {
   auto kernel = int8_wgmma_kernel<BM, BN, kMinBlocks, T, R>;
   KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        max_smem_bytes<Cfg::kSmemBytes, BM, BN>()));
-  const dim3 grid(static_cast<unsigned>((d.m + BM - 1) / BM), static_cast<unsigned>((d.g.k + BN - 1) / BN));
+  const dim3 grid = tile_grid<BM, BN>(d);
   DeviceParams staged = d;
   const int smem = plan_smem_bytes<kStages, Cfg::kStageBytes, BM, BN>(staged);
   kernel<<<grid, Cfg::kThreads, smem, stream>>>(staged);
