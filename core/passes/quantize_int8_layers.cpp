@@ -194,14 +194,6 @@ bool fold_requantize(Network& net) {
   return drop_folded(net, folded);
 }
 
-// Calibrated builds: a quantized convolution's residual r that a calibrated per-tensor int8
-// quantize also reads (r is some INT8 layer's input too: a ResNet block's output is the next
-// block's input and its residual) is read as that quantize's int8 tensor instead, dequantized in
-// the epilogue (residual_scale), as TensorRT's implicit INT8 quantizes the residual stream. Then
-// r's producer writes int8 only (fold_requantize: no int8_copy), and the residual is read in one
-// byte: half of ResNet-50's activation traffic in the blocks. The calibrated model adds the
-// residual quantized (one more rounding of a value already quantized for its other reader); a
-// Q/DQ model keeps its float residuals, as its graph says.
 // The calibrated int8 fake_quantize producing `t` (calibration quantizes a residual add's operand
 // that a quantized convolution computes: ResNet's downsample branch), or -1.
 int calibrated_fake_quantize(const Network& net, const std::vector<int>& producer, TensorId t) {
@@ -247,6 +239,16 @@ void quantize_fake_quantized_residuals(Network& net) {
   }
 }
 
+// Calibrated builds: a quantized convolution's residual r that a calibrated per-tensor int8
+// quantize also reads (r is some INT8 layer's input too: a ResNet block's output is the next
+// block's input and its residual) is read as that quantize's int8 tensor instead, dequantized in
+// the epilogue (residual_scale), as TensorRT's implicit INT8 quantizes the residual stream. Then
+// r's producer writes int8 only (fold_requantize: no int8_copy), and the residual is read in one
+// byte: half of ResNet-50's activation traffic in the blocks. The calibrated model adds the
+// residual quantized (one more rounding of a value already quantized for its other reader); a
+// Q/DQ model keeps its float residuals, as its graph says. A residual that calibration
+// fake-quantized for the add itself (the downsample branch) is read the same way, and exactly
+// (quantize_fake_quantized_residuals).
 bool int8_residuals(Network& net) {
   quantize_fake_quantized_residuals(net);
   const std::vector<int> producer = net.producers();
