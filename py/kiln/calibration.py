@@ -13,8 +13,10 @@ activation's range:
 
 What is quantized: the data input of every convolution and matrix product whose other operand is
 a weight (aten.convolution, aten.addmm, aten.mm), symmetric per tensor (scale = range / 127, zero
-point 0, values in [-127, 127]); and those weights, symmetric per output channel (scale = the
-channel's largest magnitude / 127). The activations get a ``kiln::fake_quantize_int8`` node in
+point 0, values in [-127, 127]); the second operand of a residual add whose sum is such an input,
+when convolutions compute both operands (a ResNet block's downsample branch: residual_operands);
+and those weights, symmetric per output channel (scale = the channel's largest magnitude / 127).
+The activations get a ``kiln::fake_quantize_int8`` node in
 the exported graph (kiln/quant_ops.py; its scale a constant), the weights are replaced by their
 fake-quantized values; the builder turns the layers it has INT8 kernels for into INT8 layers
 (quantize_int8_layers) and, the quantization being calibrated, may quantize a convolution's
