@@ -7,8 +7,10 @@
 //   cumsum: along the last axis one block per row scans tiles with warp shuffles and carries the
 //     running total; along other axes one thread per line walks the axis (coalesced across lines).
 //     float16/bfloat16/float32 accumulate in float32, int32/int64 in int64.
-//   topk: one block per row sorts the whole row (value, index) in shared memory with a bitonic sort
-//     and writes the first k, so results are always sorted; rows up to kMaxTopkAxis elements.
+//   topk: one block sorts a row of up to kTopkChunk elements (value, index) in shared memory with a
+//     bitonic sort and writes the first k, so results are always sorted. A longer row is cut into
+//     pieces of kTopkChunk whose best k each go on to the next pass (candidates in the workspace)
+//     until one piece holds the row: k up to kTopkChunk / 2 there.
 #include <cstring>
 #include <type_traits>
 
@@ -26,7 +28,7 @@ using indexing::axis_view;
 using indexing::AxisView;
 
 constexpr int kBlock = 256;
-constexpr int64_t kMaxTopkAxis = 4096;
+constexpr int64_t kTopkChunk = 4096;  // topk: elements one block sorts in shared memory
 
 template <typename T>
 constexpr bool is_float_type() {
@@ -457,19 +459,41 @@ __device__ __forceinline__ bool ranks_before(K a, int ia, K b, int ib, bool larg
   return ia < ib;
 }
 
+// One pass of topk over the rows, each cut into `chunks` pieces of at most kTopkChunk elements;
+// one block sorts one piece (value, index) in shared memory with a bitonic sort. The source is the
+// input tensor (`x`, the axis strided by `inner`, element j's index j) when `src_keys` is null,
+// else a candidate buffer of `m` (key, index) pairs per row. A row of one piece writes its best k
+// to the layer's outputs (the value read back from `x`, exactly); a row of several writes each
+// piece's best min(k, piece length) pairs to the candidate buffer `dst_*`, piece c's at c * k, so
+// that every pass shrinks a row (k <= kTopkChunk / 2) until one piece holds it.
 template <typename T>
-__global__ void topk_rows(const T* __restrict__ x, T* __restrict__ values, int64_t* __restrict__ indices,
-                          int64_t n, int64_t inner, int64_t rows, int64_t k, int pow2, bool largest) {
+__global__ void topk_pass(const T* __restrict__ x, const Wide<T>* __restrict__ src_keys,
+                          const int* __restrict__ src_idx, int64_t m, int64_t inner, int64_t rows,
+                          int64_t chunks, int64_t k, int pow2, bool largest, T* __restrict__ values,
+                          int64_t* __restrict__ indices, Wide<T>* __restrict__ dst_keys,
+                          int* __restrict__ dst_idx, int64_t m_out) {
   using K = Wide<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   K* key = reinterpret_cast<K*>(smem);
   int* idx = reinterpret_cast<int*>(smem + pow2 * sizeof(K));
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+  for (int64_t b = blockIdx.x; b < rows * chunks; b += gridDim.x) {
+    const int64_t r = b / chunks, c = b % chunks;
     const int64_t o = r / inner, i = r % inner;
-    const T* xr = x + o * n * inner + i;
+    const T* xr = x + o * m * inner + i;  // the input row (read when it is the source: m is n)
+    const int64_t first = c * kTopkChunk;
+    const int64_t len = min(m - first, kTopkChunk);
     for (int j = threadIdx.x; j < pow2; j += blockDim.x) {
-      key[j] = j < n ? widen(xr[j * inner]) : K(0);
-      idx[j] = j < n ? j : -1;
+      const int64_t g = first + j;
+      if (j >= len) {
+        key[j] = K(0);
+        idx[j] = -1;
+      } else if (src_keys == nullptr) {
+        key[j] = widen(xr[g * inner]);
+        idx[j] = static_cast<int>(g);
+      } else {
+        key[j] = src_keys[r * m + g];
+        idx[j] = src_idx[r * m + g];
+      }
     }
     __syncthreads();
     for (int size = 2; size <= pow2; size <<= 1) {
@@ -492,13 +516,26 @@ __global__ void topk_rows(const T* __restrict__ x, T* __restrict__ values, int64
         __syncthreads();
       }
     }
-    for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
-      const int64_t dst = (o * k + j) * inner + i;
-      values[dst] = xr[int64_t{idx[j]} * inner];
-      indices[dst] = idx[j];
+    if (chunks == 1) {
+      for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
+        const int64_t dst = (o * k + j) * inner + i;
+        values[dst] = x[(o * m_out + idx[j]) * inner + i];  // m_out: the input row's length
+        indices[dst] = idx[j];
+      }
+    } else {
+      for (int64_t j = threadIdx.x; j < min(k, len); j += blockDim.x) {
+        dst_keys[r * m_out + c * k + j] = key[j];
+        dst_idx[r * m_out + c * k + j] = idx[j];
+      }
     }
-    __syncthreads();  // the next row overwrites key and idx
+    __syncthreads();  // the next piece overwrites key and idx
   }
+}
+
+// Candidates one pass leaves of a row of m elements (the best min(k, length) of each piece).
+int64_t topk_candidates(int64_t m, int64_t k) {
+  const int64_t full = (m - 1) / kTopkChunk;  // pieces before the last
+  return full * k + std::min(k, m - full * kTopkChunk);
 }
 
 class CudaTopk final : public Kernel {
@@ -513,21 +550,50 @@ class CudaTopk final : public Kernel {
     const int64_t k = out[0].dims[axis];
     KILN_CHECK(k <= v.n, who_ << ": k = " << k << " exceeds the size " << v.n << " of axis " << axis);
     if (volume(out[0].dims) == 0) return;
-    KILN_CHECK(v.n <= kMaxTopkAxis, who_ << ": the CUDA topk kernel sorts at most " << kMaxTopkAxis
-                                         << " elements along the axis, got " << v.n
-                                         << "; run this layer on the reference backend or split the axis");
-    int pow2 = 1;
-    while (pow2 < v.n) pow2 <<= 1;
-    const int threads = pow2 < 32 ? 32 : pow2 > 1024 ? 1024 : pow2;
+    KILN_CHECK(v.n < (int64_t{1} << 31),
+               who_ << ": the CUDA topk kernel takes axes of fewer than 2^31 elements, got " << v.n);
+    KILN_CHECK(v.n <= kTopkChunk || 2 * k <= kTopkChunk,
+               who_ << ": the CUDA topk kernel takes k up to " << kTopkChunk / 2 << " on an axis longer than "
+                    << kTopkChunk << " elements, got k = " << k << " of " << v.n
+                    << "; run this layer on the reference backend or take fewer elements");
     const int64_t rows = v.outer * v.inner;
     auto stream = static_cast<cudaStream_t>(ctx.stream);
     dispatch_numeric(in[0].dtype, "topk", [&](auto t) {
       using T = decltype(t);
-      const size_t smem = static_cast<size_t>(pow2) * (sizeof(Wide<T>) + sizeof(int));  // <= 48 KiB
-      topk_rows<T><<<grid_for(rows, 1), threads, smem, stream>>>(
-          static_cast<const T*>(in[0].data), static_cast<T*>(out[0].data), static_cast<int64_t*>(out[1].data),
-          v.n, v.inner, rows, k, pow2, largest_);
-      KILN_CUDA_CHECK_LAUNCH();
+      using K = Wide<T>;
+      const T* x = static_cast<const T*>(in[0].data);
+      // Rows longer than one piece go through candidate buffers in the workspace: two of
+      // rows * (the first pass's candidates) pairs, the passes alternating between them.
+      const int64_t most = v.n > kTopkChunk ? topk_candidates(v.n, k) : 0;
+      const size_t keys_bytes = (static_cast<size_t>(rows * most) * sizeof(K) + 15) / 16 * 16;
+      const size_t idx_bytes = (static_cast<size_t>(rows * most) * sizeof(int) + 15) / 16 * 16;
+      const size_t need = 2 * (keys_bytes + idx_bytes);
+      KILN_CHECK(need <= ctx.workspace_bytes, who_ << ": the CUDA topk kernel needs " << need
+                                                   << " bytes of workspace for " << rows << " rows of " << v.n
+                                                   << " elements, the engine has " << ctx.workspace_bytes
+                                                   << "; raise the builder's workspace size");
+      auto* base = static_cast<unsigned char*>(ctx.workspace);
+      K* keys[2] = {reinterpret_cast<K*>(base), reinterpret_cast<K*>(base + keys_bytes + idx_bytes)};
+      int* idx[2] = {reinterpret_cast<int*>(base + keys_bytes),
+                     reinterpret_cast<int*>(base + 2 * keys_bytes + idx_bytes)};
+      int64_t m = v.n;
+      for (int pass = 0;; ++pass) {
+        const int64_t chunks = (m + kTopkChunk - 1) / kTopkChunk;
+        int pow2 = 1;
+        while (pow2 < std::min<int64_t>(m, kTopkChunk)) pow2 <<= 1;
+        const int threads = pow2 < 32 ? 32 : pow2 > 1024 ? 1024 : pow2;
+        const size_t smem = static_cast<size_t>(pow2) * (sizeof(K) + sizeof(int));  // <= 48 KiB
+        const K* src_keys = pass == 0 ? nullptr : keys[(pass - 1) % 2];
+        const int* src_idx = pass == 0 ? nullptr : idx[(pass - 1) % 2];
+        // The last pass reads values back from x, a row of v.n (passed as m_out).
+        const int64_t m_out = chunks == 1 ? v.n : topk_candidates(m, k);
+        topk_pass<T><<<grid_for(rows * chunks, 1), threads, smem, stream>>>(
+            x, src_keys, src_idx, m, v.inner, rows, chunks, k, pow2, largest_, static_cast<T*>(out[0].data),
+            static_cast<int64_t*>(out[1].data), keys[pass % 2], idx[pass % 2], m_out);
+        KILN_CUDA_CHECK_LAUNCH();
+        if (chunks == 1) break;
+        m = m_out;
+      }
     });
   }
   std::string name() const override { return "cuda_topk_bitonic"; }

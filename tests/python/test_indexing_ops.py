@@ -336,12 +336,51 @@ def test_topk_cuda_at_the_largest_supported_axis():
 
 
 @pytest.mark.gpu
-def test_topk_cuda_refuses_an_axis_above_4096():
-    x = torch.randn(2, 4097)
+@pytest.mark.parametrize(
+    "n,k,largest",
+    [(4097, 3, True), (10000, 2048, False), (120000, 1000, True), (1000003, 5, True)],
+)
+def test_topk_cuda_on_an_axis_longer_than_one_block_sorts(n, k, largest):
+    """Rows over 4096 elements go through candidate passes (the detection models' RPN takes the
+    top 1000 of 120,000 anchors); permutations (no ties) so indices compare exactly, along the
+    last axis and along a strided one."""
+    x = torch.stack([torch.randperm(n) for _ in range(2)]).float() - n // 2
+    got_v, got_i = run_layer(lambda net, t: net.add_topk(t, k, -1, largest).outputs, [x], "cuda")
+    want_v, want_i = torch.topk(x, k, -1, largest=largest)
+    assert torch.equal(got_v, want_v) and torch.equal(got_i, want_i)
+    xt = x.t().contiguous().to(torch.int64)
+    got_v, got_i = run_layer(lambda net, t: net.add_topk(t, k, 0, largest).outputs, [xt], "cuda")
+    want_v, want_i = torch.topk(xt, k, 0, largest=largest)
+    assert torch.equal(got_v, want_v) and torch.equal(got_i, want_i)
+
+
+@pytest.mark.gpu
+def test_topk_cuda_long_axis_keeps_nan_first_and_ties_by_index():
+    """float16 with many ties and NaNs over 3 passes: the order torch's CPU topk gives (NaN above
+    every number, equal values by lower index)."""
+    x = (torch.randint(-50, 50, (3, 30000)) / 4).half()
+    x[0, 17] = x[1, 29999] = x[2, 4096] = float("nan")
+    got_v, got_i = run_layer(lambda net, t: net.add_topk(t, 600).outputs, [x], "cuda")
+    want_v, want_i = _stable_topk(x, 600)
+    torch.testing.assert_close(got_v, want_v, equal_nan=True, rtol=0, atol=0)
+    assert torch.equal(got_i, want_i)
+
+
+def _stable_topk(x, k):
+    """Largest first, NaN above every number, ties by lower index (a stable descending sort)."""
+    key = torch.where(x.isnan(), torch.tensor(1e6), x.float())
+    idx = torch.argsort(key, dim=-1, descending=True, stable=True)[..., :k]
+    return x.gather(-1, idx), idx
+
+
+@pytest.mark.gpu
+def test_topk_cuda_refuses_a_large_k_on_a_long_axis():
+    x = torch.randn(2, 5000)
     with pytest.raises(
-        kiln.KilnError, match=r"layer 't' \(topk\): the CUDA topk kernel sorts at most 4096"
+        kiln.KilnError,
+        match=r"layer 't' \(topk\): the CUDA topk kernel takes k up to 2048 on an axis",
     ):
-        run_layer(lambda net, t: net.add_topk(t, 3, name="t").outputs, [x], "cuda")
+        run_layer(lambda net, t: net.add_topk(t, 2049, name="t").outputs, [x], "cuda")
 
 
 # ---- errors ----
