@@ -371,8 +371,15 @@ class DeviceScalar {
 
 // fully_connected: rows of x [M, K] against weight [N, K] (B transposed); bias, activation and
 // residual in cuBLASLt's epilogue where it has them, else in launch_fc_epilogue after the GEMM.
+// Tactics 0 to kLtTactics - 1 are cuBLASLt's algorithms; kGemvTactic is our one-kernel product
+// (launch_fc_gemv), which wins for a few rows (batch-1 classifier heads, squeeze-excitation). With
+// more than kGemvMaxRows rows (a dynamic batch above the one it was timed at) that tactic runs
+// cuBLASLt's heuristic algorithm instead, the activation in launch_fc_epilogue.
 // FP8 (out_dtype set): float8 x and weight, alpha = input_scale * weight_scale, y in out_dtype, or
 // float8 with output_inv_scale (cuBLASLt's D scale; C and the bias stay in out_dtype).
+constexpr int kGemvTactic = kLtTactics;
+constexpr int64_t kGemvMaxRows = 16;
+
 class CublasLtFullyConnected final : public Kernel {
  public:
   explicit CublasLtFullyConnected(const Layer& l)
@@ -422,16 +429,25 @@ class CublasLtFullyConnected final : public Kernel {
       launch_fc_epilogue(post, stream);
       return;
     }
+    if (tactic_ == kGemvTactic && m <= kGemvMaxRows) {  // our own kernel: the layer in one launch
+      KILN_CHECK(!fp8_, who_ << ": tactic " << kGemvTactic << " (one warp per output) takes no FP8 inputs");
+      post.bias = bias ? in[2].data : nullptr;
+      post.residual = residual ? residual->data : nullptr;
+      launch_fc_gemv(FcGemv{post, x.data, w.data, k}, stream);
+      return;
+    }
     Gemm g;
     g.m = m, g.n = n, g.k = k, g.tb = true, g.dtype = d_scale_ ? out_dtype_ : y.dtype, g.tf32 = tf32_;
     g.d_scale = d_scale_ ? d_scale_->get() : nullptr;
     g.in_dtype = fp8_ ? DataType::kFloat8E4M3 : y.dtype;
     g.alpha = fp8_ ? alpha_scale_ : 1.f;
-    g.tactic = tactic_, g.workspace = ctx.workspace_bytes;
+    g.tactic = tactic_ == kGemvTactic ? -1 : tactic_, g.workspace = ctx.workspace_bytes;
     g.align_a = alignment_of(x.data), g.align_b = alignment_of(w.data), g.align_c = alignment_of(y.data);
     // cuBLASLt computes epilogue(A B + beta C): a residual can ride on beta only without an
     // activation (ours adds it after the activation). GELU: see LtEpilogue.
-    const bool lt_act = relu_ || (gelu_tanh_ && g.dtype != DataType::kFloat32);
+    // The gemv tactic above kGemvMaxRows: cuBLASLt's heuristic algorithm with the activation in our
+    // epilogue kernel (its (17 x 40) @ (40 x 9) float16 RELU epilogue lost a NaN on an H100).
+    const bool lt_act = tactic_ != kGemvTactic && (relu_ || (gelu_tanh_ && g.dtype != DataType::kFloat32));
     if (act_ < 0 || lt_act) {
       g.epilogue = relu_                  ? (bias ? LtEpilogue::kReluBias : LtEpilogue::kRelu)
                    : gelu_tanh_ && lt_act ? (bias ? LtEpilogue::kGeluBias : LtEpilogue::kGelu)
@@ -458,8 +474,10 @@ class CublasLtFullyConnected final : public Kernel {
     plan->run(x.data, w.data, y.data, g.residual ? residual->data : nullptr, ctx);
     if (post.act_type >= 0 || post.residual) launch_fc_epilogue(post, stream);
   }
-  std::string name() const override { return "cublaslt_fully_connected"; }
-  int num_tactics() const override { return kLtTactics; }
+  std::string name() const override {
+    return tactic_ == kGemvTactic ? "cuda_fully_connected_gemv" : "cublaslt_fully_connected";
+  }
+  int num_tactics() const override { return kGemvTactic + 1; }
 
  private:
   std::string who_;

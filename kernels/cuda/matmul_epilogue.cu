@@ -51,7 +51,61 @@ __global__ void fc_epilogue_vec_kernel(ActivationParams p, bool act, Vec16<T>* _
   }
 }
 
+// One warp per output element (row, col), consecutive warps along a row's columns (they share
+// the x row in L1); lanes stride over k, 16 bytes at a time when kVec.
+template <typename T, bool kVec>
+__global__ void fc_gemv_kernel(ActivationParams p, bool act, const T* __restrict__ x, const T* __restrict__ w,
+                               T* __restrict__ y, const T* __restrict__ bias, const T* __restrict__ residual,
+                               int64_t total, int64_t n, int64_t k) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t{gridDim.x} * (blockDim.x / 32);
+  for (int64_t o = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32; o < total; o += warps) {
+    const int64_t row = o / n, col = o % n;
+    float s = 0.f;
+    if constexpr (kVec) {
+      constexpr int V = Vec16<T>::kSize;
+      const auto* xv = reinterpret_cast<const Vec16<T>*>(x + row * k);
+      const auto* wv = reinterpret_cast<const Vec16<T>*>(w + col * k);
+      for (int64_t j = lane; j < k / V; j += 32) {
+        const Vec16<T> a = xv[j], b = wv[j];
+#pragma unroll
+        for (int t = 0; t < V; ++t) s = fmaf(to_float(a.v[t]), to_float(b.v[t]), s);
+      }
+    } else {
+      for (int64_t j = lane; j < k; j += 32) s = fmaf(to_float(x[row * k + j]), to_float(w[col * k + j]), s);
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) s += __shfl_xor_sync(0xffffffffu, s, offset);
+    if (lane == 0) y[o] = from_float<T>(epilogue_value(s, p, act, bias, col, residual, o));
+  }
+}
+
 }  // namespace
+
+void launch_fc_gemv(const FcGemv& g, cudaStream_t stream) {
+  const FcEpilogue& e = g.e;
+  const int64_t total = e.rows * e.n;
+  if (total == 0) return;
+  ActivationParams p{e.act_type, e.alpha, e.beta, e.threshold};
+  constexpr int kBlock = 256, kWarps = kBlock / 32;
+  dispatch_floating(e.dtype, "fully_connected", [&](auto tag) {
+    using T = decltype(tag);
+    auto* x = static_cast<const T*>(g.x);
+    auto* w = static_cast<const T*>(g.w);
+    auto* y = static_cast<T*>(e.y);
+    auto* bias = static_cast<const T*>(e.bias);
+    auto* residual = static_cast<const T*>(e.residual);
+    const unsigned grid = grid_for(total, kWarps);
+    if (g.k % Vec16<T>::kSize == 0 && aligned16(x) && aligned16(w)) {
+      fc_gemv_kernel<T, true>
+          <<<grid, kBlock, 0, stream>>>(p, e.act_type >= 0, x, w, y, bias, residual, total, e.n, g.k);
+    } else {
+      fc_gemv_kernel<T, false>
+          <<<grid, kBlock, 0, stream>>>(p, e.act_type >= 0, x, w, y, bias, residual, total, e.n, g.k);
+    }
+  });
+  KILN_CUDA_CHECK_LAUNCH();
+}
 
 void launch_fc_epilogue(const FcEpilogue& e, cudaStream_t stream) {
   const int64_t total = e.rows * e.n;

@@ -23,4 +23,17 @@ struct FcEpilogue {
 
 void launch_fc_epilogue(const FcEpilogue& e, cudaStream_t stream);
 
+// y = act(x @ w^T + bias) + residual in one kernel, one warp per output element (x [rows, k], w
+// [n, k], FP32 accumulation): fully_connected's own tactic for a few rows (batch-1 heads and
+// squeeze-excitation layers), where cuBLASLt's kernel, plus the epilogue kernel for activations it
+// lacks, costs more than the product. Correct for any shape; the builder's timing picks it.
+struct FcGemv {
+  FcEpilogue e;  // dtype, y, bias, residual, rows, n and the activation
+  const void* x = nullptr;
+  const void* w = nullptr;
+  int64_t k = 0;
+};
+
+void launch_fc_gemv(const FcGemv& g, cudaStream_t stream);
+
 }  // namespace kiln

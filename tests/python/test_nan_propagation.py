@@ -408,3 +408,47 @@ def test_compiled_model_propagates_nan_and_inf(device):
     for g, w in zip(got, want, strict=True):
         assert_nans_at(g.cpu(), w)
         close(g.cpu(), w, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("act", list(FC_EPILOGUES))
+@pytest.mark.parametrize(
+    "mnk", [(1, 8, 48), (1, 1000, 440), (3, 37, 72), (16, 24, 4096), (17, 9, 40)]
+)
+def test_fully_connected_gemv_tactic_matches_and_keeps_nan(dtype, act, mnk):
+    """Tactic 8 (cuda_fully_connected_gemv, one warp per output with the epilogue): 16-byte loads
+    (K a multiple of the vector), scalar loads (K = 72 in float32 is, 40 in float16 is not), and
+    above 16 rows cuBLASLt's heuristic algorithm; NaN and inf rows as torch computes them."""
+    x, w, b = fc_case(*mnk)
+    plan = build_plan(fc_net(x, w, b, act, dtype, tactic=8), "cuda", tactic_timing=False)
+    described = "\n".join(kiln.Engine(plan, device="cuda").describe())
+    assert "cuda_fully_connected_gemv" in described, described
+    got = run_plan(plan, {"x": x.to(dtype)}, "cuda")["y"]
+    y = x.to(dtype).double() @ w.to(dtype).double().T + b.to(dtype).double()
+    want = FC_EPILOGUES[act](y).to(dtype)
+    assert_nans_at(got, want)
+    tol = {
+        torch.float32: {"rtol": 3e-5, "atol": 3e-5},
+        torch.float16: {"rtol": 4e-3, "atol": 4e-3},
+        torch.bfloat16: {"rtol": 3e-2, "atol": 3e-2},
+    }[dtype]
+    close(got, want, **tol)
+
+
+@pytest.mark.gpu
+def test_fully_connected_gemv_tactic_adds_the_residual_after_the_activation():
+    x, w, b = torch.randn(2, 64), torch.randn(24, 64) / 8, torch.randn(24)
+    r = torch.randn(2, 24)
+    net = kiln.Network()
+    t = net.add_input("x", "float16", [2, 64])
+    rt = net.add_input("r", "float16", [2, 24])
+    attrs = {"activation": "sigmoid", "residual": 1, "tactic": 8}
+    net.mark_output(net.add_layer("fully_connected", [t, w.half(), b.half(), rt], attrs), "y")
+    plan = build_plan(net, "cuda", tactic_timing=False)
+    got = run_plan(plan, {"x": x.half(), "r": r.half()}, "cuda")["y"]
+    want = (
+        torch.sigmoid(x.half().double() @ w.half().double().T + b.half().double())
+        + r.half().double()
+    )
+    close(got, want.half(), rtol=4e-3, atol=4e-3)

@@ -30,7 +30,8 @@ ACCUM_ATOL = 2.5e-6  # ~40 * 2^-24, see the module docstring
 # (shape, axes): odd sizes along the reduced axes (1, 3, 127, 1000, 4097), contiguous and strided
 # axis sets, negative axes, all axes ([]), size-1 dims, many outputs with a kept innermost dim
 # (the CUDA thread-per-output path), long reductions with a kept innermost dim (the column tile: a
-# channels-last spatial mean), empty outputs and empty reduced axes.
+# channels-last spatial mean; from 512 reduced elements split over blocks), empty outputs and
+# empty reduced axes.
 CASES = [
     ((4097,), [0]),
     ((3, 127), [-1]),
@@ -45,6 +46,7 @@ CASES = [
     ((4, 1, 6), [1]),
     ((4, 33, 300), [1]),
     ((2, 28, 28, 72), [1, 2]),
+    ((1, 56, 56, 48), [1, 2]),  # a squeeze-excitation mean at batch 1: the column split
     ((3, 1000, 40), [1]),
     ((0, 4), [1]),
     ((3, 0, 4), [1]),
