@@ -447,6 +447,14 @@ def _check(kiln, entry, precision, device, peer, row, show_profile=False, timed=
     row.fallback_ops = ", ".join(
         (f"{op} x{n}" if n > 1 else op) + f" ({why[op][:100]})" for op, n in counts.most_common()
     )
+    if compiled.speculated:  # branches on tensor values, checked after the engine each call
+        taken = "; ".join(
+            w.split(" `")[0] + ": " + w.rsplit(": ", 1)[-1] for w in compiled.speculated
+        )
+        checks = (
+            f"engines follow the example's branch on tensor values ({taken}), checked each call"
+        )
+        row.fallback_ops = "; ".join(x for x in (row.fallback_ops, checks) if x)
     with gpu_turn(), torch.no_grad():
         out = _tensors(entry.output(compiled(*args, **kwargs)))
     _, row.cosine = _cosine(out, truth)

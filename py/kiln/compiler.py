@@ -26,7 +26,7 @@ from torch.utils import _pytree as pytree
 from kiln import _C, module_cache, plugins, torch_ops
 from kiln.assemble import assemble
 from kiln.dtypes import device_name
-from kiln.export import export_program
+from kiln.export import SPECULATED, export_program
 from kiln.fx_lowering import FxLowering
 from kiln.inputs import Input
 from kiln.log import log
@@ -37,7 +37,11 @@ from kiln.options import (
 )
 from kiln.progress import progress_bars, step
 from kiln.refitting import refit_info
-from kiln.report import CompileReport, Fallback  # noqa: F401 (re-exported: kiln.compiler's API)
+from kiln.report import (  # noqa: F401 (CompileReport, Fallback re-exported: kiln.compiler's API)
+    CompileReport,
+    Fallback,
+    set_apart_checks,
+)
 
 
 class CompiledModule(torch.nn.Module):
@@ -69,6 +73,12 @@ class CompiledModule(torch.nn.Module):
         # be equal (((input, dim), (input, dim)) pairs, from torch.export's equality guards).
         self.kwarg_names = list(kwarg_names)
         self.equal_sizes = list(equal_sizes)
+        # Where the model branches on tensor values, the engines follow the example inputs'
+        # branches (kiln/export.py, _Speculate); a call whose values take another one fails the
+        # graph's runtime assertion and runs `eager_model` (kept out of this module's state).
+        self.speculated: list[str] = []
+        self.__dict__["eager_model"] = None
+        self._warned_eager = False
 
     def plans(self) -> list:
         """The kiln.Plan of each engine, in execution order (kiln.plans(module) for any module)."""
@@ -97,11 +107,32 @@ class CompiledModule(torch.nn.Module):
         try:
             outputs = self.graph_module(*flat)
         except RuntimeError as error:
+            if self.speculated and str(error).startswith("Runtime assertion failed"):
+                return self._other_branch(error, args, kwargs)
             # An engine's error crosses torch's op dispatch as a RuntimeError("Kiln...").
             if isinstance(error, _C.KilnError) or not str(error).startswith("Kiln"):
                 raise
             raise _C.KilnError(str(error)) from error
         return pytree.tree_unflatten(list(outputs), self._out_spec)
+
+    def _other_branch(self, error, args, kwargs):
+        """This call's values take a branch the engines were not built for: the model's own
+        PyTorch code runs it (warned once), or, without the model, a KilnError says why."""
+        where = "; ".join(self.speculated)
+        if self.eager_model is None:
+            raise _C.KilnError(
+                f"this call takes another branch on tensor values than the example inputs did "
+                f"({where}), and the engines only hold those ({error}); compile the model with "
+                "torch.compile(model, backend='kiln') or with example inputs that take this branch"
+            ) from error
+        if not self._warned_eager:
+            self._warned_eager = True
+            log(
+                "warning",
+                f"kiln: a call takes another branch on tensor values than the example inputs did "
+                f"({where}); such calls run the model in PyTorch",
+            )
+        return self.eager_model(*args, **kwargs)
 
     def _input_name(self, k: int) -> str:
         positional = len(self.inputs) - len(self.kwarg_names)
@@ -282,7 +313,9 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
                 return cached
     with progress_bars():
         with step("exporting"):
-            program, equal_sizes = export_program(module, specs, device, kwarg_names)
+            given = [*inputs, *kwarg_inputs.values()]
+            examples = [t if isinstance(t, torch.Tensor) else None for t in given]
+            program, equal_sizes = export_program(module, specs, device, kwarg_names, examples)
         weights = {}
         if int8:
             weights = _int8(program, calibrator, device, specs)
@@ -298,6 +331,9 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
             lowered.graph, options, lowered.range, lowered.torch_nodes
         )
         report = CompileReport.from_driver(driver_report)
+        speculated = program.graph_module.meta.get(SPECULATED, [])
+        if speculated:
+            set_apart_checks(report, program.graph_module.graph, speculated)
         log(level, "kiln.compile: " + report.text)
         if dry_run:
             return report
@@ -305,13 +341,16 @@ def compile(  # noqa: A001 (kiln.compile, as torch_tensorrt.compile)
     compiled = CompiledModule(
         graph_module, program.call_spec.out_spec, report, specs, device, kwarg_names, equal_sizes
     )
+    compiled.speculated = speculated
+    if compiled.speculated and isinstance(module, torch.nn.Module):
+        compiled.__dict__["eager_model"] = module
     names = (
         module.state_dict().keys()
         if isinstance(module, torch.nn.Module)
         else program.state_dict.keys()
     )
     compiled.refit_info = refit_info(lowered, program, graph_module, names, bool(weights))
-    if cache_key is not None:
+    if cache_key is not None and not compiled.speculated:  # (a cached one has no eager_model)
         module_cache.store(
             options.engine_cache_dir, cache_key, compiled, options.engine_cache_max_bytes
         )

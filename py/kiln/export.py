@@ -9,6 +9,7 @@ converter takes whole (``aten.scaled_dot_product_attention`` stays one node).
 from __future__ import annotations
 
 import builtins
+import contextlib
 import inspect
 import itertools
 import math
@@ -25,7 +26,11 @@ from kiln.log import log, quiet_torch
 
 @quiet_torch
 def export_program(
-    module, specs: list[Input], device: torch.device, kwarg_names: Sequence[str] = ()
+    module,
+    specs: list[Input],
+    device: torch.device,
+    kwarg_names: Sequence[str] = (),
+    examples: Sequence | None = None,
 ):
     """torch.export with each kiln.Input's dynamic dims, then run_decompositions.
 
@@ -59,24 +64,41 @@ def export_program(
     except Exception as error:  # noqa: BLE001 (re-raised, data-dependent branches explained)
         if not _is_data_dependent(error):
             raise
-        raise DataDependentControlFlow(
-            "kiln.compile: torch.export cannot capture the model: its Python code branches on "
-            f"tensor values ({_first_line(error)}). Compile it with "
-            "torch.compile(model, backend='kiln'), which runs such branches in Python between "
-            "the graphs Kiln compiles, or change the branch (torch.cond, or no branch)."
-        ) from error
+        try:
+            return _export_speculating(module, specs, device, list(kwarg_names), examples)
+        except Exception as retry:  # noqa: BLE001 (the first error explained, this one chained)
+            raise DataDependentControlFlow(
+                "kiln.compile: torch.export cannot capture the model: its Python code branches "
+                f"on tensor values ({_first_line(error)}), and taking each branch as the example "
+                f"inputs do failed too ({_first_line(retry)}). Compile it with "
+                "torch.compile(model, backend='kiln'), which runs such branches in Python between "
+                "the graphs Kiln compiles, or change the branch (torch.cond, or no branch)."
+            ) from error
     finally:
         for m, training in modes:
             m.training = training
 
 
-def _export_eval(module, specs: list[Input], device: torch.device, kwarg_names: list[str]):
+def _export_eval(
+    module,
+    specs: list[Input],
+    device: torch.device,
+    kwarg_names: list[str],
+    given: Sequence | None = None,
+    tracing=contextlib.nullcontext,
+):
     """The last len(kwarg_names) specs are keyword inputs (in that order, after the positional
     ones: the order of the exported program's inputs). Returns the decomposed program and the
-    equality guards between input sizes that calls must satisfy (see _check_guards_hold)."""
+    equality guards between input sizes that calls must satisfy (see _check_guards_hold).
+    given: the caller's example tensors (None where a spec has none); the others are random.
+    tracing(): a context around each torch.export.export call."""
     positional = len(specs) - len(kwarg_names)
     names = _input_names(module, positional) + kwarg_names
-    examples = tuple(s.example(device) for s in specs)
+    given = list(given or []) + [None] * (len(specs) - len(given or []))
+    examples = tuple(
+        g.to(device) if isinstance(g, torch.Tensor) else s.example(device)
+        for s, g in zip(specs, given, strict=True)
+    )
     args, kwargs = examples[:positional], dict(zip(kwarg_names, examples[positional:], strict=True))
 
     def dynamic(make):
@@ -95,7 +117,10 @@ def _export_eval(module, specs: list[Input], device: torch.device, kwarg_names: 
         while True:
             shared: dict = {}
             try:
-                program = torch.export.export(module, args, kwargs, dynamic_shapes=dynamic(strict))
+                with tracing():
+                    program = torch.export.export(
+                        module, args, kwargs, dynamic_shapes=dynamic(strict)
+                    )
                 equal = [(root, dim) for dim, root in ties.items()]
                 return program.run_decompositions(_decompositions()), equal
             except Exception as error:  # noqa: BLE001 (only constraint violations are retried)
@@ -113,7 +138,8 @@ def _export_eval(module, specs: list[Input], device: torch.device, kwarg_names: 
                 )
                 hints = dynamic(lambda k, d, lo, hi: torch.export.Dim.DYNAMIC(min=lo, max=hi))
                 try:
-                    program = torch.export.export(module, args, kwargs, dynamic_shapes=hints)
+                    with tracing():
+                        program = torch.export.export(module, args, kwargs, dynamic_shapes=hints)
                 except Exception as retry_error:  # noqa: BLE001
                     if not _is_constraint_violation(retry_error):
                         raise
@@ -127,6 +153,116 @@ def _export_eval(module, specs: list[Input], device: torch.device, kwarg_names: 
                 tied = [(root, dim) for dim, root in ties.items()]
                 equalities = _check_guards_hold(program, names, specs, tied)
                 return program.run_decompositions(_decompositions()), equalities
+
+
+class _Record(torch.overrides.TorchFunctionMode):
+    """During an eager run: the truth of each tensor the model's code asks for, in call order,
+    with the line that asked."""
+
+    def __init__(self):
+        super().__init__()
+        self.values: list[tuple[str, bool]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if func is torch.Tensor.__bool__:
+            self.values.append((_user_line(), bool(result)))
+        return result
+
+
+class _Speculate(torch.overrides.TorchFunctionMode):
+    """While torch.export traces, a branch on a traced tensor's truth (``if not
+    torch.isfinite(x).all():``) takes the way the eager run on the same inputs took there
+    (_Record's values at the same line, in order: library code that skips checks while tracing
+    leaves some eager ones unmatched), and the program keeps a runtime assertion that the tensor
+    has that truth again (torch._check on its 0/1 integer): a call whose values take the other
+    way fails the assertion, and CompiledModule runs the model in PyTorch then."""
+
+    def __init__(self, recorded: list[tuple[str, bool]]):
+        super().__init__()
+        self.recorded = recorded
+        self.rewind()
+
+    def rewind(self):
+        self.taken: list[str] = []
+        self.left: dict[str, list[bool]] = {}
+        for line, value in self.recorded:
+            self.left.setdefault(line, []).append(value)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not torch.Tensor.__bool__ or not args:
+            return func(*args, **kwargs)
+        if not isinstance(args[0], torch._subclasses.FakeTensor):
+            return func(*args, **kwargs)  # a real tensor (a constant): no branch to speculate
+        line = _user_line()
+        if not self.left.get(line):
+            raise _C.KilnError(
+                f"the traced code asked for a tensor's truth at {line} more often than the eager "
+                "run did"
+            )
+        value = self.left[line].pop(0)
+        # (Inside this handler the mode is off: these calls trace as usual.)
+        symbol = args[0].to(torch.int64).reshape(()).item()
+        torch._check(symbol == int(value))
+        self.taken.append(f"{line}: {value}")
+        return value
+
+
+def _user_line() -> str:
+    """file:line of the model's code that asked for a tensor's truth (the first frame outside
+    torch and Kiln)."""
+    import traceback
+
+    for frame in reversed(traceback.extract_stack()):
+        path = frame.filename.replace("\\", "/")
+        if "/torch/" in path or "/kiln/" in path or path.startswith("<"):
+            continue
+        return f"{path.rsplit('/', 1)[-1]}:{frame.lineno} `{(frame.line or '').strip()}`"
+    return "<unknown>"
+
+
+def _export_speculating(module, specs, device, kwarg_names, given):
+    """torch.export again, each branch on a traced tensor's truth taken as an eager run on the
+    same example inputs takes it, and asserted at run time (_Speculate). The caller's own example
+    tensors are the inputs where given (random ones may take a branch real inputs do not)."""
+    positional = len(specs) - len(kwarg_names)
+    given = list(given or []) + [None] * (len(specs) - len(given or []))
+    examples = [
+        g.to(device) if isinstance(g, torch.Tensor) else s.example(device)
+        for s, g in zip(specs, given, strict=True)
+    ]
+    record = _Record()
+    with torch.no_grad(), record:
+        module(*examples[:positional], **dict(zip(kwarg_names, examples[positional:], strict=True)))
+    if not record.values:
+        raise _C.KilnError("the eager run asked for no tensor's truth")
+    mode = _Speculate(record.values)
+
+    @contextlib.contextmanager
+    def tracing():
+        mode.rewind()
+        with mode:
+            yield
+
+    program, equal = _export_eval(module, specs, device, kwarg_names, examples, tracing)
+    if not mode.taken:
+        raise _C.KilnError("no branch on a traced tensor's truth was met")
+    taken = list(dict.fromkeys(mode.taken))
+    log(
+        "warning",
+        f"kiln.compile: the model branches on tensor values ({len(mode.taken)} times); the "
+        "engines follow the branches the example inputs take ("
+        + "; ".join(taken)
+        + "). Each call checks them (a device-to-host copy) and runs the model in PyTorch when "
+        "an input takes another branch.",
+    )
+    program.graph_module.meta[SPECULATED] = taken
+    return program, equal
+
+
+# graph_module.meta key of a speculated program: where its branches on tensor values were taken.
+SPECULATED = "kiln_speculated_branches"
 
 
 class DataDependentControlFlow(_C.KilnError):

@@ -5,6 +5,8 @@ in float32 (float64 accumulation in places), so whole models match eager float32
 runs strict FP32 unless tf32 is enabled, and is compared at the same tolerance.
 """
 
+import re
+
 import pytest
 import torch
 import torch.nn as nn
@@ -396,20 +398,63 @@ def test_unprovable_guard_retries_with_dynamic_hints():
 
 
 class ValueBranch(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
     def forward(self, x):  # a Python branch on tensor values: not one exported graph
         if not torch.isfinite(x).all():
             x = torch.nan_to_num(x)
-        return x * 2
+        return self.lin(x) * 2
+
+
+def test_a_branch_on_tensor_values_follows_the_example_and_is_checked_each_call(tmp_path):
+    model = ValueBranch().eval()
+    x = torch.randn(3, 4)
+    compiled, warnings = _warnings_of(
+        lambda: kiln.compile(model, [x], device="cpu", min_block_size=1)
+    )
+    assert any("branches on tensor values" in m and "isfinite" in m for m in warnings), warnings
+    report = compiled.report
+    assert report.num_engines == 1 and report.fallbacks == [], report.text
+    assert report.checks and "speculated branches" in report.text
+    (where,) = compiled.speculated  # file:line `code`: the truth the engines follow
+    assert re.fullmatch(
+        r"test_compile\.py:\d+ `if not torch\.isfinite\(x\)\.all\(\):`: True", where
+    )
+    with torch.no_grad():
+        for _ in range(2):  # fresh finite inputs: the engines' branch, no warning
+            y = torch.randn(3, 4)
+            torch.testing.assert_close(compiled(y), model(y), **TOL)
+        y[1, 2] = float("nan")  # the other branch: the model's own code runs it
+        got, warnings = _warnings_of(lambda: compiled(y))
+        torch.testing.assert_close(got, model(y), **TOL)
+        assert torch.isfinite(got).all()
+    assert any("another branch" in m for m in warnings), warnings
+    # Without the model (a saved and loaded module), that call is refused, never wrong.
+    path = tmp_path / "m.pt2"
+    kiln.save(compiled, str(path))
+    loaded = kiln.load(str(path))
+    torch.testing.assert_close(loaded(x), model(x), **TOL)
+    with pytest.raises(Exception, match="Runtime assertion failed"):
+        loaded(y)
+
+
+class ItemBranch(torch.nn.Module):
+    def forward(self, x):  # a branch on a Python number read from a tensor
+        if x.sum().item() > 0:
+            return x * 2
+        return x - 1
 
 
 def test_data_dependent_branch_is_explained_and_the_backend_compiles_it():
     with pytest.raises(kiln.KilnError, match=r"branches on tensor values.*backend='kiln'"):
-        kiln.compile(ValueBranch(), [torch.randn(3, 4)], device="cpu", min_block_size=1)
+        kiln.compile(ItemBranch(), [torch.randn(3, 4)], device="cpu", min_block_size=1)
     torch._dynamo.reset()
     compiled = torch.compile(
-        ValueBranch(), backend="kiln", options={"device": "cpu", "min_block_size": 1}
+        ItemBranch(), backend="kiln", options={"device": "cpu", "min_block_size": 1}
     )
-    x = torch.randn(3, 4)
+    x = torch.randn(3, 4).abs()
     torch.testing.assert_close(compiled(x), x * 2, **TOL)
 
 
