@@ -121,15 +121,15 @@ class CompiledModule(torch.nn.Module):
         where = "; ".join(self.speculated)
         if self.eager_model is None:
             raise _C.KilnError(
-                f"this call takes another branch on tensor values than the example inputs did "
-                f"({where}), and the engines only hold those ({error}); compile the model with "
-                "torch.compile(model, backend='kiln') or with example inputs that take this branch"
+                f"this call reads another value from a tensor than the example inputs did "
+                f"({where}), and the engines only hold what those read ({error}); compile the "
+                "model with torch.compile(model, backend='kiln') or with example inputs like this"
             ) from error
         if not self._warned_eager:
             self._warned_eager = True
             log(
                 "warning",
-                f"kiln: a call takes another branch on tensor values than the example inputs did "
+                f"kiln: a call reads another value from a tensor than the example inputs did "
                 f"({where}); such calls run the model in PyTorch",
             )
         return self.eager_model(*args, **kwargs)

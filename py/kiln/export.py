@@ -155,62 +155,71 @@ def _export_eval(
                 return program.run_decompositions(_decompositions()), equalities
 
 
+# Reads of a tensor's value into Python that kiln.compile speculates on when they give a bool or
+# an int (a float, compared exactly at run time, would rarely hold again).
+_READS = {
+    torch.Tensor.__bool__: "truth",
+    torch.Tensor.item: "value",
+    torch.Tensor.__int__: "value",
+    torch.Tensor.__index__: "value",
+}
+
+
 class _Record(torch.overrides.TorchFunctionMode):
-    """During an eager run: the truth of each tensor the model's code asks for, in call order,
-    with the line that asked."""
+    """During an eager run: each bool or int the model's code reads from a tensor (its truth,
+    .item(), int()), in call order, with the read and the line that asked."""
 
     def __init__(self):
         super().__init__()
-        self.values: list[tuple[str, bool]] = []
+        self.values: list[tuple[str, bool | int]] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
-        if func is torch.Tensor.__bool__:
-            self.values.append((_user_line(), bool(result)))
+        if func in _READS and isinstance(result, (bool, int)):
+            self.values.append((f"{_READS[func]} at {_user_line()}", result))
         return result
 
 
 class _Speculate(torch.overrides.TorchFunctionMode):
-    """While torch.export traces, a branch on a traced tensor's truth (``if not
-    torch.isfinite(x).all():``) takes the way the eager run on the same inputs took there
-    (_Record's values at the same line, in order: library code that skips checks while tracing
-    leaves some eager ones unmatched), and the program keeps a runtime assertion that the tensor
-    has that truth again (torch._check on its 0/1 integer): a call whose values take the other
-    way fails the assertion, and CompiledModule runs the model in PyTorch then."""
+    """While torch.export traces, a read of a traced tensor's truth or integer value (``if not
+    torch.isfinite(x).all():``, ``if mask.any().item():``) gives what the eager run on the same
+    inputs read there (_Record's values at the same line, in order: library code that skips
+    checks while tracing leaves some eager ones unmatched), and the program keeps a runtime
+    assertion that the tensor has that value again (torch._check): a call whose values differ
+    fails the assertion, and CompiledModule runs the model in PyTorch then."""
 
-    def __init__(self, recorded: list[tuple[str, bool]]):
+    def __init__(self, recorded: list[tuple[str, bool | int]]):
         super().__init__()
         self.recorded = recorded
         self.rewind()
 
     def rewind(self):
         self.taken: list[str] = []
-        self.left: dict[str, list[bool]] = {}
-        for line, value in self.recorded:
-            self.left.setdefault(line, []).append(value)
+        self.left: dict[str, list[bool | int]] = {}
+        for where, value in self.recorded:
+            self.left.setdefault(where, []).append(value)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is not torch.Tensor.__bool__ or not args:
-            return func(*args, **kwargs)
-        if not isinstance(args[0], torch._subclasses.FakeTensor):
-            return func(*args, **kwargs)  # a real tensor (a constant): no branch to speculate
-        line = _user_line()
-        if not self.left.get(line):
+        if func not in _READS or not args or not isinstance(args[0], torch._subclasses.FakeTensor):
+            return func(*args, **kwargs)  # not a read, or of a real tensor (a constant)
+        where = f"{_READS[func]} at {_user_line()}"
+        if not self.left.get(where):
+            if _READS[func] == "value":  # a float the eager run read: traced as torch does
+                return func(*args, **kwargs)
             raise _C.KilnError(
-                f"the traced code asked for a tensor's truth at {line} more often than the eager "
-                "run did"
+                f"the traced code asked for a tensor's {where} more often than the eager run did"
             )
-        value = self.left[line].pop(0)
+        value = self.left[where].pop(0)
         # (Inside this handler the mode is off: these calls trace as usual.)
         symbol = args[0].to(torch.int64).reshape(()).item()
         torch._check(symbol == int(value))
-        self.taken.append(f"{line}: {value}")
+        self.taken.append(f"{where.split(' at ', 1)[1]}: {value}")
         return value
 
 
 def _user_line() -> str:
-    """file:line of the model's code that asked for a tensor's truth (the first frame outside
+    """file:line `code` of the model's code that read a tensor's value (the first frame outside
     torch and Kiln)."""
     import traceback
 
@@ -223,8 +232,9 @@ def _user_line() -> str:
 
 
 def _export_speculating(module, specs, device, kwarg_names, given):
-    """torch.export again, each branch on a traced tensor's truth taken as an eager run on the
-    same example inputs takes it, and asserted at run time (_Speculate). The caller's own example
+    """torch.export again, each bool or int read from a traced tensor (a branch's truth,
+    .item()) taken as an eager run on the same example inputs read it, and asserted at run time
+    (_Speculate). The caller's own example
     tensors are the inputs where given (random ones may take a branch real inputs do not)."""
     positional = len(specs) - len(kwarg_names)
     given = list(given or []) + [None] * (len(specs) - len(given or []))
@@ -236,7 +246,7 @@ def _export_speculating(module, specs, device, kwarg_names, given):
     with torch.no_grad(), record:
         module(*examples[:positional], **dict(zip(kwarg_names, examples[positional:], strict=True)))
     if not record.values:
-        raise _C.KilnError("the eager run asked for no tensor's truth")
+        raise _C.KilnError("the eager run read no bool or int from a tensor")
     mode = _Speculate(record.values)
 
     @contextlib.contextmanager
@@ -247,15 +257,16 @@ def _export_speculating(module, specs, device, kwarg_names, given):
 
     program, equal = _export_eval(module, specs, device, kwarg_names, examples, tracing)
     if not mode.taken:
-        raise _C.KilnError("no branch on a traced tensor's truth was met")
+        raise _C.KilnError("the traced code read no bool or int from a traced tensor")
     taken = list(dict.fromkeys(mode.taken))
     log(
         "warning",
-        f"kiln.compile: the model branches on tensor values ({len(mode.taken)} times); the "
-        "engines follow the branches the example inputs take ("
+        f"kiln.compile: the model's Python code reads tensor values ({len(mode.taken)} times: "
+        "branches on tensor values, or numbers it computes with); the engines follow what the "
+        "example inputs read ("
         + "; ".join(taken)
         + "). Each call checks them (a device-to-host copy) and runs the model in PyTorch when "
-        "an input takes another branch.",
+        "an input reads another value.",
     )
     program.graph_module.meta[SPECULATED] = taken
     return program, equal

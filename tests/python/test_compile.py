@@ -414,7 +414,7 @@ def test_a_branch_on_tensor_values_follows_the_example_and_is_checked_each_call(
     compiled, warnings = _warnings_of(
         lambda: kiln.compile(model, [x], device="cpu", min_block_size=1)
     )
-    assert any("branches on tensor values" in m and "isfinite" in m for m in warnings), warnings
+    assert any("reads tensor values" in m and "isfinite" in m for m in warnings), warnings
     report = compiled.report
     assert report.num_engines == 1 and report.fallbacks == [], report.text
     assert report.checks and "speculated branches" in report.text
@@ -430,7 +430,7 @@ def test_a_branch_on_tensor_values_follows_the_example_and_is_checked_each_call(
         got, warnings = _warnings_of(lambda: compiled(y))
         torch.testing.assert_close(got, model(y), **TOL)
         assert torch.isfinite(got).all()
-    assert any("another branch" in m for m in warnings), warnings
+    assert any("reads another value" in m for m in warnings), warnings
     # Without the model (a saved and loaded module), that call is refused, never wrong.
     path = tmp_path / "m.pt2"
     kiln.save(compiled, str(path))
@@ -438,6 +438,42 @@ def test_a_branch_on_tensor_values_follows_the_example_and_is_checked_each_call(
     torch.testing.assert_close(loaded(x), model(x), **TOL)
     with pytest.raises(Exception, match="Runtime assertion failed"):
         loaded(y)
+
+
+class IntegerReads(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        n = int((x > 0).sum())  # an int read from a tensor: a size below
+        y = self.lin(x)
+        if (y > 100).any().item():  # a bool read with .item(): a branch
+            y = y / 100
+        return y[:, : n % 4 + 1]
+
+
+def test_integer_and_item_reads_follow_the_example_and_are_checked():
+    model = IntegerReads().eval()
+
+    def sample(positives):  # 3 x 4 with exactly `positives` entries above 0
+        x = -torch.rand(3, 4) - 0.1
+        x.view(-1)[torch.randperm(12)[:positives]] = torch.rand(positives) + 0.1
+        return x
+
+    x = sample(6)
+    compiled = kiln.compile(model, [x], device="cpu", min_block_size=1)
+    assert compiled.report.num_engines == 1 and compiled.report.fallbacks == []
+    assert len(compiled.speculated) == 2, compiled.speculated
+    with torch.no_grad():
+        y = sample(6)  # the same reads: the engine, 3 columns
+        got, warnings = _warnings_of(lambda: compiled(y))
+        assert got.shape == (3, 3) and not warnings
+        torch.testing.assert_close(got, model(y), **TOL)
+        y = sample(5)  # another count: the model's own code, 2 columns
+        got, warnings = _warnings_of(lambda: compiled(y))
+        assert got.shape == (3, 2) and any("another" in m for m in warnings), warnings
+        torch.testing.assert_close(got, model(y), **TOL)
 
 
 class ItemBranch(torch.nn.Module):
