@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import itertools
 import math
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -224,18 +225,24 @@ def _user_line() -> str:
     import traceback
 
     for frame in reversed(traceback.extract_stack()):
-        path = frame.filename.replace("\\", "/")
-        if "/torch/" in path or "/kiln/" in path or path.startswith("<"):
+        path = os.path.abspath(frame.filename)
+        if path.startswith(_LIBRARY_DIRS) or frame.filename.startswith("<"):
             continue
-        return f"{path.rsplit('/', 1)[-1]}:{frame.lineno} `{(frame.line or '').strip()}`"
+        return f"{os.path.basename(path)}:{frame.lineno} `{(frame.line or '').strip()}`"
     return "<unknown>"
+
+
+# The packages whose frames _user_line skips (torch's and Kiln's own code).
+_LIBRARY_DIRS = tuple(
+    os.path.dirname(os.path.abspath(f)) + os.sep for f in (torch.__file__, __file__)
+)
 
 
 def _export_speculating(module, specs, device, kwarg_names, given):
     """torch.export again, each bool or int read from a traced tensor (a branch's truth,
     .item()) taken as an eager run on the same example inputs read it, and asserted at run time
-    (_Speculate). The caller's own example
-    tensors are the inputs where given (random ones may take a branch real inputs do not)."""
+    (_Speculate). The caller's own example tensors are the inputs where given (random ones may
+    take a branch real inputs do not)."""
     positional = len(specs) - len(kwarg_names)
     given = list(given or []) + [None] * (len(specs) - len(given or []))
     examples = [
