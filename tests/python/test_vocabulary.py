@@ -363,6 +363,7 @@ def _same_report(a, b):
     assert a.segments == b.segments
     assert a.fallbacks == b.fallbacks
     assert a.text == b.text
+    assert a.checks == b.checks
 
 
 def test_report_dict_round_trip():
@@ -372,8 +373,9 @@ def test_report_dict_round_trip():
         2, [{"kind": "engine", "nodes": ["a"], "ops": ["aten.relu.default"]}], [], "text"
     )
     report.fallbacks.append(Fallback("roll", "aten.roll.default", "no converter"))
+    report.checks.append(Fallback("item", "aten._local_scalar_dense.default", "checks a branch"))
     data = json.loads(json.dumps(report.to_dict()))
-    assert set(data) == {"num_engines", "segments", "fallbacks", "text"}
+    assert set(data) == {"num_engines", "segments", "fallbacks", "text", "checks"}
     _same_report(report, CompileReport.from_dict(data))
 
 
