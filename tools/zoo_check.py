@@ -458,7 +458,7 @@ def _check(kiln, entry, precision, device, peer, row, show_profile=False, timed=
     with gpu_turn(), torch.no_grad():
         out = _tensors(entry.output(compiled(*args, **kwargs)))
     _, row.cosine = _cosine(out, truth)
-    if compiled.speculated and compiled._warned_eager:  # (CompiledModule._other_branch)
+    if compiled.speculated and compiled.ran_eagerly:
         row.error = "the inputs read other tensor values than the example: eager PyTorch ran"
     if device.type != "cuda" or not timed:
         return

@@ -78,7 +78,7 @@ class CompiledModule(torch.nn.Module):
         # graph's runtime assertion and runs `eager_model` (kept out of this module's state).
         self.speculated: list[str] = []
         self.__dict__["eager_model"] = None
-        self._warned_eager = False
+        self.ran_eagerly = False  # whether a call has run eager_model (warned then)
 
     def plans(self) -> list:
         """The kiln.Plan of each engine, in execution order (kiln.plans(module) for any module)."""
@@ -125,8 +125,8 @@ class CompiledModule(torch.nn.Module):
                 f"({where}), and the engines only hold what those read ({error}); compile the "
                 "model with torch.compile(model, backend='kiln') or with example inputs like this"
             ) from error
-        if not self._warned_eager:
-            self._warned_eager = True
+        if not self.ran_eagerly:
+            self.ran_eagerly = True
             log(
                 "warning",
                 f"kiln: a call reads another value from a tensor than the example inputs did "

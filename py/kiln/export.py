@@ -95,11 +95,7 @@ def _export_eval(
     tracing(): a context around each torch.export.export call."""
     positional = len(specs) - len(kwarg_names)
     names = _input_names(module, positional) + kwarg_names
-    given = list(given or []) + [None] * (len(specs) - len(given or []))
-    examples = tuple(
-        g.to(device) if isinstance(g, torch.Tensor) else s.example(device)
-        for s, g in zip(specs, given, strict=True)
-    )
+    examples = _examples(specs, given, device)
     args, kwargs = examples[:positional], dict(zip(kwarg_names, examples[positional:], strict=True))
 
     def dynamic(make):
@@ -181,6 +177,16 @@ class _Record(torch.overrides.TorchFunctionMode):
         return result
 
 
+def _examples(specs: list[Input], given: Sequence | None, device: torch.device) -> tuple:
+    """One example tensor per spec on `device`: the caller's (`given`, None where a spec has
+    none) or a random one."""
+    given = list(given or []) + [None] * (len(specs) - len(given or []))
+    return tuple(
+        g.to(device) if isinstance(g, torch.Tensor) else s.example(device)
+        for s, g in zip(specs, given, strict=True)
+    )
+
+
 class _Speculate(torch.overrides.TorchFunctionMode):
     """While torch.export traces, a read of a traced tensor's truth or integer value (``if not
     torch.isfinite(x).all():``, ``if mask.any().item():``) gives what the eager run on the same
@@ -244,11 +250,7 @@ def _export_speculating(module, specs, device, kwarg_names, given):
     (_Speculate). The caller's own example tensors are the inputs where given (random ones may
     take a branch real inputs do not)."""
     positional = len(specs) - len(kwarg_names)
-    given = list(given or []) + [None] * (len(specs) - len(given or []))
-    examples = [
-        g.to(device) if isinstance(g, torch.Tensor) else s.example(device)
-        for s, g in zip(specs, given, strict=True)
-    ]
+    examples = _examples(specs, given, device)
     record = _Record()
     with torch.no_grad(), record:
         module(*examples[:positional], **dict(zip(kwarg_names, examples[positional:], strict=True)))
