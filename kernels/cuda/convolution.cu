@@ -20,7 +20,8 @@
 // epilogue fused; tactic kDepthwiseTactic + v runs variant v), for 2d layers with one filter per
 // channel; other layers, and shapes a variant does not cover, refuse them. Then kCudnnGraphConfigs
 // graph tactics from kGraphTactic on: cuDNN's graph API with the k-th engine configuration its
-// heuristics offer (cudnn_graph_convolution.h; the epilogue in the own kernel after), timed where
+// heuristics offer (cudnn_graph_convolution.h; a 16-bit layer's bias and relu in the graph where
+// cuDNN fuses them, any other epilogue in the own kernel after), timed where
 // cudnn_graph_tactics_for says so (grouped convolutions by default) and loaded from any plan that
 // chose one.
 #include <algorithm>
@@ -32,6 +33,7 @@
 #include <mutex>
 #include <utility>
 
+#include "ir/error.h"
 #include "ir/op_schema.h"
 #include "ir/ops/activation.h"
 #include "ir/ops/convolution.h"
@@ -124,7 +126,20 @@ class CudnnConvolution final : public Kernel {
     // The graph tactics' tensors are declared 16-byte aligned; a buffer that is not (a view at an
     // odd offset, from the caller) takes the legacy path with cuDNN's heuristic algorithm.
     if (graph() && aligned16({x.data, w.data, y.data, ctx.workspace})) {
-      graph_plan(handle, x, w, y, ctx.workspace_bytes).run(handle, x.data, w.data, y.data, ctx.workspace);
+      // A 16-bit layer's bias (and a relu after it) in cuDNN's graph: y rounds once, after the bias,
+      // as the legacy fused call rounds. Rounding the convolution before the bias cost
+      // regnet_x_32gf's FP16 cosine 0.999026 -> 0.998914 (batch norms fold into such biases, and
+      // the product can be much larger than the sum). Where cuDNN fuses no engine for it, the
+      // convolution alone and the epilogue kernel after.
+      const bool fusable = bias && !residual && (!params_.activate || epilogue_.activation == "relu") &&
+                           aligned16({bias->data}) && x.dtype != DataType::kFloat32;
+      if (fusable) {
+        if (const CudnnGraphConvolution* fused = graph_plan(handle, x, w, y, ctx.workspace_bytes, true)) {
+          fused->run(handle, x.data, w.data, y.data, ctx.workspace, bias->data);
+          return;
+        }
+      }
+      graph_plan(handle, x, w, y, ctx.workspace_bytes, false)->run(handle, x.data, w.data, y.data, ctx.workspace);
       if (bias || residual || params_.activate) run_epilogue(y, bias, residual, stream);
       return;
     }
@@ -191,10 +206,12 @@ class CudnnConvolution final : public Kernel {
   bool depthwise() const { return !transposed_ && tactic_ >= kDepthwiseTactic && tactic_ < kGraphTactic; }
   bool graph() const { return !transposed_ && tactic_ >= kGraphTactic; }
 
-  // The graph tactic's plan for this input shape and workspace, built once.
-  const CudnnGraphConvolution& graph_plan(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
-                                          const TensorView& y, size_t workspace_bytes) const {
-    return cached(graph_cache_, x, workspace_bytes, [&] {
+  // The graph tactic's plan for this input shape and workspace, built once. `fused`: the bias (and
+  // the relu) in the graph, null when cuDNN offers no such engine (then the plain one serves);
+  // without, cuDNN's refusal throws.
+  const CudnnGraphConvolution* graph_plan(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
+                                          const TensorView& y, size_t workspace_bytes, bool fused) const {
+    return cached(graph_cache_, x, workspace_bytes, fused, [&]() -> std::unique_ptr<CudnnGraphConvolution> {
       GraphConvShape s;
       s.dtype = x.dtype;
       s.x = channels_last_ ? channels_first_dims(x.dims) : x.dims;
@@ -203,27 +220,34 @@ class CudnnConvolution final : public Kernel {
       s.channels_last = channels_last_;
       s.allow_tf32 = allow_tf32_;
       s.geometry = conv_geometry(layer_, static_cast<int>(s.x.size()) - 2);
-      return std::make_unique<CudnnGraphConvolution>(handle, s, tactic_ - kGraphTactic, workspace_bytes,
-                                                     who_);
+      s.bias = fused;
+      s.relu = fused && params_.activate;
+      if (!fused) return std::make_unique<CudnnGraphConvolution>(handle, s, tactic_ - kGraphTactic, workspace_bytes, who_);
+      try {
+        return std::make_unique<CudnnGraphConvolution>(handle, s, tactic_ - kGraphTactic, workspace_bytes, who_);
+      } catch (const Error&) {
+        return nullptr;
+      }
     });
   }
 
-  // The entry of `cache` for x's shape and the workspace size, made by `make` on a miss. Made
-  // outside the lock; when two threads race for one shape, the first insert wins and both use it
-  // (the entries are equivalent).
+  // The entry of `cache` for x's shape, the workspace size and `variant`, made by `make` on a miss
+  // (null: there is none, and later calls do not try again). Made outside the lock; when two
+  // threads race for one shape, the first insert wins and both use it (the entries are equivalent).
   template <typename T, typename Make>
-  const T& cached(std::map<std::vector<int64_t>, std::unique_ptr<T>>& cache, const TensorView& x,
-                  size_t workspace_bytes, const Make& make) const {
+  const T* cached(std::map<std::vector<int64_t>, std::unique_ptr<T>>& cache, const TensorView& x,
+                  size_t workspace_bytes, int64_t variant, const Make& make) const {
     std::vector<int64_t> key = x.dims;
     key.push_back(static_cast<int64_t>(workspace_bytes));
+    key.push_back(variant);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = cache.find(key);
-      if (it != cache.end()) return *it->second;
+      if (it != cache.end()) return it->second.get();
     }
     std::unique_ptr<T> made = make();
     std::lock_guard<std::mutex> lock(mutex_);
-    return *cache.emplace(std::move(key), std::move(made)).first->second;
+    return cache.emplace(std::move(key), std::move(made)).first->second.get();
   }
 
   // The depthwise tactics: x [N, C, H, W] (or channels last) with weight [C, 1, kh, kw] and groups
@@ -278,8 +302,8 @@ class CudnnConvolution final : public Kernel {
 
   const Prepared& prepared(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
                            const TensorView& y, bool has_bias, size_t workspace_bytes) const {
-    return cached(cache_, x, workspace_bytes,
-                  [&] { return prepare(handle, x, w, y, has_bias, workspace_bytes); });
+    return *cached(cache_, x, workspace_bytes, 0,
+                   [&] { return prepare(handle, x, w, y, has_bias, workspace_bytes); });
   }
 
   std::unique_ptr<Prepared> prepare(cudnnHandle_t handle, const TensorView& x, const TensorView& w,

@@ -16,7 +16,7 @@ namespace kiln {
 namespace {
 
 // Unique ids of the graph's tensors (the variant pack names them so).
-constexpr int64_t kX = 'x', kW = 'w', kY = 'y';
+constexpr int64_t kX = 'x', kW = 'w', kY = 'y', kB = 'b', kConvOut = 'c', kBiased = 't';
 constexpr int64_t kAlignment = 16;  // bytes: Kiln's buffers and arena offsets are aligned to more
 
 std::string last_error() {
@@ -104,16 +104,40 @@ std::vector<int64_t> widened_spatial(const std::vector<int64_t>& v, int fill) {
   return {r.begin(), r.end()};
 }
 
+// A tensor of the graph; a virtual one lives only inside the fused kernel (float32 there).
 Desc tensor(int64_t uid, cudnnDataType_t type, const std::vector<int64_t>& dims, bool channels_last,
-            const std::string& who) {
+            const std::string& who, bool is_virtual = false) {
   Desc t(CUDNN_BACKEND_TENSOR_DESCRIPTOR, who);
   set(t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type, who);
   set_ints(t, CUDNN_ATTR_TENSOR_DIMENSIONS, dims, who);
   set_ints(t, CUDNN_ATTR_TENSOR_STRIDES, strides_of(dims, channels_last), who);
   set(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid, who);
   set(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &kAlignment, who);
+  if (is_virtual) {
+    const bool yes = true;
+    set(t, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &yes, who);
+  }
   finalize(t, "tensor descriptor", who);
   return t;
+}
+
+// A pointwise operation of the graph: y = mode(x) or mode(x, b), in float32; NaN propagates.
+Desc pointwise(Desc& mode_desc, cudnnPointwiseMode_t mode, const Desc& x, const Desc* b, const Desc& y,
+               const std::string& who) {
+  mode_desc = Desc(CUDNN_BACKEND_POINTWISE_DESCRIPTOR, who);
+  const cudnnDataType_t precision = CUDNN_DATA_FLOAT;
+  const cudnnNanPropagation_t nan = CUDNN_PROPAGATE_NAN;
+  set(mode_desc, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode, who);
+  set(mode_desc, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &precision, who);
+  set(mode_desc, CUDNN_ATTR_POINTWISE_NAN_PROPAGATION, CUDNN_TYPE_NAN_PROPOGATION, 1, &nan, who);
+  finalize(mode_desc, "pointwise descriptor", who);
+  Desc op(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR, who);
+  set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, mode_desc, who);
+  set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, x, who);
+  if (b) set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, *b, who);
+  set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, y, who);
+  finalize(op, "pointwise operation", who);
+  return op;
 }
 
 // The notes an engine carries (numerical or behavior), as ints.
@@ -147,6 +171,8 @@ bool cudnn_graph_tactics_for(bool grouped) {
 
 struct CudnnGraphConvolution::Impl {
   Desc x, w, y, conv, op, graph;
+  Desc b, conv_out, biased, add_mode, add, relu_mode, relu;  // the fused bias and relu, if any
+  bool fused = false;
   std::vector<Desc> configs;  // the heuristics' engine configurations (the plan's stays alive)
   Desc plan;
   size_t workspace = 0;
@@ -165,6 +191,16 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
   m.x = tensor(kX, type, widened(s.x, id), s.channels_last, id);
   m.w = tensor(kW, type, widened(s.w, id), s.channels_last, id);
   m.y = tensor(kY, type, widened(s.y, id), s.channels_last, id);
+  m.fused = s.bias;
+  KILN_CHECK(s.bias || !s.relu, id << ": a fused relu needs the fused bias before it");
+  if (m.fused) {
+    std::vector<int64_t> bias_dims(widened(s.y, id).size(), 1);
+    bias_dims[1] = s.y[1];
+    m.b = tensor(kB, type, bias_dims, s.channels_last, id);
+    m.conv_out = tensor(kConvOut, CUDNN_DATA_FLOAT, widened(s.y, id), s.channels_last, id, /*is_virtual=*/true);
+    if (s.relu)
+      m.biased = tensor(kBiased, CUDNN_DATA_FLOAT, widened(s.y, id), s.channels_last, id, /*is_virtual=*/true);
+  }
 
   const ConvGeometry& g = s.geometry;
   m.conv = Desc(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, id);
@@ -185,15 +221,24 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
   const float alpha = 1.f, beta = 0.f;
   set_desc(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, m.x, id);
   set_desc(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, m.w, id);
-  set_desc(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, m.y, id);
+  set_desc(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, m.fused ? m.conv_out : m.y, id);
   set_desc(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, m.conv, id);
   set(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha, id);
   set(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &beta, id);
   finalize(m.op, "convolution operation", id);
 
+  std::vector<cudnnBackendDescriptor_t> ops = {m.op.get()};
+  if (m.fused) {
+    m.add = pointwise(m.add_mode, CUDNN_POINTWISE_ADD, m.conv_out, &m.b, s.relu ? m.biased : m.y, id);
+    ops.push_back(m.add.get());
+    if (s.relu) {
+      m.relu = pointwise(m.relu_mode, CUDNN_POINTWISE_RELU_FWD, m.biased, nullptr, m.y, id);
+      ops.push_back(m.relu.get());
+    }
+  }
   m.graph = Desc(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, id);
-  cudnnBackendDescriptor_t ops = m.op.get();
-  set(m.graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &ops, id);
+  set(m.graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, static_cast<int64_t>(ops.size()),
+      ops.data(), id);
   set(m.graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle, id);
   finalize(m.graph, "operation graph", id);
 
@@ -222,9 +267,9 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
       m.configs.push_back(std::move(found[static_cast<size_t>(i)]));
   }
 
-  // The usable ones in that order: no runtime compilation (builds stay fast), no reduced-precision
-  // reduction, float32 strict unless TF32 is allowed, a plan cuDNN finalizes, a workspace within
-  // the limit.
+  // The usable ones in that order: no runtime compilation (builds stay fast) unless the graph is
+  // fused (cuDNN fuses only that way), no reduced-precision reduction, float32 strict unless TF32
+  // is allowed, a plan cuDNN finalizes, a workspace within the limit.
   const bool strict = s.dtype == DataType::kFloat32 && !s.allow_tf32;
   int usable = 0;
   for (const Desc& cfg : m.configs) {
@@ -238,7 +283,7 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
         engine, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE, CUDNN_BEHAVIOR_NOTE_TYPE_COUNT);
     const std::vector<int> numerics = notes_of<cudnnBackendNumericalNote_t>(
         engine, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE, CUDNN_NUMERICAL_NOTE_TYPE_COUNT);
-    if (has(behavior, CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION)) continue;
+    if (!m.fused && has(behavior, CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION)) continue;
     // Every dtype accumulates in FP32 (the legacy path's promise): no reduction in a lower precision.
     if (has(numerics, CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION)) continue;
     if (strict && (has(numerics, CUDNN_NUMERICAL_NOTE_TENSOR_CORE) ||
@@ -267,8 +312,8 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
   }
   KILN_FAIL(id << ": cuDNN's heuristics offer " << usable << " usable engine configuration(s) for "
                << dtype_name(s.dtype) << " input " << to_string(s.x) << ", weight " << to_string(s.w)
-               << (s.channels_last ? " (channels last)" : "") << " within a workspace of " << workspace_limit
-               << " bytes; take another tactic");
+               << (s.channels_last ? " (channels last)" : "") << (s.bias ? (s.relu ? " with bias and relu" : " with bias") : "")
+               << " within a workspace of " << workspace_limit << " bytes; take another tactic");
 }
 
 CudnnGraphConvolution::~CudnnGraphConvolution() = default;
@@ -277,14 +322,16 @@ size_t CudnnGraphConvolution::workspace_bytes() const { return impl_->workspace;
 
 int64_t CudnnGraphConvolution::engine_index() const { return impl_->engine; }
 
-void CudnnGraphConvolution::run(cudnnHandle_t handle, const void* x, const void* w, void* y,
-                                void* workspace) const {
+void CudnnGraphConvolution::run(cudnnHandle_t handle, const void* x, const void* w, void* y, void* workspace,
+                                const void* bias) const {
   const std::string& id = impl_->who;
+  KILN_CHECK(!impl_->fused || bias, id << ": the fused graph needs its bias");
   Desc pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, id);
-  void* pointers[3] = {const_cast<void*>(x), const_cast<void*>(w), y};
-  const int64_t uids[3] = {kX, kW, kY};
-  set(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 3, pointers, id);
-  set(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3, uids, id);
+  void* pointers[4] = {const_cast<void*>(x), const_cast<void*>(w), y, const_cast<void*>(bias)};
+  const int64_t uids[4] = {kX, kW, kY, kB};
+  const int64_t count = impl_->fused ? 4 : 3;
+  set(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, count, pointers, id);
+  set(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, count, uids, id);
   set(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace, id);
   finalize(pack, "variant pack", id);
   const cudnnStatus_t st = cudnnBackendExecute(handle, impl_->plan.get(), pack.get());

@@ -1,7 +1,9 @@
 // Forward convolution through cuDNN's graph (backend) API: the engines cuDNN's heuristics offer
 // for the operation graph conv_fprop(x, w) -> y, which include kernels the legacy API's eight
 // algorithms do not reach (PyTorch calls cuDNN this way). CudnnConvolution (convolution.cu) runs
-// them as its graph tactics, the bias, residual and activation in its own epilogue kernel after.
+// them as its graph tactics. A bias, and a relu after it, can join the graph (conv -> add -> relu,
+// float32 between them, one rounding to the layer's dtype at the end, as the legacy API's fused
+// call rounds); a residual or another activation runs in CudnnConvolution's own epilogue kernel.
 //
 // The builder times these tactics for grouped convolutions (cudnn_graph_tactics_for); plans that
 // chose one run whatever the environment says.
@@ -26,6 +28,11 @@ struct GraphConvShape {
   bool channels_last = false;
   bool allow_tf32 = false;  // float32: engines that round inputs to TF32 are left out unless set
   ConvGeometry geometry;
+  // y = relu?(conv(x, w) + bias[k]) in the graph. cuDNN runs such graphs on its runtime-fusion
+  // engines (compiled with NVRTC when the plan is made: about a second each), so only where the
+  // one rounding matters for accuracy: 16-bit layers with a bias.
+  bool bias = false;
+  bool relu = false;  // after the bias; NaN stays NaN (torch's relu)
 };
 
 // How many graph tactics a convolution has: the first engine configurations that cuDNN's
@@ -49,8 +56,9 @@ class CudnnGraphConvolution {
 
   size_t workspace_bytes() const;
   int64_t engine_index() const;  // cuDNN's global engine index, for reports
-  // y = conv(x, w) on the handle's stream.
-  void run(cudnnHandle_t handle, const void* x, const void* w, void* y, void* workspace) const;
+  // y = conv(x, w) (+ bias, relu where the shape says so) on the handle's stream.
+  void run(cudnnHandle_t handle, const void* x, const void* w, void* y, void* workspace,
+           const void* bias = nullptr) const;
 
  private:
   struct Impl;

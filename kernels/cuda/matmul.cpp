@@ -14,6 +14,7 @@
 
 #include "ir/ops/activation.h"
 #include "kernels/broadcast.h"
+#include "kernels/cuda/cublaslt_relu.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/int8_convolution.h"
 #include "kernels/cuda/matmul_epilogue.h"
@@ -21,6 +22,23 @@
 #include "kernels/matmul_views.h"
 
 namespace kiln {
+
+// Whether cuBLASLt's RELU epilogue on `algo` may turn NaN into 0 (torch's relu keeps NaN). An
+// H200 probe of every algorithm the heuristic offers (cuBLAS 13.0; float32 and float16, M/N/K
+// from 8 to 8192) found one: algorithm 20, a float32 kernel, run without split-K (seen on tiny
+// GEMMs, 8x8x8 to 32x16x64). With split-K that algorithm applies the epilogue in its reduction
+// pass, which kept NaN, as did every other algorithm. tests/python/test_nan_propagation.py runs
+// every tactic on such shapes, so another cuBLAS that adds a culprit shows there.
+bool relu_epilogue_drops_nan(const cublasLtMatmulAlgo_t& algo) {
+  int id = -1, split_k = 1;
+  size_t written = 0;
+  KILN_CUBLAS_CHECK(
+      cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof(id), &written));
+  KILN_CUBLAS_CHECK(cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split_k,
+                                                         sizeof(split_k), &written));
+  return id == 20 && split_k <= 1;
+}
+
 namespace {
 
 cudaDataType_t cuda_type(DataType t) {
@@ -98,21 +116,6 @@ bool has_bias(LtEpilogue e) {
 
 bool is_relu(LtEpilogue e) { return e == LtEpilogue::kRelu || e == LtEpilogue::kReluBias; }
 
-// Whether cuBLASLt's RELU epilogue on `algo` may turn NaN into 0 (torch's relu keeps NaN). An
-// H200 probe of every algorithm the heuristic offers (cuBLAS 13.0; float32 and float16, M/N/K
-// from 8 to 8192) found one: algorithm 20, a float32 kernel, run without split-K (seen on tiny
-// GEMMs, 8x8x8 to 32x16x64). With split-K that algorithm applies the epilogue in its reduction
-// pass, which kept NaN, as did every other algorithm. tests/python/test_nan_propagation.py runs
-// every tactic on such shapes, so another cuBLAS that adds a culprit shows there.
-bool relu_epilogue_drops_nan(const cublasLtMatmulAlgo_t& algo) {
-  int id = -1, split_k = 1;
-  size_t written = 0;
-  KILN_CUBLAS_CHECK(
-      cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof(id), &written));
-  KILN_CUBLAS_CHECK(cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split_k,
-                                                         sizeof(split_k), &written));
-  return id == 20 && split_k <= 1;
-}
 
 // One cuBLASLt GEMM (optionally strided-batched): row-major C[M,N] = op(A)[M,K] @ op(B)[K,N]
 // (+ bias[N] broadcast over rows and an activation through the epilogue; + a residual R[M,N]

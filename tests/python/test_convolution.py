@@ -643,3 +643,51 @@ def test_cudnn_graph_tactic_matches_torch(case, layout, dtype, tactic, strict_fp
     assert got.dtype == dtype
     tol = gpu_tolerance(dtype, math.prod(ws[1:]))
     torch.testing.assert_close(got.double(), want.to(dtype).double(), **tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("activation", ["none", "relu"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("tactic", GRAPH_TACTICS)
+def test_cudnn_graph_tactic_rounds_once_after_the_bias(tactic, dtype, layout, activation):
+    # A 16-bit grouped convolution whose products are near +1000 and whose bias takes them back
+    # near 0 (a folded batch norm does this): rounded before the bias, each output would be off by
+    # up to half a unit at 1000 (0.25 in float16, 2 in bfloat16); with the bias in cuDNN's graph it
+    # rounds once, at its own size. NaN in the input stays NaN through the relu.
+    g = torch.Generator().manual_seed(tactic)
+    x = (1 + 0.01 * torch.randn(1, 96, 14, 14, generator=g)).to(dtype)
+    x[0, 5, 3, 4] = float("nan")
+    w = (
+        torch.full((96, 24, 3, 3), 1000 / (24 * 9))
+        * (1 + 0.01 * torch.rand(96, 24, 3, 3, generator=g))
+    ).to(dtype)
+    exact = F.conv2d(x.double(), w.double(), None, 1, 1, 1, 4)
+    # The bias cancels each channel's central value to within a few units.
+    b = (-exact[0, :, 7, 7] + torch.randn(96, generator=g, dtype=torch.float64)).to(dtype)
+    want = exact + b.double()[None, :, None, None]
+    if activation == "relu":
+        want = F.relu(want)
+    attrs = {
+        "pads": [1, 1],
+        "groups": 4,
+        "layout": layout,
+        "tactic": tactic,
+        "activation": activation,
+    }
+    stored = [x, w, b]
+    if layout == "nhwc":
+        stored, want = [to_last(x), to_last(w), b], to_last(want)
+    add = lambda net, *t: net.add_layer("convolution", list(t), attrs, "rounds_once")  # noqa: E731
+    try:
+        got = run_layer(add, stored, "cuda", tactic_timing=False)
+    except kiln.KilnError as e:
+        assert "rounds_once" in str(e) and "graph tactic" in str(e), str(e)
+        assert tactic > GRAPH_TACTICS[0], f"not even one engine: {e}"
+        return
+    nan = want.isnan()
+    assert nan.any() and torch.equal(got.isnan(), nan)
+    # One rounding of values up to about 100 (the spread of the interior and the padded border).
+    ulp = {torch.float16: 2**-10, torch.bfloat16: 2**-7}[dtype]
+    err = (got.double() - want).abs()[~nan]
+    assert (err <= want.abs()[~nan] * ulp + 4e-3).all(), f"max error {err.max().item()}"
