@@ -139,7 +139,8 @@ class CudnnConvolution final : public Kernel {
           return;
         }
       }
-      graph_plan(handle, x, w, y, ctx.workspace_bytes, false)->run(handle, x.data, w.data, y.data, ctx.workspace);
+      graph_plan(handle, x, w, y, ctx.workspace_bytes, false)
+          ->run(handle, x.data, w.data, y.data, ctx.workspace);
       if (bias || residual || params_.activate) run_epilogue(y, bias, residual, stream);
       return;
     }
@@ -222,9 +223,12 @@ class CudnnConvolution final : public Kernel {
       s.geometry = conv_geometry(layer_, static_cast<int>(s.x.size()) - 2);
       s.bias = fused;
       s.relu = fused && params_.activate;
-      if (!fused) return std::make_unique<CudnnGraphConvolution>(handle, s, tactic_ - kGraphTactic, workspace_bytes, who_);
+      if (!fused)
+        return std::make_unique<CudnnGraphConvolution>(handle, s, tactic_ - kGraphTactic, workspace_bytes,
+                                                       who_);
       try {
-        return std::make_unique<CudnnGraphConvolution>(handle, s, tactic_ - kGraphTactic, workspace_bytes, who_);
+        return std::make_unique<CudnnGraphConvolution>(handle, s, tactic_ - kGraphTactic, workspace_bytes,
+                                                       who_);
       } catch (const Error&) {
         return nullptr;
       }

@@ -197,9 +197,11 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
     std::vector<int64_t> bias_dims(widened(s.y, id).size(), 1);
     bias_dims[1] = s.y[1];
     m.b = tensor(kB, type, bias_dims, s.channels_last, id);
-    m.conv_out = tensor(kConvOut, CUDNN_DATA_FLOAT, widened(s.y, id), s.channels_last, id, /*is_virtual=*/true);
+    m.conv_out =
+        tensor(kConvOut, CUDNN_DATA_FLOAT, widened(s.y, id), s.channels_last, id, /*is_virtual=*/true);
     if (s.relu)
-      m.biased = tensor(kBiased, CUDNN_DATA_FLOAT, widened(s.y, id), s.channels_last, id, /*is_virtual=*/true);
+      m.biased =
+          tensor(kBiased, CUDNN_DATA_FLOAT, widened(s.y, id), s.channels_last, id, /*is_virtual=*/true);
   }
 
   const ConvGeometry& g = s.geometry;
@@ -312,8 +314,9 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
   }
   KILN_FAIL(id << ": cuDNN's heuristics offer " << usable << " usable engine configuration(s) for "
                << dtype_name(s.dtype) << " input " << to_string(s.x) << ", weight " << to_string(s.w)
-               << (s.channels_last ? " (channels last)" : "") << (s.bias ? (s.relu ? " with bias and relu" : " with bias") : "")
-               << " within a workspace of " << workspace_limit << " bytes; take another tactic");
+               << (s.channels_last ? " (channels last)" : "")
+               << (s.bias ? (s.relu ? " with bias and relu" : " with bias") : "") << " within a workspace of "
+               << workspace_limit << " bytes; take another tactic");
 }
 
 CudnnGraphConvolution::~CudnnGraphConvolution() = default;

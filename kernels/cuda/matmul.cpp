@@ -116,7 +116,6 @@ bool has_bias(LtEpilogue e) {
 
 bool is_relu(LtEpilogue e) { return e == LtEpilogue::kRelu || e == LtEpilogue::kReluBias; }
 
-
 // One cuBLASLt GEMM (optionally strided-batched): row-major C[M,N] = op(A)[M,K] @ op(B)[K,N]
 // (+ bias[N] broadcast over rows and an activation through the epilogue; + a residual R[M,N]
 // through beta = 1). Everything that selects descriptors or the algorithm is in the key, so a

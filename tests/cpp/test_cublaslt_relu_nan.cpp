@@ -161,8 +161,8 @@ TEST(CublasLtReluNan, EveryOfferedAlgorithmKeepsNanOrIsNamed) {
   KILN_REQUIRE_GPU();
   cublasLtHandle_t lt = nullptr;
   ASSERT_EQ(cublasLtCreate(&lt), CUBLAS_STATUS_SUCCESS);
-  const std::vector<Shape> shapes = {{8, 8, 8},    {16, 16, 16},  {17, 9, 40},   {17, 9, 48},
-                                     {33, 9, 40},  {37, 24, 72},  {64, 24, 40},  {3, 1000, 440},
+  const std::vector<Shape> shapes = {{8, 8, 8},      {16, 16, 16},   {17, 9, 40},   {17, 9, 48},
+                                     {33, 9, 40},    {37, 24, 72},   {64, 24, 40},  {3, 1000, 440},
                                      {1, 512, 4096}, {128, 128, 64}, {256, 96, 24}, {2, 32, 16}};
   std::vector<std::string> bad;
   int tried = 0;
@@ -175,7 +175,8 @@ TEST(CublasLtReluNan, EveryOfferedAlgorithmKeepsNanOrIsNamed) {
   for (const std::string& line : bad) all << "\n  " << line;
   EXPECT_GT(tried, 100) << "too few algorithms ran";
   EXPECT_TRUE(bad.empty()) << bad.size() << " algorithm(s) of " << tried
-                           << " turned NaN into 0 and relu_epilogue_drops_nan does not name them:" << all.str();
+                           << " turned NaN into 0 and relu_epilogue_drops_nan does not name them:"
+                           << all.str();
 }
 
 }  // namespace

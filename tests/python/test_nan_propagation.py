@@ -330,7 +330,9 @@ def assert_fc_result(got, x, w, b, act, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("mnk", [(16, 16, 16), (8, 8, 8), (17, 9, 40), (37, 24, 72), (1, 512, 4096)])
+@pytest.mark.parametrize(
+    "mnk", [(16, 16, 16), (8, 8, 8), (17, 9, 40), (37, 24, 72), (1, 512, 4096)]
+)
 def test_fully_connected_relu_keeps_nan_for_every_tactic(dtype, mnk):
     # Every cuBLASLt algorithm the heuristic offers (tactics 0-7): an H200 probe found one
     # (float32 16x16x16) whose RELU epilogue returned 0 for NaN. Tactics the heuristic does not
