@@ -230,7 +230,16 @@ class CudnnConvolution final : public Kernel {
         return std::make_unique<CudnnGraphConvolution>(handle, s, tactic_ - kGraphTactic, workspace_bytes,
                                                        who_);
       } catch (const Error&) {
-        return nullptr;
+        // Fewer fused engines than this tactic's index: the tactic is refused (timing must not
+        // pick the plain graph's engine, which rounds twice, over a fused one). None at all: the
+        // plain graph serves.
+        if (tactic_ == kGraphTactic) return nullptr;
+        try {
+          CudnnGraphConvolution first(handle, s, 0, workspace_bytes, who_);
+        } catch (const Error&) {
+          return nullptr;
+        }
+        throw;
       }
     });
   }
