@@ -25,6 +25,7 @@ bool choose_tactics(Network& net, const std::vector<OptimizationProfile>& profil
   // Which layers have a choice at all; most have one implementation and cost nothing here.
   std::vector<std::pair<size_t, int>> candidates;  // (layer, num_tactics)
   std::vector<std::string> kernel_names(net.layers().size());
+  std::vector<std::vector<bool>> less_precise(net.layers().size());
   for (size_t i = 0; i < net.layers().size(); ++i) {
     Layer l = net.layers()[i];
     l.attrs.set("tactic", int64_t{-1});  // the heuristic kernel reports the tactic count
@@ -32,6 +33,7 @@ bool choose_tactics(Network& net, const std::vector<OptimizationProfile>& profil
     if (k->num_tactics() > 1) {
       candidates.push_back({i, k->num_tactics()});
       kernel_names[i] = k->name();
+      for (int t = 0; t < k->num_tactics(); ++t) less_precise[i].push_back(k->less_precise_tactic(t));
     }
   }
   if (candidates.empty()) return false;
@@ -66,16 +68,20 @@ bool choose_tactics(Network& net, const std::vector<OptimizationProfile>& profil
       ++st.timed;
       std::vector<std::optional<double>> times = timer(layer, count, in, out);
       std::ostringstream all;
+      double best_rank = 0.0;  // the time, a less precise tactic's times kLessPreciseMargin
       for (int t = 0; t < count && t < static_cast<int>(times.size()); ++t) {
         all << (t ? ", " : "") << t << ": ";
         if (!times[t]) {
           all << "failed";
           continue;
         }
-        all << *times[t] << " ms";
-        if (best < 0 || *times[t] < best_ms) {
+        const bool coarse = less_precise[index][static_cast<size_t>(t)];
+        all << *times[t] << " ms" << (coarse ? " (less precise)" : "");
+        const double rank = *times[t] * (coarse ? kLessPreciseMargin : 1.0);
+        if (best < 0 || rank < best_rank) {
           best = t;
           best_ms = *times[t];
+          best_rank = rank;
         }
       }
       if (best < 0) {

@@ -1,6 +1,7 @@
 // choose_tactics: build step 6. For every layer whose kernel on the target backend reports
 // num_tactics() > 1 (kernels/kernel.h), time each tactic at the first optimization profile's opt
-// shapes and store the fastest in the layer's int attribute "tactic", which the plan keeps and
+// shapes and store the fastest in the layer's int attribute "tactic" (one the kernel calls less
+// precise only when it beats every other by kLessPreciseMargin), which the plan keeps and
 // the kernel's factory reads at load time. Tactics that throw are skipped; when every tactic
 // fails, the layer keeps the kernel's heuristic (no attribute). A timing cache (timing_cache.h)
 // answers layers timed before, in this build or an earlier one, without running anything.
@@ -16,6 +17,10 @@
 #include "kernels/kernel.h"
 
 namespace kiln {
+
+// How much faster than every other tactic a less precise one (Kernel::less_precise_tactic) must
+// be to be chosen: within 10% the more precise one wins.
+constexpr double kLessPreciseMargin = 1.10;
 
 // Times every tactic of one layer: element t is tactic t's time in milliseconds, or nullopt
 // when the tactic cannot run for these shapes. `inputs`/`outputs` have concrete dims.

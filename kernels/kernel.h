@@ -80,6 +80,10 @@ class Kernel {
   // shapes throws from run(); the builder skips it. The op's schema declares "tactic" (an int,
   // default -1), as every attribute the builder sets: check_attributes refuses undeclared ones.
   virtual int num_tactics() const { return 1; }
+  // True for a tactic that rounds more than the kernel's others (cuDNN's plain graph engines,
+  // which round a 16-bit convolution before its bias): the builder takes it only when it is
+  // faster than every other by more than kLessPreciseMargin.
+  virtual bool less_precise_tactic(int tactic) const { return false; }
   // Build time: a kernel that generated code when it was created (fused_pointwise compiles with
   // NVRTC) records it in its layer's attributes, so that the plan carries it and a factory
   // reading the plan can load it instead of generating it again. The op's schema declares them.

@@ -18,10 +18,11 @@
 // Convolution has kDepthwiseVariants more tactics from kDepthwiseTactic (=
 // CUDNN_CONVOLUTION_FWD_ALGO_COUNT) on: Kiln's own depthwise kernels (depthwise_convolution.cu,
 // epilogue fused; tactic kDepthwiseTactic + v runs variant v), for 2d layers with one filter per
-// channel; other layers, and shapes a variant does not cover, refuse them. Then kCudnnGraphConfigs
+// channel; other layers, and shapes a variant does not cover, refuse them. Then 2 x kCudnnGraphConfigs
 // graph tactics from kGraphTactic on: cuDNN's graph API with the k-th engine configuration its
 // heuristics offer (cudnn_graph_convolution.h; a 16-bit layer's bias and relu in the graph where
-// cuDNN fuses them, any other epilogue in the own kernel after), timed where
+// cuDNN fuses them, any other epilogue in the own kernel after; the second kCudnnGraphConfigs are
+// the plain engines of a layer with such a bias, less precise: see less_precise_tactic), timed where
 // cudnn_graph_tactics_for says so (grouped convolutions by default) and loaded from any plan that
 // chose one.
 #include <algorithm>
@@ -131,9 +132,13 @@ class CudnnConvolution final : public Kernel {
       // regnet_x_32gf's FP16 cosine 0.999026 -> 0.998914 (batch norms fold into such biases, and
       // the product can be much larger than the sum). Where cuDNN fuses no engine for it, the
       // convolution alone and the epilogue kernel after.
-      const bool fusable = bias && !residual && (!params_.activate || epilogue_.activation == "relu") &&
-                           aligned16({bias->data}) && x.dtype != DataType::kFloat32;
-      if (fusable) {
+      const bool fusable = fusable_layer() && aligned16({bias->data}) && x.dtype != DataType::kFloat32;
+      // Tactics kGraphTactic + kCudnnGraphConfigs on: the same engines without the fused bias,
+      // which the builder takes only when they are clearly faster (less_precise_tactic).
+      KILN_CHECK(!plain_graph_tactic() || fusable,
+                 who_ << ": tactic " << tactic_ << " is tactic " << tactic_ - kCudnnGraphConfigs
+                      << " without a fused bias, and this layer has none to fuse; take that one");
+      if (fusable && !plain_graph_tactic()) {
         if (const CudnnGraphConvolution* fused = graph_plan(handle, x, w, y, ctx.workspace_bytes, true)) {
           fused->run(handle, x.data, w.data, y.data, ctx.workspace, bias->data);
           return;
@@ -191,6 +196,10 @@ class CudnnConvolution final : public Kernel {
     const bool grouped = layer_.attrs.get_int("groups", int64_t{1}) > 1;
     return cudnn_graph_tactics_for(grouped) ? tactic_count() : kGraphTactic;
   }
+  // The plain graph engines of a layer whose bias the other graph tactics fuse round twice.
+  bool less_precise_tactic(int tactic) const override {
+    return !transposed_ && tactic >= kGraphTactic + kCudnnGraphConfigs && fusable_layer();
+  }
 
  private:
   static bool aligned16(std::initializer_list<const void*> pointers) {
@@ -200,12 +209,20 @@ class CudnnConvolution final : public Kernel {
   }
 
   // Every tactic a plan may hold.
+  // Graph tactics: kCudnnGraphConfigs with the bias fused where the layer allows it, then the same
+  // engine configurations plain.
   int tactic_count() const {
     return transposed_ ? static_cast<int>(CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT)
-                       : kGraphTactic + kCudnnGraphConfigs;
+                       : kGraphTactic + 2 * kCudnnGraphConfigs;
   }
   bool depthwise() const { return !transposed_ && tactic_ >= kDepthwiseTactic && tactic_ < kGraphTactic; }
   bool graph() const { return !transposed_ && tactic_ >= kGraphTactic; }
+  int graph_config() const { return (tactic_ - kGraphTactic) % kCudnnGraphConfigs; }
+  bool plain_graph_tactic() const { return tactic_ >= kGraphTactic + kCudnnGraphConfigs; }
+  // A bias and at most a relu after it, no residual: what the graph tactics fuse (16-bit layers).
+  bool fusable_layer() const {
+    return epilogue_.has_bias && !epilogue_.residual && (!params_.activate || epilogue_.activation == "relu");
+  }
 
   // The graph tactic's plan for this input shape and workspace, built once. `fused`: the bias (and
   // the relu) in the graph, null when cuDNN offers no such engine (then the plain one serves);
@@ -224,16 +241,14 @@ class CudnnConvolution final : public Kernel {
       s.bias = fused;
       s.relu = fused && params_.activate;
       if (!fused)
-        return std::make_unique<CudnnGraphConvolution>(handle, s, tactic_ - kGraphTactic, workspace_bytes,
-                                                       who_);
+        return std::make_unique<CudnnGraphConvolution>(handle, s, graph_config(), workspace_bytes, who_);
       try {
-        return std::make_unique<CudnnGraphConvolution>(handle, s, tactic_ - kGraphTactic, workspace_bytes,
-                                                       who_);
+        return std::make_unique<CudnnGraphConvolution>(handle, s, graph_config(), workspace_bytes, who_);
       } catch (const Error&) {
         // Fewer fused engines than this tactic's index: the tactic is refused (timing must not
         // pick the plain graph's engine, which rounds twice, over a fused one). None at all: the
         // plain graph serves.
-        if (tactic_ == kGraphTactic) return nullptr;
+        if (graph_config() == 0) return nullptr;
         try {
           CudnnGraphConvolution first(handle, s, 0, workspace_bytes, who_);
         } catch (const Error&) {

@@ -36,7 +36,7 @@ bool relu_epilogue_drops_nan(const cublasLtMatmulAlgo_t& algo) {
       cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof(id), &written));
   KILN_CUBLAS_CHECK(cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split_k,
                                                          sizeof(split_k), &written));
-  return id == 20 && split_k <= 1;
+  return (id == 20 || id == 24) && split_k <= 1;
 }
 
 namespace {

@@ -21,6 +21,7 @@ namespace {
 // (same result, honestly slower), tactic 2 throws (cannot run).
 std::vector<int> g_created_tactics;  // "tactic" of every TacticRelu created, in order
 int g_tactic_count = 3;              // what TacticRelu offers (tactics past 2 run as tactic 0)
+int g_less_precise = -1;             // the tactic TacticRelu calls less precise, if any
 
 class TacticRelu final : public Kernel {
  public:
@@ -41,6 +42,7 @@ class TacticRelu final : public Kernel {
   }
   std::string name() const override { return "test_tactic_relu"; }
   int num_tactics() const override { return g_tactic_count; }
+  bool less_precise_tactic(int t) const override { return t == g_less_precise; }
 
  private:
   int tactic_;
@@ -102,6 +104,23 @@ TEST(Tactics, PicksTheFastestAndSkipsFailures) {
   // Nothing changes the second time.
   EXPECT_FALSE(choose_tactics(net, profiles(), Backend::kReference, timer, &cache, TimingEnvironment{}));
   EXPECT_EQ(calls, 1);
+}
+
+// A less precise tactic (a 16-bit convolution's plain cuDNN graph engine, which rounds before the
+// bias) wins only when it beats every other by more than kLessPreciseMargin.
+TEST(Tactics, LessPreciseTacticNeedsAMargin) {
+  g_less_precise = 2;
+  for (const auto& [other, want] : {std::pair<double, int>{0.31, 1}, {0.34, 2}}) {
+    Network net = tactic_network();
+    TacticTimer timer = [&, other = other](const Layer&, int, const std::vector<TensorDesc>&,
+                                           const std::vector<TensorDesc>&) {
+      return std::vector<std::optional<double>>{0.5, other, 0.3};
+    };
+    choose_tactics(net, profiles(), Backend::kReference, timer, nullptr, TimingEnvironment{});
+    for (const auto& l : net.layers())
+      EXPECT_EQ(l.attrs.get_int("tactic", int64_t{-7}), want) << "tactic 1 at " << other << " ms against 0.3";
+  }
+  g_less_precise = -1;
 }
 
 TEST(Tactics, AllFailingKeepsTheHeuristic) {

@@ -460,20 +460,27 @@ def test_convolution_epilogue_cuda_matches_torch(
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tactic", list(range(15)))
-def test_convolution_cuda_tactics_run_or_refuse(tactic, strict_fp32_torch):
-    # Tactics 0-7 are cuDNN's algorithms, 8-10 Kiln's depthwise kernels, 11-14 cuDNN's graph API:
-    # each either computes the convolution or refuses with an error naming the layer (unsupported
-    # algorithm, workspace, not a depthwise layer, fewer engine configurations).
+@pytest.mark.parametrize("tactic", list(range(19)))
+@pytest.mark.parametrize("bias", [False, True])
+def test_convolution_cuda_tactics_run_or_refuse(tactic, bias, strict_fp32_torch):
+    # Tactics 0-7 are cuDNN's algorithms, 8-10 Kiln's depthwise kernels, 11-14 cuDNN's graph API
+    # (a bias fused), 15-18 its plain engines (only for a layer with a bias to fuse): each either
+    # computes the convolution or refuses with an error naming the layer (unsupported algorithm,
+    # workspace, not a depthwise layer, fewer engine configurations, no bias).
     x, w = torch.randn(2, 8, 12, 12).half(), (torch.randn(16, 8, 3, 3) / 8).half()
+    b = torch.randn(16).half() if bias else None
     attrs = {"pads": [1, 1], "tactic": tactic}
     add = lambda net, *t: net.add_layer("convolution", list(t), attrs, "tac_conv")  # noqa: E731
     try:
-        got = run_layer(add, [x, w], "cuda")
+        got = run_layer(add, [x, w] + ([b] if bias else []), "cuda")
     except kiln.KilnError as e:
         assert "tac_conv" in str(e)
+        assert not (tactic in (11, 15) and bias), f"graph engine 0 refused a 16-bit layer: {e}"
         return
-    want = F.conv2d(x.float().cuda(), w.float().cuda(), None, 1, 1).cpu()
+    assert tactic < 15 or bias, "a plain graph tactic ran on a layer with no bias to fuse"
+    want = F.conv2d(
+        x.float().cuda(), w.float().cuda(), b.float().cuda() if bias else None, 1, 1
+    ).cpu()
     torch.testing.assert_close(got.float(), want, **gpu_tolerance(torch.float16, 72))
 
 
