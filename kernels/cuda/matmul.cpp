@@ -23,12 +23,12 @@
 
 namespace kiln {
 
-// Whether cuBLASLt's RELU epilogue on `algo` may turn NaN into 0 (torch's relu keeps NaN). An
-// H200 probe of every algorithm the heuristic offers (cuBLAS 13.0; float32 and float16, M/N/K
-// from 8 to 8192) found one: algorithm 20, a float32 kernel, run without split-K (seen on tiny
-// GEMMs, 8x8x8 to 32x16x64). With split-K that algorithm applies the epilogue in its reduction
-// pass, which kept NaN, as did every other algorithm. tests/python/test_nan_propagation.py runs
-// every tactic on such shapes, so another cuBLAS that adds a culprit shows there.
+// Whether cuBLASLt's RELU epilogue on `algo` may turn NaN into 0 (torch's relu keeps NaN). Two
+// algorithms do when run without split-K: 20, a float32 kernel (an H200 probe, cuBLAS 13.0, tiny
+// GEMMs 8x8x8 to 32x16x64), and 24, float16 and bfloat16 (an H100, 17..33 x 9 x 40/48). With
+// split-K they apply the epilogue in the reduction pass, which keeps NaN, as every other algorithm
+// did. tests/cpp/test_cublaslt_relu_nan.cpp runs every algorithm the heuristic offers on such
+// shapes and fails naming any other culprit a future cuBLAS brings.
 bool relu_epilogue_drops_nan(const cublasLtMatmulAlgo_t& algo) {
   int id = -1, split_k = 1;
   size_t written = 0;
