@@ -1,6 +1,7 @@
 #include "core/tactics.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -16,6 +17,17 @@
 #include "kernels/reference/host_access.h"
 
 namespace kiln {
+
+double less_precise_margin() {
+  const char* v = std::getenv("KILN_LESS_PRECISE_MARGIN");
+  if (!v || !*v) return kLessPreciseMargin;
+  char* end = nullptr;
+  const double m = std::strtod(v, &end);
+  KILN_CHECK(end && *end == '\0' && m >= 1.0,
+             "KILN_LESS_PRECISE_MARGIN=" << v << ": expected a number >= 1 (or inf); unset it for the default "
+                                         << kLessPreciseMargin);
+  return m;
+}
 
 bool choose_tactics(Network& net, const std::vector<OptimizationProfile>& profiles, Backend backend,
                     const TacticTimer& timer, TimingCache* cache, const TimingEnvironment& env,
@@ -37,6 +49,7 @@ bool choose_tactics(Network& net, const std::vector<OptimizationProfile>& profil
     }
   }
   if (candidates.empty()) return false;
+  const double margin = less_precise_margin();
   const OptimizationProfile none;
   const std::vector<TensorDesc> desc =
       infer_descs(net, profile_shapes(net, profiles.empty() ? none : profiles[0], "opt"));
@@ -53,8 +66,12 @@ bool choose_tactics(Network& net, const std::vector<OptimizationProfile>& profil
     for (TensorId t : layer.outputs) out.push_back(desc[t]);
     // The tactic count is part of the key: a timing over another set of tactics (cuDNN's graph
     // tactics, timed with KILN_CUDNN_GRAPH=1 only) is another entry.
-    const std::string key =
-        timing_cache_key(layer, kernel_names[index] + "/" + std::to_string(count), in, env);
+    // A margin other than the default picks among less precise tactics differently: its own entry.
+    std::string kernel_key = kernel_names[index] + "/" + std::to_string(count);
+    if (margin != kLessPreciseMargin &&
+        std::find(less_precise[index].begin(), less_precise[index].end(), true) != less_precise[index].end())
+      kernel_key += "/margin " + std::to_string(margin);
+    const std::string key = timing_cache_key(layer, kernel_key, in, env);
     int best = -1;
     double best_ms = 0.0;
     const TimingCache::Entry* hit = cache ? cache->find(key) : nullptr;
@@ -68,7 +85,7 @@ bool choose_tactics(Network& net, const std::vector<OptimizationProfile>& profil
       ++st.timed;
       std::vector<std::optional<double>> times = timer(layer, count, in, out);
       std::ostringstream all;
-      double best_rank = 0.0;  // the time, a less precise tactic's times kLessPreciseMargin
+      double best_rank = 0.0;  // the time, a less precise tactic's times the margin
       for (int t = 0; t < count && t < static_cast<int>(times.size()); ++t) {
         all << (t ? ", " : "") << t << ": ";
         if (!times[t]) {
@@ -77,7 +94,7 @@ bool choose_tactics(Network& net, const std::vector<OptimizationProfile>& profil
         }
         const bool coarse = less_precise[index][static_cast<size_t>(t)];
         all << *times[t] << " ms" << (coarse ? " (less precise)" : "");
-        const double rank = *times[t] * (coarse ? kLessPreciseMargin : 1.0);
+        const double rank = *times[t] * (coarse ? margin : 1.0);
         if (best < 0 || rank < best_rank) {
           best = t;
           best_ms = *times[t];

@@ -21,6 +21,9 @@ namespace kiln {
 // How much faster than every other tactic a less precise one (Kernel::less_precise_tactic) must
 // be to be chosen: within 10% the more precise one wins.
 constexpr double kLessPreciseMargin = 1.10;
+// The margin in use: KILN_LESS_PRECISE_MARGIN (a number >= 1; "inf" never takes such a tactic)
+// when set, else kLessPreciseMargin. A malformed value throws, naming the variable.
+double less_precise_margin();
 
 // Times every tactic of one layer: element t is tactic t's time in milliseconds, or nullopt
 // when the tactic cannot run for these shapes. `inputs`/`outputs` have concrete dims.
