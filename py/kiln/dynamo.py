@@ -24,8 +24,10 @@ in-place update: ``p.add_()``, optimizer steps, ``load_state_dict``) and its dat
 call compares them (a few attribute reads per weight, microseconds for hundreds of weights); on
 any difference the engines are refitted from the current weights (kiln.refit: no export, no
 conversion, no build) before the call runs, so a changed weight never gives a stale result. A
-weight whose shape or dtype changed, a changed Python scalar, or a dynamic size past its range
-rebuilds the engines instead (a full kiln.compile). :func:`stats` counts both. Not seen: writes
+weight whose shape or dtype changed, or a dynamic size past its range, rebuilds the engines
+instead (a full kiln.compile); a changed Python number or baked size builds for the new value
+(at most MAX_SIZE_BUILDS more; the last MAX_VARIANTS builds are kept, and a call with values one
+of them was made for switches to it). :func:`stats` counts builds and refits. Not seen: writes
 through ``p.data`` (``p.data.copy_(w)``), which share the storage but not the version counter;
 call :func:`weights_changed` after such writes.
 
@@ -103,10 +105,24 @@ def backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = Non
     return _KilnGraph(gm, list(example_inputs), options)
 
 
-# Builds of one dynamo graph for further values of a size its engines were built for one value
-# of (a size input no tensor input has, a dim export or Kiln could not keep dynamic): beyond this
-# many, the graph runs eagerly.
+# Builds of one dynamo graph for further values of a size or a number its engines were built for
+# one value of (a size input no tensor input has, a dim export or Kiln could not keep dynamic, a
+# Python number dynamo passes as a tensor): beyond this many, the graph runs eagerly.
 MAX_SIZE_BUILDS = 3
+# Builds of one graph kept at once: a graph called with values of several builds in turn (a
+# detector's remove_small_boxes, one code path with min_size 1e-3 for proposals and 1e-2 for
+# detections) switches between them instead of building again each call.
+MAX_VARIANTS = 4
+# What one build is: its engines and what they were built for.
+_BUILD_STATE = (
+    "compiled",
+    "user",
+    "dynamic",
+    "baked_scalars",
+    "baked_sizes",
+    "baked",
+    "generation",
+)
 # Exports of one build, each after making the dynamic dims static that the last one rejected.
 MAX_EXPORT_TRIES = 4
 
@@ -125,7 +141,8 @@ class _KilnGraph:
         self.scalars = [i for i, n in enumerate(self.placeholders) if _is_scalar(n)]
         self.compiled = None  # kiln CompiledModule, or None while running eagerly
         self.baked_scalars, self.baked_sizes = {}, {}
-        self.size_builds = 0  # builds for another value of a size built for one (capped)
+        self.size_builds = 0  # builds for another value of a size or number built for one (capped)
+        self.variants = []  # the kept builds (_BUILD_STATE), the one in use first
         self.id = next(_graph_ids)  # names the graph in the log: a rebuild logs the same id
         # Built on the first call, outside dynamo's tracing (torch.export inside a dynamo backend
         # leaks guards into the frame being compiled), with that call's real tensors.
@@ -143,14 +160,18 @@ class _KilnGraph:
         if self.compiled is None:
             return self.gm(*args)
         stale = self._stale(args)
+        if stale in ("rebuild", "size") and self._switch(args):
+            stale = self._stale(args)  # another kept build was made for these values
         if stale == "weights" and not self._refit(args):
             stale = "rebuild"
-        if stale == "size":  # a baked size input took another value: a build per value, capped
+        if stale == "rebuild":  # a wider range, or new weights: the build in use is superseded
+            self.variants = self.variants[1:]
+        if stale == "size":  # a baked size or number took another value: a build per value, capped
             self.size_builds += 1
             if self.size_builds > MAX_SIZE_BUILDS:
                 self._give_up(
-                    f"a size it was built for one value of took more than {MAX_SIZE_BUILDS + 1} "
-                    "values (each needs its own build)"
+                    f"a size or number it was built for one value of took more than "
+                    f"{MAX_SIZE_BUILDS + 1} values (each needs its own build)"
                 )
                 return self.gm(*args)
             stale = "rebuild"
@@ -169,12 +190,12 @@ class _KilnGraph:
 
     def _stale(self, args) -> str | None:
         """None: the engines are current; "weights": only weight values changed (a refit
-        updates them); "rebuild": a scalar changed or a dynamic size left its range; "size": a
-        size the engines were built for one value of (a size input no tensor has, a dim export
-        needed static) took another."""
+        updates them); "rebuild": a dynamic size left its range; "size": a number or a size the
+        engines were built for one value of (a Python number dynamo passes as a tensor, a size
+        input no tensor has, a dim export needed static) took another."""
         for i, value in self.baked_scalars.items():
             if args[i].item() != value:
-                return "rebuild"
+                return "size"
         for i, value in self.baked_sizes.items():
             if int(args[i]) != value:
                 return "size"
@@ -200,8 +221,36 @@ class _KilnGraph:
             log("info", f"kiln backend: rebuilding instead of refitting: {e}")
             return False
         self._remember_weights(args)
+        self.variants[0].update(baked=self.baked, generation=self.generation)
         _stats["refits"] += 1
         return True
+
+    def _switch(self, args) -> bool:
+        """Makes a kept build that was made for these values the one in use (its weights may
+        still need a refit); False, changing nothing, when none was."""
+        current = self._state()
+        for k, variant in enumerate(self.variants[1:], start=1):
+            self._load(variant)
+            if self._stale(args) in (None, "weights"):
+                self.variants.insert(0, self.variants.pop(k))
+                return True
+        self._load(current)
+        return False
+
+    def _state(self) -> dict:
+        return {name: getattr(self, name, None) for name in _BUILD_STATE}
+
+    def _load(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    def _keep(self) -> None:
+        """Keeps the build just made, first; the least recently used beyond MAX_VARIANTS goes.
+        (Each build holds its own copy of the weights it baked: graphs that are built per value
+        are the small ones of detectors, and MAX_SIZE_BUILDS caps how many values there are.)"""
+        self.variants = [v for v in self.variants if v["compiled"] is not self.compiled]
+        self.variants.insert(0, self._state())
+        del self.variants[MAX_VARIANTS:]
 
     def _remember_weights(self, args) -> None:
         self.baked = {i: (args[i], args[i]._version, args[i].data_ptr()) for i in self.weights}
@@ -298,6 +347,7 @@ class _KilnGraph:
 
     def _give_up(self, reason: str) -> None:
         self.compiled = None
+        self.variants = []
         log("warning", f"kiln backend: graph runs in PyTorch (eager): {reason}")
 
     def _compile(self, args: list) -> None:
@@ -328,6 +378,7 @@ class _KilnGraph:
             self._export_and_build(args, device, gm, autocast, names)
         self._remember_weights(args)
         self.baked_scalars = {i: args[i].item() for i in self.scalars}
+        self._keep()
         _stats["builds"] += 1
         log(
             "info",

@@ -352,6 +352,44 @@ def test_size_input_no_tensor_has_is_built_per_value(builds, warnings):
     assert any("took more than 4 values" in m for _, m in warnings)
 
 
+def test_values_in_turn_switch_between_kept_builds(builds, warnings):
+    # One graph called with two values of a number and of a size in turn, as a detector's
+    # remove_small_boxes runs with min_size 1e-3 for its proposals and 1e-2 for its detections:
+    # one build per value, kept; later calls switch between them instead of building again.
+    def f(x, s, n):
+        y = (x * s + 1.0).relu().sum(0)
+        return torch.cat([y, y.new_zeros(n)])
+
+    compiled = torch.compile(f, backend="kiln", dynamic=True, options={"min_block_size": 1})
+    x = torch.randn(8, 6)
+    for _ in range(4):
+        for s, n in ((0.5, 2), (2.0, 4)):
+            torch.testing.assert_close(compiled(x, s, n), f(x, s, n), **TOL)
+    assert len(builds) == 2, [m for _, m in warnings]
+    assert not [m for _, m in warnings if "(eager)" in m]
+
+
+def test_kept_builds_take_new_weights(builds):
+    # A weight updated in place reaches every kept build: the one in use is refitted, and the
+    # other when a call switches to it.
+    lin = torch.nn.Linear(6, 6).eval()
+
+    def f(x, s):
+        return lin(x) * s
+
+    compiled = torch.compile(f, backend="kiln", dynamic=True, options={"min_block_size": 1})
+    x = torch.randn(4, 6)
+    dynamo.reset_stats()
+    with torch.no_grad():
+        for s in (0.5, 2.0):
+            torch.testing.assert_close(compiled(x, s), f(x, s), **TOL)
+        lin.weight.mul_(-1.5)
+        for s in (0.5, 2.0, 0.5):
+            torch.testing.assert_close(compiled(x, s), f(x, s), **TOL)
+    assert len(builds) == 2
+    assert dynamo.stats()["refits"] >= 2
+
+
 def test_graph_kiln_cannot_build_dynamically_is_built_for_its_sizes(warnings):
     # x's dims are dynamic, n a baked size: at n = 24 the profile's minimum x (1 x 1) cannot be
     # reshaped to [24, -1], so the dynamic build fails; the backend then builds for this call's
