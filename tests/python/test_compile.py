@@ -105,6 +105,36 @@ def test_small_cnn_is_one_engine(device):
         torch.testing.assert_close(compiled(x), model(x), **TOL)
 
 
+def test_one_engine_module_calls_its_engine_directly():
+    # A module that is one engine on its inputs calls the engine's op itself (no GraphModule and
+    # EngineModule calls), with the outputs as the full path gives them, one or several. A hook on
+    # the engine's module takes the full path again, so the hook sees the call.
+    class TwoOut(nn.Module):
+        def forward(self, x, y):
+            a = (x * 2.0 + y).relu()
+            return a.sum(0), (a - y).exp()
+
+    x, y = torch.randn(4, 8), torch.randn(4, 8)
+    for model, args in ((TwoOut(), (x, y)), (nn.Linear(8, 3), (x,))):
+        compiled = kiln.compile(model, list(args), min_block_size=1, device="cpu")
+        engine = compiled._single_engine()
+        assert isinstance(engine, rt.EngineModule)
+        got, want = compiled(*args), model(*args)
+        full = compiled.graph_module(*args)
+        if isinstance(want, tuple):
+            assert isinstance(got, tuple) and len(got) == len(want) == len(full)
+            assert all(torch.equal(g, f) for g, f in zip(got, full, strict=True))
+        else:
+            assert torch.equal(got, full[0])
+        torch.testing.assert_close(got, want, **TOL)
+        seen = []
+        handle = engine.register_forward_hook(lambda *a, seen=seen: seen.append(1))
+        assert compiled._single_engine() is None
+        compiled(*args)
+        assert seen == [1]
+        handle.remove()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_transformer_block_dynamic_batch_and_sequence(device):
     torch.manual_seed(0)
