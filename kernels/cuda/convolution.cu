@@ -22,8 +22,8 @@
 // graph tactics from kGraphTactic on: cuDNN's graph API with the k-th engine configuration its
 // heuristics offer (cudnn_graph_convolution.h; a 16-bit layer's bias and relu in the graph where
 // cuDNN fuses them, any other epilogue in the own kernel after; the second kCudnnGraphConfigs are
-// the plain engines of a layer with such a bias, adding the convolution to y filled with the bias
-// first, so that it rounds once), timed where
+// the plain engines of a layer with such a bias, writing the convolution in float32 to the
+// workspace for the own epilogue kernel to add the bias and round once), timed where
 // cudnn_graph_tactics_for says so (grouped convolutions by default) and loaded from any plan that
 // chose one.
 #include <algorithm>
@@ -62,20 +62,16 @@ struct EpilogueParams {
   int64_t channels, spatial;  // output channels and pixels per (sample, channel)
 };
 
-// y = act(y + bias[c] + residual) in place, in float, one element per thread (grid-stride);
-// with `fill`, y = bias[c] (what a plain graph tactic adds the convolution to). Index is int32_t
-// when the tensor allows it: the channel's division is then cheap.
-template <typename T, typename Index>
-__global__ void epilogue_kernel(EpilogueParams p, bool fill, T* __restrict__ y, const T* __restrict__ bias,
+// y = act(conv + bias[c] + residual), in float, one element per thread (grid-stride); conv is y
+// itself (in place) or the convolution written in float32. Index is int32_t when the tensor
+// allows it: the channel's division is then cheap.
+template <typename T, typename In, typename Index>
+__global__ void epilogue_kernel(EpilogueParams p, const In* conv, T* y, const T* __restrict__ bias,
                                 const T* __restrict__ residual, Index n) {
   const Index channels = static_cast<Index>(p.channels), spatial = static_cast<Index>(p.spatial);
   for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<Index>(gridDim.x) * blockDim.x) {
-    if (fill) {
-      y[i] = bias[p.channels_last ? i % channels : i / spatial % channels];
-      continue;
-    }
-    float v = to_float(y[i]);
+    float v = to_float(conv[i]);
     if (bias) v += to_float(bias[p.channels_last ? i % channels : i / spatial % channels]);
     if (residual) v += to_float(residual[i]);
     if (p.activate) v = activate(p.act, v);
@@ -140,18 +136,22 @@ class CudnnConvolution final : public Kernel {
       // convolution alone and the epilogue kernel after.
       const bool fusable = fusable_layer() && aligned16({bias->data}) && x.dtype != DataType::kFloat32;
       // Tactics kGraphTactic + kCudnnGraphConfigs on: the same engines without the fused bias (cuDNN
-      // fuses on engines it compiles at run time, slow for narrow groups: 50 us for regnet_x_3_2gf's
-      // 14x14 layers against 13-40 us plain), adding the product to y filled with the bias first;
-      // cuDNN's epilogue adds in float32 and rounds once. A relu after it is exact on the rounded
-      // value (rounding keeps the sign, and zero).
+      // fuses on engines it compiles at run time, slow for narrow groups), the convolution written
+      // in float32 at the start of the workspace, and the epilogue kernel rounds once after it.
       KILN_CHECK(!plain_graph_tactic() || fusable,
                  who_ << ": tactic " << tactic_ << " is tactic " << tactic_ - kCudnnGraphConfigs
                       << " without a fused bias, and this layer has none to fuse; take that one");
       if (plain_graph_tactic()) {
-        const CudnnGraphConvolution* plan = graph_plan(handle, x, w, y, ctx.workspace_bytes, kAccumulate);
-        run_epilogue(y, bias, nullptr, stream, /*fill=*/true);
-        plan->run(handle, x.data, w.data, y.data, ctx.workspace);
-        if (params_.activate) run_epilogue(y, nullptr, nullptr, stream);
+        const size_t conv_bytes = (static_cast<size_t>(volume(y.dims)) * sizeof(float) + 255) / 256 * 256;
+        KILN_CHECK(conv_bytes < ctx.workspace_bytes,
+                   who_ << ": tactic " << tactic_ << " writes the convolution in float32 to the workspace ("
+                        << conv_bytes << " bytes), which has " << ctx.workspace_bytes
+                        << "; raise BuilderConfig.workspace_bytes or take another tactic");
+        void* conv = ctx.workspace;
+        void* rest = static_cast<char*>(ctx.workspace) + conv_bytes;
+        graph_plan(handle, x, w, y, ctx.workspace_bytes - conv_bytes, kFloatOutput)
+            ->run(handle, x.data, w.data, conv, rest);
+        run_epilogue(y, bias, residual, stream, static_cast<const float*>(conv));
         return;
       }
       if (fusable) {
@@ -239,7 +239,7 @@ class CudnnConvolution final : public Kernel {
   // The graph tactic's plan for this input shape and workspace, built once. kFused: the bias (and
   // the relu) in the graph, null when cuDNN offers no such engine (then the plain one serves);
   // otherwise cuDNN's refusal throws.
-  enum GraphVariant : int64_t { kPlain, kFused, kAccumulate };
+  enum GraphVariant : int64_t { kPlain, kFused, kFloatOutput };
   const CudnnGraphConvolution* graph_plan(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
                                           const TensorView& y, size_t workspace_bytes,
                                           GraphVariant variant) const {
@@ -255,7 +255,7 @@ class CudnnConvolution final : public Kernel {
       s.geometry = conv_geometry(layer_, static_cast<int>(s.x.size()) - 2);
       s.bias = fused;
       s.relu = fused && params_.activate;
-      s.accumulate = variant == kAccumulate;
+      s.float_output = variant == kFloatOutput;
       if (!fused)
         return std::make_unique<CudnnGraphConvolution>(handle, s, graph_config(), workspace_bytes, who_);
       try {
@@ -488,9 +488,9 @@ class CudnnConvolution final : public Kernel {
                     << "; raise BuilderConfig.workspace_bytes or use another dtype");
   }
 
-  // y = act(y + bias + residual) in place; with `fill`, y = bias.
+  // y = act(conv + bias + residual); conv is y itself unless `conv32` (the convolution in float32).
   void run_epilogue(const TensorView& y, const TensorView* bias, const TensorView* residual,
-                    cudaStream_t stream, bool fill = false) const {
+                    cudaStream_t stream, const float* conv32 = nullptr) const {
     const int64_t n = volume(y.dims);
     EpilogueParams p = params_;
     p.channels = channels_last_ ? y.dims.back() : y.dims[1];
@@ -503,10 +503,16 @@ class CudnnConvolution final : public Kernel {
       const T* bs = bias ? static_cast<const T*>(bias->data) : nullptr;
       const T* rs = residual ? static_cast<const T*>(residual->data) : nullptr;
       // int32 indexing needs n plus one grid stride to stay below 2^31.
-      if (n + int64_t{grid} * kBlock < (int64_t{1} << 31)) {
-        epilogue_kernel<T, int32_t><<<grid, kBlock, 0, stream>>>(p, fill, ys, bs, rs, static_cast<int32_t>(n));
+      const bool small = n + int64_t{grid} * kBlock < (int64_t{1} << 31);
+      if (conv32 && small) {
+        epilogue_kernel<T, float, int32_t>
+            <<<grid, kBlock, 0, stream>>>(p, conv32, ys, bs, rs, static_cast<int32_t>(n));
+      } else if (conv32) {
+        epilogue_kernel<T, float, int64_t><<<grid, kBlock, 0, stream>>>(p, conv32, ys, bs, rs, n);
+      } else if (small) {
+        epilogue_kernel<T, T, int32_t><<<grid, kBlock, 0, stream>>>(p, ys, ys, bs, rs, static_cast<int32_t>(n));
       } else {
-        epilogue_kernel<T, int64_t><<<grid, kBlock, 0, stream>>>(p, fill, ys, bs, rs, n);
+        epilogue_kernel<T, T, int64_t><<<grid, kBlock, 0, stream>>>(p, ys, ys, bs, rs, n);
       }
     });
     KILN_CUDA_CHECK_LAUNCH();

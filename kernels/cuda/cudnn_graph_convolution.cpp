@@ -192,8 +192,8 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
   m.w = tensor(kW, type, widened(s.w, id), s.channels_last, id);
   m.fused = s.bias;
   KILN_CHECK(s.bias || !s.relu, id << ": a fused relu needs the fused bias before it");
-  KILN_CHECK(!(s.bias && s.accumulate), id << ": accumulating into y is for the unfused graph");
-  m.y = tensor(kY, type, widened(s.y, id), s.channels_last, id);
+  KILN_CHECK(!(s.bias && s.float_output), id << ": a float32 output is for the unfused graph");
+  m.y = tensor(kY, s.float_output ? CUDNN_DATA_FLOAT : type, widened(s.y, id), s.channels_last, id);
   if (m.fused) {
     std::vector<int64_t> bias_dims(widened(s.y, id).size(), 1);
     bias_dims[1] = s.y[1];
@@ -221,7 +221,7 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
   finalize(m.conv, "convolution descriptor", id);
 
   m.op = Desc(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, id);
-  const float alpha = 1.f, beta = s.accumulate ? 1.f : 0.f;
+  const float alpha = 1.f, beta = 0.f;
   set_desc(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, m.x, id);
   set_desc(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, m.w, id);
   set_desc(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, m.fused ? m.conv_out : m.y, id);
@@ -317,7 +317,7 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
                << dtype_name(s.dtype) << " input " << to_string(s.x) << ", weight " << to_string(s.w)
                << (s.channels_last ? " (channels last)" : "")
                << (s.bias ? (s.relu ? " with bias and relu" : " with bias") : "")
-               << (s.accumulate ? " adding to y" : "") << " within a workspace of "
+               << (s.float_output ? " writing float32" : "") << " within a workspace of "
                << workspace_limit << " bytes; take another tactic");
 }
 

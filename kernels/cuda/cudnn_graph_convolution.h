@@ -33,11 +33,9 @@ struct GraphConvShape {
   // one rounding matters for accuracy: 16-bit layers with a bias.
   bool bias = false;
   bool relu = false;  // after the bias; NaN stays NaN (torch's relu)
-  // y = conv(x, w) + y (beta 1), unfused: the caller fills y with the bias first, and the
-  // engine adds the product to it in float32 and rounds once, as the fused graph does, on engines
-  // cuDNN does not compile at run time. (cuDNN offers no engine that writes a 16-bit convolution
-  // in float32 for the caller to add the bias to: tried on the H100, 12-07.)
-  bool accumulate = false;
+  // y in float32 (x and w of `dtype`), unfused: the caller's epilogue adds the bias and rounds
+  // once, as the fused graph does, on engines cuDNN does not compile at run time.
+  bool float_output = false;
 };
 
 // How many graph tactics a convolution has: the first engine configurations that cuDNN's
