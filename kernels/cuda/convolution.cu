@@ -22,8 +22,7 @@
 // graph tactics from kGraphTactic on: cuDNN's graph API with the k-th engine configuration its
 // heuristics offer (cudnn_graph_convolution.h; a 16-bit layer's bias and relu in the graph where
 // cuDNN fuses them, any other epilogue in the own kernel after; the second kCudnnGraphConfigs are
-// the plain engines of a layer with such a bias, writing the convolution in float32 to the
-// workspace for the own epilogue kernel to add the bias and round once), timed where
+// the plain engines of a layer with such a bias, less precise: see less_precise_tactic), timed where
 // cudnn_graph_tactics_for says so (grouped convolutions by default) and loaded from any plan that
 // chose one.
 #include <algorithm>
@@ -62,16 +61,15 @@ struct EpilogueParams {
   int64_t channels, spatial;  // output channels and pixels per (sample, channel)
 };
 
-// y = act(conv + bias[c] + residual), in float, one element per thread (grid-stride); conv is y
-// itself (in place) or the convolution written in float32. Index is int32_t when the tensor
-// allows it: the channel's division is then cheap.
-template <typename T, typename In, typename Index>
-__global__ void epilogue_kernel(EpilogueParams p, const In* conv, T* y, const T* __restrict__ bias,
+// y = act(y + bias[c] + residual), in float, one element per thread (grid-stride). Index is
+// int32_t when the tensor allows it: the channel's division is then cheap.
+template <typename T, typename Index>
+__global__ void epilogue_kernel(EpilogueParams p, T* __restrict__ y, const T* __restrict__ bias,
                                 const T* __restrict__ residual, Index n) {
   const Index channels = static_cast<Index>(p.channels), spatial = static_cast<Index>(p.spatial);
   for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<Index>(gridDim.x) * blockDim.x) {
-    float v = to_float(conv[i]);
+    float v = to_float(y[i]);
     if (bias) v += to_float(bias[p.channels_last ? i % channels : i / spatial % channels]);
     if (residual) v += to_float(residual[i]);
     if (p.activate) v = activate(p.act, v);
@@ -135,32 +133,18 @@ class CudnnConvolution final : public Kernel {
       // the product can be much larger than the sum). Where cuDNN fuses no engine for it, the
       // convolution alone and the epilogue kernel after.
       const bool fusable = fusable_layer() && aligned16({bias->data}) && x.dtype != DataType::kFloat32;
-      // Tactics kGraphTactic + kCudnnGraphConfigs on: the same engines without the fused bias (cuDNN
-      // fuses on engines it compiles at run time, slow for narrow groups), the convolution written
-      // in float32 at the start of the workspace, and the epilogue kernel rounds once after it.
+      // Tactics kGraphTactic + kCudnnGraphConfigs on: the same engines without the fused bias,
+      // which the builder takes only when they are clearly faster (less_precise_tactic).
       KILN_CHECK(!plain_graph_tactic() || fusable,
                  who_ << ": tactic " << tactic_ << " is tactic " << tactic_ - kCudnnGraphConfigs
                       << " without a fused bias, and this layer has none to fuse; take that one");
-      if (plain_graph_tactic()) {
-        const size_t conv_bytes = (static_cast<size_t>(volume(y.dims)) * sizeof(float) + 255) / 256 * 256;
-        KILN_CHECK(conv_bytes < ctx.workspace_bytes,
-                   who_ << ": tactic " << tactic_ << " writes the convolution in float32 to the workspace ("
-                        << conv_bytes << " bytes), which has " << ctx.workspace_bytes
-                        << "; raise BuilderConfig.workspace_bytes or take another tactic");
-        void* conv = ctx.workspace;
-        void* rest = static_cast<char*>(ctx.workspace) + conv_bytes;
-        graph_plan(handle, x, w, y, ctx.workspace_bytes - conv_bytes, kFloatOutput)
-            ->run(handle, x.data, w.data, conv, rest);
-        run_epilogue(y, bias, residual, stream, static_cast<const float*>(conv));
-        return;
-      }
-      if (fusable) {
-        if (const CudnnGraphConvolution* fused = graph_plan(handle, x, w, y, ctx.workspace_bytes, kFused)) {
+      if (fusable && !plain_graph_tactic()) {
+        if (const CudnnGraphConvolution* fused = graph_plan(handle, x, w, y, ctx.workspace_bytes, true)) {
           fused->run(handle, x.data, w.data, y.data, ctx.workspace, bias->data);
           return;
         }
       }
-      graph_plan(handle, x, w, y, ctx.workspace_bytes, kPlain)
+      graph_plan(handle, x, w, y, ctx.workspace_bytes, false)
           ->run(handle, x.data, w.data, y.data, ctx.workspace);
       if (bias || residual || params_.activate) run_epilogue(y, bias, residual, stream);
       return;
@@ -212,6 +196,10 @@ class CudnnConvolution final : public Kernel {
     const bool grouped = layer_.attrs.get_int("groups", int64_t{1}) > 1;
     return cudnn_graph_tactics_for(grouped) ? tactic_count() : kGraphTactic;
   }
+  // The plain graph engines of a layer whose bias the other graph tactics fuse round twice.
+  bool less_precise_tactic(int tactic) const override {
+    return !transposed_ && tactic >= kGraphTactic + kCudnnGraphConfigs && fusable_layer();
+  }
 
  private:
   static bool aligned16(std::initializer_list<const void*> pointers) {
@@ -236,15 +224,12 @@ class CudnnConvolution final : public Kernel {
     return epilogue_.has_bias && !epilogue_.residual && (!params_.activate || epilogue_.activation == "relu");
   }
 
-  // The graph tactic's plan for this input shape and workspace, built once. kFused: the bias (and
+  // The graph tactic's plan for this input shape and workspace, built once. `fused`: the bias (and
   // the relu) in the graph, null when cuDNN offers no such engine (then the plain one serves);
-  // otherwise cuDNN's refusal throws.
-  enum GraphVariant : int64_t { kPlain, kFused, kFloatOutput };
+  // without, cuDNN's refusal throws.
   const CudnnGraphConvolution* graph_plan(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
-                                          const TensorView& y, size_t workspace_bytes,
-                                          GraphVariant variant) const {
-    const bool fused = variant == kFused;
-    return cached(graph_cache_, x, workspace_bytes, variant, [&]() -> std::unique_ptr<CudnnGraphConvolution> {
+                                          const TensorView& y, size_t workspace_bytes, bool fused) const {
+    return cached(graph_cache_, x, workspace_bytes, fused, [&]() -> std::unique_ptr<CudnnGraphConvolution> {
       GraphConvShape s;
       s.dtype = x.dtype;
       s.x = channels_last_ ? channels_first_dims(x.dims) : x.dims;
@@ -255,7 +240,6 @@ class CudnnConvolution final : public Kernel {
       s.geometry = conv_geometry(layer_, static_cast<int>(s.x.size()) - 2);
       s.bias = fused;
       s.relu = fused && params_.activate;
-      s.float_output = variant == kFloatOutput;
       if (!fused)
         return std::make_unique<CudnnGraphConvolution>(handle, s, graph_config(), workspace_bytes, who_);
       try {
@@ -488,9 +472,8 @@ class CudnnConvolution final : public Kernel {
                     << "; raise BuilderConfig.workspace_bytes or use another dtype");
   }
 
-  // y = act(conv + bias + residual); conv is y itself unless `conv32` (the convolution in float32).
   void run_epilogue(const TensorView& y, const TensorView* bias, const TensorView* residual,
-                    cudaStream_t stream, const float* conv32 = nullptr) const {
+                    cudaStream_t stream) const {
     const int64_t n = volume(y.dims);
     EpilogueParams p = params_;
     p.channels = channels_last_ ? y.dims.back() : y.dims[1];
@@ -503,16 +486,10 @@ class CudnnConvolution final : public Kernel {
       const T* bs = bias ? static_cast<const T*>(bias->data) : nullptr;
       const T* rs = residual ? static_cast<const T*>(residual->data) : nullptr;
       // int32 indexing needs n plus one grid stride to stay below 2^31.
-      const bool small = n + int64_t{grid} * kBlock < (int64_t{1} << 31);
-      if (conv32 && small) {
-        epilogue_kernel<T, float, int32_t>
-            <<<grid, kBlock, 0, stream>>>(p, conv32, ys, bs, rs, static_cast<int32_t>(n));
-      } else if (conv32) {
-        epilogue_kernel<T, float, int64_t><<<grid, kBlock, 0, stream>>>(p, conv32, ys, bs, rs, n);
-      } else if (small) {
-        epilogue_kernel<T, T, int32_t><<<grid, kBlock, 0, stream>>>(p, ys, ys, bs, rs, static_cast<int32_t>(n));
+      if (n + int64_t{grid} * kBlock < (int64_t{1} << 31)) {
+        epilogue_kernel<T, int32_t><<<grid, kBlock, 0, stream>>>(p, ys, bs, rs, static_cast<int32_t>(n));
       } else {
-        epilogue_kernel<T, T, int64_t><<<grid, kBlock, 0, stream>>>(p, ys, ys, bs, rs, n);
+        epilogue_kernel<T, int64_t><<<grid, kBlock, 0, stream>>>(p, ys, bs, rs, n);
       }
     });
     KILN_CUDA_CHECK_LAUNCH();

@@ -190,10 +190,9 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
   const cudnnDataType_t type = cudnn_type(s.dtype, id);
   m.x = tensor(kX, type, widened(s.x, id), s.channels_last, id);
   m.w = tensor(kW, type, widened(s.w, id), s.channels_last, id);
+  m.y = tensor(kY, type, widened(s.y, id), s.channels_last, id);
   m.fused = s.bias;
   KILN_CHECK(s.bias || !s.relu, id << ": a fused relu needs the fused bias before it");
-  KILN_CHECK(!(s.bias && s.float_output), id << ": a float32 output is for the unfused graph");
-  m.y = tensor(kY, s.float_output ? CUDNN_DATA_FLOAT : type, widened(s.y, id), s.channels_last, id);
   if (m.fused) {
     std::vector<int64_t> bias_dims(widened(s.y, id).size(), 1);
     bias_dims[1] = s.y[1];
@@ -316,8 +315,7 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
   KILN_FAIL(id << ": cuDNN's heuristics offer " << usable << " usable engine configuration(s) for "
                << dtype_name(s.dtype) << " input " << to_string(s.x) << ", weight " << to_string(s.w)
                << (s.channels_last ? " (channels last)" : "")
-               << (s.bias ? (s.relu ? " with bias and relu" : " with bias") : "")
-               << (s.float_output ? " writing float32" : "") << " within a workspace of "
+               << (s.bias ? (s.relu ? " with bias and relu" : " with bias") : "") << " within a workspace of "
                << workspace_limit << " bytes; take another tactic");
 }
 

@@ -33,9 +33,6 @@ struct GraphConvShape {
   // one rounding matters for accuracy: 16-bit layers with a bias.
   bool bias = false;
   bool relu = false;  // after the bias; NaN stays NaN (torch's relu)
-  // y in float32 (x and w of `dtype`), unfused: the caller's epilogue adds the bias and rounds
-  // once, as the fused graph does, on engines cuDNN does not compile at run time.
-  bool float_output = false;
 };
 
 // How many graph tactics a convolution has: the first engine configurations that cuDNN's
