@@ -132,7 +132,7 @@ std::vector<uint8_t> engine_cache_key(const Network& network, const BuilderConfi
   w.put<uint8_t>(config.tactic_timing ? 1 : 0);
   w.put<int64_t>(config.max_folded_constant_bytes);
   // The environment settings that change what a build makes (docs/tools.md).
-  for (const char* name : {"KILN_SKIP_PASSES", "KILN_CUDNN_GRAPH"}) {
+  for (const char* name : {"KILN_SKIP_PASSES", "KILN_CUDNN_GRAPH", "KILN_LESS_PRECISE_MARGIN"}) {
     const char* value = std::getenv(name);
     w.put_string(value ? value : "");
   }
