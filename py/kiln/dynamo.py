@@ -113,6 +113,9 @@ MAX_SIZE_BUILDS = 3
 # detector's remove_small_boxes, one code path with min_size 1e-3 for proposals and 1e-2 for
 # detections) switches between them instead of building again each call.
 MAX_VARIANTS = 4
+# Each kept build holds its own copy of the weights it baked: a graph keeps fewer builds when
+# their weights together would pass this (always the one in use).
+MAX_KEPT_WEIGHT_BYTES = 256 << 20
 # What one build is: its engines and what they were built for.
 _BUILD_STATE = (
     "compiled",
@@ -244,13 +247,14 @@ class _KilnGraph:
         for name, value in state.items():
             setattr(self, name, value)
 
-    def _keep(self) -> None:
-        """Keeps the build just made, first; the least recently used beyond MAX_VARIANTS goes.
-        (Each build holds its own copy of the weights it baked: graphs that are built per value
-        are the small ones of detectors, and MAX_SIZE_BUILDS caps how many values there are.)"""
+    def _keep(self, args) -> None:
+        """Keeps the build just made, first; the least recently used beyond MAX_VARIANTS, or
+        beyond MAX_KEPT_WEIGHT_BYTES of baked weights, goes."""
+        weight_bytes = sum(args[i].nbytes for i in self.weights)
+        room = MAX_KEPT_WEIGHT_BYTES // weight_bytes if weight_bytes else MAX_VARIANTS
         self.variants = [v for v in self.variants if v["compiled"] is not self.compiled]
         self.variants.insert(0, self._state())
-        del self.variants[MAX_VARIANTS:]
+        del self.variants[max(1, min(MAX_VARIANTS, room)) :]
 
     def _remember_weights(self, args) -> None:
         self.baked = {i: (args[i], args[i]._version, args[i].data_ptr()) for i in self.weights}
@@ -378,7 +382,7 @@ class _KilnGraph:
             self._export_and_build(args, device, gm, autocast, names)
         self._remember_weights(args)
         self.baked_scalars = {i: args[i].item() for i in self.scalars}
-        self._keep()
+        self._keep(args)
         _stats["builds"] += 1
         log(
             "info",

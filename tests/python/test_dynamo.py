@@ -369,6 +369,23 @@ def test_values_in_turn_switch_between_kept_builds(builds, warnings):
     assert not [m for _, m in warnings if "(eager)" in m]
 
 
+def test_large_weights_keep_only_the_build_in_use(builds, monkeypatch):
+    # Builds whose baked weights together would pass MAX_KEPT_WEIGHT_BYTES are not kept: a call
+    # with the other value builds again (as before builds were kept).
+    monkeypatch.setattr(dynamo, "MAX_KEPT_WEIGHT_BYTES", 100)  # less than two Linear(6, 6)
+    lin = torch.nn.Linear(6, 6).eval()
+
+    def f(x, s):
+        return lin(x) * s
+
+    compiled = torch.compile(f, backend="kiln", dynamic=True, options={"min_block_size": 1})
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        for s in (0.5, 2.0, 0.5):
+            torch.testing.assert_close(compiled(x, s), f(x, s), **TOL)
+    assert len(builds) == 3
+
+
 def test_kept_builds_take_new_weights(builds):
     # A weight updated in place reaches every kept build: the one in use is refitted, and the
     # other when a call switches to it.
