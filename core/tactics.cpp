@@ -24,7 +24,8 @@ double less_precise_margin() {
   char* end = nullptr;
   const double m = std::strtod(v, &end);
   KILN_CHECK(end && *end == '\0' && m >= 1.0,
-             "KILN_LESS_PRECISE_MARGIN=" << v << ": expected a number >= 1 (or inf); unset it for the default "
+             "KILN_LESS_PRECISE_MARGIN=" << v
+                                         << ": expected a number >= 1 (or inf); unset it for the default "
                                          << kLessPreciseMargin);
   return m;
 }
