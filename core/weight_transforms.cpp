@@ -194,6 +194,111 @@ std::vector<int64_t> output_channel_of_weights(const std::string& producer, int6
   return ch;
 }
 
+// bn_fold_weight's arithmetic: w * s[output channel] in w's dtype (node: `producer`, `groups`).
+ConstantValue fold_weight(const Lineage& node, const ConstantValue& w, const std::vector<double>& s) {
+  const std::string who = "weight transform bn_fold_weight";
+  const std::string producer = node.attrs.get_string("producer", who);
+  const int64_t n = volume(w.dims), channels = static_cast<int64_t>(s.size());
+  if (producer != "deconvolution" && w.dtype == DataType::kFloat32) {
+    // Output channel first: channel k scales one contiguous block. The arithmetic of the
+    // general path below (float -> double, times s[k], back to float), in one pass.
+    KILN_CHECK(channels > 0 && n % channels == 0,
+               who << ": weight " << to_string(w.dims) << " does not split into " << channels << " channels");
+    const int64_t per = n / channels;
+    auto bytes = std::make_shared<std::vector<uint8_t>>(w.size());
+    const auto* src = reinterpret_cast<const float*>(w.bytes());
+    auto* dst = reinterpret_cast<float*>(bytes->data());
+    for (int64_t k = 0; k < channels; ++k) {
+      const double sk = s[static_cast<size_t>(k)];
+      for (int64_t j = k * per; j < (k + 1) * per; ++j) dst[j] = static_cast<float>(double{src[j]} * sk);
+    }
+    return ConstantValue{w.dtype, w.dims, std::move(bytes)};
+  }
+  if (producer != "deconvolution" && (w.dtype == DataType::kFloat16 || w.dtype == DataType::kBFloat16)) {
+    // The same for 16-bit weights (a model run in .half()): per channel, widen, scale in
+    // double, round to float and then to 16 bits, as read/encode below do per element.
+    KILN_CHECK(channels > 0 && n % channels == 0,
+               who << ": weight " << to_string(w.dims) << " does not split into " << channels << " channels");
+    const int64_t per = n / channels;
+    const bool half = w.dtype == DataType::kFloat16;
+    auto bytes = std::make_shared<std::vector<uint8_t>>(w.size());
+    const auto* src = reinterpret_cast<const uint16_t*>(w.bytes());
+    auto* dst = reinterpret_cast<uint16_t*>(bytes->data());
+    for (int64_t k = 0; k < channels; ++k) {
+      const double sk = s[static_cast<size_t>(k)];
+      const uint16_t* from = src + k * per;
+      if (half) {
+        scale_halves(from, sk, dst + k * per, per);
+        continue;
+      }
+      for (int64_t j = 0; j < per; ++j)
+        dst[k * per + j] = float_to_bf16_bits(static_cast<float>(double{bf16_bits_to_float(from[j])} * sk));
+    }
+    return ConstantValue{w.dtype, w.dims, std::move(bytes)};
+  }
+  const std::vector<int64_t> ch =
+      output_channel_of_weights(producer, node.attrs.get_int("groups", int64_t{1}), w.dims, channels);
+  std::vector<double> values = read(w);
+  for (size_t j = 0; j < values.size(); ++j) {
+    const auto k = static_cast<size_t>(ch[j]);
+    KILN_CHECK(k < s.size(),
+               who << ": weight " << to_string(w.dims) << " has more output channels than " << s.size());
+    values[j] *= s[k];
+  }
+  return encode(values, w.dtype, w.dims);
+}
+
+// The mean of every channel of a batch norm's output (gamma, beta), as its running statistics
+// describe its input: beta; after a relu, the mean of relu(N(beta, gamma^2)).
+std::vector<double> batch_norm_output_mean(const ConstantValue& gamma, const ConstantValue& beta, bool relu) {
+  const std::vector<double> g = read(gamma), b = read(beta);
+  KILN_CHECK(g.size() == b.size(),
+             "weight transform 'bn_fold_bias': input batch norm parameters of different sizes");
+  if (!relu) return b;
+  std::vector<double> m(b.size());
+  for (size_t c = 0; c < b.size(); ++c) {
+    const double sd = std::abs(g[c]);
+    if (sd == 0.0) {
+      m[c] = std::max(b[c], 0.0);
+      continue;
+    }
+    const double z = b[c] / sd;
+    const double cdf = 0.5 * std::erfc(-z / std::sqrt(2.0));
+    const double pdf = std::exp(-0.5 * z * z) / std::sqrt(2.0 * 3.14159265358979323846);
+    m[c] = b[c] * cdf + sd * pdf;
+  }
+  return m;
+}
+
+// What rounding the folded weight to its dtype adds to each output channel on average:
+// sum over the channel's taps of (folded - w * s) times the mean of the input channel it reads.
+std::vector<double> fold_rounding_mean(const Lineage& node, const ConstantValue& w,
+                                       const std::vector<double>& s, const std::vector<double>& input_mean) {
+  const std::string who = "weight transform bn_fold_bias";
+  const std::vector<double> exact = read(w), folded = read(fold_weight(node, w, s));
+  const int64_t groups = node.attrs.get_int("groups", int64_t{1});
+  const int64_t k_all = static_cast<int64_t>(s.size());
+  KILN_CHECK(w.dims.size() >= 2 && w.dims[0] == k_all && groups > 0 && k_all % groups == 0 &&
+                 w.dims[1] * groups == static_cast<int64_t>(input_mean.size()),
+             who << ": weight " << to_string(w.dims) << " in " << groups << " groups does not read "
+                 << input_mean.size() << " input channels into " << k_all);
+  const int64_t cg = w.dims[1], taps = volume(w.dims) / (k_all * cg), kg = k_all / groups;
+  std::vector<double> out(s.size(), 0.0);
+  for (int64_t k = 0; k < k_all; ++k) {
+    const int64_t first = k / kg * cg;  // the group's first input channel
+    double sum = 0.0;
+    for (int64_t c = 0; c < cg; ++c) {
+      const double m = input_mean[static_cast<size_t>(first + c)];
+      for (int64_t t = 0; t < taps; ++t) {
+        const auto j = static_cast<size_t>((k * cg + c) * taps + t);
+        sum += m * (folded[j] - exact[j] * s[static_cast<size_t>(k)]);
+      }
+    }
+    out[static_cast<size_t>(k)] = sum;
+  }
+  return out;
+}
+
 ConstantValue run_layer(const Lineage& node, const std::vector<ConstantValue>& in) {
   Network net;
   std::vector<TensorId> ids;
@@ -353,68 +458,26 @@ const std::map<std::string, Transform>& transforms() {
          expect_inputs(node, in, 5, 5);
          std::vector<double> s, shift;
          batch_norm_affine(node, in, 1, &s, &shift);
-         const std::string who = "weight transform bn_fold_weight";
-         const std::string producer = node.attrs.get_string("producer", who);
-         const int64_t n = volume(in[0].dims), channels = static_cast<int64_t>(s.size());
-         if (producer != "deconvolution" && in[0].dtype == DataType::kFloat32) {
-           // Output channel first: channel k scales one contiguous block. The arithmetic of the
-           // general path below (float -> double, times s[k], back to float), in one pass.
-           KILN_CHECK(channels > 0 && n % channels == 0, who << ": weight " << to_string(in[0].dims)
-                                                             << " does not split into " << channels
-                                                             << " channels");
-           const int64_t per = n / channels;
-           auto bytes = std::make_shared<std::vector<uint8_t>>(in[0].size());
-           const auto* src = reinterpret_cast<const float*>(in[0].bytes());
-           auto* dst = reinterpret_cast<float*>(bytes->data());
-           for (int64_t k = 0; k < channels; ++k) {
-             const double sk = s[static_cast<size_t>(k)];
-             for (int64_t j = k * per; j < (k + 1) * per; ++j)
-               dst[j] = static_cast<float>(double{src[j]} * sk);
-           }
-           return ConstantValue{in[0].dtype, in[0].dims, std::move(bytes)};
-         }
-         if (producer != "deconvolution" &&
-             (in[0].dtype == DataType::kFloat16 || in[0].dtype == DataType::kBFloat16)) {
-           // The same for 16-bit weights (a model run in .half()): per channel, widen, scale in
-           // double, round to float and then to 16 bits, as read/encode below do per element.
-           KILN_CHECK(channels > 0 && n % channels == 0, who << ": weight " << to_string(in[0].dims)
-                                                             << " does not split into " << channels
-                                                             << " channels");
-           const int64_t per = n / channels;
-           const bool half = in[0].dtype == DataType::kFloat16;
-           auto bytes = std::make_shared<std::vector<uint8_t>>(in[0].size());
-           const auto* src = reinterpret_cast<const uint16_t*>(in[0].bytes());
-           auto* dst = reinterpret_cast<uint16_t*>(bytes->data());
-           for (int64_t k = 0; k < channels; ++k) {
-             const double sk = s[static_cast<size_t>(k)];
-             const uint16_t* from = src + k * per;
-             if (half) {
-               scale_halves(from, sk, dst + k * per, per);
-               continue;
-             }
-             for (int64_t j = 0; j < per; ++j)
-               dst[k * per + j] =
-                   float_to_bf16_bits(static_cast<float>(double{bf16_bits_to_float(from[j])} * sk));
-           }
-           return ConstantValue{in[0].dtype, in[0].dims, std::move(bytes)};
-         }
-         const std::vector<int64_t> ch = output_channel_of_weights(
-             producer, node.attrs.get_int("groups", int64_t{1}), in[0].dims, channels);
-         std::vector<double> w = read(in[0]);
-         for (size_t j = 0; j < w.size(); ++j) {
-           const auto k = static_cast<size_t>(ch[j]);
-           KILN_CHECK(k < s.size(), who << ": weight " << to_string(in[0].dims)
-                                        << " has more output channels than " << s.size());
-           w[j] *= s[k];
-         }
-         return encode(w, in[0].dtype, in[0].dims);
+         return fold_weight(node, in[0], s);
        }},
       {"bn_fold_bias",
        [](const Lineage& node, const std::vector<ConstantValue>& in) {
-         expect_inputs(node, in, 4, 5);
+         // With `input_mean` ("relu" or "linear"), the last three inputs are the folded weight
+         // and the gamma and beta of the batch norm its input comes from (through a relu or not):
+         // the weight's rounding to its dtype, on average over that input, is taken off the bias.
+         const std::string mean_of =
+             node.attrs.has("input_mean") ? node.attrs.get_string("input_mean", "bn_fold_bias") : "";
+         const size_t extra = mean_of.empty() ? 0 : 3;
+         expect_inputs(node, in, 4 + extra, 5 + extra);
          std::vector<double> s, shift;
          batch_norm_affine(node, in, 0, &s, &shift);
-         if (in.size() == 5) {
+         if (extra) {
+           const size_t w = in.size() - 3;
+           const std::vector<double> mean = batch_norm_output_mean(in[w + 1], in[w + 2], mean_of == "relu");
+           const std::vector<double> drift = fold_rounding_mean(node, in[w], s, mean);
+           for (size_t k = 0; k < s.size(); ++k) shift[k] -= drift[k];
+         }
+         if (in.size() == 5 + extra) {
            const std::vector<double> bias = read(in[4]);
            KILN_CHECK(bias.size() == s.size(),
                       "weight transform 'bn_fold_bias': bias of " << bias.size() << " for " << s.size());

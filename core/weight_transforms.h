@@ -13,7 +13,11 @@
 //   pad_channels    [.., c] -> [.., `channels`] (zeros after c)
 //   concat_rows     [r_i, ...] (same trailing dims) -> [sum r_i, ...]
 //   bn_fold_weight  w, gamma, beta, mean, var -> w * s[out channel] (`eps`, `producer`, `groups`)
-//   bn_fold_bias    gamma, beta, mean, var[, b] -> (b * s) + shift, in dtype `dtype` (`eps`)
+//   bn_fold_bias    gamma, beta, mean, var[, b] -> (b * s) + shift, in dtype `dtype` (`eps`); with
+//                   `input_mean` ("relu" or "linear"; `producer`, `groups`), three more inputs w,
+//                   gamma', beta' (the batch norm before the convolution): less the average of
+//                   what rounding w * s to w's dtype adds, over an input of mean beta' (or that of
+//                   relu(N(beta', gamma'^2)))
 //   bn_scale        gamma, beta, mean, var -> s with dims `dims`, dtype `dtype` (`eps`)
 //   bn_shift        gamma, beta, mean, var -> beta - mean * s, likewise
 //   layer           the reference kernel of op `Lineage::name` (its attributes), output `output`

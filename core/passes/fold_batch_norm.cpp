@@ -17,6 +17,8 @@
 // batch_norm needed NCHW and two transposes) and fuse with the activation after them into one
 // generated kernel (fuse_pointwise).
 #include <cmath>
+#include <map>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -52,9 +54,43 @@ Attributes batch_norm_attrs(const Layer& bn, DataType dtype) {
 
 }  // namespace
 
+// Where a convolution's input comes from a batch norm with constant parameters, directly or
+// through a relu: that batch norm's gamma and beta, whose output mean they give.
+struct InputBatchNorm {
+  TensorId gamma = -1, beta = -1;
+  bool relu = false;
+};
+
+std::optional<InputBatchNorm> input_batch_norm(const Network& net, const std::vector<int>& producer_of,
+                                               TensorId x) {
+  auto batch_norm_of = [&](TensorId t) -> const Layer* {
+    const int q = producer_of[t];
+    if (q < 0) return nullptr;
+    const Layer& l = net.layers()[static_cast<size_t>(q)];
+    if (l.op != "batch_norm" || l.inputs.size() < 5) return nullptr;
+    return all_constant(net, {l.inputs[1], l.inputs[2]}) ? &l : nullptr;
+  };
+  if (const Layer* bn = batch_norm_of(x)) return InputBatchNorm{bn->inputs[1], bn->inputs[2], false};
+  const int q = producer_of[x];
+  if (q < 0) return std::nullopt;
+  const Layer& act = net.layers()[static_cast<size_t>(q)];
+  if (act.op != "activation" || !act.attrs.has("type") || act.attrs.get_string("type", act.name) != "relu")
+    return std::nullopt;
+  if (const Layer* bn = batch_norm_of(act.inputs[0]))
+    return InputBatchNorm{bn->inputs[1], bn->inputs[2], true};
+  return std::nullopt;
+}
+
 bool fold_batch_norm(Network& net) {
   std::vector<int> uses = reader_counts(net);
   const std::vector<int> producer_of = net.producers();
+  // Found before any fold rewrites a producer (a folded batch norm's output is its convolution's).
+  std::map<size_t, InputBatchNorm> input_bn;
+  for (size_t i = 0; i < net.layers().size(); ++i) {
+    const Layer& l = net.layers()[i];
+    if (l.op != "convolution" || l.inputs.size() < 2) continue;
+    if (auto found = input_batch_norm(net, producer_of, l.inputs[0])) input_bn[i] = *found;
+  }
   auto& layers = net.mutable_layers();
   std::vector<bool> removed(layers.size(), false);
   bool changed = false;
@@ -76,9 +112,11 @@ bool fold_batch_norm(Network& net) {
     // bn(conv + b) = conv * s + (b * s + shift), computed by the weight transforms.
     const Tensor& w = net.tensor(p.inputs[1]);
     const DataType dtype = w.dtype;
+    const int64_t groups = p.attrs.get_int("groups", int64_t{1});
+    const int64_t in_channels = w.dims.size() >= 2 ? w.dims[1] * groups : -1;  // before w may move
     Attributes wa = batch_norm_attrs(bn, dtype);
     wa.set("producer", p.op);
-    wa.set("groups", p.attrs.get_int("groups", int64_t{1}));
+    wa.set("groups", groups);
     std::vector<TensorId> bias_inputs = params;  // gamma, beta, mean, var[, b]
     if (p.inputs.size() == 3) bias_inputs.push_back(p.inputs[2]);
     std::vector<TensorId> weight_inputs = {p.inputs[1]};
@@ -86,8 +124,21 @@ bool fold_batch_norm(Network& net) {
     const std::string wname = unique_tensor_name(net, p.name + "/weight_bn_folded");
     const std::string bname = unique_tensor_name(net, p.name + "/bias_bn_folded");
     const TensorId new_w = add_derived_constant(net, wname, "bn_fold_weight", wa, weight_inputs);
-    const TensorId new_b =
-        add_derived_constant(net, bname, "bn_fold_bias", batch_norm_attrs(bn, dtype), bias_inputs);
+    // A 16-bit convolution's folded weight rounds to 16 bits; where its input's mean is known (a
+    // batch norm before it, through a relu or not), what that rounding adds on average comes off
+    // the bias (the "bias correction" of data-free quantization, for float16). Measured
+    // in a CPU emulation of regnet_x_3_2gf in float16 with cuDNN's plain grouped engines (which
+    // round the product before the bias): cosine against FP32 0.999022 -> 0.999114.
+    Attributes ba = batch_norm_attrs(bn, dtype);
+    const auto in_bn = input_bn.find(static_cast<size_t>(pi));
+    if (p.op == "convolution" && (dtype == DataType::kFloat16 || dtype == DataType::kBFloat16) &&
+        in_bn != input_bn.end() && net.tensor(in_bn->second.gamma).dims == Dims{in_channels}) {
+      ba.set("input_mean", in_bn->second.relu ? "relu" : "linear");
+      ba.set("producer", p.op);
+      ba.set("groups", groups);
+      bias_inputs.insert(bias_inputs.end(), {p.inputs[1], in_bn->second.gamma, in_bn->second.beta});
+    }
+    const TensorId new_b = add_derived_constant(net, bname, "bn_fold_bias", ba, bias_inputs);
     p.inputs[1] = new_w;
     if (p.inputs.size() == 3)
       p.inputs[2] = new_b;

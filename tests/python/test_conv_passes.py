@@ -87,6 +87,78 @@ def test_fold_batch_norm_into_grouped_deconvolution_and_fully_connected():
     torch.testing.assert_close(run_plan(folded, feed)["y"], run_plan(plain, feed)["y"], **FOLD_TOL)
 
 
+@pytest.mark.parametrize("groups", [1, 4])
+@pytest.mark.parametrize("relu", [True, False])
+def test_float16_fold_takes_the_weights_rounding_off_the_bias(relu, groups):
+    # A float16 convolution folds the batch norm after it into float16 weights w * s, each one
+    # rounded. Where its input comes from a batch norm (through a relu or not), the input's mean
+    # per channel is known (beta; that of relu(N(beta, gamma^2))), and what the rounding adds to
+    # each output channel on average comes off the bias. Measured against exact arithmetic on the
+    # same float16 parameters: without the correction the per-channel mean error is that average
+    # itself (slope 1 against it), with it the rest is noise (slope near 0).
+    torch.manual_seed(0)
+    c = k = 64
+    act = torch.nn.ReLU() if relu else torch.nn.Identity()
+    # bn0 passes its scale and shift exactly in float16 (var + eps = 1 to within 2^-24).
+    model = torch.nn.Sequential(
+        torch.nn.BatchNorm2d(c, eps=2.0**-24),
+        act,
+        torch.nn.Conv2d(c, k, 3, groups=groups, bias=False),
+        torch.nn.BatchNorm2d(k),
+    ).eval()
+    bn0, conv, bn1 = model[0], model[2], model[3]
+    with torch.no_grad():
+        bn0.weight.uniform_(0.5, 1.5)
+        bn0.bias.uniform_(-0.5, 1.0)
+        conv.weight.normal_(0, 1)
+        bn1.running_var.uniform_(0.5, 2)
+        bn1.weight.uniform_(0.5, 2)
+        bn1.running_mean.zero_()  # a bias of 0 after the fold, whose own rounding is nothing
+        bn1.bias.zero_()
+    model = model.half()
+    p = {n: v.double() for n, v in model.state_dict().items() if v.is_floating_point()}
+    x = torch.randn(16, c, 24, 24).half()
+    y = F.batch_norm(
+        x.double(),
+        p["0.running_mean"],
+        p["0.running_var"],
+        p["0.weight"],
+        p["0.bias"],
+        False,
+        0.0,
+        bn0.eps,
+    )
+    y = y.relu() if relu else y
+    want = F.batch_norm(
+        F.conv2d(y, p["2.weight"], None, 1, 0, 1, groups),
+        p["3.running_mean"],
+        p["3.running_var"],
+        p["3.weight"],
+        p["3.bias"],
+        False,
+        0.0,
+        bn1.eps,
+    )
+    compiled = kiln.compile(
+        model,
+        [x],
+        enabled_precisions={torch.float16},
+        device="cpu",
+        min_block_size=1,
+        cache_dir=False,
+    )
+    err = (compiled(x).double() - want).mean((0, 2, 3))
+    # What the weights' rounding adds on average over this input: the correction's target.
+    s = p["3.weight"] / torch.sqrt(p["3.running_var"] + bn1.eps)
+    exact = p["2.weight"] * s[:, None, None, None]
+    delta = exact.half().double() - exact
+    mean_in = y.mean((0, 2, 3)).view(groups, c // groups).repeat_interleave(k // groups, 0)
+    drift = (delta.sum((2, 3)) * mean_in).sum(1)
+    slope = (err @ drift / (drift @ drift)).item()
+    assert abs(slope) < 0.2, f"per-channel mean error against the rounding's: slope {slope:.3f}"
+    assert err.abs().mean() < 0.5 * drift.abs().mean()
+
+
 def test_fold_batch_norm_leaves_shared_or_runtime_inputs():
     # No change: the conv output is also a network output, and a batch norm whose statistics are
     # network inputs (not constants) cannot be folded.
