@@ -159,6 +159,35 @@ def test_float16_fold_takes_the_weights_rounding_off_the_bias(relu, groups):
     assert err.abs().mean() < 0.5 * drift.abs().mean()
 
 
+def test_float16_fold_correction_follows_a_refit():
+    # The corrected bias derives from the convolution's weight and the batch norms before and
+    # after it: a refit that changes them gives what a fresh compile with the new values gives.
+    def model_with(seed):
+        torch.manual_seed(seed)
+        m = torch.nn.Sequential(
+            torch.nn.BatchNorm2d(16),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 16, 3, groups=2, bias=False),
+            torch.nn.BatchNorm2d(16),
+        ).eval()
+        with torch.no_grad():
+            for bn in (m[0], m[3]):
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.5, 1.0)
+                bn.running_mean.uniform_(-1, 1)
+                bn.running_var.uniform_(0.5, 2)
+        return m.half()
+
+    x = torch.randn(4, 16, 12, 12).half()
+    options = dict(
+        enabled_precisions={torch.float16}, device="cpu", min_block_size=1, cache_dir=False
+    )
+    compiled = kiln.compile(model_with(1), [x], **options)
+    fresh = kiln.compile(model_with(2), [x], **options)
+    kiln.refit(compiled, model_with(2))
+    assert torch.equal(compiled(x), fresh(x))
+
+
 def test_fold_batch_norm_leaves_shared_or_runtime_inputs():
     # No change: the conv output is also a network output, and a batch norm whose statistics are
     # network inputs (not constants) cannot be folded.
