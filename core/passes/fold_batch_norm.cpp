@@ -52,8 +52,6 @@ Attributes batch_norm_attrs(const Layer& bn, DataType dtype) {
   return a;
 }
 
-}  // namespace
-
 // Where a convolution's input comes from a batch norm with constant parameters, directly or
 // through a relu: that batch norm's gamma and beta, whose output mean they give.
 struct InputBatchNorm {
@@ -80,6 +78,8 @@ std::optional<InputBatchNorm> input_batch_norm(const Network& net, const std::ve
     return InputBatchNorm{bn->inputs[1], bn->inputs[2], true};
   return std::nullopt;
 }
+
+}  // namespace
 
 bool fold_batch_norm(Network& net) {
   std::vector<int> uses = reader_counts(net);
