@@ -264,7 +264,7 @@ std::vector<double> batch_norm_output_mean(const ConstantValue& gamma, const Con
     }
     const double z = b[c] / sd;
     const double cdf = 0.5 * std::erfc(-z / std::sqrt(2.0));
-    const double pdf = std::exp(-0.5 * z * z) / std::sqrt(2.0 * 3.14159265358979323846);
+    const double pdf = std::exp(-0.5 * z * z) / std::sqrt(2.0 * M_PI);
     m[c] = b[c] * cdf + sd * pdf;
   }
   return m;

@@ -133,9 +133,8 @@ bool fold_batch_norm(Network& net) {
     const auto in_bn = input_bn.find(static_cast<size_t>(pi));
     if (p.op == "convolution" && (dtype == DataType::kFloat16 || dtype == DataType::kBFloat16) &&
         in_bn != input_bn.end() && net.tensor(in_bn->second.gamma).dims == Dims{in_channels}) {
+      ba = wa;  // the weight's fold (producer, groups) is what the correction replays
       ba.set("input_mean", in_bn->second.relu ? "relu" : "linear");
-      ba.set("producer", p.op);
-      ba.set("groups", groups);
       bias_inputs.insert(bias_inputs.end(), {p.inputs[1], in_bn->second.gamma, in_bn->second.beta});
     }
     const TensorId new_b = add_derived_constant(net, bname, "bn_fold_bias", ba, bias_inputs);
