@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <sstream>
 #include <utility>
 #include <vector>
@@ -16,7 +17,9 @@ namespace kiln {
 namespace {
 
 // Unique ids of the graph's tensors (the variant pack names them so).
-constexpr int64_t kX = 'x', kW = 'w', kY = 'y', kB = 'b', kConvOut = 'c', kBiased = 't';
+constexpr int64_t kX = 'x', kW = 'w', kY = 'y', kB = 'b', kS = 's', kR = 'r', kConvOut = 'c';
+// By-value scalars, the dequantized residual, then the epilogue's virtual tensors (uids on from kEpilogue).
+constexpr int64_t kResidualScale = 'k', kOutScale = 'o', kDequantized = 'd', kEpilogue = 1000;
 constexpr int64_t kAlignment = 16;  // bytes: Kiln's buffers and arena offsets are aligned to more
 
 std::string last_error() {
@@ -171,14 +174,61 @@ bool cudnn_graph_tactics_for(bool grouped) {
 
 struct CudnnGraphConvolution::Impl {
   Desc x, w, y, conv, op, graph;
-  Desc b, conv_out, biased, add_mode, add, relu_mode, relu;  // the fused bias and relu, if any
-  bool fused = false;
+  std::deque<Desc> parts;  // the epilogue's tensors, modes and operations (a deque: references stay)
+  std::vector<cudnnBackendDescriptor_t> ops;
+  bool fused = false;  // a bias in the graph
+  bool int8 = false;   // an INT8 graph: also a scale, maybe a residual
+  bool residual = false;
+  // By-value scalars (the variant pack points here): an int8 residual's and an int8 y's scale.
+  bool residual_scalar = false, out_scalar = false;
+  float residual_scale = 1.f, out_scale = 1.f;
   std::vector<Desc> configs;  // the heuristics' engine configurations (the plan's stays alive)
   Desc plan;
   size_t workspace = 0;
   int64_t engine = -1;
   std::string who;
+
+  // Appends y = mode(x) or mode(x, b) to the graph; y is a new float32 virtual tensor (`uid`) unless
+  // `out` names the graph's output.
+  const Desc& pointwise_op(cudnnPointwiseMode_t mode, const Desc& in, const Desc* b, int64_t uid,
+                           const std::vector<int64_t>& dims, bool channels_last, const Desc* out) {
+    const Desc* y = out;
+    if (!y) {
+      parts.push_back(tensor(uid, CUDNN_DATA_FLOAT, dims, channels_last, who, /*is_virtual=*/true));
+      y = &parts.back();
+    }
+    Desc mode_desc;
+    Desc op = pointwise(mode_desc, mode, in, b, *y, who);
+    parts.push_back(std::move(mode_desc));
+    parts.push_back(std::move(op));
+    ops.push_back(parts.back().get());
+    return *y;
+  }
 };
+
+namespace {
+
+// A float32 scalar passed by value in the variant pack (a dequantization or requantization scale).
+Desc scalar(int64_t uid, int dims, const std::string& who) {
+  Desc t(CUDNN_BACKEND_TENSOR_DESCRIPTOR, who);
+  const cudnnDataType_t type = CUDNN_DATA_FLOAT;
+  const std::vector<int64_t> ones(static_cast<size_t>(dims), 1);
+  const bool yes = true;
+  set(t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type, who);
+  set_ints(t, CUDNN_ATTR_TENSOR_DIMENSIONS, ones, who);
+  set_ints(t, CUDNN_ATTR_TENSOR_STRIDES, ones, who);
+  set(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid, who);
+  set(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &kAlignment, who);
+  set(t, CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, 1, &yes, who);
+  finalize(t, "scalar tensor descriptor", who);
+  return t;
+}
+
+cudnnDataType_t int8_graph_type(DataType t, const std::string& who) {
+  return t == DataType::kInt8 ? CUDNN_DATA_INT8 : cudnn_type(t, who);
+}
+
+}  // namespace
 
 CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphConvShape& s, int config,
                                              size_t workspace_limit, const std::string& who)
@@ -187,26 +237,25 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
   m.who = who + " (cuDNN graph tactic " + std::to_string(config) + ")";
   const std::string& id = m.who;
   KILN_CHECK(config >= 0 && config < kCudnnGraphConfigs, id << ": no such engine configuration");
-  const cudnnDataType_t type = cudnn_type(s.dtype, id);
+  m.int8 = s.dtype == DataType::kInt8;
+  const cudnnDataType_t type = m.int8 ? CUDNN_DATA_INT8 : cudnn_type(s.dtype, id);
+  const std::vector<int64_t> ydims = widened(s.y, id);
   m.x = tensor(kX, type, widened(s.x, id), s.channels_last, id);
   m.w = tensor(kW, type, widened(s.w, id), s.channels_last, id);
-  m.y = tensor(kY, type, widened(s.y, id), s.channels_last, id);
-  m.fused = s.bias;
-  KILN_CHECK(s.bias || !s.relu, id << ": a fused relu needs the fused bias before it");
-  if (m.fused) {
-    std::vector<int64_t> bias_dims(widened(s.y, id).size(), 1);
-    bias_dims[1] = s.y[1];
-    m.b = tensor(kB, type, bias_dims, s.channels_last, id);
-    m.conv_out =
-        tensor(kConvOut, CUDNN_DATA_FLOAT, widened(s.y, id), s.channels_last, id, /*is_virtual=*/true);
-    if (s.relu)
-      m.biased =
-          tensor(kBiased, CUDNN_DATA_FLOAT, widened(s.y, id), s.channels_last, id, /*is_virtual=*/true);
-  }
+  m.y = tensor(kY, m.int8 ? int8_graph_type(s.y_dtype, id) : type, ydims, s.channels_last, id);
+  m.fused = s.bias || m.int8;
+  KILN_CHECK(s.bias || !s.relu || m.int8, id << ": a fused relu needs the fused bias before it");
+  std::vector<int64_t> channel_dims(ydims.size(), 1);
+  channel_dims[1] = s.y[1];
+  Desc conv_out;
+  if (m.fused)
+    conv_out = tensor(kConvOut, m.int8 ? CUDNN_DATA_INT32 : CUDNN_DATA_FLOAT, ydims, s.channels_last, id,
+                      /*is_virtual=*/true);
 
   const ConvGeometry& g = s.geometry;
   m.conv = Desc(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, id);
-  const cudnnDataType_t compute = CUDNN_DATA_FLOAT;  // FP32 accumulation for every dtype
+  // FP32 accumulation for every floating dtype, int32 for int8.
+  const cudnnDataType_t compute = m.int8 ? CUDNN_DATA_INT32 : CUDNN_DATA_FLOAT;
   const cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
   const std::vector<int64_t> pads = widened_spatial(g.pads, 0);
   const int64_t spatial = static_cast<int64_t>(pads.size());
@@ -223,24 +272,63 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
   const float alpha = 1.f, beta = 0.f;
   set_desc(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, m.x, id);
   set_desc(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, m.w, id);
-  set_desc(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, m.fused ? m.conv_out : m.y, id);
+  set_desc(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, m.fused ? conv_out : m.y, id);
   set_desc(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, m.conv, id);
   set(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha, id);
   set(m.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &beta, id);
   finalize(m.op, "convolution operation", id);
+  m.ops.push_back(m.op.get());
 
-  std::vector<cudnnBackendDescriptor_t> ops = {m.op.get()};
   if (m.fused) {
-    m.add = pointwise(m.add_mode, CUDNN_POINTWISE_ADD, m.conv_out, &m.b, s.relu ? m.biased : m.y, id);
-    ops.push_back(m.add.get());
-    if (s.relu) {
-      m.relu = pointwise(m.relu_mode, CUDNN_POINTWISE_RELU_FWD, m.biased, nullptr, m.y, id);
-      ops.push_back(m.relu.get());
+    // The epilogue as a chain of pointwise operations, the last writing y.
+    m.parts.push_back(std::move(conv_out));
+    const Desc* v = &m.parts.back();
+    std::vector<const Desc*> steps;  // the chain's second operands, in order, with their modes
+    std::vector<cudnnPointwiseMode_t> modes;
+    const cudnnDataType_t bias_type = m.int8 ? CUDNN_DATA_FLOAT : type;
+    if (m.int8) {
+      m.parts.push_back(tensor(kS, CUDNN_DATA_FLOAT, channel_dims, s.channels_last, id));
+      steps.push_back(&m.parts.back());
+      modes.push_back(CUDNN_POINTWISE_MUL);
+    }
+    m.parts.push_back(tensor(kB, bias_type, channel_dims, s.channels_last, id));
+    steps.push_back(&m.parts.back());
+    modes.push_back(CUDNN_POINTWISE_ADD);
+    const Desc* residual = nullptr;
+    if (m.int8 && s.residual) {
+      m.residual = true;
+      m.residual_scale = s.residual_scale;
+      m.parts.push_back(tensor(kR, int8_graph_type(s.residual_dtype, id), ydims, s.channels_last, id));
+      residual = &m.parts.back();
+      if (s.residual_dtype == DataType::kInt8) {  // dequantized first: residual * residual_scale
+        m.residual_scalar = true;
+        m.parts.push_back(scalar(kResidualScale, static_cast<int>(ydims.size()), id));
+        residual = &m.pointwise_op(CUDNN_POINTWISE_MUL, *residual, &m.parts.back(), kDequantized, ydims,
+                                   s.channels_last, nullptr);
+      }
+      steps.push_back(residual);
+      modes.push_back(CUDNN_POINTWISE_ADD);
+    }
+    const bool requantize = m.int8 && s.y_dtype == DataType::kInt8;
+    const size_t last = steps.size() + (s.relu ? 1 : 0) + (requantize ? 1 : 0);
+    size_t done = 0;
+    int64_t uid = kEpilogue;
+    for (size_t i = 0; i < steps.size(); ++i)
+      v = &m.pointwise_op(modes[i], *v, steps[i], uid++, ydims, s.channels_last,
+                          ++done == last ? &m.y : nullptr);
+    if (s.relu)
+      v = &m.pointwise_op(CUDNN_POINTWISE_RELU_FWD, *v, nullptr, uid++, ydims, s.channels_last,
+                          ++done == last ? &m.y : nullptr);
+    if (requantize) {
+      m.out_scalar = true;
+      m.out_scale = s.out_scale;
+      m.parts.push_back(scalar(kOutScale, static_cast<int>(ydims.size()), id));
+      m.pointwise_op(CUDNN_POINTWISE_MUL, *v, &m.parts.back(), uid++, ydims, s.channels_last, &m.y);
     }
   }
   m.graph = Desc(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, id);
-  set(m.graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, static_cast<int64_t>(ops.size()),
-      ops.data(), id);
+  set(m.graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+      static_cast<int64_t>(m.ops.size()), m.ops.data(), id);
   set(m.graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle, id);
   finalize(m.graph, "operation graph", id);
 
@@ -315,8 +403,11 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
   KILN_FAIL(id << ": cuDNN's heuristics offer " << usable << " usable engine configuration(s) for "
                << dtype_name(s.dtype) << " input " << to_string(s.x) << ", weight " << to_string(s.w)
                << (s.channels_last ? " (channels last)" : "")
-               << (s.bias ? (s.relu ? " with bias and relu" : " with bias") : "") << " within a workspace of "
-               << workspace_limit << " bytes; take another tactic");
+               << (m.int8
+                       ? std::string(" to ") + dtype_name(s.y_dtype) + (s.residual ? " with a residual" : "")
+                       : std::string())
+               << (m.fused ? (s.relu ? " with bias and relu" : " with bias") : "")
+               << " within a workspace of " << workspace_limit << " bytes; take another tactic");
 }
 
 CudnnGraphConvolution::~CudnnGraphConvolution() = default;
@@ -326,18 +417,30 @@ size_t CudnnGraphConvolution::workspace_bytes() const { return impl_->workspace;
 int64_t CudnnGraphConvolution::engine_index() const { return impl_->engine; }
 
 void CudnnGraphConvolution::run(cudnnHandle_t handle, const void* x, const void* w, void* y, void* workspace,
-                                const void* bias) const {
-  const std::string& id = impl_->who;
-  KILN_CHECK(!impl_->fused || bias, id << ": the fused graph needs its bias");
+                                const void* bias, const void* scale, const void* residual) const {
+  const Impl& m = *impl_;
+  const std::string& id = m.who;
+  KILN_CHECK(!m.fused || bias, id << ": the fused graph needs its bias");
+  KILN_CHECK(!m.int8 || scale, id << ": the INT8 graph needs its per-channel scale");
+  KILN_CHECK(!m.residual || residual, id << ": the graph needs its residual");
   Desc pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, id);
-  void* pointers[4] = {const_cast<void*>(x), const_cast<void*>(w), y, const_cast<void*>(bias)};
-  const int64_t uids[4] = {kX, kW, kY, kB};
-  const int64_t count = impl_->fused ? 4 : 3;
-  set(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, count, pointers, id);
-  set(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, count, uids, id);
+  std::vector<void*> pointers = {const_cast<void*>(x), const_cast<void*>(w), y};
+  std::vector<int64_t> uids = {kX, kW, kY};
+  const auto add = [&](int64_t uid, const void* p) {
+    uids.push_back(uid);
+    pointers.push_back(const_cast<void*>(p));
+  };
+  if (m.fused) add(kB, bias);
+  if (m.int8) add(kS, scale);
+  if (m.residual) add(kR, residual);
+  if (m.residual_scalar) add(kResidualScale, &m.residual_scale);
+  if (m.out_scalar) add(kOutScale, &m.out_scale);
+  const int64_t count = static_cast<int64_t>(uids.size());
+  set(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, count, pointers.data(), id);
+  set(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, count, uids.data(), id);
   set(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace, id);
   finalize(pack, "variant pack", id);
-  const cudnnStatus_t st = cudnnBackendExecute(handle, impl_->plan.get(), pack.get());
+  const cudnnStatus_t st = cudnnBackendExecute(handle, m.plan.get(), pack.get());
   KILN_CHECK(st == CUDNN_STATUS_SUCCESS,
              id << ": cudnnBackendExecute failed: " << cudnnGetErrorString(st) << last_error());
 }

@@ -33,6 +33,17 @@ struct GraphConvShape {
   // one rounding matters for accuracy: 16-bit layers with a bias.
   bool bias = false;
   bool relu = false;  // after the bias; NaN stays NaN (torch's relu)
+
+  // An INT8 graph (dtype kInt8, the quantized convolutions of int8_convolution.h): x and w int8,
+  // int32 sums, then in float32 y = relu?(sums * scale[k] + bias[k] + residual) written as y_dtype,
+  // where an int8 residual is dequantized (times residual_scale) and an int8 y is the value times
+  // out_scale, rounded and saturated by cuDNN. scale and bias are float32 [K]; `bias` and `relu`
+  // above are ignored.
+  DataType y_dtype = DataType::kFloat16;
+  bool residual = false;
+  DataType residual_dtype = DataType::kInt8;
+  float residual_scale = 1.f;
+  float out_scale = 1.f;
 };
 
 // How many graph tactics a convolution has: the first engine configurations that cuDNN's
@@ -56,9 +67,10 @@ class CudnnGraphConvolution {
 
   size_t workspace_bytes() const;
   int64_t engine_index() const;  // cuDNN's global engine index, for reports
-  // y = conv(x, w) (+ bias, relu where the shape says so) on the handle's stream.
+  // y = conv(x, w) (+ bias, relu where the shape says so) on the handle's stream. An INT8 graph
+  // also takes its per-channel scale and its residual (where it has one).
   void run(cudnnHandle_t handle, const void* x, const void* w, void* y, void* workspace,
-           const void* bias = nullptr) const;
+           const void* bias = nullptr, const void* scale = nullptr, const void* residual = nullptr) const;
 
  private:
   struct Impl;

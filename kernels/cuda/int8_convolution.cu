@@ -3,6 +3,10 @@
 // tiles 0-4, compiled in int8_convolution_mma_tile{0..4}.cu) and int8_convolution_sm90a.cu (wgmma).
 #include "kernels/cuda/int8_convolution.h"
 
+#include <cudnn.h>
+
+#include <map>
+#include <mutex>
 #include <sstream>
 
 #include "ir/error.h"
@@ -10,6 +14,8 @@
 #include "ir/ops/activation.h"
 #include "ir/ops/convolution.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cudnn_graph_convolution.h"
+#include "kernels/cuda/cudnn_util.h"
 #include "kernels/cuda/int8_convolution_tile.cuh"
 
 namespace kiln {
@@ -132,12 +138,13 @@ struct Int8Epilogue {
   float residual_scale = 0.f;  // > 0: an int8 residual (residual_scale attribute)
   std::string tile_refusal;    // why the tactic cannot run on this kernel's device, or empty
 
-  Int8Epilogue(const Layer& l, const ConvEpilogue& e)
+  // `tactics`: how many the layer's kernel has (the tiles, then any cuDNN graph tactics).
+  Int8Epilogue(const Layer& l, const ConvEpilogue& e, int tactics)
       : who(describe(l)),
         out(parse_dtype(l.attrs.get_string("out_dtype", who))),
         tactic(static_cast<int>(l.attrs.get_int("tactic", int64_t{-1}))) {
-    KILN_CHECK(tactic >= -1 && tactic < kInt8ConvTiles,
-               who << ": tactic " << tactic << " is out of range (-1 or 0.." << kInt8ConvTiles - 1 << ")");
+    KILN_CHECK(tactic >= -1 && tactic < tactics,
+               who << ": tactic " << tactic << " is out of range (-1 or 0.." << tactics - 1 << ")");
     if (e.activation != "none") {
       act.type = variant_code(activation_types(), e.activation);
       act.alpha = static_cast<float>(e.alpha);
@@ -151,7 +158,7 @@ struct Int8Epilogue {
     out_min = static_cast<int>(l.attrs.get_int("output_quant_min", int64_t{-128}));
     out_max = static_cast<int>(l.attrs.get_int("output_quant_max", int64_t{127}));
     residual_scale = static_cast<float>(l.attrs.get_float("residual_scale", 0.0));
-    tile_refusal = int8_tile_refusal(tactic);
+    if (tactic < kInt8ConvTiles) tile_refusal = int8_tile_refusal(tactic);
   }
 
   // Fills p's epilogue fields, checks the kernel takes p (naming the layer and `shapes`), launches.
@@ -177,10 +184,18 @@ struct Int8Epilogue {
   }
 };
 
+// Tactics kInt8ConvTiles.. of a quantized convolution: cuDNN's graph API (cudnn_graph_convolution.h)
+// with an INT8 graph, int32 sums scaled per channel, the bias, the residual and a relu in cuDNN's
+// fused epilogue. Unlike the tiles' epilogue, an int8 y is requantized from the float32 value, not
+// from it rounded to the layer's float type first: a value that rounding would carry over a
+// rounding step lands one step from the tiles' (rare, and no further from the real value).
+constexpr int kInt8GraphTactic = kInt8ConvTiles;
+constexpr int kInt8ConvTactics = kInt8GraphTactic + kCudnnGraphConfigs;
+
 class Int8Convolution final : public Kernel {
  public:
   explicit Int8Convolution(Layer layer)
-      : layer_(std::move(layer)), e_(layer_, conv_epilogue(layer_, layer_.inputs.size())) {
+      : layer_(std::move(layer)), e_(layer_, conv_epilogue(layer_, layer_.inputs.size()), kInt8ConvTactics) {
     KILN_CHECK(channels_last(layer_),
                e_.who << ": the CUDA INT8 convolution runs channels last (layout nhwc)");
   }
@@ -192,6 +207,9 @@ class Int8Convolution final : public Kernel {
                e_.who << ": the CUDA INT8 convolution is 2d, got input " << to_string(x.dims));
     const ConvGeometry g = conv_geometry(layer_, 2);
     KILN_CHECK(g.groups == 1, e_.who << ": the CUDA INT8 convolution needs groups = 1, got " << g.groups);
+    const int residual = conv_epilogue(layer_, in.size()).residual_input;
+    const TensorView* r = residual >= 0 ? &in[static_cast<size_t>(residual)] : nullptr;
+    if (graph()) return run_graph(in, out, r, g, ctx);
     Int8ConvParams p;  // channels last: x [N, H, W, C], weight [K, R, S, C], y [N, P, Q, K]
     p.n = static_cast<int>(x.dims[0]);
     p.h = static_cast<int>(x.dims[1]);
@@ -203,17 +221,81 @@ class Int8Convolution final : public Kernel {
     p.p = static_cast<int>(y.dims[1]);
     p.q = static_cast<int>(y.dims[2]);
     static_cast<ConvWindow2d&>(p) = conv_window_2d(g);
-    const int residual = conv_epilogue(layer_, in.size()).residual_input;
     e_.launch(p, "input " + to_string(x.dims) + " (nhwc), weight " + to_string(w.dims), x.data, w.data,
-              in[2].data, residual >= 0 ? in[static_cast<size_t>(residual)].data : nullptr, out, ctx.stream);
+              in[2].data, r ? r->data : nullptr, out, ctx.stream);
   }
 
-  std::string name() const override { return "cuda_int8_convolution"; }
-  int num_tactics() const override { return kInt8ConvTiles; }
+  std::string name() const override {
+    return graph() ? "cudnn_graph_int8_convolution" : "cuda_int8_convolution";
+  }
+  int num_tactics() const override { return kInt8ConvTactics; }
+  bool uses_cudnn() const override { return graph(); }
 
  private:
+  bool graph() const { return e_.tactic >= kInt8GraphTactic; }
+
+  // A graph tactic: what cuDNN's INT8 graph cannot express is refused (the builder then skips the
+  // tactic), the plan for x's shape is built once.
+  void run_graph(const std::vector<TensorView>& in, const std::vector<TensorView>& out, const TensorView* r,
+                 const ConvGeometry& g, const LaunchContext& ctx) const {
+    const TensorView &x = in[0], &w = in[1], &y = out[0];
+    const std::string tactic = e_.who + ": tactic " + std::to_string(e_.tactic) + " (cuDNN's INT8 graph) ";
+    KILN_CHECK(!e_.int8_copy, tactic << "writes one output; this layer also writes an int8 copy");
+    KILN_CHECK(!e_.activate || e_.act.type == kRelu,
+               tactic << "fuses a relu at most; this layer's activation is another");
+    KILN_CHECK(!e_.requantize || (e_.out_min == -128 && e_.out_max == 127),
+               tactic << "saturates an int8 y to [-128, 127]; this layer's range is [" << e_.out_min << ", "
+                      << e_.out_max << "]");
+    const int64_t k = w.dims[0];
+    KILN_CHECK(k % 4 == 0, tactic << "needs output channels that are a multiple of 4 (its bias row aligned)");
+    const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+    KILN_CHECK(aligned(x.data) && aligned(w.data) && aligned(y.data) && aligned(in[2].data) &&
+                   (!r || aligned(r->data)) && (ctx.workspace == nullptr || aligned(ctx.workspace)),
+               tactic << "needs 16-byte aligned buffers");
+    auto handle = static_cast<cudnnHandle_t>(ctx.cudnn);
+    KILN_CHECK(handle != nullptr, e_.who << ": no cuDNN handle in the launch context");
+    KILN_CUDNN_CHECK(cudnnSetStream(handle, static_cast<cudaStream_t>(ctx.stream)));
+    const CudnnGraphConvolution& plan = graph_plan(handle, x, w, y, r, g, ctx.workspace_bytes);
+    const float* scale_bias = static_cast<const float*>(in[2].data);
+    plan.run(handle, x.data, w.data, y.data, ctx.workspace, scale_bias + k, scale_bias,
+             r ? r->data : nullptr);
+  }
+
+  const CudnnGraphConvolution& graph_plan(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
+                                          const TensorView& y, const TensorView* r, const ConvGeometry& g,
+                                          size_t workspace_bytes) const {
+    std::vector<int64_t> key = x.dims;
+    key.push_back(static_cast<int64_t>(workspace_bytes));
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = plans_.find(key);
+      if (it != plans_.end()) return *it->second;
+    }
+    GraphConvShape s;
+    s.dtype = DataType::kInt8;
+    s.x = channels_first_dims(x.dims);
+    s.w = channels_first_dims(w.dims);
+    s.y = channels_first_dims(y.dims);
+    s.channels_last = true;
+    s.geometry = g;
+    s.relu = e_.activate;
+    s.y_dtype = y.dtype;
+    s.out_scale = e_.out_inv_scale;
+    s.residual = r != nullptr;
+    if (r) {
+      s.residual_dtype = r->dtype;
+      s.residual_scale = e_.residual_scale;
+    }
+    auto made = std::make_unique<CudnnGraphConvolution>(handle, s, e_.tactic - kInt8GraphTactic,
+                                                        workspace_bytes, e_.who);
+    std::lock_guard<std::mutex> lock(mutex_);
+    return *plans_.emplace(std::move(key), std::move(made)).first->second;
+  }
+
   Layer layer_;
   Int8Epilogue e_;
+  mutable std::mutex mutex_;
+  mutable std::map<std::vector<int64_t>, std::unique_ptr<CudnnGraphConvolution>> plans_;
 };
 
 // y [..., N] = epilogue(x [..., K] @ weight [N, K]^T): a 1x1 convolution of one image, one row of
@@ -221,7 +303,7 @@ class Int8Convolution final : public Kernel {
 class Int8FullyConnected final : public Kernel {
  public:
   explicit Int8FullyConnected(const Layer& l)
-      : e_(l, epilogue(l)), residual_(l.attrs.get_int("residual", int64_t{0}) != 0) {}
+      : e_(l, epilogue(l), kInt8ConvTiles), residual_(l.attrs.get_int("residual", int64_t{0}) != 0) {}
 
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {

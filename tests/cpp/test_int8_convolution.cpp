@@ -4,10 +4,13 @@
 // that end inside a tile, padding, stride, dilation, residual) against the reference.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <string>
 #include <utility>
 
 #include "core/passes/passes.h"
 #include "ir/ops/convolution.h"
+#include "kernels/cuda/cudnn_graph_convolution.h"
 #include "kernels/cuda/int8_bits.cuh"
 #include "kernels/cuda/int8_convolution.h"
 #include "kernels/reference/host_access.h"
@@ -29,6 +32,17 @@ struct ConvCase {
   bool skip = false;                  // with conv_before: its output is also the residual (a ResNet block)
   bool calibrated = false;            // the fake_quantize is calibration's (attribute calibrated = 1)
   bool skip_reads_quantized = false;  // with skip: the residual is the fake-quantized value
+
+  // "C->K RxR s<stride> HxW", then what the case adds.
+  std::string name() const {
+    std::string s = std::to_string(c) + "->" + std::to_string(k) + " " + std::to_string(kernel) + "x" +
+                    std::to_string(kernel) + " s" + std::to_string(stride) + " " + std::to_string(h) + "x" +
+                    std::to_string(w);
+    if (residual) s += " residual";
+    if (quantized_before) s += skip ? " block" : " chain";
+    if (calibrated) s += " calibrated";
+    return s;
+  }
 };
 
 Dims out_dims(const ConvCase& c) {
@@ -392,17 +406,33 @@ void check_cuda(const ConvCase& c) {
     if (l.op == "convolution" && conv_quantized(l)) convs.push_back(&l);
   }
   ASSERT_EQ(convs.size(), c.quantized_before ? 2u : 1u) << test::graph_text(plan.network);
-  for (int tile = -1; tile < kInt8ConvTiles; ++tile) {
-    if (!int8_tile_refusal(tile).empty()) continue;  // a wgmma tile off an sm_90 GPU
+  int graph_ran = 0;
+  for (int tile = -1; tile < kInt8ConvTiles + kCudnnGraphConfigs; ++tile) {
+    if (tile < kInt8ConvTiles && !int8_tile_refusal(tile).empty()) continue;  // a wgmma tile off sm_90
     for (Layer* conv : convs) {
       EXPECT_TRUE(channels_last(*conv));
       conv->attrs.set("tactic", int64_t{tile});
     }
-    SCOPED_TRACE("tile " + std::to_string(tile));
+    SCOPED_TRACE("tactic " + std::to_string(tile));
+    std::vector<float> got;
+    if (tile < kInt8ConvTiles) {
+      got = test::run_float(Engine::create(plan, Backend::kCuda), f).at("y");
+    } else {
+      // cuDNN's INT8 graph tactics (a graph cuDNN offers no engine for, or an epilogue it cannot
+      // express, is refused as the builder's timing would skip it).
+      try {
+        got = test::run_float(Engine::create(plan, Backend::kCuda), f).at("y");
+        ++graph_ran;
+      } catch (const Error& e) {
+        std::printf("[int8 graph] %s: refused: %s\n", c.name().c_str(), e.what());
+        continue;
+      }
+    }
     // A requantized value a float rounding away from a step may land one step over (chain).
-    expect_close(test::run_float(Engine::create(plan, Backend::kCuda), f).at("y"), want,
-                 c.quantized_before ? 2e-2f : 2e-3f);
+    expect_close(got, want, c.quantized_before ? 2e-2f : 2e-3f);
   }
+  std::printf("[int8 graph] %s: %d of %d cuDNN graph tactics ran\n", c.name().c_str(), graph_ran,
+              kCudnnGraphConfigs);
 }
 
 TEST(Int8Convolutions, CudaKernelMatchesTheReferenceOnEveryTile) {
