@@ -186,7 +186,7 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
     std::set<std::string> pinned;  // layers with a per-layer precision stay unquantized
     for (const auto& kv : config.precision.layer_precisions) pinned.insert(kv.first);
     net = quantize_network(network, *config.int8_calibrator, config.profiles,
-                           config.precision.int8 ? QuantFormat::kInt8 : QuantFormat::kFp8, pinned);
+                           config.precision.int8 ? QuantFormat::kInt8 : QuantFormat::kFp8, pinned, backend);
   }
 
   // 1. validate: layers, shapes and profiles.

@@ -17,6 +17,7 @@
 #include "ir/error.h"
 #include "ir/float8.h"
 #include "ir/logging.h"
+#include "kernels/device.h"
 #include "kernels/reference/host_access.h"
 
 namespace kiln {
@@ -206,11 +207,30 @@ double entropy_range(const std::vector<double>& hist, double width) {
   return (static_cast<double>(best_i) + 0.5) * width;
 }
 
-// Runs the network's batches on the reference backend and returns each quantized activation's
-// range, by name.
+// Device memory for one calibration batch, freed with it.
+class DeviceBuffers {
+ public:
+  DeviceBuffers() = default;
+  DeviceBuffers(const DeviceBuffers&) = delete;
+  DeviceBuffers& operator=(const DeviceBuffers&) = delete;
+  ~DeviceBuffers() {
+    for (void* p : buffers_) device_free(p);
+  }
+  void* allocate(size_t bytes) {
+    buffers_.push_back(device_alloc(bytes ? bytes : 1));
+    return buffers_.back();
+  }
+
+ private:
+  std::vector<void*> buffers_;
+};
+
+// Runs the network's batches on `backend` (on a GPU: the float32 network, inputs copied in and the
+// observed tensors copied out after each batch) and returns each quantized activation's range, by
+// name.
 std::map<std::string, double> run_batches(const Network& network, const std::vector<TensorId>& activations,
                                           Int8Calibrator& calibrator,
-                                          const std::vector<OptimizationProfile>& profiles) {
+                                          const std::vector<OptimizationProfile>& profiles, Backend backend) {
   Network observed = network;
   std::vector<std::string> names;  // of the activations: observed as outputs, or inputs fed
   std::set<std::string> inputs;
@@ -219,13 +239,13 @@ std::map<std::string, double> run_batches(const Network& network, const std::vec
     names.push_back(network.tensor(t).name);
     if (!inputs.count(names.back()) && !observed.is_output(t)) observed.mark_output(t);
   }
+  const bool cuda = backend == Backend::kCuda;
   BuilderConfig config;
-  config.target = BuildTarget::kReference;
+  config.target = cuda ? BuildTarget::kCuda : BuildTarget::kReference;
   config.optimization_level = 0;  // every observed tensor is computed as the network says
   config.profiles = profiles;
-  auto engine = Engine::create(Builder().build(observed, config), Backend::kReference);
+  auto engine = Engine::create(Builder().build(observed, config), backend);
   auto ctx = engine->create_execution_context();
-
   std::map<std::string, RangeObserver> observers;
   const int bins = calibrator.num_bins();
   KILN_CHECK(bins >= 256, "INT8 calibration: num_bins must be at least 256, got " << bins);
@@ -237,6 +257,7 @@ std::map<std::string, double> run_batches(const Network& network, const std::vec
     ++count;
     std::map<std::string, const CalibrationInput*> given;
     for (const auto& in : batch) given[in.name] = &in;
+    DeviceBuffers device;
     for (const std::string& name : engine->input_names()) {
       auto it = given.find(name);
       KILN_CHECK(it != given.end() && it->second->data,
@@ -247,27 +268,44 @@ std::map<std::string, double> run_batches(const Network& network, const std::vec
                                                 << dtype_name(it->second->dtype)
                                                 << ", the network's input is " << dtype_name(want));
       ctx->set_input_shape(name, it->second->dims);
-      ctx->set_tensor_address(name, const_cast<void*>(it->second->data));
+      void* address = const_cast<void*>(it->second->data);
+      if (cuda) {
+        const size_t bytes = static_cast<size_t>(volume(it->second->dims)) * dtype_size(want);
+        address = device.allocate(bytes);
+        copy_to_device(address, it->second->data, bytes);
+      }
+      ctx->set_tensor_address(name, address);
     }
     KILN_CHECK(given.size() == engine->input_names().size(),
                "INT8 calibration: batch " << count << " has " << given.size() << " inputs, the network "
                                           << engine->input_names().size());
     std::map<std::string, std::vector<uint8_t>> outputs;
+    std::map<std::string, void*> on_device;
     for (const std::string& name : engine->output_names()) {
       const Dims dims = ctx->tensor_shape(name);
       auto& buf = outputs[name];
       buf.resize(static_cast<size_t>(volume(dims)) * dtype_size(engine->binding(name).dtype) + 1);
-      ctx->set_tensor_address(name, buf.data());
+      void* address = buf.data();
+      if (cuda) address = on_device[name] = device.allocate(buf.size());
+      ctx->set_tensor_address(name, address);
     }
     ctx->enqueue(nullptr);
+    if (cuda) {
+      synchronize_stream(nullptr);
+      for (const std::string& name : names) {
+        auto found = on_device.find(name);
+        if (found != on_device.end()) copy_to_host(outputs[name].data(), found->second, outputs[name].size());
+      }
+    }
     for (const std::string& name : names) {
       const bool is_input = given.count(name) > 0;
       const void* data = is_input ? given[name]->data : outputs.at(name).data();
       const TensorView view{const_cast<void*>(data), engine->binding(name).dtype, ctx->tensor_shape(name)};
       observers[name].observe(view, name, bins);
     }
-    KILN_LOG(kInfo, "INT8 calibration (" << calibration_algorithm_name(calibrator.algorithm()) << "): batch "
-                                         << count << " done");
+    KILN_LOG(kInfo, "INT8 calibration (" << calibration_algorithm_name(calibrator.algorithm()) << ", on the "
+                                         << (cuda ? "GPU" : "reference backend") << "): batch " << count
+                                         << " done");
   }
   KILN_CHECK(count > 0, "INT8 calibration: the calibrator gave no batches (and no cache)");
   std::map<std::string, double> ranges;
@@ -394,7 +432,7 @@ std::vector<std::pair<std::string, double>> parse_calibration_cache(const std::s
 
 Network quantize_network(const Network& network, Int8Calibrator& calibrator,
                          const std::vector<OptimizationProfile>& profiles, QuantFormat format,
-                         const std::set<std::string>& pinned) {
+                         const std::set<std::string>& pinned, Backend backend) {
   const bool fp8 = format == QuantFormat::kFp8;
   const std::vector<QuantizedLayer> quantized = quantized_layers(network, format, pinned);
   KILN_CHECK(!quantized.empty(), (fp8 ? "FP8" : "INT8")
@@ -431,7 +469,7 @@ Network quantize_network(const Network& network, Int8Calibrator& calibrator,
       KILN_FAIL(os.str());
     }
   } else {
-    ranges = run_batches(network, observed, calibrator, profiles);
+    ranges = run_batches(network, observed, calibrator, profiles, backend);
     calibrator.write_cache(format_calibration_cache({ranges.begin(), ranges.end()}, calibrator.algorithm()));
   }
 

@@ -20,6 +20,7 @@
 
 #include "core/plan.h"
 #include "ir/network.h"
+#include "kernels/kernel.h"
 
 namespace kiln {
 
@@ -77,11 +78,13 @@ enum class QuantFormat : uint8_t { kInt8, kFp8 };
 float e4m3_tensor_scale(const Tensor& w);
 
 // The network with fake_quantize layers before each quantized activation and fake-quantized
-// weights, from the calibrator's cache when it has one, else by running the batches on the
-// reference backend (profiles: the build's, for dynamic inputs). Writes the cache after running.
-// Layers named in `pinned` (BuilderConfig's per-layer precisions) are left unquantized.
+// weights, from the calibrator's cache when it has one, else by running the unquantized network
+// over the batches on `backend` (the build's: on a GPU in float32, or on the reference backend;
+// profiles: the build's, for dynamic inputs). Writes the cache after running. Layers named in
+// `pinned` (BuilderConfig's per-layer precisions) are left unquantized.
 Network quantize_network(const Network& network, Int8Calibrator& calibrator,
                          const std::vector<OptimizationProfile>& profiles,
-                         QuantFormat format = QuantFormat::kInt8, const std::set<std::string>& pinned = {});
+                         QuantFormat format = QuantFormat::kInt8, const std::set<std::string>& pinned = {},
+                         Backend backend = Backend::kReference);
 
 }  // namespace kiln

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "ir/float8.h"
+#include "ir/logging.h"
 
 #include "test_util.h"
 
@@ -172,6 +173,42 @@ TEST(Calibration, BuildFakeQuantizesActivationsAndWeightsThenReusesTheCache) {
   for (size_t i = 0; i < fp32.size(); ++i) diff = std::max(diff, std::fabs(fp32[i] - run(plan)[i]));
   EXPECT_GT(diff, 0.0f);
   EXPECT_LT(diff, 0.1f);
+}
+
+// A CUDA build calibrates on the GPU (the float32 network there, its observed tensors copied back):
+// the ranges are the reference backend's, up to float32 rounding, and the INT8 engine it builds
+// agrees with the reference-calibrated one run on the reference backend.
+TEST(Calibration, CudaBuildCalibratesOnTheGpu) {
+  KILN_REQUIRE_GPU();
+  auto on_cpu = std::make_shared<VectorCalibrator>(3, Dims{2, 3, 5, 5});
+  const Plan reference = Builder().build(conv_fc(), int8_config(on_cpu));
+  auto on_gpu = std::make_shared<VectorCalibrator>(3, Dims{2, 3, 5, 5});
+  BuilderConfig config = int8_config(on_gpu);
+  config.target = BuildTarget::kCuda;
+  std::vector<std::string> said;
+  const Severity level = log_level();
+  set_log_level(Severity::kInfo);
+  set_log_sink([&](Severity, const std::string& m) { said.push_back(m); });
+  const Plan plan = Builder().build(conv_fc(), config);
+  set_log_sink({});
+  set_log_level(level);
+  EXPECT_EQ(on_gpu->batches_read(), 3u);
+  int on_the_gpu = 0;
+  for (const auto& m : said)
+    on_the_gpu += m.find("INT8 calibration (minmax, on the GPU)") != std::string::npos;
+  EXPECT_EQ(on_the_gpu, 3) << ::testing::PrintToString(said);
+  const auto want = parse_calibration_cache(on_cpu->cache), got = parse_calibration_cache(on_gpu->cache);
+  ASSERT_EQ(got.size(), want.size()) << on_gpu->cache;
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].first, want[i].first);
+    EXPECT_NEAR(got[i].second, want[i].second, 1e-5 * want[i].second) << got[i].first;
+  }
+  const auto input = random_floats(150, 99);
+  const test::Feed feed = {{"x", {{2, 3, 5, 5}, input}}};
+  const auto y = test::run_float(Engine::create(plan, Backend::kCuda), feed).at("y");
+  const auto expected = test::run_float(Engine::create(reference, Backend::kReference), feed).at("y");
+  ASSERT_EQ(y.size(), expected.size());
+  for (size_t i = 0; i < y.size(); ++i) EXPECT_NEAR(y[i], expected[i], 2e-2f) << i;
 }
 
 TEST(Calibration, Fp8QuantizesFullyConnectedInputsAndWeightsPerTensorE4m3) {
