@@ -206,7 +206,7 @@ def native_int8_plan(net, calibrator, device="cpu"):
 @pytest.mark.parametrize("algorithm", ["entropy", "minmax", "percentile"])
 def test_native_api_ptq_stays_within_one_percent_of_fp32(digits, algorithm, device, tmp_path):
     # The network API's INT8: BuilderConfig(precisions=[..., int8], calibrator=kiln.Calibrator).
-    # Calibration runs on the reference backend; the engine on `device`.
+    # Calibration and the engine run on `device` (a CUDA build calibrates on the GPU).
     model, train, test, labels = digits
     net = digits_network(model)
     cache = tmp_path / "native.calib"
