@@ -50,10 +50,15 @@ __host__ __device__ __forceinline__ float bits_float(int32_t i) {
 
 // clamp(rint(x), lo, hi) as int8, NaN to lo: what the quantize layer computes from x = v * inv_scale
 // (lo, hi integers in [-128, 127]). Clamping first is the same (the bounds are integers), and
-// leaves a value the magic add rounds exactly. NaN is tested for, not left to fmaxf: a host's
-// fmaxf returns NaN for a signaling NaN (IEEE 754-2008 maxNum).
+// leaves a value the magic add rounds exactly. On the device fmaxf returns the other operand for
+// any NaN (PTX max.f32), so NaN becomes lo with no test; a host's fmaxf returns NaN for a
+// signaling NaN (IEEE 754-2008 maxNum), so the host tests for it.
 __host__ __device__ __forceinline__ int8_t round_clamp_int8(float x, float lo, float hi) {
+#ifdef __CUDA_ARCH__
+  const float c = fminf(fmaxf(x, lo), hi);
+#else
   const float c = x != x ? lo : fminf(fmaxf(x, lo), hi);
+#endif
   // The low byte of the sum's bits is the integer, two's complement.
   return static_cast<int8_t>(float_bits(add_rn(c, kRoundMagic)) & 0xFF);
 }

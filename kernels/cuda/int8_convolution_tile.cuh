@@ -318,8 +318,16 @@ struct ResidualPack {
       f = *reinterpret_cast<const Pack<R, kN>*>(p);
     }
   }
-  __device__ __forceinline__ float value(int e, bool int8, float scale) const {
-    return int8 ? int8_to_float(q.v[e]) * scale : to_float(f.v[e]);
+  // All kN values as floats: one branch on the residual's type for the kN of them (tested per
+  // value, it cost a branch and a compare on every output value).
+  __device__ __forceinline__ void values(float (&r)[kN], bool int8, float scale) const {
+    if (int8) {
+#pragma unroll
+      for (int e = 0; e < kN; ++e) r[e] = __fmul_rn(int8_to_float(q.v[e]), scale);
+    } else {
+#pragma unroll
+      for (int e = 0; e < kN; ++e) r[e] = to_float(f.v[e]);
+    }
   }
 };
 
@@ -330,13 +338,22 @@ struct ResidualPack {
 template <int kN, int kAct, typename T, typename R>
 __device__ __forceinline__ void finish(const Int8ConvParams& g, float (&v)[kN], bool has_residual,
                                        const ResidualPack<kN, R>& residual, T* y, int8_t* y8) {
-  const bool int8_residual = g.residual_scale > 0.f;
+  // Each step over all kN values under one condition: the conditions are the layer's, the same for
+  // every value, and a branch per step costs less than one per value.
+  float r[kN];
+  if (has_residual) residual.values(r, g.residual_scale > 0.f, g.residual_scale);
   const bool residual_first = has_residual && !g.residual_after_activation;
+  if (residual_first) {
 #pragma unroll
-  for (int e = 0; e < kN; ++e) {
-    if (residual_first) v[e] += residual.value(e, int8_residual, g.residual_scale);
-    if (kAct == kAnyActivation ? g.activate : kAct != kNoActivation) v[e] = activate_as<kAct>(g.act, v[e]);
-    if (has_residual && !residual_first) v[e] += residual.value(e, int8_residual, g.residual_scale);
+    for (int e = 0; e < kN; ++e) v[e] = __fadd_rn(v[e], r[e]);
+  }
+  if (kAct == kAnyActivation ? g.activate : kAct != kNoActivation) {
+#pragma unroll
+    for (int e = 0; e < kN; ++e) v[e] = activate_as<kAct>(g.act, v[e]);
+  }
+  if (has_residual && !residual_first) {
+#pragma unroll
+    for (int e = 0; e < kN; ++e) v[e] = __fadd_rn(v[e], r[e]);
   }
   Pack<int8_t, kN> q;
   if (std::is_same_v<T, int8_t> || y8) {
