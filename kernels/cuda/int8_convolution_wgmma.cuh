@@ -198,24 +198,32 @@ __global__ void __launch_bounds__(WgmmaTile<BM, BN>::kThreads, kMinBlocks) int8_
       prefetch_residual<BM, BN, Cfg::kThreads>(d, smem + d.residual_smem, m0, n0, tid);
     cp_async_commit();
   }
+  // The descriptors of slot 0's A (this warpgroup's rows) and B; a slot's are these plus its
+  // offset in 16-byte units (the address field holds address / 16 and shared memory ends below
+  // 2^18 bytes, so the add never carries out of it). The slots are counted, not taken modulo
+  // kStages: a step's descriptor and copy addresses cost an add each.
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint64_t a0 = smem_descriptor(base + warpgroup * 64 * kBlockK);
+  const uint64_t b0 = smem_descriptor(base + BM * kBlockK);
+  int slot = 0, next_slot = kDepth % kStages;
 #pragma unroll 1
   for (int step = 0; step < steps; ++step) {
     cp_async_wait<kDepth - 1>();
     fence_proxy_async();
     __syncthreads();  // step's tiles arrived for every thread; step - 2's MMAs are done everywhere
     const int next = step + kDepth;
-    if (next < steps) loader.load(d, smem + (next % kStages) * Cfg::kStageBytes, next);
+    if (next < steps) loader.load(d, smem + next_slot * Cfg::kStageBytes, next);
     cp_async_commit();
-    const uint32_t a = base + (step % kStages) * Cfg::kStageBytes + warpgroup * 64 * kBlockK;
-    const uint32_t b = base + (step % kStages) * Cfg::kStageBytes + BM * kBlockK;
+    const uint64_t at = static_cast<uint64_t>(slot * (Cfg::kStageBytes >> 4));
     fence_accumulators(acc);
     wgmma_fence();
-    wgmma_s8<BN>(acc, smem_descriptor(a), smem_descriptor(b));
-    wgmma_s8<BN>(acc, smem_descriptor(a + 32), smem_descriptor(b + 32));
+    wgmma_s8<BN>(acc, a0 + at, b0 + at);
+    wgmma_s8<BN>(acc, a0 + at + 2, b0 + at + 2);  // the second k32: 32 bytes on
     wgmma_commit();
     wgmma_wait<1>();
     fence_accumulators(acc);
+    slot = slot + 1 == kStages ? 0 : slot + 1;
+    next_slot = next_slot + 1 == kStages ? 0 : next_slot + 1;
   }
   wgmma_wait<0>();
   fence_accumulators(acc);
