@@ -4,19 +4,31 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 namespace kiln {
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
+#ifdef __CUDA_ARCH__
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
+#else
+  return static_cast<unsigned>(reinterpret_cast<uintptr_t>(p));  // host: unused (see cp_async_16)
+#endif
 }
 
 // 16 bytes global -> shared, bypassing L1; zero-fills the destination when !fill (reads nothing).
+// Compiled for the host (a CPU test of a loader), a plain copy.
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool fill) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const int src_bytes = fill ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                "r"(src_bytes));
+#elif !defined(__CUDA_ARCH__)
+  if (fill) {
+    std::memcpy(dst, src, 16);
+  } else {
+    std::memset(dst, 0, 16);
+  }
 #endif
 }
 

@@ -5,14 +5,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <random>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "core/passes/passes.h"
 #include "ir/ops/convolution.h"
 #include "kernels/cuda/cudnn_graph_convolution.h"
 #include "kernels/cuda/int8_bits.cuh"
 #include "kernels/cuda/int8_convolution.h"
+#include "kernels/cuda/int8_convolution_loader.cuh"
 #include "kernels/reference/host_access.h"
 #include "test_util.h"
 
@@ -387,6 +390,107 @@ TEST(Int8Convolutions, QuantizedLayerValidatesItsInputs) {
     FAIL() << "out_dtype int32 accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("out_dtype"), std::string::npos) << e.what();
+  }
+}
+
+// The INT8 kernels' tile loader (int8_convolution_loader.cuh) run on the host, all of a block's
+// threads in turn: at every K step of every block, each 64-byte row of the A tile is the implicit
+// GEMM's row (the output pixel's input patch, channels last, zero at the padding and past M or K)
+// and each row of the B tile the weight's, in the swizzled layout the MMAs read. Each tile shape
+// the kernels launch (mma.sync tiles 0-4, the wgmma ones) and every path of the loader: 1x1 dense
+// and strided, windows with padding, stride and dilation, K ending inside a step.
+template <int BM, int BN, int kThreads>
+void check_loader(const int8conv::DeviceParams& d, const std::string& what) {
+  using int8conv::kBlockK;
+  const Int8ConvParams& g = d.g;
+  const auto a_ref = [&](int64_t m, int k) -> int8_t {
+    if (m >= d.m || k >= d.gemm_k) return 0;
+    const int pq = g.p * g.q, b = static_cast<int>(m / pq), rem = static_cast<int>(m % pq);
+    const int oh = rem / g.q, ow = rem % g.q, tap = k / g.c, ch = k % g.c;
+    const int ih = oh * g.stride_h - g.pad_h + tap / g.s * g.dil_h;
+    const int iw = ow * g.stride_w - g.pad_w + tap % g.s * g.dil_w;
+    if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) return 0;
+    return d.x[((static_cast<int64_t>(b) * g.h + ih) * g.w + iw) * g.c + ch];
+  };
+  const auto b_ref = [&](int n, int k) -> int8_t {
+    return n < g.k && k < d.gemm_k ? d.w[static_cast<int64_t>(n) * d.gemm_k + k] : int8_t{0};
+  };
+  using Loader = int8conv::TileLoader<BM, BN, kThreads>;
+  const int steps = (d.gemm_k + kBlockK - 1) / kBlockK;
+  int wrong = 0;
+  for (int64_t m0 = 0; m0 < d.m; m0 += BM) {
+    for (int n0 = 0; n0 < g.k; n0 += BN) {
+      std::vector<Loader> loaders;
+      for (int t = 0; t < kThreads; ++t) loaders.emplace_back(d, t, m0, n0);
+      for (int step = 0; step < steps; ++step) {
+        std::vector<uint8_t> tile(Loader::kStageBytes, 0xA5);  // a byte no copy wrote stays 0xA5
+        for (auto& l : loaders) l.load(d, tile.data(), step);
+        for (int row = 0; row < BM + BN; ++row) {
+          for (int chunk = 0; chunk < 4; ++chunk) {
+            const bool is_a = row < BM;
+            const int r = is_a ? row : row - BM;
+            const uint8_t* got = tile.data() + (is_a ? 0 : BM * kBlockK) + int8conv::swizzle(r, chunk);
+            for (int j = 0; j < 16; ++j) {
+              const int k = step * kBlockK + chunk * 16 + j;
+              const int8_t want = is_a ? a_ref(m0 + r, k) : b_ref(n0 + r, k);
+              if (static_cast<int8_t>(got[j]) != want && wrong++ < 3)
+                ADD_FAILURE() << what << " tile " << BM << "x" << BN << "/" << kThreads << ": block (" << m0
+                              << ", " << n0 << ") step " << step << (is_a ? " A" : " B") << " row " << r
+                              << " tap " << k << ": " << int{static_cast<int8_t>(got[j])} << ", want "
+                              << int{want};
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(Int8Convolutions, TileLoaderGathersTheImplicitGemmOnEveryTile) {
+  struct Shape {
+    int n, h, w, c, k, r, stride, pad, dilation;
+  };
+  const Shape shapes[] = {
+      {2, 7, 9, 64, 96, 1, 1, 0, 1},    // 1x1, stride 1: dense rows (M = 126 ends inside a tile)
+      {3, 9, 7, 32, 34, 1, 2, 0, 1},    // 1x1, stride 2: every other pixel
+      {2, 9, 9, 48, 130, 3, 1, 1, 1},   // 3x3, padding: K = 432 ends inside a step
+      {1, 20, 20, 16, 64, 7, 2, 3, 1},  // the stem's 7x7 over 16 (padded) channels
+      {3, 13, 11, 64, 66, 3, 2, 2, 2},  // stride and dilation
+      {1, 6, 5, 160, 256, 1, 1, 0, 1},  // 160 channels: a thread's tap offset wraps
+  };
+  std::mt19937 rng(7);
+  for (const Shape& sh : shapes) {
+    int8conv::DeviceParams d;
+    Int8ConvParams& g = d.g;
+    g.n = sh.n;
+    g.h = sh.h;
+    g.w = sh.w;
+    g.c = sh.c;
+    g.k = sh.k;
+    g.r = g.s = sh.r;
+    g.stride_h = g.stride_w = sh.stride;
+    g.pad_h = g.pad_w = sh.pad;
+    g.dil_h = g.dil_w = sh.dilation;
+    g.p = static_cast<int>(conv_output_dim(g.h, g.r, g.stride_h, g.pad_h, g.dil_h));
+    g.q = static_cast<int>(conv_output_dim(g.w, g.s, g.stride_w, g.pad_w, g.dil_w));
+    d.m = static_cast<int64_t>(g.n) * g.p * g.q;
+    d.gemm_k = g.r * g.s * g.c;
+    d.pointwise = g.r == 1 && g.s == 1 && g.pad_h == 0 && g.pad_w == 0;
+    d.dense = d.pointwise && g.stride_h == 1 && g.stride_w == 1 && g.p == g.h && g.q == g.w;
+    std::vector<int8_t> x(static_cast<size_t>(g.n) * g.h * g.w * g.c), w(static_cast<size_t>(g.k) * d.gemm_k);
+    for (auto& v : x) v = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+    for (auto& v : w) v = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+    d.x = x.data();
+    d.w = w.data();
+    const std::string what = std::to_string(g.c) + "->" + std::to_string(g.k) + " " + std::to_string(g.r) +
+                             "x" + std::to_string(g.s) + " s" + std::to_string(sh.stride);
+    check_loader<128, 128, 256>(d, what);  // mma.sync tile 0; wgmma 128x128
+    check_loader<128, 64, 128>(d, what);   // mma.sync tile 1
+    check_loader<64, 128, 128>(d, what);   // mma.sync tile 2; wgmma 64x128
+    check_loader<64, 64, 128>(d, what);    // mma.sync tile 3
+    check_loader<128, 128, 128>(d, what);  // mma.sync tile 4
+    check_loader<128, 256, 256>(d, what);  // wgmma 128x256
+    check_loader<128, 64, 256>(d, what);   // wgmma 128x64
   }
 }
 
