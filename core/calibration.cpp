@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <limits>
 #include <map>
 #include <set>
@@ -207,24 +208,6 @@ double entropy_range(const std::vector<double>& hist, double width) {
   return (static_cast<double>(best_i) + 0.5) * width;
 }
 
-// Device memory for one calibration batch, freed with it.
-class DeviceBuffers {
- public:
-  DeviceBuffers() = default;
-  DeviceBuffers(const DeviceBuffers&) = delete;
-  DeviceBuffers& operator=(const DeviceBuffers&) = delete;
-  ~DeviceBuffers() {
-    for (void* p : buffers_) device_free(p);
-  }
-  void* allocate(size_t bytes) {
-    buffers_.push_back(device_alloc(bytes ? bytes : 1));
-    return buffers_.back();
-  }
-
- private:
-  std::vector<void*> buffers_;
-};
-
 // Runs the network's batches on `backend` (on a GPU: the float32 network, inputs copied in and the
 // observed tensors copied out after each batch) and returns each quantized activation's range, by
 // name.
@@ -257,7 +240,7 @@ std::map<std::string, double> run_batches(const Network& network, const std::vec
     ++count;
     std::map<std::string, const CalibrationInput*> given;
     for (const auto& in : batch) given[in.name] = &in;
-    DeviceBuffers device;
+    std::deque<DeviceBuffer> device;  // this batch's inputs and outputs on the GPU
     for (const std::string& name : engine->input_names()) {
       auto it = given.find(name);
       KILN_CHECK(it != given.end() && it->second->data,
@@ -271,7 +254,7 @@ std::map<std::string, double> run_batches(const Network& network, const std::vec
       void* address = const_cast<void*>(it->second->data);
       if (cuda) {
         const size_t bytes = static_cast<size_t>(volume(it->second->dims)) * dtype_size(want);
-        address = device.allocate(bytes);
+        address = device.emplace_back(bytes ? bytes : 1).p;
         copy_to_device(address, it->second->data, bytes);
       }
       ctx->set_tensor_address(name, address);
@@ -286,7 +269,7 @@ std::map<std::string, double> run_batches(const Network& network, const std::vec
       auto& buf = outputs[name];
       buf.resize(static_cast<size_t>(volume(dims)) * dtype_size(engine->binding(name).dtype) + 1);
       void* address = buf.data();
-      if (cuda) address = on_device[name] = device.allocate(buf.size());
+      if (cuda) address = on_device[name] = device.emplace_back(buf.size()).p;
       ctx->set_tensor_address(name, address);
     }
     ctx->enqueue(nullptr);

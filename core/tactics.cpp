@@ -122,15 +122,6 @@ bool choose_tactics(Network& net, const std::vector<OptimizationProfile>& profil
 
 namespace {
 
-// Device memory owned for one timing.
-struct DeviceBuffer {
-  void* p = nullptr;
-  explicit DeviceBuffer(size_t bytes) : p(device_alloc(bytes)) {}
-  ~DeviceBuffer() { device_free(p); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-};
-
 // Floats drawn per timing input: larger inputs repeat this many random values (a batch-256
 // activation has 10^8 elements, drawn one by one they took seconds per layer on the host; the
 // kernels' speed does not depend on the values' period).

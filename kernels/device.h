@@ -36,6 +36,14 @@ struct HostPiece {
   size_t bytes;
 };
 void copy_pieces_to_device(const HostPiece* pieces, size_t count);
+// Device memory owned for a scope (a tactic timing's buffers, a calibration batch's).
+struct DeviceBuffer {
+  void* p = nullptr;
+  explicit DeviceBuffer(size_t bytes) : p(device_alloc(bytes)) {}
+  ~DeviceBuffer() { device_free(p); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+};
 void synchronize_stream(void* stream);
 void synchronize_device();  // cudaDeviceSynchronize: every stream of the current device
 void* create_cublaslt_handle();
