@@ -29,9 +29,7 @@
 #include <atomic>
 #include <cstdint>
 #include <initializer_list>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <utility>
 
 #include "ir/error.h"
@@ -45,6 +43,7 @@
 #include "kernels/cuda/depthwise_convolution.h"
 #include "kernels/cuda/dtype_traits.cuh"
 #include "kernels/cuda/int8_convolution.h"
+#include "kernels/cuda/shape_cache.h"
 #include "kernels/kernel.h"
 
 namespace kiln {
@@ -234,7 +233,7 @@ class CudnnConvolution final : public Kernel {
   // without, cuDNN's refusal throws.
   const CudnnGraphConvolution* graph_plan(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
                                           const TensorView& y, size_t workspace_bytes, bool fused) const {
-    return cached(graph_cache_, x, workspace_bytes, fused, [&]() -> std::unique_ptr<CudnnGraphConvolution> {
+    return graph_cache_.get(x.dims, workspace_bytes, fused, [&]() -> std::unique_ptr<CudnnGraphConvolution> {
       GraphConvShape s;
       s.dtype = x.dtype;
       s.x = channels_last_ ? channels_first_dims(x.dims) : x.dims;
@@ -262,25 +261,6 @@ class CudnnConvolution final : public Kernel {
         throw;
       }
     });
-  }
-
-  // The entry of `cache` for x's shape, the workspace size and `variant`, made by `make` on a miss
-  // (null: there is none, and later calls do not try again). Made outside the lock; when two
-  // threads race for one shape, the first insert wins and both use it (the entries are equivalent).
-  template <typename T, typename Make>
-  const T* cached(std::map<std::vector<int64_t>, std::unique_ptr<T>>& cache, const TensorView& x,
-                  size_t workspace_bytes, int64_t variant, const Make& make) const {
-    std::vector<int64_t> key = x.dims;
-    key.push_back(static_cast<int64_t>(workspace_bytes));
-    key.push_back(variant);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto it = cache.find(key);
-      if (it != cache.end()) return it->second.get();
-    }
-    std::unique_ptr<T> made = make();
-    std::lock_guard<std::mutex> lock(mutex_);
-    return cache.emplace(std::move(key), std::move(made)).first->second.get();
   }
 
   // The depthwise tactics: x [N, C, H, W] (or channels last) with weight [C, 1, kh, kw] and groups
@@ -335,8 +315,8 @@ class CudnnConvolution final : public Kernel {
 
   const Prepared& prepared(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
                            const TensorView& y, bool has_bias, size_t workspace_bytes) const {
-    return *cached(cache_, x, workspace_bytes, 0,
-                   [&] { return prepare(handle, x, w, y, has_bias, workspace_bytes); });
+    return *cache_.get(x.dims, workspace_bytes, 0,
+                       [&] { return prepare(handle, x, w, y, has_bias, workspace_bytes); });
   }
 
   std::unique_ptr<Prepared> prepare(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
@@ -508,9 +488,8 @@ class CudnnConvolution final : public Kernel {
   int tactic_;
   ConvEpilogue epilogue_;
   EpilogueParams params_{};
-  mutable std::mutex mutex_;
-  mutable std::map<std::vector<int64_t>, std::unique_ptr<Prepared>> cache_;
-  mutable std::map<std::vector<int64_t>, std::unique_ptr<CudnnGraphConvolution>> graph_cache_;
+  ShapeCache<Prepared> cache_;
+  ShapeCache<CudnnGraphConvolution> graph_cache_;
 };
 
 }  // namespace

@@ -5,8 +5,6 @@
 
 #include <cudnn.h>
 
-#include <map>
-#include <mutex>
 #include <sstream>
 
 #include "ir/error.h"
@@ -17,6 +15,7 @@
 #include "kernels/cuda/cudnn_graph_convolution.h"
 #include "kernels/cuda/cudnn_util.h"
 #include "kernels/cuda/int8_convolution_tile.cuh"
+#include "kernels/cuda/shape_cache.h"
 
 namespace kiln {
 using namespace int8conv;  // NOLINT(build/namespaces): this file is the kernel the header serves
@@ -269,38 +268,30 @@ class Int8Convolution final : public Kernel {
   const CudnnGraphConvolution& graph_plan(cudnnHandle_t handle, const TensorView& x, const TensorView& w,
                                           const TensorView& y, const TensorView* r, const ConvGeometry& g,
                                           size_t workspace_bytes) const {
-    std::vector<int64_t> key = x.dims;
-    key.push_back(static_cast<int64_t>(workspace_bytes));
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto it = plans_.find(key);
-      if (it != plans_.end()) return *it->second;
-    }
-    GraphConvShape s;
-    s.dtype = DataType::kInt8;
-    s.x = channels_first_dims(x.dims);
-    s.w = channels_first_dims(w.dims);
-    s.y = channels_first_dims(y.dims);
-    s.channels_last = true;
-    s.geometry = g;
-    s.relu = e_.activate;
-    s.y_dtype = y.dtype;
-    s.out_scale = e_.out_inv_scale;
-    s.residual = r != nullptr;
-    if (r) {
-      s.residual_dtype = r->dtype;
-      s.residual_scale = e_.residual_scale;
-    }
-    auto made = std::make_unique<CudnnGraphConvolution>(handle, s, e_.tactic - kInt8GraphTactic,
-                                                        workspace_bytes, e_.who);
-    std::lock_guard<std::mutex> lock(mutex_);
-    return *plans_.emplace(std::move(key), std::move(made)).first->second;
+    return *plans_.get(x.dims, workspace_bytes, 0, [&] {
+      GraphConvShape s;
+      s.dtype = DataType::kInt8;
+      s.x = channels_first_dims(x.dims);
+      s.w = channels_first_dims(w.dims);
+      s.y = channels_first_dims(y.dims);
+      s.channels_last = true;
+      s.geometry = g;
+      s.relu = e_.activate;
+      s.y_dtype = y.dtype;
+      s.out_scale = e_.out_inv_scale;
+      s.residual = r != nullptr;
+      if (r) {
+        s.residual_dtype = r->dtype;
+        s.residual_scale = e_.residual_scale;
+      }
+      return std::make_unique<CudnnGraphConvolution>(handle, s, e_.tactic - kInt8GraphTactic, workspace_bytes,
+                                                     e_.who);
+    });
   }
 
   Layer layer_;
   Int8Epilogue e_;
-  mutable std::mutex mutex_;
-  mutable std::map<std::vector<int64_t>, std::unique_ptr<CudnnGraphConvolution>> plans_;
+  ShapeCache<CudnnGraphConvolution> plans_;  // the graph tactic's plan per input shape
 };
 
 // y [..., N] = epilogue(x [..., K] @ weight [N, K]^T): a 1x1 convolution of one image, one row of
