@@ -1,6 +1,7 @@
 #include "core/tactics.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -28,6 +29,49 @@ double less_precise_margin() {
                                          << ": expected a number >= 1 (or inf); unset it for the default "
                                          << kLessPreciseMargin);
   return m;
+}
+
+size_t tactic_sample_stride(size_t elements) {
+  if (elements <= kTacticSamples) return 1;
+  size_t stride = (elements + kTacticSamples - 1) / kTacticSamples;
+  while (stride % 2 == 0 || stride % 3 == 0 || stride % 5 == 0 || stride % 7 == 0) ++stride;
+  return stride;
+}
+
+std::string tactic_outputs_disagree(DataType dtype, const std::vector<uint8_t>& baseline,
+                                    const std::vector<uint8_t>& candidate) {
+  const size_t size = dtype_size(dtype);
+  KILN_CHECK(baseline.size() == candidate.size() && baseline.size() % size == 0,
+             "tactic_outputs_disagree: " << baseline.size() << " and " << candidate.size() << " bytes of "
+                                         << dtype_name(dtype));
+  const int64_t n = static_cast<int64_t>(baseline.size() / size);
+  const TensorView a{const_cast<uint8_t*>(baseline.data()), dtype, {n}};
+  const TensorView b{const_cast<uint8_t*>(candidate.data()), dtype, {n}};
+  int64_t odd = 0;  // finite in one, not in the other (or NaN against infinity)
+  double diff = 0.0, norm_a = 0.0, norm_b = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double x = load_element(a, i), y = load_element(b, i);
+    if (!std::isfinite(x) || !std::isfinite(y)) {
+      odd += !(x == y || (std::isnan(x) && std::isnan(y)));
+      continue;
+    }
+    diff += (x - y) * (x - y);
+    norm_a += x * x;
+    norm_b += y * y;
+  }
+  std::ostringstream why;
+  if (odd > std::max<int64_t>(1, n / 1000)) {
+    why << odd << " of " << n << " compared values are NaN or infinite in one output and not in the other";
+    return why.str();
+  }
+  const double scale = std::sqrt(std::max(norm_a, norm_b));
+  const double distance = scale > 0.0 ? std::sqrt(diff) / scale : 0.0;
+  if (distance > kTacticAgreement) {
+    why << "relative L2 distance " << distance << " over " << n << " compared values (at most "
+        << kTacticAgreement << ")";
+    return why.str();
+  }
+  return "";
 }
 
 bool choose_tactics(Network& net, const std::vector<OptimizationProfile>& profiles, Backend backend,
@@ -128,7 +172,8 @@ namespace {
 constexpr int64_t kTimingRandomPeriod = int64_t{1} << 16;
 
 // Host bytes for a timing input: the weights of a constant, the tracked values of a shape
-// tensor, zeros for other integer tensors (safe as indices), uniform [-1, 1) floats otherwise
+// tensor, uniform int8 values in [-127, 127] for int8 tensors (quantized values), zeros for
+// other integer tensors (safe as indices), uniform [-1, 1) floats otherwise (float8 too)
 // (kTimingRandomPeriod of them, repeated).
 std::vector<uint8_t> timing_input(const Network& net, TensorId id, const TensorDesc& d, std::mt19937& gen) {
   const Tensor& t = net.tensor(id);
@@ -136,14 +181,15 @@ std::vector<uint8_t> timing_input(const Network& net, TensorId id, const TensorD
   const int64_t n = volume(d.dims);
   std::vector<uint8_t> bytes(static_cast<size_t>(n) * dtype_size(d.dtype), 0);
   TensorView view{bytes.data(), d.dtype, d.dims};
-  const bool floating =
-      d.dtype == DataType::kFloat32 || d.dtype == DataType::kFloat16 || d.dtype == DataType::kBFloat16;
+  const bool floating = d.dtype == DataType::kFloat32 || d.dtype == DataType::kFloat16 ||
+                        d.dtype == DataType::kBFloat16 || d.dtype == DataType::kFloat8E4M3;
   if (fully_known(d.values) && static_cast<int64_t>(d.values->size()) == n) {
     for (int64_t i = 0; i < n; ++i) store_element(view, i, static_cast<double>((*d.values)[i]));
-  } else if (floating) {
+  } else if (floating || d.dtype == DataType::kInt8) {
     std::uniform_real_distribution<float> dist(-1.f, 1.f);
+    std::uniform_int_distribution<int> quantized(-127, 127);
     const int64_t period = std::min(n, kTimingRandomPeriod);
-    for (int64_t i = 0; i < period; ++i) store_element(view, i, dist(gen));
+    for (int64_t i = 0; i < period; ++i) store_element(view, i, floating ? dist(gen) : quantized(gen));
     const size_t block = static_cast<size_t>(period) * dtype_size(d.dtype);
     for (size_t at = block; at < bytes.size(); at += block) {
       std::memcpy(bytes.data() + at, bytes.data(), std::min(block, bytes.size() - at));
@@ -230,6 +276,30 @@ std::optional<double> time_as_graph(TimerResources& r, const std::function<void(
   return best;
 }
 
+// The compared samples of each output (tactic_sample_stride), copied to the host.
+std::vector<std::vector<uint8_t>> sample_outputs(const std::vector<TensorView>& out, void* stream) {
+  std::vector<std::vector<uint8_t>> samples;
+  for (const TensorView& o : out) {
+    const auto n = static_cast<size_t>(volume(o.dims));
+    const size_t stride = tactic_sample_stride(n), size = dtype_size(o.dtype);
+    const size_t count = n == 0 ? 0 : (n - 1) / stride + 1;
+    samples.emplace_back(count * size);
+    copy_strided_to_host(samples.back().data(), o.data, size, stride, count, stream);
+  }
+  return samples;
+}
+
+// "" when every output's samples agree with the baseline's, else which output and how not.
+std::string disagreement(const std::vector<TensorView>& out,
+                         const std::vector<std::vector<uint8_t>>& baseline,
+                         const std::vector<std::vector<uint8_t>>& samples) {
+  for (size_t i = 0; i < out.size(); ++i) {
+    std::string why = tactic_outputs_disagree(out[i].dtype, baseline[i], samples[i]);
+    if (!why.empty()) return "output " + std::to_string(i) + " differs: " + why + ",";
+  }
+  return "";
+}
+
 }  // namespace
 
 TacticTimer cuda_tactic_timer(const Network& net, size_t workspace_bytes) {
@@ -260,6 +330,8 @@ TacticTimer cuda_tactic_timer(const Network& net, size_t workspace_bytes) {
     launch.workspace_bytes = workspace_bytes;
     std::vector<std::optional<double>> times(static_cast<size_t>(num_tactics));
     std::optional<double> best_so_far;
+    int baseline = -1;  // the first tactic that ran: the others' outputs are checked against its
+    std::vector<std::vector<uint8_t>> baseline_samples;
     for (int t = 0; t < num_tactics; ++t) {
       Layer variant = layer;
       variant.attrs.set("tactic", int64_t{t});
@@ -267,8 +339,22 @@ TacticTimer cuda_tactic_timer(const Network& net, size_t workspace_bytes) {
         auto kernel = create_kernel(variant, Backend::kCuda);
         if (kernel->uses_cudnn() && !r.cudnn) r.cudnn = create_cudnn_handle();
         launch.cudnn = r.cudnn;
+        for (const TensorView& o : out) {  // NaN bytes: an output the tactic leaves unwritten shows
+          const auto bytes = static_cast<size_t>(tensor_bytes(o.dims, dtype_size(o.dtype)));
+          fill_device_async(o.data, 0xff, bytes, r.stream);
+        }
         kernel->run(in, out, launch);  // first run: lazy module loading, descriptor set-up
         synchronize_stream(r.stream);
+        std::vector<std::vector<uint8_t>> samples = sample_outputs(out, r.stream);
+        if (baseline < 0) {
+          baseline = t;
+          baseline_samples = std::move(samples);
+        } else if (std::string why = disagreement(out, baseline_samples, samples); !why.empty()) {
+          KILN_LOG(kWarning, "builder: " << describe(layer) << ": tactic " << t
+                                         << " not taken: on the same inputs " << why << " against tactic "
+                                         << baseline << "'s (a kernel bug; please report it)");
+          continue;
+        }
         // The other warm-up runs are timed behind a GPU delay, so that the host's launch time is
         // hidden. A tactic whose warm-up runs are many times slower than the best one so far
         // cannot win: its warm-up time is its time, and pathological tactics do not get captured

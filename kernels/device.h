@@ -26,6 +26,12 @@ void device_free(void* p) noexcept;
 void copy_to_device(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
 void copy_device_async(void* dst, const void* src, size_t bytes, void* stream);
+// Sets `bytes` bytes at `dst` (device) to `byte`, in stream order.
+void fill_device_async(void* dst, int byte, size_t bytes, void* stream);
+// Every `stride`-th element of `src` (device; elements of `element_bytes`), `count` of them from
+// the first, to `dst` (host) after the stream's earlier work; returns when they are there.
+void copy_strided_to_host(void* dst, const void* src, size_t element_bytes, size_t stride, size_t count,
+                          void* stream);
 // Host to device, many pieces (an engine's constants, a refit's new weights): through two
 // page-locked staging buffers, the CPU filling one while the copy engine drains the other, at
 // the bus's rate rather than a pageable copy's and without a host image of the whole. Returns

@@ -86,6 +86,29 @@ void copy_device_async(void* dst, const void* src, size_t bytes, void* stream) {
   }
 }
 
+void fill_device_async(void* dst, int byte, size_t bytes, void* stream) {
+  if (bytes) KILN_CUDA_CHECK(cudaMemsetAsync(dst, byte, bytes, static_cast<cudaStream_t>(stream)));
+}
+
+void copy_strided_to_host(void* dst, const void* src, size_t element_bytes, size_t stride, size_t count,
+                          void* stream) {
+  if (count == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  const size_t bytes = element_bytes * count;
+  if (stride == 1) {
+    KILN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s));
+    KILN_CUDA_CHECK(cudaStreamSynchronize(s));
+    return;
+  }
+  // Gathered on the device first (a pitched copy of one-element rows), then one plain copy: a
+  // pitched copy straight to pageable host memory goes row by row.
+  DeviceBuffer gathered(bytes);
+  KILN_CUDA_CHECK(cudaMemcpy2DAsync(gathered.p, element_bytes, src, element_bytes * stride, element_bytes,
+                                    count, cudaMemcpyDeviceToDevice, s));
+  KILN_CUDA_CHECK(cudaMemcpyAsync(dst, gathered.p, bytes, cudaMemcpyDeviceToHost, s));
+  KILN_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
 namespace {
 
 constexpr size_t kStagingChunk = size_t{8} << 20;

@@ -3,6 +3,7 @@
 // with a test op whose reference kernel has tactics and a scripted timer; the GPU tests time a
 // test CUDA kernel for real through the Builder.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
@@ -11,6 +12,7 @@
 #include "core/timing_cache.h"
 #include "ir/logging.h"
 #include "ir/op_schema.h"
+#include "kernels/reference/host_access.h"
 #include "test_util.h"
 
 namespace kiln {
@@ -18,10 +20,12 @@ namespace {
 
 // "test_tactic_relu": y = max(x, 0), registered only in this test. Its kernels offer three
 // tactics on both backends. CUDA tactic 0 runs the built-in relu once, tactic 1 runs it 50 times
-// (same result, honestly slower), tactic 2 throws (cannot run).
+// (same result, honestly slower), tactic 2 throws (cannot run). With g_wrong_tactics, tactic 3
+// writes nothing and tactic 4 computes x instead (both faster than any right one).
 std::vector<int> g_created_tactics;  // "tactic" of every TacticRelu created, in order
 int g_tactic_count = 3;              // what TacticRelu offers (tactics past 2 run as tactic 0)
 int g_less_precise = -1;             // the tactic TacticRelu calls less precise, if any
+bool g_wrong_tactics = false;
 
 class TacticRelu final : public Kernel {
  public:
@@ -32,11 +36,15 @@ class TacticRelu final : public Kernel {
     relu.op = "activation";
     relu.attrs.set("type", std::string("relu")).set("alpha", 0.0);
     relu_ = create_kernel(relu, backend);
+    relu.attrs.set("type", std::string("leaky_relu")).set("alpha", 1.0);  // y = x
+    identity_ = create_kernel(relu, backend);
     g_created_tactics.push_back(tactic_);
   }
   void run(const std::vector<TensorView>& in, const std::vector<TensorView>& out,
            const LaunchContext& ctx) const override {
     KILN_CHECK(tactic_ != 2, "test_tactic_relu: tactic 2 cannot run");
+    if (g_wrong_tactics && tactic_ == 3) return;
+    if (g_wrong_tactics && tactic_ == 4) return identity_->run(in, out, ctx);
     const int repeats = tactic_ == 1 ? 50 : 1;
     for (int i = 0; i < repeats; ++i) relu_->run(in, out, ctx);
   }
@@ -46,7 +54,7 @@ class TacticRelu final : public Kernel {
 
  private:
   int tactic_;
-  std::unique_ptr<Kernel> relu_;
+  std::unique_ptr<Kernel> relu_, identity_;
 };
 
 void register_test_op() {
@@ -235,6 +243,99 @@ TEST(Tactics, TacticAttributeSurvivesPlanSerialization) {
 }
 
 // GPU: the builder times the test kernel for real: tactic 1 runs 50 relus, tactic 2 throws.
+// What the CUDA timer compares: samples of each output (all of a small one, every s-th of a large
+// one with s prime to 210), agreeing within a relative L2 distance of kTacticAgreement, NaN or
+// infinity where the other has a finite value counting against it.
+TEST(Tactics, OutputsAgreeOrSayWhy) {
+  EXPECT_EQ(tactic_sample_stride(1000), 1u);
+  EXPECT_EQ(tactic_sample_stride(kTacticSamples), 1u);
+  for (size_t n :
+       {kTacticSamples + 1, 3 * kTacticSamples, 100 * kTacticSamples, size_t{256} * 56 * 56 * 256}) {
+    const size_t s = tactic_sample_stride(n);
+    EXPECT_TRUE(s % 2 && s % 3 && s % 5 && s % 7) << n << ": " << s;
+    EXPECT_LE((n - 1) / s + 1, kTacticSamples) << n;
+    EXPECT_GT((n - 1) / s + 1, kTacticSamples / 12) << n;  // at most 10 past the ratio
+  }
+  const auto bytes = [](DataType t, const std::vector<double>& v) {
+    std::vector<uint8_t> b(v.size() * dtype_size(t));
+    const TensorView view{b.data(), t, {static_cast<int64_t>(v.size())}};
+    for (size_t i = 0; i < v.size(); ++i) store_element(view, static_cast<int64_t>(i), v[i]);
+    return b;
+  };
+  const std::vector<float> random = test::random_floats(4000, 3);
+  std::vector<double> x(random.begin(), random.end()), close = x, relu = x, shifted = x;
+  for (size_t i = 0; i < x.size(); ++i) {
+    close[i] = x[i] * (1 + 1e-3 * ((i % 3) - 1.0));
+    relu[i] = std::max(x[i], 0.0);
+    shifted[i] = x[(i + 1) % x.size()];
+  }
+  for (DataType t : {DataType::kFloat32, DataType::kFloat16, DataType::kBFloat16, DataType::kFloat8E4M3}) {
+    SCOPED_TRACE(dtype_name(t));
+    EXPECT_EQ(tactic_outputs_disagree(t, bytes(t, x), bytes(t, x)), "");
+    EXPECT_EQ(tactic_outputs_disagree(t, bytes(t, x), bytes(t, close)), "");
+    EXPECT_NE(tactic_outputs_disagree(t, bytes(t, x), bytes(t, relu)).find("relative L2 distance"),
+              std::string::npos);
+    EXPECT_NE(tactic_outputs_disagree(t, bytes(t, x), bytes(t, shifted)), "");
+    EXPECT_NE(tactic_outputs_disagree(t, bytes(t, x), std::vector<uint8_t>(x.size() * dtype_size(t), 0)), "");
+    // Unwritten (the NaN bytes the timer fills outputs with).
+    const std::string nan =
+        tactic_outputs_disagree(t, bytes(t, x), std::vector<uint8_t>(x.size() * dtype_size(t), 0xff));
+    EXPECT_NE(nan.find("4000 of 4000 compared values are NaN or infinite"), std::string::npos) << nan;
+    // Both NaN at the same places agree; a few overflows where the other is finite are tolerated.
+    std::vector<double> some_nan = x, few_inf = x;
+    for (size_t i = 0; i < x.size(); i += 100) some_nan[i] = NAN;
+    few_inf[7] = INFINITY;
+    EXPECT_EQ(tactic_outputs_disagree(t, bytes(t, some_nan), bytes(t, some_nan)), "");
+    if (t != DataType::kFloat8E4M3) EXPECT_EQ(tactic_outputs_disagree(t, bytes(t, x), bytes(t, few_inf)), "");
+  }
+  // int8: a value one step off here and there (rounding to the other neighbour) agrees.
+  std::vector<double> q(4000), q_off;
+  for (size_t i = 0; i < q.size(); ++i) q[i] = static_cast<double>(static_cast<int>(i * 37 % 255) - 127);
+  q_off = q;
+  for (size_t i = 0; i < q.size(); i += 10) q_off[i] += q[i] < 127 ? 1 : -1;
+  EXPECT_EQ(
+      tactic_outputs_disagree(DataType::kInt8, bytes(DataType::kInt8, q), bytes(DataType::kInt8, q_off)), "");
+  EXPECT_NE(tactic_outputs_disagree(DataType::kInt8, bytes(DataType::kInt8, q),
+                                    std::vector<uint8_t>(q.size(), 0xff)),
+            "");
+  EXPECT_EQ(tactic_outputs_disagree(DataType::kFloat32, {}, {}), "") << "nothing to compare";
+  EXPECT_THROW(tactic_outputs_disagree(DataType::kFloat32, bytes(DataType::kFloat32, x), {}), Error);
+}
+
+// The CUDA timer runs each tactic once on the same inputs and does not take one whose output
+// disagrees with the first tactic's: one that writes nothing and one that computes x instead of
+// relu(x), both faster than the right ones, are left out with a warning saying why.
+TEST(Tactics, CudaTacticThatDisagreesIsNotTaken) {
+  KILN_REQUIRE_GPU();
+  g_wrong_tactics = true;
+  g_tactic_count = 5;
+  std::vector<std::string> warnings;
+  std::mutex mutex;
+  set_log_sink([&](Severity s, const std::string& m) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (s == Severity::kWarning) warnings.push_back(m);
+  });
+  BuilderConfig config;
+  config.target = BuildTarget::kCuda;
+  config.profiles = profiles();
+  Plan plan = Builder().build(tactic_network(), config);
+  set_log_sink(nullptr);
+  g_wrong_tactics = false;
+  g_tactic_count = 3;
+  for (const auto& l : plan.network.layers())
+    EXPECT_EQ(l.attrs.get_int("tactic", int64_t{-1}), 0) << l.name << ": tactics 3 and 4 are wrong";
+  bool unwritten = false, other_values = false;
+  for (const auto& m : warnings) {
+    unwritten |= m.find("tactic 3 not taken") != std::string::npos &&
+                 m.find("NaN or infinite") != std::string::npos &&
+                 m.find("against tactic 0") != std::string::npos;
+    other_values |= m.find("tactic 4 not taken") != std::string::npos &&
+                    m.find("relative L2 distance") != std::string::npos;
+  }
+  EXPECT_TRUE(unwritten) << ::testing::PrintToString(warnings);
+  EXPECT_TRUE(other_values) << ::testing::PrintToString(warnings);
+}
+
 TEST(Tactics, CudaBuilderTimesAndCaches) {
   KILN_REQUIRE_GPU();
   const std::string cache_path =
