@@ -247,9 +247,12 @@ class Int8Convolution final : public Kernel {
     KILN_CHECK(!e_.int8_copy, tactic << "writes one output; this layer also writes an int8 copy");
     KILN_CHECK(!e_.activate || e_.act.type == kRelu,
                tactic << "fuses a relu at most; this layer's activation is another");
-    KILN_CHECK(!e_.requantize || (e_.out_min == -128 && e_.out_max == 127),
+    // cuDNN saturates an int8 y to [-128, 127]; after a relu nothing is negative, so a layer
+    // range of [-127, 127] (symmetric quantization) is the same there.
+    const bool non_negative = e_.activate && e_.act.type == kRelu && e_.out_min <= 0;
+    KILN_CHECK(!e_.requantize || (e_.out_max == 127 && (e_.out_min == -128 || non_negative)),
                tactic << "saturates an int8 y to [-128, 127]; this layer's range is [" << e_.out_min << ", "
-                      << e_.out_max << "]");
+                      << e_.out_max << "]" << (e_.activate ? "" : " and it has no relu"));
     const int64_t k = w.dims[0];
     KILN_CHECK(k % 4 == 0, tactic << "needs output channels that are a multiple of 4 (its bias row aligned)");
     const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
