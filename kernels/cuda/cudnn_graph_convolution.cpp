@@ -359,7 +359,9 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
 
   // The usable ones in that order: no runtime compilation (builds stay fast) unless the graph is
   // fused (cuDNN fuses only that way), no reduced-precision reduction, float32 strict unless TF32
-  // is allowed, a plan cuDNN finalizes, a workspace within the limit.
+  // is allowed. Only the `config`-th is finalized (a fused engine compiles its kernel then, most of
+  // a second: finalizing the ones before it too made an INT8 ResNet-50 build take a minute); it is
+  // refused when cuDNN cannot finalize it or its workspace is over the limit.
   const bool strict = s.dtype == DataType::kFloat32 && !s.allow_tf32;
   int usable = 0;
   for (const Desc& cfg : m.configs) {
@@ -379,20 +381,23 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
     if (strict && (has(numerics, CUDNN_NUMERICAL_NOTE_TENSOR_CORE) ||
                    has(numerics, CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS)))
       continue;
+    if (usable++ < config) continue;
     Desc plan(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, id);
     cudnnBackendDescriptor_t c = cfg.get();
-    if (cudnnBackendSetAttribute(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1,
-                                 &handle) != CUDNN_STATUS_SUCCESS ||
+    const bool finalized =
+        cudnnBackendSetAttribute(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1,
+                                 &handle) == CUDNN_STATUS_SUCCESS &&
         cudnnBackendSetAttribute(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
-                                 CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c) != CUDNN_STATUS_SUCCESS ||
-        cudnnBackendFinalize(plan.get()) != CUDNN_STATUS_SUCCESS)
-      continue;
+                                 CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c) == CUDNN_STATUS_SUCCESS &&
+        cudnnBackendFinalize(plan.get()) == CUDNN_STATUS_SUCCESS;
+    KILN_CHECK(finalized, id << ": cuDNN cannot make a plan of this engine configuration" << last_error()
+                             << "; take another tactic");
     int64_t bytes = 0;
-    if (cudnnBackendGetAttribute(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1,
-                                 &got, &bytes) != CUDNN_STATUS_SUCCESS ||
-        bytes < 0 || static_cast<size_t>(bytes) > workspace_limit)
-      continue;
-    if (usable++ < config) continue;
+    KILN_CHECK(cudnnBackendGetAttribute(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                                        CUDNN_TYPE_INT64, 1, &got, &bytes) == CUDNN_STATUS_SUCCESS &&
+                   bytes >= 0 && static_cast<size_t>(bytes) <= workspace_limit,
+               id << ": the engine configuration needs a workspace of " << bytes
+                  << " bytes, over the limit of " << workspace_limit << "; take another tactic");
     m.plan = std::move(plan);
     m.workspace = static_cast<size_t>(bytes);
     if (cudnnBackendGetAttribute(engine.get(), CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &got,
@@ -400,14 +405,13 @@ CudnnGraphConvolution::CudnnGraphConvolution(cudnnHandle_t handle, const GraphCo
       m.engine = -1;
     return;
   }
-  KILN_FAIL(id << ": cuDNN's heuristics offer " << usable << " usable engine configuration(s) for "
-               << dtype_name(s.dtype) << " input " << to_string(s.x) << ", weight " << to_string(s.w)
-               << (s.channels_last ? " (channels last)" : "")
-               << (m.int8
-                       ? std::string(" to ") + dtype_name(s.y_dtype) + (s.residual ? " with a residual" : "")
-                       : std::string())
-               << (m.fused ? (s.relu ? " with bias and relu" : " with bias") : "")
-               << " within a workspace of " << workspace_limit << " bytes; take another tactic");
+  KILN_FAIL(
+      id << ": cuDNN's heuristics offer " << usable << " usable engine configuration(s) for "
+         << dtype_name(s.dtype) << " input " << to_string(s.x) << ", weight " << to_string(s.w)
+         << (s.channels_last ? " (channels last)" : "")
+         << (m.int8 ? std::string(" to ") + dtype_name(s.y_dtype) + (s.residual ? " with a residual" : "")
+                    : std::string())
+         << (m.fused ? (s.relu ? " with bias and relu" : " with bias") : "") << "; take another tactic");
 }
 
 CudnnGraphConvolution::~CudnnGraphConvolution() = default;
