@@ -23,7 +23,7 @@
 // heuristics offer (cudnn_graph_convolution.h; a 16-bit layer's bias and relu in the graph where
 // cuDNN fuses them, any other epilogue in the own kernel after; the second kCudnnGraphConfigs are
 // the plain engines of a layer with such a bias, less precise: see less_precise_tactic), timed where
-// cudnn_graph_tactics_for says so (grouped convolutions by default) and loaded from any plan that
+// cudnn_graph_tactics says so (grouped convolutions by default) and loaded from any plan that
 // chose one.
 #include <algorithm>
 #include <atomic>
@@ -194,11 +194,11 @@ class CudnnConvolution final : public Kernel {
     return depthwise() ? "cuda_depthwise_convolution" : "cudnn_convolution";
   }
   bool uses_cudnn() const override { return !depthwise(); }
-  // The tactics the builder times: the graph ones where cudnn_graph_tactics_for says so.
+  // The tactics the builder times: the graph ones where cudnn_graph_tactics says so.
   int num_tactics() const override {
     if (transposed_) return static_cast<int>(CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT);
     const bool grouped = layer_.attrs.get_int("groups", int64_t{1}) > 1;
-    return cudnn_graph_tactics_for(grouped) ? tactic_count() : kGraphTactic;
+    return cudnn_graph_tactics(/*by_default=*/grouped) ? tactic_count() : kGraphTactic;
   }
   // The plain graph engines of a layer whose bias the other graph tactics fuse round twice.
   bool less_precise_tactic(int tactic) const override {

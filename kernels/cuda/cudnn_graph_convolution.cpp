@@ -165,11 +165,11 @@ bool has(const std::vector<int>& notes, int note) {
 
 }  // namespace
 
-bool cudnn_graph_tactics_for(bool grouped) {
+bool cudnn_graph_tactics(bool by_default) {
   const char* v = std::getenv("KILN_CUDNN_GRAPH");
   if (v && std::strcmp(v, "1") == 0) return true;
   if (v && std::strcmp(v, "0") == 0) return false;
-  return grouped;
+  return by_default;
 }
 
 struct CudnnGraphConvolution::Impl {

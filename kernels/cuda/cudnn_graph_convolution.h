@@ -5,8 +5,8 @@
 // float32 between them, one rounding to the layer's dtype at the end, as the legacy API's fused
 // call rounds); a residual or another activation runs in CudnnConvolution's own epilogue kernel.
 //
-// The builder times these tactics for grouped convolutions (cudnn_graph_tactics_for); plans that
-// chose one run whatever the environment says.
+// The builder times these tactics for grouped convolutions and INT8 ones (cudnn_graph_tactics);
+// plans that chose one run whatever the environment says.
 #pragma once
 
 #include <cudnn.h>
@@ -47,13 +47,15 @@ struct GraphConvShape {
 };
 
 // How many graph tactics a convolution has: the first engine configurations that cuDNN's
-// heuristics (mode A, then its fallback list) offer, finalize as plans and fit the workspace.
+// heuristics (mode A, then its fallback list) offer and Kiln's numerics allow; tactic k finalizes
+// only the k-th as its plan, and is refused when that fails or exceeds the workspace.
 constexpr int kCudnnGraphConfigs = 4;
 
 // Whether the builder times the graph tactics of a convolution: KILN_CUDNN_GRAPH=1 for every one,
-// =0 for none; unset (the default) for grouped ones (groups > 1), where cuDNN's legacy algorithms
-// are slowest (regnet_x's grouped 3x3 convolutions ran 1.5-2.6x faster on graph engines).
-bool cudnn_graph_tactics_for(bool grouped);
+// =0 for none; unset, `by_default`: the kernel's choice (float convolutions: the grouped ones,
+// where cuDNN's legacy algorithms are slowest, regnet_x's grouped 3x3 convolutions running
+// 1.5-2.6x faster on graph engines; INT8 convolutions: all).
+bool cudnn_graph_tactics(bool by_default);
 
 // One execution plan: engine configuration `config` of the usable ones (see kCudnnGraphConfigs).
 // Throws, saying why, when cuDNN offers fewer or refuses the shape.

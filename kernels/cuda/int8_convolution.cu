@@ -231,7 +231,7 @@ class Int8Convolution final : public Kernel {
   // H100, and the builder checks every tactic's values against the first's). A plan that chose
   // one runs it whatever the environment says.
   int num_tactics() const override {
-    return cudnn_graph_tactics_for(/*grouped=*/true) ? kInt8ConvTactics : kInt8ConvTiles;
+    return cudnn_graph_tactics(/*by_default=*/true) ? kInt8ConvTactics : kInt8ConvTiles;
   }
   bool uses_cudnn() const override { return graph(); }
 
