@@ -105,6 +105,24 @@ bool run_pass(const char* name, const std::function<bool(Network&)>& pass, Netwo
   return changed;
 }
 
+// The most workspace any layer's kernel wants (Kernel::workspace_wanted) at a profile's max
+// shapes (the network's own shapes when it has no profiles).
+size_t workspace_wanted(const Network& net, const std::vector<std::unique_ptr<Kernel>>& kernels,
+                        const std::vector<OptimizationProfile>& profiles) {
+  const OptimizationProfile none;
+  size_t most = 0;
+  for (size_t p = 0; p < std::max<size_t>(profiles.size(), 1); ++p) {
+    const std::vector<TensorDesc> desc =
+        infer_descs(net, profile_shapes(net, profiles.empty() ? none : profiles[p], "max"));
+    for (size_t i = 0; i < kernels.size(); ++i) {
+      std::vector<TensorDesc> in;
+      for (TensorId t : net.layers()[i].inputs) in.push_back(desc[t]);
+      most = std::max(most, kernels[i]->workspace_wanted(in));
+    }
+  }
+  return most;
+}
+
 void choose_tactics_with_cache(Network& net, const BuilderConfig& config) {
   const std::string& path = config.timing_cache_path;
   TimingCache cache = path.empty() ? TimingCache() : TimingCache::load(path);
@@ -312,17 +330,20 @@ Plan Builder::build(const Network& network, const BuilderConfig& config) const {
   // Views (reshape, flatten, squeeze, unsqueeze) become aliases of their input: no kernel, no
   // memory of their own (alias_views). After tactic timing, which runs layers on scratch buffers.
   if (config.optimization_level > 0) run_pass("alias_views", alias_views, net);
+  std::vector<std::unique_ptr<Kernel>> kernels;
   for (auto& l : net.mutable_layers()) {
-    std::unique_ptr<Kernel> kernel = create_kernel(l, backend);
-    kernel->store_artifacts(l.attrs);
+    kernels.push_back(create_kernel(l, backend));
+    kernels.back()->store_artifacts(l.attrs);
     check_attributes(l);  // what the passes and kernels set is declared too, so the plan loads
-    plan.kernels.push_back(kernel->name());
+    plan.kernels.push_back(kernels.back()->name());
   }
 
-  // 7. plan memory: tensor lifetimes -> offsets in one activation arena.
+  // 7. plan memory: tensor lifetimes -> offsets in one activation arena; the workspace is the
+  //    configured size, or what a chosen tactic wants at the profiles' largest shapes if more.
   plan.profiles = config.profiles;
   plan.memory = plan_memory(net, plan.profiles);
-  plan.memory.workspace_bytes = static_cast<int64_t>(config.workspace_bytes);
+  plan.memory.workspace_bytes =
+      static_cast<int64_t>(std::max(config.workspace_bytes, workspace_wanted(net, kernels, plan.profiles)));
 
   plan.header.kiln_version = kiln_version_number();
   plan.header.cuda_version = static_cast<uint32_t>(cuda_runtime_version());

@@ -207,6 +207,8 @@ struct TimerResources {
   void* start = nullptr;
   void* stop = nullptr;
   std::unique_ptr<DeviceBuffer> workspace;
+  std::unique_ptr<DeviceBuffer> large_workspace;  // for tactics that want more (workspace_wanted)
+  size_t large_workspace_bytes = 0;
   explicit TimerResources(size_t workspace_bytes) {
     try {
       workspace = std::make_unique<DeviceBuffer>(workspace_bytes);
@@ -339,6 +341,22 @@ TacticTimer cuda_tactic_timer(const Network& net, size_t workspace_bytes) {
         auto kernel = create_kernel(variant, Backend::kCuda);
         if (kernel->uses_cudnn() && !r.cudnn) r.cudnn = create_cudnn_handle();
         launch.cudnn = r.cudnn;
+        // A tactic that wants more workspace is timed with it (the engine will have it): one
+        // larger buffer kept for the build, grown as tactics ask.
+        const size_t wanted = kernel->workspace_wanted(in_desc);
+        if (wanted > workspace_bytes) {
+          if (!r.large_workspace || r.large_workspace_bytes < wanted) {
+            synchronize_stream(r.stream);
+            r.large_workspace.reset();
+            r.large_workspace = std::make_unique<DeviceBuffer>(wanted);
+            r.large_workspace_bytes = wanted;
+          }
+          launch.workspace = r.large_workspace->p;
+          launch.workspace_bytes = wanted;
+        } else {
+          launch.workspace = r.workspace->p;
+          launch.workspace_bytes = workspace_bytes;
+        }
         for (const TensorView& o : out) {  // NaN bytes: an output the tactic leaves unwritten shows
           const auto bytes = static_cast<size_t>(tensor_bytes(o.dims, dtype_size(o.dtype)));
           fill_device_async(o.data, 0xff, bytes, r.stream);

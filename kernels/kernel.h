@@ -84,6 +84,12 @@ class Kernel {
   // which round a 16-bit convolution before its bias): the builder takes it only when it is
   // faster than every other by more than kLessPreciseMargin.
   virtual bool less_precise_tactic(int tactic) const { return false; }
+  // Bytes of LaunchContext::workspace this kernel (its tactic) would use for inputs of these
+  // shapes, when more than the builder's workspace_bytes may serve it better (fully_connected's
+  // 3xTF32 tactics split their operands there). The builder times the tactic with that much and
+  // gives the engine the most any layer wants at the profiles' max shapes; with less, run() must
+  // still be correct (smaller chunks, or another path).
+  virtual size_t workspace_wanted(const std::vector<TensorDesc>& inputs) const { return 0; }
   // Build time: a kernel that generated code when it was created (fused_pointwise compiles with
   // NVRTC) records it in its layer's attributes, so that the plan carries it and a factory
   // reading the plan can load it instead of generating it again. The op's schema declares them.

@@ -128,7 +128,8 @@ struct Gemm {
   float alpha = 1.f;                       // FP8: input_scale * weight_scale
   const float* d_scale = nullptr;          // FP8 writing float8: device scalar D is multiplied by
   bool tf32 = false;
-  int64_t batches = 1;                               // > 1: one strided-batched call
+  int64_t ld_a = 0, ld_b = 0;  // row strides of A's and B's stored rows (elements); 0: dense
+  int64_t batches = 1;         // > 1: one strided-batched call
   int64_t stride_a = 0, stride_b = 0, stride_c = 0;  // elements; 0 broadcasts an operand
   uint32_t align_a = 256, align_b = 256, align_c = 256, align_r = 256;
   LtEpilogue epilogue = LtEpilogue::kNone;
@@ -138,9 +139,9 @@ struct Gemm {
   uint64_t workspace = 0;
 
   auto key() const {
-    return std::make_tuple(m, n, k, ta, tb, dtype, in_dtype, alpha, d_scale, tf32, batches, stride_a,
-                           stride_b, stride_c, align_a, align_b, align_c, align_r, epilogue, bias, residual,
-                           tactic, workspace);
+    return std::make_tuple(m, n, k, ta, tb, dtype, in_dtype, alpha, d_scale, tf32, ld_a, ld_b, batches,
+                           stride_a, stride_b, stride_c, align_a, align_b, align_c, align_r, epilogue, bias,
+                           residual, tactic, workspace);
   }
   bool operator<(const Gemm& o) const { return key() < o.key(); }
 };
@@ -177,10 +178,11 @@ class LtGemmPlan {
     }
     const int64_t m = g.m, n = g.n, k = g.k;
     // Stored (pre-op) column-major shapes of the row-major buffers.
-    KILN_CUBLAS_CHECK(g.tb ? cublasLtMatrixLayoutCreate(&d_.a, in_type, k, n, k)
-                           : cublasLtMatrixLayoutCreate(&d_.a, in_type, n, k, n));
-    KILN_CUBLAS_CHECK(g.ta ? cublasLtMatrixLayoutCreate(&d_.b, in_type, m, k, m)
-                           : cublasLtMatrixLayoutCreate(&d_.b, in_type, k, m, k));
+    const int64_t ld_first = g.ld_b ? g.ld_b : g.tb ? k : n, ld_second = g.ld_a ? g.ld_a : g.ta ? m : k;
+    KILN_CUBLAS_CHECK(g.tb ? cublasLtMatrixLayoutCreate(&d_.a, in_type, k, n, ld_first)
+                           : cublasLtMatrixLayoutCreate(&d_.a, in_type, n, k, ld_first));
+    KILN_CUBLAS_CHECK(g.ta ? cublasLtMatrixLayoutCreate(&d_.b, in_type, m, k, ld_second)
+                           : cublasLtMatrixLayoutCreate(&d_.b, in_type, k, m, ld_second));
     KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d_.c, type, n, m, n));
     if (g.d_scale) {  // D is float8: D = e4m3(d_scale * epilogue(...)); C (unread) keeps dtype
       KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d_.d, CUDA_R_8F_E4M3, n, m, n));
@@ -382,6 +384,25 @@ class DeviceScalar {
 constexpr int kGemvTactic = kLtTactics;
 constexpr int64_t kGemvMaxRows = 16;
 
+// Tactics kSplitTactic + j, j < kSplitTactics (float32 layers that do not allow TF32): the
+// product in three TF32 passes on tensor cores ("3xTF32"). x and the weight are split per call
+// into hi + lo (launch_split_tf32) in the workspace, K in chunks that fit it, and each chunk adds
+// [x_hi | x_lo] @ [w_lo | w_hi]^T (the two small terms, one GEMM over 2 * kc) and then
+// x_hi @ w_hi^T to y (beta = 1; the residual rides on the first GEMM's beta, bias and relu on the
+// last one's epilogue). The error is float32's order (about 2^-21 relative per product, against
+// 2^-24 for float32 products whose sums round at 2^-24 too; tests/cpp/test_split_tf32.cpp checks
+// it against float64 beside cuBLASLt's float32 GEMM); j picks cuBLASLt's j-th TF32 algorithm.
+// Faster where the product is large (a batch of 32 sequences), slower where reading the weights
+// dominates (the split costs 20 bytes per weight): the builder's timing decides, as for every
+// tactic. KILN_SPLIT_TF32=0 leaves them out.
+constexpr int kSplitTactic = kGemvTactic + 1;
+constexpr int kSplitTactics = 4;
+
+bool split_tf32_enabled() {
+  const char* v = std::getenv("KILN_SPLIT_TF32");
+  return !(v && std::string(v) == "0");
+}
+
 class CublasLtFullyConnected final : public Kernel {
  public:
   explicit CublasLtFullyConnected(const Layer& l)
@@ -431,6 +452,12 @@ class CublasLtFullyConnected final : public Kernel {
       launch_fc_epilogue(post, stream);
       return;
     }
+    const bool split = tactic_ >= kSplitTactic;
+    if (split) {
+      KILN_CHECK(y.dtype == DataType::kFloat32 && !fp8_ && !tf32_,
+                 who_ << ": tactic " << tactic_ << " (three TF32 passes) is for float32 layers without TF32");
+      KILN_CHECK(split_tf32_enabled(), who_ << ": tactic " << tactic_ << " is off (KILN_SPLIT_TF32=0)");
+    }
     if (tactic_ == kGemvTactic && m <= kGemvMaxRows) {  // our own kernel: the layer in one launch
       KILN_CHECK(!fp8_, who_ << ": tactic " << kGemvTactic << " (one warp per output) takes no FP8 inputs");
       post.bias = bias ? in[2].data : nullptr;
@@ -443,7 +470,7 @@ class CublasLtFullyConnected final : public Kernel {
     g.d_scale = d_scale_ ? d_scale_->get() : nullptr;
     g.in_dtype = fp8_ ? DataType::kFloat8E4M3 : y.dtype;
     g.alpha = fp8_ ? alpha_scale_ : 1.f;
-    g.tactic = tactic_ == kGemvTactic ? -1 : tactic_, g.workspace = ctx.workspace_bytes;
+    g.tactic = tactic_ >= kGemvTactic ? -1 : tactic_, g.workspace = ctx.workspace_bytes;
     g.align_a = alignment_of(x.data), g.align_b = alignment_of(w.data), g.align_c = alignment_of(y.data);
     // cuBLASLt computes epilogue(A B + beta C): a residual can ride on beta only without an
     // activation (ours adds it after the activation). GELU: see LtEpilogue.
@@ -463,6 +490,10 @@ class CublasLtFullyConnected final : public Kernel {
     if (has_bias(g.epilogue)) g.bias = in[2].data;
     if (g.residual) g.align_r = alignment_of(residual->data);
     if (residual && !g.residual) post.residual = residual->data;
+    if (split && run_split(x.data, w.data, y.data, g, g.residual ? residual->data : nullptr, post, ctx)) {
+      if (post.act_type >= 0 || post.residual) launch_fc_epilogue(post, stream);
+      return;
+    }  // else the workspace holds no chunk worth splitting: float32's own GEMM
     std::shared_ptr<const LtGemmPlan> plan = cache_.get(g, ctx, who_);
     if (plan->relu_drops_nan()) {  // keep NaN: bias in cuBLASLt, relu in our epilogue
       g.epilogue = bias ? LtEpilogue::kBias : LtEpilogue::kNone;
@@ -477,9 +508,17 @@ class CublasLtFullyConnected final : public Kernel {
     if (post.act_type >= 0 || post.residual) launch_fc_epilogue(post, stream);
   }
   std::string name() const override {
-    return tactic_ == kGemvTactic ? "cuda_fully_connected_gemv" : "cublaslt_fully_connected";
+    return tactic_ == kGemvTactic    ? "cuda_fully_connected_gemv"
+           : tactic_ >= kSplitTactic ? "cublaslt_fully_connected_3xtf32"
+                                     : "cublaslt_fully_connected";
   }
-  int num_tactics() const override { return kGemvTactic + 1; }
+  int num_tactics() const override { return kSplitTactic + kSplitTactics; }
+  size_t workspace_wanted(const std::vector<TensorDesc>& in) const override {
+    if (tactic_ < kSplitTactic || in.size() < 2 || in[0].dims.empty() || in[1].dims.size() != 2) return 0;
+    const int64_t k = in[0].dims.back(), n = in[1].dims[0];
+    const int64_t m = k ? volume(in[0].dims) / k : 0;
+    return split_tf32_workspace(m, n, k);
+  }
 
  private:
   std::string who_;
@@ -493,6 +532,50 @@ class CublasLtFullyConnected final : public Kernel {
   DataType out_dtype_ = DataType::kFloat16;
   std::shared_ptr<DeviceScalar> d_scale_;  // FP8 writing float8 (output_inv_scale): D's scale
   GemmPlanCache cache_;
+
+  // The split tactics' GEMMs (see kSplitTactic), `g` the float32 GEMM they replace: its epilogue
+  // goes on the last one, its residual (beta = 1, `r`) on the first. False, with nothing launched,
+  // when the workspace holds no chunk worth it. A relu the epilogue would lose NaN in moves to
+  // `post`.
+  bool run_split(const void* x, const void* w, void* y, const Gemm& g, const void* r, FcEpilogue& post,
+                 const LaunchContext& ctx) const {
+    const int64_t m = g.m, n = g.n, k = g.k;
+    const SplitTf32Chunks plan = split_tf32_chunks(m, n, k, ctx.workspace_bytes);
+    if (plan.columns == 0) return false;
+    auto stream = static_cast<cudaStream_t>(ctx.stream);
+    auto* base = static_cast<char*>(ctx.workspace);
+    auto* xs = reinterpret_cast<float*>(base);
+    auto* ws = reinterpret_cast<float*>(base + plan.w_offset);
+    LaunchContext lt = ctx;
+    lt.workspace = base + plan.lt_offset;
+    lt.workspace_bytes = ctx.workspace_bytes - plan.lt_offset;
+    const int j = tactic_ - kSplitTactic;
+    for (int64_t col0 = 0; col0 < k; col0 += plan.columns) {
+      const int64_t kc = std::min(plan.columns, k - col0);
+      const bool first = col0 == 0, last = col0 + kc == k;
+      launch_split_tf32(SplitTf32{static_cast<const float*>(x), k, m, col0, kc, xs, true}, stream);
+      launch_split_tf32(SplitTf32{static_cast<const float*>(w), k, n, col0, kc, ws, false}, stream);
+      Gemm cross;  // [x_hi | x_lo] @ [w_lo | w_hi]^T (+ y, or the residual first)
+      cross.m = m, cross.n = n, cross.k = 2 * kc, cross.tb = true, cross.tf32 = true;
+      cross.tactic = j, cross.workspace = lt.workspace_bytes;
+      cross.align_a = alignment_of(xs), cross.align_b = alignment_of(ws), cross.align_c = alignment_of(y);
+      cross.residual = !first || r;
+      if (cross.residual) cross.align_r = alignment_of(first ? r : y);
+      cache_.get(cross, lt, who_)->run(xs, ws, y, first ? r : y, lt);
+      Gemm main = cross;  // x_hi @ w_hi^T + y
+      main.k = kc, main.ld_a = main.ld_b = 2 * kc, main.residual = true, main.align_r = alignment_of(y);
+      main.align_b = alignment_of(ws + kc);
+      if (last) main.epilogue = g.epilogue, main.bias = g.bias;
+      std::shared_ptr<const LtGemmPlan> p = cache_.get(main, lt, who_);
+      if (p->relu_drops_nan()) {  // keep NaN: bias in cuBLASLt, relu in our epilogue
+        main.epilogue = g.bias ? LtEpilogue::kBias : LtEpilogue::kNone;
+        post.act_type = act_;
+        p = cache_.get(main, lt, who_);
+      }
+      p->run(xs, ws + kc, y, y, lt);
+    }
+    return true;
+  }
 };
 
 }  // namespace

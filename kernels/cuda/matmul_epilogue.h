@@ -36,4 +36,42 @@ struct FcGemv {
 
 void launch_fc_gemv(const FcGemv& g, cudaStream_t stream);
 
+// The split of a float32 matrix for a product in three TF32 passes ("3xTF32"): columns
+// [col0, col0 + cols) of `rows` rows of src (row stride ld) become rows of 2 * cols floats in dst,
+// each value x as hi = x rounded to TF32 (10 mantissa bits, nearest, ties away) and lo = x - hi
+// (exact in float32): [hi | lo] when hi_first, else [lo | hi]. hi * hi' + hi * lo' + lo * hi'
+// then carries x * x' to about 2^-21 relative, near float32's own rounding (tensor cores read hi
+// exactly and lo to TF32). Inf and NaN stay in hi (lo 0); a finite value that would round to
+// infinity keeps its truncation as hi.
+struct SplitTf32 {
+  const float* src = nullptr;
+  int64_t ld = 0, rows = 0, col0 = 0, cols = 0;
+  float* dst = nullptr;
+  bool hi_first = true;
+};
+
+void launch_split_tf32(const SplitTf32& s, cudaStream_t stream);
+
+// How fully_connected's 3xTF32 tactics (matmul.cpp) share a workspace of `workspace_bytes`: K in
+// chunks of `columns` (0: no chunk worth splitting fits; at least min(K, kSplitTf32MinColumns)),
+// the split x chunk [m, 2 * columns] at offset 0, the split weight chunk [n, 2 * columns] at
+// w_offset, cuBLASLt's share (kSplitTf32LtBytes or more) from lt_offset on.
+constexpr size_t kSplitTf32LtBytes = size_t{4} << 20;
+// The cap holds BERT-base's FFN-up layer at batch 32 x 128 (8 * (4096 + 3072) * 768 bytes) in one
+// chunk; its FFN-down layer (K = 3072) takes three. More cost BERT FP32 b32 its peak memory below
+// eager PyTorch's (an H100: a 64 MB cap made it 590 MiB against eager's 581).
+constexpr size_t kSplitTf32MaxScratch = size_t{85} << 19;  // 42.5 MiB
+constexpr int64_t kSplitTf32MinColumns = 256;
+
+struct SplitTf32Chunks {
+  int64_t columns = 0;
+  size_t w_offset = 0, lt_offset = 0;
+};
+
+SplitTf32Chunks split_tf32_chunks(int64_t m, int64_t n, int64_t k, size_t workspace_bytes);
+
+// The workspace those tactics want for an [m, k] x [n, k]^T product: all of K in one chunk, the
+// split operands capped at kSplitTf32MaxScratch, plus cuBLASLt's share.
+size_t split_tf32_workspace(int64_t m, int64_t n, int64_t k);
+
 }  // namespace kiln
