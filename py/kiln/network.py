@@ -710,7 +710,10 @@ class BuilderConfig(_C.BuilderConfig):
     input and output dtypes never change. FP16 wins over BF16 when both are given.
     ``set_layer_precision(name, "float32")`` pins one layer.
 
-    workspace_size: the most bytes of scratch memory a layer may use (None: the default).
+    workspace_size: the most bytes of scratch memory a layer's library calls (cuBLASLt, cuDNN,
+    plugins) may use (None: the default, 32 MiB). A float32 fully_connected layer whose chosen
+    tactic computes in three TF32 passes adds its split operands (at most 42.5 MiB) to the
+    engine's workspace (docs/runtime_performance.md).
 
     tactic_timing: on CUDA, time the implementations ("tactics") of layers whose kernels offer
     several and keep the fastest (default None: on, unless the environment sets
