@@ -712,8 +712,8 @@ class BuilderConfig(_C.BuilderConfig):
 
     workspace_size: the most bytes of scratch memory a layer's library calls (cuBLASLt, cuDNN,
     plugins) may use (None: the default, 32 MiB). A float32 fully_connected layer whose chosen
-    tactic computes in three TF32 passes adds its split operands (at most 42.5 MiB) to the
-    engine's workspace (docs/runtime_performance.md).
+    tactic computes in three TF32 passes may enlarge the engine's workspace to hold its split
+    operands (to 46.5 MiB at most; docs/runtime_performance.md).
 
     tactic_timing: on CUDA, time the implementations ("tactics") of layers whose kernels offer
     several and keep the fastest (default None: on, unless the environment sets
