@@ -949,7 +949,7 @@ def markdown(rows: Sequence[Row], peaks=None, peaks_from: str = "this run") -> s
             if k.status != "ok" or "gflop" not in k.extra:
                 continue
             tflops, gbps = k.extra.get("tflops"), k.extra.get("gbps")
-            peak = peaks.fp32_tflops if r.precision == "fp32" else peaks.fp16_tflops
+            peak = peaks.float32_tflops if r.precision == "fp32" else peaks.fp16_tflops
             cells = [r.model, r.precision, str(r.batch), _fmt(k.extra["gflop"], ".3f")]
             cells += [_fmt(k.extra["mb_moved"], ".1f"), _fmt(k.latency_ms, ".3f")]
             cells += [_fmt(tflops, ".1f"), _fmt(tflops and 100 * tflops / peak, ".1f")]

@@ -178,12 +178,21 @@ def test_attainable_time_takes_the_dtypes_peak():
     assert attainable_ms(8e12, 0, ["float32"], peaks) == pytest.approx(160.0)
     assert attainable_ms(0, 4e9, ["float32"], peaks) == pytest.approx(1.0)
     assert "FP16 GEMM 800.0 TFLOP/s" in str(peaks)
+    # float32 against the faster float32-accurate product: three TF32 passes where they beat FP32.
+    with_tf32 = Peaks("cuda", fp16_tflops=800.0, fp32_tflops=50.0, gbps=4000.0, tf32_tflops=390.0)
+    assert with_tf32.float32_tflops == pytest.approx(130.0)
+    assert attainable_ms(13e12, 0, ["float32"], with_tf32) == pytest.approx(100.0)
+    assert attainable_ms(8e12, 0, ["float16"], with_tf32) == pytest.approx(10.0)
+    assert "TF32 GEMM 390.0 TFLOP/s" in str(with_tf32) and "TF32" not in str(peaks)
+    slow_tf32 = Peaks("cuda", fp16_tflops=800.0, fp32_tflops=50.0, gbps=4000.0, tf32_tflops=90.0)
+    assert slow_tf32.float32_tflops == 50.0
 
 
 def test_measure_peaks_on_the_host():
     peaks = measure_peaks("cpu", runs=2)
     assert peaks.device == "cpu"
     assert peaks.fp16_tflops > 0 and peaks.fp32_tflops > 0 and peaks.gbps > 0
+    assert peaks.tf32_tflops == 0.0 and peaks.float32_tflops == peaks.fp32_tflops
 
 
 @pytest.mark.gpu
@@ -191,4 +200,5 @@ def test_measure_peaks_on_cuda():
     peaks = measure_peaks("cuda", runs=3)
     # Any current data-center GPU: well above these floors, below physical ceilings.
     assert 50 < peaks.fp16_tflops < 5000 and 5 < peaks.fp32_tflops < 500
+    assert peaks.fp32_tflops < peaks.tf32_tflops < peaks.fp16_tflops
     assert 300 < peaks.gbps < 20000
