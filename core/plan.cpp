@@ -467,6 +467,33 @@ uint64_t plan_checksum(const uint8_t* data, size_t size) {
   return (h ^ static_cast<uint64_t>(size)) * kPrime;
 }
 
+uint64_t plan_payload_checksum(const uint8_t* data, size_t size, uint32_t format_version) {
+  if (format_version < 4) return plan_checksum(data, size);
+  const size_t blocks = std::max<size_t>(1, (size + kChecksumBlockBytes - 1) / kChecksumBlockBytes);
+  std::vector<uint64_t> hashes(blocks);
+  auto hash_blocks = [&](size_t first, size_t step) {
+    for (size_t b = first; b < blocks; b += step) {
+      const size_t begin = b * kChecksumBlockBytes;
+      hashes[b] = plan_checksum(data + begin, std::min(kChecksumBlockBytes, size - begin));
+    }
+  };
+  const size_t threads = std::min<size_t>({blocks, 8, std::max(1u, std::thread::hardware_concurrency())});
+  std::vector<std::thread> workers;
+  size_t started = 1;  // this thread takes blocks 0, threads, 2 * threads, ...
+  try {
+    for (; started < threads; ++started) workers.emplace_back(hash_blocks, started, threads);
+  } catch (const std::system_error&) {  // fewer threads to be had: this one hashes the rest
+    for (size_t t = started; t < threads; ++t) hash_blocks(t, threads);
+  }
+  hash_blocks(0, threads);
+  for (std::thread& w : workers) w.join();
+  std::vector<uint8_t> bytes(blocks * sizeof(uint64_t));
+  for (size_t b = 0; b < blocks; ++b) {
+    for (int i = 0; i < 8; ++i) bytes[b * 8 + i] = static_cast<uint8_t>(hashes[b] >> (8 * i));
+  }
+  return plan_checksum(bytes.data(), bytes.size());
+}
+
 bool Plan::weights_stripped() const {
   for (const auto& t : network.tensors()) {
     if (t.kind == TensorKind::kConstant && !t.data) return true;
@@ -520,7 +547,7 @@ std::vector<uint8_t> Plan::serialize(bool strip_weights) const {
   }
   ByteWriter out;
   for (char c : kMagic) out.put<char>(c);
-  out.put<uint32_t>(header.format_version);
+  out.put<uint32_t>(kPlanFormatVersion);  // a plan read from an older format is written in this one
   out.put<uint32_t>(header.kiln_version);
   out.put<uint32_t>(header.cuda_version);
   out.put<uint32_t>(header.cublaslt_version);
@@ -528,7 +555,8 @@ std::vector<uint8_t> Plan::serialize(bool strip_weights) const {
   out.put<uint32_t>(header.sm_arch);
   const auto& body = payload.buffer();
   out.put<uint64_t>(body.size());
-  out.put<uint64_t>(header_checksum(out.buffer().data(), plan_checksum(body.data(), body.size())));
+  out.put<uint64_t>(header_checksum(out.buffer().data(),
+                                    plan_payload_checksum(body.data(), body.size(), kPlanFormatVersion)));
   auto& bytes = out.buffer();
   bytes.insert(bytes.end(), body.begin(), body.end());
   return bytes;
@@ -605,9 +633,10 @@ Plan Plan::deserialize(const uint8_t* data, size_t size, bool verify_checksum) {
   r.skip(sizeof(kMagic));
   PlanHeader h;
   h.format_version = r.get<uint32_t>();
-  KILN_CHECK(h.format_version == kPlanFormatVersion,
+  KILN_CHECK(h.format_version >= kOldestPlanFormatVersion && h.format_version <= kPlanFormatVersion,
              "plan: format version " << h.format_version << " is not supported by Kiln "
-                                     << kiln_version_string() << " (it reads version " << kPlanFormatVersion
+                                     << kiln_version_string() << " (it reads versions "
+                                     << kOldestPlanFormatVersion << " to " << kPlanFormatVersion
                                      << "); rebuild the plan with this Kiln");
   h.kiln_version = r.get<uint32_t>();
   h.cuda_version = r.get<uint32_t>();
@@ -625,8 +654,8 @@ Plan Plan::deserialize(const uint8_t* data, size_t size, bool verify_checksum) {
   // reports the checksum mismatch when there is one (the more useful message for a damaged file).
   std::future<bool> checksum_ok;
   if (verify_checksum) {
-    auto verify = [data, body, payload_size, checksum] {
-      return header_checksum(data, plan_checksum(body, payload_size)) == checksum;
+    auto verify = [data, body, payload_size, checksum, format = h.format_version] {
+      return header_checksum(data, plan_payload_checksum(body, payload_size, format)) == checksum;
     };
     try {
       checksum_ok = std::async(std::launch::async, verify);

@@ -18,7 +18,10 @@
 namespace kiln {
 
 // 2: word-wise payload checksum (plan_checksum), for fast loads. 3: the checksum covers the header.
-constexpr uint32_t kPlanFormatVersion = 3;
+// 4: the payload checksum is over 16 MiB blocks, hashed on several threads (plan_payload_checksum).
+// Plans of format 3 still load.
+constexpr uint32_t kPlanFormatVersion = 4;
+constexpr uint32_t kOldestPlanFormatVersion = 3;
 
 struct ShapeRange {
   Dims min, opt, max;
@@ -87,6 +90,11 @@ void write_network(ByteWriter& w, const Network& net, ConstantEncoding constants
 void write_profiles(ByteWriter& w, const std::vector<OptimizationProfile>& profiles);
 std::string kiln_version_string();
 uint64_t plan_checksum(const uint8_t* data, size_t size);
+// The payload checksum a plan of `format_version` carries: plan_checksum of the payload (format 3),
+// or (format 4) plan_checksum of the little-endian array of each kChecksumBlockBytes block's
+// plan_checksum, the blocks hashed on up to 8 threads.
+constexpr size_t kChecksumBlockBytes = size_t{16} << 20;
+uint64_t plan_payload_checksum(const uint8_t* data, size_t size, uint32_t format_version);
 
 // Shapes for one profile: the given corner ("min", "opt" or "max") of every dynamic input.
 std::map<std::string, Dims> profile_shapes(const Network& net, const OptimizationProfile& p,

@@ -1,5 +1,6 @@
 // Plan format: round trip, version/architecture checks, and a fuzz of mutated bytes in which
 // every case must end in a clean kiln::Error or a plan that still runs correctly.
+#include <algorithm>
 #include <cstring>
 #include <random>
 
@@ -61,7 +62,10 @@ TEST(Plan, RejectsWrongMagicVersionAndTruncation) {
   bad = bytes;
   bad[bytes.size() - 3] ^= 0x40;
   expect_error(bad, "checksum");
-  // Format 3: the checksum covers the header. Each version field and the architecture (bytes
+  bad = bytes;
+  bad[8] = 2;  // older than the oldest format read
+  expect_error(bad, "format version 2");
+  // Since format 3 the checksum covers the header. Each version field and the architecture (bytes
   // 12..35: Kiln, CUDA, cuBLASLt, cuDNN, sm_arch) changed alone is caught.
   for (size_t at : {12, 16, 20, 24, 28}) {
     bad = bytes;
@@ -254,4 +258,51 @@ TEST(Plan, ChecksumMatchesItsDefinition) {
     for (auto& b : d) b = static_cast<uint8_t>(rng());
     EXPECT_EQ(kiln::plan_checksum(d.data(), d.size()), definition(d)) << size << " bytes";
   }
+}
+
+// Format 4's payload checksum: 16 MiB blocks, each plan_checksum'ed (on several threads), then
+// plan_checksum of their little-endian hashes. Sizes around the block boundary.
+TEST(Plan, BlockChecksumMatchesItsDefinition) {
+  auto definition = [](const std::vector<uint8_t>& d) {
+    const size_t block = kiln::kChecksumBlockBytes;
+    const size_t blocks = std::max<size_t>(1, (d.size() + block - 1) / block);
+    std::vector<uint8_t> hashes;
+    for (size_t b = 0; b < blocks; ++b) {
+      const size_t begin = b * block;
+      const uint64_t h = kiln::plan_checksum(d.data() + begin, std::min(block, d.size() - begin));
+      for (int i = 0; i < 8; ++i) hashes.push_back(static_cast<uint8_t>(h >> (8 * i)));
+    }
+    return kiln::plan_checksum(hashes.data(), hashes.size());
+  };
+  std::mt19937_64 rng(12);
+  const size_t block = kiln::kChecksumBlockBytes;
+  for (size_t size : {size_t{0}, size_t{1000}, block - 1, block, block + 13, 9 * block + 5}) {
+    std::vector<uint8_t> d(size);
+    for (auto& b : d) b = static_cast<uint8_t>(rng());
+    const uint64_t h = kiln::plan_payload_checksum(d.data(), d.size(), 4);
+    EXPECT_EQ(h, definition(d)) << size << " bytes";
+    EXPECT_EQ(kiln::plan_payload_checksum(d.data(), d.size(), 3), kiln::plan_checksum(d.data(), d.size()));
+    if (size > block) {  // a changed byte in the last block changes it
+      d[size - 1] ^= 1;
+      EXPECT_NE(kiln::plan_payload_checksum(d.data(), d.size(), 4), h);
+    }
+  }
+}
+
+// A plan saved in format 3 (one checksum over the whole payload) still loads, and is written back
+// in the current format.
+TEST(Plan, Format3PlansStillLoad) {
+  const kiln::Plan plan = kiln::Builder().build(kiln::small_network(), kiln::reference_config());
+  std::vector<uint8_t> bytes = plan.serialize();
+  ASSERT_EQ(bytes[8], kiln::kPlanFormatVersion);
+  constexpr size_t kHeader = 8 + 6 * 4 + 8;  // magic, six version fields, payload size
+  bytes[8] = 3;
+  const uint64_t body = kiln::plan_checksum(bytes.data() + kHeader + 8, bytes.size() - kHeader - 8);
+  std::vector<uint8_t> sealed(bytes.begin(), bytes.begin() + kHeader);
+  for (int i = 0; i < 8; ++i) sealed.push_back(static_cast<uint8_t>(body >> (8 * i)));
+  const uint64_t checksum = kiln::plan_checksum(sealed.data(), sealed.size());
+  for (int i = 0; i < 8; ++i) bytes[kHeader + i] = static_cast<uint8_t>(checksum >> (8 * i));
+  const kiln::Plan old = kiln::Plan::deserialize(bytes);
+  EXPECT_EQ(old.header.format_version, 3u);
+  EXPECT_EQ(old.serialize(), plan.serialize());
 }

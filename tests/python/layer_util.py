@@ -162,11 +162,27 @@ def _plan_checksum(data: bytes) -> int:
     return ((h ^ len(data)) * prime) & _M64
 
 
+_CHECKSUM_BLOCK = 16 << 20  # core/plan.h kChecksumBlockBytes
+
+
+def _payload_checksum(body: bytes, format_version: int) -> int:
+    """core/plan.cpp's plan_payload_checksum: format 4 hashes 16 MiB blocks, then their hashes."""
+    if format_version < 4:
+        return _plan_checksum(body)
+    blocks = max(1, -(-len(body) // _CHECKSUM_BLOCK))
+    hashes = b"".join(
+        _plan_checksum(body[b * _CHECKSUM_BLOCK : (b + 1) * _CHECKSUM_BLOCK]).to_bytes(8, "little")
+        for b in range(blocks)
+    )
+    return _plan_checksum(hashes)
+
+
 def seal_plan(plan: bytes) -> bytes:
     """Serialized plan bytes with the checksum field recomputed, as a crafted file would carry
     them: tests of the parser's own checks edit a plan's body and seal it."""
     header, body = plan[:_PLAN_HEADER_BYTES], plan[_PLAN_HEADER_BYTES + 8 :]
-    inner = _plan_checksum(body).to_bytes(8, "little")
+    version = int.from_bytes(header[8:12], "little")
+    inner = _payload_checksum(body, version).to_bytes(8, "little")
     return header + _plan_checksum(header + inner).to_bytes(8, "little") + body
 
 

@@ -18,7 +18,7 @@ def test_round_trip_bytes_and_file(tmp_path):
     path = tmp_path / "tiny.plan"
     plan.save(str(path))
     assert kiln.Plan.load(str(path)).serialize() == data
-    assert plan.header["format_version"] == 3 and plan.header["sm_arch"] == 0
+    assert plan.header["format_version"] == 4 and plan.header["sm_arch"] == 0
 
 
 @pytest.mark.parametrize(

@@ -323,7 +323,7 @@ def test_plan_header_is_covered_by_the_checksum():
     # The checksum covered only the body: a header edited in place (another Kiln version, GPU
     # architecture) loaded. The version checks themselves: tests/cpp/test_plan.cpp.
     plan = build_plan(_relu_add_net(4), "cpu", profile={"x": ((1, 4), (2, 4), (8, 4))})
-    assert plan.header["format_version"] == 3
+    assert plan.header["format_version"] == 4
     engine = kiln.Engine(plan, device="cpu", allow_minor_version_mismatch=True)
     engine.create_execution_context().execute({"x": np.ones((2, 4), np.float32)})
     for at in (12, 16, 20, 24, 28):  # kiln, cuda, cublaslt, cudnn versions, sm_arch
