@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models as zoo  # noqa: E402 (bench/models.py, next to this file)
 from models import compare, first_tensor  # noqa: E402
 
-from kiln.runner import GPU_LOCK_ENV, gpu_turn, shared_gpu_env  # noqa: E402
+from kiln.runner import GPU_LOCK_ENV, gpu_turn, shared_gpu_env, source_commit  # noqa: E402
 
 SYSTEMS = ("eager", "compile", "reduce_overhead", "torchao", "kiln")
 PEERS = ("eager", "compile", "reduce_overhead", "torchao")
@@ -1148,6 +1148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
+        "source": source_commit(),
         "runs": args.runs,
         "warmup": args.warmup,
         "input_sets": NUM_INPUT_SETS,

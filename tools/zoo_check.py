@@ -62,7 +62,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from models import compare, torch_tf32  # noqa: E402
 
-from kiln.runner import GPU_LOCK_ENV, gpu_turn, shared_gpu_env  # noqa: E402 (also the benchmark's)
+from kiln.runner import (  # noqa: E402 (also the benchmark's)
+    GPU_LOCK_ENV,
+    gpu_turn,
+    shared_gpu_env,
+    source_commit,
+)
 
 COSINE_MIN = {"fp32": 0.9999, "fp16": 0.999}
 # FP16 rows whose eager FP16 misses COSINE_MIN: Kiln's 1 - cosine may be this many times eager's.
@@ -98,6 +103,10 @@ class ZooRow:
     status: str = "FAIL"
     error: str = ""
     seconds: float = 0.0
+    # Where the row ran (rows of several runs merge into one table): the Kiln source (a commit,
+    # "+changes" when the tracked files differed from it) and the device.
+    source: str = ""
+    device: str = ""
 
     @property
     def speedup(self) -> float | None:
@@ -602,6 +611,10 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def markdown(rows: Sequence[ZooRow]) -> str:
     lines = [
         "| model | precision | engines | fallbacks | cosine vs FP32 eager | Kiln ms "
@@ -615,7 +628,7 @@ def markdown(rows: Sequence[ZooRow]) -> str:
             for n in (r.judged and f"judged {r.judged}", r.path, eager, r.fallback_ops, r.error)
             if n
         ]
-        notes.append(f"{r.seconds:.0f} s")
+        notes.append(f"{r.seconds:.0f} s" + "".join(f", {x}" for x in (r.device, r.source) if x))
         cells = [
             r.model,
             r.precision,
@@ -743,6 +756,7 @@ def run(
     entries = entries[k - 1 :: n]  # every n-th model from the k-th: shards of mixed sizes
     start = time.perf_counter()
     done: dict[tuple[str, str], ZooRow] = {}
+    where = {"source": source_commit(), "device": device_name(device)}
 
     lock = threading.Lock()
 
@@ -764,6 +778,7 @@ def run(
         return rows
 
     def report(r: ZooRow) -> None:
+        r.source, r.device = where["source"], where["device"]
         done[(r.model, r.precision)] = r
         write()
         print(

@@ -667,6 +667,34 @@ def time_calls(
 
 
 GPU_LOCK_ENV = "KILN_GPU_LOCK"
+SOURCE_ENV = "KILN_SOURCE_COMMIT"
+
+
+def source_commit() -> str:
+    """The Kiln source a measurement ran (the zoo check and the benchmark stamp their rows with
+    it): $KILN_SOURCE_COMMIT where set (a copy of the tree without .git, as a GPU machine gets),
+    else git's HEAD of this checkout, with "+changes" when tracked files differ from it; "" for
+    an installed package."""
+    import subprocess
+    from pathlib import Path
+
+    if os.environ.get(SOURCE_ENV):
+        return os.environ[SOURCE_ENV]
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return ""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short=10", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + ("+changes" if changed else "")
 
 
 @contextlib.contextmanager

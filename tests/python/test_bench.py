@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import kiln
+import kiln.runner
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -197,6 +198,9 @@ def test_main_cpu_writes_table_json_png(tiny_zoo, tmp_path, capsys):
             r["systems"]["eager"]["latency_ms"] / k["latency_ms"]
         )
     assert data["meta"]["truth"].startswith("FP32 eager")
+    assert (
+        data["meta"]["source"] == kiln.runner.source_commit()
+    )  # which Kiln source the rows measured
     png = (out / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "results.md").read_text()

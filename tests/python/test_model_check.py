@@ -2,6 +2,7 @@
 comparison with eager, save/load in both formats and the table; the C++ app too when
 tests/python/test_cpp_deploy.py has already built it."""
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -149,6 +150,36 @@ def test_zoo_counts_a_rebuilt_dynamo_graph_once():
         "kiln backend: compiled a dynamo graph (graph 1): 1 engine segment, 0 nodes in PyTorch",
     ]
     assert zc._graph_reports(log) == [log[3], log[1]]
+
+
+def test_zoo_rows_say_which_source_and_device_ran_them(tmp_path, monkeypatch):
+    """Rows of several runs merge into one table: each row names the Kiln source (a commit,
+    "+changes" for an edited tree, or $KILN_SOURCE_COMMIT where the tree has no .git) and the
+    device it ran on, and the merge keeps them."""
+    from kiln.runner import SOURCE_ENV
+
+    zc = _load("kiln_zoo_check", ROOT / "tools" / "zoo_check.py")
+    monkeypatch.delenv(SOURCE_ENV, raising=False)
+    here = zc.source_commit()
+    assert here == "" or len(here.split("+")[0]) == 10, here
+    monkeypatch.setenv(SOURCE_ENV, "abc1234567")
+    assert zc.source_commit() == "abc1234567"
+    assert zc.device_name(torch.device("cpu")) == "cpu"
+    rows = [
+        zc.ZooRow("a", "fp16", status="PASS", source="abc1234567", device="NVIDIA H200"),
+        zc.ZooRow("b", "fp16", status="PASS", source="def7654321", device="NVIDIA H100 80GB HBM3"),
+    ]
+    paths = []
+    for i, r in enumerate(rows):
+        path = tmp_path / f"part{i}.json"
+        path.write_text(json.dumps([dataclasses.asdict(r)]))
+        paths.append(str(path))
+    table = zc.merge(paths)
+    assert "NVIDIA H200, abc1234567 |" in table and "NVIDIA H100 80GB HBM3, def7654321 |" in table
+    # JSON written before these fields existed still merges.
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps([{"model": "c", "precision": "fp32", "status": "PASS"}]))
+    assert "| c | fp32 |" in zc.merge([str(old)])
 
 
 def test_zoo_fp32_rows_run_in_worker_processes_and_a_failing_worker_fails_its_row_only(capsys):
