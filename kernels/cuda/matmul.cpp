@@ -454,11 +454,9 @@ class CublasLtFullyConnected final : public Kernel {
       launch_fc_epilogue(post, stream);
       return;
     }
-    const bool split = tactic_ >= kSplitTactic;
-    if (split) {
+    if (tactic_ >= kSplitTactic) {
       KILN_CHECK(y.dtype == DataType::kFloat32 && !fp8_ && !tf32_,
                  who_ << ": tactic " << tactic_ << " (three TF32 passes) is for float32 layers without TF32");
-      KILN_CHECK(split_tf32_enabled(), who_ << ": tactic " << tactic_ << " is off (KILN_SPLIT_TF32=0)");
     }
     if (tactic_ == kGemvTactic && m <= kGemvMaxRows) {  // our own kernel: the layer in one launch
       KILN_CHECK(!fp8_, who_ << ": tactic " << kGemvTactic << " (one warp per output) takes no FP8 inputs");
@@ -492,7 +490,7 @@ class CublasLtFullyConnected final : public Kernel {
     if (has_bias(g.epilogue)) g.bias = in[2].data;
     if (g.residual) g.align_r = alignment_of(residual->data);
     if (residual && !g.residual) post.residual = residual->data;
-    if (split && run_split(x.data, w.data, y.data, g, g.residual ? residual->data : nullptr, post, ctx)) {
+    if (split_ && run_split(x.data, w.data, y.data, g, g.residual ? residual->data : nullptr, post, ctx)) {
       if (post.act_type >= 0 || post.residual) launch_fc_epilogue(post, stream);
       return;
     }  // else the workspace holds no chunk worth splitting: float32's own GEMM
@@ -510,13 +508,15 @@ class CublasLtFullyConnected final : public Kernel {
     if (post.act_type >= 0 || post.residual) launch_fc_epilogue(post, stream);
   }
   std::string name() const override {
-    return tactic_ == kGemvTactic    ? "cuda_fully_connected_gemv"
-           : tactic_ >= kSplitTactic ? "cublaslt_fully_connected_3xtf32"
-                                     : "cublaslt_fully_connected";
+    return tactic_ == kGemvTactic ? "cuda_fully_connected_gemv"
+           : split_               ? "cublaslt_fully_connected_3xtf32"
+                                  : "cublaslt_fully_connected";
   }
-  int num_tactics() const override { return kSplitTactic + kSplitTactics; }
+  // With KILN_SPLIT_TF32=0 the builder times no split tactic, and a plan that chose one runs
+  // float32's own GEMM (what the setting asks for) rather than failing.
+  int num_tactics() const override { return split_enabled_ ? kSplitTactic + kSplitTactics : kSplitTactic; }
   size_t workspace_wanted(const std::vector<TensorDesc>& in) const override {
-    if (tactic_ < kSplitTactic || in.size() < 2 || in[0].dims.empty() || in[1].dims.size() != 2) return 0;
+    if (!split_ || in.size() < 2 || in[0].dims.empty() || in[1].dims.size() != 2) return 0;
     const int64_t k = in[0].dims.back(), n = in[1].dims[0];
     const int64_t m = k ? volume(in[0].dims) / k : 0;
     return split_tf32_workspace(m, n, k);
@@ -526,7 +526,9 @@ class CublasLtFullyConnected final : public Kernel {
   std::string who_;
   bool tf32_, residual_;
   int tactic_;
-  int act_ = -1;  // code of activation_types(); -1 = none
+  bool split_enabled_ = split_tf32_enabled();               // KILN_SPLIT_TF32 when the kernel was made
+  bool split_ = tactic_ >= kSplitTactic && split_enabled_;  // three TF32 passes (kSplitTactic)
+  int act_ = -1;                                            // code of activation_types(); -1 = none
   float alpha_ = 0.f, beta_ = 0.f, threshold_ = 0.f;
   bool relu_ = false, gelu_tanh_ = false;
   bool fp8_ = false;

@@ -49,6 +49,30 @@ TEST(SplitTf32, ChunksFitTheWorkspaceAndCoverK) {
   EXPECT_EQ(split_tf32_chunks(8, 8, 8, kSplitTf32LtBytes).columns, 0);  // nothing beside cuBLASLt's share
 }
 
+// KILN_SPLIT_TF32=0: the builder is offered no split tactic, and a layer that chose one (a plan
+// built without the setting) runs float32's own GEMM under its float32 name. Kernel objects only:
+// runs everywhere.
+TEST(SplitTf32, TheSettingTakesTheTacticsAwayAndPlansThatChoseOneRunFloat32) {
+  Network net;
+  const std::vector<float> w(8 * 4, 0.5f);
+  const TensorId x = net.add_input("x", DataType::kFloat32, {2, 4});
+  const TensorId wt = net.add_constant("w", DataType::kFloat32, {8, 4}, w.data(), w.size() * 4);
+  net.mark_output(net.add_layer("fully_connected", {x, wt}, {}, "fc").outputs[0], "y");
+  Layer layer = net.layers()[0];
+  layer.attrs.set("tactic", int64_t{kFirstSplitTactic});
+  EXPECT_EQ(create_kernel(layer, Backend::kCuda)->num_tactics(), kFirstSplitTactic + kSplitTactics);
+  EXPECT_EQ(create_kernel(layer, Backend::kCuda)->name(), "cublaslt_fully_connected_3xtf32");
+  EXPECT_GT(create_kernel(layer, Backend::kCuda)
+                ->workspace_wanted({{DataType::kFloat32, {2, 4}}, {DataType::kFloat32, {8, 4}}}),
+            0u);
+  setenv("KILN_SPLIT_TF32", "0", 1);
+  const std::unique_ptr<Kernel> off = create_kernel(layer, Backend::kCuda);
+  unsetenv("KILN_SPLIT_TF32");
+  EXPECT_EQ(off->num_tactics(), kFirstSplitTactic);
+  EXPECT_EQ(off->name(), "cublaslt_fully_connected");
+  EXPECT_EQ(off->workspace_wanted({{DataType::kFloat32, {2, 4}}, {DataType::kFloat32, {8, 4}}}), 0u);
+}
+
 struct FcCase {
   int64_t m = 0, n = 0, k = 0;
   bool bias = true;
