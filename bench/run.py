@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models as zoo  # noqa: E402 (bench/models.py, next to this file)
 from models import compare, first_tensor  # noqa: E402
 
-from kiln.runner import GPU_LOCK_ENV, gpu_turn, shared_gpu_env, source_commit  # noqa: E402
+from kiln.runner import GPU_LOCK_ENV, gpu_turn, hardware_name, shared_gpu_env, source_commit  # noqa: E402
 
 SYSTEMS = ("eager", "compile", "reduce_overhead", "torchao", "kiln")
 PEERS = ("eager", "compile", "reduce_overhead", "torchao")
@@ -1146,7 +1146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         rows = run_matrix(entries, precisions, batches, args, device)
     meta = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": hardware_name(device),
         "torch": torch.__version__,
         "source": source_commit(),
         "runs": args.runs,

@@ -65,6 +65,7 @@ from models import compare, torch_tf32  # noqa: E402
 from kiln.runner import (  # noqa: E402 (also the benchmark's)
     GPU_LOCK_ENV,
     gpu_turn,
+    hardware_name,
     shared_gpu_env,
     source_commit,
 )
@@ -611,10 +612,6 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
 def markdown(rows: Sequence[ZooRow]) -> str:
     lines = [
         "| model | precision | engines | fallbacks | cosine vs FP32 eager | Kiln ms "
@@ -756,7 +753,7 @@ def run(
     entries = entries[k - 1 :: n]  # every n-th model from the k-th: shards of mixed sizes
     start = time.perf_counter()
     done: dict[tuple[str, str], ZooRow] = {}
-    where = {"source": source_commit(), "device": device_name(device)}
+    where = {"source": source_commit(), "device": hardware_name(device)}
 
     lock = threading.Lock()
 

@@ -392,11 +392,10 @@ constexpr int64_t kGemvMaxRows = 16;
 // last one's epilogue). Each product carries about 2^-21 relative, but the tensor cores add a
 // chunk's products with truncation: the error against float64 is up to about 10x that of
 // cuBLASLt's float32 GEMM (an H100, K = 1000 in one chunk: 2.7e-6 against 2.9e-7; one TF32 pass
-// is near 3e-4); tests/cpp/test_split_tf32.cpp holds it to 16x and 1e-5. j picks cuBLASLt's j-th
-// TF32 algorithm.
-// Faster where the product is large (a batch of 32 sequences), slower where reading the weights
-// dominates (the split costs 20 bytes per weight): the builder's timing decides, as for every
-// tactic. KILN_SPLIT_TF32=0 leaves them out.
+// is near 3e-4 in a CPU simulation); tests/cpp/test_split_tf32.cpp holds it to 16x and 1e-5. j picks
+// cuBLASLt's j-th TF32 algorithm. Faster where the product is large (a batch of 32 sequences), slower where
+// reading the weights dominates (the split costs 20 bytes per weight): the builder's timing decides, as for
+// every tactic. KILN_SPLIT_TF32=0 leaves them out.
 constexpr int kSplitTactic = kGemvTactic + 1;
 constexpr int kSplitTactics = 4;
 

@@ -670,6 +670,15 @@ GPU_LOCK_ENV = "KILN_GPU_LOCK"
 SOURCE_ENV = "KILN_SOURCE_COMMIT"
 
 
+def hardware_name(device) -> str:
+    """The GPU's model name for a torch CUDA device ("NVIDIA H100 80GB HBM3"), else "cpu": what
+    the zoo check and the benchmark record beside the source they measured."""
+    import torch
+
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def source_commit() -> str:
     """The Kiln source a measurement ran (the zoo check and the benchmark stamp their rows with
     it): $KILN_SOURCE_COMMIT where set (a copy of the tree without .git, as a GPU machine gets),

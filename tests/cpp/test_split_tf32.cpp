@@ -52,7 +52,7 @@ TEST(SplitTf32, ChunksFitTheWorkspaceAndCoverK) {
 // KILN_SPLIT_TF32=0: the builder is offered no split tactic, and a layer that chose one (a plan
 // built without the setting) runs float32's own GEMM under its float32 name. Kernel objects only:
 // runs everywhere.
-TEST(SplitTf32, TheSettingTakesTheTacticsAwayAndPlansThatChoseOneRunFloat32) {
+TEST(SplitTf32, TheSettingTakesTheTacticsAwayAndChosenOnesBecomeTheFloat32Kernel) {
   Network net;
   const std::vector<float> w(8 * 4, 0.5f);
   const TensorId x = net.add_input("x", DataType::kFloat32, {2, 4});
@@ -147,8 +147,8 @@ Layer& fc_layer(Plan& plan) {
 
 // Each 3xTF32 tactic, with K whole and in chunks, is close to float32's own GEMM: its largest error
 // against float64 (relative to the largest output) is within 16 times tactic 0's and below 1e-5,
-// where one TF32 pass is near 3e-4. Not as close as the products' 2^-21 would give: the tensor
-// cores accumulate a chunk's sums with truncation (an H100, K = 1000 in one chunk: 2.7e-6 against
+// where one TF32 pass is near 3e-4 (a CPU simulation). Not as close as the products' 2^-21 would give: the
+// tensor cores accumulate a chunk's sums with truncation (an H100, K = 1000 in one chunk: 2.7e-6 against
 // float32's 2.9e-7; in chunks of 256 columns, each added to y in float32: 7.2e-7).
 TEST(SplitTf32, CudaTacticsAreAsAccurateAsFloat32) {
   KILN_REQUIRE_GPU();

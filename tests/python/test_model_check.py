@@ -164,7 +164,7 @@ def test_zoo_rows_say_which_source_and_device_ran_them(tmp_path, monkeypatch):
     assert here == "" or len(here.split("+")[0]) == 10, here
     monkeypatch.setenv(SOURCE_ENV, "abc1234567")
     assert zc.source_commit() == "abc1234567"
-    assert zc.device_name(torch.device("cpu")) == "cpu"
+    assert zc.hardware_name(torch.device("cpu")) == "cpu"
     rows = [
         zc.ZooRow("a", "fp16", status="PASS", source="abc1234567", device="NVIDIA H200"),
         zc.ZooRow("b", "fp16", status="PASS", source="def7654321", device="NVIDIA H100 80GB HBM3"),
